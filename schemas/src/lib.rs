@@ -1,0 +1,187 @@
+//! Veil's side of ClickHouse: where the database is ([`ClickHouseConfig`]), what is in it
+//! (the numbered migrations in `schemas/migrations/`, applied by [`migrate`]), and the local
+//! server `veil up` and the test suite run as a child process ([`managed`]).
+//!
+//! Everything here must work on ClickHouse 18.16 (the server Debian ships) and on current
+//! releases: no TTL, no `{name:Type}` query parameters, no window functions, no DateTime64,
+//! no IPv4/IPv6 column types.
+
+pub mod managed;
+pub mod migrate;
+pub mod testing;
+
+use std::time::Duration;
+
+pub use migrate::{migrate, Migration, MIGRATIONS};
+
+/// Everything that can go wrong talking to or running ClickHouse.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A query failed (network, server error, bad SQL).
+    #[error("ClickHouse query failed: {0}")]
+    Query(#[from] clickhouse::error::Error),
+    /// The `clickhouse-server` binary could not be found.
+    #[error(
+        "`clickhouse-server` was not found on PATH. Install it with \
+         `sudo apt-get install -y clickhouse-server` (Debian/Ubuntu), or pass \
+         --clickhouse-url to use a server you run yourself"
+    )]
+    ServerNotFound,
+    /// The managed server did not start or did not answer in time.
+    #[error("managed ClickHouse failed to start: {0}")]
+    Start(String),
+    /// Local file or process I/O.
+    #[error("{context}: {source}")]
+    Io {
+        /// What Veil was doing.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An applied migration differs from the one shipped with this binary.
+    #[error("migration {version} ({name}) was applied with different content (checksum {applied} != {shipped}); migrations are append-only: add a new numbered file instead of editing one")]
+    Checksum {
+        /// Migration number.
+        version: u32,
+        /// Migration name.
+        name: String,
+        /// Checksum recorded in the database.
+        applied: String,
+        /// Checksum of the shipped file.
+        shipped: String,
+    },
+    /// A configuration value is not acceptable.
+    #[error("invalid ClickHouse configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+}
+
+/// Where Veil's ClickHouse is and which database holds Veil's tables.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ClickHouseConfig {
+    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Database holding Veil's tables (created by [`migrate`]).
+    pub database: String,
+    /// User name (ClickHouse's `default` when `None`).
+    pub user: Option<String>,
+    /// Password; never printed.
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
+}
+
+impl ClickHouseConfig {
+    /// A config for `url` and `database` with the default user.
+    pub fn new(url: impl Into<String>, database: impl Into<String>) -> Self {
+        Self { url: url.into(), database: database.into(), user: None, password: None }
+    }
+
+    /// Checks the URL and database name; called before anything connects.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(Error::Config(format!(
+                "--clickhouse-url must be the HTTP interface (http://host:8123), got {:?}",
+                self.url
+            )));
+        }
+        if !valid_identifier(&self.database) {
+            return Err(Error::Config(format!(
+                "--clickhouse-database must be letters, digits and underscores and not start with a digit, got {:?}",
+                self.database
+            )));
+        }
+        Ok(())
+    }
+
+    /// A client bound to [`Self::database`].
+    pub fn client(&self) -> clickhouse::Client {
+        self.server_client().with_database(&self.database)
+    }
+
+    /// A client with no database selected (for `CREATE DATABASE`).
+    pub fn server_client(&self) -> clickhouse::Client {
+        // 18.16 lacks the system tables row validation asks for.
+        let mut c = clickhouse::Client::default().with_url(&self.url).with_validation(false);
+        if let Some(u) = &self.user {
+            c = c.with_user(u);
+        }
+        if let Some(p) = &self.password {
+            c = c.with_password(p);
+        }
+        c
+    }
+
+    /// `SELECT 1` with a timeout: is the server up and answering?
+    pub async fn ping(&self, timeout: Duration) -> Result<(), Error> {
+        let q = self.server_client().query("SELECT 1").fetch_one::<u8>();
+        match tokio::time::timeout(timeout, q).await {
+            Ok(r) => r.map(|_| ()).map_err(Error::from),
+            Err(_) => Err(Error::Start(format!("no answer from {} within {timeout:?}", self.url))),
+        }
+    }
+}
+
+/// True for names safe to paste into SQL as an identifier: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn valid_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 64
+}
+
+/// Quotes a string as a ClickHouse SQL string literal (`'...'`), escaping `\` and `'`.
+///
+/// Used wherever a value must be pasted into SQL (18.16 has no query parameters).
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\0' => out.push_str("\\0"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert!(valid_identifier("veil"));
+        assert!(valid_identifier("test_db_1"));
+        assert!(!valid_identifier("1db"));
+        assert!(!valid_identifier("db; DROP TABLE x"));
+        assert!(!valid_identifier(""));
+        assert!(!valid_identifier("a-b"));
+    }
+
+    #[test]
+    fn quoting_escapes() {
+        assert_eq!(quote("a'b"), r"'a\'b'");
+        assert_eq!(quote(r"a\'"), r"'a\\\''");
+        assert_eq!(quote("x\ny"), r"'x\ny'");
+    }
+
+    #[test]
+    fn config_validation_names_the_flag() {
+        let e = ClickHouseConfig::new("localhost:8123", "veil").validate().unwrap_err();
+        assert!(e.to_string().contains("--clickhouse-url"));
+        let e = ClickHouseConfig::new("http://localhost:8123", "bad-name").validate().unwrap_err();
+        assert!(e.to_string().contains("--clickhouse-database"));
+        assert!(ClickHouseConfig::new("http://localhost:8123", "veil").validate().is_ok());
+    }
+}
