@@ -1,1 +1,303 @@
-//! placeholder
+//! Veil's collector: takes events over HTTP, turns each into a row without any raw identifier,
+//! and batches rows into ClickHouse.
+//!
+//! ```text
+//! HTTP ─▶ server (limits, timeouts) ─▶ routes/{plausible,native} ─▶ pipeline::parse
+//!      ─▶ pipeline::enrich (UA) ─▶ pipeline::privacy (hash, session; IP and UA dropped)
+//!      ─▶ pipeline::batch (bounded crossbeam queue, writer threads) ─▶ pipeline::sink (ClickHouse)
+//! ```
+//!
+//! [`run`] is the whole collector on a bound listener until a shutdown future resolves; tests
+//! start it on port 0. [`Collector`] is the same thing as a value, so `veil up` can serve it on
+//! one address together with the aggregator and the dashboard.
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod pipeline;
+pub mod routes;
+pub mod server;
+pub mod sites;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::Request;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use veil_schemas::ClickHouseConfig;
+
+pub use config::CollectorConfig;
+pub use error::Error;
+use metrics::{DropReason, Metrics};
+use pipeline::batch::BatchQueue;
+use pipeline::sink::clickhouse::ClickHouseSink;
+use pipeline::sink::{Sink, SinkFactory};
+use pipeline::{Incoming, Outcome, Pipeline};
+use server::{App, HttpResponse, ResponseFuture, ServerOptions};
+use sites::SiteRegistry;
+
+/// Where "now" comes from (tests inject a fixed clock).
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// What happened to one valid event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// Queued for ClickHouse.
+    Queued,
+    /// Valid but not stored by policy (counted under the reason).
+    Dropped(DropReason),
+}
+
+struct Inner {
+    config: CollectorConfig,
+    pipeline: Pipeline,
+    queue: BatchQueue,
+    metrics: Metrics,
+    registry: Registry,
+    clickhouse: Option<ClickHouseConfig>,
+    accepting: AtomicBool,
+    clock: Box<dyn Clock>,
+}
+
+/// A running collector (writer threads started). Cheap to clone.
+#[derive(Clone)]
+pub struct Collector {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector").field("queue", &self.inner.queue).finish()
+    }
+}
+
+impl Collector {
+    /// Validates `config` and starts writer threads that insert into `ch`.
+    pub fn start(mut config: CollectorConfig, ch: ClickHouseConfig, registry: Registry) -> Result<Self, Error> {
+        config.validate()?;
+        ch.validate().map_err(|e| Error::Config(e.to_string()))?;
+        let sink_cfg = ch.clone();
+        let factory: SinkFactory = Box::new(move || Ok(Box::new(ClickHouseSink::new(&sink_cfg)?) as Box<dyn Sink>));
+        let pipeline = Pipeline::new(Arc::new(SiteRegistry::new(config.sites.clone())), config.limits.clone())?;
+        Self::assemble(config, pipeline, factory, Some(ch), registry, Box::new(SystemClock))
+    }
+
+    /// A collector over any sink, pipeline and clock (tests and benches). Readiness checks
+    /// ClickHouse only when `ch` is given.
+    pub fn assemble(
+        mut config: CollectorConfig,
+        pipeline: Pipeline,
+        factory: SinkFactory,
+        ch: Option<ClickHouseConfig>,
+        registry: Registry,
+        clock: Box<dyn Clock>,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        let metrics = Metrics::new(&registry).map_err(|e| Error::Config(format!("registering metrics: {e}")))?;
+        let queue = BatchQueue::start(&config.batch, factory, metrics.clone())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                pipeline,
+                queue,
+                metrics,
+                registry,
+                clickhouse: ch,
+                accepting: AtomicBool::new(true),
+                clock,
+            }),
+        })
+    }
+
+    /// Answers a request if its path is one of the collector's.
+    pub async fn handle(&self, req: Request<Bytes>) -> Option<HttpResponse> {
+        routes::route(self, req).await
+    }
+
+    /// Validates, enriches, anonymises and queues one event.
+    pub fn ingest(&self, ev: Incoming, endpoint: &str, now: DateTime<Utc>) -> Result<Ingested, Error> {
+        let m = &self.inner.metrics;
+        m.events_received.with_label_values(&[endpoint]).inc();
+        if !self.inner.accepting.load(Ordering::Relaxed) {
+            m.dropped(DropReason::ShuttingDown, 1);
+            return Err(Error::ShuttingDown);
+        }
+        match self.inner.pipeline.process(ev, now) {
+            Err(e) => {
+                m.dropped(DropReason::Invalid, 1);
+                Err(e)
+            }
+            Ok(Outcome::Drop(reason)) => {
+                m.dropped(reason, 1);
+                Ok(Ingested::Dropped(reason))
+            }
+            Ok(Outcome::Store(row)) => match self.inner.queue.try_send(*row) {
+                Ok(()) => {
+                    m.events_accepted.with_label_values(&[endpoint]).inc();
+                    Ok(Ingested::Queued)
+                }
+                Err(e) => {
+                    m.dropped(if matches!(e, Error::QueueFull) { DropReason::QueueFull } else { DropReason::ShuttingDown }, 1);
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    /// Counts `n` events that were received but invalid before reaching [`Self::ingest`].
+    pub fn count_invalid(&self, endpoint: &str, n: u64) {
+        self.inner.metrics.events_received.with_label_values(&[endpoint]).inc_by(n);
+        self.inner.metrics.dropped(DropReason::Invalid, n);
+    }
+
+    /// An error answer for a request refused as a whole, counted by reason.
+    pub fn reject(&self, e: &Error) -> HttpResponse {
+        self.inner.metrics.requests_rejected.with_label_values(&[e.reason()]).inc();
+        server::error_response(e)
+    }
+
+    /// Like [`Self::reject`], also counting the `n` events the request carried as dropped.
+    pub fn reject_events(&self, e: &Error, endpoint: &str, n: u64) -> HttpResponse {
+        let m = &self.inner.metrics;
+        m.events_received.with_label_values(&[endpoint]).inc_by(n);
+        let reason = match e {
+            Error::QueueFull => DropReason::QueueFull,
+            Error::ShuttingDown => DropReason::ShuttingDown,
+            _ => DropReason::Invalid,
+        };
+        m.dropped(reason, n);
+        self.reject(e)
+    }
+
+    /// Whether ClickHouse answers and the collector accepts events; the error says why not.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if !self.inner.accepting.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        if let Some(ch) = &self.inner.clickhouse {
+            ch.ping(Duration::from_secs(2)).await.map_err(|e| format!("ClickHouse unreachable: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Stops accepting events: new ones get 503, `/readyz` turns 503.
+    pub fn begin_shutdown(&self) {
+        self.inner.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Flushes what is queued and stops the writers (blocking, bounded by the shutdown timeout).
+    /// Returns false if a writer did not finish in time.
+    pub fn finish(&self) -> bool {
+        self.begin_shutdown();
+        let ok = self.inner.queue.close(Instant::now() + self.inner.config.shutdown_timeout);
+        if !ok {
+            tracing::error!(queued = self.inner.queue.depth(), "writers did not finish before the shutdown deadline");
+        }
+        ok
+    }
+
+    /// The server options matching this collector's limits.
+    pub fn server_options(&self) -> ServerOptions {
+        let l = &self.inner.config.limits;
+        ServerOptions {
+            max_body_bytes: l.max_body_bytes,
+            header_read_timeout: l.header_read_timeout,
+            body_read_timeout: l.body_read_timeout,
+            shutdown_timeout: self.inner.config.shutdown_timeout,
+            accept_errors: Some(self.inner.metrics.accept_errors.clone()),
+            rejected: Some(self.inner.metrics.requests_rejected.clone()),
+        }
+    }
+
+    /// The clock's current time.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+    /// Configured client-IP headers.
+    pub fn trusted_ip_headers(&self) -> &[String] {
+        &self.inner.config.trusted_ip_headers
+    }
+    /// Limits in force.
+    pub fn limits(&self) -> &config::Limits {
+        &self.inner.config.limits
+    }
+    /// The site registry.
+    pub fn sites(&self) -> &Arc<SiteRegistry> {
+        self.inner.pipeline.sites()
+    }
+    /// Free slots in the queue.
+    pub fn queue_free(&self) -> usize {
+        self.inner.queue.free()
+    }
+    /// Rows waiting for a writer.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.queue.depth()
+    }
+    /// The collector's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+    /// The registry the metrics live on (`/metrics` renders it).
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+}
+
+/// 404 for anything no app answered.
+pub fn not_found(req: &Request<Bytes>) -> HttpResponse {
+    server::error_response(&Error::NotFound(format!("{} {}", req.method(), req.uri().path())))
+}
+
+impl App for Collector {
+    fn call(self: Arc<Self>, req: Request<Bytes>) -> ResponseFuture {
+        Box::pin(async move {
+            let fallback = not_found(&req);
+            self.handle(req).await.unwrap_or(fallback)
+        })
+    }
+}
+
+/// Runs the collector alone on `listener` until `shutdown` resolves, then stops accepting,
+/// drains connections, and flushes the last batch.
+pub async fn run(
+    config: CollectorConfig,
+    ch: ClickHouseConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let collector = Collector::start(config, ch, Registry::new())?;
+    let opts = collector.server_options();
+    let c2 = collector.clone();
+    let shutdown = async move {
+        shutdown.await;
+        c2.begin_shutdown();
+    };
+    server::serve(listener, Arc::new(collector.clone()), opts, shutdown).await;
+    let flushed = tokio::task::spawn_blocking(move || collector.finish())
+        .await
+        .map_err(|e| Error::Sink(format!("writer shutdown task failed: {e}")))?;
+    if flushed {
+        Ok(())
+    } else {
+        Err(Error::Sink("shutdown deadline passed before the last batch was written".into()))
+    }
+}
+

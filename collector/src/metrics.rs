@@ -1,0 +1,154 @@
+//! Prometheus metrics of the collector, registered on a registry passed in (never the global one).
+//!
+//! Names carry their unit; labels are low-cardinality (`endpoint`, `reason`, `route`, `status`).
+//! Batch metrics are recorded per batch, not per event.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Why an event was not stored. Every drop increments `veil_events_dropped_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The domain is not a registered site.
+    UnknownSite,
+    /// The user agent is a known crawler or bot.
+    Bot,
+    /// The event itself was invalid (in a batch; the sender is told which and why).
+    Invalid,
+    /// The queue towards ClickHouse was full (sender got 503).
+    QueueFull,
+    /// The collector was shutting down (sender got 503).
+    ShuttingDown,
+    /// ClickHouse refused the batch after every retry.
+    ClickHouseError,
+}
+
+impl DropReason {
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::UnknownSite => "unknown_site",
+            DropReason::Bot => "bot",
+            DropReason::Invalid => "invalid",
+            DropReason::QueueFull => "queue_full",
+            DropReason::ShuttingDown => "shutting_down",
+            DropReason::ClickHouseError => "clickhouse_error",
+        }
+    }
+}
+
+/// Metric names, as constants so dashboards and tests can refer to them.
+pub mod names {
+    /// Events parsed from requests, by endpoint.
+    pub const EVENTS_RECEIVED: &str = "veil_events_received_total";
+    /// Events queued for storage, by endpoint.
+    pub const EVENTS_ACCEPTED: &str = "veil_events_accepted_total";
+    /// Events not stored, by reason.
+    pub const EVENTS_DROPPED: &str = "veil_events_dropped_total";
+    /// Events written to ClickHouse.
+    pub const EVENTS_WRITTEN: &str = "veil_events_written_total";
+    /// HTTP requests by route and status.
+    pub const HTTP_REQUESTS: &str = "veil_http_requests_total";
+    /// Requests refused before any event was parsed, by reason.
+    pub const REQUESTS_REJECTED: &str = "veil_requests_rejected_total";
+    /// Rows per flushed batch.
+    pub const BATCH_SIZE: &str = "veil_batch_size_events";
+    /// Time to insert one batch.
+    pub const BATCH_FLUSH: &str = "veil_batch_flush_seconds";
+    /// Events waiting for the writer.
+    pub const QUEUE_DEPTH: &str = "veil_queue_depth_events";
+    /// Failed ClickHouse inserts (each attempt).
+    pub const CLICKHOUSE_ERRORS: &str = "veil_clickhouse_errors_total";
+    /// Accept errors (EMFILE and friends) survived by the accept loop.
+    pub const ACCEPT_ERRORS: &str = "veil_accept_errors_total";
+}
+
+/// All collector metrics.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// See [`names::EVENTS_RECEIVED`].
+    pub events_received: IntCounterVec,
+    /// See [`names::EVENTS_ACCEPTED`].
+    pub events_accepted: IntCounterVec,
+    /// See [`names::EVENTS_DROPPED`].
+    pub events_dropped: IntCounterVec,
+    /// See [`names::EVENTS_WRITTEN`].
+    pub events_written: IntCounter,
+    /// See [`names::HTTP_REQUESTS`].
+    pub http_requests: IntCounterVec,
+    /// See [`names::REQUESTS_REJECTED`].
+    pub requests_rejected: IntCounterVec,
+    /// See [`names::BATCH_SIZE`].
+    pub batch_size: Histogram,
+    /// See [`names::BATCH_FLUSH`].
+    pub batch_flush: Histogram,
+    /// See [`names::QUEUE_DEPTH`].
+    pub queue_depth: IntGauge,
+    /// See [`names::CLICKHOUSE_ERRORS`].
+    pub clickhouse_errors: IntCounter,
+    /// See [`names::ACCEPT_ERRORS`].
+    pub accept_errors: IntCounter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them on `registry`.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            events_received: IntCounterVec::new(Opts::new(names::EVENTS_RECEIVED, "Events parsed from requests"), &["endpoint"])?,
+            events_accepted: IntCounterVec::new(Opts::new(names::EVENTS_ACCEPTED, "Events queued for storage"), &["endpoint"])?,
+            events_dropped: IntCounterVec::new(Opts::new(names::EVENTS_DROPPED, "Events not stored, by reason"), &["reason"])?,
+            events_written: IntCounter::new(names::EVENTS_WRITTEN, "Events written to ClickHouse")?,
+            http_requests: IntCounterVec::new(Opts::new(names::HTTP_REQUESTS, "HTTP requests by route and status"), &["route", "status"])?,
+            requests_rejected: IntCounterVec::new(Opts::new(names::REQUESTS_REJECTED, "Requests refused before parsing events, by reason"), &["reason"])?,
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new(names::BATCH_SIZE, "Rows per batch written to ClickHouse")
+                    .buckets(vec![1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 50_000.0, 100_000.0]),
+            )?,
+            batch_flush: Histogram::with_opts(
+                HistogramOpts::new(names::BATCH_FLUSH, "Seconds to insert one batch into ClickHouse")
+                    .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )?,
+            queue_depth: IntGauge::new(names::QUEUE_DEPTH, "Events waiting for the ClickHouse writer")?,
+            clickhouse_errors: IntCounter::new(names::CLICKHOUSE_ERRORS, "Failed ClickHouse insert attempts")?,
+            accept_errors: IntCounter::new(names::ACCEPT_ERRORS, "Errors from accept() survived by the accept loop")?,
+        };
+        registry.register(Box::new(m.events_received.clone()))?;
+        registry.register(Box::new(m.events_accepted.clone()))?;
+        registry.register(Box::new(m.events_dropped.clone()))?;
+        registry.register(Box::new(m.events_written.clone()))?;
+        registry.register(Box::new(m.http_requests.clone()))?;
+        registry.register(Box::new(m.requests_rejected.clone()))?;
+        registry.register(Box::new(m.batch_size.clone()))?;
+        registry.register(Box::new(m.batch_flush.clone()))?;
+        registry.register(Box::new(m.queue_depth.clone()))?;
+        registry.register(Box::new(m.clickhouse_errors.clone()))?;
+        registry.register(Box::new(m.accept_errors.clone()))?;
+        // Pre-create every drop reason so dashboards see zeros, not gaps.
+        for r in [
+            DropReason::UnknownSite,
+            DropReason::Bot,
+            DropReason::Invalid,
+            DropReason::QueueFull,
+            DropReason::ShuttingDown,
+            DropReason::ClickHouseError,
+        ] {
+            m.events_dropped.with_label_values(&[r.as_str()]);
+        }
+        Ok(m)
+    }
+
+    /// Counts `n` dropped events.
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        self.events_dropped.with_label_values(&[reason.as_str()]).inc_by(n);
+    }
+}
+
+/// Renders a registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    let enc = prometheus::TextEncoder::new();
+    if let Err(e) = enc.encode(&registry.gather(), &mut buf) {
+        tracing::warn!(error = %e, "encoding metrics");
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}

@@ -1,0 +1,245 @@
+//! The ingestion pipeline, in data-flow order:
+//!
+//! 1. [`parse`] — page URL, referrer, UTM tags and custom properties from what a sender wrote;
+//! 2. [`enrich`] — the user agent into browser, OS and device class (bots are dropped here);
+//! 3. [`privacy`] — IP + user agent into a keyed visitor hash and a session id, then both are
+//!    dropped: nothing after this step ever sees them;
+//! 4. [`batch`] — rows go through a bounded crossbeam channel to writer threads;
+//! 5. [`sink`] — writer threads insert batches into ClickHouse.
+//!
+//! Routes build an [`Incoming`] per event and call [`Pipeline::process`], which returns the
+//! [`EventRow`] to store or the reason it is dropped.
+
+pub mod batch;
+pub mod enrich;
+pub mod parse;
+pub mod privacy;
+pub mod sink;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::Limits;
+use crate::metrics::DropReason;
+use crate::sites::SiteRegistry;
+use crate::Error;
+
+/// Who sent the event. Both fields are personal data: they are only read by
+/// [`privacy::VisitorHasher`] and [`enrich::UaParser`] and never logged — `Debug` redacts them.
+#[derive(Clone, Default)]
+pub struct Client {
+    /// The client IP (from a trusted header, a server-side sender's field, or the socket peer).
+    pub ip: Option<IpAddr>,
+    /// The raw `User-Agent`.
+    pub user_agent: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Client { ip: <redacted>, user_agent: <redacted> }")
+    }
+}
+
+/// One event as a sender described it, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct Incoming {
+    /// The site's domain as sent.
+    pub domain: String,
+    /// Event name (`pageview` for page views).
+    pub name: String,
+    /// Full page URL.
+    pub url: String,
+    /// Referrer URL, if any.
+    pub referrer: Option<String>,
+    /// Custom properties, already flattened to strings.
+    pub props: Vec<(String, String)>,
+    /// When it happened (server time when `None`).
+    pub timestamp: Option<DateTime<Utc>>,
+    /// Include the URL fragment in the path (hash-based routing, Plausible's `h`).
+    pub hash_mode: bool,
+    /// Who sent it.
+    pub client: Client,
+}
+
+/// One stored event: exactly the columns of `schemas/migrations/001_events.sql`.
+/// No field holds an IP address or a user agent.
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Serialize, serde::Deserialize)]
+pub struct EventRow {
+    /// Registered site domain.
+    pub site: String,
+    /// Unix seconds, UTC.
+    pub timestamp: u32,
+    /// Event name.
+    pub name: String,
+    /// Page host.
+    pub hostname: String,
+    /// Page path (query string removed).
+    pub pathname: String,
+    /// Referrer without query string or fragment.
+    pub referrer: String,
+    /// Referrer host (without `www.`) or `utm_source`.
+    pub referrer_source: String,
+    /// `utm_source` (or `ref`/`source`).
+    pub utm_source: String,
+    /// `utm_medium`.
+    pub utm_medium: String,
+    /// `utm_campaign`.
+    pub utm_campaign: String,
+    /// `utm_content`.
+    pub utm_content: String,
+    /// `utm_term`.
+    pub utm_term: String,
+    /// Keyed blake3 hash of (site, IP, user agent), 128 bits.
+    pub visitor_id: [u8; 16],
+    /// Hash of the visitor and the visit's start.
+    pub session_id: [u8; 16],
+    /// Browser family.
+    pub browser: String,
+    /// Browser major version.
+    pub browser_version: String,
+    /// Operating system.
+    pub os: String,
+    /// OS version (major.minor at most).
+    pub os_version: String,
+    /// `desktop`, `mobile`, `tablet`, `appliance` or `unknown`.
+    pub device: String,
+    /// ISO country code; empty until GeoIP enrichment is configured.
+    pub country_code: String,
+    /// Custom property keys.
+    pub prop_keys: Vec<String>,
+    /// Custom property values, same order as keys.
+    pub prop_values: Vec<String>,
+}
+
+impl EventRow {
+    /// Approximate encoded size, for byte-based batch flushing.
+    pub fn approx_bytes(&self) -> usize {
+        let strings = [
+            &self.site, &self.name, &self.hostname, &self.pathname, &self.referrer, &self.referrer_source,
+            &self.utm_source, &self.utm_medium, &self.utm_campaign, &self.utm_content, &self.utm_term,
+            &self.browser, &self.browser_version, &self.os, &self.os_version, &self.device, &self.country_code,
+        ];
+        let props: usize = self.prop_keys.iter().chain(&self.prop_values).map(|s| s.len() + 1).sum();
+        strings.iter().map(|s| s.len() + 1).sum::<usize>() + props + 4 + 32 + 2
+    }
+}
+
+/// What [`Pipeline::process`] decided.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Store this row.
+    Store(Box<EventRow>),
+    /// Do not store; count under this reason. The sender still gets 202.
+    Drop(DropReason),
+}
+
+/// The stateless-per-request part of ingestion, shared by all routes.
+#[derive(Debug)]
+pub struct Pipeline {
+    sites: Arc<SiteRegistry>,
+    limits: Limits,
+    ua: enrich::UaParser,
+    hasher: privacy::VisitorHasher,
+    sessions: privacy::SessionTracker,
+}
+
+/// Longest accepted event name.
+pub const MAX_NAME_BYTES: usize = 120;
+
+impl Pipeline {
+    /// A pipeline over the given registry, with a fresh random visitor-hash key.
+    pub fn new(sites: Arc<SiteRegistry>, limits: Limits) -> Result<Self, Error> {
+        Ok(Self {
+            sites,
+            limits,
+            ua: enrich::UaParser::new(),
+            hasher: privacy::VisitorHasher::random()?,
+            sessions: privacy::SessionTracker::new(),
+        })
+    }
+
+    /// A pipeline with a given key (tests, benches).
+    pub fn with_key(sites: Arc<SiteRegistry>, limits: Limits, key: [u8; 32]) -> Self {
+        Self {
+            sites,
+            limits,
+            ua: enrich::UaParser::new(),
+            hasher: privacy::VisitorHasher::new(key),
+            sessions: privacy::SessionTracker::new(),
+        }
+    }
+
+    /// The site registry.
+    pub fn sites(&self) -> &Arc<SiteRegistry> {
+        &self.sites
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Validates, enriches and anonymises one event. `Err` means the event is invalid (the
+    /// message says why); `Ok(Drop)` means it is valid but not stored.
+    pub fn process(&self, ev: Incoming, now: DateTime<Utc>) -> Result<Outcome, Error> {
+        let name = ev.name.trim();
+        if name.is_empty() {
+            return Err(Error::BadRequest("`name` is required (e.g. \"pageview\")".into()));
+        }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(Error::BadRequest(format!("`name` is longer than {MAX_NAME_BYTES} bytes")));
+        }
+        if ev.url.len() > self.limits.max_url_bytes {
+            return Err(Error::BadRequest(format!("`url` is longer than {} bytes", self.limits.max_url_bytes)));
+        }
+        let page = parse::page(&ev.url, ev.hash_mode)?;
+        let props = parse::check_props(ev.props, &self.limits)?;
+        let timestamp = parse::check_timestamp(ev.timestamp, now)?;
+        if ev.domain.trim().is_empty() {
+            return Err(Error::BadRequest("`domain` is required".into()));
+        }
+        let Some(site) = self.sites.resolve(&ev.domain) else {
+            return Ok(Outcome::Drop(DropReason::UnknownSite));
+        };
+        let ua = self.ua.parse(&ev.client.user_agent);
+        if ua.bot {
+            return Ok(Outcome::Drop(DropReason::Bot));
+        }
+        let referrer = parse::referrer(ev.referrer.as_deref(), &page.hostname);
+        let visitor_id = self.hasher.visitor_id(&site, ev.client.ip, &ev.client.user_agent);
+        // From here on the raw IP and user agent are gone.
+        drop(ev.client);
+        let session_id = self.sessions.session_id(&visitor_id, timestamp);
+        let referrer_source =
+            if referrer.source.is_empty() { page.utm.source.clone() } else { referrer.source };
+        let (prop_keys, prop_values) = props.into_iter().unzip();
+        let ts = u32::try_from(timestamp.timestamp()).unwrap_or(0);
+        Ok(Outcome::Store(Box::new(EventRow {
+            site,
+            timestamp: ts,
+            name: name.to_string(),
+            hostname: page.hostname,
+            pathname: page.pathname,
+            referrer: referrer.url,
+            referrer_source,
+            utm_source: page.utm.source,
+            utm_medium: page.utm.medium,
+            utm_campaign: page.utm.campaign,
+            utm_content: page.utm.content,
+            utm_term: page.utm.term,
+            visitor_id,
+            session_id,
+            browser: ua.browser,
+            browser_version: ua.browser_version,
+            os: ua.os,
+            os_version: ua.os_version,
+            device: ua.device.to_string(),
+            country_code: String::new(),
+            prop_keys,
+            prop_values,
+        })))
+    }
+}

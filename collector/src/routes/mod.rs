@@ -1,0 +1,110 @@
+//! The collector's HTTP routes, one file per wire format, and the shared request context.
+//!
+//! | route | file |
+//! |---|---|
+//! | `POST /api/event` | [`plausible`] — Plausible's Events API |
+//! | `POST /v1/events` | [`native`] — Veil's batch API (JSON array or NDJSON) |
+//! | `GET /healthz`, `GET /readyz`, `GET /metrics` | [`health`] |
+//!
+//! Ingest routes answer CORS preflights and allow any origin: trackers run on customers' pages.
+
+pub mod health;
+pub mod native;
+pub mod plausible;
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+
+use crate::server::{HttpResponse, PeerAddr};
+use crate::{Collector, Error};
+
+/// Paths the collector answers (anything else is left to other apps, then 404).
+pub fn is_collector_path(path: &str) -> bool {
+    matches!(path, "/api/event" | "/v1/events" | "/healthz" | "/readyz" | "/metrics")
+}
+
+/// Adds permissive CORS headers (any origin, no credentials).
+pub fn cors(mut r: HttpResponse) -> HttpResponse {
+    let h = r.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, OPTIONS"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Content-Type"));
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    r
+}
+
+/// Routes a request to its handler; `None` when the path is not the collector's.
+pub async fn route(c: &Collector, req: Request<Bytes>) -> Option<HttpResponse> {
+    let path = req.uri().path().to_string();
+    let m = req.method().clone();
+    let resp = match (path.as_str(), &m) {
+        ("/api/event" | "/v1/events", &Method::OPTIONS) => {
+            cors(crate::server::text(StatusCode::NO_CONTENT, Bytes::new()))
+        }
+        ("/api/event", &Method::POST) => cors(plausible::handle(c, req).await),
+        ("/v1/events", &Method::POST) => cors(native::handle(c, req).await),
+        ("/api/event" | "/v1/events", _) => cors(c.reject(&Error::MethodNotAllowed("POST"))),
+        ("/healthz", &Method::GET | &Method::HEAD) => health::healthz(),
+        ("/readyz", &Method::GET | &Method::HEAD) => health::readyz(c).await,
+        ("/metrics", &Method::GET) => health::metrics(c),
+        ("/healthz" | "/readyz" | "/metrics", _) => c.reject(&Error::MethodNotAllowed("GET")),
+        _ => return None,
+    };
+    let route = match path.as_str() {
+        "/api/event" => "plausible",
+        "/v1/events" => "native",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        _ => "metrics",
+    };
+    c.metrics().http_requests.with_label_values(&[route, resp.status().as_str()]).inc();
+    Some(resp)
+}
+
+/// The client IP: the first trusted header holding a parseable address (its left-most entry),
+/// else the socket peer.
+pub fn client_ip(headers: &HeaderMap, peer: Option<&PeerAddr>, trusted: &[String]) -> Option<IpAddr> {
+    for name in trusted {
+        let Some(v) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) else { continue };
+        let first = v.split(',').next().unwrap_or_default().trim();
+        if let Some(ip) = parse_ip(first) {
+            return Some(ip);
+        }
+    }
+    peer.map(|p| p.0.ip())
+}
+
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    // "1.2.3.4:5678" or "[::1]:5678"
+    s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
+}
+
+/// The `User-Agent` header, or empty.
+pub fn user_agent(headers: &HeaderMap) -> String {
+    headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ip_prefers_trusted_headers() {
+        let mut h = HeaderMap::new();
+        let peer = PeerAddr("10.0.0.1:4000".parse().unwrap());
+        let trusted = vec!["x-forwarded-for".to_string()];
+        assert_eq!(client_ip(&h, Some(&peer), &trusted), Some("10.0.0.1".parse().unwrap()));
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.5, 10.0.0.2"));
+        assert_eq!(client_ip(&h, Some(&peer), &trusted), Some("203.0.113.5".parse().unwrap()));
+        h.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
+        assert_eq!(client_ip(&h, Some(&peer), &trusted), Some("10.0.0.1".parse().unwrap()));
+        h.insert("x-forwarded-for", HeaderValue::from_static("[2001:db8::1]:443"));
+        assert_eq!(client_ip(&h, Some(&peer), &trusted), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(client_ip(&h, Some(&peer), &[]), Some("10.0.0.1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,133 @@
+//! `POST /v1/events` — Veil's native batch API, for server-side senders and apps.
+//!
+//! Wire format: a JSON array of events, or NDJSON (one event per line; any body not starting
+//! with `[` is read as NDJSON). Each event:
+//!
+//! ```json
+//! {"site":"example.com","name":"signup","url":"https://example.com/join","referrer":"https://news.example/",
+//!  "timestamp":"2026-11-28T10:00:00Z","props":{"plan":"pro"},"ip":"203.0.113.9","user_agent":"Mozilla/5.0 …"}
+//! ```
+//!
+//! `referrer`, `timestamp` (RFC 3339 or Unix seconds; default now; at most 7 days old), `props`,
+//! `ip` and `user_agent` are optional; `ip`/`user_agent` override the request's own (a server
+//! forwarding its visitors' hits), and are hashed and dropped like any other.
+//!
+//! Answer: `202 {"accepted": N, "ignored": M, "rejected": [{"index": i, "error": "..."}]}` where
+//! `ignored` counts valid events not stored by policy (unregistered site, bot). When no event
+//! could be accepted because all were invalid the status is 400 with the same body. A batch
+//! larger than `--max-events-per-batch` is 413; when the queue cannot take the whole batch the
+//! answer is 503 with `Retry-After` and nothing is queued.
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::pipeline::{parse, Client, Incoming};
+use crate::server::{json, HttpResponse, PeerAddr};
+use crate::{Collector, Error, Ingested};
+
+/// Endpoint label in metrics.
+pub const ENDPOINT: &str = "native";
+
+#[derive(Debug, Deserialize)]
+struct Event {
+    site: Option<String>,
+    name: Option<String>,
+    url: Option<String>,
+    referrer: Option<String>,
+    #[serde(default)]
+    timestamp: Value,
+    #[serde(default)]
+    props: Value,
+    ip: Option<String>,
+    user_agent: Option<String>,
+}
+
+fn split_body(bytes: &[u8], max: usize) -> Result<Vec<Value>, Error> {
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace());
+    let Some(start) = start else {
+        return Err(Error::BadRequest("empty body: expected a JSON array of events or NDJSON".into()));
+    };
+    let items: Vec<Value> = if bytes[start] == b'[' {
+        serde_json::from_slice(bytes).map_err(|e| Error::BadRequest(format!("body is not a valid JSON array: {e}")))?
+    } else {
+        let mut out = Vec::new();
+        for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let v = serde_json::from_slice(line)
+                .map_err(|e| Error::BadRequest(format!("NDJSON line {} is not valid JSON: {e}", i + 1)))?;
+            out.push(v);
+            if out.len() > max {
+                break;
+            }
+        }
+        out
+    };
+    if items.is_empty() {
+        return Err(Error::BadRequest("the batch holds no events".into()));
+    }
+    if items.len() > max {
+        return Err(Error::TooManyEvents { limit: max });
+    }
+    Ok(items)
+}
+
+fn to_incoming(v: Value, fallback: &Client) -> Result<Incoming, Error> {
+    if !v.is_object() {
+        return Err(Error::BadRequest("event must be a JSON object".into()));
+    }
+    let e: Event = serde_json::from_value(v).map_err(|e| Error::BadRequest(format!("invalid field: {e}")))?;
+    let site = e.site.filter(|s| !s.trim().is_empty()).ok_or_else(|| Error::BadRequest("`site` is required".into()))?;
+    let ip = match e.ip.as_deref() {
+        Some(s) => Some(s.trim().parse().map_err(|_| Error::BadRequest("`ip` is not an IP address".into()))?),
+        None => fallback.ip,
+    };
+    Ok(Incoming {
+        domain: site,
+        name: e.name.unwrap_or_default(),
+        url: e.url.unwrap_or_default(),
+        referrer: e.referrer,
+        props: parse::props_from_json(&e.props)?,
+        timestamp: parse::timestamp_from_json(&e.timestamp)?,
+        hash_mode: false,
+        client: Client { ip, user_agent: e.user_agent.unwrap_or_else(|| fallback.user_agent.clone()) },
+    })
+}
+
+/// Handles one batch.
+pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
+    let max = c.limits().max_events_per_batch;
+    let items = match split_body(req.body(), max) {
+        Ok(v) => v,
+        Err(e) => return c.reject(&e),
+    };
+    if c.queue_free() < items.len() {
+        return c.reject_events(&Error::QueueFull, ENDPOINT, items.len() as u64);
+    }
+    let fallback = Client {
+        ip: super::client_ip(req.headers(), req.extensions().get::<PeerAddr>(), c.trusted_ip_headers()),
+        user_agent: super::user_agent(req.headers()),
+    };
+    let now = c.now();
+    let (mut accepted, mut ignored) = (0u64, 0u64);
+    let mut rejected = Vec::new();
+    for (index, v) in items.into_iter().enumerate() {
+        let result = match to_incoming(v, &fallback) {
+            Ok(ev) => c.ingest(ev, ENDPOINT, now),
+            Err(e) => {
+                c.count_invalid(ENDPOINT, 1);
+                Err(e)
+            }
+        };
+        match result {
+            Ok(Ingested::Queued) => accepted += 1,
+            Ok(Ingested::Dropped(_)) => ignored += 1,
+            Err(e) => rejected.push(json!({ "index": index, "error": e.to_string() })),
+        }
+    }
+    let status = if accepted == 0 && ignored == 0 { StatusCode::BAD_REQUEST } else { StatusCode::ACCEPTED };
+    json(status, &json!({ "accepted": accepted, "ignored": ignored, "rejected": rejected }))
+}

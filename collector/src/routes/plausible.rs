@@ -1,0 +1,108 @@
+//! `POST /api/event` — Plausible's Events API, so Plausible's trackers and server-side
+//! integrations work by pointing them at Veil.
+//!
+//! Wire format: a JSON object, sent as `text/plain` (the browser tracker, to avoid a CORS
+//! preflight) or `application/json`:
+//!
+//! ```json
+//! {"n":"pageview","u":"https://example.com/a?utm_source=x","d":"example.com","r":"https://google.com/","p":{"plan":"pro"},"h":0}
+//! ```
+//!
+//! Long names are accepted too (`name`, `url`, `domain`, `referrer`, `props`); `props` may be an
+//! object or a JSON string of one (older trackers, also as `m`); `d` may list several
+//! comma-separated domains (the event is recorded for each registered one). The client IP comes
+//! from the trusted headers or the peer, the user agent from `User-Agent`.
+//! Answers `202 ok` — also for unregistered domains and bots, which are dropped and counted —
+//! or 400 with `{"error": "..."}` naming the bad field.
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::pipeline::{parse, Client, Incoming};
+use crate::server::{text, HttpResponse, PeerAddr};
+use crate::{Collector, Error};
+
+/// Endpoint label in metrics.
+pub const ENDPOINT: &str = "plausible";
+
+#[derive(Debug, Deserialize)]
+struct Body {
+    #[serde(alias = "n")]
+    name: Option<String>,
+    #[serde(alias = "u")]
+    url: Option<String>,
+    #[serde(alias = "d")]
+    domain: Option<String>,
+    #[serde(alias = "r")]
+    referrer: Option<String>,
+    #[serde(alias = "p", alias = "m", alias = "meta")]
+    props: Option<Value>,
+    #[serde(alias = "h")]
+    hash_mode: Option<Value>,
+}
+
+fn truthy(v: &Option<Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|x| x != 0.0),
+        Some(Value::String(s)) => matches!(s.as_str(), "1" | "true"),
+        _ => false,
+    }
+}
+
+fn parse_body(bytes: &[u8]) -> Result<Body, Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::BadRequest("empty body: expected a JSON object with `name`, `url` and `domain`".into()));
+    }
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| Error::BadRequest(format!("body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(Error::BadRequest("body must be a JSON object".into()));
+    }
+    serde_json::from_value(v).map_err(|e| Error::BadRequest(format!("invalid field: {e}")))
+}
+
+/// Handles one Plausible event request.
+pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
+    let body = match parse_body(req.body()) {
+        Ok(b) => b,
+        Err(e) => return c.reject_events(&e, ENDPOINT, 1),
+    };
+    let props = match body.props.as_ref().map(parse::props_from_json).transpose() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => return c.reject_events(&e, ENDPOINT, 1),
+    };
+    let client = Client {
+        ip: super::client_ip(req.headers(), req.extensions().get::<PeerAddr>(), c.trusted_ip_headers()),
+        user_agent: super::user_agent(req.headers()),
+    };
+    let domains: Vec<String> = body
+        .domain
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+        .collect();
+    if domains.is_empty() {
+        return c.reject_events(&Error::BadRequest("`domain` is required".into()), ENDPOINT, 1);
+    }
+    let now = c.now();
+    for domain in domains {
+        let ev = Incoming {
+            domain,
+            name: body.name.clone().unwrap_or_default(),
+            url: body.url.clone().unwrap_or_default(),
+            referrer: body.referrer.clone(),
+            props: props.clone(),
+            timestamp: None,
+            hash_mode: truthy(&body.hash_mode),
+            client: client.clone(),
+        };
+        if let Err(e) = c.ingest(ev, ENDPOINT, now) {
+            return c.reject(&e);
+        }
+    }
+    text(StatusCode::ACCEPTED, "ok")
+}
