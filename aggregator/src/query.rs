@@ -1,0 +1,268 @@
+//! The Stats API query: parsing a Plausible-v2-shaped request, checking every field against an
+//! allow-list, and building the ClickHouse SQL.
+//!
+//! Request (`POST /api/v2/query`, the subset of Plausible's Stats API v2 served today):
+//!
+//! ```json
+//! {"site_id":"example.com","metrics":["visitors","pageviews"],"date_range":"7d",
+//!  "dimensions":["event:page"],"pagination":{"limit":10,"offset":0}}
+//! ```
+//!
+//! Identifiers (columns, expressions) only ever come from the allow-lists below; values (site,
+//! dates) are passed with the client's `?` binding, which escapes them. No user input is pasted
+//! into SQL text.
+
+use chrono::{Datelike, Duration, NaiveDate, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::Error;
+
+/// A metric the API serves and its SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Unique visitors (`uniq(visitor_id)`).
+    Visitors,
+    /// Visits (sessions).
+    Visits,
+    /// Pageview events.
+    Pageviews,
+    /// All events.
+    Events,
+}
+
+impl Metric {
+    /// Every metric, with its API name.
+    pub const ALL: [(&'static str, Metric); 4] = [
+        ("visitors", Metric::Visitors),
+        ("visits", Metric::Visits),
+        ("pageviews", Metric::Pageviews),
+        ("events", Metric::Events),
+    ];
+
+    fn sql(self) -> &'static str {
+        match self {
+            Metric::Visitors => "uniq(visitor_id)",
+            Metric::Visits => "uniq(session_id)",
+            Metric::Pageviews => "countIf(name = 'pageview')",
+            Metric::Events => "count()",
+        }
+    }
+
+    /// The API name.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, m)| *m == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+}
+
+/// Dimensions: API name → SQL expression over `events`.
+pub const DIMENSIONS: &[(&str, &str)] = &[
+    ("event:page", "pathname"),
+    ("event:name", "name"),
+    ("event:hostname", "hostname"),
+    ("visit:source", "referrer_source"),
+    ("visit:referrer", "referrer"),
+    ("visit:utm_source", "utm_source"),
+    ("visit:utm_medium", "utm_medium"),
+    ("visit:utm_campaign", "utm_campaign"),
+    ("visit:utm_content", "utm_content"),
+    ("visit:utm_term", "utm_term"),
+    ("visit:browser", "browser"),
+    ("visit:browser_version", "browser_version"),
+    ("visit:os", "os"),
+    ("visit:os_version", "os_version"),
+    ("visit:device", "device"),
+    ("visit:country", "country_code"),
+    ("time:hour", "formatDateTime(toStartOfHour(timestamp), '%Y-%m-%d %H:00:00')"),
+    ("time:day", "toString(toDate(timestamp))"),
+];
+
+/// A checked query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// Site domain.
+    pub site: String,
+    /// Metrics in request order.
+    pub metrics: Vec<Metric>,
+    /// Dimension API names in request order.
+    pub dimensions: Vec<&'static str>,
+    /// First day included (UTC).
+    pub from: NaiveDate,
+    /// Last day included (UTC).
+    pub to: NaiveDate,
+    /// Rows per page.
+    pub limit: u32,
+    /// Rows skipped.
+    pub offset: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    site_id: Option<String>,
+    metrics: Option<Vec<String>>,
+    date_range: Option<Value>,
+    #[serde(default)]
+    dimensions: Vec<String>,
+    #[serde(default)]
+    filters: Vec<Value>,
+    #[serde(default)]
+    order_by: Option<Value>,
+    #[serde(default)]
+    include: Option<Value>,
+    #[serde(default)]
+    pagination: Option<Pagination>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pagination {
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::BadRequest(msg.into())
+}
+
+/// Largest page.
+pub const MAX_LIMIT: u32 = 10_000;
+
+/// Parses and checks a request body against `today` (UTC).
+pub fn parse(body: &[u8], today: NaiveDate) -> Result<Query, Error> {
+    let raw: Raw = serde_json::from_slice(body).map_err(|e| bad(format!("invalid query: {e}")))?;
+    let site = raw.site_id.filter(|s| !s.is_empty()).ok_or_else(|| bad("`site_id` is required"))?;
+    let names = raw.metrics.filter(|m| !m.is_empty()).ok_or_else(|| bad("`metrics` is required (e.g. [\"visitors\"])"))?;
+    let mut metrics = Vec::new();
+    for n in &names {
+        let m = Metric::ALL
+            .iter()
+            .find(|(name, _)| name == n)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| bad(format!("`metrics`: unknown metric {n:?}; supported: visitors, visits, pageviews, events")))?;
+        metrics.push(m);
+    }
+    let mut dimensions = Vec::new();
+    for d in &raw.dimensions {
+        let (name, _) = DIMENSIONS
+            .iter()
+            .find(|(name, _)| name == d)
+            .ok_or_else(|| bad(format!("`dimensions`: unknown dimension {d:?}")))?;
+        dimensions.push(*name);
+    }
+    if !raw.filters.is_empty() {
+        return Err(bad("`filters` are not supported yet"));
+    }
+    if raw.order_by.is_some() {
+        return Err(bad("`order_by` is not supported yet; results are ordered by the first metric, descending"));
+    }
+    let _ = raw.include;
+    let (from, to) = date_range(raw.date_range.as_ref().ok_or_else(|| bad("`date_range` is required"))?, today)?;
+    let limit = raw.pagination.as_ref().and_then(|p| p.limit).unwrap_or(10_000);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(bad(format!("`pagination.limit` must be 1..={MAX_LIMIT}")));
+    }
+    let offset = raw.pagination.as_ref().and_then(|p| p.offset).unwrap_or(0);
+    Ok(Query { site, metrics, dimensions, from, to, limit, offset })
+}
+
+fn date_range(v: &Value, today: NaiveDate) -> Result<(NaiveDate, NaiveDate), Error> {
+    let r = match v {
+        Value::String(s) => match s.as_str() {
+            "day" => (today, today),
+            "7d" => (today - Duration::days(6), today),
+            "30d" => (today - Duration::days(29), today),
+            "month" => (today.with_day(1).unwrap_or(today), today),
+            "year" => (NaiveDate::from_ymd_opt(today.year(), 1, 1).unwrap_or(today), today),
+            "all" => (NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or(today), today),
+            other => return Err(bad(format!("`date_range`: unknown period {other:?}; use day, 7d, 30d, month, year, all or [\"YYYY-MM-DD\",\"YYYY-MM-DD\"]"))),
+        },
+        Value::Array(a) if a.len() == 2 => {
+            let d = |i: usize| -> Result<NaiveDate, Error> {
+                a[i].as_str()
+                    .and_then(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+                    .ok_or_else(|| bad("`date_range` dates must be \"YYYY-MM-DD\""))
+            };
+            let (f, t) = (d(0)?, d(1)?);
+            if f > t {
+                return Err(bad("`date_range` starts after it ends"));
+            }
+            (f, t)
+        }
+        _ => return Err(bad("`date_range` must be a period name or [from, to]")),
+    };
+    Ok(r)
+}
+
+/// Today's date in UTC.
+pub fn today() -> NaiveDate {
+    Utc::now().date_naive()
+}
+
+/// The SQL for a query, with `?` placeholders bound by the caller in this order:
+/// site, from (`YYYY-MM-DD`), to-exclusive (`YYYY-MM-DD`). Columns come out as the dimensions
+/// then the metrics, then `uniq(visitor_id)` (for the k-anonymity check).
+pub fn sql(q: &Query) -> String {
+    let dims: Vec<&str> = q
+        .dimensions
+        .iter()
+        .filter_map(|d| DIMENSIONS.iter().find(|(n, _)| n == d).map(|(_, e)| *e))
+        .collect();
+    let mut select: Vec<String> = dims.iter().map(|e| e.to_string()).collect();
+    select.extend(q.metrics.iter().map(|m| m.sql().to_string()));
+    select.push("uniq(visitor_id)".into());
+    let mut s = format!(
+        "SELECT {} FROM events WHERE site = ? AND timestamp >= toDateTime(?) AND timestamp < toDateTime(?)",
+        select.join(", ")
+    );
+    if !dims.is_empty() {
+        s.push_str(&format!(" GROUP BY {}", (1..=dims.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(", ")));
+        let time = q.dimensions.iter().any(|d| d.starts_with("time:"));
+        if time {
+            s.push_str(" ORDER BY 1 ASC");
+        } else {
+            s.push_str(&format!(" ORDER BY {} DESC, 1 ASC", dims.len() + 1));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn parses_a_plausible_query() {
+        let q = parse(br#"{"site_id":"a.com","metrics":["visitors","pageviews"],"date_range":"7d","dimensions":["event:page"]}"#, d("2026-11-28")).unwrap();
+        assert_eq!(q.metrics, vec![Metric::Visitors, Metric::Pageviews]);
+        assert_eq!(q.dimensions, vec!["event:page"]);
+        assert_eq!((q.from, q.to), (d("2026-11-22"), d("2026-11-28")));
+        let s = sql(&q);
+        assert!(s.starts_with("SELECT pathname, uniq(visitor_id), countIf(name = 'pageview'), uniq(visitor_id) FROM events"), "{s}");
+        assert!(s.contains("GROUP BY 1"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let t = d("2026-11-28");
+        let e = |b: &str| parse(b.as_bytes(), t).unwrap_err().to_string();
+        assert!(e(r#"{"metrics":["visitors"],"date_range":"day"}"#).contains("site_id"));
+        assert!(e(r#"{"site_id":"a","metrics":["nope"],"date_range":"day"}"#).contains("metrics"));
+        assert!(e(r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","dimensions":["x; DROP"]}"#).contains("dimensions"));
+        assert!(e(r#"{"site_id":"a","metrics":["visitors"],"date_range":"fortnight"}"#).contains("date_range"));
+        assert!(e(r#"{"site_id":"a","metrics":["visitors"],"date_range":["2026-02-01","2026-01-01"]}"#).contains("date_range"));
+        assert!(e(r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","bogus":1}"#).contains("bogus"));
+    }
+
+    #[test]
+    fn custom_ranges_and_months() {
+        let q = parse(br#"{"site_id":"a","metrics":["events"],"date_range":["2026-01-01","2026-01-31"]}"#, d("2026-11-28")).unwrap();
+        assert_eq!((q.from, q.to), (d("2026-01-01"), d("2026-01-31")));
+        let q = parse(br#"{"site_id":"a","metrics":["events"],"date_range":"month"}"#, d("2026-11-28")).unwrap();
+        assert_eq!(q.from, d("2026-11-01"));
+    }
+}
