@@ -208,20 +208,22 @@ pub fn sql(q: &Query) -> String {
         .iter()
         .filter_map(|d| DIMENSIONS.iter().find(|(n, _)| n == d).map(|(_, e)| *e))
         .collect();
-    let mut select: Vec<String> = dims.iter().map(|e| e.to_string()).collect();
-    select.extend(q.metrics.iter().map(|m| m.sql().to_string()));
-    select.push("uniq(visitor_id)".into());
+    let mut select: Vec<String> = dims.iter().enumerate().map(|(i, e)| format!("{e} AS d{i}")).collect();
+    select.extend(q.metrics.iter().enumerate().map(|(i, m)| format!("{} AS m{i}", m.sql())));
+    select.push("uniq(visitor_id) AS k_visitors".into());
     let mut s = format!(
         "SELECT {} FROM events WHERE site = ? AND timestamp >= toDateTime(?) AND timestamp < toDateTime(?)",
         select.join(", ")
     );
     if !dims.is_empty() {
-        s.push_str(&format!(" GROUP BY {}", (1..=dims.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(", ")));
+        // 18.16 has no positional GROUP BY: group and order by the aliases.
+        let aliases: Vec<String> = (0..dims.len()).map(|i| format!("d{i}")).collect();
+        s.push_str(&format!(" GROUP BY {}", aliases.join(", ")));
         let time = q.dimensions.iter().any(|d| d.starts_with("time:"));
         if time {
-            s.push_str(" ORDER BY 1 ASC");
+            s.push_str(&format!(" ORDER BY {} ASC", aliases.join(" ASC, ")));
         } else {
-            s.push_str(&format!(" ORDER BY {} DESC, 1 ASC", dims.len() + 1));
+            s.push_str(&format!(" ORDER BY m0 DESC, {} ASC", aliases.join(" ASC, ")));
         }
     }
     s
@@ -242,8 +244,8 @@ mod tests {
         assert_eq!(q.dimensions, vec!["event:page"]);
         assert_eq!((q.from, q.to), (d("2026-11-22"), d("2026-11-28")));
         let s = sql(&q);
-        assert!(s.starts_with("SELECT pathname, uniq(visitor_id), countIf(name = 'pageview'), uniq(visitor_id) FROM events"), "{s}");
-        assert!(s.contains("GROUP BY 1"));
+        assert!(s.starts_with("SELECT pathname AS d0, uniq(visitor_id) AS m0, countIf(name = 'pageview') AS m1, uniq(visitor_id) AS k_visitors FROM events"), "{s}");
+        assert!(s.contains("GROUP BY d0 ORDER BY m0 DESC, d0 ASC"), "{s}");
     }
 
     #[test]

@@ -1,1 +1,112 @@
-fn main(){}
+//! `veil`: the one binary. Thin: parses the command line, loads and validates settings, and
+//! calls the libraries (`veil-collector`, `veil-aggregator`, `veil-dashboards`, `veil-schemas`).
+
+mod app;
+mod config;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tokio::net::TcpListener;
+use veil_aggregator::Aggregator;
+use veil_collector::server::{serve, shutdown_signal, ServerOptions};
+use veil_collector::Collector;
+use veil_schemas::managed::{ManagedClickHouse, ManagedOptions};
+
+use crate::app::VeilApp;
+use crate::config::{Cli, Command, Settings};
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = real_main(cli) {
+        eprintln!("veil: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    let settings = Settings::load(cli.opts, &cli.command)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&settings.log).context("--log is not a valid filter")?)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Command::CheckConfig = cli.command {
+        println!("{}", serde_json::to_string_pretty(&settings)?);
+        return Ok(());
+    }
+    // The managed ClickHouse is started from the main thread, which lives as long as the
+    // process: its parent-death signal then fires only when veil itself ends.
+    let mut managed = None;
+    let mut settings = settings;
+    if let (Command::Up, None) = (&cli.command, &settings.clickhouse_url) {
+        let dir = settings.data_dir.join("clickhouse");
+        eprintln!("veil: starting managed ClickHouse under {}", dir.display());
+        let server = ManagedClickHouse::start(&ManagedOptions::new(dir))?;
+        settings.clickhouse.url = server.url();
+        managed = Some(server);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = rt.block_on(run(cli.command, settings));
+    drop(rt);
+    if let Some(mut m) = managed {
+        eprintln!("veil: stopping managed ClickHouse");
+        m.stop();
+    }
+    result
+}
+
+async fn bind(settings: &Settings) -> Result<TcpListener> {
+    TcpListener::bind(settings.listen).await.with_context(|| format!("binding --listen {}", settings.listen))
+}
+
+async fn run(command: Command, s: Settings) -> Result<()> {
+    match command {
+        Command::CheckConfig => Ok(()),
+        Command::Migrate => {
+            let applied = veil_schemas::migrate(&s.clickhouse).await?;
+            println!("applied {} migration(s) to {}", applied.len(), s.clickhouse.database);
+            Ok(())
+        }
+        Command::Collector => {
+            veil_schemas::migrate(&s.clickhouse).await.context("applying migrations")?;
+            let listener = bind(&s).await?;
+            eprintln!("veil: collector listening on http://{}", listener.local_addr()?);
+            veil_collector::run(s.collector, s.clickhouse, listener, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Aggregator => {
+            let listener = bind(&s).await?;
+            let app = Arc::new(VeilApp { collector: None, aggregator: Aggregator::new(s.aggregator, s.clickhouse) });
+            eprintln!("veil: aggregator and dashboard on http://{}/", listener.local_addr()?);
+            let opts = ServerOptions { shutdown_timeout: s.collector.shutdown_timeout, ..ServerOptions::default() };
+            serve(listener, app, opts, shutdown_signal()).await;
+            Ok(())
+        }
+        Command::Up => {
+            veil_schemas::migrate(&s.clickhouse).await.context("applying migrations")?;
+            let listener = bind(&s).await?;
+            let collector = Collector::start(s.collector.clone(), s.clickhouse.clone(), prometheus::Registry::new())?;
+            let app = Arc::new(VeilApp {
+                collector: Some(collector.clone()),
+                aggregator: Aggregator::new(s.aggregator.clone(), s.clickhouse.clone()),
+            });
+            let addr = listener.local_addr()?;
+            println!("Veil is running: dashboard http://{addr}/  ingest http://{addr}/api/event  metrics http://{addr}/metrics");
+            if s.collector.sites.is_empty() {
+                println!("No site is registered yet: restart with --site example.com to accept its events.");
+            }
+            let c2 = collector.clone();
+            let shutdown = async move {
+                shutdown_signal().await;
+                c2.begin_shutdown();
+            };
+            serve(listener, app, collector.server_options(), shutdown).await;
+            let flushed = tokio::task::spawn_blocking(move || collector.finish()).await?;
+            if !flushed {
+                anyhow::bail!("shutdown deadline passed before the last batch was written");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The `veil` command line and its configuration: every setting comes, in rising precedence,
+//! from built-in defaults, the TOML file named by `--config`, a `VEIL_*` environment variable,
+//! and a flag. [`Settings::load`] merges them and validates everything before any socket is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+use veil_aggregator::AggregatorConfig;
+use veil_collector::CollectorConfig;
+use veil_schemas::ClickHouseConfig;
+
+/// Privacy-preserving web and app analytics.
+#[derive(Debug, Parser)]
+#[command(name = "veil", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Settings shared by all subcommands.
+    #[command(flatten)]
+    pub opts: Opts,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything on one machine: managed ClickHouse (unless --clickhouse-url), migrations,
+    /// collector, aggregator and dashboard on one address.
+    Up,
+    /// Only the collector (ingest endpoints, /healthz, /readyz, /metrics), against --clickhouse-url.
+    Collector,
+    /// Only the aggregator (Stats API) and the dashboard, against --clickhouse-url.
+    Aggregator,
+    /// Apply the schema migrations to --clickhouse-url.
+    Migrate,
+    /// Validate the configuration and print the effective settings.
+    CheckConfig,
+}
+
+/// Flags; each also reads a `VEIL_*` variable and a key of the TOML file.
+#[derive(Debug, Args, Default)]
+pub struct Opts {
+    /// TOML file with settings (keys are the flag names with `_` for `-`).
+    #[arg(long, env = "VEIL_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Address to serve HTTP on [default: 127.0.0.1:8080].
+    #[arg(long, env = "VEIL_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// ClickHouse HTTP URL; `veil up` starts a managed server when absent.
+    #[arg(long, env = "VEIL_CLICKHOUSE_URL", global = true)]
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse database for Veil's tables [default: veil].
+    #[arg(long, env = "VEIL_CLICKHOUSE_DATABASE", global = true)]
+    pub clickhouse_database: Option<String>,
+    /// ClickHouse user.
+    #[arg(long, env = "VEIL_CLICKHOUSE_USER", global = true)]
+    pub clickhouse_user: Option<String>,
+    /// ClickHouse password.
+    #[arg(long, env = "VEIL_CLICKHOUSE_PASSWORD", global = true, hide_env_values = true)]
+    pub clickhouse_password: Option<String>,
+    /// Directory for Veil's own files (managed ClickHouse data) [default: ./var].
+    #[arg(long, env = "VEIL_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// A site (domain) accepted without an API call; repeatable, or comma-separated in VEIL_SITE.
+    #[arg(long = "site", env = "VEIL_SITE", value_delimiter = ',', global = true)]
+    pub sites: Vec<String>,
+    /// Header holding the client IP, checked in order before the socket peer; repeatable
+    /// [default: x-forwarded-for].
+    #[arg(long = "trusted-ip-header", env = "VEIL_TRUSTED_IP_HEADER", value_delimiter = ',', global = true)]
+    pub trusted_ip_headers: Vec<String>,
+    /// Largest request body in bytes [default: 262144].
+    #[arg(long, env = "VEIL_MAX_BODY_BYTES", global = true)]
+    pub max_body_bytes: Option<usize>,
+    /// Most events in one /v1/events batch [default: 1000].
+    #[arg(long, env = "VEIL_MAX_EVENTS_PER_BATCH", global = true)]
+    pub max_events_per_batch: Option<usize>,
+    /// Time to receive request headers, e.g. `10s` [default: 10s].
+    #[arg(long, env = "VEIL_HEADER_READ_TIMEOUT", global = true, value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// Time to receive a request body [default: 10s].
+    #[arg(long, env = "VEIL_BODY_READ_TIMEOUT", global = true, value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Option<Duration>,
+    /// Events waiting for ClickHouse before requests get 503 [default: 200000].
+    #[arg(long, env = "VEIL_QUEUE_CAPACITY", global = true)]
+    pub queue_capacity: Option<usize>,
+    /// Flush a batch at this many rows [default: 50000].
+    #[arg(long, env = "VEIL_BATCH_MAX_ROWS", global = true)]
+    pub batch_max_rows: Option<usize>,
+    /// Flush a batch at about this many bytes [default: 33554432].
+    #[arg(long, env = "VEIL_BATCH_MAX_BYTES", global = true)]
+    pub batch_max_bytes: Option<usize>,
+    /// Flush a batch when its oldest row is this old [default: 1s].
+    #[arg(long, env = "VEIL_BATCH_MAX_AGE", global = true, value_parser = humantime::parse_duration)]
+    pub batch_max_age: Option<Duration>,
+    /// ClickHouse writer threads [default: 1].
+    #[arg(long, env = "VEIL_WRITERS", global = true)]
+    pub writers: Option<usize>,
+    /// Time shutdown may take to drain and flush [default: 30s].
+    #[arg(long, env = "VEIL_SHUTDOWN_TIMEOUT", global = true, value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+    /// Bearer token for the Stats API and dashboard (required when listening beyond loopback).
+    #[arg(long, env = "VEIL_API_TOKEN", global = true, hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// k-anonymity: no report number describes fewer visitors than this [default: 5].
+    #[arg(long, env = "VEIL_MIN_VISITORS", global = true)]
+    pub min_visitors: Option<u64>,
+    /// Log filter (tracing-subscriber syntax) [default: info].
+    #[arg(long, env = "VEIL_LOG", global = true)]
+    pub log: Option<String>,
+}
+
+/// The TOML file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    listen: Option<String>,
+    clickhouse_url: Option<String>,
+    clickhouse_database: Option<String>,
+    clickhouse_user: Option<String>,
+    clickhouse_password: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    site: Vec<String>,
+    #[serde(default)]
+    trusted_ip_header: Vec<String>,
+    max_body_bytes: Option<usize>,
+    max_events_per_batch: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    header_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    body_read_timeout: Option<Duration>,
+    queue_capacity: Option<usize>,
+    batch_max_rows: Option<usize>,
+    batch_max_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    batch_max_age: Option<Duration>,
+    writers: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    shutdown_timeout: Option<Duration>,
+    api_token: Option<String>,
+    min_visitors: Option<u64>,
+    log: Option<String>,
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+/// The effective, validated settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// HTTP address.
+    pub listen: SocketAddr,
+    /// ClickHouse URL given by the user (none: `veil up` manages one).
+    pub clickhouse_url: Option<String>,
+    /// Database, user, password (password never printed).
+    pub clickhouse: ClickHouseConfig,
+    /// Veil's data directory.
+    pub data_dir: PathBuf,
+    /// Collector settings.
+    pub collector: CollectorConfig,
+    /// Aggregator settings.
+    pub aggregator: AggregatorConfig,
+    /// Whether an API token is set (the token itself is never printed).
+    pub api_token_set: bool,
+    /// Log filter.
+    pub log: String,
+}
+
+fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
+    flag.or(file)
+}
+
+impl Settings {
+    /// Merges defaults, file, environment and flags, then validates for `command`.
+    pub fn load(opts: Opts, command: &Command) -> Result<Self> {
+        let file: FileConfig = match &opts.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading --config {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing --config {}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let listen_s = pick(opts.listen, file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen: SocketAddr = listen_s
+            .parse()
+            .with_context(|| format!("--listen {listen_s:?} is not an address like 127.0.0.1:8080"))?;
+        let clickhouse_url = pick(opts.clickhouse_url, file.clickhouse_url);
+        let mut clickhouse = ClickHouseConfig::new(
+            clickhouse_url.clone().unwrap_or_else(|| "http://127.0.0.1:8123".into()),
+            pick(opts.clickhouse_database, file.clickhouse_database).unwrap_or_else(|| "veil".into()),
+        );
+        clickhouse.user = pick(opts.clickhouse_user, file.clickhouse_user);
+        clickhouse.password = pick(opts.clickhouse_password, file.clickhouse_password);
+        clickhouse.validate()?;
+        let sites = if opts.sites.is_empty() { file.site } else { opts.sites };
+        let mut collector = CollectorConfig { sites, ..CollectorConfig::default() };
+        let headers = if opts.trusted_ip_headers.is_empty() { file.trusted_ip_header } else { opts.trusted_ip_headers };
+        if !headers.is_empty() {
+            collector.trusted_ip_headers = headers;
+        }
+        let l = &mut collector.limits;
+        l.max_body_bytes = pick(opts.max_body_bytes, file.max_body_bytes).unwrap_or(l.max_body_bytes);
+        l.max_events_per_batch = pick(opts.max_events_per_batch, file.max_events_per_batch).unwrap_or(l.max_events_per_batch);
+        l.header_read_timeout = pick(opts.header_read_timeout, file.header_read_timeout).unwrap_or(l.header_read_timeout);
+        l.body_read_timeout = pick(opts.body_read_timeout, file.body_read_timeout).unwrap_or(l.body_read_timeout);
+        let b = &mut collector.batch;
+        b.queue_capacity = pick(opts.queue_capacity, file.queue_capacity).unwrap_or(b.queue_capacity);
+        b.max_rows = pick(opts.batch_max_rows, file.batch_max_rows).unwrap_or(b.max_rows);
+        b.max_bytes = pick(opts.batch_max_bytes, file.batch_max_bytes).unwrap_or(b.max_bytes);
+        b.max_age = pick(opts.batch_max_age, file.batch_max_age).unwrap_or(b.max_age);
+        b.writers = pick(opts.writers, file.writers).unwrap_or(b.writers);
+        collector.shutdown_timeout = pick(opts.shutdown_timeout, file.shutdown_timeout).unwrap_or(collector.shutdown_timeout);
+        collector.validate()?;
+        let api_token = pick(opts.api_token, file.api_token).filter(|t| !t.is_empty());
+        if let Some(t) = &api_token {
+            if t.len() < 16 {
+                bail!("--api-token must be at least 16 characters");
+            }
+        }
+        let serves_stats = matches!(command, Command::Up | Command::Aggregator);
+        if serves_stats && api_token.is_none() && !listen.ip().is_loopback() {
+            bail!(
+                "--listen {listen} is reachable from other machines but no --api-token is set: \
+                 the Stats API and dashboard would be open to anyone. Set --api-token (or VEIL_API_TOKEN) \
+                 or listen on 127.0.0.1"
+            );
+        }
+        let min_visitors = pick(opts.min_visitors, file.min_visitors).unwrap_or(5);
+        if min_visitors == 0 {
+            bail!("--min-visitors must be at least 1");
+        }
+        if matches!(command, Command::Collector | Command::Aggregator | Command::Migrate) && clickhouse_url.is_none() {
+            bail!("--clickhouse-url is required for this subcommand (only `veil up` manages its own ClickHouse)");
+        }
+        let aggregator = AggregatorConfig { sites: collector.sites.clone(), api_token: api_token.clone(), min_visitors };
+        Ok(Settings {
+            listen,
+            clickhouse_url,
+            clickhouse,
+            data_dir: pick(opts.data_dir, file.data_dir).unwrap_or_else(|| PathBuf::from("./var")),
+            collector,
+            aggregator,
+            api_token_set: api_token.is_some(),
+            log: pick(opts.log, file.log).unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings> {
+        let cli = Cli::try_parse_from(std::iter::once("veil").chain(args.iter().copied()))?;
+        Settings::load(cli.opts, &cli.command)
+    }
+
+    #[test]
+    fn defaults() {
+        let s = parse(&["up"]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.clickhouse.database, "veil");
+        assert_eq!(s.data_dir, PathBuf::from("./var"));
+        assert_eq!(s.aggregator.min_visitors, 5);
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("veil.toml");
+        std::fs::write(&p, "site = [\"a.com\"]\nclickhouse_database = \"fromfile\"\nbatch_max_age = \"250ms\"\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let s = parse(&["up", "--config", p.to_str().unwrap(), "--listen", "127.0.0.1:9100"]).unwrap();
+        assert_eq!(s.collector.sites, vec!["a.com"]);
+        assert_eq!(s.clickhouse.database, "fromfile");
+        assert_eq!(s.collector.batch.max_age, Duration::from_millis(250));
+        assert_eq!(s.listen.port(), 9100, "a flag beats the file");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("veil.toml");
+        std::fs::write(&p, "sitez = [\"a.com\"]\n").unwrap();
+        let e = format!("{:#}", parse(&["up", "--config", p.to_str().unwrap()]).unwrap_err());
+        assert!(e.contains("sitez"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let e = |a: &[&str]| format!("{:#}", parse(a).unwrap_err());
+        assert!(e(&["up", "--listen", "nope"]).contains("--listen"));
+        assert!(e(&["up", "--listen", "0.0.0.0:8080"]).contains("--api-token"));
+        assert!(e(&["collector"]).contains("--clickhouse-url"));
+        assert!(e(&["up", "--site", "bad domain"]).contains("--site"));
+        assert!(e(&["up", "--clickhouse-database", "x-y"]).contains("--clickhouse-database"));
+        assert!(parse(&["up", "--listen", "0.0.0.0:8080", "--api-token", "0123456789abcdef"]).is_ok());
+    }
+}
