@@ -104,9 +104,11 @@ impl Writer {
         let mut bytes = 0usize;
         let mut oldest: Option<Instant> = None;
         loop {
+            // Wake at least every 100 ms to notice shutdown.
+            let tick = Duration::from_millis(100);
             let wait = match oldest {
-                Some(t) => self.cfg.max_age.saturating_sub(t.elapsed()),
-                None => Duration::from_millis(100),
+                Some(t) => self.cfg.max_age.saturating_sub(t.elapsed()).min(tick),
+                None => tick,
             };
             match self.rx.recv_timeout(wait) {
                 Ok(row) => {
