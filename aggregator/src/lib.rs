@@ -68,7 +68,11 @@ pub struct AggregatorConfig {
 
 impl Default for AggregatorConfig {
     fn default() -> Self {
-        Self { sites: Vec::new(), api_token: None, min_visitors: 5 }
+        Self {
+            sites: Vec::new(),
+            api_token: None,
+            min_visitors: 5,
+        }
     }
 }
 
@@ -85,8 +89,12 @@ type HttpResponse = Response<Full<Bytes>>;
 fn json_response(status: StatusCode, v: &Value) -> HttpResponse {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -115,7 +123,11 @@ impl Aggregator {
     /// An aggregator reading from `ch`.
     pub fn new(cfg: AggregatorConfig, ch: ClickHouseConfig) -> Self {
         let client = ch.client();
-        Self { cfg: Arc::new(cfg), ch, client }
+        Self {
+            cfg: Arc::new(cfg),
+            ch,
+            client,
+        }
     }
 
     /// The ClickHouse it reads.
@@ -129,7 +141,9 @@ impl Aggregator {
     }
 
     fn authorized(&self, req: &Request<Bytes>) -> bool {
-        let Some(token) = &self.cfg.api_token else { return true };
+        let Some(token) = &self.cfg.api_token else {
+            return true;
+        };
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -150,7 +164,10 @@ impl Aggregator {
             return Some(error_response(&Error::Unauthorized));
         }
         let r = match (path, req.method()) {
-            ("/api/v1/sites", &Method::GET) => Ok(json_response(StatusCode::OK, &json!({ "sites": self.cfg.sites }))),
+            ("/api/v1/sites", &Method::GET) => Ok(json_response(
+                StatusCode::OK,
+                &json!({ "sites": self.cfg.sites }),
+            )),
             ("/api/v2/query", &Method::POST) => self.query(req.body(), query::today()).await,
             ("/api/v1/sites", _) => Err(Error::MethodNotAllowed("GET")),
             _ => Err(Error::MethodNotAllowed("POST")),
@@ -164,7 +181,11 @@ impl Aggregator {
     }
 
     /// Runs a Stats API query given as JSON bytes.
-    pub async fn query(&self, body: &[u8], today: chrono::NaiveDate) -> Result<HttpResponse, Error> {
+    pub async fn query(
+        &self,
+        body: &[u8],
+        today: chrono::NaiveDate,
+    ) -> Result<HttpResponse, Error> {
         let q = query::parse(body, today)?;
         if !self.cfg.sites.iter().any(|s| s == &q.site) {
             return Err(Error::UnknownSite(q.site));
@@ -187,8 +208,13 @@ impl Aggregator {
             .collect()
             .await
             .map_err(|e| Error::ClickHouse(e.to_string()))?;
-        let parsed: Value = serde_json::from_slice(&bytes).map_err(|e| Error::ClickHouse(format!("bad JSON from ClickHouse: {e}")))?;
-        let rows = parsed.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+        let parsed: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::ClickHouse(format!("bad JSON from ClickHouse: {e}")))?;
+        let rows = parsed
+            .get("data")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         Ok(self.fold(q, rows))
     }
 
@@ -202,11 +228,21 @@ impl Aggregator {
         let mut folded = 0u64;
         let mut suppressed = false;
         for row in rows {
-            let Some(cells) = row.as_array() else { continue };
+            let Some(cells) = row.as_array() else {
+                continue;
+            };
             if cells.len() != nd + nm + 1 {
                 continue;
             }
-            let dims: Vec<Value> = cells[..nd].iter().map(|v| json!(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))).collect();
+            let dims: Vec<Value> = cells[..nd]
+                .iter()
+                .map(|v| {
+                    json!(v
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()))
+                })
+                .collect();
             let metrics: Vec<f64> = cells[nd..nd + nm].iter().map(number).collect();
             let visitors = number(&cells[nd + nm]);
             if visitors >= k || visitors == 0.0 {
@@ -216,17 +252,30 @@ impl Aggregator {
                 results.push(json!({ "dimensions": dims, "metrics": vec![Value::Null; nm] }));
             } else {
                 folded += 1;
-                for (o, m) in other.iter_mut().zip(metrics.iter().chain(std::iter::once(&visitors))) {
+                for (o, m) in other
+                    .iter_mut()
+                    .zip(metrics.iter().chain(std::iter::once(&visitors)))
+                {
                     *o += m;
                 }
             }
         }
         if folded > 0 && other[nm] >= k {
-            let dims = vec![json!(format!("(other: {folded} rows under k={})", self.cfg.min_visitors)); nd];
+            let dims = vec![
+                json!(format!(
+                    "(other: {folded} rows under k={})",
+                    self.cfg.min_visitors
+                ));
+                nd
+            ];
             results.push(json!({ "dimensions": dims, "metrics": other[..nm].iter().map(|x| json_number(*x)).collect::<Vec<_>>() }));
         }
         let total_rows = results.len();
-        let page: Vec<Value> = results.into_iter().skip(q.offset as usize).take(q.limit as usize).collect();
+        let page: Vec<Value> = results
+            .into_iter()
+            .skip(q.offset as usize)
+            .take(q.limit as usize)
+            .collect();
         json!({
             "results": page,
             "meta": { "min_visitors": self.cfg.min_visitors, "folded_rows": folded, "suppressed": suppressed, "total_rows": total_rows },
@@ -246,7 +295,11 @@ mod tests {
 
     fn agg(k: u64) -> Aggregator {
         Aggregator::new(
-            AggregatorConfig { sites: vec!["a.com".into()], api_token: Some("s3cret".into()), min_visitors: k },
+            AggregatorConfig {
+                sites: vec!["a.com".into()],
+                api_token: Some("s3cret".into()),
+                min_visitors: k,
+            },
             ClickHouseConfig::new("http://127.0.0.1:1", "veil"),
         )
     }
@@ -255,23 +308,38 @@ mod tests {
     fn small_rows_are_folded() {
         let a = agg(5);
         let q = query::parse(br#"{"site_id":"a.com","metrics":["visitors","pageviews"],"date_range":"day","dimensions":["event:page"]}"#, query::today()).unwrap();
-        let rows = vec![json!(["/", "10", "20", "10"]), json!(["/a", "3", "3", "3"]), json!(["/b", "2", "2", "2"]), json!(["/c", "1", "1", "1"])];
+        let rows = vec![
+            json!(["/", "10", "20", "10"]),
+            json!(["/a", "3", "3", "3"]),
+            json!(["/b", "2", "2", "2"]),
+            json!(["/c", "1", "1", "1"]),
+        ];
         let v = a.fold(&q, rows);
         let r = v["results"].as_array().unwrap();
         assert_eq!(r.len(), 2, "{v}");
         assert_eq!(r[0]["dimensions"][0], "/");
-        assert!(r[1]["dimensions"][0].as_str().unwrap().starts_with("(other: 3 rows"));
+        assert!(r[1]["dimensions"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("(other: 3 rows"));
         assert_eq!(r[1]["metrics"][1], 6);
         assert_eq!(v["meta"]["folded_rows"], 3);
         // A folded group under k is not shown at all.
-        let v = a.fold(&q, vec![json!(["/", "10", "20", "10"]), json!(["/a", "1", "1", "1"])]);
+        let v = a.fold(
+            &q,
+            vec![json!(["/", "10", "20", "10"]), json!(["/a", "1", "1", "1"])],
+        );
         assert_eq!(v["results"].as_array().unwrap().len(), 1);
     }
 
     #[test]
     fn small_totals_are_suppressed() {
         let a = agg(5);
-        let q = query::parse(br#"{"site_id":"a.com","metrics":["visitors"],"date_range":"day"}"#, query::today()).unwrap();
+        let q = query::parse(
+            br#"{"site_id":"a.com","metrics":["visitors"],"date_range":"day"}"#,
+            query::today(),
+        )
+        .unwrap();
         let v = a.fold(&q, vec![json!(["2", "2"])]);
         assert_eq!(v["results"][0]["metrics"][0], Value::Null);
         assert_eq!(v["meta"]["suppressed"], true);
@@ -280,11 +348,27 @@ mod tests {
     #[tokio::test]
     async fn token_is_required_when_set() {
         let a = agg(1);
-        let req = Request::builder().method("GET").uri("/api/v1/sites").body(Bytes::new()).unwrap();
-        assert_eq!(a.handle(req).await.unwrap().status(), StatusCode::UNAUTHORIZED);
-        let req = Request::builder().method("GET").uri("/api/v1/sites").header("authorization", "Bearer s3cret").body(Bytes::new()).unwrap();
+        let req = Request::builder()
+            .method("GET")
+            .uri("/api/v1/sites")
+            .body(Bytes::new())
+            .unwrap();
+        assert_eq!(
+            a.handle(req).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let req = Request::builder()
+            .method("GET")
+            .uri("/api/v1/sites")
+            .header("authorization", "Bearer s3cret")
+            .body(Bytes::new())
+            .unwrap();
         assert_eq!(a.handle(req).await.unwrap().status(), StatusCode::OK);
-        let req = Request::builder().method("GET").uri("/elsewhere").body(Bytes::new()).unwrap();
+        let req = Request::builder()
+            .method("GET")
+            .uri("/elsewhere")
+            .body(Bytes::new())
+            .unwrap();
         assert!(a.handle(req).await.is_none());
     }
 }

@@ -51,7 +51,11 @@ impl Metric {
 
     /// The API name.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, m)| *m == self).map(|(n, _)| *n).unwrap_or("?")
+        Self::ALL
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
     }
 }
 
@@ -73,7 +77,10 @@ pub const DIMENSIONS: &[(&str, &str)] = &[
     ("visit:os_version", "os_version"),
     ("visit:device", "device"),
     ("visit:country", "country_code"),
-    ("time:hour", "formatDateTime(toStartOfHour(timestamp), '%Y-%m-%d %H:00:00')"),
+    (
+        "time:hour",
+        "formatDateTime(toStartOfHour(timestamp), '%Y-%m-%d %H:00:00')",
+    ),
     ("time:day", "toString(toDate(timestamp))"),
 ];
 
@@ -131,8 +138,14 @@ pub const MAX_LIMIT: u32 = 10_000;
 /// Parses and checks a request body against `today` (UTC).
 pub fn parse(body: &[u8], today: NaiveDate) -> Result<Query, Error> {
     let raw: Raw = serde_json::from_slice(body).map_err(|e| bad(format!("invalid query: {e}")))?;
-    let site = raw.site_id.filter(|s| !s.is_empty()).ok_or_else(|| bad("`site_id` is required"))?;
-    let names = raw.metrics.filter(|m| !m.is_empty()).ok_or_else(|| bad("`metrics` is required (e.g. [\"visitors\"])"))?;
+    let site = raw
+        .site_id
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| bad("`site_id` is required"))?;
+    let names = raw
+        .metrics
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| bad("`metrics` is required (e.g. [\"visitors\"])"))?;
     let mut metrics = Vec::new();
     for n in &names {
         let m = Metric::ALL
@@ -154,16 +167,35 @@ pub fn parse(body: &[u8], today: NaiveDate) -> Result<Query, Error> {
         return Err(bad("`filters` are not supported yet"));
     }
     if raw.order_by.is_some() {
-        return Err(bad("`order_by` is not supported yet; results are ordered by the first metric, descending"));
+        return Err(bad(
+            "`order_by` is not supported yet; results are ordered by the first metric, descending",
+        ));
     }
     let _ = raw.include;
-    let (from, to) = date_range(raw.date_range.as_ref().ok_or_else(|| bad("`date_range` is required"))?, today)?;
-    let limit = raw.pagination.as_ref().and_then(|p| p.limit).unwrap_or(10_000);
+    let (from, to) = date_range(
+        raw.date_range
+            .as_ref()
+            .ok_or_else(|| bad("`date_range` is required"))?,
+        today,
+    )?;
+    let limit = raw
+        .pagination
+        .as_ref()
+        .and_then(|p| p.limit)
+        .unwrap_or(10_000);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(bad(format!("`pagination.limit` must be 1..={MAX_LIMIT}")));
     }
     let offset = raw.pagination.as_ref().and_then(|p| p.offset).unwrap_or(0);
-    Ok(Query { site, metrics, dimensions, from, to, limit, offset })
+    Ok(Query {
+        site,
+        metrics,
+        dimensions,
+        from,
+        to,
+        limit,
+        offset,
+    })
 }
 
 fn date_range(v: &Value, today: NaiveDate) -> Result<(NaiveDate, NaiveDate), Error> {
@@ -208,8 +240,17 @@ pub fn sql(q: &Query) -> String {
         .iter()
         .filter_map(|d| DIMENSIONS.iter().find(|(n, _)| n == d).map(|(_, e)| *e))
         .collect();
-    let mut select: Vec<String> = dims.iter().enumerate().map(|(i, e)| format!("{e} AS d{i}")).collect();
-    select.extend(q.metrics.iter().enumerate().map(|(i, m)| format!("{} AS m{i}", m.sql())));
+    let mut select: Vec<String> = dims
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("{e} AS d{i}"))
+        .collect();
+    select.extend(
+        q.metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("{} AS m{i}", m.sql())),
+    );
     select.push("uniq(visitor_id) AS k_visitors".into());
     let mut s = format!(
         "SELECT {} FROM events WHERE site = ? AND timestamp >= toDateTime(?) AND timestamp < toDateTime(?)",
@@ -223,7 +264,10 @@ pub fn sql(q: &Query) -> String {
         if time {
             s.push_str(&format!(" ORDER BY {} ASC", aliases.join(" ASC, ")));
         } else {
-            s.push_str(&format!(" ORDER BY m0 DESC, {} ASC", aliases.join(" ASC, ")));
+            s.push_str(&format!(
+                " ORDER BY m0 DESC, {} ASC",
+                aliases.join(" ASC, ")
+            ));
         }
     }
     s
@@ -254,17 +298,37 @@ mod tests {
         let e = |b: &str| parse(b.as_bytes(), t).unwrap_err().to_string();
         assert!(e(r#"{"metrics":["visitors"],"date_range":"day"}"#).contains("site_id"));
         assert!(e(r#"{"site_id":"a","metrics":["nope"],"date_range":"day"}"#).contains("metrics"));
-        assert!(e(r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","dimensions":["x; DROP"]}"#).contains("dimensions"));
-        assert!(e(r#"{"site_id":"a","metrics":["visitors"],"date_range":"fortnight"}"#).contains("date_range"));
-        assert!(e(r#"{"site_id":"a","metrics":["visitors"],"date_range":["2026-02-01","2026-01-01"]}"#).contains("date_range"));
-        assert!(e(r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","bogus":1}"#).contains("bogus"));
+        assert!(e(
+            r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","dimensions":["x; DROP"]}"#
+        )
+        .contains("dimensions"));
+        assert!(
+            e(r#"{"site_id":"a","metrics":["visitors"],"date_range":"fortnight"}"#)
+                .contains("date_range")
+        );
+        assert!(e(
+            r#"{"site_id":"a","metrics":["visitors"],"date_range":["2026-02-01","2026-01-01"]}"#
+        )
+        .contains("date_range"));
+        assert!(
+            e(r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","bogus":1}"#)
+                .contains("bogus")
+        );
     }
 
     #[test]
     fn custom_ranges_and_months() {
-        let q = parse(br#"{"site_id":"a","metrics":["events"],"date_range":["2026-01-01","2026-01-31"]}"#, d("2026-11-28")).unwrap();
+        let q = parse(
+            br#"{"site_id":"a","metrics":["events"],"date_range":["2026-01-01","2026-01-31"]}"#,
+            d("2026-11-28"),
+        )
+        .unwrap();
         assert_eq!((q.from, q.to), (d("2026-01-01"), d("2026-01-31")));
-        let q = parse(br#"{"site_id":"a","metrics":["events"],"date_range":"month"}"#, d("2026-11-28")).unwrap();
+        let q = parse(
+            br#"{"site_id":"a","metrics":["events"],"date_range":"month"}"#,
+            d("2026-11-28"),
+        )
+        .unwrap();
         assert_eq!(q.from, d("2026-11-01"));
     }
 }

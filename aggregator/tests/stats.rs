@@ -1,6 +1,6 @@
 //! The Stats API against a real ClickHouse, on rows written by the real collector pipeline.
 
-#![allow(clippy::unwrap_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
 use std::sync::Arc;
 
@@ -22,7 +22,11 @@ const UAS: [&str; 3] = [
 
 /// Writes `n_visitors` visitors to `/` (2 pageviews each) plus 2 visitors to `/rare`.
 async fn seed(ch: &veil_schemas::ClickHouseConfig, n_visitors: u8) {
-    let p = Pipeline::with_key(Arc::new(SiteRegistry::new(["shop.example".to_string()])), Default::default(), [9; 32]);
+    let p = Pipeline::with_key(
+        Arc::new(SiteRegistry::new(["shop.example".to_string()])),
+        Default::default(),
+        [9; 32],
+    );
     let mut rows = Vec::new();
     let now = Utc::now();
     let mut push = |ip: String, ua: &str, path: &str, name: &str| {
@@ -31,7 +35,10 @@ async fn seed(ch: &veil_schemas::ClickHouseConfig, n_visitors: u8) {
             name: name.into(),
             url: format!("https://shop.example{path}"),
             referrer: Some("https://duckduckgo.com/".into()),
-            client: Client { ip: Some(ip.parse().unwrap()), user_agent: ua.into() },
+            client: Client {
+                ip: Some(ip.parse().unwrap()),
+                user_agent: ua.into(),
+            },
             ..Default::default()
         };
         match p.process(ev, now).unwrap() {
@@ -48,14 +55,23 @@ async fn seed(ch: &veil_schemas::ClickHouseConfig, n_visitors: u8) {
     push("198.51.100.2".into(), UAS[0], "/rare", "pageview");
     push("198.51.100.2".into(), UAS[0], "/rare", "signup");
     let mut sink = ClickHouseSink::new(ch).unwrap();
-    tokio::task::spawn_blocking(move || sink.write(&rows).unwrap()).await.unwrap();
+    tokio::task::spawn_blocking(move || sink.write(&rows).unwrap())
+        .await
+        .unwrap();
 }
 
 async fn ask(a: &Aggregator, q: Value) -> (u16, Value) {
-    let req = Request::builder().method("POST").uri("/api/v2/query").body(Bytes::from(q.to_string())).unwrap();
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/v2/query")
+        .body(Bytes::from(q.to_string()))
+        .unwrap();
     let r = a.handle(req).await.unwrap();
     let status = r.status().as_u16();
-    let body = http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes();
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
     (status, serde_json::from_slice(&body).unwrap())
 }
 
@@ -63,7 +79,14 @@ async fn ask(a: &Aggregator, q: Value) -> (u16, Value) {
 async fn reports_totals_breakdowns_and_folds_small_rows() {
     let ch = veil_schemas::testing::fresh_database("stats_fold").await;
     seed(&ch, 12).await;
-    let a = Aggregator::new(AggregatorConfig { sites: vec!["shop.example".into()], api_token: None, min_visitors: 5 }, ch);
+    let a = Aggregator::new(
+        AggregatorConfig {
+            sites: vec!["shop.example".into()],
+            api_token: None,
+            min_visitors: 5,
+        },
+        ch,
+    );
 
     let (s, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors", "visits", "pageviews", "events"], "date_range": "day"})).await;
     assert_eq!(s, 200, "{v}");
@@ -71,11 +94,20 @@ async fn reports_totals_breakdowns_and_folds_small_rows() {
 
     // `/rare` has 2 visitors < k=5: folded away (the fold itself is under k, so not shown).
     let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors", "pageviews"], "date_range": "7d", "dimensions": ["event:page"]})).await;
-    assert_eq!(v["results"], json!([{"dimensions": ["/"], "metrics": [12, 24]}]), "{v}");
+    assert_eq!(
+        v["results"],
+        json!([{"dimensions": ["/"], "metrics": [12, 24]}]),
+        "{v}"
+    );
     assert_eq!(v["meta"]["folded_rows"], 1);
 
     let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors"], "date_range": "day", "dimensions": ["visit:browser"]})).await;
-    let browsers: Vec<&str> = v["results"].as_array().unwrap().iter().map(|r| r["dimensions"][0].as_str().unwrap()).collect();
+    let browsers: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["dimensions"][0].as_str().unwrap())
+        .collect();
     // Chrome: 4 visitors on / and 2 on /rare. Firefox and Safari have 4 each (< k): folded
     // into one row of 8, which may be shown because it reaches k.
     assert_eq!(browsers, vec!["Chrome", "(other: 2 rows under k=5)"], "{v}");
@@ -86,7 +118,10 @@ async fn reports_totals_breakdowns_and_folds_small_rows() {
     assert_eq!(v["results"][0]["dimensions"][0], "duckduckgo.com");
 
     let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors"], "date_range": "day", "dimensions": ["time:day"]})).await;
-    assert_eq!(v["results"][0]["dimensions"][0], Utc::now().date_naive().format("%Y-%m-%d").to_string());
+    assert_eq!(
+        v["results"][0]["dimensions"][0],
+        Utc::now().date_naive().format("%Y-%m-%d").to_string()
+    );
 
     // A different period: nothing.
     let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors"], "date_range": ["2020-01-01", "2020-01-31"]})).await;
@@ -97,11 +132,33 @@ async fn reports_totals_breakdowns_and_folds_small_rows() {
 async fn small_sites_are_suppressed_and_errors_are_named() {
     let ch = veil_schemas::testing::fresh_database("stats_small").await;
     seed(&ch, 2).await;
-    let a = Aggregator::new(AggregatorConfig { sites: vec!["shop.example".into()], api_token: None, min_visitors: 5 }, ch);
-    let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors"], "date_range": "day"})).await;
-    assert_eq!(v["results"][0]["metrics"][0], Value::Null, "4 visitors < k must not be published: {v}");
-    let (s, v) = ask(&a, json!({"site_id": "other.example", "metrics": ["visitors"], "date_range": "day"})).await;
-    assert_eq!((s, v["error"].as_str().unwrap().contains("other.example")), (404, true));
+    let a = Aggregator::new(
+        AggregatorConfig {
+            sites: vec!["shop.example".into()],
+            api_token: None,
+            min_visitors: 5,
+        },
+        ch,
+    );
+    let (_, v) = ask(
+        &a,
+        json!({"site_id": "shop.example", "metrics": ["visitors"], "date_range": "day"}),
+    )
+    .await;
+    assert_eq!(
+        v["results"][0]["metrics"][0],
+        Value::Null,
+        "4 visitors < k must not be published: {v}"
+    );
+    let (s, v) = ask(
+        &a,
+        json!({"site_id": "other.example", "metrics": ["visitors"], "date_range": "day"}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap().contains("other.example")),
+        (404, true)
+    );
     let (s, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors"], "date_range": "day", "dimensions": ["event:page'; DROP TABLE events; --"]})).await;
     assert_eq!(s, 400);
     assert!(v["error"].as_str().unwrap().contains("dimensions"));

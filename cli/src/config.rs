@@ -60,7 +60,12 @@ pub struct Opts {
     #[arg(long, env = "VEIL_CLICKHOUSE_USER", global = true)]
     pub clickhouse_user: Option<String>,
     /// ClickHouse password.
-    #[arg(long, env = "VEIL_CLICKHOUSE_PASSWORD", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "VEIL_CLICKHOUSE_PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
     pub clickhouse_password: Option<String>,
     /// Directory for Veil's own files (managed ClickHouse data) [default: ./var].
     #[arg(long, env = "VEIL_DATA_DIR", global = true)]
@@ -70,7 +75,12 @@ pub struct Opts {
     pub sites: Vec<String>,
     /// Header holding the client IP, checked in order before the socket peer; repeatable
     /// [default: x-forwarded-for].
-    #[arg(long = "trusted-ip-header", env = "VEIL_TRUSTED_IP_HEADER", value_delimiter = ',', global = true)]
+    #[arg(
+        long = "trusted-ip-header",
+        env = "VEIL_TRUSTED_IP_HEADER",
+        value_delimiter = ',',
+        global = true
+    )]
     pub trusted_ip_headers: Vec<String>,
     /// Largest request body in bytes [default: 262144].
     #[arg(long, env = "VEIL_MAX_BODY_BYTES", global = true)]
@@ -151,7 +161,8 @@ mod humantime_serde_opt {
     use std::time::Duration;
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 
@@ -185,41 +196,63 @@ impl Settings {
     pub fn load(opts: Opts, command: &Command) -> Result<Self> {
         let file: FileConfig = match &opts.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading --config {}", p.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing --config {}", p.display()))?
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading --config {}", p.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing --config {}", p.display()))?
             }
             None => FileConfig::default(),
         };
         let listen_s = pick(opts.listen, file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen: SocketAddr = listen_s
-            .parse()
-            .with_context(|| format!("--listen {listen_s:?} is not an address like 127.0.0.1:8080"))?;
+        let listen: SocketAddr = listen_s.parse().with_context(|| {
+            format!("--listen {listen_s:?} is not an address like 127.0.0.1:8080")
+        })?;
         let clickhouse_url = pick(opts.clickhouse_url, file.clickhouse_url);
         let mut clickhouse = ClickHouseConfig::new(
-            clickhouse_url.clone().unwrap_or_else(|| "http://127.0.0.1:8123".into()),
-            pick(opts.clickhouse_database, file.clickhouse_database).unwrap_or_else(|| "veil".into()),
+            clickhouse_url
+                .clone()
+                .unwrap_or_else(|| "http://127.0.0.1:8123".into()),
+            pick(opts.clickhouse_database, file.clickhouse_database)
+                .unwrap_or_else(|| "veil".into()),
         );
         clickhouse.user = pick(opts.clickhouse_user, file.clickhouse_user);
         clickhouse.password = pick(opts.clickhouse_password, file.clickhouse_password);
         clickhouse.validate()?;
-        let sites = if opts.sites.is_empty() { file.site } else { opts.sites };
-        let mut collector = CollectorConfig { sites, ..CollectorConfig::default() };
-        let headers = if opts.trusted_ip_headers.is_empty() { file.trusted_ip_header } else { opts.trusted_ip_headers };
+        let sites = if opts.sites.is_empty() {
+            file.site
+        } else {
+            opts.sites
+        };
+        let mut collector = CollectorConfig {
+            sites,
+            ..CollectorConfig::default()
+        };
+        let headers = if opts.trusted_ip_headers.is_empty() {
+            file.trusted_ip_header
+        } else {
+            opts.trusted_ip_headers
+        };
         if !headers.is_empty() {
             collector.trusted_ip_headers = headers;
         }
         let l = &mut collector.limits;
-        l.max_body_bytes = pick(opts.max_body_bytes, file.max_body_bytes).unwrap_or(l.max_body_bytes);
-        l.max_events_per_batch = pick(opts.max_events_per_batch, file.max_events_per_batch).unwrap_or(l.max_events_per_batch);
-        l.header_read_timeout = pick(opts.header_read_timeout, file.header_read_timeout).unwrap_or(l.header_read_timeout);
-        l.body_read_timeout = pick(opts.body_read_timeout, file.body_read_timeout).unwrap_or(l.body_read_timeout);
+        l.max_body_bytes =
+            pick(opts.max_body_bytes, file.max_body_bytes).unwrap_or(l.max_body_bytes);
+        l.max_events_per_batch = pick(opts.max_events_per_batch, file.max_events_per_batch)
+            .unwrap_or(l.max_events_per_batch);
+        l.header_read_timeout = pick(opts.header_read_timeout, file.header_read_timeout)
+            .unwrap_or(l.header_read_timeout);
+        l.body_read_timeout =
+            pick(opts.body_read_timeout, file.body_read_timeout).unwrap_or(l.body_read_timeout);
         let b = &mut collector.batch;
-        b.queue_capacity = pick(opts.queue_capacity, file.queue_capacity).unwrap_or(b.queue_capacity);
+        b.queue_capacity =
+            pick(opts.queue_capacity, file.queue_capacity).unwrap_or(b.queue_capacity);
         b.max_rows = pick(opts.batch_max_rows, file.batch_max_rows).unwrap_or(b.max_rows);
         b.max_bytes = pick(opts.batch_max_bytes, file.batch_max_bytes).unwrap_or(b.max_bytes);
         b.max_age = pick(opts.batch_max_age, file.batch_max_age).unwrap_or(b.max_age);
         b.writers = pick(opts.writers, file.writers).unwrap_or(b.writers);
-        collector.shutdown_timeout = pick(opts.shutdown_timeout, file.shutdown_timeout).unwrap_or(collector.shutdown_timeout);
+        collector.shutdown_timeout = pick(opts.shutdown_timeout, file.shutdown_timeout)
+            .unwrap_or(collector.shutdown_timeout);
         collector.validate()?;
         let api_token = pick(opts.api_token, file.api_token).filter(|t| !t.is_empty());
         if let Some(t) = &api_token {
@@ -239,10 +272,18 @@ impl Settings {
         if min_visitors == 0 {
             bail!("--min-visitors must be at least 1");
         }
-        if matches!(command, Command::Collector | Command::Aggregator | Command::Migrate) && clickhouse_url.is_none() {
+        if matches!(
+            command,
+            Command::Collector | Command::Aggregator | Command::Migrate
+        ) && clickhouse_url.is_none()
+        {
             bail!("--clickhouse-url is required for this subcommand (only `veil up` manages its own ClickHouse)");
         }
-        let aggregator = AggregatorConfig { sites: collector.sites.clone(), api_token: api_token.clone(), min_visitors };
+        let aggregator = AggregatorConfig {
+            sites: collector.sites.clone(),
+            api_token: api_token.clone(),
+            min_visitors,
+        };
         Ok(Settings {
             listen,
             clickhouse_url,
@@ -279,7 +320,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("veil.toml");
         std::fs::write(&p, "site = [\"a.com\"]\nclickhouse_database = \"fromfile\"\nbatch_max_age = \"250ms\"\nlisten = \"127.0.0.1:9000\"\n").unwrap();
-        let s = parse(&["up", "--config", p.to_str().unwrap(), "--listen", "127.0.0.1:9100"]).unwrap();
+        let s = parse(&[
+            "up",
+            "--config",
+            p.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9100",
+        ])
+        .unwrap();
         assert_eq!(s.collector.sites, vec!["a.com"]);
         assert_eq!(s.clickhouse.database, "fromfile");
         assert_eq!(s.collector.batch.max_age, Duration::from_millis(250));
@@ -291,7 +339,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("veil.toml");
         std::fs::write(&p, "sitez = [\"a.com\"]\n").unwrap();
-        let e = format!("{:#}", parse(&["up", "--config", p.to_str().unwrap()]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            parse(&["up", "--config", p.to_str().unwrap()]).unwrap_err()
+        );
         assert!(e.contains("sitez"), "{e}");
     }
 
@@ -303,6 +354,13 @@ mod tests {
         assert!(e(&["collector"]).contains("--clickhouse-url"));
         assert!(e(&["up", "--site", "bad domain"]).contains("--site"));
         assert!(e(&["up", "--clickhouse-database", "x-y"]).contains("--clickhouse-database"));
-        assert!(parse(&["up", "--listen", "0.0.0.0:8080", "--api-token", "0123456789abcdef"]).is_ok());
+        assert!(parse(&[
+            "up",
+            "--listen",
+            "0.0.0.0:8080",
+            "--api-token",
+            "0123456789abcdef"
+        ])
+        .is_ok());
     }
 }

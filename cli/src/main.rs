@@ -28,7 +28,10 @@ fn main() {
 fn real_main(cli: Cli) -> Result<()> {
     let settings = Settings::load(cli.opts, &cli.command)?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&settings.log).context("--log is not a valid filter")?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&settings.log)
+                .context("--log is not a valid filter")?,
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Command::CheckConfig = cli.command {
@@ -46,7 +49,9 @@ fn real_main(cli: Cli) -> Result<()> {
         settings.clickhouse.url = server.url();
         managed = Some(server);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(run(cli.command, settings));
     drop(rt);
     if let Some(mut m) = managed {
@@ -57,7 +62,9 @@ fn real_main(cli: Cli) -> Result<()> {
 }
 
 async fn bind(settings: &Settings) -> Result<TcpListener> {
-    TcpListener::bind(settings.listen).await.with_context(|| format!("binding --listen {}", settings.listen))
+    TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", settings.listen))
 }
 
 async fn run(command: Command, s: Settings) -> Result<()> {
@@ -65,28 +72,52 @@ async fn run(command: Command, s: Settings) -> Result<()> {
         Command::CheckConfig => Ok(()),
         Command::Migrate => {
             let applied = veil_schemas::migrate(&s.clickhouse).await?;
-            println!("applied {} migration(s) to {}", applied.len(), s.clickhouse.database);
+            println!(
+                "applied {} migration(s) to {}",
+                applied.len(),
+                s.clickhouse.database
+            );
             Ok(())
         }
         Command::Collector => {
-            veil_schemas::migrate(&s.clickhouse).await.context("applying migrations")?;
+            veil_schemas::migrate(&s.clickhouse)
+                .await
+                .context("applying migrations")?;
             let listener = bind(&s).await?;
-            eprintln!("veil: collector listening on http://{}", listener.local_addr()?);
+            eprintln!(
+                "veil: collector listening on http://{}",
+                listener.local_addr()?
+            );
             veil_collector::run(s.collector, s.clickhouse, listener, shutdown_signal()).await?;
             Ok(())
         }
         Command::Aggregator => {
             let listener = bind(&s).await?;
-            let app = Arc::new(VeilApp { collector: None, aggregator: Aggregator::new(s.aggregator, s.clickhouse) });
-            eprintln!("veil: aggregator and dashboard on http://{}/", listener.local_addr()?);
-            let opts = ServerOptions { shutdown_timeout: s.collector.shutdown_timeout, ..ServerOptions::default() };
+            let app = Arc::new(VeilApp {
+                collector: None,
+                aggregator: Aggregator::new(s.aggregator, s.clickhouse),
+            });
+            eprintln!(
+                "veil: aggregator and dashboard on http://{}/",
+                listener.local_addr()?
+            );
+            let opts = ServerOptions {
+                shutdown_timeout: s.collector.shutdown_timeout,
+                ..ServerOptions::default()
+            };
             serve(listener, app, opts, shutdown_signal()).await;
             Ok(())
         }
         Command::Up => {
-            veil_schemas::migrate(&s.clickhouse).await.context("applying migrations")?;
+            veil_schemas::migrate(&s.clickhouse)
+                .await
+                .context("applying migrations")?;
             let listener = bind(&s).await?;
-            let collector = Collector::start(s.collector.clone(), s.clickhouse.clone(), prometheus::Registry::new())?;
+            let collector = Collector::start(
+                s.collector.clone(),
+                s.clickhouse.clone(),
+                prometheus::Registry::new(),
+            )?;
             let app = Arc::new(VeilApp {
                 collector: Some(collector.clone()),
                 aggregator: Aggregator::new(s.aggregator.clone(), s.clickhouse.clone()),

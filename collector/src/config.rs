@@ -112,27 +112,50 @@ impl CollectorConfig {
     /// Normalises site names and header names and checks every value; the message names the flag.
     pub fn validate(&mut self) -> Result<(), Error> {
         for s in &mut self.sites {
-            let norm = crate::sites::normalize_domain(s)
-                .ok_or_else(|| Error::Config(format!("--site {s:?} is not a domain name (expected e.g. example.com)")))?;
+            let norm = crate::sites::normalize_domain(s).ok_or_else(|| {
+                Error::Config(format!(
+                    "--site {s:?} is not a domain name (expected e.g. example.com)"
+                ))
+            })?;
             *s = norm;
         }
         for h in &mut self.trusted_ip_headers {
             *h = h.trim().to_ascii_lowercase();
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                return Err(Error::Config(format!("--trusted-ip-header {h:?} is not a valid header name")));
+                return Err(Error::Config(format!(
+                    "--trusted-ip-header {h:?} is not a valid header name"
+                )));
             }
         }
         let l = &self.limits;
         let b = &self.batch;
         let checks: [(bool, &str); 8] = [
-            (l.max_body_bytes >= 1024, "--max-body-bytes must be at least 1024"),
-            (l.max_events_per_batch >= 1, "--max-events-per-batch must be at least 1"),
-            (!l.header_read_timeout.is_zero(), "--header-read-timeout must be above 0"),
-            (!l.body_read_timeout.is_zero(), "--body-read-timeout must be above 0"),
+            (
+                l.max_body_bytes >= 1024,
+                "--max-body-bytes must be at least 1024",
+            ),
+            (
+                l.max_events_per_batch >= 1,
+                "--max-events-per-batch must be at least 1",
+            ),
+            (
+                !l.header_read_timeout.is_zero(),
+                "--header-read-timeout must be above 0",
+            ),
+            (
+                !l.body_read_timeout.is_zero(),
+                "--body-read-timeout must be above 0",
+            ),
             (b.queue_capacity >= 1, "--queue-capacity must be at least 1"),
-            (b.max_rows >= 1 && b.max_bytes >= 1024, "--batch-max-rows must be at least 1 and --batch-max-bytes at least 1024"),
+            (
+                b.max_rows >= 1 && b.max_bytes >= 1024,
+                "--batch-max-rows must be at least 1 and --batch-max-bytes at least 1024",
+            ),
             (!b.max_age.is_zero(), "--batch-max-age must be above 0"),
-            ((1..=64).contains(&b.writers) && b.max_attempts >= 1, "--writers must be 1..=64"),
+            (
+                (1..=64).contains(&b.writers) && b.max_attempts >= 1,
+                "--writers must be 1..=64",
+            ),
         ];
         for (ok, msg) in checks {
             if !ok {
@@ -162,10 +185,16 @@ mod tests {
 
     #[test]
     fn sites_are_normalised_and_checked() {
-        let mut c = CollectorConfig { sites: vec!["Example.COM".into()], ..Default::default() };
+        let mut c = CollectorConfig {
+            sites: vec!["Example.COM".into()],
+            ..Default::default()
+        };
         c.validate().unwrap();
         assert_eq!(c.sites, vec!["example.com"]);
-        let mut c = CollectorConfig { sites: vec!["not a domain".into()], ..Default::default() };
+        let mut c = CollectorConfig {
+            sites: vec!["not a domain".into()],
+            ..Default::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("--site"));
     }
 

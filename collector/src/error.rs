@@ -54,7 +54,9 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest(_) | Error::BodyRead(_) => StatusCode::BAD_REQUEST,
-            Error::PayloadTooLarge { .. } | Error::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::PayloadTooLarge { .. } | Error::TooManyEvents { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,

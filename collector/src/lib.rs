@@ -85,19 +85,36 @@ pub struct Collector {
 
 impl std::fmt::Debug for Collector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Collector").field("queue", &self.inner.queue).finish()
+        f.debug_struct("Collector")
+            .field("queue", &self.inner.queue)
+            .finish()
     }
 }
 
 impl Collector {
     /// Validates `config` and starts writer threads that insert into `ch`.
-    pub fn start(mut config: CollectorConfig, ch: ClickHouseConfig, registry: Registry) -> Result<Self, Error> {
+    pub fn start(
+        mut config: CollectorConfig,
+        ch: ClickHouseConfig,
+        registry: Registry,
+    ) -> Result<Self, Error> {
         config.validate()?;
         ch.validate().map_err(|e| Error::Config(e.to_string()))?;
         let sink_cfg = ch.clone();
-        let factory: SinkFactory = Box::new(move || Ok(Box::new(ClickHouseSink::new(&sink_cfg)?) as Box<dyn Sink>));
-        let pipeline = Pipeline::new(Arc::new(SiteRegistry::new(config.sites.clone())), config.limits.clone())?;
-        Self::assemble(config, pipeline, factory, Some(ch), registry, Box::new(SystemClock))
+        let factory: SinkFactory =
+            Box::new(move || Ok(Box::new(ClickHouseSink::new(&sink_cfg)?) as Box<dyn Sink>));
+        let pipeline = Pipeline::new(
+            Arc::new(SiteRegistry::new(config.sites.clone())),
+            config.limits.clone(),
+        )?;
+        Self::assemble(
+            config,
+            pipeline,
+            factory,
+            Some(ch),
+            registry,
+            Box::new(SystemClock),
+        )
     }
 
     /// A collector over any sink, pipeline and clock (tests and benches). Readiness checks
@@ -111,7 +128,8 @@ impl Collector {
         clock: Box<dyn Clock>,
     ) -> Result<Self, Error> {
         config.validate()?;
-        let metrics = Metrics::new(&registry).map_err(|e| Error::Config(format!("registering metrics: {e}")))?;
+        let metrics = Metrics::new(&registry)
+            .map_err(|e| Error::Config(format!("registering metrics: {e}")))?;
         let queue = BatchQueue::start(&config.batch, factory, metrics.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -133,7 +151,12 @@ impl Collector {
     }
 
     /// Validates, enriches, anonymises and queues one event.
-    pub fn ingest(&self, ev: Incoming, endpoint: &str, now: DateTime<Utc>) -> Result<Ingested, Error> {
+    pub fn ingest(
+        &self,
+        ev: Incoming,
+        endpoint: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Ingested, Error> {
         let m = &self.inner.metrics;
         m.events_received.with_label_values(&[endpoint]).inc();
         if !self.inner.accepting.load(Ordering::Relaxed) {
@@ -155,7 +178,14 @@ impl Collector {
                     Ok(Ingested::Queued)
                 }
                 Err(e) => {
-                    m.dropped(if matches!(e, Error::QueueFull) { DropReason::QueueFull } else { DropReason::ShuttingDown }, 1);
+                    m.dropped(
+                        if matches!(e, Error::QueueFull) {
+                            DropReason::QueueFull
+                        } else {
+                            DropReason::ShuttingDown
+                        },
+                        1,
+                    );
                     Err(e)
                 }
             },
@@ -164,13 +194,21 @@ impl Collector {
 
     /// Counts `n` events that were received but invalid before reaching [`Self::ingest`].
     pub fn count_invalid(&self, endpoint: &str, n: u64) {
-        self.inner.metrics.events_received.with_label_values(&[endpoint]).inc_by(n);
+        self.inner
+            .metrics
+            .events_received
+            .with_label_values(&[endpoint])
+            .inc_by(n);
         self.inner.metrics.dropped(DropReason::Invalid, n);
     }
 
     /// An error answer for a request refused as a whole, counted by reason.
     pub fn reject(&self, e: &Error) -> HttpResponse {
-        self.inner.metrics.requests_rejected.with_label_values(&[e.reason()]).inc();
+        self.inner
+            .metrics
+            .requests_rejected
+            .with_label_values(&[e.reason()])
+            .inc();
         server::error_response(e)
     }
 
@@ -193,7 +231,9 @@ impl Collector {
             return Err("shutting down".into());
         }
         if let Some(ch) = &self.inner.clickhouse {
-            ch.ping(Duration::from_secs(2)).await.map_err(|e| format!("ClickHouse unreachable: {e}"))?;
+            ch.ping(Duration::from_secs(2))
+                .await
+                .map_err(|e| format!("ClickHouse unreachable: {e}"))?;
         }
         Ok(())
     }
@@ -207,9 +247,15 @@ impl Collector {
     /// Returns false if a writer did not finish in time.
     pub fn finish(&self) -> bool {
         self.begin_shutdown();
-        let ok = self.inner.queue.close(Instant::now() + self.inner.config.shutdown_timeout);
+        let ok = self
+            .inner
+            .queue
+            .close(Instant::now() + self.inner.config.shutdown_timeout);
         if !ok {
-            tracing::error!(queued = self.inner.queue.depth(), "writers did not finish before the shutdown deadline");
+            tracing::error!(
+                queued = self.inner.queue.depth(),
+                "writers did not finish before the shutdown deadline"
+            );
         }
         ok
     }
@@ -263,7 +309,11 @@ impl Collector {
 
 /// 404 for anything no app answered.
 pub fn not_found(req: &Request<Bytes>) -> HttpResponse {
-    server::error_response(&Error::NotFound(format!("{} {}", req.method(), req.uri().path())))
+    server::error_response(&Error::NotFound(format!(
+        "{} {}",
+        req.method(),
+        req.uri().path()
+    )))
 }
 
 impl App for Collector {
@@ -297,7 +347,8 @@ pub async fn run(
     if flushed {
         Ok(())
     } else {
-        Err(Error::Sink("shutdown deadline passed before the last batch was written".into()))
+        Err(Error::Sink(
+            "shutdown deadline passed before the last batch was written".into(),
+        ))
     }
 }
-

@@ -93,23 +93,57 @@ impl Metrics {
     /// Creates the metrics and registers them on `registry`.
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         let m = Self {
-            events_received: IntCounterVec::new(Opts::new(names::EVENTS_RECEIVED, "Events parsed from requests"), &["endpoint"])?,
-            events_accepted: IntCounterVec::new(Opts::new(names::EVENTS_ACCEPTED, "Events queued for storage"), &["endpoint"])?,
-            events_dropped: IntCounterVec::new(Opts::new(names::EVENTS_DROPPED, "Events not stored, by reason"), &["reason"])?,
+            events_received: IntCounterVec::new(
+                Opts::new(names::EVENTS_RECEIVED, "Events parsed from requests"),
+                &["endpoint"],
+            )?,
+            events_accepted: IntCounterVec::new(
+                Opts::new(names::EVENTS_ACCEPTED, "Events queued for storage"),
+                &["endpoint"],
+            )?,
+            events_dropped: IntCounterVec::new(
+                Opts::new(names::EVENTS_DROPPED, "Events not stored, by reason"),
+                &["reason"],
+            )?,
             events_written: IntCounter::new(names::EVENTS_WRITTEN, "Events written to ClickHouse")?,
-            http_requests: IntCounterVec::new(Opts::new(names::HTTP_REQUESTS, "HTTP requests by route and status"), &["route", "status"])?,
-            requests_rejected: IntCounterVec::new(Opts::new(names::REQUESTS_REJECTED, "Requests refused before parsing events, by reason"), &["reason"])?,
+            http_requests: IntCounterVec::new(
+                Opts::new(names::HTTP_REQUESTS, "HTTP requests by route and status"),
+                &["route", "status"],
+            )?,
+            requests_rejected: IntCounterVec::new(
+                Opts::new(
+                    names::REQUESTS_REJECTED,
+                    "Requests refused before parsing events, by reason",
+                ),
+                &["reason"],
+            )?,
             batch_size: Histogram::with_opts(
                 HistogramOpts::new(names::BATCH_SIZE, "Rows per batch written to ClickHouse")
-                    .buckets(vec![1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 50_000.0, 100_000.0]),
+                    .buckets(vec![
+                        1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 50_000.0, 100_000.0,
+                    ]),
             )?,
             batch_flush: Histogram::with_opts(
-                HistogramOpts::new(names::BATCH_FLUSH, "Seconds to insert one batch into ClickHouse")
-                    .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                HistogramOpts::new(
+                    names::BATCH_FLUSH,
+                    "Seconds to insert one batch into ClickHouse",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
             )?,
-            queue_depth: IntGauge::new(names::QUEUE_DEPTH, "Events waiting for the ClickHouse writer")?,
-            clickhouse_errors: IntCounter::new(names::CLICKHOUSE_ERRORS, "Failed ClickHouse insert attempts")?,
-            accept_errors: IntCounter::new(names::ACCEPT_ERRORS, "Errors from accept() survived by the accept loop")?,
+            queue_depth: IntGauge::new(
+                names::QUEUE_DEPTH,
+                "Events waiting for the ClickHouse writer",
+            )?,
+            clickhouse_errors: IntCounter::new(
+                names::CLICKHOUSE_ERRORS,
+                "Failed ClickHouse insert attempts",
+            )?,
+            accept_errors: IntCounter::new(
+                names::ACCEPT_ERRORS,
+                "Errors from accept() survived by the accept loop",
+            )?,
         };
         registry.register(Box::new(m.events_received.clone()))?;
         registry.register(Box::new(m.events_accepted.clone()))?;
@@ -138,7 +172,9 @@ impl Metrics {
 
     /// Counts `n` dropped events.
     pub fn dropped(&self, reason: DropReason, n: u64) {
-        self.events_dropped.with_label_values(&[reason.as_str()]).inc_by(n);
+        self.events_dropped
+            .with_label_values(&[reason.as_str()])
+            .inc_by(n);
     }
 }
 

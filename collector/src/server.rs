@@ -77,7 +77,10 @@ impl Default for ServerOptions {
 pub fn json(status: StatusCode, value: &serde_json::Value) -> HttpResponse {
     let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -85,7 +88,10 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> HttpResponse {
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -94,27 +100,39 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
 pub fn error_response(e: &Error) -> HttpResponse {
     let mut r = json(e.status(), &serde_json::json!({ "error": e.to_string() }));
     if e.status() == StatusCode::SERVICE_UNAVAILABLE {
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
     r
 }
 
-async fn read_body(body: Incoming, declared: Option<u64>, opts: &ServerOptions) -> Result<Bytes, Error> {
+async fn read_body(
+    body: Incoming,
+    declared: Option<u64>,
+    opts: &ServerOptions,
+) -> Result<Bytes, Error> {
     if declared.is_some_and(|n| n > opts.max_body_bytes as u64) {
-        return Err(Error::PayloadTooLarge { limit: opts.max_body_bytes });
+        return Err(Error::PayloadTooLarge {
+            limit: opts.max_body_bytes,
+        });
     }
     let limited = Limited::new(body, opts.max_body_bytes);
     match tokio::time::timeout(opts.body_read_timeout, limited.collect()).await {
         Err(_) => Err(Error::BodyTimeout(opts.body_read_timeout)),
         Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(Error::PayloadTooLarge { limit: opts.max_body_bytes })
-        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Error::PayloadTooLarge {
+            limit: opts.max_body_bytes,
+        }),
         Ok(Err(e)) => Err(Error::BodyRead(e.to_string())),
     }
 }
 
-async fn handle(app: Arc<dyn App>, opts: Arc<ServerOptions>, peer: SocketAddr, req: Request<Incoming>) -> Result<HttpResponse, Infallible> {
+async fn handle(
+    app: Arc<dyn App>,
+    opts: Arc<ServerOptions>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, Infallible> {
     let (mut parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -129,7 +147,8 @@ async fn handle(app: Arc<dyn App>, opts: Arc<ServerOptions>, peer: SocketAddr, r
             }
             let mut resp = error_response(&e);
             // The rest of the body was not read: do not reuse the connection.
-            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return Ok(resp);
         }
     };
@@ -138,7 +157,12 @@ async fn handle(app: Arc<dyn App>, opts: Arc<ServerOptions>, peer: SocketAddr, r
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains (see the module docs).
-pub async fn serve(listener: TcpListener, app: Arc<dyn App>, opts: ServerOptions, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<dyn App>,
+    opts: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) {
     let opts = Arc::new(opts);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -17,7 +17,9 @@ pub fn normalize_domain(s: &str) -> Option<String> {
         && d.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     ok.then_some(d)
 }
@@ -31,7 +33,9 @@ pub struct SiteRegistry {
 impl SiteRegistry {
     /// A registry holding `sites` (already normalised by config validation).
     pub fn new(sites: impl IntoIterator<Item = String>) -> Self {
-        Self { sites: RwLock::new(sites.into_iter().collect()) }
+        Self {
+            sites: RwLock::new(sites.into_iter().collect()),
+        }
     }
 
     /// The registered site for a domain as a sender wrote it, if any.
@@ -44,13 +48,22 @@ impl SiteRegistry {
     /// Adds a site (idempotent).
     pub fn add(&self, domain: &str) -> Option<String> {
         let d = normalize_domain(domain)?;
-        self.sites.write().unwrap_or_else(|p| p.into_inner()).insert(d.clone());
+        self.sites
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(d.clone());
         Some(d)
     }
 
     /// All registered sites, sorted.
     pub fn list(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.sites.read().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        let mut v: Vec<String> = self
+            .sites
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
         v.sort();
         v
     }

@@ -1,7 +1,7 @@
 //! The collector against a real ClickHouse: both endpoints, what is stored (and what never is),
 //! batching by size and time, shutdown flushing, unknown sites, bots, bad input and metrics.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
 
@@ -22,13 +22,26 @@ async fn plausible_event_is_stored_as_coarse_facts() {
         "p": {"plan": "pro", "seats": 3}
     });
     let r = c
-        .post("/api/event", &[("User-Agent", CHROME), ("X-Forwarded-For", "203.0.113.77"), ("Content-Type", "text/plain")], &body.to_string())
+        .post(
+            "/api/event",
+            &[
+                ("User-Agent", CHROME),
+                ("X-Forwarded-For", "203.0.113.77"),
+                ("Content-Type", "text/plain"),
+            ],
+            &body.to_string(),
+        )
         .await;
     assert_eq!(r.status, 202, "{r:?}");
     assert_eq!(r.body, "ok");
     assert!(r.headers.contains("access-control-allow-origin: *"));
     c.shutdown().await.unwrap();
-    let rows: Vec<EventRow> = c.ch.client().query("SELECT ?fields FROM events").fetch_all().await.unwrap();
+    let rows: Vec<EventRow> =
+        c.ch.client()
+            .query("SELECT ?fields FROM events")
+            .fetch_all()
+            .await
+            .unwrap();
     assert_eq!(rows.len(), 1);
     let row = &rows[0];
     assert_eq!(row.site, "example.com");
@@ -39,58 +52,101 @@ async fn plausible_event_is_stored_as_coarse_facts() {
     assert_eq!(row.utm_medium, "email");
     assert_eq!(row.referrer, "https://www.google.com/search");
     assert_eq!(row.referrer_source, "google.com");
-    assert_eq!((row.browser.as_str(), row.browser_version.as_str()), ("Chrome", "120"));
+    assert_eq!(
+        (row.browser.as_str(), row.browser_version.as_str()),
+        ("Chrome", "120")
+    );
     assert_eq!(row.os, "Mac OSX");
     assert_eq!(row.device, "desktop");
     assert_ne!(row.visitor_id, [0; 16]);
     assert_ne!(row.session_id, [0; 16]);
-    let mut props: Vec<(String, String)> = row.prop_keys.iter().cloned().zip(row.prop_values.iter().cloned()).collect();
+    let mut props: Vec<(String, String)> = row
+        .prop_keys
+        .iter()
+        .cloned()
+        .zip(row.prop_values.iter().cloned())
+        .collect();
     props.sort();
-    assert_eq!(props, vec![("plan".into(), "pro".into()), ("seats".into(), "3".into())]);
+    assert_eq!(
+        props,
+        vec![("plan".into(), "pro".into()), ("seats".into(), "3".into())]
+    );
 }
 
 #[tokio::test]
 async fn raw_ip_user_agent_and_query_strings_never_reach_clickhouse() {
     let mut c = start("privacy_canary", config(&["example.com"])).await;
     let canary_ip = "198.51.100.231";
-    let canary_ua = "Mozilla/5.0 (X11; Linux x86_64) CanaryBrowser/9.9 Chrome/119.0.0.0 Safari/537.36";
+    let canary_ua =
+        "Mozilla/5.0 (X11; Linux x86_64) CanaryBrowser/9.9 Chrome/119.0.0.0 Safari/537.36";
     let r = c
         .post(
             "/api/event",
             &[("User-Agent", canary_ua), ("X-Forwarded-For", canary_ip)],
-            &plausible("example.com", "https://example.com/reset?token=canarytoken123&email=canary@example.org"),
+            &plausible(
+                "example.com",
+                "https://example.com/reset?token=canarytoken123&email=canary@example.org",
+            ),
         )
         .await;
     assert_eq!(r.status, 202);
     let native = json!([{ "site": "example.com", "name": "signup", "url": "https://example.com/x", "ip": "198.51.100.232", "user_agent": canary_ua }]);
-    assert_eq!(c.post("/v1/events", &[], &native.to_string()).await.status, 202);
+    assert_eq!(
+        c.post("/v1/events", &[], &native.to_string()).await.status,
+        202
+    );
     c.shutdown().await.unwrap();
     assert_eq!(c.count("1").await, 2);
     // Every stored value, every column, as text.
-    let dump = c
-        .ch
-        .client()
-        .query("SELECT * FROM events FORMAT TSV")
-        .fetch_bytes("TSV")
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let dump =
+        c.ch.client()
+            .query("SELECT * FROM events FORMAT TSV")
+            .fetch_bytes("TSV")
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
     let dump = String::from_utf8_lossy(&dump);
-    for canary in [canary_ip, "198.51.100.232", "CanaryBrowser", "canarytoken123", "canary@example.org", "X11; Linux"] {
-        assert!(!dump.contains(canary), "{canary} reached ClickHouse: {dump}");
+    for canary in [
+        canary_ip,
+        "198.51.100.232",
+        "CanaryBrowser",
+        "canarytoken123",
+        "canary@example.org",
+        "X11; Linux",
+    ] {
+        assert!(
+            !dump.contains(canary),
+            "{canary} reached ClickHouse: {dump}"
+        );
     }
 }
 
 #[tokio::test]
 async fn visitor_hash_is_stable_per_visitor_and_differs_across_sites() {
     let mut c = start("visitor_hash", config(&["a.example", "b.example"])).await;
-    for (site, ip) in [("a.example", "203.0.113.1"), ("a.example", "203.0.113.1"), ("b.example", "203.0.113.1"), ("a.example", "203.0.113.2")] {
-        let r = c.post("/api/event", &[("User-Agent", FIREFOX), ("X-Forwarded-For", ip)], &plausible(site, &format!("https://{site}/"))).await;
+    for (site, ip) in [
+        ("a.example", "203.0.113.1"),
+        ("a.example", "203.0.113.1"),
+        ("b.example", "203.0.113.1"),
+        ("a.example", "203.0.113.2"),
+    ] {
+        let r = c
+            .post(
+                "/api/event",
+                &[("User-Agent", FIREFOX), ("X-Forwarded-For", ip)],
+                &plausible(site, &format!("https://{site}/")),
+            )
+            .await;
         assert_eq!(r.status, 202);
     }
     c.shutdown().await.unwrap();
-    let a: u64 = c.ch.client().query("SELECT uniqExact(visitor_id) FROM events WHERE site = 'a.example'").fetch_one().await.unwrap();
+    let a: u64 =
+        c.ch.client()
+            .query("SELECT uniqExact(visitor_id) FROM events WHERE site = 'a.example'")
+            .fetch_one()
+            .await
+            .unwrap();
     assert_eq!(a, 2, "same IP+UA is one visitor, another IP another");
     let shared: u64 = c
         .ch
@@ -114,13 +170,18 @@ async fn native_batch_reports_each_rejected_event() {
         { "site": "unregistered.example", "name": "pageview", "url": "https://unregistered.example/" },
         "not an object"
     ]);
-    let r = c.post("/v1/events", &[("User-Agent", FIREFOX)], &batch.to_string()).await;
+    let r = c
+        .post("/v1/events", &[("User-Agent", FIREFOX)], &batch.to_string())
+        .await;
     assert_eq!(r.status, 202, "{r:?}");
     let v = r.json();
     assert_eq!(v["accepted"], 2);
     assert_eq!(v["ignored"], 1);
     let rejected = v["rejected"].as_array().unwrap();
-    let idx: Vec<u64> = rejected.iter().map(|x| x["index"].as_u64().unwrap()).collect();
+    let idx: Vec<u64> = rejected
+        .iter()
+        .map(|x| x["index"].as_u64().unwrap())
+        .collect();
     assert_eq!(idx, vec![2, 3, 4, 6]);
     assert!(rejected[0]["error"].as_str().unwrap().contains("`name`"));
     assert!(rejected[1]["error"].as_str().unwrap().contains("`url`"));
@@ -132,18 +193,37 @@ async fn native_batch_reports_each_rejected_event() {
         json!({"site": "example.com", "name": "pageview", "url": "https://example.com/n1"}),
         json!({"site": "example.com", "name": "pageview", "url": "https://example.com/n2"})
     );
-    let r = c.post("/v1/events", &[("Content-Type", "application/x-ndjson")], &nd).await;
+    let r = c
+        .post(
+            "/v1/events",
+            &[("Content-Type", "application/x-ndjson")],
+            &nd,
+        )
+        .await;
     assert_eq!((r.status, r.json()["accepted"].clone()), (202, json!(2)));
 
     // Nothing valid at all: 400 with the same report.
-    let r = c.post("/v1/events", &[], &json!([{ "site": "example.com" }]).to_string()).await;
+    let r = c
+        .post(
+            "/v1/events",
+            &[],
+            &json!([{ "site": "example.com" }]).to_string(),
+        )
+        .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["rejected"][0]["index"], 0);
 
     c.shutdown().await.unwrap();
     assert_eq!(c.count("1").await, 4);
-    assert_eq!(c.count("name = 'signup' AND has(prop_keys, 'plan')").await, 1);
-    assert_eq!(c.count("pathname = '/a' AND browser = 'Chrome'").await, 1, "user_agent field overrides the header");
+    assert_eq!(
+        c.count("name = 'signup' AND has(prop_keys, 'plan')").await,
+        1
+    );
+    assert_eq!(
+        c.count("pathname = '/a' AND browser = 'Chrome'").await,
+        1,
+        "user_agent field overrides the header"
+    );
     assert_eq!(c.count("pathname = '/n2' AND browser = ''").await, 1);
 }
 
@@ -154,15 +234,40 @@ fn chrono_now_minus(secs: i64) -> String {
 #[tokio::test]
 async fn unknown_sites_and_bots_get_202_but_are_not_stored() {
     let mut c = start("unknown_site", config(&["example.com"])).await;
-    let r = c.post("/api/event", &[("User-Agent", CHROME)], &plausible("not-registered.example", "https://not-registered.example/")).await;
+    let r = c
+        .post(
+            "/api/event",
+            &[("User-Agent", CHROME)],
+            &plausible("not-registered.example", "https://not-registered.example/"),
+        )
+        .await;
     assert_eq!(r.status, 202);
-    let r = c.post("/api/event", &[("User-Agent", GOOGLEBOT)], &plausible("example.com", "https://example.com/")).await;
+    let r = c
+        .post(
+            "/api/event",
+            &[("User-Agent", GOOGLEBOT)],
+            &plausible("example.com", "https://example.com/"),
+        )
+        .await;
     assert_eq!(r.status, 202);
     // Several domains in `d`: stored for the registered one only.
-    let r = c.post("/api/event", &[("User-Agent", CHROME)], &plausible("example.com,other.example", "https://example.com/multi")).await;
+    let r = c
+        .post(
+            "/api/event",
+            &[("User-Agent", CHROME)],
+            &plausible("example.com,other.example", "https://example.com/multi"),
+        )
+        .await;
     assert_eq!(r.status, 202);
-    assert_eq!(c.metric("veil_events_dropped_total{reason=\"unknown_site\"}").await, 2.0);
-    assert_eq!(c.metric("veil_events_dropped_total{reason=\"bot\"}").await, 1.0);
+    assert_eq!(
+        c.metric("veil_events_dropped_total{reason=\"unknown_site\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        c.metric("veil_events_dropped_total{reason=\"bot\"}").await,
+        1.0
+    );
     c.shutdown().await.unwrap();
     assert_eq!(c.count("1").await, 1);
     assert_eq!(c.count("pathname = '/multi'").await, 1);
@@ -190,16 +295,47 @@ async fn bad_input_gets_a_clear_4xx() {
         ("GET", "/no/such/route", String::new(), 404, "no route"),
     ];
     for (method, path, body, status, needle) in &cases {
-        let r = request(c.addr, method, path, &[("User-Agent", CHROME)], body.as_bytes()).await;
+        let r = request(
+            c.addr,
+            method,
+            path,
+            &[("User-Agent", CHROME)],
+            body.as_bytes(),
+        )
+        .await;
         assert_eq!(r.status, *status, "{method} {path} {body:.40}: {r:?}");
         let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
-        assert!(msg.contains(needle), "{method} {path}: {msg:?} should mention {needle:?}");
+        assert!(
+            msg.contains(needle),
+            "{method} {path}: {msg:?} should mention {needle:?}"
+        );
     }
-    assert_eq!(c.metric("veil_requests_rejected_total{reason=\"body_too_large\"}").await, 1.0);
-    assert_eq!(c.metric("veil_requests_rejected_total{reason=\"too_many_events\"}").await, 1.0);
-    assert!(c.metric("veil_events_dropped_total{reason=\"invalid\"}").await >= 7.0);
+    assert_eq!(
+        c.metric("veil_requests_rejected_total{reason=\"body_too_large\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        c.metric("veil_requests_rejected_total{reason=\"too_many_events\"}")
+            .await,
+        1.0
+    );
+    assert!(
+        c.metric("veil_events_dropped_total{reason=\"invalid\"}")
+            .await
+            >= 7.0
+    );
     // The server is still fine.
-    assert_eq!(c.post("/api/event", &[("User-Agent", CHROME)], &plausible("example.com", "https://example.com/")).await.status, 202);
+    assert_eq!(
+        c.post(
+            "/api/event",
+            &[("User-Agent", CHROME)],
+            &plausible("example.com", "https://example.com/")
+        )
+        .await
+        .status,
+        202
+    );
     c.shutdown().await.unwrap();
     assert_eq!(c.count("1").await, 1);
 }
@@ -212,7 +348,13 @@ async fn batches_flush_by_size_then_by_time_and_shutdown_flushes_the_rest() {
     let mut c = start("batch_size", cfg).await;
     let events: Vec<serde_json::Value> =
         (0..25).map(|i| json!({"site": "example.com", "name": "pageview", "url": format!("https://example.com/{i}")})).collect();
-    let r = c.post("/v1/events", &[("User-Agent", CHROME)], &serde_json::Value::Array(events).to_string()).await;
+    let r = c
+        .post(
+            "/v1/events",
+            &[("User-Agent", CHROME)],
+            &serde_json::Value::Array(events).to_string(),
+        )
+        .await;
     assert_eq!(r.json()["accepted"], 25);
     // Two full batches of 10 go out at once; the last 5 wait (max age is an hour)…
     wait_count(&c.ch, "1", 20, 10).await;
@@ -229,9 +371,21 @@ async fn batches_flush_by_size_then_by_time_and_shutdown_flushes_the_rest() {
     cfg.batch.max_age = Duration::from_millis(300);
     let mut c = start("batch_time", cfg).await;
     let started = std::time::Instant::now();
-    assert_eq!(c.post("/api/event", &[("User-Agent", CHROME)], &plausible("example.com", "https://example.com/t")).await.status, 202);
+    assert_eq!(
+        c.post(
+            "/api/event",
+            &[("User-Agent", CHROME)],
+            &plausible("example.com", "https://example.com/t")
+        )
+        .await
+        .status,
+        202
+    );
     wait_count(&c.ch, "pathname = '/t'", 1, 10).await;
-    assert!(started.elapsed() >= Duration::from_millis(250), "flushed before max age");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "flushed before max age"
+    );
     assert_eq!(c.metric("veil_events_written_total").await, 1.0);
     c.shutdown().await.unwrap();
 }
@@ -240,7 +394,12 @@ async fn batches_flush_by_size_then_by_time_and_shutdown_flushes_the_rest() {
 async fn metrics_count_what_happened() {
     let mut c = start("metrics", config(&["example.com"])).await;
     for _ in 0..3 {
-        c.post("/api/event", &[("User-Agent", CHROME)], &plausible("example.com", "https://example.com/")).await;
+        c.post(
+            "/api/event",
+            &[("User-Agent", CHROME)],
+            &plausible("example.com", "https://example.com/"),
+        )
+        .await;
     }
     c.post("/api/event", &[], "{bad").await;
     let batch = json!([{"site": "example.com", "name": "a", "url": "https://example.com/"}, {"site": "example.com"}]);
@@ -249,14 +408,41 @@ async fn metrics_count_what_happened() {
     let m = c.get("/metrics").await;
     assert_eq!(m.status, 200);
     let t = &m.body;
-    assert_eq!(metric(t, "veil_events_received_total{endpoint=\"plausible\"}"), 4.0);
-    assert_eq!(metric(t, "veil_events_accepted_total{endpoint=\"plausible\"}"), 3.0);
-    assert_eq!(metric(t, "veil_events_received_total{endpoint=\"native\"}"), 2.0);
-    assert_eq!(metric(t, "veil_events_accepted_total{endpoint=\"native\"}"), 1.0);
-    assert_eq!(metric(t, "veil_events_dropped_total{reason=\"invalid\"}"), 2.0);
+    assert_eq!(
+        metric(t, "veil_events_received_total{endpoint=\"plausible\"}"),
+        4.0
+    );
+    assert_eq!(
+        metric(t, "veil_events_accepted_total{endpoint=\"plausible\"}"),
+        3.0
+    );
+    assert_eq!(
+        metric(t, "veil_events_received_total{endpoint=\"native\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(t, "veil_events_accepted_total{endpoint=\"native\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(t, "veil_events_dropped_total{reason=\"invalid\"}"),
+        2.0
+    );
     assert_eq!(metric(t, "veil_events_written_total"), 4.0);
-    assert_eq!(metric(t, "veil_http_requests_total{route=\"plausible\",status=\"202\"}"), 3.0);
-    assert_eq!(metric(t, "veil_http_requests_total{route=\"plausible\",status=\"400\"}"), 1.0);
+    assert_eq!(
+        metric(
+            t,
+            "veil_http_requests_total{route=\"plausible\",status=\"202\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            t,
+            "veil_http_requests_total{route=\"plausible\",status=\"400\"}"
+        ),
+        1.0
+    );
     assert!(t.contains("veil_batch_flush_seconds_bucket"));
     assert!(t.contains("veil_queue_depth_events 0"));
     assert_eq!(metric(t, "veil_clickhouse_errors_total"), 0.0);
@@ -269,10 +455,22 @@ async fn health_readiness_and_cors_preflight() {
     let h = c.get("/healthz").await;
     assert_eq!((h.status, h.body.as_str()), (200, "ok\n"));
     assert_eq!(c.get("/readyz").await.status, 200);
-    let pre = request(c.addr, "OPTIONS", "/api/event", &[("Origin", "https://example.com"), ("Access-Control-Request-Method", "POST")], b"").await;
+    let pre = request(
+        c.addr,
+        "OPTIONS",
+        "/api/event",
+        &[
+            ("Origin", "https://example.com"),
+            ("Access-Control-Request-Method", "POST"),
+        ],
+        b"",
+    )
+    .await;
     assert_eq!(pre.status, 204);
     assert!(pre.headers.contains("access-control-allow-origin: *"));
-    assert!(pre.headers.contains("access-control-allow-methods: post, options"));
+    assert!(pre
+        .headers
+        .contains("access-control-allow-methods: post, options"));
     c.shutdown().await.unwrap();
 
     // A collector whose ClickHouse is unreachable is alive but not ready.
@@ -296,16 +494,24 @@ async fn slow_clients_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Headers never finish: the connection is closed after the header timeout.
     let mut s = tokio::net::TcpStream::connect(c.addr).await.unwrap();
-    s.write_all(b"POST /api/event HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    s.write_all(b"POST /api/event HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.expect("closed by the server");
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("closed by the server");
     assert!(started.elapsed() < Duration::from_secs(4));
     // Body never finishes: 408.
     let mut s = tokio::net::TcpStream::connect(c.addr).await.unwrap();
-    s.write_all(b"POST /api/event HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"n\":").await.unwrap();
+    s.write_all(b"POST /api/event HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"n\":")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.expect("answered in time");
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("answered in time");
     let r = parse_response(&buf);
     assert_eq!(r.status, 408, "{r:?}");
     assert!(r.body.contains("not received"));
@@ -316,8 +522,15 @@ async fn slow_clients_are_cut_off() {
     s.write_all(format!("{one}{one}").as_bytes()).await.unwrap();
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
-    while String::from_utf8_lossy(&got).matches("202 Accepted").count() < 2 {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.unwrap().unwrap();
+    while String::from_utf8_lossy(&got)
+        .matches("202 Accepted")
+        .count()
+        < 2
+    {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "connection closed early");
         got.extend_from_slice(&chunk[..n]);
     }

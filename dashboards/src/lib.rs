@@ -19,9 +19,21 @@ struct Asset {
 }
 
 const ASSETS: &[Asset] = &[
-    Asset { path: "/", content_type: "text/html; charset=utf-8", body: include_bytes!("../web/index.html") },
-    Asset { path: "/app.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("../web/app.js") },
-    Asset { path: "/app.css", content_type: "text/css; charset=utf-8", body: include_bytes!("../web/app.css") },
+    Asset {
+        path: "/",
+        content_type: "text/html; charset=utf-8",
+        body: include_bytes!("../web/index.html"),
+    },
+    Asset {
+        path: "/app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../web/app.js"),
+    },
+    Asset {
+        path: "/app.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../web/app.css"),
+    },
 ];
 
 /// Answers `GET`/`HEAD` for the dashboard's files; `None` for any other path.
@@ -30,16 +42,30 @@ pub fn handle<B>(req: &Request<B>) -> Option<Response<Full<Bytes>>> {
     let path = if path == "/index.html" { "/" } else { path };
     let asset = ASSETS.iter().find(|a| a.path == path)?;
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut r = Response::new(Full::new(Bytes::from_static(b"{\"error\":\"method not allowed; use GET\"}")));
+        let mut r = Response::new(Full::new(Bytes::from_static(
+            b"{\"error\":\"method not allowed; use GET\"}",
+        )));
         *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
         return Some(r);
     }
     let mut r = Response::new(Full::new(Bytes::from_static(asset.body)));
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(asset.content_type),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Some(r)
 }
@@ -60,6 +86,10 @@ mod tests {
     #[test]
     fn script_never_writes_html() {
         let js = std::str::from_utf8(ASSETS[1].body).unwrap();
-        assert!(!js.contains("innerHTML") && !js.contains("outerHTML") && !js.contains("insertAdjacentHTML"));
+        assert!(
+            !js.contains("innerHTML")
+                && !js.contains("outerHTML")
+                && !js.contains("insertAdjacentHTML")
+        );
     }
 }

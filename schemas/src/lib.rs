@@ -57,7 +57,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -78,7 +81,12 @@ pub struct ClickHouseConfig {
 impl ClickHouseConfig {
     /// A config for `url` and `database` with the default user.
     pub fn new(url: impl Into<String>, database: impl Into<String>) -> Self {
-        Self { url: url.into(), database: database.into(), user: None, password: None }
+        Self {
+            url: url.into(),
+            database: database.into(),
+            user: None,
+            password: None,
+        }
     }
 
     /// Checks the URL and database name; called before anything connects.
@@ -106,7 +114,9 @@ impl ClickHouseConfig {
     /// A client with no database selected (for `CREATE DATABASE`).
     pub fn server_client(&self) -> clickhouse::Client {
         // 18.16 lacks the system tables row validation asks for.
-        let mut c = clickhouse::Client::default().with_url(&self.url).with_validation(false);
+        let mut c = clickhouse::Client::default()
+            .with_url(&self.url)
+            .with_validation(false);
         if let Some(u) = &self.user {
             c = c.with_user(u);
         }
@@ -121,7 +131,10 @@ impl ClickHouseConfig {
         let q = self.server_client().query("SELECT 1").fetch_one::<u8>();
         match tokio::time::timeout(timeout, q).await {
             Ok(r) => r.map(|_| ()).map_err(Error::from),
-            Err(_) => Err(Error::Start(format!("no answer from {} within {timeout:?}", self.url))),
+            Err(_) => Err(Error::Start(format!(
+                "no answer from {} within {timeout:?}",
+                self.url
+            ))),
         }
     }
 }
@@ -178,10 +191,16 @@ mod tests {
 
     #[test]
     fn config_validation_names_the_flag() {
-        let e = ClickHouseConfig::new("localhost:8123", "veil").validate().unwrap_err();
+        let e = ClickHouseConfig::new("localhost:8123", "veil")
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("--clickhouse-url"));
-        let e = ClickHouseConfig::new("http://localhost:8123", "bad-name").validate().unwrap_err();
+        let e = ClickHouseConfig::new("http://localhost:8123", "bad-name")
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("--clickhouse-database"));
-        assert!(ClickHouseConfig::new("http://localhost:8123", "veil").validate().is_ok());
+        assert!(ClickHouseConfig::new("http://localhost:8123", "veil")
+            .validate()
+            .is_ok());
     }
 }

@@ -31,7 +31,11 @@ pub struct ManagedOptions {
 impl ManagedOptions {
     /// Defaults for a data dir: SIGTERM on parent death, 60 s start timeout.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), parent_death_signal: libc::SIGTERM, start_timeout: Duration::from_secs(60) }
+        Self {
+            dir: dir.into(),
+            parent_death_signal: libc::SIGTERM,
+            start_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -46,7 +50,9 @@ pub struct ManagedClickHouse {
 /// Finds the server binary: `clickhouse-server`, else the all-in-one `clickhouse` (run as `clickhouse server`).
 fn find_binary() -> Option<(PathBuf, Vec<&'static str>)> {
     let path = std::env::var_os("PATH")?;
-    for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")]) {
+    for dir in
+        std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+    {
         let p = dir.join("clickhouse-server");
         if p.is_file() {
             return Some((p, vec![]));
@@ -63,7 +69,10 @@ fn find_binary() -> Option<(PathBuf, Vec<&'static str>)> {
 
 fn free_port() -> Result<u16, Error> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("finding a free port", e))?;
-    let port = l.local_addr().map_err(|e| Error::io("finding a free port", e))?.port();
+    let port = l
+        .local_addr()
+        .map_err(|e| Error::io("finding a free port", e))?
+        .port();
     Ok(port)
 }
 
@@ -137,7 +146,9 @@ pub fn ping_blocking(port: u16) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /ping HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+    if s.write_all(b"GET /ping HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut buf = String::new();
@@ -152,9 +163,12 @@ impl ManagedClickHouse {
         let dir = opts.dir.clone();
         for sub in ["data", "log", "tmp", "user_files", "format_schemas"] {
             let p = dir.join(sub);
-            std::fs::create_dir_all(&p).map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
+            std::fs::create_dir_all(&p)
+                .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
         }
-        let dir = dir.canonicalize().map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?;
         // Ports are picked free just before start; if another process takes one in between the
         // server exits at once and we try again with new ports.
         let mut last_err = String::new();
@@ -168,17 +182,28 @@ impl ManagedClickHouse {
             let out_path = dir.join("log/stdout.log");
             let out = std::fs::File::create(&out_path)
                 .map_err(|e| Error::io(format!("creating {}", out_path.display()), e))?;
-            let err = out.try_clone().map_err(|e| Error::io("cloning log handle", e))?;
+            let err = out
+                .try_clone()
+                .map_err(|e| Error::io("cloning log handle", e))?;
             let mut cmd = Command::new(&bin);
             cmd.args(&args)
-                .arg(format!("--config-file={}", dir.join("config.xml").display()))
+                .arg(format!(
+                    "--config-file={}",
+                    dir.join("config.xml").display()
+                ))
                 .current_dir(&dir)
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err);
             set_parent_death_signal(&mut cmd, opts.parent_death_signal);
-            let child = cmd.spawn().map_err(|e| Error::io(format!("starting {}", bin.display()), e))?;
-            let mut me = ManagedClickHouse { child: Some(child), http_port: http, dir: dir.clone() };
+            let child = cmd
+                .spawn()
+                .map_err(|e| Error::io(format!("starting {}", bin.display()), e))?;
+            let mut me = ManagedClickHouse {
+                child: Some(child),
+                http_port: http,
+                dir: dir.clone(),
+            };
             let deadline = Instant::now() + opts.start_timeout;
             loop {
                 if ping_blocking(http) {
@@ -187,13 +212,18 @@ impl ManagedClickHouse {
                 }
                 if let Some(c) = me.child.as_mut() {
                     if let Ok(Some(status)) = c.try_wait() {
-                        last_err = format!("{} exited with {status}: {}", bin.display(), me.log_tail());
+                        last_err =
+                            format!("{} exited with {status}: {}", bin.display(), me.log_tail());
                         me.child = None;
                         break;
                     }
                 }
                 if Instant::now() > deadline {
-                    last_err = format!("no answer on port {http} within {:?}: {}", opts.start_timeout, me.log_tail());
+                    last_err = format!(
+                        "no answer on port {http} within {:?}: {}",
+                        opts.start_timeout,
+                        me.log_tail()
+                    );
                     me.stop();
                     break;
                 }
@@ -238,7 +268,9 @@ impl ManagedClickHouse {
 
     /// SIGTERM, wait up to 20 s, then SIGKILL. Idempotent.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         if let Ok(Some(_)) = child.try_wait() {
             return;
         }

@@ -20,8 +20,11 @@ pub struct Migration {
 }
 
 /// Every migration shipped with this binary, in order.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "events", sql: include_str!("../migrations/001_events.sql") }];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "events",
+    sql: include_str!("../migrations/001_events.sql"),
+}];
 
 impl Migration {
     /// blake3 of the SQL text, hex.
@@ -121,7 +124,12 @@ mod tests {
     #[test]
     fn migrations_are_numbered_in_order() {
         for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version as usize, i + 1, "migration {} out of order", m.name);
+            assert_eq!(
+                m.version as usize,
+                i + 1,
+                "migration {} out of order",
+                m.name
+            );
             assert!(!m.statements().is_empty());
         }
     }
@@ -139,7 +147,14 @@ mod tests {
     fn shipped_sql_avoids_what_18_16_lacks() {
         for m in MIGRATIONS {
             let up = format!(" {} ", m.statements().join(" ").to_uppercase());
-            for bad in [" TTL ", "DATETIME64", "LOWCARDINALITY", "IPV4", "IPV6", " OVER ("] {
+            for bad in [
+                " TTL ",
+                "DATETIME64",
+                "LOWCARDINALITY",
+                "IPV4",
+                "IPV6",
+                " OVER (",
+            ] {
                 assert!(!up.contains(bad), "migration {} uses {bad}", m.name);
             }
         }

@@ -16,10 +16,15 @@ static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn remove_stale_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if let Some(pid) = name.strip_prefix("veil-test-ch-").and_then(|p| p.split('-').next()) {
+        if let Some(pid) = name
+            .strip_prefix("veil-test-ch-")
+            .and_then(|p| p.split('-').next())
+        {
             if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
@@ -75,11 +80,19 @@ pub fn server_url() -> String {
 #[allow(clippy::panic)]
 pub async fn fresh_database(label: &str) -> ClickHouseConfig {
     let url = server_url();
-    let clean: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).take(40).collect();
+    let clean: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(40)
+        .collect();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut rnd = [0u8; 4];
     let _ = getrandom::fill(&mut rnd);
-    let db = format!("t_{clean}_{}_{n}_{:08x}", std::process::id(), u32::from_le_bytes(rnd));
+    let db = format!(
+        "t_{clean}_{}_{n}_{:08x}",
+        std::process::id(),
+        u32::from_le_bytes(rnd)
+    );
     let cfg = ClickHouseConfig::new(url, db);
     if let Err(e) = crate::migrate(&cfg).await {
         panic!("migrating test database {}: {e}", cfg.database);

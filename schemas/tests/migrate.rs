@@ -7,12 +7,22 @@ use veil_schemas::{migrate, MIGRATIONS};
 async fn migrations_apply_once_and_are_recorded() {
     let cfg = fresh_database("migrate_once").await;
     let client = cfg.client();
-    let recorded: Vec<u32> =
-        client.query("SELECT version FROM schema_migrations ORDER BY version").fetch_all().await.unwrap();
-    assert_eq!(recorded, MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>());
+    let recorded: Vec<u32> = client
+        .query("SELECT version FROM schema_migrations ORDER BY version")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>()
+    );
     // Second run: nothing to do, nothing recorded twice.
     assert!(migrate(&cfg).await.unwrap().is_empty());
-    let n: u64 = client.query("SELECT count() FROM schema_migrations").fetch_one().await.unwrap();
+    let n: u64 = client
+        .query("SELECT count() FROM schema_migrations")
+        .fetch_one()
+        .await
+        .unwrap();
     assert_eq!(n as usize, MIGRATIONS.len());
     // The events table exists with the columns the collector writes.
     let cols: Vec<String> = client
@@ -20,11 +30,25 @@ async fn migrations_apply_once_and_are_recorded() {
         .fetch_all()
         .await
         .unwrap();
-    for c in ["site", "timestamp", "visitor_id", "session_id", "pathname", "browser", "country_code"] {
-        assert!(cols.iter().any(|x| x == c), "events lacks column {c}: {cols:?}");
+    for c in [
+        "site",
+        "timestamp",
+        "visitor_id",
+        "session_id",
+        "pathname",
+        "browser",
+        "country_code",
+    ] {
+        assert!(
+            cols.iter().any(|x| x == c),
+            "events lacks column {c}: {cols:?}"
+        );
     }
     for forbidden in ["ip", "user_agent", "ua"] {
-        assert!(!cols.iter().any(|x| x == forbidden), "events must not have a {forbidden} column");
+        assert!(
+            !cols.iter().any(|x| x == forbidden),
+            "events must not have a {forbidden} column"
+        );
     }
 }
 
@@ -38,7 +62,12 @@ async fn an_edited_migration_is_refused() {
         .unwrap();
     // Mutations are asynchronous on 18.16: wait until the edit is visible.
     for _ in 0..100 {
-        let c: String = cfg.client().query("SELECT any(checksum) FROM schema_migrations WHERE version = 1").fetch_one().await.unwrap();
+        let c: String = cfg
+            .client()
+            .query("SELECT any(checksum) FROM schema_migrations WHERE version = 1")
+            .fetch_one()
+            .await
+            .unwrap();
         if c == "edited" {
             break;
         }

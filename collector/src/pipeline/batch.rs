@@ -44,11 +44,23 @@ impl BatchQueue {
         let mut writers = Vec::with_capacity(cfg.writers);
         for i in 0..cfg.writers {
             let sink = factory()?;
-            let w = Writer { rx: rx.clone(), cfg: cfg.clone(), sink, metrics: metrics.clone(), closing: closing.clone() };
-            let h = std::thread::Builder::new().name(format!("veil-writer-{i}")).spawn(move || w.run())?;
+            let w = Writer {
+                rx: rx.clone(),
+                cfg: cfg.clone(),
+                sink,
+                metrics: metrics.clone(),
+                closing: closing.clone(),
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("veil-writer-{i}"))
+                .spawn(move || w.run())?;
             writers.push(h);
         }
-        Ok(Self { tx, closing, writers: Mutex::new(writers) })
+        Ok(Self {
+            tx,
+            closing,
+            writers: Mutex::new(writers),
+        })
     }
 
     /// Queues a row without blocking. Fails with `QueueFull` or `ShuttingDown`.
@@ -67,7 +79,10 @@ impl BatchQueue {
 
     /// Free slots in the queue.
     pub fn free(&self) -> usize {
-        self.tx.capacity().unwrap_or(usize::MAX).saturating_sub(self.tx.len())
+        self.tx
+            .capacity()
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.tx.len())
     }
 
     /// Tells writers to flush what is queued and exit, then waits for them up to `deadline`.
@@ -75,7 +90,12 @@ impl BatchQueue {
     pub fn close(&self, deadline: Instant) -> bool {
         self.closing.store(true, Ordering::SeqCst);
         let mut all = true;
-        let writers: Vec<JoinHandle<()>> = self.writers.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        let writers: Vec<JoinHandle<()>> = self
+            .writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
         for h in writers {
             while !h.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
@@ -171,7 +191,9 @@ impl Writer {
             let started = Instant::now();
             match self.sink.write(batch) {
                 Ok(()) => {
-                    self.metrics.batch_flush.observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .batch_flush
+                        .observe(started.elapsed().as_secs_f64());
                     self.metrics.batch_size.observe(n as f64);
                     self.metrics.events_written.inc_by(n);
                     batch.clear();
@@ -187,7 +209,11 @@ impl Writer {
                 }
             }
         }
-        tracing::error!(rows = n, "giving up on batch after {} attempts", self.cfg.max_attempts);
+        tracing::error!(
+            rows = n,
+            "giving up on batch after {} attempts",
+            self.cfg.max_attempts
+        );
         self.metrics.dropped(DropReason::ClickHouseError, n);
         batch.clear();
     }
@@ -251,7 +277,12 @@ mod tests {
 
     fn start(cfg: BatchConfig, rec: Recorder) -> (BatchQueue, Metrics) {
         let m = Metrics::new(&prometheus::Registry::new()).unwrap();
-        let q = BatchQueue::start(&cfg, Box::new(move || Ok(Box::new(rec.clone()) as Box<dyn Sink>)), m.clone()).unwrap();
+        let q = BatchQueue::start(
+            &cfg,
+            Box::new(move || Ok(Box::new(rec.clone()) as Box<dyn Sink>)),
+            m.clone(),
+        )
+        .unwrap();
         (q, m)
     }
 
@@ -259,7 +290,13 @@ mod tests {
     fn full_queue_is_an_explicit_outcome() {
         let rec = Recorder::default();
         *rec.fail_first.lock().unwrap() = 1000;
-        let cfg = BatchConfig { queue_capacity: 2, max_rows: 1000, max_age: Duration::from_secs(60), max_attempts: 1, ..BatchConfig::default() };
+        let cfg = BatchConfig {
+            queue_capacity: 2,
+            max_rows: 1000,
+            max_age: Duration::from_secs(60),
+            max_attempts: 1,
+            ..BatchConfig::default()
+        };
         let (q, _) = start(cfg, rec);
         let mut full = 0;
         for _ in 0..50 {
@@ -274,7 +311,11 @@ mod tests {
     #[test]
     fn flushes_by_rows_and_on_close() {
         let rec = Recorder::default();
-        let cfg = BatchConfig { max_rows: 10, max_age: Duration::from_secs(60), ..BatchConfig::default() };
+        let cfg = BatchConfig {
+            max_rows: 10,
+            max_age: Duration::from_secs(60),
+            ..BatchConfig::default()
+        };
         let (q, m) = start(cfg, rec.clone());
         for _ in 0..25 {
             q.try_send(row()).unwrap();
@@ -290,7 +331,10 @@ mod tests {
     fn retries_then_succeeds() {
         let rec = Recorder::default();
         *rec.fail_first.lock().unwrap() = 2;
-        let cfg = BatchConfig { max_age: Duration::from_millis(10), ..BatchConfig::default() };
+        let cfg = BatchConfig {
+            max_age: Duration::from_millis(10),
+            ..BatchConfig::default()
+        };
         let (q, m) = start(cfg, rec.clone());
         q.try_send(row()).unwrap();
         assert!(q.close(Instant::now() + Duration::from_secs(10)));
@@ -302,11 +346,20 @@ mod tests {
     fn gives_up_and_counts() {
         let rec = Recorder::default();
         *rec.fail_first.lock().unwrap() = 100;
-        let cfg = BatchConfig { max_age: Duration::from_millis(10), max_attempts: 2, ..BatchConfig::default() };
+        let cfg = BatchConfig {
+            max_age: Duration::from_millis(10),
+            max_attempts: 2,
+            ..BatchConfig::default()
+        };
         let (q, m) = start(cfg, rec);
         q.try_send(row()).unwrap();
         q.try_send(row()).unwrap();
         assert!(q.close(Instant::now() + Duration::from_secs(10)));
-        assert_eq!(m.events_dropped.with_label_values(&["clickhouse_error"]).get(), 2);
+        assert_eq!(
+            m.events_dropped
+                .with_label_values(&["clickhouse_error"])
+                .get(),
+            2
+        );
     }
 }

@@ -23,7 +23,15 @@ pub struct UaFacts {
 }
 
 /// Substrings (lower-case) of automation tools woothee does not call crawlers.
-const AUTOMATION: &[&str] = &["headlesschrome", "phantomjs", "lighthouse", "puppeteer", "playwright", "selenium", "electron-prerender"];
+const AUTOMATION: &[&str] = &[
+    "headlesschrome",
+    "phantomjs",
+    "lighthouse",
+    "puppeteer",
+    "playwright",
+    "selenium",
+    "electron-prerender",
+];
 
 /// woothee with Veil's mapping on top.
 #[derive(Default)]
@@ -61,7 +69,9 @@ fn major_minor(v: &str) -> String {
 impl UaParser {
     /// A parser.
     pub fn new() -> Self {
-        Self { inner: woothee::parser::Parser::new() }
+        Self {
+            inner: woothee::parser::Parser::new(),
+        }
     }
 
     /// Parses a user agent. Never fails: unknown agents give empty facts and `unknown` device.
@@ -81,7 +91,9 @@ impl UaParser {
         let os = known(r.os);
         let device = match r.category {
             "pc" => "desktop",
-            "smartphone" if os == "iPad" || (os == "Android" && !lower.contains("mobile")) => "tablet",
+            "smartphone" if os == "iPad" || (os == "Android" && !lower.contains("mobile")) => {
+                "tablet"
+            }
             "smartphone" | "mobilephone" => "mobile",
             "appliance" => "appliance",
             _ => "unknown",
@@ -104,9 +116,11 @@ mod tests {
     const CHROME_MAC: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.109 Safari/537.36";
     const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
     const IPAD: &str = "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.6 Mobile/15E148 Safari/604.1";
-    const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+    const GOOGLEBOT: &str =
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
     const HEADLESS: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36";
-    const WIN_FIREFOX: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0";
+    const WIN_FIREFOX: &str =
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0";
 
     #[test]
     fn desktop_chrome() {

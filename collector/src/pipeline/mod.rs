@@ -118,11 +118,30 @@ impl EventRow {
     /// Approximate encoded size, for byte-based batch flushing.
     pub fn approx_bytes(&self) -> usize {
         let strings = [
-            &self.site, &self.name, &self.hostname, &self.pathname, &self.referrer, &self.referrer_source,
-            &self.utm_source, &self.utm_medium, &self.utm_campaign, &self.utm_content, &self.utm_term,
-            &self.browser, &self.browser_version, &self.os, &self.os_version, &self.device, &self.country_code,
+            &self.site,
+            &self.name,
+            &self.hostname,
+            &self.pathname,
+            &self.referrer,
+            &self.referrer_source,
+            &self.utm_source,
+            &self.utm_medium,
+            &self.utm_campaign,
+            &self.utm_content,
+            &self.utm_term,
+            &self.browser,
+            &self.browser_version,
+            &self.os,
+            &self.os_version,
+            &self.device,
+            &self.country_code,
         ];
-        let props: usize = self.prop_keys.iter().chain(&self.prop_values).map(|s| s.len() + 1).sum();
+        let props: usize = self
+            .prop_keys
+            .iter()
+            .chain(&self.prop_values)
+            .map(|s| s.len() + 1)
+            .sum();
         strings.iter().map(|s| s.len() + 1).sum::<usize>() + props + 4 + 32 + 2
     }
 }
@@ -187,13 +206,20 @@ impl Pipeline {
     pub fn process(&self, ev: Incoming, now: DateTime<Utc>) -> Result<Outcome, Error> {
         let name = ev.name.trim();
         if name.is_empty() {
-            return Err(Error::BadRequest("`name` is required (e.g. \"pageview\")".into()));
+            return Err(Error::BadRequest(
+                "`name` is required (e.g. \"pageview\")".into(),
+            ));
         }
         if name.len() > MAX_NAME_BYTES {
-            return Err(Error::BadRequest(format!("`name` is longer than {MAX_NAME_BYTES} bytes")));
+            return Err(Error::BadRequest(format!(
+                "`name` is longer than {MAX_NAME_BYTES} bytes"
+            )));
         }
         if ev.url.len() > self.limits.max_url_bytes {
-            return Err(Error::BadRequest(format!("`url` is longer than {} bytes", self.limits.max_url_bytes)));
+            return Err(Error::BadRequest(format!(
+                "`url` is longer than {} bytes",
+                self.limits.max_url_bytes
+            )));
         }
         let page = parse::page(&ev.url, ev.hash_mode)?;
         let props = parse::check_props(ev.props, &self.limits)?;
@@ -209,12 +235,17 @@ impl Pipeline {
             return Ok(Outcome::Drop(DropReason::Bot));
         }
         let referrer = parse::referrer(ev.referrer.as_deref(), &page.hostname);
-        let visitor_id = self.hasher.visitor_id(&site, ev.client.ip, &ev.client.user_agent);
+        let visitor_id = self
+            .hasher
+            .visitor_id(&site, ev.client.ip, &ev.client.user_agent);
         // From here on the raw IP and user agent are gone.
         drop(ev.client);
         let session_id = self.sessions.session_id(&visitor_id, timestamp);
-        let referrer_source =
-            if referrer.source.is_empty() { page.utm.source.clone() } else { referrer.source };
+        let referrer_source = if referrer.source.is_empty() {
+            page.utm.source.clone()
+        } else {
+            referrer.source
+        };
         let (prop_keys, prop_values) = props.into_iter().unzip();
         let ts = u32::try_from(timestamp.timestamp()).unwrap_or(0);
         Ok(Outcome::Store(Box::new(EventRow {

@@ -58,7 +58,9 @@ fn truncate(mut s: String, max: usize) -> String {
 }
 
 fn decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Parses a page URL. Any absolute URL is accepted (`https://`, `app://` …); the message of the
@@ -66,9 +68,12 @@ fn decode(s: &str) -> String {
 pub fn page(raw: &str, hash_mode: bool) -> Result<Page, Error> {
     let raw = raw.trim();
     if raw.is_empty() {
-        return Err(Error::BadRequest("`url` is required (the page's full URL)".into()));
+        return Err(Error::BadRequest(
+            "`url` is required (the page's full URL)".into(),
+        ));
     }
-    let url = Url::parse(raw).map_err(|e| Error::BadRequest(format!("`url` is not an absolute URL: {e}")))?;
+    let url = Url::parse(raw)
+        .map_err(|e| Error::BadRequest(format!("`url` is not an absolute URL: {e}")))?;
     let hostname = strip_www(&url.host_str().unwrap_or_default().to_ascii_lowercase()).to_string();
     let mut pathname = decode(url.path());
     if pathname.is_empty() {
@@ -98,7 +103,11 @@ pub fn page(raw: &str, hash_mode: bool) -> Result<Page, Error> {
     if utm.source.is_empty() {
         utm.source = if r#ref.is_empty() { source } else { r#ref };
     }
-    Ok(Page { hostname, pathname, utm })
+    Ok(Page {
+        hostname,
+        pathname,
+        utm,
+    })
 }
 
 /// A cleaned referrer.
@@ -113,17 +122,26 @@ pub struct Referrer {
 /// Cleans a referrer; invalid, non-web and self-referrals become empty (never an error:
 /// browsers send what they send).
 pub fn referrer(raw: Option<&str>, page_host: &str) -> Referrer {
-    let Some(raw) = raw.map(str::trim).filter(|s| !s.is_empty()) else { return Referrer::default() };
-    let Ok(url) = Url::parse(raw) else { return Referrer::default() };
+    let Some(raw) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Referrer::default();
+    };
+    let Ok(url) = Url::parse(raw) else {
+        return Referrer::default();
+    };
     if !matches!(url.scheme(), "http" | "https" | "android-app") {
         return Referrer::default();
     }
-    let Some(host) = url.host_str().map(|h| h.to_ascii_lowercase()) else { return Referrer::default() };
+    let Some(host) = url.host_str().map(|h| h.to_ascii_lowercase()) else {
+        return Referrer::default();
+    };
     let source = strip_www(&host).to_string();
     if source == page_host {
         return Referrer::default();
     }
-    let url = truncate(format!("{}://{}{}", url.scheme(), host, decode(url.path())), 2000);
+    let url = truncate(
+        format!("{}://{}{}", url.scheme(), host, decode(url.path())),
+        2000,
+    );
     Referrer { url, source }
 }
 
@@ -135,8 +153,9 @@ pub fn props_from_json(v: &Value) -> Result<Vec<(String, String)>, Error> {
         Value::Null => Ok(Vec::new()),
         Value::String(s) if s.trim().is_empty() => Ok(Vec::new()),
         Value::String(s) => {
-            let inner: Value = serde_json::from_str(s)
-                .map_err(|e| Error::BadRequest(format!("`props` is a string but not a JSON object: {e}")))?;
+            let inner: Value = serde_json::from_str(s).map_err(|e| {
+                Error::BadRequest(format!("`props` is a string but not a JSON object: {e}"))
+            })?;
             match inner {
                 Value::Object(_) => props_from_json(&inner),
                 _ => Err(Error::BadRequest("`props` must be a JSON object".into())),
@@ -150,11 +169,9 @@ pub fn props_from_json(v: &Value) -> Result<Vec<(String, String)>, Error> {
                     Value::String(s) => s.clone(),
                     Value::Bool(b) => b.to_string(),
                     Value::Number(n) => n.to_string(),
-                    Value::Array(_) | Value::Object(_) => {
-                        return Err(Error::BadRequest(format!(
-                            "`props.{k}` must be a string, number or boolean, not an array or object"
-                        )))
-                    }
+                    Value::Array(_) | Value::Object(_) => return Err(Error::BadRequest(format!(
+                        "`props.{k}` must be a string, number or boolean, not an array or object"
+                    ))),
                 };
                 out.push((k.clone(), val));
             }
@@ -165,16 +182,26 @@ pub fn props_from_json(v: &Value) -> Result<Vec<(String, String)>, Error> {
 }
 
 /// Enforces the props limits: count, key and value sizes, no empty keys.
-pub fn check_props(props: Vec<(String, String)>, limits: &Limits) -> Result<Vec<(String, String)>, Error> {
+pub fn check_props(
+    props: Vec<(String, String)>,
+    limits: &Limits,
+) -> Result<Vec<(String, String)>, Error> {
     if props.len() > limits.max_props {
-        return Err(Error::BadRequest(format!("too many props: {} (limit {})", props.len(), limits.max_props)));
+        return Err(Error::BadRequest(format!(
+            "too many props: {} (limit {})",
+            props.len(),
+            limits.max_props
+        )));
     }
     for (k, v) in &props {
         if k.trim().is_empty() {
             return Err(Error::BadRequest("a props key is empty".into()));
         }
         if k.len() > limits.max_prop_key_bytes {
-            return Err(Error::BadRequest(format!("props key longer than {} bytes", limits.max_prop_key_bytes)));
+            return Err(Error::BadRequest(format!(
+                "props key longer than {} bytes",
+                limits.max_prop_key_bytes
+            )));
         }
         if v.len() > limits.max_prop_value_bytes {
             return Err(Error::BadRequest(format!(
@@ -192,13 +219,20 @@ pub const MAX_PAST: Duration = Duration::days(7);
 pub const MAX_FUTURE: Duration = Duration::minutes(5);
 
 /// Checks a sender-supplied timestamp; `None` means now.
-pub fn check_timestamp(ts: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<DateTime<Utc>, Error> {
+pub fn check_timestamp(
+    ts: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, Error> {
     let Some(ts) = ts else { return Ok(now) };
     if ts < now - MAX_PAST {
-        return Err(Error::BadRequest("`timestamp` is more than 7 days old".into()));
+        return Err(Error::BadRequest(
+            "`timestamp` is more than 7 days old".into(),
+        ));
     }
     if ts > now + MAX_FUTURE {
-        return Err(Error::BadRequest("`timestamp` is more than 5 minutes in the future".into()));
+        return Err(Error::BadRequest(
+            "`timestamp` is more than 5 minutes in the future".into(),
+        ));
     }
     Ok(ts)
 }
@@ -212,12 +246,14 @@ pub fn timestamp_from_json(v: &Value) -> Result<Option<DateTime<Utc>>, Error> {
             .map_err(|e| Error::BadRequest(format!("`timestamp` is not RFC 3339 ({e})"))),
         Value::Number(n) => {
             let secs = n.as_f64().unwrap_or(f64::NAN);
-            if !secs.is_finite() || secs < 0.0 || secs > 4_000_000_000.0 {
+            if !secs.is_finite() || !(0.0..=4_000_000_000.0).contains(&secs) {
                 return Err(Error::BadRequest("`timestamp` must be Unix seconds".into()));
             }
             Ok(DateTime::from_timestamp(secs as i64, 0))
         }
-        _ => Err(Error::BadRequest("`timestamp` must be an RFC 3339 string or Unix seconds".into())),
+        _ => Err(Error::BadRequest(
+            "`timestamp` must be an RFC 3339 string or Unix seconds".into(),
+        )),
     }
 }
 
@@ -242,40 +278,74 @@ mod tests {
 
     #[test]
     fn page_errors_say_what_is_wrong() {
-        assert!(page("", false).unwrap_err().to_string().contains("required"));
-        assert!(page("/relative", false).unwrap_err().to_string().contains("absolute URL"));
+        assert!(page("", false)
+            .unwrap_err()
+            .to_string()
+            .contains("required"));
+        assert!(page("/relative", false)
+            .unwrap_err()
+            .to_string()
+            .contains("absolute URL"));
     }
 
     #[test]
     fn referrer_cleaning() {
-        let r = referrer(Some("https://www.google.com/search?q=secret"), "example.com");
+        let r = referrer(
+            Some("https://www.google.com/search?q=secret"),
+            "example.com",
+        );
         assert_eq!(r.url, "https://www.google.com/search");
         assert_eq!(r.source, "google.com");
-        assert_eq!(referrer(Some("https://example.com/other"), "example.com"), Referrer::default());
-        assert_eq!(referrer(Some("javascript:alert(1)"), "example.com"), Referrer::default());
-        assert_eq!(referrer(Some("not a url"), "example.com"), Referrer::default());
+        assert_eq!(
+            referrer(Some("https://example.com/other"), "example.com"),
+            Referrer::default()
+        );
+        assert_eq!(
+            referrer(Some("javascript:alert(1)"), "example.com"),
+            Referrer::default()
+        );
+        assert_eq!(
+            referrer(Some("not a url"), "example.com"),
+            Referrer::default()
+        );
         assert_eq!(referrer(None, "example.com"), Referrer::default());
     }
 
     #[test]
     fn props_flatten_and_reject_nesting() {
-        let p = props_from_json(&json!({"plan": "pro", "seats": 3, "trial": false, "x": null})).unwrap();
+        let p = props_from_json(&json!({"plan": "pro", "seats": 3, "trial": false, "x": null}))
+            .unwrap();
         assert_eq!(p.len(), 3);
         assert!(p.contains(&("seats".into(), "3".into())));
         let p = props_from_json(&json!("{\"a\":\"b\"}")).unwrap();
         assert_eq!(p, vec![("a".to_string(), "b".to_string())]);
-        let e = props_from_json(&json!({"deep": {"x": 1}})).unwrap_err().to_string();
+        let e = props_from_json(&json!({"deep": {"x": 1}}))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("props.deep"), "{e}");
         assert!(props_from_json(&json!([1, 2])).is_err());
     }
 
     #[test]
     fn props_limits() {
-        let l = Limits { max_props: 2, ..Limits::default() };
-        let many = vec![("a".into(), "1".into()), ("b".into(), "2".into()), ("c".into(), "3".into())];
-        assert!(check_props(many, &l).unwrap_err().to_string().contains("too many props"));
+        let l = Limits {
+            max_props: 2,
+            ..Limits::default()
+        };
+        let many = vec![
+            ("a".into(), "1".into()),
+            ("b".into(), "2".into()),
+            ("c".into(), "3".into()),
+        ];
+        assert!(check_props(many, &l)
+            .unwrap_err()
+            .to_string()
+            .contains("too many props"));
         let long = vec![("a".into(), "x".repeat(3000))];
-        assert!(check_props(long, &Limits::default()).unwrap_err().to_string().contains("props.a"));
+        assert!(check_props(long, &Limits::default())
+            .unwrap_err()
+            .to_string()
+            .contains("props.a"));
     }
 
     #[test]
@@ -284,7 +354,9 @@ mod tests {
         assert_eq!(check_timestamp(None, now).unwrap(), now);
         assert!(check_timestamp(Some(now - Duration::days(8)), now).is_err());
         assert!(check_timestamp(Some(now + Duration::minutes(10)), now).is_err());
-        assert!(timestamp_from_json(&json!("2024-01-02T03:04:05Z")).unwrap().is_some());
+        assert!(timestamp_from_json(&json!("2024-01-02T03:04:05Z"))
+            .unwrap()
+            .is_some());
         assert!(timestamp_from_json(&json!(1700000000)).unwrap().is_some());
         assert!(timestamp_from_json(&json!("yesterday")).is_err());
         assert!(timestamp_from_json(&json!(-5)).is_err());

@@ -42,7 +42,8 @@ impl VisitorHasher {
     /// A hasher with a key from the OS CSPRNG.
     pub fn random() -> Result<Self, Error> {
         let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(|e| Error::Config(format!("no OS randomness for the visitor key: {e}")))?;
+        getrandom::fill(&mut key)
+            .map_err(|e| Error::Config(format!("no OS randomness for the visitor key: {e}")))?;
         Ok(Self { key })
     }
 
@@ -106,7 +107,9 @@ fn session_hash(visitor: &[u8; 16], start: i64) -> [u8; 16] {
 impl SessionTracker {
     /// An empty tracker.
     pub fn new() -> Self {
-        Self { shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect() }
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+        }
     }
 
     /// The session id for a visitor's event at `at`: the current visit's when the visitor was
@@ -117,7 +120,9 @@ impl SessionTracker {
         let mut shard = self.shards[idx].lock().unwrap_or_else(|p| p.into_inner());
         shard.ops = shard.ops.wrapping_add(1);
         if shard.ops % SWEEP_EVERY == 0 {
-            shard.map.retain(|_, (last, _)| t - *last <= SESSION_IDLE_SECS);
+            shard
+                .map
+                .retain(|_, (last, _)| t - *last <= SESSION_IDLE_SECS);
         }
         let id = match shard.map.get_mut(visitor) {
             Some((last, id)) if (t - *last).abs() <= SESSION_IDLE_SECS => {
@@ -135,7 +140,10 @@ impl SessionTracker {
 
     /// Visitors currently tracked.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map(|s| s.map.len()).unwrap_or(0)).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|s| s.map.len()).unwrap_or(0))
+            .sum()
     }
 
     /// True when no visitor is tracked.
@@ -156,18 +164,31 @@ mod tests {
         let a = h.visitor_id("a.com", Some(ip), "UA");
         assert_eq!(a, h.visitor_id("a.com", Some(ip), "UA"));
         assert_ne!(a, h.visitor_id("b.com", Some(ip), "UA"));
-        assert_ne!(a, h.visitor_id("a.com", Some("203.0.113.10".parse().unwrap()), "UA"));
+        assert_ne!(
+            a,
+            h.visitor_id("a.com", Some("203.0.113.10".parse().unwrap()), "UA")
+        );
         assert_ne!(a, h.visitor_id("a.com", Some(ip), "UA2"));
-        assert_ne!(a, VisitorHasher::new([8; 32]).visitor_id("a.com", Some(ip), "UA"));
+        assert_ne!(
+            a,
+            VisitorHasher::new([8; 32]).visitor_id("a.com", Some(ip), "UA")
+        );
         // IPv4-mapped IPv6 is the same client as plain IPv4.
-        assert_eq!(a, h.visitor_id("a.com", Some("::ffff:203.0.113.9".parse().unwrap()), "UA"));
+        assert_eq!(
+            a,
+            h.visitor_id("a.com", Some("::ffff:203.0.113.9".parse().unwrap()), "UA")
+        );
     }
 
     #[test]
     fn pinned_vector() {
         // Guards against accidental changes of the hash layout (which would split every visitor).
         let h = VisitorHasher::new([0x42; 32]);
-        let id = h.visitor_id("example.com", Some("198.51.100.7".parse().unwrap()), "Mozilla/5.0");
+        let id = h.visitor_id(
+            "example.com",
+            Some("198.51.100.7".parse().unwrap()),
+            "Mozilla/5.0",
+        );
         let mut expect = blake3::Hasher::new_keyed(&[0x42; 32]);
         for part in [&b"example.com"[..], &[198, 51, 100, 7], b"Mozilla/5.0"] {
             expect.update(&(part.len() as u64).to_le_bytes());
@@ -183,7 +204,11 @@ mod tests {
         let t0 = Utc::now();
         let a = s.session_id(&v, t0);
         assert_eq!(a, s.session_id(&v, t0 + Duration::minutes(29)));
-        assert_eq!(a, s.session_id(&v, t0 + Duration::minutes(58)), "idle is measured from the last event");
+        assert_eq!(
+            a,
+            s.session_id(&v, t0 + Duration::minutes(58)),
+            "idle is measured from the last event"
+        );
         let b = s.session_id(&v, t0 + Duration::minutes(89));
         assert_ne!(a, b);
         assert_ne!(s.session_id(&[2u8; 16], t0), a);

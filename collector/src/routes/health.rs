@@ -19,7 +19,10 @@ pub fn healthz() -> HttpResponse {
 pub async fn readyz(c: &Collector) -> HttpResponse {
     match c.readiness().await {
         Ok(()) => text(StatusCode::OK, "ready\n"),
-        Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+        Err(reason) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
     }
 }
 

@@ -22,16 +22,31 @@ use crate::{Collector, Error};
 
 /// Paths the collector answers (anything else is left to other apps, then 404).
 pub fn is_collector_path(path: &str) -> bool {
-    matches!(path, "/api/event" | "/v1/events" | "/healthz" | "/readyz" | "/metrics")
+    matches!(
+        path,
+        "/api/event" | "/v1/events" | "/healthz" | "/readyz" | "/metrics"
+    )
 }
 
 /// Adds permissive CORS headers (any origin, no credentials).
 pub fn cors(mut r: HttpResponse) -> HttpResponse {
     let h = r.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, OPTIONS"));
-    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Content-Type"));
-    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
     r
 }
 
@@ -59,15 +74,24 @@ pub async fn route(c: &Collector, req: Request<Bytes>) -> Option<HttpResponse> {
         "/readyz" => "readyz",
         _ => "metrics",
     };
-    c.metrics().http_requests.with_label_values(&[route, resp.status().as_str()]).inc();
+    c.metrics()
+        .http_requests
+        .with_label_values(&[route, resp.status().as_str()])
+        .inc();
     Some(resp)
 }
 
 /// The client IP: the first trusted header holding a parseable address (its left-most entry),
 /// else the socket peer.
-pub fn client_ip(headers: &HeaderMap, peer: Option<&PeerAddr>, trusted: &[String]) -> Option<IpAddr> {
+pub fn client_ip(
+    headers: &HeaderMap,
+    peer: Option<&PeerAddr>,
+    trusted: &[String],
+) -> Option<IpAddr> {
     for name in trusted {
-        let Some(v) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) else { continue };
+        let Some(v) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
         let first = v.split(',').next().unwrap_or_default().trim();
         if let Some(ip) = parse_ip(first) {
             return Some(ip);
@@ -86,7 +110,11 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
 
 /// The `User-Agent` header, or empty.
 pub fn user_agent(headers: &HeaderMap) -> String {
-    headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[cfg(test)]
@@ -98,13 +126,34 @@ mod tests {
         let mut h = HeaderMap::new();
         let peer = PeerAddr("10.0.0.1:4000".parse().unwrap());
         let trusted = vec!["x-forwarded-for".to_string()];
-        assert_eq!(client_ip(&h, Some(&peer), &trusted), Some("10.0.0.1".parse().unwrap()));
-        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.5, 10.0.0.2"));
-        assert_eq!(client_ip(&h, Some(&peer), &trusted), Some("203.0.113.5".parse().unwrap()));
+        assert_eq!(
+            client_ip(&h, Some(&peer), &trusted),
+            Some("10.0.0.1".parse().unwrap())
+        );
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.5, 10.0.0.2"),
+        );
+        assert_eq!(
+            client_ip(&h, Some(&peer), &trusted),
+            Some("203.0.113.5".parse().unwrap())
+        );
         h.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
-        assert_eq!(client_ip(&h, Some(&peer), &trusted), Some("10.0.0.1".parse().unwrap()));
-        h.insert("x-forwarded-for", HeaderValue::from_static("[2001:db8::1]:443"));
-        assert_eq!(client_ip(&h, Some(&peer), &trusted), Some("2001:db8::1".parse().unwrap()));
-        assert_eq!(client_ip(&h, Some(&peer), &[]), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            client_ip(&h, Some(&peer), &trusted),
+            Some("10.0.0.1".parse().unwrap())
+        );
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("[2001:db8::1]:443"),
+        );
+        assert_eq!(
+            client_ip(&h, Some(&peer), &trusted),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip(&h, Some(&peer), &[]),
+            Some("10.0.0.1".parse().unwrap())
+        );
     }
 }

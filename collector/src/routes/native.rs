@@ -47,18 +47,22 @@ struct Event {
 fn split_body(bytes: &[u8], max: usize) -> Result<Vec<Value>, Error> {
     let start = bytes.iter().position(|b| !b.is_ascii_whitespace());
     let Some(start) = start else {
-        return Err(Error::BadRequest("empty body: expected a JSON array of events or NDJSON".into()));
+        return Err(Error::BadRequest(
+            "empty body: expected a JSON array of events or NDJSON".into(),
+        ));
     };
     let items: Vec<Value> = if bytes[start] == b'[' {
-        serde_json::from_slice(bytes).map_err(|e| Error::BadRequest(format!("body is not a valid JSON array: {e}")))?
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::BadRequest(format!("body is not a valid JSON array: {e}")))?
     } else {
         let mut out = Vec::new();
         for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let v = serde_json::from_slice(line)
-                .map_err(|e| Error::BadRequest(format!("NDJSON line {} is not valid JSON: {e}", i + 1)))?;
+            let v = serde_json::from_slice(line).map_err(|e| {
+                Error::BadRequest(format!("NDJSON line {} is not valid JSON: {e}", i + 1))
+            })?;
             out.push(v);
             if out.len() > max {
                 break;
@@ -79,10 +83,18 @@ fn to_incoming(v: Value, fallback: &Client) -> Result<Incoming, Error> {
     if !v.is_object() {
         return Err(Error::BadRequest("event must be a JSON object".into()));
     }
-    let e: Event = serde_json::from_value(v).map_err(|e| Error::BadRequest(format!("invalid field: {e}")))?;
-    let site = e.site.filter(|s| !s.trim().is_empty()).ok_or_else(|| Error::BadRequest("`site` is required".into()))?;
+    let e: Event =
+        serde_json::from_value(v).map_err(|e| Error::BadRequest(format!("invalid field: {e}")))?;
+    let site = e
+        .site
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| Error::BadRequest("`site` is required".into()))?;
     let ip = match e.ip.as_deref() {
-        Some(s) => Some(s.trim().parse().map_err(|_| Error::BadRequest("`ip` is not an IP address".into()))?),
+        Some(s) => Some(
+            s.trim()
+                .parse()
+                .map_err(|_| Error::BadRequest("`ip` is not an IP address".into()))?,
+        ),
         None => fallback.ip,
     };
     Ok(Incoming {
@@ -93,7 +105,10 @@ fn to_incoming(v: Value, fallback: &Client) -> Result<Incoming, Error> {
         props: parse::props_from_json(&e.props)?,
         timestamp: parse::timestamp_from_json(&e.timestamp)?,
         hash_mode: false,
-        client: Client { ip, user_agent: e.user_agent.unwrap_or_else(|| fallback.user_agent.clone()) },
+        client: Client {
+            ip,
+            user_agent: e.user_agent.unwrap_or_else(|| fallback.user_agent.clone()),
+        },
     })
 }
 
@@ -108,7 +123,11 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
         return c.reject_events(&Error::QueueFull, ENDPOINT, items.len() as u64);
     }
     let fallback = Client {
-        ip: super::client_ip(req.headers(), req.extensions().get::<PeerAddr>(), c.trusted_ip_headers()),
+        ip: super::client_ip(
+            req.headers(),
+            req.extensions().get::<PeerAddr>(),
+            c.trusted_ip_headers(),
+        ),
         user_agent: super::user_agent(req.headers()),
     };
     let now = c.now();
@@ -128,6 +147,13 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
             Err(e) => rejected.push(json!({ "index": index, "error": e.to_string() })),
         }
     }
-    let status = if accepted == 0 && ignored == 0 { StatusCode::BAD_REQUEST } else { StatusCode::ACCEPTED };
-    json(status, &json!({ "accepted": accepted, "ignored": ignored, "rejected": rejected }))
+    let status = if accepted == 0 && ignored == 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::ACCEPTED
+    };
+    json(
+        status,
+        &json!({ "accepted": accepted, "ignored": ignored, "rejected": rejected }),
+    )
 }

@@ -54,9 +54,12 @@ fn truthy(v: &Option<Value>) -> bool {
 
 fn parse_body(bytes: &[u8]) -> Result<Body, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::BadRequest("empty body: expected a JSON object with `name`, `url` and `domain`".into()));
+        return Err(Error::BadRequest(
+            "empty body: expected a JSON object with `name`, `url` and `domain`".into(),
+        ));
     }
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| Error::BadRequest(format!("body is not valid JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::BadRequest(format!("body is not valid JSON: {e}")))?;
     if !v.is_object() {
         return Err(Error::BadRequest("body must be a JSON object".into()));
     }
@@ -74,7 +77,11 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
         Err(e) => return c.reject_events(&e, ENDPOINT, 1),
     };
     let client = Client {
-        ip: super::client_ip(req.headers(), req.extensions().get::<PeerAddr>(), c.trusted_ip_headers()),
+        ip: super::client_ip(
+            req.headers(),
+            req.extensions().get::<PeerAddr>(),
+            c.trusted_ip_headers(),
+        ),
         user_agent: super::user_agent(req.headers()),
     };
     let domains: Vec<String> = body
@@ -86,7 +93,11 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
         .filter(|d| !d.is_empty())
         .collect();
     if domains.is_empty() {
-        return c.reject_events(&Error::BadRequest("`domain` is required".into()), ENDPOINT, 1);
+        return c.reject_events(
+            &Error::BadRequest("`domain` is required".into()),
+            ENDPOINT,
+            1,
+        );
     }
     let now = c.now();
     for domain in domains {

@@ -2,7 +2,7 @@
 //! fresh database of the test ClickHouse, and a minimal HTTP/1.1 client that can also send
 //! malformed and slow requests.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,8 +14,10 @@ use veil_collector::CollectorConfig;
 use veil_schemas::ClickHouseConfig;
 
 pub const CHROME: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.109 Safari/537.36";
-pub const FIREFOX: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0";
-pub const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+pub const FIREFOX: &str =
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0";
+pub const GOOGLEBOT: &str =
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 
 pub struct Running {
     pub addr: SocketAddr,
@@ -55,13 +57,20 @@ impl Running {
 
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
 }
 
 pub async fn count(ch: &ClickHouseConfig, where_: &str) -> u64 {
-    ch.client().query(&format!("SELECT count() FROM events WHERE {where_}")).fetch_one().await.unwrap()
+    ch.client()
+        .query(&format!("SELECT count() FROM events WHERE {where_}"))
+        .fetch_one()
+        .await
+        .unwrap()
 }
 
 /// Waits until `count(where_) == n` (or panics after `secs`).
@@ -72,13 +81,19 @@ pub async fn wait_count(ch: &ClickHouseConfig, where_: &str, n: u64, secs: u64) 
         if c == n {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "expected {n} rows where {where_}, found {c}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {n} rows where {where_}, found {c}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 pub fn config(sites: &[&str]) -> CollectorConfig {
-    let mut c = CollectorConfig { sites: sites.iter().map(|s| s.to_string()).collect(), ..CollectorConfig::default() };
+    let mut c = CollectorConfig {
+        sites: sites.iter().map(|s| s.to_string()).collect(),
+        ..CollectorConfig::default()
+    };
     c.batch.max_age = Duration::from_millis(100);
     c.shutdown_timeout = Duration::from_secs(10);
     c
@@ -100,7 +115,12 @@ pub async fn start_on(ch: ClickHouseConfig, config: CollectorConfig) -> Running 
         })
         .await
     });
-    Running { addr, ch, stop: Some(tx), task: Some(task) }
+    Running {
+        addr,
+        ch,
+        stop: Some(tx),
+        task: Some(task),
+    }
 }
 
 #[derive(Debug)]
@@ -116,8 +136,17 @@ impl Response {
     }
 }
 
-pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -131,15 +160,26 @@ pub async fn raw_request(addr: SocketAddr, raw: &[u8]) -> Response {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(raw).await.unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await.expect("response in time").unwrap();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .unwrap();
     parse_response(&buf)
 }
 
 pub fn parse_response(buf: &[u8]) -> Response {
     let text = String::from_utf8_lossy(buf).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Response { status, headers: head.to_ascii_lowercase(), body: body.to_string() }
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Response {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: body.to_string(),
+    }
 }
 
 pub fn plausible(domain: &str, url: &str) -> String {

@@ -23,11 +23,20 @@ pub struct ClickHouseSink {
 impl ClickHouseSink {
     /// A sink for the given database.
     pub fn new(cfg: &ClickHouseConfig) -> Result<Self, Error> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(Self { rt, client: cfg.client(), timeout: Duration::from_secs(60) })
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            rt,
+            client: cfg.client(),
+            timeout: Duration::from_secs(60),
+        })
     }
 
-    async fn insert(client: &clickhouse::Client, rows: &[EventRow]) -> Result<(), clickhouse::error::Error> {
+    async fn insert(
+        client: &clickhouse::Client,
+        rows: &[EventRow],
+    ) -> Result<(), clickhouse::error::Error> {
         let mut insert = client.insert::<EventRow>(EVENTS_TABLE).await?;
         for r in rows {
             insert.write(r).await?;
@@ -40,10 +49,15 @@ impl Sink for ClickHouseSink {
     fn write(&mut self, rows: &[EventRow]) -> Result<(), Error> {
         let fut = Self::insert(&self.client, rows);
         let timeout = self.timeout;
-        match self.rt.block_on(async { tokio::time::timeout(timeout, fut).await }) {
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(timeout, fut).await })
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::Sink(e.to_string())),
-            Err(_) => Err(Error::Sink(format!("insert did not finish within {timeout:?}"))),
+            Err(_) => Err(Error::Sink(format!(
+                "insert did not finish within {timeout:?}"
+            ))),
         }
     }
 }

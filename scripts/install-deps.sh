@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what Veil needs on a fresh Debian/Ubuntu machine, and nothing that is already there:
+# ClickHouse (Debian's clickhouse-server; Veil starts it itself as a child process, the system
+# service is not used) and a Rust toolchain check.
+set -euo pipefail
+
+need_apt=()
+command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ] || need_apt+=(clickhouse-server clickhouse-client)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "install-deps: installing ${need_apt[*]} with apt-get" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo not found. Install Rust with rustup (https://rustup.rs), then re-run." >&2
+  exit 1
+fi
