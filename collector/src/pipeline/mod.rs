@@ -15,6 +15,7 @@ pub mod enrich;
 pub mod parse;
 pub mod privacy;
 pub mod sink;
+pub mod spool;
 
 use std::net::IpAddr;
 use std::sync::Arc;
