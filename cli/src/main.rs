@@ -117,7 +117,8 @@ async fn run(command: Command, s: Settings) -> Result<()> {
                 s.collector.clone(),
                 s.clickhouse.clone(),
                 prometheus::Registry::new(),
-            )?;
+            )
+            .await?;
             let app = Arc::new(VeilApp {
                 collector: Some(collector.clone()),
                 aggregator: Aggregator::new(s.aggregator.clone(), s.clickhouse.clone()),

@@ -13,6 +13,10 @@ use crate::Error;
 pub struct CollectorConfig {
     /// Domains accepted without an API call (lower-case, e.g. `example.com`).
     pub sites: Vec<String>,
+    /// Child-directed sites (registered too): minimal collection, see [`crate::sites::SiteSettings`].
+    pub child_sites: Vec<String>,
+    /// Sites that decided not to honour `DNT: 1` (GPC is always honoured).
+    pub ignore_dnt_sites: Vec<String>,
     /// Headers that carry the client IP, first match wins, then the socket peer.
     /// The first (left-most) address of each header is used.
     pub trusted_ip_headers: Vec<String>,
@@ -100,6 +104,8 @@ impl Default for CollectorConfig {
     fn default() -> Self {
         Self {
             sites: Vec::new(),
+            child_sites: Vec::new(),
+            ignore_dnt_sites: Vec::new(),
             trusted_ip_headers: vec!["x-forwarded-for".into()],
             limits: Limits::default(),
             batch: BatchConfig::default(),
@@ -163,6 +169,21 @@ impl CollectorConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl CollectorConfig {
+    /// The site registry these settings describe.
+    pub fn registry(&self) -> crate::sites::SiteRegistry {
+        use crate::sites::SiteSettings;
+        let all = self.sites.iter().chain(&self.child_sites).map(|s| {
+            let settings = SiteSettings {
+                child_directed: self.child_sites.contains(s),
+                honor_dnt: !self.ignore_dnt_sites.contains(s),
+            };
+            (s.clone(), settings)
+        });
+        crate::sites::SiteRegistry::with_settings(all)
     }
 }
 

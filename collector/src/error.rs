@@ -35,6 +35,9 @@ pub enum Error {
     /// The queue towards ClickHouse is full: back off and retry.
     #[error("ingest queue is full; retry later")]
     QueueFull,
+    /// Today's visitor salt could not be loaded yet (ClickHouse unreachable): retry.
+    #[error("visitor salt not available yet (is ClickHouse reachable?); retry later")]
+    NoSalt,
     /// The collector is shutting down.
     #[error("shutting down; retry on another instance")]
     ShuttingDown,
@@ -60,7 +63,7 @@ impl Error {
             Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::QueueFull | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::QueueFull | Error::ShuttingDown | Error::NoSalt => StatusCode::SERVICE_UNAVAILABLE,
             Error::Sink(_) | Error::Config(_) | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -77,6 +80,7 @@ impl Error {
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::QueueFull => "queue_full",
             Error::ShuttingDown => "shutting_down",
+            Error::NoSalt => "no_salt",
             Error::Sink(_) | Error::Config(_) | Error::Io(_) => "internal",
         }
     }

@@ -35,11 +35,11 @@ pub use config::CollectorConfig;
 pub use error::Error;
 use metrics::{DropReason, Metrics};
 use pipeline::batch::BatchQueue;
+use pipeline::privacy::salts::{ClickHouseSaltStore, Salts};
 use pipeline::sink::clickhouse::ClickHouseSink;
 use pipeline::sink::{Sink, SinkFactory};
 use pipeline::{Incoming, Outcome, Pipeline};
 use server::{App, HttpResponse, ResponseFuture, ServerOptions};
-use sites::SiteRegistry;
 
 /// Where "now" comes from (tests inject a fixed clock).
 pub trait Clock: Send + Sync + 'static {
@@ -74,7 +74,9 @@ struct Inner {
     registry: Registry,
     clickhouse: Option<ClickHouseConfig>,
     accepting: AtomicBool,
-    clock: Box<dyn Clock>,
+    clock: Arc<dyn Clock>,
+    /// Set to true at shutdown; background tasks watch it.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// A running collector (writer threads started). Cheap to clone.
@@ -92,29 +94,26 @@ impl std::fmt::Debug for Collector {
 }
 
 impl Collector {
-    /// Validates `config` and starts writer threads that insert into `ch`.
-    pub fn start(
-        mut config: CollectorConfig,
-        ch: ClickHouseConfig,
-        registry: Registry,
-    ) -> Result<Self, Error> {
+    /// Validates `config`, loads the shared daily salts, and starts writer threads that insert
+    /// into `ch` and the task that keeps salts fresh. If ClickHouse is unreachable at start the
+    /// collector still starts; events get 503 until today's salt can be loaded.
+    pub async fn start(mut config: CollectorConfig, ch: ClickHouseConfig, registry: Registry) -> Result<Self, Error> {
         config.validate()?;
         ch.validate().map_err(|e| Error::Config(e.to_string()))?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let salts = Arc::new(Salts::shared(Arc::new(ClickHouseSaltStore::new(&ch)), clock.clone()));
+        if let Err(e) = salts.refresh().await {
+            tracing::warn!(error = %e, "could not load today's salt; events get 503 until ClickHouse answers");
+        }
         let sink_cfg = ch.clone();
-        let factory: SinkFactory =
-            Box::new(move || Ok(Box::new(ClickHouseSink::new(&sink_cfg)?) as Box<dyn Sink>));
-        let pipeline = Pipeline::new(
-            Arc::new(SiteRegistry::new(config.sites.clone())),
-            config.limits.clone(),
-        )?;
-        Self::assemble(
-            config,
-            pipeline,
-            factory,
-            Some(ch),
-            registry,
-            Box::new(SystemClock),
-        )
+        let factory: SinkFactory = Box::new(move || Ok(Box::new(ClickHouseSink::new(&sink_cfg)?) as Box<dyn Sink>));
+        let pipeline = Pipeline::new(Arc::new(config.registry()), config.limits.clone(), salts.clone());
+        let c = Self::assemble(config, pipeline, factory, Some(ch), registry, clock)?;
+        let mut stopped = c.inner.stop.subscribe();
+        tokio::spawn(salts.keep_fresh(Duration::from_secs(60), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        Ok(c)
     }
 
     /// A collector over any sink, pipeline and clock (tests and benches). Readiness checks
@@ -125,11 +124,10 @@ impl Collector {
         factory: SinkFactory,
         ch: Option<ClickHouseConfig>,
         registry: Registry,
-        clock: Box<dyn Clock>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, Error> {
         config.validate()?;
-        let metrics = Metrics::new(&registry)
-            .map_err(|e| Error::Config(format!("registering metrics: {e}")))?;
+        let metrics = Metrics::new(&registry).map_err(|e| Error::Config(format!("registering metrics: {e}")))?;
         let queue = BatchQueue::start(&config.batch, factory, metrics.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -141,6 +139,7 @@ impl Collector {
                 clickhouse: ch,
                 accepting: AtomicBool::new(true),
                 clock,
+                stop: tokio::sync::watch::channel(false).0,
             }),
         })
     }
@@ -165,7 +164,7 @@ impl Collector {
         }
         match self.inner.pipeline.process(ev, now) {
             Err(e) => {
-                m.dropped(DropReason::Invalid, 1);
+                m.dropped(if matches!(e, Error::NoSalt) { DropReason::NoSalt } else { DropReason::Invalid }, 1);
                 Err(e)
             }
             Ok(Outcome::Drop(reason)) => {
@@ -247,6 +246,7 @@ impl Collector {
     /// Returns false if a writer did not finish in time.
     pub fn finish(&self) -> bool {
         self.begin_shutdown();
+        self.inner.stop.send_replace(true);
         let ok = self
             .inner
             .queue
@@ -286,7 +286,7 @@ impl Collector {
         &self.inner.config.limits
     }
     /// The site registry.
-    pub fn sites(&self) -> &Arc<SiteRegistry> {
+    pub fn sites(&self) -> &Arc<sites::SiteRegistry> {
         self.inner.pipeline.sites()
     }
     /// Free slots in the queue.
@@ -333,7 +333,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let collector = Collector::start(config, ch, Registry::new())?;
+    let collector = Collector::start(config, ch, Registry::new()).await?;
     let opts = collector.server_options();
     let c2 = collector.clone();
     let shutdown = async move {

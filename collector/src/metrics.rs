@@ -12,6 +12,10 @@ pub enum DropReason {
     UnknownSite,
     /// The user agent is a known crawler or bot.
     Bot,
+    /// The visitor opted out (GPC, DNT, an app's flag).
+    Consent,
+    /// No salt for today was available (ClickHouse unreachable at start); sender got 503.
+    NoSalt,
     /// The event itself was invalid (in a batch; the sender is told which and why).
     Invalid,
     /// The queue towards ClickHouse was full (sender got 503).
@@ -28,6 +32,8 @@ impl DropReason {
         match self {
             DropReason::UnknownSite => "unknown_site",
             DropReason::Bot => "bot",
+            DropReason::Consent => "consent",
+            DropReason::NoSalt => "no_salt",
             DropReason::Invalid => "invalid",
             DropReason::QueueFull => "queue_full",
             DropReason::ShuttingDown => "shutting_down",
@@ -160,6 +166,8 @@ impl Metrics {
         for r in [
             DropReason::UnknownSite,
             DropReason::Bot,
+            DropReason::Consent,
+            DropReason::NoSalt,
             DropReason::Invalid,
             DropReason::QueueFull,
             DropReason::ShuttingDown,

@@ -1,69 +1,77 @@
-//! The site registry: which domains Veil accepts events for. Events for any other domain are
-//! dropped (counted as `dropped{reason="unknown_site"}`) while the sender still gets 202, as
-//! Plausible does, so a misconfigured site cannot probe which domains exist.
+//! The site registry: which domains Veil accepts events for, and each site's privacy settings.
+//! Events for any other domain are dropped (counted as `dropped{reason="unknown_site"}`) while
+//! the sender still gets 202, as Plausible does, so the answer tells nobody which sites exist.
 //!
-//! Today the registry is the `--site` list; later the admin API adds sites at run time behind
-//! this same type.
+//! Today the registry is filled from `--site`, `--child-site` and `--ignore-dnt-site`; later the
+//! admin API adds sites at run time behind this same type.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::RwLock;
 
-/// Lower-cases a domain, trims a trailing dot and `www.`-free comparison is left to callers;
-/// returns `None` unless it looks like a host name (letters, digits, `-`, `.`; at most 253 bytes).
+use serde::Serialize;
+
+/// Lower-cases a domain and trims a trailing dot; returns `None` unless it looks like a host
+/// name (letters, digits, `-`, `_`, `.`; at most 253 bytes).
 pub fn normalize_domain(s: &str) -> Option<String> {
     let d = s.trim().trim_end_matches('.').to_ascii_lowercase();
     let ok = !d.is_empty()
         && d.len() <= 253
         && d.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     ok.then_some(d)
+}
+
+/// Per-site privacy settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SiteSettings {
+    /// Child-directed: no visitor hash, session, referrer, campaign, versions or props are
+    /// stored; reports show page views only.
+    pub child_directed: bool,
+    /// Honour `DNT: 1` (default true; a site may switch it off as its own legal decision).
+    pub honor_dnt: bool,
+}
+
+impl Default for SiteSettings {
+    fn default() -> Self {
+        Self { child_directed: false, honor_dnt: true }
+    }
 }
 
 /// The set of registered sites.
 #[derive(Debug, Default)]
 pub struct SiteRegistry {
-    sites: RwLock<HashSet<String>>,
+    sites: RwLock<HashMap<String, SiteSettings>>,
 }
 
 impl SiteRegistry {
-    /// A registry holding `sites` (already normalised by config validation).
+    /// A registry holding `sites` with default settings.
     pub fn new(sites: impl IntoIterator<Item = String>) -> Self {
-        Self {
-            sites: RwLock::new(sites.into_iter().collect()),
-        }
+        Self { sites: RwLock::new(sites.into_iter().map(|s| (s, SiteSettings::default())).collect()) }
     }
 
-    /// The registered site for a domain as a sender wrote it, if any.
-    pub fn resolve(&self, domain: &str) -> Option<String> {
+    /// A registry with explicit settings.
+    pub fn with_settings(sites: impl IntoIterator<Item = (String, SiteSettings)>) -> Self {
+        Self { sites: RwLock::new(sites.into_iter().collect()) }
+    }
+
+    /// The registered site and its settings for a domain as a sender wrote it.
+    pub fn resolve(&self, domain: &str) -> Option<(String, SiteSettings)> {
         let d = normalize_domain(domain)?;
         let sites = self.sites.read().unwrap_or_else(|p| p.into_inner());
-        sites.contains(&d).then_some(d)
+        sites.get(&d).map(|s| (d, *s))
     }
 
-    /// Adds a site (idempotent).
-    pub fn add(&self, domain: &str) -> Option<String> {
+    /// Adds or updates a site.
+    pub fn set(&self, domain: &str, settings: SiteSettings) -> Option<String> {
         let d = normalize_domain(domain)?;
-        self.sites
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(d.clone());
+        self.sites.write().unwrap_or_else(|p| p.into_inner()).insert(d.clone(), settings);
         Some(d)
     }
 
     /// All registered sites, sorted.
     pub fn list(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .sites
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect();
+        let mut v: Vec<String> = self.sites.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         v.sort();
         v
     }
@@ -76,9 +84,11 @@ mod tests {
     #[test]
     fn resolves_case_insensitively() {
         let r = SiteRegistry::new(["example.com".to_string()]);
-        assert_eq!(r.resolve("Example.com").as_deref(), Some("example.com"));
-        assert_eq!(r.resolve("example.com.").as_deref(), Some("example.com"));
+        assert_eq!(r.resolve("Example.com").map(|x| x.0).as_deref(), Some("example.com"));
+        assert_eq!(r.resolve("example.com.").map(|x| x.0).as_deref(), Some("example.com"));
         assert_eq!(r.resolve("other.com"), None);
         assert_eq!(r.resolve("exa mple.com"), None);
+        r.set("kids.example", SiteSettings { child_directed: true, honor_dnt: true });
+        assert!(r.resolve("kids.example").unwrap().1.child_directed);
     }
 }

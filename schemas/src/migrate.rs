@@ -20,11 +20,10 @@ pub struct Migration {
 }
 
 /// Every migration shipped with this binary, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "events",
-    sql: include_str!("../migrations/001_events.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "events", sql: include_str!("../migrations/001_events.sql") },
+    Migration { version: 2, name: "salts", sql: include_str!("../migrations/002_salts.sql") },
+];
 
 impl Migration {
     /// blake3 of the SQL text, hex.

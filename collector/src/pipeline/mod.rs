@@ -61,6 +61,8 @@ pub struct Incoming {
     pub timestamp: Option<DateTime<Utc>>,
     /// Include the URL fragment in the path (hash-based routing, Plausible's `h`).
     pub hash_mode: bool,
+    /// Opt-out signals (GPC, DNT, an app's flag).
+    pub consent: privacy::Consent,
     /// Who sent it.
     pub client: Client,
 }
@@ -156,13 +158,13 @@ pub enum Outcome {
     Drop(DropReason),
 }
 
-/// The stateless-per-request part of ingestion, shared by all routes.
+/// The per-request part of ingestion, shared by all routes.
 #[derive(Debug)]
 pub struct Pipeline {
     sites: Arc<SiteRegistry>,
     limits: Limits,
     ua: enrich::UaParser,
-    hasher: privacy::VisitorHasher,
+    salts: Arc<privacy::salts::Salts>,
     sessions: privacy::SessionTracker,
 }
 
@@ -170,26 +172,15 @@ pub struct Pipeline {
 pub const MAX_NAME_BYTES: usize = 120;
 
 impl Pipeline {
-    /// A pipeline over the given registry, with a fresh random visitor-hash key.
-    pub fn new(sites: Arc<SiteRegistry>, limits: Limits) -> Result<Self, Error> {
-        Ok(Self {
-            sites,
-            limits,
-            ua: enrich::UaParser::new(),
-            hasher: privacy::VisitorHasher::random()?,
-            sessions: privacy::SessionTracker::new(),
-        })
+    /// A pipeline over the given registry and salts.
+    pub fn new(sites: Arc<SiteRegistry>, limits: Limits, salts: Arc<privacy::salts::Salts>) -> Self {
+        Self { sites, limits, ua: enrich::UaParser::new(), salts, sessions: privacy::SessionTracker::new() }
     }
 
-    /// A pipeline with a given key (tests, benches).
+    /// A pipeline with one fixed salt for every day (tests, benches).
     pub fn with_key(sites: Arc<SiteRegistry>, limits: Limits, key: [u8; 32]) -> Self {
-        Self {
-            sites,
-            limits,
-            ua: enrich::UaParser::new(),
-            hasher: privacy::VisitorHasher::new(key),
-            sessions: privacy::SessionTracker::new(),
-        }
+        let salts = privacy::salts::Salts::fixed(key, Arc::new(crate::SystemClock));
+        Self::new(sites, limits, Arc::new(salts))
     }
 
     /// The site registry.
@@ -202,25 +193,23 @@ impl Pipeline {
         &self.limits
     }
 
+    /// The salts in force.
+    pub fn salts(&self) -> &Arc<privacy::salts::Salts> {
+        &self.salts
+    }
+
     /// Validates, enriches and anonymises one event. `Err` means the event is invalid (the
-    /// message says why); `Ok(Drop)` means it is valid but not stored.
+    /// message says why) or cannot be hashed yet; `Ok(Drop)` means it is valid but not stored.
     pub fn process(&self, ev: Incoming, now: DateTime<Utc>) -> Result<Outcome, Error> {
         let name = ev.name.trim();
         if name.is_empty() {
-            return Err(Error::BadRequest(
-                "`name` is required (e.g. \"pageview\")".into(),
-            ));
+            return Err(Error::BadRequest("`name` is required (e.g. \"pageview\")".into()));
         }
         if name.len() > MAX_NAME_BYTES {
-            return Err(Error::BadRequest(format!(
-                "`name` is longer than {MAX_NAME_BYTES} bytes"
-            )));
+            return Err(Error::BadRequest(format!("`name` is longer than {MAX_NAME_BYTES} bytes")));
         }
         if ev.url.len() > self.limits.max_url_bytes {
-            return Err(Error::BadRequest(format!(
-                "`url` is longer than {} bytes",
-                self.limits.max_url_bytes
-            )));
+            return Err(Error::BadRequest(format!("`url` is longer than {} bytes", self.limits.max_url_bytes)));
         }
         let page = parse::page(&ev.url, ev.hash_mode)?;
         let props = parse::check_props(ev.props, &self.limits)?;
@@ -228,35 +217,33 @@ impl Pipeline {
         if ev.domain.trim().is_empty() {
             return Err(Error::BadRequest("`domain` is required".into()));
         }
-        let Some(site) = self.sites.resolve(&ev.domain) else {
+        let Some((site, settings)) = self.sites.resolve(&ev.domain) else {
             return Ok(Outcome::Drop(DropReason::UnknownSite));
         };
+        if ev.consent.refuses(settings.honor_dnt) {
+            return Ok(Outcome::Drop(DropReason::Consent));
+        }
         let ua = self.ua.parse(&ev.client.user_agent);
         if ua.bot {
             return Ok(Outcome::Drop(DropReason::Bot));
         }
         let referrer = parse::referrer(ev.referrer.as_deref(), &page.hostname);
-        let visitor_id = self
-            .hasher
-            .visitor_id(&site, ev.client.ip, &ev.client.user_agent);
+        let (visitor_id, session_id) = if settings.child_directed {
+            ([0u8; 16], [0u8; 16])
+        } else {
+            let visitor_id = self.visitor_id(&site, &ev.client, now)?;
+            (visitor_id, self.sessions.session_id(&visitor_id, timestamp))
+        };
         // From here on the raw IP and user agent are gone.
         drop(ev.client);
-        let session_id = self.sessions.session_id(&visitor_id, timestamp);
-        let referrer_source = if referrer.source.is_empty() {
-            page.utm.source.clone()
-        } else {
-            referrer.source
-        };
-        let (prop_keys, prop_values) = props.into_iter().unzip();
-        let ts = u32::try_from(timestamp.timestamp()).unwrap_or(0);
-        Ok(Outcome::Store(Box::new(EventRow {
+        let mut row = EventRow {
             site,
-            timestamp: ts,
+            timestamp: u32::try_from(timestamp.timestamp()).unwrap_or(0),
             name: name.to_string(),
             hostname: page.hostname,
             pathname: page.pathname,
+            referrer_source: if referrer.source.is_empty() { page.utm.source.clone() } else { referrer.source },
             referrer: referrer.url,
-            referrer_source,
             utm_source: page.utm.source,
             utm_medium: page.utm.medium,
             utm_campaign: page.utm.campaign,
@@ -270,8 +257,63 @@ impl Pipeline {
             os_version: ua.os_version,
             device: ua.device.to_string(),
             country_code: String::new(),
-            prop_keys,
-            prop_values,
-        })))
+            prop_keys: Vec::new(),
+            prop_values: Vec::new(),
+        };
+        if settings.child_directed {
+            row.minimise_for_children();
+        } else {
+            (row.prop_keys, row.prop_values) = props.into_iter().unzip();
+        }
+        row.scrub();
+        Ok(Outcome::Store(Box::new(row)))
+    }
+
+    /// Today's visitor id, or — in the first 30 minutes after midnight — yesterday's when this
+    /// visitor's visit is still running, so a visit that crosses midnight stays one visit.
+    fn visitor_id(&self, site: &str, client: &Client, now: DateTime<Utc>) -> Result<[u8; 16], Error> {
+        let today = now.date_naive();
+        let salt = self.salts.get(today).ok_or(Error::NoSalt)?;
+        let id = privacy::VisitorHasher::new(salt).visitor_id(site, client.ip, &client.user_agent);
+        let since_midnight = now.timestamp() - today.and_hms_opt(0, 0, 0).map(|m| m.and_utc().timestamp()).unwrap_or(0);
+        if since_midnight <= privacy::SESSION_IDLE_SECS {
+            if let Some(old) = today.pred_opt().and_then(|y| self.salts.get(y)) {
+                let prev = privacy::VisitorHasher::new(old).visitor_id(site, client.ip, &client.user_agent);
+                if self.sessions.active(&prev, now) {
+                    return Ok(prev);
+                }
+            }
+        }
+        Ok(id)
+    }
+}
+
+impl EventRow {
+    /// Keeps only what a child-directed site may store: page, event name, country and coarse
+    /// device facts (device class, browser and OS families).
+    pub fn minimise_for_children(&mut self) {
+        self.visitor_id = [0; 16];
+        self.session_id = [0; 16];
+        for f in [
+            &mut self.referrer, &mut self.referrer_source, &mut self.utm_source, &mut self.utm_medium,
+            &mut self.utm_campaign, &mut self.utm_content, &mut self.utm_term, &mut self.browser_version,
+            &mut self.os_version,
+        ] {
+            f.clear();
+        }
+        self.prop_keys.clear();
+        self.prop_values.clear();
+    }
+
+    /// Runs the scrubber over every free-text field.
+    pub fn scrub(&mut self) {
+        use privacy::scrub::scrub_in_place;
+        for f in [
+            &mut self.name, &mut self.hostname, &mut self.pathname, &mut self.referrer, &mut self.referrer_source,
+            &mut self.utm_source, &mut self.utm_medium, &mut self.utm_campaign, &mut self.utm_content, &mut self.utm_term,
+        ] {
+            scrub_in_place(f);
+        }
+        self.prop_keys.iter_mut().chain(self.prop_values.iter_mut()).for_each(scrub_in_place);
     }
 }

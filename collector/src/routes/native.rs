@@ -9,8 +9,10 @@
 //! ```
 //!
 //! `referrer`, `timestamp` (RFC 3339 or Unix seconds; default now; at most 7 days old), `props`,
-//! `ip` and `user_agent` are optional; `ip`/`user_agent` override the request's own (a server
-//! forwarding its visitors' hits), and are hashed and dropped like any other.
+//! `ip`, `user_agent` and `opt_out` are optional; `ip`/`user_agent` override the request's own (a
+//! server forwarding its visitors' hits), and are hashed and dropped like any other;
+//! `"opt_out": true` (an app's opt-out switch) and the request's `Sec-GPC: 1` / `DNT: 1` headers
+//! mean the event is not stored (counted as `ignored`).
 //!
 //! Answer: `202 {"accepted": N, "ignored": M, "rejected": [{"index": i, "error": "..."}]}` where
 //! `ignored` counts valid events not stored by policy (unregistered site, bot). When no event
@@ -23,6 +25,7 @@ use http::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::pipeline::privacy::Consent;
 use crate::pipeline::{parse, Client, Incoming};
 use crate::server::{json, HttpResponse, PeerAddr};
 use crate::{Collector, Error, Ingested};
@@ -42,6 +45,8 @@ struct Event {
     props: Value,
     ip: Option<String>,
     user_agent: Option<String>,
+    #[serde(default)]
+    opt_out: bool,
 }
 
 fn split_body(bytes: &[u8], max: usize) -> Result<Vec<Value>, Error> {
@@ -79,7 +84,7 @@ fn split_body(bytes: &[u8], max: usize) -> Result<Vec<Value>, Error> {
     Ok(items)
 }
 
-fn to_incoming(v: Value, fallback: &Client) -> Result<Incoming, Error> {
+fn to_incoming(v: Value, fallback: &Client, consent: Consent) -> Result<Incoming, Error> {
     if !v.is_object() {
         return Err(Error::BadRequest("event must be a JSON object".into()));
     }
@@ -105,6 +110,7 @@ fn to_incoming(v: Value, fallback: &Client) -> Result<Incoming, Error> {
         props: parse::props_from_json(&e.props)?,
         timestamp: parse::timestamp_from_json(&e.timestamp)?,
         hash_mode: false,
+        consent: Consent { opt_out: e.opt_out, ..consent },
         client: Client {
             ip,
             user_agent: e.user_agent.unwrap_or_else(|| fallback.user_agent.clone()),
@@ -130,11 +136,12 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
         ),
         user_agent: super::user_agent(req.headers()),
     };
+    let consent = Consent::from_headers(req.headers());
     let now = c.now();
     let (mut accepted, mut ignored) = (0u64, 0u64);
     let mut rejected = Vec::new();
     for (index, v) in items.into_iter().enumerate() {
-        let result = match to_incoming(v, &fallback) {
+        let result = match to_incoming(v, &fallback, consent) {
             Ok(ev) => c.ingest(ev, ENDPOINT, now),
             Err(e) => {
                 c.count_invalid(ENDPOINT, 1);

@@ -20,6 +20,7 @@ use http::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::pipeline::privacy::Consent;
 use crate::pipeline::{parse, Client, Incoming};
 use crate::server::{text, HttpResponse, PeerAddr};
 use crate::{Collector, Error};
@@ -99,6 +100,7 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
             1,
         );
     }
+    let consent = Consent::from_headers(req.headers());
     let now = c.now();
     for domain in domains {
         let ev = Incoming {
@@ -109,6 +111,7 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
             props: props.clone(),
             timestamp: None,
             hash_mode: truthy(&body.hash_mode),
+            consent,
             client: client.clone(),
         };
         if let Err(e) = c.ingest(ev, ENDPOINT, now) {

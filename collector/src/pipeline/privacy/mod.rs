@@ -1,13 +1,45 @@
-//! Step 3: identity without identifiers.
+//! Step 3: identity without identifiers, consent, and scrubbing.
 //!
-//! The visitor id is `blake3_keyed(key, len(site) site ‖ len(ip) ip ‖ len(ua) ua)` cut to 128
-//! bits, so the same person yields unrelated ids on two sites, and nobody without the key can
-//! test a guessed IP/UA pair against stored ids. The key here is random per process and lives
-//! only in memory; the privacy core (issue 4) replaces it with shared daily salts.
-//!
-//! Sessions: a visit ends after 30 minutes without an event. [`SessionTracker`] keeps, in memory
-//! only, the last-seen time and session id per visitor hash (never an IP or user agent) and
-//! forgets idle entries. The session id is `blake3(visitor_id ‖ visit start)`.
+//! - The visitor id is `blake3_keyed(salt_of_the_day, len(site) site ‖ len(ip) ip ‖ len(ua) ua)`
+//!   cut to 128 bits ([`VisitorHasher`]), so the same person yields unrelated ids on two sites
+//!   and on two days, and nobody without the day's salt can test a guessed IP/UA pair against
+//!   stored ids. Salts: [`salts`] (random per UTC day, shared through ClickHouse, deleted after
+//!   48 h). Pinned by `collector/tests/vectors/visitor_hash.json`.
+//! - Sessions: a visit ends after 30 minutes without an event. [`SessionTracker`] keeps, in memory
+//!   only, the last-seen time and session id per visitor hash (never an IP or user agent) and
+//!   forgets idle entries; the session id is `blake3(visitor_id ‖ visit start)`. Because the
+//!   stored `(visitor_id, timestamp)` pairs determine every visit, reports can re-derive visits
+//!   from them whatever collector saw each hit (see docs/ARCHITECTURE.md).
+//! - Consent: [`Consent`] carries `Sec-GPC`, `DNT` and an app's opt-out flag; events with any of
+//!   them are not stored (a site may decide to ignore DNT, never GPC).
+//! - [`scrub`]: identifiers in stored strings become markers.
+
+pub mod salts;
+pub mod scrub;
+
+/// Opt-out signals a request carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Consent {
+    /// `Sec-GPC: 1` (Global Privacy Control): always honoured.
+    pub gpc: bool,
+    /// `DNT: 1`: honoured unless the site switched it off.
+    pub dnt: bool,
+    /// An app SDK's or the tracker's explicit opt-out flag: always honoured.
+    pub opt_out: bool,
+}
+
+impl Consent {
+    /// Reads `Sec-GPC` and `DNT` from request headers.
+    pub fn from_headers(h: &http::HeaderMap) -> Self {
+        let on = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "1");
+        Self { gpc: on("sec-gpc"), dnt: on("dnt"), opt_out: false }
+    }
+
+    /// Whether the event must not be stored for a site that does (or not) honour DNT.
+    pub fn refuses(&self, honor_dnt: bool) -> bool {
+        self.gpc || self.opt_out || (self.dnt && honor_dnt)
+    }
+}
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,7 +47,6 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 
-use crate::Error;
 
 /// Computes visitor ids with a secret key.
 pub struct VisitorHasher {
@@ -37,14 +68,6 @@ impl VisitorHasher {
     /// A hasher with the given key.
     pub fn new(key: [u8; 32]) -> Self {
         Self { key }
-    }
-
-    /// A hasher with a key from the OS CSPRNG.
-    pub fn random() -> Result<Self, Error> {
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key)
-            .map_err(|e| Error::Config(format!("no OS randomness for the visitor key: {e}")))?;
-        Ok(Self { key })
     }
 
     /// The 128-bit visitor id for (site, ip, user agent).
@@ -136,6 +159,13 @@ impl SessionTracker {
             }
         };
         id
+    }
+
+    /// Whether `visitor` had an event within the last 30 minutes before `at` (does not record one).
+    pub fn active(&self, visitor: &[u8; 16], at: DateTime<Utc>) -> bool {
+        let idx = visitor[0] as usize % SHARDS;
+        let shard = self.shards[idx].lock().unwrap_or_else(|p| p.into_inner());
+        shard.map.get(visitor).is_some_and(|(last, _)| (at.timestamp() - *last).abs() <= SESSION_IDLE_SECS)
     }
 
     /// Visitors currently tracked.
