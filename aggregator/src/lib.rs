@@ -9,8 +9,11 @@
 //! k-anonymity (`--min-visitors`, default 5): a breakdown row with fewer visitors than `k` is
 //! folded into one `(other)` row (shown only when it reaches `k` itself); a time bucket or a
 //! total under `k` has its metrics replaced by `null`. `meta` says how many rows were folded.
+//! Child-directed sites store no visitor hash: they report `pageviews` and `events` only, and
+//! the same rule applies to their event counts instead of visitors.
 
 pub mod query;
+pub mod retention;
 
 use std::sync::Arc;
 
@@ -59,19 +62,25 @@ impl Error {
 pub struct AggregatorConfig {
     /// Sites whose reports are served.
     pub sites: Vec<String>,
+    /// Child-directed sites: only `pageviews` and `events` are reported, never visitors.
+    pub child_sites: Vec<String>,
     /// Bearer token required by the API (none: open, for loopback use).
     #[serde(skip_serializing)]
     pub api_token: Option<String>,
     /// k: no published number describes fewer visitors than this.
     pub min_visitors: u64,
+    /// How long raw events are kept.
+    pub retention: retention::Retention,
 }
 
 impl Default for AggregatorConfig {
     fn default() -> Self {
         Self {
             sites: Vec::new(),
+            child_sites: Vec::new(),
             api_token: None,
             min_visitors: 5,
+            retention: retention::Retention::default(),
         }
     }
 }
@@ -190,6 +199,9 @@ impl Aggregator {
         if !self.cfg.sites.iter().any(|s| s == &q.site) {
             return Err(Error::UnknownSite(q.site));
         }
+        if self.cfg.child_sites.contains(&q.site) {
+            query::check_child_query(&q)?;
+        }
         let result = self.run(&q).await?;
         Ok(json_response(StatusCode::OK, &result))
     }
@@ -199,7 +211,7 @@ impl Aggregator {
         let to_exclusive = q.to + chrono::Duration::days(1);
         let bytes = self
             .client
-            .query(&query::sql(q))
+            .query(&query::sql(q, self.cfg.child_sites.contains(&q.site)))
             .bind(q.site.as_str())
             .bind(format!("{} 00:00:00", q.from.format("%Y-%m-%d")).as_str())
             .bind(format!("{} 00:00:00", to_exclusive.format("%Y-%m-%d")).as_str())
@@ -299,6 +311,7 @@ mod tests {
                 sites: vec!["a.com".into()],
                 api_token: Some("s3cret".into()),
                 min_visitors: k,
+                ..Default::default()
             },
             ClickHouseConfig::new("http://127.0.0.1:1", "veil"),
         )

@@ -226,6 +226,25 @@ fn date_range(v: &Value, today: NaiveDate) -> Result<(NaiveDate, NaiveDate), Err
     Ok(r)
 }
 
+/// Child-directed sites store no visitor hash, referrer, campaign or props: only counts of
+/// events by page, name, host, country, device class, browser and OS family, and time.
+pub fn check_child_query(q: &Query) -> Result<(), Error> {
+    if let Some(m) = q.metrics.iter().find(|m| !matches!(m, Metric::Pageviews | Metric::Events)) {
+        return Err(bad(format!(
+            "`metrics`: {:?} is not reported for a child-directed site (only pageviews and events)",
+            m.name()
+        )));
+    }
+    const ALLOWED: [&str; 9] = [
+        "event:page", "event:name", "event:hostname", "visit:country", "visit:device", "visit:browser", "visit:os",
+        "time:hour", "time:day",
+    ];
+    if let Some(d) = q.dimensions.iter().find(|d| !ALLOWED.contains(d)) {
+        return Err(bad(format!("`dimensions`: {d:?} is not collected for a child-directed site")));
+    }
+    Ok(())
+}
+
 /// Today's date in UTC.
 pub fn today() -> NaiveDate {
     Utc::now().date_naive()
@@ -234,7 +253,7 @@ pub fn today() -> NaiveDate {
 /// The SQL for a query, with `?` placeholders bound by the caller in this order:
 /// site, from (`YYYY-MM-DD`), to-exclusive (`YYYY-MM-DD`). Columns come out as the dimensions
 /// then the metrics, then `uniq(visitor_id)` (for the k-anonymity check).
-pub fn sql(q: &Query) -> String {
+pub fn sql(q: &Query, child_site: bool) -> String {
     let dims: Vec<&str> = q
         .dimensions
         .iter()
@@ -251,7 +270,8 @@ pub fn sql(q: &Query) -> String {
             .enumerate()
             .map(|(i, m)| format!("{} AS m{i}", m.sql())),
     );
-    select.push("uniq(visitor_id) AS k_visitors".into());
+    // Child-directed sites have no visitor hash: k applies to their event counts.
+    select.push(if child_site { "count() AS k_visitors".into() } else { "uniq(visitor_id) AS k_visitors".into() });
     let mut s = format!(
         "SELECT {} FROM events WHERE site = ? AND timestamp >= toDateTime(?) AND timestamp < toDateTime(?)",
         select.join(", ")
@@ -287,7 +307,7 @@ mod tests {
         assert_eq!(q.metrics, vec![Metric::Visitors, Metric::Pageviews]);
         assert_eq!(q.dimensions, vec!["event:page"]);
         assert_eq!((q.from, q.to), (d("2026-11-22"), d("2026-11-28")));
-        let s = sql(&q);
+        let s = sql(&q, false);
         assert!(s.starts_with("SELECT pathname AS d0, uniq(visitor_id) AS m0, countIf(name = 'pageview') AS m1, uniq(visitor_id) AS k_visitors FROM events"), "{s}");
         assert!(s.contains("GROUP BY d0 ORDER BY m0 DESC, d0 ASC"), "{s}");
     }

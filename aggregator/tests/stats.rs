@@ -84,6 +84,7 @@ async fn reports_totals_breakdowns_and_folds_small_rows() {
             sites: vec!["shop.example".into()],
             api_token: None,
             min_visitors: 5,
+            ..Default::default()
         },
         ch,
     );
@@ -137,6 +138,7 @@ async fn small_sites_are_suppressed_and_errors_are_named() {
             sites: vec!["shop.example".into()],
             api_token: None,
             min_visitors: 5,
+            ..Default::default()
         },
         ch,
     );

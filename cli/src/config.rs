@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
+use veil_aggregator::retention::Retention;
 use veil_aggregator::AggregatorConfig;
 use veil_collector::CollectorConfig;
 use veil_schemas::ClickHouseConfig;
@@ -39,6 +40,13 @@ pub enum Command {
     Migrate,
     /// Validate the configuration and print the effective settings.
     CheckConfig,
+    /// Delete raw events older than each site's retention now (the aggregator also does this daily).
+    Purge,
+    /// Delete every row of one site from every table, and report what was removed.
+    EraseSite {
+        /// The site's domain.
+        domain: String,
+    },
 }
 
 /// Flags; each also reads a `VEIL_*` variable and a key of the TOML file.
@@ -73,6 +81,19 @@ pub struct Opts {
     /// A site (domain) accepted without an API call; repeatable, or comma-separated in VEIL_SITE.
     #[arg(long = "site", env = "VEIL_SITE", value_delimiter = ',', global = true)]
     pub sites: Vec<String>,
+    /// A child-directed site (registered too): no visitor hash, session, referrer, campaign,
+    /// versions or props are stored, reports show page views only; repeatable.
+    #[arg(long = "child-site", env = "VEIL_CHILD_SITE", value_delimiter = ',', global = true)]
+    pub child_sites: Vec<String>,
+    /// A site that decided not to honour `DNT: 1` (GPC is always honoured); repeatable.
+    #[arg(long = "ignore-dnt-site", env = "VEIL_IGNORE_DNT_SITE", value_delimiter = ',', global = true)]
+    pub ignore_dnt_sites: Vec<String>,
+    /// Days raw events are kept [default: 395].
+    #[arg(long, env = "VEIL_RETENTION_DAYS", global = true)]
+    pub retention_days: Option<u32>,
+    /// Per-site retention, `DOMAIN=DAYS`; repeatable.
+    #[arg(long = "site-retention", env = "VEIL_SITE_RETENTION", value_delimiter = ',', global = true)]
+    pub site_retention: Vec<String>,
     /// Header holding the client IP, checked in order before the socket peer; repeatable
     /// [default: x-forwarded-for].
     #[arg(
@@ -135,6 +156,13 @@ pub struct FileConfig {
     data_dir: Option<PathBuf>,
     #[serde(default)]
     site: Vec<String>,
+    #[serde(default)]
+    child_site: Vec<String>,
+    #[serde(default)]
+    ignore_dnt_site: Vec<String>,
+    retention_days: Option<u32>,
+    #[serde(default)]
+    site_retention: Vec<String>,
     #[serde(default)]
     trusted_ip_header: Vec<String>,
     max_body_bytes: Option<usize>,
@@ -223,8 +251,11 @@ impl Settings {
         } else {
             opts.sites
         };
+        let or_file = |flag: Vec<String>, file: Vec<String>| if flag.is_empty() { file } else { flag };
         let mut collector = CollectorConfig {
             sites,
+            child_sites: or_file(opts.child_sites, file.child_site),
+            ignore_dnt_sites: or_file(opts.ignore_dnt_sites, file.ignore_dnt_site),
             ..CollectorConfig::default()
         };
         let headers = if opts.trusted_ip_headers.is_empty() {
@@ -274,15 +305,21 @@ impl Settings {
         }
         if matches!(
             command,
-            Command::Collector | Command::Aggregator | Command::Migrate
+            Command::Collector | Command::Aggregator | Command::Migrate | Command::Purge | Command::EraseSite { .. }
         ) && clickhouse_url.is_none()
         {
             bail!("--clickhouse-url is required for this subcommand (only `veil up` manages its own ClickHouse)");
         }
+        let retention = Retention::parse(
+            pick(opts.retention_days, file.retention_days),
+            &or_file(opts.site_retention, file.site_retention),
+        )?;
         let aggregator = AggregatorConfig {
-            sites: collector.sites.clone(),
+            sites: collector.sites.iter().chain(&collector.child_sites).cloned().collect(),
+            child_sites: collector.child_sites.clone(),
             api_token: api_token.clone(),
             min_visitors,
+            retention,
         };
         Ok(Settings {
             listen,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use tokio::net::TcpListener;
+use veil_aggregator::retention::{erase_site, purge};
 use veil_aggregator::Aggregator;
 use veil_collector::server::{serve, shutdown_signal, ServerOptions};
 use veil_collector::Collector;
@@ -18,6 +19,11 @@ use crate::app::VeilApp;
 use crate::config::{Cli, Command, Settings};
 
 fn main() {
+    // Panic messages can carry data; print where, never what.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("veil: internal error at {at} (details withheld: they may contain request data)");
+    }));
     let cli = Cli::parse();
     if let Err(e) = real_main(cli) {
         eprintln!("veil: error: {e:#}");
@@ -61,6 +67,22 @@ fn real_main(cli: Cli) -> Result<()> {
     result
 }
 
+/// Purges expired raw events now and then every day, for as long as the process runs.
+fn spawn_retention(s: &Settings) {
+    let ch = s.clickhouse.clone();
+    let retention = s.aggregator.retention.clone();
+    tokio::spawn(async move {
+        loop {
+            match purge(&ch, &retention, chrono::Utc::now().date_naive()).await {
+                Ok(r) if r.dropped_partitions.is_empty() && r.deleted_rows.is_empty() => {}
+                Ok(r) => tracing::info!(partitions = ?r.dropped_partitions, rows = ?r.deleted_rows, "retention purge"),
+                Err(e) => tracing::warn!(error = %e, "retention purge failed; retrying in an hour"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    });
+}
+
 async fn bind(settings: &Settings) -> Result<TcpListener> {
     TcpListener::bind(settings.listen)
         .await
@@ -70,6 +92,18 @@ async fn bind(settings: &Settings) -> Result<TcpListener> {
 async fn run(command: Command, s: Settings) -> Result<()> {
     match command {
         Command::CheckConfig => Ok(()),
+        Command::Purge => {
+            let report = purge(&s.clickhouse, &s.aggregator.retention, chrono::Utc::now().date_naive()).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::EraseSite { domain } => {
+            let domain = veil_collector::sites::normalize_domain(&domain)
+                .with_context(|| format!("{domain:?} is not a domain name"))?;
+            let report = erase_site(&s.clickhouse, &domain).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Command::Migrate => {
             let applied = veil_schemas::migrate(&s.clickhouse).await?;
             println!(
@@ -93,6 +127,7 @@ async fn run(command: Command, s: Settings) -> Result<()> {
         }
         Command::Aggregator => {
             let listener = bind(&s).await?;
+            spawn_retention(&s);
             let app = Arc::new(VeilApp {
                 collector: None,
                 aggregator: Aggregator::new(s.aggregator, s.clickhouse),
@@ -113,6 +148,7 @@ async fn run(command: Command, s: Settings) -> Result<()> {
                 .await
                 .context("applying migrations")?;
             let listener = bind(&s).await?;
+            spawn_retention(&s);
             let collector = Collector::start(
                 s.collector.clone(),
                 s.clickhouse.clone(),

@@ -1,0 +1,242 @@
+//! Retention and erasure: keeping raw data only as long as needed, and deleting a site on request.
+//!
+//! - [`purge`] removes raw events older than each site's retention (`--retention-days`, default
+//!   395, per site with `--site-retention DOMAIN=DAYS`). Whole daily partitions older than the
+//!   longest retention are dropped (`ALTER TABLE … DROP PARTITION`: immediate, no rewrite); sites
+//!   with a shorter retention get an `ALTER TABLE … DELETE` for their older rows. The aggregator
+//!   runs it at start and daily; `veil purge` runs it on demand.
+//! - [`erase_site`] deletes every row of one site from every table of Veil's database that has a
+//!   `site` column, waits until ClickHouse has applied the deletions, and reports how many rows
+//!   each table lost. `veil erase-site DOMAIN` calls it.
+//!
+//! ClickHouse 18.16 has no TTL, so both use partition drops and mutations, which every version has.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use serde::Serialize;
+use veil_schemas::{valid_identifier, ClickHouseConfig};
+
+use crate::Error;
+
+/// Default retention of raw events, in days (13 months: a year plus a month of comparison).
+pub const DEFAULT_RETENTION_DAYS: u32 = 395;
+
+/// How long raw events of each site are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Retention {
+    /// Days for sites without their own setting.
+    pub default_days: u32,
+    /// Per-site overrides.
+    pub per_site: BTreeMap<String, u32>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { default_days: DEFAULT_RETENTION_DAYS, per_site: BTreeMap::new() }
+    }
+}
+
+impl Retention {
+    /// Builds from `--retention-days` and `--site-retention DOMAIN=DAYS` values.
+    pub fn parse(default_days: Option<u32>, per_site: &[String]) -> Result<Self, Error> {
+        let default_days = default_days.unwrap_or(DEFAULT_RETENTION_DAYS);
+        if default_days == 0 {
+            return Err(Error::BadRequest("--retention-days must be at least 1".into()));
+        }
+        let mut map = BTreeMap::new();
+        for item in per_site {
+            let (domain, days) = item
+                .split_once('=')
+                .ok_or_else(|| Error::BadRequest(format!("--site-retention {item:?} must be DOMAIN=DAYS")))?;
+            let days: u32 = days
+                .trim()
+                .parse()
+                .ok()
+                .filter(|d| *d > 0)
+                .ok_or_else(|| Error::BadRequest(format!("--site-retention {item:?}: DAYS must be a positive number")))?;
+            map.insert(domain.trim().to_ascii_lowercase(), days);
+        }
+        Ok(Self { default_days, per_site: map })
+    }
+
+    /// Days kept for `site`.
+    pub fn days_for(&self, site: &str) -> u32 {
+        self.per_site.get(site).copied().unwrap_or(self.default_days)
+    }
+
+    fn longest(&self) -> u32 {
+        self.per_site.values().copied().chain([self.default_days]).max().unwrap_or(self.default_days)
+    }
+}
+
+/// What [`purge`] removed.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Daily partitions dropped (`YYYYMMDD`).
+    pub dropped_partitions: Vec<u32>,
+    /// Rows deleted per site by per-site retention.
+    pub deleted_rows: BTreeMap<String, u64>,
+}
+
+/// What [`erase_site`] removed.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct EraseReport {
+    /// The site.
+    pub site: String,
+    /// Rows removed per table.
+    pub tables: BTreeMap<String, u64>,
+}
+
+fn ch(e: clickhouse::error::Error) -> Error {
+    Error::ClickHouse(e.to_string())
+}
+
+/// Waits until ClickHouse has applied every pending mutation of `table`.
+async fn wait_for_mutations(client: &clickhouse::Client, table: &str, timeout: Duration) -> Result<(), Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pending: u64 = client
+            .query("SELECT count() FROM system.mutations WHERE database = currentDatabase() AND table = ? AND is_done = 0")
+            .bind(table)
+            .fetch_one()
+            .await
+            .map_err(ch)?;
+        if pending == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::ClickHouse(format!("deletion in {table} still running after {timeout:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Removes raw events older than each site's retention, as of `today` (UTC).
+pub async fn purge(cfg: &ClickHouseConfig, retention: &Retention, today: NaiveDate) -> Result<PurgeReport, Error> {
+    let client = cfg.client();
+    let mut report = PurgeReport::default();
+    // 1. Whole days older than the longest retention, for every site at once.
+    let oldest_kept = today - chrono::Duration::days(i64::from(retention.longest()) - 1);
+    let cutoff: u32 = oldest_kept.format("%Y%m%d").to_string().parse().unwrap_or(0);
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Part {
+        partition: String,
+    }
+    let parts: Vec<Part> = client
+        .query("SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() AND table = 'events' AND active")
+        .fetch_all()
+        .await
+        .map_err(ch)?;
+    for p in parts {
+        let Ok(n) = p.partition.trim_matches('\'').parse::<u32>() else { continue };
+        if n < cutoff {
+            // n is a number we parsed: safe to paste.
+            client.query(&format!("ALTER TABLE events DROP PARTITION {n}")).execute().await.map_err(ch)?;
+            report.dropped_partitions.push(n);
+        }
+    }
+    // 2. Sites whose retention is shorter than the longest.
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct SiteCount {
+        site: String,
+        oldest: u32,
+    }
+    let sites: Vec<SiteCount> = client
+        .query("SELECT site, toUInt32(min(timestamp)) FROM events GROUP BY site")
+        .fetch_all()
+        .await
+        .map_err(ch)?;
+    for s in sites {
+        let keep_from = today - chrono::Duration::days(i64::from(retention.days_for(&s.site)) - 1);
+        let keep_from_ts = keep_from.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp()).unwrap_or(0);
+        if i64::from(s.oldest) >= keep_from_ts {
+            continue;
+        }
+        let when = keep_from.format("%Y-%m-%d 00:00:00").to_string();
+        let n: u64 = client
+            .query("SELECT count() FROM events WHERE site = ? AND timestamp < toDateTime(?)")
+            .bind(s.site.as_str())
+            .bind(when.as_str())
+            .fetch_one()
+            .await
+            .map_err(ch)?;
+        if n > 0 {
+            client
+                .query("ALTER TABLE events DELETE WHERE site = ? AND timestamp < toDateTime(?)")
+                .bind(s.site.as_str())
+                .bind(when.as_str())
+                .execute()
+                .await
+                .map_err(ch)?;
+            report.deleted_rows.insert(s.site, n);
+        }
+    }
+    wait_for_mutations(&client, "events", Duration::from_secs(300)).await?;
+    Ok(report)
+}
+
+/// Deletes every row of `site` from every table with a `site` column; returns rows removed per table.
+pub async fn erase_site(cfg: &ClickHouseConfig, site: &str) -> Result<EraseReport, Error> {
+    let client = cfg.client();
+    let tables: Vec<String> = client
+        .query(
+            "SELECT c.table FROM system.columns AS c \
+             WHERE c.database = currentDatabase() AND c.name = 'site' ORDER BY c.table",
+        )
+        .fetch_all()
+        .await
+        .map_err(ch)?;
+    let mut report = EraseReport { site: site.to_string(), tables: BTreeMap::new() };
+    for table in tables {
+        if !valid_identifier(&table) {
+            tracing::warn!(table = %table, "skipping a table whose name cannot be pasted safely");
+            continue;
+        }
+        let engine: String = client
+            .query("SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = ?")
+            .bind(table.as_str())
+            .fetch_one()
+            .await
+            .map_err(ch)?;
+        if !engine.contains("MergeTree") {
+            continue; // views and distributed tables hold no rows of their own
+        }
+        let n: u64 = client
+            .query(&format!("SELECT count() FROM {table} WHERE site = ?"))
+            .bind(site)
+            .fetch_one()
+            .await
+            .map_err(ch)?;
+        if n > 0 {
+            client
+                .query(&format!("ALTER TABLE {table} DELETE WHERE site = ?"))
+                .bind(site)
+                .execute()
+                .await
+                .map_err(ch)?;
+            wait_for_mutations(&client, &table, Duration::from_secs(600)).await?;
+        }
+        report.tables.insert(table, n);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_per_site_retention() {
+        let r = Retention::parse(Some(30), &["a.com=7".into(), " B.com = 400 ".into()]).unwrap();
+        assert_eq!(r.days_for("a.com"), 7);
+        assert_eq!(r.days_for("b.com"), 400);
+        assert_eq!(r.days_for("c.com"), 30);
+        assert_eq!(r.longest(), 400);
+        assert!(Retention::parse(None, &["a.com".into()]).unwrap_err().to_string().contains("DOMAIN=DAYS"));
+        assert!(Retention::parse(None, &["a.com=0".into()]).is_err());
+        assert!(Retention::parse(Some(0), &[]).is_err());
+        assert_eq!(Retention::parse(None, &[]).unwrap().default_days, 395);
+    }
+}
