@@ -1,0 +1,168 @@
+//! Helpers for tests of the real `veil` binary: start `veil up` on a temp data dir, a tiny
+//! blocking HTTP client, SIGTERM and wait, and scanners for canary strings.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub struct Veil {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+pub fn start(dir: &Path, port: u16, extra: &[&str]) -> Veil {
+    let stdout = std::fs::File::create(dir.join(format!("stdout-{port}.log"))).unwrap();
+    let stderr = std::fs::File::create(dir.join(format!("stderr-{port}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args([
+            "up",
+            "--site",
+            "example.com",
+            "--min-visitors",
+            "1",
+            "--batch-max-age",
+            "200ms",
+        ])
+        .args(extra)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.join("var"))
+        .env("VEIL_LOG", "debug")
+        .env_remove("VEIL_CLICKHOUSE_URL")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out =
+            std::fs::read_to_string(dir.join(format!("stdout-{port}.log"))).unwrap_or_default();
+        if out.contains("Veil is running") && TcpStream::connect(addr).is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let err =
+                std::fs::read_to_string(dir.join(format!("stderr-{port}.log"))).unwrap_or_default();
+            panic!("veil up did not start: {out}\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Veil { child, addr }
+}
+
+pub fn stop(mut v: Veil) {
+    let pid = v.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = v.child.try_wait().unwrap() {
+            assert!(status.success(), "veil up exited with {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "veil up did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) && cmd.contains("clickhouse") {
+                out.push(cmd);
+            }
+        }
+    }
+    out
+}
+
+pub fn grep_tree(dir: &Path, needle: &[u8], hits: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            grep_tree(&p, needle, hits);
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(p.display().to_string());
+            }
+        }
+    }
+}
+
+
+/// The managed ClickHouse's HTTP URL, read from the config `veil up` wrote.
+pub fn managed_clickhouse_url(data_dir: &Path) -> String {
+    let cfg = std::fs::read_to_string(data_dir.join("clickhouse/config.xml")).unwrap();
+    let port = cfg.split("<http_port>").nth(1).and_then(|r| r.split("</http_port>").next()).unwrap();
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Runs a SQL query over ClickHouse's HTTP interface, returns the body.
+pub fn clickhouse_query(url: &str, sql: &str) -> String {
+    // HTTP/1.0 so ClickHouse answers without chunked encoding.
+    let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!("POST / HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n{sql}", sql.len());
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let out = String::from_utf8_lossy(&raw).to_string();
+    let status: u16 = out.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    assert_eq!(status, 200, "{sql}: {body}");
+    body
+}
