@@ -1,15 +1,18 @@
 # Veil: the two commands of the README's quick start, and a few helpers.
 #   make up     install what is missing, build, run everything (managed ClickHouse) on :8080
-#   make test   install what is missing, lint, run the whole test suite
+#   make test   install what is missing, lint, run the whole test suite (Rust + browser)
 
 SITE ?= example.com
 LISTEN ?= 127.0.0.1:8080
 CARGO ?= cargo
 
-.PHONY: up test deps build lint unit bench load clean
+.PHONY: up test deps test-deps build lint unit browser tracker bench load clean
 
 deps:
 	./scripts/install-deps.sh
+
+test-deps:
+	./scripts/install-deps.sh --test
 
 build: deps
 	$(CARGO) build --release -p veil
@@ -24,7 +27,16 @@ lint:
 unit:
 	$(CARGO) test --workspace --all-targets
 
-test: deps lint unit
+# Browser tests: veil.js and the opt-out page in headless Debian Chromium against `veil up`.
+browser: test-deps
+	$(CARGO) build -p veil
+	cd collector/tracker && node --test test/*.test.mjs
+
+# Rebuild the minified tracker after editing collector/tracker/veil.js.
+tracker: test-deps
+	cd collector/tracker && npm run build
+
+test: test-deps lint unit browser
 
 bench: deps
 	$(CARGO) bench -p veil-benches --bench pipeline

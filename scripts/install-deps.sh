@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Installs what Veil needs on a fresh Debian/Ubuntu machine, and nothing that is already there:
 # ClickHouse (Debian's clickhouse-server; Veil starts it itself as a child process, the system
-# service is not used) and a Rust toolchain check.
+# service is not used) and a Rust toolchain check. With `--test`, also what the browser tests
+# need: Debian's chromium, Node.js and the npm packages of collector/tracker (terser,
+# playwright-core; no browser download).
 set -euo pipefail
 
 need_apt=()
 command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ] || need_apt+=(clickhouse-server clickhouse-client)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+if [ "${1:-}" = "--test" ]; then
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
@@ -20,4 +27,9 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found. Install Rust with rustup (https://rustup.rs), then re-run." >&2
   exit 1
+fi
+
+if [ "${1:-}" = "--test" ]; then
+  here="$(cd "$(dirname "$0")/.." && pwd)"
+  (cd "$here/collector/tracker" && npm ci --no-audit --no-fund --loglevel=error)
 fi

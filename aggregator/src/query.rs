@@ -45,7 +45,7 @@ impl Metric {
             Metric::Visitors => "uniq(visitor_id)",
             Metric::Visits => "uniq(session_id)",
             Metric::Pageviews => "countIf(name = 'pageview')",
-            Metric::Events => "count()",
+            Metric::Events => "countIf(name != 'engagement')",
         }
     }
 

@@ -23,6 +23,7 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "events", sql: include_str!("../migrations/001_events.sql") },
     Migration { version: 2, name: "salts", sql: include_str!("../migrations/002_salts.sql") },
+    Migration { version: 3, name: "tracker", sql: include_str!("../migrations/003_tracker.sql") },
 ];
 
 impl Migration {
@@ -55,6 +56,19 @@ impl Migration {
             out.push(rest.to_string());
         }
         out
+    }
+}
+
+/// For `ALTER TABLE t ADD COLUMN c …`, the table and column (the runner skips it when the
+/// column exists: 18.16 has no `ADD COLUMN IF NOT EXISTS`).
+fn added_column(stmt: &str) -> Option<(&str, &str)> {
+    let words: Vec<&str> = stmt.split_whitespace().take(6).collect();
+    match words.as_slice() {
+        [a, t, table, add, c, column] if a.eq_ignore_ascii_case("ALTER")
+            && t.eq_ignore_ascii_case("TABLE")
+            && add.eq_ignore_ascii_case("ADD")
+            && c.eq_ignore_ascii_case("COLUMN") => Some((table, column)),
+        _ => None,
     }
 }
 
@@ -99,6 +113,17 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<Vec<u32>, Error> {
             continue;
         }
         for stmt in m.statements() {
+            if let Some((table, column)) = added_column(&stmt) {
+                let exists: u64 = client
+                    .query("SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = ? AND name = ?")
+                    .bind(table)
+                    .bind(column)
+                    .fetch_one()
+                    .await?;
+                if exists > 0 {
+                    continue;
+                }
+            }
             client.query(&stmt).execute().await?;
         }
         client
@@ -140,6 +165,12 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s[0], "CREATE TABLE a (x UInt8) ENGINE = Memory");
         assert!(s[1].starts_with("CREATE TABLE b"));
+    }
+
+    #[test]
+    fn add_column_statements_are_recognised() {
+        assert_eq!(added_column("ALTER TABLE events ADD COLUMN x UInt8 DEFAULT 0"), Some(("events", "x")));
+        assert_eq!(added_column("CREATE TABLE x (a UInt8) ENGINE = Memory"), None);
     }
 
     #[test]

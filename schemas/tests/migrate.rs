@@ -76,3 +76,25 @@ async fn an_edited_migration_is_refused() {
     let err = migrate(&cfg).await.unwrap_err().to_string();
     assert!(err.contains("append-only"), "{err}");
 }
+
+#[tokio::test]
+async fn a_half_applied_migration_can_run_again() {
+    let cfg = fresh_database("migrate_rerun").await;
+    // Forget that 003 ran, as if the process died after its ALTERs but before recording it.
+    cfg.client().query("ALTER TABLE schema_migrations DELETE WHERE version = 3").execute().await.unwrap();
+    for _ in 0..100 {
+        let n: u64 = cfg.client().query("SELECT count() FROM schema_migrations WHERE version = 3").fetch_one().await.unwrap();
+        if n == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(migrate(&cfg).await.unwrap(), vec![3]);
+    let cols: u64 = cfg
+        .client()
+        .query("SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = 'events' AND name = 'engagement_ms'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(cols, 1);
+}

@@ -249,30 +249,7 @@ mod tests {
     }
 
     fn row() -> EventRow {
-        EventRow {
-            site: "a.com".into(),
-            timestamp: 1,
-            name: "pageview".into(),
-            hostname: String::new(),
-            pathname: "/".into(),
-            referrer: String::new(),
-            referrer_source: String::new(),
-            utm_source: String::new(),
-            utm_medium: String::new(),
-            utm_campaign: String::new(),
-            utm_content: String::new(),
-            utm_term: String::new(),
-            visitor_id: [0; 16],
-            session_id: [0; 16],
-            browser: String::new(),
-            browser_version: String::new(),
-            os: String::new(),
-            os_version: String::new(),
-            device: String::new(),
-            country_code: String::new(),
-            prop_keys: vec![],
-            prop_values: vec![],
-        }
+        EventRow { site: "a.com".into(), timestamp: 1, name: "pageview".into(), pathname: "/".into(), ..Default::default() }
     }
 
     fn start(cfg: BatchConfig, rec: Recorder) -> (BatchQueue, Metrics) {

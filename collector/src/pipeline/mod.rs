@@ -63,13 +63,52 @@ pub struct Incoming {
     pub hash_mode: bool,
     /// Opt-out signals (GPC, DNT, an app's flag).
     pub consent: privacy::Consent,
+    /// Tracker facts: engagement time, scroll depth, screen and processor class.
+    pub tracker: TrackerFacts,
     /// Who sent it.
     pub client: Client,
 }
 
+/// Facts a browser tracker reports besides the page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrackerFacts {
+    /// Visible milliseconds on the page (engagement events).
+    pub engagement_ms: Option<u64>,
+    /// Scroll depth in percent.
+    pub scroll_depth: Option<u64>,
+    /// Viewport class as sent.
+    pub screen_class: Option<String>,
+    /// Processor class as sent.
+    pub processor_class: Option<String>,
+}
+
+/// Accepted screen classes.
+pub const SCREEN_CLASSES: [&str; 4] = ["mobile", "tablet", "laptop", "desktop"];
+/// Accepted processor classes (logical cores).
+pub const PROCESSOR_CLASSES: [&str; 5] = ["1-2", "3-4", "5-8", "9-16", "17+"];
+
+impl TrackerFacts {
+    /// Checks the values: unknown classes are errors naming the field; time is capped at a day.
+    pub fn check(&self) -> Result<(u32, u8, String, String), Error> {
+        let class = |v: &Option<String>, allowed: &[&str], field: &str| -> Result<String, Error> {
+            match v.as_deref() {
+                None | Some("") => Ok(String::new()),
+                Some(x) if allowed.contains(&x) => Ok(x.to_string()),
+                Some(_) => Err(Error::BadRequest(format!("`{field}` must be one of {}", allowed.join(", ")))),
+            }
+        };
+        let ms = self.engagement_ms.unwrap_or(0).min(86_400_000) as u32;
+        let sd = self.scroll_depth.unwrap_or(0);
+        if sd > 100 {
+            return Err(Error::BadRequest("`sd` (scroll depth) must be 0..=100".into()));
+        }
+        Ok((ms, sd as u8, class(&self.screen_class, &SCREEN_CLASSES, "sc")?, class(&self.processor_class, &PROCESSOR_CLASSES, "pc")?))
+    }
+}
+
 /// One stored event: exactly the columns of `schemas/migrations/001_events.sql`.
 /// No field holds an IP address or a user agent.
-#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, clickhouse::Row, Serialize, serde::Deserialize)]
 pub struct EventRow {
     /// Registered site domain.
     pub site: String,
@@ -115,6 +154,14 @@ pub struct EventRow {
     pub prop_keys: Vec<String>,
     /// Custom property values, same order as keys.
     pub prop_values: Vec<String>,
+    /// Visible time on the page (engagement events), ms.
+    pub engagement_ms: u32,
+    /// Deepest scroll position, percent.
+    pub scroll_depth: u8,
+    /// `mobile`, `tablet`, `laptop`, `desktop` or empty.
+    pub screen_class: String,
+    /// Logical core bucket (`1-2`, `3-4`, `5-8`, `9-16`, `17+`) or empty.
+    pub processor_class: String,
 }
 
 impl EventRow {
@@ -145,7 +192,14 @@ impl EventRow {
             .chain(&self.prop_values)
             .map(|s| s.len() + 1)
             .sum();
-        strings.iter().map(|s| s.len() + 1).sum::<usize>() + props + 4 + 32 + 2
+        strings.iter().map(|s| s.len() + 1).sum::<usize>()
+            + props
+            + self.screen_class.len()
+            + self.processor_class.len()
+            + 4
+            + 32
+            + 2
+            + 5
     }
 }
 
@@ -214,6 +268,7 @@ impl Pipeline {
         let page = parse::page(&ev.url, ev.hash_mode)?;
         let props = parse::check_props(ev.props, &self.limits)?;
         let timestamp = parse::check_timestamp(ev.timestamp, now)?;
+        let (engagement_ms, scroll_depth, screen_class, processor_class) = ev.tracker.check()?;
         if ev.domain.trim().is_empty() {
             return Err(Error::BadRequest("`domain` is required".into()));
         }
@@ -259,6 +314,10 @@ impl Pipeline {
             country_code: String::new(),
             prop_keys: Vec::new(),
             prop_values: Vec::new(),
+            engagement_ms,
+            scroll_depth,
+            screen_class,
+            processor_class,
         };
         if settings.child_directed {
             row.minimise_for_children();
@@ -303,6 +362,8 @@ impl EventRow {
         }
         self.prop_keys.clear();
         self.prop_values.clear();
+        self.engagement_ms = 0;
+        self.scroll_depth = 0;
     }
 
     /// Runs the scrubber over every free-text field.

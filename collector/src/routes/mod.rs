@@ -11,6 +11,7 @@
 pub mod health;
 pub mod native;
 pub mod plausible;
+pub mod tracker;
 
 use std::net::IpAddr;
 
@@ -24,7 +25,14 @@ use crate::{Collector, Error};
 pub fn is_collector_path(path: &str) -> bool {
     matches!(
         path,
-        "/api/event" | "/v1/events" | "/healthz" | "/readyz" | "/metrics"
+        "/api/event"
+            | "/v1/events"
+            | "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/js/veil.js"
+            | "/opt-out"
+            | "/js/opt-out.js"
     )
 }
 
@@ -61,6 +69,10 @@ pub async fn route(c: &Collector, req: Request<Bytes>) -> Option<HttpResponse> {
         ("/api/event", &Method::POST) => cors(plausible::handle(c, req).await),
         ("/v1/events", &Method::POST) => cors(native::handle(c, req).await),
         ("/api/event" | "/v1/events", _) => cors(c.reject(&Error::MethodNotAllowed("POST"))),
+        ("/js/veil.js", &Method::GET | &Method::HEAD) => tracker::veil_js(&req),
+        ("/opt-out", &Method::GET | &Method::HEAD) => tracker::opt_out_page(),
+        ("/js/opt-out.js", &Method::GET | &Method::HEAD) => tracker::opt_out_js(),
+        ("/js/veil.js" | "/opt-out" | "/js/opt-out.js", _) => c.reject(&Error::MethodNotAllowed("GET")),
         ("/healthz", &Method::GET | &Method::HEAD) => health::healthz(),
         ("/readyz", &Method::GET | &Method::HEAD) => health::readyz(c).await,
         ("/metrics", &Method::GET) => health::metrics(c),
@@ -71,6 +83,7 @@ pub async fn route(c: &Collector, req: Request<Bytes>) -> Option<HttpResponse> {
         "/api/event" => "plausible",
         "/v1/events" => "native",
         "/healthz" => "healthz",
+        "/js/veil.js" | "/js/opt-out.js" | "/opt-out" => "assets",
         "/readyz" => "readyz",
         _ => "metrics",
     };

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::pipeline::privacy::Consent;
-use crate::pipeline::{parse, Client, Incoming};
+use crate::pipeline::{parse, Client, Incoming, TrackerFacts};
 use crate::server::{json, HttpResponse, PeerAddr};
 use crate::{Collector, Error, Ingested};
 
@@ -47,6 +47,10 @@ struct Event {
     user_agent: Option<String>,
     #[serde(default)]
     opt_out: bool,
+    engagement_ms: Option<u64>,
+    scroll_depth: Option<u64>,
+    screen_class: Option<String>,
+    processor_class: Option<String>,
 }
 
 fn split_body(bytes: &[u8], max: usize) -> Result<Vec<Value>, Error> {
@@ -111,6 +115,12 @@ fn to_incoming(v: Value, fallback: &Client, consent: Consent) -> Result<Incoming
         timestamp: parse::timestamp_from_json(&e.timestamp)?,
         hash_mode: false,
         consent: Consent { opt_out: e.opt_out, ..consent },
+        tracker: TrackerFacts {
+            engagement_ms: e.engagement_ms,
+            scroll_depth: e.scroll_depth,
+            screen_class: e.screen_class,
+            processor_class: e.processor_class,
+        },
         client: Client {
             ip,
             user_agent: e.user_agent.unwrap_or_else(|| fallback.user_agent.clone()),

@@ -10,7 +10,10 @@
 //!
 //! Long names are accepted too (`name`, `url`, `domain`, `referrer`, `props`); `props` may be an
 //! object or a JSON string of one (older trackers, also as `m`); `d` may list several
-//! comma-separated domains (the event is recorded for each registered one). The client IP comes
+//! comma-separated domains (the event is recorded for each registered one). Engagement events
+//! carry `e` (visible ms) and `sd` (scroll depth %); Veil's tracker adds `sc` (screen class:
+//! mobile, tablet, laptop, desktop) and `pc` (processor class: 1-2, 3-4, 5-8, 9-16, 17+ cores).
+//! The client IP comes
 //! from the trusted headers or the peer, the user agent from `User-Agent`.
 //! Answers `202 ok` — also for unregistered domains and bots, which are dropped and counted —
 //! or 400 with `{"error": "..."}` naming the bad field.
@@ -21,7 +24,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::pipeline::privacy::Consent;
-use crate::pipeline::{parse, Client, Incoming};
+use crate::pipeline::{parse, Client, Incoming, TrackerFacts};
 use crate::server::{text, HttpResponse, PeerAddr};
 use crate::{Collector, Error};
 
@@ -42,6 +45,18 @@ struct Body {
     props: Option<Value>,
     #[serde(alias = "h")]
     hash_mode: Option<Value>,
+    /// Engagement time in ms (engagement events).
+    #[serde(alias = "e")]
+    engagement_time: Option<u64>,
+    /// Scroll depth percent.
+    #[serde(alias = "sd")]
+    scroll_depth: Option<u64>,
+    /// Veil extension: screen class.
+    #[serde(alias = "sc")]
+    screen_class: Option<String>,
+    /// Veil extension: processor class.
+    #[serde(alias = "pc")]
+    processor_class: Option<String>,
 }
 
 fn truthy(v: &Option<Value>) -> bool {
@@ -112,6 +127,12 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
             timestamp: None,
             hash_mode: truthy(&body.hash_mode),
             consent,
+            tracker: TrackerFacts {
+                engagement_ms: body.engagement_time,
+                scroll_depth: body.scroll_depth,
+                screen_class: body.screen_class.clone(),
+                processor_class: body.processor_class.clone(),
+            },
             client: client.clone(),
         };
         if let Err(e) = c.ingest(ev, ENDPOINT, now) {
