@@ -229,18 +229,31 @@ fn date_range(v: &Value, today: NaiveDate) -> Result<(NaiveDate, NaiveDate), Err
 /// Child-directed sites store no visitor hash, referrer, campaign or props: only counts of
 /// events by page, name, host, country, device class, browser and OS family, and time.
 pub fn check_child_query(q: &Query) -> Result<(), Error> {
-    if let Some(m) = q.metrics.iter().find(|m| !matches!(m, Metric::Pageviews | Metric::Events)) {
+    if let Some(m) = q
+        .metrics
+        .iter()
+        .find(|m| !matches!(m, Metric::Pageviews | Metric::Events))
+    {
         return Err(bad(format!(
             "`metrics`: {:?} is not reported for a child-directed site (only pageviews and events)",
             m.name()
         )));
     }
     const ALLOWED: [&str; 9] = [
-        "event:page", "event:name", "event:hostname", "visit:country", "visit:device", "visit:browser", "visit:os",
-        "time:hour", "time:day",
+        "event:page",
+        "event:name",
+        "event:hostname",
+        "visit:country",
+        "visit:device",
+        "visit:browser",
+        "visit:os",
+        "time:hour",
+        "time:day",
     ];
     if let Some(d) = q.dimensions.iter().find(|d| !ALLOWED.contains(d)) {
-        return Err(bad(format!("`dimensions`: {d:?} is not collected for a child-directed site")));
+        return Err(bad(format!(
+            "`dimensions`: {d:?} is not collected for a child-directed site"
+        )));
     }
     Ok(())
 }
@@ -271,7 +284,11 @@ pub fn sql(q: &Query, child_site: bool) -> String {
             .map(|(i, m)| format!("{} AS m{i}", m.sql())),
     );
     // Child-directed sites have no visitor hash: k applies to their event counts.
-    select.push(if child_site { "count() AS k_visitors".into() } else { "uniq(visitor_id) AS k_visitors".into() });
+    select.push(if child_site {
+        "count() AS k_visitors".into()
+    } else {
+        "uniq(visitor_id) AS k_visitors".into()
+    });
     let mut s = format!(
         "SELECT {} FROM events WHERE site = ? AND timestamp >= toDateTime(?) AND timestamp < toDateTime(?)",
         select.join(", ")

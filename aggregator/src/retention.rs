@@ -34,7 +34,10 @@ pub struct Retention {
 
 impl Default for Retention {
     fn default() -> Self {
-        Self { default_days: DEFAULT_RETENTION_DAYS, per_site: BTreeMap::new() }
+        Self {
+            default_days: DEFAULT_RETENTION_DAYS,
+            per_site: BTreeMap::new(),
+        }
     }
 }
 
@@ -43,31 +46,43 @@ impl Retention {
     pub fn parse(default_days: Option<u32>, per_site: &[String]) -> Result<Self, Error> {
         let default_days = default_days.unwrap_or(DEFAULT_RETENTION_DAYS);
         if default_days == 0 {
-            return Err(Error::BadRequest("--retention-days must be at least 1".into()));
+            return Err(Error::BadRequest(
+                "--retention-days must be at least 1".into(),
+            ));
         }
         let mut map = BTreeMap::new();
         for item in per_site {
-            let (domain, days) = item
-                .split_once('=')
-                .ok_or_else(|| Error::BadRequest(format!("--site-retention {item:?} must be DOMAIN=DAYS")))?;
-            let days: u32 = days
-                .trim()
-                .parse()
-                .ok()
-                .filter(|d| *d > 0)
-                .ok_or_else(|| Error::BadRequest(format!("--site-retention {item:?}: DAYS must be a positive number")))?;
+            let (domain, days) = item.split_once('=').ok_or_else(|| {
+                Error::BadRequest(format!("--site-retention {item:?} must be DOMAIN=DAYS"))
+            })?;
+            let days: u32 = days.trim().parse().ok().filter(|d| *d > 0).ok_or_else(|| {
+                Error::BadRequest(format!(
+                    "--site-retention {item:?}: DAYS must be a positive number"
+                ))
+            })?;
             map.insert(domain.trim().to_ascii_lowercase(), days);
         }
-        Ok(Self { default_days, per_site: map })
+        Ok(Self {
+            default_days,
+            per_site: map,
+        })
     }
 
     /// Days kept for `site`.
     pub fn days_for(&self, site: &str) -> u32 {
-        self.per_site.get(site).copied().unwrap_or(self.default_days)
+        self.per_site
+            .get(site)
+            .copied()
+            .unwrap_or(self.default_days)
     }
 
     fn longest(&self) -> u32 {
-        self.per_site.values().copied().chain([self.default_days]).max().unwrap_or(self.default_days)
+        self.per_site
+            .values()
+            .copied()
+            .chain([self.default_days])
+            .max()
+            .unwrap_or(self.default_days)
     }
 }
 
@@ -94,7 +109,11 @@ fn ch(e: clickhouse::error::Error) -> Error {
 }
 
 /// Waits until ClickHouse has applied every pending mutation of `table`.
-async fn wait_for_mutations(client: &clickhouse::Client, table: &str, timeout: Duration) -> Result<(), Error> {
+async fn wait_for_mutations(
+    client: &clickhouse::Client,
+    table: &str,
+    timeout: Duration,
+) -> Result<(), Error> {
     let deadline = Instant::now() + timeout;
     loop {
         let pending: u64 = client
@@ -107,19 +126,29 @@ async fn wait_for_mutations(client: &clickhouse::Client, table: &str, timeout: D
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(Error::ClickHouse(format!("deletion in {table} still running after {timeout:?}")));
+            return Err(Error::ClickHouse(format!(
+                "deletion in {table} still running after {timeout:?}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Removes raw events older than each site's retention, as of `today` (UTC).
-pub async fn purge(cfg: &ClickHouseConfig, retention: &Retention, today: NaiveDate) -> Result<PurgeReport, Error> {
+pub async fn purge(
+    cfg: &ClickHouseConfig,
+    retention: &Retention,
+    today: NaiveDate,
+) -> Result<PurgeReport, Error> {
     let client = cfg.client();
     let mut report = PurgeReport::default();
     // 1. Whole days older than the longest retention, for every site at once.
     let oldest_kept = today - chrono::Duration::days(i64::from(retention.longest()) - 1);
-    let cutoff: u32 = oldest_kept.format("%Y%m%d").to_string().parse().unwrap_or(0);
+    let cutoff: u32 = oldest_kept
+        .format("%Y%m%d")
+        .to_string()
+        .parse()
+        .unwrap_or(0);
     #[derive(clickhouse::Row, serde::Deserialize)]
     struct Part {
         partition: String,
@@ -130,10 +159,16 @@ pub async fn purge(cfg: &ClickHouseConfig, retention: &Retention, today: NaiveDa
         .await
         .map_err(ch)?;
     for p in parts {
-        let Ok(n) = p.partition.trim_matches('\'').parse::<u32>() else { continue };
+        let Ok(n) = p.partition.trim_matches('\'').parse::<u32>() else {
+            continue;
+        };
         if n < cutoff {
             // n is a number we parsed: safe to paste.
-            client.query(&format!("ALTER TABLE events DROP PARTITION {n}")).execute().await.map_err(ch)?;
+            client
+                .query(&format!("ALTER TABLE events DROP PARTITION {n}"))
+                .execute()
+                .await
+                .map_err(ch)?;
             report.dropped_partitions.push(n);
         }
     }
@@ -150,7 +185,10 @@ pub async fn purge(cfg: &ClickHouseConfig, retention: &Retention, today: NaiveDa
         .map_err(ch)?;
     for s in sites {
         let keep_from = today - chrono::Duration::days(i64::from(retention.days_for(&s.site)) - 1);
-        let keep_from_ts = keep_from.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp()).unwrap_or(0);
+        let keep_from_ts = keep_from
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp())
+            .unwrap_or(0);
         if i64::from(s.oldest) >= keep_from_ts {
             continue;
         }
@@ -188,14 +226,19 @@ pub async fn erase_site(cfg: &ClickHouseConfig, site: &str) -> Result<EraseRepor
         .fetch_all()
         .await
         .map_err(ch)?;
-    let mut report = EraseReport { site: site.to_string(), tables: BTreeMap::new() };
+    let mut report = EraseReport {
+        site: site.to_string(),
+        tables: BTreeMap::new(),
+    };
     for table in tables {
         if !valid_identifier(&table) {
             tracing::warn!(table = %table, "skipping a table whose name cannot be pasted safely");
             continue;
         }
         let engine: String = client
-            .query("SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = ?")
+            .query(
+                "SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = ?",
+            )
             .bind(table.as_str())
             .fetch_one()
             .await
@@ -234,7 +277,10 @@ mod tests {
         assert_eq!(r.days_for("b.com"), 400);
         assert_eq!(r.days_for("c.com"), 30);
         assert_eq!(r.longest(), 400);
-        assert!(Retention::parse(None, &["a.com".into()]).unwrap_err().to_string().contains("DOMAIN=DAYS"));
+        assert!(Retention::parse(None, &["a.com".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("DOMAIN=DAYS"));
         assert!(Retention::parse(None, &["a.com=0".into()]).is_err());
         assert!(Retention::parse(Some(0), &[]).is_err());
         assert_eq!(Retention::parse(None, &[]).unwrap().default_days, 395);

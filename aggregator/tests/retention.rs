@@ -13,7 +13,11 @@ use veil_collector::sites::SiteRegistry;
 
 /// One pageview for `site` on each of the given days (noon UTC).
 async fn seed(ch: &veil_schemas::ClickHouseConfig, site: &str, days: &[NaiveDate]) {
-    let p = Pipeline::with_key(Arc::new(SiteRegistry::new([site.to_string()])), Default::default(), [1; 32]);
+    let p = Pipeline::with_key(
+        Arc::new(SiteRegistry::new([site.to_string()])),
+        Default::default(),
+        [1; 32],
+    );
     let mut rows = Vec::new();
     for d in days {
         let at = Utc.from_utc_datetime(&d.and_hms_opt(12, 0, 0).unwrap());
@@ -21,7 +25,10 @@ async fn seed(ch: &veil_schemas::ClickHouseConfig, site: &str, days: &[NaiveDate
             domain: site.into(),
             name: "pageview".into(),
             url: format!("https://{site}/"),
-            client: Client { ip: Some("203.0.113.1".parse().unwrap()), user_agent: "Mozilla/5.0".into() },
+            client: Client {
+                ip: Some("203.0.113.1".parse().unwrap()),
+                user_agent: "Mozilla/5.0".into(),
+            },
             ..Default::default()
         };
         // Process "as of" that day so the timestamp check accepts it.
@@ -31,38 +38,63 @@ async fn seed(ch: &veil_schemas::ClickHouseConfig, site: &str, days: &[NaiveDate
         }
     }
     let mut sink = ClickHouseSink::new(ch).unwrap();
-    tokio::task::spawn_blocking(move || sink.write(&rows).unwrap()).await.unwrap();
+    tokio::task::spawn_blocking(move || sink.write(&rows).unwrap())
+        .await
+        .unwrap();
 }
 
 async fn count(ch: &veil_schemas::ClickHouseConfig, site: &str) -> u64 {
-    ch.client().query("SELECT count() FROM events WHERE site = ?").bind(site).fetch_one().await.unwrap()
+    ch.client()
+        .query("SELECT count() FROM events WHERE site = ?")
+        .bind(site)
+        .fetch_one()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn purge_drops_old_days_and_applies_shorter_site_retention() {
     let ch = veil_schemas::testing::fresh_database("purge").await;
     let today = NaiveDate::from_ymd_opt(2026, 6, 30).unwrap();
-    let days: Vec<NaiveDate> = [0, 5, 20, 40].iter().map(|n| today - Duration::days(*n)).collect();
+    let days: Vec<NaiveDate> = [0, 5, 20, 40]
+        .iter()
+        .map(|n| today - Duration::days(*n))
+        .collect();
     seed(&ch, "long.example", &days).await;
     seed(&ch, "short.example", &days).await;
     let retention = Retention::parse(Some(30), &["short.example=7".into()]).unwrap();
     let report = purge(&ch, &retention, today).await.unwrap();
     // The day 40 days ago is past everyone's retention: its partition is dropped.
-    assert_eq!(report.dropped_partitions, vec![(today - Duration::days(40)).format("%Y%m%d").to_string().parse::<u32>().unwrap()]);
+    assert_eq!(
+        report.dropped_partitions,
+        vec![(today - Duration::days(40))
+            .format("%Y%m%d")
+            .to_string()
+            .parse::<u32>()
+            .unwrap()]
+    );
     assert_eq!(count(&ch, "long.example").await, 3);
     // short.example keeps 7 days: the day-20 row is deleted too.
     assert_eq!(report.deleted_rows.get("short.example"), Some(&1));
     assert_eq!(count(&ch, "short.example").await, 2);
     // Idempotent.
     let again = purge(&ch, &retention, today).await.unwrap();
-    assert!(again.dropped_partitions.is_empty() && again.deleted_rows.is_empty(), "{again:?}");
+    assert!(
+        again.dropped_partitions.is_empty() && again.deleted_rows.is_empty(),
+        "{again:?}"
+    );
 }
 
 #[tokio::test]
 async fn erase_site_removes_every_row_of_that_site_only() {
     let ch = veil_schemas::testing::fresh_database("erase").await;
     let today = Utc::now().date_naive();
-    seed(&ch, "gone.example", &[today, today - Duration::days(1), today - Duration::days(2)]).await;
+    seed(
+        &ch,
+        "gone.example",
+        &[today, today - Duration::days(1), today - Duration::days(2)],
+    )
+    .await;
     seed(&ch, "stays.example", &[today]).await;
     let report = erase_site(&ch, "gone.example").await.unwrap();
     assert_eq!(report.tables.get("events"), Some(&3), "{report:?}");

@@ -83,16 +83,31 @@ pub struct Opts {
     pub sites: Vec<String>,
     /// A child-directed site (registered too): no visitor hash, session, referrer, campaign,
     /// versions or props are stored, reports show page views only; repeatable.
-    #[arg(long = "child-site", env = "VEIL_CHILD_SITE", value_delimiter = ',', global = true)]
+    #[arg(
+        long = "child-site",
+        env = "VEIL_CHILD_SITE",
+        value_delimiter = ',',
+        global = true
+    )]
     pub child_sites: Vec<String>,
     /// A site that decided not to honour `DNT: 1` (GPC is always honoured); repeatable.
-    #[arg(long = "ignore-dnt-site", env = "VEIL_IGNORE_DNT_SITE", value_delimiter = ',', global = true)]
+    #[arg(
+        long = "ignore-dnt-site",
+        env = "VEIL_IGNORE_DNT_SITE",
+        value_delimiter = ',',
+        global = true
+    )]
     pub ignore_dnt_sites: Vec<String>,
     /// Days raw events are kept [default: 395].
     #[arg(long, env = "VEIL_RETENTION_DAYS", global = true)]
     pub retention_days: Option<u32>,
     /// Per-site retention, `DOMAIN=DAYS`; repeatable.
-    #[arg(long = "site-retention", env = "VEIL_SITE_RETENTION", value_delimiter = ',', global = true)]
+    #[arg(
+        long = "site-retention",
+        env = "VEIL_SITE_RETENTION",
+        value_delimiter = ',',
+        global = true
+    )]
     pub site_retention: Vec<String>,
     /// Header holding the client IP, checked in order before the socket peer; repeatable
     /// [default: x-forwarded-for].
@@ -251,7 +266,8 @@ impl Settings {
         } else {
             opts.sites
         };
-        let or_file = |flag: Vec<String>, file: Vec<String>| if flag.is_empty() { file } else { flag };
+        let or_file =
+            |flag: Vec<String>, file: Vec<String>| if flag.is_empty() { file } else { flag };
         let mut collector = CollectorConfig {
             sites,
             child_sites: or_file(opts.child_sites, file.child_site),
@@ -305,7 +321,11 @@ impl Settings {
         }
         if matches!(
             command,
-            Command::Collector | Command::Aggregator | Command::Migrate | Command::Purge | Command::EraseSite { .. }
+            Command::Collector
+                | Command::Aggregator
+                | Command::Migrate
+                | Command::Purge
+                | Command::EraseSite { .. }
         ) && clickhouse_url.is_none()
         {
             bail!("--clickhouse-url is required for this subcommand (only `veil up` manages its own ClickHouse)");
@@ -315,7 +335,12 @@ impl Settings {
             &or_file(opts.site_retention, file.site_retention),
         )?;
         let aggregator = AggregatorConfig {
-            sites: collector.sites.iter().chain(&collector.child_sites).cloned().collect(),
+            sites: collector
+                .sites
+                .iter()
+                .chain(&collector.child_sites)
+                .cloned()
+                .collect(),
             child_sites: collector.child_sites.clone(),
             api_token: api_token.clone(),
             min_visitors,

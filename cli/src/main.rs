@@ -21,7 +21,10 @@ use crate::config::{Cli, Command, Settings};
 fn main() {
     // Panic messages can carry data; print where, never what.
     std::panic::set_hook(Box::new(|info| {
-        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         eprintln!("veil: internal error at {at} (details withheld: they may contain request data)");
     }));
     let cli = Cli::parse();
@@ -75,7 +78,9 @@ fn spawn_retention(s: &Settings) {
         loop {
             match purge(&ch, &retention, chrono::Utc::now().date_naive()).await {
                 Ok(r) if r.dropped_partitions.is_empty() && r.deleted_rows.is_empty() => {}
-                Ok(r) => tracing::info!(partitions = ?r.dropped_partitions, rows = ?r.deleted_rows, "retention purge"),
+                Ok(r) => {
+                    tracing::info!(partitions = ?r.dropped_partitions, rows = ?r.deleted_rows, "retention purge")
+                }
                 Err(e) => tracing::warn!(error = %e, "retention purge failed; retrying in an hour"),
             }
             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
@@ -93,7 +98,12 @@ async fn run(command: Command, s: Settings) -> Result<()> {
     match command {
         Command::CheckConfig => Ok(()),
         Command::Purge => {
-            let report = purge(&s.clickhouse, &s.aggregator.retention, chrono::Utc::now().date_naive()).await?;
+            let report = purge(
+                &s.clickhouse,
+                &s.aggregator.retention,
+                chrono::Utc::now().date_naive(),
+            )
+            .await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

@@ -33,10 +33,16 @@ const CANARIES: [&str; 12] = [
 
 /// Every table of the database as TSV text.
 fn dump_tables(url: &str, db: &str) -> String {
-    let tables = clickhouse_query(url, &format!("SELECT name FROM system.tables WHERE database = '{db}' FORMAT TSV"));
+    let tables = clickhouse_query(
+        url,
+        &format!("SELECT name FROM system.tables WHERE database = '{db}' FORMAT TSV"),
+    );
     let mut out = String::new();
     for t in tables.lines().filter(|t| !t.is_empty()) {
-        out.push_str(&clickhouse_query(url, &format!("SELECT * FROM {db}.`{t}` FORMAT TSV")));
+        out.push_str(&clickhouse_query(
+            url,
+            &format!("SELECT * FROM {db}.`{t}` FORMAT TSV"),
+        ));
     }
     assert!(tables.contains("events"), "{tables}");
     out
@@ -64,15 +70,41 @@ fn no_identifier_survives_anywhere_and_erase_site_removes_everything() {
         "r": "https://mail.example/inbox?to=canary.person%40example.org",
         "p": {"phone": "+44 20 7946 0123", "card": "4111111111111234", "email": "canary.person@example.org"}
     });
-    let (s, _) = http(v.addr, "POST", "/api/event", &[("User-Agent", UA), ("X-Forwarded-For", IPS[0])], &plausible.to_string());
+    let (s, _) = http(
+        v.addr,
+        "POST",
+        "/api/event",
+        &[("User-Agent", UA), ("X-Forwarded-For", IPS[0])],
+        &plausible.to_string(),
+    );
     assert_eq!(s, 202);
     // URL-encoded e-mail in the path, JWT and IP in the path.
     let encoded = json!({"n": "pageview", "d": "example.com",
         "u": "https://example.com/u/canary.person%40example.org/s/eyJhbGciOiJIUzI1NiJ9.eyJjYW5hcnkiOjF9.c2lnbmF0dXJlY2FuYXJ5/from/203.0.113.199"});
-    assert_eq!(http(v.addr, "POST", "/api/event", &[("User-Agent", UA), ("X-Forwarded-For", IPS[1])], &encoded.to_string()).0, 202);
+    assert_eq!(
+        http(
+            v.addr,
+            "POST",
+            "/api/event",
+            &[("User-Agent", UA), ("X-Forwarded-For", IPS[1])],
+            &encoded.to_string()
+        )
+        .0,
+        202
+    );
     // Opted out: nothing of it may be stored.
     let gpc = json!({"n": "pageview", "d": "example.com", "u": "https://example.com/gpc-canary"});
-    assert_eq!(http(v.addr, "POST", "/api/event", &[("User-Agent", UA), ("Sec-GPC", "1")], &gpc.to_string()).0, 202);
+    assert_eq!(
+        http(
+            v.addr,
+            "POST",
+            "/api/event",
+            &[("User-Agent", UA), ("Sec-GPC", "1")],
+            &gpc.to_string()
+        )
+        .0,
+        202
+    );
     // Native batch (JSON array) with server-side ip/user_agent fields, and NDJSON.
     let native = json!([
         {"site": "example.com", "name": "signup", "url": "https://example.com/welcome?email=canary.person@example.org",
@@ -82,24 +114,54 @@ fn no_identifier_survives_anywhere_and_erase_site_removes_everything() {
     ]);
     let (s, body) = http(v.addr, "POST", "/v1/events", &[], &native.to_string());
     assert_eq!(s, 202, "{body}");
-    let nd = format!("{}\n", json!({"site": "example.com", "name": "pageview", "url": "https://example.com/n", "ip": IPS[0], "user_agent": UA}));
-    assert_eq!(http(v.addr, "POST", "/v1/events", &[("Content-Type", "application/x-ndjson")], &nd).0, 202);
+    let nd = format!(
+        "{}\n",
+        json!({"site": "example.com", "name": "pageview", "url": "https://example.com/n", "ip": IPS[0], "user_agent": UA})
+    );
+    assert_eq!(
+        http(
+            v.addr,
+            "POST",
+            "/v1/events",
+            &[("Content-Type", "application/x-ndjson")],
+            &nd
+        )
+        .0,
+        202
+    );
 
     // Wait until the five stored events are in ClickHouse.
     let deadline = Instant::now() + Duration::from_secs(15);
     while clickhouse_query(&url, "SELECT count() FROM veil.events").trim() != "5" {
-        assert!(Instant::now() < deadline, "events not stored: {}", clickhouse_query(&url, "SELECT site, pathname FROM veil.events FORMAT TSV"));
+        assert!(
+            Instant::now() < deadline,
+            "events not stored: {}",
+            clickhouse_query(&url, "SELECT site, pathname FROM veil.events FORMAT TSV")
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let tables = dump_tables(&url, "veil");
-    assert!(tables.contains("[email]") && tables.contains("/account/[email]/reset"), "scrubbed rows are there: {tables}");
+    assert!(
+        tables.contains("[email]") && tables.contains("/account/[email]/reset"),
+        "scrubbed rows are there: {tables}"
+    );
 
     // The scanner can fail: planted canaries are found in a table and in a file.
     clickhouse_query(&url, "INSERT INTO veil.events (site, pathname) VALUES ('planted.example', '/PLANTED-CANARY-7f3a')");
-    std::fs::write(dir.path().join("var/planted.txt"), "PLANTED-FILE-CANARY-19c2").unwrap();
+    std::fs::write(
+        dir.path().join("var/planted.txt"),
+        "PLANTED-FILE-CANARY-19c2",
+    )
+    .unwrap();
     let with_plant = dump_tables(&url, "veil");
-    assert!(!find("PLANTED-CANARY-7f3a", &with_plant, dir.path()).is_empty(), "scanner must find a planted table canary");
-    assert!(!find("PLANTED-FILE-CANARY-19c2", &with_plant, dir.path()).is_empty(), "scanner must find a planted file canary");
+    assert!(
+        !find("PLANTED-CANARY-7f3a", &with_plant, dir.path()).is_empty(),
+        "scanner must find a planted table canary"
+    );
+    assert!(
+        !find("PLANTED-FILE-CANARY-19c2", &with_plant, dir.path()).is_empty(),
+        "scanner must find a planted file canary"
+    );
     std::fs::remove_file(dir.path().join("var/planted.txt")).unwrap();
 
     stop(v);
@@ -120,10 +182,28 @@ fn no_identifier_survives_anywhere_and_erase_site_removes_everything() {
         .args(["erase-site", "example.com", "--clickhouse-url", &url])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["tables"]["events"], 4, "{report}");
-    assert_eq!(clickhouse_query(&url, "SELECT count() FROM veil.events WHERE site = 'example.com'").trim(), "0");
-    assert_eq!(clickhouse_query(&url, "SELECT count() FROM veil.events WHERE site = 'kids.example'").trim(), "1");
+    assert_eq!(
+        clickhouse_query(
+            &url,
+            "SELECT count() FROM veil.events WHERE site = 'example.com'"
+        )
+        .trim(),
+        "0"
+    );
+    assert_eq!(
+        clickhouse_query(
+            &url,
+            "SELECT count() FROM veil.events WHERE site = 'kids.example'"
+        )
+        .trim(),
+        "1"
+    );
     stop(v);
 }

@@ -63,7 +63,9 @@ impl Error {
             Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::QueueFull | Error::ShuttingDown | Error::NoSalt => StatusCode::SERVICE_UNAVAILABLE,
+            Error::QueueFull | Error::ShuttingDown | Error::NoSalt => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Sink(_) | Error::Config(_) | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

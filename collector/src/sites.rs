@@ -17,7 +17,11 @@ pub fn normalize_domain(s: &str) -> Option<String> {
     let ok = !d.is_empty()
         && d.len() <= 253
         && d.split('.').all(|label| {
-            !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     ok.then_some(d)
 }
@@ -34,7 +38,10 @@ pub struct SiteSettings {
 
 impl Default for SiteSettings {
     fn default() -> Self {
-        Self { child_directed: false, honor_dnt: true }
+        Self {
+            child_directed: false,
+            honor_dnt: true,
+        }
     }
 }
 
@@ -47,12 +54,21 @@ pub struct SiteRegistry {
 impl SiteRegistry {
     /// A registry holding `sites` with default settings.
     pub fn new(sites: impl IntoIterator<Item = String>) -> Self {
-        Self { sites: RwLock::new(sites.into_iter().map(|s| (s, SiteSettings::default())).collect()) }
+        Self {
+            sites: RwLock::new(
+                sites
+                    .into_iter()
+                    .map(|s| (s, SiteSettings::default()))
+                    .collect(),
+            ),
+        }
     }
 
     /// A registry with explicit settings.
     pub fn with_settings(sites: impl IntoIterator<Item = (String, SiteSettings)>) -> Self {
-        Self { sites: RwLock::new(sites.into_iter().collect()) }
+        Self {
+            sites: RwLock::new(sites.into_iter().collect()),
+        }
     }
 
     /// The registered site and its settings for a domain as a sender wrote it.
@@ -65,13 +81,22 @@ impl SiteRegistry {
     /// Adds or updates a site.
     pub fn set(&self, domain: &str, settings: SiteSettings) -> Option<String> {
         let d = normalize_domain(domain)?;
-        self.sites.write().unwrap_or_else(|p| p.into_inner()).insert(d.clone(), settings);
+        self.sites
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(d.clone(), settings);
         Some(d)
     }
 
     /// All registered sites, sorted.
     pub fn list(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.sites.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let mut v: Vec<String> = self
+            .sites
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         v.sort();
         v
     }
@@ -84,11 +109,23 @@ mod tests {
     #[test]
     fn resolves_case_insensitively() {
         let r = SiteRegistry::new(["example.com".to_string()]);
-        assert_eq!(r.resolve("Example.com").map(|x| x.0).as_deref(), Some("example.com"));
-        assert_eq!(r.resolve("example.com.").map(|x| x.0).as_deref(), Some("example.com"));
+        assert_eq!(
+            r.resolve("Example.com").map(|x| x.0).as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            r.resolve("example.com.").map(|x| x.0).as_deref(),
+            Some("example.com")
+        );
         assert_eq!(r.resolve("other.com"), None);
         assert_eq!(r.resolve("exa mple.com"), None);
-        r.set("kids.example", SiteSettings { child_directed: true, honor_dnt: true });
+        r.set(
+            "kids.example",
+            SiteSettings {
+                child_directed: true,
+                honor_dnt: true,
+            },
+        );
         assert!(r.resolve("kids.example").unwrap().1.child_directed);
     }
 }

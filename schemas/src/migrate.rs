@@ -21,9 +21,21 @@ pub struct Migration {
 
 /// Every migration shipped with this binary, in order.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "events", sql: include_str!("../migrations/001_events.sql") },
-    Migration { version: 2, name: "salts", sql: include_str!("../migrations/002_salts.sql") },
-    Migration { version: 3, name: "tracker", sql: include_str!("../migrations/003_tracker.sql") },
+    Migration {
+        version: 1,
+        name: "events",
+        sql: include_str!("../migrations/001_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "salts",
+        sql: include_str!("../migrations/002_salts.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "tracker",
+        sql: include_str!("../migrations/003_tracker.sql"),
+    },
 ];
 
 impl Migration {
@@ -64,10 +76,14 @@ impl Migration {
 fn added_column(stmt: &str) -> Option<(&str, &str)> {
     let words: Vec<&str> = stmt.split_whitespace().take(6).collect();
     match words.as_slice() {
-        [a, t, table, add, c, column] if a.eq_ignore_ascii_case("ALTER")
-            && t.eq_ignore_ascii_case("TABLE")
-            && add.eq_ignore_ascii_case("ADD")
-            && c.eq_ignore_ascii_case("COLUMN") => Some((table, column)),
+        [a, t, table, add, c, column]
+            if a.eq_ignore_ascii_case("ALTER")
+                && t.eq_ignore_ascii_case("TABLE")
+                && add.eq_ignore_ascii_case("ADD")
+                && c.eq_ignore_ascii_case("COLUMN") =>
+        {
+            Some((table, column))
+        }
         _ => None,
     }
 }
@@ -169,8 +185,14 @@ mod tests {
 
     #[test]
     fn add_column_statements_are_recognised() {
-        assert_eq!(added_column("ALTER TABLE events ADD COLUMN x UInt8 DEFAULT 0"), Some(("events", "x")));
-        assert_eq!(added_column("CREATE TABLE x (a UInt8) ENGINE = Memory"), None);
+        assert_eq!(
+            added_column("ALTER TABLE events ADD COLUMN x UInt8 DEFAULT 0"),
+            Some(("events", "x"))
+        );
+        assert_eq!(
+            added_column("CREATE TABLE x (a UInt8) ENGINE = Memory"),
+            None
+        );
     }
 
     #[test]

@@ -81,9 +81,18 @@ async fn an_edited_migration_is_refused() {
 async fn a_half_applied_migration_can_run_again() {
     let cfg = fresh_database("migrate_rerun").await;
     // Forget that 003 ran, as if the process died after its ALTERs but before recording it.
-    cfg.client().query("ALTER TABLE schema_migrations DELETE WHERE version = 3").execute().await.unwrap();
+    cfg.client()
+        .query("ALTER TABLE schema_migrations DELETE WHERE version = 3")
+        .execute()
+        .await
+        .unwrap();
     for _ in 0..100 {
-        let n: u64 = cfg.client().query("SELECT count() FROM schema_migrations WHERE version = 3").fetch_one().await.unwrap();
+        let n: u64 = cfg
+            .client()
+            .query("SELECT count() FROM schema_migrations WHERE version = 3")
+            .fetch_one()
+            .await
+            .unwrap();
         if n == 0 {
             break;
         }

@@ -1,7 +1,13 @@
 //! Helpers for tests of the real `veil` binary: start `veil up` on a temp data dir, a tiny
 //! blocking HTTP client, SIGTERM and wait, and scanners for canary strings.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs
+)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -142,11 +148,14 @@ pub fn grep_tree(dir: &Path, needle: &[u8], hits: &mut Vec<String>) {
     }
 }
 
-
 /// The managed ClickHouse's HTTP URL, read from the config `veil up` wrote.
 pub fn managed_clickhouse_url(data_dir: &Path) -> String {
     let cfg = std::fs::read_to_string(data_dir.join("clickhouse/config.xml")).unwrap();
-    let port = cfg.split("<http_port>").nth(1).and_then(|r| r.split("</http_port>").next()).unwrap();
+    let port = cfg
+        .split("<http_port>")
+        .nth(1)
+        .and_then(|r| r.split("</http_port>").next())
+        .unwrap();
     format!("http://127.0.0.1:{port}")
 }
 
@@ -156,13 +165,23 @@ pub fn clickhouse_query(url: &str, sql: &str) -> String {
     let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = format!("POST / HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n{sql}", sql.len());
+    let req = format!(
+        "POST / HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n{sql}",
+        sql.len()
+    );
     s.write_all(req.as_bytes()).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let out = String::from_utf8_lossy(&raw).to_string();
-    let status: u16 = out.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status: u16 = out
+        .split(' ')
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     assert_eq!(status, 200, "{sql}: {body}");
     body
 }

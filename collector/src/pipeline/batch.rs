@@ -249,7 +249,13 @@ mod tests {
     }
 
     fn row() -> EventRow {
-        EventRow { site: "a.com".into(), timestamp: 1, name: "pageview".into(), pathname: "/".into(), ..Default::default() }
+        EventRow {
+            site: "a.com".into(),
+            timestamp: 1,
+            name: "pageview".into(),
+            pathname: "/".into(),
+            ..Default::default()
+        }
     }
 
     fn start(cfg: BatchConfig, rec: Recorder) -> (BatchQueue, Metrics) {

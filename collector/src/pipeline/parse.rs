@@ -169,9 +169,11 @@ pub fn props_from_json(v: &Value) -> Result<Vec<(String, String)>, Error> {
                     Value::String(s) => s.clone(),
                     Value::Bool(b) => b.to_string(),
                     Value::Number(n) => n.to_string(),
-                    Value::Array(_) | Value::Object(_) => return Err(Error::BadRequest(format!(
+                    Value::Array(_) | Value::Object(_) => {
+                        return Err(Error::BadRequest(format!(
                         "`props.{k}` must be a string, number or boolean, not an array or object"
-                    ))),
+                    )))
+                    }
                 };
                 out.push((k.clone(), val));
             }

@@ -72,7 +72,9 @@ pub async fn route(c: &Collector, req: Request<Bytes>) -> Option<HttpResponse> {
         ("/js/veil.js", &Method::GET | &Method::HEAD) => tracker::veil_js(&req),
         ("/opt-out", &Method::GET | &Method::HEAD) => tracker::opt_out_page(),
         ("/js/opt-out.js", &Method::GET | &Method::HEAD) => tracker::opt_out_js(),
-        ("/js/veil.js" | "/opt-out" | "/js/opt-out.js", _) => c.reject(&Error::MethodNotAllowed("GET")),
+        ("/js/veil.js" | "/opt-out" | "/js/opt-out.js", _) => {
+            c.reject(&Error::MethodNotAllowed("GET"))
+        }
         ("/healthz", &Method::GET | &Method::HEAD) => health::healthz(),
         ("/readyz", &Method::GET | &Method::HEAD) => health::readyz(c).await,
         ("/metrics", &Method::GET) => health::metrics(c),

@@ -114,7 +114,10 @@ fn to_incoming(v: Value, fallback: &Client, consent: Consent) -> Result<Incoming
         props: parse::props_from_json(&e.props)?,
         timestamp: parse::timestamp_from_json(&e.timestamp)?,
         hash_mode: false,
-        consent: Consent { opt_out: e.opt_out, ..consent },
+        consent: Consent {
+            opt_out: e.opt_out,
+            ..consent
+        },
         tracker: TrackerFacts {
             engagement_ms: e.engagement_ms,
             scroll_depth: e.scroll_depth,

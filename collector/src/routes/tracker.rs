@@ -29,7 +29,10 @@ fn asset(body: &'static [u8], content_type: &'static str, cache: &'static str) -
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     r
 }
 
@@ -46,13 +49,23 @@ pub fn veil_js(req: &Request<Bytes>) -> HttpResponse {
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
     } else {
-        asset(VEIL_JS, "text/javascript; charset=utf-8", "public, max-age=86400, stale-while-revalidate=604800")
+        asset(
+            VEIL_JS,
+            "text/javascript; charset=utf-8",
+            "public, max-age=86400, stale-while-revalidate=604800",
+        )
     };
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400, stale-while-revalidate=604800"));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=86400, stale-while-revalidate=604800"),
+    );
     if let Ok(v) = HeaderValue::from_str(tag) {
         r.headers_mut().insert(header::ETAG, v);
     }
-    r.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     r
 }
 
@@ -78,12 +91,23 @@ mod tests {
     #[test]
     fn tracker_is_small_and_cached() {
         // The gzip budget (1.5 KB) is checked by collector/tracker/test/veil.test.mjs.
-        assert!(VEIL_JS.len() < 3000, "veil.min.js is {} bytes", VEIL_JS.len());
-        let req = Request::builder().uri("/js/veil.js").body(Bytes::new()).unwrap();
+        assert!(
+            VEIL_JS.len() < 3000,
+            "veil.min.js is {} bytes",
+            VEIL_JS.len()
+        );
+        let req = Request::builder()
+            .uri("/js/veil.js")
+            .body(Bytes::new())
+            .unwrap();
         let r = veil_js(&req);
         assert_eq!(r.status(), StatusCode::OK);
         let tag = r.headers()[header::ETAG].clone();
-        let req = Request::builder().uri("/js/veil.js").header("if-none-match", tag).body(Bytes::new()).unwrap();
+        let req = Request::builder()
+            .uri("/js/veil.js")
+            .header("if-none-match", tag)
+            .body(Bytes::new())
+            .unwrap();
         assert_eq!(veil_js(&req).status(), StatusCode::NOT_MODIFIED);
     }
 }

@@ -2,7 +2,13 @@
 //! fresh database of the test ClickHouse, and a minimal HTTP/1.1 client that can also send
 //! malformed and slow requests.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs
+)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

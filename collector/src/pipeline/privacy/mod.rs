@@ -31,8 +31,16 @@ pub struct Consent {
 impl Consent {
     /// Reads `Sec-GPC` and `DNT` from request headers.
     pub fn from_headers(h: &http::HeaderMap) -> Self {
-        let on = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "1");
-        Self { gpc: on("sec-gpc"), dnt: on("dnt"), opt_out: false }
+        let on = |name: &str| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim() == "1")
+        };
+        Self {
+            gpc: on("sec-gpc"),
+            dnt: on("dnt"),
+            opt_out: false,
+        }
     }
 
     /// Whether the event must not be stored for a site that does (or not) honour DNT.
@@ -46,7 +54,6 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-
 
 /// Computes visitor ids with a secret key.
 pub struct VisitorHasher {
@@ -165,7 +172,10 @@ impl SessionTracker {
     pub fn active(&self, visitor: &[u8; 16], at: DateTime<Utc>) -> bool {
         let idx = visitor[0] as usize % SHARDS;
         let shard = self.shards[idx].lock().unwrap_or_else(|p| p.into_inner());
-        shard.map.get(visitor).is_some_and(|(last, _)| (at.timestamp() - *last).abs() <= SESSION_IDLE_SECS)
+        shard
+            .map
+            .get(visitor)
+            .is_some_and(|(last, _)| (at.timestamp() - *last).abs() <= SESSION_IDLE_SECS)
     }
 
     /// Visitors currently tracked.

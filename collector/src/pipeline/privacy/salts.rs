@@ -56,7 +56,9 @@ pub struct ClickHouseSaltStore {
 impl ClickHouseSaltStore {
     /// A store over `ch`.
     pub fn new(ch: &ClickHouseConfig) -> Self {
-        Self { client: ch.client() }
+        Self {
+            client: ch.client(),
+        }
     }
 }
 
@@ -94,8 +96,19 @@ impl SaltStore for ClickHouseSaltStore {
     fn insert(&self, day: NaiveDate, nonce: u64, salt: Salt) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             let now = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
-            let mut ins = self.client.insert::<SaltRow>("salts").await.map_err(ch_err)?;
-            ins.write(&SaltRow { day: day_number(day), salt, nonce, created_at: now }).await.map_err(ch_err)?;
+            let mut ins = self
+                .client
+                .insert::<SaltRow>("salts")
+                .await
+                .map_err(ch_err)?;
+            ins.write(&SaltRow {
+                day: day_number(day),
+                salt,
+                nonce,
+                created_at: now,
+            })
+            .await
+            .map_err(ch_err)?;
             ins.end().await.map_err(ch_err)
         })
     }
@@ -117,7 +130,9 @@ impl SaltStore for ClickHouseSaltStore {
                 .map_err(ch_err)?;
             let cutoff: u32 = day.format("%Y%m%d").to_string().parse().unwrap_or(0);
             for p in parts {
-                let Ok(n) = p.partition.trim_matches('\'').parse::<u32>() else { continue };
+                let Ok(n) = p.partition.trim_matches('\'').parse::<u32>() else {
+                    continue;
+                };
                 if n < cutoff {
                     // The partition id is a number we just parsed: safe to paste.
                     self.client
@@ -152,11 +167,17 @@ impl SaltStore for MemorySaltStore {
         Box::pin(async move { Ok(v) })
     }
     fn insert(&self, day: NaiveDate, nonce: u64, salt: Salt) -> BoxFuture<'_, Result<(), Error>> {
-        self.rows.lock().unwrap_or_else(|p| p.into_inner()).push((day, nonce, salt));
+        self.rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((day, nonce, salt));
         Box::pin(async { Ok(()) })
     }
     fn delete_before(&self, day: NaiveDate) -> BoxFuture<'_, Result<(), Error>> {
-        self.rows.lock().unwrap_or_else(|p| p.into_inner()).retain(|r| r.0 >= day);
+        self.rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|r| r.0 >= day);
         Box::pin(async { Ok(()) })
     }
 }
@@ -182,7 +203,11 @@ pub struct Salts {
 
 impl std::fmt::Debug for Salts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let days: Vec<NaiveDate> = self.cache.read().map(|c| c.keys().copied().collect()).unwrap_or_default();
+        let days: Vec<NaiveDate> = self
+            .cache
+            .read()
+            .map(|c| c.keys().copied().collect())
+            .unwrap_or_default();
         write!(f, "Salts {{ days: {days:?} }}")
     }
 }
@@ -190,12 +215,22 @@ impl std::fmt::Debug for Salts {
 impl Salts {
     /// Salts shared through `store`; call [`Self::refresh`] before use and then every minute.
     pub fn shared(store: Arc<dyn SaltStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { source: Source::Store(store), clock, cache: RwLock::new(BTreeMap::new()), settle: Duration::from_secs(1) }
+        Self {
+            source: Source::Store(store),
+            clock,
+            cache: RwLock::new(BTreeMap::new()),
+            settle: Duration::from_secs(1),
+        }
     }
 
     /// One fixed salt for every day (benchmarks and unit tests only).
     pub fn fixed(salt: Salt, clock: Arc<dyn Clock>) -> Self {
-        Self { source: Source::Fixed(salt), clock, cache: RwLock::new(BTreeMap::new()), settle: Duration::ZERO }
+        Self {
+            source: Source::Fixed(salt),
+            clock,
+            cache: RwLock::new(BTreeMap::new()),
+            settle: Duration::ZERO,
+        }
     }
 
     /// Sets the wait between creating a salt on the spot and reading the winner (tests).
@@ -208,19 +243,31 @@ impl Salts {
     pub fn get(&self, day: NaiveDate) -> Option<Salt> {
         match &self.source {
             Source::Fixed(s) => Some(*s),
-            Source::Store(_) => self.cache.read().unwrap_or_else(|p| p.into_inner()).get(&day).copied(),
+            Source::Store(_) => self
+                .cache
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&day)
+                .copied(),
         }
     }
 
     /// Days whose salt is in memory.
     pub fn days(&self) -> Vec<NaiveDate> {
-        self.cache.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+        self.cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Makes sure today's and tomorrow's salts exist, loads yesterday's, today's and tomorrow's
     /// winners, and forgets and deletes anything older than yesterday.
     pub async fn refresh(&self) -> Result<(), Error> {
-        let Source::Store(store) = &self.source else { return Ok(()) };
+        let Source::Store(store) = &self.source else {
+            return Ok(());
+        };
         let today = self.clock.now().date_naive();
         let yesterday = today.checked_sub_days(Days::new(1)).unwrap_or(today);
         let tomorrow = today.checked_add_days(Days::new(1)).unwrap_or(today);
@@ -228,7 +275,9 @@ impl Salts {
         for day in [today, tomorrow] {
             let mut c = store.candidates(day).await?;
             if c.is_empty() {
-                store.insert(day, u64::from_le_bytes(random()?), random()?).await?;
+                store
+                    .insert(day, u64::from_le_bytes(random()?), random()?)
+                    .await?;
                 if day == today && !self.settle.is_zero() {
                     tokio::time::sleep(self.settle).await;
                 }
@@ -238,7 +287,12 @@ impl Salts {
                 loaded.insert(day, *s);
             }
         }
-        if let Some((_, s)) = store.candidates(yesterday).await?.iter().min_by_key(|(n, _)| *n) {
+        if let Some((_, s)) = store
+            .candidates(yesterday)
+            .await?
+            .iter()
+            .min_by_key(|(n, _)| *n)
+        {
             loaded.insert(yesterday, *s);
         }
         store.delete_before(yesterday).await?;
@@ -252,7 +306,11 @@ impl Salts {
         loop {
             // Retry every second while today's salt is missing (ClickHouse was down).
             let today = self.clock.now().date_naive();
-            let wait = if self.get(today).is_some() { every } else { Duration::from_secs(1) };
+            let wait = if self.get(today).is_some() {
+                every
+            } else {
+                Duration::from_secs(1)
+            };
             tokio::select! {
                 () = &mut stop => return,
                 () = tokio::time::sleep(wait) => {
@@ -281,7 +339,9 @@ mod tests {
     #[tokio::test]
     async fn two_collectors_agree_and_salts_rotate_at_midnight() {
         let store: Arc<dyn SaltStore> = Arc::new(MemorySaltStore::default());
-        let clock = Arc::new(TestClock(Mutex::new(Utc.with_ymd_and_hms(2026, 3, 1, 23, 59, 0).unwrap())));
+        let clock = Arc::new(TestClock(Mutex::new(
+            Utc.with_ymd_and_hms(2026, 3, 1, 23, 59, 0).unwrap(),
+        )));
         let a = Salts::shared(store.clone(), clock.clone()).with_settle(Duration::ZERO);
         let b = Salts::shared(store.clone(), clock.clone()).with_settle(Duration::ZERO);
         a.refresh().await.unwrap();
@@ -289,22 +349,34 @@ mod tests {
         let d1 = NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
         let d2 = NaiveDate::from_ymd_opt(2026, 3, 2).unwrap();
         assert_eq!(a.get(d1), b.get(d1));
-        assert_eq!(a.get(d2), b.get(d2), "tomorrow is made a day ahead and agreed");
+        assert_eq!(
+            a.get(d2),
+            b.get(d2),
+            "tomorrow is made a day ahead and agreed"
+        );
         assert_ne!(a.get(d1), a.get(d2));
         *clock.0.lock().unwrap() = Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 1).unwrap();
         a.refresh().await.unwrap();
-        assert!(a.get(d1).is_some(), "yesterday's salt is kept for visits crossing midnight");
+        assert!(
+            a.get(d1).is_some(),
+            "yesterday's salt is kept for visits crossing midnight"
+        );
         *clock.0.lock().unwrap() = Utc.with_ymd_and_hms(2026, 3, 3, 0, 0, 1).unwrap();
         a.refresh().await.unwrap();
         assert_eq!(a.get(d1), None, "gone from memory after 48 h");
-        assert!(store.candidates(d1).await.unwrap().is_empty(), "gone from the store after 48 h");
+        assert!(
+            store.candidates(d1).await.unwrap().is_empty(),
+            "gone from the store after 48 h"
+        );
         assert!(a.get(d2).is_some());
     }
 
     #[tokio::test]
     async fn lowest_nonce_wins() {
         let store = Arc::new(MemorySaltStore::default());
-        let clock = Arc::new(TestClock(Mutex::new(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap())));
+        let clock = Arc::new(TestClock(Mutex::new(
+            Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap(),
+        )));
         let d = NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
         store.insert(d, 50, [5; 32]).await.unwrap();
         store.insert(d, 7, [7; 32]).await.unwrap();

@@ -51,13 +51,20 @@ fn marker(c: &Captures<'_>) -> &'static str {
         ("phone", "[phone]"),
         ("digits", "[number]"),
     ];
-    GROUPS.iter().find(|(g, _)| c.name(g).is_some()).map(|(_, m)| *m).unwrap_or("[redacted]")
+    GROUPS
+        .iter()
+        .find(|(g, _)| c.name(g).is_some())
+        .map(|(_, m)| *m)
+        .unwrap_or("[redacted]")
 }
 
 /// Replaces identifiers in `s` by markers; borrows when nothing changes.
 pub fn scrub(s: &str) -> Cow<'_, str> {
     let b = s.as_bytes();
-    let suspicious = b.iter().any(|c| c.is_ascii_digit() || *c == b'@' || *c == b'%') || s.contains("eyJ");
+    let suspicious = b
+        .iter()
+        .any(|c| c.is_ascii_digit() || *c == b'@' || *c == b'%')
+        || s.contains("eyJ");
     if !suspicious {
         return Cow::Borrowed(s);
     }
@@ -78,9 +85,15 @@ mod tests {
     #[test]
     fn identifiers_become_markers() {
         let cases = [
-            ("/users/jane.doe@example.org/settings", "/users/[email]/settings"),
+            (
+                "/users/jane.doe@example.org/settings",
+                "/users/[email]/settings",
+            ),
             ("/u/jane%40example.org", "/u/[email]"),
-            ("/reset/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.sflKxwRJSMeKKF2QT4fw", "/reset/[token]"),
+            (
+                "/reset/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.sflKxwRJSMeKKF2QT4fw",
+                "/reset/[token]",
+            ),
             ("/o/123e4567-e89b-12d3-a456-426614174000", "/o/[uuid]"),
             ("/s/5f2b8c9d0e1f2a3b4c5d6e7f8a9b", "/s/[token]"),
             ("from 203.0.113.9 ok", "from [ip] ok"),
@@ -97,7 +110,15 @@ mod tests {
 
     #[test]
     fn ordinary_values_are_kept() {
-        for s in ["/blog/2026-11-28/hello", "/page/42", "/docs/v1.2.3", "Chrome", "/checkout", "pricing-plan-2", "/search/#top"] {
+        for s in [
+            "/blog/2026-11-28/hello",
+            "/page/42",
+            "/docs/v1.2.3",
+            "Chrome",
+            "/checkout",
+            "pricing-plan-2",
+            "/search/#top",
+        ] {
             assert_eq!(scrub(s), s);
             assert!(matches!(scrub(s), Cow::Borrowed(_)));
         }
