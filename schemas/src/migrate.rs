@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tracker",
         sql: include_str!("../migrations/003_tracker.sql"),
     },
+    Migration {
+        version: 4,
+        name: "apps",
+        sql: include_str!("../migrations/004_apps.sql"),
+    },
 ];
 
 impl Migration {

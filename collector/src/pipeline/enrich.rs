@@ -53,11 +53,13 @@ fn known(s: &str) -> String {
     }
 }
 
-fn major(v: &str) -> String {
+/// The major version: `120.0.1` → `120`.
+pub fn major(v: &str) -> String {
     v.split('.').next().unwrap_or_default().to_string()
 }
 
-fn major_minor(v: &str) -> String {
+/// At most `major.minor`: `10.15.7` → `10.15`.
+pub fn major_minor(v: &str) -> String {
     let mut parts = v.splitn(3, '.');
     match (parts.next(), parts.next()) {
         (Some(a), Some(b)) => format!("{a}.{b}"),

@@ -65,6 +65,8 @@ pub struct Incoming {
     pub consent: privacy::Consent,
     /// Tracker facts: engagement time, scroll depth, screen and processor class.
     pub tracker: TrackerFacts,
+    /// App facts: locale, versions, OS from the SDK, the app's session id.
+    pub app: AppFacts,
     /// Who sent it.
     pub client: Client,
 }
@@ -80,6 +82,60 @@ pub struct TrackerFacts {
     pub screen_class: Option<String>,
     /// Processor class as sent.
     pub processor_class: Option<String>,
+}
+
+/// Facts an app SDK (or Umami's tracker) reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppFacts {
+    /// The event comes from an app, not a browser page (device class `app`).
+    pub is_app: bool,
+    /// Locale as sent (only `ll` or `ll-RR` is kept).
+    pub locale: Option<String>,
+    /// App version.
+    pub app_version: Option<String>,
+    /// Build number.
+    pub app_build: Option<String>,
+    /// SDK name and version.
+    pub sdk_version: Option<String>,
+    /// OS name from the SDK (overrides the user agent's).
+    pub os_name: Option<String>,
+    /// OS version from the SDK.
+    pub os_version: Option<String>,
+    /// Engine name.
+    pub engine_name: Option<String>,
+    /// Engine version (major kept).
+    pub engine_version: Option<String>,
+    /// Debug build.
+    pub is_debug: bool,
+    /// The app's own session id: hashed with the day's salt, never stored as sent.
+    pub session: Option<String>,
+}
+
+/// Keeps `ll` or `ll-RR` of a locale (`en_US.UTF-8` → `en-US`), else empty.
+pub fn clean_locale(raw: &str) -> String {
+    let base = raw.split(['.', '@']).next().unwrap_or_default().replace('_', "-");
+    let mut parts = base.split('-');
+    let lang = parts.next().unwrap_or_default();
+    if !(2..=3).contains(&lang.len()) || !lang.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return String::new();
+    }
+    let mut out = lang.to_ascii_lowercase();
+    if let Some(region) = parts.next() {
+        if region.len() == 2 && region.bytes().all(|b| b.is_ascii_alphabetic()) {
+            out.push('-');
+            out.push_str(&region.to_ascii_uppercase());
+        }
+    }
+    out
+}
+
+fn short(v: &Option<String>, max: usize) -> String {
+    let s = v.as_deref().unwrap_or_default().trim();
+    let mut cut = s.len().min(max);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s[..cut].to_string()
 }
 
 /// Accepted screen classes.
@@ -162,6 +218,18 @@ pub struct EventRow {
     pub screen_class: String,
     /// Logical core bucket (`1-2`, `3-4`, `5-8`, `9-16`, `17+`) or empty.
     pub processor_class: String,
+    /// Language and region, e.g. `en-US`.
+    pub locale: String,
+    /// App version (apps).
+    pub app_version: String,
+    /// App build number (apps).
+    pub app_build: String,
+    /// Sender SDK and version.
+    pub sdk_version: String,
+    /// Runtime engine and major version.
+    pub engine: String,
+    /// 1 for events from debug builds.
+    pub is_debug: u8,
 }
 
 impl EventRow {
@@ -318,7 +386,30 @@ impl Pipeline {
             scroll_depth,
             screen_class,
             processor_class,
+            locale: ev.app.locale.as_deref().map(clean_locale).unwrap_or_default(),
+            app_version: short(&ev.app.app_version, 64),
+            app_build: short(&ev.app.app_build, 64),
+            sdk_version: short(&ev.app.sdk_version, 64),
+            engine: match (&ev.app.engine_name, &ev.app.engine_version) {
+                (Some(n), Some(v)) => format!("{} {}", short(&Some(n.clone()), 32), enrich::major(v)),
+                (Some(n), None) => short(&Some(n.clone()), 32),
+                _ => String::new(),
+            },
+            is_debug: u8::from(ev.app.is_debug),
         };
+        if let Some(os) = ev.app.os_name.as_deref().filter(|s| !s.trim().is_empty()) {
+            row.os = short(&Some(os.to_string()), 32);
+            row.os_version = enrich::major_minor(&short(&ev.app.os_version, 32));
+        }
+        if ev.app.is_app {
+            row.device = "app".into();
+        }
+        if let (Some(app_session), false) = (ev.app.session.as_deref(), settings.child_directed) {
+            // The app's session id is an identifier: keep only a salted hash of it.
+            if let Some(salt) = self.salts.get(now.date_naive()) {
+                row.session_id = privacy::VisitorHasher::new(salt).visitor_id(&row.site, None, app_session);
+            }
+        }
         if settings.child_directed {
             row.minimise_for_children();
         } else {
@@ -364,6 +455,9 @@ impl EventRow {
         self.prop_values.clear();
         self.engagement_ms = 0;
         self.scroll_depth = 0;
+        for f in [&mut self.locale, &mut self.app_version, &mut self.app_build, &mut self.sdk_version, &mut self.engine] {
+            f.clear();
+        }
     }
 
     /// Runs the scrubber over every free-text field.
@@ -372,6 +466,7 @@ impl EventRow {
         for f in [
             &mut self.name, &mut self.hostname, &mut self.pathname, &mut self.referrer, &mut self.referrer_source,
             &mut self.utm_source, &mut self.utm_medium, &mut self.utm_campaign, &mut self.utm_content, &mut self.utm_term,
+            &mut self.app_version, &mut self.app_build, &mut self.sdk_version, &mut self.engine, &mut self.os,
         ] {
             scrub_in_place(f);
         }

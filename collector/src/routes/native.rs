@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::pipeline::privacy::Consent;
-use crate::pipeline::{parse, Client, Incoming, TrackerFacts};
+use crate::pipeline::{parse, AppFacts, Client, Incoming, TrackerFacts};
 use crate::server::{json, HttpResponse, PeerAddr};
 use crate::{Collector, Error, Ingested};
 
@@ -118,6 +118,7 @@ fn to_incoming(v: Value, fallback: &Client, consent: Consent) -> Result<Incoming
             opt_out: e.opt_out,
             ..consent
         },
+        app: AppFacts::default(),
         tracker: TrackerFacts {
             engagement_ms: e.engagement_ms,
             scroll_depth: e.scroll_depth,

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::pipeline::privacy::Consent;
-use crate::pipeline::{parse, Client, Incoming, TrackerFacts};
+use crate::pipeline::{parse, AppFacts, Client, Incoming, TrackerFacts};
 use crate::server::{text, HttpResponse, PeerAddr};
 use crate::{Collector, Error};
 
@@ -127,6 +127,7 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
             timestamp: None,
             hash_mode: truthy(&body.hash_mode),
             consent,
+            app: AppFacts::default(),
             tracker: TrackerFacts {
                 engagement_ms: body.engagement_time,
                 scroll_depth: body.scroll_depth,

@@ -1,0 +1,323 @@
+//! The committer thread: group commit of queued appends into the tail segment.
+//!
+//! Loop: wait for an append; collect more for up to `group_window` or `group_max_records`
+//! records; write them with one vectored write per segment they go to (normally one); fsync
+//! once; publish the new length to the reader; acknowledge each append. Rotation happens
+//! between appends when the next one would take the tail past `segment_bytes`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Seek, SeekFrom, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+
+use super::error::io_copy;
+use super::format::{segment_header, sync_dir, SEGMENT_HEADER_LEN};
+use super::records::Frame;
+use super::store::{Appended, Counters, SegMeta, Shared};
+use super::{Position, SpoolError};
+
+/// A message to the committer.
+pub(super) enum Msg {
+    /// Store this.
+    Append(Pending),
+    /// Write what is queued, then exit.
+    Stop,
+}
+
+/// One accepted append and whom to tell.
+pub(super) struct Pending {
+    pub frame: Frame,
+    pub ack: Ack,
+}
+
+/// Where an append's outcome goes.
+pub(super) enum Ack {
+    /// An async appender.
+    Async(tokio::sync::oneshot::Sender<Result<Appended, SpoolError>>),
+    /// A blocking appender.
+    Blocking(crossbeam_channel::Sender<Result<Appended, SpoolError>>),
+}
+
+impl Ack {
+    fn send(self, outcome: Result<Appended, SpoolError>) {
+        // An appender that went away (dropped future) does not care.
+        match self {
+            Self::Async(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Self::Blocking(tx) => {
+                let _ = tx.send(outcome);
+            }
+        }
+    }
+}
+
+/// Owns the tail segment's file handle.
+pub(super) struct Committer {
+    shared: Arc<Shared>,
+    rx: Receiver<Msg>,
+    /// Tail segment id.
+    id: u64,
+    file: File,
+    /// Published (and, with fsync, durable) length of the tail.
+    len: u64,
+}
+
+impl Committer {
+    pub fn new(shared: Arc<Shared>, rx: Receiver<Msg>, id: u64, file: File, len: u64) -> Self {
+        Self {
+            shared,
+            rx,
+            id,
+            file,
+            len,
+        }
+    }
+
+    /// Runs until [`Msg::Stop`], writing everything queued before it.
+    pub fn run(mut self) {
+        let window = self.shared.config.group_window;
+        let max_records = self.shared.config.group_max_records;
+        let mut stopping = false;
+        while !stopping {
+            let first = match self.rx.recv() {
+                Ok(Msg::Append(p)) => p,
+                Ok(Msg::Stop) | Err(_) => break,
+            };
+            let mut records = first.frame.count as usize;
+            let mut group = vec![first];
+            let deadline = Instant::now() + window;
+            while records < max_records {
+                let msg = match self.rx.try_recv() {
+                    Ok(m) => m,
+                    Err(TryRecvError::Disconnected) => {
+                        stopping = true;
+                        break;
+                    }
+                    Err(TryRecvError::Empty) => match self.rx.recv_deadline(deadline) {
+                        Ok(m) => m,
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            stopping = true;
+                            break;
+                        }
+                    },
+                };
+                match msg {
+                    Msg::Append(p) => {
+                        records += p.frame.count as usize;
+                        group.push(p);
+                    }
+                    Msg::Stop => {
+                        stopping = true;
+                        break;
+                    }
+                }
+            }
+            self.write_group(group);
+        }
+        // `closed` is set before `Stop` is sent and appends are queued under the same lock, so
+        // nothing should be left; fail anything that is, rather than leave it waiting.
+        while let Ok(msg) = self.rx.try_recv() {
+            if let Msg::Append(p) = msg {
+                self.fail(std::iter::once(p), |_| SpoolError::Closed);
+            }
+        }
+    }
+
+    /// Writes, syncs, publishes and acknowledges one group.
+    fn write_group(&mut self, group: Vec<Pending>) {
+        Counters::add(&self.shared.counters.commit_groups, 1);
+        let segment_bytes = self.shared.config.segment_bytes;
+        let mut queue = group.into_iter().peekable();
+        while let Some(next_len) = queue.peek().map(|p| p.frame.len()) {
+            let failed = self.shared.lock().failed.clone();
+            if let Some(reason) = failed {
+                self.fail(queue, |_| SpoolError::Failed(reason.clone()));
+                return;
+            }
+            if self.len > SEGMENT_HEADER_LEN && self.len + next_len > segment_bytes {
+                if let Err(e) = self.rotate() {
+                    let path = self.shared.segment_path(self.id + 1);
+                    tracing::error!(
+                        error = %e,
+                        path = %path.display(),
+                        "spool: could not start a new segment"
+                    );
+                    self.fail(queue, |_| io_copy(&path, &e));
+                    return;
+                }
+            }
+            let mut run = Vec::new();
+            let mut run_bytes = 0u64;
+            while let Some(p) = queue.peek() {
+                let len = p.frame.len();
+                if !run.is_empty() && self.len + run_bytes + len > segment_bytes {
+                    break;
+                }
+                run_bytes += len;
+                run.extend(queue.next());
+            }
+            if let Err(e) = self.write_run(&run) {
+                let path = self.shared.segment_path(self.id);
+                tracing::error!(
+                    error = %e,
+                    path = %path.display(),
+                    "spool: write failed; appends refused"
+                );
+                self.fail(run.into_iter().chain(queue), |_| io_copy(&path, &e));
+                self.repair();
+                return;
+            }
+            self.publish(run, run_bytes);
+        }
+    }
+
+    /// Writes a run of frames at the end of the tail with one vectored write, then syncs.
+    fn write_run(&mut self, run: &[Pending]) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(self.len))?;
+        let mut slices: Vec<IoSlice<'_>> = run.iter().map(|p| IoSlice::new(&p.frame.buf)).collect();
+        write_all_vectored(&mut self.file, &mut slices)?;
+        if self.shared.fsync() {
+            self.file.sync_data()?;
+            Counters::add(&self.shared.counters.fsyncs, 1);
+        }
+        Ok(())
+    }
+
+    /// Makes a written run visible to the reader and acknowledges it.
+    fn publish(&mut self, run: Vec<Pending>, run_bytes: u64) {
+        let base = self.len;
+        self.len += run_bytes;
+        let records: u64 = run.iter().map(|p| u64::from(p.frame.count)).sum();
+        {
+            let mut st = self.shared.lock();
+            if let Some(m) = st.segments.get_mut(&self.id) {
+                m.end = self.len;
+                m.file_len = self.len;
+            }
+            st.disk_bytes += run_bytes;
+            st.pending_bytes = st.pending_bytes.saturating_sub(run_bytes);
+            st.unconsumed_records += records;
+            if st.oldest_unconsumed_ms.is_none() {
+                st.oldest_unconsumed_ms = run.first().map(|p| p.frame.appended_at_ms);
+            }
+        }
+        self.shared.readable.notify_all();
+        Counters::add(&self.shared.counters.appended_records, records);
+        let mut offset = base;
+        for p in run {
+            let start = Position::new(self.id, offset);
+            offset += p.frame.len();
+            let end = Position::new(self.id, offset);
+            p.ack.send(Ok(Appended {
+                start,
+                end,
+                records: p.frame.count,
+            }));
+        }
+    }
+
+    /// Fails appends, releasing their reserved bytes.
+    fn fail(
+        &self,
+        pendings: impl IntoIterator<Item = Pending>,
+        error: impl Fn(&Pending) -> SpoolError,
+    ) {
+        let pendings: Vec<Pending> = pendings.into_iter().collect();
+        let bytes: u64 = pendings.iter().map(|p| p.frame.len()).sum();
+        {
+            let mut st = self.shared.lock();
+            st.pending_bytes = st.pending_bytes.saturating_sub(bytes);
+        }
+        for p in pendings {
+            let e = error(&p);
+            p.ack.send(Err(e));
+        }
+    }
+
+    /// After a failed write: cut the tail back to its published length. If that fails too, the
+    /// spool refuses all further appends.
+    fn repair(&mut self) {
+        let len = self.len;
+        let fsync = self.shared.fsync();
+        let file = &mut self.file;
+        let res = file
+            .set_len(len)
+            .and_then(|()| file.seek(SeekFrom::Start(len)).map(drop))
+            .and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
+        if let Err(e) = res {
+            let path = self.shared.segment_path(self.id);
+            let reason = format!("could not cut {} back to {len} bytes: {e}", path.display());
+            tracing::error!(%reason, "spool: refusing further appends");
+            self.shared.lock().failed = Some(reason);
+        }
+    }
+
+    /// Starts the next segment and makes it the tail.
+    fn rotate(&mut self) -> io::Result<()> {
+        let id = self.id + 1;
+        let path = self.shared.segment_path(id);
+        let fsync = self.shared.fsync();
+        let created = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            f.write_all(&segment_header())?;
+            if fsync {
+                f.sync_all()?;
+                sync_dir(&self.shared.dir).map_err(|e| io::Error::other(e.to_string()))?;
+                Counters::add(&self.shared.counters.fsyncs, 2);
+            }
+            Ok::<File, io::Error>(f)
+        })();
+        let file = match created {
+            Ok(f) => f,
+            Err(e) => {
+                // Best effort: a half-made file would be found (and repaired) at the next open.
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        {
+            let mut st = self.shared.lock();
+            st.segments.insert(
+                id,
+                SegMeta {
+                    end: SEGMENT_HEADER_LEN,
+                    file_len: SEGMENT_HEADER_LEN,
+                },
+            );
+            st.disk_bytes += SEGMENT_HEADER_LEN;
+        }
+        self.id = id;
+        self.file = file;
+        self.len = SEGMENT_HEADER_LEN;
+        // The old tail is now sealed: a reader waiting at its end can move on.
+        self.shared.readable.notify_all();
+        Ok(())
+    }
+}
+
+/// `write_all` for vectored writes (`Write::write_all_vectored` is unstable).
+fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "failed to write whole buffer",
+                ))
+            }
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
