@@ -130,9 +130,14 @@ pub struct Opts {
     /// Time to receive a request body [default: 10s].
     #[arg(long, env = "VEIL_BODY_READ_TIMEOUT", global = true, value_parser = humantime::parse_duration)]
     pub body_read_timeout: Option<Duration>,
-    /// Events waiting for ClickHouse before requests get 503 [default: 200000].
-    #[arg(long, env = "VEIL_QUEUE_CAPACITY", global = true)]
-    pub queue_capacity: Option<usize>,
+    /// Largest spool on disk (events accepted, not yet in ClickHouse) before requests get 503
+    /// [default: 1073741824].
+    #[arg(long, env = "VEIL_SPOOL_MAX_BYTES", global = true)]
+    pub spool_max_bytes: Option<u64>,
+    /// `fsync`: a 2xx means the event is on disk; `none`: written but not synced (faster,
+    /// survives a process crash but not a power cut) [default: fsync].
+    #[arg(long, env = "VEIL_DURABILITY", global = true)]
+    pub durability: Option<veil_collector::pipeline::spool::Durability>,
     /// Flush a batch at this many rows [default: 50000].
     #[arg(long, env = "VEIL_BATCH_MAX_ROWS", global = true)]
     pub batch_max_rows: Option<usize>,
@@ -142,9 +147,6 @@ pub struct Opts {
     /// Flush a batch when its oldest row is this old [default: 1s].
     #[arg(long, env = "VEIL_BATCH_MAX_AGE", global = true, value_parser = humantime::parse_duration)]
     pub batch_max_age: Option<Duration>,
-    /// ClickHouse writer threads [default: 1].
-    #[arg(long, env = "VEIL_WRITERS", global = true)]
-    pub writers: Option<usize>,
     /// Time shutdown may take to drain and flush [default: 30s].
     #[arg(long, env = "VEIL_SHUTDOWN_TIMEOUT", global = true, value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
@@ -186,12 +188,12 @@ pub struct FileConfig {
     header_read_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     body_read_timeout: Option<Duration>,
-    queue_capacity: Option<usize>,
+    spool_max_bytes: Option<u64>,
+    durability: Option<veil_collector::pipeline::spool::Durability>,
     batch_max_rows: Option<usize>,
     batch_max_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     batch_max_age: Option<Duration>,
-    writers: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_timeout: Option<Duration>,
     api_token: Option<String>,
@@ -292,14 +294,16 @@ impl Settings {
         l.body_read_timeout =
             pick(opts.body_read_timeout, file.body_read_timeout).unwrap_or(l.body_read_timeout);
         let b = &mut collector.batch;
-        b.queue_capacity =
-            pick(opts.queue_capacity, file.queue_capacity).unwrap_or(b.queue_capacity);
         b.max_rows = pick(opts.batch_max_rows, file.batch_max_rows).unwrap_or(b.max_rows);
         b.max_bytes = pick(opts.batch_max_bytes, file.batch_max_bytes).unwrap_or(b.max_bytes);
         b.max_age = pick(opts.batch_max_age, file.batch_max_age).unwrap_or(b.max_age);
-        b.writers = pick(opts.writers, file.writers).unwrap_or(b.writers);
         collector.shutdown_timeout = pick(opts.shutdown_timeout, file.shutdown_timeout)
             .unwrap_or(collector.shutdown_timeout);
+        let data_dir = pick(opts.data_dir, file.data_dir).unwrap_or_else(|| PathBuf::from("./var"));
+        collector.spool.dir = data_dir.join("spool");
+        collector.spool.max_bytes =
+            pick(opts.spool_max_bytes, file.spool_max_bytes).unwrap_or(collector.spool.max_bytes);
+        collector.spool.durability = pick(opts.durability, file.durability).unwrap_or_default();
         collector.validate()?;
         let api_token = pick(opts.api_token, file.api_token).filter(|t| !t.is_empty());
         if let Some(t) = &api_token {
@@ -350,7 +354,7 @@ impl Settings {
             listen,
             clickhouse_url,
             clickhouse,
-            data_dir: pick(opts.data_dir, file.data_dir).unwrap_or_else(|| PathBuf::from("./var")),
+            data_dir,
             collector,
             aggregator,
             api_token_set: api_token.is_some(),

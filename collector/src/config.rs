@@ -24,6 +24,8 @@ pub struct CollectorConfig {
     pub limits: Limits,
     /// Batching towards ClickHouse.
     pub batch: BatchConfig,
+    /// The durable spool.
+    pub spool: SpoolSettings,
     /// How long shutdown may take to drain connections and flush the last batch.
     #[serde(with = "secs")]
     pub shutdown_timeout: Duration,
@@ -52,11 +54,9 @@ pub struct Limits {
     pub max_url_bytes: usize,
 }
 
-/// When the writer flushes a batch into ClickHouse: whichever limit is reached first.
+/// When the writer flushes a batch from the spool into ClickHouse: whichever limit is reached first.
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchConfig {
-    /// Events waiting between the handlers and the writer before requests get 503.
-    pub queue_capacity: usize,
     /// Flush when a batch holds this many rows.
     pub max_rows: usize,
     /// Flush when a batch holds about this many bytes of row data.
@@ -64,10 +64,41 @@ pub struct BatchConfig {
     /// Flush when the oldest row in a batch has waited this long.
     #[serde(with = "secs")]
     pub max_age: Duration,
-    /// Writer threads (each holds its own batch and ClickHouse connection).
-    pub writers: usize,
-    /// Attempts per batch before it is counted as dropped.
-    pub max_attempts: u32,
+}
+
+/// The durable spool between handlers and the writer.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpoolSettings {
+    /// Directory of the spool's segment files (one collector process per directory).
+    pub dir: std::path::PathBuf,
+    /// Largest spool on disk; beyond it requests get 503 with `Retry-After`.
+    pub max_bytes: u64,
+    /// `fsync` (a 2xx means the event is on disk) or `none` (written, not synced).
+    pub durability: crate::pipeline::spool::Durability,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        Self {
+            dir: "./var/spool".into(),
+            max_bytes: 1 << 30,
+            durability: Default::default(),
+        }
+    }
+}
+
+impl SpoolSettings {
+    /// The spool engine's configuration for these settings.
+    pub fn engine_config(&self) -> crate::pipeline::spool::SpoolConfig {
+        let segment_bytes = (self.max_bytes / 4).clamp(64 * 1024, 64 * 1024 * 1024);
+        crate::pipeline::spool::SpoolConfig {
+            max_bytes: self.max_bytes,
+            segment_bytes,
+            max_pending_bytes: segment_bytes,
+            durability: self.durability,
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for Limits {
@@ -87,15 +118,12 @@ impl Default for Limits {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        // Measured in benches/README.md: 50k-row inserts cost little more per row than 100k
-        // ones on 18.16, while a 1 s age keeps events visible within about a second.
+        // ClickHouse wants few, large inserts; a 1 s age keeps events visible within about a
+        // second; 50 000 rows (~20 MB) bounds a batch. See docs/ARCHITECTURE.md.
         Self {
-            queue_capacity: 200_000,
             max_rows: 50_000,
             max_bytes: 32 * 1024 * 1024,
             max_age: Duration::from_secs(1),
-            writers: 1,
-            max_attempts: 5,
         }
     }
 }
@@ -109,6 +137,7 @@ impl Default for CollectorConfig {
             trusted_ip_headers: vec!["x-forwarded-for".into()],
             limits: Limits::default(),
             batch: BatchConfig::default(),
+            spool: SpoolSettings::default(),
             shutdown_timeout: Duration::from_secs(30),
         }
     }
@@ -135,7 +164,7 @@ impl CollectorConfig {
         }
         let l = &self.limits;
         let b = &self.batch;
-        let checks: [(bool, &str); 8] = [
+        let checks: [(bool, &str); 7] = [
             (
                 l.max_body_bytes >= 1024,
                 "--max-body-bytes must be at least 1024",
@@ -152,15 +181,14 @@ impl CollectorConfig {
                 !l.body_read_timeout.is_zero(),
                 "--body-read-timeout must be above 0",
             ),
-            (b.queue_capacity >= 1, "--queue-capacity must be at least 1"),
             (
                 b.max_rows >= 1 && b.max_bytes >= 1024,
                 "--batch-max-rows must be at least 1 and --batch-max-bytes at least 1024",
             ),
             (!b.max_age.is_zero(), "--batch-max-age must be above 0"),
             (
-                (1..=64).contains(&b.writers) && b.max_attempts >= 1,
-                "--writers must be 1..=64",
+                self.spool.max_bytes >= 1024 * 1024,
+                "--spool-max-bytes must be at least 1 MiB",
             ),
         ];
         for (ok, msg) in checks {
@@ -222,7 +250,11 @@ mod tests {
     #[test]
     fn bad_limits_name_the_flag() {
         let mut c = CollectorConfig::default();
-        c.batch.writers = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("--writers"));
+        c.spool.max_bytes = 10;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--spool-max-bytes"));
     }
 }

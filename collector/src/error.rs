@@ -32,9 +32,9 @@ pub enum Error {
     /// Known route, wrong method.
     #[error("method not allowed; use {0}")]
     MethodNotAllowed(&'static str),
-    /// The queue towards ClickHouse is full: back off and retry.
-    #[error("ingest queue is full; retry later")]
-    QueueFull,
+    /// The spool is full (`--spool-max-bytes`): back off and retry.
+    #[error("the spool is full (ClickHouse is behind or down); retry later")]
+    SpoolFull,
     /// Today's visitor salt could not be loaded yet (ClickHouse unreachable): retry.
     #[error("visitor salt not available yet (is ClickHouse reachable?); retry later")]
     NoSalt,
@@ -63,7 +63,7 @@ impl Error {
             Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::QueueFull | Error::ShuttingDown | Error::NoSalt => {
+            Error::SpoolFull | Error::ShuttingDown | Error::NoSalt => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Error::Sink(_) | Error::Config(_) | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -80,7 +80,7 @@ impl Error {
             Error::BodyTimeout(_) => "body_timeout",
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
-            Error::QueueFull => "queue_full",
+            Error::SpoolFull => "spool_full",
             Error::ShuttingDown => "shutting_down",
             Error::NoSalt => "no_salt",
             Error::Sink(_) | Error::Config(_) | Error::Io(_) => "internal",

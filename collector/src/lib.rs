@@ -38,7 +38,7 @@ use pipeline::batch::BatchQueue;
 use pipeline::privacy::salts::{ClickHouseSaltStore, Salts};
 use pipeline::sink::clickhouse::ClickHouseSink;
 use pipeline::sink::{Sink, SinkFactory};
-use pipeline::{Incoming, Outcome, Pipeline};
+use pipeline::{EventRow, Incoming, Outcome, Pipeline};
 use server::{App, HttpResponse, ResponseFuture, ServerOptions};
 
 /// Where "now" comes from (tests inject a fixed clock).
@@ -57,13 +57,24 @@ impl Clock for SystemClock {
     }
 }
 
-/// What happened to one valid event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What [`Collector::prepare`] made of one valid event.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ingested {
-    /// Queued for ClickHouse.
-    Queued,
+    /// The row to store.
+    Row(Box<EventRow>),
     /// Valid but not stored by policy (counted under the reason).
     Dropped(DropReason),
+}
+
+/// What `/readyz` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Accepting, ClickHouse answering.
+    Ready,
+    /// Accepting into the spool while ClickHouse is unreachable or failing.
+    Degraded(String),
+    /// Not accepting.
+    NotReady(String),
 }
 
 struct Inner {
@@ -97,17 +108,29 @@ impl Collector {
     /// Validates `config`, loads the shared daily salts, and starts writer threads that insert
     /// into `ch` and the task that keeps salts fresh. If ClickHouse is unreachable at start the
     /// collector still starts; events get 503 until today's salt can be loaded.
-    pub async fn start(mut config: CollectorConfig, ch: ClickHouseConfig, registry: Registry) -> Result<Self, Error> {
+    pub async fn start(
+        mut config: CollectorConfig,
+        ch: ClickHouseConfig,
+        registry: Registry,
+    ) -> Result<Self, Error> {
         config.validate()?;
         ch.validate().map_err(|e| Error::Config(e.to_string()))?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let salts = Arc::new(Salts::shared(Arc::new(ClickHouseSaltStore::new(&ch)), clock.clone()));
+        let salts = Arc::new(Salts::shared(
+            Arc::new(ClickHouseSaltStore::new(&ch)),
+            clock.clone(),
+        ));
         if let Err(e) = salts.refresh().await {
             tracing::warn!(error = %e, "could not load today's salt; events get 503 until ClickHouse answers");
         }
         let sink_cfg = ch.clone();
-        let factory: SinkFactory = Box::new(move || Ok(Box::new(ClickHouseSink::new(&sink_cfg)?) as Box<dyn Sink>));
-        let pipeline = Pipeline::new(Arc::new(config.registry()), config.limits.clone(), salts.clone());
+        let factory: SinkFactory =
+            Box::new(move || Ok(Box::new(ClickHouseSink::new(&sink_cfg)?) as Box<dyn Sink>));
+        let pipeline = Pipeline::new(
+            Arc::new(config.registry()),
+            config.limits.clone(),
+            salts.clone(),
+        );
         let c = Self::assemble(config, pipeline, factory, Some(ch), registry, clock)?;
         let mut stopped = c.inner.stop.subscribe();
         tokio::spawn(salts.keep_fresh(Duration::from_secs(60), async move {
@@ -127,8 +150,15 @@ impl Collector {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, Error> {
         config.validate()?;
-        let metrics = Metrics::new(&registry).map_err(|e| Error::Config(format!("registering metrics: {e}")))?;
-        let queue = BatchQueue::start(&config.batch, factory, metrics.clone())?;
+        let metrics = Metrics::new(&registry)
+            .map_err(|e| Error::Config(format!("registering metrics: {e}")))?;
+        let queue = BatchQueue::start(
+            &config.batch,
+            &config.spool.dir,
+            config.spool.engine_config(),
+            factory,
+            metrics.clone(),
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -149,8 +179,9 @@ impl Collector {
         routes::route(self, req).await
     }
 
-    /// Validates, enriches, anonymises and queues one event.
-    pub fn ingest(
+    /// Validates, enriches and anonymises one event (no I/O): the row to store, or the reason
+    /// it is not stored (counted). Store the rows of a request with [`Self::store`].
+    pub fn prepare(
         &self,
         ev: Incoming,
         endpoint: &str,
@@ -164,30 +195,43 @@ impl Collector {
         }
         match self.inner.pipeline.process(ev, now) {
             Err(e) => {
-                m.dropped(if matches!(e, Error::NoSalt) { DropReason::NoSalt } else { DropReason::Invalid }, 1);
+                m.dropped(
+                    if matches!(e, Error::NoSalt) {
+                        DropReason::NoSalt
+                    } else {
+                        DropReason::Invalid
+                    },
+                    1,
+                );
                 Err(e)
             }
             Ok(Outcome::Drop(reason)) => {
                 m.dropped(reason, 1);
                 Ok(Ingested::Dropped(reason))
             }
-            Ok(Outcome::Store(row)) => match self.inner.queue.try_send(*row) {
-                Ok(()) => {
-                    m.events_accepted.with_label_values(&[endpoint]).inc();
-                    Ok(Ingested::Queued)
+            Ok(Outcome::Store(row)) => Ok(Ingested::Row(row)),
+        }
+    }
+
+    /// Appends the rows of one request to the spool, all or none; returns once they are on disk.
+    pub async fn store(&self, rows: &[EventRow], endpoint: &str) -> Result<(), Error> {
+        match self.inner.queue.append(rows).await {
+            Ok(()) => {
+                self.inner
+                    .metrics
+                    .events_accepted
+                    .with_label_values(&[endpoint])
+                    .inc_by(rows.len() as u64);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, Error::ShuttingDown) {
+                    self.inner
+                        .metrics
+                        .dropped(DropReason::ShuttingDown, rows.len() as u64);
                 }
-                Err(e) => {
-                    m.dropped(
-                        if matches!(e, Error::QueueFull) {
-                            DropReason::QueueFull
-                        } else {
-                            DropReason::ShuttingDown
-                        },
-                        1,
-                    );
-                    Err(e)
-                }
-            },
+                Err(e)
+            }
         }
     }
 
@@ -216,7 +260,7 @@ impl Collector {
         let m = &self.inner.metrics;
         m.events_received.with_label_values(&[endpoint]).inc_by(n);
         let reason = match e {
-            Error::QueueFull => DropReason::QueueFull,
+            Error::SpoolFull => DropReason::SpoolFull,
             Error::ShuttingDown => DropReason::ShuttingDown,
             _ => DropReason::Invalid,
         };
@@ -224,17 +268,24 @@ impl Collector {
         self.reject(e)
     }
 
-    /// Whether ClickHouse answers and the collector accepts events; the error says why not.
-    pub async fn readiness(&self) -> Result<(), String> {
+    /// Whether the collector accepts events, and whether ClickHouse keeps up.
+    pub async fn readiness(&self) -> Readiness {
         if !self.inner.accepting.load(Ordering::Relaxed) {
-            return Err("shutting down".into());
+            return Readiness::NotReady("shutting down".into());
         }
         if let Some(ch) = &self.inner.clickhouse {
-            ch.ping(Duration::from_secs(2))
-                .await
-                .map_err(|e| format!("ClickHouse unreachable: {e}"))?;
+            if let Err(e) = ch.ping(Duration::from_secs(2)).await {
+                return Readiness::Degraded(format!(
+                    "ClickHouse unreachable ({e}); events are spooled on disk"
+                ));
+            }
         }
-        Ok(())
+        if !self.inner.queue.sink_healthy() {
+            return Readiness::Degraded(
+                "ClickHouse inserts are failing; events are spooled on disk".into(),
+            );
+        }
+        Readiness::Ready
     }
 
     /// Stops accepting events: new ones get 503, `/readyz` turns 503.
@@ -289,13 +340,13 @@ impl Collector {
     pub fn sites(&self) -> &Arc<sites::SiteRegistry> {
         self.inner.pipeline.sites()
     }
-    /// Free slots in the queue.
-    pub fn queue_free(&self) -> usize {
-        self.inner.queue.free()
-    }
-    /// Rows waiting for a writer.
-    pub fn queue_depth(&self) -> usize {
+    /// Events accepted (spooled) and not yet in ClickHouse.
+    pub fn queue_depth(&self) -> u64 {
         self.inner.queue.depth()
+    }
+    /// Refreshes the spool gauges (before `/metrics` renders).
+    pub fn observe(&self) {
+        self.inner.queue.observe();
     }
     /// The collector's metrics.
     pub fn metrics(&self) -> &Metrics {

@@ -18,11 +18,15 @@ pub enum DropReason {
     NoSalt,
     /// The event itself was invalid (in a batch; the sender is told which and why).
     Invalid,
-    /// The queue towards ClickHouse was full (sender got 503).
-    QueueFull,
+    /// The spool was full (`--spool-max-bytes`; sender got 503).
+    SpoolFull,
+    /// A spool record could not be decoded (disk damage).
+    SpoolCorrupt,
+    /// An Umami `identify` call: it carries user ids, so it is never stored.
+    Identify,
     /// The collector was shutting down (sender got 503).
     ShuttingDown,
-    /// ClickHouse refused the batch after every retry.
+    /// ClickHouse refused the batch after every retry (kept for sinks without a spool).
     ClickHouseError,
 }
 
@@ -35,7 +39,9 @@ impl DropReason {
             DropReason::Consent => "consent",
             DropReason::NoSalt => "no_salt",
             DropReason::Invalid => "invalid",
-            DropReason::QueueFull => "queue_full",
+            DropReason::SpoolFull => "spool_full",
+            DropReason::SpoolCorrupt => "spool_corrupt",
+            DropReason::Identify => "identify",
             DropReason::ShuttingDown => "shutting_down",
             DropReason::ClickHouseError => "clickhouse_error",
         }
@@ -60,8 +66,16 @@ pub mod names {
     pub const BATCH_SIZE: &str = "veil_batch_size_events";
     /// Time to insert one batch.
     pub const BATCH_FLUSH: &str = "veil_batch_flush_seconds";
-    /// Events waiting for the writer.
+    /// Events accepted (on disk in the spool) and not yet in ClickHouse.
     pub const QUEUE_DEPTH: &str = "veil_queue_depth_events";
+    /// Bytes of spool segment files on disk.
+    pub const SPOOL_BYTES: &str = "veil_spool_bytes";
+    /// Spool segment files.
+    pub const SPOOL_SEGMENTS: &str = "veil_spool_segments";
+    /// Age of the oldest event not yet in ClickHouse.
+    pub const SPOOL_OLDEST_AGE: &str = "veil_spool_oldest_event_age_seconds";
+    /// Damaged spool regions found and skipped (at start or while reading).
+    pub const SPOOL_CORRUPT: &str = "veil_spool_corrupt_regions_total";
     /// Failed ClickHouse inserts (each attempt).
     pub const CLICKHOUSE_ERRORS: &str = "veil_clickhouse_errors_total";
     /// Accept errors (EMFILE and friends) survived by the accept loop.
@@ -91,6 +105,14 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// See [`names::CLICKHOUSE_ERRORS`].
     pub clickhouse_errors: IntCounter,
+    /// See [`names::SPOOL_BYTES`].
+    pub spool_bytes: IntGauge,
+    /// See [`names::SPOOL_SEGMENTS`].
+    pub spool_segments: IntGauge,
+    /// See [`names::SPOOL_OLDEST_AGE`].
+    pub spool_oldest_age: prometheus::Gauge,
+    /// See [`names::SPOOL_CORRUPT`].
+    pub spool_corrupt: IntCounter,
     /// See [`names::ACCEPT_ERRORS`].
     pub accept_errors: IntCounter,
 }
@@ -146,6 +168,16 @@ impl Metrics {
                 names::CLICKHOUSE_ERRORS,
                 "Failed ClickHouse insert attempts",
             )?,
+            spool_bytes: IntGauge::new(names::SPOOL_BYTES, "Bytes of spool segment files on disk")?,
+            spool_segments: IntGauge::new(names::SPOOL_SEGMENTS, "Spool segment files")?,
+            spool_oldest_age: prometheus::Gauge::new(
+                names::SPOOL_OLDEST_AGE,
+                "Seconds since the oldest event not yet in ClickHouse was accepted",
+            )?,
+            spool_corrupt: IntCounter::new(
+                names::SPOOL_CORRUPT,
+                "Damaged spool regions found and skipped",
+            )?,
             accept_errors: IntCounter::new(
                 names::ACCEPT_ERRORS,
                 "Errors from accept() survived by the accept loop",
@@ -161,6 +193,10 @@ impl Metrics {
         registry.register(Box::new(m.batch_flush.clone()))?;
         registry.register(Box::new(m.queue_depth.clone()))?;
         registry.register(Box::new(m.clickhouse_errors.clone()))?;
+        registry.register(Box::new(m.spool_bytes.clone()))?;
+        registry.register(Box::new(m.spool_segments.clone()))?;
+        registry.register(Box::new(m.spool_oldest_age.clone()))?;
+        registry.register(Box::new(m.spool_corrupt.clone()))?;
         registry.register(Box::new(m.accept_errors.clone()))?;
         // Pre-create every drop reason so dashboards see zeros, not gaps.
         for r in [
@@ -169,7 +205,9 @@ impl Metrics {
             DropReason::Consent,
             DropReason::NoSalt,
             DropReason::Invalid,
-            DropReason::QueueFull,
+            DropReason::SpoolFull,
+            DropReason::SpoolCorrupt,
+            DropReason::Identify,
             DropReason::ShuttingDown,
             DropReason::ClickHouseError,
         ] {

@@ -139,6 +139,45 @@ const USERS_XML: &str = r#"<?xml version="1.0"?>
 </yandex>
 "#;
 
+/// Where the running server's pid is kept, inside its directory.
+const PID_FILE: &str = "server.pid";
+
+/// A server from an earlier run on this directory may still be shutting down (Veil was killed
+/// and its child got SIGTERM): wait for it, up to 30 s, then stop it, so the new one can take
+/// the directory's lock.
+fn wait_for_previous(dir: &Path) {
+    let Ok(pid) = std::fs::read_to_string(dir.join(PID_FILE)) else {
+        return;
+    };
+    let Ok(pid) = pid.trim().parse::<u32>() else {
+        return;
+    };
+    let alive = || {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&dir.display().to_string()))
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if alive() {
+        tracing::warn!(
+            pid,
+            "a previous ClickHouse on this directory is still running; stopping it"
+        );
+        signal(pid, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if alive() {
+            signal(pid, libc::SIGKILL);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
 /// Blocking `GET /ping`; true when the server answers `Ok.`.
 pub fn ping_blocking(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -169,6 +208,7 @@ impl ManagedClickHouse {
         let dir = dir
             .canonicalize()
             .map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?;
+        wait_for_previous(&dir);
         // Ports are picked free just before start; if another process takes one in between the
         // server exits at once and we try again with new ports.
         let mut last_err = String::new();
@@ -199,6 +239,7 @@ impl ManagedClickHouse {
             let child = cmd
                 .spawn()
                 .map_err(|e| Error::io(format!("starting {}", bin.display()), e))?;
+            let _ = std::fs::write(dir.join(PID_FILE), child.id().to_string());
             let mut me = ManagedClickHouse {
                 child: Some(child),
                 http_port: http,
@@ -271,6 +312,7 @@ impl ManagedClickHouse {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        let _ = std::fs::remove_file(self.dir.join(PID_FILE));
         if let Ok(Some(_)) = child.try_wait() {
             return;
         }

@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "apps",
         sql: include_str!("../migrations/004_apps.sql"),
     },
+    Migration {
+        version: 5,
+        name: "spool",
+        sql: include_str!("../migrations/005_spool.sql"),
+    },
 ];
 
 impl Migration {

@@ -64,16 +64,11 @@ pub struct Veil {
 pub fn start(dir: &Path, port: u16, extra: &[&str]) -> Veil {
     let stdout = std::fs::File::create(dir.join(format!("stdout-{port}.log"))).unwrap();
     let stderr = std::fs::File::create(dir.join(format!("stderr-{port}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args([
-            "up",
-            "--site",
-            "example.com",
-            "--min-visitors",
-            "1",
-            "--batch-max-age",
-            "200ms",
-        ])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["up", "--site", "example.com"])
+        // Through the environment so that `extra` flags can override them.
+        .env("VEIL_MIN_VISITORS", "1")
+        .env("VEIL_BATCH_MAX_AGE", "200ms")
         .args(extra)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
@@ -94,7 +89,8 @@ pub fn start(dir: &Path, port: u16, extra: &[&str]) -> Veil {
         if out.contains("Veil is running") && TcpStream::connect(addr).is_ok() {
             break;
         }
-        if Instant::now() > deadline {
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        if exited || Instant::now() > deadline {
             let err =
                 std::fs::read_to_string(dir.join(format!("stderr-{port}.log"))).unwrap_or_default();
             panic!("veil up did not start: {out}\n{err}");

@@ -1,221 +1,282 @@
-//! Step 4: the bounded queue between request handlers and ClickHouse.
+//! Step 4: from handlers to the ClickHouse writer, through the durable spool.
 //!
-//! Handlers call [`BatchQueue::try_send`], which never blocks: a full queue is an explicit
-//! outcome (the sender gets 503 and the event is counted as `dropped{reason="queue_full"}`).
-//! Writer threads (`--writers`) share the crossbeam receiver, each building its own batch and
-//! flushing it when it reaches `max_rows` rows, about `max_bytes` bytes, or when its oldest row
-//! is `max_age` old. A failed insert is retried with exponential backoff and jitter up to
-//! `max_attempts` times, then counted as `dropped{reason="clickhouse_error"}`.
+//! Handlers call [`BatchQueue::append`] with the rows of one request. The rows are serialized
+//! (JSON, one spool record per row) and appended to the spool as one all-or-nothing append; the
+//! call returns once they are on disk (with `--durability fsync`, after the group commit's
+//! fsync), so the 2xx sent after it means "on disk". A full spool is an explicit outcome: 503
+//! with `Retry-After`, counted as `dropped{reason="spool_full"}`.
 //!
-//! Shutdown: [`BatchQueue::close`] is called once the HTTP server has drained its requests (so
-//! nothing sends any more); writers then take what is left in the queue, flush it, and exit.
+//! One writer thread reads batches from the spool (flushing at `max_rows` rows, about
+//! `max_bytes` bytes, or when the oldest row is `max_age` old), inserts each into ClickHouse,
+//! and only then commits the batch's end in the spool. A failed insert is retried with
+//! exponential backoff and jitter (100 ms doubling to 30 s) for as long as it takes: events are
+//! never dropped for a ClickHouse outage, they wait on disk, and memory stays flat.
+//!
+//! Exactly-once on a single node: every row carries its batch's `spool_token`. A batch handed
+//! out again after a crash (`Batch::is_replay`) is first looked up in ClickHouse, per day
+//! partition, and only the days not already written are inserted.
+//!
+//! Shutdown: [`BatchQueue::close`] runs after the HTTP server drained; it closes the spool
+//! (flushing accepted appends), lets the writer insert what is left, and waits up to the
+//! deadline. Whatever is still unwritten then stays in the spool and is replayed at the next start.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
-
 use super::sink::{Sink, SinkFactory};
+use super::spool::{Batch, BatchLimits, Records, Spool, SpoolConfig, SpoolError, SpoolReader};
 use super::EventRow;
 use crate::config::BatchConfig;
 use crate::metrics::{DropReason, Metrics};
 use crate::Error;
 
-/// The sending side, shared by handlers, plus the writer threads.
+/// The spool plus its writer thread.
 pub struct BatchQueue {
-    tx: Sender<EventRow>,
+    spool: Spool,
     closing: Arc<AtomicBool>,
-    writers: Mutex<Vec<JoinHandle<()>>>,
+    sink_healthy: Arc<AtomicBool>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for BatchQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BatchQueue {{ depth: {} }}", self.tx.len())
+        write!(f, "BatchQueue {{ spool: {} }}", self.spool.dir().display())
+    }
+}
+
+fn spool_error(e: SpoolError) -> Error {
+    match e {
+        SpoolError::Full => Error::SpoolFull,
+        SpoolError::Closed => Error::ShuttingDown,
+        SpoolError::TooLarge { limit, .. } => Error::PayloadTooLarge {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        },
+        other => Error::Sink(format!("spool: {other}")),
     }
 }
 
 impl BatchQueue {
-    /// Starts `cfg.writers` writer threads, each with a sink from `factory`.
-    pub fn start(cfg: &BatchConfig, factory: SinkFactory, metrics: Metrics) -> Result<Self, Error> {
-        let (tx, rx) = bounded(cfg.queue_capacity);
-        let closing = Arc::new(AtomicBool::new(false));
-        let mut writers = Vec::with_capacity(cfg.writers);
-        for i in 0..cfg.writers {
-            let sink = factory()?;
-            let w = Writer {
-                rx: rx.clone(),
-                cfg: cfg.clone(),
-                sink,
-                metrics: metrics.clone(),
-                closing: closing.clone(),
-            };
-            let h = std::thread::Builder::new()
-                .name(format!("veil-writer-{i}"))
-                .spawn(move || w.run())?;
-            writers.push(h);
+    /// Opens (and recovers) the spool in `dir` and starts the writer thread with a sink from `factory`.
+    pub fn start(
+        cfg: &BatchConfig,
+        dir: &std::path::Path,
+        spool_cfg: SpoolConfig,
+        factory: SinkFactory,
+        metrics: Metrics,
+    ) -> Result<Self, Error> {
+        std::fs::create_dir_all(dir)?;
+        let spool = Spool::open(dir, spool_cfg)
+            .map_err(|e| Error::Config(format!("opening the spool in {}: {e}", dir.display())))?;
+        let rec = spool.recovery();
+        if rec.replayable_records > 0 || rec.corrupt_regions > 0 {
+            tracing::info!(
+                records = rec.replayable_records,
+                corrupt_regions = rec.corrupt_regions,
+                torn_tail_bytes = rec.torn_tail_bytes,
+                "spool recovered; replaying what ClickHouse has not acknowledged"
+            );
         }
+        metrics.spool_corrupt.inc_by(rec.corrupt_regions);
+        let reader = spool.reader().map_err(spool_error)?;
+        let closing = Arc::new(AtomicBool::new(false));
+        let sink_healthy = Arc::new(AtomicBool::new(true));
+        let w = Writer {
+            reader,
+            spool: spool.clone(),
+            limits: BatchLimits {
+                max_records: cfg.max_rows,
+                max_bytes: cfg.max_bytes,
+                max_age: cfg.max_age,
+            },
+            sink: factory()?,
+            metrics: metrics.clone(),
+            closing: closing.clone(),
+            healthy: sink_healthy.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("veil-writer".into())
+            .spawn(move || w.run())?;
         Ok(Self {
-            tx,
+            spool,
             closing,
-            writers: Mutex::new(writers),
+            sink_healthy,
+            writer: Mutex::new(Some(handle)),
+            metrics,
         })
     }
 
-    /// Queues a row without blocking. Fails with `QueueFull` or `ShuttingDown`.
-    pub fn try_send(&self, row: EventRow) -> Result<(), Error> {
-        match self.tx.try_send(row) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(Error::QueueFull),
-            Err(TrySendError::Disconnected(_)) => Err(Error::ShuttingDown),
+    /// Appends the rows of one request durably (all or none). Returns once they are on disk.
+    pub async fn append(&self, rows: &[EventRow]) -> Result<(), Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut records = Records::with_capacity(rows.len());
+        for r in rows {
+            records
+                .push_with(|buf| serde_json::to_writer(buf, r))
+                .map_err(|e| Error::Sink(format!("encoding a row: {e}")))?;
+        }
+        match self.spool.append(records).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = spool_error(e);
+                if matches!(e, Error::SpoolFull) {
+                    self.metrics
+                        .dropped(DropReason::SpoolFull, rows.len() as u64);
+                }
+                Err(e)
+            }
         }
     }
 
-    /// Rows waiting for a writer.
-    pub fn depth(&self) -> usize {
-        self.tx.len()
+    /// Whether the last insert attempt succeeded (false while ClickHouse is failing).
+    pub fn sink_healthy(&self) -> bool {
+        self.sink_healthy.load(Ordering::Relaxed)
     }
 
-    /// Free slots in the queue.
-    pub fn free(&self) -> usize {
-        self.tx
-            .capacity()
-            .unwrap_or(usize::MAX)
-            .saturating_sub(self.tx.len())
+    /// Updates the spool gauges.
+    pub fn observe(&self) {
+        let s = self.spool.stats();
+        self.metrics
+            .spool_bytes
+            .set(i64::try_from(s.disk_bytes).unwrap_or(i64::MAX));
+        self.metrics
+            .spool_segments
+            .set(i64::try_from(s.segments).unwrap_or(i64::MAX));
+        self.metrics
+            .queue_depth
+            .set(i64::try_from(s.unconsumed_records).unwrap_or(i64::MAX));
+        self.metrics.spool_oldest_age.set(
+            s.oldest_unconsumed_age()
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        );
     }
 
-    /// Tells writers to flush what is queued and exit, then waits for them up to `deadline`.
-    /// Returns false when a writer was still busy at the deadline.
+    /// Events accepted but not yet in ClickHouse.
+    pub fn depth(&self) -> u64 {
+        self.spool.stats().unconsumed_records
+    }
+
+    /// Closes the spool, lets the writer insert what is left, and waits for it up to
+    /// `deadline`. Returns false if unwritten events remain (they are replayed at the next start).
     pub fn close(&self, deadline: Instant) -> bool {
-        self.closing.store(true, Ordering::SeqCst);
-        let mut all = true;
-        let writers: Vec<JoinHandle<()>> = self
-            .writers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
-        for h in writers {
+        if let Err(e) = self.spool.close() {
+            tracing::warn!(error = %e, "closing the spool");
+        }
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
             while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.closing.store(true, Ordering::SeqCst);
+            while !h.is_finished() && Instant::now() < deadline + Duration::from_secs(1) {
                 std::thread::sleep(Duration::from_millis(10));
             }
             if h.is_finished() {
                 let _ = h.join();
-            } else {
-                all = false;
             }
         }
-        all
+        self.closing.store(true, Ordering::SeqCst);
+        self.depth() == 0
     }
 }
 
 struct Writer {
-    rx: Receiver<EventRow>,
-    cfg: BatchConfig,
+    reader: SpoolReader,
+    spool: Spool,
+    limits: BatchLimits,
     sink: Box<dyn Sink>,
     metrics: Metrics,
     closing: Arc<AtomicBool>,
+    healthy: Arc<AtomicBool>,
 }
 
 impl Writer {
     fn run(mut self) {
-        let mut batch: Vec<EventRow> = Vec::new();
-        let mut bytes = 0usize;
-        let mut oldest: Option<Instant> = None;
         loop {
-            // Wake at least every 100 ms to notice shutdown.
-            let tick = Duration::from_millis(100);
-            let wait = match oldest {
-                Some(t) => self.cfg.max_age.saturating_sub(t.elapsed()).min(tick),
-                None => tick,
-            };
-            match self.rx.recv_timeout(wait) {
-                Ok(row) => {
-                    oldest.get_or_insert_with(Instant::now);
-                    bytes += row.approx_bytes();
-                    batch.push(row);
-                    // Take whatever else is already queued without waiting.
-                    while batch.len() < self.cfg.max_rows && bytes < self.cfg.max_bytes {
-                        match self.rx.try_recv() {
-                            Ok(row) => {
-                                bytes += row.approx_bytes();
-                                batch.push(row);
-                            }
-                            Err(_) => break,
-                        }
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            match self
+                .reader
+                .next_batch(&self.limits, Duration::from_millis(100))
+            {
+                Ok(Some(batch)) => {
+                    if !self.write(&batch) {
+                        return; // shutting down with ClickHouse failing: the batch stays spooled
                     }
-                    if batch.len() >= self.cfg.max_rows || bytes >= self.cfg.max_bytes {
-                        self.flush(&mut batch);
-                        bytes = 0;
-                        oldest = None;
+                    if let Err(e) = self.reader.commit(batch.end()) {
+                        tracing::error!(error = %e, "committing the spool cursor");
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    if oldest.is_some_and(|t| t.elapsed() >= self.cfg.max_age) {
-                        self.flush(&mut batch);
-                        bytes = 0;
-                        oldest = None;
-                    }
-                    if self.closing.load(Ordering::SeqCst) && self.rx.is_empty() {
-                        self.flush(&mut batch);
+                Ok(None) => {
+                    if self.spool.is_closed() && self.spool.stats().unconsumed_records == 0 {
                         return;
                     }
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.flush(&mut batch);
-                    return;
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the spool");
+                    std::thread::sleep(Duration::from_millis(500));
                 }
-            }
-            if self.closing.load(Ordering::SeqCst) {
-                // Drain everything left, in full batches, then stop.
-                while let Ok(row) = self.rx.try_recv() {
-                    batch.push(row);
-                    if batch.len() >= self.cfg.max_rows {
-                        self.flush(&mut batch);
-                    }
-                }
-                self.flush(&mut batch);
-                return;
             }
         }
     }
 
-    fn flush(&mut self, batch: &mut Vec<EventRow>) {
-        if batch.is_empty() {
-            return;
+    /// Inserts a batch, retrying until it succeeds; false if shutdown interrupted the retries.
+    fn write(&mut self, batch: &Batch) -> bool {
+        let token = batch.dedup_token();
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut corrupt = 0u64;
+        for rec in batch.iter() {
+            match serde_json::from_slice::<EventRow>(rec.payload) {
+                Ok(mut r) => {
+                    r.spool_token.clone_from(&token);
+                    rows.push(r);
+                }
+                Err(_) => corrupt += 1,
+            }
         }
-        let n = batch.len() as u64;
+        if corrupt > 0 {
+            tracing::error!(records = corrupt, "undecodable spool records skipped");
+            self.metrics.dropped(DropReason::SpoolCorrupt, corrupt);
+        }
         let mut backoff = Duration::from_millis(100);
-        for attempt in 1..=self.cfg.max_attempts {
+        loop {
             let started = Instant::now();
-            match self.sink.write(batch) {
-                Ok(()) => {
+            let attempt = if batch.is_replay() {
+                self.sink.write_missing(&token, &rows)
+            } else {
+                self.sink.write(&rows).map(|()| rows.len())
+            };
+            match attempt {
+                Ok(written) => {
+                    self.healthy.store(true, Ordering::Relaxed);
                     self.metrics
                         .batch_flush
                         .observe(started.elapsed().as_secs_f64());
-                    self.metrics.batch_size.observe(n as f64);
-                    self.metrics.events_written.inc_by(n);
-                    batch.clear();
-                    return;
+                    self.metrics.batch_size.observe(written as f64);
+                    self.metrics.events_written.inc_by(written as u64);
+                    return true;
                 }
                 Err(e) => {
+                    self.healthy.store(false, Ordering::Relaxed);
                     self.metrics.clickhouse_errors.inc();
-                    tracing::warn!(error = %e, rows = n, attempt, "insert failed");
-                    if attempt < self.cfg.max_attempts {
-                        std::thread::sleep(backoff + jitter(backoff));
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tracing::warn!(error = %e, rows = rows.len(), "insert failed; retrying (the batch stays in the spool)");
+                    let wake = Instant::now() + backoff + jitter(backoff);
+                    while Instant::now() < wake {
+                        if self.closing.load(Ordering::SeqCst) {
+                            return false;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
                     }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
         }
-        tracing::error!(
-            rows = n,
-            "giving up on batch after {} attempts",
-            self.cfg.max_attempts
-        );
-        self.metrics.dropped(DropReason::ClickHouseError, n);
-        batch.clear();
     }
 }
 
@@ -228,7 +289,6 @@ fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
     #[derive(Clone, Default)]
     struct Recorder {
@@ -258,10 +318,12 @@ mod tests {
         }
     }
 
-    fn start(cfg: BatchConfig, rec: Recorder) -> (BatchQueue, Metrics) {
+    fn start(dir: &std::path::Path, cfg: BatchConfig, rec: Recorder) -> (BatchQueue, Metrics) {
         let m = Metrics::new(&prometheus::Registry::new()).unwrap();
         let q = BatchQueue::start(
             &cfg,
+            dir,
+            SpoolConfig::default(),
             Box::new(move || Ok(Box::new(rec.clone()) as Box<dyn Sink>)),
             m.clone(),
         )
@@ -269,80 +331,78 @@ mod tests {
         (q, m)
     }
 
-    #[test]
-    fn full_queue_is_an_explicit_outcome() {
-        let rec = Recorder::default();
-        *rec.fail_first.lock().unwrap() = 1000;
-        let cfg = BatchConfig {
-            queue_capacity: 2,
-            max_rows: 1000,
-            max_age: Duration::from_secs(60),
-            max_attempts: 1,
-            ..BatchConfig::default()
-        };
-        let (q, _) = start(cfg, rec);
-        let mut full = 0;
-        for _ in 0..50 {
-            if matches!(q.try_send(row()), Err(Error::QueueFull)) {
-                full += 1;
-            }
-        }
-        assert!(full > 0);
-        q.close(Instant::now() + Duration::from_secs(5));
-    }
-
-    #[test]
-    fn flushes_by_rows_and_on_close() {
+    #[tokio::test]
+    async fn flushes_by_rows_and_on_close() {
+        let dir = tempfile::tempdir().unwrap();
         let rec = Recorder::default();
         let cfg = BatchConfig {
             max_rows: 10,
             max_age: Duration::from_secs(60),
             ..BatchConfig::default()
         };
-        let (q, m) = start(cfg, rec.clone());
-        for _ in 0..25 {
-            q.try_send(row()).unwrap();
-        }
-        assert!(q.close(Instant::now() + Duration::from_secs(5)));
+        let (q, m) = start(dir.path(), cfg, rec.clone());
+        q.append(&vec![row(); 25]).await.unwrap();
+        assert!(tokio::task::spawn_blocking(
+            move || q.close(Instant::now() + Duration::from_secs(5))
+        )
+        .await
+        .unwrap());
         let b = rec.batches.lock().unwrap().clone();
         assert_eq!(b.iter().sum::<usize>(), 25);
         assert!(b.iter().all(|&n| n <= 10), "{b:?}");
         assert_eq!(m.events_written.get(), 25);
     }
 
-    #[test]
-    fn retries_then_succeeds() {
+    #[tokio::test]
+    async fn retries_until_clickhouse_is_back_and_counts_errors() {
+        let dir = tempfile::tempdir().unwrap();
         let rec = Recorder::default();
-        *rec.fail_first.lock().unwrap() = 2;
+        *rec.fail_first.lock().unwrap() = 3;
         let cfg = BatchConfig {
             max_age: Duration::from_millis(10),
             ..BatchConfig::default()
         };
-        let (q, m) = start(cfg, rec.clone());
-        q.try_send(row()).unwrap();
-        assert!(q.close(Instant::now() + Duration::from_secs(10)));
+        let (q, m) = start(dir.path(), cfg, rec.clone());
+        q.append(&[row()]).await.unwrap();
+        assert!(tokio::task::spawn_blocking(
+            move || q.close(Instant::now() + Duration::from_secs(10))
+        )
+        .await
+        .unwrap());
         assert_eq!(rec.batches.lock().unwrap().iter().sum::<usize>(), 1);
-        assert_eq!(m.clickhouse_errors.get(), 2);
+        assert_eq!(m.clickhouse_errors.get(), 3);
     }
 
-    #[test]
-    fn gives_up_and_counts() {
-        let rec = Recorder::default();
-        *rec.fail_first.lock().unwrap() = 100;
+    #[tokio::test]
+    async fn unwritten_rows_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let down = Recorder::default();
+        *down.fail_first.lock().unwrap() = u32::MAX;
         let cfg = BatchConfig {
             max_age: Duration::from_millis(10),
-            max_attempts: 2,
             ..BatchConfig::default()
         };
-        let (q, m) = start(cfg, rec);
-        q.try_send(row()).unwrap();
-        q.try_send(row()).unwrap();
-        assert!(q.close(Instant::now() + Duration::from_secs(10)));
+        let (q, _) = start(dir.path(), cfg.clone(), down);
+        q.append(&vec![row(); 3]).await.unwrap();
+        let (q, drained) = tokio::task::spawn_blocking(move || {
+            let ok = q.close(Instant::now() + Duration::from_millis(300));
+            (q, ok)
+        })
+        .await
+        .unwrap();
+        assert!(!drained, "ClickHouse is down: rows stay spooled");
+        drop(q);
+        let up = Recorder::default();
+        let (q, _) = start(dir.path(), cfg, up.clone());
+        assert!(tokio::task::spawn_blocking(
+            move || q.close(Instant::now() + Duration::from_secs(5))
+        )
+        .await
+        .unwrap());
         assert_eq!(
-            m.events_dropped
-                .with_label_values(&["clickhouse_error"])
-                .get(),
-            2
+            up.batches.lock().unwrap().iter().sum::<usize>(),
+            3,
+            "replayed after restart"
         );
     }
 }

@@ -113,7 +113,11 @@ pub struct AppFacts {
 
 /// Keeps `ll` or `ll-RR` of a locale (`en_US.UTF-8` → `en-US`), else empty.
 pub fn clean_locale(raw: &str) -> String {
-    let base = raw.split(['.', '@']).next().unwrap_or_default().replace('_', "-");
+    let base = raw
+        .split(['.', '@'])
+        .next()
+        .unwrap_or_default()
+        .replace('_', "-");
     let mut parts = base.split('-');
     let lang = parts.next().unwrap_or_default();
     if !(2..=3).contains(&lang.len()) || !lang.bytes().all(|b| b.is_ascii_alphabetic()) {
@@ -150,15 +154,25 @@ impl TrackerFacts {
             match v.as_deref() {
                 None | Some("") => Ok(String::new()),
                 Some(x) if allowed.contains(&x) => Ok(x.to_string()),
-                Some(_) => Err(Error::BadRequest(format!("`{field}` must be one of {}", allowed.join(", ")))),
+                Some(_) => Err(Error::BadRequest(format!(
+                    "`{field}` must be one of {}",
+                    allowed.join(", ")
+                ))),
             }
         };
         let ms = self.engagement_ms.unwrap_or(0).min(86_400_000) as u32;
         let sd = self.scroll_depth.unwrap_or(0);
         if sd > 100 {
-            return Err(Error::BadRequest("`sd` (scroll depth) must be 0..=100".into()));
+            return Err(Error::BadRequest(
+                "`sd` (scroll depth) must be 0..=100".into(),
+            ));
         }
-        Ok((ms, sd as u8, class(&self.screen_class, &SCREEN_CLASSES, "sc")?, class(&self.processor_class, &PROCESSOR_CLASSES, "pc")?))
+        Ok((
+            ms,
+            sd as u8,
+            class(&self.screen_class, &SCREEN_CLASSES, "sc")?,
+            class(&self.processor_class, &PROCESSOR_CLASSES, "pc")?,
+        ))
     }
 }
 
@@ -230,6 +244,8 @@ pub struct EventRow {
     pub engine: String,
     /// 1 for events from debug builds.
     pub is_debug: u8,
+    /// The spool batch that wrote the row (set by the writer; replay deduplication).
+    pub spool_token: String,
 }
 
 impl EventRow {
@@ -295,8 +311,18 @@ pub const MAX_NAME_BYTES: usize = 120;
 
 impl Pipeline {
     /// A pipeline over the given registry and salts.
-    pub fn new(sites: Arc<SiteRegistry>, limits: Limits, salts: Arc<privacy::salts::Salts>) -> Self {
-        Self { sites, limits, ua: enrich::UaParser::new(), salts, sessions: privacy::SessionTracker::new() }
+    pub fn new(
+        sites: Arc<SiteRegistry>,
+        limits: Limits,
+        salts: Arc<privacy::salts::Salts>,
+    ) -> Self {
+        Self {
+            sites,
+            limits,
+            ua: enrich::UaParser::new(),
+            salts,
+            sessions: privacy::SessionTracker::new(),
+        }
     }
 
     /// A pipeline with one fixed salt for every day (tests, benches).
@@ -325,13 +351,20 @@ impl Pipeline {
     pub fn process(&self, ev: Incoming, now: DateTime<Utc>) -> Result<Outcome, Error> {
         let name = ev.name.trim();
         if name.is_empty() {
-            return Err(Error::BadRequest("`name` is required (e.g. \"pageview\")".into()));
+            return Err(Error::BadRequest(
+                "`name` is required (e.g. \"pageview\")".into(),
+            ));
         }
         if name.len() > MAX_NAME_BYTES {
-            return Err(Error::BadRequest(format!("`name` is longer than {MAX_NAME_BYTES} bytes")));
+            return Err(Error::BadRequest(format!(
+                "`name` is longer than {MAX_NAME_BYTES} bytes"
+            )));
         }
         if ev.url.len() > self.limits.max_url_bytes {
-            return Err(Error::BadRequest(format!("`url` is longer than {} bytes", self.limits.max_url_bytes)));
+            return Err(Error::BadRequest(format!(
+                "`url` is longer than {} bytes",
+                self.limits.max_url_bytes
+            )));
         }
         let page = parse::page(&ev.url, ev.hash_mode)?;
         let props = parse::check_props(ev.props, &self.limits)?;
@@ -365,7 +398,11 @@ impl Pipeline {
             name: name.to_string(),
             hostname: page.hostname,
             pathname: page.pathname,
-            referrer_source: if referrer.source.is_empty() { page.utm.source.clone() } else { referrer.source },
+            referrer_source: if referrer.source.is_empty() {
+                page.utm.source.clone()
+            } else {
+                referrer.source
+            },
             referrer: referrer.url,
             utm_source: page.utm.source,
             utm_medium: page.utm.medium,
@@ -386,16 +423,24 @@ impl Pipeline {
             scroll_depth,
             screen_class,
             processor_class,
-            locale: ev.app.locale.as_deref().map(clean_locale).unwrap_or_default(),
+            locale: ev
+                .app
+                .locale
+                .as_deref()
+                .map(clean_locale)
+                .unwrap_or_default(),
             app_version: short(&ev.app.app_version, 64),
             app_build: short(&ev.app.app_build, 64),
             sdk_version: short(&ev.app.sdk_version, 64),
             engine: match (&ev.app.engine_name, &ev.app.engine_version) {
-                (Some(n), Some(v)) => format!("{} {}", short(&Some(n.clone()), 32), enrich::major(v)),
+                (Some(n), Some(v)) => {
+                    format!("{} {}", short(&Some(n.clone()), 32), enrich::major(v))
+                }
                 (Some(n), None) => short(&Some(n.clone()), 32),
                 _ => String::new(),
             },
             is_debug: u8::from(ev.app.is_debug),
+            spool_token: String::new(),
         };
         if let Some(os) = ev.app.os_name.as_deref().filter(|s| !s.trim().is_empty()) {
             row.os = short(&Some(os.to_string()), 32);
@@ -407,7 +452,8 @@ impl Pipeline {
         if let (Some(app_session), false) = (ev.app.session.as_deref(), settings.child_directed) {
             // The app's session id is an identifier: keep only a salted hash of it.
             if let Some(salt) = self.salts.get(now.date_naive()) {
-                row.session_id = privacy::VisitorHasher::new(salt).visitor_id(&row.site, None, app_session);
+                row.session_id =
+                    privacy::VisitorHasher::new(salt).visitor_id(&row.site, None, app_session);
             }
         }
         if settings.child_directed {
@@ -421,14 +467,27 @@ impl Pipeline {
 
     /// Today's visitor id, or — in the first 30 minutes after midnight — yesterday's when this
     /// visitor's visit is still running, so a visit that crosses midnight stays one visit.
-    fn visitor_id(&self, site: &str, client: &Client, now: DateTime<Utc>) -> Result<[u8; 16], Error> {
+    fn visitor_id(
+        &self,
+        site: &str,
+        client: &Client,
+        now: DateTime<Utc>,
+    ) -> Result<[u8; 16], Error> {
         let today = now.date_naive();
         let salt = self.salts.get(today).ok_or(Error::NoSalt)?;
         let id = privacy::VisitorHasher::new(salt).visitor_id(site, client.ip, &client.user_agent);
-        let since_midnight = now.timestamp() - today.and_hms_opt(0, 0, 0).map(|m| m.and_utc().timestamp()).unwrap_or(0);
+        let since_midnight = now.timestamp()
+            - today
+                .and_hms_opt(0, 0, 0)
+                .map(|m| m.and_utc().timestamp())
+                .unwrap_or(0);
         if since_midnight <= privacy::SESSION_IDLE_SECS {
             if let Some(old) = today.pred_opt().and_then(|y| self.salts.get(y)) {
-                let prev = privacy::VisitorHasher::new(old).visitor_id(site, client.ip, &client.user_agent);
+                let prev = privacy::VisitorHasher::new(old).visitor_id(
+                    site,
+                    client.ip,
+                    &client.user_agent,
+                );
                 if self.sessions.active(&prev, now) {
                     return Ok(prev);
                 }
@@ -445,8 +504,14 @@ impl EventRow {
         self.visitor_id = [0; 16];
         self.session_id = [0; 16];
         for f in [
-            &mut self.referrer, &mut self.referrer_source, &mut self.utm_source, &mut self.utm_medium,
-            &mut self.utm_campaign, &mut self.utm_content, &mut self.utm_term, &mut self.browser_version,
+            &mut self.referrer,
+            &mut self.referrer_source,
+            &mut self.utm_source,
+            &mut self.utm_medium,
+            &mut self.utm_campaign,
+            &mut self.utm_content,
+            &mut self.utm_term,
+            &mut self.browser_version,
             &mut self.os_version,
         ] {
             f.clear();
@@ -455,7 +520,13 @@ impl EventRow {
         self.prop_values.clear();
         self.engagement_ms = 0;
         self.scroll_depth = 0;
-        for f in [&mut self.locale, &mut self.app_version, &mut self.app_build, &mut self.sdk_version, &mut self.engine] {
+        for f in [
+            &mut self.locale,
+            &mut self.app_version,
+            &mut self.app_build,
+            &mut self.sdk_version,
+            &mut self.engine,
+        ] {
             f.clear();
         }
     }
@@ -464,12 +535,27 @@ impl EventRow {
     pub fn scrub(&mut self) {
         use privacy::scrub::scrub_in_place;
         for f in [
-            &mut self.name, &mut self.hostname, &mut self.pathname, &mut self.referrer, &mut self.referrer_source,
-            &mut self.utm_source, &mut self.utm_medium, &mut self.utm_campaign, &mut self.utm_content, &mut self.utm_term,
-            &mut self.app_version, &mut self.app_build, &mut self.sdk_version, &mut self.engine, &mut self.os,
+            &mut self.name,
+            &mut self.hostname,
+            &mut self.pathname,
+            &mut self.referrer,
+            &mut self.referrer_source,
+            &mut self.utm_source,
+            &mut self.utm_medium,
+            &mut self.utm_campaign,
+            &mut self.utm_content,
+            &mut self.utm_term,
+            &mut self.app_version,
+            &mut self.app_build,
+            &mut self.sdk_version,
+            &mut self.engine,
+            &mut self.os,
         ] {
             scrub_in_place(f);
         }
-        self.prop_keys.iter_mut().chain(self.prop_values.iter_mut()).for_each(scrub_in_place);
+        self.prop_keys
+            .iter_mut()
+            .chain(self.prop_values.iter_mut())
+            .for_each(scrub_in_place);
     }
 }

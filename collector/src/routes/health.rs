@@ -1,14 +1,15 @@
 //! Liveness, readiness and metrics.
 //!
 //! - `GET /healthz` → 200 `ok` while the process serves requests.
-//! - `GET /readyz` → 200 `ready` when ClickHouse answers and the collector is not shutting
-//!   down, else 503 with the reason (load balancers take the instance out).
+//! - `GET /readyz` → 200 `ready`; 200 `degraded: …` while ClickHouse is unreachable or failing
+//!   (events are still accepted into the spool, so the instance should keep its traffic);
+//!   503 `not ready: shutting down` once shutdown began (load balancers take it out).
 //! - `GET /metrics` → Prometheus text format.
 
 use http::StatusCode;
 
 use crate::server::{text, HttpResponse};
-use crate::Collector;
+use crate::{Collector, Readiness};
 
 /// `GET /healthz`.
 pub fn healthz() -> HttpResponse {
@@ -18,17 +19,18 @@ pub fn healthz() -> HttpResponse {
 /// `GET /readyz`.
 pub async fn readyz(c: &Collector) -> HttpResponse {
     match c.readiness().await {
-        Ok(()) => text(StatusCode::OK, "ready\n"),
-        Err(reason) => text(
+        Readiness::Ready => text(StatusCode::OK, "ready\n"),
+        Readiness::Degraded(why) => text(StatusCode::OK, format!("degraded: {why}\n")),
+        Readiness::NotReady(why) => text(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {reason}\n"),
+            format!("not ready: {why}\n"),
         ),
     }
 }
 
 /// `GET /metrics`.
 pub fn metrics(c: &Collector) -> HttpResponse {
-    c.metrics().queue_depth.set(c.queue_depth() as i64);
+    c.observe();
     let mut r = text(StatusCode::OK, crate::metrics::render(c.registry()));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -17,8 +17,9 @@
 //! Answer: `202 {"accepted": N, "ignored": M, "rejected": [{"index": i, "error": "..."}]}` where
 //! `ignored` counts valid events not stored by policy (unregistered site, bot). When no event
 //! could be accepted because all were invalid the status is 400 with the same body. A batch
-//! larger than `--max-events-per-batch` is 413; when the queue cannot take the whole batch the
-//! answer is 503 with `Retry-After` and nothing is queued.
+//! larger than `--max-events-per-batch` is 413. The accepted events of a batch are appended to
+//! the spool as one all-or-nothing append: 202 means all of them are on disk; when the spool is
+//! full the answer is 503 with `Retry-After` and none is stored.
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -139,9 +140,6 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
         Ok(v) => v,
         Err(e) => return c.reject(&e),
     };
-    if c.queue_free() < items.len() {
-        return c.reject_events(&Error::QueueFull, ENDPOINT, items.len() as u64);
-    }
     let fallback = Client {
         ip: super::client_ip(
             req.headers(),
@@ -152,22 +150,28 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
     };
     let consent = Consent::from_headers(req.headers());
     let now = c.now();
-    let (mut accepted, mut ignored) = (0u64, 0u64);
+    let mut ignored = 0u64;
+    let mut rows = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
     for (index, v) in items.into_iter().enumerate() {
         let result = match to_incoming(v, &fallback, consent) {
-            Ok(ev) => c.ingest(ev, ENDPOINT, now),
+            Ok(ev) => c.prepare(ev, ENDPOINT, now),
             Err(e) => {
                 c.count_invalid(ENDPOINT, 1);
                 Err(e)
             }
         };
         match result {
-            Ok(Ingested::Queued) => accepted += 1,
+            Ok(Ingested::Row(row)) => rows.push(*row),
             Ok(Ingested::Dropped(_)) => ignored += 1,
             Err(e) => rejected.push(json!({ "index": index, "error": e.to_string() })),
         }
     }
+    // The whole batch goes to the spool as one append: all on disk, or none (503, retry).
+    if let Err(e) = c.store(&rows, ENDPOINT).await {
+        return c.reject(&e);
+    }
+    let accepted = rows.len();
     let status = if accepted == 0 && ignored == 0 {
         StatusCode::BAD_REQUEST
     } else {

@@ -26,7 +26,7 @@ use serde_json::Value;
 use crate::pipeline::privacy::Consent;
 use crate::pipeline::{parse, AppFacts, Client, Incoming, TrackerFacts};
 use crate::server::{text, HttpResponse, PeerAddr};
-use crate::{Collector, Error};
+use crate::{Collector, Error, Ingested};
 
 /// Endpoint label in metrics.
 pub const ENDPOINT: &str = "plausible";
@@ -117,6 +117,7 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
     }
     let consent = Consent::from_headers(req.headers());
     let now = c.now();
+    let mut rows = Vec::with_capacity(domains.len());
     for domain in domains {
         let ev = Incoming {
             domain,
@@ -136,9 +137,15 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
             },
             client: client.clone(),
         };
-        if let Err(e) = c.ingest(ev, ENDPOINT, now) {
-            return c.reject(&e);
+        match c.prepare(ev, ENDPOINT, now) {
+            Ok(Ingested::Row(row)) => rows.push(*row),
+            Ok(Ingested::Dropped(_)) => {}
+            Err(e) => return c.reject(&e),
         }
+    }
+    // 202 only once the rows are on disk.
+    if let Err(e) = c.store(&rows, ENDPOINT).await {
+        return c.reject(&e);
     }
     text(StatusCode::ACCEPTED, "ok")
 }

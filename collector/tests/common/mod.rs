@@ -28,6 +28,7 @@ pub const GOOGLEBOT: &str =
 pub struct Running {
     pub addr: SocketAddr,
     pub ch: ClickHouseConfig,
+    pub spool: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), veil_collector::Error>>>,
 }
@@ -110,7 +111,18 @@ pub async fn start(label: &str, config: CollectorConfig) -> Running {
     start_on(ch, config).await
 }
 
-pub async fn start_on(ch: ClickHouseConfig, config: CollectorConfig) -> Running {
+pub async fn start_on(ch: ClickHouseConfig, mut config: CollectorConfig) -> Running {
+    // Each collector gets its own spool directory unless the test chose one.
+    let spool = if config.spool.dir == CollectorConfig::default().spool.dir {
+        let d = tempfile::Builder::new()
+            .prefix("veil-spool-")
+            .tempdir()
+            .unwrap();
+        config.spool.dir = d.path().to_path_buf();
+        Some(d)
+    } else {
+        None
+    };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
@@ -124,6 +136,7 @@ pub async fn start_on(ch: ClickHouseConfig, config: CollectorConfig) -> Running 
     Running {
         addr,
         ch,
+        spool,
         stop: Some(tx),
         task: Some(task),
     }

@@ -45,7 +45,48 @@ impl ClickHouseSink {
     }
 }
 
+/// The UTC day (`YYYYMMDD`, the partition) of a row.
+fn day(r: &EventRow) -> u32 {
+    chrono::DateTime::from_timestamp(i64::from(r.timestamp), 0)
+        .map(|t| t.format("%Y%m%d").to_string().parse().unwrap_or(0))
+        .unwrap_or(0)
+}
+
 impl Sink for ClickHouseSink {
+    fn write_missing(&mut self, token: &str, rows: &[EventRow]) -> Result<usize, Error> {
+        // An INSERT is atomic per partition (day): find the days this batch already reached.
+        let (lo, hi) = rows.iter().fold((u32::MAX, 0), |(lo, hi), r| {
+            (lo.min(r.timestamp), hi.max(r.timestamp))
+        });
+        let client = self.client.clone();
+        let token = token.to_string();
+        let present: Vec<u32> = self
+            .rt
+            .block_on(async move {
+                client
+                    .query(
+                        "SELECT DISTINCT toUInt32(toYYYYMMDD(timestamp)) FROM events \
+                         WHERE spool_token = ? AND timestamp >= toDateTime(?) AND timestamp <= toDateTime(?)",
+                    )
+                    .bind(token)
+                    .bind(lo)
+                    .bind(hi)
+                    .fetch_all()
+                    .await
+            })
+            .map_err(|e| Error::Sink(e.to_string()))?;
+        let missing: Vec<EventRow> = rows
+            .iter()
+            .filter(|r| !present.contains(&day(r)))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        self.write(&missing)?;
+        Ok(missing.len())
+    }
+
     fn write(&mut self, rows: &[EventRow]) -> Result<(), Error> {
         let fut = Self::insert(&self.client, rows);
         let timeout = self.timeout;

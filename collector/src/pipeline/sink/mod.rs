@@ -11,6 +11,14 @@ use crate::Error;
 pub trait Sink: Send + 'static {
     /// Stores every row or fails as a whole.
     fn write(&mut self, rows: &[EventRow]) -> Result<(), Error>;
+
+    /// Stores the rows of a batch that may have been written before a crash (all rows carry
+    /// `token` in `spool_token`), skipping what is already stored; returns rows written.
+    /// The default writes everything (for sinks without deduplication).
+    fn write_missing(&mut self, token: &str, rows: &[EventRow]) -> Result<usize, Error> {
+        let _ = token;
+        self.write(rows).map(|()| rows.len())
+    }
 }
 
 /// Makes one sink per writer thread.
