@@ -26,6 +26,8 @@ pub struct ManagedOptions {
     pub parent_death_signal: i32,
     /// How long to wait for `/ping`.
     pub start_timeout: Duration,
+    /// Use this HTTP port instead of a free one (restarting a server where clients expect it).
+    pub http_port: Option<u16>,
 }
 
 impl ManagedOptions {
@@ -35,6 +37,7 @@ impl ManagedOptions {
             dir: dir.into(),
             parent_death_signal: libc::SIGTERM,
             start_timeout: Duration::from_secs(60),
+            http_port: None,
         }
     }
 }
@@ -213,7 +216,11 @@ impl ManagedClickHouse {
         // server exits at once and we try again with new ports.
         let mut last_err = String::new();
         for _attempt in 0..3 {
-            let (http, tcp, inter) = (free_port()?, free_port()?, free_port()?);
+            let http = match opts.http_port {
+                Some(p) => p,
+                None => free_port()?,
+            };
+            let (tcp, inter) = (free_port()?, free_port()?);
             if http == tcp || tcp == inter || http == inter {
                 continue;
             }
@@ -304,6 +311,15 @@ impl ManagedClickHouse {
             "(no log output)".into()
         } else {
             text
+        }
+    }
+
+    /// SIGKILL at once (a crash, for outage tests).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(self.dir.join(PID_FILE));
         }
     }
 

@@ -9,7 +9,7 @@
 //! One writer thread reads batches from the spool (flushing at `max_rows` rows, about
 //! `max_bytes` bytes, or when the oldest row is `max_age` old), inserts each into ClickHouse,
 //! and only then commits the batch's end in the spool. A failed insert is retried with
-//! exponential backoff and jitter (100 ms doubling to 30 s) for as long as it takes: events are
+//! exponential backoff and jitter (100 ms doubling to 5 s) for as long as it takes: events are
 //! never dropped for a ClickHouse outage, they wait on disk, and memory stays flat.
 //!
 //! Exactly-once on a single node: every row carries its batch's `spool_token`. A batch handed
@@ -273,7 +273,7 @@ impl Writer {
                         }
                         std::thread::sleep(Duration::from_millis(20));
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

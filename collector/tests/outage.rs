@@ -1,0 +1,110 @@
+//! ClickHouse outages: with ClickHouse stopped, the collector keeps acknowledging events into
+//! its spool (readiness "degraded"), answers 503 with Retry-After only once the spool is full,
+//! and when ClickHouse returns the backlog drains: no acknowledged event is lost.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use common::*;
+use veil_schemas::managed::{ManagedClickHouse, ManagedOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_loses_nothing_and_a_full_spool_says_503() {
+    // A ClickHouse of this test's own, so it can be stopped and started on the same port.
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = ManagedOptions::new(dir.path().join("ch"));
+    opts.parent_death_signal = libc::SIGKILL;
+    let server =
+        tokio::task::spawn_blocking(move || ManagedClickHouse::start(&opts).map(|s| (s, opts)))
+            .await
+            .unwrap()
+            .unwrap();
+    let (mut server, mut opts) = server;
+    let ch = veil_schemas::ClickHouseConfig::new(server.url(), "outage");
+    veil_schemas::migrate(&ch).await.unwrap();
+    let mut cfg = config(&["example.com"]);
+    cfg.spool.max_bytes = 1024 * 1024; // 1 MiB: fills during the outage
+    let mut c = start_on(ch.clone(), cfg).await;
+    let ua = [("User-Agent", CHROME)];
+    for i in 0..5 {
+        assert_eq!(
+            c.post(
+                "/api/event",
+                &ua,
+                &plausible("example.com", &format!("https://example.com/before/{i}"))
+            )
+            .await
+            .status,
+            202
+        );
+    }
+    wait_count(&ch, "1", 5, 10).await;
+
+    // Outage: ClickHouse crashes.
+    opts.http_port = Some(server.url().rsplit(':').next().unwrap().parse().unwrap());
+    tokio::task::spawn_blocking(move || server.kill())
+        .await
+        .unwrap();
+    let r = c.get("/readyz").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.starts_with("degraded"), "{}", r.body);
+    let mut acked = 0u32;
+    let mut refused = None;
+    let big = "x".repeat(1500);
+    for i in 0..2000 {
+        let body = serde_json::json!({"n": "pageview", "d": "example.com", "u": format!("https://example.com/during/{i}"), "p": {"pad": big}});
+        let r = c.post("/api/event", &ua, &body.to_string()).await;
+        match r.status {
+            202 => acked += 1,
+            503 => {
+                refused = Some(r);
+                break;
+            }
+            s => panic!("unexpected {s}: {}", r.body),
+        }
+    }
+    let refused = refused.expect("a 1 MiB spool must fill up");
+    assert!(
+        refused.headers.contains("retry-after:"),
+        "{}",
+        refused.headers
+    );
+    assert!(refused.body.contains("spool is full"), "{}", refused.body);
+    assert!(acked > 100, "only {acked} accepted before the spool filled");
+    assert!(
+        c.metric("veil_events_dropped_total{reason=\"spool_full\"}")
+            .await
+            >= 1.0
+    );
+    assert!(c.metric("veil_spool_bytes").await > 500_000.0);
+    assert!(c.metric("veil_clickhouse_errors_total").await >= 1.0);
+
+    // ClickHouse returns on the same port: the backlog drains, nothing acknowledged is lost.
+    let mut server = tokio::task::spawn_blocking(move || ManagedClickHouse::start(&opts))
+        .await
+        .unwrap()
+        .unwrap();
+    wait_count(&ch, "pathname LIKE '/during/%'", u64::from(acked), 60).await;
+    assert_eq!(
+        count(&ch, "pathname LIKE '/before/%'").await,
+        5,
+        "no duplicates of what was written before"
+    );
+    assert_eq!(
+        c.post(
+            "/api/event",
+            &ua,
+            &plausible("example.com", "https://example.com/after")
+        )
+        .await
+        .status,
+        202
+    );
+    assert_eq!(c.get("/readyz").await.body, "ready\n");
+    c.shutdown().await.unwrap();
+    assert_eq!(count(&ch, "pathname = '/after'").await, 1);
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap();
+}
