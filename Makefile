@@ -6,7 +6,7 @@ SITE ?= example.com
 LISTEN ?= 127.0.0.1:8080
 CARGO ?= cargo
 
-.PHONY: up test deps test-deps build lint unit browser tracker bench load clean
+.PHONY: up test deps test-deps build lint unit browser tracker fuzz bench load clean
 
 deps:
 	./scripts/install-deps.sh
@@ -37,6 +37,10 @@ tracker: test-deps
 	cd collector/tracker && npm run build
 
 test: test-deps lint unit browser
+
+# Longer property-based fuzzing of every parser and of spool recovery (see collector/tests/fuzz.rs).
+fuzz:
+	PROPTEST_CASES=$${PROPTEST_CASES:-100000} $(CARGO) test --release -p veil-collector --test fuzz
 
 bench: deps
 	$(CARGO) bench -p veil-benches --bench pipeline

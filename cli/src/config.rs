@@ -138,6 +138,15 @@ pub struct Opts {
     /// survives a process crash but not a power cut) [default: fsync].
     #[arg(long, env = "VEIL_DURABILITY", global = true)]
     pub durability: Option<veil_collector::pipeline::spool::Durability>,
+    /// Requests per second per client IP on ingest routes, bursts of twice that; 0 = off [default: 100].
+    #[arg(long, env = "VEIL_RATE_LIMIT_IP", global = true)]
+    pub rate_limit_ip: Option<u32>,
+    /// Events per second per site, bursts of twice that; 0 = off [default: 0].
+    #[arg(long, env = "VEIL_RATE_LIMIT_SITE", global = true)]
+    pub rate_limit_site: Option<u32>,
+    /// Open connections at most; more get 503 [default: 10000].
+    #[arg(long, env = "VEIL_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<usize>,
     /// Flush a batch at this many rows [default: 50000].
     #[arg(long, env = "VEIL_BATCH_MAX_ROWS", global = true)]
     pub batch_max_rows: Option<usize>,
@@ -189,6 +198,9 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     body_read_timeout: Option<Duration>,
     spool_max_bytes: Option<u64>,
+    rate_limit_ip: Option<u32>,
+    rate_limit_site: Option<u32>,
+    max_connections: Option<usize>,
     durability: Option<veil_collector::pipeline::spool::Durability>,
     batch_max_rows: Option<usize>,
     batch_max_bytes: Option<usize>,
@@ -293,6 +305,11 @@ impl Settings {
             .unwrap_or(l.header_read_timeout);
         l.body_read_timeout =
             pick(opts.body_read_timeout, file.body_read_timeout).unwrap_or(l.body_read_timeout);
+        l.rate_limit_ip = pick(opts.rate_limit_ip, file.rate_limit_ip).unwrap_or(l.rate_limit_ip);
+        l.rate_limit_site =
+            pick(opts.rate_limit_site, file.rate_limit_site).unwrap_or(l.rate_limit_site);
+        l.max_connections =
+            pick(opts.max_connections, file.max_connections).unwrap_or(l.max_connections);
         let b = &mut collector.batch;
         b.max_rows = pick(opts.batch_max_rows, file.batch_max_rows).unwrap_or(b.max_rows);
         b.max_bytes = pick(opts.batch_max_bytes, file.batch_max_bytes).unwrap_or(b.max_bytes);

@@ -16,7 +16,11 @@ use common::*;
 fn every_acknowledged_event_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     // A long batch age: at the kill most accepted events exist only in the spool.
-    let v = start(dir.path(), free_port(), &["--batch-max-age", "30s"]);
+    let v = start(
+        dir.path(),
+        free_port(),
+        &["--batch-max-age", "30s", "--rate-limit-ip", "0"],
+    );
     let addr = v.addr;
     let acked = Arc::new(Mutex::new(Vec::<u32>::new()));
     let stop = Arc::new(AtomicBool::new(false));

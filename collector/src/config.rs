@@ -52,6 +52,14 @@ pub struct Limits {
     pub max_prop_value_bytes: usize,
     /// Longest accepted page URL, in bytes.
     pub max_url_bytes: usize,
+    /// Requests per second per client IP on ingest routes (bursts of twice that); 0 = off.
+    pub rate_limit_ip: u32,
+    /// Events per second per site (bursts of twice that); 0 = off.
+    pub rate_limit_site: u32,
+    /// Open connections at most; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Requests served on one keep-alive connection before it is closed.
+    pub max_requests_per_connection: u64,
 }
 
 /// When the writer flushes a batch from the spool into ClickHouse: whichever limit is reached first.
@@ -112,6 +120,10 @@ impl Default for Limits {
             max_prop_key_bytes: 300,
             max_prop_value_bytes: 2000,
             max_url_bytes: 4096,
+            rate_limit_ip: 100,
+            rate_limit_site: 0,
+            max_connections: 10_000,
+            max_requests_per_connection: 10_000,
         }
     }
 }

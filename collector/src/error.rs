@@ -38,6 +38,9 @@ pub enum Error {
     /// Today's visitor salt could not be loaded yet (ClickHouse unreachable): retry.
     #[error("visitor salt not available yet (is ClickHouse reachable?); retry later")]
     NoSalt,
+    /// A rate limit was hit (`ip` or `site`).
+    #[error("rate limit exceeded ({0}); slow down")]
+    RateLimited(&'static str),
     /// The collector is shutting down.
     #[error("shutting down; retry on another instance")]
     ShuttingDown,
@@ -62,6 +65,7 @@ impl Error {
             }
             Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::SpoolFull | Error::ShuttingDown | Error::NoSalt => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -79,6 +83,8 @@ impl Error {
             Error::TooManyEvents { .. } => "too_many_events",
             Error::BodyTimeout(_) => "body_timeout",
             Error::NotFound(_) => "not_found",
+            Error::RateLimited("ip") => "rate_limited_ip",
+            Error::RateLimited(_) => "rate_limited_site",
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::SpoolFull => "spool_full",
             Error::ShuttingDown => "shutting_down",

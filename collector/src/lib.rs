@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod sites;
@@ -86,6 +87,7 @@ struct Inner {
     clickhouse: Option<ClickHouseConfig>,
     accepting: AtomicBool,
     clock: Arc<dyn Clock>,
+    rate: ratelimit::RateLimits,
     /// Set to true at shutdown; background tasks watch it.
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -159,6 +161,8 @@ impl Collector {
             factory,
             metrics.clone(),
         )?;
+        let rate =
+            ratelimit::RateLimits::new(config.limits.rate_limit_ip, config.limits.rate_limit_site);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -169,6 +173,7 @@ impl Collector {
                 clickhouse: ch,
                 accepting: AtomicBool::new(true),
                 clock,
+                rate,
                 stop: tokio::sync::watch::channel(false).0,
             }),
         })
@@ -209,7 +214,13 @@ impl Collector {
                 m.dropped(reason, 1);
                 Ok(Ingested::Dropped(reason))
             }
-            Ok(Outcome::Store(row)) => Ok(Ingested::Row(row)),
+            Ok(Outcome::Store(row)) => {
+                if !self.inner.rate.allow_site(&row.site, 1) {
+                    m.dropped(DropReason::RateLimited, 1);
+                    return Err(Error::RateLimited("site"));
+                }
+                Ok(Ingested::Row(row))
+            }
         }
     }
 
@@ -233,6 +244,11 @@ impl Collector {
                 Err(e)
             }
         }
+    }
+
+    /// Whether a request from `ip` is within the per-IP rate limit.
+    pub fn allow_ip(&self, ip: Option<std::net::IpAddr>) -> bool {
+        self.inner.rate.allow_ip(ip)
     }
 
     /// Counts `n` events that were received but invalid before reaching [`Self::ingest`].
@@ -319,6 +335,8 @@ impl Collector {
             header_read_timeout: l.header_read_timeout,
             body_read_timeout: l.body_read_timeout,
             shutdown_timeout: self.inner.config.shutdown_timeout,
+            max_connections: l.max_connections,
+            max_requests_per_connection: l.max_requests_per_connection,
             accept_errors: Some(self.inner.metrics.accept_errors.clone()),
             rejected: Some(self.inner.metrics.requests_rejected.clone()),
         }

@@ -26,6 +26,8 @@ pub enum DropReason {
     Identify,
     /// The collector was shutting down (sender got 503).
     ShuttingDown,
+    /// The site's rate limit was hit (sender got 429).
+    RateLimited,
     /// ClickHouse refused the batch after every retry (kept for sinks without a spool).
     ClickHouseError,
 }
@@ -43,6 +45,7 @@ impl DropReason {
             DropReason::SpoolCorrupt => "spool_corrupt",
             DropReason::Identify => "identify",
             DropReason::ShuttingDown => "shutting_down",
+            DropReason::RateLimited => "rate_limited",
             DropReason::ClickHouseError => "clickhouse_error",
         }
     }
@@ -209,6 +212,7 @@ impl Metrics {
             DropReason::SpoolCorrupt,
             DropReason::Identify,
             DropReason::ShuttingDown,
+            DropReason::RateLimited,
             DropReason::ClickHouseError,
         ] {
             m.events_dropped.with_label_values(&[r.as_str()]);

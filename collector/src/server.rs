@@ -4,7 +4,9 @@
 //! completely (bounded by `max_body_bytes` → 413, and by `body_read_timeout` → 408) before handing
 //! the app an `http::Request<Bytes>` whose extensions carry the [`PeerAddr`]. Headers must arrive
 //! within `header_read_timeout` (hyper's timer is set, without which that timeout does nothing).
-//! Accept errors such as EMFILE are counted and survived with a short back-off. On shutdown it
+//! Accept errors such as EMFILE are counted and survived with a short back-off. Beyond
+//! `max_connections` open connections a new one gets a 503 and is closed; a keep-alive
+//! connection is closed after `max_requests_per_connection` requests. On shutdown it
 //! stops accepting, lets in-flight requests finish (keep-alive connections are told to close),
 //! and gives up on connections still open after `shutdown_timeout`.
 
@@ -12,6 +14,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +56,10 @@ pub struct ServerOptions {
     pub body_read_timeout: Duration,
     /// Time in-flight requests get to finish at shutdown.
     pub shutdown_timeout: Duration,
+    /// Open connections at most; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Requests on one connection before it is closed (`Connection: close` on the last).
+    pub max_requests_per_connection: u64,
     /// Counter for accept errors (optional).
     pub accept_errors: Option<IntCounter>,
     /// Counter for requests refused before the app saw them, by reason (optional).
@@ -67,6 +74,8 @@ impl Default for ServerOptions {
             header_read_timeout: l.header_read_timeout,
             body_read_timeout: l.body_read_timeout,
             shutdown_timeout: Duration::from_secs(30),
+            max_connections: l.max_connections,
+            max_requests_per_connection: l.max_requests_per_connection,
             accept_errors: None,
             rejected: None,
         }
@@ -102,6 +111,10 @@ pub fn error_response(e: &Error) -> HttpResponse {
     if e.status() == StatusCode::SERVICE_UNAVAILABLE {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    if e.status() == StatusCode::TOO_MANY_REQUESTS {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     r
 }
@@ -172,21 +185,43 @@ pub async fn serve(
         .keep_alive(true)
         .max_buf_size(64 * 1024)
         .max_headers(100);
+    let connections = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    let Ok(permit) = connections.clone().try_acquire_owned() else {
+                        // Over --max-connections: a clear refusal, then close.
+                        if let Some(r) = &opts.rejected {
+                            r.with_label_values(&["too_many_connections"]).inc();
+                        }
+                        tokio::spawn(refuse(stream));
+                        continue;
+                    };
                     let app = app.clone();
                     let o = opts.clone();
-                    let svc = service_fn(move |req| handle(app.clone(), o.clone(), peer, req));
+                    let served = Arc::new(AtomicU64::new(0));
+                    let svc = service_fn(move |req| {
+                        let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+                        let (app, o) = (app.clone(), o.clone());
+                        async move {
+                            let last = n >= o.max_requests_per_connection;
+                            let mut resp = handle(app, o, peer, req).await?;
+                            if last {
+                                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     let fut = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = fut.await {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
+                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -208,6 +243,18 @@ pub async fn serve(
             tracing::warn!("connections still open after {:?}; closing anyway", opts.shutdown_timeout);
         }
     }
+}
+
+/// Answers 503 on a connection over the limit and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"error":"too many open connections; retry later"}"#;
+    let msg = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(msg.as_bytes())).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Resolves on SIGINT or SIGTERM.

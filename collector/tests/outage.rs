@@ -25,6 +25,7 @@ async fn an_outage_loses_nothing_and_a_full_spool_says_503() {
     veil_schemas::migrate(&ch).await.unwrap();
     let mut cfg = config(&["example.com"]);
     cfg.spool.max_bytes = 1024 * 1024; // 1 MiB: fills during the outage
+    cfg.limits.rate_limit_ip = 0;
     let mut c = start_on(ch.clone(), cfg).await;
     let ua = [("User-Agent", CHROME)];
     for i in 0..5 {

@@ -66,6 +66,15 @@ pub async fn route(c: &Collector, req: Request<Bytes>) -> Option<HttpResponse> {
         ("/api/event" | "/v1/events", &Method::OPTIONS) => {
             cors(crate::server::text(StatusCode::NO_CONTENT, Bytes::new()))
         }
+        ("/api/event" | "/v1/events", &Method::POST)
+            if !c.allow_ip(client_ip(
+                req.headers(),
+                req.extensions().get::<PeerAddr>(),
+                c.trusted_ip_headers(),
+            )) =>
+        {
+            cors(c.reject(&Error::RateLimited("ip")))
+        }
         ("/api/event", &Method::POST) => cors(plausible::handle(c, req).await),
         ("/v1/events", &Method::POST) => cors(native::handle(c, req).await),
         ("/api/event" | "/v1/events", _) => cors(c.reject(&Error::MethodNotAllowed("POST"))),
