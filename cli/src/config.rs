@@ -98,6 +98,14 @@ pub struct Opts {
         global = true
     )]
     pub ignore_dnt_sites: Vec<String>,
+    /// `ALIAS=DOMAIN`: an Umami website id or Aptabase app key naming a site; repeatable.
+    #[arg(
+        long = "site-alias",
+        env = "VEIL_SITE_ALIAS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub site_aliases: Vec<String>,
     /// Days raw events are kept [default: 395].
     #[arg(long, env = "VEIL_RETENTION_DAYS", global = true)]
     pub retention_days: Option<u32>,
@@ -186,6 +194,8 @@ pub struct FileConfig {
     child_site: Vec<String>,
     #[serde(default)]
     ignore_dnt_site: Vec<String>,
+    #[serde(default)]
+    site_alias: Vec<String>,
     retention_days: Option<u32>,
     #[serde(default)]
     site_retention: Vec<String>,
@@ -286,6 +296,7 @@ impl Settings {
             sites,
             child_sites: or_file(opts.child_sites, file.child_site),
             ignore_dnt_sites: or_file(opts.ignore_dnt_sites, file.ignore_dnt_site),
+            site_aliases: or_file(opts.site_aliases, file.site_alias),
             ..CollectorConfig::default()
         };
         let headers = if opts.trusted_ip_headers.is_empty() {

@@ -17,6 +17,8 @@ pub struct CollectorConfig {
     pub child_sites: Vec<String>,
     /// Sites that decided not to honour `DNT: 1` (GPC is always honoured).
     pub ignore_dnt_sites: Vec<String>,
+    /// `ALIAS=DOMAIN`: an Umami website id or an Aptabase app key that names a site.
+    pub site_aliases: Vec<String>,
     /// Headers that carry the client IP, first match wins, then the socket peer.
     /// The first (left-most) address of each header is used.
     pub trusted_ip_headers: Vec<String>,
@@ -146,6 +148,7 @@ impl Default for CollectorConfig {
             sites: Vec::new(),
             child_sites: Vec::new(),
             ignore_dnt_sites: Vec::new(),
+            site_aliases: Vec::new(),
             trusted_ip_headers: vec!["x-forwarded-for".into()],
             limits: Limits::default(),
             batch: BatchConfig::default(),
@@ -223,7 +226,13 @@ impl CollectorConfig {
             };
             (s.clone(), settings)
         });
-        crate::sites::SiteRegistry::with_settings(all)
+        let registry = crate::sites::SiteRegistry::with_settings(all);
+        for a in &self.site_aliases {
+            if let Some((alias, domain)) = a.split_once('=') {
+                registry.alias(alias, domain);
+            }
+        }
+        registry
     }
 }
 

@@ -45,37 +45,52 @@ impl Default for SiteSettings {
     }
 }
 
-/// The set of registered sites.
+/// The set of registered sites, and aliases (an Umami website id, an Aptabase app key) that
+/// name one of them.
 #[derive(Debug, Default)]
 pub struct SiteRegistry {
     sites: RwLock<HashMap<String, SiteSettings>>,
+    aliases: RwLock<HashMap<String, String>>,
 }
 
 impl SiteRegistry {
     /// A registry holding `sites` with default settings.
     pub fn new(sites: impl IntoIterator<Item = String>) -> Self {
-        Self {
-            sites: RwLock::new(
-                sites
-                    .into_iter()
-                    .map(|s| (s, SiteSettings::default()))
-                    .collect(),
-            ),
-        }
+        Self::with_settings(sites.into_iter().map(|s| (s, SiteSettings::default())))
     }
 
     /// A registry with explicit settings.
     pub fn with_settings(sites: impl IntoIterator<Item = (String, SiteSettings)>) -> Self {
         Self {
             sites: RwLock::new(sites.into_iter().collect()),
+            aliases: RwLock::default(),
         }
     }
 
-    /// The registered site and its settings for a domain as a sender wrote it.
+    /// The registered site and its settings for a domain (or an alias) as a sender wrote it.
     pub fn resolve(&self, domain: &str) -> Option<(String, SiteSettings)> {
-        let d = normalize_domain(domain)?;
+        let aliased = self
+            .aliases
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(domain.trim())
+            .cloned();
+        let d = match aliased {
+            Some(d) => d,
+            None => normalize_domain(domain)?,
+        };
         let sites = self.sites.read().unwrap_or_else(|p| p.into_inner());
         sites.get(&d).map(|s| (d, *s))
+    }
+
+    /// Makes `alias` (case-sensitive, as senders send it) name `domain`.
+    pub fn alias(&self, alias: &str, domain: &str) -> Option<String> {
+        let d = normalize_domain(domain)?;
+        self.aliases
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(alias.trim().to_string(), d.clone());
+        Some(d)
     }
 
     /// Adds or updates a site.

@@ -8,10 +8,13 @@
 //!
 //! Ingest routes answer CORS preflights and allow any origin: trackers run on customers' pages.
 
+pub mod aptabase;
 pub mod health;
 pub mod native;
+pub mod pixel;
 pub mod plausible;
 pub mod tracker;
+pub mod umami;
 
 use std::net::IpAddr;
 
@@ -27,6 +30,10 @@ pub fn is_collector_path(path: &str) -> bool {
         path,
         "/api/event"
             | "/v1/events"
+            | "/api/send"
+            | "/api/v0/event"
+            | "/api/v0/events"
+            | "/p.gif"
             | "/healthz"
             | "/readyz"
             | "/metrics"
@@ -49,7 +56,7 @@ pub fn cors(mut r: HttpResponse) -> HttpResponse {
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Content-Type"),
+        HeaderValue::from_static("Content-Type, App-Key, x-umami-cache"),
     );
     h.insert(
         header::ACCESS_CONTROL_MAX_AGE,
@@ -63,10 +70,15 @@ pub async fn route(c: &Collector, req: Request<Bytes>) -> Option<HttpResponse> {
     let path = req.uri().path().to_string();
     let m = req.method().clone();
     let resp = match (path.as_str(), &m) {
-        ("/api/event" | "/v1/events", &Method::OPTIONS) => {
-            cors(crate::server::text(StatusCode::NO_CONTENT, Bytes::new()))
-        }
-        ("/api/event" | "/v1/events", &Method::POST)
+        (
+            "/api/event" | "/v1/events" | "/api/send" | "/api/v0/event" | "/api/v0/events",
+            &Method::OPTIONS,
+        ) => cors(crate::server::text(StatusCode::NO_CONTENT, Bytes::new())),
+        (
+            "/api/event" | "/v1/events" | "/api/send" | "/api/v0/event" | "/api/v0/events",
+            &Method::POST,
+        )
+        | ("/p.gif", &Method::GET)
             if !c.allow_ip(client_ip(
                 req.headers(),
                 req.extensions().get::<PeerAddr>(),
@@ -77,6 +89,14 @@ pub async fn route(c: &Collector, req: Request<Bytes>) -> Option<HttpResponse> {
         }
         ("/api/event", &Method::POST) => cors(plausible::handle(c, req).await),
         ("/v1/events", &Method::POST) => cors(native::handle(c, req).await),
+        ("/api/send", &Method::POST) => cors(umami::handle(c, req).await),
+        ("/api/v0/event", &Method::POST) => cors(aptabase::handle(c, req, false).await),
+        ("/api/v0/events", &Method::POST) => cors(aptabase::handle(c, req, true).await),
+        ("/p.gif", &Method::GET) => pixel::handle(c, req).await,
+        ("/api/send" | "/api/v0/event" | "/api/v0/events", _) => {
+            cors(c.reject(&Error::MethodNotAllowed("POST")))
+        }
+        ("/p.gif", _) => c.reject(&Error::MethodNotAllowed("GET")),
         ("/api/event" | "/v1/events", _) => cors(c.reject(&Error::MethodNotAllowed("POST"))),
         ("/js/veil.js", &Method::GET | &Method::HEAD) => tracker::veil_js(&req),
         ("/opt-out", &Method::GET | &Method::HEAD) => tracker::opt_out_page(),
@@ -93,6 +113,9 @@ pub async fn route(c: &Collector, req: Request<Bytes>) -> Option<HttpResponse> {
     let route = match path.as_str() {
         "/api/event" => "plausible",
         "/v1/events" => "native",
+        "/api/send" => "umami",
+        "/api/v0/event" | "/api/v0/events" => "aptabase",
+        "/p.gif" => "pixel",
         "/healthz" => "healthz",
         "/js/veil.js" | "/js/opt-out.js" | "/opt-out" => "assets",
         "/readyz" => "readyz",

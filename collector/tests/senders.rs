@@ -1,0 +1,215 @@
+//! The drop-in endpoints against a real ClickHouse: Umami's `/api/send`, Aptabase's
+//! `/api/v0/event(s)` and the no-JS pixel, with site aliases. (The real SDK packages are run
+//! against Veil by `collector/tracker/test/sdk.test.mjs`.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use veil_collector::pipeline::EventRow;
+
+const UMAMI_ID: &str = "4fb7fa4c-5b46-438d-94b3-3a8fb9bc2e8b";
+const APP_KEY: &str = "A-SH-0123456789";
+
+fn cfg() -> veil_collector::CollectorConfig {
+    let mut c = config(&["example.com", "app.example"]);
+    c.site_aliases = vec![
+        format!("{UMAMI_ID}=example.com"),
+        format!("{APP_KEY}=app.example"),
+    ];
+    c
+}
+
+#[tokio::test]
+async fn umami_events_are_stored_and_identify_is_not() {
+    let mut c = start("umami", cfg()).await;
+    let ev = json!({"type": "event", "payload": {
+        "website": UMAMI_ID, "hostname": "example.com", "url": "/pricing?utm_source=umami&token=abc",
+        "referrer": "https://news.example/", "title": "Pricing for jane@example.org", "screen": "1920x1080",
+        "language": "de-DE", "name": "signup", "data": {"plan": "pro"}, "id": "user-123"
+    }});
+    let r = c
+        .post(
+            "/api/send",
+            &[("User-Agent", CHROME), ("Content-Type", "application/json")],
+            &ev.to_string(),
+        )
+        .await;
+    assert_eq!((r.status, r.body.as_str()), (200, "{}"));
+    let pv = json!({"type": "event", "payload": {"website": UMAMI_ID, "url": "/", "hostname": "example.com"}});
+    assert_eq!(
+        c.post("/api/send", &[("User-Agent", CHROME)], &pv.to_string())
+            .await
+            .status,
+        200
+    );
+    let id = json!({"type": "identify", "payload": {"website": UMAMI_ID, "data": {"email": "jane@example.org", "userId": "u-77"}}});
+    assert_eq!(
+        c.post("/api/send", &[("User-Agent", CHROME)], &id.to_string())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        c.metric("veil_events_dropped_total{reason=\"identify\"}")
+            .await,
+        1.0
+    );
+    let bad = c
+        .post("/api/send", &[], r#"{"type":"event","payload":{}}"#)
+        .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("payload.website"));
+    let pre = request(
+        c.addr,
+        "OPTIONS",
+        "/api/send",
+        &[("Origin", "https://example.com")],
+        b"",
+    )
+    .await;
+    assert!(pre.headers.contains("x-umami-cache"), "{}", pre.headers);
+    c.shutdown().await.unwrap();
+    let rows: Vec<EventRow> =
+        c.ch.client()
+            .query("SELECT ?fields FROM events ORDER BY name")
+            .fetch_all()
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 2);
+    let pageview = &rows[0];
+    assert_eq!(
+        (pageview.name.as_str(), pageview.pathname.as_str()),
+        ("pageview", "/")
+    );
+    let signup = &rows[1];
+    assert_eq!(signup.site, "example.com");
+    assert_eq!(signup.name, "signup");
+    assert_eq!(signup.pathname, "/pricing");
+    assert_eq!(signup.utm_source, "umami");
+    assert_eq!(signup.referrer_source, "news.example");
+    assert_eq!(signup.screen_class, "desktop");
+    assert_eq!(signup.locale, "de-DE");
+    assert_eq!(
+        (signup.prop_keys.clone(), signup.prop_values.clone()),
+        (vec!["plan".to_string()], vec!["pro".to_string()])
+    );
+    let dump = format!("{rows:?}");
+    assert!(
+        !dump.contains("jane@example.org") && !dump.contains("user-123") && !dump.contains("u-77")
+    );
+}
+
+#[tokio::test]
+async fn aptabase_events_carry_app_facts() {
+    let mut c = start("aptabase", cfg()).await;
+    let sys = json!({"locale": "en_US", "osName": "iOS", "osVersion": "17.1.2", "appVersion": "1.2.0", "appBuildNumber": "42",
+        "sdkVersion": "aptabase-swift@0.3.0", "engineName": "WebKit", "engineVersion": "617.1.17", "isDebug": false});
+    let one = json!({"timestamp": chrono::Utc::now().to_rfc3339(), "sessionId": "1700000000123", "eventName": "app_started",
+        "systemProps": sys, "props": {"launch_ms": 840}});
+    let h = [
+        ("App-Key", APP_KEY),
+        ("User-Agent", "Mozilla/5.0 (Linux) Not-A-Browser"),
+    ];
+    let r = c.post("/api/v0/event", &h, &one.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let late = (chrono::Utc::now() - chrono::Duration::days(3)).to_rfc3339();
+    let future = (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+    let batch = json!([
+        {"timestamp": late, "sessionId": "1700000000123", "eventName": "screen_view", "systemProps": sys, "props": {"screen": "settings"}},
+        {"timestamp": future, "sessionId": "1700000000999", "eventName": "crash", "systemProps": sys}
+    ]);
+    assert_eq!(
+        c.post("/api/v0/events", &h, &batch.to_string())
+            .await
+            .status,
+        200
+    );
+    let missing = c.post("/api/v0/event", &[], &one.to_string()).await;
+    assert_eq!(missing.status, 400);
+    assert!(missing.body.contains("App-Key"));
+    let bad = c
+        .post(
+            "/api/v0/events",
+            &h,
+            &json!([{"sessionId": "x"}]).to_string(),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body.contains("event 0") && bad.body.contains("eventName"),
+        "{}",
+        bad.body
+    );
+    c.shutdown().await.unwrap();
+    let rows: Vec<EventRow> =
+        c.ch.client()
+            .query("SELECT ?fields FROM events ORDER BY timestamp")
+            .fetch_all()
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 3);
+    let r = &rows[1];
+    assert_eq!(r.site, "app.example");
+    assert_eq!(
+        (r.os.as_str(), r.os_version.as_str(), r.device.as_str()),
+        ("iOS", "17.1", "app")
+    );
+    assert_eq!(
+        (
+            r.app_version.as_str(),
+            r.app_build.as_str(),
+            r.locale.as_str()
+        ),
+        ("1.2.0", "42", "en-US")
+    );
+    assert_eq!(r.engine, "WebKit 617");
+    assert!(
+        rows[0].timestamp < rows[1].timestamp,
+        "a 3-day-old event keeps its time"
+    );
+    assert!(
+        i64::from(rows[2].timestamp) <= chrono::Utc::now().timestamp(),
+        "the future is clamped"
+    );
+    assert_eq!(
+        rows[0].session_id, rows[1].session_id,
+        "same app session, same hashed id"
+    );
+    assert_ne!(rows[1].session_id, rows[2].session_id);
+    let dump = format!("{rows:?}");
+    assert!(
+        !dump.contains("1700000000123"),
+        "the app's session id is stored only hashed"
+    );
+}
+
+#[tokio::test]
+async fn the_pixel_answers_a_gif_and_records_a_pageview() {
+    let mut c = start("pixel", cfg()).await;
+    let r = request(c.addr, "GET", "/p.gif?d=example.com&u=https%3A%2F%2Fexample.com%2Fnewsletter%3Femail%3Da%40b.c&r=https%3A%2F%2Fmail.example%2F", &[("User-Agent", CHROME)], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.headers.contains("content-type: image/gif") && r.headers.contains("no-store"),
+        "{}",
+        r.headers
+    );
+    assert!(r.body.starts_with("GIF89a"));
+    let bad = request(c.addr, "GET", "/p.gif?d=example.com", &[], b"").await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("`u`"));
+    c.shutdown().await.unwrap();
+    let rows: Vec<EventRow> =
+        c.ch.client()
+            .query("SELECT ?fields FROM events")
+            .fetch_all()
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].pathname.as_str(), rows[0].referrer_source.as_str()),
+        ("/newsletter", "mail.example")
+    );
+}
