@@ -65,11 +65,24 @@ export async function rows(veil, sql, n, ms = 15_000) {
   }
 }
 
-/** Serves `pages` (path → html) on a free port. */
+/** Serves `pages` (path → html) on a free port; `/node_modules/…` serves the test's npm
+ * packages as JavaScript modules (adding `.js` to extension-less imports, as bundlers do). */
 export async function pageServer(pages) {
   const port = await freePort();
   const server = createServer((req, res) => {
     const path = new URL(req.url, "http://x").pathname;
+    if (path.startsWith("/node_modules/") && !path.includes("..")) {
+      const file = join(here, "..", path);
+      for (const f of [file, file + ".js"]) {
+        if (existsSync(f) && !f.endsWith("/")) {
+          try {
+            res.writeHead(200, { "content-type": "text/javascript" });
+            res.end(readFileSync(f));
+            return;
+          } catch {}
+        }
+      }
+    }
     const body = pages[path] ?? pages["*"];
     if (body === undefined) { res.writeHead(404); res.end(); return; }
     res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
