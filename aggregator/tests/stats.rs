@@ -165,3 +165,49 @@ async fn small_sites_are_suppressed_and_errors_are_named() {
     assert_eq!(s, 400);
     assert!(v["error"].as_str().unwrap().contains("dimensions"));
 }
+
+/// Visits come from the stored visitor hashes and times (30-minute rule), not from any
+/// collector's memory: one visitor whose hits went to two collectors (different session ids)
+/// with a 10-minute gap is one visit; a 45-minute gap starts a second one.
+#[tokio::test]
+async fn visits_are_derived_from_hashes_and_times_across_collectors() {
+    use veil_collector::pipeline::EventRow;
+    let ch = veil_schemas::testing::fresh_database("stats_visits").await;
+    let t0 = (Utc::now() - chrono::Duration::hours(2)).timestamp() as u32;
+    let row = |visitor: u8, at: u32, session: u8, path: &str| EventRow {
+        site: "shop.example".into(),
+        timestamp: at,
+        name: "pageview".into(),
+        pathname: path.into(),
+        visitor_id: [visitor; 16],
+        session_id: [session; 16],
+        ..Default::default()
+    };
+    let rows = vec![
+        row(1, t0, 10, "/a"),
+        row(1, t0 + 600, 20, "/b"), // another collector, 10 min later: same visit
+        row(1, t0 + 3300, 20, "/c"), // 45 min after the last: a new visit
+        row(2, t0 + 60, 30, "/a"),
+    ];
+    let mut sink = ClickHouseSink::new(&ch).unwrap();
+    tokio::task::spawn_blocking(move || sink.write(&rows).unwrap())
+        .await
+        .unwrap();
+    let a = Aggregator::new(
+        AggregatorConfig {
+            sites: vec!["shop.example".into()],
+            min_visitors: 1,
+            ..Default::default()
+        },
+        ch,
+    );
+    let (s, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors", "visits", "pageviews"], "date_range": "7d"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["results"][0]["metrics"], json!([2, 3, 4]), "{v}");
+    let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visits"], "date_range": "7d", "dimensions": ["event:page"]})).await;
+    assert_eq!(
+        v["results"][0],
+        json!({"dimensions": ["/a"], "metrics": [2]}),
+        "{v}"
+    );
+}
