@@ -6,7 +6,7 @@ SITE ?= example.com
 LISTEN ?= 127.0.0.1:8080
 CARGO ?= cargo
 
-.PHONY: up test deps test-deps build lint unit browser tracker fuzz bench load clean
+.PHONY: up test deps test-deps build lint unit browser tracker fuzz soak bench load clean
 
 deps:
 	./scripts/install-deps.sh
@@ -41,6 +41,12 @@ test: test-deps lint unit browser
 # Longer property-based fuzzing of every parser and of spool recovery (see collector/tests/fuzz.rs).
 fuzz:
 	PROPTEST_CASES=$${PROPTEST_CASES:-100000} $(CARGO) test --release -p veil-collector --test fuzz
+
+# The durability proofs (kill -9, SIGTERM under load, ClickHouse outage) ten times over.
+soak:
+	for i in 1 2 3 4 5 6 7 8 9 10; do \
+	  $(CARGO) test -p veil --test durability && $(CARGO) test -p veil-collector --test outage || exit 1; \
+	done
 
 bench: deps
 	$(CARGO) bench -p veil-benches --bench pipeline

@@ -14,6 +14,16 @@ use common::*;
 
 #[test]
 fn every_acknowledged_event_survives_kill_9() {
+    survives("-KILL");
+}
+
+/// SIGTERM under load: stop accepting, drain, flush, exit 0 within the deadline.
+#[test]
+fn sigterm_under_load_drains_flushes_and_exits_cleanly() {
+    survives("-TERM");
+}
+
+fn survives(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     // A long batch age: at the kill most accepted events exist only in the spool.
     let v = start(
@@ -59,12 +69,21 @@ fn every_acknowledged_event_survives_kill_9() {
     std::thread::sleep(Duration::from_millis(1500));
     let pid = v.child.id().to_string();
     assert!(std::process::Command::new("kill")
-        .args(["-KILL", &pid])
+        .args([signal, &pid])
         .status()
         .unwrap()
         .success());
     let mut child = v.child;
-    let _ = child.wait();
+    let stopped_at = Instant::now();
+    let status = child.wait().unwrap();
+    if signal == "-TERM" {
+        assert!(status.success(), "veil up exited with {status} on SIGTERM");
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(30),
+            "shutdown took {:?}",
+            stopped_at.elapsed()
+        );
+    }
     stop.store(true, Ordering::Relaxed);
     for s in senders {
         let _ = s.join();
@@ -75,7 +94,7 @@ fn every_acknowledged_event_survives_kill_9() {
         "only {} events were acknowledged before the kill",
         acked.len()
     );
-    eprintln!("{} events acknowledged before SIGKILL", acked.len());
+    eprintln!("{} events acknowledged before {signal}", acked.len());
 
     // Restart on the same data dir: the spool is replayed into ClickHouse.
     let v = start(dir.path(), free_port(), &["--batch-max-age", "200ms"]);
