@@ -64,7 +64,9 @@ pub const DIMENSIONS: &[(&str, &str)] = &[
     ("event:page", "pathname"),
     ("event:name", "name"),
     ("event:hostname", "hostname"),
-    ("visit:source", "referrer_source"),
+    ("visit:source", "source"),
+    ("visit:referrer_host", "referrer_source"),
+    ("visit:channel", "channel"),
     ("visit:referrer", "referrer"),
     ("visit:utm_source", "utm_source"),
     ("visit:utm_medium", "utm_medium"),
@@ -77,6 +79,13 @@ pub const DIMENSIONS: &[(&str, &str)] = &[
     ("visit:os_version", "os_version"),
     ("visit:device", "device"),
     ("visit:country", "country_code"),
+    ("visit:region", "region"),
+    ("visit:city", "city"),
+    ("visit:isp", "isp"),
+    ("visit:screen", "screen_class"),
+    ("visit:processor", "processor_class"),
+    ("visit:locale", "locale"),
+    ("visit:app_version", "app_version"),
     (
         "time:hour",
         "formatDateTime(toStartOfHour(timestamp), '%Y-%m-%d %H:00:00')",
@@ -274,10 +283,13 @@ const EVENTS_SOURCE: &str =
 const VISITS_SOURCE: &str = "(SELECT visitor_id, ev.1 AS timestamp, ev.2 AS name, ev.3 AS pathname, \
      ev.4 AS hostname, ev.5 AS referrer_source, ev.6 AS referrer, ev.7 AS utm_source, ev.8 AS utm_medium, \
      ev.9 AS utm_campaign, ev.10 AS utm_content, ev.11 AS utm_term, ev.12 AS browser, ev.13 AS browser_version, \
-     ev.14 AS os, ev.15 AS os_version, ev.16 AS device, ev.17 AS country_code, visit \
+     ev.14 AS os, ev.15 AS os_version, ev.16 AS device, ev.17 AS country_code, ev.18 AS source, \
+     ev.19 AS channel, ev.20 AS region, ev.21 AS city, ev.22 AS isp, ev.23 AS screen_class, \
+     ev.24 AS processor_class, ev.25 AS locale, ev.26 AS app_version, visit \
      FROM (SELECT visitor_id, arraySort(x -> x.1, groupArray((timestamp, name, pathname, hostname, \
      referrer_source, referrer, utm_source, utm_medium, utm_campaign, utm_content, utm_term, browser, \
-     browser_version, os, os_version, device, country_code))) AS evs \
+     browser_version, os, os_version, device, country_code, source, channel, region, city, isp, \
+     screen_class, processor_class, locale, app_version))) AS evs \
      FROM events WHERE site = ? AND timestamp >= toDateTime(?) AND timestamp < toDateTime(?) \
      GROUP BY visitor_id) \
      ARRAY JOIN evs AS ev, \

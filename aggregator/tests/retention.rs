@@ -28,6 +28,7 @@ async fn seed(ch: &veil_schemas::ClickHouseConfig, site: &str, days: &[NaiveDate
             client: Client {
                 ip: Some("203.0.113.1".parse().unwrap()),
                 user_agent: "Mozilla/5.0".into(),
+                ..Default::default()
             },
             ..Default::default()
         };

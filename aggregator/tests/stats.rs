@@ -38,6 +38,7 @@ async fn seed(ch: &veil_schemas::ClickHouseConfig, n_visitors: u8) {
             client: Client {
                 ip: Some(ip.parse().unwrap()),
                 user_agent: ua.into(),
+                ..Default::default()
             },
             ..Default::default()
         };
@@ -116,7 +117,9 @@ async fn reports_totals_breakdowns_and_folds_small_rows() {
     assert_eq!(v["results"][1]["metrics"][0], 8);
 
     let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors"], "date_range": "day", "dimensions": ["visit:source"]})).await;
-    assert_eq!(v["results"][0]["dimensions"][0], "duckduckgo.com");
+    assert_eq!(v["results"][0]["dimensions"][0], "DuckDuckGo");
+    let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors", "visits"], "date_range": "day", "dimensions": ["visit:channel"]})).await;
+    assert_eq!(v["results"][0]["dimensions"][0], "Organic Search", "{v}");
 
     let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors"], "date_range": "day", "dimensions": ["time:day"]})).await;
     assert_eq!(

@@ -365,6 +365,12 @@ impl Collector {
     /// Refreshes the spool gauges (before `/metrics` renders).
     pub fn observe(&self) {
         self.inner.queue.observe();
+        let (hits, misses) = self.inner.pipeline.ua().cache_stats();
+        let m = &self.inner.metrics;
+        m.ua_cache_hits
+            .inc_by(hits.saturating_sub(m.ua_cache_hits.get()));
+        m.ua_cache_misses
+            .inc_by(misses.saturating_sub(m.ua_cache_misses.get()));
     }
     /// The collector's metrics.
     pub fn metrics(&self) -> &Metrics {

@@ -10,8 +10,14 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 pub enum DropReason {
     /// The domain is not a registered site.
     UnknownSite,
-    /// The user agent is a known crawler or bot.
-    Bot,
+    /// A crawler.
+    BotCrawler,
+    /// A headless or automated browser.
+    BotHeadless,
+    /// An uptime or performance monitor.
+    BotMonitoring,
+    /// An HTTP library or command-line client.
+    BotLibrary,
     /// The visitor opted out (GPC, DNT, an app's flag).
     Consent,
     /// No salt for today was available (ClickHouse unreachable at start); sender got 503.
@@ -37,7 +43,10 @@ impl DropReason {
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::UnknownSite => "unknown_site",
-            DropReason::Bot => "bot",
+            DropReason::BotCrawler => "bot_crawler",
+            DropReason::BotHeadless => "bot_headless",
+            DropReason::BotMonitoring => "bot_monitoring",
+            DropReason::BotLibrary => "bot_library",
             DropReason::Consent => "consent",
             DropReason::NoSalt => "no_salt",
             DropReason::Invalid => "invalid",
@@ -77,6 +86,10 @@ pub mod names {
     pub const SPOOL_SEGMENTS: &str = "veil_spool_segments";
     /// Age of the oldest event not yet in ClickHouse.
     pub const SPOOL_OLDEST_AGE: &str = "veil_spool_oldest_event_age_seconds";
+    /// User agents answered from the parser's cache.
+    pub const UA_CACHE_HITS: &str = "veil_ua_cache_hits_total";
+    /// User agents parsed because the cache did not have them.
+    pub const UA_CACHE_MISSES: &str = "veil_ua_cache_misses_total";
     /// Damaged spool regions found and skipped (at start or while reading).
     pub const SPOOL_CORRUPT: &str = "veil_spool_corrupt_regions_total";
     /// Failed ClickHouse inserts (each attempt).
@@ -116,6 +129,10 @@ pub struct Metrics {
     pub spool_oldest_age: prometheus::Gauge,
     /// See [`names::SPOOL_CORRUPT`].
     pub spool_corrupt: IntCounter,
+    /// See [`names::UA_CACHE_HITS`].
+    pub ua_cache_hits: IntCounter,
+    /// See [`names::UA_CACHE_MISSES`].
+    pub ua_cache_misses: IntCounter,
     /// See [`names::ACCEPT_ERRORS`].
     pub accept_errors: IntCounter,
 }
@@ -181,6 +198,14 @@ impl Metrics {
                 names::SPOOL_CORRUPT,
                 "Damaged spool regions found and skipped",
             )?,
+            ua_cache_hits: IntCounter::new(
+                names::UA_CACHE_HITS,
+                "User agents answered from the cache",
+            )?,
+            ua_cache_misses: IntCounter::new(
+                names::UA_CACHE_MISSES,
+                "User agents parsed (cache misses)",
+            )?,
             accept_errors: IntCounter::new(
                 names::ACCEPT_ERRORS,
                 "Errors from accept() survived by the accept loop",
@@ -200,11 +225,16 @@ impl Metrics {
         registry.register(Box::new(m.spool_segments.clone()))?;
         registry.register(Box::new(m.spool_oldest_age.clone()))?;
         registry.register(Box::new(m.spool_corrupt.clone()))?;
+        registry.register(Box::new(m.ua_cache_hits.clone()))?;
+        registry.register(Box::new(m.ua_cache_misses.clone()))?;
         registry.register(Box::new(m.accept_errors.clone()))?;
         // Pre-create every drop reason so dashboards see zeros, not gaps.
         for r in [
             DropReason::UnknownSite,
-            DropReason::Bot,
+            DropReason::BotCrawler,
+            DropReason::BotHeadless,
+            DropReason::BotMonitoring,
+            DropReason::BotLibrary,
             DropReason::Consent,
             DropReason::NoSalt,
             DropReason::Invalid,

@@ -265,7 +265,8 @@ async fn unknown_sites_and_bots_get_202_but_are_not_stored() {
         2.0
     );
     assert_eq!(
-        c.metric("veil_events_dropped_total{reason=\"bot\"}").await,
+        c.metric("veil_events_dropped_total{reason=\"bot_crawler\"}")
+            .await,
         1.0
     );
     c.shutdown().await.unwrap();

@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "spool",
         sql: include_str!("../migrations/005_spool.sql"),
     },
+    Migration {
+        version: 6,
+        name: "enrichment",
+        sql: include_str!("../migrations/006_enrichment.sql"),
+    },
 ];
 
 impl Migration {

@@ -15,6 +15,7 @@ pub mod enrich;
 pub mod parse;
 pub mod privacy;
 pub mod sink;
+pub mod sources;
 pub mod spool;
 
 use std::net::IpAddr;
@@ -36,11 +37,13 @@ pub struct Client {
     pub ip: Option<IpAddr>,
     /// The raw `User-Agent`.
     pub user_agent: String,
+    /// User-Agent Client Hints, if sent.
+    pub hints: enrich::ClientHints,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Client { ip: <redacted>, user_agent: <redacted> }")
+        f.write_str("Client { ip: <redacted>, user_agent: <redacted>, hints: <redacted> }")
     }
 }
 
@@ -246,6 +249,18 @@ pub struct EventRow {
     pub is_debug: u8,
     /// The spool batch that wrote the row (set by the writer; replay deduplication).
     pub spool_token: String,
+    /// Friendly source name (Google, Hacker News…), else referrer host, else `utm_source`.
+    pub source: String,
+    /// Marketing channel (see [`sources::channel`]).
+    pub channel: String,
+    /// Subdivision (GeoIP).
+    pub region: String,
+    /// City (GeoIP).
+    pub city: String,
+    /// Autonomous system number (GeoIP).
+    pub asn: u32,
+    /// AS organisation, shown as ISP (GeoIP).
+    pub isp: String,
 }
 
 impl EventRow {
@@ -336,6 +351,11 @@ impl Pipeline {
         &self.sites
     }
 
+    /// The user-agent parser (cache statistics).
+    pub fn ua(&self) -> &enrich::UaParser {
+        &self.ua
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -367,6 +387,7 @@ impl Pipeline {
             )));
         }
         let page = parse::page(&ev.url, ev.hash_mode)?;
+        let page_paid = page.paid_click;
         let props = parse::check_props(ev.props, &self.limits)?;
         let timestamp = parse::check_timestamp(ev.timestamp, now)?;
         let (engagement_ms, scroll_depth, screen_class, processor_class) = ev.tracker.check()?;
@@ -379,9 +400,16 @@ impl Pipeline {
         if ev.consent.refuses(settings.honor_dnt) {
             return Ok(Outcome::Drop(DropReason::Consent));
         }
-        let ua = self.ua.parse(&ev.client.user_agent);
-        if ua.bot {
-            return Ok(Outcome::Drop(DropReason::Bot));
+        let ua = self
+            .ua
+            .parse_with_hints(&ev.client.user_agent, &ev.client.hints);
+        if let Some(kind) = ua.bot {
+            return Ok(Outcome::Drop(match kind {
+                enrich::BotKind::Crawler => DropReason::BotCrawler,
+                enrich::BotKind::Headless => DropReason::BotHeadless,
+                enrich::BotKind::Monitoring => DropReason::BotMonitoring,
+                enrich::BotKind::Library => DropReason::BotLibrary,
+            }));
         }
         let referrer = parse::referrer(ev.referrer.as_deref(), &page.hostname);
         let (visitor_id, session_id) = if settings.child_directed {
@@ -441,7 +469,22 @@ impl Pipeline {
             },
             is_debug: u8::from(ev.app.is_debug),
             spool_token: String::new(),
+            source: String::new(),
+            channel: String::new(),
+            region: String::new(),
+            city: String::new(),
+            asn: 0,
+            isp: String::new(),
         };
+        let referrer_host = row.referrer_source.clone();
+        let referrer_host = if row.referrer.is_empty() {
+            String::new()
+        } else {
+            referrer_host
+        };
+        row.source = sources::source(&referrer_host, &row.utm_source);
+        row.channel = sources::channel(&referrer_host, &row.utm_source, &row.utm_medium, page_paid)
+            .to_string();
         if let Some(os) = ev.app.os_name.as_deref().filter(|s| !s.trim().is_empty()) {
             row.os = short(&Some(os.to_string()), 32);
             row.os_version = enrich::major_minor(&short(&ev.app.os_version, 32));
@@ -520,7 +563,12 @@ impl EventRow {
         self.prop_values.clear();
         self.engagement_ms = 0;
         self.scroll_depth = 0;
+        self.asn = 0;
         for f in [
+            &mut self.city,
+            &mut self.isp,
+            &mut self.source,
+            &mut self.channel,
             &mut self.locale,
             &mut self.app_version,
             &mut self.app_build,
@@ -550,6 +598,7 @@ impl EventRow {
             &mut self.sdk_version,
             &mut self.engine,
             &mut self.os,
+            &mut self.source,
         ] {
             scrub_in_place(f);
         }

@@ -38,6 +38,9 @@ pub struct Page {
     pub pathname: String,
     /// UTM tags.
     pub utm: Utm,
+    /// The URL carried an ad click id (`gclid`, `fbclid`…): the visit is paid. The id itself is
+    /// never kept.
+    pub paid_click: bool,
 }
 
 const MAX_UTM_BYTES: usize = 500;
@@ -87,6 +90,7 @@ pub fn page(raw: &str, hash_mode: bool) -> Result<Page, Error> {
     }
     let mut utm = Utm::default();
     let (mut r#ref, mut source) = (String::new(), String::new());
+    let mut paid_click = false;
     for (k, v) in url.query_pairs() {
         let v = truncate(v.into_owned(), MAX_UTM_BYTES);
         match k.as_ref() {
@@ -97,6 +101,7 @@ pub fn page(raw: &str, hash_mode: bool) -> Result<Page, Error> {
             "utm_term" => utm.term = v,
             "ref" => r#ref = v,
             "source" => source = v,
+            k if crate::pipeline::sources::CLICK_IDS.contains(&k) => paid_click = true,
             _ => {}
         }
     }
@@ -107,6 +112,7 @@ pub fn page(raw: &str, hash_mode: bool) -> Result<Page, Error> {
         hostname,
         pathname,
         utm,
+        paid_click,
     })
 }
 

@@ -164,6 +164,7 @@ pub async fn handle(c: &Collector, req: Request<Bytes>, batch: bool) -> HttpResp
             c.trusted_ip_headers(),
         ),
         user_agent: super::user_agent(req.headers()),
+        hints: crate::pipeline::enrich::ClientHints::from_headers(req.headers()),
     };
     let consent = Consent::from_headers(req.headers());
     let now = c.now();

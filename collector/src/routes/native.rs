@@ -128,6 +128,12 @@ fn to_incoming(v: Value, fallback: &Client, consent: Consent) -> Result<Incoming
         },
         client: Client {
             ip,
+            // A forwarded user agent comes without its browser's hints.
+            hints: if e.user_agent.is_some() {
+                Default::default()
+            } else {
+                fallback.hints.clone()
+            },
             user_agent: e.user_agent.unwrap_or_else(|| fallback.user_agent.clone()),
         },
     })
@@ -147,6 +153,7 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
             c.trusted_ip_headers(),
         ),
         user_agent: super::user_agent(req.headers()),
+        hints: crate::pipeline::enrich::ClientHints::from_headers(req.headers()),
     };
     let consent = Consent::from_headers(req.headers());
     let now = c.now();

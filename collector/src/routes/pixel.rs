@@ -79,6 +79,7 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
                 c.trusted_ip_headers(),
             ),
             user_agent: super::user_agent(req.headers()),
+            hints: crate::pipeline::enrich::ClientHints::from_headers(req.headers()),
         },
     };
     match c.prepare(ev, ENDPOINT, c.now()) {
