@@ -2,7 +2,8 @@
 //! `include_bytes!` (no CDN, works offline). The page is a client of the Stats API only, renders
 //! every data string as text, and is served with a strict Content-Security-Policy.
 //!
-//! Routes: `GET /` (the page), `GET /app.js`, `GET /app.css`.
+//! Routes: `GET /` (the page), `GET /app.js`, `GET /app.css`. `dashboards/grafana/veil.json` is the
+//! operators' Grafana dashboard ([`GRAFANA_DASHBOARD`]).
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -93,3 +94,8 @@ mod tests {
         );
     }
 }
+
+/// The operators' Grafana dashboard (`dashboards/grafana/veil.json`), over the collector's
+/// Prometheus metrics. Import it into Grafana with a Prometheus data source that scrapes
+/// `/metrics`.
+pub const GRAFANA_DASHBOARD: &str = include_str!("../grafana/veil.json");

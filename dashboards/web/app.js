@@ -56,7 +56,7 @@ async function load() {
     site_id: site, metrics, date_range: period, dimensions, pagination: { limit: limit || 10 },
   });
   try {
-    const [totals, days, pages, sources, browsers, os, devices] = await Promise.all([
+    const [totals, days, pages, sources, browsers, os, devices, channels, countries] = await Promise.all([
       q(["visitors", "visits", "pageviews", "events"], []),
       q(["visitors"], ["time:day"], 400),
       q(["visitors"], ["event:page"]),
@@ -64,6 +64,8 @@ async function load() {
       q(["visitors"], ["visit:browser"]),
       q(["visitors"], ["visit:os"]),
       q(["visitors"], ["visit:device"]),
+      q(["visitors"], ["visit:channel"]),
+      q(["visitors"], ["visit:country"]),
     ]);
     const dl = $("totals");
     dl.replaceChildren();
@@ -81,6 +83,8 @@ async function load() {
     fillTable($("t-browsers"), browsers.results, (d) => d || "Unknown");
     fillTable($("t-os"), os.results, (d) => d || "Unknown");
     fillTable($("t-devices"), devices.results, (d) => d || "Unknown");
+    fillTable($("t-channels"), channels.results, (d) => d || "Direct");
+    fillTable($("t-countries"), countries.results, (d) => d || "Unknown");
     $("k-note").textContent = "Rows describing fewer than " + totals.meta.min_visitors +
       " visitors are folded into “(other)” or shown as “< k”.";
     $("report").hidden = false;
