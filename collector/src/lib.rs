@@ -224,6 +224,15 @@ impl Collector {
         }
     }
 
+    /// [`Self::prepare`] and [`Self::store`] for a request carrying one event: Ok also when
+    /// the event is dropped by policy (counted).
+    pub async fn ingest_one(&self, ev: Incoming, endpoint: &str) -> Result<(), Error> {
+        match self.prepare(ev, endpoint, self.now())? {
+            Ingested::Row(row) => self.store(&[*row], endpoint).await,
+            Ingested::Dropped(_) => Ok(()),
+        }
+    }
+
     /// Appends the rows of one request to the spool, all or none; returns once they are on disk.
     pub async fn store(&self, rows: &[EventRow], endpoint: &str) -> Result<(), Error> {
         match self.inner.queue.append(rows).await {

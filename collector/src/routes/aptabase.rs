@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use crate::pipeline::privacy::Consent;
 use crate::pipeline::{parse, AppFacts, Client, Incoming, TrackerFacts};
-use crate::server::{json, HttpResponse, PeerAddr};
+use crate::server::{json, HttpResponse};
 use crate::{Collector, Error, Ingested};
 
 /// Endpoint label in metrics.
@@ -157,15 +157,7 @@ pub async fn handle(c: &Collector, req: Request<Bytes>, batch: bool) -> HttpResp
             limit: c.limits().max_events_per_batch,
         });
     }
-    let client = Client {
-        ip: super::client_ip(
-            req.headers(),
-            req.extensions().get::<PeerAddr>(),
-            c.trusted_ip_headers(),
-        ),
-        user_agent: super::user_agent(req.headers()),
-        hints: crate::pipeline::enrich::ClientHints::from_headers(req.headers()),
-    };
+    let client = super::client(c, &req);
     let consent = Consent::from_headers(req.headers());
     let now = c.now();
     let mut rows = Vec::with_capacity(items.len());

@@ -155,6 +155,19 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
     s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
 }
 
+/// The sender of a request: client IP (trusted headers, then the peer), user agent, hints.
+pub fn client(c: &Collector, req: &Request<Bytes>) -> crate::pipeline::Client {
+    crate::pipeline::Client {
+        ip: client_ip(
+            req.headers(),
+            req.extensions().get::<PeerAddr>(),
+            c.trusted_ip_headers(),
+        ),
+        user_agent: user_agent(req.headers()),
+        hints: crate::pipeline::enrich::ClientHints::from_headers(req.headers()),
+    }
+}
+
 /// The `User-Agent` header, or empty.
 pub fn user_agent(headers: &HeaderMap) -> String {
     headers

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 
 use crate::pipeline::privacy::Consent;
 use crate::pipeline::{parse, AppFacts, Client, Incoming, TrackerFacts};
-use crate::server::{json, HttpResponse, PeerAddr};
+use crate::server::{json, HttpResponse};
 use crate::{Collector, Error, Ingested};
 
 /// Endpoint label in metrics.
@@ -146,15 +146,7 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
         Ok(v) => v,
         Err(e) => return c.reject(&e),
     };
-    let fallback = Client {
-        ip: super::client_ip(
-            req.headers(),
-            req.extensions().get::<PeerAddr>(),
-            c.trusted_ip_headers(),
-        ),
-        user_agent: super::user_agent(req.headers()),
-        hints: crate::pipeline::enrich::ClientHints::from_headers(req.headers()),
-    };
+    let fallback = super::client(c, &req);
     let consent = Consent::from_headers(req.headers());
     let now = c.now();
     let mut ignored = 0u64;

@@ -14,9 +14,9 @@ use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::Full;
 
 use crate::pipeline::privacy::Consent;
-use crate::pipeline::{AppFacts, Client, Incoming, TrackerFacts};
-use crate::server::{HttpResponse, PeerAddr};
-use crate::{Collector, Error, Ingested};
+use crate::pipeline::{AppFacts, Incoming, TrackerFacts};
+use crate::server::HttpResponse;
+use crate::{Collector, Error};
 
 /// Endpoint label in metrics.
 pub const ENDPOINT: &str = "pixel";
@@ -72,24 +72,10 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
         consent: Consent::from_headers(req.headers()),
         tracker: TrackerFacts::default(),
         app: AppFacts::default(),
-        client: Client {
-            ip: super::client_ip(
-                req.headers(),
-                req.extensions().get::<PeerAddr>(),
-                c.trusted_ip_headers(),
-            ),
-            user_agent: super::user_agent(req.headers()),
-            hints: crate::pipeline::enrich::ClientHints::from_headers(req.headers()),
-        },
+        client: super::client(c, &req),
     };
-    match c.prepare(ev, ENDPOINT, c.now()) {
-        Ok(Ingested::Row(row)) => {
-            if let Err(e) = c.store(&[*row], ENDPOINT).await {
-                return c.reject(&e);
-            }
-        }
-        Ok(Ingested::Dropped(_)) => {}
-        Err(e) => return c.reject(&e),
+    if let Err(e) = c.ingest_one(ev, ENDPOINT).await {
+        return c.reject(&e);
     }
     let mut resp = gif();
     *resp.status_mut() = StatusCode::OK;

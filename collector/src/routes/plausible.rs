@@ -24,8 +24,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::pipeline::privacy::Consent;
-use crate::pipeline::{parse, AppFacts, Client, Incoming, TrackerFacts};
-use crate::server::{text, HttpResponse, PeerAddr};
+use crate::pipeline::{parse, AppFacts, Incoming, TrackerFacts};
+use crate::server::{text, HttpResponse};
 use crate::{Collector, Error, Ingested};
 
 /// Endpoint label in metrics.
@@ -92,15 +92,7 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
         Ok(p) => p.unwrap_or_default(),
         Err(e) => return c.reject_events(&e, ENDPOINT, 1),
     };
-    let client = Client {
-        ip: super::client_ip(
-            req.headers(),
-            req.extensions().get::<PeerAddr>(),
-            c.trusted_ip_headers(),
-        ),
-        user_agent: super::user_agent(req.headers()),
-        hints: crate::pipeline::enrich::ClientHints::from_headers(req.headers()),
-    };
+    let client = super::client(c, &req);
     let domains: Vec<String> = body
         .domain
         .as_deref()

@@ -20,9 +20,9 @@ use serde_json::{json, Value};
 
 use crate::metrics::DropReason;
 use crate::pipeline::privacy::Consent;
-use crate::pipeline::{parse, AppFacts, Client, Incoming, TrackerFacts};
-use crate::server::{json, HttpResponse, PeerAddr};
-use crate::{Collector, Error, Ingested};
+use crate::pipeline::{parse, AppFacts, Incoming, TrackerFacts};
+use crate::server::{json, HttpResponse};
+use crate::{Collector, Error};
 
 /// Endpoint label in metrics.
 pub const ENDPOINT: &str = "umami";
@@ -143,24 +143,10 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
             locale: p.language,
             ..Default::default()
         },
-        client: Client {
-            ip: super::client_ip(
-                req.headers(),
-                req.extensions().get::<PeerAddr>(),
-                c.trusted_ip_headers(),
-            ),
-            user_agent: super::user_agent(req.headers()),
-            hints: crate::pipeline::enrich::ClientHints::from_headers(req.headers()),
-        },
+        client: super::client(c, &req),
     };
-    match c.prepare(ev, ENDPOINT, c.now()) {
-        Ok(Ingested::Row(row)) => {
-            if let Err(e) = c.store(&[*row], ENDPOINT).await {
-                return c.reject(&e);
-            }
-        }
-        Ok(Ingested::Dropped(_)) => {}
-        Err(e) => return c.reject(&e),
+    if let Err(e) = c.ingest_one(ev, ENDPOINT).await {
+        return c.reject(&e);
     }
     json(StatusCode::OK, &json!({}))
 }
