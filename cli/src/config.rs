@@ -78,6 +78,9 @@ pub struct Opts {
     /// Directory for Veil's own files (managed ClickHouse data) [default: ./var].
     #[arg(long, env = "VEIL_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
+    /// Directory with the GeoIP databases (`make geoip` fills it) [default: DATA_DIR/geoip].
+    #[arg(long, env = "VEIL_GEOIP_DIR", global = true)]
+    pub geoip_dir: Option<PathBuf>,
     /// A site (domain) accepted without an API call; repeatable, or comma-separated in VEIL_SITE.
     #[arg(long = "site", env = "VEIL_SITE", value_delimiter = ',', global = true)]
     pub sites: Vec<String>,
@@ -188,6 +191,7 @@ pub struct FileConfig {
     clickhouse_user: Option<String>,
     clickhouse_password: Option<String>,
     data_dir: Option<PathBuf>,
+    geoip_dir: Option<PathBuf>,
     #[serde(default)]
     site: Vec<String>,
     #[serde(default)]
@@ -329,6 +333,8 @@ impl Settings {
             .unwrap_or(collector.shutdown_timeout);
         let data_dir = pick(opts.data_dir, file.data_dir).unwrap_or_else(|| PathBuf::from("./var"));
         collector.spool.dir = data_dir.join("spool");
+        collector.geoip_dir =
+            Some(pick(opts.geoip_dir, file.geoip_dir).unwrap_or_else(|| data_dir.join("geoip")));
         collector.spool.max_bytes =
             pick(opts.spool_max_bytes, file.spool_max_bytes).unwrap_or(collector.spool.max_bytes);
         collector.spool.durability = pick(opts.durability, file.durability).unwrap_or_default();

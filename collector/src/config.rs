@@ -28,6 +28,9 @@ pub struct CollectorConfig {
     pub batch: BatchConfig,
     /// The durable spool.
     pub spool: SpoolSettings,
+    /// Directory with the GeoIP databases (`city-ipv4.mmdb`, `city-ipv6.mmdb`, `asn.mmdb`; see
+    /// docs/GEOIP.md); `None` or missing files: geo facts are left empty.
+    pub geoip_dir: Option<std::path::PathBuf>,
     /// How long shutdown may take to drain connections and flush the last batch.
     #[serde(with = "secs")]
     pub shutdown_timeout: Duration,
@@ -153,6 +156,7 @@ impl Default for CollectorConfig {
             limits: Limits::default(),
             batch: BatchConfig::default(),
             spool: SpoolSettings::default(),
+            geoip_dir: None,
             shutdown_timeout: Duration::from_secs(30),
         }
     }

@@ -128,11 +128,20 @@ impl Collector {
         let sink_cfg = ch.clone();
         let factory: SinkFactory =
             Box::new(move || Ok(Box::new(ClickHouseSink::new(&sink_cfg)?) as Box<dyn Sink>));
+        let geo = Arc::new(match &config.geoip_dir {
+            Some(dir) => pipeline::geo::GeoDb::open(dir),
+            None => pipeline::geo::GeoDb::empty(),
+        });
+        tracing::info!(status = %geo.status(), "GeoIP");
+        if config.geoip_dir.is_some() {
+            geo.watch(pipeline::geo::DEFAULT_RELOAD_INTERVAL)?;
+        }
         let pipeline = Pipeline::new(
             Arc::new(config.registry()),
             config.limits.clone(),
             salts.clone(),
-        );
+        )
+        .with_geo(geo);
         let c = Self::assemble(config, pipeline, factory, Some(ch), registry, clock)?;
         let mut stopped = c.inner.stop.subscribe();
         tokio::spawn(salts.keep_fresh(Duration::from_secs(60), async move {

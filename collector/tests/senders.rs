@@ -213,3 +213,61 @@ async fn the_pixel_answers_a_gif_and_records_a_pageview() {
         ("/newsletter", "mail.example")
     );
 }
+
+#[tokio::test]
+async fn geoip_fills_country_region_city_and_isp_and_children_keep_only_the_country() {
+    let mut cfg = cfg();
+    cfg.child_sites = vec!["kids.example".into()];
+    cfg.geoip_dir =
+        Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/geoip"));
+    let mut c = start("geoip", cfg).await;
+    for (site, ip, path) in [
+        ("example.com", "203.0.113.20", "de"),
+        ("example.com", "2001:db8::5", "fr"),
+        ("example.com", "192.0.2.1", "jp"),
+        ("kids.example", "198.51.100.7", "kid"),
+    ] {
+        let r = c
+            .post(
+                "/api/event",
+                &[("User-Agent", CHROME), ("X-Forwarded-For", ip)],
+                &plausible(site, &format!("https://{site}/{path}")),
+            )
+            .await;
+        assert_eq!(r.status, 202);
+    }
+    c.shutdown().await.unwrap();
+    let rows: Vec<EventRow> =
+        c.ch.client()
+            .query("SELECT ?fields FROM events ORDER BY pathname")
+            .fetch_all()
+            .await
+            .unwrap();
+    let by = |p: &str| rows.iter().find(|r| r.pathname == p).unwrap();
+    let de = by("/de");
+    assert_eq!(
+        (
+            de.country_code.as_str(),
+            de.region.as_str(),
+            de.city.as_str()
+        ),
+        ("DE", "Bavaria", "Munich")
+    );
+    assert_eq!((de.asn, de.isp.as_str()), (64500, "Example Carrier"));
+    let fr = by("/fr");
+    assert_eq!(
+        (fr.country_code.as_str(), fr.city.as_str()),
+        ("FR", "Paris")
+    );
+    let jp = by("/jp");
+    assert_eq!(
+        (jp.country_code.as_str(), jp.city.as_str(), jp.asn),
+        ("JP", "", 0)
+    );
+    let kid = by("/kid");
+    assert_eq!(
+        kid.country_code, "US",
+        "child-directed sites keep the country"
+    );
+    assert!(kid.region.is_empty() && kid.city.is_empty() && kid.isp.is_empty() && kid.asn == 0);
+}

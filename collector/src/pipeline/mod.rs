@@ -2,6 +2,7 @@
 //!
 //! 1. [`parse`] — page URL, referrer, UTM tags and custom properties from what a sender wrote;
 //! 2. [`enrich`] — the user agent into browser, OS and device class (bots are dropped here);
+//!    [`geo`] — the IP into country, region, city and ISP; [`sources`] — referrer → source, channel;
 //! 3. [`privacy`] — IP + user agent into a keyed visitor hash and a session id, then both are
 //!    dropped: nothing after this step ever sees them;
 //! 4. [`batch`] — rows go through a bounded crossbeam channel to writer threads;
@@ -12,6 +13,7 @@
 
 pub mod batch;
 pub mod enrich;
+pub mod geo;
 pub mod parse;
 pub mod privacy;
 pub mod sink;
@@ -29,8 +31,9 @@ use crate::metrics::DropReason;
 use crate::sites::SiteRegistry;
 use crate::Error;
 
-/// Who sent the event. Both fields are personal data: they are only read by
-/// [`privacy::VisitorHasher`] and [`enrich::UaParser`] and never logged — `Debug` redacts them.
+/// Who sent the event. These fields are personal data: they are only read by
+/// [`privacy::VisitorHasher`], [`enrich::UaParser`] and [`geo::GeoDb`] and never logged —
+/// `Debug` redacts them.
 #[derive(Clone, Default)]
 pub struct Client {
     /// The client IP (from a trusted header, a server-side sender's field, or the socket peer).
@@ -319,6 +322,7 @@ pub struct Pipeline {
     ua: enrich::UaParser,
     salts: Arc<privacy::salts::Salts>,
     sessions: privacy::SessionTracker,
+    geo: Arc<geo::GeoDb>,
 }
 
 /// Longest accepted event name.
@@ -337,7 +341,14 @@ impl Pipeline {
             ua: enrich::UaParser::new(),
             salts,
             sessions: privacy::SessionTracker::new(),
+            geo: Arc::new(geo::GeoDb::empty()),
         }
+    }
+
+    /// The same pipeline with GeoIP lookups from `geo`.
+    pub fn with_geo(mut self, geo: Arc<geo::GeoDb>) -> Self {
+        self.geo = geo;
+        self
     }
 
     /// A pipeline with one fixed salt for every day (tests, benches).
@@ -418,6 +429,11 @@ impl Pipeline {
             let visitor_id = self.visitor_id(&site, &ev.client, now)?;
             (visitor_id, self.sessions.session_id(&visitor_id, timestamp))
         };
+        let place = ev
+            .client
+            .ip
+            .map(|ip| self.geo.lookup(ip))
+            .unwrap_or_default();
         // From here on the raw IP and user agent are gone.
         drop(ev.client);
         let mut row = EventRow {
@@ -471,11 +487,12 @@ impl Pipeline {
             spool_token: String::new(),
             source: String::new(),
             channel: String::new(),
-            region: String::new(),
-            city: String::new(),
-            asn: 0,
-            isp: String::new(),
+            region: place.region,
+            city: place.city,
+            asn: place.asn,
+            isp: place.isp,
         };
+        row.country_code = place.country_code;
         let referrer_host = row.referrer_source.clone();
         let referrer_host = if row.referrer.is_empty() {
             String::new()
@@ -565,6 +582,7 @@ impl EventRow {
         self.scroll_depth = 0;
         self.asn = 0;
         for f in [
+            &mut self.region,
             &mut self.city,
             &mut self.isp,
             &mut self.source,
