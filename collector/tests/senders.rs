@@ -271,3 +271,41 @@ async fn geoip_fills_country_region_city_and_isp_and_children_keep_only_the_coun
     );
     assert!(kid.region.is_empty() && kid.city.is_empty() && kid.isp.is_empty() && kid.asn == 0);
 }
+
+#[tokio::test]
+async fn apps_can_use_the_native_api() {
+    let mut c = start("native_app", cfg()).await;
+    let batch = json!([{"site": "app.example", "name": "app_launch", "url": "app://app.example/home",
+        "props": {"launch_ms": 420}, "app": {"version": "2.0.1", "build": "77", "os": "Android", "os_version": "14.0.1",
+        "locale": "pt_BR", "sdk": "veil-kotlin@0.1", "session_id": "s-123456789"}}]);
+    let r = c
+        .post(
+            "/v1/events",
+            &[("User-Agent", "okhttp/4.12.0")],
+            &batch.to_string(),
+        )
+        .await;
+    assert_eq!(r.json()["accepted"], 1, "{}", r.body);
+    c.shutdown().await.unwrap();
+    let rows: Vec<EventRow> =
+        c.ch.client()
+            .query("SELECT ?fields FROM events")
+            .fetch_all()
+            .await
+            .unwrap();
+    let a = &rows[0];
+    assert_eq!(
+        (a.device.as_str(), a.os.as_str(), a.os_version.as_str()),
+        ("app", "Android", "14.0")
+    );
+    assert_eq!(
+        (
+            a.app_version.as_str(),
+            a.app_build.as_str(),
+            a.locale.as_str()
+        ),
+        ("2.0.1", "77", "pt-BR")
+    );
+    assert_eq!(a.prop_values, vec!["420".to_string()]);
+    assert!(!format!("{rows:?}").contains("s-123456789"));
+}

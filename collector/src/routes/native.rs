@@ -12,7 +12,11 @@
 //! `ip`, `user_agent` and `opt_out` are optional; `ip`/`user_agent` override the request's own (a
 //! server forwarding its visitors' hits), and are hashed and dropped like any other;
 //! `"opt_out": true` (an app's opt-out switch) and the request's `Sec-GPC: 1` / `DNT: 1` headers
-//! mean the event is not stored (counted as `ignored`).
+//! mean the event is not stored (counted as `ignored`). Apps add
+//! `"app": {"version", "build", "os", "os_version", "locale", "sdk", "session_id", "debug"}`
+//! (device class `app`; the session id is stored only as a salted hash); performance data goes
+//! in `props` as numbers under the names docs/ARCHITECTURE.md lists (`launch_ms`, `latency_ms`,
+//! `frame_drops`, `crash`).
 //!
 //! Answer: `202 {"accepted": N, "ignored": M, "rejected": [{"index": i, "error": "..."}]}` where
 //! `ignored` counts valid events not stored by policy (unregistered site, bot). When no event
@@ -48,10 +52,27 @@ struct Event {
     user_agent: Option<String>,
     #[serde(default)]
     opt_out: bool,
+    /// App facts, for apps sending through the native API.
+    #[serde(default)]
+    app: Option<NativeApp>,
     engagement_ms: Option<u64>,
     scroll_depth: Option<u64>,
     screen_class: Option<String>,
     processor_class: Option<String>,
+}
+
+/// The `app` object of a native event.
+#[derive(Debug, Default, Deserialize)]
+struct NativeApp {
+    version: Option<String>,
+    build: Option<String>,
+    os: Option<String>,
+    os_version: Option<String>,
+    locale: Option<String>,
+    sdk: Option<String>,
+    session_id: Option<String>,
+    #[serde(default)]
+    debug: bool,
 }
 
 fn split_body(bytes: &[u8], max: usize) -> Result<Vec<Value>, Error> {
@@ -119,7 +140,21 @@ fn to_incoming(v: Value, fallback: &Client, consent: Consent) -> Result<Incoming
             opt_out: e.opt_out,
             ..consent
         },
-        app: AppFacts::default(),
+        app: match e.app {
+            None => AppFacts::default(),
+            Some(a) => AppFacts {
+                is_app: true,
+                locale: a.locale,
+                app_version: a.version,
+                app_build: a.build,
+                sdk_version: a.sdk,
+                os_name: a.os,
+                os_version: a.os_version,
+                is_debug: a.debug,
+                session: a.session_id,
+                ..Default::default()
+            },
+        },
         tracker: TrackerFacts {
             engagement_ms: e.engagement_ms,
             scroll_depth: e.scroll_depth,
