@@ -20,13 +20,19 @@ pub struct VeilApp {
 impl App for VeilApp {
     fn call(self: Arc<Self>, req: Request<Bytes>) -> ResponseFuture {
         Box::pin(async move {
-            let not_found = veil_collector::not_found(&req);
             if let Some(c) = &self.collector {
                 if veil_collector::routes::is_collector_path(req.uri().path()) {
-                    if let Some(r) = c.handle(req).await {
-                        return r;
-                    }
-                    return not_found;
+                    // Collector paths always answer (routes::route returns Some for them).
+                    let fallback = (req.method().clone(), req.uri().path().to_string());
+                    return match c.handle(req).await {
+                        Some(r) => r,
+                        None => veil_collector::server::error_response(
+                            &veil_collector::Error::NotFound(format!(
+                                "{} {}",
+                                fallback.0, fallback.1
+                            )),
+                        ),
+                    };
                 }
             } else if req.uri().path() == "/healthz" {
                 return text(StatusCode::OK, "ok\n");
@@ -34,6 +40,7 @@ impl App for VeilApp {
             if let Some(r) = veil_dashboards::handle(&req) {
                 return r;
             }
+            let not_found = veil_collector::not_found(&req);
             if let Some(r) = self.aggregator.handle(req).await {
                 return r;
             }

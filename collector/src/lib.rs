@@ -412,8 +412,13 @@ pub fn not_found(req: &Request<Bytes>) -> HttpResponse {
 impl App for Collector {
     fn call(self: Arc<Self>, req: Request<Bytes>) -> ResponseFuture {
         Box::pin(async move {
-            let fallback = not_found(&req);
-            self.handle(req).await.unwrap_or(fallback)
+            if !routes::is_collector_path(req.uri().path()) {
+                return not_found(&req);
+            }
+            let (method, path) = (req.method().clone(), req.uri().path().to_string());
+            self.handle(req).await.unwrap_or_else(|| {
+                server::error_response(&Error::NotFound(format!("{method} {path}")))
+            })
         })
     }
 }

@@ -80,10 +80,14 @@ pub const CLICK_IDS: [&str; 8] = [
 
 /// The friendly name and kind of a referrer host (lower-case, no `www.`), if known.
 pub fn known(host: &str) -> Option<(&'static str, Kind)> {
-    if let Some((_, name, kind)) = KNOWN
-        .iter()
-        .find(|(k, _, _)| k.contains('.') && (host == *k || host.ends_with(&format!(".{k}"))))
-    {
+    // Dotted entries match the host or any subdomain of it (no allocation: this runs per event).
+    let under = |k: &str| {
+        host == k
+            || (host.len() > k.len()
+                && host.ends_with(k)
+                && host.as_bytes()[host.len() - k.len() - 1] == b'.')
+    };
+    if let Some((_, name, kind)) = KNOWN.iter().find(|(k, _, _)| k.contains('.') && under(k)) {
         return Some((name, *kind));
     }
     let registrable = psl::domain_str(host).unwrap_or(host);

@@ -96,6 +96,8 @@ impl Committer {
                         stopping = true;
                         break;
                     }
+                    // No window: write at once; the next group forms while this one is synced.
+                    Err(TryRecvError::Empty) if window.is_zero() => break,
                     Err(TryRecvError::Empty) => match self.rx.recv_deadline(deadline) {
                         Ok(m) => m,
                         Err(RecvTimeoutError::Timeout) => break,

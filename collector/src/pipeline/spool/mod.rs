@@ -21,10 +21,13 @@
 //!   oneshot (it never blocks the runtime; the only lock taken is held for microseconds and never
 //!   across I/O), [`Spool::append_blocking`] waits on a channel.
 //! * **The committer** (one thread, `veil-spool-committer`) implements *group commit*: it takes
-//!   the first waiting append, keeps collecting for up to [`SpoolConfig::group_window`] (2 ms)
-//!   or until [`SpoolConfig::group_max_records`] records, writes the whole group with one
+//!   the first waiting append and everything already queued behind it (and, with a non-zero
+//!   [`SpoolConfig::group_window`], whatever arrives within that window), up to
+//!   [`SpoolConfig::group_max_records`] records, writes the whole group with one
 //!   vectored `write` (no copy), calls `fdatasync` once, and only then acknowledges every append
-//!   of the group. [`SpoolStats::commit_groups`] and [`SpoolStats::fsyncs`] count this.
+//!   of the group. With the default window of zero no request waits for company: groups form
+//!   by themselves from the appends that arrive while the previous group is being synced.
+//!   [`SpoolStats::commit_groups`] and [`SpoolStats::fsyncs`] count this.
 //! * **The reader** is single: [`Spool::reader`] hands out one [`SpoolReader`] at a time
 //!   ([`SpoolError::ReaderTaken`] otherwise), and its methods take `&mut self`. Run it on one
 //!   writer thread: `next_batch` → insert → `commit`, in order. Reading ahead (several batches
@@ -253,8 +256,9 @@ pub struct SpoolConfig {
     pub max_pending_bytes: u64,
     /// Fsync or not. Default [`Durability::Fsync`].
     pub durability: Durability,
-    /// How long the committer keeps collecting appends after the first one of a group.
-    /// At most 1 s. Default 2 ms.
+    /// How long the committer keeps collecting appends after the first one of a group. At most
+    /// 1 s. Default zero: write at once (groups still form during the previous sync); a window
+    /// trades latency for fewer syncs when appends are sparse.
     pub group_window: Duration,
     /// A group is written as soon as it holds this many records. Default 4096.
     pub group_max_records: usize,
@@ -271,7 +275,7 @@ impl Default for SpoolConfig {
             segment_bytes: 64 << 20,
             max_pending_bytes: 64 << 20,
             durability: Durability::Fsync,
-            group_window: Duration::from_millis(2),
+            group_window: Duration::ZERO,
             group_max_records: 4096,
             persist_batch_bounds: true,
         }
