@@ -155,6 +155,10 @@ pub struct Opts {
     /// Events per second per site, bursts of twice that; 0 = off [default: 0].
     #[arg(long, env = "VEIL_RATE_LIMIT_SITE", global = true)]
     pub rate_limit_site: Option<u32>,
+    /// Oldest event time accepted from senders that supply one (apps offline), e.g. `3d`
+    /// [default: 7d].
+    #[arg(long, env = "VEIL_MAX_EVENT_AGE", global = true, value_parser = humantime::parse_duration)]
+    pub max_event_age: Option<Duration>,
     /// Open connections at most; more get 503 [default: 10000].
     #[arg(long, env = "VEIL_MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<usize>,
@@ -215,6 +219,8 @@ pub struct FileConfig {
     rate_limit_ip: Option<u32>,
     rate_limit_site: Option<u32>,
     max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    max_event_age: Option<Duration>,
     durability: Option<veil_collector::pipeline::spool::Durability>,
     batch_max_rows: Option<usize>,
     batch_max_bytes: Option<usize>,
@@ -325,6 +331,7 @@ impl Settings {
             pick(opts.rate_limit_site, file.rate_limit_site).unwrap_or(l.rate_limit_site);
         l.max_connections =
             pick(opts.max_connections, file.max_connections).unwrap_or(l.max_connections);
+        l.max_event_age = pick(opts.max_event_age, file.max_event_age).unwrap_or(l.max_event_age);
         let b = &mut collector.batch;
         b.max_rows = pick(opts.batch_max_rows, file.batch_max_rows).unwrap_or(b.max_rows);
         b.max_bytes = pick(opts.batch_max_bytes, file.batch_max_bytes).unwrap_or(b.max_bytes);

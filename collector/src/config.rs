@@ -63,6 +63,9 @@ pub struct Limits {
     pub rate_limit_site: u32,
     /// Open connections at most; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Oldest sender-supplied event time accepted (apps that were offline send late).
+    #[serde(with = "secs")]
+    pub max_event_age: Duration,
     /// Requests served on one keep-alive connection before it is closed.
     pub max_requests_per_connection: u64,
 }
@@ -128,6 +131,7 @@ impl Default for Limits {
             rate_limit_ip: 100,
             rate_limit_site: 0,
             max_connections: 10_000,
+            max_event_age: Duration::from_secs(7 * 24 * 3600),
             max_requests_per_connection: 10_000,
         }
     }

@@ -400,7 +400,9 @@ impl Pipeline {
         let page = parse::page(&ev.url, ev.hash_mode)?;
         let page_paid = page.paid_click;
         let props = parse::check_props(ev.props, &self.limits)?;
-        let timestamp = parse::check_timestamp(ev.timestamp, now)?;
+        let max_age =
+            chrono::Duration::from_std(self.limits.max_event_age).unwrap_or(parse::MAX_PAST);
+        let timestamp = parse::check_timestamp_within(ev.timestamp, now, max_age)?;
         let (engagement_ms, scroll_depth, screen_class, processor_class) = ev.tracker.check()?;
         if ev.domain.trim().is_empty() {
             return Err(Error::BadRequest("`domain` is required".into()));

@@ -221,21 +221,32 @@ pub fn check_props(
     Ok(props)
 }
 
-/// How far in the past a sender-supplied timestamp may be.
+/// How far in the past a sender-supplied timestamp may be by default (`--max-event-age`).
 pub const MAX_PAST: Duration = Duration::days(7);
 /// How far in the future a sender-supplied timestamp may be (clock skew).
 pub const MAX_FUTURE: Duration = Duration::minutes(5);
 
-/// Checks a sender-supplied timestamp; `None` means now.
+/// Checks a sender-supplied timestamp with the default age limit; `None` means now.
 pub fn check_timestamp(
     ts: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, Error> {
+    check_timestamp_within(ts, now, MAX_PAST)
+}
+
+/// Checks a sender-supplied timestamp: at most `max_past` old (apps send late when offline),
+/// at most 5 minutes ahead (clock skew); `None` means now.
+pub fn check_timestamp_within(
+    ts: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    max_past: Duration,
+) -> Result<DateTime<Utc>, Error> {
     let Some(ts) = ts else { return Ok(now) };
-    if ts < now - MAX_PAST {
-        return Err(Error::BadRequest(
-            "`timestamp` is more than 7 days old".into(),
-        ));
+    if ts < now - max_past {
+        return Err(Error::BadRequest(format!(
+            "`timestamp` is older than the accepted {} hours (--max-event-age)",
+            max_past.num_hours()
+        )));
     }
     if ts > now + MAX_FUTURE {
         return Err(Error::BadRequest(
@@ -362,6 +373,12 @@ mod tests {
         assert_eq!(check_timestamp(None, now).unwrap(), now);
         assert!(check_timestamp(Some(now - Duration::days(8)), now).is_err());
         assert!(check_timestamp(Some(now + Duration::minutes(10)), now).is_err());
+        let two_days = Some(now - Duration::days(2));
+        assert!(check_timestamp_within(two_days, now, Duration::days(1))
+            .unwrap_err()
+            .to_string()
+            .contains("--max-event-age"));
+        assert!(check_timestamp_within(two_days, now, Duration::days(3)).is_ok());
         assert!(timestamp_from_json(&json!("2024-01-02T03:04:05Z"))
             .unwrap()
             .is_some());
