@@ -71,6 +71,11 @@ pub fn handle<B>(req: &Request<B>) -> Option<Response<Full<Bytes>>> {
     Some(r)
 }
 
+/// The operators' Grafana dashboard (`dashboards/grafana/veil.json`), over the collector's
+/// Prometheus metrics. Import it into Grafana with a Prometheus data source that scrapes
+/// `/metrics`.
+pub const GRAFANA_DASHBOARD: &str = include_str!("../grafana/veil.json");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,8 +99,3 @@ mod tests {
         );
     }
 }
-
-/// The operators' Grafana dashboard (`dashboards/grafana/veil.json`), over the collector's
-/// Prometheus metrics. Import it into Grafana with a Prometheus data source that scrapes
-/// `/metrics`.
-pub const GRAFANA_DASHBOARD: &str = include_str!("../grafana/veil.json");
