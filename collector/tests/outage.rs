@@ -50,6 +50,7 @@ async fn an_outage_loses_nothing_and_a_full_spool_says_503() {
     let r = c.get("/readyz").await;
     assert_eq!(r.status, 200);
     assert!(r.body.starts_with("degraded"), "{}", r.body);
+    let rss_before = rss_kib();
     let mut acked = 0u32;
     let mut refused = None;
     let big = "x".repeat(1500);
@@ -66,6 +67,12 @@ async fn an_outage_loses_nothing_and_a_full_spool_says_503() {
         }
     }
     let refused = refused.expect("a 1 MiB spool must fill up");
+    // Memory stays flat while events pile up: they wait on disk, not in memory.
+    let grown = rss_kib().saturating_sub(rss_before);
+    assert!(
+        grown < 64 * 1024,
+        "RSS grew by {grown} KiB during the outage"
+    );
     assert!(
         refused.headers.contains("retry-after:"),
         "{}",
@@ -108,4 +115,17 @@ async fn an_outage_loses_nothing_and_a_full_spool_says_503() {
     tokio::task::spawn_blocking(move || server.stop())
         .await
         .unwrap();
+}
+
+/// Resident set size of this process, KiB (Linux).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
