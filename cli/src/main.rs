@@ -171,12 +171,7 @@ async fn run(command: Command, s: Settings) -> Result<()> {
             });
             let addr = listener.local_addr()?;
             println!("Veil is running: dashboard http://{addr}/  ingest http://{addr}/api/event  metrics http://{addr}/metrics");
-            if let Some(dir) = &s.collector.geoip_dir {
-                println!(
-                    "GeoIP: {}",
-                    veil_collector::pipeline::geo::GeoDb::open(dir).status()
-                );
-            }
+            println!("{}", collector.geo_status());
             if s.collector.sites.is_empty() {
                 println!("No site is registered yet: restart with --site example.com to accept its events.");
             }

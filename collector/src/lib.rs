@@ -380,6 +380,11 @@ impl Collector {
     pub fn queue_depth(&self) -> u64 {
         self.inner.queue.depth()
     }
+    /// What GeoIP data is loaded (or why none is), one line for humans.
+    pub fn geo_status(&self) -> String {
+        self.inner.pipeline.geo().status()
+    }
+
     /// Refreshes the spool gauges (before `/metrics` renders).
     pub fn observe(&self) {
         self.inner.queue.observe();

@@ -362,6 +362,11 @@ impl Pipeline {
         &self.sites
     }
 
+    /// The GeoIP databases in use.
+    pub fn geo(&self) -> &Arc<geo::GeoDb> {
+        &self.geo
+    }
+
     /// The user-agent parser (cache statistics).
     pub fn ua(&self) -> &enrich::UaParser {
         &self.ua
