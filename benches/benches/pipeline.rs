@@ -5,6 +5,7 @@
 //! | `parse` | a Plausible body (JSON text) into the pipeline's `Incoming`, the way `routes/plausible.rs` does it |
 //! | `ua` | `UaParser::parse` on one user agent (desktop, mobile, tablet, bot), from the parser's cache and not |
 //! | `privacy` | `VisitorHasher::visitor_id` for an IPv4 and an IPv6 visitor |
+//! | `enrich` | a GeoIP lookup (the committed test fixture databases; the real ones are larger but the lookup is a tree walk of the same depth order) and the referrer's source name and channel |
 //! | `pipeline` | `Pipeline::process` on one event: a page view with UTM tags and referrer, and the traffic mix of the load harness (bots and unknown sites included) |
 //! | `route` | `Collector::handle` on 256 concurrent `/api/event` requests, or 16 concurrent `/v1/events` requests of 50 events, on one thread: JSON, pipeline, and the append to the spool (durability `none`; its writer's sink discards rows) |
 //!
@@ -393,12 +394,49 @@ fn quick() -> Criterion {
         .sample_size(50)
 }
 
+fn bench_enrich(c: &mut Criterion) {
+    use veil_collector::pipeline::{geo::GeoDb, sources};
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/tests/fixtures/geoip");
+    let geo = GeoDb::open(&fixture);
+    let v4: IpAddr = "203.0.113.20".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let v6: IpAddr = "2001:db8::5".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let mut g = c.benchmark_group("enrich");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("geo_lookup_ipv4", |b| {
+        b.iter(|| black_box(geo.lookup(black_box(v4))))
+    });
+    g.bench_function("geo_lookup_ipv6", |b| {
+        b.iter(|| black_box(geo.lookup(black_box(v6))))
+    });
+    g.bench_function("source_and_channel_known", |b| {
+        b.iter(|| {
+            let host = black_box("www.google.co.uk");
+            black_box((
+                sources::source(host, ""),
+                sources::channel(host, "", "", false),
+            ))
+        })
+    });
+    g.bench_function("source_and_channel_unknown", |b| {
+        b.iter(|| {
+            let host = black_box("blog.example.org");
+            black_box((
+                sources::source(host, ""),
+                sources::channel(host, "", "", false),
+            ))
+        })
+    });
+    g.finish();
+}
+
 /// What `criterion_group!` would generate, written out so the function can stay private.
 fn benches() {
     let mut c = quick().configure_from_args();
     bench_parse(&mut c);
     bench_ua(&mut c);
     bench_privacy(&mut c);
+    bench_enrich(&mut c);
     bench_pipeline(&mut c);
     bench_routes(&mut c);
 }
