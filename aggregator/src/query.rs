@@ -86,6 +86,8 @@ pub const DIMENSIONS: &[(&str, &str)] = &[
     ("visit:processor", "processor_class"),
     ("visit:locale", "locale"),
     ("visit:app_version", "app_version"),
+    ("visit:device_model", "device_model"),
+    ("visit:install_source", "install_source"),
     (
         "time:hour",
         "formatDateTime(toStartOfHour(timestamp), '%Y-%m-%d %H:00:00')",
@@ -285,11 +287,12 @@ const VISITS_SOURCE: &str = "(SELECT visitor_id, ev.1 AS timestamp, ev.2 AS name
      ev.9 AS utm_campaign, ev.10 AS utm_content, ev.11 AS utm_term, ev.12 AS browser, ev.13 AS browser_version, \
      ev.14 AS os, ev.15 AS os_version, ev.16 AS device, ev.17 AS country_code, ev.18 AS source, \
      ev.19 AS channel, ev.20 AS region, ev.21 AS city, ev.22 AS isp, ev.23 AS screen_class, \
-     ev.24 AS processor_class, ev.25 AS locale, ev.26 AS app_version, visit \
+     ev.24 AS processor_class, ev.25 AS locale, ev.26 AS app_version, ev.27 AS device_model, \
+     ev.28 AS install_source, visit \
      FROM (SELECT visitor_id, arraySort(x -> x.1, groupArray((timestamp, name, pathname, hostname, \
      referrer_source, referrer, utm_source, utm_medium, utm_campaign, utm_content, utm_term, browser, \
      browser_version, os, os_version, device, country_code, source, channel, region, city, isp, \
-     screen_class, processor_class, locale, app_version))) AS evs \
+     screen_class, processor_class, locale, app_version, device_model, install_source))) AS evs \
      FROM events WHERE site = ? AND timestamp >= toDateTime(?) AND timestamp < toDateTime(?) \
      GROUP BY visitor_id) \
      ARRAY JOIN evs AS ev, \

@@ -214,3 +214,26 @@ async fn visits_are_derived_from_hashes_and_times_across_collectors() {
         "{v}"
     );
 }
+
+/// Every dimension the API accepts can be asked for together with `visits` (the derived source
+/// carries every dimension column), and alone.
+#[tokio::test]
+async fn every_dimension_works_with_and_without_visits() {
+    let ch = veil_schemas::testing::fresh_database("stats_dims").await;
+    seed(&ch, 6).await;
+    let a = Aggregator::new(
+        AggregatorConfig {
+            sites: vec!["shop.example".into()],
+            min_visitors: 1,
+            ..Default::default()
+        },
+        ch,
+    );
+    for (dim, _) in veil_aggregator::query::DIMENSIONS {
+        for metrics in [json!(["visitors", "visits"]), json!(["pageviews"])] {
+            let (s, v) = ask(&a, json!({"site_id": "shop.example", "metrics": metrics, "date_range": "day", "dimensions": [dim]})).await;
+            assert_eq!(s, 200, "{dim} {metrics}: {v}");
+            assert!(!v["results"].as_array().unwrap().is_empty(), "{dim}: {v}");
+        }
+    }
+}

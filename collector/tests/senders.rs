@@ -277,7 +277,8 @@ async fn apps_can_use_the_native_api() {
     let mut c = start("native_app", cfg()).await;
     let batch = json!([{"site": "app.example", "name": "app_launch", "url": "app://app.example/home",
         "props": {"launch_ms": 420}, "app": {"version": "2.0.1", "build": "77", "os": "Android", "os_version": "14.0.1",
-        "locale": "pt_BR", "sdk": "veil-kotlin@0.1", "session_id": "s-123456789"}}]);
+        "locale": "pt_BR", "sdk": "veil-kotlin@0.1", "session_id": "s-123456789",
+        "device_model": "SM-S921B", "install_source": "play-store"}}]);
     let r = c
         .post(
             "/v1/events",
@@ -307,5 +308,9 @@ async fn apps_can_use_the_native_api() {
         ("2.0.1", "77", "pt-BR")
     );
     assert_eq!(a.prop_values, vec!["420".to_string()]);
+    assert_eq!(
+        (a.device_model.as_str(), a.install_source.as_str()),
+        ("SM-S921B", "play-store")
+    );
     assert!(!format!("{rows:?}").contains("s-123456789"));
 }

@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "enrichment",
         sql: include_str!("../migrations/006_enrichment.sql"),
     },
+    Migration {
+        version: 7,
+        name: "app_install",
+        sql: include_str!("../migrations/007_app_install.sql"),
+    },
 ];
 
 impl Migration {

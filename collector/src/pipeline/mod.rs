@@ -115,6 +115,10 @@ pub struct AppFacts {
     pub is_debug: bool,
     /// The app's own session id: hashed with the day's salt, never stored as sent.
     pub session: Option<String>,
+    /// Device model (e.g. `iPhone15,2`).
+    pub device_model: Option<String>,
+    /// Install source (store, campaign).
+    pub install_source: Option<String>,
 }
 
 /// Keeps `ll` or `ll-RR` of a locale (`en_US.UTF-8` → `en-US`), else empty.
@@ -264,6 +268,10 @@ pub struct EventRow {
     pub asn: u32,
     /// AS organisation, shown as ISP (GeoIP).
     pub isp: String,
+    /// Device model an app reports.
+    pub device_model: String,
+    /// Where an app was installed from.
+    pub install_source: String,
 }
 
 impl EventRow {
@@ -498,6 +506,8 @@ impl Pipeline {
             city: place.city,
             asn: place.asn,
             isp: place.isp,
+            device_model: short(&ev.app.device_model, 64),
+            install_source: short(&ev.app.install_source, 128),
         };
         row.country_code = place.country_code;
         let referrer_host = row.referrer_source.clone();
@@ -589,6 +599,7 @@ impl EventRow {
         self.scroll_depth = 0;
         self.asn = 0;
         for f in [
+            &mut self.install_source,
             &mut self.region,
             &mut self.city,
             &mut self.isp,
@@ -624,6 +635,8 @@ impl EventRow {
             &mut self.engine,
             &mut self.os,
             &mut self.source,
+            &mut self.device_model,
+            &mut self.install_source,
         ] {
             scrub_in_place(f);
         }

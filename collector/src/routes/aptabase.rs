@@ -56,6 +56,7 @@ struct SystemProps {
     engine_version: Option<String>,
     #[serde(default)]
     is_debug: bool,
+    device_model: Option<String>,
 }
 
 fn to_incoming(
@@ -103,6 +104,8 @@ fn to_incoming(
             engine_version: sp.engine_version,
             is_debug: sp.is_debug,
             session: e.session_id,
+            device_model: sp.device_model,
+            install_source: None,
         },
         client: client.clone(),
     })

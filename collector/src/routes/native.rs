@@ -13,7 +13,8 @@
 //! server forwarding its visitors' hits), and are hashed and dropped like any other;
 //! `"opt_out": true` (an app's opt-out switch) and the request's `Sec-GPC: 1` / `DNT: 1` headers
 //! mean the event is not stored (counted as `ignored`). Apps add
-//! `"app": {"version", "build", "os", "os_version", "locale", "sdk", "session_id", "debug"}`
+//! `"app": {"version", "build", "os", "os_version", "locale", "sdk", "session_id",
+//! "device_model", "install_source", "debug"}`
 //! (device class `app`; the session id is stored only as a salted hash); performance data goes
 //! in `props` as numbers under the names docs/ARCHITECTURE.md lists (`launch_ms`, `latency_ms`,
 //! `frame_drops`, `crash`).
@@ -71,6 +72,8 @@ struct NativeApp {
     locale: Option<String>,
     sdk: Option<String>,
     session_id: Option<String>,
+    device_model: Option<String>,
+    install_source: Option<String>,
     #[serde(default)]
     debug: bool,
 }
@@ -152,6 +155,8 @@ fn to_incoming(v: Value, fallback: &Client, consent: Consent) -> Result<Incoming
                 os_version: a.os_version,
                 is_debug: a.debug,
                 session: a.session_id,
+                device_model: a.device_model,
+                install_source: a.install_source,
                 ..Default::default()
             },
         },
