@@ -276,7 +276,7 @@ pub fn today() -> NaiveDate {
 
 /// Raw events of one site in a time range (placeholders: site, from, to).
 const EVENTS_SOURCE: &str =
-    "events WHERE site = ? AND timestamp >= toDateTime(?) AND timestamp < toDateTime(?)";
+    "events WHERE site = ? AND timestamp >= toDateTime(?) AND timestamp < toDateTime(?) AND bot = ''";
 
 /// The same events with a `visit` number per visitor, derived from the stored visitor hashes
 /// and times alone with the 30-minute rule (a gap of more than 1800 s starts a new visit). It
@@ -293,7 +293,7 @@ const VISITS_SOURCE: &str = "(SELECT visitor_id, ev.1 AS timestamp, ev.2 AS name
      referrer_source, referrer, utm_source, utm_medium, utm_campaign, utm_content, utm_term, browser, \
      browser_version, os, os_version, device, country_code, source, channel, region, city, isp, \
      screen_class, processor_class, locale, app_version, device_model, install_source))) AS evs \
-     FROM events WHERE site = ? AND timestamp >= toDateTime(?) AND timestamp < toDateTime(?) \
+     FROM events WHERE site = ? AND timestamp >= toDateTime(?) AND timestamp < toDateTime(?) AND bot = '' \
      GROUP BY visitor_id) \
      ARRAY JOIN evs AS ev, \
      arrayCumSum(arrayMap((e, i) -> toUInt8(i = 1 OR e.1 - evs[i - 1].1 > 1800), evs, arrayEnumerate(evs))) AS visit)";

@@ -191,6 +191,11 @@ async fn visits_are_derived_from_hashes_and_times_across_collectors() {
         row(1, t0 + 600, 20, "/b"), // another collector, 10 min later: same visit
         row(1, t0 + 3300, 20, "/c"), // 45 min after the last: a new visit
         row(2, t0 + 60, 30, "/a"),
+        // A bot kept flagged by its site: never in reports.
+        EventRow {
+            bot: "bot_crawler".into(),
+            ..row(3, t0 + 90, 40, "/a")
+        },
     ];
     let mut sink = ClickHouseSink::new(&ch).unwrap();
     tokio::task::spawn_blocking(move || sink.write(&rows).unwrap())

@@ -101,6 +101,14 @@ pub struct Opts {
         global = true
     )]
     pub ignore_dnt_sites: Vec<String>,
+    /// A site that keeps bot hits, flagged with their reason, instead of dropping them; repeatable.
+    #[arg(
+        long = "keep-bots-site",
+        env = "VEIL_KEEP_BOTS_SITE",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub keep_bots_sites: Vec<String>,
     /// `ALIAS=DOMAIN`: an Umami website id or Aptabase app key naming a site; repeatable.
     #[arg(
         long = "site-alias",
@@ -204,6 +212,8 @@ pub struct FileConfig {
     ignore_dnt_site: Vec<String>,
     #[serde(default)]
     site_alias: Vec<String>,
+    #[serde(default)]
+    keep_bots_site: Vec<String>,
     retention_days: Option<u32>,
     #[serde(default)]
     site_retention: Vec<String>,
@@ -307,6 +317,7 @@ impl Settings {
             child_sites: or_file(opts.child_sites, file.child_site),
             ignore_dnt_sites: or_file(opts.ignore_dnt_sites, file.ignore_dnt_site),
             site_aliases: or_file(opts.site_aliases, file.site_alias),
+            keep_bots_sites: or_file(opts.keep_bots_sites, file.keep_bots_site),
             ..CollectorConfig::default()
         };
         let headers = if opts.trusted_ip_headers.is_empty() {

@@ -19,6 +19,8 @@ pub struct CollectorConfig {
     pub ignore_dnt_sites: Vec<String>,
     /// `ALIAS=DOMAIN`: an Umami website id or an Aptabase app key that names a site.
     pub site_aliases: Vec<String>,
+    /// Sites that keep bot hits, flagged, instead of dropping them.
+    pub keep_bots_sites: Vec<String>,
     /// Headers that carry the client IP, first match wins, then the socket peer.
     /// The first (left-most) address of each header is used.
     pub trusted_ip_headers: Vec<String>,
@@ -156,6 +158,7 @@ impl Default for CollectorConfig {
             child_sites: Vec::new(),
             ignore_dnt_sites: Vec::new(),
             site_aliases: Vec::new(),
+            keep_bots_sites: Vec::new(),
             trusted_ip_headers: vec!["x-forwarded-for".into()],
             limits: Limits::default(),
             batch: BatchConfig::default(),
@@ -231,6 +234,7 @@ impl CollectorConfig {
             let settings = SiteSettings {
                 child_directed: self.child_sites.contains(s),
                 honor_dnt: !self.ignore_dnt_sites.contains(s),
+                keep_bots: self.keep_bots_sites.contains(s),
             };
             (s.clone(), settings)
         });

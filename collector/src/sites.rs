@@ -34,6 +34,8 @@ pub struct SiteSettings {
     pub child_directed: bool,
     /// Honour `DNT: 1` (default true; a site may switch it off as its own legal decision).
     pub honor_dnt: bool,
+    /// Store bot hits flagged with their reason instead of dropping them (reports exclude them).
+    pub keep_bots: bool,
 }
 
 impl Default for SiteSettings {
@@ -41,6 +43,7 @@ impl Default for SiteSettings {
         Self {
             child_directed: false,
             honor_dnt: true,
+            keep_bots: false,
         }
     }
 }
@@ -139,6 +142,7 @@ mod tests {
             SiteSettings {
                 child_directed: true,
                 honor_dnt: true,
+                keep_bots: false,
             },
         );
         assert!(r.resolve("kids.example").unwrap().1.child_directed);

@@ -314,3 +314,38 @@ async fn apps_can_use_the_native_api() {
     );
     assert!(!format!("{rows:?}").contains("s-123456789"));
 }
+
+#[tokio::test]
+async fn a_site_may_keep_bots_flagged_instead_of_dropped() {
+    let mut cfg = cfg();
+    cfg.keep_bots_sites = vec!["app.example".into()];
+    let mut c = start("keep_bots", cfg).await;
+    for site in ["app.example", "example.com"] {
+        let r = c
+            .post(
+                "/api/event",
+                &[("User-Agent", GOOGLEBOT)],
+                &plausible(site, &format!("https://{site}/crawled")),
+            )
+            .await;
+        assert_eq!(r.status, 202);
+    }
+    assert_eq!(
+        c.metric("veil_events_dropped_total{reason=\"bot_crawler\"}")
+            .await,
+        1.0,
+        "dropped for the other site"
+    );
+    c.shutdown().await.unwrap();
+    let rows: Vec<EventRow> =
+        c.ch.client()
+            .query("SELECT ?fields FROM events")
+            .fetch_all()
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].site.as_str(), rows[0].bot.as_str()),
+        ("app.example", "bot_crawler")
+    );
+}

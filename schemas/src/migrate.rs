@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "app_install",
         sql: include_str!("../migrations/007_app_install.sql"),
     },
+    Migration {
+        version: 8,
+        name: "bots",
+        sql: include_str!("../migrations/008_bots.sql"),
+    },
 ];
 
 impl Migration {

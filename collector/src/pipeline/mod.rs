@@ -272,6 +272,8 @@ pub struct EventRow {
     pub device_model: String,
     /// Where an app was installed from.
     pub install_source: String,
+    /// Bot reason for sites that keep bots flagged (`--keep-bots-site`); empty for people.
+    pub bot: String,
 }
 
 impl EventRow {
@@ -429,13 +431,18 @@ impl Pipeline {
         let ua = self
             .ua
             .parse_with_hints(&ev.client.user_agent, &ev.client.hints);
+        let mut bot_flag = String::new();
         if let Some(kind) = ua.bot {
-            return Ok(Outcome::Drop(match kind {
+            let reason = match kind {
                 enrich::BotKind::Crawler => DropReason::BotCrawler,
                 enrich::BotKind::Headless => DropReason::BotHeadless,
                 enrich::BotKind::Monitoring => DropReason::BotMonitoring,
                 enrich::BotKind::Library => DropReason::BotLibrary,
-            }));
+            };
+            if !settings.keep_bots {
+                return Ok(Outcome::Drop(reason));
+            }
+            bot_flag = reason.as_str().to_string();
         }
         let referrer = parse::referrer(ev.referrer.as_deref(), &page.hostname);
         let (visitor_id, session_id) = if settings.child_directed {
@@ -508,6 +515,7 @@ impl Pipeline {
             isp: place.isp,
             device_model: short(&ev.app.device_model, 64),
             install_source: short(&ev.app.install_source, 128),
+            bot: bot_flag,
         };
         row.country_code = place.country_code;
         let referrer_host = row.referrer_source.clone();
