@@ -101,6 +101,15 @@ pub struct Opts {
         global = true
     )]
     pub ignore_dnt_sites: Vec<String>,
+    /// `DOMAIN=PARAM`: a query parameter the site keeps in stored paths (e.g. `example.com=page`);
+    /// every other query parameter is dropped; repeatable.
+    #[arg(
+        long = "site-query-param",
+        env = "VEIL_SITE_QUERY_PARAM",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub site_query_params: Vec<String>,
     /// A site that keeps bot hits, flagged with their reason, instead of dropping them; repeatable.
     #[arg(
         long = "keep-bots-site",
@@ -214,6 +223,8 @@ pub struct FileConfig {
     site_alias: Vec<String>,
     #[serde(default)]
     keep_bots_site: Vec<String>,
+    #[serde(default)]
+    site_query_param: Vec<String>,
     retention_days: Option<u32>,
     #[serde(default)]
     site_retention: Vec<String>,
@@ -318,6 +329,7 @@ impl Settings {
             ignore_dnt_sites: or_file(opts.ignore_dnt_sites, file.ignore_dnt_site),
             site_aliases: or_file(opts.site_aliases, file.site_alias),
             keep_bots_sites: or_file(opts.keep_bots_sites, file.keep_bots_site),
+            site_query_params: or_file(opts.site_query_params, file.site_query_param),
             ..CollectorConfig::default()
         };
         let headers = if opts.trusted_ip_headers.is_empty() {

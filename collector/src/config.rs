@@ -21,6 +21,8 @@ pub struct CollectorConfig {
     pub site_aliases: Vec<String>,
     /// Sites that keep bot hits, flagged, instead of dropping them.
     pub keep_bots_sites: Vec<String>,
+    /// `DOMAIN=PARAM`: a query parameter a site keeps in stored paths (all others are dropped).
+    pub site_query_params: Vec<String>,
     /// Headers that carry the client IP, first match wins, then the socket peer.
     /// The first (left-most) address of each header is used.
     pub trusted_ip_headers: Vec<String>,
@@ -159,6 +161,7 @@ impl Default for CollectorConfig {
             ignore_dnt_sites: Vec::new(),
             site_aliases: Vec::new(),
             keep_bots_sites: Vec::new(),
+            site_query_params: Vec::new(),
             trusted_ip_headers: vec!["x-forwarded-for".into()],
             limits: Limits::default(),
             batch: BatchConfig::default(),
@@ -242,6 +245,11 @@ impl CollectorConfig {
         for a in &self.site_aliases {
             if let Some((alias, domain)) = a.split_once('=') {
                 registry.alias(alias, domain);
+            }
+        }
+        for q in &self.site_query_params {
+            if let Some((domain, param)) = q.split_once('=') {
+                registry.allow_query_param(domain, param.trim());
             }
         }
         registry

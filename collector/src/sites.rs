@@ -54,6 +54,7 @@ impl Default for SiteSettings {
 pub struct SiteRegistry {
     sites: RwLock<HashMap<String, SiteSettings>>,
     aliases: RwLock<HashMap<String, String>>,
+    query_params: RwLock<HashMap<String, Vec<String>>>,
 }
 
 impl SiteRegistry {
@@ -67,6 +68,7 @@ impl SiteRegistry {
         Self {
             sites: RwLock::new(sites.into_iter().collect()),
             aliases: RwLock::default(),
+            query_params: RwLock::default(),
         }
     }
 
@@ -84,6 +86,28 @@ impl SiteRegistry {
         };
         let sites = self.sites.read().unwrap_or_else(|p| p.into_inner());
         sites.get(&d).map(|s| (d, *s))
+    }
+
+    /// Lets `site` keep the query parameter `name` in stored paths (all others are dropped).
+    pub fn allow_query_param(&self, site: &str, name: &str) {
+        if let Some(d) = normalize_domain(site) {
+            self.query_params
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(d)
+                .or_default()
+                .push(name.to_string());
+        }
+    }
+
+    /// The query parameters `site` keeps in stored paths (usually none).
+    pub fn allowed_query_params(&self, site: &str) -> Vec<String> {
+        self.query_params
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(site)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Makes `alias` (case-sensitive, as senders send it) name `domain`.

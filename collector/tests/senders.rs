@@ -349,3 +349,44 @@ async fn a_site_may_keep_bots_flagged_instead_of_dropped() {
         ("app.example", "bot_crawler")
     );
 }
+
+#[tokio::test]
+async fn a_site_may_keep_chosen_query_parameters() {
+    let mut cfg = cfg();
+    cfg.site_query_params = vec!["example.com=page".into(), "example.com=q".into()];
+    let mut c = start("query_params", cfg).await;
+    let url = "https://example.com/search?token=secret123&q=red+shoes&email=a%40b.example&page=2";
+    assert_eq!(
+        c.post(
+            "/api/event",
+            &[("User-Agent", CHROME)],
+            &plausible("example.com", url)
+        )
+        .await
+        .status,
+        202
+    );
+    assert_eq!(
+        c.post(
+            "/api/event",
+            &[("User-Agent", CHROME)],
+            &plausible("app.example", "https://app.example/s?page=2")
+        )
+        .await
+        .status,
+        202
+    );
+    c.shutdown().await.unwrap();
+    let mut paths: Vec<String> =
+        c.ch.client()
+            .query("SELECT pathname FROM events ORDER BY pathname")
+            .fetch_all()
+            .await
+            .unwrap();
+    paths.sort();
+    assert_eq!(
+        paths,
+        vec!["/s".to_string(), "/search?page=2&q=red+shoes".to_string()],
+        "only the allowed ones, only for that site"
+    );
+}

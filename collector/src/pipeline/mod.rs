@@ -413,6 +413,7 @@ impl Pipeline {
             )));
         }
         let page = parse::page(&ev.url, ev.hash_mode)?;
+        let ev_url = ev.url.clone();
         let page_paid = page.paid_click;
         let props = parse::check_props(ev.props, &self.limits)?;
         let max_age =
@@ -539,6 +540,12 @@ impl Pipeline {
             if let Some(salt) = self.salts.get(now.date_naive()) {
                 row.session_id =
                     privacy::VisitorHasher::new(salt).visitor_id(&row.site, None, app_session);
+            }
+        }
+        if !settings.child_directed {
+            let keep = self.sites.allowed_query_params(&row.site);
+            if !keep.is_empty() {
+                row.pathname.push_str(&parse::kept_query(&ev_url, &keep));
             }
         }
         if settings.child_directed {

@@ -116,6 +116,31 @@ pub fn page(raw: &str, hash_mode: bool) -> Result<Page, Error> {
     })
 }
 
+/// The allow-listed query parameters of `raw` as `?k=v&…` (in allow-list order), or empty.
+/// For sites that choose to keep, say, `page` or `q` (`--site-query-param`); still scrubbed.
+pub fn kept_query(raw: &str, allowed: &[String]) -> String {
+    let Ok(url) = Url::parse(raw.trim()) else {
+        return String::new();
+    };
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    let mut any = false;
+    for name in allowed {
+        for (k, v) in pairs.iter().filter(|(k, _)| k == name) {
+            out.append_pair(k, &truncate(v.clone(), MAX_UTM_BYTES));
+            any = true;
+        }
+    }
+    if any {
+        format!("?{}", out.finish())
+    } else {
+        String::new()
+    }
+}
+
 /// A cleaned referrer.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Referrer {
@@ -293,6 +318,16 @@ mod tests {
         let p = page("https://example.com?ref=producthunt", false).unwrap();
         assert_eq!(p.pathname, "/");
         assert_eq!(p.utm.source, "producthunt");
+    }
+
+    #[test]
+    fn only_allowed_query_params_are_kept() {
+        let allowed = vec!["q".to_string(), "page".to_string()];
+        assert_eq!(
+            kept_query("https://a.com/s?session=x&page=2&q=red+shoes", &allowed),
+            "?q=red+shoes&page=2"
+        );
+        assert_eq!(kept_query("https://a.com/s?session=x", &allowed), "");
     }
 
     #[test]
