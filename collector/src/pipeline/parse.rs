@@ -259,8 +259,8 @@ pub fn check_timestamp(
     check_timestamp_within(ts, now, MAX_PAST)
 }
 
-/// Checks a sender-supplied timestamp: at most `max_past` old (apps send late when offline),
-/// at most 5 minutes ahead (clock skew); `None` means now.
+/// Checks a sender-supplied timestamp: at most `max_past` old (apps send late when offline);
+/// more than 5 minutes ahead (a device clock running fast) is clamped to now; `None` means now.
 pub fn check_timestamp_within(
     ts: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
@@ -273,10 +273,9 @@ pub fn check_timestamp_within(
             max_past.num_hours()
         )));
     }
+    // Clock skew: a device clock running ahead is clamped to now, never rejected.
     if ts > now + MAX_FUTURE {
-        return Err(Error::BadRequest(
-            "`timestamp` is more than 5 minutes in the future".into(),
-        ));
+        return Ok(now);
     }
     Ok(ts)
 }
@@ -407,7 +406,7 @@ mod tests {
         let now = Utc::now();
         assert_eq!(check_timestamp(None, now).unwrap(), now);
         assert!(check_timestamp(Some(now - Duration::days(8)), now).is_err());
-        assert!(check_timestamp(Some(now + Duration::minutes(10)), now).is_err());
+        assert_eq!(check_timestamp(Some(now + Duration::minutes(10)), now).unwrap(), now, "the future is clamped");
         let two_days = Some(now - Duration::days(2));
         assert!(check_timestamp_within(two_days, now, Duration::days(1))
             .unwrap_err()
