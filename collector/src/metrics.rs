@@ -18,6 +18,8 @@ pub enum DropReason {
     BotMonitoring,
     /// An HTTP library or command-line client.
     BotLibrary,
+    /// A browser hit from a hosting provider's network.
+    BotDatacenter,
     /// The visitor opted out (GPC, DNT, an app's flag).
     Consent,
     /// No salt for today was available (ClickHouse unreachable at start); sender got 503.
@@ -47,6 +49,7 @@ impl DropReason {
             DropReason::BotHeadless => "bot_headless",
             DropReason::BotMonitoring => "bot_monitoring",
             DropReason::BotLibrary => "bot_library",
+            DropReason::BotDatacenter => "bot_datacenter",
             DropReason::Consent => "consent",
             DropReason::NoSalt => "no_salt",
             DropReason::Invalid => "invalid",
@@ -235,6 +238,7 @@ impl Metrics {
             DropReason::BotHeadless,
             DropReason::BotMonitoring,
             DropReason::BotLibrary,
+            DropReason::BotDatacenter,
             DropReason::Consent,
             DropReason::NoSalt,
             DropReason::Invalid,

@@ -390,3 +390,63 @@ async fn a_site_may_keep_chosen_query_parameters() {
         "only the allowed ones, only for that site"
     );
 }
+
+#[tokio::test]
+async fn browser_hits_from_data_centres_are_bots_but_servers_may_send_from_there() {
+    let mut cfg = cfg();
+    cfg.geoip_dir =
+        Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/geoip"));
+    cfg.keep_bots_sites = vec!["app.example".into()];
+    let mut c = start("datacenter", cfg).await;
+    // 192.0.2.200 sits in the fixture's hosting network (AS16509).
+    let h = [("User-Agent", CHROME), ("X-Forwarded-For", "192.0.2.200")];
+    assert_eq!(
+        c.post(
+            "/api/event",
+            &h,
+            &plausible("example.com", "https://example.com/dc")
+        )
+        .await
+        .status,
+        202
+    );
+    assert_eq!(
+        c.post(
+            "/api/event",
+            &h,
+            &plausible("app.example", "https://app.example/dc")
+        )
+        .await
+        .status,
+        202
+    );
+    let native =
+        json!([{"site": "example.com", "name": "server_event", "url": "https://example.com/srv"}]);
+    assert_eq!(
+        c.post("/v1/events", &h, &native.to_string()).await.json()["accepted"],
+        1
+    );
+    assert_eq!(
+        c.metric("veil_events_dropped_total{reason=\"bot_datacenter\"}")
+            .await,
+        1.0
+    );
+    c.shutdown().await.unwrap();
+    let rows: Vec<EventRow> =
+        c.ch.client()
+            .query("SELECT ?fields FROM events ORDER BY pathname")
+            .fetch_all()
+            .await
+            .unwrap();
+    let got: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.pathname.clone(), r.bot.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/dc".to_string(), "bot_datacenter".to_string()),
+            ("/srv".to_string(), String::new())
+        ]
+    );
+}

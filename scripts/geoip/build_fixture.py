@@ -144,7 +144,9 @@ def main():
     asn_db(os.path.join(v1, "asn.mmdb"), [
         ("203.0.113.0/24", asn(64500, "Example Carrier")),
         ("198.51.100.0/24", asn(64501, "Example Cable, Inc.")),
-        # 192.0.2.0/24 has a place but no ASN on purpose.
+        # 192.0.2.0/25 has a place but no ASN on purpose; 192.0.2.128/25 is "in" a hosting
+        # provider's network (a real data-centre ASN) for the data-centre bot test.
+        ("192.0.2.128/25", asn(16509, "Amazon.com, Inc.")),
         ("2001:db8::/32", asn(64502, "Exemple Fibre SAS")),
     ])
 

@@ -14,7 +14,10 @@
 //! Device classes: `desktop`, `mobile`, `tablet`, `appliance` (consoles, TVs, readers), `app`,
 //! `unknown`. Bots, by reason (`dropped{reason="bot_…"}`): `crawler` (woothee's crawlers and
 //! `bot/`, `crawler`, `spider` agents), `headless` (headless and automation browsers),
-//! `monitoring` (uptime checkers), `library` (HTTP libraries and command-line clients).
+//! `monitoring` (uptime checkers), `library` (HTTP libraries and command-line clients),
+//! `datacenter` (a browser hit — Plausible, Umami, pixel, veil.js — from a hosting provider's
+//! network, see [`DATACENTER_ASNS`]; server-side and app senders are exempt: their servers live
+//! in data centres).
 //! Known limit: iPadOS Safari in desktop mode sends a Mac user agent and is counted as desktop.
 //!
 //! Results are cached in an LRU keyed by a hash of the user agent and hints (hit rate in
@@ -35,7 +38,31 @@ pub enum BotKind {
     Monitoring,
     /// HTTP libraries and command-line clients.
     Library,
+    /// A browser hit from a hosting provider's network (scrapers, headless farms).
+    Datacenter,
 }
+
+/// Autonomous systems of hosting and cloud providers: browser hits from them are bots
+/// (scrapers, automation farms). Networks that also carry people (Microsoft's 8075, Google's
+/// 15169, Cloudflare WARP's 13335) are deliberately not listed.
+pub const DATACENTER_ASNS: &[u32] = &[
+    16509, 14618, // Amazon AWS
+    396982, 19527, // Google Cloud
+    8068,  // Microsoft Azure (hosting range)
+    14061, // DigitalOcean
+    24940, // Hetzner
+    16276, // OVH
+    63949, // Akamai Linode
+    20473, // Vultr (Choopa)
+    45102, // Alibaba Cloud
+    31898, // Oracle Cloud
+    12876, // Scaleway
+    51167, // Contabo
+    60781, 28753,  // LeaseWeb
+    36352,  // ColoCrossing
+    132203, // Tencent Cloud
+    9009,   // M247
+];
 
 /// Coarse facts from a user agent.
 #[derive(Debug, Clone, PartialEq, Eq)]

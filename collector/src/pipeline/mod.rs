@@ -73,6 +73,9 @@ pub struct Incoming {
     pub tracker: TrackerFacts,
     /// App facts: locale, versions, OS from the SDK, the app's session id.
     pub app: AppFacts,
+    /// Sent by a browser (Plausible, Umami, pixel, veil.js): browser hits from data-centre
+    /// networks are bots. False for server-side and app senders.
+    pub browser_hit: bool,
     /// Who sent it.
     pub client: Client,
 }
@@ -439,6 +442,7 @@ impl Pipeline {
                 enrich::BotKind::Headless => DropReason::BotHeadless,
                 enrich::BotKind::Monitoring => DropReason::BotMonitoring,
                 enrich::BotKind::Library => DropReason::BotLibrary,
+                enrich::BotKind::Datacenter => DropReason::BotDatacenter,
             };
             if !settings.keep_bots {
                 return Ok(Outcome::Drop(reason));
@@ -457,6 +461,16 @@ impl Pipeline {
             .ip
             .map(|ip| self.geo.lookup(ip))
             .unwrap_or_default();
+        if ev.browser_hit
+            && ua.device != "app"
+            && bot_flag.is_empty()
+            && enrich::DATACENTER_ASNS.contains(&place.asn)
+        {
+            if !settings.keep_bots {
+                return Ok(Outcome::Drop(DropReason::BotDatacenter));
+            }
+            bot_flag = DropReason::BotDatacenter.as_str().to_string();
+        }
         // From here on the raw IP and user agent are gone.
         drop(ev.client);
         let mut row = EventRow {

@@ -406,7 +406,11 @@ mod tests {
         let now = Utc::now();
         assert_eq!(check_timestamp(None, now).unwrap(), now);
         assert!(check_timestamp(Some(now - Duration::days(8)), now).is_err());
-        assert_eq!(check_timestamp(Some(now + Duration::minutes(10)), now).unwrap(), now, "the future is clamped");
+        assert_eq!(
+            check_timestamp(Some(now + Duration::minutes(10)), now).unwrap(),
+            now,
+            "the future is clamped"
+        );
         let two_days = Some(now - Duration::days(2));
         assert!(check_timestamp_within(two_days, now, Duration::days(1))
             .unwrap_err()

@@ -90,6 +90,7 @@ fn to_incoming(
         props: parse::props_from_json(&e.props)?,
         timestamp,
         hash_mode: false,
+        browser_hit: false,
         consent,
         tracker: TrackerFacts::default(),
         app: AppFacts {

@@ -139,6 +139,7 @@ fn to_incoming(v: Value, fallback: &Client, consent: Consent) -> Result<Incoming
         props: parse::props_from_json(&e.props)?,
         timestamp: parse::timestamp_from_json(&e.timestamp)?,
         hash_mode: false,
+        browser_hit: false,
         consent: Consent {
             opt_out: e.opt_out,
             ..consent

@@ -69,6 +69,7 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
         props: Vec::new(),
         timestamp: None,
         hash_mode: false,
+        browser_hit: true,
         consent: Consent::from_headers(req.headers()),
         tracker: TrackerFacts::default(),
         app: AppFacts::default(),

@@ -120,6 +120,7 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
             props: props.clone(),
             timestamp: None,
             hash_mode: truthy(&body.hash_mode),
+            browser_hit: true,
             consent,
             app: AppFacts::default(),
             tracker: TrackerFacts {

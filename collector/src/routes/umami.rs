@@ -134,6 +134,7 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
         props,
         timestamp: None,
         hash_mode: false,
+        browser_hit: true,
         consent: Consent::from_headers(req.headers()),
         tracker: TrackerFacts {
             screen_class: p.screen.as_deref().and_then(screen_class),
