@@ -4,7 +4,7 @@
 //   data-domain  the site (required)        data-api   endpoint (default: same origin as the script)
 //   data-hash    also count #fragment changes (hash routing)
 //
-// Sends Plausible-compatible JSON to /api/event: {n, u, d, r, p, h, sc, pc} and, when the page
+// Sends Plausible-compatible JSON to /api/event: {n, u, d, r, p, h, sc, pc, tp} and, when the page
 // is hidden or left, an "engagement" event with e = visible milliseconds and sd = scroll depth %.
 // Sends nothing when Global Privacy Control or Do Not Track is on, or the visitor opted out
 // (localStorage.veil_ignore = "true", set by the /opt-out page). No cookies, no identifiers.
@@ -32,6 +32,8 @@
   function send(name, extra, beacon) {
     if (off() || !dom) return;
     var body = { n: name, u: page, d: dom, r: d.referrer || null, h: hashMode ? 1 : 0, sc: screenClass(), pc: cpuClass() };
+    // iPadOS Safari presents itself as a Mac: a touch screen tells them apart.
+    if (n.maxTouchPoints > 1) body.tp = 1;
     for (var k in extra) body[k] = extra[k];
     var json = JSON.stringify(body);
     if (beacon && n.sendBeacon) {

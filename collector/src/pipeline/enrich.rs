@@ -18,7 +18,8 @@
 //! `datacenter` (a browser hit — Plausible, Umami, pixel, veil.js — from a hosting provider's
 //! network, see [`DATACENTER_ASNS`]; server-side and app senders are exempt: their servers live
 //! in data centres).
-//! Known limit: iPadOS Safari in desktop mode sends a Mac user agent and is counted as desktop.
+//! iPadOS Safari in desktop mode sends a Mac user agent; veil.js adds a touch flag (`tp`) that
+//! turns such a "Mac" into an iPad (in `Pipeline::process`). Other senders cannot tell.
 //!
 //! Results are cached in an LRU keyed by a hash of the user agent and hints (hit rate in
 //! `veil_ua_cache_{hits,misses}_total`).

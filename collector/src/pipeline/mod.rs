@@ -91,6 +91,8 @@ pub struct TrackerFacts {
     pub screen_class: Option<String>,
     /// Processor class as sent.
     pub processor_class: Option<String>,
+    /// The browser has a touch screen (veil.js `tp`).
+    pub touch: bool,
 }
 
 /// Facts an app SDK (or Umami's tracker) reports.
@@ -548,6 +550,11 @@ impl Pipeline {
         }
         if ev.app.is_app {
             row.device = "app".into();
+        }
+        if ev.tracker.touch && row.os == "Mac OSX" {
+            // iPadOS Safari in desktop mode sends a Mac user agent.
+            row.os = "iPadOS".into();
+            row.device = "tablet".into();
         }
         if let (Some(app_session), false) = (ev.app.session.as_deref(), settings.child_directed) {
             // The app's session id is an identifier: keep only a salted hash of it.

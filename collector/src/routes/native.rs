@@ -166,6 +166,7 @@ fn to_incoming(v: Value, fallback: &Client, consent: Consent) -> Result<Incoming
             scroll_depth: e.scroll_depth,
             screen_class: e.screen_class,
             processor_class: e.processor_class,
+            touch: false,
         },
         client: Client {
             ip,

@@ -12,7 +12,8 @@
 //! object or a JSON string of one (older trackers, also as `m`); `d` may list several
 //! comma-separated domains (the event is recorded for each registered one). Engagement events
 //! carry `e` (visible ms) and `sd` (scroll depth %); Veil's tracker adds `sc` (screen class:
-//! mobile, tablet, laptop, desktop) and `pc` (processor class: 1-2, 3-4, 5-8, 9-16, 17+ cores).
+//! mobile, tablet, laptop, desktop), `pc` (processor class: 1-2, 3-4, 5-8, 9-16, 17+ cores) and
+//! `tp` (a touch screen: a "Mac" with one is an iPad).
 //! The client IP comes
 //! from the trusted headers or the peer, the user agent from `User-Agent`.
 //! Answers `202 ok` — also for unregistered domains and bots, which are dropped and counted —
@@ -57,6 +58,9 @@ struct Body {
     /// Veil extension: processor class.
     #[serde(alias = "pc")]
     processor_class: Option<String>,
+    /// Veil extension: a touch screen (iPadOS in desktop mode looks like a Mac otherwise).
+    #[serde(alias = "tp")]
+    touch: Option<Value>,
 }
 
 fn truthy(v: &Option<Value>) -> bool {
@@ -128,6 +132,7 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
                 scroll_depth: body.scroll_depth,
                 screen_class: body.screen_class.clone(),
                 processor_class: body.processor_class.clone(),
+                touch: truthy(&body.touch),
             },
             client: client.clone(),
         };

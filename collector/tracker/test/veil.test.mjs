@@ -66,6 +66,18 @@ test("veil.js records pageviews, SPA navigation, events, outbound links, downloa
   assert.ok(!JSON.stringify(got).includes("a@b.example"), "query strings never stored");
 });
 
+test("an iPad in desktop mode (a Mac user agent with a touch screen) is counted as an iPad", async () => {
+  const MAC_SAFARI = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15";
+  const ctx = await chrome.newContext({ userAgent: MAC_SAFARI });
+  await ctx.addInitScript(() => Object.defineProperty(Navigator.prototype, "maxTouchPoints", { get: () => 5 }));
+  const p = await ctx.newPage();
+  await p.goto(pages.origin + "/ipad-desktop-mode");
+  await p.waitForFunction(() => typeof window.veil === "function");
+  await ctx.close();
+  const got = await rows(veil, "SELECT os, device FROM veil.events WHERE pathname = '/ipad-desktop-mode' AND name = 'pageview'", 1);
+  assert.deepEqual(got, [{ os: "iPadOS", device: "tablet" }]);
+});
+
 for (const [label, init] of [
   ["Global Privacy Control", () => Object.defineProperty(Navigator.prototype, "globalPrivacyControl", { get: () => true })],
   ["Do Not Track", () => Object.defineProperty(Navigator.prototype, "doNotTrack", { get: () => "1" })],
