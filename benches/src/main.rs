@@ -348,6 +348,12 @@ fn verify(
         "  veil_events_dropped_total: {}",
         dropped_by_reason(collector.registry())
     );
+    let (hits, misses) = collector.ua_cache_stats();
+    let total = (hits + misses).max(1);
+    println!(
+        "  user-agent cache: {hits} hits, {misses} misses, hit rate {:.2} %",
+        100.0 * hits as f64 / total as f64
+    );
     let ok = flushed && found == sent && answered == sent && accepted == sent && written == found;
     if ok {
         println!("  OK: every acknowledged event is in ClickHouse");

@@ -380,6 +380,11 @@ impl Collector {
     pub fn queue_depth(&self) -> u64 {
         self.inner.queue.depth()
     }
+    /// (hits, misses) of the user-agent cache so far.
+    pub fn ua_cache_stats(&self) -> (u64, u64) {
+        self.inner.pipeline.ua().cache_stats()
+    }
+
     /// What GeoIP data is loaded (or why none is), one line for humans.
     pub fn geo_status(&self) -> String {
         self.inner.pipeline.geo().status()
