@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "bots",
         sql: include_str!("../migrations/008_bots.sql"),
     },
+    Migration {
+        version: 9,
+        name: "revenue",
+        sql: include_str!("../migrations/009_revenue.sql"),
+    },
 ];
 
 impl Migration {

@@ -93,6 +93,10 @@ pub struct TrackerFacts {
     pub processor_class: Option<String>,
     /// The browser has a touch screen (veil.js `tp`).
     pub touch: bool,
+    /// Revenue attached to the event (Plausible's `$`): amount as sent, currency.
+    pub revenue: Option<(String, String)>,
+    /// The sender marked the event non-interactive (Plausible's `i: false`).
+    pub non_interactive: bool,
 }
 
 /// Facts an app SDK (or Umami's tracker) reports.
@@ -279,6 +283,12 @@ pub struct EventRow {
     pub install_source: String,
     /// Bot reason for sites that keep bots flagged (`--keep-bots-site`); empty for people.
     pub bot: String,
+    /// Revenue in millionths of the currency unit.
+    pub revenue_micros: i64,
+    /// ISO 4217 currency of the revenue.
+    pub revenue_currency: String,
+    /// 0 when the sender marked the event non-interactive.
+    pub interactive: u8,
 }
 
 impl EventRow {
@@ -533,7 +543,13 @@ impl Pipeline {
             device_model: short(&ev.app.device_model, 64),
             install_source: short(&ev.app.install_source, 128),
             bot: bot_flag,
+            revenue_micros: 0,
+            revenue_currency: String::new(),
+            interactive: u8::from(!ev.tracker.non_interactive),
         };
+        if let Some((amount, currency)) = &ev.tracker.revenue {
+            (row.revenue_micros, row.revenue_currency) = parse::revenue(amount, currency)?;
+        }
         row.country_code = place.country_code;
         let referrer_host = row.referrer_source.clone();
         let referrer_host = if row.referrer.is_empty() {

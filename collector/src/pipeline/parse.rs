@@ -141,6 +141,25 @@ pub fn kept_query(raw: &str, allowed: &[String]) -> String {
     }
 }
 
+/// Checks a revenue amount and currency: the amount (a number or a numeric string, up to
+/// ±10¹² units) becomes millionths of the unit; the currency must be three letters (ISO 4217).
+pub fn revenue(amount: &str, currency: &str) -> Result<(i64, String), Error> {
+    let cur = currency.trim().to_ascii_uppercase();
+    if cur.len() != 3 || !cur.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(Error::BadRequest(
+            "`$.currency` must be a three-letter ISO 4217 code".into(),
+        ));
+    }
+    let a: f64 = amount
+        .trim()
+        .parse()
+        .map_err(|_| Error::BadRequest("`$.amount` must be a number".into()))?;
+    if !a.is_finite() || a.abs() > 1e12 {
+        return Err(Error::BadRequest("`$.amount` is out of range".into()));
+    }
+    Ok(((a * 1_000_000.0).round() as i64, cur))
+}
+
 /// A cleaned referrer.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Referrer {
@@ -327,6 +346,23 @@ mod tests {
             "?q=red+shoes&page=2"
         );
         assert_eq!(kept_query("https://a.com/s?session=x", &allowed), "");
+    }
+
+    #[test]
+    fn revenue_is_exact_and_checked() {
+        assert_eq!(
+            revenue("19.99", "eur").unwrap(),
+            (19_990_000, "EUR".to_string())
+        );
+        assert_eq!(revenue("0.1", "USD").unwrap().0, 100_000);
+        assert!(revenue("x", "USD")
+            .unwrap_err()
+            .to_string()
+            .contains("$.amount"));
+        assert!(revenue("1", "dollars")
+            .unwrap_err()
+            .to_string()
+            .contains("$.currency"));
     }
 
     #[test]

@@ -167,6 +167,7 @@ fn to_incoming(v: Value, fallback: &Client, consent: Consent) -> Result<Incoming
             screen_class: e.screen_class,
             processor_class: e.processor_class,
             touch: false,
+            ..Default::default()
         },
         client: Client {
             ip,

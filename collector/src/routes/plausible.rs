@@ -13,7 +13,9 @@
 //! comma-separated domains (the event is recorded for each registered one). Engagement events
 //! carry `e` (visible ms) and `sd` (scroll depth %); Veil's tracker adds `sc` (screen class:
 //! mobile, tablet, laptop, desktop), `pc` (processor class: 1-2, 3-4, 5-8, 9-16, 17+ cores) and
-//! `tp` (a touch screen: a "Mac" with one is an iPad).
+//! `tp` (a touch screen: a "Mac" with one is an iPad). Revenue goals send
+//! `"$": {"amount": "19.99", "currency": "EUR"}` (stored exactly, in millionths) and
+//! non-interactive events `"i": false`.
 //! The client IP comes
 //! from the trusted headers or the peer, the user agent from `User-Agent`.
 //! Answers `202 ok` — also for unregistered domains and bots, which are dropped and counted —
@@ -61,6 +63,12 @@ struct Body {
     /// Veil extension: a touch screen (iPadOS in desktop mode looks like a Mac otherwise).
     #[serde(alias = "tp")]
     touch: Option<Value>,
+    /// Revenue: `{"amount": 19.99 | "19.99", "currency": "EUR"}`.
+    #[serde(rename = "$", alias = "revenue")]
+    revenue: Option<Value>,
+    /// `false` for non-interactive events.
+    #[serde(rename = "i", alias = "interactive")]
+    interactive: Option<Value>,
 }
 
 fn truthy(v: &Option<Value>) -> bool {
@@ -112,6 +120,35 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
             1,
         );
     }
+    let revenue = match &body.revenue {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => {
+            let amount = match m.get("amount") {
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::String(s)) => s.clone(),
+                _ => {
+                    return c.reject_events(
+                        &Error::BadRequest("`$.amount` is required".into()),
+                        ENDPOINT,
+                        1,
+                    )
+                }
+            };
+            let currency = m
+                .get("currency")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            Some((amount, currency))
+        }
+        Some(_) => {
+            return c.reject_events(
+                &Error::BadRequest("`$` must be an object with amount and currency".into()),
+                ENDPOINT,
+                1,
+            )
+        }
+    };
     let consent = Consent::from_headers(req.headers());
     let now = c.now();
     let mut rows = Vec::with_capacity(domains.len());
@@ -133,6 +170,8 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
                 screen_class: body.screen_class.clone(),
                 processor_class: body.processor_class.clone(),
                 touch: truthy(&body.touch),
+                revenue: revenue.clone(),
+                non_interactive: matches!(body.interactive, Some(Value::Bool(false))),
             },
             client: client.clone(),
         };

@@ -19,7 +19,10 @@ before(async () => {
   const pa = `<!doctype html><html><body><button id="go">go</button><script type="module">
     import { init, track } from "/node_modules/@plausible-analytics/tracker/plausible.js";
     init({ domain: "sdk.example", endpoint: "${veil.url}/api/event", captureOnLocalhost: true });
-    document.getElementById("go").onclick = () => track("Signup", { props: { plan: "pro" } });
+    document.getElementById("go").onclick = () => {
+      track("Signup", { props: { plan: "pro" } });
+      track("Purchase", { revenue: { currency: "EUR", amount: 19.99 }, interactive: false });
+    };
     window.ready = true;
   </script></body></html>`;
   const legacy = `<!doctype html><html><body><script type="module">
@@ -39,7 +42,7 @@ after(async () => {
   await veil?.stop();
 });
 
-test("@plausible-analytics/tracker: pageview, custom event with props, engagement", async () => {
+test("@plausible-analytics/tracker: pageview, custom event with props, revenue, non-interactive event, engagement", async () => {
   const ctx = await chrome.newContext({ userAgent: DESKTOP });
   const p = await ctx.newPage();
   await p.goto(pages.origin + "/pa/landing?utm_campaign=launch");
@@ -48,11 +51,14 @@ test("@plausible-analytics/tracker: pageview, custom event with props, engagemen
   await p.waitForTimeout(3500); // the tracker sends engagement after 3 s of visible time or on hide
   await p.close({ runBeforeUnload: true });
   await ctx.close();
-  const got = await rows(veil, "SELECT name, pathname, utm_campaign, engagement_ms, scroll_depth, prop_keys, prop_values FROM veil.events WHERE site = 'sdk.example' AND pathname = '/pa/landing'", 3);
+  const got = await rows(veil, "SELECT name, pathname, utm_campaign, engagement_ms, scroll_depth, prop_keys, prop_values, revenue_micros, revenue_currency, interactive FROM veil.events WHERE site = 'sdk.example' AND pathname = '/pa/landing'", 4);
   const by = (n) => got.filter((r) => r.name === n);
   assert.equal(by("pageview").length, 1, JSON.stringify(got));
   assert.equal(by("pageview")[0].utm_campaign, "launch");
   assert.deepEqual([by("Signup")[0].prop_keys, by("Signup")[0].prop_values], [["plan"], ["pro"]]);
+  const purchase = by("Purchase")[0];
+  assert.deepEqual([Number(purchase.revenue_micros), purchase.revenue_currency, purchase.interactive], [19990000, "EUR", 0]);
+  assert.equal(by("Signup")[0].interactive, 1);
   assert.ok(by("engagement").some((r) => r.engagement_ms >= 3000), JSON.stringify(got));
 });
 
