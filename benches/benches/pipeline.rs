@@ -2,7 +2,7 @@
 //!
 //! | group | what one iteration does |
 //! |---|---|
-//! | `parse` | a Plausible body (JSON text) into the pipeline's `Incoming`, the way `routes/plausible.rs` does it |
+//! | `parse` | a Plausible body (JSON text) into the pipeline's `Incoming` with `routes::plausible::to_incomings`, the route's own code |
 //! | `ua` | `UaParser::parse` on one user agent (desktop, mobile, tablet, bot), from the parser's cache and not |
 //! | `privacy` | `VisitorHasher::visitor_id` for an IPv4 and an IPv6 visitor |
 //! | `enrich` | a GeoIP lookup (the committed test fixture databases; the real ones are larger but the lookup is a tree walk of the same depth order) and the referrer's source name and channel |
@@ -23,14 +23,13 @@ use chrono::Utc;
 use criterion::{criterion_main, BatchSize, Criterion, Throughput};
 use http::{header, Request};
 use prometheus::Registry;
-use serde_json::Value;
 use veil_benches::traffic::{Event, NativeBatch, PlausibleHit, Rng};
 use veil_collector::config::Limits;
 use veil_collector::pipeline::enrich::UaParser;
 use veil_collector::pipeline::privacy::{Consent, VisitorHasher};
 use veil_collector::pipeline::sink::{Sink, SinkFactory};
 use veil_collector::pipeline::spool::Durability;
-use veil_collector::pipeline::{parse, Client, EventRow, Incoming, Pipeline};
+use veil_collector::pipeline::{Client, EventRow, Incoming, Pipeline};
 use veil_collector::sites::SiteRegistry;
 use veil_collector::{Collector, CollectorConfig, SystemClock};
 
@@ -57,51 +56,10 @@ fn visitor_ip() -> IpAddr {
     IpAddr::from([203, 0, 113, 42])
 }
 
-/// `routes/plausible.rs` parses in two steps (JSON → `Value` → typed body); its `Body` is
-/// private, so this is a copy of the same shape and steps.
-#[derive(serde::Deserialize)]
-struct PlausibleBody {
-    #[serde(alias = "n")]
-    name: Option<String>,
-    #[serde(alias = "u")]
-    url: Option<String>,
-    #[serde(alias = "d")]
-    domain: Option<String>,
-    #[serde(alias = "r")]
-    referrer: Option<String>,
-    #[serde(alias = "p", alias = "m", alias = "meta")]
-    props: Option<Value>,
-    #[serde(alias = "h")]
-    hash_mode: Option<Value>,
-}
-
 fn plausible_to_incoming(body: &[u8], client: &Client) -> Option<Incoming> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    if !v.is_object() {
-        return None;
-    }
-    let b: PlausibleBody = serde_json::from_value(v).ok()?;
-    let props = match &b.props {
-        Some(p) => parse::props_from_json(p).ok()?,
-        None => Vec::new(),
-    };
-    Some(Incoming {
-        domain: b.domain?,
-        name: b.name.unwrap_or_default(),
-        url: b.url.unwrap_or_default(),
-        referrer: b.referrer,
-        props,
-        timestamp: None,
-        hash_mode: match &b.hash_mode {
-            Some(Value::Bool(on)) => *on,
-            Some(Value::Number(n)) => n.as_f64().is_some_and(|x| x != 0.0),
-            Some(Value::String(s)) => matches!(s.as_str(), "1" | "true"),
-            _ => false,
-        },
-        consent: Consent::default(),
-        client: client.clone(),
-        ..Incoming::default()
-    })
+    veil_collector::routes::plausible::to_incomings(body, client, Consent::default())
+        .ok()?
+        .pop()
 }
 
 fn bench_parse(c: &mut Criterion) {
