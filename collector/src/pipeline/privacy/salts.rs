@@ -5,9 +5,9 @@
 //! random candidate with a random 64-bit nonce; every collector uses the candidate with the
 //! lowest nonce. [`Salts::refresh`] (run at start and every minute) creates *tomorrow's* salt a
 //! day ahead, so when a day begins all inserts for it finished hours ago and every collector
-//! reads the same set. Only the very first start of a deployment creates "today" on the spot;
-//! then a short settle delay passes before the winner is read, and later refreshes re-read the
-//! winner, so a collector that lost a start-up race switches within a minute.
+//! reads the same set. Only the very first start of a deployment creates salts on the spot;
+//! whenever a refresh had to insert a candidate, a short settle delay passes before the winner is
+//! read (so collectors starting together agree at once), and later refreshes re-read the winner.
 //!
 //! Lifetime: a day's salt is created the day before, used on its day, kept the next day (visits
 //! that cross midnight continue under yesterday's visitor id), then dropped from memory and from
@@ -278,7 +278,7 @@ impl Salts {
                 store
                     .insert(day, u64::from_le_bytes(random()?), random()?)
                     .await?;
-                if day == today && !self.settle.is_zero() {
+                if !self.settle.is_zero() {
                     tokio::time::sleep(self.settle).await;
                 }
                 c = store.candidates(day).await?;
