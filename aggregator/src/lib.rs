@@ -14,6 +14,10 @@
 
 pub mod query;
 pub mod retention;
+pub mod site;
+pub mod stats;
+
+pub use site::SiteView;
 
 use std::sync::Arc;
 
@@ -22,8 +26,6 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
 use veil_schemas::ClickHouseConfig;
-
-use query::Query;
 
 /// The aggregator's one error type.
 #[derive(Debug, thiserror::Error)]
@@ -111,23 +113,6 @@ fn error_response(e: &Error) -> HttpResponse {
     json_response(e.status(), &json!({ "error": e.to_string() }))
 }
 
-/// A number from ClickHouse JSON (64-bit integers arrive quoted).
-fn number(v: &Value) -> f64 {
-    match v {
-        Value::Number(n) => n.as_f64().unwrap_or(0.0),
-        Value::String(s) => s.parse().unwrap_or(0.0),
-        _ => 0.0,
-    }
-}
-
-fn json_number(x: f64) -> Value {
-    if x.fract() == 0.0 && x.abs() < 9e15 {
-        json!(x as i64)
-    } else {
-        json!(x)
-    }
-}
-
 impl Aggregator {
     /// An aggregator reading from `ch`.
     pub fn new(cfg: AggregatorConfig, ch: ClickHouseConfig) -> Self {
@@ -189,115 +174,27 @@ impl Aggregator {
         }))
     }
 
+    /// The site as the query engine sees it, if registered.
+    pub fn site(&self, domain: &str) -> Option<SiteView> {
+        if !self.cfg.sites.iter().any(|s| s == domain) {
+            return None;
+        }
+        let mut v = SiteView::new(domain);
+        v.min_visitors = self.cfg.min_visitors.max(site::MIN_K);
+        v.child_directed = self.cfg.child_sites.iter().any(|s| s == domain);
+        Some(v)
+    }
+
     /// Runs a Stats API query given as JSON bytes.
     pub async fn query(
         &self,
         body: &[u8],
         today: chrono::NaiveDate,
     ) -> Result<HttpResponse, Error> {
-        let q = query::parse(body, today)?;
-        if !self.cfg.sites.iter().any(|s| s == &q.site) {
-            return Err(Error::UnknownSite(q.site));
-        }
-        if self.cfg.child_sites.contains(&q.site) {
-            query::check_child_query(&q)?;
-        }
-        let result = self.run(&q).await?;
+        let site_id = stats::site_id(body)?;
+        let site = self.site(&site_id).ok_or(Error::UnknownSite(site_id))?;
+        let result = stats::run(&self.client, &site, body, today).await?;
         Ok(json_response(StatusCode::OK, &result))
-    }
-
-    /// Runs a checked query and applies the k-anonymity fold.
-    pub async fn run(&self, q: &Query) -> Result<Value, Error> {
-        let to_exclusive = q.to + chrono::Duration::days(1);
-        let bytes = self
-            .client
-            .query(&query::sql(q, self.cfg.child_sites.contains(&q.site)))
-            .bind(q.site.as_str())
-            .bind(format!("{} 00:00:00", q.from.format("%Y-%m-%d")).as_str())
-            .bind(format!("{} 00:00:00", to_exclusive.format("%Y-%m-%d")).as_str())
-            .fetch_bytes("JSONCompact")
-            .map_err(|e| Error::ClickHouse(e.to_string()))?
-            .collect()
-            .await
-            .map_err(|e| Error::ClickHouse(e.to_string()))?;
-        let parsed: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::ClickHouse(format!("bad JSON from ClickHouse: {e}")))?;
-        let rows = parsed
-            .get("data")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        Ok(self.fold(q, rows))
-    }
-
-    fn fold(&self, q: &Query, rows: Vec<Value>) -> Value {
-        let k = self.cfg.min_visitors as f64;
-        let nd = q.dimensions.len();
-        let nm = q.metrics.len();
-        let time = q.dimensions.iter().any(|d| d.starts_with("time:"));
-        let mut results = Vec::new();
-        let mut other = vec![0.0; nm + 1];
-        let mut folded = 0u64;
-        let mut suppressed = false;
-        for row in rows {
-            let Some(cells) = row.as_array() else {
-                continue;
-            };
-            if cells.len() != nd + nm + 1 {
-                continue;
-            }
-            let dims: Vec<Value> = cells[..nd]
-                .iter()
-                .map(|v| {
-                    json!(v
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string()))
-                })
-                .collect();
-            let metrics: Vec<f64> = cells[nd..nd + nm].iter().map(number).collect();
-            let visitors = number(&cells[nd + nm]);
-            if visitors >= k || visitors == 0.0 {
-                results.push(json!({ "dimensions": dims, "metrics": metrics.into_iter().map(json_number).collect::<Vec<_>>() }));
-            } else if nd == 0 || time {
-                suppressed = true;
-                results.push(json!({ "dimensions": dims, "metrics": vec![Value::Null; nm] }));
-            } else {
-                folded += 1;
-                for (o, m) in other
-                    .iter_mut()
-                    .zip(metrics.iter().chain(std::iter::once(&visitors)))
-                {
-                    *o += m;
-                }
-            }
-        }
-        if folded > 0 && other[nm] >= k {
-            let dims = vec![
-                json!(format!(
-                    "(other: {folded} rows under k={})",
-                    self.cfg.min_visitors
-                ));
-                nd
-            ];
-            results.push(json!({ "dimensions": dims, "metrics": other[..nm].iter().map(|x| json_number(*x)).collect::<Vec<_>>() }));
-        }
-        let total_rows = results.len();
-        let page: Vec<Value> = results
-            .into_iter()
-            .skip(q.offset as usize)
-            .take(q.limit as usize)
-            .collect();
-        json!({
-            "results": page,
-            "meta": { "min_visitors": self.cfg.min_visitors, "folded_rows": folded, "suppressed": suppressed, "total_rows": total_rows },
-            "query": {
-                "site_id": q.site,
-                "metrics": q.metrics.iter().map(|m| m.name()).collect::<Vec<_>>(),
-                "dimensions": q.dimensions,
-                "date_range": [q.from.format("%Y-%m-%d").to_string(), q.to.format("%Y-%m-%d").to_string()],
-            }
-        })
     }
 }
 
@@ -315,47 +212,6 @@ mod tests {
             },
             ClickHouseConfig::new("http://127.0.0.1:1", "veil"),
         )
-    }
-
-    #[test]
-    fn small_rows_are_folded() {
-        let a = agg(5);
-        let q = query::parse(br#"{"site_id":"a.com","metrics":["visitors","pageviews"],"date_range":"day","dimensions":["event:page"]}"#, query::today()).unwrap();
-        let rows = vec![
-            json!(["/", "10", "20", "10"]),
-            json!(["/a", "3", "3", "3"]),
-            json!(["/b", "2", "2", "2"]),
-            json!(["/c", "1", "1", "1"]),
-        ];
-        let v = a.fold(&q, rows);
-        let r = v["results"].as_array().unwrap();
-        assert_eq!(r.len(), 2, "{v}");
-        assert_eq!(r[0]["dimensions"][0], "/");
-        assert!(r[1]["dimensions"][0]
-            .as_str()
-            .unwrap()
-            .starts_with("(other: 3 rows"));
-        assert_eq!(r[1]["metrics"][1], 6);
-        assert_eq!(v["meta"]["folded_rows"], 3);
-        // A folded group under k is not shown at all.
-        let v = a.fold(
-            &q,
-            vec![json!(["/", "10", "20", "10"]), json!(["/a", "1", "1", "1"])],
-        );
-        assert_eq!(v["results"].as_array().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn small_totals_are_suppressed() {
-        let a = agg(5);
-        let q = query::parse(
-            br#"{"site_id":"a.com","metrics":["visitors"],"date_range":"day"}"#,
-            query::today(),
-        )
-        .unwrap();
-        let v = a.fold(&q, vec![json!(["2", "2"])]);
-        assert_eq!(v["results"][0]["metrics"][0], Value::Null);
-        assert_eq!(v["meta"]["suppressed"], true);
     }
 
     #[tokio::test]

@@ -1,0 +1,72 @@
+//! What the query engine needs to know about one site: its time zone, its k, whether it is
+//! child-directed, its goals and funnels. The registry (sites stored in ClickHouse, plus the
+//! sites named by flags) builds one of these per site; the Stats API reads nothing else.
+//!
+//! Wire format (inside a site's settings JSON, as the admin API takes and returns it):
+//!
+//! ```json
+//! {"timezone":"Europe/Berlin","min_visitors":5,"child_directed":false,
+//!  "goals":[{"name":"Signup","event_name":"Signup"},{"name":"Visit /blog*","page_path":"/blog*"}],
+//!  "funnels":[{"name":"Checkout","steps":["Visit /cart","Signup"]}]}
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// Smallest k a site may choose.
+pub const MIN_K: u64 = 2;
+
+/// A goal: a custom event name, or a pageview whose path matches a pattern (`*` matches any
+/// run of characters, everything else literally).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Goal {
+    /// Display name (unique per site); what `event:goal` returns.
+    pub name: String,
+    /// Completed by a custom event with this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_name: Option<String>,
+    /// Completed by a pageview whose path matches this pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_path: Option<String>,
+}
+
+/// An ordered funnel of 2–8 goals, completed in order within one visit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Funnel {
+    /// Display name (unique per site).
+    pub name: String,
+    /// Goal names, in order.
+    pub steps: Vec<String>,
+}
+
+/// One site as the query engine sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteView {
+    /// The site's domain (`site_id` in queries).
+    pub domain: String,
+    /// IANA time zone for days, weeks and months in reports (default `UTC`).
+    pub timezone: String,
+    /// k: no published number describes fewer visitors than this (at least [`MIN_K`]).
+    pub min_visitors: u64,
+    /// Child-directed: page views and event counts only.
+    pub child_directed: bool,
+    /// Goals.
+    pub goals: Vec<Goal>,
+    /// Funnels.
+    pub funnels: Vec<Funnel>,
+}
+
+impl SiteView {
+    /// A site with default settings: UTC, k = 5, no goals.
+    pub fn new(domain: impl Into<String>) -> Self {
+        Self {
+            domain: domain.into(),
+            timezone: "UTC".into(),
+            min_visitors: 5,
+            child_directed: false,
+            goals: Vec::new(),
+            funnels: Vec::new(),
+        }
+    }
+}
