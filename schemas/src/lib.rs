@@ -8,6 +8,7 @@
 
 pub mod managed;
 pub mod migrate;
+pub mod registry;
 pub mod testing;
 
 use std::time::Duration;
@@ -53,6 +54,9 @@ pub enum Error {
     /// A configuration value is not acceptable.
     #[error("invalid ClickHouse configuration: {0}")]
     Config(String),
+    /// A registry value is not acceptable; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl Error {

@@ -66,6 +66,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "revenue",
         sql: include_str!("../migrations/009_revenue.sql"),
     },
+    Migration {
+        version: 10,
+        name: "registry",
+        sql: include_str!("../migrations/010_registry.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "rollups",
+        sql: include_str!("../migrations/011_rollups.sql"),
+    },
 ];
 
 impl Migration {

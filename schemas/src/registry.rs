@@ -1,0 +1,928 @@
+//! The site registry shared through ClickHouse: which sites exist and their settings, the
+//! read-only Stats API keys of each site, and the shared links to a site's dashboard.
+//!
+//! Every collector and aggregator of a deployment reads the same three tables (migration
+//! `010_registry.sql`) and keeps an in-memory [`Snapshot`], refreshed in the background every
+//! [`DEFAULT_REFRESH`] ([`Registry::spawn_refresh`]); tests call [`Registry::refresh`]. A change
+//! made through one process is seen by all within one refresh; the writing process sees it at
+//! once (write-through).
+//!
+//! Storage: the tables are append-only. Every change inserts a whole new row (typed RowBinary
+//! inserts: no value is ever pasted into SQL) with a higher `version` (wall-clock nanoseconds,
+//! kept above every version seen); readers keep the newest row per key with
+//! `argMax(…, version) … GROUP BY key`, so nothing depends on background merges. Two processes
+//! changing the same site at the same moment: the higher version wins (last writer wins).
+//!
+//! A site's settings are stored as JSON in `sites.settings`:
+//!
+//! ```json
+//! {"aliases":["0b6d…-umami-id","A-EU-1234567890"],"timezone":"Europe/Berlin",
+//!  "retention_days":90,"child_directed":false,"honor_dnt":true,"keep_bots":false,
+//!  "min_visitors":5,"goals":[…],"funnels":[…]}
+//! ```
+//!
+//! Goals and funnels are kept here as opaque JSON: their shape and meaning belong to the
+//! aggregator (`veil_aggregator::site`), which checks them before they are stored.
+//!
+//! Keys and link tokens are random and stored only as blake3 hashes (hex); a shared link's
+//! optional password only as the PHC string the aggregator made with a slow KDF.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{quote, ClickHouseConfig, Error};
+
+/// How often [`Registry::spawn_refresh`] reloads the tables by default.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(2);
+
+/// Default k (smallest visitor count a published number may describe).
+pub const DEFAULT_MIN_VISITORS: u64 = 5;
+
+/// Longest alias accepted, in bytes.
+pub const MAX_ALIAS_BYTES: usize = 200;
+
+/// Longest key or link name accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// Lower-cases a domain and trims a trailing dot; returns `None` unless it looks like a host
+/// name (letters, digits, `-`, `_`, `.`; at most 253 bytes, labels at most 63).
+pub fn normalize_domain(s: &str) -> Option<String> {
+    let d = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    ok.then_some(d)
+}
+
+/// One site's settings, as stored (JSON) and as the admin API takes and returns them.
+/// Missing fields take their defaults; unknown fields in stored JSON are ignored (a newer
+/// version may have written them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SiteSettings {
+    /// Other names senders use for the site: Umami website ids, Aptabase app keys
+    /// (case-sensitive, as senders send them).
+    pub aliases: Vec<String>,
+    /// IANA time zone of the site's reports.
+    pub timezone: String,
+    /// Days raw events are kept (`None`: the deployment's `--retention-days`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+    /// Child-directed: minimal collection, page views only in reports.
+    pub child_directed: bool,
+    /// Honour `DNT: 1` (GPC is always honoured).
+    pub honor_dnt: bool,
+    /// Store bot hits flagged instead of dropping them.
+    pub keep_bots: bool,
+    /// k: no published number describes fewer visitors.
+    pub min_visitors: u64,
+    /// Goals (shape: `veil_aggregator::site::Goal`).
+    pub goals: Vec<Value>,
+    /// Funnels (shape: `veil_aggregator::site::Funnel`).
+    pub funnels: Vec<Value>,
+}
+
+impl Default for SiteSettings {
+    fn default() -> Self {
+        Self {
+            aliases: Vec::new(),
+            timezone: "UTC".into(),
+            retention_days: None,
+            child_directed: false,
+            honor_dnt: true,
+            keep_bots: false,
+            min_visitors: DEFAULT_MIN_VISITORS,
+            goals: Vec::new(),
+            funnels: Vec::new(),
+        }
+    }
+}
+
+fn invalid(msg: String) -> Error {
+    Error::Invalid(msg)
+}
+
+fn field<T: serde::de::DeserializeOwned>(name: &str, v: &Value) -> Result<T, Error> {
+    serde_json::from_value(v.clone()).map_err(|e| invalid(format!("`{name}`: {e}")))
+}
+
+impl SiteSettings {
+    /// The settings' field names, as the admin API takes them.
+    pub const FIELDS: &'static [&'static str] = &[
+        "aliases",
+        "timezone",
+        "retention_days",
+        "child_directed",
+        "honor_dnt",
+        "keep_bots",
+        "min_visitors",
+        "goals",
+        "funnels",
+    ];
+
+    /// Parses the settings fields of an admin API request object strictly: an unknown field
+    /// or a value of the wrong type is an error naming the field. Keys in `ignore` (such as
+    /// `domain`) are skipped. Missing fields take their defaults.
+    pub fn from_request(obj: &Map<String, Value>, ignore: &[&str]) -> Result<Self, Error> {
+        let mut s = Self::default();
+        for (k, v) in obj {
+            match k.as_str() {
+                k if ignore.contains(&k) => {}
+                "aliases" => s.aliases = field(k, v)?,
+                "timezone" => s.timezone = field(k, v)?,
+                "retention_days" => s.retention_days = field(k, v)?,
+                "child_directed" => s.child_directed = field(k, v)?,
+                "honor_dnt" => s.honor_dnt = field(k, v)?,
+                "keep_bots" => s.keep_bots = field(k, v)?,
+                "min_visitors" => s.min_visitors = field(k, v)?,
+                "goals" => s.goals = field(k, v)?,
+                "funnels" => s.funnels = field(k, v)?,
+                other => {
+                    return Err(invalid(format!(
+                        "unknown field `{other}`; expected one of {}",
+                        Self::FIELDS.join(", ")
+                    )))
+                }
+            }
+        }
+        s.aliases = s.aliases.iter().map(|a| a.trim().to_string()).collect();
+        Ok(s)
+    }
+
+    /// Checks what this crate can check on its own: aliases, the time zone's spelling and
+    /// the retention. (The aggregator checks k, goals, funnels, and asks ClickHouse whether
+    /// it knows the time zone: [`Registry::check_timezone`].)
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.aliases.len() > 100 {
+            return Err(invalid("`aliases`: at most 100 aliases per site".into()));
+        }
+        for (i, a) in self.aliases.iter().enumerate() {
+            if a.is_empty() || a.len() > MAX_ALIAS_BYTES || a.chars().any(char::is_control) {
+                return Err(invalid(format!(
+                    "`aliases[{i}]` must be 1 to {MAX_ALIAS_BYTES} bytes without control characters"
+                )));
+            }
+            if self.aliases[..i].contains(a) {
+                return Err(invalid(format!("`aliases[{i}]` {a:?} is listed twice")));
+            }
+        }
+        let tz_ok = !self.timezone.is_empty()
+            && self.timezone.len() <= 64
+            && !self.timezone.starts_with('/')
+            && self
+                .timezone
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b));
+        if !tz_ok {
+            return Err(invalid(format!(
+                "`timezone` {:?} is not an IANA time zone name such as \"Europe/Berlin\"",
+                self.timezone
+            )));
+        }
+        if let Some(d) = self.retention_days {
+            if d == 0 || d > 36_500 {
+                return Err(invalid(
+                    "`retention_days` must be between 1 and 36500".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One site as stored (the newest version of its row).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SiteRecord {
+    /// The domain (normalised).
+    pub domain: String,
+    /// Settings.
+    pub settings: SiteSettings,
+    /// Unregistered (a tombstone; never returned by [`Snapshot::site`]).
+    #[serde(skip)]
+    pub deleted: bool,
+    /// Version of this row.
+    pub version: u64,
+    /// When it was written (Unix seconds).
+    pub updated_at: u32,
+}
+
+/// One read-only Stats API key (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyRecord {
+    /// Public id (used to list and revoke).
+    pub id: String,
+    /// blake3 of the key, hex.
+    #[serde(skip)]
+    pub key_hash: String,
+    /// The one site it reads.
+    pub site: String,
+    /// Free-text label.
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: u32,
+    /// Revoked keys authenticate nothing.
+    pub revoked: bool,
+    /// Version of this row.
+    #[serde(skip)]
+    pub version: u64,
+}
+
+/// One shared link (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkRecord {
+    /// Public id (used to list and revoke).
+    pub id: String,
+    /// blake3 of the token, hex.
+    #[serde(skip)]
+    pub token_hash: String,
+    /// The one site it reads.
+    pub site: String,
+    /// Free-text label.
+    pub name: String,
+    /// PHC string of the password's slow hash; empty: no password.
+    #[serde(skip)]
+    pub password_hash: String,
+    /// Unix seconds after which the link is refused; 0: never.
+    pub expires_at: u32,
+    /// Unix seconds.
+    pub created_at: u32,
+    /// Revoked links open nothing.
+    pub revoked: bool,
+    /// Version of this row.
+    #[serde(skip)]
+    pub version: u64,
+}
+
+/// blake3 of a secret, hex: what the tables store for keys and link tokens.
+pub fn secret_hash(secret: &str) -> String {
+    blake3::hash(secret.as_bytes()).to_hex().to_string()
+}
+
+/// Everything the registry holds, as of one load (plus this process's own writes since).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    sites: BTreeMap<String, SiteRecord>,
+    keys: HashMap<String, KeyRecord>,
+    links: HashMap<String, LinkRecord>,
+    aliases: HashMap<String, String>,
+    keys_by_hash: HashMap<String, String>,
+    links_by_hash: HashMap<String, String>,
+    /// Whether this came from a successful load (false: nothing loaded yet).
+    pub loaded: bool,
+}
+
+impl Snapshot {
+    fn index(&mut self) {
+        self.aliases.clear();
+        for s in self.sites.values().filter(|s| !s.deleted) {
+            for a in &s.settings.aliases {
+                self.aliases.insert(a.clone(), s.domain.clone());
+            }
+        }
+        self.keys_by_hash = self
+            .keys
+            .values()
+            .map(|k| (k.key_hash.clone(), k.id.clone()))
+            .collect();
+        self.links_by_hash = self
+            .links
+            .values()
+            .map(|l| (l.token_hash.clone(), l.id.clone()))
+            .collect();
+    }
+
+    /// A stored, registered site.
+    pub fn site(&self, domain: &str) -> Option<&SiteRecord> {
+        self.sites.get(domain).filter(|s| !s.deleted)
+    }
+
+    /// Every stored, registered site, sorted by domain.
+    pub fn sites(&self) -> impl Iterator<Item = &SiteRecord> {
+        self.sites.values().filter(|s| !s.deleted)
+    }
+
+    /// The stored site an alias names.
+    pub fn alias(&self, alias: &str) -> Option<&str> {
+        self.aliases.get(alias).map(String::as_str)
+    }
+
+    /// A key by id (revoked ones too).
+    pub fn key(&self, id: &str) -> Option<&KeyRecord> {
+        self.keys.get(id)
+    }
+
+    /// The key whose blake3 hash (hex) is `hash`.
+    pub fn key_by_hash(&self, hash: &str) -> Option<&KeyRecord> {
+        self.keys_by_hash.get(hash).and_then(|id| self.keys.get(id))
+    }
+
+    /// The keys of one site (revoked ones too), oldest first.
+    pub fn keys_of(&self, site: &str) -> Vec<&KeyRecord> {
+        let mut v: Vec<&KeyRecord> = self.keys.values().filter(|k| k.site == site).collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        v
+    }
+
+    /// A shared link by id (revoked ones too).
+    pub fn link(&self, id: &str) -> Option<&LinkRecord> {
+        self.links.get(id)
+    }
+
+    /// The link whose token's blake3 hash (hex) is `hash`.
+    pub fn link_by_hash(&self, hash: &str) -> Option<&LinkRecord> {
+        self.links_by_hash
+            .get(hash)
+            .and_then(|id| self.links.get(id))
+    }
+
+    /// The shared links of one site (revoked ones too), oldest first.
+    pub fn links_of(&self, site: &str) -> Vec<&LinkRecord> {
+        let mut v: Vec<&LinkRecord> = self.links.values().filter(|l| l.site == site).collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        v
+    }
+
+    /// Keeps, for every key present in either, the newer version (used when a load raced
+    /// with a write of this process).
+    fn merge_newer(&mut self, other: &Snapshot) {
+        for (k, v) in &other.sites {
+            if self
+                .sites
+                .get(k)
+                .is_none_or(|mine| mine.version < v.version)
+            {
+                self.sites.insert(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in &other.keys {
+            if self.keys.get(k).is_none_or(|mine| mine.version < v.version) {
+                self.keys.insert(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in &other.links {
+            if self
+                .links
+                .get(k)
+                .is_none_or(|mine| mine.version < v.version)
+            {
+                self.links.insert(k.clone(), v.clone());
+            }
+        }
+        self.index();
+    }
+}
+
+#[derive(Debug, clickhouse::Row, Serialize, Deserialize)]
+struct SiteRow {
+    domain: String,
+    version: u64,
+    deleted: u8,
+    settings: String,
+    updated_at: u32,
+}
+
+#[derive(Debug, clickhouse::Row, Serialize, Deserialize)]
+struct KeyRow {
+    id: String,
+    key_hash: String,
+    site: String,
+    name: String,
+    created_at: u32,
+    revoked: u8,
+    version: u64,
+}
+
+#[derive(Debug, clickhouse::Row, Serialize, Deserialize)]
+struct LinkRow {
+    id: String,
+    token_hash: String,
+    site: String,
+    name: String,
+    password_hash: String,
+    expires_at: u32,
+    created_at: u32,
+    revoked: u8,
+    version: u64,
+}
+
+impl From<&KeyRecord> for KeyRow {
+    fn from(k: &KeyRecord) -> Self {
+        Self {
+            id: k.id.clone(),
+            key_hash: k.key_hash.clone(),
+            site: k.site.clone(),
+            name: k.name.clone(),
+            created_at: k.created_at,
+            revoked: u8::from(k.revoked),
+            version: k.version,
+        }
+    }
+}
+
+impl From<KeyRow> for KeyRecord {
+    fn from(r: KeyRow) -> Self {
+        Self {
+            id: r.id,
+            key_hash: r.key_hash,
+            site: r.site,
+            name: r.name,
+            created_at: r.created_at,
+            revoked: r.revoked != 0,
+            version: r.version,
+        }
+    }
+}
+
+impl From<&LinkRecord> for LinkRow {
+    fn from(l: &LinkRecord) -> Self {
+        Self {
+            id: l.id.clone(),
+            token_hash: l.token_hash.clone(),
+            site: l.site.clone(),
+            name: l.name.clone(),
+            password_hash: l.password_hash.clone(),
+            expires_at: l.expires_at,
+            created_at: l.created_at,
+            revoked: u8::from(l.revoked),
+            version: l.version,
+        }
+    }
+}
+
+impl From<LinkRow> for LinkRecord {
+    fn from(r: LinkRow) -> Self {
+        Self {
+            id: r.id,
+            token_hash: r.token_hash,
+            site: r.site,
+            name: r.name,
+            password_hash: r.password_hash,
+            expires_at: r.expires_at,
+            created_at: r.created_at,
+            revoked: r.revoked != 0,
+            version: r.version,
+        }
+    }
+}
+
+/// Unix seconds now, as ClickHouse `DateTime` stores them.
+pub fn now_secs() -> u32 {
+    u32::try_from(chrono_free_now().as_secs()).unwrap_or(u32::MAX)
+}
+
+fn chrono_free_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// `n` random bytes from the operating system, hex-encoded.
+pub fn random_hex(n: usize) -> Result<String, Error> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf)
+        .map_err(|e| Error::io("reading random bytes", std::io::Error::other(e.to_string())))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The registry store and its in-memory cache. Share one per process (`Arc`).
+pub struct Registry {
+    client: clickhouse::Client,
+    cache: RwLock<Arc<Snapshot>>,
+    /// Highest version seen or written: new versions go above it.
+    last_version: AtomicU64,
+    /// Bumped by every write of this process (a load that raced with one merges).
+    writes: AtomicU64,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.snapshot();
+        f.debug_struct("Registry")
+            .field("sites", &s.sites.len())
+            .field("keys", &s.keys.len())
+            .field("links", &s.links.len())
+            .field("loaded", &s.loaded)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// A registry over `ch`'s tables, with an empty cache until the first [`Self::refresh`].
+    pub fn new(ch: &ClickHouseConfig) -> Arc<Self> {
+        Arc::new(Self {
+            client: ch.client(),
+            cache: RwLock::new(Arc::new(Snapshot::default())),
+            last_version: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+        })
+    }
+
+    /// The cached state (cheap: one `Arc` clone).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn next_version(&self) -> u64 {
+        let now = u64::try_from(chrono_free_now().as_nanos()).unwrap_or(u64::MAX);
+        let prev = self
+            .last_version
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now.max(last.saturating_add(1)))
+            })
+            .unwrap_or(0);
+        now.max(prev.saturating_add(1))
+    }
+
+    fn saw_version(&self, v: u64) {
+        self.last_version.fetch_max(v, Ordering::SeqCst);
+    }
+
+    /// Loads every current record from ClickHouse (one query per table).
+    pub async fn load(&self) -> Result<Snapshot, Error> {
+        let site_rows: Vec<SiteRow> = self
+            .client
+            .query(
+                "SELECT domain, max(version) AS v, argMax(deleted, version) AS d, \
+                 argMax(settings, version) AS s, argMax(updated_at, version) AS u \
+                 FROM sites GROUP BY domain",
+            )
+            .fetch_all()
+            .await?;
+        let key_rows: Vec<KeyRow> = self
+            .client
+            .query(
+                "SELECT id, argMax(key_hash, version) AS h, argMax(site, version) AS st, \
+                 argMax(name, version) AS n, argMax(created_at, version) AS c, \
+                 argMax(revoked, version) AS r, max(version) AS v FROM site_keys GROUP BY id",
+            )
+            .fetch_all()
+            .await?;
+        let link_rows: Vec<LinkRow> = self
+            .client
+            .query(
+                "SELECT id, argMax(token_hash, version) AS h, argMax(site, version) AS st, \
+                 argMax(name, version) AS n, argMax(password_hash, version) AS p, \
+                 argMax(expires_at, version) AS e, argMax(created_at, version) AS c, \
+                 argMax(revoked, version) AS r, max(version) AS v FROM shared_links GROUP BY id",
+            )
+            .fetch_all()
+            .await?;
+        let mut snap = Snapshot {
+            loaded: true,
+            ..Default::default()
+        };
+        for r in site_rows {
+            let settings = match serde_json::from_str::<SiteSettings>(&r.settings) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(domain = %r.domain, error = %e, "ignoring a stored site whose settings do not parse");
+                    continue;
+                }
+            };
+            self.saw_version(r.version);
+            snap.sites.insert(
+                r.domain.clone(),
+                SiteRecord {
+                    domain: r.domain,
+                    settings,
+                    deleted: r.deleted != 0,
+                    version: r.version,
+                    updated_at: r.updated_at,
+                },
+            );
+        }
+        for r in key_rows {
+            self.saw_version(r.version);
+            snap.keys.insert(r.id.clone(), r.into());
+        }
+        for r in link_rows {
+            self.saw_version(r.version);
+            snap.links.insert(r.id.clone(), r.into());
+        }
+        snap.index();
+        Ok(snap)
+    }
+
+    /// Reloads the cache from ClickHouse now and returns the new snapshot.
+    pub async fn refresh(&self) -> Result<Arc<Snapshot>, Error> {
+        let writes_before = self.writes.load(Ordering::SeqCst);
+        let mut snap = self.load().await?;
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        if self.writes.load(Ordering::SeqCst) != writes_before {
+            // A write of ours landed while we loaded: keep whichever version is newer.
+            snap.merge_newer(&cache);
+        }
+        let snap = Arc::new(snap);
+        *cache = snap.clone();
+        Ok(snap)
+    }
+
+    /// Refreshes every `every` until the last `Arc` of the registry is dropped. Failures are
+    /// logged and the previous snapshot kept. Needs a Tokio runtime.
+    pub fn spawn_refresh(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                let Some(reg) = weak.upgrade() else {
+                    return;
+                };
+                match reg.refresh().await {
+                    Ok(_) if failing => {
+                        tracing::info!("site registry loaded again");
+                        failing = false;
+                    }
+                    Ok(_) => {}
+                    Err(e) if !failing => {
+                        tracing::warn!(error = %e, "could not load the site registry; keeping the last copy");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
+                drop(reg);
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    fn apply(&self, f: impl FnOnce(&mut Snapshot)) {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        let mut s = Snapshot::clone(&cache);
+        f(&mut s);
+        s.index();
+        *cache = Arc::new(s);
+    }
+
+    async fn insert_site(&self, row: &SiteRow) -> Result<(), Error> {
+        let mut ins = self.client.insert::<SiteRow>("sites").await?;
+        ins.write(row).await?;
+        ins.end().await?;
+        Ok(())
+    }
+
+    /// Stores `settings` for `domain` (creating or replacing the site's record).
+    /// `domain` must already be normalised ([`normalize_domain`]).
+    pub async fn put_site(
+        &self,
+        domain: &str,
+        settings: SiteSettings,
+    ) -> Result<SiteRecord, Error> {
+        let rec = SiteRecord {
+            domain: domain.to_string(),
+            settings,
+            deleted: false,
+            version: self.next_version(),
+            updated_at: now_secs(),
+        };
+        let json =
+            serde_json::to_string(&rec.settings).map_err(|e| invalid(format!("settings: {e}")))?;
+        self.insert_site(&SiteRow {
+            domain: rec.domain.clone(),
+            version: rec.version,
+            deleted: 0,
+            settings: json,
+            updated_at: rec.updated_at,
+        })
+        .await?;
+        let stored = rec.clone();
+        self.apply(move |s| {
+            s.sites.insert(stored.domain.clone(), stored);
+        });
+        Ok(rec)
+    }
+
+    /// Unregisters `domain`'s stored record and revokes its keys and shared links.
+    /// Returns false when there was no stored record.
+    pub async fn delete_site(&self, domain: &str) -> Result<bool, Error> {
+        let snap = self.snapshot();
+        let Some(old) = snap.site(domain) else {
+            return Ok(false);
+        };
+        let version = self.next_version();
+        self.insert_site(&SiteRow {
+            domain: domain.to_string(),
+            version,
+            deleted: 1,
+            settings: serde_json::to_string(&old.settings).unwrap_or_default(),
+            updated_at: now_secs(),
+        })
+        .await?;
+        let mut tomb = old.clone();
+        tomb.deleted = true;
+        tomb.version = version;
+        self.apply(move |s| {
+            s.sites.insert(tomb.domain.clone(), tomb);
+        });
+        for k in snap.keys_of(domain).into_iter().filter(|k| !k.revoked) {
+            self.revoke_key(&k.id).await?;
+        }
+        for l in snap.links_of(domain).into_iter().filter(|l| !l.revoked) {
+            self.revoke_link(&l.id).await?;
+        }
+        Ok(true)
+    }
+
+    async fn insert_key(&self, rec: &KeyRecord) -> Result<(), Error> {
+        let mut ins = self.client.insert::<KeyRow>("site_keys").await?;
+        ins.write(&KeyRow::from(rec)).await?;
+        ins.end().await?;
+        let stored = rec.clone();
+        self.apply(move |s| {
+            s.keys.insert(stored.id.clone(), stored);
+        });
+        Ok(())
+    }
+
+    /// Makes a new key for `site`: returns its record and the key itself (the only time the
+    /// key exists outside the caller: only its hash is stored). Keys are `vk_` and 64 hex
+    /// digits (32 random bytes).
+    pub async fn create_key(&self, site: &str, name: &str) -> Result<(KeyRecord, String), Error> {
+        let key = format!("vk_{}", random_hex(32)?);
+        let rec = KeyRecord {
+            id: random_hex(8)?,
+            key_hash: secret_hash(&key),
+            site: site.to_string(),
+            name: name.to_string(),
+            created_at: now_secs(),
+            revoked: false,
+            version: self.next_version(),
+        };
+        self.insert_key(&rec).await?;
+        Ok((rec, key))
+    }
+
+    /// Revokes a key. Returns false when no such key is known.
+    pub async fn revoke_key(&self, id: &str) -> Result<bool, Error> {
+        let Some(mut rec) = self.snapshot().key(id).cloned() else {
+            return Ok(false);
+        };
+        rec.revoked = true;
+        rec.version = self.next_version();
+        self.insert_key(&rec).await?;
+        Ok(true)
+    }
+
+    async fn insert_link(&self, rec: &LinkRecord) -> Result<(), Error> {
+        let mut ins = self.client.insert::<LinkRow>("shared_links").await?;
+        ins.write(&LinkRow::from(rec)).await?;
+        ins.end().await?;
+        let stored = rec.clone();
+        self.apply(move |s| {
+            s.links.insert(stored.id.clone(), stored);
+        });
+        Ok(())
+    }
+
+    /// Makes a new shared link for `site`: returns its record and the token (`vl_` and 64
+    /// hex digits; only its hash is stored). `password_hash` is a PHC string or empty;
+    /// `expires_at` Unix seconds or 0 for never.
+    pub async fn create_link(
+        &self,
+        site: &str,
+        name: &str,
+        password_hash: String,
+        expires_at: u32,
+    ) -> Result<(LinkRecord, String), Error> {
+        let token = format!("vl_{}", random_hex(32)?);
+        let rec = LinkRecord {
+            id: random_hex(8)?,
+            token_hash: secret_hash(&token),
+            site: site.to_string(),
+            name: name.to_string(),
+            password_hash,
+            expires_at,
+            created_at: now_secs(),
+            revoked: false,
+            version: self.next_version(),
+        };
+        self.insert_link(&rec).await?;
+        Ok((rec, token))
+    }
+
+    /// Revokes a shared link. Returns false when no such link is known.
+    pub async fn revoke_link(&self, id: &str) -> Result<bool, Error> {
+        let Some(mut rec) = self.snapshot().link(id).cloned() else {
+            return Ok(false);
+        };
+        rec.revoked = true;
+        rec.version = self.next_version();
+        self.insert_link(&rec).await?;
+        Ok(true)
+    }
+
+    /// Asks ClickHouse whether it knows the time zone `tz` (the reports run there, so its
+    /// time zone database is the one that matters). Call after [`SiteSettings::validate`].
+    pub async fn check_timezone(&self, tz: &str) -> Result<(), Error> {
+        let sql = format!("SELECT toString(toTimeZone(toDateTime(0), {}))", quote(tz));
+        match self.client.query_raw(&sql).fetch_one::<String>().await {
+            Ok(_) => Ok(()),
+            Err(clickhouse::error::Error::BadResponse(_)) => Err(invalid(format!(
+                "`timezone` {tz:?} is not a time zone ClickHouse knows"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn req(v: Value) -> Result<SiteSettings, Error> {
+        let Value::Object(m) = v else {
+            return Err(invalid("not an object".into()));
+        };
+        let s = SiteSettings::from_request(&m, &["domain"])?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    #[test]
+    fn request_parsing_names_the_field() {
+        let e = |v: Value| req(v).unwrap_err().to_string();
+        assert!(e(json!({"timezone": 5})).contains("`timezone`"));
+        assert!(e(json!({"retention_days": "x"})).contains("`retention_days`"));
+        assert!(e(json!({"retention_days": 0})).contains("`retention_days`"));
+        assert!(e(json!({"colour": "red"})).contains("unknown field `colour`"));
+        assert!(e(json!({"aliases": ["a", "a"]})).contains("`aliases[1]`"));
+        assert!(e(json!({"aliases": ["ok", ""]})).contains("`aliases[1]`"));
+        assert!(e(json!({"aliases": ["a\nb"]})).contains("`aliases[0]`"));
+        assert!(e(json!({"timezone": "Europe/Berlin'; DROP"})).contains("`timezone`"));
+        assert!(e(json!({"min_visitors": -1})).contains("`min_visitors`"));
+        let s = req(json!({"domain": "x", "aliases": [" x'); DROP TABLE sites; -- "], "timezone": "America/Argentina/Buenos_Aires", "honor_dnt": false})).unwrap();
+        assert_eq!(s.aliases, vec!["x'); DROP TABLE sites; --"]);
+        assert!(!s.honor_dnt);
+        assert_eq!(s.min_visitors, DEFAULT_MIN_VISITORS);
+        assert_eq!(req(json!({})).unwrap(), SiteSettings::default());
+    }
+
+    #[test]
+    fn stored_json_is_lenient_and_round_trips() {
+        let s: SiteSettings =
+            serde_json::from_str(r#"{"timezone":"Asia/Tokyo","future_field":1}"#).unwrap();
+        assert_eq!(s.timezone, "Asia/Tokyo");
+        assert!(s.honor_dnt);
+        let again: SiteSettings =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(again, s);
+    }
+
+    #[test]
+    fn domains_normalise() {
+        assert_eq!(
+            normalize_domain(" Example.COM. ").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(normalize_domain("a.com'; DROP TABLE sites"), None);
+        assert_eq!(normalize_domain(""), None);
+        assert_eq!(normalize_domain("a..b"), None);
+    }
+
+    #[test]
+    fn versions_increase_and_stay_above_what_was_seen() {
+        let r = Registry::new(&ClickHouseConfig::new("http://127.0.0.1:1", "veil"));
+        let a = r.next_version();
+        let b = r.next_version();
+        assert!(b > a);
+        r.saw_version(u64::MAX - 10);
+        assert_eq!(r.next_version(), u64::MAX - 9);
+    }
+
+    #[test]
+    fn secrets_are_random_and_hashed() {
+        let a = random_hex(32).unwrap();
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, random_hex(32).unwrap());
+        assert_eq!(secret_hash("x"), blake3::hash(b"x").to_hex().to_string());
+    }
+
+    #[test]
+    fn merge_keeps_the_newer_version() {
+        let mut loaded = Snapshot::default();
+        let mut cached = Snapshot::default();
+        let rec = |v: u64, deleted: bool| SiteRecord {
+            domain: "a.com".into(),
+            settings: SiteSettings::default(),
+            deleted,
+            version: v,
+            updated_at: 0,
+        };
+        loaded.sites.insert("a.com".into(), rec(1, false));
+        cached.sites.insert("a.com".into(), rec(2, true));
+        loaded.merge_newer(&cached);
+        assert!(loaded.site("a.com").is_none(), "the newer tombstone wins");
+    }
+}
