@@ -1,125 +1,927 @@
-// Veil dashboard: a client of the Stats API only (GET /api/v1/sites, POST /api/v2/query).
-// Every string from the data is untrusted: it is written with textContent, never as HTML.
+// Veil dashboard: a client of Veil's HTTP API only — POST /api/v2/query (+ .csv), POST
+// /api/v2/funnel, GET /api/v1/sites/{domain}/realtime and /export, and the admin API under
+// /api/v1/sites. No number is computed here: every figure on screen is a value the API sent.
+//
+// Security: every string from the data (paths, referrers, props, UTM values, site names) is
+// untrusted. It is written with textContent or as an attribute value, never parsed as HTML, and
+// never used as a link target. The page runs under a CSP without inline script or style.
+//
+// Pages (one HTML shell, routed on the path): / (sites), /site/{domain} (dashboard),
+// /site/{domain}/settings (admin), /share/{domain}?auth=TOKEN (shared link, read-only).
+// Dashboard state lives in the query string: period, from, to, compare, interval, metric, view,
+// f (filters, repeatable: "op~dimension~value"), t.<panel> (selected tab), prop, refresh.
 "use strict";
+(function () {
+  const TOKEN_KEY = "veil-token";
+  const $ = (id) => document.getElementById(id);
+  const nf = new Intl.NumberFormat("en-US");
+  const regionNames = typeof Intl.DisplayNames === "function" ? new Intl.DisplayNames(["en"], { type: "region" }) : null;
+  const FOLDED = /^\(other: \d+ rows? under k=\d+\)$/;
 
-const $ = (id) => document.getElementById(id);
-const TOKEN_KEY = "veil-token";
+  const S = {
+    page: "sites", site: "", share: false, shareToken: "", password: "", settings: null,
+    generation: 0, timer: 0, chart: null, resize: null,
+  };
 
-async function api(path, body) {
-  const headers = { "Content-Type": "application/json" };
-  const token = sessionStorage.getItem(TOKEN_KEY);
-  if (token) headers["Authorization"] = "Bearer " + token;
-  const res = await fetch(path, body ? { method: "POST", headers, body: JSON.stringify(body) } : { headers });
-  if (res.status === 401) { showLogin(); throw new Error("An API token is required."); }
-  const data = await res.json().catch(() => ({}));
-  if (!res.ok) throw new Error(data.error || ("HTTP " + res.status));
-  return data;
-}
-
-function showLogin() { $("login").hidden = false; $("report").hidden = true; }
-
-function fmt(v) { return v === null || v === undefined ? "< k" : Number(v).toLocaleString(); }
-
-function fillTable(table, rows, label) {
-  table.replaceChildren();
-  const max = Math.max(1, ...rows.map((r) => Number(r.metrics[0]) || 0));
-  if (rows.length === 0) {
-    const td = table.insertRow().insertCell();
-    td.textContent = "No data for this period.";
-    td.className = "hint";
-    return;
-  }
-  for (const r of rows) {
-    const tr = table.insertRow();
-    const name = tr.insertCell();
-    name.textContent = label(r.dimensions[0]);
-    const bar = document.createElement("div");
-    bar.className = "bar";
-    bar.style.width = (100 * (Number(r.metrics[0]) || 0) / max).toFixed(1) + "%";
-    name.appendChild(bar);
-    const n = tr.insertCell();
-    n.className = "n";
-    n.textContent = fmt(r.metrics[0]);
-  }
-}
-
-async function load() {
-  const site = $("site").value;
-  const period = $("period").value;
-  if (!site) return;
-  const url = new URL(location.href);
-  url.searchParams.set("site", site);
-  url.searchParams.set("period", period);
-  history.replaceState(null, "", url);
-  $("status").textContent = "Loading…";
-  const q = (metrics, dimensions, limit) => api("/api/v2/query", {
-    site_id: site, metrics, date_range: period, dimensions, pagination: { limit: limit || 10 },
-  });
-  try {
-    const [totals, days, pages, sources, browsers, os, devices, channels, countries] = await Promise.all([
-      q(["visitors", "visits", "pageviews", "events"], []),
-      q(["visitors"], ["time:day"], 400),
-      q(["visitors"], ["event:page"]),
-      q(["visitors"], ["visit:source"]),
-      q(["visitors"], ["visit:browser"]),
-      q(["visitors"], ["visit:os"]),
-      q(["visitors"], ["visit:device"]),
-      q(["visitors"], ["visit:channel"]),
-      q(["visitors"], ["visit:country"]),
-    ]);
-    const dl = $("totals");
-    dl.replaceChildren();
-    const names = ["Visitors", "Visits", "Pageviews", "Events"];
-    const values = (totals.results[0] || { metrics: [0, 0, 0, 0] }).metrics;
-    names.forEach((n, i) => {
-      const d = document.createElement("div");
-      const dt = document.createElement("dt"); dt.textContent = n;
-      const dd = document.createElement("dd"); dd.textContent = fmt(values[i]);
-      d.append(dt, dd); dl.appendChild(d);
-    });
-    fillTable($("t-days"), days.results, (d) => d);
-    fillTable($("t-pages"), pages.results, (d) => d);
-    fillTable($("t-sources"), sources.results, (d) => d || "Direct / none");
-    fillTable($("t-browsers"), browsers.results, (d) => d || "Unknown");
-    fillTable($("t-os"), os.results, (d) => d || "Unknown");
-    fillTable($("t-devices"), devices.results, (d) => d || "Unknown");
-    fillTable($("t-channels"), channels.results, (d) => d || "Direct");
-    fillTable($("t-countries"), countries.results, (d) => d || "Unknown");
-    $("k-note").textContent = "Rows describing fewer than " + totals.meta.min_visitors +
-      " visitors are folded into “(other)” or shown as “< k”.";
-    $("report").hidden = false;
-    $("login").hidden = true;
-    $("status").textContent = "";
-  } catch (e) {
-    $("status").textContent = e.message;
-  }
-}
-
-async function init() {
-  $("token-form").addEventListener("submit", (ev) => {
-    ev.preventDefault();
-    sessionStorage.setItem(TOKEN_KEY, $("token").value);
-    init();
-  });
-  $("site").onchange = load;
-  $("period").onchange = load;
-  try {
-    const { sites } = await api("/api/v1/sites");
-    const params = new URLSearchParams(location.search);
-    const sel = $("site");
-    sel.replaceChildren();
-    for (const s of sites) {
-      const o = document.createElement("option");
-      o.value = s; o.textContent = s;
-      sel.appendChild(o);
+  // ---------- small DOM helpers (text only) ----------
+  function h(tag, props, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "class") e.className = v;
+      else if (k === "text") e.textContent = v;
+      else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+      else if (k === "hidden") e.hidden = true;
+      else e.setAttribute(k, v === true ? "" : String(v));
     }
-    if (sites.length === 0) { $("status").textContent = "No sites yet: start Veil with --site example.com."; return; }
-    if (params.get("site") && sites.includes(params.get("site"))) sel.value = params.get("site");
-    if (params.get("period")) $("period").value = params.get("period");
-    await load();
-  } catch (e) {
-    $("status").textContent = e.message;
+    for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) e.append(c);
+    return e;
   }
-}
+  function status(msg) { $("status").textContent = msg || ""; }
 
-document.addEventListener("DOMContentLoaded", init);
+  // ---------- formatting ----------
+  const PERCENT = new Set(["bounce_rate", "conversion_rate", "scroll_depth", "conversion_rate_step"]);
+  const SECONDS = new Set(["visit_duration", "time_on_page"]);
+  const MILLIS = new Set(["launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95"]);
+  const DECIMAL = new Set(["views_per_visit", "sessions_per_user", "dau", "wau", "mau", "total_revenue", "average_revenue"]);
+  function duration(s) {
+    s = Math.round(s);
+    if (s < 60) return s + "s";
+    if (s < 3600) return Math.floor(s / 60) + "m " + (s % 60) + "s";
+    return Math.floor(s / 3600) + "h " + Math.floor((s % 3600) / 60) + "m";
+  }
+  function fmt(metric, v) {
+    if (v === null || v === undefined) return "—";
+    const x = Number(v);
+    if (!Number.isFinite(x)) return String(v);
+    if (PERCENT.has(metric)) return (Math.round(x * 10) / 10) + "%";
+    if (SECONDS.has(metric)) return duration(x);
+    if (MILLIS.has(metric)) return nf.format(Math.round(x)) + " ms";
+    if (DECIMAL.has(metric)) return nf.format(Math.round(x * 100) / 100);
+    return nf.format(x);
+  }
+  function numberCell(metric, v) {
+    const td = h("td", { class: "n" + (v === null || v === undefined ? " null" : ""), "data-metric": metric,
+      "data-value": v === null || v === undefined ? "null" : String(v), text: fmt(metric, v) });
+    if (v === null || v === undefined) td.title = "Hidden: fewer than k visitors";
+    return td;
+  }
+
+  const METRIC_LABELS = {
+    visitors: "Unique visitors", visits: "Total visits", pageviews: "Total pageviews", views_per_visit: "Views per visit",
+    bounce_rate: "Bounce rate", visit_duration: "Visit duration", time_on_page: "Time on page", events: "Events",
+    conversion_rate: "Conversion rate", scroll_depth: "Scroll depth", active_users: "Active users",
+    sessions_per_user: "Sessions per user", dau: "Daily active", wau: "Weekly active", mau: "Monthly active",
+    launch_time_p50: "Launch time p50", launch_time_p95: "Launch time p95", latency_p50: "Latency p50",
+    latency_p95: "Latency p95", crashes: "Crashes",
+  };
+  const SHORT = { visitors: "Visitors", visits: "Visits", pageviews: "Pageviews", events: "Events",
+    conversion_rate: "CR", active_users: "Users" };
+  const LOWER_IS_BETTER = new Set(["bounce_rate", "launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95", "crashes"]);
+
+  const DIM_LABELS = {
+    "event:page": "Page", "event:hostname": "Hostname", "event:name": "Event", "event:goal": "Goal",
+    "visit:entry_page": "Entry page", "visit:exit_page": "Exit page", "visit:source": "Source",
+    "visit:referrer": "Referrer", "visit:channel": "Channel", "visit:utm_source": "UTM source",
+    "visit:utm_medium": "UTM medium", "visit:utm_campaign": "UTM campaign", "visit:utm_content": "UTM content",
+    "visit:utm_term": "UTM term", "visit:country": "Country", "visit:region": "Region", "visit:city": "City",
+    "visit:isp": "ISP", "visit:browser": "Browser", "visit:browser_version": "Browser version", "visit:os": "OS",
+    "visit:os_version": "OS version", "visit:device": "Device", "visit:screen": "Screen", "visit:processor": "Processor",
+    "visit:app_version": "App version", "visit:install_source": "Install source", "visit:locale": "Locale",
+    "visit:device_model": "Device model",
+  };
+  function dimLabel(dim) {
+    if (dim.startsWith("event:props:")) return "Property " + dim.slice(12);
+    return DIM_LABELS[dim] || dim;
+  }
+  function valueLabel(dim, v) {
+    if (v === null || v === undefined) return "—";
+    v = String(v);
+    if (FOLDED.test(v)) return v;
+    if (v === "") return dim === "visit:source" || dim === "visit:channel" ? "Direct / None" : "(none)";
+    if (dim === "visit:country" && regionNames && /^[A-Z]{2}$/.test(v)) {
+      try { return regionNames.of(v) + " (" + v + ")"; } catch { return v; }
+    }
+    return v;
+  }
+
+  // ---------- API ----------
+  class ApiError extends Error {
+    constructor(message, status) { super(message); this.status = status; }
+  }
+  function token() { return S.share ? S.shareToken : sessionStorage.getItem(TOKEN_KEY) || ""; }
+  async function api(path, opts) {
+    opts = opts || {};
+    const headers = {};
+    const t = token();
+    if (t) headers.Authorization = "Bearer " + t;
+    if (S.password) headers["X-Veil-Link-Password"] = S.password;
+    if (opts.body !== undefined) headers["Content-Type"] = "application/json";
+    if (opts.csv) headers.Accept = "text/csv";
+    const res = await fetch(path, {
+      method: opts.method || (opts.body !== undefined ? "POST" : "GET"),
+      headers, body: opts.body !== undefined ? JSON.stringify(opts.body) : undefined, cache: "no-store",
+    });
+    if (opts.blob && res.ok) return res.blob();
+    const text = await res.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+    if (!res.ok) throw new ApiError((data && data.error) || ("HTTP " + res.status + " from " + path), res.status);
+    return data;
+  }
+  function needsAuth(e) { return e instanceof ApiError && (e.status === 401 || e.status === 403); }
+  function authFailed(e) {
+    if (S.share) {
+      if (/password/i.test(e.message)) { showOnly("password"); status(S.password ? e.message : ""); return; }
+      showOnly(null);
+      status("This shared link is not valid (revoked or expired?): " + e.message);
+      return;
+    }
+    showOnly("login");
+    $("logout").hidden = true;
+    status(sessionStorage.getItem(TOKEN_KEY) ? e.message : "");
+    $("token").focus();
+  }
+  function download(blob, name) {
+    const a = h("a", { href: URL.createObjectURL(blob), download: name });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+  }
+  function fileSafe(s) { return String(s).replace(/[^A-Za-z0-9._-]+/g, "_"); }
+
+  function showOnly(id) {
+    for (const s of ["login", "password", "sites", "dash", "settings"]) $(s).hidden = s !== id;
+  }
+
+  // ---------- URL state ----------
+  const PERIODS = ["day", "7d", "30d", "month", "6mo", "12mo", "year", "all", "custom"];
+  const INTERVALS = ["hour", "day", "week", "month"];
+  const COMPARES = ["", "previous_period", "year_over_year"];
+  const OPS = ["is", "is_not", "contains", "contains_not", "matches", "matches_not"];
+  const OP_TEXT = { is: "is", is_not: "is not", contains: "contains", contains_not: "does not contain",
+    matches: "matches", matches_not: "does not match" };
+  const DIM_RE = /^(event|visit):[a-z_]+(:[^~]+)?$/;
+  const DATE_RE = /^\d{4}-\d{2}-\d{2}$/;
+  function defaultInterval(period) {
+    if (period === "day") return "hour";
+    if (["6mo", "12mo", "year", "all"].includes(period)) return "month";
+    return "day";
+  }
+  function readState() {
+    const p = new URLSearchParams(location.search);
+    const pick = (k, allowed, dflt) => (allowed.includes(p.get(k)) ? p.get(k) : dflt);
+    const st = {
+      period: pick("period", PERIODS, "7d"), from: p.get("from") || "", to: p.get("to") || "",
+      compare: pick("compare", COMPARES, ""), view: pick("view", ["web", "app", "realtime"], "web"),
+      metric: METRIC_LABELS[p.get("metric")] ? p.get("metric") : "", prop: p.get("prop") || "",
+      refresh: Math.min(300, Math.max(2, Number(p.get("refresh")) || 10)), filters: [], tabs: {},
+    };
+    if (st.period === "custom" && !(DATE_RE.test(st.from) && DATE_RE.test(st.to))) st.period = "7d";
+    st.interval = pick("interval", INTERVALS, defaultInterval(st.period));
+    for (const f of p.getAll("f")) {
+      const i = f.indexOf("~"), j = f.indexOf("~", i + 1);
+      if (i < 0 || j < 0) continue;
+      const op = f.slice(0, i), dim = f.slice(i + 1, j), value = f.slice(j + 1);
+      if (OPS.includes(op) && DIM_RE.test(dim)) st.filters.push({ op, dim, value });
+    }
+    for (const [k, v] of p) if (k.startsWith("t.")) st.tabs[k.slice(2)] = v;
+    return st;
+  }
+  function stateUrl(st) {
+    const p = new URLSearchParams();
+    if (S.share) p.set("auth", S.shareToken);
+    if (st.view !== "web") p.set("view", st.view);
+    p.set("period", st.period);
+    if (st.period === "custom") { p.set("from", st.from); p.set("to", st.to); }
+    if (st.compare) p.set("compare", st.compare);
+    if (st.interval !== defaultInterval(st.period)) p.set("interval", st.interval);
+    if (st.metric) p.set("metric", st.metric);
+    for (const f of st.filters) p.append("f", f.op + "~" + f.dim + "~" + f.value);
+    for (const [k, v] of Object.entries(st.tabs)) p.set("t." + k, v);
+    if (st.prop) p.set("prop", st.prop);
+    if (st.view === "realtime" && st.refresh !== 10) p.set("refresh", String(st.refresh));
+    return location.pathname + "?" + p.toString();
+  }
+  function navigate(change) {
+    const st = readState();
+    change(st);
+    history.pushState(null, "", stateUrl(st));
+    renderDash();
+  }
+  function dateRange(st) { return st.period === "custom" ? [st.from, st.to] : st.period; }
+  function apiFilters(st) { return st.filters.map((f) => [f.op, f.dim, [f.value]]); }
+  function baseQuery(st) {
+    return { site_id: S.site, date_range: dateRange(st), filters: apiFilters(st) };
+  }
+
+  // ---------- panels ----------
+  const WEB_PANELS = [
+    { id: "pages", title: "Pages", metrics: ["visitors", "pageviews"], tabs: [
+      { id: "page", label: "Top pages", dim: "event:page" },
+      { id: "entry", label: "Entry pages", dim: "visit:entry_page", metrics: ["visitors", "visits"] },
+      { id: "exit", label: "Exit pages", dim: "visit:exit_page", metrics: ["visitors", "visits"] },
+      { id: "host", label: "Hostnames", dim: "event:hostname" }] },
+    { id: "sources", title: "Sources", metrics: ["visitors", "visits"], tabs: [
+      { id: "source", label: "Sources", dim: "visit:source" },
+      { id: "channel", label: "Channels", dim: "visit:channel" },
+      { id: "referrer", label: "Referrers", dim: "visit:referrer" },
+      { id: "utm_source", label: "UTM source", dim: "visit:utm_source" },
+      { id: "utm_medium", label: "UTM medium", dim: "visit:utm_medium" },
+      { id: "utm_campaign", label: "UTM campaign", dim: "visit:utm_campaign" },
+      { id: "utm_content", label: "UTM content", dim: "visit:utm_content" },
+      { id: "utm_term", label: "UTM term", dim: "visit:utm_term" }] },
+    { id: "locations", title: "Locations", metrics: ["visitors"], tabs: [
+      { id: "country", label: "Countries", dim: "visit:country" },
+      { id: "region", label: "Regions", dim: "visit:region" },
+      { id: "city", label: "Cities", dim: "visit:city" },
+      { id: "isp", label: "ISPs", dim: "visit:isp" }] },
+    { id: "devices", title: "Devices", metrics: ["visitors"], tabs: [
+      { id: "browser", label: "Browsers", dim: "visit:browser" },
+      { id: "browser_version", label: "Browser versions", dim: "visit:browser_version" },
+      { id: "os", label: "OS", dim: "visit:os" },
+      { id: "os_version", label: "OS versions", dim: "visit:os_version" },
+      { id: "device", label: "Devices", dim: "visit:device" },
+      { id: "screen", label: "Screens", dim: "visit:screen" },
+      { id: "processor", label: "Processors", dim: "visit:processor" }] },
+    { id: "events", title: "Custom events", metrics: ["visitors", "events"], tabs: [
+      { id: "name", label: "Events", dim: "event:name" },
+      { id: "props", label: "Properties", dim: "props" }] },
+    { id: "goals", title: "Goals and funnels", metrics: ["visitors", "events", "conversion_rate"], tabs: [
+      { id: "goal", label: "Goals", dim: "event:goal" },
+      { id: "funnel", label: "Funnels", dim: "funnel" }] },
+  ];
+  const APP_PANELS = [
+    { id: "app_versions", title: "Versions", metrics: ["active_users", "visits"], tabs: [
+      { id: "app_version", label: "App versions", dim: "visit:app_version" },
+      { id: "os_version", label: "OS versions", dim: "visit:os_version" }] },
+    { id: "install", title: "Installs", metrics: ["active_users"], tabs: [
+      { id: "install_source", label: "Install sources", dim: "visit:install_source" },
+      { id: "device_model", label: "Device models", dim: "visit:device_model" },
+      { id: "locale", label: "Locales", dim: "visit:locale" }] },
+    { id: "app_events", title: "App events", metrics: ["active_users", "events"], tabs: [
+      { id: "name", label: "Events", dim: "event:name" },
+      { id: "country", label: "Countries", dim: "visit:country" }] },
+  ];
+  const WEB_STATS = ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration", "time_on_page"];
+  const APP_STATS = ["active_users", "sessions_per_user", "dau", "wau", "mau", "launch_time_p50", "launch_time_p95",
+    "latency_p50", "latency_p95", "crashes"];
+  const CHARTABLE = new Set(["visitors", "visits", "pageviews", "bounce_rate", "visit_duration", "time_on_page", "active_users",
+    "crashes", "events"]);
+
+  function rowTable(dim, metrics, data, st, caption) {
+    const table = h("table", {}, h("caption", { class: "sr-only", text: caption }));
+    table.append(h("thead", {}, h("tr", {}, h("th", { scope: "col", text: dimLabel(dim) }),
+      metrics.map((m) => h("th", { scope: "col", class: "n", text: SHORT[m] || METRIC_LABELS[m] || m })))));
+    const tbody = h("tbody");
+    const rows = data.results || [];
+    const max = Math.max(1, ...rows.map((r) => Number(r.metrics[0]) || 0));
+    if (rows.length === 0) {
+      tbody.append(h("tr", {}, h("td", { colspan: metrics.length + 1, class: "hint",
+        text: data.meta && data.meta.too_few_visitors ? "Fewer than k visitors: hidden." : "No data for this period." })));
+    }
+    for (const r of rows) {
+      const raw = r.dimensions[0];
+      const th = h("th", { scope: "row", "data-dim": dim, "data-raw": String(raw) });
+      const bar = h("span", { class: "bar", "aria-hidden": "true" });
+      bar.style.width = (100 * (Number(r.metrics[0]) || 0) / max).toFixed(1) + "%";
+      const label = valueLabel(dim, raw);
+      let cell;
+      if (FOLDED.test(String(raw)) || raw === null || !dim.includes(":")) {
+        cell = h("span", { class: "cell" + (FOLDED.test(String(raw)) ? " folded" : ""), text: label });
+      } else {
+        cell = h("button", { type: "button", class: "cell row", title: "Filter by " + dimLabel(dim) + " " + label,
+          onclick: () => navigate((s) => {
+            s.filters = s.filters.filter((f) => !(f.dim === dim && f.op === "is"));
+            s.filters.push({ op: "is", dim, value: String(raw) });
+          }) }, label);
+      }
+      th.append(bar, cell);
+      const tr = h("tr", {}, th, metrics.map((m, i) => numberCell(m, r.metrics[i])));
+      tbody.append(tr);
+    }
+    table.append(tbody);
+    return table;
+  }
+
+  function panel(def, st, gen) {
+    const tabId = def.tabs.some((t) => t.id === st.tabs[def.id]) ? st.tabs[def.id] : def.tabs[0].id;
+    const tab = def.tabs.find((t) => t.id === tabId);
+    const body = h("div", { class: "panel-body", role: "tabpanel", id: "tp-" + def.id, "aria-live": "polite" });
+    const csv = h("button", { type: "button", class: "secondary", "data-csv": def.id, text: "CSV",
+      "aria-label": "Download " + tab.label + " as CSV" });
+    const tabs = h("div", { class: "tabs", role: "tablist", "aria-label": def.title },
+      def.tabs.map((t) => h("button", { type: "button", role: "tab", "aria-selected": String(t.id === tabId),
+        "aria-controls": "tp-" + def.id, "data-tab": t.id, text: t.label,
+        onclick: () => navigate((s) => { s.tabs[def.id] = t.id; }) })));
+    tabs.addEventListener("keydown", (ev) => {
+      if (ev.key !== "ArrowRight" && ev.key !== "ArrowLeft") return;
+      const bs = [...tabs.querySelectorAll("button")];
+      const i = bs.indexOf(document.activeElement);
+      if (i < 0) return;
+      bs[(i + (ev.key === "ArrowRight" ? 1 : bs.length - 1)) % bs.length].focus();
+    });
+    const art = h("article", { class: "panel", id: "panel-" + def.id, "aria-labelledby": "h-" + def.id },
+      h("div", { class: "panel-head" }, h("h2", { id: "h-" + def.id, text: def.title }), csv), tabs, body);
+
+    const metrics = tab.metrics || def.metrics;
+    let dim = tab.dim;
+    let limit = 10;
+    const query = (lim) => Object.assign(baseQuery(st), {
+      metrics, dimensions: [dim], pagination: { limit: lim, offset: 0 }, include: { total_rows: true },
+    });
+    async function load() {
+      body.replaceChildren(h("p", { class: "hint", text: "Loading…" }));
+      try {
+        const data = await api("/api/v2/query", { body: query(limit) });
+        if (gen !== S.generation) return;
+        const out = [rowTable(dim, metrics, data, st, def.title + ": " + tab.label)];
+        const total = data.meta && data.meta.total_rows;
+        if (total && total > (data.results || []).length) {
+          out.push(h("button", { type: "button", class: "secondary more", text: "Show more (" + nf.format(total) + " rows)",
+            onclick: () => { limit = 100; load(); } }));
+        }
+        body.replaceChildren(...out);
+      } catch (e) {
+        if (gen !== S.generation) return;
+        if (needsAuth(e)) return authFailed(e);
+        body.replaceChildren(h("p", { class: "hint error", text: e.message }));
+      }
+    }
+    csv.addEventListener("click", async () => {
+      try {
+        const body = tab.dim === "funnel" ? null : query(10000);
+        if (!body || !dim.includes(":")) { status("Nothing to download here."); return; }
+        const blob = await api("/api/v2/query.csv", { body, csv: true, blob: true });
+        download(blob, fileSafe(S.site + "-" + def.id + "-" + tab.id + "-" + (st.period === "custom" ? st.from + "_" + st.to : st.period)) + ".csv");
+      } catch (e) { status("CSV download failed: " + e.message); }
+    });
+
+    if (tab.dim === "props") {
+      const form = h("form", { class: "inline-form" },
+        h("label", {}, "Property key", h("input", { name: "prop", value: st.prop, autocomplete: "off", required: true })),
+        h("button", { type: "submit", text: "Show" }));
+      form.addEventListener("submit", (ev) => {
+        ev.preventDefault();
+        const key = new FormData(form).get("prop").trim();
+        navigate((s) => { s.prop = key; });
+      });
+      art.insertBefore(form, body);
+      if (!st.prop) { body.replaceChildren(h("p", { class: "hint", text: "Type a property key (e.g. plan) to break events down by its values." })); return art; }
+      dim = "event:props:" + st.prop;
+    } else if (tab.dim === "funnel") {
+      funnelTab(art, body, st, gen);
+      return art;
+    }
+    load();
+    return art;
+  }
+
+  function funnelTab(art, body, st, gen) {
+    const funnels = (S.settings && S.settings.funnels) || [];
+    if (funnels.length === 0) {
+      body.replaceChildren(h("p", { class: "hint", text: S.settings ? "No funnels yet: define them in the settings." :
+        "Funnels are listed for the admin token." }));
+      return;
+    }
+    const chosen = funnels.some((f) => f.name === st.tabs.funnel) ? st.tabs.funnel : funnels[0].name;
+    const sel = h("select", { name: "funnel" }, funnels.map((f) => h("option", { value: f.name, text: f.name, selected: f.name === chosen })));
+    sel.addEventListener("change", () => navigate((s) => { s.tabs.funnel = sel.value; }));
+    art.insertBefore(h("label", {}, "Funnel", sel), body);
+    body.replaceChildren(h("p", { class: "hint", text: "Loading…" }));
+    api("/api/v2/funnel", { body: { site_id: S.site, funnel: chosen, date_range: dateRange(st), filters: apiFilters(st) } })
+      .then((data) => {
+        if (gen !== S.generation) return;
+        const steps = data.steps || [];
+        const max = Math.max(1, ...steps.map((s) => Number(s.visitors) || 0));
+        const ms = ["visitors", "conversion_rate", "conversion_rate_step", "dropoff"];
+        const table = h("table", {}, h("caption", { class: "sr-only", text: "Funnel " + chosen }),
+          h("thead", {}, h("tr", {}, h("th", { scope: "col", text: "Step" }),
+            h("th", { scope: "col", class: "n", text: "Visitors" }), h("th", { scope: "col", class: "n", text: "Conversion" }),
+            h("th", { scope: "col", class: "n", text: "From previous" }), h("th", { scope: "col", class: "n", text: "Drop-off" }))),
+          h("tbody", {}, steps.map((s, i) => {
+            const bar = h("span", { class: "bar", "aria-hidden": "true" });
+            bar.style.width = (100 * (Number(s.visitors) || 0) / max).toFixed(1) + "%";
+            return h("tr", {}, h("th", { scope: "row" }, bar, h("span", { class: "cell", text: (i + 1) + ". " + s.goal })),
+              ms.map((m) => numberCell(m === "dropoff" ? "visitors" : m, s[m])));
+          })));
+        body.replaceChildren(table);
+      })
+      .catch((e) => {
+        if (gen !== S.generation) return;
+        if (needsAuth(e)) return authFailed(e);
+        body.replaceChildren(h("p", { class: "hint error", text: e.message }));
+      });
+  }
+
+  // ---------- top stats + chart ----------
+  function changeBadge(metric, change) {
+    if (change === null || change === undefined) return h("span", { class: "change flat", text: "no comparison" });
+    const x = Number(change);
+    const good = LOWER_IS_BETTER.has(metric) ? x < 0 : x > 0;
+    const cls = x === 0 ? "flat" : good ? "good" : "bad";
+    const arrow = x > 0 ? "↑" : x < 0 ? "↓" : "→";
+    const unit = PERCENT.has(metric) ? " pp" : "%";
+    return h("span", { class: "change " + cls, "data-change": String(change),
+      text: arrow + " " + Math.abs(Math.round(x * 10) / 10) + unit, title: "Change against the comparison period" });
+  }
+
+  function topStats(container, metrics, st, gen, chartMetric) {
+    const ul = h("ul", { class: "stats", id: "stats", "aria-label": "Totals" });
+    container.append(ul);
+    const query = Object.assign(baseQuery(st), { metrics, dimensions: [] });
+    if (st.compare) query.include = { comparisons: { mode: st.compare } };
+    return api("/api/v2/query", { body: query }).then((data) => {
+      if (gen !== S.generation) return data;
+      const r = (data.results || [])[0] || { metrics: metrics.map(() => null) };
+      metrics.forEach((m, i) => {
+        const chartable = CHARTABLE.has(m);
+        const inner = [h("span", { class: "label", text: METRIC_LABELS[m] || m }),
+          h("span", { class: "value", "data-metric": m, "data-value": r.metrics[i] === null ? "null" : String(r.metrics[i]),
+            text: fmt(m, r.metrics[i]) })];
+        if (st.compare) inner.push(changeBadge(m, r.comparison && r.comparison.change ? r.comparison.change[i] : null));
+        if (st.compare && r.comparison) {
+          inner.push(h("span", { class: "hint prev", "data-prev": String(r.comparison.metrics[i]),
+            text: "was " + fmt(m, r.comparison.metrics[i]) }));
+        }
+        const li = h("li", { class: "stat", "data-stat": m, "aria-current": String(m === chartMetric) },
+          chartable ? h("button", { type: "button", "aria-pressed": String(m === chartMetric), title: "Chart " + (METRIC_LABELS[m] || m),
+            onclick: () => navigate((s) => { s.metric = m; }) }, inner) : h("div", { class: "static" }, inner));
+        ul.append(li);
+      });
+      return data;
+    });
+  }
+
+  function cssVar(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
+
+  function chart(container, metric, st, gen) {
+    const fig = h("figure", { class: "chart", id: "chart" });
+    const caption = h("figcaption", { id: "chart-title", text: (METRIC_LABELS[metric] || metric) + " by " + st.interval });
+    const plot = h("div", { class: "plot", role: "img", "aria-labelledby": "chart-title", "aria-describedby": "chart-table-summary" });
+    const details = h("details", { id: "chart-data" }, h("summary", { id: "chart-table-summary", text: "Chart data as a table" }));
+    const csv = h("button", { type: "button", class: "secondary", "data-csv": "chart", text: "CSV",
+      "aria-label": "Download the chart data as CSV" });
+    fig.append(h("div", { class: "panel-head" }, caption, csv), plot, details);
+    container.append(fig);
+    const dim = "time:" + st.interval;
+    const query = Object.assign(baseQuery(st), { metrics: [metric], dimensions: [dim], include: { time_labels: true } });
+    if (st.compare) query.include.comparisons = { mode: st.compare };
+    csv.addEventListener("click", async () => {
+      try {
+        const blob = await api("/api/v2/query.csv", { body: Object.assign({}, query, { include: {} }), csv: true, blob: true });
+        download(blob, fileSafe(S.site + "-" + metric + "-by-" + st.interval) + ".csv");
+      } catch (e) { status("CSV download failed: " + e.message); }
+    });
+    return api("/api/v2/query", { body: query }).then((data) => {
+      if (gen !== S.generation) return;
+      const rows = data.results || [];
+      const byLabel = new Map(rows.map((r) => [String(r.dimensions[0]), r]));
+      const labels = (data.meta && data.meta.time_labels) || rows.map((r) => String(r.dimensions[0]));
+      const cur = labels.map((l) => (byLabel.has(l) ? byLabel.get(l).metrics[0] : 0));
+      const hasPrev = !!st.compare && rows.some((r) => r.comparison);
+      const prev = labels.map((l) => { const r = byLabel.get(l); return r && r.comparison ? r.comparison.metrics[0] : null; });
+      const table = h("table", {}, h("thead", {}, h("tr", {}, h("th", { scope: "col", text: "Time" }),
+        h("th", { scope: "col", class: "n", text: METRIC_LABELS[metric] || metric }),
+        hasPrev ? h("th", { scope: "col", class: "n", text: "Comparison" }) : null)),
+      h("tbody", {}, labels.map((l, i) => h("tr", { "data-time": l }, h("th", { scope: "row", text: l }),
+        numberCell(metric, byLabel.has(l) ? byLabel.get(l).metrics[0] : 0), hasPrev ? numberCell(metric, prev[i]) : null))));
+      details.append(table);
+      if (typeof uPlot !== "function" || labels.length === 0) {
+        plot.replaceChildren(h("p", { class: "hint", text: labels.length ? "Chart library unavailable; see the table." : "No data." }));
+        return;
+      }
+      const short = (l) => (l && l.length > 10 && st.interval === "hour" ? l.slice(11, 16) : (l || "").slice(0, 10));
+      const series = [
+        { label: "Time", value: (u, v) => (v === null ? "" : labels[Math.round(v)] || "") },
+        { label: "This period", stroke: cssVar("--accent"), width: 2, fill: cssVar("--bar") + "80",
+          value: (u, v) => fmt(metric, v) },
+      ];
+      const dataArr = [labels.map((_, i) => i), cur.map((v) => (v === null ? null : Number(v)))];
+      if (hasPrev) {
+        series.push({ label: "Comparison", stroke: cssVar("--prev"), width: 1.5, dash: [6, 4], value: (u, v) => fmt(metric, v) });
+        dataArr.push(prev.map((v) => (v === null ? null : Number(v))));
+      }
+      const axisColor = cssVar("--muted");
+      const grid = { stroke: cssVar("--line"), width: 1 };
+      const opts = {
+        width: Math.max(280, plot.clientWidth || 600), height: 260, series,
+        scales: { x: { time: false }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
+        axes: [
+          { stroke: axisColor, grid, incrs: [1, 2, 3, 4, 6, 7, 12, 24, 30, 48, 90, 180, 365],
+            values: (u, splits) => splits.map((i) => (Number.isInteger(i) ? short(labels[i]) : "")) },
+          { stroke: axisColor, grid, size: 60, values: (u, splits) => splits.map((v) => fmt(metric, v)) },
+        ],
+        cursor: { drag: { x: false, y: false } },
+      };
+      if (S.chart) S.chart.destroy();
+      plot.replaceChildren();
+      S.chart = new uPlot(opts, dataArr, plot);
+      if (S.resize) S.resize.disconnect();
+      S.resize = new ResizeObserver(() => { if (S.chart && plot.clientWidth) S.chart.setSize({ width: plot.clientWidth, height: 260 }); });
+      S.resize.observe(plot);
+    }).catch((e) => {
+      if (gen !== S.generation) return;
+      if (needsAuth(e)) return authFailed(e);
+      plot.replaceChildren(h("p", { class: "hint error", text: e.message }));
+    });
+  }
+
+  // ---------- dashboard ----------
+  function filterChips(st) {
+    const list = $("filter-list");
+    list.replaceChildren(...st.filters.map((f, i) => {
+      const text = dimLabel(f.dim) + " " + OP_TEXT[f.op] + " " + valueLabel(f.dim, f.value);
+      return h("li", { "data-filter": f.dim }, h("span", { text }),
+        h("button", { type: "button", "aria-label": "Remove filter: " + text, text: "×",
+          onclick: () => navigate((s) => { s.filters.splice(i, 1); }) }));
+    }));
+  }
+
+  function syncControls(st) {
+    $("period").value = st.period;
+    $("from-l").hidden = $("to-l").hidden = st.period !== "custom";
+    $("from").value = st.from;
+    $("to").value = st.to;
+    $("compare").value = st.compare;
+    $("interval").value = st.interval;
+    $("controls").hidden = st.view === "realtime";
+    $("export").hidden = st.view === "realtime";
+    for (const v of ["web", "app", "realtime"]) {
+      const a = $("view-" + v);
+      const s2 = Object.assign({}, st, { view: v, metric: "" });
+      a.href = stateUrl(s2);
+      if (v === st.view) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+    }
+    filterChips(st);
+  }
+
+  function renderDash() {
+    const st = readState();
+    S.generation += 1;
+    const gen = S.generation;
+    clearInterval(S.timer);
+    if (S.chart) { S.chart.destroy(); S.chart = null; }
+    showOnly("dash");
+    status("");
+    $("dash-h").textContent = S.site;
+    document.title = S.site + " · Veil";
+    syncControls(st);
+    const body = $("view-body");
+    body.replaceChildren();
+    $("notice").hidden = true;
+    if (st.view === "realtime") return realtime(body, st, gen);
+    const stats = st.view === "app" ? APP_STATS : WEB_STATS;
+    const metric = st.metric && CHARTABLE.has(st.metric) ? st.metric : stats[0];
+    topStats(body, stats, st, gen, metric).then((data) => {
+      if (gen !== S.generation) return;
+      const meta = data.meta || {};
+      if (meta.too_few_visitors) {
+        $("notice").hidden = false;
+        $("notice").textContent = "These filters select fewer than " + meta.min_visitors +
+          " visitors, so every number is hidden (no report may describe so few people).";
+      }
+      $("k-note").textContent = "Rows describing fewer than " + meta.min_visitors + " visitors are folded into one " +
+        "“(other: N rows under k)” row or shown as “—”.";
+    }).catch((e) => {
+      if (gen !== S.generation) return;
+      if (needsAuth(e)) return authFailed(e);
+      $("stats").replaceChildren(h("li", { class: "hint error", text: e.message }));
+    });
+    chart(body, metric, st, gen);
+    const grid = h("div", { class: "grid" });
+    body.append(grid);
+    for (const def of st.view === "app" ? APP_PANELS : WEB_PANELS) grid.append(panel(def, st, gen));
+  }
+
+  function realtime(body, st, gen) {
+    const box = h("div", { class: "realtime" });
+    const v5 = h("span", { class: "big", id: "rt-visitors", text: "…" });
+    const p30 = h("span", { class: "big", id: "rt-pageviews", text: "…" });
+    const updated = h("p", { class: "hint", id: "rt-updated", "aria-live": "polite" });
+    const pages = h("div", { id: "rt-pages" });
+    box.append(h("ul", { class: "stats" },
+      h("li", { class: "stat" }, h("div", { class: "static" }, h("span", { class: "label", text: "Visitors, last 5 minutes" }), v5)),
+      h("li", { class: "stat" }, h("div", { class: "static" }, h("span", { class: "label", text: "Pageviews, last 30 minutes" }), p30))),
+    h("article", { class: "panel" }, h("h2", { text: "Top pages, last 30 minutes" }), pages), updated);
+    body.append(box);
+    async function tick() {
+      try {
+        const d = await api("/api/v1/sites/" + encodeURIComponent(S.site) + "/realtime");
+        if (gen !== S.generation) return;
+        v5.textContent = fmt("visitors", d.visitors_5m);
+        v5.dataset.value = String(d.visitors_5m);
+        p30.textContent = fmt("pageviews", d.pageviews_30m);
+        p30.dataset.value = String(d.pageviews_30m);
+        const rows = (d.top_pages || []).map((p) => ({ dimensions: [p.page], metrics: [p.visitors] }));
+        pages.replaceChildren(rowTable("event:page", ["visitors"], { results: rows, meta: {} }, st, "Top pages now"));
+        updated.textContent = "Updated " + new Date().toLocaleTimeString("en-GB") + "; refreshes every " + st.refresh + " s.";
+        $("k-note").textContent = "Numbers under " + d.min_visitors + " visitors are shown as “—”.";
+      } catch (e) {
+        if (gen !== S.generation) return;
+        if (needsAuth(e)) { clearInterval(S.timer); return authFailed(e); }
+        updated.textContent = "Refresh failed: " + e.message;
+      }
+    }
+    tick();
+    S.timer = setInterval(tick, st.refresh * 1000);
+  }
+
+  function initControls() {
+    $("controls").addEventListener("submit", (ev) => ev.preventDefault());
+    $("period").addEventListener("change", () => {
+      const v = $("period").value;
+      if (v === "custom") {
+        $("from-l").hidden = $("to-l").hidden = false;
+        const today = new Date().toISOString().slice(0, 10);
+        if (!$("from").value) $("from").value = new Date(Date.now() - 29 * 864e5).toISOString().slice(0, 10);
+        if (!$("to").value) $("to").value = today;
+        $("from").focus();
+      }
+      navigate((s) => {
+        s.period = v;
+        s.interval = defaultInterval(v);
+        if (v === "custom") { s.from = $("from").value; s.to = $("to").value; }
+      });
+    });
+    for (const id of ["from", "to"]) {
+      $(id).addEventListener("change", () => {
+        if (DATE_RE.test($("from").value) && DATE_RE.test($("to").value) && $("from").value <= $("to").value) {
+          navigate((s) => { s.period = "custom"; s.from = $("from").value; s.to = $("to").value; });
+        }
+      });
+    }
+    $("compare").addEventListener("change", () => navigate((s) => { s.compare = $("compare").value; }));
+    $("interval").addEventListener("change", () => navigate((s) => { s.interval = $("interval").value; }));
+    $("export").addEventListener("click", async () => {
+      const st = readState();
+      const range = st.period === "custom" ? st.from + "," + st.to : st.period;
+      try {
+        status("Preparing the export…");
+        const blob = await api("/api/v1/sites/" + encodeURIComponent(S.site) + "/export?date_range=" + encodeURIComponent(range), { blob: true });
+        download(blob, fileSafe("veil-" + S.site + "-" + range) + ".zip");
+        status("");
+      } catch (e) { status("Export failed: " + e.message); }
+    });
+    const dimSel = $("filter-dim");
+    for (const [d, l] of Object.entries(DIM_LABELS)) dimSel.append(h("option", { value: d, text: l }));
+    $("filter-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const f = new FormData(ev.target);
+      navigate((s) => { s.filters.push({ op: String(f.get("op")), dim: String(f.get("dim")), value: String(f.get("value")) }); });
+      ev.target.reset();
+      $("filter-add").open = false;
+    });
+    window.addEventListener("popstate", () => { if (S.page === "dash") renderDash(); });
+  }
+
+  // ---------- site list ----------
+  function siteDomain(s) { return typeof s === "string" ? s : (s && (s.domain || s.site_id)) || ""; }
+  async function renderSites() {
+    showOnly(null);
+    status("Loading sites…");
+    let data;
+    try { data = await api("/api/v1/sites"); } catch (e) { if (needsAuth(e)) return authFailed(e); status(e.message); return; }
+    status("");
+    showOnly("sites");
+    const sites = (data.sites || []).map(siteDomain).filter(Boolean);
+    const list = $("site-list");
+    list.replaceChildren();
+    if (sites.length === 0) list.append(h("li", { class: "hint", text: "No sites yet: start Veil with --site example.com or add one below." }));
+    for (const d of sites) {
+      const n = h("span", { class: "n", text: "…" });
+      list.append(h("li", { "data-site": d }, h("a", { href: "/site/" + encodeURIComponent(d), text: d }), n,
+        h("span", { class: "hint", text: "visitors in the last 7 days" })));
+      api("/api/v2/query", { body: { site_id: d, metrics: ["visitors"], date_range: "7d" } })
+        .then((r) => { const v = ((r.results || [])[0] || { metrics: [0] }).metrics[0]; n.textContent = fmt("visitors", v); n.dataset.value = String(v); })
+        .catch((e) => { n.textContent = "—"; n.title = e.message; });
+    }
+    // Adding a site is the admin API's; the form shows when this token may use it.
+    const form = $("add-site");
+    form.hidden = !adminCapable(data);
+    form.onsubmit = async (ev) => {
+      ev.preventDefault();
+      const f = new FormData(form);
+      try {
+        await api("/api/v1/sites", { body: { domain: String(f.get("domain")).trim(), timezone: String(f.get("timezone")).trim() || "UTC" } });
+        form.reset();
+        renderSites();
+      } catch (e) { status("Adding the site failed: " + e.message); }
+    };
+  }
+  function adminCapable(data) { return !S.share && !(data && data.role && data.role !== "admin"); }
+
+  // ---------- settings (admin API) ----------
+  function sitePath(suffix) { return "/api/v1/sites/" + encodeURIComponent(S.site) + (suffix || ""); }
+  async function renderSettings() {
+    showOnly(null);
+    status("Loading settings…");
+    let site;
+    try { site = await api(sitePath()); } catch (e) { if (needsAuth(e)) return authFailed(e); status(e.message); return; }
+    status("");
+    showOnly("settings");
+    S.settings = site.settings || site;
+    $("settings-h").textContent = "Settings · " + S.site;
+    document.title = "Settings · " + S.site + " · Veil";
+    const box = $("settings-body");
+    box.replaceChildren(general(site), goals(), funnels(), await keysSection(), await linksSection());
+  }
+  async function saveSettings(change, okMsg) {
+    const next = JSON.parse(JSON.stringify(S.settings));
+    change(next);
+    try {
+      const r = await api(sitePath(), { method: "PUT", body: next });
+      S.settings = (r && (r.settings || r)) || next;
+      status(okMsg);
+      return true;
+    } catch (e) { status("Saving failed: " + e.message); return false; }
+  }
+  function section(title, ...children) { return h("section", { class: "card", "aria-label": title }, h("h2", { text: title }), children); }
+  function general() {
+    const s = S.settings;
+    const retentionKey = "retention_days" in s ? "retention_days" : null;
+    const form = h("form", { class: "inline-form", id: "general-form" },
+      h("label", {}, "Time zone", h("input", { name: "timezone", value: s.timezone || "UTC", required: true })),
+      h("label", {}, "k (minimum visitors per number)", h("input", { name: "min_visitors", type: "number", min: 2, value: s.min_visitors || 5 })),
+      retentionKey ? h("label", {}, "Retention (days)", h("input", { name: "retention_days", type: "number", min: 1, value: s.retention_days || "" })) : null,
+      h("label", {}, h("span", { text: "Child-directed site (page views only)" }),
+        h("input", { name: "child_directed", type: "checkbox", checked: !!s.child_directed })),
+      h("button", { type: "submit", text: "Save" }));
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const f = new FormData(form);
+      saveSettings((n) => {
+        n.timezone = String(f.get("timezone"));
+        n.min_visitors = Number(f.get("min_visitors"));
+        if (retentionKey) n.retention_days = Number(f.get("retention_days"));
+        n.child_directed = f.get("child_directed") === "on";
+      }, "Settings saved.");
+    });
+    return section("General", form);
+  }
+  function goals() {
+    const list = h("ul", { id: "goal-list" });
+    const draw = () => list.replaceChildren(...(S.settings.goals || []).map((g, i) => h("li", {},
+      h("span", { text: g.name + " — " + (g.event_name ? "event " + g.event_name : "page " + g.page_path) + " " }),
+      h("button", { type: "button", class: "link", "aria-label": "Delete goal " + g.name, text: "Delete",
+        onclick: async () => { if (await saveSettings((n) => n.goals.splice(i, 1), "Goal deleted.")) draw(); } }))));
+    draw();
+    const form = h("form", { class: "inline-form", id: "goal-form" },
+      h("label", {}, "Name", h("input", { name: "name", required: true, autocomplete: "off" })),
+      h("label", {}, "Kind", h("select", { name: "kind" }, h("option", { value: "event_name", text: "Custom event" }),
+        h("option", { value: "page_path", text: "Page visit (path, * wildcard)" }))),
+      h("label", {}, "Event name or path", h("input", { name: "value", required: true, autocomplete: "off" })),
+      h("button", { type: "submit", text: "Add goal" }));
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const f = new FormData(form);
+      const g = { name: String(f.get("name")).trim() };
+      g[String(f.get("kind"))] = String(f.get("value")).trim();
+      if (await saveSettings((n) => { n.goals = (n.goals || []).concat([g]); }, "Goal added.")) { form.reset(); draw(); }
+    });
+    return section("Goals", list, form);
+  }
+  function funnels() {
+    const list = h("ul", { id: "funnel-list" });
+    const draw = () => list.replaceChildren(...(S.settings.funnels || []).map((fu, i) => h("li", {},
+      h("span", { text: fu.name + ": " + fu.steps.join(" → ") + " " }),
+      h("button", { type: "button", class: "link", "aria-label": "Delete funnel " + fu.name, text: "Delete",
+        onclick: async () => { if (await saveSettings((n) => n.funnels.splice(i, 1), "Funnel deleted.")) draw(); } }))));
+    draw();
+    const form = h("form", { class: "inline-form", id: "funnel-form" },
+      h("label", {}, "Name", h("input", { name: "name", required: true, autocomplete: "off" })),
+      h("label", {}, "Steps (goal names, one per line, 2–8)", h("textarea", { name: "steps", rows: 3, required: true })),
+      h("button", { type: "submit", text: "Add funnel" }));
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const f = new FormData(form);
+      const fu = { name: String(f.get("name")).trim(), steps: String(f.get("steps")).split("\n").map((x) => x.trim()).filter(Boolean) };
+      if (await saveSettings((n) => { n.funnels = (n.funnels || []).concat([fu]); }, "Funnel added.")) { form.reset(); draw(); }
+    });
+    return section("Funnels", list, form);
+  }
+  function itemsOf(d, key) { return Array.isArray(d) ? d : (d && (d[key] || d.items)) || []; }
+  function describe(item) {
+    const parts = [item.name || item.label || item.id];
+    if (item.created_at) parts.push("created " + item.created_at);
+    if (item.expires_at) parts.push("expires " + item.expires_at);
+    if (item.has_password || item.password_protected) parts.push("password");
+    return parts.filter(Boolean).join(" · ");
+  }
+  async function collection(title, suffix, key, createFields, shownSecret) {
+    const list = h("ul", { id: key + "-list" });
+    const out = h("div", { "aria-live": "polite" });
+    async function draw() {
+      try {
+        const d = await api(sitePath(suffix));
+        list.replaceChildren(...itemsOf(d, key).map((it) => h("li", {}, h("span", { text: describe(it) + " " }),
+          it.url ? h("code", { class: "secret", text: location.origin + it.url.replace(/^https?:\/\/[^/]+/, "") }) : null,
+          h("button", { type: "button", class: "link", "aria-label": "Revoke " + (it.name || it.id), text: "Revoke",
+            onclick: async () => {
+              try { await api(sitePath(suffix + "/" + encodeURIComponent(it.id)), { method: "DELETE" }); draw(); } catch (e) { status(e.message); }
+            } }))));
+      } catch (e) { list.replaceChildren(h("li", { class: "hint", text: e.message })); }
+    }
+    const form = h("form", { class: "inline-form", id: key + "-form" }, createFields, h("button", { type: "submit", text: "Create" }));
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const f = new FormData(form);
+      const body = {};
+      for (const [k, v] of f) if (String(v).trim()) body[k] = String(v).trim();
+      try {
+        const r = await api(sitePath(suffix), { body });
+        out.replaceChildren(h("p", { text: shownSecret }), h("code", { class: "secret", id: key + "-new", text: secretOf(r) }));
+        form.reset();
+        draw();
+      } catch (e) { status(title + ": " + e.message); }
+    });
+    await draw();
+    return section(title, list, form, out);
+  }
+  function secretOf(r) {
+    if (!r) return "";
+    if (r.url) return location.origin + String(r.url).replace(/^https?:\/\/[^/]+/, "");
+    return String(r.key || r.token || r.secret || "");
+  }
+  function keysSection() {
+    return collection("Site keys (read-only API access)", "/keys", "keys",
+      [h("label", {}, "Name", h("input", { name: "name", autocomplete: "off" }))],
+      "New key (shown once; copy it now):");
+  }
+  function linksSection() {
+    return collection("Shared links", "/shared-links", "shared_links",
+      [h("label", {}, "Name", h("input", { name: "name", autocomplete: "off" })),
+        h("label", {}, "Password (optional)", h("input", { name: "password", type: "password", autocomplete: "new-password" })),
+        h("label", {}, "Expires (optional)", h("input", { name: "expires_at", type: "date" }))],
+      "Read-only link (anyone with it can see this dashboard):");
+  }
+
+  // ---------- routing ----------
+  function crumbs() {
+    const c = $("crumbs");
+    c.replaceChildren();
+    if (S.share) return;
+    if (S.site) {
+      c.append(h("a", { href: "/", text: "Sites" }), h("span", { "aria-hidden": "true", text: "/" }),
+        h("a", { href: "/site/" + encodeURIComponent(S.site), text: S.site }));
+    }
+  }
+  async function route() {
+    const path = location.pathname;
+    let m;
+    const params = new URLSearchParams(location.search);
+    S.site = "";
+    if ((m = path.match(/^\/share\/([^/]+)$/))) {
+      S.share = true;
+      S.site = decodeURIComponent(m[1]);
+      S.shareToken = params.get("auth") || "";
+      $("mode-badge").hidden = false;
+      $("mode-badge").textContent = "Shared, read-only";
+      $("brand").removeAttribute("href");
+    }
+    $("logout").hidden = S.share || !sessionStorage.getItem(TOKEN_KEY);
+    if (S.share) { S.page = "dash"; crumbs(); return renderDash(); }
+    if ((m = path.match(/^\/site\/([^/]+)\/settings$/))) {
+      S.site = decodeURIComponent(m[1]); S.page = "settings"; crumbs(); return renderSettings();
+    }
+    if ((m = path.match(/^\/site\/([^/]+)$/))) {
+      S.site = decodeURIComponent(m[1]);
+      S.page = "dash";
+      crumbs();
+      // Admin-only extras (funnel names, the settings link): a site key gets 401/403 here.
+      S.settings = null;
+      $("settings-link").hidden = true;
+      $("settings-link").href = "/site/" + encodeURIComponent(S.site) + "/settings";
+      try {
+        const site = await api(sitePath());
+        S.settings = site.settings || site;
+        $("settings-link").hidden = false;
+      } catch (e) { /* not an admin, or the admin API is not there: the dashboard works without */ }
+      return renderDash();
+    }
+    S.page = "sites";
+    crumbs();
+    return renderSites();
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("login-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+      $("token").value = "";
+      status("");
+      route();
+    });
+    $("password-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      S.password = $("link-password").value;
+      $("link-password").value = "";
+      status("");
+      renderDash();
+    });
+    $("logout").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); location.href = "/"; });
+    initControls();
+    route();
+  });
+})();
