@@ -118,10 +118,17 @@
     if (S.password) headers["X-Veil-Link-Password"] = S.password;
     if (opts.body !== undefined) headers["Content-Type"] = "application/json";
     if (opts.csv) headers.Accept = "text/csv";
-    const res = await fetch(path, {
-      method: opts.method || (opts.body !== undefined ? "POST" : "GET"),
-      headers, body: opts.body !== undefined ? JSON.stringify(opts.body) : undefined, cache: "no-store",
-    });
+    let res;
+    // Site keys and shared links are rate-limited (429 + Retry-After): wait and retry, a few times.
+    for (let attempt = 0; ; attempt++) {
+      res = await fetch(path, {
+        method: opts.method || (opts.body !== undefined ? "POST" : "GET"),
+        headers, body: opts.body !== undefined ? JSON.stringify(opts.body) : undefined, cache: "no-store",
+      });
+      if (res.status !== 429 || attempt >= 4) break;
+      const wait = Math.min(5, Math.max(1, Number(res.headers.get("Retry-After")) || 1));
+      await new Promise((ok) => setTimeout(ok, wait * 1000));
+    }
     if (opts.blob && res.ok) return res.blob();
     const text = await res.text();
     let data = null;
@@ -740,22 +747,26 @@
   function section(title, ...children) { return h("section", { class: "card", "aria-label": title }, h("h2", { text: title }), children); }
   function general() {
     const s = S.settings;
-    const retentionKey = "retention_days" in s ? "retention_days" : null;
+    const check = (name, label) => h("label", { class: "check" }, h("input", { name, type: "checkbox", checked: !!s[name] }),
+      h("span", { text: label }));
     const form = h("form", { class: "inline-form", id: "general-form" },
       h("label", {}, "Time zone", h("input", { name: "timezone", value: s.timezone || "UTC", required: true })),
       h("label", {}, "k (minimum visitors per number)", h("input", { name: "min_visitors", type: "number", min: 2, value: s.min_visitors || 5 })),
-      retentionKey ? h("label", {}, "Retention (days)", h("input", { name: "retention_days", type: "number", min: 1, value: s.retention_days || "" })) : null,
-      h("label", {}, h("span", { text: "Child-directed site (page views only)" }),
-        h("input", { name: "child_directed", type: "checkbox", checked: !!s.child_directed })),
+      h("label", {}, "Retention in days (empty: the server's default)",
+        h("input", { name: "retention_days", type: "number", min: 1, value: s.retention_days || "" })),
+      check("child_directed", "Child-directed site (page views only)"),
+      check("honor_dnt", "Honour Do Not Track"),
+      check("keep_bots", "Keep bot hits (flagged, never reported)"),
       h("button", { type: "submit", text: "Save" }));
     form.addEventListener("submit", (ev) => {
       ev.preventDefault();
       const f = new FormData(form);
       saveSettings((n) => {
-        n.timezone = String(f.get("timezone"));
+        n.timezone = String(f.get("timezone")).trim();
         n.min_visitors = Number(f.get("min_visitors"));
-        if (retentionKey) n.retention_days = Number(f.get("retention_days"));
-        n.child_directed = f.get("child_directed") === "on";
+        const days = String(f.get("retention_days")).trim();
+        if (days) n.retention_days = Number(days); else delete n.retention_days;
+        for (const k of ["child_directed", "honor_dnt", "keep_bots"]) n[k] = f.get(k) === "on";
       }, "Settings saved.");
     });
     return section("General", form);
@@ -804,8 +815,9 @@
   function itemsOf(d, key) { return Array.isArray(d) ? d : (d && (d[key] || d.items)) || []; }
   function describe(item) {
     const parts = [item.name || item.label || item.id];
-    if (item.created_at) parts.push("created " + item.created_at);
-    if (item.expires_at) parts.push("expires " + item.expires_at);
+    const when = (v) => (typeof v === "number" ? new Date(v * 1000).toISOString().slice(0, 16).replace("T", " ") : String(v));
+    if (item.created_at) parts.push("created " + when(item.created_at));
+    if (item.expires_at) parts.push("expires " + when(item.expires_at));
     if (item.has_password || item.password_protected) parts.push("password");
     return parts.filter(Boolean).join(" · ");
   }

@@ -1,0 +1,429 @@
+// The marketer dashboard in headless Chromium against a real `veil up` holding a known dataset
+// (harness.mjs): the numbers on screen are the Stats API's, a click filters everything, the URL
+// round-trips, comparisons, CSV and export downloads, shared links without a key, realtime
+// refresh, the XSS corpus stays text, no console errors; one screenshot per page under
+// target/screenshots/, and the payload / first-paint measurement (dashboards/README.md).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { gzipSync } from "node:zlib";
+import { writeFileSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import {
+  startVeil, seed, browser, open, screenshot, settled, query, api, send, sql, XSS, UA, SITE, ADMIN, shots,
+} from "./harness.mjs";
+
+let veil, chrome;
+
+before(async () => {
+  veil = await startVeil({ k: 5 });
+  await seed(veil);
+  chrome = await browser();
+});
+
+after(async () => {
+  await chrome?.close();
+  await veil?.stop();
+});
+
+const dash = (qs = "") => `${veil.url}/site/${SITE}${qs ? "?" + qs : ""}`;
+const nf = new Intl.NumberFormat("en-US");
+
+/** The rows of a panel's table as {raw, label, values[]}. */
+async function panelRows(page, panelId) {
+  return page.$$eval(`#panel-${panelId} tbody tr`, (trs) => trs.map((tr) => {
+    const th = tr.querySelector("th");
+    return { raw: th?.dataset.raw, label: th?.textContent, values: [...tr.querySelectorAll("td.n")].map((td) => td.dataset.value) };
+  }).filter((r) => r.raw !== undefined));
+}
+
+async function statValues(page) {
+  return page.$$eval("#stats .value", (els) => Object.fromEntries(els.map((e) => [e.dataset.metric, e.dataset.value])));
+}
+
+const str = (v) => (v === null || v === undefined ? "null" : String(v));
+
+function noProblems(page) {
+  assert.deepEqual(page.problems, [], "console errors, page errors or dialogs");
+}
+
+test("pages are served with a strict CSP, and the whole dashboard fits the 300 KB gzip budget", async () => {
+  for (const path of ["/", `/site/${SITE}`, `/site/${SITE}/settings`, `/share/${SITE}?auth=x`]) {
+    const res = await fetch(veil.url + path);
+    assert.equal(res.status, 200, path);
+    const csp = res.headers.get("content-security-policy");
+    assert.match(csp, /script-src 'self'/);
+    assert.match(csp, /style-src 'self'/);
+    assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/);
+    assert.match(csp, /frame-ancestors 'none'/);
+  }
+  const page = await open(chrome);
+  const assets = new Map();
+  page.on("response", async (r) => {
+    const u = new URL(r.url());
+    if (!u.pathname.startsWith("/api/") && r.request().method() === "GET") {
+      try { assets.set(u.pathname, (await r.body()).length); } catch { /* redirects have no body */ }
+    }
+  });
+  const started = Date.now();
+  await page.goto(dash(), { waitUntil: "load" });
+  const fcp = await page.evaluate(() => performance.getEntriesByName("first-contentful-paint")[0]?.startTime);
+  await settled(page);
+  const complete = Date.now() - started;
+  let raw = 0, gz = 0;
+  const files = {};
+  for (const path of assets.keys()) {
+    const body = Buffer.from(await (await fetch(veil.url + path)).arrayBuffer());
+    raw += body.length;
+    gz += gzipSync(body, { level: 9 }).length;
+    files[path] = { bytes: body.length, gzip: gzipSync(body, { level: 9 }).length };
+  }
+  assert.ok(assets.has("/app.js") && assets.has("/vendor/uPlot.iife.min.js"), [...assets.keys()].join(" "));
+  assert.ok(gz < 300 * 1024, `dashboard payload ${gz} B gzipped`);
+  assert.ok(fcp > 0 && fcp < 2000, `first contentful paint ${fcp} ms`);
+  mkdirSync(shots, { recursive: true });
+  writeFileSync(join(shots, "payload.json"), JSON.stringify({ raw, gzip: gz, files, first_contentful_paint_ms: fcp,
+    all_panels_drawn_ms: complete }, null, 2));
+  console.log(`payload: ${raw} B raw, ${gz} B gzipped; first contentful paint ${Math.round(fcp)} ms; all panels ${complete} ms`);
+  noProblems(page);
+  await page.close_all();
+});
+
+test("login asks for a token, keeps it in sessionStorage only, and lists the sites with the API's numbers", async () => {
+  const page = await open(chrome, { token: null });
+  await page.goto(veil.url + "/");
+  await page.waitForSelector("#login:not([hidden])");
+  await screenshot(page, "login");
+  // The probe that found no token is the one expected error.
+  page.problems = page.problems.filter((p) => !/401/.test(p));
+  await page.fill("#token", ADMIN);
+  await page.press("#token", "Enter");
+  await page.waitForSelector(`#site-list li[data-site="${SITE}"] .n[data-value]`);
+  const shown = await page.$eval(`#site-list li[data-site="${SITE}"] .n`, (e) => e.dataset.value);
+  const api7d = await query(veil, { metrics: ["visitors"] });
+  assert.equal(shown, str(api7d.results[0].metrics[0]));
+  const storage = await page.evaluate(() => ({ session: sessionStorage.getItem("veil-token"), local: localStorage.length, cookie: document.cookie }));
+  assert.deepEqual(storage, { session: ADMIN, local: 0, cookie: "" });
+  await screenshot(page, "sites");
+  noProblems(page);
+  await page.close_all();
+});
+
+test("numbers on screen equal the API's: top stats, every panel, the chart, folded rows labelled as sent", async () => {
+  const page = await open(chrome);
+  await page.goto(dash("period=7d"));
+  await settled(page);
+  await screenshot(page, "dashboard");
+  const metrics = ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration", "time_on_page"];
+  const totals = await query(veil, { metrics });
+  const shown = await statValues(page);
+  metrics.forEach((m, i) => assert.equal(shown[m], str(totals.results[0].metrics[i]), m));
+  assert.equal(await page.$eval('#stats .value[data-metric="visitors"]', (e) => e.textContent), nf.format(totals.results[0].metrics[0]));
+
+  const panels = { pages: ["event:page", ["visitors", "pageviews"]], sources: ["visit:source", ["visitors", "visits"]],
+    devices: ["visit:browser", ["visitors"]], events: ["event:name", ["visitors", "events"]], locations: ["visit:country", ["visitors"]] };
+  for (const [id, [dim, ms]] of Object.entries(panels)) {
+    const want = await query(veil, { metrics: ms, dimensions: [dim], pagination: { limit: 10, offset: 0 } });
+    const got = await panelRows(page, id);
+    assert.deepEqual(got.map((r) => [r.raw, r.values]), want.results.map((r) => [str(r.dimensions[0]), r.metrics.map(str)]), id);
+  }
+  // The six single-visitor pages are one folded row, labelled exactly as the API sent it.
+  const pages = await query(veil, { metrics: ["visitors"], dimensions: ["event:page"] });
+  const folded = pages.results.find((r) => /^\(other: /.test(r.dimensions[0]));
+  assert.ok(folded, JSON.stringify(pages));
+  const foldedShown = await page.$eval("#panel-pages .folded", (e) => e.textContent);
+  assert.equal(foldedShown, folded.dimensions[0]);
+  assert.equal(await page.$$eval("#panel-pages button.row", (bs) => bs.filter((b) => /^\(other/.test(b.textContent)).length), 0,
+    "a folded row is not a filter");
+
+  const chart = await query(veil, { metrics: ["visitors"], dimensions: ["time:day"], include: { time_labels: true } });
+  const rows = await page.$$eval("#chart-data tbody tr", (trs) => trs.map((tr) => [tr.dataset.time, tr.querySelector("td").dataset.value]));
+  const byDay = new Map(chart.results.map((r) => [r.dimensions[0], str(r.metrics[0])]));
+  assert.ok(rows.length >= 7, JSON.stringify(rows));
+  for (const [day, v] of rows) assert.equal(v, byDay.get(day) ?? "0", day);
+  assert.ok(await page.$("#chart canvas"), "uPlot drew the chart");
+  noProblems(page);
+  await page.close_all();
+});
+
+test("clicking a row filters the whole dashboard; filters, period and comparison round-trip through the URL", async () => {
+  const page = await open(chrome);
+  await page.goto(dash("period=7d"));
+  await settled(page);
+  await page.click('#panel-sources button.row:text-is("Google")');
+  await page.waitForURL(/f=is~visit%3Asource~Google|f=is~visit:source~Google/);
+  await settled(page);
+  const filters = [["is", "visit:source", ["Google"]]];
+  const want = await query(veil, { metrics: ["visitors", "visits", "pageviews"], filters });
+  const got = await statValues(page);
+  assert.equal(got.visitors, str(want.results[0].metrics[0]));
+  assert.equal(got.pageviews, str(want.results[0].metrics[2]));
+  const pagesWant = await query(veil, { metrics: ["visitors", "pageviews"], dimensions: ["event:page"], filters, pagination: { limit: 10, offset: 0 } });
+  assert.deepEqual((await panelRows(page, "pages")).map((r) => r.values), pagesWant.results.map((r) => r.metrics.map(str)));
+  assert.equal(await page.$eval("#filter-list li", (e) => e.textContent.replace("×", "").trim()), "Source is Google");
+
+  // Period and comparison through the controls, then the URL opened afresh shows the same view.
+  await page.selectOption("#period", "30d");
+  await page.waitForURL(/period=30d/);
+  await page.selectOption("#compare", "previous_period");
+  await page.waitForURL(/compare=previous_period/);
+  await settled(page);
+  const url = page.url();
+  const before = await statValues(page);
+  const page2 = await open(chrome);
+  await page2.goto(url);
+  await settled(page2);
+  assert.deepEqual(await statValues(page2), before);
+  assert.equal(await page2.$eval("#period", (e) => e.value), "30d");
+  assert.equal(await page2.$eval("#compare", (e) => e.value), "previous_period");
+  assert.equal(await page2.$$eval("#filter-list li", (l) => l.length), 1);
+  // Back in history drops the comparison; removing the chip drops the filter.
+  await page.goBack();
+  await settled(page);
+  assert.equal(await page.$eval("#compare", (e) => e.value), "");
+  await page.click('#filter-list button[aria-label^="Remove filter"]');
+  await settled(page);
+  assert.doesNotMatch(page.url(), /f=/);
+  noProblems(page);
+  noProblems(page2);
+  await page.close_all();
+  await page2.close_all();
+});
+
+test("comparison with the previous period: change badges and the chart's comparison line are the API's", async () => {
+  const page = await open(chrome);
+  await page.goto(dash("period=7d&compare=previous_period"));
+  await settled(page);
+  const metrics = ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration", "time_on_page"];
+  const want = await query(veil, { metrics, include: { comparisons: { mode: "previous_period" } } });
+  const cmp = want.results[0].comparison;
+  assert.ok(cmp, JSON.stringify(want));
+  const changes = await page.$$eval("#stats .change", (els) => els.map((e) => e.dataset.change ?? null));
+  assert.deepEqual(changes, cmp.change.map((c) => (c === null || c === undefined ? null : String(c))));
+  const prev = await page.$$eval("#stats .prev", (els) => els.map((e) => e.dataset.prev));
+  assert.deepEqual(prev, cmp.metrics.map(str));
+  const chart = await query(veil, { metrics: ["visitors"], dimensions: ["time:day"], include: { time_labels: true, comparisons: { mode: "previous_period" } } });
+  const rows = await page.$$eval("#chart-data tbody tr", (trs) => trs.map((tr) => [tr.dataset.time, [...tr.querySelectorAll("td")].map((t) => t.dataset.value)]));
+  for (const r of chart.results) {
+    const shown = rows.find(([t]) => t === r.dimensions[0]);
+    assert.ok(shown, r.dimensions[0]);
+    assert.deepEqual(shown[1], [str(r.metrics[0]), str(r.comparison?.metrics?.[0])]);
+  }
+  await screenshot(page, "dashboard-comparison");
+  noProblems(page);
+  await page.close_all();
+});
+
+test("CSV download per panel is the API's CSV, and the full export downloads", async () => {
+  const page = await open(chrome);
+  await page.goto(dash("period=7d"));
+  await settled(page);
+  const [dl] = await Promise.all([page.waitForEvent("download"), page.click('#panel-pages button[data-csv]')]);
+  const csv = await readDownload(dl);
+  const want = await api(veil, "/api/v2/query.csv", { body: { site_id: SITE, date_range: "7d", filters: [], metrics: ["visitors", "pageviews"],
+    dimensions: ["event:page"], pagination: { limit: 10000, offset: 0 }, include: { total_rows: true } } });
+  assert.equal(csv, want);
+  assert.match(csv.split("\n")[0], /page/i);
+  assert.match(dl.suggestedFilename(), /\.csv$/);
+  const [zip] = await Promise.all([page.waitForEvent("download"), page.click("#export")]);
+  const bytes = Buffer.from(await readDownload(zip, true));
+  assert.equal(bytes.subarray(0, 2).toString(), "PK", "a zip archive");
+  assert.match(zip.suggestedFilename(), /\.zip$/);
+  noProblems(page);
+  await page.close_all();
+});
+
+async function readDownload(dl, binary = false) {
+  const stream = await dl.createReadStream();
+  const chunks = [];
+  for await (const c of stream) chunks.push(c);
+  const b = Buffer.concat(chunks);
+  return binary ? b : b.toString("utf8");
+}
+
+test("a shared link opens the dashboard read-only without a key", async () => {
+  const link = await api(veil, `/api/v1/sites/${SITE}/shared-links`, { body: { name: "board" } });
+  const url = new URL(link.url, veil.url);
+  const token = url.searchParams.get("auth");
+  assert.ok(token, JSON.stringify(link));
+  const page = await open(chrome, { token: null });
+  await page.goto(veil.url + url.pathname + url.search);
+  await settled(page);
+  assert.equal(await page.$eval("#login", (e) => e.hidden), true);
+  assert.equal(await page.$eval("#settings-link", (e) => e.hidden), true, "no settings on a shared link");
+  assert.equal(await page.evaluate(() => sessionStorage.length), 0);
+  const want = await query(veil, { metrics: ["visitors", "pageviews"] }, token);
+  const got = await statValues(page);
+  assert.equal(got.visitors, str(want.results[0].metrics[0]));
+  assert.equal(got.pageviews, str(want.results[0].metrics[1]));
+  // Filters keep the link's token in the URL.
+  await page.click('#panel-pages button.row:text-is("/pricing")');
+  await page.waitForURL(/f=/);
+  assert.match(page.url(), new RegExp("auth=" + token));
+  await settled(page);
+  await screenshot(page, "shared-link");
+  noProblems(page);
+  await page.close_all();
+  // Revoked, the link opens nothing.
+  const id = link.id ?? (await api(veil, `/api/v1/sites/${SITE}/shared-links`)).shared_links?.[0]?.id;
+  if (id !== undefined) {
+    await api(veil, `/api/v1/sites/${SITE}/shared-links/${encodeURIComponent(id)}`, { method: "DELETE" });
+    const r = await api(veil, "/api/v2/query", { body: { site_id: SITE, metrics: ["visitors"], date_range: "7d" }, token, raw: true });
+    assert.equal(r.status, 401);
+  }
+});
+
+test("the realtime view refreshes by itself after a new event", async () => {
+  const page = await open(chrome);
+  await page.goto(dash("view=realtime&refresh=2"));
+  await page.waitForSelector("#rt-visitors[data-value]");
+  const before = await page.$eval("#rt-visitors", (e) => e.dataset.value);
+  const now = new Date().toISOString();
+  await send(veil, Array.from({ length: 7 }, (_, i) => ({ site: SITE, name: "pageview", url: `https://${SITE}/live`,
+    timestamp: now, ip: `192.0.2.${i + 1}`, user_agent: UA.chrome })));
+  const deadline = Date.now() + 30_000;
+  let api5m;
+  for (;;) {
+    api5m = (await api(veil, `/api/v1/sites/${SITE}/realtime`)).visitors_5m;
+    if (api5m !== null && str(api5m) !== before) break;
+    assert.ok(Date.now() < deadline, "the API never saw the new visitors");
+    await new Promise((ok) => setTimeout(ok, 300));
+  }
+  await page.waitForFunction((v) => document.querySelector("#rt-visitors").dataset.value === v, str(api5m), { timeout: 10_000 });
+  await page.waitForSelector('#rt-pages th[data-raw="/live"]');
+  await screenshot(page, "realtime");
+  noProblems(page);
+  await page.close_all();
+});
+
+test("the XSS corpus, sent as paths, referrers, UTM values, props and event names, is shown as text and never runs", async () => {
+  const page = await open(chrome);
+  const views = ["t.pages=page", "t.sources=referrer", "t.sources=utm_campaign", "t.events=props&prop=x", "t.events=name"];
+  const seen = new Set();
+  for (const v of views) {
+    await page.goto(dash("period=7d&" + v));
+    await settled(page);
+    await page.waitForTimeout(200);
+    const raws = await page.$$eval("tbody th[data-raw]", (ths) => ths.map((t) => t.textContent));
+    for (const x of XSS) if (raws.some((r) => r.includes(x))) seen.add(v + " " + x);
+    assert.equal(await page.evaluate(() => window.__xss), undefined, v);
+    assert.equal(await page.$$eval("tbody img, tbody script, tbody svg", (l) => l.length), 0, v);
+  }
+  // Each corpus string reached the screen as text in every field it was sent in.
+  for (const v of views) for (const x of XSS) {
+    if (v === "t.sources=referrer" && x.startsWith("javascript")) continue;
+    assert.ok([...seen].some((s) => s.startsWith(v) && s.endsWith(x)) || !(await rawInApi(v, x)), `${v}: ${x} not shown`);
+  }
+  // Filtering by a corpus value puts it in the URL and the chip, still as text.
+  await page.goto(dash("period=7d&t.pages=page"));
+  await settled(page);
+  await page.click(`#panel-pages button.row >> text=${JSON.stringify(XSS[0])}`);
+  await page.waitForURL(/f=/);
+  await settled(page);
+  assert.equal(await page.evaluate(() => window.__xss), undefined);
+  assert.ok((await page.$eval("#filter-list", (e) => e.textContent)).includes(XSS[0]));
+  await screenshot(page, "xss-corpus");
+  noProblems(page);
+  await page.close_all();
+});
+
+async function rawInApi(view, x) {
+  const dim = { "t.pages=page": "event:page", "t.sources=referrer": "visit:referrer", "t.sources=utm_campaign": "visit:utm_campaign",
+    "t.events=props&prop=x": "event:props:x", "t.events=name": "event:name" }[view];
+  const r = await query(veil, { metrics: ["visitors"], dimensions: [dim] });
+  return r.results.some((row) => String(row.dimensions[0]).includes(x));
+}
+
+test("settings: goals and funnels saved through the admin API feed the goals panel; keys and shared links are created and listed", async () => {
+  const page = await open(chrome);
+  await page.goto(`${veil.url}/site/${SITE}/settings`);
+  await page.waitForSelector("#goal-form");
+  await page.fill('#goal-form input[name="name"]', "Signup");
+  await page.selectOption('#goal-form select[name="kind"]', "event_name");
+  await page.fill('#goal-form input[name="value"]', "signup");
+  await page.click('#goal-form button[type="submit"]');
+  await page.waitForSelector('#goal-list li:has-text("Signup")');
+  await page.fill('#goal-form input[name="name"]', "Pricing");
+  await page.selectOption('#goal-form select[name="kind"]', "page_path");
+  await page.fill('#goal-form input[name="value"]', "/pricing");
+  await page.click('#goal-form button[type="submit"]');
+  await page.waitForSelector('#goal-list li:has-text("Pricing")');
+  await page.fill('#funnel-form input[name="name"]', "Buy");
+  await page.fill('#funnel-form textarea[name="steps"]', "Pricing\nSignup");
+  await page.click('#funnel-form button[type="submit"]');
+  await page.waitForSelector('#funnel-list li:has-text("Buy")');
+  await page.fill('#keys-form input[name="name"]', "reporting");
+  await page.click('#keys-form button[type="submit"]');
+  await page.waitForSelector("#keys-new");
+  const key = await page.$eval("#keys-new", (e) => e.textContent);
+  assert.match(key, /^vk_/);
+  await page.waitForSelector('#keys-list li:has-text("reporting")');
+  await page.fill('#shared_links-form input[name="name"]', "team");
+  await page.click('#shared_links-form button[type="submit"]');
+  await page.waitForSelector("#shared_links-new");
+  assert.match(await page.$eval("#shared_links-new", (e) => e.textContent), new RegExp(`/share/${SITE.replace(".", "\\.")}\\?auth=`));
+  await screenshot(page, "settings");
+  const site = await api(veil, `/api/v1/sites/${SITE}`);
+  const settings = site.settings || site;
+  assert.deepEqual(settings.goals.map((g) => g.name), ["Signup", "Pricing"]);
+  assert.deepEqual(settings.funnels, [{ name: "Buy", steps: ["Pricing", "Signup"] }]);
+
+  // The goals panel and the funnel, as the API computes them.
+  await page.goto(dash("period=7d"));
+  await settled(page);
+  const goals = await query(veil, { metrics: ["visitors", "events", "conversion_rate"], dimensions: ["event:goal"], pagination: { limit: 10, offset: 0 } });
+  assert.deepEqual((await panelRows(page, "goals")).map((r) => [r.raw, r.values]), goals.results.map((r) => [r.dimensions[0], r.metrics.map(str)]));
+  await page.goto(dash("period=7d&t.goals=funnel"));
+  await settled(page);
+  await page.waitForSelector("#panel-goals tbody tr");
+  const funnel = await api(veil, "/api/v2/funnel", { body: { site_id: SITE, funnel: "Buy", date_range: "7d", filters: [] } });
+  const steps = await page.$$eval("#panel-goals tbody tr", (trs) => trs.map((tr) => tr.querySelector("td").dataset.value));
+  assert.deepEqual(steps, funnel.steps.map((s) => str(s.visitors)));
+  await screenshot(page, "funnel");
+
+  // The new site key reads the dashboard (no admin extras).
+  const reader = await open(chrome, { token: key });
+  await reader.goto(dash("period=7d"));
+  await settled(reader);
+  assert.equal(await reader.$eval("#settings-link", (e) => e.hidden), true);
+  const want = await query(veil, { metrics: ["visitors"] }, key);
+  assert.equal((await statValues(reader)).visitors, str(want.results[0].metrics[0]));
+  noProblems(page);
+  await page.close_all();
+  await reader.close_all();
+});
+
+test("app view: active users, versions, install sources and performance percentiles come from the API", async () => {
+  const page = await open(chrome);
+  await page.goto(dash("period=7d&view=app"));
+  await settled(page);
+  const metrics = ["active_users", "sessions_per_user", "dau", "wau", "mau", "launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95", "crashes"];
+  const want = await query(veil, { metrics });
+  const got = await statValues(page);
+  metrics.forEach((m, i) => assert.equal(got[m], str(want.results[0].metrics[i]), m));
+  await screenshot(page, "app-view");
+  noProblems(page);
+  await page.close_all();
+});
+
+test("phone width and dark mode: no sideways scrolling, dark colours, keyboard reaches the filters", async () => {
+  const page = await open(chrome, { viewport: { width: 375, height: 800 }, colorScheme: "dark" });
+  await page.goto(dash("period=7d"));
+  await settled(page);
+  const { scroll, bg } = await page.evaluate(() => ({ scroll: document.documentElement.scrollWidth, bg: getComputedStyle(document.body).backgroundColor }));
+  assert.ok(scroll <= 376, `page is ${scroll} px wide at 375`);
+  assert.equal(bg, "rgb(17, 20, 24)");
+  // Every control has an accessible name.
+  const unnamed = await page.$$eval("button, select, input, a[href]", (els) => els.filter((e) => {
+    if (e.offsetParent === null) return false;
+    const name = e.getAttribute("aria-label") || e.textContent.trim() || e.labels?.[0]?.textContent.trim() || e.title;
+    return !name;
+  }).map((e) => e.outerHTML.slice(0, 80)));
+  assert.deepEqual(unnamed, []);
+  // Keyboard: Tab to the first row button and press Enter to filter.
+  await page.focus("#panel-pages button.row");
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/f=/);
+  await screenshot(page, "phone-dark");
+  noProblems(page);
+  await page.close_all();
+});

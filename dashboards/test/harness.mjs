@@ -1,0 +1,207 @@
+// Shared set-up for the dashboard's browser tests: a real `veil up` (managed ClickHouse) on a
+// temp data dir with an admin token, a known dataset sent through the collector's real
+// /v1/events endpoint (an "ip" and "user_agent" per event, so visitors are distinct), an API
+// client, headless Debian Chromium through playwright-core, and screenshots under
+// target/screenshots/.
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, mkdirSync, readFileSync, existsSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const root = resolve(here, "../..");
+export const ADMIN = "admin-" + "x".repeat(32);
+export const SITE = "example.com";
+export const shots = join(root, "target/screenshots");
+
+function freePort() {
+  return new Promise((ok) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => ok(p)); });
+  });
+}
+
+/** `veil up` with k = `k`, an admin token, fast flushes and old timestamps accepted. */
+export async function startVeil({ k = 5, args = [] } = {}) {
+  const bin = join(root, "target/debug/veil");
+  if (!existsSync(bin)) execFileSync("cargo", ["build", "-p", "veil"], { cwd: root, stdio: "inherit" });
+  const dir = mkdtempSync(join(tmpdir(), "veil-dash-"));
+  const port = await freePort();
+  const child = spawn(bin, ["up", "--site", SITE, "--min-visitors", String(k), "--batch-max-age", "200ms",
+    "--max-event-age", "30d", "--rate-limit-ip", "0", "--api-token", ADMIN,
+    "--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "var"), ...args],
+  { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, VEIL_LOG: "warn" } });
+  let out = "";
+  child.stdout.on("data", (b) => { out += b; });
+  child.stderr.on("data", (b) => { out += b; });
+  const deadline = Date.now() + 120_000;
+  while (!out.includes("Veil is running")) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error("veil up did not start:\n" + out);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const cfg = readFileSync(join(dir, "var/clickhouse/config.xml"), "utf8");
+  const chPort = cfg.match(/<http_port>(\d+)<\/http_port>/)[1];
+  return {
+    url: `http://127.0.0.1:${port}`,
+    clickhouse: `http://127.0.0.1:${chPort}`,
+    log: () => out,
+    async stop() {
+      child.kill("SIGTERM");
+      await new Promise((r) => (child.exitCode !== null ? r() : child.once("exit", r)));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Rows of a ClickHouse query. */
+export async function sql(veil, text) {
+  const res = await fetch(veil.clickhouse + "/", { method: "POST", body: text + " FORMAT JSONEachRow" });
+  const body = await res.text();
+  if (!res.ok) throw new Error(body);
+  return body.split("\n").filter(Boolean).map((l) => JSON.parse(l));
+}
+
+/** Waits until ClickHouse holds at least `n` events of the site. */
+export async function waitForEvents(veil, n, ms = 30_000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const [r] = await sql(veil, `SELECT count() AS c FROM veil.events WHERE site = '${SITE}'`);
+    if (Number(r.c) >= n) return Number(r.c);
+    if (Date.now() > deadline) throw new Error(`only ${r.c} of ${n} events stored`);
+    await new Promise((ok) => setTimeout(ok, 200));
+  }
+}
+
+/** An API call as the admin (or with `token`); JSON in, JSON (or text for CSV) out. */
+export async function api(veil, path, { body, token = ADMIN, method, headers = {}, raw = false } = {}) {
+  const res = await fetch(veil.url + path, {
+    method: method || (body !== undefined ? "POST" : "GET"),
+    headers: { Authorization: "Bearer " + token, "Content-Type": "application/json", ...headers },
+    body: body !== undefined ? JSON.stringify(body) : undefined,
+  });
+  if (raw) return res;
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${path} → ${res.status}: ${text}`);
+  try { return JSON.parse(text); } catch { return text; }
+}
+
+/** POST /api/v2/query for the test site. */
+export function query(veil, q, token) {
+  return api(veil, "/api/v2/query", { body: { site_id: SITE, date_range: "7d", ...q }, token });
+}
+
+export const UA = {
+  chrome: "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+  firefox: "Mozilla/5.0 (X11; Linux x86_64; rv:126.0) Gecko/20100101 Firefox/126.0",
+  safari: "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
+};
+
+/** The XSS corpus: each string is sent as a path, a referrer path, a UTM value, a prop value
+ * and an event name. None may ever run: each would set `window.__xss`. */
+export const XSS = [
+  "<img src=x onerror=\"window.__xss='img'\">",
+  "<script>window.__xss='script'</script>",
+  "\"><svg onload=\"window.__xss='svg'\">",
+  "javascript:window.__xss='js'",
+];
+
+function iso(msAgo) { return new Date(Date.now() - msAgo).toISOString(); }
+const MIN = 60_000, HOUR = 60 * MIN, DAY = 24 * HOUR;
+
+/** Sends events through /v1/events; resolves to the count accepted. */
+export async function send(veil, events) {
+  const res = await fetch(veil.url + "/v1/events", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(events),
+  });
+  const r = await res.json();
+  if (res.status !== 202 || r.rejected?.length) throw new Error("seed rejected: " + JSON.stringify(r));
+  return r.accepted;
+}
+
+/**
+ * The known dataset (this period = the last 7 days, the previous period before it):
+ * - 30 visitors 3 hours ago: all see `/`; 20 go on to `/pricing` (a second pageview a minute
+ *   later); 10 send `signup` {plan}; referrers Google / Hacker News / none by thirds; Chrome and
+ *   Firefox by halves; visitors 20–29 land with utm_source=newsletter, utm_campaign=spring;
+ * - 6 visitors each on their own page `/rare-N` (under k: folded into one "(other…)" row);
+ * - 5 visitors sending the XSS corpus as paths, referrers, UTM values, props and event names;
+ * - 12 visitors 9 days ago on `/` (the previous period, for comparisons).
+ */
+export async function seed(veil) {
+  const ev = [];
+  const site = SITE;
+  for (let i = 0; i < 30; i++) {
+    const ip = `198.51.100.${i + 10}`;
+    const ua = i % 2 ? UA.firefox : UA.chrome;
+    const referrer = i % 3 === 0 ? "https://www.google.com/search" : i % 3 === 1 ? "https://news.ycombinator.com/item" : undefined;
+    const utm = i >= 20 ? "?utm_source=newsletter&utm_campaign=spring" : "";
+    const t0 = 3 * HOUR - i * 1000;
+    ev.push({ site, name: "pageview", url: `https://${site}/${utm}`, referrer, timestamp: iso(t0), ip, user_agent: ua });
+    if (i < 20) ev.push({ site, name: "pageview", url: `https://${site}/pricing`, referrer, timestamp: iso(t0 - MIN), ip, user_agent: ua });
+    if (i < 10) ev.push({ site, name: "signup", url: `https://${site}/pricing`, props: { plan: i % 2 ? "pro" : "free" }, timestamp: iso(t0 - 90_000), ip, user_agent: ua });
+  }
+  for (let i = 0; i < 6; i++) {
+    ev.push({ site, name: "pageview", url: `https://${site}/rare-${i + 1}`, timestamp: iso(2 * HOUR + i * 1000),
+      ip: `198.51.100.${100 + i}`, user_agent: UA.safari });
+  }
+  for (let i = 0; i < 5; i++) {
+    const ip = `198.51.100.${150 + i}`;
+    XSS.forEach((x, j) => {
+      const t = iso(90 * MIN - j * 1000 - i * 10);
+      ev.push({ site, name: "pageview", url: `https://${site}/${encodeURIComponent(x)}?utm_campaign=${encodeURIComponent(x)}`,
+        referrer: `https://evil.example/${encodeURIComponent(x)}`, timestamp: t, ip, user_agent: UA.chrome });
+      ev.push({ site, name: x, url: `https://${site}/x`, props: { x }, timestamp: t, ip, user_agent: UA.chrome });
+    });
+  }
+  for (let i = 0; i < 12; i++) {
+    ev.push({ site, name: "pageview", url: `https://${site}/`, timestamp: iso(9 * DAY + i * 1000),
+      ip: `198.51.100.${200 + i}`, user_agent: UA.chrome });
+  }
+  await send(veil, ev);
+  await waitForEvents(veil, ev.length);
+  return ev.length;
+}
+
+export async function browser() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync"],
+  });
+}
+
+/**
+ * A new page; `token` (if given) is put in sessionStorage before any script runs, as the login
+ * form would. Console errors, page errors and dialogs are collected in `page.problems`.
+ */
+export async function open(chrome, { token = ADMIN, viewport, colorScheme, acceptDownloads = true } = {}) {
+  const ctx = await chrome.newContext({ viewport: viewport || { width: 1280, height: 900 }, colorScheme, acceptDownloads });
+  if (token) await ctx.addInitScript((t) => { sessionStorage.setItem("veil-token", t); }, token);
+  const page = await ctx.newPage();
+  page.problems = [];
+  page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") page.problems.push(m.type() + ": " + m.text()); });
+  page.on("pageerror", (e) => page.problems.push("pageerror: " + e.message));
+  page.on("dialog", (d) => { page.problems.push("dialog: " + d.message()); d.dismiss(); });
+  page.close_all = () => ctx.close();
+  return page;
+}
+
+/** Saves a full-page screenshot as target/screenshots/NAME.png. */
+export async function screenshot(page, name) {
+  mkdirSync(shots, { recursive: true });
+  await page.screenshot({ path: join(shots, name + ".png"), fullPage: true });
+}
+
+/** Waits until the dashboard has drawn its top stats and every panel's table (or message). */
+export async function settled(page) {
+  await page.waitForFunction(() => {
+    const stats = document.querySelectorAll("#stats .stat, #stats .error");
+    const bodies = [...document.querySelectorAll(".panel-body")];
+    const chart = document.querySelector("#chart-data table, #chart .error");
+    return stats.length > 0 && chart && bodies.length > 0 &&
+      bodies.every((b) => !b.textContent.includes("Loading…"));
+  }, null, { timeout: 20_000 });
+}
