@@ -1,60 +1,112 @@
 //! Veil's aggregator: turns stored events into reports that never describe fewer than `k`
-//! visitors, behind a Stats API shaped like Plausible's v2.
+//! visitors, behind a Stats API shaped like Plausible's v2, and the admin API that manages
+//! sites, keys and shared links.
 //!
-//! Routes (all JSON; with `--api-token` set they need `Authorization: Bearer TOKEN`):
-//! - `GET /api/v1/sites` → `{"sites": ["example.com", …]}`;
+//! Routes (all JSON; `Authorization: Bearer SECRET`, see [`auth`] for who may do what):
 //! - `POST /api/v2/query` → `{"results": [{"dimensions": [...], "metrics": [...]}], "meta": {...}, "query": {...}}`
-//!   (see [`query`] for the request).
+//!   (see [`query`] for the request); any credential that can read the site;
+//! - `GET /api/v1/sites` → `{"sites": ["example.com", …], "details": [{"domain", "source", "settings"}]}`
+//!   (the sites the credential can read);
+//! - the admin API ([`admin`]): `POST /api/v1/sites`, `GET/PUT/DELETE /api/v1/sites/{domain}`,
+//!   `GET/POST /api/v1/sites/{domain}/keys`, `DELETE /api/v1/sites/{domain}/keys/{id}`,
+//!   `GET/POST /api/v1/sites/{domain}/shared-links`, `DELETE /api/v1/sites/{domain}/shared-links/{id}`.
 //!
-//! k-anonymity (`--min-visitors`, default 5): a breakdown row with fewer visitors than `k` is
-//! folded into one `(other)` row (shown only when it reaches `k` itself); a time bucket or a
-//! total under `k` has its metrics replaced by `null`. `meta` says how many rows were folded.
-//! Child-directed sites store no visitor hash: they report `pageviews` and `events` only, and
-//! the same rule applies to their event counts instead of visitors.
+//! Errors are `{"error": "…"}` with the status: 400 (the message names the field), 401 (no or
+//! a wrong, revoked or expired credential), 403 (a site key on an admin route of its own
+//! site), 404 (unknown site — also what a key for another site gets, with the same body, so
+//! keys cannot probe which sites exist), 405, 409, 429 (with `Retry-After`), 502 (ClickHouse).
+//!
+//! Sites come from the registry ([`veil_schemas::registry`], shared through ClickHouse and
+//! refreshed every ~2 s) and from flags (`--site`, `--child-site`, …). A stored record wins
+//! over flags; flags seed the defaults of a site the admin API creates or replaces.
+//!
+//! k-anonymity (site setting `min_visitors`, default `--min-visitors` = 5, at least 2): a
+//! breakdown row with fewer visitors than `k` is folded into one `(other)` row (shown only
+//! when it reaches `k` itself); a time bucket or a total under `k` has its metrics replaced by
+//! `null`. `meta` says how many rows were folded. Child-directed sites store no visitor hash:
+//! they report `pageviews` and `events` only, and the same rule applies to their event counts
+//! instead of visitors.
 
+pub mod admin;
+pub mod auth;
 pub mod query;
 pub mod retention;
 pub mod site;
 pub mod stats;
 
+pub use auth::Access;
 pub use site::SiteView;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
+use veil_schemas::registry::{secret_hash, Registry, SiteSettings};
 use veil_schemas::ClickHouseConfig;
 
 /// The aggregator's one error type.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The query is invalid; the message names the field.
+    /// The request is invalid; the message names the field.
     #[error("{0}")]
     BadRequest(String),
-    /// Missing or wrong API token.
+    /// Missing or wrong credential.
     #[error("missing or invalid API token (send `Authorization: Bearer TOKEN`)")]
     Unauthorized,
-    /// The site is not registered.
+    /// A recognised credential that no longer opens anything (revoked, expired, wrong link
+    /// password); the message says which.
+    #[error("{0}")]
+    Denied(String),
+    /// A site key or shared link on an admin route of its own site.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The site is not registered (or the credential cannot read it: the same answer).
     #[error("site {0:?} is not registered")]
     UnknownSite(String),
+    /// Something else that does not exist (a key id, a link id, a route).
+    #[error("{0}")]
+    NotFound(String),
     /// Known route, wrong method.
     #[error("method not allowed; use {0}")]
     MethodNotAllowed(&'static str),
+    /// It exists already.
+    #[error("{0}")]
+    Conflict(String),
+    /// Too many requests for this credential.
+    #[error("rate limit exceeded for this key; retry in {0} s")]
+    RateLimited(u64),
     /// ClickHouse failed.
     #[error("query failed: {0}")]
     ClickHouse(String),
+    /// Something on this side failed (no randomness, …).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
     fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Error::Unauthorized => StatusCode::UNAUTHORIZED,
-            Error::UnknownSite(_) => StatusCode::NOT_FOUND,
+            Error::Unauthorized | Error::Denied(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::UnknownSite(_) | Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::ClickHouse(_) => StatusCode::BAD_GATEWAY,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<veil_schemas::Error> for Error {
+    fn from(e: veil_schemas::Error) -> Self {
+        match e {
+            veil_schemas::Error::Invalid(m) => Error::BadRequest(m),
+            other => Error::ClickHouse(other.to_string()),
         }
     }
 }
@@ -62,17 +114,39 @@ impl Error {
 /// Aggregator settings.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AggregatorConfig {
-    /// Sites whose reports are served.
+    /// Sites named by `--site` (and `--child-site`), served besides the stored ones.
     pub sites: Vec<String>,
     /// Child-directed sites: only `pageviews` and `events` are reported, never visitors.
     pub child_sites: Vec<String>,
-    /// Bearer token required by the API (none: open, for loopback use).
+    /// `--ignore-dnt-site` (shown in the sites' settings).
+    pub ignore_dnt_sites: Vec<String>,
+    /// `--keep-bots-site` (shown in the sites' settings).
+    pub keep_bots_sites: Vec<String>,
+    /// `--site-alias ALIAS=DOMAIN` (shown in settings; stored aliases may not reuse them).
+    pub site_aliases: Vec<String>,
+    /// The admin token (`--admin-token`, alias `--api-token`); none: open, for loopback use.
     #[serde(skip_serializing)]
     pub api_token: Option<String>,
-    /// k: no published number describes fewer visitors than this.
+    /// Default k: no published number describes fewer visitors than this.
     pub min_visitors: u64,
     /// How long raw events are kept.
     pub retention: retention::Retention,
+    /// How often the registry is reloaded from ClickHouse.
+    #[serde(with = "millis")]
+    pub registry_refresh: Duration,
+    /// Requests per second per site key or shared link (0: unlimited).
+    pub key_rate_per_second: u32,
+    /// Burst per site key or shared link.
+    pub key_rate_burst: u32,
+}
+
+mod millis {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
 }
 
 impl Default for AggregatorConfig {
@@ -80,19 +154,77 @@ impl Default for AggregatorConfig {
         Self {
             sites: Vec::new(),
             child_sites: Vec::new(),
+            ignore_dnt_sites: Vec::new(),
+            keep_bots_sites: Vec::new(),
+            site_aliases: Vec::new(),
             api_token: None,
             min_visitors: 5,
             retention: retention::Retention::default(),
+            registry_refresh: veil_schemas::registry::DEFAULT_REFRESH,
+            key_rate_per_second: 10,
+            key_rate_burst: 30,
         }
     }
 }
 
-/// The Stats API over one ClickHouse database.
+impl AggregatorConfig {
+    /// True if flags name `domain`.
+    pub fn flag_site(&self, domain: &str) -> bool {
+        self.sites
+            .iter()
+            .chain(&self.child_sites)
+            .any(|s| s == domain)
+    }
+
+    /// The settings flags give `domain` (also the defaults the admin API starts from).
+    pub fn flag_settings(&self, domain: &str) -> SiteSettings {
+        SiteSettings {
+            aliases: self
+                .site_aliases
+                .iter()
+                .filter_map(|a| a.split_once('='))
+                .filter(|(_, d)| d.trim().eq_ignore_ascii_case(domain))
+                .map(|(a, _)| a.trim().to_string())
+                .collect(),
+            timezone: "UTC".into(),
+            retention_days: self.retention.per_site.get(domain).copied(),
+            child_directed: self.child_sites.iter().any(|s| s == domain),
+            honor_dnt: !self.ignore_dnt_sites.iter().any(|s| s == domain),
+            keep_bots: self.keep_bots_sites.iter().any(|s| s == domain),
+            min_visitors: self.min_visitors.max(site::MIN_K),
+            goals: Vec::new(),
+            funnels: Vec::new(),
+        }
+    }
+}
+
+/// Where a site's settings come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Flags only.
+    Flags,
+    /// A stored record (it wins over flags).
+    Stored,
+}
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Flags => "flags",
+            Source::Stored => "stored",
+        }
+    }
+}
+
+/// The Stats API and admin API over one ClickHouse database.
 #[derive(Debug, Clone)]
 pub struct Aggregator {
     cfg: Arc<AggregatorConfig>,
     ch: ClickHouseConfig,
     client: clickhouse::Client,
+    registry: Arc<Registry>,
+    limiter: Arc<auth::RateLimiter>,
+    verified: Arc<auth::VerifiedPasswords>,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -110,17 +242,48 @@ fn json_response(status: StatusCode, v: &Value) -> HttpResponse {
 }
 
 fn error_response(e: &Error) -> HttpResponse {
-    json_response(e.status(), &json!({ "error": e.to_string() }))
+    let mut r = json_response(e.status(), &json!({ "error": e.to_string() }));
+    if let Error::RateLimited(secs) = e {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+    }
+    if matches!(e, Error::Unauthorized | Error::Denied(_)) {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
 }
 
 impl Aggregator {
-    /// An aggregator reading from `ch`.
+    /// An aggregator reading from `ch`, with its own registry cache (refreshed in the
+    /// background when a Tokio runtime is running).
     pub fn new(cfg: AggregatorConfig, ch: ClickHouseConfig) -> Self {
+        let registry = Registry::new(&ch);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            registry.spawn_refresh(cfg.registry_refresh);
+        }
+        Self::with_registry(cfg, ch, registry)
+    }
+
+    /// An aggregator sharing `registry` (kept fresh by whoever made it), e.g. with the
+    /// collector of the same process.
+    pub fn with_registry(
+        cfg: AggregatorConfig,
+        ch: ClickHouseConfig,
+        registry: Arc<Registry>,
+    ) -> Self {
         let client = ch.client();
+        let limiter = Arc::new(auth::RateLimiter::new(
+            cfg.key_rate_per_second,
+            cfg.key_rate_burst,
+        ));
         Self {
             cfg: Arc::new(cfg),
             ch,
             client,
+            registry,
+            limiter,
+            verified: Arc::new(auth::VerifiedPasswords::new()),
         }
     }
 
@@ -129,63 +292,149 @@ impl Aggregator {
         &self.ch
     }
 
-    /// True for the paths this app answers.
-    pub fn is_aggregator_path(path: &str) -> bool {
-        matches!(path, "/api/v1/sites" | "/api/v2/query")
+    /// The site registry it reads (tests call `refresh` on it).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
-    fn authorized(&self, req: &Request<Bytes>) -> bool {
-        let Some(token) = &self.cfg.api_token else {
-            return true;
+    /// Its settings.
+    pub fn config(&self) -> &AggregatorConfig {
+        &self.cfg
+    }
+
+    /// True for the paths this app answers.
+    pub fn is_aggregator_path(path: &str) -> bool {
+        path == "/api/v2/query" || path == "/api/v1/sites" || path.starts_with("/api/v1/sites/")
+    }
+
+    /// Who is asking (see [`auth`]): the admin, or a reader of one site. Site keys and shared
+    /// links are rate-limited here.
+    pub async fn access(&self, req: &Request<Bytes>) -> Result<Access, Error> {
+        let admin = self.cfg.api_token.as_deref();
+        let Some(given) = auth::bearer(req) else {
+            return match admin {
+                None => Ok(Access::Admin),
+                Some(_) => Err(Error::Unauthorized),
+            };
         };
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        // blake3::Hash equality is constant-time.
-        blake3::hash(given.as_bytes()) == blake3::hash(token.as_bytes())
+        if let Some(token) = admin {
+            // blake3::Hash equality is constant-time.
+            if blake3::hash(given.as_bytes()) == blake3::hash(token.as_bytes()) {
+                return Ok(Access::Admin);
+            }
+        }
+        let hash = secret_hash(given);
+        let snap = self.registry.snapshot();
+        if let Some(k) = snap.key_by_hash(&hash) {
+            if k.revoked {
+                return Err(Error::Denied("this API key has been revoked".into()));
+            }
+            self.limiter
+                .check(&format!("key:{}", k.id), Instant::now())
+                .map_err(Error::RateLimited)?;
+            return Ok(Access::Site(k.site.clone()));
+        }
+        if let Some(l) = snap.link_by_hash(&hash) {
+            if l.revoked {
+                return Err(Error::Denied("this shared link has been revoked".into()));
+            }
+            if l.expires_at != 0 && veil_schemas::registry::now_secs() >= l.expires_at {
+                return Err(Error::Denied("this shared link has expired".into()));
+            }
+            self.limiter
+                .check(&format!("link:{}", l.id), Instant::now())
+                .map_err(Error::RateLimited)?;
+            if !l.password_hash.is_empty() {
+                let password = req
+                    .headers()
+                    .get(auth::LINK_PASSWORD_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                if !self.verified.contains(&l.id, l.version, &password) {
+                    let phc = l.password_hash.clone();
+                    let pw = password.clone();
+                    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&phc, &pw))
+                        .await
+                        .unwrap_or(false);
+                    if !ok {
+                        return Err(Error::Denied(
+                            "this shared link needs its password in the X-Veil-Link-Password header"
+                                .into(),
+                        ));
+                    }
+                    self.verified.insert(&l.id, l.version, &password);
+                }
+            }
+            return Ok(Access::Site(l.site.clone()));
+        }
+        match admin {
+            None => Ok(Access::Admin),
+            Some(_) => Err(Error::Unauthorized),
+        }
     }
 
     /// Answers a request if its path is the aggregator's.
     pub async fn handle(&self, req: Request<Bytes>) -> Option<HttpResponse> {
-        let path = req.uri().path();
-        if !Self::is_aggregator_path(path) {
+        if !Self::is_aggregator_path(req.uri().path()) {
             return None;
         }
-        if !self.authorized(&req) {
-            return Some(error_response(&Error::Unauthorized));
-        }
-        let r = match (path, req.method()) {
-            ("/api/v1/sites", &Method::GET) => Ok(json_response(
-                StatusCode::OK,
-                &json!({ "sites": self.cfg.sites }),
-            )),
-            ("/api/v2/query", &Method::POST) => self.query(req.body(), query::today()).await,
-            ("/api/v1/sites", _) => Err(Error::MethodNotAllowed("GET")),
-            _ => Err(Error::MethodNotAllowed("POST")),
-        };
+        let r = self.route(req).await;
         Some(r.unwrap_or_else(|e| {
             if let Error::ClickHouse(m) = &e {
-                tracing::warn!(error = %m, "stats query failed");
+                tracing::warn!(error = %m, "ClickHouse request failed");
             }
             error_response(&e)
         }))
     }
 
-    /// The site as the query engine sees it, if registered.
-    pub fn site(&self, domain: &str) -> Option<SiteView> {
-        if !self.cfg.sites.iter().any(|s| s == domain) {
-            return None;
+    async fn route(&self, req: Request<Bytes>) -> Result<HttpResponse, Error> {
+        let access = self.access(&req).await?;
+        let path = req.uri().path().to_string();
+        if path == "/api/v2/query" {
+            if req.method() != Method::POST {
+                return Err(Error::MethodNotAllowed("POST"));
+            }
+            let site_id = stats::site_id(req.body())?;
+            if !access.can_read(&site_id) {
+                return Err(Error::UnknownSite(site_id));
+            }
+            return self.query(req.body(), query::today()).await;
         }
-        let mut v = SiteView::new(domain);
-        v.min_visitors = self.cfg.min_visitors.max(site::MIN_K);
-        v.child_directed = self.cfg.child_sites.iter().any(|s| s == domain);
-        Some(v)
+        admin::route(self, &access, &req, &path).await
     }
 
-    /// Runs a Stats API query given as JSON bytes.
+    /// Where `domain`'s settings come from and what they are, if it is registered.
+    pub fn site_settings(&self, domain: &str) -> Option<(Source, SiteSettings)> {
+        if let Some(rec) = self.registry.snapshot().site(domain) {
+            return Some((Source::Stored, rec.settings.clone()));
+        }
+        self.cfg
+            .flag_site(domain)
+            .then(|| (Source::Flags, self.cfg.flag_settings(domain)))
+    }
+
+    /// Every registered site (flags ∪ stored), sorted.
+    pub fn site_list(&self) -> Vec<String> {
+        let snap = self.registry.snapshot();
+        let mut v: Vec<String> = snap
+            .sites()
+            .map(|s| s.domain.clone())
+            .chain(self.cfg.sites.iter().cloned())
+            .chain(self.cfg.child_sites.iter().cloned())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The site as the query engine sees it, if registered.
+    pub fn site(&self, domain: &str) -> Option<SiteView> {
+        let (_, s) = self.site_settings(domain)?;
+        Some(admin::view(domain, &s))
+    }
+
+    /// Runs a Stats API query given as JSON bytes (no access check: callers do it).
     pub async fn query(
         &self,
         body: &[u8],

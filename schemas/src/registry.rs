@@ -131,11 +131,15 @@ impl SiteSettings {
         "funnels",
     ];
 
-    /// Parses the settings fields of an admin API request object strictly: an unknown field
-    /// or a value of the wrong type is an error naming the field. Keys in `ignore` (such as
-    /// `domain`) are skipped. Missing fields take their defaults.
-    pub fn from_request(obj: &Map<String, Value>, ignore: &[&str]) -> Result<Self, Error> {
-        let mut s = Self::default();
+    /// Parses the settings fields of an admin API request object strictly onto `base` (the
+    /// values of fields the request leaves out): an unknown field or a value of the wrong
+    /// type is an error naming the field. Keys in `ignore` (such as `domain`) are skipped.
+    pub fn from_request(
+        base: Self,
+        obj: &Map<String, Value>,
+        ignore: &[&str],
+    ) -> Result<Self, Error> {
+        let mut s = base;
         for (k, v) in obj {
             match k.as_str() {
                 k if ignore.contains(&k) => {}
@@ -845,7 +849,7 @@ mod tests {
         let Value::Object(m) = v else {
             return Err(invalid("not an object".into()));
         };
-        let s = SiteSettings::from_request(&m, &["domain"])?;
+        let s = SiteSettings::from_request(SiteSettings::default(), &m, &["domain"])?;
         s.validate()?;
         Ok(s)
     }

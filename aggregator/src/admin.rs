@@ -1,0 +1,605 @@
+//! The admin API: sites, their read-only keys and their shared links, stored in the registry
+//! ([`veil_schemas::registry`]) so every collector and aggregator sees a change within seconds.
+//!
+//! Wire format (JSON bodies; errors `{"error": "…"}` naming the field):
+//! - `GET /api/v1/sites` → `{"sites": ["a.com", …], "details": [SITE, …]}` — the sites the
+//!   credential can read (a site key or link: its own site only);
+//! - `POST /api/v1/sites` `{"domain": "a.com", SETTINGS…}` → 201 SITE; 409 if it exists;
+//! - `GET /api/v1/sites/{domain}` → SITE (readers of the site too);
+//! - `PUT /api/v1/sites/{domain}` `{SETTINGS…}` → SITE: replaces the settings (fields left out
+//!   take the flag-seeded defaults); `DELETE` → `{"deleted": "a.com", "still_defined_by_flags": false}`
+//!   unregisters the stored record and revokes its keys and links (data stays: `veil erase-site`
+//!   erases it); a site defined only by flags answers 409;
+//! - `POST /api/v1/sites/{domain}/keys` `{"name"?}` → 201 `{"id", "key", "site", "name", "created_at"}`
+//!   (the key is shown only here); `GET …/keys` → `{"keys": [{"id", "name", "created_at", "revoked"}]}`;
+//!   `DELETE …/keys/{id}` → `{"revoked": "ID"}`;
+//! - `POST /api/v1/sites/{domain}/shared-links` `{"name"?, "password"?, "expires_at"?}` → 201
+//!   `{"id", "url": "/share/{domain}?auth=TOKEN", "token", "site", "name", "expires_at", "password"}`
+//!   (`expires_at`: RFC 3339 or Unix seconds, in the future; `password`: 8–256 bytes, then
+//!   required in `X-Veil-Link-Password`); `GET …/shared-links` lists them (never tokens);
+//!   `DELETE …/shared-links/{id}` revokes one.
+//!
+//! SITE is `{"domain", "source": "stored"|"flags", "aliases", "timezone", "retention_days"?,
+//! "child_directed", "honor_dnt", "keep_bots", "min_visitors", "goals", "funnels"}`; SETTINGS
+//! the same fields without `domain` and `source`. Goals and funnels have the shapes of
+//! [`crate::site::Goal`] and [`crate::site::Funnel`].
+//!
+//! Only the admin may change anything: a site key or link gets 403 on an admin route of its own
+//! site and 404 (as for an unknown site) on any other site's.
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use serde_json::{json, Map, Value};
+use veil_schemas::registry::{normalize_domain, SiteSettings, MAX_NAME_BYTES};
+
+use crate::auth::{self, Access};
+use crate::site::{Funnel, Goal, SiteView, MIN_K};
+use crate::{json_response, Aggregator, Error, HttpResponse, Source};
+
+/// Largest k a site may choose.
+pub const MAX_K: u64 = 1_000_000;
+/// Most goals per site.
+pub const MAX_GOALS: usize = 100;
+/// Most funnels per site.
+pub const MAX_FUNNELS: usize = 20;
+
+/// The query engine's view of a site with these settings. Goals and funnels were checked when
+/// stored; any that no longer parse are left out (and logged).
+pub fn view(domain: &str, s: &SiteSettings) -> SiteView {
+    let mut v = SiteView::new(domain);
+    v.timezone = s.timezone.clone();
+    v.min_visitors = s.min_visitors.max(MIN_K);
+    v.child_directed = s.child_directed;
+    v.goals = s
+        .goals
+        .iter()
+        .filter_map(|g| match serde_json::from_value::<Goal>(g.clone()) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(site = domain, error = %e, "skipping a stored goal that does not parse");
+                None
+            }
+        })
+        .collect();
+    v.funnels = s
+        .funnels
+        .iter()
+        .filter_map(|f| serde_json::from_value::<Funnel>(f.clone()).ok())
+        .collect();
+    v
+}
+
+fn bad(msg: String) -> Error {
+    Error::BadRequest(msg)
+}
+
+fn check_text(field: &str, s: &str, max: usize) -> Result<(), Error> {
+    if s.trim().is_empty() || s.len() > max || s.chars().any(char::is_control) {
+        return Err(bad(format!(
+            "`{field}` must be 1 to {max} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks goals and funnels: each goal has a unique name and exactly one of `event_name` /
+/// `page_path` (a path starting with `/`); each funnel has a unique name and 2–8 steps naming
+/// existing goals.
+pub fn validate_goals(
+    goals: &[Value],
+    funnels: &[Value],
+) -> Result<(Vec<Goal>, Vec<Funnel>), Error> {
+    if goals.len() > MAX_GOALS {
+        return Err(bad(format!("`goals`: at most {MAX_GOALS} goals per site")));
+    }
+    if funnels.len() > MAX_FUNNELS {
+        return Err(bad(format!(
+            "`funnels`: at most {MAX_FUNNELS} funnels per site"
+        )));
+    }
+    let mut gs: Vec<Goal> = Vec::new();
+    for (i, g) in goals.iter().enumerate() {
+        let g: Goal =
+            serde_json::from_value(g.clone()).map_err(|e| bad(format!("`goals[{i}]`: {e}")))?;
+        check_text(&format!("goals[{i}].name"), &g.name, 200)?;
+        if gs.iter().any(|o| o.name == g.name) {
+            return Err(bad(format!("`goals[{i}].name` {:?} is used twice", g.name)));
+        }
+        match (&g.event_name, &g.page_path) {
+            (Some(e), None) => check_text(&format!("goals[{i}].event_name"), e, 500)?,
+            (None, Some(p)) => {
+                check_text(&format!("goals[{i}].page_path"), p, 2000)?;
+                if !p.starts_with('/') {
+                    return Err(bad(format!("`goals[{i}].page_path` must start with `/`")));
+                }
+            }
+            _ => {
+                return Err(bad(format!(
+                    "`goals[{i}]` needs exactly one of `event_name` and `page_path`"
+                )))
+            }
+        }
+        gs.push(g);
+    }
+    let mut fs: Vec<Funnel> = Vec::new();
+    for (i, f) in funnels.iter().enumerate() {
+        let f: Funnel =
+            serde_json::from_value(f.clone()).map_err(|e| bad(format!("`funnels[{i}]`: {e}")))?;
+        check_text(&format!("funnels[{i}].name"), &f.name, 200)?;
+        if fs.iter().any(|o| o.name == f.name) {
+            return Err(bad(format!(
+                "`funnels[{i}].name` {:?} is used twice",
+                f.name
+            )));
+        }
+        if !(2..=8).contains(&f.steps.len()) {
+            return Err(bad(format!("`funnels[{i}].steps` must have 2 to 8 steps")));
+        }
+        for (j, step) in f.steps.iter().enumerate() {
+            if !gs.iter().any(|g| &g.name == step) {
+                return Err(bad(format!(
+                    "`funnels[{i}].steps[{j}]` {step:?} is not one of the site's goals"
+                )));
+            }
+        }
+        fs.push(f);
+    }
+    Ok((gs, fs))
+}
+
+fn body_object(req: &Request<Bytes>) -> Result<Map<String, Value>, Error> {
+    if req.body().iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(req.body()) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(bad("the body must be a JSON object".into())),
+        Err(e) => Err(bad(format!("invalid JSON body: {e}"))),
+    }
+}
+
+fn only_fields(obj: &Map<String, Value>, allowed: &[&str]) -> Result<(), Error> {
+    for k in obj.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(bad(format!(
+                "unknown field `{k}`; expected one of {}",
+                allowed.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn optional_string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, Error> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(bad(format!("`{field}` must be a string"))),
+    }
+}
+
+fn rfc3339(secs: u32) -> Value {
+    chrono::DateTime::from_timestamp(i64::from(secs), 0)
+        .map(|t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
+        .unwrap_or(Value::Null)
+}
+
+fn site_json(domain: &str, source: Source, s: &SiteSettings) -> Value {
+    let mut v = serde_json::to_value(s).unwrap_or_else(|_| json!({}));
+    if let Value::Object(m) = &mut v {
+        m.insert("domain".into(), json!(domain));
+        m.insert("source".into(), json!(source.name()));
+    }
+    v
+}
+
+/// Only the admin passes; a reader of `site` gets 403.
+fn admin_only(access: &Access) -> Result<(), Error> {
+    if access.is_admin() {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(
+            "this route needs the admin token; site keys and shared links only read stats".into(),
+        ))
+    }
+}
+
+impl Aggregator {
+    /// The registered site named by a path segment that `access` can read; otherwise 404
+    /// with the same body whether the site is unknown or belongs to someone else.
+    fn scoped(&self, access: &Access, raw: &str) -> Result<(String, Source, SiteSettings), Error> {
+        let d = normalize_domain(raw).ok_or_else(|| Error::UnknownSite(raw.to_string()))?;
+        if !access.can_read(&d) {
+            return Err(Error::UnknownSite(d));
+        }
+        let (src, s) = self
+            .site_settings(&d)
+            .ok_or_else(|| Error::UnknownSite(d.clone()))?;
+        Ok((d, src, s))
+    }
+
+    /// Parses and checks a site's settings from a request object, starting from the
+    /// flag-seeded defaults of `domain`.
+    async fn settings_from(
+        &self,
+        domain: &str,
+        obj: &Map<String, Value>,
+    ) -> Result<SiteSettings, Error> {
+        let s = SiteSettings::from_request(self.cfg.flag_settings(domain), obj, &["domain"])?;
+        s.validate()?;
+        if !(MIN_K..=MAX_K).contains(&s.min_visitors) {
+            return Err(bad(format!(
+                "`min_visitors` must be between {MIN_K} and {MAX_K}"
+            )));
+        }
+        validate_goals(&s.goals, &s.funnels)?;
+        let snap = self.registry.snapshot();
+        for (i, a) in s.aliases.iter().enumerate() {
+            let flag_owner = self
+                .cfg
+                .site_aliases
+                .iter()
+                .filter_map(|x| x.split_once('='))
+                .find(|(al, _)| al.trim() == a)
+                .map(|(_, d)| d.trim().to_ascii_lowercase());
+            let owner = snap.alias(a).map(str::to_string).or(flag_owner);
+            if let Some(o) = owner.filter(|o| o != domain) {
+                return Err(Error::Conflict(format!(
+                    "`aliases[{i}]` {a:?} already names the site {o:?}"
+                )));
+            }
+            if a != domain && self.site_settings(a).is_some() {
+                return Err(Error::Conflict(format!(
+                    "`aliases[{i}]` {a:?} is a registered site's domain"
+                )));
+            }
+        }
+        if s.timezone != "UTC" {
+            self.registry.check_timezone(&s.timezone).await?;
+        }
+        Ok(s)
+    }
+}
+
+/// Routes `/api/v1/sites…` for `access`.
+pub(crate) async fn route(
+    agg: &Aggregator,
+    access: &Access,
+    req: &Request<Bytes>,
+    path: &str,
+) -> Result<HttpResponse, Error> {
+    let rest = path.strip_prefix("/api/v1/sites").unwrap_or_default();
+    let parts: Vec<&str> = rest.split('/').skip(1).collect();
+    let m = req.method();
+    match parts.as_slice() {
+        [] => match *m {
+            Method::GET => Ok(list_sites(agg, access)),
+            Method::POST => {
+                admin_only(access)?;
+                create_site(agg, req).await
+            }
+            _ => Err(Error::MethodNotAllowed("GET, POST")),
+        },
+        [raw] => {
+            let (d, src, s) = agg.scoped(access, raw)?;
+            match *m {
+                Method::GET => Ok(json_response(StatusCode::OK, &site_json(&d, src, &s))),
+                Method::PUT => {
+                    admin_only(access)?;
+                    let obj = body_object(req)?;
+                    if let Some(v) = obj.get("domain") {
+                        if v.as_str().and_then(normalize_domain).as_deref() != Some(d.as_str()) {
+                            return Err(bad(format!(
+                                "`domain` must be {d:?} (the path's) or left out"
+                            )));
+                        }
+                    }
+                    let settings = agg.settings_from(&d, &obj).await?;
+                    let rec = agg.registry.put_site(&d, settings).await?;
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &site_json(&d, Source::Stored, &rec.settings),
+                    ))
+                }
+                Method::DELETE => {
+                    admin_only(access)?;
+                    let flags = agg.cfg.flag_site(&d);
+                    if src == Source::Flags {
+                        return Err(Error::Conflict(format!(
+                            "site {d:?} is defined by flags (--site/--child-site); remove the flag to unregister it"
+                        )));
+                    }
+                    agg.registry.delete_site(&d).await?;
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &json!({ "deleted": d, "still_defined_by_flags": flags }),
+                    ))
+                }
+                _ => Err(Error::MethodNotAllowed("GET, PUT, DELETE")),
+            }
+        }
+        [raw, "keys"] => {
+            let (d, _, _) = agg.scoped(access, raw)?;
+            admin_only(access)?;
+            match *m {
+                Method::GET => Ok(list_keys(agg, &d)),
+                Method::POST => create_key(agg, req, &d).await,
+                _ => Err(Error::MethodNotAllowed("GET, POST")),
+            }
+        }
+        [raw, "keys", id] => {
+            let (d, _, _) = agg.scoped(access, raw)?;
+            admin_only(access)?;
+            if m != Method::DELETE {
+                return Err(Error::MethodNotAllowed("DELETE"));
+            }
+            let snap = agg.registry.snapshot();
+            if snap.key(id).filter(|k| k.site == d).is_none() {
+                return Err(Error::NotFound(format!("no key {id:?} for site {d:?}")));
+            }
+            agg.registry.revoke_key(id).await?;
+            Ok(json_response(StatusCode::OK, &json!({ "revoked": id })))
+        }
+        [raw, "shared-links"] => {
+            let (d, _, _) = agg.scoped(access, raw)?;
+            admin_only(access)?;
+            match *m {
+                Method::GET => Ok(list_links(agg, &d)),
+                Method::POST => create_link(agg, req, &d).await,
+                _ => Err(Error::MethodNotAllowed("GET, POST")),
+            }
+        }
+        [raw, "shared-links", id] => {
+            let (d, _, _) = agg.scoped(access, raw)?;
+            admin_only(access)?;
+            if m != Method::DELETE {
+                return Err(Error::MethodNotAllowed("DELETE"));
+            }
+            let snap = agg.registry.snapshot();
+            if snap.link(id).filter(|l| l.site == d).is_none() {
+                return Err(Error::NotFound(format!(
+                    "no shared link {id:?} for site {d:?}"
+                )));
+            }
+            agg.registry.revoke_link(id).await?;
+            Ok(json_response(StatusCode::OK, &json!({ "revoked": id })))
+        }
+        [raw, ..] => {
+            // Unknown sub-route: still no existence oracle for other sites.
+            agg.scoped(access, raw)?;
+            Err(Error::NotFound(format!("no route {} {path}", req.method())))
+        }
+    }
+}
+
+fn list_sites(agg: &Aggregator, access: &Access) -> HttpResponse {
+    let mut names = Vec::new();
+    let mut details = Vec::new();
+    for d in agg.site_list() {
+        if !access.can_read(&d) {
+            continue;
+        }
+        if let Some((src, s)) = agg.site_settings(&d) {
+            details.push(site_json(&d, src, &s));
+            names.push(d);
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({ "sites": names, "details": details }),
+    )
+}
+
+async fn create_site(agg: &Aggregator, req: &Request<Bytes>) -> Result<HttpResponse, Error> {
+    let obj = body_object(req)?;
+    let raw = match obj.get("domain") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(bad("`domain` must be a string".into())),
+        None => return Err(bad("`domain` is required".into())),
+    };
+    let d = normalize_domain(&raw).ok_or_else(|| {
+        bad(format!(
+            "`domain` {raw:?} is not a host name (letters, digits, `-`, `_` and dots)"
+        ))
+    })?;
+    let settings = agg.settings_from(&d, &obj).await?;
+    if agg.site_settings(&d).is_some() {
+        return Err(Error::Conflict(format!("site {d:?} is already registered")));
+    }
+    let rec = agg.registry.put_site(&d, settings).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &site_json(&d, Source::Stored, &rec.settings),
+    ))
+}
+
+fn list_keys(agg: &Aggregator, site: &str) -> HttpResponse {
+    let snap = agg.registry.snapshot();
+    let keys: Vec<Value> = snap
+        .keys_of(site)
+        .into_iter()
+        .map(|k| {
+            json!({"id": k.id, "name": k.name, "created_at": rfc3339(k.created_at), "revoked": k.revoked})
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "keys": keys }))
+}
+
+async fn create_key(
+    agg: &Aggregator,
+    req: &Request<Bytes>,
+    site: &str,
+) -> Result<HttpResponse, Error> {
+    let obj = body_object(req)?;
+    only_fields(&obj, &["name"])?;
+    let name = optional_string(&obj, "name")?.unwrap_or_default();
+    if !name.is_empty() {
+        check_text("name", &name, MAX_NAME_BYTES)?;
+    }
+    let (rec, key) = agg.registry.create_key(site, &name).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"id": rec.id, "key": key, "site": rec.site, "name": rec.name, "created_at": rfc3339(rec.created_at)}),
+    ))
+}
+
+fn link_json(l: &veil_schemas::registry::LinkRecord) -> Value {
+    json!({
+        "id": l.id,
+        "site": l.site,
+        "name": l.name,
+        "created_at": rfc3339(l.created_at),
+        "expires_at": if l.expires_at == 0 { Value::Null } else { rfc3339(l.expires_at) },
+        "password": !l.password_hash.is_empty(),
+        "revoked": l.revoked,
+    })
+}
+
+fn list_links(agg: &Aggregator, site: &str) -> HttpResponse {
+    let snap = agg.registry.snapshot();
+    let links: Vec<Value> = snap.links_of(site).into_iter().map(link_json).collect();
+    json_response(StatusCode::OK, &json!({ "shared_links": links }))
+}
+
+fn expiry(v: Option<&Value>) -> Result<u32, Error> {
+    let secs: i64 = match v {
+        None | Some(Value::Null) => return Ok(0),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| bad("`expires_at` must be whole Unix seconds".into()))?,
+        Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
+            .map_err(|e| bad(format!("`expires_at` {s:?} is not an RFC 3339 time: {e}")))?
+            .timestamp(),
+        Some(_) => {
+            return Err(bad(
+                "`expires_at` must be an RFC 3339 time or Unix seconds".into()
+            ))
+        }
+    };
+    let now = i64::from(veil_schemas::registry::now_secs());
+    if secs <= now {
+        return Err(bad("`expires_at` must be in the future".into()));
+    }
+    u32::try_from(secs).map_err(|_| bad("`expires_at` is too far in the future".into()))
+}
+
+async fn create_link(
+    agg: &Aggregator,
+    req: &Request<Bytes>,
+    site: &str,
+) -> Result<HttpResponse, Error> {
+    let obj = body_object(req)?;
+    only_fields(&obj, &["name", "password", "expires_at"])?;
+    let name = optional_string(&obj, "name")?.unwrap_or_default();
+    if !name.is_empty() {
+        check_text("name", &name, MAX_NAME_BYTES)?;
+    }
+    let expires_at = expiry(obj.get("expires_at"))?;
+    let password = optional_string(&obj, "password")?.unwrap_or_default();
+    let password_hash = if password.is_empty() {
+        String::new()
+    } else {
+        if password.len() < 8 || password.len() > 256 {
+            return Err(bad("`password` must be 8 to 256 bytes".into()));
+        }
+        tokio::task::spawn_blocking(move || auth::hash_password(&password))
+            .await
+            .map_err(|e| Error::Internal(format!("password hashing task: {e}")))??
+    };
+    let (rec, token) = agg
+        .registry
+        .create_link(site, &name, password_hash, expires_at)
+        .await?;
+    let mut v = link_json(&rec);
+    if let Value::Object(m) = &mut v {
+        m.insert("token".into(), json!(token));
+        m.insert("url".into(), json!(format!("/share/{site}?auth={token}")));
+    }
+    Ok(json_response(StatusCode::CREATED, &v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goals_and_funnels_are_checked() {
+        let g = |v: Value| validate_goals(v.as_array().unwrap(), &[]).map(|_| ());
+        let err = |r: Result<(), Error>| r.unwrap_err().to_string();
+        g(json!([{"name": "Signup", "event_name": "Signup"}, {"name": "Blog", "page_path": "/blog*"}])).unwrap();
+        assert!(err(g(json!([{"name": "X"}]))).contains("`goals[0]` needs exactly one"));
+        assert!(err(g(
+            json!([{"name": "X", "event_name": "a", "page_path": "/"}])
+        ))
+        .contains("exactly one"));
+        assert!(
+            err(g(json!([{"name": "X", "page_path": "blog"}]))).contains("`goals[0].page_path`")
+        );
+        assert!(
+            err(g(json!([{"name": "X", "event_name": "a", "colour": 1}]))).contains("`goals[0]`")
+        );
+        assert!(err(g(json!([{"name": "", "event_name": "a"}]))).contains("`goals[0].name`"));
+        assert!(err(g(
+            json!([{"name": "A", "event_name": "a"}, {"name": "A", "event_name": "b"}])
+        ))
+        .contains("`goals[1].name`"));
+
+        let goals = json!([{"name": "A", "event_name": "a"}, {"name": "B", "page_path": "/b"}]);
+        let goals = goals.as_array().unwrap();
+        let f = |v: Value| validate_goals(goals, v.as_array().unwrap()).map(|_| ());
+        f(json!([{"name": "F", "steps": ["A", "B"]}])).unwrap();
+        assert!(err(f(json!([{"name": "F", "steps": ["A"]}]))).contains("2 to 8 steps"));
+        assert!(err(f(
+            json!([{"name": "F", "steps": ["A","B","A","B","A","B","A","B","A"]}])
+        ))
+        .contains("2 to 8"));
+        assert!(err(f(json!([{"name": "F", "steps": ["A", "Nope"]}])))
+            .contains("`funnels[0].steps[1]`"));
+        assert!(err(f(json!([{"name": "F", "steps": "A"}]))).contains("`funnels[0]`"));
+    }
+
+    #[test]
+    fn views_carry_the_settings() {
+        let s = SiteSettings {
+            timezone: "Europe/Berlin".into(),
+            min_visitors: 1,
+            child_directed: true,
+            goals: vec![
+                json!({"name": "A", "event_name": "a"}),
+                json!({"bad": true}),
+            ],
+            funnels: vec![json!({"name": "F", "steps": ["A", "A"]})],
+            ..Default::default()
+        };
+        let v = view("a.com", &s);
+        assert_eq!(v.timezone, "Europe/Berlin");
+        assert_eq!(v.min_visitors, MIN_K, "never below the floor");
+        assert!(v.child_directed);
+        assert_eq!(v.goals.len(), 1);
+        assert_eq!(v.funnels.len(), 1);
+    }
+
+    #[test]
+    fn expiry_accepts_rfc3339_and_seconds_in_the_future() {
+        assert_eq!(expiry(None).unwrap(), 0);
+        assert_eq!(
+            expiry(Some(&json!("2100-01-01T00:00:00Z"))).unwrap(),
+            4_102_444_800
+        );
+        assert!(expiry(Some(&json!("2999-01-01T00:00:00Z")))
+            .unwrap_err()
+            .to_string()
+            .contains("too far"));
+        let soon = veil_schemas::registry::now_secs() + 60;
+        assert_eq!(expiry(Some(&json!(soon))).unwrap(), soon);
+        assert!(expiry(Some(&json!(1)))
+            .unwrap_err()
+            .to_string()
+            .contains("future"));
+        assert!(expiry(Some(&json!("tomorrow")))
+            .unwrap_err()
+            .to_string()
+            .contains("`expires_at`"));
+        assert!(expiry(Some(&json!(true))).is_err());
+    }
+}

@@ -1,0 +1,246 @@
+//! Who is asking: the admin token, a site's read-only key, or a shared link, and how often.
+//!
+//! Wire format: every API request carries `Authorization: Bearer SECRET`, where SECRET is
+//! - the admin token (`--admin-token`, alias `--api-token`): reads and manages everything;
+//! - a site key (`vk_` + 64 hex digits, from `POST /api/v1/sites/{domain}/keys`): reads that
+//!   one site's stats;
+//! - a shared-link token (`vl_` + 64 hex digits, the `auth` parameter of a
+//!   `/share/{domain}?auth=TOKEN` URL): reads that one site's stats; a link made with a
+//!   password also needs `X-Veil-Link-Password: PASSWORD`.
+//!
+//! With no admin token configured (loopback only: the CLI refuses anything else) a request
+//! without a recognised key or link is treated as admin, as before keys existed.
+//!
+//! Secrets are compared as blake3 hashes: the admin token with blake3's constant-time hash
+//! equality, keys and links by looking their hash up (only hashes are stored). Link passwords
+//! are Argon2id hashes (PHC strings), verified off the async runtime; a password already
+//! verified for a link is remembered (as a keyed hash, for this process only) so a dashboard's
+//! burst of requests costs one slow verification.
+//!
+//! Keys and links are rate-limited per credential with a token bucket (default 10 requests/s,
+//! bursts of 30): over it, 429 with `Retry-After`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use bytes::Bytes;
+use http::{header, Request};
+
+use crate::Error;
+
+/// Header carrying a shared link's password.
+pub const LINK_PASSWORD_HEADER: &str = "x-veil-link-password";
+
+/// What a request may read and do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// The admin token (or an open, loopback-only deployment): everything.
+    Admin,
+    /// A site key or shared link: read-only stats of this one site.
+    Site(String),
+}
+
+impl Access {
+    /// True if this access may read `site`'s stats.
+    pub fn can_read(&self, site: &str) -> bool {
+        match self {
+            Access::Admin => true,
+            Access::Site(s) => s == site,
+        }
+    }
+
+    /// True for the admin.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Access::Admin)
+    }
+}
+
+/// The bearer secret of a request, if any.
+pub fn bearer(req: &Request<Bytes>) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// Token-bucket rate limits per credential id.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// `per_second` requests per second with bursts of `burst`; `per_second` 0 turns it off.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        Self {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `id`; `Err(seconds)` says when to retry.
+    pub fn check(&self, id: &str, now: Instant) -> Result<(), u64> {
+        if self.per_second <= 0.0 {
+            return Ok(());
+        }
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if b.len() > 10_000 {
+            // Forget buckets that have refilled: they would start full anyway.
+            let (rate, burst) = (self.per_second, self.burst);
+            b.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = b.entry(id.to_string()).or_insert((self.burst, now));
+        let refilled =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
+        *at = now;
+        if refilled >= 1.0 {
+            *tokens = refilled - 1.0;
+            Ok(())
+        } else {
+            *tokens = refilled;
+            Err(((1.0 - refilled) / self.per_second).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// Hashes a shared link's password with Argon2id (default parameters: 19 MiB, 2 passes) and
+/// a random salt; returns the PHC string to store.
+pub fn hash_password(password: &str) -> Result<String, Error> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| Error::Internal(format!("random salt: {e}")))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| Error::Internal(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::Internal(format!("hashing the password: {e}")))
+}
+
+/// True if `password` matches the PHC string `phc` (slow: run it off the async runtime).
+pub fn verify_password(phc: &str, password: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// Passwords already verified, as keyed hashes of (link id, link version, password).
+#[derive(Debug)]
+pub struct VerifiedPasswords {
+    key: [u8; 32],
+    /// False when no random key could be had: nothing is remembered then.
+    enabled: bool,
+    seen: Mutex<HashSet<[u8; 32]>>,
+}
+
+impl VerifiedPasswords {
+    /// An empty cache with a random key.
+    pub fn new() -> Self {
+        let mut key = [0u8; 32];
+        // Without randomness nothing is remembered (every request verifies).
+        let enabled = getrandom::fill(&mut key).is_ok();
+        Self {
+            key,
+            enabled,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn digest(&self, link_id: &str, version: u64, password: &str) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        h.update(link_id.as_bytes());
+        h.update(&[0]);
+        h.update(&version.to_le_bytes());
+        h.update(password.as_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    /// True if this password was verified for this link version before.
+    pub fn contains(&self, link_id: &str, version: u64, password: &str) -> bool {
+        let d = self.digest(link_id, version, password);
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&d)
+    }
+
+    /// Remembers a verified password.
+    pub fn insert(&self, link_id: &str, version: u64, password: &str) {
+        if !self.enabled {
+            return;
+        }
+        let d = self.digest(link_id, version, password);
+        let mut s = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if s.len() >= 10_000 {
+            s.clear();
+        }
+        s.insert(d);
+    }
+}
+
+impl Default for VerifiedPasswords {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn access_scopes() {
+        assert!(Access::Admin.can_read("a.com"));
+        let a = Access::Site("a.com".into());
+        assert!(a.can_read("a.com"));
+        assert!(!a.can_read("b.com"));
+        assert!(!a.is_admin());
+    }
+
+    #[test]
+    fn token_bucket_limits_and_refills() {
+        let r = RateLimiter::new(10, 30);
+        let t0 = Instant::now();
+        for _ in 0..30 {
+            r.check("k", t0).unwrap();
+        }
+        let retry = r.check("k", t0).unwrap_err();
+        assert_eq!(retry, 1);
+        r.check("other", t0).unwrap();
+        // 0.2 s later two tokens are back.
+        let t1 = t0 + Duration::from_millis(200);
+        r.check("k", t1).unwrap();
+        r.check("k", t1).unwrap();
+        assert!(r.check("k", t1).is_err());
+        assert!(RateLimiter::new(0, 0).check("k", t0).is_ok());
+    }
+
+    #[test]
+    fn passwords_hash_slowly_and_verify() {
+        let phc = hash_password("correct horse").unwrap();
+        assert!(phc.starts_with("$argon2id$"));
+        assert!(!phc.contains("correct horse"));
+        assert!(verify_password(&phc, "correct horse"));
+        assert!(!verify_password(&phc, "wrong"));
+        assert!(!verify_password("not a phc", "x"));
+        let v = VerifiedPasswords::new();
+        assert!(!v.contains("id", 1, "pw"));
+        v.insert("id", 1, "pw");
+        assert!(v.contains("id", 1, "pw"));
+        assert!(!v.contains("id", 2, "pw"));
+        assert!(!v.contains("id", 1, "pw2"));
+    }
+}
