@@ -277,7 +277,7 @@
   const CHARTABLE = new Set(["visitors", "visits", "pageviews", "bounce_rate", "visit_duration", "time_on_page", "active_users",
     "crashes", "events"]);
 
-  function rowTable(dim, metrics, data, st, caption) {
+  function rowTable(dim, metrics, data, st, caption, clickable = true) {
     const table = h("table", {}, h("caption", { class: "sr-only", text: caption }));
     table.append(h("thead", {}, h("tr", {}, h("th", { scope: "col", text: dimLabel(dim) }),
       metrics.map((m) => h("th", { scope: "col", class: "n", text: SHORT[m] || METRIC_LABELS[m] || m })))));
@@ -295,7 +295,7 @@
       bar.style.width = (100 * (Number(r.metrics[0]) || 0) / max).toFixed(1) + "%";
       const label = valueLabel(dim, raw);
       let cell;
-      if (FOLDED.test(String(raw)) || raw === null || !dim.includes(":")) {
+      if (!clickable || FOLDED.test(String(raw)) || raw === null || !dim.includes(":")) {
         cell = h("span", { class: "cell" + (FOLDED.test(String(raw)) ? " folded" : ""), text: label });
       } else {
         cell = h("button", { type: "button", class: "cell row", title: "Filter by " + dimLabel(dim) + " " + label,
@@ -622,7 +622,7 @@
         p30.textContent = fmt("pageviews", d.pageviews_30m);
         p30.dataset.value = String(d.pageviews_30m);
         const rows = (d.top_pages || []).map((p) => ({ dimensions: [p.page], metrics: [p.visitors] }));
-        pages.replaceChildren(rowTable("event:page", ["visitors"], { results: rows, meta: {} }, st, "Top pages now"));
+        pages.replaceChildren(rowTable("event:page", ["visitors"], { results: rows, meta: {} }, st, "Top pages now", false));
         updated.textContent = "Updated " + new Date().toLocaleTimeString("en-GB") + "; refreshes every " + st.refresh + " s.";
         $("k-note").textContent = "Numbers under " + d.min_visitors + " visitors are shown as “—”.";
       } catch (e) {
@@ -706,7 +706,7 @@
     }
     // Adding a site is the admin API's; the form shows when this token may use it.
     const form = $("add-site");
-    form.hidden = !adminCapable(data);
+    form.hidden = !isAdmin();
     form.onsubmit = async (ev) => {
       ev.preventDefault();
       const f = new FormData(form);
@@ -717,7 +717,9 @@
       } catch (e) { status("Adding the site failed: " + e.message); }
     };
   }
-  function adminCapable(data) { return !S.share && !(data && data.role && data.role !== "admin"); }
+  // Site keys are "vk_…" and shared-link tokens "vl_…" (the API's wire format); anything else
+  // (or no token, on an open loopback deployment) is the admin token.
+  function isAdmin() { return !S.share && !/^v[kl]_/.test(token()); }
 
   // ---------- settings (admin API) ----------
   function sitePath(suffix) { return "/api/v1/sites/" + encodeURIComponent(S.site) + (suffix || ""); }
@@ -736,6 +738,8 @@
   }
   async function saveSettings(change, okMsg) {
     const next = JSON.parse(JSON.stringify(S.settings));
+    delete next.domain;
+    delete next.source;
     change(next);
     try {
       const r = await api(sitePath(), { method: "PUT", body: next });
@@ -818,7 +822,7 @@
     const when = (v) => (typeof v === "number" ? new Date(v * 1000).toISOString().slice(0, 16).replace("T", " ") : String(v));
     if (item.created_at) parts.push("created " + when(item.created_at));
     if (item.expires_at) parts.push("expires " + when(item.expires_at));
-    if (item.has_password || item.password_protected) parts.push("password");
+    if (item.password === true) parts.push("password");
     return parts.filter(Boolean).join(" · ");
   }
   async function collection(title, suffix, key, createFields, shownSecret) {
@@ -827,7 +831,7 @@
     async function draw() {
       try {
         const d = await api(sitePath(suffix));
-        list.replaceChildren(...itemsOf(d, key).map((it) => h("li", {}, h("span", { text: describe(it) + " " }),
+        list.replaceChildren(...itemsOf(d, key).filter((it) => !it.revoked).map((it) => h("li", {}, h("span", { text: describe(it) + " " }),
           it.url ? h("code", { class: "secret", text: location.origin + it.url.replace(/^https?:\/\/[^/]+/, "") }) : null,
           h("button", { type: "button", class: "link", "aria-label": "Revoke " + (it.name || it.id), text: "Revoke",
             onclick: async () => {
@@ -841,6 +845,8 @@
       const f = new FormData(form);
       const body = {};
       for (const [k, v] of f) if (String(v).trim()) body[k] = String(v).trim();
+      // A date input gives a day: the link works until that day ends (UTC).
+      if (body.expires_at && DATE_RE.test(body.expires_at)) body.expires_at += "T23:59:59Z";
       try {
         const r = await api(sitePath(suffix), { body });
         out.replaceChildren(h("p", { text: shownSecret }), h("code", { class: "secret", id: key + "-new", text: secretOf(r) }));
@@ -869,6 +875,17 @@
       "Read-only link (anyone with it can see this dashboard):");
   }
 
+  // The site's settings (funnel names for the funnels tab); readable by every reader of the site.
+  async function loadSiteSettings() {
+    S.settings = null;
+    try {
+      const site = await api(sitePath());
+      S.settings = site.settings || site;
+    } catch (e) {
+      if (needsAuth(e)) return; // the dashboard's own calls will ask for a token or password
+    }
+  }
+
   // ---------- routing ----------
   function crumbs() {
     const c = $("crumbs");
@@ -893,7 +910,7 @@
       $("brand").removeAttribute("href");
     }
     $("logout").hidden = S.share || !sessionStorage.getItem(TOKEN_KEY);
-    if (S.share) { S.page = "dash"; crumbs(); return renderDash(); }
+    if (S.share) { S.page = "dash"; crumbs(); await loadSiteSettings(); return renderDash(); }
     if ((m = path.match(/^\/site\/([^/]+)\/settings$/))) {
       S.site = decodeURIComponent(m[1]); S.page = "settings"; crumbs(); return renderSettings();
     }
@@ -901,15 +918,9 @@
       S.site = decodeURIComponent(m[1]);
       S.page = "dash";
       crumbs();
-      // Admin-only extras (funnel names, the settings link): a site key gets 401/403 here.
-      S.settings = null;
-      $("settings-link").hidden = true;
+      $("settings-link").hidden = !isAdmin();
       $("settings-link").href = "/site/" + encodeURIComponent(S.site) + "/settings";
-      try {
-        const site = await api(sitePath());
-        S.settings = site.settings || site;
-        $("settings-link").hidden = false;
-      } catch (e) { /* not an admin, or the admin API is not there: the dashboard works without */ }
+      await loadSiteSettings();
       return renderDash();
     }
     S.page = "sites";
@@ -930,7 +941,7 @@
       S.password = $("link-password").value;
       $("link-password").value = "";
       status("");
-      renderDash();
+      loadSiteSettings().then(renderDash);
     });
     $("logout").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); location.href = "/"; });
     initControls();
