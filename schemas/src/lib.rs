@@ -6,6 +6,7 @@
 //! releases: no TTL, no `{name:Type}` query parameters, no window functions, no DateTime64,
 //! no IPv4/IPv6 column types.
 
+pub mod gen;
 pub mod managed;
 pub mod migrate;
 pub mod registry;
