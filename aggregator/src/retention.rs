@@ -1,7 +1,8 @@
 //! Retention and erasure: keeping raw data only as long as needed, and deleting a site on request.
 //!
 //! - [`purge`] removes raw events older than each site's retention (`--retention-days`, default
-//!   395, per site with `--site-retention DOMAIN=DAYS`). Whole daily partitions older than the
+//!   395, per site with `--site-retention DOMAIN=DAYS` or a stored site's `retention_days`,
+//!   which wins). Whole daily partitions older than the
 //!   longest retention are dropped (`ALTER TABLE … DROP PARTITION`: immediate, no rewrite); sites
 //!   with a shorter retention get an `ALTER TABLE … DELETE` for their older rows. The aggregator
 //!   runs it at start and daily; `veil purge` runs it on demand.
@@ -142,6 +143,15 @@ pub async fn purge(
 ) -> Result<PurgeReport, Error> {
     let client = cfg.client();
     let mut report = PurgeReport::default();
+    // Sites stored through the admin API may set their own retention: it wins over flags.
+    let stored = veil_schemas::registry::Registry::new(cfg).load().await?;
+    let mut retention = retention.clone();
+    for s in stored.sites() {
+        if let Some(days) = s.settings.retention_days {
+            retention.per_site.insert(s.domain.clone(), days);
+        }
+    }
+    let retention = &retention;
     // 1. Whole days older than the longest retention, for every site at once.
     let oldest_kept = today - chrono::Duration::days(i64::from(retention.longest()) - 1);
     let cutoff: u32 = oldest_kept

@@ -136,8 +136,17 @@ impl Collector {
         if config.geoip_dir.is_some() {
             geo.watch(pipeline::geo::DEFAULT_RELOAD_INTERVAL)?;
         }
+        // Sites from flags, then the registry shared through ClickHouse (admin API), kept
+        // fresh in the background for as long as the collector lives.
+        let sites = Arc::new(config.registry());
+        let store = veil_schemas::registry::Registry::new(&ch);
+        if let Err(e) = store.refresh().await {
+            tracing::warn!(error = %e, "could not load the site registry; flag sites only until it loads");
+        }
+        store.spawn_refresh(veil_schemas::registry::DEFAULT_REFRESH);
+        sites.attach_store(store);
         let pipeline = Pipeline::new(
-            Arc::new(config.registry()),
+            sites,
             config.limits.clone(),
             salts.clone(),
         )

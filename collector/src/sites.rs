@@ -2,28 +2,24 @@
 //! Events for any other domain are dropped (counted as `dropped{reason="unknown_site"}`) while
 //! the sender still gets 202, as Plausible does, so the answer tells nobody which sites exist.
 //!
-//! Today the registry is filled from `--site`, `--child-site` and `--ignore-dnt-site`; later the
-//! admin API adds sites at run time behind this same type.
+//! Two layers: sites named by flags (`--site`, `--child-site`, `--ignore-dnt-site`,
+//! `--keep-bots-site`, `--site-alias`, `--site-query-param`), and the sites stored in
+//! ClickHouse through the admin API ([`veil_schemas::registry`], attached with
+//! [`SiteRegistry::attach_store`] and refreshed in the background every ~2 s). A stored record
+//! wins over flags for the same domain (its settings, its aliases first); flag sites stay
+//! registered whatever is stored. A site added through the admin API is accepted by every
+//! collector within one refresh.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::Serialize;
+use veil_schemas::registry::Registry;
 
 /// Lower-cases a domain and trims a trailing dot; returns `None` unless it looks like a host
 /// name (letters, digits, `-`, `_`, `.`; at most 253 bytes).
 pub fn normalize_domain(s: &str) -> Option<String> {
-    let d = s.trim().trim_end_matches('.').to_ascii_lowercase();
-    let ok = !d.is_empty()
-        && d.len() <= 253
-        && d.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    ok.then_some(d)
+    veil_schemas::registry::normalize_domain(s)
 }
 
 /// Per-site privacy settings.
@@ -55,6 +51,17 @@ pub struct SiteRegistry {
     sites: RwLock<HashMap<String, SiteSettings>>,
     aliases: RwLock<HashMap<String, String>>,
     query_params: RwLock<HashMap<String, Vec<String>>>,
+    store: OnceLock<Arc<Registry>>,
+}
+
+impl From<&veil_schemas::registry::SiteSettings> for SiteSettings {
+    fn from(s: &veil_schemas::registry::SiteSettings) -> Self {
+        Self {
+            child_directed: s.child_directed,
+            honor_dnt: s.honor_dnt,
+            keep_bots: s.keep_bots,
+        }
+    }
 }
 
 impl SiteRegistry {
@@ -69,21 +76,42 @@ impl SiteRegistry {
             sites: RwLock::new(sites.into_iter().collect()),
             aliases: RwLock::default(),
             query_params: RwLock::default(),
+            store: OnceLock::new(),
         }
+    }
+
+    /// Consults `store` (the registry shared through ClickHouse) from now on, before the flag
+    /// layer. Returns false if a store was attached already.
+    pub fn attach_store(&self, store: Arc<Registry>) -> bool {
+        self.store.set(store).is_ok()
+    }
+
+    /// The attached store, if any.
+    pub fn store(&self) -> Option<&Arc<Registry>> {
+        self.store.get()
     }
 
     /// The registered site and its settings for a domain (or an alias) as a sender wrote it.
     pub fn resolve(&self, domain: &str) -> Option<(String, SiteSettings)> {
-        let aliased = self
-            .aliases
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(domain.trim())
-            .cloned();
+        let snap = self.store.get().map(|s| s.snapshot());
+        let trimmed = domain.trim();
+        let aliased = snap
+            .as_ref()
+            .and_then(|s| s.alias(trimmed).map(str::to_string))
+            .or_else(|| {
+                self.aliases
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(trimmed)
+                    .cloned()
+            });
         let d = match aliased {
             Some(d) => d,
             None => normalize_domain(domain)?,
         };
+        if let Some(rec) = snap.as_ref().and_then(|s| s.site(&d)) {
+            return Some((d, SiteSettings::from(&rec.settings)));
+        }
         let sites = self.sites.read().unwrap_or_else(|p| p.into_inner());
         sites.get(&d).map(|s| (d, *s))
     }
@@ -130,7 +158,7 @@ impl SiteRegistry {
         Some(d)
     }
 
-    /// All registered sites, sorted.
+    /// All registered sites (flags and stored), sorted.
     pub fn list(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .sites
@@ -139,7 +167,11 @@ impl SiteRegistry {
             .keys()
             .cloned()
             .collect();
+        if let Some(store) = self.store.get() {
+            v.extend(store.snapshot().sites().map(|s| s.domain.clone()));
+        }
         v.sort();
+        v.dedup();
         v
     }
 }

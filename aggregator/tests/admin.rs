@@ -1,0 +1,906 @@
+//! The admin API, site keys and shared links against a real ClickHouse: sites created through
+//! the API reach the collector pipeline after a registry refresh; keys are shown once, stored
+//! as hashes, scoped to one site (404 like an unknown site elsewhere) and revocable; shared
+//! links with and without password and expiry; per-key rate limits; field-naming 400s;
+//! hostile strings stored verbatim; two aggregators sharing one registry.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use http::{HeaderMap, Request};
+use serde_json::{json, Value};
+use veil_aggregator::{Aggregator, AggregatorConfig};
+use veil_collector::metrics::DropReason;
+use veil_collector::pipeline::{Client, Incoming, Outcome, Pipeline};
+use veil_collector::sites::SiteRegistry;
+use veil_schemas::registry::Registry;
+use veil_schemas::ClickHouseConfig;
+
+const ADMIN: &str = "admin-token-0123456789";
+
+fn config() -> AggregatorConfig {
+    AggregatorConfig {
+        api_token: Some(ADMIN.into()),
+        sites: vec!["flag.example".into()],
+        ..Default::default()
+    }
+}
+
+async fn agg(label: &str, cfg: AggregatorConfig) -> (Aggregator, ClickHouseConfig) {
+    let ch = veil_schemas::testing::fresh_database(label).await;
+    let a = Aggregator::new(cfg, ch.clone());
+    a.registry().refresh().await.unwrap();
+    (a, ch)
+}
+
+async fn call_with(
+    a: &Aggregator,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, HeaderMap, Value) {
+    let mut b = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(Bytes::from(body.unwrap_or_default().to_string()))
+        .unwrap();
+    let r = a.handle(req).await.expect("an aggregator path");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("non-JSON body ({e}): {:?}", String::from_utf8_lossy(&body)));
+    (status, headers, v)
+}
+
+async fn call(
+    a: &Aggregator,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let body = body.map(|v| v.to_string());
+    let (s, _, v) = call_with(a, method, path, token, &[], body.as_deref()).await;
+    (s, v)
+}
+
+fn query(site: &str) -> Value {
+    json!({"site_id": site, "metrics": ["pageviews"], "date_range": "day"})
+}
+
+fn pageview(domain: &str) -> Incoming {
+    Incoming {
+        domain: domain.into(),
+        name: "pageview".into(),
+        url: format!("https://{domain}/"),
+        client: Client {
+            ip: Some("203.0.113.7".parse().unwrap()),
+            user_agent: "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0"
+                .into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn sites_created_through_the_api_reach_the_collector() {
+    let (a, ch) = agg("admin_reach", config()).await;
+    // The collector of another process: its own registry on the same database.
+    let sites = Arc::new(SiteRegistry::new(Vec::<String>::new()));
+    let store = Registry::new(&ch);
+    store.refresh().await.unwrap();
+    sites.attach_store(store.clone());
+    let p = Pipeline::with_key(sites.clone(), Default::default(), [3; 32]);
+    assert!(matches!(
+        p.process(pageview("new.example"), Utc::now()).unwrap(),
+        Outcome::Drop(DropReason::UnknownSite)
+    ));
+
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "New.Example", "aliases": ["umami-0b6d", "A-EU-42"], "timezone": "Europe/Berlin"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["domain"], "new.example");
+    assert_eq!(v["source"], "stored");
+    assert_eq!(v["timezone"], "Europe/Berlin");
+    assert_eq!(v["min_visitors"], 5);
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "new.example"})),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, _) = call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "flag.example"})),
+    )
+    .await;
+    assert_eq!(s, 409, "a flag site exists too");
+
+    // Within one refresh the other process accepts its events, under its aliases too.
+    store.refresh().await.unwrap();
+    match p.process(pageview("new.example"), Utc::now()).unwrap() {
+        Outcome::Store(r) => assert_eq!(r.site, "new.example"),
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(sites.resolve("A-EU-42").unwrap().0, "new.example");
+    assert!(sites.list().contains(&"new.example".to_string()));
+
+    // The aggregator reports on it, with its time zone.
+    assert_eq!(a.site("new.example").unwrap().timezone, "Europe/Berlin");
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/v2/query",
+        Some(ADMIN),
+        Some(query("new.example")),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(&a, "GET", "/api/v1/sites", Some(ADMIN), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["sites"], json!(["flag.example", "new.example"]));
+    assert_eq!(v["details"][0]["source"], "flags");
+
+    // PUT replaces settings: child mode reaches the collector.
+    let (s, v) = call(
+        &a,
+        "PUT",
+        "/api/v1/sites/new.example",
+        Some(ADMIN),
+        Some(json!({"child_directed": true, "honor_dnt": false})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["aliases"], json!([]), "PUT replaces, it does not merge");
+    assert_eq!(v["timezone"], "UTC");
+    store.refresh().await.unwrap();
+    let (_, settings) = sites.resolve("new.example").unwrap();
+    assert!(settings.child_directed);
+    assert!(!settings.honor_dnt);
+    assert!(sites.resolve("A-EU-42").is_none());
+
+    // A stored record for a flag site wins; deleting it falls back to the flags.
+    let (s, v) = call(
+        &a,
+        "PUT",
+        "/api/v1/sites/flag.example",
+        Some(ADMIN),
+        Some(json!({"min_visitors": 10})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(a.site("flag.example").unwrap().min_visitors, 10);
+    let (s, v) = call(
+        &a,
+        "DELETE",
+        "/api/v1/sites/flag.example",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["still_defined_by_flags"], true);
+    assert_eq!(a.site("flag.example").unwrap().min_visitors, 5);
+    let (s, _) = call(
+        &a,
+        "DELETE",
+        "/api/v1/sites/flag.example",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 409, "a flag-only site cannot be deleted through the API");
+
+    // DELETE unregisters everywhere.
+    let (s, _) = call(&a, "DELETE", "/api/v1/sites/new.example", Some(ADMIN), None).await;
+    assert_eq!(s, 200);
+    store.refresh().await.unwrap();
+    assert!(matches!(
+        p.process(pageview("new.example"), Utc::now()).unwrap(),
+        Outcome::Drop(DropReason::UnknownSite)
+    ));
+    let (s, _) = call(
+        &a,
+        "POST",
+        "/api/v2/query",
+        Some(ADMIN),
+        Some(query("new.example")),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, _) = call(&a, "GET", "/api/v1/sites/new.example", Some(ADMIN), None).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn keys_are_shown_once_stored_as_hashes_scoped_and_revocable() {
+    let (a, ch) = agg("admin_keys", config()).await;
+    for d in ["a.example", "b.example"] {
+        let (s, _) = call(
+            &a,
+            "POST",
+            "/api/v1/sites",
+            Some(ADMIN),
+            Some(json!({"domain": d})),
+        )
+        .await;
+        assert_eq!(s, 201);
+    }
+    // Before c.example exists, what does a key for A hear about it?
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/v1/sites/a.example/keys",
+        Some(ADMIN),
+        Some(json!({"name": "reporting"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let key = v["key"].as_str().unwrap().to_string();
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["site"], "a.example");
+    assert!(key.starts_with("vk_") && key.len() == 67, "{key}");
+    let (_, unknown_c) = call(
+        &a,
+        "POST",
+        "/api/v2/query",
+        Some(&key),
+        Some(query("c.example")),
+    )
+    .await;
+
+    // Listing never shows the key; the table holds only its blake3 hash.
+    let (s, v) = call(&a, "GET", "/api/v1/sites/a.example/keys", Some(ADMIN), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["keys"][0]["id"], id.as_str());
+    assert_eq!(v["keys"][0]["name"], "reporting");
+    assert!(!v.to_string().contains(&key[3..]), "{v}");
+    let rows: Vec<(String, String)> = ch
+        .client()
+        .query("SELECT key_hash, concat(id, site, name) FROM site_keys")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, blake3::hash(key.as_bytes()).to_hex().to_string());
+    assert!(!rows[0].1.contains(&key[3..]));
+
+    // The key reads its site, and nothing else: B looks exactly like an unknown site.
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/v2/query",
+        Some(&key),
+        Some(query("a.example")),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v_b) = call(
+        &a,
+        "POST",
+        "/api/v2/query",
+        Some(&key),
+        Some(query("b.example")),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, _) = call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "c.example"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, known_c) = call(
+        &a,
+        "POST",
+        "/api/v2/query",
+        Some(&key),
+        Some(query("c.example")),
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        known_c, unknown_c,
+        "a registered site and an unknown one answer alike"
+    );
+    assert_eq!(
+        v_b,
+        json!({"error": "site \"b.example\" is not registered"})
+    );
+    let (s, v) = call(&a, "GET", "/api/v1/sites", Some(&key), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["sites"], json!(["a.example"]));
+    let (s, _) = call(&a, "GET", "/api/v1/sites/b.example", Some(&key), None).await;
+    assert_eq!(s, 404);
+    let (s, _) = call(&a, "GET", "/api/v1/sites/a.example", Some(&key), None).await;
+    assert_eq!(s, 200);
+
+    // Admin routes: 403 on its own site, 404 on others, 401 without a credential.
+    for (m, p, want) in [
+        ("POST", "/api/v1/sites", 403),
+        ("PUT", "/api/v1/sites/a.example", 403),
+        ("DELETE", "/api/v1/sites/a.example", 403),
+        ("GET", "/api/v1/sites/a.example/keys", 403),
+        ("POST", "/api/v1/sites/a.example/keys", 403),
+        ("POST", "/api/v1/sites/a.example/shared-links", 403),
+        ("GET", "/api/v1/sites/b.example/keys", 404),
+        ("DELETE", "/api/v1/sites/b.example", 404),
+    ] {
+        let (s, v) = call(&a, m, p, Some(&key), Some(json!({"domain": "x.example"}))).await;
+        assert_eq!(s, want, "{m} {p}: {v}");
+        assert!(v["error"].is_string());
+    }
+    let (s, _) = call(&a, "GET", "/api/v1/sites", None, None).await;
+    assert_eq!(s, 401);
+    let (s, _) = call(
+        &a,
+        "POST",
+        "/api/v2/query",
+        Some("vk_wrong"),
+        Some(query("a.example")),
+    )
+    .await;
+    assert_eq!(s, 401);
+
+    // Revoked: 401, on every route.
+    let (s, _) = call(
+        &a,
+        "DELETE",
+        &format!("/api/v1/sites/b.example/keys/{id}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404, "a key is revoked through its own site");
+    let (s, v) = call(
+        &a,
+        "DELETE",
+        &format!("/api/v1/sites/a.example/keys/{id}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/v2/query",
+        Some(&key),
+        Some(query("a.example")),
+    )
+    .await;
+    assert_eq!(s, 401);
+    assert!(v["error"].as_str().unwrap().contains("revoked"));
+    let (_, v) = call(&a, "GET", "/api/v1/sites/a.example/keys", Some(ADMIN), None).await;
+    assert_eq!(v["keys"][0]["revoked"], true);
+}
+
+#[tokio::test]
+async fn shared_links_with_and_without_password_and_expiry() {
+    let (a, _) = agg("admin_links", config()).await;
+    call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "a.example"})),
+    )
+    .await;
+    call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "b.example"})),
+    )
+    .await;
+
+    let (s, open) = call(
+        &a,
+        "POST",
+        "/api/v1/sites/a.example/shared-links",
+        Some(ADMIN),
+        Some(json!({"name": "board"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{open}");
+    let token = open["token"].as_str().unwrap();
+    assert_eq!(open["url"], format!("/share/a.example?auth={token}"));
+    assert_eq!(open["password"], false);
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/v2/query",
+        Some(token),
+        Some(query("a.example")),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = call(
+        &a,
+        "POST",
+        "/api/v2/query",
+        Some(token),
+        Some(query("b.example")),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, _) = call(
+        &a,
+        "GET",
+        "/api/v1/sites/a.example/shared-links",
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403);
+
+    // With a password: the header is needed, and only the right one opens it.
+    let (s, locked) = call(
+        &a,
+        "POST",
+        "/api/v1/sites/a.example/shared-links",
+        Some(ADMIN),
+        Some(json!({"password": "correct horse battery"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{locked}");
+    assert_eq!(locked["password"], true);
+    let lt = locked["token"].as_str().unwrap();
+    let body = query("a.example").to_string();
+    let (s, _, v) = call_with(&a, "POST", "/api/v2/query", Some(lt), &[], Some(&body)).await;
+    assert_eq!(s, 401, "{v}");
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .contains("X-Veil-Link-Password"));
+    let (s, _, _) = call_with(
+        &a,
+        "POST",
+        "/api/v2/query",
+        Some(lt),
+        &[("x-veil-link-password", "wrong")],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(s, 401);
+    for _ in 0..2 {
+        let (s, _, v) = call_with(
+            &a,
+            "POST",
+            "/api/v2/query",
+            Some(lt),
+            &[("x-veil-link-password", "correct horse battery")],
+            Some(&body),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    // Expiry.
+    let soon = veil_schemas::registry::now_secs() + 2;
+    let (s, exp) = call(
+        &a,
+        "POST",
+        "/api/v1/sites/a.example/shared-links",
+        Some(ADMIN),
+        Some(json!({"expires_at": soon})),
+    )
+    .await;
+    assert_eq!(s, 201, "{exp}");
+    let et = exp["token"].as_str().unwrap();
+    let (s, _) = call(
+        &a,
+        "POST",
+        "/api/v2/query",
+        Some(et),
+        Some(query("a.example")),
+    )
+    .await;
+    assert_eq!(s, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/v2/query",
+        Some(et),
+        Some(query("a.example")),
+    )
+    .await;
+    assert_eq!(s, 401);
+    assert!(v["error"].as_str().unwrap().contains("expired"), "{v}");
+
+    // Listing shows no token; revoking closes the link.
+    let (_, list) = call(
+        &a,
+        "GET",
+        "/api/v1/sites/a.example/shared-links",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(list["shared_links"].as_array().unwrap().len(), 3);
+    assert!(!list.to_string().contains(&token[3..]));
+    let id = open["id"].as_str().unwrap();
+    let (s, _) = call(
+        &a,
+        "DELETE",
+        &format!("/api/v1/sites/a.example/shared-links/{id}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = call(
+        &a,
+        "POST",
+        "/api/v2/query",
+        Some(token),
+        Some(query("a.example")),
+    )
+    .await;
+    assert_eq!(s, 401);
+}
+
+#[tokio::test]
+async fn keys_are_rate_limited_each_on_its_own() {
+    let cfg = AggregatorConfig {
+        key_rate_per_second: 1,
+        key_rate_burst: 3,
+        ..config()
+    };
+    let (a, _) = agg("admin_rate", cfg).await;
+    call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "a.example"})),
+    )
+    .await;
+    let (_, k1) = call(
+        &a,
+        "POST",
+        "/api/v1/sites/a.example/keys",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    let (_, k2) = call(
+        &a,
+        "POST",
+        "/api/v1/sites/a.example/keys",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    let (k1, k2) = (k1["key"].as_str().unwrap(), k2["key"].as_str().unwrap());
+    for _ in 0..3 {
+        let (s, _) = call(&a, "GET", "/api/v1/sites", Some(k1), None).await;
+        assert_eq!(s, 200);
+    }
+    let (s, headers, v) = call_with(&a, "GET", "/api/v1/sites", Some(k1), &[], None).await;
+    assert_eq!(s, 429);
+    assert_eq!(headers.get("retry-after").unwrap(), "1");
+    assert!(v["error"].as_str().unwrap().contains("rate limit"));
+    let (s, _) = call(&a, "GET", "/api/v1/sites", Some(k2), None).await;
+    assert_eq!(s, 200, "another key has its own bucket");
+    let (s, _) = call(&a, "GET", "/api/v1/sites", Some(ADMIN), None).await;
+    assert_eq!(s, 200, "the admin is not limited");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, _) = call(&a, "GET", "/api/v1/sites", Some(k1), None).await;
+    assert_eq!(s, 200, "the bucket refills");
+}
+
+#[tokio::test]
+async fn bad_input_is_a_400_naming_the_field() {
+    let (a, _) = agg("admin_bad", config()).await;
+    call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "a.example"})),
+    )
+    .await;
+    let post = |body: &'static str| {
+        let a = a.clone();
+        async move {
+            let (s, _, v) =
+                call_with(&a, "POST", "/api/v1/sites", Some(ADMIN), &[], Some(body)).await;
+            (s, v["error"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    for (body, want) in [
+        ("{not json", "invalid JSON"),
+        ("[1]", "JSON object"),
+        ("{}", "`domain` is required"),
+        (r#"{"domain": 5}"#, "`domain`"),
+        (r#"{"domain": "a.com'; DROP TABLE sites; --"}"#, "`domain`"),
+        (
+            r#"{"domain": "x.example", "colour": "red"}"#,
+            "unknown field `colour`",
+        ),
+        (
+            r#"{"domain": "x.example", "min_visitors": 1}"#,
+            "`min_visitors`",
+        ),
+        (
+            r#"{"domain": "x.example", "min_visitors": "5"}"#,
+            "`min_visitors`",
+        ),
+        (
+            r#"{"domain": "x.example", "timezone": "Mars/Olympus"}"#,
+            "`timezone`",
+        ),
+        (
+            r#"{"domain": "x.example", "timezone": "UTC'); DROP TABLE sites; --"}"#,
+            "`timezone`",
+        ),
+        (
+            r#"{"domain": "x.example", "retention_days": 0}"#,
+            "`retention_days`",
+        ),
+        (r#"{"domain": "x.example", "aliases": "one"}"#, "`aliases`"),
+        (
+            r#"{"domain": "x.example", "goals": [{"name": "G"}]}"#,
+            "`goals[0]`",
+        ),
+        (
+            r#"{"domain": "x.example", "goals": [{"name": "G", "event_name": "g"}], "funnels": [{"name": "F", "steps": ["G", "H"]}]}"#,
+            "`funnels[0].steps[1]`",
+        ),
+        (
+            r#"{"domain": "x.example", "funnels": [{"name": "F", "steps": []}]}"#,
+            "`funnels[0].steps`",
+        ),
+    ] {
+        let (s, e) = post(body).await;
+        assert_eq!(s, 400, "{body}: {e}");
+        assert!(e.contains(want), "{body}: {e:?} lacks {want:?}");
+    }
+    // A valid goal and funnel are accepted and reach the query engine's view.
+    let (s, v) = call(
+        &a,
+        "PUT",
+        "/api/v1/sites/a.example",
+        Some(ADMIN),
+        Some(json!({"goals": [{"name": "Signup", "event_name": "Signup"}, {"name": "Cart", "page_path": "/cart*"}],
+                    "funnels": [{"name": "Buy", "steps": ["Cart", "Signup"]}]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let view = a.site("a.example").unwrap();
+    assert_eq!(view.goals.len(), 2);
+    assert_eq!(view.funnels[0].steps, vec!["Cart", "Signup"]);
+
+    // Alias already used by another site: 409 naming the alias.
+    call(
+        &a,
+        "PUT",
+        "/api/v1/sites/a.example",
+        Some(ADMIN),
+        Some(json!({"aliases": ["shared"]})),
+    )
+    .await;
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "y.example", "aliases": ["shared"]})),
+    )
+    .await;
+    assert_eq!(s, 409);
+    assert!(v["error"].as_str().unwrap().contains("`aliases[0]`"), "{v}");
+
+    // Keys and links.
+    for (path, body, want) in [
+        ("/api/v1/sites/a.example/keys", r#"{"name": 5}"#, "`name`"),
+        (
+            "/api/v1/sites/a.example/keys",
+            r#"{"nom": "x"}"#,
+            "unknown field `nom`",
+        ),
+        (
+            "/api/v1/sites/a.example/shared-links",
+            r#"{"expires_at": 1}"#,
+            "`expires_at`",
+        ),
+        (
+            "/api/v1/sites/a.example/shared-links",
+            r#"{"expires_at": "soon"}"#,
+            "`expires_at`",
+        ),
+        (
+            "/api/v1/sites/a.example/shared-links",
+            r#"{"password": "short"}"#,
+            "`password`",
+        ),
+    ] {
+        let (s, _, v) = call_with(&a, "POST", path, Some(ADMIN), &[], Some(body)).await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(want), "{body}: {v}");
+    }
+    let (s, _) = call(&a, "PATCH", "/api/v1/sites/a.example", Some(ADMIN), None).await;
+    assert_eq!(s, 405);
+    let (s, _) = call(
+        &a,
+        "GET",
+        "/api/v1/sites/a.example/nothing",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn hostile_strings_are_stored_and_read_back_verbatim() {
+    let (a, ch) = agg("admin_hostile", config()).await;
+    let evil = [
+        "x'); DROP TABLE sites; --",
+        "\\' OR 1=1 --",
+        "\"},{\"deleted\":1}",
+        "?",
+        "ö 🚀 <script>alert(1)</script>",
+    ];
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "evil.example", "aliases": evil})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (_, k) = call(
+        &a,
+        "POST",
+        "/api/v1/sites/evil.example/keys",
+        Some(ADMIN),
+        Some(json!({"name": evil[0]})),
+    )
+    .await;
+    let (_, l) = call(
+        &a,
+        "POST",
+        "/api/v1/sites/evil.example/shared-links",
+        Some(ADMIN),
+        Some(json!({"name": evil[1]})),
+    )
+    .await;
+    assert_eq!(k["name"], evil[0]);
+    assert_eq!(l["name"], evil[1]);
+
+    // A fresh aggregator reads everything back from ClickHouse, verbatim.
+    let b = Aggregator::new(config(), ch.clone());
+    b.registry().refresh().await.unwrap();
+    let (_, v) = call(&b, "GET", "/api/v1/sites/evil.example", Some(ADMIN), None).await;
+    assert_eq!(v["aliases"], json!(evil));
+    let (_, v) = call(
+        &b,
+        "GET",
+        "/api/v1/sites/evil.example/keys",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(v["keys"][0]["name"], evil[0]);
+    let (_, v) = call(
+        &b,
+        "GET",
+        "/api/v1/sites/evil.example/shared-links",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(v["shared_links"][0]["name"], evil[1]);
+    // Every alias resolves for the collector, and nothing was dropped or altered.
+    let sites = SiteRegistry::new(Vec::<String>::new());
+    sites.attach_store(b.registry().clone());
+    for e in evil {
+        assert_eq!(sites.resolve(e).unwrap().0, "evil.example", "{e}");
+    }
+    let n: u64 = ch
+        .client()
+        .query("SELECT count() FROM sites")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn two_aggregators_share_one_registry() {
+    let (a, ch) = agg("admin_two", config()).await;
+    let b = Aggregator::new(config(), ch.clone());
+    call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "a.example"})),
+    )
+    .await;
+    let (_, k) = call(
+        &a,
+        "POST",
+        "/api/v1/sites/a.example/keys",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    let key = k["key"].as_str().unwrap();
+    b.registry().refresh().await.unwrap();
+    let (s, v) = call(
+        &b,
+        "POST",
+        "/api/v2/query",
+        Some(key),
+        Some(query("a.example")),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    // B revokes; A sees it after its background refresh (every 2 s by default).
+    let id = k["id"].as_str().unwrap();
+    let (s, _) = call(
+        &b,
+        "DELETE",
+        &format!("/api/v1/sites/a.example/keys/{id}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    loop {
+        let (s, _) = call(
+            &a,
+            "POST",
+            "/api/v2/query",
+            Some(key),
+            Some(query("a.example")),
+        )
+        .await;
+        if s == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never saw the revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
