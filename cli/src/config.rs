@@ -191,7 +191,11 @@ pub struct Opts {
     /// Time shutdown may take to drain and flush [default: 30s].
     #[arg(long, env = "VEIL_SHUTDOWN_TIMEOUT", global = true, value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
-    /// Bearer token for the Stats API and dashboard (required when listening beyond loopback).
+    /// Admin token (at least 16 characters): reads every site's stats and manages sites, keys
+    /// and shared links through /api/v1/sites (required when listening beyond loopback).
+    #[arg(long, env = "VEIL_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Old name of --admin-token, still accepted (--admin-token wins when both are set).
     #[arg(long, env = "VEIL_API_TOKEN", global = true, hide_env_values = true)]
     pub api_token: Option<String>,
     /// k-anonymity: no report number describes fewer visitors than this [default: 5].
@@ -249,6 +253,7 @@ pub struct FileConfig {
     batch_max_age: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_timeout: Option<Duration>,
+    admin_token: Option<String>,
     api_token: Option<String>,
     min_visitors: Option<u64>,
     log: Option<String>,
@@ -369,18 +374,22 @@ impl Settings {
             pick(opts.spool_max_bytes, file.spool_max_bytes).unwrap_or(collector.spool.max_bytes);
         collector.spool.durability = pick(opts.durability, file.durability).unwrap_or_default();
         collector.validate()?;
-        let api_token = pick(opts.api_token, file.api_token).filter(|t| !t.is_empty());
+        let api_token = pick(
+            opts.admin_token.or(opts.api_token),
+            file.admin_token.or(file.api_token),
+        )
+        .filter(|t| !t.is_empty());
         if let Some(t) = &api_token {
             if t.len() < 16 {
-                bail!("--api-token must be at least 16 characters");
+                bail!("--admin-token (or --api-token) must be at least 16 characters");
             }
         }
         let serves_stats = matches!(command, Command::Up | Command::Aggregator);
         if serves_stats && api_token.is_none() && !listen.ip().is_loopback() {
             bail!(
-                "--listen {listen} is reachable from other machines but no --api-token is set: \
-                 the Stats API and dashboard would be open to anyone. Set --api-token (or VEIL_API_TOKEN) \
-                 or listen on 127.0.0.1"
+                "--listen {listen} is reachable from other machines but no --admin-token \
+                 (old name --api-token) is set: the Stats API, admin API and dashboard would be open \
+                 to anyone. Set --admin-token (or VEIL_ADMIN_TOKEN) or listen on 127.0.0.1"
             );
         }
         let min_visitors = pick(opts.min_visitors, file.min_visitors).unwrap_or(5);
@@ -410,9 +419,13 @@ impl Settings {
                 .cloned()
                 .collect(),
             child_sites: collector.child_sites.clone(),
+            ignore_dnt_sites: collector.ignore_dnt_sites.clone(),
+            keep_bots_sites: collector.keep_bots_sites.clone(),
+            site_aliases: collector.site_aliases.clone(),
             api_token: api_token.clone(),
             min_visitors,
             retention,
+            ..AggregatorConfig::default()
         };
         Ok(Settings {
             listen,
@@ -474,6 +487,25 @@ mod tests {
             parse(&["up", "--config", p.to_str().unwrap()]).unwrap_err()
         );
         assert!(e.contains("sitez"), "{e}");
+    }
+
+    #[test]
+    fn admin_token_and_its_old_name() {
+        let tok = |a: &[&str]| parse(a).unwrap().aggregator.api_token;
+        let good = "0123456789abcdef";
+        let other = "fedcba9876543210";
+        assert_eq!(tok(&["up", "--admin-token", good]).as_deref(), Some(good));
+        assert_eq!(tok(&["up", "--api-token", good]).as_deref(), Some(good));
+        assert_eq!(
+            tok(&["up", "--api-token", other, "--admin-token", good]).as_deref(),
+            Some(good)
+        );
+        let e = format!(
+            "{:#}",
+            parse(&["up", "--admin-token", "short"]).unwrap_err()
+        );
+        assert!(e.contains("--admin-token"), "{e}");
+        assert!(parse(&["up", "--listen", "0.0.0.0:8080", "--admin-token", good]).is_ok());
     }
 
     #[test]

@@ -167,13 +167,21 @@ async fn run(command: Command, s: Settings) -> Result<()> {
             .await?;
             let app = Arc::new(VeilApp {
                 collector: Some(collector.clone()),
-                aggregator: Aggregator::new(s.aggregator.clone(), s.clickhouse.clone()),
+                // One site registry (and one refresh loop) for both roles.
+                aggregator: match collector.sites().store() {
+                    Some(r) => Aggregator::with_registry(
+                        s.aggregator.clone(),
+                        s.clickhouse.clone(),
+                        r.clone(),
+                    ),
+                    None => Aggregator::new(s.aggregator.clone(), s.clickhouse.clone()),
+                },
             });
             let addr = listener.local_addr()?;
             println!("Veil is running: dashboard http://{addr}/  ingest http://{addr}/api/event  metrics http://{addr}/metrics");
             println!("{}", collector.geo_status());
-            if s.collector.sites.is_empty() {
-                println!("No site is registered yet: restart with --site example.com to accept its events.");
+            if collector.sites().list().is_empty() {
+                println!("No site is registered yet: restart with --site example.com, or add one with POST /api/v1/sites (see README).");
             }
             let c2 = collector.clone();
             let shutdown = async move {
