@@ -32,10 +32,11 @@ lint:
 unit:
 	$(CARGO) test --workspace --all-targets
 
-# Browser tests: veil.js and the opt-out page in headless Debian Chromium against `veil up`.
+# Browser tests: veil.js, the opt-out page and the dashboard in headless Debian Chromium against `veil up`.
 browser: test-deps
 	$(CARGO) build -p veil
 	cd collector/tracker && node --test test/*.test.mjs
+	cd dashboards && node --test --test-concurrency=1 test/*.test.mjs
 
 # Rebuild the minified tracker after editing collector/tracker/veil.js.
 tracker: test-deps

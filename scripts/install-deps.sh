@@ -2,8 +2,8 @@
 # Installs what Veil needs on a fresh Debian/Ubuntu machine, and nothing that is already there:
 # ClickHouse (Debian's clickhouse-server; Veil starts it itself as a child process, the system
 # service is not used) and a Rust toolchain check. With `--test`, also what the browser tests
-# need: Debian's chromium, Node.js and the npm packages of collector/tracker (terser,
-# playwright-core; no browser download).
+# need: Debian's chromium, Node.js and the npm packages of collector/tracker and dashboards
+# (terser, playwright-core, uplot; no browser download).
 set -euo pipefail
 
 need_apt=()
@@ -34,4 +34,5 @@ fi
 if [ "${1:-}" = "--test" ]; then
   here="$(cd "$(dirname "$0")/.." && pwd)"
   (cd "$here/collector/tracker" && npm ci --no-audit --no-fund --loglevel=error)
+  (cd "$here/dashboards" && npm ci --no-audit --no-fund --loglevel=error)
 fi

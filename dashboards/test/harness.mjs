@@ -26,7 +26,7 @@ function freePort() {
 
 /** `veil up` with k = `k`, an admin token, fast flushes and old timestamps accepted. */
 export async function startVeil({ k = 5, args = [] } = {}) {
-  const bin = join(root, "target/debug/veil");
+  const bin = process.env.VEIL_BIN || join(root, "target/debug/veil");
   if (!existsSync(bin)) execFileSync("cargo", ["build", "-p", "veil"], { cwd: root, stdio: "inherit" });
   const dir = mkdtempSync(join(tmpdir(), "veil-dash-"));
   const port = await freePort();
