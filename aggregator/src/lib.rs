@@ -30,7 +30,9 @@
 pub mod admin;
 pub mod auth;
 pub mod query;
+pub mod reports;
 pub mod retention;
+pub mod rollup;
 pub mod site;
 pub mod stats;
 
@@ -41,7 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
 use veil_schemas::registry::{secret_hash, Registry, SiteSettings};
@@ -304,7 +306,11 @@ impl Aggregator {
 
     /// True for the paths this app answers.
     pub fn is_aggregator_path(path: &str) -> bool {
-        path == "/api/v2/query" || path == "/api/v1/sites" || path.starts_with("/api/v1/sites/")
+        path == "/api/v2/query"
+            || path == "/api/v2/query.csv"
+            || path == "/api/v2/funnel"
+            || path == "/api/v1/sites"
+            || path.starts_with("/api/v1/sites/")
     }
 
     /// Who is asking (see [`auth`]): the admin, or a reader of one site. Site keys and shared
@@ -391,15 +397,8 @@ impl Aggregator {
     async fn route(&self, req: Request<Bytes>) -> Result<HttpResponse, Error> {
         let access = self.access(&req).await?;
         let path = req.uri().path().to_string();
-        if path == "/api/v2/query" {
-            if req.method() != Method::POST {
-                return Err(Error::MethodNotAllowed("POST"));
-            }
-            let site_id = stats::site_id(req.body())?;
-            if !access.can_read(&site_id) {
-                return Err(Error::UnknownSite(site_id));
-            }
-            return self.query(req.body(), query::today()).await;
+        if let Some(r) = reports::route(self, &access, &req, &path).await {
+            return r;
         }
         admin::route(self, &access, &req, &path).await
     }
@@ -438,12 +437,17 @@ impl Aggregator {
     pub async fn query(
         &self,
         body: &[u8],
-        today: chrono::NaiveDate,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Result<HttpResponse, Error> {
         let site_id = stats::site_id(body)?;
         let site = self.site(&site_id).ok_or(Error::UnknownSite(site_id))?;
-        let result = stats::run(&self.client, &site, body, today).await?;
+        let (_, result) = stats::run(&self.client, &site, body, now).await?;
         Ok(json_response(StatusCode::OK, &result))
+    }
+
+    /// The ClickHouse client reports read with.
+    pub fn client(&self) -> &clickhouse::Client {
+        &self.client
     }
 }
 

@@ -1,9 +1,23 @@
 //! Runs one Stats API query for one site: parse and check it ([`crate::query`]), run the SQL,
-//! apply the k-anonymity fold, shape the Plausible-v2 response.
+//! apply k-anonymity and the differencing guard, add comparisons and conversion rates, and
+//! shape the Plausible-v2 response (or CSV).
+//!
+//! k-anonymity, as applied here:
+//! - a breakdown row with fewer than k visitors is folded, in SQL, into one row labelled
+//!   `(other: N rows under k=K)` whose visitors are counted exactly over the union of the folded
+//!   rows; that row is shown only when it reaches k itself (additive metrics are summed,
+//!   rates are `null`);
+//! - a time bucket (or a total) under k has its metrics replaced by `null`;
+//! - a query with filters whose filtered total is under k returns no numbers at all and
+//!   `meta.too_few_visitors = true`, so two allowed queries cannot be subtracted to isolate a
+//!   small group (the differencing guard).
+//!
+//! For child-directed sites (no visitor hash) event counts take the place of visitors.
 
-use serde_json::{json, Value};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::{json, Map, Value};
 
-use crate::query::{self, Query};
+use crate::query::{self, plan, Dim, DimKind, Filter, Metric, Query};
 use crate::site::SiteView;
 use crate::Error;
 
@@ -20,23 +34,34 @@ pub fn site_id(body: &[u8]) -> Result<String, Error> {
         .ok_or_else(|| Error::BadRequest("`site_id` is required".into()))
 }
 
-/// Parses `body`, runs it for `site` and returns the response document.
-pub async fn run(
-    client: &clickhouse::Client,
-    site: &SiteView,
-    body: &[u8],
-    today: chrono::NaiveDate,
-) -> Result<Value, Error> {
-    let q = query::parse(body, today)?;
-    if site.child_directed {
-        query::check_child_query(&q)?;
+/// A number from ClickHouse JSON (64-bit integers arrive quoted); `None` for null/NaN.
+fn number(v: &Value) -> Option<f64> {
+    let x = match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }?;
+    x.is_finite().then_some(x)
+}
+
+fn json_number(x: Option<f64>) -> Value {
+    match x {
+        None => Value::Null,
+        Some(x) if x.fract() == 0.0 && x.abs() < 9e15 => json!(x as i64),
+        Some(x) => json!(x),
     }
-    let to_exclusive = q.to + chrono::Duration::days(1);
+}
+
+fn text(v: &Value) -> String {
+    v.as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| v.to_string())
+}
+
+/// Runs SQL and returns the rows of a `JSONCompact` answer.
+pub async fn fetch(client: &clickhouse::Client, sql: &str) -> Result<Vec<Value>, Error> {
     let bytes = client
-        .query(&query::sql(&q, site.child_directed))
-        .bind(q.site.as_str())
-        .bind(format!("{} 00:00:00", q.from.format("%Y-%m-%d")).as_str())
-        .bind(format!("{} 00:00:00", to_exclusive.format("%Y-%m-%d")).as_str())
+        .query_raw(sql)
         .fetch_bytes("JSONCompact")
         .map_err(|e| Error::ClickHouse(e.to_string()))?
         .collect()
@@ -44,91 +69,472 @@ pub async fn run(
         .map_err(|e| Error::ClickHouse(e.to_string()))?;
     let parsed: Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::ClickHouse(format!("bad JSON from ClickHouse: {e}")))?;
-    let rows = parsed
+    Ok(parsed
         .get("data")
         .and_then(Value::as_array)
         .cloned()
-        .unwrap_or_default();
-    Ok(fold(site.min_visitors, &q, rows))
+        .unwrap_or_default())
 }
 
-/// A number from ClickHouse JSON (64-bit integers arrive quoted).
-fn number(v: &Value) -> f64 {
-    match v {
-        Value::Number(n) => n.as_f64().unwrap_or(0.0),
-        Value::String(s) => s.parse().unwrap_or(0.0),
-        _ => 0.0,
-    }
+/// The latest recorded visit build of each UTC day in `[from, to]`.
+pub async fn visit_builds(
+    client: &clickhouse::Client,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<(NaiveDate, u64)>, Error> {
+    let rows = fetch(
+        client,
+        &format!(
+            "SELECT toString(day), max(build) FROM visit_builds WHERE day >= {} AND day <= {} GROUP BY day",
+            query::sql::date(from),
+            query::sql::date(to)
+        ),
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let d = NaiveDate::parse_from_str(r.get(0)?.as_str()?, "%Y-%m-%d").ok()?;
+            let b = number(r.get(1)?)? as u64;
+            Some((d, b))
+        })
+        .collect())
 }
 
-fn json_number(x: f64) -> Value {
-    if x.fract() == 0.0 && x.abs() < 9e15 {
-        json!(x as i64)
-    } else {
-        json!(x)
-    }
+/// One report row before shaping.
+#[derive(Debug, Clone)]
+struct Row {
+    dims: Vec<String>,
+    metrics: Vec<Option<f64>>,
+    k: f64,
+    /// Folded rows this row stands for (0: an ordinary row).
+    folded: u64,
 }
 
-fn fold(min_visitors: u64, q: &Query, rows: Vec<Value>) -> Value {
-    let k = min_visitors as f64;
+/// The rows of one query, folded.
+struct Report {
+    rows: Vec<Row>,
+    folded: u64,
+    suppressed: bool,
+    total_k: Option<f64>,
+}
+
+async fn report(client: &clickhouse::Client, site: &SiteView, q: &Query) -> Result<Report, Error> {
+    let kmin = site.min_visitors;
+    let built =
+        if q.rollups && !q.realtime && plan::source(q, site.child_directed) == plan::Source::Visits
+        {
+            visit_builds(client, q.start.date(), q.end.date()).await?
+        } else {
+            Vec::new()
+        };
+    let foldable = !q.dimensions.is_empty() && q.time_bucket().is_none();
+    let sql = plan::sql(q, site, &built, foldable.then_some(kmin));
+    let raw = fetch(client, &sql).await?;
     let nd = q.dimensions.len();
     let nm = q.metrics.len();
-    let time = q.dimensions.iter().any(|d| d.starts_with("time:"));
-    let mut results = Vec::new();
-    let mut other = vec![0.0; nm + 1];
-    let mut folded = 0u64;
+    let mut rows = Vec::new();
+    let mut folded = 0;
     let mut suppressed = false;
-    for row in rows {
-        let Some(cells) = row.as_array() else {
-            continue;
-        };
-        if cells.len() != nd + nm + 1 {
-            continue;
-        }
-        let dims: Vec<Value> = cells[..nd]
-            .iter()
-            .map(|v| {
-                json!(v
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string()))
-            })
-            .collect();
-        let metrics: Vec<f64> = cells[nd..nd + nm].iter().map(number).collect();
-        let visitors = number(&cells[nd + nm]);
-        if visitors >= k || visitors == 0.0 {
-            results.push(json!({ "dimensions": dims, "metrics": metrics.into_iter().map(json_number).collect::<Vec<_>>() }));
-        } else if nd == 0 || time {
-            suppressed = true;
-            results.push(json!({ "dimensions": dims, "metrics": vec![Value::Null; nm] }));
+    for r in raw {
+        let Some(cells) = r.as_array() else { continue };
+        if foldable {
+            // shown, g…, o…, ok, n
+            if cells.len() != 1 + nd + nm + 2 {
+                continue;
+            }
+            let shown = number(&cells[0]) == Some(1.0);
+            let k = number(&cells[1 + nd + nm]).unwrap_or(0.0);
+            let n = number(&cells[2 + nd + nm]).unwrap_or(0.0) as u64;
+            if shown {
+                rows.push(Row {
+                    dims: cells[1..1 + nd].iter().map(text).collect(),
+                    metrics: cells[1 + nd..1 + nd + nm].iter().map(number).collect(),
+                    k,
+                    folded: 0,
+                });
+            } else {
+                folded = n;
+                if k >= kmin as f64 {
+                    let label = format!("(other: {n} rows under k={kmin})");
+                    rows.push(Row {
+                        dims: vec![label; nd],
+                        metrics: q
+                            .metrics
+                            .iter()
+                            .zip(&cells[1 + nd..1 + nd + nm])
+                            .map(|(m, v)| {
+                                if plan::additive(*m)
+                                    || matches!(m, Metric::Visitors | Metric::ConversionRate)
+                                {
+                                    number(v)
+                                } else {
+                                    None
+                                }
+                            })
+                            .collect(),
+                        k,
+                        folded: n,
+                    });
+                } else {
+                    suppressed = true;
+                }
+            }
         } else {
-            folded += 1;
-            for (o, m) in other
-                .iter_mut()
-                .zip(metrics.iter().chain(std::iter::once(&visitors)))
-            {
-                *o += m;
+            if cells.len() != nd + nm + 1 {
+                continue;
+            }
+            let k = number(&cells[nd + nm]).unwrap_or(0.0);
+            let mut metrics: Vec<Option<f64>> = cells[nd..nd + nm].iter().map(number).collect();
+            if k < kmin as f64 {
+                suppressed = true;
+                metrics = vec![None; nm];
+            }
+            rows.push(Row {
+                dims: cells[..nd].iter().map(text).collect(),
+                metrics,
+                k,
+                folded: 0,
+            });
+        }
+    }
+    let total_k = if nd == 0 {
+        rows.first().map(|r| r.k)
+    } else {
+        None
+    };
+    Ok(Report {
+        rows,
+        folded,
+        suppressed,
+        total_k,
+    })
+}
+
+/// The query's filter without its goal conditions (for conversion-rate denominators).
+fn strip_goals(f: &Filter) -> Result<Option<Filter>, Error> {
+    let has_goal = |f: &Filter| f.dims().iter().any(|d| d.kind == DimKind::Goal);
+    Ok(match f {
+        Filter::Cond { dim, .. } if dim.kind == DimKind::Goal => None,
+        Filter::Cond { .. } => Some(f.clone()),
+        Filter::And(v) => {
+            let kept: Vec<Filter> = v
+                .iter()
+                .map(strip_goals)
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            match kept.len() {
+                0 => None,
+                _ => Some(Filter::And(kept)),
             }
         }
+        other if has_goal(other) => {
+            return Err(Error::BadRequest(
+                "`filters`: with conversion_rate, goal filters must be at the top level (not inside or/not)".into(),
+            ))
+        }
+        other => Some(other.clone()),
+    })
+}
+
+/// Fills in conversion rates: visitors of the row ÷ visitors of the same non-goal dimensions
+/// without the goal filter.
+async fn conversion_rates(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+    rep: &mut Report,
+) -> Result<(), Error> {
+    let Some(ci) = q.metrics.iter().position(|m| *m == Metric::ConversionRate) else {
+        return Ok(());
+    };
+    let keep: Vec<usize> = q
+        .dimensions
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.kind != DimKind::Goal)
+        .map(|(i, _)| i)
+        .collect();
+    let mut base = q.clone();
+    base.dimensions = keep
+        .iter()
+        .map(|i| q.dimensions[*i].clone())
+        .collect::<Vec<Dim>>();
+    base.metrics = vec![Metric::Visitors];
+    base.filter = match &q.filter {
+        Some(f) => strip_goals(f)?,
+        None => None,
+    };
+    base.order_by = (0..base.dimensions.len()).map(|i| (i, false)).collect();
+    let built = if plan::source(&base, site.child_directed) == plan::Source::Visits && base.rollups
+    {
+        visit_builds(client, base.start.date(), base.end.date()).await?
+    } else {
+        Vec::new()
+    };
+    let totals = fetch(client, &plan::sql(&base, site, &built, None)).await?;
+    let nb = base.dimensions.len();
+    let lookup: Vec<(Vec<String>, f64)> = totals
+        .iter()
+        .filter_map(|r| {
+            let c = r.as_array()?;
+            Some((c[..nb].iter().map(text).collect(), number(c.get(nb)?)?))
+        })
+        .collect();
+    for row in &mut rep.rows {
+        if row.folded > 0 {
+            row.metrics[ci] = None;
+            continue;
+        }
+        let key: Vec<String> = keep.iter().map(|i| row.dims[*i].clone()).collect();
+        let total = lookup.iter().find(|(k, _)| *k == key).map(|(_, t)| *t);
+        row.metrics[ci] = match (row.metrics[ci], total) {
+            (Some(conv), Some(t)) if t > 0.0 => Some((conv * 1000.0 / t).round() / 10.0),
+            _ => None,
+        };
     }
-    if folded > 0 && other[nm] >= k {
-        let dims = vec![json!(format!("(other: {folded} rows under k={})", min_visitors)); nd];
-        results.push(json!({ "dimensions": dims, "metrics": other[..nm].iter().map(|x| json_number(*x)).collect::<Vec<_>>() }));
+    Ok(())
+}
+
+/// Whether the filtered population is under k (the differencing guard).
+async fn too_few(client: &clickhouse::Client, site: &SiteView, q: &Query) -> Result<bool, Error> {
+    if q.filter.is_none() {
+        return Ok(false);
     }
-    let total_rows = results.len();
-    let page: Vec<Value> = results
-        .into_iter()
+    let mut t = q.clone();
+    t.dimensions.clear();
+    t.metrics = vec![Metric::Visitors];
+    if site.child_directed {
+        t.metrics = vec![Metric::Events];
+    }
+    t.order_by.clear();
+    let built = if plan::source(&t, site.child_directed) == plan::Source::Visits && t.rollups {
+        visit_builds(client, t.start.date(), t.end.date()).await?
+    } else {
+        Vec::new()
+    };
+    let rows = fetch(client, &plan::sql(&t, site, &built, None)).await?;
+    let k = rows
+        .first()
+        .and_then(|r| r.as_array())
+        .and_then(|c| c.last())
+        .and_then(number)
+        .unwrap_or(0.0);
+    Ok(k < site.min_visitors as f64)
+}
+
+fn change(m: Metric, now: Option<f64>, before: Option<f64>) -> Value {
+    match (now, before) {
+        (Some(a), Some(b)) if m.change_is_difference() => {
+            json_number(Some(((a - b) * 10.0).round() / 10.0))
+        }
+        (Some(a), Some(b)) if b != 0.0 => json_number(Some(((a - b) / b * 100.0).round())),
+        (Some(a), Some(_)) if a == 0.0 => json!(0),
+        (Some(_), Some(_)) => json!(100),
+        _ => Value::Null,
+    }
+}
+
+/// The parsed query and its response document.
+pub async fn run(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<(Query, Value), Error> {
+    let q = query::parse(body, site, now)?;
+    let doc = run_query(client, site, &q).await?;
+    Ok((q, doc))
+}
+
+/// Runs a checked query.
+pub async fn run_query(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+) -> Result<Value, Error> {
+    let tz = query::timezone(&site.timezone);
+    let guard = too_few(client, site, q).await?;
+    let mut rep = if guard {
+        Report {
+            rows: Vec::new(),
+            folded: 0,
+            suppressed: true,
+            total_k: None,
+        }
+    } else {
+        let mut r = report(client, site, q).await?;
+        conversion_rates(client, site, q, &mut r).await?;
+        r
+    };
+    if guard && q.dimensions.is_empty() {
+        rep.rows.push(Row {
+            dims: Vec::new(),
+            metrics: vec![None; q.metrics.len()],
+            k: 0.0,
+            folded: 0,
+        });
+    }
+    let comparison = match q.compare {
+        Some(how) if !guard => {
+            let cq = q.comparison(how, tz);
+            let mut c = if too_few(client, site, &cq).await? {
+                Report {
+                    rows: Vec::new(),
+                    folded: 0,
+                    suppressed: true,
+                    total_k: None,
+                }
+            } else {
+                report(client, site, &cq).await?
+            };
+            conversion_rates(client, site, &cq, &mut c).await?;
+            Some((cq, c))
+        }
+        _ => None,
+    };
+    let total_rows = rep.rows.len();
+    let mut results = Vec::new();
+    let time_idx = q
+        .dimensions
+        .iter()
+        .position(|d| matches!(d.kind, DimKind::Time(_)));
+    let labels = q.time_labels();
+    let cmp_labels = comparison
+        .as_ref()
+        .map(|(cq, _)| cq.time_labels())
+        .unwrap_or_default();
+    for row in rep
+        .rows
+        .iter()
         .skip(q.offset as usize)
         .take(q.limit as usize)
-        .collect();
-    json!({
-        "results": page,
-        "meta": { "min_visitors": min_visitors, "folded_rows": folded, "suppressed": suppressed, "total_rows": total_rows },
+    {
+        let mut o = Map::new();
+        o.insert("dimensions".into(), json!(row.dims));
+        o.insert(
+            "metrics".into(),
+            Value::Array(row.metrics.iter().map(|m| json_number(*m)).collect()),
+        );
+        if let Some((_, c)) = &comparison {
+            // Rows match on their dimensions; a time bucket matches the bucket at the same
+            // position of the comparison period.
+            let key = |dims: &Vec<String>, labels: &[String]| -> Vec<String> {
+                let mut k = dims.clone();
+                if let Some(t) = time_idx {
+                    let pos = labels.iter().position(|l| *l == dims[t]);
+                    k[t] = pos.map(|p| p.to_string()).unwrap_or_default();
+                }
+                k
+            };
+            let mine = key(&row.dims, &labels);
+            let other = c.rows.iter().find(|r| key(&r.dims, &cmp_labels) == mine);
+            let cm: Vec<Option<f64>> = other.map(|r| r.metrics.clone()).unwrap_or_else(|| {
+                q.metrics
+                    .iter()
+                    .map(|m| {
+                        if plan::additive(*m) || *m == Metric::Visitors {
+                            Some(0.0)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect()
+            });
+            o.insert(
+                "comparison".into(),
+                json!({
+                    "dimensions": other.map(|r| r.dims.clone()).unwrap_or_default(),
+                    "metrics": cm.iter().map(|m| json_number(*m)).collect::<Vec<_>>(),
+                    "change": q.metrics.iter().zip(row.metrics.iter().zip(&cm)).map(|(m, (a, b))| change(*m, *a, *b)).collect::<Vec<_>>(),
+                }),
+            );
+        }
+        results.push(Value::Object(o));
+    }
+    let mut meta = json!({
+        "min_visitors": site.min_visitors,
+        "folded_rows": rep.folded,
+        "suppressed": rep.suppressed,
+        "too_few_visitors": guard,
+        "imports_included": false,
+        "source": format!("{:?}", plan::source(q, site.child_directed)).to_lowercase(),
+    });
+    if q.total_rows {
+        meta["total_rows"] = json!(total_rows);
+    }
+    if q.time_labels {
+        meta["time_labels"] = json!(labels);
+    }
+    if let Some((cq, _)) = &comparison {
+        meta["comparison_date_range"] = json!([cq.from.to_string(), cq.to.to_string()]);
+    }
+    let _ = rep.total_k;
+    Ok(json!({
+        "results": results,
+        "meta": meta,
         "query": {
             "site_id": q.site,
             "metrics": q.metrics.iter().map(|m| m.name()).collect::<Vec<_>>(),
-            "dimensions": q.dimensions,
-            "date_range": [q.from.format("%Y-%m-%d").to_string(), q.to.format("%Y-%m-%d").to_string()],
+            "dimensions": q.dimensions.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+            "date_range": [q.start.and_utc().to_rfc3339(), q.end.and_utc().to_rfc3339()],
+            "timezone": q.tz,
         }
-    })
+    }))
+}
+
+/// A response document as CSV: a header of dimension then metric names, one line per row.
+pub fn to_csv(q: &Query, doc: &Value) -> String {
+    let mut out = String::new();
+    let header: Vec<String> = q
+        .dimensions
+        .iter()
+        .map(|d| d.name.clone())
+        .chain(q.metrics.iter().map(|m| m.name().to_string()))
+        .collect();
+    out.push_str(&csv_line(&header));
+    for r in doc["results"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let cells: Vec<String> = r["dimensions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(r["metrics"].as_array().into_iter().flatten())
+            .map(|v| match v {
+                Value::Null => String::new(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        out.push_str(&csv_line(&cells));
+    }
+    out
+}
+
+/// One CSV line (RFC 4180 quoting). Cells that a spreadsheet would run as a formula
+/// (`=`, `+`, `-`, `@` first) are prefixed with `'`.
+pub fn csv_line(cells: &[String]) -> String {
+    let quoted: Vec<String> = cells
+        .iter()
+        .map(|c| {
+            let c = if c.starts_with(['=', '+', '@', '\t', '\r'])
+                || (c.starts_with('-') && c.parse::<f64>().is_err())
+            {
+                format!("'{c}")
+            } else {
+                c.clone()
+            };
+            if c.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", c.replace('"', "\"\""))
+            } else {
+                c
+            }
+        })
+        .collect();
+    quoted.join(",") + "\r\n"
 }

@@ -28,6 +28,13 @@ pub struct ManagedOptions {
     pub start_timeout: Duration,
     /// Use this HTTP port instead of a free one (restarting a server where clients expect it).
     pub http_port: Option<u16>,
+    /// Use this native TCP port instead of a free one (cluster nodes name each other's).
+    pub tcp_port: Option<u16>,
+    /// Use this interserver (replication) HTTP port instead of a free one.
+    pub interserver_port: Option<u16>,
+    /// Extra files written before start, as (path relative to the directory, text), e.g.
+    /// `config.d/cluster.xml` (ZooKeeper, macros, remote_servers for [`crate::cluster`]).
+    pub extra_files: Vec<(String, String)>,
 }
 
 impl ManagedOptions {
@@ -38,6 +45,9 @@ impl ManagedOptions {
             parent_death_signal: libc::SIGTERM,
             start_timeout: Duration::from_secs(60),
             http_port: None,
+            tcp_port: None,
+            interserver_port: None,
+            extra_files: Vec::new(),
         }
     }
 }
@@ -70,7 +80,8 @@ fn find_binary() -> Option<(PathBuf, Vec<&'static str>)> {
     None
 }
 
-fn free_port() -> Result<u16, Error> {
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16, Error> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("finding a free port", e))?;
     let port = l
         .local_addr()
@@ -220,12 +231,27 @@ impl ManagedClickHouse {
                 Some(p) => p,
                 None => free_port()?,
             };
-            let (tcp, inter) = (free_port()?, free_port()?);
+            let tcp = match opts.tcp_port {
+                Some(p) => p,
+                None => free_port()?,
+            };
+            let inter = match opts.interserver_port {
+                Some(p) => p,
+                None => free_port()?,
+            };
             if http == tcp || tcp == inter || http == inter {
                 continue;
             }
             write(&dir.join("config.xml"), &config_xml(&dir, http, tcp, inter))?;
             write(&dir.join("users.xml"), USERS_XML)?;
+            for (rel, text) in &opts.extra_files {
+                let p = dir.join(rel);
+                if let Some(parent) = p.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+                }
+                write(&p, text)?;
+            }
             let out_path = dir.join("log/stdout.log");
             let out = std::fs::File::create(&out_path)
                 .map_err(|e| Error::io(format!("creating {}", out_path.display()), e))?;
@@ -284,6 +310,11 @@ impl ManagedClickHouse {
     /// The HTTP URL, e.g. `http://127.0.0.1:40123`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The HTTP port.
+    pub fn http_port(&self) -> u16 {
+        self.http_port
     }
 
     /// The directory holding config, data and logs.
@@ -354,7 +385,7 @@ impl Drop for ManagedClickHouse {
 }
 
 #[allow(unsafe_code)]
-fn signal(pid: u32, sig: i32) {
+pub(crate) fn signal(pid: u32, sig: i32) {
     if let Ok(pid) = i32::try_from(pid) {
         // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
         unsafe {
@@ -364,7 +395,7 @@ fn signal(pid: u32, sig: i32) {
 }
 
 #[allow(unsafe_code)]
-fn set_parent_death_signal(cmd: &mut Command, sig: i32) {
+pub(crate) fn set_parent_death_signal(cmd: &mut Command, sig: i32) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches only the child being set up.
     unsafe {

@@ -1,0 +1,775 @@
+//! Which rows answer a query, and the SQL that reads them.
+//!
+//! Four sources, chosen per query (docs/ARCHITECTURE.md has the table):
+//!
+//! - [`Source::Visits`] — one row per visit. Used when every dimension and filter is a visit or
+//!   visitor property (source, campaign, entry page, country, device…) or time. Closed UTC
+//!   days come from the `visits` table (written by the aggregator's rollup job, latest
+//!   recorded build of each day); days without a build are derived from raw events with the
+//!   same SQL ([`derive_visits`]), so both give the same numbers.
+//! - [`Source::Hourly`] — the `events_hourly` rollup (materialized view): visitors, pageviews
+//!   and events by page, event name, host, goal and time, for time zones with whole-hour offsets.
+//! - [`Source::Events`] — raw events: everything else that needs event rows (props, revenue,
+//!   engagement, app performance, realtime).
+//! - [`Source::Joined`] — raw events joined to their visit: event-level dimensions or filters
+//!   combined with visit-level ones or with visit metrics (e.g. bounce rate of visits that
+//!   reached a goal, conversions by source).
+//!
+//! Every query's columns come out as `d0…` (dimensions), `m0…` (metrics), then `k` (the number
+//! k-anonymity is checked against: visitors, or events for child-directed sites).
+
+use chrono::{Duration, NaiveDate, NaiveDateTime, Timelike};
+
+use super::sql::{date, glob_to_regex, lit, lit_list, utc};
+use super::{Dim, DimKind, Filter, Level, Metric, Op, Query, TimeBucket};
+use crate::site::{Goal, SiteView};
+use crate::Error;
+
+/// The rows a query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Visit rows (rollup table ∪ derived).
+    Visits,
+    /// The hourly rollup.
+    Hourly,
+    /// Raw events.
+    Events,
+    /// Raw events with their visit's properties.
+    Joined,
+}
+
+/// Checks combinations no source can answer.
+pub fn check(q: &Query) -> Result<(), Error> {
+    let percentiles = q.metrics.iter().any(|m| {
+        matches!(
+            m,
+            Metric::LaunchTimeP50 | Metric::LaunchTimeP95 | Metric::LatencyP50 | Metric::LatencyP95
+        )
+    });
+    if percentiles && source(q, false) == Source::Joined {
+        return Err(Error::BadRequest(
+            "`metrics`: performance percentiles cannot be combined with visit metrics or visit:source/utm/entry/exit dimensions or filters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn levels(q: &Query) -> (bool, bool) {
+    let filter_dims = q.filter.as_ref().map(|f| f.dims()).unwrap_or_default();
+    let dims = q.dimensions.iter().chain(filter_dims);
+    let (mut ev, mut vi) = (false, false);
+    for d in dims {
+        match d.level() {
+            Level::Event => ev = true,
+            Level::Visit => vi = true,
+            Level::Both => {}
+        }
+    }
+    for m in &q.metrics {
+        match m.level() {
+            Level::Event => ev = true,
+            Level::Visit => vi = true,
+            Level::Both => {}
+        }
+    }
+    (ev, vi)
+}
+
+/// The source that answers `q`.
+pub fn source(q: &Query, child_directed: bool) -> Source {
+    let (ev, vi) = levels(q);
+    if child_directed {
+        return if hourly_ok(q) {
+            Source::Hourly
+        } else {
+            Source::Events
+        };
+    }
+    match (ev, vi) {
+        (false, _) => Source::Visits,
+        (true, false) if hourly_ok(q) => Source::Hourly,
+        (true, false) => Source::Events,
+        (true, true) => Source::Joined,
+    }
+}
+
+fn hourly_ok(q: &Query) -> bool {
+    let whole_hours = |t: NaiveDateTime| t.minute() == 0 && t.second() == 0;
+    let dims_ok = |d: &Dim| matches!(d.kind, DimKind::Event(_) | DimKind::Goal | DimKind::Time(_));
+    q.rollups
+        && !q.realtime
+        && whole_hours(q.start)
+        && whole_hours(q.end)
+        && q.metrics.iter().all(|m| {
+            matches!(
+                m,
+                Metric::Visitors | Metric::Pageviews | Metric::Events | Metric::ConversionRate
+            )
+        })
+        && q.dimensions.iter().all(dims_ok)
+        && q.filter
+            .as_ref()
+            .map(|f| f.dims().into_iter().all(dims_ok))
+            .unwrap_or(true)
+}
+
+/// Fields of the per-visitor event tuples the visit SQL sorts (index = position + 1).
+const EV_FIELDS: &[&str] = &[
+    "timestamp",
+    "name",
+    "pathname",
+    "hostname",
+    "referrer",
+    "source",
+    "channel",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_content",
+    "utm_term",
+    "interactive",
+    "country_code",
+    "region",
+    "city",
+    "isp",
+    "browser",
+    "browser_version",
+    "os",
+    "os_version",
+    "device",
+    "screen_class",
+    "processor_class",
+    "locale",
+    "app_version",
+    "install_source",
+    "device_model",
+    "prop_keys",
+    "prop_values",
+    "engagement_ms",
+    "scroll_depth",
+    "revenue_micros",
+];
+
+/// Visit properties taken from a visit's first hit (besides entry and exit page).
+const VISIT_FIRST: &[&str] = &[
+    "hostname",
+    "referrer",
+    "source",
+    "channel",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_content",
+    "utm_term",
+    "country_code",
+    "region",
+    "city",
+    "isp",
+    "browser",
+    "browser_version",
+    "os",
+    "os_version",
+    "device",
+    "screen_class",
+    "processor_class",
+    "locale",
+    "app_version",
+    "install_source",
+    "device_model",
+];
+
+fn e(field: &str) -> String {
+    let i = EV_FIELDS.iter().position(|f| *f == field).unwrap_or(0) + 1;
+    format!("e.{i}")
+}
+
+/// Child-directed sites store no visitor hash (all zero bytes); they have no visits.
+const HAS_VISITOR: &str = "visitor_id != unhex('00000000000000000000000000000000')";
+
+/// One array of sorted hits per (site, visitor) of the events matching `cond`, with a visit
+/// number per hit (`vnum`, the 30-minute rule) and the hit's position (`idx`).
+fn sessionize(cond: &str) -> String {
+    format!(
+        "SELECT site, visitor_id, evs, arrayEnumerate(evs) AS idx, \
+         arrayCumSum(arrayMap((x, j) -> toUInt8(j = 1 OR x.1 - evs[j - 1].1 > 1800), evs, arrayEnumerate(evs))) AS vnum \
+         FROM (SELECT site, visitor_id, arraySort(groupArray(({fields}))) AS evs \
+         FROM events WHERE {cond} AND bot = '' AND {HAS_VISITOR} GROUP BY site, visitor_id)",
+        fields = EV_FIELDS.join(", ")
+    )
+}
+
+/// Per-visit aggregates over ARRAY JOINed hits `e` (index `i`), column names prefixed.
+fn visit_aggregates(prefix: &str) -> Vec<String> {
+    let p = prefix;
+    let mut cols = vec![
+        format!("min({}) AS {p}start", e("timestamp")),
+        format!(
+            "toUInt32(max({t}) - min({t})) AS {p}duration",
+            t = e("timestamp")
+        ),
+        format!("toUInt32(countIf({} = 'pageview')) AS {p}pageviews", e("name")),
+        format!("toUInt32(countIf({} != 'engagement')) AS {p}events", e("name")),
+        format!(
+            "toUInt8({p}pageviews <= 1 AND countIf({n} NOT IN ('pageview', 'engagement') AND {i} = 1) = 0) AS {p}bounce",
+            n = e("name"),
+            i = e("interactive")
+        ),
+        format!(
+            "if({p}pageviews > 0, argMinIf({pa}, i, {n} = 'pageview'), argMin({pa}, i)) AS {p}entry_page",
+            pa = e("pathname"),
+            n = e("name")
+        ),
+        format!(
+            "if({p}pageviews > 0, argMaxIf({pa}, i, {n} = 'pageview'), argMax({pa}, i)) AS {p}exit_page",
+            pa = e("pathname"),
+            n = e("name")
+        ),
+    ];
+    cols.extend(
+        VISIT_FIRST
+            .iter()
+            .map(|c| format!("argMin({}, i) AS {p}{c}", e(c))),
+    );
+    cols
+}
+
+/// Columns of a visit row, in `visits` table order.
+pub const VISIT_COLS: &[&str] = &[
+    "site",
+    "day",
+    "build",
+    "visitor_id",
+    "start",
+    "duration",
+    "pageviews",
+    "events",
+    "bounce",
+    "entry_page",
+    "exit_page",
+    "hostname",
+    "referrer",
+    "source",
+    "channel",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_content",
+    "utm_term",
+    "country_code",
+    "region",
+    "city",
+    "isp",
+    "browser",
+    "browser_version",
+    "os",
+    "os_version",
+    "device",
+    "screen_class",
+    "processor_class",
+    "locale",
+    "app_version",
+    "install_source",
+    "device_model",
+];
+
+/// Visit rows (columns [`VISIT_COLS`]) derived from the raw events matching `cond`, tagged
+/// with `build`. The rollup job inserts exactly this into `visits`.
+pub fn derive_visits(cond: &str, build: u64) -> String {
+    let aggs = visit_aggregates("");
+    format!(
+        "SELECT {cols} FROM (SELECT site, toDate(start) AS day, toUInt64({build}) AS build, visitor_id, {aggs} \
+         FROM ({s}) ARRAY JOIN evs AS e, idx AS i, vnum AS visit GROUP BY site, visitor_id, visit)",
+        cols = VISIT_COLS.join(", "),
+        aggs = aggs.join(", "),
+        s = sessionize(cond),
+    )
+}
+
+/// UTC days touched by `[start, end)`.
+fn utc_days(start: NaiveDateTime, end: NaiveDateTime) -> Vec<NaiveDate> {
+    let mut out = Vec::new();
+    let mut d = start.date();
+    while d.and_hms_opt(0, 0, 0).unwrap_or_default() < end && out.len() < 4000 {
+        out.push(d);
+        d += Duration::days(1);
+    }
+    out
+}
+
+fn site_cond(site: &str) -> String {
+    format!("site = {}", lit(site))
+}
+
+/// The visit rows of `q`'s range: recorded builds where they exist (and rollups are allowed),
+/// derived from raw events elsewhere.
+fn visit_rows(q: &Query, built: &[(NaiveDate, u64)]) -> String {
+    let cols = VISIT_COLS.join(", ");
+    let in_range = format!("start >= {} AND start < {}", utc(q.start), utc(q.end));
+    let days = utc_days(q.start, q.end);
+    let use_built = q.rollups && !q.realtime;
+    let (have, missing): (Vec<NaiveDate>, Vec<NaiveDate>) = days
+        .into_iter()
+        .partition(|d| use_built && built.iter().any(|(b, _)| b == d));
+    let mut parts = Vec::new();
+    if !have.is_empty() {
+        let tuples: Vec<String> = built
+            .iter()
+            .filter(|(d, _)| have.contains(d))
+            .map(|(d, b)| format!("({}, toUInt64({b}))", date(*d)))
+            .collect();
+        parts.push(format!(
+            "SELECT {cols} FROM visits WHERE {} AND (day, build) IN ({}) AND {in_range}",
+            site_cond(&q.site),
+            tuples.join(", ")
+        ));
+    }
+    if !missing.is_empty() {
+        // Contiguous runs of days become time ranges.
+        let mut ranges: Vec<(NaiveDate, NaiveDate)> = Vec::new();
+        for d in missing {
+            match ranges.last_mut() {
+                Some((_, end)) if *end + Duration::days(1) == d => *end = d,
+                _ => ranges.push((d, d)),
+            }
+        }
+        let time: Vec<String> = ranges
+            .iter()
+            .map(|(a, b)| {
+                let lo = if q.realtime {
+                    q.start
+                } else {
+                    a.and_hms_opt(0, 0, 0).unwrap_or_default()
+                };
+                let hi = if q.realtime {
+                    q.end
+                } else {
+                    (*b + Duration::days(1))
+                        .and_hms_opt(0, 0, 0)
+                        .unwrap_or_default()
+                };
+                format!("(timestamp >= {} AND timestamp < {})", utc(lo), utc(hi))
+            })
+            .collect();
+        let cond = format!("{} AND ({})", site_cond(&q.site), time.join(" OR "));
+        parts.push(format!(
+            "SELECT {cols} FROM ({}) WHERE {in_range}",
+            derive_visits(&cond, 0)
+        ));
+    }
+    format!("({})", parts.join(" UNION ALL "))
+}
+
+/// Raw events joined to their visit's properties (`v_…` columns).
+pub fn joined_rows(q: &Query) -> String {
+    // Whole UTC days, so no visit is cut at the range's edges; hits outside the range are
+    // removed by the outer WHERE.
+    let days = utc_days(q.start, q.end);
+    let lo = days
+        .first()
+        .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
+        .unwrap_or(q.start);
+    let hi = days
+        .last()
+        .map(|d| {
+            (*d + Duration::days(1))
+                .and_hms_opt(0, 0, 0)
+                .unwrap_or_default()
+        })
+        .unwrap_or(q.end);
+    let cond = format!(
+        "{} AND timestamp >= {} AND timestamp < {}",
+        site_cond(&q.site),
+        utc(lo),
+        utc(hi)
+    );
+    let s = sessionize(&cond);
+    let left: Vec<String> = EV_FIELDS
+        .iter()
+        .map(|f| format!("{} AS {f}", e(f)))
+        .collect();
+    format!(
+        "(SELECT * FROM (SELECT visitor_id, visit, {left} FROM ({s}) ARRAY JOIN evs AS e, vnum AS visit) \
+         ANY LEFT JOIN (SELECT visitor_id, visit, {right} FROM ({s}) ARRAY JOIN evs AS e, idx AS i, vnum AS visit \
+         GROUP BY visitor_id, visit) USING (visitor_id, visit) \
+         WHERE timestamp >= {start} AND timestamp < {end})",
+        left = left.join(", "),
+        right = visit_aggregates("v_").join(", "),
+        start = utc(q.start),
+        end = utc(q.end),
+    )
+}
+
+/// SQL for whether an event row completes `g`.
+pub fn goal_cond(g: &Goal) -> String {
+    match (&g.event_name, &g.page_path) {
+        (Some(n), _) => format!("name = {}", lit(n)),
+        (None, Some(p)) => format!(
+            "(name = 'pageview' AND match(pathname, {}))",
+            lit(&glob_to_regex(p))
+        ),
+        (None, None) => "0".into(),
+    }
+}
+
+fn tz_lit(q: &Query) -> String {
+    lit(&q.tz)
+}
+
+fn time_expr(b: TimeBucket, ts: &str, q: &Query) -> String {
+    let tz = tz_lit(q);
+    match b {
+        TimeBucket::Hour => format!("formatDateTime({ts}, '%Y-%m-%d %H:00:00', {tz})"),
+        TimeBucket::Day => format!("toString(toDate({ts}, {tz}))"),
+        TimeBucket::Week => format!("toString(toMonday(toDate({ts}, {tz})))"),
+        TimeBucket::Month => format!("toString(toStartOfMonth(toDate({ts}, {tz})))"),
+    }
+}
+
+fn ts_col(src: Source) -> &'static str {
+    match src {
+        Source::Visits => "start",
+        Source::Hourly => "hour",
+        Source::Events | Source::Joined => "timestamp",
+    }
+}
+
+/// The SQL for a dimension's value on `src` rows.
+fn dim_expr(d: &Dim, src: Source, q: &Query, site: &SiteView) -> String {
+    match &d.kind {
+        DimKind::Event(c) | DimKind::Visitor(c) => (*c).to_string(),
+        DimKind::Visit(c) => {
+            let col = match src {
+                Source::Joined => format!("v_{c}"),
+                _ => (*c).to_string(),
+            };
+            if *c == "source" {
+                // Plausible's name for visits without a referrer or campaign.
+                format!("if({col} = '', 'Direct / None', {col})")
+            } else {
+                col
+            }
+        }
+        DimKind::Goal => {
+            let items: Vec<String> = site
+                .goals
+                .iter()
+                .map(|g| format!("if({}, {}, '')", goal_cond(g), lit(&g.name)))
+                .collect();
+            if items.is_empty() {
+                "arrayJoin(emptyArrayString())".into()
+            } else {
+                format!(
+                    "arrayJoin(arrayFilter(x -> x != '', [{}]))",
+                    items.join(", ")
+                )
+            }
+        }
+        DimKind::Prop(k) => format!(
+            "if(has(prop_keys, {k}), prop_values[indexOf(prop_keys, {k})], '(none)')",
+            k = lit(k)
+        ),
+        DimKind::Time(b) => time_expr(*b, ts_col(src), q),
+    }
+}
+
+/// SQL for a filter over [`joined_rows`].
+pub fn joined_filter(f: &Filter, q: &Query, site: &SiteView) -> String {
+    filter_sql(f, Source::Joined, q, site)
+}
+
+/// SQL for a filter over `src` rows.
+fn filter_sql(f: &Filter, src: Source, q: &Query, site: &SiteView) -> String {
+    match f {
+        Filter::And(v) => format!(
+            "({})",
+            v.iter()
+                .map(|x| filter_sql(x, src, q, site))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        ),
+        Filter::Or(v) => format!(
+            "({})",
+            v.iter()
+                .map(|x| filter_sql(x, src, q, site))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        ),
+        Filter::Not(x) => format!("(NOT {})", filter_sql(x, src, q, site)),
+        Filter::Cond {
+            op,
+            dim,
+            values,
+            case_sensitive,
+        } => {
+            let positive = if dim.kind == DimKind::Goal {
+                goal_filter(*op, values, *case_sensitive, site)
+            } else {
+                let col = dim_expr(dim, src, q, site);
+                let (col, vals): (String, Vec<String>) = if *case_sensitive {
+                    (col, values.clone())
+                } else if matches!(op, Op::Matches | Op::MatchesNot) {
+                    (col, values.iter().map(|v| format!("(?i){v}")).collect())
+                } else {
+                    (
+                        format!("lowerUTF8({col})"),
+                        values.iter().map(|v| v.to_lowercase()).collect(),
+                    )
+                };
+                match op {
+                    Op::Is | Op::IsNot => format!("{col} IN {}", lit_list(&vals)),
+                    Op::Contains | Op::ContainsNot => format!(
+                        "({})",
+                        vals.iter()
+                            .map(|v| format!("position({col}, {}) > 0", lit(v)))
+                            .collect::<Vec<_>>()
+                            .join(" OR ")
+                    ),
+                    Op::Matches | Op::MatchesNot => format!(
+                        "({})",
+                        vals.iter()
+                            .map(|v| format!("match({col}, {})", lit(v)))
+                            .collect::<Vec<_>>()
+                            .join(" OR ")
+                    ),
+                }
+            };
+            if op.negated() {
+                format!("(NOT {positive})")
+            } else {
+                positive
+            }
+        }
+    }
+}
+
+/// A goal filter: the goals whose names the condition selects, as an OR of their conditions.
+fn goal_filter(op: Op, values: &[String], case_sensitive: bool, site: &SiteView) -> String {
+    let norm = |s: &str| {
+        if case_sensitive {
+            s.to_string()
+        } else {
+            s.to_lowercase()
+        }
+    };
+    let selected: Vec<&Goal> = site
+        .goals
+        .iter()
+        .filter(|g| {
+            let name = norm(&g.name);
+            values.iter().any(|v| match op {
+                Op::Is | Op::IsNot => name == norm(v),
+                Op::Contains | Op::ContainsNot => name.contains(&norm(v)),
+                Op::Matches | Op::MatchesNot => regex::RegexBuilder::new(v)
+                    .case_insensitive(!case_sensitive)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map(|r| r.is_match(&g.name))
+                    .unwrap_or(false),
+            })
+        })
+        .collect();
+    if selected.is_empty() {
+        "0".into()
+    } else {
+        format!(
+            "({})",
+            selected
+                .iter()
+                .map(|g| goal_cond(g))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        )
+    }
+}
+
+fn prop_num(name: &str) -> String {
+    format!(
+        "toFloat64OrZero(prop_values[indexOf(prop_keys, {n})])",
+        n = lit(name)
+    )
+}
+
+fn metric_sql(m: Metric, src: Source, q: &Query) -> String {
+    let tz = tz_lit(q);
+    match src {
+        Source::Visits => match m {
+            Metric::Visitors => "uniq(visitor_id)".into(),
+            Metric::Visits => "count()".into(),
+            Metric::Pageviews => "sum(pageviews)".into(),
+            Metric::Events => "sum(events)".into(),
+            Metric::ViewsPerVisit => "round(sum(pageviews) / count(), 2)".into(),
+            Metric::BounceRate => "round(avg(bounce) * 100)".into(),
+            Metric::VisitDuration => "round(avg(duration))".into(),
+            Metric::SessionsPerUser => "round(count() / uniq(visitor_id), 2)".into(),
+            Metric::Dau => format!("round(uniq(visitor_id) / uniq(toDate(start, {tz})), 1)"),
+            _ => "0".into(),
+        },
+        Source::Hourly => match m {
+            Metric::Pageviews => "countMergeIf(hits, name = 'pageview')".into(),
+            Metric::Events => "countMergeIf(hits, name != 'engagement')".into(),
+            _ => "uniqMerge(visitors)".into(),
+        },
+        Source::Events | Source::Joined => {
+            let visit = "(visitor_id, visit)";
+            match m {
+                Metric::Visitors | Metric::ConversionRate => "uniq(visitor_id)".into(),
+                Metric::Pageviews => "countIf(name = 'pageview')".into(),
+                Metric::Events => "countIf(name != 'engagement')".into(),
+                Metric::TimeOnPage => "round(sumIf(engagement_ms, name = 'engagement') / 1000 / greatest(countIf(name = 'pageview'), 1))".into(),
+                Metric::ScrollDepth => "round(avgIf(scroll_depth, name = 'engagement' AND scroll_depth > 0))".into(),
+                Metric::TotalRevenue => "round(sum(revenue_micros) / 1000000, 2)".into(),
+                Metric::AverageRevenue => "round(avgIf(revenue_micros, revenue_micros != 0) / 1000000, 2)".into(),
+                Metric::Dau => format!("round(uniq(visitor_id) / uniq(toDate(timestamp, {tz})), 1)"),
+                Metric::LaunchTimeP50 => format!("round(quantileIf(0.5)({}, has(prop_keys, 'launch_ms')))", prop_num("launch_ms")),
+                Metric::LaunchTimeP95 => format!("round(quantileIf(0.95)({}, has(prop_keys, 'launch_ms')))", prop_num("launch_ms")),
+                Metric::LatencyP50 => format!("round(quantileIf(0.5)({}, has(prop_keys, 'latency_ms')))", prop_num("latency_ms")),
+                Metric::LatencyP95 => format!("round(quantileIf(0.95)({}, has(prop_keys, 'latency_ms')))", prop_num("latency_ms")),
+                Metric::Crashes => format!("countIf(has(prop_keys, 'crash') AND {} >= 1)", prop_num("crash")),
+                Metric::Visits => format!("uniqExact{visit}"),
+                Metric::BounceRate => format!("round(100 * uniqExactIf({visit}, v_bounce = 1) / uniqExact{visit})"),
+                Metric::VisitDuration => "round(arraySum(arrayMap(t -> t.2, groupUniqArray((cityHash64(visitor_id, visit), v_duration)))) / uniqExact(visitor_id, visit))".into(),
+                Metric::ViewsPerVisit => "round(arraySum(arrayMap(t -> t.2, groupUniqArray((cityHash64(visitor_id, visit), v_pageviews)))) / uniqExact(visitor_id, visit), 2)".into(),
+                Metric::SessionsPerUser => format!("round(uniqExact{visit} / uniq(visitor_id), 2)"),
+            }
+        }
+    }
+}
+
+/// Whether a metric of the `(other)` row is the sum of the folded rows' values.
+pub fn additive(m: Metric) -> bool {
+    matches!(
+        m,
+        Metric::Visits
+            | Metric::Pageviews
+            | Metric::Events
+            | Metric::TotalRevenue
+            | Metric::Crashes
+    )
+}
+
+/// The full SQL for `q` on `site`, given the recorded visit builds (latest per UTC day).
+///
+/// With `fold = Some(k)` a breakdown (dimensions, none of them time) is folded in SQL: rows
+/// with fewer than k visitors become one row whose visitors are counted exactly over the
+/// union (`uniq` states merged). Output: `shown` (0 for the folded row), `d…`, `m…`, `k`, `n`
+/// (rows folded).
+pub fn sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], fold: Option<u64>) -> String {
+    let inner = inner_sql(q, site, built, fold.is_some());
+    let Some(kmin) = fold.filter(|_| !q.dimensions.is_empty() && q.time_bucket().is_none()) else {
+        return inner;
+    };
+    let nd = q.dimensions.len();
+    let mut select = vec![format!("toUInt8(k >= {kmin}) AS shown")];
+    select.extend((0..nd).map(|i| format!("if(shown, d{i}, '') AS g{i}")));
+    for (i, m) in q.metrics.iter().enumerate() {
+        select.push(if *m == Metric::Visitors || *m == Metric::ConversionRate {
+            format!("if(shown, any(m{i}), uniqMerge(ks)) AS o{i}")
+        } else if additive(*m) {
+            format!("if(shown, any(m{i}), sum(m{i})) AS o{i}")
+        } else {
+            format!("any(m{i}) AS o{i}")
+        });
+    }
+    select.push(if site.child_directed {
+        "sum(k) AS ok".into()
+    } else {
+        "uniqMerge(ks) AS ok".into()
+    });
+    select.push("count() AS n".into());
+    let groups: Vec<String> = std::iter::once("shown".to_string())
+        .chain((0..nd).map(|i| format!("g{i}")))
+        .collect();
+    let order: Vec<String> = std::iter::once("shown DESC".to_string())
+        .chain(q.order_by.iter().map(|(i, desc)| {
+            let col = if *i < nd {
+                format!("g{i}")
+            } else {
+                format!("o{}", i - nd)
+            };
+            format!("{col} {}", if *desc { "DESC" } else { "ASC" })
+        }))
+        .collect();
+    format!(
+        "SELECT {} FROM ({inner}) GROUP BY {} ORDER BY {}",
+        select.join(", "),
+        groups.join(", "),
+        order.join(", ")
+    )
+}
+
+fn inner_sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], states: bool) -> String {
+    let src = source(q, site.child_directed);
+    let mut select: Vec<String> = q
+        .dimensions
+        .iter()
+        .enumerate()
+        .map(|(i, d)| format!("{} AS d{i}", dim_expr(d, src, q, site)))
+        .collect();
+    select.extend(
+        q.metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("{} AS m{i}", metric_sql(*m, src, q))),
+    );
+    select.push(
+        match (src, site.child_directed) {
+            (Source::Hourly, true) => "countMerge(hits)",
+            (Source::Hourly, false) => "uniqMerge(visitors)",
+            (_, true) => "count()",
+            (_, false) => "uniq(visitor_id)",
+        }
+        .to_string()
+            + " AS k",
+    );
+    if states {
+        select.push(
+            match (src, site.child_directed) {
+                (_, true) => "count()",
+                (Source::Hourly, false) => "uniqMergeState(visitors)",
+                (_, false) => "uniqState(visitor_id)",
+            }
+            .to_string()
+                + " AS ks",
+        );
+    }
+    let range = format!(
+        "{} AND {ts} >= {} AND {ts} < {}",
+        site_cond(&q.site),
+        utc(q.start),
+        utc(q.end),
+        ts = ts_col(src)
+    );
+    let (from, mut wher) = match src {
+        Source::Visits => (visit_rows(q, built), Vec::new()),
+        Source::Hourly => ("events_hourly".to_string(), vec![range]),
+        Source::Events => ("events".to_string(), vec![range, "bot = ''".to_string()]),
+        Source::Joined => (joined_rows(q), Vec::new()),
+    };
+    if let Some(f) = &q.filter {
+        wher.push(filter_sql(f, src, q, site));
+    }
+    let mut s = format!("SELECT {} FROM {from}", select.join(", "));
+    if !wher.is_empty() {
+        s.push_str(&format!(" WHERE {}", wher.join(" AND ")));
+    }
+    if !q.dimensions.is_empty() {
+        // 18.16 has no positional GROUP BY: group and order by the aliases.
+        let aliases: Vec<String> = (0..q.dimensions.len()).map(|i| format!("d{i}")).collect();
+        s.push_str(&format!(" GROUP BY {}", aliases.join(", ")));
+        let nd = q.dimensions.len();
+        let order: Vec<String> = q
+            .order_by
+            .iter()
+            .map(|(i, desc)| {
+                let col = if *i < nd {
+                    format!("d{i}")
+                } else {
+                    format!("m{}", i - nd)
+                };
+                format!("{col} {}", if *desc { "DESC" } else { "ASC" })
+            })
+            .collect();
+        s.push_str(&format!(" ORDER BY {}", order.join(", ")));
+    }
+    s
+}

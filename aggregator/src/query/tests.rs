@@ -1,0 +1,228 @@
+use chrono::TimeZone;
+
+use super::plan::{source, Source};
+use super::*;
+use crate::site::{Goal, SiteView};
+
+fn now() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()
+}
+
+fn d(s: &str) -> NaiveDate {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+}
+
+fn site() -> SiteView {
+    let mut s = SiteView::new("a.com");
+    s.goals = vec![
+        Goal {
+            name: "Signup".into(),
+            event_name: Some("Signup".into()),
+            page_path: None,
+        },
+        Goal {
+            name: "Blog".into(),
+            event_name: None,
+            page_path: Some("/blog/*".into()),
+        },
+    ];
+    s
+}
+
+fn parse_ok(body: &str) -> Query {
+    parse(body.as_bytes(), &site(), now()).unwrap()
+}
+
+fn err(body: &str) -> String {
+    parse(body.as_bytes(), &site(), now())
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn parses_a_plausible_query() {
+    let q = parse_ok(
+        r#"{"site_id":"a.com","metrics":["visitors","pageviews"],"date_range":"7d","dimensions":["event:page"]}"#,
+    );
+    assert_eq!(q.metrics, vec![Metric::Visitors, Metric::Pageviews]);
+    assert_eq!(q.dimensions[0].name, "event:page");
+    assert_eq!((q.from, q.to), (d("2026-11-22"), d("2026-11-28")));
+    assert_eq!(source(&q, false), Source::Hourly);
+    let s = plan::sql(&q, &site(), &[], None);
+    assert!(s.contains("FROM events_hourly"), "{s}");
+    assert!(s.contains("GROUP BY d0 ORDER BY m0 DESC, d0 ASC"), "{s}");
+}
+
+#[test]
+fn errors_name_the_field() {
+    assert!(err(r#"{"metrics":["visitors"],"date_range":"day"}"#).contains("site_id"));
+    assert!(err(r#"{"site_id":"a","metrics":["nope"],"date_range":"day"}"#).contains("metrics[0]"));
+    assert!(err(
+        r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","dimensions":["x; DROP"]}"#
+    )
+    .contains("dimensions[0]"));
+    assert!(
+        err(r#"{"site_id":"a","metrics":["visitors"],"date_range":"fortnight"}"#)
+            .contains("date_range")
+    );
+    assert!(err(
+        r#"{"site_id":"a","metrics":["visitors"],"date_range":["2026-02-01","2026-01-01"]}"#
+    )
+    .contains("date_range"));
+    assert!(
+        err(r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","bogus":1}"#)
+            .contains("bogus")
+    );
+    assert!(err(r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","filters":[["like","event:page",["/"]]]}"#).contains("filters[0][0]"));
+    assert!(err(r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","filters":[["is","event:nope",["/"]]]}"#).contains("filters[0][1]"));
+    assert!(err(r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","filters":[["is","event:page","/"]]}"#).contains("filters[0][2]"));
+    assert!(err(r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","filters":[["matches","event:page",["(unclosed"]]]}"#).contains("regular expression"));
+    assert!(err(r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","order_by":[["pageviews","desc"]]}"#).contains("order_by[0]"));
+    assert!(
+        err(r#"{"site_id":"a","metrics":["conversion_rate"],"date_range":"day"}"#)
+            .contains("event:goal")
+    );
+    assert!(err(r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","filters":[["is","event:goal",["Nope"]]]}"#).contains("not a goal"));
+    assert!(err(r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","include":{"comparisons":{"mode":"last_week"}}}"#).contains("include.comparisons.mode"));
+}
+
+#[test]
+fn ranges_follow_the_site_time_zone() {
+    let mut s = site();
+    s.timezone = "America/New_York".into();
+    // 2026-11-28 02:00 UTC is still the 27th in New York.
+    let early = Utc.with_ymd_and_hms(2026, 11, 28, 2, 0, 0).unwrap();
+    let q = parse(
+        br#"{"site_id":"a.com","metrics":["visitors"],"date_range":"day"}"#,
+        &s,
+        early,
+    )
+    .unwrap();
+    assert_eq!(q.from, d("2026-11-27"));
+    assert_eq!(q.start.to_string(), "2026-11-27 05:00:00");
+    assert_eq!(q.end.to_string(), "2026-11-28 05:00:00");
+    let q = parse_ok(r#"{"site_id":"a","metrics":["events"],"date_range":"6mo"}"#);
+    assert_eq!(q.from, d("2026-06-01"));
+    let q = parse_ok(r#"{"site_id":"a","metrics":["events"],"date_range":"month"}"#);
+    assert_eq!(q.from, d("2026-11-01"));
+    // Half-hour offsets cannot use the hourly rollup.
+    s.timezone = "Asia/Kolkata".into();
+    let q = parse(
+        br#"{"site_id":"a.com","metrics":["visitors"],"date_range":"7d","dimensions":["event:page"]}"#,
+        &s,
+        now(),
+    )
+    .unwrap();
+    assert_eq!(source(&q, false), Source::Events);
+}
+
+#[test]
+fn sources_follow_what_the_query_needs() {
+    let src = |b: &str| source(&parse_ok(b), false);
+    assert_eq!(
+        src(
+            r#"{"site_id":"a","metrics":["visitors","bounce_rate"],"date_range":"7d","dimensions":["visit:source"]}"#
+        ),
+        Source::Visits
+    );
+    assert_eq!(
+        src(
+            r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["visit:country"]}"#
+        ),
+        Source::Visits
+    );
+    assert_eq!(
+        src(
+            r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["event:props:plan"]}"#
+        ),
+        Source::Events
+    );
+    assert_eq!(
+        src(
+            r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["visit:source"],"filters":[["is","event:goal",["Signup"]]]}"#
+        ),
+        Source::Joined
+    );
+    assert_eq!(
+        src(
+            r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["event:page"],"include":{"rollups":false}}"#
+        ),
+        Source::Events
+    );
+    assert_eq!(
+        src(
+            r#"{"site_id":"a","metrics":["pageviews"],"date_range":"realtime","dimensions":["event:page"]}"#
+        ),
+        Source::Events
+    );
+}
+
+#[test]
+fn filter_values_never_reach_sql_unescaped() {
+    let evil = r#"x') OR 1=1 -- \' ?"#;
+    let body = json_body(evil);
+    let q = parse_ok(&body);
+    for built in [&[][..], &[(d("2026-11-27"), 7u64)][..]] {
+        let s = plan::sql(&q, &site(), built, Some(5));
+        assert!(s.contains(r"'x\') OR 1=1 -- \\\' ?'"), "{s}");
+        assert!(!s.contains("x') OR"), "{s}");
+    }
+}
+
+fn json_body(v: &str) -> String {
+    serde_json::json!({
+        "site_id": "a.com", "metrics": ["visitors", "bounce_rate"], "date_range": "7d",
+        "dimensions": ["visit:source"],
+        "filters": [["or", [["is", "visit:utm_campaign", [v]], ["contains", "visit:referrer", [v], {"case_sensitive": false}]]]]
+    })
+    .to_string()
+}
+
+#[test]
+fn order_by_and_defaults() {
+    let q = parse_ok(
+        r#"{"site_id":"a","metrics":["visitors","pageviews"],"date_range":"7d","dimensions":["event:page"],"order_by":[["pageviews","asc"]]}"#,
+    );
+    assert_eq!(q.order_by, vec![(2, false)]);
+    let q = parse_ok(
+        r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["time:day"]}"#,
+    );
+    assert_eq!(q.order_by, vec![(0, false)]);
+    assert_eq!(q.time_labels().len(), 7);
+    let q = parse_ok(
+        r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","dimensions":["time"]}"#,
+    );
+    assert_eq!(q.time_bucket(), Some(TimeBucket::Hour));
+    assert_eq!(q.time_labels().len(), 24);
+}
+
+#[test]
+fn comparisons_shift_the_range() {
+    let q = parse_ok(r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d"}"#);
+    let p = q.comparison(Compare::PreviousPeriod, chrono_tz::UTC);
+    assert_eq!((p.from, p.to), (d("2026-11-15"), d("2026-11-21")));
+    let y = q.comparison(Compare::YearOverYear, chrono_tz::UTC);
+    assert_eq!((y.from, y.to), (d("2025-11-22"), d("2025-11-28")));
+}
+
+#[test]
+fn child_sites_get_counts_only() {
+    let mut s = site();
+    s.child_directed = true;
+    let e = parse(
+        br#"{"site_id":"a.com","metrics":["visitors"],"date_range":"day"}"#,
+        &s,
+        now(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("child-directed"), "{e}");
+    let e = parse(
+        br#"{"site_id":"a.com","metrics":["pageviews"],"date_range":"day","filters":[["is","visit:source",["x"]]]}"#,
+        &s,
+        now(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("child-directed"), "{e}");
+}

@@ -1,0 +1,444 @@
+//! The read routes over reports, after the caller's access is known:
+//!
+//! - `POST /api/v2/query` — JSON, or CSV when `Accept: text/csv` (see [`crate::stats`]);
+//! - `POST /api/v2/query.csv` — always CSV;
+//! - `POST /api/v2/funnel` — `{"site_id", "funnel": NAME | "steps": [goal…], "date_range",
+//!   "filters"?}` → `{"steps": [{"goal", "visitors", "conversion_rate",
+//!   "conversion_rate_step", "dropoff"}], "meta"}`: visits that completed the goals in order;
+//! - `GET /api/v1/sites/{domain}/realtime` → `{"visitors_5m", "pageviews_30m", "top_pages":
+//!   [{"page", "visitors"}], "min_visitors"}` from raw events;
+//! - `GET /api/v1/sites/{domain}/export?date_range=30d` → a zip of CSV reports (one per
+//!   dashboard panel, like Plausible's export).
+//!
+//! Every number goes through the same k-anonymity rules as `/api/v2/query`.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use chrono::Utc;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::Access;
+use crate::query::{self, plan};
+use crate::site::{Goal, SiteView};
+use crate::{json_response, stats, Aggregator, Error, HttpResponse};
+
+fn bad(m: impl Into<String>) -> Error {
+    Error::BadRequest(m.into())
+}
+
+fn wants_csv(req: &Request<Bytes>) -> bool {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/csv"))
+}
+
+fn bytes_response(ct: &'static str, disposition: Option<String>, body: Vec<u8>) -> HttpResponse {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(d) = disposition.and_then(|d| HeaderValue::from_str(&d).ok()) {
+        r.headers_mut().insert(header::CONTENT_DISPOSITION, d);
+    }
+    r
+}
+
+/// Finds a readable site or answers 404 exactly like an unknown one.
+fn readable(agg: &Aggregator, access: &Access, domain: &str) -> Result<SiteView, Error> {
+    if !access.can_read(domain) {
+        return Err(Error::UnknownSite(domain.to_string()));
+    }
+    agg.site(domain)
+        .ok_or_else(|| Error::UnknownSite(domain.to_string()))
+}
+
+/// Answers the report routes; `None` for other paths.
+pub async fn route(
+    agg: &Aggregator,
+    access: &Access,
+    req: &Request<Bytes>,
+    path: &str,
+) -> Option<Result<HttpResponse, Error>> {
+    let post_only = |m: &Method| {
+        if m == Method::POST {
+            Ok(())
+        } else {
+            Err(Error::MethodNotAllowed("POST"))
+        }
+    };
+    match path {
+        "/api/v2/query" | "/api/v2/query.csv" => Some(
+            async {
+                post_only(req.method())?;
+                let site = readable(agg, access, &stats::site_id(req.body())?)?;
+                let (q, doc) = stats::run(agg.client(), &site, req.body(), Utc::now()).await?;
+                if path.ends_with(".csv") || wants_csv(req) {
+                    Ok(bytes_response(
+                        "text/csv; charset=utf-8",
+                        Some(format!(
+                            "attachment; filename=\"{}.csv\"",
+                            safe_name(&q.site)
+                        )),
+                        stats::to_csv(&q, &doc).into_bytes(),
+                    ))
+                } else {
+                    Ok(json_response(StatusCode::OK, &doc))
+                }
+            }
+            .await,
+        ),
+        "/api/v2/funnel" => Some(
+            async {
+                post_only(req.method())?;
+                let site = readable(agg, access, &stats::site_id(req.body())?)?;
+                let doc = funnel(agg.client(), &site, req.body()).await?;
+                Ok(json_response(StatusCode::OK, &doc))
+            }
+            .await,
+        ),
+        _ => {
+            let rest = path.strip_prefix("/api/v1/sites/")?;
+            let (domain, what) = rest.split_once('/')?;
+            match what {
+                "realtime" => Some(
+                    async {
+                        if req.method() != Method::GET {
+                            return Err(Error::MethodNotAllowed("GET"));
+                        }
+                        let site = readable(agg, access, domain)?;
+                        let doc = realtime(agg.client(), &site).await?;
+                        Ok(json_response(StatusCode::OK, &doc))
+                    }
+                    .await,
+                ),
+                "export" => Some(
+                    async {
+                        if req.method() != Method::GET {
+                            return Err(Error::MethodNotAllowed("GET"));
+                        }
+                        let site = readable(agg, access, domain)?;
+                        let range = req
+                            .uri()
+                            .query()
+                            .unwrap_or_default()
+                            .split('&')
+                            .find_map(|kv| kv.strip_prefix("date_range="))
+                            .unwrap_or("30d")
+                            .to_string();
+                        let zip = export(agg.client(), &site, &range).await?;
+                        Ok(bytes_response(
+                            "application/zip",
+                            Some(format!(
+                                "attachment; filename=\"veil-{}-{}.zip\"",
+                                safe_name(&site.domain),
+                                safe_name(&range)
+                            )),
+                            zip,
+                        ))
+                    }
+                    .await,
+                ),
+                _ => None,
+            }
+        }
+    }
+}
+
+fn safe_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect()
+}
+
+/// Realtime: visitors in the last 5 minutes, pageviews and top pages of the last 30.
+pub async fn realtime(client: &clickhouse::Client, site: &SiteView) -> Result<Value, Error> {
+    let now = Utc::now();
+    let metric = if site.child_directed {
+        "events"
+    } else {
+        "visitors"
+    };
+    let body = |dims: &str, metrics: &str| {
+        format!(
+            r#"{{"site_id":{},"metrics":{metrics},"date_range":"realtime","dimensions":{dims},"pagination":{{"limit":10}}}}"#,
+            Value::String(site.domain.clone())
+        )
+    };
+    let mut five = query::parse(body("[]", &format!("[\"{metric}\"]")).as_bytes(), site, now)?;
+    five.start = now.naive_utc() - chrono::Duration::minutes(5);
+    let five = stats::run_query(client, site, &five).await?;
+    let (_, thirty) =
+        stats::run(client, site, body("[]", "[\"pageviews\"]").as_bytes(), now).await?;
+    let (_, pages) = stats::run(
+        client,
+        site,
+        body("[\"event:page\"]", &format!("[\"{metric}\"]")).as_bytes(),
+        now,
+    )
+    .await?;
+    let top: Vec<Value> = pages["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| json!({ "page": r["dimensions"][0], "visitors": r["metrics"][0] }))
+        .collect();
+    Ok(json!({
+        "visitors_5m": five["results"][0]["metrics"][0],
+        "pageviews_30m": thirty["results"][0]["metrics"][0],
+        "top_pages": top,
+        "min_visitors": site.min_visitors,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FunnelRequest {
+    #[allow(dead_code)]
+    site_id: String,
+    funnel: Option<String>,
+    steps: Option<Vec<String>>,
+    date_range: Value,
+    #[serde(default)]
+    filters: Vec<Value>,
+}
+
+/// Ordered funnel over visits: for each step, the visitors whose visit completed the goals
+/// up to it in order (ClickHouse `windowFunnel` over one visit's hits).
+pub async fn funnel(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    body: &[u8],
+) -> Result<Value, Error> {
+    if site.child_directed {
+        return Err(bad("funnels need visits; a child-directed site has none"));
+    }
+    let req: FunnelRequest =
+        serde_json::from_slice(body).map_err(|e| bad(format!("invalid funnel request: {e}")))?;
+    let steps: Vec<String> = match (&req.funnel, &req.steps) {
+        (Some(name), None) => site
+            .funnels
+            .iter()
+            .find(|f| &f.name == name)
+            .map(|f| f.steps.clone())
+            .ok_or_else(|| bad(format!("`funnel`: {name:?} is not a funnel of this site")))?,
+        (None, Some(s)) => s.clone(),
+        _ => return Err(bad("give either `funnel` (a name) or `steps` (goal names)")),
+    };
+    if !(2..=8).contains(&steps.len()) {
+        return Err(bad("`steps`: a funnel has 2 to 8 steps"));
+    }
+    let goals: Vec<&Goal> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            site.goals
+                .iter()
+                .find(|g| &g.name == s)
+                .ok_or_else(|| bad(format!("`steps[{i}]`: {s:?} is not a goal of this site")))
+        })
+        .collect::<Result<_, _>>()?;
+    // Reuse the query parser for the range and filters.
+    let qbody = json!({"site_id": site.domain, "metrics": ["visitors"], "date_range": req.date_range, "filters": req.filters});
+    let q = query::parse(qbody.to_string().as_bytes(), site, Utc::now())?;
+    let conds: Vec<String> = goals.iter().map(|g| plan::goal_cond(g)).collect();
+    let filter = q
+        .filter
+        .as_ref()
+        .map(|f| plan::joined_filter(f, &q, site))
+        .unwrap_or_else(|| "1".into());
+    let levels: Vec<String> = (1..=steps.len())
+        .map(|i| format!("uniqIf(visitor_id, level >= {i})"))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM (SELECT visitor_id, visit, windowFunnel(86400)(timestamp, {}) AS level FROM {} WHERE {filter} GROUP BY visitor_id, visit)",
+        levels.join(", "),
+        conds.join(", "),
+        plan::joined_rows(&q),
+    );
+    let rows = stats::fetch(client, &sql).await?;
+    let counts: Vec<f64> = rows
+        .first()
+        .and_then(Value::as_array)
+        .map(|c| {
+            c.iter()
+                .map(|v| {
+                    v.as_str()
+                        .and_then(|s| s.parse().ok())
+                        .or(v.as_f64())
+                        .unwrap_or(0.0)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let k = site.min_visitors as f64;
+    let first = counts.first().copied().unwrap_or(0.0);
+    let mut out = Vec::new();
+    let mut prev: Option<f64> = None;
+    for (i, g) in steps.iter().enumerate() {
+        let n = counts.get(i).copied().unwrap_or(0.0);
+        // A step under k is not shown, and neither is anything after it (each later step is
+        // a subset, and the difference would reveal the small one).
+        let shown = n >= k && prev.is_none_or(|p| p >= k);
+        let pct = |a: f64, b: f64| {
+            if b > 0.0 {
+                json!((a * 1000.0 / b).round() / 10.0)
+            } else {
+                json!(0)
+            }
+        };
+        out.push(if shown {
+            json!({
+                "goal": g,
+                "visitors": n,
+                "conversion_rate": pct(n, first),
+                "conversion_rate_step": pct(n, prev.unwrap_or(n)),
+                "dropoff": prev.map(|p| p - n).unwrap_or(0.0),
+            })
+        } else {
+            json!({"goal": g, "visitors": null, "conversion_rate": null, "conversion_rate_step": null, "dropoff": null})
+        });
+        prev = Some(if shown { n } else { 0.0 });
+    }
+    Ok(json!({
+        "steps": out,
+        "meta": {"min_visitors": site.min_visitors, "date_range": [q.from.to_string(), q.to.to_string()]},
+    }))
+}
+
+/// The reports of a site export: file name, dimension (none for the time series) and metrics.
+const EXPORTS: &[(&str, &str, &str)] = &[
+    (
+        "visitors.csv",
+        "time:day",
+        r#"["visitors","visits","pageviews","bounce_rate","visit_duration"]"#,
+    ),
+    ("pages.csv", "event:page", r#"["visitors","pageviews"]"#),
+    (
+        "entry_pages.csv",
+        "visit:entry_page",
+        r#"["visitors","visits","bounce_rate","visit_duration"]"#,
+    ),
+    (
+        "exit_pages.csv",
+        "visit:exit_page",
+        r#"["visitors","visits"]"#,
+    ),
+    (
+        "sources.csv",
+        "visit:source",
+        r#"["visitors","visits","bounce_rate","visit_duration"]"#,
+    ),
+    (
+        "channels.csv",
+        "visit:channel",
+        r#"["visitors","visits","bounce_rate","visit_duration"]"#,
+    ),
+    (
+        "utm_mediums.csv",
+        "visit:utm_medium",
+        r#"["visitors","visits","bounce_rate","visit_duration"]"#,
+    ),
+    (
+        "utm_sources.csv",
+        "visit:utm_source",
+        r#"["visitors","visits","bounce_rate","visit_duration"]"#,
+    ),
+    (
+        "utm_campaigns.csv",
+        "visit:utm_campaign",
+        r#"["visitors","visits","bounce_rate","visit_duration"]"#,
+    ),
+    (
+        "utm_contents.csv",
+        "visit:utm_content",
+        r#"["visitors","visits","bounce_rate","visit_duration"]"#,
+    ),
+    (
+        "utm_terms.csv",
+        "visit:utm_term",
+        r#"["visitors","visits","bounce_rate","visit_duration"]"#,
+    ),
+    ("countries.csv", "visit:country", r#"["visitors"]"#),
+    ("regions.csv", "visit:region", r#"["visitors"]"#),
+    ("cities.csv", "visit:city", r#"["visitors"]"#),
+    ("browsers.csv", "visit:browser", r#"["visitors"]"#),
+    ("operating_systems.csv", "visit:os", r#"["visitors"]"#),
+    ("devices.csv", "visit:device", r#"["visitors"]"#),
+    (
+        "custom_events.csv",
+        "event:name",
+        r#"["visitors","events"]"#,
+    ),
+];
+
+/// A zip with one CSV per report for `range` (a period name or `FROM,TO`).
+pub async fn export(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    range: &str,
+) -> Result<Vec<u8>, Error> {
+    let range_json = match range.split_once(',') {
+        Some((a, b)) => json!([a, b]),
+        None => json!(range),
+    };
+    let mut files = Vec::new();
+    for (name, dim, metrics) in EXPORTS {
+        let metrics = if site.child_directed {
+            if ![
+                "event:page",
+                "time:day",
+                "visit:country",
+                "visit:browser",
+                "visit:os",
+                "visit:device",
+                "event:name",
+            ]
+            .contains(dim)
+            {
+                continue;
+            }
+            r#"["pageviews","events"]"#
+        } else {
+            metrics
+        };
+        let body = format!(
+            r#"{{"site_id":{},"metrics":{metrics},"date_range":{range_json},"dimensions":[{}]}}"#,
+            lit_json(&site.domain),
+            lit_json(dim)
+        );
+        let (q, doc) = stats::run(client, site, body.as_bytes(), Utc::now()).await?;
+        files.push((name.to_string(), stats::to_csv(&q, &doc)));
+    }
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut zw = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for (name, csv) in files {
+            zw.start_file(name, opts)
+                .map_err(|e| Error::ClickHouse(format!("zip: {e}")))?;
+            zw.write_all(csv.as_bytes())
+                .map_err(|e| Error::ClickHouse(format!("zip: {e}")))?;
+        }
+        zw.finish()
+            .map_err(|e| Error::ClickHouse(format!("zip: {e}")))?;
+    }
+    Ok(buf.into_inner())
+}
+
+fn lit_json(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}

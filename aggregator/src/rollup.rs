@@ -1,0 +1,160 @@
+//! The rollup job the aggregator runs on a schedule (and `veil aggregator` at start):
+//!
+//! - **visits**: for each closed UTC day (before today) whose raw event count differs from
+//!   the one recorded with its latest build (or that has none), insert the day's visit rows
+//!   (the SQL in [`crate::query::plan::derive_visits`]) under a new build number, then record
+//!   the build in `visit_builds`. Readers use a day's latest *recorded* build, so they never
+//!   see half a build; older builds of the day are deleted afterwards.
+//! - **events_hourly health**: the materialized view keeps the hourly rollup current; for each
+//!   closed day the job compares the rollup's hit count with the raw count and rebuilds a day
+//!   that differs (data stored before the rollup existed, or a view that missed inserts).
+//!
+//! Days are UTC: visitor hashes rotate at UTC midnight, so no visit spans two of them.
+
+use chrono::{Duration, NaiveDate, Utc};
+
+use crate::query::plan::derive_visits;
+use crate::query::sql::{date, utc};
+use crate::stats::fetch;
+use crate::Error;
+
+/// What one run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RollupReport {
+    /// Days whose visits were (re)built.
+    pub visit_days: Vec<NaiveDate>,
+    /// Days whose hourly rollup was rebuilt.
+    pub hourly_days: Vec<NaiveDate>,
+}
+
+async fn exec(client: &clickhouse::Client, sql: &str) -> Result<(), Error> {
+    client
+        .query_raw(sql)
+        .execute()
+        .await
+        .map_err(|e| Error::ClickHouse(e.to_string()))
+}
+
+fn n(v: &serde_json::Value) -> u64 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| v.as_u64())
+        .unwrap_or(0)
+}
+
+fn day_range(d: NaiveDate) -> String {
+    let lo = d.and_hms_opt(0, 0, 0).unwrap_or_default();
+    format!(
+        "timestamp >= {} AND timestamp < {}",
+        utc(lo),
+        utc(lo + Duration::days(1))
+    )
+}
+
+/// Brings the rollups of the closed days of the last `days` days up to date.
+pub async fn run(client: &clickhouse::Client, days: u32) -> Result<RollupReport, Error> {
+    let today = Utc::now().date_naive();
+    run_until(client, today, days).await
+}
+
+/// [`run`] with "today" given (days before it are closed).
+pub async fn run_until(
+    client: &clickhouse::Client,
+    today: NaiveDate,
+    days: u32,
+) -> Result<RollupReport, Error> {
+    let first = today - Duration::days(i64::from(days.max(1)));
+    let mut report = RollupReport::default();
+    // Raw counts per closed day (bots excluded, as in every report).
+    let raw = fetch(
+        client,
+        &format!(
+            "SELECT toString(toDate(timestamp)) AS d, count(), countIf(bot = '') FROM events \
+             WHERE timestamp >= {} AND timestamp < {} GROUP BY d",
+            utc(first.and_hms_opt(0, 0, 0).unwrap_or_default()),
+            utc(today.and_hms_opt(0, 0, 0).unwrap_or_default())
+        ),
+    )
+    .await?;
+    let builds = fetch(
+        client,
+        &format!(
+            "SELECT toString(day), argMax(events, build), max(build) FROM visit_builds WHERE day >= {} GROUP BY day",
+            date(first)
+        ),
+    )
+    .await?;
+    let hourly = fetch(
+        client,
+        &format!(
+            "SELECT toString(toDate(hour)) AS d, countMerge(hits) FROM events_hourly \
+             WHERE hour >= {} AND hour < {} GROUP BY d",
+            utc(first.and_hms_opt(0, 0, 0).unwrap_or_default()),
+            utc(today.and_hms_opt(0, 0, 0).unwrap_or_default())
+        ),
+    )
+    .await?;
+    let lookup = |rows: &[serde_json::Value], day: &str, col: usize| -> Option<u64> {
+        rows.iter()
+            .find(|r| r[0].as_str() == Some(day))
+            .map(|r| n(&r[col]))
+    };
+    for r in &raw {
+        let Some(day_s) = r[0].as_str() else { continue };
+        let Ok(day) = NaiveDate::parse_from_str(day_s, "%Y-%m-%d") else {
+            continue;
+        };
+        let all = n(&r[1]);
+        let humans = n(&r[2]);
+        if lookup(&builds, day_s, 1) != Some(all) {
+            let build = lookup(&builds, day_s, 2).unwrap_or(0) + 1;
+            exec(
+                client,
+                &format!(
+                    "INSERT INTO visits {}",
+                    derive_visits(&day_range(day), build)
+                ),
+            )
+            .await?;
+            exec(
+                client,
+                &format!(
+                    "INSERT INTO visit_builds (day, build, events, built_at) VALUES ({}, {build}, {all}, now())",
+                    date(day)
+                ),
+            )
+            .await?;
+            if build > 1 {
+                exec(
+                    client,
+                    &format!(
+                        "ALTER TABLE visits DELETE WHERE day = {} AND build < {build}",
+                        date(day)
+                    ),
+                )
+                .await?;
+            }
+            report.visit_days.push(day);
+        }
+        if lookup(&hourly, day_s, 1).unwrap_or(0) != humans {
+            let part = day.format("%Y%m%d").to_string();
+            exec(
+                client,
+                &format!("ALTER TABLE events_hourly DROP PARTITION {part}"),
+            )
+            .await?;
+            exec(
+                client,
+                &format!(
+                    "INSERT INTO events_hourly SELECT site, toStartOfHour(timestamp) AS hour, name, pathname, hostname, \
+                     uniqState(visitor_id) AS visitors, countState() AS hits FROM events WHERE {} AND bot = '' \
+                     GROUP BY site, hour, name, pathname, hostname",
+                    day_range(day)
+                ),
+            )
+            .await?;
+            report.hourly_days.push(day);
+        }
+    }
+    Ok(report)
+}
