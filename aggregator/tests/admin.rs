@@ -904,3 +904,131 @@ async fn two_aggregators_share_one_registry() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Pageviews for `site`, one per given day (noon UTC), written to ClickHouse.
+async fn seed_days(ch: &ClickHouseConfig, site: &str, days: &[chrono::NaiveDate]) {
+    use chrono::TimeZone;
+    use veil_collector::pipeline::sink::{clickhouse::ClickHouseSink, Sink};
+    let p = Pipeline::with_key(
+        Arc::new(SiteRegistry::new([site.to_string()])),
+        Default::default(),
+        [1; 32],
+    );
+    let mut rows = Vec::new();
+    for d in days {
+        let at = Utc.from_utc_datetime(&d.and_hms_opt(12, 0, 0).unwrap());
+        match p.process(pageview(site), at).unwrap() {
+            Outcome::Store(r) => rows.push(*r),
+            o => panic!("{o:?}"),
+        }
+    }
+    let mut sink = ClickHouseSink::new(ch).unwrap();
+    tokio::task::spawn_blocking(move || sink.write(&rows).unwrap())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn purge_uses_a_stored_sites_retention() {
+    let (a, ch) = agg("admin_retention", config()).await;
+    let today = Utc::now().date_naive();
+    let days: Vec<_> = [0, 5, 20]
+        .iter()
+        .map(|n| today - chrono::Duration::days(*n))
+        .collect();
+    seed_days(&ch, "short.example", &days).await;
+    seed_days(&ch, "flag.example", &days).await;
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "short.example", "retention_days": 10})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let flags = veil_aggregator::retention::Retention::parse(Some(30), &[]).unwrap();
+    let report = veil_aggregator::retention::purge(&ch, &flags, today)
+        .await
+        .unwrap();
+    assert_eq!(report.deleted_rows.get("short.example"), Some(&1));
+    assert!(!report.deleted_rows.contains_key("flag.example"));
+    let n: u64 = ch
+        .client()
+        .query("SELECT count() FROM events WHERE site = 'short.example'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn a_running_collector_picks_up_new_sites_by_itself() {
+    let (a, ch) = agg("admin_collector", config()).await;
+    let spool = std::env::temp_dir().join(format!(
+        "veil-admin-test-spool-{}-{}",
+        std::process::id(),
+        veil_schemas::registry::random_hex(4).unwrap()
+    ));
+    let mut cfg = veil_collector::CollectorConfig {
+        sites: vec!["flag.example".into()],
+        ..Default::default()
+    };
+    cfg.spool.dir = spool.clone();
+    let c = veil_collector::Collector::start(cfg, ch.clone(), prometheus::Registry::new())
+        .await
+        .unwrap();
+    assert!(c.sites().resolve("late.example").is_none());
+    assert!(!c.sites().resolve("flag.example").unwrap().1.child_directed);
+
+    call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "late.example", "aliases": ["A-US-7"]})),
+    )
+    .await;
+    // A stored record for a flag site wins over the flags.
+    call(
+        &a,
+        "PUT",
+        "/api/v1/sites/flag.example",
+        Some(ADMIN),
+        Some(json!({"child_directed": true})),
+    )
+    .await;
+    let start = std::time::Instant::now();
+    while c.sites().resolve("A-US-7").is_none()
+        || !c.sites().resolve("flag.example").unwrap().1.child_directed
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "the collector never refreshed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(c.sites().resolve("A-US-7").unwrap().0, "late.example");
+    eprintln!("collector saw the new site after {:?}", start.elapsed());
+    // Unregistering the stored record leaves the flag site, with its flag settings.
+    call(
+        &a,
+        "DELETE",
+        "/api/v1/sites/flag.example",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    while c.sites().resolve("flag.example").unwrap().1.child_directed {
+        assert!(
+            start.elapsed() < Duration::from_secs(12),
+            "the collector never refreshed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c2 = c.clone();
+    tokio::task::spawn_blocking(move || c2.finish())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(spool);
+}
