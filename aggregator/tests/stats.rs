@@ -1,244 +1,510 @@
-//! The Stats API against a real ClickHouse, on rows written by the real collector pipeline.
+//! The Stats API against a real ClickHouse, on a known dataset with exact expected numbers:
+//! every source (visit rows derived and rolled up, the hourly rollup, raw events, events
+//! joined to visits), filters, goals, conversion rates, funnels, comparisons, time zones,
+//! k-anonymity and the differencing guard, realtime, CSV and the export zip.
 
-#![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
-
-use std::sync::Arc;
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{NaiveDate, TimeZone, Utc};
 use http::Request;
 use serde_json::{json, Value};
-use veil_aggregator::{Aggregator, AggregatorConfig};
-use veil_collector::pipeline::sink::clickhouse::ClickHouseSink;
-use veil_collector::pipeline::sink::Sink;
-use veil_collector::pipeline::{Client, Incoming, Outcome, Pipeline};
-use veil_collector::sites::SiteRegistry;
+use veil_aggregator::site::{Funnel, Goal, SiteView};
+use veil_aggregator::{reports, rollup, stats, Aggregator, AggregatorConfig};
+use veil_schemas::ClickHouseConfig;
 
-const UAS: [&str; 3] = [
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
-];
+const SITE: &str = "shop.example";
 
-/// Writes `n_visitors` visitors to `/` (2 pageviews each) plus 2 visitors to `/rare`.
-async fn seed(ch: &veil_schemas::ClickHouseConfig, n_visitors: u8) {
-    let p = Pipeline::with_key(
-        Arc::new(SiteRegistry::new(["shop.example".to_string()])),
-        Default::default(),
-        [9; 32],
-    );
-    let mut rows = Vec::new();
-    let now = Utc::now();
-    let mut push = |ip: String, ua: &str, path: &str, name: &str| {
-        let ev = Incoming {
-            domain: "shop.example".into(),
-            name: name.into(),
-            url: format!("https://shop.example{path}"),
-            referrer: Some("https://duckduckgo.com/".into()),
-            client: Client {
-                ip: Some(ip.parse().unwrap()),
-                user_agent: ua.into(),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        match p.process(ev, now).unwrap() {
-            Outcome::Store(r) => rows.push(*r),
-            Outcome::Drop(r) => panic!("dropped: {r:?}"),
-        }
-    };
-    for i in 0..n_visitors {
-        let ua = UAS[i as usize % UAS.len()];
-        push(format!("203.0.113.{i}"), ua, "/", "pageview");
-        push(format!("203.0.113.{i}"), ua, "/", "pageview");
+struct Ev {
+    visitor: String,
+    at: &'static str,
+    name: &'static str,
+    path: &'static str,
+    source: &'static str,
+    country: &'static str,
+    device: &'static str,
+    props: &'static [(&'static str, &'static str)],
+    revenue_micros: i64,
+}
+
+fn ev(visitor: String, at: &'static str, name: &'static str, path: &'static str) -> Ev {
+    Ev {
+        visitor,
+        at,
+        name,
+        path,
+        source: "",
+        country: "US",
+        device: "Mobile",
+        props: &[],
+        revenue_micros: 0,
     }
-    push("198.51.100.1".into(), UAS[0], "/rare", "pageview");
-    push("198.51.100.2".into(), UAS[0], "/rare", "pageview");
-    push("198.51.100.2".into(), UAS[0], "/rare", "signup");
-    let mut sink = ClickHouseSink::new(ch).unwrap();
-    tokio::task::spawn_blocking(move || sink.write(&rows).unwrap())
-        .await
-        .unwrap();
 }
 
-async fn ask(a: &Aggregator, q: Value) -> (u16, Value) {
-    let req = Request::builder()
-        .method("POST")
-        .uri("/api/v2/query")
-        .body(Bytes::from(q.to_string()))
-        .unwrap();
-    let r = a.handle(req).await.unwrap();
-    let status = r.status().as_u16();
-    let body = http_body_util::BodyExt::collect(r.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    (status, serde_json::from_slice(&body).unwrap())
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-#[tokio::test]
-async fn reports_totals_breakdowns_and_folds_small_rows() {
-    let ch = veil_schemas::testing::fresh_database("stats_fold").await;
-    seed(&ch, 12).await;
-    let a = Aggregator::new(
-        AggregatorConfig {
-            sites: vec!["shop.example".into()],
-            api_token: None,
-            min_visitors: 5,
-            ..Default::default()
+async fn insert(ch: &ClickHouseConfig, site: &str, evs: &[Ev]) {
+    let rows: Vec<String> = evs
+        .iter()
+        .map(|e| {
+            let keys: Vec<String> = e.props.iter().map(|(k, _)| lit(k)).collect();
+            let vals: Vec<String> = e.props.iter().map(|(_, v)| lit(v)).collect();
+            format!(
+                "({}, toDateTime({}, 'UTC'), {}, {}, 'shop.example', toFixedString({}, 16), {}, {}, {}, {}, [{}], [{}], {}, {})",
+                lit(site),
+                lit(e.at),
+                lit(e.name),
+                lit(e.path),
+                lit(&e.visitor),
+                lit(e.source),
+                lit(if e.source.is_empty() { "Direct" } else { "Organic Search" }),
+                lit(e.country),
+                lit(e.device),
+                keys.join(","),
+                vals.join(","),
+                e.revenue_micros,
+                lit(if e.device == "Mobile" { "Safari" } else { "Chrome" }),
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO events (site, timestamp, name, pathname, hostname, visitor_id, source, channel, country_code, device, prop_keys, prop_values, revenue_micros, browser) VALUES {}",
+        rows.join(", ")
+    );
+    ch.client().query_raw(&sql).execute().await.unwrap();
+}
+
+/// The dataset (UTC):
+/// - 2026-11-20: 10 Google visitors from DE on desktop (A0–A9) land on `/` at 10:00; A0–A5
+///   go on to `/pricing` at 10:01; A0–A4 sign up at 10:03 (plan=pro, 10.50 EUR).
+///   6 direct visitors from the US on mobile (B0–B5) read `/blog/x` at 12:00 and come back to
+///   `/` at 14:00 (a second visit). 2 Hacker News visitors from FR (C0, C1) view `/` at 15:00.
+/// - 2026-11-19: 5 direct visitors (D0–D4) view `/`.
+async fn seed(ch: &ClickHouseConfig) {
+    let mut evs = Vec::new();
+    for i in 0..10 {
+        let a = format!("A{i}");
+        let g = |at, name, path| Ev {
+            source: "Google",
+            country: "DE",
+            device: "Desktop",
+            ..ev(a.clone(), at, name, path)
+        };
+        evs.push(g("2026-11-20 10:00:00", "pageview", "/"));
+        if i < 6 {
+            evs.push(g("2026-11-20 10:01:00", "pageview", "/pricing"));
+        }
+        if i < 5 {
+            evs.push(Ev {
+                props: &[("plan", "pro")],
+                revenue_micros: 10_500_000,
+                ..g("2026-11-20 10:03:00", "Signup", "/pricing")
+            });
+        }
+    }
+    for i in 0..6 {
+        evs.push(ev(format!("B{i}"), "2026-11-20 12:00:00", "pageview", "/blog/x"));
+        evs.push(ev(format!("B{i}"), "2026-11-20 14:00:00", "pageview", "/"));
+    }
+    for i in 0..2 {
+        evs.push(Ev {
+            source: "Hacker News",
+            country: "FR",
+            ..ev(format!("C{i}"), "2026-11-20 15:00:00", "pageview", "/")
+        });
+    }
+    for i in 0..5 {
+        evs.push(ev(format!("D{i}"), "2026-11-19 09:00:00", "pageview", "/"));
+    }
+    insert(ch, SITE, &evs).await;
+}
+
+fn site() -> SiteView {
+    let mut s = SiteView::new(SITE);
+    s.goals = vec![
+        Goal {
+            name: "Signup".into(),
+            event_name: Some("Signup".into()),
+            page_path: None,
         },
-        ch,
-    );
+        Goal {
+            name: "Blog".into(),
+            event_name: None,
+            page_path: Some("/blog/*".into()),
+        },
+        Goal {
+            name: "Pricing".into(),
+            event_name: None,
+            page_path: Some("/pricing".into()),
+        },
+    ];
+    s.funnels = vec![Funnel {
+        name: "Buy".into(),
+        steps: vec!["Pricing".into(), "Signup".into()],
+    }];
+    s
+}
 
-    let (s, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors", "visits", "pageviews", "events"], "date_range": "day"})).await;
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["results"][0]["metrics"], json!([14, 14, 26, 27]));
+fn now() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()
+}
 
-    // `/rare` has 2 visitors < k=5: folded away (the fold itself is under k, so not shown).
-    let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors", "pageviews"], "date_range": "7d", "dimensions": ["event:page"]})).await;
-    assert_eq!(
-        v["results"],
-        json!([{"dimensions": ["/"], "metrics": [12, 24]}]),
-        "{v}"
-    );
-    assert_eq!(v["meta"]["folded_rows"], 1);
+async fn q(ch: &ClickHouseConfig, site: &SiteView, body: Value) -> Value {
+    let (_, doc) = stats::run(&ch.client(), site, body.to_string().as_bytes(), now())
+        .await
+        .unwrap_or_else(|e| panic!("{body}: {e}"));
+    doc
+}
 
-    let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors"], "date_range": "day", "dimensions": ["visit:browser"]})).await;
-    let browsers: Vec<&str> = v["results"]
+fn base(extra: Value) -> Value {
+    let mut b = json!({"site_id": SITE, "date_range": ["2026-11-20", "2026-11-20"]});
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b
+}
+
+fn rows(doc: &Value) -> Vec<(Vec<String>, Vec<Value>)> {
+    doc["results"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["dimensions"][0].as_str().unwrap())
-        .collect();
-    // Chrome: 4 visitors on / and 2 on /rare. Firefox and Safari have 4 each (< k): folded
-    // into one row of 8, which may be shown because it reaches k.
-    assert_eq!(browsers, vec!["Chrome", "(other: 2 rows under k=5)"], "{v}");
-    assert_eq!(v["results"][0]["metrics"][0], 6);
-    assert_eq!(v["results"][1]["metrics"][0], 8);
+        .map(|r| {
+            (
+                r["dimensions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_str().unwrap().to_string())
+                    .collect(),
+                r["metrics"].as_array().unwrap().clone(),
+            )
+        })
+        .collect()
+}
 
-    let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors"], "date_range": "day", "dimensions": ["visit:source"]})).await;
-    assert_eq!(v["results"][0]["dimensions"][0], "DuckDuckGo");
-    let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors", "visits"], "date_range": "day", "dimensions": ["visit:channel"]})).await;
-    assert_eq!(v["results"][0]["dimensions"][0], "Organic Search", "{v}");
-
-    let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors"], "date_range": "day", "dimensions": ["time:day"]})).await;
+/// Every report the dataset answers, with the numbers worked out by hand in `seed`'s doc.
+async fn check_reports(ch: &ClickHouseConfig, rollups: bool) {
+    let s = site();
+    let inc = json!({"rollups": rollups});
+    let top = q(ch, &s, base(json!({"metrics": ["visitors", "visits", "pageviews", "events", "views_per_visit", "bounce_rate", "visit_duration", "sessions_per_user"], "include": inc}))).await;
+    // visits: 10 + 12 + 2; pageviews: 16 + 12 + 2; events + 5 signups; bounces: 4 + 12 + 2 of 24;
+    // durations: 5×180 + 60 over 24 visits.
     assert_eq!(
-        v["results"][0]["dimensions"][0],
-        Utc::now().date_naive().format("%Y-%m-%d").to_string()
+        top["results"][0]["metrics"],
+        json!([18, 24, 30, 35, 1.25, 75, 40, 1.33]),
+        "{top}"
     );
 
-    // A different period: nothing.
-    let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors"], "date_range": ["2020-01-01", "2020-01-31"]})).await;
-    assert_eq!(v["results"][0]["metrics"][0], 0);
+    let by_source = q(ch, &s, base(json!({"metrics": ["visitors", "visits", "bounce_rate", "visit_duration"], "dimensions": ["visit:source"], "include": inc}))).await;
+    assert_eq!(
+        rows(&by_source),
+        vec![
+            (vec!["Google".into()], vec![json!(10), json!(10), json!(40), json!(96)]),
+            (vec!["Direct / None".into()], vec![json!(6), json!(12), json!(100), json!(0)]),
+        ],
+        "{by_source}"
+    );
+    // Hacker News (2 visitors) is folded, and the fold alone is under k: not shown.
+    assert_eq!(by_source["meta"]["folded_rows"], 1);
+    assert_eq!(by_source["meta"]["suppressed"], true);
+
+    let pages = q(ch, &s, base(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "include": inc}))).await;
+    assert_eq!(
+        rows(&pages),
+        vec![
+            (vec!["/".into()], vec![json!(18), json!(18)]),
+            (vec!["/blog/x".into()], vec![json!(6), json!(6)]),
+            (vec!["/pricing".into()], vec![json!(6), json!(6)]),
+        ],
+        "{pages}"
+    );
+
+    let entry = q(ch, &s, base(json!({"metrics": ["visits", "bounce_rate"], "dimensions": ["visit:entry_page"], "include": inc}))).await;
+    assert_eq!(
+        rows(&entry),
+        vec![
+            (vec!["/".into()], vec![json!(18), json!(67)]),
+            (vec!["/blog/x".into()], vec![json!(6), json!(100)]),
+        ],
+        "{entry}"
+    );
+    let exit = q(ch, &s, base(json!({"metrics": ["visits"], "dimensions": ["visit:exit_page"], "include": inc}))).await;
+    assert_eq!(
+        rows(&exit),
+        vec![
+            (vec!["/".into()], vec![json!(12)]),
+            (vec!["/blog/x".into()], vec![json!(6)]),
+            (vec!["/pricing".into()], vec![json!(6)]),
+        ],
+        "{exit}"
+    );
+
+    let hours = q(ch, &s, base(json!({"metrics": ["visitors"], "dimensions": ["time:hour"], "include": inc}))).await;
+    assert_eq!(
+        rows(&hours),
+        vec![
+            (vec!["2026-11-20 10:00:00".into()], vec![json!(10)]),
+            (vec!["2026-11-20 12:00:00".into()], vec![json!(6)]),
+            (vec!["2026-11-20 14:00:00".into()], vec![json!(6)]),
+            (vec!["2026-11-20 15:00:00".into()], vec![Value::Null]),
+        ],
+        "{hours}"
+    );
+
+    // Goals and conversion rates (5 of 18 signed up, 6 of 18 read the blog).
+    let goals = q(ch, &s, base(json!({"metrics": ["visitors", "events", "conversion_rate"], "dimensions": ["event:goal"], "include": inc}))).await;
+    assert_eq!(
+        rows(&goals),
+        vec![
+            (vec!["Blog".into()], vec![json!(6), json!(6), json!(33.3)]),
+            (vec!["Pricing".into()], vec![json!(6), json!(6), json!(33.3)]),
+            (vec!["Signup".into()], vec![json!(5), json!(5), json!(27.8)]),
+        ],
+        "{goals}"
+    );
+    // Conversions by source: goal filter joined to the visit's source.
+    let conv = q(ch, &s, base(json!({"metrics": ["visitors", "conversion_rate", "total_revenue"], "dimensions": ["visit:source"], "filters": [["is", "event:goal", ["Signup"]]], "include": inc}))).await;
+    assert_eq!(
+        rows(&conv),
+        vec![(vec!["Google".into()], vec![json!(5), json!(50), json!(52.5)])],
+        "{conv}"
+    );
 }
 
 #[tokio::test]
-async fn small_sites_are_suppressed_and_errors_are_named() {
-    let ch = veil_schemas::testing::fresh_database("stats_small").await;
-    seed(&ch, 2).await;
-    let a = Aggregator::new(
-        AggregatorConfig {
-            sites: vec!["shop.example".into()],
-            api_token: None,
-            min_visitors: 5,
-            ..Default::default()
-        },
-        ch,
-    );
-    let (_, v) = ask(
-        &a,
-        json!({"site_id": "shop.example", "metrics": ["visitors"], "date_range": "day"}),
-    )
-    .await;
-    assert_eq!(
-        v["results"][0]["metrics"][0],
-        Value::Null,
-        "4 visitors < k must not be published: {v}"
-    );
-    let (s, v) = ask(
-        &a,
-        json!({"site_id": "other.example", "metrics": ["visitors"], "date_range": "day"}),
-    )
-    .await;
-    assert_eq!(
-        (s, v["error"].as_str().unwrap().contains("other.example")),
-        (404, true)
-    );
-    let (s, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors"], "date_range": "day", "dimensions": ["event:page'; DROP TABLE events; --"]})).await;
-    assert_eq!(s, 400);
-    assert!(v["error"].as_str().unwrap().contains("dimensions"));
-}
-
-/// Visits come from the stored visitor hashes and times (30-minute rule), not from any
-/// collector's memory: one visitor whose hits went to two collectors (different session ids)
-/// with a 10-minute gap is one visit; a 45-minute gap starts a second one.
-#[tokio::test]
-async fn visits_are_derived_from_hashes_and_times_across_collectors() {
-    use veil_collector::pipeline::EventRow;
-    let ch = veil_schemas::testing::fresh_database("stats_visits").await;
-    let t0 = (Utc::now() - chrono::Duration::hours(2)).timestamp() as u32;
-    let row = |visitor: u8, at: u32, session: u8, path: &str| EventRow {
-        site: "shop.example".into(),
-        timestamp: at,
-        name: "pageview".into(),
-        pathname: path.into(),
-        visitor_id: [visitor; 16],
-        session_id: [session; 16],
-        ..Default::default()
-    };
-    let rows = vec![
-        row(1, t0, 10, "/a"),
-        row(1, t0 + 600, 20, "/b"), // another collector, 10 min later: same visit
-        row(1, t0 + 3300, 20, "/c"), // 45 min after the last: a new visit
-        row(2, t0 + 60, 30, "/a"),
-        // A bot kept flagged by its site: never in reports.
-        EventRow {
-            bot: "bot_crawler".into(),
-            ..row(3, t0 + 90, 40, "/a")
-        },
-    ];
-    let mut sink = ClickHouseSink::new(&ch).unwrap();
-    tokio::task::spawn_blocking(move || sink.write(&rows).unwrap())
+async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups() {
+    let ch = veil_schemas::testing::fresh_database("stats_known").await;
+    seed(&ch).await;
+    // Before any build: visit rows are derived from raw events.
+    check_reports(&ch, true).await;
+    check_reports(&ch, false).await;
+    // The rollup job builds the closed days; answers stay the same.
+    let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+    let r = rollup::run_until(&ch.client(), today, 30).await.unwrap();
+    assert_eq!(r.visit_days.len(), 2, "{r:?}");
+    let built = stats::visit_builds(&ch.client(), today - chrono::Duration::days(30), today)
         .await
         .unwrap();
-    let a = Aggregator::new(
-        AggregatorConfig {
-            sites: vec!["shop.example".into()],
-            min_visitors: 1,
-            ..Default::default()
-        },
-        ch,
-    );
-    let (s, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visitors", "visits", "pageviews"], "date_range": "7d"})).await;
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["results"][0]["metrics"], json!([2, 3, 4]), "{v}");
-    let (_, v) = ask(&a, json!({"site_id": "shop.example", "metrics": ["visits"], "date_range": "7d", "dimensions": ["event:page"]})).await;
-    assert_eq!(
-        v["results"][0],
-        json!({"dimensions": ["/a"], "metrics": [2]}),
-        "{v}"
-    );
+    assert_eq!(built.len(), 2);
+    let s = site();
+    let doc = q(&ch, &s, base(json!({"metrics": ["visitors"], "dimensions": ["visit:source"]}))).await;
+    assert_eq!(doc["meta"]["source"], "visits");
+    check_reports(&ch, true).await;
+    // A second run finds nothing to do; a late event for a closed day triggers a rebuild.
+    let r = rollup::run_until(&ch.client(), today, 30).await.unwrap();
+    assert!(r.visit_days.is_empty() && r.hourly_days.is_empty(), "{r:?}");
+    insert(&ch, SITE, &[ev("L0".into(), "2026-11-20 20:00:00", "pageview", "/late")]).await;
+    let r = rollup::run_until(&ch.client(), today, 30).await.unwrap();
+    assert_eq!(r.visit_days, vec![NaiveDate::from_ymd_opt(2026, 11, 20).unwrap()]);
+    let top = q(&ch, &s, base(json!({"metrics": ["visitors", "visits"]}))).await;
+    assert_eq!(top["results"][0]["metrics"], json!([19, 25]), "{top}");
 }
 
-/// Every dimension the API accepts can be asked for together with `visits` (the derived source
-/// carries every dimension column), and alone.
 #[tokio::test]
-async fn every_dimension_works_with_and_without_visits() {
-    let ch = veil_schemas::testing::fresh_database("stats_dims").await;
-    seed(&ch, 6).await;
-    let a = Aggregator::new(
+async fn filters_comparisons_time_zones_and_the_differencing_guard() {
+    let ch = veil_schemas::testing::fresh_database("stats_filters").await;
+    seed(&ch).await;
+    let s = site();
+    let visitors = |doc: &Value| doc["results"][0]["metrics"][0].clone();
+    let one = |f: Value| base(json!({"metrics": ["visitors"], "filters": f}));
+    assert_eq!(visitors(&q(&ch, &s, one(json!([["is", "visit:country", ["DE"]]]))).await), 10);
+    assert_eq!(visitors(&q(&ch, &s, one(json!([["is_not", "visit:country", ["US"]]]))).await), 12);
+    assert_eq!(visitors(&q(&ch, &s, one(json!([["contains", "event:page", ["PRIC"], {"case_sensitive": false}]]))).await), 6);
+    assert_eq!(visitors(&q(&ch, &s, one(json!([["contains", "event:page", ["PRIC"]]]))).await), Value::Null);
+    assert_eq!(visitors(&q(&ch, &s, one(json!([["matches", "event:page", ["^/blog/"]]]))).await), 6);
+    assert_eq!(visitors(&q(&ch, &s, one(json!([["or", [["is", "visit:country", ["US"]], ["is", "visit:country", ["FR"]]]]]))).await), 8);
+    assert_eq!(visitors(&q(&ch, &s, one(json!([["not", ["is", "visit:source", ["Google"]]]]))).await), 8);
+    assert_eq!(visitors(&q(&ch, &s, one(json!([["is", "event:props:plan", ["pro"]]]))).await), 5);
+    assert_eq!(visitors(&q(&ch, &s, one(json!([["is", "visit:source", ["Direct / None"]], ["is", "event:page", ["/"]]]))).await), 6);
+
+    // Differencing guard: 2 French visitors are under k, so no number at all.
+    let fr = q(&ch, &s, base(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "filters": [["is", "visit:country", ["FR"]]]}))).await;
+    assert_eq!(fr["meta"]["too_few_visitors"], true, "{fr}");
+    assert_eq!(fr["results"], json!([]));
+    let fr = q(&ch, &s, one(json!([["is", "visit:country", ["FR"]]]))).await;
+    assert_eq!(fr["results"][0]["metrics"], json!([null]));
+
+    // Props breakdown.
+    let props = q(&ch, &s, base(json!({"metrics": ["visitors"], "dimensions": ["event:props:plan"]}))).await;
+    assert_eq!(rows(&props)[0], (vec!["(none)".to_string()], vec![json!(18)]));
+    assert_eq!(rows(&props)[1], (vec!["pro".to_string()], vec![json!(5)]));
+
+    // Comparison with the previous day (5 visitors on the 19th).
+    let cmp = q(&ch, &s, base(json!({"metrics": ["visitors", "bounce_rate"], "include": {"comparisons": {"mode": "previous_period"}}}))).await;
+    assert_eq!(cmp["results"][0]["comparison"]["metrics"], json!([5, 100]), "{cmp}");
+    assert_eq!(cmp["results"][0]["comparison"]["change"], json!([260, -25]), "{cmp}");
+    let by_day = q(&ch, &s, json!({"site_id": SITE, "metrics": ["visitors"], "date_range": ["2026-11-19", "2026-11-20"], "dimensions": ["time:day"], "include": {"time_labels": true, "total_rows": true}})).await;
+    assert_eq!(
+        rows(&by_day),
+        vec![
+            (vec!["2026-11-19".into()], vec![json!(5)]),
+            (vec!["2026-11-20".into()], vec![json!(18)]),
+        ]
+    );
+    assert_eq!(by_day["meta"]["time_labels"], json!(["2026-11-19", "2026-11-20"]));
+    assert_eq!(by_day["meta"]["total_rows"], 2);
+
+    // Tokyo (+9): the 15:00 UTC visitors fall on the 21st there.
+    let mut tokyo = site();
+    tokyo.timezone = "Asia/Tokyo".into();
+    let t = q(&ch, &tokyo, json!({"site_id": SITE, "metrics": ["visitors"], "date_range": ["2026-11-20", "2026-11-21"], "dimensions": ["time:day"]})).await;
+    assert_eq!(
+        rows(&t),
+        vec![
+            (vec!["2026-11-20".into()], vec![json!(16)]),
+            (vec!["2026-11-21".into()], vec![Value::Null]),
+        ],
+        "{t}"
+    );
+    // India (+5:30) is answered from raw events with the same result shape.
+    let mut india = site();
+    india.timezone = "Asia/Kolkata".into();
+    let t = q(&ch, &india, json!({"site_id": SITE, "metrics": ["visitors", "pageviews"], "date_range": ["2026-11-20", "2026-11-20"], "dimensions": ["event:page"]})).await;
+    assert_eq!(t["meta"]["source"], "events");
+    assert_eq!(rows(&t)[0], (vec!["/".to_string()], vec![json!(18), json!(18)]));
+
+    // Order and pagination.
+    let p = q(&ch, &s, base(json!({"metrics": ["visitors"], "dimensions": ["event:page"], "order_by": [["event:page", "desc"]], "pagination": {"limit": 1, "offset": 1}}))).await;
+    assert_eq!(rows(&p), vec![(vec!["/blog/x".to_string()], vec![json!(6)])]);
+}
+
+#[tokio::test]
+async fn funnels_realtime_csv_export_and_hostile_input() {
+    let ch = veil_schemas::testing::fresh_database("stats_funnel").await;
+    seed(&ch).await;
+    let s = site();
+    let f = reports::funnel(
+        &ch.client(),
+        &s,
+        json!({"site_id": SITE, "funnel": "Buy", "date_range": ["2026-11-20", "2026-11-20"]}).to_string().as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(f["steps"][0]["visitors"], 6.0, "{f}");
+    assert_eq!(f["steps"][1]["visitors"], 5.0, "{f}");
+    assert_eq!(f["steps"][1]["conversion_rate"], 83.3, "{f}");
+    // Reversed order: nobody signed up before seeing pricing.
+    let f = reports::funnel(
+        &ch.client(),
+        &s,
+        json!({"site_id": SITE, "steps": ["Signup", "Pricing"], "date_range": ["2026-11-20", "2026-11-20"]}).to_string().as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(f["steps"][1]["visitors"], Value::Null, "{f}");
+
+    // Realtime: 5 visitors right now, 1 more a while ago.
+    let now = Utc::now().naive_utc();
+    let at = |m: i64| -> &'static str {
+        Box::leak(
+            (now - chrono::Duration::minutes(m))
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+                .into_boxed_str(),
+        )
+    };
+    let mut evs: Vec<Ev> = (0..5).map(|i| ev(format!("R{i}"), at(1), "pageview", "/live")).collect();
+    evs.push(ev("R9".into(), at(20), "pageview", "/live"));
+    insert(&ch, SITE, &evs).await;
+    let rt = reports::realtime(&ch.client(), &s).await.unwrap();
+    assert_eq!(rt["visitors_5m"], 5, "{rt}");
+    assert_eq!(rt["pageviews_30m"], 6, "{rt}");
+    assert_eq!(rt["top_pages"][0], json!({"page": "/live", "visitors": 6}), "{rt}");
+
+    // Through HTTP: CSV, export zip, errors naming fields, hostile strings.
+    let agg = Aggregator::new(
         AggregatorConfig {
-            sites: vec!["shop.example".into()],
-            min_visitors: 1,
+            sites: vec![SITE.into()],
             ..Default::default()
         },
-        ch,
+        ch.clone(),
     );
-    for (dim, _) in veil_aggregator::query::DIMENSIONS {
-        for metrics in [json!(["visitors", "visits"]), json!(["pageviews"])] {
-            let (s, v) = ask(&a, json!({"site_id": "shop.example", "metrics": metrics, "date_range": "day", "dimensions": [dim]})).await;
-            assert_eq!(s, 200, "{dim} {metrics}: {v}");
-            assert!(!v["results"].as_array().unwrap().is_empty(), "{dim}: {v}");
+    let call = |path: &str, method: &str, body: String, accept: &str| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("accept", accept)
+            .body(Bytes::from(body))
+            .unwrap()
+    };
+    let pages = base(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"]})).to_string();
+    let r = agg.handle(call("/api/v2/query", "POST", pages.clone(), "text/csv")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let body = http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes();
+    assert_eq!(
+        String::from_utf8(body.to_vec()).unwrap(),
+        "event:page,visitors,pageviews\r\n/,18,18\r\n/blog/x,6,6\r\n/pricing,6,6\r\n"
+    );
+    let r = agg
+        .handle(call(&format!("/api/v1/sites/{SITE}/export?date_range=2026-11-19,2026-11-20"), "GET", String::new(), "*/*"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(body.to_vec())).unwrap();
+    assert!(zip.len() >= 15);
+    let mut visitors = String::new();
+    std::io::Read::read_to_string(&mut zip.by_name("visitors.csv").unwrap(), &mut visitors).unwrap();
+    assert!(visitors.contains("2026-11-20,18,24,30,75,40"), "{visitors}");
+
+    let bad = |body: Value, field: &str| {
+        let agg = agg.clone();
+        let field = field.to_string();
+        async move {
+            let r = agg.handle(call("/api/v2/query", "POST", body.to_string(), "*/*")).await.unwrap();
+            assert_eq!(r.status(), 400, "{body}");
+            let b = http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes();
+            let msg = String::from_utf8(b.to_vec()).unwrap();
+            assert!(msg.contains(&field), "{body} → {msg}");
         }
+    };
+    bad(base(json!({"metrics": ["visitors"], "dimensions": ["event:page'); DROP TABLE events; --"]})), "dimensions[0]").await;
+    bad(base(json!({"metrics": ["visitors", "nope"]})), "metrics[1]").await;
+    bad(base(json!({"metrics": ["visitors"], "filters": [["is", "visit:country", "DE"]]})), "filters[0][2]").await;
+    bad(base(json!({"metrics": ["visitors"], "order_by": [["x", "desc"]]})), "order_by[0]").await;
+
+    // Injection attempts in every string a query carries run as plain values.
+    let hostile = [
+        "'; DROP TABLE events; --",
+        "\\'; SELECT 1; --",
+        "') OR 1=1 OR ('",
+        "?", "{x:String}", "\u{0}", "%' OR '%'='",
+    ];
+    for h in hostile {
+        for dim in ["event:page", "visit:source", "visit:utm_campaign", "event:props:plan", "visit:country", "event:hostname"] {
+            for op in ["is", "is_not", "contains", "contains_not"] {
+                let body = base(json!({"metrics": ["visitors"], "filters": [[op, dim, [h]]]}));
+                let r = agg.handle(call("/api/v2/query", "POST", body.to_string(), "*/*")).await.unwrap();
+                assert_eq!(r.status(), 200, "{body}");
+            }
+        }
+        let body = base(json!({"metrics": ["visitors"], "dimensions": [format!("event:props:{h}")]}));
+        let r = agg.handle(call("/api/v2/query", "POST", body.to_string(), "*/*")).await.unwrap();
+        assert_eq!(r.status(), 200, "{body}");
     }
+    let top = q(&ch, &s, base(json!({"metrics": ["visitors"]}))).await;
+    assert_eq!(top["results"][0]["metrics"], json!([18]), "events survived");
+}
+
+#[tokio::test]
+async fn child_directed_sites_report_counts_only() {
+    let ch = veil_schemas::testing::fresh_database("stats_child").await;
+    let zero = "\0".to_string();
+    let evs: Vec<Ev> = (0..7)
+        .map(|_| ev(zero.clone(), "2026-11-20 10:00:00", "pageview", "/games"))
+        .chain((0..2).map(|_| ev(zero.clone(), "2026-11-20 10:00:00", "pageview", "/rare")))
+        .collect();
+    insert(&ch, "kids.example", &evs).await;
+    let mut s = SiteView::new("kids.example");
+    s.child_directed = true;
+    let d = q(&ch, &s, json!({"site_id": "kids.example", "metrics": ["pageviews"], "date_range": ["2026-11-20", "2026-11-20"], "dimensions": ["event:page"]})).await;
+    assert_eq!(rows(&d), vec![(vec!["/games".to_string()], vec![json!(7)])], "{d}");
+    let e = stats::run(&ch.client(), &s, br#"{"site_id":"kids.example","metrics":["visitors"],"date_range":"day"}"#, now())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("child-directed"));
 }
