@@ -135,7 +135,14 @@ async fn wait_for_mutations(
     }
 }
 
-/// Removes raw events older than each site's retention, as of `today` (UTC).
+/// Tables of per-event data and their time column, purged together.
+const TABLES: &[(&str, &str)] = &[
+    ("events", "timestamp"),
+    ("events_hourly", "hour"),
+    ("visits", "start"),
+];
+
+/// Removes raw events (and their rollups) older than each site's retention, as of `today` (UTC).
 pub async fn purge(
     cfg: &ClickHouseConfig,
     retention: &Retention,
@@ -163,23 +170,29 @@ pub async fn purge(
     struct Part {
         partition: String,
     }
-    let parts: Vec<Part> = client
-        .query("SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() AND table = 'events' AND active")
-        .fetch_all()
-        .await
-        .map_err(ch)?;
-    for p in parts {
-        let Ok(n) = p.partition.trim_matches('\'').parse::<u32>() else {
-            continue;
-        };
-        if n < cutoff {
-            // n is a number we parsed: safe to paste.
-            client
-                .query(&format!("ALTER TABLE events DROP PARTITION {n}"))
-                .execute()
-                .await
-                .map_err(ch)?;
-            report.dropped_partitions.push(n);
+    // The rollups (hourly, visits) are partitioned by the same UTC day and go with them.
+    for (table, _) in TABLES {
+        let parts: Vec<Part> = client
+            .query("SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() AND table = ? AND active")
+            .bind(*table)
+            .fetch_all()
+            .await
+            .map_err(ch)?;
+        for p in parts {
+            let Ok(n) = p.partition.trim_matches('\'').parse::<u32>() else {
+                continue;
+            };
+            if n < cutoff {
+                // n is a number we parsed, the table a constant: safe to paste.
+                client
+                    .query(&format!("ALTER TABLE {table} DROP PARTITION {n}"))
+                    .execute()
+                    .await
+                    .map_err(ch)?;
+                if *table == "events" {
+                    report.dropped_partitions.push(n);
+                }
+            }
         }
     }
     // 2. Sites whose retention is shorter than the longest.
@@ -204,24 +217,30 @@ pub async fn purge(
         }
         let when = keep_from.format("%Y-%m-%d 00:00:00").to_string();
         let n: u64 = client
-            .query("SELECT count() FROM events WHERE site = ? AND timestamp < toDateTime(?)")
+            .query("SELECT count() FROM events WHERE site = ? AND timestamp < toDateTime(?, 'UTC')")
             .bind(s.site.as_str())
             .bind(when.as_str())
             .fetch_one()
             .await
             .map_err(ch)?;
         if n > 0 {
-            client
-                .query("ALTER TABLE events DELETE WHERE site = ? AND timestamp < toDateTime(?)")
-                .bind(s.site.as_str())
-                .bind(when.as_str())
-                .execute()
-                .await
-                .map_err(ch)?;
+            for (table, ts) in TABLES {
+                client
+                    .query(&format!(
+                        "ALTER TABLE {table} DELETE WHERE site = ? AND {ts} < toDateTime(?, 'UTC')"
+                    ))
+                    .bind(s.site.as_str())
+                    .bind(when.as_str())
+                    .execute()
+                    .await
+                    .map_err(ch)?;
+            }
             report.deleted_rows.insert(s.site, n);
         }
     }
-    wait_for_mutations(&client, "events", Duration::from_secs(300)).await?;
+    for (table, _) in TABLES {
+        wait_for_mutations(&client, table, Duration::from_secs(300)).await?;
+    }
     Ok(report)
 }
 

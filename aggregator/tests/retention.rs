@@ -44,6 +44,24 @@ async fn seed(ch: &veil_schemas::ClickHouseConfig, site: &str, days: &[NaiveDate
         .unwrap();
 }
 
+/// Rows of `site` in the rollup tables (hourly, visits).
+async fn rollup_rows(ch: &veil_schemas::ClickHouseConfig, site: &str) -> (u64, u64) {
+    let c = ch.client();
+    let h: u64 = c
+        .query("SELECT count() FROM events_hourly WHERE site = ?")
+        .bind(site)
+        .fetch_one()
+        .await
+        .unwrap();
+    let v: u64 = c
+        .query("SELECT count() FROM visits WHERE site = ?")
+        .bind(site)
+        .fetch_one()
+        .await
+        .unwrap();
+    (h, v)
+}
+
 async fn count(ch: &veil_schemas::ClickHouseConfig, site: &str) -> u64 {
     ch.client()
         .query("SELECT count() FROM events WHERE site = ?")
@@ -63,6 +81,10 @@ async fn purge_drops_old_days_and_applies_shorter_site_retention() {
         .collect();
     seed(&ch, "long.example", &days).await;
     seed(&ch, "short.example", &days).await;
+    veil_aggregator::rollup::run_until(&ch.client(), today + Duration::days(1), 60)
+        .await
+        .unwrap();
+    assert_eq!(rollup_rows(&ch, "short.example").await, (4, 4));
     let retention = Retention::parse(Some(30), &["short.example=7".into()]).unwrap();
     let report = purge(&ch, &retention, today).await.unwrap();
     // The day 40 days ago is past everyone's retention: its partition is dropped.
@@ -78,6 +100,9 @@ async fn purge_drops_old_days_and_applies_shorter_site_retention() {
     // short.example keeps 7 days: the day-20 row is deleted too.
     assert_eq!(report.deleted_rows.get("short.example"), Some(&1));
     assert_eq!(count(&ch, "short.example").await, 2);
+    // The rollups follow the raw events.
+    assert_eq!(rollup_rows(&ch, "long.example").await, (3, 3));
+    assert_eq!(rollup_rows(&ch, "short.example").await, (2, 2));
     // Idempotent.
     let again = purge(&ch, &retention, today).await.unwrap();
     assert!(
@@ -97,7 +122,12 @@ async fn erase_site_removes_every_row_of_that_site_only() {
     )
     .await;
     seed(&ch, "stays.example", &[today]).await;
+    veil_aggregator::rollup::run_until(&ch.client(), today + Duration::days(1), 5)
+        .await
+        .unwrap();
     let report = erase_site(&ch, "gone.example").await.unwrap();
+    assert_eq!(rollup_rows(&ch, "gone.example").await, (0, 0));
+    assert_eq!(rollup_rows(&ch, "stays.example").await, (1, 1));
     assert_eq!(report.tables.get("events"), Some(&3), "{report:?}");
     assert_eq!(count(&ch, "gone.example").await, 0);
     assert_eq!(count(&ch, "stays.example").await, 1);
