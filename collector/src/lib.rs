@@ -145,12 +145,7 @@ impl Collector {
         }
         store.spawn_refresh(veil_schemas::registry::DEFAULT_REFRESH);
         sites.attach_store(store);
-        let pipeline = Pipeline::new(
-            sites,
-            config.limits.clone(),
-            salts.clone(),
-        )
-        .with_geo(geo);
+        let pipeline = Pipeline::new(sites, config.limits.clone(), salts.clone()).with_geo(geo);
         let c = Self::assemble(config, pipeline, factory, Some(ch), registry, clock)?;
         let mut stopped = c.inner.stop.subscribe();
         tokio::spawn(salts.keep_fresh(Duration::from_secs(60), async move {
