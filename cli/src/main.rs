@@ -3,6 +3,7 @@
 
 mod app;
 mod config;
+mod gen;
 
 use std::sync::Arc;
 
@@ -51,7 +52,7 @@ fn real_main(cli: Cli) -> Result<()> {
     // process: its parent-death signal then fires only when veil itself ends.
     let mut managed = None;
     let mut settings = settings;
-    if let (Command::Up, None) = (&cli.command, &settings.clickhouse_url) {
+    if let (Command::Up { .. } | Command::Gen(_), None) = (&cli.command, &settings.clickhouse_url) {
         let dir = settings.data_dir.join("clickhouse");
         eprintln!("veil: starting managed ClickHouse under {}", dir.display());
         let server = ManagedClickHouse::start(&ManagedOptions::new(dir))?;
@@ -70,20 +71,36 @@ fn real_main(cli: Cli) -> Result<()> {
     result
 }
 
-/// Purges expired raw events now and then every day, for as long as the process runs.
+/// The aggregator's scheduled work, for as long as the process runs: the rollup job (closed
+/// days' visits, hourly-rollup health) every 10 minutes; retention purge and salt cleanup
+/// (salts older than yesterday) every hour.
 fn spawn_retention(s: &Settings) {
+    use veil_collector::pipeline::privacy::salts::{ClickHouseSaltStore, SaltStore};
     let ch = s.clickhouse.clone();
     let retention = s.aggregator.retention.clone();
     tokio::spawn(async move {
-        loop {
-            match purge(&ch, &retention, chrono::Utc::now().date_naive()).await {
-                Ok(r) if r.dropped_partitions.is_empty() && r.deleted_rows.is_empty() => {}
-                Ok(r) => {
-                    tracing::info!(partitions = ?r.dropped_partitions, rows = ?r.deleted_rows, "retention purge")
-                }
-                Err(e) => tracing::warn!(error = %e, "retention purge failed; retrying in an hour"),
+        let client = ch.client();
+        let salts = ClickHouseSaltStore::new(&ch);
+        for tick in 0u64.. {
+            match veil_aggregator::rollup::run(&client, 35).await {
+                Ok(r) if r.visit_days.is_empty() && r.hourly_days.is_empty() => {}
+                Ok(r) => tracing::info!(visits = ?r.visit_days, hourly = ?r.hourly_days, "rollups rebuilt"),
+                Err(e) => tracing::warn!(error = %e, "rollup job failed; retrying in 10 minutes"),
             }
-            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            if tick % 6 == 0 {
+                let today = chrono::Utc::now().date_naive();
+                match purge(&ch, &retention, today).await {
+                    Ok(r) if r.dropped_partitions.is_empty() && r.deleted_rows.is_empty() => {}
+                    Ok(r) => {
+                        tracing::info!(partitions = ?r.dropped_partitions, rows = ?r.deleted_rows, "retention purge")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "retention purge failed; retrying in an hour"),
+                }
+                if let Err(e) = salts.delete_before(today - chrono::Duration::days(1)).await {
+                    tracing::warn!(error = %e, "salt cleanup failed; retrying in an hour");
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
         }
     });
 }
@@ -153,10 +170,14 @@ async fn run(command: Command, s: Settings) -> Result<()> {
             serve(listener, app, opts, shutdown_signal()).await;
             Ok(())
         }
-        Command::Up => {
+        Command::Gen(args) => gen::run(&s, &args).await,
+        Command::Up { demo } => {
             veil_schemas::migrate(&s.clickhouse)
                 .await
                 .context("applying migrations")?;
+            if demo {
+                gen::demo(&s).await?;
+            }
             let listener = bind(&s).await?;
             spawn_retention(&s);
             let collector = Collector::start(
@@ -179,6 +200,9 @@ async fn run(command: Command, s: Settings) -> Result<()> {
             });
             let addr = listener.local_addr()?;
             println!("Veil is running: dashboard http://{addr}/  ingest http://{addr}/api/event  metrics http://{addr}/metrics");
+            if demo {
+                println!("Demo site: {}", gen::demo_url(addr));
+            }
             println!("{}", collector.geo_status());
             if collector.sites().list().is_empty() {
                 println!("No site is registered yet: restart with --site example.com, or add one with POST /api/v1/sites (see README).");
