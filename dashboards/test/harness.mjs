@@ -15,6 +15,8 @@ const here = dirname(fileURLToPath(import.meta.url));
 export const root = resolve(here, "../..");
 export const ADMIN = "admin-" + "x".repeat(32);
 export const SITE = "example.com";
+/** The Aptabase app key naming the test site (`--site-alias`). */
+export const APP_KEY = "A-SH-DASHTEST";
 export const shots = join(root, "target/screenshots");
 
 function freePort() {
@@ -31,7 +33,7 @@ export async function startVeil({ k = 5, args = [] } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "veil-dash-"));
   const port = await freePort();
   const child = spawn(bin, ["up", "--site", SITE, "--min-visitors", String(k), "--batch-max-age", "200ms",
-    "--max-event-age", "30d", "--rate-limit-ip", "0", "--api-token", ADMIN,
+    "--max-event-age", "30d", "--rate-limit-ip", "0", "--api-token", ADMIN, "--site-alias", `${APP_KEY}=${SITE}`,
     "--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "var"), ...args],
   { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, VEIL_LOG: "warn" } });
   let out = "";
@@ -128,7 +130,9 @@ export async function send(veil, events) {
  *   Firefox by halves; visitors 20–29 land with utm_source=newsletter, utm_campaign=spring;
  * - 6 visitors each on their own page `/rare-N` (under k: folded into one "(other…)" row);
  * - 5 visitors sending the XSS corpus as paths, referrers, UTM values, props and event names;
- * - 12 visitors 9 days ago on `/` (the previous period, for comparisons).
+ * - 12 visitors 9 days ago on `/` (the previous period, for comparisons);
+ * - 12 app installs through Aptabase's /api/v0/events: versions 1.2.0 and 1.3.0 by halves,
+ *   launch and latency timings, one crash.
  */
 export async function seed(veil) {
   const ev = [];
@@ -161,8 +165,21 @@ export async function seed(veil) {
       ip: `198.51.100.${200 + i}`, user_agent: UA.chrome });
   }
   await send(veil, ev);
-  await waitForEvents(veil, ev.length);
-  return ev.length;
+  for (let i = 0; i < 12; i++) {
+    const res = await fetch(veil.url + "/api/v0/events", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "App-Key": APP_KEY, "X-Forwarded-For": `203.0.113.${i + 1}`,
+        "User-Agent": "MyApp/1.0 CFNetwork/1490 Darwin/23.2.0" },
+      body: JSON.stringify([0, 1].map((j) => ({
+        timestamp: iso(2 * HOUR + i * 1000 - j * 30_000), sessionId: String(1_700_000_000_000 + i), eventName: j ? "screen_view" : "app_started",
+        systemProps: { locale: "en-US", osName: "iOS", osVersion: "17.1", appVersion: i % 2 ? "1.3.0" : "1.2.0", isDebug: false },
+        props: j ? { latency_ms: 100 + i * 10, ...(i === 0 ? { crash: 1 } : {}) } : { launch_ms: 500 + i * 50 },
+      }))),
+    });
+    if (!res.ok) throw new Error("aptabase seed: " + res.status + " " + (await res.text()));
+  }
+  await waitForEvents(veil, ev.length + 24);
+  return ev.length + 24;
 }
 
 export async function browser() {

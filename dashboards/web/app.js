@@ -77,6 +77,9 @@
   };
   const SHORT = { visitors: "Visitors", visits: "Visits", pageviews: "Pageviews", events: "Events",
     conversion_rate: "CR", active_users: "Users" };
+  // In the app view unique visitors are called active users.
+  function metricLabel(m) { return S.view === "app" && m === "visitors" ? "Active users" : METRIC_LABELS[m] || m; }
+  function shortLabel(m) { return S.view === "app" && m === "visitors" ? "Users" : SHORT[m] || METRIC_LABELS[m] || m; }
   const LOWER_IS_BETTER = new Set(["bounce_rate", "launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95", "crashes"]);
 
   const DIM_LABELS = {
@@ -196,8 +199,15 @@
     for (const [k, v] of p) if (k.startsWith("t.")) st.tabs[k.slice(2)] = v;
     return st;
   }
+  // Query strings stay readable (f=is~visit:source~Google): ":" "/" "~" and "," are left as they
+  // are (legal in a query), everything else is percent-encoded; URLSearchParams reads it back.
+  function qs(pairs) {
+    const enc = (v) => encodeURIComponent(v).replace(/%3A/gi, ":").replace(/%2F/gi, "/").replace(/%2C/gi, ",");
+    return pairs.map(([k, v]) => enc(k) + "=" + enc(v)).join("&");
+  }
   function stateUrl(st) {
-    const p = new URLSearchParams();
+    const pairs = [];
+    const p = { set: (k, v) => pairs.push([k, v]), append: (k, v) => pairs.push([k, v]) };
     if (S.share) p.set("auth", S.shareToken);
     if (st.view !== "web") p.set("view", st.view);
     p.set("period", st.period);
@@ -209,7 +219,7 @@
     for (const [k, v] of Object.entries(st.tabs)) p.set("t." + k, v);
     if (st.prop) p.set("prop", st.prop);
     if (st.view === "realtime" && st.refresh !== 10) p.set("refresh", String(st.refresh));
-    return location.pathname + "?" + p.toString();
+    return location.pathname + "?" + qs(pairs);
   }
   function navigate(change) {
     const st = readState();
@@ -260,27 +270,29 @@
       { id: "funnel", label: "Funnels", dim: "funnel" }] },
   ];
   const APP_PANELS = [
-    { id: "app_versions", title: "Versions", metrics: ["active_users", "visits"], tabs: [
+    { id: "app_versions", title: "Versions", metrics: ["visitors", "visits"], tabs: [
       { id: "app_version", label: "App versions", dim: "visit:app_version" },
       { id: "os_version", label: "OS versions", dim: "visit:os_version" }] },
-    { id: "install", title: "Installs", metrics: ["active_users"], tabs: [
+    { id: "install", title: "Installs", metrics: ["visitors"], tabs: [
       { id: "install_source", label: "Install sources", dim: "visit:install_source" },
       { id: "device_model", label: "Device models", dim: "visit:device_model" },
       { id: "locale", label: "Locales", dim: "visit:locale" }] },
-    { id: "app_events", title: "App events", metrics: ["active_users", "events"], tabs: [
+    { id: "app_events", title: "App events", metrics: ["visitors", "events"], tabs: [
       { id: "name", label: "Events", dim: "event:name" },
       { id: "country", label: "Countries", dim: "visit:country" }] },
   ];
-  const WEB_STATS = ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration", "time_on_page"];
-  const APP_STATS = ["active_users", "sessions_per_user", "dau", "wau", "mau", "launch_time_p50", "launch_time_p95",
-    "latency_p50", "latency_p95", "crashes"];
+  const WEB_STATS = [["visitors", "visits", "pageviews", "bounce_rate", "visit_duration", "time_on_page"]];
+  // Active users are unique visitors (the API's "visitors", labelled for apps); wau and mau are in
+  // the contract but not served yet.
+  const APP_STATS = [["visitors", "sessions_per_user", "dau"],
+    ["launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95", "crashes"]];
   const CHARTABLE = new Set(["visitors", "visits", "pageviews", "bounce_rate", "visit_duration", "time_on_page", "active_users",
     "crashes", "events"]);
 
   function rowTable(dim, metrics, data, st, caption, clickable = true) {
     const table = h("table", {}, h("caption", { class: "sr-only", text: caption }));
     table.append(h("thead", {}, h("tr", {}, h("th", { scope: "col", text: dimLabel(dim) }),
-      metrics.map((m) => h("th", { scope: "col", class: "n", text: SHORT[m] || METRIC_LABELS[m] || m })))));
+      metrics.map((m) => h("th", { scope: "col", class: "n", text: shortLabel(m) })))));
     const tbody = h("tbody");
     const rows = data.results || [];
     const max = Math.max(1, ...rows.map((r) => Number(r.metrics[0]) || 0));
@@ -434,30 +446,45 @@
       text: arrow + " " + Math.abs(Math.round(x * 10) / 10) + unit, title: "Change against the comparison period" });
   }
 
-  function topStats(container, metrics, st, gen, chartMetric) {
+  // Top stats, one query per group of metrics (the API does not mix performance percentiles with
+  // visit metrics). Resolves to the first group's response (for its meta); a group that fails
+  // shows the API's error in its place.
+  function topStats(container, groups, st, gen, chartMetric) {
     const ul = h("ul", { class: "stats", id: "stats", "aria-label": "Totals" });
     container.append(ul);
-    const query = Object.assign(baseQuery(st), { metrics, dimensions: [] });
-    if (st.compare) query.include = { comparisons: { mode: st.compare } };
-    return api("/api/v2/query", { body: query }).then((data) => {
-      if (gen !== S.generation) return data;
-      const r = (data.results || [])[0] || { metrics: metrics.map(() => null) };
-      metrics.forEach((m, i) => {
-        const chartable = CHARTABLE.has(m);
-        const inner = [h("span", { class: "label", text: METRIC_LABELS[m] || m }),
-          h("span", { class: "value", "data-metric": m, "data-value": r.metrics[i] === null ? "null" : String(r.metrics[i]),
-            text: fmt(m, r.metrics[i]) })];
-        if (st.compare) inner.push(changeBadge(m, r.comparison && r.comparison.change ? r.comparison.change[i] : null));
-        if (st.compare && r.comparison) {
-          inner.push(h("span", { class: "hint prev", "data-prev": String(r.comparison.metrics[i]),
-            text: "was " + fmt(m, r.comparison.metrics[i]) }));
-        }
-        const li = h("li", { class: "stat", "data-stat": m, "aria-current": String(m === chartMetric) },
-          chartable ? h("button", { type: "button", "aria-pressed": String(m === chartMetric), title: "Chart " + (METRIC_LABELS[m] || m),
-            onclick: () => navigate((s) => { s.metric = m; }) }, inner) : h("div", { class: "static" }, inner));
-        ul.append(li);
+    const slots = groups.map(() => h("div", { class: "slot" }));
+    const runs = groups.map((metrics, g) => {
+      const query = Object.assign(baseQuery(st), { metrics, dimensions: [] });
+      if (st.compare) query.include = { comparisons: { mode: st.compare } };
+      return api("/api/v2/query", { body: query }).then((data) => {
+        if (gen !== S.generation) return data;
+        const r = (data.results || [])[0] || { metrics: metrics.map(() => null) };
+        slots[g] = metrics.map((m, i) => {
+          const chartable = CHARTABLE.has(m);
+          const inner = [h("span", { class: "label", text: metricLabel(m) }),
+            h("span", { class: "value", "data-metric": m, "data-value": r.metrics[i] === null ? "null" : String(r.metrics[i]),
+              text: fmt(m, r.metrics[i]) })];
+          if (st.compare) inner.push(changeBadge(m, r.comparison && r.comparison.change ? r.comparison.change[i] : null));
+          if (st.compare && r.comparison) {
+            inner.push(h("span", { class: "hint prev", "data-prev": String(r.comparison.metrics[i]),
+              text: "was " + fmt(m, r.comparison.metrics[i]) }));
+          }
+          return h("li", { class: "stat", "data-stat": m, "aria-current": String(m === chartMetric) },
+            chartable ? h("button", { type: "button", "aria-pressed": String(m === chartMetric), title: "Chart " + metricLabel(m),
+              onclick: () => navigate((s2) => { s2.metric = m; }) }, inner) : h("div", { class: "static" }, inner));
+        });
+        return data;
+      }, (e) => {
+        if (gen !== S.generation || needsAuth(e)) throw e;
+        slots[g] = [h("li", { class: "hint error", text: metrics.map(metricLabel).join(", ") + ": " + e.message })];
+        throw e;
       });
-      return data;
+    });
+    return Promise.allSettled(runs).then((done) => {
+      if (gen === S.generation) ul.replaceChildren(...slots.flat());
+      if (done[0].status === "fulfilled") return done[0].value;
+      const authErr = done.find((d) => d.status === "rejected" && needsAuth(d.reason));
+      throw (authErr || done[0]).reason;
     });
   }
 
@@ -465,7 +492,7 @@
 
   function chart(container, metric, st, gen) {
     const fig = h("figure", { class: "chart", id: "chart" });
-    const caption = h("figcaption", { id: "chart-title", text: (METRIC_LABELS[metric] || metric) + " by " + st.interval });
+    const caption = h("figcaption", { id: "chart-title", text: metricLabel(metric) + " by " + st.interval });
     const plot = h("div", { class: "plot", role: "img", "aria-labelledby": "chart-title", "aria-describedby": "chart-table-summary" });
     const details = h("details", { id: "chart-data" }, h("summary", { id: "chart-table-summary", text: "Chart data as a table" }));
     const csv = h("button", { type: "button", class: "secondary", "data-csv": "chart", text: "CSV",
@@ -490,7 +517,7 @@
       const hasPrev = !!st.compare && rows.some((r) => r.comparison);
       const prev = labels.map((l) => { const r = byLabel.get(l); return r && r.comparison ? r.comparison.metrics[0] : null; });
       const table = h("table", {}, h("thead", {}, h("tr", {}, h("th", { scope: "col", text: "Time" }),
-        h("th", { scope: "col", class: "n", text: METRIC_LABELS[metric] || metric }),
+        h("th", { scope: "col", class: "n", text: metricLabel(metric) }),
         hasPrev ? h("th", { scope: "col", class: "n", text: "Comparison" }) : null)),
       h("tbody", {}, labels.map((l, i) => h("tr", { "data-time": l }, h("th", { scope: "row", text: l }),
         numberCell(metric, byLabel.has(l) ? byLabel.get(l).metrics[0] : 0), hasPrev ? numberCell(metric, prev[i]) : null))));
@@ -566,6 +593,7 @@
 
   function renderDash() {
     const st = readState();
+    S.view = st.view;
     S.generation += 1;
     const gen = S.generation;
     clearInterval(S.timer);
@@ -580,7 +608,7 @@
     $("notice").hidden = true;
     if (st.view === "realtime") return realtime(body, st, gen);
     const stats = st.view === "app" ? APP_STATS : WEB_STATS;
-    const metric = st.metric && CHARTABLE.has(st.metric) ? st.metric : stats[0];
+    const metric = st.metric && CHARTABLE.has(st.metric) ? st.metric : stats[0][0];
     topStats(body, stats, st, gen, metric).then((data) => {
       if (gen !== S.generation) return;
       const meta = data.meta || {};
@@ -594,7 +622,7 @@
     }).catch((e) => {
       if (gen !== S.generation) return;
       if (needsAuth(e)) return authFailed(e);
-      $("stats").replaceChildren(h("li", { class: "hint error", text: e.message }));
+      if (!$("stats").children.length) $("stats").replaceChildren(h("li", { class: "hint error", text: e.message }));
     });
     chart(body, metric, st, gen);
     const grid = h("div", { class: "grid" });
