@@ -213,6 +213,34 @@ test("comparison with the previous period: change badges and the chart's compari
   await page.close_all();
 });
 
+test("date picker: a custom range and hourly buckets are the API's, and the export takes the range", async () => {
+  const page = await open(chrome);
+  await page.goto(dash("period=7d"));
+  await settled(page);
+  await page.selectOption("#period", "custom");
+  await page.waitForURL(/period=custom&from=\d{4}-\d{2}-\d{2}&to=\d{4}-\d{2}-\d{2}/);
+  await settled(page);
+  const u = new URL(page.url());
+  const range = [u.searchParams.get("from"), u.searchParams.get("to")];
+  const want = await query(veil, { metrics: ["visitors", "pageviews"], date_range: range });
+  const got = await statValues(page);
+  assert.equal(got.visitors, str(want.results[0].metrics[0]));
+  assert.equal(got.pageviews, str(want.results[0].metrics[1]));
+  const [zip] = await Promise.all([page.waitForEvent("download"), page.click("#export")]);
+  assert.equal((await readDownload(zip, true)).subarray(0, 2).toString(), "PK");
+  assert.match(zip.suggestedFilename(), new RegExp(range.join(".")));
+
+  await page.goto(dash("period=day&interval=hour"));
+  await settled(page);
+  const hours = await query(veil, { metrics: ["visitors"], date_range: "day", dimensions: ["time:hour"], include: { time_labels: true } });
+  const rows = await page.$$eval("#chart-data tbody tr", (trs) => trs.map((tr) => [tr.dataset.time, tr.querySelector("td").dataset.value]));
+  assert.deepEqual(rows.map((r) => r[0]), hours.meta.time_labels);
+  const byHour = new Map(hours.results.map((r) => [r.dimensions[0], str(r.metrics[0])]));
+  for (const [t, v] of rows) assert.equal(v, byHour.get(t) ?? "0", t);
+  noProblems(page);
+  await page.close_all();
+});
+
 test("CSV download per panel is the API's CSV, and the full export downloads", async () => {
   const page = await open(chrome);
   await page.goto(dash("period=7d"));

@@ -526,7 +526,13 @@
         plot.replaceChildren(h("p", { class: "hint", text: labels.length ? "Chart library unavailable; see the table." : "No data." }));
         return;
       }
-      const short = (l) => (l && l.length > 10 && st.interval === "hour" ? l.slice(11, 16) : (l || "").slice(0, 10));
+      // Axis ticks: "14:00" for hours, "11-28" for days and weeks, "2026-11" for months.
+      const short = (l) => {
+        l = String(l || "");
+        if (st.interval === "hour" && l.length >= 16) return l.slice(11, 16);
+        if (st.interval === "month") return l.slice(0, 7);
+        return /^\d{4}-\d{2}-\d{2}/.test(l) ? l.slice(5, 10) : l;
+      };
       const series = [
         { label: "Time", value: (u, v) => (v === null ? "" : labels[Math.round(v)] || "") },
         { label: "This period", stroke: cssVar("--accent"), width: 2, fill: cssVar("--bar") + "80",
@@ -694,7 +700,7 @@
       const range = st.period === "custom" ? st.from + "," + st.to : st.period;
       try {
         status("Preparing the export…");
-        const blob = await api("/api/v1/sites/" + encodeURIComponent(S.site) + "/export?date_range=" + encodeURIComponent(range), { blob: true });
+        const blob = await api("/api/v1/sites/" + encodeURIComponent(S.site) + "/export?date_range=" + range, { blob: true });
         download(blob, fileSafe("veil-" + S.site + "-" + range) + ".zip");
         status("");
       } catch (e) { status("Export failed: " + e.message); }
