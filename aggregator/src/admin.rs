@@ -333,8 +333,11 @@ pub(crate) async fn route(
             if m != Method::DELETE {
                 return Err(Error::MethodNotAllowed("DELETE"));
             }
-            let snap = agg.registry.snapshot();
-            if snap.key(id).filter(|k| k.site == d).is_none() {
+            let site = agg
+                .registry
+                .fresh(|s| s.key(id).map(|k| k.site.clone()))
+                .await?;
+            if site.as_deref() != Some(d.as_str()) {
                 return Err(Error::NotFound(format!("no key {id:?} for site {d:?}")));
             }
             agg.registry.revoke_key(id).await?;
@@ -355,8 +358,11 @@ pub(crate) async fn route(
             if m != Method::DELETE {
                 return Err(Error::MethodNotAllowed("DELETE"));
             }
-            let snap = agg.registry.snapshot();
-            if snap.link(id).filter(|l| l.site == d).is_none() {
+            let site = agg
+                .registry
+                .fresh(|s| s.link(id).map(|l| l.site.clone()))
+                .await?;
+            if site.as_deref() != Some(d.as_str()) {
                 return Err(Error::NotFound(format!(
                     "no shared link {id:?} for site {d:?}"
                 )));
@@ -403,6 +409,8 @@ async fn create_site(agg: &Aggregator, req: &Request<Bytes>) -> Result<HttpRespo
         ))
     })?;
     let settings = agg.settings_from(&d, &obj).await?;
+    // Another process may have registered it since the last refresh.
+    agg.registry.refresh().await?;
     if agg.site_settings(&d).is_some() {
         return Err(Error::Conflict(format!("site {d:?} is already registered")));
     }

@@ -884,6 +884,39 @@ async fn two_aggregators_share_one_registry() {
     )
     .await;
     assert_eq!(s, 200);
+    // A key made on A a moment ago can be revoked through B at once (B reloads on a miss).
+    let (_, k2) = call(
+        &a,
+        "POST",
+        "/api/v1/sites/a.example/keys",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    let path = format!(
+        "/api/v1/sites/a.example/keys/{}",
+        k2["id"].as_str().unwrap()
+    );
+    let (s, v) = call(&b, "DELETE", &path, Some(ADMIN), None).await;
+    assert_eq!(s, 200, "{v}");
+    // And a site registered on A a moment ago is a 409 on B, not a second registration.
+    call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "fresh.example"})),
+    )
+    .await;
+    let (s, _) = call(
+        &b,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "fresh.example"})),
+    )
+    .await;
+    assert_eq!(s, 409);
     let deadline = std::time::Instant::now() + Duration::from_secs(6);
     loop {
         let (s, _) = call(

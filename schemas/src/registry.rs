@@ -660,6 +660,18 @@ impl Registry {
         })
     }
 
+    /// `find` on the cache, or, when it finds nothing, on a fresh load (another process may
+    /// have written it since the last refresh).
+    pub async fn fresh<T>(
+        &self,
+        find: impl Fn(&Snapshot) -> Option<T>,
+    ) -> Result<Option<T>, Error> {
+        if let Some(t) = find(&self.snapshot()) {
+            return Ok(Some(t));
+        }
+        Ok(find(&*self.refresh().await?))
+    }
+
     fn apply(&self, f: impl FnOnce(&mut Snapshot)) {
         self.writes.fetch_add(1, Ordering::SeqCst);
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
@@ -710,7 +722,8 @@ impl Registry {
     /// Unregisters `domain`'s stored record and revokes its keys and shared links.
     /// Returns false when there was no stored record.
     pub async fn delete_site(&self, domain: &str) -> Result<bool, Error> {
-        let snap = self.snapshot();
+        // Reload first, so keys and links made by other processes are revoked too.
+        let snap = self.refresh().await?;
         let Some(old) = snap.site(domain) else {
             return Ok(false);
         };
@@ -769,7 +782,7 @@ impl Registry {
 
     /// Revokes a key. Returns false when no such key is known.
     pub async fn revoke_key(&self, id: &str) -> Result<bool, Error> {
-        let Some(mut rec) = self.snapshot().key(id).cloned() else {
+        let Some(mut rec) = self.fresh(|s| s.key(id).cloned()).await? else {
             return Ok(false);
         };
         rec.revoked = true;
@@ -817,7 +830,7 @@ impl Registry {
 
     /// Revokes a shared link. Returns false when no such link is known.
     pub async fn revoke_link(&self, id: &str) -> Result<bool, Error> {
-        let Some(mut rec) = self.snapshot().link(id).cloned() else {
+        let Some(mut rec) = self.fresh(|s| s.link(id).cloned()).await? else {
             return Ok(false);
         };
         rec.revoked = true;
