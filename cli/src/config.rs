@@ -31,7 +31,15 @@ pub struct Cli {
 pub enum Command {
     /// Everything on one machine: managed ClickHouse (unless --clickhouse-url), migrations,
     /// collector, aggregator and dashboard on one address.
-    Up,
+    Up {
+        /// Also serve a demo site (`demo.veil.local`) and, when it has no events yet, fill it
+        /// with 30 days of generated traffic (about 200 000 events, a few seconds).
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Write realistic generated events for one --site straight into ClickHouse (computed by
+    /// ClickHouse itself; the managed server under --data-dir unless --clickhouse-url).
+    Gen(GenArgs),
     /// Only the collector (ingest endpoints, /healthz, /readyz, /metrics), against --clickhouse-url.
     Collector,
     /// Only the aggregator (Stats API) and the dashboard, against --clickhouse-url.
@@ -48,6 +56,29 @@ pub enum Command {
         domain: String,
     },
 }
+
+/// `veil gen` flags (the site is the one `--site`).
+#[derive(Debug, Args, Clone)]
+pub struct GenArgs {
+    /// Events to write (exactly).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Days of data, ending now (today UTC is the last day).
+    #[arg(long, default_value_t = 30)]
+    pub days: u32,
+    /// Seed: the same seed, counts and --end write the same rows.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Newest possible event time as Unix seconds [default: now].
+    #[arg(long)]
+    pub end: Option<i64>,
+    /// Inserts run at the same time [default: 2].
+    #[arg(long, default_value_t = 2)]
+    pub parallel: usize,
+}
+
+/// The site `veil up --demo` serves and fills.
+pub const DEMO_SITE: &str = "demo.veil.local";
 
 /// Flags; each also reads a `VEIL_*` variable and a key of the TOML file.
 #[derive(Debug, Args, Default)]
@@ -321,11 +352,22 @@ impl Settings {
         clickhouse.user = pick(opts.clickhouse_user, file.clickhouse_user);
         clickhouse.password = pick(opts.clickhouse_password, file.clickhouse_password);
         clickhouse.validate()?;
-        let sites = if opts.sites.is_empty() {
+        let mut sites = if opts.sites.is_empty() {
             file.site
         } else {
             opts.sites
         };
+        if let Command::Gen(_) = command {
+            if sites.len() != 1 {
+                bail!(
+                    "veil gen needs exactly one --site (the site to fill), got {}",
+                    sites.len()
+                );
+            }
+        }
+        if matches!(command, Command::Up { demo: true }) && !sites.iter().any(|s| s == DEMO_SITE) {
+            sites.push(DEMO_SITE.to_string());
+        }
         let or_file =
             |flag: Vec<String>, file: Vec<String>| if flag.is_empty() { file } else { flag };
         let mut collector = CollectorConfig {
@@ -384,7 +426,7 @@ impl Settings {
                 bail!("--admin-token (or --api-token) must be at least 16 characters");
             }
         }
-        let serves_stats = matches!(command, Command::Up | Command::Aggregator);
+        let serves_stats = matches!(command, Command::Up { .. } | Command::Aggregator);
         if serves_stats && api_token.is_none() && !listen.ip().is_loopback() {
             bail!(
                 "--listen {listen} is reachable from other machines but no --admin-token \
@@ -487,6 +529,33 @@ mod tests {
             parse(&["up", "--config", p.to_str().unwrap()]).unwrap_err()
         );
         assert!(e.contains("sitez"), "{e}");
+    }
+
+    #[test]
+    fn gen_and_demo() {
+        let s = parse(&[
+            "gen",
+            "--site",
+            "demo.example",
+            "--events",
+            "500",
+            "--days",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(s.collector.sites, vec!["demo.example"]);
+        let cli = Cli::try_parse_from(["veil", "gen", "--site", "a.com", "--seed", "7"]).unwrap();
+        let Command::Gen(g) = cli.command else {
+            panic!("not gen")
+        };
+        assert_eq!((g.events, g.days, g.seed), (1_000_000, 30, 7));
+        let e = format!("{:#}", parse(&["gen"]).unwrap_err());
+        assert!(e.contains("--site"), "{e}");
+        let s = parse(&["up", "--demo", "--site", "a.com"]).unwrap();
+        assert_eq!(s.collector.sites, vec!["a.com", DEMO_SITE]);
+        assert!(s.aggregator.sites.contains(&DEMO_SITE.to_string()));
+        let s = parse(&["up"]).unwrap();
+        assert!(s.collector.sites.is_empty());
     }
 
     #[test]

@@ -84,7 +84,9 @@ fn spawn_retention(s: &Settings) {
         for tick in 0u64.. {
             match veil_aggregator::rollup::run(&client, 35).await {
                 Ok(r) if r.visit_days.is_empty() && r.hourly_days.is_empty() => {}
-                Ok(r) => tracing::info!(visits = ?r.visit_days, hourly = ?r.hourly_days, "rollups rebuilt"),
+                Ok(r) => {
+                    tracing::info!(visits = ?r.visit_days, hourly = ?r.hourly_days, "rollups rebuilt")
+                }
                 Err(e) => tracing::warn!(error = %e, "rollup job failed; retrying in 10 minutes"),
             }
             if tick % 6 == 0 {
@@ -94,7 +96,9 @@ fn spawn_retention(s: &Settings) {
                     Ok(r) => {
                         tracing::info!(partitions = ?r.dropped_partitions, rows = ?r.deleted_rows, "retention purge")
                     }
-                    Err(e) => tracing::warn!(error = %e, "retention purge failed; retrying in an hour"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "retention purge failed; retrying in an hour")
+                    }
                 }
                 if let Err(e) = salts.delete_before(today - chrono::Duration::days(1)).await {
                     tracing::warn!(error = %e, "salt cleanup failed; retrying in an hour");

@@ -765,7 +765,7 @@ fn day_select(o: &GenOptions, end: i64, pages: &[String], day: &Day, full: bool)
         let last_hour = day.hours.saturating_sub(1);
         l1.extend([
             format!(
-                "toUInt32(arrayFirstIndex(x -> x > intDiv(((u - {first}) % {n}) * 1000000, {n}), {hour_cum}) - 1) AS hour",
+                "toUInt32(arrayFirstIndex(x -> x > intDiv((toUInt64(u - {first}) % toUInt64({n})) * 1000000, toUInt64({n})), {hour_cum}) - 1) AS hour",
                 first = day.first
             ),
             format!(

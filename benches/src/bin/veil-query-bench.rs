@@ -1,0 +1,315 @@
+//! `veil-query-bench`: how fast the dashboard's standard set of Stats API queries answers on
+//! generated data.
+//!
+//! For each size (`--sizes 10M,50M`; default `1M` for a quick run) it fills a database
+//! `veil_qbench_<size>` with `veil_schemas::gen` (30 days for one site, seeded; a database
+//! that already holds exactly that many events for the site is reused, so repeated runs skip
+//! the generation), then times each query of the dashboard's first screen through
+//! `veil_aggregator::Aggregator::query` — the same code path as `POST /api/v2/query`, without
+//! HTTP — and prints the median of `--runs` runs (after one warm-up run) and the full set's
+//! total:
+//!
+//! | query | body |
+//! |---|---|
+//! | top stats | `metrics: [visitors, visits, pageviews, bounce_rate, visit_duration]`, `30d` |
+//! | visitors over time | `metrics: [visitors]`, `dimensions: [time:day]`, `time_labels` |
+//! | top pages | `metrics: [visitors, pageviews]`, `dimensions: [event:page]`, limit 10 |
+//! | sources | `metrics: [visitors, visits]`, `dimensions: [visit:source]`, limit 10 |
+//! | countries | `metrics: [visitors]`, `dimensions: [visit:country]`, limit 10 |
+//! | devices | `metrics: [visitors]`, `dimensions: [visit:device]`, limit 10 |
+//!
+//! ClickHouse: a managed server in a temp dir (started from the main thread, which its
+//! parent-death signal is tied to), or `--clickhouse-url`. Output: one Markdown table per size
+//! (ready for benches/README.md) and a JSON line per size.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde_json::{json, Value};
+use veil_aggregator::{Aggregator, AggregatorConfig};
+use veil_schemas::gen::{generate, GenOptions};
+use veil_schemas::managed::{ManagedClickHouse, ManagedOptions};
+use veil_schemas::ClickHouseConfig;
+
+/// Times the dashboard's standard Stats API queries on generated data.
+#[derive(Debug, Parser)]
+#[command(name = "veil-query-bench")]
+struct Args {
+    /// Event counts to test, comma-separated; `k`/`M` suffixes allowed (e.g. `10M,50M`).
+    #[arg(long, default_value = "1M", value_delimiter = ',')]
+    sizes: Vec<String>,
+    /// Timed runs per query (the median is reported), after one warm-up run.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Days of generated data (the queries ask for the last 30 days).
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// Generator seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Use this ClickHouse instead of starting a managed one.
+    #[arg(long)]
+    clickhouse_url: Option<String>,
+    /// Directory for the managed ClickHouse (kept, so generated data is reused next time)
+    /// [default: a new temp dir, removed at the end].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Regenerate even when a database with the right count exists.
+    #[arg(long)]
+    regenerate: bool,
+}
+
+const SITE: &str = "bench.example";
+
+fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1_000),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1_000_000),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("--sizes: {s:?} is not a count like 10M"))?;
+    if n == 0 {
+        bail!("--sizes: counts must be positive");
+    }
+    Ok(n * mult)
+}
+
+fn label(n: u64) -> String {
+    if n % 1_000_000 == 0 {
+        format!("{}M", n / 1_000_000)
+    } else if n % 1_000 == 0 {
+        format!("{}k", n / 1_000)
+    } else {
+        n.to_string()
+    }
+}
+
+/// The dashboard's first screen: name and request body.
+fn standard_set() -> Vec<(&'static str, Value)> {
+    let panel = |metrics: &[&str], dim: &str| {
+        json!({"site_id": SITE, "metrics": metrics, "date_range": "30d", "dimensions": [dim],
+               "pagination": {"limit": 10, "offset": 0}, "include": {"total_rows": true}})
+    };
+    vec![
+        (
+            "top stats",
+            json!({"site_id": SITE, "metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"],
+                   "date_range": "30d", "dimensions": []}),
+        ),
+        (
+            "visitors over time",
+            json!({"site_id": SITE, "metrics": ["visitors"], "date_range": "30d",
+                   "dimensions": ["time:day"], "include": {"time_labels": true}}),
+        ),
+        ("top pages", panel(&["visitors", "pageviews"], "event:page")),
+        ("sources", panel(&["visitors", "visits"], "visit:source")),
+        ("countries", panel(&["visitors"], "visit:country")),
+        ("devices", panel(&["visitors"], "visit:device")),
+    ]
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn count_site(ch: &ClickHouseConfig) -> Result<u64> {
+    let n = ch
+        .client()
+        .query("SELECT count() FROM events WHERE site = ?")
+        .bind(SITE)
+        .fetch_one::<u64>()
+        .await?;
+    Ok(n)
+}
+
+async fn prepare(base: &ClickHouseConfig, size: u64, a: &Args) -> Result<ClickHouseConfig> {
+    let mut ch = base.clone();
+    ch.database = format!("veil_qbench_{}", label(size).to_lowercase());
+    veil_schemas::migrate(&ch).await.context("migrating")?;
+    let have = count_site(&ch).await?;
+    if have == size && !a.regenerate {
+        eprintln!(
+            "veil-query-bench: {} already holds {size} events, reusing it",
+            ch.database
+        );
+        return Ok(ch);
+    }
+    if have > 0 {
+        ch.server_client()
+            .query_raw(&format!("DROP DATABASE {}", ch.database))
+            .execute()
+            .await?;
+        veil_schemas::migrate(&ch).await?;
+    }
+    let mut o = GenOptions::new(SITE, size, a.days);
+    o.seed = a.seed;
+    let r = generate(&ch, &o).await.context("generating")?;
+    eprintln!(
+        "veil-query-bench: generated {} events in {:.1} s ({:.0} rows/s)",
+        r.rows, r.seconds, r.rows_per_second
+    );
+    // Let the background merges of the fresh parts settle before timing reads.
+    ch.client()
+        .query_raw("OPTIMIZE TABLE events")
+        .with_setting("max_execution_time", "0")
+        .execute()
+        .await
+        .ok();
+    Ok(ch)
+}
+
+/// Times every query of the standard set; `None` for a query the API refused (with why).
+async fn time_set(
+    agg: &Aggregator,
+    runs: usize,
+) -> Result<Vec<(&'static str, Result<Duration, String>)>> {
+    let mut out = Vec::new();
+    for (name, body) in standard_set() {
+        let bytes = serde_json::to_vec(&body)?;
+        let mut times = Vec::new();
+        let mut failed = None;
+        for i in 0..=runs {
+            let t = Instant::now();
+            let r = agg.query(&bytes, chrono::Utc::now()).await;
+            let took = t.elapsed();
+            match r {
+                Ok(resp) if resp.status().is_success() => {
+                    if i > 0 {
+                        times.push(took);
+                    }
+                }
+                Ok(resp) => {
+                    failed = Some(format!("HTTP {}", resp.status()));
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        out.push((
+            name,
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(median(times)),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
+    let sizes: Vec<u64> = a
+        .sizes
+        .iter()
+        .map(|s| parse_size(s))
+        .collect::<Result<_>>()?;
+    for size in sizes {
+        let ch = prepare(&base, size, &a).await?;
+        let agg = Aggregator::new(
+            AggregatorConfig {
+                sites: vec![SITE.into()],
+                min_visitors: 5,
+                ..AggregatorConfig::default()
+            },
+            ch.clone(),
+        );
+        let results = time_set(&agg, a.runs).await?;
+        println!(
+            "\n### {} events, 30 days, median of {} runs\n",
+            label(size),
+            a.runs
+        );
+        println!("| query | raw events (ms) |");
+        println!("|---|---:|");
+        let mut total = Duration::ZERO;
+        let mut complete = true;
+        for (name, r) in &results {
+            match r {
+                Ok(d) => {
+                    total += *d;
+                    println!("| {name} | {:.1} |", ms(*d));
+                }
+                Err(e) => {
+                    complete = false;
+                    println!("| {name} | failed: {e} |");
+                }
+            }
+        }
+        println!(
+            "| **full set** | **{:.1}**{} |",
+            ms(total),
+            if complete { "" } else { " (incomplete)" }
+        );
+        println!(
+            "{}",
+            json!({
+                "events": size,
+                "runs": a.runs,
+                "queries": results.iter().map(|(n, r)| json!({"query": n, "median_ms": r.as_ref().ok().map(|d| ms(*d)), "error": r.as_ref().err()})).collect::<Vec<_>>(),
+                "total_ms": ms(total),
+            })
+        );
+    }
+    Ok(())
+}
+
+fn main() {
+    let a = Args::parse();
+    if let Err(e) = real_main(a) {
+        eprintln!("veil-query-bench: error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn real_main(a: Args) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // The managed server is started from the main thread, which lives as long as the process.
+    let mut tmp = None;
+    let mut managed = None;
+    let url = match &a.clickhouse_url {
+        Some(u) => u.clone(),
+        None => {
+            let dir = match &a.data_dir {
+                Some(d) => d.clone(),
+                None => {
+                    let t = tempfile::tempdir()?;
+                    let p = t.path().to_path_buf();
+                    tmp = Some(t);
+                    p
+                }
+            };
+            let server = ManagedClickHouse::start(&ManagedOptions::new(dir.join("clickhouse")))?;
+            let u = server.url();
+            managed = Some(server);
+            u
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let r = rt.block_on(bench(ClickHouseConfig::new(url, "veil"), a));
+    drop(rt);
+    if let Some(mut m) = managed {
+        m.stop();
+    }
+    drop(tmp);
+    r
+}

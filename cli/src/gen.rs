@@ -1,0 +1,93 @@
+//! `veil gen` and `veil up --demo`: realistic generated traffic for one site, written by
+//! ClickHouse itself (see [`veil_schemas::gen`] for the model and the SQL).
+//!
+//! `veil gen --site demo.example --events 50000000 --days 30 [--seed N]` applies the
+//! migrations, writes exactly `--events` rows and prints one JSON line:
+//! `{"site":…,"rows":…,"visitor_days":…,"seconds":…,"rows_per_second":…,"end":…}`.
+//!
+//! `veil up --demo` serves [`DEMO_SITE`] too and, when that site has no events yet, fills it
+//! with [`DEMO_EVENTS`] events over 30 days before it starts listening.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result};
+use veil_schemas::gen::{generate, GenOptions};
+
+use crate::config::{GenArgs, Settings, DEMO_SITE};
+
+/// Events `veil up --demo` generates on first run.
+pub const DEMO_EVENTS: u64 = 200_000;
+
+/// Runs `veil gen`.
+pub async fn run(s: &Settings, args: &GenArgs) -> Result<()> {
+    let raw = s
+        .collector
+        .sites
+        .first()
+        .context("veil gen needs exactly one --site")?;
+    let site = veil_collector::sites::normalize_domain(raw)
+        .with_context(|| format!("--site {raw:?} is not a domain name"))?;
+    veil_schemas::migrate(&s.clickhouse)
+        .await
+        .context("applying migrations")?;
+    let opts = GenOptions {
+        site: site.clone(),
+        events: args.events,
+        days: args.days,
+        seed: args.seed,
+        end: args.end,
+        parallel: args.parallel,
+    };
+    eprintln!(
+        "veil: generating {} events for {site} over {} days into {} (database {})",
+        args.events, args.days, s.clickhouse.url, s.clickhouse.database
+    );
+    let r = generate(&s.clickhouse, &opts)
+        .await
+        .context("generating events")?;
+    eprintln!(
+        "veil: wrote {} rows in {:.1} s ({:.0} rows/s)",
+        r.rows, r.seconds, r.rows_per_second
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "site": site,
+            "rows": r.rows,
+            "visitor_days": r.visitor_days,
+            "seconds": r.seconds,
+            "rows_per_second": r.rows_per_second,
+            "end": r.end,
+        })
+    );
+    Ok(())
+}
+
+/// Fills [`DEMO_SITE`] with 30 days of generated traffic unless it already has events.
+pub async fn demo(s: &Settings) -> Result<()> {
+    let client = s.clickhouse.client();
+    let existing: u64 = client
+        .query("SELECT count() FROM events WHERE site = ?")
+        .bind(DEMO_SITE)
+        .fetch_one()
+        .await
+        .context("counting the demo site's events")?;
+    if existing > 0 {
+        eprintln!("veil: demo site {DEMO_SITE} already has {existing} events");
+        return Ok(());
+    }
+    eprintln!("veil: first run with --demo: generating 30 days of traffic for {DEMO_SITE}");
+    let r = generate(&s.clickhouse, &GenOptions::new(DEMO_SITE, DEMO_EVENTS, 30))
+        .await
+        .context("generating the demo site's events")?;
+    eprintln!(
+        "veil: demo site filled: {} events in {:.1} s",
+        r.rows, r.seconds
+    );
+    Ok(())
+}
+
+/// The dashboard of the demo site on `addr`, over the generated 30 days.
+pub fn demo_url(addr: SocketAddr) -> String {
+    format!("http://{addr}/site/{DEMO_SITE}?period=30d")
+}
