@@ -331,8 +331,8 @@ fn change(m: Metric, now: Option<f64>, before: Option<f64>) -> Value {
             json_number(Some(((a - b) * 10.0).round() / 10.0))
         }
         (Some(a), Some(b)) if b != 0.0 => json_number(Some(((a - b) / b * 100.0).round())),
-        (Some(a), Some(_)) if a == 0.0 => json!(0),
-        (Some(_), Some(_)) => json!(100),
+        // From zero: no change if still zero, else "100 %" as Plausible shows it.
+        (Some(a), Some(_)) => json!(if a == 0.0 { 0 } else { 100 }),
         _ => Value::Null,
     }
 }

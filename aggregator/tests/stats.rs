@@ -105,7 +105,12 @@ async fn seed(ch: &ClickHouseConfig) {
         }
     }
     for i in 0..6 {
-        evs.push(ev(format!("B{i}"), "2026-11-20 12:00:00", "pageview", "/blog/x"));
+        evs.push(ev(
+            format!("B{i}"),
+            "2026-11-20 12:00:00",
+            "pageview",
+            "/blog/x",
+        ));
         evs.push(ev(format!("B{i}"), "2026-11-20 14:00:00", "pageview", "/"));
     }
     for i in 0..2 {
@@ -202,8 +207,14 @@ async fn check_reports(ch: &ClickHouseConfig, rollups: bool) {
     assert_eq!(
         rows(&by_source),
         vec![
-            (vec!["Google".into()], vec![json!(10), json!(10), json!(40), json!(96)]),
-            (vec!["Direct / None".into()], vec![json!(6), json!(12), json!(100), json!(0)]),
+            (
+                vec!["Google".into()],
+                vec![json!(10), json!(10), json!(40), json!(96)]
+            ),
+            (
+                vec!["Direct / None".into()],
+                vec![json!(6), json!(12), json!(100), json!(0)]
+            ),
         ],
         "{by_source}"
     );
@@ -231,7 +242,12 @@ async fn check_reports(ch: &ClickHouseConfig, rollups: bool) {
         ],
         "{entry}"
     );
-    let exit = q(ch, &s, base(json!({"metrics": ["visits"], "dimensions": ["visit:exit_page"], "include": inc}))).await;
+    let exit = q(
+        ch,
+        &s,
+        base(json!({"metrics": ["visits"], "dimensions": ["visit:exit_page"], "include": inc})),
+    )
+    .await;
     assert_eq!(
         rows(&exit),
         vec![
@@ -242,7 +258,12 @@ async fn check_reports(ch: &ClickHouseConfig, rollups: bool) {
         "{exit}"
     );
 
-    let hours = q(ch, &s, base(json!({"metrics": ["visitors"], "dimensions": ["time:hour"], "include": inc}))).await;
+    let hours = q(
+        ch,
+        &s,
+        base(json!({"metrics": ["visitors"], "dimensions": ["time:hour"], "include": inc})),
+    )
+    .await;
     assert_eq!(
         rows(&hours),
         vec![
@@ -260,7 +281,10 @@ async fn check_reports(ch: &ClickHouseConfig, rollups: bool) {
         rows(&goals),
         vec![
             (vec!["Blog".into()], vec![json!(6), json!(6), json!(33.3)]),
-            (vec!["Pricing".into()], vec![json!(6), json!(6), json!(33.3)]),
+            (
+                vec!["Pricing".into()],
+                vec![json!(6), json!(6), json!(33.3)]
+            ),
             (vec!["Signup".into()], vec![json!(5), json!(5), json!(27.8)]),
         ],
         "{goals}"
@@ -269,7 +293,10 @@ async fn check_reports(ch: &ClickHouseConfig, rollups: bool) {
     let conv = q(ch, &s, base(json!({"metrics": ["visitors", "conversion_rate", "total_revenue"], "dimensions": ["visit:source"], "filters": [["is", "event:goal", ["Signup"]]], "include": inc}))).await;
     assert_eq!(
         rows(&conv),
-        vec![(vec!["Google".into()], vec![json!(5), json!(50), json!(52.5)])],
+        vec![(
+            vec!["Google".into()],
+            vec![json!(5), json!(50), json!(52.5)]
+        )],
         "{conv}"
     );
 }
@@ -290,15 +317,28 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
         .unwrap();
     assert_eq!(built.len(), 2);
     let s = site();
-    let doc = q(&ch, &s, base(json!({"metrics": ["visitors"], "dimensions": ["visit:source"]}))).await;
+    let doc = q(
+        &ch,
+        &s,
+        base(json!({"metrics": ["visitors"], "dimensions": ["visit:source"]})),
+    )
+    .await;
     assert_eq!(doc["meta"]["source"], "visits");
     check_reports(&ch, true).await;
     // A second run finds nothing to do; a late event for a closed day triggers a rebuild.
     let r = rollup::run_until(&ch.client(), today, 30).await.unwrap();
     assert!(r.visit_days.is_empty() && r.hourly_days.is_empty(), "{r:?}");
-    insert(&ch, SITE, &[ev("L0".into(), "2026-11-20 20:00:00", "pageview", "/late")]).await;
+    insert(
+        &ch,
+        SITE,
+        &[ev("L0".into(), "2026-11-20 20:00:00", "pageview", "/late")],
+    )
+    .await;
     let r = rollup::run_until(&ch.client(), today, 30).await.unwrap();
-    assert_eq!(r.visit_days, vec![NaiveDate::from_ymd_opt(2026, 11, 20).unwrap()]);
+    assert_eq!(
+        r.visit_days,
+        vec![NaiveDate::from_ymd_opt(2026, 11, 20).unwrap()]
+    );
     let top = q(&ch, &s, base(json!({"metrics": ["visitors", "visits"]}))).await;
     assert_eq!(top["results"][0]["metrics"], json!([19, 25]), "{top}");
 }
@@ -310,15 +350,86 @@ async fn filters_comparisons_time_zones_and_the_differencing_guard() {
     let s = site();
     let visitors = |doc: &Value| doc["results"][0]["metrics"][0].clone();
     let one = |f: Value| base(json!({"metrics": ["visitors"], "filters": f}));
-    assert_eq!(visitors(&q(&ch, &s, one(json!([["is", "visit:country", ["DE"]]]))).await), 10);
-    assert_eq!(visitors(&q(&ch, &s, one(json!([["is_not", "visit:country", ["US"]]]))).await), 12);
-    assert_eq!(visitors(&q(&ch, &s, one(json!([["contains", "event:page", ["PRIC"], {"case_sensitive": false}]]))).await), 6);
-    assert_eq!(visitors(&q(&ch, &s, one(json!([["contains", "event:page", ["PRIC"]]]))).await), Value::Null);
-    assert_eq!(visitors(&q(&ch, &s, one(json!([["matches", "event:page", ["^/blog/"]]]))).await), 6);
-    assert_eq!(visitors(&q(&ch, &s, one(json!([["or", [["is", "visit:country", ["US"]], ["is", "visit:country", ["FR"]]]]]))).await), 8);
-    assert_eq!(visitors(&q(&ch, &s, one(json!([["not", ["is", "visit:source", ["Google"]]]]))).await), 8);
-    assert_eq!(visitors(&q(&ch, &s, one(json!([["is", "event:props:plan", ["pro"]]]))).await), 5);
-    assert_eq!(visitors(&q(&ch, &s, one(json!([["is", "visit:source", ["Direct / None"]], ["is", "event:page", ["/"]]]))).await), 6);
+    assert_eq!(
+        visitors(&q(&ch, &s, one(json!([["is", "visit:country", ["DE"]]]))).await),
+        10
+    );
+    assert_eq!(
+        visitors(&q(&ch, &s, one(json!([["is_not", "visit:country", ["US"]]]))).await),
+        12
+    );
+    assert_eq!(
+        visitors(
+            &q(
+                &ch,
+                &s,
+                one(json!([["contains", "event:page", ["PRIC"], {"case_sensitive": false}]]))
+            )
+            .await
+        ),
+        6
+    );
+    assert_eq!(
+        visitors(&q(&ch, &s, one(json!([["contains", "event:page", ["PRIC"]]]))).await),
+        Value::Null
+    );
+    assert_eq!(
+        visitors(
+            &q(
+                &ch,
+                &s,
+                one(json!([["matches", "event:page", ["^/blog/"]]]))
+            )
+            .await
+        ),
+        6
+    );
+    assert_eq!(
+        visitors(
+            &q(
+                &ch,
+                &s,
+                one(json!([[
+                    "or",
+                    [
+                        ["is", "visit:country", ["US"]],
+                        ["is", "visit:country", ["FR"]]
+                    ]
+                ]]))
+            )
+            .await
+        ),
+        8
+    );
+    assert_eq!(
+        visitors(
+            &q(
+                &ch,
+                &s,
+                one(json!([["not", ["is", "visit:source", ["Google"]]]]))
+            )
+            .await
+        ),
+        8
+    );
+    assert_eq!(
+        visitors(&q(&ch, &s, one(json!([["is", "event:props:plan", ["pro"]]]))).await),
+        5
+    );
+    assert_eq!(
+        visitors(
+            &q(
+                &ch,
+                &s,
+                one(json!([
+                    ["is", "visit:source", ["Direct / None"]],
+                    ["is", "event:page", ["/"]]
+                ]))
+            )
+            .await
+        ),
+        6
+    );
 
     // Differencing guard: 2 French visitors are under k, so no number at all.
     let fr = q(&ch, &s, base(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "filters": [["is", "visit:country", ["FR"]]]}))).await;
@@ -328,14 +439,30 @@ async fn filters_comparisons_time_zones_and_the_differencing_guard() {
     assert_eq!(fr["results"][0]["metrics"], json!([null]));
 
     // Props breakdown.
-    let props = q(&ch, &s, base(json!({"metrics": ["visitors"], "dimensions": ["event:props:plan"]}))).await;
-    assert_eq!(rows(&props)[0], (vec!["(none)".to_string()], vec![json!(18)]));
+    let props = q(
+        &ch,
+        &s,
+        base(json!({"metrics": ["visitors"], "dimensions": ["event:props:plan"]})),
+    )
+    .await;
+    assert_eq!(
+        rows(&props)[0],
+        (vec!["(none)".to_string()], vec![json!(18)])
+    );
     assert_eq!(rows(&props)[1], (vec!["pro".to_string()], vec![json!(5)]));
 
     // Comparison with the previous day (5 visitors on the 19th).
     let cmp = q(&ch, &s, base(json!({"metrics": ["visitors", "bounce_rate"], "include": {"comparisons": {"mode": "previous_period"}}}))).await;
-    assert_eq!(cmp["results"][0]["comparison"]["metrics"], json!([5, 100]), "{cmp}");
-    assert_eq!(cmp["results"][0]["comparison"]["change"], json!([260, -25]), "{cmp}");
+    assert_eq!(
+        cmp["results"][0]["comparison"]["metrics"],
+        json!([5, 100]),
+        "{cmp}"
+    );
+    assert_eq!(
+        cmp["results"][0]["comparison"]["change"],
+        json!([260, -25]),
+        "{cmp}"
+    );
     let by_day = q(&ch, &s, json!({"site_id": SITE, "metrics": ["visitors"], "date_range": ["2026-11-19", "2026-11-20"], "dimensions": ["time:day"], "include": {"time_labels": true, "total_rows": true}})).await;
     assert_eq!(
         rows(&by_day),
@@ -344,7 +471,10 @@ async fn filters_comparisons_time_zones_and_the_differencing_guard() {
             (vec!["2026-11-20".into()], vec![json!(18)]),
         ]
     );
-    assert_eq!(by_day["meta"]["time_labels"], json!(["2026-11-19", "2026-11-20"]));
+    assert_eq!(
+        by_day["meta"]["time_labels"],
+        json!(["2026-11-19", "2026-11-20"])
+    );
     assert_eq!(by_day["meta"]["total_rows"], 2);
 
     // Tokyo (+9): the 15:00 UTC visitors fall on the 21st there.
@@ -364,11 +494,17 @@ async fn filters_comparisons_time_zones_and_the_differencing_guard() {
     india.timezone = "Asia/Kolkata".into();
     let t = q(&ch, &india, json!({"site_id": SITE, "metrics": ["visitors", "pageviews"], "date_range": ["2026-11-20", "2026-11-20"], "dimensions": ["event:page"]})).await;
     assert_eq!(t["meta"]["source"], "events");
-    assert_eq!(rows(&t)[0], (vec!["/".to_string()], vec![json!(18), json!(18)]));
+    assert_eq!(
+        rows(&t)[0],
+        (vec!["/".to_string()], vec![json!(18), json!(18)])
+    );
 
     // Order and pagination.
     let p = q(&ch, &s, base(json!({"metrics": ["visitors"], "dimensions": ["event:page"], "order_by": [["event:page", "desc"]], "pagination": {"limit": 1, "offset": 1}}))).await;
-    assert_eq!(rows(&p), vec![(vec!["/blog/x".to_string()], vec![json!(6)])]);
+    assert_eq!(
+        rows(&p),
+        vec![(vec!["/blog/x".to_string()], vec![json!(6)])]
+    );
 }
 
 #[tokio::test]
@@ -379,7 +515,9 @@ async fn funnels_realtime_csv_export_and_hostile_input() {
     let f = reports::funnel(
         &ch.client(),
         &s,
-        json!({"site_id": SITE, "funnel": "Buy", "date_range": ["2026-11-20", "2026-11-20"]}).to_string().as_bytes(),
+        json!({"site_id": SITE, "funnel": "Buy", "date_range": ["2026-11-20", "2026-11-20"]})
+            .to_string()
+            .as_bytes(),
     )
     .await
     .unwrap();
@@ -406,13 +544,19 @@ async fn funnels_realtime_csv_export_and_hostile_input() {
                 .into_boxed_str(),
         )
     };
-    let mut evs: Vec<Ev> = (0..5).map(|i| ev(format!("R{i}"), at(1), "pageview", "/live")).collect();
+    let mut evs: Vec<Ev> = (0..5)
+        .map(|i| ev(format!("R{i}"), at(1), "pageview", "/live"))
+        .collect();
     evs.push(ev("R9".into(), at(20), "pageview", "/live"));
     insert(&ch, SITE, &evs).await;
     let rt = reports::realtime(&ch.client(), &s).await.unwrap();
     assert_eq!(rt["visitors_5m"], 5, "{rt}");
     assert_eq!(rt["pageviews_30m"], 6, "{rt}");
-    assert_eq!(rt["top_pages"][0], json!({"page": "/live", "visitors": 6}), "{rt}");
+    assert_eq!(
+        rt["top_pages"][0],
+        json!({"page": "/live", "visitors": 6}),
+        "{rt}"
+    );
 
     // Through HTTP: CSV, export zip, errors naming fields, hostile strings.
     let agg = Aggregator::new(
@@ -430,60 +574,116 @@ async fn funnels_realtime_csv_export_and_hostile_input() {
             .body(Bytes::from(body))
             .unwrap()
     };
-    let pages = base(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"]})).to_string();
-    let r = agg.handle(call("/api/v2/query", "POST", pages.clone(), "text/csv")).await.unwrap();
+    let pages = base(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"]}))
+        .to_string();
+    let r = agg
+        .handle(call("/api/v2/query", "POST", pages.clone(), "text/csv"))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
-    let body = http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
     assert_eq!(
         String::from_utf8(body.to_vec()).unwrap(),
         "event:page,visitors,pageviews\r\n/,18,18\r\n/blog/x,6,6\r\n/pricing,6,6\r\n"
     );
     let r = agg
-        .handle(call(&format!("/api/v1/sites/{SITE}/export?date_range=2026-11-19,2026-11-20"), "GET", String::new(), "*/*"))
+        .handle(call(
+            &format!("/api/v1/sites/{SITE}/export?date_range=2026-11-19,2026-11-20"),
+            "GET",
+            String::new(),
+            "*/*",
+        ))
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let body = http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes();
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(body.to_vec())).unwrap();
     assert!(zip.len() >= 15);
     let mut visitors = String::new();
-    std::io::Read::read_to_string(&mut zip.by_name("visitors.csv").unwrap(), &mut visitors).unwrap();
+    std::io::Read::read_to_string(&mut zip.by_name("visitors.csv").unwrap(), &mut visitors)
+        .unwrap();
     assert!(visitors.contains("2026-11-20,18,24,30,75,40"), "{visitors}");
 
     let bad = |body: Value, field: &str| {
         let agg = agg.clone();
         let field = field.to_string();
         async move {
-            let r = agg.handle(call("/api/v2/query", "POST", body.to_string(), "*/*")).await.unwrap();
+            let r = agg
+                .handle(call("/api/v2/query", "POST", body.to_string(), "*/*"))
+                .await
+                .unwrap();
             assert_eq!(r.status(), 400, "{body}");
-            let b = http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes();
+            let b = http_body_util::BodyExt::collect(r.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
             let msg = String::from_utf8(b.to_vec()).unwrap();
             assert!(msg.contains(&field), "{body} → {msg}");
         }
     };
-    bad(base(json!({"metrics": ["visitors"], "dimensions": ["event:page'); DROP TABLE events; --"]})), "dimensions[0]").await;
+    bad(
+        base(
+            json!({"metrics": ["visitors"], "dimensions": ["event:page'); DROP TABLE events; --"]}),
+        ),
+        "dimensions[0]",
+    )
+    .await;
     bad(base(json!({"metrics": ["visitors", "nope"]})), "metrics[1]").await;
-    bad(base(json!({"metrics": ["visitors"], "filters": [["is", "visit:country", "DE"]]})), "filters[0][2]").await;
-    bad(base(json!({"metrics": ["visitors"], "order_by": [["x", "desc"]]})), "order_by[0]").await;
+    bad(
+        base(json!({"metrics": ["visitors"], "filters": [["is", "visit:country", "DE"]]})),
+        "filters[0][2]",
+    )
+    .await;
+    bad(
+        base(json!({"metrics": ["visitors"], "order_by": [["x", "desc"]]})),
+        "order_by[0]",
+    )
+    .await;
 
     // Injection attempts in every string a query carries run as plain values.
     let hostile = [
         "'; DROP TABLE events; --",
         "\\'; SELECT 1; --",
         "') OR 1=1 OR ('",
-        "?", "{x:String}", "\u{0}", "%' OR '%'='",
+        "?",
+        "{x:String}",
+        "\u{0}",
+        "%' OR '%'='",
     ];
     for h in hostile {
-        for dim in ["event:page", "visit:source", "visit:utm_campaign", "event:props:plan", "visit:country", "event:hostname"] {
+        for dim in [
+            "event:page",
+            "visit:source",
+            "visit:utm_campaign",
+            "event:props:plan",
+            "visit:country",
+            "event:hostname",
+        ] {
             for op in ["is", "is_not", "contains", "contains_not"] {
                 let body = base(json!({"metrics": ["visitors"], "filters": [[op, dim, [h]]]}));
-                let r = agg.handle(call("/api/v2/query", "POST", body.to_string(), "*/*")).await.unwrap();
+                let r = agg
+                    .handle(call("/api/v2/query", "POST", body.to_string(), "*/*"))
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), 200, "{body}");
             }
         }
-        let body = base(json!({"metrics": ["visitors"], "dimensions": [format!("event:props:{h}")]}));
-        let r = agg.handle(call("/api/v2/query", "POST", body.to_string(), "*/*")).await.unwrap();
+        let body =
+            base(json!({"metrics": ["visitors"], "dimensions": [format!("event:props:{h}")]}));
+        let r = agg
+            .handle(call("/api/v2/query", "POST", body.to_string(), "*/*"))
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{body}");
     }
     let top = q(&ch, &s, base(json!({"metrics": ["visitors"]}))).await;
@@ -502,9 +702,18 @@ async fn child_directed_sites_report_counts_only() {
     let mut s = SiteView::new("kids.example");
     s.child_directed = true;
     let d = q(&ch, &s, json!({"site_id": "kids.example", "metrics": ["pageviews"], "date_range": ["2026-11-20", "2026-11-20"], "dimensions": ["event:page"]})).await;
-    assert_eq!(rows(&d), vec![(vec!["/games".to_string()], vec![json!(7)])], "{d}");
-    let e = stats::run(&ch.client(), &s, br#"{"site_id":"kids.example","metrics":["visitors"],"date_range":"day"}"#, now())
-        .await
-        .unwrap_err();
+    assert_eq!(
+        rows(&d),
+        vec![(vec!["/games".to_string()], vec![json!(7)])],
+        "{d}"
+    );
+    let e = stats::run(
+        &ch.client(),
+        &s,
+        br#"{"site_id":"kids.example","metrics":["visitors"],"date_range":"day"}"#,
+        now(),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("child-directed"));
 }

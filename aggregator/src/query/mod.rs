@@ -782,9 +782,11 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
         None => None,
         Some("previous_period") => Some(Compare::PreviousPeriod),
         Some("year_over_year") => Some(Compare::YearOverYear),
-        Some(m) => return Err(bad(format!(
+        Some(m) => {
+            return Err(bad(format!(
             "`include.comparisons.mode`: unknown mode {m:?}; use previous_period or year_over_year"
-        ))),
+        )))
+        }
     };
     if compare.is_some() && realtime {
         return Err(bad("`include.comparisons` is not available for realtime"));
