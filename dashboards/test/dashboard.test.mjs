@@ -40,6 +40,23 @@ async function statValues(page) {
   return page.$$eval("#stats .value", (els) => Object.fromEntries(els.map((e) => [e.dataset.metric, e.dataset.value])));
 }
 
+
+/** Text contrast (WCAG AA, 4.5:1) of body text, muted text, links and row labels on their backgrounds. */
+async function assertContrast(page) {
+  const pairs = await page.evaluate(() => {
+    const rgb = (c) => c.match(/\d+(\.\d+)?/g).slice(0, 3).map(Number);
+    const bgOf = (e) => { for (; e; e = e.parentElement) { const c = getComputedStyle(e).backgroundColor; if (!/rgba\(0, 0, 0, 0\)|transparent/.test(c)) return c; } return "rgb(255,255,255)"; };
+    return ["body", ".hint", "thead th", "#panel-pages button.row", ".views a:not([aria-current])", ".stat .label", ".tabs button"]
+      .map((sel) => { const e = document.querySelector(sel); return [sel, rgb(getComputedStyle(e).color), rgb(bgOf(e))]; });
+  });
+  const lum = ([r, g, b]) => [r, g, b].map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
+    .reduce((a, v, i) => a + v * [0.2126, 0.7152, 0.0722][i], 0);
+  for (const [sel, fg, bgc] of pairs) {
+    const [a, b] = [lum(fg), lum(bgc)].sort((x, y) => y - x);
+    assert.ok((a + 0.05) / (b + 0.05) >= 4.5, `${sel}: contrast ${((a + 0.05) / (b + 0.05)).toFixed(2)}`);
+  }
+}
+
 const str = (v) => (v === null || v === undefined ? "null" : String(v));
 
 function noProblems(page) {
@@ -141,6 +158,7 @@ test("numbers on screen equal the API's: top stats, every panel, the chart, fold
   assert.ok(rows.length >= 7, JSON.stringify(rows));
   for (const [day, v] of rows) assert.equal(v, byDay.get(day) ?? "0", day);
   assert.ok(await page.$("#chart canvas"), "uPlot drew the chart");
+  await assertContrast(page);
   noProblems(page);
   await page.close_all();
 });
@@ -291,6 +309,24 @@ test("a shared link opens the dashboard read-only without a key", async () => {
   await screenshot(page, "shared-link");
   noProblems(page);
   await page.close_all();
+  // A link with a password asks for it, then opens; a wrong one is refused.
+  const locked = await api(veil, `/api/v1/sites/${SITE}/shared-links`, { body: { name: "locked", password: "correct horse" } });
+  const lp = await open(chrome, { token: null });
+  await lp.goto(veil.url + locked.url);
+  await lp.waitForSelector("#password:not([hidden])");
+  await lp.fill("#link-password", "wrong password");
+  await lp.press("#link-password", "Enter");
+  await lp.waitForFunction(() => !document.querySelector("#password").hidden && document.querySelector("#status").textContent.length > 0);
+  await lp.fill("#link-password", "correct horse");
+  await lp.press("#link-password", "Enter");
+  await settled(lp);
+  const lockedWant = await api(veil, "/api/v2/query", { body: { site_id: SITE, date_range: "7d", metrics: ["visitors"] },
+    token: new URL(locked.url, veil.url).searchParams.get("auth"), headers: { "X-Veil-Link-Password": "correct horse" } });
+  assert.equal((await statValues(lp)).visitors, str(lockedWant.results[0].metrics[0]));
+  // The refused requests (no password, then a wrong one) are the only console errors.
+  assert.deepEqual(lp.problems.filter((p) => !/status of 401/.test(p)), []);
+  await lp.close_all();
+
   // Revoked, the link opens nothing.
   const id = link.id ?? (await api(veil, `/api/v1/sites/${SITE}/shared-links`)).shared_links?.[0]?.id;
   if (id !== undefined) {
@@ -449,6 +485,7 @@ test("phone width and dark mode: no sideways scrolling, dark colours, keyboard r
   const { scroll, bg } = await page.evaluate(() => ({ scroll: document.documentElement.scrollWidth, bg: getComputedStyle(document.body).backgroundColor }));
   assert.ok(scroll <= 376, `page is ${scroll} px wide at 375`);
   assert.equal(bg, "rgb(17, 20, 24)");
+  await assertContrast(page);
   // Every control has an accessible name.
   const unnamed = await page.$$eval("button, select, input, a[href]", (els) => els.filter((e) => {
     if (e.offsetParent === null) return false;
