@@ -717,3 +717,50 @@ async fn child_directed_sites_report_counts_only() {
     .unwrap_err();
     assert!(e.to_string().contains("child-directed"));
 }
+
+/// The example request of Plausible's Stats API v2 reference (curl with a Bearer token, a
+/// `site_id`, `visitors`, `7d`), sent unchanged.
+#[tokio::test]
+async fn the_plausible_docs_example_request_works_unchanged() {
+    let ch = veil_schemas::testing::fresh_database("stats_docs").await;
+    let now = Utc::now().naive_utc();
+    let at: &'static str = Box::leak(
+        (now - chrono::Duration::hours(1))
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+            .into_boxed_str(),
+    );
+    let evs: Vec<Ev> = (0..6)
+        .map(|i| ev(format!("P{i}"), at, "pageview", "/"))
+        .collect();
+    insert(&ch, "dummy.site", &evs).await;
+    let agg = Aggregator::new(
+        AggregatorConfig {
+            sites: vec!["dummy.site".into()],
+            api_token: Some("YOUR-TOKEN-0123456789".into()),
+            ..Default::default()
+        },
+        ch.clone(),
+    );
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/v2/query")
+        .header("Authorization", "Bearer YOUR-TOKEN-0123456789")
+        .header("Content-Type", "application/json")
+        .body(Bytes::from_static(
+            br#"{ "site_id": "dummy.site", "metrics": ["visitors"], "date_range": "7d" }"#,
+        ))
+        .unwrap();
+    let r = agg.handle(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        doc["results"],
+        json!([{"dimensions": [], "metrics": [6]}]),
+        "{doc}"
+    );
+}
