@@ -187,7 +187,14 @@ mod tests {
             assert_eq!(r.headers()[header::CONTENT_SECURITY_POLICY], CSP);
             assert_eq!(r.headers()[header::CONTENT_TYPE], HTML);
         }
-        for path in ["/nope", "/site/", "/share/", "/site//x", "/sites/x", "/api/v1/sites"] {
+        for path in [
+            "/nope",
+            "/site/",
+            "/share/",
+            "/site//x",
+            "/sites/x",
+            "/api/v1/sites",
+        ] {
             assert!(get(path).is_none(), "{path}");
         }
         let r = get("/vendor/uPlot.iife.min.js").unwrap();

@@ -497,6 +497,8 @@ test("phone width and dark mode: no sideways scrolling, dark colours, keyboard r
   await page.focus("#panel-pages button.row");
   await page.keyboard.press("Enter");
   await page.waitForURL(/f=/);
+  await settled(page);
+  assert.equal(await page.$$eval("#filter-list li", (l) => l.length), 1);
   await screenshot(page, "phone-dark");
   noProblems(page);
   await page.close_all();

@@ -328,8 +328,9 @@
     const tabId = def.tabs.some((t) => t.id === st.tabs[def.id]) ? st.tabs[def.id] : def.tabs[0].id;
     const tab = def.tabs.find((t) => t.id === tabId);
     const body = h("div", { class: "panel-body", role: "tabpanel", id: "tp-" + def.id, "aria-live": "polite" });
+    // Funnels are not a /api/v2/query report: no CSV for that tab.
     const csv = h("button", { type: "button", class: "secondary", "data-csv": def.id, text: "CSV",
-      "aria-label": "Download " + tab.label + " as CSV" });
+      "aria-label": "Download " + tab.label + " as CSV", hidden: tab.dim === "funnel" });
     const tabs = h("div", { class: "tabs", role: "tablist", "aria-label": def.title },
       def.tabs.map((t) => h("button", { type: "button", role: "tab", "aria-selected": String(t.id === tabId),
         "aria-controls": "tp-" + def.id, "data-tab": t.id, text: t.label,
