@@ -435,8 +435,11 @@ impl Settings {
             );
         }
         let min_visitors = pick(opts.min_visitors, file.min_visitors).unwrap_or(5);
-        if min_visitors == 0 {
-            bail!("--min-visitors must be at least 1");
+        if min_visitors < veil_aggregator::site::MIN_K {
+            bail!(
+                "--min-visitors must be at least {} (k-anonymity needs a crowd)",
+                veil_aggregator::site::MIN_K
+            );
         }
         if matches!(
             command,

@@ -34,23 +34,26 @@ fn veil_up_runs_everything_and_keeps_no_raw_identifiers() {
     let dir = tempfile::tempdir().unwrap();
     let v = start(dir.path(), free_port(), &[]);
     let body = r#"{"n":"pageview","u":"https://example.com/quick-start?email=canary@example.org","d":"example.com","r":null}"#;
-    let (status, text) = http(
-        v.addr,
-        "POST",
-        "/api/event",
-        &[
-            ("User-Agent", CANARY_UA),
-            ("X-Forwarded-For", CANARY_IP),
-            ("Content-Type", "text/plain"),
-        ],
-        body,
-    );
-    assert_eq!((status, text.as_str()), (202, "ok"));
+    // Two visitors: k is at least 2, so one alone would never be shown.
+    for ip in [CANARY_IP, "198.51.100.77"] {
+        let (status, text) = http(
+            v.addr,
+            "POST",
+            "/api/event",
+            &[
+                ("User-Agent", CANARY_UA),
+                ("X-Forwarded-For", ip),
+                ("Content-Type", "text/plain"),
+            ],
+            body,
+        );
+        assert_eq!((status, text.as_str()), (202, "ok"));
+    }
     // Readable through the Stats API within seconds.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = visitors(v.addr);
-        if r["results"] == serde_json::json!([{"dimensions": ["/quick-start"], "metrics": [1, 1]}])
+        if r["results"] == serde_json::json!([{"dimensions": ["/quick-start"], "metrics": [2, 2]}])
         {
             break;
         }
@@ -72,7 +75,7 @@ fn veil_up_runs_everything_and_keeps_no_raw_identifiers() {
     let v = start(dir.path(), free_port(), &[]);
     assert_eq!(
         visitors(v.addr)["results"][0]["metrics"],
-        serde_json::json!([1, 1])
+        serde_json::json!([2, 2])
     );
     stop(v);
 

@@ -67,7 +67,7 @@ pub fn start(dir: &Path, port: u16, extra: &[&str]) -> Veil {
     let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
         .args(["up", "--site", "example.com"])
         // Through the environment so that `extra` flags can override them.
-        .env("VEIL_MIN_VISITORS", "1")
+        .env("VEIL_MIN_VISITORS", "2")
         .env("VEIL_BATCH_MAX_AGE", "200ms")
         .args(extra)
         .arg("--listen")
