@@ -6,6 +6,7 @@
 //! releases: no TTL, no `{name:Type}` query parameters, no window functions, no DateTime64,
 //! no IPv4/IPv6 column types.
 
+pub mod cluster;
 pub mod gen;
 pub mod managed;
 pub mod migrate;
@@ -81,6 +82,9 @@ pub struct ClickHouseConfig {
     /// Password; never printed.
     #[serde(skip_serializing)]
     pub password: Option<String>,
+    /// `--clickhouse-cluster`: the `remote_servers` cluster Veil's tables span (sharded,
+    /// replicated; see [`migrate`] and docs/DEPLOY.md). `None`: one server, plain MergeTree.
+    pub cluster: Option<String>,
 }
 
 impl ClickHouseConfig {
@@ -91,6 +95,7 @@ impl ClickHouseConfig {
             database: database.into(),
             user: None,
             password: None,
+            cluster: None,
         }
     }
 
@@ -107,6 +112,13 @@ impl ClickHouseConfig {
                 "--clickhouse-database must be letters, digits and underscores and not start with a digit, got {:?}",
                 self.database
             )));
+        }
+        if let Some(c) = &self.cluster {
+            if !valid_identifier(c) {
+                return Err(Error::Config(format!(
+                    "--clickhouse-cluster must be letters, digits and underscores and not start with a digit, got {c:?}"
+                )));
+            }
         }
         Ok(())
     }
