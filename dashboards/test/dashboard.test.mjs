@@ -503,3 +503,32 @@ test("phone width and dark mode: no sideways scrolling, dark colours, keyboard r
   noProblems(page);
   await page.close_all();
 });
+
+test("a child-directed site added through the admin API shows page views and event counts only, without errors", async () => {
+  const kids = "kids.example";
+  await api(veil, "/api/v1/sites", { body: { domain: kids, child_directed: true } });
+  const ev = (i, path) => ({ site: kids, name: "pageview", url: `https://${kids}${path}`, ip: `192.0.2.${100 + i}`, user_agent: UA.chrome });
+  const events = [...Array.from({ length: 8 }, (_, i) => ev(i, "/")), ...Array.from({ length: 6 }, (_, i) => ev(i, "/games"))];
+  // The collector accepts the new site within one registry refresh.
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    await send(veil, events);
+    const [r] = await sql(veil, `SELECT count() AS c FROM veil.events WHERE site = '${kids}'`);
+    if (Number(r.c) >= events.length) break;
+    assert.ok(Date.now() < deadline, "the collector never accepted the new site");
+    await new Promise((ok) => setTimeout(ok, 1000));
+  }
+  const page = await open(chrome);
+  await page.goto(`${veil.url}/site/${kids}?period=7d`);
+  await settled(page);
+  const want = await api(veil, "/api/v2/query", { body: { site_id: kids, date_range: "7d", metrics: ["pageviews", "events"] } });
+  const got = await statValues(page);
+  assert.deepEqual(got, { pageviews: str(want.results[0].metrics[0]), events: str(want.results[0].metrics[1]) });
+  const pages = await api(veil, "/api/v2/query", { body: { site_id: kids, date_range: "7d", metrics: ["pageviews", "events"], dimensions: ["event:page"], pagination: { limit: 10, offset: 0 } } });
+  assert.deepEqual((await panelRows(page, "pages")).map((r) => [r.raw, r.values]), pages.results.map((r) => [r.dimensions[0], r.metrics.map(str)]));
+  assert.equal(await page.$$eval(".error", (l) => l.length), 0, await page.$$eval(".error", (l) => l.map((e) => e.textContent).join("; ")));
+  assert.equal(await page.$eval("#view-app", (e) => e.hidden), true);
+  await screenshot(page, "child-site");
+  noProblems(page);
+  await page.close_all();
+});

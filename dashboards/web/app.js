@@ -489,6 +489,11 @@
     });
   }
 
+  // Counts get whole-number ticks on the y axis: 1, 2, 5, 10, 20, 25, 50, 100, …
+  const INT_STEPS = [];
+  for (let m = 1; m <= 1e9; m *= 10) INT_STEPS.push(m, 2 * m, ...(m >= 10 ? [2.5 * m] : []), 5 * m);
+  const COUNTS = (m) => !PERCENT.has(m) && !SECONDS.has(m) && !MILLIS.has(m) && !DECIMAL.has(m);
+
   function cssVar(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
 
   function chart(container, metric, st, gen) {
@@ -552,7 +557,8 @@
         axes: [
           { stroke: axisColor, grid, incrs: [1, 2, 3, 4, 6, 7, 12, 24, 30, 48, 90, 180, 365],
             values: (u, splits) => splits.map((i) => (Number.isInteger(i) ? short(labels[i]) : "")) },
-          { stroke: axisColor, grid, size: 60, values: (u, splits) => splits.map((v) => fmt(metric, v)) },
+          Object.assign({ stroke: axisColor, grid, size: 60, values: (u, splits) => splits.map((v) => fmt(metric, v)) },
+            COUNTS(metric) ? { incrs: INT_STEPS } : {}),
         ],
         cursor: { drag: { x: false, y: false } },
       };
@@ -580,6 +586,19 @@
     }));
   }
 
+  // A child-directed site stores no visitor hash, referrer, campaign or props: the API reports
+  // page views and event counts by page, event, goal, host, country, device, browser and OS only.
+  const CHILD_DIMS = new Set(["event:page", "event:name", "event:hostname", "event:goal", "visit:country", "visit:device",
+    "visit:browser", "visit:os"]);
+  const CHILD_STATS = [["pageviews", "events"]];
+  function isChild() { return !!(S.settings && S.settings.child_directed); }
+  function childPanels(defs) {
+    return defs.map((d) => Object.assign({}, d, {
+      metrics: d.id === "goals" || d.id === "events" ? ["events"] : ["pageviews", "events"],
+      tabs: d.tabs.filter((t) => CHILD_DIMS.has(t.dim)).map((t) => Object.assign({}, t, { metrics: undefined })),
+    })).filter((d) => d.tabs.length > 0);
+  }
+
   function syncControls(st) {
     $("period").value = st.period;
     $("from-l").hidden = $("to-l").hidden = st.period !== "custom";
@@ -595,11 +614,13 @@
       a.href = stateUrl(s2);
       if (v === st.view) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
     }
+    $("view-app").hidden = isChild();
     filterChips(st);
   }
 
   function renderDash() {
     const st = readState();
+    if (isChild() && st.view === "app") st.view = "web";
     S.view = st.view;
     S.generation += 1;
     const gen = S.generation;
@@ -614,7 +635,7 @@
     body.replaceChildren();
     $("notice").hidden = true;
     if (st.view === "realtime") return realtime(body, st, gen);
-    const stats = st.view === "app" ? APP_STATS : WEB_STATS;
+    const stats = isChild() ? CHILD_STATS : st.view === "app" ? APP_STATS : WEB_STATS;
     const metric = st.metric && CHARTABLE.has(st.metric) ? st.metric : stats[0][0];
     topStats(body, stats, st, gen, metric).then((data) => {
       if (gen !== S.generation) return;
@@ -634,7 +655,12 @@
     chart(body, metric, st, gen);
     const grid = h("div", { class: "grid" });
     body.append(grid);
-    for (const def of st.view === "app" ? APP_PANELS : WEB_PANELS) grid.append(panel(def, st, gen));
+    const defs = st.view === "app" ? APP_PANELS : WEB_PANELS;
+    for (const def of isChild() ? childPanels(defs) : defs) grid.append(panel(def, st, gen));
+    if (isChild()) {
+      grid.append(h("p", { class: "hint", text: "Child-directed site: page views and event counts only; no visitors, " +
+        "sources, campaigns or properties are collected." }));
+    }
   }
 
   function realtime(body, st, gen) {
