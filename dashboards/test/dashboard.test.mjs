@@ -137,9 +137,10 @@ test("numbers on screen equal the API's: top stats, every panel, the chart, fold
   assert.equal(await page.$eval('#stats .value[data-metric="visitors"]', (e) => e.textContent), nf.format(totals.results[0].metrics[0]));
 
   const panels = { pages: ["event:page", ["visitors", "pageviews"]], sources: ["visit:source", ["visitors", "visits"]],
-    devices: ["visit:browser", ["visitors"]], events: ["event:name", ["visitors", "events"]], locations: ["visit:country", ["visitors"]] };
-  for (const [id, [dim, ms]] of Object.entries(panels)) {
-    const want = await query(veil, { metrics: ms, dimensions: [dim], pagination: { limit: 10, offset: 0 } });
+    devices: ["visit:browser", ["visitors"]], events: ["event:name", ["visitors", "events"], [["is_not", "event:name", ["pageview"]]]],
+    locations: ["visit:country", ["visitors"]] };
+  for (const [id, [dim, ms, filters]] of Object.entries(panels)) {
+    const want = await query(veil, { metrics: ms, dimensions: [dim], filters: filters || [], pagination: { limit: 10, offset: 0 } });
     const got = await panelRows(page, id);
     assert.deepEqual(got.map((r) => [r.raw, r.values]), want.results.map((r) => [str(r.dimensions[0]), r.metrics.map(str)]), id);
   }
@@ -506,7 +507,23 @@ test("phone width and dark mode: no sideways scrolling, dark colours, keyboard r
 
 test("a child-directed site added through the admin API shows page views and event counts only, without errors", async () => {
   const kids = "kids.example";
-  await api(veil, "/api/v1/sites", { body: { domain: kids, child_directed: true } });
+  // Added on the sites page, made child-directed on its settings page.
+  const admin = await open(chrome);
+  await admin.goto(veil.url + "/");
+  await admin.waitForSelector("#add-site:not([hidden])");
+  await admin.fill('#add-site input[name="domain"]', kids);
+  await admin.click('#add-site button[type="submit"]');
+  await admin.waitForSelector(`#site-list li[data-site="${kids}"]`);
+  await admin.click(`#site-list li[data-site="${kids}"] a`);
+  await admin.waitForSelector("#settings-link:not([hidden])");
+  await admin.click("#settings-link");
+  await admin.waitForSelector("#general-form");
+  await admin.check('#general-form input[name="child_directed"]');
+  await admin.click('#general-form button[type="submit"]');
+  await admin.waitForFunction(() => document.querySelector("#status").textContent === "Settings saved.");
+  assert.equal((await api(veil, `/api/v1/sites/${kids}`)).child_directed, true);
+  noProblems(admin);
+  await admin.close_all();
   const ev = (i, path) => ({ site: kids, name: "pageview", url: `https://${kids}${path}`, ip: `192.0.2.${100 + i}`, user_agent: UA.chrome });
   const events = [...Array.from({ length: 8 }, (_, i) => ev(i, "/")), ...Array.from({ length: 6 }, (_, i) => ev(i, "/games"))];
   // The collector accepts the new site within one registry refresh.

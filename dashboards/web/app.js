@@ -263,7 +263,7 @@
       { id: "screen", label: "Screens", dim: "visit:screen" },
       { id: "processor", label: "Processors", dim: "visit:processor" }] },
     { id: "events", title: "Custom events", metrics: ["visitors", "events"], tabs: [
-      { id: "name", label: "Events", dim: "event:name" },
+      { id: "name", label: "Events", dim: "event:name", exclude: ["pageview"] },
       { id: "props", label: "Properties", dim: "props" }] },
     { id: "goals", title: "Goals and funnels", metrics: ["visitors", "events", "conversion_rate"], tabs: [
       { id: "goal", label: "Goals", dim: "event:goal" },
@@ -348,9 +348,14 @@
     const metrics = tab.metrics || def.metrics;
     let dim = tab.dim;
     let limit = 10;
-    const query = (lim) => Object.assign(baseQuery(st), {
-      metrics, dimensions: [dim], pagination: { limit: lim, offset: 0 }, include: { total_rows: true },
-    });
+    // A tab may leave out some values (custom events: not the pageviews).
+    const query = (lim) => {
+      const q = Object.assign(baseQuery(st), {
+        metrics, dimensions: [dim], pagination: { limit: lim, offset: 0 }, include: { total_rows: true },
+      });
+      if (tab.exclude) q.filters = q.filters.concat([["is_not", dim, tab.exclude]]);
+      return q;
+    };
     async function load() {
       body.replaceChildren(h("p", { class: "hint", text: "Loading…" }));
       try {
