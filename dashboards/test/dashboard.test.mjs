@@ -549,3 +549,41 @@ test("a child-directed site added through the admin API shows page views and eve
   noProblems(page);
   await page.close_all();
 });
+
+test("a row of every panel tab filters the whole dashboard without an API error", async () => {
+  const page = await open(chrome);
+  const tabs = ["pages=page", "pages=entry", "pages=exit", "pages=host", "sources=source", "sources=channel", "sources=referrer",
+    "sources=utm_source", "sources=utm_campaign", "locations=country", "devices=browser", "devices=browser_version", "devices=os",
+    "devices=os_version", "devices=device", "events=name", "goals=goal"];
+  const panelOf = (t) => t.split("=")[0];
+  let filtered = 0;
+  for (const t of tabs) {
+    await page.goto(dash(`period=7d&t.${t}`));
+    await settled(page);
+    const row = page.locator(`#panel-${panelOf(t)} tbody button.row`).first();
+    if (!(await row.count())) continue;
+    const label = await row.textContent();
+    await row.click();
+    await page.waitForURL(/f=/);
+    await settled(page);
+    const errors = await page.$$eval(".error", (l) => l.map((e) => e.textContent));
+    assert.deepEqual(errors, [], `${t} → ${label}`);
+    assert.equal(await page.$$eval("#filter-list li", (l) => l.length), 1, t);
+    filtered++;
+  }
+  assert.ok(filtered >= 14, `only ${filtered} tabs had a row to click`);
+  // Two filters at once, and a "contains" filter from the form.
+  await page.goto(dash("period=7d&f=is~visit:source~Google"));
+  await settled(page);
+  await page.click("#filter-add summary");
+  await page.selectOption("#filter-dim", "event:page");
+  await page.selectOption('#filter-form select[name="op"]', "contains");
+  await page.fill('#filter-form input[name="value"]', "pric");
+  await page.click('#filter-form button[type="submit"]');
+  await page.waitForURL(/f=contains~event:page~pric/);
+  await settled(page);
+  const want = await query(veil, { metrics: ["visitors"], filters: [["is", "visit:source", ["Google"]], ["contains", "event:page", ["pric"]]] });
+  assert.equal((await statValues(page)).visitors, str(want.results[0].metrics[0]));
+  noProblems(page);
+  await page.close_all();
+});
