@@ -431,6 +431,30 @@ async fn filters_comparisons_time_zones_and_the_differencing_guard() {
         6
     );
 
+    // Plausible's country names.
+    assert_eq!(
+        visitors(
+            &q(
+                &ch,
+                &s,
+                one(json!([["is", "visit:country_name", ["Germany"]]]))
+            )
+            .await
+        ),
+        10
+    );
+    let names = q(
+        &ch,
+        &s,
+        base(json!({"metrics": ["visitors"], "dimensions": ["visit:country_name"]})),
+    )
+    .await;
+    assert_eq!(
+        rows(&names)[0],
+        (vec!["Germany".to_string()], vec![json!(10)]),
+        "{names}"
+    );
+
     // Differencing guard: 2 French visitors are under k, so no number at all.
     let fr = q(&ch, &s, base(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "filters": [["is", "visit:country", ["FR"]]]}))).await;
     assert_eq!(fr["meta"]["too_few_visitors"], true, "{fr}");

@@ -145,6 +145,8 @@ pub enum DimKind {
     Goal,
     /// A custom property of an event.
     Prop(String),
+    /// The visitor's country as its English ISO 3166 name (Plausible's `visit:country_name`).
+    CountryName,
     /// A time bucket in the site's time zone.
     Time(TimeBucket),
 }
@@ -179,8 +181,11 @@ pub const DIMENSIONS: &[(&str, DimKind)] = &[
     ("visit:utm_content", DimKind::Visit("utm_content")),
     ("visit:utm_term", DimKind::Visit("utm_term")),
     ("visit:country", DimKind::Visitor("country_code")),
+    ("visit:country_name", DimKind::CountryName),
     ("visit:region", DimKind::Visitor("region")),
+    ("visit:region_name", DimKind::Visitor("region")),
     ("visit:city", DimKind::Visitor("city")),
+    ("visit:city_name", DimKind::Visitor("city")),
     ("visit:isp", DimKind::Visitor("isp")),
     ("visit:browser", DimKind::Visitor("browser")),
     ("visit:browser_version", DimKind::Visitor("browser_version")),
@@ -214,7 +219,7 @@ impl Dim {
         match self.kind {
             DimKind::Event(_) | DimKind::Goal | DimKind::Prop(_) => Level::Event,
             DimKind::Visit(_) => Level::Visit,
-            DimKind::Visitor(_) | DimKind::Time(_) => Level::Both,
+            DimKind::Visitor(_) | DimKind::CountryName | DimKind::Time(_) => Level::Both,
         }
     }
 }

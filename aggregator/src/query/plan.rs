@@ -464,12 +464,25 @@ fn dim_expr(d: &Dim, src: Source, q: &Query, site: &SiteView) -> String {
                 )
             }
         }
+        DimKind::CountryName => country_name_expr(),
         DimKind::Prop(k) => format!(
             "if(has(prop_keys, {k}), prop_values[indexOf(prop_keys, {k})], '(none)')",
             k = lit(k)
         ),
         DimKind::Time(b) => time_expr(*b, ts_col(src), q),
     }
+}
+
+/// `country_code` → English ISO 3166 name (the code itself when unknown).
+fn country_name_expr() -> String {
+    let (codes, names): (Vec<String>, Vec<String>) = isocountry::CountryCode::iter()
+        .map(|c| (lit(c.alpha2()), lit(c.name())))
+        .unzip();
+    format!(
+        "transform(country_code, [{}], [{}], country_code)",
+        codes.join(", "),
+        names.join(", ")
+    )
 }
 
 /// SQL for a filter over [`joined_rows`].
