@@ -427,6 +427,14 @@ test("settings: goals and funnels saved through the admin API feed the goals pan
   await page.waitForSelector("#shared_links-new");
   assert.match(await page.$eval("#shared_links-new", (e) => e.textContent), new RegExp(`/share/${SITE.replace(".", "\\.")}\\?auth=`));
   await screenshot(page, "settings");
+  // Revoking the link in the list: it disappears and its token no longer reads anything.
+  const teamUrl = new URL(await page.$eval("#shared_links-new", (e) => e.textContent));
+  const teamToken = teamUrl.searchParams.get("auth");
+  assert.equal((await api(veil, "/api/v2/query", { body: { site_id: SITE, metrics: ["visitors"], date_range: "7d" }, token: teamToken, raw: true })).status, 200);
+  await page.click('#shared_links-list button[aria-label="Revoke team"]');
+  await page.waitForFunction(() => ![...document.querySelectorAll("#shared_links-list li")].some((li) => li.textContent.includes("team")));
+  const refused = await api(veil, "/api/v2/query", { body: { site_id: SITE, metrics: ["visitors"], date_range: "7d" }, token: teamToken, raw: true });
+  assert.equal(refused.status, 401);
   const site = await api(veil, `/api/v1/sites/${SITE}`);
   const settings = site.settings || site;
   assert.deepEqual(settings.goals.map((g) => g.name), ["Signup", "Pricing"]);

@@ -327,7 +327,7 @@
   function panel(def, st, gen) {
     const tabId = def.tabs.some((t) => t.id === st.tabs[def.id]) ? st.tabs[def.id] : def.tabs[0].id;
     const tab = def.tabs.find((t) => t.id === tabId);
-    const body = h("div", { class: "panel-body", role: "tabpanel", id: "tp-" + def.id, "aria-live": "polite" });
+    const body = h("div", { class: "panel-body", role: "tabpanel", id: "tp-" + def.id, "aria-labelledby": "h-" + def.id });
     // Funnels are not a /api/v2/query report: no CSV for that tab.
     const csv = h("button", { type: "button", class: "secondary", "data-csv": def.id, text: "CSV",
       "aria-label": "Download " + tab.label + " as CSV", hidden: tab.dim === "funnel" });
