@@ -165,7 +165,12 @@ async fn report(client: &clickhouse::Client, site: &SiteView, q: &Query) -> Resu
                             .zip(&cells[1 + nd..1 + nd + nm])
                             .map(|(m, v)| {
                                 if plan::additive(*m)
-                                    || matches!(m, Metric::Visitors | Metric::ConversionRate)
+                                    || matches!(
+                                        m,
+                                        Metric::Visitors
+                                            | Metric::ConversionRate
+                                            | Metric::Percentage
+                                    )
                                 {
                                     number(v)
                                 } else {
@@ -298,6 +303,41 @@ async fn conversion_rates(
     Ok(())
 }
 
+/// Fills in `percentage`: the row's visitors ÷ all visitors with the same filters.
+async fn percentages(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+    rep: &mut Report,
+) -> Result<(), Error> {
+    let Some(pi) = q.metrics.iter().position(|m| *m == Metric::Percentage) else {
+        return Ok(());
+    };
+    let mut t = q.clone();
+    t.dimensions.clear();
+    t.metrics = vec![Metric::Visitors];
+    t.order_by.clear();
+    let built = if plan::source(&t, site.child_directed) == plan::Source::Visits && t.rollups {
+        visit_builds(client, t.start.date(), t.end.date()).await?
+    } else {
+        Vec::new()
+    };
+    let rows = fetch(client, &plan::sql(&t, site, &built, None)).await?;
+    let total = rows
+        .first()
+        .and_then(|r| r.as_array())
+        .and_then(|c| c.first())
+        .and_then(number)
+        .unwrap_or(0.0);
+    for row in &mut rep.rows {
+        row.metrics[pi] = match row.metrics[pi] {
+            Some(v) if total > 0.0 => Some((v * 1000.0 / total).round() / 10.0),
+            _ => None,
+        };
+    }
+    Ok(())
+}
+
 /// Whether the filtered population is under k (the differencing guard).
 async fn too_few(client: &clickhouse::Client, site: &SiteView, q: &Query) -> Result<bool, Error> {
     if q.filter.is_none() {
@@ -367,6 +407,7 @@ pub async fn run_query(
     } else {
         let mut r = report(client, site, q).await?;
         conversion_rates(client, site, q, &mut r).await?;
+        percentages(client, site, q, &mut r).await?;
         r
     };
     if guard && q.dimensions.is_empty() {
@@ -391,6 +432,7 @@ pub async fn run_query(
                 report(client, site, &cq).await?
             };
             conversion_rates(client, site, &cq, &mut c).await?;
+            percentages(client, site, &cq, &mut c).await?;
             Some((cq, c))
         }
         _ => None,

@@ -431,6 +431,16 @@ async fn filters_comparisons_time_zones_and_the_differencing_guard() {
         6
     );
 
+    // Shares of all visitors.
+    let share = q(
+        &ch,
+        &s,
+        base(json!({"metrics": ["visitors", "percentage"], "dimensions": ["visit:source"]})),
+    )
+    .await;
+    assert_eq!(rows(&share)[0].1, vec![json!(10), json!(55.6)], "{share}");
+    assert_eq!(rows(&share)[1].1, vec![json!(6), json!(33.3)], "{share}");
+
     // Plausible's country names.
     assert_eq!(
         visitors(
@@ -573,6 +583,18 @@ async fn funnels_realtime_csv_export_and_hostile_input() {
         .collect();
     evs.push(ev("R9".into(), at(20), "pageview", "/live"));
     insert(&ch, SITE, &evs).await;
+    let day = stats::run(
+        &ch.client(),
+        &s,
+        json!({"site_id": SITE, "metrics": ["visitors"], "date_range": "24h"})
+            .to_string()
+            .as_bytes(),
+        Utc::now(),
+    )
+    .await
+    .unwrap()
+    .1;
+    assert_eq!(day["results"][0]["metrics"], json!([6]), "{day}");
     let rt = reports::realtime(&ch.client(), &s).await.unwrap();
     assert_eq!(rt["visitors_5m"], 5, "{rt}");
     assert_eq!(rt["pageviews_30m"], 6, "{rt}");

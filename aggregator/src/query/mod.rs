@@ -47,6 +47,8 @@ pub enum Metric {
     Events,
     /// Percentage of visitors who completed the goal(s) filtered or broken down by.
     ConversionRate,
+    /// A row's share of all visitors (with the same filters), percent.
+    Percentage,
     /// Mean scroll depth reached, percent (from engagement beacons).
     ScrollDepth,
     /// Sum of revenue attached to events.
@@ -83,7 +85,7 @@ pub enum Level {
 
 impl Metric {
     /// Every metric, with its API name.
-    pub const ALL: [(&'static str, Metric); 19] = [
+    pub const ALL: [(&'static str, Metric); 20] = [
         ("visitors", Metric::Visitors),
         ("visits", Metric::Visits),
         ("pageviews", Metric::Pageviews),
@@ -93,6 +95,7 @@ impl Metric {
         ("time_on_page", Metric::TimeOnPage),
         ("events", Metric::Events),
         ("conversion_rate", Metric::ConversionRate),
+        ("percentage", Metric::Percentage),
         ("scroll_depth", Metric::ScrollDepth),
         ("total_revenue", Metric::TotalRevenue),
         ("average_revenue", Metric::AverageRevenue),
@@ -118,7 +121,7 @@ impl Metric {
     pub fn level(self) -> Level {
         use Metric::*;
         match self {
-            Visitors | Pageviews | Events | Dau => Level::Both,
+            Visitors | Pageviews | Events | Dau | Percentage => Level::Both,
             Visits | ViewsPerVisit | BounceRate | VisitDuration | SessionsPerUser => Level::Visit,
             _ => Level::Event,
         }
@@ -126,7 +129,10 @@ impl Metric {
 
     /// Rates and durations compare by difference, counts by percent change.
     pub fn change_is_difference(self) -> bool {
-        matches!(self, Metric::BounceRate | Metric::ConversionRate)
+        matches!(
+            self,
+            Metric::BounceRate | Metric::ConversionRate | Metric::Percentage
+        )
     }
 }
 
@@ -622,21 +628,30 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
         bad("`date_range` is required (e.g. \"7d\" or [\"2026-01-01\",\"2026-01-31\"])")
     })?;
     let realtime = range.as_str() == Some("realtime");
+    let last24h = range.as_str() == Some("24h");
+    let n = now.naive_utc();
     let (from, to) = if realtime {
         (today, today)
+    } else if last24h {
+        (local_today(tz, now - Duration::hours(24)), today)
     } else {
         date_range(range, today)?
     };
     let (start, end) = if realtime {
-        let n = now.naive_utc();
         (n - Duration::minutes(30), n + Duration::seconds(1))
+    } else if last24h {
+        (n - Duration::hours(24), n + Duration::seconds(1))
     } else {
         (
             local_midnight(tz, from),
             local_midnight(tz, to + Duration::days(1)),
         )
     };
-    let range_days = (to - from).num_days() + 1;
+    let range_days = if last24h {
+        1
+    } else {
+        (to - from).num_days() + 1
+    };
     let names = raw
         .metrics
         .filter(|m| !m.is_empty())
@@ -793,8 +808,10 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
         )))
         }
     };
-    if compare.is_some() && realtime {
-        return Err(bad("`include.comparisons` is not available for realtime"));
+    if compare.is_some() && (realtime || last24h) {
+        return Err(bad(
+            "`include.comparisons` is not available for realtime and 24h",
+        ));
     }
     let limit = raw
         .pagination
@@ -850,7 +867,7 @@ fn date_range(v: &Value, today: NaiveDate) -> Result<(NaiveDate, NaiveDate), Err
             "12mo" => (months_back(11), today),
             "year" => (NaiveDate::from_ymd_opt(today.year(), 1, 1).unwrap_or(today), today),
             "all" => (NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or(today), today),
-            other => return Err(bad(format!("`date_range`: unknown period {other:?}; use day, 7d, 28d, 30d, 91d, month, 6mo, 12mo, year, all, realtime or [\"YYYY-MM-DD\",\"YYYY-MM-DD\"]"))),
+            other => return Err(bad(format!("`date_range`: unknown period {other:?}; use day, 24h, 7d, 28d, 30d, 91d, month, 6mo, 12mo, year, all, realtime or [\"YYYY-MM-DD\",\"YYYY-MM-DD\"]"))),
         },
         Value::Array(a) if a.len() == 2 => {
             let d = |i: usize| -> Result<NaiveDate, Error> {

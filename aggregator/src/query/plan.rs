@@ -103,7 +103,11 @@ fn hourly_ok(q: &Query) -> bool {
         && q.metrics.iter().all(|m| {
             matches!(
                 m,
-                Metric::Visitors | Metric::Pageviews | Metric::Events | Metric::ConversionRate
+                Metric::Visitors
+                    | Metric::Pageviews
+                    | Metric::Events
+                    | Metric::ConversionRate
+                    | Metric::Percentage
             )
         })
         && q.dimensions.iter().all(dims_ok)
@@ -606,7 +610,7 @@ fn metric_sql(m: Metric, src: Source, q: &Query) -> String {
     let tz = tz_lit(q);
     match src {
         Source::Visits => match m {
-            Metric::Visitors => "uniq(visitor_id)".into(),
+            Metric::Visitors | Metric::Percentage => "uniq(visitor_id)".into(),
             Metric::Visits => "count()".into(),
             Metric::Pageviews => "sum(pageviews)".into(),
             Metric::Events => "sum(events)".into(),
@@ -625,7 +629,9 @@ fn metric_sql(m: Metric, src: Source, q: &Query) -> String {
         Source::Events | Source::Joined => {
             let visit = "(visitor_id, visit)";
             match m {
-                Metric::Visitors | Metric::ConversionRate => "uniq(visitor_id)".into(),
+                Metric::Visitors | Metric::ConversionRate | Metric::Percentage => {
+                    "uniq(visitor_id)".into()
+                }
                 Metric::Pageviews => "countIf(name = 'pageview')".into(),
                 Metric::Events => "countIf(name != 'engagement')".into(),
                 Metric::TimeOnPage => "round(sumIf(engagement_ms, name = 'engagement') / 1000 / greatest(countIf(name = 'pageview'), 1))".into(),
@@ -675,13 +681,18 @@ pub fn sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], fold: Option<
     let mut select = vec![format!("toUInt8(k >= {kmin}) AS shown")];
     select.extend((0..nd).map(|i| format!("if(shown, d{i}, '') AS g{i}")));
     for (i, m) in q.metrics.iter().enumerate() {
-        select.push(if *m == Metric::Visitors || *m == Metric::ConversionRate {
-            format!("if(shown, any(m{i}), uniqMerge(ks)) AS o{i}")
-        } else if additive(*m) {
-            format!("if(shown, any(m{i}), sum(m{i})) AS o{i}")
-        } else {
-            format!("any(m{i}) AS o{i}")
-        });
+        select.push(
+            if matches!(
+                m,
+                Metric::Visitors | Metric::ConversionRate | Metric::Percentage
+            ) {
+                format!("if(shown, any(m{i}), uniqMerge(ks)) AS o{i}")
+            } else if additive(*m) {
+                format!("if(shown, any(m{i}), sum(m{i})) AS o{i}")
+            } else {
+                format!("any(m{i}) AS o{i}")
+            },
+        );
     }
     select.push(if site.child_directed {
         "sum(k) AS ok".into()
