@@ -48,6 +48,9 @@ pub enum Command {
     Migrate,
     /// Validate the configuration and print the effective settings.
     CheckConfig,
+    /// A local cluster for demos and tests: ZooKeeper, 2 shards × 2 replicas of ClickHouse,
+    /// two collectors and one aggregator under DATA_DIR/cluster, until Ctrl-C.
+    Cluster(crate::cluster::ClusterArgs),
     /// Delete raw events older than each site's retention now (the aggregator also does this daily).
     Purge,
     /// Delete every row of one site from every table, and report what was removed.
@@ -106,6 +109,10 @@ pub struct Opts {
         hide_env_values = true
     )]
     pub clickhouse_password: Option<String>,
+    /// ClickHouse cluster (a `remote_servers` name) Veil's tables span: sharded, replicated
+    /// tables plus Distributed tables (docs/DEPLOY.md) [default: none, one server].
+    #[arg(long, env = "VEIL_CLICKHOUSE_CLUSTER", global = true)]
+    pub clickhouse_cluster: Option<String>,
     /// Directory for Veil's own files (managed ClickHouse data) [default: ./var].
     #[arg(long, env = "VEIL_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
@@ -246,6 +253,7 @@ pub struct FileConfig {
     clickhouse_database: Option<String>,
     clickhouse_user: Option<String>,
     clickhouse_password: Option<String>,
+    clickhouse_cluster: Option<String>,
     data_dir: Option<PathBuf>,
     geoip_dir: Option<PathBuf>,
     #[serde(default)]
@@ -351,7 +359,14 @@ impl Settings {
         );
         clickhouse.user = pick(opts.clickhouse_user, file.clickhouse_user);
         clickhouse.password = pick(opts.clickhouse_password, file.clickhouse_password);
+        clickhouse.cluster = pick(opts.clickhouse_cluster, file.clickhouse_cluster);
         clickhouse.validate()?;
+        if clickhouse.cluster.is_some()
+            && clickhouse_url.is_none()
+            && matches!(command, Command::Up { .. } | Command::Gen(_))
+        {
+            bail!("--clickhouse-cluster needs --clickhouse-url (a node of the cluster): the managed ClickHouse of `veil up` is a single server");
+        }
         let mut sites = if opts.sites.is_empty() {
             file.site
         } else {

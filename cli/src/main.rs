@@ -2,6 +2,7 @@
 //! calls the libraries (`veil-collector`, `veil-aggregator`, `veil-dashboards`, `veil-schemas`).
 
 mod app;
+mod cluster;
 mod config;
 mod gen;
 
@@ -47,6 +48,9 @@ fn real_main(cli: Cli) -> Result<()> {
     if let Command::CheckConfig = cli.command {
         println!("{}", serde_json::to_string_pretty(&settings)?);
         return Ok(());
+    }
+    if let Command::Cluster(args) = &cli.command {
+        return cluster::run(&settings, args);
     }
     // The managed ClickHouse is started from the main thread, which lives as long as the
     // process: its parent-death signal then fires only when veil itself ends.
@@ -117,7 +121,7 @@ async fn bind(settings: &Settings) -> Result<TcpListener> {
 
 async fn run(command: Command, s: Settings) -> Result<()> {
     match command {
-        Command::CheckConfig => Ok(()),
+        Command::CheckConfig | Command::Cluster(_) => Ok(()),
         Command::Purge => {
             let report = purge(
                 &s.clickhouse,

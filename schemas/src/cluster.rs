@@ -63,6 +63,9 @@ pub struct ClusterOptions {
     pub parent_death_signal: i32,
     /// How long to wait for each process to answer.
     pub start_timeout: Duration,
+    /// Run every child in its own process group (a terminal's Ctrl-C reaches only the parent,
+    /// which stops them in order).
+    pub own_process_group: bool,
 }
 
 impl ClusterOptions {
@@ -75,6 +78,7 @@ impl ClusterOptions {
             replicas: 2,
             parent_death_signal: libc::SIGTERM,
             start_timeout: Duration::from_secs(60),
+            own_process_group: false,
         }
     }
 }
@@ -93,6 +97,7 @@ impl ZooKeeper {
         dir: &Path,
         port: Option<u16>,
         death_signal: i32,
+        own_group: bool,
         timeout: Duration,
     ) -> Result<Self, Error> {
         if zookeeper_jar().is_none() {
@@ -156,6 +161,10 @@ impl ZooKeeper {
             .stdout(out)
             .stderr(err);
         crate::managed::set_parent_death_signal(&mut cmd, death_signal);
+        if own_group {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
         let child = cmd
             .spawn()
             .map_err(|e| Error::io("starting java (ZooKeeper)", e))?;
@@ -364,6 +373,7 @@ impl LocalCluster {
             &opts.dir.join("zookeeper"),
             None,
             opts.parent_death_signal,
+            opts.own_process_group,
             opts.start_timeout,
         )?;
         // Every port is chosen up front: each node's remote_servers names the others.
@@ -395,6 +405,7 @@ impl LocalCluster {
                 let mut o = ManagedOptions::new(opts.dir.join(format!("node-{}-{}", s + 1, r + 1)));
                 o.parent_death_signal = opts.parent_death_signal;
                 o.start_timeout = opts.start_timeout;
+                o.own_process_group = opts.own_process_group;
                 o.http_port = Some(http);
                 o.tcp_port = Some(tcp);
                 o.interserver_port = Some(inter);

@@ -35,6 +35,9 @@ pub struct ManagedOptions {
     /// Extra files written before start, as (path relative to the directory, text), e.g.
     /// `config.d/cluster.xml` (ZooKeeper, macros, remote_servers for [`crate::cluster`]).
     pub extra_files: Vec<(String, String)>,
+    /// Run the server in its own process group, so a Ctrl-C at the terminal reaches only Veil,
+    /// which then stops its clients before the server (`veil cluster`).
+    pub own_process_group: bool,
 }
 
 impl ManagedOptions {
@@ -48,6 +51,7 @@ impl ManagedOptions {
             tcp_port: None,
             interserver_port: None,
             extra_files: Vec::new(),
+            own_process_group: false,
         }
     }
 }
@@ -269,6 +273,10 @@ impl ManagedClickHouse {
                 .stdout(out)
                 .stderr(err);
             set_parent_death_signal(&mut cmd, opts.parent_death_signal);
+            if opts.own_process_group {
+                use std::os::unix::process::CommandExt;
+                cmd.process_group(0);
+            }
             let child = cmd
                 .spawn()
                 .map_err(|e| Error::io(format!("starting {}", bin.display()), e))?;

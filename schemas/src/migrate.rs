@@ -654,6 +654,71 @@ async fn column_exists(
     Ok(n > 0)
 }
 
+/// Runs `ALTER TABLE … ADD COLUMN …, ADD COLUMN …` for the columns of `group` that `table`
+/// lacks on this node (for a sharded table: on `table_local` on every shard, then the
+/// Distributed `table` is created again over it if it lacks any).
+async fn add_columns(
+    client: &clickhouse::Client,
+    db: &str,
+    cluster: &str,
+    table: &str,
+    layout: Layout,
+    key: &str,
+    group: &[(String, String)],
+) -> Result<(), Error> {
+    let (local, on_cluster) = match layout {
+        Layout::Sharded => (format!("{table}_local"), format!(" ON CLUSTER {cluster}")),
+        Layout::Everywhere => (table.to_string(), String::new()),
+    };
+    async fn missing<'a>(
+        client: &clickhouse::Client,
+        db: &str,
+        table: &str,
+        group: &'a [(String, String)],
+    ) -> Result<Vec<&'a (String, String)>, Error> {
+        let mut out = Vec::new();
+        for g in group {
+            if !column_exists(client, db, table, &g.0).await? {
+                out.push(g);
+            }
+        }
+        Ok(out)
+    }
+    let todo = missing(client, db, &local, group).await?;
+    if !todo.is_empty() {
+        let actions: Vec<&str> = todo.iter().map(|g| g.1.as_str()).collect();
+        let sql = format!(
+            "ALTER TABLE {db}.{local}{on_cluster} {}",
+            actions.join(", ")
+        );
+        if let Err(e) = client.query_raw(&sql).execute().await {
+            // A concurrent run added them first: what this statement wanted.
+            if !missing(client, db, &local, group).await?.is_empty() {
+                return Err(e.into());
+            }
+        }
+    }
+    if layout == Layout::Sharded && !missing(client, db, table, group).await?.is_empty() {
+        // 18.16 refuses ALTER … ON CLUSTER on a Distributed table of a cluster with
+        // internal_replication: the Distributed table (no rows of its own: inserts are
+        // synchronous) is created again over the changed local table.
+        client
+            .query_raw(&format!(
+                "DROP TABLE IF EXISTS {db}.{table} ON CLUSTER {cluster}"
+            ))
+            .execute()
+            .await?;
+        client
+            .query_raw(&format!(
+                "CREATE TABLE IF NOT EXISTS {db}.{table} ON CLUSTER {cluster} AS {db}.{local} \
+                 ENGINE = Distributed({cluster}, {db}, {local}, {key})"
+            ))
+            .execute()
+            .await?;
+    }
+    Ok(())
+}
+
 async fn applied_versions(
     client: &clickhouse::Client,
     db: &str,
@@ -737,8 +802,32 @@ async fn migrate_cluster(cfg: &ClickHouseConfig, cluster: &str) -> Result<Vec<u3
         if check_applied(&applied, m)? {
             continue;
         }
-        for stmt in m.statements() {
-            for cs in cluster_statements(&stmt, db, cluster, &tables)? {
+        let stmts = m.statements();
+        let mut i = 0;
+        while i < stmts.len() {
+            let stmt = &stmts[i];
+            i += 1;
+            // Consecutive ADD COLUMNs of one table become one ALTER: each ON CLUSTER statement
+            // costs about a second of DDL-queue round trips.
+            if let Some((table, column)) = added_column(stmt) {
+                if let Some((layout, key)) = tables.get(table).copied() {
+                    let action_of = |s: &str| {
+                        let at = s.find(table).unwrap_or(0) + table.len();
+                        s[at..].trim().to_string()
+                    };
+                    let mut group = vec![(column.to_string(), action_of(stmt))];
+                    while let Some((t, c)) = stmts.get(i).and_then(|s| added_column(s)) {
+                        if t != table {
+                            break;
+                        }
+                        group.push((c.to_string(), action_of(&stmts[i])));
+                        i += 1;
+                    }
+                    add_columns(&client, db, cluster, table, layout, key, &group).await?;
+                    continue;
+                }
+            }
+            for cs in cluster_statements(stmt, db, cluster, &tables)? {
                 if let Some((table, column)) = &cs.adds_column {
                     if column_exists(&client, db, table, column).await? {
                         continue;

@@ -99,7 +99,7 @@ fn concurrent_migrations_layout_sharding_and_dedup() {
         // shard, each shard's replicas agree, the rollup sees every hit once.
         let ins = format!(
             "INSERT INTO {db}.events (site, timestamp, name, pathname, visitor_id, spool_token) \
-             SELECT 'a.com', now(), 'pageview', concat('/p', toString(number % 7)), \
+             SELECT 'a.com', toDateTime(1767225600), 'pageview', concat('/p', toString(number % 7)), \
              toFixedString(substring(concat(toString(number % 1000), '----------------'), 1, 16), 16), 'tok1' \
              FROM system.numbers LIMIT 3000"
         );

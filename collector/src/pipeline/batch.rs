@@ -14,7 +14,10 @@
 //!
 //! Exactly-once on a single node: every row carries its batch's `spool_token`. A batch handed
 //! out again after a crash (`Batch::is_replay`) is first looked up in ClickHouse, per day
-//! partition, and only the days not already written are inserted.
+//! partition, and only the days not already written are inserted. In cluster mode
+//! (`--clickhouse-cluster`) the sink sends a replayed batch whole instead and ClickHouse's
+//! Replicated insert-block deduplication drops what an earlier attempt already wrote (see
+//! `sink/clickhouse.rs`).
 //!
 //! Shutdown: [`BatchQueue::close`] runs after the HTTP server drained; it closes the spool
 //! (flushing accepted appends), lets the writer insert what is left, and waits up to the
