@@ -8,7 +8,7 @@ DEMO ?= --demo
 LISTEN ?= 127.0.0.1:8080
 CARGO ?= cargo
 
-.PHONY: up gen geoip test deps test-deps build lint unit browser tracker fuzz soak bench load query-bench clean
+.PHONY: up gen geoip test deps test-deps build lint unit browser tracker fuzz soak bench load query-bench cluster clean
 
 deps:
 	./scripts/install-deps.sh
@@ -71,6 +71,14 @@ bench: deps
 QUERY_SIZES ?= 10M,50M
 query-bench: deps
 	$(CARGO) run --release -p veil-benches --bin veil-query-bench -- --sizes $(QUERY_SIZES) --data-dir ./var/query-bench
+
+# A local cluster: ZooKeeper + 2 shards x 2 replicas of ClickHouse, two collectors (:8081, :8082)
+# and the aggregator/dashboard (:8080), under ./var/cluster; Ctrl-C stops everything in order.
+# Installs ZooKeeper and a JRE if missing.
+cluster:
+	./scripts/install-deps.sh --cluster
+	$(CARGO) build --release -p veil
+	./target/release/veil cluster --site $(SITE) --listen $(LISTEN)
 
 load: deps
 	$(CARGO) run --release -p veil-benches --bin veil-load -- --duration 10

