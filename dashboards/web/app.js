@@ -613,6 +613,7 @@
     $("interval").value = st.interval;
     $("controls").hidden = st.view === "realtime";
     $("export").hidden = st.view === "realtime";
+    $("filters").hidden = st.view === "realtime"; // the realtime endpoint takes no filters
     for (const v of ["web", "app", "realtime"]) {
       const a = $("view-" + v);
       const s2 = Object.assign({}, st, { view: v, metric: "" });
