@@ -8,7 +8,11 @@
 //! - `GET /api/v1/sites/{domain}/realtime` → `{"visitors_5m", "pageviews_30m", "top_pages":
 //!   [{"page", "visitors"}], "min_visitors"}` from raw events;
 //! - `GET /api/v1/sites/{domain}/export?date_range=30d` → a zip of CSV reports (one per
-//!   dashboard panel, like Plausible's export).
+//!   dashboard panel, like Plausible's export);
+//! - `GET /api/v1/sites/{domain}/filtered-traffic?date_range=7d` → `{"dropped": [{"reason",
+//!   "events"}], "stored_bots": [{"reason", "events"}], "min_visitors"}`: events not counted in
+//!   reports — dropped bots by kind, opt-outs (`consent`), the site's rate limit
+//!   (`filtered_hourly`) and bots kept flagged for a `--keep-bots-site` (`events.bot`).
 //!
 //! Every number goes through the same k-anonymity rules as `/api/v2/query`.
 
@@ -117,20 +121,24 @@ pub async fn route(
                     }
                     .await,
                 ),
+                "filtered-traffic" => Some(
+                    async {
+                        if req.method() != Method::GET {
+                            return Err(Error::MethodNotAllowed("GET"));
+                        }
+                        let site = readable(agg, access, domain)?;
+                        let doc = filtered_traffic(agg.client(), &site, &range_param(req)).await?;
+                        Ok(json_response(StatusCode::OK, &doc))
+                    }
+                    .await,
+                ),
                 "export" => Some(
                     async {
                         if req.method() != Method::GET {
                             return Err(Error::MethodNotAllowed("GET"));
                         }
                         let site = readable(agg, access, domain)?;
-                        let range = req
-                            .uri()
-                            .query()
-                            .unwrap_or_default()
-                            .split('&')
-                            .find_map(|kv| kv.strip_prefix("date_range="))
-                            .unwrap_or("30d")
-                            .to_string();
+                        let range = range_param(req);
                         let zip = export(agg.client(), &site, &range).await?;
                         Ok(bytes_response(
                             "application/zip",
@@ -148,6 +156,71 @@ pub async fn route(
             }
         }
     }
+}
+
+/// `?date_range=` of a GET report (default `30d`; `FROM,TO` for dates).
+fn range_param(req: &Request<Bytes>) -> String {
+    req.uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("date_range="))
+        .unwrap_or("30d")
+        .to_string()
+}
+
+fn range_json(range: &str) -> Value {
+    match range.split_once(',') {
+        Some((a, b)) => json!([a, b]),
+        None => json!(range),
+    }
+}
+
+/// Events of `site` left out of reports in `range`, by reason; counts under k are `null`.
+pub async fn filtered_traffic(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    range: &str,
+) -> Result<Value, Error> {
+    let body =
+        json!({"site_id": site.domain, "metrics": ["events"], "date_range": range_json(range)});
+    let q = query::parse(body.to_string().as_bytes(), site, Utc::now())?;
+    let (start, end) = (query::sql::utc(q.start), query::sql::utc(q.end));
+    let site_lit = query::sql::lit(&site.domain);
+    let dropped = stats::fetch(
+        client,
+        &format!(
+            "SELECT reason, sum(events) AS n FROM filtered_hourly WHERE site = {site_lit} \
+             AND hour >= {start} AND hour < {end} GROUP BY reason ORDER BY n DESC, reason ASC"
+        ),
+    )
+    .await?;
+    let bots = stats::fetch(
+        client,
+        &format!(
+            "SELECT bot, count() AS n FROM events WHERE site = {site_lit} AND timestamp >= {start} \
+             AND timestamp < {end} AND bot != '' GROUP BY bot ORDER BY n DESC, bot ASC"
+        ),
+    )
+    .await?;
+    let k = site.min_visitors as f64;
+    let shape = |rows: &[Value]| -> Vec<Value> {
+        rows.iter()
+            .filter_map(|r| {
+                let reason = r.get(0)?.as_str()?.to_string();
+                let n: f64 = r
+                    .get(1)
+                    .and_then(|v| v.as_str().and_then(|s| s.parse().ok()).or(v.as_f64()))?;
+                Some(json!({"reason": reason, "events": if n >= k { json!(n as u64) } else { Value::Null }}))
+            })
+            .collect()
+    };
+    Ok(json!({
+        "dropped": shape(&dropped),
+        "stored_bots": shape(&bots),
+        "min_visitors": site.min_visitors,
+        "date_range": [q.from.to_string(), q.to.to_string()],
+    }))
 }
 
 fn safe_name(s: &str) -> String {
@@ -390,10 +463,7 @@ pub async fn export(
     site: &SiteView,
     range: &str,
 ) -> Result<Vec<u8>, Error> {
-    let range_json = match range.split_once(',') {
-        Some((a, b)) => json!([a, b]),
-        None => json!(range),
-    };
+    let range_json = range_json(range);
     let mut files = Vec::new();
     for (name, dim, metrics) in EXPORTS {
         let metrics = if site.child_directed {

@@ -140,6 +140,7 @@ const TABLES: &[(&str, &str)] = &[
     ("events", "timestamp"),
     ("events_hourly", "hour"),
     ("visits", "start"),
+    ("filtered_hourly", "hour"),
 ];
 
 /// Removes raw events (and their rollups) older than each site's retention, as of `today` (UTC).

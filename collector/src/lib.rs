@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod error;
+pub mod filtered;
 pub mod metrics;
 pub mod pipeline;
 pub mod ratelimit;
@@ -88,6 +89,8 @@ struct Inner {
     accepting: AtomicBool,
     clock: Arc<dyn Clock>,
     rate: ratelimit::RateLimits,
+    /// Per-site counts of events not stored (bots, opt-outs, rate limit).
+    filtered: Arc<filtered::FilteredCounts>,
     /// Set to true at shutdown; background tasks watch it.
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -146,11 +149,29 @@ impl Collector {
         store.spawn_refresh(veil_schemas::registry::DEFAULT_REFRESH);
         sites.attach_store(store);
         let pipeline = Pipeline::new(sites, config.limits.clone(), salts.clone()).with_geo(geo);
+        let client = ch.client();
         let c = Self::assemble(config, pipeline, factory, Some(ch), registry, clock)?;
         let mut stopped = c.inner.stop.subscribe();
         tokio::spawn(salts.keep_fresh(Duration::from_secs(60), async move {
             let _ = stopped.wait_for(|s| *s).await;
         }));
+        // Filtered-traffic counts reach ClickHouse every 5 s, and once more at shutdown.
+        let counts = c.inner.filtered.clone();
+        let mut stopped = c.inner.stop.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let stop = tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => false,
+                    _ = stopped.wait_for(|s| *s) => true,
+                };
+                if let Err(e) = counts.flush(&client).await {
+                    tracing::warn!(error = %e, "could not write filtered-traffic counts; retrying");
+                }
+                if stop {
+                    break;
+                }
+            }
+        });
         Ok(c)
     }
 
@@ -187,6 +208,7 @@ impl Collector {
                 accepting: AtomicBool::new(true),
                 clock,
                 rate,
+                filtered: Arc::default(),
                 stop: tokio::sync::watch::channel(false).0,
             }),
         })
@@ -211,6 +233,8 @@ impl Collector {
             m.dropped(DropReason::ShuttingDown, 1);
             return Err(Error::ShuttingDown);
         }
+        // The sender's domain, kept to count a drop against its site (bots, opt-outs).
+        let domain = ev.domain.clone();
         match self.inner.pipeline.process(ev, now) {
             Err(e) => {
                 m.dropped(
@@ -225,11 +249,19 @@ impl Collector {
             }
             Ok(Outcome::Drop(reason)) => {
                 m.dropped(reason, 1);
+                if filtered::per_site(reason) {
+                    if let Some((site, _)) = self.inner.pipeline.sites().resolve(&domain) {
+                        self.inner.filtered.add(&site, reason, now);
+                    }
+                }
                 Ok(Ingested::Dropped(reason))
             }
             Ok(Outcome::Store(row)) => {
                 if !self.inner.rate.allow_site(&row.site, 1) {
                     m.dropped(DropReason::RateLimited, 1);
+                    self.inner
+                        .filtered
+                        .add(&row.site, DropReason::RateLimited, now);
                     return Err(Error::RateLimited("site"));
                 }
                 Ok(Ingested::Row(row))
@@ -324,6 +356,11 @@ impl Collector {
             );
         }
         Readiness::Ready
+    }
+
+    /// Per-site counts of events not stored, not yet written to ClickHouse.
+    pub fn filtered(&self) -> &Arc<filtered::FilteredCounts> {
+        &self.inner.filtered
     }
 
     /// Stops accepting events: new ones get 503, `/readyz` turns 503.

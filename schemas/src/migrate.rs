@@ -110,6 +110,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rollups",
         sql: include_str!("../migrations/011_rollups.sql"),
     },
+    Migration {
+        version: 12,
+        name: "filtered",
+        sql: include_str!("../migrations/012_filtered.sql"),
+    },
 ];
 
 impl Migration {
