@@ -231,6 +231,10 @@ impl Metrics {
         registry.register(Box::new(m.ua_cache_hits.clone()))?;
         registry.register(Box::new(m.ua_cache_misses.clone()))?;
         registry.register(Box::new(m.accept_errors.clone()))?;
+        // process_resident_memory_bytes, process_cpu_seconds_total, open fds (Linux /proc).
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         // Pre-create every drop reason so dashboards see zeros, not gaps.
         for r in [
             DropReason::UnknownSite,
