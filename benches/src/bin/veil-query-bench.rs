@@ -56,6 +56,10 @@ struct Args {
     /// [default: a new temp dir, removed at the end].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// A query whose warm-up run takes longer than this many seconds is not repeated (its
+    /// one run is reported).
+    #[arg(long, default_value_t = 20.0)]
+    max_query_secs: f64,
     /// Regenerate even when a database with the right count exists.
     #[arg(long)]
     regenerate: bool,
@@ -168,13 +172,19 @@ async fn prepare(base: &ClickHouseConfig, size: u64, a: &Args) -> Result<ClickHo
     Ok(ch)
 }
 
-/// Times every query of the standard set; `None` for a query the API refused (with why).
-async fn time_set(
-    agg: &Aggregator,
-    runs: usize,
-) -> Result<Vec<(&'static str, Result<Duration, String>)>> {
+/// Per query: the median and how many runs it is the median of, or why it failed.
+type Timings = Vec<(&'static str, Result<(Duration, usize), String>)>;
+
+/// Times every query of the standard set, reading rollups or (`include.rollups: false`) raw
+/// events only; an `Err` for a query the API refused (with why).
+async fn time_set(agg: &Aggregator, a: &Args, rollups: bool) -> Result<Timings> {
+    let runs = a.runs;
     let mut out = Vec::new();
-    for (name, body) in standard_set() {
+    for (name, mut body) in standard_set() {
+        if let Some(o) = body.as_object_mut() {
+            let include = o.entry("include").or_insert_with(|| json!({}));
+            include["rollups"] = json!(rollups);
+        }
         let bytes = serde_json::to_vec(&body)?;
         let mut times = Vec::new();
         let mut failed = None;
@@ -186,6 +196,10 @@ async fn time_set(
                 Ok(resp) if resp.status().is_success() => {
                     if i > 0 {
                         times.push(took);
+                    } else if took.as_secs_f64() > a.max_query_secs {
+                        // Too slow to repeat: the warm-up run is the measurement.
+                        times.push(took);
+                        break;
                     }
                 }
                 Ok(resp) => {
@@ -202,7 +216,7 @@ async fn time_set(
             name,
             match failed {
                 Some(e) => Err(e),
-                None => Ok(median(times)),
+                None => Ok((median(times.clone()), times.len())),
             },
         ));
     }
@@ -225,40 +239,66 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
             },
             ch.clone(),
         );
-        let results = time_set(&agg, a.runs).await?;
+        // The rollup job builds the visits of every closed day (as `veil aggregator` does on
+        // its schedule); the hourly rollup was filled by its materialized view during the insert.
+        let t = Instant::now();
+        let report = veil_aggregator::rollup::run(agg.client(), a.days + 1)
+            .await
+            .context("building rollups")?;
+        eprintln!(
+            "veil-query-bench: rollup job: visits of {} day(s) built, {} hourly day(s) repaired in {:.1} s",
+            report.visit_days.len(),
+            report.hourly_days.len(),
+            t.elapsed().as_secs_f64()
+        );
+        let raw = time_set(&agg, &a, false).await?;
+        let rolled = time_set(&agg, &a, true).await?;
         println!(
             "\n### {} events, 30 days, median of {} runs\n",
             label(size),
             a.runs
         );
-        println!("| query | raw events (ms) |");
-        println!("|---|---:|");
-        let mut total = Duration::ZERO;
-        let mut complete = true;
-        for (name, r) in &results {
-            match r {
-                Ok(d) => {
-                    total += *d;
-                    println!("| {name} | {:.1} |", ms(*d));
-                }
-                Err(e) => {
-                    complete = false;
-                    println!("| {name} | failed: {e} |");
-                }
-            }
+        println!("| query | raw events (ms) | rollups (ms) |");
+        println!("|---|---:|---:|");
+        let cell = |r: &Result<(Duration, usize), String>| match r {
+            Ok((d, n)) if *n == 1 && a.runs > 1 => format!("{:.1} (1 run)", ms(*d)),
+            Ok((d, _)) => format!("{:.1}", ms(*d)),
+            Err(e) => format!("failed: {e}"),
+        };
+        let total = |t: &Timings| -> (f64, bool) {
+            let ok = t.iter().all(|(_, r)| r.is_ok());
+            (
+                t.iter()
+                    .filter_map(|(_, r)| r.as_ref().ok())
+                    .map(|(d, _)| ms(*d))
+                    .sum(),
+                ok,
+            )
+        };
+        for ((name, r), (_, q)) in raw.iter().zip(&rolled) {
+            println!("| {name} | {} | {} |", cell(r), cell(q));
         }
+        let ((tr, okr), (tq, okq)) = (total(&raw), total(&rolled));
+        let mark = |ok: bool| if ok { "" } else { " (incomplete)" };
         println!(
-            "| **full set** | **{:.1}**{} |",
-            ms(total),
-            if complete { "" } else { " (incomplete)" }
+            "| **full set** | **{tr:.1}**{} | **{tq:.1}**{} |",
+            mark(okr),
+            mark(okq)
         );
+        let as_json = |t: &Timings| {
+            t.iter()
+                .map(|(n, r)| json!({"query": n, "median_ms": r.as_ref().ok().map(|(d, _)| ms(*d)), "runs": r.as_ref().ok().map(|(_, k)| *k), "error": r.as_ref().err()}))
+                .collect::<Vec<_>>()
+        };
         println!(
             "{}",
             json!({
                 "events": size,
                 "runs": a.runs,
-                "queries": results.iter().map(|(n, r)| json!({"query": n, "median_ms": r.as_ref().ok().map(|d| ms(*d)), "error": r.as_ref().err()})).collect::<Vec<_>>(),
-                "total_ms": ms(total),
+                "raw": as_json(&raw),
+                "rollups": as_json(&rolled),
+                "raw_total_ms": tr,
+                "rollups_total_ms": tq,
             })
         );
     }
