@@ -1,0 +1,493 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! Cluster mode end to end, with real processes: ZooKeeper + 2 shards × 2 replicas of
+//! clickhouse-server (`veil_schemas::cluster`), two `veil collector`s and one `veil aggregator`
+//! in `--clickhouse-cluster` mode. A generated dataset is sent through both collectors while
+//! one replica and one collector are killed with SIGKILL and restarted. Then:
+//! - every acknowledged (202) event is stored exactly once, and no event at all twice;
+//! - the Stats API of the cluster gives the same results as a single-node `veil up` that was
+//!   sent the same events.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use veil_schemas::cluster::{zookeeper_jar, ClusterOptions, LocalCluster};
+
+const SITE: &str = "example.com";
+const EVENTS: usize = 6000;
+const BATCH: usize = 50;
+
+const UAS: &[&str] = &[
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36",
+];
+
+/// Event `seq` of the dataset, as one /v1/events JSON object: 450 visitors, 12 pages, a
+/// custom event every 10th hit, spread over the 20 minutes before `base`.
+fn event(seq: usize, base: i64) -> String {
+    let v = (seq * 7919) % 450;
+    let ip = if v < 225 {
+        format!("203.0.113.{}", v + 1)
+    } else {
+        format!("198.51.100.{}", v - 224)
+    };
+    let ua = UAS[v % UAS.len()];
+    let page = (seq * 31) % 12;
+    let name = if seq % 10 == 0 { "signup" } else { "pageview" };
+    let ts = base - 1200 + (seq as i64 * 1200 / EVENTS as i64);
+    serde_json::json!({
+        "site": SITE, "name": name, "url": format!("https://{SITE}/p{page}"),
+        "timestamp": ts, "props": {"seq": seq.to_string()}, "ip": ip, "user_agent": ua,
+    })
+    .to_string()
+}
+
+/// POST without panicking: `None` when the connection fails (a killed collector).
+fn try_post(addr: SocketAddr, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+fn spawn_veil(role: &str, args: &[String], log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_veil"))
+        .arg(role)
+        .args(args)
+        .env("VEIL_LOG", "info")
+        .env_remove("VEIL_CLICKHOUSE_URL")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap()
+}
+
+fn wait_ready(addr: SocketAddr, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some((200, body)) = try_get(addr, "/readyz") {
+            if body.starts_with("ready") {
+                return;
+            }
+        }
+        if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
+            panic!(
+                "veil on {addr} did not get ready:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn try_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Stats API requests compared between the cluster and the single node.
+fn queries(from: &str, to: &str) -> Vec<String> {
+    let range = format!(r#"["{from}","{to}"]"#);
+    [
+        r#""metrics":["visitors","pageviews","visits","events"]"#.to_string(),
+        r#""metrics":["visitors","pageviews"],"dimensions":["event:page"]"#.to_string(),
+        r#""metrics":["visitors","events"],"dimensions":["event:name"]"#.to_string(),
+        r#""metrics":["visitors","visits"],"dimensions":["visit:browser"]"#.to_string(),
+        r#""metrics":["visitors"],"dimensions":["visit:os"]"#.to_string(),
+        r#""metrics":["visitors","pageviews"],"dimensions":["visit:country"]"#.to_string(),
+        r#""metrics":["visitors","pageviews"],"dimensions":["visit:device","event:page"]"#
+            .to_string(),
+    ]
+    .into_iter()
+    .map(|q| format!(r#"{{"site_id":"{SITE}","date_range":{range},{q}}}"#))
+    .collect()
+}
+
+fn results(api: SocketAddr, q: &str) -> serde_json::Value {
+    let (status, body) = try_post(api, "/api/v2/query", q).expect("Stats API answers");
+    assert_eq!(status, 200, "{q}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["results"].clone()
+}
+
+/// Runs `sql` on the server at `url` (HTTP interface), returning the TSV lines.
+fn ch_query(url: &str, sql: &str) -> Vec<String> {
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    // HTTP/1.0: ClickHouse answers without chunked encoding.
+    let mut s = TcpStream::connect(addr(port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!(
+        "POST / HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n{sql}",
+        sql.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains(" 200 "), "{sql}: {out}");
+    body.lines().map(str::to_string).collect()
+}
+
+/// seq → times stored, read through the (Distributed) `events` table of `db`.
+fn stored(url: &str, db: &str) -> BTreeMap<usize, u64> {
+    ch_query(
+        url,
+        &format!(
+            "SELECT prop_values[indexOf(prop_keys, 'seq')] AS seq, count() FROM {db}.events \
+             WHERE site = '{SITE}' GROUP BY seq FORMAT TSV"
+        ),
+    )
+    .into_iter()
+    .map(|l| {
+        let (s, n) = l.split_once('\t').unwrap();
+        (s.parse().unwrap(), n.parse().unwrap())
+    })
+    .collect()
+}
+
+fn local_counts(cluster: &LocalCluster, db: &str) -> Vec<u64> {
+    cluster
+        .urls()
+        .iter()
+        .map(|u| {
+            ch_query(
+                u,
+                &format!("SELECT count() FROM {db}.events_local FORMAT TSV"),
+            )[0]
+            .parse()
+            .unwrap()
+        })
+        .collect()
+}
+
+fn stop_child(c: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+#[test]
+fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
+    if zookeeper_jar().is_none() {
+        eprintln!(
+            "\n\n******** SKIPPED cluster test: ZooKeeper is not installed \
+             (./scripts/install-deps.sh --test installs zookeeper and a JRE) ********\n"
+        );
+        return;
+    }
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = ClusterOptions::new(dir.path().join("cluster"));
+    opts.parent_death_signal = libc::SIGKILL;
+    let mut cluster = LocalCluster::start(&opts).unwrap();
+    let db = "veil";
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(veil_schemas::migrate(&cluster.config(0, db)))
+        .unwrap();
+    eprintln!("cluster up and migrated in {:?}", started.elapsed());
+
+    // Collector c talks to node 2c (replica 1 of shard c+1); the aggregator to node 3.
+    let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    let urls = cluster.urls();
+    let collector_args = |c: usize| -> Vec<String> {
+        vec![
+            "--clickhouse-url".into(),
+            urls[2 * c].clone(),
+            "--clickhouse-cluster".into(),
+            "veil".into(),
+            "--clickhouse-database".into(),
+            db.into(),
+            "--site".into(),
+            SITE.into(),
+            "--rate-limit-ip".into(),
+            "0".into(),
+            "--batch-max-age".into(),
+            "200ms".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", ports[c]),
+            "--data-dir".into(),
+            dir.path()
+                .join(format!("collector-{c}"))
+                .display()
+                .to_string(),
+        ]
+    };
+    let logs: Vec<_> = (0..3)
+        .map(|i| dir.path().join(format!("veil-{i}.log")))
+        .collect();
+    // One after the other: the first creates today's salt, the second finds it.
+    let mut collectors = Vec::new();
+    for c in 0..2 {
+        let mut child = spawn_veil("collector", &collector_args(c), &logs[c]);
+        wait_ready(addr(ports[c]), &mut child, &logs[c]);
+        collectors.push(child);
+    }
+    let mut aggregator = spawn_veil(
+        "aggregator",
+        &[
+            "--clickhouse-url".into(),
+            cluster.nodes()[3].url(),
+            "--clickhouse-cluster".into(),
+            "veil".into(),
+            "--clickhouse-database".into(),
+            db.into(),
+            "--site".into(),
+            SITE.into(),
+            "--min-visitors".into(),
+            "2".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", ports[2]),
+            "--data-dir".into(),
+            dir.path().join("aggregator").display().to_string(),
+        ],
+        &logs[2],
+    );
+
+    // Load: batch b goes to collector b % 2; a batch is acknowledged or not, never split.
+    let base = chrono::Utc::now().timestamp();
+    let batches: Vec<Vec<usize>> = (0..EVENTS)
+        .collect::<Vec<_>>()
+        .chunks(BATCH)
+        .map(<[usize]>::to_vec)
+        .collect();
+    let progress = Arc::new(AtomicUsize::new(0));
+    let senders: Vec<_> = (0..2)
+        .map(|c| {
+            let mine: Vec<Vec<usize>> = batches.iter().skip(c).step_by(2).cloned().collect();
+            let to = addr(ports[c]);
+            let progress = progress.clone();
+            std::thread::spawn(move || {
+                let (mut acked, mut unknown) = (Vec::new(), Vec::new());
+                for b in mine {
+                    let body = format!(
+                        "[{}]",
+                        b.iter()
+                            .map(|s| event(*s, base))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    );
+                    match try_post(to, "/v1/events", &body) {
+                        Some((202, answer)) => {
+                            let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+                            assert_eq!(v["accepted"], b.len(), "{answer}");
+                            acked.extend(b);
+                        }
+                        other => {
+                            unknown.extend(b);
+                            if other.is_none() {
+                                std::thread::sleep(Duration::from_millis(200));
+                            }
+                        }
+                    }
+                    progress.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(60));
+                }
+                (acked, unknown)
+            })
+        })
+        .collect();
+    // Mid-stream: SIGKILL collector 0 and replica 2 of shard 1 (node 1), restart both.
+    while progress.load(Ordering::SeqCst) < batches.len() / 3 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    collectors[0].kill().unwrap();
+    collectors[0].wait().unwrap();
+    cluster.kill_node(1);
+    eprintln!(
+        "killed collector 0 and node 1 after {} batches",
+        progress.load(Ordering::SeqCst)
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    collectors[0] = spawn_veil("collector", &collector_args(0), &logs[0]);
+    wait_ready(addr(ports[0]), &mut collectors[0], &logs[0]);
+    std::thread::sleep(Duration::from_millis(1000));
+    cluster.restart_node(1).unwrap();
+    eprintln!(
+        "restarted both at {} batches",
+        progress.load(Ordering::SeqCst)
+    );
+    let (mut acked, mut unknown) = (BTreeSet::new(), BTreeSet::new());
+    for s in senders {
+        let (a, u) = s.join().unwrap();
+        acked.extend(a);
+        unknown.extend(u);
+    }
+    eprintln!(
+        "load done in {:?}: {} acknowledged, {} unanswered",
+        started.elapsed(),
+        acked.len(),
+        unknown.len()
+    );
+    assert!(
+        acked.len() > EVENTS / 2,
+        "most batches must be acknowledged"
+    );
+
+    // Every acknowledged event once, none twice; every replica of each shard agrees.
+    let ch = cluster.nodes()[3].url();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let kept = loop {
+        let got = stored(&ch, db);
+        let locals = local_counts(&cluster, db);
+        let dup: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(dup.is_empty(), "events stored twice: {dup:?}");
+        let missing: Vec<_> = acked.iter().filter(|s| !got.contains_key(s)).collect();
+        let total: u64 = got.values().sum();
+        if missing.is_empty()
+            && locals[0] == locals[1]
+            && locals[2] == locals[3]
+            && locals[0] + locals[2] == total
+        {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged events missing: {} (e.g. {:?}); local counts {locals:?}, total {total}",
+            missing.len(),
+            missing.iter().take(5).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for s in kept.keys() {
+        assert!(
+            acked.contains(s) || unknown.contains(s),
+            "stored seq {s} never sent"
+        );
+    }
+    eprintln!(
+        "stored {} events ({} acknowledged, {} of the unanswered) at {:?}",
+        kept.len(),
+        acked.len(),
+        kept.len() - acked.len(),
+        started.elapsed()
+    );
+
+    // The same events, once each, into a single-node Veil.
+    let single_dir = tempfile::tempdir().unwrap();
+    let single_url = veil_schemas::testing::server_url();
+    let single_db = format!("cluster_cmp_{}", std::process::id());
+    let single_port = common::free_port();
+    let single = common::start(
+        single_dir.path(),
+        single_port,
+        &[
+            "--clickhouse-url",
+            &single_url,
+            "--clickhouse-database",
+            &single_db,
+            "--rate-limit-ip",
+            "0",
+        ],
+    );
+    let seqs: Vec<usize> = kept.keys().copied().collect();
+    for chunk in seqs.chunks(BATCH) {
+        let body = format!(
+            "[{}]",
+            chunk
+                .iter()
+                .map(|s| event(*s, base))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let (status, answer) = try_post(single.addr, "/v1/events", &body).unwrap();
+        assert_eq!(status, 202, "{answer}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored(&single_url, &single_db).len() < seqs.len() {
+        assert!(
+            Instant::now() < deadline,
+            "single node did not store the events"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let from = chrono::DateTime::from_timestamp(base - 1300, 0)
+        .unwrap()
+        .format("%Y-%m-%d")
+        .to_string();
+    let to = chrono::DateTime::from_timestamp(base + 60, 0)
+        .unwrap()
+        .format("%Y-%m-%d")
+        .to_string();
+    let api = addr(ports[2]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(api).is_err() {
+        assert!(
+            Instant::now() < deadline && !matches!(aggregator.try_wait(), Ok(Some(_))),
+            "aggregator did not start: {}",
+            std::fs::read_to_string(&logs[2]).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for q in queries(&from, &to) {
+        let want = results(single.addr, &q);
+        assert!(
+            want.as_array().is_some_and(|a| !a.is_empty()),
+            "{q}: single node gave no rows"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = results(api, &q);
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{q}\ncluster: {got}\nsingle:  {want}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    eprintln!("Stats API results equal at {:?}", started.elapsed());
+
+    common::stop(single);
+    for c in &mut collectors {
+        stop_child(c);
+    }
+    stop_child(&mut aggregator);
+    cluster.stop();
+    eprintln!("all stopped at {:?}", started.elapsed());
+}
