@@ -595,3 +595,63 @@ test("a row of every panel tab filters the whole dashboard without an API error"
   noProblems(page);
   await page.close_all();
 });
+
+test("filtered traffic: bots by reason and opt-outs are the API's numbers, under k reads \"fewer than k\", filters do not apply", async () => {
+  const GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+  const now = new Date().toISOString();
+  const hit = (ip, user_agent, extra = {}) => ({ site: SITE, name: "pageview", url: `https://${SITE}/filtered`, timestamp: now, ip, user_agent, ...extra });
+  const events = [
+    ...Array.from({ length: 6 }, (_, i) => hit(`203.0.113.${50 + i}`, GOOGLEBOT)),
+    ...Array.from({ length: 5 }, (_, i) => hit(`203.0.113.${70 + i}`, UA.firefox, { opt_out: true })),
+    ...Array.from({ length: 2 }, (_, i) => hit(`203.0.113.${90 + i}`, "curl/8.5.0")),
+  ];
+  const res = await fetch(veil.url + "/v1/events", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(events) });
+  assert.deepEqual(await res.json(), { accepted: 0, ignored: events.length, rejected: [] }, "every hit is filtered, none stored");
+  // Collectors flush their counts every 5 s.
+  const path = `/api/v1/sites/${SITE}/filtered-traffic?date_range=7d`;
+  const deadline = Date.now() + 30_000;
+  let want;
+  for (;;) {
+    want = await api(veil, path);
+    if (want.dropped.length >= 3) break;
+    assert.ok(Date.now() < deadline, "the counts never arrived: " + JSON.stringify(want));
+    await new Promise((ok) => setTimeout(ok, 500));
+  }
+  assert.deepEqual(want.dropped, [{ reason: "bot_crawler", events: 6 }, { reason: "consent", events: 5 }, { reason: "bot_library", events: null }]);
+  assert.equal(want.min_visitors, 5);
+
+  const shownRows = (page) => page.$$eval("#panel-filtered tbody[data-group=dropped] th[data-raw]", (ths) => ths.map((th) => {
+    const td = th.parentElement.querySelector("td");
+    return [th.dataset.raw, th.textContent, td.dataset.value, td.textContent];
+  }));
+  const label = { bot_crawler: "Crawlers", consent: "Opted out (GPC/DNT)", bot_library: "HTTP libraries" };
+  const expected = (doc) => doc.dropped.map((r) => [r.reason, label[r.reason], str(r.events),
+    r.events === null ? `fewer than ${doc.min_visitors}` : nf.format(r.events)]);
+  const page = await open(chrome);
+  await page.goto(dash("period=7d"));
+  await settled(page);
+  assert.deepEqual(await shownRows(page), expected(want));
+  assert.equal(await page.$eval('#panel-filtered td[data-value="null"]', (e) => e.textContent), "fewer than 5");
+  assert.match(await page.$eval("#filtered-note", (e) => e.textContent), /filters do not apply/);
+  assert.equal(await page.$$eval("#panel-filtered tbody[data-group=stored_bots]", (l) => l.length), 0, "no kept bots on this site");
+  await page.$eval("#panel-filtered", (e) => e.scrollIntoView());
+  await screenshot(page, "filtered-traffic");
+
+  // Filters leave the panel as it is (the endpoint takes none); a custom range is sent as FROM,TO.
+  await page.goto(dash("period=7d&f=is~visit:source~Google"));
+  await settled(page);
+  assert.deepEqual(await shownRows(page), expected(want));
+  const to = new Date().toISOString().slice(0, 10);
+  const from = new Date(Date.now() - 2 * 864e5).toISOString().slice(0, 10);
+  await page.goto(dash(`period=custom&from=${from}&to=${to}`));
+  await settled(page);
+  const custom = await api(veil, `/api/v1/sites/${SITE}/filtered-traffic?date_range=${from},${to}`);
+  assert.deepEqual(custom.date_range, [from, to]);
+  assert.deepEqual(await shownRows(page), expected(custom));
+  // An older range has nothing filtered, and says so.
+  await page.goto(dash("period=custom&from=2020-01-01&to=2020-01-31"));
+  await settled(page);
+  assert.equal(await page.$eval("#panel-filtered tbody[data-group=dropped] td", (e) => e.textContent), "Nothing filtered in this period.");
+  noProblems(page);
+  await page.close_all();
+});

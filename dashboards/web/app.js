@@ -1,6 +1,6 @@
 // Veil dashboard: a client of Veil's HTTP API only — POST /api/v2/query (+ .csv), POST
-// /api/v2/funnel, GET /api/v1/sites/{domain}/realtime and /export, and the admin API under
-// /api/v1/sites. No number is computed here: every figure on screen is a value the API sent.
+// /api/v2/funnel, GET /api/v1/sites/{domain}/realtime, /filtered-traffic and /export, and the
+// admin API under /api/v1/sites. No number is computed here: every figure on screen is a value the API sent.
 //
 // Security: every string from the data (paths, referrers, props, UTM values, site names) is
 // untrusted. It is written with textContent or as an attribute value, never parsed as HTML, and
@@ -440,6 +440,55 @@
       });
   }
 
+  // ---------- filtered traffic ----------
+  // GET /api/v1/sites/{domain}/filtered-traffic?date_range=PERIOD|FROM,TO → {"dropped":
+  // [{"reason", "events"}], "stored_bots": [...], "min_visitors"}: events left out of every
+  // report. It takes the period only, never the filters. A count under k is null, shown as
+  // "fewer than k"; rows come in the API's order.
+  const FILTER_REASONS = {
+    bot_crawler: "Crawlers", bot_headless: "Headless browsers", bot_monitoring: "Uptime monitors",
+    bot_library: "HTTP libraries", bot_datacenter: "Data-centre traffic", consent: "Opted out (GPC/DNT)",
+    rate_limited: "Rate limited",
+  };
+  function filteredPanel(st, gen) {
+    const body = h("div", { class: "panel-body", id: "tp-filtered" });
+    const art = h("article", { class: "panel", id: "panel-filtered", "aria-labelledby": "h-filtered" },
+      h("div", { class: "panel-head" }, h("h2", { id: "h-filtered", text: "Filtered traffic" })),
+      h("p", { class: "hint", id: "filtered-note", text: "Events Veil left out of every report in this period. " +
+        "It follows the period; the filters do not apply (this report has none)." }),
+      body);
+    body.replaceChildren(h("p", { class: "hint", text: "Loading…" }));
+    const range = st.period === "custom" ? st.from + "," + st.to : st.period;
+    api(sitePath("/filtered-traffic?date_range=" + range)).then((d) => {
+      if (gen !== S.generation) return;
+      const k = d.min_visitors;
+      const groups = [["dropped", "Not stored", d.dropped || []], ["stored_bots", "Kept bots (flagged)", d.stored_bots || []]]
+        .filter(([id, , rows]) => id === "dropped" || rows.length > 0);
+      const max = Math.max(1, ...groups.flatMap(([, , rows]) => rows.map((r) => Number(r.events) || 0)));
+      const table = h("table", {}, h("caption", { class: "sr-only", text: "Filtered traffic by reason" }),
+        h("thead", {}, h("tr", {}, h("th", { scope: "col", text: "Reason" }), h("th", { scope: "col", class: "n", text: "Events" }))),
+        groups.map(([id, title, rows]) => h("tbody", { "data-group": id },
+          h("tr", { class: "group" }, h("th", { scope: "rowgroup", colspan: 2, text: title })),
+          rows.length === 0 ? h("tr", {}, h("td", { colspan: 2, class: "hint", text: "Nothing filtered in this period." })) : null,
+          rows.map((r) => {
+            const bar = h("span", { class: "bar", "aria-hidden": "true" });
+            bar.style.width = (100 * (Number(r.events) || 0) / max).toFixed(1) + "%";
+            const hidden = r.events === null || r.events === undefined;
+            return h("tr", {}, h("th", { scope: "row", "data-raw": String(r.reason) }, bar,
+              h("span", { class: "cell", text: FILTER_REASONS[r.reason] || String(r.reason) })),
+            h("td", { class: "n" + (hidden ? " null" : ""), "data-value": hidden ? "null" : String(r.events),
+              title: hidden ? "Hidden: fewer than k = " + k + " events" : null,
+              text: hidden ? "fewer than " + k : nf.format(Number(r.events)) }));
+          }))));
+      body.replaceChildren(table);
+    }).catch((e) => {
+      if (gen !== S.generation) return;
+      if (needsAuth(e)) return authFailed(e);
+      body.replaceChildren(h("p", { class: "hint error", text: e.message }));
+    });
+    return art;
+  }
+
   // ---------- top stats + chart ----------
   function changeBadge(metric, change) {
     if (change === null || change === undefined) return h("span", { class: "change flat", text: "no comparison" });
@@ -663,6 +712,7 @@
     body.append(grid);
     const defs = st.view === "app" ? APP_PANELS : WEB_PANELS;
     for (const def of isChild() ? childPanels(defs) : defs) grid.append(panel(def, st, gen));
+    grid.append(filteredPanel(st, gen));
     if (isChild()) {
       grid.append(h("p", { class: "hint", text: "Child-directed site: page views and event counts only; no visitors, " +
         "sources, campaigns or properties are collected." }));
