@@ -655,3 +655,40 @@ test("filtered traffic: bots by reason and opt-outs are the API's numbers, under
   noProblems(page);
   await page.close_all();
 });
+
+test("filtered traffic: a site that keeps bots shows them as \"Kept bots (flagged)\", the API's numbers", async () => {
+  const site = "bots.example";
+  await api(veil, "/api/v1/sites", { body: { domain: site, timezone: "UTC", keep_bots: true } });
+  assert.equal((await api(veil, `/api/v1/sites/${site}`)).keep_bots, true);
+  const GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+  const events = Array.from({ length: 7 }, (_, i) => ({ site, name: "pageview", url: `https://${site}/`, ip: `203.0.113.${110 + i}`,
+    user_agent: GOOGLEBOT }));
+  // The collector knows the new site (and its keep_bots) within one registry refresh; until then
+  // the hits are dropped as for an unknown domain (and counted nowhere).
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const res = await fetch(veil.url + "/v1/events", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(events) });
+    assert.equal(res.status, 202);
+    if ((await res.json()).accepted === events.length) break;
+    assert.ok(Date.now() < deadline, "the collector never accepted the new site");
+    await new Promise((ok) => setTimeout(ok, 1000));
+  }
+  let want;
+  for (;;) {
+    want = await api(veil, `/api/v1/sites/${site}/filtered-traffic?date_range=7d`);
+    if (want.stored_bots.some((r) => r.events === events.length)) break;
+    assert.ok(Date.now() < deadline, "the kept bots never reached the API: " + JSON.stringify(want));
+    await new Promise((ok) => setTimeout(ok, 300));
+  }
+  assert.deepEqual(want.stored_bots, [{ reason: "bot_crawler", events: events.length }]);
+  const page = await open(chrome);
+  await page.goto(`${veil.url}/site/${site}?period=7d`);
+  await settled(page);
+  const group = await page.$eval("#panel-filtered tbody[data-group=stored_bots]", (tb) => ({
+    title: tb.querySelector("tr.group th").textContent,
+    rows: [...tb.querySelectorAll("th[data-raw]")].map((th) => [th.dataset.raw, th.textContent, th.parentElement.querySelector("td").dataset.value]),
+  }));
+  assert.deepEqual(group, { title: "Kept bots (flagged)", rows: want.stored_bots.map((r) => [r.reason, r.reason === "bot_crawler" ? "Crawlers" : r.reason, str(r.events)]) });
+  noProblems(page);
+  await page.close_all();
+});
