@@ -141,6 +141,8 @@ const TABLES: &[(&str, &str)] = &[
     ("events_hourly", "hour"),
     ("visits", "start"),
     ("filtered_hourly", "hour"),
+    ("events_daily", "day"),
+    ("visits_daily", "day"),
 ];
 
 /// Removes raw events (and their rollups) older than each site's retention, as of `today` (UTC).

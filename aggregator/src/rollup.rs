@@ -5,15 +5,17 @@
 //!   (the SQL in [`crate::query::plan::derive_visits`]) under a new build number, then record
 //!   the build in `visit_builds`. Readers use a day's latest *recorded* build, so they never
 //!   see half a build; older builds of the day are deleted afterwards.
-//! - **events_hourly health**: the materialized view keeps the hourly rollup current; for each
-//!   closed day the job compares the rollup's hit count with the raw count and rebuilds a day
+//!   With the visits it writes the day's `visits_daily` rows (per dimension: a uniq state of
+//!   visitor hashes and sums of visits, pageviews, events, bounces, durations).
+//! - **events_hourly / events_daily health**: materialized views keep them current; for each
+//!   closed day the job compares each rollup's hit count with the raw count and rebuilds a day
 //!   that differs (data stored before the rollup existed, or a view that missed inserts).
 //!
 //! Days are UTC: visitor hashes rotate at UTC midnight, so no visit spans two of them.
 
 use chrono::{Duration, NaiveDate, Utc};
 
-use crate::query::plan::derive_visits;
+use crate::query::plan::{derive_visits, DAILY_DIMS};
 use crate::query::sql::{date, utc};
 use crate::stats::fetch;
 use crate::Error;
@@ -23,7 +25,7 @@ use crate::Error;
 pub struct RollupReport {
     /// Days whose visits were (re)built.
     pub visit_days: Vec<NaiveDate>,
-    /// Days whose hourly rollup was rebuilt.
+    /// Days whose hourly or daily event rollup was rebuilt.
     pub hourly_days: Vec<NaiveDate>,
 }
 
@@ -94,6 +96,25 @@ pub async fn run_until(
         ),
     )
     .await?;
+    let daily = fetch(
+        client,
+        &format!(
+            "SELECT toString(toDate(day, 'UTC')) AS d, countMerge(hits) FROM events_daily \
+             WHERE day >= {} AND day < {} GROUP BY d",
+            utc(first.and_hms_opt(0, 0, 0).unwrap_or_default()),
+            utc(today.and_hms_opt(0, 0, 0).unwrap_or_default())
+        ),
+    )
+    .await?;
+    // Builds that have their per-dimension rows (older builds may predate visits_daily).
+    let daily_builds = fetch(
+        client,
+        &format!(
+            "SELECT toString(day), build FROM visits_daily WHERE day >= {} GROUP BY day, build",
+            date(first)
+        ),
+    )
+    .await?;
     let lookup = |rows: &[serde_json::Value], day: &str, col: usize| -> Option<u64> {
         rows.iter()
             .find(|r| r[0].as_str() == Some(day))
@@ -106,13 +127,34 @@ pub async fn run_until(
         };
         let all = n(&r[1]);
         let humans = n(&r[2]);
-        if lookup(&builds, day_s, 1) != Some(all) {
-            let build = lookup(&builds, day_s, 2).unwrap_or(0) + 1;
+        let latest = lookup(&builds, day_s, 2);
+        let has_daily = latest.is_some_and(|b| {
+            daily_builds
+                .iter()
+                .any(|r| r[0].as_str() == Some(day_s) && n(&r[1]) == b)
+        });
+        if lookup(&builds, day_s, 1) != Some(all) || !has_daily {
+            let build = latest.unwrap_or(0) + 1;
             exec(
                 client,
                 &format!(
                     "INSERT INTO visits {}",
                     derive_visits(&day_range(day), build)
+                ),
+            )
+            .await?;
+            let pairs: Vec<String> = std::iter::once("('', '')".to_string())
+                .chain(DAILY_DIMS.iter().map(|c| format!("('{c}', {c})")))
+                .collect();
+            exec(
+                client,
+                &format!(
+                    "INSERT INTO visits_daily SELECT site, day, build, kv.1 AS dim, kv.2 AS value, \
+                     uniqState(visitor_id), count(), sum(pageviews), sum(events), sum(bounce), sum(duration) \
+                     FROM visits ARRAY JOIN [{}] AS kv WHERE day = {} AND build = {build} \
+                     GROUP BY site, day, build, dim, value",
+                    pairs.join(", "),
+                    date(day)
                 ),
             )
             .await?;
@@ -125,14 +167,16 @@ pub async fn run_until(
             )
             .await?;
             if build > 1 {
-                exec(
-                    client,
-                    &format!(
-                        "ALTER TABLE visits DELETE WHERE day = {} AND build < {build}",
-                        date(day)
-                    ),
-                )
-                .await?;
+                for table in ["visits", "visits_daily"] {
+                    exec(
+                        client,
+                        &format!(
+                            "ALTER TABLE {table} DELETE WHERE day = {} AND build < {build}",
+                            date(day)
+                        ),
+                    )
+                    .await?;
+                }
             }
             report.visit_days.push(day);
         }
@@ -154,6 +198,27 @@ pub async fn run_until(
             )
             .await?;
             report.hourly_days.push(day);
+        }
+        if lookup(&daily, day_s, 1).unwrap_or(0) != humans {
+            let part = day.format("%Y%m%d").to_string();
+            exec(
+                client,
+                &format!("ALTER TABLE events_daily DROP PARTITION {part}"),
+            )
+            .await?;
+            exec(
+                client,
+                &format!(
+                    "INSERT INTO events_daily SELECT site, toStartOfDay(timestamp, 'UTC') AS day, name, pathname, hostname, \
+                     uniqState(visitor_id) AS visitors, countState() AS hits FROM events WHERE {} AND bot = '' \
+                     GROUP BY site, day, name, pathname, hostname",
+                    day_range(day)
+                ),
+            )
+            .await?;
+            if report.hourly_days.last() != Some(&day) {
+                report.hourly_days.push(day);
+            }
         }
     }
     Ok(report)

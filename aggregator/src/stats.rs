@@ -122,8 +122,7 @@ struct Report {
 async fn report(client: &clickhouse::Client, site: &SiteView, q: &Query) -> Result<Report, Error> {
     let kmin = site.min_visitors;
     let built =
-        if q.rollups && !q.realtime && plan::source(q, site.child_directed) == plan::Source::Visits
-        {
+        if q.rollups && !q.realtime && plan::uses_builds(plan::source(q, site.child_directed)) {
             visit_builds(client, q.start.date(), q.end.date()).await?
         } else {
             Vec::new()
@@ -273,8 +272,7 @@ async fn conversion_rates(
         None => None,
     };
     base.order_by = (0..base.dimensions.len()).map(|i| (i, false)).collect();
-    let built = if plan::source(&base, site.child_directed) == plan::Source::Visits && base.rollups
-    {
+    let built = if plan::uses_builds(plan::source(&base, site.child_directed)) && base.rollups {
         visit_builds(client, base.start.date(), base.end.date()).await?
     } else {
         Vec::new()
@@ -317,7 +315,7 @@ async fn percentages(
     t.dimensions.clear();
     t.metrics = vec![Metric::Visitors];
     t.order_by.clear();
-    let built = if plan::source(&t, site.child_directed) == plan::Source::Visits && t.rollups {
+    let built = if plan::uses_builds(plan::source(&t, site.child_directed)) && t.rollups {
         visit_builds(client, t.start.date(), t.end.date()).await?
     } else {
         Vec::new()
@@ -350,7 +348,7 @@ async fn too_few(client: &clickhouse::Client, site: &SiteView, q: &Query) -> Res
         t.metrics = vec![Metric::Events];
     }
     t.order_by.clear();
-    let built = if plan::source(&t, site.child_directed) == plan::Source::Visits && t.rollups {
+    let built = if plan::uses_builds(plan::source(&t, site.child_directed)) && t.rollups {
         visit_builds(client, t.start.date(), t.end.date()).await?
     } else {
         Vec::new()
@@ -502,7 +500,7 @@ pub async fn run_query(
         "suppressed": rep.suppressed,
         "too_few_visitors": guard,
         "imports_included": false,
-        "source": format!("{:?}", plan::source(q, site.child_directed)).to_lowercase(),
+        "source": plan::source(q, site.child_directed).name(),
     });
     if q.total_rows {
         meta["total_rows"] = json!(total_rows);

@@ -323,7 +323,18 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
         base(json!({"metrics": ["visitors"], "dimensions": ["visit:source"]})),
     )
     .await;
-    assert_eq!(doc["meta"]["source"], "visits");
+    assert_eq!(doc["meta"]["source"], "visits_daily");
+    let src = |b: Value| {
+        let ch = ch.clone();
+        let s = s.clone();
+        async move { q(&ch, &s, base(b)).await["meta"]["source"].clone() }
+    };
+    assert_eq!(src(json!({"metrics": ["visitors"], "dimensions": ["visit:source"], "filters": [["is", "visit:country", ["DE"]]]})).await, "visits");
+    assert_eq!(
+        src(json!({"metrics": ["visitors"], "dimensions": ["event:page"]})).await,
+        "event_rollups"
+    );
+    assert_eq!(src(json!({"metrics": ["visitors"], "dimensions": ["event:page"], "include": {"rollups": false}})).await, "events");
     check_reports(&ch, true).await;
     // A second run finds nothing to do; a late event for a closed day triggers a rebuild.
     let r = rollup::run_until(&ch.client(), today, 30).await.unwrap();

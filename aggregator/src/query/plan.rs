@@ -30,12 +30,33 @@ use crate::Error;
 pub enum Source {
     /// Visit rows (rollup table ∪ derived).
     Visits,
-    /// The hourly rollup.
+    /// The event rollups: `events_daily` for whole UTC days, `events_hourly` for the rest.
     Hourly,
+    /// The per-dimension daily visit rollup (`visits_daily`) for whole built UTC days, visit
+    /// rows aggregated on the fly for the rest.
+    VisitsDaily,
     /// Raw events.
     Events,
     /// Raw events with their visit's properties.
     Joined,
+}
+
+impl Source {
+    /// The name `meta.source` reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Visits => "visits",
+            Source::VisitsDaily => "visits_daily",
+            Source::Hourly => "event_rollups",
+            Source::Events => "events",
+            Source::Joined => "joined",
+        }
+    }
+}
+
+/// Whether a source reads recorded visit builds (the caller fetches them first).
+pub fn uses_builds(src: Source) -> bool {
+    matches!(src, Source::Visits | Source::VisitsDaily)
 }
 
 /// Checks combinations no source can answer.
@@ -86,6 +107,7 @@ pub fn source(q: &Query, child_directed: bool) -> Source {
         };
     }
     match (ev, vi) {
+        (false, _) if visits_daily_ok(q) => Source::VisitsDaily,
         (false, _) => Source::Visits,
         (true, false) if hourly_ok(q) => Source::Hourly,
         (true, false) => Source::Events,
@@ -115,6 +137,189 @@ fn hourly_ok(q: &Query) -> bool {
             .as_ref()
             .map(|f| f.dims().into_iter().all(dims_ok))
             .unwrap_or(true)
+}
+
+/// Whether the local days of `q` start and end at UTC midnight (daily rollups can bucket).
+fn utc_aligned(q: &Query) -> bool {
+    q.start.time() == chrono::NaiveTime::MIN && q.end.time() == chrono::NaiveTime::MIN
+}
+
+/// The visit column a `visits_daily` row's `dim` names for a dimension.
+fn daily_dim(d: &Dim) -> Option<&'static str> {
+    match d.kind {
+        DimKind::Visit(c) | DimKind::Visitor(c) => Some(c),
+        DimKind::CountryName => Some("country_code"),
+        _ => None,
+    }
+}
+
+/// Visit columns `visits_daily` is built for (each visit adds one row per entry, and one for
+/// the totals with `dim = ''`).
+pub const DAILY_DIMS: &[&str] = &[
+    "entry_page",
+    "exit_page",
+    "source",
+    "referrer",
+    "channel",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_content",
+    "utm_term",
+    "country_code",
+    "region",
+    "city",
+    "isp",
+    "browser",
+    "browser_version",
+    "os",
+    "os_version",
+    "device",
+    "screen_class",
+    "processor_class",
+    "locale",
+    "app_version",
+    "install_source",
+    "device_model",
+];
+
+fn visits_daily_ok(q: &Query) -> bool {
+    let plain: Vec<&Dim> = q
+        .dimensions
+        .iter()
+        .filter(|d| !matches!(d.kind, DimKind::Time(_)))
+        .collect();
+    let time_ok = match q.time_bucket() {
+        None => true,
+        Some(TimeBucket::Hour) => false,
+        Some(_) => utc_aligned(q) && plain.is_empty(),
+    };
+    q.rollups
+        && !q.realtime
+        && q.filter.is_none()
+        && time_ok
+        && plain.len() <= 1
+        && plain.iter().all(|d| daily_dim(d).is_some())
+        && q.metrics.iter().all(|m| {
+            matches!(
+                m,
+                Metric::Visitors
+                    | Metric::Visits
+                    | Metric::Pageviews
+                    | Metric::Events
+                    | Metric::ViewsPerVisit
+                    | Metric::BounceRate
+                    | Metric::VisitDuration
+                    | Metric::SessionsPerUser
+                    | Metric::Percentage
+            )
+        })
+}
+
+/// Splits `[start, end)` into whole UTC days (those `keep` accepts) and the remaining ranges.
+fn split_days(
+    start: NaiveDateTime,
+    end: NaiveDateTime,
+    keep: impl Fn(NaiveDate) -> bool,
+) -> (Vec<NaiveDate>, Vec<(NaiveDateTime, NaiveDateTime)>) {
+    let mut days = Vec::new();
+    let mut rest: Vec<(NaiveDateTime, NaiveDateTime)> = Vec::new();
+    for d in utc_days(start, end) {
+        let lo = d.and_time(chrono::NaiveTime::MIN);
+        let hi = lo + Duration::days(1);
+        if start <= lo && hi <= end && keep(d) {
+            days.push(d);
+            continue;
+        }
+        let (a, b) = (start.max(lo), end.min(hi));
+        if a >= b {
+            continue;
+        }
+        match rest.last_mut() {
+            Some((_, e)) if *e == a => *e = b,
+            _ => rest.push((a, b)),
+        }
+    }
+    (days, rest)
+}
+
+/// Rows of the event rollups covering `q`'s range, with the columns of `events_hourly`
+/// (`hour` is the day's midnight for daily rows).
+fn hourly_rows(q: &Query) -> String {
+    let daily_allowed = match q.time_bucket() {
+        None => true,
+        Some(TimeBucket::Hour) => false,
+        Some(_) => utc_aligned(q),
+    };
+    let (days, rest) = split_days(q.start, q.end, |_| daily_allowed);
+    let site = site_cond(&q.site);
+    let mut parts = Vec::new();
+    if !days.is_empty() {
+        let list: Vec<String> = days
+            .iter()
+            .map(|d| utc(d.and_time(chrono::NaiveTime::MIN)))
+            .collect();
+        parts.push(format!(
+            "SELECT site, day AS hour, name, pathname, hostname, visitors, hits FROM events_daily \
+             WHERE {site} AND day IN ({})",
+            list.join(", ")
+        ));
+    }
+    if !rest.is_empty() || parts.is_empty() {
+        let ranges: Vec<String> = if rest.is_empty() {
+            vec![format!(
+                "(hour >= {} AND hour < {})",
+                utc(q.start),
+                utc(q.end)
+            )]
+        } else {
+            rest.iter()
+                .map(|(a, b)| format!("(hour >= {} AND hour < {})", utc(*a), utc(*b)))
+                .collect()
+        };
+        parts.push(format!(
+            "SELECT site, hour, name, pathname, hostname, visitors, hits FROM events_hourly \
+             WHERE {site} AND ({})",
+            ranges.join(" OR ")
+        ));
+    }
+    format!("({})", parts.join(" UNION ALL "))
+}
+
+/// Rows for [`Source::VisitsDaily`]: `day`, `value`, `vis_s` (uniq state), `visits_n`,
+/// `pv_n`, `ev_n`, `bounces_n`, `dur_n`.
+fn visits_daily_rows(q: &Query, built: &[(NaiveDate, u64)]) -> String {
+    let col = q.dimensions.iter().find_map(daily_dim).unwrap_or("");
+    let (days, rest) = split_days(q.start, q.end, |d| built.iter().any(|(b, _)| *b == d));
+    let mut parts = Vec::new();
+    if !days.is_empty() {
+        let tuples: Vec<String> = built
+            .iter()
+            .filter(|(d, _)| days.contains(d))
+            .map(|(d, b)| format!("({}, toUInt64({b}))", date(*d)))
+            .collect();
+        parts.push(format!(
+            "SELECT day, value, visitors AS vis_s, visits AS visits_n, pageviews AS pv_n, \
+             events AS ev_n, bounces AS bounces_n, duration AS dur_n FROM visits_daily \
+             WHERE {} AND dim = {} AND (day, build) IN ({})",
+            site_cond(&q.site),
+            lit(col),
+            tuples.join(", ")
+        ));
+    }
+    for (a, b) in rest {
+        let mut part = q.clone();
+        part.start = a;
+        part.end = b;
+        let value = if col.is_empty() { "''" } else { col };
+        parts.push(format!(
+            "SELECT toDate(start, 'UTC') AS day, {value} AS value, uniqState(visitor_id) AS vis_s, \
+             count() AS visits_n, sum(pageviews) AS pv_n, sum(events) AS ev_n, \
+             sum(bounce) AS bounces_n, sum(duration) AS dur_n FROM {} GROUP BY day, value",
+            visit_rows(&part, built)
+        ));
+    }
+    format!("({})", parts.join(" UNION ALL "))
 }
 
 /// Fields of the per-visitor event tuples the visit SQL sorts (index = position + 1).
@@ -433,6 +638,7 @@ fn ts_col(src: Source) -> &'static str {
     match src {
         Source::Visits => "start",
         Source::Hourly => "hour",
+        Source::VisitsDaily => "toDateTime(day, 'UTC')",
         Source::Events | Source::Joined => "timestamp",
     }
 }
@@ -440,10 +646,13 @@ fn ts_col(src: Source) -> &'static str {
 /// The SQL for a dimension's value on `src` rows.
 fn dim_expr(d: &Dim, src: Source, q: &Query, site: &SiteView) -> String {
     match &d.kind {
-        DimKind::Event(c) | DimKind::Visitor(c) => (*c).to_string(),
+        DimKind::Event(c) => (*c).to_string(),
+        DimKind::Visitor(_) if src == Source::VisitsDaily => "value".into(),
+        DimKind::Visitor(c) => (*c).to_string(),
         DimKind::Visit(c) => {
             let col = match src {
                 Source::Joined => format!("v_{c}"),
+                Source::VisitsDaily => "value".into(),
                 _ => (*c).to_string(),
             };
             if *c == "source" {
@@ -468,7 +677,11 @@ fn dim_expr(d: &Dim, src: Source, q: &Query, site: &SiteView) -> String {
                 )
             }
         }
-        DimKind::CountryName => country_name_expr(),
+        DimKind::CountryName => country_name_expr(if src == Source::VisitsDaily {
+            "value"
+        } else {
+            "country_code"
+        }),
         DimKind::Prop(k) => format!(
             "if(has(prop_keys, {k}), prop_values[indexOf(prop_keys, {k})], '(none)')",
             k = lit(k)
@@ -478,12 +691,12 @@ fn dim_expr(d: &Dim, src: Source, q: &Query, site: &SiteView) -> String {
 }
 
 /// `country_code` → English ISO 3166 name (the code itself when unknown).
-fn country_name_expr() -> String {
+fn country_name_expr(col: &str) -> String {
     let (codes, names): (Vec<String>, Vec<String>) = isocountry::CountryCode::iter()
         .map(|c| (lit(c.alpha2()), lit(c.name())))
         .unzip();
     format!(
-        "transform(country_code, [{}], [{}], country_code)",
+        "transform({col}, [{}], [{}], {col})",
         codes.join(", "),
         names.join(", ")
     )
@@ -614,12 +827,23 @@ fn metric_sql(m: Metric, src: Source, q: &Query) -> String {
             Metric::Visits => "count()".into(),
             Metric::Pageviews => "sum(pageviews)".into(),
             Metric::Events => "sum(events)".into(),
+            // The same arithmetic as the daily rollup's sums, so both round alike.
             Metric::ViewsPerVisit => "round(sum(pageviews) / count(), 2)".into(),
-            Metric::BounceRate => "round(avg(bounce) * 100)".into(),
-            Metric::VisitDuration => "round(avg(duration))".into(),
+            Metric::BounceRate => "round(sum(bounce) * 100 / count())".into(),
+            Metric::VisitDuration => "round(sum(duration) / count())".into(),
             Metric::SessionsPerUser => "round(count() / uniq(visitor_id), 2)".into(),
             Metric::Dau => format!("round(uniq(visitor_id) / uniq(toDate(start, {tz})), 1)"),
             _ => "0".into(),
+        },
+        Source::VisitsDaily => match m {
+            Metric::Visits => "sum(visits_n)".into(),
+            Metric::Pageviews => "sum(pv_n)".into(),
+            Metric::Events => "sum(ev_n)".into(),
+            Metric::ViewsPerVisit => "round(sum(pv_n) / sum(visits_n), 2)".into(),
+            Metric::BounceRate => "round(sum(bounces_n) * 100 / sum(visits_n))".into(),
+            Metric::VisitDuration => "round(sum(dur_n) / sum(visits_n))".into(),
+            Metric::SessionsPerUser => "round(sum(visits_n) / uniqMerge(vis_s), 2)".into(),
+            _ => "uniqMerge(vis_s)".into(),
         },
         Source::Hourly => match m {
             Metric::Pageviews => "countMergeIf(hits, name = 'pageview')".into(),
@@ -739,6 +963,7 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], states: boo
         match (src, site.child_directed) {
             (Source::Hourly, true) => "countMerge(hits)",
             (Source::Hourly, false) => "uniqMerge(visitors)",
+            (Source::VisitsDaily, _) => "uniqMerge(vis_s)",
             (_, true) => "count()",
             (_, false) => "uniq(visitor_id)",
         }
@@ -750,6 +975,7 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], states: boo
             match (src, site.child_directed) {
                 (_, true) => "count()",
                 (Source::Hourly, false) => "uniqMergeState(visitors)",
+                (Source::VisitsDaily, false) => "uniqMergeState(vis_s)",
                 (_, false) => "uniqState(visitor_id)",
             }
             .to_string()
@@ -765,7 +991,8 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], states: boo
     );
     let (from, mut wher) = match src {
         Source::Visits => (visit_rows(q, built), Vec::new()),
-        Source::Hourly => ("events_hourly".to_string(), vec![range]),
+        Source::Hourly => (hourly_rows(q), Vec::new()),
+        Source::VisitsDaily => (visits_daily_rows(q, built), Vec::new()),
         Source::Events => ("events".to_string(), vec![range, "bot = ''".to_string()]),
         Source::Joined => (joined_rows(q), Vec::new()),
     };

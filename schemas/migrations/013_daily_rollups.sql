@@ -1,0 +1,48 @@
+-- 013_daily_rollups: daily rollups, so a 30-day report merges 30 states per row instead of 720.
+-- Merging uniq states is what a rollup query spends its time on; hours stay for the edges of
+-- a range that does not start or end at UTC midnight, and for hourly charts.
+--
+-- events_daily: events_hourly per UTC day (`day` is the UTC midnight starting it), kept
+-- current by a materialized view; the rollup health check repairs closed days.
+--
+-- visits_daily: the visits of each closed UTC day aggregated per dimension (`dim` = '' for
+-- the totals, else the name of a visit column such as `source` or `country_code`, `value`
+-- its value), written by the rollup job under the same build number as the day's visits.
+CREATE TABLE IF NOT EXISTS events_daily
+(
+    site      String,
+    day       DateTime,
+    name      String,
+    pathname  String,
+    hostname  String,
+    visitors  AggregateFunction(uniq, FixedString(16)),
+    hits      AggregateFunction(count)
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMMDD(day)
+ORDER BY (site, day, name, pathname, hostname)
+SETTINGS index_granularity = 8192;
+CREATE MATERIALIZED VIEW IF NOT EXISTS events_daily_mv TO events_daily AS
+SELECT site, toStartOfDay(timestamp, 'UTC') AS day, name, pathname, hostname,
+       uniqState(visitor_id) AS visitors, countState() AS hits
+FROM events
+WHERE bot = ''
+GROUP BY site, day, name, pathname, hostname;
+CREATE TABLE IF NOT EXISTS visits_daily
+(
+    site      String,
+    day       Date,
+    build     UInt64,
+    dim       String,
+    value     String,
+    visitors  AggregateFunction(uniq, FixedString(16)),
+    visits    UInt64,
+    pageviews UInt64,
+    events    UInt64,
+    bounces   UInt64,
+    duration  UInt64
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMMDD(day)
+ORDER BY (site, dim, day, build, value)
+SETTINGS index_granularity = 8192;
