@@ -115,6 +115,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "filtered",
         sql: include_str!("../migrations/012_filtered.sql"),
     },
+    Migration {
+        version: 13,
+        name: "daily_rollups",
+        sql: include_str!("../migrations/013_daily_rollups.sql"),
+    },
 ];
 
 impl Migration {
@@ -178,7 +183,19 @@ struct Applied {
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<Vec<u32>, Error> {
     cfg.validate()?;
     if let Some(cluster) = &cfg.cluster {
-        return migrate_cluster(cfg, cluster).await;
+        // Every statement is idempotent: a run cut by a dropped connection (a server closing an
+        // idle keep-alive connection as the next DDL is sent) simply runs again.
+        let mut attempt = 0;
+        loop {
+            match migrate_cluster(cfg, cluster).await {
+                Err(Error::Query(e)) if attempt < 3 && e.to_string().contains("network error") => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "migration interrupted; running it again");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                other => return other,
+            }
+        }
     }
     cfg.server_client()
         .query(&format!("CREATE DATABASE IF NOT EXISTS {}", cfg.database))
