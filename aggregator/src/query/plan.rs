@@ -388,7 +388,12 @@ const VISIT_FIRST: &[&str] = &[
 ];
 
 fn e(field: &str) -> String {
-    let i = EV_FIELDS.iter().position(|f| *f == field).unwrap_or(0) + 1;
+    ef(field, EV_FIELDS)
+}
+
+/// `e.N` for `field` in a tuple made of `fields`.
+fn ef(field: &str, fields: &[&str]) -> String {
+    let i = fields.iter().position(|f| *f == field).unwrap_or(0) + 1;
     format!("e.{i}")
 }
 
@@ -398,18 +403,30 @@ const HAS_VISITOR: &str = "visitor_id != unhex('00000000000000000000000000000000
 /// One array of sorted hits per (site, visitor) of the events matching `cond`, with a visit
 /// number per hit (`vnum`, the 30-minute rule) and the hit's position (`idx`).
 fn sessionize(cond: &str) -> String {
+    sessionize_fields(cond, EV_FIELDS)
+}
+
+/// [`sessionize`] carrying only `fields` (the first must be `timestamp`): a query that needs
+/// few visit columns sorts far less in memory.
+fn sessionize_fields(cond: &str, fields: &[&str]) -> String {
     format!(
         "SELECT site, visitor_id, evs, arrayEnumerate(evs) AS idx, \
          arrayCumSum(arrayMap((x, j) -> toUInt8(j = 1 OR x.1 - evs[j - 1].1 > 1800), evs, arrayEnumerate(evs))) AS vnum \
          FROM (SELECT site, visitor_id, arraySort(groupArray(({fields}))) AS evs \
          FROM events WHERE {cond} AND bot = '' AND {HAS_VISITOR} GROUP BY site, visitor_id)",
-        fields = EV_FIELDS.join(", ")
+        fields = fields.join(", ")
     )
 }
 
 /// Per-visit aggregates over ARRAY JOINed hits `e` (index `i`), column names prefixed.
 fn visit_aggregates(prefix: &str) -> Vec<String> {
+    visit_aggregates_fields(prefix, EV_FIELDS)
+}
+
+/// [`visit_aggregates`] over tuples of `fields` (first-hit columns not in `fields` are left out).
+fn visit_aggregates_fields(prefix: &str, fields: &[&str]) -> Vec<String> {
     let p = prefix;
+    let e = |f: &str| ef(f, fields);
     let mut cols = vec![
         format!("min({}) AS {p}start", e("timestamp")),
         format!(
@@ -437,6 +454,7 @@ fn visit_aggregates(prefix: &str) -> Vec<String> {
     cols.extend(
         VISIT_FIRST
             .iter()
+            .filter(|c| fields.contains(c))
             .map(|c| format!("argMin({}, i) AS {p}{c}", e(c))),
     );
     cols
@@ -511,8 +529,47 @@ fn site_cond(site: &str) -> String {
 
 /// The visit rows of `q`'s range: recorded builds where they exist (and rollups are allowed),
 /// derived from raw events elsewhere.
+/// The visit columns `q` reads.
+fn needed_visit_cols(q: &Query) -> Vec<&'static str> {
+    let mut cols = vec![
+        "visitor_id",
+        "start",
+        "duration",
+        "pageviews",
+        "events",
+        "bounce",
+    ];
+    let filter_dims = q.filter.as_ref().map(|f| f.dims()).unwrap_or_default();
+    for d in q.dimensions.iter().chain(filter_dims) {
+        let c = match d.kind {
+            DimKind::Visit(c) | DimKind::Visitor(c) => c,
+            DimKind::CountryName => "country_code",
+            _ => continue,
+        };
+        if !cols.contains(&c) {
+            cols.push(c);
+        }
+    }
+    cols
+}
+
+/// Visit rows with only `cols`, derived from the raw events matching `cond`.
+fn derive_visit_cols(cond: &str, cols: &[&str]) -> String {
+    let mut fields: Vec<&str> = vec!["timestamp", "name", "pathname", "interactive"];
+    fields.extend(cols.iter().filter(|c| VISIT_FIRST.contains(c)).copied());
+    let aggs = visit_aggregates_fields("", &fields);
+    format!(
+        "SELECT {cols} FROM (SELECT visitor_id, {aggs} \
+         FROM ({s}) ARRAY JOIN evs AS e, idx AS i, vnum AS visit GROUP BY site, visitor_id, visit)",
+        cols = cols.join(", "),
+        aggs = aggs.join(", "),
+        s = sessionize_fields(cond, &fields),
+    )
+}
+
 fn visit_rows(q: &Query, built: &[(NaiveDate, u64)]) -> String {
-    let cols = VISIT_COLS.join(", ");
+    let needed = needed_visit_cols(q);
+    let cols = needed.join(", ");
     let in_range = format!("start >= {} AND start < {}", utc(q.start), utc(q.end));
     let days = utc_days(q.start, q.end);
     let use_built = q.rollups && !q.realtime;
@@ -562,7 +619,7 @@ fn visit_rows(q: &Query, built: &[(NaiveDate, u64)]) -> String {
         let cond = format!("{} AND ({})", site_cond(&q.site), time.join(" OR "));
         parts.push(format!(
             "SELECT {cols} FROM ({}) WHERE {in_range}",
-            derive_visits(&cond, 0)
+            derive_visit_cols(&cond, &needed)
         ));
     }
     format!("({})", parts.join(" UNION ALL "))
