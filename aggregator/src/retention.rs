@@ -19,6 +19,7 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use veil_schemas::{valid_identifier, ClickHouseConfig};
 
+use crate::query;
 use crate::Error;
 
 /// Default retention of raw events, in days (13 months: a year plus a month of comparison).
@@ -109,21 +110,44 @@ fn ch(e: clickhouse::error::Error) -> Error {
     Error::ClickHouse(e.to_string())
 }
 
-/// Waits until ClickHouse has applied every pending mutation of `table`.
-async fn wait_for_mutations(
+/// Tables of per-event data and the column their daily partitions come from, purged together.
+const TABLES: &[(&str, &str)] = &[
+    ("events", "timestamp"),
+    ("events_hourly", "hour"),
+    ("visits", "day"),
+    ("filtered_hourly", "hour"),
+    ("events_daily", "day"),
+    ("visits_daily", "day"),
+];
+
+/// `col < the start of day d` with the right type for `col` (`visits`' `day` is a Date).
+fn before_day(table: &str, col: &str, d: NaiveDate) -> String {
+    if matches!(table, "visits" | "visits_daily") {
+        format!("{col} < {}", query::sql::date(d))
+    } else {
+        format!(
+            "{col} < {}",
+            query::sql::utc(d.and_time(chrono::NaiveTime::MIN))
+        )
+    }
+}
+
+/// Waits until `SELECT count() FROM table WHERE cond` is 0 — read through the Distributed
+/// table in cluster mode, so it sees every shard's mutation finish.
+async fn wait_gone(
     client: &clickhouse::Client,
     table: &str,
+    cond: &str,
     timeout: Duration,
 ) -> Result<(), Error> {
     let deadline = Instant::now() + timeout;
     loop {
-        let pending: u64 = client
-            .query("SELECT count() FROM system.mutations WHERE database = currentDatabase() AND table = ? AND is_done = 0")
-            .bind(table)
+        let left: u64 = client
+            .query_raw(&format!("SELECT count() FROM {table} WHERE {cond}"))
             .fetch_one()
             .await
             .map_err(ch)?;
-        if pending == 0 {
+        if left == 0 {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -134,16 +158,6 @@ async fn wait_for_mutations(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
-
-/// Tables of per-event data and their time column, purged together.
-const TABLES: &[(&str, &str)] = &[
-    ("events", "timestamp"),
-    ("events_hourly", "hour"),
-    ("visits", "start"),
-    ("filtered_hourly", "hour"),
-    ("events_daily", "day"),
-    ("visits_daily", "day"),
-];
 
 /// Removes raw events (and their rollups) older than each site's retention, as of `today` (UTC).
 pub async fn purge(
@@ -169,26 +183,24 @@ pub async fn purge(
         .to_string()
         .parse()
         .unwrap_or(0);
-    #[derive(clickhouse::Row, serde::Deserialize)]
-    struct Part {
-        partition: String,
-    }
-    // The rollups (hourly, visits) are partitioned by the same UTC day and go with them.
-    for (table, _) in TABLES {
-        let parts: Vec<Part> = client
-            .query("SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() AND table = ? AND active")
-            .bind(*table)
+    // The rollups are partitioned by the same UTC day and go with them. Partitions are found
+    // through the table itself (in cluster mode the Distributed table, so every shard's
+    // count), and dropped on every shard (`mutation_target`).
+    for (table, col) in TABLES {
+        let before = before_day(table, col, oldest_kept);
+        let parts: Vec<u32> = client
+            .query_raw(&format!(
+                "SELECT DISTINCT toYYYYMMDD({col}) FROM {table} WHERE {before}"
+            ))
             .fetch_all()
             .await
             .map_err(ch)?;
-        for p in parts {
-            let Ok(n) = p.partition.trim_matches('\'').parse::<u32>() else {
-                continue;
-            };
+        let target = veil_schemas::migrate::mutation_target(cfg, table);
+        for n in parts {
             if n < cutoff {
-                // n is a number we parsed, the table a constant: safe to paste.
+                // n is a number ClickHouse computed, the table a constant: safe to paste.
                 client
-                    .query(&format!("ALTER TABLE {table} DROP PARTITION {n}"))
+                    .query_raw(&format!("ALTER TABLE {target} DROP PARTITION {n}"))
                     .execute()
                     .await
                     .map_err(ch)?;
@@ -197,7 +209,9 @@ pub async fn purge(
                 }
             }
         }
+        wait_gone(&client, table, &before, Duration::from_secs(300)).await?;
     }
+    report.dropped_partitions.sort_unstable();
     // 2. Sites whose retention is shorter than the longest.
     #[derive(clickhouse::Row, serde::Deserialize)]
     struct SiteCount {
@@ -227,22 +241,22 @@ pub async fn purge(
             .await
             .map_err(ch)?;
         if n > 0 {
-            for (table, ts) in TABLES {
+            for (table, col) in TABLES {
+                let target = veil_schemas::migrate::mutation_target(cfg, table);
+                let cond = format!(
+                    "site = {} AND {}",
+                    query::sql::lit(&s.site),
+                    before_day(table, col, keep_from)
+                );
                 client
-                    .query(&format!(
-                        "ALTER TABLE {table} DELETE WHERE site = ? AND {ts} < toDateTime(?, 'UTC')"
-                    ))
-                    .bind(s.site.as_str())
-                    .bind(when.as_str())
+                    .query_raw(&format!("ALTER TABLE {target} DELETE WHERE {cond}"))
                     .execute()
                     .await
                     .map_err(ch)?;
+                wait_gone(&client, table, &cond, Duration::from_secs(300)).await?;
             }
             report.deleted_rows.insert(s.site, n);
         }
-    }
-    for (table, _) in TABLES {
-        wait_for_mutations(&client, table, Duration::from_secs(300)).await?;
     }
     Ok(report)
 }
@@ -263,6 +277,11 @@ pub async fn erase_site(cfg: &ClickHouseConfig, site: &str) -> Result<EraseRepor
         tables: BTreeMap::new(),
     };
     for table in tables {
+        // In cluster mode each sharded table has a `_local` twin per node: rows are counted
+        // and deleted through the base name (Distributed, `ON CLUSTER`).
+        if cfg.cluster.is_some() && table.ends_with("_local") {
+            continue;
+        }
         if !valid_identifier(&table) {
             tracing::warn!(table = %table, "skipping a table whose name cannot be pasted safely");
             continue;
@@ -275,8 +294,8 @@ pub async fn erase_site(cfg: &ClickHouseConfig, site: &str) -> Result<EraseRepor
             .fetch_one()
             .await
             .map_err(ch)?;
-        if !engine.contains("MergeTree") {
-            continue; // views and distributed tables hold no rows of their own
+        if !engine.contains("MergeTree") && engine != "Distributed" {
+            continue; // views hold no rows of their own
         }
         let n: u64 = client
             .query(&format!("SELECT count() FROM {table} WHERE site = ?"))
@@ -285,13 +304,14 @@ pub async fn erase_site(cfg: &ClickHouseConfig, site: &str) -> Result<EraseRepor
             .await
             .map_err(ch)?;
         if n > 0 {
+            let target = veil_schemas::migrate::mutation_target(cfg, &table);
+            let cond = format!("site = {}", query::sql::lit(site));
             client
-                .query(&format!("ALTER TABLE {table} DELETE WHERE site = ?"))
-                .bind(site)
+                .query_raw(&format!("ALTER TABLE {target} DELETE WHERE {cond}"))
                 .execute()
                 .await
                 .map_err(ch)?;
-            wait_for_mutations(&client, &table, Duration::from_secs(600)).await?;
+            wait_gone(&client, &table, &cond, Duration::from_secs(600)).await?;
         }
         report.tables.insert(table, n);
     }

@@ -19,6 +19,7 @@ use crate::query::plan::{derive_visits, DAILY_DIMS};
 use crate::query::sql::{date, utc};
 use crate::stats::fetch;
 use crate::Error;
+use veil_schemas::ClickHouseConfig;
 
 /// What one run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -54,17 +55,20 @@ fn day_range(d: NaiveDate) -> String {
 }
 
 /// Brings the rollups of the closed days of the last `days` days up to date.
-pub async fn run(client: &clickhouse::Client, days: u32) -> Result<RollupReport, Error> {
+pub async fn run(ch: &ClickHouseConfig, days: u32) -> Result<RollupReport, Error> {
     let today = Utc::now().date_naive();
-    run_until(client, today, days).await
+    run_until(ch, today, days).await
 }
 
 /// [`run`] with "today" given (days before it are closed).
 pub async fn run_until(
-    client: &clickhouse::Client,
+    ch: &ClickHouseConfig,
     today: NaiveDate,
     days: u32,
 ) -> Result<RollupReport, Error> {
+    let client = &ch.client();
+    // Row-changing DDL goes to every shard in cluster mode.
+    let target = |t: &str| veil_schemas::migrate::mutation_target(ch, t);
     let first = today - Duration::days(i64::from(days.max(1)));
     let mut report = RollupReport::default();
     // Raw counts per closed day (bots excluded, as in every report).
@@ -171,7 +175,8 @@ pub async fn run_until(
                     exec(
                         client,
                         &format!(
-                            "ALTER TABLE {table} DELETE WHERE day = {} AND build < {build}",
+                            "ALTER TABLE {} DELETE WHERE day = {} AND build < {build}",
+                            target(table),
                             date(day)
                         ),
                     )
@@ -184,7 +189,10 @@ pub async fn run_until(
             let part = day.format("%Y%m%d").to_string();
             exec(
                 client,
-                &format!("ALTER TABLE events_hourly DROP PARTITION {part}"),
+                &format!(
+                    "ALTER TABLE {} DROP PARTITION {part}",
+                    target("events_hourly")
+                ),
             )
             .await?;
             exec(
@@ -203,7 +211,10 @@ pub async fn run_until(
             let part = day.format("%Y%m%d").to_string();
             exec(
                 client,
-                &format!("ALTER TABLE events_daily DROP PARTITION {part}"),
+                &format!(
+                    "ALTER TABLE {} DROP PARTITION {part}",
+                    target("events_daily")
+                ),
             )
             .await?;
             exec(

@@ -81,7 +81,7 @@ async fn purge_drops_old_days_and_applies_shorter_site_retention() {
         .collect();
     seed(&ch, "long.example", &days).await;
     seed(&ch, "short.example", &days).await;
-    veil_aggregator::rollup::run_until(&ch.client(), today + Duration::days(1), 60)
+    veil_aggregator::rollup::run_until(&ch, today + Duration::days(1), 60)
         .await
         .unwrap();
     assert_eq!(rollup_rows(&ch, "short.example").await, (4, 4));
@@ -122,7 +122,7 @@ async fn erase_site_removes_every_row_of_that_site_only() {
     )
     .await;
     seed(&ch, "stays.example", &[today]).await;
-    veil_aggregator::rollup::run_until(&ch.client(), today + Duration::days(1), 5)
+    veil_aggregator::rollup::run_until(&ch, today + Duration::days(1), 5)
         .await
         .unwrap();
     let report = erase_site(&ch, "gone.example").await.unwrap();

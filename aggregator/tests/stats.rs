@@ -310,7 +310,7 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
     check_reports(&ch, false).await;
     // The rollup job builds the closed days; answers stay the same.
     let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
-    let r = rollup::run_until(&ch.client(), today, 30).await.unwrap();
+    let r = rollup::run_until(&ch, today, 30).await.unwrap();
     assert_eq!(r.visit_days.len(), 2, "{r:?}");
     let built = stats::visit_builds(&ch.client(), today - chrono::Duration::days(30), today)
         .await
@@ -337,7 +337,7 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
     assert_eq!(src(json!({"metrics": ["visitors"], "dimensions": ["event:page"], "include": {"rollups": false}})).await, "events");
     check_reports(&ch, true).await;
     // A second run finds nothing to do; a late event for a closed day triggers a rebuild.
-    let r = rollup::run_until(&ch.client(), today, 30).await.unwrap();
+    let r = rollup::run_until(&ch, today, 30).await.unwrap();
     assert!(r.visit_days.is_empty() && r.hourly_days.is_empty(), "{r:?}");
     insert(
         &ch,
@@ -345,7 +345,7 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
         &[ev("L0".into(), "2026-11-20 20:00:00", "pageview", "/late")],
     )
     .await;
-    let r = rollup::run_until(&ch.client(), today, 30).await.unwrap();
+    let r = rollup::run_until(&ch, today, 30).await.unwrap();
     assert_eq!(
         r.visit_days,
         vec![NaiveDate::from_ymd_opt(2026, 11, 20).unwrap()]
@@ -829,7 +829,7 @@ async fn every_dimension_and_metric_answers_the_same_from_raw_and_rollups() {
     let ch = veil_schemas::testing::fresh_database("stats_every").await;
     seed(&ch).await;
     let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
-    rollup::run_until(&ch.client(), today, 30).await.unwrap();
+    rollup::run_until(&ch, today, 30).await.unwrap();
     let s = site();
     let mut dims: Vec<String> = veil_aggregator::query::DIMENSIONS
         .iter()

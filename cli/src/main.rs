@@ -83,10 +83,9 @@ fn spawn_retention(s: &Settings) {
     let ch = s.clickhouse.clone();
     let retention = s.aggregator.retention.clone();
     tokio::spawn(async move {
-        let client = ch.client();
         let salts = ClickHouseSaltStore::new(&ch);
         for tick in 0u64.. {
-            match veil_aggregator::rollup::run(&client, 35).await {
+            match veil_aggregator::rollup::run(&ch, 35).await {
                 Ok(r) if r.visit_days.is_empty() && r.hourly_days.is_empty() => {}
                 Ok(r) => {
                     tracing::info!(visits = ?r.visit_days, hourly = ?r.hourly_days, "rollups rebuilt")

@@ -49,7 +49,9 @@ fn parses_a_plausible_query() {
     assert_eq!((q.from, q.to), (d("2026-11-22"), d("2026-11-28")));
     assert_eq!(source(&q, false), Source::Hourly);
     let s = plan::sql(&q, &site(), &[], None);
-    assert!(s.contains("FROM events_hourly"), "{s}");
+    // Whole UTC days come from the daily rollup (kept current by its materialized view).
+    assert!(s.contains("FROM events_daily"), "{s}");
+    assert!(!s.contains("FROM events_hourly"), "{s}");
     assert!(s.contains("GROUP BY d0 ORDER BY m0 DESC, d0 ASC"), "{s}");
 }
 
@@ -123,11 +125,11 @@ fn sources_follow_what_the_query_needs() {
         src(
             r#"{"site_id":"a","metrics":["visitors","bounce_rate"],"date_range":"7d","dimensions":["visit:source"]}"#
         ),
-        Source::Visits
+        Source::VisitsDaily
     );
     assert_eq!(
         src(
-            r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["visit:country"]}"#
+            r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["visit:country"],"filters":[["is","visit:device",["Mobile"]]]}"#
         ),
         Source::Visits
     );

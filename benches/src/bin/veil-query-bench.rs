@@ -242,7 +242,7 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
         // The rollup job builds the visits of every closed day (as `veil aggregator` does on
         // its schedule); the hourly rollup was filled by its materialized view during the insert.
         let t = Instant::now();
-        let report = veil_aggregator::rollup::run(agg.client(), a.days + 1)
+        let report = veil_aggregator::rollup::run(agg.clickhouse(), a.days + 1)
             .await
             .context("building rollups")?;
         eprintln!(
