@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS events_hourly
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMMDD(hour)
 ORDER BY (site, hour, name, pathname, hostname)
-SETTINGS index_granularity = 8192;
+SETTINGS index_granularity = 256;
 CREATE MATERIALIZED VIEW IF NOT EXISTS events_hourly_mv TO events_hourly AS
 SELECT site, toStartOfHour(timestamp) AS hour, name, pathname, hostname,
        uniqState(visitor_id) AS visitors, countState() AS hits

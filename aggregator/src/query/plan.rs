@@ -261,7 +261,7 @@ fn hourly_rows(q: &Query) -> String {
             .collect();
         parts.push(format!(
             "SELECT site, day AS hour, name, pathname, hostname, visitors, hits FROM events_daily \
-             WHERE {site} AND day IN ({})",
+             PREWHERE {site} AND day IN ({})",
             list.join(", ")
         ));
     }
@@ -279,7 +279,7 @@ fn hourly_rows(q: &Query) -> String {
         };
         parts.push(format!(
             "SELECT site, hour, name, pathname, hostname, visitors, hits FROM events_hourly \
-             WHERE {site} AND ({})",
+             PREWHERE {site} AND ({})",
             ranges.join(" OR ")
         ));
     }
@@ -301,7 +301,7 @@ fn visits_daily_rows(q: &Query, built: &[(NaiveDate, u64)]) -> String {
         parts.push(format!(
             "SELECT day, value, visitors AS vis_s, visits AS visits_n, pageviews AS pv_n, \
              events AS ev_n, bounces AS bounces_n, duration AS dur_n FROM visits_daily \
-             WHERE {} AND dim = {} AND (day, build) IN ({})",
+             PREWHERE {} AND dim = {} AND (day, build) IN ({})",
             site_cond(&q.site),
             lit(col),
             tuples.join(", ")
