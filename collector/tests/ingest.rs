@@ -387,7 +387,7 @@ async fn batches_flush_by_size_then_by_time_and_shutdown_flushes_the_rest() {
         started.elapsed() >= Duration::from_millis(250),
         "flushed before max age"
     );
-    assert_eq!(c.metric("veil_events_written_total").await, 1.0);
+    assert_eq!(c.wait_metric("veil_events_written_total", 1.0).await, 1.0);
     c.shutdown().await.unwrap();
 }
 
@@ -406,6 +406,7 @@ async fn metrics_count_what_happened() {
     let batch = json!([{"site": "example.com", "name": "a", "url": "https://example.com/"}, {"site": "example.com"}]);
     c.post("/v1/events", &[], &batch.to_string()).await;
     wait_count(&c.ch, "1", 4, 10).await;
+    assert_eq!(c.wait_metric("veil_events_written_total", 4.0).await, 4.0);
     let m = c.get("/metrics").await;
     assert_eq!(m.status, 200);
     let t = &m.body;

@@ -57,6 +57,21 @@ impl Running {
         metric(&self.get("/metrics").await.body, name_and_labels)
     }
 
+    /// Waits (up to 5 s) for a metric to reach `want` and returns its last value: the sink
+    /// counts a batch written only after ClickHouse acknowledged it, a moment after its rows
+    /// are visible to a reader.
+    pub async fn wait_metric(&self, name_and_labels: &str, want: f64) -> f64 {
+        let mut v = self.metric(name_and_labels).await;
+        for _ in 0..100 {
+            if v == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            v = self.metric(name_and_labels).await;
+        }
+        v
+    }
+
     pub async fn count(&self, where_: &str) -> u64 {
         count(&self.ch, where_).await
     }
