@@ -5,8 +5,9 @@
 //!   (the SQL in [`crate::query::plan::derive_visits`]) under a new build number, then record
 //!   the build in `visit_builds`. Readers use a day's latest *recorded* build, so they never
 //!   see half a build; older builds of the day are deleted afterwards.
-//!   With the visits it writes the day's `visits_daily` rows (per dimension: a uniq state of
-//!   visitor hashes and sums of visits, pageviews, events, bounces, durations).
+//!   With the visits it writes the day's `visits_daily` rows (per visit dimension, and per
+//!   page, event name and host from the raw events: the exact count of distinct visitor
+//!   hashes, their uniq state, and sums of visits, pageviews, events, bounces, durations).
 //! - **events_hourly / events_daily health**: materialized views keep them current; for each
 //!   closed day the job compares each rollup's hit count with the raw count and rebuilds a day
 //!   that differs (data stored before the rollup existed, or a view that missed inserts).
@@ -15,7 +16,7 @@
 
 use chrono::{Duration, NaiveDate, Utc};
 
-use crate::query::plan::{derive_visits, DAILY_DIMS};
+use crate::query::plan::{derive_visits, DAILY_DIMS, EVENT_DAILY_DIMS};
 use crate::query::sql::{date, utc};
 use crate::stats::fetch;
 use crate::Error;
@@ -153,12 +154,35 @@ pub async fn run_until(
             exec(
                 client,
                 &format!(
-                    "INSERT INTO visits_daily SELECT site, day, build, kv.1 AS dim, kv.2 AS value, \
-                     uniqState(visitor_id), count(), sum(pageviews), sum(events), sum(bounce), sum(duration) \
+                    "INSERT INTO visits_daily (site, day, build, dim, value, visitors, uv, visits, \
+                     pageviews, events, bounces, duration) SELECT site, day, build, kv.1 AS dim, \
+                     kv.2 AS value, uniqState(visitor_id), uniqExact(visitor_id), count(), \
+                     sum(pageviews), sum(events), sum(bounce), sum(duration) \
                      FROM visits ARRAY JOIN [{}] AS kv WHERE day = {} AND build = {build} \
                      GROUP BY site, day, build, dim, value",
                     pairs.join(", "),
                     date(day)
+                ),
+            )
+            .await?;
+            // The day's events by page, event name and host (what top pages and custom
+            // events read), counted like the event rollups count them.
+            let event_pairs: Vec<String> = EVENT_DAILY_DIMS
+                .iter()
+                .map(|c| format!("('event:{c}', {c})"))
+                .collect();
+            exec(
+                client,
+                &format!(
+                    "INSERT INTO visits_daily (site, day, build, dim, value, visitors, uv, visits, \
+                     pageviews, events, bounces, duration) SELECT site, toDate(timestamp, 'UTC') AS day, \
+                     toUInt64({build}), kv.1 AS dim, kv.2 AS value, uniqState(visitor_id), \
+                     uniqExact(visitor_id), toUInt64(0), countIf(name = 'pageview'), \
+                     countIf(name != 'engagement'), toUInt64(0), toUInt64(0) \
+                     FROM events ARRAY JOIN [{}] AS kv WHERE {} AND bot = '' \
+                     GROUP BY site, day, dim, value",
+                    event_pairs.join(", "),
+                    day_range(day)
                 ),
             )
             .await?;

@@ -5,9 +5,14 @@
 -- events_daily: events_hourly per UTC day (`day` is the UTC midnight starting it), kept
 -- current by a materialized view; the rollup health check repairs closed days.
 --
--- visits_daily: the visits of each closed UTC day aggregated per dimension (`dim` = '' for
--- the totals, else the name of a visit column such as `source` or `country_code`, `value`
--- its value), written by the rollup job under the same build number as the day's visits.
+-- visits_daily: each closed UTC day aggregated per dimension, written by the rollup job under
+-- the same build number as the day's visits. `dim` = '' for the day's totals; the name of a
+-- visit column such as `source` or `country_code` for the day's visits by that column's value;
+-- `event:pathname`, `event:name`, `event:hostname` for the day's raw events (bots excluded) by
+-- page, event name and host (those rows have visits, bounces and duration 0). `uv` is the
+-- exact number of distinct visitor hashes of the day and value: hashes rotate at UTC midnight,
+-- so visitors over a range of days are the sum of the days' `uv`, with no state to merge.
+-- `visitors` keeps the uniq state for the rare fold that needs an exact union within a day.
 --
 -- Small granules (256 rows) and PREWHERE on the key in every query: a granule read for one
 -- row deserializes every uniq state in it, and big states are what cost.
@@ -39,6 +44,7 @@ CREATE TABLE IF NOT EXISTS visits_daily
     dim       String,
     value     String,
     visitors  AggregateFunction(uniq, FixedString(16)),
+    uv        UInt64,
     visits    UInt64,
     pageviews UInt64,
     events    UInt64,

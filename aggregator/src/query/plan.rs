@@ -107,7 +107,7 @@ pub fn source(q: &Query, child_directed: bool) -> Source {
         };
     }
     match (ev, vi) {
-        (false, _) if visits_daily_ok(q) => Source::VisitsDaily,
+        (_, _) if visits_daily_ok(q) => Source::VisitsDaily,
         (false, _) => Source::Visits,
         (true, false) if hourly_ok(q) => Source::Hourly,
         (true, false) => Source::Events,
@@ -144,14 +144,28 @@ fn utc_aligned(q: &Query) -> bool {
     q.start.time() == chrono::NaiveTime::MIN && q.end.time() == chrono::NaiveTime::MIN
 }
 
-/// The visit column a `visits_daily` row's `dim` names for a dimension.
-fn daily_dim(d: &Dim) -> Option<&'static str> {
+/// What a `visits_daily` row's `dim` holds for a dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DailyDim {
+    /// A visit column (`dim` is its name).
+    Visit(&'static str),
+    /// An event column (`dim` is `event:` and its name).
+    Event(&'static str),
+}
+
+fn daily_dim(d: &Dim) -> Option<DailyDim> {
     match d.kind {
-        DimKind::Visit(c) | DimKind::Visitor(c) => Some(c),
-        DimKind::CountryName => Some("country_code"),
+        DimKind::Visit(c) | DimKind::Visitor(c) if DAILY_DIMS.contains(&c) => {
+            Some(DailyDim::Visit(c))
+        }
+        DimKind::CountryName => Some(DailyDim::Visit("country_code")),
+        DimKind::Event(c) if EVENT_DAILY_DIMS.contains(&c) => Some(DailyDim::Event(c)),
         _ => None,
     }
 }
+
+/// Event columns `visits_daily` is built for (`dim` = `event:` + the column).
+pub const EVENT_DAILY_DIMS: &[&str] = &["pathname", "name", "hostname"];
 
 /// Visit columns `visits_daily` is built for (each visit adds one row per entry, and one for
 /// the totals with `dim = ''`).
@@ -194,12 +208,22 @@ fn visits_daily_ok(q: &Query) -> bool {
         Some(TimeBucket::Hour) => false,
         Some(_) => utc_aligned(q) && plain.is_empty(),
     };
+    let event_dim = plain
+        .iter()
+        .any(|d| matches!(daily_dim(d), Some(DailyDim::Event(_))));
     q.rollups
         && !q.realtime
         && q.filter.is_none()
         && time_ok
         && plain.len() <= 1
         && plain.iter().all(|d| daily_dim(d).is_some())
+        && (!event_dim
+            || q.metrics.iter().all(|m| {
+                matches!(
+                    m,
+                    Metric::Visitors | Metric::Pageviews | Metric::Events | Metric::Percentage
+                )
+            }))
         && q.metrics.iter().all(|m| {
             matches!(
                 m,
@@ -286,10 +310,24 @@ fn hourly_rows(q: &Query) -> String {
     format!("({})", parts.join(" UNION ALL "))
 }
 
-/// Rows for [`Source::VisitsDaily`]: `day`, `value`, `vis_s` (uniq state), `visits_n`,
-/// `pv_n`, `ev_n`, `bounces_n`, `dur_n`.
-fn visits_daily_rows(q: &Query, built: &[(NaiveDate, u64)]) -> String {
-    let col = q.dimensions.iter().find_map(daily_dim).unwrap_or("");
+/// An empty `uniq` state, for rows that carry no visitor hashes.
+const EMPTY_UNIQ: &str = "arrayReduce('uniqState', CAST([] AS Array(FixedString(16))))";
+
+/// Rows for [`Source::VisitsDaily`], one per UTC day and dimension value: `day`, `value`,
+/// `b` (1: a built day's row), `uv` (distinct visitors of that day and value), `visits_n`,
+/// `pv_n`, `ev_n`, `bounces_n`, `dur_n`, and with `states` also `st`, the uniq state of the
+/// visitor hashes of rows that are not built (empty for built rows).
+///
+/// Built days come from `visits_daily` (plain numbers, no state is read); the other days
+/// (today, days without a build, the edges of a range that is not whole UTC days) from visit
+/// rows or raw events aggregated per day on the fly.
+fn visits_daily_rows(q: &Query, built: &[(NaiveDate, u64)], states: bool) -> String {
+    let which = q.dimensions.iter().find_map(daily_dim);
+    let dim = match which {
+        None => String::new(),
+        Some(DailyDim::Visit(c)) => c.to_string(),
+        Some(DailyDim::Event(c)) => format!("event:{c}"),
+    };
     let (days, rest) = split_days(q.start, q.end, |d| built.iter().any(|(b, _)| *b == d));
     let mut parts = Vec::new();
     if !days.is_empty() {
@@ -298,26 +336,54 @@ fn visits_daily_rows(q: &Query, built: &[(NaiveDate, u64)]) -> String {
             .filter(|(d, _)| days.contains(d))
             .map(|(d, b)| format!("({}, toUInt64({b}))", date(*d)))
             .collect();
+        let st = if states {
+            format!(", {EMPTY_UNIQ} AS st")
+        } else {
+            String::new()
+        };
         parts.push(format!(
-            "SELECT day, value, visitors AS vis_s, visits AS visits_n, pageviews AS pv_n, \
-             events AS ev_n, bounces AS bounces_n, duration AS dur_n FROM visits_daily \
+            "SELECT day, value, toUInt8(1) AS b, uv, visits AS visits_n, pageviews AS pv_n, \
+             events AS ev_n, bounces AS bounces_n, duration AS dur_n{st} FROM visits_daily \
              PREWHERE {} AND dim = {} AND (day, build) IN ({})",
             site_cond(&q.site),
-            lit(col),
+            lit(&dim),
             tuples.join(", ")
         ));
     }
+    let st = if states {
+        ", uniqState(visitor_id) AS st"
+    } else {
+        ""
+    };
     for (a, b) in rest {
         let mut part = q.clone();
         part.start = a;
         part.end = b;
-        let value = if col.is_empty() { "''" } else { col };
-        parts.push(format!(
-            "SELECT toDate(start, 'UTC') AS day, {value} AS value, uniqState(visitor_id) AS vis_s, \
-             count() AS visits_n, sum(pageviews) AS pv_n, sum(events) AS ev_n, \
-             sum(bounce) AS bounces_n, sum(duration) AS dur_n FROM {} GROUP BY day, value",
-            visit_rows(&part, built)
-        ));
+        parts.push(match which {
+            Some(DailyDim::Event(c)) => format!(
+                "SELECT toDate(timestamp, 'UTC') AS day, {c} AS value, toUInt8(0) AS b, \
+                 uniq(visitor_id) AS uv, toUInt64(0) AS visits_n, countIf(name = 'pageview') AS pv_n, \
+                 countIf(name != 'engagement') AS ev_n, toUInt64(0) AS bounces_n, \
+                 toUInt64(0) AS dur_n{st} FROM events WHERE {} AND timestamp >= {} \
+                 AND timestamp < {} AND bot = '' GROUP BY day, value",
+                site_cond(&q.site),
+                utc(a),
+                utc(b)
+            ),
+            _ => {
+                let value = match which {
+                    Some(DailyDim::Visit(c)) => c,
+                    _ => "''",
+                };
+                format!(
+                    "SELECT toDate(start, 'UTC') AS day, {value} AS value, toUInt8(0) AS b, \
+                     uniq(visitor_id) AS uv, count() AS visits_n, sum(pageviews) AS pv_n, \
+                     sum(events) AS ev_n, sum(bounce) AS bounces_n, sum(duration) AS dur_n{st} \
+                     FROM {} GROUP BY day, value",
+                    visit_rows(&part, built)
+                )
+            }
+        });
     }
     format!("({})", parts.join(" UNION ALL "))
 }
@@ -703,8 +769,8 @@ fn ts_col(src: Source) -> &'static str {
 /// The SQL for a dimension's value on `src` rows.
 fn dim_expr(d: &Dim, src: Source, q: &Query, site: &SiteView) -> String {
     match &d.kind {
+        DimKind::Event(_) | DimKind::Visitor(_) if src == Source::VisitsDaily => "value".into(),
         DimKind::Event(c) => (*c).to_string(),
-        DimKind::Visitor(_) if src == Source::VisitsDaily => "value".into(),
         DimKind::Visitor(c) => (*c).to_string(),
         DimKind::Visit(c) => {
             let col = match src {
@@ -899,8 +965,9 @@ fn metric_sql(m: Metric, src: Source, q: &Query) -> String {
             Metric::ViewsPerVisit => "round(sum(pv_n) / sum(visits_n), 2)".into(),
             Metric::BounceRate => "round(sum(bounces_n) * 100 / sum(visits_n))".into(),
             Metric::VisitDuration => "round(sum(dur_n) / sum(visits_n))".into(),
-            Metric::SessionsPerUser => "round(sum(visits_n) / uniqMerge(vis_s), 2)".into(),
-            _ => "uniqMerge(vis_s)".into(),
+            Metric::SessionsPerUser => "round(sum(visits_n) / sum(uv), 2)".into(),
+            // Hashes rotate at UTC midnight: visitors of a range are the sum of its days'.
+            _ => "sum(uv)".into(),
         },
         Source::Hourly => match m {
             Metric::Pageviews => "countMergeIf(hits, name = 'pageview')".into(),
@@ -950,9 +1017,10 @@ pub fn additive(m: Metric) -> bool {
 /// The full SQL for `q` on `site`, given the recorded visit builds (latest per UTC day).
 ///
 /// With `fold = Some(k)` a breakdown (dimensions, none of them time) is folded in SQL: rows
-/// with fewer than k visitors become one row whose visitors are counted exactly over the
-/// union (`uniq` states merged). Output: `shown` (0 for the folded row), `d…`, `m…`, `k`, `n`
-/// (rows folded).
+/// with fewer than k visitors become one row whose counts (visitors too) are the sums of the
+/// folded rows', shown only if the folded rows' distinct visitors — `k`: the exact union of
+/// their `uniq` states, or on built days its lower bound — reach k. Output: `shown` (0 for
+/// the folded row), `d…`, `m…`, `k`, `n` (rows folded).
 pub fn sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], fold: Option<u64>) -> String {
     let inner = inner_sql(q, site, built, fold.is_some());
     let Some(kmin) = fold.filter(|_| !q.dimensions.is_empty() && q.time_bucket().is_none()) else {
@@ -963,12 +1031,12 @@ pub fn sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], fold: Option<
     select.extend((0..nd).map(|i| format!("if(shown, d{i}, '') AS g{i}")));
     for (i, m) in q.metrics.iter().enumerate() {
         select.push(
-            if matches!(
-                m,
-                Metric::Visitors | Metric::ConversionRate | Metric::Percentage
-            ) {
-                format!("if(shown, any(m{i}), uniqMerge(ks)) AS o{i}")
-            } else if additive(*m) {
+            if additive(*m)
+                || matches!(
+                    m,
+                    Metric::Visitors | Metric::ConversionRate | Metric::Percentage
+                )
+            {
                 format!("if(shown, any(m{i}), sum(m{i})) AS o{i}")
             } else {
                 format!("any(m{i}) AS o{i}")
@@ -977,6 +1045,12 @@ pub fn sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], fold: Option<
     }
     select.push(if site.child_directed {
         "sum(k) AS ok".into()
+    } else if source(q, false) == Source::VisitsDaily {
+        // Built days carry plain per-day counts, not hashes: their part of the union is at
+        // least the sum over days of the largest folded row of each day (days never share a
+        // hash). The other days' part is exact. The sum is a lower bound, so a fold shown
+        // because of it has at least k visitors; one under it is hidden.
+        format!("arraySum(arrayMap(d -> arrayReduce('max', arrayMap(t -> if(t.1 = d, t.2, toUInt64(0)), {a})), arrayDistinct(arrayMap(t -> t.1, {a})))) + uniqMerge(ks) AS ok", a = "groupArrayArray(kd)")
     } else {
         "uniqMerge(ks) AS ok".into()
     });
@@ -1020,7 +1094,7 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], states: boo
         match (src, site.child_directed) {
             (Source::Hourly, true) => "countMerge(hits)",
             (Source::Hourly, false) => "uniqMerge(visitors)",
-            (Source::VisitsDaily, _) => "uniqMerge(vis_s)",
+            (Source::VisitsDaily, _) => "sum(uv)",
             (_, true) => "count()",
             (_, false) => "uniq(visitor_id)",
         }
@@ -1032,12 +1106,15 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], states: boo
             match (src, site.child_directed) {
                 (_, true) => "count()",
                 (Source::Hourly, false) => "uniqMergeState(visitors)",
-                (Source::VisitsDaily, false) => "uniqMergeState(vis_s)",
+                (Source::VisitsDaily, false) => "uniqMergeState(st)",
                 (_, false) => "uniqState(visitor_id)",
             }
             .to_string()
                 + " AS ks",
         );
+        if src == Source::VisitsDaily {
+            select.push("groupArrayIf((day, uv), b = 1) AS kd".into());
+        }
     }
     let range = format!(
         "{} AND {ts} >= {} AND {ts} < {}",
@@ -1049,7 +1126,7 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], states: boo
     let (from, mut wher) = match src {
         Source::Visits => (visit_rows(q, built), Vec::new()),
         Source::Hourly => (hourly_rows(q), Vec::new()),
-        Source::VisitsDaily => (visits_daily_rows(q, built), Vec::new()),
+        Source::VisitsDaily => (visits_daily_rows(q, built, states), Vec::new()),
         Source::Events => ("events".to_string(), vec![range, "bot = ''".to_string()]),
         Source::Joined => (joined_rows(q), Vec::new()),
     };
