@@ -22,10 +22,16 @@
 //!
 //! k-anonymity (site setting `min_visitors`, default `--min-visitors` = 5, at least 2): a
 //! breakdown row with fewer visitors than `k` is folded into one `(other)` row (shown only
-//! when it reaches `k` itself); a time bucket or a total under `k` has its metrics replaced by
-//! `null`. `meta` says how many rows were folded. Child-directed sites store no visitor hash:
-//! they report `pageviews` and `events` only, and the same rule applies to their event counts
-//! instead of visitors.
+//! when it reaches `k` itself; `meta.folded_rows` counts its rows only then); a time bucket or
+//! a total under `k` has its metrics replaced by `null`, and a time-series row that also has
+//! another dimension is dropped under `k`. Filters that select, or leave out, fewer than `k`
+//! visitors get no numbers (`meta.too_few_visitors`; see [`stats`]). Child-directed sites
+//! store no visitor hash: they report `pageviews` and `events` only, and the same rule applies
+//! to their event counts instead of visitors.
+//!
+//! Report queries (sent with [`Aggregator::client`]) run under ClickHouse's
+//! `max_execution_time` = [`MAX_EXECUTION_SECS`]; past it ClickHouse answers an error, a 502
+//! here.
 
 pub mod admin;
 pub mod auth;
@@ -48,6 +54,11 @@ use http_body_util::Full;
 use serde_json::{json, Value};
 use veil_schemas::registry::{secret_hash, Registry, SiteSettings};
 use veil_schemas::ClickHouseConfig;
+
+/// The longest a ClickHouse query of the aggregator may run, in seconds (the server's
+/// `max_execution_time` setting, sent with every query; an overrun is an error, not a
+/// partial answer).
+pub const MAX_EXECUTION_SECS: u32 = 30;
 
 /// The aggregator's one error type.
 #[derive(Debug, thiserror::Error)]
@@ -274,7 +285,9 @@ impl Aggregator {
         ch: ClickHouseConfig,
         registry: Arc<Registry>,
     ) -> Self {
-        let client = ch.client();
+        let client = ch
+            .client()
+            .with_setting("max_execution_time", MAX_EXECUTION_SECS.to_string());
         let limiter = Arc::new(auth::RateLimiter::new(
             cfg.key_rate_per_second,
             cfg.key_rate_burst,

@@ -5,14 +5,17 @@
 //! - `POST /api/v2/funnel` — `{"site_id", "funnel": NAME | "steps": [goal…], "date_range",
 //!   "filters"?}` → `{"steps": [{"goal", "visitors", "conversion_rate",
 //!   "conversion_rate_step", "dropoff"}], "meta"}`: visits that completed the goals in order;
+//!   filters go through the Stats API's differencing guard (`meta.too_few_visitors`);
 //! - `GET /api/v1/sites/{domain}/realtime` → `{"visitors_5m", "pageviews_30m", "top_pages":
-//!   [{"page", "visitors"}], "min_visitors"}` from raw events;
+//!   [{"page", "visitors"}], "min_visitors"}` from raw events, in windows ending at the start
+//!   of the current minute;
 //! - `GET /api/v1/sites/{domain}/export?date_range=30d` → a zip of CSV reports (one per
 //!   dashboard panel, like Plausible's export);
 //! - `GET /api/v1/sites/{domain}/filtered-traffic?date_range=7d` → `{"dropped": [{"reason",
 //!   "events"}], "stored_bots": [{"reason", "events"}], "min_visitors"}`: events not counted in
 //!   reports — dropped bots by kind, opt-outs (`consent`), the site's rate limit
-//!   (`filtered_hourly`) and bots kept flagged for a `--keep-bots-site` (`events.bot`).
+//!   (`filtered_hourly`) and bots kept flagged for a `--keep-bots-site` (`events.bot`); a
+//!   reason with fewer than k events is left out.
 //!
 //! Every number goes through the same k-anonymity rules as `/api/v2/query`.
 
@@ -176,7 +179,8 @@ fn range_json(range: &str) -> Value {
     }
 }
 
-/// Events of `site` left out of reports in `range`, by reason; counts under k are `null`.
+/// Events of `site` left out of reports in `range`, by reason; reasons with fewer than k
+/// events are left out (their name next to a `null` would still say that a few happened).
 pub async fn filtered_traffic(
     client: &clickhouse::Client,
     site: &SiteView,
@@ -211,7 +215,7 @@ pub async fn filtered_traffic(
                 let n: f64 = r
                     .get(1)
                     .and_then(|v| v.as_str().and_then(|s| s.parse().ok()).or(v.as_f64()))?;
-                Some(json!({"reason": reason, "events": if n >= k { json!(n as u64) } else { Value::Null }}))
+                (n >= k).then(|| json!({"reason": reason, "events": n as u64}))
             })
             .collect()
     };
@@ -251,7 +255,8 @@ pub async fn realtime(client: &clickhouse::Client, site: &SiteView) -> Result<Va
         )
     };
     let mut five = query::parse(body("[]", &format!("[\"{metric}\"]")).as_bytes(), site, now)?;
-    five.start = now.naive_utc() - chrono::Duration::minutes(5);
+    // The same minute-snapped end as the 30-minute window (see `query::parse`).
+    five.start = five.end - chrono::Duration::minutes(5);
     let five = stats::run_query(client, site, &five).await?;
     let (_, thirty) =
         stats::run(client, site, body("[]", "[\"pageviews\"]").as_bytes(), now).await?;
@@ -326,6 +331,21 @@ pub async fn funnel(
     // Reuse the query parser for the range and filters.
     let qbody = json!({"site_id": site.domain, "metrics": ["visitors"], "date_range": req.date_range, "filters": req.filters});
     let q = query::parse(qbody.to_string().as_bytes(), site, Utc::now())?;
+    // The differencing guard of `/api/v2/query`: filters that select, or leave out, a group
+    // under k get no numbers.
+    let too_few = stats::too_few(client, site, &q).await?;
+    let meta = json!({
+        "min_visitors": site.min_visitors,
+        "too_few_visitors": too_few,
+        "date_range": [q.from.to_string(), q.to.to_string()],
+    });
+    if too_few {
+        let steps: Vec<Value> = steps
+            .iter()
+            .map(|g| json!({"goal": g, "visitors": null, "conversion_rate": null, "conversion_rate_step": null, "dropoff": null}))
+            .collect();
+        return Ok(json!({"steps": steps, "meta": meta}));
+    }
     let conds: Vec<String> = goals.iter().map(|g| plan::goal_cond(g)).collect();
     let filter = q
         .filter
@@ -372,23 +392,27 @@ pub async fn funnel(
                 json!(0)
             }
         };
+        // A dropoff of a few visitors is a group under k: `null` (0 and k or more are shown).
+        let dropoff = prev.map(|p| p - n).unwrap_or(0.0);
+        let dropoff = if dropoff > 0.0 && dropoff < k {
+            Value::Null
+        } else {
+            json!(dropoff)
+        };
         out.push(if shown {
             json!({
                 "goal": g,
                 "visitors": n,
                 "conversion_rate": pct(n, first),
                 "conversion_rate_step": pct(n, prev.unwrap_or(n)),
-                "dropoff": prev.map(|p| p - n).unwrap_or(0.0),
+                "dropoff": dropoff,
             })
         } else {
             json!({"goal": g, "visitors": null, "conversion_rate": null, "conversion_rate_step": null, "dropoff": null})
         });
         prev = Some(if shown { n } else { 0.0 });
     }
-    Ok(json!({
-        "steps": out,
-        "meta": {"min_visitors": site.min_visitors, "date_range": [q.from.to_string(), q.to.to_string()]},
-    }))
+    Ok(json!({"steps": out, "meta": meta}))
 }
 
 /// The reports of a site export: file name, dimension (none for the time series) and metrics.

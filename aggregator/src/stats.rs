@@ -6,11 +6,17 @@
 //! - a breakdown row with fewer than k visitors is folded, in SQL, into one row labelled
 //!   `(other: N rows under k=K)` whose visitors are counted exactly over the union of the folded
 //!   rows; that row is shown only when it reaches k itself (additive metrics are summed,
-//!   rates are `null`);
-//! - a time bucket (or a total) under k has its metrics replaced by `null`;
-//! - a query with filters whose filtered total is under k returns no numbers at all and
-//!   `meta.too_few_visitors = true`, so two allowed queries cannot be subtracted to isolate a
-//!   small group (the differencing guard).
+//!   rates are `null`), and `meta.folded_rows` is N only then (else 0: how many small rows
+//!   exist is itself a fact about them);
+//! - a time bucket (or a total) under k has its metrics replaced by `null`; a row of a time
+//!   series broken down by another dimension too (`["time:hour", "visit:country"]`) is not
+//!   folded, and under k it is dropped, label and all (its label alone would say "someone from
+//!   Iceland at 03:00");
+//! - a query with filters returns no numbers at all and `meta.too_few_visitors = true` unless
+//!   the visitors its filters select (F) reach k *and* those they leave out (T − F, T being the
+//!   same query without filters) are none or reach k too, so neither the filtered group nor its
+//!   complement can be a small group isolated by subtraction (the differencing guard; with
+//!   `conversion_rate` the goal-less denominator filter is held to the same rule).
 //!
 //! For child-directed sites (no visitor hash) event counts take the place of visitors.
 
@@ -132,6 +138,11 @@ async fn report(client: &clickhouse::Client, site: &SiteView, q: &Query) -> Resu
     let raw = fetch(client, &sql).await?;
     let nd = q.dimensions.len();
     let nm = q.metrics.len();
+    // A row labelled by anything but its time bucket names a group: under k it is dropped.
+    let labelled = q
+        .dimensions
+        .iter()
+        .any(|d| !matches!(d.kind, DimKind::Time(_)));
     let mut rows = Vec::new();
     let mut folded = 0;
     let mut suppressed = false;
@@ -152,37 +163,34 @@ async fn report(client: &clickhouse::Client, site: &SiteView, q: &Query) -> Resu
                     k,
                     folded: 0,
                 });
-            } else {
+            } else if k >= kmin as f64 {
+                // Only a shown (other) row says how many rows it folds.
                 folded = n;
-                if k >= kmin as f64 {
-                    let label = format!("(other: {n} rows under k={kmin})");
-                    rows.push(Row {
-                        dims: vec![label; nd],
-                        metrics: q
-                            .metrics
-                            .iter()
-                            .zip(&cells[1 + nd..1 + nd + nm])
-                            .map(|(m, v)| {
-                                if plan::additive(*m)
-                                    || matches!(
-                                        m,
-                                        Metric::Visitors
-                                            | Metric::ConversionRate
-                                            | Metric::Percentage
-                                    )
-                                {
-                                    number(v)
-                                } else {
-                                    None
-                                }
-                            })
-                            .collect(),
-                        k,
-                        folded: n,
-                    });
-                } else {
-                    suppressed = true;
-                }
+                let label = format!("(other: {n} rows under k={kmin})");
+                rows.push(Row {
+                    dims: vec![label; nd],
+                    metrics: q
+                        .metrics
+                        .iter()
+                        .zip(&cells[1 + nd..1 + nd + nm])
+                        .map(|(m, v)| {
+                            if plan::additive(*m)
+                                || matches!(
+                                    m,
+                                    Metric::Visitors | Metric::ConversionRate | Metric::Percentage
+                                )
+                            {
+                                number(v)
+                            } else {
+                                None
+                            }
+                        })
+                        .collect(),
+                    k,
+                    folded: n,
+                });
+            } else {
+                suppressed = true;
             }
         } else {
             if cells.len() != nd + nm + 1 {
@@ -192,6 +200,9 @@ async fn report(client: &clickhouse::Client, site: &SiteView, q: &Query) -> Resu
             let mut metrics: Vec<Option<f64>> = cells[nd..nd + nm].iter().map(number).collect();
             if k < kmin as f64 {
                 suppressed = true;
+                if labelled {
+                    continue;
+                }
                 metrics = vec![None; nm];
             }
             rows.push(Row {
@@ -278,27 +289,38 @@ async fn conversion_rates(
         Vec::new()
     };
     let totals = fetch(client, &plan::sql(&base, site, &built, None)).await?;
-    let nb = base.dimensions.len();
-    let lookup: Vec<(Vec<String>, f64)> = totals
-        .iter()
-        .filter_map(|r| {
-            let c = r.as_array()?;
-            Some((c[..nb].iter().map(text).collect(), number(c.get(nb)?)?))
-        })
-        .collect();
+    let lookup = keyed_totals(&totals, base.dimensions.len());
     for row in &mut rep.rows {
-        if row.folded > 0 {
-            row.metrics[ci] = None;
+        let key: Vec<String> = keep
+            .iter()
+            .filter_map(|i| row.dims.get(*i).cloned())
+            .collect();
+        let folded = row.folded > 0;
+        let Some(slot) = row.metrics.get_mut(ci) else {
+            continue;
+        };
+        if folded {
+            *slot = None;
             continue;
         }
-        let key: Vec<String> = keep.iter().map(|i| row.dims[*i].clone()).collect();
         let total = lookup.iter().find(|(k, _)| *k == key).map(|(_, t)| *t);
-        row.metrics[ci] = match (row.metrics[ci], total) {
+        *slot = match (*slot, total) {
             (Some(conv), Some(t)) if t > 0.0 => Some((conv * 1000.0 / t).round() / 10.0),
             _ => None,
         };
     }
     Ok(())
+}
+
+/// `(the first nb cells as labels, the next as a number)` of each row; rows too short or
+/// without a number are skipped.
+fn keyed_totals(rows: &[Value], nb: usize) -> Vec<(Vec<String>, f64)> {
+    rows.iter()
+        .filter_map(|r| {
+            let c = r.as_array()?;
+            Some((c.get(..nb)?.iter().map(text).collect(), number(c.get(nb)?)?))
+        })
+        .collect()
 }
 
 /// Fills in `percentage`: the row's visitors ÷ all visitors with the same filters.
@@ -327,8 +349,8 @@ async fn percentages(
         .and_then(|c| c.first())
         .and_then(number)
         .unwrap_or(0.0);
-    for row in &mut rep.rows {
-        row.metrics[pi] = match row.metrics[pi] {
+    for slot in rep.rows.iter_mut().filter_map(|r| r.metrics.get_mut(pi)) {
+        *slot = match *slot {
             Some(v) if total > 0.0 => Some((v * 1000.0 / total).round() / 10.0),
             _ => None,
         };
@@ -336,11 +358,62 @@ async fn percentages(
     Ok(())
 }
 
-/// Whether the filtered population is under k (the differencing guard).
-async fn too_few(client: &clickhouse::Client, site: &SiteView, q: &Query) -> Result<bool, Error> {
-    if q.filter.is_none() {
+/// The differencing guard: whether `q`'s filters must not be answered because the visitors
+/// (events, for a child-directed site) they select over the whole range, or those they leave
+/// out, are a group under k. With `conversion_rate`, the denominator's filter (the goal
+/// conditions taken out) is held to the same rule, since the rate reveals its count too.
+pub async fn too_few(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+) -> Result<bool, Error> {
+    let Some(f) = &q.filter else {
         return Ok(false);
+    };
+    let mut filters = vec![Some(f.clone())];
+    if q.metrics.contains(&Metric::ConversionRate) {
+        let base = strip_goals(f)?;
+        if base.as_ref() != Some(f) {
+            filters.push(base);
+        }
     }
+    let mut all = q.clone();
+    all.filter = None;
+    let mut total = None;
+    for filter in filters {
+        let Some(filter) = filter else { continue };
+        let mut fq = q.clone();
+        fq.filter = Some(filter);
+        let selected = population(client, site, &fq).await?;
+        if selected < site.min_visitors as f64 {
+            return Ok(true);
+        }
+        let t = match total {
+            Some(t) => t,
+            None => {
+                let t = population(client, site, &all).await?;
+                total = Some(t);
+                t
+            }
+        };
+        if !complement_ok(selected, t, site.min_visitors) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether the visitors a filter leaves out (`total - selected`) may be published by
+/// subtraction: none, or at least k. (Counts from different sources can differ slightly for
+/// large, approximate `uniq`s; a negative remainder counts as none.)
+fn complement_ok(selected: f64, total: f64, k: u64) -> bool {
+    let rest = total - selected;
+    rest <= 0.0 || rest >= k as f64
+}
+
+/// The visitors (events for a child-directed site) `q` counts over its whole range, by the
+/// same k column the reports use.
+async fn population(client: &clickhouse::Client, site: &SiteView, q: &Query) -> Result<f64, Error> {
     let mut t = q.clone();
     t.dimensions.clear();
     t.metrics = vec![Metric::Visitors];
@@ -354,13 +427,12 @@ async fn too_few(client: &clickhouse::Client, site: &SiteView, q: &Query) -> Res
         Vec::new()
     };
     let rows = fetch(client, &plan::sql(&t, site, &built, None)).await?;
-    let k = rows
+    Ok(rows
         .first()
         .and_then(|r| r.as_array())
         .and_then(|c| c.last())
         .and_then(number)
-        .unwrap_or(0.0);
-    Ok(k < site.min_visitors as f64)
+        .unwrap_or(0.0))
 }
 
 fn change(m: Metric, now: Option<f64>, before: Option<f64>) -> Value {
@@ -463,9 +535,9 @@ pub async fn run_query(
             // position of the comparison period.
             let key = |dims: &Vec<String>, labels: &[String]| -> Vec<String> {
                 let mut k = dims.clone();
-                if let Some(t) = time_idx {
-                    let pos = labels.iter().position(|l| *l == dims[t]);
-                    k[t] = pos.map(|p| p.to_string()).unwrap_or_default();
+                if let Some(slot) = time_idx.and_then(|t| k.get_mut(t)) {
+                    let pos = labels.iter().position(|l| l == slot);
+                    *slot = pos.map(|p| p.to_string()).unwrap_or_default();
                 }
                 k
             };
@@ -577,4 +649,35 @@ pub fn csv_line(cells: &[String]) -> String {
         })
         .collect();
     quoted.join(",") + "\r\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_rows_are_skipped_not_a_panic() {
+        let rows = vec![
+            json!(["Google", "10"]),
+            json!(["Direct"]),
+            json!([]),
+            json!("not a row"),
+            json!(["Bing", null]),
+        ];
+        assert_eq!(
+            keyed_totals(&rows, 1),
+            vec![(vec!["Google".to_string()], 10.0)]
+        );
+        assert!(keyed_totals(&rows, 3).is_empty());
+    }
+
+    #[test]
+    fn the_complement_must_be_empty_or_reach_k() {
+        assert!(complement_ok(18.0, 18.0, 5));
+        assert!(complement_ok(13.0, 18.0, 5));
+        assert!(!complement_ok(16.0, 18.0, 5));
+        assert!(!complement_ok(17.0, 18.0, 2));
+        // Approximate counts from two sources may cross.
+        assert!(complement_ok(18.5, 18.0, 5));
+    }
 }

@@ -14,11 +14,16 @@
 //! [`Op`]; dates are days in the site's time zone. Identifiers only ever come from these lists;
 //! values are rendered by [`sql::lit`]. A request naming anything else is a 400 whose message
 //! names the field.
+//!
+//! Limits on cost and range: at most [`MAX_CONDITIONS`] filter conditions and
+//! [`MAX_REGEXES`] `matches*` regexes (each compiled here under a 64 KiB size limit) per query;
+//! explicit dates from 1970-01-01 to 9999-12-31; `realtime` (30 minutes) and `24h` end at the
+//! start of the current minute.
 
 pub mod plan;
 pub mod sql;
 
-use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use serde::Deserialize;
 use serde_json::Value;
@@ -356,8 +361,22 @@ impl Filter {
 const MAX_VALUE: usize = 2000;
 const MAX_VALUES: usize = 100;
 const MAX_DEPTH: usize = 8;
+/// Most conditions in one query's filters, all nesting levels together.
+pub const MAX_CONDITIONS: usize = 20;
+/// Most regexes (values of `matches*` conditions) in one query's filters.
+pub const MAX_REGEXES: usize = 5;
+/// Compiled size limit of one filter regex (the check here; ClickHouse runs it with RE2).
+const REGEX_SIZE_LIMIT: usize = 64 << 10;
 
-fn filter(v: &Value, field: &str, depth: usize) -> Result<Filter, Error> {
+/// What the filters of one query have used so far of [`MAX_CONDITIONS`] and [`MAX_REGEXES`]
+/// (counted while parsing, so an oversized request is refused before its regexes compile).
+#[derive(Default)]
+struct Budget {
+    conditions: usize,
+    regexes: usize,
+}
+
+fn filter(v: &Value, field: &str, depth: usize, budget: &mut Budget) -> Result<Filter, Error> {
     if depth > MAX_DEPTH {
         return Err(bad(format!(
             "{field}: filters nest deeper than {MAX_DEPTH}"
@@ -385,7 +404,7 @@ fn filter(v: &Value, field: &str, depth: usize) -> Result<Filter, Error> {
             let fs = items
                 .iter()
                 .enumerate()
-                .map(|(i, f)| filter(f, &format!("{field}[1][{i}]"), depth + 1))
+                .map(|(i, f)| filter(f, &format!("{field}[1][{i}]"), depth + 1, budget))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(if op == "and" {
                 Filter::And(fs)
@@ -402,6 +421,7 @@ fn filter(v: &Value, field: &str, depth: usize) -> Result<Filter, Error> {
                 inner,
                 &format!("{field}[1]"),
                 depth + 1,
+                budget,
             )?)))
         }
         _ => {
@@ -411,6 +431,12 @@ fn filter(v: &Value, field: &str, depth: usize) -> Result<Filter, Error> {
             if a.len() < 3 || a.len() > 4 {
                 return Err(bad(format!(
                     "{field}: a condition is [operator, dimension, [values…], {{\"case_sensitive\": bool}}?]"
+                )));
+            }
+            budget.conditions += 1;
+            if budget.conditions > MAX_CONDITIONS {
+                return Err(bad(format!(
+                    "`filters`: at most {MAX_CONDITIONS} conditions in all"
                 )));
             }
             let dname = a[1]
@@ -464,13 +490,19 @@ fn filter(v: &Value, field: &str, depth: usize) -> Result<Filter, Error> {
                 }
             };
             if matches!(op, Op::Matches | Op::MatchesNot) {
+                budget.regexes += values.len();
+                if budget.regexes > MAX_REGEXES {
+                    return Err(bad(format!(
+                        "`filters`: at most {MAX_REGEXES} regular expressions (values of matches conditions) in all"
+                    )));
+                }
                 let wildcard = a[0].as_str().is_some_and(|s| s.contains("wildcard"));
                 for (i, v) in values.iter_mut().enumerate() {
                     if wildcard {
                         *v = sql::glob_to_regex(v);
                     }
                     regex::RegexBuilder::new(v)
-                        .size_limit(1 << 20)
+                        .size_limit(REGEX_SIZE_LIMIT)
                         .build()
                         .map_err(|e| {
                             bad(format!(
@@ -521,7 +553,7 @@ pub struct Query {
     pub start: NaiveDateTime,
     /// End of the range (UTC, exclusive).
     pub end: NaiveDateTime,
-    /// `realtime`: the last 30 minutes.
+    /// `realtime`: the 30 minutes before the start of the current minute.
     pub realtime: bool,
     /// The comparison asked for.
     pub compare: Option<Compare>,
@@ -629,7 +661,11 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
     })?;
     let realtime = range.as_str() == Some("realtime");
     let last24h = range.as_str() == Some("24h");
-    let n = now.naive_utc();
+    // Sliding windows end at the start of the current UTC minute, so every query within one
+    // minute sees the same window: two requests seconds apart cannot be subtracted to isolate
+    // the few events that slid in or out between them (whole minutes still can; see
+    // docs/PRIVACY.md).
+    let n = snap_to_minute(now.naive_utc());
     let (from, to) = if realtime {
         (today, today)
     } else if last24h {
@@ -638,9 +674,9 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
         date_range(range, today)?
     };
     let (start, end) = if realtime {
-        (n - Duration::minutes(30), n + Duration::seconds(1))
+        (n - Duration::minutes(30), n)
     } else if last24h {
-        (n - Duration::hours(24), n + Duration::seconds(1))
+        (n - Duration::hours(24), n)
     } else {
         (
             local_midnight(tz, from),
@@ -694,8 +730,9 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
         return Err(bad("`dimensions`: at most one time dimension"));
     }
     let mut filters = Vec::new();
+    let mut budget = Budget::default();
     for (i, f) in raw.filters.iter().enumerate() {
-        filters.push(filter(f, &format!("filters[{i}]"), 0)?);
+        filters.push(filter(f, &format!("filters[{i}]"), 0, &mut budget)?);
     }
     let filter = match filters.len() {
         0 => None,
@@ -848,6 +885,20 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
     Ok(q)
 }
 
+/// The start of the minute `t` falls in.
+pub fn snap_to_minute(t: NaiveDateTime) -> NaiveDateTime {
+    t.date().and_hms_opt(t.hour(), t.minute(), 0).unwrap_or(t)
+}
+
+/// First and last day a `date_range` may name (ClickHouse's `DateTime` starts in 1970; later
+/// than 9999 is no date anyone means, and near chrono's limits day arithmetic would overflow).
+fn date_bounds() -> (NaiveDate, NaiveDate) {
+    (
+        NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or(NaiveDate::MIN),
+        NaiveDate::from_ymd_opt(9999, 12, 31).unwrap_or(NaiveDate::MAX),
+    )
+}
+
 fn date_range(v: &Value, today: NaiveDate) -> Result<(NaiveDate, NaiveDate), Error> {
     let months_back = |n: u32| {
         let first = today.with_day(1).unwrap_or(today);
@@ -876,6 +927,14 @@ fn date_range(v: &Value, today: NaiveDate) -> Result<(NaiveDate, NaiveDate), Err
                     .ok()
                     .or_else(|| chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.date_naive()))
                     .ok_or_else(|| bad(format!("`date_range[{i}]` must be a date \"YYYY-MM-DD\"")))
+                    .and_then(|d| {
+                        let (lo, hi) = date_bounds();
+                        if (lo..=hi).contains(&d) {
+                            Ok(d)
+                        } else {
+                            Err(bad(format!("`date_range[{i}]` must be a date from {lo} to {hi}")))
+                        }
+                    })
             };
             let (f, t) = (d(0)?, d(1)?);
             if f > t {

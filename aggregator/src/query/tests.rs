@@ -228,3 +228,87 @@ fn child_sites_get_counts_only() {
     .to_string();
     assert!(e.contains("child-directed"), "{e}");
 }
+
+#[test]
+fn dates_outside_1970_to_9999_are_refused_not_a_panic() {
+    for range in [
+        r#"["+262142-12-31","+262142-12-31"]"#,
+        r#"["-262143-01-01","-262143-01-01"]"#,
+        r#"["-0001-01-01","2026-01-01"]"#,
+        r#"["1969-12-31","1970-01-01"]"#,
+        r#"["9999-12-31","+10000-01-01"]"#,
+    ] {
+        let e = err(&format!(
+            r#"{{"site_id":"a","metrics":["visitors"],"date_range":{range}}}"#
+        ));
+        assert!(e.contains("date_range"), "{range}: {e}");
+    }
+    let q = parse_ok(
+        r#"{"site_id":"a","metrics":["visitors"],"date_range":["1970-01-01","1970-01-02"]}"#,
+    );
+    assert_eq!(q.start.to_string(), "1970-01-01 00:00:00");
+    let q = parse_ok(
+        r#"{"site_id":"a","metrics":["visitors"],"date_range":["9999-12-31","9999-12-31"],"dimensions":["time"],"include":{"comparisons":{"mode":"previous_period"}}}"#,
+    );
+    assert_eq!(q.to, d("9999-12-31"));
+    assert_eq!(q.time_labels().len(), 24);
+}
+
+#[test]
+fn filters_are_capped_in_conditions_and_regexes() {
+    let body = |filters: serde_json::Value| {
+        serde_json::json!({"site_id": "a.com", "metrics": ["visitors"], "date_range": "day", "filters": filters})
+            .to_string()
+    };
+    let conds = |n: usize| -> Vec<serde_json::Value> {
+        (0..n)
+            .map(|i| serde_json::json!(["is", "event:page", [format!("/{i}")]]))
+            .collect()
+    };
+    parse_ok(&body(serde_json::json!(conds(MAX_CONDITIONS))));
+    let e = err(&body(serde_json::json!(conds(MAX_CONDITIONS + 1))));
+    assert!(e.contains("`filters`"), "{e}");
+    // Nesting counts too.
+    let e = err(&body(serde_json::json!([[
+        "or",
+        [["and", conds(15)], ["not", ["or", conds(6)]]]
+    ]])));
+    assert!(e.contains("`filters`"), "{e}");
+    let regexes = |n: usize| -> Vec<String> { (0..n).map(|i| format!("^/{i}")).collect() };
+    parse_ok(&body(serde_json::json!([
+        ["matches", "event:page", regexes(3)],
+        ["matches_wildcard_not", "event:page", regexes(2)]
+    ])));
+    let e = err(&body(serde_json::json!([
+        ["matches", "event:page", regexes(3)],
+        ["matches_not", "event:page", regexes(3)]
+    ])));
+    assert!(e.contains("`filters`"), "{e}");
+    // Small to write, big to compile: refused by the 64 KiB size limit.
+    let e = err(&body(serde_json::json!([[
+        "matches",
+        "event:page",
+        ["[a-z]{3000}"]
+    ]])));
+    assert!(e.contains("filters[0][2][0]"), "{e}");
+}
+
+#[test]
+fn realtime_windows_are_the_same_all_minute() {
+    let at = |s: u32| Utc.with_ymd_and_hms(2026, 11, 28, 12, 7, s).unwrap();
+    for range in ["realtime", "24h"] {
+        let body =
+            format!(r#"{{"site_id":"a.com","metrics":["visitors"],"date_range":"{range}"}}"#);
+        let a = parse(body.as_bytes(), &site(), at(1)).unwrap();
+        let b = parse(body.as_bytes(), &site(), at(59)).unwrap();
+        assert_eq!((a.start, a.end), (b.start, b.end), "{range}");
+        assert_eq!(a.end.to_string(), "2026-11-28 12:07:00", "{range}");
+    }
+    let q = parse(
+        br#"{"site_id":"a.com","metrics":["visitors"],"date_range":"realtime"}"#,
+        &site(),
+        at(30),
+    )
+    .unwrap();
+    assert_eq!(q.start.to_string(), "2026-11-28 11:37:00");
+}
