@@ -47,12 +47,19 @@ fn parses_a_plausible_query() {
     assert_eq!(q.metrics, vec![Metric::Visitors, Metric::Pageviews]);
     assert_eq!(q.dimensions[0].name, "event:page");
     assert_eq!((q.from, q.to), (d("2026-11-22"), d("2026-11-28")));
+    // Top pages by visitors and pageviews: the per-day rows of visits_daily.
+    assert_eq!(source(&q, false), Source::VisitsDaily);
+    let s = plan::sql(&q, &site(), &[], None);
+    assert!(s.contains("GROUP BY d0 ORDER BY m0 DESC, d0 ASC"), "{s}");
+    // Goals come from the hourly rollup; whole UTC days from its daily form (kept current by
+    // its materialized view).
+    let q = parse_ok(
+        r#"{"site_id":"a.com","metrics":["visitors","events"],"date_range":"7d","dimensions":["event:goal"]}"#,
+    );
     assert_eq!(source(&q, false), Source::Hourly);
     let s = plan::sql(&q, &site(), &[], None);
-    // Whole UTC days come from the daily rollup (kept current by its materialized view).
     assert!(s.contains("FROM events_daily"), "{s}");
     assert!(!s.contains("FROM events_hourly"), "{s}");
-    assert!(s.contains("GROUP BY d0 ORDER BY m0 DESC, d0 ASC"), "{s}");
 }
 
 #[test]
@@ -110,7 +117,7 @@ fn ranges_follow_the_site_time_zone() {
     // Half-hour offsets cannot use the hourly rollup.
     s.timezone = "Asia/Kolkata".into();
     let q = parse(
-        br#"{"site_id":"a.com","metrics":["visitors"],"date_range":"7d","dimensions":["event:page"]}"#,
+        br#"{"site_id":"a.com","metrics":["visitors"],"date_range":"7d","dimensions":["event:goal"]}"#,
         &s,
         now(),
     )
