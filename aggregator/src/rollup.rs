@@ -14,9 +14,9 @@
 //!
 //! Days are UTC: visitor hashes rotate at UTC midnight, so no visit spans two of them.
 
-use chrono::{Duration, NaiveDate, Utc};
+use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
 
-use crate::query::plan::{derive_visits, DAILY_DIMS, EVENT_DAILY_DIMS};
+use crate::query::plan::{before_cut, derive_visits, DAILY_DIMS, EVENT_DAILY_DIMS};
 use crate::query::sql::{date, utc};
 use crate::stats::fetch;
 use crate::Error;
@@ -55,10 +55,139 @@ fn day_range(d: NaiveDate) -> String {
     )
 }
 
-/// Brings the rollups of the closed days of the last `days` days up to date.
+/// Writes the visits of `day` matching `cond` (raw-event SQL) under `build`: the `visits`
+/// rows, their `visits_daily` rows, then the record in `visit_builds` (so readers switch to
+/// it only when it is complete), then deletes the day's older builds.
+async fn build_visits(
+    ch: &ClickHouseConfig,
+    day: NaiveDate,
+    build: u64,
+    cond: &str,
+    events: u64,
+    cut: Option<NaiveDateTime>,
+) -> Result<(), Error> {
+    let client = &ch.client();
+    exec(
+        client,
+        &format!("INSERT INTO visits {}", derive_visits(cond, build)),
+    )
+    .await?;
+    let pairs: Vec<String> = std::iter::once("('', '')".to_string())
+        .chain(DAILY_DIMS.iter().map(|c| format!("('{c}', {c})")))
+        .collect();
+    exec(
+        client,
+        &format!(
+            "INSERT INTO visits_daily (site, day, build, dim, value, visitors, uv, visits, \
+             pageviews, events, bounces, duration) SELECT site, day, build, kv.1 AS dim, \
+             kv.2 AS value, uniqState(visitor_id), uniqExact(visitor_id), count(), \
+             sum(pageviews), sum(events), sum(bounce), sum(duration) \
+             FROM visits ARRAY JOIN [{}] AS kv WHERE day = {} AND build = {build} \
+             GROUP BY site, day, build, dim, value",
+            pairs.join(", "),
+            date(day)
+        ),
+    )
+    .await?;
+    // The day's events by page, event name and host (what top pages and custom events
+    // read), counted like the event rollups count them.
+    let event_pairs: Vec<String> = EVENT_DAILY_DIMS
+        .iter()
+        .map(|c| format!("('event:{c}', {c})"))
+        .collect();
+    exec(
+        client,
+        &format!(
+            "INSERT INTO visits_daily (site, day, build, dim, value, visitors, uv, visits, \
+             pageviews, events, bounces, duration) SELECT site, toDate(timestamp, 'UTC') AS day, \
+             toUInt64({build}), kv.1 AS dim, kv.2 AS value, uniqState(visitor_id), \
+             uniqExact(visitor_id), toUInt64(0), countIf(name = 'pageview'), \
+             countIf(name != 'engagement'), toUInt64(0), toUInt64(0) \
+             FROM events ARRAY JOIN [{}] AS kv WHERE {cond} AND bot = '' \
+             GROUP BY site, day, dim, value",
+            event_pairs.join(", "),
+        ),
+    )
+    .await?;
+    let cut_sql = cut.map(utc).unwrap_or_else(|| "toDateTime(0)".into());
+    exec(
+        client,
+        &format!(
+            "INSERT INTO visit_builds (day, build, events, built_at, cut) VALUES ({}, {build}, {events}, now(), {cut_sql})",
+            date(day)
+        ),
+    )
+    .await?;
+    if build > 1 {
+        for table in ["visits", "visits_daily"] {
+            exec(
+                client,
+                &format!(
+                    "ALTER TABLE {} DELETE WHERE day = {} AND build < {build}",
+                    veil_schemas::migrate::mutation_target(ch, table),
+                    date(day)
+                ),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// How far behind the clock today's build stops: room for batches still in flight.
+const CUT_LAG: Duration = Duration::minutes(2);
+
+/// Builds the current UTC day up to a cut a little before `now` (whole minutes): the visits
+/// of visitors with no hit in the 30 minutes before the cut (their visits so far are over).
+/// Readers derive the rest from raw events ([`crate::query::plan::after_cut`]). Skipped when
+/// the day is not 30 minutes old or the latest build already has this cut. Returns whether
+/// it built.
+pub async fn build_today(ch: &ClickHouseConfig, now: NaiveDateTime) -> Result<bool, Error> {
+    let client = &ch.client();
+    let day = now.date();
+    let midnight = day.and_time(NaiveTime::MIN);
+    let lag = now - CUT_LAG;
+    let cut = lag - Duration::seconds(i64::from(lag.second()));
+    let cut = cut - Duration::nanoseconds(i64::from(cut.nanosecond()));
+    if cut < midnight + Duration::minutes(30) {
+        return Ok(false);
+    }
+    let latest = fetch(
+        client,
+        &format!(
+            "SELECT max(build), formatDateTime(argMax(cut, build), '%Y-%m-%d %H:%M:%S', 'UTC') FROM visit_builds WHERE day = {} HAVING count() > 0",
+            date(day)
+        ),
+    )
+    .await?;
+    let (last_build, last_cut) = match latest.first() {
+        Some(r) => (n(&r[0]), r[1].as_str().unwrap_or("").to_string()),
+        None => (0, String::new()),
+    };
+    if last_cut == cut.format("%Y-%m-%d %H:%M:%S").to_string() {
+        return Ok(false);
+    }
+    build_visits(
+        ch,
+        day,
+        last_build + 1,
+        &before_cut(midnight, cut),
+        0,
+        Some(cut),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Brings the rollups of the closed days of the last `days` days up to date, then builds
+/// today up to a recent cut.
 pub async fn run(ch: &ClickHouseConfig, days: u32) -> Result<RollupReport, Error> {
-    let today = Utc::now().date_naive();
-    run_until(ch, today, days).await
+    let now = Utc::now().naive_utc();
+    let mut report = run_until(ch, now.date(), days).await?;
+    if build_today(ch, now).await? {
+        report.visit_days.push(now.date());
+    }
+    Ok(report)
 }
 
 /// [`run`] with "today" given (days before it are closed).
@@ -140,73 +269,7 @@ pub async fn run_until(
         });
         if lookup(&builds, day_s, 1) != Some(all) || !has_daily {
             let build = latest.unwrap_or(0) + 1;
-            exec(
-                client,
-                &format!(
-                    "INSERT INTO visits {}",
-                    derive_visits(&day_range(day), build)
-                ),
-            )
-            .await?;
-            let pairs: Vec<String> = std::iter::once("('', '')".to_string())
-                .chain(DAILY_DIMS.iter().map(|c| format!("('{c}', {c})")))
-                .collect();
-            exec(
-                client,
-                &format!(
-                    "INSERT INTO visits_daily (site, day, build, dim, value, visitors, uv, visits, \
-                     pageviews, events, bounces, duration) SELECT site, day, build, kv.1 AS dim, \
-                     kv.2 AS value, uniqState(visitor_id), uniqExact(visitor_id), count(), \
-                     sum(pageviews), sum(events), sum(bounce), sum(duration) \
-                     FROM visits ARRAY JOIN [{}] AS kv WHERE day = {} AND build = {build} \
-                     GROUP BY site, day, build, dim, value",
-                    pairs.join(", "),
-                    date(day)
-                ),
-            )
-            .await?;
-            // The day's events by page, event name and host (what top pages and custom
-            // events read), counted like the event rollups count them.
-            let event_pairs: Vec<String> = EVENT_DAILY_DIMS
-                .iter()
-                .map(|c| format!("('event:{c}', {c})"))
-                .collect();
-            exec(
-                client,
-                &format!(
-                    "INSERT INTO visits_daily (site, day, build, dim, value, visitors, uv, visits, \
-                     pageviews, events, bounces, duration) SELECT site, toDate(timestamp, 'UTC') AS day, \
-                     toUInt64({build}), kv.1 AS dim, kv.2 AS value, uniqState(visitor_id), \
-                     uniqExact(visitor_id), toUInt64(0), countIf(name = 'pageview'), \
-                     countIf(name != 'engagement'), toUInt64(0), toUInt64(0) \
-                     FROM events ARRAY JOIN [{}] AS kv WHERE {} AND bot = '' \
-                     GROUP BY site, day, dim, value",
-                    event_pairs.join(", "),
-                    day_range(day)
-                ),
-            )
-            .await?;
-            exec(
-                client,
-                &format!(
-                    "INSERT INTO visit_builds (day, build, events, built_at) VALUES ({}, {build}, {all}, now())",
-                    date(day)
-                ),
-            )
-            .await?;
-            if build > 1 {
-                for table in ["visits", "visits_daily"] {
-                    exec(
-                        client,
-                        &format!(
-                            "ALTER TABLE {} DELETE WHERE day = {} AND build < {build}",
-                            target(table),
-                            date(day)
-                        ),
-                    )
-                    .await?;
-                }
-            }
+            build_visits(ch, day, build, &day_range(day), all, None).await?;
             report.visit_days.push(day);
         }
         if lookup(&hourly, day_s, 1).unwrap_or(0) != humans {

@@ -87,11 +87,12 @@ pub async fn visit_builds(
     client: &clickhouse::Client,
     from: NaiveDate,
     to: NaiveDate,
-) -> Result<Vec<(NaiveDate, u64)>, Error> {
+) -> Result<Vec<plan::Build>, Error> {
     let rows = fetch(
         client,
         &format!(
-            "SELECT toString(day), max(build) FROM visit_builds WHERE day >= {} AND day <= {} GROUP BY day",
+            "SELECT toString(day), max(build), formatDateTime(argMax(cut, build), '%Y-%m-%d %H:%M:%S', 'UTC') FROM visit_builds \
+             WHERE day >= {} AND day <= {} GROUP BY day",
             query::sql::date(from),
             query::sql::date(to)
         ),
@@ -100,9 +101,14 @@ pub async fn visit_builds(
     Ok(rows
         .iter()
         .filter_map(|r| {
-            let d = NaiveDate::parse_from_str(r.get(0)?.as_str()?, "%Y-%m-%d").ok()?;
-            let b = number(r.get(1)?)? as u64;
-            Some((d, b))
+            let day = NaiveDate::parse_from_str(r.get(0)?.as_str()?, "%Y-%m-%d").ok()?;
+            let build = number(r.get(1)?)? as u64;
+            // A closed day's build has no cut (the epoch, as ClickHouse prints it).
+            let cut =
+                chrono::NaiveDateTime::parse_from_str(r.get(2)?.as_str()?, "%Y-%m-%d %H:%M:%S")
+                    .ok()
+                    .filter(|c| c.date() == day);
+            Some(plan::Build { day, build, cut })
         })
         .collect())
 }

@@ -341,6 +341,41 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
     );
     assert_eq!(src(json!({"metrics": ["visitors"], "dimensions": ["event:page"], "include": {"rollups": false}})).await, "events");
     check_reports(&ch, true).await;
+    // The current day is built up to a cut: visitors with a hit in the 30 minutes before it
+    // (B0–B5, back at 14:00) and every hit after it (C0, C1 at 15:00) come from raw events.
+    // Pretend the 20th is today: the answers stay the same.
+    let day20 = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+    let at = day20.and_hms_opt(14, 32, 10).unwrap();
+    assert!(rollup::build_today(&ch, at).await.unwrap());
+    assert!(
+        !rollup::build_today(&ch, at).await.unwrap(),
+        "same cut twice"
+    );
+    let built = stats::visit_builds(&ch.client(), day20, day20)
+        .await
+        .unwrap();
+    assert_eq!(built[0].cut, day20.and_hms_opt(14, 30, 0), "{built:?}");
+    let partial: u64 = ch
+        .client()
+        .query(&format!(
+            "SELECT count() FROM visits WHERE day = '2026-11-20' AND build = {}",
+            built[0].build
+        ))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(partial, 10, "only A0–A9's visits are over at the cut");
+    check_reports(&ch, true).await;
+    // Once the day is closed, its partial build is replaced by a whole one.
+    let r = rollup::run_until(&ch, today, 30).await.unwrap();
+    assert_eq!(r.visit_days, vec![day20], "{r:?}");
+    assert_eq!(
+        stats::visit_builds(&ch.client(), day20, day20)
+            .await
+            .unwrap()[0]
+            .cut,
+        None
+    );
     // A second run finds nothing to do; a late event for a closed day triggers a rebuild.
     let r = rollup::run_until(&ch, today, 30).await.unwrap();
     assert!(r.visit_days.is_empty() && r.hourly_days.is_empty(), "{r:?}");

@@ -443,8 +443,8 @@
   // ---------- filtered traffic ----------
   // GET /api/v1/sites/{domain}/filtered-traffic?date_range=PERIOD|FROM,TO → {"dropped":
   // [{"reason", "events"}], "stored_bots": [...], "min_visitors"}: events left out of every
-  // report. It takes the period only, never the filters. A count under k is null, shown as
-  // "fewer than k"; rows come in the API's order.
+  // report. It takes the period only, never the filters. A reason with fewer than k events is
+  // left out by the API (the panel says so); rows come in the API's order.
   const FILTER_REASONS = {
     bot_crawler: "Crawlers", bot_headless: "Headless browsers", bot_monitoring: "Uptime monitors",
     bot_library: "HTTP libraries", bot_datacenter: "Data-centre traffic", consent: "Opted out (GPC/DNT)",
@@ -455,7 +455,8 @@
     const art = h("article", { class: "panel", id: "panel-filtered", "aria-labelledby": "h-filtered" },
       h("div", { class: "panel-head" }, h("h2", { id: "h-filtered", text: "Filtered traffic" })),
       h("p", { class: "hint", id: "filtered-note", text: "Events Veil left out of every report in this period. " +
-        "It follows the period; the filters do not apply (this report has none)." }),
+        "It follows the period; the filters do not apply (this report has none). " +
+        "Reasons with fewer than k events are not listed." }),
       body);
     body.replaceChildren(h("p", { class: "hint", text: "Loading…" }));
     const range = st.period === "custom" ? st.from + "," + st.to : st.period;

@@ -11,7 +11,9 @@
 -- the aggregator for each closed UTC day. A day's rows carry the build that wrote them; a
 -- build counts only once it is recorded in visit_builds, and readers use the latest recorded
 -- build of each day, so a rebuild never shows half a day. Days without a build are derived
--- from raw events at query time with the same SQL.
+-- from raw events at query time with the same SQL. The current day is built too, up to a
+-- `cut` (0 for a closed day's build): the visits of visitors with no hit in the 30 minutes
+-- before it; readers derive the visits of the others, and every hit from the cut on.
 CREATE TABLE IF NOT EXISTS events_hourly
 (
     site      String,
@@ -79,7 +81,8 @@ CREATE TABLE IF NOT EXISTS visit_builds
     day      Date,
     build    UInt64,
     events   UInt64,
-    built_at DateTime
+    built_at DateTime,
+    cut      DateTime
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(day)

@@ -54,6 +54,62 @@ impl Source {
     }
 }
 
+/// The latest recorded visit build of one UTC day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Build {
+    /// The UTC day.
+    pub day: NaiveDate,
+    /// Its latest recorded build number.
+    pub build: u64,
+    /// `None` for a closed day's build (the whole day); for the current day, the moment its
+    /// build stops at (see [`before_cut`] and [`after_cut`]).
+    pub cut: Option<NaiveDateTime>,
+}
+
+impl Build {
+    /// A whole day's build.
+    pub fn whole(day: NaiveDate, build: u64) -> Build {
+        Build {
+            day,
+            build,
+            cut: None,
+        }
+    }
+}
+
+/// Visitors with a hit in `[cut - 30 min, cut)`: their visits may go on after the cut.
+fn active_before(cut: NaiveDateTime, site: Option<&str>) -> String {
+    format!(
+        "(SELECT visitor_id FROM events WHERE {}timestamp >= {} AND timestamp < {})",
+        site.map(|s| format!("{} AND ", site_cond(s)))
+            .unwrap_or_default(),
+        utc(cut - Duration::minutes(30)),
+        utc(cut)
+    )
+}
+
+/// Raw events a build of the current day holds: hits in `[midnight, cut)` of visitors with
+/// no hit in the 30 minutes before the cut (their visits so far are over: a later hit starts
+/// a new visit).
+pub fn before_cut(midnight: NaiveDateTime, cut: NaiveDateTime) -> String {
+    format!(
+        "timestamp >= {} AND timestamp < {} AND visitor_id NOT IN {}",
+        utc(midnight),
+        utc(cut),
+        active_before(cut, None)
+    )
+}
+
+/// Raw events of a partly built day that its build does not hold: every hit from the cut on,
+/// and every hit of visitors active in the 30 minutes before it.
+pub fn after_cut(site: &str, cut: NaiveDateTime) -> String {
+    format!(
+        "(timestamp >= {} OR visitor_id IN {})",
+        utc(cut),
+        active_before(cut, Some(site))
+    )
+}
+
 /// Whether a source reads recorded visit builds (the caller fetches them first).
 pub fn uses_builds(src: Source) -> bool {
     matches!(src, Source::Visits | Source::VisitsDaily)
@@ -310,80 +366,122 @@ fn hourly_rows(q: &Query) -> String {
     format!("({})", parts.join(" UNION ALL "))
 }
 
-/// An empty `uniq` state, for rows that carry no visitor hashes.
-const EMPTY_UNIQ: &str = "arrayReduce('uniqState', CAST([] AS Array(FixedString(16))))";
-
-/// Rows for [`Source::VisitsDaily`], one per UTC day and dimension value: `day`, `value`,
-/// `b` (1: a built day's row), `uv` (distinct visitors of that day and value), `visits_n`,
-/// `pv_n`, `ev_n`, `bounces_n`, `dur_n`, and with `states` also `st`, the uniq state of the
-/// visitor hashes of rows that are not built (empty for built rows).
+/// Rows for [`Source::VisitsDaily`], one per UTC day and dimension value and part: `day`,
+/// `value`, `b` (1: a closed day's built row), `uv` (distinct visitors of that day and value,
+/// on built closed days), `st` (the uniq state of the visitor hashes of the other rows),
+/// `visits_n`, `pv_n`, `ev_n`, `bounces_n`, `dur_n`. Visitors are `sum(uv) + uniqMerge(st)`:
+/// days never share a hash, so the closed days add up without merging any state.
 ///
-/// Built days come from `visits_daily` (plain numbers, no state is read); the other days
-/// (today, days without a build, the edges of a range that is not whole UTC days) from visit
-/// rows or raw events aggregated per day on the fly.
-fn visits_daily_rows(q: &Query, built: &[(NaiveDate, u64)], states: bool) -> String {
+/// Closed built days come from `visits_daily` (plain numbers, no state is read); the current
+/// day's build from `visits_daily` with its states, plus what lies after its cut; other days
+/// (without a build, or the edges of a range that is not whole UTC days) from visit rows or
+/// raw events aggregated per day on the fly.
+fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
     let which = q.dimensions.iter().find_map(daily_dim);
     let dim = match which {
         None => String::new(),
         Some(DailyDim::Visit(c)) => c.to_string(),
         Some(DailyDim::Event(c)) => format!("event:{c}"),
     };
-    let (days, rest) = split_days(q.start, q.end, |d| built.iter().any(|(b, _)| *b == d));
-    let mut parts = Vec::new();
-    if !days.is_empty() {
-        let tuples: Vec<String> = built
+    let (days, rest) = split_days(q.start, q.end, |d| built.iter().any(|b| b.day == d));
+    let tuples = |partial: bool| -> Vec<String> {
+        built
             .iter()
-            .filter(|(d, _)| days.contains(d))
-            .map(|(d, b)| format!("({}, toUInt64({b}))", date(*d)))
-            .collect();
-        let st = if states {
-            format!(", {EMPTY_UNIQ} AS st")
+            .filter(|b| days.contains(&b.day) && b.cut.is_some() == partial)
+            .map(|b| format!("({}, toUInt64({}))", date(b.day), b.build))
+            .collect()
+    };
+    let from_daily = |closed: bool, tuples: Vec<String>| {
+        let (b, uv, st, group) = if closed {
+            // An aggregate that sees no row is the cheap way to an empty state per row
+            // (rows are unique per day and value, so grouping keeps them as they are).
+            (
+                1,
+                "sum(uv)",
+                "uniqStateIf(toFixedString('', 16), 0)",
+                " GROUP BY day, value",
+            )
         } else {
-            String::new()
+            (0, "toUInt64(0)", "visitors", "")
         };
-        parts.push(format!(
-            "SELECT day, value, toUInt8(1) AS b, uv, visits AS visits_n, pageviews AS pv_n, \
-             events AS ev_n, bounces AS bounces_n, duration AS dur_n{st} FROM visits_daily \
-             PREWHERE {} AND dim = {} AND (day, build) IN ({})",
+        let sum = |c: &str| {
+            if closed {
+                format!("sum({c})")
+            } else {
+                c.to_string()
+            }
+        };
+        format!(
+            "SELECT day, value, toUInt8({b}) AS b, {uv} AS uv, {st} AS st, {} AS visits_n, \
+             {} AS pv_n, {} AS ev_n, {} AS bounces_n, {} AS dur_n \
+             FROM visits_daily PREWHERE {} AND dim = {} AND (day, build) IN ({}){group}",
+            sum("visits"),
+            sum("pageviews"),
+            sum("events"),
+            sum("bounces"),
+            sum("duration"),
             site_cond(&q.site),
             lit(&dim),
             tuples.join(", ")
-        ));
-    }
-    let st = if states {
-        ", uniqState(visitor_id) AS st"
-    } else {
-        ""
+        )
     };
+    // Rows aggregated per day from raw events (`cond` on `events`) or visit rows.
+    let on_the_fly = |cond: String, visits: String| match which {
+        Some(DailyDim::Event(c)) => format!(
+            "SELECT toDate(timestamp, 'UTC') AS day, {c} AS value, toUInt8(0) AS b, \
+             toUInt64(0) AS uv, uniqState(visitor_id) AS st, toUInt64(0) AS visits_n, \
+             countIf(name = 'pageview') AS pv_n, countIf(name != 'engagement') AS ev_n, \
+             toUInt64(0) AS bounces_n, toUInt64(0) AS dur_n FROM events \
+             WHERE {} AND {cond} AND bot = '' GROUP BY day, value",
+            site_cond(&q.site),
+        ),
+        _ => {
+            let value = match which {
+                Some(DailyDim::Visit(c)) => c,
+                _ => "''",
+            };
+            format!(
+                "SELECT toDate(start, 'UTC') AS day, {value} AS value, toUInt8(0) AS b, \
+                 toUInt64(0) AS uv, uniqState(visitor_id) AS st, count() AS visits_n, \
+                 sum(pageviews) AS pv_n, sum(events) AS ev_n, sum(bounce) AS bounces_n, \
+                 sum(duration) AS dur_n FROM {visits} GROUP BY day, value"
+            )
+        }
+    };
+    let mut parts = Vec::new();
+    let closed = tuples(false);
+    if !closed.is_empty() {
+        parts.push(from_daily(true, closed));
+    }
+    let partial = tuples(true);
+    if !partial.is_empty() {
+        parts.push(from_daily(false, partial));
+        for b in built.iter().filter(|b| days.contains(&b.day)) {
+            let Some(cut) = b.cut else { continue };
+            let lo = b.day.and_time(chrono::NaiveTime::MIN);
+            let hi = lo + Duration::days(1);
+            let cond = format!(
+                "timestamp >= {} AND timestamp < {} AND {}",
+                utc(lo),
+                utc(hi),
+                after_cut(&q.site, cut)
+            );
+            let visits = format!(
+                "({})",
+                derive_visit_cols(
+                    &format!("{} AND {cond}", site_cond(&q.site)),
+                    &needed_visit_cols(q)
+                )
+            );
+            parts.push(on_the_fly(cond, visits));
+        }
+    }
     for (a, b) in rest {
         let mut part = q.clone();
         part.start = a;
         part.end = b;
-        parts.push(match which {
-            Some(DailyDim::Event(c)) => format!(
-                "SELECT toDate(timestamp, 'UTC') AS day, {c} AS value, toUInt8(0) AS b, \
-                 uniq(visitor_id) AS uv, toUInt64(0) AS visits_n, countIf(name = 'pageview') AS pv_n, \
-                 countIf(name != 'engagement') AS ev_n, toUInt64(0) AS bounces_n, \
-                 toUInt64(0) AS dur_n{st} FROM events WHERE {} AND timestamp >= {} \
-                 AND timestamp < {} AND bot = '' GROUP BY day, value",
-                site_cond(&q.site),
-                utc(a),
-                utc(b)
-            ),
-            _ => {
-                let value = match which {
-                    Some(DailyDim::Visit(c)) => c,
-                    _ => "''",
-                };
-                format!(
-                    "SELECT toDate(start, 'UTC') AS day, {value} AS value, toUInt8(0) AS b, \
-                     uniq(visitor_id) AS uv, count() AS visits_n, sum(pageviews) AS pv_n, \
-                     sum(events) AS ev_n, sum(bounce) AS bounces_n, sum(duration) AS dur_n{st} \
-                     FROM {} GROUP BY day, value",
-                    visit_rows(&part, built)
-                )
-            }
-        });
+        let cond = format!("timestamp >= {} AND timestamp < {}", utc(a), utc(b));
+        parts.push(on_the_fly(cond, visit_rows(&part, built)));
     }
     format!("({})", parts.join(" UNION ALL "))
 }
@@ -633,7 +731,7 @@ fn derive_visit_cols(cond: &str, cols: &[&str]) -> String {
     )
 }
 
-fn visit_rows(q: &Query, built: &[(NaiveDate, u64)]) -> String {
+fn visit_rows(q: &Query, built: &[Build]) -> String {
     let needed = needed_visit_cols(q);
     let cols = needed.join(", ");
     let in_range = format!("start >= {} AND start < {}", utc(q.start), utc(q.end));
@@ -641,18 +739,34 @@ fn visit_rows(q: &Query, built: &[(NaiveDate, u64)]) -> String {
     let use_built = q.rollups && !q.realtime;
     let (have, missing): (Vec<NaiveDate>, Vec<NaiveDate>) = days
         .into_iter()
-        .partition(|d| use_built && built.iter().any(|(b, _)| b == d));
+        .partition(|d| use_built && built.iter().any(|b| b.day == *d));
     let mut parts = Vec::new();
     if !have.is_empty() {
         let tuples: Vec<String> = built
             .iter()
-            .filter(|(d, _)| have.contains(d))
-            .map(|(d, b)| format!("({}, toUInt64({b}))", date(*d)))
+            .filter(|b| have.contains(&b.day))
+            .map(|b| format!("({}, toUInt64({}))", date(b.day), b.build))
             .collect();
         parts.push(format!(
             "SELECT {cols} FROM visits WHERE {} AND (day, build) IN ({}) AND {in_range}",
             site_cond(&q.site),
             tuples.join(", ")
+        ));
+    }
+    // The current day's build ends at its cut: the rest of its visits come from raw events.
+    for b in built.iter().filter(|b| have.contains(&b.day)) {
+        let Some(cut) = b.cut else { continue };
+        let lo = b.day.and_time(chrono::NaiveTime::MIN);
+        let cond = format!(
+            "{} AND timestamp >= {} AND timestamp < {} AND {}",
+            site_cond(&q.site),
+            utc(lo),
+            utc(lo + Duration::days(1)),
+            after_cut(&q.site, cut)
+        );
+        parts.push(format!(
+            "SELECT {cols} FROM ({}) WHERE {in_range}",
+            derive_visit_cols(&cond, &needed)
         ));
     }
     if !missing.is_empty() {
@@ -914,7 +1028,7 @@ fn goal_filter(op: Op, values: &[String], case_sensitive: bool, site: &SiteView)
                 Op::Contains | Op::ContainsNot => name.contains(&norm(v)),
                 Op::Matches | Op::MatchesNot => regex::RegexBuilder::new(v)
                     .case_insensitive(!case_sensitive)
-                    .size_limit(1 << 20)
+                    .size_limit(super::REGEX_SIZE_LIMIT)
                     .build()
                     .map(|r| r.is_match(&g.name))
                     .unwrap_or(false),
@@ -965,9 +1079,9 @@ fn metric_sql(m: Metric, src: Source, q: &Query) -> String {
             Metric::ViewsPerVisit => "round(sum(pv_n) / sum(visits_n), 2)".into(),
             Metric::BounceRate => "round(sum(bounces_n) * 100 / sum(visits_n))".into(),
             Metric::VisitDuration => "round(sum(dur_n) / sum(visits_n))".into(),
-            Metric::SessionsPerUser => "round(sum(visits_n) / sum(uv), 2)".into(),
+            Metric::SessionsPerUser => "round(sum(visits_n) / (sum(uv) + uniqMerge(st)), 2)".into(),
             // Hashes rotate at UTC midnight: visitors of a range are the sum of its days'.
-            _ => "sum(uv)".into(),
+            _ => "(sum(uv) + uniqMerge(st))".into(),
         },
         Source::Hourly => match m {
             Metric::Pageviews => "countMergeIf(hits, name = 'pageview')".into(),
@@ -1021,7 +1135,7 @@ pub fn additive(m: Metric) -> bool {
 /// folded rows', shown only if the folded rows' distinct visitors — `k`: the exact union of
 /// their `uniq` states, or on built days its lower bound — reach k. Output: `shown` (0 for
 /// the folded row), `d…`, `m…`, `k`, `n` (rows folded).
-pub fn sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], fold: Option<u64>) -> String {
+pub fn sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> String {
     let inner = inner_sql(q, site, built, fold.is_some());
     let Some(kmin) = fold.filter(|_| !q.dimensions.is_empty() && q.time_bucket().is_none()) else {
         return inner;
@@ -1076,7 +1190,7 @@ pub fn sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], fold: Option<
     )
 }
 
-fn inner_sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], states: bool) -> String {
+fn inner_sql(q: &Query, site: &SiteView, built: &[Build], states: bool) -> String {
     let src = source(q, site.child_directed);
     let mut select: Vec<String> = q
         .dimensions
@@ -1094,7 +1208,7 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], states: boo
         match (src, site.child_directed) {
             (Source::Hourly, true) => "countMerge(hits)",
             (Source::Hourly, false) => "uniqMerge(visitors)",
-            (Source::VisitsDaily, _) => "sum(uv)",
+            (Source::VisitsDaily, _) => "(sum(uv) + uniqMerge(st))",
             (_, true) => "count()",
             (_, false) => "uniq(visitor_id)",
         }
@@ -1126,7 +1240,7 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[(NaiveDate, u64)], states: boo
     let (from, mut wher) = match src {
         Source::Visits => (visit_rows(q, built), Vec::new()),
         Source::Hourly => (hourly_rows(q), Vec::new()),
-        Source::VisitsDaily => (visits_daily_rows(q, built, states), Vec::new()),
+        Source::VisitsDaily => (visits_daily_rows(q, built), Vec::new()),
         Source::Events => ("events".to_string(), vec![range, "bot = ''".to_string()]),
         Source::Joined => (joined_rows(q), Vec::new()),
     };

@@ -171,7 +171,13 @@ fn filter_values_never_reach_sql_unescaped() {
     let evil = r#"x') OR 1=1 -- \' ?"#;
     let body = json_body(evil);
     let q = parse_ok(&body);
-    for built in [&[][..], &[(d("2026-11-27"), 7u64)][..]] {
+    let today = plan::Build {
+        day: d("2026-11-28"),
+        build: 3,
+        cut: d("2026-11-28").and_hms_opt(9, 30, 0),
+    };
+    let builds = [plan::Build::whole(d("2026-11-27"), 7), today];
+    for built in [&[][..], &builds[..1], &builds[..]] {
         let s = plan::sql(&q, &site(), built, Some(5));
         assert!(s.contains(r"'x\') OR 1=1 -- \\\' ?'"), "{s}");
         assert!(!s.contains("x') OR"), "{s}");
