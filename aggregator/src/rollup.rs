@@ -286,7 +286,8 @@ pub async fn run_until(
                 client,
                 &format!(
                     "INSERT INTO events_hourly SELECT site, toStartOfHour(timestamp) AS hour, name, pathname, hostname, \
-                     uniqState(visitor_id) AS visitors, countState() AS hits FROM events WHERE {} AND bot = '' \
+                     uniqState(visitor_id) AS visitors, countState() AS hits, \
+                     sumState(cityHash64(timestamp, visitor_id, name, pathname)) AS sig FROM events WHERE {} AND bot = '' \
                      GROUP BY site, hour, name, pathname, hostname",
                     day_range(day)
                 ),
@@ -308,7 +309,8 @@ pub async fn run_until(
                 client,
                 &format!(
                     "INSERT INTO events_daily SELECT site, toStartOfDay(timestamp, 'UTC') AS day, name, pathname, hostname, \
-                     uniqState(visitor_id) AS visitors, countState() AS hits FROM events WHERE {} AND bot = '' \
+                     uniqState(visitor_id) AS visitors, countState() AS hits, \
+                     sumState(cityHash64(timestamp, visitor_id, name, pathname)) AS sig FROM events WHERE {} AND bot = '' \
                      GROUP BY site, day, name, pathname, hostname",
                     day_range(day)
                 ),

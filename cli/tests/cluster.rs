@@ -130,6 +130,8 @@ fn queries(from: &str, to: &str) -> Vec<String> {
         r#""metrics":["visitors","pageviews"],"dimensions":["visit:country"]"#.to_string(),
         r#""metrics":["visitors","pageviews"],"dimensions":["visit:device","event:page"]"#
             .to_string(),
+        // The hourly rollup (materialized view into a Replicated table).
+        r#""metrics":["visitors","pageviews"],"dimensions":["event:page","time:hour"]"#.to_string(),
     ]
     .into_iter()
     .map(|q| format!(r#"{{"site_id":"{SITE}","date_range":{range},{q}}}"#))

@@ -3,7 +3,7 @@
 //!
 //! Counts are kept in memory per (site, reason, UTC hour) and added to ClickHouse's
 //! `filtered_hourly` table (`012_filtered.sql`, SummingMergeTree) every few seconds and at
-//! shutdown, as RowBinary rows `{site, hour, reason, events}`. Nothing else about the event is
+//! shutdown, as RowBinary rows `{site, hour, reason, events, flush}`. Nothing else about the event is
 //! kept. Events for unregistered domains are never counted per site (that would record which
 //! domains people send). A flush that fails puts its counts back for the next one; counts
 //! not yet flushed when the process dies are lost — they are statistics, not events.
@@ -26,6 +26,9 @@ pub struct FilteredRow {
     pub reason: String,
     /// Events.
     pub events: u64,
+    /// Random per flush: two flushes with equal counts are different blocks (a Replicated
+    /// table drops a block identical to a recent one).
+    pub flush: u64,
 }
 
 /// Whether a drop reason is counted per site.
@@ -66,8 +69,15 @@ impl FilteredCounts {
             .or_default() += 1;
     }
 
-    /// Takes every pending count.
+    /// Takes every pending count, tagged with one random flush number.
     pub fn take(&self) -> Vec<FilteredRow> {
+        let mut b = [0u8; 8];
+        // Without OS randomness the tag falls back to the clock: it only has to differ
+        // between flushes.
+        if getrandom::fill(&mut b).is_err() {
+            b = (Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64).to_le_bytes();
+        }
+        let flush = u64::from_le_bytes(b);
         let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let mut rows: Vec<FilteredRow> = m
             .drain()
@@ -76,6 +86,7 @@ impl FilteredCounts {
                 hour,
                 reason: reason.to_string(),
                 events,
+                flush,
             })
             .collect();
         rows.sort_by(|a, b| (&a.site, a.hour, &a.reason).cmp(&(&b.site, b.hour, &b.reason)));
@@ -156,7 +167,11 @@ mod tests {
                 .timestamp()
         );
         assert!(c.take().is_empty());
+        let first = rows[0].flush;
+        assert!(rows.iter().all(|r| r.flush == first), "one tag per flush");
         c.put_back(rows);
-        assert_eq!(c.take().len(), 2);
+        let again = c.take();
+        assert_eq!(again.len(), 2);
+        assert_ne!(again[0].flush, first, "each flush is its own block");
     }
 }

@@ -1,7 +1,11 @@
 -- 011_rollups: the tables reports read instead of raw events for common questions.
 --
 -- events_hourly: per site x UTC hour x event name x path x host, a uniq state of visitor hashes
--- and a count, kept current by a materialized view on every insert into `events`. It answers
+-- and a count, kept current by a materialized view on every insert into `events`. `sig` (a
+-- sum of the rows' hashes) is read by nobody: in cluster mode the Replicated table drops an
+-- inserted block identical to a recent one, and two different batches (the same visitor on
+-- the same page twice in an hour) would otherwise give identical rollup blocks; a replayed
+-- batch still gives the identical block, and is dropped once, as it should be. It answers
 -- top pages, custom events, goals and "visitors over time" without scanning raw events.
 -- Days stored before this migration are filled in by the aggregator's rollup health check
 -- (it compares each closed day with the raw events and rebuilds a day that differs).
@@ -22,7 +26,8 @@ CREATE TABLE IF NOT EXISTS events_hourly
     pathname  String,
     hostname  String,
     visitors  AggregateFunction(uniq, FixedString(16)),
-    hits      AggregateFunction(count)
+    hits      AggregateFunction(count),
+    sig       AggregateFunction(sum, UInt64)
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMMDD(hour)
@@ -30,7 +35,8 @@ ORDER BY (site, hour, name, pathname, hostname)
 SETTINGS index_granularity = 256;
 CREATE MATERIALIZED VIEW IF NOT EXISTS events_hourly_mv TO events_hourly AS
 SELECT site, toStartOfHour(timestamp) AS hour, name, pathname, hostname,
-       uniqState(visitor_id) AS visitors, countState() AS hits
+       uniqState(visitor_id) AS visitors, countState() AS hits,
+       sumState(cityHash64(timestamp, visitor_id, name, pathname)) AS sig
 FROM events
 WHERE bot = ''
 GROUP BY site, hour, name, pathname, hostname;

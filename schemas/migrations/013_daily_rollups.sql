@@ -3,7 +3,8 @@
 -- a range that does not start or end at UTC midnight, and for hourly charts.
 --
 -- events_daily: events_hourly per UTC day (`day` is the UTC midnight starting it), kept
--- current by a materialized view; the rollup health check repairs closed days.
+-- current by a materialized view; the rollup health check repairs closed days. `sig` as in
+-- events_hourly (011).
 --
 -- visits_daily: each closed UTC day aggregated per dimension, written by the rollup job under
 -- the same build number as the day's visits. `dim` = '' for the day's totals; the name of a
@@ -12,7 +13,8 @@
 -- page, event name and host (those rows have visits, bounces and duration 0). `uv` is the
 -- exact number of distinct visitor hashes of the day and value: hashes rotate at UTC midnight,
 -- so visitors over a range of days are the sum of the days' `uv`, with no state to merge.
--- `visitors` keeps the uniq state for the rare fold that needs an exact union within a day.
+-- `visitors` keeps the uniq state, read only for the current day's build (whose visitors
+-- are merged with those after its cut).
 --
 -- Small granules (256 rows) and PREWHERE on the key in every query: a granule read for one
 -- row deserializes every uniq state in it, and big states are what cost.
@@ -24,7 +26,8 @@ CREATE TABLE IF NOT EXISTS events_daily
     pathname  String,
     hostname  String,
     visitors  AggregateFunction(uniq, FixedString(16)),
-    hits      AggregateFunction(count)
+    hits      AggregateFunction(count),
+    sig       AggregateFunction(sum, UInt64)
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMMDD(day)
@@ -32,7 +35,8 @@ ORDER BY (site, day, name, pathname, hostname)
 SETTINGS index_granularity = 256;
 CREATE MATERIALIZED VIEW IF NOT EXISTS events_daily_mv TO events_daily AS
 SELECT site, toStartOfDay(timestamp, 'UTC') AS day, name, pathname, hostname,
-       uniqState(visitor_id) AS visitors, countState() AS hits
+       uniqState(visitor_id) AS visitors, countState() AS hits,
+       sumState(cityHash64(timestamp, visitor_id, name, pathname)) AS sig
 FROM events
 WHERE bot = ''
 GROUP BY site, day, name, pathname, hostname;

@@ -112,7 +112,7 @@ pub fn after_cut(site: &str, cut: NaiveDateTime) -> String {
 
 /// Whether a source reads recorded visit builds (the caller fetches them first).
 pub fn uses_builds(src: Source) -> bool {
-    matches!(src, Source::Visits | Source::VisitsDaily)
+    matches!(src, Source::Visits | Source::VisitsDaily | Source::Hourly)
 }
 
 /// Checks combinations no source can answer.
@@ -325,13 +325,20 @@ fn split_days(
 
 /// Rows of the event rollups covering `q`'s range, with the columns of `events_hourly`
 /// (`hour` is the day's midnight for daily rows).
-fn hourly_rows(q: &Query) -> String {
+///
+/// The rollups are fed by materialized views, which are not atomic with the insert they
+/// follow (a server that dies between the two writes keeps the events and loses their rollup
+/// rows), so they are read only for days the rollup job has checked against the raw events:
+/// closed days with a whole visit build. The current day, and any day not checked yet, is
+/// aggregated from raw events into the same shape.
+fn hourly_rows(q: &Query, built: &[Build]) -> String {
     let daily_allowed = match q.time_bucket() {
         None => true,
         Some(TimeBucket::Hour) => false,
         Some(_) => utc_aligned(q),
     };
-    let (days, rest) = split_days(q.start, q.end, |_| daily_allowed);
+    let checked = |d: NaiveDate| built.iter().any(|b| b.day == d && b.cut.is_none());
+    let (days, rest) = split_days(q.start, q.end, |d| daily_allowed && checked(d));
     let site = site_cond(&q.site);
     let mut parts = Vec::new();
     if !days.is_empty() {
@@ -345,22 +352,45 @@ fn hourly_rows(q: &Query) -> String {
             list.join(", ")
         ));
     }
-    if !rest.is_empty() || parts.is_empty() {
-        let ranges: Vec<String> = if rest.is_empty() {
-            vec![format!(
-                "(hour >= {} AND hour < {})",
-                utc(q.start),
-                utc(q.end)
-            )]
-        } else {
-            rest.iter()
-                .map(|(a, b)| format!("(hour >= {} AND hour < {})", utc(*a), utc(*b)))
-                .collect()
-        };
+    // The rest, cut at UTC midnights into checked and unchecked pieces.
+    type Ranges = Vec<(NaiveDateTime, NaiveDateTime)>;
+    let (mut rolled, mut raw): (Ranges, Ranges) = (Vec::new(), Vec::new());
+    for (a, b) in rest {
+        for d in utc_days(a, b) {
+            let lo = a.max(d.and_time(chrono::NaiveTime::MIN));
+            let hi = b.min(d.and_time(chrono::NaiveTime::MIN) + Duration::days(1));
+            if lo >= hi {
+                continue;
+            }
+            let into = if checked(d) { &mut rolled } else { &mut raw };
+            match into.last_mut() {
+                Some((_, end)) if *end == lo => *end = hi,
+                _ => into.push((lo, hi)),
+            }
+        }
+    }
+    let ranges = |col: &str, r: &Ranges| -> String {
+        r.iter()
+            .map(|(a, b)| format!("({col} >= {} AND {col} < {})", utc(*a), utc(*b)))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    };
+    if !rolled.is_empty() {
         parts.push(format!(
             "SELECT site, hour, name, pathname, hostname, visitors, hits FROM events_hourly \
              PREWHERE {site} AND ({})",
-            ranges.join(" OR ")
+            ranges("hour", &rolled)
+        ));
+    }
+    if !raw.is_empty() || parts.is_empty() {
+        if raw.is_empty() {
+            raw.push((q.start, q.end));
+        }
+        parts.push(format!(
+            "SELECT site, toStartOfHour(timestamp) AS hour, name, pathname, hostname, \
+             uniqState(visitor_id) AS visitors, countState() AS hits FROM events \
+             WHERE {site} AND ({}) AND bot = '' GROUP BY site, hour, name, pathname, hostname",
+            ranges("timestamp", &raw)
         ));
     }
     format!("({})", parts.join(" UNION ALL "))
@@ -1239,7 +1269,7 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[Build], states: bool) -> Strin
     );
     let (from, mut wher) = match src {
         Source::Visits => (visit_rows(q, built), Vec::new()),
-        Source::Hourly => (hourly_rows(q), Vec::new()),
+        Source::Hourly => (hourly_rows(q, built), Vec::new()),
         Source::VisitsDaily => (visits_daily_rows(q, built), Vec::new()),
         Source::Events => ("events".to_string(), vec![range, "bot = ''".to_string()]),
         Source::Joined => (joined_rows(q), Vec::new()),

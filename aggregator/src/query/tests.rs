@@ -51,15 +51,25 @@ fn parses_a_plausible_query() {
     assert_eq!(source(&q, false), Source::VisitsDaily);
     let s = plan::sql(&q, &site(), &[], None);
     assert!(s.contains("GROUP BY d0 ORDER BY m0 DESC, d0 ASC"), "{s}");
-    // Goals come from the hourly rollup; whole UTC days from its daily form (kept current by
-    // its materialized view).
+    // Goals come from the hourly rollup; whole UTC days from its daily form — only days the
+    // rollup job has checked against raw events (closed, whole build); the others, today
+    // among them, from raw events.
     let q = parse_ok(
         r#"{"site_id":"a.com","metrics":["visitors","events"],"date_range":"7d","dimensions":["event:goal"]}"#,
     );
     assert_eq!(source(&q, false), Source::Hourly);
-    let s = plan::sql(&q, &site(), &[], None);
+    let checked: Vec<plan::Build> = (22..28)
+        .map(|n| plan::Build::whole(d(&format!("2026-11-{n}")), 1))
+        .collect();
+    let s = plan::sql(&q, &site(), &checked, None);
     assert!(s.contains("FROM events_daily"), "{s}");
     assert!(!s.contains("FROM events_hourly"), "{s}");
+    assert!(
+        s.contains("timestamp >= toDateTime('2026-11-28 00:00:00', 'UTC') AND timestamp < toDateTime('2026-11-29 00:00:00', 'UTC')"),
+        "today from raw events: {s}"
+    );
+    let unchecked = plan::sql(&q, &site(), &[], None);
+    assert!(!unchecked.contains("FROM events_daily"), "{unchecked}");
 }
 
 #[test]
