@@ -802,12 +802,30 @@ async fn migrate_cluster(cfg: &ClickHouseConfig, cluster: &str) -> Result<Vec<u3
             cfg.url
         )));
     }
+    // Every server version Veil supports runs `ON CLUSTER` DDL, given a DDL queue in
+    // ZooKeeper (which Replicated tables need anyway); without one, say what to configure
+    // rather than half-migrate node by node.
     client
         .query_raw(&format!(
             "CREATE DATABASE IF NOT EXISTS {db} ON CLUSTER {cluster}"
         ))
         .execute()
-        .await?;
+        .await
+        .map_err(|e| {
+            let text = e.to_string();
+            if text.contains("DDL background thread is not initialized")
+                || text.contains("DistributedDDL")
+            {
+                Error::Config(format!(
+                    "--clickhouse-cluster {cluster}: the server at {} has no distributed DDL queue; \
+                     add <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl> \
+                     to every node's config (docs/DEPLOY.md)",
+                    cfg.url
+                ))
+            } else {
+                Error::from(e)
+            }
+        })?;
     client
         .query_raw(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.schema_migrations ON CLUSTER {cluster} \

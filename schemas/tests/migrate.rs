@@ -107,3 +107,42 @@ async fn a_half_applied_migration_can_run_again() {
         .unwrap();
     assert_eq!(cols, 1);
 }
+
+/// Cluster mode on a server whose cluster has no distributed DDL queue: a clear error naming
+/// what to configure, and nothing created.
+#[test]
+fn cluster_mode_without_a_ddl_queue_says_what_to_configure() {
+    use veil_schemas::managed::{ManagedClickHouse, ManagedOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = ManagedOptions::new(dir.path());
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    o.tcp_port = Some(tcp);
+    o.extra_files = vec![(
+        "config.d/cluster.xml".into(),
+        format!(
+            "<yandex><remote_servers><solo><shard><replica><host>127.0.0.1</host>\
+             <port>{tcp}</port></replica></shard></solo></remote_servers></yandex>"
+        ),
+    )];
+    let server = ManagedClickHouse::start(&o).unwrap();
+    let mut cfg = veil_schemas::ClickHouseConfig::new(server.url(), "veil_noddl");
+    cfg.cluster = Some("solo".into());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = rt.block_on(migrate(&cfg)).unwrap_err().to_string();
+    assert!(
+        err.contains("distributed_ddl") && err.contains("--clickhouse-cluster solo"),
+        "{err}"
+    );
+    let dbs: Vec<String> = rt
+        .block_on(
+            cfg.server_client()
+                .query("SELECT name FROM system.databases")
+                .fetch_all(),
+        )
+        .unwrap();
+    assert!(!dbs.contains(&"veil_noddl".to_string()), "{dbs:?}");
+}
