@@ -184,6 +184,16 @@ pub struct Opts {
         global = true
     )]
     pub trusted_ip_headers: Vec<String>,
+    /// Network (CIDR) or address of a load balancer or proxy allowed to set those headers;
+    /// repeatable. From any other peer they are ignored. `0.0.0.0/0,::/0` trusts every peer
+    /// [default: loopback and private ranges].
+    #[arg(
+        long = "trusted-proxy",
+        env = "VEIL_TRUSTED_PROXY",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub trusted_proxies: Vec<String>,
     /// Largest request body in bytes [default: 262144].
     #[arg(long, env = "VEIL_MAX_BODY_BYTES", global = true)]
     pub max_body_bytes: Option<usize>,
@@ -273,6 +283,8 @@ pub struct FileConfig {
     site_retention: Vec<String>,
     #[serde(default)]
     trusted_ip_header: Vec<String>,
+    #[serde(default)]
+    trusted_proxy: Vec<String>,
     max_body_bytes: Option<usize>,
     max_events_per_batch: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -402,6 +414,14 @@ impl Settings {
         if !headers.is_empty() {
             collector.trusted_ip_headers = headers;
         }
+        let proxies = if opts.trusted_proxies.is_empty() {
+            file.trusted_proxy
+        } else {
+            opts.trusted_proxies
+        };
+        if !proxies.is_empty() {
+            collector.trusted_proxies = veil_collector::config::parse_trusted_proxies(&proxies)?;
+        }
         let l = &mut collector.limits;
         l.max_body_bytes =
             pick(opts.max_body_bytes, file.max_body_bytes).unwrap_or(l.max_body_bytes);
@@ -516,6 +536,26 @@ mod tests {
         assert_eq!(s.clickhouse.database, "veil");
         assert_eq!(s.data_dir, PathBuf::from("./var"));
         assert_eq!(s.aggregator.min_visitors, 5);
+    }
+
+    #[test]
+    fn trusted_proxies_default_to_private_ranges_and_are_checked() {
+        let s = parse(&["up"]).unwrap();
+        assert!(s
+            .collector
+            .trusted_proxies
+            .iter()
+            .any(|n| n.to_string() == "10.0.0.0/8"));
+        let s = parse(&["up", "--trusted-proxy", "203.0.113.0/24,2001:db8::7"]).unwrap();
+        let nets: Vec<String> = s
+            .collector
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, vec!["203.0.113.0/24", "2001:db8::7/128"]);
+        let e = parse(&["up", "--trusted-proxy", "lb.internal"]).unwrap_err();
+        assert!(e.to_string().contains("--trusted-proxy"), "{e}");
     }
 
     #[test]

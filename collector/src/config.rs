@@ -23,9 +23,13 @@ pub struct CollectorConfig {
     pub keep_bots_sites: Vec<String>,
     /// `DOMAIN=PARAM`: a query parameter a site keeps in stored paths (all others are dropped).
     pub site_query_params: Vec<String>,
-    /// Headers that carry the client IP, first match wins, then the socket peer.
-    /// The first (left-most) address of each header is used.
+    /// Headers that carry the client IP, first match wins, then the socket peer. Read only
+    /// from a peer in [`Self::trusted_proxies`]; see [`crate::routes::client_ip`].
     pub trusted_ip_headers: Vec<String>,
+    /// Networks whose peers (load balancers, reverse proxies) may set those headers; from any
+    /// other peer the headers are ignored and the peer is the client. Default: loopback and
+    /// the private ranges.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// HTTP limits.
     pub limits: Limits,
     /// Batching towards ClickHouse.
@@ -153,6 +157,39 @@ impl Default for BatchConfig {
     }
 }
 
+/// Loopback and private networks: where a load balancer in front of collectors usually is.
+pub fn default_trusted_proxies() -> Vec<ipnet::IpNet> {
+    [
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "::1/128",
+        "fc00::/7",
+    ]
+    .iter()
+    .filter_map(|n| n.parse().ok())
+    .collect()
+}
+
+/// Parses `--trusted-proxy` values: networks (`10.0.0.0/8`) or single addresses.
+pub fn parse_trusted_proxies(values: &[String]) -> Result<Vec<ipnet::IpNet>, Error> {
+    values
+        .iter()
+        .map(|v| {
+            let v = v.trim();
+            v.parse::<ipnet::IpNet>()
+                .or_else(|_| v.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| {
+                    Error::Config(format!(
+                        "--trusted-proxy {v:?} is not a network (e.g. 10.0.0.0/8) or an address"
+                    ))
+                })
+        })
+        .collect()
+}
+
 impl Default for CollectorConfig {
     fn default() -> Self {
         Self {
@@ -163,6 +200,7 @@ impl Default for CollectorConfig {
             keep_bots_sites: Vec::new(),
             site_query_params: Vec::new(),
             trusted_ip_headers: vec!["x-forwarded-for".into()],
+            trusted_proxies: default_trusted_proxies(),
             limits: Limits::default(),
             batch: BatchConfig::default(),
             spool: SpoolSettings::default(),

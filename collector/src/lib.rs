@@ -409,6 +409,10 @@ impl Collector {
     pub fn trusted_ip_headers(&self) -> &[String] {
         &self.inner.config.trusted_ip_headers
     }
+    /// Networks whose peers may set the client-IP headers.
+    pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {
+        &self.inner.config.trusted_proxies
+    }
     /// Limits in force.
     pub fn limits(&self) -> &config::Limits {
         &self.inner.config.limits

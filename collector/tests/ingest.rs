@@ -595,3 +595,38 @@ async fn a_replayed_spool_batch_is_not_written_twice() {
     assert_eq!(written, (0, 3));
     assert_eq!(count(&ch, "1").await, 6);
 }
+
+#[tokio::test]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    // The test client connects from 127.0.0.1: a trusted proxy by default, an ordinary
+    // client when no proxy is trusted.
+    for (label, proxies, distinct) in [
+        ("xff_trusted", None, 2u64),
+        ("xff_untrusted", Some(Vec::new()), 1),
+    ] {
+        let mut cfg = config(&["example.com"]);
+        if let Some(p) = proxies {
+            cfg.trusted_proxies = p;
+        }
+        let mut c = start(label, cfg).await;
+        for ip in ["203.0.113.1", "203.0.113.2"] {
+            let r = c
+                .post(
+                    "/api/event",
+                    &[("User-Agent", CHROME), ("X-Forwarded-For", ip)],
+                    &plausible("example.com", "https://example.com/"),
+                )
+                .await;
+            assert_eq!(r.status, 202);
+        }
+        wait_count(&c.ch, "1", 2, 10).await;
+        let visitors: u64 =
+            c.ch.client()
+                .query("SELECT uniqExact(visitor_id) FROM events")
+                .fetch_one()
+                .await
+                .unwrap();
+        assert_eq!(visitors, distinct, "{label}");
+        c.shutdown().await.unwrap();
+    }
+}

@@ -83,6 +83,7 @@ pub async fn route(c: &Collector, req: Request<Bytes>) -> Option<HttpResponse> {
                 req.headers(),
                 req.extensions().get::<PeerAddr>(),
                 c.trusted_ip_headers(),
+                c.trusted_proxies(),
             )) =>
         {
             cors(c.reject(&Error::RateLimited("ip")))
@@ -128,23 +129,38 @@ pub async fn route(c: &Collector, req: Request<Bytes>) -> Option<HttpResponse> {
     Some(resp)
 }
 
-/// The client IP: the first trusted header holding a parseable address (its left-most entry),
-/// else the socket peer.
+/// The client IP. A peer outside `proxies` is the client itself: whatever headers it sends
+/// are ignored (anyone could claim any address). From a trusted proxy, the first of the
+/// `trusted` headers holding a parseable address names the client: its right-most address
+/// that is not itself a trusted proxy (each proxy appends the address it saw, so entries to
+/// the left of the last untrusted one are the client's own claims), or its left-most when
+/// every entry is a proxy. Else the peer.
 pub fn client_ip(
     headers: &HeaderMap,
     peer: Option<&PeerAddr>,
     trusted: &[String],
+    proxies: &[ipnet::IpNet],
 ) -> Option<IpAddr> {
+    let peer_ip = peer.map(|p| p.0.ip());
+    let is_proxy = |ip: IpAddr| proxies.iter().any(|n| n.contains(&ip));
+    if peer_ip.is_some_and(|ip| !is_proxy(ip)) {
+        return peer_ip;
+    }
     for name in trusted {
         let Some(v) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        let first = v.split(',').next().unwrap_or_default().trim();
-        if let Some(ip) = parse_ip(first) {
-            return Some(ip);
+        let chain: Vec<IpAddr> = v.split(',').filter_map(|a| parse_ip(a.trim())).collect();
+        if let Some(ip) = chain
+            .iter()
+            .rev()
+            .find(|ip| !is_proxy(**ip))
+            .or(chain.first())
+        {
+            return Some(*ip);
         }
     }
-    peer.map(|p| p.0.ip())
+    peer_ip
 }
 
 fn parse_ip(s: &str) -> Option<IpAddr> {
@@ -162,6 +178,7 @@ pub fn client(c: &Collector, req: &Request<Bytes>) -> crate::pipeline::Client {
             req.headers(),
             req.extensions().get::<PeerAddr>(),
             c.trusted_ip_headers(),
+            c.trusted_proxies(),
         ),
         user_agent: user_agent(req.headers()),
         hints: crate::pipeline::enrich::ClientHints::from_headers(req.headers()),
@@ -181,39 +198,64 @@ pub fn user_agent(headers: &HeaderMap) -> String {
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
     #[test]
-    fn client_ip_prefers_trusted_headers() {
+    fn client_ip_prefers_trusted_headers_from_trusted_proxies() {
         let mut h = HeaderMap::new();
         let peer = PeerAddr("10.0.0.1:4000".parse().unwrap());
         let trusted = vec!["x-forwarded-for".to_string()];
-        assert_eq!(
-            client_ip(&h, Some(&peer), &trusted),
-            Some("10.0.0.1".parse().unwrap())
-        );
+        let proxies = crate::config::default_trusted_proxies();
+        let pick = |h: &HeaderMap, t: &[String]| client_ip(h, Some(&peer), t, &proxies);
+        assert_eq!(pick(&h, &trusted), ip("10.0.0.1"));
         h.insert(
             "x-forwarded-for",
             HeaderValue::from_static("203.0.113.5, 10.0.0.2"),
         );
-        assert_eq!(
-            client_ip(&h, Some(&peer), &trusted),
-            Some("203.0.113.5".parse().unwrap())
+        assert_eq!(pick(&h, &trusted), ip("203.0.113.5"));
+        // A client that sends its own header: the proxy appended the real address, which wins.
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("198.51.100.7, 203.0.113.5"),
         );
+        assert_eq!(pick(&h, &trusted), ip("203.0.113.5"));
+        // Only proxies in the chain: the left-most.
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("192.168.1.9, 10.0.0.2"),
+        );
+        assert_eq!(pick(&h, &trusted), ip("192.168.1.9"));
         h.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
-        assert_eq!(
-            client_ip(&h, Some(&peer), &trusted),
-            Some("10.0.0.1".parse().unwrap())
-        );
+        assert_eq!(pick(&h, &trusted), ip("10.0.0.1"));
         h.insert(
             "x-forwarded-for",
             HeaderValue::from_static("[2001:db8::1]:443"),
         );
+        assert_eq!(pick(&h, &trusted), ip("2001:db8::1"));
+        assert_eq!(pick(&h, &[]), ip("10.0.0.1"));
+        // From a peer that is not a trusted proxy, the header is ignored.
+        let public = PeerAddr("198.51.100.20:5000".parse().unwrap());
         assert_eq!(
-            client_ip(&h, Some(&peer), &trusted),
-            Some("2001:db8::1".parse().unwrap())
+            client_ip(&h, Some(&public), &trusted, &proxies),
+            ip("198.51.100.20")
         );
+        let all =
+            crate::config::parse_trusted_proxies(&["0.0.0.0/0".into(), "::/0".into()]).unwrap();
         assert_eq!(
-            client_ip(&h, Some(&peer), &[]),
-            Some("10.0.0.1".parse().unwrap())
+            client_ip(&h, Some(&public), &trusted, &all),
+            ip("2001:db8::1")
         );
+    }
+
+    #[test]
+    fn trusted_proxies_parse_networks_and_addresses() {
+        let n = crate::config::parse_trusted_proxies(&["10.1.2.3/8".into(), "203.0.113.9".into()])
+            .unwrap();
+        assert_eq!(n[0].to_string(), "10.0.0.0/8");
+        assert_eq!(n[1].to_string(), "203.0.113.9/32");
+        let e = crate::config::parse_trusted_proxies(&["10.0.0.0/33".into()]).unwrap_err();
+        assert!(e.to_string().contains("--trusted-proxy"), "{e}");
     }
 }
