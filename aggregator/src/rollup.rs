@@ -12,7 +12,8 @@
 //!   closed day the job compares each rollup's hit count with the raw count and rebuilds a day
 //!   that differs (data stored before the rollup existed, or a view that missed inserts).
 //!
-//! Days are UTC: visitor hashes rotate at UTC midnight, so no visit spans two of them.
+//! Days are UTC: visitor hashes rotate at UTC midnight (a visit under way keeps its hash up to
+//! 30 minutes longer, and is cut in two here).
 
 use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
 

@@ -575,3 +575,36 @@ async fn report_queries_run_under_a_time_limit() {
         vec![json!([veil_aggregator::MAX_EXECUTION_SECS.to_string()])]
     );
 }
+
+#[tokio::test]
+async fn a_visit_across_midnight_is_not_mistaken_for_a_small_excluded_group() {
+    let ch = veil_schemas::testing::fresh_database("privacy_midnight").await;
+    // 5 visitors on each of two days, and X whose visit crosses midnight under one hash (the
+    // collector keeps yesterday's id for up to 30 minutes). Everyone is from the US.
+    let mut evs: Vec<Ev> = (0..5)
+        .map(|i| ev(format!("P{i}"), "2026-11-20 10:00:00", "pageview", "/"))
+        .chain((0..5).map(|i| ev(format!("Q{i}"), "2026-11-21 10:00:00", "pageview", "/")))
+        .collect();
+    evs.push(ev("X".into(), "2026-11-20 23:50:00", "pageview", "/"));
+    evs.push(ev("X".into(), "2026-11-21 00:10:00", "pageview", "/a"));
+    insert(&ch, SITE, &evs).await;
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+    veil_aggregator::rollup::run_until(&ch, today, 30)
+        .await
+        .unwrap();
+    let s = site();
+    let range = json!(["2026-11-20", "2026-11-21"]);
+    // Unfiltered, the daily rollup counts X on both days (12); a filter selecting everyone is
+    // counted over visits (11). The guard compares like with like: nobody is left out.
+    let all = q(
+        &ch,
+        &s,
+        json!({"site_id": SITE, "metrics": ["visitors"], "date_range": range}),
+    )
+    .await;
+    assert_eq!(all["meta"]["source"], "visits_daily", "{all}");
+    assert_eq!(all["results"][0]["metrics"], json!([12]), "{all}");
+    let us = q(&ch, &s, json!({"site_id": SITE, "metrics": ["visitors"], "date_range": range, "filters": [["is", "visit:country", ["US"]]]})).await;
+    assert_eq!(us["meta"]["too_few_visitors"], false, "{us}");
+    assert_eq!(us["results"][0]["metrics"], json!([11]), "{us}");
+}

@@ -11,7 +11,8 @@
 -- (it compares each closed day with the raw events and rebuilds a day that differs).
 --
 -- visits: one row per visit (the 30-minute rule over a visitor's hits of one UTC day; the
--- daily salt makes a visitor hash end at midnight, so no visit spans two UTC days), built by
+-- daily salt changes visitor hashes at midnight — a visit already under way keeps its hash
+-- for up to 30 minutes more, and is cut at midnight here), built by
 -- the aggregator for each closed UTC day. A day's rows carry the build that wrote them; a
 -- build counts only once it is recorded in visit_builds, and readers use the latest recorded
 -- build of each day, so a rebuild never shows half a day. Days without a build are derived
