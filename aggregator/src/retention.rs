@@ -118,11 +118,12 @@ const TABLES: &[(&str, &str)] = &[
     ("filtered_hourly", "hour"),
     ("events_daily", "day"),
     ("visits_daily", "day"),
+    ("visit_open", "day"),
 ];
 
 /// `col < the start of day d` with the right type for `col` (`visits`' `day` is a Date).
 fn before_day(table: &str, col: &str, d: NaiveDate) -> String {
-    if matches!(table, "visits" | "visits_daily") {
+    if matches!(table, "visits" | "visits_daily" | "visit_open") {
         format!("{col} < {}", query::sql::date(d))
     } else {
         format!(

@@ -17,7 +17,9 @@
 
 use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
 
-use crate::query::plan::{before_cut, derive_visits, DAILY_DIMS, EVENT_DAILY_DIMS};
+use crate::query::plan::{
+    before_cut_events, derive_visits, Build, DAILY_DIMS, EVENT_DAILY_DIMS, VISIT_GAP_SECS,
+};
 use crate::query::sql::{date, utc};
 use crate::stats::fetch;
 use crate::Error;
@@ -58,7 +60,9 @@ fn day_range(d: NaiveDate) -> String {
 
 /// Writes the visits of `day` matching `cond` (raw-event SQL) under `build`: the `visits`
 /// rows, their `visits_daily` rows, then the record in `visit_builds` (so readers switch to
-/// it only when it is complete), then deletes the day's older builds.
+/// it only when it is complete), then deletes the day's older builds. With a `cut` (the
+/// current day), only visits over by the cut are written; for each visit still open, its
+/// visitor and start go to `visit_open`, and its hits stay out of the event rows.
 async fn build_visits(
     ch: &ClickHouseConfig,
     day: NaiveDate,
@@ -68,11 +72,40 @@ async fn build_visits(
     cut: Option<NaiveDateTime>,
 ) -> Result<(), Error> {
     let client = &ch.client();
-    exec(
-        client,
-        &format!("INSERT INTO visits {}", derive_visits(cond, build)),
-    )
-    .await?;
+    match cut {
+        None => {
+            exec(
+                client,
+                &format!("INSERT INTO visits {}", derive_visits(cond, build)),
+            )
+            .await?
+        }
+        Some(c) => {
+            // Over: the last hit is more than the visit gap before the cut.
+            let quiet = utc(c - Duration::seconds(VISIT_GAP_SECS));
+            let visits = derive_visits(cond, build);
+            exec(
+                client,
+                &format!(
+                    "INSERT INTO visits SELECT * FROM ({visits}) WHERE start + duration < {quiet}"
+                ),
+            )
+            .await?;
+            exec(
+                client,
+                &format!(
+                    "INSERT INTO visit_open (site, day, build, visitor_id, since) \
+                     SELECT site, day, build, visitor_id, start FROM ({visits}) \
+                     WHERE start + duration >= {quiet}"
+                ),
+            )
+            .await?;
+        }
+    }
+    let events_from = match cut {
+        None => "events".to_string(),
+        Some(c) => before_cut_events("1", &Build { day, build, cut }, c),
+    };
     let pairs: Vec<String> = std::iter::once("('', '')".to_string())
         .chain(DAILY_DIMS.iter().map(|c| format!("('{c}', {c})")))
         .collect();
@@ -104,7 +137,7 @@ async fn build_visits(
              toUInt64({build}), kv.1 AS dim, kv.2 AS value, uniqState(visitor_id), \
              uniqExact(visitor_id), toUInt64(0), countIf(name = 'pageview'), \
              countIf(name != 'engagement'), toUInt64(0), toUInt64(0) \
-             FROM events ARRAY JOIN [{}] AS kv WHERE {cond} AND bot = '' \
+             FROM {events_from} ARRAY JOIN [{}] AS kv WHERE {cond} AND bot = '' \
              GROUP BY site, day, dim, value",
             event_pairs.join(", "),
         ),
@@ -120,7 +153,7 @@ async fn build_visits(
     )
     .await?;
     if build > 1 {
-        for table in ["visits", "visits_daily"] {
+        for table in ["visits", "visits_daily", "visit_open"] {
             exec(
                 client,
                 &format!(
@@ -139,10 +172,10 @@ async fn build_visits(
 const CUT_LAG: Duration = Duration::minutes(2);
 
 /// Builds the current UTC day up to a cut a little before `now` (whole minutes): the visits
-/// of visitors with no hit in the 30 minutes before the cut (their visits so far are over).
-/// Readers derive the rest from raw events ([`crate::query::plan::after_cut`]). Skipped when
-/// the day is not 30 minutes old or the latest build already has this cut. Returns whether
-/// it built.
+/// over by then (no hit in the 30 minutes before the cut). Readers derive the open visits and
+/// every later hit from raw events ([`crate::query::plan::after_cut_events`]). Skipped when
+/// the day is not 30 minutes old or the latest build already has this cut and as many
+/// events before it. Returns whether it built.
 pub async fn build_today(ch: &ClickHouseConfig, now: NaiveDateTime) -> Result<bool, Error> {
     let client = &ch.client();
     let day = now.date();
@@ -156,27 +189,30 @@ pub async fn build_today(ch: &ClickHouseConfig, now: NaiveDateTime) -> Result<bo
     let latest = fetch(
         client,
         &format!(
-            "SELECT max(build), formatDateTime(argMax(cut, build), '%Y-%m-%d %H:%M:%S', 'UTC') FROM visit_builds WHERE day = {} HAVING count() > 0",
+            "SELECT max(build), formatDateTime(argMax(cut, build), '%Y-%m-%d %H:%M:%S', 'UTC'), \
+             argMax(events, build) FROM visit_builds WHERE day = {} HAVING count() > 0",
             date(day)
         ),
     )
     .await?;
-    let (last_build, last_cut) = match latest.first() {
-        Some(r) => (n(&r[0]), r[1].as_str().unwrap_or("").to_string()),
-        None => (0, String::new()),
+    let (last_build, last_cut, last_events) = match latest.first() {
+        Some(r) => (n(&r[0]), r[1].as_str().unwrap_or("").to_string(), n(&r[2])),
+        None => (0, String::new(), 0),
     };
-    if last_cut == cut.format("%Y-%m-%d %H:%M:%S").to_string() {
+    let cond = format!(
+        "timestamp >= {} AND timestamp < {}",
+        utc(midnight),
+        utc(cut)
+    );
+    // Counted before building: a hit stored later with a time before the cut (a retried
+    // batch, an app's offline queue) makes readers' count differ, and they distrust the build
+    // (stats::visit_builds) until a run builds it in — this one, if the cut has not moved.
+    let before = fetch(client, &format!("SELECT count() FROM events WHERE {cond}")).await?;
+    let events = before.first().and_then(|r| r.get(0)).map(n).unwrap_or(0);
+    if last_cut == cut.format("%Y-%m-%d %H:%M:%S").to_string() && last_events == events {
         return Ok(false);
     }
-    build_visits(
-        ch,
-        day,
-        last_build + 1,
-        &before_cut(midnight, cut),
-        0,
-        Some(cut),
-    )
-    .await?;
+    build_visits(ch, day, last_build + 1, &cond, events, Some(cut)).await?;
     Ok(true)
 }
 

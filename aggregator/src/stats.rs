@@ -83,6 +83,10 @@ pub async fn fetch(client: &clickhouse::Client, sql: &str) -> Result<Vec<Value>,
 }
 
 /// The latest recorded visit build of each UTC day in `[from, to]`.
+///
+/// A build of the current day (one with a cut) is left out when the events before its cut
+/// are no longer the ones it was built from (a hit stored since with an earlier time): that
+/// day is then derived from raw events, until the next rollup run builds it again.
 pub async fn visit_builds(
     client: &clickhouse::Client,
     from: NaiveDate,
@@ -91,16 +95,16 @@ pub async fn visit_builds(
     let rows = fetch(
         client,
         &format!(
-            "SELECT toString(day), max(build), formatDateTime(argMax(cut, build), '%Y-%m-%d %H:%M:%S', 'UTC') FROM visit_builds \
-             WHERE day >= {} AND day <= {} GROUP BY day",
+            "SELECT toString(day), max(build), formatDateTime(argMax(cut, build), '%Y-%m-%d %H:%M:%S', 'UTC'), \
+             argMax(events, build) FROM visit_builds WHERE day >= {} AND day <= {} GROUP BY day",
             query::sql::date(from),
             query::sql::date(to)
         ),
     )
     .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
+    let mut out = Vec::new();
+    for r in &rows {
+        let parsed = (|| {
             let day = NaiveDate::parse_from_str(r.get(0)?.as_str()?, "%Y-%m-%d").ok()?;
             let build = number(r.get(1)?)? as u64;
             // A closed day's build has no cut (the epoch, as ClickHouse prints it).
@@ -108,9 +112,27 @@ pub async fn visit_builds(
                 chrono::NaiveDateTime::parse_from_str(r.get(2)?.as_str()?, "%Y-%m-%d %H:%M:%S")
                     .ok()
                     .filter(|c| c.date() == day);
-            Some(plan::Build { day, build, cut })
-        })
-        .collect())
+            let events = number(r.get(3)?)?;
+            Some((plan::Build { day, build, cut }, events))
+        })();
+        let Some((b, events)) = parsed else { continue };
+        if let Some(cut) = b.cut {
+            let now = fetch(
+                client,
+                &format!(
+                    "SELECT count() FROM events WHERE timestamp >= {} AND timestamp < {}",
+                    query::sql::utc(b.day.and_time(chrono::NaiveTime::MIN)),
+                    query::sql::utc(cut)
+                ),
+            )
+            .await?;
+            if now.first().and_then(|c| c.get(0)).and_then(number) != Some(events) {
+                continue;
+            }
+        }
+        out.push(b);
+    }
+    Ok(out)
 }
 
 /// One report row before shaping.

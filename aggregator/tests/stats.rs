@@ -341,9 +341,9 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
     );
     assert_eq!(src(json!({"metrics": ["visitors"], "dimensions": ["event:page"], "include": {"rollups": false}})).await, "events");
     check_reports(&ch, true).await;
-    // The current day is built up to a cut: visitors with a hit in the 30 minutes before it
-    // (B0–B5, back at 14:00) and every hit after it (C0, C1 at 15:00) come from raw events.
-    // Pretend the 20th is today: the answers stay the same.
+    // The current day is built up to a cut: the visits still open at it (B0–B5's second
+    // visit, 14:00) and every hit after it (C0, C1 at 15:00) come from raw events. Pretend the
+    // 20th is today: the answers stay the same.
     let day20 = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
     let at = day20.and_hms_opt(14, 32, 10).unwrap();
     assert!(rollup::build_today(&ch, at).await.unwrap());
@@ -364,7 +364,44 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
         .fetch_one()
         .await
         .unwrap();
-    assert_eq!(partial, 10, "only A0–A9's visits are over at the cut");
+    assert_eq!(
+        partial, 16,
+        "A0–A9's visits and B0–B5's first are over at the cut"
+    );
+    let open: u64 = ch
+        .client()
+        .query(&format!(
+            "SELECT count() FROM visit_open WHERE day = '2026-11-20' AND build = {} AND since = toDateTime('2026-11-20 14:00:00', 'UTC')",
+            built[0].build
+        ))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(open, 6, "B0–B5's second visits are open");
+    check_reports(&ch, true).await;
+    // A hit stored after the build with a time before its cut (here another site's, from an
+    // app's offline queue): the build no longer holds every hit before its cut, so readers
+    // leave it out and derive the day from raw events.
+    insert(
+        &ch,
+        "other.example",
+        &[ev("O1".into(), "2026-11-20 13:00:00", "pageview", "/")],
+    )
+    .await;
+    assert!(
+        stats::visit_builds(&ch.client(), day20, day20)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a build missing a late hit is not used"
+    );
+    check_reports(&ch, true).await;
+    // The next run builds it in, even with the same cut.
+    assert!(rollup::build_today(&ch, at).await.unwrap());
+    assert_eq!(
+        stats::visit_builds(&ch.client(), day20, day20).await.unwrap()[0].cut,
+        day20.and_hms_opt(14, 30, 0)
+    );
     check_reports(&ch, true).await;
     // Once the day is closed, its partial build is replaced by a whole one.
     let r = rollup::run_until(&ch, today, 30).await.unwrap();

@@ -17,8 +17,10 @@
 -- build counts only once it is recorded in visit_builds, and readers use the latest recorded
 -- build of each day, so a rebuild never shows half a day. Days without a build are derived
 -- from raw events at query time with the same SQL. The current day is built too, up to a
--- `cut` (0 for a closed day's build): the visits of visitors with no hit in the 30 minutes
--- before it; readers derive the visits of the others, and every hit from the cut on.
+-- `cut` (0 for a closed day's build): the visits over by then (last hit more than 30 minutes
+-- before the cut). visit_open holds, per visitor whose visit was still open at the cut, the
+-- start of that visit; readers derive from raw events that visit and every hit from the cut
+-- on. Its rows belong to their build and go with it.
 CREATE TABLE IF NOT EXISTS events_hourly
 (
     site      String,
@@ -94,4 +96,16 @@ CREATE TABLE IF NOT EXISTS visit_builds
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(day)
 ORDER BY (day, build)
+SETTINGS index_granularity = 8192;
+CREATE TABLE IF NOT EXISTS visit_open
+(
+    site       String,
+    day        Date,
+    build      UInt64,
+    visitor_id FixedString(16),
+    since      DateTime
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMMDD(day)
+ORDER BY (site, day, build, visitor_id)
 SETTINGS index_granularity = 8192;

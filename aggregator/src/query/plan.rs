@@ -62,7 +62,7 @@ pub struct Build {
     /// Its latest recorded build number.
     pub build: u64,
     /// `None` for a closed day's build (the whole day); for the current day, the moment its
-    /// build stops at (see [`before_cut`] and [`after_cut`]).
+    /// build stops at (see [`after_cut_events`]).
     pub cut: Option<NaiveDateTime>,
 }
 
@@ -77,36 +77,54 @@ impl Build {
     }
 }
 
-/// Visitors with a hit in `[cut - 30 min, cut)`: their visits may go on after the cut.
-fn active_before(cut: NaiveDateTime, site: Option<&str>) -> String {
+/// How long a visit must have been quiet at a build's cut to be over (the 30-minute rule: a
+/// later hit more than this after its last one starts a new visit).
+pub const VISIT_GAP_SECS: i64 = 1800;
+
+/// Per visitor whose visit was still open at the cut of build `b`, the start of that visit.
+fn open_visits(site: &str, b: &Build) -> String {
     format!(
-        "(SELECT visitor_id FROM events WHERE {}timestamp >= {} AND timestamp < {})",
-        site.map(|s| format!("{} AND ", site_cond(s)))
-            .unwrap_or_default(),
-        utc(cut - Duration::minutes(30)),
-        utc(cut)
+        "(SELECT visitor_id, since FROM visit_open WHERE {} AND day = {} AND build = {})",
+        site_cond(site),
+        date(b.day),
+        b.build
     )
 }
 
-/// Raw events a build of the current day holds: hits in `[midnight, cut)` of visitors with
-/// no hit in the 30 minutes before the cut (their visits so far are over: a later hit starts
-/// a new visit).
-pub fn before_cut(midnight: NaiveDateTime, cut: NaiveDateTime) -> String {
+/// The raw events of partly built day `b` that its build does not hold, as a table with
+/// `site`, `visitor_id`, `bot` and `fields` (which must include `timestamp`): every hit from
+/// the cut on, and the hits of the visits still open at the cut. `GLOBAL`: in cluster mode
+/// `events` and `visit_open` are both Distributed, and ClickHouse refuses a distributed
+/// subquery inside a distributed query unless its result is shipped to the shards.
+pub fn after_cut_events(site: &str, b: &Build, cut: NaiveDateTime, fields: &[&str]) -> String {
+    let lo = b.day.and_time(chrono::NaiveTime::MIN);
+    let cols = fields.join(", ");
+    let open = open_visits(site, b);
     format!(
-        "timestamp >= {} AND timestamp < {} AND visitor_id NOT IN {}",
-        utc(midnight),
-        utc(cut),
-        active_before(cut, None)
+        "(SELECT site, visitor_id, bot, {cols} FROM (SELECT site, visitor_id, bot, {cols} FROM events \
+         WHERE {} AND timestamp >= {} AND timestamp < {} AND (timestamp >= {c} \
+         OR visitor_id GLOBAL IN (SELECT visitor_id FROM {open}))) GLOBAL ANY LEFT JOIN {open} \
+         USING visitor_id WHERE timestamp >= {c} OR (since != toDateTime(0) AND timestamp >= since))",
+        site_cond(site),
+        utc(lo),
+        utc(lo + Duration::days(1)),
+        c = utc(cut),
     )
 }
 
-/// Raw events of a partly built day that its build does not hold: every hit from the cut on,
-/// and every hit of visitors active in the 30 minutes before it.
-pub fn after_cut(site: &str, cut: NaiveDateTime) -> String {
+/// The raw events of day `b` before its cut that are not in a visit open at the cut (the
+/// rollup job's event rows of a partial build; `visit_open` already written for `b`).
+pub fn before_cut_events(site_cond_sql: &str, b: &Build, cut: NaiveDateTime) -> String {
+    let lo = b.day.and_time(chrono::NaiveTime::MIN);
     format!(
-        "(timestamp >= {} OR visitor_id IN {})",
+        "(SELECT site, timestamp, name, pathname, hostname, visitor_id, bot FROM events \
+         GLOBAL ANY LEFT JOIN (SELECT visitor_id, since FROM visit_open WHERE day = {} AND build = {}) \
+         USING visitor_id WHERE {site_cond_sql} AND timestamp >= {} AND timestamp < {} \
+         AND (since = toDateTime(0) OR timestamp < since))",
+        date(b.day),
+        b.build,
+        utc(lo),
         utc(cut),
-        active_before(cut, Some(site))
     )
 }
 
@@ -455,15 +473,14 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
             tuples.join(", ")
         )
     };
-    // Rows aggregated per day from raw events (`cond` on `events`) or visit rows.
-    let on_the_fly = |cond: String, visits: String| match which {
+    // Rows aggregated per day from raw events (`events` matching `cond`) or visit rows.
+    let on_the_fly = |events: String, cond: String, visits: String| match which {
         Some(DailyDim::Event(c)) => format!(
             "SELECT toDate(timestamp, 'UTC') AS day, {c} AS value, toUInt8(0) AS b, \
              toUInt64(0) AS uv, uniqState(visitor_id) AS st, toUInt64(0) AS visits_n, \
              countIf(name = 'pageview') AS pv_n, countIf(name != 'engagement') AS ev_n, \
-             toUInt64(0) AS bounces_n, toUInt64(0) AS dur_n FROM events \
-             WHERE {} AND {cond} AND bot = '' GROUP BY day, value",
-            site_cond(&q.site),
+             toUInt64(0) AS bounces_n, toUInt64(0) AS dur_n FROM {events} \
+             WHERE {cond} AND bot = '' GROUP BY day, value"
         ),
         _ => {
             let value = match which {
@@ -488,30 +505,34 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
         parts.push(from_daily(false, partial));
         for b in built.iter().filter(|b| days.contains(&b.day)) {
             let Some(cut) = b.cut else { continue };
-            let lo = b.day.and_time(chrono::NaiveTime::MIN);
-            let hi = lo + Duration::days(1);
-            let cond = format!(
-                "timestamp >= {} AND timestamp < {} AND {}",
-                utc(lo),
-                utc(hi),
-                after_cut(&q.site, cut)
+            let events = after_cut_events(
+                &q.site,
+                b,
+                cut,
+                &["timestamp", "name", "pathname", "hostname"],
             );
             let visits = format!(
                 "({})",
-                derive_visit_cols(
-                    &format!("{} AND {cond}", site_cond(&q.site)),
+                derive_visit_cols_from(
+                    |fields| after_cut_events(&q.site, b, cut, fields),
+                    "1",
                     &needed_visit_cols(q)
                 )
             );
-            parts.push(on_the_fly(cond, visits));
+            parts.push(on_the_fly(events, "1".into(), visits));
         }
     }
     for (a, b) in rest {
         let mut part = q.clone();
         part.start = a;
         part.end = b;
-        let cond = format!("timestamp >= {} AND timestamp < {}", utc(a), utc(b));
-        parts.push(on_the_fly(cond, visit_rows(&part, built)));
+        let cond = format!(
+            "{} AND timestamp >= {} AND timestamp < {}",
+            site_cond(&q.site),
+            utc(a),
+            utc(b)
+        );
+        parts.push(on_the_fly("events".into(), cond, visit_rows(&part, built)));
     }
     format!("({})", parts.join(" UNION ALL "))
 }
@@ -597,17 +618,18 @@ const HAS_VISITOR: &str = "visitor_id != unhex('00000000000000000000000000000000
 /// One array of sorted hits per (site, visitor) of the events matching `cond`, with a visit
 /// number per hit (`vnum`, the 30-minute rule) and the hit's position (`idx`).
 fn sessionize(cond: &str) -> String {
-    sessionize_fields(cond, EV_FIELDS)
+    sessionize_from("events", cond, EV_FIELDS)
 }
 
-/// [`sessionize`] carrying only `fields` (the first must be `timestamp`): a query that needs
-/// few visit columns sorts far less in memory.
-fn sessionize_fields(cond: &str, fields: &[&str]) -> String {
+/// [`sessionize`] over the rows of `from` (`events`, or a table of events with the columns
+/// `site`, `visitor_id`, `bot` and `fields`) carrying only `fields` (the first must be
+/// `timestamp`): a query that needs few visit columns sorts far less in memory.
+fn sessionize_from(from: &str, cond: &str, fields: &[&str]) -> String {
     format!(
         "SELECT site, visitor_id, evs, arrayEnumerate(evs) AS idx, \
-         arrayCumSum(arrayMap((x, j) -> toUInt8(j = 1 OR x.1 - evs[j - 1].1 > 1800), evs, arrayEnumerate(evs))) AS vnum \
+         arrayCumSum(arrayMap((x, j) -> toUInt8(j = 1 OR x.1 - evs[j - 1].1 > {VISIT_GAP_SECS}), evs, arrayEnumerate(evs))) AS vnum \
          FROM (SELECT site, visitor_id, arraySort(groupArray(({fields}))) AS evs \
-         FROM events WHERE {cond} AND bot = '' AND {HAS_VISITOR} GROUP BY site, visitor_id)",
+         FROM {from} WHERE {cond} AND bot = '' AND {HAS_VISITOR} GROUP BY site, visitor_id)",
         fields = fields.join(", ")
     )
 }
@@ -749,6 +771,11 @@ fn needed_visit_cols(q: &Query) -> Vec<&'static str> {
 
 /// Visit rows with only `cols`, derived from the raw events matching `cond`.
 fn derive_visit_cols(cond: &str, cols: &[&str]) -> String {
+    derive_visit_cols_from(|_| "events".to_string(), cond, cols)
+}
+
+/// [`derive_visit_cols`] over the events table `from(fields)` makes for the fields it needs.
+fn derive_visit_cols_from(from: impl Fn(&[&str]) -> String, cond: &str, cols: &[&str]) -> String {
     let mut fields: Vec<&str> = vec!["timestamp", "name", "pathname", "interactive"];
     fields.extend(cols.iter().filter(|c| VISIT_FIRST.contains(c)).copied());
     let aggs = visit_aggregates_fields("", &fields);
@@ -757,7 +784,7 @@ fn derive_visit_cols(cond: &str, cols: &[&str]) -> String {
          FROM ({s}) ARRAY JOIN evs AS e, idx AS i, vnum AS visit GROUP BY site, visitor_id, visit)",
         cols = cols.join(", "),
         aggs = aggs.join(", "),
-        s = sessionize_fields(cond, &fields),
+        s = sessionize_from(&from(&fields), cond, &fields),
     )
 }
 
@@ -786,18 +813,12 @@ fn visit_rows(q: &Query, built: &[Build]) -> String {
     // The current day's build ends at its cut: the rest of its visits come from raw events.
     for b in built.iter().filter(|b| have.contains(&b.day)) {
         let Some(cut) = b.cut else { continue };
-        let lo = b.day.and_time(chrono::NaiveTime::MIN);
-        let cond = format!(
-            "{} AND timestamp >= {} AND timestamp < {} AND {}",
-            site_cond(&q.site),
-            utc(lo),
-            utc(lo + Duration::days(1)),
-            after_cut(&q.site, cut)
+        let derived = derive_visit_cols_from(
+            |fields| after_cut_events(&q.site, b, cut, fields),
+            "1",
+            &needed,
         );
-        parts.push(format!(
-            "SELECT {cols} FROM ({}) WHERE {in_range}",
-            derive_visit_cols(&cond, &needed)
-        ));
+        parts.push(format!("SELECT {cols} FROM ({derived}) WHERE {in_range}"));
     }
     if !missing.is_empty() {
         // Contiguous runs of days become time ranges.
