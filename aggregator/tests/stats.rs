@@ -399,7 +399,10 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
     // The next run builds it in, even with the same cut.
     assert!(rollup::build_today(&ch, at).await.unwrap());
     assert_eq!(
-        stats::visit_builds(&ch.client(), day20, day20).await.unwrap()[0].cut,
+        stats::visit_builds(&ch.client(), day20, day20)
+            .await
+            .unwrap()[0]
+            .cut,
         day20.and_hms_opt(14, 30, 0)
     );
     check_reports(&ch, true).await;
