@@ -81,7 +81,7 @@ cluster:
 	./target/release/veil cluster --site $(SITE) --listen $(LISTEN)
 
 load: deps
-	$(CARGO) run --release -p veil-benches --bin veil-load -- --duration 10
+	$(CARGO) run --release -p veil-benches --bin veil-load -- --duration 10 $(LOAD_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -2,10 +2,15 @@
 //! loopback addresses only, each connection sending its next request as soon as the previous
 //! answer has been read (closed loop), until a deadline or a total request count is reached.
 //!
+//! With several target addresses (several collectors) the connections are spread over them
+//! round-robin, as a load balancer would: connection `i` goes to address `i mod n` and stays
+//! there (a reopened connection goes back to the same address).
+//!
 //! Connections are opened before the clock starts, so the numbers describe the steady state.
 //! A connection the server closes (`Connection: close`) is reopened before the next request; one
-//! that fails (transport error, or no answer within the request timeout) is counted and reopened. Latency is measured per request, from sending the request to having read the
-//! whole response body, in microseconds.
+//! that fails (transport error, or no answer within the request timeout) is counted and
+//! reopened. Latency is measured per request, from sending the request to having read the whole
+//! response body, in microseconds.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -38,8 +43,9 @@ pub enum Workload {
 /// How to run the load.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Where to send requests; must be a loopback address.
-    pub addr: SocketAddr,
+    /// Where to send requests: one or more loopback addresses, connections spread over them
+    /// round-robin.
+    pub addrs: Vec<SocketAddr>,
     /// What to send.
     pub workload: Workload,
     /// Persistent connections, each with one request in flight.
@@ -72,6 +78,8 @@ pub struct LoadReport {
     pub reported_accepted: u64,
     /// Latency of each answered request, microseconds (sorted once the run is over).
     pub latencies_us: Vec<u32>,
+    /// Answered requests by target address.
+    pub by_target: BTreeMap<SocketAddr, u64>,
     /// From the first request to the last answer.
     pub elapsed: Duration,
 }
@@ -87,6 +95,9 @@ impl LoadReport {
         self.expected_stored += other.expected_stored;
         self.reported_accepted += other.reported_accepted;
         self.latencies_us.extend(other.latencies_us);
+        for (a, n) in other.by_target {
+            *self.by_target.entry(a).or_default() += n;
+        }
     }
 
     /// Answered requests per second.
@@ -199,16 +210,22 @@ async fn exchange(
     Ok((status, body, closing))
 }
 
+/// The address connection number `index` uses: round-robin over `addrs` (not empty).
+fn target(addrs: &[SocketAddr], index: usize) -> SocketAddr {
+    addrs[index % addrs.len()]
+}
+
 async fn drive(
     opts: Arc<LoadOptions>,
     index: u64,
+    addr: SocketAddr,
     mut sender: Option<Sender>,
     deadline: Instant,
     issued: Arc<AtomicU64>,
 ) -> LoadReport {
     let mut rng = Rng::new(opts.seed ^ index.wrapping_mul(0xA24B_AED4_963E_E407));
-    let host = HeaderValue::from_str(&opts.addr.to_string())
-        .unwrap_or(HeaderValue::from_static("localhost"));
+    let host =
+        HeaderValue::from_str(&addr.to_string()).unwrap_or(HeaderValue::from_static("localhost"));
     let mut report = LoadReport::default();
     while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < opts.max_requests {
         let Ok(planned) = plan(opts.workload, &mut rng, &host) else {
@@ -217,7 +234,7 @@ async fn drive(
         };
         let s = match sender.as_mut().filter(|s| !s.is_closed()) {
             Some(s) => s,
-            None => match connect(opts.addr).await {
+            None => match connect(addr).await {
                 Ok(s) => sender.insert(s),
                 Err(_) => {
                     report.failures += 1;
@@ -238,6 +255,7 @@ async fn drive(
                     .latencies_us
                     .push(u32::try_from(us).unwrap_or(u32::MAX));
                 report.requests += 1;
+                *report.by_target.entry(addr).or_default() += 1;
                 *report.statuses.entry(status.as_u16()).or_default() += 1;
                 if status.is_success() {
                     report.events += planned.events;
@@ -262,23 +280,48 @@ async fn drive(
     report
 }
 
+/// One `GET path` to a loopback address on a fresh connection, for health checks and metrics
+/// around a run (not for load): the status and the whole body, or an error after `timeout`.
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> io::Result<(StatusCode, Bytes)> {
+    let once = async {
+        let mut sender = connect(addr).await?;
+        let req = Request::get(path)
+            .header(header::HOST, addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .map_err(io::Error::other)?;
+        let (status, body, _) = exchange(&mut sender, req).await.map_err(io::Error::other)?;
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, once)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("GET {path} on {addr}")))?
+}
+
 /// Runs the load described by `opts` and returns what it measured.
 ///
-/// Fails before sending anything when the target is not a loopback address or no connection can
-/// be opened.
+/// Fails before sending anything when there is no target, a target is not a loopback address,
+/// or a connection cannot be opened.
 pub async fn run(opts: LoadOptions) -> io::Result<LoadReport> {
-    if !opts.addr.ip().is_loopback() {
+    if opts.addrs.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "refusing to load {}: the load generator only targets loopback addresses",
-                opts.addr
-            ),
+            "no address to load",
+        ));
+    }
+    if let Some(a) = opts.addrs.iter().find(|a| !a.ip().is_loopback()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing to load {a}: the load generator only targets loopback addresses"),
         ));
     }
     let mut senders = Vec::with_capacity(opts.connections);
-    for _ in 0..opts.connections.max(1) {
-        senders.push(connect(opts.addr).await?);
+    for i in 0..opts.connections.max(1) {
+        let addr = target(&opts.addrs, i);
+        senders.push((addr, connect(addr).await?));
     }
     let opts = Arc::new(opts);
     let issued = Arc::new(AtomicU64::new(0));
@@ -287,7 +330,16 @@ pub async fn run(opts: LoadOptions) -> io::Result<LoadReport> {
     let tasks: Vec<_> = senders
         .into_iter()
         .zip(0u64..)
-        .map(|(s, i)| tokio::spawn(drive(opts.clone(), i, Some(s), deadline, issued.clone())))
+        .map(|((addr, s), i)| {
+            tokio::spawn(drive(
+                opts.clone(),
+                i,
+                addr,
+                Some(s),
+                deadline,
+                issued.clone(),
+            ))
+        })
         .collect();
     let mut total = LoadReport::default();
     for t in tasks {
@@ -323,7 +375,10 @@ mod tests {
     #[tokio::test]
     async fn refuses_non_loopback_targets() {
         let opts = LoadOptions {
-            addr: "192.0.2.1:80".parse().unwrap(),
+            addrs: vec![
+                "127.0.0.1:9".parse().unwrap(),
+                "192.0.2.1:80".parse().unwrap(),
+            ],
             workload: Workload::Plausible,
             connections: 1,
             duration: Duration::from_millis(10),
@@ -332,5 +387,51 @@ mod tests {
             request_timeout: Duration::from_secs(1),
         };
         assert!(run(opts).await.is_err());
+    }
+
+    #[test]
+    fn connections_go_round_robin() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let picked: Vec<_> = (0..5).map(|i| target(&[a, b], i)).collect();
+        assert_eq!(picked, [a, b, a, b, a]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spreads_the_load_over_every_address() {
+        let mut addrs = Vec::new();
+        let mut stops = Vec::new();
+        for _ in 0..2 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(listener.local_addr().unwrap());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            stops.push(stop);
+            tokio::spawn(crate::bare::serve(listener, async move {
+                let _ = stopped.await;
+            }));
+        }
+        let report = run(LoadOptions {
+            addrs: addrs.clone(),
+            workload: Workload::Plausible,
+            connections: 4,
+            duration: Duration::from_secs(5),
+            max_requests: 200,
+            seed: 1,
+            request_timeout: Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+        assert_eq!(report.requests, 200);
+        assert_eq!(report.by_target.len(), 2);
+        for a in &addrs {
+            assert!(
+                report.by_target[a] > 0,
+                "{a} got no request: {:?}",
+                report.by_target
+            );
+        }
+        for s in stops {
+            let _ = s.send(());
+        }
     }
 }

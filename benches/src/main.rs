@@ -4,24 +4,35 @@
 //!
 //! 1. starts a throwaway ClickHouse (or uses `--clickhouse-url`), creates a fresh database and
 //!    migrates it;
-//! 2. starts the real collector on `127.0.0.1:0` with the mix's sites registered and its spool in
-//!    a temp dir — production defaults otherwise, except the per-IP rate limit (see
-//!    `--rate-limit-ip`) — and a bare hyper server that only answers 202 (the ceiling, see
-//!    `veil_benches::bare`);
-//! 3. replays the realistic traffic mix of `veil_benches::traffic` over keep-alive connections
-//!    against the bare server, `POST /api/event` (one event per request) and `POST /v1/events`
-//!    (`--batch-size` events per request), one scenario after the other, each for `--duration`
-//!    seconds, and prints requests/s, events/s, p50/p99 latency and the ratio to the bare server;
-//! 4. shuts the collector down gracefully (it drains its spool into ClickHouse) and checks that
-//!    every acknowledged event that must be stored (2xx, registered site, not a bot, no opt-out)
-//!    is in ClickHouse, comparing with the collector's own counters too.
+//! 2. starts `--collectors` real collectors (default 1), each on its own `127.0.0.1:0` listener
+//!    with its own spool in a temp dir, all on that database with the mix's sites registered —
+//!    production defaults otherwise, except the per-IP rate limit (see `--rate-limit-ip`). They
+//!    run in this process on the servers' runtime, or with `--collector-processes` as separate
+//!    `veil collector` processes (the real binary). Also a bare hyper server that only answers
+//!    202 (the ceiling, see `veil_benches::bare`);
+//! 3. replays the realistic traffic mix of `veil_benches::traffic` over keep-alive connections,
+//!    spread round-robin over the collectors as a load balancer would, against the bare server,
+//!    `POST /api/event` (one event per request) and `POST /v1/events` (`--batch-size` events per
+//!    request), one scenario after the other, each for `--duration` seconds, and prints
+//!    requests/s, events/s, p50/p99 latency and the ratio to the bare server;
+//! 4. shuts the collectors down gracefully (each drains its spool into ClickHouse) and checks
+//!    that every acknowledged event that must be stored (2xx, registered site, not a bot, no
+//!    opt-out) is in ClickHouse exactly once, comparing with the sum of the collectors' own
+//!    counters too.
+//!
+//! `--compare-collectors` does all of this twice in one invocation — 1 collector, then
+//! `--collectors` (2 when that is 1), each on a fresh database — and prints the ratios between
+//! the two runs: this machine is shared and noisy, so only numbers measured side by side compare.
 //!
 //! Exit status: 0 when everything adds up, 1 on a count mismatch, 2 when the run itself failed.
-//! The servers get their own tokio runtime (`--server-threads`), the load generator another
-//! (`--client-threads`); on a small machine they, and ClickHouse, share the same cores.
+//! The in-process servers get their own tokio runtime (`--server-threads`), the load generator
+//! another (`--client-threads`); a `veil collector` process has its own (one worker per core).
+//! On a small machine they all, and ClickHouse, share the same cores.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +46,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use veil_benches::loadgen::{self, LoadOptions, LoadReport, Workload};
 use veil_benches::{bare, traffic};
+use veil_collector::metrics::names;
 use veil_collector::pipeline::enrich::UaParser;
 use veil_collector::pipeline::spool::{Durability, SpoolError};
 use veil_collector::server::{self, App};
@@ -96,10 +108,34 @@ struct Args {
     /// default (100/s) would throttle.
     #[arg(long, default_value_t = 0)]
     rate_limit_ip: u32,
+    /// Collectors to start, each with its own spool and listener, all on the same database and
+    /// sites; the load generator spreads its connections over them round-robin.
+    #[arg(long, default_value_t = 1)]
+    collectors: usize,
+    /// Run twice in this invocation, with 1 collector and then with `--collectors` (2 when that
+    /// is 1), and print the ratios between the two runs.
+    #[arg(long)]
+    compare_collectors: bool,
+    /// Run each collector as its own `veil collector` OS process (the real binary, with its own
+    /// runtime) instead of in this process on the servers' runtime.
+    #[arg(long)]
+    collector_processes: bool,
+    /// The `veil` binary for `--collector-processes`; default: `veil` next to this executable
+    /// (`cargo build --release -p veil`).
+    #[arg(long)]
+    veil_bin: Option<PathBuf>,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
     s.parse().map_err(|e: SpoolError| e.to_string())
+}
+
+/// The `--durability` value naming `d`.
+fn durability_name(d: Durability) -> &'static str {
+    match d {
+        Durability::Fsync => "fsync",
+        Durability::None => "none",
+    }
 }
 
 /// The ClickHouse of this run. A managed server lives as long as this value; it must be created
@@ -135,26 +171,174 @@ impl Store {
     }
 }
 
-/// The collector serving on loopback, and how to stop it.
-struct Running {
-    addr: SocketAddr,
+/// The collectors of one run, all on the same database.
+struct Fleet {
     ch: ClickHouseConfig,
-    collector: Collector,
-    stop: oneshot::Sender<()>,
-    server: JoinHandle<()>,
-    /// The spool directory, removed once the collector has stopped.
-    _spool: TempDir,
+    members: Vec<Member>,
 }
 
-async fn start_collector(url: &str, args: &Args) -> anyhow::Result<Running> {
+impl Fleet {
+    /// Where each collector listens, in start order.
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.members.iter().map(Member::addr).collect()
+    }
+}
+
+/// One collector serving on loopback, and how to stop it.
+enum Member {
+    /// In this process, on the servers' runtime.
+    InProcess {
+        addr: SocketAddr,
+        collector: Collector,
+        /// Taken when the stop is sent.
+        stop: Option<oneshot::Sender<()>>,
+        server: JoinHandle<()>,
+        /// The spool directory, removed once the collector has stopped.
+        _spool: TempDir,
+    },
+    /// A `veil collector` process.
+    Process(ChildCollector),
+}
+
+impl Member {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Member::InProcess { addr, .. } => *addr,
+            Member::Process(c) => c.addr,
+        }
+    }
+}
+
+/// A `veil collector` child process. Killed (SIGKILL) when dropped while still running, so an
+/// aborted run leaves no collector behind; a graceful stop is [`ChildCollector::terminate`].
+struct ChildCollector {
+    child: Child,
+    addr: SocketAddr,
+    /// Its stdout and stderr.
+    log: PathBuf,
+    /// Its `--data-dir` (spool, log), removed after the process has ended.
+    _dir: TempDir,
+}
+
+impl ChildCollector {
+    /// The last lines of its log, for error messages.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Sends SIGTERM (the production shutdown signal: drain, flush the last batch, exit).
+    fn terminate(&self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .context("running kill -TERM")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed: {status}", self.child.id());
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to end; true if it exited with status 0 (its last batch flushed).
+    async fn wait(&mut self, limit: Duration) -> anyhow::Result<bool> {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    eprintln!(
+                        "collector {} exited with {status}; its log ends with:\n{}",
+                        self.addr,
+                        self.log_tail()
+                    );
+                }
+                return Ok(status.success());
+            }
+            if Instant::now() > until {
+                bail!(
+                    "collector {} still running {limit:?} after SIGTERM",
+                    self.addr
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ChildCollector {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A fresh database at `url` for run number `run`, migrated by this harness or, when given, by
+/// `veil migrate` of that binary (so that collector processes find exactly the migrations they
+/// were built with).
+async fn fresh_database(
+    url: &str,
+    run: usize,
+    veil: Option<&Path>,
+) -> anyhow::Result<ClickHouseConfig> {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let ch = ClickHouseConfig::new(url, format!("veil_load_{secs}_{}", std::process::id()));
-    veil_schemas::migrate(&ch)
-        .await
-        .with_context(|| format!("migrating database {} at {url}", ch.database))?;
+    let ch = ClickHouseConfig::new(
+        url,
+        format!("veil_load_{secs}_{}_{run}", std::process::id()),
+    );
+    match veil {
+        None => {
+            veil_schemas::migrate(&ch)
+                .await
+                .with_context(|| format!("migrating database {} at {url}", ch.database))?;
+        }
+        Some(bin) => {
+            let out = veil_command(bin)
+                .arg("migrate")
+                .arg("--clickhouse-url")
+                .arg(&ch.url)
+                .arg("--clickhouse-database")
+                .arg(&ch.database)
+                .output()
+                .with_context(|| format!("running {} migrate", bin.display()))?;
+            if !out.status.success() {
+                bail!(
+                    "{} migrate failed ({}): {}",
+                    bin.display(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+    }
+    Ok(ch)
+}
+
+/// Starts `n` collectors on a fresh database, one after the other (each ready before the next
+/// starts, as in a rolling deployment).
+async fn start_fleet(url: &str, args: &Args, n: usize, run: usize) -> anyhow::Result<Fleet> {
+    let veil = if args.collector_processes {
+        Some(veil_binary(args)?)
+    } else {
+        None
+    };
+    let ch = fresh_database(url, run, veil.as_deref()).await?;
+    let mut members = Vec::with_capacity(n);
+    for _ in 0..n {
+        members.push(match &veil {
+            Some(bin) => Member::Process(spawn_collector(bin, &ch, args).await?),
+            None => start_in_process(&ch, args).await?,
+        });
+    }
+    Ok(Fleet { ch, members })
+}
+
+async fn start_in_process(ch: &ClickHouseConfig, args: &Args) -> anyhow::Result<Member> {
     let spool = tempfile::Builder::new()
         .prefix("veil-load-spool-")
         .tempdir()
@@ -186,14 +370,270 @@ async fn start_collector(url: &str, args: &Args) -> anyhow::Result<Running> {
         let _ = stopped.await;
         draining.begin_shutdown();
     }));
-    Ok(Running {
+    Ok(Member::InProcess {
         addr,
-        ch,
         collector,
-        stop,
+        stop: Some(stop),
         server,
         _spool: spool,
     })
+}
+
+/// `--veil-bin`, or `veil` next to this executable.
+fn veil_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    let bin = match &args.veil_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("locating veil-load's own executable")?
+            .with_file_name("veil"),
+    };
+    if !bin.is_file() {
+        bail!(
+            "--collector-processes needs the veil binary, not found at {} \
+             (build it with `cargo build --release -p veil`, or pass --veil-bin)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// `bin` without the `VEIL_*` variables of this environment: settings come from flags only.
+fn veil_command(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("VEIL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Starts `veil collector` on `127.0.0.1:0` with the same settings as an in-process collector
+/// (flags only: `VEIL_*` variables of this environment are not passed on) and waits until it
+/// is listening and ready.
+async fn spawn_collector(
+    bin: &Path,
+    ch: &ClickHouseConfig,
+    args: &Args,
+) -> anyhow::Result<ChildCollector> {
+    let dir = tempfile::Builder::new()
+        .prefix("veil-load-collector-")
+        .tempdir()
+        .context("creating a temp dir for a collector process")?;
+    let log = dir.path().join("collector.log");
+    let out = std::fs::File::create(&log).context("creating the collector's log")?;
+    let mut cmd = veil_command(bin);
+    cmd.arg("collector")
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--clickhouse-url")
+        .arg(&ch.url)
+        .arg("--clickhouse-database")
+        .arg(&ch.database)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--durability", durability_name(args.durability)])
+        .arg("--rate-limit-ip")
+        .arg(args.rate_limit_ip.to_string())
+        .arg("--log")
+        .arg(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+    for site in traffic::REGISTERED_SITES {
+        cmd.args(["--site", site]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone().context("duplicating the log handle")?)
+        .stderr(out);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut c = ChildCollector {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        log,
+        _dir: dir,
+    };
+    // `veil collector` prints where it listens once bound.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&c.log).unwrap_or_default();
+        let found = text.lines().find_map(|l| {
+            l.split_once("collector listening on http://")
+                .and_then(|(_, a)| a.trim().parse::<SocketAddr>().ok())
+        });
+        if let Some(addr) = found {
+            c.addr = addr;
+            break;
+        }
+        if let Some(status) = c.child.try_wait()? {
+            bail!("veil collector exited with {status}:\n{}", c.log_tail());
+        }
+        if Instant::now() > until {
+            bail!(
+                "veil collector did not start listening within 60 s:\n{}",
+                c.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    loop {
+        if let Ok((status, body)) = loadgen::get(c.addr, "/readyz", Duration::from_secs(2)).await {
+            if status.is_success() && body.starts_with(b"ready") {
+                return Ok(c);
+            }
+        }
+        if let Some(status) = c.child.try_wait()? {
+            bail!("veil collector exited with {status}:\n{}", c.log_tail());
+        }
+        if Instant::now() > until {
+            bail!(
+                "veil collector {} not ready within 60 s:\n{}",
+                c.addr,
+                c.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What a collector's counters say, read from its Prometheus text (`/metrics`, or the same
+/// rendering of an in-process collector's registry).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Counters {
+    /// `veil_events_accepted_total`, all endpoints.
+    accepted: u64,
+    /// `veil_events_written_total`.
+    written: u64,
+    /// `veil_events_dropped_total` by reason.
+    dropped: BTreeMap<String, u64>,
+    ua_hits: u64,
+    ua_misses: u64,
+}
+
+impl Counters {
+    fn parse(text: &str) -> Self {
+        let mut c = Self::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.trim().rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(v) = value.parse::<f64>() else {
+                continue;
+            };
+            // Counters: whole numbers, exact in an f64 up to 2^53.
+            let v = v as u64;
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            match name {
+                names::EVENTS_ACCEPTED => c.accepted += v,
+                names::EVENTS_WRITTEN => c.written += v,
+                names::UA_CACHE_HITS => c.ua_hits += v,
+                names::UA_CACHE_MISSES => c.ua_misses += v,
+                names::EVENTS_DROPPED => {
+                    let reason = label(labels, "reason").unwrap_or("?");
+                    *c.dropped.entry(reason.to_string()).or_default() += v;
+                }
+                _ => {}
+            }
+        }
+        c
+    }
+
+    fn add(&mut self, o: &Counters) {
+        self.accepted += o.accepted;
+        self.written += o.written;
+        for (r, n) in &o.dropped {
+            *self.dropped.entry(r.clone()).or_default() += n;
+        }
+        self.ua_hits += o.ua_hits;
+        self.ua_misses += o.ua_misses;
+    }
+
+    /// Every non-zero drop reason, as `reason=n`.
+    fn dropped_by_reason(&self) -> String {
+        let out: Vec<String> = self
+            .dropped
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, n)| format!("{r}={n}"))
+            .collect();
+        if out.is_empty() {
+            "none".into()
+        } else {
+            out.join(" ")
+        }
+    }
+}
+
+/// The value of `key="…"` in a Prometheus label set.
+fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+    let start = labels.find(&format!("{key}=\""))? + key.len() + 2;
+    let rest = &labels[start..];
+    Some(&rest[..rest.find('"')?])
+}
+
+/// A collector process's counters once it has written everything it accepted (the load is over,
+/// so that number no longer grows), or as they are after `limit`.
+async fn settled_counters(addr: SocketAddr, limit: Duration) -> anyhow::Result<Counters> {
+    let until = Instant::now() + limit;
+    loop {
+        let (status, body) = loadgen::get(addr, "/metrics", Duration::from_secs(5))
+            .await
+            .with_context(|| format!("reading /metrics of collector {addr}"))?;
+        if !status.is_success() {
+            bail!("/metrics of collector {addr} answered {status}");
+        }
+        let c = Counters::parse(&String::from_utf8_lossy(&body));
+        if c.written >= c.accepted || Instant::now() > until {
+            return Ok(c);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stops every collector gracefully. Returns whether all of them flushed their last batch, and
+/// each one's counters (a process's are read just before its SIGTERM, once it has written all it
+/// accepted; an in-process collector's after it stopped).
+fn stop_fleet(rt: &Runtime, mut members: Vec<Member>) -> anyhow::Result<(bool, Vec<Counters>)> {
+    let mut before = Vec::with_capacity(members.len());
+    for m in &members {
+        before.push(match m {
+            Member::Process(c) => {
+                Some(rt.block_on(settled_counters(c.addr, Duration::from_secs(60)))?)
+            }
+            Member::InProcess { .. } => None,
+        });
+    }
+    // Signal all, then wait for each: they drain at the same time, as a fleet would.
+    for m in &mut members {
+        match m {
+            Member::InProcess { stop, .. } => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+            }
+            Member::Process(c) => c.terminate()?,
+        }
+    }
+    let mut flushed = true;
+    let mut counters = Vec::with_capacity(members.len());
+    for (m, before) in members.into_iter().zip(before) {
+        match m {
+            Member::InProcess {
+                collector, server, ..
+            } => {
+                rt.block_on(server)
+                    .context("a collector's server task failed")?;
+                flushed &= collector.finish();
+                collector.observe();
+                counters.push(Counters::parse(&veil_collector::metrics::render(
+                    collector.registry(),
+                )));
+            }
+            Member::Process(mut c) => {
+                flushed &= rt.block_on(c.wait(Duration::from_secs(120)))?;
+                counters.push(before.unwrap_or_default());
+            }
+        }
+    }
+    Ok((flushed, counters))
 }
 
 /// The mix must agree with the collector on who is a bot, or the expected counts are wrong.
@@ -214,8 +654,16 @@ fn check_mix() -> anyhow::Result<()> {
 struct Scenario {
     label: String,
     workload: Workload,
-    addr: SocketAddr,
+    /// The bare server's address, or every collector's.
+    addrs: Vec<SocketAddr>,
     collector: bool,
+}
+
+/// One run: its collectors, what each scenario measured, and whether the counts added up.
+struct RunOutcome {
+    collectors: usize,
+    results: Vec<(Scenario, LoadReport)>,
+    ok: bool,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -229,15 +677,24 @@ fn ratio(x: f64, base: Option<f64>) -> String {
     }
 }
 
-fn print_table(results: &[(Scenario, LoadReport)], connections: usize) {
+/// The 1-, 5- and 15-minute load averages (Linux), for the record.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn print_table(results: &[(Scenario, LoadReport)], connections: usize, collectors: usize) {
     let bare = results
         .iter()
         .find(|(s, _)| !s.collector)
         .map(|(_, r)| r.requests_per_sec());
     println!();
     println!(
-        "{:<26} {:>6} {:>10} {:>10} {:>11} {:>8} {:>8} {:>8} {:>7} {:>9} {:>12}",
+        "{:<26} {:>10} {:>6} {:>10} {:>10} {:>11} {:>8} {:>8} {:>8} {:>7} {:>9} {:>12}",
         "scenario",
+        "collectors",
         "conns",
         "requests",
         "req/s",
@@ -251,8 +708,13 @@ fn print_table(results: &[(Scenario, LoadReport)], connections: usize) {
     );
     for (s, r) in results {
         println!(
-            "{:<26} {:>6} {:>10} {:>10.0} {:>11.0} {:>8.2} {:>8.2} {:>8} {:>7} {:>9} {:>12}",
+            "{:<26} {:>10} {:>6} {:>10} {:>10.0} {:>11.0} {:>8.2} {:>8.2} {:>8} {:>7} {:>9} {:>12}",
             s.label,
+            if s.collector {
+                collectors.to_string()
+            } else {
+                "-".into()
+            },
             connections,
             r.requests,
             r.requests_per_sec(),
@@ -267,69 +729,38 @@ fn print_table(results: &[(Scenario, LoadReport)], connections: usize) {
         if r.non_2xx() > 0 {
             println!("{:<26} statuses: {:?}", "", r.statuses);
         }
+        if s.collector && collectors > 1 {
+            let spread: Vec<String> = r
+                .by_target
+                .iter()
+                .map(|(a, n)| format!("{a}: {n}"))
+                .collect();
+            println!("{:<26} requests per collector: {}", "", spread.join(", "));
+        }
     }
     println!();
 }
 
-/// Every non-zero `veil_events_dropped_total{reason}`, as `reason=n`.
-fn dropped_by_reason(registry: &Registry) -> String {
-    let mut out = Vec::new();
-    for family in registry.gather() {
-        if family.name() != veil_collector::metrics::names::EVENTS_DROPPED {
-            continue;
-        }
-        for m in family.get_metric() {
-            let n = m.get_counter().get_value();
-            if n > 0.0 {
-                let reason = m
-                    .get_label()
-                    .iter()
-                    .find(|l| l.name() == "reason")
-                    .map_or("?", |l| l.value());
-                out.push(format!("{reason}={n}"));
-            }
-        }
-    }
-    if out.is_empty() {
-        "none".into()
-    } else {
-        out.join(" ")
-    }
-}
-
-/// Shuts the collector down, then compares what was acknowledged with what ClickHouse holds.
-/// Returns whether everything adds up.
-fn verify(
-    rt: &Runtime,
-    running: Running,
-    results: &[(Scenario, LoadReport)],
-) -> anyhow::Result<bool> {
-    let Running {
-        ch,
-        collector,
-        stop,
-        server,
-        ..
-    } = running;
-    let _ = stop.send(());
+/// Shuts the collectors down, then compares what was acknowledged with what ClickHouse holds
+/// and with the sum of the collectors' counters. Returns whether everything adds up.
+fn verify(rt: &Runtime, fleet: Fleet, results: &[(Scenario, LoadReport)]) -> anyhow::Result<bool> {
+    let Fleet { ch, members } = fleet;
+    let addrs: Vec<SocketAddr> = members.iter().map(Member::addr).collect();
     let t = Instant::now();
-    rt.block_on(server)
-        .context("the collector's server task failed")?;
-    let flushed = collector.finish();
+    let (flushed, each) = stop_fleet(rt, members)?;
     eprintln!(
-        "collector stopped in {:.2} s (spool drained into ClickHouse: {flushed})",
+        "{} collector(s) stopped in {:.2} s (spools drained into ClickHouse: {flushed})",
+        each.len(),
         t.elapsed().as_secs_f64()
     );
+    let mut total = Counters::default();
+    for c in &each {
+        total.add(c);
+    }
 
     let on_collector = || results.iter().filter(|(s, _)| s.collector).map(|(_, r)| r);
     let sent: u64 = on_collector().map(|r| r.expected_stored).sum();
     let answered: u64 = on_collector().map(|r| r.reported_accepted).sum();
-    let m = collector.metrics();
-    let accepted: u64 = ["plausible", "native"]
-        .iter()
-        .map(|e| m.events_accepted.with_label_values(&[e]).get())
-        .sum();
-    let written = m.events_written.get();
     let found: u64 = rt
         .block_on(
             ch.client()
@@ -338,47 +769,69 @@ fn verify(
         )
         .context("counting rows in ClickHouse")?;
 
-    println!("verification (database {}):", ch.database);
+    let n = each.len();
+    let of_all = if n > 1 {
+        " (sum of all collectors)"
+    } else {
+        ""
+    };
+    println!("verification (database {}, {n} collector(s)):", ch.database);
     println!("  expected stored (2xx, registered site, not a bot, no opt-out): {sent}");
     println!("  accepted according to the answers:                           {answered}");
-    println!("  veil_events_accepted_total:                                  {accepted}");
-    println!("  veil_events_written_total:                                   {written}");
+    println!(
+        "  veil_events_accepted_total:                                  {}{of_all}",
+        total.accepted
+    );
+    println!(
+        "  veil_events_written_total:                                   {}{of_all}",
+        total.written
+    );
     println!("  rows in ClickHouse (SELECT count() FROM events):             {found}");
+    if n > 1 {
+        for (a, c) in addrs.iter().zip(&each) {
+            println!(
+                "    collector {a}: accepted {}, written {}",
+                c.accepted, c.written
+            );
+        }
+    }
+    println!("  veil_events_dropped_total: {}", total.dropped_by_reason());
+    let lookups = (total.ua_hits + total.ua_misses).max(1);
     println!(
-        "  veil_events_dropped_total: {}",
-        dropped_by_reason(collector.registry())
+        "  user-agent cache: {} hits, {} misses, hit rate {:.2} %",
+        total.ua_hits,
+        total.ua_misses,
+        100.0 * total.ua_hits as f64 / lookups as f64
     );
-    let (hits, misses) = collector.ua_cache_stats();
-    let total = (hits + misses).max(1);
-    println!(
-        "  user-agent cache: {hits} hits, {misses} misses, hit rate {:.2} %",
-        100.0 * hits as f64 / total as f64
-    );
-    let ok = flushed && found == sent && answered == sent && accepted == sent && written == found;
+    let ok = flushed
+        && found == sent
+        && answered == sent
+        && total.accepted == sent
+        && total.written == found;
     if ok {
-        println!("  OK: every acknowledged event is in ClickHouse");
+        println!("  OK: every acknowledged event is in ClickHouse, exactly once");
     } else {
         println!("  MISMATCH: expected {sent} rows, found {found}");
     }
     Ok(ok)
 }
 
-fn scenarios(args: &Args, bare_addr: SocketAddr, collector: Option<SocketAddr>) -> Vec<Scenario> {
+fn scenarios(args: &Args, bare_addr: SocketAddr, collectors: &[SocketAddr]) -> Vec<Scenario> {
     let mut out = Vec::new();
     if matches!(args.mode, Mode::All | Mode::Bare) {
         out.push(Scenario {
             label: "bare hyper (202, no work)".into(),
             workload: Workload::Plausible,
-            addr: bare_addr,
+            addrs: vec![bare_addr],
             collector: false,
         });
     }
-    if let Some(addr) = collector {
+    if !collectors.is_empty() {
         if matches!(args.mode, Mode::All | Mode::Plausible) {
             out.push(Scenario {
                 label: "POST /api/event".into(),
                 workload: Workload::Plausible,
-                addr,
+                addrs: collectors.to_vec(),
                 collector: true,
             });
         }
@@ -388,7 +841,7 @@ fn scenarios(args: &Args, bare_addr: SocketAddr, collector: Option<SocketAddr>) 
                 workload: Workload::Native {
                     batch: args.batch_size,
                 },
-                addr,
+                addrs: collectors.to_vec(),
                 collector: true,
             });
         }
@@ -396,12 +849,158 @@ fn scenarios(args: &Args, bare_addr: SocketAddr, collector: Option<SocketAddr>) 
     out
 }
 
+/// One run with `n` collectors (none in `--mode bare`) on a fresh database: load, table,
+/// verification.
+fn run_once(
+    args: &Args,
+    store: Option<&Store>,
+    server_rt: &Runtime,
+    client_rt: &Runtime,
+    n: usize,
+    run: usize,
+) -> anyhow::Result<RunOutcome> {
+    let bare_listener = server_rt.block_on(TcpListener::bind("127.0.0.1:0"))?;
+    let bare_addr = bare_listener.local_addr()?;
+    let (bare_stop, bare_stopped) = oneshot::channel::<()>();
+    let bare_task = server_rt.spawn(bare::serve(bare_listener, async move {
+        let _ = bare_stopped.await;
+    }));
+    let fleet = match store {
+        Some(s) => Some(server_rt.block_on(start_fleet(&s.url, args, n, run))?),
+        None => None,
+    };
+    let addrs = fleet.as_ref().map(Fleet::addrs).unwrap_or_default();
+
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let collectors = match (&fleet, args.collector_processes) {
+        (None, _) => String::new(),
+        (Some(_), false) => format!(
+            ", {} collector(s) in-process on the servers' runtime",
+            addrs.len()
+        ),
+        (Some(_), true) => format!(
+            ", {} `veil collector` process(es) ({cores} worker threads each)",
+            addrs.len()
+        ),
+    };
+    eprintln!(
+        "{cores} cores shared by the load generator ({} threads), the servers ({} threads){collectors}{}; load average {}",
+        args.client_threads,
+        args.server_threads,
+        if fleet.is_some() { " and ClickHouse" } else { "" },
+        load_average()
+    );
+    let mut results = Vec::new();
+    let planned = scenarios(args, bare_addr, &addrs);
+    for (i, s) in planned.into_iter().enumerate() {
+        if i > 0 {
+            // Let the writers drain the previous scenario's rows before measuring the next.
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        eprintln!(
+            "{}: {} s over {} connections to {} address(es) …",
+            s.label,
+            args.duration,
+            args.connections,
+            s.addrs.len()
+        );
+        let report = client_rt.block_on(loadgen::run(LoadOptions {
+            addrs: s.addrs.clone(),
+            workload: s.workload,
+            connections: args.connections,
+            duration: Duration::from_secs(args.duration),
+            max_requests: args.max_requests,
+            seed: args.seed.wrapping_add(i as u64),
+            request_timeout: Duration::from_secs(10),
+        }))?;
+        results.push((s, report));
+    }
+    print_table(&results, args.connections, addrs.len());
+
+    let _ = bare_stop.send(());
+    server_rt.block_on(bare_task)?;
+    let ok = match fleet {
+        Some(f) => {
+            let ch = f.ch.clone();
+            let ok = verify(server_rt, f, &results)?;
+            // A managed server takes its data with it; on a server of yours, clean up after a
+            // successful run and keep the evidence after a failed one.
+            if ok && args.clickhouse_url.is_some() {
+                let drop_db = format!("DROP DATABASE IF EXISTS {}", ch.database);
+                server_rt.block_on(ch.server_client().query(&drop_db).execute())?;
+            }
+            ok
+        }
+        None => true,
+    };
+    Ok(RunOutcome {
+        collectors: addrs.len(),
+        results,
+        ok,
+    })
+}
+
+/// The second run against the first, scenario by scenario (the bare server's ratio shows how
+/// much the machine itself drifted between the two).
+fn print_comparison(first: &RunOutcome, second: &RunOutcome) {
+    let (a, b) = (first.collectors, second.collectors);
+    println!();
+    println!("{a} vs {b} collectors, measured in this invocation (ratio = {b} ÷ {a}):");
+    println!(
+        "{:<26} {:>12} {:>12} {:>6} {:>12} {:>12} {:>6} {:>9} {:>9}",
+        "scenario",
+        format!("req/s {a}c"),
+        format!("req/s {b}c"),
+        "ratio",
+        format!("events/s {a}c"),
+        format!("events/s {b}c"),
+        "ratio",
+        format!("p50 {a}c"),
+        format!("p50 {b}c"),
+    );
+    for (s, r1) in &first.results {
+        let Some((_, r2)) = second.results.iter().find(|(t, _)| t.label == s.label) else {
+            continue;
+        };
+        println!(
+            "{:<26} {:>12.0} {:>12.0} {:>6} {:>12.0} {:>12.0} {:>6} {:>9.2} {:>9.2}",
+            s.label,
+            r1.requests_per_sec(),
+            r2.requests_per_sec(),
+            ratio(r2.requests_per_sec(), Some(r1.requests_per_sec())),
+            r1.events_per_sec(),
+            r2.events_per_sec(),
+            ratio(r2.events_per_sec(), Some(r1.events_per_sec())),
+            ms(r1.percentile(50.0)),
+            ms(r2.percentile(50.0)),
+        );
+    }
+    println!(
+        "verified: {a} collector(s) {}, {b} collector(s) {}",
+        if first.ok { "OK" } else { "MISMATCH" },
+        if second.ok { "OK" } else { "MISMATCH" }
+    );
+    println!();
+}
+
 fn run(args: &Args) -> anyhow::Result<bool> {
-    if args.connections == 0 || args.duration == 0 || args.batch_size == 0 {
-        bail!("--connections, --duration and --batch-size must be above 0");
+    if args.connections == 0 || args.duration == 0 || args.batch_size == 0 || args.collectors == 0 {
+        bail!("--connections, --duration, --batch-size and --collectors must be above 0");
+    }
+    let needs_collector = args.mode != Mode::Bare;
+    if args.compare_collectors && !needs_collector {
+        bail!("--compare-collectors needs a mode with collectors (not --mode bare)");
+    }
+    if args.collectors > args.connections {
+        bail!(
+            "--collectors {} would leave some collectors without a connection (--connections {})",
+            args.collectors,
+            args.connections
+        );
     }
     check_mix()?;
-    let needs_collector = args.mode != Mode::Bare;
     // Before any runtime exists: the managed server's parent-death signal follows this thread.
     let store = if needs_collector {
         Some(Store::open(args.clickhouse_url.as_deref())?)
@@ -420,74 +1019,33 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         .enable_all()
         .build()?;
 
-    let bare_listener = server_rt.block_on(TcpListener::bind("127.0.0.1:0"))?;
-    let bare_addr = bare_listener.local_addr()?;
-    let (bare_stop, bare_stopped) = oneshot::channel::<()>();
-    let bare_task = server_rt.spawn(bare::serve(bare_listener, async move {
-        let _ = bare_stopped.await;
-    }));
-    let running = match &store {
-        Some(s) => Some(server_rt.block_on(start_collector(&s.url, args))?),
-        None => None,
+    let plan = if args.compare_collectors {
+        vec![1, args.collectors.max(2)]
+    } else {
+        vec![args.collectors]
     };
-
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    eprintln!(
-        "{cores} cores shared by the load generator ({} threads), the servers ({} threads){}",
-        args.client_threads,
-        args.server_threads,
-        if needs_collector {
-            " and ClickHouse"
-        } else {
-            ""
-        }
-    );
-    let mut results = Vec::new();
-    let planned = scenarios(args, bare_addr, running.as_ref().map(|r| r.addr));
-    for (i, s) in planned.into_iter().enumerate() {
-        if i > 0 {
-            // Let the writer drain the previous scenario's rows before measuring the next.
+    let mut outcomes = Vec::with_capacity(plan.len());
+    for (run, n) in plan.into_iter().enumerate() {
+        if run > 0 {
             std::thread::sleep(Duration::from_secs(2));
         }
-        eprintln!(
-            "{}: {} s over {} connections …",
-            s.label, args.duration, args.connections
-        );
-        let report = client_rt.block_on(loadgen::run(LoadOptions {
-            addr: s.addr,
-            workload: s.workload,
-            connections: args.connections,
-            duration: Duration::from_secs(args.duration),
-            max_requests: args.max_requests,
-            seed: args.seed.wrapping_add(i as u64),
-            request_timeout: Duration::from_secs(10),
-        }))?;
-        results.push((s, report));
+        eprintln!("run {}: {n} collector(s)", run + 1);
+        outcomes.push(run_once(
+            args,
+            store.as_ref(),
+            &server_rt,
+            &client_rt,
+            n,
+            run,
+        )?);
     }
-    print_table(&results, args.connections);
-
-    let _ = bare_stop.send(());
-    server_rt.block_on(bare_task)?;
-    let ok = match running {
-        Some(r) => {
-            let ch = r.ch.clone();
-            let ok = verify(&server_rt, r, &results)?;
-            // A managed server takes its data with it; on a server of yours, clean up after a
-            // successful run and keep the evidence after a failed one.
-            if ok && args.clickhouse_url.is_some() {
-                let drop_db = format!("DROP DATABASE IF EXISTS {}", ch.database);
-                server_rt.block_on(ch.server_client().query(&drop_db).execute())?;
-            }
-            ok
-        }
-        None => true,
-    };
+    if let [first, second] = outcomes.as_slice() {
+        print_comparison(first, second);
+    }
     drop(client_rt);
     drop(server_rt);
     drop(store);
-    Ok(ok)
+    Ok(outcomes.iter().all(|o| o.ok))
 }
 
 fn main() -> ExitCode {
@@ -505,5 +1063,50 @@ fn main() -> ExitCode {
             eprintln!("veil-load: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_from_prometheus_text() {
+        let text = "\
+# HELP veil_events_accepted_total Events queued for storage
+# TYPE veil_events_accepted_total counter
+veil_events_accepted_total{endpoint=\"native\"} 120
+veil_events_accepted_total{endpoint=\"plausible\"} 30
+veil_events_dropped_total{reason=\"bot_crawler\"} 7
+veil_events_dropped_total{reason=\"consent\"} 0
+veil_events_written_total 150
+veil_ua_cache_hits_total 99
+veil_ua_cache_misses_total 1
+veil_http_requests_total{route=\"/api/event\",status=\"202\"} 30
+";
+        let c = Counters::parse(text);
+        assert_eq!(c.accepted, 150);
+        assert_eq!(c.written, 150);
+        assert_eq!((c.ua_hits, c.ua_misses), (99, 1));
+        assert_eq!(c.dropped_by_reason(), "bot_crawler=7");
+        let mut sum = c.clone();
+        sum.add(&c);
+        assert_eq!(sum.accepted, 300);
+        assert_eq!(sum.dropped["bot_crawler"], 14);
+        assert_eq!(Counters::default().dropped_by_reason(), "none");
+    }
+
+    #[test]
+    fn counters_match_the_collectors_rendering() {
+        let registry = Registry::new();
+        let m = veil_collector::metrics::Metrics::new(&registry).unwrap();
+        m.events_accepted
+            .with_label_values(&["plausible"])
+            .inc_by(5);
+        m.events_written.inc_by(4);
+        m.dropped(veil_collector::metrics::DropReason::Consent, 2);
+        let c = Counters::parse(&veil_collector::metrics::render(&registry));
+        assert_eq!((c.accepted, c.written), (5, 4));
+        assert_eq!(c.dropped_by_reason(), "consent=2");
     }
 }
