@@ -472,13 +472,24 @@ impl LocalCluster {
         }
     }
 
-    /// Starts node `i` again on the same ports and data (no-op when running).
+    /// Starts node `i` again on the same ports and data (no-op when running). A server that
+    /// exits while starting is started again, up to three times, as an operator would after a
+    /// crash (right after a SIGKILL its ZooKeeper session may still be alive).
     pub fn restart_node(&mut self, i: usize) -> Result<(), Error> {
         let Some(n) = self.nodes.get_mut(i) else {
             return Err(Error::Config(format!("no node {i}")));
         };
-        if n.server.is_none() {
-            n.server = Some(ManagedClickHouse::start(&n.opts)?);
+        let mut attempt = 0;
+        while n.server.is_none() {
+            attempt += 1;
+            match ManagedClickHouse::start(&n.opts) {
+                Ok(s) => n.server = Some(s),
+                Err(e) if attempt < 3 => {
+                    tracing::warn!(node = i, attempt, error = %e, "node did not start; again");
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

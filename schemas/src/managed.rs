@@ -339,6 +339,15 @@ impl ManagedClickHouse {
         let mut text = String::new();
         for f in ["log/clickhouse-server.err.log", "log/stdout.log"] {
             if let Ok(t) = std::fs::read_to_string(self.dir.join(f)) {
+                // The last errors first (a stack trace's frames alone do not say what failed).
+                let errors: Vec<&str> = t
+                    .lines()
+                    .filter(|l| l.contains("<Error>") || l.contains("Exception"))
+                    .collect();
+                for l in errors.iter().rev().take(3).rev() {
+                    text.push_str(l);
+                    text.push('\n');
+                }
                 let lines: Vec<&str> = t.lines().rev().take(5).collect();
                 for l in lines.into_iter().rev() {
                     text.push_str(l);
