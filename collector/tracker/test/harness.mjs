@@ -24,7 +24,7 @@ export async function startVeil(extraArgs = []) {
   if (!existsSync(bin)) execFileSync("cargo", ["build", "-p", "veil"], { cwd: root, stdio: "inherit" });
   const dir = mkdtempSync(join(tmpdir(), "veil-browser-"));
   const port = await freePort();
-  const child = spawn(bin, ["up", "--site", "example.com", "--min-visitors", "1", "--batch-max-age", "200ms",
+  const child = spawn(bin, ["up", "--site", "example.com", "--min-visitors", "2", "--batch-max-age", "200ms",
     "--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "var"), ...extraArgs], { stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   child.stdout.on("data", (b) => { out += b; });
