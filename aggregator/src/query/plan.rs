@@ -1,14 +1,20 @@
 //! Which rows answer a query, and the SQL that reads them.
 //!
-//! Four sources, chosen per query (docs/ARCHITECTURE.md has the table):
+//! Five sources, chosen per query (docs/ARCHITECTURE.md has the table):
 //!
+//! - [`Source::VisitsDaily`] — per UTC day and dimension value, plain counts (distinct
+//!   visitors, visits, pageviews…): unfiltered reports by at most one visit dimension or page,
+//!   event name or host, or by day/week/month. Visitors over closed days are a sum (hashes
+//!   rotate daily); today and unbuilt days add `uniq` states.
 //! - [`Source::Visits`] — one row per visit. Used when every dimension and filter is a visit or
-//!   visitor property (source, campaign, entry page, country, device…) or time. Closed UTC
-//!   days come from the `visits` table (written by the aggregator's rollup job, latest
-//!   recorded build of each day); days without a build are derived from raw events with the
-//!   same SQL ([`derive_visits`]), so both give the same numbers.
-//! - [`Source::Hourly`] — the `events_hourly` rollup (materialized view): visitors, pageviews
-//!   and events by page, event name, host, goal and time, for time zones with whole-hour offsets.
+//!   visitor property (source, campaign, entry page, country, device…) or time. Days come
+//!   from the `visits` table (written by the aggregator's rollup job, latest recorded build of
+//!   each day; today's only up to its cut, the rest from [`after_cut_events`]); days without
+//!   a build are derived from raw events with the same SQL ([`derive_visits`]), so both give
+//!   the same numbers.
+//! - [`Source::Hourly`] — the event rollups (materialized views), on days the rollup job has
+//!   checked, else raw events in the same shape: visitors, pageviews and events by page, event
+//!   name, host, goal and time, for time zones with whole-hour offsets.
 //! - [`Source::Events`] — raw events: everything else that needs event rows (props, revenue,
 //!   engagement, app performance, realtime).
 //! - [`Source::Joined`] — raw events joined to their visit: event-level dimensions or filters
