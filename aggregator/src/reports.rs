@@ -333,7 +333,7 @@ pub async fn funnel(
     let q = query::parse(qbody.to_string().as_bytes(), site, Utc::now())?;
     // The differencing guard of `/api/v2/query`: filters that select, or leave out, a group
     // under k get no numbers.
-    let too_few = stats::too_few(client, site, &q).await?;
+    let too_few = stats::too_few(client, site, &q, &mut stats::Builds::default()).await?;
     let meta = json!({
         "min_visitors": site.min_visitors,
         "too_few_visitors": too_few,

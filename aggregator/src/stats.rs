@@ -135,6 +135,33 @@ pub async fn visit_builds(
     Ok(out)
 }
 
+/// The recorded visit builds one request's queries read, fetched once per date range: a
+/// request runs up to seven queries over the same range (guard, report, conversion rates,
+/// percentages, and again for a comparison), and checking today's build counts today's events.
+#[derive(Debug, Default)]
+pub struct Builds(Vec<((NaiveDate, NaiveDate), Vec<plan::Build>)>);
+
+impl Builds {
+    /// The builds `q` reads: none when rollups are off or its source reads no builds.
+    async fn for_query(
+        &mut self,
+        client: &clickhouse::Client,
+        site: &SiteView,
+        q: &Query,
+    ) -> Result<Vec<plan::Build>, Error> {
+        if !q.rollups || q.realtime || !plan::uses_builds(plan::source(q, site.child_directed)) {
+            return Ok(Vec::new());
+        }
+        let range = (q.start.date(), q.end.date());
+        if let Some((_, b)) = self.0.iter().find(|(r, _)| *r == range) {
+            return Ok(b.clone());
+        }
+        let b = visit_builds(client, range.0, range.1).await?;
+        self.0.push((range, b.clone()));
+        Ok(b)
+    }
+}
+
 /// One report row before shaping.
 #[derive(Debug, Clone)]
 struct Row {
@@ -153,14 +180,14 @@ struct Report {
     total_k: Option<f64>,
 }
 
-async fn report(client: &clickhouse::Client, site: &SiteView, q: &Query) -> Result<Report, Error> {
+async fn report(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+    builds: &mut Builds,
+) -> Result<Report, Error> {
     let kmin = site.min_visitors;
-    let built =
-        if q.rollups && !q.realtime && plan::uses_builds(plan::source(q, site.child_directed)) {
-            visit_builds(client, q.start.date(), q.end.date()).await?
-        } else {
-            Vec::new()
-        };
+    let built = builds.for_query(client, site, q).await?;
     let foldable = !q.dimensions.is_empty() && q.time_bucket().is_none();
     let sql = plan::sql(q, site, &built, foldable.then_some(kmin));
     let raw = fetch(client, &sql).await?;
@@ -289,6 +316,7 @@ async fn conversion_rates(
     site: &SiteView,
     q: &Query,
     rep: &mut Report,
+    builds: &mut Builds,
 ) -> Result<(), Error> {
     let Some(ci) = q.metrics.iter().position(|m| *m == Metric::ConversionRate) else {
         return Ok(());
@@ -311,11 +339,7 @@ async fn conversion_rates(
         None => None,
     };
     base.order_by = (0..base.dimensions.len()).map(|i| (i, false)).collect();
-    let built = if plan::uses_builds(plan::source(&base, site.child_directed)) && base.rollups {
-        visit_builds(client, base.start.date(), base.end.date()).await?
-    } else {
-        Vec::new()
-    };
+    let built = builds.for_query(client, site, &base).await?;
     let totals = fetch(client, &plan::sql(&base, site, &built, None)).await?;
     let lookup = keyed_totals(&totals, base.dimensions.len());
     for row in &mut rep.rows {
@@ -357,6 +381,7 @@ async fn percentages(
     site: &SiteView,
     q: &Query,
     rep: &mut Report,
+    builds: &mut Builds,
 ) -> Result<(), Error> {
     let Some(pi) = q.metrics.iter().position(|m| *m == Metric::Percentage) else {
         return Ok(());
@@ -365,11 +390,7 @@ async fn percentages(
     t.dimensions.clear();
     t.metrics = vec![Metric::Visitors];
     t.order_by.clear();
-    let built = if plan::uses_builds(plan::source(&t, site.child_directed)) && t.rollups {
-        visit_builds(client, t.start.date(), t.end.date()).await?
-    } else {
-        Vec::new()
-    };
+    let built = builds.for_query(client, site, &t).await?;
     let rows = fetch(client, &plan::sql(&t, site, &built, None)).await?;
     let total = rows
         .first()
@@ -394,6 +415,7 @@ pub async fn too_few(
     client: &clickhouse::Client,
     site: &SiteView,
     q: &Query,
+    builds: &mut Builds,
 ) -> Result<bool, Error> {
     let Some(f) = &q.filter else {
         return Ok(false);
@@ -419,14 +441,14 @@ pub async fn too_few(
         let Some(filter) = filter else { continue };
         let mut fq = q.clone();
         fq.filter = Some(filter);
-        let selected = population(client, site, &fq).await?;
+        let selected = population(client, site, &fq, builds).await?;
         if selected < site.min_visitors as f64 {
             return Ok(true);
         }
         let t = match total {
             Some(t) => t,
             None => {
-                let t = population(client, site, &all).await?;
+                let t = population(client, site, &all, builds).await?;
                 total = Some(t);
                 t
             }
@@ -448,7 +470,12 @@ fn complement_ok(selected: f64, total: f64, k: u64) -> bool {
 
 /// The visitors (events for a child-directed site) `q` counts over its whole range, by the
 /// same k column the reports use.
-async fn population(client: &clickhouse::Client, site: &SiteView, q: &Query) -> Result<f64, Error> {
+async fn population(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+    builds: &mut Builds,
+) -> Result<f64, Error> {
     let mut t = q.clone();
     t.dimensions.clear();
     t.metrics = vec![Metric::Visitors];
@@ -456,11 +483,7 @@ async fn population(client: &clickhouse::Client, site: &SiteView, q: &Query) -> 
         t.metrics = vec![Metric::Events];
     }
     t.order_by.clear();
-    let built = if plan::uses_builds(plan::source(&t, site.child_directed)) && t.rollups {
-        visit_builds(client, t.start.date(), t.end.date()).await?
-    } else {
-        Vec::new()
-    };
+    let built = builds.for_query(client, site, &t).await?;
     let rows = fetch(client, &plan::sql(&t, site, &built, None)).await?;
     Ok(rows
         .first()
@@ -501,7 +524,9 @@ pub async fn run_query(
     q: &Query,
 ) -> Result<Value, Error> {
     let tz = query::timezone(&site.timezone);
-    let guard = too_few(client, site, q).await?;
+    let mut builds = Builds::default();
+    let builds = &mut builds;
+    let guard = too_few(client, site, q, builds).await?;
     let mut rep = if guard {
         Report {
             rows: Vec::new(),
@@ -510,9 +535,9 @@ pub async fn run_query(
             total_k: None,
         }
     } else {
-        let mut r = report(client, site, q).await?;
-        conversion_rates(client, site, q, &mut r).await?;
-        percentages(client, site, q, &mut r).await?;
+        let mut r = report(client, site, q, builds).await?;
+        conversion_rates(client, site, q, &mut r, builds).await?;
+        percentages(client, site, q, &mut r, builds).await?;
         r
     };
     if guard && q.dimensions.is_empty() {
@@ -526,7 +551,7 @@ pub async fn run_query(
     let comparison = match q.compare {
         Some(how) if !guard => {
             let cq = q.comparison(how, tz);
-            let mut c = if too_few(client, site, &cq).await? {
+            let mut c = if too_few(client, site, &cq, builds).await? {
                 Report {
                     rows: Vec::new(),
                     folded: 0,
@@ -534,10 +559,10 @@ pub async fn run_query(
                     total_k: None,
                 }
             } else {
-                report(client, site, &cq).await?
+                report(client, site, &cq, builds).await?
             };
-            conversion_rates(client, site, &cq, &mut c).await?;
-            percentages(client, site, &cq, &mut c).await?;
+            conversion_rates(client, site, &cq, &mut c, builds).await?;
+            percentages(client, site, &cq, &mut c, builds).await?;
             Some((cq, c))
         }
         _ => None,
