@@ -119,11 +119,15 @@ const TABLES: &[(&str, &str)] = &[
     ("events_daily", "day"),
     ("visits_daily", "day"),
     ("visit_open", "day"),
+    ("open_visits", "day"),
 ];
 
 /// `col < the start of day d` with the right type for `col` (`visits`' `day` is a Date).
 fn before_day(table: &str, col: &str, d: NaiveDate) -> String {
-    if matches!(table, "visits" | "visits_daily" | "visit_open") {
+    if matches!(
+        table,
+        "visits" | "visits_daily" | "visit_open" | "open_visits"
+    ) {
         format!("{col} < {}", query::sql::date(d))
     } else {
         format!(

@@ -18,7 +18,8 @@
 use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
 
 use crate::query::plan::{
-    before_cut_events, derive_visits, Build, DAILY_DIMS, EVENT_DAILY_DIMS, VISIT_GAP_SECS,
+    derive_open_visits, derive_visits, DAILY_DIMS, EVENT_DAILY_DIMS, OPEN_VISIT_COLS, VISIT_COLS,
+    VISIT_GAP_SECS,
 };
 use crate::query::sql::{date, utc};
 use crate::stats::fetch;
@@ -61,8 +62,9 @@ fn day_range(d: NaiveDate) -> String {
 /// Writes the visits of `day` matching `cond` (raw-event SQL) under `build`: the `visits`
 /// rows, their `visits_daily` rows, then the record in `visit_builds` (so readers switch to
 /// it only when it is complete), then deletes the day's older builds. With a `cut` (the
-/// current day), only visits over by the cut are written; for each visit still open, its
-/// visitor and start go to `visit_open`, and its hits stay out of the event rows.
+/// current day), only visits over by the cut go to `visits` (and the visit-dimension rows);
+/// each visit still open goes to `open_visits` as it stood at the cut. The event rows (page,
+/// event name, host) hold every hit before the cut.
 async fn build_visits(
     ch: &ClickHouseConfig,
     day: NaiveDate,
@@ -94,18 +96,15 @@ async fn build_visits(
             exec(
                 client,
                 &format!(
-                    "INSERT INTO visit_open (site, day, build, visitor_id, since) \
-                     SELECT site, day, build, visitor_id, start FROM ({visits}) \
-                     WHERE start + duration >= {quiet}"
+                    "INSERT INTO open_visits ({}, {OPEN_VISIT_COLS}) SELECT * FROM ({}) \
+                     WHERE last >= {quiet}",
+                    VISIT_COLS.join(", "),
+                    derive_open_visits(cond, build)
                 ),
             )
             .await?;
         }
     }
-    let events_from = match cut {
-        None => "events".to_string(),
-        Some(c) => before_cut_events("1", &Build { day, build, cut }, c),
-    };
     let pairs: Vec<String> = std::iter::once("('', '')".to_string())
         .chain(DAILY_DIMS.iter().map(|c| format!("('{c}', {c})")))
         .collect();
@@ -137,7 +136,7 @@ async fn build_visits(
              toUInt64({build}), kv.1 AS dim, kv.2 AS value, uniqState(visitor_id), \
              uniqExact(visitor_id), toUInt64(0), countIf(name = 'pageview'), \
              countIf(name != 'engagement'), toUInt64(0), toUInt64(0) \
-             FROM {events_from} ARRAY JOIN [{}] AS kv WHERE {cond} AND bot = '' \
+             FROM events ARRAY JOIN [{}] AS kv WHERE {cond} AND bot = '' \
              GROUP BY site, day, dim, value",
             event_pairs.join(", "),
         ),
@@ -153,7 +152,7 @@ async fn build_visits(
     )
     .await?;
     if build > 1 {
-        for table in ["visits", "visits_daily", "visit_open"] {
+        for table in ["visits", "visits_daily", "open_visits"] {
             exec(
                 client,
                 &format!(
@@ -172,8 +171,8 @@ async fn build_visits(
 const CUT_LAG: Duration = Duration::minutes(2);
 
 /// Builds the current UTC day up to a cut a little before `now` (whole minutes): the visits
-/// over by then (no hit in the 30 minutes before the cut). Readers derive the open visits and
-/// every later hit from raw events ([`crate::query::plan::after_cut_events`]). Skipped when
+/// over by then (no hit in the 30 minutes before the cut), and the open ones as they stood.
+/// Readers add the hits after the cut ([`crate::query::plan::open_visit_rows`]). Skipped when
 /// the day is not 30 minutes old or the latest build already has this cut and as many
 /// events before it. Returns whether it built.
 pub async fn build_today(ch: &ClickHouseConfig, now: NaiveDateTime) -> Result<bool, Error> {

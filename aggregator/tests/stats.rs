@@ -168,8 +168,8 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
     assert_eq!(src(json!({"metrics": ["visitors"], "dimensions": ["event:page"], "include": {"rollups": false}})).await, "events");
     check_reports(&ch, true).await;
     // The current day is built up to a cut: the visits still open at it (B0–B5's second
-    // visit, 14:00) and every hit after it (C0, C1 at 15:00) come from raw events. Pretend the
-    // 20th is today: the answers stay the same.
+    // visit, 14:00) are stored as they stood, and every hit after it (C0, C1 at 15:00) comes
+    // from raw events. Pretend the 20th is today: the answers stay the same.
     let day20 = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
     let at = day20.and_hms_opt(14, 32, 10).unwrap();
     assert!(rollup::build_today(&ch, at).await.unwrap());
@@ -197,7 +197,7 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
     let open: u64 = ch
         .client()
         .query(&format!(
-            "SELECT count() FROM visit_open WHERE day = '2026-11-20' AND build = {} AND since = toDateTime('2026-11-20 14:00:00', 'UTC')",
+            "SELECT count() FROM open_visits WHERE day = '2026-11-20' AND build = {} AND start = toDateTime('2026-11-20 14:00:00', 'UTC')",
             built[0].build
         ))
         .fetch_one()
@@ -787,5 +787,179 @@ async fn every_dimension_and_metric_answers_the_same_from_raw_and_rollups() {
         d["results"][0]["metrics"],
         json!([5, 0, null, 10.5, 0]),
         "{d}"
+    );
+}
+
+/// Today's build stops at a cut; the visits open then are stored as they stood
+/// (`open_visits`) and carried on by the hits after the cut at query time. Every way an open
+/// visit can go on, five visitors each (k = 5), on 2026-11-20 with the cut at 14:30:
+/// - P: `/a` at 14:10, `/b` at 14:35, an engagement at 14:36 — one visit of 26 minutes,
+///   entry `/a`, exit `/b`, no bounce.
+/// - Q: `/q` at 14:05, `/r` at 14:50 — more than 30 minutes apart: two one-page visits.
+/// - R: a Signup event on `/r` at 14:20 (no pageview), `/p2` at 14:40 — one visit, entry and
+///   exit `/p2` (its only pageview), not a bounce (an interactive event).
+/// - S: `/s1` at 14:15, `/s2` at 14:20, nothing after the cut — one visit, exit `/s2`.
+/// - T: `/t` at 14:45 only — a visit that starts after the cut.
+/// - U: `/u` at 09:00 — over long before the cut (a `visits` row of the build).
+#[tokio::test]
+async fn open_visits_carry_on_after_the_cut() {
+    let ch = veil_schemas::testing::fresh_database("stats_open_visits").await;
+    let mut evs = Vec::new();
+    let src = |source: &'static str, e: Ev| Ev { source, ..e };
+    for i in 0..5 {
+        let v = |g: &str| format!("{g}{i}");
+        evs.push(src(
+            "Google",
+            ev(v("P"), "2026-11-20 14:10:00", "pageview", "/a"),
+        ));
+        evs.push(src(
+            "Google",
+            ev(v("P"), "2026-11-20 14:35:00", "pageview", "/b"),
+        ));
+        evs.push(src(
+            "Google",
+            ev(v("P"), "2026-11-20 14:36:00", "engagement", "/b"),
+        ));
+        evs.push(src(
+            "Bing",
+            ev(v("Q"), "2026-11-20 14:05:00", "pageview", "/q"),
+        ));
+        evs.push(src(
+            "Bing",
+            ev(v("Q"), "2026-11-20 14:50:00", "pageview", "/r"),
+        ));
+        evs.push(src(
+            "DuckDuckGo",
+            ev(v("R"), "2026-11-20 14:20:00", "Signup", "/r"),
+        ));
+        evs.push(src(
+            "DuckDuckGo",
+            ev(v("R"), "2026-11-20 14:40:00", "pageview", "/p2"),
+        ));
+        evs.push(src(
+            "Ecosia",
+            ev(v("S"), "2026-11-20 14:15:00", "pageview", "/s1"),
+        ));
+        evs.push(src(
+            "Ecosia",
+            ev(v("S"), "2026-11-20 14:20:00", "pageview", "/s2"),
+        ));
+        evs.push(src(
+            "Qwant",
+            ev(v("T"), "2026-11-20 14:45:00", "pageview", "/t"),
+        ));
+        evs.push(src(
+            "Yahoo!",
+            ev(v("U"), "2026-11-20 09:00:00", "pageview", "/u"),
+        ));
+    }
+    insert(&ch, SITE, &evs).await;
+    let day = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+    assert!(
+        rollup::build_today(&ch, day.and_hms_opt(14, 32, 10).unwrap())
+            .await
+            .unwrap()
+    );
+    let built = stats::visit_builds(&ch.client(), day, day).await.unwrap();
+    assert_eq!(built[0].cut, day.and_hms_opt(14, 30, 0), "{built:?}");
+    let count = |table: &'static str| {
+        let ch = ch.clone();
+        let build = built[0].build;
+        async move {
+            ch.client()
+                .query(&format!(
+                    "SELECT count() FROM {table} WHERE day = '2026-11-20' AND build = {build}"
+                ))
+                .fetch_one::<u64>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count("visits").await, 5, "U's visits are over at the cut");
+    assert_eq!(count("open_visits").await, 20, "P, Q, R and S are open");
+
+    let s = site();
+    // Every report from the build plus the hits after the cut equals the one derived from
+    // raw events alone, and both equal the numbers worked out above.
+    let both = |body: Value| {
+        let ch = ch.clone();
+        let s = s.clone();
+        async move {
+            let mut raw = body.clone();
+            raw["include"] = json!({"rollups": false});
+            let (r, d) = (q(&ch, &s, base(body)).await, q(&ch, &s, base(raw)).await);
+            assert_eq!(r["results"], d["results"], "rollups {r}\nraw {d}");
+            assert_ne!(r["meta"]["source"], "events", "{r}");
+            r
+        }
+    };
+    // visits: P 5, Q 10, R 5, S 5, T 5, U 5 = 35; pageviews 10 + 10 + 5 + 10 + 5 + 5 = 45;
+    // bounces: Q 10, T 5, U 5 = 20 of 35 (57 %); durations: P 26 min, S 5 min, R 20 min.
+    let top = both(
+        json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]}),
+    )
+    .await;
+    assert_eq!(
+        top["results"][0]["metrics"],
+        json!([30, 35, 45, 57, (5 * 1560 + 5 * 300 + 5 * 1200) / 35]),
+        "{top}"
+    );
+    let by = |dim: &'static str| {
+        let both = both.clone();
+        async move {
+            rows(&both(json!({"metrics": ["visits", "bounce_rate"], "dimensions": [dim], "order_by": [[dim, "asc"]]})).await)
+        }
+    };
+    let r = |v: &str, visits: i64, bounce: i64| {
+        (vec![v.to_string()], vec![json!(visits), json!(bounce)])
+    };
+    assert_eq!(
+        by("visit:entry_page").await,
+        vec![
+            r("/a", 5, 0),
+            r("/p2", 5, 0),
+            r("/q", 5, 100),
+            r("/r", 5, 100),
+            r("/s1", 5, 0),
+            r("/t", 5, 100),
+            r("/u", 5, 100)
+        ]
+    );
+    assert_eq!(
+        by("visit:exit_page").await,
+        vec![
+            r("/b", 5, 0),
+            r("/p2", 5, 0),
+            r("/q", 5, 100),
+            r("/r", 5, 100),
+            r("/s2", 5, 0),
+            r("/t", 5, 100),
+            r("/u", 5, 100)
+        ]
+    );
+    assert_eq!(
+        by("visit:source").await,
+        vec![
+            r("Bing", 10, 100),
+            r("DuckDuckGo", 5, 0),
+            r("Ecosia", 5, 0),
+            r("Google", 5, 0),
+            r("Qwant", 5, 100),
+            r("Yahoo!", 5, 100)
+        ]
+    );
+    // Pages count every hit before the cut (the build) and after it.
+    let pages = both(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "order_by": [["event:page", "asc"]]})).await;
+    assert_eq!(rows(&pages).len(), 9, "{pages}");
+    assert_eq!(
+        rows(&pages)[1],
+        (vec!["/b".to_string()], vec![json!(5), json!(5)])
+    );
+    // A filtered report reads visit rows (source `visits`), also with open visits.
+    let filtered = both(json!({"metrics": ["visits", "visit_duration"], "filters": [["is", "visit:entry_page", ["/a", "/p2"]]]})).await;
+    assert_eq!(
+        filtered["results"][0]["metrics"],
+        json!([10, 1380]),
+        "{filtered}"
     );
 }

@@ -120,6 +120,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "daily_rollups",
         sql: include_str!("../migrations/013_daily_rollups.sql"),
     },
+    Migration {
+        version: 14,
+        name: "open_visits",
+        sql: include_str!("../migrations/014_open_visits.sql"),
+    },
 ];
 
 impl Migration {

@@ -9,7 +9,7 @@
 //! - [`Source::Visits`] — one row per visit. Used when every dimension and filter is a visit or
 //!   visitor property (source, campaign, entry page, country, device…) or time. Days come
 //!   from the `visits` table (written by the aggregator's rollup job, latest recorded build of
-//!   each day; today's only up to its cut, the rest from [`after_cut_events`]); days without
+//!   each day; today's only up to its cut, the rest from [`open_visit_rows`]); days without
 //!   a build are derived from raw events with the same SQL ([`derive_visits`]), so both give
 //!   the same numbers.
 //! - [`Source::Hourly`] — the event rollups (materialized views), on days the rollup job has
@@ -87,50 +87,108 @@ impl Build {
 /// later hit more than this after its last one starts a new visit).
 pub const VISIT_GAP_SECS: i64 = 1800;
 
-/// Per visitor whose visit was still open at the cut of build `b`, the start of that visit.
-fn open_visits(site: &str, b: &Build) -> String {
+/// The raw events of partly built day `b` from its cut to the end of the day: the
+/// condition for `events`.
+fn after_cut_cond(site: &str, b: &Build, cut: NaiveDateTime) -> String {
+    let hi = b.day.and_time(chrono::NaiveTime::MIN) + Duration::days(1);
     format!(
-        "(SELECT visitor_id, since FROM visit_open WHERE {} AND day = {} AND build = {})",
+        "{} AND timestamp >= {} AND timestamp < {}",
+        site_cond(site),
+        utc(cut),
+        utc(hi)
+    )
+}
+
+/// The visits of partly built day `b` that its `visits` rows do not hold, with the columns
+/// `cols` (names of [`VISIT_COLS`], `visitor_id` among them): the visits open at the cut
+/// (`open_visits`, each as it stood then) carried on by the hits after the cut, and the
+/// visits that start after the cut.
+///
+/// The hits from the cut on are sessionized like any others; a visitor's first visit there
+/// continues the open visit when it starts at most [`VISIT_GAP_SECS`] after that visit's last
+/// hit, and the parts merge as one visit: start and visit properties of the earlier part, the
+/// entry page of the first part with a pageview (else of the first part), the exit page of
+/// the last part with a pageview (else of the last part), counts added, a bounce when the
+/// whole has at most one pageview and no interactive custom event. `GLOBAL`: in cluster mode
+/// `events` and `open_visits` are Distributed (a visitor's rows live on one shard; the merge
+/// runs where the query started).
+pub fn open_visit_rows(site: &str, b: &Build, cut: NaiveDateTime, cols: &[&str]) -> String {
+    let open_where = format!(
+        "{} AND day = {} AND build = {}",
         site_cond(site),
         date(b.day),
         b.build
-    )
-}
-
-/// The raw events of partly built day `b` that its build does not hold, as a table with
-/// `site`, `visitor_id`, `bot` and `fields` (which must include `timestamp`): every hit from
-/// the cut on, and the hits of the visits still open at the cut. `GLOBAL`: in cluster mode
-/// `events` and `visit_open` are both Distributed, and ClickHouse refuses a distributed
-/// subquery inside a distributed query unless its result is shipped to the shards.
-pub fn after_cut_events(site: &str, b: &Build, cut: NaiveDateTime, fields: &[&str]) -> String {
-    let lo = b.day.and_time(chrono::NaiveTime::MIN);
-    let cols = fields.join(", ");
-    let open = open_visits(site, b);
+    );
+    let first: Vec<&str> = cols
+        .iter()
+        .filter(|c| VISIT_FIRST.contains(c))
+        .copied()
+        .collect();
+    let part_cols = |from_open: bool| -> String {
+        let mut v = vec![
+            "visitor_id".to_string(),
+            if from_open {
+                "toUInt32(0) AS g".to_string()
+            } else {
+                format!(
+                    "if(visit = 1 AND o_last != toDateTime(0) AND start <= o_last + {VISIT_GAP_SECS}, \
+                     toUInt32(0), toUInt32(visit)) AS g"
+                )
+            },
+        ];
+        for (c, s) in [
+            ("start", "s_start"),
+            ("last", "s_last"),
+            ("pageviews", "s_pv"),
+            ("events", "s_ev"),
+            ("inter", "s_inter"),
+            ("entry_page", "s_entry"),
+            ("exit_page", "s_exit"),
+        ] {
+            v.push(format!("{c} AS {s}"));
+        }
+        v.extend(first.iter().map(|c| format!("{c} AS s_{c}")));
+        v.join(", ")
+    };
+    let mut seg_cols = vec![
+        "visitor_id",
+        "visit",
+        "start",
+        "last",
+        "pageviews",
+        "events",
+        "inter",
+        "entry_page",
+        "exit_page",
+    ];
+    seg_cols.extend(first.iter().copied());
+    let segments = derive_visit_cols(&after_cut_cond(site, b, cut), &seg_cols);
+    let mut merged = vec![
+        "visitor_id".to_string(),
+        "min(s_start) AS start".to_string(),
+        "toUInt32(max(s_last) - min(s_start)) AS duration".to_string(),
+        "toUInt32(sum(s_pv)) AS pageviews".to_string(),
+        "toUInt32(sum(s_ev)) AS events".to_string(),
+        "toUInt8(sum(s_pv) <= 1 AND sum(s_inter) = 0) AS bounce".to_string(),
+        "argMin(s_entry, (s_pv = 0, s_start)) AS entry_page".to_string(),
+        "argMax(s_exit, (s_pv > 0, s_last)) AS exit_page".to_string(),
+    ];
+    merged.extend(
+        first
+            .iter()
+            .map(|c| format!("argMin(s_{c}, s_start) AS {c}")),
+    );
     format!(
-        "(SELECT site, visitor_id, bot, {cols} FROM (SELECT site, visitor_id, bot, {cols} FROM events \
-         WHERE {} AND timestamp >= {} AND timestamp < {} AND (timestamp >= {c} \
-         OR visitor_id GLOBAL IN (SELECT visitor_id FROM {open}))) GLOBAL ANY LEFT JOIN {open} \
-         USING visitor_id WHERE timestamp >= {c} OR (since != toDateTime(0) AND timestamp >= since))",
-        site_cond(site),
-        utc(lo),
-        utc(lo + Duration::days(1)),
-        c = utc(cut),
-    )
-}
-
-/// The raw events of day `b` before its cut that are not in a visit open at the cut (the
-/// rollup job's event rows of a partial build; `visit_open` already written for `b`).
-pub fn before_cut_events(site_cond_sql: &str, b: &Build, cut: NaiveDateTime) -> String {
-    let lo = b.day.and_time(chrono::NaiveTime::MIN);
-    format!(
-        "(SELECT site, timestamp, name, pathname, hostname, visitor_id, bot FROM events \
-         GLOBAL ANY LEFT JOIN (SELECT visitor_id, since FROM visit_open WHERE day = {} AND build = {}) \
-         USING visitor_id WHERE {site_cond_sql} AND timestamp >= {} AND timestamp < {} \
-         AND (since = toDateTime(0) OR timestamp < since))",
-        date(b.day),
-        b.build,
-        utc(lo),
-        utc(cut),
+        "SELECT {cols} FROM (SELECT {merged} FROM (\
+         SELECT {open_part} FROM open_visits WHERE {open_where} \
+         UNION ALL \
+         SELECT {seg_part} FROM ({segments}) GLOBAL ANY LEFT JOIN \
+         (SELECT visitor_id, last AS o_last FROM open_visits WHERE {open_where}) USING visitor_id\
+         ) GROUP BY visitor_id, g)",
+        cols = cols.join(", "),
+        merged = merged.join(", "),
+        open_part = part_cols(true),
+        seg_part = part_cols(false),
     )
 }
 
@@ -511,21 +569,15 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
         parts.push(from_daily(false, partial));
         for b in built.iter().filter(|b| days.contains(&b.day)) {
             let Some(cut) = b.cut else { continue };
-            let events = after_cut_events(
-                &q.site,
-                b,
-                cut,
-                &["timestamp", "name", "pathname", "hostname"],
-            );
             let visits = format!(
                 "({})",
-                derive_visit_cols_from(
-                    |fields| after_cut_events(&q.site, b, cut, fields),
-                    "1",
-                    &needed_visit_cols(q)
-                )
+                open_visit_rows(&q.site, b, cut, &needed_visit_cols(q))
             );
-            parts.push(on_the_fly(events, "1".into(), visits));
+            parts.push(on_the_fly(
+                "events".into(),
+                after_cut_cond(&q.site, b, cut),
+                visits,
+            ));
         }
     }
     for (a, b) in rest {
@@ -624,18 +676,17 @@ const HAS_VISITOR: &str = "visitor_id != unhex('00000000000000000000000000000000
 /// One array of sorted hits per (site, visitor) of the events matching `cond`, with a visit
 /// number per hit (`vnum`, the 30-minute rule) and the hit's position (`idx`).
 fn sessionize(cond: &str) -> String {
-    sessionize_from("events", cond, EV_FIELDS)
+    sessionize_fields(cond, EV_FIELDS)
 }
 
-/// [`sessionize`] over the rows of `from` (`events`, or a table of events with the columns
-/// `site`, `visitor_id`, `bot` and `fields`) carrying only `fields` (the first must be
-/// `timestamp`): a query that needs few visit columns sorts far less in memory.
-fn sessionize_from(from: &str, cond: &str, fields: &[&str]) -> String {
+/// [`sessionize`] carrying only `fields` (the first must be `timestamp`): a query that needs
+/// few visit columns sorts far less in memory.
+fn sessionize_fields(cond: &str, fields: &[&str]) -> String {
     format!(
         "SELECT site, visitor_id, evs, arrayEnumerate(evs) AS idx, \
          arrayCumSum(arrayMap((x, j) -> toUInt8(j = 1 OR x.1 - evs[j - 1].1 > {VISIT_GAP_SECS}), evs, arrayEnumerate(evs))) AS vnum \
          FROM (SELECT site, visitor_id, arraySort(groupArray(({fields}))) AS evs \
-         FROM {from} WHERE {cond} AND bot = '' AND {HAS_VISITOR} GROUP BY site, visitor_id)",
+         FROM events WHERE {cond} AND bot = '' AND {HAS_VISITOR} GROUP BY site, visitor_id)",
         fields = fields.join(", ")
     )
 }
@@ -657,11 +708,13 @@ fn visit_aggregates_fields(prefix: &str, fields: &[&str]) -> Vec<String> {
         ),
         format!("toUInt32(countIf({} = 'pageview')) AS {p}pageviews", e("name")),
         format!("toUInt32(countIf({} != 'engagement')) AS {p}events", e("name")),
+        format!("max({}) AS {p}last", e("timestamp")),
         format!(
-            "toUInt8({p}pageviews <= 1 AND countIf({n} NOT IN ('pageview', 'engagement') AND {i} = 1) = 0) AS {p}bounce",
+            "toUInt32(countIf({n} NOT IN ('pageview', 'engagement') AND {i} = 1)) AS {p}inter",
             n = e("name"),
             i = e("interactive")
         ),
+        format!("toUInt8({p}pageviews <= 1 AND {p}inter = 0) AS {p}bounce"),
         format!(
             "if({p}pageviews > 0, argMinIf({pa}, i, {n} = 'pageview'), argMin({pa}, i)) AS {p}entry_page",
             pa = e("pathname"),
@@ -724,11 +777,28 @@ pub const VISIT_COLS: &[&str] = &[
 /// Visit rows (columns [`VISIT_COLS`]) derived from the raw events matching `cond`, tagged
 /// with `build`. The rollup job inserts exactly this into `visits`.
 pub fn derive_visits(cond: &str, build: u64) -> String {
+    derive_visits_with(cond, build, &VISIT_COLS.join(", "))
+}
+
+/// Columns of an `open_visits` row: [`VISIT_COLS`], the last hit's time and the interactive
+/// custom events.
+pub const OPEN_VISIT_COLS: &str = "last, inter";
+
+/// The visits [`derive_visits`] derives, as `open_visits` rows ([`VISIT_COLS`] then
+/// [`OPEN_VISIT_COLS`]).
+pub fn derive_open_visits(cond: &str, build: u64) -> String {
+    derive_visits_with(
+        cond,
+        build,
+        &format!("{}, {OPEN_VISIT_COLS}", VISIT_COLS.join(", ")),
+    )
+}
+
+fn derive_visits_with(cond: &str, build: u64, cols: &str) -> String {
     let aggs = visit_aggregates("");
     format!(
         "SELECT {cols} FROM (SELECT site, toDate(start) AS day, toUInt64({build}) AS build, visitor_id, {aggs} \
          FROM ({s}) ARRAY JOIN evs AS e, idx AS i, vnum AS visit GROUP BY site, visitor_id, visit)",
-        cols = VISIT_COLS.join(", "),
         aggs = aggs.join(", "),
         s = sessionize(cond),
     )
@@ -775,22 +845,19 @@ fn needed_visit_cols(q: &Query) -> Vec<&'static str> {
     cols
 }
 
-/// Visit rows with only `cols`, derived from the raw events matching `cond`.
+/// Visit rows with only `cols`, derived from the raw events matching `cond` (`visit`, the
+/// visit's number among the visitor's, and `last`, `inter` as in `open_visits`, may be asked
+/// for too).
 fn derive_visit_cols(cond: &str, cols: &[&str]) -> String {
-    derive_visit_cols_from(|_| "events".to_string(), cond, cols)
-}
-
-/// [`derive_visit_cols`] over the events table `from(fields)` makes for the fields it needs.
-fn derive_visit_cols_from(from: impl Fn(&[&str]) -> String, cond: &str, cols: &[&str]) -> String {
     let mut fields: Vec<&str> = vec!["timestamp", "name", "pathname", "interactive"];
     fields.extend(cols.iter().filter(|c| VISIT_FIRST.contains(c)).copied());
     let aggs = visit_aggregates_fields("", &fields);
     format!(
-        "SELECT {cols} FROM (SELECT visitor_id, {aggs} \
+        "SELECT {cols} FROM (SELECT visitor_id, visit, {aggs} \
          FROM ({s}) ARRAY JOIN evs AS e, idx AS i, vnum AS visit GROUP BY site, visitor_id, visit)",
         cols = cols.join(", "),
         aggs = aggs.join(", "),
-        s = sessionize_from(&from(&fields), cond, &fields),
+        s = sessionize_fields(cond, &fields),
     )
 }
 
@@ -819,11 +886,7 @@ fn visit_rows(q: &Query, built: &[Build]) -> String {
     // The current day's build ends at its cut: the rest of its visits come from raw events.
     for b in built.iter().filter(|b| have.contains(&b.day)) {
         let Some(cut) = b.cut else { continue };
-        let derived = derive_visit_cols_from(
-            |fields| after_cut_events(&q.site, b, cut, fields),
-            "1",
-            &needed,
-        );
+        let derived = open_visit_rows(&q.site, b, cut, &needed);
         parts.push(format!("SELECT {cols} FROM ({derived}) WHERE {in_range}"));
     }
     if !missing.is_empty() {

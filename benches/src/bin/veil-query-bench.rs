@@ -63,6 +63,12 @@ struct Args {
     /// Regenerate even when a database with the right count exists.
     #[arg(long)]
     regenerate: bool,
+    /// Time only the rollup path (skip the raw-events path, which takes minutes at 50M).
+    #[arg(long)]
+    skip_raw: bool,
+    /// Do not run the rollup job first (use the builds already in the database).
+    #[arg(long)]
+    skip_rollup_job: bool,
 }
 
 const SITE: &str = "bench.example";
@@ -241,17 +247,26 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
         );
         // The rollup job builds the visits of every closed day (as `veil aggregator` does on
         // its schedule); the hourly rollup was filled by its materialized view during the insert.
-        let t = Instant::now();
-        let report = veil_aggregator::rollup::run(agg.clickhouse(), a.days + 1)
-            .await
-            .context("building rollups")?;
-        eprintln!(
-            "veil-query-bench: rollup job: visits of {} day(s) built, {} hourly day(s) repaired in {:.1} s",
-            report.visit_days.len(),
-            report.hourly_days.len(),
-            t.elapsed().as_secs_f64()
-        );
-        let raw = time_set(&agg, &a, false).await?;
+        if !a.skip_rollup_job {
+            let t = Instant::now();
+            let report = veil_aggregator::rollup::run(agg.clickhouse(), a.days + 1)
+                .await
+                .context("building rollups")?;
+            eprintln!(
+                "veil-query-bench: rollup job: visits of {} day(s) built, {} hourly day(s) repaired in {:.1} s",
+                report.visit_days.len(),
+                report.hourly_days.len(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        let raw = if a.skip_raw {
+            standard_set()
+                .into_iter()
+                .map(|(n, _)| (n, Err("skipped (--skip-raw)".to_string())))
+                .collect()
+        } else {
+            time_set(&agg, &a, false).await?
+        };
         let rolled = time_set(&agg, &a, true).await?;
         println!(
             "\n### {} events, 30 days, median of {} runs\n",
