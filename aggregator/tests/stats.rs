@@ -905,7 +905,7 @@ async fn open_visits_carry_on_after_the_cut() {
         "{top}"
     );
     let by = |dim: &'static str| {
-        let both = both.clone();
+        let both = &both;
         async move {
             rows(&both(json!({"metrics": ["visits", "bounce_rate"], "dimensions": [dim], "order_by": [[dim, "asc"]]})).await)
         }
