@@ -120,13 +120,14 @@ const TABLES: &[(&str, &str)] = &[
     ("visits_daily", "day"),
     ("visit_open", "day"),
     ("open_visits", "day"),
+    ("visits_daily_partial", "day"),
 ];
 
 /// `col < the start of day d` with the right type for `col` (`visits`' `day` is a Date).
 fn before_day(table: &str, col: &str, d: NaiveDate) -> String {
     if matches!(
         table,
-        "visits" | "visits_daily" | "visit_open" | "open_visits"
+        "visits" | "visits_daily" | "visit_open" | "open_visits" | "visits_daily_partial"
     ) {
         format!("{col} < {}", query::sql::date(d))
     } else {

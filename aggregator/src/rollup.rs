@@ -105,15 +105,21 @@ async fn build_visits(
             .await?;
         }
     }
+    // Only the current day's rows are read with their uniq states (see 014_open_visits.sql):
+    // a closed day's rows keep an empty one.
+    let (daily, state) = match cut {
+        None => ("visits_daily", "uniqStateIf(visitor_id, 0)"),
+        Some(_) => ("visits_daily_partial", "uniqState(visitor_id)"),
+    };
     let pairs: Vec<String> = std::iter::once("('', '')".to_string())
         .chain(DAILY_DIMS.iter().map(|c| format!("('{c}', {c})")))
         .collect();
     exec(
         client,
         &format!(
-            "INSERT INTO visits_daily (site, day, build, dim, value, visitors, uv, visits, \
+            "INSERT INTO {daily} (site, day, build, dim, value, visitors, uv, visits, \
              pageviews, events, bounces, duration) SELECT site, day, build, kv.1 AS dim, \
-             kv.2 AS value, uniqState(visitor_id), uniqExact(visitor_id), count(), \
+             kv.2 AS value, {state}, uniqExact(visitor_id), count(), \
              sum(pageviews), sum(events), sum(bounce), sum(duration) \
              FROM visits ARRAY JOIN [{}] AS kv WHERE day = {} AND build = {build} \
              GROUP BY site, day, build, dim, value",
@@ -131,9 +137,9 @@ async fn build_visits(
     exec(
         client,
         &format!(
-            "INSERT INTO visits_daily (site, day, build, dim, value, visitors, uv, visits, \
+            "INSERT INTO {daily} (site, day, build, dim, value, visitors, uv, visits, \
              pageviews, events, bounces, duration) SELECT site, toDate(timestamp, 'UTC') AS day, \
-             toUInt64({build}), kv.1 AS dim, kv.2 AS value, uniqState(visitor_id), \
+             toUInt64({build}), kv.1 AS dim, kv.2 AS value, {state}, \
              uniqExact(visitor_id), toUInt64(0), countIf(name = 'pageview'), \
              countIf(name != 'engagement'), toUInt64(0), toUInt64(0) \
              FROM events ARRAY JOIN [{}] AS kv WHERE {cond} AND bot = '' \
@@ -152,7 +158,12 @@ async fn build_visits(
     )
     .await?;
     if build > 1 {
-        for table in ["visits", "visits_daily", "open_visits"] {
+        for table in [
+            "visits",
+            "visits_daily",
+            "visits_daily_partial",
+            "open_visits",
+        ] {
             exec(
                 client,
                 &format!(

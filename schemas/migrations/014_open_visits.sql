@@ -56,3 +56,29 @@ ENGINE = MergeTree
 PARTITION BY toYYYYMMDD(day)
 ORDER BY (site, day, build, visitor_id)
 SETTINGS index_granularity = 8192;
+-- visits_daily_partial: the current day's build's per-dimension rows (the columns of
+-- visits_daily, 013), apart from the closed days' rows because only these are read with
+-- their uniq states (visitors before the cut, merged with those after it): a granule read for
+-- one row deserializes every state in it, and a day's states are large (up to ~256 KB each).
+-- One row per granule, so a report reads only the states of its own dimension. From this
+-- version on, closed days' rows in visits_daily carry an empty state (their `uv` is what is
+-- read).
+CREATE TABLE IF NOT EXISTS visits_daily_partial
+(
+    site      String,
+    day       Date,
+    build     UInt64,
+    dim       String,
+    value     String,
+    visitors  AggregateFunction(uniq, FixedString(16)),
+    uv        UInt64,
+    visits    UInt64,
+    pageviews UInt64,
+    events    UInt64,
+    bounces   UInt64,
+    duration  UInt64
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMMDD(day)
+ORDER BY (site, dim, day, build, value)
+SETTINGS index_granularity = 1;

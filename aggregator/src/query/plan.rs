@@ -178,14 +178,23 @@ pub fn open_visit_rows(site: &str, b: &Build, cut: NaiveDateTime, cols: &[&str])
             .iter()
             .map(|c| format!("argMin(s_{c}, s_start) AS {c}")),
     );
+    // Most open visits get no hit after the cut: they pass through as they are, and only the
+    // visitors seen after the cut are grouped.
+    let after = format!(
+        "(SELECT visitor_id FROM events WHERE {} AND bot = '')",
+        after_cut_cond(site, b, cut)
+    );
+    let cols = cols.join(", ");
     format!(
-        "SELECT {cols} FROM (SELECT {merged} FROM (\
-         SELECT {open_part} FROM open_visits WHERE {open_where} \
+        "SELECT {cols} FROM open_visits WHERE {open_where} AND visitor_id GLOBAL NOT IN {after} \
+         UNION ALL \
+         SELECT {cols} FROM (SELECT {merged} FROM (\
+         SELECT {open_part} FROM open_visits WHERE {open_where} AND visitor_id GLOBAL IN {after} \
          UNION ALL \
          SELECT {seg_part} FROM ({segments}) GLOBAL ANY LEFT JOIN \
-         (SELECT visitor_id, last AS o_last FROM open_visits WHERE {open_where}) USING visitor_id\
+         (SELECT visitor_id, last AS o_last FROM open_visits WHERE {open_where} \
+         AND visitor_id GLOBAL IN {after}) USING visitor_id\
          ) GROUP BY visitor_id, g)",
-        cols = cols.join(", "),
         merged = merged.join(", "),
         open_part = part_cols(true),
         seg_part = part_cols(false),
@@ -478,14 +487,16 @@ fn hourly_rows(q: &Query, built: &[Build]) -> String {
     format!("({})", parts.join(" UNION ALL "))
 }
 
-/// Rows for [`Source::VisitsDaily`], one per UTC day and dimension value and part: `day`,
-/// `value`, `b` (1: a closed day's built row), `uv` (distinct visitors of that day and value,
-/// on built closed days), `st` (the uniq state of the visitor hashes of the other rows),
-/// `visits_n`, `pv_n`, `ev_n`, `bounces_n`, `dur_n`. Visitors are `sum(uv) + uniqMerge(st)`:
-/// days never share a hash, so the closed days add up without merging any state.
+/// Rows for [`Source::VisitsDaily`], one per UTC day and dimension value: `day`, `value`,
+/// `b` (1: a closed day's built row), `dv` (distinct visitors of that day and value), `s`
+/// (their uniq state; empty for a closed day), `visits_n`, `pv_n`, `ev_n`, `bounces_n`,
+/// `dur_n`. Days never share a hash, so a report adds the days' `dv` up. Each day's parts
+/// carry `uv` (a closed day's exact count) or `st` (a uniq state of the visitor hashes of the
+/// other parts), merged once per day.
 ///
 /// Closed built days come from `visits_daily` (plain numbers, no state is read); the current
-/// day's build from `visits_daily` with its states, plus what lies after its cut; other days
+/// day's build from `visits_daily_partial` with its states, plus what lies after its cut
+/// ([`open_visit_rows`] and the hits from the cut on); other days
 /// (without a build, or the edges of a range that is not whole UTC days) from visit rows or
 /// raw events aggregated per day on the fly.
 fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
@@ -504,6 +515,11 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
             .collect()
     };
     let from_daily = |closed: bool, tuples: Vec<String>| {
+        let table = if closed {
+            "visits_daily"
+        } else {
+            "visits_daily_partial"
+        };
         let (b, uv, st, group) = if closed {
             // An aggregate that sees no row is the cheap way to an empty state per row
             // (rows are unique per day and value, so grouping keeps them as they are).
@@ -526,7 +542,7 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
         format!(
             "SELECT day, value, toUInt8({b}) AS b, {uv} AS uv, {st} AS st, {} AS visits_n, \
              {} AS pv_n, {} AS ev_n, {} AS bounces_n, {} AS dur_n \
-             FROM visits_daily PREWHERE {} AND dim = {} AND (day, build) IN ({}){group}",
+             FROM {table} PREWHERE {} AND dim = {} AND (day, build) IN ({}){group}",
             sum("visits"),
             sum("pageviews"),
             sum("events"),
@@ -592,7 +608,19 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
         );
         parts.push(on_the_fly("events".into(), cond, visit_rows(&part, built)));
     }
-    format!("({})", parts.join(" UNION ALL "))
+    // One row per UTC day and value, with the day's distinct visitors as a plain number:
+    // each day's states (today's build and what follows its cut, a day without a build) are
+    // merged here, once; days never share a hash, so the report adds the days up.
+    // `s` keeps the merged state for the k fold's exact union (a report reads it only for
+    // rows under k, whose states are small).
+    format!(
+        "(SELECT day, value, b, uv_sum + finalizeAggregation(s) AS dv, s, visits_n, pv_n, \
+         ev_n, bounces_n, dur_n FROM (SELECT day, value, max(b) AS b, sum(uv) AS uv_sum, \
+         uniqMergeState(st) AS s, sum(visits_n) AS visits_n, sum(pv_n) AS pv_n, \
+         sum(ev_n) AS ev_n, sum(bounces_n) AS bounces_n, sum(dur_n) AS dur_n FROM ({}) \
+         GROUP BY day, value))",
+        parts.join(" UNION ALL ")
+    )
 }
 
 /// Fields of the per-visitor event tuples the visit SQL sorts (index = position + 1).
@@ -1199,9 +1227,9 @@ fn metric_sql(m: Metric, src: Source, q: &Query) -> String {
             Metric::ViewsPerVisit => "round(sum(pv_n) / sum(visits_n), 2)".into(),
             Metric::BounceRate => "round(sum(bounces_n) * 100 / sum(visits_n))".into(),
             Metric::VisitDuration => "round(sum(dur_n) / sum(visits_n))".into(),
-            Metric::SessionsPerUser => "round(sum(visits_n) / (sum(uv) + uniqMerge(st)), 2)".into(),
+            Metric::SessionsPerUser => "round(sum(visits_n) / sum(dv), 2)".into(),
             // Hashes rotate at UTC midnight: visitors of a range are the sum of its days'.
-            _ => "(sum(uv) + uniqMerge(st))".into(),
+            _ => "sum(dv)".into(),
         },
         Source::Hourly => match m {
             Metric::Pageviews => "countMergeIf(hits, name = 'pageview')".into(),
@@ -1256,7 +1284,7 @@ pub fn additive(m: Metric) -> bool {
 /// their `uniq` states, or on built days its lower bound — reach k. Output: `shown` (0 for
 /// the folded row), `d…`, `m…`, `k`, `n` (rows folded).
 pub fn sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> String {
-    let inner = inner_sql(q, site, built, fold.is_some());
+    let inner = inner_sql(q, site, built, fold);
     let Some(kmin) = fold.filter(|_| !q.dimensions.is_empty() && q.time_bucket().is_none()) else {
         return inner;
     };
@@ -1280,9 +1308,10 @@ pub fn sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> St
     select.push(if site.child_directed {
         "sum(k) AS ok".into()
     } else if source(q, false) == Source::VisitsDaily {
-        // Built days carry plain per-day counts, not hashes: their part of the union is at
+        // Closed days carry plain per-day counts, not hashes: their part of the union is at
         // least the sum over days of the largest folded row of each day (days never share a
-        // hash). The other days' part is exact. The sum is a lower bound, so a fold shown
+        // hash). The other days' part is exact (the states of their rows under k: a row at
+        // or over k on some day is never folded). The sum is a lower bound, so a fold shown
         // because of it has at least k visitors; one under it is hidden.
         format!("arraySum(arrayMap(d -> arrayReduce('max', arrayMap(t -> if(t.1 = d, t.2, toUInt64(0)), {a})), arrayDistinct(arrayMap(t -> t.1, {a})))) + uniqMerge(ks) AS ok", a = "groupArrayArray(kd)")
     } else {
@@ -1310,7 +1339,9 @@ pub fn sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> St
     )
 }
 
-fn inner_sql(q: &Query, site: &SiteView, built: &[Build], states: bool) -> String {
+/// The report's rows before folding; with `fold = Some(k)`, also what the fold needs (`ks`,
+/// and `kd` for [`Source::VisitsDaily`]).
+fn inner_sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> String {
     let src = source(q, site.child_directed);
     let mut select: Vec<String> = q
         .dimensions
@@ -1328,26 +1359,26 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[Build], states: bool) -> Strin
         match (src, site.child_directed) {
             (Source::Hourly, true) => "countMerge(hits)",
             (Source::Hourly, false) => "uniqMerge(visitors)",
-            (Source::VisitsDaily, _) => "(sum(uv) + uniqMerge(st))",
+            (Source::VisitsDaily, _) => "sum(dv)",
             (_, true) => "count()",
             (_, false) => "uniq(visitor_id)",
         }
         .to_string()
             + " AS k",
     );
-    if states {
+    if let Some(kmin) = fold {
         select.push(
             match (src, site.child_directed) {
                 (_, true) => "count()",
                 (Source::Hourly, false) => "uniqMergeState(visitors)",
-                (Source::VisitsDaily, false) => "uniqMergeState(st)",
+                (Source::VisitsDaily, false) => "uniqMergeStateIf(s, b = 0 AND dv < {kmin})",
                 (_, false) => "uniqState(visitor_id)",
             }
-            .to_string()
+            .replace("{kmin}", &kmin.to_string())
                 + " AS ks",
         );
         if src == Source::VisitsDaily {
-            select.push("groupArrayIf((day, uv), b = 1) AS kd".into());
+            select.push("groupArrayIf((day, dv), b = 1) AS kd".into());
         }
     }
     let range = format!(
