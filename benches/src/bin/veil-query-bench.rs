@@ -69,6 +69,12 @@ struct Args {
     /// Do not run the rollup job first (use the builds already in the database).
     #[arg(long)]
     skip_rollup_job: bool,
+    /// Minutes of today's latest events left after the cut of today's build (0: the cut the
+    /// rollup job makes now). The job runs every 10 minutes with a cut 2 minutes behind the
+    /// clock, so readers see 2 to 12 minutes of hits after the cut; the default times the
+    /// worst case, just before the next run.
+    #[arg(long, default_value_t = 12)]
+    tail_minutes: u32,
 }
 
 const SITE: &str = "bench.example";
@@ -258,6 +264,39 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
                 report.hourly_days.len(),
                 t.elapsed().as_secs_f64()
             );
+        }
+        if a.tail_minutes > 0 {
+            // Today's build again, with its cut `tail_minutes` before the latest event stored,
+            // as the job would have left it that long before now (the generator's events end
+            // when it ran, which may be a while ago).
+            let latest = veil_aggregator::stats::fetch(
+                &ch.client(),
+                &format!(
+                    "SELECT formatDateTime(max(timestamp), '%Y-%m-%d %H:%M:%S', 'UTC') FROM events \
+                     WHERE site = '{SITE}' AND timestamp >= toStartOfDay(now(), 'UTC')"
+                ),
+            )
+            .await?;
+            let latest = latest
+                .first()
+                .and_then(|r| r.get(0))
+                .and_then(|v| v.as_str())
+                .and_then(|s| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok())
+                .filter(|t| t.date() == chrono::Utc::now().date_naive());
+            match latest {
+                Some(t) => {
+                    let at = t - chrono::Duration::minutes(i64::from(a.tail_minutes) - 2);
+                    veil_aggregator::rollup::build_today(agg.clickhouse(), at).await?;
+                    eprintln!(
+                        "veil-query-bench: today's build cut at {} minutes before the latest event ({t})",
+                        a.tail_minutes
+                    );
+                }
+                None => eprintln!(
+                    "veil-query-bench: no events today (the data was generated on an earlier day): \
+                     today's part is empty; --regenerate for a representative run"
+                ),
+            }
         }
         let raw = if a.skip_raw {
             standard_set()
