@@ -121,6 +121,7 @@ const TABLES: &[(&str, &str)] = &[
     ("visit_open", "day"),
     ("open_visits", "day"),
     ("visits_daily_partial", "day"),
+    ("events_recent", "timestamp"),
 ];
 
 /// `col < the start of day d` with the right type for `col` (`visits`' `day` is a Date).

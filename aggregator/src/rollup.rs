@@ -12,6 +12,9 @@
 //!   closed day the job compares each rollup's hit count with the raw count and rebuilds a day
 //!   that differs (data stored before the rollup existed, or a view that missed inserts).
 //!
+//! - **events_recent**: days before yesterday are dropped (readers need only the hits after
+//!   the current day's cut, and yesterday's until its whole build).
+//!
 //! Days are UTC: visitor hashes rotate at UTC midnight (a visit under way keeps its hash up to
 //! 30 minutes longer, and is cut in two here).
 
@@ -227,14 +230,44 @@ pub async fn build_today(ch: &ClickHouseConfig, now: NaiveDateTime) -> Result<bo
 }
 
 /// Brings the rollups of the closed days of the last `days` days up to date, then builds
-/// today up to a recent cut.
+/// today up to a recent cut, and drops `events_recent`'s days before yesterday.
 pub async fn run(ch: &ClickHouseConfig, days: u32) -> Result<RollupReport, Error> {
     let now = Utc::now().naive_utc();
     let mut report = run_until(ch, now.date(), days).await?;
     if build_today(ch, now).await? {
         report.visit_days.push(now.date());
     }
+    trim_recent(ch, now.date()).await?;
     Ok(report)
+}
+
+/// Drops the partitions of `events_recent` (the hits readers add after today's cut) older
+/// than the day before `today`: yesterday's stay while its build may still be a partial one.
+pub async fn trim_recent(ch: &ClickHouseConfig, today: NaiveDate) -> Result<(), Error> {
+    let client = &ch.client();
+    let keep = today - Duration::days(1);
+    let old = fetch(
+        client,
+        &format!(
+            "SELECT DISTINCT toString(toYYYYMMDD(timestamp)) FROM events_recent WHERE timestamp < {}",
+            utc(keep.and_time(NaiveTime::MIN))
+        ),
+    )
+    .await?;
+    for p in old.iter().filter_map(|r| r.get(0).and_then(|v| v.as_str())) {
+        if !p.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        exec(
+            client,
+            &format!(
+                "ALTER TABLE {} DROP PARTITION {p}",
+                veil_schemas::migrate::mutation_target(ch, "events_recent")
+            ),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// [`run`] with "today" given (days before it are closed).

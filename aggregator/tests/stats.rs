@@ -962,4 +962,29 @@ async fn open_visits_carry_on_after_the_cut() {
         json!([10, 1380]),
         "{filtered}"
     );
+    // The hits after the cut are read from events_recent, which keeps two days: trimming on
+    // the 21st keeps the 20th, on the 22nd drops it.
+    let recent = || {
+        let ch = ch.clone();
+        async move {
+            ch.client()
+                .query("SELECT count() FROM events_recent")
+                .fetch_one::<u64>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        recent().await,
+        55,
+        "every hit is copied by the materialized view"
+    );
+    rollup::trim_recent(&ch, day.succ_opt().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(recent().await, 55);
+    rollup::trim_recent(&ch, day + chrono::Duration::days(2))
+        .await
+        .unwrap();
+    assert_eq!(recent().await, 0);
 }

@@ -87,8 +87,13 @@ impl Build {
 /// later hit more than this after its last one starts a new visit).
 pub const VISIT_GAP_SECS: i64 = 1800;
 
+/// The table the hits after a cut are read from: the last days' events ordered by time
+/// (`014_open_visits.sql`), where `events`, ordered by visitor within a day, would be read
+/// whole.
+const RECENT: &str = "events_recent";
+
 /// The raw events of partly built day `b` from its cut to the end of the day: the
-/// condition for `events`.
+/// condition for [`RECENT`].
 fn after_cut_cond(site: &str, b: &Build, cut: NaiveDateTime) -> String {
     let hi = b.day.and_time(chrono::NaiveTime::MIN) + Duration::days(1);
     format!(
@@ -162,7 +167,7 @@ pub fn open_visit_rows(site: &str, b: &Build, cut: NaiveDateTime, cols: &[&str])
         "exit_page",
     ];
     seg_cols.extend(first.iter().copied());
-    let segments = derive_visit_cols(&after_cut_cond(site, b, cut), &seg_cols);
+    let segments = derive_visit_cols_from(RECENT, &after_cut_cond(site, b, cut), &seg_cols);
     let mut merged = vec![
         "visitor_id".to_string(),
         "min(s_start) AS start".to_string(),
@@ -181,7 +186,7 @@ pub fn open_visit_rows(site: &str, b: &Build, cut: NaiveDateTime, cols: &[&str])
     // Most open visits get no hit after the cut: they pass through as they are, and only the
     // visitors seen after the cut are grouped.
     let after = format!(
-        "(SELECT visitor_id FROM events WHERE {} AND bot = '')",
+        "(SELECT visitor_id FROM {RECENT} WHERE {} AND bot = '')",
         after_cut_cond(site, b, cut)
     );
     let cols = cols.join(", ");
@@ -590,7 +595,7 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
                 open_visit_rows(&q.site, b, cut, &needed_visit_cols(q))
             );
             parts.push(on_the_fly(
-                "events".into(),
+                RECENT.into(),
                 after_cut_cond(&q.site, b, cut),
                 visits,
             ));
@@ -704,17 +709,18 @@ const HAS_VISITOR: &str = "visitor_id != unhex('00000000000000000000000000000000
 /// One array of sorted hits per (site, visitor) of the events matching `cond`, with a visit
 /// number per hit (`vnum`, the 30-minute rule) and the hit's position (`idx`).
 fn sessionize(cond: &str) -> String {
-    sessionize_fields(cond, EV_FIELDS)
+    sessionize_fields("events", cond, EV_FIELDS)
 }
 
-/// [`sessionize`] carrying only `fields` (the first must be `timestamp`): a query that needs
-/// few visit columns sorts far less in memory.
-fn sessionize_fields(cond: &str, fields: &[&str]) -> String {
+/// [`sessionize`] over `from` (`events`, or `events_recent` for the hits after a cut)
+/// carrying only `fields` (the first must be `timestamp`): a query that needs few visit
+/// columns sorts far less in memory.
+fn sessionize_fields(from: &str, cond: &str, fields: &[&str]) -> String {
     format!(
         "SELECT site, visitor_id, evs, arrayEnumerate(evs) AS idx, \
          arrayCumSum(arrayMap((x, j) -> toUInt8(j = 1 OR x.1 - evs[j - 1].1 > {VISIT_GAP_SECS}), evs, arrayEnumerate(evs))) AS vnum \
          FROM (SELECT site, visitor_id, arraySort(groupArray(({fields}))) AS evs \
-         FROM events WHERE {cond} AND bot = '' AND {HAS_VISITOR} GROUP BY site, visitor_id)",
+         FROM {from} WHERE {cond} AND bot = '' AND {HAS_VISITOR} GROUP BY site, visitor_id)",
         fields = fields.join(", ")
     )
 }
@@ -877,6 +883,11 @@ fn needed_visit_cols(q: &Query) -> Vec<&'static str> {
 /// visit's number among the visitor's, and `last`, `inter` as in `open_visits`, may be asked
 /// for too).
 fn derive_visit_cols(cond: &str, cols: &[&str]) -> String {
+    derive_visit_cols_from("events", cond, cols)
+}
+
+/// [`derive_visit_cols`] over the events of table `from`.
+fn derive_visit_cols_from(from: &str, cond: &str, cols: &[&str]) -> String {
     let mut fields: Vec<&str> = vec!["timestamp", "name", "pathname", "interactive"];
     fields.extend(cols.iter().filter(|c| VISIT_FIRST.contains(c)).copied());
     let aggs = visit_aggregates_fields("", &fields);
@@ -885,7 +896,7 @@ fn derive_visit_cols(cond: &str, cols: &[&str]) -> String {
          FROM ({s}) ARRAY JOIN evs AS e, idx AS i, vnum AS visit GROUP BY site, visitor_id, visit)",
         cols = cols.join(", "),
         aggs = aggs.join(", "),
-        s = sessionize_fields(cond, &fields),
+        s = sessionize_fields(from, cond, &fields),
     )
 }
 
