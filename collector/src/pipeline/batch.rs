@@ -13,7 +13,8 @@
 //! never dropped for a ClickHouse outage, they wait on disk, and memory stays flat.
 //!
 //! Exactly-once on a single node: every row carries its batch's `spool_token`. A batch handed
-//! out again after a crash (`Batch::is_replay`) is first looked up in ClickHouse, per day
+//! out again after a crash (`Batch::is_replay`), or retried after a failed insert (which may
+//! have stored its rows before failing), is first looked up in ClickHouse, per day
 //! partition, and only the days not already written are inserted. In cluster mode
 //! (`--clickhouse-cluster`) the sink sends a replayed batch whole instead and ClickHouse's
 //! Replicated insert-block deduplication drops what an earlier attempt already wrote (see
@@ -248,9 +249,13 @@ impl Writer {
             self.metrics.dropped(DropReason::SpoolCorrupt, corrupt);
         }
         let mut backoff = Duration::from_millis(100);
+        // A failed insert may still have stored rows (ClickHouse writes the table's part,
+        // then its materialized views, then answers: a server dying in between, or a broken
+        // connection, fails an insert whose rows are there). Every later attempt looks first.
+        let mut uncertain = batch.is_replay();
         loop {
             let started = Instant::now();
-            let attempt = if batch.is_replay() {
+            let attempt = if uncertain {
                 self.sink.write_missing(&token, &rows)
             } else {
                 self.sink.write(&rows).map(|()| rows.len())
@@ -266,6 +271,7 @@ impl Writer {
                     return true;
                 }
                 Err(e) => {
+                    uncertain = true;
                     self.healthy.store(false, Ordering::Relaxed);
                     self.metrics.clickhouse_errors.inc();
                     tracing::warn!(error = %e, rows = rows.len(), "insert failed; retrying (the batch stays in the spool)");
@@ -374,6 +380,60 @@ mod tests {
         .unwrap());
         assert_eq!(rec.batches.lock().unwrap().iter().sum::<usize>(), 1);
         assert_eq!(m.clickhouse_errors.get(), 3);
+    }
+
+    /// Stores rows by token, like ClickHouse with `spool_token`; its first insert stores the
+    /// rows and then fails, as one does when the answer is lost after the write.
+    #[derive(Clone, Default)]
+    struct LostAnswer {
+        stored: Arc<Mutex<Vec<String>>>,
+        failed_once: Arc<AtomicBool>,
+    }
+
+    impl Sink for LostAnswer {
+        fn write(&mut self, rows: &[EventRow]) -> Result<(), Error> {
+            let mut stored = self.stored.lock().unwrap();
+            stored.extend(rows.iter().map(|r| r.spool_token.clone()));
+            if !self.failed_once.swap(true, Ordering::SeqCst) {
+                return Err(Error::Sink("connection reset after the insert".into()));
+            }
+            Ok(())
+        }
+
+        fn write_missing(&mut self, token: &str, rows: &[EventRow]) -> Result<usize, Error> {
+            if self.stored.lock().unwrap().iter().any(|t| t == token) {
+                return Ok(0);
+            }
+            self.write(rows).map(|()| rows.len())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_a_failed_insert_does_not_write_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LostAnswer::default();
+        let cfg = BatchConfig {
+            max_age: Duration::from_millis(10),
+            ..BatchConfig::default()
+        };
+        let m = Metrics::new(&prometheus::Registry::new()).unwrap();
+        let s2 = sink.clone();
+        let q = BatchQueue::start(
+            &cfg,
+            dir.path(),
+            SpoolConfig::default(),
+            Box::new(move || Ok(Box::new(s2.clone()) as Box<dyn Sink>)),
+            m.clone(),
+        )
+        .unwrap();
+        q.append(&vec![row(); 4]).await.unwrap();
+        assert!(tokio::task::spawn_blocking(
+            move || q.close(Instant::now() + Duration::from_secs(10))
+        )
+        .await
+        .unwrap());
+        assert_eq!(sink.stored.lock().unwrap().len(), 4, "stored once");
+        assert_eq!(m.clickhouse_errors.get(), 1);
     }
 
     #[tokio::test]
