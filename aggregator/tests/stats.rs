@@ -948,6 +948,13 @@ async fn open_visits_carry_on_after_the_cut() {
             r("Yahoo!", 5, 100)
         ]
     );
+    // Visitors alone, by nothing or by a visitor fact: no visit is put together after the
+    // cut, and Q (open, then a new visit after it) and T (only after it) count once.
+    for dims in [json!([]), json!(["visit:country"]), json!(["time:day"])] {
+        let d = both(json!({"metrics": ["visitors"], "dimensions": dims})).await;
+        assert_eq!(d["meta"]["source"], "visits_daily", "{d}");
+        assert_eq!(d["results"][0]["metrics"], json!([30]), "{d}");
+    }
     // Pages count every hit before the cut (the build) and after it.
     let pages = both(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "order_by": [["event:page", "asc"]]})).await;
     assert_eq!(rows(&pages).len(), 9, "{pages}");

@@ -492,6 +492,35 @@ fn hourly_rows(q: &Query, built: &[Build]) -> String {
     format!("({})", parts.join(" UNION ALL "))
 }
 
+/// Visitor facts: derived from the IP address or the user agent, which the visitor hash is
+/// made of, so every hit of a visitor hash has the same value.
+const VISITOR_FACTS: &[&str] = &[
+    "country_code",
+    "region",
+    "city",
+    "isp",
+    "browser",
+    "browser_version",
+    "os",
+    "os_version",
+    "device",
+];
+
+/// For a [`Source::VisitsDaily`] query that reads only visitors (and shares of them), by no
+/// dimension or a visitor fact: the value expression of a hit or visit row. Such a query needs
+/// no visit put together from the hits after today's cut.
+fn visitors_only(q: &Query, which: Option<DailyDim>) -> Option<&'static str> {
+    let value = match which {
+        None => "''",
+        Some(DailyDim::Visit(c)) => VISITOR_FACTS.iter().find(|f| **f == c)?,
+        Some(DailyDim::Event(_)) => return None,
+    };
+    q.metrics
+        .iter()
+        .all(|m| matches!(m, Metric::Visitors | Metric::Percentage))
+        .then_some(value)
+}
+
 /// Rows for [`Source::VisitsDaily`], one per UTC day and dimension value: `day`, `value`,
 /// `b` (1: a closed day's built row), `dv` (distinct visitors of that day and value), `s`
 /// (their uniq state; empty for a closed day), `visits_n`, `pv_n`, `ev_n`, `bounces_n`,
@@ -590,6 +619,38 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
         parts.push(from_daily(false, partial));
         for b in built.iter().filter(|b| days.contains(&b.day)) {
             let Some(cut) = b.cut else { continue };
+            if let Some(value) = visitors_only(q, which) {
+                // The open visits' visitors, and the visitors of the hits after the cut, each
+                // hit labelled with its own value: a visitor's every hit has the visitor's
+                // value, so no visit needs to be put together.
+                let days_value = |from: &str, ts: &str, cond: String| {
+                    format!(
+                        "SELECT toDate({ts}, 'UTC') AS day, {value} AS value, toUInt8(0) AS b, \
+                         toUInt64(0) AS uv, uniqState(visitor_id) AS st, toUInt64(0) AS visits_n, \
+                         toUInt64(0) AS pv_n, toUInt64(0) AS ev_n, toUInt64(0) AS bounces_n, \
+                         toUInt64(0) AS dur_n FROM {from} WHERE {cond} GROUP BY day, value"
+                    )
+                };
+                parts.push(days_value(
+                    "open_visits",
+                    "start",
+                    format!(
+                        "{} AND day = {} AND build = {}",
+                        site_cond(&q.site),
+                        date(b.day),
+                        b.build
+                    ),
+                ));
+                parts.push(days_value(
+                    RECENT,
+                    "timestamp",
+                    format!(
+                        "{} AND bot = '' AND {HAS_VISITOR}",
+                        after_cut_cond(&q.site, b, cut)
+                    ),
+                ));
+                continue;
+            }
             let visits = format!(
                 "({})",
                 open_visit_rows(&q.site, b, cut, &needed_visit_cols(q))
