@@ -67,7 +67,33 @@ fn try_post(addr: SocketAddr, path: &str, body: &str) -> Option<(u16, String)> {
     Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
 }
 
-fn spawn_veil(role: &str, args: &[String], log: &Path) -> Child {
+/// A `veil` child process, killed when dropped: a failing assertion unwinds through the test
+/// and must not leave collectors or the aggregator running.
+struct Veil(Child);
+
+impl std::ops::Deref for Veil {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Veil {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Veil {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn_veil(role: &str, args: &[String], log: &Path) -> Veil {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -82,6 +108,7 @@ fn spawn_veil(role: &str, args: &[String], log: &Path) -> Child {
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
+        .map(Veil)
         .unwrap()
 }
 
