@@ -260,6 +260,56 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
     assert_eq!(top["results"][0]["metrics"], json!([19, 25]), "{top}");
 }
 
+/// Plausible's behavioural filters: visitors who did (or never did) something in the range,
+/// with all their rows.
+#[tokio::test]
+async fn has_done_and_has_not_done_filter_visitors_by_what_they_did() {
+    let ch = veil_schemas::testing::fresh_database("stats_has_done").await;
+    seed(&ch).await;
+    let s = site();
+    let signed_up = json!(["has_done", ["is", "event:goal", ["Signup"]]]);
+    // A0–A4 signed up: 5 visitors, each with `/` and `/pricing` viewed (10 pageviews), from
+    // Google; everyone else (13) did not.
+    let d = q(
+        &ch,
+        &s,
+        base(json!({"metrics": ["visitors", "pageviews", "visits"], "filters": [signed_up]})),
+    )
+    .await;
+    assert_eq!(d["results"][0]["metrics"], json!([5, 10, 5]), "{d}");
+    let d = q(&ch, &s, base(json!({"metrics": ["visitors"], "filters": [["has_not_done", ["is", "event:goal", ["Signup"]]]]}))).await;
+    assert_eq!(d["results"][0]["metrics"], json!([13]), "{d}");
+    // Their pages: what those who did it viewed, not only the rows that matched.
+    let d = q(&ch, &s, base(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "filters": [signed_up]}))).await;
+    assert_eq!(
+        rows(&d),
+        vec![
+            (vec!["/".into()], vec![json!(5), json!(5)]),
+            (vec!["/pricing".into()], vec![json!(5), json!(5)]),
+        ],
+        "{d}"
+    );
+    // Visit metrics by source for those who read the blog (B0–B5: 6 visitors, 12 visits,
+    // all one-page visits), combined with a plain condition.
+    let d = q(&ch, &s, base(json!({"metrics": ["visitors", "visits", "bounce_rate"], "dimensions": ["visit:source"],
+        "filters": [["has_done", ["contains", "event:page", ["/blog"]]], ["is", "visit:country", ["US"]]]}))).await;
+    assert_eq!(
+        rows(&d),
+        vec![(
+            vec!["Direct / None".into()],
+            vec![json!(6), json!(12), json!(100)]
+        )],
+        "{d}"
+    );
+    // The differencing guard holds: the 2 from Hacker News are under k, and so is the
+    // complement of everyone but them.
+    let hn = json!(["has_done", ["is", "event:page", ["/"]]]);
+    let d = q(&ch, &s, base(json!({"metrics": ["visitors"], "filters": [hn, ["is", "visit:source", ["Hacker News"]]]}))).await;
+    assert_eq!(d["meta"]["too_few_visitors"], true, "{d}");
+    let d = q(&ch, &s, base(json!({"metrics": ["visitors"], "filters": [["not", ["has_done", ["is", "event:page", ["/blog/x"]]]]]}))).await;
+    assert_eq!(d["results"][0]["metrics"], json!([12]), "{d}");
+}
+
 #[tokio::test]
 async fn filters_comparisons_time_zones_and_the_differencing_guard() {
     let ch = veil_schemas::testing::fresh_database("stats_filters").await;
@@ -611,6 +661,11 @@ async fn funnels_realtime_csv_export_and_hostile_input() {
     bad(
         base(json!({"metrics": ["visitors"], "order_by": [["x", "desc"]]})),
         "order_by[0]",
+    )
+    .await;
+    bad(
+        base(json!({"metrics": ["visitors"], "filters": [["has_done", ["is", "visit:country", ["DE"]]]]})),
+        "has_done takes event:* conditions",
     )
     .await;
 

@@ -333,6 +333,15 @@ pub enum Filter {
     Or(Vec<Filter>),
     /// Not.
     Not(Box<Filter>),
+    /// Plausible's behavioural filters: `["has_done", filter]` keeps the visitors with at
+    /// least one event in the range matching `filter` (event dimensions only), with all their
+    /// rows; `["has_not_done", filter]` (`not`) the others.
+    HasDone {
+        /// `has_not_done`.
+        not: bool,
+        /// The event condition.
+        inner: Box<Filter>,
+    },
 }
 
 impl Filter {
@@ -341,7 +350,17 @@ impl Filter {
         match self {
             Filter::Cond { .. } => vec![self],
             Filter::And(v) | Filter::Or(v) => v.iter().flat_map(|f| f.conds()).collect(),
-            Filter::Not(f) => f.conds(),
+            Filter::Not(f) | Filter::HasDone { inner: f, .. } => f.conds(),
+        }
+    }
+
+    /// Whether it has a `has_done`/`has_not_done` part (which needs rows with visitor hashes).
+    pub fn behavioural(&self) -> bool {
+        match self {
+            Filter::Cond { .. } => false,
+            Filter::And(v) | Filter::Or(v) => v.iter().any(Filter::behavioural),
+            Filter::Not(f) => f.behavioural(),
+            Filter::HasDone { .. } => true,
         }
     }
 
@@ -424,9 +443,31 @@ fn filter(v: &Value, field: &str, depth: usize, budget: &mut Budget) -> Result<F
                 budget,
             )?)))
         }
+        "has_done" | "has_not_done" => {
+            let inner = a
+                .get(1)
+                .filter(|_| a.len() == 2)
+                .ok_or_else(|| bad(format!("{field}: [\"{op}\", filter] takes one filter")))?;
+            let inner = filter(inner, &format!("{field}[1]"), depth + 1, budget)?;
+            if inner.behavioural() {
+                return Err(bad(format!(
+                    "{field}: {op} cannot contain has_done/has_not_done"
+                )));
+            }
+            if let Some(d) = inner.dims().into_iter().find(|d| d.level() != Level::Event) {
+                return Err(bad(format!(
+                    "{field}: {op} takes event:* conditions (event:name, event:page, event:goal, event:props:…), not {}",
+                    d.name
+                )));
+            }
+            Ok(Filter::HasDone {
+                not: op == "has_not_done",
+                inner: Box::new(inner),
+            })
+        }
         _ => {
             let op = Op::parse(op).ok_or_else(|| {
-                bad(format!("{field}[0]: unknown operator {op:?}; use is, is_not, contains, contains_not, matches, matches_not, and, or, not"))
+                bad(format!("{field}[0]: unknown operator {op:?}; use is, is_not, contains, contains_not, matches, matches_not, and, or, not, has_done, has_not_done"))
             })?;
             if a.len() < 3 || a.len() > 4 {
                 return Err(bad(format!(

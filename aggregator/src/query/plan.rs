@@ -268,6 +268,9 @@ pub fn source(q: &Query, child_directed: bool) -> Source {
 }
 
 fn hourly_ok(q: &Query) -> bool {
+    if q.filter.as_ref().is_some_and(Filter::behavioural) {
+        return false; // rollup rows have no visitor hashes
+    }
     let whole_hours = |t: NaiveDateTime| t.minute() == 0 && t.second() == 0;
     let dims_ok = |d: &Dim| matches!(d.kind, DimKind::Event(_) | DimKind::Goal | DimKind::Time(_));
     q.rollups
@@ -1182,6 +1185,17 @@ fn filter_sql(f: &Filter, src: Source, q: &Query, site: &SiteView) -> String {
                 .join(" OR ")
         ),
         Filter::Not(x) => format!("(NOT {})", filter_sql(x, src, q, site)),
+        // Visitors with a matching event in the query's range (bots excluded, as everywhere).
+        // `GLOBAL`: in cluster mode the set is made once and sent to the shards.
+        Filter::HasDone { not, inner } => format!(
+            "(visitor_id GLOBAL {}IN (SELECT visitor_id FROM events WHERE {} AND timestamp >= {} \
+             AND timestamp < {} AND bot = '' AND {HAS_VISITOR} AND {}))",
+            if *not { "NOT " } else { "" },
+            site_cond(&q.site),
+            utc(q.start),
+            utc(q.end),
+            filter_sql(inner, Source::Events, q, site)
+        ),
         Filter::Cond {
             op,
             dim,
