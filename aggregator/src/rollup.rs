@@ -7,11 +7,14 @@
 //!   see half a build; older builds of the day are deleted afterwards.
 //!   With the visits it writes the day's `visits_daily` rows (per visit dimension, and per
 //!   page, event name and host from the raw events: the exact count of distinct visitor
-//!   hashes, their uniq state, and sums of visits, pageviews, events, bounces, durations).
+//!   hashes and sums of visits, pageviews, events, bounces, durations).
+//! - **today**: built up to a cut two minutes behind the clock ([`build_today`]): the visits
+//!   over by then go to `visits`, those still open to `open_visits` as they stood, and the
+//!   per-dimension rows (with `uniq` states, which readers merge with the hits after the cut)
+//!   to `visits_daily_partial`.
 //! - **events_hourly / events_daily health**: materialized views keep them current; for each
 //!   closed day the job compares each rollup's hit count with the raw count and rebuilds a day
 //!   that differs (data stored before the rollup existed, or a view that missed inserts).
-//!
 //! - **events_recent**: days before yesterday are dropped (readers need only the hits after
 //!   the current day's cut, and yesterday's until its whole build).
 //!
