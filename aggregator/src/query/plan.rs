@@ -68,7 +68,7 @@ pub struct Build {
     /// Its latest recorded build number.
     pub build: u64,
     /// `None` for a closed day's build (the whole day); for the current day, the moment its
-    /// build stops at (see [`after_cut_events`]).
+    /// build stops at (see [`open_visit_rows`]).
     pub cut: Option<NaiveDateTime>,
 }
 
