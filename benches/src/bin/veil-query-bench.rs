@@ -286,10 +286,16 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
             match latest {
                 Some(t) => {
                     let at = t - chrono::Duration::minutes(i64::from(a.tail_minutes) - 2);
-                    veil_aggregator::rollup::build_today(agg.clickhouse(), at).await?;
+                    let started = Instant::now();
+                    let built = veil_aggregator::rollup::build_today(agg.clickhouse(), at).await?;
                     eprintln!(
-                        "veil-query-bench: today's build cut at {} minutes before the latest event ({t})",
-                        a.tail_minutes
+                        "veil-query-bench: today's build cut at {} minutes before the latest event ({t}){}",
+                        a.tail_minutes,
+                        if built {
+                            format!(", built in {:.1} s", started.elapsed().as_secs_f64())
+                        } else {
+                            " (already built)".to_string()
+                        }
                     );
                 }
                 None => eprintln!(
