@@ -110,26 +110,33 @@ fn ch(e: clickhouse::error::Error) -> Error {
     Error::ClickHouse(e.to_string())
 }
 
-/// Tables of per-event data and the column their daily partitions come from, purged together.
-const TABLES: &[(&str, &str)] = &[
-    ("events", "timestamp"),
-    ("events_hourly", "hour"),
-    ("visits", "day"),
-    ("filtered_hourly", "hour"),
-    ("events_daily", "day"),
-    ("visits_daily", "day"),
-    ("visit_open", "day"),
-    ("open_visits", "day"),
-    ("visits_daily_partial", "day"),
-    ("events_recent", "timestamp"),
+/// How a table's day column is typed.
+#[derive(Clone, Copy)]
+enum DayCol {
+    /// A `Date` (the rollup job's per-day tables).
+    Date,
+    /// A `DateTime` (events, and rollups keyed by hour or midnight).
+    DateTime,
+}
+
+/// Tables of per-event data, the column their daily partitions come from and its type,
+/// purged together.
+const TABLES: &[(&str, &str, DayCol)] = &[
+    ("events", "timestamp", DayCol::DateTime),
+    ("events_hourly", "hour", DayCol::DateTime),
+    ("visits", "day", DayCol::Date),
+    ("filtered_hourly", "hour", DayCol::DateTime),
+    ("events_daily", "day", DayCol::DateTime),
+    ("visits_daily", "day", DayCol::Date),
+    ("visit_open", "day", DayCol::Date),
+    ("open_visits", "day", DayCol::Date),
+    ("visits_daily_partial", "day", DayCol::Date),
+    ("events_recent", "timestamp", DayCol::DateTime),
 ];
 
-/// `col < the start of day d` with the right type for `col` (`visits`' `day` is a Date).
-fn before_day(table: &str, col: &str, d: NaiveDate) -> String {
-    if matches!(
-        table,
-        "visits" | "visits_daily" | "visit_open" | "open_visits" | "visits_daily_partial"
-    ) {
+/// `col < the start of day d`, written for the column's type.
+fn before_day(col: &str, kind: DayCol, d: NaiveDate) -> String {
+    if let DayCol::Date = kind {
         format!("{col} < {}", query::sql::date(d))
     } else {
         format!(
@@ -193,8 +200,8 @@ pub async fn purge(
     // The rollups are partitioned by the same UTC day and go with them. Partitions are found
     // through the table itself (in cluster mode the Distributed table, so every shard's
     // count), and dropped on every shard (`mutation_target`).
-    for (table, col) in TABLES {
-        let before = before_day(table, col, oldest_kept);
+    for (table, col, kind) in TABLES {
+        let before = before_day(col, *kind, oldest_kept);
         let parts: Vec<u32> = client
             .query_raw(&format!(
                 "SELECT DISTINCT toYYYYMMDD({col}) FROM {table} WHERE {before}"
@@ -248,12 +255,12 @@ pub async fn purge(
             .await
             .map_err(ch)?;
         if n > 0 {
-            for (table, col) in TABLES {
+            for (table, col, kind) in TABLES {
                 let target = veil_schemas::migrate::mutation_target(cfg, table);
                 let cond = format!(
                     "site = {} AND {}",
                     query::sql::lit(&s.site),
-                    before_day(table, col, keep_from)
+                    before_day(col, *kind, keep_from)
                 );
                 client
                     .query_raw(&format!("ALTER TABLE {target} DELETE WHERE {cond}"))
