@@ -327,7 +327,11 @@ mod tests {
         }
     }
 
-    fn start(dir: &std::path::Path, cfg: BatchConfig, rec: Recorder) -> (BatchQueue, Metrics) {
+    fn start<S: Sink + Clone + Sync>(
+        dir: &std::path::Path,
+        cfg: BatchConfig,
+        rec: S,
+    ) -> (BatchQueue, Metrics) {
         let m = Metrics::new(&prometheus::Registry::new()).unwrap();
         let q = BatchQueue::start(
             &cfg,
@@ -416,16 +420,7 @@ mod tests {
             max_age: Duration::from_millis(10),
             ..BatchConfig::default()
         };
-        let m = Metrics::new(&prometheus::Registry::new()).unwrap();
-        let s2 = sink.clone();
-        let q = BatchQueue::start(
-            &cfg,
-            dir.path(),
-            SpoolConfig::default(),
-            Box::new(move || Ok(Box::new(s2.clone()) as Box<dyn Sink>)),
-            m.clone(),
-        )
-        .unwrap();
+        let (q, m) = start(dir.path(), cfg, sink.clone());
         q.append(&vec![row(); 4]).await.unwrap();
         assert!(tokio::task::spawn_blocking(
             move || q.close(Instant::now() + Duration::from_secs(10))
