@@ -109,100 +109,74 @@ fn after_cut_cond(site: &str, b: &Build, cut: NaiveDateTime) -> String {
 /// (`open_visits`, each as it stood then) carried on by the hits after the cut, and the
 /// visits that start after the cut.
 ///
-/// The hits from the cut on are sessionized like any others; a visitor's first visit there
-/// continues the open visit when it starts at most [`VISIT_GAP_SECS`] after that visit's last
-/// hit, and the parts merge as one visit: start and visit properties of the earlier part, the
-/// entry page of the first part with a pageview (else of the first part), the exit page of
-/// the last part with a pageview (else of the last part), counts added, a bounce when the
-/// whole has at most one pageview and no interactive custom event. `GLOBAL`: in cluster mode
-/// `events` and `open_visits` are Distributed (a visitor's rows live on one shard; the merge
-/// runs where the query started).
+/// Each open visit enters as one element of its visitor's sorted timeline, before every hit
+/// after the cut (it started before the cut), with its last hit's time and its counts; each
+/// later hit is an element of its own. The 30-minute rule then splits the timeline into
+/// visits as it splits raw hits (an element more than [`VISIT_GAP_SECS`] after the previous
+/// element's last hit starts a visit), so a visitor's first visit after the cut continues the
+/// open visit when it starts at most that long after the open visit's last hit. A visit's
+/// start and visit properties are its first element's, its entry page the first element's with
+/// a pageview (else the first element's), its exit page the last such element's, counts add
+/// up, a bounce is at most one pageview and no interactive custom event. Hits at the same time
+/// sort as [`derive_visit_cols`] sorts them, so both give the same visits.
+///
+/// One pass over both tables and no join, so `GLOBAL` is not needed in cluster mode (the
+/// grouping runs where the query started, over the rows every shard sends).
 pub fn open_visit_rows(site: &str, b: &Build, cut: NaiveDateTime, cols: &[&str]) -> String {
-    let open_where = format!(
-        "{} AND day = {} AND build = {}",
-        site_cond(site),
-        date(b.day),
-        b.build
-    );
     let first: Vec<&str> = cols
         .iter()
         .filter(|c| VISIT_FIRST.contains(c))
         .copied()
         .collect();
-    let part_cols = |from_open: bool| -> String {
-        let mut v = vec![
-            "visitor_id".to_string(),
-            if from_open {
-                "toUInt32(0) AS g".to_string()
-            } else {
-                format!(
-                    "if(visit = 1 AND o_last != toDateTime(0) AND start <= o_last + {VISIT_GAP_SECS}, \
-                     toUInt32(0), toUInt32(visit)) AS g"
-                )
-            },
-        ];
-        for (c, s) in [
-            ("start", "s_start"),
-            ("last", "s_last"),
-            ("pageviews", "s_pv"),
-            ("events", "s_ev"),
-            ("inter", "s_inter"),
-            ("entry_page", "s_entry"),
-            ("exit_page", "s_exit"),
-        ] {
-            v.push(format!("{c} AS {s}"));
-        }
-        v.extend(first.iter().map(|c| format!("{c} AS s_{c}")));
-        v.join(", ")
-    };
-    let mut seg_cols = vec![
-        "visitor_id",
-        "visit",
-        "start",
-        "last",
-        "pageviews",
-        "events",
-        "inter",
-        "entry_page",
-        "exit_page",
-    ];
-    seg_cols.extend(first.iter().copied());
-    let segments = derive_visit_cols_from(RECENT, &after_cut_cond(site, b, cut), &seg_cols);
-    let mut merged = vec![
-        "visitor_id".to_string(),
-        "min(s_start) AS start".to_string(),
-        "toUInt32(max(s_last) - min(s_start)) AS duration".to_string(),
-        "toUInt32(sum(s_pv)) AS pageviews".to_string(),
-        "toUInt32(sum(s_ev)) AS events".to_string(),
-        "toUInt8(sum(s_pv) <= 1 AND sum(s_inter) = 0) AS bounce".to_string(),
-        "argMin(s_entry, (s_pv = 0, s_start)) AS entry_page".to_string(),
-        "argMax(s_exit, (s_pv > 0, s_last)) AS exit_page".to_string(),
-    ];
-    merged.extend(
-        first
-            .iter()
-            .map(|c| format!("argMin(s_{c}, s_start) AS {c}")),
+    // Element fields: time, name, path, interactive (the raw sort order), the first-hit
+    // columns, then last hit, pageviews, events, interactive events, entry and exit page.
+    let mut fields: Vec<&str> = vec!["ts", "nm", "pa", "ia"];
+    fields.extend(first.iter().copied());
+    fields.extend(["l", "pv", "ev", "it", "en", "ex"]);
+    let x = |f: &str| ef(f, &fields);
+    let firsts: String = first.iter().map(|c| format!(", {c}")).collect();
+    let open = format!(
+        "SELECT visitor_id, start AS ts, '' AS nm, '' AS pa, toUInt8(0) AS ia{firsts}, last AS l, \
+         pageviews AS pv, events AS ev, inter AS it, entry_page AS en, exit_page AS ex \
+         FROM open_visits WHERE {} AND day = {} AND build = {}",
+        site_cond(site),
+        date(b.day),
+        b.build
     );
-    // Most open visits get no hit after the cut: they pass through as they are, and only the
-    // visitors seen after the cut are grouped.
-    let after = format!(
-        "(SELECT visitor_id FROM {RECENT} WHERE {} AND bot = '')",
+    let hits = format!(
+        "SELECT visitor_id, timestamp, name, pathname, interactive{firsts}, timestamp, \
+         toUInt32(name = 'pageview'), toUInt32(name != 'engagement'), \
+         toUInt32(name NOT IN ('pageview', 'engagement') AND interactive = 1), pathname, pathname \
+         FROM {RECENT} WHERE {} AND bot = '' AND {HAS_VISITOR}",
         after_cut_cond(site, b, cut)
     );
-    let cols = cols.join(", ");
+    let mut aggs = vec![
+        "visitor_id".to_string(),
+        format!("min({}) AS start", x("ts")),
+        format!("toUInt32(max({}) - min({})) AS duration", x("l"), x("ts")),
+        format!("toUInt32(sum({})) AS pageviews", x("pv")),
+        format!("toUInt32(sum({})) AS events", x("ev")),
+        format!(
+            "toUInt8(sum({}) <= 1 AND sum({}) = 0) AS bounce",
+            x("pv"),
+            x("it")
+        ),
+        format!("argMin({}, ({} = 0, i)) AS entry_page", x("en"), x("pv")),
+        format!("argMax({}, ({} > 0, i)) AS exit_page", x("ex"), x("pv")),
+    ];
+    aggs.extend(first.iter().map(|c| format!("argMin({}, i) AS {c}", x(c))));
     format!(
-        "SELECT {cols} FROM open_visits WHERE {open_where} AND visitor_id GLOBAL NOT IN {after} \
-         UNION ALL \
-         SELECT {cols} FROM (SELECT {merged} FROM (\
-         SELECT {open_part} FROM open_visits WHERE {open_where} AND visitor_id GLOBAL IN {after} \
-         UNION ALL \
-         SELECT {seg_part} FROM ({segments}) GLOBAL ANY LEFT JOIN \
-         (SELECT visitor_id, last AS o_last FROM open_visits WHERE {open_where} \
-         AND visitor_id GLOBAL IN {after}) USING visitor_id\
-         ) GROUP BY visitor_id, g)",
-        merged = merged.join(", "),
-        open_part = part_cols(true),
-        seg_part = part_cols(false),
+        "SELECT {cols} FROM (SELECT {aggs} FROM (\
+         SELECT visitor_id, evs, arrayEnumerate(evs) AS idx, \
+         arrayCumSum(arrayMap((x, j) -> toUInt8(j = 1 OR x.1 - evs[j - 1].{l} > {VISIT_GAP_SECS}), \
+         evs, arrayEnumerate(evs))) AS vnum \
+         FROM (SELECT visitor_id, arraySort(groupArray(({fields}))) AS evs \
+         FROM ({open} UNION ALL {hits}) GROUP BY visitor_id)) \
+         ARRAY JOIN evs AS e, idx AS i, vnum AS visit GROUP BY visitor_id, visit)",
+        cols = cols.join(", "),
+        aggs = aggs.join(", "),
+        l = fields.iter().position(|f| *f == "l").unwrap_or(0) + 1,
+        fields = fields.join(", "),
     )
 }
 
