@@ -6,8 +6,9 @@
 //! that already holds exactly that many events for the site is reused, so repeated runs skip
 //! the generation), then times each query of the dashboard's first screen through
 //! `veil_aggregator::Aggregator::query` — the same code path as `POST /api/v2/query`, without
-//! HTTP — and prints the median of `--runs` runs (after one warm-up run) and the full set's
-//! total:
+//! HTTP — and prints the median of `--runs` runs (after one warm-up run), the full set's
+//! total, and the median time of a dashboard load (the six sent at once, as the dashboard's
+//! panels fetch them, until the last answer):
 //!
 //! | query | body |
 //! |---|---|
@@ -235,6 +236,35 @@ async fn time_set(agg: &Aggregator, a: &Args, rollups: bool) -> Result<Timings> 
     Ok(out)
 }
 
+/// The standard set as the dashboard loads it: all six queries sent at once (its panels fetch
+/// concurrently), rollups path. The median over `runs` loads (after one warm-up load) of the
+/// time until the last answer arrived.
+async fn time_load(agg: &Aggregator, runs: usize) -> Result<Duration> {
+    let bodies: Vec<Vec<u8>> = standard_set()
+        .iter()
+        .map(|(_, b)| serde_json::to_vec(b))
+        .collect::<Result<_, _>>()?;
+    let mut times = Vec::new();
+    for i in 0..=runs {
+        let t = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for b in &bodies {
+            let (agg, b) = (agg.clone(), b.clone());
+            set.spawn(async move { agg.query(&b, chrono::Utc::now()).await });
+        }
+        while let Some(r) = set.join_next().await {
+            let resp = r.context("a query task failed")??;
+            if !resp.status().is_success() {
+                bail!("a query of the dashboard load answered HTTP {}", resp.status());
+            }
+        }
+        if i > 0 {
+            times.push(t.elapsed());
+        }
+    }
+    Ok(median(times))
+}
+
 async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
     let sizes: Vec<u64> = a
         .sizes
@@ -313,6 +343,7 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
             time_set(&agg, &a, false).await?
         };
         let rolled = time_set(&agg, &a, true).await?;
+        let load = time_load(&agg, a.runs).await?;
         println!(
             "\n### {} events, 30 days, median of {} runs\n",
             label(size),
@@ -345,6 +376,10 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
             mark(okr),
             mark(okq)
         );
+        println!(
+            "| **dashboard load** (the six at once, as the dashboard sends them) | | **{:.1}** |",
+            ms(load)
+        );
         let as_json = |t: &Timings| {
             t.iter()
                 .map(|(n, r)| json!({"query": n, "median_ms": r.as_ref().ok().map(|(d, _)| ms(*d)), "runs": r.as_ref().ok().map(|(_, k)| *k), "error": r.as_ref().err()}))
@@ -359,6 +394,7 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
                 "rollups": as_json(&rolled),
                 "raw_total_ms": tr,
                 "rollups_total_ms": tq,
+                "dashboard_load_ms": ms(load),
             })
         );
     }
