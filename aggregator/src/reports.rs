@@ -84,7 +84,9 @@ pub async fn route(
             async {
                 post_only(req.method())?;
                 let site = readable(agg, access, &stats::site_id(req.body())?)?;
-                let (q, doc) = stats::run(agg.client(), &site, req.body(), Utc::now()).await?;
+                let (q, doc) =
+                    stats::run(agg.client(), &site, req.body(), Utc::now(), agg.snapshots())
+                        .await?;
                 if path.ends_with(".csv") || wants_csv(req) {
                     Ok(bytes_response(
                         "text/csv; charset=utf-8",
@@ -257,14 +259,21 @@ pub async fn realtime(client: &clickhouse::Client, site: &SiteView) -> Result<Va
     let mut five = query::parse(body("[]", &format!("[\"{metric}\"]")).as_bytes(), site, now)?;
     // The same minute-snapped end as the 30-minute window (see `query::parse`).
     five.start = five.end - chrono::Duration::minutes(5);
-    let five = stats::run_query(client, site, &five).await?;
-    let (_, thirty) =
-        stats::run(client, site, body("[]", "[\"pageviews\"]").as_bytes(), now).await?;
+    let five = stats::run_query(client, site, &five, None).await?;
+    let (_, thirty) = stats::run(
+        client,
+        site,
+        body("[]", "[\"pageviews\"]").as_bytes(),
+        now,
+        None,
+    )
+    .await?;
     let (_, pages) = stats::run(
         client,
         site,
         body("[\"event:page\"]", &format!("[\"{metric}\"]")).as_bytes(),
         now,
+        None,
     )
     .await?;
     let top: Vec<Value> = pages["results"]
@@ -513,7 +522,7 @@ pub async fn export(
             lit_json(&site.domain),
             lit_json(dim)
         );
-        let (q, doc) = stats::run(client, site, body.as_bytes(), Utc::now()).await?;
+        let (q, doc) = stats::run(client, site, body.as_bytes(), Utc::now(), None).await?;
         files.push((name.to_string(), stats::to_csv(&q, &doc)));
     }
     let mut buf = std::io::Cursor::new(Vec::new());

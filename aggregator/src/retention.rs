@@ -132,6 +132,8 @@ const TABLES: &[(&str, &str, DayCol)] = &[
     ("open_visits", "day", DayCol::Date),
     ("visits_daily_partial", "day", DayCol::Date),
     ("events_recent", "timestamp", DayCol::DateTime),
+    ("today_daily", "day", DayCol::Date),
+    ("today_snaps", "day", DayCol::Date),
 ];
 
 /// `col < the start of day d`, written for the column's type.

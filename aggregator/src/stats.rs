@@ -25,7 +25,9 @@ use serde_json::{json, Map, Value};
 
 use crate::query::{self, plan, Dim, DimKind, Filter, Metric, Query};
 use crate::site::SiteView;
+use crate::snapshot::Snapshots;
 use crate::Error;
+use std::sync::Arc;
 
 /// The `site_id` of a request body, before anything else is checked (to find the site).
 pub fn site_id(body: &[u8]) -> Result<String, Error> {
@@ -92,6 +94,19 @@ pub async fn visit_builds(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Vec<plan::Build>, Error> {
+    visit_builds_for(client, from, to, None).await
+}
+
+/// [`visit_builds`], and for `Some((snapshots, site))` the fresh snapshot of the current
+/// day's build (`Build::snap`). A build with a fresh snapshot is not checked for late hits
+/// again: the snapshot was taken from it while it was trusted, at most the snapshots' maximum
+/// age ago, and a report that reads it shows the day as it was then.
+async fn visit_builds_for(
+    client: &clickhouse::Client,
+    from: NaiveDate,
+    to: NaiveDate,
+    snapshots: Option<(&Arc<Snapshots>, &str)>,
+) -> Result<Vec<plan::Build>, Error> {
     let rows = fetch(
         client,
         &format!(
@@ -113,9 +128,26 @@ pub async fn visit_builds(
                     .ok()
                     .filter(|c| c.date() == day);
             let events = number(r.get(3)?)?;
-            Some((plan::Build { day, build, cut }, events))
+            Some((
+                plan::Build {
+                    day,
+                    build,
+                    cut,
+                    snap: None,
+                },
+                events,
+            ))
         })();
-        let Some((b, events)) = parsed else { continue };
+        let Some((mut b, events)) = parsed else {
+            continue;
+        };
+        if let (Some((snaps, site)), Some(cut)) = (snapshots, b.cut) {
+            if let Some(at) = snaps.usable(client, site, &b, cut).await? {
+                b.snap = Some(at);
+                out.push(b);
+                continue;
+            }
+        }
         if let Some(cut) = b.cut {
             let now = fetch(
                 client,
@@ -139,9 +171,22 @@ pub async fn visit_builds(
 /// request runs up to seven queries over the same range (guard, report, conversion rates,
 /// percentages, and again for a comparison), and checking today's build counts today's events.
 #[derive(Debug, Default)]
-pub struct Builds(Vec<((NaiveDate, NaiveDate), Vec<plan::Build>)>);
+pub struct Builds {
+    /// Builds by date range and whether today's snapshot was looked up.
+    seen: Vec<((NaiveDate, NaiveDate, bool), Vec<plan::Build>)>,
+    snapshots: Option<Arc<Snapshots>>,
+}
 
 impl Builds {
+    /// Builds for one request; reports by day and dimension read today's fresh snapshot
+    /// ([`crate::snapshot`]) when `snapshots` is given.
+    pub fn new(snapshots: Option<Arc<Snapshots>>) -> Self {
+        Self {
+            seen: Vec::new(),
+            snapshots,
+        }
+    }
+
     /// The builds `q` reads: none when rollups are off or its source reads no builds.
     async fn for_query(
         &mut self,
@@ -149,15 +194,22 @@ impl Builds {
         site: &SiteView,
         q: &Query,
     ) -> Result<Vec<plan::Build>, Error> {
-        if !q.rollups || q.realtime || !plan::uses_builds(plan::source(q, site.child_directed)) {
+        let src = plan::source(q, site.child_directed);
+        if !q.rollups || q.realtime || !plan::uses_builds(src) {
             return Ok(Vec::new());
         }
-        let range = (q.start.date(), q.end.date());
-        if let Some((_, b)) = self.0.iter().find(|(r, _)| *r == range) {
+        let snap = self.snapshots.is_some() && src == plan::Source::VisitsDaily;
+        let key = (q.start.date(), q.end.date(), snap);
+        if let Some((_, b)) = self.seen.iter().find(|(k, _)| *k == key) {
             return Ok(b.clone());
         }
-        let b = visit_builds(client, range.0, range.1).await?;
-        self.0.push((range, b.clone()));
+        let snapshots = self
+            .snapshots
+            .as_ref()
+            .filter(|_| snap)
+            .map(|s| (s, site.domain.as_str()));
+        let b = visit_builds_for(client, key.0, key.1, snapshots).await?;
+        self.seen.push((key, b.clone()));
         Ok(b)
     }
 }
@@ -506,25 +558,30 @@ fn change(m: Metric, now: Option<f64>, before: Option<f64>) -> Value {
 }
 
 /// The parsed query and its response document.
+///
+/// With `snapshots`, reports by day and dimension read the current day from a fresh snapshot
+/// when there is one ([`crate::snapshot`]); without, always live.
 pub async fn run(
     client: &clickhouse::Client,
     site: &SiteView,
     body: &[u8],
     now: DateTime<Utc>,
+    snapshots: Option<&Arc<Snapshots>>,
 ) -> Result<(Query, Value), Error> {
     let q = query::parse(body, site, now)?;
-    let doc = run_query(client, site, &q).await?;
+    let doc = run_query(client, site, &q, snapshots).await?;
     Ok((q, doc))
 }
 
-/// Runs a checked query.
+/// Runs a checked query (`snapshots` as in [`run`]).
 pub async fn run_query(
     client: &clickhouse::Client,
     site: &SiteView,
     q: &Query,
+    snapshots: Option<&Arc<Snapshots>>,
 ) -> Result<Value, Error> {
     let tz = query::timezone(&site.timezone);
-    let mut builds = Builds::default();
+    let mut builds = Builds::new(snapshots.cloned());
     let builds = &mut builds;
     let guard = too_few(client, site, q, builds).await?;
     let mut rep = if guard {

@@ -249,6 +249,11 @@ pub struct Opts {
     /// k-anonymity: no report number describes fewer visitors than this [default: 5].
     #[arg(long, env = "VEIL_MIN_VISITORS", global = true)]
     pub min_visitors: Option<u64>,
+    /// Dashboard reports may show the current day from a snapshot at most this many seconds
+    /// old (at most 120) that misses at most 0.1 % of the day's hits; 0: always live
+    /// [default: 30].
+    #[arg(long, env = "VEIL_TODAY_SNAPSHOT_SECS", global = true)]
+    pub today_snapshot_secs: Option<u64>,
     /// Log filter (tracing-subscriber syntax) [default: info].
     #[arg(long, env = "VEIL_LOG", global = true)]
     pub log: Option<String>,
@@ -307,6 +312,7 @@ pub struct FileConfig {
     admin_token: Option<String>,
     api_token: Option<String>,
     min_visitors: Option<u64>,
+    today_snapshot_secs: Option<u64>,
     log: Option<String>,
 }
 
@@ -476,6 +482,14 @@ impl Settings {
                 veil_aggregator::site::MIN_K
             );
         }
+        let today_snapshot_secs =
+            pick(opts.today_snapshot_secs, file.today_snapshot_secs).unwrap_or(30);
+        if today_snapshot_secs > veil_aggregator::snapshot::MAX_AGE_SECS {
+            bail!(
+                "--today-snapshot-secs must be at most {} (0 turns snapshots off)",
+                veil_aggregator::snapshot::MAX_AGE_SECS
+            );
+        }
         if matches!(
             command,
             Command::Collector
@@ -505,6 +519,7 @@ impl Settings {
             api_token: api_token.clone(),
             min_visitors,
             retention,
+            today_snapshot_secs,
             ..AggregatorConfig::default()
         };
         Ok(Settings {
@@ -536,6 +551,15 @@ mod tests {
         assert_eq!(s.clickhouse.database, "veil");
         assert_eq!(s.data_dir, PathBuf::from("./var"));
         assert_eq!(s.aggregator.min_visitors, 5);
+        assert_eq!(s.aggregator.today_snapshot_secs, 30);
+    }
+
+    #[test]
+    fn today_snapshots_are_bounded_and_can_be_off() {
+        let s = parse(&["up", "--today-snapshot-secs", "0"]).unwrap();
+        assert_eq!(s.aggregator.today_snapshot_secs, 0);
+        let e = parse(&["up", "--today-snapshot-secs", "121"]).unwrap_err();
+        assert!(e.to_string().contains("--today-snapshot-secs"), "{e}");
     }
 
     #[test]

@@ -125,6 +125,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "open_visits",
         sql: include_str!("../migrations/014_open_visits.sql"),
     },
+    Migration {
+        version: 15,
+        name: "today_snapshots",
+        sql: include_str!("../migrations/015_today_snapshots.sql"),
+    },
 ];
 
 impl Migration {

@@ -70,6 +70,9 @@ pub struct Build {
     /// `None` for a closed day's build (the whole day); for the current day, the moment its
     /// build stops at (see [`open_visit_rows`]).
     pub cut: Option<NaiveDateTime>,
+    /// For the current day: a recorded snapshot of the site's day made from this build, fresh
+    /// enough to be read instead of the build and what follows its cut ([`snapshot_rows`]).
+    pub snap: Option<NaiveDateTime>,
 }
 
 impl Build {
@@ -79,6 +82,7 @@ impl Build {
             day,
             build,
             cut: None,
+            snap: None,
         }
     }
 }
@@ -177,6 +181,54 @@ pub fn open_visit_rows(site: &str, b: &Build, cut: NaiveDateTime, cols: &[&str])
         aggs = aggs.join(", "),
         l = fields.iter().position(|f| *f == "l").unwrap_or(0) + 1,
         fields = fields.join(", "),
+    )
+}
+
+/// A snapshot of site `site`'s current day at build `b` (cut `cut`) as it stands now, in the
+/// columns of `today_daily` after `site, day, build` (`dim, value, uv, visits, pageviews,
+/// events, bounces, duration`): for every dimension `visits_daily` is built for, the build's
+/// rows merged with what follows its cut exactly as a report merges them
+/// ([`visits_daily_rows`]), each day's `uniq` states finished into `uv`.
+pub fn snapshot_rows(site: &str, b: &Build, cut: NaiveDateTime) -> String {
+    let mut cols = vec![
+        "visitor_id",
+        "start",
+        "duration",
+        "pageviews",
+        "events",
+        "bounce",
+    ];
+    cols.extend(DAILY_DIMS.iter().copied());
+    let visit_pairs: Vec<String> = std::iter::once("('', '')".to_string())
+        .chain(DAILY_DIMS.iter().map(|c| format!("('{c}', {c})")))
+        .collect();
+    let event_pairs: Vec<String> = EVENT_DAILY_DIMS
+        .iter()
+        .map(|c| format!("('event:{c}', {c})"))
+        .collect();
+    format!(
+        "SELECT dim, value, finalizeAggregation(uniqMergeState(st)) AS uv, sum(v) AS visits, \
+         sum(p) AS pageviews, sum(e) AS events, sum(bo) AS bounces, sum(du) AS duration FROM (\
+         SELECT dim, value, visitors AS st, visits AS v, pageviews AS p, events AS e, \
+         bounces AS bo, duration AS du FROM visits_daily_partial \
+         WHERE {site} AND day = {day} AND build = {build} \
+         UNION ALL \
+         SELECT kv.1 AS dim, kv.2 AS value, uniqState(visitor_id) AS st, count() AS v, \
+         sum(pageviews) AS p, sum(events) AS e, sum(bounce) AS bo, sum(duration) AS du \
+         FROM ({visits}) ARRAY JOIN [{visit_pairs}] AS kv GROUP BY dim, value \
+         UNION ALL \
+         SELECT kv.1 AS dim, kv.2 AS value, uniqState(visitor_id) AS st, toUInt64(0) AS v, \
+         countIf(name = 'pageview') AS p, countIf(name != 'engagement') AS e, \
+         toUInt64(0) AS bo, toUInt64(0) AS du FROM {RECENT} \
+         ARRAY JOIN [{event_pairs}] AS kv WHERE {tail} AND bot = '' GROUP BY dim, value\
+         ) GROUP BY dim, value",
+        site = site_cond(site),
+        day = date(b.day),
+        build = b.build,
+        visits = open_visit_rows(site, b, cut, &cols),
+        visit_pairs = visit_pairs.join(", "),
+        event_pairs = event_pairs.join(", "),
+        tail = after_cut_cond(site, b, cut),
     )
 }
 
@@ -521,7 +573,7 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
     let tuples = |partial: bool| -> Vec<String> {
         built
             .iter()
-            .filter(|b| days.contains(&b.day) && b.cut.is_some() == partial)
+            .filter(|b| days.contains(&b.day) && b.cut.is_some() == partial && b.snap.is_none())
             .map(|b| format!("({}, toUInt64({}))", date(b.day), b.build))
             .collect()
     };
@@ -532,14 +584,9 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
             "visits_daily_partial"
         };
         let (b, uv, st, group) = if closed {
-            // An aggregate that sees no row is the cheap way to an empty state per row
-            // (rows are unique per day and value, so grouping keeps them as they are).
-            (
-                1,
-                "sum(uv)",
-                "uniqStateIf(toFixedString('', 16), 0)",
-                " GROUP BY day, value",
-            )
+            // Rows are unique per day and value, so grouping (for the empty state) keeps them
+            // as they are.
+            (1, "sum(uv)", EMPTY_STATE, " GROUP BY day, value")
         } else {
             (0, "toUInt64(0)", "visitors", "")
         };
@@ -591,10 +638,29 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
     if !closed.is_empty() {
         parts.push(from_daily(true, closed));
     }
+    // The current day read from a fresh snapshot: finished numbers, like a closed day's.
+    for b in built.iter().filter(|b| days.contains(&b.day)) {
+        let Some(snap) = b.snap else { continue };
+        parts.push(format!(
+            "SELECT day, value, toUInt8(1) AS b, sum(uv) AS uv, {EMPTY_STATE} AS st, \
+             sum(visits) AS visits_n, sum(pageviews) AS pv_n, sum(events) AS ev_n, \
+             sum(bounces) AS bounces_n, sum(duration) AS dur_n FROM today_daily \
+             PREWHERE {} AND dim = {} AND day = {} AND build = {} AND snap = {} \
+             GROUP BY day, value",
+            site_cond(&q.site),
+            lit(&dim),
+            date(b.day),
+            b.build,
+            utc(snap)
+        ));
+    }
     let partial = tuples(true);
     if !partial.is_empty() {
         parts.push(from_daily(false, partial));
-        for b in built.iter().filter(|b| days.contains(&b.day)) {
+        for b in built
+            .iter()
+            .filter(|b| days.contains(&b.day) && b.snap.is_none())
+        {
             let Some(cut) = b.cut else { continue };
             if let Some(value) = visitors_only(q, which) {
                 // The open visits' visitors, and the visitors of the hits after the cut, each
@@ -741,8 +807,11 @@ fn ef(field: &str, fields: &[&str]) -> String {
     format!("e.{i}")
 }
 
+/// An aggregate that sees no row: the cheap way to an empty `uniq` state per group.
+const EMPTY_STATE: &str = "uniqStateIf(toFixedString('', 16), 0)";
+
 /// Child-directed sites store no visitor hash (all zero bytes); they have no visits.
-const HAS_VISITOR: &str = "visitor_id != unhex('00000000000000000000000000000000')";
+pub const HAS_VISITOR: &str = "visitor_id != unhex('00000000000000000000000000000000')";
 
 /// One array of sorted hits per (site, visitor) of the events matching `cond`, with a visit
 /// number per hit (`vnum`, the 30-minute rule) and the hit's position (`idx`).

@@ -255,7 +255,10 @@ async fn time_load(agg: &Aggregator, runs: usize) -> Result<Duration> {
         while let Some(r) = set.join_next().await {
             let resp = r.context("a query task failed")??;
             if !resp.status().is_success() {
-                bail!("a query of the dashboard load answered HTTP {}", resp.status());
+                bail!(
+                    "a query of the dashboard load answered HTTP {}",
+                    resp.status()
+                );
             }
         }
         if i > 0 {
@@ -344,13 +347,41 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
         };
         let rolled = time_set(&agg, &a, true).await?;
         let load = time_load(&agg, a.runs).await?;
+        // The same with today's snapshot (as `veil aggregator` reads by default): one taken
+        // now, and reports that read it (the data does not change meanwhile, so it misses
+        // nothing and every run reads it).
+        let snap_agg = Aggregator::new(
+            AggregatorConfig {
+                sites: vec![SITE.into()],
+                min_visitors: 5,
+                today_snapshot_secs: veil_aggregator::snapshot::MAX_AGE_SECS,
+                ..AggregatorConfig::default()
+            },
+            ch.clone(),
+        );
+        let t = Instant::now();
+        let snap = veil_aggregator::snapshot::take(&ch, SITE).await?;
+        let snap_took = t.elapsed();
+        eprintln!(
+            "veil-query-bench: today's snapshot {} in {:.1} s",
+            if snap.is_some() {
+                "taken"
+            } else {
+                "not taken (no build of today with a cut)"
+            },
+            snap_took.as_secs_f64()
+        );
+        let snapped = time_set(&snap_agg, &a, true).await?;
+        let snap_load = time_load(&snap_agg, a.runs).await?;
         println!(
             "\n### {} events, 30 days, median of {} runs\n",
             label(size),
             a.runs
         );
-        println!("| query | raw events (ms) | rollups (ms) |");
-        println!("|---|---:|---:|");
+        println!(
+            "| query | raw events (ms) | rollups, live (ms) | rollups, today's snapshot (ms) |"
+        );
+        println!("|---|---:|---:|---:|");
         let cell = |r: &Result<(Duration, usize), String>| match r {
             Ok((d, n)) if *n == 1 && a.runs > 1 => format!("{:.1} (1 run)", ms(*d)),
             Ok((d, _)) => format!("{:.1}", ms(*d)),
@@ -366,19 +397,25 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
                 ok,
             )
         };
-        for ((name, r), (_, q)) in raw.iter().zip(&rolled) {
-            println!("| {name} | {} | {} |", cell(r), cell(q));
+        for (((name, r), (_, q)), (_, sq)) in raw.iter().zip(&rolled).zip(&snapped) {
+            println!("| {name} | {} | {} | {} |", cell(r), cell(q), cell(sq));
         }
-        let ((tr, okr), (tq, okq)) = (total(&raw), total(&rolled));
+        let ((tr, okr), (tq, okq), (ts, oks)) = (total(&raw), total(&rolled), total(&snapped));
         let mark = |ok: bool| if ok { "" } else { " (incomplete)" };
         println!(
-            "| **full set** | **{tr:.1}**{} | **{tq:.1}**{} |",
+            "| **full set** | **{tr:.1}**{} | **{tq:.1}**{} | **{ts:.1}**{} |",
             mark(okr),
-            mark(okq)
+            mark(okq),
+            mark(oks)
         );
         println!(
-            "| **dashboard load** (the six at once, as the dashboard sends them) | | **{:.1}** |",
-            ms(load)
+            "| **dashboard load** (the six at once, as the dashboard sends them) | | **{:.1}** | **{:.1}** |",
+            ms(load),
+            ms(snap_load)
+        );
+        println!(
+            "\nToday's snapshot took {:.1} ms to take (in the background, once per refresh).",
+            ms(snap_took)
         );
         let as_json = |t: &Timings| {
             t.iter()
@@ -395,6 +432,10 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
                 "raw_total_ms": tr,
                 "rollups_total_ms": tq,
                 "dashboard_load_ms": ms(load),
+                "snapshot": as_json(&snapped),
+                "snapshot_total_ms": ts,
+                "snapshot_dashboard_load_ms": ms(snap_load),
+                "snapshot_take_ms": ms(snap_took),
             })
         );
     }

@@ -1,0 +1,241 @@
+//! Snapshots of the current day (`today_daily`, `today_snaps`: 015_today_snapshots.sql).
+//!
+//! A report of the current day merges today's build (up to its cut) with the hits after the
+//! cut: it puts together the visits still open at the cut and merges the build's `uniq`
+//! states with those of the later hits. That merge is most of a dashboard report's time, and
+//! every panel of a dashboard repeats it. A snapshot does it once, for every dimension
+//! `visits_daily` is built for ([`plan::snapshot_rows`]), and stores finished numbers; a report
+//! then reads today as it reads a closed day.
+//!
+//! Freshness: a snapshot stands for the site's day as it was when it was taken. A reader uses
+//! one only when it was made from the day's latest recorded build, is at most `max_age` old
+//! (the aggregator's `--today-snapshot-secs`), and misses at most a thousandth of the day's
+//! hits: the reader counts the site's hits from the build's cut on (one range of
+//! `events_recent`, which is ordered by site and time) and compares with the count recorded
+//! with the snapshot. So a quiet or small site (a test event, a new site) is always read live
+//! and exactly, and a busy one, whose live path costs most, shows today at most `max_age`
+//! behind and 0.1 % short. When a reader finds no usable snapshot, or one older than a third of
+//! `max_age`, it asks for a new one (stale while it revalidates); snapshots are taken in the
+//! background, one at a time per site, and only for sites someone reads.
+//!
+//! A snapshot is taken only from a build [`stats::visit_builds`] still trusts (no hit stored
+//! since with a time before its cut), so a late hit stops the snapshots of the day until the
+//! next build, like it stops readers from using the build.
+//!
+//! Wire format: `today_daily` rows `(site, day, build, snap, dim, value, uv, visits, pageviews,
+//! events, bounces, duration)` written by one `INSERT … SELECT`, then one `today_snaps` row
+//! `(site, day, build, snap, tail, hits)` recording it as complete (the two counts taken
+//! before the rows were computed, so a hit stored meanwhile counts as missed); snapshots more
+//! than [`KEEP_MINUTES`] older than the newest are deleted now and then.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use chrono::{Duration, NaiveDateTime, Utc};
+
+use crate::query::plan::{self, Build};
+use crate::query::sql::{date, lit, utc};
+use crate::stats::{self, fetch};
+use crate::Error;
+use veil_schemas::ClickHouseConfig;
+
+/// The longest `--today-snapshot-secs` (well under [`KEEP_MINUTES`]).
+pub const MAX_AGE_SECS: u64 = 120;
+
+/// Today's snapshots as one aggregator process uses them.
+#[derive(Debug)]
+pub struct Snapshots {
+    ch: ClickHouseConfig,
+    max_age: Duration,
+    /// Sites with a snapshot being taken.
+    busy: Mutex<HashSet<String>>,
+}
+
+impl Snapshots {
+    /// Snapshots read while at most `max_age_secs` old; `None` when 0 (every report of the
+    /// current day takes the live path).
+    pub fn new(ch: ClickHouseConfig, max_age_secs: u64) -> Option<Arc<Self>> {
+        (max_age_secs > 0).then(|| {
+            Arc::new(Self {
+                ch,
+                max_age: Duration::seconds(max_age_secs.min(MAX_AGE_SECS) as i64),
+                busy: Mutex::new(HashSet::new()),
+            })
+        })
+    }
+
+    /// The snapshot of `site` made from build `b` (the current day's latest recorded build,
+    /// with cut `cut`) that a report may read now, if there is one; asks for a new one in the
+    /// background when there is none it may read or it is getting old.
+    pub async fn usable(
+        self: &Arc<Self>,
+        client: &clickhouse::Client,
+        site: &str,
+        b: &Build,
+        cut: NaiveDateTime,
+    ) -> Result<Option<NaiveDateTime>, Error> {
+        let now = Utc::now().naive_utc();
+        let rows = fetch(
+            client,
+            &format!(
+                "SELECT formatDateTime(snap, '%Y-%m-%d %H:%M:%S', 'UTC'), tail, hits, \
+                 (SELECT count() FROM {}) FROM today_snaps \
+                 WHERE site = {} AND day = {} AND build = {} ORDER BY snap DESC LIMIT 1",
+                tail_cond(site, b, cut),
+                lit(site),
+                date(b.day),
+                b.build
+            ),
+        )
+        .await?;
+        let row = rows.first().and_then(|r| {
+            let snap =
+                NaiveDateTime::parse_from_str(r.get(0)?.as_str()?, "%Y-%m-%d %H:%M:%S").ok()?;
+            Some((
+                snap,
+                count(r.get(1)?)?,
+                count(r.get(2)?)?,
+                count(r.get(3)?)?,
+            ))
+        });
+        let usable = row.and_then(|(snap, tail, hits, tail_now)| {
+            let missed = tail_now.saturating_sub(tail);
+            (now - snap <= self.max_age && missed <= hits / 1000).then_some(snap)
+        });
+        if usable.is_none_or(|snap| now - snap > self.max_age / 3) {
+            self.refresh(site);
+        }
+        Ok(usable)
+    }
+
+    /// Takes a snapshot of `site`'s current day in the background, unless one is being taken.
+    pub fn refresh(self: &Arc<Self>, site: &str) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        {
+            let Ok(mut busy) = self.busy.lock() else {
+                return;
+            };
+            if !busy.insert(site.to_string()) {
+                return;
+            }
+        }
+        let (this, site) = (Arc::clone(self), site.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = take(&this.ch, &site).await {
+                tracing::warn!(error = %e, "today's snapshot failed; reports take the live path");
+            }
+            if let Ok(mut busy) = this.busy.lock() {
+                busy.remove(&site);
+            }
+        });
+    }
+}
+
+/// Takes a snapshot of `site`'s current UTC day now, from the day's latest recorded build if
+/// it has a cut and is still trusted; returns the snapshot's moment, or `None` when there is
+/// no such build (the day is too young, or a late hit awaits the next build).
+pub async fn take(ch: &ClickHouseConfig, site: &str) -> Result<Option<NaiveDateTime>, Error> {
+    let client = &ch.client();
+    let now = Utc::now().naive_utc();
+    let snap = now - Duration::nanoseconds(i64::from(now.and_utc().timestamp_subsec_nanos()));
+    let day = snap.date();
+    let builds = stats::visit_builds(client, day, day).await?;
+    let Some((b, cut)) = builds
+        .iter()
+        .find_map(|b| b.cut.map(|c| (b, c)))
+        .filter(|(b, _)| b.day == day)
+    else {
+        return Ok(None);
+    };
+    // Counted before the rows are computed: a hit stored meanwhile may or may not be in
+    // them, and counts as missed.
+    let counts = fetch(
+        client,
+        &format!(
+            "SELECT (SELECT count() FROM {}), (SELECT count() FROM events WHERE site = {} \
+             AND timestamp >= {} AND timestamp < {})",
+            tail_cond(site, b, cut),
+            lit(site),
+            utc(day.and_time(chrono::NaiveTime::MIN)),
+            utc(day.and_time(chrono::NaiveTime::MIN) + Duration::days(1))
+        ),
+    )
+    .await?;
+    let (tail, hits) = counts
+        .first()
+        .and_then(|r| Some((count(r.get(0)?)?, count(r.get(1)?)?)))
+        .ok_or_else(|| Error::ClickHouse("no counts for today's snapshot".into()))?;
+    let exec = |sql: String| async move {
+        client
+            .query_raw(&sql)
+            .execute()
+            .await
+            .map_err(|e| Error::ClickHouse(e.to_string()))
+    };
+    exec(format!(
+        "INSERT INTO today_daily (site, day, build, snap, dim, value, uv, visits, pageviews, \
+         events, bounces, duration) SELECT {}, {}, toUInt64({}), {}, * FROM ({})",
+        lit(site),
+        date(day),
+        b.build,
+        utc(snap),
+        plan::snapshot_rows(site, b, cut)
+    ))
+    .await?;
+    exec(format!(
+        "INSERT INTO today_snaps (site, day, build, snap, tail, hits) \
+         VALUES ({}, {}, {}, {}, {tail}, {hits})",
+        lit(site),
+        date(day),
+        b.build,
+        utc(snap)
+    ))
+    .await?;
+    // Readers that looked up an older snapshot a moment ago may still be reading it, so old
+    // ones go only once they are well past any reader's `max_age`, and in one mutation every
+    // few minutes rather than one per snapshot.
+    let keep = snap - Duration::minutes(KEEP_MINUTES);
+    let oldest = fetch(
+        client,
+        &format!(
+            "SELECT count() FROM today_daily WHERE site = {} AND day = {} AND snap < {}",
+            lit(site),
+            date(day),
+            utc(keep - Duration::minutes(KEEP_MINUTES))
+        ),
+    )
+    .await?;
+    if oldest.first().and_then(|r| r.get(0)).and_then(count) > Some(0) {
+        exec(format!(
+            "ALTER TABLE {} DELETE WHERE site = {} AND day = {} AND snap < {}",
+            veil_schemas::migrate::mutation_target(ch, "today_daily"),
+            lit(site),
+            date(day),
+            utc(keep)
+        ))
+        .await?;
+    }
+    Ok(Some(snap))
+}
+
+/// How long a snapshot's rows outlive a newer snapshot (longer than any `max_age` readers
+/// use, which [`Snapshots::new`] caps).
+pub const KEEP_MINUTES: i64 = 5;
+
+/// The site's rows in `events_recent` from build `b`'s cut to the end of its day (bots too: a
+/// count to compare, not to report).
+fn tail_cond(site: &str, b: &Build, cut: NaiveDateTime) -> String {
+    format!(
+        "events_recent WHERE site = {} AND timestamp >= {} AND timestamp < {}",
+        lit(site),
+        utc(cut),
+        utc(b.day.and_time(chrono::NaiveTime::MIN) + Duration::days(1))
+    )
+}
+
+/// A count from ClickHouse JSON (64-bit integers arrive quoted).
+fn count(v: &serde_json::Value) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_str()?.parse().ok())
+}
