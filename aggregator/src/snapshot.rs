@@ -42,23 +42,40 @@ use veil_schemas::ClickHouseConfig;
 /// The longest `--today-snapshot-secs` (well under [`KEEP_MINUTES`]).
 pub const MAX_AGE_SECS: u64 = 120;
 
+/// The time snapshots are taken and judged by (UTC).
+pub type Clock = Arc<dyn Fn() -> NaiveDateTime + Send + Sync>;
+
 /// Today's snapshots as one aggregator process uses them.
-#[derive(Debug)]
 pub struct Snapshots {
     ch: ClickHouseConfig,
     max_age: Duration,
+    clock: Clock,
     /// Sites with a snapshot being taken.
     busy: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Snapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshots")
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Snapshots {
     /// Snapshots read while at most `max_age_secs` old; `None` when 0 (every report of the
     /// current day takes the live path).
     pub fn new(ch: ClickHouseConfig, max_age_secs: u64) -> Option<Arc<Self>> {
+        Self::with_clock(ch, max_age_secs, Arc::new(|| Utc::now().naive_utc()))
+    }
+
+    /// [`Snapshots::new`] on another clock (tests replay a past day).
+    pub fn with_clock(ch: ClickHouseConfig, max_age_secs: u64, clock: Clock) -> Option<Arc<Self>> {
         (max_age_secs > 0).then(|| {
             Arc::new(Self {
                 ch,
                 max_age: Duration::seconds(max_age_secs.min(MAX_AGE_SECS) as i64),
+                clock,
                 busy: Mutex::new(HashSet::new()),
             })
         })
@@ -74,7 +91,7 @@ impl Snapshots {
         b: &Build,
         cut: NaiveDateTime,
     ) -> Result<Option<NaiveDateTime>, Error> {
-        let now = Utc::now().naive_utc();
+        let now = (self.clock)();
         let rows = fetch(
             client,
             &format!(
@@ -99,8 +116,13 @@ impl Snapshots {
             ))
         });
         let usable = row.and_then(|(snap, tail, hits, tail_now)| {
-            let missed = tail_now.saturating_sub(tail);
-            (now - snap <= self.max_age && missed <= hits / 1000).then_some(snap)
+            readable(
+                now - snap,
+                self.max_age,
+                tail_now.saturating_sub(tail),
+                hits,
+            )
+            .then_some(snap)
         });
         if usable.is_none_or(|snap| now - snap > self.max_age / 3) {
             self.refresh(site);
@@ -123,7 +145,7 @@ impl Snapshots {
         }
         let (this, site) = (Arc::clone(self), site.to_string());
         tokio::spawn(async move {
-            if let Err(e) = take(&this.ch, &site).await {
+            if let Err(e) = take(&this.ch, &site, (this.clock)()).await {
                 tracing::warn!(error = %e, "today's snapshot failed; reports take the live path");
             }
             if let Ok(mut busy) = this.busy.lock() {
@@ -133,12 +155,16 @@ impl Snapshots {
     }
 }
 
-/// Takes a snapshot of `site`'s current UTC day now, from the day's latest recorded build if
-/// it has a cut and is still trusted; returns the snapshot's moment, or `None` when there is
-/// no such build (the day is too young, or a late hit awaits the next build).
-pub async fn take(ch: &ClickHouseConfig, site: &str) -> Result<Option<NaiveDateTime>, Error> {
+/// Takes a snapshot of `site`'s UTC day of `now` (the clock's time; what is stored then),
+/// from the day's latest recorded build if it has a cut and is still trusted; returns the
+/// snapshot's moment, or `None` when there is no such build (the day is too young, or a late
+/// hit awaits the next build).
+pub async fn take(
+    ch: &ClickHouseConfig,
+    site: &str,
+    now: NaiveDateTime,
+) -> Result<Option<NaiveDateTime>, Error> {
     let client = &ch.client();
-    let now = Utc::now().naive_utc();
     let snap = now - Duration::nanoseconds(i64::from(now.and_utc().timestamp_subsec_nanos()));
     let day = snap.date();
     let builds = stats::visit_builds(client, day, day).await?;
@@ -220,6 +246,12 @@ pub async fn take(ch: &ClickHouseConfig, site: &str) -> Result<Option<NaiveDateT
     Ok(Some(snap))
 }
 
+/// Whether a snapshot `age` old that misses `missed` of the day's `hits` may be read (at most
+/// `max_age` old, at most a thousandth of the hits missed).
+fn readable(age: Duration, max_age: Duration, missed: u64, hits: u64) -> bool {
+    age <= max_age && missed <= hits / 1000
+}
+
 /// How long a snapshot's rows outlive a newer snapshot (longer than any `max_age` readers
 /// use, which [`Snapshots::new`] caps).
 pub const KEEP_MINUTES: i64 = 5;
@@ -238,4 +270,21 @@ fn tail_cond(site: &str, b: &Build, cut: NaiveDateTime) -> String {
 /// A count from ClickHouse JSON (64-bit integers arrive quoted).
 fn count(v: &serde_json::Value) -> Option<u64> {
     v.as_u64().or_else(|| v.as_str()?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_is_read_only_while_fresh_and_nearly_complete() {
+        let max = Duration::seconds(30);
+        assert!(readable(Duration::seconds(30), max, 0, 10));
+        assert!(!readable(Duration::seconds(31), max, 0, 10));
+        // A small day: any hit since the snapshot sends readers to the live path.
+        assert!(!readable(Duration::seconds(1), max, 1, 999));
+        // A busy day: up to a thousandth of its hits may be missing.
+        assert!(readable(Duration::seconds(1), max, 1_500, 1_500_000));
+        assert!(!readable(Duration::seconds(1), max, 1_501, 1_500_000));
+    }
 }

@@ -178,6 +178,15 @@ pub struct Builds {
 }
 
 impl Builds {
+    /// The latest snapshot of the current day any of the request's reports read.
+    fn snapshot(&self) -> Option<chrono::NaiveDateTime> {
+        self.seen
+            .iter()
+            .filter(|((_, _, snap), _)| *snap)
+            .flat_map(|(_, b)| b.iter().filter_map(|b| b.snap))
+            .max()
+    }
+
     /// Builds for one request; reports by day and dimension read today's fresh snapshot
     /// ([`crate::snapshot`]) when `snapshots` is given.
     pub fn new(snapshots: Option<Arc<Snapshots>>) -> Self {
@@ -699,6 +708,10 @@ pub async fn run_query(
     }
     if let Some((cq, _)) = &comparison {
         meta["comparison_date_range"] = json!([cq.from.to_string(), cq.to.to_string()]);
+    }
+    if let Some(at) = builds.snapshot() {
+        // Veil-only: the current day was read from a snapshot taken then (UTC).
+        meta["today_as_of"] = json!(at.and_utc().to_rfc3339());
     }
     let _ = rep.total_k;
     Ok(json!({

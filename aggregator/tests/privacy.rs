@@ -267,7 +267,7 @@ async fn realtime_windows_do_not_slide_within_a_minute() {
             let s = s.clone();
             let body = body.to_string();
             async move {
-                stats::run(&ch.client(), &s, body.as_bytes(), now)
+                stats::run(&ch.client(), &s, body.as_bytes(), now, None)
                     .await
                     .unwrap()
                     .1

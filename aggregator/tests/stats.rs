@@ -558,6 +558,7 @@ async fn funnels_realtime_csv_export_and_hostile_input() {
             .to_string()
             .as_bytes(),
         Utc::now(),
+        None,
     )
     .await
     .unwrap()
@@ -731,6 +732,7 @@ async fn child_directed_sites_report_counts_only() {
         &s,
         br#"{"site_id":"kids.example","metrics":["visitors"],"date_range":"day"}"#,
         now(),
+        None,
     )
     .await
     .unwrap_err();
@@ -856,9 +858,11 @@ async fn every_dimension_and_metric_answers_the_same_from_raw_and_rollups() {
 /// - S: `/s1` at 14:15, `/s2` at 14:20, nothing after the cut — one visit, exit `/s2`.
 /// - T: `/t` at 14:45 only — a visit that starts after the cut.
 /// - U: `/u` at 09:00 — over long before the cut (a `visits` row of the build).
-#[tokio::test]
-async fn open_visits_carry_on_after_the_cut() {
-    let ch = veil_schemas::testing::fresh_database("stats_open_visits").await;
+/// Five visitors each of: P (a visit open at the 14:30 cut that goes on after it), Q (open,
+/// then a new visit 45 minutes after its last hit), R (open, event-only before the cut, its
+/// entry page after it), S (open, no hit after the cut), T (starts after the cut), U (over by
+/// the cut). 55 hits on 2026-11-20.
+fn open_visits_dataset() -> Vec<Ev> {
     let mut evs = Vec::new();
     let src = |source: &'static str, e: Ev| Ev { source, ..e };
     for i in 0..5 {
@@ -908,6 +912,13 @@ async fn open_visits_carry_on_after_the_cut() {
             ev(v("U"), "2026-11-20 09:00:00", "pageview", "/u"),
         ));
     }
+    evs
+}
+
+#[tokio::test]
+async fn open_visits_carry_on_after_the_cut() {
+    let ch = veil_schemas::testing::fresh_database("stats_open_visits").await;
+    let evs = open_visits_dataset();
     insert(&ch, SITE, &evs).await;
     let day = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
     assert!(
@@ -1049,4 +1060,135 @@ async fn open_visits_carry_on_after_the_cut() {
         .await
         .unwrap();
     assert_eq!(recent().await, 0);
+}
+
+/// Today's snapshot: every dashboard report read from it equals the live one; a reader asks
+/// for one when it finds none it may read; it is read only while fresh and while it misses
+/// no more than a thousandth of the day's hits (none, for this small day); a build a late hit
+/// made untrustworthy gets no new snapshot.
+#[tokio::test]
+async fn todays_snapshot_answers_like_the_live_day_while_fresh() {
+    use std::sync::{Arc, Mutex};
+    use veil_aggregator::snapshot::{self, Snapshots};
+    let ch = veil_schemas::testing::fresh_database("stats_snapshot").await;
+    insert(&ch, SITE, &open_visits_dataset()).await;
+    let day = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+    let at = |h: u32, m: u32, s: u32| day.and_hms_opt(h, m, s).unwrap();
+    assert!(rollup::build_today(&ch, at(14, 32, 10)).await.unwrap());
+    let clock = Arc::new(Mutex::new(at(14, 55, 0)));
+    let c = Arc::clone(&clock);
+    let snaps =
+        Snapshots::with_clock(ch.clone(), 30, Arc::new(move || *c.lock().unwrap())).unwrap();
+    let s = site();
+    let run = |body: Value, snaps: Option<Arc<Snapshots>>| {
+        let (ch, s) = (ch.clone(), s.clone());
+        async move {
+            let body = base(body).to_string();
+            stats::run(&ch.client(), &s, body.as_bytes(), now(), snaps.as_ref())
+                .await
+                .unwrap()
+                .1
+        }
+    };
+    let recorded = || {
+        let ch = ch.clone();
+        async move {
+            ch.client()
+                .query("SELECT count() FROM today_snaps")
+                .fetch_one::<u64>()
+                .await
+                .unwrap()
+        }
+    };
+    let wait_for = |n: u64| {
+        let recorded = &recorded;
+        async move {
+            for _ in 0..200 {
+                if recorded().await >= n {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("snapshot {n} was never taken");
+        }
+    };
+    let top =
+        json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]});
+    let as_of = |d: &Value| d["meta"]["today_as_of"].as_str().map(str::to_string);
+
+    // None yet: the live day, and a snapshot is asked for.
+    let first = run(top.clone(), Some(Arc::clone(&snaps))).await;
+    assert_eq!(as_of(&first), None, "{first}");
+    assert_eq!(first["results"][0]["metrics"][0], json!(30), "{first}");
+    wait_for(1).await;
+    let reports = [
+        top.clone(),
+        json!({"metrics": ["visitors"], "dimensions": ["time:day"]}),
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"]}),
+        json!({"metrics": ["visitors", "visits", "bounce_rate"], "dimensions": ["visit:source"]}),
+        json!({"metrics": ["visitors"], "dimensions": ["visit:country"]}),
+        json!({"metrics": ["visitors"], "dimensions": ["visit:device"]}),
+        json!({"metrics": ["visits", "visit_duration"], "dimensions": ["visit:entry_page"]}),
+        json!({"metrics": ["visits", "bounce_rate"], "dimensions": ["visit:exit_page"]}),
+    ];
+    for body in &reports {
+        let (live, snap) = (
+            run(body.clone(), None).await,
+            run(body.clone(), Some(Arc::clone(&snaps))).await,
+        );
+        assert_eq!(
+            snap["results"], live["results"],
+            "{body}: snapshot {snap}\nlive {live}"
+        );
+        assert_eq!(
+            as_of(&snap).as_deref(),
+            Some("2026-11-20T14:55:00+00:00"),
+            "{snap}"
+        );
+        assert_eq!(as_of(&live), None);
+    }
+
+    // A hit after the snapshot: on a day this small, any missed hit sends readers live, and
+    // they ask for a new snapshot, which has it.
+    insert(
+        &ch,
+        SITE,
+        &[ev("V0".into(), "2026-11-20 14:56:00", "pageview", "/v")],
+    )
+    .await;
+    *clock.lock().unwrap() = at(14, 56, 30);
+    let after = run(top.clone(), Some(Arc::clone(&snaps))).await;
+    assert_eq!(as_of(&after), None, "{after}");
+    assert_eq!(after["results"][0]["metrics"][0], json!(31), "{after}");
+    wait_for(2).await;
+    let again = run(top.clone(), Some(Arc::clone(&snaps))).await;
+    assert_eq!(
+        as_of(&again).as_deref(),
+        Some("2026-11-20T14:56:30+00:00"),
+        "{again}"
+    );
+    assert_eq!(again["results"], after["results"]);
+
+    // Older than the maximum age: live again (and a newer one is asked for).
+    *clock.lock().unwrap() = at(14, 57, 1);
+    let old = run(top.clone(), Some(Arc::clone(&snaps))).await;
+    assert_eq!(as_of(&old), None, "{old}");
+    wait_for(3).await;
+
+    // A late hit (before the cut) makes the build untrustworthy: no snapshot is taken from
+    // it, and once the last one is too old, readers derive the day from raw events.
+    insert(
+        &ch,
+        SITE,
+        &[ev("L0".into(), "2026-11-20 14:00:00", "pageview", "/late")],
+    )
+    .await;
+    assert_eq!(
+        snapshot::take(&ch, SITE, at(14, 57, 10)).await.unwrap(),
+        None
+    );
+    *clock.lock().unwrap() = at(14, 58, 0);
+    let late = run(top.clone(), Some(Arc::clone(&snaps))).await;
+    assert_eq!(as_of(&late), None, "{late}");
+    assert_eq!(late["results"][0]["metrics"][0], json!(32), "{late}");
 }

@@ -185,6 +185,7 @@ fn filter_values_never_reach_sql_unescaped() {
         day: d("2026-11-28"),
         build: 3,
         cut: d("2026-11-28").and_hms_opt(9, 30, 0),
+        snap: None,
     };
     let builds = [plan::Build::whole(d("2026-11-27"), 7), today];
     for built in [&[][..], &builds[..1], &builds[..]] {

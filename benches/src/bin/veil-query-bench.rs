@@ -360,7 +360,8 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
             ch.clone(),
         );
         let t = Instant::now();
-        let snap = veil_aggregator::snapshot::take(&ch, SITE).await?;
+        let snap =
+            veil_aggregator::snapshot::take(&ch, SITE, chrono::Utc::now().naive_utc()).await?;
         let snap_took = t.elapsed();
         eprintln!(
             "veil-query-bench: today's snapshot {} in {:.1} s",
