@@ -847,9 +847,8 @@ async fn every_dimension_and_metric_answers_the_same_from_raw_and_rollups() {
     );
 }
 
-/// Today's build stops at a cut; the visits open then are stored as they stood
-/// (`open_visits`) and carried on by the hits after the cut at query time. Every way an open
-/// visit can go on, five visitors each (k = 5), on 2026-11-20 with the cut at 14:30:
+/// Every way a visit open at today's cut can go on, five visitors each (k = 5), on
+/// 2026-11-20 with the cut at 14:30 (55 hits):
 /// - P: `/a` at 14:10, `/b` at 14:35, an engagement at 14:36 — one visit of 26 minutes,
 ///   entry `/a`, exit `/b`, no bounce.
 /// - Q: `/q` at 14:05, `/r` at 14:50 — more than 30 minutes apart: two one-page visits.
@@ -858,10 +857,6 @@ async fn every_dimension_and_metric_answers_the_same_from_raw_and_rollups() {
 /// - S: `/s1` at 14:15, `/s2` at 14:20, nothing after the cut — one visit, exit `/s2`.
 /// - T: `/t` at 14:45 only — a visit that starts after the cut.
 /// - U: `/u` at 09:00 — over long before the cut (a `visits` row of the build).
-/// Five visitors each of: P (a visit open at the 14:30 cut that goes on after it), Q (open,
-/// then a new visit 45 minutes after its last hit), R (open, event-only before the cut, its
-/// entry page after it), S (open, no hit after the cut), T (starts after the cut), U (over by
-/// the cut). 55 hits on 2026-11-20.
 fn open_visits_dataset() -> Vec<Ev> {
     let mut evs = Vec::new();
     let src = |source: &'static str, e: Ev| Ev { source, ..e };
@@ -915,6 +910,9 @@ fn open_visits_dataset() -> Vec<Ev> {
     evs
 }
 
+/// Today's build stops at a cut; the visits open then are stored as they stood
+/// (`open_visits`) and carried on by the hits after the cut at query time
+/// ([`open_visits_dataset`]).
 #[tokio::test]
 async fn open_visits_carry_on_after_the_cut() {
     let ch = veil_schemas::testing::fresh_database("stats_open_visits").await;

@@ -538,6 +538,12 @@
     });
     return Promise.allSettled(runs).then((done) => {
       if (gen === S.generation) ul.replaceChildren(...slots.flat());
+      // The current day may come from a snapshot a few seconds old (--today-snapshot-secs).
+      const asOf = done[0].status === "fulfilled" && done[0].value.meta && done[0].value.meta.today_as_of;
+      if (asOf && gen === S.generation) {
+        container.append(h("p", { class: "hint", id: "today-as-of", "data-as-of": asOf,
+          text: "Today as of " + new Date(asOf).toLocaleTimeString() }));
+      }
       if (done[0].status === "fulfilled") return done[0].value;
       const authErr = done.find((d) => d.status === "rejected" && needsAuth(d.reason));
       throw (authErr || done[0]).reason;
