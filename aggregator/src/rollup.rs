@@ -24,8 +24,8 @@
 use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
 
 use crate::query::plan::{
-    derive_open_visits, derive_visits, DAILY_DIMS, EVENT_DAILY_DIMS, OPEN_VISIT_COLS, VISIT_COLS,
-    VISIT_GAP_SECS,
+    derive_open_visits, derive_visits, event_dim_pairs, visit_dim_pairs, OPEN_VISIT_COLS,
+    VISIT_COLS, VISIT_GAP_SECS,
 };
 use crate::query::sql::{date, utc};
 use crate::stats::fetch;
@@ -117,9 +117,6 @@ async fn build_visits(
         None => ("visits_daily", "uniqStateIf(visitor_id, 0)"),
         Some(_) => ("visits_daily_partial", "uniqState(visitor_id)"),
     };
-    let pairs: Vec<String> = std::iter::once("('', '')".to_string())
-        .chain(DAILY_DIMS.iter().map(|c| format!("('{c}', {c})")))
-        .collect();
     exec(
         client,
         &format!(
@@ -129,17 +126,13 @@ async fn build_visits(
              sum(pageviews), sum(events), sum(bounce), sum(duration) \
              FROM visits ARRAY JOIN [{}] AS kv WHERE day = {} AND build = {build} \
              GROUP BY site, day, build, dim, value",
-            pairs.join(", "),
+            visit_dim_pairs(),
             date(day)
         ),
     )
     .await?;
     // The day's events by page, event name and host (what top pages and custom events
     // read), counted like the event rollups count them.
-    let event_pairs: Vec<String> = EVENT_DAILY_DIMS
-        .iter()
-        .map(|c| format!("('event:{c}', {c})"))
-        .collect();
     exec(
         client,
         &format!(
@@ -150,7 +143,7 @@ async fn build_visits(
              countIf(name != 'engagement'), toUInt64(0), toUInt64(0) \
              FROM events ARRAY JOIN [{}] AS kv WHERE {cond} AND bot = '' \
              GROUP BY site, day, dim, value",
-            event_pairs.join(", "),
+            event_dim_pairs(),
         ),
     )
     .await?;

@@ -199,13 +199,6 @@ pub fn snapshot_rows(site: &str, b: &Build, cut: NaiveDateTime) -> String {
         "bounce",
     ];
     cols.extend(DAILY_DIMS.iter().copied());
-    let visit_pairs: Vec<String> = std::iter::once("('', '')".to_string())
-        .chain(DAILY_DIMS.iter().map(|c| format!("('{c}', {c})")))
-        .collect();
-    let event_pairs: Vec<String> = EVENT_DAILY_DIMS
-        .iter()
-        .map(|c| format!("('event:{c}', {c})"))
-        .collect();
     format!(
         "SELECT dim, value, finalizeAggregation(uniqMergeState(st)) AS uv, sum(v) AS visits, \
          sum(p) AS pageviews, sum(e) AS events, sum(bo) AS bounces, sum(du) AS duration FROM (\
@@ -226,10 +219,28 @@ pub fn snapshot_rows(site: &str, b: &Build, cut: NaiveDateTime) -> String {
         day = date(b.day),
         build = b.build,
         visits = open_visit_rows(site, b, cut, &cols),
-        visit_pairs = visit_pairs.join(", "),
-        event_pairs = event_pairs.join(", "),
+        visit_pairs = visit_dim_pairs(),
+        event_pairs = event_dim_pairs(),
         tail = after_cut_cond(site, b, cut),
     )
+}
+
+/// The `(dim, value)` tuples one visit row makes for `visits_daily` (`ARRAY JOIN [...] AS kv`):
+/// the totals (`''`) and each of [`DAILY_DIMS`].
+pub fn visit_dim_pairs() -> String {
+    std::iter::once("('', '')".to_string())
+        .chain(DAILY_DIMS.iter().map(|c| format!("('{c}', {c})")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The `(dim, value)` tuples one hit makes for `visits_daily`: each of [`EVENT_DAILY_DIMS`].
+pub fn event_dim_pairs() -> String {
+    EVENT_DAILY_DIMS
+        .iter()
+        .map(|c| format!("('event:{c}', {c})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether a source reads recorded visit builds (the caller fetches them first).
