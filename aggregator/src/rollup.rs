@@ -232,6 +232,9 @@ pub async fn run(ch: &ClickHouseConfig, days: u32) -> Result<RollupReport, Error
     let mut report = run_until(ch, now.date(), days).await?;
     if build_today(ch, now).await? {
         report.visit_days.push(now.date());
+        // Snapshots of the old build are no use now: sites being read get one of the new
+        // build at once, so their next dashboard load need not take the live path.
+        crate::snapshot::renew_watched(ch, Utc::now().naive_utc()).await?;
     }
     trim_recent(ch, now.date()).await?;
     Ok(report)

@@ -18,6 +18,10 @@
 //! `max_age`, it asks for a new one (stale while it revalidates); snapshots are taken in the
 //! background, one at a time per site, and only for sites someone reads.
 //!
+//! After each build of the current day the rollup job takes one at once for the sites that had
+//! one in the last few minutes ([`renew_watched`]): readers of the previous build's snapshots
+//! would otherwise all take the live path until one asks.
+//!
 //! A snapshot is taken only from a build [`stats::visit_builds`] still trusts (no hit stored
 //! since with a time before its cut), so a late hit stops the snapshots of the day until the
 //! next build, like it stops readers from using the build.
@@ -244,6 +248,31 @@ pub async fn take(
         .await?;
     }
     Ok(Some(snap))
+}
+
+/// After a new build of the current day: takes a snapshot now for every site that had one
+/// in the last [`KEEP_MINUTES`] (sites someone is reading), so their readers find one of the
+/// new build. Returns the sites snapshotted.
+pub async fn renew_watched(
+    ch: &ClickHouseConfig,
+    now: NaiveDateTime,
+) -> Result<Vec<String>, Error> {
+    let rows = fetch(
+        &ch.client(),
+        &format!(
+            "SELECT DISTINCT site FROM today_snaps WHERE day = {} AND snap >= {} ORDER BY site",
+            date(now.date()),
+            utc(now - Duration::minutes(KEEP_MINUTES))
+        ),
+    )
+    .await?;
+    let mut done = Vec::new();
+    for site in rows.iter().filter_map(|r| r.get(0)?.as_str()) {
+        if take(ch, site, now).await?.is_some() {
+            done.push(site.to_string());
+        }
+    }
+    Ok(done)
 }
 
 /// Whether a snapshot `age` old that misses `missed` of the day's `hits` may be read (at most

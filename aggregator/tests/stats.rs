@@ -1173,6 +1173,22 @@ async fn todays_snapshot_answers_like_the_live_day_while_fresh() {
     assert_eq!(as_of(&old), None, "{old}");
     wait_for(3).await;
 
+    // A new build of the day: the rollup job renews at once the snapshots of the sites being
+    // read, so they need not take the live path until a reader asks.
+    assert!(rollup::build_today(&ch, at(14, 58, 10)).await.unwrap());
+    *clock.lock().unwrap() = at(14, 58, 20);
+    assert_eq!(
+        snapshot::renew_watched(&ch, at(14, 58, 20)).await.unwrap(),
+        vec![SITE.to_string()]
+    );
+    let renewed = run(top.clone(), Some(Arc::clone(&snaps))).await;
+    assert_eq!(
+        as_of(&renewed).as_deref(),
+        Some("2026-11-20T14:58:20+00:00"),
+        "{renewed}"
+    );
+    assert_eq!(renewed["results"], run(top.clone(), None).await["results"]);
+
     // A late hit (before the cut) makes the build untrustworthy: no snapshot is taken from
     // it, and once the last one is too old, readers derive the day from raw events.
     insert(
@@ -1182,10 +1198,10 @@ async fn todays_snapshot_answers_like_the_live_day_while_fresh() {
     )
     .await;
     assert_eq!(
-        snapshot::take(&ch, SITE, at(14, 57, 10)).await.unwrap(),
+        snapshot::take(&ch, SITE, at(14, 58, 30)).await.unwrap(),
         None
     );
-    *clock.lock().unwrap() = at(14, 58, 0);
+    *clock.lock().unwrap() = at(14, 59, 0);
     let late = run(top.clone(), Some(Arc::clone(&snaps))).await;
     assert_eq!(as_of(&late), None, "{late}");
     assert_eq!(late["results"][0]["metrics"][0], json!(32), "{late}");
