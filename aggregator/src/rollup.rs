@@ -234,7 +234,9 @@ pub async fn run(ch: &ClickHouseConfig, days: u32) -> Result<RollupReport, Error
         report.visit_days.push(now.date());
         // Snapshots of the old build are no use now: sites being read get one of the new
         // build at once, so their next dashboard load need not take the live path.
-        crate::snapshot::renew_watched(ch, Utc::now().naive_utc()).await?;
+        if let Err(e) = crate::snapshot::renew_watched(ch, Utc::now().naive_utc()).await {
+            tracing::warn!(error = %e, "renewing today's snapshots failed; readers ask for them");
+        }
     }
     trim_recent(ch, now.date()).await?;
     Ok(report)
