@@ -26,9 +26,10 @@
 //! since with a time before its cut), so a late hit stops the snapshots of the day until the
 //! next build, like it stops readers from using the build.
 //!
-//! Wire format: `today_daily` rows `(site, day, build, snap, dim, value, uv, visits, pageviews,
-//! events, bounces, duration)` written by one `INSERT … SELECT`, then one `today_snaps` row
-//! `(site, day, build, snap, tail, hits)` recording it as complete (the two counts taken
+//! Wire format: `today_daily` rows `(site, day, build, snap, id, dim, value, uv, visits,
+//! pageviews, events, bounces, duration)` written by one `INSERT … SELECT` (`id` random: two
+//! processes may take a snapshot in the same second), then one `today_snaps` row
+//! `(site, day, build, snap, id, tail, hits)` recording it as complete (the two counts taken
 //! before the rows were computed, so a hit stored meanwhile counts as missed); snapshots more
 //! than [`KEEP_MINUTES`] older than the newest are deleted now and then.
 
@@ -37,7 +38,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{Duration, NaiveDateTime, Utc};
 
-use crate::query::plan::{self, Build};
+use crate::query::plan::{self, Build, Snap};
 use crate::query::sql::{date, lit, utc};
 use crate::stats::{self, fetch};
 use crate::Error;
@@ -94,14 +95,14 @@ impl Snapshots {
         site: &str,
         b: &Build,
         cut: NaiveDateTime,
-    ) -> Result<Option<NaiveDateTime>, Error> {
+    ) -> Result<Option<Snap>, Error> {
         let now = (self.clock)();
         let rows = fetch(
             client,
             &format!(
-                "SELECT formatDateTime(snap, '%Y-%m-%d %H:%M:%S', 'UTC'), tail, hits, \
+                "SELECT formatDateTime(snap, '%Y-%m-%d %H:%M:%S', 'UTC'), id, tail, hits, \
                  (SELECT count() FROM {}) FROM today_snaps \
-                 WHERE site = {} AND day = {} AND build = {} ORDER BY snap DESC LIMIT 1",
+                 WHERE site = {} AND day = {} AND build = {} ORDER BY snap DESC, id DESC LIMIT 1",
                 tail_cond(site, b, cut),
                 lit(site),
                 date(b.day),
@@ -113,22 +114,25 @@ impl Snapshots {
             let snap =
                 NaiveDateTime::parse_from_str(r.get(0)?.as_str()?, "%Y-%m-%d %H:%M:%S").ok()?;
             Some((
-                snap,
-                count(r.get(1)?)?,
+                Snap {
+                    at: snap,
+                    id: count(r.get(1)?)?,
+                },
                 count(r.get(2)?)?,
                 count(r.get(3)?)?,
+                count(r.get(4)?)?,
             ))
         });
         let usable = row.and_then(|(snap, tail, hits, tail_now)| {
             readable(
-                now - snap,
+                now - snap.at,
                 self.max_age,
                 tail_now.saturating_sub(tail),
                 hits,
             )
             .then_some(snap)
         });
-        if usable.is_none_or(|snap| now - snap > self.max_age / 3) {
+        if usable.is_none_or(|snap| now - snap.at > self.max_age / 3) {
             self.refresh(site);
         }
         Ok(usable)
@@ -204,9 +208,13 @@ pub async fn take(
             .await
             .map_err(|e| Error::ClickHouse(e.to_string()))
     };
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).map_err(|e| Error::Internal(format!("random snapshot id: {e}")))?;
+    let id = u64::from_le_bytes(id);
     exec(format!(
-        "INSERT INTO today_daily (site, day, build, snap, dim, value, uv, visits, pageviews, \
-         events, bounces, duration) SELECT {}, {}, toUInt64({}), {}, * FROM ({})",
+        "INSERT INTO today_daily (site, day, build, snap, id, dim, value, uv, visits, \
+         pageviews, events, bounces, duration) SELECT {}, {}, toUInt64({}), {}, toUInt64({id}), \
+         * FROM ({})",
         lit(site),
         date(day),
         b.build,
@@ -215,8 +223,8 @@ pub async fn take(
     ))
     .await?;
     exec(format!(
-        "INSERT INTO today_snaps (site, day, build, snap, tail, hits) \
-         VALUES ({}, {}, {}, {}, {tail}, {hits})",
+        "INSERT INTO today_snaps (site, day, build, snap, id, tail, hits) \
+         VALUES ({}, {}, {}, {}, {id}, {tail}, {hits})",
         lit(site),
         date(day),
         b.build,

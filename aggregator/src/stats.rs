@@ -183,7 +183,7 @@ impl Builds {
         self.seen
             .iter()
             .filter(|((_, _, snap), _)| *snap)
-            .flat_map(|(_, b)| b.iter().filter_map(|b| b.snap))
+            .flat_map(|(_, b)| b.iter().filter_map(|b| b.snap.map(|s| s.at)))
             .max()
     }
 

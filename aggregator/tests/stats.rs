@@ -1145,6 +1145,19 @@ async fn todays_snapshot_answers_like_the_live_day_while_fresh() {
         );
         assert_eq!(as_of(&live), None);
     }
+    // Two snapshots taken in the same second (two aggregator processes): each is read on its
+    // own, never both.
+    assert!(snapshot::take(&ch, SITE, at(14, 55, 0))
+        .await
+        .unwrap()
+        .is_some());
+    let twice = run(top.clone(), Some(Arc::clone(&snaps))).await;
+    assert_eq!(
+        as_of(&twice).as_deref(),
+        Some("2026-11-20T14:55:00+00:00"),
+        "{twice}"
+    );
+    assert_eq!(twice["results"], first["results"], "{twice}");
 
     // A hit after the snapshot: on a day this small, any missed hit sends readers live, and
     // they ask for a new snapshot, which has it.
@@ -1158,7 +1171,7 @@ async fn todays_snapshot_answers_like_the_live_day_while_fresh() {
     let after = run(top.clone(), Some(Arc::clone(&snaps))).await;
     assert_eq!(as_of(&after), None, "{after}");
     assert_eq!(after["results"][0]["metrics"][0], json!(31), "{after}");
-    wait_for(2).await;
+    wait_for(3).await;
     let again = run(top.clone(), Some(Arc::clone(&snaps))).await;
     assert_eq!(
         as_of(&again).as_deref(),
@@ -1171,7 +1184,7 @@ async fn todays_snapshot_answers_like_the_live_day_while_fresh() {
     *clock.lock().unwrap() = at(14, 57, 1);
     let old = run(top.clone(), Some(Arc::clone(&snaps))).await;
     assert_eq!(as_of(&old), None, "{old}");
-    wait_for(3).await;
+    wait_for(4).await;
 
     // A new build of the day: the rollup job renews at once the snapshots of the sites being
     // read, so they need not take the live path until a reader asks.

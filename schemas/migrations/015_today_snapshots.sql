@@ -5,7 +5,8 @@
 -- of a report's time.
 --
 -- today_daily: columns of visits_daily (013) without the state, plus `snap`, the moment the
--- snapshot stands at. `uv` is the day's distinct visitors of the value: the build's visitors
+-- snapshot stands at, and `id`, a random number naming it (two processes may take one in the
+-- same second). `uv` is the day's distinct visitors of the value: the build's visitors
 -- before the cut merged with those after it, up to `snap`. A snapshot is written from a build
 -- (day, build) the aggregator trusts, in one INSERT, then recorded in today_snaps; readers
 -- use only recorded snapshots, only for the build they were made from, only while they are
@@ -18,6 +19,7 @@ CREATE TABLE IF NOT EXISTS today_daily
     day       Date,
     build     UInt64,
     snap      DateTime,
+    id        UInt64,
     dim       String,
     value     String,
     uv        UInt64,
@@ -29,9 +31,9 @@ CREATE TABLE IF NOT EXISTS today_daily
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMMDD(day)
-ORDER BY (site, dim, day, build, snap, value)
+ORDER BY (site, dim, day, build, snap, id, value)
 SETTINGS index_granularity = 256;
--- today_snaps: one row per complete snapshot (site, day, build, snap), with the site's rows
+-- today_snaps: one row per complete snapshot (site, day, build, snap, id), with the site's rows
 -- in events_recent from the build's cut on (`tail`) and its hits of the day (`hits`), both
 -- counted before the snapshot was computed: a reader compares `tail` with the count now to
 -- know how many hits the snapshot may miss.
@@ -41,6 +43,7 @@ CREATE TABLE IF NOT EXISTS today_snaps
     day   Date,
     build UInt64,
     snap  DateTime,
+    id    UInt64,
     tail  UInt64,
     hits  UInt64
 )

@@ -72,7 +72,16 @@ pub struct Build {
     pub cut: Option<NaiveDateTime>,
     /// For the current day: a recorded snapshot of the site's day made from this build, fresh
     /// enough to be read instead of the build and what follows its cut ([`snapshot_rows`]).
-    pub snap: Option<NaiveDateTime>,
+    pub snap: Option<Snap>,
+}
+
+/// One recorded snapshot of a site's current day (`today_snaps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snap {
+    /// The moment it stands for.
+    pub at: NaiveDateTime,
+    /// Its random name (two processes may take one in the same second).
+    pub id: u64,
 }
 
 impl Build {
@@ -656,13 +665,14 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
             "SELECT day, value, toUInt8(1) AS b, sum(uv) AS uv, {EMPTY_STATE} AS st, \
              sum(visits) AS visits_n, sum(pageviews) AS pv_n, sum(events) AS ev_n, \
              sum(bounces) AS bounces_n, sum(duration) AS dur_n FROM today_daily \
-             PREWHERE {} AND dim = {} AND day = {} AND build = {} AND snap = {} \
+             PREWHERE {} AND dim = {} AND day = {} AND build = {} AND snap = {} AND id = {} \
              GROUP BY day, value",
             site_cond(&q.site),
             lit(&dim),
             date(b.day),
             b.build,
-            utc(snap)
+            utc(snap.at),
+            snap.id
         ));
     }
     let partial = tuples(true);
