@@ -50,10 +50,7 @@ async fn exec(client: &clickhouse::Client, sql: &str) -> Result<(), Error> {
 }
 
 fn n(v: &serde_json::Value) -> u64 {
-    v.as_str()
-        .and_then(|s| s.parse().ok())
-        .or_else(|| v.as_u64())
-        .unwrap_or(0)
+    crate::stats::count(v).unwrap_or(0)
 }
 
 fn day_range(d: NaiveDate) -> String {

@@ -40,7 +40,7 @@ use chrono::{Duration, NaiveDateTime, Utc};
 
 use crate::query::plan::{self, Build, Snap};
 use crate::query::sql::{date, lit, utc};
-use crate::stats::{self, fetch};
+use crate::stats::{self, count, fetch};
 use crate::Error;
 use veil_schemas::ClickHouseConfig;
 
@@ -297,16 +297,10 @@ pub const KEEP_MINUTES: i64 = 5;
 /// count to compare, not to report).
 fn tail_cond(site: &str, b: &Build, cut: NaiveDateTime) -> String {
     format!(
-        "events_recent WHERE site = {} AND timestamp >= {} AND timestamp < {}",
-        lit(site),
-        utc(cut),
-        utc(b.day.and_time(chrono::NaiveTime::MIN) + Duration::days(1))
+        "{} WHERE {}",
+        plan::RECENT,
+        plan::after_cut_cond(site, b, cut)
     )
-}
-
-/// A count from ClickHouse JSON (64-bit integers arrive quoted).
-fn count(v: &serde_json::Value) -> Option<u64> {
-    v.as_u64().or_else(|| v.as_str()?.parse().ok())
 }
 
 #[cfg(test)]

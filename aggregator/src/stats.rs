@@ -52,6 +52,11 @@ fn number(v: &Value) -> Option<f64> {
     x.is_finite().then_some(x)
 }
 
+/// A count from ClickHouse JSON (64-bit integers arrive quoted).
+pub(crate) fn count(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_str()?.parse().ok())
+}
+
 fn json_number(x: Option<f64>) -> Value {
     match x {
         None => Value::Null,

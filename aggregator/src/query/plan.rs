@@ -103,11 +103,11 @@ pub const VISIT_GAP_SECS: i64 = 1800;
 /// The table the hits after a cut are read from: the last days' events ordered by time
 /// (`014_open_visits.sql`), where `events`, ordered by visitor within a day, would be read
 /// whole.
-const RECENT: &str = "events_recent";
+pub(crate) const RECENT: &str = "events_recent";
 
 /// The raw events of partly built day `b` from its cut to the end of the day: the
 /// condition for [`RECENT`].
-fn after_cut_cond(site: &str, b: &Build, cut: NaiveDateTime) -> String {
+pub(crate) fn after_cut_cond(site: &str, b: &Build, cut: NaiveDateTime) -> String {
     let hi = b.day.and_time(chrono::NaiveTime::MIN) + Duration::days(1);
     format!(
         "{} AND timestamp >= {} AND timestamp < {}",
@@ -597,13 +597,11 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
             .map(|b| format!("({}, toUInt64({}))", date(b.day), b.build))
             .collect()
     };
-    let from_daily = |closed: bool, tuples: Vec<String>| {
-        let table = if closed {
-            "visits_daily"
-        } else {
-            "visits_daily_partial"
-        };
-        let (b, uv, st, group) = if closed {
+    // Rows of `table` matching `key` (besides site and dimension): finished counts (`exact`:
+    // closed days, a snapshot of today) with an empty state each, or today's build with its
+    // states.
+    let from_daily = |table: &str, exact: bool, key: String| {
+        let (b, uv, st, group) = if exact {
             // Rows are unique per day and value, so grouping (for the empty state) keeps them
             // as they are.
             (1, "sum(uv)", EMPTY_STATE, " GROUP BY day, value")
@@ -611,7 +609,7 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
             (0, "toUInt64(0)", "visitors", "")
         };
         let sum = |c: &str| {
-            if closed {
+            if exact {
                 format!("sum({c})")
             } else {
                 c.to_string()
@@ -620,7 +618,7 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
         format!(
             "SELECT day, value, toUInt8({b}) AS b, {uv} AS uv, {st} AS st, {} AS visits_n, \
              {} AS pv_n, {} AS ev_n, {} AS bounces_n, {} AS dur_n \
-             FROM {table} PREWHERE {} AND dim = {} AND (day, build) IN ({}){group}",
+             FROM {table} PREWHERE {} AND dim = {} AND {key}{group}",
             sum("visits"),
             sum("pageviews"),
             sum("events"),
@@ -628,9 +626,9 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
             sum("duration"),
             site_cond(&q.site),
             lit(&dim),
-            tuples.join(", ")
         )
     };
+    let builds_key = |tuples: Vec<String>| format!("(day, build) IN ({})", tuples.join(", "));
     // Rows aggregated per day from raw events (`events` matching `cond`) or visit rows.
     let on_the_fly = |events: String, cond: String, visits: String| match which {
         Some(DailyDim::Event(c)) => format!(
@@ -656,28 +654,30 @@ fn visits_daily_rows(q: &Query, built: &[Build]) -> String {
     let mut parts = Vec::new();
     let closed = tuples(false);
     if !closed.is_empty() {
-        parts.push(from_daily(true, closed));
+        parts.push(from_daily("visits_daily", true, builds_key(closed)));
     }
     // The current day read from a fresh snapshot: finished numbers, like a closed day's.
     for b in built.iter().filter(|b| days.contains(&b.day)) {
         let Some(snap) = b.snap else { continue };
-        parts.push(format!(
-            "SELECT day, value, toUInt8(1) AS b, sum(uv) AS uv, {EMPTY_STATE} AS st, \
-             sum(visits) AS visits_n, sum(pageviews) AS pv_n, sum(events) AS ev_n, \
-             sum(bounces) AS bounces_n, sum(duration) AS dur_n FROM today_daily \
-             PREWHERE {} AND dim = {} AND day = {} AND build = {} AND snap = {} AND id = {} \
-             GROUP BY day, value",
-            site_cond(&q.site),
-            lit(&dim),
-            date(b.day),
-            b.build,
-            utc(snap.at),
-            snap.id
+        parts.push(from_daily(
+            "today_daily",
+            true,
+            format!(
+                "day = {} AND build = {} AND snap = {} AND id = {}",
+                date(b.day),
+                b.build,
+                utc(snap.at),
+                snap.id
+            ),
         ));
     }
     let partial = tuples(true);
     if !partial.is_empty() {
-        parts.push(from_daily(false, partial));
+        parts.push(from_daily(
+            "visits_daily_partial",
+            false,
+            builds_key(partial),
+        ));
         for b in built
             .iter()
             .filter(|b| days.contains(&b.day) && b.snap.is_none())
@@ -832,7 +832,7 @@ fn ef(field: &str, fields: &[&str]) -> String {
 const EMPTY_STATE: &str = "uniqStateIf(toFixedString('', 16), 0)";
 
 /// Child-directed sites store no visitor hash (all zero bytes); they have no visits.
-pub const HAS_VISITOR: &str = "visitor_id != unhex('00000000000000000000000000000000')";
+const HAS_VISITOR: &str = "visitor_id != unhex('00000000000000000000000000000000')";
 
 /// One array of sorted hits per (site, visitor) of the events matching `cond`, with a visit
 /// number per hit (`vnum`, the 30-minute rule) and the hit's position (`idx`).
