@@ -48,9 +48,11 @@ test("veil.js records pageviews, SPA navigation, events, outbound links, downloa
   await p.click("#spa");
   await p.waitForTimeout(1200); // visible time on /spa/2
   await p.close({ runBeforeUnload: true }); // pagehide: the engagement beacon
-  await ctx.close();
 
+  // The browser stays up until the beacon is stored: closing it at once can cancel the
+  // request still in flight (seen once in a CI rehearsal: no engagement row after 15 s).
   const got = await rows(veil, "SELECT name, pathname, utm_source, engagement_ms, screen_class, processor_class, prop_keys, prop_values FROM veil.events WHERE site = 'example.com' ORDER BY timestamp", 7);
+  await ctx.close();
   const by = (name, path) => got.filter((r) => r.name === name && (!path || r.pathname === path));
   assert.equal(by("pageview", "/shop").length, 1, JSON.stringify(got));
   assert.equal(by("pageview", "/shop")[0].utm_source, "newsletter");
