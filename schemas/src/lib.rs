@@ -11,6 +11,7 @@ pub mod gen;
 pub mod managed;
 pub mod migrate;
 pub mod registry;
+pub mod sql;
 pub mod testing;
 
 use std::time::Duration;
@@ -156,13 +157,7 @@ impl ClickHouseConfig {
     }
 }
 
-/// True for names safe to paste into SQL as an identifier: `[A-Za-z_][A-Za-z0-9_]*`.
-pub fn valid_identifier(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && s.len() <= 64
-}
+pub use sql::valid_identifier;
 
 /// Quotes a string as a ClickHouse SQL string literal (`'...'`), escaping `\` and `'`.
 ///
