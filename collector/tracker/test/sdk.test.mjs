@@ -3,7 +3,9 @@
 // @umami/node and @aptabase/web from Node. What each sent is read back from ClickHouse.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startVeil, pageServer, browser, rows } from "./harness.mjs";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { startVeil, pageServer, launch, rows } from "../../../testing/browser/harness.mjs";
 import { Umami } from "@umami/node";
 import { init as aptabaseInit, trackEvent } from "@aptabase/web";
 
@@ -14,7 +16,7 @@ const DESKTOP = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like
 let veil, pages, chrome;
 
 before(async () => {
-  veil = await startVeil(["--site", "sdk.example", "--site", "app.example",
+  veil = await startVeil(["--site", "example.com", "--min-visitors", "2", "--site", "sdk.example", "--site", "app.example",
     "--site-alias", `${UMAMI_ID}=sdk.example`, "--site-alias", `${APP_KEY}=app.example`]);
   const pa = `<!doctype html><html><body><button id="go">go</button><script type="module">
     import { init, track } from "/node_modules/@plausible-analytics/tracker/plausible.js";
@@ -32,8 +34,9 @@ before(async () => {
     p.trackEvent("Legacy Event", { props: { via: "plausible-tracker" } });
     window.ready = true;
   </script></body></html>`;
-  pages = await pageServer({ "/pa/landing": pa, "/legacy/page": legacy });
-  chrome = await browser();
+  pages = await pageServer({ "/pa/landing": pa, "/legacy/page": legacy },
+    { packageDir: fileURLToPath(new URL("..", import.meta.url)) });
+  chrome = await launch(chromium);
 });
 
 after(async () => {
@@ -49,9 +52,12 @@ test("@plausible-analytics/tracker: pageview, custom event with props, revenue, 
   await p.waitForFunction(() => window.ready === true);
   await p.click("#go");
   await p.waitForTimeout(3500); // the tracker sends engagement after 3 s of visible time or on hide
-  await p.close({ runBeforeUnload: true });
-  await ctx.close();
+  await p.close({ runBeforeUnload: true }); // pagehide: the engagement event
+
+  // The browser stays up until the rows are stored: closing it at once can cancel the
+  // engagement request still in flight (as in veil.test.mjs).
   const got = await rows(veil, "SELECT name, pathname, utm_campaign, engagement_ms, scroll_depth, prop_keys, prop_values, revenue_micros, revenue_currency, interactive FROM veil.events WHERE site = 'sdk.example' AND pathname = '/pa/landing'", 4);
+  await ctx.close();
   const by = (n) => got.filter((r) => r.name === n);
   assert.equal(by("pageview").length, 1, JSON.stringify(got));
   assert.equal(by("pageview")[0].utm_campaign, "launch");
@@ -67,9 +73,9 @@ test("plausible-tracker (legacy package): pageview and event", async () => {
   const p = await ctx.newPage();
   await p.goto(pages.origin + "/legacy/page");
   await p.waitForFunction(() => window.ready === true);
-  await p.waitForTimeout(300);
-  await ctx.close();
+  // The context stays open until both events are stored: closing it could cancel a request.
   const got = await rows(veil, "SELECT name, prop_values FROM veil.events WHERE pathname = '/legacy/page'", 2);
+  await ctx.close();
   assert.deepEqual(got.map((r) => r.name).sort(), ["Legacy Event", "pageview"]);
   assert.deepEqual(got.find((r) => r.name === "Legacy Event").prop_values, ["plausible-tracker"]);
 });

@@ -7,7 +7,8 @@ import { readFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import { execFileSync } from "node:child_process";
 import { join } from "node:path";
-import { startVeil, pageServer, browser, rows, query, root } from "./harness.mjs";
+import { chromium } from "playwright-core";
+import { startVeil, pageServer, launch, rows, sql, root } from "../../../testing/browser/harness.mjs";
 
 let veil, pages, chrome;
 
@@ -16,7 +17,7 @@ const page = (body) => (veilUrl) => `<!doctype html><html><head><title>t</title>
 <body style="height:3000px">${body}</body></html>`;
 
 before(async () => {
-  veil = await startVeil();
+  veil = await startVeil(["--site", "example.com", "--min-visitors", "2"]);
   const html = page(`
     <a id="out" href="https://external.example/path?secret=1">out</a>
     <a id="dl" href="/files/report.pdf">pdf</a>
@@ -24,7 +25,7 @@ before(async () => {
     <button id="spa" onclick="history.pushState({}, '', '/spa/2')">next</button>
     <script>document.addEventListener('click', e => { if (e.target.tagName === 'A') e.preventDefault(); }, true);</script>`)(veil.url);
   pages = await pageServer({ "*": html });
-  chrome = await browser();
+  chrome = await launch(chromium);
 });
 
 after(async () => {
@@ -75,8 +76,9 @@ test("an iPad in desktop mode (a Mac user agent with a touch screen) is counted 
   const p = await ctx.newPage();
   await p.goto(pages.origin + "/ipad-desktop-mode");
   await p.waitForFunction(() => typeof window.veil === "function");
-  await ctx.close();
+  // The context stays open until the pageview is stored: closing it could cancel the request.
   const got = await rows(veil, "SELECT os, device FROM veil.events WHERE pathname = '/ipad-desktop-mode' AND name = 'pageview'", 1);
+  await ctx.close();
   assert.deepEqual(got, [{ os: "iPadOS", device: "tablet" }]);
 });
 
@@ -98,7 +100,7 @@ for (const [label, init] of [
     await p.close({ runBeforeUnload: true });
     await ctx.close();
     assert.deepEqual(sent, []);
-    const stored = await query(veil, `SELECT count() AS n FROM veil.events WHERE pathname = '${path}'`);
+    const stored = await sql(veil, `SELECT count() AS n FROM veil.events WHERE pathname = '${path}'`);
     assert.equal(Number(stored[0].n), 0);
   });
 }
