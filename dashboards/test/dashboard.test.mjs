@@ -1,16 +1,17 @@
 // The marketer dashboard in headless Chromium against a real `veil up` holding a known dataset
-// (harness.mjs): the numbers on screen are the Stats API's, a click filters everything, the URL
-// round-trips, comparisons, CSV and export downloads, shared links without a key, realtime
-// refresh, the XSS corpus stays text, no console errors; one screenshot per page under
-// target/screenshots/, and the payload / first-paint measurement (dashboards/README.md).
+// (fixture.mjs, on the shared testing/browser/harness.mjs): the numbers on screen are the Stats
+// API's, a click filters everything, the URL round-trips, comparisons, CSV and export downloads,
+// shared links without a key, realtime refresh, the XSS corpus stays text, no console errors;
+// one screenshot per page under target/screenshots/, and the payload / first-paint measurement
+// (dashboards/README.md).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { gzipSync } from "node:zlib";
 import { writeFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import {
-  startVeil, seed, browser, open, screenshot, settled, query, api, send, sql, XSS, UA, SITE, ADMIN, shots,
-} from "./harness.mjs";
+  startVeil, seed, browser, open, screenshot, settled, query, api, send, sql, waitFor, XSS, UA, SITE, ADMIN, shots,
+} from "./fixture.mjs";
 
 let veil, chrome;
 
@@ -347,14 +348,8 @@ test("the realtime view refreshes by itself after a new event", async () => {
     timestamp: now, ip: `192.0.2.${i + 1}`, user_agent: UA.chrome })));
   // The realtime window ends at the start of the current minute (so two queries within a
   // minute cannot be subtracted): new visitors show once that minute is over.
-  const deadline = Date.now() + 90_000;
-  let api5m;
-  for (;;) {
-    api5m = (await api(veil, `/api/v1/sites/${SITE}/realtime`)).visitors_5m;
-    if (api5m !== null && str(api5m) !== before) break;
-    assert.ok(Date.now() < deadline, "the API never saw the new visitors");
-    await new Promise((ok) => setTimeout(ok, 300));
-  }
+  const api5m = await waitFor(async () => (await api(veil, `/api/v1/sites/${SITE}/realtime`)).visitors_5m,
+    (v) => v !== null && str(v) !== before, { ms: 90_000, every: 300, what: "the API never saw the new visitors" });
   await page.waitForFunction((v) => document.querySelector("#rt-visitors").dataset.value === v, str(api5m), { timeout: 10_000 });
   await page.waitForSelector('#rt-pages th[data-raw="/live"]');
   await screenshot(page, "realtime");
@@ -369,7 +364,8 @@ test("the XSS corpus, sent as paths, referrers, UTM values, props and event name
   for (const v of views) {
     await page.goto(dash("period=7d&" + v));
     await settled(page);
-    await page.waitForTimeout(200);
+    // Any image the corpus slipped into the page has loaded or failed (and run its onerror).
+    await page.waitForFunction(() => [...document.images].every((i) => i.complete));
     const raws = await page.$$eval("tbody th[data-raw]", (ths) => ths.map((t) => t.textContent));
     for (const x of XSS) if (raws.some((r) => r.includes(x))) seen.add(v + " " + x);
     assert.equal(await page.evaluate(() => window.__xss), undefined, v);
@@ -536,21 +532,16 @@ test("a child-directed site added through the admin API shows page views and eve
   await admin.close_all();
   const ev = (i, path) => ({ site: kids, name: "pageview", url: `https://${kids}${path}`, ip: `192.0.2.${100 + i}`, user_agent: UA.chrome });
   const events = [...Array.from({ length: 8 }, (_, i) => ev(i, "/")), ...Array.from({ length: 6 }, (_, i) => ev(i, "/games"))];
-  // The collector accepts the new site within one registry refresh. A batch it accepted is
-  // stored within its flush age, so each send gets a few seconds to show before the next
-  // (sending again at once stored a second copy after the page had loaded — a page and an API
-  // answer a moment apart then differed), and the page opens once the count stands still.
+  // The collector knows the new site within one registry refresh; until then it ignores the
+  // events (accepted 0, stored nowhere). The first event goes alone until it is accepted, then
+  // the rest once: each event is sent to be stored exactly once (a resend of an accepted batch
+  // would store a second copy, and a page and an API answer a moment apart could differ), and
+  // the page opens once all of them are stored.
+  await waitFor(() => send(veil, events.slice(0, 1)), (n) => n === 1,
+    { ms: 20_000, every: 500, what: "the collector never accepted the new site" });
+  assert.equal(await send(veil, events.slice(1)), events.length - 1);
   const stored = async () => Number((await sql(veil, `SELECT count() AS c FROM veil.events WHERE site = '${kids}'`))[0].c);
-  const pause = (ms) => new Promise((ok) => setTimeout(ok, ms));
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    await send(veil, events);
-    const until = Date.now() + 3000;
-    while (Date.now() < until && (await stored()) < events.length) await pause(200);
-    if ((await stored()) >= events.length) break;
-    assert.ok(Date.now() < deadline, "the collector never accepted the new site");
-  }
-  for (let last = -1, now = await stored(); now !== last; last = now, await pause(500), now = await stored());
+  await waitFor(stored, (n) => n >= events.length, { ms: 15_000, every: 200, what: "events stored" });
   const page = await open(chrome);
   await page.goto(`${veil.url}/site/${kids}?period=7d`);
   await settled(page);
@@ -617,14 +608,8 @@ test("filtered traffic: bots by reason and opt-outs are the API's numbers, reaso
   assert.deepEqual(await res.json(), { accepted: 0, ignored: events.length, rejected: [] }, "every hit is filtered, none stored");
   // Collectors flush their counts every 5 s.
   const path = `/api/v1/sites/${SITE}/filtered-traffic?date_range=7d`;
-  const deadline = Date.now() + 30_000;
-  let want;
-  for (;;) {
-    want = await api(veil, path);
-    if (want.dropped.reduce((n, r) => n + (r.events || 0), 0) >= 11) break;
-    assert.ok(Date.now() < deadline, "the counts never arrived: " + JSON.stringify(want));
-    await new Promise((ok) => setTimeout(ok, 500));
-  }
+  const want = await waitFor(() => api(veil, path), (w) => w.dropped.reduce((n, r) => n + (r.events || 0), 0) >= 11,
+    { ms: 30_000, every: 500, what: "the counts never arrived" });
   // The two curl hits are under k: not listed.
   assert.deepEqual(want.dropped, [{ reason: "bot_crawler", events: 6 }, { reason: "consent", events: 5 }]);
   assert.equal(want.min_visitors, 5);
@@ -675,20 +660,14 @@ test("filtered traffic: a site that keeps bots shows them as \"Kept bots (flagge
   // The collector knows the new site (and its keep_bots) within one registry refresh; until then
   // the hits are dropped as for an unknown domain (and counted nowhere).
   const deadline = Date.now() + 30_000;
-  for (;;) {
+  await waitFor(async () => {
     const res = await fetch(veil.url + "/v1/events", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(events) });
     assert.equal(res.status, 202);
-    if ((await res.json()).accepted === events.length) break;
-    assert.ok(Date.now() < deadline, "the collector never accepted the new site");
-    await new Promise((ok) => setTimeout(ok, 1000));
-  }
-  let want;
-  for (;;) {
-    want = await api(veil, `/api/v1/sites/${site}/filtered-traffic?date_range=7d`);
-    if (want.stored_bots.some((r) => r.events === events.length)) break;
-    assert.ok(Date.now() < deadline, "the kept bots never reached the API: " + JSON.stringify(want));
-    await new Promise((ok) => setTimeout(ok, 300));
-  }
+    return (await res.json()).accepted;
+  }, (n) => n === events.length, { ms: deadline - Date.now(), every: 1000, what: "the collector never accepted the new site" });
+  const want = await waitFor(() => api(veil, `/api/v1/sites/${site}/filtered-traffic?date_range=7d`),
+    (w) => w.stored_bots.some((r) => r.events === events.length),
+    { ms: deadline - Date.now(), every: 300, what: "the kept bots never reached the API" });
   assert.deepEqual(want.stored_bots, [{ reason: "bot_crawler", events: events.length }]);
   const page = await open(chrome);
   await page.goto(`${veil.url}/site/${site}?period=7d`);

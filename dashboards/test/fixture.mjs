@@ -1,80 +1,32 @@
-// Shared set-up for the dashboard's browser tests: a real `veil up` (managed ClickHouse) on a
-// temp data dir with an admin token, a known dataset sent through the collector's real
-// /v1/events endpoint (an "ip" and "user_agent" per event, so visitors are distinct), an API
-// client, headless Debian Chromium through playwright-core, and screenshots under
-// target/screenshots/.
-import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, readFileSync, existsSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
-import { join, dirname, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+// The dashboard suite's fixture, on the shared browser-test harness
+// (testing/browser/harness.mjs): a real `veil up` with an admin token, a known dataset sent
+// through the collector's real /v1/events endpoint (an "ip" and "user_agent" per event, so
+// visitors are distinct), an API client, pages in headless Debian Chromium (playwright-core),
+// and screenshots under target/screenshots/.
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
+import * as harness from "../../testing/browser/harness.mjs";
 
-const here = dirname(fileURLToPath(import.meta.url));
-export const root = resolve(here, "../..");
+export { sql, poll, waitFor } from "../../testing/browser/harness.mjs";
+const { sql, waitFor, root } = harness;
+
 export const ADMIN = "admin-" + "x".repeat(32);
 export const SITE = "example.com";
 /** The Aptabase app key naming the test site (`--site-alias`). */
 export const APP_KEY = "A-SH-DASHTEST";
 export const shots = join(root, "target/screenshots");
 
-function freePort() {
-  return new Promise((ok) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => ok(p)); });
-  });
-}
-
-/** `veil up` with k = `k`, an admin token, fast flushes and old timestamps accepted. */
-export async function startVeil({ k = 5, args = [] } = {}) {
-  const bin = process.env.VEIL_BIN || join(root, "target/debug/veil");
-  if (!existsSync(bin)) execFileSync("cargo", ["build", "-p", "veil"], { cwd: root, stdio: "inherit" });
-  const dir = mkdtempSync(join(tmpdir(), "veil-dash-"));
-  const port = await freePort();
-  const child = spawn(bin, ["up", "--site", SITE, "--min-visitors", String(k), "--batch-max-age", "200ms",
-    "--max-event-age", "30d", "--rate-limit-ip", "0", "--api-token", ADMIN, "--site-alias", `${APP_KEY}=${SITE}`,
-    "--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "var"), ...args],
-  { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, VEIL_LOG: "warn" } });
-  let out = "";
-  child.stdout.on("data", (b) => { out += b; });
-  child.stderr.on("data", (b) => { out += b; });
-  const deadline = Date.now() + 120_000;
-  while (!out.includes("Veil is running")) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error("veil up did not start:\n" + out);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  const cfg = readFileSync(join(dir, "var/clickhouse/config.xml"), "utf8");
-  const chPort = cfg.match(/<http_port>(\d+)<\/http_port>/)[1];
-  return {
-    url: `http://127.0.0.1:${port}`,
-    clickhouse: `http://127.0.0.1:${chPort}`,
-    log: () => out,
-    async stop() {
-      child.kill("SIGTERM");
-      await new Promise((r) => (child.exitCode !== null ? r() : child.once("exit", r)));
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
-
-/** Rows of a ClickHouse query. */
-export async function sql(veil, text) {
-  const res = await fetch(veil.clickhouse + "/", { method: "POST", body: text + " FORMAT JSONEachRow" });
-  const body = await res.text();
-  if (!res.ok) throw new Error(body);
-  return body.split("\n").filter(Boolean).map((l) => JSON.parse(l));
+/** `veil up` with k = `k`, an admin token, old timestamps accepted and no per-IP rate limit. */
+export function startVeil({ k = 5, args = [] } = {}) {
+  return harness.startVeil(["--site", SITE, "--min-visitors", String(k), "--max-event-age", "30d", "--rate-limit-ip", "0",
+    "--api-token", ADMIN, "--site-alias", `${APP_KEY}=${SITE}`, ...args], { env: { VEIL_LOG: "warn" } });
 }
 
 /** Waits until ClickHouse holds at least `n` events of the site. */
 export async function waitForEvents(veil, n, ms = 30_000) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const [r] = await sql(veil, `SELECT count() AS c FROM veil.events WHERE site = '${SITE}'`);
-    if (Number(r.c) >= n) return Number(r.c);
-    if (Date.now() > deadline) throw new Error(`only ${r.c} of ${n} events stored`);
-    await new Promise((ok) => setTimeout(ok, 200));
-  }
+  const count = async () => Number((await sql(veil, `SELECT count() AS c FROM veil.events WHERE site = '${SITE}'`))[0].c);
+  return waitFor(count, (c) => c >= n, { ms, every: 200, what: (c) => `only ${c} of ${n} events stored` });
 }
 
 /** An API call as the admin (or with `token`); JSON in, JSON (or text for CSV) out. */
@@ -182,12 +134,9 @@ export async function seed(veil) {
   return ev.length + 24;
 }
 
-export async function browser() {
-  return chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync"],
-  });
+/** Headless Chromium. */
+export function browser() {
+  return harness.launch(chromium);
 }
 
 /**
