@@ -47,11 +47,12 @@ after(async () => {
 
 test("@plausible-analytics/tracker: pageview, custom event with props, revenue, non-interactive event, engagement", async () => {
   const ctx = await chrome.newContext({ userAgent: DESKTOP });
+  await ctx.clock.install(); // the page's time runs, and jumps when told: no real-time wait
   const p = await ctx.newPage();
   await p.goto(pages.origin + "/pa/landing?utm_campaign=launch");
   await p.waitForFunction(() => window.ready === true);
   await p.click("#go");
-  await p.waitForTimeout(3500); // the tracker sends engagement after 3 s of visible time or on hide
+  await p.clock.fastForward(3500); // the tracker sends engagement after 3 s of visible time or on hide
   await p.close({ runBeforeUnload: true }); // pagehide: the engagement event
 
   // The browser stays up until the rows are stored: closing it at once can cancel the

@@ -40,6 +40,7 @@ const DESKTOP = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like
 
 test("veil.js records pageviews, SPA navigation, events, outbound links, downloads and time on page", async () => {
   const ctx = await chrome.newContext({ userAgent: DESKTOP });
+  await ctx.clock.install(); // the page's time runs, and jumps when told: no real-time wait
   const p = await ctx.newPage();
   await p.goto(pages.origin + "/shop?email=a@b.example&utm_source=newsletter");
   await p.waitForFunction(() => typeof window.veil === "function");
@@ -47,7 +48,7 @@ test("veil.js records pageviews, SPA navigation, events, outbound links, downloa
   await p.click("#out");
   await p.click("#dl");
   await p.click("#spa");
-  await p.waitForTimeout(1200); // visible time on /spa/2
+  await p.clock.fastForward(1200); // visible time on /spa/2
   await p.close({ runBeforeUnload: true }); // pagehide: the engagement beacon
 
   // The browser stays up until the beacon is stored: closing it at once can cancel the
@@ -97,7 +98,11 @@ for (const [label, init] of [
     await p.goto(pages.origin + path);
     await p.waitForFunction(() => typeof window.veil === "function");
     await p.click("#signup");
+    // A close with runBeforeUnload returns at once: the page's pagehide handlers (and any
+    // request they made) have run only when it is closed.
+    const closed = p.waitForEvent("close");
     await p.close({ runBeforeUnload: true });
+    await closed;
     await ctx.close();
     assert.deepEqual(sent, []);
     const stored = await sql(veil, `SELECT count() AS n FROM veil.events WHERE pathname = '${path}'`);
