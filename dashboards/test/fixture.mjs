@@ -7,9 +7,9 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 import * as harness from "../../testing/browser/harness.mjs";
+import { sql, waitFor, root } from "../../testing/browser/harness.mjs";
 
-export { sql, poll, waitFor } from "../../testing/browser/harness.mjs";
-const { sql, waitFor, root } = harness;
+export { sql, waitFor };
 
 export const ADMIN = "admin-" + "x".repeat(32);
 export const SITE = "example.com";
