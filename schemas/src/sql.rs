@@ -229,7 +229,10 @@ macro_rules! sql {
             $crate::sql::__check_format($fmt),
             "sql!: only {{}} placeholders (a named or formatted one would bypass escaping)"
         );
-        $crate::sql::Sql::__from_format(format_args!($fmt $(, $crate::sql::Show(&$arg))*))
+        // A `let`, not a tail expression: the arguments' temporaries end here, so a
+        // statement built inline (`fetch(&sql!(…)).await`) does not hold them across an await.
+        let built = $crate::sql::Sql::__from_format(format_args!($fmt $(, $crate::sql::Show(&$arg))*));
+        built
     }};
 }
 
@@ -378,6 +381,13 @@ mod tests {
             assert!(ident(bad).is_err(), "{bad:?}");
         }
         assert_eq!(idents(&["a", "b"], ", ").as_str(), "a, b");
+    }
+
+    #[test]
+    fn an_inline_statement_can_cross_an_await() {
+        fn is_send<T: Send>(_: T) {}
+        async fn run(_q: &Sql) {}
+        is_send(async { run(&sql!("SELECT {}", lit(&String::from("a")))).await });
     }
 
     #[test]
