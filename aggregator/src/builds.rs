@@ -1,5 +1,5 @@
 //! The builds catalog: which recorded build of each UTC day's visits (`visit_builds`, written
-//! by [`crate::rollup`]) reports may read, and a per-request cache of that answer.
+//! by the rollup job) reports may read, and a per-request cache of that answer.
 //!
 //! A day's latest *recorded* build is complete (the rollup job records a build only after
 //! writing its rows). A build of the current day (one with a cut) is left out when the events
@@ -7,7 +7,7 @@
 //! time): that day is then derived from raw events until the next rollup run builds it again.
 //!
 //! Reports by day and dimension may read the current day from a snapshot instead
-//! ([`crate::snapshot`]); this module asks for one through [`TodaySnapshots`], which the
+//! (the snapshot module); this module asks for one through [`TodaySnapshots`], which the
 //! snapshot module implements, so the catalog does not depend on how snapshots are taken.
 
 use std::future::Future;
@@ -27,7 +27,7 @@ use crate::Error;
 pub type SnapFuture<'a> = Pin<Box<dyn Future<Output = Result<Option<Snap>, Error>> + Send + 'a>>;
 
 /// Snapshots of the current day a report may read instead of merging today's build with the
-/// hits after its cut (implemented by [`crate::snapshot::Snapshots`]).
+/// hits after its cut (implemented by the snapshot module's `Snapshots`).
 pub trait TodaySnapshots: Send + Sync + std::fmt::Debug {
     /// The snapshot of `site` made from build `b` (the current day's latest recorded build,
     /// with cut `cut`) that a report may read now, if there is one.
@@ -125,7 +125,7 @@ pub struct Builds {
 
 impl Builds {
     /// Builds for one request; reports by day and dimension read today's fresh snapshot
-    /// ([`crate::snapshot`]) when `snapshots` is given.
+    /// when `snapshots` is given.
     pub fn new(snapshots: Option<Box<dyn TodaySnapshots>>) -> Self {
         Self {
             seen: Vec::new(),

@@ -124,6 +124,21 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn mutation_targets_follow_the_schema_layout() {
+        let one = ClickHouseConfig::new("http://127.0.0.1:1", "veil");
+        assert_eq!(mutation_target(&one, "events").unwrap().as_str(), "events");
+        let mut cluster = one.clone();
+        cluster.cluster = Some("c1".into());
+        let t = mutation_target(&cluster, "events").unwrap();
+        assert!(t.as_str().contains("ON CLUSTER c1"), "{t:?}");
+        assert_eq!(
+            t.as_str(),
+            veil_schemas::migrate::mutation_target(&cluster, "events")
+        );
+        assert!(mutation_target(&one, "events; DROP TABLE x").is_err());
+    }
+
+    #[test]
     fn cells_are_read_quoted_or_not() {
         assert_eq!(number(&json!("12")), Some(12.0));
         assert_eq!(number(&json!(1.5)), Some(1.5));

@@ -244,7 +244,7 @@ impl AggregatorConfig {
             }
         }
         if let Some(t) = &self.api_token {
-            if t.chars().count() < 16 {
+            if t.len() < 16 {
                 return bad("--admin-token (or --api-token) must be at least 16 characters".into());
             }
         }
@@ -566,6 +566,56 @@ mod tests {
             },
             ClickHouseConfig::new("http://127.0.0.1:1", "veil"),
         )
+    }
+
+    #[test]
+    fn config_is_checked_with_the_flag_named() {
+        let ok = AggregatorConfig {
+            sites: vec!["a.com".into()],
+            child_sites: vec!["kids.a.com".into()],
+            site_aliases: vec!["www.a.com=a.com".into()],
+            api_token: Some("0123456789abcdef".into()),
+            today_snapshot_secs: 30,
+            ..Default::default()
+        };
+        ok.validate().unwrap();
+        AggregatorConfig::default().validate().unwrap();
+        let err = |c: AggregatorConfig| c.validate().unwrap_err().to_string();
+        assert!(err(AggregatorConfig {
+            sites: vec!["not a domain".into()],
+            ..ok.clone()
+        })
+        .contains("--site"));
+        assert!(err(AggregatorConfig {
+            site_aliases: vec!["www.a.com".into()],
+            ..ok.clone()
+        })
+        .contains("--site-alias"));
+        assert!(err(AggregatorConfig {
+            api_token: Some("short".into()),
+            ..ok.clone()
+        })
+        .contains("--admin-token"));
+        assert!(err(AggregatorConfig {
+            min_visitors: 1,
+            ..ok.clone()
+        })
+        .contains("--min-visitors"));
+        assert!(err(AggregatorConfig {
+            today_snapshot_secs: snapshot::MAX_AGE_SECS + 1,
+            ..ok.clone()
+        })
+        .contains("--today-snapshot-secs"));
+        let mut r = ok.clone();
+        r.retention.default_days = 0;
+        assert!(err(r).contains("--retention-days"));
+        let mut r = ok.clone();
+        r.retention.per_site.insert("a.com".into(), 0);
+        assert!(err(r).contains("--site-retention"));
+        assert_eq!(
+            Error::Config("x".into()).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 
     #[tokio::test]

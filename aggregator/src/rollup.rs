@@ -363,3 +363,19 @@ pub async fn run_until(
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_named_by_their_utc_day() {
+        let d = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+        assert_eq!(partition(d), 20_261_120);
+        assert_eq!(
+            partition(d).to_string(),
+            d.format("%Y%m%d").to_string(),
+            "as ClickHouse's toYYYYMMDD names it"
+        );
+    }
+}
