@@ -1,5 +1,5 @@
 //! The aggregator's one door to ClickHouse: every statement is an [`Sql`] (see
-//! [`veil_schemas::sql`]) run by [`fetch`], [`exec`], [`count`], [`one`] or [`rows`], with one mapping
+//! [`mod@veil_schemas::sql`]) run by [`fetch`], [`exec`], [`count`], [`one`] or [`rows`], with one mapping
 //! of ClickHouse failures to [`Error::ClickHouse`] (a 502).
 //!
 //! Timeouts: the client reports are read with ([`report_client`]) sends ClickHouse's
