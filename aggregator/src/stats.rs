@@ -1,5 +1,6 @@
-//! Runs one Stats API query for one site: parse and check it ([`crate::query`]), run the SQL,
-//! apply k-anonymity and the differencing guard, add comparisons and conversion rates, and
+//! Runs one Stats API query for one site and shapes the answer: parse and check it
+//! ([`crate::query`]), run its SQL over the builds reports may read ([`crate::builds`],
+//! through [`crate::db`]), apply k-anonymity and the differencing guard, add comparisons and conversion rates, and
 //! shape the Plausible-v2 response (or CSV).
 //!
 //! k-anonymity, as applied here:
