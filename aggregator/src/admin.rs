@@ -33,8 +33,9 @@ use serde_json::{json, Map, Value};
 use veil_schemas::registry::{normalize_domain, SiteSettings, MAX_NAME_BYTES};
 
 use crate::auth::{self, Access};
-use crate::site::{Funnel, Goal, SiteView, MIN_K};
-use crate::{json_response, Aggregator, Error, HttpResponse, Source};
+use crate::http::{json_response, HttpResponse};
+use crate::site::{Funnel, Goal, MIN_K};
+use crate::{Aggregator, Error, Source};
 
 /// Largest k a site may choose.
 pub const MAX_K: u64 = 1_000_000;
@@ -42,32 +43,6 @@ pub const MAX_K: u64 = 1_000_000;
 pub const MAX_GOALS: usize = 100;
 /// Most funnels per site.
 pub const MAX_FUNNELS: usize = 20;
-
-/// The query engine's view of a site with these settings. Goals and funnels were checked when
-/// stored; any that no longer parse are left out (and logged).
-pub fn view(domain: &str, s: &SiteSettings) -> SiteView {
-    let mut v = SiteView::new(domain);
-    v.timezone = s.timezone.clone();
-    v.min_visitors = s.min_visitors.max(MIN_K);
-    v.child_directed = s.child_directed;
-    v.goals = s
-        .goals
-        .iter()
-        .filter_map(|g| match serde_json::from_value::<Goal>(g.clone()) {
-            Ok(g) => Some(g),
-            Err(e) => {
-                tracing::warn!(site = domain, error = %e, "skipping a stored goal that does not parse");
-                None
-            }
-        })
-        .collect();
-    v.funnels = s
-        .funnels
-        .iter()
-        .filter_map(|f| serde_json::from_value::<Funnel>(f.clone()).ok())
-        .collect();
-    v
-}
 
 fn bad(msg: String) -> Error {
     Error::BadRequest(msg)
@@ -469,7 +444,9 @@ fn list_links(agg: &Aggregator, site: &str) -> HttpResponse {
     json_response(StatusCode::OK, &json!({ "shared_links": links }))
 }
 
-fn expiry(v: Option<&Value>) -> Result<u32, Error> {
+/// `expires_at` of a new link, in Unix seconds (0: never); it must be after `now` (Unix
+/// seconds).
+fn expiry(v: Option<&Value>, now: i64) -> Result<u32, Error> {
     let secs: i64 = match v {
         None | Some(Value::Null) => return Ok(0),
         Some(Value::Number(n)) => n
@@ -484,7 +461,6 @@ fn expiry(v: Option<&Value>) -> Result<u32, Error> {
             ))
         }
     };
-    let now = i64::from(veil_schemas::registry::now_secs());
     if secs <= now {
         return Err(bad("`expires_at` must be in the future".into()));
     }
@@ -502,7 +478,7 @@ async fn create_link(
     if !name.is_empty() {
         check_text("name", &name, MAX_NAME_BYTES)?;
     }
-    let expires_at = expiry(obj.get("expires_at"))?;
+    let expires_at = expiry(obj.get("expires_at"), agg.now().timestamp())?;
     let password = optional_string(&obj, "password")?.unwrap_or_default();
     let password_hash = if password.is_empty() {
         String::new()
@@ -567,28 +543,9 @@ mod tests {
     }
 
     #[test]
-    fn views_carry_the_settings() {
-        let s = SiteSettings {
-            timezone: "Europe/Berlin".into(),
-            min_visitors: 1,
-            child_directed: true,
-            goals: vec![
-                json!({"name": "A", "event_name": "a"}),
-                json!({"bad": true}),
-            ],
-            funnels: vec![json!({"name": "F", "steps": ["A", "A"]})],
-            ..Default::default()
-        };
-        let v = view("a.com", &s);
-        assert_eq!(v.timezone, "Europe/Berlin");
-        assert_eq!(v.min_visitors, MIN_K, "never below the floor");
-        assert!(v.child_directed);
-        assert_eq!(v.goals.len(), 1);
-        assert_eq!(v.funnels.len(), 1);
-    }
-
-    #[test]
     fn expiry_accepts_rfc3339_and_seconds_in_the_future() {
+        let now = i64::from(veil_schemas::registry::now_secs());
+        let expiry = |v: Option<&Value>| expiry(v, now);
         assert_eq!(expiry(None).unwrap(), 0);
         assert_eq!(
             expiry(Some(&json!("2100-01-01T00:00:00Z"))).unwrap(),

@@ -14,7 +14,8 @@
 //! Errors are `{"error": "…"}` with the status: 400 (the message names the field), 401 (no or
 //! a wrong, revoked or expired credential), 403 (a site key on an admin route of its own
 //! site), 404 (unknown site — also what a key for another site gets, with the same body, so
-//! keys cannot probe which sites exist), 405, 409, 429 (with `Retry-After`), 502 (ClickHouse).
+//! keys cannot probe which sites exist), 405, 409, 429 (with `Retry-After`), 500 (this side:
+//! no randomness, writing a zip), 502 (ClickHouse); see [`http`].
 //!
 //! Sites come from the registry ([`veil_schemas::registry`], shared through ClickHouse and
 //! refreshed every ~2 s) and from flags (`--site`, `--child-site`, …). A stored record wins
@@ -32,9 +33,22 @@
 //! Report queries (sent with [`Aggregator::client`]) run under ClickHouse's
 //! `max_execution_time` = [`MAX_EXECUTION_SECS`]; past it ClickHouse answers an error, a 502
 //! here.
+//!
+//! The time comes from the aggregator's [`Clock`] ([`Aggregator::with_clock`]; the system
+//! clock by default): report ranges, shared-link expiry and rate limits read it.
+//!
+//! Modules, in the order a request meets them: [`auth`] (who is asking), [`reports`] and
+//! [`admin`] (the routes), [`site`] (a site as reports see it), [`query`] (parsing a Stats API
+//! query and compiling it to SQL), [`stats`] (running it and shaping the answer), [`builds`]
+//! (which rollup builds reports may read), [`snapshot`] (today's snapshots), [`db`] (the one
+//! door to ClickHouse), [`http`] (responses). Background jobs: [`rollup`], [`retention`].
 
 pub mod admin;
 pub mod auth;
+pub mod builds;
+pub mod clock;
+pub mod db;
+pub mod http;
 pub mod query;
 pub mod reports;
 pub mod retention;
@@ -44,22 +58,21 @@ pub mod snapshot;
 pub mod stats;
 
 pub use auth::Access;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use db::MAX_EXECUTION_SECS;
+pub use http::HttpResponse;
 pub use site::SiteView;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use ::http::{Request, StatusCode};
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
-use serde_json::{json, Value};
-use veil_schemas::registry::{secret_hash, Registry, SiteSettings};
+use chrono::{DateTime, Utc};
+use veil_schemas::registry::{normalize_domain, secret_hash, Registry, SiteSettings};
 use veil_schemas::ClickHouseConfig;
 
-/// The longest a ClickHouse query of the aggregator may run, in seconds (the server's
-/// `max_execution_time` setting, sent with every query; an overrun is an error, not a
-/// partial answer).
-pub const MAX_EXECUTION_SECS: u32 = 30;
+use crate::http::{error_response, json_response};
 
 /// The aggregator's one error type.
 #[derive(Debug, thiserror::Error)]
@@ -95,13 +108,20 @@ pub enum Error {
     /// ClickHouse failed.
     #[error("query failed: {0}")]
     ClickHouse(String),
+    /// Writing a response failed on this side (a zip archive, I/O).
+    #[error("I/O failed: {0}")]
+    Io(String),
+    /// The settings are invalid ([`AggregatorConfig::validate`]); the message names the flag.
+    #[error("{0}")]
+    Config(String),
     /// Something on this side failed (no randomness, …).
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl Error {
-    fn status(&self) -> StatusCode {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Unauthorized | Error::Denied(_) => StatusCode::UNAUTHORIZED,
@@ -111,7 +131,9 @@ impl Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::ClickHouse(_) => StatusCode::BAD_GATEWAY,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Io(_) | Error::Config(_) | Error::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }
@@ -188,6 +210,70 @@ impl Default for AggregatorConfig {
 }
 
 impl AggregatorConfig {
+    /// Checks the settings before anything is served: site names are domains, aliases are
+    /// `ALIAS=DOMAIN`, k is at least [`site::MIN_K`], the admin token (when set) at least 16
+    /// characters, snapshots at most [`snapshot::MAX_AGE_SECS`] old, retention at least a
+    /// day, the registry refreshed at some interval. The message names the flag.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Config(m));
+        for (flag, list) in [("--site", &self.sites), ("--child-site", &self.child_sites)] {
+            for s in list {
+                if normalize_domain(s).is_none() {
+                    return bad(format!(
+                        "{flag} {s:?} is not a domain name (expected e.g. example.com)"
+                    ));
+                }
+            }
+        }
+        for (flag, list) in [
+            ("--ignore-dnt-site", &self.ignore_dnt_sites),
+            ("--keep-bots-site", &self.keep_bots_sites),
+        ] {
+            for s in list {
+                if normalize_domain(s).is_none() {
+                    return bad(format!("{flag} {s:?} is not a domain name"));
+                }
+            }
+        }
+        for a in &self.site_aliases {
+            let ok = a
+                .split_once('=')
+                .is_some_and(|(al, d)| !al.trim().is_empty() && !d.trim().is_empty());
+            if !ok {
+                return bad(format!("--site-alias {a:?} must be ALIAS=DOMAIN"));
+            }
+        }
+        if let Some(t) = &self.api_token {
+            if t.len() < 16 {
+                return bad("--admin-token (or --api-token) must be at least 16 characters".into());
+            }
+        }
+        if self.min_visitors < site::MIN_K {
+            return bad(format!(
+                "--min-visitors must be at least {} (k-anonymity needs a crowd)",
+                site::MIN_K
+            ));
+        }
+        if self.today_snapshot_secs > snapshot::MAX_AGE_SECS {
+            return bad(format!(
+                "--today-snapshot-secs must be at most {} (0 turns snapshots off)",
+                snapshot::MAX_AGE_SECS
+            ));
+        }
+        if self.retention.default_days == 0 {
+            return bad("--retention-days must be at least 1".into());
+        }
+        if let Some((d, _)) = self.retention.per_site.iter().find(|(_, days)| **days == 0) {
+            return bad(format!(
+                "--site-retention {d}: DAYS must be a positive number"
+            ));
+        }
+        if self.registry_refresh.is_zero() {
+            return bad("the registry refresh interval must be above 0".into());
+        }
+        Ok(())
+    }
+
     /// True if flags name `domain`.
     pub fn flag_site(&self, domain: &str) -> bool {
         self.sites
@@ -228,7 +314,8 @@ pub enum Source {
 }
 
 impl Source {
-    fn name(self) -> &'static str {
+    /// How the admin API names it (`"flags"`, `"stored"`).
+    pub fn name(self) -> &'static str {
         match self {
             Source::Flags => "flags",
             Source::Stored => "stored",
@@ -246,33 +333,7 @@ pub struct Aggregator {
     limiter: Arc<auth::RateLimiter>,
     verified: Arc<auth::VerifiedPasswords>,
     snapshots: Option<Arc<snapshot::Snapshots>>,
-}
-
-type HttpResponse = Response<Full<Bytes>>;
-
-fn json_response(status: StatusCode, v: &Value) -> HttpResponse {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-fn error_response(e: &Error) -> HttpResponse {
-    let mut r = json_response(e.status(), &json!({ "error": e.to_string() }));
-    if let Error::RateLimited(secs) = e {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
-    }
-    if matches!(e, Error::Unauthorized | Error::Denied(_)) {
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    r
+    clock: Arc<dyn Clock>,
 }
 
 impl Aggregator {
@@ -293,9 +354,7 @@ impl Aggregator {
         ch: ClickHouseConfig,
         registry: Arc<Registry>,
     ) -> Self {
-        let client = ch
-            .client()
-            .with_setting("max_execution_time", MAX_EXECUTION_SECS.to_string());
+        let client = db::report_client(&ch);
         let limiter = Arc::new(auth::RateLimiter::new(
             cfg.key_rate_per_second,
             cfg.key_rate_burst,
@@ -309,7 +368,25 @@ impl Aggregator {
             limiter,
             verified: Arc::new(auth::VerifiedPasswords::new()),
             snapshots,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same aggregator reading the time from `clock` (reports, link expiry, rate limits,
+    /// today's snapshots); tests move a [`ManualClock`] instead of sleeping.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.snapshots = snapshot::Snapshots::with_clock(
+            self.ch.clone(),
+            self.cfg.today_snapshot_secs,
+            Arc::clone(&clock),
+        );
+        self.clock = clock;
+        self
+    }
+
+    /// The time now, by the aggregator's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     /// The ClickHouse it reads.
@@ -359,7 +436,7 @@ impl Aggregator {
                 return Err(Error::Denied("this API key has been revoked".into()));
             }
             self.limiter
-                .check(&format!("key:{}", k.id), Instant::now())
+                .check(&format!("key:{}", k.id), self.clock.instant())
                 .map_err(Error::RateLimited)?;
             return Ok(Access::Site(k.site.clone()));
         }
@@ -367,11 +444,11 @@ impl Aggregator {
             if l.revoked {
                 return Err(Error::Denied("this shared link has been revoked".into()));
             }
-            if l.expires_at != 0 && veil_schemas::registry::now_secs() >= l.expires_at {
+            if l.expires_at != 0 && self.now().timestamp() >= i64::from(l.expires_at) {
                 return Err(Error::Denied("this shared link has expired".into()));
             }
             self.limiter
-                .check(&format!("link:{}", l.id), Instant::now())
+                .check(&format!("link:{}", l.id), self.clock.instant())
                 .map_err(Error::RateLimited)?;
             if !l.password_hash.is_empty() {
                 let password = req
@@ -453,15 +530,11 @@ impl Aggregator {
     /// The site as the query engine sees it, if registered.
     pub fn site(&self, domain: &str) -> Option<SiteView> {
         let (_, s) = self.site_settings(domain)?;
-        Some(admin::view(domain, &s))
+        Some(site::view(domain, &s))
     }
 
     /// Runs a Stats API query given as JSON bytes (no access check: callers do it).
-    pub async fn query(
-        &self,
-        body: &[u8],
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<HttpResponse, Error> {
+    pub async fn query(&self, body: &[u8], now: DateTime<Utc>) -> Result<HttpResponse, Error> {
         let site_id = stats::site_id(body)?;
         let site = self.site(&site_id).ok_or(Error::UnknownSite(site_id))?;
         let (_, result) = stats::run(&self.client, &site, body, now, self.snapshots()).await?;
@@ -493,6 +566,56 @@ mod tests {
             },
             ClickHouseConfig::new("http://127.0.0.1:1", "veil"),
         )
+    }
+
+    #[test]
+    fn config_is_checked_with_the_flag_named() {
+        let ok = AggregatorConfig {
+            sites: vec!["a.com".into()],
+            child_sites: vec!["kids.a.com".into()],
+            site_aliases: vec!["www.a.com=a.com".into()],
+            api_token: Some("0123456789abcdef".into()),
+            today_snapshot_secs: 30,
+            ..Default::default()
+        };
+        ok.validate().unwrap();
+        AggregatorConfig::default().validate().unwrap();
+        let err = |c: AggregatorConfig| c.validate().unwrap_err().to_string();
+        assert!(err(AggregatorConfig {
+            sites: vec!["not a domain".into()],
+            ..ok.clone()
+        })
+        .contains("--site"));
+        assert!(err(AggregatorConfig {
+            site_aliases: vec!["www.a.com".into()],
+            ..ok.clone()
+        })
+        .contains("--site-alias"));
+        assert!(err(AggregatorConfig {
+            api_token: Some("short".into()),
+            ..ok.clone()
+        })
+        .contains("--admin-token"));
+        assert!(err(AggregatorConfig {
+            min_visitors: 1,
+            ..ok.clone()
+        })
+        .contains("--min-visitors"));
+        assert!(err(AggregatorConfig {
+            today_snapshot_secs: snapshot::MAX_AGE_SECS + 1,
+            ..ok.clone()
+        })
+        .contains("--today-snapshot-secs"));
+        let mut r = ok.clone();
+        r.retention.default_days = 0;
+        assert!(err(r).contains("--retention-days"));
+        let mut r = ok.clone();
+        r.retention.per_site.insert("a.com".into(), 0);
+        assert!(err(r).contains("--site-retention"));
+        assert_eq!(
+            Error::Config("x".into()).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 
     #[tokio::test]

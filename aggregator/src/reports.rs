@@ -22,16 +22,20 @@
 use std::io::Write;
 
 use bytes::Bytes;
-use chrono::Utc;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use chrono::{DateTime, Utc};
+use http::{header, Method, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use veil_schemas::sql;
+use veil_schemas::sql::{lit, utc, Sql};
 
 use crate::auth::Access;
+use crate::builds::Builds;
+use crate::db::fetch;
+use crate::http::{bytes_response, json_response, HttpResponse};
 use crate::query::{self, plan};
 use crate::site::{Goal, SiteView};
-use crate::{json_response, stats, Aggregator, Error, HttpResponse};
+use crate::{stats, Aggregator, Error};
 
 fn bad(m: impl Into<String>) -> Error {
     Error::BadRequest(m.into())
@@ -42,18 +46,6 @@ fn wants_csv(req: &Request<Bytes>) -> bool {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/csv"))
-}
-
-fn bytes_response(ct: &'static str, disposition: Option<String>, body: Vec<u8>) -> HttpResponse {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(d) = disposition.and_then(|d| HeaderValue::from_str(&d).ok()) {
-        r.headers_mut().insert(header::CONTENT_DISPOSITION, d);
-    }
-    r
 }
 
 /// Finds a readable site or answers 404 exactly like an unknown one.
@@ -85,8 +77,7 @@ pub async fn route(
                 post_only(req.method())?;
                 let site = readable(agg, access, &stats::site_id(req.body())?)?;
                 let (q, doc) =
-                    stats::run(agg.client(), &site, req.body(), Utc::now(), agg.snapshots())
-                        .await?;
+                    stats::run(agg.client(), &site, req.body(), agg.now(), agg.snapshots()).await?;
                 if path.ends_with(".csv") || wants_csv(req) {
                     Ok(bytes_response(
                         "text/csv; charset=utf-8",
@@ -106,7 +97,7 @@ pub async fn route(
             async {
                 post_only(req.method())?;
                 let site = readable(agg, access, &stats::site_id(req.body())?)?;
-                let doc = funnel(agg.client(), &site, req.body()).await?;
+                let doc = funnel(agg.client(), &site, req.body(), agg.now()).await?;
                 Ok(json_response(StatusCode::OK, &doc))
             }
             .await,
@@ -121,7 +112,7 @@ pub async fn route(
                             return Err(Error::MethodNotAllowed("GET"));
                         }
                         let site = readable(agg, access, domain)?;
-                        let doc = realtime(agg.client(), &site).await?;
+                        let doc = realtime(agg.client(), &site, agg.now()).await?;
                         Ok(json_response(StatusCode::OK, &doc))
                     }
                     .await,
@@ -132,7 +123,9 @@ pub async fn route(
                             return Err(Error::MethodNotAllowed("GET"));
                         }
                         let site = readable(agg, access, domain)?;
-                        let doc = filtered_traffic(agg.client(), &site, &range_param(req)).await?;
+                        let doc =
+                            filtered_traffic(agg.client(), &site, &range_param(req), agg.now())
+                                .await?;
                         Ok(json_response(StatusCode::OK, &doc))
                     }
                     .await,
@@ -144,7 +137,7 @@ pub async fn route(
                         }
                         let site = readable(agg, access, domain)?;
                         let range = range_param(req);
-                        let zip = export(agg.client(), &site, &range).await?;
+                        let zip = export(agg.client(), &site, &range, agg.now()).await?;
                         Ok(bytes_response(
                             "application/zip",
                             Some(format!(
@@ -181,34 +174,36 @@ fn range_json(range: &str) -> Value {
     }
 }
 
-/// Events of `site` left out of reports in `range`, by reason; reasons with fewer than k
-/// events are left out (their name next to a `null` would still say that a few happened).
+/// Events of `site` left out of reports in `range` (as of `now`), by reason; reasons with
+/// fewer than k events are left out (their name next to a `null` would still say that a few
+/// happened).
 pub async fn filtered_traffic(
     client: &clickhouse::Client,
     site: &SiteView,
     range: &str,
+    now: DateTime<Utc>,
 ) -> Result<Value, Error> {
     let body =
         json!({"site_id": site.domain, "metrics": ["events"], "date_range": range_json(range)});
-    let q = query::parse(body.to_string().as_bytes(), site, Utc::now())?;
-    let (start, end) = (query::sql::utc(q.start), query::sql::utc(q.end));
-    let site_lit = query::sql::lit(&site.domain);
-    let dropped = stats::fetch(
-        client,
-        &format!(
-            "SELECT reason, sum(events) AS n FROM filtered_hourly WHERE site = {site_lit} \
-             AND hour >= {start} AND hour < {end} GROUP BY reason ORDER BY n DESC, reason ASC"
-        ),
-    )
-    .await?;
-    let bots = stats::fetch(
-        client,
-        &format!(
-            "SELECT bot, count() AS n FROM events WHERE site = {site_lit} AND timestamp >= {start} \
-             AND timestamp < {end} AND bot != '' GROUP BY bot ORDER BY n DESC, bot ASC"
-        ),
-    )
-    .await?;
+    let q = query::parse(body.to_string().as_bytes(), site, now)?;
+    let (start, end) = (utc(q.start), utc(q.end));
+    let site_lit = lit(&site.domain);
+    let stmt = sql!(
+        "SELECT reason, sum(events) AS n FROM filtered_hourly WHERE site = {} \
+             AND hour >= {} AND hour < {} GROUP BY reason ORDER BY n DESC, reason ASC",
+        site_lit,
+        start,
+        end
+    );
+    let dropped = fetch(client, &stmt).await?;
+    let stmt = sql!(
+        "SELECT bot, count() AS n FROM events WHERE site = {} AND timestamp >= {} \
+             AND timestamp < {} AND bot != '' GROUP BY bot ORDER BY n DESC, bot ASC",
+        site_lit,
+        start,
+        end
+    );
+    let bots = fetch(client, &stmt).await?;
     let k = site.min_visitors as f64;
     let shape = |rows: &[Value]| -> Vec<Value> {
         rows.iter()
@@ -242,9 +237,13 @@ fn safe_name(s: &str) -> String {
         .collect()
 }
 
-/// Realtime: visitors in the last 5 minutes, pageviews and top pages of the last 30.
-pub async fn realtime(client: &clickhouse::Client, site: &SiteView) -> Result<Value, Error> {
-    let now = Utc::now();
+/// Realtime: visitors in the last 5 minutes before `now`, pageviews and top pages of the last
+/// 30.
+pub async fn realtime(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    now: DateTime<Utc>,
+) -> Result<Value, Error> {
     let metric = if site.child_directed {
         "events"
     } else {
@@ -303,11 +302,13 @@ struct FunnelRequest {
 }
 
 /// Ordered funnel over visits: for each step, the visitors whose visit completed the goals
-/// up to it in order (ClickHouse `windowFunnel` over one visit's hits).
+/// up to it in order (ClickHouse `windowFunnel` over one visit's hits); relative date ranges
+/// end at `now`.
 pub async fn funnel(
     client: &clickhouse::Client,
     site: &SiteView,
     body: &[u8],
+    now: DateTime<Utc>,
 ) -> Result<Value, Error> {
     if site.child_directed {
         return Err(bad("funnels need visits; a child-directed site has none"));
@@ -339,10 +340,10 @@ pub async fn funnel(
         .collect::<Result<_, _>>()?;
     // Reuse the query parser for the range and filters.
     let qbody = json!({"site_id": site.domain, "metrics": ["visitors"], "date_range": req.date_range, "filters": req.filters});
-    let q = query::parse(qbody.to_string().as_bytes(), site, Utc::now())?;
+    let q = query::parse(qbody.to_string().as_bytes(), site, now)?;
     // The differencing guard of `/api/v2/query`: filters that select, or leave out, a group
     // under k get no numbers.
-    let too_few = stats::too_few(client, site, &q, &mut stats::Builds::default()).await?;
+    let too_few = stats::too_few(client, site, &q, &mut Builds::default()).await?;
     let meta = json!({
         "min_visitors": site.min_visitors,
         "too_few_visitors": too_few,
@@ -355,22 +356,29 @@ pub async fn funnel(
             .collect();
         return Ok(json!({"steps": steps, "meta": meta}));
     }
-    let conds: Vec<String> = goals.iter().map(|g| plan::goal_cond(g)).collect();
-    let filter = q
-        .filter
-        .as_ref()
-        .map(|f| plan::joined_filter(f, &q, site))
-        .unwrap_or_else(|| "1".into());
-    let levels: Vec<String> = (1..=steps.len())
-        .map(|i| format!("uniqIf(visitor_id, level >= {i})"))
-        .collect();
-    let sql = format!(
-        "SELECT {} FROM (SELECT visitor_id, visit, windowFunnel(86400)(timestamp, {}) AS level FROM {} WHERE {filter} GROUP BY visitor_id, visit)",
-        levels.join(", "),
-        conds.join(", "),
-        plan::joined_rows(&q),
+    let conds = Sql::join(
+        goals
+            .iter()
+            .map(|g| Sql::__transitional(plan::goal_cond(g))), // TRANSITIONAL(query)
+        ", ",
     );
-    let rows = stats::fetch(client, &sql).await?;
+    let filter = match &q.filter {
+        Some(f) => Sql::__transitional(plan::joined_filter(f, &q, site)), // TRANSITIONAL(query)
+        None => Sql::new("1"),
+    };
+    let levels = Sql::join(
+        (1..=steps.len()).map(|i| sql!("uniqIf(visitor_id, level >= {})", i)),
+        ", ",
+    );
+    let from = Sql::__transitional(plan::joined_rows(&q)); // TRANSITIONAL(query)
+    let sql = sql!(
+        "SELECT {} FROM (SELECT visitor_id, visit, windowFunnel(86400)(timestamp, {}) AS level FROM {} WHERE {} GROUP BY visitor_id, visit)",
+        levels,
+        conds,
+        from,
+        filter
+    );
+    let rows = fetch(client, &sql).await?;
     let counts: Vec<f64> = rows
         .first()
         .and_then(Value::as_array)
@@ -490,11 +498,12 @@ const EXPORTS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// A zip with one CSV per report for `range` (a period name or `FROM,TO`).
+/// A zip with one CSV per report for `range` (a period name or `FROM,TO`, relative to `now`).
 pub async fn export(
     client: &clickhouse::Client,
     site: &SiteView,
     range: &str,
+    now: DateTime<Utc>,
 ) -> Result<Vec<u8>, Error> {
     let range_json = range_json(range);
     let mut files = Vec::new();
@@ -519,10 +528,10 @@ pub async fn export(
         };
         let body = format!(
             r#"{{"site_id":{},"metrics":{metrics},"date_range":{range_json},"dimensions":[{}]}}"#,
-            lit_json(&site.domain),
-            lit_json(dim)
+            json_string(&site.domain),
+            json_string(dim)
         );
-        let (q, doc) = stats::run(client, site, body.as_bytes(), Utc::now(), None).await?;
+        let (q, doc) = stats::run(client, site, body.as_bytes(), now, None).await?;
         files.push((name.to_string(), stats::to_csv(&q, &doc)));
     }
     let mut buf = std::io::Cursor::new(Vec::new());
@@ -532,16 +541,16 @@ pub async fn export(
             .compression_method(zip::CompressionMethod::Deflated);
         for (name, csv) in files {
             zw.start_file(name, opts)
-                .map_err(|e| Error::ClickHouse(format!("zip: {e}")))?;
+                .map_err(|e| Error::Io(format!("zip: {e}")))?;
             zw.write_all(csv.as_bytes())
-                .map_err(|e| Error::ClickHouse(format!("zip: {e}")))?;
+                .map_err(|e| Error::Io(format!("zip: {e}")))?;
         }
-        zw.finish()
-            .map_err(|e| Error::ClickHouse(format!("zip: {e}")))?;
+        zw.finish().map_err(|e| Error::Io(format!("zip: {e}")))?;
     }
     Ok(buf.into_inner())
 }
 
-fn lit_json(s: &str) -> String {
+/// `s` as a JSON string (quoted and escaped).
+fn json_string(s: &str) -> String {
     Value::String(s.to_string()).to_string()
 }

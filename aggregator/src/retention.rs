@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use serde::Serialize;
+use veil_schemas::sql;
+use veil_schemas::sql::{date, ident, lit, utc, Sql};
 use veil_schemas::{valid_identifier, ClickHouseConfig};
 
-use crate::query;
+use crate::db::{count, exec, mutation_target, one, rows};
 use crate::Error;
 
 /// Default retention of raw events, in days (13 months: a year plus a month of comparison).
@@ -106,10 +108,6 @@ pub struct EraseReport {
     pub tables: BTreeMap<String, u64>,
 }
 
-fn ch(e: clickhouse::error::Error) -> Error {
-    Error::ClickHouse(e.to_string())
-}
-
 /// How a table's day column is typed.
 #[derive(Clone, Copy)]
 enum DayCol {
@@ -137,14 +135,11 @@ const TABLES: &[(&str, &str, DayCol)] = &[
 ];
 
 /// `col < the start of day d`, written for the column's type.
-fn before_day(col: &str, kind: DayCol, d: NaiveDate) -> String {
+fn before_day(col: &'static str, kind: DayCol, d: NaiveDate) -> Sql {
     if let DayCol::Date = kind {
-        format!("{col} < {}", query::sql::date(d))
+        sql!("{} < {}", col, date(d))
     } else {
-        format!(
-            "{col} < {}",
-            query::sql::utc(d.and_time(chrono::NaiveTime::MIN))
-        )
+        sql!("{} < {}", col, utc(d.and_time(chrono::NaiveTime::MIN)))
     }
 }
 
@@ -152,17 +147,14 @@ fn before_day(col: &str, kind: DayCol, d: NaiveDate) -> String {
 /// table in cluster mode, so it sees every shard's mutation finish.
 async fn wait_gone(
     client: &clickhouse::Client,
-    table: &str,
-    cond: &str,
+    table: &Sql,
+    cond: &Sql,
     timeout: Duration,
 ) -> Result<(), Error> {
     let deadline = Instant::now() + timeout;
     loop {
-        let left: u64 = client
-            .query_raw(&format!("SELECT count() FROM {table} WHERE {cond}"))
-            .fetch_one()
-            .await
-            .map_err(ch)?;
+        let stmt = sql!("SELECT count() FROM {} WHERE {}", table, cond);
+        let left = count(client, &stmt).await?;
         if left == 0 {
             return Ok(());
         }
@@ -204,28 +196,24 @@ pub async fn purge(
     // count), and dropped on every shard (`mutation_target`).
     for (table, col, kind) in TABLES {
         let before = before_day(col, *kind, oldest_kept);
-        let parts: Vec<u32> = client
-            .query_raw(&format!(
-                "SELECT DISTINCT toYYYYMMDD({col}) FROM {table} WHERE {before}"
-            ))
-            .fetch_all()
-            .await
-            .map_err(ch)?;
-        let target = veil_schemas::migrate::mutation_target(cfg, table);
+        let stmt = sql!(
+            "SELECT DISTINCT toYYYYMMDD({}) FROM {} WHERE {}",
+            *col,
+            *table,
+            before
+        );
+        let parts: Vec<u32> = rows(&client, &stmt).await?;
+        let target = mutation_target(cfg, table)?;
         for n in parts {
             if n < cutoff {
-                // n is a number ClickHouse computed, the table a constant: safe to paste.
-                client
-                    .query_raw(&format!("ALTER TABLE {target} DROP PARTITION {n}"))
-                    .execute()
-                    .await
-                    .map_err(ch)?;
+                let stmt = sql!("ALTER TABLE {} DROP PARTITION {}", target, n);
+                exec(&client, &stmt).await?;
                 if *table == "events" {
                     report.dropped_partitions.push(n);
                 }
             }
         }
-        wait_gone(&client, table, &before, Duration::from_secs(300)).await?;
+        wait_gone(&client, &Sql::new(table), &before, Duration::from_secs(300)).await?;
     }
     report.dropped_partitions.sort_unstable();
     // 2. Sites whose retention is shorter than the longest.
@@ -234,11 +222,11 @@ pub async fn purge(
         site: String,
         oldest: u32,
     }
-    let sites: Vec<SiteCount> = client
-        .query("SELECT site, toUInt32(min(timestamp)) FROM events GROUP BY site")
-        .fetch_all()
-        .await
-        .map_err(ch)?;
+    let sites: Vec<SiteCount> = rows(
+        &client,
+        &Sql::new("SELECT site, toUInt32(min(timestamp)) FROM events GROUP BY site"),
+    )
+    .await?;
     for s in sites {
         let keep_from = today - chrono::Duration::days(i64::from(retention.days_for(&s.site)) - 1);
         let keep_from_ts = keep_from
@@ -248,28 +236,23 @@ pub async fn purge(
         if i64::from(s.oldest) >= keep_from_ts {
             continue;
         }
-        let when = keep_from.format("%Y-%m-%d 00:00:00").to_string();
-        let n: u64 = client
-            .query("SELECT count() FROM events WHERE site = ? AND timestamp < toDateTime(?, 'UTC')")
-            .bind(s.site.as_str())
-            .bind(when.as_str())
-            .fetch_one()
-            .await
-            .map_err(ch)?;
+        let stmt = sql!(
+            "SELECT count() FROM events WHERE site = {} AND {}",
+            lit(&s.site),
+            before_day("timestamp", DayCol::DateTime, keep_from)
+        );
+        let n = count(&client, &stmt).await?;
         if n > 0 {
             for (table, col, kind) in TABLES {
-                let target = veil_schemas::migrate::mutation_target(cfg, table);
-                let cond = format!(
+                let target = mutation_target(cfg, table)?;
+                let cond = sql!(
                     "site = {} AND {}",
-                    query::sql::lit(&s.site),
+                    lit(&s.site),
                     before_day(col, *kind, keep_from)
                 );
-                client
-                    .query_raw(&format!("ALTER TABLE {target} DELETE WHERE {cond}"))
-                    .execute()
-                    .await
-                    .map_err(ch)?;
-                wait_gone(&client, table, &cond, Duration::from_secs(300)).await?;
+                let stmt = sql!("ALTER TABLE {} DELETE WHERE {}", target, cond);
+                exec(&client, &stmt).await?;
+                wait_gone(&client, &Sql::new(table), &cond, Duration::from_secs(300)).await?;
             }
             report.deleted_rows.insert(s.site, n);
         }
@@ -280,14 +263,14 @@ pub async fn purge(
 /// Deletes every row of `site` from every table with a `site` column; returns rows removed per table.
 pub async fn erase_site(cfg: &ClickHouseConfig, site: &str) -> Result<EraseReport, Error> {
     let client = cfg.client();
-    let tables: Vec<String> = client
-        .query(
+    let tables: Vec<String> = rows(
+        &client,
+        &Sql::new(
             "SELECT c.table FROM system.columns AS c \
              WHERE c.database = currentDatabase() AND c.name = 'site' ORDER BY c.table",
-        )
-        .fetch_all()
-        .await
-        .map_err(ch)?;
+        ),
+    )
+    .await?;
     let mut report = EraseReport {
         site: site.to_string(),
         tables: BTreeMap::new(),
@@ -302,32 +285,23 @@ pub async fn erase_site(cfg: &ClickHouseConfig, site: &str) -> Result<EraseRepor
             tracing::warn!(table = %table, "skipping a table whose name cannot be pasted safely");
             continue;
         }
-        let engine: String = client
-            .query(
-                "SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = ?",
-            )
-            .bind(table.as_str())
-            .fetch_one()
-            .await
-            .map_err(ch)?;
+        let name = ident(&table)?;
+        let stmt = sql!(
+            "SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = {}",
+            lit(&table)
+        );
+        let engine: String = one(&client, &stmt).await?;
         if !engine.contains("MergeTree") && engine != "Distributed" {
             continue; // views hold no rows of their own
         }
-        let n: u64 = client
-            .query(&format!("SELECT count() FROM {table} WHERE site = ?"))
-            .bind(site)
-            .fetch_one()
-            .await
-            .map_err(ch)?;
+        let cond = sql!("site = {}", lit(site));
+        let stmt = sql!("SELECT count() FROM {} WHERE {}", name, cond);
+        let n = count(&client, &stmt).await?;
         if n > 0 {
-            let target = veil_schemas::migrate::mutation_target(cfg, &table);
-            let cond = format!("site = {}", query::sql::lit(site));
-            client
-                .query_raw(&format!("ALTER TABLE {target} DELETE WHERE {cond}"))
-                .execute()
-                .await
-                .map_err(ch)?;
-            wait_gone(&client, &table, &cond, Duration::from_secs(600)).await?;
+            let target = mutation_target(cfg, &table)?;
+            let stmt = sql!("ALTER TABLE {} DELETE WHERE {}", target, cond);
+            exec(&client, &stmt).await?;
+            wait_gone(&client, &name, &cond, Duration::from_secs(600)).await?;
         }
         report.tables.insert(table, n);
     }

@@ -21,16 +21,17 @@
 //! Days are UTC: visitor hashes rotate at UTC midnight (a visit under way keeps its hash up to
 //! 30 minutes longer, and is cut in two here).
 
-use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
+use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
+use veil_schemas::sql;
+use veil_schemas::sql::{date, idents, utc, Sql};
+use veil_schemas::ClickHouseConfig;
 
+use crate::db::{cell_u64, exec, fetch, mutation_target};
 use crate::query::plan::{
     derive_open_visits, derive_visits, event_dim_pairs, visit_dim_pairs, OPEN_VISIT_COLS,
     VISIT_COLS, VISIT_GAP_SECS,
 };
-use crate::query::sql::{date, utc};
-use crate::stats::fetch;
 use crate::Error;
-use veil_schemas::ClickHouseConfig;
 
 /// What one run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -41,25 +42,22 @@ pub struct RollupReport {
     pub hourly_days: Vec<NaiveDate>,
 }
 
-async fn exec(client: &clickhouse::Client, sql: &str) -> Result<(), Error> {
-    client
-        .query_raw(sql)
-        .execute()
-        .await
-        .map_err(|e| Error::ClickHouse(e.to_string()))
-}
-
 fn n(v: &serde_json::Value) -> u64 {
-    crate::stats::count(v).unwrap_or(0)
+    cell_u64(v).unwrap_or(0)
 }
 
-fn day_range(d: NaiveDate) -> String {
+fn day_range(d: NaiveDate) -> Sql {
     let lo = d.and_hms_opt(0, 0, 0).unwrap_or_default();
-    format!(
+    sql!(
         "timestamp >= {} AND timestamp < {}",
         utc(lo),
         utc(lo + Duration::days(1))
     )
+}
+
+/// The name of `day`'s partition (`YYYYMMDD`, as the tables are partitioned).
+fn partition(day: NaiveDate) -> u32 {
+    day.year().unsigned_abs() * 10_000 + day.month() * 100 + day.day()
 }
 
 /// Writes the visits of `day` matching `cond` (raw-event SQL) under `build`: the `visits`
@@ -72,40 +70,36 @@ async fn build_visits(
     ch: &ClickHouseConfig,
     day: NaiveDate,
     build: u64,
-    cond: &str,
+    cond: &Sql,
     events: u64,
     cut: Option<NaiveDateTime>,
 ) -> Result<(), Error> {
     let client = &ch.client();
     match cut {
         None => {
-            exec(
-                client,
-                &format!("INSERT INTO visits {}", derive_visits(cond, build)),
-            )
-            .await?
+            let visits = Sql::__transitional(derive_visits(cond.as_str(), build)); // TRANSITIONAL(query)
+            let stmt = sql!("INSERT INTO visits {}", visits);
+            exec(client, &stmt).await?
         }
         Some(c) => {
             // Over: the last hit is more than the visit gap before the cut.
             let quiet = utc(c - Duration::seconds(VISIT_GAP_SECS));
-            let visits = derive_visits(cond, build);
-            exec(
-                client,
-                &format!(
-                    "INSERT INTO visits SELECT * FROM ({visits}) WHERE start + duration < {quiet}"
-                ),
-            )
-            .await?;
-            exec(
-                client,
-                &format!(
-                    "INSERT INTO open_visits ({}, {OPEN_VISIT_COLS}) SELECT * FROM ({}) \
-                     WHERE last >= {quiet}",
-                    VISIT_COLS.join(", "),
-                    derive_open_visits(cond, build)
-                ),
-            )
-            .await?;
+            let visits = Sql::__transitional(derive_visits(cond.as_str(), build)); // TRANSITIONAL(query)
+            let stmt = sql!(
+                "INSERT INTO visits SELECT * FROM ({}) WHERE start + duration < {}",
+                visits,
+                quiet
+            );
+            exec(client, &stmt).await?;
+            let open = Sql::__transitional(derive_open_visits(cond.as_str(), build)); // TRANSITIONAL(query)
+            let stmt = sql!(
+                "INSERT INTO open_visits ({}, {}) SELECT * FROM ({}) WHERE last >= {}",
+                idents(VISIT_COLS, ", "),
+                OPEN_VISIT_COLS,
+                open,
+                quiet
+            );
+            exec(client, &stmt).await?;
         }
     }
     // Only the current day's rows are read with their uniq states (see 014_open_visits.sql):
@@ -114,45 +108,48 @@ async fn build_visits(
         None => ("visits_daily", "uniqStateIf(visitor_id, 0)"),
         Some(_) => ("visits_daily_partial", "uniqState(visitor_id)"),
     };
-    exec(
-        client,
-        &format!(
-            "INSERT INTO {daily} (site, day, build, dim, value, visitors, uv, visits, \
+    let pairs = Sql::__transitional(visit_dim_pairs()); // TRANSITIONAL(query)
+    let stmt = sql!(
+        "INSERT INTO {} (site, day, build, dim, value, visitors, uv, visits, \
              pageviews, events, bounces, duration) SELECT site, day, build, kv.1 AS dim, \
-             kv.2 AS value, {state}, uniqExact(visitor_id), count(), \
+             kv.2 AS value, {}, uniqExact(visitor_id), count(), \
              sum(pageviews), sum(events), sum(bounce), sum(duration) \
-             FROM visits ARRAY JOIN [{}] AS kv WHERE day = {} AND build = {build} \
+             FROM visits ARRAY JOIN [{}] AS kv WHERE day = {} AND build = {} \
              GROUP BY site, day, build, dim, value",
-            visit_dim_pairs(),
-            date(day)
-        ),
-    )
-    .await?;
+        daily,
+        state,
+        pairs,
+        date(day),
+        build
+    );
+    exec(client, &stmt).await?;
     // The day's events by page, event name and host (what top pages and custom events
     // read), counted like the event rollups count them.
-    exec(
-        client,
-        &format!(
-            "INSERT INTO {daily} (site, day, build, dim, value, visitors, uv, visits, \
+    let pairs = Sql::__transitional(event_dim_pairs()); // TRANSITIONAL(query)
+    let stmt = sql!(
+        "INSERT INTO {} (site, day, build, dim, value, visitors, uv, visits, \
              pageviews, events, bounces, duration) SELECT site, toDate(timestamp, 'UTC') AS day, \
-             toUInt64({build}), kv.1 AS dim, kv.2 AS value, {state}, \
+             toUInt64({}), kv.1 AS dim, kv.2 AS value, {}, \
              uniqExact(visitor_id), toUInt64(0), countIf(name = 'pageview'), \
              countIf(name != 'engagement'), toUInt64(0), toUInt64(0) \
-             FROM events ARRAY JOIN [{}] AS kv WHERE {cond} AND bot = '' \
+             FROM events ARRAY JOIN [{}] AS kv WHERE {} AND bot = '' \
              GROUP BY site, day, dim, value",
-            event_dim_pairs(),
-        ),
-    )
-    .await?;
-    let cut_sql = cut.map(utc).unwrap_or_else(|| "toDateTime(0)".into());
-    exec(
-        client,
-        &format!(
-            "INSERT INTO visit_builds (day, build, events, built_at, cut) VALUES ({}, {build}, {events}, now(), {cut_sql})",
-            date(day)
-        ),
-    )
-    .await?;
+        daily,
+        build,
+        state,
+        pairs,
+        cond
+    );
+    exec(client, &stmt).await?;
+    let cut_sql = cut.map(utc).unwrap_or_else(|| Sql::new("toDateTime(0)"));
+    let stmt = sql!(
+            "INSERT INTO visit_builds (day, build, events, built_at, cut) VALUES ({}, {}, {}, now(), {})",
+            date(day),
+            build,
+            events,
+            cut_sql
+        );
+    exec(client, &stmt).await?;
     if build > 1 {
         for table in [
             "visits",
@@ -160,15 +157,13 @@ async fn build_visits(
             "visits_daily_partial",
             "open_visits",
         ] {
-            exec(
-                client,
-                &format!(
-                    "ALTER TABLE {} DELETE WHERE day = {} AND build < {build}",
-                    veil_schemas::migrate::mutation_target(ch, table),
-                    date(day)
-                ),
-            )
-            .await?;
+            let stmt = sql!(
+                "ALTER TABLE {} DELETE WHERE day = {} AND build < {}",
+                mutation_target(ch, table)?,
+                date(day),
+                build
+            );
+            exec(client, &stmt).await?;
         }
     }
     Ok(())
@@ -192,28 +187,26 @@ pub async fn build_today(ch: &ClickHouseConfig, now: NaiveDateTime) -> Result<bo
     if cut < midnight + Duration::minutes(30) {
         return Ok(false);
     }
-    let latest = fetch(
-        client,
-        &format!(
-            "SELECT max(build), formatDateTime(argMax(cut, build), '%Y-%m-%d %H:%M:%S', 'UTC'), \
+    let stmt = sql!(
+        "SELECT max(build), formatDateTime(argMax(cut, build), '%Y-%m-%d %H:%M:%S', 'UTC'), \
              argMax(events, build) FROM visit_builds WHERE day = {} HAVING count() > 0",
-            date(day)
-        ),
-    )
-    .await?;
+        date(day)
+    );
+    let latest = fetch(client, &stmt).await?;
     let (last_build, last_cut, last_events) = match latest.first() {
         Some(r) => (n(&r[0]), r[1].as_str().unwrap_or("").to_string(), n(&r[2])),
         None => (0, String::new(), 0),
     };
-    let cond = format!(
+    let cond = sql!(
         "timestamp >= {} AND timestamp < {}",
         utc(midnight),
         utc(cut)
     );
     // Counted before building: a hit stored later with a time before the cut (a retried
     // batch, an app's offline queue) makes readers' count differ, and they distrust the build
-    // (stats::visit_builds) until a run builds it in — this one, if the cut has not moved.
-    let before = fetch(client, &format!("SELECT count() FROM events WHERE {cond}")).await?;
+    // (builds::visit_builds) until a run builds it in — this one, if the cut has not moved.
+    let stmt = sql!("SELECT count() FROM events WHERE {}", cond);
+    let before = fetch(client, &stmt).await?;
     let events = before.first().and_then(|r| r.get(0)).map(n).unwrap_or(0);
     if last_cut == cut.format("%Y-%m-%d %H:%M:%S").to_string() && last_events == events {
         return Ok(false);
@@ -244,26 +237,22 @@ pub async fn run(ch: &ClickHouseConfig, days: u32) -> Result<RollupReport, Error
 pub async fn trim_recent(ch: &ClickHouseConfig, today: NaiveDate) -> Result<(), Error> {
     let client = &ch.client();
     let keep = today - Duration::days(1);
-    let old = fetch(
-        client,
-        &format!(
-            "SELECT DISTINCT toString(toYYYYMMDD(timestamp)) FROM events_recent WHERE timestamp < {}",
-            utc(keep.and_time(NaiveTime::MIN))
-        ),
-    )
-    .await?;
+    let stmt = sql!(
+        "SELECT DISTINCT toString(toYYYYMMDD(timestamp)) FROM events_recent WHERE timestamp < {}",
+        utc(keep.and_time(NaiveTime::MIN))
+    );
+    let old = fetch(client, &stmt).await?;
     for p in old.iter().filter_map(|r| r.get(0).and_then(|v| v.as_str())) {
         if !p.chars().all(|c| c.is_ascii_digit()) {
             continue;
         }
-        exec(
-            client,
-            &format!(
-                "ALTER TABLE {} DROP PARTITION {p}",
-                veil_schemas::migrate::mutation_target(ch, "events_recent")
-            ),
-        )
-        .await?;
+        let Ok(p) = p.parse::<u32>() else { continue };
+        let stmt = sql!(
+            "ALTER TABLE {} DROP PARTITION {}",
+            mutation_target(ch, "events_recent")?,
+            p
+        );
+        exec(client, &stmt).await?;
     }
     Ok(())
 }
@@ -276,57 +265,42 @@ pub async fn run_until(
 ) -> Result<RollupReport, Error> {
     let client = &ch.client();
     // Row-changing DDL goes to every shard in cluster mode.
-    let target = |t: &str| veil_schemas::migrate::mutation_target(ch, t);
+    let target = |t: &str| mutation_target(ch, t);
     let first = today - Duration::days(i64::from(days.max(1)));
     let mut report = RollupReport::default();
     // Raw counts per closed day (bots excluded, as in every report).
-    let raw = fetch(
-        client,
-        &format!(
-            "SELECT toString(toDate(timestamp)) AS d, count(), countIf(bot = '') FROM events \
+    let stmt = sql!(
+        "SELECT toString(toDate(timestamp)) AS d, count(), countIf(bot = '') FROM events \
              WHERE timestamp >= {} AND timestamp < {} GROUP BY d",
-            utc(first.and_hms_opt(0, 0, 0).unwrap_or_default()),
-            utc(today.and_hms_opt(0, 0, 0).unwrap_or_default())
-        ),
-    )
-    .await?;
-    let builds = fetch(
-        client,
-        &format!(
+        utc(first.and_hms_opt(0, 0, 0).unwrap_or_default()),
+        utc(today.and_hms_opt(0, 0, 0).unwrap_or_default())
+    );
+    let raw = fetch(client, &stmt).await?;
+    let stmt = sql!(
             "SELECT toString(day), argMax(events, build), max(build) FROM visit_builds WHERE day >= {} GROUP BY day",
             date(first)
-        ),
-    )
-    .await?;
-    let hourly = fetch(
-        client,
-        &format!(
-            "SELECT toString(toDate(hour)) AS d, countMerge(hits) FROM events_hourly \
+        );
+    let builds = fetch(client, &stmt).await?;
+    let stmt = sql!(
+        "SELECT toString(toDate(hour)) AS d, countMerge(hits) FROM events_hourly \
              WHERE hour >= {} AND hour < {} GROUP BY d",
-            utc(first.and_hms_opt(0, 0, 0).unwrap_or_default()),
-            utc(today.and_hms_opt(0, 0, 0).unwrap_or_default())
-        ),
-    )
-    .await?;
-    let daily = fetch(
-        client,
-        &format!(
-            "SELECT toString(toDate(day, 'UTC')) AS d, countMerge(hits) FROM events_daily \
+        utc(first.and_hms_opt(0, 0, 0).unwrap_or_default()),
+        utc(today.and_hms_opt(0, 0, 0).unwrap_or_default())
+    );
+    let hourly = fetch(client, &stmt).await?;
+    let stmt = sql!(
+        "SELECT toString(toDate(day, 'UTC')) AS d, countMerge(hits) FROM events_daily \
              WHERE day >= {} AND day < {} GROUP BY d",
-            utc(first.and_hms_opt(0, 0, 0).unwrap_or_default()),
-            utc(today.and_hms_opt(0, 0, 0).unwrap_or_default())
-        ),
-    )
-    .await?;
+        utc(first.and_hms_opt(0, 0, 0).unwrap_or_default()),
+        utc(today.and_hms_opt(0, 0, 0).unwrap_or_default())
+    );
+    let daily = fetch(client, &stmt).await?;
     // Builds that have their per-dimension rows (older builds may predate visits_daily).
-    let daily_builds = fetch(
-        client,
-        &format!(
-            "SELECT toString(day), build FROM visits_daily WHERE day >= {} GROUP BY day, build",
-            date(first)
-        ),
-    )
-    .await?;
+    let stmt = sql!(
+        "SELECT toString(day), build FROM visits_daily WHERE day >= {} GROUP BY day, build",
+        date(first)
+    );
+    let daily_builds = fetch(client, &stmt).await?;
     let lookup = |rows: &[serde_json::Value], day: &str, col: usize| -> Option<u64> {
         rows.iter()
             .find(|r| r[0].as_str() == Some(day))
@@ -351,53 +325,57 @@ pub async fn run_until(
             report.visit_days.push(day);
         }
         if lookup(&hourly, day_s, 1).unwrap_or(0) != humans {
-            let part = day.format("%Y%m%d").to_string();
-            exec(
-                client,
-                &format!(
-                    "ALTER TABLE {} DROP PARTITION {part}",
-                    target("events_hourly")
-                ),
-            )
-            .await?;
-            exec(
-                client,
-                &format!(
+            let stmt = sql!(
+                "ALTER TABLE {} DROP PARTITION {}",
+                target("events_hourly")?,
+                partition(day)
+            );
+            exec(client, &stmt).await?;
+            let stmt = sql!(
                     "INSERT INTO events_hourly SELECT site, toStartOfHour(timestamp) AS hour, name, pathname, hostname, \
                      uniqState(visitor_id) AS visitors, countState() AS hits, \
                      sumState(cityHash64(timestamp, visitor_id, name, pathname)) AS sig FROM events WHERE {} AND bot = '' \
                      GROUP BY site, hour, name, pathname, hostname",
                     day_range(day)
-                ),
-            )
-            .await?;
+                );
+            exec(client, &stmt).await?;
             report.hourly_days.push(day);
         }
         if lookup(&daily, day_s, 1).unwrap_or(0) != humans {
-            let part = day.format("%Y%m%d").to_string();
-            exec(
-                client,
-                &format!(
-                    "ALTER TABLE {} DROP PARTITION {part}",
-                    target("events_daily")
-                ),
-            )
-            .await?;
-            exec(
-                client,
-                &format!(
+            let stmt = sql!(
+                "ALTER TABLE {} DROP PARTITION {}",
+                target("events_daily")?,
+                partition(day)
+            );
+            exec(client, &stmt).await?;
+            let stmt = sql!(
                     "INSERT INTO events_daily SELECT site, toStartOfDay(timestamp, 'UTC') AS day, name, pathname, hostname, \
                      uniqState(visitor_id) AS visitors, countState() AS hits, \
                      sumState(cityHash64(timestamp, visitor_id, name, pathname)) AS sig FROM events WHERE {} AND bot = '' \
                      GROUP BY site, day, name, pathname, hostname",
                     day_range(day)
-                ),
-            )
-            .await?;
+                );
+            exec(client, &stmt).await?;
             if report.hourly_days.last() != Some(&day) {
                 report.hourly_days.push(day);
             }
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_named_by_their_utc_day() {
+        let d = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+        assert_eq!(partition(d), 20_261_120);
+        assert_eq!(
+            partition(d).to_string(),
+            d.format("%Y%m%d").to_string(),
+            "as ClickHouse's toYYYYMMDD names it"
+        );
+    }
 }

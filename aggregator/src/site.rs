@@ -1,6 +1,6 @@
 //! What the query engine needs to know about one site: its time zone, its k, whether it is
-//! child-directed, its goals and funnels. The registry (sites stored in ClickHouse, plus the
-//! sites named by flags) builds one of these per site; the Stats API reads nothing else.
+//! child-directed, its goals and funnels. [`view`] builds one from a site's settings (stored in
+//! the registry, or seeded by flags); the Stats API reads nothing else.
 //!
 //! Wire format (inside a site's settings JSON, as the admin API takes and returns it):
 //!
@@ -11,6 +11,7 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
+use veil_schemas::registry::SiteSettings;
 
 /// Smallest k a site may choose.
 pub const MIN_K: u64 = 2;
@@ -68,5 +69,58 @@ impl SiteView {
             goals: Vec::new(),
             funnels: Vec::new(),
         }
+    }
+}
+
+/// The query engine's view of `domain` with these settings (stored or flag-seeded). Goals and
+/// funnels were checked when stored; any that no longer parse are left out (and logged).
+pub fn view(domain: &str, s: &SiteSettings) -> SiteView {
+    let mut v = SiteView::new(domain);
+    v.timezone = s.timezone.clone();
+    v.min_visitors = s.min_visitors.max(MIN_K);
+    v.child_directed = s.child_directed;
+    v.goals = s
+        .goals
+        .iter()
+        .filter_map(|g| match serde_json::from_value::<Goal>(g.clone()) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(site = domain, error = %e, "skipping a stored goal that does not parse");
+                None
+            }
+        })
+        .collect();
+    v.funnels = s
+        .funnels
+        .iter()
+        .filter_map(|f| serde_json::from_value::<Funnel>(f.clone()).ok())
+        .collect();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn views_carry_the_settings() {
+        let s = SiteSettings {
+            timezone: "Europe/Berlin".into(),
+            min_visitors: 1,
+            child_directed: true,
+            goals: vec![
+                json!({"name": "A", "event_name": "a"}),
+                json!({"bad": true}),
+            ],
+            funnels: vec![json!({"name": "F", "steps": ["A", "A"]})],
+            ..Default::default()
+        };
+        let v = view("a.com", &s);
+        assert_eq!(v.timezone, "Europe/Berlin");
+        assert_eq!(v.min_visitors, MIN_K, "never below the floor");
+        assert!(v.child_directed);
+        assert_eq!(v.goals.len(), 1);
+        assert_eq!(v.funnels.len(), 1);
     }
 }

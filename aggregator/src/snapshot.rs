@@ -22,7 +22,7 @@
 //! one in the last few minutes ([`renew_watched`]): readers of the previous build's snapshots
 //! would otherwise all take the live path until one asks.
 //!
-//! A snapshot is taken only from a build [`stats::visit_builds`] still trusts (no hit stored
+//! A snapshot is taken only from a build [`builds::visit_builds`] still trusts (no hit stored
 //! since with a time before its cut), so a late hit stops the snapshots of the day until the
 //! next build, like it stops readers from using the build.
 //!
@@ -36,25 +36,25 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use chrono::{Duration, NaiveDateTime, Utc};
-
-use crate::query::plan::{self, Build, Snap};
-use crate::query::sql::{date, lit, utc};
-use crate::stats::{self, count, fetch};
-use crate::Error;
+use chrono::{Duration, NaiveDateTime, NaiveTime};
+use veil_schemas::sql;
+use veil_schemas::sql::{date, lit, utc, Sql};
 use veil_schemas::ClickHouseConfig;
+
+use crate::builds::{self, SnapFuture, TodaySnapshots};
+use crate::clock::{Clock, SystemClock};
+use crate::db::{cell_u64 as count, exec, fetch, mutation_target};
+use crate::query::plan::{self, Build, Snap};
+use crate::Error;
 
 /// The longest `--today-snapshot-secs` (well under [`KEEP_MINUTES`]).
 pub const MAX_AGE_SECS: u64 = 120;
-
-/// The time snapshots are taken and judged by (UTC).
-pub type Clock = Arc<dyn Fn() -> NaiveDateTime + Send + Sync>;
 
 /// Today's snapshots as one aggregator process uses them.
 pub struct Snapshots {
     ch: ClickHouseConfig,
     max_age: Duration,
-    clock: Clock,
+    clock: Arc<dyn Clock>,
     /// Sites with a snapshot being taken.
     busy: Mutex<HashSet<String>>,
 }
@@ -71,11 +71,15 @@ impl Snapshots {
     /// Snapshots read while at most `max_age_secs` old; `None` when 0 (every report of the
     /// current day takes the live path).
     pub fn new(ch: ClickHouseConfig, max_age_secs: u64) -> Option<Arc<Self>> {
-        Self::with_clock(ch, max_age_secs, Arc::new(|| Utc::now().naive_utc()))
+        Self::with_clock(ch, max_age_secs, Arc::new(SystemClock))
     }
 
     /// [`Snapshots::new`] on another clock (tests replay a past day).
-    pub fn with_clock(ch: ClickHouseConfig, max_age_secs: u64, clock: Clock) -> Option<Arc<Self>> {
+    pub fn with_clock(
+        ch: ClickHouseConfig,
+        max_age_secs: u64,
+        clock: Arc<dyn Clock>,
+    ) -> Option<Arc<Self>> {
         (max_age_secs > 0).then(|| {
             Arc::new(Self {
                 ch,
@@ -96,20 +100,17 @@ impl Snapshots {
         b: &Build,
         cut: NaiveDateTime,
     ) -> Result<Option<Snap>, Error> {
-        let now = (self.clock)();
-        let rows = fetch(
-            client,
-            &format!(
-                "SELECT formatDateTime(snap, '%Y-%m-%d %H:%M:%S', 'UTC'), id, tail, hits, \
+        let now = self.clock.now().naive_utc();
+        let stmt = sql!(
+            "SELECT formatDateTime(snap, '%Y-%m-%d %H:%M:%S', 'UTC'), id, tail, hits, \
                  (SELECT count() FROM {}) FROM today_snaps \
                  WHERE site = {} AND day = {} AND build = {} ORDER BY snap DESC, id DESC LIMIT 1",
-                tail_cond(site, b, cut),
-                lit(site),
-                date(b.day),
-                b.build
-            ),
-        )
-        .await?;
+            tail_cond(site, b, cut),
+            lit(site),
+            date(b.day),
+            b.build
+        );
+        let rows = fetch(client, &stmt).await?;
         let row = rows.first().and_then(|r| {
             let snap =
                 NaiveDateTime::parse_from_str(r.get(0)?.as_str()?, "%Y-%m-%d %H:%M:%S").ok()?;
@@ -153,7 +154,7 @@ impl Snapshots {
         }
         let (this, site) = (Arc::clone(self), site.to_string());
         tokio::spawn(async move {
-            if let Err(e) = take(&this.ch, &site, (this.clock)()).await {
+            if let Err(e) = take(&this.ch, &site, this.clock.now().naive_utc()).await {
                 tracing::warn!(error = %e, "today's snapshot failed; reports take the live path");
             }
             if let Ok(mut busy) = this.busy.lock() {
@@ -175,7 +176,7 @@ pub async fn take(
     let client = &ch.client();
     let snap = now - Duration::nanoseconds(i64::from(now.and_utc().timestamp_subsec_nanos()));
     let day = snap.date();
-    let builds = stats::visit_builds(client, day, day).await?;
+    let builds = builds::visit_builds(client, day, day).await?;
     let Some((b, cut)) = builds
         .iter()
         .find_map(|b| b.cut.map(|c| (b, c)))
@@ -185,75 +186,67 @@ pub async fn take(
     };
     // Counted before the rows are computed: a hit stored meanwhile may or may not be in
     // them, and counts as missed.
-    let counts = fetch(
-        client,
-        &format!(
-            "SELECT (SELECT count() FROM {}), (SELECT count() FROM events WHERE site = {} \
+    let stmt = sql!(
+        "SELECT (SELECT count() FROM {}), (SELECT count() FROM events WHERE site = {} \
              AND timestamp >= {} AND timestamp < {})",
-            tail_cond(site, b, cut),
-            lit(site),
-            utc(day.and_time(chrono::NaiveTime::MIN)),
-            utc(day.and_time(chrono::NaiveTime::MIN) + Duration::days(1))
-        ),
-    )
-    .await?;
+        tail_cond(site, b, cut),
+        lit(site),
+        utc(day.and_time(NaiveTime::MIN)),
+        utc(day.and_time(NaiveTime::MIN) + Duration::days(1))
+    );
+    let counts = fetch(client, &stmt).await?;
     let (tail, hits) = counts
         .first()
         .and_then(|r| Some((count(r.get(0)?)?, count(r.get(1)?)?)))
         .ok_or_else(|| Error::ClickHouse("no counts for today's snapshot".into()))?;
-    let exec = |sql: String| async move {
-        client
-            .query_raw(&sql)
-            .execute()
-            .await
-            .map_err(|e| Error::ClickHouse(e.to_string()))
-    };
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).map_err(|e| Error::Internal(format!("random snapshot id: {e}")))?;
     let id = u64::from_le_bytes(id);
-    exec(format!(
+    let rows = Sql::__transitional(plan::snapshot_rows(site, b, cut)); // TRANSITIONAL(query)
+    let stmt = sql!(
         "INSERT INTO today_daily (site, day, build, snap, id, dim, value, uv, visits, \
-         pageviews, events, bounces, duration) SELECT {}, {}, toUInt64({}), {}, toUInt64({id}), \
-         * FROM ({})",
+             pageviews, events, bounces, duration) SELECT {}, {}, toUInt64({}), {}, toUInt64({}), \
+             * FROM ({})",
         lit(site),
         date(day),
         b.build,
         utc(snap),
-        plan::snapshot_rows(site, b, cut)
-    ))
-    .await?;
-    exec(format!(
+        id,
+        rows
+    );
+    exec(client, &stmt).await?;
+    let stmt = sql!(
         "INSERT INTO today_snaps (site, day, build, snap, id, tail, hits) \
-         VALUES ({}, {}, {}, {}, {id}, {tail}, {hits})",
+             VALUES ({}, {}, {}, {}, {}, {}, {})",
         lit(site),
         date(day),
         b.build,
-        utc(snap)
-    ))
-    .await?;
+        utc(snap),
+        id,
+        tail,
+        hits
+    );
+    exec(client, &stmt).await?;
     // Readers that looked up an older snapshot a moment ago may still be reading it, so old
     // ones go only once they are well past any reader's `max_age`, and in one mutation every
     // few minutes rather than one per snapshot.
     let keep = snap - Duration::minutes(KEEP_MINUTES);
-    let oldest = fetch(
-        client,
-        &format!(
-            "SELECT count() FROM today_daily WHERE site = {} AND day = {} AND snap < {}",
-            lit(site),
-            date(day),
-            utc(keep - Duration::minutes(KEEP_MINUTES))
-        ),
-    )
-    .await?;
+    let stmt = sql!(
+        "SELECT count() FROM today_daily WHERE site = {} AND day = {} AND snap < {}",
+        lit(site),
+        date(day),
+        utc(keep - Duration::minutes(KEEP_MINUTES))
+    );
+    let oldest = fetch(client, &stmt).await?;
     if oldest.first().and_then(|r| r.get(0)).and_then(count) > Some(0) {
-        exec(format!(
+        let stmt = sql!(
             "ALTER TABLE {} DELETE WHERE site = {} AND day = {} AND snap < {}",
-            veil_schemas::migrate::mutation_target(ch, "today_daily"),
+            mutation_target(ch, "today_daily")?,
             lit(site),
             date(day),
             utc(keep)
-        ))
-        .await?;
+        );
+        exec(client, &stmt).await?;
     }
     Ok(Some(snap))
 }
@@ -265,15 +258,12 @@ pub async fn renew_watched(
     ch: &ClickHouseConfig,
     now: NaiveDateTime,
 ) -> Result<Vec<String>, Error> {
-    let rows = fetch(
-        &ch.client(),
-        &format!(
-            "SELECT DISTINCT site FROM today_snaps WHERE day = {} AND snap >= {} ORDER BY site",
-            date(now.date()),
-            utc(now - Duration::minutes(KEEP_MINUTES))
-        ),
-    )
-    .await?;
+    let stmt = sql!(
+        "SELECT DISTINCT site FROM today_snaps WHERE day = {} AND snap >= {} ORDER BY site",
+        date(now.date()),
+        utc(now - Duration::minutes(KEEP_MINUTES))
+    );
+    let rows = fetch(&ch.client(), &stmt).await?;
     let mut done = Vec::new();
     for site in rows.iter().filter_map(|r| r.get(0)?.as_str()) {
         if take(ch, site, now).await?.is_some() {
@@ -295,12 +285,21 @@ pub const KEEP_MINUTES: i64 = 5;
 
 /// The site's rows in `events_recent` from build `b`'s cut to the end of its day (bots too: a
 /// count to compare, not to report).
-fn tail_cond(site: &str, b: &Build, cut: NaiveDateTime) -> String {
-    format!(
-        "{} WHERE {}",
-        plan::RECENT,
-        plan::after_cut_cond(site, b, cut)
-    )
+fn tail_cond(site: &str, b: &Build, cut: NaiveDateTime) -> Sql {
+    let cond = Sql::__transitional(plan::after_cut_cond(site, b, cut)); // TRANSITIONAL(query)
+    sql!("{} WHERE {}", plan::RECENT, cond)
+}
+
+impl TodaySnapshots for Arc<Snapshots> {
+    fn usable<'a>(
+        &'a self,
+        client: &'a clickhouse::Client,
+        site: &'a str,
+        b: &'a Build,
+        cut: NaiveDateTime,
+    ) -> SnapFuture<'a> {
+        Box::pin(Snapshots::usable(self, client, site, b, cut))
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Runs one Stats API query for one site: parse and check it ([`crate::query`]), run the SQL,
-//! apply k-anonymity and the differencing guard, add comparisons and conversion rates, and
+//! Runs one Stats API query for one site and shapes the answer: parse and check it
+//! ([`crate::query`]), run its SQL over the builds reports may read ([`crate::builds`],
+//! through [`crate::db`]), apply k-anonymity and the differencing guard, add comparisons and conversion rates, and
 //! shape the Plausible-v2 response (or CSV).
 //!
 //! k-anonymity, as applied here:
@@ -20,14 +21,21 @@
 //!
 //! For child-directed sites (no visitor hash) event counts take the place of visitors.
 
-use chrono::{DateTime, NaiveDate, Utc};
-use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use veil_schemas::sql::Sql;
+
+use crate::builds::{Builds, TodaySnapshots};
+use crate::db::number;
 use crate::query::{self, plan, Dim, DimKind, Filter, Metric, Query};
 use crate::site::SiteView;
 use crate::snapshot::Snapshots;
 use crate::Error;
-use std::sync::Arc;
+
+/// [`crate::db::fetch`], at the path callers outside the crate used before it moved.
+pub use crate::db::fetch;
 
 /// The `site_id` of a request body, before anything else is checked (to find the site).
 pub fn site_id(body: &[u8]) -> Result<String, Error> {
@@ -42,21 +50,6 @@ pub fn site_id(body: &[u8]) -> Result<String, Error> {
         .ok_or_else(|| Error::BadRequest("`site_id` is required".into()))
 }
 
-/// A number from ClickHouse JSON (64-bit integers arrive quoted); `None` for null/NaN.
-fn number(v: &Value) -> Option<f64> {
-    let x = match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }?;
-    x.is_finite().then_some(x)
-}
-
-/// A count from ClickHouse JSON (64-bit integers arrive quoted).
-pub(crate) fn count(v: &Value) -> Option<u64> {
-    v.as_u64().or_else(|| v.as_str()?.parse().ok())
-}
-
 fn json_number(x: Option<f64>) -> Value {
     match x {
         None => Value::Null,
@@ -69,163 +62,6 @@ fn text(v: &Value) -> String {
     v.as_str()
         .map(str::to_string)
         .unwrap_or_else(|| v.to_string())
-}
-
-/// Runs SQL and returns the rows of a `JSONCompact` answer.
-pub async fn fetch(client: &clickhouse::Client, sql: &str) -> Result<Vec<Value>, Error> {
-    let bytes = client
-        .query_raw(sql)
-        .fetch_bytes("JSONCompact")
-        .map_err(|e| Error::ClickHouse(e.to_string()))?
-        .collect()
-        .await
-        .map_err(|e| Error::ClickHouse(e.to_string()))?;
-    let parsed: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::ClickHouse(format!("bad JSON from ClickHouse: {e}")))?;
-    Ok(parsed
-        .get("data")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default())
-}
-
-/// The latest recorded visit build of each UTC day in `[from, to]`.
-///
-/// A build of the current day (one with a cut) is left out when the events before its cut
-/// are no longer the ones it was built from (a hit stored since with an earlier time): that
-/// day is then derived from raw events, until the next rollup run builds it again.
-pub async fn visit_builds(
-    client: &clickhouse::Client,
-    from: NaiveDate,
-    to: NaiveDate,
-) -> Result<Vec<plan::Build>, Error> {
-    visit_builds_for(client, from, to, None).await
-}
-
-/// [`visit_builds`], and for `Some((snapshots, site))` the fresh snapshot of the current
-/// day's build (`Build::snap`). A build with a fresh snapshot is not checked for late hits
-/// again: the snapshot was taken from it while it was trusted, at most the snapshots' maximum
-/// age ago, and a report that reads it shows the day as it was then.
-async fn visit_builds_for(
-    client: &clickhouse::Client,
-    from: NaiveDate,
-    to: NaiveDate,
-    snapshots: Option<(&Arc<Snapshots>, &str)>,
-) -> Result<Vec<plan::Build>, Error> {
-    let rows = fetch(
-        client,
-        &format!(
-            "SELECT toString(day), max(build), formatDateTime(argMax(cut, build), '%Y-%m-%d %H:%M:%S', 'UTC'), \
-             argMax(events, build) FROM visit_builds WHERE day >= {} AND day <= {} GROUP BY day",
-            query::sql::date(from),
-            query::sql::date(to)
-        ),
-    )
-    .await?;
-    let mut out = Vec::new();
-    for r in &rows {
-        let parsed = (|| {
-            let day = NaiveDate::parse_from_str(r.get(0)?.as_str()?, "%Y-%m-%d").ok()?;
-            let build = number(r.get(1)?)? as u64;
-            // A closed day's build has no cut (the epoch, as ClickHouse prints it).
-            let cut =
-                chrono::NaiveDateTime::parse_from_str(r.get(2)?.as_str()?, "%Y-%m-%d %H:%M:%S")
-                    .ok()
-                    .filter(|c| c.date() == day);
-            let events = number(r.get(3)?)?;
-            Some((
-                plan::Build {
-                    day,
-                    build,
-                    cut,
-                    snap: None,
-                },
-                events,
-            ))
-        })();
-        let Some((mut b, events)) = parsed else {
-            continue;
-        };
-        if let (Some((snaps, site)), Some(cut)) = (snapshots, b.cut) {
-            if let Some(at) = snaps.usable(client, site, &b, cut).await? {
-                b.snap = Some(at);
-                out.push(b);
-                continue;
-            }
-        }
-        if let Some(cut) = b.cut {
-            let now = fetch(
-                client,
-                &format!(
-                    "SELECT count() FROM events WHERE timestamp >= {} AND timestamp < {}",
-                    query::sql::utc(b.day.and_time(chrono::NaiveTime::MIN)),
-                    query::sql::utc(cut)
-                ),
-            )
-            .await?;
-            if now.first().and_then(|c| c.get(0)).and_then(number) != Some(events) {
-                continue;
-            }
-        }
-        out.push(b);
-    }
-    Ok(out)
-}
-
-/// The recorded visit builds one request's queries read, fetched once per date range: a
-/// request runs up to seven queries over the same range (guard, report, conversion rates,
-/// percentages, and again for a comparison), and checking today's build counts today's events.
-#[derive(Debug, Default)]
-pub struct Builds {
-    /// Builds by date range and whether today's snapshot was looked up.
-    seen: Vec<((NaiveDate, NaiveDate, bool), Vec<plan::Build>)>,
-    snapshots: Option<Arc<Snapshots>>,
-}
-
-impl Builds {
-    /// The latest snapshot of the current day any of the request's reports read.
-    fn snapshot(&self) -> Option<chrono::NaiveDateTime> {
-        self.seen
-            .iter()
-            .filter(|((_, _, snap), _)| *snap)
-            .flat_map(|(_, b)| b.iter().filter_map(|b| b.snap.map(|s| s.at)))
-            .max()
-    }
-
-    /// Builds for one request; reports by day and dimension read today's fresh snapshot
-    /// ([`crate::snapshot`]) when `snapshots` is given.
-    pub fn new(snapshots: Option<Arc<Snapshots>>) -> Self {
-        Self {
-            seen: Vec::new(),
-            snapshots,
-        }
-    }
-
-    /// The builds `q` reads: none when rollups are off or its source reads no builds.
-    async fn for_query(
-        &mut self,
-        client: &clickhouse::Client,
-        site: &SiteView,
-        q: &Query,
-    ) -> Result<Vec<plan::Build>, Error> {
-        let src = plan::source(q, site.child_directed);
-        if !q.rollups || q.realtime || !plan::uses_builds(src) {
-            return Ok(Vec::new());
-        }
-        let snap = self.snapshots.is_some() && src == plan::Source::VisitsDaily;
-        let key = (q.start.date(), q.end.date(), snap);
-        if let Some((_, b)) = self.seen.iter().find(|(k, _)| *k == key) {
-            return Ok(b.clone());
-        }
-        let snapshots = self
-            .snapshots
-            .as_ref()
-            .filter(|_| snap)
-            .map(|s| (s, site.domain.as_str()));
-        let b = visit_builds_for(client, key.0, key.1, snapshots).await?;
-        self.seen.push((key, b.clone()));
-        Ok(b)
-    }
 }
 
 /// One report row before shaping.
@@ -255,7 +91,7 @@ async fn report(
     let kmin = site.min_visitors;
     let built = builds.for_query(client, site, q).await?;
     let foldable = !q.dimensions.is_empty() && q.time_bucket().is_none();
-    let sql = plan::sql(q, site, &built, foldable.then_some(kmin));
+    let sql = Sql::__transitional(plan::sql(q, site, &built, foldable.then_some(kmin))); // TRANSITIONAL(query)
     let raw = fetch(client, &sql).await?;
     let nd = q.dimensions.len();
     let nm = q.metrics.len();
@@ -406,7 +242,8 @@ async fn conversion_rates(
     };
     base.order_by = (0..base.dimensions.len()).map(|i| (i, false)).collect();
     let built = builds.for_query(client, site, &base).await?;
-    let totals = fetch(client, &plan::sql(&base, site, &built, None)).await?;
+    let sql = Sql::__transitional(plan::sql(&base, site, &built, None)); // TRANSITIONAL(query)
+    let totals = fetch(client, &sql).await?;
     let lookup = keyed_totals(&totals, base.dimensions.len());
     for row in &mut rep.rows {
         let key: Vec<String> = keep
@@ -457,7 +294,8 @@ async fn percentages(
     t.metrics = vec![Metric::Visitors];
     t.order_by.clear();
     let built = builds.for_query(client, site, &t).await?;
-    let rows = fetch(client, &plan::sql(&t, site, &built, None)).await?;
+    let sql = Sql::__transitional(plan::sql(&t, site, &built, None)); // TRANSITIONAL(query)
+    let rows = fetch(client, &sql).await?;
     let total = rows
         .first()
         .and_then(|r| r.as_array())
@@ -550,7 +388,8 @@ async fn population(
     }
     t.order_by.clear();
     let built = builds.for_query(client, site, &t).await?;
-    let rows = fetch(client, &plan::sql(&t, site, &built, None)).await?;
+    let sql = Sql::__transitional(plan::sql(&t, site, &built, None)); // TRANSITIONAL(query)
+    let rows = fetch(client, &sql).await?;
     Ok(rows
         .first()
         .and_then(|r| r.as_array())
@@ -595,7 +434,8 @@ pub async fn run_query(
     snapshots: Option<&Arc<Snapshots>>,
 ) -> Result<Value, Error> {
     let tz = query::timezone(&site.timezone);
-    let mut builds = Builds::new(snapshots.cloned());
+    let mut builds =
+        Builds::new(snapshots.map(|s| Box::new(Arc::clone(s)) as Box<dyn TodaySnapshots>));
     let builds = &mut builds;
     let guard = too_few(client, site, q, builds).await?;
     let mut rep = if guard {

@@ -13,11 +13,12 @@ use bytes::Bytes;
 use chrono::Utc;
 use http::{HeaderMap, Request};
 use serde_json::{json, Value};
-use veil_aggregator::{Aggregator, AggregatorConfig};
+use veil_aggregator::{db, Aggregator, AggregatorConfig, Clock, ManualClock};
 use veil_collector::metrics::DropReason;
 use veil_collector::pipeline::{Client, Incoming, Outcome, Pipeline};
 use veil_collector::sites::SiteRegistry;
 use veil_schemas::registry::Registry;
+use veil_schemas::sql::Sql;
 use veil_schemas::ClickHouseConfig;
 
 const ADMIN: &str = "admin-token-0123456789";
@@ -283,12 +284,8 @@ async fn keys_are_shown_once_stored_as_hashes_scoped_and_revocable() {
     assert_eq!(v["keys"][0]["id"], id.as_str());
     assert_eq!(v["keys"][0]["name"], "reporting");
     assert!(!v.to_string().contains(&key[3..]), "{v}");
-    let rows: Vec<(String, String)> = ch
-        .client()
-        .query("SELECT key_hash, concat(id, site, name) FROM site_keys")
-        .fetch_all()
-        .await
-        .unwrap();
+    let stmt = Sql::new("SELECT key_hash, concat(id, site, name) FROM site_keys");
+    let rows: Vec<(String, String)> = db::rows(&ch.client(), &stmt).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].0, blake3::hash(key.as_bytes()).to_hex().to_string());
     assert!(!rows[0].1.contains(&key[3..]));
@@ -409,6 +406,9 @@ async fn keys_are_shown_once_stored_as_hashes_scoped_and_revocable() {
 #[tokio::test]
 async fn shared_links_with_and_without_password_and_expiry() {
     let (a, _) = agg("admin_links", config()).await;
+    // Expiry is judged by the aggregator's clock, moved below instead of waiting.
+    let clock = ManualClock::new(Utc::now());
+    let a = a.with_clock(clock.clone());
     call(
         &a,
         "POST",
@@ -509,7 +509,7 @@ async fn shared_links_with_and_without_password_and_expiry() {
     }
 
     // Expiry.
-    let soon = veil_schemas::registry::now_secs() + 2;
+    let soon = clock.now().timestamp() + 2;
     let (s, exp) = call(
         &a,
         "POST",
@@ -529,7 +529,7 @@ async fn shared_links_with_and_without_password_and_expiry() {
     )
     .await;
     assert_eq!(s, 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    clock.advance(Duration::from_millis(2100));
     let (s, v) = call(
         &a,
         "POST",
@@ -581,6 +581,9 @@ async fn keys_are_rate_limited_each_on_its_own() {
         ..config()
     };
     let (a, _) = agg("admin_rate", cfg).await;
+    // Buckets refill by the aggregator's clock, moved below instead of waiting.
+    let clock = ManualClock::new(Utc::now());
+    let a = a.with_clock(clock.clone());
     call(
         &a,
         "POST",
@@ -618,7 +621,7 @@ async fn keys_are_rate_limited_each_on_its_own() {
     assert_eq!(s, 200, "another key has its own bucket");
     let (s, _) = call(&a, "GET", "/api/v1/sites", Some(ADMIN), None).await;
     assert_eq!(s, 200, "the admin is not limited");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_millis(1100));
     let (s, _) = call(&a, "GET", "/api/v1/sites", Some(k1), None).await;
     assert_eq!(s, 200, "the bucket refills");
 }
@@ -833,10 +836,7 @@ async fn hostile_strings_are_stored_and_read_back_verbatim() {
     for e in evil {
         assert_eq!(sites.resolve(e).unwrap().0, "evil.example", "{e}");
     }
-    let n: u64 = ch
-        .client()
-        .query("SELECT count() FROM sites")
-        .fetch_one()
+    let n = db::count(&ch.client(), &Sql::new("SELECT count() FROM sites"))
         .await
         .unwrap();
     assert_eq!(n, 1);
@@ -986,12 +986,8 @@ async fn purge_uses_a_stored_sites_retention() {
         .unwrap();
     assert_eq!(report.deleted_rows.get("short.example"), Some(&1));
     assert!(!report.deleted_rows.contains_key("flag.example"));
-    let n: u64 = ch
-        .client()
-        .query("SELECT count() FROM events WHERE site = 'short.example'")
-        .fetch_one()
-        .await
-        .unwrap();
+    let stmt = Sql::new("SELECT count() FROM events WHERE site = 'short.example'");
+    let n = db::count(&ch.client(), &stmt).await.unwrap();
     assert_eq!(n, 2);
 }
 

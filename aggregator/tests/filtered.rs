@@ -5,11 +5,14 @@
 
 use std::time::Duration;
 
+use chrono::Utc;
 use serde_json::json;
+use veil_aggregator::db;
 use veil_aggregator::reports::filtered_traffic;
 use veil_aggregator::site::SiteView;
 use veil_collector::pipeline::privacy::Consent;
 use veil_collector::pipeline::{Client, Incoming};
+use veil_schemas::sql::Sql;
 
 fn hit(domain: &str, ip: &str, ua: &str, gpc: bool) -> Incoming {
     Incoming {
@@ -79,12 +82,8 @@ async fn bots_and_opt_outs_are_counted_per_site_and_reported_by_reason() {
     let start = std::time::Instant::now();
     // Wait until every count is stored (the two library hits too)…
     loop {
-        let stored: u64 = ch
-            .client()
-            .query("SELECT sum(events) FROM filtered_hourly WHERE site = 'shop.example'")
-            .fetch_one()
-            .await
-            .unwrap();
+        let stmt = Sql::new("SELECT sum(events) FROM filtered_hourly WHERE site = 'shop.example'");
+        let stored = db::count(&ch.client(), &stmt).await.unwrap();
         if stored == 13 {
             break;
         }
@@ -96,7 +95,9 @@ async fn bots_and_opt_outs_are_counted_per_site_and_reported_by_reason() {
     }
     // …then the report lists only reasons with at least k events: the two library hits are
     // stored but not shown.
-    let doc = filtered_traffic(&ch.client(), &site, "day").await.unwrap();
+    let doc = filtered_traffic(&ch.client(), &site, "day", Utc::now())
+        .await
+        .unwrap();
     assert_eq!(
         doc["dropped"],
         json!([
@@ -105,12 +106,8 @@ async fn bots_and_opt_outs_are_counted_per_site_and_reported_by_reason() {
         ]),
         "{doc}"
     );
-    let unknown: u64 = ch
-        .client()
-        .query("SELECT count() FROM filtered_hourly WHERE site != 'shop.example'")
-        .fetch_one()
-        .await
-        .unwrap();
+    let stmt = Sql::new("SELECT count() FROM filtered_hourly WHERE site != 'shop.example'");
+    let unknown: u64 = db::count(&ch.client(), &stmt).await.unwrap();
     assert_eq!(unknown, 0);
     assert!(c.finish());
 }

@@ -15,7 +15,9 @@ use common::*;
 use http::Request;
 use serde_json::{json, Value};
 use veil_aggregator::site::SiteView;
-use veil_aggregator::{reports, stats, Aggregator, AggregatorConfig};
+use veil_aggregator::{db, reports, stats, Aggregator, AggregatorConfig};
+use veil_schemas::sql;
+use veil_schemas::sql::{lit, Sql};
 use veil_schemas::ClickHouseConfig;
 
 fn site_k(k: u64) -> SiteView {
@@ -192,7 +194,7 @@ async fn funnels_are_guarded_and_small_dropoffs_are_null() {
             for (k, v) in extra.as_object().unwrap() {
                 body[k] = v.clone();
             }
-            reports::funnel(&ch.client(), &s, body.to_string().as_bytes())
+            reports::funnel(&ch.client(), &s, body.to_string().as_bytes(), Utc::now())
                 .await
                 .unwrap()
         }
@@ -287,29 +289,29 @@ async fn realtime_windows_do_not_slide_within_a_minute() {
 #[tokio::test]
 async fn filtered_traffic_leaves_out_reasons_under_k() {
     let ch = veil_schemas::testing::fresh_database("privacy_filtered").await;
-    ch.client()
-        .query_raw(&format!(
-            "INSERT INTO filtered_hourly (site, hour, reason, events) VALUES \
-             ('{SITE}', toDateTime('2026-11-20 10:00:00', 'UTC'), 'bot_crawler', 6), \
-             ('{SITE}', toDateTime('2026-11-20 10:00:00', 'UTC'), 'consent', 4), \
-             ('{SITE}', toDateTime('2026-11-20 11:00:00', 'UTC'), 'consent', 1), \
-             ('{SITE}', toDateTime('2026-11-20 10:00:00', 'UTC'), 'bot_library', 2)"
-        ))
-        .execute()
-        .await
-        .unwrap();
-    let bots: Vec<String> = (0..7)
-        .map(|i| format!("('{SITE}', toDateTime('2026-11-20 12:00:00', 'UTC'), 'pageview', '/', toFixedString('X{i}', 16), '{}')", if i < 6 { "bot_headless" } else { "bot_monitoring" }))
-        .collect();
-    ch.client()
-        .query_raw(&format!(
-            "INSERT INTO events (site, timestamp, name, pathname, visitor_id, bot) VALUES {}",
-            bots.join(", ")
-        ))
-        .execute()
-        .await
-        .unwrap();
-    let doc = reports::filtered_traffic(&ch.client(), &site(), "2026-11-20,2026-11-20")
+    let stmt = sql!(
+        "INSERT INTO filtered_hourly (site, hour, reason, events) VALUES \
+         ({0}, toDateTime('2026-11-20 10:00:00', 'UTC'), 'bot_crawler', 6), \
+         ({0}, toDateTime('2026-11-20 10:00:00', 'UTC'), 'consent', 4), \
+         ({0}, toDateTime('2026-11-20 11:00:00', 'UTC'), 'consent', 1), \
+         ({0}, toDateTime('2026-11-20 10:00:00', 'UTC'), 'bot_library', 2)",
+        lit(SITE)
+    );
+    db::exec(&ch.client(), &stmt).await.unwrap();
+    let bots = (0..7).map(|i: u32| {
+        sql!(
+            "({}, toDateTime('2026-11-20 12:00:00', 'UTC'), 'pageview', '/', toFixedString({}, 16), {})",
+            lit(SITE),
+            lit(&format!("X{i}")),
+            lit(if i < 6 { "bot_headless" } else { "bot_monitoring" })
+        )
+    });
+    let stmt = sql!(
+        "INSERT INTO events (site, timestamp, name, pathname, visitor_id, bot) VALUES {}",
+        Sql::join(bots, ", ")
+    );
+    db::exec(&ch.client(), &stmt).await.unwrap();
+    let doc = reports::filtered_traffic(&ch.client(), &site(), "2026-11-20,2026-11-20", Utc::now())
         .await
         .unwrap();
     assert_eq!(
@@ -343,9 +345,14 @@ async fn hostile_dates_and_costly_filters_are_400s_naming_the_field() {
         assert_eq!(status, 400, "{range}: {msg}");
         assert!(msg.contains("date_range"), "{range}: {msg}");
         let body = json!({"site_id": SITE, "funnel": "Buy", "date_range": range});
-        let e = reports::funnel(&ch.client(), &site(), body.to_string().as_bytes())
-            .await
-            .unwrap_err();
+        let e = reports::funnel(
+            &ch.client(),
+            &site(),
+            body.to_string().as_bytes(),
+            Utc::now(),
+        )
+        .await
+        .unwrap_err();
         assert!(e.to_string().contains("date_range"), "{range}: {e}");
     }
     for path in [
@@ -390,9 +397,9 @@ async fn hostile_dates_and_costly_filters_are_400s_naming_the_field() {
 async fn report_queries_run_under_a_time_limit() {
     let ch = veil_schemas::testing::fresh_database("privacy_timeout").await;
     let agg = agg(&ch);
-    let rows = stats::fetch(
+    let rows = db::fetch(
         agg.client(),
-        "SELECT value FROM system.settings WHERE name = 'max_execution_time'",
+        &Sql::new("SELECT value FROM system.settings WHERE name = 'max_execution_time'"),
     )
     .await
     .unwrap();

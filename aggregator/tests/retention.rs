@@ -5,11 +5,14 @@
 use std::sync::Arc;
 
 use chrono::{Duration, NaiveDate, TimeZone, Utc};
+use veil_aggregator::db;
 use veil_aggregator::retention::{erase_site, purge, Retention};
 use veil_collector::pipeline::sink::clickhouse::ClickHouseSink;
 use veil_collector::pipeline::sink::Sink;
 use veil_collector::pipeline::{Client, Incoming, Outcome, Pipeline};
 use veil_collector::sites::SiteRegistry;
+use veil_schemas::sql;
+use veil_schemas::sql::lit;
 
 /// One pageview for `site` on each of the given days (noon UTC).
 async fn seed(ch: &veil_schemas::ClickHouseConfig, site: &str, days: &[NaiveDate]) {
@@ -47,28 +50,19 @@ async fn seed(ch: &veil_schemas::ClickHouseConfig, site: &str, days: &[NaiveDate
 /// Rows of `site` in the rollup tables (hourly, visits).
 async fn rollup_rows(ch: &veil_schemas::ClickHouseConfig, site: &str) -> (u64, u64) {
     let c = ch.client();
-    let h: u64 = c
-        .query("SELECT count() FROM events_hourly WHERE site = ?")
-        .bind(site)
-        .fetch_one()
-        .await
-        .unwrap();
-    let v: u64 = c
-        .query("SELECT count() FROM visits WHERE site = ?")
-        .bind(site)
-        .fetch_one()
-        .await
-        .unwrap();
+    let stmt = sql!(
+        "SELECT count() FROM events_hourly WHERE site = {}",
+        lit(site)
+    );
+    let h = db::count(&c, &stmt).await.unwrap();
+    let stmt = sql!("SELECT count() FROM visits WHERE site = {}", lit(site));
+    let v = db::count(&c, &stmt).await.unwrap();
     (h, v)
 }
 
 async fn count(ch: &veil_schemas::ClickHouseConfig, site: &str) -> u64 {
-    ch.client()
-        .query("SELECT count() FROM events WHERE site = ?")
-        .bind(site)
-        .fetch_one()
-        .await
-        .unwrap()
+    let stmt = sql!("SELECT count() FROM events WHERE site = {}", lit(site));
+    db::count(&ch.client(), &stmt).await.unwrap()
 }
 
 #[tokio::test]

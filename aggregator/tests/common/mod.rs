@@ -1,12 +1,17 @@
-//! The known dataset and helpers the Stats API tests share (`stats.rs`, `privacy.rs`): one
-//! site with goals and a funnel, events written straight into `events`, and a query runner.
+//! The known dataset and helpers the Stats API tests share: one site with goals and a
+//! funnel, events written straight into `events`, a query runner, one-number queries, and an
+//! aggregator with a request builder for the tests that go through HTTP.
 
 #![allow(dead_code)]
 
+use bytes::Bytes;
 use chrono::{TimeZone, Utc};
+use http::Request;
 use serde_json::{json, Value};
 use veil_aggregator::site::{Funnel, Goal, SiteView};
-use veil_aggregator::stats;
+use veil_aggregator::{db, stats, Aggregator, AggregatorConfig};
+use veil_schemas::sql;
+use veil_schemas::sql::{lit, Sql};
 use veil_schemas::ClickHouseConfig;
 
 pub const SITE: &str = "shop.example";
@@ -37,39 +42,40 @@ pub fn ev(visitor: String, at: &'static str, name: &'static str, path: &'static 
     }
 }
 
-pub fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+/// Writes `evs` of `site` straight into `events`.
+pub async fn insert(ch: &ClickHouseConfig, site: &str, evs: &[Ev]) {
+    let rows = evs.iter().map(|e| {
+        let keys = Sql::join(e.props.iter().map(|(k, _)| lit(k)), ",");
+        let vals = Sql::join(e.props.iter().map(|(_, v)| lit(v)), ",");
+        sql!(
+            "({}, toDateTime({}, 'UTC'), {}, {}, 'shop.example', toFixedString({}, 16), {}, {}, {}, {}, [{}], [{}], {}, {})",
+            lit(site),
+            lit(e.at),
+            lit(e.name),
+            lit(e.path),
+            lit(&e.visitor),
+            lit(e.source),
+            lit(if e.source.is_empty() { "Direct" } else { "Organic Search" }),
+            lit(e.country),
+            lit(e.device),
+            keys,
+            vals,
+            e.revenue_micros,
+            lit(if e.device == "Mobile" { "Safari" } else { "Chrome" }),
+        )
+    });
+    let q = sql!(
+        "INSERT INTO events (site, timestamp, name, pathname, hostname, visitor_id, source, channel, country_code, device, prop_keys, prop_values, revenue_micros, browser) VALUES {}",
+        Sql::join(rows, ", ")
+    );
+    db::exec(&ch.client(), &q).await.unwrap();
 }
 
-pub async fn insert(ch: &ClickHouseConfig, site: &str, evs: &[Ev]) {
-    let rows: Vec<String> = evs
-        .iter()
-        .map(|e| {
-            let keys: Vec<String> = e.props.iter().map(|(k, _)| lit(k)).collect();
-            let vals: Vec<String> = e.props.iter().map(|(_, v)| lit(v)).collect();
-            format!(
-                "({}, toDateTime({}, 'UTC'), {}, {}, 'shop.example', toFixedString({}, 16), {}, {}, {}, {}, [{}], [{}], {}, {})",
-                lit(site),
-                lit(e.at),
-                lit(e.name),
-                lit(e.path),
-                lit(&e.visitor),
-                lit(e.source),
-                lit(if e.source.is_empty() { "Direct" } else { "Organic Search" }),
-                lit(e.country),
-                lit(e.device),
-                keys.join(","),
-                vals.join(","),
-                e.revenue_micros,
-                lit(if e.device == "Mobile" { "Safari" } else { "Chrome" }),
-            )
-        })
-        .collect();
-    let sql = format!(
-        "INSERT INTO events (site, timestamp, name, pathname, hostname, visitor_id, source, channel, country_code, device, prop_keys, prop_values, revenue_micros, browser) VALUES {}",
-        rows.join(", ")
-    );
-    ch.client().query_raw(&sql).execute().await.unwrap();
+/// `SELECT count() …` (or any one-number query) through the aggregator's own door.
+pub async fn count(ch: &ClickHouseConfig, q: Sql) -> u64 {
+    db::count(&ch.client(), &q)
+        .await
+        .unwrap_or_else(|e| panic!("{q:?}: {e}"))
 }
 
 /// The dataset (UTC):
@@ -184,4 +190,88 @@ pub fn rows(doc: &Value) -> Vec<(Vec<String>, Vec<Value>)> {
             )
         })
         .collect()
+}
+
+/// An aggregator serving [`SITE`] from flags, open (no admin token), for HTTP tests.
+pub fn stats_aggregator(ch: &ClickHouseConfig) -> Aggregator {
+    Aggregator::new(
+        AggregatorConfig {
+            sites: vec![SITE.into()],
+            ..Default::default()
+        },
+        ch.clone(),
+    )
+}
+
+/// A request to the aggregator with an `Accept` header.
+pub fn request(path: &str, method: &str, body: String, accept: &str) -> Request<Bytes> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("accept", accept)
+        .body(Bytes::from(body))
+        .unwrap()
+}
+
+/// Every way a visit open at today's cut can go on, five visitors each (k = 5), on
+/// 2026-11-20 with the cut at 14:30 (55 hits):
+/// - P: `/a` at 14:10, `/b` at 14:35, an engagement at 14:36 — one visit of 26 minutes,
+///   entry `/a`, exit `/b`, no bounce.
+/// - Q: `/q` at 14:05, `/r` at 14:50 — more than 30 minutes apart: two one-page visits.
+/// - R: a Signup event on `/r` at 14:20 (no pageview), `/p2` at 14:40 — one visit, entry and
+///   exit `/p2` (its only pageview), not a bounce (an interactive event).
+/// - S: `/s1` at 14:15, `/s2` at 14:20, nothing after the cut — one visit, exit `/s2`.
+/// - T: `/t` at 14:45 only — a visit that starts after the cut.
+/// - U: `/u` at 09:00 — over long before the cut (a `visits` row of the build).
+pub fn open_visits_dataset() -> Vec<Ev> {
+    let mut evs = Vec::new();
+    let src = |source: &'static str, e: Ev| Ev { source, ..e };
+    for i in 0..5 {
+        let v = |g: &str| format!("{g}{i}");
+        evs.push(src(
+            "Google",
+            ev(v("P"), "2026-11-20 14:10:00", "pageview", "/a"),
+        ));
+        evs.push(src(
+            "Google",
+            ev(v("P"), "2026-11-20 14:35:00", "pageview", "/b"),
+        ));
+        evs.push(src(
+            "Google",
+            ev(v("P"), "2026-11-20 14:36:00", "engagement", "/b"),
+        ));
+        evs.push(src(
+            "Bing",
+            ev(v("Q"), "2026-11-20 14:05:00", "pageview", "/q"),
+        ));
+        evs.push(src(
+            "Bing",
+            ev(v("Q"), "2026-11-20 14:50:00", "pageview", "/r"),
+        ));
+        evs.push(src(
+            "DuckDuckGo",
+            ev(v("R"), "2026-11-20 14:20:00", "Signup", "/r"),
+        ));
+        evs.push(src(
+            "DuckDuckGo",
+            ev(v("R"), "2026-11-20 14:40:00", "pageview", "/p2"),
+        ));
+        evs.push(src(
+            "Ecosia",
+            ev(v("S"), "2026-11-20 14:15:00", "pageview", "/s1"),
+        ));
+        evs.push(src(
+            "Ecosia",
+            ev(v("S"), "2026-11-20 14:20:00", "pageview", "/s2"),
+        ));
+        evs.push(src(
+            "Qwant",
+            ev(v("T"), "2026-11-20 14:45:00", "pageview", "/t"),
+        ));
+        evs.push(src(
+            "Yahoo!",
+            ev(v("U"), "2026-11-20 09:00:00", "pageview", "/u"),
+        ));
+    }
+    evs
 }

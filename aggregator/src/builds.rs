@@ -1,0 +1,170 @@
+//! The builds catalog: which recorded build of each UTC day's visits (`visit_builds`, written
+//! by the rollup job) reports may read, and a per-request cache of that answer.
+//!
+//! A day's latest *recorded* build is complete (the rollup job records a build only after
+//! writing its rows). A build of the current day (one with a cut) is left out when the events
+//! before its cut are no longer the ones it was built from (a hit stored since with an earlier
+//! time): that day is then derived from raw events until the next rollup run builds it again.
+//!
+//! Reports by day and dimension may read the current day from a snapshot instead
+//! (the snapshot module); this module asks for one through [`TodaySnapshots`], which the
+//! snapshot module implements, so the catalog does not depend on how snapshots are taken.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+use veil_schemas::sql;
+use veil_schemas::sql::{date, utc};
+
+use crate::db::{fetch, number};
+use crate::query::plan::{self, Build, Snap};
+use crate::query::Query;
+use crate::site::SiteView;
+use crate::Error;
+
+/// What [`TodaySnapshots::usable`] returns.
+pub type SnapFuture<'a> = Pin<Box<dyn Future<Output = Result<Option<Snap>, Error>> + Send + 'a>>;
+
+/// Snapshots of the current day a report may read instead of merging today's build with the
+/// hits after its cut (implemented by the snapshot module's `Snapshots`).
+pub trait TodaySnapshots: Send + Sync + std::fmt::Debug {
+    /// The snapshot of `site` made from build `b` (the current day's latest recorded build,
+    /// with cut `cut`) that a report may read now, if there is one.
+    fn usable<'a>(
+        &'a self,
+        client: &'a clickhouse::Client,
+        site: &'a str,
+        b: &'a Build,
+        cut: NaiveDateTime,
+    ) -> SnapFuture<'a>;
+}
+
+/// The latest recorded visit build of each UTC day in `[from, to]` that reports may read
+/// (see the module docs for when the current day's is left out).
+pub async fn visit_builds(
+    client: &clickhouse::Client,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<Build>, Error> {
+    visit_builds_for(client, from, to, None).await
+}
+
+/// [`visit_builds`], and for `Some((snapshots, site))` the fresh snapshot of the current
+/// day's build (`Build::snap`). A build with a fresh snapshot is not checked for late hits
+/// again: the snapshot was taken from it while it was trusted, at most the snapshots' maximum
+/// age ago, and a report that reads it shows the day as it was then.
+async fn visit_builds_for(
+    client: &clickhouse::Client,
+    from: NaiveDate,
+    to: NaiveDate,
+    snapshots: Option<(&dyn TodaySnapshots, &str)>,
+) -> Result<Vec<Build>, Error> {
+    let stmt = sql!(
+            "SELECT toString(day), max(build), formatDateTime(argMax(cut, build), '%Y-%m-%d %H:%M:%S', 'UTC'), \
+             argMax(events, build) FROM visit_builds WHERE day >= {} AND day <= {} GROUP BY day",
+            date(from),
+            date(to)
+        );
+    let rows = fetch(client, &stmt).await?;
+    let mut out = Vec::new();
+    for r in &rows {
+        let parsed = (|| {
+            let day = NaiveDate::parse_from_str(r.get(0)?.as_str()?, "%Y-%m-%d").ok()?;
+            let build = number(r.get(1)?)? as u64;
+            // A closed day's build has no cut (the epoch, as ClickHouse prints it).
+            let cut = NaiveDateTime::parse_from_str(r.get(2)?.as_str()?, "%Y-%m-%d %H:%M:%S")
+                .ok()
+                .filter(|c| c.date() == day);
+            let events = number(r.get(3)?)?;
+            Some((
+                Build {
+                    day,
+                    build,
+                    cut,
+                    snap: None,
+                },
+                events,
+            ))
+        })();
+        let Some((mut b, events)) = parsed else {
+            continue;
+        };
+        if let (Some((snaps, site)), Some(cut)) = (snapshots, b.cut) {
+            if let Some(at) = snaps.usable(client, site, &b, cut).await? {
+                b.snap = Some(at);
+                out.push(b);
+                continue;
+            }
+        }
+        if let Some(cut) = b.cut {
+            let stmt = sql!(
+                "SELECT count() FROM events WHERE timestamp >= {} AND timestamp < {}",
+                utc(b.day.and_time(NaiveTime::MIN)),
+                utc(cut)
+            );
+            let now = fetch(client, &stmt).await?;
+            if now.first().and_then(|c| c.get(0)).and_then(number) != Some(events) {
+                continue;
+            }
+        }
+        out.push(b);
+    }
+    Ok(out)
+}
+
+/// The recorded visit builds one request's queries read, fetched once per date range: a
+/// request runs up to seven queries over the same range (guard, report, conversion rates,
+/// percentages, and again for a comparison), and checking today's build counts today's events.
+#[derive(Debug, Default)]
+pub struct Builds {
+    /// Builds by date range and whether today's snapshot was looked up.
+    seen: Vec<((NaiveDate, NaiveDate, bool), Vec<Build>)>,
+    snapshots: Option<Box<dyn TodaySnapshots>>,
+}
+
+impl Builds {
+    /// Builds for one request; reports by day and dimension read today's fresh snapshot
+    /// when `snapshots` is given.
+    pub fn new(snapshots: Option<Box<dyn TodaySnapshots>>) -> Self {
+        Self {
+            seen: Vec::new(),
+            snapshots,
+        }
+    }
+
+    /// The latest snapshot of the current day any of the request's reports read.
+    pub fn snapshot(&self) -> Option<NaiveDateTime> {
+        self.seen
+            .iter()
+            .filter(|((_, _, snap), _)| *snap)
+            .flat_map(|(_, b)| b.iter().filter_map(|b| b.snap.map(|s| s.at)))
+            .max()
+    }
+
+    /// The builds `q` reads: none when rollups are off or its source reads no builds.
+    pub async fn for_query(
+        &mut self,
+        client: &clickhouse::Client,
+        site: &SiteView,
+        q: &Query,
+    ) -> Result<Vec<Build>, Error> {
+        let src = plan::source(q, site.child_directed);
+        if !q.rollups || q.realtime || !plan::uses_builds(src) {
+            return Ok(Vec::new());
+        }
+        let snap = self.snapshots.is_some() && src == plan::Source::VisitsDaily;
+        let key = (q.start.date(), q.end.date(), snap);
+        if let Some((_, b)) = self.seen.iter().find(|(k, _)| *k == key) {
+            return Ok(b.clone());
+        }
+        let snapshots = self
+            .snapshots
+            .as_deref()
+            .filter(|_| snap)
+            .map(|s| (s, site.domain.as_str()));
+        let b = visit_builds_for(client, key.0, key.1, snapshots).await?;
+        self.seen.push((key, b.clone()));
+        Ok(b)
+    }
+}

@@ -1,0 +1,465 @@
+//! The Stats API against a real ClickHouse on the known dataset (`common::seed`), answered from
+//! raw events and from the rollup job's builds alike: every report, every dimension and metric,
+//! the current day's partial build with the visits still open at its cut, and the builds
+//! readers trust.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use chrono::NaiveDate;
+use common::*;
+use serde_json::{json, Value};
+use veil_aggregator::{builds, rollup};
+use veil_schemas::sql;
+use veil_schemas::sql::Sql;
+use veil_schemas::ClickHouseConfig;
+
+/// Every report the dataset answers, with the numbers worked out by hand in `seed`'s doc.
+async fn check_reports(ch: &ClickHouseConfig, rollups: bool) {
+    let s = site();
+    let inc = json!({"rollups": rollups});
+    let top = q(ch, &s, base(json!({"metrics": ["visitors", "visits", "pageviews", "events", "views_per_visit", "bounce_rate", "visit_duration", "sessions_per_user"], "include": inc}))).await;
+    // visits: 10 + 12 + 2; pageviews: 16 + 12 + 2; events + 5 signups; bounces: 4 + 12 + 2 of 24;
+    // durations: 5×180 + 60 over 24 visits.
+    assert_eq!(
+        top["results"][0]["metrics"],
+        json!([18, 24, 30, 35, 1.25, 75, 40, 1.33]),
+        "{top}"
+    );
+
+    let by_source = q(ch, &s, base(json!({"metrics": ["visitors", "visits", "bounce_rate", "visit_duration"], "dimensions": ["visit:source"], "include": inc}))).await;
+    assert_eq!(
+        rows(&by_source),
+        vec![
+            (
+                vec!["Google".into()],
+                vec![json!(10), json!(10), json!(40), json!(96)]
+            ),
+            (
+                vec!["Direct / None".into()],
+                vec![json!(6), json!(12), json!(100), json!(0)]
+            ),
+        ],
+        "{by_source}"
+    );
+    // Hacker News (2 visitors) is folded, and the fold alone is under k: not shown, and
+    // not even counted (a hidden fold's size would tell how many small groups exist).
+    assert_eq!(by_source["meta"]["folded_rows"], 0);
+    assert_eq!(by_source["meta"]["suppressed"], true);
+
+    let pages = q(ch, &s, base(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "include": inc}))).await;
+    assert_eq!(
+        rows(&pages),
+        vec![
+            (vec!["/".into()], vec![json!(18), json!(18)]),
+            (vec!["/blog/x".into()], vec![json!(6), json!(6)]),
+            (vec!["/pricing".into()], vec![json!(6), json!(6)]),
+        ],
+        "{pages}"
+    );
+
+    let entry = q(ch, &s, base(json!({"metrics": ["visits", "bounce_rate"], "dimensions": ["visit:entry_page"], "include": inc}))).await;
+    assert_eq!(
+        rows(&entry),
+        vec![
+            (vec!["/".into()], vec![json!(18), json!(67)]),
+            (vec!["/blog/x".into()], vec![json!(6), json!(100)]),
+        ],
+        "{entry}"
+    );
+    let exit = q(
+        ch,
+        &s,
+        base(json!({"metrics": ["visits"], "dimensions": ["visit:exit_page"], "include": inc})),
+    )
+    .await;
+    assert_eq!(
+        rows(&exit),
+        vec![
+            (vec!["/".into()], vec![json!(12)]),
+            (vec!["/blog/x".into()], vec![json!(6)]),
+            (vec!["/pricing".into()], vec![json!(6)]),
+        ],
+        "{exit}"
+    );
+
+    let hours = q(
+        ch,
+        &s,
+        base(json!({"metrics": ["visitors"], "dimensions": ["time:hour"], "include": inc})),
+    )
+    .await;
+    assert_eq!(
+        rows(&hours),
+        vec![
+            (vec!["2026-11-20 10:00:00".into()], vec![json!(10)]),
+            (vec!["2026-11-20 12:00:00".into()], vec![json!(6)]),
+            (vec!["2026-11-20 14:00:00".into()], vec![json!(6)]),
+            (vec!["2026-11-20 15:00:00".into()], vec![Value::Null]),
+        ],
+        "{hours}"
+    );
+
+    // Goals and conversion rates (5 of 18 signed up, 6 of 18 read the blog).
+    let goals = q(ch, &s, base(json!({"metrics": ["visitors", "events", "conversion_rate"], "dimensions": ["event:goal"], "include": inc}))).await;
+    assert_eq!(
+        rows(&goals),
+        vec![
+            (vec!["Blog".into()], vec![json!(6), json!(6), json!(33.3)]),
+            (
+                vec!["Pricing".into()],
+                vec![json!(6), json!(6), json!(33.3)]
+            ),
+            (vec!["Signup".into()], vec![json!(5), json!(5), json!(27.8)]),
+        ],
+        "{goals}"
+    );
+    // Conversions by source: goal filter joined to the visit's source.
+    let conv = q(ch, &s, base(json!({"metrics": ["visitors", "conversion_rate", "total_revenue"], "dimensions": ["visit:source"], "filters": [["is", "event:goal", ["Signup"]]], "include": inc}))).await;
+    assert_eq!(
+        rows(&conv),
+        vec![(
+            vec!["Google".into()],
+            vec![json!(5), json!(50), json!(52.5)]
+        )],
+        "{conv}"
+    );
+}
+
+#[tokio::test]
+async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups() {
+    let ch = veil_schemas::testing::fresh_database("stats_known").await;
+    seed(&ch).await;
+    // Before any build: visit rows are derived from raw events.
+    check_reports(&ch, true).await;
+    check_reports(&ch, false).await;
+    // The rollup job builds the closed days; answers stay the same.
+    let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+    let r = rollup::run_until(&ch, today, 30).await.unwrap();
+    assert_eq!(r.visit_days.len(), 2, "{r:?}");
+    let built = builds::visit_builds(&ch.client(), today - chrono::Duration::days(30), today)
+        .await
+        .unwrap();
+    assert_eq!(built.len(), 2);
+    let s = site();
+    let doc = q(
+        &ch,
+        &s,
+        base(json!({"metrics": ["visitors"], "dimensions": ["visit:source"]})),
+    )
+    .await;
+    assert_eq!(doc["meta"]["source"], "visits_daily");
+    let src = |b: Value| {
+        let ch = ch.clone();
+        let s = s.clone();
+        async move { q(&ch, &s, base(b)).await["meta"]["source"].clone() }
+    };
+    assert_eq!(src(json!({"metrics": ["visitors"], "dimensions": ["visit:source"], "filters": [["is", "visit:country", ["DE"]]]})).await, "visits");
+    assert_eq!(
+        src(json!({"metrics": ["visitors"], "dimensions": ["event:page"]})).await,
+        "visits_daily"
+    );
+    assert_eq!(
+        src(json!({"metrics": ["visitors"], "dimensions": ["event:goal"]})).await,
+        "event_rollups"
+    );
+    assert_eq!(src(json!({"metrics": ["visitors"], "dimensions": ["event:page"], "include": {"rollups": false}})).await, "events");
+    check_reports(&ch, true).await;
+    // The current day is built up to a cut: the visits still open at it (B0–B5's second
+    // visit, 14:00) are stored as they stood, and every hit after it (C0, C1 at 15:00) comes
+    // from raw events. Pretend the 20th is today: the answers stay the same.
+    let day20 = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+    let at = day20.and_hms_opt(14, 32, 10).unwrap();
+    assert!(rollup::build_today(&ch, at).await.unwrap());
+    assert!(
+        !rollup::build_today(&ch, at).await.unwrap(),
+        "same cut twice"
+    );
+    let built = builds::visit_builds(&ch.client(), day20, day20)
+        .await
+        .unwrap();
+    assert_eq!(built[0].cut, day20.and_hms_opt(14, 30, 0), "{built:?}");
+    let partial: u64 = common::count(
+        &ch,
+        sql!(
+            "SELECT count() FROM visits WHERE day = '2026-11-20' AND build = {}",
+            built[0].build
+        ),
+    )
+    .await;
+    assert_eq!(
+        partial, 16,
+        "A0–A9's visits and B0–B5's first are over at the cut"
+    );
+    let open: u64 = common::count(
+        &ch,
+        sql!(
+            "SELECT count() FROM open_visits WHERE day = '2026-11-20' AND build = {} AND start = toDateTime('2026-11-20 14:00:00', 'UTC')",
+            built[0].build
+        ),
+    )
+    .await;
+    assert_eq!(open, 6, "B0–B5's second visits are open");
+    check_reports(&ch, true).await;
+    // A hit stored after the build with a time before its cut (here another site's, from an
+    // app's offline queue): the build no longer holds every hit before its cut, so readers
+    // leave it out and derive the day from raw events.
+    insert(
+        &ch,
+        "other.example",
+        &[ev("O1".into(), "2026-11-20 13:00:00", "pageview", "/")],
+    )
+    .await;
+    assert!(
+        builds::visit_builds(&ch.client(), day20, day20)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a build missing a late hit is not used"
+    );
+    check_reports(&ch, true).await;
+    // The next run builds it in, even with the same cut.
+    assert!(rollup::build_today(&ch, at).await.unwrap());
+    assert_eq!(
+        builds::visit_builds(&ch.client(), day20, day20)
+            .await
+            .unwrap()[0]
+            .cut,
+        day20.and_hms_opt(14, 30, 0)
+    );
+    check_reports(&ch, true).await;
+    // Once the day is closed, its partial build is replaced by a whole one.
+    let r = rollup::run_until(&ch, today, 30).await.unwrap();
+    assert_eq!(r.visit_days, vec![day20], "{r:?}");
+    assert_eq!(
+        builds::visit_builds(&ch.client(), day20, day20)
+            .await
+            .unwrap()[0]
+            .cut,
+        None
+    );
+    // A second run finds nothing to do; a late event for a closed day triggers a rebuild.
+    let r = rollup::run_until(&ch, today, 30).await.unwrap();
+    assert!(r.visit_days.is_empty() && r.hourly_days.is_empty(), "{r:?}");
+    insert(
+        &ch,
+        SITE,
+        &[ev("L0".into(), "2026-11-20 20:00:00", "pageview", "/late")],
+    )
+    .await;
+    let r = rollup::run_until(&ch, today, 30).await.unwrap();
+    assert_eq!(
+        r.visit_days,
+        vec![NaiveDate::from_ymd_opt(2026, 11, 20).unwrap()]
+    );
+    let top = q(&ch, &s, base(json!({"metrics": ["visitors", "visits"]}))).await;
+    assert_eq!(top["results"][0]["metrics"], json!([19, 25]), "{top}");
+}
+
+/// Every dimension and every metric the API lists runs on 18.16, from raw events and from
+/// rollups, with the same numbers, and the dataset's totals add up in each breakdown.
+#[tokio::test]
+async fn every_dimension_and_metric_answers_the_same_from_raw_and_rollups() {
+    let ch = veil_schemas::testing::fresh_database("stats_every").await;
+    seed(&ch).await;
+    let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+    rollup::run_until(&ch, today, 30).await.unwrap();
+    let s = site();
+    let mut dims: Vec<String> = veil_aggregator::query::DIMENSIONS
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    dims.push("event:props:plan".into());
+    dims.push("time".into());
+    for dim in &dims {
+        let mut per_source = Vec::new();
+        for rollups in [true, false] {
+            let d = q(&ch, &s, base(json!({"metrics": ["visitors", "visits", "pageviews"], "dimensions": [dim], "include": {"rollups": rollups}}))).await;
+            per_source.push(d["results"].clone());
+            // Rows and folded rows together hold every pageview of the day (30), except
+            // where a hit belongs to several rows (goals) or none (props of pageviews).
+            let pv: i64 = d["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["metrics"][2].as_i64().unwrap_or(0))
+                .sum();
+            if !["event:goal", "event:name"].contains(&dim.as_str()) {
+                assert!(pv == 30 || d["meta"]["suppressed"] == true, "{dim}: {d}");
+            }
+        }
+        assert_eq!(
+            per_source[0], per_source[1],
+            "{dim}: rollups and raw differ"
+        );
+    }
+    let all: Vec<&str> = veil_aggregator::query::Metric::ALL
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| *n != "conversion_rate")
+        .collect();
+    for m in all {
+        for rollups in [true, false] {
+            let d = q(
+                &ch,
+                &s,
+                base(json!({"metrics": [m], "include": {"rollups": rollups}})),
+            )
+            .await;
+            assert_eq!(d["results"].as_array().unwrap().len(), 1, "{m}: {d}");
+        }
+    }
+    let d = q(&ch, &s, base(json!({"metrics": ["visitors", "time_on_page", "scroll_depth", "average_revenue", "crashes"], "filters": [["is", "event:goal", ["Signup"]]]}))).await;
+    assert_eq!(
+        d["results"][0]["metrics"],
+        json!([5, 0, null, 10.5, 0]),
+        "{d}"
+    );
+}
+
+/// Today's build stops at a cut; the visits open then are stored as they stood
+/// (`open_visits`) and carried on by the hits after the cut at query time
+/// ([`open_visits_dataset`]).
+#[tokio::test]
+async fn open_visits_carry_on_after_the_cut() {
+    let ch = veil_schemas::testing::fresh_database("stats_open_visits").await;
+    let evs = open_visits_dataset();
+    insert(&ch, SITE, &evs).await;
+    let day = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+    assert!(
+        rollup::build_today(&ch, day.and_hms_opt(14, 32, 10).unwrap())
+            .await
+            .unwrap()
+    );
+    let built = builds::visit_builds(&ch.client(), day, day).await.unwrap();
+    assert_eq!(built[0].cut, day.and_hms_opt(14, 30, 0), "{built:?}");
+    let count = |table: &'static str| {
+        let ch = ch.clone();
+        let build = built[0].build;
+        async move {
+            common::count(
+                &ch,
+                sql!(
+                    "SELECT count() FROM {} WHERE day = '2026-11-20' AND build = {}",
+                    table,
+                    build
+                ),
+            )
+            .await
+        }
+    };
+    assert_eq!(count("visits").await, 5, "U's visits are over at the cut");
+    assert_eq!(count("open_visits").await, 20, "P, Q, R and S are open");
+
+    let s = site();
+    // Every report from the build plus the hits after the cut equals the one derived from
+    // raw events alone, and both equal the numbers worked out above.
+    let both = |body: Value| {
+        let ch = ch.clone();
+        let s = s.clone();
+        async move {
+            let mut raw = body.clone();
+            raw["include"] = json!({"rollups": false});
+            let (r, d) = (q(&ch, &s, base(body)).await, q(&ch, &s, base(raw)).await);
+            assert_eq!(r["results"], d["results"], "rollups {r}\nraw {d}");
+            assert_ne!(r["meta"]["source"], "events", "{r}");
+            r
+        }
+    };
+    // visits: P 5, Q 10, R 5, S 5, T 5, U 5 = 35; pageviews 10 + 10 + 5 + 10 + 5 + 5 = 45;
+    // bounces: Q 10, T 5, U 5 = 20 of 35 (57 %); durations: P 26 min, S 5 min, R 20 min.
+    let top = both(
+        json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]}),
+    )
+    .await;
+    assert_eq!(
+        top["results"][0]["metrics"],
+        json!([30, 35, 45, 57, (5 * 1560 + 5 * 300 + 5 * 1200) / 35]),
+        "{top}"
+    );
+    let by = |dim: &'static str| {
+        let both = &both;
+        async move {
+            rows(&both(json!({"metrics": ["visits", "bounce_rate"], "dimensions": [dim], "order_by": [[dim, "asc"]]})).await)
+        }
+    };
+    let r = |v: &str, visits: i64, bounce: i64| {
+        (vec![v.to_string()], vec![json!(visits), json!(bounce)])
+    };
+    assert_eq!(
+        by("visit:entry_page").await,
+        vec![
+            r("/a", 5, 0),
+            r("/p2", 5, 0),
+            r("/q", 5, 100),
+            r("/r", 5, 100),
+            r("/s1", 5, 0),
+            r("/t", 5, 100),
+            r("/u", 5, 100)
+        ]
+    );
+    assert_eq!(
+        by("visit:exit_page").await,
+        vec![
+            r("/b", 5, 0),
+            r("/p2", 5, 0),
+            r("/q", 5, 100),
+            r("/r", 5, 100),
+            r("/s2", 5, 0),
+            r("/t", 5, 100),
+            r("/u", 5, 100)
+        ]
+    );
+    assert_eq!(
+        by("visit:source").await,
+        vec![
+            r("Bing", 10, 100),
+            r("DuckDuckGo", 5, 0),
+            r("Ecosia", 5, 0),
+            r("Google", 5, 0),
+            r("Qwant", 5, 100),
+            r("Yahoo!", 5, 100)
+        ]
+    );
+    // Visitors alone, by nothing or by a visitor fact: no visit is put together after the
+    // cut, and Q (open, then a new visit after it) and T (only after it) count once.
+    for dims in [json!([]), json!(["visit:country"]), json!(["time:day"])] {
+        let d = both(json!({"metrics": ["visitors"], "dimensions": dims})).await;
+        assert_eq!(d["meta"]["source"], "visits_daily", "{d}");
+        assert_eq!(d["results"][0]["metrics"], json!([30]), "{d}");
+    }
+    // Pages count every hit before the cut (the build) and after it.
+    let pages = both(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "order_by": [["event:page", "asc"]]})).await;
+    assert_eq!(rows(&pages).len(), 9, "{pages}");
+    assert_eq!(
+        rows(&pages)[1],
+        (vec!["/b".to_string()], vec![json!(5), json!(5)])
+    );
+    // A filtered report reads visit rows (source `visits`), also with open visits.
+    let filtered = both(json!({"metrics": ["visits", "visit_duration"], "filters": [["is", "visit:entry_page", ["/a", "/p2"]]]})).await;
+    assert_eq!(
+        filtered["results"][0]["metrics"],
+        json!([10, 1380]),
+        "{filtered}"
+    );
+    // The hits after the cut are read from events_recent, which keeps two days: trimming on
+    // the 21st keeps the 20th, on the 22nd drops it.
+    let recent = || {
+        let ch = ch.clone();
+        async move { common::count(&ch, Sql::new("SELECT count() FROM events_recent")).await }
+    };
+    assert_eq!(
+        recent().await,
+        55,
+        "every hit is copied by the materialized view"
+    );
+    rollup::trim_recent(&ch, day.succ_opt().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(recent().await, 55);
+    rollup::trim_recent(&ch, day + chrono::Duration::days(2))
+        .await
+        .unwrap();
+    assert_eq!(recent().await, 0);
+}
