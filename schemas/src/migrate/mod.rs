@@ -1,9 +1,16 @@
 //! Applies the numbered SQL files in `schemas/migrations/` in order and records each one in
 //! the `schema_migrations` table of Veil's database.
 //!
+//! One runner ([`migrate`]) for one server and for a cluster: both read what is recorded,
+//! refuse an applied migration whose checksum changed, apply what is missing and record it with
+//! the same code; only how a statement reaches the server differs (as written on one server,
+//! rewritten by [`cluster`](self::cluster_statements) on a cluster). Splitting files into
+//! statements and recognising statement shapes lives in `migrate/ddl.rs`, the cluster rewrite
+//! in `migrate/cluster.rs`.
+//!
 //! Rules for migration files: numbered `NNN_name.sql`, append-only (an applied file may never
 //! change: its blake3 checksum is recorded and checked), statements separated by a `;` at the
-//! end of a line, every statement idempotent (`IF NOT EXISTS`) so a run interrupted half-way can
+//! end of a line, comment and blank lines only between statements, every statement idempotent (`IF NOT EXISTS`) so a run interrupted half-way can
 //! simply run again. Table names are unqualified: the client selects the database.
 //!
 //! ## Cluster mode (`--clickhouse-cluster NAME`)
@@ -38,9 +45,16 @@
 //! every version recorded on its node runs no DDL at all, so collectors start while a node of
 //! the cluster is down.
 
-use std::collections::BTreeMap;
+mod cluster;
+mod ddl;
 
-use crate::{quote, ClickHouseConfig, Error};
+pub use cluster::{
+    cluster_statements, layout, layouts, local_table, mutation_target, tables, ClusterStatement,
+    Layout, Tables,
+};
+
+use crate::sql::{ident, lit, Run as _, Sql};
+use crate::{sql, ClickHouseConfig, Error};
 
 /// One embedded migration file.
 #[derive(Debug, Clone, Copy)]
@@ -58,77 +72,77 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "events",
-        sql: include_str!("../migrations/001_events.sql"),
+        sql: include_str!("../../migrations/001_events.sql"),
     },
     Migration {
         version: 2,
         name: "salts",
-        sql: include_str!("../migrations/002_salts.sql"),
+        sql: include_str!("../../migrations/002_salts.sql"),
     },
     Migration {
         version: 3,
         name: "tracker",
-        sql: include_str!("../migrations/003_tracker.sql"),
+        sql: include_str!("../../migrations/003_tracker.sql"),
     },
     Migration {
         version: 4,
         name: "apps",
-        sql: include_str!("../migrations/004_apps.sql"),
+        sql: include_str!("../../migrations/004_apps.sql"),
     },
     Migration {
         version: 5,
         name: "spool",
-        sql: include_str!("../migrations/005_spool.sql"),
+        sql: include_str!("../../migrations/005_spool.sql"),
     },
     Migration {
         version: 6,
         name: "enrichment",
-        sql: include_str!("../migrations/006_enrichment.sql"),
+        sql: include_str!("../../migrations/006_enrichment.sql"),
     },
     Migration {
         version: 7,
         name: "app_install",
-        sql: include_str!("../migrations/007_app_install.sql"),
+        sql: include_str!("../../migrations/007_app_install.sql"),
     },
     Migration {
         version: 8,
         name: "bots",
-        sql: include_str!("../migrations/008_bots.sql"),
+        sql: include_str!("../../migrations/008_bots.sql"),
     },
     Migration {
         version: 9,
         name: "revenue",
-        sql: include_str!("../migrations/009_revenue.sql"),
+        sql: include_str!("../../migrations/009_revenue.sql"),
     },
     Migration {
         version: 10,
         name: "registry",
-        sql: include_str!("../migrations/010_registry.sql"),
+        sql: include_str!("../../migrations/010_registry.sql"),
     },
     Migration {
         version: 11,
         name: "rollups",
-        sql: include_str!("../migrations/011_rollups.sql"),
+        sql: include_str!("../../migrations/011_rollups.sql"),
     },
     Migration {
         version: 12,
         name: "filtered",
-        sql: include_str!("../migrations/012_filtered.sql"),
+        sql: include_str!("../../migrations/012_filtered.sql"),
     },
     Migration {
         version: 13,
         name: "daily_rollups",
-        sql: include_str!("../migrations/013_daily_rollups.sql"),
+        sql: include_str!("../../migrations/013_daily_rollups.sql"),
     },
     Migration {
         version: 14,
         name: "open_visits",
-        sql: include_str!("../migrations/014_open_visits.sql"),
+        sql: include_str!("../../migrations/014_open_visits.sql"),
     },
     Migration {
         version: 15,
         name: "today_snapshots",
-        sql: include_str!("../migrations/015_today_snapshots.sql"),
+        sql: include_str!("../../migrations/015_today_snapshots.sql"),
     },
 ];
 
@@ -138,47 +152,10 @@ impl Migration {
         blake3::hash(self.sql.as_bytes()).to_hex().to_string()
     }
 
-    /// The statements of the file, comments stripped, split at `;` line ends.
-    pub fn statements(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut cur = String::new();
-        for line in self.sql.lines() {
-            let trimmed = line.trim();
-            if trimmed.starts_with("--") || trimmed.is_empty() {
-                continue;
-            }
-            cur.push_str(line);
-            cur.push('\n');
-            if trimmed.ends_with(';') {
-                let stmt = cur.trim().trim_end_matches(';').trim().to_string();
-                if !stmt.is_empty() {
-                    out.push(stmt);
-                }
-                cur.clear();
-            }
-        }
-        let rest = cur.trim();
-        if !rest.is_empty() {
-            out.push(rest.to_string());
-        }
-        out
-    }
-}
-
-/// For `ALTER TABLE t ADD COLUMN c …`, the table and column (the runner skips it when the
-/// column exists: 18.16 has no `ADD COLUMN IF NOT EXISTS`).
-fn added_column(stmt: &str) -> Option<(&str, &str)> {
-    let words: Vec<&str> = stmt.split_whitespace().take(6).collect();
-    match words.as_slice() {
-        [a, t, table, add, c, column]
-            if a.eq_ignore_ascii_case("ALTER")
-                && t.eq_ignore_ascii_case("TABLE")
-                && add.eq_ignore_ascii_case("ADD")
-                && c.eq_ignore_ascii_case("COLUMN") =>
-        {
-            Some((table, column))
-        }
-        _ => None,
+    /// The statements of the file, comments stripped, split at `;` line ends: slices of the
+    /// embedded file, so each is static text.
+    pub fn statements(&self) -> Vec<&'static str> {
+        ddl::split_statements(self.sql)
     }
 }
 
@@ -188,593 +165,150 @@ struct Applied {
     checksum: String,
 }
 
+/// How statements reach the server: as written (one server) or rewritten for a cluster.
+enum Mode<'a> {
+    Single,
+    Cluster { name: &'a str, tables: Tables },
+}
+
 /// Creates the database if needed and applies every migration not yet recorded.
 /// Returns the versions applied by this call (empty when already up to date).
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<Vec<u32>, Error> {
     cfg.validate()?;
-    if let Some(cluster) = &cfg.cluster {
-        // Every statement is idempotent: a run cut by a dropped connection (a server closing an
-        // idle keep-alive connection as the next DDL is sent) simply runs again.
-        let mut attempt = 0;
-        loop {
-            match migrate_cluster(cfg, cluster).await {
-                Err(Error::Query(e)) if attempt < 3 && e.to_string().contains("network error") => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "migration interrupted; running it again");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
-                other => return other,
+    let Some(cluster) = &cfg.cluster else {
+        return run(cfg, &Mode::Single).await;
+    };
+    let mode = Mode::Cluster {
+        name: cluster,
+        tables: tables(MIGRATIONS),
+    };
+    // Every statement is idempotent: a run cut by a dropped connection (a server closing an
+    // idle keep-alive connection as the next DDL is sent) simply runs again.
+    let mut attempt = 0;
+    loop {
+        match run(cfg, &mode).await {
+            Err(Error::Query(e)) if attempt < 3 && e.to_string().contains("network error") => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "migration interrupted; running it again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
+            other => return other,
         }
     }
-    cfg.server_client()
-        .query(&format!("CREATE DATABASE IF NOT EXISTS {}", cfg.database))
-        .execute()
-        .await?;
-    let client = cfg.client();
-    client
-        .query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations \
-             (version UInt32, name String, checksum String, applied_at DateTime) \
-             ENGINE = MergeTree ORDER BY version",
-        )
-        .execute()
-        .await?;
-    let applied: Vec<Applied> = client
-        .query("SELECT version, any(checksum) FROM schema_migrations GROUP BY version")
-        .fetch_all()
-        .await?;
+}
+
+/// The one record/check/apply path of both modes.
+async fn run(cfg: &ClickHouseConfig, mode: &Mode<'_>) -> Result<Vec<u32>, Error> {
+    let db_name = cfg.database.as_str();
+    let db = ident(db_name)?;
+    let client = cfg.server_client();
+    // Up to date on this node: no DDL at all (ON CLUSTER DDL waits for every node).
+    if let Some(applied) = applied_versions(&client, db_name).await? {
+        let mut all = true;
+        for m in MIGRATIONS {
+            all &= check_applied(&applied, m)?;
+        }
+        if all {
+            return Ok(Vec::new());
+        }
+    }
+    match mode {
+        Mode::Single => {
+            client
+                .sql(&sql!("CREATE DATABASE IF NOT EXISTS {}", db))
+                .execute()
+                .await?;
+            let q = sql!(
+                "CREATE TABLE IF NOT EXISTS {}.schema_migrations \
+                 (version UInt32, name String, checksum String, applied_at DateTime) \
+                 ENGINE = MergeTree ORDER BY version",
+                db
+            );
+            client.sql(&q).execute().await?;
+        }
+        Mode::Cluster { name, .. } => cluster::prepare(&client, cfg, name).await?,
+    }
+    let applied = applied_versions(&client, db_name).await?.unwrap_or_default();
+    let db_client = cfg.client();
     let mut done = Vec::new();
     for m in MIGRATIONS {
-        if let Some(a) = applied.iter().find(|a| a.version == m.version) {
-            if a.checksum != m.checksum() {
-                return Err(Error::Checksum {
-                    version: m.version,
-                    name: m.name.to_string(),
-                    applied: a.checksum.clone(),
-                    shipped: m.checksum(),
-                });
-            }
+        if check_applied(&applied, m)? {
             continue;
         }
-        for stmt in m.statements() {
-            if let Some((table, column)) = added_column(&stmt) {
-                let exists: u64 = client
-                    .query("SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = ? AND name = ?")
-                    .bind(table)
-                    .bind(column)
-                    .fetch_one()
-                    .await?;
-                if exists > 0 {
-                    continue;
-                }
+        match mode {
+            Mode::Single => apply_single(&db_client, db_name, m).await?,
+            Mode::Cluster { name, tables } => {
+                cluster::apply(&client, db_name, name, tables, m).await?
             }
-            client.query(&stmt).execute().await?;
         }
-        client
-            .query(&format!(
-                "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES ({}, {}, {}, now())",
-                m.version,
-                quote(m.name),
-                quote(&m.checksum())
-            ))
-            .execute()
-            .await?;
-        tracing::info!(version = m.version, name = m.name, "applied migration");
+        record(&client, &db, m).await?;
+        match mode {
+            Mode::Single => {
+                tracing::info!(version = m.version, name = m.name, "applied migration")
+            }
+            Mode::Cluster { name, .. } => tracing::info!(
+                version = m.version,
+                name = m.name,
+                cluster = name,
+                "applied migration on the cluster"
+            ),
+        }
         done.push(m.version);
     }
     Ok(done)
 }
 
-/// Where a table lives in cluster mode (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    /// `x_local` on every node (Replicated, one copy per shard) plus Distributed `x`.
-    Sharded,
-    /// `x` on every node, all replicas of one ZooKeeper path; no Distributed table.
-    Everywhere,
-}
-
-/// Splits a statement into words, keeping `(`, `)` and `,` as words of their own.
-fn words(stmt: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for (i, c) in stmt.char_indices() {
-        let sep = c.is_whitespace() || c == '(' || c == ')' || c == ',';
-        if sep {
-            if let Some(s) = start.take() {
-                out.push(&stmt[s..i]);
-            }
-            if !c.is_whitespace() {
-                out.push(&stmt[i..i + c.len_utf8()]);
-            }
-        } else if start.is_none() {
-            start = Some(i);
-        }
-    }
-    if let Some(s) = start {
-        out.push(&stmt[s..]);
-    }
-    out
-}
-
-fn is(word: &str, kw: &str) -> bool {
-    word.eq_ignore_ascii_case(kw)
-}
-
-/// Byte offset of the keyword `kw` as a whole word at depth 0 of parentheses, from `from`.
-fn find_kw(stmt: &str, kw: &str, from: usize) -> Option<usize> {
-    let bytes = stmt.as_bytes();
-    let mut depth = 0i32;
-    let mut in_str = false;
-    let mut i = from;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if in_str {
-            if c == b'\\' {
-                i += 2;
+/// Runs a migration's statements as written, through a client bound to the database; an
+/// `ADD COLUMN` whose column exists is skipped (18.16 has no `ADD COLUMN IF NOT EXISTS`).
+async fn apply_single(client: &clickhouse::Client, db: &str, m: &Migration) -> Result<(), Error> {
+    for stmt in m.statements() {
+        if let Some((table, column)) = ddl::added_column(stmt) {
+            if column_exists(client, db, table, column).await? {
                 continue;
             }
-            if c == b'\'' {
-                in_str = false;
-            }
-        } else if c == b'\'' {
-            in_str = true;
-        } else if c == b'(' {
-            depth += 1;
-        } else if c == b')' {
-            depth -= 1;
-        } else if depth == 0
-            && stmt[i..].len() >= kw.len()
-            && stmt.is_char_boundary(i + kw.len())
-            && stmt[i..i + kw.len()].eq_ignore_ascii_case(kw)
-            && (i == 0 || !is_ident_byte(bytes[i - 1]))
-            && bytes.get(i + kw.len()).is_none_or(|b| !is_ident_byte(*b))
-        {
-            return Some(i);
         }
-        i += 1;
+        client.sql(&Sql::new(stmt)).execute().await?;
     }
-    None
+    Ok(())
 }
 
-fn is_ident_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
-}
-
-/// A parsed `CREATE TABLE [IF NOT EXISTS] name (columns) ENGINE = E[(args)] rest`.
-struct CreateTable<'a> {
-    name: &'a str,
-    columns: &'a str,
-    engine: &'a str,
-    engine_args: Option<&'a str>,
-    rest: &'a str,
-}
-
-fn parse_create_table(stmt: &str) -> Option<CreateTable<'_>> {
-    let w = words(stmt);
-    if !(w.len() > 3 && is(w[0], "CREATE") && is(w[1], "TABLE")) {
-        return None;
-    }
-    let name = if is(w[2], "IF") { *w.get(5)? } else { w[2] };
-    let name_at = stmt.find(name)?;
-    let open = name_at + stmt[name_at..].find('(')?;
-    let engine_kw = find_kw(stmt, "ENGINE", open)?;
-    let close = stmt[..engine_kw].rfind(')')?;
-    let columns = &stmt[open + 1..close];
-    let after = stmt[engine_kw + "ENGINE".len()..].trim_start();
-    let after = after.strip_prefix('=')?.trim_start();
-    let end = after
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .unwrap_or(after.len());
-    let engine = &after[..end];
-    let mut rest = after[end..].trim_start();
-    let mut engine_args = None;
-    if let Some(r) = rest.strip_prefix('(') {
-        let close = r.find(')')?;
-        engine_args = Some(r[..close].trim()).filter(|a| !a.is_empty());
-        rest = r[close + 1..].trim_start();
-    }
-    Some(CreateTable {
-        name,
-        columns,
-        engine,
-        engine_args,
-        rest,
-    })
-}
-
-/// Column names of a column list (the first word of each top-level comma-separated item).
-fn column_names(columns: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut depth = 0i32;
-    let mut start = 0;
-    let bytes = columns.as_bytes();
-    for i in 0..=bytes.len() {
-        let c = bytes.get(i).copied().unwrap_or(b',');
-        match c {
-            b'(' => depth += 1,
-            b')' => depth -= 1,
-            b',' if depth == 0 => {
-                if let Some(n) = columns[start..i].split_whitespace().next() {
-                    out.push(n.trim_matches('`'));
-                }
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-/// For `CREATE MATERIALIZED VIEW [IF NOT EXISTS] v TO t …`, (v, t, offset of `AS`).
-fn parse_mv(stmt: &str) -> Option<(&str, &str, usize)> {
-    let w = words(stmt);
-    if !(w.len() > 5 && is(w[0], "CREATE") && is(w[1], "MATERIALIZED") && is(w[2], "VIEW")) {
-        return None;
-    }
-    let i = if is(w[3], "IF") { 6 } else { 3 };
-    let view = *w.get(i)?;
-    if !is(w.get(i + 1)?, "TO") {
-        return None;
-    }
-    let target = *w.get(i + 2)?;
-    let as_at = find_kw(stmt, "AS", 0)?;
-    Some((view, target, as_at))
-}
-
-const MERGE_TREES: &[&str] = &[
-    "MergeTree",
-    "AggregatingMergeTree",
-    "ReplacingMergeTree",
-    "SummingMergeTree",
-    "CollapsingMergeTree",
-    "VersionedCollapsingMergeTree",
-    "GraphiteMergeTree",
-];
-
-/// The layout of every table the shipped migrations create.
-pub fn layouts(migrations: &[Migration]) -> BTreeMap<String, Layout> {
-    tables(migrations)
-        .into_iter()
-        .map(|(t, (l, _))| (t, l))
-        .collect()
-}
-
-/// Sharding key of a sharded table's Distributed table, from its column names.
-fn sharding_key(cols: &[&str]) -> &'static str {
-    if cols.contains(&"visitor_id") && cols.contains(&"site") {
-        "sipHash64(site, visitor_id)"
-    } else if cols.contains(&"visitor_id") {
-        "sipHash64(visitor_id)"
-    } else {
-        "rand()"
-    }
-}
-
-/// Every table the migrations create, with its layout and sharding key.
-pub type Tables = BTreeMap<String, (Layout, &'static str)>;
-
-/// [`Tables`] of `migrations`.
-pub fn tables(migrations: &[Migration]) -> Tables {
-    let stmts: Vec<String> = migrations.iter().flat_map(|m| m.statements()).collect();
-    let mv_targets: Vec<&str> = stmts
-        .iter()
-        .filter_map(|s| parse_mv(s))
-        .map(|m| m.1)
-        .collect();
-    let mut out = BTreeMap::new();
-    for s in &stmts {
-        let Some(t) = parse_create_table(s) else {
-            continue;
-        };
-        let cols = column_names(t.columns);
-        let sharded = cols.contains(&"visitor_id")
-            || t.engine.contains("Aggregating")
-            || t.engine.contains("Summing")
-            || mv_targets.contains(&t.name);
-        let layout = if sharded {
-            Layout::Sharded
-        } else {
-            Layout::Everywhere
-        };
-        out.insert(t.name.to_string(), (layout, sharding_key(&cols)));
-    }
-    out
-}
-
-/// The cluster-mode layout of a shipped table (`None`: no migration creates it).
-pub fn layout(table: &str) -> Option<Layout> {
-    layouts(MIGRATIONS).get(table).copied()
-}
-
-/// Where row-changing DDL on `table` (`ALTER … DELETE`, `DROP PARTITION`) must go: `table`
-/// on one server; in cluster mode `DB.table_local ON CLUSTER NAME` for a sharded table (every
-/// shard; one replica of each runs it, replication does the rest) and `table` for one
-/// replicated everywhere (any node; replication does the rest).
-pub fn mutation_target(cfg: &ClickHouseConfig, table: &str) -> String {
-    match (&cfg.cluster, layout(table)) {
-        (Some(c), Some(Layout::Sharded)) => {
-            format!("{}.{table}_local ON CLUSTER {c}", cfg.database)
-        }
-        _ => table.to_string(),
-    }
-}
-
-/// The table holding `table`'s rows on the node a client talks to (`system.parts`,
-/// `system.mutations`): `table_local` for a sharded table in cluster mode, else `table`.
-pub fn local_table(cfg: &ClickHouseConfig, table: &str) -> String {
-    match (&cfg.cluster, layout(table)) {
-        (Some(_), Some(Layout::Sharded)) => format!("{table}_local"),
-        _ => table.to_string(),
-    }
-}
-
-/// One rewritten statement and, for column changes, the (table, column) that shows it is done.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterStatement {
-    /// The SQL to run.
-    pub sql: String,
-    /// For `ADD COLUMN`: skip when this (table, column) exists on the node, and accept a
-    /// failure once it does (a concurrent run added it).
-    pub adds_column: Option<(String, String)>,
-}
-
-fn replicated_engine(t: &CreateTable<'_>, path: &str) -> Result<String, String> {
-    if !MERGE_TREES.contains(&t.engine) {
-        return Err(format!("engine {} of table {}", t.engine, t.name));
-    }
-    let args = t.engine_args.map(|a| format!(", {a}")).unwrap_or_default();
-    Ok(format!(
-        "Replicated{}('{path}', '{{replica}}'{args})",
-        t.engine
-    ))
-}
-
-/// Rewrites one single-node migration statement for cluster `cluster` and database `db`.
-pub fn cluster_statements(
-    stmt: &str,
-    db: &str,
-    cluster: &str,
-    tables: &Tables,
-) -> Result<Vec<ClusterStatement>, Error> {
-    let refuse = |why: String| {
-        Error::Config(format!(
-            "cluster mode cannot apply this migration statement ({why}): {}",
-            stmt.lines().next().unwrap_or("")
-        ))
-    };
-    let plain = |sql: String| ClusterStatement {
-        sql,
-        adds_column: None,
-    };
-    let w = words(stmt);
-    if let Some(t) = parse_create_table(stmt) {
-        let (layout, key) = tables
-            .get(t.name)
-            .copied()
-            .ok_or_else(|| refuse(format!("unknown table {}", t.name)))?;
-        let name = t.name;
-        return Ok(match layout {
-            Layout::Sharded => {
-                let engine = replicated_engine(
-                    &t,
-                    &format!("/clickhouse/tables/{{shard}}/{db}/{name}_local"),
-                )
-                .map_err(refuse)?;
-                vec![
-                    plain(format!(
-                        "CREATE TABLE IF NOT EXISTS {db}.{name}_local ON CLUSTER {cluster}\n({})\nENGINE = {engine}\n{}",
-                        t.columns.trim_matches('\n'),
-                        t.rest
-                    )),
-                    plain(format!(
-                        "CREATE TABLE IF NOT EXISTS {db}.{name} ON CLUSTER {cluster} AS {db}.{name}_local \
-                         ENGINE = Distributed({cluster}, {db}, {name}_local, {key})"
-                    )),
-                ]
-            }
-            Layout::Everywhere => {
-                let engine = replicated_engine(&t, &format!("/clickhouse/tables/all/{db}/{name}"))
-                    .map_err(refuse)?;
-                vec![plain(format!(
-                    "CREATE TABLE IF NOT EXISTS {db}.{name} ON CLUSTER {cluster}\n({})\nENGINE = {engine}\n{}",
-                    t.columns.trim_matches('\n'),
-                    t.rest
-                ))]
-            }
-        });
-    }
-    if let Some((view, target, as_at)) = parse_mv(stmt) {
-        let local = |t: &str| match tables.get(t) {
-            Some((Layout::Sharded, _)) => Ok(format!("{db}.{t}_local")),
-            Some((Layout::Everywhere, _)) => Ok(format!("{db}.{t}")),
-            None => Err(refuse(format!("unknown table {t}"))),
-        };
-        let target = local(target)?;
-        // Every table named after FROM or JOIN in the SELECT reads the node's local table.
-        let select = &stmt[as_at..];
-        let mut out = String::with_capacity(select.len() + 32);
-        let mut prev = "";
-        let mut i = 0;
-        let bytes = select.as_bytes();
-        while i < bytes.len() {
-            if is_ident_byte(bytes[i]) {
-                let start = i;
-                while i < bytes.len() && (is_ident_byte(bytes[i]) || bytes[i] == b'.') {
-                    i += 1;
-                }
-                let word = &select[start..i];
-                if (is(prev, "FROM") || is(prev, "JOIN")) && !word.contains('.') {
-                    out.push_str(&local(word)?);
-                } else {
-                    out.push_str(word);
-                }
-                prev = word;
-            } else {
-                out.push(bytes[i] as char);
-                if !bytes[i].is_ascii_whitespace() {
-                    prev = "";
-                }
-                i += 1;
-            }
-        }
-        return Ok(vec![plain(format!(
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{view} ON CLUSTER {cluster} TO {target} {out}"
-        ))]);
-    }
-    if w.len() > 3 && is(w[0], "ALTER") && is(w[1], "TABLE") {
-        let table = w[2];
-        let (layout, key) = tables
-            .get(table)
-            .copied()
-            .ok_or_else(|| refuse(format!("unknown table {table}")))?;
-        let table_at = stmt.find(table).unwrap_or(0) + table.len();
-        let action = stmt[table_at..].trim_start();
-        let column_change = w.len() > 4
-            && (is(w[3], "ADD") || is(w[3], "DROP") || is(w[3], "MODIFY"))
-            && is(w[4], "COLUMN");
-        let added = (is(w[3], "ADD") && column_change)
-            .then(|| w.get(5).map(|c| c.to_string()))
-            .flatten();
-        return Ok(match layout {
-            Layout::Sharded => {
-                let mut v = vec![ClusterStatement {
-                    sql: format!("ALTER TABLE {db}.{table}_local ON CLUSTER {cluster} {action}"),
-                    adds_column: added.clone().map(|c| (format!("{table}_local"), c)),
-                }];
-                if column_change {
-                    // 18.16 refuses ALTER … ON CLUSTER on a Distributed table of a cluster with
-                    // internal_replication (it runs ALTERs on one replica per shard): the
-                    // Distributed table, which holds no rows (inserts are synchronous), is
-                    // created again over the changed local table instead.
-                    v.push(ClusterStatement {
-                        sql: format!("DROP TABLE IF EXISTS {db}.{table} ON CLUSTER {cluster}"),
-                        adds_column: added.map(|c| (table.to_string(), c)),
-                    });
-                    v.push(plain(format!(
-                        "CREATE TABLE IF NOT EXISTS {db}.{table} ON CLUSTER {cluster} AS {db}.{table}_local \
-                         ENGINE = Distributed({cluster}, {db}, {table}_local, {key})"
-                    )));
-                }
-                v
-            }
-            Layout::Everywhere => vec![ClusterStatement {
-                sql: format!("ALTER TABLE {db}.{table} {action}"),
-                adds_column: added.map(|c| (table.to_string(), c)),
-            }],
-        });
-    }
-    Err(refuse(
-        "only CREATE TABLE, CREATE MATERIALIZED VIEW … TO and ALTER TABLE are rewritten".into(),
-    ))
-}
-
+/// Whether `db.table` has `column` on the node `client` talks to.
 async fn column_exists(
     client: &clickhouse::Client,
     db: &str,
     table: &str,
     column: &str,
 ) -> Result<bool, Error> {
-    let n: u64 = client
-        .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
-        .bind(db)
-        .bind(table)
-        .bind(column)
-        .fetch_one()
-        .await?;
-    Ok(n > 0)
+    let q = sql!(
+        "SELECT count() FROM system.columns WHERE database = {} AND table = {} AND name = {}",
+        lit(db),
+        lit(table),
+        lit(column)
+    );
+    Ok(client.sql(&q).fetch_one::<u64>().await? > 0)
 }
 
-/// Runs `ALTER TABLE … ADD COLUMN …, ADD COLUMN …` for the columns of `group` that `table`
-/// lacks on this node (for a sharded table: on `table_local` on every shard, then the
-/// Distributed `table` is created again over it if it lacks any).
-async fn add_columns(
-    client: &clickhouse::Client,
-    db: &str,
-    cluster: &str,
-    table: &str,
-    layout: Layout,
-    key: &str,
-    group: &[(String, String)],
-) -> Result<(), Error> {
-    let (local, on_cluster) = match layout {
-        Layout::Sharded => (format!("{table}_local"), format!(" ON CLUSTER {cluster}")),
-        Layout::Everywhere => (table.to_string(), String::new()),
-    };
-    async fn missing<'a>(
-        client: &clickhouse::Client,
-        db: &str,
-        table: &str,
-        group: &'a [(String, String)],
-    ) -> Result<Vec<&'a (String, String)>, Error> {
-        let mut out = Vec::new();
-        for g in group {
-            if !column_exists(client, db, table, &g.0).await? {
-                out.push(g);
-            }
-        }
-        Ok(out)
-    }
-    let todo = missing(client, db, &local, group).await?;
-    if !todo.is_empty() {
-        let actions: Vec<&str> = todo.iter().map(|g| g.1.as_str()).collect();
-        let sql = format!(
-            "ALTER TABLE {db}.{local}{on_cluster} {}",
-            actions.join(", ")
-        );
-        if let Err(e) = client.query_raw(&sql).execute().await {
-            // A concurrent run added them first: what this statement wanted.
-            if !missing(client, db, &local, group).await?.is_empty() {
-                return Err(e.into());
-            }
-        }
-    }
-    if layout == Layout::Sharded && !missing(client, db, table, group).await?.is_empty() {
-        // 18.16 refuses ALTER … ON CLUSTER on a Distributed table of a cluster with
-        // internal_replication: the Distributed table (no rows of its own: inserts are
-        // synchronous) is created again over the changed local table.
-        client
-            .query_raw(&format!(
-                "DROP TABLE IF EXISTS {db}.{table} ON CLUSTER {cluster}"
-            ))
-            .execute()
-            .await?;
-        client
-            .query_raw(&format!(
-                "CREATE TABLE IF NOT EXISTS {db}.{table} ON CLUSTER {cluster} AS {db}.{local} \
-                 ENGINE = Distributed({cluster}, {db}, {local}, {key})"
-            ))
-            .execute()
-            .await?;
-    }
-    Ok(())
-}
-
+/// The recorded versions and checksums (`None`: no `schema_migrations` table yet).
 async fn applied_versions(
     client: &clickhouse::Client,
     db: &str,
 ) -> Result<Option<Vec<Applied>>, Error> {
-    let exists: u64 = client
-        .query(
-            "SELECT count() FROM system.tables WHERE database = ? AND name = 'schema_migrations'",
-        )
-        .bind(db)
-        .fetch_one()
-        .await?;
-    if exists == 0 {
+    let q = sql!(
+        "SELECT count() FROM system.tables WHERE database = {} AND name = 'schema_migrations'",
+        lit(db)
+    );
+    if client.sql(&q).fetch_one::<u64>().await? == 0 {
         return Ok(None);
     }
-    Ok(Some(
-        client
-            .query_raw(&format!(
-                "SELECT version, any(checksum) FROM {db}.schema_migrations GROUP BY version"
-            ))
-            .fetch_all()
-            .await?,
-    ))
+    let q = sql!(
+        "SELECT version, any(checksum) FROM {}.schema_migrations GROUP BY version",
+        ident(db)?
+    );
+    Ok(Some(client.sql(&q).fetch_all().await?))
 }
 
+/// True when `m` is recorded; an error when it was recorded with another checksum (an applied
+/// migration was edited).
 fn check_applied(applied: &[Applied], m: &Migration) -> Result<bool, Error> {
     match applied.iter().find(|a| a.version == m.version) {
         Some(a) if a.checksum != m.checksum() => Err(Error::Checksum {
@@ -788,140 +322,24 @@ fn check_applied(applied: &[Applied], m: &Migration) -> Result<bool, Error> {
     }
 }
 
-async fn migrate_cluster(cfg: &ClickHouseConfig, cluster: &str) -> Result<Vec<u32>, Error> {
-    let db = cfg.database.as_str();
-    let client = cfg.server_client();
-    // Up to date on this node: no DDL at all (ON CLUSTER DDL waits for every node).
-    if let Some(applied) = applied_versions(&client, db).await? {
-        let mut all = true;
-        for m in MIGRATIONS {
-            all &= check_applied(&applied, m)?;
-        }
-        if all {
-            return Ok(Vec::new());
-        }
-    }
-    let known: u64 = client
-        .query("SELECT count() FROM system.clusters WHERE cluster = ?")
-        .bind(cluster)
-        .fetch_one()
-        .await?;
-    if known == 0 {
-        return Err(Error::Config(format!(
-            "--clickhouse-cluster {cluster}: the server at {} has no such cluster in remote_servers",
-            cfg.url
-        )));
-    }
-    // Every server version Veil supports runs `ON CLUSTER` DDL, given a DDL queue in
-    // ZooKeeper (which Replicated tables need anyway); without one, say what to configure
-    // rather than half-migrate node by node.
-    client
-        .query_raw(&format!(
-            "CREATE DATABASE IF NOT EXISTS {db} ON CLUSTER {cluster}"
-        ))
-        .execute()
-        .await
-        .map_err(|e| {
-            let text = e.to_string();
-            if text.contains("DDL background thread is not initialized")
-                || text.contains("DistributedDDL")
-            {
-                Error::Config(format!(
-                    "--clickhouse-cluster {cluster}: the server at {} has no distributed DDL queue; \
-                     add <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl> \
-                     to every node's config (docs/DEPLOY.md)",
-                    cfg.url
-                ))
-            } else {
-                Error::from(e)
-            }
-        })?;
-    client
-        .query_raw(&format!(
-            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations ON CLUSTER {cluster} \
-             (version UInt32, name String, checksum String, applied_at DateTime) \
-             ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{db}/schema_migrations', '{{replica}}') \
-             ORDER BY version"
-        ))
-        .execute()
-        .await?;
-    let applied = applied_versions(&client, db).await?.unwrap_or_default();
-    let tables = tables(MIGRATIONS);
-    let mut done = Vec::new();
-    for m in MIGRATIONS {
-        if check_applied(&applied, m)? {
-            continue;
-        }
-        let stmts = m.statements();
-        let mut i = 0;
-        while i < stmts.len() {
-            let stmt = &stmts[i];
-            i += 1;
-            // Consecutive ADD COLUMNs of one table become one ALTER: each ON CLUSTER statement
-            // costs about a second of DDL-queue round trips.
-            if let Some((table, column)) = added_column(stmt) {
-                if let Some((layout, key)) = tables.get(table).copied() {
-                    let action_of = |s: &str| {
-                        let at = s.find(table).unwrap_or(0) + table.len();
-                        s[at..].trim().to_string()
-                    };
-                    let mut group = vec![(column.to_string(), action_of(stmt))];
-                    while let Some((t, c)) = stmts.get(i).and_then(|s| added_column(s)) {
-                        if t != table {
-                            break;
-                        }
-                        group.push((c.to_string(), action_of(&stmts[i])));
-                        i += 1;
-                    }
-                    add_columns(&client, db, cluster, table, layout, key, &group).await?;
-                    continue;
-                }
-            }
-            for cs in cluster_statements(stmt, db, cluster, &tables)? {
-                if let Some((table, column)) = &cs.adds_column {
-                    if column_exists(&client, db, table, column).await? {
-                        continue;
-                    }
-                }
-                if let Err(e) = client.query_raw(&cs.sql).execute().await {
-                    // A concurrent run added the column first: what this statement wanted.
-                    let won_elsewhere = match &cs.adds_column {
-                        Some((table, column)) => column_exists(&client, db, table, column).await?,
-                        None => false,
-                    };
-                    if !won_elsewhere {
-                        return Err(e.into());
-                    }
-                }
-            }
-        }
-        let recorded: u64 = client
-            .query_raw(&format!(
-                "SELECT count() FROM {db}.schema_migrations WHERE version = {}",
-                m.version
-            ))
-            .fetch_one()
-            .await?;
-        if recorded == 0 {
-            client
-                .query_raw(&format!(
-                    "INSERT INTO {db}.schema_migrations (version, name, checksum, applied_at) VALUES ({}, {}, {}, now())",
-                    m.version,
-                    quote(m.name),
-                    quote(&m.checksum())
-                ))
-                .execute()
-                .await?;
-        }
-        tracing::info!(
-            version = m.version,
-            name = m.name,
-            cluster,
-            "applied migration on the cluster"
+/// Records `m` with its checksum, unless a concurrent run already did.
+async fn record(client: &clickhouse::Client, db: &Sql, m: &Migration) -> Result<(), Error> {
+    let q = sql!(
+        "SELECT count() FROM {}.schema_migrations WHERE version = {}",
+        db,
+        m.version
+    );
+    if client.sql(&q).fetch_one::<u64>().await? == 0 {
+        let q = sql!(
+            "INSERT INTO {}.schema_migrations (version, name, checksum, applied_at) VALUES ({}, {}, {}, now())",
+            db,
+            m.version,
+            lit(m.name),
+            lit(&m.checksum())
         );
-        done.push(m.version);
+        client.sql(&q).execute().await?;
     }
-    Ok(done)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -942,6 +360,17 @@ mod tests {
     }
 
     #[test]
+    fn shipped_files_keep_comments_between_statements() {
+        for m in MIGRATIONS {
+            assert!(
+                !ddl::has_lines_inside_statements(m.sql),
+                "migration {} has a comment or blank line inside a statement",
+                m.name
+            );
+        }
+    }
+
+    #[test]
     fn statements_split_and_drop_comments() {
         let m = Migration { version: 9, name: "x", sql: "-- c\nCREATE TABLE a (x UInt8) ENGINE = Memory;\n\nCREATE TABLE b\n(y UInt8)\nENGINE = Memory;\n" };
         let s = m.statements();
@@ -953,11 +382,11 @@ mod tests {
     #[test]
     fn add_column_statements_are_recognised() {
         assert_eq!(
-            added_column("ALTER TABLE events ADD COLUMN x UInt8 DEFAULT 0"),
+            ddl::added_column("ALTER TABLE events ADD COLUMN x UInt8 DEFAULT 0"),
             Some(("events", "x"))
         );
         assert_eq!(
-            added_column("CREATE TABLE x (a UInt8) ENGINE = Memory"),
+            ddl::added_column("CREATE TABLE x (a UInt8) ENGINE = Memory"),
             None
         );
     }
@@ -974,14 +403,14 @@ mod tests {
         let mut all = Vec::new();
         for m in MIGRATIONS {
             for stmt in m.statements() {
-                let out = cluster_statements(&stmt, "db", "c", &tables)
+                let out = cluster_statements(stmt, "db", "c", &tables)
                     .unwrap_or_else(|e| panic!("migration {}: {e}", m.name));
                 assert!(!out.is_empty());
                 for cs in out {
                     // Every name the rewrite writes is qualified; unqualified DDL ON CLUSTER
                     // would land in each host's default database.
-                    assert!(cs.sql.contains(" db."), "{}", cs.sql);
-                    all.push(cs.sql);
+                    assert!(cs.sql.as_str().contains(" db."), "{}", cs.sql);
+                    all.push(cs.sql.to_string());
                 }
             }
         }
@@ -1023,29 +452,29 @@ mod tests {
         let l = tables(&[m]);
         assert_eq!(l.get("r").map(|x| x.0), Some(Layout::Everywhere));
         let s = m.statements();
-        let c = cluster_statements(&s[0], "db", "c", &l).unwrap();
+        let c = cluster_statements(s[0], "db", "c", &l).unwrap();
         assert_eq!(c.len(), 1);
         assert!(
-            c[0].sql.contains(
+            c[0].sql.as_str().contains(
                 "ReplicatedReplacingMergeTree('/clickhouse/tables/all/db/r', '{replica}', v)"
             ),
             "{}",
             c[0].sql
         );
-        let c = cluster_statements(&s[1], "db", "c", &l).unwrap();
-        assert_eq!(c[0].sql, "ALTER TABLE db.r ADD COLUMN w UInt8 DEFAULT 0");
+        let c = cluster_statements(s[1], "db", "c", &l).unwrap();
+        assert_eq!(c[0].sql.as_str(), "ALTER TABLE db.r ADD COLUMN w UInt8 DEFAULT 0");
         assert_eq!(c[0].adds_column, Some(("r".into(), "w".into())));
         assert!(cluster_statements("DROP TABLE r", "db", "c", &l).is_err());
         assert!(cluster_statements("ALTER TABLE nope ADD COLUMN a UInt8", "db", "c", &l).is_err());
         let mut cfg = ClickHouseConfig::new("http://x", "db");
-        assert_eq!(mutation_target(&cfg, "events"), "events");
+        assert_eq!(mutation_target(&cfg, "events").unwrap().as_str(), "events");
         cfg.cluster = Some("c".into());
         assert_eq!(
-            mutation_target(&cfg, "events"),
+            mutation_target(&cfg, "events").unwrap().as_str(),
             "db.events_local ON CLUSTER c"
         );
-        assert_eq!(mutation_target(&cfg, "salts"), "salts");
-        assert_eq!(local_table(&cfg, "events"), "events_local");
+        assert_eq!(mutation_target(&cfg, "salts").unwrap().as_str(), "salts");
+        assert_eq!(local_table(&cfg, "events").unwrap().as_str(), "events_local");
     }
 
     #[test]
@@ -1065,3 +494,4 @@ mod tests {
         }
     }
 }
+
