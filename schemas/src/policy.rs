@@ -157,8 +157,8 @@ pub fn check_goals(goals: &[Value], funnels: &[Value]) -> Result<(Vec<Goal>, Vec
     }
     let mut gs: Vec<Goal> = Vec::new();
     for (i, g) in goals.iter().enumerate() {
-        let g: Goal = serde_json::from_value(g.clone())
-            .map_err(|e| invalid(format!("`goals[{i}]`: {e}")))?;
+        let g: Goal =
+            serde_json::from_value(g.clone()).map_err(|e| invalid(format!("`goals[{i}]`: {e}")))?;
         check_text(&format!("goals[{i}].name"), &g.name, 200)?;
         if gs.iter().any(|o| o.name == g.name) {
             return Err(invalid(format!(
@@ -252,8 +252,12 @@ mod tests {
         let g = |v: Value| check_goals(v.as_array().unwrap(), &[]).map(|_| ());
         assert!(g(json!([{"name": "X", "event_name": "a"}])).is_ok());
         assert!(err(g(json!([{"name": "X"}]))).contains("`goals[0]` needs exactly one"));
-        assert!(err(g(json!([{"name": "X", "page_path": "blog"}]))).contains("`goals[0].page_path`"));
-        assert!(err(g(json!([{"name": "X", "event_name": "a", "colour": 1}]))).contains("`goals[0]`"));
+        assert!(
+            err(g(json!([{"name": "X", "page_path": "blog"}]))).contains("`goals[0].page_path`")
+        );
+        assert!(
+            err(g(json!([{"name": "X", "event_name": "a", "colour": 1}]))).contains("`goals[0]`")
+        );
         assert!(err(g(json!([{"name": "", "event_name": "a"}]))).contains("`goals[0].name`"));
         let goals = json!([{"name": "A", "event_name": "a"}, {"name": "B", "page_path": "/b"}]);
         let goals = goals.as_array().unwrap();

@@ -462,4 +462,3 @@ pub(super) const PAGEVIEWS_PCT: [u64; 6] = [50, 18, 12, 9, 6, 5];
 pub(super) const ENGAGEMENT_PCT: u64 = 70;
 /// Custom events on a visit's last page, per mille: Signup, Purchase, Outbound Link: Click.
 pub(super) const CUSTOM_PERMILLE: [u64; 3] = [30, 8, 20];
-

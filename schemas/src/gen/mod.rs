@@ -40,9 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 mod data;
 
 pub use data::pages;
-use data::{
-    CUSTOM_PERMILLE, ENGAGEMENT_PCT, PAGEVIEWS_PCT, PLACES, PROFILES, SOURCES, VISITS_PCT,
-};
+use data::{CUSTOM_PERMILLE, ENGAGEMENT_PCT, PAGEVIEWS_PCT, PLACES, PROFILES, SOURCES, VISITS_PCT};
 
 use crate::sql::{lit, Run as _, Sql};
 use crate::{sql, ClickHouseConfig, Error};
@@ -734,4 +732,3 @@ mod tests {
         assert!(d[14] - d[13] > 3 * (d[2] - d[1]));
     }
 }
-

@@ -368,7 +368,12 @@ async fn add_columns(
         // 18.16 refuses ALTER … ON CLUSTER on a Distributed table of a cluster with
         // internal_replication: the Distributed table (no rows of its own: inserts are
         // synchronous) is created again over the changed local table.
-        let drop = sql!("DROP TABLE IF EXISTS {}.{} ON CLUSTER {}", db, name, cluster);
+        let drop = sql!(
+            "DROP TABLE IF EXISTS {}.{} ON CLUSTER {}",
+            db,
+            name,
+            cluster
+        );
         client.sql(&drop).execute().await?;
         client
             .sql(&distributed(&db, &cluster, &name, key))
@@ -399,7 +404,11 @@ pub(super) async fn prepare(
     }
     // Every server version Veil supports runs `ON CLUSTER` DDL, given a DDL queue in
     // ZooKeeper (which Replicated tables need anyway).
-    let q = sql!("CREATE DATABASE IF NOT EXISTS {} ON CLUSTER {}", db, cluster);
+    let q = sql!(
+        "CREATE DATABASE IF NOT EXISTS {} ON CLUSTER {}",
+        db,
+        cluster
+    );
     client.sql(&q).execute().await.map_err(|e| {
         let text = e.to_string();
         if text.contains("DDL background thread is not initialized")

@@ -44,6 +44,7 @@ pub fn split_statements(sql: &'static str) -> Vec<&'static str> {
 
 /// True when a comment or blank line stands inside a statement of `sql` (the splitter keeps
 /// such lines in the statement; shipped files must not have them).
+#[cfg(test)]
 pub fn has_lines_inside_statements(sql: &str) -> bool {
     let mut inside = false;
     for line in sql.lines() {
@@ -275,7 +276,8 @@ mod tests {
         assert_eq!(t.engine_args, Some("v"));
         assert_eq!(t.rest, "ORDER BY k");
         assert_eq!(
-            parse_mv("CREATE MATERIALIZED VIEW IF NOT EXISTS m TO t AS SELECT 1").map(|m| (m.0, m.1)),
+            parse_mv("CREATE MATERIALIZED VIEW IF NOT EXISTS m TO t AS SELECT 1")
+                .map(|m| (m.0, m.1)),
             Some(("m", "t"))
         );
         assert_eq!(

@@ -228,7 +228,9 @@ async fn run(cfg: &ClickHouseConfig, mode: &Mode<'_>) -> Result<Vec<u32>, Error>
         }
         Mode::Cluster { name, .. } => cluster::prepare(&client, cfg, name).await?,
     }
-    let applied = applied_versions(&client, db_name).await?.unwrap_or_default();
+    let applied = applied_versions(&client, db_name)
+        .await?
+        .unwrap_or_default();
     let db_client = cfg.client();
     let mut done = Vec::new();
     for m in MIGRATIONS {
@@ -462,7 +464,10 @@ mod tests {
             c[0].sql
         );
         let c = cluster_statements(s[1], "db", "c", &l).unwrap();
-        assert_eq!(c[0].sql.as_str(), "ALTER TABLE db.r ADD COLUMN w UInt8 DEFAULT 0");
+        assert_eq!(
+            c[0].sql.as_str(),
+            "ALTER TABLE db.r ADD COLUMN w UInt8 DEFAULT 0"
+        );
         assert_eq!(c[0].adds_column, Some(("r".into(), "w".into())));
         assert!(cluster_statements("DROP TABLE r", "db", "c", &l).is_err());
         assert!(cluster_statements("ALTER TABLE nope ADD COLUMN a UInt8", "db", "c", &l).is_err());
@@ -474,7 +479,10 @@ mod tests {
             "db.events_local ON CLUSTER c"
         );
         assert_eq!(mutation_target(&cfg, "salts").unwrap().as_str(), "salts");
-        assert_eq!(local_table(&cfg, "events").unwrap().as_str(), "events_local");
+        assert_eq!(
+            local_table(&cfg, "events").unwrap().as_str(),
+            "events_local"
+        );
     }
 
     #[test]
@@ -494,4 +502,3 @@ mod tests {
         }
     }
 }
-
