@@ -1,6 +1,6 @@
 //! Veil's side of ClickHouse: where the database is ([`ClickHouseConfig`]), how SQL is written
-//! ([`sql`], the one escaper), what is in the database (the numbered migrations in
-//! `schemas/migrations/`, applied by [`migrate`], one runner for one server and for a
+//! ([`sql`](mod@sql), the one escaper), what is in the database (the numbered migrations in
+//! `schemas/migrations/`, applied by [`migrate()`], one runner for one server and for a
 //! cluster), the site registry and its policy ([`registry`], [`policy`]), the local server `veil
 //! up` and the test suite run as a child process ([`managed`]), a local cluster of them
 //! ([`local_cluster`]), the data generator ([`gen`]) and, with the `testing` feature, the test
@@ -88,7 +88,7 @@ impl Error {
 pub struct ClickHouseConfig {
     /// HTTP interface, e.g. `http://127.0.0.1:8123`.
     pub url: String,
-    /// Database holding Veil's tables (created by [`migrate`]).
+    /// Database holding Veil's tables (created by [`migrate()`]).
     pub database: String,
     /// User name (ClickHouse's `default` when `None`).
     pub user: Option<String>,
@@ -96,7 +96,7 @@ pub struct ClickHouseConfig {
     #[serde(skip_serializing)]
     pub password: Option<String>,
     /// `--clickhouse-cluster`: the `remote_servers` cluster Veil's tables span (sharded,
-    /// replicated; see [`migrate`] and docs/DEPLOY.md). `None`: one server, plain MergeTree.
+    /// replicated; see [`migrate`](mod@migrate) and docs/DEPLOY.md). `None`: one server, plain MergeTree.
     pub cluster: Option<String>,
 }
 

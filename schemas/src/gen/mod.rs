@@ -6,8 +6,8 @@
 //! (`cityHash64(seed, …)`, `sipHash128(…)`), so two runs with the same seed, event count, day
 //! count and end time write the same rows. It runs on ClickHouse 18.16 and on current releases
 //! (no window functions, no `WITH` tricks, no query parameters). The SQL is an
-//! [`Sql`](crate::sql::Sql) built from static text, numbers and the data tables' strings
-//! (the model's values in `gen/data.rs`, the site) escaped by [`lit`](crate::sql::lit).
+//! [`Sql`] built from static text, numbers and the data tables' strings
+//! (the model's values in `gen/data.rs`, the site) escaped by [`lit`].
 //!
 //! The model, one level per nested `SELECT` (each level's columns are computed once and copied
 //! by `arrayJoin` to the rows below it):
