@@ -9,6 +9,7 @@
 //! paths).
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use super::ddl::{
     added_column, alter_action, column_names, is, is_ident_byte, parse_create_table, parse_mv,
@@ -90,7 +91,11 @@ pub fn tables(migrations: &[Migration]) -> Tables {
 
 /// The cluster-mode layout of a shipped table (`None`: no migration creates it).
 pub fn layout(table: &str) -> Option<Layout> {
-    tables(MIGRATIONS).get(table).map(|t| t.0)
+    static SHIPPED: OnceLock<Tables> = OnceLock::new();
+    SHIPPED
+        .get_or_init(|| tables(MIGRATIONS))
+        .get(table)
+        .map(|t| t.0)
 }
 
 /// Where row-changing DDL on `table` (`ALTER … DELETE`, `DROP PARTITION`) must go: `table`

@@ -1,17 +1,20 @@
 //! Applies the numbered SQL files in `schemas/migrations/` in order and records each one in
 //! the `schema_migrations` table of Veil's database.
 //!
-//! One runner ([`migrate`]) for one server and for a cluster: both read what is recorded,
-//! refuse an applied migration whose checksum changed, apply what is missing and record it with
-//! the same code; only how a statement reaches the server differs (as written on one server,
-//! rewritten by [`cluster`](self::cluster_statements) on a cluster). Splitting files into
-//! statements and recognising statement shapes lives in `migrate/ddl.rs`, the cluster rewrite
-//! in `migrate/cluster.rs`.
+//! One runner ([`migrate()`]) for one server and for a cluster: both read what is recorded,
+//! refuse an applied migration whose checksum changed, apply what is missing and record it
+//! (version, name, checksum) with the same code; only how a statement reaches the server
+//! differs (as written on one server, rewritten by [`cluster_statements`] on a cluster).
+//! Splitting files into statements and recognising statement shapes lives in `migrate/ddl.rs`,
+//! the cluster rewrite in `migrate/cluster.rs`. Statements are static slices of the embedded
+//! files, sent as [`Sql`] without being copied into a `String`; the runner's own statements
+//! name the database and cluster through [`ident`] and values through [`lit`].
 //!
 //! Rules for migration files: numbered `NNN_name.sql`, append-only (an applied file may never
 //! change: its blake3 checksum is recorded and checked), statements separated by a `;` at the
-//! end of a line, comment and blank lines only between statements, every statement idempotent (`IF NOT EXISTS`) so a run interrupted half-way can
-//! simply run again. Table names are unqualified: the client selects the database.
+//! end of a line, comment and blank lines only between statements, every statement idempotent
+//! (`IF NOT EXISTS`) so a run interrupted half-way can simply run again. Table names are
+//! unqualified: the client selects the database.
 //!
 //! ## Cluster mode (`--clickhouse-cluster NAME`)
 //! The same files are applied to a ClickHouse cluster (`remote_servers` entry NAME, ZooKeeper,
