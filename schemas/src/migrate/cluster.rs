@@ -492,3 +492,100 @@ pub(super) async fn apply(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_statement_has_a_cluster_form() {
+        let tables = tables(MIGRATIONS);
+        let layouts = layouts(MIGRATIONS);
+        assert_eq!(layouts.get("events"), Some(&Layout::Sharded));
+        assert_eq!(layouts.get("visits"), Some(&Layout::Sharded));
+        assert_eq!(layouts.get("events_hourly"), Some(&Layout::Sharded));
+        assert_eq!(layouts.get("salts"), Some(&Layout::Everywhere));
+        assert_eq!(layouts.get("sites"), Some(&Layout::Everywhere));
+        let mut all = Vec::new();
+        for m in MIGRATIONS {
+            for stmt in m.statements() {
+                let out = cluster_statements(stmt, "db", "c", &tables)
+                    .unwrap_or_else(|e| panic!("migration {}: {e}", m.name));
+                assert!(!out.is_empty());
+                for cs in out {
+                    // Every name the rewrite writes is qualified; unqualified DDL ON CLUSTER
+                    // would land in each host's default database.
+                    assert!(cs.sql.as_str().contains(" db."), "{}", cs.sql);
+                    all.push(cs.sql.to_string());
+                }
+            }
+        }
+        let all = all.join(";\n");
+        if std::env::var_os("VEIL_PRINT_CLUSTER_SQL").is_some() {
+            println!("{all}");
+        }
+        assert!(all.contains("CREATE TABLE IF NOT EXISTS db.events_local ON CLUSTER c"));
+        assert!(all.contains(
+            "ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/db/events_local', '{replica}')"
+        ));
+        assert!(
+            all.contains("ENGINE = Distributed(c, db, events_local, sipHash64(site, visitor_id))")
+        );
+        assert!(all.contains(
+            "ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/db/events_hourly_local'"
+        ));
+        assert!(all.contains("ENGINE = Distributed(c, db, events_hourly_local, rand())"));
+        assert!(all.contains("ReplicatedMergeTree('/clickhouse/tables/all/db/salts', '{replica}')"));
+        assert!(!all.contains("db.salts_local"));
+        assert!(all.contains(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS db.events_hourly_mv ON CLUSTER c TO db.events_hourly_local AS"
+        ));
+        assert!(all.contains("FROM db.events_local"));
+        assert!(all
+            .contains("ALTER TABLE db.events_local ON CLUSTER c ADD COLUMN bot String DEFAULT ''"));
+        assert!(all.contains("DROP TABLE IF EXISTS db.events ON CLUSTER c"));
+    }
+
+    #[test]
+    fn cluster_rewrite_handles_engine_arguments_and_refuses_the_unknown() {
+        let m = Migration {
+            version: 99,
+            name: "x",
+            sql: "CREATE TABLE IF NOT EXISTS r (k String, v UInt64) ENGINE = ReplacingMergeTree(v) ORDER BY k;\n\
+                  ALTER TABLE r ADD COLUMN w UInt8 DEFAULT 0;\n\
+                  ALTER TABLE r DELETE WHERE k = '';\n",
+        };
+        let l = tables(&[m]);
+        assert_eq!(l.get("r").map(|x| x.0), Some(Layout::Everywhere));
+        let s = m.statements();
+        let c = cluster_statements(s[0], "db", "c", &l).unwrap();
+        assert_eq!(c.len(), 1);
+        assert!(
+            c[0].sql.as_str().contains(
+                "ReplicatedReplacingMergeTree('/clickhouse/tables/all/db/r', '{replica}', v)"
+            ),
+            "{}",
+            c[0].sql
+        );
+        let c = cluster_statements(s[1], "db", "c", &l).unwrap();
+        assert_eq!(
+            c[0].sql.as_str(),
+            "ALTER TABLE db.r ADD COLUMN w UInt8 DEFAULT 0"
+        );
+        assert_eq!(c[0].adds_column, Some(("r".into(), "w".into())));
+        assert!(cluster_statements("DROP TABLE r", "db", "c", &l).is_err());
+        assert!(cluster_statements("ALTER TABLE nope ADD COLUMN a UInt8", "db", "c", &l).is_err());
+        let mut cfg = ClickHouseConfig::new("http://x", "db");
+        assert_eq!(mutation_target(&cfg, "events").unwrap().as_str(), "events");
+        cfg.cluster = Some("c".into());
+        assert_eq!(
+            mutation_target(&cfg, "events").unwrap().as_str(),
+            "db.events_local ON CLUSTER c"
+        );
+        assert_eq!(mutation_target(&cfg, "salts").unwrap().as_str(), "salts");
+        assert_eq!(
+            local_table(&cfg, "events").unwrap().as_str(),
+            "events_local"
+        );
+    }
+}

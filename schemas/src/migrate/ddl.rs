@@ -285,4 +285,16 @@ mod tests {
             "ADD COLUMN w UInt8"
         );
     }
+
+    #[test]
+    fn add_column_statements_are_recognised() {
+        assert_eq!(
+            added_column("ALTER TABLE events ADD COLUMN x UInt8 DEFAULT 0"),
+            Some(("events", "x"))
+        );
+        assert_eq!(
+            added_column("CREATE TABLE x (a UInt8) ENGINE = Memory"),
+            None
+        );
+    }
 }
