@@ -1,7 +1,7 @@
 //! `veil cluster`: a whole Veil deployment on one machine, for demos and tests of cluster mode.
 //!
 //! Starts ZooKeeper and a `--shards` × `--replicas` ClickHouse cluster on loopback
-//! ([`veil_schemas::cluster::LocalCluster`], under `DATA_DIR/cluster`), applies the migrations
+//! ([`veil_schemas::local_cluster::LocalCluster`], under `DATA_DIR/cluster`), applies the migrations
 //! in cluster mode, then runs `--collectors` `veil collector` processes (collector *i* talks to
 //! node *i* of the cluster, round-robin, and spools under `DATA_DIR/cluster/collector-i`) on
 //! the ports after `--listen`'s, and one `veil aggregator` on `--listen`. Every other setting
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use veil_schemas::cluster::{zookeeper_jar, ClusterOptions, LocalCluster};
+use veil_schemas::local_cluster::{zookeeper_jar, ClusterOptions, LocalCluster};
 
 use crate::config::Settings;
 

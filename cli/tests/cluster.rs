@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 //! Cluster mode end to end, with real processes: ZooKeeper + 2 shards × 2 replicas of
-//! clickhouse-server (`veil_schemas::cluster`), two `veil collector`s and one `veil aggregator`
+//! clickhouse-server (`veil_schemas::local_cluster`), two `veil collector`s and one `veil aggregator`
 //! in `--clickhouse-cluster` mode. A generated dataset is sent through both collectors while
 //! one replica and one collector are killed with SIGKILL and restarted. Then:
 //! - every acknowledged (202) event is stored exactly once, and no event at all twice;
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use veil_schemas::cluster::{zookeeper_jar, ClusterOptions, LocalCluster};
+use veil_schemas::local_cluster::{zookeeper_jar, ClusterOptions, LocalCluster};
 
 const SITE: &str = "example.com";
 const EVENTS: usize = 6000;

@@ -1,20 +1,32 @@
-//! Veil's side of ClickHouse: where the database is ([`ClickHouseConfig`]), what is in it
-//! (the numbered migrations in `schemas/migrations/`, applied by [`migrate`]), and the local
-//! server `veil up` and the test suite run as a child process ([`managed`]).
+//! Veil's side of ClickHouse: where the database is ([`ClickHouseConfig`]), how SQL is written
+//! ([`sql`](mod@sql), the one escaper), what is in the database (the numbered migrations in
+//! `schemas/migrations/`, applied by [`migrate()`], one runner for one server and for a
+//! cluster), the site registry and its policy ([`registry`], [`policy`]), the local server `veil
+//! up` and the test suite run as a child process ([`managed`]), a local cluster of them
+//! ([`local_cluster`]), the data generator ([`gen`]) and, with the `testing` feature, the test
+//! harness (`testing`).
+//!
+//! # Features
+//! - `testing`: `veil_schemas::testing`, one throwaway ClickHouse per test process and a
+//!   fresh migrated database per test; enabled by the other crates' `[dev-dependencies]`.
 //!
 //! Everything here must work on ClickHouse 18.16 (the server Debian ships) and on current
 //! releases: no TTL, no `{name:Type}` query parameters, no window functions, no DateTime64,
 //! no IPv4/IPv6 column types.
 
-pub mod cluster;
 pub mod gen;
+pub mod local_cluster;
 pub mod managed;
 pub mod migrate;
+pub mod policy;
 pub mod registry;
 pub mod sql;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::time::Duration;
+
+use sql::Run as _;
 
 pub use migrate::{migrate, Migration, MIGRATIONS};
 
@@ -76,7 +88,7 @@ impl Error {
 pub struct ClickHouseConfig {
     /// HTTP interface, e.g. `http://127.0.0.1:8123`.
     pub url: String,
-    /// Database holding Veil's tables (created by [`migrate`]).
+    /// Database holding Veil's tables (created by [`migrate()`]).
     pub database: String,
     /// User name (ClickHouse's `default` when `None`).
     pub user: Option<String>,
@@ -84,7 +96,7 @@ pub struct ClickHouseConfig {
     #[serde(skip_serializing)]
     pub password: Option<String>,
     /// `--clickhouse-cluster`: the `remote_servers` cluster Veil's tables span (sharded,
-    /// replicated; see [`migrate`] and docs/DEPLOY.md). `None`: one server, plain MergeTree.
+    /// replicated; see [`migrate`](mod@migrate) and docs/DEPLOY.md). `None`: one server, plain MergeTree.
     pub cluster: Option<String>,
 }
 
@@ -146,7 +158,8 @@ impl ClickHouseConfig {
 
     /// `SELECT 1` with a timeout: is the server up and answering?
     pub async fn ping(&self, timeout: Duration) -> Result<(), Error> {
-        let q = self.server_client().query("SELECT 1").fetch_one::<u8>();
+        let client = self.server_client();
+        let q = client.sql(&sql::Sql::new("SELECT 1")).fetch_one::<u8>();
         match tokio::time::timeout(timeout, q).await {
             Ok(r) => r.map(|_| ()).map_err(Error::from),
             Err(_) => Err(Error::Start(format!(
@@ -158,27 +171,6 @@ impl ClickHouseConfig {
 }
 
 pub use sql::valid_identifier;
-
-/// Quotes a string as a ClickHouse SQL string literal (`'...'`), escaping `\` and `'`.
-///
-/// Used wherever a value must be pasted into SQL (18.16 has no query parameters).
-pub fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\'' => out.push_str("\\'"),
-            '\0' => out.push_str("\\0"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
-}
 
 #[cfg(test)]
 mod tests {
@@ -192,13 +184,6 @@ mod tests {
         assert!(!valid_identifier("db; DROP TABLE x"));
         assert!(!valid_identifier(""));
         assert!(!valid_identifier("a-b"));
-    }
-
-    #[test]
-    fn quoting_escapes() {
-        assert_eq!(quote("a'b"), r"'a\'b'");
-        assert_eq!(quote(r"a\'"), r"'a\\\''");
-        assert_eq!(quote("x\ny"), r"'x\ny'");
     }
 
     #[test]

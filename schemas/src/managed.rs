@@ -33,7 +33,7 @@ pub struct ManagedOptions {
     /// Use this interserver (replication) HTTP port instead of a free one.
     pub interserver_port: Option<u16>,
     /// Extra files written before start, as (path relative to the directory, text), e.g.
-    /// `config.d/cluster.xml` (ZooKeeper, macros, remote_servers for [`crate::cluster`]).
+    /// `config.d/cluster.xml` (ZooKeeper, macros, remote_servers for [`crate::local_cluster`]).
     pub extra_files: Vec<(String, String)>,
     /// Run the server in its own process group, so a Ctrl-C at the terminal reaches only Veil,
     /// which then stops its clients before the server (`veil cluster`).

@@ -21,8 +21,10 @@
 //!  "min_visitors":5,"goals":[…],"funnels":[…]}
 //! ```
 //!
-//! Goals and funnels are kept here as opaque JSON: their shape and meaning belong to the
-//! aggregator (`veil_aggregator::site`), which checks them before they are stored.
+//! Goals and funnels are kept as JSON values; their shape ([`crate::policy::Goal`],
+//! [`crate::policy::Funnel`]) and every other rule a site's settings must follow are checked
+//! in one place, [`crate::policy`] ([`SiteSettings::validate`]), before they are stored. What
+//! they mean in reports belongs to the aggregator.
 //!
 //! Keys and link tokens are random and stored only as blake3 hashes (hex); a shared link's
 //! optional password only as the PHC string the aggregator made with a slow KDF.
@@ -35,16 +37,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{quote, ClickHouseConfig, Error};
+use crate::sql::{lit, Run as _, Sql};
+use crate::{sql, ClickHouseConfig, Error};
+
+pub use crate::policy::{DEFAULT_MIN_VISITORS, MAX_ALIAS_BYTES};
 
 /// How often [`Registry::spawn_refresh`] reloads the tables by default.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(2);
-
-/// Default k (smallest visitor count a published number may describe).
-pub const DEFAULT_MIN_VISITORS: u64 = 5;
-
-/// Longest alias accepted, in bytes.
-pub const MAX_ALIAS_BYTES: usize = 200;
 
 /// Longest key or link name accepted, in bytes.
 pub const MAX_NAME_BYTES: usize = 200;
@@ -87,9 +86,9 @@ pub struct SiteSettings {
     pub keep_bots: bool,
     /// k: no published number describes fewer visitors.
     pub min_visitors: u64,
-    /// Goals (shape: `veil_aggregator::site::Goal`).
+    /// Goals (shape: [`crate::policy::Goal`]).
     pub goals: Vec<Value>,
-    /// Funnels (shape: `veil_aggregator::site::Funnel`).
+    /// Funnels (shape: [`crate::policy::Funnel`]).
     pub funnels: Vec<Value>,
 }
 
@@ -164,44 +163,11 @@ impl SiteSettings {
         Ok(s)
     }
 
-    /// Checks what this crate can check on its own: aliases, the time zone's spelling and
-    /// the retention. (The aggregator checks k, goals, funnels, and asks ClickHouse whether
-    /// it knows the time zone: [`Registry::check_timezone`].)
+    /// Checks every setting against the site policy ([`crate::policy::validate`]: aliases,
+    /// the time zone's spelling, retention, k, goals and funnels). Whether ClickHouse knows
+    /// the time zone is [`Registry::check_timezone`].
     pub fn validate(&self) -> Result<(), Error> {
-        if self.aliases.len() > 100 {
-            return Err(invalid("`aliases`: at most 100 aliases per site".into()));
-        }
-        for (i, a) in self.aliases.iter().enumerate() {
-            if a.is_empty() || a.len() > MAX_ALIAS_BYTES || a.chars().any(char::is_control) {
-                return Err(invalid(format!(
-                    "`aliases[{i}]` must be 1 to {MAX_ALIAS_BYTES} bytes without control characters"
-                )));
-            }
-            if self.aliases[..i].contains(a) {
-                return Err(invalid(format!("`aliases[{i}]` {a:?} is listed twice")));
-            }
-        }
-        let tz_ok = !self.timezone.is_empty()
-            && self.timezone.len() <= 64
-            && !self.timezone.starts_with('/')
-            && self
-                .timezone
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b));
-        if !tz_ok {
-            return Err(invalid(format!(
-                "`timezone` {:?} is not an IANA time zone name such as \"Europe/Berlin\"",
-                self.timezone
-            )));
-        }
-        if let Some(d) = self.retention_days {
-            if d == 0 || d > 36_500 {
-                return Err(invalid(
-                    "`retention_days` must be between 1 and 36500".into(),
-                ));
-            }
-        }
-        Ok(())
+        crate::policy::validate(self).map(|_| ())
     }
 }
 
@@ -556,30 +522,30 @@ impl Registry {
     pub async fn load(&self) -> Result<Snapshot, Error> {
         let site_rows: Vec<SiteRow> = self
             .client
-            .query(
+            .sql(&Sql::new(
                 "SELECT domain, max(version) AS v, argMax(deleted, version) AS d, \
                  argMax(settings, version) AS s, argMax(updated_at, version) AS u \
                  FROM sites GROUP BY domain",
-            )
+            ))
             .fetch_all()
             .await?;
         let key_rows: Vec<KeyRow> = self
             .client
-            .query(
+            .sql(&Sql::new(
                 "SELECT id, argMax(key_hash, version) AS h, argMax(site, version) AS st, \
                  argMax(name, version) AS n, argMax(created_at, version) AS c, \
                  argMax(revoked, version) AS r, max(version) AS v FROM site_keys GROUP BY id",
-            )
+            ))
             .fetch_all()
             .await?;
         let link_rows: Vec<LinkRow> = self
             .client
-            .query(
+            .sql(&Sql::new(
                 "SELECT id, argMax(token_hash, version) AS h, argMax(site, version) AS st, \
                  argMax(name, version) AS n, argMax(password_hash, version) AS p, \
                  argMax(expires_at, version) AS e, argMax(created_at, version) AS c, \
                  argMax(revoked, version) AS r, max(version) AS v FROM shared_links GROUP BY id",
-            )
+            ))
             .fetch_all()
             .await?;
         let mut snap = Snapshot {
@@ -842,8 +808,8 @@ impl Registry {
     /// Asks ClickHouse whether it knows the time zone `tz` (the reports run there, so its
     /// time zone database is the one that matters). Call after [`SiteSettings::validate`].
     pub async fn check_timezone(&self, tz: &str) -> Result<(), Error> {
-        let sql = format!("SELECT toString(toTimeZone(toDateTime(0), {}))", quote(tz));
-        match self.client.query_raw(&sql).fetch_one::<String>().await {
+        let q = sql!("SELECT toString(toTimeZone(toDateTime(0), {}))", lit(tz));
+        match self.client.sql(&q).fetch_one::<String>().await {
             Ok(_) => Ok(()),
             Err(clickhouse::error::Error::BadResponse(_)) => Err(invalid(format!(
                 "`timezone` {tz:?} is not a time zone ClickHouse knows"

@@ -1,4 +1,6 @@
 //! Test harness: one throwaway ClickHouse per test process, a fresh migrated database per test.
+//! Compiled with the crate's `testing` feature (which the workspace's crates enable in their
+//! `[dev-dependencies]`) and for this crate's own unit tests.
 //!
 //! If `VEIL_TEST_CLICKHOUSE_URL` is set, tests use that server instead of starting one.
 //! Otherwise the first test to ask starts a [`ManagedClickHouse`] under the system temp dir

@@ -5,19 +5,20 @@
 
 use std::time::{Duration, Instant};
 
-use veil_schemas::cluster::{zookeeper_jar, ClusterOptions, LocalCluster};
+use veil_schemas::local_cluster::{zookeeper_jar, ClusterOptions, LocalCluster};
 use veil_schemas::migrate::{layouts, Layout};
-use veil_schemas::{ClickHouseConfig, MIGRATIONS};
+use veil_schemas::sql::{ident, lit, Run as _, Sql};
+use veil_schemas::{sql, ClickHouseConfig, MIGRATIONS};
 
-async fn count(cfg: &ClickHouseConfig, sql: &str) -> u64 {
+async fn count(cfg: &ClickHouseConfig, sql: &Sql) -> u64 {
     cfg.server_client()
-        .query(sql)
+        .sql(sql)
         .fetch_one::<u64>()
         .await
         .unwrap()
 }
 
-async fn wait_count(cfg: &ClickHouseConfig, sql: &str, want: u64) {
+async fn wait_count(cfg: &ClickHouseConfig, sql: &Sql, want: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let n = count(cfg, sql).await;
@@ -29,7 +30,7 @@ async fn wait_count(cfg: &ClickHouseConfig, sql: &str, want: u64) {
     }
 }
 
-async fn futures_counts(cluster: &LocalCluster, db: &str, sql: &str) -> Vec<u64> {
+async fn futures_counts(cluster: &LocalCluster, db: &str, sql: &Sql) -> Vec<u64> {
     let mut out = Vec::new();
     for i in 0..cluster.nodes().len() {
         out.push(count(&cluster.config(i, db), sql).await);
@@ -52,6 +53,7 @@ fn concurrent_migrations_layout_sharding_and_dedup() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let db = "veil_cluster_test";
+        let dbi = ident(db).unwrap();
         let a = cluster.config(0, db);
         let b = cluster.config(3, db);
         // Two veil processes starting at once, on different nodes.
@@ -69,49 +71,61 @@ fn concurrent_migrations_layout_sharding_and_dedup() {
                     Layout::Sharded => (format!("{table}_local"), "Replicated"),
                     Layout::Everywhere => (table.clone(), "Replicated"),
                 };
-                let sql = format!(
-                    "SELECT count() FROM system.tables WHERE database = '{db}' AND name = '{local}' AND engine LIKE '{engine}%'"
+                let sql = sql!(
+                    "SELECT count() FROM system.tables WHERE database = {} AND name = {} AND engine LIKE {}",
+                    lit(db),
+                    lit(&local),
+                    lit(&format!("{engine}%"))
                 );
                 assert_eq!(count(&n, &sql).await, 1, "node {i}: {local}");
                 if *layout == Layout::Sharded {
-                    let sql = format!(
-                        "SELECT count() FROM system.tables WHERE database = '{db}' AND name = '{table}' AND engine = 'Distributed'"
+                    let sql = sql!(
+                        "SELECT count() FROM system.tables WHERE database = {} AND name = {} AND engine = 'Distributed'",
+                        lit(db),
+                        lit(table)
                     );
                     assert_eq!(count(&n, &sql).await, 1, "node {i}: {table}");
                 }
             }
             // Columns added by ALTERs reached the local and the Distributed table.
             for t in ["events", "events_local"] {
-                let sql = format!(
-                    "SELECT count() FROM system.columns WHERE database = '{db}' AND table = '{t}' AND name IN ('bot', 'revenue_micros', 'spool_token')"
+                let sql = sql!(
+                    "SELECT count() FROM system.columns WHERE database = {} AND table = {} AND name IN ('bot', 'revenue_micros', 'spool_token')",
+                    lit(db),
+                    lit(t)
                 );
                 assert_eq!(count(&n, &sql).await, 3, "node {i}: {t}");
             }
             // Recorded once per version, replicated everywhere.
             wait_count(
                 &n,
-                &format!("SELECT count() FROM {db}.schema_migrations FINAL"),
+                &sql!("SELECT count() FROM {}.schema_migrations FINAL", dbi),
                 MIGRATIONS.len() as u64,
             )
             .await;
         }
         // 1000 visitors through the Distributed table: both shards get some, one visitor on one
         // shard, each shard's replicas agree, the rollup sees every hit once.
-        let ins = format!(
-            "INSERT INTO {db}.events (site, timestamp, name, pathname, visitor_id, spool_token) \
+        let ins = sql!(
+            "INSERT INTO {}.events (site, timestamp, name, pathname, visitor_id, spool_token) \
              SELECT 'a.com', toDateTime(1767225600), 'pageview', concat('/p', toString(number % 7)), \
              toFixedString(substring(concat(toString(number % 1000), '----------------'), 1, 16), 16), 'tok1' \
-             FROM system.numbers LIMIT 3000"
+             FROM system.numbers LIMIT 3000",
+            dbi
         );
         assert_eq!(
-            count(&a, "SELECT toUInt64(value) FROM system.settings WHERE name = 'insert_distributed_sync'").await,
+            count(
+                &a,
+                &Sql::new("SELECT toUInt64(value) FROM system.settings WHERE name = 'insert_distributed_sync'")
+            )
+            .await,
             1,
             "users.d/cluster.xml makes Distributed inserts synchronous"
         );
-        a.server_client().query(&ins).execute().await.unwrap();
+        a.server_client().sql(&ins).execute().await.unwrap();
         // Reads go to any replica of each shard: the one not written may lag for a moment.
-        wait_count(&a, &format!("SELECT count() FROM {db}.events"), 3000).await;
-        let local = format!("SELECT count() FROM {db}.events_local");
+        wait_count(&a, &sql!("SELECT count() FROM {}.events", dbi), 3000).await;
+        let local = sql!("SELECT count() FROM {}.events_local", dbi);
         let deadline = Instant::now() + Duration::from_secs(30);
         let (s1, s2) = loop {
             let n: Vec<u64> = futures_counts(&cluster, db, &local).await;
@@ -122,40 +136,45 @@ fn concurrent_migrations_layout_sharding_and_dedup() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         assert!(s1 > 500 && s2 > 500, "{s1} / {s2}");
-        let split = format!(
-            "SELECT count() FROM (SELECT visitor_id FROM {db}.events_local GROUP BY visitor_id)"
+        let split = sql!(
+            "SELECT count() FROM (SELECT visitor_id FROM {}.events_local GROUP BY visitor_id)",
+            dbi
         );
         let v1 = count(&cluster.config(0, db), &split).await;
         let v2 = count(&cluster.config(2, db), &split).await;
         assert_eq!(v1 + v2, 1000, "a visitor appears on both shards");
-        let hits = format!("SELECT toUInt64(countMerge(hits)) FROM {db}.events_hourly");
+        let hits = sql!("SELECT toUInt64(countMerge(hits)) FROM {}.events_hourly", dbi);
         wait_count(&a, &hits, 3000).await;
         // The same block again (a spool replay): deduplicated, rollup unchanged.
-        b.server_client().query(&ins).execute().await.unwrap();
-        assert_eq!(count(&b, &format!("SELECT count() FROM {db}.events")).await, 3000);
+        b.server_client().sql(&ins).execute().await.unwrap();
+        assert_eq!(count(&b, &sql!("SELECT count() FROM {}.events", dbi)).await, 3000);
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(futures_counts(&cluster, db, &local).await, vec![s1, s1, s2, s2]);
         assert_eq!(count(&b, &hits).await, 3000);
         // Salts are everywhere: written on one node, read on another.
         a.server_client()
-            .query(&format!("INSERT INTO {db}.salts VALUES (today(), toFixedString('x', 32), 1, now())"))
+            .sql(&sql!(
+                "INSERT INTO {}.salts VALUES (today(), toFixedString('x', 32), 1, now())",
+                dbi
+            ))
             .execute()
             .await
             .unwrap();
-        wait_count(&cluster.config(3, db), &format!("SELECT count() FROM {db}.salts"), 1).await;
+        wait_count(&cluster.config(3, db), &sql!("SELECT count() FROM {}.salts", dbi), 1).await;
         // Row deletion through mutation_target reaches every shard.
-        let target = veil_schemas::migrate::mutation_target(&a, "events");
+        let target = veil_schemas::migrate::mutation_target(&a, "events").unwrap();
         a.client()
-            .query(&format!("ALTER TABLE {target} DELETE WHERE pathname = '/p1'"))
+            .sql(&sql!("ALTER TABLE {} DELETE WHERE pathname = '/p1'", target))
             .execute()
             .await
             .unwrap();
-        let left = count(&a, &format!("SELECT count() FROM {db}.events WHERE pathname = '/p1'")).await;
+        let remaining = sql!("SELECT count() FROM {}.events WHERE pathname = '/p1'", dbi);
+        let left = count(&a, &remaining).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut left = left;
         while left > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            left = count(&a, &format!("SELECT count() FROM {db}.events WHERE pathname = '/p1'")).await;
+            left = count(&a, &remaining).await;
         }
         assert_eq!(left, 0);
     });

@@ -1,5 +1,6 @@
 //! Migrations against a real ClickHouse: applied once, recorded, idempotent, checksum-guarded.
 
+use veil_schemas::sql::{Run as _, Sql};
 use veil_schemas::testing::fresh_database;
 use veil_schemas::{migrate, MIGRATIONS};
 
@@ -8,7 +9,9 @@ async fn migrations_apply_once_and_are_recorded() {
     let cfg = fresh_database("migrate_once").await;
     let client = cfg.client();
     let recorded: Vec<u32> = client
-        .query("SELECT version FROM schema_migrations ORDER BY version")
+        .sql(&Sql::new(
+            "SELECT version FROM schema_migrations ORDER BY version",
+        ))
         .fetch_all()
         .await
         .unwrap();
@@ -19,14 +22,14 @@ async fn migrations_apply_once_and_are_recorded() {
     // Second run: nothing to do, nothing recorded twice.
     assert!(migrate(&cfg).await.unwrap().is_empty());
     let n: u64 = client
-        .query("SELECT count() FROM schema_migrations")
+        .sql(&Sql::new("SELECT count() FROM schema_migrations"))
         .fetch_one()
         .await
         .unwrap();
     assert_eq!(n as usize, MIGRATIONS.len());
     // The events table exists with the columns the collector writes.
     let cols: Vec<String> = client
-        .query("SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'events'")
+        .sql(&Sql::new("SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'events'"))
         .fetch_all()
         .await
         .unwrap();
@@ -56,7 +59,9 @@ async fn migrations_apply_once_and_are_recorded() {
 async fn an_edited_migration_is_refused() {
     let cfg = fresh_database("migrate_checksum").await;
     cfg.client()
-        .query("ALTER TABLE schema_migrations UPDATE checksum = 'edited' WHERE version = 1")
+        .sql(&Sql::new(
+            "ALTER TABLE schema_migrations UPDATE checksum = 'edited' WHERE version = 1",
+        ))
         .execute()
         .await
         .unwrap();
@@ -64,7 +69,9 @@ async fn an_edited_migration_is_refused() {
     for _ in 0..100 {
         let c: String = cfg
             .client()
-            .query("SELECT any(checksum) FROM schema_migrations WHERE version = 1")
+            .sql(&Sql::new(
+                "SELECT any(checksum) FROM schema_migrations WHERE version = 1",
+            ))
             .fetch_one()
             .await
             .unwrap();
@@ -82,14 +89,18 @@ async fn a_half_applied_migration_can_run_again() {
     let cfg = fresh_database("migrate_rerun").await;
     // Forget that 003 ran, as if the process died after its ALTERs but before recording it.
     cfg.client()
-        .query("ALTER TABLE schema_migrations DELETE WHERE version = 3")
+        .sql(&Sql::new(
+            "ALTER TABLE schema_migrations DELETE WHERE version = 3",
+        ))
         .execute()
         .await
         .unwrap();
     for _ in 0..100 {
         let n: u64 = cfg
             .client()
-            .query("SELECT count() FROM schema_migrations WHERE version = 3")
+            .sql(&Sql::new(
+                "SELECT count() FROM schema_migrations WHERE version = 3",
+            ))
             .fetch_one()
             .await
             .unwrap();
@@ -101,7 +112,7 @@ async fn a_half_applied_migration_can_run_again() {
     assert_eq!(migrate(&cfg).await.unwrap(), vec![3]);
     let cols: u64 = cfg
         .client()
-        .query("SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = 'events' AND name = 'engagement_ms'")
+        .sql(&Sql::new("SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = 'events' AND name = 'engagement_ms'"))
         .fetch_one()
         .await
         .unwrap();
@@ -140,7 +151,7 @@ fn cluster_mode_without_a_ddl_queue_says_what_to_configure() {
     let dbs: Vec<String> = rt
         .block_on(
             cfg.server_client()
-                .query("SELECT name FROM system.databases")
+                .sql(&Sql::new("SELECT name FROM system.databases"))
                 .fetch_all(),
         )
         .unwrap();

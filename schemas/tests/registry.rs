@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use veil_schemas::registry::{secret_hash, Registry, SiteSettings};
+use veil_schemas::sql::{Run as _, Sql};
 use veil_schemas::testing::fresh_database;
 
 #[tokio::test]
@@ -48,7 +49,9 @@ async fn two_registries_share_sites_keys_and_links() {
     assert!(!k.revoked);
     let raw: Vec<String> = ch
         .client()
-        .query("SELECT concat(id, key_hash, site, name) FROM site_keys")
+        .sql(&Sql::new(
+            "SELECT concat(id, key_hash, site, name) FROM site_keys",
+        ))
         .fetch_all()
         .await
         .unwrap();
@@ -89,7 +92,7 @@ async fn two_registries_share_sites_keys_and_links() {
     // The tables still exist and hold every version (append-only).
     let n: u64 = ch
         .client()
-        .query("SELECT count() FROM sites")
+        .sql(&Sql::new("SELECT count() FROM sites"))
         .fetch_one()
         .await
         .unwrap();

@@ -13,7 +13,7 @@
 //! The cluster is named [`ClusterOptions::name`] (`veil` by default) in `remote_servers`; pass
 //! it to Veil as `--clickhouse-cluster`. Replica macros are unique across the whole cluster
 //! (`s1r1`, `s1r2`, …), which the tables Veil replicates to every node rely on (see
-//! [`crate::migrate`]).
+//! [`crate::migrate`](mod@crate::migrate)).
 //!
 //! ZooKeeper is Debian's `zookeeper` package run directly with `java` (its `zkServer.sh` insists
 //! on /var/log): [`zookeeper_jar`] says whether it is installed. Nothing here installs packages;
