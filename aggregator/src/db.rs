@@ -12,8 +12,7 @@
 //! either kind.
 
 use serde_json::Value;
-use veil_schemas::sql;
-use veil_schemas::sql::{ident, Run, Sql};
+use veil_schemas::sql::{Run, Sql};
 use veil_schemas::ClickHouseConfig;
 
 use crate::Error;
@@ -30,28 +29,11 @@ pub fn report_client(ch: &ClickHouseConfig) -> clickhouse::Client {
 }
 
 /// The table a row-changing statement (`ALTER TABLE … DELETE`, `DROP PARTITION`) names:
-/// [`veil_schemas::migrate::mutation_target`]'s choice (in cluster mode
-/// `DB.table_local ON CLUSTER NAME` for a sharded table), written from checked identifiers.
+/// [`veil_schemas::migrate::mutation_target`] (in cluster mode `DB.table_local ON CLUSTER NAME`
+/// for a sharded table), built from checked identifiers.
 pub fn mutation_target(ch: &ClickHouseConfig, table: &str) -> Result<Sql, Error> {
-    let bad = |e: veil_schemas::Error| Error::Internal(format!("mutation target: {e}"));
-    let wanted = veil_schemas::migrate::mutation_target(ch, table);
-    let name = ident(table).map_err(bad)?;
-    let target = match &ch.cluster {
-        Some(c) if wanted != table => sql!(
-            "{}.{}_local ON CLUSTER {}",
-            ident(&ch.database).map_err(bad)?,
-            name,
-            ident(c).map_err(bad)?
-        ),
-        _ => name,
-    };
-    if target.as_str() == wanted {
-        Ok(target)
-    } else {
-        Err(Error::Internal(format!(
-            "mutation target of {table:?}: {wanted:?} is not {target:?}"
-        )))
-    }
+    veil_schemas::migrate::mutation_target(ch, table)
+        .map_err(|e| Error::Internal(format!("mutation target: {e}")))
 }
 
 /// The one mapping of a ClickHouse failure.
@@ -130,11 +112,7 @@ mod tests {
         let mut cluster = one.clone();
         cluster.cluster = Some("c1".into());
         let t = mutation_target(&cluster, "events").unwrap();
-        assert!(t.as_str().contains("ON CLUSTER c1"), "{t:?}");
-        assert_eq!(
-            t.as_str(),
-            veil_schemas::migrate::mutation_target(&cluster, "events")
-        );
+        assert_eq!(t.as_str(), "veil.events_local ON CLUSTER c1");
         assert!(mutation_target(&one, "events; DROP TABLE x").is_err());
     }
 
