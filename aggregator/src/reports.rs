@@ -29,7 +29,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Access;
-use crate::query::{self, plan};
+use crate::query::{self, expr, rows};
 use crate::site::{Goal, SiteView};
 use crate::{json_response, stats, Aggregator, Error, HttpResponse};
 
@@ -191,8 +191,11 @@ pub async fn filtered_traffic(
     let body =
         json!({"site_id": site.domain, "metrics": ["events"], "date_range": range_json(range)});
     let q = query::parse(body.to_string().as_bytes(), site, Utc::now())?;
-    let (start, end) = (query::sql::utc(q.start), query::sql::utc(q.end));
-    let site_lit = query::sql::lit(&site.domain);
+    let (start, end) = (
+        veil_schemas::sql::utc(q.start),
+        veil_schemas::sql::utc(q.end),
+    );
+    let site_lit = veil_schemas::sql::lit(&site.domain);
     let dropped = stats::fetch(
         client,
         &format!(
@@ -355,11 +358,14 @@ pub async fn funnel(
             .collect();
         return Ok(json!({"steps": steps, "meta": meta}));
     }
-    let conds: Vec<String> = goals.iter().map(|g| plan::goal_cond(g)).collect();
+    let conds: Vec<String> = goals
+        .iter()
+        .map(|g| expr::goal_cond(g).to_string())
+        .collect();
     let filter = q
         .filter
         .as_ref()
-        .map(|f| plan::joined_filter(f, &q, site))
+        .map(|f| expr::joined_filter(f, &q, site).to_string())
         .unwrap_or_else(|| "1".into());
     let levels: Vec<String> = (1..=steps.len())
         .map(|i| format!("uniqIf(visitor_id, level >= {i})"))
@@ -368,7 +374,7 @@ pub async fn funnel(
         "SELECT {} FROM (SELECT visitor_id, visit, windowFunnel(86400)(timestamp, {}) AS level FROM {} WHERE {filter} GROUP BY visitor_id, visit)",
         levels.join(", "),
         conds.join(", "),
-        plan::joined_rows(&q),
+        rows::joined_rows(&q),
     );
     let rows = stats::fetch(client, &sql).await?;
     let counts: Vec<f64> = rows

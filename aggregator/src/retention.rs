@@ -19,7 +19,6 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use veil_schemas::{valid_identifier, ClickHouseConfig};
 
-use crate::query;
 use crate::Error;
 
 /// Default retention of raw events, in days (13 months: a year plus a month of comparison).
@@ -139,11 +138,11 @@ const TABLES: &[(&str, &str, DayCol)] = &[
 /// `col < the start of day d`, written for the column's type.
 fn before_day(col: &str, kind: DayCol, d: NaiveDate) -> String {
     if let DayCol::Date = kind {
-        format!("{col} < {}", query::sql::date(d))
+        format!("{col} < {}", veil_schemas::sql::date(d))
     } else {
         format!(
             "{col} < {}",
-            query::sql::utc(d.and_time(chrono::NaiveTime::MIN))
+            veil_schemas::sql::utc(d.and_time(chrono::NaiveTime::MIN))
         )
     }
 }
@@ -261,7 +260,7 @@ pub async fn purge(
                 let target = veil_schemas::migrate::mutation_target(cfg, table);
                 let cond = format!(
                     "site = {} AND {}",
-                    query::sql::lit(&s.site),
+                    veil_schemas::sql::lit(&s.site),
                     before_day(col, *kind, keep_from)
                 );
                 client
@@ -321,7 +320,7 @@ pub async fn erase_site(cfg: &ClickHouseConfig, site: &str) -> Result<EraseRepor
             .map_err(ch)?;
         if n > 0 {
             let target = veil_schemas::migrate::mutation_target(cfg, &table);
-            let cond = format!("site = {}", query::sql::lit(site));
+            let cond = format!("site = {}", veil_schemas::sql::lit(site));
             client
                 .query_raw(&format!("ALTER TABLE {target} DELETE WHERE {cond}"))
                 .execute()

@@ -2,7 +2,7 @@
 //!
 //! - **visits**: for each closed UTC day (before today) whose raw event count differs from
 //!   the one recorded with its latest build (or that has none), insert the day's visit rows
-//!   (the SQL in [`crate::query::plan::derive_visits`]) under a new build number, then record
+//!   (the SQL in [`crate::query::visits::derive_visits`]) under a new build number, then record
 //!   the build in `visit_builds`. Readers use a day's latest *recorded* build, so they never
 //!   see half a build; older builds of the day are deleted afterwards.
 //!   With the visits it writes the day's `visits_daily` rows (per visit dimension, and per
@@ -23,13 +23,13 @@
 
 use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
 
-use crate::query::plan::{
+use crate::query::visits::{
     derive_open_visits, derive_visits, event_dim_pairs, visit_dim_pairs, OPEN_VISIT_COLS,
-    VISIT_COLS, VISIT_GAP_SECS,
+    VISIT_GAP_SECS,
 };
-use crate::query::sql::{date, utc};
 use crate::stats::fetch;
 use crate::Error;
+use veil_schemas::sql::{date, utc, Sql};
 use veil_schemas::ClickHouseConfig;
 
 /// What one run did.
@@ -53,9 +53,9 @@ fn n(v: &serde_json::Value) -> u64 {
     crate::stats::count(v).unwrap_or(0)
 }
 
-fn day_range(d: NaiveDate) -> String {
+fn day_range(d: NaiveDate) -> Sql {
     let lo = d.and_hms_opt(0, 0, 0).unwrap_or_default();
-    format!(
+    veil_schemas::sql!(
         "timestamp >= {} AND timestamp < {}",
         utc(lo),
         utc(lo + Duration::days(1))
@@ -72,7 +72,7 @@ async fn build_visits(
     ch: &ClickHouseConfig,
     day: NaiveDate,
     build: u64,
-    cond: &str,
+    cond: &Sql,
     events: u64,
     cut: Option<NaiveDateTime>,
 ) -> Result<(), Error> {
@@ -99,9 +99,9 @@ async fn build_visits(
             exec(
                 client,
                 &format!(
-                    "INSERT INTO open_visits ({}, {OPEN_VISIT_COLS}) SELECT * FROM ({}) \
+                    "INSERT INTO open_visits ({}) SELECT * FROM ({}) \
                      WHERE last >= {quiet}",
-                    VISIT_COLS.join(", "),
+                    OPEN_VISIT_COLS.join(", "),
                     derive_open_visits(cond, build)
                 ),
             )
@@ -144,7 +144,7 @@ async fn build_visits(
         ),
     )
     .await?;
-    let cut_sql = cut.map(utc).unwrap_or_else(|| "toDateTime(0)".into());
+    let cut_sql = cut.map(utc).unwrap_or_else(|| Sql::new("toDateTime(0)"));
     exec(
         client,
         &format!(
@@ -179,7 +179,7 @@ const CUT_LAG: Duration = Duration::minutes(2);
 
 /// Builds the current UTC day up to a cut a little before `now` (whole minutes): the visits
 /// over by then (no hit in the 30 minutes before the cut), and the open ones as they stood.
-/// Readers add the hits after the cut ([`crate::query::plan::open_visit_rows`]). Skipped when
+/// Readers add the hits after the cut ([`crate::query::visits::open_visit_rows`]). Skipped when
 /// the day is not 30 minutes old or the latest build already has this cut and as many
 /// events before it. Returns whether it built.
 pub async fn build_today(ch: &ClickHouseConfig, now: NaiveDateTime) -> Result<bool, Error> {
@@ -205,7 +205,7 @@ pub async fn build_today(ch: &ClickHouseConfig, now: NaiveDateTime) -> Result<bo
         Some(r) => (n(&r[0]), r[1].as_str().unwrap_or("").to_string(), n(&r[2])),
         None => (0, String::new(), 0),
     };
-    let cond = format!(
+    let cond = veil_schemas::sql!(
         "timestamp >= {} AND timestamp < {}",
         utc(midnight),
         utc(cut)

@@ -4,7 +4,7 @@
 //! cut: it puts together the visits still open at the cut and merges the build's `uniq`
 //! states with those of the later hits. That merge is most of a dashboard report's time, and
 //! every panel of a dashboard repeats it. A snapshot does it once, for every dimension
-//! `visits_daily` is built for ([`plan::snapshot_rows`]), and stores finished numbers; a report
+//! `visits_daily` is built for ([`visits::snapshot_rows`]), and stores finished numbers; a report
 //! then reads today as it reads a closed day.
 //!
 //! Freshness: a snapshot stands for the site's day as it was when it was taken. A reader uses
@@ -38,10 +38,10 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{Duration, NaiveDateTime, Utc};
 
-use crate::query::plan::{self, Build, Snap};
-use crate::query::sql::{date, lit, utc};
+use crate::query::{visits, Build, Snap};
 use crate::stats::{self, count, fetch};
 use crate::Error;
+use veil_schemas::sql::{date, lit, utc};
 use veil_schemas::ClickHouseConfig;
 
 /// The longest `--today-snapshot-secs` (well under [`KEEP_MINUTES`]).
@@ -219,7 +219,7 @@ pub async fn take(
         date(day),
         b.build,
         utc(snap),
-        plan::snapshot_rows(site, b, cut)
+        visits::snapshot_rows(site, b, cut)
     ))
     .await?;
     exec(format!(
@@ -298,8 +298,8 @@ pub const KEEP_MINUTES: i64 = 5;
 fn tail_cond(site: &str, b: &Build, cut: NaiveDateTime) -> String {
     format!(
         "{} WHERE {}",
-        plan::RECENT,
-        plan::after_cut_cond(site, b, cut)
+        visits::RECENT,
+        visits::after_cut_cond(site, b, cut)
     )
 }
 

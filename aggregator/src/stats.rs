@@ -23,7 +23,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::query::{self, plan, Dim, DimKind, Filter, Metric, Query};
+use crate::query::{self, Dim, DimKind, Filter, Metric, Query};
 use crate::site::SiteView;
 use crate::snapshot::Snapshots;
 use crate::Error;
@@ -98,7 +98,7 @@ pub async fn visit_builds(
     client: &clickhouse::Client,
     from: NaiveDate,
     to: NaiveDate,
-) -> Result<Vec<plan::Build>, Error> {
+) -> Result<Vec<query::Build>, Error> {
     visit_builds_for(client, from, to, None).await
 }
 
@@ -111,14 +111,14 @@ async fn visit_builds_for(
     from: NaiveDate,
     to: NaiveDate,
     snapshots: Option<(&Arc<Snapshots>, &str)>,
-) -> Result<Vec<plan::Build>, Error> {
+) -> Result<Vec<query::Build>, Error> {
     let rows = fetch(
         client,
         &format!(
             "SELECT toString(day), max(build), formatDateTime(argMax(cut, build), '%Y-%m-%d %H:%M:%S', 'UTC'), \
              argMax(events, build) FROM visit_builds WHERE day >= {} AND day <= {} GROUP BY day",
-            query::sql::date(from),
-            query::sql::date(to)
+            veil_schemas::sql::date(from),
+            veil_schemas::sql::date(to)
         ),
     )
     .await?;
@@ -134,7 +134,7 @@ async fn visit_builds_for(
                     .filter(|c| c.date() == day);
             let events = number(r.get(3)?)?;
             Some((
-                plan::Build {
+                query::Build {
                     day,
                     build,
                     cut,
@@ -158,8 +158,8 @@ async fn visit_builds_for(
                 client,
                 &format!(
                     "SELECT count() FROM events WHERE timestamp >= {} AND timestamp < {}",
-                    query::sql::utc(b.day.and_time(chrono::NaiveTime::MIN)),
-                    query::sql::utc(cut)
+                    veil_schemas::sql::utc(b.day.and_time(chrono::NaiveTime::MIN)),
+                    veil_schemas::sql::utc(cut)
                 ),
             )
             .await?;
@@ -178,7 +178,7 @@ async fn visit_builds_for(
 #[derive(Debug, Default)]
 pub struct Builds {
     /// Builds by date range and whether today's snapshot was looked up.
-    seen: Vec<((NaiveDate, NaiveDate, bool), Vec<plan::Build>)>,
+    seen: Vec<((NaiveDate, NaiveDate, bool), Vec<query::Build>)>,
     snapshots: Option<Arc<Snapshots>>,
 }
 
@@ -207,12 +207,12 @@ impl Builds {
         client: &clickhouse::Client,
         site: &SiteView,
         q: &Query,
-    ) -> Result<Vec<plan::Build>, Error> {
-        let src = plan::source(q, site.child_directed);
-        if !q.rollups || q.realtime || !plan::uses_builds(src) {
+    ) -> Result<Vec<query::Build>, Error> {
+        let src = query::source(q, site.child_directed);
+        if !q.rollups || q.realtime || !query::source::uses_builds(src) {
             return Ok(Vec::new());
         }
-        let snap = self.snapshots.is_some() && src == plan::Source::VisitsDaily;
+        let snap = self.snapshots.is_some() && src == query::Source::VisitsDaily;
         let key = (q.start.date(), q.end.date(), snap);
         if let Some((_, b)) = self.seen.iter().find(|(k, _)| *k == key) {
             return Ok(b.clone());
@@ -255,8 +255,8 @@ async fn report(
     let kmin = site.min_visitors;
     let built = builds.for_query(client, site, q).await?;
     let foldable = !q.dimensions.is_empty() && q.time_bucket().is_none();
-    let sql = plan::sql(q, site, &built, foldable.then_some(kmin));
-    let raw = fetch(client, &sql).await?;
+    let sql = query::assemble::sql(q, site, &built, foldable.then_some(kmin));
+    let raw = fetch(client, sql.as_str()).await?;
     let nd = q.dimensions.len();
     let nm = q.metrics.len();
     // A row labelled by anything but its time bucket names a group: under k it is dropped.
@@ -295,7 +295,7 @@ async fn report(
                         .iter()
                         .zip(&cells[1 + nd..1 + nd + nm])
                         .map(|(m, v)| {
-                            if plan::additive(*m)
+                            if query::expr::additive(*m)
                                 || matches!(
                                     m,
                                     Metric::Visitors | Metric::ConversionRate | Metric::Percentage
@@ -406,7 +406,11 @@ async fn conversion_rates(
     };
     base.order_by = (0..base.dimensions.len()).map(|i| (i, false)).collect();
     let built = builds.for_query(client, site, &base).await?;
-    let totals = fetch(client, &plan::sql(&base, site, &built, None)).await?;
+    let totals = fetch(
+        client,
+        query::assemble::sql(&base, site, &built, None).as_str(),
+    )
+    .await?;
     let lookup = keyed_totals(&totals, base.dimensions.len());
     for row in &mut rep.rows {
         let key: Vec<String> = keep
@@ -457,7 +461,11 @@ async fn percentages(
     t.metrics = vec![Metric::Visitors];
     t.order_by.clear();
     let built = builds.for_query(client, site, &t).await?;
-    let rows = fetch(client, &plan::sql(&t, site, &built, None)).await?;
+    let rows = fetch(
+        client,
+        query::assemble::sql(&t, site, &built, None).as_str(),
+    )
+    .await?;
     let total = rows
         .first()
         .and_then(|r| r.as_array())
@@ -550,7 +558,11 @@ async fn population(
     }
     t.order_by.clear();
     let built = builds.for_query(client, site, &t).await?;
-    let rows = fetch(client, &plan::sql(&t, site, &built, None)).await?;
+    let rows = fetch(
+        client,
+        query::assemble::sql(&t, site, &built, None).as_str(),
+    )
+    .await?;
     Ok(rows
         .first()
         .and_then(|r| r.as_array())
@@ -678,7 +690,7 @@ pub async fn run_query(
                 q.metrics
                     .iter()
                     .map(|m| {
-                        if plan::additive(*m) || *m == Metric::Visitors {
+                        if query::expr::additive(*m) || *m == Metric::Visitors {
                             Some(0.0)
                         } else {
                             None
@@ -703,7 +715,7 @@ pub async fn run_query(
         "suppressed": rep.suppressed,
         "too_few_visitors": guard,
         "imports_included": false,
-        "source": plan::source(q, site.child_directed).name(),
+        "source": query::source(q, site.child_directed).name(),
     });
     if q.total_rows {
         meta["total_rows"] = json!(total_rows);
