@@ -55,12 +55,12 @@ pub(super) fn ts_col(src: Source) -> &'static str {
 pub(super) fn dim_expr(d: &Dim, src: Source, q: &Query, site: &SiteView) -> Sql {
     match &d.kind {
         DimKind::Event(_) | DimKind::Visitor(_) if src == Source::VisitsDaily => Sql::new("value"),
-        DimKind::Event(c) | DimKind::Visitor(c) => Sql::new(*c),
+        DimKind::Event(c) | DimKind::Visitor(c) => Sql::new(c),
         DimKind::Visit(c) => {
             let col = match src {
                 Source::Joined => sql!("v_{}", *c),
                 Source::VisitsDaily => Sql::new("value"),
-                _ => Sql::new(*c),
+                _ => Sql::new(c),
             };
             if *c == "source" {
                 // Plausible's name for visits without a referrer or campaign.

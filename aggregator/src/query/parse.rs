@@ -65,8 +65,6 @@ const MAX_DEPTH: usize = 8;
 pub const MAX_CONDITIONS: usize = 20;
 /// Most regexes (values of `matches*` conditions) in one query's filters.
 pub const MAX_REGEXES: usize = 5;
-/// Compiled size limit of one filter regex (the check here; ClickHouse runs it with RE2).
-
 /// What the filters of one query have used so far of [`MAX_CONDITIONS`] and [`MAX_REGEXES`]
 /// (counted while parsing, so an oversized request is refused before its regexes compile).
 #[derive(Default)]
