@@ -2,12 +2,12 @@
 //! clause ([`Sql`]): recorded builds and rollups where the rollup job has made and checked
 //! them, raw events in the same shape elsewhere, so both give the same numbers.
 //!
-//! - visit rows ([`visit_rows`]): days come from the `visits` table (latest recorded build
+//! - visit rows (`visit_rows`): days come from the `visits` table (latest recorded build
 //!   of each day; today's only up to its cut, the rest from
 //!   [`open_visit_rows`]); days without a build are derived from raw events
-//!   with the same SQL ([`derive_visit_cols`]);
-//! - the event rollups ([`hourly_rows`]);
-//! - per-day, per-dimension counts ([`visits_daily_rows`]);
+//!   with the same SQL (`derive_visit_cols`);
+//! - the event rollups (`hourly_rows`);
+//! - per-day, per-dimension counts (`visits_daily_rows`);
 //! - raw events joined to their visit ([`joined_rows`]).
 
 use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime};

@@ -5,7 +5,7 @@
 //! from its hits, its other properties from its first hit ([`VISIT_FIRST`]). The rollup job
 //! inserts [`derive_visits`] into `visits` (and [`derive_open_visits`] into `open_visits` for
 //! the current day's cut); readers derive the same rows from raw events for days without a
-//! build ([`derive_visit_cols`]) and put together what follows the current day's cut
+//! build (`derive_visit_cols`) and put together what follows the current day's cut
 //! ([`open_visit_rows`], [`snapshot_rows`]). Every function here returns [`Sql`]; no I/O.
 //!
 //! The visit columns are declared once, in parts ([`VISIT_MEASURES`], [`VISIT_PAGES`],
@@ -342,7 +342,7 @@ pub(crate) fn derive_visit_cols(cond: &Sql, cols: &[&'static str]) -> Sql {
 /// start and visit properties are its first element's, its entry page the first element's with
 /// a pageview (else the first element's), its exit page the last such element's, counts add
 /// up, a bounce is at most one pageview and no interactive custom event. Hits at the same time
-/// sort as [`derive_visit_cols`] sorts them, so both give the same visits.
+/// sort as `derive_visit_cols` sorts them, so both give the same visits.
 ///
 /// One pass over both tables and no join, so `GLOBAL` is not needed in cluster mode (the
 /// grouping runs where the query started, over the rows every shard sends).
