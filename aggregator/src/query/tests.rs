@@ -1,3 +1,6 @@
+//! Unit tests of the query compiler: request parsing and its errors, dates and time zones,
+//! source choice, the SQL it writes (escaping, rollup and raw paths), the visit columns.
+
 use chrono::{NaiveDate, TimeZone, Utc};
 
 use super::visits::{DAILY_DIMS, EV_FIELDS, OPEN_VISIT_COLS, VISIT_COLS, VISIT_FIRST};
