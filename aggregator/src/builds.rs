@@ -18,8 +18,9 @@ use veil_schemas::sql;
 use veil_schemas::sql::{date, utc};
 
 use crate::db::{fetch, number};
-use crate::query::plan::{self, Build, Snap};
+use crate::query::source::{source, uses_builds};
 use crate::query::Query;
+use crate::query::{Build, Snap, Source};
 use crate::site::SiteView;
 use crate::Error;
 
@@ -149,11 +150,11 @@ impl Builds {
         site: &SiteView,
         q: &Query,
     ) -> Result<Vec<Build>, Error> {
-        let src = plan::source(q, site.child_directed);
-        if !q.rollups || q.realtime || !plan::uses_builds(src) {
+        let src = source(q, site.child_directed);
+        if !q.rollups || q.realtime || !uses_builds(src) {
             return Ok(Vec::new());
         }
-        let snap = self.snapshots.is_some() && src == plan::Source::VisitsDaily;
+        let snap = self.snapshots.is_some() && src == Source::VisitsDaily;
         let key = (q.start.date(), q.end.date(), snap);
         if let Some((_, b)) = self.seen.iter().find(|(k, _)| *k == key) {
             return Ok(b.clone());

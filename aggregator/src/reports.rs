@@ -33,7 +33,7 @@ use crate::auth::Access;
 use crate::builds::Builds;
 use crate::db::fetch;
 use crate::http::{bytes_response, json_response, HttpResponse};
-use crate::query::{self, plan};
+use crate::query::{self, expr, rows};
 use crate::site::{Goal, SiteView};
 use crate::{stats, Aggregator, Error};
 
@@ -356,21 +356,16 @@ pub async fn funnel(
             .collect();
         return Ok(json!({"steps": steps, "meta": meta}));
     }
-    let conds = Sql::join(
-        goals
-            .iter()
-            .map(|g| Sql::__transitional(plan::goal_cond(g))), // TRANSITIONAL(query)
-        ", ",
-    );
+    let conds = Sql::join(goals.iter().map(|g| expr::goal_cond(g)), ", ");
     let filter = match &q.filter {
-        Some(f) => Sql::__transitional(plan::joined_filter(f, &q, site)), // TRANSITIONAL(query)
+        Some(f) => expr::joined_filter(f, &q, site),
         None => Sql::new("1"),
     };
     let levels = Sql::join(
         (1..=steps.len()).map(|i| sql!("uniqIf(visitor_id, level >= {})", i)),
         ", ",
     );
-    let from = Sql::__transitional(plan::joined_rows(&q)); // TRANSITIONAL(query)
+    let from = rows::joined_rows(&q);
     let sql = sql!(
         "SELECT {} FROM (SELECT visitor_id, visit, windowFunnel(86400)(timestamp, {}) AS level FROM {} WHERE {} GROUP BY visitor_id, visit)",
         levels,

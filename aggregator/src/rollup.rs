@@ -2,7 +2,7 @@
 //!
 //! - **visits**: for each closed UTC day (before today) whose raw event count differs from
 //!   the one recorded with its latest build (or that has none), insert the day's visit rows
-//!   (the SQL in [`crate::query::plan::derive_visits`]) under a new build number, then record
+//!   (the SQL in [`crate::query::visits::derive_visits`]) under a new build number, then record
 //!   the build in `visit_builds`. Readers use a day's latest *recorded* build, so they never
 //!   see half a build; older builds of the day are deleted afterwards.
 //!   With the visits it writes the day's `visits_daily` rows (per visit dimension, and per
@@ -27,9 +27,9 @@ use veil_schemas::sql::{date, idents, utc, Sql};
 use veil_schemas::ClickHouseConfig;
 
 use crate::db::{cell_u64, exec, fetch, mutation_target};
-use crate::query::plan::{
+use crate::query::visits::{
     derive_open_visits, derive_visits, event_dim_pairs, visit_dim_pairs, OPEN_VISIT_COLS,
-    VISIT_COLS, VISIT_GAP_SECS,
+    VISIT_GAP_SECS,
 };
 use crate::Error;
 
@@ -77,25 +77,24 @@ async fn build_visits(
     let client = &ch.client();
     match cut {
         None => {
-            let visits = Sql::__transitional(derive_visits(cond.as_str(), build)); // TRANSITIONAL(query)
+            let visits = derive_visits(cond, build);
             let stmt = sql!("INSERT INTO visits {}", visits);
             exec(client, &stmt).await?
         }
         Some(c) => {
             // Over: the last hit is more than the visit gap before the cut.
             let quiet = utc(c - Duration::seconds(VISIT_GAP_SECS));
-            let visits = Sql::__transitional(derive_visits(cond.as_str(), build)); // TRANSITIONAL(query)
+            let visits = derive_visits(cond, build);
             let stmt = sql!(
                 "INSERT INTO visits SELECT * FROM ({}) WHERE start + duration < {}",
                 visits,
                 quiet
             );
             exec(client, &stmt).await?;
-            let open = Sql::__transitional(derive_open_visits(cond.as_str(), build)); // TRANSITIONAL(query)
+            let open = derive_open_visits(cond, build);
             let stmt = sql!(
-                "INSERT INTO open_visits ({}, {}) SELECT * FROM ({}) WHERE last >= {}",
-                idents(VISIT_COLS, ", "),
-                OPEN_VISIT_COLS,
+                "INSERT INTO open_visits ({}) SELECT * FROM ({}) WHERE last >= {}",
+                idents(OPEN_VISIT_COLS, ", "),
                 open,
                 quiet
             );
@@ -108,7 +107,7 @@ async fn build_visits(
         None => ("visits_daily", "uniqStateIf(visitor_id, 0)"),
         Some(_) => ("visits_daily_partial", "uniqState(visitor_id)"),
     };
-    let pairs = Sql::__transitional(visit_dim_pairs()); // TRANSITIONAL(query)
+    let pairs = visit_dim_pairs();
     let stmt = sql!(
         "INSERT INTO {} (site, day, build, dim, value, visitors, uv, visits, \
              pageviews, events, bounces, duration) SELECT site, day, build, kv.1 AS dim, \
@@ -125,7 +124,7 @@ async fn build_visits(
     exec(client, &stmt).await?;
     // The day's events by page, event name and host (what top pages and custom events
     // read), counted like the event rollups count them.
-    let pairs = Sql::__transitional(event_dim_pairs()); // TRANSITIONAL(query)
+    let pairs = event_dim_pairs();
     let stmt = sql!(
         "INSERT INTO {} (site, day, build, dim, value, visitors, uv, visits, \
              pageviews, events, bounces, duration) SELECT site, toDate(timestamp, 'UTC') AS day, \
@@ -174,7 +173,7 @@ const CUT_LAG: Duration = Duration::minutes(2);
 
 /// Builds the current UTC day up to a cut a little before `now` (whole minutes): the visits
 /// over by then (no hit in the 30 minutes before the cut), and the open ones as they stood.
-/// Readers add the hits after the cut ([`crate::query::plan::open_visit_rows`]). Skipped when
+/// Readers add the hits after the cut ([`crate::query::visits::open_visit_rows`]). Skipped when
 /// the day is not 30 minutes old or the latest build already has this cut and as many
 /// events before it. Returns whether it built.
 pub async fn build_today(ch: &ClickHouseConfig, now: NaiveDateTime) -> Result<bool, Error> {

@@ -4,7 +4,7 @@
 //! cut: it puts together the visits still open at the cut and merges the build's `uniq`
 //! states with those of the later hits. That merge is most of a dashboard report's time, and
 //! every panel of a dashboard repeats it. A snapshot does it once, for every dimension
-//! `visits_daily` is built for ([`plan::snapshot_rows`]), and stores finished numbers; a report
+//! `visits_daily` is built for ([`visits::snapshot_rows`]), and stores finished numbers; a report
 //! then reads today as it reads a closed day.
 //!
 //! Freshness: a snapshot stands for the site's day as it was when it was taken. A reader uses
@@ -44,7 +44,8 @@ use veil_schemas::ClickHouseConfig;
 use crate::builds::{self, SnapFuture, TodaySnapshots};
 use crate::clock::{Clock, SystemClock};
 use crate::db::{cell_u64 as count, exec, fetch, mutation_target};
-use crate::query::plan::{self, Build, Snap};
+use crate::query::visits;
+use crate::query::{Build, Snap};
 use crate::Error;
 
 /// The longest `--today-snapshot-secs` (well under [`KEEP_MINUTES`]).
@@ -202,7 +203,7 @@ pub async fn take(
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).map_err(|e| Error::Internal(format!("random snapshot id: {e}")))?;
     let id = u64::from_le_bytes(id);
-    let rows = Sql::__transitional(plan::snapshot_rows(site, b, cut)); // TRANSITIONAL(query)
+    let rows = visits::snapshot_rows(site, b, cut);
     let stmt = sql!(
         "INSERT INTO today_daily (site, day, build, snap, id, dim, value, uv, visits, \
              pageviews, events, bounces, duration) SELECT {}, {}, toUInt64({}), {}, toUInt64({}), \
@@ -286,8 +287,8 @@ pub const KEEP_MINUTES: i64 = 5;
 /// The site's rows in `events_recent` from build `b`'s cut to the end of its day (bots too: a
 /// count to compare, not to report).
 fn tail_cond(site: &str, b: &Build, cut: NaiveDateTime) -> Sql {
-    let cond = Sql::__transitional(plan::after_cut_cond(site, b, cut)); // TRANSITIONAL(query)
-    sql!("{} WHERE {}", plan::RECENT, cond)
+    let cond = visits::after_cut_cond(site, b, cut);
+    sql!("{} WHERE {}", visits::RECENT, cond)
 }
 
 impl TodaySnapshots for Arc<Snapshots> {

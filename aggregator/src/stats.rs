@@ -25,11 +25,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
-use veil_schemas::sql::Sql;
 
 use crate::builds::{Builds, TodaySnapshots};
 use crate::db::number;
-use crate::query::{self, plan, Dim, DimKind, Filter, Metric, Query};
+use crate::query::expr::additive;
+use crate::query::{self, Dim, DimKind, Filter, Metric, Query};
 use crate::site::SiteView;
 use crate::snapshot::Snapshots;
 use crate::Error;
@@ -91,7 +91,7 @@ async fn report(
     let kmin = site.min_visitors;
     let built = builds.for_query(client, site, q).await?;
     let foldable = !q.dimensions.is_empty() && q.time_bucket().is_none();
-    let sql = Sql::__transitional(plan::sql(q, site, &built, foldable.then_some(kmin))); // TRANSITIONAL(query)
+    let sql = query::assemble::sql(q, site, &built, foldable.then_some(kmin));
     let raw = fetch(client, &sql).await?;
     let nd = q.dimensions.len();
     let nm = q.metrics.len();
@@ -131,7 +131,7 @@ async fn report(
                         .iter()
                         .zip(&cells[1 + nd..1 + nd + nm])
                         .map(|(m, v)| {
-                            if plan::additive(*m)
+                            if additive(*m)
                                 || matches!(
                                     m,
                                     Metric::Visitors | Metric::ConversionRate | Metric::Percentage
@@ -242,7 +242,7 @@ async fn conversion_rates(
     };
     base.order_by = (0..base.dimensions.len()).map(|i| (i, false)).collect();
     let built = builds.for_query(client, site, &base).await?;
-    let sql = Sql::__transitional(plan::sql(&base, site, &built, None)); // TRANSITIONAL(query)
+    let sql = query::assemble::sql(&base, site, &built, None);
     let totals = fetch(client, &sql).await?;
     let lookup = keyed_totals(&totals, base.dimensions.len());
     for row in &mut rep.rows {
@@ -294,7 +294,7 @@ async fn percentages(
     t.metrics = vec![Metric::Visitors];
     t.order_by.clear();
     let built = builds.for_query(client, site, &t).await?;
-    let sql = Sql::__transitional(plan::sql(&t, site, &built, None)); // TRANSITIONAL(query)
+    let sql = query::assemble::sql(&t, site, &built, None);
     let rows = fetch(client, &sql).await?;
     let total = rows
         .first()
@@ -388,7 +388,7 @@ async fn population(
     }
     t.order_by.clear();
     let built = builds.for_query(client, site, &t).await?;
-    let sql = Sql::__transitional(plan::sql(&t, site, &built, None)); // TRANSITIONAL(query)
+    let sql = query::assemble::sql(&t, site, &built, None);
     let rows = fetch(client, &sql).await?;
     Ok(rows
         .first()
@@ -518,7 +518,7 @@ pub async fn run_query(
                 q.metrics
                     .iter()
                     .map(|m| {
-                        if plan::additive(*m) || *m == Metric::Visitors {
+                        if additive(*m) || *m == Metric::Visitors {
                             Some(0.0)
                         } else {
                             None
@@ -543,7 +543,7 @@ pub async fn run_query(
         "suppressed": rep.suppressed,
         "too_few_visitors": guard,
         "imports_included": false,
-        "source": plan::source(q, site.child_directed).name(),
+        "source": query::source(q, site.child_directed).name(),
     });
     if q.total_rows {
         meta["total_rows"] = json!(total_rows);

@@ -105,13 +105,6 @@ impl Sql {
             .with(Sql::new(")"))
     }
 
-    /// TRANSITIONAL, to be deleted when the aggregator's query compiler returns `Sql` (issue
-    /// 14): wraps text built elsewhere. Nothing new may call it.
-    #[doc(hidden)]
-    pub fn __transitional(text: String) -> Sql {
-        Sql(text)
-    }
-
     /// Used by [`sql!`](crate::sql!): the format string is a literal and every argument a
     /// [`SqlPart`].
     #[doc(hidden)]

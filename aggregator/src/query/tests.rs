@@ -1,6 +1,9 @@
-use chrono::TimeZone;
+//! Unit tests of the query compiler: request parsing and its errors, dates and time zones,
+//! source choice, the SQL it writes (escaping, rollup and raw paths), the visit columns.
 
-use super::plan::{source, Source};
+use chrono::{NaiveDate, TimeZone, Utc};
+
+use super::visits::{DAILY_DIMS, EV_FIELDS, OPEN_VISIT_COLS, VISIT_COLS, VISIT_FIRST};
 use super::*;
 use crate::site::{Goal, SiteView};
 
@@ -49,7 +52,7 @@ fn parses_a_plausible_query() {
     assert_eq!((q.from, q.to), (d("2026-11-22"), d("2026-11-28")));
     // Top pages by visitors and pageviews: the per-day rows of visits_daily.
     assert_eq!(source(&q, false), Source::VisitsDaily);
-    let s = plan::sql(&q, &site(), &[], None);
+    let s = assemble::sql(&q, &site(), &[], None).to_string();
     assert!(s.contains("GROUP BY d0 ORDER BY m0 DESC, d0 ASC"), "{s}");
     // Goals come from the hourly rollup; whole UTC days from its daily form — only days the
     // rollup job has checked against raw events (closed, whole build); the others, today
@@ -58,17 +61,17 @@ fn parses_a_plausible_query() {
         r#"{"site_id":"a.com","metrics":["visitors","events"],"date_range":"7d","dimensions":["event:goal"]}"#,
     );
     assert_eq!(source(&q, false), Source::Hourly);
-    let checked: Vec<plan::Build> = (22..28)
-        .map(|n| plan::Build::whole(d(&format!("2026-11-{n}")), 1))
+    let checked: Vec<Build> = (22..28)
+        .map(|n| Build::whole(d(&format!("2026-11-{n}")), 1))
         .collect();
-    let s = plan::sql(&q, &site(), &checked, None);
+    let s = assemble::sql(&q, &site(), &checked, None).to_string();
     assert!(s.contains("FROM events_daily"), "{s}");
     assert!(!s.contains("FROM events_hourly"), "{s}");
     assert!(
         s.contains("timestamp >= toDateTime('2026-11-28 00:00:00', 'UTC') AND timestamp < toDateTime('2026-11-29 00:00:00', 'UTC')"),
         "today from raw events: {s}"
     );
-    let unchecked = plan::sql(&q, &site(), &[], None);
+    let unchecked = assemble::sql(&q, &site(), &[], None).to_string();
     assert!(!unchecked.contains("FROM events_daily"), "{unchecked}");
 }
 
@@ -181,15 +184,15 @@ fn filter_values_never_reach_sql_unescaped() {
     let evil = r#"x') OR 1=1 -- \' ?"#;
     let body = json_body(evil);
     let q = parse_ok(&body);
-    let today = plan::Build {
+    let today = Build {
         day: d("2026-11-28"),
         build: 3,
         cut: d("2026-11-28").and_hms_opt(9, 30, 0),
         snap: None,
     };
-    let builds = [plan::Build::whole(d("2026-11-27"), 7), today];
+    let builds = [Build::whole(d("2026-11-27"), 7), today];
     for built in [&[][..], &builds[..1], &builds[..]] {
-        let s = plan::sql(&q, &site(), built, Some(5));
+        let s = assemble::sql(&q, &site(), built, Some(5)).to_string();
         assert!(s.contains(r"'x\') OR 1=1 -- \\\' ?'"), "{s}");
         assert!(!s.contains("x') OR"), "{s}");
     }
@@ -335,4 +338,40 @@ fn realtime_windows_are_the_same_all_minute() {
     )
     .unwrap();
     assert_eq!(q.start.to_string(), "2026-11-28 11:37:00");
+}
+
+#[test]
+fn globs_become_anchored_regexes() {
+    assert_eq!(glob_to_regex("/blog/*"), r"^/blog/.*$");
+    assert_eq!(glob_to_regex("/a.b"), r"^/a\.b$");
+    assert_eq!(glob_to_regex("*"), "^.*$");
+}
+
+#[test]
+fn visit_columns_are_made_of_their_parts() {
+    assert_eq!(
+        &VISIT_COLS[..11],
+        [
+            "site",
+            "day",
+            "build",
+            "visitor_id",
+            "start",
+            "duration",
+            "pageviews",
+            "events",
+            "bounce",
+            "entry_page",
+            "exit_page"
+        ]
+    );
+    assert_eq!(&VISIT_COLS[11..], VISIT_FIRST);
+    assert_eq!(&OPEN_VISIT_COLS[..VISIT_COLS.len()], VISIT_COLS);
+    assert_eq!(&OPEN_VISIT_COLS[VISIT_COLS.len()..], ["last", "inter"]);
+    // Every first-hit property is carried in the sorted hit tuples, and every daily
+    // dimension is a visit column (the host excepted: it is an event dimension there).
+    assert!(VISIT_FIRST.iter().all(|c| EV_FIELDS.contains(c)));
+    assert!(DAILY_DIMS.iter().all(|c| VISIT_COLS.contains(c)));
+    assert!(!DAILY_DIMS.contains(&"hostname"));
+    assert_eq!(DAILY_DIMS.len(), 2 + VISIT_FIRST.len() - 1);
 }

@@ -1,0 +1,308 @@
+//! Expressions over a source's rows: a dimension's value, a filter's condition, a metric's
+//! aggregate, whether a hit completes a goal. Column and function names come from the
+//! vocabulary's allow-lists; every value (filter values, goal names, property names, the time
+//! zone) goes through [`lit`]. Each returns [`Sql`].
+
+use veil_schemas::sql;
+use veil_schemas::sql::{lit, lit_list, utc, Sql};
+
+use super::source::Source;
+use super::visits::{site_cond, HAS_VISITOR};
+use super::vocab::{
+    glob_to_regex, Dim, DimKind, Filter, Metric, Op, Query, TimeBucket, REGEX_SIZE_LIMIT,
+};
+use crate::site::{Goal, SiteView};
+
+/// SQL for whether an event row completes `g`.
+pub fn goal_cond(g: &Goal) -> Sql {
+    match (&g.event_name, &g.page_path) {
+        (Some(n), _) => sql!("name = {}", lit(n)),
+        (None, Some(p)) => sql!(
+            "(name = 'pageview' AND match(pathname, {}))",
+            lit(&glob_to_regex(p))
+        ),
+        (None, None) => Sql::new("0"),
+    }
+}
+
+/// The query's time zone as a literal.
+fn zone(q: &Query) -> Sql {
+    lit(&q.tz)
+}
+
+/// The label of time bucket `b` of instant column `ts`, in the query's time zone.
+fn time_expr(b: TimeBucket, ts: &'static str, q: &Query) -> Sql {
+    let tz = zone(q);
+    match b {
+        TimeBucket::Hour => sql!("formatDateTime({}, '%Y-%m-%d %H:00:00', {})", ts, tz),
+        TimeBucket::Day => sql!("toString(toDate({}, {}))", ts, tz),
+        TimeBucket::Week => sql!("toString(toMonday(toDate({}, {})))", ts, tz),
+        TimeBucket::Month => sql!("toString(toStartOfMonth(toDate({}, {})))", ts, tz),
+    }
+}
+
+/// The instant column of `src` rows.
+pub(super) fn ts_col(src: Source) -> &'static str {
+    match src {
+        Source::Visits => "start",
+        Source::Hourly => "hour",
+        Source::VisitsDaily => "toDateTime(day, 'UTC')",
+        Source::Events | Source::Joined => "timestamp",
+    }
+}
+
+/// The SQL for a dimension's value on `src` rows.
+pub(super) fn dim_expr(d: &Dim, src: Source, q: &Query, site: &SiteView) -> Sql {
+    match &d.kind {
+        DimKind::Event(_) | DimKind::Visitor(_) if src == Source::VisitsDaily => Sql::new("value"),
+        DimKind::Event(c) | DimKind::Visitor(c) => Sql::new(c),
+        DimKind::Visit(c) => {
+            let col = match src {
+                Source::Joined => sql!("v_{}", *c),
+                Source::VisitsDaily => Sql::new("value"),
+                _ => Sql::new(c),
+            };
+            if *c == "source" {
+                // Plausible's name for visits without a referrer or campaign.
+                sql!("if({0} = '', 'Direct / None', {0})", col)
+            } else {
+                col
+            }
+        }
+        DimKind::Goal => {
+            let items: Vec<Sql> = site
+                .goals
+                .iter()
+                .map(|g| sql!("if({}, {}, '')", goal_cond(g), lit(&g.name)))
+                .collect();
+            if items.is_empty() {
+                Sql::new("arrayJoin(emptyArrayString())")
+            } else {
+                sql!(
+                    "arrayJoin(arrayFilter(x -> x != '', [{}]))",
+                    Sql::join(items, ", ")
+                )
+            }
+        }
+        DimKind::CountryName => country_name_expr(if src == Source::VisitsDaily {
+            "value"
+        } else {
+            "country_code"
+        }),
+        DimKind::Prop(k) => sql!(
+            "if(has(prop_keys, {0}), prop_values[indexOf(prop_keys, {0})], '(none)')",
+            lit(k)
+        ),
+        DimKind::Time(b) => time_expr(*b, ts_col(src), q),
+    }
+}
+
+/// `country_code` → English ISO 3166 name (the code itself when unknown).
+fn country_name_expr(col: &'static str) -> Sql {
+    let (codes, names): (Vec<Sql>, Vec<Sql>) = isocountry::CountryCode::iter()
+        .map(|c| (lit(c.alpha2()), lit(c.name())))
+        .unzip();
+    sql!(
+        "transform({0}, [{1}], [{2}], {0})",
+        col,
+        Sql::join(codes, ", "),
+        Sql::join(names, ", ")
+    )
+}
+
+/// SQL for a filter over [`joined_rows`](super::rows::joined_rows).
+pub fn joined_filter(f: &Filter, q: &Query, site: &SiteView) -> Sql {
+    filter_sql(f, Source::Joined, q, site)
+}
+
+/// SQL for a filter over `src` rows.
+pub(super) fn filter_sql(f: &Filter, src: Source, q: &Query, site: &SiteView) -> Sql {
+    match f {
+        Filter::And(v) => sql!(
+            "({})",
+            Sql::join(v.iter().map(|x| filter_sql(x, src, q, site)), " AND ")
+        ),
+        Filter::Or(v) => sql!(
+            "({})",
+            Sql::join(v.iter().map(|x| filter_sql(x, src, q, site)), " OR ")
+        ),
+        Filter::Not(x) => sql!("(NOT {})", filter_sql(x, src, q, site)),
+        // Visitors with a matching event in the query's range (bots excluded, as everywhere).
+        // `GLOBAL`: in cluster mode the set is made once and sent to the shards.
+        Filter::HasDone { not, inner } => {
+            let not: &'static str = if *not { "NOT " } else { "" };
+            sql!(
+                "(visitor_id GLOBAL {}IN (SELECT visitor_id FROM events WHERE {} AND timestamp >= {} \
+                 AND timestamp < {} AND bot = '' AND {} AND {}))",
+                not,
+                site_cond(&q.site),
+                utc(q.start),
+                utc(q.end),
+                HAS_VISITOR,
+                filter_sql(inner, Source::Events, q, site)
+            )
+        }
+        Filter::Cond {
+            op,
+            dim,
+            values,
+            case_sensitive,
+        } => {
+            let positive = if dim.kind == DimKind::Goal {
+                goal_filter(*op, values, *case_sensitive, site)
+            } else {
+                let col = dim_expr(dim, src, q, site);
+                let (col, vals): (Sql, Vec<String>) = if *case_sensitive {
+                    (col, values.clone())
+                } else if matches!(op, Op::Matches | Op::MatchesNot) {
+                    (col, values.iter().map(|v| format!("(?i){v}")).collect())
+                } else {
+                    (
+                        sql!("lowerUTF8({})", col),
+                        values.iter().map(|v| v.to_lowercase()).collect(),
+                    )
+                };
+                match op {
+                    Op::Is | Op::IsNot => sql!("{} IN {}", col, lit_list(&vals)),
+                    Op::Contains | Op::ContainsNot => sql!(
+                        "({})",
+                        Sql::join(
+                            vals.iter()
+                                .map(|v| sql!("position({}, {}) > 0", col, lit(v))),
+                            " OR "
+                        )
+                    ),
+                    Op::Matches | Op::MatchesNot => sql!(
+                        "({})",
+                        Sql::join(
+                            vals.iter().map(|v| sql!("match({}, {})", col, lit(v))),
+                            " OR "
+                        )
+                    ),
+                }
+            };
+            if op.negated() {
+                sql!("(NOT {})", positive)
+            } else {
+                positive
+            }
+        }
+    }
+}
+
+/// A goal filter: the goals whose names the condition selects, as an OR of their conditions.
+fn goal_filter(op: Op, values: &[String], case_sensitive: bool, site: &SiteView) -> Sql {
+    let norm = |s: &str| {
+        if case_sensitive {
+            s.to_string()
+        } else {
+            s.to_lowercase()
+        }
+    };
+    let selected: Vec<&Goal> = site
+        .goals
+        .iter()
+        .filter(|g| {
+            let name = norm(&g.name);
+            values.iter().any(|v| match op {
+                Op::Is | Op::IsNot => name == norm(v),
+                Op::Contains | Op::ContainsNot => name.contains(&norm(v)),
+                Op::Matches | Op::MatchesNot => regex::RegexBuilder::new(v)
+                    .case_insensitive(!case_sensitive)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map(|r| r.is_match(&g.name))
+                    .unwrap_or(false),
+            })
+        })
+        .collect();
+    if selected.is_empty() {
+        Sql::new("0")
+    } else {
+        sql!(
+            "({})",
+            Sql::join(selected.iter().map(|g| goal_cond(g)), " OR ")
+        )
+    }
+}
+
+/// A custom property's value as a number (0 when absent or not a number).
+fn prop_num(name: &str) -> Sql {
+    sql!(
+        "toFloat64OrZero(prop_values[indexOf(prop_keys, {})])",
+        lit(name)
+    )
+}
+
+/// A metric's aggregate over `src` rows.
+pub(super) fn metric_sql(m: Metric, src: Source, q: &Query) -> Sql {
+    let tz = zone(q);
+    match src {
+        Source::Visits => match m {
+            Metric::Visitors | Metric::Percentage => Sql::new("uniq(visitor_id)"),
+            Metric::Visits => Sql::new("count()"),
+            Metric::Pageviews => Sql::new("sum(pageviews)"),
+            Metric::Events => Sql::new("sum(events)"),
+            // The same arithmetic as the daily rollup's sums, so both round alike.
+            Metric::ViewsPerVisit => Sql::new("round(sum(pageviews) / count(), 2)"),
+            Metric::BounceRate => Sql::new("round(sum(bounce) * 100 / count())"),
+            Metric::VisitDuration => Sql::new("round(sum(duration) / count())"),
+            Metric::SessionsPerUser => Sql::new("round(count() / uniq(visitor_id), 2)"),
+            Metric::Dau => sql!("round(uniq(visitor_id) / uniq(toDate(start, {})), 1)", tz),
+            _ => Sql::new("0"),
+        },
+        Source::VisitsDaily => match m {
+            Metric::Visits => Sql::new("sum(visits_n)"),
+            Metric::Pageviews => Sql::new("sum(pv_n)"),
+            Metric::Events => Sql::new("sum(ev_n)"),
+            Metric::ViewsPerVisit => Sql::new("round(sum(pv_n) / sum(visits_n), 2)"),
+            Metric::BounceRate => Sql::new("round(sum(bounces_n) * 100 / sum(visits_n))"),
+            Metric::VisitDuration => Sql::new("round(sum(dur_n) / sum(visits_n))"),
+            Metric::SessionsPerUser => Sql::new("round(sum(visits_n) / sum(dv), 2)"),
+            // Hashes rotate at UTC midnight: visitors of a range are the sum of its days'.
+            _ => Sql::new("sum(dv)"),
+        },
+        Source::Hourly => match m {
+            Metric::Pageviews => Sql::new("countMergeIf(hits, name = 'pageview')"),
+            Metric::Events => Sql::new("countMergeIf(hits, name != 'engagement')"),
+            _ => Sql::new("uniqMerge(visitors)"),
+        },
+        Source::Events | Source::Joined => {
+            let visit = "(visitor_id, visit)";
+            match m {
+                Metric::Visitors | Metric::ConversionRate | Metric::Percentage => {
+                    Sql::new("uniq(visitor_id)")
+                }
+                Metric::Pageviews => Sql::new("countIf(name = 'pageview')"),
+                Metric::Events => Sql::new("countIf(name != 'engagement')"),
+                Metric::TimeOnPage => Sql::new("round(sumIf(engagement_ms, name = 'engagement') / 1000 / greatest(countIf(name = 'pageview'), 1))"),
+                Metric::ScrollDepth => Sql::new("round(avgIf(scroll_depth, name = 'engagement' AND scroll_depth > 0))"),
+                Metric::TotalRevenue => Sql::new("round(sum(revenue_micros) / 1000000, 2)"),
+                Metric::AverageRevenue => Sql::new("round(avgIf(revenue_micros, revenue_micros != 0) / 1000000, 2)"),
+                Metric::Dau => sql!("round(uniq(visitor_id) / uniq(toDate(timestamp, {})), 1)", tz),
+                Metric::LaunchTimeP50 => sql!("round(quantileIf(0.5)({}, has(prop_keys, 'launch_ms')))", prop_num("launch_ms")),
+                Metric::LaunchTimeP95 => sql!("round(quantileIf(0.95)({}, has(prop_keys, 'launch_ms')))", prop_num("launch_ms")),
+                Metric::LatencyP50 => sql!("round(quantileIf(0.5)({}, has(prop_keys, 'latency_ms')))", prop_num("latency_ms")),
+                Metric::LatencyP95 => sql!("round(quantileIf(0.95)({}, has(prop_keys, 'latency_ms')))", prop_num("latency_ms")),
+                Metric::Crashes => sql!("countIf(has(prop_keys, 'crash') AND {} >= 1)", prop_num("crash")),
+                Metric::Visits => sql!("uniqExact{}", visit),
+                Metric::BounceRate => sql!("round(100 * uniqExactIf({0}, v_bounce = 1) / uniqExact{0})", visit),
+                Metric::VisitDuration => Sql::new("round(arraySum(arrayMap(t -> t.2, groupUniqArray((cityHash64(visitor_id, visit), v_duration)))) / uniqExact(visitor_id, visit))"),
+                Metric::ViewsPerVisit => Sql::new("round(arraySum(arrayMap(t -> t.2, groupUniqArray((cityHash64(visitor_id, visit), v_pageviews)))) / uniqExact(visitor_id, visit), 2)"),
+                Metric::SessionsPerUser => sql!("round(uniqExact{} / uniq(visitor_id), 2)", visit),
+            }
+        }
+    }
+}
+
+/// Whether a metric of the `(other)` row is the sum of the folded rows' values.
+pub fn additive(m: Metric) -> bool {
+    matches!(
+        m,
+        Metric::Visits
+            | Metric::Pageviews
+            | Metric::Events
+            | Metric::TotalRevenue
+            | Metric::Crashes
+    )
+}

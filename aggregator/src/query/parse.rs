@@ -1,0 +1,575 @@
+//! The request parser: a Plausible-v2 query body checked field by field against the
+//! vocabulary ([`super::vocab`]) into a [`Query`]; anything else is a 400 whose message names
+//! the field.
+
+use chrono::{Duration, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::dates::{date_range, local_midnight, local_today, snap_to_minute, timezone};
+use super::source;
+use super::vocab::{
+    glob_to_regex, Compare, Dim, DimKind, Filter, Level, Metric, Op, Query, TimeBucket, DIMENSIONS,
+    REGEX_SIZE_LIMIT,
+};
+use crate::site::SiteView;
+use crate::Error;
+
+/// Longest property name in `event:props:NAME`.
+const MAX_PROP_NAME: usize = 300;
+
+fn dimension(name: &str, field: &str, range_days: i64) -> Result<Dim, Error> {
+    if let Some(prop) = name.strip_prefix("event:props:") {
+        if prop.is_empty() || prop.len() > MAX_PROP_NAME {
+            return Err(bad(format!(
+                "{field}: {name:?} needs a property name of 1..={MAX_PROP_NAME} bytes"
+            )));
+        }
+        return Ok(Dim {
+            name: name.to_string(),
+            kind: DimKind::Prop(prop.to_string()),
+        });
+    }
+    if name == "time" {
+        let bucket = if range_days <= 1 {
+            TimeBucket::Hour
+        } else if range_days <= 40 {
+            TimeBucket::Day
+        } else {
+            TimeBucket::Month
+        };
+        return Ok(Dim {
+            name: name.to_string(),
+            kind: DimKind::Time(bucket),
+        });
+    }
+    DIMENSIONS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(n, k)| Dim {
+            name: (*n).to_string(),
+            kind: k.clone(),
+        })
+        .ok_or_else(|| {
+            bad(format!(
+                "{field}: unknown dimension {name:?}; see the README for the list (e.g. \"event:page\", \"visit:source\", \"time:day\", \"event:props:NAME\")"
+            ))
+        })
+}
+
+/// Longest filter value, regex or list.
+const MAX_VALUE: usize = 2000;
+const MAX_VALUES: usize = 100;
+const MAX_DEPTH: usize = 8;
+/// Most conditions in one query's filters, all nesting levels together.
+pub const MAX_CONDITIONS: usize = 20;
+/// Most regexes (values of `matches*` conditions) in one query's filters.
+pub const MAX_REGEXES: usize = 5;
+/// What the filters of one query have used so far of [`MAX_CONDITIONS`] and [`MAX_REGEXES`]
+/// (counted while parsing, so an oversized request is refused before its regexes compile).
+#[derive(Default)]
+struct Budget {
+    conditions: usize,
+    regexes: usize,
+}
+
+fn filter(v: &Value, field: &str, depth: usize, budget: &mut Budget) -> Result<Filter, Error> {
+    if depth > MAX_DEPTH {
+        return Err(bad(format!(
+            "{field}: filters nest deeper than {MAX_DEPTH}"
+        )));
+    }
+    let a = v.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
+        bad(format!(
+            "{field}: a filter is an array like [\"is\", \"visit:country\", [\"DE\"]]"
+        ))
+    })?;
+    let op = a[0]
+        .as_str()
+        .ok_or_else(|| bad(format!("{field}[0]: the operator must be a string")))?;
+    match op {
+        "and" | "or" => {
+            let items = a
+                .get(1)
+                .and_then(Value::as_array)
+                .filter(|x| !x.is_empty() && a.len() == 2)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{field}: [\"{op}\", [filter, …]] needs a non-empty list of filters"
+                    ))
+                })?;
+            let fs = items
+                .iter()
+                .enumerate()
+                .map(|(i, f)| filter(f, &format!("{field}[1][{i}]"), depth + 1, budget))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(if op == "and" {
+                Filter::And(fs)
+            } else {
+                Filter::Or(fs)
+            })
+        }
+        "not" => {
+            let inner = a
+                .get(1)
+                .filter(|_| a.len() == 2)
+                .ok_or_else(|| bad(format!("{field}: [\"not\", filter] takes one filter")))?;
+            Ok(Filter::Not(Box::new(filter(
+                inner,
+                &format!("{field}[1]"),
+                depth + 1,
+                budget,
+            )?)))
+        }
+        "has_done" | "has_not_done" => {
+            let inner = a
+                .get(1)
+                .filter(|_| a.len() == 2)
+                .ok_or_else(|| bad(format!("{field}: [\"{op}\", filter] takes one filter")))?;
+            let inner = filter(inner, &format!("{field}[1]"), depth + 1, budget)?;
+            if inner.behavioural() {
+                return Err(bad(format!(
+                    "{field}: {op} cannot contain has_done/has_not_done"
+                )));
+            }
+            if let Some(d) = inner.dims().into_iter().find(|d| d.level() != Level::Event) {
+                return Err(bad(format!(
+                    "{field}: {op} takes event:* conditions (event:name, event:page, event:goal, event:props:…), not {}",
+                    d.name
+                )));
+            }
+            Ok(Filter::HasDone {
+                not: op == "has_not_done",
+                inner: Box::new(inner),
+            })
+        }
+        _ => {
+            let op = Op::parse(op).ok_or_else(|| {
+                bad(format!("{field}[0]: unknown operator {op:?}; use is, is_not, contains, contains_not, matches, matches_not, and, or, not, has_done, has_not_done"))
+            })?;
+            if a.len() < 3 || a.len() > 4 {
+                return Err(bad(format!(
+                    "{field}: a condition is [operator, dimension, [values…], {{\"case_sensitive\": bool}}?]"
+                )));
+            }
+            budget.conditions += 1;
+            if budget.conditions > MAX_CONDITIONS {
+                return Err(bad(format!(
+                    "`filters`: at most {MAX_CONDITIONS} conditions in all"
+                )));
+            }
+            let dname = a[1]
+                .as_str()
+                .ok_or_else(|| bad(format!("{field}[1]: the dimension must be a string")))?;
+            let dim = dimension(dname, &format!("{field}[1]"), 2)?;
+            if matches!(dim.kind, DimKind::Time(_)) {
+                return Err(bad(format!(
+                    "{field}[1]: time dimensions cannot be filtered; use date_range"
+                )));
+            }
+            let raw_values = a[2]
+                .as_array()
+                .filter(|v| !v.is_empty() && v.len() <= MAX_VALUES)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{field}[2]: values must be a list of 1..={MAX_VALUES} strings"
+                    ))
+                })?;
+            let mut values = Vec::new();
+            for (i, v) in raw_values.iter().enumerate() {
+                let s = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => return Err(bad(format!("{field}[2][{i}]: values must be strings"))),
+                };
+                if s.len() > MAX_VALUE {
+                    return Err(bad(format!(
+                        "{field}[2][{i}]: a value is longer than {MAX_VALUE} bytes"
+                    )));
+                }
+                values.push(s);
+            }
+            let case_sensitive = match a.get(3) {
+                None => true,
+                Some(m) => {
+                    let obj = m.as_object().ok_or_else(|| {
+                        bad(format!("{field}[3]: modifiers are an object like {{\"case_sensitive\": false}}"))
+                    })?;
+                    if let Some(k) = obj.keys().find(|k| *k != "case_sensitive") {
+                        return Err(bad(format!("{field}[3]: unknown modifier {k:?}")));
+                    }
+                    obj.get("case_sensitive")
+                        .map(|v| {
+                            v.as_bool().ok_or_else(|| {
+                                bad(format!("{field}[3].case_sensitive must be true or false"))
+                            })
+                        })
+                        .transpose()?
+                        .unwrap_or(true)
+                }
+            };
+            if matches!(op, Op::Matches | Op::MatchesNot) {
+                budget.regexes += values.len();
+                if budget.regexes > MAX_REGEXES {
+                    return Err(bad(format!(
+                        "`filters`: at most {MAX_REGEXES} regular expressions (values of matches conditions) in all"
+                    )));
+                }
+                let wildcard = a[0].as_str().is_some_and(|s| s.contains("wildcard"));
+                for (i, v) in values.iter_mut().enumerate() {
+                    if wildcard {
+                        *v = glob_to_regex(v);
+                    }
+                    regex::RegexBuilder::new(v)
+                        .size_limit(REGEX_SIZE_LIMIT)
+                        .build()
+                        .map_err(|e| {
+                            bad(format!(
+                                "{field}[2][{i}]: not a valid regular expression: {e}"
+                            ))
+                        })?;
+                }
+            }
+            Ok(Filter::Cond {
+                op,
+                dim,
+                values,
+                case_sensitive,
+            })
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    site_id: Option<String>,
+    metrics: Option<Vec<String>>,
+    date_range: Option<Value>,
+    #[serde(default)]
+    dimensions: Vec<String>,
+    #[serde(default)]
+    filters: Vec<Value>,
+    #[serde(default)]
+    order_by: Option<Vec<Value>>,
+    #[serde(default)]
+    include: Option<Include>,
+    #[serde(default)]
+    pagination: Option<Pagination>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Include {
+    #[serde(default)]
+    imports: Option<bool>,
+    #[serde(default)]
+    time_labels: Option<bool>,
+    #[serde(default)]
+    total_rows: Option<bool>,
+    #[serde(default)]
+    comparisons: Option<Comparisons>,
+    #[serde(default)]
+    rollups: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Comparisons {
+    mode: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pagination {
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::BadRequest(msg.into())
+}
+
+/// Largest page.
+pub const MAX_LIMIT: u32 = 10_000;
+
+/// Parses and checks a request body for `site` at `now`.
+pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result<Query, Error> {
+    let raw: Raw = serde_json::from_slice(body).map_err(|e| bad(format!("invalid query: {e}")))?;
+    let site_id = raw
+        .site_id
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| bad("`site_id` is required"))?;
+    let tz = timezone(&site.timezone);
+    let today = local_today(tz, now);
+    let range = raw.date_range.as_ref().ok_or_else(|| {
+        bad("`date_range` is required (e.g. \"7d\" or [\"2026-01-01\",\"2026-01-31\"])")
+    })?;
+    let realtime = range.as_str() == Some("realtime");
+    let last24h = range.as_str() == Some("24h");
+    // Sliding windows end at the start of the current UTC minute, so every query within one
+    // minute sees the same window: two requests seconds apart cannot be subtracted to isolate
+    // the few events that slid in or out between them (whole minutes still can; see
+    // docs/PRIVACY.md).
+    let n = snap_to_minute(now.naive_utc());
+    let (from, to) = if realtime {
+        (today, today)
+    } else if last24h {
+        (local_today(tz, now - Duration::hours(24)), today)
+    } else {
+        date_range(range, today)?
+    };
+    let (start, end) = if realtime {
+        (n - Duration::minutes(30), n)
+    } else if last24h {
+        (n - Duration::hours(24), n)
+    } else {
+        (
+            local_midnight(tz, from),
+            local_midnight(tz, to + Duration::days(1)),
+        )
+    };
+    let range_days = if last24h {
+        1
+    } else {
+        (to - from).num_days() + 1
+    };
+    let names = raw
+        .metrics
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| bad("`metrics` is required (e.g. [\"visitors\"])"))?;
+    let mut metrics = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let m = Metric::ALL
+            .iter()
+            .find(|(name, _)| name == n)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| {
+                let all: Vec<&str> = Metric::ALL.iter().map(|(n, _)| *n).collect();
+                bad(format!(
+                    "`metrics[{i}]`: unknown metric {n:?}; supported: {}",
+                    all.join(", ")
+                ))
+            })?;
+        if metrics.contains(&m) {
+            return Err(bad(format!("`metrics[{i}]`: {n:?} is listed twice")));
+        }
+        metrics.push(m);
+    }
+    let mut dimensions: Vec<Dim> = Vec::new();
+    for (i, d) in raw.dimensions.iter().enumerate() {
+        let dim = dimension(d, &format!("`dimensions[{i}]`"), range_days)?;
+        if dimensions.iter().any(|x| x.name == dim.name) {
+            return Err(bad(format!("`dimensions[{i}]`: {d:?} is listed twice")));
+        }
+        dimensions.push(dim);
+    }
+    if dimensions.len() > 4 {
+        return Err(bad("`dimensions`: at most 4"));
+    }
+    if dimensions
+        .iter()
+        .filter(|d| matches!(d.kind, DimKind::Time(_)))
+        .count()
+        > 1
+    {
+        return Err(bad("`dimensions`: at most one time dimension"));
+    }
+    let mut filters = Vec::new();
+    let mut budget = Budget::default();
+    for (i, f) in raw.filters.iter().enumerate() {
+        filters.push(filter(f, &format!("filters[{i}]"), 0, &mut budget)?);
+    }
+    let filter = match filters.len() {
+        0 => None,
+        1 => filters.pop(),
+        _ => Some(Filter::And(filters)),
+    };
+    if let Some(f) = &filter {
+        for dim in f.dims() {
+            if dim.kind == DimKind::Goal {
+                for c in f.conds() {
+                    if let Filter::Cond {
+                        dim: d, values, op, ..
+                    } = c
+                    {
+                        if d.kind == DimKind::Goal && matches!(op, Op::Is | Op::IsNot) {
+                            if let Some(v) = values
+                                .iter()
+                                .find(|v| !site.goals.iter().any(|g| &g.name == *v))
+                            {
+                                return Err(bad(format!(
+                                    "`filters`: {v:?} is not a goal of this site"
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if metrics.contains(&Metric::ConversionRate) {
+        let goal_dim = dimensions.iter().any(|d| d.kind == DimKind::Goal);
+        let goal_filter = filter
+            .as_ref()
+            .is_some_and(|f| f.dims().iter().any(|d| d.kind == DimKind::Goal));
+        if !goal_dim && !goal_filter {
+            return Err(bad(
+                "`metrics`: conversion_rate needs an event:goal dimension or filter",
+            ));
+        }
+    }
+    let ncols = dimensions.len() + metrics.len();
+    let mut order_by = Vec::new();
+    for (i, o) in raw.order_by.unwrap_or_default().iter().enumerate() {
+        let pair = o.as_array().filter(|p| p.len() == 2).ok_or_else(|| {
+            bad(format!(
+                "`order_by[{i}]`: use [\"metric or dimension\", \"asc\"|\"desc\"]"
+            ))
+        })?;
+        let name = pair[0].as_str().unwrap_or_default();
+        let desc = match pair[1].as_str() {
+            Some("desc") => true,
+            Some("asc") => false,
+            _ => {
+                return Err(bad(format!(
+                    "`order_by[{i}]`: direction must be \"asc\" or \"desc\""
+                )))
+            }
+        };
+        let idx = dimensions
+            .iter()
+            .position(|d| d.name == name)
+            .or_else(|| {
+                metrics
+                    .iter()
+                    .position(|m| m.name() == name)
+                    .map(|p| p + dimensions.len())
+            })
+            .ok_or_else(|| {
+                bad(format!(
+                    "`order_by[{i}]`: {name:?} is not one of the query's metrics or dimensions"
+                ))
+            })?;
+        order_by.push((idx, desc));
+    }
+    if order_by.is_empty() {
+        if let Some(t) = dimensions
+            .iter()
+            .position(|d| matches!(d.kind, DimKind::Time(_)))
+        {
+            order_by.push((t, false));
+        } else if !dimensions.is_empty() {
+            order_by.push((dimensions.len(), true));
+        }
+        for i in 0..dimensions.len() {
+            if !order_by.iter().any(|(j, _)| *j == i) {
+                order_by.push((i, false));
+            }
+        }
+    }
+    debug_assert!(order_by.iter().all(|(i, _)| *i < ncols));
+    let include = raw.include.unwrap_or(Include {
+        imports: None,
+        time_labels: None,
+        total_rows: None,
+        comparisons: None,
+        rollups: None,
+    });
+    if include.imports == Some(true) {
+        return Err(bad(
+            "`include.imports`: Veil has no imported data; send false or leave it out",
+        ));
+    }
+    let compare = match include.comparisons.as_ref().map(|c| c.mode.as_str()) {
+        None => None,
+        Some("previous_period") => Some(Compare::PreviousPeriod),
+        Some("year_over_year") => Some(Compare::YearOverYear),
+        Some(m) => {
+            return Err(bad(format!(
+            "`include.comparisons.mode`: unknown mode {m:?}; use previous_period or year_over_year"
+        )))
+        }
+    };
+    if compare.is_some() && (realtime || last24h) {
+        return Err(bad(
+            "`include.comparisons` is not available for realtime and 24h",
+        ));
+    }
+    let limit = raw
+        .pagination
+        .as_ref()
+        .and_then(|p| p.limit)
+        .unwrap_or(MAX_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(bad(format!("`pagination.limit` must be 1..={MAX_LIMIT}")));
+    }
+    let offset = raw.pagination.as_ref().and_then(|p| p.offset).unwrap_or(0);
+    let q = Query {
+        site: site_id,
+        tz: tz.name().to_string(),
+        metrics,
+        dimensions,
+        filter,
+        order_by,
+        from,
+        to,
+        start,
+        end,
+        realtime,
+        compare,
+        time_labels: include.time_labels.unwrap_or(false),
+        total_rows: include.total_rows.unwrap_or(false),
+        rollups: include.rollups.unwrap_or(true),
+        limit,
+        offset,
+    };
+    if site.child_directed {
+        check_child_query(&q)?;
+    }
+    source::check(&q)?;
+    Ok(q)
+}
+
+/// Child-directed sites store no visitor hash, referrer, campaign or props: only counts of
+/// events by page, name, host, country, device class, browser and OS family, and time.
+pub fn check_child_query(q: &Query) -> Result<(), Error> {
+    if let Some(m) = q
+        .metrics
+        .iter()
+        .find(|m| !matches!(m, Metric::Pageviews | Metric::Events))
+    {
+        return Err(bad(format!(
+            "`metrics`: {:?} is not reported for a child-directed site (only pageviews and events)",
+            m.name()
+        )));
+    }
+    const ALLOWED: [&str; 13] = [
+        "event:page",
+        "event:name",
+        "event:hostname",
+        "visit:country",
+        "visit:device",
+        "visit:browser",
+        "visit:os",
+        "time",
+        "time:hour",
+        "time:day",
+        "time:week",
+        "time:month",
+        "event:goal",
+    ];
+    let filter_dims = q.filter.as_ref().map(|f| f.dims()).unwrap_or_default();
+    if let Some(d) = q
+        .dimensions
+        .iter()
+        .chain(filter_dims)
+        .find(|d| !ALLOWED.contains(&d.name.as_str()))
+    {
+        return Err(bad(format!(
+            "`dimensions`: {:?} is not collected for a child-directed site",
+            d.name
+        )));
+    }
+    Ok(())
+}

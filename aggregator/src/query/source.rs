@@ -1,0 +1,209 @@
+//! Which rows answer a query: the five [`Source`]s and the rules that choose one.
+//!
+//! - [`Source::VisitsDaily`] — per UTC day and dimension value, plain counts (distinct
+//!   visitors, visits, pageviews…): unfiltered reports by at most one visit dimension or page,
+//!   event name or host, or by day/week/month. Visitors over closed days are a sum (hashes
+//!   rotate daily); today and unbuilt days add `uniq` states.
+//! - [`Source::Visits`] — one row per visit. Used when every dimension and filter is a visit or
+//!   visitor property (source, campaign, entry page, country, device…) or time.
+//! - [`Source::Hourly`] — the event rollups (materialized views), on days the rollup job has
+//!   checked, else raw events in the same shape: visitors, pageviews and events by page, event
+//!   name, host, goal and time, for time zones with whole-hour offsets.
+//! - [`Source::Events`] — raw events: everything else that needs event rows (props, revenue,
+//!   engagement, app performance, realtime).
+//! - [`Source::Joined`] — raw events joined to their visit: event-level dimensions or filters
+//!   combined with visit-level ones or with visit metrics (e.g. bounce rate of visits that
+//!   reached a goal, conversions by source).
+//!
+//! How each source's rows are read is in [`super::rows`].
+
+use chrono::{NaiveDateTime, Timelike};
+
+use super::visits::{DAILY_DIMS, EVENT_DAILY_DIMS};
+use super::vocab::{Dim, DimKind, Filter, Level, Metric, Query, TimeBucket};
+use crate::Error;
+
+/// The rows a query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Visit rows (rollup table ∪ derived).
+    Visits,
+    /// The event rollups: `events_daily` for whole UTC days, `events_hourly` for the rest.
+    Hourly,
+    /// The per-dimension daily visit rollup (`visits_daily`) for whole built UTC days, visit
+    /// rows aggregated on the fly for the rest.
+    VisitsDaily,
+    /// Raw events.
+    Events,
+    /// Raw events with their visit's properties.
+    Joined,
+}
+
+impl Source {
+    /// The name `meta.source` reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Visits => "visits",
+            Source::VisitsDaily => "visits_daily",
+            Source::Hourly => "event_rollups",
+            Source::Events => "events",
+            Source::Joined => "joined",
+        }
+    }
+}
+
+/// Whether a source reads recorded visit builds (the caller fetches them first).
+pub fn uses_builds(src: Source) -> bool {
+    matches!(src, Source::Visits | Source::VisitsDaily | Source::Hourly)
+}
+
+/// Checks combinations no source can answer.
+pub fn check(q: &Query) -> Result<(), Error> {
+    let percentiles = q.metrics.iter().any(|m| {
+        matches!(
+            m,
+            Metric::LaunchTimeP50 | Metric::LaunchTimeP95 | Metric::LatencyP50 | Metric::LatencyP95
+        )
+    });
+    if percentiles && source(q, false) == Source::Joined {
+        return Err(Error::BadRequest(
+            "`metrics`: performance percentiles cannot be combined with visit metrics or visit:source/utm/entry/exit dimensions or filters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn levels(q: &Query) -> (bool, bool) {
+    let filter_dims = q.filter.as_ref().map(|f| f.dims()).unwrap_or_default();
+    let dims = q.dimensions.iter().chain(filter_dims);
+    let (mut ev, mut vi) = (false, false);
+    for d in dims {
+        match d.level() {
+            Level::Event => ev = true,
+            Level::Visit => vi = true,
+            Level::Both => {}
+        }
+    }
+    for m in &q.metrics {
+        match m.level() {
+            Level::Event => ev = true,
+            Level::Visit => vi = true,
+            Level::Both => {}
+        }
+    }
+    (ev, vi)
+}
+
+/// The source that answers `q`.
+pub fn source(q: &Query, child_directed: bool) -> Source {
+    let (ev, vi) = levels(q);
+    if child_directed {
+        return if hourly_ok(q) {
+            Source::Hourly
+        } else {
+            Source::Events
+        };
+    }
+    match (ev, vi) {
+        (_, _) if visits_daily_ok(q) => Source::VisitsDaily,
+        (false, _) => Source::Visits,
+        (true, false) if hourly_ok(q) => Source::Hourly,
+        (true, false) => Source::Events,
+        (true, true) => Source::Joined,
+    }
+}
+
+fn hourly_ok(q: &Query) -> bool {
+    if q.filter.as_ref().is_some_and(Filter::behavioural) {
+        return false; // rollup rows have no visitor hashes
+    }
+    let whole_hours = |t: NaiveDateTime| t.minute() == 0 && t.second() == 0;
+    let dims_ok = |d: &Dim| matches!(d.kind, DimKind::Event(_) | DimKind::Goal | DimKind::Time(_));
+    q.rollups
+        && !q.realtime
+        && whole_hours(q.start)
+        && whole_hours(q.end)
+        && q.metrics.iter().all(|m| {
+            matches!(
+                m,
+                Metric::Visitors
+                    | Metric::Pageviews
+                    | Metric::Events
+                    | Metric::ConversionRate
+                    | Metric::Percentage
+            )
+        })
+        && q.dimensions.iter().all(dims_ok)
+        && q.filter
+            .as_ref()
+            .map(|f| f.dims().into_iter().all(dims_ok))
+            .unwrap_or(true)
+}
+
+/// Whether the local days of `q` start and end at UTC midnight (daily rollups can bucket).
+pub(super) fn utc_aligned(q: &Query) -> bool {
+    q.start.time() == chrono::NaiveTime::MIN && q.end.time() == chrono::NaiveTime::MIN
+}
+
+/// What a `visits_daily` row's `dim` holds for a dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DailyDim {
+    /// A visit column (`dim` is its name).
+    Visit(&'static str),
+    /// An event column (`dim` is `event:` and its name).
+    Event(&'static str),
+}
+
+pub(super) fn daily_dim(d: &Dim) -> Option<DailyDim> {
+    match d.kind {
+        DimKind::Visit(c) | DimKind::Visitor(c) if DAILY_DIMS.contains(&c) => {
+            Some(DailyDim::Visit(c))
+        }
+        DimKind::CountryName => Some(DailyDim::Visit("country_code")),
+        DimKind::Event(c) if EVENT_DAILY_DIMS.contains(&c) => Some(DailyDim::Event(c)),
+        _ => None,
+    }
+}
+
+fn visits_daily_ok(q: &Query) -> bool {
+    let plain: Vec<&Dim> = q
+        .dimensions
+        .iter()
+        .filter(|d| !matches!(d.kind, DimKind::Time(_)))
+        .collect();
+    let time_ok = match q.time_bucket() {
+        None => true,
+        Some(TimeBucket::Hour) => false,
+        Some(_) => utc_aligned(q) && plain.is_empty(),
+    };
+    let event_dim = plain
+        .iter()
+        .any(|d| matches!(daily_dim(d), Some(DailyDim::Event(_))));
+    q.rollups
+        && !q.realtime
+        && q.filter.is_none()
+        && time_ok
+        && plain.len() <= 1
+        && plain.iter().all(|d| daily_dim(d).is_some())
+        && (!event_dim
+            || q.metrics.iter().all(|m| {
+                matches!(
+                    m,
+                    Metric::Visitors | Metric::Pageviews | Metric::Events | Metric::Percentage
+                )
+            }))
+        && q.metrics.iter().all(|m| {
+            matches!(
+                m,
+                Metric::Visitors
+                    | Metric::Visits
+                    | Metric::Pageviews
+                    | Metric::Events
+                    | Metric::ViewsPerVisit
+                    | Metric::BounceRate
+                    | Metric::VisitDuration
+                    | Metric::SessionsPerUser
+                    | Metric::Percentage
+            )
+        })
+}

@@ -1,0 +1,376 @@
+//! The Stats API's vocabulary: the metrics, dimensions and filter operators a query may name
+//! (each an allow-list: identifiers in SQL only ever come from these tables), and [`Query`],
+//! a request once checked.
+
+use chrono::{NaiveDate, NaiveDateTime};
+
+/// A metric the API serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Unique visitors.
+    Visitors,
+    /// Visits (sessions: a visitor's hits with gaps under 30 minutes).
+    Visits,
+    /// Pageview events.
+    Pageviews,
+    /// Pageviews per visit.
+    ViewsPerVisit,
+    /// Percentage of visits with one pageview and no interactive event.
+    BounceRate,
+    /// Mean visit length in seconds.
+    VisitDuration,
+    /// Mean engaged seconds per pageview (from the tracker's engagement beacons).
+    TimeOnPage,
+    /// Events (pageviews and custom events; engagement beacons excluded).
+    Events,
+    /// Percentage of visitors who completed the goal(s) filtered or broken down by.
+    ConversionRate,
+    /// A row's share of all visitors (with the same filters), percent.
+    Percentage,
+    /// Mean scroll depth reached, percent (from engagement beacons).
+    ScrollDepth,
+    /// Sum of revenue attached to events.
+    TotalRevenue,
+    /// Mean revenue per event that carried revenue.
+    AverageRevenue,
+    /// Visits per visitor.
+    SessionsPerUser,
+    /// Mean daily active users (visitor hashes rotate daily, so a day is the longest window
+    /// in which a user can be counted once).
+    Dau,
+    /// Median app launch time (ms, `launch_ms`).
+    LaunchTimeP50,
+    /// 95th percentile app launch time (ms).
+    LaunchTimeP95,
+    /// Median request latency (ms, `latency_ms`).
+    LatencyP50,
+    /// 95th percentile request latency (ms).
+    LatencyP95,
+    /// App launches after a crash (`crash` = 1).
+    Crashes,
+}
+
+/// Which rows a metric needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Computable from visit rows or from event rows.
+    Both,
+    /// Needs whole visits.
+    Visit,
+    /// Needs event rows.
+    Event,
+}
+
+impl Metric {
+    /// Every metric, with its API name.
+    pub const ALL: [(&'static str, Metric); 20] = [
+        ("visitors", Metric::Visitors),
+        ("visits", Metric::Visits),
+        ("pageviews", Metric::Pageviews),
+        ("views_per_visit", Metric::ViewsPerVisit),
+        ("bounce_rate", Metric::BounceRate),
+        ("visit_duration", Metric::VisitDuration),
+        ("time_on_page", Metric::TimeOnPage),
+        ("events", Metric::Events),
+        ("conversion_rate", Metric::ConversionRate),
+        ("percentage", Metric::Percentage),
+        ("scroll_depth", Metric::ScrollDepth),
+        ("total_revenue", Metric::TotalRevenue),
+        ("average_revenue", Metric::AverageRevenue),
+        ("sessions_per_user", Metric::SessionsPerUser),
+        ("dau", Metric::Dau),
+        ("launch_time_p50", Metric::LaunchTimeP50),
+        ("launch_time_p95", Metric::LaunchTimeP95),
+        ("latency_p50", Metric::LatencyP50),
+        ("latency_p95", Metric::LatencyP95),
+        ("crashes", Metric::Crashes),
+    ];
+
+    /// The API name.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
+    }
+
+    /// Which rows it needs.
+    pub fn level(self) -> Level {
+        use Metric::*;
+        match self {
+            Visitors | Pageviews | Events | Dau | Percentage => Level::Both,
+            Visits | ViewsPerVisit | BounceRate | VisitDuration | SessionsPerUser => Level::Visit,
+            _ => Level::Event,
+        }
+    }
+
+    /// Rates and durations compare by difference, counts by percent change.
+    pub fn change_is_difference(self) -> bool {
+        matches!(
+            self,
+            Metric::BounceRate | Metric::ConversionRate | Metric::Percentage
+        )
+    }
+}
+
+/// What a dimension (or a filter's subject) is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DimKind {
+    /// A column of each event that visits do not have (page, name, host).
+    Event(&'static str),
+    /// A property of the visit, from its first hit (entry/exit page, source, campaign): the
+    /// column of the `visits` rows.
+    Visit(&'static str),
+    /// A fact that is the same for every hit of a visitor (the hash covers IP and user agent):
+    /// the same column on events and visits.
+    Visitor(&'static str),
+    /// The site's goal a hit completed.
+    Goal,
+    /// A custom property of an event.
+    Prop(String),
+    /// The visitor's country as its English ISO 3166 name (Plausible's `visit:country_name`).
+    CountryName,
+    /// A time bucket in the site's time zone.
+    Time(TimeBucket),
+}
+
+/// Time buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeBucket {
+    /// `YYYY-MM-DD HH:00:00`.
+    Hour,
+    /// `YYYY-MM-DD`.
+    Day,
+    /// The Monday starting the week, `YYYY-MM-DD`.
+    Week,
+    /// The first day of the month, `YYYY-MM-DD`.
+    Month,
+}
+
+/// Dimensions by API name (plus `event:props:NAME`).
+pub const DIMENSIONS: &[(&str, DimKind)] = &[
+    ("event:page", DimKind::Event("pathname")),
+    ("event:hostname", DimKind::Event("hostname")),
+    ("event:name", DimKind::Event("name")),
+    ("event:goal", DimKind::Goal),
+    ("visit:entry_page", DimKind::Visit("entry_page")),
+    ("visit:exit_page", DimKind::Visit("exit_page")),
+    ("visit:source", DimKind::Visit("source")),
+    ("visit:referrer", DimKind::Visit("referrer")),
+    ("visit:channel", DimKind::Visit("channel")),
+    ("visit:utm_source", DimKind::Visit("utm_source")),
+    ("visit:utm_medium", DimKind::Visit("utm_medium")),
+    ("visit:utm_campaign", DimKind::Visit("utm_campaign")),
+    ("visit:utm_content", DimKind::Visit("utm_content")),
+    ("visit:utm_term", DimKind::Visit("utm_term")),
+    ("visit:country", DimKind::Visitor("country_code")),
+    ("visit:country_name", DimKind::CountryName),
+    ("visit:region", DimKind::Visitor("region")),
+    ("visit:region_name", DimKind::Visitor("region")),
+    ("visit:city", DimKind::Visitor("city")),
+    ("visit:city_name", DimKind::Visitor("city")),
+    ("visit:isp", DimKind::Visitor("isp")),
+    ("visit:browser", DimKind::Visitor("browser")),
+    ("visit:browser_version", DimKind::Visitor("browser_version")),
+    ("visit:os", DimKind::Visitor("os")),
+    ("visit:os_version", DimKind::Visitor("os_version")),
+    ("visit:device", DimKind::Visitor("device")),
+    ("visit:screen", DimKind::Visitor("screen_class")),
+    ("visit:processor", DimKind::Visitor("processor_class")),
+    ("visit:locale", DimKind::Visitor("locale")),
+    ("visit:app_version", DimKind::Visitor("app_version")),
+    ("visit:install_source", DimKind::Visitor("install_source")),
+    ("visit:device_model", DimKind::Visitor("device_model")),
+    ("time:hour", DimKind::Time(TimeBucket::Hour)),
+    ("time:day", DimKind::Time(TimeBucket::Day)),
+    ("time:week", DimKind::Time(TimeBucket::Week)),
+    ("time:month", DimKind::Time(TimeBucket::Month)),
+];
+
+/// A checked dimension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dim {
+    /// The API name as requested (`time` stays `time`).
+    pub name: String,
+    /// What it is.
+    pub kind: DimKind,
+}
+
+impl Dim {
+    /// The level of rows it needs.
+    pub fn level(&self) -> Level {
+        match self.kind {
+            DimKind::Event(_) | DimKind::Goal | DimKind::Prop(_) => Level::Event,
+            DimKind::Visit(_) => Level::Visit,
+            DimKind::Visitor(_) | DimKind::CountryName | DimKind::Time(_) => Level::Both,
+        }
+    }
+}
+
+/// Filter operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Equal to one of the values.
+    Is,
+    /// Equal to none of the values.
+    IsNot,
+    /// Contains one of the values.
+    Contains,
+    /// Contains none of the values.
+    ContainsNot,
+    /// Matches one of the regexes (RE2 syntax: linear time, no backtracking).
+    Matches,
+    /// Matches none of the regexes.
+    MatchesNot,
+}
+
+impl Op {
+    pub(super) fn parse(s: &str) -> Option<Op> {
+        Some(match s {
+            "is" => Op::Is,
+            "is_not" => Op::IsNot,
+            "contains" => Op::Contains,
+            "contains_not" => Op::ContainsNot,
+            "matches" | "matches_wildcard" => Op::Matches,
+            "matches_not" | "matches_wildcard_not" => Op::MatchesNot,
+            _ => return None,
+        })
+    }
+
+    /// True for the negated operators.
+    pub fn negated(self) -> bool {
+        matches!(self, Op::IsNot | Op::ContainsNot | Op::MatchesNot)
+    }
+}
+
+/// A checked filter expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    /// `[op, dimension, values, {case_sensitive}]`.
+    Cond {
+        /// Operator.
+        op: Op,
+        /// Subject.
+        dim: Dim,
+        /// Values (at least one).
+        values: Vec<String>,
+        /// Compare case-sensitively (default true).
+        case_sensitive: bool,
+    },
+    /// All of.
+    And(Vec<Filter>),
+    /// Any of.
+    Or(Vec<Filter>),
+    /// Not.
+    Not(Box<Filter>),
+    /// Plausible's behavioural filters: `["has_done", filter]` keeps the visitors with at
+    /// least one event in the range matching `filter` (event dimensions only), with all their
+    /// rows; `["has_not_done", filter]` (`not`) the others.
+    HasDone {
+        /// `has_not_done`.
+        not: bool,
+        /// The event condition.
+        inner: Box<Filter>,
+    },
+}
+
+impl Filter {
+    /// Every condition in the expression.
+    pub fn conds(&self) -> Vec<&Filter> {
+        match self {
+            Filter::Cond { .. } => vec![self],
+            Filter::And(v) | Filter::Or(v) => v.iter().flat_map(|f| f.conds()).collect(),
+            Filter::Not(f) | Filter::HasDone { inner: f, .. } => f.conds(),
+        }
+    }
+
+    /// Whether it has a `has_done`/`has_not_done` part (which needs rows with visitor hashes).
+    pub fn behavioural(&self) -> bool {
+        match self {
+            Filter::Cond { .. } => false,
+            Filter::And(v) | Filter::Or(v) => v.iter().any(Filter::behavioural),
+            Filter::Not(f) => f.behavioural(),
+            Filter::HasDone { .. } => true,
+        }
+    }
+
+    /// The dimensions it reads.
+    pub fn dims(&self) -> Vec<&Dim> {
+        self.conds()
+            .into_iter()
+            .filter_map(|c| match c {
+                Filter::Cond { dim, .. } => Some(dim),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Compiled size limit of one filter regex (checked when parsing; ClickHouse runs it with RE2).
+pub(crate) const REGEX_SIZE_LIMIT: usize = 64 << 10;
+
+/// Turns a goal's page pattern or a `matches_wildcard` value (`*` = any run of characters)
+/// into an anchored RE2 regex.
+pub fn glob_to_regex(pattern: &str) -> String {
+    let parts: Vec<String> = pattern.split('*').map(regex::escape).collect();
+    format!("^{}$", parts.join(".*"))
+}
+
+/// How a comparison period is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// The same number of days just before.
+    PreviousPeriod,
+    /// The same dates one year earlier.
+    YearOverYear,
+}
+
+/// A checked query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// Site domain.
+    pub site: String,
+    /// The site's IANA time zone.
+    pub tz: String,
+    /// Metrics in request order.
+    pub metrics: Vec<Metric>,
+    /// Dimensions in request order.
+    pub dimensions: Vec<Dim>,
+    /// The filter (all top-level filters and-ed), if any.
+    pub filter: Option<Filter>,
+    /// `(column index, descending)`: indices count dimensions first, then metrics.
+    pub order_by: Vec<(usize, bool)>,
+    /// First local day included.
+    pub from: NaiveDate,
+    /// Last local day included.
+    pub to: NaiveDate,
+    /// Start of the range (UTC, inclusive).
+    pub start: NaiveDateTime,
+    /// End of the range (UTC, exclusive).
+    pub end: NaiveDateTime,
+    /// `realtime`: the 30 minutes before the start of the current minute.
+    pub realtime: bool,
+    /// The comparison asked for.
+    pub compare: Option<Compare>,
+    /// Whether to list every time bucket of the range in `meta.time_labels`.
+    pub time_labels: bool,
+    /// Whether to report `meta.total_rows`.
+    pub total_rows: bool,
+    /// Whether rollup tables may answer (Veil's `include.rollups`, default true).
+    pub rollups: bool,
+    /// Rows per page.
+    pub limit: u32,
+    /// Rows skipped.
+    pub offset: u32,
+}
+
+impl Query {
+    /// The time dimension, if any.
+    pub fn time_bucket(&self) -> Option<TimeBucket> {
+        self.dimensions.iter().find_map(|d| match d.kind {
+            DimKind::Time(b) => Some(b),
+            _ => None,
+        })
+    }
+}
