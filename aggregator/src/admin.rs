@@ -30,96 +30,19 @@
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use serde_json::{json, Map, Value};
+use veil_schemas::policy;
 use veil_schemas::registry::{normalize_domain, SiteSettings, MAX_NAME_BYTES};
 
 use crate::auth::{self, Access};
 use crate::http::{json_response, HttpResponse};
-use crate::site::{Funnel, Goal, MIN_K};
 use crate::{Aggregator, Error, Source};
-
-/// Largest k a site may choose.
-pub const MAX_K: u64 = 1_000_000;
-/// Most goals per site.
-pub const MAX_GOALS: usize = 100;
-/// Most funnels per site.
-pub const MAX_FUNNELS: usize = 20;
 
 fn bad(msg: String) -> Error {
     Error::BadRequest(msg)
 }
 
 fn check_text(field: &str, s: &str, max: usize) -> Result<(), Error> {
-    if s.trim().is_empty() || s.len() > max || s.chars().any(char::is_control) {
-        return Err(bad(format!(
-            "`{field}` must be 1 to {max} bytes without control characters"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks goals and funnels: each goal has a unique name and exactly one of `event_name` /
-/// `page_path` (a path starting with `/`); each funnel has a unique name and 2–8 steps naming
-/// existing goals.
-pub fn validate_goals(
-    goals: &[Value],
-    funnels: &[Value],
-) -> Result<(Vec<Goal>, Vec<Funnel>), Error> {
-    if goals.len() > MAX_GOALS {
-        return Err(bad(format!("`goals`: at most {MAX_GOALS} goals per site")));
-    }
-    if funnels.len() > MAX_FUNNELS {
-        return Err(bad(format!(
-            "`funnels`: at most {MAX_FUNNELS} funnels per site"
-        )));
-    }
-    let mut gs: Vec<Goal> = Vec::new();
-    for (i, g) in goals.iter().enumerate() {
-        let g: Goal =
-            serde_json::from_value(g.clone()).map_err(|e| bad(format!("`goals[{i}]`: {e}")))?;
-        check_text(&format!("goals[{i}].name"), &g.name, 200)?;
-        if gs.iter().any(|o| o.name == g.name) {
-            return Err(bad(format!("`goals[{i}].name` {:?} is used twice", g.name)));
-        }
-        match (&g.event_name, &g.page_path) {
-            (Some(e), None) => check_text(&format!("goals[{i}].event_name"), e, 500)?,
-            (None, Some(p)) => {
-                check_text(&format!("goals[{i}].page_path"), p, 2000)?;
-                if !p.starts_with('/') {
-                    return Err(bad(format!("`goals[{i}].page_path` must start with `/`")));
-                }
-            }
-            _ => {
-                return Err(bad(format!(
-                    "`goals[{i}]` needs exactly one of `event_name` and `page_path`"
-                )))
-            }
-        }
-        gs.push(g);
-    }
-    let mut fs: Vec<Funnel> = Vec::new();
-    for (i, f) in funnels.iter().enumerate() {
-        let f: Funnel =
-            serde_json::from_value(f.clone()).map_err(|e| bad(format!("`funnels[{i}]`: {e}")))?;
-        check_text(&format!("funnels[{i}].name"), &f.name, 200)?;
-        if fs.iter().any(|o| o.name == f.name) {
-            return Err(bad(format!(
-                "`funnels[{i}].name` {:?} is used twice",
-                f.name
-            )));
-        }
-        if !(2..=8).contains(&f.steps.len()) {
-            return Err(bad(format!("`funnels[{i}].steps` must have 2 to 8 steps")));
-        }
-        for (j, step) in f.steps.iter().enumerate() {
-            if !gs.iter().any(|g| &g.name == step) {
-                return Err(bad(format!(
-                    "`funnels[{i}].steps[{j}]` {step:?} is not one of the site's goals"
-                )));
-            }
-        }
-        fs.push(f);
-    }
-    Ok((gs, fs))
+    Ok(policy::check_text(field, s, max)?)
 }
 
 fn body_object(req: &Request<Bytes>) -> Result<Map<String, Value>, Error> {
@@ -201,13 +124,9 @@ impl Aggregator {
         obj: &Map<String, Value>,
     ) -> Result<SiteSettings, Error> {
         let s = SiteSettings::from_request(self.cfg.flag_settings(domain), obj, &["domain"])?;
-        s.validate()?;
-        if !(MIN_K..=MAX_K).contains(&s.min_visitors) {
-            return Err(bad(format!(
-                "`min_visitors` must be between {MIN_K} and {MAX_K}"
-            )));
-        }
-        validate_goals(&s.goals, &s.funnels)?;
+        // Every setting, in one place (veil_schemas::policy): aliases, time zone,
+        // retention, k, goals and funnels.
+        policy::validate(&s)?;
         let snap = self.registry.snapshot();
         for (i, a) in s.aliases.iter().enumerate() {
             let flag_owner = self
@@ -505,42 +424,6 @@ async fn create_link(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn goals_and_funnels_are_checked() {
-        let g = |v: Value| validate_goals(v.as_array().unwrap(), &[]).map(|_| ());
-        let err = |r: Result<(), Error>| r.unwrap_err().to_string();
-        g(json!([{"name": "Signup", "event_name": "Signup"}, {"name": "Blog", "page_path": "/blog*"}])).unwrap();
-        assert!(err(g(json!([{"name": "X"}]))).contains("`goals[0]` needs exactly one"));
-        assert!(err(g(
-            json!([{"name": "X", "event_name": "a", "page_path": "/"}])
-        ))
-        .contains("exactly one"));
-        assert!(
-            err(g(json!([{"name": "X", "page_path": "blog"}]))).contains("`goals[0].page_path`")
-        );
-        assert!(
-            err(g(json!([{"name": "X", "event_name": "a", "colour": 1}]))).contains("`goals[0]`")
-        );
-        assert!(err(g(json!([{"name": "", "event_name": "a"}]))).contains("`goals[0].name`"));
-        assert!(err(g(
-            json!([{"name": "A", "event_name": "a"}, {"name": "A", "event_name": "b"}])
-        ))
-        .contains("`goals[1].name`"));
-
-        let goals = json!([{"name": "A", "event_name": "a"}, {"name": "B", "page_path": "/b"}]);
-        let goals = goals.as_array().unwrap();
-        let f = |v: Value| validate_goals(goals, v.as_array().unwrap()).map(|_| ());
-        f(json!([{"name": "F", "steps": ["A", "B"]}])).unwrap();
-        assert!(err(f(json!([{"name": "F", "steps": ["A"]}]))).contains("2 to 8 steps"));
-        assert!(err(f(
-            json!([{"name": "F", "steps": ["A","B","A","B","A","B","A","B","A"]}])
-        ))
-        .contains("2 to 8"));
-        assert!(err(f(json!([{"name": "F", "steps": ["A", "Nope"]}])))
-            .contains("`funnels[0].steps[1]`"));
-        assert!(err(f(json!([{"name": "F", "steps": "A"}]))).contains("`funnels[0]`"));
-    }
 
     #[test]
     fn expiry_accepts_rfc3339_and_seconds_in_the_future() {

@@ -13,33 +13,8 @@
 use serde::{Deserialize, Serialize};
 use veil_schemas::registry::SiteSettings;
 
-/// Smallest k a site may choose.
-pub const MIN_K: u64 = 2;
-
-/// A goal: a custom event name, or a pageview whose path matches a pattern (`*` matches any
-/// run of characters, everything else literally).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Goal {
-    /// Display name (unique per site); what `event:goal` returns.
-    pub name: String,
-    /// Completed by a custom event with this name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_name: Option<String>,
-    /// Completed by a pageview whose path matches this pattern.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub page_path: Option<String>,
-}
-
-/// An ordered funnel of 2–8 goals, completed in order within one visit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Funnel {
-    /// Display name (unique per site).
-    pub name: String,
-    /// Goal names, in order.
-    pub steps: Vec<String>,
-}
+/// Goals, funnels and the floor of k are site policy, defined and checked in one place.
+pub use veil_schemas::policy::{Funnel, Goal, MIN_K};
 
 /// One site as the query engine sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -132,7 +132,8 @@ pub fn check_min_visitors(k: u64) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_text(field: &str, s: &str, max: usize) -> Result<(), Error> {
+/// A name or label: 1 to `max` bytes, not only blanks, without control characters.
+pub fn check_text(field: &str, s: &str, max: usize) -> Result<(), Error> {
     if s.trim().is_empty() || s.len() > max || s.chars().any(char::is_control) {
         return Err(invalid(format!(
             "`{field}` must be 1 to {max} bytes without control characters"
