@@ -52,6 +52,8 @@ use veil_collector::pipeline::spool::{Durability, SpoolError};
 use veil_collector::server::{self, App};
 use veil_collector::{Collector, CollectorConfig, Readiness};
 use veil_schemas::managed::{ManagedClickHouse, ManagedOptions};
+use veil_schemas::sql;
+use veil_schemas::sql::{ident, Run, Sql};
 use veil_schemas::ClickHouseConfig;
 
 /// Which scenarios to run.
@@ -764,7 +766,7 @@ fn verify(rt: &Runtime, fleet: Fleet, results: &[(Scenario, LoadReport)]) -> any
     let found: u64 = rt
         .block_on(
             ch.client()
-                .query("SELECT count() FROM events")
+                .sql(&Sql::new("SELECT count() FROM events"))
                 .fetch_one::<u64>(),
         )
         .context("counting rows in ClickHouse")?;
@@ -928,8 +930,8 @@ fn run_once(
             // A managed server takes its data with it; on a server of yours, clean up after a
             // successful run and keep the evidence after a failed one.
             if ok && args.clickhouse_url.is_some() {
-                let drop_db = format!("DROP DATABASE IF EXISTS {}", ch.database);
-                server_rt.block_on(ch.server_client().query(&drop_db).execute())?;
+                let drop_db = sql!("DROP DATABASE IF EXISTS {}", ident(&ch.database)?);
+                server_rt.block_on(ch.server_client().sql(&drop_db).execute())?;
             }
             ok
         }

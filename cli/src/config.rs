@@ -1,9 +1,11 @@
 //! The `veil` command line and its configuration: every setting comes, in rising precedence,
 //! from built-in defaults, the TOML file named by `--config`, a `VEIL_*` environment variable,
-//! and a flag. [`Settings::load`] merges them and validates everything before any socket is bound.
+//! and a flag. Each setting is declared once, in [`Layer`]: clap reads the flags and variables
+//! into one `Layer`, serde the file into another, and [`Settings::load`] lays the first over the
+//! second, fills in the defaults and validates everything before any socket is bound.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -83,246 +85,255 @@ pub struct GenArgs {
 /// The site `veil up --demo` serves and fills.
 pub const DEMO_SITE: &str = "demo.veil.local";
 
-/// Flags; each also reads a `VEIL_*` variable and a key of the TOML file.
+/// Options shared by all subcommands: the file to read, and every setting.
 #[derive(Debug, Args, Default)]
 pub struct Opts {
     /// TOML file with settings (keys are the flag names with `_` for `-`).
     #[arg(long, env = "VEIL_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// Address to serve HTTP on [default: 127.0.0.1:8080].
-    #[arg(long, env = "VEIL_LISTEN", global = true)]
-    pub listen: Option<String>,
-    /// ClickHouse HTTP URL; `veil up` starts a managed server when absent.
-    #[arg(long, env = "VEIL_CLICKHOUSE_URL", global = true)]
-    pub clickhouse_url: Option<String>,
-    /// ClickHouse database for Veil's tables [default: veil].
-    #[arg(long, env = "VEIL_CLICKHOUSE_DATABASE", global = true)]
-    pub clickhouse_database: Option<String>,
-    /// ClickHouse user.
-    #[arg(long, env = "VEIL_CLICKHOUSE_USER", global = true)]
-    pub clickhouse_user: Option<String>,
-    /// ClickHouse password.
-    #[arg(
-        long,
-        env = "VEIL_CLICKHOUSE_PASSWORD",
-        global = true,
-        hide_env_values = true
-    )]
-    pub clickhouse_password: Option<String>,
-    /// ClickHouse cluster (a `remote_servers` name) Veil's tables span: sharded, replicated
-    /// tables plus Distributed tables (docs/DEPLOY.md) [default: none, one server].
-    #[arg(long, env = "VEIL_CLICKHOUSE_CLUSTER", global = true)]
-    pub clickhouse_cluster: Option<String>,
-    /// Directory for Veil's own files (managed ClickHouse data) [default: ./var].
-    #[arg(long, env = "VEIL_DATA_DIR", global = true)]
-    pub data_dir: Option<PathBuf>,
-    /// Directory with the GeoIP databases (`make geoip` fills it) [default: DATA_DIR/geoip].
-    #[arg(long, env = "VEIL_GEOIP_DIR", global = true)]
-    pub geoip_dir: Option<PathBuf>,
-    /// A site (domain) accepted without an API call; repeatable, or comma-separated in VEIL_SITE.
-    #[arg(long = "site", env = "VEIL_SITE", value_delimiter = ',', global = true)]
-    pub sites: Vec<String>,
-    /// A child-directed site (registered too): no visitor hash, session, referrer, campaign,
-    /// versions or props are stored, reports show page views only; repeatable.
-    #[arg(
-        long = "child-site",
-        env = "VEIL_CHILD_SITE",
-        value_delimiter = ',',
-        global = true
-    )]
-    pub child_sites: Vec<String>,
-    /// A site that decided not to honour `DNT: 1` (GPC is always honoured); repeatable.
-    #[arg(
-        long = "ignore-dnt-site",
-        env = "VEIL_IGNORE_DNT_SITE",
-        value_delimiter = ',',
-        global = true
-    )]
-    pub ignore_dnt_sites: Vec<String>,
-    /// `DOMAIN=PARAM`: a query parameter the site keeps in stored paths (e.g. `example.com=page`);
-    /// every other query parameter is dropped; repeatable.
-    #[arg(
-        long = "site-query-param",
-        env = "VEIL_SITE_QUERY_PARAM",
-        value_delimiter = ',',
-        global = true
-    )]
-    pub site_query_params: Vec<String>,
-    /// A site that keeps bot hits, flagged with their reason, instead of dropping them; repeatable.
-    #[arg(
-        long = "keep-bots-site",
-        env = "VEIL_KEEP_BOTS_SITE",
-        value_delimiter = ',',
-        global = true
-    )]
-    pub keep_bots_sites: Vec<String>,
-    /// `ALIAS=DOMAIN`: an Umami website id or Aptabase app key naming a site; repeatable.
-    #[arg(
-        long = "site-alias",
-        env = "VEIL_SITE_ALIAS",
-        value_delimiter = ',',
-        global = true
-    )]
-    pub site_aliases: Vec<String>,
-    /// Days raw events are kept [default: 395].
-    #[arg(long, env = "VEIL_RETENTION_DAYS", global = true)]
-    pub retention_days: Option<u32>,
-    /// Per-site retention, `DOMAIN=DAYS`; repeatable.
-    #[arg(
-        long = "site-retention",
-        env = "VEIL_SITE_RETENTION",
-        value_delimiter = ',',
-        global = true
-    )]
-    pub site_retention: Vec<String>,
-    /// Header holding the client IP, checked in order before the socket peer; repeatable
-    /// [default: x-forwarded-for].
-    #[arg(
-        long = "trusted-ip-header",
-        env = "VEIL_TRUSTED_IP_HEADER",
-        value_delimiter = ',',
-        global = true
-    )]
-    pub trusted_ip_headers: Vec<String>,
-    /// Network (CIDR) or address of a load balancer or proxy allowed to set those headers;
-    /// repeatable. From any other peer they are ignored. `0.0.0.0/0,::/0` trusts every peer
-    /// [default: loopback and private ranges].
-    #[arg(
-        long = "trusted-proxy",
-        env = "VEIL_TRUSTED_PROXY",
-        value_delimiter = ',',
-        global = true
-    )]
-    pub trusted_proxies: Vec<String>,
-    /// Largest request body in bytes [default: 262144].
-    #[arg(long, env = "VEIL_MAX_BODY_BYTES", global = true)]
-    pub max_body_bytes: Option<usize>,
-    /// Most events in one /v1/events batch [default: 1000].
-    #[arg(long, env = "VEIL_MAX_EVENTS_PER_BATCH", global = true)]
-    pub max_events_per_batch: Option<usize>,
-    /// Time to receive request headers, e.g. `10s` [default: 10s].
-    #[arg(long, env = "VEIL_HEADER_READ_TIMEOUT", global = true, value_parser = humantime::parse_duration)]
-    pub header_read_timeout: Option<Duration>,
-    /// Time to receive a request body [default: 10s].
-    #[arg(long, env = "VEIL_BODY_READ_TIMEOUT", global = true, value_parser = humantime::parse_duration)]
-    pub body_read_timeout: Option<Duration>,
-    /// Largest spool on disk (events accepted, not yet in ClickHouse) before requests get 503
-    /// [default: 1073741824].
-    #[arg(long, env = "VEIL_SPOOL_MAX_BYTES", global = true)]
-    pub spool_max_bytes: Option<u64>,
-    /// `fsync`: a 2xx means the event is on disk; `none`: written but not synced (faster,
-    /// survives a process crash but not a power cut) [default: fsync].
-    #[arg(long, env = "VEIL_DURABILITY", global = true)]
-    pub durability: Option<veil_collector::pipeline::spool::Durability>,
-    /// Requests per second per client IP on ingest routes, bursts of twice that; 0 = off [default: 100].
-    #[arg(long, env = "VEIL_RATE_LIMIT_IP", global = true)]
-    pub rate_limit_ip: Option<u32>,
-    /// Events per second per site, bursts of twice that; 0 = off [default: 0].
-    #[arg(long, env = "VEIL_RATE_LIMIT_SITE", global = true)]
-    pub rate_limit_site: Option<u32>,
-    /// Oldest event time accepted from senders that supply one (apps offline), e.g. `3d`
-    /// [default: 7d].
-    #[arg(long, env = "VEIL_MAX_EVENT_AGE", global = true, value_parser = humantime::parse_duration)]
-    pub max_event_age: Option<Duration>,
-    /// Open connections at most; more get 503 [default: 10000].
-    #[arg(long, env = "VEIL_MAX_CONNECTIONS", global = true)]
-    pub max_connections: Option<usize>,
-    /// Flush a batch at this many rows [default: 50000].
-    #[arg(long, env = "VEIL_BATCH_MAX_ROWS", global = true)]
-    pub batch_max_rows: Option<usize>,
-    /// Flush a batch at about this many bytes [default: 33554432].
-    #[arg(long, env = "VEIL_BATCH_MAX_BYTES", global = true)]
-    pub batch_max_bytes: Option<usize>,
-    /// Flush a batch when its oldest row is this old [default: 1s].
-    #[arg(long, env = "VEIL_BATCH_MAX_AGE", global = true, value_parser = humantime::parse_duration)]
-    pub batch_max_age: Option<Duration>,
-    /// Time shutdown may take to drain and flush [default: 30s].
-    #[arg(long, env = "VEIL_SHUTDOWN_TIMEOUT", global = true, value_parser = humantime::parse_duration)]
-    pub shutdown_timeout: Option<Duration>,
-    /// Admin token (at least 16 characters): reads every site's stats and manages sites, keys
-    /// and shared links through /api/v1/sites (required when listening beyond loopback).
-    #[arg(long, env = "VEIL_ADMIN_TOKEN", global = true, hide_env_values = true)]
-    pub admin_token: Option<String>,
-    /// Old name of --admin-token, still accepted (--admin-token wins when both are set).
-    #[arg(long, env = "VEIL_API_TOKEN", global = true, hide_env_values = true)]
-    pub api_token: Option<String>,
-    /// k-anonymity: no report number describes fewer visitors than this [default: 5].
-    #[arg(long, env = "VEIL_MIN_VISITORS", global = true)]
-    pub min_visitors: Option<u64>,
-    /// Dashboard reports may show the current day from a snapshot at most this many seconds
-    /// old (at most 120) that misses at most 0.1 % of the day's hits; 0: always live
-    /// [default: 30].
-    #[arg(long, env = "VEIL_TODAY_SNAPSHOT_SECS", global = true)]
-    pub today_snapshot_secs: Option<u64>,
-    /// Log filter (tracing-subscriber syntax) [default: info].
-    #[arg(long, env = "VEIL_LOG", global = true)]
-    pub log: Option<String>,
+    /// The settings given by flags and `VEIL_*` variables.
+    #[command(flatten)]
+    pub given: Layer,
 }
 
-/// The TOML file: the same settings as the flags.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    listen: Option<String>,
-    clickhouse_url: Option<String>,
-    clickhouse_database: Option<String>,
-    clickhouse_user: Option<String>,
-    clickhouse_password: Option<String>,
-    clickhouse_cluster: Option<String>,
-    data_dir: Option<PathBuf>,
-    geoip_dir: Option<PathBuf>,
-    #[serde(default)]
-    site: Vec<String>,
-    #[serde(default)]
-    child_site: Vec<String>,
-    #[serde(default)]
-    ignore_dnt_site: Vec<String>,
-    #[serde(default)]
-    site_alias: Vec<String>,
-    #[serde(default)]
-    keep_bots_site: Vec<String>,
-    #[serde(default)]
-    site_query_param: Vec<String>,
-    retention_days: Option<u32>,
-    #[serde(default)]
-    site_retention: Vec<String>,
-    #[serde(default)]
-    trusted_ip_header: Vec<String>,
-    #[serde(default)]
-    trusted_proxy: Vec<String>,
-    max_body_bytes: Option<usize>,
-    max_events_per_batch: Option<usize>,
-    #[serde(default, with = "humantime_serde_opt")]
-    header_read_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    body_read_timeout: Option<Duration>,
-    spool_max_bytes: Option<u64>,
-    rate_limit_ip: Option<u32>,
-    rate_limit_site: Option<u32>,
-    max_connections: Option<usize>,
-    #[serde(default, with = "humantime_serde_opt")]
-    max_event_age: Option<Duration>,
-    durability: Option<veil_collector::pipeline::spool::Durability>,
-    batch_max_rows: Option<usize>,
-    batch_max_bytes: Option<usize>,
-    #[serde(default, with = "humantime_serde_opt")]
-    batch_max_age: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    shutdown_timeout: Option<Duration>,
-    admin_token: Option<String>,
-    api_token: Option<String>,
-    min_visitors: Option<u64>,
-    today_snapshot_secs: Option<u64>,
-    log: Option<String>,
+layered! {
+    /// Every setting, declared once: a flag (which also reads a `VEIL_*` variable) and a key of
+    /// the TOML file (the flag's name with `_` for `-`). Clap fills one value from the command
+    /// line and environment, serde another from the file; [`Layer::over`] lays the first over
+    /// the second, and [`Settings::load`] fills in the defaults.
+    #[derive(Debug, Args, Default, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct Layer {
+        /// Address to serve HTTP on [default: 127.0.0.1:8080].
+        #[arg(long, env = "VEIL_LISTEN", global = true)]
+        pub listen: Option<String>,
+        /// ClickHouse HTTP URL; `veil up` starts a managed server when absent.
+        #[arg(long, env = "VEIL_CLICKHOUSE_URL", global = true)]
+        pub clickhouse_url: Option<String>,
+        /// ClickHouse database for Veil's tables [default: veil].
+        #[arg(long, env = "VEIL_CLICKHOUSE_DATABASE", global = true)]
+        pub clickhouse_database: Option<String>,
+        /// ClickHouse user.
+        #[arg(long, env = "VEIL_CLICKHOUSE_USER", global = true)]
+        pub clickhouse_user: Option<String>,
+        /// ClickHouse password.
+        #[arg(
+            long,
+            env = "VEIL_CLICKHOUSE_PASSWORD",
+            global = true,
+            hide_env_values = true
+        )]
+        pub clickhouse_password: Option<String>,
+        /// ClickHouse cluster (a `remote_servers` name) Veil's tables span: sharded, replicated
+        /// tables plus Distributed tables (docs/DEPLOY.md) [default: none, one server].
+        #[arg(long, env = "VEIL_CLICKHOUSE_CLUSTER", global = true)]
+        pub clickhouse_cluster: Option<String>,
+        /// Directory for Veil's own files (managed ClickHouse data) [default: ./var].
+        #[arg(long, env = "VEIL_DATA_DIR", global = true)]
+        pub data_dir: Option<PathBuf>,
+        /// Directory with the GeoIP databases (`make geoip` fills it) [default: DATA_DIR/geoip].
+        #[arg(long, env = "VEIL_GEOIP_DIR", global = true)]
+        pub geoip_dir: Option<PathBuf>,
+        /// A site (domain) accepted without an API call; repeatable, or comma-separated in
+        /// VEIL_SITE.
+        #[arg(long = "site", env = "VEIL_SITE", value_delimiter = ',', global = true)]
+        #[serde(rename = "site")]
+        pub sites: Vec<String>,
+        /// A child-directed site (registered too): no visitor hash, session, referrer, campaign,
+        /// versions or props are stored, reports show page views only; repeatable.
+        #[arg(
+            long = "child-site",
+            env = "VEIL_CHILD_SITE",
+            value_delimiter = ',',
+            global = true
+        )]
+        #[serde(rename = "child_site")]
+        pub child_sites: Vec<String>,
+        /// A site that decided not to honour `DNT: 1` (GPC is always honoured); repeatable.
+        #[arg(
+            long = "ignore-dnt-site",
+            env = "VEIL_IGNORE_DNT_SITE",
+            value_delimiter = ',',
+            global = true
+        )]
+        #[serde(rename = "ignore_dnt_site")]
+        pub ignore_dnt_sites: Vec<String>,
+        /// `DOMAIN=PARAM`: a query parameter the site keeps in stored paths (e.g.
+        /// `example.com=page`); every other query parameter is dropped; repeatable.
+        #[arg(
+            long = "site-query-param",
+            env = "VEIL_SITE_QUERY_PARAM",
+            value_delimiter = ',',
+            global = true
+        )]
+        #[serde(rename = "site_query_param")]
+        pub site_query_params: Vec<String>,
+        /// A site that keeps bot hits, flagged with their reason, instead of dropping them;
+        /// repeatable.
+        #[arg(
+            long = "keep-bots-site",
+            env = "VEIL_KEEP_BOTS_SITE",
+            value_delimiter = ',',
+            global = true
+        )]
+        #[serde(rename = "keep_bots_site")]
+        pub keep_bots_sites: Vec<String>,
+        /// `ALIAS=DOMAIN`: an Umami website id or Aptabase app key naming a site; repeatable.
+        #[arg(
+            long = "site-alias",
+            env = "VEIL_SITE_ALIAS",
+            value_delimiter = ',',
+            global = true
+        )]
+        #[serde(rename = "site_alias")]
+        pub site_aliases: Vec<String>,
+        /// Days raw events are kept [default: 395].
+        #[arg(long, env = "VEIL_RETENTION_DAYS", global = true)]
+        pub retention_days: Option<u32>,
+        /// Per-site retention, `DOMAIN=DAYS`; repeatable.
+        #[arg(
+            long = "site-retention",
+            env = "VEIL_SITE_RETENTION",
+            value_delimiter = ',',
+            global = true
+        )]
+        pub site_retention: Vec<String>,
+        /// Header holding the client IP, checked in order before the socket peer; repeatable
+        /// [default: x-forwarded-for].
+        #[arg(
+            long = "trusted-ip-header",
+            env = "VEIL_TRUSTED_IP_HEADER",
+            value_delimiter = ',',
+            global = true
+        )]
+        #[serde(rename = "trusted_ip_header")]
+        pub trusted_ip_headers: Vec<String>,
+        /// Network (CIDR) or address of a load balancer or proxy allowed to set those headers;
+        /// repeatable. From any other peer they are ignored. `0.0.0.0/0,::/0` trusts every peer
+        /// [default: loopback and private ranges].
+        #[arg(
+            long = "trusted-proxy",
+            env = "VEIL_TRUSTED_PROXY",
+            value_delimiter = ',',
+            global = true
+        )]
+        #[serde(rename = "trusted_proxy")]
+        pub trusted_proxies: Vec<String>,
+        /// Largest request body in bytes [default: 262144].
+        #[arg(long, env = "VEIL_MAX_BODY_BYTES", global = true)]
+        pub max_body_bytes: Option<usize>,
+        /// Most events in one /v1/events batch [default: 1000].
+        #[arg(long, env = "VEIL_MAX_EVENTS_PER_BATCH", global = true)]
+        pub max_events_per_batch: Option<usize>,
+        /// Time to receive request headers, e.g. `10s` [default: 10s].
+        #[arg(
+            long,
+            env = "VEIL_HEADER_READ_TIMEOUT",
+            global = true,
+            value_parser = humantime::parse_duration
+        )]
+        #[serde(deserialize_with = "crate::layer::humantime_opt")]
+        pub header_read_timeout: Option<Duration>,
+        /// Time to receive a request body [default: 10s].
+        #[arg(
+            long,
+            env = "VEIL_BODY_READ_TIMEOUT",
+            global = true,
+            value_parser = humantime::parse_duration
+        )]
+        #[serde(deserialize_with = "crate::layer::humantime_opt")]
+        pub body_read_timeout: Option<Duration>,
+        /// Largest spool on disk (events accepted, not yet in ClickHouse) before requests get 503
+        /// [default: 1073741824].
+        #[arg(long, env = "VEIL_SPOOL_MAX_BYTES", global = true)]
+        pub spool_max_bytes: Option<u64>,
+        /// `fsync`: a 2xx means the event is on disk; `none`: written but not synced (faster,
+        /// survives a process crash but not a power cut) [default: fsync].
+        #[arg(long, env = "VEIL_DURABILITY", global = true)]
+        pub durability: Option<veil_collector::pipeline::spool::Durability>,
+        /// Requests per second per client IP on ingest routes, bursts of twice that; 0 = off
+        /// [default: 100].
+        #[arg(long, env = "VEIL_RATE_LIMIT_IP", global = true)]
+        pub rate_limit_ip: Option<u32>,
+        /// Events per second per site, bursts of twice that; 0 = off [default: 0].
+        #[arg(long, env = "VEIL_RATE_LIMIT_SITE", global = true)]
+        pub rate_limit_site: Option<u32>,
+        /// Oldest event time accepted from senders that supply one (apps offline), e.g. `3d`
+        /// [default: 7d].
+        #[arg(
+            long,
+            env = "VEIL_MAX_EVENT_AGE",
+            global = true,
+            value_parser = humantime::parse_duration
+        )]
+        #[serde(deserialize_with = "crate::layer::humantime_opt")]
+        pub max_event_age: Option<Duration>,
+        /// Open connections at most; more get 503 [default: 10000].
+        #[arg(long, env = "VEIL_MAX_CONNECTIONS", global = true)]
+        pub max_connections: Option<usize>,
+        /// Flush a batch at this many rows [default: 50000].
+        #[arg(long, env = "VEIL_BATCH_MAX_ROWS", global = true)]
+        pub batch_max_rows: Option<usize>,
+        /// Flush a batch at about this many bytes [default: 33554432].
+        #[arg(long, env = "VEIL_BATCH_MAX_BYTES", global = true)]
+        pub batch_max_bytes: Option<usize>,
+        /// Flush a batch when its oldest row is this old [default: 1s].
+        #[arg(
+            long,
+            env = "VEIL_BATCH_MAX_AGE",
+            global = true,
+            value_parser = humantime::parse_duration
+        )]
+        #[serde(deserialize_with = "crate::layer::humantime_opt")]
+        pub batch_max_age: Option<Duration>,
+        /// Time shutdown may take to drain and flush [default: 30s].
+        #[arg(
+            long,
+            env = "VEIL_SHUTDOWN_TIMEOUT",
+            global = true,
+            value_parser = humantime::parse_duration
+        )]
+        #[serde(deserialize_with = "crate::layer::humantime_opt")]
+        pub shutdown_timeout: Option<Duration>,
+        /// Admin token (at least 16 characters): reads every site's stats and manages sites, keys
+        /// and shared links through /api/v1/sites (required when listening beyond loopback).
+        #[arg(long, env = "VEIL_ADMIN_TOKEN", global = true, hide_env_values = true)]
+        pub admin_token: Option<String>,
+        /// Old name of --admin-token, still accepted (--admin-token wins when both are set).
+        #[arg(long, env = "VEIL_API_TOKEN", global = true, hide_env_values = true)]
+        pub api_token: Option<String>,
+        /// k-anonymity: no report number describes fewer visitors than this [default: 5].
+        #[arg(long, env = "VEIL_MIN_VISITORS", global = true)]
+        pub min_visitors: Option<u64>,
+        /// Dashboard reports may show the current day from a snapshot at most this many seconds
+        /// old (at most 120) that misses at most 0.1 % of the day's hits; 0: always live
+        /// [default: 30].
+        #[arg(long, env = "VEIL_TODAY_SNAPSHOT_SECS", global = true)]
+        pub today_snapshot_secs: Option<u64>,
+        /// Log filter (tracing-subscriber syntax) [default: info].
+        #[arg(long, env = "VEIL_LOG", global = true)]
+        pub log: Option<String>,
+    }
 }
 
-mod humantime_serde_opt {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
+impl Layer {
+    /// The file's settings, or none without `--config`.
+    fn read(config: Option<&Path>) -> Result<Layer> {
+        let Some(p) = config else {
+            return Ok(Layer::default());
+        };
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("reading --config {}", p.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing --config {}", p.display()))
+    }
+
+    /// `--api-token` is the old name of `--admin-token`: within one layer the new name wins, and
+    /// a layer that gives either name overrides both names of the layers below it.
+    fn with_old_names_folded(mut self) -> Layer {
+        if self.admin_token.is_none() {
+            self.admin_token = self.api_token.take();
+        }
+        self
     }
 }
 
@@ -347,37 +358,28 @@ pub struct Settings {
     pub log: String,
 }
 
-fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
-    flag.or(file)
-}
-
 impl Settings {
     /// Merges defaults, file, environment and flags, then validates for `command`.
     pub fn load(opts: Opts, command: &Command) -> Result<Self> {
-        let file: FileConfig = match &opts.config {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading --config {}", p.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("parsing --config {}", p.display()))?
-            }
-            None => FileConfig::default(),
-        };
-        let listen_s = pick(opts.listen, file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let file = Layer::read(opts.config.as_deref())?;
+        let given = opts
+            .given
+            .with_old_names_folded()
+            .over(file.with_old_names_folded());
+        let listen_s = given.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen: SocketAddr = listen_s.parse().with_context(|| {
             format!("--listen {listen_s:?} is not an address like 127.0.0.1:8080")
         })?;
-        let clickhouse_url = pick(opts.clickhouse_url, file.clickhouse_url);
+        let clickhouse_url = given.clickhouse_url;
         let mut clickhouse = ClickHouseConfig::new(
             clickhouse_url
                 .clone()
                 .unwrap_or_else(|| "http://127.0.0.1:8123".into()),
-            pick(opts.clickhouse_database, file.clickhouse_database)
-                .unwrap_or_else(|| "veil".into()),
+            given.clickhouse_database.unwrap_or_else(|| "veil".into()),
         );
-        clickhouse.user = pick(opts.clickhouse_user, file.clickhouse_user);
-        clickhouse.password = pick(opts.clickhouse_password, file.clickhouse_password);
-        clickhouse.cluster = pick(opts.clickhouse_cluster, file.clickhouse_cluster);
+        clickhouse.user = given.clickhouse_user;
+        clickhouse.password = given.clickhouse_password;
+        clickhouse.cluster = given.clickhouse_cluster;
         clickhouse.validate()?;
         if clickhouse.cluster.is_some()
             && clickhouse_url.is_none()
@@ -385,11 +387,7 @@ impl Settings {
         {
             bail!("--clickhouse-cluster needs --clickhouse-url (a node of the cluster): the managed ClickHouse of `veil up` is a single server");
         }
-        let mut sites = if opts.sites.is_empty() {
-            file.site
-        } else {
-            opts.sites
-        };
+        let mut sites = given.sites;
         if let Command::Gen(_) = command {
             if sites.len() != 1 {
                 bail!(
@@ -401,67 +399,43 @@ impl Settings {
         if matches!(command, Command::Up { demo: true }) && !sites.iter().any(|s| s == DEMO_SITE) {
             sites.push(DEMO_SITE.to_string());
         }
-        let or_file =
-            |flag: Vec<String>, file: Vec<String>| if flag.is_empty() { file } else { flag };
         let mut collector = CollectorConfig {
             sites,
-            child_sites: or_file(opts.child_sites, file.child_site),
-            ignore_dnt_sites: or_file(opts.ignore_dnt_sites, file.ignore_dnt_site),
-            site_aliases: or_file(opts.site_aliases, file.site_alias),
-            keep_bots_sites: or_file(opts.keep_bots_sites, file.keep_bots_site),
-            site_query_params: or_file(opts.site_query_params, file.site_query_param),
+            child_sites: given.child_sites,
+            ignore_dnt_sites: given.ignore_dnt_sites,
+            site_aliases: given.site_aliases,
+            keep_bots_sites: given.keep_bots_sites,
+            site_query_params: given.site_query_params,
             ..CollectorConfig::default()
         };
-        let headers = if opts.trusted_ip_headers.is_empty() {
-            file.trusted_ip_header
-        } else {
-            opts.trusted_ip_headers
-        };
-        if !headers.is_empty() {
-            collector.trusted_ip_headers = headers;
+        if !given.trusted_ip_headers.is_empty() {
+            collector.trusted_ip_headers = given.trusted_ip_headers;
         }
-        let proxies = if opts.trusted_proxies.is_empty() {
-            file.trusted_proxy
-        } else {
-            opts.trusted_proxies
-        };
-        if !proxies.is_empty() {
-            collector.trusted_proxies = veil_collector::config::parse_trusted_proxies(&proxies)?;
+        if !given.trusted_proxies.is_empty() {
+            collector.trusted_proxies =
+                veil_collector::config::parse_trusted_proxies(&given.trusted_proxies)?;
         }
         let l = &mut collector.limits;
-        l.max_body_bytes =
-            pick(opts.max_body_bytes, file.max_body_bytes).unwrap_or(l.max_body_bytes);
-        l.max_events_per_batch = pick(opts.max_events_per_batch, file.max_events_per_batch)
-            .unwrap_or(l.max_events_per_batch);
-        l.header_read_timeout = pick(opts.header_read_timeout, file.header_read_timeout)
-            .unwrap_or(l.header_read_timeout);
-        l.body_read_timeout =
-            pick(opts.body_read_timeout, file.body_read_timeout).unwrap_or(l.body_read_timeout);
-        l.rate_limit_ip = pick(opts.rate_limit_ip, file.rate_limit_ip).unwrap_or(l.rate_limit_ip);
-        l.rate_limit_site =
-            pick(opts.rate_limit_site, file.rate_limit_site).unwrap_or(l.rate_limit_site);
-        l.max_connections =
-            pick(opts.max_connections, file.max_connections).unwrap_or(l.max_connections);
-        l.max_event_age = pick(opts.max_event_age, file.max_event_age).unwrap_or(l.max_event_age);
+        l.max_body_bytes = given.max_body_bytes.unwrap_or(l.max_body_bytes);
+        l.max_events_per_batch = given.max_events_per_batch.unwrap_or(l.max_events_per_batch);
+        l.header_read_timeout = given.header_read_timeout.unwrap_or(l.header_read_timeout);
+        l.body_read_timeout = given.body_read_timeout.unwrap_or(l.body_read_timeout);
+        l.rate_limit_ip = given.rate_limit_ip.unwrap_or(l.rate_limit_ip);
+        l.rate_limit_site = given.rate_limit_site.unwrap_or(l.rate_limit_site);
+        l.max_connections = given.max_connections.unwrap_or(l.max_connections);
+        l.max_event_age = given.max_event_age.unwrap_or(l.max_event_age);
         let b = &mut collector.batch;
-        b.max_rows = pick(opts.batch_max_rows, file.batch_max_rows).unwrap_or(b.max_rows);
-        b.max_bytes = pick(opts.batch_max_bytes, file.batch_max_bytes).unwrap_or(b.max_bytes);
-        b.max_age = pick(opts.batch_max_age, file.batch_max_age).unwrap_or(b.max_age);
-        collector.shutdown_timeout = pick(opts.shutdown_timeout, file.shutdown_timeout)
-            .unwrap_or(collector.shutdown_timeout);
-        let data_dir = pick(opts.data_dir, file.data_dir).unwrap_or_else(|| PathBuf::from("./var"));
+        b.max_rows = given.batch_max_rows.unwrap_or(b.max_rows);
+        b.max_bytes = given.batch_max_bytes.unwrap_or(b.max_bytes);
+        b.max_age = given.batch_max_age.unwrap_or(b.max_age);
+        collector.shutdown_timeout = given.shutdown_timeout.unwrap_or(collector.shutdown_timeout);
+        let data_dir = given.data_dir.unwrap_or_else(|| PathBuf::from("./var"));
         collector.spool.dir = data_dir.join("spool");
-        collector.geoip_dir =
-            Some(pick(opts.geoip_dir, file.geoip_dir).unwrap_or_else(|| data_dir.join("geoip")));
-        collector.spool.max_bytes =
-            pick(opts.spool_max_bytes, file.spool_max_bytes).unwrap_or(collector.spool.max_bytes);
-        collector.spool.durability = pick(opts.durability, file.durability).unwrap_or_default();
+        collector.geoip_dir = Some(given.geoip_dir.unwrap_or_else(|| data_dir.join("geoip")));
+        collector.spool.max_bytes = given.spool_max_bytes.unwrap_or(collector.spool.max_bytes);
+        collector.spool.durability = given.durability.unwrap_or_default();
         collector.validate()?;
-        let api_token = pick(
-            opts.admin_token.or(opts.api_token),
-            file.admin_token.or(file.api_token),
-        )
-        .filter(|t| !t.is_empty());
+        let api_token = given.admin_token.filter(|t| !t.is_empty());
         if let Some(t) = &api_token {
             if t.len() < 16 {
                 bail!("--admin-token (or --api-token) must be at least 16 characters");
@@ -475,15 +449,14 @@ impl Settings {
                  to anyone. Set --admin-token (or VEIL_ADMIN_TOKEN) or listen on 127.0.0.1"
             );
         }
-        let min_visitors = pick(opts.min_visitors, file.min_visitors).unwrap_or(5);
+        let min_visitors = given.min_visitors.unwrap_or(5);
         if min_visitors < veil_aggregator::site::MIN_K {
             bail!(
                 "--min-visitors must be at least {} (k-anonymity needs a crowd)",
                 veil_aggregator::site::MIN_K
             );
         }
-        let today_snapshot_secs =
-            pick(opts.today_snapshot_secs, file.today_snapshot_secs).unwrap_or(30);
+        let today_snapshot_secs = given.today_snapshot_secs.unwrap_or(30);
         if today_snapshot_secs > veil_aggregator::snapshot::MAX_AGE_SECS {
             bail!(
                 "--today-snapshot-secs must be at most {} (0 turns snapshots off)",
@@ -501,10 +474,7 @@ impl Settings {
         {
             bail!("--clickhouse-url is required for this subcommand (only `veil up` manages its own ClickHouse)");
         }
-        let retention = Retention::parse(
-            pick(opts.retention_days, file.retention_days),
-            &or_file(opts.site_retention, file.site_retention),
-        )?;
+        let retention = Retention::parse(given.retention_days, &given.site_retention)?;
         let aggregator = AggregatorConfig {
             sites: collector
                 .sites
@@ -530,7 +500,7 @@ impl Settings {
             collector,
             aggregator,
             api_token_set: api_token.is_some(),
-            log: pick(opts.log, file.log).unwrap_or_else(|| "info".into()),
+            log: given.log.unwrap_or_else(|| "info".into()),
         })
     }
 }
@@ -599,6 +569,39 @@ mod tests {
         assert_eq!(s.clickhouse.database, "fromfile");
         assert_eq!(s.collector.batch.max_age, Duration::from_millis(250));
         assert_eq!(s.listen.port(), 9100, "a flag beats the file");
+    }
+
+    #[test]
+    fn a_flag_list_replaces_the_file_list_and_the_old_token_name_is_one_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("veil.toml");
+        std::fs::write(
+            &p,
+            "site = [\"a.com\", \"b.com\"]\ntrusted_ip_header = [\"x-real-ip\"]\n\
+             admin_token = \"file-0123456789abcdef\"\nheader_read_timeout = \"3s\"\n",
+        )
+        .unwrap();
+        let config = p.to_str().unwrap();
+        let s = parse(&["up", "--config", config, "--site", "c.com"]).unwrap();
+        assert_eq!(s.collector.sites, vec!["c.com"], "replaced, not extended");
+        assert_eq!(s.collector.trusted_ip_headers, vec!["x-real-ip"]);
+        assert_eq!(
+            s.collector.limits.header_read_timeout,
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            s.aggregator.api_token.as_deref(),
+            Some("file-0123456789abcdef")
+        );
+        // A flag under the old name still beats the file's new name.
+        let flag = "flag-0123456789abcdef";
+        let s = parse(&["up", "--config", config, "--api-token", flag]).unwrap();
+        assert_eq!(s.aggregator.api_token.as_deref(), Some(flag));
+        let e = format!(
+            "{:#}",
+            parse(&["up", "--config", config, "--header-read-timeout", "soon"]).unwrap_err()
+        );
+        assert!(e.contains("soon"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 use veil_schemas::gen::{generate, GenOptions};
+use veil_schemas::sql;
+use veil_schemas::sql::{lit, Run};
 
 use crate::config::{GenArgs, Settings, DEMO_SITE};
 
@@ -67,8 +69,10 @@ pub async fn run(s: &Settings, args: &GenArgs) -> Result<()> {
 pub async fn demo(s: &Settings) -> Result<()> {
     let client = s.clickhouse.client();
     let existing: u64 = client
-        .query("SELECT count() FROM events WHERE site = ?")
-        .bind(DEMO_SITE)
+        .sql(&sql!(
+            "SELECT count() FROM events WHERE site = {}",
+            lit(DEMO_SITE)
+        ))
         .fetch_one()
         .await
         .context("counting the demo site's events")?;

@@ -1,6 +1,9 @@
 //! `veil`: the one binary. Thin: parses the command line, loads and validates settings, and
 //! calls the libraries (`veil-collector`, `veil-aggregator`, `veil-dashboards`, `veil-schemas`).
 
+#[macro_use]
+mod layer;
+
 mod app;
 mod cluster;
 mod config;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
+use veil_schemas::sql::{ident, lit, Sql};
 
 const IPS: [&str; 3] = ["198.51.100.201", "2001:db8:c0de::77", "198.51.100.202"];
 const UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) CanaryAgent/3.1 Chrome/121.0.0.0 Safari/537.36";
@@ -35,13 +36,20 @@ const CANARIES: [&str; 12] = [
 fn dump_tables(url: &str, db: &str) -> String {
     let tables = clickhouse_query(
         url,
-        &format!("SELECT name FROM system.tables WHERE database = '{db}' FORMAT TSV"),
+        &veil_schemas::sql!(
+            "SELECT name FROM system.tables WHERE database = {} FORMAT TSV",
+            lit(db)
+        ),
     );
     let mut out = String::new();
     for t in tables.lines().filter(|t| !t.is_empty()) {
         out.push_str(&clickhouse_query(
             url,
-            &format!("SELECT * FROM {db}.`{t}` FORMAT TSV"),
+            &veil_schemas::sql!(
+                "SELECT * FROM {}.`{}` FORMAT TSV",
+                ident(db).unwrap(),
+                ident(t).unwrap()
+            ),
         ));
     }
     assert!(tables.contains("events"), "{tables}");
@@ -132,11 +140,14 @@ fn no_identifier_survives_anywhere_and_erase_site_removes_everything() {
 
     // Wait until the five stored events are in ClickHouse.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while clickhouse_query(&url, "SELECT count() FROM veil.events").trim() != "5" {
+    while clickhouse_query(&url, &Sql::new("SELECT count() FROM veil.events")).trim() != "5" {
         assert!(
             Instant::now() < deadline,
             "events not stored: {}",
-            clickhouse_query(&url, "SELECT site, pathname FROM veil.events FORMAT TSV")
+            clickhouse_query(
+                &url,
+                &Sql::new("SELECT site, pathname FROM veil.events FORMAT TSV")
+            )
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -147,7 +158,7 @@ fn no_identifier_survives_anywhere_and_erase_site_removes_everything() {
     );
 
     // The scanner can fail: planted canaries are found in a table and in a file.
-    clickhouse_query(&url, "INSERT INTO veil.events (site, pathname) VALUES ('planted.example', '/PLANTED-CANARY-7f3a')");
+    clickhouse_query(&url, &Sql::new("INSERT INTO veil.events (site, pathname) VALUES ('planted.example', '/PLANTED-CANARY-7f3a')"));
     std::fs::write(
         dir.path().join("var/planted.txt"),
         "PLANTED-FILE-CANARY-19c2",
@@ -174,7 +185,7 @@ fn no_identifier_survives_anywhere_and_erase_site_removes_everything() {
         assert!(hits.is_empty(), "{canary:?} found in {hits:?}");
     }
     // Child rows carry no visitor hash.
-    let child = clickhouse_query(&url, "SELECT hex(visitor_id), length(prop_keys) FROM veil.events WHERE site = 'kids.example' FORMAT TSV");
+    let child = clickhouse_query(&url, &Sql::new("SELECT hex(visitor_id), length(prop_keys) FROM veil.events WHERE site = 'kids.example' FORMAT TSV"));
     assert_eq!(child.trim(), "00000000000000000000000000000000\t0");
 
     // erase-site through the binary: every row of the site is gone, and it says how many.
@@ -192,7 +203,7 @@ fn no_identifier_survives_anywhere_and_erase_site_removes_everything() {
     assert_eq!(
         clickhouse_query(
             &url,
-            "SELECT count() FROM veil.events WHERE site = 'example.com'"
+            &Sql::new("SELECT count() FROM veil.events WHERE site = 'example.com'")
         )
         .trim(),
         "0"
@@ -200,7 +211,7 @@ fn no_identifier_survives_anywhere_and_erase_site_removes_everything() {
     assert_eq!(
         clickhouse_query(
             &url,
-            "SELECT count() FROM veil.events WHERE site = 'kids.example'"
+            &Sql::new("SELECT count() FROM veil.events WHERE site = 'kids.example'")
         )
         .trim(),
         "1"

@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use veil_schemas::local_cluster::{zookeeper_jar, ClusterOptions, LocalCluster};
+use veil_schemas::sql;
+use veil_schemas::sql::{ident, lit, Sql};
 
 const SITE: &str = "example.com";
 const EVENTS: usize = 6000;
@@ -172,8 +174,9 @@ fn results(api: SocketAddr, q: &str) -> serde_json::Value {
     v["results"].clone()
 }
 
-/// Runs `sql` on the server at `url` (HTTP interface), returning the TSV lines.
-fn ch_query(url: &str, sql: &str) -> Vec<String> {
+/// Runs `q` on the server at `url` (HTTP interface), returning the TSV lines.
+fn ch_query(url: &str, q: &Sql) -> Vec<String> {
+    let sql = q.as_str();
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
     // HTTP/1.0: ClickHouse answers without chunked encoding.
     let mut s = TcpStream::connect(addr(port)).unwrap();
@@ -194,9 +197,11 @@ fn ch_query(url: &str, sql: &str) -> Vec<String> {
 fn stored(url: &str, db: &str) -> BTreeMap<usize, u64> {
     ch_query(
         url,
-        &format!(
-            "SELECT prop_values[indexOf(prop_keys, 'seq')] AS seq, count() FROM {db}.events \
-             WHERE site = '{SITE}' GROUP BY seq FORMAT TSV"
+        &sql!(
+            "SELECT prop_values[indexOf(prop_keys, 'seq')] AS seq, count() FROM {}.events \
+             WHERE site = {} GROUP BY seq FORMAT TSV",
+            ident(db).unwrap(),
+            lit(SITE)
         ),
     )
     .into_iter()
@@ -214,7 +219,10 @@ fn local_counts(cluster: &LocalCluster, db: &str) -> Vec<u64> {
         .map(|u| {
             ch_query(
                 u,
-                &format!("SELECT count() FROM {db}.events_local FORMAT TSV"),
+                &sql!(
+                    "SELECT count() FROM {}.events_local FORMAT TSV",
+                    ident(db).unwrap()
+                ),
             )[0]
             .parse()
             .unwrap()
@@ -479,8 +487,9 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
     loop {
         let built = ch_query(
             &cluster.nodes()[0].url(),
-            &format!(
-                "SELECT count() FROM {db}.visit_builds WHERE cut > toDateTime(0) AND events > 0"
+            &sql!(
+                "SELECT count() FROM {}.visit_builds WHERE cut > toDateTime(0) AND events > 0",
+                ident(db).unwrap()
             ),
         );
         if built.first().is_some_and(|n| n != "0") {

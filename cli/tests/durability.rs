@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use veil_schemas::sql::Sql;
 
 #[test]
 fn every_acknowledged_event_survives_kill_9() {
@@ -102,7 +103,7 @@ fn survives(signal: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut stored;
     loop {
-        stored = clickhouse_query(&url, "SELECT count() FROM veil.events")
+        stored = clickhouse_query(&url, &Sql::new("SELECT count() FROM veil.events"))
             .trim()
             .parse::<usize>()
             .unwrap();
@@ -111,7 +112,10 @@ fn survives(signal: &str) {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let paths = clickhouse_query(&url, "SELECT pathname FROM veil.events FORMAT TSV");
+    let paths = clickhouse_query(
+        &url,
+        &Sql::new("SELECT pathname FROM veil.events FORMAT TSV"),
+    );
     let mut seen = std::collections::HashMap::<&str, u32>::new();
     for p in paths.lines() {
         *seen.entry(p).or_default() += 1;

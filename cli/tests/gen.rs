@@ -12,6 +12,8 @@ use chrono::{TimeZone, Utc};
 use common::*;
 use serde_json::{json, Value};
 use veil_aggregator::{Aggregator, AggregatorConfig};
+use veil_schemas::sql;
+use veil_schemas::sql::{lit, Run, Sql};
 use veil_schemas::ClickHouseConfig;
 
 const SITE: &str = "gen.example";
@@ -38,14 +40,13 @@ fn gen(cfg: &ClickHouseConfig, events: u64, seed: u64) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-async fn scalar(cfg: &ClickHouseConfig, sql: &str) -> u64 {
-    cfg.client().query(sql).fetch_one::<u64>().await.unwrap()
+async fn scalar(cfg: &ClickHouseConfig, q: &Sql) -> u64 {
+    cfg.client().sql(q).fetch_one::<u64>().await.unwrap()
 }
 
 async fn query(agg: &Aggregator, body: Value) -> Value {
     let now = Utc.timestamp_opt(END, 0).unwrap();
-    let r = agg
-        .query(body.to_string().as_bytes(), now)
+    let r = Aggregator::query(agg, body.to_string().as_bytes(), now)
         .await
         .unwrap_or_else(|e| panic!("{body}: {e}"));
     assert_eq!(r.status(), 200, "{body}");
@@ -56,9 +57,11 @@ async fn query(agg: &Aggregator, body: Value) -> Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
-fn digest_sql() -> &'static str {
-    "SELECT sum(cityHash64(site, timestamp, name, pathname, visitor_id, session_id, source, \
-     utm_campaign, browser, os, country_code, city, engagement_ms, revenue_micros)) FROM events"
+fn digest_sql() -> Sql {
+    Sql::new(
+        "SELECT sum(cityHash64(site, timestamp, name, pathname, visitor_id, session_id, source, \
+     utm_campaign, browser, os, country_code, city, engagement_ms, revenue_micros)) FROM events",
+    )
 }
 
 #[tokio::test]
@@ -69,22 +72,40 @@ async fn gen_writes_realistic_reproducible_traffic() {
     assert_eq!(report["site"], SITE);
 
     // Exactly the rows asked for, all of the site, within the 30 days ending at END.
-    assert_eq!(scalar(&cfg, "SELECT count() FROM events").await, 20_000);
     assert_eq!(
-        scalar(&cfg, &format!("SELECT count() FROM events WHERE site = '{SITE}' AND bot = '' AND hostname = '{SITE}'")).await,
+        scalar(&cfg, &Sql::new("SELECT count() FROM events")).await,
+        20_000
+    );
+    assert_eq!(
+        scalar(
+            &cfg,
+            &sql!(
+                "SELECT count() FROM events WHERE site = {} AND bot = '' AND hostname = {}",
+                lit(SITE),
+                lit(SITE)
+            )
+        )
+        .await,
         20_000
     );
     let start = END - END % 86_400 - 29 * 86_400;
     assert_eq!(
-        scalar(&cfg, &format!("SELECT count() FROM events WHERE toUInt32(timestamp) < {start} OR toUInt32(timestamp) > {END}")).await,
+        scalar(&cfg, &sql!("SELECT count() FROM events WHERE toUInt32(timestamp) < {} OR toUInt32(timestamp) > {}", start, END)).await,
         0
     );
     // Many pages, sources, places; every device class in about the intended mix.
-    assert!(scalar(&cfg, "SELECT uniqExact(pathname) FROM events").await >= 60);
-    assert!(scalar(&cfg, "SELECT uniqExact(source) FROM events").await >= 10);
-    assert!(scalar(&cfg, "SELECT uniqExact(country_code) FROM events").await >= 20);
+    assert!(scalar(&cfg, &Sql::new("SELECT uniqExact(pathname) FROM events")).await >= 60);
+    assert!(scalar(&cfg, &Sql::new("SELECT uniqExact(source) FROM events")).await >= 10);
+    assert!(
+        scalar(
+            &cfg,
+            &Sql::new("SELECT uniqExact(country_code) FROM events")
+        )
+        .await
+            >= 20
+    );
     let share = |dev: &str| {
-        format!("SELECT toUInt64(100 * uniqExactIf(visitor_id, device = '{dev}') / uniqExact(visitor_id)) FROM events")
+        sql!("SELECT toUInt64(100 * uniqExactIf(visitor_id, device = {}) / uniqExact(visitor_id)) FROM events", lit(dev))
     };
     let (desktop, mobile, tablet) = (
         scalar(&cfg, &share("desktop")).await,
@@ -97,27 +118,34 @@ async fn gen_writes_realistic_reproducible_traffic() {
     // A diurnal curve: the afternoon (UTC) is busier than the night.
     let day = scalar(
         &cfg,
-        "SELECT countIf(toHour(timestamp) BETWEEN 12 AND 16) FROM events",
+        &Sql::new("SELECT countIf(toHour(timestamp) BETWEEN 12 AND 16) FROM events"),
     )
     .await;
     let night = scalar(
         &cfg,
-        "SELECT countIf(toHour(timestamp) BETWEEN 0 AND 4) FROM events",
+        &Sql::new("SELECT countIf(toHour(timestamp) BETWEEN 0 AND 4) FROM events"),
     )
     .await;
     assert!(day > 2 * night, "day {day}, night {night}");
     // Engagement on pageviews, some conversions with revenue, and no bots.
-    assert!(scalar(&cfg, "SELECT countIf(name = 'engagement' AND engagement_ms > 0 AND scroll_depth > 0) FROM events").await > 5_000);
-    assert!(scalar(&cfg, "SELECT countIf(name = 'Signup') FROM events").await > 20);
+    assert!(scalar(&cfg, &Sql::new("SELECT countIf(name = 'engagement' AND engagement_ms > 0 AND scroll_depth > 0) FROM events")).await > 5_000);
     assert!(
-        scalar(&cfg, "SELECT countIf(name = 'Purchase' AND revenue_micros > 0 AND revenue_currency = 'USD') FROM events").await
+        scalar(
+            &cfg,
+            &Sql::new("SELECT countIf(name = 'Signup') FROM events")
+        )
+        .await
+            > 20
+    );
+    assert!(
+        scalar(&cfg, &Sql::new("SELECT countIf(name = 'Purchase' AND revenue_micros > 0 AND revenue_currency = 'USD') FROM events")).await
             > 5
     );
     // A visitor's hits of one visit are minutes apart: the 30-minute rule finds about as many
     // visits as the generator made sessions.
     let sessions = scalar(
         &cfg,
-        "SELECT uniqExact(session_id, toDate(timestamp)) FROM events",
+        &Sql::new("SELECT uniqExact(session_id, toDate(timestamp)) FROM events"),
     )
     .await;
 
@@ -191,10 +219,13 @@ async fn gen_writes_realistic_reproducible_traffic() {
     gen(&same, 20_000, 7);
     let other = veil_schemas::testing::fresh_database("gen_cli_other").await;
     gen(&other, 20_000, 8);
-    let d = scalar(&cfg, digest_sql()).await;
-    assert_eq!(scalar(&same, digest_sql()).await, d);
-    assert_eq!(scalar(&other, "SELECT count() FROM events").await, 20_000);
-    assert_ne!(scalar(&other, digest_sql()).await, d);
+    let d = scalar(&cfg, &digest_sql()).await;
+    assert_eq!(scalar(&same, &digest_sql()).await, d);
+    assert_eq!(
+        scalar(&other, &Sql::new("SELECT count() FROM events")).await,
+        20_000
+    );
+    assert_ne!(scalar(&other, &digest_sql()).await, d);
 }
 
 #[test]

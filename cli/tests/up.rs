@@ -125,3 +125,42 @@ fn check_config_prints_settings_and_bad_config_fails_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--api-token"), "{err}");
 }
+
+#[test]
+fn settings_come_from_flag_then_environment_then_file_then_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("veil.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:9000\"\nclickhouse_database = \"fromfile\"\n\
+         batch_max_rows = 777\nsite = [\"file.example\"]\nmin_visitors = 7\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["check-config", "--config", file.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:9100"])
+        .args(["--clickhouse-url", "http://127.0.0.1:8123"])
+        .env("VEIL_LISTEN", "127.0.0.1:9050")
+        .env("VEIL_CLICKHOUSE_DATABASE", "fromenv")
+        .env("VEIL_MIN_VISITORS", "8")
+        .env_remove("VEIL_SITE")
+        .env_remove("VEIL_BATCH_MAX_ROWS")
+        .env_remove("VEIL_TODAY_SNAPSHOT_SECS")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["listen"], "127.0.0.1:9100", "a flag beats env and file");
+    assert_eq!(v["clickhouse"]["database"], "fromenv", "env beats the file");
+    assert_eq!(v["aggregator"]["min_visitors"], 8, "env beats the file");
+    assert_eq!(
+        v["collector"]["batch"]["max_rows"], 777,
+        "the file beats defaults"
+    );
+    assert_eq!(v["collector"]["sites"], serde_json::json!(["file.example"]));
+    assert_eq!(v["aggregator"]["today_snapshot_secs"], 30, "the default");
+}

@@ -32,6 +32,8 @@ use serde_json::{json, Value};
 use veil_aggregator::{Aggregator, AggregatorConfig};
 use veil_schemas::gen::{generate, GenOptions};
 use veil_schemas::managed::{ManagedClickHouse, ManagedOptions};
+use veil_schemas::sql;
+use veil_schemas::sql::{ident, lit, Run, Sql};
 use veil_schemas::ClickHouseConfig;
 
 /// Times the dashboard's standard Stats API queries on generated data.
@@ -142,8 +144,10 @@ fn ms(d: Duration) -> f64 {
 async fn count_site(ch: &ClickHouseConfig) -> Result<u64> {
     let n = ch
         .client()
-        .query("SELECT count() FROM events WHERE site = ?")
-        .bind(SITE)
+        .sql(&sql!(
+            "SELECT count() FROM events WHERE site = {}",
+            lit(SITE)
+        ))
         .fetch_one::<u64>()
         .await?;
     Ok(n)
@@ -163,7 +167,7 @@ async fn prepare(base: &ClickHouseConfig, size: u64, a: &Args) -> Result<ClickHo
     }
     if have > 0 {
         ch.server_client()
-            .query_raw(&format!("DROP DATABASE {}", ch.database))
+            .sql(&sql!("DROP DATABASE {}", ident(&ch.database)?))
             .execute()
             .await?;
         veil_schemas::migrate(&ch).await?;
@@ -177,7 +181,7 @@ async fn prepare(base: &ClickHouseConfig, size: u64, a: &Args) -> Result<ClickHo
     );
     // Let the background merges of the fresh parts settle before timing reads.
     ch.client()
-        .query_raw("OPTIMIZE TABLE events")
+        .sql(&Sql::new("OPTIMIZE TABLE events"))
         .with_setting("max_execution_time", "0")
         .execute()
         .await
@@ -203,7 +207,7 @@ async fn time_set(agg: &Aggregator, a: &Args, rollups: bool) -> Result<Timings> 
         let mut failed = None;
         for i in 0..=runs {
             let t = Instant::now();
-            let r = agg.query(&bytes, chrono::Utc::now()).await;
+            let r = Aggregator::query(agg, &bytes, chrono::Utc::now()).await;
             let took = t.elapsed();
             match r {
                 Ok(resp) if resp.status().is_success() => {
@@ -250,7 +254,7 @@ async fn time_load(agg: &Aggregator, runs: usize) -> Result<Duration> {
         let mut set = tokio::task::JoinSet::new();
         for b in &bodies {
             let (agg, b) = (agg.clone(), b.clone());
-            set.spawn(async move { agg.query(&b, chrono::Utc::now()).await });
+            set.spawn(async move { Aggregator::query(&agg, &b, chrono::Utc::now()).await });
         }
         while let Some(r) = set.join_next().await {
             let resp = r.context("a query task failed")??;
@@ -302,19 +306,17 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
             // Today's build again, with its cut `tail_minutes` before the latest event stored,
             // as the job would have left it that long before now (the generator's events end
             // when it ran, which may be a while ago).
-            let latest = veil_aggregator::stats::fetch(
-                &ch.client(),
-                &format!(
+            let latest: String = ch
+                .client()
+                .sql(&sql!(
                     "SELECT formatDateTime(max(timestamp), '%Y-%m-%d %H:%M:%S', 'UTC') FROM events \
-                     WHERE site = '{SITE}' AND timestamp >= toStartOfDay(now(), 'UTC')"
-                ),
-            )
-            .await?;
-            let latest = latest
-                .first()
-                .and_then(|r| r.get(0))
-                .and_then(|v| v.as_str())
-                .and_then(|s| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok())
+                     WHERE site = {} AND timestamp >= toStartOfDay(now(), 'UTC')",
+                    lit(SITE)
+                ))
+                .fetch_one()
+                .await?;
+            let latest = chrono::NaiveDateTime::parse_from_str(&latest, "%Y-%m-%d %H:%M:%S")
+                .ok()
                 .filter(|t| t.date() == chrono::Utc::now().date_naive());
             match latest {
                 Some(t) => {

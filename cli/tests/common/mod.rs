@@ -15,6 +15,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use veil_schemas::sql::Sql;
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -155,8 +157,9 @@ pub fn managed_clickhouse_url(data_dir: &Path) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
-/// Runs a SQL query over ClickHouse's HTTP interface, returns the body.
-pub fn clickhouse_query(url: &str, sql: &str) -> String {
+/// Runs a statement over ClickHouse's HTTP interface, returns the body.
+pub fn clickhouse_query(url: &str, sql: &Sql) -> String {
+    let sql = sql.as_str();
     // HTTP/1.0 so ClickHouse answers without chunked encoding.
     let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     let mut s = TcpStream::connect(addr).unwrap();
