@@ -126,7 +126,7 @@ impl Aggregator {
         let s = SiteSettings::from_request(self.cfg.flag_settings(domain), obj, &["domain"])?;
         // Every setting, in one place (veil_schemas::policy): aliases, time zone,
         // retention, k, goals and funnels.
-        policy::validate(&s)?;
+        s.validate()?;
         let snap = self.registry.snapshot();
         for (i, a) in s.aliases.iter().enumerate() {
             let flag_owner = self

@@ -16,24 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::Args;
 use veil_schemas::local_cluster::{zookeeper_jar, ClusterOptions, LocalCluster};
 
-use crate::config::Settings;
-
-/// `veil cluster` flags.
-#[derive(Debug, Args, Clone)]
-pub struct ClusterArgs {
-    /// Collector processes (on the ports after --listen's).
-    #[arg(long, default_value_t = 2)]
-    pub collectors: usize,
-    /// ClickHouse shards.
-    #[arg(long, default_value_t = 2)]
-    pub shards: usize,
-    /// Replicas per shard.
-    #[arg(long, default_value_t = 2)]
-    pub replicas: usize,
-}
+use crate::config::{ClusterArgs, Settings};
 
 /// Flags `veil cluster` sets itself for its children (and so drops from its own arguments).
 const OWN_FLAGS: &[&str] = &[

@@ -52,7 +52,7 @@ pub enum Command {
     CheckConfig,
     /// A local cluster for demos and tests: ZooKeeper, 2 shards × 2 replicas of ClickHouse,
     /// two collectors and one aggregator under DATA_DIR/cluster, until Ctrl-C.
-    Cluster(crate::cluster::ClusterArgs),
+    Cluster(ClusterArgs),
     /// Delete raw events older than each site's retention now (the aggregator also does this daily).
     Purge,
     /// Delete every row of one site from every table, and report what was removed.
@@ -60,6 +60,20 @@ pub enum Command {
         /// The site's domain.
         domain: String,
     },
+}
+
+/// `veil cluster` flags.
+#[derive(Debug, Args, Clone)]
+pub struct ClusterArgs {
+    /// Collector processes (on the ports after --listen's).
+    #[arg(long, default_value_t = 2)]
+    pub collectors: usize,
+    /// ClickHouse shards.
+    #[arg(long, default_value_t = 2)]
+    pub shards: usize,
+    /// Replicas per shard.
+    #[arg(long, default_value_t = 2)]
+    pub replicas: usize,
 }
 
 /// `veil gen` flags (the site is the one `--site`).

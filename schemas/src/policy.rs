@@ -1,9 +1,10 @@
 //! Site policy: what a site's settings may be, checked in one place.
 //!
-//! [`validate`] checks a whole [`SiteSettings`] — aliases, the time zone's spelling, the
-//! retention, k (`min_visitors`), goals and funnels — and returns the goals and funnels
-//! parsed; [`SiteSettings::validate`] is it. The single checks are public too, for settings
-//! that come from flags rather than the admin API ([`check_min_visitors`],
+//! One check per setting — aliases, the time zone's spelling, the retention, k
+//! (`min_visitors`), goals and funnels (returned parsed) — on plain values, so this module
+//! depends on no other; [`SiteSettings::validate`](crate::registry::SiteSettings::validate)
+//! applies them all to a site's settings. The single checks serve settings
+//! that come from flags rather than the admin API too ([`check_min_visitors`],
 //! [`check_retention_days`], [`check_timezone_name`]). Whether ClickHouse knows the time zone
 //! needs a server: [`Registry::check_timezone`](crate::registry::Registry::check_timezone).
 //!
@@ -13,7 +14,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::registry::SiteSettings;
 use crate::Error;
 
 /// Default k (smallest visitor count a published number may describe).
@@ -60,17 +60,6 @@ pub struct Funnel {
 
 fn invalid(msg: String) -> Error {
     Error::Invalid(msg)
-}
-
-/// Checks every setting of a site; returns its goals and funnels, parsed.
-pub fn validate(s: &SiteSettings) -> Result<(Vec<Goal>, Vec<Funnel>), Error> {
-    check_aliases(&s.aliases)?;
-    check_timezone_name(&s.timezone)?;
-    if let Some(d) = s.retention_days {
-        check_retention_days(d)?;
-    }
-    check_min_visitors(s.min_visitors)?;
-    check_goals(&s.goals, &s.funnels)
 }
 
 /// At most [`MAX_ALIASES`], each 1 to [`MAX_ALIAS_BYTES`] bytes without control characters,
@@ -220,32 +209,6 @@ mod tests {
 
     fn err<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
         r.unwrap_err().to_string()
-    }
-
-    #[test]
-    fn settings_are_checked_field_by_field() {
-        let ok = SiteSettings::default();
-        assert!(validate(&ok).is_ok());
-        let mut s = ok.clone();
-        s.min_visitors = 1;
-        assert!(err(validate(&s)).contains("`min_visitors` must be between 2 and 1000000"));
-        s.min_visitors = MAX_K + 1;
-        assert!(err(validate(&s)).contains("`min_visitors`"));
-        let mut s = ok.clone();
-        s.retention_days = Some(0);
-        assert!(err(validate(&s)).contains("`retention_days` must be between 1 and 36500"));
-        s.retention_days = Some(MAX_RETENTION_DAYS);
-        assert!(validate(&s).is_ok());
-        let mut s = ok.clone();
-        s.timezone = "/etc/passwd".into();
-        assert!(err(validate(&s)).contains("`timezone`"));
-        let mut s = ok.clone();
-        s.aliases = vec!["a".into(), "a".into()];
-        assert!(err(validate(&s)).contains("`aliases[1]`"));
-        let mut s = ok;
-        s.goals = vec![json!({"name": "A", "event_name": "a"})];
-        s.funnels = vec![json!({"name": "F", "steps": ["A", "B"]})];
-        assert!(err(validate(&s)).contains("`funnels[0].steps[1]`"));
     }
 
     #[test]

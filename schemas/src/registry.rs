@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::sql::{lit, Run as _, Sql};
-use crate::{sql, ClickHouseConfig, Error};
+use crate::{policy, sql, ClickHouseConfig, Error};
 
 pub use crate::policy::{DEFAULT_MIN_VISITORS, MAX_ALIAS_BYTES};
 
@@ -163,11 +163,17 @@ impl SiteSettings {
         Ok(s)
     }
 
-    /// Checks every setting against the site policy ([`crate::policy::validate`]: aliases,
-    /// the time zone's spelling, retention, k, goals and funnels). Whether ClickHouse knows
-    /// the time zone is [`Registry::check_timezone`].
-    pub fn validate(&self) -> Result<(), Error> {
-        crate::policy::validate(self).map(|_| ())
+    /// Checks every setting against the site policy ([`crate::policy`]: aliases, the time
+    /// zone's spelling, retention, k, goals and funnels) and returns the goals and funnels,
+    /// parsed. Whether ClickHouse knows the time zone is [`Registry::check_timezone`].
+    pub fn validate(&self) -> Result<(Vec<policy::Goal>, Vec<policy::Funnel>), Error> {
+        policy::check_aliases(&self.aliases)?;
+        policy::check_timezone_name(&self.timezone)?;
+        if let Some(d) = self.retention_days {
+            policy::check_retention_days(d)?;
+        }
+        policy::check_min_visitors(self.min_visitors)?;
+        policy::check_goals(&self.goals, &self.funnels)
     }
 }
 
@@ -823,6 +829,36 @@ impl Registry {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn err_of<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn settings_are_checked_field_by_field() {
+        let ok = SiteSettings::default();
+        assert!(ok.validate().is_ok());
+        let mut s = ok.clone();
+        s.min_visitors = 1;
+        assert!(err_of(s.validate()).contains("`min_visitors` must be between 2 and 1000000"));
+        s.min_visitors = policy::MAX_K + 1;
+        assert!(err_of(s.validate()).contains("`min_visitors`"));
+        let mut s = ok.clone();
+        s.retention_days = Some(0);
+        assert!(err_of(s.validate()).contains("`retention_days` must be between 1 and 36500"));
+        s.retention_days = Some(policy::MAX_RETENTION_DAYS);
+        assert!(s.validate().is_ok());
+        let mut s = ok.clone();
+        s.timezone = "/etc/passwd".into();
+        assert!(err_of(s.validate()).contains("`timezone`"));
+        let mut s = ok.clone();
+        s.aliases = vec!["a".into(), "a".into()];
+        assert!(err_of(s.validate()).contains("`aliases[1]`"));
+        let mut s = ok;
+        s.goals = vec![json!({"name": "A", "event_name": "a"})];
+        s.funnels = vec![json!({"name": "F", "steps": ["A", "B"]})];
+        assert!(err_of(s.validate()).contains("`funnels[0].steps[1]`"));
+    }
 
     fn req(v: Value) -> Result<SiteSettings, Error> {
         let Value::Object(m) = v else {
