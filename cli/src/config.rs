@@ -450,11 +450,6 @@ impl Settings {
         collector.spool.durability = given.durability.unwrap_or_default();
         collector.validate()?;
         let api_token = given.admin_token.filter(|t| !t.is_empty());
-        if let Some(t) = &api_token {
-            if t.len() < 16 {
-                bail!("--admin-token (or --api-token) must be at least 16 characters");
-            }
-        }
         let serves_stats = matches!(command, Command::Up { .. } | Command::Aggregator);
         if serves_stats && api_token.is_none() && !listen.ip().is_loopback() {
             bail!(
@@ -464,19 +459,7 @@ impl Settings {
             );
         }
         let min_visitors = given.min_visitors.unwrap_or(5);
-        if min_visitors < veil_aggregator::site::MIN_K {
-            bail!(
-                "--min-visitors must be at least {} (k-anonymity needs a crowd)",
-                veil_aggregator::site::MIN_K
-            );
-        }
         let today_snapshot_secs = given.today_snapshot_secs.unwrap_or(30);
-        if today_snapshot_secs > veil_aggregator::snapshot::MAX_AGE_SECS {
-            bail!(
-                "--today-snapshot-secs must be at most {} (0 turns snapshots off)",
-                veil_aggregator::snapshot::MAX_AGE_SECS
-            );
-        }
         if matches!(
             command,
             Command::Collector
@@ -506,6 +489,9 @@ impl Settings {
             today_snapshot_secs,
             ..AggregatorConfig::default()
         };
+        // The aggregator's own rules (token length, k, snapshot age, site names and aliases,
+        // retention), as for the collector above.
+        aggregator.validate()?;
         Ok(Settings {
             listen,
             clickhouse_url,
