@@ -38,7 +38,7 @@ async fn plausible_event_is_stored_as_coarse_facts() {
     c.shutdown().await.unwrap();
     let rows: Vec<EventRow> =
         c.ch.client()
-            .query("SELECT ?fields FROM events")
+            .sql(&sql!("SELECT {} FROM events", fields::<EventRow>()))
             .fetch_all()
             .await
             .unwrap();
@@ -100,7 +100,7 @@ async fn raw_ip_user_agent_and_query_strings_never_reach_clickhouse() {
     // Every stored value, every column, as text.
     let dump =
         c.ch.client()
-            .query("SELECT * FROM events FORMAT TSV")
+            .sql(&Sql::new("SELECT * FROM events FORMAT TSV"))
             .fetch_bytes("TSV")
             .unwrap()
             .collect()
@@ -143,7 +143,7 @@ async fn visitor_hash_is_stable_per_visitor_and_differs_across_sites() {
     c.shutdown().await.unwrap();
     let a: u64 =
         c.ch.client()
-            .query("SELECT uniqExact(visitor_id) FROM events WHERE site = 'a.example'")
+            .sql(&Sql::new("SELECT uniqExact(visitor_id) FROM events WHERE site = 'a.example'"))
             .fetch_one()
             .await
             .unwrap();
@@ -151,7 +151,7 @@ async fn visitor_hash_is_stable_per_visitor_and_differs_across_sites() {
     let shared: u64 = c
         .ch
         .client()
-        .query("SELECT count() FROM events WHERE site = 'b.example' AND visitor_id IN (SELECT visitor_id FROM events WHERE site = 'a.example')")
+        .sql(&Sql::new("SELECT count() FROM events WHERE site = 'b.example' AND visitor_id IN (SELECT visitor_id FROM events WHERE site = 'a.example')"))
         .fetch_one()
         .await
         .unwrap();
@@ -622,7 +622,7 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
         wait_count(&c.ch, "1", 2, 10).await;
         let visitors: u64 =
             c.ch.client()
-                .query("SELECT uniqExact(visitor_id) FROM events")
+                .sql(&Sql::new("SELECT uniqExact(visitor_id) FROM events"))
                 .fetch_one()
                 .await
                 .unwrap();
