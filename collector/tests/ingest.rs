@@ -143,7 +143,9 @@ async fn visitor_hash_is_stable_per_visitor_and_differs_across_sites() {
     c.shutdown().await.unwrap();
     let a: u64 =
         c.ch.client()
-            .sql(&Sql::new("SELECT uniqExact(visitor_id) FROM events WHERE site = 'a.example'"))
+            .sql(&Sql::new(
+                "SELECT uniqExact(visitor_id) FROM events WHERE site = 'a.example'",
+            ))
             .fetch_one()
             .await
             .unwrap();

@@ -103,14 +103,18 @@ async fn salts_are_shared_rotate_at_midnight_and_vanish_after_48h() {
     assert!(a.get(d3).is_some());
     let left: u64 = ch
         .client()
-        .sql(&Sql::new("SELECT count() FROM salts WHERE day = toDate('2026-05-01')"))
+        .sql(&Sql::new(
+            "SELECT count() FROM salts WHERE day = toDate('2026-05-01')",
+        ))
         .fetch_one()
         .await
         .unwrap();
     assert_eq!(left, 0);
     let kept: u64 = ch
         .client()
-        .sql(&Sql::new("SELECT count() FROM salts WHERE day >= toDate('2026-05-02')"))
+        .sql(&Sql::new(
+            "SELECT count() FROM salts WHERE day >= toDate('2026-05-02')",
+        ))
         .fetch_one()
         .await
         .unwrap();

@@ -74,7 +74,10 @@ async fn umami_events_are_stored_and_identify_is_not() {
     c.shutdown().await.unwrap();
     let rows: Vec<EventRow> =
         c.ch.client()
-            .sql(&sql!("SELECT {} FROM events ORDER BY name", fields::<EventRow>()))
+            .sql(&sql!(
+                "SELECT {} FROM events ORDER BY name",
+                fields::<EventRow>()
+            ))
             .fetch_all()
             .await
             .unwrap();
@@ -146,7 +149,10 @@ async fn aptabase_events_carry_app_facts() {
     c.shutdown().await.unwrap();
     let rows: Vec<EventRow> =
         c.ch.client()
-            .sql(&sql!("SELECT {} FROM events ORDER BY timestamp", fields::<EventRow>()))
+            .sql(&sql!(
+                "SELECT {} FROM events ORDER BY timestamp",
+                fields::<EventRow>()
+            ))
             .fetch_all()
             .await
             .unwrap();
@@ -239,7 +245,10 @@ async fn geoip_fills_country_region_city_and_isp_and_children_keep_only_the_coun
     c.shutdown().await.unwrap();
     let rows: Vec<EventRow> =
         c.ch.client()
-            .sql(&sql!("SELECT {} FROM events ORDER BY pathname", fields::<EventRow>()))
+            .sql(&sql!(
+                "SELECT {} FROM events ORDER BY pathname",
+                fields::<EventRow>()
+            ))
             .fetch_all()
             .await
             .unwrap();
@@ -434,7 +443,10 @@ async fn browser_hits_from_data_centres_are_bots_but_servers_may_send_from_there
     c.shutdown().await.unwrap();
     let rows: Vec<EventRow> =
         c.ch.client()
-            .sql(&sql!("SELECT {} FROM events ORDER BY pathname", fields::<EventRow>()))
+            .sql(&sql!(
+                "SELECT {} FROM events ORDER BY pathname",
+                fields::<EventRow>()
+            ))
             .fetch_all()
             .await
             .unwrap();

@@ -89,12 +89,7 @@ impl SaltStore for ClickHouseSaltStore {
                 idents(<SaltRow as clickhouse::Row>::COLUMN_NAMES, ", "),
                 date(day)
             );
-            let rows: Vec<SaltRow> = self
-                .client
-                .sql(&q)
-                .fetch_all()
-                .await
-                .map_err(ch_err)?;
+            let rows: Vec<SaltRow> = self.client.sql(&q).fetch_all().await.map_err(ch_err)?;
             Ok(rows.into_iter().map(|r| (r.nonce, r.salt)).collect())
         })
     }
@@ -143,11 +138,7 @@ impl SaltStore for ClickHouseSaltStore {
                 if n < cutoff {
                     // The partition id is a number we just parsed.
                     let drop = sql!("ALTER TABLE salts DROP PARTITION {}", n);
-                    self.client
-                        .sql(&drop)
-                        .execute()
-                        .await
-                        .map_err(ch_err)?;
+                    self.client.sql(&drop).execute().await.map_err(ch_err)?;
                 }
             }
             Ok(())
