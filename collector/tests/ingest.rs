@@ -360,8 +360,9 @@ async fn batches_flush_by_size_then_by_time_and_shutdown_flushes_the_rest() {
         .await;
     assert_eq!(r.json()["accepted"], 25);
     // Two full batches of 10 go out at once; the last 5 wait (max age is an hour)…
+    // Once the writer has counted both batches it is waiting for a third that is not due.
     wait_count(&c.ch, "1", 20, 10).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.wait_metric("veil_batch_size_events_count", 2.0).await;
     assert_eq!(c.count("1").await, 20);
     assert_eq!(c.metric("veil_batch_size_events_count").await, 2.0);
     // …until shutdown flushes the partial batch.
@@ -448,15 +449,8 @@ async fn metrics_count_what_happened() {
         1.0
     );
     assert!(t.contains("veil_batch_flush_seconds_bucket"));
-    // The spool's cursor moves right after the insert returns: allow it a moment.
-    let mut depth = metric(t, "veil_queue_depth_events");
-    for _ in 0..40 {
-        if depth == 0.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        depth = c.metric("veil_queue_depth_events").await;
-    }
+    // The spool's cursor moves right after the insert returns: poll for it.
+    let depth = c.wait_metric("veil_queue_depth_events", 0.0).await;
     assert_eq!(depth, 0.0);
     assert_eq!(metric(t, "veil_clickhouse_errors_total"), 0.0);
     c.shutdown().await.unwrap();
