@@ -1,5 +1,5 @@
 //! The ClickHouse sink: one `INSERT INTO events FORMAT RowBinary` per batch over HTTP (LZ4
-//! compressed), with the `clickhouse` crate. Each writer thread owns one sink and a small
+//! compressed), with the `clickhouse` crate. The writer thread owns the sink and its small
 //! single-threaded tokio runtime to drive the client, so inserts never block the server's runtime.
 //!
 //! Cluster mode (`--clickhouse-cluster`): `events` is a Distributed table over Replicated
