@@ -435,3 +435,78 @@ impl Pipeline {
         Ok(id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Limits;
+    use crate::sites::SiteRegistry;
+
+    const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+    const GOOGLEBOT: &str =
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+
+    fn pipeline() -> Pipeline {
+        let sites = Arc::new(SiteRegistry::new(["example.com".to_string()]));
+        Pipeline::with_key(sites, Limits::default(), [7; 32])
+    }
+
+    fn event(domain: &str, user_agent: &str) -> Incoming {
+        Incoming {
+            domain: domain.into(),
+            name: "pageview".into(),
+            url: "https://example.com/a".into(),
+            client: Client {
+                ip: Some([203, 0, 113, 9].into()),
+                user_agent: user_agent.into(),
+                ..Client::default()
+            },
+            ..Incoming::default()
+        }
+    }
+
+    fn with_bad_revenue(mut ev: Incoming) -> Incoming {
+        ev.tracker.revenue = Some(("lots".into(), "EUR".into()));
+        ev
+    }
+
+    #[test]
+    fn a_dropped_event_is_never_refused_for_its_revenue() {
+        let p = pipeline();
+        let now = Utc::now();
+        let unknown = with_bad_revenue(event("other.example", CHROME));
+        assert!(matches!(
+            p.process(unknown, now),
+            Ok(crate::pipeline::Outcome::Drop(DropReason::UnknownSite))
+        ));
+        let bot = with_bad_revenue(event("example.com", GOOGLEBOT));
+        assert!(matches!(
+            p.process(bot, now),
+            Ok(crate::pipeline::Outcome::Drop(DropReason::BotCrawler))
+        ));
+        let person = with_bad_revenue(event("example.com", CHROME));
+        assert!(matches!(
+            p.process(person, now),
+            Err(Error::BadRequest(m)) if m.contains("amount")
+        ));
+    }
+
+    #[test]
+    fn only_kept_events_are_hashed_into_a_session() {
+        let p = pipeline();
+        let now = Utc::now();
+        let bot = p.enrich(p.parse(event("example.com", GOOGLEBOT), now).unwrap());
+        assert!(matches!(bot, Err(Stop::Drop(DropReason::BotCrawler))));
+        assert!(p.sessions.is_empty(), "a dropped bot left a session");
+        let kept = p.parse(event("example.com", CHROME), now).unwrap();
+        let row = p.anonymise(p.enrich(kept).unwrap(), now).unwrap();
+        assert_eq!(p.sessions.len(), 1);
+        assert_ne!(row.visitor_id, [0; 16]);
+        assert_eq!(
+            (row.browser.as_str(), row.pathname.as_str()),
+            ("Chrome", "/a")
+        );
+    }
+}

@@ -351,6 +351,21 @@ mod tests {
     }
 
     #[test]
+    fn the_route_table_names_each_path_once() {
+        for (i, r) in ROUTES.iter().enumerate() {
+            assert!(
+                ROUTES[i + 1..].iter().all(|o| o.path != r.path),
+                "{} twice",
+                r.path
+            );
+            assert!(is_collector_path(r.path));
+            assert_eq!(find(r.path).map(|f| f.handler), Some(r.handler));
+        }
+        assert!(!is_collector_path("/api/events"));
+        assert!(!is_collector_path("/"));
+    }
+
+    #[test]
     fn trusted_proxies_parse_networks_and_addresses() {
         let n = crate::config::parse_trusted_proxies(&["10.1.2.3/8".into(), "203.0.113.9".into()])
             .unwrap();
