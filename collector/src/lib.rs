@@ -1,10 +1,17 @@
 //! Veil's collector: takes events over HTTP, turns each into a row without any raw identifier,
-//! and batches rows into ClickHouse.
+//! keeps the rows of each request durably in a spool, and batches them into ClickHouse.
 //!
 //! ```text
-//! HTTP ─▶ server (limits, timeouts) ─▶ routes/{plausible,native} ─▶ pipeline::parse
-//!      ─▶ pipeline::enrich (UA) ─▶ pipeline::privacy (hash, session; IP and UA dropped)
-//!      ─▶ pipeline::batch (bounded crossbeam queue, writer threads) ─▶ pipeline::sink (ClickHouse)
+//! HTTP ─▶ server (limits, timeouts) ─▶ routes::ROUTES ─▶ routes/{plausible,native,umami,aptabase,pixel}
+//!      ─▶ routes::ingest (decode → prepare each → store → answer)
+//!      ─▶ pipeline::Pipeline::process, one event in three typed stages:
+//!           parse (checks, site, consent) ─▶ enrich (user agent, GeoIP, data-centre check,
+//!           sources, app facts; IP and UA still present) ─▶ anonymise (visitor hash, session;
+//!           IP and UA dropped; minimised, scrubbed) ─▶ EventRow
+//!      ─▶ pipeline::batch: the request's rows appended to pipeline::spool (the committer thread
+//!           writes and fsyncs them; the answer is sent once they are on disk)
+//!      ─▶ one writer thread reads batches from the spool ─▶ pipeline::sink (ClickHouse),
+//!           then commits the batch in the spool
 //! ```
 //!
 //! [`run`] is the whole collector on a bound listener until a shutdown future resolves; tests
@@ -95,7 +102,7 @@ struct Inner {
     stop: tokio::sync::watch::Sender<bool>,
 }
 
-/// A running collector (writer threads started). Cheap to clone.
+/// A running collector (spool open, its writer thread started). Cheap to clone.
 #[derive(Clone)]
 pub struct Collector {
     inner: Arc<Inner>,
@@ -110,8 +117,8 @@ impl std::fmt::Debug for Collector {
 }
 
 impl Collector {
-    /// Validates `config`, loads the shared daily salts, and starts writer threads that insert
-    /// into `ch` and the task that keeps salts fresh. If ClickHouse is unreachable at start the
+    /// Validates `config`, loads the shared daily salts, opens the spool and starts its writer
+    /// thread that inserts into `ch`, and the task that keeps salts fresh. If ClickHouse is unreachable at start the
     /// collector still starts; events get 503 until today's salt can be loaded.
     pub async fn start(
         mut config: CollectorConfig,
@@ -305,7 +312,7 @@ impl Collector {
         self.inner.rate.allow_ip(ip)
     }
 
-    /// Counts `n` events that were received but invalid before reaching [`Self::ingest`].
+    /// Counts `n` events that were received but invalid before reaching [`Self::prepare`].
     pub fn count_invalid(&self, endpoint: &str, n: u64) {
         self.inner
             .metrics

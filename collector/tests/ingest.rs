@@ -38,7 +38,7 @@ async fn plausible_event_is_stored_as_coarse_facts() {
     c.shutdown().await.unwrap();
     let rows: Vec<EventRow> =
         c.ch.client()
-            .query("SELECT ?fields FROM events")
+            .sql(&sql!("SELECT {} FROM events", fields::<EventRow>()))
             .fetch_all()
             .await
             .unwrap();
@@ -100,7 +100,7 @@ async fn raw_ip_user_agent_and_query_strings_never_reach_clickhouse() {
     // Every stored value, every column, as text.
     let dump =
         c.ch.client()
-            .query("SELECT * FROM events FORMAT TSV")
+            .sql(&Sql::new("SELECT * FROM events FORMAT TSV"))
             .fetch_bytes("TSV")
             .unwrap()
             .collect()
@@ -143,7 +143,9 @@ async fn visitor_hash_is_stable_per_visitor_and_differs_across_sites() {
     c.shutdown().await.unwrap();
     let a: u64 =
         c.ch.client()
-            .query("SELECT uniqExact(visitor_id) FROM events WHERE site = 'a.example'")
+            .sql(&Sql::new(
+                "SELECT uniqExact(visitor_id) FROM events WHERE site = 'a.example'",
+            ))
             .fetch_one()
             .await
             .unwrap();
@@ -151,7 +153,7 @@ async fn visitor_hash_is_stable_per_visitor_and_differs_across_sites() {
     let shared: u64 = c
         .ch
         .client()
-        .query("SELECT count() FROM events WHERE site = 'b.example' AND visitor_id IN (SELECT visitor_id FROM events WHERE site = 'a.example')")
+        .sql(&Sql::new("SELECT count() FROM events WHERE site = 'b.example' AND visitor_id IN (SELECT visitor_id FROM events WHERE site = 'a.example')"))
         .fetch_one()
         .await
         .unwrap();
@@ -358,8 +360,9 @@ async fn batches_flush_by_size_then_by_time_and_shutdown_flushes_the_rest() {
         .await;
     assert_eq!(r.json()["accepted"], 25);
     // Two full batches of 10 go out at once; the last 5 wait (max age is an hour)…
+    // Once the writer has counted both batches it is waiting for a third that is not due.
     wait_count(&c.ch, "1", 20, 10).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.wait_metric("veil_batch_size_events_count", 2.0).await;
     assert_eq!(c.count("1").await, 20);
     assert_eq!(c.metric("veil_batch_size_events_count").await, 2.0);
     // …until shutdown flushes the partial batch.
@@ -446,15 +449,8 @@ async fn metrics_count_what_happened() {
         1.0
     );
     assert!(t.contains("veil_batch_flush_seconds_bucket"));
-    // The spool's cursor moves right after the insert returns: allow it a moment.
-    let mut depth = metric(t, "veil_queue_depth_events");
-    for _ in 0..40 {
-        if depth == 0.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        depth = c.metric("veil_queue_depth_events").await;
-    }
+    // The spool's cursor moves right after the insert returns: poll for it.
+    let depth = c.wait_metric("veil_queue_depth_events", 0.0).await;
     assert_eq!(depth, 0.0);
     assert_eq!(metric(t, "veil_clickhouse_errors_total"), 0.0);
     c.shutdown().await.unwrap();
@@ -622,7 +618,7 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
         wait_count(&c.ch, "1", 2, 10).await;
         let visitors: u64 =
             c.ch.client()
-                .query("SELECT uniqExact(visitor_id) FROM events")
+                .sql(&Sql::new("SELECT uniqExact(visitor_id) FROM events"))
                 .fetch_one()
                 .await
                 .unwrap();

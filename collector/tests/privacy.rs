@@ -103,14 +103,18 @@ async fn salts_are_shared_rotate_at_midnight_and_vanish_after_48h() {
     assert!(a.get(d3).is_some());
     let left: u64 = ch
         .client()
-        .query("SELECT count() FROM salts WHERE day = toDate('2026-05-01')")
+        .sql(&Sql::new(
+            "SELECT count() FROM salts WHERE day = toDate('2026-05-01')",
+        ))
         .fetch_one()
         .await
         .unwrap();
     assert_eq!(left, 0);
     let kept: u64 = ch
         .client()
-        .query("SELECT count() FROM salts WHERE day >= toDate('2026-05-02')")
+        .sql(&Sql::new(
+            "SELECT count() FROM salts WHERE day >= toDate('2026-05-02')",
+        ))
         .fetch_one()
         .await
         .unwrap();
@@ -139,7 +143,7 @@ async fn two_collectors_on_one_clickhouse_see_one_visitor() {
     assert_eq!(count(&ch, "1").await, 2);
     let visitors: u64 = ch
         .client()
-        .query("SELECT uniqExact(visitor_id) FROM events")
+        .sql(&Sql::new("SELECT uniqExact(visitor_id) FROM events"))
         .fetch_one()
         .await
         .unwrap();
@@ -194,7 +198,7 @@ async fn opt_out_signals_are_honoured() {
     c.shutdown().await.unwrap();
     let mut paths: Vec<String> =
         c.ch.client()
-            .query("SELECT pathname FROM events ORDER BY pathname")
+            .sql(&Sql::new("SELECT pathname FROM events ORDER BY pathname"))
             .fetch_all()
             .await
             .unwrap();
@@ -223,7 +227,7 @@ async fn child_directed_sites_store_the_minimum() {
     c.shutdown().await.unwrap();
     let rows: Vec<EventRow> =
         c.ch.client()
-            .query("SELECT ?fields FROM events")
+            .sql(&sql!("SELECT {} FROM events", fields::<EventRow>()))
             .fetch_all()
             .await
             .unwrap();
@@ -257,7 +261,7 @@ async fn identifiers_in_paths_and_props_are_scrubbed_before_storage() {
     c.shutdown().await.unwrap();
     let rows: Vec<EventRow> =
         c.ch.client()
-            .query("SELECT ?fields FROM events")
+            .sql(&sql!("SELECT {} FROM events", fields::<EventRow>()))
             .fetch_all()
             .await
             .unwrap();

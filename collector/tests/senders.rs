@@ -74,7 +74,10 @@ async fn umami_events_are_stored_and_identify_is_not() {
     c.shutdown().await.unwrap();
     let rows: Vec<EventRow> =
         c.ch.client()
-            .query("SELECT ?fields FROM events ORDER BY name")
+            .sql(&sql!(
+                "SELECT {} FROM events ORDER BY name",
+                fields::<EventRow>()
+            ))
             .fetch_all()
             .await
             .unwrap();
@@ -146,7 +149,10 @@ async fn aptabase_events_carry_app_facts() {
     c.shutdown().await.unwrap();
     let rows: Vec<EventRow> =
         c.ch.client()
-            .query("SELECT ?fields FROM events ORDER BY timestamp")
+            .sql(&sql!(
+                "SELECT {} FROM events ORDER BY timestamp",
+                fields::<EventRow>()
+            ))
             .fetch_all()
             .await
             .unwrap();
@@ -203,7 +209,7 @@ async fn the_pixel_answers_a_gif_and_records_a_pageview() {
     c.shutdown().await.unwrap();
     let rows: Vec<EventRow> =
         c.ch.client()
-            .query("SELECT ?fields FROM events")
+            .sql(&sql!("SELECT {} FROM events", fields::<EventRow>()))
             .fetch_all()
             .await
             .unwrap();
@@ -239,7 +245,10 @@ async fn geoip_fills_country_region_city_and_isp_and_children_keep_only_the_coun
     c.shutdown().await.unwrap();
     let rows: Vec<EventRow> =
         c.ch.client()
-            .query("SELECT ?fields FROM events ORDER BY pathname")
+            .sql(&sql!(
+                "SELECT {} FROM events ORDER BY pathname",
+                fields::<EventRow>()
+            ))
             .fetch_all()
             .await
             .unwrap();
@@ -290,7 +299,7 @@ async fn apps_can_use_the_native_api() {
     c.shutdown().await.unwrap();
     let rows: Vec<EventRow> =
         c.ch.client()
-            .query("SELECT ?fields FROM events")
+            .sql(&sql!("SELECT {} FROM events", fields::<EventRow>()))
             .fetch_all()
             .await
             .unwrap();
@@ -339,7 +348,7 @@ async fn a_site_may_keep_bots_flagged_instead_of_dropped() {
     c.shutdown().await.unwrap();
     let rows: Vec<EventRow> =
         c.ch.client()
-            .query("SELECT ?fields FROM events")
+            .sql(&sql!("SELECT {} FROM events", fields::<EventRow>()))
             .fetch_all()
             .await
             .unwrap();
@@ -379,7 +388,7 @@ async fn a_site_may_keep_chosen_query_parameters() {
     c.shutdown().await.unwrap();
     let mut paths: Vec<String> =
         c.ch.client()
-            .query("SELECT pathname FROM events ORDER BY pathname")
+            .sql(&Sql::new("SELECT pathname FROM events ORDER BY pathname"))
             .fetch_all()
             .await
             .unwrap();
@@ -434,7 +443,10 @@ async fn browser_hits_from_data_centres_are_bots_but_servers_may_send_from_there
     c.shutdown().await.unwrap();
     let rows: Vec<EventRow> =
         c.ch.client()
-            .query("SELECT ?fields FROM events ORDER BY pathname")
+            .sql(&sql!(
+                "SELECT {} FROM events ORDER BY pathname",
+                fields::<EventRow>()
+            ))
             .fetch_all()
             .await
             .unwrap();

@@ -1,4 +1,4 @@
-//! Step 4: from handlers to the ClickHouse writer, through the durable spool.
+//! After the pipeline: from handlers to the ClickHouse writer, through the durable spool.
 //!
 //! Handlers call [`BatchQueue::append`] with the rows of one request. The rows are serialized
 //! (JSON, one spool record per row) and appended to the spool as one all-or-nothing append; the

@@ -1,4 +1,4 @@
-//! Step 2: turn the raw user agent (and User-Agent Client Hints, when the browser sends them)
+//! The enrich stage, user agent: turn the raw user agent (and User-Agent Client Hints, when the browser sends them)
 //! into coarse facts — browser family and major version, OS and version, device class — and
 //! recognise bots. The raw string is not kept.
 //!

@@ -1,5 +1,5 @@
-//! Enrichment, GeoIP: the client IP into coarse place and network facts — country, region,
-//! city, autonomous system and its organisation (shown as ISP). Runs before the privacy step,
+//! The enrich stage, GeoIP: the client IP into coarse place and network facts — country, region,
+//! city, autonomous system and its organisation (shown as ISP). Runs before the anonymise stage,
 //! which drops the IP: nothing here keeps, logs or returns an address.
 //!
 //! # Sources and files

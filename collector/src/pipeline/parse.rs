@@ -1,4 +1,4 @@
-//! Step 1: what a sender wrote into typed facts.
+//! The parse stage's helpers: what a sender wrote into typed facts.
 //!
 //! - Page URL → host, path (query string dropped: it often carries e-mail addresses, tokens or
 //!   session ids; only the UTM tags are kept) and UTM tags.

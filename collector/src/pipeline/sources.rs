@@ -1,4 +1,4 @@
-//! Referrer and campaign → a source name and a channel.
+//! The enrich stage, sources: referrer and campaign → a source name and a channel.
 //!
 //! The source is a friendly name for well-known referrers, matched on the registrable domain
 //! (public-suffix list, the `psl` crate), so `www.google.co.uk` and `google.de` are both

@@ -23,10 +23,11 @@ use http::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::ingest::{ingest, OnInvalid};
 use crate::pipeline::privacy::Consent;
 use crate::pipeline::{parse, AppFacts, Client, Incoming, TrackerFacts};
 use crate::server::{json, HttpResponse};
-use crate::{Collector, Error, Ingested};
+use crate::{Collector, Error};
 
 /// Endpoint label in metrics.
 pub const ENDPOINT: &str = "aptabase";
@@ -164,33 +165,17 @@ pub async fn handle(c: &Collector, req: Request<Bytes>, batch: bool) -> HttpResp
     let client = super::client(c, &req);
     let consent = Consent::from_headers(req.headers());
     let now = c.now();
-    let mut rows = Vec::with_capacity(items.len());
-    for (i, v) in items.into_iter().enumerate() {
-        let prepared = match to_incoming(&key, v, &client, consent, now) {
-            Ok(ev) => c.prepare(ev, ENDPOINT, now),
-            Err(e) => {
-                c.count_invalid(ENDPOINT, 1);
-                Err(e)
-            }
-        };
-        match prepared {
-            Ok(Ingested::Row(r)) => rows.push(*r),
-            Ok(Ingested::Dropped(_)) => {}
-            Err(e) => {
-                let msg = if batch {
-                    format!("event {i}: {e}")
-                } else {
-                    e.to_string()
-                };
-                return c.reject(&match e {
-                    Error::BadRequest(_) => Error::BadRequest(msg),
-                    other => other,
-                });
-            }
-        }
+    // A bad event refuses the request; in a batch the message names its index.
+    let refuse = |i: usize, e: Error| match e {
+        Error::BadRequest(_) if batch => Error::BadRequest(format!("event {i}: {e}")),
+        Error::BadRequest(_) => Error::BadRequest(e.to_string()),
+        other => other,
+    };
+    let events = items
+        .into_iter()
+        .map(|v| to_incoming(&key, v, &client, consent, now));
+    match ingest(c, ENDPOINT, now, events, OnInvalid::Refuse(&refuse)).await {
+        Ok(_) => json(StatusCode::OK, &json!({})),
+        Err(refused) => refused,
     }
-    if let Err(e) = c.store(&rows, ENDPOINT).await {
-        return c.reject(&e);
-    }
-    json(StatusCode::OK, &json!({}))
 }

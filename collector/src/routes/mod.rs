@@ -1,15 +1,27 @@
-//! The collector's HTTP routes, one file per wire format, and the shared request context.
+//! The collector's HTTP routes, one file per wire format, the shared ingest skeleton and the
+//! one route table.
 //!
-//! | route | file |
-//! |---|---|
-//! | `POST /api/event` | [`plausible`] — Plausible's Events API |
-//! | `POST /v1/events` | [`native`] — Veil's batch API (JSON array or NDJSON) |
-//! | `GET /healthz`, `GET /readyz`, `GET /metrics` | [`health`] |
+//! | route | methods | file | `route` label |
+//! |---|---|---|---|
+//! | `/api/event` | POST | [`plausible`] — Plausible's Events API | `plausible` |
+//! | `/v1/events` | POST | [`native`] — Veil's batch API (JSON array or NDJSON) | `native` |
+//! | `/api/send` | POST | [`umami`] — Umami's collect API | `umami` |
+//! | `/api/v0/event`, `/api/v0/events` | POST | [`aptabase`] — Aptabase's ingestion API | `aptabase` |
+//! | `/p.gif` | GET | [`pixel`] — the no-JavaScript pixel | `pixel` |
+//! | `/js/veil.js`, `/opt-out`, `/js/opt-out.js` | GET, HEAD | [`tracker`] — tracker and opt-out page | `assets` |
+//! | `/healthz`, `/readyz` | GET, HEAD | [`health`] | `healthz`, `readyz` |
+//! | `/metrics` | GET | [`health`] | `metrics` |
 //!
-//! Ingest routes answer CORS preflights and allow any origin: trackers run on customers' pages.
+//! [`ROUTES`] is that table in code: [`route`] dispatches by it, [`is_collector_path`] reads it,
+//! and its labels name the routes in `veil_http_requests_total`. Ingest routes (the POST ones)
+//! answer CORS preflights and allow any origin on every answer — trackers run on customers'
+//! pages — and, like the pixel, are subject to the per-IP rate limit. Another method on a known
+//! path is 405. Multi-event formats share [`ingest`]'s skeleton (decode → prepare each → store
+//! → answer).
 
 pub mod aptabase;
 pub mod health;
+pub mod ingest;
 pub mod native;
 pub mod pixel;
 pub mod plausible;
@@ -24,23 +36,115 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use crate::server::{HttpResponse, PeerAddr};
 use crate::{Collector, Error};
 
+/// What a path does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// [`plausible::handle`].
+    Plausible,
+    /// [`native::handle`].
+    Native,
+    /// [`umami::handle`].
+    Umami,
+    /// [`aptabase::handle`] for one event (`/api/v0/event`).
+    AptabaseEvent,
+    /// [`aptabase::handle`] for a batch (`/api/v0/events`).
+    AptabaseEvents,
+    /// [`pixel::handle`].
+    Pixel,
+    /// [`tracker::veil_js`].
+    VeilJs,
+    /// [`tracker::opt_out_page`].
+    OptOutPage,
+    /// [`tracker::opt_out_js`].
+    OptOutJs,
+    /// [`health::healthz`].
+    Healthz,
+    /// [`health::readyz`].
+    Readyz,
+    /// [`health::metrics`].
+    Metrics,
+}
+
+/// The methods a route answers, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An ingest API: POST; OPTIONS answers the CORS preflight; every answer carries the CORS
+    /// headers; per-IP rate limit.
+    Ingest,
+    /// The pixel: GET; per-IP rate limit (its rate-limit answer carries the CORS headers).
+    Pixel,
+    /// GET and HEAD.
+    Read,
+    /// GET only.
+    GetOnly,
+}
+
+/// One row of the route table.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// The path, matched exactly.
+    pub path: &'static str,
+    /// The methods it answers.
+    pub kind: Kind,
+    /// Its handler.
+    pub handler: Handler,
+    /// The `route` label of `veil_http_requests_total`.
+    pub label: &'static str,
+}
+
+const fn r(path: &'static str, kind: Kind, handler: Handler, label: &'static str) -> Route {
+    Route {
+        path,
+        kind,
+        handler,
+        label,
+    }
+}
+
+/// Every path the collector answers (anything else is left to other apps, then 404).
+pub const ROUTES: [Route; 12] = [
+    r(
+        "/api/event",
+        Kind::Ingest,
+        Handler::Plausible,
+        plausible::ENDPOINT,
+    ),
+    r(
+        "/v1/events",
+        Kind::Ingest,
+        Handler::Native,
+        native::ENDPOINT,
+    ),
+    r("/api/send", Kind::Ingest, Handler::Umami, umami::ENDPOINT),
+    r(
+        "/api/v0/event",
+        Kind::Ingest,
+        Handler::AptabaseEvent,
+        aptabase::ENDPOINT,
+    ),
+    r(
+        "/api/v0/events",
+        Kind::Ingest,
+        Handler::AptabaseEvents,
+        aptabase::ENDPOINT,
+    ),
+    r("/p.gif", Kind::Pixel, Handler::Pixel, pixel::ENDPOINT),
+    r("/js/veil.js", Kind::Read, Handler::VeilJs, "assets"),
+    r("/opt-out", Kind::Read, Handler::OptOutPage, "assets"),
+    r("/js/opt-out.js", Kind::Read, Handler::OptOutJs, "assets"),
+    r("/healthz", Kind::Read, Handler::Healthz, "healthz"),
+    r("/readyz", Kind::Read, Handler::Readyz, "readyz"),
+    r("/metrics", Kind::GetOnly, Handler::Metrics, "metrics"),
+];
+
+/// The route of a path, if it is one of the collector's.
+pub fn find(path: &str) -> Option<&'static Route> {
+    ROUTES.iter().find(|r| r.path == path)
+}
+
 /// Paths the collector answers (anything else is left to other apps, then 404).
 pub fn is_collector_path(path: &str) -> bool {
-    matches!(
-        path,
-        "/api/event"
-            | "/v1/events"
-            | "/api/send"
-            | "/api/v0/event"
-            | "/api/v0/events"
-            | "/p.gif"
-            | "/healthz"
-            | "/readyz"
-            | "/metrics"
-            | "/js/veil.js"
-            | "/opt-out"
-            | "/js/opt-out.js"
-    )
+    find(path).is_some()
 }
 
 /// Adds permissive CORS headers (any origin, no credentials).
@@ -65,68 +169,65 @@ pub fn cors(mut r: HttpResponse) -> HttpResponse {
     r
 }
 
-/// Routes a request to its handler; `None` when the path is not the collector's.
+/// Routes a request to its handler by [`ROUTES`]; `None` when the path is not the collector's.
+/// Counts the answer under the route's label and status.
 pub async fn route(c: &Collector, req: Request<Bytes>) -> Option<HttpResponse> {
-    let path = req.uri().path().to_string();
-    let m = req.method().clone();
-    let resp = match (path.as_str(), &m) {
-        (
-            "/api/event" | "/v1/events" | "/api/send" | "/api/v0/event" | "/api/v0/events",
-            &Method::OPTIONS,
-        ) => cors(crate::server::text(StatusCode::NO_CONTENT, Bytes::new())),
-        (
-            "/api/event" | "/v1/events" | "/api/send" | "/api/v0/event" | "/api/v0/events",
-            &Method::POST,
-        )
-        | ("/p.gif", &Method::GET)
-            if !c.allow_ip(client_ip(
-                req.headers(),
-                req.extensions().get::<PeerAddr>(),
-                c.trusted_ip_headers(),
-                c.trusted_proxies(),
-            )) =>
-        {
-            cors(c.reject(&Error::RateLimited("ip")))
-        }
-        ("/api/event", &Method::POST) => cors(plausible::handle(c, req).await),
-        ("/v1/events", &Method::POST) => cors(native::handle(c, req).await),
-        ("/api/send", &Method::POST) => cors(umami::handle(c, req).await),
-        ("/api/v0/event", &Method::POST) => cors(aptabase::handle(c, req, false).await),
-        ("/api/v0/events", &Method::POST) => cors(aptabase::handle(c, req, true).await),
-        ("/p.gif", &Method::GET) => pixel::handle(c, req).await,
-        ("/api/send" | "/api/v0/event" | "/api/v0/events", _) => {
-            cors(c.reject(&Error::MethodNotAllowed("POST")))
-        }
-        ("/p.gif", _) => c.reject(&Error::MethodNotAllowed("GET")),
-        ("/api/event" | "/v1/events", _) => cors(c.reject(&Error::MethodNotAllowed("POST"))),
-        ("/js/veil.js", &Method::GET | &Method::HEAD) => tracker::veil_js(&req),
-        ("/opt-out", &Method::GET | &Method::HEAD) => tracker::opt_out_page(),
-        ("/js/opt-out.js", &Method::GET | &Method::HEAD) => tracker::opt_out_js(),
-        ("/js/veil.js" | "/opt-out" | "/js/opt-out.js", _) => {
-            c.reject(&Error::MethodNotAllowed("GET"))
-        }
-        ("/healthz", &Method::GET | &Method::HEAD) => health::healthz(),
-        ("/readyz", &Method::GET | &Method::HEAD) => health::readyz(c).await,
-        ("/metrics", &Method::GET) => health::metrics(c),
-        ("/healthz" | "/readyz" | "/metrics", _) => c.reject(&Error::MethodNotAllowed("GET")),
-        _ => return None,
-    };
-    let route = match path.as_str() {
-        "/api/event" => "plausible",
-        "/v1/events" => "native",
-        "/api/send" => "umami",
-        "/api/v0/event" | "/api/v0/events" => "aptabase",
-        "/p.gif" => "pixel",
-        "/healthz" => "healthz",
-        "/js/veil.js" | "/js/opt-out.js" | "/opt-out" => "assets",
-        "/readyz" => "readyz",
-        _ => "metrics",
-    };
+    let route = find(req.uri().path())?;
+    let resp = answer(c, route, req).await;
     c.metrics()
         .http_requests
-        .with_label_values(&[route, resp.status().as_str()])
+        .with_label_values(&[route.label, resp.status().as_str()])
         .inc();
     Some(resp)
+}
+
+/// Whether the request's client is within the per-IP rate limit.
+fn allowed(c: &Collector, req: &Request<Bytes>) -> bool {
+    c.allow_ip(client_ip(
+        req.headers(),
+        req.extensions().get::<PeerAddr>(),
+        c.trusted_ip_headers(),
+        c.trusted_proxies(),
+    ))
+}
+
+async fn answer(c: &Collector, route: &Route, req: Request<Bytes>) -> HttpResponse {
+    let method = req.method();
+    match route.kind {
+        Kind::Ingest => cors(match *method {
+            Method::OPTIONS => crate::server::text(StatusCode::NO_CONTENT, Bytes::new()),
+            Method::POST if !allowed(c, &req) => c.reject(&Error::RateLimited("ip")),
+            Method::POST => handle(c, route.handler, req).await,
+            _ => c.reject(&Error::MethodNotAllowed("POST")),
+        }),
+        Kind::Pixel => match *method {
+            Method::GET if !allowed(c, &req) => cors(c.reject(&Error::RateLimited("ip"))),
+            Method::GET => handle(c, route.handler, req).await,
+            _ => c.reject(&Error::MethodNotAllowed("GET")),
+        },
+        Kind::Read if matches!(*method, Method::GET | Method::HEAD) => {
+            handle(c, route.handler, req).await
+        }
+        Kind::GetOnly if *method == Method::GET => handle(c, route.handler, req).await,
+        Kind::Read | Kind::GetOnly => c.reject(&Error::MethodNotAllowed("GET")),
+    }
+}
+
+async fn handle(c: &Collector, handler: Handler, req: Request<Bytes>) -> HttpResponse {
+    match handler {
+        Handler::Plausible => plausible::handle(c, req).await,
+        Handler::Native => native::handle(c, req).await,
+        Handler::Umami => umami::handle(c, req).await,
+        Handler::AptabaseEvent => aptabase::handle(c, req, false).await,
+        Handler::AptabaseEvents => aptabase::handle(c, req, true).await,
+        Handler::Pixel => pixel::handle(c, req).await,
+        Handler::VeilJs => tracker::veil_js(&req),
+        Handler::OptOutPage => tracker::opt_out_page(),
+        Handler::OptOutJs => tracker::opt_out_js(),
+        Handler::Healthz => health::healthz(),
+        Handler::Readyz => health::readyz(c).await,
+        Handler::Metrics => health::metrics(c),
+    }
 }
 
 /// The client IP. A peer outside `proxies` is the client itself: whatever headers it sends
@@ -247,6 +348,21 @@ mod tests {
             client_ip(&h, Some(&public), &trusted, &all),
             ip("2001:db8::1")
         );
+    }
+
+    #[test]
+    fn the_route_table_names_each_path_once() {
+        for (i, r) in ROUTES.iter().enumerate() {
+            assert!(
+                ROUTES[i + 1..].iter().all(|o| o.path != r.path),
+                "{} twice",
+                r.path
+            );
+            assert!(is_collector_path(r.path));
+            assert_eq!(find(r.path).map(|f| f.handler), Some(r.handler));
+        }
+        assert!(!is_collector_path("/api/events"));
+        assert!(!is_collector_path("/"));
     }
 
     #[test]

@@ -31,10 +31,11 @@ use http::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::ingest::{ingest, OnInvalid};
 use crate::pipeline::privacy::Consent;
 use crate::pipeline::{parse, AppFacts, Client, Incoming, TrackerFacts};
 use crate::server::{json, HttpResponse};
-use crate::{Collector, Error, Ingested};
+use crate::{Collector, Error};
 
 /// Endpoint label in metrics.
 pub const ENDPOINT: &str = "native";
@@ -182,7 +183,7 @@ fn to_incoming(v: Value, fallback: &Client, consent: Consent) -> Result<Incoming
     })
 }
 
-/// Handles one batch.
+/// Handles one batch (the answer is in the module docs).
 pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
     let max = c.limits().max_events_per_batch;
     let items = match split_body(req.body(), max) {
@@ -191,36 +192,26 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
     };
     let fallback = super::client(c, &req);
     let consent = Consent::from_headers(req.headers());
-    let now = c.now();
-    let mut ignored = 0u64;
-    let mut rows = Vec::with_capacity(items.len());
-    let mut rejected = Vec::new();
-    for (index, v) in items.into_iter().enumerate() {
-        let result = match to_incoming(v, &fallback, consent) {
-            Ok(ev) => c.prepare(ev, ENDPOINT, now),
-            Err(e) => {
-                c.count_invalid(ENDPOINT, 1);
-                Err(e)
-            }
-        };
-        match result {
-            Ok(Ingested::Row(row)) => rows.push(*row),
-            Ok(Ingested::Dropped(_)) => ignored += 1,
-            Err(e) => rejected.push(json!({ "index": index, "error": e.to_string() })),
-        }
-    }
+    let events = items
+        .into_iter()
+        .map(|v| to_incoming(v, &fallback, consent));
     // The whole batch goes to the spool as one append: all on disk, or none (503, retry).
-    if let Err(e) = c.store(&rows, ENDPOINT).await {
-        return c.reject(&e);
-    }
-    let accepted = rows.len();
-    let status = if accepted == 0 && ignored == 0 {
+    let tally = match ingest(c, ENDPOINT, c.now(), events, OnInvalid::Report).await {
+        Ok(tally) => tally,
+        Err(refused) => return refused,
+    };
+    let status = if tally.accepted == 0 && tally.ignored == 0 {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::ACCEPTED
     };
+    let rejected: Vec<Value> = tally
+        .rejected
+        .iter()
+        .map(|(index, e)| json!({ "index": index, "error": e.to_string() }))
+        .collect();
     json(
         status,
-        &json!({ "accepted": accepted, "ignored": ignored, "rejected": rejected }),
+        &json!({ "accepted": tally.accepted, "ignored": tally.ignored, "rejected": rejected }),
     )
 }

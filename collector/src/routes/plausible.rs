@@ -26,10 +26,11 @@ use http::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::ingest::{ingest, OnInvalid};
 use crate::pipeline::privacy::Consent;
 use crate::pipeline::{parse, AppFacts, Client, Incoming, TrackerFacts};
 use crate::server::{text, HttpResponse};
-use crate::{Collector, Error, Ingested};
+use crate::{Collector, Error};
 
 /// Endpoint label in metrics.
 pub const ENDPOINT: &str = "plausible";
@@ -168,25 +169,17 @@ pub fn to_incomings(
         .collect())
 }
 
-/// Handles one Plausible event request.
+/// Handles one Plausible event request: `202 ok` once its rows are on disk.
 pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
     let client = super::client(c, &req);
     let events = match to_incomings(req.body(), &client, Consent::from_headers(req.headers())) {
         Ok(evs) => evs,
         Err(e) => return c.reject_events(&e, ENDPOINT, 1),
     };
-    let now = c.now();
-    let mut rows = Vec::with_capacity(events.len());
-    for ev in events {
-        match c.prepare(ev, ENDPOINT, now) {
-            Ok(Ingested::Row(row)) => rows.push(*row),
-            Ok(Ingested::Dropped(_)) => {}
-            Err(e) => return c.reject(&e),
-        }
+    let refuse = |_, e| e;
+    let events = events.into_iter().map(Ok);
+    match ingest(c, ENDPOINT, c.now(), events, OnInvalid::Refuse(&refuse)).await {
+        Ok(_) => text(StatusCode::ACCEPTED, "ok"),
+        Err(refused) => refused,
     }
-    // 202 only once the rows are on disk.
-    if let Err(e) = c.store(&rows, ENDPOINT).await {
-        return c.reject(&e);
-    }
-    text(StatusCode::ACCEPTED, "ok")
 }

@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use veil_collector::CollectorConfig;
+pub use veil_schemas::sql;
+pub use veil_schemas::sql::{Run, Sql};
 use veil_schemas::ClickHouseConfig;
 
 pub const CHROME: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.109 Safari/537.36";
@@ -72,7 +74,7 @@ impl Running {
         v
     }
 
-    pub async fn count(&self, where_: &str) -> u64 {
+    pub async fn count(&self, where_: &'static str) -> u64 {
         count(&self.ch, where_).await
     }
 }
@@ -87,16 +89,23 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-pub async fn count(ch: &ClickHouseConfig, where_: &str) -> u64 {
+/// The columns of a row type, for `SELECT {} FROM …` (what the `clickhouse` crate's `?fields`
+/// wrote; `query_raw` leaves `?fields` as it is).
+pub fn fields<R: clickhouse::Row>() -> Sql {
+    veil_schemas::sql::idents(R::COLUMN_NAMES, ", ")
+}
+
+/// Rows of `events` matching a condition written in the test.
+pub async fn count(ch: &ClickHouseConfig, where_: &'static str) -> u64 {
     ch.client()
-        .query(&format!("SELECT count() FROM events WHERE {where_}"))
+        .sql(&sql!("SELECT count() FROM events WHERE {}", where_))
         .fetch_one()
         .await
         .unwrap()
 }
 
 /// Waits until `count(where_) == n` (or panics after `secs`).
-pub async fn wait_count(ch: &ClickHouseConfig, where_: &str, n: u64, secs: u64) {
+pub async fn wait_count(ch: &ClickHouseConfig, where_: &'static str, n: u64, secs: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     loop {
         let c = count(ch, where_).await;

@@ -1,4 +1,5 @@
-//! Step 3: identity without identifiers, consent, and scrubbing.
+//! The anonymise stage (and the consent signals the parse stage reads): identity without
+//! identifiers, consent, and scrubbing.
 //!
 //! - The visitor id is `blake3_keyed(salt_of_the_day, len(site) site ‖ len(ip) ip ‖ len(ua) ua)`
 //!   cut to 128 bits ([`VisitorHasher`]), so the same person yields unrelated ids on two sites

@@ -27,6 +27,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{Days, NaiveDate};
+use veil_schemas::sql;
+use veil_schemas::sql::{date, idents, Run, Sql};
 use veil_schemas::ClickHouseConfig;
 
 use crate::{Clock, Error};
@@ -82,13 +84,12 @@ fn ch_err(e: clickhouse::error::Error) -> Error {
 impl SaltStore for ClickHouseSaltStore {
     fn candidates(&self, day: NaiveDate) -> BoxFuture<'_, Result<Vec<(u64, Salt)>, Error>> {
         Box::pin(async move {
-            let rows: Vec<SaltRow> = self
-                .client
-                .query("SELECT ?fields FROM salts WHERE day = toDate(?) ORDER BY nonce")
-                .bind(day.format("%Y-%m-%d").to_string())
-                .fetch_all()
-                .await
-                .map_err(ch_err)?;
+            let q = sql!(
+                "SELECT {} FROM salts WHERE day = {} ORDER BY nonce",
+                idents(<SaltRow as clickhouse::Row>::COLUMN_NAMES, ", "),
+                date(day)
+            );
+            let rows: Vec<SaltRow> = self.client.sql(&q).fetch_all().await.map_err(ch_err)?;
             Ok(rows.into_iter().map(|r| (r.nonce, r.salt)).collect())
         })
     }
@@ -119,12 +120,13 @@ impl SaltStore for ClickHouseSaltStore {
             struct Part {
                 partition: String,
             }
+            let parts_q = Sql::new(
+                "SELECT DISTINCT partition FROM system.parts \
+                 WHERE database = currentDatabase() AND table = 'salts' AND active",
+            );
             let parts: Vec<Part> = self
                 .client
-                .query(
-                    "SELECT DISTINCT partition FROM system.parts \
-                     WHERE database = currentDatabase() AND table = 'salts' AND active",
-                )
+                .sql(&parts_q)
                 .fetch_all()
                 .await
                 .map_err(ch_err)?;
@@ -134,12 +136,9 @@ impl SaltStore for ClickHouseSaltStore {
                     continue;
                 };
                 if n < cutoff {
-                    // The partition id is a number we just parsed: safe to paste.
-                    self.client
-                        .query(&format!("ALTER TABLE salts DROP PARTITION {n}"))
-                        .execute()
-                        .await
-                        .map_err(ch_err)?;
+                    // The partition id is a number we just parsed.
+                    let drop = sql!("ALTER TABLE salts DROP PARTITION {}", n);
+                    self.client.sql(&drop).execute().await.map_err(ch_err)?;
                 }
             }
             Ok(())

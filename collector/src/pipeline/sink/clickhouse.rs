@@ -1,5 +1,5 @@
 //! The ClickHouse sink: one `INSERT INTO events FORMAT RowBinary` per batch over HTTP (LZ4
-//! compressed), with the `clickhouse` crate. Each writer thread owns one sink and a small
+//! compressed), with the `clickhouse` crate. The writer thread owns the sink and its small
 //! single-threaded tokio runtime to drive the client, so inserts never block the server's runtime.
 //!
 //! Cluster mode (`--clickhouse-cluster`): `events` is a Distributed table over Replicated
@@ -11,6 +11,8 @@
 
 use std::time::Duration;
 
+use veil_schemas::sql;
+use veil_schemas::sql::{lit, Run};
 use veil_schemas::ClickHouseConfig;
 
 use super::Sink;
@@ -80,21 +82,16 @@ impl Sink for ClickHouseSink {
             (lo.min(r.timestamp), hi.max(r.timestamp))
         });
         let client = self.client.clone();
-        let token = token.to_string();
+        let q = sql!(
+            "SELECT DISTINCT toUInt32(toYYYYMMDD(timestamp)) FROM events \
+             WHERE spool_token = {} AND timestamp >= toDateTime({}) AND timestamp <= toDateTime({})",
+            lit(token),
+            lo,
+            hi
+        );
         let present: Vec<u32> = self
             .rt
-            .block_on(async move {
-                client
-                    .query(
-                        "SELECT DISTINCT toUInt32(toYYYYMMDD(timestamp)) FROM events \
-                         WHERE spool_token = ? AND timestamp >= toDateTime(?) AND timestamp <= toDateTime(?)",
-                    )
-                    .bind(token)
-                    .bind(lo)
-                    .bind(hi)
-                    .fetch_all()
-                    .await
-            })
+            .block_on(async move { client.sql(&q).fetch_all().await })
             .map_err(|e| Error::Sink(e.to_string()))?;
         let missing: Vec<EventRow> = rows
             .iter()

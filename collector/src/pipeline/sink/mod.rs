@@ -1,13 +1,14 @@
-//! Step 5: where batches go. [`Sink`] is the I/O edge: the writer threads call it with a full
-//! batch; [`clickhouse::ClickHouseSink`] is the real one, tests may use a fake, and the durable
-//! spool (issue 7) wraps it.
+//! The last step: where batches go. [`Sink`] is the I/O edge: the one writer thread (see
+//! [`batch`](super::batch)) calls it with each batch it reads from the spool, and commits the
+//! batch in the spool only after the sink stored it; [`clickhouse::ClickHouseSink`] is the real
+//! one, tests and benches may use a fake.
 
 pub mod clickhouse;
 
 use super::EventRow;
 use crate::Error;
 
-/// Something that stores batches of rows. Called from a writer thread (blocking is fine).
+/// Something that stores batches of rows. Called from the writer thread (blocking is fine).
 pub trait Sink: Send + 'static {
     /// Stores every row or fails as a whole.
     fn write(&mut self, rows: &[EventRow]) -> Result<(), Error>;
@@ -21,5 +22,5 @@ pub trait Sink: Send + 'static {
     }
 }
 
-/// Makes one sink per writer thread.
+/// Makes the sink the writer thread uses.
 pub type SinkFactory = Box<dyn Fn() -> Result<Box<dyn Sink>, Error> + Send + Sync>;

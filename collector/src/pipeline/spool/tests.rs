@@ -3,7 +3,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -239,7 +239,8 @@ async fn append_does_not_block_the_runtime() {
             started.elapsed()
         },
         async {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Runs again only if the runtime is free while the append waits.
+            tokio::task::yield_now().await;
             started.elapsed()
         }
     );
@@ -772,15 +773,19 @@ fn close_flushes_accepted_appends_then_refuses() {
     };
     let spool = Spool::open(dir.path(), cfg.clone()).unwrap();
     let go = Arc::new(AtomicBool::new(true));
+    let acked = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..8)
         .map(|t| {
-            let (spool, go) = (spool.clone(), go.clone());
+            let (spool, go, acked) = (spool.clone(), go.clone(), acked.clone());
             std::thread::spawn(move || {
                 let mut ok = 0;
                 let mut i = 0;
                 while go.load(Ordering::Relaxed) {
                     match spool.append_blocking(Records::one(format!("{t}/{i}").as_bytes())) {
-                        Ok(_) => ok += 1,
+                        Ok(_) => {
+                            ok += 1;
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
                         Err(SpoolError::Closed) => break,
                         Err(e) => panic!("{e}"),
                     }
@@ -790,7 +795,11 @@ fn close_flushes_accepted_appends_then_refuses() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(50));
+    // Close while the writers are busy: once appends are being acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.load(Ordering::Relaxed) < 8 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     spool.close().unwrap();
     spool.close().unwrap(); // idempotent
     go.store(false, Ordering::Relaxed);
