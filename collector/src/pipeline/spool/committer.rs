@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use super::error::io_copy;
 use super::format::{segment_header, sync_dir, SEGMENT_HEADER_LEN};
 use super::records::Frame;
-use super::store::{Appended, Counters, SegMeta, Shared};
+use super::state::{Appended, Counters, SegMeta, Shared};
 use super::{Position, SpoolError};
 
 /// A message to the committer.

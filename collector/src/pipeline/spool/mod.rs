@@ -167,6 +167,7 @@ mod format;
 mod reader;
 mod records;
 mod recovery;
+mod state;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -178,8 +179,8 @@ use std::time::Duration;
 pub use error::SpoolError;
 pub use reader::{Batch, BatchLimits, Record, SpoolReader};
 pub use records::Records;
-pub use recovery::RecoveryReport;
-pub use store::{Appended, Spool, SpoolStats};
+pub use state::{Appended, RecoveryReport, SpoolStats};
+pub use store::Spool;
 
 /// A place in the log: a segment id and a byte offset in that segment file. Ordered by
 /// segment, then offset, which is append order.

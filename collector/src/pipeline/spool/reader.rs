@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::error::io_err;
 use super::format::{read_header, read_payload, Corruption, HeaderRead, MAX_LEASES};
-use super::store::{unix_millis, Counters, Shared, Span};
+use super::state::{unix_millis, Counters, Shared, Span};
 use super::{Position, SpoolError};
 
 /// Largest read buffer while reading a segment.

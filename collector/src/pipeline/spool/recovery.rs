@@ -12,33 +12,8 @@ use super::format::{
     sync_dir, write_cursor_file, Corruption, CursorState, HeaderRead, CURSOR_FILE, CURSOR_TMP_FILE,
     SEGMENT_HEADER_LEN,
 };
-use super::store::SegMeta;
+use super::state::{RecoveryReport, SegMeta};
 use super::{Durability, Position, SpoolConfig, SpoolError};
-
-/// What [`super::Spool::open`] found and repaired.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RecoveryReport {
-    /// Segment files kept.
-    pub segments: usize,
-    /// Records after the cursor, to be read again.
-    pub replayable_records: u64,
-    /// Leased batches that will be handed out again with their old bounds.
-    pub replayed_batches: usize,
-    /// Consumed segments deleted.
-    pub deleted_segments: usize,
-    /// Places where damaged data was found (a damaged tail, a damaged sealed segment, an
-    /// unreadable cursor file).
-    pub corrupt_regions: u64,
-    /// Bytes cut from the end of the tail segment (torn or damaged records, incomplete appends).
-    pub torn_tail_bytes: u64,
-    /// Bytes of sealed segments that are skipped because they are damaged or follow damage.
-    pub skipped_bytes: u64,
-    /// The cursor file was unreadable: everything on disk is replayed, under a new instance id.
-    pub cursor_reset: bool,
-    /// Leased batch bounds could not be honoured (the data they cover was damaged or gone), so
-    /// batches after the committed position are cut afresh.
-    pub leases_dropped: bool,
-}
 
 /// The state [`super::Spool::open`] starts from.
 pub(super) struct Recovered {
