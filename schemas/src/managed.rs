@@ -85,7 +85,34 @@ fn find_binary() -> Option<(PathBuf, Vec<&'static str>)> {
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
+///
+/// Chosen below the kernel's ephemeral range (`ip_local_port_range`), so that an outgoing
+/// connection (a server's ZooKeeper session, a replica fetching parts) cannot be given the
+/// port between the moment it is chosen and the moment a server binds it: a cluster names
+/// every node's ports up front, and a node that finds one taken exits after it has already
+/// answered a ping. Falls back to any free port when that range is too small.
 pub fn free_port() -> Result<u16, Error> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOW: u16 = 10_000;
+    if ephemeral_low > LOW + 1000 {
+        let span = u32::from(ephemeral_low - LOW);
+        for _ in 0..200 {
+            let mut r = [0u8; 4];
+            if getrandom::fill(&mut r).is_err() {
+                break;
+            }
+            let offset = u32::from_le_bytes(r) % span;
+            let Ok(port) = u16::try_from(u32::from(LOW) + offset) else {
+                continue;
+            };
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("finding a free port", e))?;
     let port = l
         .local_addr()

@@ -17,12 +17,9 @@ use std::time::{Duration, Instant};
 
 use veil_schemas::sql::Sql;
 
+/// A free loopback port, chosen as the managed servers choose theirs (outside the ephemeral range).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    veil_schemas::managed::free_port().unwrap()
 }
 
 pub fn http(
