@@ -10,7 +10,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -56,17 +55,8 @@ fn event(seq: usize, base: i64) -> String {
 
 /// POST without panicking: `None` when the connection fails (a killed collector).
 fn try_post(addr: SocketAddr, path: &str, body: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split(' ').nth(1)?.parse().ok()?;
-    Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
+    let json = [("Content-Type", "application/json")];
+    common::try_http(addr, "POST", path, &json, body, Duration::from_secs(30))
 }
 
 /// A `veil` child process, killed when dropped: a failing assertion unwinds through the test
@@ -133,14 +123,7 @@ fn wait_ready(addr: SocketAddr, child: &mut Child, log: &Path) {
 }
 
 fn try_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split(' ').nth(1)?.parse().ok()?;
-    Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
+    common::try_http(addr, "GET", path, &[], "", Duration::from_secs(10))
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -176,21 +159,10 @@ fn results(api: SocketAddr, q: &str) -> serde_json::Value {
 
 /// Runs `q` on the server at `url` (HTTP interface), returning the TSV lines.
 fn ch_query(url: &str, q: &Sql) -> Vec<String> {
-    let sql = q.as_str();
-    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    // HTTP/1.0: ClickHouse answers without chunked encoding.
-    let mut s = TcpStream::connect(addr(port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = format!(
-        "POST / HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n{sql}",
-        sql.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    assert!(head.contains(" 200 "), "{sql}: {out}");
-    body.lines().map(str::to_string).collect()
+    common::clickhouse_query(url, q)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// seq → times stored, read through the (Distributed) `events` table of `db`.

@@ -45,23 +45,21 @@ fn survives(signal: &str) {
                 let body = format!(
                     r#"{{"n":"pageview","u":"https://example.com/e/{id}","d":"example.com"}}"#
                 );
-                let ok = std::panic::catch_unwind(|| {
-                    http(
-                        addr,
-                        "POST",
-                        "/api/event",
-                        &[(
-                            "User-Agent",
-                            "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
-                        )],
-                        &body,
-                    )
-                    .0
-                });
-                match ok {
-                    Ok(202) => acked.lock().unwrap().push(id),
-                    Ok(_) => {}
-                    Err(_) => break, // the server is gone
+                let answer = try_http(
+                    addr,
+                    "POST",
+                    "/api/event",
+                    &[(
+                        "User-Agent",
+                        "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
+                    )],
+                    &body,
+                    Duration::from_secs(20),
+                );
+                match answer {
+                    Some((202, _)) => acked.lock().unwrap().push(id),
+                    Some(_) => {}
+                    None => break, // the server is gone
                 }
                 i += 1;
             }
