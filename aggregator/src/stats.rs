@@ -34,8 +34,7 @@ use crate::site::SiteView;
 use crate::snapshot::Snapshots;
 use crate::Error;
 
-/// [`crate::db::fetch`], at the path callers outside the crate used before it moved.
-pub use crate::db::fetch;
+use crate::db::fetch;
 
 /// The `site_id` of a request body, before anything else is checked (to find the site).
 pub fn site_id(body: &[u8]) -> Result<String, Error> {
