@@ -38,14 +38,18 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The one file allowed to call `query_raw` and to define an escaper.
 const SQL_MODULE: &str = "schemas/src/sql.rs";
 
+/// Sending SQL: `.query(…)` with an argument (the crate's `?` binding), `.bind(`, `query_raw(`
+/// — all only inside the sql module.
+fn send_pattern() -> Regex {
+    Regex::new(r"\.query\(\s*[^)\s]|\.bind\(|query_raw\(").unwrap()
+}
+
 fn offences(krate: &str) -> Vec<String> {
     let root = workspace();
     let mut files = Vec::new();
     rust_files(&root.join(krate), &mut files);
     assert!(!files.is_empty(), "no Rust files under {krate}/");
-    // Sending SQL: `.query(…)` with an argument (the crate's `?` binding), `.bind(`,
-    // `query_raw(` — all only inside the sql module.
-    let send = Regex::new(r"\.query\(\s*[^)\s]|\.bind\(|query_raw\(").unwrap();
+    let send = send_pattern();
     // A second escaper.
     let escaper = Regex::new(r"fn\s+(lit|quote|escape|sql_str|sql_string)\w*\s*[<(]").unwrap();
     // SQL text built as a plain string.
@@ -127,8 +131,8 @@ fn benches_send_sql_only_through_the_sql_module() {
 
 #[test]
 fn the_rule_catches_what_it_forbids() {
-    // The patterns above, tried on lines that break the rule and on lines that do not.
-    let send = Regex::new(r"\.query\(\s*[^)\s]|\.bind\(|query_raw\(").unwrap();
+    // The pattern, tried on lines that break the rule and on lines that do not.
+    let send = send_pattern();
     assert!(send.is_match(r#"client.query("SELECT ?").bind(x)"#));
     assert!(send.is_match("c.query_raw(&s)"));
     assert!(!send.is_match("let q = uri.query();"));
