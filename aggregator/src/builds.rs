@@ -19,6 +19,7 @@ use veil_schemas::sql::{date, utc};
 
 use crate::db::{fetch, number};
 use crate::query::source::{source, uses_builds};
+use crate::query::visits::HITS_LAYOUT;
 use crate::query::Query;
 use crate::query::{Build, Snap, Source};
 use crate::site::SiteView;
@@ -63,7 +64,8 @@ async fn visit_builds_for(
 ) -> Result<Vec<Build>, Error> {
     let stmt = sql!(
             "SELECT toString(day), max(build), formatDateTime(argMax(cut, build), '%Y-%m-%d %H:%M:%S', 'UTC'), \
-             argMax(events, build) FROM visit_builds WHERE day >= {} AND day <= {} GROUP BY day",
+             argMax(events, build), argMax(layout, build) FROM visit_builds \
+             WHERE day >= {} AND day <= {} GROUP BY day",
             date(from),
             date(to)
         );
@@ -78,12 +80,14 @@ async fn visit_builds_for(
                 .ok()
                 .filter(|c| c.date() == day);
             let events = number(r.get(3)?)?;
+            let layout = number(r.get(4)?)?;
             Some((
                 Build {
                     day,
                     build,
                     cut,
                     snap: None,
+                    hits: layout >= f64::from(HITS_LAYOUT),
                 },
                 events,
             ))

@@ -365,7 +365,7 @@ pub async fn funnel(
         (1..=steps.len()).map(|i| sql!("uniqIf(visitor_id, level >= {})", i)),
         ", ",
     );
-    let from = rows::joined_rows(&q);
+    let from = rows::raw_joined_rows(&q);
     let sql = sql!(
         "SELECT {} FROM (SELECT visitor_id, visit, windowFunnel(86400)(timestamp, {}) AS level FROM {} WHERE {} GROUP BY visitor_id, visit)",
         levels,

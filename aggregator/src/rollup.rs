@@ -28,8 +28,8 @@ use veil_schemas::ClickHouseConfig;
 
 use crate::db::{cell_u64, exec, fetch, mutation_target};
 use crate::query::visits::{
-    derive_open_visits, derive_visits, event_dim_pairs, visit_dim_pairs, OPEN_VISIT_COLS,
-    VISIT_GAP_SECS,
+    derive_open_visits, derive_visits, event_dim_pairs, visit_dim_pairs, HITS_LAYOUT,
+    OPEN_VISIT_COLS, VISIT_COLS, VISIT_GAP_SECS,
 };
 use crate::Error;
 
@@ -78,7 +78,11 @@ async fn build_visits(
     match cut {
         None => {
             let visits = derive_visits(cond, build);
-            let stmt = sql!("INSERT INTO visits {}", visits);
+            let stmt = sql!(
+                "INSERT INTO visits ({}) {}",
+                idents(VISIT_COLS, ", "),
+                visits
+            );
             exec(client, &stmt).await?
         }
         Some(c) => {
@@ -86,7 +90,8 @@ async fn build_visits(
             let quiet = utc(c - Duration::seconds(VISIT_GAP_SECS));
             let visits = derive_visits(cond, build);
             let stmt = sql!(
-                "INSERT INTO visits SELECT * FROM ({}) WHERE start + duration < {}",
+                "INSERT INTO visits ({0}) SELECT {0} FROM ({1}) WHERE start + duration < {2}",
+                idents(VISIT_COLS, ", "),
                 visits,
                 quiet
             );
@@ -142,11 +147,12 @@ async fn build_visits(
     exec(client, &stmt).await?;
     let cut_sql = cut.map(utc).unwrap_or_else(|| Sql::new("toDateTime(0)"));
     let stmt = sql!(
-            "INSERT INTO visit_builds (day, build, events, built_at, cut) VALUES ({}, {}, {}, now(), {})",
+            "INSERT INTO visit_builds (day, build, events, built_at, cut, layout) VALUES ({}, {}, {}, now(), {}, {})",
             date(day),
             build,
             events,
-            cut_sql
+            cut_sql,
+            HITS_LAYOUT
         );
     exec(client, &stmt).await?;
     if build > 1 {
@@ -276,9 +282,10 @@ pub async fn run_until(
     );
     let raw = fetch(client, &stmt).await?;
     let stmt = sql!(
-            "SELECT toString(day), argMax(events, build), max(build) FROM visit_builds WHERE day >= {} GROUP BY day",
-            date(first)
-        );
+        "SELECT toString(day), argMax(events, build), max(build), argMax(layout, build) \
+             FROM visit_builds WHERE day >= {} GROUP BY day",
+        date(first)
+    );
     let builds = fetch(client, &stmt).await?;
     let stmt = sql!(
         "SELECT toString(toDate(hour)) AS d, countMerge(hits) FROM events_hourly \
@@ -318,7 +325,9 @@ pub async fn run_until(
                 .iter()
                 .any(|r| r[0].as_str() == Some(day_s) && n(&r[1]) == b)
         });
-        if lookup(&builds, day_s, 1) != Some(all) || !has_daily {
+        // A build from before the visits carried their hits (016) is built again.
+        let has_hits = lookup(&builds, day_s, 3).is_some_and(|l| l >= u64::from(HITS_LAYOUT));
+        if lookup(&builds, day_s, 1) != Some(all) || !has_daily || !has_hits {
             let build = latest.unwrap_or(0) + 1;
             build_visits(ch, day, build, &day_range(day), all, None).await?;
             report.visit_days.push(day);

@@ -125,6 +125,57 @@ async fn check_reports(ch: &ClickHouseConfig, rollups: bool) {
         )],
         "{conv}"
     );
+    // The same without revenue reads the visit rows' hits once built (no sessionizing).
+    let conv = q(ch, &s, base(json!({"metrics": ["visitors", "conversion_rate", "bounce_rate"], "dimensions": ["visit:source"], "filters": [["is", "event:goal", ["Signup"]]], "include": inc}))).await;
+    assert_eq!(
+        rows(&conv),
+        vec![(vec!["Google".into()], vec![json!(5), json!(50), json!(0)])],
+        "{conv}"
+    );
+    let want = if rollups { "visit_hits" } else { "joined" };
+    assert_eq!(conv["meta"]["source"], want, "{conv}");
+    // A page's visitors, visits, pageviews, bounce rate and duration (the visits that viewed
+    // it; pageviews of that page only): the six /pricing visits are A0–A5's, none a bounce,
+    // five of 180 s and one of 60 s (the durations above).
+    let pricing = q(ch, &s, base(json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"], "filters": [["is", "event:page", ["/pricing"]]], "include": inc}))).await;
+    assert_eq!(
+        pricing["results"][0]["metrics"],
+        json!([6, 6, 6, 0, (5 * 180 + 60) / 6]),
+        "{pricing}"
+    );
+}
+
+/// Questions that mix hits (a page, a goal, an event name, time) with visits (source, entry
+/// page, country, bounce rate, duration): from the visit rows' stored hits
+/// (`visit_hits`) they must equal the answers derived from raw events alone.
+async fn visit_hits_match_raw(ch: &ClickHouseConfig) {
+    let s = site();
+    let questions = [
+        json!({"metrics": ["visitors", "visits", "pageviews", "events", "bounce_rate", "visit_duration", "views_per_visit"], "filters": [["is", "event:page", ["/pricing"]]]}),
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "filters": [["is", "visit:source", ["Google"]]]}),
+        json!({"metrics": ["visitors", "events", "conversion_rate"], "dimensions": ["visit:source"], "filters": [["is", "event:goal", ["Signup"]]]}),
+        json!({"metrics": ["visitors", "visits"], "dimensions": ["visit:source"], "filters": [["contains", "event:page", ["blog"]]]}),
+        json!({"metrics": ["visits", "bounce_rate"], "dimensions": ["visit:entry_page"], "filters": [["or", [["is", "event:page", ["/pricing"]], ["is", "event:name", ["Signup"]]]]]}),
+        json!({"metrics": ["visitors", "visits", "visit_duration"], "filters": [["not", ["is", "event:page", ["/pricing"]]]]}),
+        json!({"metrics": ["visitors", "bounce_rate"], "dimensions": ["visit:country"], "filters": [["matches", "event:page", ["^/blog/"]]]}),
+        json!({"metrics": ["visits", "pageviews"], "dimensions": ["time:day"], "filters": [["is", "event:page", ["/"]]]}),
+        json!({"metrics": ["visitors", "visits"], "dimensions": ["event:goal"], "filters": [["is", "visit:source", ["Google"]]]}),
+        json!({"metrics": ["visitors", "visits"], "dimensions": ["visit:source"], "filters": [["has_done", ["is", "event:page", ["/pricing"]]]]}),
+        json!({"metrics": ["visitors", "visit_duration"], "dimensions": ["event:page", "visit:source"]}),
+        json!({"metrics": ["visitors", "visits"], "dimensions": ["event:hostname"], "filters": [["is", "visit:entry_page", ["/blog/x"]], ["is", "event:page", ["/blog/x"]]]}),
+    ];
+    for body in questions {
+        let mut raw = body.clone();
+        raw["include"] = json!({"rollups": false});
+        let (r, d) = (q(ch, &s, base(body)).await, q(ch, &s, base(raw)).await);
+        assert_eq!(r["meta"]["source"], "visit_hits", "{r}");
+        assert_eq!(d["meta"]["source"], "joined", "{d}");
+        assert_eq!(r["results"], d["results"], "visit hits {r}\nraw {d}");
+        assert!(
+            r["results"].as_array().is_some_and(|a| !a.is_empty()),
+            "{r}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -166,6 +217,7 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
     );
     assert_eq!(src(json!({"metrics": ["visitors"], "dimensions": ["event:page"], "include": {"rollups": false}})).await, "events");
     check_reports(&ch, true).await;
+    visit_hits_match_raw(&ch).await;
     // The current day is built up to a cut: the visits still open at it (B0–B5's second
     // visit, 14:00) are stored as they stood, and every hit after it (C0, C1 at 15:00) comes
     // from raw events. Pretend the 20th is today: the answers stay the same.
@@ -202,6 +254,7 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
     .await;
     assert_eq!(open, 6, "B0–B5's second visits are open");
     check_reports(&ch, true).await;
+    visit_hits_match_raw(&ch).await;
     // A hit stored after the build with a time before its cut (here another site's, from an
     // app's offline queue): the build no longer holds every hit before its cut, so readers
     // leave it out and derive the day from raw events.
@@ -443,6 +496,18 @@ async fn open_visits_carry_on_after_the_cut() {
         json!([10, 1380]),
         "{filtered}"
     );
+    // Hits beside their visits (`visit_hits`): an open visit's stored hits joined with those
+    // after the cut, in order — a page seen only after the cut (P's /b) belongs to the visit
+    // that started before it.
+    for body in [
+        json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"], "filters": [["is", "event:page", ["/b"]]]}),
+        json!({"metrics": ["visitors", "pageviews", "visits"], "dimensions": ["event:page"], "filters": [["is", "visit:entry_page", ["/a", "/s1", "/q"]]], "order_by": [["event:page", "asc"]]}),
+        json!({"metrics": ["visits", "bounce_rate"], "dimensions": ["visit:source"], "filters": [["contains", "event:page", ["2"]]], "order_by": [["visit:source", "asc"]]}),
+    ] {
+        let d = both(body).await;
+        assert_eq!(d["meta"]["source"], "visit_hits", "{d}");
+        assert!(!rows(&d).is_empty(), "{d}");
+    }
     // The hits after the cut are read from events_recent, which keeps two days: trimming on
     // the 21st keeps the 20th, on the 22nd drops it.
     let recent = || {

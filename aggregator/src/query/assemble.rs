@@ -10,7 +10,7 @@ use veil_schemas::sql::{utc, Sql};
 
 use super::build::Build;
 use super::expr::{additive, dim_expr, filter_sql, metric_sql, ts_col};
-use super::rows::{hourly_rows, joined_rows, visit_rows, visits_daily_rows};
+use super::rows::{hourly_rows, joined_rows, raw_joined_rows, visit_rows, visits_daily_rows};
 use super::source::{source, Source};
 use super::visits::site_cond;
 use super::vocab::{Metric, Query};
@@ -138,7 +138,11 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> 
             );
             (Sql::new("events"), vec![range, Sql::new("bot = ''")])
         }
-        Source::Joined => (joined_rows(q), Vec::new()),
+        Source::Joined => (raw_joined_rows(q), Vec::new()),
+        Source::VisitHits => {
+            let pre = q.filter.as_ref().map(|f| filter_sql(f, src, q, site));
+            (joined_rows(q, built, pre.as_ref()), Vec::new())
+        }
     };
     if let Some(f) = &q.filter {
         conds.push(filter_sql(f, src, q, site));

@@ -17,6 +17,9 @@ pub struct Build {
     /// For the current day: a recorded snapshot of the site's day made from this build, fresh
     /// enough to be read instead of the build and what follows its cut ([`super::visits::snapshot_rows`]).
     pub snap: Option<Snap>,
+    /// Whether its visit rows carry their hits ([`super::visits::VISIT_HITS`]; builds made
+    /// before `016_visit_hits.sql` do not, until the rollup job builds their day again).
+    pub hits: bool,
 }
 
 /// One recorded snapshot of a site's current day (`today_snaps`).
@@ -36,6 +39,7 @@ impl Build {
             build,
             cut: None,
             snap: None,
+            hits: true,
         }
     }
 }

@@ -47,7 +47,7 @@ pub(super) fn ts_col(src: Source) -> &'static str {
         Source::Visits => "start",
         Source::Hourly => "hour",
         Source::VisitsDaily => "toDateTime(day, 'UTC')",
-        Source::Events | Source::Joined => "timestamp",
+        Source::Events | Source::Joined | Source::VisitHits => "timestamp",
     }
 }
 
@@ -58,7 +58,7 @@ pub(super) fn dim_expr(d: &Dim, src: Source, q: &Query, site: &SiteView) -> Sql 
         DimKind::Event(c) | DimKind::Visitor(c) => Sql::new(c),
         DimKind::Visit(c) => {
             let col = match src {
-                Source::Joined => sql!("v_{}", *c),
+                Source::Joined | Source::VisitHits => sql!("v_{}", *c),
                 Source::VisitsDaily => Sql::new("value"),
                 _ => Sql::new(c),
             };
@@ -267,7 +267,7 @@ pub(super) fn metric_sql(m: Metric, src: Source, q: &Query) -> Sql {
             Metric::Events => Sql::new("countMergeIf(hits, name != 'engagement')"),
             _ => Sql::new("uniqMerge(visitors)"),
         },
-        Source::Events | Source::Joined => {
+        Source::Events | Source::Joined | Source::VisitHits => {
             let visit = "(visitor_id, visit)";
             match m {
                 Metric::Visitors | Metric::ConversionRate | Metric::Percentage => {

@@ -8,7 +8,8 @@
 //!   with the same SQL (`derive_visit_cols`);
 //! - the event rollups (`hourly_rows`);
 //! - per-day, per-dimension counts (`visits_daily_rows`);
-//! - raw events joined to their visit ([`joined_rows`]).
+//! - hits beside their visit's properties ([`joined_rows`]): from the visit rows' hit arrays
+//!   on built days, raw events joined to their derived visits elsewhere ([`raw_joined_rows`]).
 
 use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime};
 use veil_schemas::sql;
@@ -18,7 +19,7 @@ use super::build::Build;
 use super::source::{daily_dim, utc_aligned, DailyDim};
 use super::visits::{
     after_cut_cond, derive_visit_cols, hit_field, open_visit_rows, sessionize, site_cond,
-    visit_aggregates, EV_FIELDS, HAS_VISITOR, RECENT, VISIT_MEASURES,
+    visit_aggregates, EV_FIELDS, HAS_VISITOR, RECENT, VISIT_HITS, VISIT_MEASURES,
 };
 use super::vocab::{DimKind, Metric, Query, TimeBucket};
 
@@ -461,8 +462,10 @@ pub(super) fn visit_rows(q: &Query, built: &[Build]) -> Sql {
     union_all(parts)
 }
 
-/// Raw events joined to their visit's properties (`v_…` columns).
-pub fn joined_rows(q: &Query) -> Sql {
+/// Raw events joined to their visit's properties (`v_…` columns), derived per query: every
+/// hit of the range's UTC days sessionized, then joined to its visit. What
+/// [`joined_rows`] reads for days without a build carrying hits, and all a funnel reads.
+pub fn raw_joined_rows(q: &Query) -> Sql {
     // Whole UTC days, so no visit is cut at the range's edges; hits outside the range are
     // removed by the outer WHERE.
     let days = utc_days(q.start, q.end);
@@ -500,4 +503,145 @@ pub fn joined_rows(q: &Query) -> Sql {
         utc(q.start),
         utc(q.end)
     )
+}
+
+/// Rows for [`Source::VisitHits`](super::source::Source::VisitHits): one per hit, with its
+/// visit's properties as `v_…` columns (the columns of [`raw_joined_rows`]), read from stored
+/// visit rows where it can.
+///
+/// The range's UTC days with a build whose visits carry
+/// their hits (`016_visit_hits.sql`) are read from those visit rows (`visits`, and for the
+/// current day also the visits still open at its cut, carried on by the hits after it:
+/// [`open_visit_rows`]), each visit's hit arrays ARRAY JOINed beside its properties — the
+/// same rows the raw path makes, without sessionizing raw events per query. `pre`, the
+/// query's filter over these rows, is applied to each visit before its hits are expanded
+/// (a visit none of whose hits in the range passes it adds no row), so a filter on a page
+/// or a goal expands only the visits that have one. Other days are derived from raw events
+/// ([`raw_joined_rows`]). The columns are those the query reads (`joined_cols`): `visitor_id`,
+/// `visit` (a number naming the visitor's visit), the hit's `timestamp`, `name`, `pathname`,
+/// `hostname`, the visitor facts asked about and the visit's `v_…` properties and measures.
+pub fn joined_rows(q: &Query, built: &[Build], pre: Option<&Sql>) -> Sql {
+    let (facts, visit) = joined_cols(q);
+    let mut out: Vec<Sql> = [
+        "visitor_id",
+        "visit",
+        "timestamp",
+        "name",
+        "pathname",
+        "hostname",
+    ]
+    .iter()
+    .map(|c| Sql::new(c))
+    .collect();
+    out.extend(facts.iter().map(|c| Sql::new(c)));
+    out.extend(visit.iter().map(|c| sql!("v_{}", *c)));
+    let out = Sql::join(out, ", ");
+    let days = utc_days(q.start, q.end);
+    let with_hits: Vec<&Build> = built
+        .iter()
+        .filter(|b| b.hits && days.contains(&b.day))
+        .collect();
+    let mut parts = Vec::new();
+    if !with_hits.is_empty() {
+        // The visit columns read: visitor, start, the hit arrays, the facts and properties.
+        let mut cols: Vec<&'static str> = vec!["visitor_id", "start"];
+        cols.extend(VISIT_HITS.iter().copied());
+        cols.extend(facts.iter().copied());
+        for c in &visit {
+            if !cols.contains(c) {
+                cols.push(c);
+            }
+        }
+        let names = idents(&cols, ", ");
+        let mut sources = vec![sql!(
+            "SELECT {} FROM visits WHERE {} AND {}",
+            names,
+            site_cond(&q.site),
+            builds_key(with_hits.iter().copied())
+        )];
+        for b in &with_hits {
+            let Some(cut) = b.cut else { continue };
+            sources.push(sql!(
+                "SELECT {} FROM ({})",
+                names,
+                open_visit_rows(&q.site, b, cut, &cols)
+            ));
+        }
+        let in_range =
+            |ts: &'static str| sql!("{0} >= {1} AND {0} < {2}", ts, utc(q.start), utc(q.end));
+        let props = Sql::join(visit.iter().map(|c| sql!(", {0} AS v_{0}", *c)), "");
+        let facts_sel = Sql::join(facts.iter().map(|c| sql!(", {}", *c)), "");
+        // The hit arrays' elements, named as the raw rows' columns, so `pre` reads the same.
+        let lambda = sql!(
+            "arrayExists((timestamp, name, pathname, hostname) -> {} AND {}, \
+             hit_times, hit_names, hit_paths, hit_hosts)",
+            in_range("timestamp"),
+            pre.cloned().unwrap_or_else(|| Sql::new("1"))
+        );
+        parts.push(sql!(
+            "SELECT {} FROM (SELECT visitor_id, toUInt64(start) AS visit, hit_times, hit_names, \
+             hit_paths, hit_hosts{}{} FROM ({}) WHERE {}) \
+             ARRAY JOIN hit_times AS timestamp, hit_names AS name, hit_paths AS pathname, \
+             hit_hosts AS hostname WHERE {}",
+            out.clone(),
+            facts_sel,
+            props,
+            Sql::join(sources, " UNION ALL "),
+            lambda,
+            in_range("timestamp")
+        ));
+    }
+    // Runs of days without such a build, from raw events.
+    let mut runs: Vec<(NaiveDate, NaiveDate)> = Vec::new();
+    for d in days
+        .iter()
+        .filter(|d| !with_hits.iter().any(|b| b.day == **d))
+    {
+        match runs.last_mut() {
+            Some((_, end)) if *end + Duration::days(1) == *d => *end = *d,
+            _ => runs.push((*d, *d)),
+        }
+    }
+    for (a, b) in runs {
+        let mut part = q.clone();
+        part.start = q.start.max(a.and_time(NaiveTime::MIN));
+        part.end = q.end.min((b + Duration::days(1)).and_time(NaiveTime::MIN));
+        parts.push(sql!(
+            "SELECT {} FROM {}",
+            out.clone(),
+            raw_joined_rows(&part)
+        ));
+    }
+    union_all(parts)
+}
+
+/// What a joined row must carry for `q` besides the hit: the visitor facts its dimensions and
+/// filters name (as plain columns, like the raw rows' hit columns), and the visit columns
+/// read as `v_…` (visit properties in dimensions and filters, and the measures its metrics
+/// are made of).
+fn joined_cols(q: &Query) -> (Vec<&'static str>, Vec<&'static str>) {
+    let (mut facts, mut visit): (Vec<&'static str>, Vec<&'static str>) = (Vec::new(), Vec::new());
+    let add = |list: &mut Vec<&'static str>, c: &'static str| {
+        if !list.contains(&c) {
+            list.push(c);
+        }
+    };
+    let filter_dims = q.filter.as_ref().map(|f| f.dims()).unwrap_or_default();
+    for d in q.dimensions.iter().chain(filter_dims) {
+        match d.kind {
+            DimKind::Visitor(c) => add(&mut facts, c),
+            DimKind::CountryName => add(&mut facts, "country_code"),
+            DimKind::Visit(c) => add(&mut visit, c),
+            _ => {}
+        }
+    }
+    for m in &q.metrics {
+        match m {
+            Metric::BounceRate => add(&mut visit, "bounce"),
+            Metric::VisitDuration => add(&mut visit, "duration"),
+            Metric::ViewsPerVisit => add(&mut visit, "pageviews"),
+            _ => {}
+        }
+    }
+    (facts, visit)
 }

@@ -11,9 +11,14 @@
 //!   name, host, goal and time, for time zones with whole-hour offsets.
 //! - [`Source::Events`] — raw events: everything else that needs event rows (props, revenue,
 //!   engagement, app performance, realtime).
-//! - [`Source::Joined`] — raw events joined to their visit: event-level dimensions or filters
-//!   combined with visit-level ones or with visit metrics (e.g. bounce rate of visits that
-//!   reached a goal, conversions by source).
+//! - [`Source::VisitHits`] — each hit beside its visit's properties, from the visit rows'
+//!   stored hits (`016_visit_hits.sql`): event-level dimensions or filters (page, goal, event
+//!   name, host, time) combined with visit-level ones or with visit metrics (bounce rate of
+//!   visits that reached a goal, visitors by page from one source, a page's visits and
+//!   duration). Days without such a build are derived as for [`Source::Joined`].
+//! - [`Source::Joined`] — raw events joined to their visit, derived per query: the same
+//!   combinations when they need what visit rows do not carry (props, revenue, engagement),
+//!   or rollups are off.
 //!
 //! How each source's rows are read is in [`super::rows`].
 
@@ -37,6 +42,8 @@ pub enum Source {
     Events,
     /// Raw events with their visit's properties.
     Joined,
+    /// Hits from the visit rows' hit arrays, with their visit's properties (as [`Self::Joined`]).
+    VisitHits,
 }
 
 impl Source {
@@ -48,13 +55,53 @@ impl Source {
             Source::Hourly => "event_rollups",
             Source::Events => "events",
             Source::Joined => "joined",
+            Source::VisitHits => "visit_hits",
         }
+    }
+
+    /// Whether its rows are hits with their visit's properties (`v_…` columns).
+    pub fn hits_with_visits(self) -> bool {
+        matches!(self, Source::Joined | Source::VisitHits)
     }
 }
 
 /// Whether a source reads recorded visit builds (the caller fetches them first).
 pub fn uses_builds(src: Source) -> bool {
-    matches!(src, Source::Visits | Source::VisitsDaily | Source::Hourly)
+    match src {
+        Source::Visits | Source::VisitsDaily | Source::Hourly | Source::VisitHits => true,
+        Source::Joined | Source::Events => false,
+    }
+}
+
+/// Whether a query that mixes hits and visits can read built days from the visit rows' hits
+/// (`016_visit_hits.sql`) instead of sessionizing raw events: every hit-level thing it asks
+/// about is a hit's time, event name, path or host (or a goal, made of those) and every
+/// metric counts visitors, visits, pageviews or events or is made of visit measures. Props,
+/// engagement, revenue and app percentiles are not carried by visit rows.
+pub fn joined_from_visits(q: &Query) -> bool {
+    let filter_dims = q.filter.as_ref().map(|f| f.dims()).unwrap_or_default();
+    q.rollups
+        && !q.realtime
+        && q.dimensions
+            .iter()
+            .chain(filter_dims)
+            .all(|d| !matches!(d.kind, DimKind::Prop(_)))
+        && q.metrics.iter().all(|m| {
+            matches!(
+                m,
+                Metric::Visitors
+                    | Metric::Visits
+                    | Metric::Pageviews
+                    | Metric::Events
+                    | Metric::ViewsPerVisit
+                    | Metric::BounceRate
+                    | Metric::VisitDuration
+                    | Metric::SessionsPerUser
+                    | Metric::ConversionRate
+                    | Metric::Percentage
+                    | Metric::Dau
+            )
+        })
 }
 
 /// Checks combinations no source can answer.
@@ -65,7 +112,7 @@ pub fn check(q: &Query) -> Result<(), Error> {
             Metric::LaunchTimeP50 | Metric::LaunchTimeP95 | Metric::LatencyP50 | Metric::LatencyP95
         )
     });
-    if percentiles && source(q, false) == Source::Joined {
+    if percentiles && source(q, false).hits_with_visits() {
         return Err(Error::BadRequest(
             "`metrics`: performance percentiles cannot be combined with visit metrics or visit:source/utm/entry/exit dimensions or filters".into(),
         ));
@@ -109,6 +156,7 @@ pub fn source(q: &Query, child_directed: bool) -> Source {
         (false, _) => Source::Visits,
         (true, false) if hourly_ok(q) => Source::Hourly,
         (true, false) => Source::Events,
+        (true, true) if joined_from_visits(q) => Source::VisitHits,
         (true, true) => Source::Joined,
     }
 }

@@ -3,7 +3,7 @@
 
 use chrono::{NaiveDate, TimeZone, Utc};
 
-use super::visits::{DAILY_DIMS, EV_FIELDS, OPEN_VISIT_COLS, VISIT_COLS, VISIT_FIRST};
+use super::visits::{DAILY_DIMS, EV_FIELDS, OPEN_VISIT_COLS, VISIT_COLS, VISIT_FIRST, VISIT_HITS};
 use super::*;
 use crate::site::{Goal, SiteView};
 
@@ -163,6 +163,19 @@ fn sources_follow_what_the_query_needs() {
         src(
             r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["visit:source"],"filters":[["is","event:goal",["Signup"]]]}"#
         ),
+        Source::VisitHits
+    );
+    assert_eq!(
+        src(
+            r#"{"site_id":"a","metrics":["visitors","total_revenue"],"date_range":"7d","dimensions":["visit:source"],"filters":[["is","event:goal",["Signup"]]]}"#
+        ),
+        Source::Joined,
+        "revenue is not carried by visit rows"
+    );
+    assert_eq!(
+        src(
+            r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["visit:source"],"filters":[["is","event:goal",["Signup"]]],"include":{"rollups":false}}"#
+        ),
         Source::Joined
     );
     assert_eq!(
@@ -189,6 +202,7 @@ fn filter_values_never_reach_sql_unescaped() {
         build: 3,
         cut: d("2026-11-28").and_hms_opt(9, 30, 0),
         snap: None,
+        hits: true,
     };
     let builds = [Build::whole(d("2026-11-27"), 7), today];
     for built in [&[][..], &builds[..1], &builds[..]] {
@@ -365,9 +379,17 @@ fn visit_columns_are_made_of_their_parts() {
             "exit_page"
         ]
     );
-    assert_eq!(&VISIT_COLS[11..], VISIT_FIRST);
-    assert_eq!(&OPEN_VISIT_COLS[..VISIT_COLS.len()], VISIT_COLS);
-    assert_eq!(&OPEN_VISIT_COLS[VISIT_COLS.len()..], ["last", "inter"]);
+    let first_end = 11 + VISIT_FIRST.len();
+    assert_eq!(&VISIT_COLS[11..first_end], VISIT_FIRST);
+    assert_eq!(&VISIT_COLS[first_end..], VISIT_HITS);
+    // open_visits: the visit columns up to the first-hit ones, `last` and `inter`, then the
+    // hit arrays (016 added them after 014's columns).
+    assert_eq!(&OPEN_VISIT_COLS[..first_end], &VISIT_COLS[..first_end]);
+    assert_eq!(
+        &OPEN_VISIT_COLS[first_end..first_end + 2],
+        ["last", "inter"]
+    );
+    assert_eq!(&OPEN_VISIT_COLS[first_end + 2..], VISIT_HITS);
     // Every first-hit property is carried in the sorted hit tuples, and every daily
     // dimension is a visit column (the host excepted: it is an event dimension there).
     assert!(VISIT_FIRST.iter().all(|c| EV_FIELDS.contains(c)));

@@ -77,21 +77,42 @@ pub const VISIT_FIRST: &[&str] = &[
 /// interactive custom events.
 const OPEN_EXTRA: &[&str] = &["last", "inter"];
 
-const VISIT_PARTS: &[&[&str]] = &[VISIT_KEY, VISIT_MEASURES, VISIT_PAGES, VISIT_FIRST];
+/// The visit's hits in time order (`016_visit_hits.sql`), four arrays of equal length: time,
+/// event name, path, host of each hit. Filtered reports ARRAY JOIN them
+/// ([`super::rows`]' joined rows); visit builds with [`HITS_LAYOUT`] carry them.
+pub const VISIT_HITS: &[&str] = &["hit_times", "hit_names", "hit_paths", "hit_hosts"];
+
+/// The hit field each of [`VISIT_HITS`] holds, in the same order.
+const HIT_FIELDS: &[&str] = &["timestamp", "name", "pathname", "hostname"];
+
+/// [`open_visit_rows`]' element fields holding [`VISIT_HITS`], in the same order.
+const HIT_ELEMENTS: [&str; 4] = ["hts", "hns", "hps", "hhs"];
+
+/// `visit_builds.layout` of builds whose visit rows carry [`VISIT_HITS`] (older builds have 0).
+pub const HITS_LAYOUT: u8 = 1;
+
+const VISIT_PARTS: &[&[&str]] = &[
+    VISIT_KEY,
+    VISIT_MEASURES,
+    VISIT_PAGES,
+    VISIT_FIRST,
+    VISIT_HITS,
+];
 const OPEN_VISIT_PARTS: &[&[&str]] = &[
     VISIT_KEY,
     VISIT_MEASURES,
     VISIT_PAGES,
     VISIT_FIRST,
     OPEN_EXTRA,
+    VISIT_HITS,
 ];
 
 /// Columns of a visit row, in `visits` table order: `site, day, build`, [`VISIT_MEASURES`],
-/// [`VISIT_PAGES`], [`VISIT_FIRST`].
+/// [`VISIT_PAGES`], [`VISIT_FIRST`], [`VISIT_HITS`].
 pub const VISIT_COLS: &[&str] = &concat::<{ total(VISIT_PARTS) }>(VISIT_PARTS);
 
-/// Columns of an `open_visits` row: [`VISIT_COLS`], then the last hit's time and the
-/// interactive custom events (`last`, `inter`).
+/// Columns of an `open_visits` row: those of a visit row, with the last hit's time and the
+/// interactive custom events (`last`, `inter`) before [`VISIT_HITS`], in table order.
 pub const OPEN_VISIT_COLS: &[&str] = &concat::<{ total(OPEN_VISIT_PARTS) }>(OPEN_VISIT_PARTS);
 
 /// Event columns `visits_daily` is built for (`dim` = `event:` + the column).
@@ -303,14 +324,33 @@ pub fn derive_open_visits(cond: &Sql, build: u64) -> Sql {
 }
 
 fn derive_visits_with(cond: &Sql, build: u64, cols: &[&'static str]) -> Sql {
+    let mut aggs = visit_aggregates("");
+    aggs.extend(hit_arrays());
     sql!(
         "SELECT {} FROM (SELECT site, toDate(start) AS day, toUInt64({}) AS build, visitor_id, {} \
          FROM ({}) ARRAY JOIN evs AS e, idx AS i, vnum AS visit GROUP BY site, visitor_id, visit)",
         idents(cols, ", "),
         build,
-        Sql::join(visit_aggregates(""), ", "),
+        Sql::join(aggs, ", "),
         sessionize(cond)
     )
+}
+
+/// [`VISIT_HITS`] of a visit, aggregated over its ARRAY JOINed hits `e` (index `i`): sorted
+/// by the hit's position in the visitor's sorted timeline, as the raw path orders them.
+fn hit_arrays() -> Vec<Sql> {
+    let fields = Sql::join(HIT_FIELDS.iter().map(|f| hit_field(f)), ", ");
+    let mut out = vec![sql!(
+        "arraySort(groupArray((i, {}))) AS hits_sorted",
+        fields
+    )];
+    out.extend(
+        VISIT_HITS
+            .iter()
+            .enumerate()
+            .map(|(n, c)| sql!("arrayMap(t -> t.{}, hits_sorted) AS {}", n + 2, *c)),
+    );
+    out
 }
 
 /// Visit rows with only `cols`, derived from the raw events matching `cond` (`visit`, the
@@ -354,16 +394,37 @@ pub fn open_visit_rows(site: &str, b: &Build, cut: NaiveDateTime, cols: &[&'stat
         .collect();
     // Element fields: time, name, path, interactive (the raw sort order), the first-hit
     // columns, then last hit, pageviews, events, interactive events, entry and exit page.
+    // With the hit arrays asked for, each element carries its hits' (time, name, path, host)
+    // arrays too: an open visit its stored ones, a later hit arrays of one.
+    let with_hits = cols.iter().any(|c| VISIT_HITS.contains(c));
     let mut fields: Vec<&'static str> = vec!["ts", "nm", "pa", "ia"];
     fields.extend(first.iter().copied());
     fields.extend(["l", "pv", "ev", "it", "en", "ex"]);
+    if with_hits {
+        fields.extend(HIT_ELEMENTS);
+    }
     let element = |f: &str| tuple_field(f, &fields);
     let firsts = Sql::join(first.iter().map(|c| sql!(", {}", *c)), "");
+    let (open_hits, new_hits) = if with_hits {
+        (
+            Sql::join(
+                VISIT_HITS
+                    .iter()
+                    .zip(HIT_ELEMENTS)
+                    .map(|(c, e)| sql!(", {} AS {}", *c, e)),
+                "",
+            ),
+            Sql::join(HIT_FIELDS.iter().map(|f| sql!(", [{}]", *f)), ""),
+        )
+    } else {
+        (Sql::new(""), Sql::new(""))
+    };
     let open = sql!(
         "SELECT visitor_id, start AS ts, '' AS nm, '' AS pa, toUInt8(0) AS ia{}, last AS l, \
-         pageviews AS pv, events AS ev, inter AS it, entry_page AS en, exit_page AS ex \
+         pageviews AS pv, events AS ev, inter AS it, entry_page AS en, exit_page AS ex{} \
          FROM open_visits WHERE {} AND day = {} AND build = {}",
         firsts,
+        open_hits,
         site_cond(site),
         date(b.day),
         b.build
@@ -371,9 +432,10 @@ pub fn open_visit_rows(site: &str, b: &Build, cut: NaiveDateTime, cols: &[&'stat
     let hits = sql!(
         "SELECT visitor_id, timestamp, name, pathname, interactive{}, timestamp, \
          toUInt32(name = 'pageview'), toUInt32(name != 'engagement'), \
-         toUInt32(name NOT IN ('pageview', 'engagement') AND interactive = 1), pathname, pathname \
+         toUInt32(name NOT IN ('pageview', 'engagement') AND interactive = 1), pathname, pathname{} \
          FROM {} WHERE {} AND bot = '' AND {}",
         firsts,
+        new_hits,
         RECENT,
         after_cut_cond(site, b, cut),
         HAS_VISITOR
@@ -409,6 +471,16 @@ pub fn open_visit_rows(site: &str, b: &Build, cut: NaiveDateTime, cols: &[&'stat
             .iter()
             .map(|c| sql!("argMin({}, i) AS {}", element(c), *c)),
     );
+    if with_hits {
+        // The elements' arrays joined in timeline order.
+        aggs.extend(VISIT_HITS.iter().zip(HIT_ELEMENTS).map(|(c, e)| {
+            sql!(
+                "arrayReduce('groupArrayArray', arrayMap(t -> t.2, arraySort(groupArray((i, {}))))) AS {}",
+                element(e),
+                *c
+            )
+        }));
+    }
     let last = fields.iter().position(|f| *f == "l").unwrap_or(0) + 1;
     sql!(
         "SELECT {} FROM (SELECT {} FROM (\

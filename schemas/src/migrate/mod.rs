@@ -147,6 +147,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "today_snapshots",
         sql: include_str!("../../migrations/015_today_snapshots.sql"),
     },
+    Migration {
+        version: 16,
+        name: "visit_hits",
+        sql: include_str!("../../migrations/016_visit_hits.sql"),
+    },
 ];
 
 impl Migration {
