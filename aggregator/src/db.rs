@@ -233,7 +233,8 @@ mod tests {
             }
         }
         for code in [158, 160, 307, 396] {
-            let t = format!("Code: {code}, e.displayText() = DB::Exception: Limit for rows exceeded");
+            let t =
+                format!("Code: {code}, e.displayText() = DB::Exception: Limit for rows exceeded");
             assert!(matches!(classify(t), Error::TooExpensive { code: c, .. } if c == code));
         }
         // Bad SQL, an unknown table, a refused connection: the database failed, not the question.
@@ -253,7 +254,10 @@ mod tests {
         let b = QueryBudget::default();
         assert_eq!(b.memory_bytes, 3 << 30);
         assert_eq!(b.spill_bytes(), 1 << 30);
-        assert!(b.memory_bytes < 4_000_000_000, "under the managed server's limit");
+        assert!(
+            b.memory_bytes < 4_000_000_000,
+            "under the managed server's limit"
+        );
         assert_eq!(QueryBudget::mib(u64::MAX).memory_bytes, u64::MAX);
     }
 

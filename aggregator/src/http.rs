@@ -72,7 +72,10 @@ mod tests {
         assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
         let r = error_response(&Error::Io("zip: disk full".into()));
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let r = error_response(&Error::ClickHouse("Code: 62, e.displayText() = DB::Exception: Syntax error: WHERE pathname = '/secret'".into()));
+        let r = error_response(&Error::ClickHouse(
+            "Code: 62, e.displayText() = DB::Exception: Syntax error: WHERE pathname = '/secret'"
+                .into(),
+        ));
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
         let raw = Error::ClickHouse("Code: 62, e.displayText() = DB::Exception: '/secret'".into());
         assert_eq!(raw.public_message(), crate::CLICKHOUSE_FAILED);

@@ -241,12 +241,48 @@ async fn report_queries_carry_their_memory_bounds() {
     assert_eq!(
         rows,
         vec![
-            json!(["max_bytes_before_external_group_by", (512 * mib).to_string()]),
+            json!([
+                "max_bytes_before_external_group_by",
+                (512 * mib).to_string()
+            ]),
             json!(["max_bytes_before_external_sort", (512 * mib).to_string()]),
-            json!(["max_execution_time", veil_aggregator::MAX_EXECUTION_SECS.to_string()]),
+            json!([
+                "max_execution_time",
+                veil_aggregator::MAX_EXECUTION_SECS.to_string()
+            ]),
             json!(["max_memory_usage", (1536 * mib).to_string()]),
         ]
     );
+}
+
+#[tokio::test]
+async fn a_big_group_by_spills_to_disk_within_the_budget() {
+    let ch = veil_schemas::testing::fresh_database("stats_spill").await;
+    // A million distinct pages: their GROUP BY needs more than 96 MiB in memory (measured on
+    // 18.16: it fails at 112 MiB without spilling) but passes from 64 MiB when it spills.
+    let fill = Sql::new(
+        "INSERT INTO events (site, timestamp, name, pathname, visitor_id) \
+         SELECT 'shop.example', toDateTime('2026-11-20 00:00:00', 'UTC') + number % 86400, 'pageview', \
+         concat('/some/longer/path/', toString(number)), \
+         toFixedString(substring(concat(toString(number % 300000), '-padding-padding'), 1, 16), 16) \
+         FROM system.numbers LIMIT 1000000",
+    );
+    db::exec(&ch.client(), &fill).await.unwrap();
+    let pages = Sql::new(
+        "SELECT count(), sum(c) FROM (SELECT pathname, count() AS c FROM events GROUP BY pathname)",
+    );
+    let budget = db::QueryBudget::mib(96);
+    let bounded = db::report_client(&ch, budget);
+    let rows = db::fetch(&bounded, &pages).await.unwrap();
+    assert_eq!(rows, vec![json!(["1000000", "1000000"])]);
+    // The same memory limit without spilling: ClickHouse stops it, and that is a TooExpensive.
+    let unspilled = ch
+        .client()
+        .with_setting("max_memory_usage", budget.memory_bytes.to_string());
+    match db::fetch(&unspilled, &pages).await {
+        Err(veil_aggregator::Error::TooExpensive { code: 241, .. }) => {}
+        other => panic!("expected MEMORY_LIMIT_EXCEEDED, got {other:?}"),
+    }
 }
 
 /// 120 000 events of 6 000 visitors over 2026-11-20, 20 pages each, a tenth of the hits on
@@ -310,8 +346,20 @@ async fn a_failing_database_is_a_502_without_its_text() {
     seed(&ch).await;
     let agg = stats_aggregator(&ch);
     // The table a report reads is gone: ClickHouse answers an error quoting the table.
-    db::exec(&ch.client(), &Sql::new("DROP TABLE events")).await.unwrap();
-    let (status, doc) = post_query(&agg, &base(json!({"metrics": ["visitors"], "filters": [["is", "event:page", ["/secret-page"]]]}))).await;
+    db::exec(&ch.client(), &Sql::new("DROP TABLE events"))
+        .await
+        .unwrap();
+    let (status, doc) = post_query(
+        &agg,
+        &base(
+            json!({"metrics": ["visitors"], "filters": [["is", "event:page", ["/secret-page"]]]}),
+        ),
+    )
+    .await;
     assert_eq!(status, 502, "{doc}");
-    assert_eq!(doc["error"], json!(veil_aggregator::CLICKHOUSE_FAILED), "{doc}");
+    assert_eq!(
+        doc["error"],
+        json!(veil_aggregator::CLICKHOUSE_FAILED),
+        "{doc}"
+    );
 }
