@@ -129,7 +129,7 @@ pub fn failed(e: clickhouse::error::Error) -> Error {
 fn classify(text: String) -> Error {
     match error_code(&text) {
         Some(code) if too_expensive_code(code).is_some() => Error::TooExpensive {
-            code,
+            code: Some(code),
             message: TOO_EXPENSIVE.into(),
         },
         _ => Error::ClickHouse(text),
@@ -235,7 +235,7 @@ mod tests {
         for code in [158, 160, 307, 396] {
             let t =
                 format!("Code: {code}, e.displayText() = DB::Exception: Limit for rows exceeded");
-            assert!(matches!(classify(t), Error::TooExpensive { code: c, .. } if c == code));
+            assert!(matches!(classify(t), Error::TooExpensive { code: c, .. } if c == Some(code)));
         }
         // Bad SQL, an unknown table, a refused connection: the database failed, not the question.
         let syntax = "Code: 62, e.displayText() = DB::Exception: Syntax error: failed at position 8 (line 1, col 8): WHERE pathname = '/secret'";

@@ -80,7 +80,7 @@ mod tests {
         let raw = Error::ClickHouse("Code: 62, e.displayText() = DB::Exception: '/secret'".into());
         assert_eq!(raw.public_message(), crate::CLICKHOUSE_FAILED);
         let r = error_response(&Error::TooExpensive {
-            code: 241,
+            code: Some(241),
             message: "too expensive".into(),
         });
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);

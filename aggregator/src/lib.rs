@@ -114,14 +114,15 @@ pub enum Error {
     #[error("query failed: {0}")]
     ClickHouse(String),
     /// ClickHouse stopped a report query at one of its bounds (memory, time, rows or bytes:
-    /// the `code`, see [`db::too_expensive_code`]); the message names the question and asks
-    /// for a narrower one. A 400, not a 429: the same question costs as much a minute later
+    /// the `code`, see [`db::too_expensive_code`]), or Veil refused it before asking because
+    /// it would read more raw events than [`stats::MAX_RAW_EVENTS`] (no code); the message
+    /// names the question and asks for a narrower one. A 400, not a 429: the same question costs as much a minute later
     /// (retrying cannot help, and the dashboard retries a 429 by itself); the request must
     /// change, and the message says how.
     #[error("{message}")]
     TooExpensive {
-        /// ClickHouse's error code (logged; never sent).
-        code: u32,
+        /// ClickHouse's error code (logged; never sent); none for Veil's own refusal.
+        code: Option<u32>,
         /// What the client reads.
         message: String,
     },

@@ -343,6 +343,10 @@ pub async fn funnel(
     let q = query::parse(qbody.to_string().as_bytes(), site, now)?;
     // The differencing guard of `/api/v2/query`: filters that select, or leave out, a group
     // under k get no numbers.
+    // Funnels read raw events joined to their visits: the same ceiling as `joined` reports.
+    stats::preflight(client, &q, stats::MAX_RAW_EVENTS)
+        .await
+        .map_err(stats::too_expensive(&q, site))?;
     let too_few = stats::too_few(client, site, &q, &mut Builds::default())
         .await
         .map_err(stats::too_expensive(&q, site))?;

@@ -1,7 +1,8 @@
 //! The Stats API over HTTP against a real ClickHouse: Plausible's documented request works
 //! unchanged, reports come as CSV and as an export zip, invalid queries are a 400 naming the
-//! field, hostile strings run as plain values, report queries carry their memory bounds, and a
-//! question past them is a 400 naming its filters, never ClickHouse's text.
+//! field, hostile strings run as plain values, report queries carry their memory bounds, a
+//! question past them (or over too many raw events) is a 400 naming its filters, never
+//! ClickHouse's text.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -280,7 +281,9 @@ async fn a_big_group_by_spills_to_disk_within_the_budget() {
         .client()
         .with_setting("max_memory_usage", budget.memory_bytes.to_string());
     match db::fetch(&unspilled, &pages).await {
-        Err(veil_aggregator::Error::TooExpensive { code: 241, .. }) => {}
+        Err(veil_aggregator::Error::TooExpensive {
+            code: Some(241), ..
+        }) => {}
         other => panic!("expected MEMORY_LIMIT_EXCEEDED, got {other:?}"),
     }
 }
@@ -362,4 +365,65 @@ async fn a_failing_database_is_a_502_without_its_text() {
         json!(veil_aggregator::CLICKHOUSE_FAILED),
         "{doc}"
     );
+}
+
+#[tokio::test]
+async fn a_raw_question_over_too_many_events_is_refused_before_it_runs() {
+    let ch = veil_schemas::testing::fresh_database("stats_preflight").await;
+    many_events(&ch).await;
+    let s = site();
+    let client = ch.client();
+    let body = base(json!({
+        "metrics": ["visitors", "bounce_rate"],
+        "filters": [["is", "event:page", ["/pricing"]]],
+    }));
+    let parsed = veil_aggregator::query::parse(body.to_string().as_bytes(), &s, now()).unwrap();
+    assert_eq!(
+        veil_aggregator::query::source(&parsed, false).name(),
+        "joined"
+    );
+    let pre = |ceiling: u64| {
+        let (client, parsed, s) = (client.clone(), parsed.clone(), s.clone());
+        async move {
+            veil_aggregator::stats::preflight(&client, &parsed, ceiling)
+                .await
+                .map_err(veil_aggregator::stats::too_expensive(&parsed, &s))
+        }
+    };
+    pre(120_000).await.unwrap();
+    match pre(119_999).await {
+        Err(veil_aggregator::Error::TooExpensive {
+            code: None,
+            message,
+        }) => {
+            assert!(
+                message.contains(r#"filters event:page is "/pricing""#),
+                "{message}"
+            );
+            assert!(message.contains("shorter period"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Another site's events on the same day pass the partitions' count, not the site's own.
+    db::exec(
+        &client,
+        &Sql::new(
+            "INSERT INTO events (site, timestamp, name, pathname, visitor_id) \
+             SELECT 'other.example', toDateTime('2026-11-20 12:00:00', 'UTC'), 'pageview', '/', \
+             toFixedString('other-visitor-00', 16) FROM system.numbers LIMIT 50000",
+        ),
+    )
+    .await
+    .unwrap();
+    pre(150_000).await.unwrap();
+    assert!(pre(100_000).await.is_err());
+    // A range with no events is never refused.
+    let empty = json!({"site_id": SITE, "date_range": ["2026-11-21", "2026-11-22"], "metrics": ["visitors", "bounce_rate"], "filters": [["is", "event:page", ["/pricing"]]]});
+    let empty = veil_aggregator::query::parse(empty.to_string().as_bytes(), &s, now()).unwrap();
+    veil_aggregator::stats::preflight(&client, &empty, 0)
+        .await
+        .unwrap();
+    // Under the real ceiling the question is answered.
+    let (status, doc) = post_query(&stats_aggregator(&ch), &body).await;
+    assert_eq!(status, 200, "{doc}");
 }
