@@ -378,10 +378,6 @@ async fn a_raw_question_over_too_many_events_is_refused_before_it_runs() {
         "filters": [["is", "event:page", ["/pricing"]]],
     }));
     let parsed = veil_aggregator::query::parse(body.to_string().as_bytes(), &s, now()).unwrap();
-    assert_eq!(
-        veil_aggregator::query::source(&parsed, false).name(),
-        "joined"
-    );
     let pre = |ceiling: u64| {
         let (client, parsed, s) = (client.clone(), parsed.clone(), s.clone());
         async move {
