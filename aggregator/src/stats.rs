@@ -463,9 +463,10 @@ pub async fn run_query(
 
 /// Refuses `q`, a question that must read raw events ([`run_query`] asks for sources `events`
 /// and `joined`, funnels always), with an [`Error::TooExpensive`] without a code when its site
-/// has more than `ceiling` events in its range. First the row counts ClickHouse keeps for the range's daily partitions of `events` (all
-/// sites; metadata, nothing read); only when those pass `ceiling`, the site's own count (its
-/// slice of the primary key). With no local parts to count (a cluster's `events` is a
+/// has more than `ceiling` events in its range. First the row counts ClickHouse keeps for the
+/// range's daily partitions of `events` (`toYYYYMMDD(timestamp)`, all sites: metadata,
+/// nothing read, a few milliseconds); only when those pass `ceiling`, the site's own count
+/// (its slice of the primary key). With no local parts to count (a cluster's `events` is a
 /// `Distributed` table) the first count is 0 and the question runs, under [`crate::db`]'s
 /// bounds.
 pub async fn preflight(client: &clickhouse::Client, q: &Query, ceiling: u64) -> Result<(), Error> {
