@@ -1,11 +1,20 @@
 //! The aggregator's one door to ClickHouse: every statement is an [`Sql`] (see
 //! [`mod@veil_schemas::sql`]) run by [`fetch`], [`exec`], [`count`], [`one`] or [`rows`], with one mapping
-//! of ClickHouse failures to [`Error::ClickHouse`] (a 502).
+//! of ClickHouse failures ([`failed`]): a query ClickHouse gave up on because of its cost (the
+//! error codes of [`too_expensive_code`]: memory, time, rows or bytes) is
+//! [`Error::TooExpensive`] (a 400 once the report names its question, see
+//! [`crate::stats`]); any other failure is [`Error::ClickHouse`] (a 502 whose body says only
+//! that the database failed: ClickHouse's text, which can quote SQL and its values, stays on
+//! this side).
 //!
-//! Timeouts: the client reports are read with ([`report_client`]) sends ClickHouse's
-//! `max_execution_time` = [`MAX_EXECUTION_SECS`] with every query; past it ClickHouse answers
-//! an error, a 502 here. Background jobs (rollups, snapshots, retention) use the plain client
-//! of their [`ClickHouseConfig`]: a rollup of a busy day may take longer.
+//! Bounds: the client reports are read with ([`report_client`]) sends, with every query,
+//! ClickHouse's `max_execution_time` = [`MAX_EXECUTION_SECS`], a per-query
+//! `max_memory_usage` ([`QueryBudget`], [`DEFAULT_QUERY_MEMORY_MB`] unless configured, below
+//! the managed server's 4 GB profile limit), and `max_bytes_before_external_group_by` /
+//! `max_bytes_before_external_sort` at a third of it each, so a large `GROUP BY` or sort
+//! over raw events spills to disk instead of failing. Nothing is sampled. Background jobs
+//! (rollups, snapshots, retention) use the plain client of their [`ClickHouseConfig`]: a
+//! rollup of a busy day may take longer.
 //!
 //! Wire format: [`fetch`] reads ClickHouse's `JSONCompact` output (`{"data": [[cell, …], …]}`),
 //! in which 64-bit integers arrive as quoted strings; [`number`] and [`cell_u64`] read cells of
@@ -22,11 +31,84 @@ use crate::Error;
 /// partial answer).
 pub const MAX_EXECUTION_SECS: u32 = 30;
 
-/// The client reports read with: `ch`'s, with [`MAX_EXECUTION_SECS`].
-pub fn report_client(ch: &ClickHouseConfig) -> clickhouse::Client {
+/// The memory one report query may use by default, in MiB (ClickHouse's `max_memory_usage`):
+/// 3 GiB, under the 4 GB (3.73 GiB) limit of the managed server's profile
+/// (`veil_schemas::managed`), so the query, not the server's profile, decides when to stop,
+/// and its spill thresholds (a third each) stay well inside it.
+pub const DEFAULT_QUERY_MEMORY_MB: u64 = 3 * 1024;
+
+/// How much a report query may use: its memory, and from it the points where a `GROUP BY`
+/// and a sort start writing to disk (`max_bytes_before_external_group_by`,
+/// `max_bytes_before_external_sort`, a third of the memory each: both can hold their share at
+/// once, with a third left for reading blocks and building the answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryBudget {
+    /// `max_memory_usage`, in bytes.
+    pub memory_bytes: u64,
+}
+
+impl QueryBudget {
+    /// A budget of `mb` MiB.
+    pub fn mib(mb: u64) -> Self {
+        Self {
+            memory_bytes: mb.saturating_mul(1024 * 1024),
+        }
+    }
+
+    /// Where a `GROUP BY` or a sort starts spilling to disk, in bytes.
+    pub fn spill_bytes(self) -> u64 {
+        self.memory_bytes / 3
+    }
+}
+
+impl Default for QueryBudget {
+    fn default() -> Self {
+        Self::mib(DEFAULT_QUERY_MEMORY_MB)
+    }
+}
+
+/// The client reports read with: `ch`'s, with [`MAX_EXECUTION_SECS`] and `budget` (see the
+/// module's doc; ClickHouse 18.16 accepts all four settings over HTTP).
+pub fn report_client(ch: &ClickHouseConfig, budget: QueryBudget) -> clickhouse::Client {
+    let spill = budget.spill_bytes().to_string();
     ch.client()
         .with_setting("max_execution_time", MAX_EXECUTION_SECS.to_string())
+        .with_setting("max_memory_usage", budget.memory_bytes.to_string())
+        .with_setting("max_bytes_before_external_group_by", spill.clone())
+        .with_setting("max_bytes_before_external_sort", spill)
 }
+
+/// ClickHouse's error codes for a query stopped because of what it costs, with their names:
+/// it answers `Code: N` at the start of its error text.
+const EXPENSIVE: [(u32, &str); 6] = [
+    (158, "TOO_MANY_ROWS"),
+    (159, "TIMEOUT_EXCEEDED"),
+    (160, "TOO_SLOW"),
+    (241, "MEMORY_LIMIT_EXCEEDED"),
+    (307, "TOO_MANY_BYTES"),
+    (396, "TOO_MANY_ROWS_OR_BYTES"),
+];
+
+/// The error code of a ClickHouse error text (`Code: 241, e.displayText() = …` in 18.16,
+/// `Code: 241. DB::Exception: …` later), if it has one.
+pub fn error_code(text: &str) -> Option<u32> {
+    let at = text.find("Code: ")? + "Code: ".len();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The name of an error code of a query stopped for its cost (`MEMORY_LIMIT_EXCEEDED`, …),
+/// `None` for any other code.
+pub fn too_expensive_code(code: u32) -> Option<&'static str> {
+    EXPENSIVE.iter().find(|(c, _)| *c == code).map(|(_, n)| *n)
+}
+
+/// The message of an [`Error::TooExpensive`] before the report names its question.
+pub const TOO_EXPENSIVE: &str = "this question is too expensive to answer from raw events; \
+                                 ask for a shorter period or fewer filters";
 
 /// The table a row-changing statement (`ALTER TABLE … DELETE`, `DROP PARTITION`) names:
 /// [`veil_schemas::migrate::mutation_target`] (in cluster mode `DB.table_local ON CLUSTER NAME`
@@ -36,9 +118,22 @@ pub fn mutation_target(ch: &ClickHouseConfig, table: &str) -> Result<Sql, Error>
         .map_err(|e| Error::Internal(format!("mutation target: {e}")))
 }
 
-/// The one mapping of a ClickHouse failure.
-fn failed(e: clickhouse::error::Error) -> Error {
-    Error::ClickHouse(e.to_string())
+/// The one mapping of a ClickHouse failure: [`Error::TooExpensive`] for the codes of
+/// [`too_expensive_code`], else [`Error::ClickHouse`] with ClickHouse's text (for the log,
+/// never for the client: see [`Error::public_message`]).
+pub fn failed(e: clickhouse::error::Error) -> Error {
+    classify(e.to_string())
+}
+
+/// [`failed`] on an error text.
+fn classify(text: String) -> Error {
+    match error_code(&text) {
+        Some(code) if too_expensive_code(code).is_some() => Error::TooExpensive {
+            code: Some(code),
+            message: TOO_EXPENSIVE.into(),
+        },
+        _ => Error::ClickHouse(text),
+    }
 }
 
 /// Runs a statement that returns no rows (`INSERT`, `ALTER`, …).
@@ -55,8 +150,14 @@ pub async fn fetch(client: &clickhouse::Client, q: &Sql) -> Result<Vec<Value>, E
         .collect()
         .await
         .map_err(failed)?;
-    let parsed: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::ClickHouse(format!("bad JSON from ClickHouse: {e}")))?;
+    // An error after the answer began streaming arrives at the end of the body, as text.
+    let parsed: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        let tail = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(4096)..]);
+        match error_code(&tail) {
+            Some(_) => classify(tail.into_owned()),
+            None => Error::ClickHouse(format!("bad JSON from ClickHouse: {e}")),
+        }
+    })?;
     Ok(parsed
         .get("data")
         .and_then(Value::as_array)
@@ -114,6 +215,50 @@ mod tests {
         let t = mutation_target(&cluster, "events").unwrap();
         assert_eq!(t.as_str(), "veil.events_local ON CLUSTER c1");
         assert!(mutation_target(&one, "events; DROP TABLE x").is_err());
+    }
+
+    #[test]
+    fn failures_are_classified_by_their_code() {
+        let old = "Code: 241, e.displayText() = DB::Exception: Memory limit (for query) exceeded: would use 3.73 GiB (attempt to allocate chunk of 1048576 bytes), maximum: 3.73 GiB, e.what() = DB::Exception";
+        assert_eq!(error_code(old), Some(241));
+        let new = "bad response: Code: 159. DB::Exception: Timeout exceeded: elapsed 30.1 seconds, maximum: 30. (TIMEOUT_EXCEEDED) (version 24.3)";
+        assert_eq!(error_code(new), Some(159));
+        for text in [old, new] {
+            match classify(text.into()) {
+                Error::TooExpensive { message, .. } => {
+                    assert_eq!(message, TOO_EXPENSIVE);
+                    assert!(!message.contains("Code:") && !message.contains("DB::Exception"));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for code in [158, 160, 307, 396] {
+            let t =
+                format!("Code: {code}, e.displayText() = DB::Exception: Limit for rows exceeded");
+            assert!(matches!(classify(t), Error::TooExpensive { code: c, .. } if c == Some(code)));
+        }
+        // Bad SQL, an unknown table, a refused connection: the database failed, not the question.
+        let syntax = "Code: 62, e.displayText() = DB::Exception: Syntax error: failed at position 8 (line 1, col 8): WHERE pathname = '/secret'";
+        assert_eq!(error_code(syntax), Some(62));
+        assert!(matches!(classify(syntax.into()), Error::ClickHouse(t) if t == syntax));
+        let down = "network error: client error (Connect): tcp connect error: Connection refused";
+        assert_eq!(error_code(down), None);
+        assert!(matches!(classify(down.into()), Error::ClickHouse(_)));
+        assert_eq!(error_code("Code: x"), None);
+        assert_eq!(too_expensive_code(241), Some("MEMORY_LIMIT_EXCEEDED"));
+        assert_eq!(too_expensive_code(62), None);
+    }
+
+    #[test]
+    fn budgets_spill_at_a_third_of_their_memory() {
+        let b = QueryBudget::default();
+        assert_eq!(b.memory_bytes, 3 << 30);
+        assert_eq!(b.spill_bytes(), 1 << 30);
+        assert!(
+            b.memory_bytes < 4_000_000_000,
+            "under the managed server's limit"
+        );
+        assert_eq!(QueryBudget::mib(u64::MAX).memory_bytes, u64::MAX);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Building the aggregator's HTTP responses: JSON bodies, file downloads and errors.
 //!
 //! Wire format: every response carries `Cache-Control: no-store`. JSON bodies are
-//! `application/json`; an error is `{"error": "…"}` with the status of [`Error::status`], plus
+//! `application/json`; an error is `{"error": "…"}` with the status of [`Error::status`] and the
+//! text of [`Error::public_message`] (never ClickHouse's own), plus
 //! `Retry-After: SECONDS` on a 429 and `WWW-Authenticate: Bearer` on a 401.
 
 use bytes::Bytes;
@@ -46,7 +47,7 @@ pub fn bytes_response(
 
 /// The response for an error.
 pub fn error_response(e: &Error) -> HttpResponse {
-    let mut r = json_response(e.status(), &json!({ "error": e.to_string() }));
+    let mut r = json_response(e.status(), &json!({ "error": e.public_message() }));
     if let Error::RateLimited(secs) = e {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
@@ -71,8 +72,19 @@ mod tests {
         assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
         let r = error_response(&Error::Io("zip: disk full".into()));
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let r = error_response(&Error::ClickHouse("down".into()));
+        let r = error_response(&Error::ClickHouse(
+            "Code: 62, e.displayText() = DB::Exception: Syntax error: WHERE pathname = '/secret'"
+                .into(),
+        ));
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        let raw = Error::ClickHouse("Code: 62, e.displayText() = DB::Exception: '/secret'".into());
+        assert_eq!(raw.public_message(), crate::CLICKHOUSE_FAILED);
+        let r = error_response(&Error::TooExpensive {
+            code: Some(241),
+            message: "too expensive".into(),
+        });
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
         assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
     }
 }

@@ -15,7 +15,9 @@
 //! a wrong, revoked or expired credential), 403 (a site key on an admin route of its own
 //! site), 404 (unknown site — also what a key for another site gets, with the same body, so
 //! keys cannot probe which sites exist), 405, 409, 429 (with `Retry-After`), 500 (this side:
-//! no randomness, writing a zip), 502 (ClickHouse); see [`http`].
+//! no randomness, writing a zip), 502 (ClickHouse failed: the body says so in general terms,
+//! never with ClickHouse's text); see [`http`]. A report too expensive for ClickHouse's bounds
+//! is a 400 naming its filters, dimensions and period ([`Error::TooExpensive`]).
 //!
 //! Sites come from the registry ([`veil_schemas::registry`], shared through ClickHouse and
 //! refreshed every ~2 s) and from flags (`--site`, `--child-site`, …). A stored record wins
@@ -31,8 +33,10 @@
 //! to their event counts instead of visitors.
 //!
 //! Report queries (sent with [`Aggregator::client`]) run under ClickHouse's
-//! `max_execution_time` = [`MAX_EXECUTION_SECS`]; past it ClickHouse answers an error, a 502
-//! here.
+//! `max_execution_time` = [`MAX_EXECUTION_SECS`] and a memory budget
+//! (`--query-memory-mb`, [`db::DEFAULT_QUERY_MEMORY_MB`]), spilling large `GROUP BY`s and
+//! sorts to disk ([`db`]); past a bound ClickHouse gives up and the answer is the 400 of
+//! [`Error::TooExpensive`].
 //!
 //! The time comes from the aggregator's [`Clock`] ([`Aggregator::with_clock`]; the system
 //! clock by default): report ranges, shared-link expiry and rate limits read it.
@@ -105,9 +109,23 @@ pub enum Error {
     /// Too many requests for this credential.
     #[error("rate limit exceeded for this key; retry in {0} s")]
     RateLimited(u64),
-    /// ClickHouse failed.
+    /// ClickHouse failed (down, bad SQL, …); the text is ClickHouse's, for this side only
+    /// (the client gets [`Error::public_message`]).
     #[error("query failed: {0}")]
     ClickHouse(String),
+    /// ClickHouse stopped a report query at one of its bounds (memory, time, rows or bytes:
+    /// the `code`, see [`db::too_expensive_code`]), or Veil refused it before asking because
+    /// it would read more raw events than [`stats::MAX_RAW_EVENTS`] (no code); the message
+    /// names the question and asks for a narrower one. A 400, not a 429: the same question costs as much a minute later
+    /// (retrying cannot help, and the dashboard retries a 429 by itself); the request must
+    /// change, and the message says how.
+    #[error("{message}")]
+    TooExpensive {
+        /// ClickHouse's error code (logged; never sent); none for Veil's own refusal.
+        code: Option<u32>,
+        /// What the client reads.
+        message: String,
+    },
     /// Writing a response failed on this side (a zip archive, I/O).
     #[error("I/O failed: {0}")]
     Io(String),
@@ -123,7 +141,7 @@ impl Error {
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::BadRequest(_) | Error::TooExpensive { .. } => StatusCode::BAD_REQUEST,
             Error::Unauthorized | Error::Denied(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::UnknownSite(_) | Error::NotFound(_) => StatusCode::NOT_FOUND,
@@ -136,7 +154,20 @@ impl Error {
             }
         }
     }
+
+    /// What the client is told: the error's text, except for [`Error::ClickHouse`], whose
+    /// text (ClickHouse's own, which may quote SQL and the values in it) is replaced by
+    /// [`CLICKHOUSE_FAILED`].
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::ClickHouse(_) => CLICKHOUSE_FAILED.into(),
+            other => other.to_string(),
+        }
+    }
 }
+
+/// The body of every 502: the database failed, in general terms.
+pub const CLICKHOUSE_FAILED: &str = "the analytics database failed to answer; try again";
 
 impl From<veil_schemas::Error> for Error {
     fn from(e: veil_schemas::Error) -> Self {
@@ -179,7 +210,14 @@ pub struct AggregatorConfig {
     /// current day is always read live. The command line's default is 30; the library's is 0,
     /// so embedding code reads live unless it asks.
     pub today_snapshot_secs: u64,
+    /// The memory one report query may use, in MiB (`--query-memory-mb`, default
+    /// [`db::DEFAULT_QUERY_MEMORY_MB`]); large `GROUP BY`s and sorts spill to disk past a third
+    /// of it ([`db::QueryBudget`]). Keep it under the ClickHouse user's own `max_memory_usage`.
+    pub query_memory_mb: u64,
 }
+
+/// The largest `--query-memory-mb`: 1 TiB, far above any machine Veil runs on (a typo guard).
+pub const MAX_QUERY_MEMORY_MB: u64 = 1 << 20;
 
 mod millis {
     pub fn serialize<S: serde::Serializer>(
@@ -205,6 +243,7 @@ impl Default for AggregatorConfig {
             key_rate_per_second: 10,
             key_rate_burst: 30,
             today_snapshot_secs: 0,
+            query_memory_mb: db::DEFAULT_QUERY_MEMORY_MB,
         }
     }
 }
@@ -213,7 +252,8 @@ impl AggregatorConfig {
     /// Checks the settings before anything is served: site names are domains, aliases are
     /// `ALIAS=DOMAIN`, k is at least [`site::MIN_K`], the admin token (when set) at least 16
     /// characters, snapshots at most [`snapshot::MAX_AGE_SECS`] old, retention at least a
-    /// day, the registry refreshed at some interval. The message names the flag.
+    /// day, the registry refreshed at some interval, a query memory budget of at least 1 MiB
+    /// and at most [`MAX_QUERY_MEMORY_MB`]. The message names the flag.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: String| Err(Error::Config(m));
         for (flag, list) in [("--site", &self.sites), ("--child-site", &self.child_sites)] {
@@ -266,6 +306,11 @@ impl AggregatorConfig {
         if let Some((d, _)) = self.retention.per_site.iter().find(|(_, days)| **days == 0) {
             return bad(format!(
                 "--site-retention {d}: DAYS must be a positive number"
+            ));
+        }
+        if !(1..=MAX_QUERY_MEMORY_MB).contains(&self.query_memory_mb) {
+            return bad(format!(
+                "--query-memory-mb must be between 1 and {MAX_QUERY_MEMORY_MB} (MiB of memory one report query may use)"
             ));
         }
         if self.registry_refresh.is_zero() {
@@ -354,7 +399,7 @@ impl Aggregator {
         ch: ClickHouseConfig,
         registry: Arc<Registry>,
     ) -> Self {
-        let client = db::report_client(&ch);
+        let client = db::report_client(&ch, db::QueryBudget::mib(cfg.query_memory_mb));
         let limiter = Arc::new(auth::RateLimiter::new(
             cfg.key_rate_per_second,
             cfg.key_rate_burst,
@@ -487,8 +532,9 @@ impl Aggregator {
         }
         let r = self.route(req).await;
         Some(r.unwrap_or_else(|e| {
+            // ClickHouse's text can quote SQL and the values in it: only its code is logged.
             if let Error::ClickHouse(m) = &e {
-                tracing::warn!(error = %m, "ClickHouse request failed");
+                tracing::warn!(code = ?db::error_code(m), "ClickHouse request failed");
             }
             error_response(&e)
         }))
@@ -612,6 +658,13 @@ mod tests {
         let mut r = ok.clone();
         r.retention.per_site.insert("a.com".into(), 0);
         assert!(err(r).contains("--site-retention"));
+        for mb in [0, MAX_QUERY_MEMORY_MB + 1] {
+            assert!(err(AggregatorConfig {
+                query_memory_mb: mb,
+                ..ok.clone()
+            })
+            .contains("--query-memory-mb"));
+        }
         assert_eq!(
             Error::Config("x".into()).status(),
             StatusCode::INTERNAL_SERVER_ERROR

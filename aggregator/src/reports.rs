@@ -343,7 +343,13 @@ pub async fn funnel(
     let q = query::parse(qbody.to_string().as_bytes(), site, now)?;
     // The differencing guard of `/api/v2/query`: filters that select, or leave out, a group
     // under k get no numbers.
-    let too_few = stats::too_few(client, site, &q, &mut Builds::default()).await?;
+    // Funnels read raw events joined to their visits: the same ceiling as `joined` reports.
+    stats::preflight(client, &q, stats::MAX_RAW_EVENTS)
+        .await
+        .map_err(stats::too_expensive(&q, site))?;
+    let too_few = stats::too_few(client, site, &q, &mut Builds::default())
+        .await
+        .map_err(stats::too_expensive(&q, site))?;
     let meta = json!({
         "min_visitors": site.min_visitors,
         "too_few_visitors": too_few,
@@ -373,7 +379,9 @@ pub async fn funnel(
         from,
         filter
     );
-    let rows = fetch(client, &sql).await?;
+    let rows = fetch(client, &sql)
+        .await
+        .map_err(stats::too_expensive(&q, site))?;
     let counts: Vec<f64> = rows
         .first()
         .and_then(Value::as_array)

@@ -1,6 +1,8 @@
 //! The Stats API over HTTP against a real ClickHouse: Plausible's documented request works
 //! unchanged, reports come as CSV and as an export zip, invalid queries are a 400 naming the
-//! field, and hostile strings run as plain values.
+//! field, hostile strings run as plain values, report queries carry their memory bounds, a
+//! question past them (or over too many raw events) is a 400 naming its filters, never
+//! ClickHouse's text.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -11,7 +13,8 @@ use chrono::Utc;
 use common::*;
 use http::Request;
 use serde_json::{json, Value};
-use veil_aggregator::{Aggregator, AggregatorConfig};
+use veil_aggregator::{db, Aggregator, AggregatorConfig};
+use veil_schemas::sql::Sql;
 
 /// The example request of Plausible's Stats API v2 reference (curl with a Bearer token, a
 /// `site_id`, `visitors`, `7d`), sent unchanged.
@@ -201,4 +204,222 @@ async fn hostile_strings_in_a_query_run_as_plain_values() {
     }
     let top = q(&ch, &s, base(json!({"metrics": ["visitors"]}))).await;
     assert_eq!(top["results"][0]["metrics"], json!([18]), "events survived");
+}
+
+/// The status and parsed JSON body of a query sent over HTTP.
+async fn post_query(agg: &Aggregator, body: &Value) -> (u16, Value) {
+    let r = agg
+        .handle(request("/api/v2/query", "POST", body.to_string(), "*/*"))
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let b = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, serde_json::from_slice(&b).unwrap())
+}
+
+#[tokio::test]
+async fn report_queries_carry_their_memory_bounds() {
+    let ch = veil_schemas::testing::fresh_database("stats_bounds").await;
+    let agg = Aggregator::new(
+        AggregatorConfig {
+            sites: vec![SITE.into()],
+            query_memory_mb: 1536,
+            ..Default::default()
+        },
+        ch.clone(),
+    );
+    // ClickHouse (18.16 here) takes every setting the report client sends, as sent.
+    let rows = db::fetch(
+        agg.client(),
+        &Sql::new("SELECT name, value FROM system.settings WHERE name IN ('max_execution_time', 'max_memory_usage', 'max_bytes_before_external_group_by', 'max_bytes_before_external_sort') ORDER BY name"),
+    )
+    .await
+    .unwrap();
+    let mib = 1024 * 1024_u64;
+    assert_eq!(
+        rows,
+        vec![
+            json!([
+                "max_bytes_before_external_group_by",
+                (512 * mib).to_string()
+            ]),
+            json!(["max_bytes_before_external_sort", (512 * mib).to_string()]),
+            json!([
+                "max_execution_time",
+                veil_aggregator::MAX_EXECUTION_SECS.to_string()
+            ]),
+            json!(["max_memory_usage", (1536 * mib).to_string()]),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_big_group_by_spills_to_disk_within_the_budget() {
+    let ch = veil_schemas::testing::fresh_database("stats_spill").await;
+    // A million distinct pages: their GROUP BY needs more than 96 MiB in memory (measured on
+    // 18.16: it fails at 112 MiB without spilling) but passes from 64 MiB when it spills.
+    let fill = Sql::new(
+        "INSERT INTO events (site, timestamp, name, pathname, visitor_id) \
+         SELECT 'shop.example', toDateTime('2026-11-20 00:00:00', 'UTC') + number % 86400, 'pageview', \
+         concat('/some/longer/path/', toString(number)), \
+         toFixedString(substring(concat(toString(number % 300000), '-padding-padding'), 1, 16), 16) \
+         FROM system.numbers LIMIT 1000000",
+    );
+    db::exec(&ch.client(), &fill).await.unwrap();
+    let pages = Sql::new(
+        "SELECT count(), sum(c) FROM (SELECT pathname, count() AS c FROM events GROUP BY pathname)",
+    );
+    let budget = db::QueryBudget::mib(96);
+    let bounded = db::report_client(&ch, budget);
+    let rows = db::fetch(&bounded, &pages).await.unwrap();
+    assert_eq!(rows, vec![json!(["1000000", "1000000"])]);
+    // The same memory limit without spilling: ClickHouse stops it, and that is a TooExpensive.
+    let unspilled = ch
+        .client()
+        .with_setting("max_memory_usage", budget.memory_bytes.to_string());
+    match db::fetch(&unspilled, &pages).await {
+        Err(veil_aggregator::Error::TooExpensive {
+            code: Some(241), ..
+        }) => {}
+        other => panic!("expected MEMORY_LIMIT_EXCEEDED, got {other:?}"),
+    }
+}
+
+/// 120 000 events of 6 000 visitors over 2026-11-20, 20 pages each, a tenth of the hits on
+/// `/pricing` (600 visitors, all from Google, as are half of all visitors): enough that a filtered report over raw events
+/// needs more than a few MiB.
+async fn many_events(ch: &veil_schemas::ClickHouseConfig) {
+    let q = Sql::new(
+        "INSERT INTO events (site, timestamp, name, pathname, hostname, visitor_id, source, channel, country_code, device, browser) \
+         SELECT 'shop.example', toDateTime('2026-11-20 00:00:00', 'UTC') + intDiv(number, 6000) * 60 + number % 60, 'pageview', \
+         if(number % 10 = 0, '/pricing', concat('/p', toString(intDiv(number, 6000)))), 'shop.example', \
+         toFixedString(substring(concat(toString(number % 6000), '-visitor-padding'), 1, 16), 16), \
+         if(number % 2 = 0, 'Google', ''), if(number % 2 = 0, 'Organic Search', 'Direct'), 'DE', 'Desktop', 'Chrome' \
+         FROM system.numbers LIMIT 120000",
+    );
+    db::exec(&ch.client(), &q).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_question_past_the_memory_budget_is_a_400_naming_its_filters() {
+    let ch = veil_schemas::testing::fresh_database("stats_too_expensive").await;
+    many_events(&ch).await;
+    // A page filter with a visit metric and a visit dimension: answered from raw events.
+    let body = base(json!({
+        "metrics": ["visitors", "visits", "bounce_rate", "visit_duration"],
+        "dimensions": ["visit:source"],
+        "filters": [["is", "event:page", ["/pricing"]], ["is", "visit:source", ["Google"]]],
+    }));
+    let tiny = Aggregator::new(
+        AggregatorConfig {
+            sites: vec![SITE.into()],
+            query_memory_mb: 2,
+            ..Default::default()
+        },
+        ch.clone(),
+    );
+    let (status, doc) = post_query(&tiny, &body).await;
+    assert_eq!(status, 400, "{doc}");
+    let msg = doc["error"].as_str().unwrap();
+    for part in [
+        "too expensive",
+        r#"event:page is "/pricing" AND visit:source is "Google""#,
+        "dimensions visit:source",
+        "over 1 day: 2026-11-20 to 2026-11-20",
+        "shorter period or fewer filters",
+    ] {
+        assert!(msg.contains(part), "{part:?} missing from {msg}");
+    }
+    for raw in ["Code:", "DB::Exception", "Memory limit", "SELECT"] {
+        assert!(!msg.contains(raw), "{raw:?} leaked into {msg}");
+    }
+    // The same question within the default budget is answered.
+    let (status, doc) = post_query(&stats_aggregator(&ch), &body).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["results"][0]["dimensions"], json!(["Google"]), "{doc}");
+    assert_eq!(doc["results"][0]["metrics"][0], json!(600), "{doc}");
+}
+
+#[tokio::test]
+async fn a_failing_database_is_a_502_without_its_text() {
+    let ch = veil_schemas::testing::fresh_database("stats_db_fails").await;
+    seed(&ch).await;
+    let agg = stats_aggregator(&ch);
+    // The table a report reads is gone: ClickHouse answers an error quoting the table.
+    db::exec(&ch.client(), &Sql::new("DROP TABLE events"))
+        .await
+        .unwrap();
+    let (status, doc) = post_query(
+        &agg,
+        &base(
+            json!({"metrics": ["visitors"], "filters": [["is", "event:page", ["/secret-page"]]]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 502, "{doc}");
+    assert_eq!(
+        doc["error"],
+        json!(veil_aggregator::CLICKHOUSE_FAILED),
+        "{doc}"
+    );
+}
+
+#[tokio::test]
+async fn a_raw_question_over_too_many_events_is_refused_before_it_runs() {
+    let ch = veil_schemas::testing::fresh_database("stats_preflight").await;
+    many_events(&ch).await;
+    let s = site();
+    let client = ch.client();
+    let body = base(json!({
+        "metrics": ["visitors", "bounce_rate"],
+        "filters": [["is", "event:page", ["/pricing"]]],
+    }));
+    let parsed = veil_aggregator::query::parse(body.to_string().as_bytes(), &s, now()).unwrap();
+    let pre = |ceiling: u64| {
+        let (client, parsed, s) = (client.clone(), parsed.clone(), s.clone());
+        async move {
+            veil_aggregator::stats::preflight(&client, &parsed, ceiling)
+                .await
+                .map_err(veil_aggregator::stats::too_expensive(&parsed, &s))
+        }
+    };
+    pre(120_000).await.unwrap();
+    match pre(119_999).await {
+        Err(veil_aggregator::Error::TooExpensive {
+            code: None,
+            message,
+        }) => {
+            assert!(
+                message.contains(r#"filters event:page is "/pricing""#),
+                "{message}"
+            );
+            assert!(message.contains("shorter period"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Another site's events on the same day pass the partitions' count, not the site's own.
+    db::exec(
+        &client,
+        &Sql::new(
+            "INSERT INTO events (site, timestamp, name, pathname, visitor_id) \
+             SELECT 'other.example', toDateTime('2026-11-20 12:00:00', 'UTC'), 'pageview', '/', \
+             toFixedString('other-visitor-00', 16) FROM system.numbers LIMIT 50000",
+        ),
+    )
+    .await
+    .unwrap();
+    pre(150_000).await.unwrap();
+    assert!(pre(100_000).await.is_err());
+    // A range with no events is never refused.
+    let empty = json!({"site_id": SITE, "date_range": ["2026-11-21", "2026-11-22"], "metrics": ["visitors", "bounce_rate"], "filters": [["is", "event:page", ["/pricing"]]]});
+    let empty = veil_aggregator::query::parse(empty.to_string().as_bytes(), &s, now()).unwrap();
+    veil_aggregator::stats::preflight(&client, &empty, 0)
+        .await
+        .unwrap();
+    // Under the real ceiling the question is answered.
+    let (status, doc) = post_query(&stats_aggregator(&ch), &body).await;
+    assert_eq!(status, 200, "{doc}");
 }

@@ -324,6 +324,11 @@ layered! {
         /// [default: 30].
         #[arg(long, env = "VEIL_TODAY_SNAPSHOT_SECS", global = true)]
         pub today_snapshot_secs: Option<u64>,
+        /// Memory one report query may use in ClickHouse, in MiB; large GROUP BYs and sorts
+        /// spill to disk past a third of it, and a query past it is refused with a 400 naming
+        /// its filters [default: 3072].
+        #[arg(long, env = "VEIL_QUERY_MEMORY_MB", global = true)]
+        pub query_memory_mb: Option<u64>,
         /// Log filter (tracing-subscriber syntax) [default: info].
         #[arg(long, env = "VEIL_LOG", global = true)]
         pub log: Option<String>,
@@ -487,6 +492,9 @@ impl Settings {
             min_visitors,
             retention,
             today_snapshot_secs,
+            query_memory_mb: given
+                .query_memory_mb
+                .unwrap_or(veil_aggregator::db::DEFAULT_QUERY_MEMORY_MB),
             ..AggregatorConfig::default()
         };
         // The aggregator's own rules (token length, k, snapshot age, site names and aliases,
@@ -522,6 +530,19 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("./var"));
         assert_eq!(s.aggregator.min_visitors, 5);
         assert_eq!(s.aggregator.today_snapshot_secs, 30);
+    }
+
+    #[test]
+    fn the_query_memory_budget_is_a_flag_checked_before_serving() {
+        let s = parse(&["up"]).unwrap();
+        assert_eq!(
+            s.aggregator.query_memory_mb,
+            veil_aggregator::db::DEFAULT_QUERY_MEMORY_MB
+        );
+        let s = parse(&["up", "--query-memory-mb", "512"]).unwrap();
+        assert_eq!(s.aggregator.query_memory_mb, 512);
+        let e = parse(&["up", "--query-memory-mb", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--query-memory-mb"), "{e}");
     }
 
     #[test]
