@@ -15,7 +15,8 @@ import { startVeil, browser, open, screenshot, api, waitFor } from "./fixture.mj
 
 /** The site `veil up --demo` generates (cli/src/config.rs, DEMO_SITE). */
 const DEMO = "demo.veil.local";
-const PERIOD = "7d";
+/** The dashboard's period: the last 7 days (about a quarter of the events); `VEIL_GENERATED_PERIOD=30d` reads all 30 days. */
+const PERIOD = process.env.VEIL_GENERATED_PERIOD || "7d";
 /** The web view's panels, in order (dashboards/web/app.js WEB_PANELS, then filtered traffic). */
 const PANELS = ["pages", "sources", "locations", "devices", "events", "goals", "filtered"];
 const STATS = ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration", "time_on_page"];
