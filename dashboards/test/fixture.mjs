@@ -17,10 +17,13 @@ export const SITE = "example.com";
 export const APP_KEY = "A-SH-DASHTEST";
 export const shots = join(root, "target/screenshots");
 
-/** `veil up` with k = `k`, an admin token, old timestamps accepted and no per-IP rate limit. */
-export function startVeil({ k = 5, args = [] } = {}) {
+/**
+ * `veil up` with k = `k`, an admin token, old timestamps accepted and no per-IP rate limit;
+ * `args` are added, `log` is its VEIL_LOG filter.
+ */
+export function startVeil({ k = 5, args = [], log = "warn" } = {}) {
   return harness.startVeil(["--site", SITE, "--min-visitors", String(k), "--max-event-age", "30d", "--rate-limit-ip", "0",
-    "--api-token", ADMIN, "--site-alias", `${APP_KEY}=${SITE}`, ...args], { env: { VEIL_LOG: "warn" } });
+    "--api-token", ADMIN, "--site-alias", `${APP_KEY}=${SITE}`, ...args], { env: { VEIL_LOG: log } });
 }
 
 /** Waits until ClickHouse holds at least `n` events of the site. */
