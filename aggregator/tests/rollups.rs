@@ -162,6 +162,8 @@ async fn visit_hits_match_raw(ch: &ClickHouseConfig) {
         json!({"metrics": ["visitors", "visits"], "dimensions": ["event:goal"], "filters": [["is", "visit:source", ["Google"]]]}),
         json!({"metrics": ["visitors", "visits"], "dimensions": ["visit:source"], "filters": [["has_done", ["is", "event:page", ["/pricing"]]]]}),
         json!({"metrics": ["visitors", "visit_duration"], "dimensions": ["event:page", "visit:source"]}),
+        json!({"metrics": ["visitors", "visits", "bounce_rate"], "dimensions": ["visit:source"], "filters": [["is_not", "event:page", ["/"]]]}),
+        json!({"metrics": ["visitors", "visits", "pageviews"], "dimensions": ["visit:entry_page"], "filters": [["is", "event:page", ["/PRICING"], {"case_sensitive": false}], ["not", ["is", "visit:source", ["Hacker News"]]]]}),
         json!({"metrics": ["visitors", "visits"], "dimensions": ["event:hostname"], "filters": [["is", "visit:entry_page", ["/blog/x"]], ["is", "event:page", ["/blog/x"]]]}),
     ];
     for body in questions {

@@ -9,7 +9,7 @@ use veil_schemas::sql;
 use veil_schemas::sql::{utc, Sql};
 
 use super::build::Build;
-use super::expr::{additive, dim_expr, filter_sql, metric_sql, ts_col};
+use super::expr::{additive, dim_expr, filter_sql, metric_sql, ts_col, visit_prefilter};
 use super::rows::{hourly_rows, joined_rows, raw_joined_rows, visit_rows, visits_daily_rows};
 use super::source::{source, Source};
 use super::visits::site_cond;
@@ -140,7 +140,7 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> 
         }
         Source::Joined => (raw_joined_rows(q), Vec::new()),
         Source::VisitHits => {
-            let pre = q.filter.as_ref().map(|f| filter_sql(f, src, q, site));
+            let pre = q.filter.as_ref().map(|f| visit_prefilter(f, q, site));
             (joined_rows(q, built, pre.as_ref()), Vec::new())
         }
     };

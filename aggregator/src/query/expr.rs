@@ -190,6 +190,80 @@ pub(super) fn filter_sql(f: &Filter, src: Source, q: &Query, site: &SiteView) ->
     }
 }
 
+/// The stored array of a visit's hits that holds hit column `col` (`016_visit_hits.sql`).
+pub(super) fn hit_array(col: &str) -> Option<&'static str> {
+    match col {
+        "timestamp" => Some("hit_times"),
+        "name" => Some("hit_names"),
+        "pathname" => Some("hit_paths"),
+        "hostname" => Some("hit_hosts"),
+        _ => None,
+    }
+}
+
+/// A condition on one stored visit row (with its hit arrays, its properties as `v_…` and the
+/// visitor facts) that every visit holding a hit that passes `f` meets — `f` loosened to the
+/// visit, so [`Source::VisitHits`] expands only the hits of visits that can match, and the
+/// exact per-hit filter then runs on those. A hit condition becomes "some hit of the visit
+/// passes it" (`hasAny` for case-sensitive `is`, else `arrayExists` with the lambda's
+/// argument named as the hit column, so [`filter_sql`] serves unchanged); conditions on the
+/// visit or visitor stay as they are; `and`/`or` keep their shape; `not` of anything about a
+/// hit is loosened to true (no hit passing x is not "some hit fails x").
+pub(super) fn visit_prefilter(f: &Filter, q: &Query, site: &SiteView) -> Sql {
+    let src = Source::VisitHits;
+    let about_hits = |x: &Filter| {
+        x.dims()
+            .iter()
+            .any(|d| matches!(d.kind, DimKind::Event(_) | DimKind::Goal | DimKind::Time(_)))
+    };
+    match f {
+        Filter::And(v) => sql!(
+            "({})",
+            Sql::join(v.iter().map(|x| visit_prefilter(x, q, site)), " AND ")
+        ),
+        Filter::Or(v) => sql!(
+            "({})",
+            Sql::join(v.iter().map(|x| visit_prefilter(x, q, site)), " OR ")
+        ),
+        Filter::Not(x) if !about_hits(x) => filter_sql(f, src, q, site),
+        Filter::Not(_) => Sql::new("1"),
+        Filter::HasDone { .. } => filter_sql(f, src, q, site),
+        Filter::Cond {
+            op,
+            dim,
+            values,
+            case_sensitive,
+        } => match dim.kind {
+            DimKind::Event(c) => {
+                let Some(arr) = hit_array(c) else {
+                    return Sql::new("1");
+                };
+                if *op == Op::Is && *case_sensitive {
+                    sql!("hasAny({}, {})", arr, lit_array(values))
+                } else {
+                    sql!(
+                        "arrayExists(({}) -> {}, {})",
+                        c,
+                        filter_sql(f, src, q, site),
+                        arr
+                    )
+                }
+            }
+            DimKind::Goal => sql!(
+                "arrayExists((name, pathname) -> {}, hit_names, hit_paths)",
+                filter_sql(f, src, q, site)
+            ),
+            DimKind::Time(_) => Sql::new("1"),
+            _ => filter_sql(f, src, q, site),
+        },
+    }
+}
+
+/// `['a', 'b']`: values as a ClickHouse array literal.
+fn lit_array(values: &[String]) -> Sql {
+    sql!("[{}]", Sql::join(values.iter().map(|v| lit(v)), ", "))
+}
+
 /// A goal filter: the goals whose names the condition selects, as an OR of their conditions.
 fn goal_filter(op: Op, values: &[String], case_sensitive: bool, site: &SiteView) -> Sql {
     let norm = |s: &str| {

@@ -16,10 +16,11 @@ use veil_schemas::sql;
 use veil_schemas::sql::{date, idents, lit, utc, Sql};
 
 use super::build::Build;
+use super::expr::hit_array;
 use super::source::{daily_dim, utc_aligned, DailyDim};
 use super::visits::{
     after_cut_cond, derive_visit_cols, hit_field, open_visit_rows, sessionize, site_cond,
-    visit_aggregates, EV_FIELDS, HAS_VISITOR, RECENT, VISIT_HITS, VISIT_MEASURES,
+    visit_aggregates, EV_FIELDS, HAS_VISITOR, RECENT, VISIT_MEASURES,
 };
 use super::vocab::{DimKind, Metric, Query, TimeBucket};
 
@@ -522,17 +523,9 @@ pub fn raw_joined_rows(q: &Query) -> Sql {
 /// `hostname`, the visitor facts asked about and the visit's `v_…` properties and measures.
 pub fn joined_rows(q: &Query, built: &[Build], pre: Option<&Sql>) -> Sql {
     let (facts, visit) = joined_cols(q);
-    let mut out: Vec<Sql> = [
-        "visitor_id",
-        "visit",
-        "timestamp",
-        "name",
-        "pathname",
-        "hostname",
-    ]
-    .iter()
-    .map(|c| Sql::new(c))
-    .collect();
+    let hit_cols = joined_hit_cols(q);
+    let mut out: Vec<Sql> = vec![Sql::new("visitor_id"), Sql::new("visit")];
+    out.extend(hit_cols.iter().map(|c| Sql::new(c)));
     out.extend(facts.iter().map(|c| Sql::new(c)));
     out.extend(visit.iter().map(|c| sql!("v_{}", *c)));
     let out = Sql::join(out, ", ");
@@ -543,9 +536,10 @@ pub fn joined_rows(q: &Query, built: &[Build], pre: Option<&Sql>) -> Sql {
         .collect();
     let mut parts = Vec::new();
     if !with_hits.is_empty() {
+        let arrays: Vec<&'static str> = hit_cols.iter().filter_map(|c| hit_array(c)).collect();
         // The visit columns read: visitor, start, the hit arrays, the facts and properties.
         let mut cols: Vec<&'static str> = vec!["visitor_id", "start"];
-        cols.extend(VISIT_HITS.iter().copied());
+        cols.extend(arrays.iter().copied());
         cols.extend(facts.iter().copied());
         for c in &visit {
             if !cols.contains(c) {
@@ -567,28 +561,37 @@ pub fn joined_rows(q: &Query, built: &[Build], pre: Option<&Sql>) -> Sql {
                 open_visit_rows(&q.site, b, cut, &cols)
             ));
         }
-        let in_range =
-            |ts: &'static str| sql!("{0} >= {1} AND {0} < {2}", ts, utc(q.start), utc(q.end));
         let props = Sql::join(visit.iter().map(|c| sql!(", {0} AS v_{0}", *c)), "");
-        let facts_sel = Sql::join(facts.iter().map(|c| sql!(", {}", *c)), "");
-        // The hit arrays' elements, named as the raw rows' columns, so `pre` reads the same.
-        let lambda = sql!(
-            "arrayExists((timestamp, name, pathname, hostname) -> {} AND {}, \
-             hit_times, hit_names, hit_paths, hit_hosts)",
-            in_range("timestamp"),
-            pre.cloned().unwrap_or_else(|| Sql::new("1"))
+        let kept = Sql::join(
+            arrays.iter().chain(facts.iter()).map(|c| sql!(", {}", *c)),
+            "",
+        );
+        let expand = Sql::join(
+            arrays
+                .iter()
+                .zip(&hit_cols)
+                .map(|(a, c)| sql!("{} AS {}", *a, *c)),
+            ", ",
         );
         parts.push(sql!(
-            "SELECT {} FROM (SELECT visitor_id, toUInt64(start) AS visit, hit_times, hit_names, \
-             hit_paths, hit_hosts{}{} FROM ({}) WHERE {}) \
-             ARRAY JOIN hit_times AS timestamp, hit_names AS name, hit_paths AS pathname, \
-             hit_hosts AS hostname WHERE {}",
+            "SELECT {} FROM (SELECT visitor_id, toUInt64(start) AS visit{}{} FROM ({}) WHERE {}) \
+             ARRAY JOIN {} WHERE {}",
             out.clone(),
-            facts_sel,
+            kept,
             props,
             Sql::join(sources, " UNION ALL "),
-            lambda,
-            in_range("timestamp")
+            pre.cloned().unwrap_or_else(|| Sql::new("1")),
+            expand,
+            if utc_aligned(q) {
+                // Whole built days: every hit of their visits is in the range.
+                Sql::new("1")
+            } else {
+                sql!(
+                    "timestamp >= {} AND timestamp < {}",
+                    utc(q.start),
+                    utc(q.end)
+                )
+            }
         ));
     }
     // Runs of days without such a build, from raw events.
@@ -613,6 +616,49 @@ pub fn joined_rows(q: &Query, built: &[Build], pre: Option<&Sql>) -> Sql {
         ));
     }
     union_all(parts)
+}
+
+/// The hit columns a joined row must carry for `q` (of `timestamp`, `name`, `pathname`,
+/// `hostname`, in that order): the time for time buckets, `dau` and a range that is not whole
+/// UTC days; the event name for pageview and event counts and goals; the path for pages and
+/// page goals; the host for hosts. At least one, so that each hit is a row.
+fn joined_hit_cols(q: &Query) -> Vec<&'static str> {
+    let filter_dims = q.filter.as_ref().map(|f| f.dims()).unwrap_or_default();
+    let dims: Vec<&DimKind> = q
+        .dimensions
+        .iter()
+        .chain(filter_dims)
+        .map(|d| &d.kind)
+        .collect();
+    let has = |c: &str| {
+        dims.iter()
+            .any(|k| matches!(k, DimKind::Event(x) if *x == c))
+    };
+    let goal = dims.iter().any(|k| matches!(k, DimKind::Goal));
+    let time = !utc_aligned(q)
+        || dims.iter().any(|k| matches!(k, DimKind::Time(_)))
+        || q.metrics.contains(&Metric::Dau);
+    let name = goal
+        || has("name")
+        || q.metrics
+            .iter()
+            .any(|m| matches!(m, Metric::Pageviews | Metric::Events));
+    let path = goal || has("pathname");
+    let host = has("hostname");
+    let mut out: Vec<&'static str> = [
+        ("timestamp", time),
+        ("name", name),
+        ("pathname", path),
+        ("hostname", host),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(c, _)| *c)
+    .collect();
+    if out.is_empty() {
+        out.push("name");
+    }
+    out
 }
 
 /// What a joined row must carry for `q` besides the hit: the visitor facts its dimensions and

@@ -394,31 +394,26 @@ pub fn open_visit_rows(site: &str, b: &Build, cut: NaiveDateTime, cols: &[&'stat
         .collect();
     // Element fields: time, name, path, interactive (the raw sort order), the first-hit
     // columns, then last hit, pageviews, events, interactive events, entry and exit page.
-    // With the hit arrays asked for, each element carries its hits' (time, name, path, host)
-    // arrays too: an open visit its stored ones, a later hit arrays of one.
-    let with_hits = cols.iter().any(|c| VISIT_HITS.contains(c));
+    // The hit arrays asked for: each element carries them too, an open visit its stored
+    // ones, a later hit arrays of one.
+    let hit_parts: Vec<(&'static str, &'static str, &'static str)> = VISIT_HITS
+        .iter()
+        .zip(HIT_ELEMENTS)
+        .zip(HIT_FIELDS)
+        .filter(|((c, _), _)| cols.contains(c))
+        .map(|((c, e), f)| (*c, e, *f))
+        .collect();
     let mut fields: Vec<&'static str> = vec!["ts", "nm", "pa", "ia"];
     fields.extend(first.iter().copied());
     fields.extend(["l", "pv", "ev", "it", "en", "ex"]);
-    if with_hits {
-        fields.extend(HIT_ELEMENTS);
-    }
+    fields.extend(hit_parts.iter().map(|(_, e, _)| *e));
     let element = |f: &str| tuple_field(f, &fields);
     let firsts = Sql::join(first.iter().map(|c| sql!(", {}", *c)), "");
-    let (open_hits, new_hits) = if with_hits {
-        (
-            Sql::join(
-                VISIT_HITS
-                    .iter()
-                    .zip(HIT_ELEMENTS)
-                    .map(|(c, e)| sql!(", {} AS {}", *c, e)),
-                "",
-            ),
-            Sql::join(HIT_FIELDS.iter().map(|f| sql!(", [{}]", *f)), ""),
-        )
-    } else {
-        (Sql::new(""), Sql::new(""))
-    };
+    let open_hits = Sql::join(
+        hit_parts.iter().map(|(c, e, _)| sql!(", {} AS {}", *c, *e)),
+        "",
+    );
+    let new_hits = Sql::join(hit_parts.iter().map(|(_, _, f)| sql!(", [{}]", *f)), "");
     let open = sql!(
         "SELECT visitor_id, start AS ts, '' AS nm, '' AS pa, toUInt8(0) AS ia{}, last AS l, \
          pageviews AS pv, events AS ev, inter AS it, entry_page AS en, exit_page AS ex{} \
@@ -471,16 +466,14 @@ pub fn open_visit_rows(site: &str, b: &Build, cut: NaiveDateTime, cols: &[&'stat
             .iter()
             .map(|c| sql!("argMin({}, i) AS {}", element(c), *c)),
     );
-    if with_hits {
-        // The elements' arrays joined in timeline order.
-        aggs.extend(VISIT_HITS.iter().zip(HIT_ELEMENTS).map(|(c, e)| {
-            sql!(
-                "arrayReduce('groupArrayArray', arrayMap(t -> t.2, arraySort(groupArray((i, {}))))) AS {}",
-                element(e),
-                *c
-            )
-        }));
-    }
+    // The elements' arrays joined in timeline order.
+    aggs.extend(hit_parts.iter().map(|(c, e, _)| {
+        sql!(
+            "arrayReduce('groupArrayArray', arrayMap(t -> t.2, arraySort(groupArray((i, {}))))) AS {}",
+            element(e),
+            *c
+        )
+    }));
     let last = fields.iter().position(|f| *f == "l").unwrap_or(0) + 1;
     sql!(
         "SELECT {} FROM (SELECT {} FROM (\
