@@ -126,6 +126,8 @@ pub struct Builds {
     /// Builds by date range and whether today's snapshot was looked up.
     seen: Vec<((NaiveDate, NaiveDate, bool), Vec<Build>)>,
     snapshots: Option<Box<dyn TodaySnapshots>>,
+    /// Reads under way that the request's guard counts may join.
+    inflight: Option<crate::db::Inflight>,
 }
 
 impl Builds {
@@ -135,7 +137,19 @@ impl Builds {
         Self {
             seen: Vec::new(),
             snapshots,
+            inflight: None,
         }
+    }
+
+    /// These builds, with the aggregator's reads under way (see [`crate::db::Inflight`]).
+    pub fn sharing(mut self, inflight: Option<crate::db::Inflight>) -> Self {
+        self.inflight = inflight;
+        self
+    }
+
+    /// The reads under way the request may join.
+    pub fn inflight(&self) -> Option<&crate::db::Inflight> {
+        self.inflight.as_ref()
     }
 
     /// The latest snapshot of the current day any of the request's reports read.

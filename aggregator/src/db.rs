@@ -20,6 +20,9 @@
 //! in which 64-bit integers arrive as quoted strings; [`number`] and [`cell_u64`] read cells of
 //! either kind.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use serde_json::Value;
 use veil_schemas::sql::{Run, Sql};
 use veil_schemas::ClickHouseConfig;
@@ -139,6 +142,41 @@ fn classify(text: String) -> Error {
 /// Runs a statement that returns no rows (`INSERT`, `ALTER`, …).
 pub async fn exec(client: &clickhouse::Client, q: &Sql) -> Result<(), Error> {
     client.sql(q).execute().await.map_err(failed)
+}
+
+/// Identical reads under way at the same time share one ClickHouse query: the panels of a
+/// dashboard, loaded at once, each ask the differencing guard's counts for the same filter
+/// and range (the same SQL text), and a second asker waits for the first one's answer
+/// instead of running it again. Nothing is kept once the query has answered (no cache: the
+/// next asker runs it anew). One per [`crate::Aggregator`] (its client and database).
+#[derive(Debug, Default, Clone)]
+pub struct Inflight {
+    under_way: Arc<Mutex<HashMap<String, Arc<Answer>>>>,
+}
+
+/// One shared read's answer, set once by whichever asker runs it.
+type Answer = tokio::sync::OnceCell<Result<Arc<Vec<Value>>, Error>>;
+
+impl Inflight {
+    /// [`fetch`], shared with the askers of the same statement under way.
+    pub async fn fetch(&self, client: &clickhouse::Client, q: &Sql) -> Result<Vec<Value>, Error> {
+        let key = q.as_str();
+        let cell = {
+            let mut map = self.under_way.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(map.entry(key.to_string()).or_default())
+        };
+        let answer = cell
+            .get_or_init(|| async { fetch(client, q).await.map(Arc::new) })
+            .await
+            .clone();
+        {
+            let mut map = self.under_way.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                map.remove(key);
+            }
+        }
+        answer.map(|rows| rows.as_ref().clone())
+    }
 }
 
 /// Runs a query and returns the rows of its `JSONCompact` answer.

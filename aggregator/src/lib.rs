@@ -79,7 +79,7 @@ use veil_schemas::ClickHouseConfig;
 use crate::http::{error_response, json_response};
 
 /// The aggregator's one error type.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request is invalid; the message names the field.
     #[error("{0}")]
@@ -378,6 +378,7 @@ pub struct Aggregator {
     limiter: Arc<auth::RateLimiter>,
     verified: Arc<auth::VerifiedPasswords>,
     snapshots: Option<Arc<snapshot::Snapshots>>,
+    inflight: db::Inflight,
     clock: Arc<dyn Clock>,
 }
 
@@ -413,6 +414,7 @@ impl Aggregator {
             limiter,
             verified: Arc::new(auth::VerifiedPasswords::new()),
             snapshots,
+            inflight: db::Inflight::default(),
             clock: Arc::new(SystemClock),
         }
     }
@@ -583,13 +585,22 @@ impl Aggregator {
     pub async fn query(&self, body: &[u8], now: DateTime<Utc>) -> Result<HttpResponse, Error> {
         let site_id = stats::site_id(body)?;
         let site = self.site(&site_id).ok_or(Error::UnknownSite(site_id))?;
-        let (_, result) = stats::run(&self.client, &site, body, now, self.snapshots()).await?;
+        let (_, result) = stats::run(&self.client, &site, body, now, self.shared()).await?;
         Ok(json_response(StatusCode::OK, &result))
     }
 
     /// Today's snapshots, when `today_snapshot_secs` is not 0.
     pub fn snapshots(&self) -> Option<&Arc<snapshot::Snapshots>> {
         self.snapshots.as_ref()
+    }
+
+    /// What a request's reports share with this aggregator: today's snapshots and the
+    /// identical reads under way ([`db::Inflight`]).
+    pub fn shared(&self) -> stats::Shared<'_> {
+        stats::Shared {
+            snapshots: self.snapshots.as_ref(),
+            inflight: Some(&self.inflight),
+        }
     }
 
     /// The ClickHouse client reports read with.

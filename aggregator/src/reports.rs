@@ -77,7 +77,7 @@ pub async fn route(
                 post_only(req.method())?;
                 let site = readable(agg, access, &stats::site_id(req.body())?)?;
                 let (q, doc) =
-                    stats::run(agg.client(), &site, req.body(), agg.now(), agg.snapshots()).await?;
+                    stats::run(agg.client(), &site, req.body(), agg.now(), agg.shared()).await?;
                 if path.ends_with(".csv") || wants_csv(req) {
                     Ok(bytes_response(
                         "text/csv; charset=utf-8",
@@ -258,13 +258,13 @@ pub async fn realtime(
     let mut five = query::parse(body("[]", &format!("[\"{metric}\"]")).as_bytes(), site, now)?;
     // The same minute-snapped end as the 30-minute window (see `query::parse`).
     five.start = five.end - chrono::Duration::minutes(5);
-    let five = stats::run_query(client, site, &five, None).await?;
+    let five = stats::run_query(client, site, &five, stats::Shared::default()).await?;
     let (_, thirty) = stats::run(
         client,
         site,
         body("[]", "[\"pageviews\"]").as_bytes(),
         now,
-        None,
+        stats::Shared::default(),
     )
     .await?;
     let (_, pages) = stats::run(
@@ -272,7 +272,7 @@ pub async fn realtime(
         site,
         body("[\"event:page\"]", &format!("[\"{metric}\"]")).as_bytes(),
         now,
-        None,
+        stats::Shared::default(),
     )
     .await?;
     let top: Vec<Value> = pages["results"]
@@ -534,7 +534,8 @@ pub async fn export(
             json_string(&site.domain),
             json_string(dim)
         );
-        let (q, doc) = stats::run(client, site, body.as_bytes(), now, None).await?;
+        let (q, doc) =
+            stats::run(client, site, body.as_bytes(), now, stats::Shared::default()).await?;
         files.push((name.to_string(), stats::to_csv(&q, &doc)));
     }
     let mut buf = std::io::Cursor::new(Vec::new());

@@ -404,7 +404,10 @@ async fn population(
     t.order_by.clear();
     let built = builds.for_query(client, site, &t).await?;
     let sql = query::assemble::sql(&t, site, &built, None);
-    let rows = fetch(client, &sql).await?;
+    let rows = match builds.inflight() {
+        Some(inflight) => inflight.fetch(client, &sql).await?,
+        None => fetch(client, &sql).await?,
+    };
     Ok(rows
         .first()
         .and_then(|r| r.as_array())
@@ -434,10 +437,10 @@ pub async fn run(
     site: &SiteView,
     body: &[u8],
     now: DateTime<Utc>,
-    snapshots: Option<&Arc<Snapshots>>,
+    shared: Shared<'_>,
 ) -> Result<(Query, Value), Error> {
     let q = query::parse(body, site, now)?;
-    let doc = run_query(client, site, &q, snapshots).await?;
+    let doc = run_query(client, site, &q, shared).await?;
     Ok((q, doc))
 }
 
@@ -447,7 +450,7 @@ pub async fn run_query(
     client: &clickhouse::Client,
     site: &SiteView,
     q: &Query,
-    snapshots: Option<&Arc<Snapshots>>,
+    shared: Shared<'_>,
 ) -> Result<Value, Error> {
     let run = async {
         if matches!(
@@ -456,7 +459,7 @@ pub async fn run_query(
         ) {
             preflight(client, q, MAX_RAW_EVENTS).await?;
         }
-        answer(client, site, q, snapshots).await
+        answer(client, site, q, shared).await
     };
     run.await.map_err(too_expensive(q, site))
 }
@@ -602,15 +605,31 @@ fn short(v: &str) -> String {
     }
 }
 
+/// What a request's reports share with their aggregator ([`crate::Aggregator::shared`]):
+/// today's snapshots, which reports by day and dimension read instead of the live day, and the
+/// identical reads under way ([`crate::db::Inflight`]), which the differencing guard's
+/// counts join. The default shares nothing (every read live and on its own).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Shared<'a> {
+    /// Today's snapshots, when the aggregator takes them.
+    pub snapshots: Option<&'a Arc<Snapshots>>,
+    /// Reads under way.
+    pub inflight: Option<&'a crate::db::Inflight>,
+}
+
 async fn answer(
     client: &clickhouse::Client,
     site: &SiteView,
     q: &Query,
-    snapshots: Option<&Arc<Snapshots>>,
+    shared: Shared<'_>,
 ) -> Result<Value, Error> {
     let tz = query::timezone(&site.timezone);
-    let mut builds =
-        Builds::new(snapshots.map(|s| Box::new(Arc::clone(s)) as Box<dyn TodaySnapshots>));
+    let mut builds = Builds::new(
+        shared
+            .snapshots
+            .map(|s| Box::new(Arc::clone(s)) as Box<dyn TodaySnapshots>),
+    )
+    .sharing(shared.inflight.cloned());
     let builds = &mut builds;
     let guard = too_few(client, site, q, builds).await?;
     let mut rep = if guard {

@@ -31,7 +31,7 @@ async fn child_directed_sites_report_counts_only() {
         &s,
         br#"{"site_id":"kids.example","metrics":["visitors"],"date_range":"day"}"#,
         now(),
-        None,
+        Default::default(),
     )
     .await
     .unwrap_err();

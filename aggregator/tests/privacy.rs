@@ -269,7 +269,7 @@ async fn realtime_windows_do_not_slide_within_a_minute() {
             let s = s.clone();
             let body = body.to_string();
             async move {
-                stats::run(&ch.client(), &s, body.as_bytes(), now, None)
+                stats::run(&ch.client(), &s, body.as_bytes(), now, Default::default())
                     .await
                     .unwrap()
                     .1

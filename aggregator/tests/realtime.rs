@@ -37,7 +37,7 @@ async fn realtime_counts_the_last_minutes_of_raw_events() {
             .to_string()
             .as_bytes(),
         Utc::now(),
-        None,
+        Default::default(),
     )
     .await
     .unwrap()

@@ -32,10 +32,19 @@ async fn todays_snapshot_answers_like_the_live_day_while_fresh() {
         let (ch, s) = (ch.clone(), s.clone());
         async move {
             let body = base(body).to_string();
-            stats::run(&ch.client(), &s, body.as_bytes(), now(), snaps.as_ref())
-                .await
-                .unwrap()
-                .1
+            stats::run(
+                &ch.client(),
+                &s,
+                body.as_bytes(),
+                now(),
+                stats::Shared {
+                    snapshots: snaps.as_ref(),
+                    inflight: None,
+                },
+            )
+            .await
+            .unwrap()
+            .1
         }
     };
     let recorded = || {

@@ -140,11 +140,17 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> 
         }
         Source::Joined => (raw_joined_rows(q), Vec::new()),
         Source::VisitHits => {
-            let pre = q.filter.as_ref().map(|f| visit_prefilter(f, q, site));
+            let pre = q
+                .filter
+                .as_ref()
+                .filter(|f| !f.is_tautology())
+                .map(|f| visit_prefilter(f, q, site));
             (joined_rows(q, built, pre.as_ref()), Vec::new())
         }
     };
-    if let Some(f) = &q.filter {
+    // `x or not x` keeps every row: visit hits may then leave out the hit columns it names.
+    let tautology = src == Source::VisitHits && q.filter.as_ref().is_some_and(|f| f.is_tautology());
+    if let Some(f) = q.filter.as_ref().filter(|_| !tautology) {
         conds.push(filter_sql(f, src, q, site));
     }
     let mut s = sql!("SELECT {} FROM {}", Sql::join(select, ", "), from);

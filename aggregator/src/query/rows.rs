@@ -573,9 +573,16 @@ pub fn joined_rows(q: &Query, built: &[Build], pre: Option<&Sql>) -> Sql {
                 .map(|(a, c)| sql!("{} AS {}", *a, *c)),
             ", ",
         );
+        // No hit column read (visitors of a whole-day range under the guard's "everyone"
+        // filter): every visit of a built day has a hit in the range, one row per visit.
+        let expand = if hit_cols.is_empty() {
+            Sql::new("")
+        } else {
+            sql!(" ARRAY JOIN {}", expand)
+        };
         parts.push(sql!(
-            "SELECT {} FROM (SELECT visitor_id, toUInt64(start) AS visit{}{} FROM ({}) WHERE {}) \
-             ARRAY JOIN {} WHERE {}",
+            "SELECT {} FROM (SELECT visitor_id, toUInt64(start) AS visit{}{} FROM ({}) WHERE {}){} \
+             WHERE {}",
             out.clone(),
             kept,
             props,
@@ -621,9 +628,15 @@ pub fn joined_rows(q: &Query, built: &[Build], pre: Option<&Sql>) -> Sql {
 /// The hit columns a joined row must carry for `q` (of `timestamp`, `name`, `pathname`,
 /// `hostname`, in that order): the time for time buckets, `dau` and a range that is not whole
 /// UTC days; the event name for pageview and event counts and goals; the path for pages and
-/// page goals; the host for hosts. At least one, so that each hit is a row.
+/// page goals; the host for hosts. None when the range is whole UTC days and nothing asks
+/// for a hit (the guard's `x or not x` filter asks for nothing): a visit is then one row.
 fn joined_hit_cols(q: &Query) -> Vec<&'static str> {
-    let filter_dims = q.filter.as_ref().map(|f| f.dims()).unwrap_or_default();
+    let filter_dims = q
+        .filter
+        .as_ref()
+        .filter(|f| !f.is_tautology())
+        .map(|f| f.dims())
+        .unwrap_or_default();
     let dims: Vec<&DimKind> = q
         .dimensions
         .iter()
@@ -645,7 +658,7 @@ fn joined_hit_cols(q: &Query) -> Vec<&'static str> {
             .any(|m| matches!(m, Metric::Pageviews | Metric::Events));
     let path = goal || has("pathname");
     let host = has("hostname");
-    let mut out: Vec<&'static str> = [
+    [
         ("timestamp", time),
         ("name", name),
         ("pathname", path),
@@ -654,11 +667,7 @@ fn joined_hit_cols(q: &Query) -> Vec<&'static str> {
     .iter()
     .filter(|(_, on)| *on)
     .map(|(c, _)| *c)
-    .collect();
-    if out.is_empty() {
-        out.push("name");
-    }
-    out
+    .collect()
 }
 
 /// What a joined row must carry for `q` besides the hit: the visitor facts its dimensions and

@@ -295,6 +295,15 @@ impl Filter {
         }
     }
 
+    /// Whether this is `x or not x` (true of every row): the differencing guard's "everyone"
+    /// filter, which keeps the filter's dimensions so the total is counted by the same source.
+    pub fn is_tautology(&self) -> bool {
+        match self {
+            Filter::Or(v) => v.len() == 2 && matches!(&v[1], Filter::Not(x) if **x == v[0]),
+            _ => false,
+        }
+    }
+
     /// The dimensions it reads.
     pub fn dims(&self) -> Vec<&Dim> {
         self.conds()

@@ -159,9 +159,15 @@ pub fn now() -> chrono::DateTime<Utc> {
 }
 
 pub async fn q(ch: &ClickHouseConfig, site: &SiteView, body: Value) -> Value {
-    let (_, doc) = stats::run(&ch.client(), site, body.to_string().as_bytes(), now(), None)
-        .await
-        .unwrap_or_else(|e| panic!("{body}: {e}"));
+    let (_, doc) = stats::run(
+        &ch.client(),
+        site,
+        body.to_string().as_bytes(),
+        now(),
+        Default::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{body}: {e}"));
     doc
 }
 
