@@ -281,7 +281,9 @@
       { id: "name", label: "Events", dim: "event:name" },
       { id: "country", label: "Countries", dim: "visit:country" }] },
   ];
-  const WEB_STATS = [["visitors", "visits", "pageviews", "bounce_rate", "visit_duration", "time_on_page"]];
+  // Two questions, not one: visit metrics read the visit rollups, time on page reads
+  // engagement events; asked together they would send the whole row to raw events.
+  const WEB_STATS = [["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"], ["time_on_page"]];
   // Active users are unique visitors (the API's "visitors", labelled for apps); wau and mau are in
   // the contract but not served yet.
   const APP_STATS = [["visitors", "sessions_per_user", "dau"],
