@@ -239,7 +239,11 @@ pub(super) fn visit_prefilter(f: &Filter, q: &Query, site: &SiteView) -> Sql {
                     return Sql::new("1");
                 };
                 if *op == Op::Is && *case_sensitive {
-                    sql!("hasAny({}, {})", arr, lit_array(values))
+                    sql!(
+                        "hasAny({}, [{}])",
+                        arr,
+                        Sql::join(values.iter().map(|v| lit(v)), ", ")
+                    )
                 } else {
                     sql!(
                         "arrayExists(({}) -> {}, {})",
@@ -257,11 +261,6 @@ pub(super) fn visit_prefilter(f: &Filter, q: &Query, site: &SiteView) -> Sql {
             _ => filter_sql(f, src, q, site),
         },
     }
-}
-
-/// `['a', 'b']`: values as a ClickHouse array literal.
-fn lit_array(values: &[String]) -> Sql {
-    sql!("[{}]", Sql::join(values.iter().map(|v| lit(v)), ", "))
 }
 
 /// A goal filter: the goals whose names the condition selects, as an OR of their conditions.
