@@ -9,11 +9,15 @@ use veil_schemas::sql;
 use veil_schemas::sql::{utc, Sql};
 
 use super::build::Build;
-use super::expr::{additive, dim_expr, filter_sql, metric_sql, ts_col, visit_prefilter};
+use super::expr::{
+    additive, dim_expr, filter_sql, hit_array, metric_sql, ts_col, visit_hit_count, visit_level,
+    visit_prefilter,
+};
 use super::rows::{hourly_rows, joined_rows, raw_joined_rows, visit_rows, visits_daily_rows};
+use super::source::utc_aligned;
 use super::source::{source, Source};
 use super::visits::site_cond;
-use super::vocab::{Metric, Query};
+use super::vocab::{DimKind, Metric, Query};
 use crate::site::SiteView;
 
 /// `ASC` or `DESC`.
@@ -86,10 +90,71 @@ pub fn sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> Sq
     )
 }
 
+/// A [`Source::VisitHits`] query answered one row per visit, without expanding its hits:
+/// what it needs.
+struct PerVisit {
+    /// The filter as an exact condition on a visit row ([`visit_level`]).
+    filter: Option<Sql>,
+    /// The hit columns its rows carry (their arrays): what the filter and the hit counts read.
+    hit_cols: Vec<&'static str>,
+}
+
+/// Whether `q` (a [`Source::VisitHits`] query) can be answered from visit rows alone: no
+/// dimension or metric about a hit (breakdowns by visit or visitor properties, no time
+/// bucket, no `dau`), whole UTC days, and a filter that is exact at the visit
+/// ([`visit_level`]). Counts of visits, visitors, bounces and durations are then those of
+/// the visits with a matching hit; pageviews and events count the matching hits in each
+/// visit's arrays ([`visit_hit_count`]) — the numbers the expanded rows give.
+fn per_visit(q: &Query, site: &SiteView) -> Option<PerVisit> {
+    let plain = q.dimensions.iter().all(|d| {
+        matches!(
+            d.kind,
+            DimKind::Visit(_) | DimKind::Visitor(_) | DimKind::CountryName
+        )
+    });
+    if !plain || q.metrics.contains(&Metric::Dau) || !utc_aligned(q) {
+        return None;
+    }
+    let f = q.filter.as_ref().filter(|f| !f.is_tautology());
+    let filter = match f {
+        Some(f) => Some(visit_level(f, q, site)?),
+        None => None,
+    };
+    let mut hit_cols: Vec<&'static str> = Vec::new();
+    let counts = q
+        .metrics
+        .iter()
+        .any(|m| matches!(m, Metric::Pageviews | Metric::Events));
+    for d in f.map(|f| f.dims()).unwrap_or_default() {
+        let cols: &[&'static str] = match d.kind {
+            DimKind::Event(c) => &[c],
+            DimKind::Goal => &["name", "pathname"],
+            _ => &[],
+        };
+        for c in cols {
+            if !hit_cols.contains(c) {
+                hit_cols.push(c);
+            }
+        }
+    }
+    if counts && !hit_cols.contains(&"name") {
+        hit_cols.insert(0, "name");
+    }
+    Some(PerVisit { filter, hit_cols })
+}
+
 /// The report's rows before folding; with `fold = Some(k)`, also what the fold needs (`ks`,
 /// and `kd` for [`Source::VisitsDaily`]).
 fn inner_sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> Sql {
     let src = source(q, site.child_directed);
+    let per = if src == Source::VisitHits {
+        per_visit(q, site)
+    } else {
+        None
+    };
+    if let Some(per) = per {
+        return per_visit_sql(q, site, built, fold, per);
+    }
     let mut select: Vec<Sql> = q
         .dimensions
         .iter()
@@ -125,7 +190,7 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> 
         }
     }
     let (from, mut conds) = match src {
-        Source::Visits => (visit_rows(q, built), Vec::new()),
+        Source::Visits => (visit_rows(q, built, &[]), Vec::new()),
         Source::Hourly => (hourly_rows(q, built), Vec::new()),
         Source::VisitsDaily => (visits_daily_rows(q, built), Vec::new()),
         Source::Events => {
@@ -157,22 +222,75 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> 
     if !conds.is_empty() {
         s.push(sql!(" WHERE {}", Sql::join(conds, " AND ")));
     }
-    if !q.dimensions.is_empty() {
-        // 18.16 has no positional GROUP BY: group and order by the aliases.
-        let nd = q.dimensions.len();
-        s.push(sql!(
-            " GROUP BY {}",
-            Sql::join((0..nd).map(|i| sql!("d{}", i)), ", ")
-        ));
-        let order = q.order_by.iter().map(|(i, desc)| {
-            let col = if *i < nd {
-                sql!("d{}", *i)
-            } else {
-                sql!("m{}", *i - nd)
-            };
-            sql!("{} {}", col, direction(*desc))
-        });
-        s.push(sql!(" ORDER BY {}", Sql::join(order, ", ")));
+    group_and_order(q, &mut s);
+    s
+}
+
+/// `GROUP BY` the dimensions and `ORDER BY` the query's order (by the aliases `d…`, `m…`:
+/// 18.16 has no positional `GROUP BY`).
+fn group_and_order(q: &Query, s: &mut Sql) {
+    if q.dimensions.is_empty() {
+        return;
     }
+    let nd = q.dimensions.len();
+    s.push(sql!(
+        " GROUP BY {}",
+        Sql::join((0..nd).map(|i| sql!("d{}", i)), ", ")
+    ));
+    let order = q.order_by.iter().map(|(i, desc)| {
+        let col = if *i < nd {
+            sql!("d{}", *i)
+        } else {
+            sql!("m{}", *i - nd)
+        };
+        sql!("{} {}", col, direction(*desc))
+    });
+    s.push(sql!(" ORDER BY {}", Sql::join(order, ", ")));
+}
+
+/// [`inner_sql`] for a [`Source::VisitHits`] query answered one row per visit ([`per_visit`]):
+/// the statement of a [`Source::Visits`] query over visit rows that carry the hit arrays the
+/// filter and hit counts read, read from builds whose visits carry them (other days derived
+/// from raw events with them), with the filter as a visit condition.
+fn per_visit_sql(
+    q: &Query,
+    site: &SiteView,
+    built: &[Build],
+    fold: Option<u64>,
+    per: PerVisit,
+) -> Sql {
+    let src = Source::Visits;
+    let f = q.filter.as_ref().filter(|f| !f.is_tautology());
+    let mut select: Vec<Sql> = q
+        .dimensions
+        .iter()
+        .enumerate()
+        .map(|(i, d)| sql!("{} AS d{}", dim_expr(d, src, q, site), i))
+        .collect();
+    select.extend(q.metrics.iter().enumerate().map(|(i, m)| {
+        let expr = match m {
+            Metric::Pageviews => visit_hit_count("name = 'pageview'", f, &per.hit_cols, q, site),
+            Metric::Events => visit_hit_count("name != 'engagement'", f, &per.hit_cols, q, site),
+            // The rate is made of this count and the base query's (stats::conversion_rates).
+            Metric::ConversionRate => Sql::new("uniq(visitor_id)"),
+            _ => metric_sql(*m, src, q),
+        };
+        sql!("{} AS m{}", expr, i)
+    }));
+    select.push(Sql::new("uniq(visitor_id) AS k"));
+    if fold.is_some() {
+        select.push(Sql::new("uniqState(visitor_id) AS ks"));
+    }
+    let arrays: Vec<&'static str> = per.hit_cols.iter().filter_map(|c| hit_array(c)).collect();
+    let with_hits: Vec<Build> = built.iter().filter(|b| b.hits).copied().collect();
+    let mut s = sql!(
+        "SELECT {} FROM {}",
+        Sql::join(select, ", "),
+        visit_rows(q, &with_hits, &arrays)
+    );
+    if let Some(cond) = per.filter {
+        s.push(sql!(" WHERE {}", cond));
+    }
+    group_and_order(q, &mut s);
     s
 }

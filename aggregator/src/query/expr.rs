@@ -211,11 +211,6 @@ pub(super) fn hit_array(col: &str) -> Option<&'static str> {
 /// hit is loosened to true (no hit passing x is not "some hit fails x").
 pub(super) fn visit_prefilter(f: &Filter, q: &Query, site: &SiteView) -> Sql {
     let src = Source::VisitHits;
-    let about_hits = |x: &Filter| {
-        x.dims()
-            .iter()
-            .any(|d| matches!(d.kind, DimKind::Event(_) | DimKind::Goal | DimKind::Time(_)))
-    };
     match f {
         Filter::And(v) => sql!(
             "({})",
@@ -261,6 +256,93 @@ pub(super) fn visit_prefilter(f: &Filter, q: &Query, site: &SiteView) -> Sql {
             _ => filter_sql(f, src, q, site),
         },
     }
+}
+
+/// Whether a filter says anything about a hit (page, event name, host, goal, time).
+pub(super) fn about_hits(f: &Filter) -> bool {
+    f.dims()
+        .iter()
+        .any(|d| matches!(d.kind, DimKind::Event(_) | DimKind::Goal | DimKind::Time(_)))
+}
+
+/// `f` as an exact condition on one visit row (plain column names, as [`Source::Visits`]
+/// rows, and the visit's hit arrays): "some hit of the visit passes `f`". Exact when no two
+/// conditions about hits must hold of the same hit: a condition about hits becomes "some hit
+/// passes it", `or` distributes over "some hit", and `and` may join one condition about hits
+/// with conditions on the visit. `None` otherwise (two hit conditions under one `and`, `not`
+/// of a hit condition, time): such a query expands the visit's hits instead.
+pub(super) fn visit_level(f: &Filter, q: &Query, site: &SiteView) -> Option<Sql> {
+    let src = Source::Visits;
+    match f {
+        Filter::Or(v) => {
+            let parts: Option<Vec<Sql>> = v.iter().map(|x| visit_level(x, q, site)).collect();
+            Some(sql!("({})", Sql::join(parts?, " OR ")))
+        }
+        Filter::And(v) => {
+            if v.iter().filter(|x| about_hits(x)).count() > 1 {
+                return None;
+            }
+            let parts: Option<Vec<Sql>> = v.iter().map(|x| visit_level(x, q, site)).collect();
+            Some(sql!("({})", Sql::join(parts?, " AND ")))
+        }
+        Filter::Not(x) if !about_hits(x) => Some(filter_sql(f, src, q, site)),
+        Filter::Not(_) => None,
+        Filter::HasDone { .. } => Some(filter_sql(f, src, q, site)),
+        Filter::Cond {
+            op,
+            dim,
+            values,
+            case_sensitive,
+        } => match dim.kind {
+            DimKind::Event(c) => {
+                let arr = hit_array(c)?;
+                Some(if *op == Op::Is && *case_sensitive {
+                    sql!(
+                        "hasAny({}, [{}])",
+                        arr,
+                        Sql::join(values.iter().map(|v| lit(v)), ", ")
+                    )
+                } else {
+                    sql!(
+                        "arrayExists(({}) -> {}, {})",
+                        c,
+                        filter_sql(f, src, q, site),
+                        arr
+                    )
+                })
+            }
+            DimKind::Goal => Some(sql!(
+                "arrayExists((name, pathname) -> {}, hit_names, hit_paths)",
+                filter_sql(f, src, q, site)
+            )),
+            DimKind::Time(_) => None,
+            _ => Some(filter_sql(f, src, q, site)),
+        },
+    }
+}
+
+/// What a hit count (`pageviews`: `kind` = `name = 'pageview'`; `events`) adds up over visit
+/// rows under filter `f` (plain column names): the hits of each visit that are of that kind
+/// and pass `f`, counted in its hit arrays — `cols` the hit columns `f` reads, `name` among
+/// them — without expanding them.
+pub(super) fn visit_hit_count(
+    kind: &'static str,
+    f: Option<&Filter>,
+    cols: &[&'static str],
+    q: &Query,
+    site: &SiteView,
+) -> Sql {
+    let cond = f
+        .map(|f| filter_sql(f, Source::Visits, q, site))
+        .unwrap_or_else(|| Sql::new("1"));
+    let arrays: Vec<&'static str> = cols.iter().filter_map(|c| hit_array(c)).collect();
+    sql!(
+        "sum(arrayCount(({}) -> {} AND {}, {}))",
+        Sql::join(cols.iter().map(|c| Sql::new(c)), ", "),
+        kind,
+        cond,
+        Sql::join(arrays.iter().map(|a| Sql::new(a)), ", ")
+    )
 }
 
 /// A goal filter: the goals whose names the condition selects, as an OR of their conditions.

@@ -361,7 +361,7 @@ pub(super) fn visits_daily_rows(q: &Query, built: &[Build]) -> Sql {
             utc(a),
             utc(b)
         );
-        parts.push(on_the_fly("events", cond, visit_rows(&part, built)));
+        parts.push(on_the_fly("events", cond, visit_rows(&part, built, &[])));
     }
     // One row per UTC day and value, with the day's distinct visitors as a plain number:
     // each day's states (today's build and what follows its cut, a day without a build) are
@@ -398,8 +398,12 @@ fn needed_visit_cols(q: &Query) -> Vec<&'static str> {
 
 /// The visit rows of `q`'s range: recorded builds where they exist (and rollups are allowed),
 /// derived from raw events elsewhere.
-pub(super) fn visit_rows(q: &Query, built: &[Build]) -> Sql {
-    let needed = needed_visit_cols(q);
+///
+/// `hits`: hit arrays (of [`super::visits::VISIT_HITS`]) the rows must carry too; then `built` must hold
+/// only builds whose visits carry them ([`Build::hits`]).
+pub(super) fn visit_rows(q: &Query, built: &[Build], hits: &[&'static str]) -> Sql {
+    let mut needed = needed_visit_cols(q);
+    needed.extend(hits.iter().copied());
     let cols = idents(&needed, ", ");
     let in_range = sql!("start >= {} AND start < {}", utc(q.start), utc(q.end));
     let days = utc_days(q.start, q.end);

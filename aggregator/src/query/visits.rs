@@ -339,15 +339,18 @@ fn derive_visits_with(cond: &Sql, build: u64, cols: &[&'static str]) -> Sql {
 /// [`VISIT_HITS`] of a visit, aggregated over its ARRAY JOINed hits `e` (index `i`): sorted
 /// by the hit's position in the visitor's sorted timeline, as the raw path orders them.
 fn hit_arrays() -> Vec<Sql> {
-    let fields = Sql::join(HIT_FIELDS.iter().map(|f| hit_field(f)), ", ");
-    let mut out = vec![sql!(
-        "arraySort(groupArray((i, {}))) AS hits_sorted",
-        fields
-    )];
+    hit_arrays_of(EV_FIELDS, VISIT_HITS)
+}
+
+/// [`hit_arrays`] over tuples of `fields` (which hold [`HIT_FIELDS`]), for the arrays `wanted`.
+fn hit_arrays_of(fields: &[&str], wanted: &[&'static str]) -> Vec<Sql> {
+    let tuple = Sql::join(HIT_FIELDS.iter().map(|f| tuple_field(f, fields)), ", ");
+    let mut out = vec![sql!("arraySort(groupArray((i, {}))) AS hits_sorted", tuple)];
     out.extend(
         VISIT_HITS
             .iter()
             .enumerate()
+            .filter(|(_, c)| wanted.contains(c))
             .map(|(n, c)| sql!("arrayMap(t -> t.{}, hits_sorted) AS {}", n + 2, *c)),
     );
     out
@@ -359,11 +362,23 @@ fn hit_arrays() -> Vec<Sql> {
 pub(crate) fn derive_visit_cols(cond: &Sql, cols: &[&'static str]) -> Sql {
     let mut fields: Vec<&'static str> = vec!["timestamp", "name", "pathname", "interactive"];
     fields.extend(cols.iter().filter(|c| VISIT_FIRST.contains(c)).copied());
+    let hits: Vec<&'static str> = cols
+        .iter()
+        .filter(|c| VISIT_HITS.contains(c))
+        .copied()
+        .collect();
+    if !hits.is_empty() && !fields.contains(&"hostname") {
+        fields.push("hostname");
+    }
+    let mut aggs = visit_aggregates_fields("", &fields);
+    if !hits.is_empty() {
+        aggs.extend(hit_arrays_of(&fields, &hits));
+    }
     sql!(
         "SELECT {} FROM (SELECT visitor_id, visit, {} \
          FROM ({}) ARRAY JOIN evs AS e, idx AS i, vnum AS visit GROUP BY site, visitor_id, visit)",
         idents(cols, ", "),
-        Sql::join(visit_aggregates_fields("", &fields), ", "),
+        Sql::join(aggs, ", "),
         sessionize_fields(cond, &fields)
     )
 }
