@@ -626,6 +626,18 @@ fn selected_filters(names: &[String]) -> Result<Vec<(&'static str, &'static str,
         .collect())
 }
 
+/// The periods `--periods` names, checked.
+fn selected_periods(names: &[String]) -> Result<Vec<String>> {
+    let periods: Vec<String> = names.iter().map(|p| p.trim().to_string()).collect();
+    if let Some(p) = periods.iter().find(|p| !PERIODS.contains(&p.as_str())) {
+        bail!(
+            "--periods: unknown period {p:?}; use some of {}",
+            PERIODS.join(", ")
+        );
+    }
+    Ok(periods)
+}
+
 async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
     let sizes: Vec<u64> = a
         .sizes
@@ -633,13 +645,7 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
         .map(|s| parse_size(s))
         .collect::<Result<_>>()?;
     let filters = selected_filters(&a.filters)?;
-    let periods: Vec<String> = a.periods.iter().map(|p| p.trim().to_string()).collect();
-    if let Some(p) = periods.iter().find(|p| !PERIODS.contains(&p.as_str())) {
-        bail!(
-            "--periods: unknown period {p:?}; use some of {}",
-            PERIODS.join(", ")
-        );
-    }
+    let periods = selected_periods(&a.periods)?;
     let mut summaries = Vec::new();
     for size in sizes {
         let ch = prepare(&base, size, &a).await?;
@@ -778,9 +784,13 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
         }
         let ((tr, okr), (tq, okq), (ts, oks)) = (total(&raw), total(&rolled), total(&snapped));
         let mark = |ok: bool| if ok { "" } else { " (incomplete)" };
+        let raw_total = if a.skip_raw {
+            "skipped".to_string()
+        } else {
+            format!("**{tr:.1}**{}", mark(okr))
+        };
         println!(
-            "| **full set** | **{tr:.1}**{} | **{tq:.1}**{} | **{ts:.1}**{} |",
-            mark(okr),
+            "| **full set** | {raw_total} | **{tq:.1}**{} | **{ts:.1}**{} |",
             mark(okq),
             mark(oks)
         );
@@ -1110,6 +1120,9 @@ fn real_main(a: Args) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Flags checked before a server starts.
+    selected_filters(&a.filters)?;
+    selected_periods(&a.periods)?;
     // The managed server is started from the main thread, which lives as long as the process.
     let mut tmp = None;
     let mut managed = None;
@@ -1141,4 +1154,58 @@ fn real_main(a: Args) -> Result<()> {
     }
     drop(tmp);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_shortened_to_one_line() {
+        assert_eq!(short("a\n  b\tc"), "a b c");
+        let long = "x".repeat(500);
+        let s = short(&long);
+        assert_eq!(s.chars().count(), 160);
+        assert!(s.ends_with('…'));
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 10.0);
+        assert_eq!(percentile(&v, 0.95), 19.0);
+        assert_eq!(percentile(&[7.0], 0.95), 7.0);
+    }
+
+    #[test]
+    fn filters_and_periods_are_checked() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            selected_filters(&names(&["all"])).map(|v| v.len()).ok(),
+            Some(filter_set().len())
+        );
+        assert!(selected_filters(&names(&["none"]))
+            .map(|v| v.is_empty())
+            .unwrap_or(false));
+        let two = selected_filters(&names(&["source", "page"])).unwrap_or_default();
+        assert_eq!(
+            two.iter().map(|(n, _, _)| *n).collect::<Vec<_>>(),
+            ["page", "source"]
+        );
+        assert!(selected_filters(&names(&["pag"])).is_err());
+        assert!(selected_periods(&names(&["7d", "12mo"])).is_ok());
+        assert!(selected_periods(&names(&["3d"])).is_err());
+        // Every filter's name is unique and each screen carries the filter on all six panels.
+        let set = filter_set();
+        for (i, (n, _, f)) in set.iter().enumerate() {
+            assert!(set[..i].iter().all(|(m, _, _)| m != n), "{n} twice");
+            let screen = first_screen("12mo", Some(f));
+            assert_eq!(screen.len(), 6);
+            assert!(screen.iter().all(|(_, b)| &b["filters"] == f));
+            assert_eq!(screen[1].1["dimensions"][0], "time:month");
+        }
+        assert!(standard_set()
+            .iter()
+            .all(|(_, b)| b.get("filters").is_none()));
+    }
 }
