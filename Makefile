@@ -68,9 +68,11 @@ bench: deps
 
 # The dashboard's standard queries on 10M and 50M generated events (data kept in ./var/query-bench
 # for the next run); see benches/README.md. Not part of `make test`.
+# QUERY_ARGS adds flags, e.g. QUERY_ARGS="--filters page,source,goal --periods 30d --runs 3".
 QUERY_SIZES ?= 10M,50M
+QUERY_ARGS ?=
 query-bench: deps
-	$(CARGO) run --release -p veil-benches --bin veil-query-bench -- --sizes $(QUERY_SIZES) --data-dir ./var/query-bench
+	$(CARGO) run --release -p veil-benches --bin veil-query-bench -- --sizes $(QUERY_SIZES) --data-dir ./var/query-bench $(QUERY_ARGS)
 
 # A local cluster: ZooKeeper + 2 shards x 2 replicas of ClickHouse, two collectors (:8081, :8082)
 # and the aggregator/dashboard (:8080), under ./var/cluster; Ctrl-C stops everything in order.

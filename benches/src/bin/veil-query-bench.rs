@@ -19,21 +19,36 @@
 //! | countries | `metrics: [visitors]`, `dimensions: [visit:country]`, limit 10 |
 //! | devices | `metrics: [visitors]`, `dimensions: [visit:device]`, limit 10 |
 //!
+//! Then the **filtered first screens** (issue 21): for each period of `--periods` (default
+//! `7d,30d,12mo`; the chart asks `time:month` over 6mo/12mo/year, as the dashboard does) the
+//! unfiltered first screen and, for each filter of `--filters` (default `all`; see
+//! [`filter_set`]: page, entry/exit page, hostname, goal, event name, custom property, source,
+//! referrer, UTM, channel, country, region, city, device, browser, OS, `contains`, `matches`,
+//! `has_done` and common pairs, `or`, `not`), the six panels with that filter sent at once:
+//! the median load time, the panels that failed (with the error, shortened) and the source
+//! each panel read (`meta.source`); then each filtered panel alone (median of `--runs`;
+//! `--skip-singles` skips it), whose p50/p95 over all filtered panels is reported. A failed
+//! panel is reported, never fatal: the exit code stays 0. The bench registers the goal
+//! `Signup` (event `Signup`) for its site in the database's registry, so `event:goal` filters
+//! are accepted.
+//!
 //! ClickHouse: a managed server in a temp dir (started from the main thread, which its
-//! parent-death signal is tied to), or `--clickhouse-url`. Output: one Markdown table per size
-//! (ready for benches/README.md) and a JSON line per size.
+//! parent-death signal is tied to), or `--clickhouse-url`. Output: Markdown tables per size
+//! (ready for benches/README.md), a JSON line per size (and one for its filtered screens), and
+//! at the end the worst cases of each size against issue 21's targets.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use veil_aggregator::{Aggregator, AggregatorConfig};
 use veil_schemas::gen::{generate, GenOptions};
 use veil_schemas::managed::{ManagedClickHouse, ManagedOptions};
 use veil_schemas::sql;
-use veil_schemas::sql::{ident, lit, Run, Sql};
+use veil_schemas::sql::{ident, lit, Run as _, Sql};
 use veil_schemas::ClickHouseConfig;
 
 /// Times the dashboard's standard Stats API queries on generated data.
@@ -78,6 +93,17 @@ struct Args {
     /// worst case, just before the next run.
     #[arg(long, default_value_t = 12)]
     tail_minutes: u32,
+    /// Filtered first screens: `all`, `none` (only the unfiltered table) or filter names,
+    /// comma-separated (`page`, `source`, `goal`, …; an unknown name lists them all).
+    #[arg(long, default_value = "all", value_delimiter = ',')]
+    filters: Vec<String>,
+    /// Periods of the filtered first screens, comma-separated (each also gets an unfiltered
+    /// first screen): `day`, `7d`, `30d`, `month`, `6mo`, `12mo`, `year`.
+    #[arg(long, default_value = "7d,30d,12mo", value_delimiter = ',')]
+    periods: Vec<String>,
+    /// Do not time each filtered panel by itself (only the six at once).
+    #[arg(long)]
+    skip_singles: bool,
 }
 
 const SITE: &str = "bench.example";
@@ -108,27 +134,184 @@ fn label(n: u64) -> String {
     }
 }
 
-/// The dashboard's first screen: name and request body.
+/// The dashboard's first screen: name and request body (30 days, unfiltered).
 fn standard_set() -> Vec<(&'static str, Value)> {
+    first_screen("30d", None)
+}
+
+/// The interval the dashboard's chart asks for over `period` (as `defaultInterval` in
+/// dashboards/web/app.js).
+fn interval(period: &str) -> &'static str {
+    match period {
+        "day" => "hour",
+        "6mo" | "12mo" | "year" | "all" => "month",
+        _ => "day",
+    }
+}
+
+/// The dashboard's first screen over `period`: its six panels' names and request bodies, each
+/// with `filters` when given.
+fn first_screen(period: &str, filters: Option<&Value>) -> Vec<(&'static str, Value)> {
     let panel = |metrics: &[&str], dim: &str| {
-        json!({"site_id": SITE, "metrics": metrics, "date_range": "30d", "dimensions": [dim],
+        json!({"site_id": SITE, "metrics": metrics, "date_range": period, "dimensions": [dim],
                "pagination": {"limit": 10, "offset": 0}, "include": {"total_rows": true}})
     };
-    vec![
+    let mut set = vec![
         (
             "top stats",
             json!({"site_id": SITE, "metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"],
-                   "date_range": "30d", "dimensions": []}),
+                   "date_range": period, "dimensions": []}),
         ),
         (
             "visitors over time",
-            json!({"site_id": SITE, "metrics": ["visitors"], "date_range": "30d",
-                   "dimensions": ["time:day"], "include": {"time_labels": true}}),
+            json!({"site_id": SITE, "metrics": ["visitors"], "date_range": period,
+                   "dimensions": [format!("time:{}", interval(period))], "include": {"time_labels": true}}),
         ),
         ("top pages", panel(&["visitors", "pageviews"], "event:page")),
         ("sources", panel(&["visitors", "visits"], "visit:source")),
         ("countries", panel(&["visitors"], "visit:country")),
         ("devices", panel(&["visitors"], "visit:device")),
+    ];
+    if let Some(f) = filters {
+        for (_, body) in &mut set {
+            body["filters"] = f.clone();
+        }
+    }
+    set
+}
+
+/// The periods `--periods` may name (the dashboard's relative ranges).
+const PERIODS: &[&str] = &["day", "7d", "30d", "month", "6mo", "12mo", "year"];
+
+/// The goal the bench registers for its site (the generator writes `Signup` events on 3 % of
+/// visits' last pages), so `event:goal` filters are accepted.
+const GOAL: &str = "Signup";
+
+/// The filters of the filtered first screens: name (for `--filters`), what it selects, and
+/// the `filters` array sent with each panel. Values are ones the generator writes
+/// (schemas/src/gen/data.rs); the `visitors` column of the output shows each selects data.
+fn filter_set() -> Vec<(&'static str, &'static str, Value)> {
+    let is = |dim: &str, v: &str| json!(["is", dim, [v]]);
+    let pricing = is("event:page", "/pricing");
+    vec![
+        ("page", "page is /pricing", json!([pricing])),
+        (
+            "entry_page",
+            "entry page is /",
+            json!([is("visit:entry_page", "/")]),
+        ),
+        (
+            "exit_page",
+            "exit page is /pricing",
+            json!([is("visit:exit_page", "/pricing")]),
+        ),
+        (
+            "hostname",
+            "hostname is the site's (every hit)",
+            json!([is("event:hostname", SITE)]),
+        ),
+        ("goal", "goal Signup", json!([is("event:goal", GOAL)])),
+        (
+            "event_name",
+            "event name is Outbound Link: Click",
+            json!([is("event:name", "Outbound Link: Click")]),
+        ),
+        (
+            "prop",
+            "custom property plan is pro",
+            json!([is("event:props:plan", "pro")]),
+        ),
+        (
+            "source",
+            "source is Google",
+            json!([is("visit:source", "Google")]),
+        ),
+        (
+            "referrer",
+            "referrer is Hacker News's URL",
+            json!([is("visit:referrer", "https://news.ycombinator.com/")]),
+        ),
+        (
+            "utm_source",
+            "UTM source is newsletter",
+            json!([is("visit:utm_source", "newsletter")]),
+        ),
+        (
+            "utm_campaign",
+            "UTM campaign is weekly-digest",
+            json!([is("visit:utm_campaign", "weekly-digest")]),
+        ),
+        (
+            "channel",
+            "channel is Organic Social",
+            json!([is("visit:channel", "Organic Social")]),
+        ),
+        (
+            "country",
+            "country is DE",
+            json!([is("visit:country", "DE")]),
+        ),
+        (
+            "region",
+            "region is Bavaria",
+            json!([is("visit:region", "Bavaria")]),
+        ),
+        (
+            "city",
+            "city is London",
+            json!([is("visit:city", "London")]),
+        ),
+        (
+            "device",
+            "device is mobile",
+            json!([is("visit:device", "mobile")]),
+        ),
+        (
+            "browser",
+            "browser is Chrome",
+            json!([is("visit:browser", "Chrome")]),
+        ),
+        ("os", "OS is Android", json!([is("visit:os", "Android")])),
+        (
+            "page_contains",
+            "page contains \"blog\"",
+            json!([["contains", "event:page", ["blog"]]]),
+        ),
+        (
+            "page_matches",
+            "page matches ^/docs/",
+            json!([["matches", "event:page", ["^/docs/"]]]),
+        ),
+        (
+            "has_done",
+            "has done event Signup",
+            json!([["has_done", is("event:name", "Signup")]]),
+        ),
+        (
+            "page+source",
+            "page is /pricing and source is Google",
+            json!([pricing, is("visit:source", "Google")]),
+        ),
+        (
+            "source+device",
+            "source is Google and device is mobile",
+            json!([is("visit:source", "Google"), is("visit:device", "mobile")]),
+        ),
+        (
+            "goal+country",
+            "goal Signup and country is DE",
+            json!([is("event:goal", GOAL), is("visit:country", "DE")]),
+        ),
+        (
+            "page_or",
+            "page is /pricing or page is /blog",
+            json!([["or", [pricing, is("event:page", "/blog")]]]),
+        ),
+        (
+            "page_not",
+            "not (page is /pricing)",
+            json!([["not", pricing]]),
+        ),
     ]
 }
 
@@ -240,36 +423,219 @@ async fn time_set(agg: &Aggregator, a: &Args, rollups: bool) -> Result<Timings> 
     Ok(out)
 }
 
-/// The standard set as the dashboard loads it: all six queries sent at once (its panels fetch
-/// concurrently), rollups path. The median over `runs` loads (after one warm-up load) of the
-/// time until the last answer arrived.
-async fn time_load(agg: &Aggregator, runs: usize) -> Result<Duration> {
-    let bodies: Vec<Vec<u8>> = standard_set()
+/// What one answer said: the source it was read from (`meta.source`) and its first row's
+/// first metric (the visitors, for the top stats).
+#[derive(Debug, Clone)]
+struct Answer {
+    source: String,
+    first: Option<f64>,
+}
+
+/// One query's run: how long it took and what it answered, or why it failed (shortened).
+#[derive(Debug, Clone)]
+struct Ask {
+    took: Duration,
+    answer: Result<Answer, String>,
+}
+
+/// An error text on one line, at most 160 characters (ClickHouse's run long).
+fn short(s: &str) -> String {
+    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() <= 160 {
+        one
+    } else {
+        format!("{}…", one.chars().take(159).collect::<String>())
+    }
+}
+
+/// Sends one query through `Aggregator::query` (the Stats API's code path) and reads its answer.
+async fn ask(agg: &Aggregator, body: &[u8]) -> Ask {
+    let t = Instant::now();
+    let r = Aggregator::query(agg, body, chrono::Utc::now()).await;
+    let took = t.elapsed();
+    let answer = match r {
+        Err(e) => Err(short(&format!("{}: {e}", e.status().as_u16()))),
+        Ok(resp) if !resp.status().is_success() => Err(format!("HTTP {}", resp.status())),
+        Ok(resp) => {
+            let bytes = match resp.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(never) => match never {},
+            };
+            serde_json::from_slice::<Value>(&bytes)
+                .map(|doc| Answer {
+                    source: doc["meta"]["source"].as_str().unwrap_or("?").to_string(),
+                    first: doc["results"][0]["metrics"][0].as_f64(),
+                })
+                .map_err(|e| format!("unreadable answer: {e}"))
+        }
+    };
+    Ask { took, answer }
+}
+
+/// The panels sent at once, as the dashboard's panels fetch them: the time until the last
+/// answer, and each panel's run.
+async fn load_once(agg: &Aggregator, bodies: &[Vec<u8>]) -> (Duration, Vec<Ask>) {
+    let t = Instant::now();
+    let tasks: Vec<_> = bodies
+        .iter()
+        .map(|b| {
+            let (agg, b) = (agg.clone(), b.clone());
+            tokio::spawn(async move { ask(&agg, &b).await })
+        })
+        .collect();
+    let mut runs = Vec::new();
+    for task in tasks {
+        runs.push(task.await.unwrap_or_else(|e| Ask {
+            took: t.elapsed(),
+            answer: Err(short(&format!("the query task failed: {e}"))),
+        }));
+    }
+    (t.elapsed(), runs)
+}
+
+/// A first screen as the dashboard loads it, timed.
+#[derive(Debug)]
+struct Screen {
+    /// The filter's name (`unfiltered` for none).
+    filter: &'static str,
+    period: String,
+    /// Median time until the last panel answered, over `loads` loads.
+    load: Duration,
+    loads: usize,
+    /// Each panel's answer in the last load; a panel that failed in any load keeps its error.
+    panels: Vec<Ask>,
+    /// Each panel sent alone: its median time (and over how many runs), or why it failed;
+    /// empty when not timed.
+    alone: Vec<Result<(Duration, usize), String>>,
+}
+
+impl Screen {
+    fn failed(&self) -> usize {
+        self.panels.iter().filter(|r| r.answer.is_err()).count()
+    }
+}
+
+/// Times the first screen `set` (panel names and bodies): one warm-up load, then `a.runs`
+/// loads (the median is reported) unless the warm-up failed or took longer than
+/// `--max-query-secs` (then it is the measurement); then, if `alone`, each panel by itself
+/// (`a.runs` runs, the median; one when it fails or is too slow to repeat).
+async fn time_screen(
+    agg: &Aggregator,
+    a: &Args,
+    filter: &'static str,
+    period: &str,
+    set: &[(&'static str, Value)],
+    alone: bool,
+) -> Result<Screen> {
+    let bodies: Vec<Vec<u8>> = set
         .iter()
         .map(|(_, b)| serde_json::to_vec(b))
         .collect::<Result<_, _>>()?;
     let mut times = Vec::new();
-    for i in 0..=runs {
-        let t = Instant::now();
-        let mut set = tokio::task::JoinSet::new();
-        for b in &bodies {
-            let (agg, b) = (agg.clone(), b.clone());
-            set.spawn(async move { Aggregator::query(&agg, &b, chrono::Utc::now()).await });
-        }
-        while let Some(r) = set.join_next().await {
-            let resp = r.context("a query task failed")??;
-            if !resp.status().is_success() {
-                bail!(
-                    "a query of the dashboard load answered HTTP {}",
-                    resp.status()
-                );
+    let mut panels: Vec<Ask> = Vec::new();
+    for i in 0..=a.runs {
+        let (took, runs) = load_once(agg, &bodies).await;
+        if panels.is_empty() {
+            panels = runs;
+        } else {
+            for (kept, new) in panels.iter_mut().zip(runs) {
+                if kept.answer.is_ok() {
+                    *kept = new;
+                }
             }
         }
         if i > 0 {
-            times.push(t.elapsed());
+            times.push(took);
+        } else if took.as_secs_f64() > a.max_query_secs || panels.iter().any(|r| r.answer.is_err())
+        {
+            times.push(took);
+            break;
         }
     }
-    Ok(median(times))
+    let mut singles = Vec::new();
+    if alone {
+        for b in &bodies {
+            let mut took = Vec::new();
+            let mut failed = None;
+            for _ in 0..a.runs.max(1) {
+                let r = ask(agg, b).await;
+                if let Err(e) = r.answer {
+                    failed = Some(e);
+                    break;
+                }
+                took.push(r.took);
+                if r.took.as_secs_f64() > a.max_query_secs {
+                    break;
+                }
+            }
+            singles.push(match failed {
+                Some(e) => Err(e),
+                None => Ok((median(took.clone()), took.len())),
+            });
+        }
+    }
+    Ok(Screen {
+        filter,
+        period: period.to_string(),
+        load: median(times.clone()),
+        loads: times.len(),
+        panels,
+        alone: singles,
+    })
+}
+
+/// p-th percentile (nearest rank) of `v`, which must not be empty.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    s[rank - 1]
+}
+
+/// What the end of the run says about one size.
+struct Summary {
+    size: String,
+    unfiltered: Screen,
+    screens: Vec<Screen>,
+}
+
+/// The filters `--filters` selects, in the order of [`filter_set`].
+fn selected_filters(names: &[String]) -> Result<Vec<(&'static str, &'static str, Value)>> {
+    let all = filter_set();
+    let names: Vec<&str> = names.iter().map(|n| n.trim()).collect();
+    match names.as_slice() {
+        ["all"] => return Ok(all),
+        ["none"] | [] => return Ok(Vec::new()),
+        _ => {}
+    }
+    if let Some(n) = names
+        .iter()
+        .find(|n| !all.iter().any(|(name, _, _)| name == *n))
+    {
+        bail!(
+            "--filters: unknown filter {n:?}; use all, none or some of: {}",
+            all.iter()
+                .map(|(n, _, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(all
+        .into_iter()
+        .filter(|(name, _, _)| names.contains(name))
+        .collect())
+}
+
+/// The periods `--periods` names, checked.
+fn selected_periods(names: &[String]) -> Result<Vec<String>> {
+    let periods: Vec<String> = names.iter().map(|p| p.trim().to_string()).collect();
+    if let Some(p) = periods.iter().find(|p| !PERIODS.contains(&p.as_str())) {
+        bail!(
+            "--periods: unknown period {p:?}; use some of {}",
+            PERIODS.join(", ")
+        );
+    }
+    Ok(periods)
 }
 
 async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
@@ -278,6 +644,9 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
         .iter()
         .map(|s| parse_size(s))
         .collect::<Result<_>>()?;
+    let filters = selected_filters(&a.filters)?;
+    let periods = selected_periods(&a.periods)?;
+    let mut summaries = Vec::new();
     for size in sizes {
         let ch = prepare(&base, size, &a).await?;
         let agg = Aggregator::new(
@@ -288,6 +657,15 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
             },
             ch.clone(),
         );
+        // The goal the `goal` filters name, stored in the database's registry as the admin API
+        // would store it (flag settings otherwise).
+        let mut settings = agg.config().flag_settings(SITE);
+        settings.goals = vec![json!({"name": GOAL, "event_name": "Signup"})];
+        settings.validate().context("the bench site's goal")?;
+        agg.registry()
+            .put_site(SITE, settings)
+            .await
+            .context("registering the bench site's goal")?;
         // The rollup job builds the visits of every closed day (as `veil aggregator` does on
         // its schedule); the hourly rollup was filled by its materialized view during the insert.
         if !a.skip_rollup_job {
@@ -348,7 +726,7 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
             time_set(&agg, &a, false).await?
         };
         let rolled = time_set(&agg, &a, true).await?;
-        let load = time_load(&agg, a.runs).await?;
+        let load = time_screen(&agg, &a, "unfiltered", "30d", &standard_set(), false).await?;
         // The same with today's snapshot (as `veil aggregator` reads by default): one taken
         // now, and reports that read it (the data does not change meanwhile, so it misses
         // nothing and every run reads it).
@@ -375,7 +753,8 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
             snap_took.as_secs_f64()
         );
         let snapped = time_set(&snap_agg, &a, true).await?;
-        let snap_load = time_load(&snap_agg, a.runs).await?;
+        let snap_load =
+            time_screen(&snap_agg, &a, "unfiltered", "30d", &standard_set(), false).await?;
         println!(
             "\n### {} events, 30 days, median of {} runs\n",
             label(size),
@@ -405,16 +784,22 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
         }
         let ((tr, okr), (tq, okq), (ts, oks)) = (total(&raw), total(&rolled), total(&snapped));
         let mark = |ok: bool| if ok { "" } else { " (incomplete)" };
+        let raw_total = if a.skip_raw {
+            "skipped".to_string()
+        } else {
+            format!("**{tr:.1}**{}", mark(okr))
+        };
         println!(
-            "| **full set** | **{tr:.1}**{} | **{tq:.1}**{} | **{ts:.1}**{} |",
-            mark(okr),
+            "| **full set** | {raw_total} | **{tq:.1}**{} | **{ts:.1}**{} |",
             mark(okq),
             mark(oks)
         );
         println!(
-            "| **dashboard load** (the six at once, as the dashboard sends them) | | **{:.1}** | **{:.1}** |",
-            ms(load),
-            ms(snap_load)
+            "| **dashboard load** (the six at once, as the dashboard sends them) | | **{:.1}**{} | **{:.1}**{} |",
+            ms(load.load),
+            failed_mark(&load),
+            ms(snap_load.load),
+            failed_mark(&snap_load)
         );
         println!(
             "\nToday's snapshot took {:.1} ms to take (in the background, once per refresh).",
@@ -434,15 +819,289 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
                 "rollups": as_json(&rolled),
                 "raw_total_ms": tr,
                 "rollups_total_ms": tq,
-                "dashboard_load_ms": ms(load),
+                "dashboard_load_ms": ms(load.load),
+                "dashboard_load_failed": load.failed(),
                 "snapshot": as_json(&snapped),
                 "snapshot_total_ms": ts,
-                "snapshot_dashboard_load_ms": ms(snap_load),
+                "snapshot_dashboard_load_ms": ms(snap_load.load),
                 "snapshot_take_ms": ms(snap_took),
             })
         );
+        let mut screens = Vec::new();
+        if !filters.is_empty() {
+            for period in &periods {
+                let unfiltered = first_screen(period, None);
+                let s = time_screen(&agg, &a, "unfiltered", period, &unfiltered, false).await?;
+                progress(&label(size), &s);
+                screens.push(s);
+                for (name, _, f) in &filters {
+                    let set = first_screen(period, Some(f));
+                    let s = time_screen(&agg, &a, name, period, &set, !a.skip_singles).await?;
+                    progress(&label(size), &s);
+                    screens.push(s);
+                }
+            }
+            print_filtered(&label(size), &a, &filters, &periods, &screens);
+        }
+        summaries.push(Summary {
+            size: label(size),
+            unfiltered: load,
+            screens,
+        });
     }
+    print_worst(&summaries);
     Ok(())
+}
+
+/// ` (k of n failed)` after a load's time when panels failed.
+fn failed_mark(s: &Screen) -> String {
+    match s.failed() {
+        0 => String::new(),
+        k => format!(" (**{k} of {} failed**)", s.panels.len()),
+    }
+}
+
+fn progress(size: &str, s: &Screen) {
+    eprintln!(
+        "veil-query-bench: {size} {} {}: {:.1} ms{}",
+        s.period,
+        s.filter,
+        ms(s.load),
+        match s.failed() {
+            0 => String::new(),
+            k => format!(", {k} panel(s) failed"),
+        }
+    );
+}
+
+/// Markdown-safe table cell text.
+fn cell_text(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+/// The panels each alone, over one size's filtered screens: the times of those that
+/// answered, and how many failed.
+fn singles(screens: &[Screen]) -> (Vec<f64>, usize) {
+    let mut ok = Vec::new();
+    let mut failed = 0;
+    for s in screens.iter().filter(|s| s.filter != "unfiltered") {
+        for r in &s.alone {
+            match r {
+                Ok((d, _)) => ok.push(ms(*d)),
+                Err(_) => failed += 1,
+            }
+        }
+    }
+    (ok, failed)
+}
+
+/// One table per period of the filtered first screens, their failures, the panels' times
+/// alone, and a JSON line.
+fn print_filtered(
+    size: &str,
+    a: &Args,
+    filters: &[(&'static str, &'static str, Value)],
+    periods: &[String],
+    screens: &[Screen],
+) {
+    let names: Vec<&str> = standard_set().iter().map(|(n, _)| *n).collect();
+    let what = |f: &str| {
+        filters
+            .iter()
+            .find(|(n, _, _)| *n == f)
+            .map_or("no filter", |(_, w, _)| *w)
+    };
+    for period in periods {
+        println!(
+            "\n### {size} events, {period}, filtered first screens (six panels at once, median of {} loads)\n",
+            a.runs
+        );
+        println!(
+            "| filter | visitors | first screen (ms) | slowest panel alone (ms) | failed | source of each panel ({}) |",
+            names.join(" · ")
+        );
+        println!("|---|---:|---:|---:|---:|---|");
+        for s in screens.iter().filter(|s| &s.period == period) {
+            let visitors = match &s.panels.first().map(|r| &r.answer) {
+                Some(Ok(Answer { first: Some(v), .. })) => format!("{v:.0}"),
+                _ => "–".to_string(),
+            };
+            let slowest = s
+                .alone
+                .iter()
+                .zip(&names)
+                .filter_map(|(r, n)| r.as_ref().ok().map(|(d, _)| (ms(*d), n)))
+                .max_by(|x, y| x.0.total_cmp(&y.0))
+                .map_or("–".to_string(), |(t, n)| format!("{t:.1} ({n})"));
+            let sources: Vec<String> = s
+                .panels
+                .iter()
+                .map(|r| match &r.answer {
+                    Ok(ans) => ans.source.clone(),
+                    Err(_) => "**failed**".to_string(),
+                })
+                .collect();
+            let load = if s.loads == 1 && a.runs > 1 {
+                format!("{:.1} (1 load)", ms(s.load))
+            } else {
+                format!("{:.1}", ms(s.load))
+            };
+            let failed = match s.failed() {
+                0 => "0".to_string(),
+                k => format!("**{k}**"),
+            };
+            println!(
+                "| `{}`: {} | {visitors} | {load} | {slowest} | {failed} | {} |",
+                s.filter,
+                cell_text(what(s.filter)),
+                sources.join(" · ")
+            );
+        }
+    }
+    let failures: Vec<String> = screens
+        .iter()
+        .flat_map(|s| {
+            s.panels.iter().zip(&names).filter_map(move |(r, n)| {
+                r.answer.as_ref().err().map(|e| {
+                    format!(
+                        "- `{}` {} {n} ({:.1} s): {}",
+                        s.filter,
+                        s.period,
+                        r.took.as_secs_f64(),
+                        e
+                    )
+                })
+            })
+        })
+        .collect();
+    if failures.is_empty() {
+        println!("\nNo panel failed.");
+    } else {
+        println!("\nFailed panels ({}):\n", failures.len());
+        for f in &failures {
+            println!("{f}");
+        }
+    }
+    let (ok, failed) = singles(screens);
+    if !ok.is_empty() || failed > 0 {
+        println!(
+            "\nEach filtered panel alone ({} queries, median of {} runs each): p50 {}, p95 {}, failed {failed}.",
+            ok.len() + failed,
+            a.runs.max(1),
+            if ok.is_empty() { "–".to_string() } else { format!("{:.1} ms", percentile(&ok, 0.5)) },
+            if ok.is_empty() { "–".to_string() } else { format!("{:.1} ms", percentile(&ok, 0.95)) },
+        );
+    }
+    let rows: Vec<Value> = screens
+        .iter()
+        .map(|s| {
+            json!({
+                "filter": s.filter,
+                "period": s.period,
+                "load_ms": ms(s.load),
+                "loads": s.loads,
+                "panels": s.panels.iter().zip(&names).map(|(r, n)| json!({
+                    "panel": n,
+                    "ms_in_load": ms(r.took),
+                    "source": r.answer.as_ref().ok().map(|x| x.source.clone()),
+                    "error": r.answer.as_ref().err(),
+                })).collect::<Vec<_>>(),
+                "alone_ms": s.alone.iter().map(|r| r.as_ref().ok().map(|(d, _)| ms(*d))).collect::<Vec<_>>(),
+                "alone_errors": s.alone.iter().map(|r| r.as_ref().err()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "events": size,
+            "runs": a.runs,
+            "filtered": rows,
+            "alone_p50_ms": (!ok.is_empty()).then(|| percentile(&ok, 0.5)),
+            "alone_p95_ms": (!ok.is_empty()).then(|| percentile(&ok, 0.95)),
+            "alone_failed": failed,
+        })
+    );
+}
+
+/// The end of the run: per size, the unfiltered first screen, the slowest filtered one, the
+/// failures and the panels' percentiles alone, against issue 21's targets (filtered first
+/// screen ≤ 1 s, p95 of filtered queries ≤ 500 ms, unfiltered first screen ≤ 150 ms live).
+fn print_worst(summaries: &[Summary]) {
+    println!("\n## Worst cases\n");
+    let verdict = |ok: bool| if ok { "meets" } else { "**misses**" };
+    for s in summaries {
+        let u = ms(s.unfiltered.load);
+        println!(
+            "- **{}**: unfiltered first screen (30d, live) {u:.1} ms{} ({} the 150 ms target)",
+            s.size,
+            failed_mark(&s.unfiltered),
+            verdict(u <= 150.0 && s.unfiltered.failed() == 0)
+        );
+        let filtered: Vec<&Screen> = s
+            .screens
+            .iter()
+            .filter(|x| x.filter != "unfiltered")
+            .collect();
+        let Some(worst) = filtered.iter().max_by(|x, y| x.load.cmp(&y.load)) else {
+            println!("  - no filtered first screens (--filters none)");
+            continue;
+        };
+        println!(
+            "  - slowest filtered first screen: `{}` over {}: {:.1} ms{} ({} the 1 s target)",
+            worst.filter,
+            worst.period,
+            ms(worst.load),
+            failed_mark(worst),
+            verdict(ms(worst.load) <= 1000.0)
+        );
+        for x in s.screens.iter().filter(|x| x.filter == "unfiltered") {
+            println!(
+                "  - unfiltered first screen over {}: {:.1} ms{}",
+                x.period,
+                ms(x.load),
+                failed_mark(x)
+            );
+        }
+        let failed: Vec<&&Screen> = filtered.iter().filter(|x| x.failed() > 0).collect();
+        let panels: usize = filtered.iter().map(|x| x.panels.len()).sum();
+        println!(
+            "  - failed panels: {} of {panels}, in {} of {} filtered first screens{}",
+            failed.iter().map(|x| x.failed()).sum::<usize>(),
+            failed.len(),
+            filtered.len(),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ": {}",
+                    failed
+                        .iter()
+                        .map(|x| format!("`{}` {}", x.filter, x.period))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+        if let Some(e) = failed
+            .iter()
+            .flat_map(|x| x.panels.iter())
+            .find_map(|r| r.answer.as_ref().err())
+        {
+            println!("  - first failure: {e}");
+        }
+        let (ok, nfailed) = singles(&s.screens);
+        if !ok.is_empty() {
+            let p95 = percentile(&ok, 0.95);
+            println!(
+                "  - filtered panels alone: p50 {:.1} ms, p95 {p95:.1} ms ({} the 500 ms target), {nfailed} failed",
+                percentile(&ok, 0.5),
+                verdict(p95 <= 500.0 && nfailed == 0)
+            );
+        } else if nfailed > 0 {
+            println!("  - filtered panels alone: all {nfailed} failed");
+        }
+    }
 }
 
 fn main() {
@@ -461,6 +1120,9 @@ fn real_main(a: Args) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Flags checked before a server starts.
+    selected_filters(&a.filters)?;
+    selected_periods(&a.periods)?;
     // The managed server is started from the main thread, which lives as long as the process.
     let mut tmp = None;
     let mut managed = None;
@@ -492,4 +1154,58 @@ fn real_main(a: Args) -> Result<()> {
     }
     drop(tmp);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_shortened_to_one_line() {
+        assert_eq!(short("a\n  b\tc"), "a b c");
+        let long = "x".repeat(500);
+        let s = short(&long);
+        assert_eq!(s.chars().count(), 160);
+        assert!(s.ends_with('…'));
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 10.0);
+        assert_eq!(percentile(&v, 0.95), 19.0);
+        assert_eq!(percentile(&[7.0], 0.95), 7.0);
+    }
+
+    #[test]
+    fn filters_and_periods_are_checked() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            selected_filters(&names(&["all"])).map(|v| v.len()).ok(),
+            Some(filter_set().len())
+        );
+        assert!(selected_filters(&names(&["none"]))
+            .map(|v| v.is_empty())
+            .unwrap_or(false));
+        let two = selected_filters(&names(&["source", "page"])).unwrap_or_default();
+        assert_eq!(
+            two.iter().map(|(n, _, _)| *n).collect::<Vec<_>>(),
+            ["page", "source"]
+        );
+        assert!(selected_filters(&names(&["pag"])).is_err());
+        assert!(selected_periods(&names(&["7d", "12mo"])).is_ok());
+        assert!(selected_periods(&names(&["3d"])).is_err());
+        // Every filter's name is unique and each screen carries the filter on all six panels.
+        let set = filter_set();
+        for (i, (n, _, f)) in set.iter().enumerate() {
+            assert!(set[..i].iter().all(|(m, _, _)| m != n), "{n} twice");
+            let screen = first_screen("12mo", Some(f));
+            assert_eq!(screen.len(), 6);
+            assert!(screen.iter().all(|(_, b)| &b["filters"] == f));
+            assert_eq!(screen[1].1["dimensions"][0], "time:month");
+        }
+        assert!(standard_set()
+            .iter()
+            .all(|(_, b)| b.get("filters").is_none()));
+    }
 }
