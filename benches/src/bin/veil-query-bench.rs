@@ -81,6 +81,10 @@ struct Args {
     /// Regenerate even when a database with the right count exists.
     #[arg(long)]
     regenerate: bool,
+    /// Read this database (filled by `veil gen --site bench.example`, for example) instead of
+    /// `veil_qbench_<size>`; it must hold exactly the size's events (it is never regenerated).
+    #[arg(long)]
+    database: Option<String>,
     /// Time only the rollup path (skip the raw-events path, which takes minutes at 50M).
     #[arg(long)]
     skip_raw: bool,
@@ -339,6 +343,16 @@ async fn count_site(ch: &ClickHouseConfig) -> Result<u64> {
 async fn prepare(base: &ClickHouseConfig, size: u64, a: &Args) -> Result<ClickHouseConfig> {
     let mut ch = base.clone();
     ch.database = format!("veil_qbench_{}", label(size).to_lowercase());
+    if let Some(db) = &a.database {
+        ch.database = db.clone();
+        veil_schemas::migrate(&ch).await.context("migrating")?;
+        let have = count_site(&ch).await?;
+        anyhow::ensure!(
+            have == size,
+            "--database {db} holds {have} events of {SITE}, not {size}"
+        );
+        return Ok(ch);
+    }
     veil_schemas::migrate(&ch).await.context("migrating")?;
     let have = count_site(&ch).await?;
     if have == size && !a.regenerate {
