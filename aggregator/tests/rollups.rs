@@ -164,6 +164,8 @@ async fn visit_hits_match_raw(ch: &ClickHouseConfig) {
         json!({"metrics": ["visitors", "visit_duration"], "dimensions": ["event:page", "visit:source"]}),
         json!({"metrics": ["visitors", "visits", "bounce_rate"], "dimensions": ["visit:source"], "filters": [["is_not", "event:page", ["/"]]]}),
         json!({"metrics": ["visitors", "visits", "pageviews"], "dimensions": ["visit:entry_page"], "filters": [["is", "event:page", ["/PRICING"], {"case_sensitive": false}], ["not", ["is", "visit:source", ["Hacker News"]]]]}),
+        json!({"metrics": ["visitors", "visits", "bounce_rate", "pageviews", "events"], "dimensions": ["visit:source"], "filters": [["is", "event:props:plan", ["pro"]]]}),
+        json!({"metrics": ["visitors", "events"], "dimensions": ["event:props:plan"], "filters": [["is", "visit:source", ["Google"]]]}),
         json!({"metrics": ["visitors", "visits"], "dimensions": ["event:hostname"], "filters": [["is", "visit:entry_page", ["/blog/x"]], ["is", "event:page", ["/blog/x"]]]}),
     ];
     for body in questions {

@@ -13,7 +13,9 @@ use super::expr::{
     additive, dim_expr, filter_sql, hit_array, metric_sql, ts_col, visit_hit_count, visit_level,
     visit_prefilter,
 };
-use super::rows::{hourly_rows, joined_rows, raw_joined_rows, visit_rows, visits_daily_rows};
+use super::rows::{
+    hit_builds, hourly_rows, joined_rows, raw_joined_rows, visit_rows, visits_daily_rows,
+};
 use super::source::utc_aligned;
 use super::source::{source, Source};
 use super::visits::site_cond;
@@ -129,6 +131,7 @@ fn per_visit(q: &Query, site: &SiteView) -> Option<PerVisit> {
         let cols: &[&'static str] = match d.kind {
             DimKind::Event(c) => &[c],
             DimKind::Goal => &["name", "pathname"],
+            DimKind::Prop(_) => &["prop_keys", "prop_values"],
             _ => &[],
         };
         for c in cols {
@@ -282,7 +285,7 @@ fn per_visit_sql(
         select.push(Sql::new("uniqState(visitor_id) AS ks"));
     }
     let arrays: Vec<&'static str> = per.hit_cols.iter().filter_map(|c| hit_array(c)).collect();
-    let with_hits: Vec<Build> = built.iter().filter(|b| b.hits).copied().collect();
+    let with_hits = hit_builds(built, &per.hit_cols);
     let mut s = sql!(
         "SELECT {} FROM {}",
         Sql::join(select, ", "),

@@ -197,6 +197,8 @@ pub(super) fn hit_array(col: &str) -> Option<&'static str> {
         "name" => Some("hit_names"),
         "pathname" => Some("hit_paths"),
         "hostname" => Some("hit_hosts"),
+        "prop_keys" => Some("hit_prop_keys"),
+        "prop_values" => Some("hit_prop_values"),
         _ => None,
     }
 }
@@ -252,6 +254,10 @@ pub(super) fn visit_prefilter(f: &Filter, q: &Query, site: &SiteView) -> Sql {
                 "arrayExists((name, pathname) -> {}, hit_names, hit_paths)",
                 filter_sql(f, src, q, site)
             ),
+            DimKind::Prop(_) => sql!(
+                "arrayExists((prop_keys, prop_values) -> {}, hit_prop_keys, hit_prop_values)",
+                filter_sql(f, src, q, site)
+            ),
             DimKind::Time(_) => Sql::new("1"),
             _ => filter_sql(f, src, q, site),
         },
@@ -260,9 +266,12 @@ pub(super) fn visit_prefilter(f: &Filter, q: &Query, site: &SiteView) -> Sql {
 
 /// Whether a filter says anything about a hit (page, event name, host, goal, time).
 pub(super) fn about_hits(f: &Filter) -> bool {
-    f.dims()
-        .iter()
-        .any(|d| matches!(d.kind, DimKind::Event(_) | DimKind::Goal | DimKind::Time(_)))
+    f.dims().iter().any(|d| {
+        matches!(
+            d.kind,
+            DimKind::Event(_) | DimKind::Goal | DimKind::Prop(_) | DimKind::Time(_)
+        )
+    })
 }
 
 /// `f` as an exact condition on one visit row (plain column names, as [`Source::Visits`]
@@ -313,6 +322,10 @@ pub(super) fn visit_level(f: &Filter, q: &Query, site: &SiteView) -> Option<Sql>
             }
             DimKind::Goal => Some(sql!(
                 "arrayExists((name, pathname) -> {}, hit_names, hit_paths)",
+                filter_sql(f, src, q, site)
+            )),
+            DimKind::Prop(_) => Some(sql!(
+                "arrayExists((prop_keys, prop_values) -> {}, hit_prop_keys, hit_prop_values)",
                 filter_sql(f, src, q, site)
             )),
             DimKind::Time(_) => None,

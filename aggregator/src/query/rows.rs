@@ -534,10 +534,8 @@ pub fn joined_rows(q: &Query, built: &[Build], pre: Option<&Sql>) -> Sql {
     out.extend(visit.iter().map(|c| sql!("v_{}", *c)));
     let out = Sql::join(out, ", ");
     let days = utc_days(q.start, q.end);
-    let with_hits: Vec<&Build> = built
-        .iter()
-        .filter(|b| b.hits && days.contains(&b.day))
-        .collect();
+    let usable = hit_builds(built, &hit_cols);
+    let with_hits: Vec<&Build> = usable.iter().filter(|b| days.contains(&b.day)).collect();
     let mut parts = Vec::new();
     if !with_hits.is_empty() {
         let arrays: Vec<&'static str> = hit_cols.iter().filter_map(|c| hit_array(c)).collect();
@@ -629,6 +627,20 @@ pub fn joined_rows(q: &Query, built: &[Build], pre: Option<&Sql>) -> Sql {
     union_all(parts)
 }
 
+/// The builds whose visit rows can give hit columns `hit_cols` (of `timestamp`, `name`,
+/// `pathname`, `hostname`, `prop_keys`, `prop_values`): those whose visits carry their hits
+/// ([`Build::hits`]); for custom properties only closed days' — the hits after the current
+/// day's cut come from `events_recent`, which holds no properties, so that day is derived from
+/// raw events instead.
+pub(super) fn hit_builds(built: &[Build], hit_cols: &[&str]) -> Vec<Build> {
+    let props = hit_cols.iter().any(|c| c.starts_with("prop_"));
+    built
+        .iter()
+        .filter(|b| b.hits && !(props && b.cut.is_some()))
+        .copied()
+        .collect()
+}
+
 /// The hit columns a joined row must carry for `q` (of `timestamp`, `name`, `pathname`,
 /// `hostname`, in that order): the time for time buckets, `dau` and a range that is not whole
 /// UTC days; the event name for pageview and event counts and goals; the path for pages and
@@ -662,11 +674,14 @@ fn joined_hit_cols(q: &Query) -> Vec<&'static str> {
             .any(|m| matches!(m, Metric::Pageviews | Metric::Events));
     let path = goal || has("pathname");
     let host = has("hostname");
+    let props = dims.iter().any(|k| matches!(k, DimKind::Prop(_)));
     [
         ("timestamp", time),
         ("name", name),
         ("pathname", path),
         ("hostname", host),
+        ("prop_keys", props),
+        ("prop_values", props),
     ]
     .iter()
     .filter(|(_, on)| *on)

@@ -75,17 +75,12 @@ pub fn uses_builds(src: Source) -> bool {
 
 /// Whether a query that mixes hits and visits can read built days from the visit rows' hits
 /// (`016_visit_hits.sql`) instead of sessionizing raw events: every hit-level thing it asks
-/// about is a hit's time, event name, path or host (or a goal, made of those) and every
-/// metric counts visitors, visits, pageviews or events or is made of visit measures. Props,
-/// engagement, revenue and app percentiles are not carried by visit rows.
+/// about is a hit's time, event name, path, host or custom property (or a goal) and every
+/// metric counts visitors, visits, pageviews or events or is made of visit measures.
+/// Engagement, revenue and app percentiles are not carried by visit rows.
 pub fn joined_from_visits(q: &Query) -> bool {
-    let filter_dims = q.filter.as_ref().map(|f| f.dims()).unwrap_or_default();
     q.rollups
         && !q.realtime
-        && q.dimensions
-            .iter()
-            .chain(filter_dims)
-            .all(|d| !matches!(d.kind, DimKind::Prop(_)))
         && q.metrics.iter().all(|m| {
             matches!(
                 m,

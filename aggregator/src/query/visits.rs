@@ -77,16 +77,30 @@ pub const VISIT_FIRST: &[&str] = &[
 /// interactive custom events.
 const OPEN_EXTRA: &[&str] = &["last", "inter"];
 
-/// The visit's hits in time order (`016_visit_hits.sql`), four arrays of equal length: time,
-/// event name, path, host of each hit. Filtered reports ARRAY JOIN them
+/// The visit's hits in time order (`016_visit_hits.sql`), six arrays of equal length: time,
+/// event name, path, host, custom property keys and values of each hit. Filtered reports ARRAY JOIN them
 /// ([`super::rows`]' joined rows); visit builds with [`HITS_LAYOUT`] carry them.
-pub const VISIT_HITS: &[&str] = &["hit_times", "hit_names", "hit_paths", "hit_hosts"];
+pub const VISIT_HITS: &[&str] = &[
+    "hit_times",
+    "hit_names",
+    "hit_paths",
+    "hit_hosts",
+    "hit_prop_keys",
+    "hit_prop_values",
+];
 
 /// The hit field each of [`VISIT_HITS`] holds, in the same order.
-const HIT_FIELDS: &[&str] = &["timestamp", "name", "pathname", "hostname"];
+pub(crate) const HIT_FIELDS: &[&str] = &[
+    "timestamp",
+    "name",
+    "pathname",
+    "hostname",
+    "prop_keys",
+    "prop_values",
+];
 
 /// [`open_visit_rows`]' element fields holding [`VISIT_HITS`], in the same order.
-const HIT_ELEMENTS: [&str; 4] = ["hts", "hns", "hps", "hhs"];
+const HIT_ELEMENTS: [&str; 6] = ["hts", "hns", "hps", "hhs", "hks", "hvs"];
 
 /// `visit_builds.layout` of builds whose visit rows carry [`VISIT_HITS`] (older builds have 0).
 pub const HITS_LAYOUT: u8 = 1;
@@ -367,8 +381,12 @@ pub(crate) fn derive_visit_cols(cond: &Sql, cols: &[&'static str]) -> Sql {
         .filter(|c| VISIT_HITS.contains(c))
         .copied()
         .collect();
-    if !hits.is_empty() && !fields.contains(&"hostname") {
-        fields.push("hostname");
+    if !hits.is_empty() {
+        for f in ["hostname", "prop_keys", "prop_values"] {
+            if !fields.contains(&f) {
+                fields.push(f);
+            }
+        }
     }
     let mut aggs = visit_aggregates_fields("", &fields);
     if !hits.is_empty() {
