@@ -166,6 +166,8 @@ async fn visit_hits_match_raw(ch: &ClickHouseConfig) {
         json!({"metrics": ["visitors", "visits", "pageviews"], "dimensions": ["visit:entry_page"], "filters": [["is", "event:page", ["/PRICING"], {"case_sensitive": false}], ["not", ["is", "visit:source", ["Hacker News"]]]]}),
         json!({"metrics": ["visitors", "visits", "bounce_rate", "pageviews", "events"], "dimensions": ["visit:source"], "filters": [["is", "event:props:plan", ["pro"]]]}),
         json!({"metrics": ["visitors", "events"], "dimensions": ["event:props:plan"], "filters": [["is", "visit:source", ["Google"]]]}),
+        json!({"metrics": ["visitors", "visits", "pageviews", "events", "bounce_rate"], "dimensions": ["visit:source"], "filters": [["is", "event:page", ["/pricing"]], ["is", "event:name", ["Signup"]]]}),
+        json!({"metrics": ["visitors", "visits", "events"], "filters": [["not", ["is", "event:name", ["pageview"]]]]}),
         json!({"metrics": ["visitors", "visits"], "dimensions": ["event:hostname"], "filters": [["is", "visit:entry_page", ["/blog/x"]], ["is", "event:page", ["/blog/x"]]]}),
     ];
     for body in questions {

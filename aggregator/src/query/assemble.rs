@@ -10,8 +10,8 @@ use veil_schemas::sql::{utc, Sql};
 
 use super::build::Build;
 use super::expr::{
-    additive, dim_expr, filter_sql, hit_array, metric_sql, ts_col, visit_hit_count, visit_level,
-    visit_prefilter,
+    additive, dim_expr, filter_hit_cols, filter_sql, hit_array, metric_sql, ts_col,
+    visit_hit_count, visit_level, visit_prefilter,
 };
 use super::rows::{
     hit_builds, hourly_rows, joined_rows, raw_joined_rows, visit_rows, visits_daily_rows,
@@ -95,7 +95,7 @@ pub fn sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> Sq
 /// A [`Source::VisitHits`] query answered one row per visit, without expanding its hits:
 /// what it needs.
 struct PerVisit {
-    /// The filter as an exact condition on a visit row ([`visit_level`]).
+    /// The filter as a condition on a visit row ([`visit_level`]).
     filter: Option<Sql>,
     /// The hit columns its rows carry (their arrays): what the filter and the hit counts read.
     hit_cols: Vec<&'static str>,
@@ -103,8 +103,8 @@ struct PerVisit {
 
 /// Whether `q` (a [`Source::VisitHits`] query) can be answered from visit rows alone: no
 /// dimension or metric about a hit (breakdowns by visit or visitor properties, no time
-/// bucket, no `dau`), whole UTC days, and a filter that is exact at the visit
-/// ([`visit_level`]). Counts of visits, visitors, bounces and durations are then those of
+/// bucket, no `dau`) and whole UTC days; its filter becomes "some hit of the visit passes
+/// it" ([`visit_level`]). Counts of visits, visitors, bounces and durations are then those of
 /// the visits with a matching hit; pageviews and events count the matching hits in each
 /// visit's arrays ([`visit_hit_count`]) — the numbers the expanded rows give.
 fn per_visit(q: &Query, site: &SiteView) -> Option<PerVisit> {
@@ -118,28 +118,12 @@ fn per_visit(q: &Query, site: &SiteView) -> Option<PerVisit> {
         return None;
     }
     let f = q.filter.as_ref().filter(|f| !f.is_tautology());
-    let filter = match f {
-        Some(f) => Some(visit_level(f, q, site)?),
-        None => None,
-    };
-    let mut hit_cols: Vec<&'static str> = Vec::new();
+    let filter = f.map(|f| visit_level(f, q, site));
+    let mut hit_cols = f.map(filter_hit_cols).unwrap_or_default();
     let counts = q
         .metrics
         .iter()
         .any(|m| matches!(m, Metric::Pageviews | Metric::Events));
-    for d in f.map(|f| f.dims()).unwrap_or_default() {
-        let cols: &[&'static str] = match d.kind {
-            DimKind::Event(c) => &[c],
-            DimKind::Goal => &["name", "pathname"],
-            DimKind::Prop(_) => &["prop_keys", "prop_values"],
-            _ => &[],
-        };
-        for c in cols {
-            if !hit_cols.contains(c) {
-                hit_cols.push(c);
-            }
-        }
-    }
     if counts && !hit_cols.contains(&"name") {
         hit_cols.insert(0, "name");
     }

@@ -210,7 +210,7 @@ pub(super) fn hit_array(col: &str) -> Option<&'static str> {
 /// passes it" (`hasAny` for case-sensitive `is`, else `arrayExists` with the lambda's
 /// argument named as the hit column, so [`filter_sql`] serves unchanged); conditions on the
 /// visit or visitor stay as they are; `and`/`or` keep their shape; `not` of anything about a
-/// hit is loosened to true (no hit passing x is not "some hit fails x").
+/// hit is "some hit passes it" as one lambda over the hits.
 pub(super) fn visit_prefilter(f: &Filter, q: &Query, site: &SiteView) -> Sql {
     let src = Source::VisitHits;
     match f {
@@ -223,7 +223,7 @@ pub(super) fn visit_prefilter(f: &Filter, q: &Query, site: &SiteView) -> Sql {
             Sql::join(v.iter().map(|x| visit_prefilter(x, q, site)), " OR ")
         ),
         Filter::Not(x) if !about_hits(x) => filter_sql(f, src, q, site),
-        Filter::Not(_) => Sql::new("1"),
+        Filter::Not(_) => some_hit(f, src, q, site),
         Filter::HasDone { .. } => filter_sql(f, src, q, site),
         Filter::Cond {
             op,
@@ -258,7 +258,7 @@ pub(super) fn visit_prefilter(f: &Filter, q: &Query, site: &SiteView) -> Sql {
                 "arrayExists((prop_keys, prop_values) -> {}, hit_prop_keys, hit_prop_values)",
                 filter_sql(f, src, q, site)
             ),
-            DimKind::Time(_) => Sql::new("1"),
+            DimKind::Time(_) => some_hit(f, src, q, site),
             _ => filter_sql(f, src, q, site),
         },
     }
@@ -274,63 +274,83 @@ pub(super) fn about_hits(f: &Filter) -> bool {
     })
 }
 
+/// The hit columns filter `f` reads (of `timestamp`, `name`, `pathname`, `hostname`,
+/// `prop_keys`, `prop_values`), each once.
+pub(super) fn filter_hit_cols(f: &Filter) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for d in f.dims() {
+        let cols: &[&'static str] = match d.kind {
+            DimKind::Event(c) => &[c],
+            DimKind::Goal => &["name", "pathname"],
+            DimKind::Prop(_) => &["prop_keys", "prop_values"],
+            DimKind::Time(_) => &["timestamp"],
+            _ => &[],
+        };
+        for c in cols {
+            if !out.contains(c) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// "Some hit of the visit passes `f`", exactly: one lambda over the hit arrays `f` reads, its
+/// arguments named as the hit columns so [`filter_sql`] (over `src` rows' visit columns)
+/// serves unchanged.
+fn some_hit(f: &Filter, src: Source, q: &Query, site: &SiteView) -> Sql {
+    let cols = filter_hit_cols(f);
+    if cols.is_empty() {
+        return filter_sql(f, src, q, site);
+    }
+    let arrays: Vec<&'static str> = cols.iter().filter_map(|c| hit_array(c)).collect();
+    sql!(
+        "arrayExists(({}) -> {}, {})",
+        Sql::join(cols.iter().map(|c| Sql::new(c)), ", "),
+        filter_sql(f, src, q, site),
+        Sql::join(arrays.iter().map(|a| Sql::new(a)), ", ")
+    )
+}
+
 /// `f` as an exact condition on one visit row (plain column names, as [`Source::Visits`]
-/// rows, and the visit's hit arrays): "some hit of the visit passes `f`". Exact when no two
-/// conditions about hits must hold of the same hit: a condition about hits becomes "some hit
-/// passes it", `or` distributes over "some hit", and `and` may join one condition about hits
-/// with conditions on the visit. `None` otherwise (two hit conditions under one `and`, `not`
-/// of a hit condition, time): such a query expands the visit's hits instead.
-pub(super) fn visit_level(f: &Filter, q: &Query, site: &SiteView) -> Option<Sql> {
+/// rows, and the visit's hit arrays): "some hit of the visit passes `f`". `or` distributes
+/// over "some hit", an `and` of one condition about hits with conditions on the visit splits,
+/// a case-sensitive `is` on a hit column is `hasAny`; anything else about hits (two hit
+/// conditions that must hold of the same hit, `not` of one) is one lambda over the hits.
+pub(super) fn visit_level(f: &Filter, q: &Query, site: &SiteView) -> Sql {
     let src = Source::Visits;
     match f {
-        Filter::Or(v) => {
-            let parts: Option<Vec<Sql>> = v.iter().map(|x| visit_level(x, q, site)).collect();
-            Some(sql!("({})", Sql::join(parts?, " OR ")))
-        }
-        Filter::And(v) => {
-            if v.iter().filter(|x| about_hits(x)).count() > 1 {
-                return None;
-            }
-            let parts: Option<Vec<Sql>> = v.iter().map(|x| visit_level(x, q, site)).collect();
-            Some(sql!("({})", Sql::join(parts?, " AND ")))
-        }
-        Filter::Not(x) if !about_hits(x) => Some(filter_sql(f, src, q, site)),
-        Filter::Not(_) => None,
-        Filter::HasDone { .. } => Some(filter_sql(f, src, q, site)),
+        Filter::Or(v) => sql!(
+            "({})",
+            Sql::join(v.iter().map(|x| visit_level(x, q, site)), " OR ")
+        ),
+        Filter::And(v) if v.iter().filter(|x| about_hits(x)).count() <= 1 => sql!(
+            "({})",
+            Sql::join(v.iter().map(|x| visit_level(x, q, site)), " AND ")
+        ),
         Filter::Cond {
-            op,
+            op: Op::Is,
             dim,
             values,
-            case_sensitive,
-        } => match dim.kind {
-            DimKind::Event(c) => {
-                let arr = hit_array(c)?;
-                Some(if *op == Op::Is && *case_sensitive {
-                    sql!(
-                        "hasAny({}, [{}])",
-                        arr,
-                        Sql::join(values.iter().map(|v| lit(v)), ", ")
-                    )
-                } else {
-                    sql!(
-                        "arrayExists(({}) -> {}, {})",
-                        c,
-                        filter_sql(f, src, q, site),
-                        arr
-                    )
-                })
+            case_sensitive: true,
+        } if matches!(dim.kind, DimKind::Event(_)) => {
+            let arr = match dim.kind {
+                DimKind::Event(c) => hit_array(c),
+                _ => None,
+            };
+            match arr {
+                Some(arr) => sql!(
+                    "hasAny({}, [{}])",
+                    arr,
+                    Sql::join(values.iter().map(|v| lit(v)), ", ")
+                ),
+                None => some_hit(f, src, q, site),
             }
-            DimKind::Goal => Some(sql!(
-                "arrayExists((name, pathname) -> {}, hit_names, hit_paths)",
-                filter_sql(f, src, q, site)
-            )),
-            DimKind::Prop(_) => Some(sql!(
-                "arrayExists((prop_keys, prop_values) -> {}, hit_prop_keys, hit_prop_values)",
-                filter_sql(f, src, q, site)
-            )),
-            DimKind::Time(_) => None,
-            _ => Some(filter_sql(f, src, q, site)),
-        },
+        }
+        // Two hit conditions that must hold of the same hit, `not` of one, a single one:
+        // one lambda over the hits.
+        _ if about_hits(f) => some_hit(f, src, q, site),
+        _ => filter_sql(f, src, q, site),
     }
 }
 
