@@ -66,6 +66,7 @@ fn partition(day: NaiveDate) -> u32 {
 /// current day), only visits over by the cut go to `visits` (and the visit-dimension rows);
 /// each visit still open goes to `open_visits` as it stood at the cut. The event rows (page,
 /// event name, host) hold every hit before the cut.
+#[allow(clippy::too_many_arguments)]
 async fn build_visits(
     ch: &ClickHouseConfig,
     day: NaiveDate,
@@ -73,37 +74,44 @@ async fn build_visits(
     cond: &Sql,
     events: u64,
     cut: Option<NaiveDateTime>,
+    slice_events: u64,
 ) -> Result<(), Error> {
     let client = &ch.client();
-    match cut {
-        None => {
-            let visits = derive_visits(cond, build);
-            let stmt = sql!(
-                "INSERT INTO visits ({}) {}",
-                idents(VISIT_COLS, ", "),
-                visits
-            );
-            exec(client, &stmt).await?
-        }
-        Some(c) => {
-            // Over: the last hit is more than the visit gap before the cut.
-            let quiet = utc(c - Duration::seconds(VISIT_GAP_SECS));
-            let visits = derive_visits(cond, build);
-            let stmt = sql!(
-                "INSERT INTO visits ({0}) SELECT {0} FROM ({1}) WHERE start + duration < {2}",
-                idents(VISIT_COLS, ", "),
-                visits,
-                quiet
-            );
-            exec(client, &stmt).await?;
-            let open = derive_open_visits(cond, build);
-            let stmt = sql!(
-                "INSERT INTO open_visits ({}) SELECT * FROM ({}) WHERE last >= {}",
-                idents(OPEN_VISIT_COLS, ", "),
-                open,
-                quiet
-            );
-            exec(client, &stmt).await?;
+    // Visits are put together per visitor, so the day is built in slices of visitors (ranges
+    // of the hash, which `events` is ordered by within a day): a busy day's hits and visits
+    // are never all in memory at once.
+    for slice in visitor_slices(slice_count(events, slice_events)) {
+        let cond = &sql!("{} AND {}", cond.clone(), slice);
+        match cut {
+            None => {
+                let visits = derive_visits(cond, build);
+                let stmt = sql!(
+                    "INSERT INTO visits ({}) {}",
+                    idents(VISIT_COLS, ", "),
+                    visits
+                );
+                exec(client, &stmt).await?
+            }
+            Some(c) => {
+                // Over: the last hit is more than the visit gap before the cut.
+                let quiet = utc(c - Duration::seconds(VISIT_GAP_SECS));
+                let visits = derive_visits(cond, build);
+                let stmt = sql!(
+                    "INSERT INTO visits ({0}) SELECT {0} FROM ({1}) WHERE start + duration < {2}",
+                    idents(VISIT_COLS, ", "),
+                    visits,
+                    quiet
+                );
+                exec(client, &stmt).await?;
+                let open = derive_open_visits(cond, build);
+                let stmt = sql!(
+                    "INSERT INTO open_visits ({}) SELECT * FROM ({}) WHERE last >= {}",
+                    idents(OPEN_VISIT_COLS, ", "),
+                    open,
+                    quiet
+                );
+                exec(client, &stmt).await?;
+            }
         }
     }
     // Only the current day's rows are read with their uniq states (see 014_open_visits.sql):
@@ -174,6 +182,40 @@ async fn build_visits(
     Ok(())
 }
 
+/// Events per slice of visitors a day's visits are built in (a 50M-event month's busiest day,
+/// ~2M events, in five slices: well under the server's 4 GB per query with the hit arrays).
+pub const SLICE_EVENTS: u64 = 400_000;
+
+/// How many slices a day of `events` events is built in.
+fn slice_count(events: u64, slice_events: u64) -> u32 {
+    let n = events.div_ceil(slice_events.max(1)).clamp(1, 256);
+    u32::try_from(n).unwrap_or(256)
+}
+
+/// `n` conditions that split visitor hashes into ranges by their first byte (together every
+/// hash, each once): `visitor_id >= lo AND visitor_id < hi`, the first without `lo`, the last
+/// without `hi`.
+fn visitor_slices(n: u32) -> Vec<Sql> {
+    let n = n.clamp(1, 256);
+    let bound = |k: u32| {
+        let first = (k * 256 / n) as u8;
+        let hex = format!("{first:02x}{}", "00".repeat(15));
+        sql!("toFixedString(unhex({}), 16)", veil_schemas::sql::lit(&hex))
+    };
+    (0..n)
+        .map(|k| match (k, k + 1 == n) {
+            (0, true) => Sql::new("1"),
+            (0, false) => sql!("visitor_id < {}", bound(1)),
+            (_, true) => sql!("visitor_id >= {}", bound(k)),
+            (_, false) => sql!(
+                "visitor_id >= {} AND visitor_id < {}",
+                bound(k),
+                bound(k + 1)
+            ),
+        })
+        .collect()
+}
+
 /// How far behind the clock today's build stops: room for batches still in flight.
 const CUT_LAG: Duration = Duration::minutes(2);
 
@@ -216,7 +258,16 @@ pub async fn build_today(ch: &ClickHouseConfig, now: NaiveDateTime) -> Result<bo
     if last_cut == cut.format("%Y-%m-%d %H:%M:%S").to_string() && last_events == events {
         return Ok(false);
     }
-    build_visits(ch, day, last_build + 1, &cond, events, Some(cut)).await?;
+    build_visits(
+        ch,
+        day,
+        last_build + 1,
+        &cond,
+        events,
+        Some(cut),
+        SLICE_EVENTS,
+    )
+    .await?;
     Ok(true)
 }
 
@@ -267,6 +318,16 @@ pub async fn run_until(
     ch: &ClickHouseConfig,
     today: NaiveDate,
     days: u32,
+) -> Result<RollupReport, Error> {
+    run_until_sliced(ch, today, days, SLICE_EVENTS).await
+}
+
+/// [`run_until`] building closed days in slices of about `slice_events` events.
+pub async fn run_until_sliced(
+    ch: &ClickHouseConfig,
+    today: NaiveDate,
+    days: u32,
+    slice_events: u64,
 ) -> Result<RollupReport, Error> {
     let client = &ch.client();
     // Row-changing DDL goes to every shard in cluster mode.
@@ -329,7 +390,7 @@ pub async fn run_until(
         let has_hits = lookup(&builds, day_s, 3).is_some_and(|l| l >= u64::from(HITS_LAYOUT));
         if lookup(&builds, day_s, 1) != Some(all) || !has_daily || !has_hits {
             let build = latest.unwrap_or(0) + 1;
-            build_visits(ch, day, build, &day_range(day), all, None).await?;
+            build_visits(ch, day, build, &day_range(day), all, None, slice_events).await?;
             report.visit_days.push(day);
         }
         if lookup(&hourly, day_s, 1).unwrap_or(0) != humans {
@@ -375,6 +436,31 @@ pub async fn run_until(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn visitor_slices_cover_every_hash_once() {
+        assert_eq!(slice_count(0, SLICE_EVENTS), 1);
+        assert_eq!(slice_count(SLICE_EVENTS, SLICE_EVENTS), 1);
+        assert_eq!(slice_count(SLICE_EVENTS + 1, SLICE_EVENTS), 2);
+        assert_eq!(slice_count(u64::MAX, 1), 256);
+        assert_eq!(visitor_slices(1)[0].as_str(), "1");
+        let three: Vec<String> = visitor_slices(3)
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect();
+        let b = |h: &str| format!("toFixedString(unhex('{h}{}'), 16)", "00".repeat(15));
+        assert_eq!(
+            three,
+            [
+                format!("visitor_id < {}", b("55")),
+                format!("visitor_id >= {} AND visitor_id < {}", b("55"), b("aa")),
+                format!("visitor_id >= {}", b("aa")),
+            ]
+        );
+        // Bounds rise strictly, so the ranges neither overlap nor leave a gap.
+        let firsts: Vec<u32> = (0..256).map(|k| k * 256 / 256).collect();
+        assert!(firsts.windows(2).all(|w| w[0] < w[1]));
+    }
 
     #[test]
     fn partitions_are_named_by_their_utc_day() {
