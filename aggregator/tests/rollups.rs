@@ -168,6 +168,10 @@ async fn visit_hits_match_raw(ch: &ClickHouseConfig) {
         json!({"metrics": ["visitors", "events"], "dimensions": ["event:props:plan"], "filters": [["is", "visit:source", ["Google"]]]}),
         json!({"metrics": ["visitors", "visits", "pageviews", "events", "bounce_rate"], "dimensions": ["visit:source"], "filters": [["is", "event:page", ["/pricing"]], ["is", "event:name", ["Signup"]]]}),
         json!({"metrics": ["visitors", "visits", "events"], "filters": [["not", ["is", "event:name", ["pageview"]]]]}),
+        // Two hit conditions with a visit condition: one lambda that reads the visit's source
+        // (which nothing else in the query reads).
+        json!({"metrics": ["visitors"], "filters": [["is", "visit:source", ["Google"]], ["contains", "event:page", ["pric"]], ["is_not", "event:name", ["pageview"]]]}),
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["visit:country"], "filters": [["or", [["is", "visit:source", ["Google"]], ["is", "event:page", ["/"]]]], ["is_not", "event:name", ["nothing"]]]}),
         json!({"metrics": ["visitors", "visits"], "dimensions": ["event:hostname"], "filters": [["is", "visit:entry_page", ["/blog/x"]], ["is", "event:page", ["/blog/x"]]]}),
     ];
     for body in questions {

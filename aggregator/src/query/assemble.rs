@@ -276,7 +276,29 @@ fn per_visit_sql(
         visit_rows(q, &with_hits, &arrays)
     );
     if let Some(cond) = per.filter {
-        s.push(sql!(" WHERE {}", cond));
+        // ClickHouse 18.16 resolves a column a lambda captures only if the query reads it
+        // outside the lambda too ("Unknown identifier" otherwise): name the filter's visit
+        // columns once more, in a term that is always true.
+        let mut captured: Vec<&'static str> = Vec::new();
+        for d in f.map(|f| f.dims()).unwrap_or_default() {
+            let c = match d.kind {
+                DimKind::Visit(c) | DimKind::Visitor(c) => c,
+                DimKind::CountryName => "country_code",
+                _ => continue,
+            };
+            if !captured.contains(&c) {
+                captured.push(c);
+            }
+        }
+        if captured.is_empty() {
+            s.push(sql!(" WHERE {}", cond));
+        } else {
+            s.push(sql!(
+                " WHERE {} AND (ignore({}) OR 1)",
+                cond,
+                Sql::join(captured.iter().map(|c| Sql::new(c)), ", ")
+            ));
+        }
     }
     group_and_order(q, &mut s);
     s
