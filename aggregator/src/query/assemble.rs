@@ -118,7 +118,32 @@ fn per_visit(q: &Query, site: &SiteView) -> Option<PerVisit> {
         return None;
     }
     let f = q.filter.as_ref().filter(|f| !f.is_tautology());
-    let filter = f.map(|f| visit_level(f, q, site));
+    let filter = f.map(|f| {
+        let cond = visit_level(f, q, site);
+        // ClickHouse 18.16 resolves a column a lambda captures only if the query reads it
+        // outside the lambda too ("Unknown identifier" otherwise): name the filter's visit
+        // columns once more, in a term that is always true.
+        let mut captured: Vec<&'static str> = Vec::new();
+        for d in f.dims() {
+            let c = match d.kind {
+                DimKind::Visit(c) | DimKind::Visitor(c) => c,
+                DimKind::CountryName => "country_code",
+                _ => continue,
+            };
+            if !captured.contains(&c) {
+                captured.push(c);
+            }
+        }
+        if captured.is_empty() {
+            cond
+        } else {
+            sql!(
+                "{} AND (ignore({}) OR 1)",
+                cond,
+                Sql::join(captured.iter().map(|c| Sql::new(c)), ", ")
+            )
+        }
+    });
     let mut hit_cols = f.map(filter_hit_cols).unwrap_or_default();
     let counts = q
         .metrics
@@ -139,22 +164,31 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> 
     } else {
         None
     };
-    if let Some(per) = per {
-        return per_visit_sql(q, site, built, fold, per);
-    }
+    // Answered one row per visit, a `visit_hits` query is a `visits` query over visit rows
+    // that carry the hit arrays it reads, but for the hits it counts.
+    let shape = if per.is_some() { Source::Visits } else { src };
     let mut select: Vec<Sql> = q
         .dimensions
         .iter()
         .enumerate()
-        .map(|(i, d)| sql!("{} AS d{}", dim_expr(d, src, q, site), i))
+        .map(|(i, d)| sql!("{} AS d{}", dim_expr(d, shape, q, site), i))
         .collect();
-    select.extend(
-        q.metrics
-            .iter()
-            .enumerate()
-            .map(|(i, m)| sql!("{} AS m{}", metric_sql(*m, src, q), i)),
-    );
-    let k = match (src, site.child_directed) {
+    select.extend(q.metrics.iter().enumerate().map(|(i, m)| {
+        let f = q.filter.as_ref().filter(|f| !f.is_tautology());
+        let expr = match (&per, m) {
+            (Some(p), Metric::Pageviews) => {
+                visit_hit_count("name = 'pageview'", f, &p.hit_cols, q, site)
+            }
+            (Some(p), Metric::Events) => {
+                visit_hit_count("name != 'engagement'", f, &p.hit_cols, q, site)
+            }
+            // The rate is made of this count and the base query's (stats::conversion_rates).
+            (Some(_), Metric::ConversionRate) => Sql::new("uniq(visitor_id)"),
+            _ => metric_sql(*m, shape, q),
+        };
+        sql!("{} AS m{}", expr, i)
+    }));
+    let k = match (shape, site.child_directed) {
         (Source::Hourly, true) => "countMerge(hits)",
         (Source::Hourly, false) => "uniqMerge(visitors)",
         (Source::VisitsDaily, _) => "sum(dv)",
@@ -163,7 +197,7 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> 
     };
     select.push(sql!("{} AS k", k));
     if let Some(kmin) = fold {
-        let ks = match (src, site.child_directed) {
+        let ks = match (shape, site.child_directed) {
             (_, true) => Sql::new("count()"),
             (Source::Hourly, false) => Sql::new("uniqMergeState(visitors)"),
             (Source::VisitsDaily, false) => {
@@ -191,18 +225,28 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> 
             (Sql::new("events"), vec![range, Sql::new("bot = ''")])
         }
         Source::Joined => (raw_joined_rows(q), Vec::new()),
-        Source::VisitHits => {
-            let pre = q
-                .filter
-                .as_ref()
-                .filter(|f| !f.is_tautology())
-                .map(|f| visit_prefilter(f, q, site));
-            (joined_rows(q, built, pre.as_ref()), Vec::new())
-        }
+        Source::VisitHits => match per {
+            Some(p) => {
+                let arrays: Vec<&'static str> =
+                    p.hit_cols.iter().filter_map(|c| hit_array(c)).collect();
+                let rows = visit_rows(q, &hit_builds(built, &p.hit_cols), &arrays);
+                (rows, p.filter.into_iter().collect())
+            }
+            None => {
+                let pre = q
+                    .filter
+                    .as_ref()
+                    .filter(|f| !f.is_tautology())
+                    .map(|f| visit_prefilter(f, q, site));
+                (joined_rows(q, built, pre.as_ref()), Vec::new())
+            }
+        },
     };
-    // `x or not x` keeps every row: visit hits may then leave out the hit columns it names.
-    let tautology = src == Source::VisitHits && q.filter.as_ref().is_some_and(|f| f.is_tautology());
-    if let Some(f) = q.filter.as_ref().filter(|_| !tautology) {
+    // On `visit_hits` the filter is applied above (one row per visit: as a visit condition),
+    // and `x or not x` keeps every row, so its hit columns may be left out.
+    let tautology = q.filter.as_ref().is_some_and(|f| f.is_tautology());
+    let applied = src == Source::VisitHits && (shape == Source::Visits || tautology);
+    if let Some(f) = q.filter.as_ref().filter(|_| !applied) {
         conds.push(filter_sql(f, src, q, site));
     }
     let mut s = sql!("SELECT {} FROM {}", Sql::join(select, ", "), from);
@@ -233,73 +277,4 @@ fn group_and_order(q: &Query, s: &mut Sql) {
         sql!("{} {}", col, direction(*desc))
     });
     s.push(sql!(" ORDER BY {}", Sql::join(order, ", ")));
-}
-
-/// [`inner_sql`] for a [`Source::VisitHits`] query answered one row per visit ([`per_visit`]):
-/// the statement of a [`Source::Visits`] query over visit rows that carry the hit arrays the
-/// filter and hit counts read, read from builds whose visits carry them (other days derived
-/// from raw events with them), with the filter as a visit condition.
-fn per_visit_sql(
-    q: &Query,
-    site: &SiteView,
-    built: &[Build],
-    fold: Option<u64>,
-    per: PerVisit,
-) -> Sql {
-    let src = Source::Visits;
-    let f = q.filter.as_ref().filter(|f| !f.is_tautology());
-    let mut select: Vec<Sql> = q
-        .dimensions
-        .iter()
-        .enumerate()
-        .map(|(i, d)| sql!("{} AS d{}", dim_expr(d, src, q, site), i))
-        .collect();
-    select.extend(q.metrics.iter().enumerate().map(|(i, m)| {
-        let expr = match m {
-            Metric::Pageviews => visit_hit_count("name = 'pageview'", f, &per.hit_cols, q, site),
-            Metric::Events => visit_hit_count("name != 'engagement'", f, &per.hit_cols, q, site),
-            // The rate is made of this count and the base query's (stats::conversion_rates).
-            Metric::ConversionRate => Sql::new("uniq(visitor_id)"),
-            _ => metric_sql(*m, src, q),
-        };
-        sql!("{} AS m{}", expr, i)
-    }));
-    select.push(Sql::new("uniq(visitor_id) AS k"));
-    if fold.is_some() {
-        select.push(Sql::new("uniqState(visitor_id) AS ks"));
-    }
-    let arrays: Vec<&'static str> = per.hit_cols.iter().filter_map(|c| hit_array(c)).collect();
-    let with_hits = hit_builds(built, &per.hit_cols);
-    let mut s = sql!(
-        "SELECT {} FROM {}",
-        Sql::join(select, ", "),
-        visit_rows(q, &with_hits, &arrays)
-    );
-    if let Some(cond) = per.filter {
-        // ClickHouse 18.16 resolves a column a lambda captures only if the query reads it
-        // outside the lambda too ("Unknown identifier" otherwise): name the filter's visit
-        // columns once more, in a term that is always true.
-        let mut captured: Vec<&'static str> = Vec::new();
-        for d in f.map(|f| f.dims()).unwrap_or_default() {
-            let c = match d.kind {
-                DimKind::Visit(c) | DimKind::Visitor(c) => c,
-                DimKind::CountryName => "country_code",
-                _ => continue,
-            };
-            if !captured.contains(&c) {
-                captured.push(c);
-            }
-        }
-        if captured.is_empty() {
-            s.push(sql!(" WHERE {}", cond));
-        } else {
-            s.push(sql!(
-                " WHERE {} AND (ignore({}) OR 1)",
-                cond,
-                Sql::join(captured.iter().map(|c| Sql::new(c)), ", ")
-            ));
-        }
-    }
-    group_and_order(q, &mut s);
-    s
 }
