@@ -40,7 +40,12 @@ pub enum Access {
     /// The admin token (or an open, loopback-only deployment): everything.
     Admin,
     /// A site key or shared link: read-only stats of this one site.
-    Site(String),
+    Site {
+        /// The site.
+        site: String,
+        /// Which key or link (`key:ID`, `link:ID`): whose privacy budget a question spends.
+        credential: String,
+    },
 }
 
 impl Access {
@@ -48,7 +53,15 @@ impl Access {
     pub fn can_read(&self, site: &str) -> bool {
         match self {
             Access::Admin => true,
-            Access::Site(s) => s == site,
+            Access::Site { site: s, .. } => s == site,
+        }
+    }
+
+    /// Whose privacy budget a question spends: `admin`, `key:ID` or `link:ID`.
+    pub fn credential(&self) -> &str {
+        match self {
+            Access::Admin => "admin",
+            Access::Site { credential, .. } => credential,
         }
     }
 
@@ -204,7 +217,10 @@ mod tests {
     #[test]
     fn access_scopes() {
         assert!(Access::Admin.can_read("a.com"));
-        let a = Access::Site("a.com".into());
+        let a = Access::Site {
+            site: "a.com".into(),
+            credential: "key:1".into(),
+        };
         assert!(a.can_read("a.com"));
         assert!(!a.can_read("b.com"));
         assert!(!a.is_admin());

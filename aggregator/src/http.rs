@@ -47,7 +47,15 @@ pub fn bytes_response(
 
 /// The response for an error.
 pub fn error_response(e: &Error) -> HttpResponse {
-    let mut r = json_response(e.status(), &json!({ "error": e.public_message() }));
+    let mut body = json!({ "error": e.public_message() });
+    if let Error::BudgetSpent { budget, .. } = e {
+        body["budget"] = budget.clone();
+    }
+    let mut r = json_response(e.status(), &body);
+    if let Error::BudgetSpent { retry_after, .. } = e {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+    }
     if let Error::RateLimited(secs) = e {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(*secs));

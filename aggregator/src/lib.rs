@@ -53,6 +53,7 @@ pub mod builds;
 pub mod clock;
 pub mod db;
 pub mod http;
+pub mod privacy;
 pub mod query;
 pub mod reports;
 pub mod retention;
@@ -109,6 +110,17 @@ pub enum Error {
     /// Too many requests for this credential.
     #[error("rate limit exceeded for this key; retry in {0} s")]
     RateLimited(u64),
+    /// The credential's privacy budget for the UTC day is spent ([`privacy::Privacy::charge`]):
+    /// a 429 with `Retry-After` and the budget in the JSON body.
+    #[error("{message}")]
+    BudgetSpent {
+        /// What the client reads.
+        message: String,
+        /// Seconds until the budget renews.
+        retry_after: u64,
+        /// `meta.privacy.budget`'s shape.
+        budget: serde_json::Value,
+    },
     /// ClickHouse failed (down, bad SQL, …); the text is ClickHouse's, for this side only
     /// (the client gets [`Error::public_message`]).
     #[error("query failed: {0}")]
@@ -147,7 +159,7 @@ impl Error {
             Error::UnknownSite(_) | Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::RateLimited(_) | Error::BudgetSpent { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::ClickHouse(_) => StatusCode::BAD_GATEWAY,
             Error::Io(_) | Error::Config(_) | Error::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -214,6 +226,8 @@ pub struct AggregatorConfig {
     /// [`db::DEFAULT_QUERY_MEMORY_MB`]); large `GROUP BY`s and sorts spill to disk past a third
     /// of it ([`db::QueryBudget`]). Keep it under the ClickHouse user's own `max_memory_usage`.
     pub query_memory_mb: u64,
+    /// Differential privacy or exact numbers, and the privacy parameters ([`privacy`]).
+    pub privacy: privacy::Settings,
 }
 
 /// The largest `--query-memory-mb`: 1 TiB, far above any machine Veil runs on (a typo guard).
@@ -244,6 +258,7 @@ impl Default for AggregatorConfig {
             key_rate_burst: 30,
             today_snapshot_secs: 0,
             query_memory_mb: db::DEFAULT_QUERY_MEMORY_MB,
+            privacy: privacy::Settings::default(),
         }
     }
 }
@@ -313,6 +328,7 @@ impl AggregatorConfig {
                 "--query-memory-mb must be between 1 and {MAX_QUERY_MEMORY_MB} (MiB of memory one report query may use)"
             ));
         }
+        self.privacy.validate()?;
         if self.registry_refresh.is_zero() {
             return bad("the registry refresh interval must be above 0".into());
         }
@@ -379,6 +395,7 @@ pub struct Aggregator {
     verified: Arc<auth::VerifiedPasswords>,
     snapshots: Option<Arc<snapshot::Snapshots>>,
     inflight: db::Inflight,
+    privacy: Arc<privacy::Privacy>,
     clock: Arc<dyn Clock>,
 }
 
@@ -406,6 +423,13 @@ impl Aggregator {
             cfg.key_rate_burst,
         ));
         let snapshots = snapshot::Snapshots::new(ch.clone(), cfg.today_snapshot_secs);
+        let cfg_privacy = cfg.privacy.clone();
+        if cfg_privacy.mode == privacy::Mode::Exact {
+            tracing::warn!(
+                "--privacy exact: reports publish exact numbers protected by k-anonymity only; \
+                 a reader who combines questions can single out a visitor (docs/PRIVACY.md)"
+            );
+        }
         Self {
             cfg: Arc::new(cfg),
             ch,
@@ -415,6 +439,7 @@ impl Aggregator {
             verified: Arc::new(auth::VerifiedPasswords::new()),
             snapshots,
             inflight: db::Inflight::default(),
+            privacy: Arc::new(privacy::Privacy::new(cfg_privacy)),
             clock: Arc::new(SystemClock),
         }
     }
@@ -485,7 +510,10 @@ impl Aggregator {
             self.limiter
                 .check(&format!("key:{}", k.id), self.clock.instant())
                 .map_err(Error::RateLimited)?;
-            return Ok(Access::Site(k.site.clone()));
+            return Ok(Access::Site {
+                site: k.site.clone(),
+                credential: format!("key:{}", k.id),
+            });
         }
         if let Some(l) = snap.link_by_hash(&hash) {
             if l.revoked {
@@ -519,7 +547,10 @@ impl Aggregator {
                     self.verified.insert(&l.id, l.version, &password);
                 }
             }
-            return Ok(Access::Site(l.site.clone()));
+            return Ok(Access::Site {
+                site: l.site.clone(),
+                credential: format!("link:{}", l.id),
+            });
         }
         match admin {
             None => Ok(Access::Admin),
@@ -600,7 +631,30 @@ impl Aggregator {
         stats::Shared {
             snapshots: self.snapshots.as_ref(),
             inflight: Some(&self.inflight),
+            asker: None,
         }
+    }
+
+    /// [`Aggregator::shared`] for a question `access` asks at `now`: published numbers go
+    /// through differential privacy (in dp mode), spending that credential's budget.
+    pub fn shared_for<'a>(
+        &'a self,
+        access: &'a auth::Access,
+        now: DateTime<Utc>,
+    ) -> stats::Shared<'a> {
+        stats::Shared {
+            asker: Some(stats::Asker {
+                privacy: &self.privacy,
+                credential: access.credential(),
+                now,
+            }),
+            ..self.shared()
+        }
+    }
+
+    /// Its privacy state (settings, noise keys, budget charges).
+    pub fn privacy(&self) -> &Arc<privacy::Privacy> {
+        &self.privacy
     }
 
     /// The ClickHouse client reports read with.

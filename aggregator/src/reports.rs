@@ -35,7 +35,7 @@ use crate::db::fetch;
 use crate::http::{bytes_response, json_response, HttpResponse};
 use crate::query::{self, expr, rows};
 use crate::site::{Goal, SiteView};
-use crate::{stats, Aggregator, Error};
+use crate::{privacy, stats, Aggregator, Error};
 
 fn bad(m: impl Into<String>) -> Error {
     Error::BadRequest(m.into())
@@ -76,8 +76,15 @@ pub async fn route(
             async {
                 post_only(req.method())?;
                 let site = readable(agg, access, &stats::site_id(req.body())?)?;
-                let (q, doc) =
-                    stats::run(agg.client(), &site, req.body(), agg.now(), agg.shared()).await?;
+                let now = agg.now();
+                let (q, doc) = stats::run(
+                    agg.client(),
+                    &site,
+                    req.body(),
+                    now,
+                    agg.shared_for(access, now),
+                )
+                .await?;
                 if path.ends_with(".csv") || wants_csv(req) {
                     Ok(bytes_response(
                         "text/csv; charset=utf-8",
@@ -97,7 +104,15 @@ pub async fn route(
             async {
                 post_only(req.method())?;
                 let site = readable(agg, access, &stats::site_id(req.body())?)?;
-                let doc = funnel(agg.client(), &site, req.body(), agg.now()).await?;
+                let now = agg.now();
+                let doc = funnel(
+                    agg.client(),
+                    &site,
+                    req.body(),
+                    now,
+                    agg.shared_for(access, now),
+                )
+                .await?;
                 Ok(json_response(StatusCode::OK, &doc))
             }
             .await,
@@ -112,7 +127,9 @@ pub async fn route(
                             return Err(Error::MethodNotAllowed("GET"));
                         }
                         let site = readable(agg, access, domain)?;
-                        let doc = realtime(agg.client(), &site, agg.now()).await?;
+                        let now = agg.now();
+                        let doc =
+                            realtime(agg.client(), &site, now, agg.shared_for(access, now)).await?;
                         Ok(json_response(StatusCode::OK, &doc))
                     }
                     .await,
@@ -123,9 +140,15 @@ pub async fn route(
                             return Err(Error::MethodNotAllowed("GET"));
                         }
                         let site = readable(agg, access, domain)?;
-                        let doc =
-                            filtered_traffic(agg.client(), &site, &range_param(req), agg.now())
-                                .await?;
+                        let now = agg.now();
+                        let doc = filtered_traffic(
+                            agg.client(),
+                            &site,
+                            &range_param(req),
+                            now,
+                            agg.shared_for(access, now),
+                        )
+                        .await?;
                         Ok(json_response(StatusCode::OK, &doc))
                     }
                     .await,
@@ -137,7 +160,15 @@ pub async fn route(
                         }
                         let site = readable(agg, access, domain)?;
                         let range = range_param(req);
-                        let zip = export(agg.client(), &site, &range, agg.now()).await?;
+                        let now = agg.now();
+                        let zip = export(
+                            agg.client(),
+                            &site,
+                            &range,
+                            now,
+                            agg.shared_for(access, now),
+                        )
+                        .await?;
                         Ok(bytes_response(
                             "application/zip",
                             Some(format!(
@@ -182,6 +213,7 @@ pub async fn filtered_traffic(
     site: &SiteView,
     range: &str,
     now: DateTime<Utc>,
+    shared: stats::Shared<'_>,
 ) -> Result<Value, Error> {
     let body =
         json!({"site_id": site.domain, "metrics": ["events"], "date_range": range_json(range)});
@@ -204,6 +236,9 @@ pub async fn filtered_traffic(
         end
     );
     let bots = fetch(client, &stmt).await?;
+    if let Some(a) = shared.asker.filter(|a| a.privacy.dp()) {
+        return dp_filtered_traffic(client, site, &q, &dropped, &bots, a).await;
+    }
     let k = site.min_visitors as f64;
     let shape = |rows: &[Value]| -> Vec<Value> {
         rows.iter()
@@ -221,6 +256,80 @@ pub async fn filtered_traffic(
         "stored_bots": shape(&bots),
         "min_visitors": site.min_visitors,
         "date_range": [q.from.to_string(), q.to.to_string()],
+        "privacy": {"mode": "exact", "min_visitors": site.min_visitors},
+    }))
+}
+
+/// Filtered traffic with differential privacy: each reason's events noisy (one person-day
+/// adds at most the events bound to one reason), a reason shown only over the noisy
+/// threshold (reason names such as a bot's kind are data too).
+async fn dp_filtered_traffic(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &query::Query,
+    dropped: &[Value],
+    bots: &[Value],
+    a: stats::Asker<'_>,
+) -> Result<Value, Error> {
+    let p = a.privacy;
+    let settings = p.settings();
+    let canonical = privacy::route_text(
+        "filtered-traffic",
+        &[&site.domain, &q.start.to_string(), &q.end.to_string()],
+        q.end,
+        a.now,
+    );
+    let spend = p
+        .charge(
+            client,
+            a.credential,
+            *blake3::hash(canonical.as_bytes()).as_bytes(),
+            settings.epsilon_query,
+            a.now,
+        )
+        .await?;
+    let days = privacy::days_touched(q.start, q.end);
+    let linf = days * settings.bounds.events;
+    let counts = privacy::Counts::new(
+        p.site_key(client, &site.domain).await?,
+        &canonical,
+        linf,
+        linf * 2,
+        settings.epsilon_query,
+        Some(settings.delta),
+        site.min_visitors,
+    )?;
+    let shape = |kind: &str, rows: &[Value]| -> Vec<Value> {
+        let mut out: Vec<(String, f64)> = rows
+            .iter()
+            .filter_map(|r| {
+                let reason = r.get(0)?.as_str()?.to_string();
+                let n = crate::db::number(r.get(1)?)?;
+                let v = counts.noisy(&format!("{kind}\u{1f}{reason}"), n)?;
+                Some((reason, v))
+            })
+            .collect();
+        out.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+        out.into_iter()
+            .map(|(reason, v)| json!({"reason": reason, "events": v as u64}))
+            .collect()
+    };
+    Ok(json!({
+        "dropped": shape("dropped", dropped),
+        "stored_bots": shape("bots", bots),
+        "min_visitors": site.min_visitors,
+        "date_range": [q.from.to_string(), q.to.to_string()],
+        "privacy": {
+            "mode": "dp",
+            "epsilon": spend.epsilon,
+            "repeated": spend.repeated,
+            "epsilon_query": settings.epsilon_query,
+            "delta": settings.delta,
+            "threshold": counts.threshold(),
+            "budget": spend.budget_json(),
+            "interval95": {"events": counts.interval95()},
+            "withheld": [],
+        },
     }))
 }
 
@@ -243,7 +352,17 @@ pub async fn realtime(
     client: &clickhouse::Client,
     site: &SiteView,
     now: DateTime<Utc>,
+    shared: stats::Shared<'_>,
 ) -> Result<Value, Error> {
+    // With differential privacy the windows end at a five-minute mark: a dashboard polling
+    // within five minutes asks the same questions again (same noise, no budget spent).
+    let dp = shared.asker.is_some_and(|a| a.privacy.dp());
+    let now = if dp {
+        let secs = now.timestamp();
+        DateTime::from_timestamp(secs - secs.rem_euclid(300), 0).unwrap_or(now)
+    } else {
+        now
+    };
     let metric = if site.child_directed {
         "events"
     } else {
@@ -258,13 +377,13 @@ pub async fn realtime(
     let mut five = query::parse(body("[]", &format!("[\"{metric}\"]")).as_bytes(), site, now)?;
     // The same minute-snapped end as the 30-minute window (see `query::parse`).
     five.start = five.end - chrono::Duration::minutes(5);
-    let five = stats::run_query(client, site, &five, stats::Shared::default()).await?;
+    let five = stats::run_query(client, site, &five, shared).await?;
     let (_, thirty) = stats::run(
         client,
         site,
         body("[]", "[\"pageviews\"]").as_bytes(),
         now,
-        stats::Shared::default(),
+        shared,
     )
     .await?;
     let (_, pages) = stats::run(
@@ -272,7 +391,7 @@ pub async fn realtime(
         site,
         body("[\"event:page\"]", &format!("[\"{metric}\"]")).as_bytes(),
         now,
-        stats::Shared::default(),
+        shared,
     )
     .await?;
     let top: Vec<Value> = pages["results"]
@@ -281,11 +400,16 @@ pub async fn realtime(
         .flatten()
         .map(|r| json!({ "page": r["dimensions"][0], "visitors": r["metrics"][0] }))
         .collect();
+    let privacy_of: Vec<Value> = [&five, &thirty, &pages]
+        .iter()
+        .map(|d| d["meta"]["privacy"].clone())
+        .collect();
     Ok(json!({
         "visitors_5m": five["results"][0]["metrics"][0],
         "pageviews_30m": thirty["results"][0]["metrics"][0],
         "top_pages": top,
         "min_visitors": site.min_visitors,
+        "privacy": privacy_of,
     }))
 }
 
@@ -309,6 +433,7 @@ pub async fn funnel(
     site: &SiteView,
     body: &[u8],
     now: DateTime<Utc>,
+    shared: stats::Shared<'_>,
 ) -> Result<Value, Error> {
     if site.child_directed {
         return Err(bad("funnels need visits; a child-directed site has none"));
@@ -347,10 +472,55 @@ pub async fn funnel(
     stats::preflight(client, &q, stats::MAX_RAW_EVENTS)
         .await
         .map_err(stats::too_expensive(&q, site))?;
-    let too_few = stats::too_few(client, site, &q, &mut Builds::default())
-        .await
-        .map_err(stats::too_expensive(&q, site))?;
-    let meta = json!({
+    let dp = shared.asker.filter(|a| a.privacy.dp());
+    // With differential privacy the noise, not the guard, protects small groups.
+    let too_few = match dp {
+        Some(_) => false,
+        None => stats::too_few(client, site, &q, &mut Builds::default())
+            .await
+            .map_err(stats::too_expensive(&q, site))?,
+    };
+    // The funnel's noisy counts, charged before anything is read.
+    let noisy = match dp {
+        Some(a) => {
+            let p = a.privacy;
+            let canonical = privacy::route_text(
+                "funnel",
+                &[
+                    &site.domain,
+                    &steps.join("\u{1e}"),
+                    &format!("{:?}", q.filter),
+                    &q.start.to_string(),
+                    &q.end.to_string(),
+                ],
+                q.end,
+                a.now,
+            );
+            let spend = p
+                .charge(
+                    client,
+                    a.credential,
+                    *blake3::hash(canonical.as_bytes()).as_bytes(),
+                    p.settings().epsilon_query,
+                    a.now,
+                )
+                .await?;
+            // A visitor-day counts once in each step: L1 = days × steps.
+            let days = privacy::days_touched(q.start, q.end);
+            let counts = privacy::Counts::new(
+                p.site_key(client, &site.domain).await?,
+                &canonical,
+                days,
+                days * steps.len() as u64,
+                p.settings().epsilon_query,
+                None,
+                0,
+            )?;
+            Some((counts, spend))
+        }
+        None => None,
+    };
+    let mut meta = json!({
         "min_visitors": site.min_visitors,
         "too_few_visitors": too_few,
         "date_range": [q.from.to_string(), q.to.to_string()],
@@ -396,6 +566,9 @@ pub async fn funnel(
                 .collect()
         })
         .unwrap_or_default();
+    if let Some((noise, spend)) = &noisy {
+        return Ok(dp_funnel(&steps, &counts, noise, spend, meta, shared));
+    }
     let k = site.min_visitors as f64;
     let first = counts.first().copied().unwrap_or(0.0);
     let mut out = Vec::new();
@@ -432,7 +605,63 @@ pub async fn funnel(
         });
         prev = Some(if shown { n } else { 0.0 });
     }
+    meta["privacy"] = json!({"mode": "exact", "min_visitors": site.min_visitors});
     Ok(json!({"steps": out, "meta": meta}))
+}
+
+/// A funnel's steps from noisy counts: each step at most the one before (a later step is a
+/// subset; post-processing costs no privacy), rates and dropoffs from the noisy numbers.
+fn dp_funnel(
+    steps: &[String],
+    counts: &[f64],
+    noise: &privacy::Counts,
+    spend: &privacy::Spend,
+    mut meta: Value,
+    shared: stats::Shared<'_>,
+) -> Value {
+    let mut out = Vec::new();
+    let mut prev: Option<f64> = None;
+    let mut first = 0.0;
+    for (i, g) in steps.iter().enumerate() {
+        let truth = counts.get(i).copied().unwrap_or(0.0);
+        let mut n = noise.noisy(&i.to_string(), truth).unwrap_or(0.0);
+        if let Some(p) = prev {
+            n = n.min(p);
+        } else {
+            first = n;
+        }
+        let pct = |a: f64, b: f64| {
+            if b > 0.0 {
+                json!((a * 1000.0 / b).round() / 10.0)
+            } else {
+                json!(0)
+            }
+        };
+        out.push(json!({
+            "goal": g,
+            "visitors": n,
+            "conversion_rate": pct(n, first),
+            "conversion_rate_step": pct(n, prev.unwrap_or(n)),
+            "dropoff": prev.map(|p| p - n).unwrap_or(0.0),
+        }));
+        prev = Some(n);
+    }
+    let settings = shared
+        .asker
+        .map(|a| a.privacy.settings().clone())
+        .unwrap_or_default();
+    meta["privacy"] = json!({
+        "mode": "dp",
+        "epsilon": spend.epsilon,
+        "repeated": spend.repeated,
+        "epsilon_query": settings.epsilon_query,
+        "delta": 0.0,
+        "threshold": 0,
+        "budget": spend.budget_json(),
+        "interval95": {"visitors": noise.interval95()},
+        "withheld": [],
+    });
+    json!({"steps": out, "meta": meta})
 }
 
 /// The reports of a site export: file name, dimension (none for the time series) and metrics.
@@ -507,6 +736,7 @@ pub async fn export(
     site: &SiteView,
     range: &str,
     now: DateTime<Utc>,
+    shared: stats::Shared<'_>,
 ) -> Result<Vec<u8>, Error> {
     let range_json = range_json(range);
     let mut files = Vec::new();
@@ -534,8 +764,7 @@ pub async fn export(
             json_string(&site.domain),
             json_string(dim)
         );
-        let (q, doc) =
-            stats::run(client, site, body.as_bytes(), now, stats::Shared::default()).await?;
+        let (q, doc) = stats::run(client, site, body.as_bytes(), now, shared).await?;
         files.push((name.to_string(), stats::to_csv(&q, &doc)));
     }
     let mut buf = std::io::Cursor::new(Vec::new());

@@ -34,6 +34,7 @@ use serde_json::{json, Map, Value};
 
 use crate::builds::{Builds, TodaySnapshots};
 use crate::db::number;
+use crate::privacy;
 use crate::query::expr::additive;
 use crate::query::{self, Dim, DimKind, Filter, Metric, Op, Query};
 use crate::site::SiteView;
@@ -615,6 +616,20 @@ pub struct Shared<'a> {
     pub snapshots: Option<&'a Arc<Snapshots>>,
     /// Reads under way.
     pub inflight: Option<&'a crate::db::Inflight>,
+    /// Who asks, for differential privacy's budget; none: exact numbers (embedding code and
+    /// tests that call [`run`] directly).
+    pub asker: Option<Asker<'a>>,
+}
+
+/// Who asks a question, with the aggregator's privacy state.
+#[derive(Debug, Clone, Copy)]
+pub struct Asker<'a> {
+    /// The aggregator's privacy settings, keys and budget charges.
+    pub privacy: &'a privacy::Privacy,
+    /// Whose budget is spent ([`crate::auth::Access::credential`]).
+    pub credential: &'a str,
+    /// The time the question is asked (the budget's UTC day; today's release hour).
+    pub now: DateTime<Utc>,
 }
 
 async fn answer(
@@ -631,46 +646,13 @@ async fn answer(
     )
     .sharing(shared.inflight.cloned());
     let builds = &mut builds;
-    let guard = too_few(client, site, q, builds).await?;
-    let mut rep = if guard {
-        Report {
-            rows: Vec::new(),
-            folded: 0,
-            suppressed: true,
-            total_k: None,
+    let (rep, comparison, guard, privacy_meta) = match shared.asker.filter(|a| a.privacy.dp()) {
+        Some(asker) => dp_reports(client, site, q, builds, asker, tz).await?,
+        None => {
+            let (rep, comparison, guard) = exact_reports(client, site, q, builds, tz).await?;
+            let meta = json!({"mode": "exact", "min_visitors": site.min_visitors});
+            (rep, comparison, guard, meta)
         }
-    } else {
-        let mut r = report(client, site, q, builds).await?;
-        conversion_rates(client, site, q, &mut r, builds).await?;
-        percentages(client, site, q, &mut r, builds).await?;
-        r
-    };
-    if guard && q.dimensions.is_empty() {
-        rep.rows.push(Row {
-            dims: Vec::new(),
-            metrics: vec![None; q.metrics.len()],
-            k: 0.0,
-            folded: 0,
-        });
-    }
-    let comparison = match q.compare {
-        Some(how) if !guard => {
-            let cq = q.comparison(how, tz);
-            let mut c = if too_few(client, site, &cq, builds).await? {
-                Report {
-                    rows: Vec::new(),
-                    folded: 0,
-                    suppressed: true,
-                    total_k: None,
-                }
-            } else {
-                report(client, site, &cq, builds).await?
-            };
-            conversion_rates(client, site, &cq, &mut c, builds).await?;
-            percentages(client, site, &cq, &mut c, builds).await?;
-            Some((cq, c))
-        }
-        _ => None,
     };
     let total_rows = rep.rows.len();
     let mut results = Vec::new();
@@ -748,6 +730,7 @@ async fn answer(
     if let Some((cq, _)) = &comparison {
         meta["comparison_date_range"] = json!([cq.from.to_string(), cq.to.to_string()]);
     }
+    meta["privacy"] = privacy_meta;
     if let Some(at) = builds.snapshot() {
         // Veil-only: the current day was read from a snapshot taken then (UTC).
         meta["today_as_of"] = json!(at.and_utc().to_rfc3339());
@@ -764,6 +747,272 @@ async fn answer(
             "timezone": q.tz,
         }
     }))
+}
+
+/// A report and its comparison with exact numbers, k-anonymity and the differencing guard
+/// (exact mode); the bool says whether the guard refused the filters.
+async fn exact_reports(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+    builds: &mut Builds,
+    tz: chrono_tz::Tz,
+) -> Result<(Report, Option<(Query, Report)>, bool), Error> {
+    let guard = too_few(client, site, q, builds).await?;
+    let mut rep = if guard {
+        Report {
+            rows: Vec::new(),
+            folded: 0,
+            suppressed: true,
+            total_k: None,
+        }
+    } else {
+        let mut r = report(client, site, q, builds).await?;
+        conversion_rates(client, site, q, &mut r, builds).await?;
+        percentages(client, site, q, &mut r, builds).await?;
+        r
+    };
+    if guard && q.dimensions.is_empty() {
+        rep.rows.push(Row {
+            dims: Vec::new(),
+            metrics: vec![None; q.metrics.len()],
+            k: 0.0,
+            folded: 0,
+        });
+    }
+    let comparison = match q.compare {
+        Some(how) if !guard => {
+            let cq = q.comparison(how, tz);
+            let mut c = if too_few(client, site, &cq, builds).await? {
+                Report {
+                    rows: Vec::new(),
+                    folded: 0,
+                    suppressed: true,
+                    total_k: None,
+                }
+            } else {
+                report(client, site, &cq, builds).await?
+            };
+            conversion_rates(client, site, &cq, &mut c, builds).await?;
+            percentages(client, site, &cq, &mut c, builds).await?;
+            Some((cq, c))
+        }
+        _ => None,
+    };
+    Ok((rep, comparison, guard))
+}
+
+/// A report and its comparison with differential privacy ([`crate::privacy`]): the
+/// question's budget charged first (a 429 when spent; free when asked already today), then
+/// each release's noisy rows; `meta.privacy` last.
+async fn dp_reports(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+    builds: &mut Builds,
+    asker: Asker<'_>,
+    tz: chrono_tz::Tz,
+) -> Result<(Report, Option<(Query, Report)>, bool, Value), Error> {
+    let p = asker.privacy;
+    let settings = p.settings();
+    let key = p.site_key(client, &site.domain).await?;
+    let per_report = 1
+        + usize::from(q.metrics.contains(&Metric::ConversionRate))
+        + usize::from(q.metrics.contains(&Metric::Percentage));
+    let releases = per_report * (1 + usize::from(q.compare.is_some()));
+    let spend = p
+        .charge(
+            client,
+            asker.credential,
+            privacy::question_key(q, asker.now, ""),
+            settings.epsilon_query * releases as f64,
+            asker.now,
+        )
+        .await?;
+    let (rep, rel) = dp_report(client, site, q, builds, key, settings, asker.now).await?;
+    let comparison = match q.compare {
+        Some(how) => {
+            let cq = q.comparison(how, tz);
+            let (c, _) = dp_report(client, site, &cq, builds, key, settings, asker.now).await?;
+            Some((cq, c))
+        }
+        None => None,
+    };
+    let withheld: Vec<&str> = rel.plan().withheld.iter().map(|m| m.name()).collect();
+    let meta = json!({
+        "mode": "dp",
+        "epsilon": spend.epsilon,
+        "repeated": spend.repeated,
+        "epsilon_query": settings.epsilon_query,
+        "delta": settings.delta,
+        "threshold": rel.threshold(),
+        "budget": spend.budget_json(),
+        "interval95": rel.intervals(&q.metrics),
+        "withheld": withheld,
+    });
+    Ok((rep, comparison, false, meta))
+}
+
+/// One noisy report of `q`: its release's rows sorted by `q`'s order on the noisy numbers,
+/// conversion rates and percentages divided by their own releases' noisy denominators.
+async fn dp_report(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+    builds: &mut Builds,
+    key: [u8; 32],
+    settings: &privacy::Settings,
+    now: DateTime<Utc>,
+) -> Result<(Report, privacy::Release), Error> {
+    let rel = privacy::Release::new(
+        q,
+        site.child_directed,
+        key,
+        settings,
+        site.min_visitors,
+        now,
+    )?;
+    let raw = dp_fetch(client, site, q, builds, &rel).await?;
+    let mut rows: Vec<Row> = rel
+        .rows(q, &raw)
+        .into_iter()
+        .map(|(dims, metrics, k)| Row {
+            dims,
+            metrics,
+            k,
+            folded: 0,
+        })
+        .collect();
+    if let Some(ci) = q.metrics.iter().position(|m| *m == Metric::ConversionRate) {
+        let keep: Vec<usize> = q
+            .dimensions
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.kind != DimKind::Goal)
+            .map(|(i, _)| i)
+            .collect();
+        let mut base = q.clone();
+        base.dimensions = keep.iter().map(|i| q.dimensions[*i].clone()).collect();
+        base.metrics = vec![Metric::Visitors];
+        base.filter = match &q.filter {
+            Some(f) => strip_goals(f)?,
+            None => None,
+        };
+        base.order_by.clear();
+        let brel = privacy::Release::new(
+            &base,
+            site.child_directed,
+            key,
+            settings,
+            site.min_visitors,
+            now,
+        )?;
+        let braw = dp_fetch(client, site, &base, builds, &brel).await?;
+        let totals = brel.rows(&base, &braw);
+        for row in &mut rows {
+            let k: Vec<String> = keep
+                .iter()
+                .filter_map(|i| row.dims.get(*i).cloned())
+                .collect();
+            let total = totals
+                .iter()
+                .find(|t| t.0 == k)
+                .and_then(|t| t.1.first().copied().flatten());
+            if let Some(slot) = row.metrics.get_mut(ci) {
+                *slot = match (*slot, total) {
+                    (Some(c), Some(t)) if t > 0.0 => {
+                        Some(((c * 1000.0 / t).round() / 10.0).min(100.0))
+                    }
+                    _ => None,
+                };
+            }
+        }
+    }
+    if let Some(pi) = q.metrics.iter().position(|m| *m == Metric::Percentage) {
+        let mut t = q.clone();
+        t.dimensions.clear();
+        t.metrics = vec![Metric::Visitors];
+        t.order_by.clear();
+        let trel = privacy::Release::new(
+            &t,
+            site.child_directed,
+            key,
+            settings,
+            site.min_visitors,
+            now,
+        )?;
+        let traw = dp_fetch(client, site, &t, builds, &trel).await?;
+        let total = trel
+            .rows(&t, &traw)
+            .first()
+            .and_then(|r| r.1.first().copied().flatten())
+            .unwrap_or(0.0);
+        for slot in rows.iter_mut().filter_map(|r| r.metrics.get_mut(pi)) {
+            *slot = match *slot {
+                Some(v) if total > 0.0 => Some(((v * 1000.0 / total).round() / 10.0).min(100.0)),
+                _ => None,
+            };
+        }
+    }
+    sort_rows(q, &mut rows);
+    Ok((
+        Report {
+            rows,
+            folded: 0,
+            suppressed: false,
+            total_k: None,
+        },
+        rel,
+    ))
+}
+
+/// The SQL rows a release needs: `q`'s dimensions, the plan's metrics unrounded, the k column.
+async fn dp_fetch(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+    builds: &mut Builds,
+    rel: &privacy::Release,
+) -> Result<Vec<Value>, Error> {
+    let mut iq = q.clone();
+    iq.metrics = rel.plan().sql_metrics.clone();
+    iq.unrounded = true;
+    iq.order_by = (0..iq.dimensions.len()).map(|i| (i, false)).collect();
+    let built = builds.for_query(client, site, &iq).await?;
+    let sql = query::assemble::sql(&iq, site, &built, None);
+    fetch(client, &sql).await
+}
+
+/// Sorts rows by `q.order_by` (dimension or metric indices) on the published numbers (the
+/// SQL's order would follow the true ones), labels ascending last.
+fn sort_rows(q: &Query, rows: &mut [Row]) {
+    let nd = q.dimensions.len();
+    rows.sort_by(|a, b| {
+        for (i, desc) in &q.order_by {
+            let o = if *i < nd {
+                a.dims.get(*i).cmp(&b.dims.get(*i))
+            } else {
+                let x = a
+                    .metrics
+                    .get(i - nd)
+                    .copied()
+                    .flatten()
+                    .unwrap_or(f64::NEG_INFINITY);
+                let y = b
+                    .metrics
+                    .get(i - nd)
+                    .copied()
+                    .flatten()
+                    .unwrap_or(f64::NEG_INFINITY);
+                x.total_cmp(&y)
+            };
+            let o = if *desc { o.reverse() } else { o };
+            if o != std::cmp::Ordering::Equal {
+                return o;
+            }
+        }
+        a.dims.cmp(&b.dims)
+    });
 }
 
 /// A response document as CSV: a header of dimension then metric names, one line per row.

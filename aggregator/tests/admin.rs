@@ -27,6 +27,7 @@ fn config() -> AggregatorConfig {
     AggregatorConfig {
         api_token: Some(ADMIN.into()),
         sites: vec!["flag.example".into()],
+        privacy: veil_aggregator::privacy::Settings::exact(),
         ..Default::default()
     }
 }

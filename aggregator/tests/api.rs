@@ -36,6 +36,7 @@ async fn the_plausible_docs_example_request_works_unchanged() {
         AggregatorConfig {
             sites: vec!["dummy.site".into()],
             api_token: Some("YOUR-TOKEN-0123456789".into()),
+            privacy: veil_aggregator::privacy::Settings::exact(),
             ..Default::default()
         },
         ch.clone(),
@@ -227,6 +228,7 @@ async fn report_queries_carry_their_memory_bounds() {
         AggregatorConfig {
             sites: vec![SITE.into()],
             query_memory_mb: 1536,
+            privacy: veil_aggregator::privacy::Settings::exact(),
             ..Default::default()
         },
         ch.clone(),
@@ -317,6 +319,7 @@ async fn a_question_past_the_memory_budget_is_a_400_naming_its_filters() {
         AggregatorConfig {
             sites: vec![SITE.into()],
             query_memory_mb: 2,
+            privacy: veil_aggregator::privacy::Settings::exact(),
             ..Default::default()
         },
         ch.clone(),

@@ -95,7 +95,7 @@ async fn bots_and_opt_outs_are_counted_per_site_and_reported_by_reason() {
     }
     // …then the report lists only reasons with at least k events: the two library hits are
     // stored but not shown.
-    let doc = filtered_traffic(&ch.client(), &site, "day", Utc::now())
+    let doc = filtered_traffic(&ch.client(), &site, "day", Utc::now(), Default::default())
         .await
         .unwrap();
     assert_eq!(

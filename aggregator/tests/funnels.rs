@@ -22,6 +22,7 @@ async fn a_funnel_counts_visitors_who_reach_its_goals_in_order() {
             .to_string()
             .as_bytes(),
         Utc::now(),
+        Default::default(),
     )
     .await
     .unwrap();
@@ -33,7 +34,7 @@ async fn a_funnel_counts_visitors_who_reach_its_goals_in_order() {
         &ch.client(),
         &s,
         json!({"site_id": SITE, "steps": ["Signup", "Pricing"], "date_range": ["2026-11-20", "2026-11-20"]}).to_string().as_bytes(),
-        Utc::now(),
+        Utc::now(), Default::default(),
     )
     .await
     .unwrap();

@@ -30,6 +30,7 @@ fn agg(ch: &ClickHouseConfig) -> Aggregator {
     Aggregator::new(
         AggregatorConfig {
             sites: vec![SITE.into()],
+            privacy: veil_aggregator::privacy::Settings::exact(),
             ..Default::default()
         },
         ch.clone(),
@@ -194,9 +195,15 @@ async fn funnels_are_guarded_and_small_dropoffs_are_null() {
             for (k, v) in extra.as_object().unwrap() {
                 body[k] = v.clone();
             }
-            reports::funnel(&ch.client(), &s, body.to_string().as_bytes(), Utc::now())
-                .await
-                .unwrap()
+            reports::funnel(
+                &ch.client(),
+                &s,
+                body.to_string().as_bytes(),
+                Utc::now(),
+                Default::default(),
+            )
+            .await
+            .unwrap()
         }
     };
     // 6 saw pricing, 5 signed up: the 1 who dropped off is under k.
@@ -311,9 +318,15 @@ async fn filtered_traffic_leaves_out_reasons_under_k() {
         Sql::join(bots, ", ")
     );
     db::exec(&ch.client(), &stmt).await.unwrap();
-    let doc = reports::filtered_traffic(&ch.client(), &site(), "2026-11-20,2026-11-20", Utc::now())
-        .await
-        .unwrap();
+    let doc = reports::filtered_traffic(
+        &ch.client(),
+        &site(),
+        "2026-11-20,2026-11-20",
+        Utc::now(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         doc["dropped"],
         json!([
@@ -350,6 +363,7 @@ async fn hostile_dates_and_costly_filters_are_400s_naming_the_field() {
             &site(),
             body.to_string().as_bytes(),
             Utc::now(),
+            Default::default(),
         )
         .await
         .unwrap_err();

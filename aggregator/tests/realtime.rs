@@ -43,7 +43,7 @@ async fn realtime_counts_the_last_minutes_of_raw_events() {
     .unwrap()
     .1;
     assert_eq!(day["results"][0]["metrics"], json!([6]), "{day}");
-    let rt = reports::realtime(&ch.client(), &s, Utc::now())
+    let rt = reports::realtime(&ch.client(), &s, Utc::now(), Default::default())
         .await
         .unwrap();
     assert_eq!(rt["visitors_5m"], 5, "{rt}");

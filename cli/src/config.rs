@@ -329,6 +329,21 @@ layered! {
         /// its filters [default: 3072].
         #[arg(long, env = "VEIL_QUERY_MEMORY_MB", global = true)]
         pub query_memory_mb: Option<u64>,
+        /// How published numbers are protected: `dp` (differential privacy: calibrated noise,
+        /// noisy thresholds, a budget per credential and day) or `exact` (exact numbers with
+        /// k-anonymity only; warned at start-up and in the dashboard) [default: dp].
+        #[arg(long, env = "VEIL_PRIVACY", global = true)]
+        pub privacy: Option<String>,
+        /// ε one release of one question spends (dp mode) [default: 0.5].
+        #[arg(long, env = "VEIL_EPSILON_QUERY", global = true)]
+        pub epsilon_query: Option<f64>,
+        /// ε one credential (admin, site key, shared link) may spend per UTC day (dp mode)
+        /// [default: 50].
+        #[arg(long, env = "VEIL_EPSILON_DAY", global = true)]
+        pub epsilon_day: Option<f64>,
+        /// δ of one release's noisy row threshold (dp mode) [default: 1e-6].
+        #[arg(long, env = "VEIL_DP_DELTA", global = true)]
+        pub dp_delta: Option<f64>,
         /// Log filter (tracing-subscriber syntax) [default: info].
         #[arg(long, env = "VEIL_LOG", global = true)]
         pub log: Option<String>,
@@ -495,6 +510,19 @@ impl Settings {
             query_memory_mb: given
                 .query_memory_mb
                 .unwrap_or(veil_aggregator::db::DEFAULT_QUERY_MEMORY_MB),
+            privacy: {
+                let d = veil_aggregator::privacy::Settings::default();
+                veil_aggregator::privacy::Settings {
+                    mode: match &given.privacy {
+                        Some(m) => m.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+                        None => d.mode,
+                    },
+                    epsilon_query: given.epsilon_query.unwrap_or(d.epsilon_query),
+                    epsilon_day: given.epsilon_day.unwrap_or(d.epsilon_day),
+                    delta: given.dp_delta.unwrap_or(d.delta),
+                    bounds: d.bounds,
+                }
+            },
             ..AggregatorConfig::default()
         };
         // The aggregator's own rules (token length, k, snapshot age, site names and aliases,
@@ -543,6 +571,21 @@ mod tests {
         assert_eq!(s.aggregator.query_memory_mb, 512);
         let e = parse(&["up", "--query-memory-mb", "0"]).unwrap_err();
         assert!(e.to_string().contains("--query-memory-mb"), "{e}");
+        let s = parse(&["up"]).unwrap();
+        assert_eq!(
+            s.aggregator.privacy.mode,
+            veil_aggregator::privacy::Mode::Dp
+        );
+        let s = parse(&["up", "--privacy", "exact", "--epsilon-day", "20"]).unwrap();
+        assert_eq!(
+            s.aggregator.privacy.mode,
+            veil_aggregator::privacy::Mode::Exact
+        );
+        assert_eq!(s.aggregator.privacy.epsilon_day, 20.0);
+        let e = parse(&["up", "--privacy", "none"]).unwrap_err();
+        assert!(e.to_string().contains("--privacy"), "{e}");
+        let e = parse(&["up", "--epsilon-query", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--epsilon-query"), "{e}");
     }
 
     #[test]

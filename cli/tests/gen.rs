@@ -154,6 +154,7 @@ async fn gen_writes_realistic_reproducible_traffic() {
         AggregatorConfig {
             sites: vec![SITE.into()],
             min_visitors: 5,
+            privacy: veil_aggregator::privacy::Settings::exact(),
             ..AggregatorConfig::default()
         },
         cfg.clone(),

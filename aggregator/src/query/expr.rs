@@ -432,21 +432,21 @@ pub(super) fn metric_sql(m: Metric, src: Source, q: &Query) -> Sql {
             Metric::Pageviews => Sql::new("sum(pageviews)"),
             Metric::Events => Sql::new("sum(events)"),
             // The same arithmetic as the daily rollup's sums, so both round alike.
-            Metric::ViewsPerVisit => Sql::new("round(sum(pageviews) / count(), 2)"),
-            Metric::BounceRate => Sql::new("round(sum(bounce) * 100 / count())"),
-            Metric::VisitDuration => Sql::new("round(sum(duration) / count())"),
-            Metric::SessionsPerUser => Sql::new("round(count() / uniq(visitor_id), 2)"),
-            Metric::Dau => sql!("round(uniq(visitor_id) / uniq(toDate(start, {})), 1)", tz),
+            Metric::ViewsPerVisit => rnd(q, Sql::new("sum(pageviews) / count()"), 2),
+            Metric::BounceRate => rnd(q, Sql::new("sum(bounce) * 100 / count()"), 0),
+            Metric::VisitDuration => rnd(q, Sql::new("sum(duration) / count()"), 0),
+            Metric::SessionsPerUser => rnd(q, Sql::new("count() / uniq(visitor_id)"), 2),
+            Metric::Dau => rnd(q, sql!("uniq(visitor_id) / uniq(toDate(start, {}))", tz), 1),
             _ => Sql::new("0"),
         },
         Source::VisitsDaily => match m {
             Metric::Visits => Sql::new("sum(visits_n)"),
             Metric::Pageviews => Sql::new("sum(pv_n)"),
             Metric::Events => Sql::new("sum(ev_n)"),
-            Metric::ViewsPerVisit => Sql::new("round(sum(pv_n) / sum(visits_n), 2)"),
-            Metric::BounceRate => Sql::new("round(sum(bounces_n) * 100 / sum(visits_n))"),
-            Metric::VisitDuration => Sql::new("round(sum(dur_n) / sum(visits_n))"),
-            Metric::SessionsPerUser => Sql::new("round(sum(visits_n) / sum(dv), 2)"),
+            Metric::ViewsPerVisit => rnd(q, Sql::new("sum(pv_n) / sum(visits_n)"), 2),
+            Metric::BounceRate => rnd(q, Sql::new("sum(bounces_n) * 100 / sum(visits_n)"), 0),
+            Metric::VisitDuration => rnd(q, Sql::new("sum(dur_n) / sum(visits_n)"), 0),
+            Metric::SessionsPerUser => rnd(q, Sql::new("sum(visits_n) / sum(dv)"), 2),
             // Hashes rotate at UTC midnight: visitors of a range are the sum of its days'.
             _ => Sql::new("sum(dv)"),
         },
@@ -463,23 +463,33 @@ pub(super) fn metric_sql(m: Metric, src: Source, q: &Query) -> Sql {
                 }
                 Metric::Pageviews => Sql::new("countIf(name = 'pageview')"),
                 Metric::Events => Sql::new("countIf(name != 'engagement')"),
-                Metric::TimeOnPage => Sql::new("round(sumIf(engagement_ms, name = 'engagement') / 1000 / greatest(countIf(name = 'pageview'), 1))"),
-                Metric::ScrollDepth => Sql::new("round(avgIf(scroll_depth, name = 'engagement' AND scroll_depth > 0))"),
-                Metric::TotalRevenue => Sql::new("round(sum(revenue_micros) / 1000000, 2)"),
-                Metric::AverageRevenue => Sql::new("round(avgIf(revenue_micros, revenue_micros != 0) / 1000000, 2)"),
-                Metric::Dau => sql!("round(uniq(visitor_id) / uniq(toDate(timestamp, {})), 1)", tz),
-                Metric::LaunchTimeP50 => sql!("round(quantileIf(0.5)({}, has(prop_keys, 'launch_ms')))", prop_num("launch_ms")),
-                Metric::LaunchTimeP95 => sql!("round(quantileIf(0.95)({}, has(prop_keys, 'launch_ms')))", prop_num("launch_ms")),
-                Metric::LatencyP50 => sql!("round(quantileIf(0.5)({}, has(prop_keys, 'latency_ms')))", prop_num("latency_ms")),
-                Metric::LatencyP95 => sql!("round(quantileIf(0.95)({}, has(prop_keys, 'latency_ms')))", prop_num("latency_ms")),
+                Metric::TimeOnPage => rnd(q, Sql::new("sumIf(engagement_ms, name = 'engagement') / 1000 / greatest(countIf(name = 'pageview'), 1)"), 0),
+                Metric::ScrollDepth => rnd(q, Sql::new("avgIf(scroll_depth, name = 'engagement' AND scroll_depth > 0)"), 0),
+                Metric::TotalRevenue => rnd(q, Sql::new("sum(revenue_micros) / 1000000"), 2),
+                Metric::AverageRevenue => rnd(q, Sql::new("avgIf(revenue_micros, revenue_micros != 0) / 1000000"), 2),
+                Metric::Dau => rnd(q, sql!("uniq(visitor_id) / uniq(toDate(timestamp, {}))", tz), 1),
+                Metric::LaunchTimeP50 => rnd(q, sql!("quantileIf(0.5)({}, has(prop_keys, 'launch_ms'))", prop_num("launch_ms")), 0),
+                Metric::LaunchTimeP95 => rnd(q, sql!("quantileIf(0.95)({}, has(prop_keys, 'launch_ms'))", prop_num("launch_ms")), 0),
+                Metric::LatencyP50 => rnd(q, sql!("quantileIf(0.5)({}, has(prop_keys, 'latency_ms'))", prop_num("latency_ms")), 0),
+                Metric::LatencyP95 => rnd(q, sql!("quantileIf(0.95)({}, has(prop_keys, 'latency_ms'))", prop_num("latency_ms")), 0),
                 Metric::Crashes => sql!("countIf(has(prop_keys, 'crash') AND {} >= 1)", prop_num("crash")),
                 Metric::Visits => sql!("uniqExact{}", visit),
-                Metric::BounceRate => sql!("round(100 * uniqExactIf({0}, v_bounce = 1) / uniqExact{0})", visit),
-                Metric::VisitDuration => Sql::new("round(arraySum(arrayMap(t -> t.2, groupUniqArray((cityHash64(visitor_id, visit), v_duration)))) / uniqExact(visitor_id, visit))"),
-                Metric::ViewsPerVisit => Sql::new("round(arraySum(arrayMap(t -> t.2, groupUniqArray((cityHash64(visitor_id, visit), v_pageviews)))) / uniqExact(visitor_id, visit), 2)"),
-                Metric::SessionsPerUser => sql!("round(uniqExact{} / uniq(visitor_id), 2)", visit),
+                Metric::BounceRate => rnd(q, sql!("100 * uniqExactIf({0}, v_bounce = 1) / uniqExact{0}", visit), 0),
+                Metric::VisitDuration => rnd(q, Sql::new("arraySum(arrayMap(t -> t.2, groupUniqArray((cityHash64(visitor_id, visit), v_duration)))) / uniqExact(visitor_id, visit)"), 0),
+                Metric::ViewsPerVisit => rnd(q, Sql::new("arraySum(arrayMap(t -> t.2, groupUniqArray((cityHash64(visitor_id, visit), v_pageviews)))) / uniqExact(visitor_id, visit)"), 2),
+                Metric::SessionsPerUser => rnd(q, sql!("uniqExact{} / uniq(visitor_id)", visit), 2),
             }
         }
+    }
+}
+
+/// `round(e, digits)`, or `e` itself for a query that wants unrounded ratios
+/// ([`Query::unrounded`]: differential privacy takes their numerators apart).
+fn rnd(q: &Query, e: Sql, digits: u8) -> Sql {
+    if q.unrounded {
+        e
+    } else {
+        sql!("round({}, {})", e, digits)
     }
 }
 

@@ -523,6 +523,7 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
         rollups: include.rollups.unwrap_or(true),
         limit,
         offset,
+        unrounded: false,
     };
     if site.child_directed {
         check_child_query(&q)?;

@@ -5,7 +5,7 @@
 use chrono::{NaiveDate, NaiveDateTime};
 
 /// A metric the API serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Metric {
     /// Unique visitors.
     Visitors,
@@ -372,6 +372,9 @@ pub struct Query {
     pub limit: u32,
     /// Rows skipped.
     pub offset: u32,
+    /// Ratio metrics (bounce rate, duration, views per visit…) unrounded: differential
+    /// privacy takes them apart into noisy numerators and denominators ([`crate::privacy`]).
+    pub unrounded: bool,
 }
 
 impl Query {

@@ -203,6 +203,7 @@ pub fn stats_aggregator(ch: &ClickHouseConfig) -> Aggregator {
     Aggregator::new(
         AggregatorConfig {
             sites: vec![SITE.into()],
+            privacy: veil_aggregator::privacy::Settings::exact(),
             ..Default::default()
         },
         ch.clone(),

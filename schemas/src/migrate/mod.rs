@@ -152,6 +152,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "visit_hits",
         sql: include_str!("../../migrations/016_visit_hits.sql"),
     },
+    Migration {
+        version: 17,
+        name: "privacy",
+        sql: include_str!("../../migrations/017_privacy.sql"),
+    },
 ];
 
 impl Migration {
