@@ -57,6 +57,31 @@ fn readable(agg: &Aggregator, access: &Access, domain: &str) -> Result<SiteView,
         .ok_or_else(|| Error::UnknownSite(domain.to_string()))
 }
 
+/// Every report route, `(method, path)` (`{domain}`: a site): each publishes its numbers
+/// through [`crate::privacy`] (in dp mode: noisy, budgeted; `meta.privacy` says so).
+/// [`route`] answers only these; `tests/dp.rs` asks each one.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/v2/query"),
+    ("POST", "/api/v2/query.csv"),
+    ("POST", "/api/v2/funnel"),
+    ("GET", "/api/v1/sites/{domain}/realtime"),
+    ("GET", "/api/v1/sites/{domain}/filtered-traffic"),
+    ("GET", "/api/v1/sites/{domain}/export"),
+];
+
+/// The [`ROUTES`] entry `path` matches, and the domain in it.
+fn listed(path: &str) -> Option<(&'static str, Option<&str>)> {
+    ROUTES
+        .iter()
+        .find_map(|(_, pattern)| match pattern.split_once("{domain}") {
+            None => (*pattern == path).then_some((*pattern, None)),
+            Some((pre, post)) => {
+                let domain = path.strip_prefix(pre)?.strip_suffix(post)?;
+                (!domain.is_empty() && !domain.contains('/')).then_some((*pattern, Some(domain)))
+            }
+        })
+}
+
 /// Answers the report routes; `None` for other paths.
 pub async fn route(
     agg: &Aggregator,
@@ -71,7 +96,9 @@ pub async fn route(
             Err(Error::MethodNotAllowed("POST"))
         }
     };
-    match path {
+    let (pattern, domain) = listed(path)?;
+    let domain = domain.unwrap_or_default();
+    match pattern {
         "/api/v2/query" | "/api/v2/query.csv" => Some(
             async {
                 post_only(req.method())?;
@@ -118,8 +145,7 @@ pub async fn route(
             .await,
         ),
         _ => {
-            let rest = path.strip_prefix("/api/v1/sites/")?;
-            let (domain, what) = rest.split_once('/')?;
+            let what = pattern.rsplit('/').next().unwrap_or_default();
             match what {
                 "realtime" => Some(
                     async {

@@ -1016,13 +1016,24 @@ fn sort_rows(q: &Query, rows: &mut [Row]) {
 }
 
 /// A response document as CSV: a header of dimension then metric names, one line per row.
+/// With differential privacy each count metric gets a last column `METRIC_ci95`: the ± half
+/// width of its 95 % interval (the same for every row of one answer).
 pub fn to_csv(q: &Query, doc: &Value) -> String {
     let mut out = String::new();
+    let intervals: Vec<(String, String)> = q
+        .metrics
+        .iter()
+        .filter_map(|m| {
+            let v = doc["meta"]["privacy"]["interval95"].get(m.name())?;
+            (!v.is_null()).then(|| (format!("{}_ci95", m.name()), v.to_string()))
+        })
+        .collect();
     let header: Vec<String> = q
         .dimensions
         .iter()
         .map(|d| d.name.clone())
         .chain(q.metrics.iter().map(|m| m.name().to_string()))
+        .chain(intervals.iter().map(|(n, _)| n.clone()))
         .collect();
     out.push_str(&csv_line(&header));
     for r in doc["results"]
@@ -1040,6 +1051,7 @@ pub fn to_csv(q: &Query, doc: &Value) -> String {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             })
+            .chain(intervals.iter().map(|(_, v)| v.clone()))
             .collect();
         out.push_str(&csv_line(&cells));
     }

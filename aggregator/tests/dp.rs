@@ -1,0 +1,563 @@
+//! Differential privacy against a real ClickHouse, through the aggregator's HTTP handling
+//! with a site key, as an attacker and as an honest reader would ask (issue 15):
+//!
+//! - the padding attack (two allowed questions whose difference is one visitor's pages),
+//!   played for 8 planted visitors with 5 paddings each and a majority vote, recovers their
+//!   page sets in exact mode (the control: the attack works) and not in dp mode;
+//! - the same key reading a day of ~5 000 pageviews gets pageviews within 1 % and visitors
+//!   within 3 % of the stored truth;
+//! - asking again gives the same numbers for free; a spent budget is a 429 with
+//!   `Retry-After`; ordinary dashboard use fits in a day's budget;
+//! - every report route publishes through the privacy module (`meta.privacy`);
+//! - a time series lists every bucket.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::{BTreeSet, HashMap};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use serde_json::{json, Value};
+use veil_aggregator::privacy::Settings;
+use veil_aggregator::{db, reports, Aggregator, AggregatorConfig};
+use veil_schemas::sql;
+use veil_schemas::sql::{lit, Sql};
+use veil_schemas::ClickHouseConfig;
+
+const ADMIN: &str = "admin-token-for-dp-tests";
+const SITE: &str = "dp.example";
+const DAY: &str = "2026-11-25";
+const PAGES: usize = 20;
+
+/// A small deterministic generator (tests must not depend on the OS's randomness to decide).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() as f64 / (1u64 << 31) as f64) < p
+    }
+}
+
+struct Visitor {
+    id: String,
+    country: &'static str,
+    desktop: bool,
+    source: &'static str,
+    campaign: String,
+    pages: Vec<usize>,
+}
+
+/// How likely a visitor views each of the first six pages (the rest: one random page at
+/// most): a site of ~1 500 visitors and ~5 000 pageviews a day.
+const POPULAR: [f64; 6] = [0.9, 0.6, 0.5, 0.45, 0.4, 0.35];
+
+fn background(n: usize, rng: &mut Lcg) -> Vec<Visitor> {
+    (0..n)
+        .map(|i| {
+            let country = match rng.below(20) {
+                0..=7 => "US",
+                8..=12 => "DE",
+                13..=16 => "FR",
+                _ => "GB",
+            };
+            let mut pages: Vec<usize> = (0..POPULAR.len())
+                .filter(|p| rng.chance(POPULAR[*p]))
+                .collect();
+            if rng.chance(0.6) {
+                pages.push(POPULAR.len() + rng.below((PAGES - POPULAR.len()) as u64) as usize);
+            }
+            if pages.is_empty() {
+                pages.push(0);
+            }
+            Visitor {
+                id: format!("bg{i:014}"),
+                country,
+                desktop: rng.chance(0.5),
+                source: if rng.chance(0.4) { "Google" } else { "" },
+                campaign: String::new(),
+                pages,
+            }
+        })
+        .collect()
+}
+
+/// 8 visitors only their campaign singles out (Iceland, phone, no source), each with 3 of
+/// the popular pages.
+fn planted(rng: &mut Lcg) -> Vec<Visitor> {
+    (0..8)
+        .map(|i| {
+            let mut pages = BTreeSet::new();
+            while pages.len() < 3 {
+                pages.insert(rng.below(POPULAR.len() as u64) as usize);
+            }
+            Visitor {
+                id: format!("pl{i:014}"),
+                country: "IS",
+                desktop: false,
+                source: "",
+                campaign: format!("her-campaign-{i}"),
+                pages: pages.into_iter().collect(),
+            }
+        })
+        .collect()
+}
+
+fn page(p: usize) -> String {
+    format!("/p{p}")
+}
+
+async fn store(ch: &ClickHouseConfig, visitors: &[Visitor]) -> u64 {
+    let mut rows = Vec::new();
+    let mut pageviews = 0;
+    for (i, v) in visitors.iter().enumerate() {
+        // One visit per visitor, a minute between its pages, spread over the day.
+        let start = (i as u64 * 37) % (20 * 3600);
+        for (j, p) in v.pages.iter().enumerate() {
+            let t = start + j as u64 * 60;
+            let at = format!("{DAY} {:02}:{:02}:{:02}", t / 3600, (t / 60) % 60, t % 60);
+            rows.push(sql!(
+                "({}, toDateTime({}, 'UTC'), 'pageview', {}, {}, toFixedString({}, 16), {}, {}, {}, {}, {}, {})",
+                lit(SITE),
+                lit(&at),
+                lit(&page(*p)),
+                lit(SITE),
+                lit(&v.id),
+                lit(v.source),
+                lit(if v.source.is_empty() { "Direct" } else { "Organic Search" }),
+                lit(v.country),
+                lit(if v.desktop { "Desktop" } else { "Mobile" }),
+                lit(if v.desktop { "Chrome" } else { "Safari" }),
+                lit(&v.campaign),
+            ));
+            pageviews += 1;
+        }
+    }
+    for chunk in rows.chunks(2000) {
+        let q = sql!(
+            "INSERT INTO events (site, timestamp, name, pathname, hostname, visitor_id, source, channel, country_code, device, browser, utm_campaign) VALUES {}",
+            Sql::join(chunk.iter(), ", ")
+        );
+        db::exec(&ch.client(), &q).await.unwrap();
+    }
+    pageviews
+}
+
+fn config(privacy: Settings) -> AggregatorConfig {
+    AggregatorConfig {
+        api_token: Some(ADMIN.into()),
+        sites: vec![SITE.into()],
+        privacy,
+        ..Default::default()
+    }
+}
+
+async fn call(
+    a: &Aggregator,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, HeaderMap, Bytes) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()))
+        .unwrap();
+    let r = a.handle(req).await.expect("an aggregator path");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let b = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, headers, b)
+}
+
+async fn ask(a: &Aggregator, token: &str, q: Value) -> (u16, Value) {
+    let (s, _, b) = call(a, "POST", "/api/v2/query", token, Some(q)).await;
+    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+/// A new site key for [`SITE`] (the attacker's or the reader's only credential).
+async fn site_key(a: &Aggregator) -> String {
+    let (s, _, b) = call(
+        a,
+        "POST",
+        &format!("/api/v1/sites/{SITE}/keys"),
+        ADMIN,
+        Some(json!({"name": "reader"})),
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(s, 201, "{v}");
+    v["key"].as_str().unwrap().to_string()
+}
+
+async fn fresh(
+    label: &str,
+    privacy: Settings,
+) -> (Aggregator, ClickHouseConfig, Vec<Visitor>, u64) {
+    let ch = veil_schemas::testing::fresh_database(label).await;
+    let mut rng = Lcg(15);
+    let mut all = background(1500, &mut rng);
+    let planted = planted(&mut rng);
+    all.extend(planted);
+    let pageviews = store(&ch, &all).await;
+    let a = Aggregator::new(config(privacy), ch.clone());
+    a.registry().refresh().await.unwrap();
+    (a, ch, all, pageviews)
+}
+
+/// Pages → visitors of an `event:page` breakdown (rows left out are absent).
+fn by_page(doc: &Value) -> HashMap<String, f64> {
+    doc["results"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r["dimensions"][0].as_str()?.to_string(),
+                r["metrics"][0].as_f64()?,
+            ))
+        })
+        .collect()
+}
+
+/// Plays the padding attack against each planted visitor: how many page sets it recovers
+/// exactly, and over the rows shown in both answers of a pair, how often a difference of at
+/// least 1 appears on her pages and on the others.
+async fn attack(a: &Aggregator, key: &str, planted: &[&Visitor]) -> (usize, f64, f64) {
+    let pads = [
+        json!(["is", "visit:device", ["Desktop"]]),
+        json!(["is", "visit:country", ["US"]]),
+        json!(["is", "visit:country", ["DE"]]),
+        json!(["is", "visit:country", ["FR"]]),
+        json!(["is", "visit:source", ["Google"]]),
+    ];
+    let ask_pages = |pad: &Value, campaign: &str| {
+        json!({"site_id": SITE, "metrics": ["visitors"], "dimensions": ["event:page"],
+               "date_range": [DAY, DAY],
+               "filters": [["or", [pad, ["is", "visit:utm_campaign", [campaign]]]]]})
+    };
+    let mut recovered = 0;
+    let (mut hit_true, mut n_true, mut hit_false, mut n_false) = (0.0, 0.0_f64, 0.0, 0.0_f64);
+    for v in planted {
+        let mut votes: HashMap<String, usize> = HashMap::new();
+        for pad in &pads {
+            let (s, base) = ask(a, key, ask_pages(pad, "nothing")).await;
+            assert_eq!(s, 200, "{base}");
+            let (s, with) = ask(a, key, ask_pages(pad, &v.campaign)).await;
+            assert_eq!(s, 200, "{with}");
+            let (base, with) = (by_page(&base), by_page(&with));
+            for p in 0..PAGES {
+                let name = page(p);
+                let (Some(x), Some(y)) = (base.get(&name), with.get(&name)) else {
+                    continue;
+                };
+                let up = y - x >= 1.0;
+                if up {
+                    *votes.entry(name.clone()).or_default() += 1;
+                }
+                if v.pages.contains(&p) {
+                    n_true += 1.0;
+                    hit_true += f64::from(u8::from(up));
+                } else {
+                    n_false += 1.0;
+                    hit_false += f64::from(u8::from(up));
+                }
+            }
+        }
+        let guessed: BTreeSet<String> = votes
+            .into_iter()
+            .filter(|(_, n)| *n * 2 > pads.len())
+            .map(|(p, _)| p)
+            .collect();
+        let truth: BTreeSet<String> = v.pages.iter().map(|p| page(*p)).collect();
+        if guessed == truth {
+            recovered += 1;
+        }
+    }
+    (
+        recovered,
+        hit_true / n_true.max(1.0),
+        hit_false / n_false.max(1.0),
+    )
+}
+
+#[tokio::test]
+async fn the_padding_attack_recovers_nothing_and_honest_totals_stay_accurate() {
+    // The control: with exact numbers the attack works, every page set comes back.
+    let (a, _, all, _) = fresh("dp_attack_exact", Settings::exact()).await;
+    let key = site_key(&a).await;
+    let planted: Vec<&Visitor> = all.iter().filter(|v| !v.campaign.is_empty()).collect();
+    let (exact, _, _) = attack(&a, &key, &planted).await;
+    assert_eq!(
+        exact,
+        planted.len(),
+        "the attack must work on exact numbers"
+    );
+
+    // Default settings: nothing beyond chance (a 3-page set out of 20 by coin flips is a
+    // ~1e-6 event), and on the rows shown a +1 is as likely on her pages as on the others.
+    let (a, ch, all, pageviews) = fresh("dp_attack", Settings::default()).await;
+    let key = site_key(&a).await;
+    let planted: Vec<&Visitor> = all.iter().filter(|v| !v.campaign.is_empty()).collect();
+    let (dp, on_hers, on_others) = attack(&a, &key, &planted).await;
+    assert!(
+        dp <= 1,
+        "the attack recovered {dp} of {} page sets",
+        planted.len()
+    );
+    assert!(
+        (on_hers - on_others).abs() < 0.25,
+        "a +1 shows on her pages {on_hers:.2} of the time, on others {on_others:.2}"
+    );
+
+    // An honest reader with another key: that day's totals, asked one at a time.
+    let reader = site_key(&a).await;
+    let truth_visitors = db::count(
+        &ch.client(),
+        &sql!(
+            "SELECT uniqExact(visitor_id) FROM events WHERE site = {}",
+            lit(SITE)
+        ),
+    )
+    .await
+    .unwrap() as f64;
+    for (metric, truth, tolerance) in [
+        ("pageviews", pageviews as f64, 0.01),
+        ("visitors", truth_visitors, 0.03),
+    ] {
+        let (s, d) = ask(
+            &a,
+            &reader,
+            json!({"site_id": SITE, "metrics": [metric], "date_range": [DAY, DAY]}),
+        )
+        .await;
+        assert_eq!(s, 200, "{d}");
+        let got = d["results"][0]["metrics"][0].as_f64().unwrap();
+        assert!(
+            (got - truth).abs() <= truth * tolerance,
+            "{metric}: {got} against the stored {truth} (±{}%)",
+            tolerance * 100.0
+        );
+        assert_eq!(d["meta"]["privacy"]["mode"], "dp", "{d}");
+        let interval = d["meta"]["privacy"]["interval95"][metric].as_f64().unwrap();
+        assert!(interval > 0.0 && interval < truth * tolerance, "{d}");
+    }
+}
+
+#[tokio::test]
+async fn the_same_question_gets_the_same_answer_for_free_and_a_spent_budget_is_a_429() {
+    let settings = Settings {
+        epsilon_day: 1.0,
+        ..Settings::default()
+    };
+    let (a, _, _, _) = fresh("dp_budget", settings).await;
+    let key = site_key(&a).await;
+    let q1 = json!({"site_id": SITE, "metrics": ["visitors", "pageviews"], "dimensions": ["visit:country"], "date_range": [DAY, DAY]});
+    let (s, first) = ask(&a, &key, q1.clone()).await;
+    assert_eq!(s, 200, "{first}");
+    assert_eq!(first["meta"]["privacy"]["epsilon"], 0.5, "{first}");
+    assert_eq!(first["meta"]["privacy"]["repeated"], false);
+    assert_eq!(first["meta"]["privacy"]["budget"]["left"], 0.5);
+    // Noisy: the planted Icelanders (8, far under the threshold) are not a row.
+    let countries: Vec<&str> = first["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["dimensions"][0].as_str().unwrap())
+        .collect();
+    assert!(!countries.contains(&"IS"), "{first}");
+    assert!(countries.contains(&"US"), "{first}");
+    // Again, in another order of metrics: the same numbers, nothing spent.
+    let (s, again) = ask(&a, &key, q1.clone()).await;
+    assert_eq!(s, 200);
+    assert_eq!(again["results"], first["results"]);
+    assert_eq!(again["meta"]["privacy"]["epsilon"], 0.0);
+    assert_eq!(again["meta"]["privacy"]["repeated"], true);
+    // A second question spends the rest; a third is refused until midnight UTC.
+    let (s, d) = ask(
+        &a,
+        &key,
+        json!({"site_id": SITE, "metrics": ["visitors"], "date_range": [DAY, DAY]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(d["meta"]["privacy"]["budget"]["left"], 0.0);
+    let (s, h, b) = call(
+        &a,
+        "POST",
+        "/api/v2/query",
+        &key,
+        Some(json!({"site_id": SITE, "metrics": ["pageviews"], "date_range": [DAY, DAY]})),
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(s, 429, "{v}");
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    assert!(
+        v["error"].as_str().unwrap().contains("privacy budget"),
+        "{v}"
+    );
+    assert_eq!(v["budget"]["left"], 0.0, "{v}");
+    // What was asked stays answerable; another credential has its own budget.
+    let (s, again) = ask(&a, &key, q1.clone()).await;
+    assert_eq!(s, 200);
+    assert_eq!(again["results"], first["results"]);
+    let other = site_key(&a).await;
+    let (s, d) = ask(&a, &other, q1).await;
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(
+        d["results"], first["results"],
+        "noise is the site's, not the reader's"
+    );
+}
+
+#[tokio::test]
+async fn every_report_route_publishes_through_the_privacy_module() {
+    let (a, _, _, _) = fresh("dp_routes", Settings::default()).await;
+    let key = site_key(&a).await;
+    for (method, path) in reports::ROUTES {
+        let path = path.replace("{domain}", SITE);
+        let body = match path.as_str() {
+            "/api/v2/query" | "/api/v2/query.csv" => Some(
+                json!({"site_id": SITE, "metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "date_range": [DAY, DAY]}),
+            ),
+            "/api/v2/funnel" => Some(
+                json!({"site_id": SITE, "steps": ["Home", "Pricing"], "date_range": [DAY, DAY]}),
+            ),
+            _ => None,
+        };
+        let path = if method == &"GET" && !path.ends_with("realtime") {
+            format!("{path}?date_range={DAY},{DAY}")
+        } else {
+            path
+        };
+        let (s, h, b) = call(&a, method, &path, &key, body).await;
+        let ctype = h["content-type"].to_str().unwrap().to_string();
+        if path.contains("funnel") {
+            // A flag site has no goals: the funnel is refused before any number.
+            assert_eq!(s, 400, "{path}: {}", String::from_utf8_lossy(&b));
+            continue;
+        }
+        assert_eq!(s, 200, "{path}: {}", String::from_utf8_lossy(&b));
+        if ctype.starts_with("application/json") {
+            let v: Value = serde_json::from_slice(&b).unwrap();
+            let p = if v["meta"]["privacy"].is_object() {
+                v["meta"]["privacy"].clone()
+            } else if v["privacy"].is_array() {
+                v["privacy"][0].clone()
+            } else {
+                v["privacy"].clone()
+            };
+            assert_eq!(p["mode"], "dp", "{path}: {v}");
+            assert!(p["budget"]["left"].is_number(), "{path}: {v}");
+        } else if ctype.starts_with("text/csv") {
+            let text = String::from_utf8_lossy(&b);
+            let header = text.lines().next().unwrap();
+            assert!(header.contains("visitors_ci95"), "{path}: {header}");
+        } else {
+            assert!(ctype.starts_with("application/zip"), "{path}: {ctype}");
+            let mut zip = zip::ZipArchive::new(std::io::Cursor::new(b.to_vec())).unwrap();
+            let mut f = zip.by_name("pages.csv").unwrap();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut f, &mut text).unwrap();
+            assert!(
+                text.lines().next().unwrap().contains("visitors_ci95"),
+                "{text}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_time_series_lists_every_bucket_and_ordinary_use_fits_the_budget() {
+    let (a, _, _, _) = fresh("dp_series", Settings::default()).await;
+    let key = site_key(&a).await;
+    // Seven days, one with data: seven numbers (noisy zeros are numbers too, not absent).
+    let (s, d) = ask(
+        &a,
+        &key,
+        json!({"site_id": SITE, "metrics": ["visitors"], "dimensions": ["time:day"], "date_range": ["2026-11-22", "2026-11-28"]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{d}");
+    let days = d["results"].as_array().unwrap();
+    assert_eq!(days.len(), 7, "{d}");
+    assert!(days.iter().all(|r| r["metrics"][0].is_number()), "{d}");
+    assert!(days[3]["metrics"][0].as_f64().unwrap() > 1000.0, "{d}");
+
+    // A day of ordinary dashboard use with one key: the first screen over 30 days, then 7
+    // days and one day, three filters on the 30-day screen, one export.
+    let screen = |range: Value, filters: Value| {
+        let base = json!({"site_id": SITE, "date_range": range, "filters": filters});
+        let with = |extra: Value| {
+            let mut q = base.clone();
+            for (k, v) in extra.as_object().unwrap() {
+                q[k] = v.clone();
+            }
+            q
+        };
+        vec![
+            with(
+                json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]}),
+            ),
+            with(json!({"metrics": ["time_on_page"]})),
+            with(json!({"metrics": ["visitors"], "dimensions": ["time:day"]})),
+            with(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"]})),
+            with(json!({"metrics": ["visitors"], "dimensions": ["visit:source"]})),
+            with(json!({"metrics": ["visitors"], "dimensions": ["visit:country"]})),
+            with(json!({"metrics": ["visitors"], "dimensions": ["visit:device"]})),
+            with(json!({"metrics": ["visitors"], "dimensions": ["visit:entry_page"]})),
+            with(json!({"metrics": ["visitors", "events"], "dimensions": ["event:goal"]})),
+        ]
+    };
+    let mut questions = Vec::new();
+    let thirty = json!(["2026-10-30", "2026-11-28"]);
+    questions.extend(screen(thirty.clone(), json!([])));
+    questions.extend(screen(json!(["2026-11-22", "2026-11-28"]), json!([])));
+    questions.extend(screen(json!([DAY, DAY]), json!([])));
+    for f in [
+        json!([["is", "event:page", ["/p1"]]]),
+        json!([["is", "visit:source", ["Google"]]]),
+        json!([["is", "visit:country", ["US"]]]),
+    ] {
+        questions.extend(screen(thirty.clone(), f));
+    }
+    let mut spent = 0.0;
+    for q in &questions {
+        let (s, d) = ask(&a, &key, q.clone()).await;
+        assert_eq!(s, 200, "{q}: {d}");
+        spent += d["meta"]["privacy"]["epsilon"].as_f64().unwrap();
+    }
+    let (s, _, _) = call(
+        &a,
+        "GET",
+        &format!("/api/v1/sites/{SITE}/export?date_range=30d"),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, d) = ask(&a, &key, questions[0].clone()).await;
+    let used = d["meta"]["privacy"]["budget"]["spent"].as_f64().unwrap();
+    let day = Settings::default().epsilon_day;
+    eprintln!(
+        "ordinary use: {} questions (ε {spent}) and an export: ε {used} of {day}",
+        questions.len()
+    );
+    assert!(used <= day * 0.8, "ordinary use spent ε {used} of {day}");
+}
