@@ -281,6 +281,8 @@ mod tests {
             "cluster",
             "--listen",
             "127.0.0.1:9000",
+            "--metrics-listen",
+            "127.0.0.1:9500",
             "--data-dir=/x",
             "--collectors",
             "3",
