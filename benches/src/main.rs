@@ -216,6 +216,8 @@ impl Member {
 struct ChildCollector {
     child: Child,
     addr: SocketAddr,
+    /// Its metrics listener (`/metrics` is not served on `addr`).
+    metrics_addr: SocketAddr,
     /// Its stdout and stderr.
     log: PathBuf,
     /// Its `--data-dir` (spool, log), removed after the process has ended.
@@ -427,6 +429,7 @@ async fn spawn_collector(
     let mut cmd = veil_command(bin);
     cmd.arg("collector")
         .args(["--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .arg("--clickhouse-url")
         .arg(&ch.url)
         .arg("--clickhouse-database")
@@ -450,10 +453,11 @@ async fn spawn_collector(
     let mut c = ChildCollector {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         log,
         _dir: dir,
     };
-    // `veil collector` prints where it listens once bound.
+    // `veil collector` prints where it listens, and where its metrics are, once bound.
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(&c.log).unwrap_or_default();
@@ -461,8 +465,13 @@ async fn spawn_collector(
             l.split_once("collector listening on http://")
                 .and_then(|(_, a)| a.trim().parse::<SocketAddr>().ok())
         });
-        if let Some(addr) = found {
+        let metrics = text.lines().find_map(|l| {
+            l.split_once("metrics http://")
+                .and_then(|(_, a)| a.trim().strip_suffix("/metrics")?.parse().ok())
+        });
+        if let (Some(addr), Some(metrics)) = (found, metrics) {
             c.addr = addr;
+            c.metrics_addr = metrics;
             break;
         }
         if let Some(status) = c.child.try_wait()? {
@@ -496,8 +505,8 @@ async fn spawn_collector(
     }
 }
 
-/// What a collector's counters say, read from its Prometheus text (`/metrics`, or the same
-/// rendering of an in-process collector's registry).
+/// What a collector's counters say, read from its Prometheus text (`/metrics` of its metrics
+/// listener, or the same rendering of an in-process collector's registry).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Counters {
     /// `veil_events_accepted_total`, all endpoints.
@@ -571,8 +580,9 @@ fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
     Some(&rest[..rest.find('"')?])
 }
 
-/// A collector process's counters once it has written everything it accepted (the load is over,
-/// so that number no longer grows), or as they are after `limit`.
+/// A collector process's counters, read from its metrics listener `addr`, once it has written
+/// everything it accepted (the load is over, so that number no longer grows), or as they are
+/// after `limit`.
 async fn settled_counters(addr: SocketAddr, limit: Duration) -> anyhow::Result<Counters> {
     let until = Instant::now() + limit;
     loop {
@@ -598,7 +608,7 @@ fn stop_fleet(rt: &Runtime, mut members: Vec<Member>) -> anyhow::Result<(bool, V
     for m in &members {
         before.push(match m {
             Member::Process(c) => {
-                Some(rt.block_on(settled_counters(c.addr, Duration::from_secs(60)))?)
+                Some(rt.block_on(settled_counters(c.metrics_addr, Duration::from_secs(60)))?)
             }
             Member::InProcess { .. } => None,
         });

@@ -4,7 +4,8 @@
 //! ([`veil_schemas::local_cluster::LocalCluster`], under `DATA_DIR/cluster`), applies the migrations
 //! in cluster mode, then runs `--collectors` `veil collector` processes (collector *i* talks to
 //! node *i* of the cluster, round-robin, and spools under `DATA_DIR/cluster/collector-i`) on
-//! the ports after `--listen`'s, and one `veil aggregator` on `--listen`. Every other setting
+//! the ports after `--listen`'s (their metrics listeners on the ports from `--metrics-listen`'s
+//! on, or none when it is `off`), and one `veil aggregator` on `--listen`. Every other setting
 //! given on the command line, in the environment or in `--config` is passed on to them.
 //!
 //! Ctrl-C (or SIGTERM) stops it in order: collectors and aggregator first (they drain and
@@ -23,6 +24,7 @@ use crate::config::{ClusterArgs, Settings};
 /// Flags `veil cluster` sets itself for its children (and so drops from its own arguments).
 const OWN_FLAGS: &[&str] = &[
     "--listen",
+    "--metrics-listen",
     "--data-dir",
     "--clickhouse-url",
     "--clickhouse-cluster",
@@ -168,10 +170,24 @@ pub fn run(settings: &Settings, args: &ClusterArgs) -> Result<()> {
             let addr = std::net::SocketAddr::new(settings.listen.ip(), port);
             let dir = base.join(format!("collector-{}", i + 1));
             std::fs::create_dir_all(&dir)?;
+            let metrics = match settings.collector.metrics.listen {
+                // Port 0: each collector gets a free port of its own.
+                Some(m) if m.port() == 0 => m.to_string(),
+                Some(m) => std::net::SocketAddr::new(
+                    m.ip(),
+                    m.port()
+                        .checked_add(u16::try_from(i)?)
+                        .context("--metrics-listen port too high for every collector")?,
+                )
+                .to_string(),
+                None => "off".into(),
+            };
             let mut extra = common(&urls[i % urls.len()]);
             extra.extend([
                 "--listen".into(),
                 addr.to_string(),
+                "--metrics-listen".into(),
+                metrics.clone(),
                 "--data-dir".into(),
                 dir.display().to_string(),
             ]);
@@ -180,7 +196,10 @@ pub fn run(settings: &Settings, args: &ClusterArgs) -> Result<()> {
                 format!("collector {}", i + 1),
                 spawn_child("collector", &extra, &passed, &log)?,
             ));
-            ingest.push(format!("http://{addr}/api/event"));
+            ingest.push(match metrics.as_str() {
+                "off" => format!("http://{addr}/api/event"),
+                m => format!("http://{addr}/api/event  metrics http://{m}/metrics"),
+            });
         }
         let dir = base.join("aggregator");
         std::fs::create_dir_all(&dir)?;
@@ -262,6 +281,8 @@ mod tests {
             "cluster",
             "--listen",
             "127.0.0.1:9000",
+            "--metrics-listen",
+            "127.0.0.1:9500",
             "--data-dir=/x",
             "--collectors",
             "3",

@@ -42,7 +42,8 @@ pub enum Command {
     /// Write realistic generated events for one --site straight into ClickHouse (computed by
     /// ClickHouse itself; the managed server under --data-dir unless --clickhouse-url).
     Gen(GenArgs),
-    /// Only the collector (ingest endpoints, /healthz, /readyz, /metrics), against --clickhouse-url.
+    /// Only the collector (ingest endpoints, /healthz, /readyz; /metrics on --metrics-listen),
+    /// against --clickhouse-url.
     Collector,
     /// Only the aggregator (Stats API) and the dashboard, against --clickhouse-url.
     Aggregator,
@@ -309,6 +310,15 @@ layered! {
         )]
         #[serde(deserialize_with = "crate::layer::humantime_opt")]
         pub shutdown_timeout: Option<Duration>,
+        /// Address of the metrics listener, the only one serving Prometheus' /metrics (never the
+        /// ingest port: its per-event counters are a side channel); `off` disables it
+        /// [default: 127.0.0.1:9464].
+        #[arg(long, env = "VEIL_METRICS_LISTEN", global = true)]
+        pub metrics_listen: Option<String>,
+        /// Bearer token (at least 16 characters) the metrics listener then requires; needed
+        /// when --metrics-listen is not a loopback address.
+        #[arg(long, env = "VEIL_METRICS_TOKEN", global = true, hide_env_values = true)]
+        pub metrics_token: Option<String>,
         /// Admin token (at least 16 characters): reads every site's stats and manages sites, keys
         /// and shared links through /api/v1/sites (required when listening beyond loopback).
         #[arg(long, env = "VEIL_ADMIN_TOKEN", global = true, hide_env_values = true)]
@@ -468,6 +478,10 @@ impl Settings {
         collector.geoip_dir = Some(given.geoip_dir.unwrap_or_else(|| data_dir.join("geoip")));
         collector.spool.max_bytes = given.spool_max_bytes.unwrap_or(collector.spool.max_bytes);
         collector.spool.durability = given.durability.unwrap_or_default();
+        if let Some(v) = &given.metrics_listen {
+            collector.metrics.listen = veil_collector::config::MetricsSettings::parse_listen(v)?;
+        }
+        collector.metrics.token = given.metrics_token.filter(|t| !t.is_empty());
         collector.validate()?;
         let api_token = given.admin_token.filter(|t| !t.is_empty());
         let serves_stats = matches!(command, Command::Up { .. } | Command::Aggregator);
@@ -724,6 +738,33 @@ mod tests {
         );
         assert!(e.contains("--admin-token"), "{e}");
         assert!(parse(&["up", "--listen", "0.0.0.0:8080", "--admin-token", good]).is_ok());
+    }
+
+    #[test]
+    fn metrics_listen_is_loopback_unless_a_token_is_set() {
+        let s = parse(&["up"]).unwrap();
+        assert_eq!(
+            s.collector.metrics.listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        let s = parse(&["up", "--metrics-listen", "off"]).unwrap();
+        assert_eq!(s.collector.metrics.listen, None);
+        let e = format!(
+            "{:#}",
+            parse(&["up", "--metrics-listen", "0.0.0.0:9464"]).unwrap_err()
+        );
+        assert!(e.contains("--metrics-token"), "{e}");
+        let tok = "0123456789abcdef";
+        let s = parse(&[
+            "up",
+            "--metrics-listen",
+            "0.0.0.0:9464",
+            "--metrics-token",
+            tok,
+        ])
+        .unwrap();
+        assert_eq!(s.collector.metrics.token.as_deref(), Some(tok));
+        assert!(!serde_json::to_string(&s).unwrap().contains(tok));
     }
 
     #[test]

@@ -115,6 +115,14 @@ fn spawn_retention(s: &Settings) {
     });
 }
 
+/// Where Prometheus scrapes the collector (`metrics http://ADDR/metrics`), or `metrics off`.
+fn metrics_line(metrics: Option<&TcpListener>) -> Result<String> {
+    Ok(match metrics {
+        Some(l) => format!("metrics http://{}/metrics", l.local_addr()?),
+        None => "metrics off".into(),
+    })
+}
+
 async fn bind(settings: &Settings) -> Result<TcpListener> {
     TcpListener::bind(settings.listen)
         .await
@@ -155,11 +163,20 @@ async fn run(command: Command, s: Settings) -> Result<()> {
                 .await
                 .context("applying migrations")?;
             let listener = bind(&s).await?;
+            let metrics = veil_collector::bind_metrics(&s.collector.metrics).await?;
             eprintln!(
                 "veil: collector listening on http://{}",
                 listener.local_addr()?
             );
-            veil_collector::run(s.collector, s.clickhouse, listener, shutdown_signal()).await?;
+            eprintln!("veil: {}", metrics_line(metrics.as_ref())?);
+            veil_collector::run(
+                s.collector,
+                s.clickhouse,
+                listener,
+                metrics,
+                shutdown_signal(),
+            )
+            .await?;
             Ok(())
         }
         Command::Aggregator => {
@@ -189,6 +206,7 @@ async fn run(command: Command, s: Settings) -> Result<()> {
                 gen::demo(&s).await?;
             }
             let listener = bind(&s).await?;
+            let metrics = veil_collector::bind_metrics(&s.collector.metrics).await?;
             spawn_retention(&s);
             let collector = Collector::start(
                 s.collector.clone(),
@@ -209,7 +227,10 @@ async fn run(command: Command, s: Settings) -> Result<()> {
                 },
             });
             let addr = listener.local_addr()?;
-            println!("Veil is running: dashboard http://{addr}/  ingest http://{addr}/api/event  metrics http://{addr}/metrics");
+            println!(
+                "Veil is running: dashboard http://{addr}/  ingest http://{addr}/api/event  {}",
+                metrics_line(metrics.as_ref())?
+            );
             if demo {
                 println!("Demo site: {}", gen::demo_url(addr));
             }
@@ -217,12 +238,14 @@ async fn run(command: Command, s: Settings) -> Result<()> {
             if collector.sites().list().is_empty() {
                 println!("No site is registered yet: restart with --site example.com, or add one with POST /api/v1/sites (see README).");
             }
-            let c2 = collector.clone();
-            let shutdown = async move {
-                shutdown_signal().await;
-                c2.begin_shutdown();
-            };
-            serve(listener, app, collector.server_options(), shutdown).await;
+            veil_collector::serve_with_metrics(
+                &collector,
+                listener,
+                app,
+                metrics,
+                shutdown_signal(),
+            )
+            .await?;
             let flushed = tokio::task::spawn_blocking(move || collector.finish()).await?;
             if !flushed {
                 anyhow::bail!("shutdown deadline passed before the last batch was written");

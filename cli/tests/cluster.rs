@@ -257,6 +257,9 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
             "200ms".into(),
             "--listen".into(),
             format!("127.0.0.1:{}", ports[c]),
+            // Each collector's metrics listener on a free port (not the shared default).
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
             "--data-dir".into(),
             dir.path()
                 .join(format!("collector-{c}"))

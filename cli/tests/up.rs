@@ -64,6 +64,21 @@ fn veil_up_runs_everything_and_keeps_no_raw_identifiers() {
     assert_eq!(status, 200);
     assert!(page.contains("<title>Veil analytics</title>"));
     assert_eq!(http(v.addr, "GET", "/readyz", &[], "").0, 200);
+    // Prometheus' /metrics: not on the public address, on the metrics listener it prints.
+    let (status, text) = http(v.addr, "GET", "/metrics", &[], "");
+    assert_eq!(status, 404, "{text}");
+    let out =
+        std::fs::read_to_string(dir.path().join(format!("stdout-{}.log", v.addr.port()))).unwrap();
+    assert!(
+        out.contains(&format!("metrics http://{}/metrics", v.metrics_addr)),
+        "{out}"
+    );
+    let (status, text) = http(v.metrics_addr, "GET", "/metrics", &[], "");
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("veil_events_accepted_total{endpoint=\"plausible\"} 2"),
+        "{text}"
+    );
     stop(v);
     let data = dir.path().join("var");
     assert!(
@@ -99,6 +114,7 @@ fn check_config_prints_settings_and_bad_config_fails_clearly() {
         ])
         .env("VEIL_CLICKHOUSE_PASSWORD", "hunter2-secret")
         .env("VEIL_API_TOKEN", "token-0123456789abcdef")
+        .env("VEIL_METRICS_TOKEN", "metrics-0123456789abcdef")
         .output()
         .unwrap();
     assert!(
@@ -111,8 +127,12 @@ fn check_config_prints_settings_and_bad_config_fails_clearly() {
     assert_eq!(v["collector"]["sites"], serde_json::json!(["example.com"]));
     assert_eq!(v["clickhouse"]["database"], "veil");
     assert_eq!(v["api_token_set"], true);
+    assert_eq!(v["collector"]["metrics"]["listen"], "127.0.0.1:9464");
+    assert_eq!(v["collector"]["metrics"]["token_set"], true);
     assert!(
-        !text.contains("hunter2-secret") && !text.contains("token-0123456789abcdef"),
+        !text.contains("hunter2-secret")
+            && !text.contains("token-0123456789abcdef")
+            && !text.contains("metrics-0123456789abcdef"),
         "secrets printed: {text}"
     );
 

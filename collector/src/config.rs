@@ -2,6 +2,7 @@
 //! defaults, the TOML file, `VEIL_*` variables and flags, then calls [`CollectorConfig::validate`]
 //! before any socket is bound.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -42,6 +43,95 @@ pub struct CollectorConfig {
     /// How long shutdown may take to drain connections and flush the last batch.
     #[serde(with = "secs")]
     pub shutdown_timeout: Duration,
+    /// Where `/metrics` is served: its own listener, never the ingest one.
+    pub metrics: MetricsSettings,
+}
+
+/// The default `--metrics-listen`: loopback, in Prometheus' conventional exporter port range.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+/// The metrics listener. `/metrics` is not answered on the ingest port: its counters move with
+/// each event (accepted, opt-outs by reason…), so anyone who can reach them can watch one
+/// visitor's event at a time. Beyond loopback the listener requires a bearer token.
+#[derive(Clone, Serialize)]
+pub struct MetricsSettings {
+    /// Address of the metrics listener; `None`: no metrics listener (`--metrics-listen off`).
+    pub listen: Option<SocketAddr>,
+    /// `Authorization: Bearer` token the metrics listener requires (`--metrics-token`); needed
+    /// for a non-loopback address. Never printed: serialised as whether it is set.
+    #[serde(rename = "token_set", serialize_with = "token_set")]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for MetricsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsSettings")
+            .field("listen", &self.listen)
+            .field("token_set", &self.token.is_some())
+            .finish()
+    }
+}
+
+fn token_set<S: serde::Serializer>(t: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bool(t.is_some())
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_METRICS_LISTEN.parse().ok(),
+            token: None,
+        }
+    }
+}
+
+/// Shortest accepted `--metrics-token`.
+pub const MIN_METRICS_TOKEN_CHARS: usize = 16;
+
+impl MetricsSettings {
+    /// Parses a `--metrics-listen` value: an address like `127.0.0.1:9464`, or `off`.
+    pub fn parse_listen(v: &str) -> Result<Option<SocketAddr>, Error> {
+        let v = v.trim();
+        if v.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        v.parse().map(Some).map_err(|_| {
+            Error::Config(format!(
+                "--metrics-listen {v:?} is not an address like {DEFAULT_METRICS_LISTEN}, or off"
+            ))
+        })
+    }
+
+    /// Checks the token, and that `addr` (the configured or the bound address of the metrics
+    /// listener) is loopback unless a token is set.
+    pub fn check_address(&self, addr: SocketAddr) -> Result<(), Error> {
+        if self.token.is_none() && !addr.ip().is_loopback() {
+            return Err(Error::Config(format!(
+                "--metrics-listen {addr} is reachable from other machines but no --metrics-token \
+                 is set: anyone reaching it could read the per-event counters (events accepted, \
+                 opt-outs by reason) one event at a time. Set --metrics-token (or \
+                 VEIL_METRICS_TOKEN) or listen on loopback, e.g. {DEFAULT_METRICS_LISTEN}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The whole metrics configuration: token length, address rule.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|t| t.chars().count() < MIN_METRICS_TOKEN_CHARS)
+        {
+            return Err(Error::Config(format!(
+                "--metrics-token must be at least {MIN_METRICS_TOKEN_CHARS} characters"
+            )));
+        }
+        match self.listen {
+            Some(addr) => self.check_address(addr),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Limits that protect the server from oversized or slow input.
@@ -206,6 +296,7 @@ impl Default for CollectorConfig {
             spool: SpoolSettings::default(),
             geoip_dir: None,
             shutdown_timeout: Duration::from_secs(30),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -263,7 +354,7 @@ impl CollectorConfig {
                 return Err(Error::Config(msg.into()));
             }
         }
-        Ok(())
+        self.metrics.validate()
     }
 }
 
@@ -335,5 +426,39 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--spool-max-bytes"));
+    }
+
+    #[test]
+    fn a_public_metrics_address_needs_a_token() {
+        let token = "0123456789abcdef".to_string();
+        let with = |listen: &str, token: Option<&String>| {
+            let mut c = CollectorConfig::default();
+            c.metrics.listen = MetricsSettings::parse_listen(listen).unwrap();
+            c.metrics.token = token.cloned();
+            c.validate().map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            CollectorConfig::default().metrics.listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        with("127.0.0.1:9464", None).unwrap();
+        with("[::1]:9464", None).unwrap();
+        with("off", None).unwrap();
+        for public in ["0.0.0.0:9464", "192.168.1.5:9464", "[::]:9464"] {
+            let e = with(public, None).unwrap_err();
+            assert!(e.contains("--metrics-token"), "{public}: {e}");
+            with(public, Some(&token)).unwrap();
+        }
+        let e = with("0.0.0.0:9464", Some(&"short".to_string())).unwrap_err();
+        assert!(e.contains("at least 16"), "{e}");
+        let e = MetricsSettings::parse_listen("nope")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--metrics-listen"), "{e}");
+        // The token is never printed.
+        let mut c = CollectorConfig::default();
+        c.metrics.token = Some(token.clone());
+        assert!(!format!("{c:?}").contains(&token));
+        assert!(!serde_json::to_string(&c).unwrap().contains(&token));
     }
 }

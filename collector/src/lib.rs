@@ -14,9 +14,13 @@
 //!           then commits the batch in the spool
 //! ```
 //!
-//! [`run`] is the whole collector on a bound listener until a shutdown future resolves; tests
-//! start it on port 0. [`Collector`] is the same thing as a value, so `veil up` can serve it on
-//! one address together with the aggregator and the dashboard.
+//! [`run`] is the whole collector on a bound listener (plus, when given, the metrics listener)
+//! until a shutdown future resolves; tests start it on port 0. [`Collector`] is the same thing
+//! as a value, so `veil up` can serve it on one address together with the aggregator and the
+//! dashboard. Prometheus' `/metrics` is served only on the metrics listener
+//! ([`routes::health::MetricsApp`], `--metrics-listen`, loopback unless `--metrics-token`),
+//! never on the ingest one: its per-event counters would show anyone who can reach the ingest
+//! port what became of one visitor's event.
 
 pub mod config;
 pub mod error;
@@ -408,6 +412,25 @@ impl Collector {
         }
     }
 
+    /// The metrics listener's app (`/metrics` behind `--metrics-token` when set, `/healthz`,
+    /// `/readyz`).
+    pub fn metrics_app(&self) -> Arc<dyn App> {
+        Arc::new(routes::health::MetricsApp::new(
+            self.clone(),
+            self.inner.config.metrics.token.as_deref(),
+        ))
+    }
+
+    /// The server options of the metrics listener: the collector's timeouts, few connections
+    /// and small bodies (a scraper sends none).
+    pub fn metrics_server_options(&self) -> ServerOptions {
+        ServerOptions {
+            max_body_bytes: 1024,
+            max_connections: 64,
+            ..self.server_options()
+        }
+    }
+
     /// The clock's current time.
     pub fn now(&self) -> DateTime<Utc> {
         self.inner.clock.now()
@@ -485,22 +508,84 @@ impl App for Collector {
     }
 }
 
-/// Runs the collector alone on `listener` until `shutdown` resolves, then stops accepting,
-/// drains connections, and flushes the last batch.
-pub async fn run(
-    config: CollectorConfig,
-    ch: ClickHouseConfig,
+/// Binds the metrics listener at `settings.listen` (`None` when it is off). Call it after
+/// [`CollectorConfig::validate`], which refuses a non-loopback address without a token.
+pub async fn bind_metrics(
+    settings: &config::MetricsSettings,
+) -> Result<Option<TcpListener>, Error> {
+    let Some(addr) = settings.listen else {
+        return Ok(None);
+    };
+    settings.check_address(addr)?;
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|e| Error::Config(format!("binding --metrics-listen {addr}: {e}")))
+}
+
+/// Serves `app` on `listener` and, when given, `collector`'s metrics app on `metrics`, until
+/// `shutdown` resolves: then the collector stops accepting events, the main listener drains,
+/// and only after it the metrics listener closes (its counters stay readable while draining).
+/// Refuses (before serving) a metrics listener bound beyond loopback when no token is set.
+pub async fn serve_with_metrics(
+    collector: &Collector,
     listener: TcpListener,
+    app: Arc<dyn App>,
+    metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let collector = Collector::start(config, ch, Registry::new()).await?;
-    let opts = collector.server_options();
+    if let Some(m) = &metrics {
+        collector
+            .inner
+            .config
+            .metrics
+            .check_address(m.local_addr()?)?;
+    }
     let c2 = collector.clone();
     let shutdown = async move {
         shutdown.await;
         c2.begin_shutdown();
     };
-    server::serve(listener, Arc::new(collector.clone()), opts, shutdown).await;
+    let (main_done, main_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let main = async {
+        server::serve(listener, app, collector.server_options(), shutdown).await;
+        let _ = main_done.send(());
+    };
+    let metrics = async {
+        if let Some(m) = metrics {
+            let stop = async {
+                let _ = main_done_rx.await;
+            };
+            server::serve(
+                m,
+                collector.metrics_app(),
+                collector.metrics_server_options(),
+                stop,
+            )
+            .await;
+        }
+    };
+    tokio::join!(main, metrics);
+    Ok(())
+}
+
+/// Runs the collector alone on `listener`, with `/metrics` on `metrics` (the listener bound at
+/// `config.metrics.listen`, see [`bind_metrics`]; `None`: no metrics listener), until
+/// `shutdown` resolves, then stops accepting, drains connections, and flushes the last batch.
+pub async fn run(
+    config: CollectorConfig,
+    ch: ClickHouseConfig,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    // The bound metrics address obeys the same rule as the configured one.
+    if let Some(m) = &metrics {
+        config.metrics.check_address(m.local_addr()?)?;
+    }
+    let collector = Collector::start(config, ch, Registry::new()).await?;
+    let app: Arc<dyn App> = Arc::new(collector.clone());
+    serve_with_metrics(&collector, listener, app, metrics, shutdown).await?;
     let flushed = tokio::task::spawn_blocking(move || collector.finish())
         .await
         .map_err(|e| Error::Sink(format!("writer shutdown task failed: {e}")))?;

@@ -1,5 +1,6 @@
 //! The collector against a real ClickHouse: both endpoints, what is stored (and what never is),
-//! batching by size and time, shutdown flushing, unknown sites, bots, bad input and metrics.
+//! batching by size and time, shutdown flushing, unknown sites, bots, bad input, and metrics
+//! (served only on the metrics listener, behind a token when one is set).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -294,7 +295,7 @@ async fn bad_input_gets_a_clear_4xx() {
         ("POST", "/v1/events", json!([{}, {}, {}, {}]).to_string(), 413, "--max-events-per-batch"),
         ("POST", "/v1/events", "{\"site\":".into(), 400, "line 1"),
         ("GET", "/api/event", String::new(), 405, "POST"),
-        ("POST", "/metrics", String::new(), 405, "GET"),
+        ("POST", "/metrics", String::new(), 404, "no route"),
         ("GET", "/no/such/route", String::new(), 404, "no route"),
     ];
     for (method, path, body, status, needle) in &cases {
@@ -410,7 +411,7 @@ async fn metrics_count_what_happened() {
     c.post("/v1/events", &[], &batch.to_string()).await;
     wait_count(&c.ch, "1", 4, 10).await;
     assert_eq!(c.wait_metric("veil_events_written_total", 4.0).await, 4.0);
-    let m = c.get("/metrics").await;
+    let m = c.scrape().await;
     assert_eq!(m.status, 200);
     let t = &m.body;
     assert_eq!(
@@ -454,6 +455,177 @@ async fn metrics_count_what_happened() {
     assert_eq!(depth, 0.0);
     assert_eq!(metric(t, "veil_clickhouse_errors_total"), 0.0);
     c.shutdown().await.unwrap();
+}
+
+/// The side channel this closes: with `/metrics` on the ingest port, anyone able to send an
+/// event could read the counters before and after one visitor's request and learn, say, that
+/// the visitor opted out. The ingest port answers it like any unknown path; the metrics
+/// listener (loopback, a port of its own) renders the counters.
+#[tokio::test]
+async fn metrics_are_served_only_on_the_metrics_listener() {
+    let mut c = start("metrics_listener", config(&["example.com"])).await;
+    let opted_out = c
+        .post(
+            "/api/event",
+            &[("User-Agent", CHROME), ("Sec-GPC", "1")],
+            &plausible("example.com", "https://example.com/"),
+        )
+        .await;
+    assert_eq!(opted_out.status, 202);
+    for method in ["GET", "HEAD", "POST"] {
+        let r = request(c.addr, method, "/metrics", &[], b"").await;
+        assert_eq!(r.status, 404, "{method} /metrics on the ingest port: {r:?}");
+        assert!(!r.body.contains("veil_"), "{r:?}");
+    }
+    // Load balancers still find health and readiness on the main port.
+    assert_eq!(c.get("/healthz").await.status, 200);
+    assert_eq!(c.get("/readyz").await.status, 200);
+
+    let metrics_addr = c.metrics_addr.unwrap();
+    assert_ne!(metrics_addr.port(), c.addr.port());
+    assert!(metrics_addr.ip().is_loopback());
+    let m = c.scrape().await;
+    assert_eq!(m.status, 200, "{m:?}");
+    assert!(m
+        .headers
+        .contains("content-type: text/plain; version=0.0.4"));
+    assert_eq!(
+        metric(&m.body, "veil_events_dropped_total{reason=\"consent\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m.body,
+            "veil_events_received_total{endpoint=\"plausible\"}"
+        ),
+        1.0
+    );
+    // The refusals on the ingest port served nothing: this first scrape is the first counted.
+    assert_eq!(
+        metric(
+            &m.body,
+            "veil_http_requests_total{route=\"metrics\",status=\"200\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        c.metric("veil_http_requests_total{route=\"metrics\",status=\"200\"}")
+            .await,
+        1.0
+    );
+    let h = c.get_metrics_listener("/healthz", &[]).await;
+    assert_eq!((h.status, h.body.as_str()), (200, "ok\n"));
+    assert_eq!(c.get_metrics_listener("/readyz", &[]).await.status, 200);
+    let other = c.get_metrics_listener("/api/event", &[]).await;
+    assert_eq!(other.status, 404, "{other:?}");
+    let post = request(metrics_addr, "POST", "/metrics", &[], b"").await;
+    assert_eq!(post.status, 405, "{post:?}");
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_metrics_token_is_required_when_set() {
+    let token = "metrics-0123456789abcdef";
+    let mut cfg = config(&["example.com"]);
+    cfg.metrics.token = Some(token.into());
+    let mut c = start("metrics_token", cfg).await;
+    c.post(
+        "/api/event",
+        &[("User-Agent", CHROME)],
+        &plausible("example.com", "https://example.com/"),
+    )
+    .await;
+    let bearer = format!("Bearer {token}");
+    let wrong = format!("Bearer {token}x");
+    let lower = format!("bearer {token}");
+    for (headers, want) in [
+        (vec![], 401),
+        (vec![("Authorization", wrong.as_str())], 401),
+        (vec![("Authorization", "Bearer ")], 401),
+        (vec![("Authorization", token)], 401),
+        (vec![("Authorization", "Basic bWV0cmljczp4")], 401),
+        (vec![("Authorization", bearer.as_str())], 200),
+        (vec![("Authorization", lower.as_str())], 200),
+    ] {
+        let r = c.get_metrics_listener("/metrics", &headers).await;
+        assert_eq!(r.status, want, "{headers:?}: {r:?}");
+        if want == 401 {
+            assert!(r.headers.contains("www-authenticate: bearer"), "{r:?}");
+            assert!(!r.body.contains("veil_events"), "{r:?}");
+        } else {
+            assert_eq!(
+                metric(
+                    &r.body,
+                    "veil_events_accepted_total{endpoint=\"plausible\"}"
+                ),
+                1.0
+            );
+        }
+    }
+    // Health needs no token; the ingest port still has no /metrics, token or not.
+    assert_eq!(c.get_metrics_listener("/healthz", &[]).await.status, 200);
+    let r = request(
+        c.addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", bearer.as_str())],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 404, "{r:?}");
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_public_metrics_address_without_a_token_is_refused_before_binding() {
+    use veil_collector::config::MetricsSettings;
+    // A port free right now on every interface.
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let public: std::net::SocketAddr = format!("0.0.0.0:{port}").parse().unwrap();
+    let mut cfg = config(&["example.com"]);
+    cfg.metrics.listen = Some(public);
+    let e = cfg.clone().validate().unwrap_err().to_string();
+    assert!(
+        e.contains("--metrics-token") && e.contains(&public.to_string()),
+        "{e}"
+    );
+    // bind_metrics refuses without binding: the port stays free.
+    let e = veil_collector::bind_metrics(&cfg.metrics)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--metrics-token"), "{e}");
+    drop(std::net::TcpListener::bind(public).unwrap());
+    // run refuses the configuration before starting anything (no ClickHouse is contacted)…
+    let unreachable = veil_schemas::ClickHouseConfig::new("http://127.0.0.1:9", "veil");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = veil_collector::run(cfg.clone(), unreachable.clone(), listener, None, async {})
+        .await
+        .unwrap_err();
+    assert!(matches!(e, veil_collector::Error::Config(_)), "{e}");
+    assert!(e.to_string().contains("--metrics-token"), "{e}");
+    // …and a listener bound beyond loopback by the caller, whatever the configured address.
+    let loopback_cfg = config(&["example.com"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public_listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let e = veil_collector::run(
+        loopback_cfg,
+        unreachable,
+        listener,
+        Some(public_listener),
+        async {},
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("--metrics-token"), "{e}");
+    // With a token the same address is accepted.
+    cfg.metrics.token = Some("metrics-0123456789abcdef".into());
+    cfg.validate().unwrap();
+    assert!(MetricsSettings::parse_listen("off").unwrap().is_none());
 }
 
 #[tokio::test]

@@ -162,7 +162,8 @@ pub fn handle<B>(req: &Request<B>) -> Option<Response<Full<Bytes>>> {
 
 /// The operators' Grafana dashboard (`dashboards/grafana/veil.json`), over the collector's
 /// Prometheus metrics. Import it into Grafana with a Prometheus data source that scrapes
-/// `/metrics` (`dashboards/grafana/README.md`).
+/// `/metrics` on the collector's metrics listener, `--metrics-listen`
+/// (`dashboards/grafana/README.md`).
 pub const GRAFANA_DASHBOARD: &str = include_str!("../grafana/veil.json");
 
 #[cfg(test)]

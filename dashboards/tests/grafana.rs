@@ -1,5 +1,6 @@
 //! The Grafana dashboard only charts metrics the collector really exports: every `veil_*` name
-//! in its queries must appear in a live collector's `/metrics` output.
+//! in its queries must appear in a live collector's `/metrics` output, scraped as Prometheus
+//! does, from the collector's metrics listener with its bearer token.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -17,6 +18,40 @@ impl Sink for Discard {
     }
 }
 
+/// `GET /metrics` with the token from `c`'s metrics listener, served on a free loopback port.
+async fn scrape(c: &Collector, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(veil_collector::server::serve(
+        listener,
+        c.metrics_app(),
+        c.metrics_server_options(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.read_to_string(&mut out),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let _ = stop.send(());
+    server.await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
 #[tokio::test]
 async fn every_panel_queries_an_exported_metric() {
     let dash: serde_json::Value = serde_json::from_str(veil_dashboards::GRAFANA_DASHBOARD).unwrap();
@@ -26,6 +61,8 @@ async fn every_panel_queries_an_exported_metric() {
         ..Default::default()
     };
     cfg.spool.dir = dir.path().to_path_buf();
+    let token = "grafana-0123456789abcdef";
+    cfg.metrics.token = Some(token.into());
     let pipeline = Pipeline::with_key(Arc::new(cfg.registry()), cfg.limits.clone(), [1; 32]);
     let registry = prometheus::Registry::new();
     let c = Collector::assemble(
@@ -57,7 +94,7 @@ async fn every_panel_queries_an_exported_metric() {
         .requests_rejected
         .with_label_values(&["bad_request"])
         .inc();
-    let exported = veil_collector::metrics::render(c.registry());
+    let exported = scrape(&c, token).await;
     let panels = dash["panels"].as_array().unwrap();
     assert!(panels.len() >= 10);
     let mut checked = 0;

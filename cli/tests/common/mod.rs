@@ -65,16 +65,21 @@ pub fn http(
 pub struct Veil {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The metrics listener (`/metrics`), on a free port of its own.
+    pub metrics_addr: SocketAddr,
 }
 
 pub fn start(dir: &Path, port: u16, extra: &[&str]) -> Veil {
     let stdout = std::fs::File::create(dir.join(format!("stdout-{port}.log"))).unwrap();
     let stderr = std::fs::File::create(dir.join(format!("stderr-{port}.log"))).unwrap();
+    // Never the default 127.0.0.1:9464: tests start several `veil up`s at once.
+    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
         .args(["up", "--site", "example.com"])
         // Through the environment so that `extra` flags can override them.
         .env("VEIL_MIN_VISITORS", "2")
         .env("VEIL_BATCH_MAX_AGE", "200ms")
+        .env("VEIL_METRICS_LISTEN", metrics_addr.to_string())
         .args(extra)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
@@ -103,7 +108,11 @@ pub fn start(dir: &Path, port: u16, extra: &[&str]) -> Veil {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Veil { child, addr }
+    Veil {
+        child,
+        addr,
+        metrics_addr,
+    }
 }
 
 pub fn stop(mut v: Veil) {

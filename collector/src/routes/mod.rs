@@ -10,7 +10,11 @@
 //! | `/p.gif` | GET | [`pixel`] — the no-JavaScript pixel | `pixel` |
 //! | `/js/veil.js`, `/opt-out`, `/js/opt-out.js` | GET, HEAD | [`tracker`] — tracker and opt-out page | `assets` |
 //! | `/healthz`, `/readyz` | GET, HEAD | [`health`] | `healthz`, `readyz` |
-//! | `/metrics` | GET | [`health`] | `metrics` |
+//!
+//! `/metrics` is not in the table: it is served only on the metrics listener
+//! ([`health::MetricsApp`], `--metrics-listen`), so on this one it is a 404 like any unknown
+//! path (its per-event counters would tell anyone who can reach the ingest port what happened
+//! to one visitor's event).
 //!
 //! [`ROUTES`] is that table in code: [`route`] dispatches by it, [`is_collector_path`] reads it,
 //! and its labels name the routes in `veil_http_requests_total`. Ingest routes (the POST ones)
@@ -61,8 +65,6 @@ pub enum Handler {
     Healthz,
     /// [`health::readyz`].
     Readyz,
-    /// [`health::metrics`].
-    Metrics,
 }
 
 /// The methods a route answers, and how.
@@ -75,8 +77,6 @@ pub enum Kind {
     Pixel,
     /// GET and HEAD.
     Read,
-    /// GET only.
-    GetOnly,
 }
 
 /// One row of the route table.
@@ -102,7 +102,7 @@ const fn r(path: &'static str, kind: Kind, handler: Handler, label: &'static str
 }
 
 /// Every path the collector answers (anything else is left to other apps, then 404).
-pub const ROUTES: [Route; 12] = [
+pub const ROUTES: [Route; 11] = [
     r(
         "/api/event",
         Kind::Ingest,
@@ -134,7 +134,6 @@ pub const ROUTES: [Route; 12] = [
     r("/js/opt-out.js", Kind::Read, Handler::OptOutJs, "assets"),
     r("/healthz", Kind::Read, Handler::Healthz, "healthz"),
     r("/readyz", Kind::Read, Handler::Readyz, "readyz"),
-    r("/metrics", Kind::GetOnly, Handler::Metrics, "metrics"),
 ];
 
 /// The route of a path, if it is one of the collector's.
@@ -208,8 +207,7 @@ async fn answer(c: &Collector, route: &Route, req: Request<Bytes>) -> HttpRespon
         Kind::Read if matches!(*method, Method::GET | Method::HEAD) => {
             handle(c, route.handler, req).await
         }
-        Kind::GetOnly if *method == Method::GET => handle(c, route.handler, req).await,
-        Kind::Read | Kind::GetOnly => c.reject(&Error::MethodNotAllowed("GET")),
+        Kind::Read => c.reject(&Error::MethodNotAllowed("GET")),
     }
 }
 
@@ -226,7 +224,6 @@ async fn handle(c: &Collector, handler: Handler, req: Request<Bytes>) -> HttpRes
         Handler::OptOutJs => tracker::opt_out_js(),
         Handler::Healthz => health::healthz(),
         Handler::Readyz => health::readyz(c).await,
-        Handler::Metrics => health::metrics(c),
     }
 }
 
@@ -362,6 +359,10 @@ mod tests {
             assert_eq!(find(r.path).map(|f| f.handler), Some(r.handler));
         }
         assert!(!is_collector_path("/api/events"));
+        assert!(
+            !is_collector_path("/metrics"),
+            "only on the metrics listener"
+        );
         assert!(!is_collector_path("/"));
     }
 

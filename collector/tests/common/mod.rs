@@ -1,6 +1,6 @@
-//! Shared helpers for the collector's integration tests: a real collector on port 0 over a
-//! fresh database of the test ClickHouse, and a minimal HTTP/1.1 client that can also send
-//! malformed and slow requests.
+//! Shared helpers for the collector's integration tests: a real collector on port 0 (and its
+//! metrics listener on another free port) over a fresh database of the test ClickHouse, and a
+//! minimal HTTP/1.1 client that can also send malformed and slow requests.
 
 #![allow(
     dead_code,
@@ -29,6 +29,8 @@ pub const GOOGLEBOT: &str =
 
 pub struct Running {
     pub addr: SocketAddr,
+    /// The metrics listener (`/metrics`), unless the config turned it off.
+    pub metrics_addr: Option<SocketAddr>,
     pub ch: ClickHouseConfig,
     pub spool: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
@@ -55,8 +57,21 @@ impl Running {
         request(self.addr, "GET", path, &[], b"").await
     }
 
+    /// `GET path` on the metrics listener, with `headers`.
+    pub async fn get_metrics_listener(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        let addr = self.metrics_addr.expect("the metrics listener is on");
+        request(addr, "GET", path, headers, b"").await
+    }
+
+    /// `/metrics` from the metrics listener (no token).
+    pub async fn scrape(&self) -> Response {
+        self.get_metrics_listener("/metrics", &[]).await
+    }
+
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
-        metric(&self.get("/metrics").await.body, name_and_labels)
+        let r = self.scrape().await;
+        assert_eq!(r.status, 200, "/metrics: {r:?}");
+        metric(&r.body, name_and_labels)
     }
 
     /// Waits (up to 5 s) for a metric to reach `want` and returns its last value: the sink
@@ -149,16 +164,23 @@ pub async fn start_on(ch: ClickHouseConfig, mut config: CollectorConfig) -> Runn
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // The metrics listener on a free port of the configured address (tests run in parallel).
+    let metrics = match config.metrics.listen {
+        Some(m) => Some(TcpListener::bind(SocketAddr::new(m.ip(), 0)).await.unwrap()),
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().map(|l| l.local_addr().unwrap());
     let (tx, rx) = oneshot::channel::<()>();
     let ch2 = ch.clone();
     let task = tokio::spawn(async move {
-        veil_collector::run(config, ch2, listener, async {
+        veil_collector::run(config, ch2, listener, metrics, async {
             let _ = rx.await;
         })
         .await
     });
     Running {
         addr,
+        metrics_addr,
         ch,
         spool,
         stop: Some(tx),
