@@ -612,11 +612,27 @@ impl Aggregator {
         Some(site::view(domain, &s))
     }
 
-    /// Runs a Stats API query given as JSON bytes (no access check: callers do it).
+    /// Runs a Stats API query given as JSON bytes (no access check: callers do it) with exact
+    /// numbers, as embedding code and benches that compare against the stored truth need.
     pub async fn query(&self, body: &[u8], now: DateTime<Utc>) -> Result<HttpResponse, Error> {
         let site_id = stats::site_id(body)?;
         let site = self.site(&site_id).ok_or(Error::UnknownSite(site_id))?;
         let (_, result) = stats::run(&self.client, &site, body, now, self.shared()).await?;
+        Ok(json_response(StatusCode::OK, &result))
+    }
+
+    /// [`Aggregator::query`] asked by `access`: through the configured privacy mode (dp:
+    /// noisy numbers, `access`'s budget spent), as `POST /api/v2/query` answers.
+    pub async fn query_as(
+        &self,
+        access: &auth::Access,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<HttpResponse, Error> {
+        let site_id = stats::site_id(body)?;
+        let site = self.site(&site_id).ok_or(Error::UnknownSite(site_id))?;
+        let (_, result) =
+            stats::run(&self.client, &site, body, now, self.shared_for(access, now)).await?;
         Ok(json_response(StatusCode::OK, &result))
     }
 

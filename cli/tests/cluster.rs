@@ -288,6 +288,9 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
         SITE.into(),
         "--min-visitors".into(),
         "2".into(),
+        // Compared number for number with a single node: exact on both sides.
+        "--privacy".into(),
+        "exact".into(),
         "--listen".into(),
         format!("127.0.0.1:{}", ports[2]),
         "--data-dir".into(),
@@ -423,6 +426,8 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
         single_dir.path(),
         single_port,
         &[
+            "--privacy",
+            "exact",
             "--clickhouse-url",
             &single_url,
             "--clickhouse-database",
