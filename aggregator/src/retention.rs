@@ -5,7 +5,8 @@
 //!   which wins). Whole daily partitions older than the
 //!   longest retention are dropped (`ALTER TABLE … DROP PARTITION`: immediate, no rewrite); sites
 //!   with a shorter retention get an `ALTER TABLE … DELETE` for their older rows. The aggregator
-//!   runs it at start and daily; `veil purge` runs it on demand.
+//!   runs it at start and daily; `veil purge` runs it on demand. It also drops the privacy
+//!   budget ledger's days before yesterday (`privacy_spend`, [`crate::privacy`]).
 //! - [`erase_site`] deletes every row of one site from every table of Veil's database that has a
 //!   `site` column, waits until ClickHouse has applied the deletions, and reports how many rows
 //!   each table lost. `veil erase-site DOMAIN` calls it.
@@ -256,6 +257,18 @@ pub async fn purge(
             }
             report.deleted_rows.insert(s.site, n);
         }
+    }
+    // 3. The privacy budget ledger keeps today and yesterday (a day's budget is over at UTC
+    // midnight; yesterday stays for answers under way across it).
+    let keep = today - chrono::Duration::days(1);
+    let stmt = sql!(
+        "SELECT DISTINCT toYYYYMMDD(day) FROM privacy_spend WHERE day < {}",
+        date(keep)
+    );
+    let old: Vec<u32> = rows(&client, &stmt).await?;
+    let target = mutation_target(cfg, "privacy_spend")?;
+    for n in old {
+        exec(&client, &sql!("ALTER TABLE {} DROP PARTITION {}", target, n)).await?;
     }
     Ok(report)
 }

@@ -79,8 +79,28 @@ async fn purge_drops_old_days_and_applies_shorter_site_retention() {
         .await
         .unwrap();
     assert_eq!(rollup_rows(&ch, "short.example").await, (4, 4));
+    // The privacy budget ledger: today, yesterday and three days ago.
+    for back in [0, 1, 3] {
+        let day = (today - Duration::days(back)).format("%Y-%m-%d").to_string();
+        veil_aggregator::db::exec(
+            &ch.client(),
+            &veil_schemas::sql!(
+                "INSERT INTO privacy_spend (day, credential, question, epsilon, at) SELECT toDate({}), 'admin', 'q', 0.5, now()",
+                veil_schemas::sql::lit(&day)
+            ),
+        )
+        .await
+        .unwrap();
+    }
     let retention = Retention::parse(Some(30), &["short.example=7".into()]).unwrap();
     let report = purge(&ch, &retention, today).await.unwrap();
+    let ledger = veil_aggregator::db::count(
+        &ch.client(),
+        &veil_schemas::sql::Sql::new("SELECT count() FROM privacy_spend"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ledger, 2, "the ledger keeps today and yesterday");
     // The day 40 days ago is past everyone's retention: its partition is dropped.
     assert_eq!(
         report.dropped_partitions,
