@@ -298,7 +298,7 @@ async fn dp_filtered_traffic(
     a: stats::Asker<'_>,
 ) -> Result<Value, Error> {
     let p = a.privacy;
-    let settings = p.settings();
+    let settings = &p.settings().for_site(site);
     let canonical = privacy::route_text(
         "filtered-traffic",
         &[&site.domain, &q.start.to_string(), &q.end.to_string()],
@@ -309,8 +309,10 @@ async fn dp_filtered_traffic(
         .charge(
             client,
             a.credential,
+            &site.domain,
             *blake3::hash(canonical.as_bytes()).as_bytes(),
             settings.epsilon_query,
+            settings.epsilon_day,
             a.now,
         )
         .await?;
@@ -522,12 +524,15 @@ pub async fn funnel(
                 q.end,
                 a.now,
             );
+            let settings = p.settings().for_site(site);
             let spend = p
                 .charge(
                     client,
                     a.credential,
+                    &site.domain,
                     *blake3::hash(canonical.as_bytes()).as_bytes(),
-                    p.settings().epsilon_query,
+                    settings.epsilon_query,
+                    settings.epsilon_day,
                     a.now,
                 )
                 .await?;
@@ -538,7 +543,7 @@ pub async fn funnel(
                 &canonical,
                 days,
                 days * steps.len() as u64,
-                p.settings().epsilon_query,
+                settings.epsilon_query,
                 None,
                 0,
             )?;

@@ -268,7 +268,11 @@ pub async fn purge(
     let old: Vec<u32> = rows(&client, &stmt).await?;
     let target = mutation_target(cfg, "privacy_spend")?;
     for n in old {
-        exec(&client, &sql!("ALTER TABLE {} DROP PARTITION {}", target, n)).await?;
+        exec(
+            &client,
+            &sql!("ALTER TABLE {} DROP PARTITION {}", target, n),
+        )
+        .await?;
     }
     Ok(report)
 }

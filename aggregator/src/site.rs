@@ -17,7 +17,7 @@ use veil_schemas::registry::SiteSettings;
 pub use veil_schemas::policy::{Funnel, Goal, MIN_K};
 
 /// One site as the query engine sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SiteView {
     /// The site's domain (`site_id` in queries).
     pub domain: String,
@@ -31,6 +31,10 @@ pub struct SiteView {
     pub goals: Vec<Goal>,
     /// Funnels.
     pub funnels: Vec<Funnel>,
+    /// The site's own ε per release, if set ([`crate::privacy::Settings::for_site`]).
+    pub epsilon_query: Option<f64>,
+    /// The site's own ε per credential and day, if set.
+    pub epsilon_day: Option<f64>,
 }
 
 impl SiteView {
@@ -43,6 +47,8 @@ impl SiteView {
             child_directed: false,
             goals: Vec::new(),
             funnels: Vec::new(),
+            epsilon_query: None,
+            epsilon_day: None,
         }
     }
 }
@@ -54,6 +60,8 @@ pub fn view(domain: &str, s: &SiteSettings) -> SiteView {
     v.timezone = s.timezone.clone();
     v.min_visitors = s.min_visitors.max(MIN_K);
     v.child_directed = s.child_directed;
+    v.epsilon_query = s.epsilon_query;
+    v.epsilon_day = s.epsilon_day;
     v.goals = s
         .goals
         .iter()

@@ -814,7 +814,7 @@ async fn dp_reports(
     tz: chrono_tz::Tz,
 ) -> Result<(Report, Option<(Query, Report)>, bool, Value), Error> {
     let p = asker.privacy;
-    let settings = p.settings();
+    let settings = &p.settings().for_site(site);
     let key = p.site_key(client, &site.domain).await?;
     let per_report = 1
         + usize::from(q.metrics.contains(&Metric::ConversionRate))
@@ -824,8 +824,10 @@ async fn dp_reports(
         .charge(
             client,
             asker.credential,
+            &site.domain,
             privacy::question_key(q, asker.now, ""),
             settings.epsilon_query * releases as f64,
+            settings.epsilon_day,
             asker.now,
         )
         .await?;

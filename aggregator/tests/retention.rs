@@ -81,7 +81,9 @@ async fn purge_drops_old_days_and_applies_shorter_site_retention() {
     assert_eq!(rollup_rows(&ch, "short.example").await, (4, 4));
     // The privacy budget ledger: today, yesterday and three days ago.
     for back in [0, 1, 3] {
-        let day = (today - Duration::days(back)).format("%Y-%m-%d").to_string();
+        let day = (today - Duration::days(back))
+            .format("%Y-%m-%d")
+            .to_string();
         veil_aggregator::db::exec(
             &ch.client(),
             &veil_schemas::sql!(

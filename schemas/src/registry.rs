@@ -90,6 +90,14 @@ pub struct SiteSettings {
     pub goals: Vec<Value>,
     /// Funnels (shape: [`crate::policy::Funnel`]).
     pub funnels: Vec<Value>,
+    /// Differential privacy: ε one release of this site's reports spends (`None`: the
+    /// deployment's `--epsilon-query`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon_query: Option<f64>,
+    /// Differential privacy: ε a credential may spend on this site per UTC day (`None`: the
+    /// deployment's `--epsilon-day`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon_day: Option<f64>,
 }
 
 impl Default for SiteSettings {
@@ -104,6 +112,8 @@ impl Default for SiteSettings {
             min_visitors: DEFAULT_MIN_VISITORS,
             goals: Vec::new(),
             funnels: Vec::new(),
+            epsilon_query: None,
+            epsilon_day: None,
         }
     }
 }
@@ -173,6 +183,21 @@ impl SiteSettings {
             policy::check_retention_days(d)?;
         }
         policy::check_min_visitors(self.min_visitors)?;
+        if let Some(e) = self.epsilon_query {
+            if !(e.is_finite() && e > 0.0 && e <= 10.0) {
+                return Err(invalid(format!(
+                    "`epsilon_query` must be above 0 and at most 10 (got {e})"
+                )));
+            }
+        }
+        if let Some(e) = self.epsilon_day {
+            let q = self.epsilon_query.unwrap_or(f64::MIN_POSITIVE);
+            if !(e.is_finite() && e > 0.0 && e >= q) {
+                return Err(invalid(format!(
+                    "`epsilon_day` must be above 0 and at least `epsilon_query` (got {e})"
+                )));
+            }
+        }
         policy::check_goals(&self.goals, &self.funnels)
     }
 }

@@ -166,6 +166,15 @@ impl Settings {
         }
     }
 
+    /// These settings with `site`'s own ε per release and per day, where it sets them.
+    pub fn for_site(&self, site: &crate::site::SiteView) -> Settings {
+        Settings {
+            epsilon_query: site.epsilon_query.unwrap_or(self.epsilon_query),
+            epsilon_day: site.epsilon_day.unwrap_or(self.epsilon_day),
+            ..self.clone()
+        }
+    }
+
     /// Checks the settings; the message names the flag.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: &str| Err(Error::Config(m.into()));
@@ -947,17 +956,23 @@ impl Privacy {
             .remove(site);
     }
 
-    /// Spends `epsilon` of `credential`'s budget of `now`'s UTC day for `question`, or
-    /// nothing when it asked the question today already; [`Error::BudgetSpent`] when the rest
-    /// of the day's budget is smaller.
+    /// Spends `epsilon` of `credential`'s budget for `site` of `now`'s UTC day (at most
+    /// `epsilon_day`) for `question`, or nothing when it asked the question today already;
+    /// [`Error::BudgetSpent`] when the rest of the day's budget is smaller. The budget is per
+    /// site: the admin reading two sites spends each site's own (what is protected is each
+    /// site's visitors).
+    #[allow(clippy::too_many_arguments)]
     pub async fn charge(
         &self,
         client: &clickhouse::Client,
         credential: &str,
+        site: &str,
         question: [u8; 32],
         epsilon: f64,
+        epsilon_day: f64,
         now: DateTime<Utc>,
     ) -> Result<Spend, Error> {
+        let credential = &format!("{credential} {site}");
         let _one_at_a_time = self.charging.lock().await;
         let day = now.date_naive();
         let resets_at = (day + Duration::days(1))
@@ -980,7 +995,6 @@ impl Privacy {
             spent += r.get(1).and_then(number).unwrap_or(0.0);
             repeated |= r.get(0).and_then(Value::as_str) == Some(q.as_str());
         }
-        let epsilon_day = self.settings.epsilon_day;
         if repeated {
             return Ok(Spend {
                 epsilon: 0.0,
@@ -1090,6 +1104,32 @@ mod tests {
             days_touched(t("2026-01-01 00:00:00"), t("2026-01-31 00:00:00")),
             30
         );
+    }
+
+    #[test]
+    fn a_site_may_set_its_own_epsilons_within_bounds() {
+        let mut site = crate::site::SiteView::new("a.example");
+        let d = Settings::default();
+        assert_eq!(d.for_site(&site), d);
+        site.epsilon_query = Some(0.25);
+        site.epsilon_day = Some(5.0);
+        let s = d.for_site(&site);
+        assert_eq!((s.epsilon_query, s.epsilon_day), (0.25, 5.0));
+        let stored = |q: Option<f64>, day: Option<f64>| veil_schemas::registry::SiteSettings {
+            epsilon_query: q,
+            epsilon_day: day,
+            ..Default::default()
+        };
+        assert!(stored(Some(0.25), Some(5.0)).validate().is_ok());
+        for (q, day) in [
+            (Some(0.0), None),
+            (Some(11.0), None),
+            (Some(1.0), Some(0.5)),
+            (None, Some(-1.0)),
+        ] {
+            let e = stored(q, day).validate().unwrap_err().to_string();
+            assert!(e.contains("epsilon"), "{e}");
+        }
     }
 
     #[test]
