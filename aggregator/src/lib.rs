@@ -665,6 +665,7 @@ impl Aggregator {
                 privacy: &self.privacy,
                 credential: access.credential(),
                 now,
+                share: 1.0,
             }),
             ..self.shared()
         }

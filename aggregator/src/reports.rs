@@ -383,8 +383,13 @@ pub async fn realtime(
     shared: stats::Shared<'_>,
 ) -> Result<Value, Error> {
     // With differential privacy the windows end at a five-minute mark: a dashboard polling
-    // within five minutes asks the same questions again (same noise, no budget spent).
+    // within five minutes asks the same questions again (same noise, no budget spent); the
+    // three questions share one release's ε (a third each), so a refresh costs ε_query.
     let dp = shared.asker.is_some_and(|a| a.privacy.dp());
+    let shared = stats::Shared {
+        asker: shared.asker.map(|a| stats::Asker { share: 1.0 / 3.0, ..a }),
+        ..shared
+    };
     let now = if dp {
         let secs = now.timestamp();
         DateTime::from_timestamp(secs - secs.rem_euclid(300), 0).unwrap_or(now)

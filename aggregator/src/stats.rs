@@ -630,6 +630,9 @@ pub struct Asker<'a> {
     pub credential: &'a str,
     /// The time the question is asked (the budget's UTC day; today's release hour).
     pub now: DateTime<Utc>,
+    /// The share of ε per release this question's releases get (1: all of it; realtime's
+    /// three questions a third each, so one refresh costs one release's ε).
+    pub share: f64,
 }
 
 async fn answer(
@@ -814,7 +817,9 @@ async fn dp_reports(
     tz: chrono_tz::Tz,
 ) -> Result<(Report, Option<(Query, Report)>, bool, Value), Error> {
     let p = asker.privacy;
-    let settings = &p.settings().for_site(site);
+    let mut settings = p.settings().for_site(site);
+    settings.epsilon_query *= asker.share.clamp(0.01, 1.0);
+    let settings = &settings;
     let key = p.site_key(client, &site.domain).await?;
     let per_report = 1
         + usize::from(q.metrics.contains(&Metric::ConversionRate))

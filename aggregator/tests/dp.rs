@@ -465,6 +465,26 @@ async fn every_report_route_publishes_through_the_privacy_module() {
             };
             assert_eq!(p["mode"], "dp", "{path}: {v}");
             assert!(p["budget"]["left"].is_number(), "{path}: {v}");
+            if path.ends_with("realtime") {
+                // Its three questions share one release's ε; polling again within the
+                // five-minute window asks them again, for free.
+                let spent: f64 = v["privacy"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["epsilon"].as_f64().unwrap())
+                    .sum();
+                assert!((spent - 0.5).abs() < 1e-9, "{v}");
+                let window = || chrono::Utc::now().timestamp() / 300;
+                let before = window();
+                let (_, _, again) = call(&a, method, &path, &key, None).await;
+                let again: Value = serde_json::from_slice(&again).unwrap();
+                // (Unless a five-minute mark passed between the two calls: a new window.)
+                if window() == before {
+                    assert_eq!(again["privacy"][0]["repeated"], true, "{again}");
+                    assert_eq!(again["visitors_5m"], v["visitors_5m"], "{again}");
+                }
+            }
         } else if ctype.starts_with("text/csv") {
             let text = String::from_utf8_lossy(&b);
             let header = text.lines().next().unwrap();
