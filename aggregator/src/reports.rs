@@ -316,7 +316,7 @@ async fn dp_filtered_traffic(
             a.now,
         )
         .await?;
-    let days = privacy::days_touched(q.start, q.end);
+    let days = settings.bounds.person_days(q.start, q.end);
     let linf = days * settings.bounds.events;
     let counts = privacy::Counts::new(
         p.site_key(client, &site.domain).await?,
@@ -542,7 +542,7 @@ pub async fn funnel(
                 )
                 .await?;
             // A visitor-day counts once in each step: L1 = days × steps.
-            let days = privacy::days_touched(q.start, q.end);
+            let days = settings.bounds.person_days(q.start, q.end);
             let counts = privacy::Counts::new(
                 p.site_key(client, &site.domain).await?,
                 &canonical,

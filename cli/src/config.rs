@@ -354,6 +354,10 @@ layered! {
         /// δ of one release's noisy row threshold (dp mode) [default: 1e-6].
         #[arg(long, env = "VEIL_DP_DELTA", global = true)]
         pub dp_delta: Option<f64>,
+        /// Days one person counts as in one range (dp mode): a range of D days counts a person
+        /// as min(D, this) visitor ids; 0: no cap (every day of the range) [default: 7].
+        #[arg(long, env = "VEIL_DP_PERSON_DAYS", global = true)]
+        pub dp_person_days: Option<u64>,
         /// Log filter (tracing-subscriber syntax) [default: info].
         #[arg(long, env = "VEIL_LOG", global = true)]
         pub log: Option<String>,
@@ -534,7 +538,10 @@ impl Settings {
                     epsilon_query: given.epsilon_query.unwrap_or(d.epsilon_query),
                     epsilon_day: given.epsilon_day.unwrap_or(d.epsilon_day),
                     delta: given.dp_delta.unwrap_or(d.delta),
-                    bounds: d.bounds,
+                    bounds: veil_aggregator::privacy::Bounds {
+                        person_days: given.dp_person_days.unwrap_or(d.bounds.person_days),
+                        ..d.bounds
+                    },
                 }
             },
             ..AggregatorConfig::default()

@@ -16,9 +16,11 @@
 //!   daily) adds to one row of a part, and how many rows of a breakdown it falls in, by the
 //!   dimension's level (a visitor fact such as country: one row; a visit fact such as source:
 //!   [`Bounds::visit_rows`]; a hit fact such as page or goal: [`Bounds::hit_rows`]). A range
-//!   of D UTC days counts one person as up to D visitor ids, so every sensitivity is D times
-//!   a visitor-day's. The bounds are declared, not clamped in SQL: a visitor-day within them
-//!   is protected at the stated ε; one beyond them at ε times its excess (individual
+//!   of D UTC days counts one person as up to min(D, [`Bounds::person_days`]) visitor ids
+//!   (default 7: ranges up to a week count every day a person could come), and every
+//!   sensitivity is that many times a visitor-day's. The bounds are declared, not clamped in
+//!   SQL (daily salts make a person's days unlinkable, even to Veil): a person within them is
+//!   protected at the stated ε; one beyond them at ε times its excess (individual
 //!   differential privacy; docs/PRIVACY.md says so).
 //! - **Noise.** Discrete Laplace on each part of each row, its scale calibrated with OpenDP
 //!   (`make_laplace`: the query's ε split evenly over its parts, L1 sensitivity as above) and
@@ -87,6 +89,9 @@ impl std::str::FromStr for Mode {
 /// What one visitor-day may add (declared bounds; see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Bounds {
+    /// Days one person counts as in one range (one visitor id a day): a range of D UTC days
+    /// counts one person as min(D, this) visitor-days (0: no cap, D always).
+    pub person_days: u64,
     /// Rows of a breakdown by a hit fact (page, event name, goal, property, host).
     pub hit_rows: u64,
     /// Rows of a breakdown by a visit fact (source, entry page, campaign…).
@@ -110,6 +115,7 @@ pub struct Bounds {
 impl Default for Bounds {
     fn default() -> Self {
         Self {
+            person_days: 7,
             hit_rows: 5,
             visit_rows: 2,
             hour_rows: 3,
@@ -360,6 +366,18 @@ pub fn days_touched(start: NaiveDateTime, end: NaiveDateTime) -> u64 {
     (last - start.date()).num_days().max(0) as u64 + 1
 }
 
+impl Bounds {
+    /// Visitor-days one person counts as over `[start, end)`: the UTC days it touches, at
+    /// most [`Bounds::person_days`] (module docs).
+    pub fn person_days(&self, start: NaiveDateTime, end: NaiveDateTime) -> u64 {
+        let d = days_touched(start, end);
+        match self.person_days {
+            0 => d,
+            cap => d.min(cap),
+        }
+    }
+}
+
 /// Rows of `q`'s breakdown one visitor-day can fall in.
 fn rows_per_visitor_day(q: &Query, b: &Bounds) -> u64 {
     q.dimensions
@@ -526,7 +544,7 @@ impl Release {
         now: DateTime<Utc>,
     ) -> Result<Self, Error> {
         let plan = plan(q, child);
-        let days = days_touched(q.start, q.end);
+        let days = settings.bounds.person_days(q.start, q.end);
         let rows = rows_per_visitor_day(q, &settings.bounds);
         let share = settings.epsilon_query / plan.parts.len().max(1) as f64;
         let mut cals = HashMap::new();
