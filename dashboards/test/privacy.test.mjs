@@ -226,6 +226,26 @@ test("dp on the default flags: the first screen writes every number ≈ with its
   assert.deepEqual(page.problems, []);
   await page.close_all();
 
+  // Phone width and dark mode: the "≈" numbers fit (no sideways scrolling), the bubble reads well.
+  const dark = await open(chrome, { viewport: { width: 375, height: 800 }, colorScheme: "dark" });
+  await dark.goto(`${veil.url}/site/${DEMO}?period=7d`);
+  await settled(dark);
+  assert.ok(await dark.evaluate(() => document.documentElement.scrollWidth) <= 376, "no sideways scrolling at 375 px");
+  await dark.focus('#stats .stat[data-stat="pageviews"] button');
+  const sel = '#stats .stat[data-stat="pageviews"] .value';
+  assert.equal(await bubbleShown(dark, sel), true);
+  const contrast = await dark.$eval(`${sel} .ci`, (e) => {
+    const rgb = (c) => c.match(/\d+(\.\d+)?/g).slice(0, 3).map(Number);
+    const lum = ([r, g, b]) => [r, g, b].map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
+      .reduce((a, v, i) => a + v * [0.2126, 0.7152, 0.0722][i], 0);
+    const [a, b] = [lum(rgb(getComputedStyle(e).color)), lum(rgb(getComputedStyle(e).backgroundColor))].sort((x, y) => y - x);
+    return (a + 0.05) / (b + 0.05);
+  });
+  assert.ok(contrast >= 4.5, `bubble contrast ${contrast}`);
+  await screenshot(dark, "dp-phone-dark");
+  assert.deepEqual(dark.problems, []);
+  await dark.close_all();
+
   // The site list writes its visitors ≈ too.
   const list = await open(chrome);
   await list.goto(veil.url + "/");
@@ -272,6 +292,29 @@ test("dp: a site key and a shared link spend budgets of their own; a click filte
     assertApprox(n, filtered.want.meta.privacy);
   });
   assert.equal(await page.$$eval(".error", (l) => l.length), 0, await page.$$eval(".error", (l) => l.map((e) => e.textContent).join("; ")));
+
+  // A comparison: this period's numbers as before; the earlier period's and the changes "≈"
+  // without an interval (the API sends none for them).
+  const cmp = await withinOneHour(async () => {
+    await page.goto(`${veil.url}/site/${DEMO}?period=7d&compare=previous_period`);
+    await settled(page);
+    return {
+      shown: await page.$$eval("#stats .stat", (lis) => lis.map((li) => ({ metric: li.dataset.stat, value: li.querySelector(".value").dataset.value,
+        prev: li.querySelector(".prev")?.dataset.prev, prevText: li.querySelector(".prev")?.textContent,
+        change: li.querySelector(".change")?.dataset.change ?? null, changeText: li.querySelector(".change")?.textContent }))),
+      want: await ask({ metrics: STATS[0], dimensions: [], include: { comparisons: { mode: "previous_period" } } }, key),
+    };
+  });
+  assert.equal(cmp.want.meta.privacy.repeated, true);
+  assert.equal(cmp.want.meta.privacy.epsilon, 0);
+  STATS[0].forEach((m, i) => {
+    const n = cmp.shown.find((x) => x.metric === m);
+    const c = cmp.want.results[0].comparison;
+    assert.deepEqual([n.value, n.prev, n.change], [cmp.want.results[0].metrics[i], c.metrics[i], c.change[i]].map((v, j) =>
+      (j === 2 && (v === null || v === undefined) ? null : str(v))), m);
+    if (c.metrics[i] !== null) assert.match(n.prevText, /^was ≈ /, m);
+    if (c.change[i] !== null) assert.match(n.changeText, /^[↑↓→] ≈ /, m);
+  });
 
   // Funnels: visitors per step with their interval; rates and drop-offs "≈" without one.
   await page.goto(`${veil.url}/site/${DEMO}?period=7d&t.goals=funnel`);
