@@ -1,6 +1,9 @@
 // Veil dashboard: a client of Veil's HTTP API only — POST /api/v2/query (+ .csv), POST
 // /api/v2/funnel, GET /api/v1/sites/{domain}/realtime, /filtered-traffic and /export, and the
 // admin API under /api/v1/sites. No number is computed here: every figure on screen is a value the API sent.
+// Under differential privacy (every answer's meta.privacy, mode "dp") each is written "≈ N" with
+// the ± of its 95 % interval; the footer shows the credential's privacy budget for the day, or,
+// in exact mode, a warning that privacy protection is down to k-anonymity.
 //
 // Security: every string from the data (paths, referrers, props, UTM values, site names) is
 // untrusted. It is written with textContent or as an attribute value, never parsed as HTML, and
@@ -840,6 +843,7 @@
     }).catch((e) => {
       if (gen !== S.generation) return;
       if (needsAuth(e)) return authFailed(e);
+      if (e instanceof ApiError && e.budget) $("k-note").textContent = DP_NOTE;
       if (!$("stats").children.length) $("stats").replaceChildren(failure("li", e));
     });
     chart(body, metric, st, gen);
