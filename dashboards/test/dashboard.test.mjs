@@ -1,7 +1,8 @@
 // The marketer dashboard in headless Chromium against a real `veil up` holding a known dataset
 // (fixture.mjs, on the shared testing/browser/harness.mjs): the numbers on screen are the Stats
 // API's, a click filters everything, the URL round-trips, comparisons, CSV and export downloads,
-// shared links without a key, realtime refresh, the XSS corpus stays text, no console errors;
+// shared links without a key, realtime refresh, the XSS corpus stays text, no console errors,
+// the footer's warning that privacy protection is down to exact numbers (k-anonymity only);
 // one screenshot per page under target/screenshots/, and the payload / first-paint measurement
 // (dashboards/README.md).
 import { test, before, after } from "node:test";
@@ -16,7 +17,10 @@ import {
 let veil, chrome;
 
 before(async () => {
-  veil = await startVeil({ k: 5 });
+  // Exact numbers (`--privacy exact`): these tests need the known dataset's exact counts, the
+  // k-anonymity fold row and "fewer than k" cells, which differential privacy (the default) has
+  // not (its noise on 30 visitors is wider than the counts). privacy.test.mjs drives dp mode.
+  veil = await startVeil({ k: 5, args: ["--privacy", "exact"] });
   await seed(veil);
   chrome = await browser();
 });
@@ -42,12 +46,12 @@ async function statValues(page) {
 }
 
 
-/** Text contrast (WCAG AA, 4.5:1) of body text, muted text, links and row labels on their backgrounds. */
+/** Text contrast (WCAG AA, 4.5:1) of body text, muted text, links, row labels and the footer's privacy line on their backgrounds. */
 async function assertContrast(page) {
   const pairs = await page.evaluate(() => {
     const rgb = (c) => c.match(/\d+(\.\d+)?/g).slice(0, 3).map(Number);
     const bgOf = (e) => { for (; e; e = e.parentElement) { const c = getComputedStyle(e).backgroundColor; if (!/rgba\(0, 0, 0, 0\)|transparent/.test(c)) return c; } return "rgb(255,255,255)"; };
-    return ["body", ".hint", "thead th", "#panel-pages button.row", ".views a:not([aria-current])", ".stat .label", ".tabs button"]
+    return ["body", ".hint", "thead th", "#panel-pages button.row", ".views a:not([aria-current])", ".stat .label", ".tabs button", "#privacy-note"]
       .map((sel) => { const e = document.querySelector(sel); return [sel, rgb(getComputedStyle(e).color), rgb(bgOf(e))]; });
   });
   const lum = ([r, g, b]) => [r, g, b].map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
@@ -160,6 +164,15 @@ test("numbers on screen equal the API's: top stats, every panel, the chart, fold
   assert.ok(rows.length >= 7, JSON.stringify(rows));
   for (const [day, v] of rows) assert.equal(v, byDay.get(day) ?? "0", day);
   assert.ok(await page.$("#chart canvas"), "uPlot drew the chart");
+  // Exact mode: numbers as they are, and the footer warns that privacy protection is turned down.
+  assert.equal(await page.$$eval("#view-body .approx", (l) => l.length), 0);
+  assert.doesNotMatch(await page.$eval("#view-body", (e) => e.textContent), /≈/);
+  const note = await page.$eval("#privacy-note", (e) => ({ hidden: e.hidden, mode: e.dataset.mode, warn: e.classList.contains("warn"),
+    text: e.textContent, height: e.getBoundingClientRect().height }));
+  assert.deepEqual({ ...note, height: note.height > 0 }, { hidden: false, mode: "exact", warn: true, height: true,
+    text: "Privacy protection turned down: the operator runs Veil with exact numbers (--privacy exact), protected by " +
+      "k-anonymity only (k = 5), not by differential privacy." });
+  assert.equal(totals.meta.privacy.mode, "exact");
   await assertContrast(page);
   noProblems(page);
   await page.close_all();

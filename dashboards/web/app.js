@@ -1,6 +1,9 @@
 // Veil dashboard: a client of Veil's HTTP API only — POST /api/v2/query (+ .csv), POST
 // /api/v2/funnel, GET /api/v1/sites/{domain}/realtime, /filtered-traffic and /export, and the
 // admin API under /api/v1/sites. No number is computed here: every figure on screen is a value the API sent.
+// Under differential privacy (every answer's meta.privacy, mode "dp") each is written "≈ N" with
+// the ± of its 95 % interval; the footer shows the credential's privacy budget for the day, or,
+// in exact mode, a warning that privacy protection is down to k-anonymity.
 //
 // Security: every string from the data (paths, referrers, props, UTM values, site names) is
 // untrusted. It is written with textContent or as an attribute value, never parsed as HTML, and
@@ -20,7 +23,7 @@
 
   const S = {
     page: "sites", site: "", share: false, shareToken: "", password: "", settings: null,
-    generation: 0, timer: 0, chart: null, resize: null,
+    generation: 0, timer: 0, chart: null, resize: null, privacy: null,
   };
 
   // ---------- small DOM helpers (text only) ----------
@@ -60,12 +63,54 @@
     if (DECIMAL.has(metric)) return nf.format(Math.round(x * 100) / 100);
     return nf.format(x);
   }
-  function numberCell(metric, v) {
-    const td = h("td", { class: "n" + (v === null || v === undefined ? " null" : ""), "data-metric": metric,
-      "data-value": v === null || v === undefined ? "null" : String(v), text: fmt(metric, v) });
-    if (v === null || v === undefined) td.title = "Hidden: fewer than k visitors";
-    return td;
+
+  // ---------- noisy numbers (differential privacy) ----------
+  // Every answer carries meta.privacy (realtime: an array of three). In "dp" mode every number
+  // is noisy: it is written "≈ N", and a count's ± half-width of its 95 % interval
+  // (privacy.interval95[metric]; null for rates and means) shows in a small bubble while its row
+  // or card is hovered or has focus, in the title, and in the screen-reader text. In "exact" mode
+  // numbers are written as they are (k-anonymity only).
+  function isDp(priv) { return !!priv && priv.mode === "dp"; }
+  /** The ± half-width of `key`'s 95 % interval, or null (none, a rate or a mean, or exact mode). */
+  function ciOf(priv, key) {
+    const x = isDp(priv) && key && priv.interval95 ? priv.interval95[key] : null;
+    return x === null || x === undefined || !Number.isFinite(Number(x)) ? null : Number(x);
   }
+  /** "≈ 1,234 ± 12 (95 % interval, differential privacy)", or without ± when there is no interval. */
+  function approxText(metric, v, ci) {
+    return "≈ " + fmt(metric, v) + (ci === null ? " (noisy: differential privacy)" :
+      " ± " + fmt(metric, ci) + " (95 % interval, differential privacy)");
+  }
+  /**
+   * Writes the number `v` of `metric` into `el` (data-value: the API's value, "null" when hidden);
+   * with dp `priv`, as "≈ N" with its interval (`ciKey`: the interval95 entry, null for none).
+   */
+  function putNumber(el, metric, v, priv, ciKey = metric) {
+    const hidden = v === null || v === undefined;
+    el.dataset.value = hidden ? "null" : String(v);
+    el.replaceChildren();
+    el.classList.remove("approx");
+    if (hidden || !isDp(priv)) {
+      el.textContent = fmt(metric, v);
+      if (!hidden) el.removeAttribute("title");
+      else if (isDp(priv) && (priv.withheld || []).includes(metric)) el.title = "Withheld: not published under differential privacy";
+      else el.title = "Hidden: fewer than k visitors";
+      return el;
+    }
+    const ci = ciOf(priv, ciKey);
+    const full = approxText(metric, v, ci);
+    el.classList.add("approx");
+    el.title = full;
+    el.dataset.ci = ci === null ? "null" : String(ci);
+    el.append(h("span", { "aria-hidden": "true" }, "≈ " + fmt(metric, v),
+      ci === null ? null : h("span", { class: "ci", text: "± " + fmt(metric, ci) })), h("span", { class: "sr-only", text: full }));
+    return el;
+  }
+  function numberCell(metric, v, priv, ciKey = metric) {
+    const td = h("td", { class: "n" + (v === null || v === undefined ? " null" : ""), "data-metric": metric });
+    return putNumber(td, metric, v, priv, ciKey);
+  }
+  function privacyOf(data) { return (data && data.meta && data.meta.privacy) || null; }
 
   const METRIC_LABELS = {
     visitors: "Unique visitors", visits: "Total visits", pageviews: "Total pageviews", views_per_visit: "Views per visit",
@@ -110,9 +155,11 @@
 
   // ---------- API ----------
   class ApiError extends Error {
-    constructor(message, status) { super(message); this.status = status; }
+    // `budget`: the budget object of a 429 whose privacy budget is spent (else null).
+    constructor(message, status, budget) { super(message); this.status = status; this.budget = budget || null; }
   }
   function token() { return S.share ? S.shareToken : sessionStorage.getItem(TOKEN_KEY) || ""; }
+  function parseJson(text) { try { return text ? JSON.parse(text) : null; } catch { return null; } }
   async function api(path, opts) {
     opts = opts || {};
     const headers = {};
@@ -121,23 +168,85 @@
     if (S.password) headers["X-Veil-Link-Password"] = S.password;
     if (opts.body !== undefined) headers["Content-Type"] = "application/json";
     if (opts.csv) headers.Accept = "text/csv";
-    let res;
-    // Site keys and shared links are rate-limited (429 + Retry-After): wait and retry, a few times.
+    let res, text = null, data = null;
+    // Site keys and shared links are rate-limited (429 + Retry-After): wait and retry, a few
+    // times. A 429 whose JSON has "budget" is a spent privacy budget: it renews at UTC midnight
+    // (Retry-After is hours), so it is never retried; the panel shows its message.
     for (let attempt = 0; ; attempt++) {
       res = await fetch(path, {
         method: opts.method || (opts.body !== undefined ? "POST" : "GET"),
         headers, body: opts.body !== undefined ? JSON.stringify(opts.body) : undefined, cache: "no-store",
       });
-      if (res.status !== 429 || attempt >= 4) break;
+      if (res.status !== 429) break;
+      text = await res.text();
+      data = parseJson(text);
+      if ((data && data.budget) || attempt >= 4) break;
       const wait = Math.min(5, Math.max(1, Number(res.headers.get("Retry-After")) || 1));
       await new Promise((ok) => setTimeout(ok, wait * 1000));
     }
     if (opts.blob && res.ok) return res.blob();
-    const text = await res.text();
-    let data = null;
-    try { data = text ? JSON.parse(text) : null; } catch { data = null; }
-    if (!res.ok) throw new ApiError((data && data.error) || ("HTTP " + res.status + " from " + path), res.status);
+    if (text === null) {
+      text = await res.text();
+      data = parseJson(text);
+    }
+    notePrivacy(data);
+    if (!res.ok) {
+      throw new ApiError((data && data.error) || ("HTTP " + res.status + " from " + path), res.status,
+        res.status === 429 && data && data.budget ? data.budget : null);
+    }
     return data;
+  }
+
+  // ---------- the privacy line in the footer ----------
+  // dp: the budget left today for this credential, from the latest answer (answers may arrive
+  // out of order: the one that spent the most of the latest day wins); exact: a warning that the
+  // operator turned privacy protection down to exact numbers with k-anonymity only.
+  function notePrivacy(data) {
+    if (!data || typeof data !== "object") return;
+    const list = [].concat(privacyOf(data) || data.privacy || []);
+    if (data.budget && data.error) list.push({ mode: "dp", budget: data.budget });
+    for (const p of list) {
+      if (!p || typeof p !== "object") continue;
+      if (p.mode === "exact") S.privacy = { mode: "exact", k: p.min_visitors };
+      else if (p.mode === "dp" && p.budget) {
+        const b = p.budget, cur = S.privacy && S.privacy.mode === "dp" ? S.privacy.budget : null;
+        const later = !cur || String(b.resets_at) > String(cur.resets_at) ||
+          (String(b.resets_at) === String(cur.resets_at) && Number(b.spent) >= Number(cur.spent));
+        if (later) S.privacy = { mode: "dp", budget: b };
+      }
+    }
+    drawPrivacy();
+  }
+  function eps(x) { return nf.format(Math.round(Number(x) * 100) / 100); }
+  function drawPrivacy() {
+    const el = $("privacy-note");
+    const p = S.privacy;
+    if (!el || !p) return;
+    el.hidden = false;
+    el.className = "privacy-note" + (p.mode === "exact" ? " warn" : "");
+    el.dataset.mode = p.mode;
+    if (p.mode === "exact") {
+      el.textContent = "Privacy protection turned down: the operator runs Veil with exact numbers (--privacy exact), " +
+        "protected by k-anonymity only (k = " + p.k + "), not by differential privacy.";
+      delete el.dataset.spent;
+      return;
+    }
+    const b = p.budget;
+    const at = new Date(b.resets_at);
+    const renews = Number.isNaN(at.getTime()) ? String(b.resets_at) : at.toISOString().slice(11, 16) + " UTC";
+    el.dataset.spent = String(b.spent);
+    el.dataset.epsilonDay = String(b.epsilon_day);
+    el.dataset.left = String(b.left);
+    el.textContent = "Privacy: differential privacy, ε " + eps(b.spent) + " of " + eps(b.epsilon_day) + " used today (renews " +
+      renews + ")" + (Number(b.left) < 1e-9 ? ": today's budget is spent, new questions wait until then." : ".");
+  }
+  /** What a failed panel shows: the API's message; a spent privacy budget says so in its own words. */
+  function failure(tag, e, extra) {
+    if (e instanceof ApiError && e.budget) {
+      const msg = e.message.charAt(0).toUpperCase() + e.message.slice(1);
+      return h(tag, { class: "hint error budget", "data-budget": "spent" }, extra ? extra + ": " : "", msg);
+    }
+    return h(tag, { class: "hint error", text: (extra ? extra + ": " : "") + e.message });
   }
   function needsAuth(e) { return e instanceof ApiError && (e.status === 401 || e.status === 403); }
   function authFailed(e) {
@@ -299,8 +408,11 @@
     const rows = data.results || [];
     const max = Math.max(1, ...rows.map((r) => Number(r.metrics[0]) || 0));
     if (rows.length === 0) {
+      const priv = privacyOf(data);
       tbody.append(h("tr", {}, h("td", { colspan: metrics.length + 1, class: "hint",
-        text: data.meta && data.meta.too_few_visitors ? "Fewer than k visitors: hidden." : "No data for this period." })));
+        text: data.meta && data.meta.too_few_visitors ? "Fewer than k visitors: hidden." :
+          isDp(priv) && Number(priv.threshold) > 0 ? "No row has enough visitors to be listed under differential privacy " +
+            "(threshold: " + nf.format(priv.threshold) + ")." : "No data for this period." })));
     }
     for (const r of rows) {
       const raw = r.dimensions[0];
@@ -319,7 +431,7 @@
           }) }, label);
       }
       th.append(bar, cell);
-      const tr = h("tr", {}, th, metrics.map((m, i) => numberCell(m, r.metrics[i])));
+      const tr = h("tr", {}, th, metrics.map((m, i) => numberCell(m, r.metrics[i], privacyOf(data))));
       tbody.append(tr);
     }
     table.append(tbody);
@@ -373,7 +485,7 @@
       } catch (e) {
         if (gen !== S.generation) return;
         if (needsAuth(e)) return authFailed(e);
-        body.replaceChildren(h("p", { class: "hint error", text: e.message }));
+        body.replaceChildren(failure("p", e));
       }
     }
     csv.addEventListener("click", async () => {
@@ -431,14 +543,15 @@
             const bar = h("span", { class: "bar", "aria-hidden": "true" });
             bar.style.width = (100 * (Number(s.visitors) || 0) / max).toFixed(1) + "%";
             return h("tr", {}, h("th", { scope: "row" }, bar, h("span", { class: "cell", text: (i + 1) + ". " + s.goal })),
-              ms.map((m) => numberCell(m === "dropoff" ? "visitors" : m, s[m])));
+              // A drop-off is the difference of two noisy steps: "≈" without an interval.
+              ms.map((m) => numberCell(m === "dropoff" ? "visitors" : m, s[m], privacyOf(data), m === "dropoff" ? null : m)));
           })));
         body.replaceChildren(table);
       })
       .catch((e) => {
         if (gen !== S.generation) return;
         if (needsAuth(e)) return authFailed(e);
-        body.replaceChildren(h("p", { class: "hint error", text: e.message }));
+        body.replaceChildren(failure("p", e));
       });
   }
 
@@ -454,17 +567,21 @@
   };
   function filteredPanel(st, gen) {
     const body = h("div", { class: "panel-body", id: "tp-filtered" });
+    const note = h("p", { class: "hint", id: "filtered-note", text: "Events Veil left out of every report in this period. " +
+      "It follows the period; the filters do not apply (this report has none). " +
+      "Reasons with fewer than k events are not listed." });
     const art = h("article", { class: "panel", id: "panel-filtered", "aria-labelledby": "h-filtered" },
-      h("div", { class: "panel-head" }, h("h2", { id: "h-filtered", text: "Filtered traffic" })),
-      h("p", { class: "hint", id: "filtered-note", text: "Events Veil left out of every report in this period. " +
-        "It follows the period; the filters do not apply (this report has none). " +
-        "Reasons with fewer than k events are not listed." }),
-      body);
+      h("div", { class: "panel-head" }, h("h2", { id: "h-filtered", text: "Filtered traffic" })), note, body);
     body.replaceChildren(h("p", { class: "hint", text: "Loading…" }));
     const range = st.period === "custom" ? st.from + "," + st.to : st.period;
     api(sitePath("/filtered-traffic?date_range=" + range)).then((d) => {
       if (gen !== S.generation) return;
       const k = d.min_visitors;
+      if (isDp(d.privacy)) {
+        note.textContent = "Events Veil left out of every report in this period, with differential-privacy " +
+          "noise. It follows the period; the filters do not apply (this report has none). " +
+          "Reasons under the noisy threshold are not listed.";
+      }
       const groups = [["dropped", "Not stored", d.dropped || []], ["stored_bots", "Kept bots (flagged)", d.stored_bots || []]]
         .filter(([id, , rows]) => id === "dropped" || rows.length > 0);
       const max = Math.max(1, ...groups.flatMap(([, , rows]) => rows.map((r) => Number(r.events) || 0)));
@@ -479,29 +596,30 @@
             const hidden = r.events === null || r.events === undefined;
             return h("tr", {}, h("th", { scope: "row", "data-raw": String(r.reason) }, bar,
               h("span", { class: "cell", text: FILTER_REASONS[r.reason] || String(r.reason) })),
-            h("td", { class: "n" + (hidden ? " null" : ""), "data-value": hidden ? "null" : String(r.events),
-              title: hidden ? "Hidden: fewer than k = " + k + " events" : null,
-              text: hidden ? "fewer than " + k : nf.format(Number(r.events)) }));
+            hidden ? h("td", { class: "n null", "data-value": "null", title: "Hidden: fewer than k = " + k + " events",
+              text: "fewer than " + k }) : numberCell("events", r.events, d.privacy));
           }))));
       body.replaceChildren(table);
     }).catch((e) => {
       if (gen !== S.generation) return;
       if (needsAuth(e)) return authFailed(e);
-      body.replaceChildren(h("p", { class: "hint error", text: e.message }));
+      body.replaceChildren(failure("p", e));
     });
     return art;
   }
 
   // ---------- top stats + chart ----------
-  function changeBadge(metric, change) {
+  function changeBadge(metric, change, priv) {
     if (change === null || change === undefined) return h("span", { class: "change flat", text: "no comparison" });
+    const approx = isDp(priv) ? "≈ " : "";
     const x = Number(change);
     const good = LOWER_IS_BETTER.has(metric) ? x < 0 : x > 0;
     const cls = x === 0 ? "flat" : good ? "good" : "bad";
     const arrow = x > 0 ? "↑" : x < 0 ? "↓" : "→";
     const unit = PERCENT.has(metric) ? " pp" : "%";
     return h("span", { class: "change " + cls, "data-change": String(change),
-      text: arrow + " " + Math.abs(Math.round(x * 10) / 10) + unit, title: "Change against the comparison period" });
+      text: arrow + " " + approx + Math.abs(Math.round(x * 10) / 10) + unit,
+      title: "Change against the comparison period" + (approx ? " (between noisy numbers: differential privacy)" : "") });
   }
 
   // Top stats, one query per group of metrics (the API does not mix performance percentiles with
@@ -517,15 +635,17 @@
       return api("/api/v2/query", { body: query }).then((data) => {
         if (gen !== S.generation) return data;
         const r = (data.results || [])[0] || { metrics: metrics.map(() => null) };
+        const priv = privacyOf(data);
         slots[g] = metrics.map((m, i) => {
           const chartable = CHARTABLE.has(m);
           const inner = [h("span", { class: "label", text: metricLabel(m) }),
-            h("span", { class: "value", "data-metric": m, "data-value": r.metrics[i] === null ? "null" : String(r.metrics[i]),
-              text: fmt(m, r.metrics[i]) })];
-          if (st.compare) inner.push(changeBadge(m, r.comparison && r.comparison.change ? r.comparison.change[i] : null));
+            putNumber(h("span", { class: "value", "data-metric": m }), m, r.metrics[i], priv)];
+          if (st.compare) inner.push(changeBadge(m, r.comparison && r.comparison.change ? r.comparison.change[i] : null, priv));
           if (st.compare && r.comparison) {
-            inner.push(h("span", { class: "hint prev", "data-prev": String(r.comparison.metrics[i]),
-              text: "was " + fmt(m, r.comparison.metrics[i]) }));
+            // The comparison period is a release of its own: noisy too, its interval not sent.
+            const was = r.comparison.metrics[i];
+            inner.push(h("span", { class: "hint prev", "data-prev": String(was),
+              text: "was " + (isDp(priv) && was !== null && was !== undefined ? "≈ " : "") + fmt(m, was) }));
           }
           return h("li", { class: "stat", "data-stat": m, "aria-current": String(m === chartMetric) },
             chartable ? h("button", { type: "button", "aria-pressed": String(m === chartMetric), title: "Chart " + metricLabel(m),
@@ -534,7 +654,7 @@
         return data;
       }, (e) => {
         if (gen !== S.generation || needsAuth(e)) throw e;
-        slots[g] = [h("li", { class: "hint error", text: metrics.map(metricLabel).join(", ") + ": " + e.message })];
+        slots[g] = [failure("li", e, metrics.map(metricLabel).join(", "))];
         throw e;
       });
     });
@@ -584,12 +704,21 @@
       const labels = (data.meta && data.meta.time_labels) || rows.map((r) => String(r.dimensions[0]));
       const cur = labels.map((l) => (byLabel.has(l) ? byLabel.get(l).metrics[0] : 0));
       const hasPrev = !!st.compare && rows.some((r) => r.comparison);
+      const priv = privacyOf(data);
+      // The legend under the chart (uPlot's tooltip): "≈ N ± I" with differential privacy.
+      const legend = (ciKey) => (u, v) => {
+        if (v === null || v === undefined || !isDp(priv)) return fmt(metric, v);
+        const ci = ciOf(priv, ciKey);
+        return "≈ " + fmt(metric, v) + (ci === null ? "" : " ± " + fmt(metric, ci));
+      };
       const prev = labels.map((l) => { const r = byLabel.get(l); return r && r.comparison ? r.comparison.metrics[0] : null; });
       const table = h("table", {}, h("thead", {}, h("tr", {}, h("th", { scope: "col", text: "Time" }),
         h("th", { scope: "col", class: "n", text: metricLabel(metric) }),
         hasPrev ? h("th", { scope: "col", class: "n", text: "Comparison" }) : null)),
       h("tbody", {}, labels.map((l, i) => h("tr", { "data-time": l }, h("th", { scope: "row", text: l }),
-        numberCell(metric, byLabel.has(l) ? byLabel.get(l).metrics[0] : 0), hasPrev ? numberCell(metric, prev[i]) : null))));
+        numberCell(metric, byLabel.has(l) ? byLabel.get(l).metrics[0] : 0, priv),
+        // The comparison period is a release of its own: noisy, its interval not sent.
+        hasPrev ? numberCell(metric, prev[i], priv, null) : null))));
       details.append(table);
       if (typeof uPlot !== "function" || labels.length === 0) {
         plot.replaceChildren(h("p", { class: "hint", text: labels.length ? "Chart library unavailable; see the table." : "No data." }));
@@ -605,11 +734,11 @@
       const series = [
         { label: "Time", value: (u, v) => (v === null ? "" : labels[Math.round(v)] || "") },
         { label: "This period", stroke: cssVar("--accent"), width: 2, fill: cssVar("--bar") + "80",
-          value: (u, v) => fmt(metric, v) },
+          value: legend(metric) },
       ];
       const dataArr = [labels.map((_, i) => i), cur.map((v) => (v === null ? null : Number(v)))];
       if (hasPrev) {
-        series.push({ label: "Comparison", stroke: cssVar("--prev"), width: 1.5, dash: [6, 4], value: (u, v) => fmt(metric, v) });
+        series.push({ label: "Comparison", stroke: cssVar("--prev"), width: 1.5, dash: [6, 4], value: legend(null) });
         dataArr.push(prev.map((v) => (v === null ? null : Number(v))));
       }
       const axisColor = cssVar("--muted");
@@ -634,7 +763,7 @@
     }).catch((e) => {
       if (gen !== S.generation) return;
       if (needsAuth(e)) return authFailed(e);
-      plot.replaceChildren(h("p", { class: "hint error", text: e.message }));
+      plot.replaceChildren(failure("p", e));
     });
   }
 
@@ -709,12 +838,13 @@
         $("notice").textContent = "These filters select fewer than " + meta.min_visitors +
           " visitors, so every number is hidden (no report may describe so few people).";
       }
-      $("k-note").textContent = "Rows describing fewer than " + meta.min_visitors + " visitors are folded into one " +
-        "“(other: N rows under k)” row or shown as “—”.";
+      $("k-note").textContent = isDp(meta.privacy) ? DP_NOTE : "Rows describing fewer than " + meta.min_visitors +
+        " visitors are folded into one “(other: N rows under k)” row or shown as “—”.";
     }).catch((e) => {
       if (gen !== S.generation) return;
       if (needsAuth(e)) return authFailed(e);
-      if (!$("stats").children.length) $("stats").replaceChildren(h("li", { class: "hint error", text: e.message }));
+      if (e instanceof ApiError && e.budget) $("k-note").textContent = DP_NOTE;
+      if (!$("stats").children.length) $("stats").replaceChildren(failure("li", e));
     });
     chart(body, metric, st, gen);
     const grid = h("div", { class: "grid" });
@@ -726,6 +856,17 @@
       grid.append(h("p", { class: "hint", text: "Child-directed site: page views and event counts only; no visitors, " +
         "sources, campaigns or properties are collected." }));
     }
+  }
+
+  const DP_NOTE = "Numbers marked ≈ carry differential-privacy noise: hover over or focus a row or card for the ± of " +
+    "its 95 % interval (rates and averages have none). A row is listed only when its noisy visitors reach a threshold.";
+
+  // Realtime's `privacy` holds one entry per number, each of one metric (visitors, or events on a
+  // child-directed site): its interval is put under `key`, the column the page shows it in.
+  function onePrivacy(p, key) {
+    if (!isDp(p)) return p;
+    const first = Object.values(p.interval95 || {}).find((x) => x !== null && x !== undefined);
+    return Object.assign({}, p, { interval95: { [key]: first === undefined ? null : first } });
   }
 
   function realtime(body, st, gen) {
@@ -740,20 +881,30 @@
     h("article", { class: "panel" }, h("h2", { text: "Top pages, last 30 minutes" }), pages), updated);
     body.append(box);
     async function tick() {
+      // A hidden tab does not ask: under differential privacy each new five-minute window costs
+      // budget (three releases), which a forgotten realtime tab would spend for nothing.
+      if (document.hidden && v5.dataset.value !== undefined) return;
       try {
         const d = await api("/api/v1/sites/" + encodeURIComponent(S.site) + "/realtime");
         if (gen !== S.generation) return;
-        v5.textContent = fmt("visitors", d.visitors_5m);
-        v5.dataset.value = String(d.visitors_5m);
-        p30.textContent = fmt("pageviews", d.pageviews_30m);
-        p30.dataset.value = String(d.pageviews_30m);
+        const priv = Array.isArray(d.privacy) ? d.privacy : [];
+        putNumber(v5, "visitors", d.visitors_5m, onePrivacy(priv[0], "visitors"));
+        putNumber(p30, "pageviews", d.pageviews_30m, onePrivacy(priv[1], "pageviews"));
         const rows = (d.top_pages || []).map((p) => ({ dimensions: [p.page], metrics: [p.visitors] }));
-        pages.replaceChildren(rowTable("event:page", ["visitors"], { results: rows, meta: {} }, st, "Top pages now", false));
+        pages.replaceChildren(rowTable("event:page", ["visitors"], { results: rows, meta: { privacy: onePrivacy(priv[2], "visitors") } },
+          st, "Top pages now", false));
         updated.textContent = "Updated " + new Date().toLocaleTimeString("en-GB") + "; refreshes every " + st.refresh + " s.";
-        $("k-note").textContent = "Numbers under " + d.min_visitors + " visitors are shown as “—”.";
+        $("k-note").textContent = isDp(priv[0]) ? DP_NOTE : "Numbers under " + d.min_visitors + " visitors are shown as “—”.";
       } catch (e) {
         if (gen !== S.generation) return;
         if (needsAuth(e)) { clearInterval(S.timer); return authFailed(e); }
+        if (e instanceof ApiError && e.budget) {
+          // The budget renews at UTC midnight: refreshing before then would only be refused again.
+          clearInterval(S.timer);
+          pages.replaceChildren(failure("p", e));
+          updated.textContent = "Stopped refreshing: today's privacy budget is spent.";
+          return;
+        }
         updated.textContent = "Refresh failed: " + e.message;
       }
     }
@@ -827,7 +978,7 @@
       list.append(h("li", { "data-site": d }, h("a", { href: "/site/" + encodeURIComponent(d), text: d }), n,
         h("span", { class: "hint", text: "visitors in the last 7 days" })));
       api("/api/v2/query", { body: { site_id: d, metrics: ["visitors"], date_range: "7d" } })
-        .then((r) => { const v = ((r.results || [])[0] || { metrics: [0] }).metrics[0]; n.textContent = fmt("visitors", v); n.dataset.value = String(v); })
+        .then((r) => { putNumber(n, "visitors", ((r.results || [])[0] || { metrics: [0] }).metrics[0], privacyOf(r)); })
         .catch((e) => { n.textContent = "—"; n.title = e.message; });
     }
     // Adding a site is the admin API's; the form shows when this token may use it.
