@@ -387,7 +387,10 @@ pub async fn realtime(
     // three questions share one release's ε (a third each), so a refresh costs ε_query.
     let dp = shared.asker.is_some_and(|a| a.privacy.dp());
     let shared = stats::Shared {
-        asker: shared.asker.map(|a| stats::Asker { share: 1.0 / 3.0, ..a }),
+        asker: shared.asker.map(|a| stats::Asker {
+            share: 1.0 / 3.0,
+            ..a
+        }),
         ..shared
     };
     let now = if dp {

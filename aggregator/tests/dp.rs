@@ -581,3 +581,84 @@ async fn a_time_series_lists_every_bucket_and_ordinary_use_fits_the_budget() {
     );
     assert!(used <= day * 0.8, "ordinary use spent ε {used} of {day}");
 }
+
+#[tokio::test]
+async fn child_directed_sites_get_noisy_counts_thresholded_on_events() {
+    let ch = veil_schemas::testing::fresh_database("dp_child").await;
+    // 3 000 pageviews of /games and 3 of /rare, no visitor hash (child-directed: rows are
+    // thresholded on events, of which one person-day may add up to 5 to each of 5 pages).
+    let rows: Vec<Sql> = (0..3003)
+        .map(|i| {
+            sql!(
+                "('kids.example', toDateTime({}, 'UTC'), 'pageview', {}, 'kids.example', toFixedString('', 16))",
+                lit(&format!("{DAY} 10:{:02}:00", i % 60)),
+                lit(if i < 3000 { "/games" } else { "/rare" })
+            )
+        })
+        .collect();
+    db::exec(
+        &ch.client(),
+        &sql!(
+            "INSERT INTO events (site, timestamp, name, pathname, hostname, visitor_id) VALUES {}",
+            Sql::join(rows.iter(), ", ")
+        ),
+    )
+    .await
+    .unwrap();
+    let a = Aggregator::new(
+        AggregatorConfig {
+            api_token: Some(ADMIN.into()),
+            child_sites: vec!["kids.example".into()],
+            sites: vec!["kids.example".into()],
+            ..Default::default()
+        },
+        ch.clone(),
+    );
+    let (s, d) = ask(
+        &a,
+        ADMIN,
+        json!({"site_id": "kids.example", "metrics": ["pageviews"], "dimensions": ["event:page"], "date_range": [DAY, DAY]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(d["meta"]["privacy"]["mode"], "dp", "{d}");
+    let pages = by_page(&d);
+    assert_eq!(
+        pages.len(),
+        1,
+        "/rare (3 events) is under the threshold: {d}"
+    );
+    let games = pages["/games"];
+    let interval = d["meta"]["privacy"]["interval95"]["pageviews"]
+        .as_f64()
+        .unwrap();
+    assert!((games - 3000.0).abs() <= 2.0 * interval, "{d}");
+}
+
+#[tokio::test]
+async fn a_sites_first_questions_asked_at_once_share_one_noise_key() {
+    // A dashboard's first screen: its panels reach a site nobody asked about yet together.
+    let (a, _, _, _) = fresh("dp_first_key", Settings::default()).await;
+    let key = site_key(&a).await;
+    let q = |dim: &str| json!({"site_id": SITE, "metrics": ["visitors"], "dimensions": [dim], "date_range": [DAY, DAY]});
+    let (one, two, three, four) = tokio::join!(
+        ask(&a, &key, q("visit:country")),
+        ask(&a, &key, q("visit:device")),
+        ask(&a, &key, q("visit:source")),
+        ask(&a, &key, q("event:page")),
+    );
+    for (dim, first) in [
+        ("visit:country", one),
+        ("visit:device", two),
+        ("visit:source", three),
+        ("event:page", four),
+    ] {
+        assert_eq!(first.0, 200, "{}", first.1);
+        let (_, again) = ask(&a, &key, q(dim)).await;
+        assert_eq!(again["meta"]["privacy"]["repeated"], true, "{again}");
+        assert_eq!(
+            again["results"], first.1["results"],
+            "{dim}: asked again, answered otherwise"
+        );
+    }
+}

@@ -88,7 +88,7 @@ fn veil_up_runs_everything_and_keeps_no_raw_identifiers() {
     );
 
     // Restart on the same data dir: the event is still there.
-    let v = start(dir.path(), free_port(), &[]);
+    let v = start(dir.path(), free_port(), &["--privacy", "exact"]);
     assert_eq!(
         visitors(v.addr)["results"][0]["metrics"],
         serde_json::json!([2, 2])

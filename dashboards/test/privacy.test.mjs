@@ -27,19 +27,6 @@ const FOOTER = /^Privacy: differential privacy, ε [\d,.]+ of 50 used today \(re
 
 let veil, chrome;
 
-/**
- * Asks one question about `site` with a site key of its own (the admin token's budget stays
- * whole), so that the site's noise key exists before a page asks ten questions at once.
- * Without it the API can answer those with two noise keys: concurrent first questions each
- * find no key in privacy_keys, each insert one, and the first to re-read keeps the key it
- * inserted while the later ones (and the cache) take the lowest nonce; the same question asked
- * again later is then "repeated" (free) but answered with other noise (reported with issue 15).
- */
-async function warmNoiseKey(v, site) {
-  const { key } = await api(v, `/api/v1/sites/${site}/keys`, { body: { name: "noise-key-warm-up" } });
-  await api(v, "/api/v2/query", { body: { site_id: site, date_range: "day", metrics: ["visitors"] }, token: key });
-}
-
 before(async () => {
   // The default privacy flags: nothing added.
   veil = await startVeil({ args: ["--demo"], log: "warn,veil=info" });
@@ -52,7 +39,6 @@ before(async () => {
   delete settings.domain;
   delete settings.source;
   await api(veil, `/api/v1/sites/${DEMO}`, { method: "PUT", body: settings });
-  await warmNoiseKey(veil, DEMO);
   chrome = await browser();
 });
 
@@ -384,7 +370,6 @@ test("a small budget (--epsilon-day 2): later panels show the API's budget-spent
   const small = await startVeil({ args: ["--epsilon-day", "2", "--epsilon-query", "0.5"] });
   try {
     await seed(small);
-    await warmNoiseKey(small, SITE);
     const page = await open(chrome);
     const calls = [];
     page.on("response", async (r) => {

@@ -888,6 +888,7 @@ fn round6(x: f64) -> f64 {
 pub struct Privacy {
     settings: Settings,
     keys: Mutex<HashMap<String, [u8; 32]>>,
+    making_keys: tokio::sync::Mutex<()>,
     charging: tokio::sync::Mutex<()>,
 }
 
@@ -897,6 +898,7 @@ impl Privacy {
         Self {
             settings,
             keys: Mutex::new(HashMap::new()),
+            making_keys: tokio::sync::Mutex::new(()),
             charging: tokio::sync::Mutex::new(()),
         }
     }
@@ -912,12 +914,20 @@ impl Privacy {
     }
 
     /// `site`'s noise key: the stored one with the lowest nonce; made (random) when none is
-    /// stored yet, the way collectors agree on daily salts.
+    /// stored yet, the way collectors agree on daily salts. One asker at a time looks for a
+    /// missing key (a dashboard's first panels arrive together: they must not each make one
+    /// and answer with different noise). Two aggregators of a cluster that make a site's
+    /// first key in the same instant can still answer one question each with their own key
+    /// before both read the lowest; from then on every aggregator uses the same.
     pub async fn site_key(
         &self,
         client: &clickhouse::Client,
         site: &str,
     ) -> Result<[u8; 32], Error> {
+        if let Some(k) = self.cached(site) {
+            return Ok(k);
+        }
+        let _one_at_a_time = self.making_keys.lock().await;
         if let Some(k) = self.cached(site) {
             return Ok(k);
         }
