@@ -50,7 +50,7 @@ pub mod noise;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
 use dashu::integer::IBig;
 use dashu::rational::RBig;
 use opendp::domains::{AtomDomain, MapDomain, VectorDomain};
@@ -890,6 +890,9 @@ pub struct Privacy {
     keys: Mutex<HashMap<String, [u8; 32]>>,
     making_keys: tokio::sync::Mutex<()>,
     charging: tokio::sync::Mutex<()>,
+    /// What this process knows of the ledger: per UTC day and credential-and-site, each
+    /// question's ε (a question found here is answered as repeated without a ClickHouse read).
+    asked: Mutex<HashMap<(NaiveDate, String), HashMap<String, f64>>>,
 }
 
 impl Privacy {
@@ -900,6 +903,7 @@ impl Privacy {
             keys: Mutex::new(HashMap::new()),
             making_keys: tokio::sync::Mutex::new(()),
             charging: tokio::sync::Mutex::new(()),
+            asked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -1008,6 +1012,24 @@ impl Privacy {
             .unwrap_or_default()
             .and_utc();
         let q = hex(&question);
+        let slot = (day, credential.clone());
+        let known =
+            |asked: &HashMap<String, f64>| (asked.values().sum::<f64>(), asked.contains_key(&q));
+        let local = {
+            let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+            asked.retain(|(d, _), _| *d + Duration::days(1) >= day);
+            asked.get(&slot).map(known)
+        };
+        if let Some((spent, true)) = local {
+            return Ok(Spend {
+                epsilon: 0.0,
+                repeated: true,
+                spent,
+                epsilon_day,
+                resets_at,
+            });
+        }
+        // Not known here: the ledger every aggregator writes.
         let rows = fetch(
             client,
             &sql!(
@@ -1017,12 +1039,19 @@ impl Privacy {
             ),
         )
         .await?;
-        let mut spent = 0.0;
-        let mut repeated = false;
-        for r in &rows {
-            spent += r.get(1).and_then(number).unwrap_or(0.0);
-            repeated |= r.get(0).and_then(Value::as_str) == Some(q.as_str());
-        }
+        let (spent, repeated) = {
+            let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = asked.entry(slot.clone()).or_default();
+            for r in &rows {
+                if let Some(question) = r.get(0).and_then(Value::as_str) {
+                    mine.insert(
+                        question.to_string(),
+                        r.get(1).and_then(number).unwrap_or(0.0),
+                    );
+                }
+            }
+            known(mine)
+        };
         if repeated {
             return Ok(Spend {
                 epsilon: 0.0,
@@ -1066,6 +1095,12 @@ impl Privacy {
             ),
         )
         .await?;
+        self.asked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(slot)
+            .or_default()
+            .insert(q, epsilon);
         Ok(Spend {
             epsilon,
             repeated,
