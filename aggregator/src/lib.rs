@@ -61,6 +61,7 @@ pub mod rollup;
 pub mod site;
 pub mod snapshot;
 pub mod stats;
+pub mod v1;
 
 pub use auth::Access;
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -485,6 +486,7 @@ impl Aggregator {
             || path == "/api/v2/funnel"
             || path == "/api/v1/sites"
             || path.starts_with("/api/v1/sites/")
+            || path.starts_with("/api/v1/stats/")
     }
 
     /// Who is asking (see [`auth`]): the admin, or a reader of one site. Site keys and shared

@@ -67,6 +67,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/sites/{domain}/realtime"),
     ("GET", "/api/v1/sites/{domain}/filtered-traffic"),
     ("GET", "/api/v1/sites/{domain}/export"),
+    ("GET", "/api/v1/stats/realtime/visitors"),
+    ("GET", "/api/v1/stats/aggregate"),
+    ("GET", "/api/v1/stats/timeseries"),
+    ("GET", "/api/v1/stats/breakdown"),
 ];
 
 /// The [`ROUTES`] entry `path` matches, and the domain in it.
@@ -141,6 +145,32 @@ pub async fn route(
                 )
                 .await?;
                 Ok(json_response(StatusCode::OK, &doc))
+            }
+            .await,
+        ),
+        v1 if v1.starts_with("/api/v1/stats/") => Some(
+            async {
+                if req.method() != Method::GET {
+                    return Err(Error::MethodNotAllowed("GET"));
+                }
+                let params = crate::v1::params(req.uri().query());
+                let site = readable(agg, access, &crate::v1::site_id(&params)?)?;
+                let now = agg.now();
+                let what = v1.trim_start_matches("/api/v1/stats/");
+                let doc = crate::v1::answer(
+                    agg.client(),
+                    &site,
+                    what,
+                    &params,
+                    now,
+                    agg.shared_for(access, now),
+                )
+                .await?;
+                let mut r = json_response(StatusCode::OK, &doc);
+                let mode = if agg.privacy().dp() { "dp" } else { "exact" };
+                r.headers_mut()
+                    .insert("x-veil-privacy", http::HeaderValue::from_static(mode));
+                Ok(r)
             }
             .await,
         ),

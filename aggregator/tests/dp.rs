@@ -441,7 +441,9 @@ async fn every_report_route_publishes_through_the_privacy_module() {
             ),
             _ => None,
         };
-        let path = if method == &"GET" && !path.ends_with("realtime") {
+        let path = if path.starts_with("/api/v1/stats/") {
+            format!("{path}?site_id={SITE}&period=custom&date={DAY},{DAY}&property=event:page&metrics=visitors,pageviews")
+        } else if method == &"GET" && !path.ends_with("realtime") {
             format!("{path}?date_range={DAY},{DAY}")
         } else {
             path
@@ -454,7 +456,14 @@ async fn every_report_route_publishes_through_the_privacy_module() {
             continue;
         }
         assert_eq!(s, 200, "{path}: {}", String::from_utf8_lossy(&b));
-        if ctype.starts_with("application/json") {
+        if path.starts_with("/api/v1/stats/") {
+            // Plausible's v1 shapes; the mode is in a header (realtime/visitors is a bare number).
+            assert_eq!(h["x-veil-privacy"], "dp", "{path}");
+        }
+        if path.starts_with("/api/v1/stats/realtime/visitors") {
+            let v: Value = serde_json::from_slice(&b).unwrap();
+            assert!(v.is_u64(), "{path}: {v}");
+        } else if ctype.starts_with("application/json") {
             let v: Value = serde_json::from_slice(&b).unwrap();
             let p = if v["meta"]["privacy"].is_object() {
                 v["meta"]["privacy"].clone()
