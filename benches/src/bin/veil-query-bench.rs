@@ -1033,7 +1033,7 @@ fn total(t: &Timings) -> (f64, bool) {
         t.iter()
             .filter_map(|(_, r)| r.as_ref().ok())
             .map(|(d, _)| ms(*d))
-            .sum(),
+            .fold(0.0, |sum, x| sum + x),
         ok,
     )
 }
@@ -1184,6 +1184,10 @@ impl Unfiltered {
             .iter()
             .map(|s| {
                 let ((x, okx), (y, oky)) = (total(&s[e]), total(&s[d]));
+                let answered = |t: &Timings| t.iter().any(|(_, r)| r.is_ok());
+                if !answered(&s[e]) && !answered(&s[d]) {
+                    return "skipped | –".to_string();
+                }
                 if !(okx && oky) {
                     return format!("{} (incomplete) | –", pair(Some(x), Some(y)));
                 }
