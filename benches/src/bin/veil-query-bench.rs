@@ -5,10 +5,11 @@
 //! `veil_qbench_<size>` with `veil_schemas::gen` (30 days for one site, seeded; a database
 //! that already holds exactly that many events for the site is reused, so repeated runs skip
 //! the generation), then times each query of the dashboard's first screen through
-//! `veil_aggregator::Aggregator::query` — the same code path as `POST /api/v2/query`, without
-//! HTTP — and prints the median of `--runs` runs (after one warm-up run), the full set's
-//! total, and the median time of a dashboard load (the six sent at once, as the dashboard's
-//! panels fetch them, until the last answer):
+//! `veil_aggregator::Aggregator::query_as` — the same code path as `POST /api/v2/query`,
+//! without HTTP, in each privacy mode of `--privacy` (below) — and prints the median of
+//! `--runs` runs (after one warm-up run), the full set's total, and the median time of a
+//! dashboard load (the six sent at once, as the dashboard's panels fetch them, until the last
+//! answer):
 //!
 //! | query | body |
 //! |---|---|
@@ -32,19 +33,36 @@
 //! `Signup` (event `Signup`) for its site in the database's registry, so `event:goal` filters
 //! are accepted.
 //!
+//! **Privacy modes** (issue 15, `--privacy dp|exact|both`, default `both`): every question goes
+//! through `Aggregator::query_as(&Access::Admin, …)` of an aggregator configured in that mode —
+//! `exact` (exact numbers, k-anonymity and the differencing guard) or `dp` (differential
+//! privacy: the question's budget charged in ClickHouse's `privacy_spend`, the site's noise key
+//! read once and cached, the SQL with the release's hidden parts and every row rather than the
+//! first 10, discrete Laplace noise per row and part, the noisy threshold), with a day's budget
+//! of 1e9 so that nothing is refused. With `both`, each timing is taken in both modes with
+//! their runs alternating (one aggregator per mode, one shared registry), and a table of dp ÷
+//! exact follows each size's tables: ratios measured in one run, as the machine drifts. A
+//! question asked again is *repeated* in dp (free for the budget, same noise): the warm-up run
+//! asks it new, the timed runs repeat it — the ledger is still read and the SQL and the noise
+//! still run in full. One more row, **dashboard load, every question new**, sends each load as
+//! a credential never used before (`key:qbench-…`), so in dp all six questions are charged (a
+//! SELECT and an INSERT each, one charge at a time per aggregator).
+//!
 //! ClickHouse: a managed server in a temp dir (started from the main thread, which its
 //! parent-death signal is tied to), or `--clickhouse-url`. Output: Markdown tables per size
 //! (ready for benches/README.md), a JSON line per size (and one for its filtered screens), and
 //! at the end the worst cases of each size against issue 21's targets.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use veil_aggregator::{Aggregator, AggregatorConfig};
+use veil_aggregator::privacy::{Mode, Settings};
+use veil_aggregator::{Access, Aggregator, AggregatorConfig};
 use veil_schemas::gen::{generate, GenOptions};
 use veil_schemas::managed::{ManagedClickHouse, ManagedOptions};
 use veil_schemas::sql;
@@ -108,6 +126,128 @@ struct Args {
     /// Do not time each filtered panel by itself (only the six at once).
     #[arg(long)]
     skip_singles: bool,
+    /// How the questions are answered: `exact` (k-anonymity and the differencing guard, exact
+    /// numbers), `dp` (differential privacy: budget charge, noise key, hidden parts, noise per
+    /// row and part; a day's budget of 1e9 so nothing is refused) or `both` (every timing in
+    /// both modes, their runs alternating, and dp ÷ exact printed).
+    #[arg(long, value_enum, default_value_t = PrivacyChoice::Both)]
+    privacy: PrivacyChoice,
+}
+
+/// `--privacy`: the modes the bench asks in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PrivacyChoice {
+    Dp,
+    Exact,
+    Both,
+}
+
+impl PrivacyChoice {
+    /// The modes timed, exact first (the ratio's denominator).
+    fn modes(self) -> Vec<Mode> {
+        match self {
+            PrivacyChoice::Dp => vec![Mode::Dp],
+            PrivacyChoice::Exact => vec![Mode::Exact],
+            PrivacyChoice::Both => vec![Mode::Exact, Mode::Dp],
+        }
+    }
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Dp => "dp",
+        Mode::Exact => "exact",
+    }
+}
+
+/// ε per credential and day in dp mode: large enough that the bench never hits the budget
+/// (each new question spends 0.5), so what is timed is the mechanism, not refusals.
+const DP_EPSILON_DAY: f64 = 1e9;
+
+/// The aggregator configuration of `mode` (`today_snapshot_secs` 0: live reads).
+fn config(mode: Mode, today_snapshot_secs: u64) -> AggregatorConfig {
+    AggregatorConfig {
+        sites: vec![SITE.into()],
+        min_visitors: 5,
+        today_snapshot_secs,
+        privacy: Settings {
+            mode,
+            epsilon_day: DP_EPSILON_DAY,
+            ..Settings::default()
+        },
+        ..AggregatorConfig::default()
+    }
+}
+
+/// One aggregator per mode timed, sharing one registry.
+type Aggs = Vec<(Mode, Aggregator)>;
+
+fn aggregators(modes: &[Mode], ch: &ClickHouseConfig, today_snapshot_secs: u64) -> Aggs {
+    let mut out: Aggs = Vec::new();
+    for m in modes {
+        let cfg = config(*m, today_snapshot_secs);
+        let agg = match out.first() {
+            Some((_, first)) => {
+                Aggregator::with_registry(cfg, ch.clone(), std::sync::Arc::clone(first.registry()))
+            }
+            None => Aggregator::new(cfg, ch.clone()),
+        };
+        out.push((*m, agg));
+    }
+    out
+}
+
+/// A credential never used before (`key:qbench-N`): its questions are all new to the budget
+/// ledger, so in dp each one is charged (a SELECT and an INSERT into `privacy_spend`).
+fn fresh_access() -> Access {
+    Access::Site {
+        site: SITE.to_string(),
+        credential: fresh_credential(),
+    }
+}
+
+fn fresh_credential() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("key:qbench-{}-{n}", std::process::id())
+}
+
+/// Questions the budget charge alone is timed with.
+const CHARGES: usize = 20;
+
+/// The budget charge alone (`Privacy::charge`, dp): [`CHARGES`] new questions of a fresh
+/// credential, one after the other (each a SELECT of the credential's ledger of the day and
+/// an INSERT into `privacy_spend`), then the same questions again (repeated: the SELECT
+/// only). The medians, new and repeated.
+async fn time_charges(agg: &Aggregator) -> Result<(Duration, Duration)> {
+    let credential = fresh_credential();
+    let now = chrono::Utc::now();
+    let questions: Vec<[u8; 32]> = (0..CHARGES as u64)
+        .map(|i| {
+            let mut q = [0x71u8; 32];
+            q[..8].copy_from_slice(&i.to_le_bytes());
+            q
+        })
+        .collect();
+    let mut times = [Vec::new(), Vec::new()];
+    for (round, t) in times.iter_mut().enumerate() {
+        for q in &questions {
+            let started = Instant::now();
+            let spend = agg
+                .privacy()
+                .charge(agg.client(), &credential, *q, 0.5, now)
+                .await
+                .context("charging the bench's budget")?;
+            t.push(started.elapsed());
+            anyhow::ensure!(
+                spend.repeated == (round == 1),
+                "charge {round}: repeated is {}",
+                spend.repeated
+            );
+        }
+    }
+    let [new, again] = times;
+    Ok((median(new), median(again)))
 }
 
 const SITE: &str = "bench.example";
@@ -321,7 +461,7 @@ fn filter_set() -> Vec<(&'static str, &'static str, Value)> {
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -389,50 +529,53 @@ async fn prepare(base: &ClickHouseConfig, size: u64, a: &Args) -> Result<ClickHo
 /// Per query: the median and how many runs it is the median of, or why it failed.
 type Timings = Vec<(&'static str, Result<(Duration, usize), String>)>;
 
-/// Times every query of the standard set, reading rollups or (`include.rollups: false`) raw
-/// events only; an `Err` for a query the API refused (with why).
-async fn time_set(agg: &Aggregator, a: &Args, rollups: bool) -> Result<Timings> {
-    let runs = a.runs;
-    let mut out = Vec::new();
+/// Times every query of the standard set in each mode of `aggs`, reading rollups or
+/// (`include.rollups: false`) raw events only: per query one warm-up in each mode, then
+/// `--runs` runs in each, the modes alternating run by run (so a drift of the machine hits
+/// both alike). One `Timings` per mode, in `aggs`' order; an `Err` for a query the API
+/// refused (with why). In dp every run after the first asks a question already asked: free
+/// for the budget (the ledger is still read) and the same noise, drawn again.
+async fn time_set(aggs: &Aggs, a: &Args, rollups: bool) -> Result<Vec<Timings>> {
+    let mut out: Vec<Timings> = aggs.iter().map(|_| Vec::new()).collect();
     for (name, mut body) in standard_set() {
         if let Some(o) = body.as_object_mut() {
             let include = o.entry("include").or_insert_with(|| json!({}));
             include["rollups"] = json!(rollups);
         }
         let bytes = serde_json::to_vec(&body)?;
-        let mut times = Vec::new();
-        let mut failed = None;
-        for i in 0..=runs {
-            let t = Instant::now();
-            let r = Aggregator::query(agg, &bytes, chrono::Utc::now()).await;
-            let took = t.elapsed();
-            match r {
-                Ok(resp) if resp.status().is_success() => {
-                    if i > 0 {
-                        times.push(took);
-                    } else if took.as_secs_f64() > a.max_query_secs {
+        let mut times: Vec<Vec<Duration>> = aggs.iter().map(|_| Vec::new()).collect();
+        let mut failed: Vec<Option<String>> = aggs.iter().map(|_| None).collect();
+        let mut done = vec![false; aggs.len()];
+        for i in 0..=a.runs {
+            for (m, (_, agg)) in aggs.iter().enumerate() {
+                if done[m] {
+                    continue;
+                }
+                let r = ask(agg, &Access::Admin, &bytes).await;
+                match r.answer {
+                    Ok(_) if i > 0 => times[m].push(r.took),
+                    Ok(_) if r.took.as_secs_f64() > a.max_query_secs => {
                         // Too slow to repeat: the warm-up run is the measurement.
-                        times.push(took);
-                        break;
+                        times[m].push(r.took);
+                        done[m] = true;
                     }
-                }
-                Ok(resp) => {
-                    failed = Some(format!("HTTP {}", resp.status()));
-                    break;
-                }
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed[m] = Some(e);
+                        done[m] = true;
+                    }
                 }
             }
         }
-        out.push((
-            name,
-            match failed {
-                Some(e) => Err(e),
-                None => Ok((median(times.clone()), times.len())),
-            },
-        ));
+        for (m, t) in out.iter_mut().enumerate() {
+            t.push((
+                name,
+                match failed[m].take() {
+                    Some(e) => Err(e),
+                    None => Ok((median(times[m].clone()), times[m].len())),
+                },
+            ));
+        }
     }
     Ok(out)
 }
@@ -462,10 +605,11 @@ fn short(s: &str) -> String {
     }
 }
 
-/// Sends one query through `Aggregator::query` (the Stats API's code path) and reads its answer.
-async fn ask(agg: &Aggregator, body: &[u8]) -> Ask {
+/// Sends one query through `Aggregator::query_as` (the Stats API's code path, in the
+/// aggregator's privacy mode) as `access`, and reads its answer.
+async fn ask(agg: &Aggregator, access: &Access, body: &[u8]) -> Ask {
     let t = Instant::now();
-    let r = Aggregator::query(agg, body, chrono::Utc::now()).await;
+    let r = agg.query_as(access, body, chrono::Utc::now()).await;
     let took = t.elapsed();
     let answer = match r {
         Err(e) => Err(short(&format!("{}: {e}", e.status().as_u16()))),
@@ -486,15 +630,15 @@ async fn ask(agg: &Aggregator, body: &[u8]) -> Ask {
     Ask { took, answer }
 }
 
-/// The panels sent at once, as the dashboard's panels fetch them: the time until the last
-/// answer, and each panel's run.
-async fn load_once(agg: &Aggregator, bodies: &[Vec<u8>]) -> (Duration, Vec<Ask>) {
+/// The panels sent at once as `access`, as the dashboard's panels fetch them: the time until
+/// the last answer, and each panel's run.
+async fn load_once(agg: &Aggregator, access: &Access, bodies: &[Vec<u8>]) -> (Duration, Vec<Ask>) {
     let t = Instant::now();
     let tasks: Vec<_> = bodies
         .iter()
         .map(|b| {
-            let (agg, b) = (agg.clone(), b.clone());
-            tokio::spawn(async move { ask(&agg, &b).await })
+            let (agg, access, b) = (agg.clone(), access.clone(), b.clone());
+            tokio::spawn(async move { ask(&agg, &access, &b).await })
         })
         .collect();
     let mut runs = Vec::new();
@@ -507,9 +651,10 @@ async fn load_once(agg: &Aggregator, bodies: &[Vec<u8>]) -> (Duration, Vec<Ask>)
     (t.elapsed(), runs)
 }
 
-/// A first screen as the dashboard loads it, timed.
+/// A first screen as the dashboard loads it, timed in one privacy mode.
 #[derive(Debug)]
 struct Screen {
+    mode: Mode,
     /// The filter's name (`unfiltered` for none).
     filter: &'static str,
     period: String,
@@ -529,73 +674,106 @@ impl Screen {
     }
 }
 
-/// Times the first screen `set` (panel names and bodies): one warm-up load, then `a.runs`
-/// loads (the median is reported) unless the warm-up failed or took longer than
-/// `--max-query-secs` (then it is the measurement); then, if `alone`, each panel by itself
-/// (`a.runs` runs, the median; one when it fails or is too slow to repeat).
+/// Times the first screen `set` (panel names and bodies) in each mode of `aggs`: one warm-up
+/// load per mode, then `a.runs` loads per mode, the modes alternating (the median is
+/// reported), unless a mode's warm-up failed or took longer than `--max-query-secs` (then it
+/// is that mode's measurement); then, if `alone`, each panel by itself (`a.runs` runs per
+/// mode, alternating, the median; one when it fails or is too slow to repeat). Asked as the
+/// admin, or (`fresh`) each load as a credential never used before, so that in dp every
+/// question of every load is new to the budget ledger (charged: SELECT and INSERT). One
+/// `Screen` per mode, in `aggs`' order.
+#[allow(clippy::too_many_arguments)]
 async fn time_screen(
-    agg: &Aggregator,
+    aggs: &Aggs,
     a: &Args,
     filter: &'static str,
     period: &str,
     set: &[(&'static str, Value)],
     alone: bool,
-) -> Result<Screen> {
+    fresh: bool,
+) -> Result<Vec<Screen>> {
     let bodies: Vec<Vec<u8>> = set
         .iter()
         .map(|(_, b)| serde_json::to_vec(b))
         .collect::<Result<_, _>>()?;
-    let mut times = Vec::new();
-    let mut panels: Vec<Ask> = Vec::new();
+    let n = aggs.len();
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); n];
+    let mut panels: Vec<Vec<Ask>> = vec![Vec::new(); n];
+    let mut done = vec![false; n];
     for i in 0..=a.runs {
-        let (took, runs) = load_once(agg, &bodies).await;
-        if panels.is_empty() {
-            panels = runs;
-        } else {
-            for (kept, new) in panels.iter_mut().zip(runs) {
-                if kept.answer.is_ok() {
-                    *kept = new;
+        for (m, (_, agg)) in aggs.iter().enumerate() {
+            if done[m] {
+                continue;
+            }
+            let access = if fresh { fresh_access() } else { Access::Admin };
+            let (took, runs) = load_once(agg, &access, &bodies).await;
+            let kept = &mut panels[m];
+            if kept.is_empty() {
+                *kept = runs;
+            } else {
+                for (k, new) in kept.iter_mut().zip(runs) {
+                    if k.answer.is_ok() {
+                        *k = new;
+                    }
                 }
             }
-        }
-        if i > 0 {
-            times.push(took);
-        } else if took.as_secs_f64() > a.max_query_secs || panels.iter().any(|r| r.answer.is_err())
-        {
-            times.push(took);
-            break;
+            if i > 0 {
+                times[m].push(took);
+            } else if took.as_secs_f64() > a.max_query_secs
+                || kept.iter().any(|r| r.answer.is_err())
+            {
+                times[m].push(took);
+                done[m] = true;
+            }
         }
     }
-    let mut singles = Vec::new();
+    let mut singles: Vec<Vec<Result<(Duration, usize), String>>> = vec![Vec::new(); n];
     if alone {
         for b in &bodies {
-            let mut took = Vec::new();
-            let mut failed = None;
+            let mut took: Vec<Vec<Duration>> = vec![Vec::new(); n];
+            let mut failed: Vec<Option<String>> = vec![None; n];
+            let mut done = vec![false; n];
             for _ in 0..a.runs.max(1) {
-                let r = ask(agg, b).await;
-                if let Err(e) = r.answer {
-                    failed = Some(e);
-                    break;
-                }
-                took.push(r.took);
-                if r.took.as_secs_f64() > a.max_query_secs {
-                    break;
+                for (m, (_, agg)) in aggs.iter().enumerate() {
+                    if done[m] {
+                        continue;
+                    }
+                    let r = ask(agg, &Access::Admin, b).await;
+                    match r.answer {
+                        Err(e) => {
+                            failed[m] = Some(e);
+                            done[m] = true;
+                        }
+                        Ok(_) => {
+                            took[m].push(r.took);
+                            done[m] = r.took.as_secs_f64() > a.max_query_secs;
+                        }
+                    }
                 }
             }
-            singles.push(match failed {
-                Some(e) => Err(e),
-                None => Ok((median(took.clone()), took.len())),
-            });
+            for m in 0..n {
+                singles[m].push(match failed[m].take() {
+                    Some(e) => Err(e),
+                    None => Ok((median(took[m].clone()), took[m].len())),
+                });
+            }
         }
     }
-    Ok(Screen {
-        filter,
-        period: period.to_string(),
-        load: median(times.clone()),
-        loads: times.len(),
-        panels,
-        alone: singles,
-    })
+    Ok(aggs
+        .iter()
+        .zip(times)
+        .zip(panels)
+        .zip(singles)
+        .map(|((((mode, _), times), panels), alone)| Screen {
+            mode: *mode,
+            filter,
+            period: period.to_string(),
+            load: median(times.clone()),
+            loads: times.len(),
+            panels,
+            alone,
+        })
+        .collect())
 }
 
 /// p-th percentile (nearest rank) of `v`, which must not be empty.
@@ -609,6 +787,7 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 /// What the end of the run says about one size.
 struct Summary {
     size: String,
+    mode: Mode,
     unfiltered: Screen,
     screens: Vec<Screen>,
 }
@@ -660,19 +839,16 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
         .collect::<Result<_>>()?;
     let filters = selected_filters(&a.filters)?;
     let periods = selected_periods(&a.periods)?;
+    let modes = a.privacy.modes();
     let mut summaries = Vec::new();
     for size in sizes {
         let ch = prepare(&base, size, &a).await?;
-        let agg = Aggregator::new(
-            AggregatorConfig {
-                sites: vec![SITE.into()],
-                min_visitors: 5,
-                ..AggregatorConfig::default()
-            },
-            ch.clone(),
-        );
+        let live = aggregators(&modes, &ch, 0);
+        let Some((_, agg)) = live.first() else {
+            bail!("no privacy mode to time");
+        };
         // The goal the `goal` filters name, stored in the database's registry as the admin API
-        // would store it (flag settings otherwise).
+        // would store it (flag settings otherwise); the aggregators share that registry.
         let mut settings = agg.config().flag_settings(SITE);
         settings.goals = vec![json!({"name": GOAL, "event_name": "Signup"})];
         settings.validate().context("the bench site's goal")?;
@@ -732,27 +908,32 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
             }
         }
         let raw = if a.skip_raw {
-            standard_set()
+            let skipped: Timings = standard_set()
                 .into_iter()
                 .map(|(n, _)| (n, Err("skipped (--skip-raw)".to_string())))
-                .collect()
+                .collect();
+            vec![skipped; modes.len()]
         } else {
-            time_set(&agg, &a, false).await?
+            time_set(&live, &a, false).await?
         };
-        let rolled = time_set(&agg, &a, true).await?;
-        let load = time_screen(&agg, &a, "unfiltered", "30d", &standard_set(), false).await?;
+        let rolled = time_set(&live, &a, true).await?;
+        let load = time_screen(
+            &live,
+            &a,
+            "unfiltered",
+            "30d",
+            &standard_set(),
+            false,
+            false,
+        )
+        .await?;
+        // The same loads with every question new to the budget ledger (dp: each charged).
+        let fresh =
+            time_screen(&live, &a, "unfiltered", "30d", &standard_set(), false, true).await?;
         // The same with today's snapshot (as `veil aggregator` reads by default): one taken
         // now, and reports that read it (the data does not change meanwhile, so it misses
         // nothing and every run reads it).
-        let snap_agg = Aggregator::new(
-            AggregatorConfig {
-                sites: vec![SITE.into()],
-                min_visitors: 5,
-                today_snapshot_secs: veil_aggregator::snapshot::MAX_AGE_SECS,
-                ..AggregatorConfig::default()
-            },
-            ch.clone(),
-        );
+        let snap_aggs = aggregators(&modes, &ch, veil_aggregator::snapshot::MAX_AGE_SECS);
         let t = Instant::now();
         let snap =
             veil_aggregator::snapshot::take(&ch, SITE, chrono::Utc::now().naive_utc()).await?;
@@ -766,12 +947,126 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
             },
             snap_took.as_secs_f64()
         );
-        let snapped = time_set(&snap_agg, &a, true).await?;
-        let snap_load =
-            time_screen(&snap_agg, &a, "unfiltered", "30d", &standard_set(), false).await?;
+        let snapped = time_set(&snap_aggs, &a, true).await?;
+        let snap_load = time_screen(
+            &snap_aggs,
+            &a,
+            "unfiltered",
+            "30d",
+            &standard_set(),
+            false,
+            false,
+        )
+        .await?;
+        let charges = match live.iter().find(|(m, _)| *m == Mode::Dp) {
+            Some((_, dp)) => Some(time_charges(dp).await?),
+            None => None,
+        };
+        let unfiltered = Unfiltered {
+            size: label(size),
+            modes: modes.clone(),
+            raw,
+            rolled,
+            snapped,
+            load,
+            fresh,
+            snap_load,
+            snap_took,
+            charges,
+        };
+        unfiltered.print(&a);
+        let mut screens: Vec<Vec<Screen>> = modes.iter().map(|_| Vec::new()).collect();
+        if !filters.is_empty() {
+            let mut keep = |v: Vec<Screen>| {
+                for (m, s) in v.into_iter().enumerate() {
+                    progress(&label(size), &s);
+                    screens[m].push(s);
+                }
+            };
+            for period in &periods {
+                let set = first_screen(period, None);
+                keep(time_screen(&live, &a, "unfiltered", period, &set, false, false).await?);
+                for (name, _, f) in &filters {
+                    let set = first_screen(period, Some(f));
+                    let alone = !a.skip_singles;
+                    keep(time_screen(&live, &a, name, period, &set, alone, false).await?);
+                }
+            }
+            print_filtered(&label(size), &a, &filters, &periods, &screens);
+        }
+        for ((mode, unfiltered), screens) in modes.iter().zip(unfiltered.load).zip(screens) {
+            summaries.push(Summary {
+                size: label(size),
+                mode: *mode,
+                unfiltered,
+                screens,
+            });
+        }
+    }
+    print_worst(&summaries);
+    Ok(())
+}
+
+/// One size's unfiltered first screen (30 days), each field one entry per mode timed.
+struct Unfiltered {
+    size: String,
+    modes: Vec<Mode>,
+    /// Each query alone on raw events, on rollups read live, and with today's snapshot.
+    raw: Vec<Timings>,
+    rolled: Vec<Timings>,
+    snapped: Vec<Timings>,
+    /// The six at once (live), as the admin: in dp every measured load repeats its questions.
+    load: Vec<Screen>,
+    /// The six at once (live), each load as a new credential: in dp every question is new.
+    fresh: Vec<Screen>,
+    /// The six at once with today's snapshot.
+    snap_load: Vec<Screen>,
+    snap_took: Duration,
+    /// dp's budget charge alone: new and repeated questions (medians).
+    charges: Option<(Duration, Duration)>,
+}
+
+/// The sum of a set's medians, and whether every query answered.
+fn total(t: &Timings) -> (f64, bool) {
+    let ok = t.iter().all(|(_, r)| r.is_ok());
+    (
+        t.iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .map(|(d, _)| ms(*d))
+            .fold(0.0, |sum, x| sum + x),
+        ok,
+    )
+}
+
+/// `dp ÷ exact` of two times in ms, or `–`.
+fn ratio(exact: Option<f64>, dp: Option<f64>) -> String {
+    match (exact, dp) {
+        (Some(e), Some(d)) if e > 0.0 => format!("{:.2}", d / e),
+        _ => "–".to_string(),
+    }
+}
+
+impl Unfiltered {
+    /// One table and one JSON line per mode; with both modes, the table of dp ÷ exact.
+    fn print(&self, a: &Args) {
+        for (m, mode) in self.modes.iter().enumerate() {
+            self.print_mode(a, m, *mode);
+        }
+        if let (Some(e), Some(d)) = (
+            self.modes.iter().position(|m| *m == Mode::Exact),
+            self.modes.iter().position(|m| *m == Mode::Dp),
+        ) {
+            self.print_ratios(a, e, d);
+        }
+    }
+
+    fn print_mode(&self, a: &Args, m: usize, mode: Mode) {
+        let (raw, rolled, snapped) = (&self.raw[m], &self.rolled[m], &self.snapped[m]);
+        let (load, fresh, snap_load) = (&self.load[m], &self.fresh[m], &self.snap_load[m]);
         println!(
-            "\n### {} events, 30 days, median of {} runs\n",
-            label(size),
+            "\n### {} events, 30 days, privacy {}, median of {} runs\n",
+            self.size,
+            mode_name(mode),
             a.runs
         );
         println!(
@@ -783,20 +1078,10 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
             Ok((d, _)) => format!("{:.1}", ms(*d)),
             Err(e) => format!("failed: {e}"),
         };
-        let total = |t: &Timings| -> (f64, bool) {
-            let ok = t.iter().all(|(_, r)| r.is_ok());
-            (
-                t.iter()
-                    .filter_map(|(_, r)| r.as_ref().ok())
-                    .map(|(d, _)| ms(*d))
-                    .sum(),
-                ok,
-            )
-        };
-        for (((name, r), (_, q)), (_, sq)) in raw.iter().zip(&rolled).zip(&snapped) {
+        for (((name, r), (_, q)), (_, sq)) in raw.iter().zip(rolled).zip(snapped) {
             println!("| {name} | {} | {} | {} |", cell(r), cell(q), cell(sq));
         }
-        let ((tr, okr), (tq, okq), (ts, oks)) = (total(&raw), total(&rolled), total(&snapped));
+        let ((tr, okr), (tq, okq), (ts, oks)) = (total(raw), total(rolled), total(snapped));
         let mark = |ok: bool| if ok { "" } else { " (incomplete)" };
         let raw_total = if a.skip_raw {
             "skipped".to_string()
@@ -811,13 +1096,36 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
         println!(
             "| **dashboard load** (the six at once, as the dashboard sends them) | | **{:.1}**{} | **{:.1}**{} |",
             ms(load.load),
-            failed_mark(&load),
+            failed_mark(load),
             ms(snap_load.load),
-            failed_mark(&snap_load)
+            failed_mark(snap_load)
         );
         println!(
+            "| **dashboard load, every question new** (each load a new credential{}) | | **{:.1}**{} | |",
+            if mode == Mode::Dp { ": six budget charges" } else { ": no budget in exact mode" },
+            ms(fresh.load),
+            failed_mark(fresh),
+        );
+        if mode == Mode::Dp {
+            println!(
+                "\nIn dp the first run of each query (the warm-up) is a new question; the timed runs \
+                 repeat it: free for the budget (its ledger is still read), the SQL and the noise \
+                 run in full. The last row times loads whose questions are all new."
+            );
+            if let Some((new, again)) = self.charges {
+                println!(
+                    "\nThe budget charge alone (`Privacy::charge`, {CHARGES} questions of a fresh \
+                     credential one after the other, then the same again), medians: a new question \
+                     {:.1} ms (SELECT of the ledger + INSERT into `privacy_spend`), a repeated one \
+                     {:.1} ms (the SELECT). One aggregator charges one question at a time.",
+                    ms(new),
+                    ms(again)
+                );
+            }
+        }
+        println!(
             "\nToday's snapshot took {:.1} ms to take (in the background, once per refresh).",
-            ms(snap_took)
+            ms(self.snap_took)
         );
         let as_json = |t: &Timings| {
             t.iter()
@@ -827,44 +1135,89 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
         println!(
             "{}",
             json!({
-                "events": size,
+                "events": self.size,
+                "privacy": mode_name(mode),
                 "runs": a.runs,
-                "raw": as_json(&raw),
-                "rollups": as_json(&rolled),
+                "raw": as_json(raw),
+                "rollups": as_json(rolled),
                 "raw_total_ms": tr,
                 "rollups_total_ms": tq,
                 "dashboard_load_ms": ms(load.load),
                 "dashboard_load_failed": load.failed(),
-                "snapshot": as_json(&snapped),
+                "dashboard_load_new_questions_ms": ms(fresh.load),
+                "dashboard_load_new_questions_failed": fresh.failed(),
+                "snapshot": as_json(snapped),
                 "snapshot_total_ms": ts,
                 "snapshot_dashboard_load_ms": ms(snap_load.load),
-                "snapshot_take_ms": ms(snap_took),
+                "snapshot_take_ms": ms(self.snap_took),
+                "charge_new_ms": self.charges.filter(|_| mode == Mode::Dp).map(|(n, _)| ms(n)),
+                "charge_repeated_ms": self.charges.filter(|_| mode == Mode::Dp).map(|(_, r)| ms(r)),
             })
         );
-        let mut screens = Vec::new();
-        if !filters.is_empty() {
-            for period in &periods {
-                let unfiltered = first_screen(period, None);
-                let s = time_screen(&agg, &a, "unfiltered", period, &unfiltered, false).await?;
-                progress(&label(size), &s);
-                screens.push(s);
-                for (name, _, f) in &filters {
-                    let set = first_screen(period, Some(f));
-                    let s = time_screen(&agg, &a, name, period, &set, !a.skip_singles).await?;
-                    progress(&label(size), &s);
-                    screens.push(s);
-                }
-            }
-            print_filtered(&label(size), &a, &filters, &periods, &screens);
-        }
-        summaries.push(Summary {
-            size: label(size),
-            unfiltered: load,
-            screens,
-        });
     }
-    print_worst(&summaries);
-    Ok(())
+
+    /// Exact and dp side by side with dp ÷ exact (`e`, `d`: the modes' indices).
+    fn print_ratios(&self, a: &Args, e: usize, d: usize) {
+        println!(
+            "\n### {} events, 30 days: dp ÷ exact (same run, the modes' runs alternating, median of {} runs each)\n",
+            self.size, a.runs
+        );
+        println!("| query | raw events: exact / dp (ms) | dp ÷ exact | rollups, live: exact / dp (ms) | dp ÷ exact | today's snapshot: exact / dp (ms) | dp ÷ exact |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        let t = |r: &Result<(Duration, usize), String>| r.as_ref().ok().map(|(x, _)| ms(*x));
+        let pair = |x: Option<f64>, y: Option<f64>| {
+            let f = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
+            format!("{} / {}", f(x), f(y))
+        };
+        let sets = [&self.raw, &self.rolled, &self.snapped];
+        for (i, (name, _)) in self.rolled[e].iter().enumerate() {
+            let cells: Vec<String> = sets
+                .iter()
+                .map(|s| {
+                    let (x, y) = (t(&s[e][i].1), t(&s[d][i].1));
+                    format!("{} | {}", pair(x, y), ratio(x, y))
+                })
+                .collect();
+            println!("| {name} | {} |", cells.join(" | "));
+        }
+        let totals: Vec<String> = sets
+            .iter()
+            .map(|s| {
+                let ((x, okx), (y, oky)) = (total(&s[e]), total(&s[d]));
+                let answered = |t: &Timings| t.iter().any(|(_, r)| r.is_ok());
+                if !answered(&s[e]) && !answered(&s[d]) {
+                    return "skipped | –".to_string();
+                }
+                if !(okx && oky) {
+                    return format!("{} (incomplete) | –", pair(Some(x), Some(y)));
+                }
+                format!(
+                    "**{}** | **{}**",
+                    pair(Some(x), Some(y)),
+                    ratio(Some(x), Some(y))
+                )
+            })
+            .collect();
+        println!("| **full set** | {} |", totals.join(" | "));
+        let loads = |x: &Screen, y: &Screen| {
+            let ok = x.failed() == 0 && y.failed() == 0;
+            let (x, y) = (Some(ms(x.load)), Some(ms(y.load)));
+            if ok {
+                format!("**{}** | **{}**", pair(x, y), ratio(x, y))
+            } else {
+                format!("{} (panels failed) | –", pair(x, y))
+            }
+        };
+        println!(
+            "| **dashboard load** (the six at once) | | | {} | {} |",
+            loads(&self.load[e], &self.load[d]),
+            loads(&self.snap_load[e], &self.snap_load[d])
+        );
+        println!(
+            "| **dashboard load, every question new** | | | {} | | |",
+            loads(&self.fresh[e], &self.fresh[d])
+        );
+    }
 }
 
 /// ` (k of n failed)` after a load's time when panels failed.
@@ -877,7 +1230,8 @@ fn failed_mark(s: &Screen) -> String {
 
 fn progress(size: &str, s: &Screen) {
     eprintln!(
-        "veil-query-bench: {size} {} {}: {:.1} ms{}",
+        "veil-query-bench: {size} {} {} {}: {:.1} ms{}",
+        mode_name(s.mode),
         s.period,
         s.filter,
         ms(s.load),
@@ -909,133 +1263,227 @@ fn singles(screens: &[Screen]) -> (Vec<f64>, usize) {
     (ok, failed)
 }
 
-/// One table per period of the filtered first screens, their failures, the panels' times
-/// alone, and a JSON line.
+/// The first panel's first metric of the screen's last load (the visitors of the top stats).
+fn visitors(s: &Screen) -> String {
+    match &s.panels.first().map(|r| &r.answer) {
+        Some(Ok(Answer { first: Some(v), .. })) => format!("{v:.0}"),
+        _ => "–".to_string(),
+    }
+}
+
+/// The slowest panel alone: its median in ms and its name.
+fn slowest(s: &Screen, names: &[&'static str]) -> Option<(f64, &'static str)> {
+    s.alone
+        .iter()
+        .zip(names)
+        .filter_map(|(r, n)| r.as_ref().ok().map(|(d, _)| (ms(*d), *n)))
+        .max_by(|x, y| x.0.total_cmp(&y.0))
+}
+
+/// Per period, a table of the filtered first screens: with one mode as before (times,
+/// failures, sources); with exact and dp, the two side by side with dp ÷ exact, and the
+/// period's sum of first-screen times in each and its ratio. Then the failed panels, the
+/// panels' times alone and a JSON line, per mode. `screens` holds one list per mode timed.
 fn print_filtered(
     size: &str,
     a: &Args,
     filters: &[(&'static str, &'static str, Value)],
     periods: &[String],
-    screens: &[Screen],
+    screens: &[Vec<Screen>],
 ) {
-    let names: Vec<&str> = standard_set().iter().map(|(n, _)| *n).collect();
+    let names: Vec<&'static str> = standard_set().iter().map(|(n, _)| *n).collect();
     let what = |f: &str| {
         filters
             .iter()
             .find(|(n, _, _)| *n == f)
             .map_or("no filter", |(_, w, _)| *w)
     };
+    let modes: Vec<Mode> = screens
+        .iter()
+        .filter_map(|v| v.first().map(|s| s.mode))
+        .collect();
+    let exact = modes.iter().position(|m| *m == Mode::Exact);
+    let dp = modes.iter().position(|m| *m == Mode::Dp);
+    let load_text = |s: &Screen| {
+        if s.loads == 1 && a.runs > 1 {
+            format!("{:.1} (1 load)", ms(s.load))
+        } else {
+            format!("{:.1}", ms(s.load))
+        }
+    };
+    let failed_text = |s: &Screen| match s.failed() {
+        0 => "0".to_string(),
+        k => format!("**{k}**"),
+    };
+    let sources = |s: &Screen| {
+        s.panels
+            .iter()
+            .map(|r| match &r.answer {
+                Ok(ans) => ans.source.clone(),
+                Err(_) => "**failed**".to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" · ")
+    };
     for period in periods {
-        println!(
-            "\n### {size} events, {period}, filtered first screens (six panels at once, median of {} loads)\n",
-            a.runs
-        );
-        println!(
-            "| filter | visitors | first screen (ms) | slowest panel alone (ms) | failed | source of each panel ({}) |",
-            names.join(" · ")
-        );
-        println!("|---|---:|---:|---:|---:|---|");
-        for s in screens.iter().filter(|s| &s.period == period) {
-            let visitors = match &s.panels.first().map(|r| &r.answer) {
-                Some(Ok(Answer { first: Some(v), .. })) => format!("{v:.0}"),
-                _ => "–".to_string(),
-            };
-            let slowest = s
-                .alone
+        if let (Some(e), Some(d)) = (exact, dp) {
+            println!(
+                "\n### {size} events, {period}, filtered first screens, exact and dp (six panels at once, median of {} loads, the modes alternating)\n",
+                a.runs
+            );
+            println!(
+                "| filter | visitors (exact) | first screen: exact / dp (ms) | dp ÷ exact | slowest panel alone: exact / dp (ms) | failed: exact / dp | source of each panel ({}) |",
+                names.join(" · ")
+            );
+            println!("|---|---:|---:|---:|---:|---:|---|");
+            let (mut sum_e, mut sum_d, mut ratios) = (0.0, 0.0, Vec::new());
+            let pairs = screens[e]
                 .iter()
-                .zip(&names)
-                .filter_map(|(r, n)| r.as_ref().ok().map(|(d, _)| (ms(*d), n)))
-                .max_by(|x, y| x.0.total_cmp(&y.0))
-                .map_or("–".to_string(), |(t, n)| format!("{t:.1} ({n})"));
-            let sources: Vec<String> = s
-                .panels
-                .iter()
-                .map(|r| match &r.answer {
-                    Ok(ans) => ans.source.clone(),
-                    Err(_) => "**failed**".to_string(),
-                })
-                .collect();
-            let load = if s.loads == 1 && a.runs > 1 {
-                format!("{:.1} (1 load)", ms(s.load))
-            } else {
-                format!("{:.1}", ms(s.load))
-            };
-            let failed = match s.failed() {
-                0 => "0".to_string(),
-                k => format!("**{k}**"),
+                .zip(&screens[d])
+                .filter(|(x, _)| &x.period == period);
+            for (x, y) in pairs {
+                let (le, ld) = (ms(x.load), ms(y.load));
+                if x.failed() == 0 && y.failed() == 0 {
+                    sum_e += le;
+                    sum_d += ld;
+                    ratios.push(ld / le.max(1e-9));
+                }
+                let alone = match (slowest(x, &names), slowest(y, &names)) {
+                    (Some((te, ne)), Some((td, nd))) if ne == nd => {
+                        format!("{te:.1} / {td:.1} ({ne})")
+                    }
+                    (Some((te, ne)), Some((td, nd))) => format!("{te:.1} ({ne}) / {td:.1} ({nd})"),
+                    _ => "–".to_string(),
+                };
+                println!(
+                    "| `{}`: {} | {} | {} / {} | {} | {alone} | {} / {} | {} |",
+                    x.filter,
+                    cell_text(what(x.filter)),
+                    visitors(x),
+                    load_text(x),
+                    load_text(y),
+                    ratio(Some(le), Some(ld)),
+                    failed_text(x),
+                    failed_text(y),
+                    sources(x)
+                );
+            }
+            if !ratios.is_empty() {
+                println!(
+                    "\nOver {period}: the {} first screens where no panel failed took {sum_e:.1} ms in exact and {sum_d:.1} ms in dp together (dp ÷ exact {}); per screen, dp ÷ exact ranges {:.2}–{:.2}, median {:.2}.",
+                    ratios.len(),
+                    ratio(Some(sum_e), Some(sum_d)),
+                    percentile(&ratios, 0.0),
+                    percentile(&ratios, 1.0),
+                    percentile(&ratios, 0.5)
+                );
+            }
+            continue;
+        }
+        for v in screens {
+            let Some(mode) = v.first().map(|s| s.mode) else {
+                continue;
             };
             println!(
-                "| `{}`: {} | {visitors} | {load} | {slowest} | {failed} | {} |",
-                s.filter,
-                cell_text(what(s.filter)),
-                sources.join(" · ")
+                "\n### {size} events, {period}, filtered first screens, privacy {} (six panels at once, median of {} loads)\n",
+                mode_name(mode),
+                a.runs
             );
+            println!(
+                "| filter | visitors | first screen (ms) | slowest panel alone (ms) | failed | source of each panel ({}) |",
+                names.join(" · ")
+            );
+            println!("|---|---:|---:|---:|---:|---|");
+            for s in v.iter().filter(|s| &s.period == period) {
+                let alone =
+                    slowest(s, &names).map_or("–".to_string(), |(t, n)| format!("{t:.1} ({n})"));
+                println!(
+                    "| `{}`: {} | {} | {} | {alone} | {} | {} |",
+                    s.filter,
+                    cell_text(what(s.filter)),
+                    visitors(s),
+                    load_text(s),
+                    failed_text(s),
+                    sources(s)
+                );
+            }
         }
     }
-    let failures: Vec<String> = screens
-        .iter()
-        .flat_map(|s| {
-            s.panels.iter().zip(&names).filter_map(move |(r, n)| {
-                r.answer.as_ref().err().map(|e| {
-                    format!(
-                        "- `{}` {} {n} ({:.1} s): {}",
-                        s.filter,
-                        s.period,
-                        r.took.as_secs_f64(),
-                        e
-                    )
+    for v in screens {
+        let Some(mode) = v.first().map(|s| s.mode) else {
+            continue;
+        };
+        let failures: Vec<String> = v
+            .iter()
+            .flat_map(|s| {
+                s.panels.iter().zip(&names).filter_map(move |(r, n)| {
+                    r.answer.as_ref().err().map(|e| {
+                        format!(
+                            "- `{}` {} {n} ({:.1} s): {}",
+                            s.filter,
+                            s.period,
+                            r.took.as_secs_f64(),
+                            e
+                        )
+                    })
                 })
             })
-        })
-        .collect();
-    if failures.is_empty() {
-        println!("\nNo panel failed.");
-    } else {
-        println!("\nFailed panels ({}):\n", failures.len());
-        for f in &failures {
-            println!("{f}");
+            .collect();
+        if failures.is_empty() {
+            println!("\nPrivacy {}: no panel failed.", mode_name(mode));
+        } else {
+            println!(
+                "\nPrivacy {}: failed panels ({}):\n",
+                mode_name(mode),
+                failures.len()
+            );
+            for f in &failures {
+                println!("{f}");
+            }
         }
-    }
-    let (ok, failed) = singles(screens);
-    if !ok.is_empty() || failed > 0 {
+        let (ok, failed) = singles(v);
+        if !ok.is_empty() || failed > 0 {
+            println!(
+                "\nPrivacy {}: each filtered panel alone ({} queries, median of {} runs each): p50 {}, p95 {}, failed {failed}.",
+                mode_name(mode),
+                ok.len() + failed,
+                a.runs.max(1),
+                if ok.is_empty() { "–".to_string() } else { format!("{:.1} ms", percentile(&ok, 0.5)) },
+                if ok.is_empty() { "–".to_string() } else { format!("{:.1} ms", percentile(&ok, 0.95)) },
+            );
+        }
+        let rows: Vec<Value> = v
+            .iter()
+            .map(|s| {
+                json!({
+                    "filter": s.filter,
+                    "period": s.period,
+                    "load_ms": ms(s.load),
+                    "loads": s.loads,
+                    "panels": s.panels.iter().zip(&names).map(|(r, n)| json!({
+                        "panel": n,
+                        "ms_in_load": ms(r.took),
+                        "source": r.answer.as_ref().ok().map(|x| x.source.clone()),
+                        "error": r.answer.as_ref().err(),
+                    })).collect::<Vec<_>>(),
+                    "alone_ms": s.alone.iter().map(|r| r.as_ref().ok().map(|(d, _)| ms(*d))).collect::<Vec<_>>(),
+                    "alone_errors": s.alone.iter().map(|r| r.as_ref().err()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
         println!(
-            "\nEach filtered panel alone ({} queries, median of {} runs each): p50 {}, p95 {}, failed {failed}.",
-            ok.len() + failed,
-            a.runs.max(1),
-            if ok.is_empty() { "–".to_string() } else { format!("{:.1} ms", percentile(&ok, 0.5)) },
-            if ok.is_empty() { "–".to_string() } else { format!("{:.1} ms", percentile(&ok, 0.95)) },
+            "{}",
+            json!({
+                "events": size,
+                "privacy": mode_name(mode),
+                "runs": a.runs,
+                "filtered": rows,
+                "alone_p50_ms": (!ok.is_empty()).then(|| percentile(&ok, 0.5)),
+                "alone_p95_ms": (!ok.is_empty()).then(|| percentile(&ok, 0.95)),
+                "alone_failed": failed,
+            })
         );
     }
-    let rows: Vec<Value> = screens
-        .iter()
-        .map(|s| {
-            json!({
-                "filter": s.filter,
-                "period": s.period,
-                "load_ms": ms(s.load),
-                "loads": s.loads,
-                "panels": s.panels.iter().zip(&names).map(|(r, n)| json!({
-                    "panel": n,
-                    "ms_in_load": ms(r.took),
-                    "source": r.answer.as_ref().ok().map(|x| x.source.clone()),
-                    "error": r.answer.as_ref().err(),
-                })).collect::<Vec<_>>(),
-                "alone_ms": s.alone.iter().map(|r| r.as_ref().ok().map(|(d, _)| ms(*d))).collect::<Vec<_>>(),
-                "alone_errors": s.alone.iter().map(|r| r.as_ref().err()).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    println!(
-        "{}",
-        json!({
-            "events": size,
-            "runs": a.runs,
-            "filtered": rows,
-            "alone_p50_ms": (!ok.is_empty()).then(|| percentile(&ok, 0.5)),
-            "alone_p95_ms": (!ok.is_empty()).then(|| percentile(&ok, 0.95)),
-            "alone_failed": failed,
-        })
-    );
 }
 
 /// The end of the run: per size, the unfiltered first screen, the slowest filtered one, the
@@ -1047,8 +1495,9 @@ fn print_worst(summaries: &[Summary]) {
     for s in summaries {
         let u = ms(s.unfiltered.load);
         println!(
-            "- **{}**: unfiltered first screen (30d, live) {u:.1} ms{} ({} the 150 ms target)",
+            "- **{}, privacy {}**: unfiltered first screen (30d, live) {u:.1} ms{} ({} the 150 ms target)",
             s.size,
+            mode_name(s.mode),
             failed_mark(&s.unfiltered),
             verdict(u <= 150.0 && s.unfiltered.failed() == 0)
         );
@@ -1181,6 +1630,24 @@ mod tests {
         let s = short(&long);
         assert_eq!(s.chars().count(), 160);
         assert!(s.ends_with('…'));
+    }
+
+    #[test]
+    fn privacy_modes_and_their_configs() {
+        assert_eq!(PrivacyChoice::Both.modes(), [Mode::Exact, Mode::Dp]);
+        assert_eq!(PrivacyChoice::Dp.modes(), [Mode::Dp]);
+        assert_eq!(PrivacyChoice::Exact.modes(), [Mode::Exact]);
+        for m in [Mode::Exact, Mode::Dp] {
+            let c = config(m, 0);
+            assert_eq!(c.privacy.mode, m);
+            assert_eq!(c.privacy.epsilon_day, DP_EPSILON_DAY);
+            assert!(c.privacy.validate().is_ok());
+            assert!(c.validate().is_ok());
+        }
+        assert_eq!(ratio(Some(100.0), Some(125.0)), "1.25");
+        assert_eq!(ratio(Some(0.0), Some(1.0)), "–");
+        assert_eq!(ratio(None, Some(1.0)), "–");
+        assert_ne!(fresh_credential(), fresh_credential());
     }
 
     #[test]
