@@ -4,7 +4,7 @@
 // "show all" dialog), five visitors sending the tracker's internal `engagement` beacon, a custom
 // event, and a previous period for comparisons.
 // - a stat card's comparison line reads "↑ 5% · was 12" (spaces kept) or "no earlier data", and
-//   its accessible name says it in words;
+//   its accessible name says it in words; choosing a card redraws the chart only, focus stays;
 // - the custom events list leaves out `engagement`;
 // - switching a panel's tab reloads that panel only (one API query, every other panel's node
 //   kept), focus stays on the activated tab and the new content is announced ("Sources,
@@ -103,15 +103,35 @@ for (const [size, viewport] of Object.entries(SIZES)) {
     const change = cmp.change[i];
     assert.ok(change > 0, JSON.stringify(cmp));
     const card = cards.find((c) => c.metric === "visitors").text;
-    assert.equal(card, `↑ ${Math.abs(Math.round(change * 10) / 10)}% · was ${nf.format(cmp.metrics[i])}`);
+    assert.equal(card, `↑ ${nf.format(Math.abs(Math.round(change * 10) / 10))}% · was ${nf.format(cmp.metrics[i])}`);
     // The accessible name: one sentence, in words.
-    const name = `Unique visitors ${nf.format(want.results[0].metrics[i])} up ${Math.abs(Math.round(change * 10) / 10)}% ` +
+    const name = `Unique visitors ${nf.format(want.results[0].metrics[i])} up ${nf.format(Math.abs(Math.round(change * 10) / 10))}% ` +
       `against the previous period, was ${nf.format(cmp.metrics[i])}`;
     assert.equal(await page.getByRole("button", { name, exact: true }).count(), 1,
       "no button named " + JSON.stringify(name) + " in:\n" + await page.locator("#stats").ariaSnapshot());
     const snap = await page.locator("#stats").ariaSnapshot();
     assert.doesNotMatch(snap, /[↑↓→]|%was|comparisonwas/, snap);
     await screenshot(page, `focus-stats-${size}`);
+    // Choosing a card (keyboard) redraws the chart only: one question, the cards kept, focus on the card.
+    await page.evaluate(() => { window.__kept = ["stats", "panel-pages", "panel-sources"].map((id) => document.getElementById(id)); });
+    const asked = [];
+    page.on("request", (r) => { if (new URL(r.url()).pathname.startsWith("/api/")) asked.push(r.postData() || r.url()); });
+    await page.focus('#stats .stat[data-stat="pageviews"] button');
+    await page.keyboard.press("Enter");
+    await page.waitForURL(/metric=pageviews/);
+    await page.waitForSelector("#chart-data table", { state: "attached" });
+    assert.equal(await page.textContent("#chart-title"), "Total pageviews by day");
+    assert.equal(await announced(page), "Chart: Total pageviews by day");
+    assert.deepEqual(await page.evaluate(() => ({ stat: document.activeElement.closest(".stat")?.dataset.stat,
+      pressed: document.activeElement.getAttribute("aria-pressed"), kept: window.__kept.every((e) => e.isConnected),
+      current: [...document.querySelectorAll('#stats .stat[aria-current="true"]')].map((e) => e.dataset.stat) })),
+    { stat: "pageviews", pressed: "true", kept: true, current: ["pageviews"] });
+    assert.equal(asked.length, 1, asked.join("\n"));
+    const chart = await query(veil, { metrics: ["pageviews"], dimensions: ["time:day"], include: { time_labels: true, comparisons: { mode: "previous_period" } } });
+    const rows = await page.$$eval("#chart-data tbody tr", (trs) => trs.map((tr) => [tr.dataset.time, tr.querySelector("td").dataset.value]));
+    const byDay = new Map(chart.results.map((r) => [r.dimensions[0], str(r.metrics[0])]));
+    for (const [day, v] of rows) assert.equal(v, byDay.get(day) ?? "0", day);
+    assert.ok(await page.$("#chart canvas"), "uPlot drew the chart");
     noProblems(page);
     await page.close_all();
   });

@@ -746,7 +746,7 @@
     const arrow = x > 0 ? "↑" : x < 0 ? "↓" : "→";
     const unit = PERCENT.has(metric) ? " pp" : "%";
     return h("span", { class: "change " + cls, "data-change": String(change),
-      text: arrow + " " + approx + Math.abs(Math.round(x * 10) / 10) + unit,
+      text: arrow + " " + approx + nf.format(Math.abs(Math.round(x * 10) / 10)) + unit,
       title: "Change against the comparison period" + (approx ? " (between noisy numbers: differential privacy)" : "") });
   }
 
@@ -773,7 +773,7 @@
     let said;
     if (hasChange) {
       const x = Number(change);
-      const size = approx + Math.abs(Math.round(x * 10) / 10) + (PERCENT.has(m) ? " percentage points" : "%");
+      const size = approx + nf.format(Math.abs(Math.round(x * 10) / 10)) + (PERCENT.has(m) ? " percentage points" : "%");
       said = (x > 0 ? "up " + size : x < 0 ? "down " + size : "unchanged") + against + (hasWas ? ", was " + approx + fmt(m, was) : "");
     } else {
       said = hasWas ? "was " + approx + fmt(m, was) + " in " + (COMPARE_TEXT[mode] || "the comparison period") :
@@ -781,6 +781,25 @@
     }
     return h("span", { class: "cmp" }, badge, hasChange && hasWas ? h("span", { class: "sep", "aria-hidden": "true", text: " · " }) : null,
       prev, h("span", { class: "sr-only", text: " " + said }));
+  }
+
+  // A stat card chosen: the chart alone is drawn again for its metric (the cards stay, focus
+  // stays on the card) and the change is announced.
+  function chooseMetric(m) {
+    const st = readState();
+    st.metric = m;
+    history.pushState(null, "", stateUrl(st));
+    for (const li of document.querySelectorAll("#stats .stat")) {
+      li.setAttribute("aria-current", String(li.dataset.stat === m));
+      const b = li.querySelector("button");
+      if (b) b.setAttribute("aria-pressed", String(li.dataset.stat === m));
+    }
+    const old = $("chart");
+    if (!old) { renderDash(); return; }
+    const holder = document.createDocumentFragment();
+    chart(holder, m, st, S.generation);
+    old.replaceWith(holder);
+    announce("Chart: " + metricLabel(m) + " by " + st.interval);
   }
 
   // Top stats, one query per group of metrics (the API does not mix performance percentiles with
@@ -804,7 +823,7 @@
           if (st.compare) inner.push(comparisonLine(m, r, i, priv, st.compare));
           return h("li", { class: "stat", "data-stat": m, "aria-current": String(m === chartMetric) },
             chartable ? h("button", { type: "button", "aria-pressed": String(m === chartMetric), title: "Chart " + metricLabel(m),
-              onclick: () => navigate((s2) => { s2.metric = m; }) }, inner) : h("div", { class: "static" }, inner));
+              onclick: () => chooseMetric(m) }, inner) : h("div", { class: "static" }, inner));
         });
         return data;
       }, (e) => {
@@ -853,7 +872,7 @@
       } catch (e) { status("CSV download failed: " + e.message); }
     });
     return api("/api/v2/query", { body: query }).then((data) => {
-      if (gen !== S.generation) return;
+      if (gen !== S.generation || !fig.isConnected) return; // a newer chart took its place
       const rows = data.results || [];
       const byLabel = new Map(rows.map((r) => [String(r.dimensions[0]), r]));
       const labels = (data.meta && data.meta.time_labels) || rows.map((r) => String(r.dimensions[0]));
@@ -916,7 +935,7 @@
       S.resize = new ResizeObserver(() => { if (S.chart && plot.clientWidth) S.chart.setSize({ width: plot.clientWidth, height: 260 }); });
       S.resize.observe(plot);
     }).catch((e) => {
-      if (gen !== S.generation) return;
+      if (gen !== S.generation || !fig.isConnected) return; // a newer chart took its place
       if (needsAuth(e)) return authFailed(e);
       plot.replaceChildren(failure("p", e));
     });
