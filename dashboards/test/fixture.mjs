@@ -19,11 +19,12 @@ export const shots = join(root, "target/screenshots");
 
 /**
  * `veil up` with k = `k`, an admin token, old timestamps accepted and no per-IP rate limit;
- * `args` are added, `log` is its VEIL_LOG filter.
+ * `args` are added, `log` is its VEIL_LOG filter. Its metrics listener takes a free port: on the
+ * default one (127.0.0.1:9464) a second Veil (a test's own, or another suite's) would not start.
  */
 export function startVeil({ k = 5, args = [], log = "warn" } = {}) {
   return harness.startVeil(["--site", SITE, "--min-visitors", String(k), "--max-event-age", "30d", "--rate-limit-ip", "0",
-    "--api-token", ADMIN, "--site-alias", `${APP_KEY}=${SITE}`, ...args], { env: { VEIL_LOG: log } });
+    "--api-token", ADMIN, "--site-alias", `${APP_KEY}=${SITE}`, "--metrics-listen", "127.0.0.1:0", ...args], { env: { VEIL_LOG: log } });
 }
 
 /** Waits until ClickHouse holds at least `n` events of the site. */

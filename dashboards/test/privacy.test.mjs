@@ -110,7 +110,7 @@ const PANELS = {
   sources: [["visitors", "visits"], "visit:source"],
   locations: [["visitors"], "visit:country"],
   devices: [["visitors"], "visit:browser"],
-  events: [["visitors", "events"], "event:name", [["is_not", "event:name", ["pageview"]]]],
+  events: [["visitors", "events"], "event:name", [["is_not", "event:name", ["pageview", "engagement"]]]],
   goals: [["visitors", "events", "conversion_rate"], "event:goal"],
 };
 const STATS = [["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"], ["time_on_page"]];
@@ -246,6 +246,42 @@ test("dp on the default flags: the first screen writes every number ≈ with its
     `${nf.format(w.meta.privacy.interval95.visitors)} (95 % interval, differential privacy)`, approx: true });
   assert.deepEqual(list.problems, []);
   await list.close_all();
+});
+
+test("dp: the \"Show all\" dialog writes its rows as the panels do (≈ with the interval), the API's answer to a question already asked", async () => {
+  // Cities: the demo's 7-day breakdown with more rows over the noisy threshold than a panel lists.
+  const [metrics, dim] = [["visitors"], "visit:city"];
+  const page = await open(chrome, { viewport: { width: 390, height: 844 } });
+  const got = await withinOneHour(async () => {
+    await page.goto(`${veil.url}/site/${DEMO}?period=7d&t.locations=city`);
+    await settled(page);
+    const more = await page.$("#panel-locations button.more");
+    if (!more) return { more: false };
+    await more.click();
+    await page.waitForSelector("#more-dialog[open] #more-info:has-text('Rows 1–')");
+    return { more: true, shown: await numbers(page, "#more-dialog"),
+      rows: await page.$$eval("#more-dialog tbody th[data-raw]", (ths) => ths.map((th) => th.dataset.raw)),
+      info: await page.textContent("#more-info"),
+      want: await ask({ metrics, dimensions: [dim], pagination: { limit: 100, offset: 0 }, include: { total_rows: true } }) };
+  });
+  assert.ok(got.more, "the Cities tab of the demo site has a \"Show all\" button in dp mode");
+  // The panel's question asked again with another limit: repeated, free (order, limit and
+  // offset are not part of a question).
+  assert.equal(got.want.meta.privacy.repeated, true);
+  assert.ok(got.want.results.length > 10, JSON.stringify(got.want.meta));
+  assert.equal(got.info, `Rows 1–${got.want.results.length} of ${got.want.meta.total_rows}`);
+  assert.deepEqual(got.rows, got.want.results.map((r) => str(r.dimensions[0])));
+  assert.equal(got.shown.length, got.want.results.length * metrics.length);
+  got.shown.forEach((n, j) => {
+    assert.equal(n.value, str(got.want.results[Math.floor(j / metrics.length)].metrics[j % metrics.length]));
+    assertApprox(n, got.want.meta.privacy);
+  });
+  await screenshot(page, "dp-more-phone");
+  await page.keyboard.press("Escape");
+  await waitFor(() => page.$("#more-dialog"), (d) => d === null, { what: "dialog closed" });
+  assert.match(await page.evaluate(() => document.activeElement.textContent), /^Show all /);
+  assert.deepEqual(page.problems, []);
+  await page.close_all();
 });
 
 test("dp: a site key and a shared link spend budgets of their own; a click filters; funnels and realtime are approximate", async () => {

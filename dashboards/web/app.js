@@ -330,11 +330,14 @@
     if (st.view === "realtime" && st.refresh !== 10) p.set("refresh", String(st.refresh));
     return location.pathname + "?" + qs(pairs);
   }
-  function navigate(change) {
+  // `after` runs once the page is rebuilt (its controls and filter chips are drawn at once):
+  // it puts focus somewhere sensible instead of on <body>.
+  function navigate(change, after) {
     const st = readState();
     change(st);
     history.pushState(null, "", stateUrl(st));
     renderDash();
+    if (after) after();
   }
   function dateRange(st) { return st.period === "custom" ? [st.from, st.to] : st.period; }
   function apiFilters(st) { return st.filters.map((f) => [f.op, f.dim, [f.value]]); }
@@ -372,12 +375,14 @@
       { id: "screen", label: "Screens", dim: "visit:screen" },
       { id: "processor", label: "Processors", dim: "visit:processor" }] },
     { id: "events", title: "Custom events", metrics: ["visitors", "events"], tabs: [
-      { id: "name", label: "Events", dim: "event:name", exclude: ["pageview"] },
+      { id: "name", label: "Events", dim: "event:name", exclude: ["pageview", "engagement"] },
       { id: "props", label: "Properties", dim: "props" }] },
     { id: "goals", title: "Goals and funnels", metrics: ["visitors", "events", "conversion_rate"], tabs: [
       { id: "goal", label: "Goals", dim: "event:goal" },
       { id: "funnel", label: "Funnels", dim: "funnel" }] },
   ];
+  // `engagement` is the tracker's internal beacon (time on page, scroll depth), not an event
+  // anyone sent on purpose: the event lists leave it out (`exclude`; a goal is one the site set up).
   const APP_PANELS = [
     { id: "app_versions", title: "Versions", metrics: ["visitors", "visits"], tabs: [
       { id: "app_version", label: "App versions", dim: "visit:app_version" },
@@ -387,7 +392,7 @@
       { id: "device_model", label: "Device models", dim: "visit:device_model" },
       { id: "locale", label: "Locales", dim: "visit:locale" }] },
     { id: "app_events", title: "App events", metrics: ["visitors", "events"], tabs: [
-      { id: "name", label: "Events", dim: "event:name" },
+      { id: "name", label: "Events", dim: "event:name", exclude: ["engagement"] },
       { id: "country", label: "Countries", dim: "visit:country" }] },
   ];
   // Two questions, not one: visit metrics read the visit rollups, time on page reads
@@ -425,10 +430,7 @@
         cell = h("span", { class: "cell" + (FOLDED.test(String(raw)) ? " folded" : ""), text: label });
       } else {
         cell = h("button", { type: "button", class: "cell row", title: "Filter by " + dimLabel(dim) + " " + label,
-          onclick: () => navigate((s) => {
-            s.filters = s.filters.filter((f) => !(f.dim === dim && f.op === "is"));
-            s.filters.push({ op: "is", dim, value: String(raw) });
-          }) }, label);
+          onclick: () => filterBy(dim, String(raw)) }, label);
       }
       th.append(bar, cell);
       const tr = h("tr", {}, th, metrics.map((m, i) => numberCell(m, r.metrics[i], privacyOf(data))));
@@ -438,7 +440,44 @@
     return table;
   }
 
-  function panel(def, st, gen) {
+  // A row chosen as a filter: the whole dashboard follows it (an open "more" dialog closes
+  // first), then focus goes to the new filter chip and the change is announced.
+  function filterBy(dim, raw) {
+    const d = $("more-dialog");
+    if (d) d.close();
+    const f = { op: "is", dim, value: raw };
+    navigate((s) => {
+      s.filters = s.filters.filter((x) => !(x.dim === dim && x.op === "is"));
+      s.filters.push(f);
+    }, () => focusChip(f, "Filter added: "));
+  }
+  function chipText(f) { return dimLabel(f.dim) + " " + OP_TEXT[f.op] + " " + valueLabel(f.dim, f.value); }
+  function focusChip(f, said) {
+    const li = [...$("filter-list").children].find((x) => x.dataset.filter === f.dim && x.dataset.op === f.op && x.dataset.value === f.value);
+    const text = li && li.querySelector(".chip-text");
+    if (text) text.focus();
+    announce(said + chipText(f));
+  }
+  /** Says `msg` through the page's polite live region (screen readers read it once). */
+  function announce(msg) { $("announce").textContent = msg; }
+  function rowsSaid(n) { return nf.format(n) + (n === 1 ? " row" : " rows"); }
+
+  // One panel drawn again on its own (its tab, property key or funnel changed): the URL records
+  // the change, nothing else reloads; focus goes to `focusSel` in the new panel (the tab that
+  // was activated) and the new content is announced.
+  function redrawPanel(def, change, focusSel) {
+    const st = readState();
+    change(st);
+    history.pushState(null, "", stateUrl(st));
+    const old = $("panel-" + def.id);
+    if (!old) { renderDash(); return; }
+    const fresh = panel(def, st, S.generation, true);
+    old.replaceWith(fresh);
+    const target = fresh.querySelector(focusSel);
+    if (target) target.focus();
+  }
+
+  function panel(def, st, gen, speak = false) {
     const tabId = def.tabs.some((t) => t.id === st.tabs[def.id]) ? st.tabs[def.id] : def.tabs[0].id;
     const tab = def.tabs.find((t) => t.id === tabId);
     const body = h("div", { class: "panel-body", role: "tabpanel", id: "tp-" + def.id, "aria-labelledby": "h-" + def.id });
@@ -448,7 +487,7 @@
     const tabs = h("div", { class: "tabs", role: "tablist", "aria-label": def.title },
       def.tabs.map((t) => h("button", { type: "button", role: "tab", "aria-selected": String(t.id === tabId),
         "aria-controls": "tp-" + def.id, "data-tab": t.id, text: t.label,
-        onclick: () => navigate((s) => { s.tabs[def.id] = t.id; }) })));
+        onclick: () => redrawPanel(def, (s) => { s.tabs[def.id] = t.id; }, '[role="tab"][aria-selected="true"]') })));
     tabs.addEventListener("keydown", (ev) => {
       if (ev.key !== "ArrowRight" && ev.key !== "ArrowLeft") return;
       const bs = [...tabs.querySelectorAll("button")];
@@ -461,7 +500,7 @@
 
     const metrics = tab.metrics || def.metrics;
     let dim = tab.dim;
-    let limit = 10;
+    const said = def.title + ", " + tab.label + ": ";
     // A tab may leave out some values (custom events: not the pageviews).
     const query = (lim) => {
       const q = Object.assign(baseQuery(st), {
@@ -473,19 +512,24 @@
     async function load() {
       body.replaceChildren(h("p", { class: "hint", text: "Loading…" }));
       try {
-        const data = await api("/api/v2/query", { body: query(limit) });
+        const data = await api("/api/v2/query", { body: query(10) });
         if (gen !== S.generation) return;
         const out = [rowTable(dim, metrics, data, st, def.title + ": " + tab.label)];
-        const total = data.meta && data.meta.total_rows;
-        if (total && total > (data.results || []).length) {
-          out.push(h("button", { type: "button", class: "secondary more", text: "Show more (" + nf.format(total) + " rows)",
-            onclick: () => { limit = 100; load(); } }));
+        const shown = (data.results || []).length;
+        const total = (data.meta && data.meta.total_rows) || shown;
+        if (total > shown) {
+          const more = h("button", { type: "button", class: "secondary more", "aria-haspopup": "dialog",
+            text: "Show all " + rowsSaid(total), onclick: () => moreDialog({ title: def.title + ": " + tab.label, dim, metrics, st,
+              exclude: tab.exclude, opener: more }) });
+          out.push(more);
         }
         body.replaceChildren(...out);
+        if (speak) announce(said + rowsSaid(total));
       } catch (e) {
         if (gen !== S.generation) return;
         if (needsAuth(e)) return authFailed(e);
         body.replaceChildren(failure("p", e));
+        if (speak) announce(said + e.message);
       }
     }
     csv.addEventListener("click", async () => {
@@ -504,29 +548,35 @@
       form.addEventListener("submit", (ev) => {
         ev.preventDefault();
         const key = new FormData(form).get("prop").trim();
-        navigate((s) => { s.prop = key; });
+        redrawPanel(def, (s) => { s.prop = key; }, 'input[name="prop"]');
       });
       art.insertBefore(form, body);
-      if (!st.prop) { body.replaceChildren(h("p", { class: "hint", text: "Type a property key (e.g. plan) to break events down by its values." })); return art; }
+      if (!st.prop) {
+        const hint = "Type a property key (e.g. plan) to break events down by its values.";
+        body.replaceChildren(h("p", { class: "hint", text: hint }));
+        if (speak) announce(said + hint);
+        return art;
+      }
       dim = "event:props:" + st.prop;
     } else if (tab.dim === "funnel") {
-      funnelTab(art, body, st, gen);
+      funnelTab(art, body, st, gen, def, speak);
       return art;
     }
     load();
     return art;
   }
 
-  function funnelTab(art, body, st, gen) {
+  function funnelTab(art, body, st, gen, def, speak) {
     const funnels = (S.settings && S.settings.funnels) || [];
     if (funnels.length === 0) {
-      body.replaceChildren(h("p", { class: "hint", text: S.settings ? "No funnels yet: define them in the settings." :
-        "Funnels are listed for the admin token." }));
+      const hint = S.settings ? "No funnels yet: define them in the settings." : "Funnels are listed for the admin token.";
+      body.replaceChildren(h("p", { class: "hint", text: hint }));
+      if (speak) announce(def.title + ", Funnels: " + hint);
       return;
     }
     const chosen = funnels.some((f) => f.name === st.tabs.funnel) ? st.tabs.funnel : funnels[0].name;
     const sel = h("select", { name: "funnel" }, funnels.map((f) => h("option", { value: f.name, text: f.name, selected: f.name === chosen })));
-    sel.addEventListener("change", () => navigate((s) => { s.tabs.funnel = sel.value; }));
+    sel.addEventListener("change", () => redrawPanel(def, (s) => { s.tabs.funnel = sel.value; }, 'select[name="funnel"]'));
     art.insertBefore(h("label", {}, "Funnel", sel), body);
     body.replaceChildren(h("p", { class: "hint", text: "Loading…" }));
     api("/api/v2/funnel", { body: { site_id: S.site, funnel: chosen, date_range: dateRange(st), filters: apiFilters(st) } })
@@ -547,12 +597,90 @@
               ms.map((m) => numberCell(m === "dropoff" ? "visitors" : m, s[m], privacyOf(data), m === "dropoff" ? null : m)));
           })));
         body.replaceChildren(table);
+        if (speak) announce(def.title + ", funnel " + chosen + ": " + steps.length + (steps.length === 1 ? " step" : " steps"));
       })
       .catch((e) => {
         if (gen !== S.generation) return;
         if (needsAuth(e)) return authFailed(e);
         body.replaceChildren(failure("p", e));
+        if (speak) announce(def.title + ", funnel " + chosen + ": " + e.message);
       });
+  }
+
+  // ---------- "show all": every row of a panel in a dialog ----------
+  // A native <dialog> (modal; Escape closes it; focus returns to the button that opened it)
+  // listing the panel's rows a page of MORE_PAGE at a time (the Stats API's pagination: limit
+  // and offset; under differential privacy paging asks nothing new of the budget, as order,
+  // limit and offset are not part of a question), with a search (a case-insensitive
+  // `contains` filter on the panel's dimension, sent on submit: under differential privacy each
+  // search is a question of its own). Numbers are drawn as in the panels (rowTable); a row
+  // filters the dashboard and closes the dialog.
+  const MORE_PAGE = 100;
+  function moreDialog({ title, dim, metrics, st, exclude, opener }) {
+    const old = $("more-dialog");
+    if (old) old.close();
+    const body = h("div", { class: "more-body" });
+    const info = h("p", { class: "hint", id: "more-info", "aria-live": "polite" });
+    const search = h("input", { type: "search", name: "q", autocomplete: "off" });
+    const form = h("form", { class: "inline-form", role: "search", "aria-label": "Search " + title },
+      h("label", {}, "Search", search), h("button", { type: "submit", class: "secondary", text: "Search" }));
+    const prev = h("button", { type: "button", class: "secondary", id: "more-prev", text: "Previous " + MORE_PAGE });
+    const next = h("button", { type: "button", class: "secondary", id: "more-next", text: "Next " + MORE_PAGE });
+    const dlg = h("dialog", { id: "more-dialog", class: "more-dialog", "aria-labelledby": "more-h" },
+      h("div", { class: "panel-head" }, h("h2", { id: "more-h", text: title }),
+        h("button", { type: "button", class: "secondary", id: "more-close", text: "Close", onclick: () => dlg.close() })),
+      form, body, h("div", { class: "pager" }, prev, info, next));
+    let offset = 0, q = "", ask = 0;
+    async function load(focusAfter) {
+      const mine = ++ask;
+      body.setAttribute("aria-busy", "true");
+      const query = Object.assign(baseQuery(st), {
+        metrics, dimensions: [dim], pagination: { limit: MORE_PAGE, offset }, include: { total_rows: true } });
+      if (exclude) query.filters = query.filters.concat([["is_not", dim, exclude]]);
+      if (q) query.filters = query.filters.concat([["contains", dim, [q], { case_sensitive: false }]]);
+      try {
+        const data = await api("/api/v2/query", { body: query });
+        if (mine !== ask) return;
+        const n = (data.results || []).length;
+        const total = (data.meta && data.meta.total_rows) || offset + n;
+        body.replaceChildren(rowTable(dim, metrics, data, st, title + (q ? ", matching " + q : "")));
+        info.textContent = n === 0 ? (q ? "No row matches “" + q + "”." : "No rows.") :
+          "Rows " + nf.format(offset + 1) + "–" + nf.format(offset + n) + " of " + nf.format(total) + (q ? " matching “" + q + "”" : "");
+        prev.disabled = offset === 0;
+        next.disabled = offset + n >= total;
+      } catch (e) {
+        if (mine !== ask) return;
+        if (needsAuth(e)) { dlg.close(); return authFailed(e); }
+        body.replaceChildren(failure("p", e));
+        info.textContent = "";
+        prev.disabled = offset === 0;
+        next.disabled = true;
+      }
+      body.removeAttribute("aria-busy");
+      // A paging button that has just been disabled would drop focus to the page.
+      if (focusAfter && focusAfter.disabled) {
+        const other = focusAfter === next ? prev : next;
+        (other.disabled ? search : other).focus();
+      }
+    }
+    prev.addEventListener("click", () => { offset = Math.max(0, offset - MORE_PAGE); load(prev); });
+    next.addEventListener("click", () => { offset += MORE_PAGE; load(next); });
+    form.addEventListener("submit", (ev) => { ev.preventDefault(); q = search.value.trim(); offset = 0; load(null); });
+    // Escape closes the dialog from anywhere in it, the search box included (where Chromium
+    // would only clear the box).
+    dlg.addEventListener("keydown", (ev) => {
+      if (ev.key !== "Escape") return;
+      ev.preventDefault();
+      dlg.close();
+    });
+    dlg.addEventListener("close", () => {
+      dlg.remove();
+      if (opener && opener.isConnected) opener.focus();
+    });
+    document.body.append(dlg);
+    dlg.showModal();
+    search.focus();
+    load(null);
   }
 
   // ---------- filtered traffic ----------
@@ -618,8 +746,60 @@
     const arrow = x > 0 ? "↑" : x < 0 ? "↓" : "→";
     const unit = PERCENT.has(metric) ? " pp" : "%";
     return h("span", { class: "change " + cls, "data-change": String(change),
-      text: arrow + " " + approx + Math.abs(Math.round(x * 10) / 10) + unit,
+      text: arrow + " " + approx + nf.format(Math.abs(Math.round(x * 10) / 10)) + unit,
       title: "Change against the comparison period" + (approx ? " (between noisy numbers: differential privacy)" : "") });
+  }
+
+  // A stat card's comparison line: "↓ 14% · was 10,739" (dp: "↓ ≈ 14% · was ≈ 10,739"); with
+  // no change figure "was 0", and with no earlier number either "no earlier data". The visible
+  // pieces are hidden from screen readers, which read one sentence instead ("down 14% against
+  // the previous period, was 10,739").
+  const COMPARE_TEXT = { previous_period: "the previous period", year_over_year: "the same period last year" };
+  function comparisonLine(m, r, i, priv, mode) {
+    const cmp = r.comparison || null;
+    const change = cmp && cmp.change ? cmp.change[i] : null;
+    const was = cmp && cmp.metrics ? cmp.metrics[i] : null;
+    const hasChange = change !== null && change !== undefined;
+    const hasWas = was !== null && was !== undefined;
+    const approx = isDp(priv) ? "≈ " : "";
+    const badge = changeBadge(m, hasChange ? change : null, priv);
+    badge.setAttribute("aria-hidden", "true");
+    if (!hasChange) badge.textContent = hasWas ? "" : "no earlier data";
+    badge.hidden = !hasChange && hasWas;
+    // The comparison period is a release of its own: noisy too, its interval not sent.
+    const prev = h("span", { class: "hint prev", "data-prev": String(was), "aria-hidden": "true", hidden: !hasWas,
+      text: hasWas ? "was " + approx + fmt(m, was) : "" });
+    const against = " against " + (COMPARE_TEXT[mode] || "the comparison period");
+    let said;
+    if (hasChange) {
+      const x = Number(change);
+      const size = approx + nf.format(Math.abs(Math.round(x * 10) / 10)) + (PERCENT.has(m) ? " percentage points" : "%");
+      said = (x > 0 ? "up " + size : x < 0 ? "down " + size : "unchanged") + against + (hasWas ? ", was " + approx + fmt(m, was) : "");
+    } else {
+      said = hasWas ? "was " + approx + fmt(m, was) + " in " + (COMPARE_TEXT[mode] || "the comparison period") :
+        "no data for " + (COMPARE_TEXT[mode] || "the comparison period");
+    }
+    return h("span", { class: "cmp" }, badge, hasChange && hasWas ? h("span", { class: "sep", "aria-hidden": "true", text: " · " }) : null,
+      prev, h("span", { class: "sr-only", text: " " + said }));
+  }
+
+  // A stat card chosen: the chart alone is drawn again for its metric (the cards stay, focus
+  // stays on the card) and the change is announced.
+  function chooseMetric(m) {
+    const st = readState();
+    st.metric = m;
+    history.pushState(null, "", stateUrl(st));
+    for (const li of document.querySelectorAll("#stats .stat")) {
+      li.setAttribute("aria-current", String(li.dataset.stat === m));
+      const b = li.querySelector("button");
+      if (b) b.setAttribute("aria-pressed", String(li.dataset.stat === m));
+    }
+    const old = $("chart");
+    if (!old) { renderDash(); return; }
+    const holder = document.createDocumentFragment();
+    chart(holder, m, st, S.generation);
+    old.replaceWith(holder);
+    announce("Chart: " + metricLabel(m) + " by " + st.interval);
   }
 
   // Top stats, one query per group of metrics (the API does not mix performance percentiles with
@@ -640,16 +820,10 @@
           const chartable = CHARTABLE.has(m);
           const inner = [h("span", { class: "label", text: metricLabel(m) }),
             putNumber(h("span", { class: "value", "data-metric": m }), m, r.metrics[i], priv)];
-          if (st.compare) inner.push(changeBadge(m, r.comparison && r.comparison.change ? r.comparison.change[i] : null, priv));
-          if (st.compare && r.comparison) {
-            // The comparison period is a release of its own: noisy too, its interval not sent.
-            const was = r.comparison.metrics[i];
-            inner.push(h("span", { class: "hint prev", "data-prev": String(was),
-              text: "was " + (isDp(priv) && was !== null && was !== undefined ? "≈ " : "") + fmt(m, was) }));
-          }
+          if (st.compare) inner.push(comparisonLine(m, r, i, priv, st.compare));
           return h("li", { class: "stat", "data-stat": m, "aria-current": String(m === chartMetric) },
             chartable ? h("button", { type: "button", "aria-pressed": String(m === chartMetric), title: "Chart " + metricLabel(m),
-              onclick: () => navigate((s2) => { s2.metric = m; }) }, inner) : h("div", { class: "static" }, inner));
+              onclick: () => chooseMetric(m) }, inner) : h("div", { class: "static" }, inner));
         });
         return data;
       }, (e) => {
@@ -698,7 +872,7 @@
       } catch (e) { status("CSV download failed: " + e.message); }
     });
     return api("/api/v2/query", { body: query }).then((data) => {
-      if (gen !== S.generation) return;
+      if (gen !== S.generation || !fig.isConnected) return; // a newer chart took its place
       const rows = data.results || [];
       const byLabel = new Map(rows.map((r) => [String(r.dimensions[0]), r]));
       const labels = (data.meta && data.meta.time_labels) || rows.map((r) => String(r.dimensions[0]));
@@ -761,7 +935,7 @@
       S.resize = new ResizeObserver(() => { if (S.chart && plot.clientWidth) S.chart.setSize({ width: plot.clientWidth, height: 260 }); });
       S.resize.observe(plot);
     }).catch((e) => {
-      if (gen !== S.generation) return;
+      if (gen !== S.generation || !fig.isConnected) return; // a newer chart took its place
       if (needsAuth(e)) return authFailed(e);
       plot.replaceChildren(failure("p", e));
     });
@@ -771,10 +945,16 @@
   function filterChips(st) {
     const list = $("filter-list");
     list.replaceChildren(...st.filters.map((f, i) => {
-      const text = dimLabel(f.dim) + " " + OP_TEXT[f.op] + " " + valueLabel(f.dim, f.value);
-      return h("li", { "data-filter": f.dim }, h("span", { text }),
+      const text = chipText(f);
+      return h("li", { "data-filter": f.dim, "data-op": f.op, "data-value": f.value },
+        h("span", { class: "chip-text", tabindex: "-1", text }),
         h("button", { type: "button", "aria-label": "Remove filter: " + text, text: "×",
-          onclick: () => navigate((s) => { s.filters.splice(i, 1); }) }));
+          onclick: () => navigate((s) => { s.filters.splice(i, 1); }, () => {
+            // Focus stays in the filter bar: the next chip's remove button, else "Add filter".
+            const left = $("filter-list").querySelectorAll("button");
+            (left[Math.min(i, left.length - 1)] || $("filter-add").querySelector("summary")).focus();
+            announce("Filter removed: " + text);
+          }) }));
     }));
   }
 
@@ -818,6 +998,7 @@
     S.generation += 1;
     const gen = S.generation;
     clearInterval(S.timer);
+    if ($("more-dialog")) $("more-dialog").close();
     if (S.chart) { S.chart.destroy(); S.chart = null; }
     showOnly("dash");
     status("");
@@ -953,9 +1134,10 @@
     $("filter-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       const f = new FormData(ev.target);
-      navigate((s) => { s.filters.push({ op: String(f.get("op")), dim: String(f.get("dim")), value: String(f.get("value")) }); });
+      const nf2 = { op: String(f.get("op")), dim: String(f.get("dim")), value: String(f.get("value")) };
       ev.target.reset();
       $("filter-add").open = false;
+      navigate((s) => { s.filters.push(nf2); }, () => focusChip(nf2, "Filter added: "));
     });
     window.addEventListener("popstate", () => { if (S.page === "dash") renderDash(); });
   }
