@@ -235,7 +235,7 @@ async fn time_charges(agg: &Aggregator) -> Result<(Duration, Duration)> {
             let started = Instant::now();
             let spend = agg
                 .privacy()
-                .charge(agg.client(), &credential, *q, 0.5, now)
+                .charge(agg.client(), &credential, SITE, *q, 0.5, 1e9, now)
                 .await
                 .context("charging the bench's budget")?;
             t.push(started.elapsed());
