@@ -426,3 +426,36 @@ async fn a_raw_question_over_too_many_events_is_refused_before_it_runs() {
     let (status, doc) = post_query(&stats_aggregator(&ch), &body).await;
     assert_eq!(status, 200, "{doc}");
 }
+
+/// `"all"` covers the site's data (it answered `null` totals when it meant "since 2000"):
+/// the same numbers as the explicit range from the site's first day, through the HTTP API.
+#[tokio::test]
+async fn all_time_covers_the_sites_data() {
+    let ch = veil_schemas::testing::fresh_database("stats_all").await;
+    seed(&ch).await;
+    let agg = stats_aggregator(&ch);
+    let (s, all) = post_query(
+        &agg,
+        &json!({"site_id": SITE, "metrics": ["visitors", "pageviews"], "date_range": "all"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{all}");
+    // 23 visitors, 35 pageviews on 2026-11-19 and -20 (tests/common's dataset).
+    assert_eq!(all["results"][0]["metrics"], json!([23, 35]), "{all}");
+    assert!(
+        all["query"]["date_range"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-11-19"),
+        "{all}"
+    );
+    let (_, series) = post_query(
+        &agg,
+        &json!({"site_id": SITE, "metrics": ["visitors"], "date_range": "all", "dimensions": ["time:day"]}),
+    )
+    .await;
+    assert_eq!(
+        series["results"][0]["dimensions"][0], "2026-11-19",
+        "{series}"
+    );
+}
