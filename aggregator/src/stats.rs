@@ -444,8 +444,60 @@ pub async fn run(
     if all_time(body) {
         since_first_day(client, site, &mut q).await?;
     }
-    let doc = run_query(client, site, &q, shared).await?;
+    let mut doc = run_query(client, site, &q, shared).await?;
+    // The echo's filters are the request's own (already checked by the parser).
+    if let Ok(Value::Object(b)) = serde_json::from_slice::<Value>(body) {
+        if let Some(f) = b.get("filters") {
+            doc["query"]["filters"] = f.clone();
+        }
+    }
     Ok((q, doc))
+}
+
+/// The query as answered, normalised the way Plausible echoes it: posting it back asks the
+/// same question (filters are added by [`run`], which has the request's own).
+fn echo(q: &Query, tz: chrono_tz::Tz) -> Value {
+    let local = |t: chrono::NaiveDateTime| t.and_utc().with_timezone(&tz).to_rfc3339();
+    let names: Vec<String> = q
+        .dimensions
+        .iter()
+        .map(|d| d.name.clone())
+        .chain(q.metrics.iter().map(|m| m.name().to_string()))
+        .collect();
+    let order_by: Vec<Value> = q
+        .order_by
+        .iter()
+        .filter_map(|(i, desc)| Some(json!([names.get(*i)?, if *desc { "desc" } else { "asc" }])))
+        .collect();
+    let mut include = json!({
+        "imports": q.imports,
+        "time_labels": q.time_labels,
+        "total_rows": q.total_rows,
+    });
+    if let Some(c) = q.compare {
+        include["comparisons"] = json!({"mode": match c {
+            query::Compare::PreviousPeriod => "previous_period",
+            query::Compare::YearOverYear => "year_over_year",
+        }});
+    }
+    if !q.rollups {
+        include["rollups"] = json!(false);
+    }
+    let range = if q.realtime {
+        json!("realtime")
+    } else {
+        json!([local(q.start), local(q.end - chrono::Duration::seconds(1))])
+    };
+    json!({
+        "site_id": q.site,
+        "metrics": q.metrics.iter().map(|m| m.name()).collect::<Vec<_>>(),
+        "dimensions": q.dimensions.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+        "date_range": range,
+        "filters": [],
+        "order_by": order_by,
+        "include": include,
+        "pagination": {"limit": q.limit, "offset": q.offset},
+    })
 }
 
 /// Whether a request body asks `"date_range": "all"`.
@@ -772,6 +824,10 @@ async fn answer(
     if q.total_rows {
         meta["total_rows"] = json!(total_rows);
     }
+    if q.imports {
+        meta["imports_warning"] =
+            json!("this site has no imported data: the numbers are Veil's own");
+    }
     if q.time_labels {
         meta["time_labels"] = json!(labels);
     }
@@ -787,13 +843,7 @@ async fn answer(
     Ok(json!({
         "results": results,
         "meta": meta,
-        "query": {
-            "site_id": q.site,
-            "metrics": q.metrics.iter().map(|m| m.name()).collect::<Vec<_>>(),
-            "dimensions": q.dimensions.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
-            "date_range": [q.start.and_utc().to_rfc3339(), q.end.and_utc().to_rfc3339()],
-            "timezone": q.tz,
-        }
+        "query": echo(q, tz),
     }))
 }
 

@@ -459,3 +459,37 @@ async fn all_time_covers_the_sites_data() {
         "{series}"
     );
 }
+
+/// The answer's `query` is the normalised question (Plausible's echo): posting it back gives
+/// the same answer; `include.imports` is accepted with a warning (no imported data yet).
+#[tokio::test]
+async fn the_query_echo_asks_the_same_question_again() {
+    let ch = veil_schemas::testing::fresh_database("stats_echo").await;
+    seed(&ch).await;
+    let agg = stats_aggregator(&ch);
+    let q = json!({"site_id": SITE, "metrics": ["visitors", "pageviews"], "date_range": ["2026-11-19", "2026-11-20"],
+        "dimensions": ["event:page"], "filters": [["is_not", "visit:country", ["FR"]]],
+        "order_by": [["pageviews", "desc"]], "include": {"total_rows": true, "imports": true},
+        "pagination": {"limit": 2, "offset": 0}});
+    let (s, first) = post_query(&agg, &q).await;
+    assert_eq!(s, 200, "{first}");
+    let echo = first["query"].clone();
+    assert_eq!(echo["filters"], q["filters"], "{echo}");
+    assert_eq!(echo["order_by"], json!([["pageviews", "desc"]]), "{echo}");
+    assert_eq!(
+        echo["pagination"],
+        json!({"limit": 2, "offset": 0}),
+        "{echo}"
+    );
+    assert_eq!(
+        echo["date_range"],
+        json!(["2026-11-19T00:00:00+00:00", "2026-11-20T23:59:59+00:00"]),
+        "{echo}"
+    );
+    assert_eq!(first["meta"]["imports_included"], false);
+    assert!(first["meta"]["imports_warning"].is_string(), "{first}");
+    let (s, again) = post_query(&agg, &echo).await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["results"], first["results"]);
+    assert_eq!(again["query"], echo);
+}

@@ -476,11 +476,6 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
         comparisons: None,
         rollups: None,
     });
-    if include.imports == Some(true) {
-        return Err(bad(
-            "`include.imports`: Veil has no imported data; send false or leave it out",
-        ));
-    }
     let compare = match include.comparisons.as_ref().map(|c| c.mode.as_str()) {
         None => None,
         Some("previous_period") => Some(Compare::PreviousPeriod),
@@ -523,6 +518,7 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
         rollups: include.rollups.unwrap_or(true),
         limit,
         offset,
+        imports: include.imports == Some(true),
         unrounded: false,
     };
     if site.child_directed {

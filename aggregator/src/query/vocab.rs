@@ -372,6 +372,8 @@ pub struct Query {
     pub limit: u32,
     /// Rows skipped.
     pub offset: u32,
+    /// `include.imports` was asked (Veil has no imported data yet: answered with a warning).
+    pub imports: bool,
     /// Ratio metrics (bounce rate, duration, views per visit…) unrounded: differential
     /// privacy takes them apart into noisy numerators and denominators ([`crate::privacy`]).
     pub unrounded: bool,
