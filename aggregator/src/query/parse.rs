@@ -230,6 +230,19 @@ fn filter(v: &Value, field: &str, depth: usize, budget: &mut Budget) -> Result<F
                         })?;
                 }
             }
+            // Plausible's rule: a country is its two-letter code (a name matches nothing and
+            // would answer an empty 200).
+            if dim.name == "visit:country" && matches!(op, Op::Is | Op::IsNot) {
+                if let Some((i, v)) = values
+                    .iter()
+                    .enumerate()
+                    .find(|(_, v)| v.len() != 2 || !v.bytes().all(|b| b.is_ascii_alphabetic()))
+                {
+                    return Err(bad(format!(
+                        "{field}[2][{i}]: visit:country takes ISO 3166-1 alpha-2 codes such as \"DE\" (got {v:?}); filter visit:country_name for names"
+                    )));
+                }
+            }
             Ok(Filter::Cond {
                 op,
                 dim,
@@ -476,6 +489,15 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
         comparisons: None,
         rollups: None,
     });
+    if include.time_labels == Some(true)
+        && !dimensions
+            .iter()
+            .any(|d| matches!(d.kind, DimKind::Time(_)))
+    {
+        return Err(bad(
+            "`include.time_labels` needs a time dimension (e.g. \"time:day\") in `dimensions`",
+        ));
+    }
     let compare = match include.comparisons.as_ref().map(|c| c.mode.as_str()) {
         None => None,
         Some("previous_period") => Some(Compare::PreviousPeriod),
