@@ -401,6 +401,33 @@ test("dp: a site key and a shared link spend budgets of their own; a click filte
   await shared.close_all();
 });
 
+test("dp: a panel's CSV download carries each count's 95 % interval, equal to the API's CSV; the export downloads", async () => {
+  const page = await open(chrome);
+  const { csv, want } = await withinOneHour(async () => {
+    await page.goto(`${veil.url}/site/${DEMO}?period=7d`);
+    await settled(page);
+    const [dl] = await Promise.all([page.waitForEvent("download"), page.click('#panel-pages button[data-csv]')]);
+    const stream = await dl.createReadStream();
+    const chunks = [];
+    for await (const c of stream) chunks.push(c);
+    // The same question through the API: asked already, so the same noisy rows, for free.
+    const want = await api(veil, "/api/v2/query.csv", { body: { site_id: DEMO, date_range: "7d", filters: [], metrics: ["visitors", "pageviews"],
+      dimensions: ["event:page"], pagination: { limit: 10000, offset: 0 }, include: { total_rows: true } } });
+    return { csv: Buffer.concat(chunks).toString("utf8"), want };
+  });
+  const header = csv.split("\r\n")[0].split(",");
+  assert.ok(header.includes("visitors_ci95") && header.includes("pageviews_ci95"), header.join(","));
+  assert.equal(csv, want);
+  const first = csv.split("\r\n")[1].split(",");
+  assert.ok(Number(first[header.indexOf("visitors_ci95")]) > 0, csv.slice(0, 300));
+  const [zip] = await Promise.all([page.waitForEvent("download"), page.click("#export")]);
+  const stream = await zip.createReadStream();
+  const chunks = [];
+  for await (const c of stream) chunks.push(c);
+  assert.equal(Buffer.concat(chunks).subarray(0, 2).toString(), "PK", "a zip archive");
+  await page.close_all();
+});
+
 test("a small budget (--epsilon-day 2): later panels show the API's budget-spent message, never retried; answered questions stay free", async () => {
   // A Veil of its own with ε 2 a day, ε 0.5 a question: four releases, then 429s.
   const small = await startVeil({ args: ["--epsilon-day", "2", "--epsilon-query", "0.5"] });
