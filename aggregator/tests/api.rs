@@ -165,6 +165,13 @@ async fn an_invalid_query_is_a_400_naming_the_field() {
         "filters[0][2][0]",
     )
     .await;
+    // (The unknown country, stored as "", is a value a filter may name.)
+    let (s, v) = post_query(
+        &agg,
+        &base(json!({"metrics": ["visitors"], "filters": [["is", "visit:country", [""]]]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
     bad(
         base(json!({"metrics": ["visitors"], "include": {"time_labels": true}})),
         "include.time_labels",

@@ -236,7 +236,11 @@ fn filter(v: &Value, field: &str, depth: usize, budget: &mut Budget) -> Result<F
                 if let Some((i, v)) = values
                     .iter()
                     .enumerate()
-                    .find(|(_, v)| v.len() != 2 || !v.bytes().all(|b| b.is_ascii_alphabetic()))
+                    // "" is the stored "unknown country" (the dashboard's "(none)" row).
+                    .find(|(_, v)| {
+                        !v.is_empty()
+                            && (v.len() != 2 || !v.bytes().all(|b| b.is_ascii_alphabetic()))
+                    })
                 {
                     return Err(bad(format!(
                         "{field}[2][{i}]: visit:country takes ISO 3166-1 alpha-2 codes such as \"DE\" (got {v:?}); filter visit:country_name for names"
