@@ -377,17 +377,13 @@ async fn dp_filtered_traffic(
         "stored_bots": shape("bots", bots),
         "min_visitors": site.min_visitors,
         "date_range": [q.from.to_string(), q.to.to_string()],
-        "privacy": {
-            "mode": "dp",
-            "epsilon": spend.epsilon,
-            "repeated": spend.repeated,
-            "epsilon_query": settings.epsilon_query,
-            "delta": settings.delta,
-            "threshold": counts.threshold(),
-            "budget": spend.budget_json(),
-            "interval95": {"events": counts.interval95()},
-            "withheld": [],
-        },
+        "privacy": spend.meta(
+            settings,
+            settings.delta,
+            counts.threshold(),
+            json!({"events": counts.interval95()}),
+            &[],
+        ),
     }))
 }
 
@@ -719,17 +715,13 @@ fn dp_funnel(
         .asker
         .map(|a| a.privacy.settings().clone())
         .unwrap_or_default();
-    meta["privacy"] = json!({
-        "mode": "dp",
-        "epsilon": spend.epsilon,
-        "repeated": spend.repeated,
-        "epsilon_query": settings.epsilon_query,
-        "delta": 0.0,
-        "threshold": 0,
-        "budget": spend.budget_json(),
-        "interval95": {"visitors": noise.interval95()},
-        "withheld": [],
-    });
+    meta["privacy"] = spend.meta(
+        &settings,
+        0.0,
+        0,
+        json!({"visitors": noise.interval95()}),
+        &[],
+    );
     json!({"steps": out, "meta": meta})
 }
 

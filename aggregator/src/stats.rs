@@ -227,18 +227,9 @@ fn strip_goals(f: &Filter) -> Result<Option<Filter>, Error> {
     })
 }
 
-/// Fills in conversion rates: visitors of the row ÷ visitors of the same non-goal dimensions
-/// without the goal filter.
-async fn conversion_rates(
-    client: &clickhouse::Client,
-    site: &SiteView,
-    q: &Query,
-    rep: &mut Report,
-    builds: &mut Builds,
-) -> Result<(), Error> {
-    let Some(ci) = q.metrics.iter().position(|m| *m == Metric::ConversionRate) else {
-        return Ok(());
-    };
+/// A conversion rate's denominator question: visitors by `q`'s dimensions other than goals
+/// (their positions in `q`), without the goal filter.
+fn conversion_base(q: &Query) -> Result<(Vec<usize>, Query), Error> {
     let keep: Vec<usize> = q
         .dimensions
         .iter()
@@ -257,6 +248,22 @@ async fn conversion_rates(
         None => None,
     };
     base.order_by = (0..base.dimensions.len()).map(|i| (i, false)).collect();
+    Ok((keep, base))
+}
+
+/// Fills in conversion rates: visitors of the row ÷ visitors of the same non-goal dimensions
+/// without the goal filter.
+async fn conversion_rates(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+    rep: &mut Report,
+    builds: &mut Builds,
+) -> Result<(), Error> {
+    let Some(ci) = q.metrics.iter().position(|m| *m == Metric::ConversionRate) else {
+        return Ok(());
+    };
+    let (keep, base) = conversion_base(q)?;
     let built = builds.for_query(client, site, &base).await?;
     let sql = query::assemble::sql(&base, site, &built, None);
     let totals = fetch(client, &sql).await?;
@@ -941,17 +948,13 @@ async fn dp_reports(
         None => None,
     };
     let withheld: Vec<&str> = rel.plan().withheld.iter().map(|m| m.name()).collect();
-    let meta = json!({
-        "mode": "dp",
-        "epsilon": spend.epsilon,
-        "repeated": spend.repeated,
-        "epsilon_query": settings.epsilon_query,
-        "delta": settings.delta,
-        "threshold": rel.threshold(),
-        "budget": spend.budget_json(),
-        "interval95": rel.intervals(&q.metrics),
-        "withheld": withheld,
-    });
+    let meta = spend.meta(
+        settings,
+        settings.delta,
+        rel.threshold(),
+        rel.intervals(&q.metrics),
+        &withheld,
+    );
     Ok((rep, comparison, false, meta))
 }
 
@@ -966,17 +969,19 @@ async fn dp_report(
     settings: &privacy::Settings,
     now: DateTime<Utc>,
 ) -> Result<(Report, privacy::Release), Error> {
-    let rel = privacy::Release::new(
-        q,
-        site.child_directed,
-        key,
-        settings,
-        site.min_visitors,
-        now,
-    )?;
-    let raw = dp_fetch(client, site, q, builds, &rel).await?;
-    let mut rows: Vec<Row> = rel
-        .rows(q, &raw)
+    let release = |q: &Query| {
+        privacy::Release::new(
+            q,
+            site.child_directed,
+            key,
+            settings,
+            site.min_visitors,
+            now,
+        )
+    };
+    let rel = release(q)?;
+    let mut rows: Vec<Row> = dp_rows(client, site, q, builds, &rel)
+        .await?
         .into_iter()
         .map(|(dims, metrics, k)| Row {
             dims,
@@ -986,31 +991,8 @@ async fn dp_report(
         })
         .collect();
     if let Some(ci) = q.metrics.iter().position(|m| *m == Metric::ConversionRate) {
-        let keep: Vec<usize> = q
-            .dimensions
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| d.kind != DimKind::Goal)
-            .map(|(i, _)| i)
-            .collect();
-        let mut base = q.clone();
-        base.dimensions = keep.iter().map(|i| q.dimensions[*i].clone()).collect();
-        base.metrics = vec![Metric::Visitors];
-        base.filter = match &q.filter {
-            Some(f) => strip_goals(f)?,
-            None => None,
-        };
-        base.order_by.clear();
-        let brel = privacy::Release::new(
-            &base,
-            site.child_directed,
-            key,
-            settings,
-            site.min_visitors,
-            now,
-        )?;
-        let braw = dp_fetch(client, site, &base, builds, &brel).await?;
-        let totals = brel.rows(&base, &braw);
+        let (keep, base) = conversion_base(q)?;
+        let totals = dp_rows(client, site, &base, builds, &release(&base)?).await?;
         for row in &mut rows {
             let k: Vec<String> = keep
                 .iter()
@@ -1035,17 +1017,8 @@ async fn dp_report(
         t.dimensions.clear();
         t.metrics = vec![Metric::Visitors];
         t.order_by.clear();
-        let trel = privacy::Release::new(
-            &t,
-            site.child_directed,
-            key,
-            settings,
-            site.min_visitors,
-            now,
-        )?;
-        let traw = dp_fetch(client, site, &t, builds, &trel).await?;
-        let total = trel
-            .rows(&t, &traw)
+        let total = dp_rows(client, site, &t, builds, &release(&t)?)
+            .await?
             .first()
             .and_then(|r| r.1.first().copied().flatten())
             .unwrap_or(0.0);
@@ -1068,21 +1041,22 @@ async fn dp_report(
     ))
 }
 
-/// The SQL rows a release needs: `q`'s dimensions, the plan's metrics unrounded, the k column.
-async fn dp_fetch(
+/// A release's published rows of `q`: its SQL (`q`'s dimensions, the plan's metrics
+/// unrounded, the k column) through [`privacy::Release::rows`].
+async fn dp_rows(
     client: &clickhouse::Client,
     site: &SiteView,
     q: &Query,
     builds: &mut Builds,
     rel: &privacy::Release,
-) -> Result<Vec<Value>, Error> {
+) -> Result<Vec<(Vec<String>, Vec<Option<f64>>, f64)>, Error> {
     let mut iq = q.clone();
     iq.metrics = rel.plan().sql_metrics.clone();
     iq.unrounded = true;
     iq.order_by = (0..iq.dimensions.len()).map(|i| (i, false)).collect();
     let built = builds.for_query(client, site, &iq).await?;
     let sql = query::assemble::sql(&iq, site, &built, None);
-    fetch(client, &sql).await
+    Ok(rel.rows(q, &fetch(client, &sql).await?))
 }
 
 /// Sorts rows by `q.order_by` (dimension or metric indices) on the published numbers (the

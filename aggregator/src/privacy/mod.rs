@@ -867,6 +867,28 @@ pub struct Spend {
 }
 
 impl Spend {
+    /// `meta.privacy` of a dp answer that spent this (module docs: wire format).
+    pub fn meta(
+        &self,
+        settings: &Settings,
+        delta: f64,
+        threshold: u64,
+        interval95: Value,
+        withheld: &[&str],
+    ) -> Value {
+        json!({
+            "mode": "dp",
+            "epsilon": self.epsilon,
+            "repeated": self.repeated,
+            "epsilon_query": settings.epsilon_query,
+            "delta": delta,
+            "threshold": threshold,
+            "budget": self.budget_json(),
+            "interval95": interval95,
+            "withheld": withheld,
+        })
+    }
+
     /// `meta.privacy.budget`.
     pub fn budget_json(&self) -> Value {
         json!({
