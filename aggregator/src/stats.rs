@@ -1053,9 +1053,15 @@ async fn dp_rows(
     let mut iq = q.clone();
     iq.metrics = rel.plan().sql_metrics.clone();
     iq.unrounded = true;
+    // Child-directed sites keep no visitor ids: there is nothing to bound per visitor.
+    iq.bounded = !site.child_directed;
     iq.order_by = (0..iq.dimensions.len()).map(|i| (i, false)).collect();
     let built = builds.for_query(client, site, &iq).await?;
-    let sql = query::assemble::sql(&iq, site, &built, None);
+    let sql = if iq.bounded {
+        query::assemble::bounded_sql(&iq, site, &built, rel.clamp()).map_err(Error::Internal)?
+    } else {
+        query::assemble::sql(&iq, site, &built, None)
+    };
     Ok(rel.rows(q, &fetch(client, &sql).await?))
 }
 

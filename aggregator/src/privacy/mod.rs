@@ -13,15 +13,22 @@
 //!   revenue, launch and latency percentiles) are withheld (`null`, named in
 //!   `meta.privacy.withheld`).
 //! - **Contribution bounds** ([`Bounds`]): what one visitor-day (one visitor id: hashes rotate
-//!   daily) adds to one row of a part, and how many rows of a breakdown it falls in, by the
+//!   daily) adds to one row of a part, and how many rows of a report it counts in, by the
 //!   dimension's level (a visitor fact such as country: one row; a visit fact such as source:
-//!   [`Bounds::visit_rows`]; a hit fact such as page or goal: [`Bounds::hit_rows`]). A range
-//!   of D UTC days counts one person as up to min(D, [`Bounds::person_days`]) visitor ids
-//!   (default 7: ranges up to a week count every day a person could come), and every
-//!   sensitivity is that many times a visitor-day's. The bounds are declared, not clamped in
-//!   SQL (daily salts make a person's days unlinkable, even to Veil): a person within them is
-//!   protected at the stated ε; one beyond them at ε times its excess (individual
-//!   differential privacy; docs/PRIVACY.md says so).
+//!   [`Bounds::visit_rows`]; a hit fact such as page or goal: [`Bounds::hit_rows`]; hours:
+//!   [`Bounds::hour_rows`]). They are **enforced** in SQL ([`Release::clamp`],
+//!   [`crate::query::assemble::bounded_sql`]): a release reads rows that carry visitor ids
+//!   ([`Query::bounded`]: visit rows, hits, raw events — never the per-day rollup counts),
+//!   groups them per visitor id and report row, keeps a pseudo-random `rows` of each visitor
+//!   id's report rows (`LIMIT n BY`) and clamps its counts there (`least`), so one visitor-day
+//!   moves a release by at most the sensitivity its noise is calibrated for, whatever it did.
+//!   A range of D UTC days counts one person as up to min(D, [`Bounds::person_days`]) visitor
+//!   ids (default 7: ranges up to a week count every day a person could come), and every
+//!   sensitivity is that many times a visitor-day's. Days are not linked (daily salts make a
+//!   person's days unlinkable, even to Veil): a person who comes on more days than that is
+//!   protected at ε times its excess over a range longer than a week (docs/PRIVACY.md says
+//!   so). Child-directed sites keep no visitor ids: their releases are thresholded on events
+//!   and their bounds stay declared.
 //! - **Noise.** Discrete Laplace on each part of each row, its scale calibrated with OpenDP
 //!   (`make_laplace`: the query's ε split evenly over its parts, L1 sensitivity as above) and
 //!   drawn from a keyed blake3 stream ([`noise`]) over the canonical question, row and part:
@@ -62,6 +69,7 @@ use veil_schemas::sql;
 use veil_schemas::sql::{date, lit, utc};
 
 use crate::db::{exec, fetch, number};
+use crate::query::assemble::Clamp;
 use crate::query::{DimKind, Metric, Query, TimeBucket};
 use crate::Error;
 
@@ -86,7 +94,7 @@ impl std::str::FromStr for Mode {
     }
 }
 
-/// What one visitor-day may add (declared bounds; see the module docs).
+/// What one visitor-day may add (enforced by [`Release::clamp`]; see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Bounds {
     /// Days one person counts as in one range (one visitor id a day): a range of D UTC days
@@ -120,8 +128,8 @@ impl Default for Bounds {
             visit_rows: 2,
             hour_rows: 3,
             visits: 2,
-            pageviews: 5,
-            events: 5,
+            pageviews: 6,
+            events: 6,
             visit_seconds: 1800,
             engaged_seconds: 600,
             revenue: 1000,
@@ -492,6 +500,7 @@ pub struct Release {
     threshold: u64,
     days: f64,
     labels: Option<Vec<String>>,
+    clamp: Clamp,
 }
 
 /// The canonical text of what a release counts: site, dimensions, filter, range, zone and,
@@ -576,7 +585,22 @@ impl Release {
             threshold: threshold_at,
             days: local_days(q),
             labels,
+            clamp: Clamp {
+                rows,
+                visits: settings.bounds.visits,
+                pageviews: settings.bounds.pageviews,
+                events: settings.bounds.events,
+                visit_seconds: settings.bounds.visit_seconds,
+                engaged_seconds: settings.bounds.engaged_seconds,
+                revenue: settings.bounds.revenue,
+            },
         })
+    }
+
+    /// What one visitor id may add to this release's SQL rows: the bounds its noise is
+    /// calibrated for, enforced by [`crate::query::assemble::bounded_sql`].
+    pub fn clamp(&self) -> &Clamp {
+        &self.clamp
     }
 
     /// The plan released.

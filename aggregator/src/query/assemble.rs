@@ -39,7 +39,7 @@ fn direction(desc: bool) -> &'static str {
 /// their `uniq` states, or on built days its lower bound — reach k. Output: `shown` (0 for
 /// the folded row), `d…`, `m…`, `k`, `n` (rows folded).
 pub fn sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> Sql {
-    let inner = inner_sql(q, site, built, fold);
+    let inner = inner_sql(q, site, built, fold, false);
     let Some(kmin) = fold.filter(|_| !q.dimensions.is_empty() && q.time_bucket().is_none()) else {
         return inner;
     };
@@ -157,7 +157,15 @@ fn per_visit(q: &Query, site: &SiteView) -> Option<PerVisit> {
 
 /// The report's rows before folding; with `fold = Some(k)`, also what the fold needs (`ks`,
 /// and `kd` for [`Source::VisitsDaily`]).
-fn inner_sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> Sql {
+///
+/// With `per_visitor`, the rows are grouped by visitor id too (`_v`), unordered.
+fn inner_sql(
+    q: &Query,
+    site: &SiteView,
+    built: &[Build],
+    fold: Option<u64>,
+    per_visitor: bool,
+) -> Sql {
     let src = source(q, site.child_directed);
     let per = if src == Source::VisitHits {
         per_visit(q, site)
@@ -196,6 +204,9 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> 
         (_, false) => "uniq(visitor_id)",
     };
     select.push(sql!("{} AS k", k));
+    if per_visitor {
+        select.push(Sql::new("visitor_id AS _v"));
+    }
     if let Some(kmin) = fold {
         let ks = match (shape, site.child_directed) {
             (_, true) => Sql::new("count()"),
@@ -253,7 +264,14 @@ fn inner_sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> 
     if !conds.is_empty() {
         s.push(sql!(" WHERE {}", Sql::join(conds, " AND ")));
     }
-    group_and_order(q, &mut s);
+    if per_visitor {
+        let groups = (0..q.dimensions.len())
+            .map(|i| sql!("d{}", i))
+            .chain(std::iter::once(Sql::new("_v")));
+        s.push(sql!(" GROUP BY {}", Sql::join(groups, ", ")));
+    } else {
+        group_and_order(q, &mut s);
+    }
     s
 }
 
@@ -277,4 +295,131 @@ fn group_and_order(q: &Query, s: &mut Sql) {
         sql!("{} {}", col, direction(*desc))
     });
     s.push(sql!(" ORDER BY {}", Sql::join(order, ", ")));
+}
+
+/// What one visitor id may add to a bounded report ([`bounded_sql`]); differential privacy
+/// sets it from its contribution bounds (`crate::privacy::Bounds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clamp {
+    /// Rows of the report (labelled or time buckets) one visitor id counts in.
+    pub rows: u64,
+    /// Visits (and bounces) in one row.
+    pub visits: u64,
+    /// Pageviews in one row (of a visit's pageviews too).
+    pub pageviews: u64,
+    /// Events and crashes in one row.
+    pub events: u64,
+    /// Seconds of visits in one row.
+    pub visit_seconds: u64,
+    /// Engaged seconds in one row.
+    pub engaged_seconds: u64,
+    /// Revenue in one row, in currency units.
+    pub revenue: u64,
+}
+
+/// The report of `q` with each visitor id's contribution clamped: what differential privacy
+/// publishes, so that one visitor-day's effect on the answer is bounded by `c` whatever it
+/// did (the sensitivity the noise is calibrated for holds by construction, not by hope).
+///
+/// `q` must read rows with visitor ids ([`Query::bounded`]) and its metrics must be counts
+/// or ratios whose denominator it asks too (visits for views per visit, bounce rate and
+/// visit duration; pageviews for time on page) — what `privacy::plan` asks. The statement:
+///
+/// ```text
+/// SELECT d…, clamped sums AS o…, sum(k) AS ok FROM (
+///     SELECT d…, m…, k, visitor_id AS _v FROM rows WHERE filter GROUP BY d…, _v
+///     ORDER BY _v, cityHash64(_v, d…) LIMIT rows BY _v)   -- a pseudo-random choice per visitor
+/// GROUP BY d… ORDER BY d…
+/// ```
+///
+/// Its columns are the dimensions, the metrics and k, in order (as [`sql`]'s without a fold;
+/// the rows come in dimension order: differential privacy sorts the noisy numbers itself).
+///
+/// Each inner row is one visitor id's contribution to one report row; its counts are clamped
+/// with `least` before they are summed; a ratio's numerator (the ratio times its denominator
+/// within the visitor's row) and denominator are clamped apart, and the outer ratio is made of
+/// the clamped sums, so the parts differential privacy takes back out are the clamped ones.
+pub fn bounded_sql(q: &Query, site: &SiteView, built: &[Build], c: &Clamp) -> Result<Sql, String> {
+    let mut inner = inner_sql(q, site, built, None, true);
+    let nd = q.dimensions.len();
+    if nd > 0 {
+        let keys = std::iter::once(Sql::new("_v")).chain((0..nd).map(|i| sql!("d{}", i)));
+        inner.push(sql!(
+            " ORDER BY _v, cityHash64({}) LIMIT {} BY _v",
+            Sql::join(keys, ", "),
+            c.rows.max(1)
+        ));
+    }
+    let at = |m: Metric| q.metrics.iter().position(|x| *x == m);
+    let den = |i: usize, m: Metric, of: Metric| {
+        at(of)
+            .ok_or_else(|| {
+                format!(
+                    "{} needs {} beside it in a bounded report",
+                    m.name(),
+                    of.name()
+                )
+            })
+            .map(|j| (i, j))
+    };
+    let mut select: Vec<Sql> = (0..nd).map(|i| sql!("d{}", i)).collect();
+    for (i, m) in q.metrics.iter().enumerate() {
+        let e = match m {
+            Metric::Visitors | Metric::Percentage | Metric::ConversionRate => {
+                sql!("sum(least(m{}, 1))", i)
+            }
+            Metric::Visits => sql!("sum(least(m{}, {}))", i, c.visits),
+            Metric::Pageviews => sql!("sum(least(m{}, {}))", i, c.pageviews),
+            Metric::Events | Metric::Crashes => sql!("sum(least(m{}, {}))", i, c.events),
+            Metric::TotalRevenue => sql!("sum(least(m{}, {}))", i, c.revenue),
+            Metric::ViewsPerVisit => {
+                let (i, j) = den(i, *m, Metric::Visits)?;
+                sql!(
+                    "sum(least(m{0} * m{1}, {2})) / greatest(sum(least(m{1}, {3})), 1)",
+                    i,
+                    j,
+                    c.pageviews,
+                    c.visits
+                )
+            }
+            Metric::BounceRate => {
+                let (i, j) = den(i, *m, Metric::Visits)?;
+                sql!(
+                    "100 * sum(least(m{0} * m{1} / 100, {2})) / greatest(sum(least(m{1}, {2})), 1)",
+                    i,
+                    j,
+                    c.visits
+                )
+            }
+            Metric::VisitDuration => {
+                let (i, j) = den(i, *m, Metric::Visits)?;
+                sql!(
+                    "sum(least(m{0} * m{1}, {2})) / greatest(sum(least(m{1}, {3})), 1)",
+                    i,
+                    j,
+                    c.visit_seconds,
+                    c.visits
+                )
+            }
+            Metric::TimeOnPage => {
+                let (i, j) = den(i, *m, Metric::Pageviews)?;
+                sql!(
+                    "sum(least(m{0} * greatest(m{1}, 1), {2})) / greatest(sum(least(m{1}, {3})), 1)",
+                    i,
+                    j,
+                    c.engaged_seconds,
+                    c.pageviews
+                )
+            }
+            other => return Err(format!("{} has no bounded sum", other.name())),
+        };
+        select.push(sql!("{} AS o{}", e, i));
+    }
+    select.push(Sql::new("sum(k) AS ok"));
+    let mut s = sql!("SELECT {} FROM ({})", Sql::join(select, ", "), inner);
+    if nd > 0 {
+        let dims = Sql::join((0..nd).map(|i| sql!("d{}", i)), ", ");
+        s.push(sql!(" GROUP BY {0} ORDER BY {0}", dims));
+    }
+    Ok(s)
 }

@@ -546,6 +546,7 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
         offset,
         imports: include.imports == Some(true),
         unrounded: false,
+        bounded: false,
     };
     if site.child_directed {
         check_child_query(&q)?;

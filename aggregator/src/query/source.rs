@@ -20,6 +20,10 @@
 //!   combinations when they need what visit rows do not carry (props, revenue, engagement),
 //!   or rollups are off.
 //!
+//! A [`Query::bounded`] query (differential privacy's, whose rows must carry visitor ids to
+//! clamp each one's contribution) is never answered from [`Source::VisitsDaily`] or
+//! [`Source::Hourly`]: visit-level questions read visit rows, hit-level ones raw events or hits.
+//!
 //! How each source's rows are read is in [`super::rows`].
 
 use chrono::{NaiveDateTime, Timelike};
@@ -163,6 +167,7 @@ fn hourly_ok(q: &Query) -> bool {
     let whole_hours = |t: NaiveDateTime| t.minute() == 0 && t.second() == 0;
     let dims_ok = |d: &Dim| matches!(d.kind, DimKind::Event(_) | DimKind::Goal | DimKind::Time(_));
     q.rollups
+        && !q.bounded
         && !q.realtime
         && whole_hours(q.start)
         && whole_hours(q.end)
@@ -223,6 +228,7 @@ fn visits_daily_ok(q: &Query) -> bool {
         .iter()
         .any(|d| matches!(daily_dim(d), Some(DailyDim::Event(_))));
     q.rollups
+        && !q.bounded
         && !q.realtime
         && q.filter.is_none()
         && time_ok

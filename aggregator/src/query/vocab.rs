@@ -377,6 +377,10 @@ pub struct Query {
     /// Ratio metrics (bounce rate, duration, views per visit…) unrounded: differential
     /// privacy takes them apart into noisy numerators and denominators ([`crate::privacy`]).
     pub unrounded: bool,
+    /// Rows that carry visitor ids only (no per-day rollup counts): differential privacy
+    /// bounds what one visitor id adds ([`super::assemble::bounded_sql`]), and the daily and
+    /// event rollups keep no visitor ids.
+    pub bounded: bool,
 }
 
 impl Query {

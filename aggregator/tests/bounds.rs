@@ -1,0 +1,317 @@
+//! Contribution bounds are enforced, not only declared (issue 15, point 2): what one visitor
+//! id (one visitor-day) adds to a differentially private report is clamped in SQL, on every
+//! source a report can read (visit rows derived from raw events or built by the rollup job,
+//! raw events, hits with their visits), so the sensitivity the noise is calibrated for holds
+//! whatever a visitor did.
+//!
+//! One heavy visitor (five visits in five hours, 40 pages viewed five times each, three
+//! sources) among 20 ordinary ones (one visit, two pages). The bounded SQL is run against the
+//! real ClickHouse and its numbers are checked exactly; the unbounded SQL over the same rows
+//! shows how much the heavy visitor would otherwise have moved them. Then the same through
+//! the HTTP API at the highest ε a site may set, against exact mode.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use bytes::Bytes;
+use chrono::{NaiveDate, Utc};
+use http::Request;
+use serde_json::{json, Value};
+use veil_aggregator::builds::Builds;
+use veil_aggregator::privacy::{Bounds, Release, Settings};
+use veil_aggregator::query::assemble::{bounded_sql, sql as report_sql};
+use veil_aggregator::query::{parse, Query};
+use veil_aggregator::site::SiteView;
+use veil_aggregator::{db, rollup, Aggregator, AggregatorConfig};
+use veil_schemas::sql;
+use veil_schemas::sql::{lit, Sql};
+use veil_schemas::ClickHouseConfig;
+
+const SITE: &str = "bounds.example";
+const DAY: &str = "2026-11-20";
+const ADMIN: &str = "admin-token-for-bounds-tests";
+/// Ordinary visitors: one visit, /a then /b, from no source.
+const ORDINARY: usize = 20;
+/// The heavy visitor's distinct pages, each viewed this many times.
+const HEAVY_PAGES: usize = 40;
+const HEAVY_REPEATS: usize = 5;
+
+fn event(at: &str, page: &str, visitor: &str, source: &str) -> Sql {
+    sql!(
+        "({}, toDateTime({}, 'UTC'), 'pageview', {}, {}, toFixedString({}, 16), {}, {}, 'DE', 'Desktop', 'Firefox')",
+        lit(SITE),
+        lit(&format!("{DAY} {at}")),
+        lit(page),
+        lit(SITE),
+        lit(visitor),
+        lit(source),
+        lit(if source.is_empty() { "Direct" } else { "Referral" })
+    )
+}
+
+async fn store(ch: &ClickHouseConfig) {
+    let mut rows = Vec::new();
+    for i in 0..ORDINARY {
+        let v = format!("or{i:014}");
+        rows.push(event(&format!("08:{i:02}:00"), "/a", &v, ""));
+        rows.push(event(&format!("08:{i:02}:30"), "/b", &v, ""));
+    }
+    // The heavy visitor: five visits of 40 minutes (10:00, 12:00 … 18:00) from three
+    // sources, 200 pageviews over 40 pages.
+    let sources = ["google.com", "bing.com", "twitter.com"];
+    for n in 0..HEAVY_PAGES * HEAVY_REPEATS {
+        let page = format!("/heavy/{}", n % HEAVY_PAGES);
+        let visit = n / 40;
+        let at = format!("{:02}:{:02}:00", 10 + 2 * visit, n % 40);
+        rows.push(event(&at, &page, "heavy00000000000", sources[visit % 3]));
+    }
+    let q = sql!(
+        "INSERT INTO events (site, timestamp, name, pathname, hostname, visitor_id, source, channel, country_code, device, browser) VALUES {}",
+        Sql::join(rows.iter(), ", ")
+    );
+    db::exec(&ch.client(), &q).await.unwrap();
+}
+
+fn site() -> SiteView {
+    let mut s = SiteView::new(SITE);
+    s.min_visitors = 1;
+    s
+}
+
+fn query(body: Value) -> Query {
+    let mut b = body;
+    b["site_id"] = json!(SITE);
+    b["date_range"] = json!([DAY, DAY]);
+    parse(b.to_string().as_bytes(), &site(), Utc::now()).unwrap()
+}
+
+/// Rows of `q` as differential privacy reads them (bounded, unrounded) and, for comparison,
+/// unbounded: `(dims, metrics)` each.
+async fn both(
+    ch: &ClickHouseConfig,
+    q: &Query,
+) -> (Vec<(Vec<String>, Vec<f64>)>, Vec<(Vec<String>, Vec<f64>)>) {
+    let client = ch.client();
+    let site = site();
+    let rel = Release::new(q, false, [7; 32], &Settings::default(), 1, Utc::now()).unwrap();
+    let mut bq = q.clone();
+    bq.unrounded = true;
+    bq.bounded = true;
+    let built = Builds::new(None)
+        .for_query(&client, &site, &bq)
+        .await
+        .unwrap();
+    let bounded = bounded_sql(&bq, &site, &built, rel.clamp()).unwrap();
+    let mut uq = q.clone();
+    uq.unrounded = true;
+    let built = Builds::new(None)
+        .for_query(&client, &site, &uq)
+        .await
+        .unwrap();
+    let plain = report_sql(&uq, &site, &built, None);
+    let read = |rows: Vec<Value>| {
+        let nd = q.dimensions.len();
+        rows.into_iter()
+            .map(|r| {
+                let cells = r.as_array().unwrap().clone();
+                let dims = cells[..nd]
+                    .iter()
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string())
+                    })
+                    .collect();
+                let ms = cells[nd..nd + q.metrics.len()]
+                    .iter()
+                    .map(|v| db::number(v).unwrap())
+                    .collect();
+                (dims, ms)
+            })
+            .collect::<Vec<_>>()
+    };
+    (
+        read(db::fetch(&client, &bounded).await.unwrap()),
+        read(db::fetch(&client, &plain).await.unwrap()),
+    )
+}
+
+fn column(rows: &[(Vec<String>, Vec<f64>)], m: usize) -> f64 {
+    rows.iter().map(|r| r.1[m]).sum()
+}
+
+fn row<'a>(rows: &'a [(Vec<String>, Vec<f64>)], label: &str) -> Option<&'a Vec<f64>> {
+    rows.iter()
+        .find(|r| r.0.first().map(String::as_str) == Some(label))
+        .map(|r| &r.1)
+}
+
+/// Every check, on the rows as they are when asked (derived from raw events, or built).
+async fn checks(ch: &ClickHouseConfig, when: &str) {
+    let b = Bounds::default();
+    let heavy_pv = (HEAVY_PAGES * HEAVY_REPEATS) as f64;
+    let ordinary = ORDINARY as f64;
+
+    // Totals (visit rows): the heavy visitor adds at most `pageviews` pageviews and `visits`
+    // visits; visitors are exact.
+    let q = query(json!({"metrics": ["visitors", "visits", "pageviews"]}));
+    let (bounded, plain) = both(ch, &q).await;
+    assert_eq!(
+        plain[0].1,
+        vec![ordinary + 1.0, ordinary + 5.0, 2.0 * ordinary + heavy_pv],
+        "{when}: the unbounded totals"
+    );
+    assert_eq!(
+        bounded[0].1,
+        vec![
+            ordinary + 1.0,
+            ordinary + b.visits as f64,
+            2.0 * ordinary + b.pageviews as f64
+        ],
+        "{when}: totals with the heavy visitor clamped"
+    );
+
+    // By page (raw events): the heavy visitor counts in at most `hit_rows` rows, with at
+    // most `pageviews` pageviews in each (it has five per page: all kept).
+    let q = query(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"]}));
+    let (bounded, plain) = both(ch, &q).await;
+    assert_eq!(plain.len(), 2 + HEAVY_PAGES, "{when}: every page unbounded");
+    assert_eq!(
+        bounded.len(),
+        2 + b.hit_rows as usize,
+        "{when}: {bounded:?}"
+    );
+    assert_eq!(
+        column(&bounded, 0),
+        2.0 * ordinary + b.hit_rows as f64,
+        "{when}"
+    );
+    assert_eq!(
+        column(&bounded, 1),
+        2.0 * ordinary + (b.hit_rows as usize * HEAVY_REPEATS) as f64,
+        "{when}"
+    );
+    assert_eq!(
+        row(&bounded, "/a"),
+        Some(&vec![ordinary, ordinary]),
+        "{when}: ordinary pages untouched"
+    );
+
+    // By source (visit rows): three sources, at most `visit_rows` of them counted.
+    let q = query(
+        json!({"metrics": ["visitors", "visits", "bounce_rate", "visit_duration"], "dimensions": ["visit:source"]}),
+    );
+    let (bounded, plain) = both(ch, &q).await;
+    assert_eq!(column(&plain, 0), ordinary + 3.0, "{when}: {plain:?}");
+    assert_eq!(
+        column(&bounded, 0),
+        ordinary + b.visit_rows as f64,
+        "{when}: {bounded:?}"
+    );
+    for r in bounded.iter().filter(|r| !r.0[0].is_empty()) {
+        // Heavy visits of 39 minutes each: their seconds clamped.
+        assert!(r.1[3] <= b.visit_seconds as f64, "{when}: {r:?}");
+        assert_eq!(
+            r.1[2], 0.0,
+            "{when}: the heavy visits did not bounce: {r:?}"
+        );
+    }
+
+    // A filter on a hit beside a visit dimension (hits with their visits): the same bounds.
+    let q = query(
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["visit:source"], "filters": [["contains", "event:page", ["/heavy/"]]]}),
+    );
+    let (bounded, plain) = both(ch, &q).await;
+    assert_eq!(column(&plain, 1), heavy_pv, "{when}: {plain:?}");
+    assert_eq!(
+        column(&bounded, 0),
+        b.visit_rows as f64,
+        "{when}: {bounded:?}"
+    );
+    assert!(
+        column(&bounded, 1) <= (b.visit_rows * b.pageviews) as f64,
+        "{when}: {bounded:?}"
+    );
+
+    // By hour: five hours active, at most `hour_rows` counted.
+    let q = query(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["time:hour"]}));
+    let (bounded, plain) = both(ch, &q).await;
+    assert_eq!(column(&plain, 0), ordinary + 5.0, "{when}: {plain:?}");
+    assert_eq!(
+        column(&bounded, 0),
+        ordinary + b.hour_rows as f64,
+        "{when}: {bounded:?}"
+    );
+    assert!(
+        column(&bounded, 1) <= 2.0 * ordinary + (b.hour_rows * b.pageviews) as f64,
+        "{when}: {bounded:?}"
+    );
+}
+
+#[tokio::test]
+async fn one_visitor_days_contribution_is_clamped_on_every_source() {
+    let ch = veil_schemas::testing::fresh_database("dp_bounds").await;
+    store(&ch).await;
+    checks(&ch, "derived from raw events").await;
+    let day = NaiveDate::parse_from_str(DAY, "%Y-%m-%d").unwrap();
+    rollup::run_until(&ch, day.succ_opt().unwrap(), 3)
+        .await
+        .unwrap();
+    checks(&ch, "built by the rollup job").await;
+}
+
+async fn ask(a: &Aggregator, body: Value) -> Value {
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/v2/query")
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .header("content-type", "application/json")
+        .body(Bytes::from(body.to_string()))
+        .unwrap();
+    let r = a.handle(req).await.expect("an aggregator path");
+    assert_eq!(r.status(), 200);
+    let b = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    serde_json::from_slice(&b).unwrap()
+}
+
+#[tokio::test]
+async fn the_api_publishes_the_clamped_numbers() {
+    let ch = veil_schemas::testing::fresh_database("dp_bounds_api").await;
+    store(&ch).await;
+    let b = Bounds::default();
+    let config = |privacy: Settings| AggregatorConfig {
+        api_token: Some(ADMIN.into()),
+        sites: vec![SITE.into()],
+        privacy,
+        ..Default::default()
+    };
+    let question = json!({"site_id": SITE, "metrics": ["pageviews"], "date_range": [DAY, DAY]});
+    let exact = Aggregator::new(config(Settings::exact()), ch.clone());
+    let d = ask(&exact, question.clone()).await;
+    let stored = (2 * ORDINARY + HEAVY_PAGES * HEAVY_REPEATS) as f64;
+    assert_eq!(d["results"][0]["metrics"][0].as_f64(), Some(stored), "{d}");
+
+    // The highest ε a site may set (10): noise of a few pageviews, so the clamp shows.
+    let dp = Aggregator::new(
+        config(Settings {
+            epsilon_query: 10.0,
+            epsilon_day: 100.0,
+            ..Settings::default()
+        }),
+        ch.clone(),
+    );
+    let d = ask(&dp, question).await;
+    let got = d["results"][0]["metrics"][0].as_f64().unwrap();
+    let interval = d["meta"]["privacy"]["interval95"]["pageviews"]
+        .as_f64()
+        .unwrap();
+    let clamped = (2 * ORDINARY) as f64 + b.pageviews as f64;
+    assert!(interval < 10.0, "{d}");
+    // Three 95 % intervals: outside them about once in 10^4 runs.
+    assert!(
+        (got - clamped).abs() <= 3.0 * interval,
+        "published {got}, clamped truth {clamped}, stored {stored}: {d}"
+    );
+}
