@@ -19,7 +19,7 @@ use veil_schemas::sql::{date, utc};
 
 use crate::db::{fetch, number};
 use crate::query::source::{source, uses_builds};
-use crate::query::visits::HITS_LAYOUT;
+use crate::query::visits::{BOUNDED_LAYOUT, HITS_LAYOUT};
 use crate::query::Query;
 use crate::query::{Build, Snap, Source};
 use crate::site::SiteView;
@@ -88,6 +88,7 @@ async fn visit_builds_for(
                     cut,
                     snap: None,
                     hits: layout >= f64::from(HITS_LAYOUT),
+                    bounded: layout >= f64::from(BOUNDED_LAYOUT),
                 },
                 events,
             ))
@@ -161,7 +162,10 @@ impl Builds {
             .max()
     }
 
-    /// The builds `q` reads: none when rollups are off or its source reads no builds.
+    /// The builds `q` reads: none when rollups are off or its source reads no builds. A
+    /// [`Query::bounded`] question reads the closed days' bounded rows where the daily rollup
+    /// would answer it unbounded (`query::assemble::bounded_sql`), and never today's snapshot
+    /// (it holds no visitor ids).
     pub async fn for_query(
         &mut self,
         client: &clickhouse::Client,
@@ -169,7 +173,12 @@ impl Builds {
         q: &Query,
     ) -> Result<Vec<Build>, Error> {
         let src = source(q, site.child_directed);
-        if !q.rollups || q.realtime || !uses_builds(src) {
+        let daily = q.bounded && {
+            let mut plain = q.clone();
+            plain.bounded = false;
+            source(&plain, site.child_directed) == Source::VisitsDaily
+        };
+        if !q.rollups || q.realtime || !(uses_builds(src) || daily) {
             return Ok(Vec::new());
         }
         let snap = self.snapshots.is_some() && src == Source::VisitsDaily;

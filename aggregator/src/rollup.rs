@@ -27,10 +27,12 @@ use veil_schemas::sql::{date, idents, utc, Sql};
 use veil_schemas::ClickHouseConfig;
 
 use crate::db::{cell_u64, exec, fetch, mutation_target};
+use crate::privacy::Bounds;
 use crate::query::visits::{
-    derive_open_visits, derive_visits, event_dim_pairs, visit_dim_pairs, HITS_LAYOUT,
-    OPEN_VISIT_COLS, VISIT_COLS, VISIT_GAP_SECS,
+    derive_open_visits, derive_visits, event_dim_pairs, visit_dim_pairs, BOUNDED_DIM,
+    BOUNDED_LAYOUT, DAILY_DIMS, EVENT_DAILY_DIMS, OPEN_VISIT_COLS, VISIT_COLS, VISIT_GAP_SECS,
 };
+use crate::query::{DimKind, DIMENSIONS};
 use crate::Error;
 
 /// What one run did.
@@ -80,8 +82,9 @@ async fn build_visits(
     // Visits are put together per visitor, so the day is built in slices of visitors (ranges
     // of the hash, which `events` is ordered by within a day): a busy day's hits and visits
     // are never all in memory at once.
-    for slice in visitor_slices(slice_count(events, slice_events)) {
-        let cond = &sql!("{} AND {}", cond.clone(), slice);
+    let slices = visitor_slices(slice_count(events, slice_events));
+    for slice in &slices {
+        let cond = &sql!("{} AND {}", cond.clone(), slice.clone());
         match cut {
             None => {
                 let visits = derive_visits(cond, build);
@@ -153,6 +156,13 @@ async fn build_visits(
         cond
     );
     exec(client, &stmt).await?;
+    if cut.is_none() {
+        for slice in &slices {
+            for stmt in bounded_daily(day, build, cond, slice, &Bounds::default()) {
+                exec(client, &stmt).await?;
+            }
+        }
+    }
     let cut_sql = cut.map(utc).unwrap_or_else(|| Sql::new("toDateTime(0)"));
     let stmt = sql!(
             "INSERT INTO visit_builds (day, build, events, built_at, cut, layout) VALUES ({}, {}, {}, now(), {}, {})",
@@ -160,7 +170,7 @@ async fn build_visits(
             build,
             events,
             cut_sql,
-            HITS_LAYOUT
+            BOUNDED_LAYOUT
         );
     exec(client, &stmt).await?;
     if build > 1 {
@@ -180,6 +190,66 @@ async fn build_visits(
         }
     }
     Ok(())
+}
+
+/// Differential privacy's bounded rows of a closed day's build, for one slice of visitors:
+/// `visits_daily` rows with `dim` = [`BOUNDED_DIM`] + the dimension (`''` for the totals),
+/// whose numbers count each visitor id in at most `b.rows_of` rows of that dimension (a
+/// pseudo-random choice: the lowest `cityHash64(visitor, value)`) with its visits, pageviews,
+/// events, bounces and seconds in each clamped to `b`'s bounds — what
+/// [`crate::query::assemble::bounded_sql`] computes per visitor at query time, summed ahead.
+/// Visitor ids never span days, so a range's days add up. One statement per rows bound of
+/// the visit dimensions (the totals and visitor facts: 1, visit facts: `visit_rows`), one for
+/// the pages, event names and hosts of the raw events (`hit_rows`).
+fn bounded_daily(day: NaiveDate, build: u64, cond: &Sql, slice: &Sql, b: &Bounds) -> Vec<Sql> {
+    let mut classes: Vec<(u64, Vec<Sql>)> = vec![(1, vec![Sql::new("('', '')")])];
+    for c in DAILY_DIMS {
+        let kind = DIMENSIONS
+            .iter()
+            .map(|(_, k)| k)
+            .find(|k| matches!(k, DimKind::Visitor(x) | DimKind::Visit(x) if x == c))
+            .unwrap_or(&DimKind::Visit("source"));
+        let rows = b.rows_of(kind, true);
+        let pair = sql!("('{}', {})", *c, *c);
+        match classes.iter_mut().find(|(r, _)| *r == rows) {
+            Some((_, pairs)) => pairs.push(pair),
+            None => classes.push((rows, vec![pair])),
+        }
+    }
+    let mut out: Vec<Sql> = classes
+        .into_iter()
+        .map(|(rows, pairs)| {
+            sql!(
+                "INSERT INTO visits_daily (site, day, build, dim, value, visitors, uv, visits,                  pageviews, events, bounces, duration) SELECT site, day, build,                  concat({}, dim) AS dim, value, uniqStateIf(visitor_id, 0), count(),                  sum(least(v, {})), sum(least(pv, {})), sum(least(ev, {})), sum(least(bo, {})),                  sum(least(du, {})) FROM (SELECT site, day, build, kv.1 AS dim, kv.2 AS value,                  visitor_id, count() AS v, sum(pageviews) AS pv, sum(events) AS ev,                  sum(bounce) AS bo, sum(duration) AS du FROM visits ARRAY JOIN [{}] AS kv                  WHERE day = {} AND build = {} AND {}                  GROUP BY site, day, build, dim, value, visitor_id                  ORDER BY site, dim, visitor_id, cityHash64(visitor_id, value)                  LIMIT {} BY site, dim, visitor_id)                  GROUP BY site, day, build, dim, value",
+                veil_schemas::sql::lit(BOUNDED_DIM),
+                b.visits,
+                b.pageviews,
+                b.events,
+                b.visits,
+                b.visit_seconds,
+                Sql::join(pairs, ", "),
+                date(day),
+                build,
+                slice.clone(),
+                rows.max(1)
+            )
+        })
+        .collect();
+    let pairs = EVENT_DAILY_DIMS
+        .iter()
+        .map(|c| sql!("('event:{}', {})", *c, *c));
+    out.push(sql!(
+        "INSERT INTO visits_daily (site, day, build, dim, value, visitors, uv, visits,          pageviews, events, bounces, duration) SELECT site, day, toUInt64({}),          concat({}, dim) AS dim, value, uniqStateIf(visitor_id, 0), count(), toUInt64(0),          sum(least(pv, {})), sum(least(ev, {})), toUInt64(0), toUInt64(0)          FROM (SELECT site, toDate(timestamp, 'UTC') AS day, kv.1 AS dim, kv.2 AS value,          visitor_id, countIf(name = 'pageview') AS pv, countIf(name != 'engagement') AS ev          FROM events ARRAY JOIN [{}] AS kv WHERE {} AND bot = '' AND {}          GROUP BY site, day, dim, value, visitor_id          ORDER BY site, dim, visitor_id, cityHash64(visitor_id, value)          LIMIT {} BY site, dim, visitor_id)          GROUP BY site, day, dim, value",
+        build,
+        veil_schemas::sql::lit(BOUNDED_DIM),
+        b.pageviews,
+        b.events,
+        Sql::join(pairs, ", "),
+        cond.clone(),
+        slice.clone(),
+        b.hit_rows.max(1)
+    ));
+    out
 }
 
 /// Events per slice of visitors a day's visits are built in (a 50M-event month's busiest day,
@@ -386,9 +456,10 @@ pub async fn run_until_sliced(
                 .iter()
                 .any(|r| r[0].as_str() == Some(day_s) && n(&r[1]) == b)
         });
-        // A build from before the visits carried their hits (016) is built again.
-        let has_hits = lookup(&builds, day_s, 3).is_some_and(|l| l >= u64::from(HITS_LAYOUT));
-        if lookup(&builds, day_s, 1) != Some(all) || !has_daily || !has_hits {
+        // A build of an older layout (before the visits carried their hits, 016, or before
+        // differential privacy's bounded rows) is built again.
+        let current = lookup(&builds, day_s, 3).is_some_and(|l| l >= u64::from(BOUNDED_LAYOUT));
+        if lookup(&builds, day_s, 1) != Some(all) || !has_daily || !current {
             let build = latest.unwrap_or(0) + 1;
             build_visits(ch, day, build, &day_range(day), all, None, slice_events).await?;
             report.visit_days.push(day);

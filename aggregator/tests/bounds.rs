@@ -256,6 +256,35 @@ async fn one_visitor_days_contribution_is_clamped_on_every_source() {
     rollup::run_until(&ch, day.succ_opt().unwrap(), 3)
         .await
         .unwrap();
+    // The closed day now has bounded rows, and the questions the daily rollup answers read
+    // them instead of visit rows.
+    let n = db::count(
+        &ch.client(),
+        &sql!("SELECT count() FROM visits_daily WHERE dim LIKE 'dp:%'"),
+    )
+    .await
+    .unwrap();
+    assert!(n > 0, "no bounded rows built");
+    let site = site();
+    for body in [
+        json!({"metrics": ["visitors", "visits", "pageviews"]}),
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"]}),
+        json!({"metrics": ["visitors", "visits", "bounce_rate", "visit_duration"], "dimensions": ["visit:source"]}),
+    ] {
+        let mut q = query(body);
+        q.unrounded = true;
+        q.bounded = true;
+        let built = Builds::new(None)
+            .for_query(&ch.client(), &site, &q)
+            .await
+            .unwrap();
+        let rel = Release::new(&q, false, [7; 32], &Settings::default(), 1, Utc::now()).unwrap();
+        let s = bounded_sql(&q, &site, &built, rel.clamp()).unwrap();
+        assert!(
+            s.as_str().contains("'dp:") && !s.as_str().contains("LIMIT"),
+            "{s}"
+        );
+    }
     checks(&ch, "built by the rollup job").await;
 }
 

@@ -386,19 +386,42 @@ impl Bounds {
     }
 }
 
+impl Bounds {
+    /// Rows of a report by one dimension of `kind` one visitor-day can fall in (`utc`: the
+    /// site's days are UTC days).
+    pub fn rows_of(&self, kind: &DimKind, utc: bool) -> u64 {
+        match kind {
+            DimKind::Visitor(_) | DimKind::CountryName => 1,
+            DimKind::Visit(_) => self.visit_rows,
+            DimKind::Event(_) | DimKind::Goal | DimKind::Prop(_) => self.hit_rows,
+            DimKind::Time(TimeBucket::Hour) => self.hour_rows,
+            DimKind::Time(_) if utc => 1,
+            // A UTC day spans two local days unless the site's zone is UTC.
+            DimKind::Time(_) => 2,
+        }
+    }
+
+    /// What one visitor id may add to a report whose rows it can fall in `rows` of.
+    pub fn clamp(&self, rows: u64) -> Clamp {
+        Clamp {
+            rows,
+            visits: self.visits,
+            pageviews: self.pageviews,
+            events: self.events,
+            visit_seconds: self.visit_seconds,
+            engaged_seconds: self.engaged_seconds,
+            revenue: self.revenue,
+            // The rollup job clamps closed days with the default bounds.
+            daily: *self == Bounds::default(),
+        }
+    }
+}
+
 /// Rows of `q`'s breakdown one visitor-day can fall in.
 fn rows_per_visitor_day(q: &Query, b: &Bounds) -> u64 {
     q.dimensions
         .iter()
-        .map(|d| match &d.kind {
-            DimKind::Visitor(_) | DimKind::CountryName => 1,
-            DimKind::Visit(_) => b.visit_rows,
-            DimKind::Event(_) | DimKind::Goal | DimKind::Prop(_) => b.hit_rows,
-            DimKind::Time(TimeBucket::Hour) => b.hour_rows,
-            // A UTC day spans two local days unless the site's zone is UTC.
-            DimKind::Time(_) if q.tz == "UTC" => 1,
-            DimKind::Time(_) => 2,
-        })
+        .map(|d| b.rows_of(&d.kind, q.tz == "UTC"))
         .fold(1u64, |a, n| a.saturating_mul(n.max(1)))
 }
 
@@ -585,15 +608,7 @@ impl Release {
             threshold: threshold_at,
             days: local_days(q),
             labels,
-            clamp: Clamp {
-                rows,
-                visits: settings.bounds.visits,
-                pageviews: settings.bounds.pageviews,
-                events: settings.bounds.events,
-                visit_seconds: settings.bounds.visit_seconds,
-                engaged_seconds: settings.bounds.engaged_seconds,
-                revenue: settings.bounds.revenue,
-            },
+            clamp: settings.bounds.clamp(rows),
         })
     }
 

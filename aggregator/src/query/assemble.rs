@@ -5,8 +5,9 @@
 //! Every query's columns come out as `d0…` (dimensions), `m0…` (metrics), then `k` (the number
 //! k-anonymity is checked against: visitors, or events for child-directed sites).
 
+use chrono::NaiveDate;
 use veil_schemas::sql;
-use veil_schemas::sql::{utc, Sql};
+use veil_schemas::sql::{lit, utc, Sql};
 
 use super::build::Build;
 use super::expr::{
@@ -14,11 +15,12 @@ use super::expr::{
     visit_hit_count, visit_level, visit_prefilter,
 };
 use super::rows::{
-    hit_builds, hourly_rows, joined_rows, raw_joined_rows, visit_rows, visits_daily_rows,
+    builds_key, hit_builds, hourly_rows, joined_rows, raw_joined_rows, split_days, visit_rows,
+    visits_daily_rows,
 };
 use super::source::utc_aligned;
-use super::source::{source, Source};
-use super::visits::site_cond;
+use super::source::{daily_dim, source, DailyDim, Source};
+use super::visits::{site_cond, BOUNDED_DIM};
 use super::vocab::{DimKind, Metric, Query};
 use crate::site::SiteView;
 
@@ -315,6 +317,65 @@ pub struct Clamp {
     pub engaged_seconds: u64,
     /// Revenue in one row, in currency units.
     pub revenue: u64,
+    /// Whether closed days may be read from `visits_daily`'s bounded rows (the rollup job
+    /// clamps them with the default bounds: these must be those).
+    pub daily: bool,
+}
+
+/// How one metric of a bounded report is made of clamped sums ([`bounded_sql`]).
+#[derive(Debug, Clone, Copy)]
+enum Bounded {
+    /// A count: the sum of each visitor row's count clamped to the bound.
+    Count(u64),
+    /// A ratio's numerator (the ratio times its denominator `den`, the index of that metric,
+    /// in a visitor's row; `scale` the ratio's unit: 100 for a percentage) clamped to the
+    /// bound; the report divides the sums.
+    Ratio { den: usize, scale: u32, bound: u64 },
+}
+
+fn bounded_plan(q: &Query, c: &Clamp) -> Result<Vec<Bounded>, String> {
+    let at = |m: Metric, of: Metric| {
+        q.metrics.iter().position(|x| *x == of).ok_or_else(|| {
+            format!(
+                "{} needs {} beside it in a bounded report",
+                m.name(),
+                of.name()
+            )
+        })
+    };
+    q.metrics
+        .iter()
+        .map(|m| {
+            Ok(match m {
+                Metric::Visitors | Metric::Percentage | Metric::ConversionRate => Bounded::Count(1),
+                Metric::Visits => Bounded::Count(c.visits),
+                Metric::Pageviews => Bounded::Count(c.pageviews),
+                Metric::Events | Metric::Crashes => Bounded::Count(c.events),
+                Metric::TotalRevenue => Bounded::Count(c.revenue),
+                Metric::ViewsPerVisit => Bounded::Ratio {
+                    den: at(*m, Metric::Visits)?,
+                    scale: 1,
+                    bound: c.pageviews,
+                },
+                Metric::BounceRate => Bounded::Ratio {
+                    den: at(*m, Metric::Visits)?,
+                    scale: 100,
+                    bound: c.visits,
+                },
+                Metric::VisitDuration => Bounded::Ratio {
+                    den: at(*m, Metric::Visits)?,
+                    scale: 1,
+                    bound: c.visit_seconds,
+                },
+                Metric::TimeOnPage => Bounded::Ratio {
+                    den: at(*m, Metric::Pageviews)?,
+                    scale: 1,
+                    bound: c.engaged_seconds,
+                },
+                other => return Err(format!("{} has no bounded sum", other.name())),
+            })
+        })
+        .collect()
 }
 
 /// The report of `q` with each visitor id's contribution clamped: what differential privacy
@@ -323,23 +384,88 @@ pub struct Clamp {
 ///
 /// `q` must read rows with visitor ids ([`Query::bounded`]) and its metrics must be counts
 /// or ratios whose denominator it asks too (visits for views per visit, bounce rate and
-/// visit duration; pageviews for time on page) — what `privacy::plan` asks. The statement:
+/// visit duration; pageviews for time on page) — what `privacy::plan` asks. Each part of the
+/// range gives clamped sums per report row (`d…`, `p…` — a count, or a ratio's numerator —,
+/// `pk` the visitors), and the report adds the parts up:
 ///
 /// ```text
-/// SELECT d…, clamped sums AS o…, sum(k) AS ok FROM (
-///     SELECT d…, m…, k, visitor_id AS _v FROM rows WHERE filter GROUP BY d…, _v
-///     ORDER BY _v, cityHash64(_v, d…) LIMIT rows BY _v)   -- a pseudo-random choice per visitor
+/// SELECT d…, sum(p…) or sum(p_num) / sum(p_den) AS o…, sum(pk) AS ok FROM (
+///   -- closed days with bounded rows (a question the daily rollup answers): summed ahead
+///   SELECT d…, sum(uv, visits…) AS p…, sum(uv) AS pk FROM visits_daily
+///     PREWHERE dim = 'dp:' + dimension AND (day, build) IN (…) GROUP BY d…
+///   UNION ALL
+///   -- every other stretch of the range: per visitor id, then clamped
+///   SELECT d…, sum(least(m…, bound)) AS p…, sum(k) AS pk FROM (
+///       SELECT d…, m…, k, visitor_id AS _v FROM rows WHERE filter GROUP BY d…, _v
+///       ORDER BY _v, cityHash64(_v, d…) LIMIT rows BY _v)  -- a pseudo-random choice
+///     GROUP BY d…)
 /// GROUP BY d… ORDER BY d…
 /// ```
 ///
+/// A visitor's row's counts are clamped with `least` before they are summed; a ratio's
+/// numerator (the ratio times its denominator within the visitor's row) and denominator are
+/// clamped apart, and the ratio is made of the clamped sums, so the parts differential privacy
+/// takes back out are the clamped ones. Visitor ids never span UTC days (hashes rotate, visits
+/// are cut at midnight), so stretches of whole days add up. The bounded rows are the rollup
+/// job's (`crate::rollup`), clamped with the default bounds: read only when `c.daily`.
+///
 /// Its columns are the dimensions, the metrics and k, in order (as [`sql`]'s without a fold;
 /// the rows come in dimension order: differential privacy sorts the noisy numbers itself).
-///
-/// Each inner row is one visitor id's contribution to one report row; its counts are clamped
-/// with `least` before they are summed; a ratio's numerator (the ratio times its denominator
-/// within the visitor's row) and denominator are clamped apart, and the outer ratio is made of
-/// the clamped sums, so the parts differential privacy takes back out are the clamped ones.
 pub fn bounded_sql(q: &Query, site: &SiteView, built: &[Build], c: &Clamp) -> Result<Sql, String> {
+    let plan = bounded_plan(q, c)?;
+    let nd = q.dimensions.len();
+    let mut parts = Vec::new();
+    let mut plain = q.clone();
+    plain.bounded = false;
+    let ranges = if c.daily && source(&plain, site.child_directed) == Source::VisitsDaily {
+        let whole = |d| {
+            built
+                .iter()
+                .any(|b| b.day == d && b.cut.is_none() && b.snap.is_none() && b.bounded)
+        };
+        let (days, rest) = split_days(q.start, q.end, whole);
+        if !days.is_empty() {
+            parts.push(daily_part(q, site, built, &days, &plan));
+        }
+        rest
+    } else {
+        vec![(q.start, q.end)]
+    };
+    for (a, b) in ranges {
+        let mut part = q.clone();
+        part.start = a;
+        part.end = b;
+        parts.push(visitor_part(&part, site, built, c, &plan));
+    }
+    let mut select: Vec<Sql> = (0..nd).map(|i| sql!("d{}", i)).collect();
+    for (i, how) in plan.iter().enumerate() {
+        select.push(match how {
+            Bounded::Count(_) => sql!("sum(p{0}) AS o{0}", i),
+            Bounded::Ratio { den, scale, .. } => sql!(
+                "{} * sum(p{}) / greatest(sum(p{}), 1) AS o{}",
+                *scale,
+                i,
+                *den,
+                i
+            ),
+        });
+    }
+    select.push(Sql::new("sum(pk) AS ok"));
+    let mut s = sql!(
+        "SELECT {} FROM ({})",
+        Sql::join(select, ", "),
+        Sql::join(parts, " UNION ALL ")
+    );
+    if nd > 0 {
+        let dims = Sql::join((0..nd).map(|i| sql!("d{}", i)), ", ");
+        s.push(sql!(" GROUP BY {0} ORDER BY {0}", dims));
+    }
+    Ok(s)
+}
+
+/// [`bounded_sql`]'s part for `q`'s range from rows with visitor ids: per visitor id and report
+/// row, then clamped.
+fn visitor_part(q: &Query, site: &SiteView, built: &[Build], c: &Clamp, plan: &[Bounded]) -> Sql {
     let mut inner = inner_sql(q, site, built, None, true);
     let nd = q.dimensions.len();
     if nd > 0 {
@@ -350,76 +476,84 @@ pub fn bounded_sql(q: &Query, site: &SiteView, built: &[Build], c: &Clamp) -> Re
             c.rows.max(1)
         ));
     }
-    let at = |m: Metric| q.metrics.iter().position(|x| *x == m);
-    let den = |i: usize, m: Metric, of: Metric| {
-        at(of)
-            .ok_or_else(|| {
-                format!(
-                    "{} needs {} beside it in a bounded report",
-                    m.name(),
-                    of.name()
-                )
-            })
-            .map(|j| (i, j))
-    };
-    let mut select: Vec<Sql> = (0..nd).map(|i| sql!("d{}", i)).collect();
-    for (i, m) in q.metrics.iter().enumerate() {
-        let e = match m {
-            Metric::Visitors | Metric::Percentage | Metric::ConversionRate => {
-                sql!("sum(least(m{}, 1))", i)
-            }
-            Metric::Visits => sql!("sum(least(m{}, {}))", i, c.visits),
-            Metric::Pageviews => sql!("sum(least(m{}, {}))", i, c.pageviews),
-            Metric::Events | Metric::Crashes => sql!("sum(least(m{}, {}))", i, c.events),
-            Metric::TotalRevenue => sql!("sum(least(m{}, {}))", i, c.revenue),
-            Metric::ViewsPerVisit => {
-                let (i, j) = den(i, *m, Metric::Visits)?;
-                sql!(
-                    "sum(least(m{0} * m{1}, {2})) / greatest(sum(least(m{1}, {3})), 1)",
-                    i,
-                    j,
-                    c.pageviews,
-                    c.visits
-                )
-            }
-            Metric::BounceRate => {
-                let (i, j) = den(i, *m, Metric::Visits)?;
-                sql!(
-                    "100 * sum(least(m{0} * m{1} / 100, {2})) / greatest(sum(least(m{1}, {2})), 1)",
-                    i,
-                    j,
-                    c.visits
-                )
-            }
-            Metric::VisitDuration => {
-                let (i, j) = den(i, *m, Metric::Visits)?;
-                sql!(
-                    "sum(least(m{0} * m{1}, {2})) / greatest(sum(least(m{1}, {3})), 1)",
-                    i,
-                    j,
-                    c.visit_seconds,
-                    c.visits
-                )
-            }
-            Metric::TimeOnPage => {
-                let (i, j) = den(i, *m, Metric::Pageviews)?;
-                sql!(
-                    "sum(least(m{0} * greatest(m{1}, 1), {2})) / greatest(sum(least(m{1}, {3})), 1)",
-                    i,
-                    j,
-                    c.engaged_seconds,
-                    c.pageviews
-                )
-            }
-            other => return Err(format!("{} has no bounded sum", other.name())),
-        };
-        select.push(sql!("{} AS o{}", e, i));
+    let mut select: Vec<Sql> = (0..nd).map(|i| sql!("toString(d{0}) AS d{0}", i)).collect();
+    for (i, how) in plan.iter().enumerate() {
+        select.push(match how {
+            Bounded::Count(b) => sql!("toFloat64(sum(least(m{0}, {1}))) AS p{0}", i, *b),
+            Bounded::Ratio { den, scale, bound } => sql!(
+                "toFloat64(sum(least(m{0} * {1} / {2}, {3}))) AS p{0}",
+                i,
+                if q.metrics.get(i) == Some(&Metric::TimeOnPage) {
+                    sql!("greatest(m{}, 1)", *den)
+                } else {
+                    sql!("m{}", *den)
+                },
+                *scale,
+                *bound
+            ),
+        });
     }
-    select.push(Sql::new("sum(k) AS ok"));
+    select.push(Sql::new("toFloat64(sum(k)) AS pk"));
     let mut s = sql!("SELECT {} FROM ({})", Sql::join(select, ", "), inner);
     if nd > 0 {
-        let dims = Sql::join((0..nd).map(|i| sql!("d{}", i)), ", ");
-        s.push(sql!(" GROUP BY {0} ORDER BY {0}", dims));
+        s.push(sql!(
+            " GROUP BY {}",
+            Sql::join((0..nd).map(|i| sql!("d{}", i)), ", ")
+        ));
     }
-    Ok(s)
+    s
+}
+
+/// [`bounded_sql`]'s part for the closed `days` whose builds carry bounded rows.
+fn daily_part(
+    q: &Query,
+    site: &SiteView,
+    built: &[Build],
+    days: &[NaiveDate],
+    plan: &[Bounded],
+) -> Sql {
+    let dim = match q.dimensions.iter().find_map(daily_dim) {
+        None => String::new(),
+        Some(DailyDim::Visit(c)) => c.to_string(),
+        Some(DailyDim::Event(c)) => format!("event:{c}"),
+    };
+    let mut select: Vec<Sql> = q
+        .dimensions
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            sql!(
+                "toString({}) AS d{}",
+                dim_expr(d, Source::VisitsDaily, q, site),
+                i
+            )
+        })
+        .collect();
+    for (i, (m, how)) in q.metrics.iter().zip(plan).enumerate() {
+        let col = match (m, how) {
+            (Metric::Visits, _) => "visits",
+            (Metric::Pageviews | Metric::ViewsPerVisit, _) => "pageviews",
+            (Metric::Events, _) => "events",
+            (Metric::BounceRate, _) => "bounces",
+            (Metric::VisitDuration, _) => "duration",
+            _ => "uv",
+        };
+        select.push(sql!("toFloat64(sum({})) AS p{}", col, i));
+    }
+    select.push(Sql::new("toFloat64(sum(uv)) AS pk"));
+    let builds = built.iter().filter(|b| days.contains(&b.day));
+    let mut s = sql!(
+        "SELECT {} FROM visits_daily PREWHERE {} AND dim = {} AND {}",
+        Sql::join(select, ", "),
+        site_cond(&q.site),
+        lit(&format!("{BOUNDED_DIM}{dim}")),
+        builds_key(builds)
+    );
+    if !q.dimensions.is_empty() {
+        s.push(sql!(
+            " GROUP BY {}",
+            Sql::join((0..q.dimensions.len()).map(|i| sql!("d{}", i)), ", ")
+        ));
+    }
+    s
 }

@@ -20,6 +20,10 @@ pub struct Build {
     /// Whether its visit rows carry their hits ([`super::visits::VISIT_HITS`]; builds made
     /// before `016_visit_hits.sql` do not, until the rollup job builds their day again).
     pub hits: bool,
+    /// Whether a closed day's build carries differential privacy's bounded rows in
+    /// `visits_daily` ([`super::visits::BOUNDED_LAYOUT`]; older builds do not, until the
+    /// rollup job builds their day again).
+    pub bounded: bool,
 }
 
 /// One recorded snapshot of a site's current day (`today_snaps`).
@@ -40,6 +44,7 @@ impl Build {
             cut: None,
             snap: None,
             hits: true,
+            bounded: true,
         }
     }
 }

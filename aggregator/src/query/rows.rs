@@ -53,7 +53,7 @@ fn utc_days(start: NaiveDateTime, end: NaiveDateTime) -> Vec<NaiveDate> {
 }
 
 /// Splits `[start, end)` into whole UTC days (those `keep` accepts) and the remaining ranges.
-fn split_days(
+pub(super) fn split_days(
     start: NaiveDateTime,
     end: NaiveDateTime,
     keep: impl Fn(NaiveDate) -> bool,
@@ -85,7 +85,7 @@ fn union_all(parts: Vec<Sql>) -> Sql {
 }
 
 /// `(day, build) IN ((toDate(…), toUInt64(n)), …)` for builds.
-fn builds_key<'a>(builds: impl Iterator<Item = &'a Build>) -> Sql {
+pub(super) fn builds_key<'a>(builds: impl Iterator<Item = &'a Build>) -> Sql {
     let tuples = builds.map(|b| sql!("({}, toUInt64({}))", date(b.day), b.build));
     sql!("(day, build) IN ({})", Sql::join(tuples, ", "))
 }

@@ -203,6 +203,7 @@ fn filter_values_never_reach_sql_unescaped() {
         cut: d("2026-11-28").and_hms_opt(9, 30, 0),
         snap: None,
         hits: true,
+        bounded: true,
     };
     let builds = [Build::whole(d("2026-11-27"), 7), today];
     for built in [&[][..], &builds[..1], &builds[..]] {

@@ -105,6 +105,14 @@ const HIT_ELEMENTS: [&str; 6] = ["hts", "hns", "hps", "hhs", "hks", "hvs"];
 /// `visit_builds.layout` of builds whose visit rows carry [`VISIT_HITS`] (older builds have 0).
 pub const HITS_LAYOUT: u8 = 1;
 
+/// `visit_builds.layout` of builds whose closed day also carries differential privacy's
+/// bounded rows in `visits_daily` (`dim` = [`BOUNDED_DIM`] + the dimension: each visitor id's
+/// contribution clamped, see `crate::rollup`); the layout the rollup job writes now.
+pub const BOUNDED_LAYOUT: u8 = 2;
+
+/// The `dim` prefix of `visits_daily`'s bounded rows.
+pub const BOUNDED_DIM: &str = "dp:";
+
 const VISIT_PARTS: &[&[&str]] = &[
     VISIT_KEY,
     VISIT_MEASURES,
