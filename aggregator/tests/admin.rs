@@ -437,7 +437,7 @@ async fn shared_links_with_and_without_password_and_expiry() {
     .await;
     assert_eq!(s, 201, "{open}");
     let token = open["token"].as_str().unwrap();
-    assert_eq!(open["url"], format!("/share/a.example?auth={token}"));
+    assert_eq!(open["url"], format!("/share/a.example#auth={token}"));
     assert_eq!(open["password"], false);
     let (s, v) = call(
         &a,
