@@ -9,6 +9,7 @@
 //!   (the sites the credential can read);
 //! - the admin API ([`admin`]): `POST /api/v1/sites`, `GET/PUT/DELETE /api/v1/sites/{domain}`,
 //!   `GET/POST /api/v1/sites/{domain}/keys`, `DELETE /api/v1/sites/{domain}/keys/{id}`,
+//!   `GET/POST /api/v1/sites/{domain}/ingest-keys`, `DELETE /api/v1/sites/{domain}/ingest-keys/{id}`,
 //!   `GET/POST /api/v1/sites/{domain}/shared-links`, `DELETE /api/v1/sites/{domain}/shared-links/{id}`.
 //!
 //! Errors are `{"error": "…"}` with the status: 400 (the message names the field), 401 (no or
