@@ -358,3 +358,43 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
         &json!({ "accepted": tally.accepted, "ignored": tally.ignored, "rejected": rejected }),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_are_ip_user_agent_and_back_dated_timestamps() {
+        let now = Utc::now();
+        let ago = |secs: i64| now - chrono::Duration::seconds(secs);
+        assert_eq!(
+            override_of(&json!({"site": "a.com", "url": "/"}), now),
+            None
+        );
+        assert_eq!(override_of(&json!({"ip": "203.0.113.9"}), now), Some("ip"));
+        assert_eq!(override_of(&json!({"ip": null}), now), None);
+        assert_eq!(
+            override_of(&json!({"user_agent": "Mozilla/5.0"}), now),
+            Some("user_agent")
+        );
+        // A sender's clock a little off is no back-dating; a minute and more is.
+        assert_eq!(
+            override_of(&json!({"timestamp": ago(30).to_rfc3339()}), now),
+            None
+        );
+        assert_eq!(
+            override_of(&json!({"timestamp": ago(61).to_rfc3339()}), now),
+            Some("timestamp")
+        );
+        assert_eq!(
+            override_of(&json!({"timestamp": ago(86_400).timestamp()}), now),
+            Some("timestamp")
+        );
+        assert_eq!(
+            override_of(&json!({"timestamp": ago(-30).to_rfc3339()}), now),
+            None
+        );
+        // An unparseable time is not an override: the event is rejected for it later.
+        assert_eq!(override_of(&json!({"timestamp": "yesterday"}), now), None);
+    }
+}
