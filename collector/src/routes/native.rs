@@ -10,7 +10,7 @@
 //!
 //! `referrer`, `timestamp` (RFC 3339 or Unix seconds; default now; at most 7 days old), `props`,
 //! `ip`, `user_agent` and `opt_out` are optional; `ip`/`user_agent` override the request's own (a
-//! server forwarding its visitors' hits), and are hashed and dropped like any other;
+//! server forwarding its visitors' hits), and are hashed and dropped like any other.
 //!
 //! **Overrides need a trusted sender.** An event that sets `ip` or `user_agent`, or a
 //! `timestamp` more than [`MAX_UNKEYED_AGE`] before now, is accepted only
@@ -22,6 +22,9 @@
 //!   browser always sends one with a POST, so a page in a browser on the same machine is no
 //!   trusted sender).
 //!
+//! A request handed over in-process (no socket peer: embedding code, benches) is the program's
+//! own and trusted. Keys are looked up in this process's registry snapshot (a key made on
+//! another process works here within one refresh, ~2 s; never a ClickHouse read per request).
 //! Otherwise the whole batch is `403 {"error": "…"}` naming the first such event and field,
 //! and nothing is stored. An `Authorization` header that is not a valid ingest key (unknown,
 //! revoked, a read key) is a 403 as well. Events without overrides need neither: browser
