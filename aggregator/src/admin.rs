@@ -17,7 +17,8 @@
 //!   "created_at"}`: a write-only **ingest key** (`vi_…`, shown only here, stored hashed) that a
 //!   server forwarding its visitors' hits sends to `POST /v1/events` as `Authorization: Bearer
 //!   KEY` to be allowed to set `ip`, `user_agent` and a back-dated `timestamp` (it reads
-//!   nothing); `GET …/ingest-keys` and `DELETE …/ingest-keys/{id}` as for read keys;
+//!   nothing); `GET …/ingest-keys` → `{"ingest_keys": [{"id", "name", "created_at", "revoked"}]}`,
+//!   `DELETE …/ingest-keys/{id}` → `{"revoked": "ID"}`;
 //! - `POST /api/v1/sites/{domain}/shared-links` `{"name"?, "password"?, "expires_at"?}` → 201
 //!   `{"id", "url": "/share/{domain}#auth=TOKEN", "token", "site", "name", "expires_at", "password"}`
 //!   (`expires_at`: RFC 3339 or Unix seconds, in the future; `password`: 8–256 bytes, then
@@ -363,24 +364,29 @@ async fn create_site(agg: &Aggregator, req: &Request<Bytes>) -> Result<HttpRespo
     ))
 }
 
-fn keys_json(keys: Vec<&KeyRecord>) -> Value {
+fn keys_json(field: &str, keys: Vec<&KeyRecord>) -> Value {
     let keys: Vec<Value> = keys
         .into_iter()
         .map(|k| {
             json!({"id": k.id, "name": k.name, "created_at": rfc3339(k.created_at), "revoked": k.revoked})
         })
         .collect();
-    json!({ "keys": keys })
+    let mut out = Map::new();
+    out.insert(field.into(), Value::Array(keys));
+    Value::Object(out)
 }
 
 fn list_keys(agg: &Aggregator, site: &str) -> HttpResponse {
     let snap = agg.registry.snapshot();
-    json_response(StatusCode::OK, &keys_json(snap.keys_of(site)))
+    json_response(StatusCode::OK, &keys_json("keys", snap.keys_of(site)))
 }
 
 fn list_ingest_keys(agg: &Aggregator, site: &str) -> HttpResponse {
     let snap = agg.registry.snapshot();
-    json_response(StatusCode::OK, &keys_json(snap.ingest_keys_of(site)))
+    json_response(
+        StatusCode::OK,
+        &keys_json("ingest_keys", snap.ingest_keys_of(site)),
+    )
 }
 
 /// The `name` of a new key's request body (the only field).

@@ -302,7 +302,8 @@ async fn ingest_keys_are_write_only_hashed_scoped_and_revocable() {
     )
     .await;
     assert_eq!(s, 200);
-    assert_eq!(v["keys"][0]["id"], id.as_str());
+    assert_eq!(v["ingest_keys"][0]["id"], id.as_str());
+    assert_eq!(v["ingest_keys"][0]["name"], "backend");
     assert!(!v.to_string().contains(&key[3..]), "{v}");
     let (s, v) = call(
         &a,

@@ -427,7 +427,7 @@ async function rawInApi(view, x) {
   return r.results.some((row) => String(row.dimensions[0]).includes(x));
 }
 
-test("settings: goals and funnels saved through the admin API feed the goals panel; keys and shared links are created and listed", async () => {
+test("settings: goals and funnels saved through the admin API feed the goals panel; keys, ingest keys and shared links are created and listed", async () => {
   const page = await open(chrome);
   await page.goto(`${veil.url}/site/${SITE}/settings`);
   await page.waitForSelector("#goal-form");
@@ -451,6 +451,15 @@ test("settings: goals and funnels saved through the admin API feed the goals pan
   const key = await page.$eval("#keys-new", (e) => e.textContent);
   assert.match(key, /^vk_/);
   await page.waitForSelector('#keys-list li:has-text("reporting")');
+  // An ingest key: write-only, shown once, listed by name; the Stats API takes it for nothing.
+  await page.fill('#ingest_keys-form input[name="name"]', "backend");
+  await page.click('#ingest_keys-form button[type="submit"]');
+  await page.waitForSelector("#ingest_keys-new");
+  const ingest = await page.$eval("#ingest_keys-new", (e) => e.textContent);
+  assert.match(ingest, /^vi_[0-9a-f]{64}$/);
+  await page.waitForSelector('#ingest_keys-list li:has-text("backend")');
+  const asReader = await api(veil, "/api/v2/query", { body: { site_id: SITE, metrics: ["visitors"], date_range: "7d" }, token: ingest, raw: true });
+  assert.equal(asReader.status, 401);
   await page.fill('#shared_links-form input[name="name"]', "team");
   await page.click('#shared_links-form button[type="submit"]');
   await page.waitForSelector("#shared_links-new");

@@ -1197,7 +1197,7 @@
     $("settings-h").textContent = "Settings · " + S.site;
     document.title = "Settings · " + S.site + " · Veil";
     const box = $("settings-body");
-    box.replaceChildren(general(site), goals(), funnels(), await keysSection(), await linksSection());
+    box.replaceChildren(general(site), goals(), funnels(), await keysSection(), await ingestSection(), await linksSection());
   }
   async function saveSettings(change, okMsg) {
     const next = JSON.parse(JSON.stringify(S.settings));
@@ -1329,6 +1329,11 @@
     return collection("Site keys (read-only API access)", "/keys", "keys",
       [h("label", {}, "Name", h("input", { name: "name", autocomplete: "off" }))],
       "New key (shown once; copy it now):");
+  }
+  function ingestSection() {
+    return collection("Ingest keys (write-only: a server sending its visitors' hits to /v1/events)", "/ingest-keys", "ingest_keys",
+      [h("label", {}, "Name", h("input", { name: "name", autocomplete: "off" }))],
+      "New ingest key (shown once; copy it now; it reads nothing):");
   }
   function linksSection() {
     return collection("Shared links", "/shared-links", "shared_links",
