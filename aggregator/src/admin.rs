@@ -13,8 +13,14 @@
 //! - `POST /api/v1/sites/{domain}/keys` `{"name"?}` → 201 `{"id", "key", "site", "name", "created_at"}`
 //!   (the key is shown only here); `GET …/keys` → `{"keys": [{"id", "name", "created_at", "revoked"}]}`;
 //!   `DELETE …/keys/{id}` → `{"revoked": "ID"}`;
+//! - `POST /api/v1/sites/{domain}/ingest-keys` `{"name"?}` → 201 `{"id", "key", "site", "name",
+//!   "created_at"}`: a write-only **ingest key** (`vi_…`, shown only here, stored hashed) that a
+//!   server forwarding its visitors' hits sends to `POST /v1/events` as `Authorization: Bearer
+//!   KEY` to be allowed to set `ip`, `user_agent` and a back-dated `timestamp` (it reads
+//!   nothing); `GET …/ingest-keys` → `{"ingest_keys": [{"id", "name", "created_at", "revoked"}]}`,
+//!   `DELETE …/ingest-keys/{id}` → `{"revoked": "ID"}`;
 //! - `POST /api/v1/sites/{domain}/shared-links` `{"name"?, "password"?, "expires_at"?}` → 201
-//!   `{"id", "url": "/share/{domain}?auth=TOKEN", "token", "site", "name", "expires_at", "password"}`
+//!   `{"id", "url": "/share/{domain}#auth=TOKEN", "token", "site", "name", "expires_at", "password"}`
 //!   (`expires_at`: RFC 3339 or Unix seconds, in the future; `password`: 8–256 bytes, then
 //!   required in `X-Veil-Link-Password`); `GET …/shared-links` lists them (never tokens);
 //!   `DELETE …/shared-links/{id}` revokes one.
@@ -33,7 +39,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use serde_json::{json, Map, Value};
 use veil_schemas::policy;
-use veil_schemas::registry::{normalize_domain, SiteSettings, MAX_NAME_BYTES};
+use veil_schemas::registry::{normalize_domain, KeyRecord, SiteSettings, MAX_NAME_BYTES};
 
 use crate::auth::{self, Access};
 use crate::http::{json_response, HttpResponse};
@@ -105,6 +111,22 @@ fn admin_only(access: &Access) -> Result<(), Error> {
 }
 
 impl Aggregator {
+    /// The site `alias` names as an alias (stored, or `--site-alias`), if any.
+    fn alias_owner(&self, alias: &str) -> Option<String> {
+        let flag_owner = self
+            .cfg
+            .site_aliases
+            .iter()
+            .filter_map(|x| x.split_once('='))
+            .find(|(al, _)| al.trim() == alias)
+            .map(|(_, d)| d.trim().to_ascii_lowercase());
+        self.registry
+            .snapshot()
+            .alias(alias)
+            .map(str::to_string)
+            .or(flag_owner)
+    }
+
     /// The registered site named by a path segment that `access` can read; otherwise 404
     /// with the same body whether the site is unknown or belongs to someone else.
     fn scoped(&self, access: &Access, raw: &str) -> Result<(String, Source, SiteSettings), Error> {
@@ -129,17 +151,8 @@ impl Aggregator {
         // Every setting, in one place (veil_schemas::policy): aliases, time zone,
         // retention, k, goals and funnels.
         s.validate()?;
-        let snap = self.registry.snapshot();
         for (i, a) in s.aliases.iter().enumerate() {
-            let flag_owner = self
-                .cfg
-                .site_aliases
-                .iter()
-                .filter_map(|x| x.split_once('='))
-                .find(|(al, _)| al.trim() == a)
-                .map(|(_, d)| d.trim().to_ascii_lowercase());
-            let owner = snap.alias(a).map(str::to_string).or(flag_owner);
-            if let Some(o) = owner.filter(|o| o != domain) {
+            if let Some(o) = self.alias_owner(a).filter(|o| o != domain) {
                 return Err(Error::Conflict(format!(
                     "`aliases[{i}]` {a:?} already names the site {o:?}"
                 )));
@@ -239,6 +252,33 @@ pub(crate) async fn route(
             agg.registry.revoke_key(id).await?;
             Ok(json_response(StatusCode::OK, &json!({ "revoked": id })))
         }
+        [raw, "ingest-keys"] => {
+            let (d, _, _) = agg.scoped(access, raw)?;
+            admin_only(access)?;
+            match *m {
+                Method::GET => Ok(list_ingest_keys(agg, &d)),
+                Method::POST => create_ingest_key(agg, req, &d).await,
+                _ => Err(Error::MethodNotAllowed("GET, POST")),
+            }
+        }
+        [raw, "ingest-keys", id] => {
+            let (d, _, _) = agg.scoped(access, raw)?;
+            admin_only(access)?;
+            if m != Method::DELETE {
+                return Err(Error::MethodNotAllowed("DELETE"));
+            }
+            let site = agg
+                .registry
+                .fresh(|s| s.ingest_key(id).map(|k| k.site.clone()))
+                .await?;
+            if site.as_deref() != Some(d.as_str()) {
+                return Err(Error::NotFound(format!(
+                    "no ingest key {id:?} for site {d:?}"
+                )));
+            }
+            agg.registry.revoke_ingest_key(id).await?;
+            Ok(json_response(StatusCode::OK, &json!({ "revoked": id })))
+        }
         [raw, "shared-links"] => {
             let (d, _, _) = agg.scoped(access, raw)?;
             admin_only(access)?;
@@ -310,6 +350,13 @@ async fn create_site(agg: &Aggregator, req: &Request<Bytes>) -> Result<HttpRespo
     if agg.site_settings(&d).is_some() {
         return Err(Error::Conflict(format!("site {d:?} is already registered")));
     }
+    // A domain that already names another site (as its alias) would make events sent to that
+    // name go to one site or the other depending on which rule a collector checks first.
+    if let Some(owner) = agg.alias_owner(&d) {
+        return Err(bad(format!(
+            "`domain` {d:?} is an alias of the site {owner:?}; remove it from that site's              aliases first, or use another domain"
+        )));
+    }
     let rec = agg.registry.put_site(&d, settings).await?;
     Ok(json_response(
         StatusCode::CREATED,
@@ -317,16 +364,47 @@ async fn create_site(agg: &Aggregator, req: &Request<Bytes>) -> Result<HttpRespo
     ))
 }
 
-fn list_keys(agg: &Aggregator, site: &str) -> HttpResponse {
-    let snap = agg.registry.snapshot();
-    let keys: Vec<Value> = snap
-        .keys_of(site)
+fn keys_json(field: &str, keys: Vec<&KeyRecord>) -> Value {
+    let keys: Vec<Value> = keys
         .into_iter()
         .map(|k| {
             json!({"id": k.id, "name": k.name, "created_at": rfc3339(k.created_at), "revoked": k.revoked})
         })
         .collect();
-    json_response(StatusCode::OK, &json!({ "keys": keys }))
+    let mut out = Map::new();
+    out.insert(field.into(), Value::Array(keys));
+    Value::Object(out)
+}
+
+fn list_keys(agg: &Aggregator, site: &str) -> HttpResponse {
+    let snap = agg.registry.snapshot();
+    json_response(StatusCode::OK, &keys_json("keys", snap.keys_of(site)))
+}
+
+fn list_ingest_keys(agg: &Aggregator, site: &str) -> HttpResponse {
+    let snap = agg.registry.snapshot();
+    json_response(
+        StatusCode::OK,
+        &keys_json("ingest_keys", snap.ingest_keys_of(site)),
+    )
+}
+
+/// The `name` of a new key's request body (the only field).
+fn key_name(req: &Request<Bytes>) -> Result<String, Error> {
+    let obj = body_object(req)?;
+    only_fields(&obj, &["name"])?;
+    let name = optional_string(&obj, "name")?.unwrap_or_default();
+    if !name.is_empty() {
+        check_text("name", &name, MAX_NAME_BYTES)?;
+    }
+    Ok(name)
+}
+
+fn new_key_json(rec: &KeyRecord, key: &str) -> HttpResponse {
+    json_response(
+        StatusCode::CREATED,
+        &json!({"id": rec.id, "key": key, "site": rec.site, "name": rec.name, "created_at": rfc3339(rec.created_at)}),
+    )
 }
 
 async fn create_key(
@@ -334,17 +412,20 @@ async fn create_key(
     req: &Request<Bytes>,
     site: &str,
 ) -> Result<HttpResponse, Error> {
-    let obj = body_object(req)?;
-    only_fields(&obj, &["name"])?;
-    let name = optional_string(&obj, "name")?.unwrap_or_default();
-    if !name.is_empty() {
-        check_text("name", &name, MAX_NAME_BYTES)?;
-    }
-    let (rec, key) = agg.registry.create_key(site, &name).await?;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &json!({"id": rec.id, "key": key, "site": rec.site, "name": rec.name, "created_at": rfc3339(rec.created_at)}),
-    ))
+    let (rec, key) = agg.registry.create_key(site, &key_name(req)?).await?;
+    Ok(new_key_json(&rec, &key))
+}
+
+async fn create_ingest_key(
+    agg: &Aggregator,
+    req: &Request<Bytes>,
+    site: &str,
+) -> Result<HttpResponse, Error> {
+    let (rec, key) = agg
+        .registry
+        .create_ingest_key(site, &key_name(req)?)
+        .await?;
+    Ok(new_key_json(&rec, &key))
 }
 
 fn link_json(l: &veil_schemas::registry::LinkRecord) -> Value {
@@ -418,7 +499,8 @@ async fn create_link(
     let mut v = link_json(&rec);
     if let Value::Object(m) = &mut v {
         m.insert("token".into(), json!(token));
-        m.insert("url".into(), json!(format!("/share/{site}?auth={token}")));
+        // In the fragment: browsers never send it to a server (nor in a Referer).
+        m.insert("url".into(), json!(format!("/share/{site}#auth={token}")));
     }
     Ok(json_response(StatusCode::CREATED, &v))
 }

@@ -4,8 +4,8 @@
 //! - the admin token (`--admin-token`, alias `--api-token`): reads and manages everything;
 //! - a site key (`vk_` + 64 hex digits, from `POST /api/v1/sites/{domain}/keys`): reads that
 //!   one site's stats;
-//! - a shared-link token (`vl_` + 64 hex digits, the `auth` parameter of a
-//!   `/share/{domain}?auth=TOKEN` URL): reads that one site's stats; a link made with a
+//! - a shared-link token (`vl_` + 64 hex digits, the `auth` value in the fragment of a
+//!   `/share/{domain}#auth=TOKEN` URL): reads that one site's stats; a link made with a
 //!   password also needs `X-Veil-Link-Password: PASSWORD`.
 //!
 //! With no admin token configured (loopback only: the CLI refuses anything else) a request

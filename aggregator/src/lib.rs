@@ -9,12 +9,14 @@
 //!   (the sites the credential can read);
 //! - the admin API ([`admin`]): `POST /api/v1/sites`, `GET/PUT/DELETE /api/v1/sites/{domain}`,
 //!   `GET/POST /api/v1/sites/{domain}/keys`, `DELETE /api/v1/sites/{domain}/keys/{id}`,
+//!   `GET/POST /api/v1/sites/{domain}/ingest-keys`, `DELETE /api/v1/sites/{domain}/ingest-keys/{id}`,
 //!   `GET/POST /api/v1/sites/{domain}/shared-links`, `DELETE /api/v1/sites/{domain}/shared-links/{id}`.
 //!
 //! Errors are `{"error": "…"}` with the status: 400 (the message names the field), 401 (no or
 //! a wrong, revoked or expired credential), 403 (a site key on an admin route of its own
-//! site), 404 (unknown site — also what a key for another site gets, with the same body, so
-//! keys cannot probe which sites exist), 405, 409, 429 (with `Retry-After`), 500 (this side:
+//! site; a browser request from another origin, [`guard`]), 404 (unknown site — also what a key for another site gets, with the same body, so
+//! keys cannot probe which sites exist), 405, 409, 415 (an API write not declared
+//! `application/json`, [`guard`]), 421 (a host not on the allow-list, [`guard`]), 429 (with `Retry-After`), 500 (this side:
 //! no randomness, writing a zip), 502 (ClickHouse failed: the body says so in general terms,
 //! never with ClickHouse's text); see [`http`]. A report too expensive for ClickHouse's bounds
 //! is a 400 naming its filters, dimensions and period ([`Error::TooExpensive`]).
@@ -41,7 +43,8 @@
 //! The time comes from the aggregator's [`Clock`] ([`Aggregator::with_clock`]; the system
 //! clock by default): report ranges, shared-link expiry and rate limits read it.
 //!
-//! Modules, in the order a request meets them: [`auth`] (who is asking), [`reports`] and
+//! Modules, in the order a request meets them: [`guard`] (the browser-facing checks and
+//! security headers the HTTP entry applies before any route), [`auth`] (who is asking), [`reports`] and
 //! [`admin`] (the routes), [`site`] (a site as reports see it), [`query`] (parsing a Stats API
 //! query and compiling it to SQL), [`stats`] (running it and shaping the answer), [`builds`]
 //! (which rollup builds reports may read), [`snapshot`] (today's snapshots), [`db`] (the one
@@ -52,6 +55,7 @@ pub mod auth;
 pub mod builds;
 pub mod clock;
 pub mod db;
+pub mod guard;
 pub mod http;
 pub mod privacy;
 pub mod query;
@@ -93,9 +97,17 @@ pub enum Error {
     /// password); the message says which.
     #[error("{0}")]
     Denied(String),
-    /// A site key or shared link on an admin route of its own site.
+    /// A site key or shared link on an admin route of its own site; a browser request from
+    /// another origin ([`guard`]).
     #[error("{0}")]
     Forbidden(String),
+    /// A request for a host this server does not answer for ([`guard`], against DNS
+    /// rebinding): 421.
+    #[error("{0}")]
+    Misdirected(String),
+    /// A write to the API whose body is not declared JSON ([`guard`]): 415.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The site is not registered (or the credential cannot read it: the same answer).
     #[error("site {0:?} is not registered")]
     UnknownSite(String),
@@ -157,6 +169,8 @@ impl Error {
             Error::BadRequest(_) | Error::TooExpensive { .. } => StatusCode::BAD_REQUEST,
             Error::Unauthorized | Error::Denied(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::UnknownSite(_) | Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(_) => StatusCode::CONFLICT,
@@ -204,6 +218,9 @@ pub struct AggregatorConfig {
     pub keep_bots_sites: Vec<String>,
     /// `--site-alias ALIAS=DOMAIN` (shown in settings; stored aliases may not reuse them).
     pub site_aliases: Vec<String>,
+    /// The address browsers reach the dashboard at (`--public-url`): its host is allowed by
+    /// the [`guard`]'s Host allow-list, its origin by the cross-origin check.
+    pub public_url: Option<String>,
     /// The admin token (`--admin-token`, alias `--api-token`); none: open, for loopback use.
     #[serde(skip_serializing)]
     pub api_token: Option<String>,
@@ -251,6 +268,7 @@ impl Default for AggregatorConfig {
             ignore_dnt_sites: Vec::new(),
             keep_bots_sites: Vec::new(),
             site_aliases: Vec::new(),
+            public_url: None,
             api_token: None,
             min_visitors: 5,
             retention: retention::Retention::default(),
@@ -298,6 +316,9 @@ impl AggregatorConfig {
             if !ok {
                 return bad(format!("--site-alias {a:?} must be ALIAS=DOMAIN"));
             }
+        }
+        if let Some(u) = &self.public_url {
+            guard::PublicUrl::parse(u)?;
         }
         if let Some(t) = &self.api_token {
             if t.len() < 16 {
@@ -477,6 +498,19 @@ impl Aggregator {
     /// Its settings.
     pub fn config(&self) -> &AggregatorConfig {
         &self.cfg
+    }
+
+    /// The [`guard::Guard`] of an HTTP server listening on `listen` (the Host allow-list,
+    /// the cross-origin and JSON checks, the security headers): `--public-url` and the
+    /// listener decide what it allows.
+    pub fn guard(&self, listen: std::net::SocketAddr) -> guard::Guard {
+        // validate() checked the URL; one that still fails to parse allows no extra host.
+        let public = self
+            .cfg
+            .public_url
+            .as_deref()
+            .and_then(|u| guard::PublicUrl::parse(u).ok());
+        guard::Guard::new(public, listen)
     }
 
     /// True for the paths this app answers.

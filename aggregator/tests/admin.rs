@@ -1,7 +1,9 @@
 //! The admin API, site keys and shared links against a real ClickHouse: sites created through
 //! the API reach the collector pipeline after a registry refresh; keys are shown once, stored
 //! as hashes, scoped to one site (404 like an unknown site elsewhere) and revocable; shared
-//! links with and without password and expiry; per-key rate limits; field-naming 400s;
+//! links with and without password and expiry; write-only ingest keys (hashed, never read
+//! keys, revocable); a new site named like another site's alias refused; per-key rate limits;
+//! field-naming 400s;
 //! hostile strings stored verbatim; two aggregators sharing one registry.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -243,6 +245,143 @@ async fn sites_created_through_the_api_reach_the_collector() {
 }
 
 #[tokio::test]
+async fn ingest_keys_are_write_only_hashed_scoped_and_revocable() {
+    let (a, ch) = agg("admin_ingest_keys", config()).await;
+    let (s, _) = call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "a.example"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/v1/sites/a.example/ingest-keys",
+        Some(ADMIN),
+        Some(json!({"name": "backend"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let key = v["key"].as_str().unwrap().to_string();
+    let id = v["id"].as_str().unwrap().to_string();
+    assert!(key.starts_with("vi_") && key.len() == 67, "{key}");
+    assert_eq!(v["site"], "a.example");
+    // Stored as its hash only, in its own table: never a read key.
+    let rows: Vec<(String, String)> = db::rows(
+        &ch.client(),
+        &Sql::new("SELECT key_hash, concat(id, site, name) FROM ingest_keys"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, blake3::hash(key.as_bytes()).to_hex().to_string());
+    assert!(!rows[0].1.contains(&key[3..]));
+    let reads = db::count(&ch.client(), &Sql::new("SELECT count() FROM site_keys"))
+        .await
+        .unwrap();
+    assert_eq!(reads, 0);
+    // It reads nothing, and opens no admin route.
+    for (m, path, body) in [
+        ("POST", "/api/v2/query", Some(query("a.example"))),
+        ("GET", "/api/v1/sites", None),
+        ("GET", "/api/v1/sites/a.example/ingest-keys", None),
+    ] {
+        let (s, v) = call(&a, m, path, Some(&key), body).await;
+        assert_eq!(s, 401, "{path}: {v}");
+    }
+    // Listed without the key; revocable; scoped to its site like read keys.
+    let (s, v) = call(
+        &a,
+        "GET",
+        "/api/v1/sites/a.example/ingest-keys",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["ingest_keys"][0]["id"], id.as_str());
+    assert_eq!(v["ingest_keys"][0]["name"], "backend");
+    assert!(!v.to_string().contains(&key[3..]), "{v}");
+    let (s, v) = call(
+        &a,
+        "DELETE",
+        &format!("/api/v1/sites/flag.example/ingest-keys/{id}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = call(
+        &a,
+        "DELETE",
+        &format!("/api/v1/sites/a.example/ingest-keys/{id}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!((s, v["revoked"].as_str()), (200, Some(id.as_str())));
+    let snap = a.registry().snapshot();
+    assert!(snap.ingest_key(&id).unwrap().revoked);
+    // A second registry (another process) loads it, revoked.
+    let other = Registry::new(&ch);
+    let snap = other.refresh().await.unwrap();
+    let hash = blake3::hash(key.as_bytes()).to_hex().to_string();
+    assert!(snap.ingest_key_by_hash(&hash).unwrap().revoked);
+    // Unregistering a site revokes its ingest keys too.
+    let (_, v) = call(
+        &a,
+        "POST",
+        "/api/v1/sites/a.example/ingest-keys",
+        Some(ADMIN),
+        Some(json!({})),
+    )
+    .await;
+    let id2 = v["id"].as_str().unwrap().to_string();
+    let (s, _) = call(&a, "DELETE", "/api/v1/sites/a.example", Some(ADMIN), None).await;
+    assert_eq!(s, 200);
+    assert!(a.registry().snapshot().ingest_key(&id2).unwrap().revoked);
+}
+
+#[tokio::test]
+async fn a_new_site_named_like_another_sites_alias_is_refused() {
+    let cfg = AggregatorConfig {
+        site_aliases: vec!["flag-alias.example=flag.example".into()],
+        ..config()
+    };
+    let (a, _) = agg("admin_alias_domain", cfg).await;
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        Some(ADMIN),
+        Some(json!({"domain": "shop.example", "aliases": ["www.shop.example"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    for (alias, owner) in [
+        ("www.shop.example", "shop.example"),
+        ("flag-alias.example", "flag.example"),
+    ] {
+        let (s, v) = call(
+            &a,
+            "POST",
+            "/api/v1/sites",
+            Some(ADMIN),
+            Some(json!({ "domain": alias })),
+        )
+        .await;
+        assert_eq!(s, 400, "{v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.contains("alias") && msg.contains(owner), "{msg}");
+    }
+    let (_, v) = call(&a, "GET", "/api/v1/sites", Some(ADMIN), None).await;
+    assert_eq!(v["sites"], json!(["flag.example", "shop.example"]));
+}
+
+#[tokio::test]
 async fn keys_are_shown_once_stored_as_hashes_scoped_and_revocable() {
     let (a, ch) = agg("admin_keys", config()).await;
     for d in ["a.example", "b.example"] {
@@ -437,7 +576,7 @@ async fn shared_links_with_and_without_password_and_expiry() {
     .await;
     assert_eq!(s, 201, "{open}");
     let token = open["token"].as_str().unwrap();
-    assert_eq!(open["url"], format!("/share/a.example?auth={token}"));
+    assert_eq!(open["url"], format!("/share/a.example#auth={token}"));
     assert_eq!(open["password"], false);
     let (s, v) = call(
         &a,

@@ -1,10 +1,16 @@
-//! The roles composed onto one HTTP server: collector routes first, then the Stats API, then
-//! the dashboard's files, else 404. `veil up` serves all three; `veil aggregator` the last two.
+//! The roles composed onto one HTTP server: collector routes first, then the dashboard's files,
+//! then the Stats API, else 404. `veil up` serves all three; `veil aggregator` the last two.
+//!
+//! Every request that is not the collector's (or, in `veil aggregator`, `/healthz`) passes the
+//! aggregator's [`Guard`] first — the Host allow-list, the cross-origin and JSON checks — and
+//! every answer it gets carries the guard's security headers (`veil_aggregator::guard`). This
+//! is the one place browser-facing requests enter.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
+use veil_aggregator::guard::Guard;
 use veil_aggregator::Aggregator;
 use veil_collector::server::{text, App, ResponseFuture};
 use veil_collector::Collector;
@@ -15,6 +21,8 @@ pub struct VeilApp {
     pub collector: Option<Collector>,
     /// The Stats API.
     pub aggregator: Aggregator,
+    /// The browser-facing checks of the dashboard and the Stats API.
+    pub guard: Guard,
 }
 
 impl App for VeilApp {
@@ -37,14 +45,17 @@ impl App for VeilApp {
             } else if req.uri().path() == "/healthz" {
                 return text(StatusCode::OK, "ok\n");
             }
+            if let Err(e) = self.guard.check(&req) {
+                return self.guard.harden(veil_aggregator::http::error_response(&e));
+            }
             if let Some(r) = veil_dashboards::handle(&req) {
-                return r;
+                return self.guard.harden(r);
             }
             let not_found = veil_collector::not_found(&req);
             if let Some(r) = self.aggregator.handle(req).await {
-                return r;
+                return self.guard.harden(r);
             }
-            not_found
+            self.guard.harden(not_found)
         })
     }
 }

@@ -224,8 +224,9 @@ layered! {
         #[serde(rename = "trusted_ip_header")]
         pub trusted_ip_headers: Vec<String>,
         /// Network (CIDR) or address of a load balancer or proxy allowed to set those headers;
-        /// repeatable. From any other peer they are ignored. `0.0.0.0/0,::/0` trusts every peer
-        /// [default: loopback and private ranges].
+        /// repeatable. From any other peer they are ignored. `0.0.0.0/0,::/0` trusts every peer.
+        /// Private ranges are not trusted unless listed: behind SNAT anyone arrives from one
+        /// [default: loopback].
         #[arg(
             long = "trusted-proxy",
             env = "VEIL_TRUSTED_PROXY",
@@ -234,6 +235,17 @@ layered! {
         )]
         #[serde(rename = "trusted_proxy")]
         pub trusted_proxies: Vec<String>,
+        /// Network (CIDR) or address of servers that may send /v1/events overrides (`ip`,
+        /// `user_agent`, a back-dated `timestamp`) without an ingest key; repeatable
+        /// [default: loopback].
+        #[arg(
+            long = "trusted-sender",
+            env = "VEIL_TRUSTED_SENDER",
+            value_delimiter = ',',
+            global = true
+        )]
+        #[serde(rename = "trusted_sender")]
+        pub trusted_senders: Vec<String>,
         /// Largest request body in bytes [default: 262144].
         #[arg(long, env = "VEIL_MAX_BODY_BYTES", global = true)]
         pub max_body_bytes: Option<usize>,
@@ -319,6 +331,11 @@ layered! {
         /// when --metrics-listen is not a loopback address.
         #[arg(long, env = "VEIL_METRICS_TOKEN", global = true, hide_env_values = true)]
         pub metrics_token: Option<String>,
+        /// The URL browsers reach the dashboard at, e.g. `https://veil.example` (behind a proxy):
+        /// its host is the one the dashboard and Stats API answer for besides IP addresses (and
+        /// `localhost` on a loopback --listen); any other Host gets 421 (DNS rebinding).
+        #[arg(long, env = "VEIL_PUBLIC_URL", global = true)]
+        pub public_url: Option<String>,
         /// Admin token (at least 16 characters): reads every site's stats and manages sites, keys
         /// and shared links through /api/v1/sites (required when listening beyond loopback).
         #[arg(long, env = "VEIL_ADMIN_TOKEN", global = true, hide_env_values = true)]
@@ -463,6 +480,10 @@ impl Settings {
             collector.trusted_proxies =
                 veil_collector::config::parse_trusted_proxies(&given.trusted_proxies)?;
         }
+        if !given.trusted_senders.is_empty() {
+            collector.trusted_senders =
+                veil_collector::config::parse_trusted_senders(&given.trusted_senders)?;
+        }
         let l = &mut collector.limits;
         l.max_body_bytes = given.max_body_bytes.unwrap_or(l.max_body_bytes);
         l.max_events_per_batch = given.max_events_per_batch.unwrap_or(l.max_events_per_batch);
@@ -521,6 +542,7 @@ impl Settings {
             ignore_dnt_sites: collector.ignore_dnt_sites.clone(),
             keep_bots_sites: collector.keep_bots_sites.clone(),
             site_aliases: collector.site_aliases.clone(),
+            public_url: given.public_url.filter(|u| !u.is_empty()),
             api_token: api_token.clone(),
             min_visitors,
             retention,
@@ -618,13 +640,26 @@ mod tests {
     }
 
     #[test]
-    fn trusted_proxies_default_to_private_ranges_and_are_checked() {
+    fn trusted_proxies_and_senders_default_to_loopback_and_are_checked() {
         let s = parse(&["up"]).unwrap();
-        assert!(s
-            .collector
-            .trusted_proxies
-            .iter()
-            .any(|n| n.to_string() == "10.0.0.0/8"));
+        for nets in [&s.collector.trusted_proxies, &s.collector.trusted_senders] {
+            let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+            assert_eq!(nets, vec!["127.0.0.0/8", "::1/128"]);
+        }
+        let s = parse(&["up", "--trusted-sender", "10.0.0.0/8"]).unwrap();
+        assert_eq!(s.collector.trusted_senders[0].to_string(), "10.0.0.0/8");
+        let e = parse(&["up", "--trusted-sender", "app-servers"]).unwrap_err();
+        assert!(e.to_string().contains("--trusted-sender"), "{e}");
+        let s = parse(&["up", "--public-url", "https://veil.example"]).unwrap();
+        assert_eq!(
+            s.aggregator.public_url.as_deref(),
+            Some("https://veil.example")
+        );
+        let e = format!(
+            "{:#}",
+            parse(&["up", "--public-url", "veil.example"]).unwrap_err()
+        );
+        assert!(e.contains("--public-url"), "{e}");
         let s = parse(&["up", "--trusted-proxy", "203.0.113.0/24,2001:db8::7"]).unwrap();
         let nets: Vec<String> = s
             .collector

@@ -182,9 +182,11 @@ async fn run(command: Command, s: Settings) -> Result<()> {
         Command::Aggregator => {
             let listener = bind(&s).await?;
             spawn_retention(&s);
+            let aggregator = Aggregator::new(s.aggregator, s.clickhouse);
             let app = Arc::new(VeilApp {
                 collector: None,
-                aggregator: Aggregator::new(s.aggregator, s.clickhouse),
+                guard: aggregator.guard(listener.local_addr()?),
+                aggregator,
             });
             eprintln!(
                 "veil: aggregator and dashboard on http://{}/",
@@ -214,17 +216,17 @@ async fn run(command: Command, s: Settings) -> Result<()> {
                 prometheus::Registry::new(),
             )
             .await?;
+            // One site registry (and one refresh loop) for both roles.
+            let aggregator = match collector.sites().store() {
+                Some(r) => {
+                    Aggregator::with_registry(s.aggregator.clone(), s.clickhouse.clone(), r.clone())
+                }
+                None => Aggregator::new(s.aggregator.clone(), s.clickhouse.clone()),
+            };
             let app = Arc::new(VeilApp {
                 collector: Some(collector.clone()),
-                // One site registry (and one refresh loop) for both roles.
-                aggregator: match collector.sites().store() {
-                    Some(r) => Aggregator::with_registry(
-                        s.aggregator.clone(),
-                        s.clickhouse.clone(),
-                        r.clone(),
-                    ),
-                    None => Aggregator::new(s.aggregator.clone(), s.clickhouse.clone()),
-                },
+                guard: aggregator.guard(listener.local_addr()?),
+                aggregator,
             });
             let addr = listener.local_addr()?;
             println!(

@@ -28,9 +28,14 @@ pub struct CollectorConfig {
     /// from a peer in [`Self::trusted_proxies`]; see [`crate::routes::client_ip`].
     pub trusted_ip_headers: Vec<String>,
     /// Networks whose peers (load balancers, reverse proxies) may set those headers; from any
-    /// other peer the headers are ignored and the peer is the client. Default: loopback and
-    /// the private ranges.
+    /// other peer the headers are ignored and the peer is the client. Default: loopback only
+    /// (behind SNAT anyone's traffic arrives from a private address: such ranges must be
+    /// listed on purpose).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Networks whose clients (the client IP after [`Self::trusted_proxies`]) may send
+    /// `/v1/events` overrides (`ip`, `user_agent`, a back-dated `timestamp`) without an ingest
+    /// key, when the request is not a browser's (no `Origin` header). Default: loopback.
+    pub trusted_senders: Vec<ipnet::IpNet>,
     /// HTTP limits.
     pub limits: Limits,
     /// Batching towards ClickHouse.
@@ -247,23 +252,37 @@ impl Default for BatchConfig {
     }
 }
 
-/// Loopback and private networks: where a load balancer in front of collectors usually is.
+/// Loopback only: a proxy on the same machine. Private ranges are not trusted by default:
+/// behind SNAT (a cloud NAT gateway, a container bridge) anyone's traffic arrives from a
+/// private address and could then claim any client IP in `X-Forwarded-For`; list a load
+/// balancer's network with `--trusted-proxy`.
 pub fn default_trusted_proxies() -> Vec<ipnet::IpNet> {
-    [
-        "127.0.0.0/8",
-        "10.0.0.0/8",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "::1/128",
-        "fc00::/7",
-    ]
-    .iter()
-    .filter_map(|n| n.parse().ok())
-    .collect()
+    loopback()
+}
+
+/// Loopback (`127.0.0.0/8`, `::1`): the default `--trusted-sender`.
+pub fn default_trusted_senders() -> Vec<ipnet::IpNet> {
+    loopback()
+}
+
+fn loopback() -> Vec<ipnet::IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }
 
 /// Parses `--trusted-proxy` values: networks (`10.0.0.0/8`) or single addresses.
 pub fn parse_trusted_proxies(values: &[String]) -> Result<Vec<ipnet::IpNet>, Error> {
+    parse_networks("--trusted-proxy", values)
+}
+
+/// Parses `--trusted-sender` values: networks or single addresses.
+pub fn parse_trusted_senders(values: &[String]) -> Result<Vec<ipnet::IpNet>, Error> {
+    parse_networks("--trusted-sender", values)
+}
+
+fn parse_networks(flag: &str, values: &[String]) -> Result<Vec<ipnet::IpNet>, Error> {
     values
         .iter()
         .map(|v| {
@@ -273,7 +292,7 @@ pub fn parse_trusted_proxies(values: &[String]) -> Result<Vec<ipnet::IpNet>, Err
                 .map(|n| n.trunc())
                 .map_err(|_| {
                     Error::Config(format!(
-                        "--trusted-proxy {v:?} is not a network (e.g. 10.0.0.0/8) or an address"
+                        "{flag} {v:?} is not a network (e.g. 10.0.0.0/8) or an address"
                     ))
                 })
         })
@@ -291,6 +310,7 @@ impl Default for CollectorConfig {
             site_query_params: Vec::new(),
             trusted_ip_headers: vec!["x-forwarded-for".into()],
             trusted_proxies: default_trusted_proxies(),
+            trusted_senders: default_trusted_senders(),
             limits: Limits::default(),
             batch: BatchConfig::default(),
             spool: SpoolSettings::default(),

@@ -26,6 +26,10 @@ pub enum Error {
     /// The body could not be read (client went away, broken framing).
     #[error("could not read request body: {0}")]
     BodyRead(String),
+    /// The sender may not do this (e.g. override a visitor's `ip` without an ingest key); the
+    /// message says what it needs.
+    #[error("{0}")]
+    Forbidden(String),
     /// No such route.
     #[error("no route for {0}")]
     NotFound(String),
@@ -65,6 +69,7 @@ impl Error {
             }
             Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::SpoolFull | Error::ShuttingDown | Error::NoSalt => {
@@ -83,6 +88,7 @@ impl Error {
             Error::TooManyEvents { .. } => "too_many_events",
             Error::BodyTimeout(_) => "body_timeout",
             Error::NotFound(_) => "not_found",
+            Error::Forbidden(_) => "forbidden",
             Error::RateLimited("ip") => "rate_limited_ip",
             Error::RateLimited(_) => "rate_limited_site",
             Error::MethodNotAllowed(_) => "method_not_allowed",

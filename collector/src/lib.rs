@@ -443,6 +443,10 @@ impl Collector {
     pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {
         &self.inner.config.trusted_proxies
     }
+    /// Networks that may send `/v1/events` overrides without an ingest key.
+    pub fn trusted_senders(&self) -> &[ipnet::IpNet] {
+        &self.inner.config.trusted_senders
+    }
     /// Limits in force.
     pub fn limits(&self) -> &config::Limits {
         &self.inner.config.limits

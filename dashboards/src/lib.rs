@@ -5,7 +5,9 @@
 //! Routes (`GET`/`HEAD`; any other method gets 405 `{"error": …}`):
 //! - pages, all the same HTML shell (`web/index.html`; `web/app.js` routes on the path):
 //!   `/` (site list), `/site/{domain}` (a site's dashboard), `/site/{domain}/settings` (admin
-//!   settings), `/share/{domain}?auth=TOKEN` (a shared link, read-only);
+//!   settings), `/share/{domain}#auth=TOKEN` (a shared link, read-only; the token is in the
+//!   fragment, never sent to the server: `web/app.js` reads it, and moves an old link's
+//!   `?auth=TOKEN` there);
 //! - assets: `/app.js`, `/app.css`, `/vendor/uPlot.iife.min.js`, `/vendor/uPlot.min.css`
 //!   (uPlot 1.6.32, MIT, `web/vendor/uPlot.LICENSE`).
 //!

@@ -63,6 +63,8 @@ async function assertContrast(page) {
 }
 
 const str = (v) => (v === null || v === undefined ? "null" : String(v));
+/** A shared link's token: the `auth` value of its URL's fragment. */
+const linkToken = (url) => new URLSearchParams(new URL(url, veil.url).hash.slice(1)).get("auth");
 
 function noProblems(page) {
   assert.deepEqual(page.problems, [], "console errors, page errors or dialogs");
@@ -301,13 +303,17 @@ async function readDownload(dl, binary = false) {
   return binary ? b : b.toString("utf8");
 }
 
-test("a shared link opens the dashboard read-only without a key", async () => {
+test("a shared link opens the dashboard read-only without a key; its token stays in the fragment, never sent", async () => {
   const link = await api(veil, `/api/v1/sites/${SITE}/shared-links`, { body: { name: "board" } });
   const url = new URL(link.url, veil.url);
-  const token = url.searchParams.get("auth");
+  const token = linkToken(link.url);
   assert.ok(token, JSON.stringify(link));
+  assert.equal(url.search, "", "no token in the query string: " + link.url);
   const page = await open(chrome, { token: null });
-  await page.goto(veil.url + url.pathname + url.search);
+  // Every request the page makes, with what a server sees of it: its URL (no fragment) and Referer.
+  const seen = [];
+  page.on("request", (r) => { const u = new URL(r.url()); u.hash = ""; seen.push(u.href + " " + (r.headers().referer || "")); });
+  await page.goto(veil.url + url.pathname + url.hash);
   await settled(page);
   assert.equal(await page.$eval("#login", (e) => e.hidden), true);
   assert.equal(await page.$eval("#settings-link", (e) => e.hidden), true, "no settings on a shared link");
@@ -316,14 +322,26 @@ test("a shared link opens the dashboard read-only without a key", async () => {
   const got = await statValues(page);
   assert.equal(got.visitors, str(want.results[0].metrics[0]));
   assert.equal(got.pageviews, str(want.results[0].metrics[1]));
-  // Filters keep the link's token in the URL.
+  // Filters keep the link's token in the URL's fragment, never in its query string.
   await page.click('#panel-pages button.row:text-is("/pricing")');
   await page.waitForURL(/f=/);
-  assert.match(page.url(), new RegExp("auth=" + token));
+  assert.equal(new URL(page.url()).hash, "#auth=" + token);
+  assert.doesNotMatch(new URL(page.url()).search, /auth=/);
   await settled(page);
   await screenshot(page, "shared-link");
   noProblems(page);
+  assert.ok(seen.length > 3, seen.join("\n"));
+  assert.deepEqual(seen.filter((s) => s.includes(token)), [], "the token reached a server in a URL or Referer");
   await page.close_all();
+  // An old link with the token in the query string still opens; the token moves into the fragment.
+  const old = await open(chrome, { token: null });
+  await old.goto(veil.url + url.pathname + "?period=7d&auth=" + token);
+  await settled(old);
+  assert.equal(new URL(old.url()).hash, "#auth=" + token);
+  assert.equal(new URL(old.url()).search, "?period=7d");
+  assert.equal((await statValues(old)).visitors, got.visitors);
+  noProblems(old);
+  await old.close_all();
   // A link with a password asks for it, then opens; a wrong one is refused.
   const locked = await api(veil, `/api/v1/sites/${SITE}/shared-links`, { body: { name: "locked", password: "correct horse" } });
   const lp = await open(chrome, { token: null });
@@ -336,7 +354,7 @@ test("a shared link opens the dashboard read-only without a key", async () => {
   await lp.press("#link-password", "Enter");
   await settled(lp);
   const lockedWant = await api(veil, "/api/v2/query", { body: { site_id: SITE, date_range: "7d", metrics: ["visitors"] },
-    token: new URL(locked.url, veil.url).searchParams.get("auth"), headers: { "X-Veil-Link-Password": "correct horse" } });
+    token: linkToken(locked.url), headers: { "X-Veil-Link-Password": "correct horse" } });
   assert.equal((await statValues(lp)).visitors, str(lockedWant.results[0].metrics[0]));
   // The refused requests (no password, then a wrong one) are the only console errors.
   assert.deepEqual(lp.problems.filter((p) => !/status of 401/.test(p)), []);
@@ -409,7 +427,7 @@ async function rawInApi(view, x) {
   return r.results.some((row) => String(row.dimensions[0]).includes(x));
 }
 
-test("settings: goals and funnels saved through the admin API feed the goals panel; keys and shared links are created and listed", async () => {
+test("settings: goals and funnels saved through the admin API feed the goals panel; keys, ingest keys and shared links are created and listed", async () => {
   const page = await open(chrome);
   await page.goto(`${veil.url}/site/${SITE}/settings`);
   await page.waitForSelector("#goal-form");
@@ -433,14 +451,23 @@ test("settings: goals and funnels saved through the admin API feed the goals pan
   const key = await page.$eval("#keys-new", (e) => e.textContent);
   assert.match(key, /^vk_/);
   await page.waitForSelector('#keys-list li:has-text("reporting")');
+  // An ingest key: write-only, shown once, listed by name; the Stats API takes it for nothing.
+  await page.fill('#ingest_keys-form input[name="name"]', "backend");
+  await page.click('#ingest_keys-form button[type="submit"]');
+  await page.waitForSelector("#ingest_keys-new");
+  const ingest = await page.$eval("#ingest_keys-new", (e) => e.textContent);
+  assert.match(ingest, /^vi_[0-9a-f]{64}$/);
+  await page.waitForSelector('#ingest_keys-list li:has-text("backend")');
+  const asReader = await api(veil, "/api/v2/query", { body: { site_id: SITE, metrics: ["visitors"], date_range: "7d" }, token: ingest, raw: true });
+  assert.equal(asReader.status, 401);
   await page.fill('#shared_links-form input[name="name"]', "team");
   await page.click('#shared_links-form button[type="submit"]');
   await page.waitForSelector("#shared_links-new");
-  assert.match(await page.$eval("#shared_links-new", (e) => e.textContent), new RegExp(`/share/${SITE.replace(".", "\\.")}\\?auth=`));
+  assert.match(await page.$eval("#shared_links-new", (e) => e.textContent), new RegExp(`/share/${SITE.replace(".", "\\.")}#auth=vl_`));
   await screenshot(page, "settings");
   // Revoking the link in the list: it disappears and its token no longer reads anything.
   const teamUrl = new URL(await page.$eval("#shared_links-new", (e) => e.textContent));
-  const teamToken = teamUrl.searchParams.get("auth");
+  const teamToken = linkToken(teamUrl.href);
   assert.equal((await api(veil, "/api/v2/query", { body: { site_id: SITE, metrics: ["visitors"], date_range: "7d" }, token: teamToken, raw: true })).status, 200);
   await page.click('#shared_links-list button[aria-label="Revoke team"]');
   await page.waitForFunction(() => ![...document.querySelectorAll("#shared_links-list li")].some((li) => li.textContent.includes("team")));

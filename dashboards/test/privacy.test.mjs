@@ -381,10 +381,10 @@ test("dp: a site key and a shared link spend budgets of their own; a click filte
   // A shared link: its own budget, and the same approximate numbers.
   const link = await api(veil, `/api/v1/sites/${DEMO}/shared-links`, { body: { name: "dp-board" } });
   const url = new URL(link.url, veil.url);
-  const token = url.searchParams.get("auth");
+  const token = new URLSearchParams(url.hash.slice(1)).get("auth");
   const shared = await open(chrome, { token: null });
   const sh = await withinOneHour(async () => {
-    await shared.goto(veil.url + url.pathname + url.search);
+    await shared.goto(veil.url + url.pathname + url.hash);
     await settled(shared);
     return { shown: await numbers(shared, "#stats"), want: await ask({ metrics: STATS[0], dimensions: [] }, token), foot: await footer(shared) };
   });

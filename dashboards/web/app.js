@@ -10,7 +10,9 @@
 // never used as a link target. The page runs under a CSP without inline script or style.
 //
 // Pages (one HTML shell, routed on the path): / (sites), /site/{domain} (dashboard),
-// /site/{domain}/settings (admin), /share/{domain}?auth=TOKEN (shared link, read-only).
+// /site/{domain}/settings (admin), /share/{domain}#auth=TOKEN (shared link, read-only: the token
+// is in the fragment, which a browser never sends to a server nor puts in a Referer; an old link
+// with ?auth=TOKEN still opens, and its token is moved into the fragment at once).
 // Dashboard state lives in the query string: period, from, to, compare, interval, metric, view,
 // f (filters, repeatable: "op~dimension~value"), t.<panel> (selected tab), prop, refresh.
 "use strict";
@@ -317,7 +319,6 @@
   function stateUrl(st) {
     const pairs = [];
     const p = { set: (k, v) => pairs.push([k, v]), append: (k, v) => pairs.push([k, v]) };
-    if (S.share) p.set("auth", S.shareToken);
     if (st.view !== "web") p.set("view", st.view);
     p.set("period", st.period);
     if (st.period === "custom") { p.set("from", st.from); p.set("to", st.to); }
@@ -328,8 +329,11 @@
     for (const [k, v] of Object.entries(st.tabs)) p.set("t." + k, v);
     if (st.prop) p.set("prop", st.prop);
     if (st.view === "realtime" && st.refresh !== 10) p.set("refresh", String(st.refresh));
-    return location.pathname + "?" + qs(pairs);
+    return location.pathname + "?" + qs(pairs) + shareFragment();
   }
+  // A shared link's token rides in every page state's fragment (so a reload or a copied URL
+  // still opens), never in the query string.
+  function shareFragment() { return S.share ? "#auth=" + encodeURIComponent(S.shareToken) : ""; }
   // `after` runs once the page is rebuilt (its controls and filter chips are drawn at once):
   // it puts focus somewhere sensible instead of on <body>.
   function navigate(change, after) {
@@ -1193,7 +1197,7 @@
     $("settings-h").textContent = "Settings · " + S.site;
     document.title = "Settings · " + S.site + " · Veil";
     const box = $("settings-body");
-    box.replaceChildren(general(site), goals(), funnels(), await keysSection(), await linksSection());
+    box.replaceChildren(general(site), goals(), funnels(), await keysSection(), await ingestSection(), await linksSection());
   }
   async function saveSettings(change, okMsg) {
     const next = JSON.parse(JSON.stringify(S.settings));
@@ -1326,6 +1330,11 @@
       [h("label", {}, "Name", h("input", { name: "name", autocomplete: "off" }))],
       "New key (shown once; copy it now):");
   }
+  function ingestSection() {
+    return collection("Ingest keys (write-only: a server sending its visitors' hits to /v1/events)", "/ingest-keys", "ingest_keys",
+      [h("label", {}, "Name", h("input", { name: "name", autocomplete: "off" }))],
+      "New ingest key (shown once; copy it now; it reads nothing):");
+  }
   function linksSection() {
     return collection("Shared links", "/shared-links", "shared_links",
       [h("label", {}, "Name", h("input", { name: "name", autocomplete: "off" })),
@@ -1363,7 +1372,13 @@
     if ((m = path.match(/^\/share\/([^/]+)$/))) {
       S.share = true;
       S.site = decodeURIComponent(m[1]);
-      S.shareToken = params.get("auth") || "";
+      const legacy = params.get("auth");
+      S.shareToken = new URLSearchParams(location.hash.slice(1)).get("auth") || legacy || "";
+      if (legacy !== null) {
+        params.delete("auth");
+        const rest = params.toString();
+        history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + shareFragment());
+      }
       $("mode-badge").hidden = false;
       $("mode-badge").textContent = "Shared, read-only";
       $("brand").removeAttribute("href");

@@ -1,8 +1,9 @@
 //! The site registry shared through ClickHouse: which sites exist and their settings, the
-//! read-only Stats API keys of each site, and the shared links to a site's dashboard.
+//! read-only Stats API keys of each site, the write-only ingest keys of each site, and the
+//! shared links to a site's dashboard.
 //!
-//! Every collector and aggregator of a deployment reads the same three tables (migration
-//! `010_registry.sql`) and keeps an in-memory [`Snapshot`], refreshed in the background every
+//! Every collector and aggregator of a deployment reads the same four tables (migrations
+//! `010_registry.sql`, `018_ingest_keys.sql`) and keeps an in-memory [`Snapshot`], refreshed in the background every
 //! [`DEFAULT_REFRESH`] ([`Registry::spawn_refresh`]); tests call [`Registry::refresh`]. A change
 //! made through one process is seen by all within one refresh; the writing process sees it at
 //! once (write-through).
@@ -27,7 +28,9 @@
 //! they mean in reports belongs to the aggregator.
 //!
 //! Keys and link tokens are random and stored only as blake3 hashes (hex); a shared link's
-//! optional password only as the PHC string the aggregator made with a slow KDF.
+//! optional password only as the PHC string the aggregator made with a slow KDF. Read keys are
+//! `vk_…`, ingest keys `vi_…`, link tokens `vl_…` (each 64 hex digits after the prefix); read
+//! and ingest keys live in separate tables, so one can never be taken for the other.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -218,7 +221,7 @@ pub struct SiteRecord {
     pub updated_at: u32,
 }
 
-/// One read-only Stats API key (never the key itself).
+/// One read-only Stats API key, or one write-only ingest key (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeyRecord {
     /// Public id (used to list and revoke).
@@ -226,7 +229,7 @@ pub struct KeyRecord {
     /// blake3 of the key, hex.
     #[serde(skip)]
     pub key_hash: String,
-    /// The one site it reads.
+    /// The one site it reads (a read key) or writes (an ingest key).
     pub site: String,
     /// Free-text label.
     pub name: String,
@@ -276,8 +279,10 @@ pub struct Snapshot {
     sites: BTreeMap<String, SiteRecord>,
     keys: HashMap<String, KeyRecord>,
     links: HashMap<String, LinkRecord>,
+    ingest_keys: HashMap<String, KeyRecord>,
     aliases: HashMap<String, String>,
     keys_by_hash: HashMap<String, String>,
+    ingest_by_hash: HashMap<String, String>,
     links_by_hash: HashMap<String, String>,
     /// Whether this came from a successful load (false: nothing loaded yet).
     pub loaded: bool,
@@ -300,6 +305,11 @@ impl Snapshot {
             .links
             .values()
             .map(|l| (l.token_hash.clone(), l.id.clone()))
+            .collect();
+        self.ingest_by_hash = self
+            .ingest_keys
+            .values()
+            .map(|k| (k.key_hash.clone(), k.id.clone()))
             .collect();
     }
 
@@ -331,6 +341,29 @@ impl Snapshot {
     /// The keys of one site (revoked ones too), oldest first.
     pub fn keys_of(&self, site: &str) -> Vec<&KeyRecord> {
         let mut v: Vec<&KeyRecord> = self.keys.values().filter(|k| k.site == site).collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        v
+    }
+
+    /// An ingest key by id (revoked ones too).
+    pub fn ingest_key(&self, id: &str) -> Option<&KeyRecord> {
+        self.ingest_keys.get(id)
+    }
+
+    /// The ingest key whose blake3 hash (hex) is `hash`.
+    pub fn ingest_key_by_hash(&self, hash: &str) -> Option<&KeyRecord> {
+        self.ingest_by_hash
+            .get(hash)
+            .and_then(|id| self.ingest_keys.get(id))
+    }
+
+    /// The ingest keys of one site (revoked ones too), oldest first.
+    pub fn ingest_keys_of(&self, site: &str) -> Vec<&KeyRecord> {
+        let mut v: Vec<&KeyRecord> = self
+            .ingest_keys
+            .values()
+            .filter(|k| k.site == site)
+            .collect();
         v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         v
     }
@@ -378,6 +411,15 @@ impl Snapshot {
                 .is_none_or(|mine| mine.version < v.version)
             {
                 self.links.insert(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in &other.ingest_keys {
+            if self
+                .ingest_keys
+                .get(k)
+                .is_none_or(|mine| mine.version < v.version)
+            {
+                self.ingest_keys.insert(k.clone(), v.clone());
             }
         }
         self.index();
@@ -513,6 +555,7 @@ impl std::fmt::Debug for Registry {
             .field("sites", &s.sites.len())
             .field("keys", &s.keys.len())
             .field("links", &s.links.len())
+            .field("ingest_keys", &s.ingest_keys.len())
             .field("loaded", &s.loaded)
             .finish()
     }
@@ -579,6 +622,15 @@ impl Registry {
             ))
             .fetch_all()
             .await?;
+        let ingest_rows: Vec<KeyRow> = self
+            .client
+            .sql(&Sql::new(
+                "SELECT id, argMax(key_hash, version) AS h, argMax(site, version) AS st, \
+                 argMax(name, version) AS n, argMax(created_at, version) AS c, \
+                 argMax(revoked, version) AS r, max(version) AS v FROM ingest_keys GROUP BY id",
+            ))
+            .fetch_all()
+            .await?;
         let mut snap = Snapshot {
             loaded: true,
             ..Default::default()
@@ -610,6 +662,10 @@ impl Registry {
         for r in link_rows {
             self.saw_version(r.version);
             snap.links.insert(r.id.clone(), r.into());
+        }
+        for r in ingest_rows {
+            self.saw_version(r.version);
+            snap.ingest_keys.insert(r.id.clone(), r.into());
         }
         snap.index();
         Ok(snap)
@@ -716,7 +772,8 @@ impl Registry {
         Ok(rec)
     }
 
-    /// Unregisters `domain`'s stored record and revokes its keys and shared links.
+    /// Unregisters `domain`'s stored record and revokes its keys (read and ingest) and shared
+    /// links.
     /// Returns false when there was no stored record.
     pub async fn delete_site(&self, domain: &str) -> Result<bool, Error> {
         // Reload first, so keys and links made by other processes are revoked too.
@@ -744,6 +801,13 @@ impl Registry {
         }
         for l in snap.links_of(domain).into_iter().filter(|l| !l.revoked) {
             self.revoke_link(&l.id).await?;
+        }
+        for k in snap
+            .ingest_keys_of(domain)
+            .into_iter()
+            .filter(|k| !k.revoked)
+        {
+            self.revoke_ingest_key(&k.id).await?;
         }
         Ok(true)
     }
@@ -785,6 +849,49 @@ impl Registry {
         rec.revoked = true;
         rec.version = self.next_version();
         self.insert_key(&rec).await?;
+        Ok(true)
+    }
+
+    async fn insert_ingest_key(&self, rec: &KeyRecord) -> Result<(), Error> {
+        let mut ins = self.client.insert::<KeyRow>("ingest_keys").await?;
+        ins.write(&KeyRow::from(rec)).await?;
+        ins.end().await?;
+        let stored = rec.clone();
+        self.apply(move |s| {
+            s.ingest_keys.insert(stored.id.clone(), stored);
+        });
+        Ok(())
+    }
+
+    /// Makes a new write-only ingest key for `site`: returns its record and the key itself
+    /// (only its hash is stored). Ingest keys are `vi_` and 64 hex digits (32 random bytes).
+    pub async fn create_ingest_key(
+        &self,
+        site: &str,
+        name: &str,
+    ) -> Result<(KeyRecord, String), Error> {
+        let key = format!("vi_{}", random_hex(32)?);
+        let rec = KeyRecord {
+            id: random_hex(8)?,
+            key_hash: secret_hash(&key),
+            site: site.to_string(),
+            name: name.to_string(),
+            created_at: now_secs(),
+            revoked: false,
+            version: self.next_version(),
+        };
+        self.insert_ingest_key(&rec).await?;
+        Ok((rec, key))
+    }
+
+    /// Revokes an ingest key. Returns false when no such key is known.
+    pub async fn revoke_ingest_key(&self, id: &str) -> Result<bool, Error> {
+        let Some(mut rec) = self.fresh(|s| s.ingest_key(id).cloned()).await? else {
+            return Ok(false);
+        };
+        rec.revoked = true;
+        rec.version = self.next_version();
+        self.insert_ingest_key(&rec).await?;
         Ok(true)
     }
 

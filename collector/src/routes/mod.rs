@@ -305,7 +305,9 @@ mod tests {
         let mut h = HeaderMap::new();
         let peer = PeerAddr("10.0.0.1:4000".parse().unwrap());
         let trusted = vec!["x-forwarded-for".to_string()];
-        let proxies = crate::config::default_trusted_proxies();
+        let proxies =
+            crate::config::parse_trusted_proxies(&["10.0.0.0/8".into(), "192.168.0.0/16".into()])
+                .unwrap();
         let pick = |h: &HeaderMap, t: &[String]| client_ip(h, Some(&peer), t, &proxies);
         assert_eq!(pick(&h, &trusted), ip("10.0.0.1"));
         h.insert(
@@ -341,6 +343,12 @@ mod tests {
         );
         let all =
             crate::config::parse_trusted_proxies(&["0.0.0.0/0".into(), "::/0".into()]).unwrap();
+        // By default only loopback is a proxy: a private peer's header is its own claim.
+        let default = crate::config::default_trusted_proxies();
+        assert_eq!(
+            client_ip(&h, Some(&peer), &trusted, &default),
+            ip("10.0.0.1")
+        );
         assert_eq!(
             client_ip(&h, Some(&public), &trusted, &all),
             ip("2001:db8::1")

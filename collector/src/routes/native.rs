@@ -10,7 +10,26 @@
 //!
 //! `referrer`, `timestamp` (RFC 3339 or Unix seconds; default now; at most 7 days old), `props`,
 //! `ip`, `user_agent` and `opt_out` are optional; `ip`/`user_agent` override the request's own (a
-//! server forwarding its visitors' hits), and are hashed and dropped like any other;
+//! server forwarding its visitors' hits), and are hashed and dropped like any other.
+//!
+//! **Overrides need a trusted sender.** An event that sets `ip` or `user_agent`, or a
+//! `timestamp` more than [`MAX_UNKEYED_AGE`] before now, is accepted only
+//! - with the site's **ingest key**: `Authorization: Bearer vi_…` (write-only, one site, made
+//!   with `POST /api/v1/sites/{domain}/ingest-keys`, stored hashed in the registry); the key
+//!   covers events of its own site (or an alias of it) only; or
+//! - from a `--trusted-sender` network (default loopback): the client IP (after
+//!   `--trusted-proxy` resolution) is in it and the request carries no `Origin` header (a
+//!   browser always sends one with a POST, so a page in a browser on the same machine is no
+//!   trusted sender).
+//!
+//! A request handed over in-process (no socket peer: embedding code, benches) is the program's
+//! own and trusted. Keys are looked up in this process's registry snapshot (a key made on
+//! another process works here within one refresh, ~2 s; never a ClickHouse read per request).
+//! Otherwise the whole batch is `403 {"error": "…"}` naming the first such event and field,
+//! and nothing is stored. An `Authorization` header that is not a valid ingest key (unknown,
+//! revoked, a read key) is a 403 as well. Events without overrides need neither: browser
+//! beacons and apps sending fresh events are unchanged.
+//!
 //! `"opt_out": true` (an app's opt-out switch) and the request's `Sec-GPC: 1` / `DNT: 1` headers
 //! mean the event is not stored (counted as `ignored`). Apps add
 //! `"app": {"version", "build", "os", "os_version", "locale", "sdk", "session_id",
@@ -26,19 +45,141 @@
 //! the spool as one all-or-nothing append: 202 means all of them are on disk; when the spool is
 //! full the answer is 503 with `Retry-After` and none is stored.
 
+use std::net::IpAddr;
+
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use chrono::{DateTime, Utc};
+use http::{header, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::ingest::{ingest, OnInvalid};
 use crate::pipeline::privacy::Consent;
 use crate::pipeline::{parse, AppFacts, Client, Incoming, TrackerFacts};
-use crate::server::{json, HttpResponse};
+use crate::server::{json, HttpResponse, PeerAddr};
 use crate::{Collector, Error};
 
 /// Endpoint label in metrics.
 pub const ENDPOINT: &str = "native";
+
+/// The oldest `timestamp` an event may carry without an ingest key or a trusted sender:
+/// later than this before now is a fresh event (a sender's clock may be a little off), earlier
+/// is back-dating.
+pub const MAX_UNKEYED_AGE: chrono::Duration = chrono::Duration::seconds(60);
+
+/// Who sent a batch, as far as overrides are concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sender {
+    /// A `--trusted-sender` client that is not a browser, or an in-process caller (no peer).
+    Trusted,
+    /// A valid ingest key of this site.
+    Key(String),
+    /// Anyone else: no overrides.
+    Untrusted,
+}
+
+/// The sender of `req` (module docs); `Err` for an `Authorization` that is no valid ingest key.
+fn sender(c: &Collector, req: &Request<Bytes>) -> Result<Sender, Error> {
+    if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
+        let given = auth
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or_default();
+        let refused = || {
+            Error::Forbidden(
+                "the Authorization header holds no valid ingest key (unknown, revoked, or not an                  ingest key: send `Authorization: Bearer vi_…` from POST /api/v1/sites/{domain}/ingest-keys)"
+                    .into(),
+            )
+        };
+        if !given.starts_with("vi_") {
+            return Err(refused());
+        }
+        let hash = veil_schemas::registry::secret_hash(given);
+        let key = c
+            .sites()
+            .store()
+            .and_then(|r| r.snapshot().ingest_key_by_hash(&hash).cloned());
+        return match key {
+            Some(k) if !k.revoked => Ok(Sender::Key(k.site)),
+            _ => Err(refused()),
+        };
+    }
+    let peer = req.extensions().get::<PeerAddr>();
+    if peer.is_none() {
+        return Ok(Sender::Trusted);
+    }
+    let ip: Option<IpAddr> = super::client_ip(
+        req.headers(),
+        peer,
+        c.trusted_ip_headers(),
+        c.trusted_proxies(),
+    );
+    let trusted = ip.is_some_and(|ip| c.trusted_senders().iter().any(|n| n.contains(&ip)));
+    let browser = req.headers().contains_key(header::ORIGIN);
+    Ok(if trusted && !browser {
+        Sender::Trusted
+    } else {
+        Sender::Untrusted
+    })
+}
+
+/// The override an event makes that needs a trusted sender, if any: `ip`, `user_agent` or a
+/// back-dated `timestamp`.
+fn override_of(v: &Value, now: DateTime<Utc>) -> Option<&'static str> {
+    let set = |k: &str| v.get(k).is_some_and(|x| !x.is_null());
+    if set("ip") {
+        return Some("ip");
+    }
+    if set("user_agent") {
+        return Some("user_agent");
+    }
+    let ts = v.get("timestamp").unwrap_or(&Value::Null);
+    match parse::timestamp_from_json(ts) {
+        Ok(Some(t)) if t < now - MAX_UNKEYED_AGE => Some("timestamp"),
+        _ => None,
+    }
+}
+
+/// Refuses the batch when an event makes an override its sender may not make.
+fn check_overrides(
+    c: &Collector,
+    sender: &Sender,
+    items: &[Value],
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    if *sender == Sender::Trusted {
+        return Ok(());
+    }
+    for (i, v) in items.iter().enumerate() {
+        let Some(field) = override_of(v, now) else {
+            continue;
+        };
+        let site = v.get("site").and_then(Value::as_str).unwrap_or_default();
+        if let Sender::Key(key_site) = sender {
+            let resolved = c.sites().resolve(site).map(|(d, _)| d);
+            if resolved.as_deref() == Some(key_site.as_str()) {
+                continue;
+            }
+            return Err(Error::Forbidden(format!(
+                "event {i} sets `{field}` for site {site:?}, but the ingest key belongs to {key_site:?}"
+            )));
+        }
+        let what = if field == "timestamp" {
+            format!(
+                "a `timestamp` more than {} s in the past",
+                MAX_UNKEYED_AGE.num_seconds()
+            )
+        } else {
+            format!("`{field}`")
+        };
+        return Err(Error::Forbidden(format!(
+            "event {i} sets {what}: overriding a visitor's ip, user agent or time needs the              site's ingest key (`Authorization: Bearer vi_…`, made with POST              /api/v1/sites/{{domain}}/ingest-keys) or a --trusted-sender address; nothing was stored"
+        )));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Deserialize)]
 struct Event {
@@ -190,13 +331,18 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
         Ok(v) => v,
         Err(e) => return c.reject(&e),
     };
+    let now = c.now();
+    let checked = sender(c, &req).and_then(|s| check_overrides(c, &s, &items, now));
+    if let Err(e) = checked {
+        return c.reject(&e);
+    }
     let fallback = super::client(c, &req);
     let consent = Consent::from_headers(req.headers());
     let events = items
         .into_iter()
         .map(|v| to_incoming(v, &fallback, consent));
     // The whole batch goes to the spool as one append: all on disk, or none (503, retry).
-    let tally = match ingest(c, ENDPOINT, c.now(), events, OnInvalid::Report).await {
+    let tally = match ingest(c, ENDPOINT, now, events, OnInvalid::Report).await {
         Ok(tally) => tally,
         Err(refused) => return refused,
     };
@@ -214,4 +360,44 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
         status,
         &json!({ "accepted": tally.accepted, "ignored": tally.ignored, "rejected": rejected }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_are_ip_user_agent_and_back_dated_timestamps() {
+        let now = Utc::now();
+        let ago = |secs: i64| now - chrono::Duration::seconds(secs);
+        assert_eq!(
+            override_of(&json!({"site": "a.com", "url": "/"}), now),
+            None
+        );
+        assert_eq!(override_of(&json!({"ip": "203.0.113.9"}), now), Some("ip"));
+        assert_eq!(override_of(&json!({"ip": null}), now), None);
+        assert_eq!(
+            override_of(&json!({"user_agent": "Mozilla/5.0"}), now),
+            Some("user_agent")
+        );
+        // A sender's clock a little off is no back-dating; a minute and more is.
+        assert_eq!(
+            override_of(&json!({"timestamp": ago(30).to_rfc3339()}), now),
+            None
+        );
+        assert_eq!(
+            override_of(&json!({"timestamp": ago(61).to_rfc3339()}), now),
+            Some("timestamp")
+        );
+        assert_eq!(
+            override_of(&json!({"timestamp": ago(86_400).timestamp()}), now),
+            Some("timestamp")
+        );
+        assert_eq!(
+            override_of(&json!({"timestamp": ago(-30).to_rfc3339()}), now),
+            None
+        );
+        // An unparseable time is not an override: the event is rejected for it later.
+        assert_eq!(override_of(&json!({"timestamp": "yesterday"}), now), None);
+    }
 }

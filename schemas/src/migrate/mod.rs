@@ -157,6 +157,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "privacy",
         sql: include_str!("../../migrations/017_privacy.sql"),
     },
+    Migration {
+        version: 18,
+        name: "ingest_keys",
+        sql: include_str!("../../migrations/018_ingest_keys.sql"),
+    },
 ];
 
 impl Migration {

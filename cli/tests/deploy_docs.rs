@@ -1,0 +1,131 @@
+//! docs/DEPLOY.md's nginx example routes every path to the server that answers it: each
+//! collector route to the collectors, each aggregator path (`/api/v1/…`, `/api/v2/…`) and each
+//! dashboard page and file to the aggregator, with the browser's Host passed on (the
+//! aggregator's Host allow-list checks it). The `location` blocks are matched as nginx does
+//! (an exact `=` match first, else the longest prefix; the example has no regex locations).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use veil_aggregator::Aggregator;
+
+struct Location {
+    exact: bool,
+    path: String,
+    upstream: String,
+}
+
+/// The `location` blocks of the first ```nginx block of docs/DEPLOY.md, and the block's text.
+fn nginx_example() -> (Vec<Location>, String) {
+    let doc = include_str!("../../docs/DEPLOY.md");
+    let block = doc
+        .split("```nginx\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("an nginx example in docs/DEPLOY.md");
+    let mut out = Vec::new();
+    for line in block.lines() {
+        let Some(rest) = line.trim().strip_prefix("location ") else {
+            continue;
+        };
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let (exact, path) = match words.as_slice() {
+            ["=", p, ..] => (true, *p),
+            ["^~", p, ..] => (false, *p),
+            [p, ..] => (false, *p),
+            [] => panic!("empty location: {line}"),
+        };
+        assert!(
+            !path.starts_with('~'),
+            "regex locations are not modelled: {line}"
+        );
+        let upstream = rest
+            .split("proxy_pass http://")
+            .nth(1)
+            .and_then(|u| u.split(';').next())
+            .unwrap_or_else(|| panic!("no proxy_pass in {line}"))
+            .to_string();
+        out.push(Location {
+            exact,
+            path: path.to_string(),
+            upstream,
+        });
+    }
+    (out, block.to_string())
+}
+
+/// Where nginx sends `path`.
+fn upstream_of<'a>(locations: &'a [Location], path: &str) -> &'a str {
+    if let Some(l) = locations.iter().find(|l| l.exact && l.path == path) {
+        return &l.upstream;
+    }
+    locations
+        .iter()
+        .filter(|l| !l.exact && path.starts_with(&l.path))
+        .max_by_key(|l| l.path.len())
+        .map(|l| l.upstream.as_str())
+        .unwrap_or_else(|| panic!("no location matches {path}"))
+}
+
+#[test]
+fn the_nginx_example_routes_each_path_to_its_server() {
+    let (locations, block) = nginx_example();
+    assert!(
+        block.contains("proxy_set_header Host $host;"),
+        "the example must pass the browser's Host on"
+    );
+    for r in veil_collector::routes::ROUTES {
+        // Health checks go to each server directly, not through the public proxy.
+        if matches!(r.path, "/healthz" | "/readyz") {
+            continue;
+        }
+        assert_eq!(
+            upstream_of(&locations, r.path),
+            "veil_collectors",
+            "{}",
+            r.path
+        );
+    }
+    let aggregator_paths = [
+        "/api/v2/query",
+        "/api/v2/query.csv",
+        "/api/v2/funnel",
+        "/api/v1/sites",
+        "/api/v1/sites/example.com",
+        "/api/v1/sites/example.com/keys",
+        "/api/v1/sites/example.com/ingest-keys",
+        "/api/v1/sites/example.com/shared-links",
+        "/api/v1/sites/example.com/realtime",
+        "/api/v1/sites/example.com/export",
+        "/api/v1/sites/example.com/filtered-traffic",
+        "/api/v1/stats/aggregate",
+        "/api/v1/stats/timeseries",
+        "/api/v1/stats/breakdown",
+        "/api/v1/stats/realtime/visitors",
+    ];
+    for p in aggregator_paths {
+        assert!(
+            Aggregator::is_aggregator_path(p),
+            "{p} is not the aggregator's"
+        );
+        assert!(!veil_collector::routes::is_collector_path(p), "{p}");
+        assert_eq!(upstream_of(&locations, p), "veil_aggregator", "{p}");
+    }
+    let pages = [
+        "/",
+        "/site/example.com",
+        "/site/example.com/settings",
+        "/share/example.com",
+    ];
+    for p in pages {
+        assert!(veil_dashboards::is_page(p), "{p}");
+        assert_eq!(upstream_of(&locations, p), "veil_aggregator", "{p}");
+    }
+    for a in veil_dashboards::ASSETS {
+        assert_eq!(
+            upstream_of(&locations, a.path),
+            "veil_aggregator",
+            "{}",
+            a.path
+        );
+    }
+}
