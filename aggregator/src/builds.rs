@@ -63,13 +63,13 @@ async fn visit_builds_for(
     snapshots: Option<(&dyn TodaySnapshots, &str)>,
 ) -> Result<Vec<Build>, Error> {
     let stmt = sql!(
-            "SELECT toString(day), max(build), {}, \
+        "SELECT toString(day), max(build), {}, \
              argMax(events, build), argMax(layout, build) FROM visit_builds \
              WHERE day >= {} AND day <= {} GROUP BY day",
-            utc_text(veil_schemas::sql::Sql::new("argMax(cut, build)")),
-            date(from),
-            date(to)
-        );
+        utc_text(veil_schemas::sql::Sql::new("argMax(cut, build)")),
+        date(from),
+        date(to)
+    );
     let rows = fetch(client, &stmt).await?;
     let mut out = Vec::new();
     for r in &rows {

@@ -160,7 +160,9 @@ fn start_chdb26(dir: &std::path::Path) -> Result<ChdbFixture, String> {
         }
     };
     let Some(url) = line.strip_prefix("listening on ") else {
-        return Err(format!("unexpected first line from the chdb fixture: {line:?}"));
+        return Err(format!(
+            "unexpected first line from the chdb fixture: {line:?}"
+        ));
     };
     let port = url
         .rsplit(':')
@@ -170,7 +172,10 @@ fn start_chdb26(dir: &std::path::Path) -> Result<ChdbFixture, String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !crate::managed::ping_blocking(port) {
         if std::time::Instant::now() > deadline {
-            return Err(format!("the chdb fixture does not answer /ping: {}", tail()));
+            return Err(format!(
+                "the chdb fixture does not answer /ping: {}",
+                tail()
+            ));
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

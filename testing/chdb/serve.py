@@ -113,7 +113,7 @@ class Engine:
     def execute(self, sql, fmt, database, settings, data, data_format):
         """Runs one request's statement; returns the output bytes. Raises on error."""
         with self.lock:
-            self._run("USE " + (database or "default"), "TabSeparated")
+            self._run("USE " + quote_ident(database or "default"), "TabSeparated")
             applied = []
             try:
                 for name, value in settings:
@@ -142,6 +142,10 @@ class Engine:
 
 def quote(s):
     return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def quote_ident(s):
+    return "`" + s.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
 class Handler(BaseHTTPRequestHandler):
