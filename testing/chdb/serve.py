@@ -31,7 +31,9 @@ Wire format (the subset of https://clickhouse.com/docs/interfaces/http that is s
 - Settings in the URL (anything not listed below) are applied with `SET` for the one request
   and restored after it, so an unknown or renamed setting fails as on a real server (code 115).
   Not settings: query, database, default_format, decompress, compress, user, password,
-  query_id, session_id, session_timeout, wait_end_of_query, buffer_size, param_*.
+  query_id, session_id, session_timeout, wait_end_of_query, buffer_size, param_*. Query
+  parameters (`{name:Type}`, `param_*`, multipart bodies) are not served: Veil writes values
+  into statements (veil_schemas::sql), and 18.16 has no parameters either.
 - Errors: ClickHouse's text (`Code: N. DB::Exception: ... (NAME) (version 26.9...)`),
   header `X-ClickHouse-Exception-Code: N`, status 400 for bad queries, 404 for unknown
   databases/tables, 500 otherwise (ClickHouse's own mapping, in part).
