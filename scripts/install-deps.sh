@@ -3,8 +3,9 @@
 # ClickHouse (Debian's clickhouse-server; Veil starts it itself as a child process, the system
 # service is not used) and a Rust toolchain check. With `--test`, also what the browser tests
 # need: Debian's chromium, Node.js and the npm packages of collector/tracker and dashboards
-# (terser, playwright-core, uplot; no browser download); with `--test` or `--cluster`, ZooKeeper and a
-# JRE for the local cluster.
+# (terser, playwright-core, uplot; no browser download) and the ClickHouse 26 test fixture's
+# virtualenv (var/chdb-venv: chdb-core from PyPI, see testing/chdb/requirements.txt); with
+# `--test` or `--cluster`, ZooKeeper and a JRE for the local cluster.
 set -euo pipefail
 
 need_apt=()
@@ -41,4 +42,14 @@ if [ "${1:-}" = "--test" ]; then
   here="$(cd "$(dirname "$0")/.." && pwd)"
   (cd "$here/collector/tracker" && npm ci --no-audit --no-fund --loglevel=error)
   (cd "$here/dashboards" && npm ci --no-audit --no-fund --loglevel=error)
+  # The ClickHouse 26 fixture (make test-ch26): a virtualenv with the pinned chdb-core, made or
+  # brought up to date only when the requirements changed since the last install.
+  venv="$here/var/chdb-venv"
+  req="$here/testing/chdb/requirements.txt"
+  if ! cmp -s "$req" "$venv/installed-requirements.txt"; then
+    echo "install-deps: installing chdb-core (ClickHouse 26 test fixture) into $venv" >&2
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+    cp "$req" "$venv/installed-requirements.txt"
+  fi
 fi

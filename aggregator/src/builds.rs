@@ -15,7 +15,7 @@ use std::pin::Pin;
 
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use veil_schemas::sql;
-use veil_schemas::sql::{date, utc};
+use veil_schemas::sql::{date, utc, utc_text};
 
 use crate::db::{fetch, number};
 use crate::query::source::{source, uses_builds};
@@ -63,12 +63,13 @@ async fn visit_builds_for(
     snapshots: Option<(&dyn TodaySnapshots, &str)>,
 ) -> Result<Vec<Build>, Error> {
     let stmt = sql!(
-            "SELECT toString(day), max(build), formatDateTime(argMax(cut, build), '%Y-%m-%d %H:%M:%S', 'UTC'), \
+        "SELECT toString(day), max(build), {}, \
              argMax(events, build), argMax(layout, build) FROM visit_builds \
              WHERE day >= {} AND day <= {} GROUP BY day",
-            date(from),
-            date(to)
-        );
+        utc_text(veil_schemas::sql::Sql::new("argMax(cut, build)")),
+        date(from),
+        date(to)
+    );
     let rows = fetch(client, &stmt).await?;
     let mut out = Vec::new();
     for r in &rows {

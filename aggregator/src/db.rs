@@ -17,8 +17,9 @@
 //! rollup of a busy day may take longer.
 //!
 //! Wire format: [`fetch`] reads ClickHouse's `JSONCompact` output (`{"data": [[cell, …], …]}`),
-//! in which 64-bit integers arrive as quoted strings; [`number`] and [`cell_u64`] read cells of
-//! either kind.
+//! in which 64-bit integers arrive as quoted strings (18.16's default, asked for explicitly
+//! with `output_format_json_quote_64bit_integers=1`, since ClickHouse 26 defaults to bare
+//! numbers); [`number`] and [`cell_u64`] read cells of either kind.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -181,8 +182,11 @@ impl Inflight {
 
 /// Runs a query and returns the rows of its `JSONCompact` answer.
 pub async fn fetch(client: &clickhouse::Client, q: &Sql) -> Result<Vec<Value>, Error> {
+    // 64-bit integers as JSON strings on every server: 18.16's default, no longer the default
+    // on current ClickHouse (26 writes bare numbers), so rows read the same on both.
     let bytes = client
         .sql(q)
+        .with_setting("output_format_json_quote_64bit_integers", "1")
         .fetch_bytes("JSONCompact")
         .map_err(failed)?
         .collect()

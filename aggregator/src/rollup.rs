@@ -23,7 +23,7 @@
 
 use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
 use veil_schemas::sql;
-use veil_schemas::sql::{date, idents, utc, Sql};
+use veil_schemas::sql::{date, idents, utc, utc_text, Sql};
 use veil_schemas::ClickHouseConfig;
 
 use crate::db::{cell_u64, exec, fetch, mutation_target};
@@ -305,8 +305,9 @@ pub async fn build_today(ch: &ClickHouseConfig, now: NaiveDateTime) -> Result<bo
         return Ok(false);
     }
     let stmt = sql!(
-        "SELECT max(build), formatDateTime(argMax(cut, build), '%Y-%m-%d %H:%M:%S', 'UTC'), \
+        "SELECT max(build), {}, \
              argMax(events, build) FROM visit_builds WHERE day = {} HAVING count() > 0",
+        utc_text(Sql::new("argMax(cut, build)")),
         date(day)
     );
     let latest = fetch(client, &stmt).await?;

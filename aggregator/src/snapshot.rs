@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{Duration, NaiveDateTime, NaiveTime};
 use veil_schemas::sql;
-use veil_schemas::sql::{date, lit, utc, Sql};
+use veil_schemas::sql::{date, lit, utc, utc_text, Sql};
 use veil_schemas::ClickHouseConfig;
 
 use crate::builds::{self, SnapFuture, TodaySnapshots};
@@ -103,9 +103,10 @@ impl Snapshots {
     ) -> Result<Option<Snap>, Error> {
         let now = self.clock.now().naive_utc();
         let stmt = sql!(
-            "SELECT formatDateTime(snap, '%Y-%m-%d %H:%M:%S', 'UTC'), id, tail, hits, \
+            "SELECT {}, id, tail, hits, \
                  (SELECT count() FROM {}) FROM today_snaps \
                  WHERE site = {} AND day = {} AND build = {} ORDER BY snap DESC, id DESC LIMIT 1",
+            utc_text(Sql::new("snap")),
             tail_cond(site, b, cut),
             lit(site),
             date(b.day),

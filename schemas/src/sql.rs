@@ -265,6 +265,13 @@ pub fn utc(t: NaiveDateTime) -> Sql {
     )
 }
 
+/// A `DateTime` expression as UTC text, `YYYY-MM-DD hh:mm:ss` (the epoch for 0), the same on
+/// every server: `toString(x, 'UTC')`. Not `formatDateTime(x, '%Y-%m-%d %H:%M:%S')`: since
+/// ClickHouse 23.4 `%M` is the month's name (`14:November:00`), in 18.16 the minutes.
+pub fn utc_text(expr: impl SqlPart) -> Sql {
+    sql!("toString({}, 'UTC')", expr)
+}
+
 /// A date as a ClickHouse `Date` expression.
 pub fn date(d: NaiveDate) -> Sql {
     sql!("toDate({})", lit(&d.format("%Y-%m-%d").to_string()))
@@ -294,6 +301,46 @@ pub fn ident(name: &str) -> Result<Sql, Error> {
 /// Identifiers of a `&'static str` allow-list, joined by `sep`.
 pub fn idents(names: &[&'static str], sep: &'static str) -> Sql {
     Sql::join(names.iter().copied(), sep)
+}
+
+/// A ClickHouse server's version, as `SELECT version()` prints it (`18.16.1`, `26.9.2.1`).
+///
+/// Veil's SQL is written to mean the same on 18.16 and on current servers (ClickHouse 26 is
+/// tested through the chdb fixture, `testing/chdb/serve.py`); where they had to differ, the
+/// portable form is here ([`utc_text`]) or in the statement itself (aliases on joined
+/// subqueries). When a statement cannot be written once, its variants are chosen here, from
+/// this version, and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion {
+    /// `18`, `26` …
+    pub major: u32,
+    /// `16`, `9` …
+    pub minor: u32,
+}
+
+impl ServerVersion {
+    /// Parses `MAJOR.MINOR[.…]`.
+    pub fn parse(text: &str) -> Option<ServerVersion> {
+        let mut parts = text.trim().split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some(ServerVersion { major, minor })
+    }
+
+    /// The version of the server `client` talks to.
+    pub async fn of(client: &clickhouse::Client) -> Result<ServerVersion, Error> {
+        let text = client
+            .sql(&Sql::new("SELECT version()"))
+            .fetch_one::<String>()
+            .await?;
+        ServerVersion::parse(&text)
+            .ok_or_else(|| Error::Invalid(format!("unexpected server version {text:?}")))
+    }
+
+    /// Debian's 18.16 (and anything before 19): the oldest server Veil supports.
+    pub fn is_legacy(self) -> bool {
+        self.major < 19
+    }
 }
 
 /// Runs an [`Sql`] with the `clickhouse` crate: always `query_raw`, so `?` in a value is inert.
@@ -361,6 +408,10 @@ mod tests {
         assert_eq!(date(d).as_str(), "toDate('2026-12-03')");
         let t = d.and_hms_opt(9, 5, 7).unwrap();
         assert_eq!(utc(t).as_str(), "toDateTime('2026-12-03 09:05:07', 'UTC')");
+        assert_eq!(
+            utc_text(Sql::new("argMax(cut, build)")).as_str(),
+            "toString(argMax(cut, build), 'UTC')"
+        );
         assert_eq!(sql!("{}", f64::NAN).as_str(), "nan");
         assert_eq!(sql!("{}", -f64::INFINITY).as_str(), "-inf");
         assert_eq!(sql!("{}", 1e-7_f64).as_str(), "1e-7");
@@ -381,6 +432,20 @@ mod tests {
         fn is_send<T: Send>(_: T) {}
         async fn run(_q: &Sql) {}
         is_send(async { run(&sql!("SELECT {}", lit(&String::from("a")))).await });
+    }
+
+    #[test]
+    fn server_versions_on_each_side() {
+        let old = ServerVersion::parse("18.16.1").unwrap();
+        assert_eq!((old.major, old.minor), (18, 16));
+        assert!(old.is_legacy());
+        let new = ServerVersion::parse("26.9.2.1\n").unwrap();
+        assert_eq!((new.major, new.minor), (26, 9));
+        assert!(!new.is_legacy());
+        assert!(old < new);
+        for bad in ["", "26", "x.y", "26.x"] {
+            assert_eq!(ServerVersion::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! `[dev-dependencies]`) and for this crate's own unit tests.
 //!
 //! If `VEIL_TEST_CLICKHOUSE_URL` is set, tests use that server instead of starting one.
+//! With `VEIL_TEST_CLICKHOUSE=chdb26`, the first test to ask starts the ClickHouse 26 test
+//! fixture instead (`testing/chdb/serve.py`: ClickHouse's HTTP interface in front of chdb,
+//! ClickHouse 26.9 in-process; `scripts/install-deps.sh --test` makes its virtualenv under
+//! `var/chdb-venv`, or `VEIL_CHDB_PYTHON` names the Python to run it with), one per test
+//! process, under the system temp dir, with the same fresh database per test.
 //! Otherwise the first test to ask starts a [`ManagedClickHouse`] under the system temp dir
 //! from a keeper thread that lives as long as the process (so the child's parent-death signal,
 //! SIGKILL, fires only when the test process ends). Directories left by earlier test processes
@@ -51,11 +56,20 @@ pub fn server_url() -> String {
                     .prefix(&format!("veil-test-ch-{}-", std::process::id()))
                     .tempdir()
                     .map(|d| d.keep());
-                let started = dir.map_err(|e| e.to_string()).and_then(|dir| {
-                    let mut opts = ManagedOptions::new(dir);
-                    opts.parent_death_signal = libc::SIGKILL;
-                    ManagedClickHouse::start(&opts).map_err(|e| e.to_string())
-                });
+                let dir = dir.map_err(|e| e.to_string());
+                let started = match std::env::var("VEIL_TEST_CLICKHOUSE").as_deref() {
+                    Ok("chdb26") => dir.and_then(|d| start_chdb26(&d)).map(Server::Chdb),
+                    Ok("") | Ok("managed") | Err(_) => dir.and_then(|dir| {
+                        let mut opts = ManagedOptions::new(dir);
+                        opts.parent_death_signal = libc::SIGKILL;
+                        ManagedClickHouse::start(&opts)
+                            .map(Server::Managed)
+                            .map_err(|e| e.to_string())
+                    }),
+                    Ok(other) => Err(format!(
+                        "VEIL_TEST_CLICKHOUSE={other:?}: expected chdb26 or managed"
+                    )),
+                };
                 match started {
                     Ok(server) => {
                         let _ = tx.send(Ok(server.url()));
@@ -76,6 +90,99 @@ pub fn server_url() -> String {
         Ok(u) => u.clone(),
         Err(e) => panic!("no ClickHouse for tests: {e}"),
     }
+}
+
+/// The server a test process keeps alive.
+enum Server {
+    Managed(ManagedClickHouse),
+    Chdb(ChdbFixture),
+}
+
+impl Server {
+    fn url(&self) -> String {
+        match self {
+            Server::Managed(s) => s.url(),
+            Server::Chdb(f) => f.url.clone(),
+        }
+    }
+}
+
+/// The ClickHouse 26 fixture process (killed with the test process: parent-death signal).
+struct ChdbFixture {
+    url: String,
+    _child: std::process::Child,
+}
+
+/// Starts `testing/chdb/serve.py` with its data under `dir`; returns once it answers `/ping`.
+fn start_chdb26(dir: &std::path::Path) -> Result<ChdbFixture, String> {
+    use std::io::BufRead as _;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = root.join("testing/chdb/serve.py");
+    let python = std::env::var_os("VEIL_CHDB_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("var/chdb-venv/bin/python"));
+    if !python.exists() {
+        return Err(format!(
+            "VEIL_TEST_CLICKHOUSE=chdb26 needs {} (run scripts/install-deps.sh --test, or set VEIL_CHDB_PYTHON)",
+            python.display()
+        ));
+    }
+    let log = dir.join("fixture.log");
+    let err = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut cmd = std::process::Command::new(&python);
+    cmd.arg(&script)
+        .arg("--data")
+        .arg(dir.join("data"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(err);
+    crate::managed::set_parent_death_signal(&mut cmd, libc::SIGKILL);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", python.display()))?;
+    let Some(out) = child.stdout.take() else {
+        return Err("no stdout from the chdb fixture".into());
+    };
+    // The first line names the URL; later output (none expected) is drained by the thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(out).lines();
+        let _ = tx.send(lines.next());
+        for _ in lines {}
+    });
+    let tail = || std::fs::read_to_string(&log).unwrap_or_default();
+    let line = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(Some(Ok(l))) => l,
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the chdb fixture did not start: {}", tail()));
+        }
+    };
+    let Some(url) = line.strip_prefix("listening on ") else {
+        return Err(format!(
+            "unexpected first line from the chdb fixture: {line:?}"
+        ));
+    };
+    let port = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .ok_or_else(|| format!("no port in {url:?}"))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !crate::managed::ping_blocking(port) {
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "the chdb fixture does not answer /ping: {}",
+                tail()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(ChdbFixture {
+        url: url.to_string(),
+        _child: child,
+    })
 }
 
 /// A new, empty, migrated database on the shared test server, named after `label`.
