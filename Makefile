@@ -55,23 +55,20 @@ tracker: test-deps
 # The Rust tests that run a second time against ClickHouse 26 (testing/chdb/serve.py, the chdb
 # fixture; VEIL_TEST_CLICKHOUSE=chdb26): schemas migrate, registry, http_interface (the wire
 # format itself); collector ingest (with spool replay), privacy; aggregator api, v1, filters,
-# privacy, realtime, child_directed, filtered, retention (with erase-site), snapshots, admin.
+# privacy, realtime, child_directed, filtered, retention (with erase-site), snapshots, admin,
+# rollups, funnels, bounds (dp's bounded SQL and the rollup's bounded rows).
 # Measured: 5 min 40 s to 6 min 15 s on 2 cores once `unit` has built the test binaries (api
 # 100-126 s, ingest 45-54 s, admin 31 s, the rest under 30 s each).
-# Left out: the funnel tests (funnels.rs, privacy.rs's funnels_*) and rollups.rs until the raw
-# visit-hit SQL (aggregator/src/query/rows.rs, raw_joined_rows) aliases its two joined
-# subqueries, which 26 requires (ALIAS_REQUIRED; the aliased SQL passes on 18.16 and 26) — then
-# drop the --skip and add --test rollups (+62 s); dp (~100 s of its padding attack alone on the
-# one-query-at-a-time fixture); shared_reads (reads system.query_log, which chdb does not keep);
-# outage, durability and cluster (they stop and start 18.16 servers).
+# Left out: dp (~100 s of its padding attack alone on the one-query-at-a-time fixture; its
+# bounded SQL is proven on 26 by bounds); shared_reads (reads system.query_log, which chdb does
+# not keep); outage, durability and cluster (they stop and start 18.16 servers).
 # `--workspace`, as in `unit`, so the test binaries `unit` built are reused (a name found in two
 # crates, privacy, runs both).
 CH26_TESTS ?= --test migrate --test registry --test http_interface --test ingest --test privacy \
 	--test api --test v1 --test filters --test realtime --test child_directed --test filtered \
-	--test retention --test snapshots --test admin
-CH26_SKIP ?= --skip funnel
+	--test retention --test snapshots --test admin --test rollups --test funnels --test bounds
 test-ch26: test-deps
-	VEIL_TEST_CLICKHOUSE=chdb26 $(CARGO) test --workspace $(CH26_TESTS) -- $(CH26_SKIP)
+	VEIL_TEST_CLICKHOUSE=chdb26 $(CARGO) test --workspace $(CH26_TESTS)
 
 test: test-deps lint unit test-ch26 browser
 

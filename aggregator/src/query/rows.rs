@@ -498,9 +498,9 @@ pub fn raw_joined_rows(q: &Query) -> Sql {
         ", ",
     );
     sql!(
-        "(SELECT * FROM (SELECT visitor_id, visit, {0} FROM ({1}) ARRAY JOIN evs AS e, vnum AS visit) \
+        "(SELECT * FROM (SELECT visitor_id, visit, {0} FROM ({1}) ARRAY JOIN evs AS e, vnum AS visit) AS hit_rows \
          ANY LEFT JOIN (SELECT visitor_id, visit, {2} FROM ({1}) ARRAY JOIN evs AS e, idx AS i, vnum AS visit \
-         GROUP BY visitor_id, visit) USING (visitor_id, visit) \
+         GROUP BY visitor_id, visit) AS visit_rows USING (visitor_id, visit) \
          WHERE timestamp >= {3} AND timestamp < {4})",
         left,
         hits,
