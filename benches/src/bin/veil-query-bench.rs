@@ -877,7 +877,7 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
             let latest: String = ch
                 .client()
                 .sql(&sql!(
-                    "SELECT formatDateTime(max(timestamp), '%Y-%m-%d %H:%M:%S', 'UTC') FROM events \
+                    "SELECT toString(max(timestamp), 'UTC') FROM events \
                      WHERE site = {} AND timestamp >= toStartOfDay(now(), 'UTC')",
                     lit(SITE)
                 ))
