@@ -512,7 +512,9 @@ mod tests {
         let got = keep.rows.lock().unwrap().clone();
         let paths: Vec<&str> = got.iter().map(|r| r.pathname.as_str()).collect();
         assert_eq!(paths, ["/old/0", "/old/1", "/old/2"]);
-        assert!(got.iter().all(|r| r.site == "a.com" && !r.spool_token.is_empty()));
+        assert!(got
+            .iter()
+            .all(|r| r.site == "a.com" && !r.spool_token.is_empty()));
         assert_eq!(m.events_written.get(), 3);
         assert_eq!(
             m.events_dropped

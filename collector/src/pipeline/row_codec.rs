@@ -356,7 +356,10 @@ mod tests {
         let mut with_token = Vec::new();
         encode(&row, &mut with_token);
         assert_eq!(plain, with_token);
-        assert_eq!(decode(&with_token).map(|r| r.spool_token), Some(String::new()));
+        assert_eq!(
+            decode(&with_token).map(|r| r.spool_token),
+            Some(String::new())
+        );
     }
 
     #[test]
