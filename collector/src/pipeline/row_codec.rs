@@ -144,9 +144,9 @@ pub fn encode(row: &EventRow, out: &mut Vec<u8>) {
 /// Decodes a payload written by [`encode`], or by an older collector as JSON; `None` if it is
 /// neither (damaged, or an encoding this build does not know).
 pub fn decode(payload: &[u8]) -> Option<EventRow> {
-    match payload.first()? {
-        &TAG_V1 => decode_v1(payload.get(1..)?),
-        &TAG_JSON => serde_json::from_slice(payload).ok(),
+    match *payload.first()? {
+        TAG_V1 => decode_v1(payload.get(1..)?),
+        TAG_JSON => serde_json::from_slice(payload).ok(),
         _ => None,
     }
 }
