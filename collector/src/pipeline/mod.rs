@@ -16,9 +16,10 @@
 //!
 //! Routes build an [`Incoming`] per event and call [`Pipeline::process`], which runs the three
 //! stages and returns the [`EventRow`] to store or the reason it is dropped. The rows of one
-//! request then go to [`batch`]: appended to the durable [`spool`] (a committer thread writes
-//! and fsyncs them, so the answer sent after it means "on disk"); one writer thread reads
-//! batches from the spool and hands them to the [`sink`] (ClickHouse).
+//! request then go to [`batch`]: encoded once in a binary row format ([`row_codec`]) and
+//! appended to the durable [`spool`] (a committer thread writes and fsyncs them, so the answer
+//! sent after it means "on disk"); one writer thread reads batches from the spool, decodes
+//! them and hands them to the [`sink`] (ClickHouse).
 
 pub mod batch;
 pub mod enrich;
@@ -27,6 +28,7 @@ mod incoming;
 pub mod parse;
 pub mod privacy;
 mod row;
+pub mod row_codec;
 pub mod sink;
 pub mod sources;
 pub mod spool;

@@ -78,8 +78,23 @@ pub const CLICK_IDS: [&str; 8] = [
     "li_fat_id",
 ];
 
+/// [`KNOWN`] split once into its dotted entries (matched as the host or a parent domain of it)
+/// and its bare labels (matched against the registrable domain's first label), so a lookup
+/// does not test every entry for a dot again (that `memchr` was 6.7 % of the collector's
+/// instructions in issue 18's profile).
+struct Table {
+    dotted: Vec<(&'static str, &'static str, Kind)>,
+    labels: Vec<(&'static str, &'static str, Kind)>,
+}
+
+static TABLE: std::sync::LazyLock<Table> = std::sync::LazyLock::new(|| {
+    let (dotted, labels) = KNOWN.iter().partition(|(k, _, _)| k.contains('.'));
+    Table { dotted, labels }
+});
+
 /// The friendly name and kind of a referrer host (lower-case, no `www.`), if known.
 pub fn known(host: &str) -> Option<(&'static str, Kind)> {
+    let table = &*TABLE;
     // Dotted entries match the host or any subdomain of it (no allocation: this runs per event).
     let under = |k: &str| {
         host == k
@@ -87,14 +102,15 @@ pub fn known(host: &str) -> Option<(&'static str, Kind)> {
                 && host.ends_with(k)
                 && host.as_bytes()[host.len() - k.len() - 1] == b'.')
     };
-    if let Some((_, name, kind)) = KNOWN.iter().find(|(k, _, _)| k.contains('.') && under(k)) {
+    if let Some((_, name, kind)) = table.dotted.iter().find(|(k, _, _)| under(k)) {
         return Some((name, *kind));
     }
     let registrable = psl::domain_str(host).unwrap_or(host);
     let label = registrable.split('.').next().unwrap_or(registrable);
-    KNOWN
+    table
+        .labels
         .iter()
-        .find(|(k, _, _)| !k.contains('.') && *k == label)
+        .find(|(k, _, _)| *k == label)
         .map(|(_, n, kind)| (*n, *kind))
 }
 
@@ -111,9 +127,10 @@ pub fn channel(
         .map(|(_, k)| k)
         .or_else(|| {
             let s = utm_source.to_ascii_lowercase();
-            KNOWN
+            TABLE
+                .labels
                 .iter()
-                .find(|(k, _, _)| !k.contains('.') && s == *k)
+                .find(|(k, _, _)| s == *k)
                 .map(|(_, _, k)| *k)
         });
     let paid = paid_click
