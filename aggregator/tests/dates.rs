@@ -120,7 +120,7 @@ async fn windows_are_local_days_of_the_sites_zone() {
         json!(["2026-11-29T00:00:00+13:00", "2026-11-29T23:59:59+13:00"]),
         "{d}"
     );
-    assert_ne!(total(&d), json!(6), "{d}");
+    assert!(total(&d) == json!(0) || total(&d).is_null(), "{d}");
 }
 
 /// `time:week` buckets start no earlier than the range (the first is labelled with the

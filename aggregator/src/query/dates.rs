@@ -1,5 +1,9 @@
-//! Dates and time zones: the site's zone, local midnights and today, the named periods of
-//! `date_range`, comparison periods and time-bucket labels.
+//! Dates and time zones: the site's zone, local midnights and today, the periods of
+//! `date_range` as Plausible's Stats API v2 resolves them today ([`date_range`]: `Nd` ends
+//! yesterday, `Nmo` is whole months before the current one, `month`/`year` whole calendar
+//! periods, dates whole local days, datetimes as given), the bucket of the `time` dimension
+//! ([`time_bucket_for`]), comparison periods and time-bucket labels (weeks starting no earlier
+//! than the range: [`week_label`]).
 
 use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
