@@ -646,8 +646,8 @@ test("filtered traffic: bots by reason and opt-outs are the API's numbers, reaso
   ];
   const res = await fetch(veil.url + "/v1/events", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(events) });
   assert.deepEqual(await res.json(), { accepted: 0, ignored: events.length, rejected: [] }, "every hit is filtered, none stored");
-  // Collectors flush their counts every 5 s.
-  const path = `/api/v1/sites/${SITE}/filtered-traffic?date_range=7d`;
+  // Collectors flush their counts every 5 s. The hits are today's: "day" (7d ends yesterday).
+  const path = `/api/v1/sites/${SITE}/filtered-traffic?date_range=day`;
   const want = await waitFor(() => api(veil, path), (w) => w.dropped.reduce((n, r) => n + (r.events || 0), 0) >= 11,
     { ms: 30_000, every: 500, what: "the counts never arrived" });
   // The two curl hits are under k: not listed.
@@ -662,7 +662,7 @@ test("filtered traffic: bots by reason and opt-outs are the API's numbers, reaso
   const expected = (doc) => doc.dropped.map((r) => [r.reason, label[r.reason], str(r.events),
     r.events === null ? `fewer than ${doc.min_visitors}` : nf.format(r.events)]);
   const page = await open(chrome);
-  await page.goto(dash("period=7d"));
+  await page.goto(dash("period=day"));
   await settled(page);
   assert.deepEqual(await shownRows(page), expected(want));
   assert.equal(await page.$$eval('#panel-filtered td[data-value="null"]', (l) => l.length), 0);
@@ -672,7 +672,7 @@ test("filtered traffic: bots by reason and opt-outs are the API's numbers, reaso
   await screenshot(page, "filtered-traffic");
 
   // Filters leave the panel as it is (the endpoint takes none); a custom range is sent as FROM,TO.
-  await page.goto(dash("period=7d&f=is~visit:source~Google"));
+  await page.goto(dash("period=day&f=is~visit:source~Google"));
   await settled(page);
   assert.deepEqual(await shownRows(page), expected(want));
   const to = new Date().toISOString().slice(0, 10);
@@ -709,12 +709,13 @@ test("filtered traffic: a site that keeps bots shows them as \"Kept bots (flagge
   await waitFor(() => post(events.slice(0, 1)), (n) => n === 1,
     { ms: deadline - Date.now(), every: 1000, what: "the collector never accepted the new site" });
   assert.equal(await post(events.slice(1)), events.length - 1);
-  const want = await waitFor(() => api(veil, `/api/v1/sites/${site}/filtered-traffic?date_range=7d`),
+  // Stored now: today's ("day"; 7d ends yesterday).
+  const want = await waitFor(() => api(veil, `/api/v1/sites/${site}/filtered-traffic?date_range=day`),
     (w) => w.stored_bots.some((r) => r.events === events.length),
     { ms: deadline - Date.now(), every: 300, what: "the kept bots never reached the API" });
   assert.deepEqual(want.stored_bots, [{ reason: "bot_crawler", events: events.length }]);
   const page = await open(chrome);
-  await page.goto(`${veil.url}/site/${site}?period=7d`);
+  await page.goto(`${veil.url}/site/${site}?period=day`);
   await settled(page);
   const group = await page.$eval("#panel-filtered tbody[data-group=stored_bots]", (tb) => ({
     title: tb.querySelector("tr.group th").textContent,

@@ -231,20 +231,26 @@ fn bad(msg: impl Into<String>) -> Error {
 }
 
 impl Query {
-    /// The same query over the comparison period.
+    /// The same query over the comparison period, with no day of the range in the future
+    /// ([`Self::comparison_at`] with `today` the range's last day).
     pub fn comparison(&self, how: Compare, tz: Tz) -> Query {
+        self.comparison_at(how, tz, self.to)
+    }
+
+    /// The same query over the comparison period as Plausible chooses it (its `Comparisons`):
+    /// the range's last day is first clamped to `today` (a whole month or year compares its
+    /// days so far); `previous_period` is as many days just before, `year_over_year` the same
+    /// days 365 days earlier.
+    pub fn comparison_at(&self, how: Compare, tz: Tz, today: NaiveDate) -> Query {
+        let last = self.to.min(today).max(self.from);
         let (from, to) = match how {
             Compare::PreviousPeriod => {
-                let len = (self.to - self.from).num_days() + 1;
-                (
-                    self.from - Duration::days(len),
-                    self.from - Duration::days(1),
-                )
+                let len = Duration::days((last - self.from).num_days() + 1);
+                (self.from - len, last - len)
             }
             Compare::YearOverYear => {
-                let back =
-                    |d: NaiveDate| d.checked_sub_months(chrono::Months::new(12)).unwrap_or(d);
-                (back(self.from), back(self.to))
+                let year = Duration::days(365);
+                (self.from - year, last - year)
             }
         };
         let mut q = self.clone();
@@ -620,6 +626,31 @@ mod tests {
                 "2026-05-01 11:00:00"
             ]
         );
+    }
+
+    /// Plausible's comparison periods: the range clamped to today, then as many days before
+    /// (previous period) or 365 days earlier (year over year).
+    #[test]
+    fn comparisons_are_plausibles() {
+        use super::super::Compare;
+        let tz = chrono_tz::UTC;
+        let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+        let days = |q: &Query| (q.from.to_string(), q.to.to_string());
+        let month = at(UTC, (2026, 11, 28, 12), json!("month"));
+        let p = month.comparison_at(Compare::PreviousPeriod, tz, today);
+        assert_eq!(days(&p), ("2026-10-04".into(), "2026-10-31".into()));
+        assert_eq!(p.start.to_string(), "2026-10-04 00:00:00");
+        assert_eq!(p.end.to_string(), "2026-11-01 00:00:00");
+        let y = month.comparison_at(Compare::YearOverYear, tz, today);
+        assert_eq!(days(&y), ("2025-11-01".into(), "2025-11-28".into()));
+        // 7d (11-21 ..= 11-27) is not clamped: the 7 days before it.
+        let week = at(UTC, (2026, 11, 28, 12), json!("7d"));
+        let p = week.comparison_at(Compare::PreviousPeriod, tz, today);
+        assert_eq!(days(&p), ("2026-11-14".into(), "2026-11-20".into()));
+        // 365 days, not a calendar year: across 2024-02-29 the dates move by one.
+        let leap = at(UTC, (2024, 6, 1, 0), json!(["2024-03-01", "2024-03-02"]));
+        let y = leap.comparison(Compare::YearOverYear, tz);
+        assert_eq!(days(&y), ("2023-03-02".into(), "2023-03-03".into()));
     }
 
     /// Plausible's default order: time ascending, then the first metric descending (Veil
