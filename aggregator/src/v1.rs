@@ -15,8 +15,11 @@
 //!   `page` for `event:page`, `method` for `event:props:method`).
 //!
 //! `period`: `day`, `7d`, `30d`, `month`, `6mo`, `12mo` (default `30d`) relative to `date`
-//! (default today in the site's zone; `7d` is the 7 days ending on `date`, `6mo` the 6 calendar
-//! months ending with `date`'s), or `custom` with `date=FROM,TO`. `filters`: `PROP==A|B`,
+//! (default today in the site's zone), as Plausible's v1 resolves them today (its legacy query
+//! builder): `day` is `date`; `7d` and `30d` the 7 or 30 days ending the day before `date`
+//! (`date` excluded, as in v2); `month` the whole calendar month of `date`; `6mo` and `12mo`
+//! the 6 or 12 calendar months ending with `date`'s month (included: v1 differs from v2's
+//! `6mo`, which ends with the month before); or `custom` with `date=FROM,TO`. `filters`: `PROP==A|B`,
 //! `PROP!=A`, joined by `;`; `*` is a wildcard; `\|` a literal bar. JSON answers carry Veil's
 //! `meta.privacy` beside `results`; every answer carries an `X-Veil-Privacy` header (`dp` or
 //! `exact`). Errors are `{"error": "…"}` with a 400 naming the parameter.
@@ -86,8 +89,8 @@ fn range(p: &[(String, String)], today: NaiveDate) -> Result<(NaiveDate, NaiveDa
         |d: NaiveDate| months_back(d, 0) + chrono::Months::new(1) - Duration::days(1);
     Ok(match period {
         "day" => (date, date),
-        "7d" => (date - Duration::days(6), date),
-        "30d" => (date - Duration::days(29), date),
+        "7d" => (date - Duration::days(7), date - Duration::days(1)),
+        "30d" => (date - Duration::days(30), date - Duration::days(1)),
         "month" => (first_of(date), last_of_month(date)),
         "6mo" => (months_back(date, 5), last_of_month(date)),
         "12mo" => (months_back(date, 11), last_of_month(date)),
@@ -341,12 +344,21 @@ mod tests {
         let today = NaiveDate::from_ymd_opt(2026, 3, 15).unwrap_or_default();
         let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap_or_default();
         let r = |q: &str| range(&p(q), today).map_err(|e| e.to_string());
-        assert_eq!(r(""), Ok((d("2026-02-14"), d("2026-03-15"))));
+        // Plausible's v1 today (Legacy.QueryBuilder): 7d/30d end the day before `date`.
+        assert_eq!(r(""), Ok((d("2026-02-13"), d("2026-03-14"))));
+        assert_eq!(
+            r("period=30d&date=2026-03-01"),
+            Ok((d("2026-01-30"), d("2026-02-28")))
+        );
         assert_eq!(
             r("period=day&date=2026-01-02"),
             Ok((d("2026-01-02"), d("2026-01-02")))
         );
-        assert_eq!(r("period=7d"), Ok((d("2026-03-09"), d("2026-03-15"))));
+        assert_eq!(r("period=7d"), Ok((d("2026-03-08"), d("2026-03-14"))));
+        assert_eq!(
+            r("period=7d&date=2026-01-03"),
+            Ok((d("2025-12-27"), d("2026-01-02")))
+        );
         assert_eq!(
             r("period=month&date=2024-02-10"),
             Ok((d("2024-02-01"), d("2024-02-29")))

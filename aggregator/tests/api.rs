@@ -17,13 +17,14 @@ use veil_aggregator::{db, Aggregator, AggregatorConfig};
 use veil_schemas::sql::Sql;
 
 /// The example request of Plausible's Stats API v2 reference (curl with a Bearer token, a
-/// `site_id`, `visitors`, `7d`), sent unchanged.
+/// `site_id`, `visitors`, `7d`), sent unchanged. Its events are two days old: `7d` is the
+/// seven whole days before today.
 #[tokio::test]
 async fn the_plausible_docs_example_request_works_unchanged() {
     let ch = veil_schemas::testing::fresh_database("stats_docs").await;
     let now = Utc::now().naive_utc();
     let at: &'static str = Box::leak(
-        (now - chrono::Duration::hours(1))
+        (now - chrono::Duration::hours(48))
             .format("%Y-%m-%d %H:%M:%S")
             .to_string()
             .into_boxed_str(),

@@ -80,14 +80,16 @@ export async function send(veil, events) {
 }
 
 /**
- * The known dataset (this period = the last 7 days, the previous period before it):
- * - 30 visitors 3 hours ago: all see `/`; 20 go on to `/pricing` (a second pageview a minute
+ * The known dataset (this period = the last 7 days, which end yesterday as Plausible's do; the
+ * previous period before it). "A day ago" is 24 hours earlier still, so always in the period:
+ * - 30 visitors a day and 3 hours ago: all see `/`; 20 go on to `/pricing` (a second pageview a minute
  *   later); 10 send `signup` {plan}; referrers Google / Hacker News / none by thirds; Chrome and
  *   Firefox by halves; visitors 20–29 land with utm_source=newsletter, utm_campaign=spring;
  * - 6 visitors each on their own page `/rare-N` (under k: folded into one "(other…)" row);
  * - 5 visitors sending the XSS corpus as paths, referrers, UTM values, props and event names;
  * - 12 visitors 9 days ago on `/` (the previous period, for comparisons);
- * - 12 app installs through Aptabase's /api/v0/events: versions 1.2.0 and 1.3.0 by halves,
+ * - 6 visitors today on `/today` (half-way between UTC midnight and now: the "Today" view);
+ * - 12 app installs a day and 2 hours ago through Aptabase's /api/v0/events: versions 1.2.0 and 1.3.0 by halves,
  *   launch and latency timings, one crash.
  */
 export async function seed(veil) {
@@ -98,23 +100,28 @@ export async function seed(veil) {
     const ua = i % 2 ? UA.firefox : UA.chrome;
     const referrer = i % 3 === 0 ? "https://www.google.com/search" : i % 3 === 1 ? "https://news.ycombinator.com/item" : undefined;
     const utm = i >= 20 ? "?utm_source=newsletter&utm_campaign=spring" : "";
-    const t0 = 3 * HOUR - i * 1000;
+    const t0 = DAY + 3 * HOUR - i * 1000;
     ev.push({ site, name: "pageview", url: `https://${site}/${utm}`, referrer, timestamp: iso(t0), ip, user_agent: ua });
     if (i < 20) ev.push({ site, name: "pageview", url: `https://${site}/pricing`, referrer, timestamp: iso(t0 - MIN), ip, user_agent: ua });
     if (i < 10) ev.push({ site, name: "signup", url: `https://${site}/pricing`, props: { plan: i % 2 ? "pro" : "free" }, timestamp: iso(t0 - 90_000), ip, user_agent: ua });
   }
   for (let i = 0; i < 6; i++) {
-    ev.push({ site, name: "pageview", url: `https://${site}/rare-${i + 1}`, timestamp: iso(2 * HOUR + i * 1000),
+    ev.push({ site, name: "pageview", url: `https://${site}/rare-${i + 1}`, timestamp: iso(DAY + 2 * HOUR + i * 1000),
       ip: `198.51.100.${100 + i}`, user_agent: UA.safari });
   }
   for (let i = 0; i < 5; i++) {
     const ip = `198.51.100.${150 + i}`;
     XSS.forEach((x, j) => {
-      const t = iso(90 * MIN - j * 1000 - i * 10);
+      const t = iso(DAY + 90 * MIN - j * 1000 - i * 10);
       ev.push({ site, name: "pageview", url: `https://${site}/${encodeURIComponent(x)}?utm_campaign=${encodeURIComponent(x)}`,
         referrer: `https://evil.example/${encodeURIComponent(x)}`, timestamp: t, ip, user_agent: UA.chrome });
       ev.push({ site, name: x, url: `https://${site}/x`, props: { x }, timestamp: t, ip, user_agent: UA.chrome });
     });
+  }
+  const todayAgo = Math.floor((Date.now() % DAY) / 2);
+  for (let i = 0; i < 6; i++) {
+    ev.push({ site, name: "pageview", url: `https://${site}/today`, timestamp: iso(todayAgo),
+      ip: `198.51.100.${180 + i}`, user_agent: UA.firefox });
   }
   for (let i = 0; i < 12; i++) {
     ev.push({ site, name: "pageview", url: `https://${site}/`, timestamp: iso(9 * DAY + i * 1000),
@@ -127,7 +134,7 @@ export async function seed(veil) {
       headers: { "Content-Type": "application/json", "App-Key": APP_KEY, "X-Forwarded-For": `203.0.113.${i + 1}`,
         "User-Agent": "MyApp/1.0 CFNetwork/1490 Darwin/23.2.0" },
       body: JSON.stringify([0, 1].map((j) => ({
-        timestamp: iso(2 * HOUR + i * 1000 - j * 30_000), sessionId: String(1_700_000_000_000 + i), eventName: j ? "screen_view" : "app_started",
+        timestamp: iso(DAY + 2 * HOUR + i * 1000 - j * 30_000), sessionId: String(1_700_000_000_000 + i), eventName: j ? "screen_view" : "app_started",
         systemProps: { locale: "en-US", osName: "iOS", osVersion: "17.1", appVersion: i % 2 ? "1.3.0" : "1.2.0", isDebug: false },
         props: j ? { latency_ms: 100 + i * 10, ...(i === 0 ? { crash: 1 } : {}) } : { launch_ms: 500 + i * 50 },
       }))),

@@ -30,18 +30,19 @@ before(async () => {
   const ev = [];
   const ip = (n) => `198.18.${Math.floor(n / 250)}.${(n % 250) + 1}`;
   let n = 0;
+  // A day and 3 hours ago: in the last 7 days, which end yesterday (as Plausible's do).
   for (let i = 0; i < PAGES; i++) {
     for (let j = 0; j < 2; j++, n++) {
       const referrer = ["https://www.google.com/", "https://news.ycombinator.com/", undefined][n % 3];
-      ev.push({ site: SITE, name: "pageview", url: `https://${SITE}${pageName(i)}`, referrer, timestamp: iso(3 * HOUR + n * 1000),
+      ev.push({ site: SITE, name: "pageview", url: `https://${SITE}${pageName(i)}`, referrer, timestamp: iso(DAY + 3 * HOUR + n * 1000),
         ip: ip(n), user_agent: n % 2 ? UA.firefox : UA.chrome });
     }
   }
   // Five visitors with the tracker's engagement beacon, three of them also sending a custom event.
   for (let i = 0; i < 5; i++) {
     const base = { site: SITE, url: `https://${SITE}${pageName(i)}`, ip: ip(i * 2), user_agent: i % 2 ? UA.firefox : UA.chrome };
-    ev.push({ ...base, name: "engagement", engagement_ms: 12_000, scroll_depth: 60, timestamp: iso(3 * HOUR - 60_000 - i * 1000) });
-    if (i < 3) ev.push({ ...base, name: "signup", timestamp: iso(3 * HOUR - 90_000 - i * 1000) });
+    ev.push({ ...base, name: "engagement", engagement_ms: 12_000, scroll_depth: 60, timestamp: iso(DAY + 3 * HOUR - 60_000 - i * 1000) });
+    if (i < 3) ev.push({ ...base, name: "signup", timestamp: iso(DAY + 3 * HOUR - 90_000 - i * 1000) });
   }
   // The previous period: twelve visitors on "/".
   for (let i = 0; i < 12; i++) {

@@ -345,6 +345,23 @@
   }
   function dateRange(st) { return st.period === "custom" ? [st.from, st.to] : st.period; }
   function apiFilters(st) { return st.filters.map((f) => [f.op, f.dim, [f.value]]); }
+  // "Today", "This month" and "This year" are whole periods in the API (Plausible's); like
+  // Plausible's dashboard, the chart draws them up to now: buckets starting later are left out
+  // (not drawn as zeros). A label's start is read in the site's zone, whose UTC offset the
+  // answer's date range carries.
+  function soFar(st, labels, echo) {
+    if (!["day", "month", "year"].includes(st.period)) return labels;
+    const first = echo && Array.isArray(echo.date_range) ? String(echo.date_range[0]) : "";
+    const offset = /(?:[+-]\d{2}:\d{2}|Z)$/.exec(first);
+    if (!offset) return labels;
+    const now = Date.now();
+    return labels.filter((l) => {
+      const s = String(l);
+      const t = Date.parse((s.length === 10 ? s + "T00:00:00" : s.replace(" ", "T")) + offset[0]);
+      return Number.isNaN(t) || t <= now;
+    });
+  }
+
   function baseQuery(st) {
     return { site_id: S.site, date_range: dateRange(st), filters: apiFilters(st) };
   }
@@ -879,7 +896,7 @@
       if (gen !== S.generation || !fig.isConnected) return; // a newer chart took its place
       const rows = data.results || [];
       const byLabel = new Map(rows.map((r) => [String(r.dimensions[0]), r]));
-      const labels = (data.meta && data.meta.time_labels) || rows.map((r) => String(r.dimensions[0]));
+      const labels = soFar(st, (data.meta && data.meta.time_labels) || rows.map((r) => String(r.dimensions[0])), data.query);
       const cur = labels.map((l) => (byLabel.has(l) ? byLabel.get(l).metrics[0] : 0));
       const hasPrev = !!st.compare && rows.some((r) => r.comparison);
       const priv = privacyOf(data);

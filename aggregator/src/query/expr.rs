@@ -4,7 +4,7 @@
 //! zone) goes through [`lit`]. Each returns [`Sql`].
 
 use veil_schemas::sql;
-use veil_schemas::sql::{lit, lit_list, utc, Sql};
+use veil_schemas::sql::{date, lit, lit_list, utc, Sql};
 
 use super::source::Source;
 use super::visits::{site_cond, HAS_VISITOR};
@@ -36,7 +36,14 @@ fn time_expr(b: TimeBucket, ts: &'static str, q: &Query) -> Sql {
     match b {
         TimeBucket::Hour => sql!("formatDateTime({}, '%Y-%m-%d %H:00:00', {})", ts, tz),
         TimeBucket::Day => sql!("toString(toDate({}, {}))", ts, tz),
-        TimeBucket::Week => sql!("toString(toMonday(toDate({}, {})))", ts, tz),
+        // Plausible's week buckets start no earlier than the range: the first is labelled
+        // with the range's first day when that is not a Monday.
+        TimeBucket::Week => sql!(
+            "toString(greatest(toMonday(toDate({}, {})), {}))",
+            ts,
+            tz,
+            date(q.from)
+        ),
         TimeBucket::Month => sql!("toString(toStartOfMonth(toDate({}, {})))", ts, tz),
     }
 }

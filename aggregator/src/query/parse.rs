@@ -6,7 +6,7 @@ use chrono::{Duration, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::dates::{date_range, local_midnight, local_today, snap_to_minute, timezone};
+use super::dates::{date_range, local_today, snap_to_minute, time_bucket_for, timezone};
 use super::source;
 use super::vocab::{
     glob_to_regex, Compare, Dim, DimKind, Filter, Level, Metric, Op, Query, TimeBucket, DIMENSIONS,
@@ -18,7 +18,8 @@ use crate::Error;
 /// Longest property name in `event:props:NAME`.
 const MAX_PROP_NAME: usize = 300;
 
-fn dimension(name: &str, field: &str, range_days: i64) -> Result<Dim, Error> {
+/// `time` resolves to [`time_bucket_for`] the range (`bucket`).
+fn dimension(name: &str, field: &str, bucket: TimeBucket) -> Result<Dim, Error> {
     if let Some(prop) = name.strip_prefix("event:props:") {
         if prop.is_empty() || prop.len() > MAX_PROP_NAME {
             return Err(bad(format!(
@@ -31,13 +32,6 @@ fn dimension(name: &str, field: &str, range_days: i64) -> Result<Dim, Error> {
         });
     }
     if name == "time" {
-        let bucket = if range_days <= 1 {
-            TimeBucket::Hour
-        } else if range_days <= 40 {
-            TimeBucket::Day
-        } else {
-            TimeBucket::Month
-        };
         return Ok(Dim {
             name: name.to_string(),
             kind: DimKind::Time(bucket),
@@ -161,7 +155,7 @@ fn filter(v: &Value, field: &str, depth: usize, budget: &mut Budget) -> Result<F
             let dname = a[1]
                 .as_str()
                 .ok_or_else(|| bad(format!("{field}[1]: the dimension must be a string")))?;
-            let dim = dimension(dname, &format!("{field}[1]"), 2)?;
+            let dim = dimension(dname, &format!("{field}[1]"), TimeBucket::Day)?;
             if matches!(dim.kind, DimKind::Time(_)) {
                 return Err(bad(format!(
                     "{field}[1]: time dimensions cannot be filtered; use date_range"
@@ -329,28 +323,20 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
     // the few events that slid in or out between them (whole minutes still can; see
     // docs/PRIVACY.md).
     let n = snap_to_minute(now.naive_utc());
-    let (from, to) = if realtime {
-        (today, today)
+    let (from, to, start, end) = if realtime {
+        (today, today, n - Duration::minutes(30), n)
     } else if last24h {
-        (local_today(tz, now - Duration::hours(24)), today)
-    } else {
-        date_range(range, today)?
-    };
-    let (start, end) = if realtime {
-        (n - Duration::minutes(30), n)
-    } else if last24h {
-        (n - Duration::hours(24), n)
-    } else {
         (
-            local_midnight(tz, from),
-            local_midnight(tz, to + Duration::days(1)),
+            local_today(tz, now - Duration::hours(24)),
+            today,
+            n - Duration::hours(24),
+            n,
         )
-    };
-    let range_days = if last24h {
-        1
     } else {
-        (to - from).num_days() + 1
+        let r = date_range(range, today, tz)?;
+        (r.from, r.to, r.start, r.end)
     };
+    let bucket = time_bucket_for(start, end);
     let names = raw
         .metrics
         .filter(|m| !m.is_empty())
@@ -375,7 +361,7 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
     }
     let mut dimensions: Vec<Dim> = Vec::new();
     for (i, d) in raw.dimensions.iter().enumerate() {
-        let dim = dimension(d, &format!("`dimensions[{i}]`"), range_days)?;
+        let dim = dimension(d, &format!("`dimensions[{i}]`"), bucket)?;
         if dimensions.iter().any(|x| x.name == dim.name) {
             return Err(bad(format!("`dimensions[{i}]`: {d:?} is listed twice")));
         }
@@ -470,13 +456,17 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
             })?;
         order_by.push((idx, desc));
     }
+    // Plausible's default order: the time dimension ascending, then the first metric
+    // descending; Veil then breaks ties by the other dimensions, ascending, so pages are
+    // stable.
     if order_by.is_empty() {
         if let Some(t) = dimensions
             .iter()
             .position(|d| matches!(d.kind, DimKind::Time(_)))
         {
             order_by.push((t, false));
-        } else if !dimensions.is_empty() {
+        }
+        if !dimensions.is_empty() {
             order_by.push((dimensions.len(), true));
         }
         for i in 0..dimensions.len() {

@@ -49,27 +49,28 @@ fn parses_a_plausible_query() {
     );
     assert_eq!(q.metrics, vec![Metric::Visitors, Metric::Pageviews]);
     assert_eq!(q.dimensions[0].name, "event:page");
-    assert_eq!((q.from, q.to), (d("2026-11-22"), d("2026-11-28")));
+    // Plausible's 7d: the 7 whole days before today (2026-11-28 excluded).
+    assert_eq!((q.from, q.to), (d("2026-11-21"), d("2026-11-27")));
     // Top pages by visitors and pageviews: the per-day rows of visits_daily.
     assert_eq!(source(&q, false), Source::VisitsDaily);
     let s = assemble::sql(&q, &site(), &[], None).to_string();
     assert!(s.contains("GROUP BY d0 ORDER BY m0 DESC, d0 ASC"), "{s}");
     // Goals come from the hourly rollup; whole UTC days from its daily form — only days the
-    // rollup job has checked against raw events (closed, whole build); the others, today
-    // among them, from raw events.
+    // rollup job has checked against raw events (closed, whole build); the others (here the
+    // 27th, not checked yet) from raw events.
     let q = parse_ok(
         r#"{"site_id":"a.com","metrics":["visitors","events"],"date_range":"7d","dimensions":["event:goal"]}"#,
     );
     assert_eq!(source(&q, false), Source::Hourly);
-    let checked: Vec<Build> = (22..28)
+    let checked: Vec<Build> = (21..27)
         .map(|n| Build::whole(d(&format!("2026-11-{n}")), 1))
         .collect();
     let s = assemble::sql(&q, &site(), &checked, None).to_string();
     assert!(s.contains("FROM events_daily"), "{s}");
     assert!(!s.contains("FROM events_hourly"), "{s}");
     assert!(
-        s.contains("timestamp >= toDateTime('2026-11-28 00:00:00', 'UTC') AND timestamp < toDateTime('2026-11-29 00:00:00', 'UTC')"),
-        "today from raw events: {s}"
+        s.contains("timestamp >= toDateTime('2026-11-27 00:00:00', 'UTC') AND timestamp < toDateTime('2026-11-28 00:00:00', 'UTC')"),
+        "the unchecked day from raw events: {s}"
     );
     let unchecked = assemble::sql(&q, &site(), &[], None).to_string();
     assert!(!unchecked.contains("FROM events_daily"), "{unchecked}");
@@ -124,9 +125,9 @@ fn ranges_follow_the_site_time_zone() {
     assert_eq!(q.start.to_string(), "2026-11-27 05:00:00");
     assert_eq!(q.end.to_string(), "2026-11-28 05:00:00");
     let q = parse_ok(r#"{"site_id":"a","metrics":["events"],"date_range":"6mo"}"#);
-    assert_eq!(q.from, d("2026-06-01"));
+    assert_eq!((q.from, q.to), (d("2026-05-01"), d("2026-10-31")));
     let q = parse_ok(r#"{"site_id":"a","metrics":["events"],"date_range":"month"}"#);
-    assert_eq!(q.from, d("2026-11-01"));
+    assert_eq!((q.from, q.to), (d("2026-11-01"), d("2026-11-30")));
     // Half-hour offsets cannot use the hourly rollup.
     s.timezone = "Asia/Kolkata".into();
     let q = parse(
@@ -231,7 +232,8 @@ fn order_by_and_defaults() {
     let q = parse_ok(
         r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["time:day"]}"#,
     );
-    assert_eq!(q.order_by, vec![(0, false)]);
+    // Plausible's default: time ascending, then the first metric descending.
+    assert_eq!(q.order_by, vec![(0, false), (1, true)]);
     assert_eq!(q.time_labels().len(), 7);
     let q = parse_ok(
         r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","dimensions":["time"]}"#,
@@ -244,9 +246,9 @@ fn order_by_and_defaults() {
 fn comparisons_shift_the_range() {
     let q = parse_ok(r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d"}"#);
     let p = q.comparison(Compare::PreviousPeriod, chrono_tz::UTC);
-    assert_eq!((p.from, p.to), (d("2026-11-15"), d("2026-11-21")));
+    assert_eq!((p.from, p.to), (d("2026-11-14"), d("2026-11-20")));
     let y = q.comparison(Compare::YearOverYear, chrono_tz::UTC);
-    assert_eq!((y.from, y.to), (d("2025-11-22"), d("2025-11-28")));
+    assert_eq!((y.from, y.to), (d("2025-11-21"), d("2025-11-27")));
 }
 
 #[test]

@@ -1,0 +1,227 @@
+//! Plausible's Stats API v2 date windows and time rules against a real ClickHouse, on a fixed
+//! clock (tests/common's `now`: 2026-11-28 12:00 UTC) and the known dataset (2026-11-19 and
+//! -20) plus six visitors today: which days each window counts, in UTC and in a zone where
+//! today starts earlier, the resolved `date_range` echoed, `time` and `time:week` buckets and
+//! the default order.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Six visitors on the clock's day, 2026-11-28 10:00 UTC.
+async fn seed_today(ch: &veil_schemas::ClickHouseConfig) {
+    let evs: Vec<Ev> = (0..6)
+        .map(|i| ev(format!("T{i}"), "2026-11-28 10:00:00", "pageview", "/"))
+        .collect();
+    insert(ch, SITE, &evs).await;
+}
+
+fn visitors(range: Value) -> Value {
+    json!({"site_id": SITE, "metrics": ["visitors"], "date_range": range})
+}
+
+fn total(doc: &Value) -> Value {
+    doc["results"][0]["metrics"][0].clone()
+}
+
+/// `Nd` is the N whole days before today, `month` and `year` the whole calendar periods,
+/// `day` today: counted on the data, with the resolved range echoed as Plausible does.
+#[tokio::test]
+async fn each_window_counts_the_days_plausible_counts() {
+    let ch = veil_schemas::testing::fresh_database("dates_windows").await;
+    seed(&ch).await;
+    seed_today(&ch).await;
+    let s = site();
+    // 8d: 11-20 ..= 11-27: the 18 visitors of the 20th; today's 6 are not in it.
+    let d = q(&ch, &s, visitors(json!("8d"))).await;
+    assert_eq!(total(&d), json!(18), "{d}");
+    assert_eq!(
+        d["query"]["date_range"],
+        json!(["2026-11-20T00:00:00+00:00", "2026-11-27T23:59:59+00:00"]),
+        "{d}"
+    );
+    // 9d reaches the 19th (5 more).
+    let d = q(&ch, &s, visitors(json!("9d"))).await;
+    assert_eq!(total(&d), json!(23), "{d}");
+    // day: today only.
+    let d = q(&ch, &s, visitors(json!("day"))).await;
+    assert_eq!(total(&d), json!(6), "{d}");
+    assert_eq!(
+        d["query"]["date_range"],
+        json!(["2026-11-28T00:00:00+00:00", "2026-11-28T23:59:59+00:00"]),
+        "{d}"
+    );
+    // month and year: the whole of November / 2026, today included.
+    let d = q(&ch, &s, visitors(json!("month"))).await;
+    assert_eq!(total(&d), json!(29), "{d}");
+    assert_eq!(
+        d["query"]["date_range"],
+        json!(["2026-11-01T00:00:00+00:00", "2026-11-30T23:59:59+00:00"]),
+        "{d}"
+    );
+    let d = q(&ch, &s, visitors(json!("year"))).await;
+    assert_eq!(total(&d), json!(29), "{d}");
+    assert_eq!(
+        d["query"]["date_range"],
+        json!(["2026-01-01T00:00:00+00:00", "2026-12-31T23:59:59+00:00"]),
+        "{d}"
+    );
+    // 6mo: May ..= October, none of the data.
+    let d = q(&ch, &s, visitors(json!("6mo"))).await;
+    assert_eq!(
+        d["query"]["date_range"],
+        json!(["2026-05-01T00:00:00+00:00", "2026-10-31T23:59:59+00:00"]),
+        "{d}"
+    );
+    // Datetimes as given: the 20th from 11:00 to 14:00 UTC, both ends included: B0–B5 at
+    // 12:00 and 14:00 (A at 10:00 and C at 15:00 are outside).
+    let d = q(
+        &ch,
+        &s,
+        visitors(json!([
+            "2026-11-20T12:00:00+01:00",
+            "2026-11-20T15:00:00+01:00"
+        ])),
+    )
+    .await;
+    assert_eq!(total(&d), json!(6), "{d}");
+    assert_eq!(
+        d["query"]["date_range"],
+        json!(["2026-11-20T11:00:00+00:00", "2026-11-20T14:00:00+00:00"]),
+        "{d}"
+    );
+}
+
+/// In Auckland (UTC+13 in November) the clock's instant is already 2026-11-29: `8d` is
+/// 11-21 ..= 11-28 there, which holds today's UTC visitors (their local evening of the 28th)
+/// and the 20th's afternoon UTC, but not its morning (A0–A9 at 10:00 UTC, 23:00 on the 20th).
+#[tokio::test]
+async fn windows_are_local_days_of_the_sites_zone() {
+    let ch = veil_schemas::testing::fresh_database("dates_zone").await;
+    seed(&ch).await;
+    seed_today(&ch).await;
+    let mut s = site();
+    s.timezone = "Pacific/Auckland".into();
+    // B0–B5 (6), C0–C1 (2), T0–T5 (6).
+    let d = q(&ch, &s, visitors(json!("8d"))).await;
+    assert_eq!(total(&d), json!(14), "{d}");
+    assert_eq!(
+        d["query"]["date_range"],
+        json!(["2026-11-21T00:00:00+13:00", "2026-11-28T23:59:59+13:00"]),
+        "{d}"
+    );
+    // Local today (the 29th) has nobody yet.
+    let d = q(&ch, &s, visitors(json!("day"))).await;
+    assert_eq!(
+        d["query"]["date_range"],
+        json!(["2026-11-29T00:00:00+13:00", "2026-11-29T23:59:59+13:00"]),
+        "{d}"
+    );
+    assert!(total(&d) == json!(0) || total(&d).is_null(), "{d}");
+}
+
+/// `time:week` buckets start no earlier than the range (the first is labelled with the
+/// range's first day), `time` picks Plausible's bucket for the range's length, and the
+/// default order is time ascending, then the first metric descending.
+#[tokio::test]
+async fn time_buckets_and_default_order() {
+    let ch = veil_schemas::testing::fresh_database("dates_time").await;
+    seed(&ch).await;
+    seed_today(&ch).await;
+    let s = site();
+    // 2026-11-18 is a Wednesday: its week's bucket is labelled 2026-11-18, not the 16th.
+    let d = q(
+        &ch,
+        &s,
+        json!({"site_id": SITE, "metrics": ["visitors"], "date_range": ["2026-11-18", "2026-11-27"],
+            "dimensions": ["time:week"], "include": {"time_labels": true}}),
+    )
+    .await;
+    assert_eq!(
+        rows(&d),
+        vec![(vec!["2026-11-18".to_string()], vec![json!(23)])],
+        "{d}"
+    );
+    assert_eq!(
+        d["meta"]["time_labels"],
+        json!(["2026-11-18", "2026-11-23"]),
+        "{d}"
+    );
+    // 45 days (2026-10-15, a Thursday, ..= today): more than 40 days, so `time` is by week.
+    let d = q(
+        &ch,
+        &s,
+        json!({"site_id": SITE, "metrics": ["visitors"], "date_range": ["2026-10-15", "2026-11-28"],
+            "dimensions": ["time"], "include": {"time_labels": true}}),
+    )
+    .await;
+    assert_eq!(
+        rows(&d),
+        vec![
+            (vec!["2026-11-16".to_string()], vec![json!(23)]),
+            (vec!["2026-11-23".to_string()], vec![json!(6)]),
+        ],
+        "{d}"
+    );
+    let labels = d["meta"]["time_labels"].as_array().unwrap();
+    assert_eq!(labels[0], "2026-10-15", "{d}");
+    assert_eq!(labels[1], "2026-10-19", "{d}");
+    assert_eq!(labels.len(), 7, "{d}");
+    // Two days are by hour.
+    let d = q(
+        &ch,
+        &s,
+        json!({"site_id": SITE, "metrics": ["visitors"], "date_range": ["2026-11-19", "2026-11-20"],
+            "dimensions": ["time"], "include": {"time_labels": true}}),
+    )
+    .await;
+    assert_eq!(
+        d["meta"]["time_labels"].as_array().unwrap().len(),
+        48,
+        "{d}"
+    );
+    assert_eq!(
+        rows(&d)[0].0,
+        vec!["2026-11-19 09:00:00".to_string()],
+        "{d}"
+    );
+    // Default order: day ascending, then events descending (pageview's 30 before Signup's 5,
+    // though "Signup" sorts first by name).
+    let d = q(
+        &ch,
+        &s,
+        json!({"site_id": SITE, "metrics": ["events"], "date_range": ["2026-11-19", "2026-11-20"],
+            "dimensions": ["time:day", "event:name"]}),
+    )
+    .await;
+    assert_eq!(
+        rows(&d),
+        vec![
+            (
+                vec!["2026-11-19".to_string(), "pageview".to_string()],
+                vec![json!(5)]
+            ),
+            (
+                vec!["2026-11-20".to_string(), "pageview".to_string()],
+                vec![json!(30)]
+            ),
+            (
+                vec!["2026-11-20".to_string(), "Signup".to_string()],
+                vec![json!(5)]
+            ),
+        ],
+        "{d}"
+    );
+    assert_eq!(
+        d["query"]["order_by"],
+        json!([
+            ["time:day", "asc"],
+            ["events", "desc"],
+            ["event:name", "asc"]
+        ]),
+        "{d}"
+    );
+}
