@@ -29,8 +29,9 @@ use veil_schemas::ClickHouseConfig;
 use crate::db::{cell_u64, exec, fetch, mutation_target};
 use crate::privacy::Bounds;
 use crate::query::visits::{
-    derive_open_visits, derive_visits, event_dim_pairs, visit_dim_pairs, BOUNDED_DIM,
-    BOUNDED_LAYOUT, DAILY_DIMS, EVENT_DAILY_DIMS, OPEN_VISIT_COLS, VISIT_COLS, VISIT_GAP_SECS,
+    derive_open_visits, derive_visits, event_dim_pairs, visit_dim_pairs, BOUNDED_DIM, DAILY_DIMS,
+    EVENT_DAILY_DIMS, FILTERED_DIMS, FILTERED_LAYOUT, FILTER_VISIT_KEYS, OPEN_VISIT_COLS,
+    VISIT_COLS, VISIT_GAP_SECS,
 };
 use crate::query::{DimKind, DIMENSIONS};
 use crate::Error;
@@ -161,6 +162,9 @@ async fn build_visits(
             for stmt in bounded_daily(day, build, cond, slice, &Bounds::default()) {
                 exec(client, &stmt).await?;
             }
+            for stmt in filtered_daily(day, build, slice) {
+                exec(client, &stmt).await?;
+            }
         }
     }
     let cut_sql = cut.map(utc).unwrap_or_else(|| Sql::new("toDateTime(0)"));
@@ -170,7 +174,7 @@ async fn build_visits(
             build,
             events,
             cut_sql,
-            BOUNDED_LAYOUT
+            FILTERED_LAYOUT
         );
     exec(client, &stmt).await?;
     if build > 1 {
@@ -250,6 +254,89 @@ fn bounded_daily(day: NaiveDate, build: u64, cond: &Sql, slice: &Sql, b: &Bounds
         b.hit_rows.max(1)
     ));
     out
+}
+
+/// The filtered rows of a closed day's build, for one slice of visitors: `visits_daily` rows
+/// with `dim` = `filtered_dim(dimension, key, value)` (see
+/// [`crate::query::visits::FILTERED_LAYOUT`]) — for each visit and each filter key it
+/// carries (its [`FILTER_VISIT_KEYS`] values, each distinct page and event name of its hits),
+/// the visit's numbers by the totals and each visit dimension of [`FILTERED_DIMS`]; under a
+/// page or event name key its pageviews and events are only the matching hits. By page, the
+/// hits of the visits under each visit key. Exact numbers only: differential privacy clamps a
+/// filtered question per visitor over its whole range (bounded filtered rows cost about six
+/// times these to build, measured: a next step).
+fn filtered_daily(day: NaiveDate, build: u64, slice: &Sql) -> Vec<Sql> {
+    let visit_keys = Sql::join(
+        FILTER_VISIT_KEYS.iter().map(|c| sql!("('{}', {})", *c, *c)),
+        ", ",
+    );
+    // One row per visit and filter key: its visitor, bounce and seconds, and the hits that
+    // count as its pageviews and events under that key.
+    let hit_count = |kind: &'static str, whole: &'static str| {
+        sql!(
+            "multiIf(fk = 'event:pathname', toUInt64(arrayCount((n, p) -> {0} AND p = fv, \
+             hit_names, hit_paths)), fk = 'event:name', toUInt64(arrayCount(n -> {0} AND n = fv, \
+             hit_names)), toUInt64({1}))",
+            kind,
+            whole
+        )
+    };
+    let per_key = |dims: &[&'static str]| {
+        let kds = Sql::join(
+            std::iter::once(Sql::new("('', '')"))
+                .chain(dims.iter().map(|c| sql!("('{}', {})", *c, *c))),
+            ", ",
+        );
+        sql!(
+            "SELECT site, day, build, visitor_id, bounce, duration, kf.1 AS fk, kf.2 AS fv, \
+             {} AS hpv, {} AS hev, [{}] AS kds FROM visits ARRAY JOIN arrayConcat([{}], \
+             arrayMap(p -> ('event:pathname', p), arrayDistinct(hit_paths)), \
+             arrayMap(n -> ('event:name', n), arrayDistinct(hit_names))) AS kf \
+             WHERE day = {} AND build = {} AND {}",
+            hit_count("n = 'pageview'", "pageviews"),
+            hit_count("n != 'engagement'", "events"),
+            kds,
+            visit_keys.clone(),
+            date(day),
+            build,
+            slice.clone()
+        )
+    };
+    // One row per hit of each visit, with the visit's keys (pages by visit key only).
+    let hits = sql!(
+        "SELECT site, day, build, visitor_id, hn, hp, [{}] AS kfs FROM visits \
+         ARRAY JOIN hit_names AS hn, hit_paths AS hp WHERE day = {} AND build = {} AND {}",
+        visit_keys,
+        date(day),
+        build,
+        slice.clone()
+    );
+    let visit_dims: Vec<&'static str> = FILTERED_DIMS
+        .iter()
+        .copied()
+        .filter(|d| !d.starts_with("event:"))
+        .collect();
+    let cols = "site, day, build, dim, value, visitors, uv, visits, pageviews, events, bounces, \
+                duration";
+    vec![
+        sql!(
+            "INSERT INTO visits_daily ({}) SELECT site, day, build, \
+             concat(kd.1, '|', fk, '=', fv) AS dim, kd.2 AS value, uniqStateIf(visitor_id, 0), \
+             uniqExact(visitor_id), count(), sum(hpv), sum(hev), sum(bounce), sum(duration) \
+             FROM ({}) ARRAY JOIN kds AS kd GROUP BY site, day, build, dim, value",
+            Sql::new(cols),
+            per_key(&visit_dims)
+        ),
+        sql!(
+            "INSERT INTO visits_daily ({}) SELECT site, day, build, \
+             concat('event:pathname|', kf.1, '=', kf.2) AS dim, hp AS value, \
+             uniqStateIf(visitor_id, 0), uniqExact(visitor_id), toUInt64(0), \
+             countIf(hn = 'pageview'), countIf(hn != 'engagement'), toUInt64(0), toUInt64(0) \
+             FROM ({}) ARRAY JOIN kfs AS kf GROUP BY site, day, build, dim, value",
+            Sql::new(cols),
+            hits
+        ),
+    ]
 }
 
 /// Events per slice of visitors a day's visits are built in (a 50M-event month's busiest day,
@@ -457,9 +544,9 @@ pub async fn run_until_sliced(
                 .iter()
                 .any(|r| r[0].as_str() == Some(day_s) && n(&r[1]) == b)
         });
-        // A build of an older layout (before the visits carried their hits, 016, or before
-        // differential privacy's bounded rows) is built again.
-        let current = lookup(&builds, day_s, 3).is_some_and(|l| l >= u64::from(BOUNDED_LAYOUT));
+        // A build of an older layout (before the visits carried their hits, 016, before
+        // differential privacy's bounded rows, or before the filtered rows) is built again.
+        let current = lookup(&builds, day_s, 3).is_some_and(|l| l >= u64::from(FILTERED_LAYOUT));
         if lookup(&builds, day_s, 1) != Some(all) || !has_daily || !current {
             let build = latest.unwrap_or(0) + 1;
             build_visits(ch, day, build, &day_range(day), all, None, slice_events).await?;

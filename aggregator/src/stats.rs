@@ -363,6 +363,14 @@ pub async fn too_few(
         f.clone(),
         Filter::Not(Box::new(f.clone())),
     ]));
+    // A filter the daily rollup's filtered rows answer is counted from `visits_daily`; so is
+    // T then, unfiltered (the same per-day counting, and no visit row read).
+    let mut probe = q.clone();
+    probe.dimensions.clear();
+    probe.metrics = vec![Metric::Visitors];
+    if query::source(&probe, site.child_directed) == Source::VisitsDaily {
+        all.filter = None;
+    }
     let mut total = None;
     for filter in filters {
         let Some(filter) = filter else { continue };

@@ -226,7 +226,7 @@ fn inner_sql(
     let (from, mut conds) = match src {
         Source::Visits => (visit_rows(q, built, &[]), Vec::new()),
         Source::Hourly => (hourly_rows(q, built), Vec::new()),
-        Source::VisitsDaily => (visits_daily_rows(q, built), Vec::new()),
+        Source::VisitsDaily => (visits_daily_rows(q, site, built), Vec::new()),
         Source::Events => {
             let range = sql!(
                 "{0} AND {1} >= {2} AND {1} < {3}",
@@ -258,7 +258,9 @@ fn inner_sql(
     // On `visit_hits` the filter is applied above (one row per visit: as a visit condition),
     // and `x or not x` keeps every row, so its hit columns may be left out.
     let tautology = q.filter.as_ref().is_some_and(|f| f.is_tautology());
-    let applied = src == Source::VisitHits && (shape == Source::Visits || tautology);
+    // `visits_daily` rows are the filter's own (filtered rows, or filtered on the fly).
+    let applied =
+        src == Source::VisitsDaily || (src == Source::VisitHits && (shape == Source::Visits || tautology));
     if let Some(f) = q.filter.as_ref().filter(|_| !applied) {
         conds.push(filter_sql(f, src, q, site));
     }
@@ -417,7 +419,12 @@ pub fn bounded_sql(q: &Query, site: &SiteView, built: &[Build], c: &Clamp) -> Re
     let mut parts = Vec::new();
     let mut plain = q.clone();
     plain.bounded = false;
-    let ranges = if c.daily && source(&plain, site.child_directed) == Source::VisitsDaily {
+    // The bounded rows are unfiltered: a filtered question (which the exact filtered rows
+    // answer) is clamped per visitor over its whole range.
+    let ranges = if c.daily
+        && q.filter.is_none()
+        && source(&plain, site.child_directed) == Source::VisitsDaily
+    {
         let whole = |d| {
             built
                 .iter()

@@ -24,6 +24,10 @@ pub struct Build {
     /// `visits_daily` ([`super::visits::BOUNDED_LAYOUT`]; older builds do not, until the
     /// rollup job builds their day again).
     pub bounded: bool,
+    /// Whether a closed day's build carries the filtered rows in `visits_daily`
+    /// ([`super::visits::FILTERED_LAYOUT`]; older builds do not, until the rollup job builds
+    /// their day again).
+    pub filtered: bool,
 }
 
 /// One recorded snapshot of a site's current day (`today_snaps`).
@@ -45,6 +49,7 @@ impl Build {
             snap: None,
             hits: true,
             bounded: true,
+            filtered: true,
         }
     }
 }

@@ -537,6 +537,11 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
         imports: include.imports == Some(true),
         unrounded: false,
         bounded: false,
+        event_goals: site
+            .goals
+            .iter()
+            .filter_map(|g| Some((g.name.clone(), g.event_name.clone()?)))
+            .collect(),
     };
     if site.child_directed {
         check_child_query(&q)?;

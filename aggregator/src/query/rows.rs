@@ -16,13 +16,14 @@ use veil_schemas::sql;
 use veil_schemas::sql::{date, idents, lit, utc, Sql};
 
 use super::build::Build;
-use super::expr::hit_array;
-use super::source::{daily_dim, utc_aligned, DailyDim};
+use super::expr::{filter_sql, hit_array, visit_hit_count, visit_level, visit_prefilter};
+use super::source::{daily_dim, daily_filter, utc_aligned, DailyDim, DailyFilter, Source};
 use super::visits::{
-    after_cut_cond, derive_visit_cols, hit_field, open_visit_rows, sessionize, site_cond,
-    visit_aggregates, EV_FIELDS, HAS_VISITOR, RECENT, VISIT_MEASURES,
+    after_cut_cond, derive_visit_cols, filtered_dim, hit_field, open_visit_rows, sessionize,
+    site_cond, visit_aggregates, EV_FIELDS, HAS_VISITOR, RECENT, VISIT_MEASURES,
 };
-use super::vocab::{DimKind, Metric, Query, TimeBucket};
+use super::vocab::{DimKind, Filter, Metric, Query, TimeBucket};
+use crate::site::SiteView;
 
 /// An aggregate that sees no row: the cheap way to an empty `uniq` state per group.
 const EMPTY_STATE: &str = "uniqStateIf(toFixedString('', 16), 0)";
@@ -191,14 +192,28 @@ fn visitors_only(q: &Query, which: Option<DailyDim>) -> Option<&'static str> {
 /// ([`open_visit_rows`] and the hits from the cut on); other days
 /// (without a build, or the edges of a range that is not whole UTC days) from visit rows or
 /// raw events aggregated per day on the fly.
-pub(super) fn visits_daily_rows(q: &Query, built: &[Build]) -> Sql {
+///
+/// Under a filter ([`DailyFilter`]) the closed days whose build carries the filtered rows read
+/// those (`dim` from [`filtered_dim`]); every other stretch — today, days built before them or
+/// not at all — is the same per-day rows made from that stretch's filtered visit rows or hits
+/// ([`filtered_part`]).
+pub(super) fn visits_daily_rows(q: &Query, site: &SiteView, built: &[Build]) -> Sql {
     let which = q.dimensions.iter().find_map(daily_dim);
-    let dim = match which {
+    let plain = match which {
         None => String::new(),
         Some(DailyDim::Visit(c)) => c.to_string(),
         Some(DailyDim::Event(c)) => format!("event:{c}"),
     };
-    let (days, rest) = split_days(q.start, q.end, |d| built.iter().any(|b| b.day == d));
+    let filter = q.filter.as_ref().and_then(|_| daily_filter(q));
+    let dim = match &filter {
+        Some(f) => filtered_dim(&plain, f.key, &f.value),
+        None => plain,
+    };
+    let (days, rest) = split_days(q.start, q.end, |d| {
+        built.iter().any(|b| {
+            b.day == d && (filter.is_none() || (b.filtered && b.cut.is_none() && b.snap.is_none()))
+        })
+    });
     // The builds of the whole days read from `visits_daily(_partial)`: closed (`partial`
     // false) or today's, without a snapshot.
     let builds = |partial: bool| {
@@ -355,6 +370,10 @@ pub(super) fn visits_daily_rows(q: &Query, built: &[Build]) -> Sql {
         let mut part = q.clone();
         part.start = a;
         part.end = b;
+        if let (Some(f), Some(cond)) = (&filter, q.filter.as_ref()) {
+            parts.push(filtered_part(&part, site, built, which, f, cond));
+            continue;
+        }
         let cond = sql!(
             "{} AND timestamp >= {} AND timestamp < {}",
             site_cond(&q.site),
@@ -375,6 +394,69 @@ pub(super) fn visits_daily_rows(q: &Query, built: &[Build]) -> Sql {
          sum(ev_n) AS ev_n, sum(bounces_n) AS bounces_n, sum(dur_n) AS dur_n FROM ({}) \
          GROUP BY day, value))",
         Sql::join(parts, " UNION ALL ")
+    )
+}
+
+/// A filtered [`visits_daily_rows`] part for a stretch without filtered rows: the same per-day
+/// rows (`day`, `value`, `b` 0, `uv` 0, `st`, counts) made from the stretch's visit rows
+/// under `q`'s filter `f` — "some hit of the visit" for a page or event name, whose pageviews
+/// and events are then the matching hits (as `visit_hits` counts them) — or, by page, from
+/// the hits of the visits the visit filter keeps.
+fn filtered_part(
+    q: &Query,
+    site: &SiteView,
+    built: &[Build],
+    which: Option<DailyDim>,
+    f: &DailyFilter,
+    filter: &Filter,
+) -> Sql {
+    if let Some(DailyDim::Event(c)) = which {
+        // The hits must carry their time (their UTC day) and event name (what they count).
+        let mut part = q.clone();
+        part.metrics = vec![Metric::Pageviews, Metric::Dau];
+        let pre = visit_prefilter(filter, &part, site);
+        return sql!(
+            "SELECT toDate(timestamp, 'UTC') AS day, {} AS value, toUInt8(0) AS b, \
+             toUInt64(0) AS uv, uniqState(visitor_id) AS st, toUInt64(0) AS visits_n, \
+             countIf(name = 'pageview') AS pv_n, countIf(name != 'engagement') AS ev_n, \
+             toUInt64(0) AS bounces_n, toUInt64(0) AS dur_n FROM {} WHERE {} \
+             GROUP BY day, value",
+            c,
+            joined_rows(&part, built, Some(&pre)),
+            filter_sql(filter, Source::VisitHits, &part, site)
+        );
+    }
+    let value = match which {
+        Some(DailyDim::Visit(c)) => c,
+        _ => "''",
+    };
+    let (rows, cond, pv, ev) = if f.about_hit() {
+        // A goal's condition reads both.
+        let cols = vec!["name", "pathname"];
+        let arrays: Vec<&'static str> = cols.iter().filter_map(|c| hit_array(c)).collect();
+        (
+            visit_rows(q, &hit_builds(built, &cols), &arrays),
+            visit_level(filter, q, site),
+            visit_hit_count("name = 'pageview'", Some(filter), &cols, q, site),
+            visit_hit_count("name != 'engagement'", Some(filter), &cols, q, site),
+        )
+    } else {
+        (
+            visit_rows(q, built, &[]),
+            filter_sql(filter, Source::Visits, q, site),
+            Sql::new("sum(pageviews)"),
+            Sql::new("sum(events)"),
+        )
+    };
+    sql!(
+        "SELECT toDate(start, 'UTC') AS day, {} AS value, toUInt8(0) AS b, toUInt64(0) AS uv, \
+         uniqState(visitor_id) AS st, count() AS visits_n, {} AS pv_n, {} AS ev_n, \
+         sum(bounce) AS bounces_n, sum(duration) AS dur_n FROM {} WHERE {} GROUP BY day, value",
+        value,
+        pv,
+        ev,
+        rows,
+        cond
     )
 }
 

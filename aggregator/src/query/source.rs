@@ -2,8 +2,10 @@
 //!
 //! - [`Source::VisitsDaily`] — per UTC day and dimension value, plain counts (distinct
 //!   visitors, visits, pageviews…): unfiltered reports by at most one visit dimension or page,
-//!   event name or host, or by day/week/month. Visitors over closed days are a sum (hashes
-//!   rotate daily); today and unbuilt days add `uniq` states.
+//!   event name or host, or by day/week/month — and the same under one filter value
+//!   ([`DailyFilter`]: a page, an event name or a visit property) by the dimensions its
+//!   filtered rows are written for. Visitors over closed days are a sum (hashes rotate
+//!   daily); today and unbuilt days add `uniq` states.
 //! - [`Source::Visits`] — one row per visit. Used when every dimension and filter is a visit or
 //!   visitor property (source, campaign, entry page, country, device…) or time.
 //! - [`Source::Hourly`] — the event rollups (materialized views), on days the rollup job has
@@ -28,8 +30,10 @@
 
 use chrono::{NaiveDateTime, Timelike};
 
-use super::visits::{DAILY_DIMS, EVENT_DAILY_DIMS};
-use super::vocab::{Dim, DimKind, Filter, Level, Metric, Query, TimeBucket};
+use super::visits::{
+    DAILY_DIMS, EVENT_DAILY_DIMS, FILTERED_DIMS, FILTER_HIT_KEYS, FILTER_VISIT_KEYS,
+};
+use super::vocab::{Dim, DimKind, Filter, Level, Metric, Op, Query, TimeBucket};
 use crate::Error;
 
 /// The rows a query reads.
@@ -213,12 +217,97 @@ pub(super) fn daily_dim(d: &Dim) -> Option<DailyDim> {
     }
 }
 
+/// A filter the daily rollup's filtered rows answer ([`super::visits::filtered_dim`]): one
+/// case-sensitive `is` with one value, on a visit column of [`FILTER_VISIT_KEYS`] or a hit's
+/// page or event name. `key` is the row's filter key, `value` the stored value it selects
+/// (the source `Direct / None` is stored empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct DailyFilter {
+    /// A visit column, or `event:pathname` / `event:name`.
+    pub key: &'static str,
+    /// The stored value.
+    pub value: String,
+}
+
+impl DailyFilter {
+    /// Whether the key is about a hit (page, event name) rather than the visit.
+    pub fn about_hit(&self) -> bool {
+        self.key.starts_with("event:")
+    }
+}
+
+/// The filter of `q` as a [`DailyFilter`], if it is one.
+pub(super) fn daily_filter(q: &Query) -> Option<DailyFilter> {
+    let mut f = q.filter.as_ref()?;
+    while let Filter::And(v) = f {
+        match v.as_slice() {
+            [one] => f = one,
+            _ => return None,
+        }
+    }
+    let Filter::Cond {
+        op: Op::Is,
+        dim,
+        values,
+        case_sensitive: true,
+    } = f
+    else {
+        return None;
+    };
+    let [v] = values.as_slice() else {
+        return None;
+    };
+    if dim.kind == DimKind::Goal {
+        // A goal completed by a custom event: that event name (one goal of the name).
+        let mut goals = q.event_goals.iter().filter(|(g, _)| g == v);
+        return match (goals.next(), goals.next()) {
+            (Some((_, event)), None) => Some(DailyFilter {
+                key: "event:name",
+                value: event.clone(),
+            }),
+            _ => None,
+        };
+    }
+    let key: &'static str = match dim.kind {
+        DimKind::Visit(c) | DimKind::Visitor(c) => FILTER_VISIT_KEYS.iter().find(|k| **k == c)?,
+        DimKind::Event(c) => FILTER_HIT_KEYS
+            .iter()
+            .find(|k| k.strip_prefix("event:") == Some(c))?,
+        _ => return None,
+    };
+    let value = match (key, v.as_str()) {
+        // The dimension shows visits without a source as `Direct / None`; no source is empty.
+        ("source", "Direct / None") => String::new(),
+        ("source", "") => return None,
+        _ => v.clone(),
+    };
+    Some(DailyFilter { key, value })
+}
+
 fn visits_daily_ok(q: &Query) -> bool {
     let plain: Vec<&Dim> = q
         .dimensions
         .iter()
         .filter(|d| !matches!(d.kind, DimKind::Time(_)))
         .collect();
+    // A filter: one the filtered rows answer, by a dimension they are written for (pages only
+    // under a visit key).
+    let filter_ok = match (&q.filter, daily_filter(q)) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        // Views per visit under a page or event filter are the visits' own pageviews, which
+        // the filtered rows (counting the matching hits) do not keep.
+        (Some(_), Some(f)) if f.about_hit() && q.metrics.contains(&Metric::ViewsPerVisit) => {
+            false
+        }
+        (Some(_), Some(f)) => plain.iter().all(|d| match daily_dim(d) {
+            Some(DailyDim::Visit(c)) => FILTERED_DIMS.contains(&c),
+            Some(DailyDim::Event(c)) => {
+                !f.about_hit() && FILTERED_DIMS.iter().any(|x| x.strip_prefix("event:") == Some(c))
+            }
+            None => false,
+        }),
+    };
     let time_ok = match q.time_bucket() {
         None => true,
         Some(TimeBucket::Hour) => false,
@@ -230,7 +319,7 @@ fn visits_daily_ok(q: &Query) -> bool {
     q.rollups
         && !q.bounded
         && !q.realtime
-        && q.filter.is_none()
+        && filter_ok
         && time_ok
         && plain.len() <= 1
         && plain.iter().all(|d| daily_dim(d).is_some())

@@ -205,6 +205,7 @@ fn filter_values_never_reach_sql_unescaped() {
         snap: None,
         hits: true,
         bounded: true,
+        filtered: true,
     };
     let builds = [Build::whole(d("2026-11-27"), 7), today];
     for built in [&[][..], &builds[..1], &builds[..]] {

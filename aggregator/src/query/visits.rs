@@ -113,6 +113,53 @@ pub const BOUNDED_LAYOUT: u8 = 2;
 /// The `dim` prefix of `visits_daily`'s bounded rows.
 pub const BOUNDED_DIM: &str = "dp:";
 
+/// `visit_builds.layout` of builds whose closed day also carries the **filtered rows** in
+/// `visits_daily` (exact, and bounded for differential privacy): the day's numbers by
+/// dimension under each single filter value ([`filtered_dim`]), so that a dashboard clicked
+/// on a page, a goal or a source reads thousands of prepared rows instead of every visit of
+/// the range. The layout the rollup job writes now.
+pub const FILTERED_LAYOUT: u8 = 3;
+
+/// Visit columns a filtered row is keyed by (`visit:source is Google`, `visit:country is
+/// DE`…): every value of these in a visit makes that visit's filtered rows. Besides them, the
+/// hit keys [`FILTER_HIT_KEYS`].
+pub const FILTER_VISIT_KEYS: &[&str] = &[
+    "entry_page",
+    "exit_page",
+    "source",
+    "referrer",
+    "channel",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "country_code",
+    "region",
+    "city",
+    "browser",
+    "os",
+    "device",
+];
+
+/// Hit keys of filtered rows: "some hit of the visit has this page / this event name" (each
+/// distinct path and name in the visit's hit arrays). Under such a key a visit counts with its
+/// visitor, visits, bounces and duration, and only its matching hits as pageviews and events
+/// — what the `visit_hits` source computes per query.
+pub const FILTER_HIT_KEYS: &[&str] = &["event:pathname", "event:name"];
+
+/// The dimensions filtered rows are written for, besides the totals (`''`): the breakdowns of
+/// the dashboard's first screen (sources, countries, devices) and, under visit keys only,
+/// top pages (`event:pathname`: a page under a page or goal filter is the event rollups'
+/// question). Other breakdowns under a filter read visit rows.
+pub const FILTERED_DIMS: &[&str] = &["source", "country_code", "device", "event:pathname"];
+
+/// A filtered row's `dim`: the dimension (`''`, a visit column or `event:pathname`), then the
+/// filter key and value — `source|event:pathname=/pricing`. Keys and dimensions are names
+/// without `|` or `=`, and the value comes last, so no two (dimension, key, value) share one.
+/// Bounded rows put [`BOUNDED_DIM`] before it.
+pub fn filtered_dim(dim: &str, key: &str, value: &str) -> String {
+    format!("{dim}|{key}={value}")
+}
+
 const VISIT_PARTS: &[&[&str]] = &[
     VISIT_KEY,
     VISIT_MEASURES,

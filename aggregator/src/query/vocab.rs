@@ -381,6 +381,9 @@ pub struct Query {
     /// bounds what one visitor id adds ([`super::assemble::bounded_sql`]), and the daily and
     /// event rollups keep no visitor ids.
     pub bounded: bool,
+    /// The site's goals completed by a custom event, as (goal name, event name): a filter on
+    /// one such goal is a filter on that event name to the daily rollup's filtered rows.
+    pub event_goals: Vec<(String, String)>,
 }
 
 impl Query {
