@@ -30,8 +30,8 @@ use crate::db::{cell_u64, exec, fetch, mutation_target};
 use crate::privacy::Bounds;
 use crate::query::visits::{
     derive_open_visits, derive_visits, event_dim_pairs, visit_dim_pairs, BOUNDED_DIM, DAILY_DIMS,
-    EVENT_DAILY_DIMS, FILTERED_DIMS, FILTERED_LAYOUT, FILTER_VISIT_KEYS, OPEN_VISIT_COLS,
-    VISIT_COLS, VISIT_GAP_SECS,
+    EMPTY_STATE, EVENT_DAILY_DIMS, FILTERED_LAYOUT, FILTER_VISIT_KEYS, OPEN_VISIT_COLS, VISIT_COLS,
+    VISIT_GAP_SECS,
 };
 use crate::query::{DimKind, DIMENSIONS};
 use crate::Error;
@@ -162,7 +162,7 @@ async fn build_visits(
             for stmt in bounded_daily(day, build, cond, slice, &Bounds::default()) {
                 exec(client, &stmt).await?;
             }
-            for stmt in filtered_daily(day, build, slice) {
+            for stmt in filtered_daily(day, build, slice, &Bounds::default()) {
                 exec(client, &stmt).await?;
             }
         }
@@ -260,16 +260,31 @@ fn bounded_daily(day: NaiveDate, build: u64, cond: &Sql, slice: &Sql, b: &Bounds
 /// with `dim` = `filtered_dim(dimension, key, value)` (see
 /// [`crate::query::visits::FILTERED_LAYOUT`]) — for each visit and each filter key it
 /// carries (its [`FILTER_VISIT_KEYS`] values, each distinct page and event name of its hits),
-/// the visit's numbers by the totals and each visit dimension of [`FILTERED_DIMS`]; under a
+/// the visit's numbers by the totals and each visit dimension of
+/// [`FILTERED_DIMS`](crate::query::visits::FILTERED_DIMS); under a
 /// page or event name key its pageviews and events are only the matching hits. By page, the
-/// hits of the visits under each visit key. Exact numbers only: differential privacy clamps a
-/// filtered question per visitor over its whole range (bounded filtered rows cost about six
-/// times these to build, measured: a next step).
-fn filtered_daily(day: NaiveDate, build: u64, slice: &Sql) -> Vec<Sql> {
+/// hits of the visits under each visit key.
+///
+/// Each statement groups per visitor id and filter key first, then writes every row twice:
+/// exact (the sums; distinct visitors are the visitor rows) and, `dim` prefixed with
+/// [`BOUNDED_DIM`], with each visitor id's numbers clamped to `b` in at most `b.rows_of`
+/// rows of the dimension (the lowest `cityHash64(visitor, value)`, [`bounded_daily`]'s rule).
+/// Country and device are visitor facts (one per visitor hash and day: the hash is made of
+/// the IP address and user agent they come from), so the totals, countries and devices share
+/// one grouping; sources and pages keep each visitor's values in order of that hash.
+fn filtered_daily(day: NaiveDate, build: u64, slice: &Sql, b: &Bounds) -> Vec<Sql> {
     let visit_keys = Sql::join(
         FILTER_VISIT_KEYS.iter().map(|c| sql!("('{}', {})", *c, *c)),
         ", ",
     );
+    let rows_of = |c: &str| {
+        let kind = DIMENSIONS
+            .iter()
+            .map(|(_, k)| k)
+            .find(|k| matches!(k, DimKind::Visitor(x) | DimKind::Visit(x) if *x == c))
+            .unwrap_or(&DimKind::Visit("source"));
+        b.rows_of(kind, true).max(1)
+    };
     // One row per visit and filter key: its visitor, bounce and seconds, and the hits that
     // count as its pageviews and events under that key.
     let hit_count = |kind: &'static str, whole: &'static str| {
@@ -281,60 +296,124 @@ fn filtered_daily(day: NaiveDate, build: u64, slice: &Sql) -> Vec<Sql> {
             whole
         )
     };
-    let per_key = |dims: &[&'static str]| {
-        let kds = Sql::join(
-            std::iter::once(Sql::new("('', '')"))
-                .chain(dims.iter().map(|c| sql!("('{}', {})", *c, *c))),
-            ", ",
-        );
-        sql!(
-            "SELECT site, day, build, visitor_id, bounce, duration, kf.1 AS fk, kf.2 AS fv, \
-             {} AS hpv, {} AS hev, [{}] AS kds FROM visits ARRAY JOIN arrayConcat([{}], \
-             arrayMap(p -> ('event:pathname', p), arrayDistinct(hit_paths)), \
-             arrayMap(n -> ('event:name', n), arrayDistinct(hit_names))) AS kf \
-             WHERE day = {} AND build = {} AND {}",
-            hit_count("n = 'pageview'", "pageviews"),
-            hit_count("n != 'engagement'", "events"),
-            kds,
-            visit_keys.clone(),
-            date(day),
-            build,
-            slice.clone()
-        )
-    };
-    // One row per hit of each visit, with the visit's keys (pages by visit key only).
-    let hits = sql!(
-        "SELECT site, day, build, visitor_id, hn, hp, [{}] AS kfs FROM visits \
-         ARRAY JOIN hit_names AS hn, hit_paths AS hp WHERE day = {} AND build = {} AND {}",
-        visit_keys,
+    let per_key = sql!(
+        "SELECT site, day, build, visitor_id, bounce, duration, source, country_code, device, \
+         kf.1 AS fk, kf.2 AS fv, {} AS hpv, {} AS hev FROM visits ARRAY JOIN arrayConcat([{}], \
+         arrayMap(p -> ('event:pathname', p), arrayDistinct(hit_paths)), \
+         arrayMap(n -> ('event:name', n), arrayDistinct(hit_names))) AS kf \
+         WHERE day = {} AND build = {} AND {}",
+        hit_count("n = 'pageview'", "pageviews"),
+        hit_count("n != 'engagement'", "events"),
+        visit_keys.clone(),
         date(day),
         build,
         slice.clone()
     );
-    let visit_dims: Vec<&'static str> = FILTERED_DIMS
-        .iter()
-        .copied()
-        .filter(|d| !d.starts_with("event:"))
-        .collect();
-    let cols = "site, day, build, dim, value, visitors, uv, visits, pageviews, events, bounces, \
-                duration";
+    let cols = Sql::new(
+        "site, day, build, dim, value, visitors, uv, visits, pageviews, events, bounces, duration",
+    );
+    // `r.1` 1 for a bounded row; `r.{i}` a count, clamped to `bound` there.
+    let count = |i: u32, bound: u64| sql!("sum(if(r.1 = 1, least(r.{0}, {1}), r.{0}))", i, bound);
+    let visit_counts = Sql::join(
+        [
+            count(4, b.visits),
+            count(5, b.pageviews),
+            count(6, b.events),
+            count(7, b.visits),
+            count(8, b.visit_seconds),
+        ],
+        ", ",
+    );
+    let head = |counts: Sql| {
+        sql!(
+            "INSERT INTO visits_daily ({}) SELECT site, day, build, \
+             concat(if(r.1 = 1, {}, ''), r.2, '|', fk, '=', fv) AS dim, r.3 AS value, {}, \
+             count(), {}",
+            cols.clone(),
+            veil_schemas::sql::lit(BOUNDED_DIM),
+            Sql::new(EMPTY_STATE),
+            counts
+        )
+    };
+    let totals = |bounded: u8| {
+        sql!(
+            "({0}, '', '', v, pv, ev, bo, du), ({0}, 'country_code', cc, v, pv, ev, bo, du), \
+             ({0}, 'device', dv, v, pv, ev, bo, du)",
+            bounded
+        )
+    };
+    // Per visitor id and key, then each value's row in order of the hash.
+    let ranked = |inner: Sql, value: &'static str, fields: &'static str| {
+        sql!(
+            "SELECT site, day, build, fk, fv, \
+             arraySort(groupArray((cityHash64(visitor_id, {}), {}))) AS es FROM ({}) \
+             GROUP BY site, day, build, visitor_id, fk, fv",
+            value,
+            Sql::new(fields),
+            inner
+        )
+    };
     vec![
         sql!(
-            "INSERT INTO visits_daily ({}) SELECT site, day, build, \
-             concat(kd.1, '|', fk, '=', fv) AS dim, kd.2 AS value, uniqStateIf(visitor_id, 0), \
-             uniqExact(visitor_id), count(), sum(hpv), sum(hev), sum(bounce), sum(duration) \
-             FROM ({}) ARRAY JOIN kds AS kd GROUP BY site, day, build, dim, value",
-            Sql::new(cols),
-            per_key(&visit_dims)
+            "{} FROM (SELECT site, day, build, fk, fv, count() AS v, sum(hpv) AS pv, \
+             sum(hev) AS ev, sum(bounce) AS bo, sum(duration) AS du, any(country_code) AS cc, \
+             any(device) AS dv FROM ({}) GROUP BY site, day, build, visitor_id, fk, fv) \
+             ARRAY JOIN [{}, {}] AS r GROUP BY site, day, build, dim, value",
+            head(visit_counts.clone()),
+            per_key.clone(),
+            totals(0),
+            totals(1)
         ),
         sql!(
-            "INSERT INTO visits_daily ({}) SELECT site, day, build, \
-             concat('event:pathname|', kf.1, '=', kf.2) AS dim, hp AS value, \
-             uniqStateIf(visitor_id, 0), uniqExact(visitor_id), toUInt64(0), \
-             countIf(hn = 'pageview'), countIf(hn != 'engagement'), toUInt64(0), toUInt64(0) \
-             FROM ({}) ARRAY JOIN kfs AS kf GROUP BY site, day, build, dim, value",
-            Sql::new(cols),
-            hits
+            "{} FROM ({}) ARRAY JOIN arrayConcat(\
+             arrayMap(e -> (toUInt8(0), 'source', e.2, e.3, e.4, e.5, e.6, e.7), es), \
+             arrayMap(e -> (toUInt8(1), 'source', e.2, e.3, e.4, e.5, e.6, e.7), \
+             arraySlice(es, 1, {}))) AS r GROUP BY site, day, build, dim, value",
+            head(visit_counts),
+            ranked(
+                sql!(
+                    "SELECT site, day, build, visitor_id, fk, fv, source AS src, count() AS v, \
+                     sum(hpv) AS pv, sum(hev) AS ev, sum(bounce) AS bo, sum(duration) AS du \
+                     FROM ({}) GROUP BY site, day, build, visitor_id, fk, fv, src",
+                    per_key
+                ),
+                "src",
+                "src, v, pv, ev, bo, du"
+            ),
+            rows_of("source")
+        ),
+        sql!(
+            "{} FROM ({}) ARRAY JOIN arrayConcat(\
+             arrayMap(e -> (toUInt8(0), 'event:pathname', e.2, toUInt64(0), e.3, e.4, \
+             toUInt64(0), toUInt64(0)), es), \
+             arrayMap(e -> (toUInt8(1), 'event:pathname', e.2, toUInt64(0), e.3, e.4, \
+             toUInt64(0), toUInt64(0)), arraySlice(es, 1, {}))) AS r \
+             GROUP BY site, day, build, dim, value",
+            head(Sql::join(
+                [
+                    Sql::new("toUInt64(0)"),
+                    count(5, b.pageviews),
+                    count(6, b.events),
+                    Sql::new("toUInt64(0), toUInt64(0)"),
+                ],
+                ", "
+            )),
+            ranked(
+                sql!(
+                    "SELECT site, day, build, visitor_id, kf.1 AS fk, kf.2 AS fv, hp, \
+                     countIf(hn = 'pageview') AS pv, countIf(hn != 'engagement') AS ev FROM (\
+                     SELECT site, day, build, visitor_id, hn, hp, [{}] AS kfs FROM visits \
+                     ARRAY JOIN hit_names AS hn, hit_paths AS hp WHERE day = {} AND build = {} \
+                     AND {}) ARRAY JOIN kfs AS kf GROUP BY site, day, build, visitor_id, fk, fv, hp",
+                    visit_keys,
+                    date(day),
+                    build,
+                    slice.clone()
+                ),
+                "hp",
+                "hp, pv, ev"
+            ),
+            b.hit_rows.max(1)
         ),
     ]
 }
@@ -595,6 +674,22 @@ pub async fn run_until_sliced(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filtered_rows_are_written_for_every_filtered_dimension() {
+        use crate::query::visits::FILTERED_DIMS;
+        let d = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap_or_default();
+        let all: String = filtered_daily(d, 1, &Sql::new("1"), &Bounds::default())
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for dim in FILTERED_DIMS {
+            assert!(all.contains(&format!("'{dim}'")), "{dim}");
+        }
+        for key in FILTER_VISIT_KEYS {
+            assert!(all.contains(&format!("('{key}', {key})")), "{key}");
+        }
+    }
 
     #[test]
     fn visitor_slices_cover_every_hash_once() {

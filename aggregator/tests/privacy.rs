@@ -441,8 +441,9 @@ async fn a_visit_across_midnight_is_not_mistaken_for_a_small_excluded_group() {
         .unwrap();
     let s = site();
     let range = json!(["2026-11-20", "2026-11-21"]);
-    // Unfiltered, the daily rollup counts X on both days (12); a filter selecting everyone is
-    // counted over visits (11). The guard compares like with like: nobody is left out.
+    // Unfiltered, the daily rollup counts X on both days (12); so do its filtered rows (one
+    // filter value), while a filter they do not answer (two values) is counted over visits
+    // (11). The guard compares like with like: nobody is left out.
     let all = q(
         &ch,
         &s,
@@ -453,5 +454,10 @@ async fn a_visit_across_midnight_is_not_mistaken_for_a_small_excluded_group() {
     assert_eq!(all["results"][0]["metrics"], json!([12]), "{all}");
     let us = q(&ch, &s, json!({"site_id": SITE, "metrics": ["visitors"], "date_range": range, "filters": [["is", "visit:country", ["US"]]]})).await;
     assert_eq!(us["meta"]["too_few_visitors"], false, "{us}");
-    assert_eq!(us["results"][0]["metrics"], json!([11]), "{us}");
+    assert_eq!(us["meta"]["source"], "visits_daily", "{us}");
+    assert_eq!(us["results"][0]["metrics"], json!([12]), "{us}");
+    let two = q(&ch, &s, json!({"site_id": SITE, "metrics": ["visitors"], "date_range": range, "filters": [["is", "visit:country", ["US", "DE"]]]})).await;
+    assert_eq!(two["meta"]["too_few_visitors"], false, "{two}");
+    assert_eq!(two["meta"]["source"], "visits", "{two}");
+    assert_eq!(two["results"][0]["metrics"], json!([11]), "{two}");
 }

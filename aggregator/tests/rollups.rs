@@ -197,7 +197,15 @@ async fn visit_hits_match_raw(ch: &ClickHouseConfig) {
 /// answer equals the raw events' (exact mode).
 async fn filtered_rows_match_raw(ch: &ClickHouseConfig) {
     let s = site();
-    let all = ["visitors", "visits", "pageviews", "events", "bounce_rate", "visit_duration", "sessions_per_user"];
+    let all = [
+        "visitors",
+        "visits",
+        "pageviews",
+        "events",
+        "bounce_rate",
+        "visit_duration",
+        "sessions_per_user",
+    ];
     let questions = [
         json!({"metrics": all, "filters": [["is", "event:page", ["/pricing"]]]}),
         json!({"metrics": all, "filters": [["is", "event:name", ["Signup"]]]}),
@@ -557,10 +565,22 @@ async fn open_visits_carry_on_after_the_cut() {
     // that started before it. One page filter value reads `visits_daily`, whose today is
     // those visit rows filtered on the fly.
     for (body, want) in [
-        (json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"], "filters": [["is", "event:page", ["/b"]]]}), "visits_daily"),
-        (json!({"metrics": ["visitors", "pageviews", "visits"], "dimensions": ["event:page"], "filters": [["is", "visit:entry_page", ["/a", "/s1", "/q"]]], "order_by": [["event:page", "asc"]]}), "visit_hits"),
-        (json!({"metrics": ["visits", "bounce_rate"], "dimensions": ["visit:source"], "filters": [["contains", "event:page", ["2"]]], "order_by": [["visit:source", "asc"]]}), "visit_hits"),
-        (json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "filters": [["is", "visit:entry_page", ["/a"]]], "order_by": [["event:page", "asc"]]}), "visits_daily"),
+        (
+            json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"], "filters": [["is", "event:page", ["/b"]]]}),
+            "visits_daily",
+        ),
+        (
+            json!({"metrics": ["visitors", "pageviews", "visits"], "dimensions": ["event:page"], "filters": [["is", "visit:entry_page", ["/a", "/s1", "/q"]]], "order_by": [["event:page", "asc"]]}),
+            "visit_hits",
+        ),
+        (
+            json!({"metrics": ["visits", "bounce_rate"], "dimensions": ["visit:source"], "filters": [["contains", "event:page", ["2"]]], "order_by": [["visit:source", "asc"]]}),
+            "visit_hits",
+        ),
+        (
+            json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "filters": [["is", "visit:entry_page", ["/a"]]], "order_by": [["event:page", "asc"]]}),
+            "visits_daily",
+        ),
     ] {
         let d = both(body).await;
         assert_eq!(d["meta"]["source"], want, "{d}");

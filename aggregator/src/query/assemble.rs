@@ -259,8 +259,8 @@ fn inner_sql(
     // and `x or not x` keeps every row, so its hit columns may be left out.
     let tautology = q.filter.as_ref().is_some_and(|f| f.is_tautology());
     // `visits_daily` rows are the filter's own (filtered rows, or filtered on the fly).
-    let applied =
-        src == Source::VisitsDaily || (src == Source::VisitHits && (shape == Source::Visits || tautology));
+    let applied = src == Source::VisitsDaily
+        || (src == Source::VisitHits && (shape == Source::Visits || tautology));
     if let Some(f) = q.filter.as_ref().filter(|_| !applied) {
         conds.push(filter_sql(f, src, q, site));
     }

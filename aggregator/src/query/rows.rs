@@ -20,13 +20,10 @@ use super::expr::{filter_sql, hit_array, visit_hit_count, visit_level, visit_pre
 use super::source::{daily_dim, daily_filter, utc_aligned, DailyDim, DailyFilter, Source};
 use super::visits::{
     after_cut_cond, derive_visit_cols, filtered_dim, hit_field, open_visit_rows, sessionize,
-    site_cond, visit_aggregates, EV_FIELDS, HAS_VISITOR, RECENT, VISIT_MEASURES,
+    site_cond, visit_aggregates, EMPTY_STATE, EV_FIELDS, HAS_VISITOR, RECENT, VISIT_MEASURES,
 };
 use super::vocab::{DimKind, Filter, Metric, Query, TimeBucket};
 use crate::site::SiteView;
-
-/// An aggregate that sees no row: the cheap way to an empty `uniq` state per group.
-const EMPTY_STATE: &str = "uniqStateIf(toFixedString('', 16), 0)";
 
 /// Visitor facts: derived from the IP address or the user agent, which the visitor hash is
 /// made of, so every hit of a visitor hash has the same value.

@@ -297,13 +297,14 @@ fn visits_daily_ok(q: &Query) -> bool {
         (Some(_), None) => false,
         // Views per visit under a page or event filter are the visits' own pageviews, which
         // the filtered rows (counting the matching hits) do not keep.
-        (Some(_), Some(f)) if f.about_hit() && q.metrics.contains(&Metric::ViewsPerVisit) => {
-            false
-        }
+        (Some(_), Some(f)) if f.about_hit() && q.metrics.contains(&Metric::ViewsPerVisit) => false,
         (Some(_), Some(f)) => plain.iter().all(|d| match daily_dim(d) {
             Some(DailyDim::Visit(c)) => FILTERED_DIMS.contains(&c),
             Some(DailyDim::Event(c)) => {
-                !f.about_hit() && FILTERED_DIMS.iter().any(|x| x.strip_prefix("event:") == Some(c))
+                !f.about_hit()
+                    && FILTERED_DIMS
+                        .iter()
+                        .any(|x| x.strip_prefix("event:") == Some(c))
             }
             None => false,
         }),

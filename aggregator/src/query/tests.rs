@@ -150,9 +150,70 @@ fn sources_follow_what_the_query_needs() {
     );
     assert_eq!(
         src(
-            r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["visit:country"],"filters":[["is","visit:device",["Mobile"]]]}"#
+            r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["visit:city"],"filters":[["is","visit:device",["Mobile"]]]}"#
         ),
         Source::Visits
+    );
+    // One filter value by a breakdown the filtered rows are written for: visits_daily; two
+    // values, `contains`, a page goal, or views per visit under a page: not.
+    let daily = |b: &str| {
+        src(&format!(
+            r#"{{"site_id":"a","metrics":["visitors","visits"],"date_range":"7d",{b}}}"#
+        ))
+    };
+    assert_eq!(
+        daily(r#""dimensions":["visit:country"],"filters":[["is","visit:device",["Mobile"]]]"#),
+        Source::VisitsDaily
+    );
+    assert_eq!(
+        daily(r#""dimensions":["visit:source"],"filters":[["is","event:goal",["Signup"]]]"#),
+        Source::VisitsDaily
+    );
+    assert_eq!(
+        daily(r#""dimensions":["visit:source"],"filters":[["is","event:page",["/a"]]]"#),
+        Source::VisitsDaily
+    );
+    assert_eq!(
+        daily(r#""dimensions":["time:day"],"filters":[["is","visit:source",["Direct / None"]]]"#),
+        Source::VisitsDaily
+    );
+    assert_eq!(
+        daily(r#""dimensions":["visit:source"],"filters":[["is","event:goal",["Blog"]]]"#),
+        Source::VisitHits
+    );
+    assert_eq!(
+        daily(r#""dimensions":["visit:source"],"filters":[["is","event:page",["/a","/b"]]]"#),
+        Source::VisitHits
+    );
+    assert_eq!(
+        daily(r#""dimensions":["visit:source"],"filters":[["contains","event:page",["/a"]]]"#),
+        Source::VisitHits
+    );
+    assert_eq!(
+        daily(
+            r#""dimensions":["visit:source"],"filters":[["is","event:page",["/a"],{"case_sensitive":false}]]"#
+        ),
+        Source::VisitHits
+    );
+    assert_eq!(
+        daily(
+            r#""dimensions":["visit:source"],"filters":[["is","event:page",["/a"]],["is","visit:device",["Mobile"]]]"#
+        ),
+        Source::VisitHits
+    );
+    assert_eq!(
+        daily(r#""dimensions":["visit:city"],"filters":[["is","event:page",["/a"]]]"#),
+        Source::VisitHits
+    );
+    assert_eq!(
+        daily(r#""dimensions":["visit:source"],"filters":[["is","visit:source",[""]]]"#),
+        Source::Visits
+    );
+    assert_eq!(
+        src(
+            r#"{"site_id":"a","metrics":["visits","views_per_visit"],"date_range":"7d","filters":[["is","event:page",["/a"]]]}"#
+        ),
+        Source::VisitHits
     );
     assert_eq!(
         src(
@@ -162,7 +223,7 @@ fn sources_follow_what_the_query_needs() {
     );
     assert_eq!(
         src(
-            r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["visit:source"],"filters":[["is","event:goal",["Signup"]]]}"#
+            r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["visit:source"],"filters":[["is","event:goal",["Blog"]]]}"#
         ),
         Source::VisitHits
     );

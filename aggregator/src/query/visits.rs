@@ -26,6 +26,9 @@ pub const VISIT_GAP_SECS: i64 = 1800;
 /// whole.
 pub const RECENT: &str = "events_recent";
 
+/// An aggregate that sees no row: the cheap way to an empty `uniq` state per group.
+pub const EMPTY_STATE: &str = "uniqStateIf(toFixedString('', 16), 0)";
+
 /// Child-directed sites store no visitor hash (all zero bytes); they have no visits.
 pub(crate) const HAS_VISITOR: &str = "visitor_id != unhex('00000000000000000000000000000000')";
 
