@@ -232,6 +232,55 @@ async fn checks(ch: &ClickHouseConfig, when: &str) {
         "{when}: {bounded:?}"
     );
 
+    // One filter value (what the filtered rows answer on built days): a source, the heavy
+    // visitor's two Google visits of 40 pageviews each.
+    let q = query(
+        json!({"metrics": ["visitors", "visits", "pageviews"], "filters": [["is", "visit:source", ["google.com"]]]}),
+    );
+    let (bounded, plain) = both(ch, &q).await;
+    assert_eq!(plain[0].1, vec![1.0, 2.0, 80.0], "{when}: {plain:?}");
+    assert_eq!(
+        bounded[0].1,
+        vec![1.0, b.visits.min(2) as f64, b.pageviews as f64],
+        "{when}: {bounded:?}"
+    );
+    // A page seen once in each of the heavy visitor's five visits.
+    let q = query(
+        json!({"metrics": ["visitors", "visits", "pageviews"], "filters": [["is", "event:page", ["/heavy/0"]]]}),
+    );
+    let (bounded, plain) = both(ch, &q).await;
+    assert_eq!(plain[0].1, vec![1.0, 5.0, 5.0], "{when}: {plain:?}");
+    assert_eq!(
+        bounded[0].1,
+        vec![1.0, b.visits as f64, b.pageviews.min(5) as f64],
+        "{when}: {bounded:?}"
+    );
+    // Pages of the Google visits: 40 pages of 2 pageviews, at most `hit_rows` counted.
+    let q = query(
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "filters": [["is", "visit:source", ["google.com"]]]}),
+    );
+    let (bounded, plain) = both(ch, &q).await;
+    assert_eq!(
+        (column(&plain, 0), column(&plain, 1)),
+        (40.0, 80.0),
+        "{when}: {plain:?}"
+    );
+    assert_eq!(
+        (column(&bounded, 0), column(&bounded, 1)),
+        (b.hit_rows as f64, 2.0 * b.hit_rows as f64),
+        "{when}: {bounded:?}"
+    );
+    // Sources of the visits that saw /a: the ordinary visitors, untouched.
+    let q = query(
+        json!({"metrics": ["visitors", "visits", "pageviews"], "dimensions": ["visit:source"], "filters": [["is", "event:page", ["/a"]]]}),
+    );
+    let (bounded, _) = both(ch, &q).await;
+    assert_eq!(
+        row(&bounded, "Direct / None"),
+        Some(&vec![ordinary, ordinary, ordinary]),
+        "{when}: {bounded:?}"
+    );
+
     // By hour: five hours active, at most `hour_rows` counted.
     let q = query(json!({"metrics": ["visitors", "pageviews"], "dimensions": ["time:hour"]}));
     let (bounded, plain) = both(ch, &q).await;
@@ -270,6 +319,10 @@ async fn one_visitor_days_contribution_is_clamped_on_every_source() {
         json!({"metrics": ["visitors", "visits", "pageviews"]}),
         json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"]}),
         json!({"metrics": ["visitors", "visits", "bounce_rate", "visit_duration"], "dimensions": ["visit:source"]}),
+        json!({"metrics": ["visitors", "visits", "pageviews"], "filters": [["is", "visit:source", ["google.com"]]]}),
+        json!({"metrics": ["visitors", "visits", "pageviews"], "filters": [["is", "event:page", ["/heavy/0"]]]}),
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "filters": [["is", "visit:source", ["google.com"]]]}),
+        json!({"metrics": ["visitors", "visits"], "dimensions": ["visit:source"], "filters": [["is", "event:page", ["/a"]]]}),
     ] {
         let mut q = query(body);
         q.unrounded = true;

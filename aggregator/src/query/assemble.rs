@@ -19,8 +19,8 @@ use super::rows::{
     visits_daily_rows,
 };
 use super::source::utc_aligned;
-use super::source::{daily_dim, source, DailyDim, Source};
-use super::visits::{site_cond, BOUNDED_DIM};
+use super::source::{daily_dim, daily_filter, source, DailyDim, Source};
+use super::visits::{filtered_dim, site_cond, BOUNDED_DIM};
 use super::vocab::{DimKind, Metric, Query};
 use crate::site::SiteView;
 
@@ -419,16 +419,17 @@ pub fn bounded_sql(q: &Query, site: &SiteView, built: &[Build], c: &Clamp) -> Re
     let mut parts = Vec::new();
     let mut plain = q.clone();
     plain.bounded = false;
-    // The bounded rows are unfiltered: a filtered question (which the exact filtered rows
-    // answer) is clamped per visitor over its whole range.
-    let ranges = if c.daily
-        && q.filter.is_none()
-        && source(&plain, site.child_directed) == Source::VisitsDaily
-    {
+    let ranges = if c.daily && source(&plain, site.child_directed) == Source::VisitsDaily {
+        // A filtered question needs the filtered rows' bounded half.
+        let filtered = q.filter.is_some();
         let whole = |d| {
-            built
-                .iter()
-                .any(|b| b.day == d && b.cut.is_none() && b.snap.is_none() && b.bounded)
+            built.iter().any(|b| {
+                b.day == d
+                    && b.cut.is_none()
+                    && b.snap.is_none()
+                    && b.bounded
+                    && (b.filtered || !filtered)
+            })
         };
         let (days, rest) = split_days(q.start, q.end, whole);
         if !days.is_empty() {
@@ -523,6 +524,10 @@ fn daily_part(
         None => String::new(),
         Some(DailyDim::Visit(c)) => c.to_string(),
         Some(DailyDim::Event(c)) => format!("event:{c}"),
+    };
+    let dim = match q.filter.as_ref().and_then(|_| daily_filter(q)) {
+        Some(f) => filtered_dim(&dim, f.key, &f.value),
+        None => dim,
     };
     let mut select: Vec<Sql> = q
         .dimensions
