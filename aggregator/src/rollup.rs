@@ -688,6 +688,7 @@ mod tests {
         }
         for key in FILTER_VISIT_KEYS {
             assert!(all.contains(&format!("('{key}', {key})")), "{key}");
+            assert!(DAILY_DIMS.contains(key), "{key} is a visit column");
         }
     }
 
