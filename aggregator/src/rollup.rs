@@ -259,10 +259,10 @@ fn bounded_daily(day: NaiveDate, build: u64, cond: &Sql, slice: &Sql, b: &Bounds
 /// The filtered rows of a closed day's build, for one slice of visitors: `visits_daily` rows
 /// with `dim` = `filtered_dim(dimension, key, value)` (see
 /// [`crate::query::visits::FILTERED_LAYOUT`]) — for each visit and each filter key it
-/// carries (its [`FILTER_VISIT_KEYS`] values, each distinct page and event name of its hits),
+/// carries (its [`FILTER_VISIT_KEYS`] values, each distinct page, event name and host of its hits),
 /// the visit's numbers by the totals and each visit dimension of
 /// [`FILTERED_DIMS`](crate::query::visits::FILTERED_DIMS); under a
-/// page or event name key its pageviews and events are only the matching hits. By page, the
+/// page, event name or host key its pageviews and events are only the matching hits. By page, the
 /// hits of the visits under each visit key.
 ///
 /// Each statement groups per visitor id and filter key first, then writes every row twice:
@@ -291,7 +291,8 @@ fn filtered_daily(day: NaiveDate, build: u64, slice: &Sql, b: &Bounds) -> Vec<Sq
         sql!(
             "multiIf(fk = 'event:pathname', toUInt64(arrayCount((n, p) -> {0} AND p = fv, \
              hit_names, hit_paths)), fk = 'event:name', toUInt64(arrayCount(n -> {0} AND n = fv, \
-             hit_names)), toUInt64({1}))",
+             hit_names)), fk = 'event:hostname', toUInt64(arrayCount((n, h) -> {0} AND h = fv, \
+             hit_names, hit_hosts)), toUInt64({1}))",
             kind,
             whole
         )
@@ -300,7 +301,8 @@ fn filtered_daily(day: NaiveDate, build: u64, slice: &Sql, b: &Bounds) -> Vec<Sq
         "SELECT site, day, build, visitor_id, bounce, duration, source, country_code, device, \
          kf.1 AS fk, kf.2 AS fv, {} AS hpv, {} AS hev FROM visits ARRAY JOIN arrayConcat([{}], \
          arrayMap(p -> ('event:pathname', p), arrayDistinct(hit_paths)), \
-         arrayMap(n -> ('event:name', n), arrayDistinct(hit_names))) AS kf \
+         arrayMap(n -> ('event:name', n), arrayDistinct(hit_names)), \
+         arrayMap(h -> ('event:hostname', h), arrayDistinct(hit_hosts))) AS kf \
          WHERE day = {} AND build = {} AND {}",
         hit_count("n = 'pageview'", "pageviews"),
         hit_count("n != 'engagement'", "events"),

@@ -210,6 +210,8 @@ async fn filtered_rows_match_raw(ch: &ClickHouseConfig) {
         json!({"metrics": all, "filters": [["is", "event:page", ["/pricing"]]]}),
         json!({"metrics": all, "filters": [["is", "event:name", ["Signup"]]]}),
         json!({"metrics": all, "filters": [["is", "event:goal", ["Signup"]]]}),
+        json!({"metrics": all, "filters": [["is", "event:hostname", ["shop.example"]]]}),
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["visit:device"], "filters": [["is", "event:hostname", ["shop.example"]]]}),
         json!({"metrics": all, "filters": [["is", "visit:source", ["Google"]]]}),
         json!({"metrics": ["visits", "views_per_visit"], "filters": [["is", "visit:channel", ["Organic Search"]]]}),
         json!({"metrics": all, "filters": [["is", "visit:source", ["Direct / None"]]]}),

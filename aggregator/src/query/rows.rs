@@ -428,8 +428,11 @@ fn filtered_part(
         _ => "''",
     };
     let (rows, cond, pv, ev) = if f.about_hit() {
-        // A goal's condition reads both.
-        let cols = vec!["name", "pathname"];
+        // A goal's condition reads the name and path.
+        let mut cols = vec!["name", "pathname"];
+        if f.key == "event:hostname" {
+            cols.push("hostname");
+        }
         let arrays: Vec<&'static str> = cols.iter().filter_map(|c| hit_array(c)).collect();
         (
             visit_rows(q, &hit_builds(built, &cols), &arrays),

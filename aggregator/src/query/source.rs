@@ -230,7 +230,7 @@ pub(super) struct DailyFilter {
 }
 
 impl DailyFilter {
-    /// Whether the key is about a hit (page, event name) rather than the visit.
+    /// Whether the key is about a hit (page, event name, host) rather than the visit.
     pub fn about_hit(&self) -> bool {
         self.key.starts_with("event:")
     }

@@ -166,6 +166,10 @@ fn sources_follow_what_the_query_needs() {
         Source::VisitsDaily
     );
     assert_eq!(
+        daily(r#""dimensions":["visit:device"],"filters":[["is","event:hostname",["a.com"]]]"#),
+        Source::VisitsDaily
+    );
+    assert_eq!(
         daily(r#""dimensions":["visit:source"],"filters":[["is","event:goal",["Signup"]]]"#),
         Source::VisitsDaily
     );

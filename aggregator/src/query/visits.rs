@@ -143,11 +143,11 @@ pub const FILTER_VISIT_KEYS: &[&str] = &[
     "device",
 ];
 
-/// Hit keys of filtered rows: "some hit of the visit has this page / this event name" (each
-/// distinct path and name in the visit's hit arrays). Under such a key a visit counts with its
+/// Hit keys of filtered rows: "some hit of the visit has this page / this event name / this
+/// host" (each distinct path, name and host in the visit's hit arrays). Under such a key a visit counts with its
 /// visitor, visits, bounces and duration, and only its matching hits as pageviews and events
 /// — what the `visit_hits` source computes per query.
-pub const FILTER_HIT_KEYS: &[&str] = &["event:pathname", "event:name"];
+pub const FILTER_HIT_KEYS: &[&str] = &["event:pathname", "event:name", "event:hostname"];
 
 /// The dimensions filtered rows are written for, besides the totals (`''`): the breakdowns of
 /// the dashboard's first screen (sources, countries, devices) and, under visit keys only,
