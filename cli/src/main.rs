@@ -8,6 +8,7 @@ mod app;
 mod cluster;
 mod config;
 mod gen;
+mod geoip;
 
 use std::sync::Arc;
 
@@ -54,6 +55,9 @@ fn real_main(cli: Cli) -> Result<()> {
     }
     if let Command::Cluster(args) = &cli.command {
         return cluster::run(&settings, args);
+    }
+    if let Command::Geoip(cmd) = &cli.command {
+        return geoip::run(&settings, cmd);
     }
     // The managed ClickHouse is started from the main thread, which lives as long as the
     // process: its parent-death signal then fires only when veil itself ends.
@@ -131,7 +135,7 @@ async fn bind(settings: &Settings) -> Result<TcpListener> {
 
 async fn run(command: Command, s: Settings) -> Result<()> {
     match command {
-        Command::CheckConfig | Command::Cluster(_) => Ok(()),
+        Command::CheckConfig | Command::Cluster(_) | Command::Geoip(_) => Ok(()),
         Command::Purge => {
             let report = purge(
                 &s.clickhouse,

@@ -3,6 +3,8 @@
 //! dashboard page and file to the aggregator, with the browser's Host passed on (the
 //! aggregator's Host allow-list checks it). The `location` blocks are matched as nginx does
 //! (an exact `=` match first, else the longest prefix; the example has no regex locations).
+//! Its production ClickHouse profile (the first ```sql block) leaves room for the settings
+//! Veil sends per query, and the page names the settings and the ClickHouse 26 fixture.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -127,5 +129,69 @@ fn the_nginx_example_routes_each_path_to_its_server() {
             "{}",
             a.path
         );
+    }
+}
+
+/// The first ```sql block of docs/DEPLOY.md (the settings profile and user of section 2).
+fn sql_example() -> &'static str {
+    let doc = include_str!("../../docs/DEPLOY.md");
+    doc.split("```sql\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sql example in docs/DEPLOY.md")
+}
+
+/// `name = N` in `text`, as a number.
+fn setting(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let rest = l
+                .trim()
+                .strip_prefix(name)?
+                .trim_start()
+                .strip_prefix('=')?;
+            rest.trim()
+                .trim_end_matches(',')
+                .split([',', ' ', ';'])
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no `{name} = N` in\n{text}"))
+}
+
+#[test]
+fn the_production_profile_leaves_room_for_what_veil_sets_per_query() {
+    let sql = sql_example();
+    // The profile's memory limit must be above the default per-query budget, or every report
+    // query would hit the profile's limit (a 502) before its own (a 400 naming the report).
+    let budget = veil_aggregator::db::QueryBudget::default().memory_bytes;
+    assert!(
+        setting(sql, "max_memory_usage") > budget,
+        "profile max_memory_usage must exceed {budget}"
+    );
+    // Veil writes and changes settings per query: the user may not be read-only.
+    assert_eq!(setting(sql, "readonly"), 0);
+    // Background jobs run without a per-query limit: the profile must not impose one.
+    assert_eq!(setting(sql, "max_execution_time"), 0);
+    assert!(sql.contains("SETTINGS PROFILE 'veil'"), "{sql}");
+    // The table of per-query settings states the values the code sends.
+    let doc = include_str!("../../docs/DEPLOY.md");
+    let row = format!(
+        "| `max_execution_time` | {} (`veil_aggregator::db::MAX_EXECUTION_SECS`)",
+        veil_aggregator::db::MAX_EXECUTION_SECS
+    );
+    assert!(doc.contains(&row), "missing: {row}");
+    for name in [
+        "max_bytes_before_external_group_by",
+        "max_bytes_before_external_sort",
+        "output_format_json_quote_64bit_integers",
+        "insert_distributed_sync",
+        "distributed_foreground_insert",
+        "VEIL_TEST_CLICKHOUSE=chdb26",
+        "make test-ch26",
+        "testing/chdb/serve.py",
+    ] {
+        assert!(doc.contains(name), "docs/DEPLOY.md does not name {name}");
     }
 }

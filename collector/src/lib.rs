@@ -199,6 +199,9 @@ impl Collector {
         config.validate()?;
         let metrics = Metrics::new(&registry)
             .map_err(|e| Error::Config(format!("registering metrics: {e}")))?;
+        pipeline::geo::AgeMetrics::new(pipeline.geo())
+            .and_then(|m| registry.register(Box::new(m)))
+            .map_err(|e| Error::Config(format!("registering GeoIP metrics: {e}")))?;
         let queue = BatchQueue::start(
             &config.batch,
             &config.spool.dir,

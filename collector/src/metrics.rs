@@ -1,6 +1,8 @@
 //! Prometheus metrics of the collector, registered on a registry passed in (never the global one).
 //!
-//! Names carry their unit; labels are low-cardinality (`endpoint`, `reason`, `route`, `status`).
+//! Names carry their unit; labels are low-cardinality (`endpoint`, `reason`, `route`, `status`,
+//! `db`). The GeoIP ages are registered by the collector itself
+//! (`pipeline::geo::AgeMetrics`, computed at each scrape).
 //! Batch metrics are recorded per batch, not per event.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
@@ -99,6 +101,10 @@ pub mod names {
     pub const CLICKHOUSE_ERRORS: &str = "veil_clickhouse_errors_total";
     /// Accept errors (EMFILE and friends) survived by the accept loop.
     pub const ACCEPT_ERRORS: &str = "veil_accept_errors_total";
+    /// Seconds since each loaded GeoIP database was built, by `db` (file name).
+    pub const GEOIP_AGE: &str = "veil_geoip_age_seconds";
+    /// The age past which each GeoIP database's source wants it replaced, by `db`.
+    pub const GEOIP_AGE_LIMIT: &str = "veil_geoip_age_limit_seconds";
 }
 
 /// All collector metrics.

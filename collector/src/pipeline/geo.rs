@@ -53,20 +53,38 @@
 //! restart. A file that cannot be read (say, half written) is reported in the status and the
 //! version loaded before stays in use; a file that is deleted stops being used.
 //!
+//! # Age against the licence
+//!
+//! Each file's build time (`build_epoch` in its metadata) is compared with what its source
+//! allows ([`age_policy`], chosen by the metadata's `database_type`, else by the file name):
+//! MaxMind's GeoLite2 and GeoIP2 data 30 days (the GeoLite2 EULA wants a release replaced
+//! within 30 days of a newer one; MaxMind publishes twice a week), DB-IP Lite and the
+//! ip-location-db ASN merge (CC BY 4.0, which sets no age limit; published monthly) 60 days,
+//! Veil's own limit for staleness. A file past its limit is named in a `WARN` log line at load,
+//! at every reload and once when a loaded file crosses its limit, with its age, the limit and
+//! the command that refreshes it ([`FileAge::warning`]); lookups go on either way.
+//! [`AgeMetrics`] exports the ages as `veil_geoip_age_seconds{db}` and the limits as
+//! `veil_geoip_age_limit_seconds{db}`. [`install`] puts downloaded City and ASN files in place.
+//!
 //! # Privacy
 //!
 //! The IP is only an argument of [`GeoDb::lookup`]; [`GeoFacts`] holds no part of it. City, ASN
 //! and ISP are cleared for child-directed sites by `EventRow::minimise_for_children`.
 
 use std::fmt;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use maxminddb::Reader;
+use prometheus::core::{Collector as PromCollector, Desc};
+use prometheus::{GaugeVec, Opts};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+
+use crate::{Clock, SystemClock};
 
 /// Optional place database in MaxMind's GeoIP2-City layout (tried first).
 pub const CITY_FILE: &str = "city.mmdb";
@@ -85,8 +103,177 @@ pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
 const MAX_FIELD_BYTES: usize = 128;
 /// Index of [`ASN_FILE`] in [`FILES`].
 const ASN_SLOT: usize = 3;
-/// Age after which MaxMind's GeoLite2 EULA asks for the newer release.
-const STALE_AFTER_DAYS: u64 = 30;
+/// Seconds in a day.
+const DAY_SECS: u64 = 86_400;
+
+/// How old a database may be, by its source: the licence's limit where it has one, else
+/// Veil's limit for stale data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgePolicy {
+    /// Who publishes the data (`MaxMind GeoLite2`, `DB-IP Lite`, …).
+    pub source: &'static str,
+    /// Days after its build before the file is reported as too old.
+    pub limit_days: u64,
+    /// True when the limit is the licence's; false when the licence sets none and the limit
+    /// is Veil's, for data quality.
+    pub licence_limit: bool,
+    /// Why this limit, in a few words, for the warning.
+    pub why: &'static str,
+    /// What refreshes the file.
+    pub refresh: &'static str,
+}
+
+/// MaxMind's free data: the GeoLite2 EULA (§6c) wants a release replaced within 30 days.
+const GEOLITE2: AgePolicy = AgePolicy {
+    source: "MaxMind GeoLite2",
+    limit_days: 30,
+    licence_limit: true,
+    why: "the GeoLite2 EULA wants a release replaced within 30 days of a newer one",
+    refresh: "`make geoip GEOIP_SOURCE=maxmind` (geoipupdate with your MaxMind licence key) or \
+              `make geoip GEOIP_SOURCE=dbip` (DB-IP Lite, no account)",
+};
+/// MaxMind's paid data: treated as GeoLite2 (check your own agreement).
+const GEOIP2: AgePolicy = AgePolicy {
+    source: "MaxMind GeoIP2",
+    limit_days: 30,
+    licence_limit: true,
+    why: "MaxMind's licences want a release replaced within 30 days of a newer one",
+    refresh: "`make geoip GEOIP_SOURCE=maxmind` (geoipupdate with your MaxMind licence key)",
+};
+/// DB-IP's free data (CC BY 4.0, no age limit; a release on the 1st of each month).
+const DBIP_LITE: AgePolicy = AgePolicy {
+    source: "DB-IP Lite",
+    limit_days: 60,
+    licence_limit: false,
+    why: "CC BY 4.0 sets no age limit, but DB-IP publishes monthly: at least one release \
+          was missed",
+    refresh: "`make geoip GEOIP_SOURCE=dbip`",
+};
+/// The ip-location-db ASN merge fetched from npm by `scripts/geoip/fetch.sh` (CC BY 4.0).
+const IP_LOCATION_DB_ASN: AgePolicy = AgePolicy {
+    source: "ip-location-db ASN",
+    limit_days: 60,
+    licence_limit: false,
+    why: "CC BY 4.0 sets no age limit, but the npm packages are no longer updated",
+    refresh: "`make geoip GEOIP_SOURCE=dbip` (DB-IP Lite ASN, monthly)",
+};
+/// A file whose source Veil does not recognise.
+const UNKNOWN_SOURCE: AgePolicy = AgePolicy {
+    source: "an unrecognised source",
+    limit_days: 60,
+    licence_limit: false,
+    why: "Veil does not know this database's licence; check it for an update clause",
+    refresh: "`make geoip GEOIP_SOURCE=dbip` or `make geoip GEOIP_SOURCE=maxmind`",
+};
+
+/// The age policy of a database, from its metadata's `database_type` (`GeoLite2-City`,
+/// `DBIP-City-Lite`, `DBIP-ASN-Lite (compat=GeoLite2-ASN)`, `ip-location-db-ASN`, …) and, when
+/// that names no known source, from the file it was loaded as: `city-ipv4.mmdb` and
+/// `city-ipv6.mmdb` are what `scripts/geoip/fetch.sh` fills with ip-location-db's copy of
+/// GeoLite2 City.
+pub fn age_policy(file: &str, database_type: &str) -> AgePolicy {
+    let t = database_type.to_ascii_lowercase();
+    // DB-IP first: its ASN file says `compat=GeoLite2-ASN`.
+    if t.starts_with("dbip") {
+        DBIP_LITE
+    } else if t.contains("geoip2") {
+        GEOIP2
+    } else if t.contains("geolite2") {
+        GEOLITE2
+    } else if t == "ip-location-db-asn" {
+        IP_LOCATION_DB_ASN
+    } else if file == CITY_V4_FILE || file == CITY_V6_FILE {
+        GEOLITE2
+    } else {
+        UNKNOWN_SOURCE
+    }
+}
+
+/// One loaded database's age against its [`AgePolicy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileAge {
+    /// The file, one of [`FILES`].
+    pub file: &'static str,
+    /// The directory it was read from.
+    pub dir: PathBuf,
+    /// Its metadata's `database_type`.
+    pub database_type: String,
+    /// Its metadata's `build_epoch` (Unix seconds).
+    pub build_epoch: u64,
+    /// Time since the build (zero for a build in the future).
+    pub age: Duration,
+    /// What its source allows.
+    pub policy: AgePolicy,
+}
+
+impl FileAge {
+    /// The file's `build_epoch` for `file` at `now`.
+    pub fn new(
+        file: &'static str,
+        dir: &Path,
+        database_type: &str,
+        build_epoch: u64,
+        now: SystemTime,
+    ) -> Self {
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self {
+            file,
+            dir: dir.to_path_buf(),
+            database_type: database_type.to_string(),
+            build_epoch,
+            age: Duration::from_secs(now.saturating_sub(build_epoch)),
+            policy: age_policy(file, database_type),
+        }
+    }
+
+    /// Whole days since the build.
+    pub fn days(&self) -> u64 {
+        self.age.as_secs() / DAY_SECS
+    }
+
+    /// The build date, `YYYY-MM-DD` (UTC).
+    pub fn built(&self) -> String {
+        build_date(self.build_epoch)
+    }
+
+    /// True when the file is older than its policy allows.
+    pub fn is_stale(&self) -> bool {
+        self.age.as_secs() > self.policy.limit_days.saturating_mul(DAY_SECS)
+    }
+
+    /// The warning for a stale file: which file, how old, the limit and why, what to run.
+    pub fn warning(&self) -> String {
+        let kind = if self.policy.licence_limit {
+            "its licence's limit"
+        } else {
+            "Veil's limit"
+        };
+        format!(
+            "GeoIP database {} in {} ({} data, built {}) is {} days old, past {kind} of {} days: \
+             {}. Refresh it with {} (docs/GEOIP.md, \"Keeping the data current\"); events are \
+             still accepted and enriched with the old data meanwhile",
+            self.file,
+            self.dir.display(),
+            self.policy.source,
+            self.built(),
+            self.days(),
+            self.policy.limit_days,
+            self.policy.why,
+            self.policy.refresh,
+        )
+    }
+}
+
+/// `YYYY-MM-DD` of a Unix time, `?` when out of range.
+fn build_date(epoch: u64) -> String {
+    i64::try_from(epoch)
+        .ok()
+        .and_then(|e| chrono::DateTime::from_timestamp(e, 0))
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "?".into())
+}
 
 /// Coarse facts about where a client is. Empty strings and `0` mean unknown.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -161,21 +348,7 @@ struct Db {
 
 impl Db {
     fn built(&self) -> String {
-        let epoch = self.reader.metadata().build_epoch;
-        i64::try_from(epoch)
-            .ok()
-            .and_then(|e| chrono::DateTime::from_timestamp(e, 0))
-            .map(|d| d.format("%Y-%m-%d").to_string())
-            .unwrap_or_else(|| "?".into())
-    }
-
-    fn age_days(&self) -> Option<u64> {
-        let built = self.reader.metadata().build_epoch;
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .ok()?
-            .as_secs();
-        now.checked_sub(built).map(|s| s / 86_400)
+        build_date(self.reader.metadata().build_epoch)
     }
 }
 
@@ -213,6 +386,11 @@ pub struct GeoDb {
     current: RwLock<Arc<Snapshot>>,
     /// Serialises reloads (watcher thread and explicit calls).
     reloading: Mutex<()>,
+    /// Where "now" comes from, for ages.
+    clock: Arc<dyn Clock>,
+    /// Per file, the `build_epoch` whose staleness was last logged (so a file crossing its
+    /// limit is named once, and again after each reload).
+    warned: Mutex<[Option<u64>; 4]>,
 }
 
 impl fmt::Debug for GeoDb {
@@ -235,12 +413,20 @@ impl GeoDb {
     /// Opens the databases in `dir`. Never fails: missing or unreadable files leave their
     /// facts empty and are named by [`status`](Self::status).
     pub fn open(dir: impl Into<PathBuf>) -> Self {
+        Self::open_with_clock(dir, Arc::new(SystemClock))
+    }
+
+    /// [`open`](Self::open) with ages measured by `clock` (tests inject a fixed one).
+    pub fn open_with_clock(dir: impl Into<PathBuf>, clock: Arc<dyn Clock>) -> Self {
         let db = Self {
             dir: dir.into(),
             current: RwLock::new(Arc::new(Snapshot::default())),
             reloading: Mutex::new(()),
+            clock,
+            warned: Mutex::new([None; 4]),
         };
         db.reload_if_changed();
+        db.warn_if_stale();
         db
     }
 
@@ -250,6 +436,8 @@ impl GeoDb {
             dir: PathBuf::new(),
             current: RwLock::new(Arc::new(Snapshot::default())),
             reloading: Mutex::new(()),
+            clock: Arc::new(SystemClock),
+            warned: Mutex::new([None; 4]),
         }
     }
 
@@ -349,22 +537,73 @@ impl GeoDb {
                 out.push_str(&format!("; {name} unreadable ({err}), {fallback}"));
             }
         }
-        let oldest = snap
-            .slots
-            .iter()
-            .filter_map(|s| s.db.as_ref()?.age_days())
-            .max();
-        if let Some(days) = oldest.filter(|d| *d > STALE_AFTER_DAYS) {
+        for age in self.ages().iter().filter(|a| a.is_stale()) {
             out.push_str(&format!(
-                "; data is {days} days old: run `make geoip` to update"
+                "; {} is {} days old, past the {} days {} allows: run {}",
+                age.file,
+                age.days(),
+                age.policy.limit_days,
+                if age.policy.licence_limit {
+                    "its licence"
+                } else {
+                    "Veil"
+                },
+                age.policy.refresh
             ));
+        }
+        out
+    }
+
+    /// Each loaded file's age against its [`AgePolicy`], at the clock's now, in [`FILES`]
+    /// order.
+    pub fn ages(&self) -> Vec<FileAge> {
+        let snap = self.snapshot();
+        let now = SystemTime::from(self.clock.now());
+        FILES
+            .iter()
+            .zip(&snap.slots)
+            .filter_map(|(name, slot)| {
+                let meta = slot.db.as_ref()?.reader.metadata();
+                Some(FileAge::new(
+                    name,
+                    &self.dir,
+                    &meta.database_type,
+                    meta.build_epoch,
+                    now,
+                ))
+            })
+            .collect()
+    }
+
+    /// Logs a warning ([`FileAge::warning`]) for each stale file not yet warned about since it
+    /// was (re)loaded; returns the files warned about now. [`open`](Self::open) and
+    /// [`watch`](Self::watch) call it after each load.
+    pub fn warn_if_stale(&self) -> Vec<FileAge> {
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        for age in self.ages() {
+            let Some(i) = FILES.iter().position(|f| *f == age.file) else {
+                continue;
+            };
+            if age.is_stale() && warned[i] != Some(age.build_epoch) {
+                tracing::warn!(
+                    file = age.file,
+                    age_days = age.days(),
+                    limit_days = age.policy.limit_days,
+                    "{}",
+                    age.warning()
+                );
+                warned[i] = Some(age.build_epoch);
+                out.push(age);
+            }
         }
         out
     }
 
     /// Re-reads the files whose size, modification time or inode changed since they were
     /// loaded (or that appeared or disappeared) and swaps the result in. Returns whether
-    /// anything changed. File I/O happens outside the lock lookups take.
+    /// anything changed. A file read again counts as not yet warned about (see
+    /// [`warn_if_stale`](Self::warn_if_stale)). File I/O happens outside the lock lookups take.
     pub fn reload_if_changed(&self) -> bool {
         if self.dir.as_os_str().is_empty() {
             return false;
@@ -376,7 +615,8 @@ impl GeoDb {
         let old = self.snapshot();
         let mut next = (*old).clone();
         let mut changed = false;
-        for (name, slot) in FILES.iter().zip(next.slots.iter_mut()) {
+        let mut loaded = [false; 4];
+        for ((name, slot), loaded) in FILES.iter().zip(next.slots.iter_mut()).zip(&mut loaded) {
             let path = self.dir.join(name);
             let stamp = Stamp::of(&path);
             if stamp == slot.seen {
@@ -397,6 +637,7 @@ impl GeoDb {
                     tracing::info!(file = %path.display(), built = %db.built(), "GeoIP database loaded");
                     slot.db = Some(Arc::new(db));
                     slot.error = None;
+                    *loaded = true;
                 }
                 Err(err) => {
                     tracing::warn!(file = %path.display(), error = %err, "GeoIP database unreadable");
@@ -406,12 +647,20 @@ impl GeoDb {
         }
         if changed {
             *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+            // A file read again is warned about again, even when it is the same build.
+            let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+            for (w, loaded) in warned.iter_mut().zip(loaded) {
+                if loaded {
+                    *w = None;
+                }
+            }
         }
         changed
     }
 
-    /// Starts a thread that calls [`reload_if_changed`](Self::reload_if_changed) every
-    /// `every`. It holds only a weak reference and ends within `every` once the last
+    /// Starts a thread that calls [`reload_if_changed`](Self::reload_if_changed) and
+    /// [`warn_if_stale`](Self::warn_if_stale) every `every`: a reloaded file past its limit is
+    /// warned about again, a loaded one that has just crossed it once. It holds only a weak reference and ends within `every` once the last
     /// [`Arc`] of this database is dropped, so it needs no shutdown step.
     pub fn watch(
         self: &Arc<Self>,
@@ -425,11 +674,178 @@ impl GeoDb {
                 match weak.upgrade() {
                     Some(db) => {
                         db.reload_if_changed();
+                        db.warn_if_stale();
                     }
                     None => return,
                 }
             })
     }
+}
+
+/// `veil_geoip_age_seconds{db}` (seconds since each loaded file was built) and
+/// `veil_geoip_age_limit_seconds{db}` (what its source allows, [`AgePolicy`]), computed at
+/// each scrape; `db` is the file name, one of [`FILES`]. Files not loaded have no series. An
+/// alert: `veil_geoip_age_seconds > veil_geoip_age_limit_seconds`.
+pub struct AgeMetrics {
+    db: Weak<GeoDb>,
+    age: GaugeVec,
+    limit: GaugeVec,
+    /// One scrape at a time: each resets and refills the gauges.
+    scraping: Mutex<()>,
+}
+
+impl AgeMetrics {
+    /// Metrics over `db` (held weakly: they go empty once it is dropped).
+    pub fn new(db: &Arc<GeoDb>) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            db: Arc::downgrade(db),
+            age: GaugeVec::new(
+                Opts::new(
+                    crate::metrics::names::GEOIP_AGE,
+                    "Seconds since the GeoIP database was built (its build_epoch)",
+                ),
+                &["db"],
+            )?,
+            limit: GaugeVec::new(
+                Opts::new(
+                    crate::metrics::names::GEOIP_AGE_LIMIT,
+                    "Age in seconds past which the GeoIP database's source wants it replaced",
+                ),
+                &["db"],
+            )?,
+            scraping: Mutex::new(()),
+        })
+    }
+}
+
+impl PromCollector for AgeMetrics {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut d = self.age.desc();
+        d.extend(self.limit.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let _one = self.scraping.lock().unwrap_or_else(PoisonError::into_inner);
+        self.age.reset();
+        self.limit.reset();
+        if let Some(db) = self.db.upgrade() {
+            for a in db.ages() {
+                self.age
+                    .with_label_values(&[a.file])
+                    .set(a.age.as_secs() as f64);
+                self.limit
+                    .with_label_values(&[a.file])
+                    .set(a.policy.limit_days.saturating_mul(DAY_SECS) as f64);
+            }
+        }
+        let mut out = self.age.collect();
+        out.extend(self.limit.collect());
+        out
+    }
+}
+
+/// What [`install`] did with one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// The file given.
+    pub from: PathBuf,
+    /// Where it went in the GeoIP directory: [`CITY_FILE`] or [`ASN_FILE`].
+    pub file: &'static str,
+    /// Its metadata's `database_type`.
+    pub database_type: String,
+    /// Its build date, `YYYY-MM-DD`.
+    pub built: String,
+    /// Files removed because the new one replaces them (`city-ipv4.mmdb` and `city-ipv6.mmdb`
+    /// once a `city.mmdb` is installed).
+    pub retired: Vec<&'static str>,
+}
+
+/// Where a database of `database_type` goes: City (and DB-IP's `DBIP-Location`) files to
+/// [`CITY_FILE`], ASN files to [`ASN_FILE`]; `None` for anything else (a Country file would
+/// lose region and city, so it is refused rather than guessed).
+pub fn install_target(database_type: &str) -> Option<&'static str> {
+    let t = database_type.to_ascii_lowercase();
+    if t.contains("asn") {
+        Some(ASN_FILE)
+    } else if t.contains("city") || t.starts_with("dbip-location") {
+        Some(CITY_FILE)
+    } else {
+        None
+    }
+}
+
+/// Puts the MaxMind DB file `src` (DB-IP Lite, MaxMind GeoLite2/GeoIP2, City or ASN) into
+/// `dir` under the name Veil reads ([`install_target`]): read whole and checked with the same
+/// reader the collector uses, written beside the target and renamed over it, so a running
+/// collector never sees half a file and picks the new one up at its next check (30 s). A file
+/// built before the one installed is refused unless `force`. Installing a `city.mmdb` removes
+/// `city-ipv4.mmdb` and `city-ipv6.mmdb`: they would only fill the new file's gaps with older
+/// (GeoLite2, 30-day) data and keep its age warning alive.
+pub fn install(dir: &Path, src: &Path, force: bool) -> std::io::Result<Installed> {
+    use std::io::{Error, ErrorKind};
+    let bytes = std::fs::read(src)?;
+    let reader = Reader::from_source(bytes.as_slice()).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("{} is not a MaxMind DB file: {e}", src.display()),
+        )
+    })?;
+    let meta = reader.metadata();
+    let file = install_target(&meta.database_type).ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "{}: database type {:?} is neither a City nor an ASN database",
+                src.display(),
+                meta.database_type
+            ),
+        )
+    })?;
+    let (database_type, build_epoch) = (meta.database_type.clone(), meta.build_epoch);
+    std::fs::create_dir_all(dir)?;
+    let target = dir.join(file);
+    if !force {
+        if let Ok(old) = Reader::open_readfile(&target) {
+            let old_epoch = old.metadata().build_epoch;
+            if build_epoch < old_epoch {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "{} (built {}) is older than the installed {file} (built {}); \
+                         --force installs it anyway",
+                        src.display(),
+                        build_date(build_epoch),
+                        build_date(old_epoch)
+                    ),
+                ));
+            }
+        }
+    }
+    let tmp = dir.join(format!(".{file}.new"));
+    {
+        let mut out = std::fs::File::create(&tmp)?;
+        out.write_all(&bytes)?;
+        out.sync_all()?;
+    }
+    std::fs::rename(&tmp, &target)?;
+    let mut retired = Vec::new();
+    if file == CITY_FILE {
+        for old in [CITY_V4_FILE, CITY_V6_FILE] {
+            match std::fs::remove_file(dir.join(old)) {
+                Ok(()) => retired.push(old),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(Installed {
+        from: src.to_path_buf(),
+        file,
+        database_type,
+        built: build_date(build_epoch),
+        retired,
+    })
 }
 
 /// IPv4-mapped IPv6 addresses as IPv4.
@@ -673,6 +1089,113 @@ mod tests {
         assert_eq!(canonical(mapped), "203.0.113.7".parse::<IpAddr>().unwrap());
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
         assert_eq!(canonical(v6), v6);
+    }
+
+    const JAN_1_2024: u64 = 1_704_067_200;
+
+    fn at(days_after_2024: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(JAN_1_2024 + days_after_2024 * DAY_SECS)
+    }
+
+    #[test]
+    fn policies_by_database_type_then_file() {
+        let limit = |file, t| age_policy(file, t).limit_days;
+        assert_eq!(age_policy(CITY_FILE, "GeoLite2-City"), GEOLITE2);
+        assert_eq!(age_policy(ASN_FILE, "GeoLite2-ASN"), GEOLITE2);
+        assert_eq!(age_policy(CITY_FILE, "GeoIP2-City"), GEOIP2);
+        assert_eq!(age_policy(CITY_FILE, "DBIP-City-Lite"), DBIP_LITE);
+        // DB-IP's ASN file mentions GeoLite2: still DB-IP's licence.
+        assert_eq!(
+            age_policy(ASN_FILE, "DBIP-ASN-Lite (compat=GeoLite2-ASN)"),
+            DBIP_LITE
+        );
+        assert_eq!(
+            age_policy(ASN_FILE, "ip-location-db-ASN"),
+            IP_LOCATION_DB_ASN
+        );
+        // fetch.sh's split files are GeoLite2 whatever their type says.
+        assert_eq!(age_policy(CITY_V4_FILE, "city ipv4"), GEOLITE2);
+        assert_eq!(age_policy(CITY_V6_FILE, ""), GEOLITE2);
+        assert_eq!(age_policy(CITY_FILE, "Something-Else"), UNKNOWN_SOURCE);
+        assert_eq!(limit(CITY_V4_FILE, "x"), 30);
+        assert_eq!(limit(ASN_FILE, "DBIP-ASN-Lite"), 60);
+        let licence = |file, t| age_policy(file, t).licence_limit;
+        assert!(licence(CITY_FILE, "GeoLite2-City") && licence(CITY_FILE, "GeoIP2-City"));
+        assert!(!licence(CITY_FILE, "DBIP-City-Lite") && !licence(ASN_FILE, "ip-location-db-ASN"));
+    }
+
+    #[test]
+    fn age_against_the_limit_with_an_injected_time() {
+        let dir = Path::new("/srv/geoip");
+        let age = |file, t, days| FileAge::new(file, dir, t, JAN_1_2024, at(days));
+        // GeoLite2: 30 days is still fine, a second more is not.
+        assert!(!age(CITY_V4_FILE, "x", 30).is_stale());
+        let edge = FileAge::new(
+            CITY_V4_FILE,
+            dir,
+            "x",
+            JAN_1_2024,
+            at(30) + Duration::from_secs(1),
+        );
+        assert!(edge.is_stale());
+        assert_eq!(edge.days(), 30);
+        // CC BY sources: 60 days.
+        assert!(!age(ASN_FILE, "ip-location-db-ASN", 45).is_stale());
+        assert!(age(ASN_FILE, "ip-location-db-ASN", 61).is_stale());
+        // A build in the future (clock skew) is age zero, not an overflow.
+        let future = FileAge::new(
+            CITY_FILE,
+            dir,
+            "DBIP-City-Lite",
+            JAN_1_2024,
+            at(0) - Duration::from_secs(5),
+        );
+        assert_eq!(future.age, Duration::ZERO);
+        assert!(!future.is_stale());
+    }
+
+    #[test]
+    fn warnings_name_file_age_limit_and_command() {
+        let dir = Path::new("/srv/geoip");
+        let w = FileAge::new(CITY_V4_FILE, dir, "x", JAN_1_2024, at(168)).warning();
+        for part in [
+            "city-ipv4.mmdb",
+            "/srv/geoip",
+            "built 2024-01-01",
+            "168 days old",
+            "its licence's limit of 30 days",
+            "GeoLite2 EULA",
+            "make geoip GEOIP_SOURCE=dbip",
+            "make geoip GEOIP_SOURCE=maxmind",
+            "events are still accepted",
+        ] {
+            assert!(w.contains(part), "{part:?} missing from {w}");
+        }
+        let w = FileAge::new(ASN_FILE, dir, "DBIP-ASN-Lite", JAN_1_2024, at(75)).warning();
+        assert!(
+            w.contains("75 days old, past Veil's limit of 60 days"),
+            "{w}"
+        );
+        assert!(w.contains("CC BY 4.0 sets no age limit"), "{w}");
+    }
+
+    #[test]
+    fn install_targets() {
+        assert_eq!(install_target("GeoLite2-City"), Some(CITY_FILE));
+        assert_eq!(install_target("GeoIP2-City"), Some(CITY_FILE));
+        assert_eq!(install_target("DBIP-City-Lite"), Some(CITY_FILE));
+        assert_eq!(
+            install_target("DBIP-Location (compat=City)"),
+            Some(CITY_FILE)
+        );
+        assert_eq!(install_target("GeoLite2-ASN"), Some(ASN_FILE));
+        assert_eq!(
+            install_target("DBIP-ASN-Lite (compat=GeoLite2-ASN)"),
+            Some(ASN_FILE)
+        );
+        assert_eq!(install_target("ip-location-db-ASN"), Some(ASN_FILE));
+        assert_eq!(install_target("GeoLite2-Country"), None);
+        assert_eq!(install_target("DBIP-Country-Lite"), None);
     }
 
     #[test]
