@@ -454,6 +454,39 @@ fn visitor_slices(n: u32) -> Vec<Sql> {
         .collect()
 }
 
+/// The number of a new build of `day`: above the latest recorded one (`recorded`) and above
+/// every build number with rows of that day. A build whose writing failed half-way (a lost
+/// connection, a memory limit) leaves rows that were never recorded, so readers never see
+/// them; a new build under the same number would add its rows to them, so it takes the next
+/// number, and deleting the older builds once it is recorded removes them.
+async fn next_build(
+    client: &clickhouse::Client,
+    day: NaiveDate,
+    recorded: u64,
+) -> Result<u64, Error> {
+    let max = |table: &'static str| {
+        sql!(
+            "(SELECT max(build) FROM {} WHERE day = {})",
+            Sql::new(table),
+            date(day)
+        )
+    };
+    let stmt = sql!(
+        "SELECT greatest(greatest({}, {}), greatest({}, {}))",
+        max("visits"),
+        max("visits_daily"),
+        max("visits_daily_partial"),
+        max("open_visits")
+    );
+    let written = fetch(client, &stmt)
+        .await?
+        .first()
+        .and_then(|r| r.get(0))
+        .map(n)
+        .unwrap_or(0);
+    Ok(recorded.max(written) + 1)
+}
+
 /// How far behind the clock today's build stops: room for batches still in flight.
 const CUT_LAG: Duration = Duration::minutes(2);
 
@@ -497,16 +530,8 @@ pub async fn build_today(ch: &ClickHouseConfig, now: NaiveDateTime) -> Result<bo
     if last_cut == cut.format("%Y-%m-%d %H:%M:%S").to_string() && last_events == events {
         return Ok(false);
     }
-    build_visits(
-        ch,
-        day,
-        last_build + 1,
-        &cond,
-        events,
-        Some(cut),
-        SLICE_EVENTS,
-    )
-    .await?;
+    let build = next_build(client, day, last_build).await?;
+    build_visits(ch, day, build, &cond, events, Some(cut), SLICE_EVENTS).await?;
     Ok(true)
 }
 
@@ -629,7 +654,7 @@ pub async fn run_until_sliced(
         // differential privacy's bounded rows, or before the filtered rows) is built again.
         let current = lookup(&builds, day_s, 3).is_some_and(|l| l >= u64::from(FILTERED_LAYOUT));
         if lookup(&builds, day_s, 1) != Some(all) || !has_daily || !current {
-            let build = latest.unwrap_or(0) + 1;
+            let build = next_build(client, day, latest.unwrap_or(0)).await?;
             build_visits(ch, day, build, &day_range(day), all, None, slice_events).await?;
             report.visit_days.push(day);
         }
