@@ -2,7 +2,7 @@
 //! vocabulary ([`super::vocab`]) into a [`Query`]; anything else is a 400 whose message names
 //! the field. So is a question Plausible's own parser refuses (which metrics go with which
 //! dimensions and filters, where goal conditions may stand, value types, pagination bounds:
-//! [`check_metrics`] and [`filter`]), except where Veil answers it with a meaning of its own.
+//! `check_metrics` and `filter`), except where Veil answers it with a meaning of its own.
 
 use chrono::{Duration, Utc};
 use serde::Deserialize;
