@@ -151,7 +151,8 @@ async fn check_reports(ch: &ClickHouseConfig, rollups: bool) {
 async fn visit_hits_match_raw(ch: &ClickHouseConfig) {
     let s = site();
     let questions = [
-        json!({"metrics": ["visitors", "visits", "pageviews", "events", "bounce_rate", "visit_duration", "views_per_visit"], "filters": [["is", "event:page", ["/pricing"]]]}),
+        // (views_per_visit under a page filter is refused, as Plausible refuses it.)
+        json!({"metrics": ["visitors", "visits", "pageviews", "events", "bounce_rate", "visit_duration"], "filters": [["is", "event:page", ["/pricing"]]]}),
         json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "filters": [["is", "visit:source", ["Google"]]]}),
         json!({"metrics": ["visitors", "events", "conversion_rate"], "dimensions": ["visit:source"], "filters": [["is", "event:goal", ["Signup"]]]}),
         json!({"metrics": ["visitors", "visits"], "dimensions": ["visit:source"], "filters": [["contains", "event:page", ["blog"]]]}),
@@ -416,7 +417,8 @@ async fn every_dimension_and_metric_answers_the_same_from_raw_and_rollups() {
     let all: Vec<&str> = veil_aggregator::query::Metric::ALL
         .iter()
         .map(|(n, _)| *n)
-        .filter(|n| *n != "conversion_rate")
+        // Both need more than a metric alone (a goal; a page, as in Plausible).
+        .filter(|n| !["conversion_rate", "scroll_depth"].contains(n))
         .collect();
     for m in all {
         for rollups in [true, false] {
@@ -429,12 +431,8 @@ async fn every_dimension_and_metric_answers_the_same_from_raw_and_rollups() {
             assert_eq!(d["results"].as_array().unwrap().len(), 1, "{m}: {d}");
         }
     }
-    let d = q(&ch, &s, base(json!({"metrics": ["visitors", "time_on_page", "scroll_depth", "average_revenue", "crashes"], "filters": [["is", "event:goal", ["Signup"]]]}))).await;
-    assert_eq!(
-        d["results"][0]["metrics"],
-        json!([5, 0, null, 10.5, 0]),
-        "{d}"
-    );
+    let d = q(&ch, &s, base(json!({"metrics": ["visitors", "time_on_page", "average_revenue", "crashes"], "filters": [["is", "event:goal", ["Signup"]]]}))).await;
+    assert_eq!(d["results"][0]["metrics"], json!([5, 0, 10.5, 0]), "{d}");
 }
 
 /// Today's build stops at a cut; the visits open then are stored as they stood

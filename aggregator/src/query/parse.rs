@@ -1,6 +1,8 @@
 //! The request parser: a Plausible-v2 query body checked field by field against the
 //! vocabulary ([`super::vocab`]) into a [`Query`]; anything else is a 400 whose message names
-//! the field.
+//! the field. So is a question Plausible's own parser refuses (which metrics go with which
+//! dimensions and filters, where goal conditions may stand, value types, pagination bounds:
+//! `check_metrics` and `filter`), except where Veil answers it with a meaning of its own.
 
 use chrono::{Duration, Utc};
 use serde::Deserialize;
@@ -60,14 +62,36 @@ pub const MAX_CONDITIONS: usize = 20;
 /// Most regexes (values of `matches*` conditions) in one query's filters.
 pub const MAX_REGEXES: usize = 5;
 /// What the filters of one query have used so far of [`MAX_CONDITIONS`] and [`MAX_REGEXES`]
-/// (counted while parsing, so an oversized request is refused before its regexes compile).
+/// (counted while parsing, so an oversized request is refused before its regexes compile),
+/// and what the metric rules ([`check_metrics`]) need to know of them. Conditions inside
+/// `has_done`/`has_not_done` select visitors, not rows: as in Plausible, they do not count as
+/// filtering on their dimension.
 #[derive(Default)]
 struct Budget {
     conditions: usize,
     regexes: usize,
+    /// An `event:goal` condition outside behavioural filters.
+    goal: bool,
+    /// An `event:page` condition outside behavioural filters, at any depth.
+    page: bool,
+    /// An `event:page` condition that is itself one of the top-level filters.
+    top_page: bool,
+    /// The first `event:props:*` condition below the top level (its field).
+    nested_prop: Option<String>,
 }
 
-fn filter(v: &Value, field: &str, depth: usize, budget: &mut Budget) -> Result<Filter, Error> {
+/// Dimensions Plausible filters at the top level only (not inside `and`/`or`/`not`).
+const TOP_LEVEL_ONLY: [&str; 2] = ["event:goal", "event:hostname"];
+
+/// `depth` counts the and/or/not/has_done levels above `v` (0: one of the top-level filters);
+/// `behavioural` is whether one of them is `has_done`/`has_not_done`.
+fn filter(
+    v: &Value,
+    field: &str,
+    depth: usize,
+    behavioural: bool,
+    budget: &mut Budget,
+) -> Result<Filter, Error> {
     if depth > MAX_DEPTH {
         return Err(bad(format!(
             "{field}: filters nest deeper than {MAX_DEPTH}"
@@ -95,7 +119,15 @@ fn filter(v: &Value, field: &str, depth: usize, budget: &mut Budget) -> Result<F
             let fs = items
                 .iter()
                 .enumerate()
-                .map(|(i, f)| filter(f, &format!("{field}[1][{i}]"), depth + 1, budget))
+                .map(|(i, f)| {
+                    filter(
+                        f,
+                        &format!("{field}[1][{i}]"),
+                        depth + 1,
+                        behavioural,
+                        budget,
+                    )
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(if op == "and" {
                 Filter::And(fs)
@@ -112,6 +144,7 @@ fn filter(v: &Value, field: &str, depth: usize, budget: &mut Budget) -> Result<F
                 inner,
                 &format!("{field}[1]"),
                 depth + 1,
+                behavioural,
                 budget,
             )?)))
         }
@@ -120,7 +153,7 @@ fn filter(v: &Value, field: &str, depth: usize, budget: &mut Budget) -> Result<F
                 .get(1)
                 .filter(|_| a.len() == 2)
                 .ok_or_else(|| bad(format!("{field}: [\"{op}\", filter] takes one filter")))?;
-            let inner = filter(inner, &format!("{field}[1]"), depth + 1, budget)?;
+            let inner = filter(inner, &format!("{field}[1]"), depth + 1, true, budget)?;
             if inner.behavioural() {
                 return Err(bad(format!(
                     "{field}: {op} cannot contain has_done/has_not_done"
@@ -161,6 +194,23 @@ fn filter(v: &Value, field: &str, depth: usize, budget: &mut Budget) -> Result<F
                     "{field}[1]: time dimensions cannot be filtered; use date_range"
                 )));
             }
+            // Plausible's rules on where a condition may stand.
+            if depth > 0 && !behavioural && TOP_LEVEL_ONLY.contains(&dim.name.as_str()) {
+                return Err(bad(format!(
+                    "{field}[1]: {} can only be filtered at the top level (one of the `filters`, not inside and/or/not)",
+                    dim.name
+                )));
+            }
+            if depth > 0 && matches!(dim.kind, DimKind::Prop(_)) && budget.nested_prop.is_none() {
+                budget.nested_prop = Some(field.to_string());
+            }
+            if !behavioural {
+                budget.goal |= dim.kind == DimKind::Goal;
+                if dim.name == "event:page" {
+                    budget.page = true;
+                    budget.top_page |= depth == 0;
+                }
+            }
             let raw_values = a[2]
                 .as_array()
                 .filter(|v| !v.is_empty() && v.len() <= MAX_VALUES)
@@ -171,9 +221,18 @@ fn filter(v: &Value, field: &str, depth: usize, budget: &mut Budget) -> Result<F
                 })?;
             let mut values = Vec::new();
             for (i, v) in raw_values.iter().enumerate() {
+                // Plausible's rule: values are strings, except that visit:city also takes
+                // whole numbers (GeoName ids).
                 let s = match v {
                     Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
+                    Value::Number(n) if dim.name == "visit:city" && (n.is_u64() || n.is_i64()) => {
+                        n.to_string()
+                    }
+                    _ if dim.name == "visit:city" => {
+                        return Err(bad(format!(
+                            "{field}[2][{i}]: visit:city values are strings or whole numbers (GeoName ids)"
+                        )))
+                    }
                     _ => return Err(bad(format!("{field}[2][{i}]: values must be strings"))),
                 };
                 if s.len() > MAX_VALUE {
@@ -266,7 +325,7 @@ struct Raw {
     #[serde(default)]
     include: Option<Include>,
     #[serde(default)]
-    pagination: Option<Pagination>,
+    pagination: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,13 +347,6 @@ struct Include {
 #[serde(deny_unknown_fields)]
 struct Comparisons {
     mode: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Pagination {
-    limit: Option<u32>,
-    offset: Option<u32>,
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -381,7 +433,7 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
     let mut filters = Vec::new();
     let mut budget = Budget::default();
     for (i, f) in raw.filters.iter().enumerate() {
-        filters.push(filter(f, &format!("filters[{i}]"), 0, &mut budget)?);
+        filters.push(filter(f, &format!("filters[{i}]"), 0, false, &mut budget)?);
     }
     let filter = match filters.len() {
         0 => None,
@@ -411,17 +463,7 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
             }
         }
     }
-    if metrics.contains(&Metric::ConversionRate) {
-        let goal_dim = dimensions.iter().any(|d| d.kind == DimKind::Goal);
-        let goal_filter = filter
-            .as_ref()
-            .is_some_and(|f| f.dims().iter().any(|d| d.kind == DimKind::Goal));
-        if !goal_dim && !goal_filter {
-            return Err(bad(
-                "`metrics`: conversion_rate needs an event:goal dimension or filter",
-            ));
-        }
-    }
+    check_metrics(&metrics, &dimensions, &budget)?;
     let ncols = dimensions.len() + metrics.len();
     let mut order_by = Vec::new();
     for (i, o) in raw.order_by.unwrap_or_default().iter().enumerate() {
@@ -507,15 +549,7 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
             "`include.comparisons` is not available for realtime and 24h",
         ));
     }
-    let limit = raw
-        .pagination
-        .as_ref()
-        .and_then(|p| p.limit)
-        .unwrap_or(MAX_LIMIT);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(bad(format!("`pagination.limit` must be 1..={MAX_LIMIT}")));
-    }
-    let offset = raw.pagination.as_ref().and_then(|p| p.offset).unwrap_or(0);
+    let (limit, offset) = pagination(raw.pagination.as_ref())?;
     let q = Query {
         site: site_id,
         tz: tz.name().to_string(),
@@ -548,6 +582,148 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
     }
     source::check(&q)?;
     Ok(q)
+}
+
+/// `pagination`: `{"limit": 1..=MAX_LIMIT, "offset": 0..}`, both optional (null is absent).
+fn pagination(v: Option<&Value>) -> Result<(u32, u32), Error> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok((MAX_LIMIT, 0));
+    };
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("`pagination` is an object like {\"limit\": 100, \"offset\": 0}"))?;
+    if let Some(k) = obj.keys().find(|k| *k != "limit" && *k != "offset") {
+        return Err(bad(format!(
+            "`pagination.{k}`: unknown field; pagination takes limit and offset"
+        )));
+    }
+    let limit = match obj.get("limit").filter(|l| !l.is_null()) {
+        None => MAX_LIMIT,
+        Some(l) => l
+            .as_u64()
+            .filter(|n| (1..=u64::from(MAX_LIMIT)).contains(n))
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "`pagination.limit` must be a whole number 1..={MAX_LIMIT} (got {l})"
+                ))
+            })?,
+    };
+    let offset = match obj.get("offset").filter(|o| !o.is_null()) {
+        None => 0,
+        Some(o) => o
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "`pagination.offset` must be a whole number from 0 to {} (got {o})",
+                    u32::MAX
+                ))
+            })?,
+    };
+    Ok((limit, offset))
+}
+
+/// Plausible's rules on which metrics go with which dimensions and filters (its query
+/// builder's metric checks and its table decider's metric/dimension conflicts), so a question
+/// Plausible refuses is refused here too rather than answered with numbers that mean something
+/// else. Veil allows more where it answers with a meaning of its own: `time_on_page` without a
+/// page (the mean engaged time per pageview of the pages selected; the dashboard's top stats
+/// and chart ask it so), `views_per_visit` by time (Plausible's v1 timeseries has it),
+/// `pageviews` and `events` by entry or exit page (counted from whole visits), and its own
+/// metrics (`sessions_per_user`, `dau`, app percentiles).
+fn check_metrics(metrics: &[Metric], dims: &[Dim], filters: &Budget) -> Result<(), Error> {
+    let has_page_dim = dims.iter().any(|d| d.name == "event:page");
+    for (i, m) in metrics.iter().enumerate() {
+        let name = m.name();
+        match m {
+            Metric::ConversionRate => {
+                if !dims.iter().any(|d| d.kind == DimKind::Goal) && !filters.goal {
+                    return Err(bad(format!(
+                        "`metrics[{i}]`: {name} needs an event:goal dimension or filter (a goal inside has_done/has_not_done does not count)"
+                    )));
+                }
+                if let Some(f) = &filters.nested_prop {
+                    return Err(bad(format!(
+                        "{f}[1]: with {name}, custom property filters (event:props:…) can only be used at the top level (one of the `filters`, not inside and/or/not/has_done)"
+                    )));
+                }
+            }
+            Metric::ScrollDepth if !has_page_dim && !filters.top_page => {
+                return Err(bad(format!(
+                    "`metrics[{i}]`: {name} needs an event:page dimension or a top-level event:page filter"
+                )));
+            }
+            Metric::ViewsPerVisit if filters.page => {
+                return Err(bad(format!(
+                    "`metrics[{i}]`: {name} cannot be asked with a filter on event:page (a visit's pageviews are not a page's); ask pageviews and visits"
+                )));
+            }
+            // Veil allows a time dimension: Plausible's v1 timeseries (answered by this
+            // parser too) reports views per visit per bucket.
+            Metric::ViewsPerVisit => {
+                if let Some((j, d)) = dims
+                    .iter()
+                    .enumerate()
+                    .find(|(_, d)| !matches!(d.kind, DimKind::Time(_)))
+                {
+                    return Err(bad(format!(
+                        "`metrics[{i}]`: {name} cannot be broken down by {:?} (`dimensions[{j}]`); ask pageviews and visits by it",
+                        d.name
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    // Visit (session) metrics by event dimensions: a visit has many pages, names, goals and
+    // props, so "bounce rate by event name" has no meaning; event:page alone is the exception
+    // Plausible makes (the visits that viewed the page).
+    let event_dims: Vec<(usize, &Dim)> = dims
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.level() == Level::Event)
+        .collect();
+    let page_only = event_dims.len() == 1 && event_dims[0].1.name == "event:page";
+    let session: Vec<&str> = metrics
+        .iter()
+        .filter(|m| {
+            matches!(
+                m,
+                Metric::BounceRate | Metric::VisitDuration | Metric::ViewsPerVisit
+            )
+        })
+        .map(|m| m.name())
+        .collect();
+    if !page_only && !session.is_empty() {
+        if let Some((j, d)) = event_dims.iter().find(|(_, d)| d.name != "event:page") {
+            return Err(bad(format!(
+                "`dimensions[{j}]`: visit metric(s) {} cannot be broken down by the event dimension {:?}; of the event dimensions only event:page, alone, goes with them",
+                session.join(", "),
+                d.name
+            )));
+        }
+    }
+    // Event metrics by the entry or exit page of the visit: the same in reverse.
+    let session_dims = dims
+        .iter()
+        .enumerate()
+        .find(|(_, d)| matches!(d.name.as_str(), "visit:entry_page" | "visit:exit_page"));
+    let event: Vec<&str> = metrics
+        .iter()
+        .filter(|m| matches!(m, Metric::TimeOnPage | Metric::ScrollDepth))
+        .map(|m| m.name())
+        .collect();
+    if let Some((j, d)) = session_dims {
+        if !page_only && !event.is_empty() {
+            return Err(bad(format!(
+                "`dimensions[{j}]`: event metric(s) {} cannot be broken down by {:?} (a visit's entry or exit page is not the page the event was on)",
+                event.join(", "),
+                d.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Child-directed sites store no visitor hash, referrer, campaign or props: only counts of

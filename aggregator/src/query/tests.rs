@@ -109,6 +109,140 @@ fn errors_name_the_field() {
     assert!(err(r#"{"site_id":"a","metrics":["visitors"],"date_range":"day","include":{"comparisons":{"mode":"last_week"}}}"#).contains("include.comparisons.mode"));
 }
 
+/// Plausible's query rules (its parser, query builder and table decider), one assertion each:
+/// the 400's message names the field at fault.
+#[test]
+fn plausible_refusals_are_400s_naming_the_field() {
+    let q = |rest: &str| format!(r#"{{"site_id":"a.com","date_range":"7d",{rest}}}"#);
+    let refused = |rest: &str, field: &str| {
+        let e = err(&q(rest));
+        assert!(e.contains(field), "{rest}: {e}");
+    };
+    // Visit metrics by event dimensions other than event:page alone.
+    refused(
+        r#""metrics":["bounce_rate"],"dimensions":["event:name"]"#,
+        "`dimensions[0]`",
+    );
+    refused(
+        r#""metrics":["visitors","visit_duration"],"dimensions":["visit:source","event:goal"]"#,
+        "`dimensions[1]`",
+    );
+    refused(
+        r#""metrics":["bounce_rate"],"dimensions":["event:props:plan"]"#,
+        "`dimensions[0]`",
+    );
+    refused(
+        r#""metrics":["bounce_rate"],"dimensions":["event:page","event:hostname"]"#,
+        "`dimensions[1]`",
+    );
+    // Event metrics by the visit's entry or exit page.
+    refused(
+        r#""metrics":["time_on_page"],"dimensions":["visit:entry_page"],"filters":[["is","event:page",["/a"]]]"#,
+        "`dimensions[0]`",
+    );
+    // views_per_visit: no dimensions, no page filter (at any depth).
+    refused(
+        r#""metrics":["views_per_visit"],"dimensions":["visit:source"]"#,
+        "`metrics[0]`",
+    );
+    refused(
+        r#""metrics":["visits","views_per_visit"],"filters":[["not",["is","event:page",["/a"]]]]"#,
+        "`metrics[1]`",
+    );
+    // scroll_depth: a page dimension or a top-level page filter.
+    refused(r#""metrics":["scroll_depth"]"#, "`metrics[0]`");
+    refused(
+        r#""metrics":["scroll_depth"],"filters":[["or",[["is","event:page",["/a"]],["is","event:page",["/b"]]]]]"#,
+        "`metrics[0]`",
+    );
+    // Goal and hostname filters only at the top level.
+    refused(
+        r#""metrics":["visitors"],"filters":[["or",[["is","event:goal",["Signup"]],["is","event:page",["/a"]]]]]"#,
+        "filters[0][1][0][1]",
+    );
+    refused(
+        r#""metrics":["visitors"],"filters":[["not",["is","event:hostname",["a.com"]]]]"#,
+        "filters[0][1][1]",
+    );
+    // conversion_rate: a goal outside has_done; props filters at the top level.
+    refused(
+        r#""metrics":["conversion_rate"],"filters":[["has_done",["is","event:goal",["Signup"]]]]"#,
+        "`metrics[0]`",
+    );
+    refused(
+        r#""metrics":["conversion_rate"],"dimensions":["event:goal"],"filters":[["not",["is","event:props:plan",["pro"]]]]"#,
+        "filters[0][1][1]",
+    );
+    // Values: strings (numbers for visit:city only); two-letter country codes.
+    refused(
+        r#""metrics":["visitors"],"filters":[["is","event:page",[5]]]"#,
+        "filters[0][2][0]",
+    );
+    refused(
+        r#""metrics":["visitors"],"filters":[["is","visit:city",[1.5]]]"#,
+        "filters[0][2][0]",
+    );
+    refused(
+        r#""metrics":["visitors"],"filters":[["is","visit:country",["Germany"]]]"#,
+        "filters[0][2][0]",
+    );
+    // Repeats, order_by, include, pagination, dates.
+    refused(r#""metrics":["visitors","visitors"]"#, "`metrics[1]`");
+    refused(
+        r#""metrics":["visitors"],"dimensions":["event:page","event:page"]"#,
+        "`dimensions[1]`",
+    );
+    refused(
+        r#""metrics":["visitors"],"order_by":[["visit:source","desc"]]"#,
+        "`order_by[0]`",
+    );
+    refused(
+        r#""metrics":["visitors"],"include":{"time_labels":true}"#,
+        "`include.time_labels`",
+    );
+    refused(
+        r#""metrics":["visitors"],"dimensions":["event:page"],"pagination":{"limit":0}"#,
+        "`pagination.limit`",
+    );
+    refused(
+        r#""metrics":["visitors"],"dimensions":["event:page"],"pagination":{"limit":10001}"#,
+        "`pagination.limit`",
+    );
+    refused(
+        r#""metrics":["visitors"],"dimensions":["event:page"],"pagination":{"offset":-1}"#,
+        "`pagination.offset`",
+    );
+    refused(
+        r#""metrics":["visitors"],"dimensions":["event:page"],"pagination":{"page":2}"#,
+        "`pagination.page`",
+    );
+    let e =
+        err(r#"{"site_id":"a","metrics":["visitors"],"date_range":["2026-02-01","2026-01-01"]}"#);
+    assert!(e.contains("date_range"), "{e}");
+
+    // What Plausible allows, and Veil's deliberate extensions, still parse.
+    for ok in [
+        r#""metrics":["bounce_rate","visit_duration"],"dimensions":["event:page"]"#,
+        r#""metrics":["bounce_rate"],"dimensions":["visit:entry_page","time:day"]"#,
+        r#""metrics":["views_per_visit","bounce_rate"],"filters":[["is","visit:source",["Google"]]]"#,
+        r#""metrics":["scroll_depth","time_on_page"],"dimensions":["event:page"]"#,
+        r#""metrics":["scroll_depth"],"filters":[["is","event:page",["/a"]]]"#,
+        r#""metrics":["visitors","conversion_rate"],"filters":[["is","event:goal",["Signup"]],["is","event:props:plan",["pro"]]]"#,
+        r#""metrics":["visitors"],"filters":[["has_done",["or",[["is","event:goal",["Signup"]],["is","event:page",["/a"]]]]]]"#,
+        r#""metrics":["visitors"],"filters":[["is","visit:city",[2643743]]]"#,
+        r#""metrics":["visitors"],"dimensions":["event:page"],"pagination":{"limit":10000,"offset":20}"#,
+        // Veil: time on page of the pages selected (the dashboard's top stats and chart).
+        r#""metrics":["time_on_page"]"#,
+        r#""metrics":["time_on_page"],"dimensions":["time:day"],"include":{"time_labels":true}"#,
+        // Veil: views per visit by time (Plausible's v1 timeseries).
+        r#""metrics":["views_per_visit"],"dimensions":["time:day"]"#,
+        // Veil: pageviews of the visits that entered on a page.
+        r#""metrics":["visitors","pageviews"],"dimensions":["visit:entry_page"]"#,
+    ] {
+        parse_ok(&q(ok));
+    }
+}
+
 #[test]
 fn ranges_follow_the_site_time_zone() {
     let mut s = site();
@@ -215,7 +349,7 @@ fn sources_follow_what_the_query_needs() {
     );
     assert_eq!(
         src(
-            r#"{"site_id":"a","metrics":["visits","views_per_visit"],"date_range":"7d","filters":[["is","event:page",["/a"]]]}"#
+            r#"{"site_id":"a","metrics":["visits","bounce_rate"],"date_range":"7d","filters":[["is","event:page",["/a"],{"case_sensitive":false}]]}"#
         ),
         Source::VisitHits
     );
