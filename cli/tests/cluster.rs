@@ -464,7 +464,17 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
     stop_child(&mut aggregator);
     aggregator = spawn_veil("aggregator", &agg_args, &logs[2]);
     let deadline = Instant::now() + Duration::from_secs(120);
+    // The rollup job builds today only once the UTC day is 30 minutes old (a build must
+    // leave the visit gap behind its cut): in the day's first minutes the reports below read
+    // today from raw events instead, and must agree all the same.
+    let young = chrono::Utc::now().time() < chrono::NaiveTime::from_hms_opt(0, 35, 0).unwrap();
+    if young {
+        eprintln!("the UTC day is under 35 minutes old: today is read from raw events");
+    }
     loop {
+        if young {
+            break;
+        }
         let built = ch_query(
             &cluster.nodes()[0].url(),
             &sql!(
