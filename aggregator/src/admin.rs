@@ -32,12 +32,17 @@
 //! the same fields without `domain` and `source`. Goals and funnels have the shapes of
 //! [`crate::site::Goal`] and [`crate::site::Funnel`].
 //!
-//! Only the admin may change anything: a site key or link gets 403 on an admin route of its own
-//! site and 404 (as for an unknown site) on any other site's.
+//! Who may change what (roles, [`veil_schemas::people::Role`]): creating a site needs the
+//! owner role on every site (or the admin token); changing a site's settings, keys, ingest keys
+//! and links its admin role; deleting it its owner role. A viewer, a site key or a link gets
+//! 403 naming the role needed on an admin route of a site it can read, and 404 (as for an
+//! unknown site) on any other site's. Every change is written to the audit log
+//! ([`crate::account`]; settings as what changed, keys and links by id and name).
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use serde_json::{json, Map, Value};
+use veil_schemas::people::{Role, ALL_SITES};
 use veil_schemas::policy;
 use veil_schemas::registry::{normalize_domain, KeyRecord, SiteSettings, MAX_NAME_BYTES};
 
@@ -99,15 +104,41 @@ fn site_json(domain: &str, source: Source, s: &SiteSettings) -> Value {
     v
 }
 
-/// Only the admin passes; a reader of `site` gets 403.
-fn admin_only(access: &Access) -> Result<(), Error> {
-    if access.is_admin() {
-        Ok(())
-    } else {
-        Err(Error::Forbidden(
-            "this route needs the admin token; site keys and shared links only read stats".into(),
-        ))
+/// Passes when `access` has at least `role` on `site` (`*`: every site); anyone else who can
+/// read the site gets 403 naming the role.
+fn need(access: &Access, site: &str, role: Role) -> Result<(), Error> {
+    if access.has(site, role) {
+        return Ok(());
     }
+    let on = if site == ALL_SITES {
+        "every site".to_string()
+    } else {
+        format!("the site {site:?}")
+    };
+    Err(Error::Forbidden(match access {
+        Access::Site { .. } => format!(
+            "this route needs the {} role on {on}; site keys and shared links only read stats",
+            role.name()
+        ),
+        _ => format!("this route needs the {} role on {on}", role.name()),
+    }))
+}
+
+/// The settings that differ between two sites' JSON: `{"field": [old, new]}`.
+fn changes(old: &Value, new: &Value) -> Value {
+    let mut out = Map::new();
+    if let (Value::Object(a), Value::Object(b)) = (old, new) {
+        for k in a.keys().chain(b.keys()) {
+            let (x, y) = (
+                a.get(k).unwrap_or(&Value::Null),
+                b.get(k).unwrap_or(&Value::Null),
+            );
+            if x != y && !out.contains_key(k) {
+                out.insert(k.clone(), json!([x, y]));
+            }
+        }
+    }
+    Value::Object(out)
 }
 
 impl Aggregator {
@@ -129,7 +160,11 @@ impl Aggregator {
 
     /// The registered site named by a path segment that `access` can read; otherwise 404
     /// with the same body whether the site is unknown or belongs to someone else.
-    fn scoped(&self, access: &Access, raw: &str) -> Result<(String, Source, SiteSettings), Error> {
+    pub(crate) fn scoped(
+        &self,
+        access: &Access,
+        raw: &str,
+    ) -> Result<(String, Source, SiteSettings), Error> {
         let d = normalize_domain(raw).ok_or_else(|| Error::UnknownSite(raw.to_string()))?;
         if !access.can_read(&d) {
             return Err(Error::UnknownSite(d));
@@ -184,8 +219,8 @@ pub(crate) async fn route(
         [] => match *m {
             Method::GET => Ok(list_sites(agg, access)),
             Method::POST => {
-                admin_only(access)?;
-                create_site(agg, req).await
+                need(access, ALL_SITES, Role::Owner)?;
+                create_site(agg, access, req).await
             }
             _ => Err(Error::MethodNotAllowed("GET, POST")),
         },
@@ -194,7 +229,7 @@ pub(crate) async fn route(
             match *m {
                 Method::GET => Ok(json_response(StatusCode::OK, &site_json(&d, src, &s))),
                 Method::PUT => {
-                    admin_only(access)?;
+                    need(access, &d, Role::Admin)?;
                     let obj = body_object(req)?;
                     if let Some(v) = obj.get("domain") {
                         if v.as_str().and_then(normalize_domain).as_deref() != Some(d.as_str()) {
@@ -205,13 +240,18 @@ pub(crate) async fn route(
                     }
                     let settings = agg.settings_from(&d, &obj).await?;
                     let rec = agg.registry.put_site(&d, settings).await?;
+                    let changed = changes(
+                        &site_json(&d, src, &s),
+                        &site_json(&d, Source::Stored, &rec.settings),
+                    );
+                    agg.audit(access, &d, "site.update", changed).await;
                     Ok(json_response(
                         StatusCode::OK,
                         &site_json(&d, Source::Stored, &rec.settings),
                     ))
                 }
                 Method::DELETE => {
-                    admin_only(access)?;
+                    need(access, &d, Role::Owner)?;
                     let flags = agg.cfg.flag_site(&d);
                     if src == Source::Flags {
                         return Err(Error::Conflict(format!(
@@ -219,6 +259,7 @@ pub(crate) async fn route(
                         )));
                     }
                     agg.registry.delete_site(&d).await?;
+                    agg.audit(access, &d, "site.delete", json!({})).await;
                     Ok(json_response(
                         StatusCode::OK,
                         &json!({ "deleted": d, "still_defined_by_flags": flags }),
@@ -229,16 +270,16 @@ pub(crate) async fn route(
         }
         [raw, "keys"] => {
             let (d, _, _) = agg.scoped(access, raw)?;
-            admin_only(access)?;
+            need(access, &d, Role::Admin)?;
             match *m {
                 Method::GET => Ok(list_keys(agg, &d)),
-                Method::POST => create_key(agg, req, &d).await,
+                Method::POST => create_key(agg, access, req, &d).await,
                 _ => Err(Error::MethodNotAllowed("GET, POST")),
             }
         }
         [raw, "keys", id] => {
             let (d, _, _) = agg.scoped(access, raw)?;
-            admin_only(access)?;
+            need(access, &d, Role::Admin)?;
             if m != Method::DELETE {
                 return Err(Error::MethodNotAllowed("DELETE"));
             }
@@ -250,20 +291,21 @@ pub(crate) async fn route(
                 return Err(Error::NotFound(format!("no key {id:?} for site {d:?}")));
             }
             agg.registry.revoke_key(id).await?;
+            agg.audit(access, &d, "key.revoke", json!({"id": id})).await;
             Ok(json_response(StatusCode::OK, &json!({ "revoked": id })))
         }
         [raw, "ingest-keys"] => {
             let (d, _, _) = agg.scoped(access, raw)?;
-            admin_only(access)?;
+            need(access, &d, Role::Admin)?;
             match *m {
                 Method::GET => Ok(list_ingest_keys(agg, &d)),
-                Method::POST => create_ingest_key(agg, req, &d).await,
+                Method::POST => create_ingest_key(agg, access, req, &d).await,
                 _ => Err(Error::MethodNotAllowed("GET, POST")),
             }
         }
         [raw, "ingest-keys", id] => {
             let (d, _, _) = agg.scoped(access, raw)?;
-            admin_only(access)?;
+            need(access, &d, Role::Admin)?;
             if m != Method::DELETE {
                 return Err(Error::MethodNotAllowed("DELETE"));
             }
@@ -277,20 +319,22 @@ pub(crate) async fn route(
                 )));
             }
             agg.registry.revoke_ingest_key(id).await?;
+            agg.audit(access, &d, "ingest_key.revoke", json!({"id": id}))
+                .await;
             Ok(json_response(StatusCode::OK, &json!({ "revoked": id })))
         }
         [raw, "shared-links"] => {
             let (d, _, _) = agg.scoped(access, raw)?;
-            admin_only(access)?;
+            need(access, &d, Role::Admin)?;
             match *m {
                 Method::GET => Ok(list_links(agg, &d)),
-                Method::POST => create_link(agg, req, &d).await,
+                Method::POST => create_link(agg, access, req, &d).await,
                 _ => Err(Error::MethodNotAllowed("GET, POST")),
             }
         }
         [raw, "shared-links", id] => {
             let (d, _, _) = agg.scoped(access, raw)?;
-            admin_only(access)?;
+            need(access, &d, Role::Admin)?;
             if m != Method::DELETE {
                 return Err(Error::MethodNotAllowed("DELETE"));
             }
@@ -304,6 +348,8 @@ pub(crate) async fn route(
                 )));
             }
             agg.registry.revoke_link(id).await?;
+            agg.audit(access, &d, "shared_link.revoke", json!({"id": id}))
+                .await;
             Ok(json_response(StatusCode::OK, &json!({ "revoked": id })))
         }
         [raw, ..] => {
@@ -332,7 +378,11 @@ fn list_sites(agg: &Aggregator, access: &Access) -> HttpResponse {
     )
 }
 
-async fn create_site(agg: &Aggregator, req: &Request<Bytes>) -> Result<HttpResponse, Error> {
+async fn create_site(
+    agg: &Aggregator,
+    access: &Access,
+    req: &Request<Bytes>,
+) -> Result<HttpResponse, Error> {
     let obj = body_object(req)?;
     let raw = match obj.get("domain") {
         Some(Value::String(s)) => s.clone(),
@@ -358,6 +408,8 @@ async fn create_site(agg: &Aggregator, req: &Request<Bytes>) -> Result<HttpRespo
         )));
     }
     let rec = agg.registry.put_site(&d, settings).await?;
+    let json = site_json(&d, Source::Stored, &rec.settings);
+    agg.audit(access, &d, "site.create", json.clone()).await;
     Ok(json_response(
         StatusCode::CREATED,
         &site_json(&d, Source::Stored, &rec.settings),
@@ -409,15 +461,24 @@ fn new_key_json(rec: &KeyRecord, key: &str) -> HttpResponse {
 
 async fn create_key(
     agg: &Aggregator,
+    access: &Access,
     req: &Request<Bytes>,
     site: &str,
 ) -> Result<HttpResponse, Error> {
     let (rec, key) = agg.registry.create_key(site, &key_name(req)?).await?;
+    agg.audit(
+        access,
+        site,
+        "key.create",
+        json!({"id": rec.id, "name": rec.name}),
+    )
+    .await;
     Ok(new_key_json(&rec, &key))
 }
 
 async fn create_ingest_key(
     agg: &Aggregator,
+    access: &Access,
     req: &Request<Bytes>,
     site: &str,
 ) -> Result<HttpResponse, Error> {
@@ -425,6 +486,13 @@ async fn create_ingest_key(
         .registry
         .create_ingest_key(site, &key_name(req)?)
         .await?;
+    agg.audit(
+        access,
+        site,
+        "ingest_key.create",
+        json!({"id": rec.id, "name": rec.name}),
+    )
+    .await;
     Ok(new_key_json(&rec, &key))
 }
 
@@ -471,6 +539,7 @@ fn expiry(v: Option<&Value>, now: i64) -> Result<u32, Error> {
 
 async fn create_link(
     agg: &Aggregator,
+    access: &Access,
     req: &Request<Bytes>,
     site: &str,
 ) -> Result<HttpResponse, Error> {
@@ -497,6 +566,8 @@ async fn create_link(
         .create_link(site, &name, password_hash, expires_at)
         .await?;
     let mut v = link_json(&rec);
+    agg.audit(access, site, "shared_link.create", v.clone())
+        .await;
     if let Value::Object(m) = &mut v {
         m.insert("token".into(), json!(token));
         // In the fragment: browsers never send it to a server (nor in a Referer).

@@ -1,6 +1,10 @@
-//! Who is asking: the admin token, a site's read-only key, or a shared link, and how often.
+//! Who is asking: a person's session, the admin token, a site's read-only key, or a shared
+//! link, and how often.
 //!
-//! Wire format: every API request carries `Authorization: Bearer SECRET`, where SECRET is
+//! Wire format: a browser of a logged-in person sends the session cookie (`veil_session`, or
+//! `__Host-veil_session` behind TLS; see [`crate::account`]), plus `X-Veil-CSRF` on anything
+//! but GET/HEAD; what it may do follows the person's roles ([`Person::role_on`]). Every other
+//! API request carries `Authorization: Bearer SECRET`, where SECRET is
 //! - the admin token (`--admin-token`, alias `--api-token`): reads and manages everything;
 //! - a site key (`vk_` + 64 hex digits, from `POST /api/v1/sites/{domain}/keys`): reads that
 //!   one site's stats;
@@ -8,8 +12,11 @@
 //!   `/share/{domain}#auth=TOKEN` URL): reads that one site's stats; a link made with a
 //!   password also needs `X-Veil-Link-Password: PASSWORD`.
 //!
-//! With no admin token configured (loopback only: the CLI refuses anything else) a request
-//! without a recognised key or link is treated as admin, as before keys existed.
+//! With accounts on (`veil up`, `veil aggregator`: always), a request with none of these is
+//! 401 — and while the deployment has no owner and no admin token, every such request is
+//! told the way to the first-run setup ([`crate::Error::SetupRequired`]). With accounts off
+//! (the library's default, for in-process callers and tests) a request without a recognised
+//! credential is the operator, as before accounts existed.
 //!
 //! Secrets are compared as blake3 hashes: the admin token with blake3's constant-time hash
 //! equality, keys and links by looking their hash up (only hashes are stored). Link passwords
@@ -29,6 +36,8 @@ use argon2::Argon2;
 use bytes::Bytes;
 use http::{header, Request};
 
+use veil_schemas::people::{Role, ALL_SITES};
+
 use crate::Error;
 
 /// Header carrying a shared link's password.
@@ -37,8 +46,11 @@ pub const LINK_PASSWORD_HEADER: &str = "x-veil-link-password";
 /// What a request may read and do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
-    /// The admin token (or an open, loopback-only deployment): everything.
+    /// The admin token (the operator's credential for automation), or an in-process caller
+    /// of an aggregator without accounts ([`crate::AggregatorConfig::accounts`] off): everything.
     Admin,
+    /// A person logged in with a session cookie ([`crate::account`]): what their roles allow.
+    User(Person),
     /// A site key or shared link: read-only stats of this one site.
     Site {
         /// The site.
@@ -48,24 +60,72 @@ pub enum Access {
     },
 }
 
+/// A logged-in person, as one request sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    /// Account id.
+    pub id: String,
+    /// E-mail address (what the audit log names).
+    pub email: String,
+    /// `(site or "*", role)` ([`veil_schemas::people::People::roles_of`]).
+    pub roles: Vec<(String, Role)>,
+    /// The session's id.
+    pub session: String,
+    /// `user:ID`: whose privacy budget and query allowance a question spends.
+    pub credential: String,
+}
+
+impl Person {
+    /// The person's role on `site`: the higher of the site's own and the every-site one.
+    pub fn role_on(&self, site: &str) -> Option<Role> {
+        self.roles
+            .iter()
+            .filter(|(s, _)| s == site || s == ALL_SITES)
+            .map(|(_, r)| *r)
+            .max()
+    }
+}
+
 impl Access {
     /// True if this access may read `site`'s stats.
     pub fn can_read(&self, site: &str) -> bool {
         match self {
             Access::Admin => true,
+            Access::User(p) => p.role_on(site).is_some(),
             Access::Site { site: s, .. } => s == site,
         }
     }
 
-    /// Whose privacy budget a question spends: `admin`, `key:ID` or `link:ID`.
+    /// True if this access has at least `role` on `site` (`*`: on every site). The admin
+    /// token has every role; keys and links have none.
+    pub fn has(&self, site: &str, role: Role) -> bool {
+        match self {
+            Access::Admin => true,
+            Access::User(p) => p.role_on(site).is_some_and(|r| r >= role),
+            Access::Site { .. } => false,
+        }
+    }
+
+    /// Whose privacy budget a question spends: `admin`, `user:ID`, `key:ID` or `link:ID`.
     pub fn credential(&self) -> &str {
         match self {
             Access::Admin => "admin",
+            Access::User(p) => &p.credential,
             Access::Site { credential, .. } => credential,
         }
     }
 
-    /// True for the admin.
+    /// Who the audit log says did something: the person's e-mail, `admin token`, or the
+    /// key or link id.
+    pub fn actor(&self) -> &str {
+        match self {
+            Access::Admin => "admin token",
+            Access::User(p) => &p.email,
+            Access::Site { credential, .. } => credential,
+        }
+    }
+
+    /// True for the admin token (or an aggregator without accounts): the operator.
     pub fn is_admin(&self) -> bool {
         matches!(self, Access::Admin)
     }
@@ -224,6 +284,24 @@ mod tests {
         assert!(a.can_read("a.com"));
         assert!(!a.can_read("b.com"));
         assert!(!a.is_admin());
+        assert!(!a.has("a.com", Role::Viewer));
+        let p = |roles: &[(&str, Role)]| {
+            Access::User(Person {
+                id: "u1".into(),
+                email: "ana@example.com".into(),
+                roles: roles.iter().map(|(s, r)| (s.to_string(), *r)).collect(),
+                session: "s1".into(),
+                credential: "user:u1".into(),
+            })
+        };
+        let viewer = p(&[("a.com", Role::Viewer)]);
+        assert!(viewer.can_read("a.com") && !viewer.can_read("b.com"));
+        assert!(viewer.has("a.com", Role::Viewer) && !viewer.has("a.com", Role::Admin));
+        assert_eq!(viewer.credential(), "user:u1");
+        let owner = p(&[("a.com", Role::Viewer), (ALL_SITES, Role::Owner)]);
+        assert!(owner.can_read("b.com") && owner.has("a.com", Role::Owner));
+        assert!(owner.has(ALL_SITES, Role::Owner));
+        assert!(!viewer.has(ALL_SITES, Role::Viewer));
     }
 
     #[test]

@@ -51,16 +51,25 @@ pub fn error_response(e: &Error) -> HttpResponse {
     if let Error::BudgetSpent { budget, .. } = e {
         body["budget"] = budget.clone();
     }
+    if matches!(e, Error::SetupRequired) {
+        body["setup_required"] = json!(true);
+    }
+    if matches!(e, Error::SecondFactor(_)) {
+        body["second_factor"] = json!(true);
+    }
     let mut r = json_response(e.status(), &body);
     if let Error::BudgetSpent { retry_after, .. } = e {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
     }
-    if let Error::RateLimited(secs) = e {
+    if let Error::RateLimited(secs) | Error::LockedOut(secs) = e {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
     }
-    if matches!(e, Error::Unauthorized | Error::Denied(_)) {
+    if matches!(
+        e,
+        Error::Unauthorized | Error::Denied(_) | Error::SetupRequired
+    ) {
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }

@@ -50,6 +50,7 @@
 //! (which rollup builds reports may read), [`snapshot`] (today's snapshots), [`db`] (the one
 //! door to ClickHouse), [`http`] (responses). Background jobs: [`rollup`], [`retention`].
 
+pub mod account;
 pub mod admin;
 pub mod auth;
 pub mod builds;
@@ -91,8 +92,20 @@ pub enum Error {
     #[error("{0}")]
     BadRequest(String),
     /// Missing or wrong credential.
-    #[error("missing or invalid API token (send `Authorization: Bearer TOKEN`)")]
+    #[error("missing or invalid credential: log in, or send `Authorization: Bearer TOKEN`")]
     Unauthorized,
+    /// No credential, no admin token and no owner yet: the deployment waits for its first-run
+    /// setup ([`account`]); 401 with `"setup_required": true`.
+    #[error("Veil has no owner yet: open the setup link `veil up` printed (/setup#token=…), or run `veil user create --email YOU --role owner`")]
+    SetupRequired,
+    /// A right password of an account with a second factor, and no or a wrong code: 401 with
+    /// `"second_factor": true`.
+    #[error("{0}")]
+    SecondFactor(String),
+    /// Too many failed logins of this account: locked for this many seconds (429 with
+    /// `Retry-After`).
+    #[error("too many failed logins: this account is locked for {} more minute(s)", .0.div_ceil(60))]
+    LockedOut(u64),
     /// A recognised credential that no longer opens anything (revoked, expired, wrong link
     /// password); the message says which.
     #[error("{0}")]
@@ -167,14 +180,19 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest(_) | Error::TooExpensive { .. } => StatusCode::BAD_REQUEST,
-            Error::Unauthorized | Error::Denied(_) => StatusCode::UNAUTHORIZED,
+            Error::Unauthorized
+            | Error::Denied(_)
+            | Error::SetupRequired
+            | Error::SecondFactor(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::UnknownSite(_) | Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::RateLimited(_) | Error::BudgetSpent { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::RateLimited(_) | Error::BudgetSpent { .. } | Error::LockedOut(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Error::ClickHouse(_) => StatusCode::BAD_GATEWAY,
             Error::Io(_) | Error::Config(_) | Error::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -221,9 +239,16 @@ pub struct AggregatorConfig {
     /// The address browsers reach the dashboard at (`--public-url`): its host is allowed by
     /// the [`guard`]'s Host allow-list, its origin by the cross-origin check.
     pub public_url: Option<String>,
-    /// The admin token (`--admin-token`, alias `--api-token`); none: open, for loopback use.
+    /// The admin token (`--admin-token`, alias `--api-token`): the operator's bearer
+    /// credential for automation.
     #[serde(skip_serializing)]
     pub api_token: Option<String>,
+    /// People log in ([`account`]): a request without a session, the admin token, a key or a
+    /// link is refused (401; while no owner exists and no admin token is set, with the way to
+    /// the first-run setup). The `veil` binary always turns it on. Off (the library's
+    /// default, for in-process callers such as tests and embedding code, never an HTTP
+    /// listener): a request without a recognised credential is the operator.
+    pub accounts: bool,
     /// Default k: no published number describes fewer visitors than this.
     pub min_visitors: u64,
     /// How long raw events are kept.
@@ -270,6 +295,7 @@ impl Default for AggregatorConfig {
             site_aliases: Vec::new(),
             public_url: None,
             api_token: None,
+            accounts: false,
             min_visitors: 5,
             retention: retention::Retention::default(),
             registry_refresh: veil_schemas::registry::DEFAULT_REFRESH,
@@ -421,6 +447,12 @@ pub struct Aggregator {
     inflight: db::Inflight,
     privacy: Arc<privacy::Privacy>,
     clock: Arc<dyn Clock>,
+    /// Failed logins per e-mail ([`account`]).
+    failures: Arc<account::Failures>,
+    /// Lock-outs of e-mails without an account (this process only), until Unix seconds.
+    phantom_locks: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    /// When the registry was last reloaded for an unknown session or owner.
+    reloaded: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl Aggregator {
@@ -465,6 +497,9 @@ impl Aggregator {
             inflight: db::Inflight::default(),
             privacy: Arc::new(privacy::Privacy::new(cfg_privacy)),
             clock: Arc::new(SystemClock),
+            failures: Arc::default(),
+            phantom_locks: Arc::default(),
+            reloaded: Arc::default(),
         }
     }
 
@@ -521,13 +556,24 @@ impl Aggregator {
             || path == "/api/v1/sites"
             || path.starts_with("/api/v1/sites/")
             || path.starts_with("/api/v1/stats/")
+            || path == "/api/v1/me"
+            || path == "/api/v1/audit"
+            || path == "/api/v1/people"
+            || path.starts_with("/api/v1/people/")
+            || path.starts_with("/api/v1/auth/")
     }
 
-    /// Who is asking (see [`auth`]): the admin, or a reader of one site. Site keys and shared
-    /// links are rate-limited here.
+    /// Who is asking (see [`auth`]): a person with a session, the admin, or a reader of one
+    /// site. Site keys and shared links are rate-limited here.
     pub async fn access(&self, req: &Request<Bytes>) -> Result<Access, Error> {
         let admin = self.cfg.api_token.as_deref();
         let Some(given) = auth::bearer(req) else {
+            if self.cfg.accounts {
+                if let Some(token) = account::session_cookie(req) {
+                    return self.session_access(req, token).await;
+                }
+                return Err(self.no_credential().await);
+            }
             return match admin {
                 None => Ok(Access::Admin),
                 Some(_) => Err(Error::Unauthorized),
@@ -591,7 +637,8 @@ impl Aggregator {
             });
         }
         match admin {
-            None => Ok(Access::Admin),
+            None if !self.cfg.accounts => Ok(Access::Admin),
+            None => Err(self.no_credential().await),
             Some(_) => Err(Error::Unauthorized),
         }
     }
@@ -612,8 +659,14 @@ impl Aggregator {
     }
 
     async fn route(&self, req: Request<Bytes>) -> Result<HttpResponse, Error> {
-        let access = self.access(&req).await?;
         let path = req.uri().path().to_string();
+        if let Some(r) = account::public(self, &req, &path).await {
+            return r;
+        }
+        let access = self.access(&req).await?;
+        if let Some(r) = account::route(self, &access, &req, &path).await {
+            return r;
+        }
         if let Some(r) = reports::route(self, &access, &req, &path).await {
             return r;
         }

@@ -65,6 +65,41 @@ pub enum Command {
     /// downloaded databases in place (docs/GEOIP.md, "Keeping the data current").
     #[command(subcommand)]
     Geoip(GeoipCommand),
+    /// People's accounts, for setups without a browser (the first owner, automation).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Read-only Stats API keys of one site.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// `veil user` subcommands. Against --clickhouse-url, or the managed ClickHouse under
+/// --data-dir (the running one of `veil up` when there is one).
+#[derive(Debug, Subcommand, Clone)]
+pub enum UserCommand {
+    /// Give the account of --email a role on one --site (none: every site), making the account
+    /// when there is none: its password is read from the first line of standard input (at
+    /// least 10 bytes), e.g. `printf '%s\n' "$PW" | veil user create --email you@example.com
+    /// --role owner`.
+    Create {
+        /// The person's e-mail address (their login).
+        #[arg(long)]
+        email: String,
+        /// owner, admin or viewer.
+        #[arg(long)]
+        role: String,
+    },
+}
+
+/// `veil key` subcommands (ClickHouse as for `veil user`).
+#[derive(Debug, Subcommand, Clone)]
+pub enum KeyCommand {
+    /// Print a new read-only Stats API key of the one --site (shown once; stored hashed).
+    Create {
+        /// A label shown in the site's settings.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
 }
 
 /// `veil geoip` subcommands. Neither needs ClickHouse.
@@ -567,6 +602,8 @@ impl Settings {
             site_aliases: collector.site_aliases.clone(),
             public_url: given.public_url.filter(|u| !u.is_empty()),
             api_token: api_token.clone(),
+            // People log in; nothing is open to whoever reaches the port.
+            accounts: true,
             min_visitors,
             retention,
             today_snapshot_secs,

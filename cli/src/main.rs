@@ -9,6 +9,7 @@ mod cluster;
 mod config;
 mod gen;
 mod geoip;
+mod people;
 
 use std::sync::Arc;
 
@@ -63,7 +64,21 @@ fn real_main(cli: Cli) -> Result<()> {
     // process: its parent-death signal then fires only when veil itself ends.
     let mut managed = None;
     let mut settings = settings;
-    if let (Command::Up { .. } | Command::Gen(_), None) = (&cli.command, &settings.clickhouse_url) {
+    if let (Command::User(_) | Command::Key(_), None) = (&cli.command, &settings.clickhouse_url) {
+        // The running `veil up`'s server when there is one (two servers on one data dir would
+        // corrupt it), else one started for this command.
+        let dir = settings.data_dir.join("clickhouse");
+        match running_managed(&dir) {
+            Some(url) => settings.clickhouse.url = url,
+            None => {
+                let server = ManagedClickHouse::start(&ManagedOptions::new(dir))?;
+                settings.clickhouse.url = server.url();
+                managed = Some(server);
+            }
+        }
+    } else if let (Command::Up { .. } | Command::Gen(_), None) =
+        (&cli.command, &settings.clickhouse_url)
+    {
         let dir = settings.data_dir.join("clickhouse");
         eprintln!("veil: starting managed ClickHouse under {}", dir.display());
         let server = ManagedClickHouse::start(&ManagedOptions::new(dir))?;
@@ -80,6 +95,36 @@ fn real_main(cli: Cli) -> Result<()> {
         m.stop();
     }
     result
+}
+
+/// The URL of the managed ClickHouse already serving `dir` (its config names the port and it
+/// answers a ping), if any.
+fn running_managed(dir: &std::path::Path) -> Option<String> {
+    let cfg = std::fs::read_to_string(dir.join("config.xml")).ok()?;
+    let port: u16 = cfg
+        .split_once("<http_port>")?
+        .1
+        .split_once("</http_port>")?
+        .0
+        .trim()
+        .parse()
+        .ok()?;
+    veil_schemas::managed::ping_blocking(port).then(|| format!("http://127.0.0.1:{port}"))
+}
+
+/// Prints the first-run setup link when the deployment has no owner and no admin token.
+async fn print_setup_link(aggregator: &Aggregator, base: &str) -> Result<()> {
+    if let Some(path) = aggregator
+        .setup_link()
+        .await
+        .context("making the first-run setup link")?
+    {
+        println!(
+            "No owner yet: open {base}{path} within 24 hours to set the owner's e-mail and password \
+             (or run `veil user create --email YOU --role owner`)."
+        );
+    }
+    Ok(())
 }
 
 /// The aggregator's scheduled work, for as long as the process runs: the rollup job (closed
@@ -136,6 +181,8 @@ async fn bind(settings: &Settings) -> Result<TcpListener> {
 async fn run(command: Command, s: Settings) -> Result<()> {
     match command {
         Command::CheckConfig | Command::Cluster(_) | Command::Geoip(_) => Ok(()),
+        Command::User(cmd) => people::user(&s.clickhouse, &s, &cmd).await,
+        Command::Key(cmd) => people::key(&s.clickhouse, &s, &cmd).await,
         Command::Purge => {
             let report = purge(
                 &s.clickhouse,
@@ -186,16 +233,17 @@ async fn run(command: Command, s: Settings) -> Result<()> {
         Command::Aggregator => {
             let listener = bind(&s).await?;
             spawn_retention(&s);
+            let public = s.aggregator.public_url.clone();
             let aggregator = Aggregator::new(s.aggregator, s.clickhouse);
+            let addr = listener.local_addr()?;
+            eprintln!("veil: aggregator and dashboard on http://{addr}/");
+            let base = public.unwrap_or_else(|| format!("http://{addr}"));
+            print_setup_link(&aggregator, base.trim_end_matches('/')).await?;
             let app = Arc::new(VeilApp {
                 collector: None,
-                guard: aggregator.guard(listener.local_addr()?),
+                guard: aggregator.guard(addr),
                 aggregator,
             });
-            eprintln!(
-                "veil: aggregator and dashboard on http://{}/",
-                listener.local_addr()?
-            );
             let opts = ServerOptions {
                 shutdown_timeout: s.collector.shutdown_timeout,
                 ..ServerOptions::default()
@@ -240,6 +288,12 @@ async fn run(command: Command, s: Settings) -> Result<()> {
             if demo {
                 println!("Demo site: {}", gen::demo_url(addr));
             }
+            let base = s
+                .aggregator
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}"));
+            print_setup_link(&app.aggregator, base.trim_end_matches('/')).await?;
             println!("{}", collector.geo_status());
             if collector.sites().list().is_empty() {
                 println!("No site is registered yet: restart with --site example.com, or add one with POST /api/v1/sites (see README).");

@@ -291,6 +291,8 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
         // Compared number for number with a single node: exact on both sides.
         "--privacy".into(),
         "exact".into(),
+        "--admin-token".into(),
+        common::ADMIN.into(),
         "--listen".into(),
         format!("127.0.0.1:{}", ports[2]),
         "--data-dir".into(),

@@ -18,6 +18,7 @@ pub mod gen;
 pub mod local_cluster;
 pub mod managed;
 pub mod migrate;
+pub mod people;
 pub mod policy;
 pub mod registry;
 pub mod sql;

@@ -1,6 +1,7 @@
 //! The site registry shared through ClickHouse: which sites exist and their settings, the
-//! read-only Stats API keys of each site, the write-only ingest keys of each site, and the
-//! shared links to a site's dashboard.
+//! read-only Stats API keys of each site, the write-only ingest keys of each site, the
+//! shared links to a site's dashboard, and the people who read and manage them
+//! ([`crate::people`]: accounts, roles, sessions, invitations; loaded and refreshed with the rest).
 //!
 //! Every collector and aggregator of a deployment reads the same four tables (migrations
 //! `010_registry.sql`, `018_ingest_keys.sql`) and keeps an in-memory [`Snapshot`], refreshed in the background every
@@ -40,6 +41,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::people::{self, People};
 use crate::sql::{lit, Run as _, Sql};
 use crate::{policy, sql, ClickHouseConfig, Error};
 
@@ -284,12 +286,15 @@ pub struct Snapshot {
     keys_by_hash: HashMap<String, String>,
     ingest_by_hash: HashMap<String, String>,
     links_by_hash: HashMap<String, String>,
+    /// Accounts, roles, sessions and invitations ([`crate::people`]).
+    pub people: People,
     /// Whether this came from a successful load (false: nothing loaded yet).
     pub loaded: bool,
 }
 
 impl Snapshot {
     fn index(&mut self) {
+        self.people.index();
         self.aliases.clear();
         for s in self.sites.values().filter(|s| !s.deleted) {
             for a in &s.settings.aliases {
@@ -422,6 +427,7 @@ impl Snapshot {
                 self.ingest_keys.insert(k.clone(), v.clone());
             }
         }
+        self.people.merge_newer(&other.people);
         self.index();
     }
 }
@@ -577,7 +583,12 @@ impl Registry {
         self.cache.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn next_version(&self) -> u64 {
+    /// The ClickHouse client the registry writes with.
+    pub(crate) fn client(&self) -> &clickhouse::Client {
+        &self.client
+    }
+
+    pub(crate) fn next_version(&self) -> u64 {
         let now = u64::try_from(chrono_free_now().as_nanos()).unwrap_or(u64::MAX);
         let prev = self
             .last_version
@@ -631,8 +642,10 @@ impl Registry {
             ))
             .fetch_all()
             .await?;
+        let people = people::load(&self.client, |v| self.saw_version(v)).await?;
         let mut snap = Snapshot {
             loaded: true,
+            people,
             ..Default::default()
         };
         for r in site_rows {
@@ -725,7 +738,7 @@ impl Registry {
         Ok(find(&*self.refresh().await?))
     }
 
-    fn apply(&self, f: impl FnOnce(&mut Snapshot)) {
+    pub(crate) fn apply(&self, f: impl FnOnce(&mut Snapshot)) {
         self.writes.fetch_add(1, Ordering::SeqCst);
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
         let mut s = Snapshot::clone(&cache);

@@ -22,6 +22,10 @@ pub fn free_port() -> u16 {
     veil_schemas::managed::free_port().unwrap()
 }
 
+/// The admin token every `veil up` of [`start`] runs with: [`try_http`] sends it to `/api/…`
+/// paths unless the request brings its own `Authorization` (or `Cookie`).
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
 /// One HTTP/1.1 request (`Connection: close`); `None` when the connection fails or the answer
 /// is cut (a process killed under load), else the status and the body.
 pub fn try_http(
@@ -40,6 +44,12 @@ pub fn try_http(
     );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let own = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization") || k.eq_ignore_ascii_case("cookie"));
+    if path.starts_with("/api/v") && !own {
+        req.push_str(&format!("Authorization: Bearer {ADMIN}\r\n"));
     }
     req.push_str("\r\n");
     req.push_str(body);
@@ -69,12 +79,26 @@ pub struct Veil {
     pub metrics_addr: SocketAddr,
 }
 
+/// `veil up` on `port` with `--site example.com`, the admin token [`ADMIN`] and `extra` flags;
+/// returns once it serves.
 pub fn start(dir: &Path, port: u16, extra: &[&str]) -> Veil {
+    start_with(dir, port, extra, true)
+}
+
+/// [`start`], with or without the admin token (without: a fresh deployment waits for its
+/// owner's first-run setup, and prints the setup link).
+pub fn start_with(dir: &Path, port: u16, extra: &[&str], admin_token: bool) -> Veil {
     let stdout = std::fs::File::create(dir.join(format!("stdout-{port}.log"))).unwrap();
     let stderr = std::fs::File::create(dir.join(format!("stderr-{port}.log"))).unwrap();
     // Never the default 127.0.0.1:9464: tests start several `veil up`s at once.
     let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_veil"));
+    if admin_token {
+        cmd.env("VEIL_ADMIN_TOKEN", ADMIN);
+    } else {
+        cmd.env_remove("VEIL_ADMIN_TOKEN");
+    }
+    let mut child = cmd
         .args(["up", "--site", "example.com"])
         // Through the environment so that `extra` flags can override them.
         .env("VEIL_MIN_VISITORS", "2")
@@ -87,6 +111,7 @@ pub fn start(dir: &Path, port: u16, extra: &[&str]) -> Veil {
         .arg(dir.join("var"))
         .env("VEIL_LOG", "debug")
         .env_remove("VEIL_CLICKHOUSE_URL")
+        .env_remove("VEIL_API_TOKEN")
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)

@@ -162,6 +162,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ingest_keys",
         sql: include_str!("../../migrations/018_ingest_keys.sql"),
     },
+    Migration {
+        version: 19,
+        name: "people",
+        sql: include_str!("../../migrations/019_people.sql"),
+    },
 ];
 
 impl Migration {

@@ -1,0 +1,793 @@
+//! People and sessions against a real ClickHouse, as an attacker and as each role would try
+//! them: the first-run setup (nothing but the way to it until an owner exists), login and
+//! logout, sessions shared by two aggregators (a load balancer's), "log out everywhere",
+//! cookie writes without Origin or CSRF token refused, a brute-forced password locked out
+//! (unknown e-mails too, so nobody learns which exist), the TOTP second factor and recovery
+//! codes, roles per site with invitations (a viewer of one site never sees another), removal
+//! ending sessions, and the audit log of who changed what, readable by owners only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use http::{HeaderMap, Request};
+use serde_json::{json, Value};
+use veil_aggregator::account::{csrf_token, LOCK_SECS, MAX_FAILURES};
+use veil_aggregator::{Aggregator, AggregatorConfig, ManualClock};
+use veil_schemas::ClickHouseConfig;
+
+const ORIGIN: &str = "http://127.0.0.1:8000";
+const OWNER: &str = "owner@example.com";
+const OWNER_PW: &str = "correct horse battery";
+
+fn config() -> AggregatorConfig {
+    AggregatorConfig {
+        accounts: true,
+        sites: vec!["a.com".into(), "b.com".into()],
+        privacy: veil_aggregator::privacy::Settings::exact(),
+        ..Default::default()
+    }
+}
+
+async fn agg(label: &str) -> (Aggregator, ClickHouseConfig, Arc<ManualClock>) {
+    let ch = veil_schemas::testing::fresh_database(label).await;
+    let clock = ManualClock::new(Utc::now());
+    let a = Aggregator::new(config(), ch.clone()).with_clock(clock.clone());
+    a.registry().refresh().await.unwrap();
+    (a, ch, clock)
+}
+
+/// A browser: its session cookie and CSRF token, once logged in.
+#[derive(Clone, Default)]
+struct Browser {
+    cookie: Option<String>,
+    csrf: Option<String>,
+}
+
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: Value,
+}
+
+async fn send(
+    a: &Aggregator,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Answer {
+    let mut b = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(Bytes::from(body.map(|v| v.to_string()).unwrap_or_default()))
+        .unwrap();
+    let r = a.handle(req).await.expect("an aggregator path");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let bytes = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    // Downloads (the export's zip) are not JSON: their body reads as null.
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+impl Browser {
+    /// A request as the dashboard sends it: the cookie, and on writes Origin and CSRF.
+    async fn call(&self, a: &Aggregator, method: &str, path: &str, body: Option<Value>) -> Answer {
+        let cookie = self.cookie.as_ref().map(|c| format!("veil_session={c}"));
+        let mut h: Vec<(&str, &str)> = Vec::new();
+        if let Some(c) = &cookie {
+            h.push(("cookie", c));
+        }
+        if method != "GET" {
+            h.push(("origin", ORIGIN));
+            if let Some(t) = &self.csrf {
+                h.push(("x-veil-csrf", t));
+            }
+        }
+        if body.is_some() {
+            h.push(("content-type", "application/json"));
+        }
+        send(a, method, path, &h, body).await
+    }
+
+    /// Takes the session from a login-like answer.
+    fn keep(&mut self, r: &Answer) {
+        assert_eq!(r.status, 200, "{}", r.body);
+        let set = r.headers["set-cookie"].to_str().unwrap();
+        for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=604800"] {
+            assert!(set.contains(attr), "{set}");
+        }
+        let token = set
+            .strip_prefix("veil_session=")
+            .and_then(|s| s.split(';').next())
+            .unwrap();
+        assert!(token.starts_with("vs_"), "{set}");
+        assert_eq!(r.body["csrf"], csrf_token(token));
+        self.cookie = Some(token.to_string());
+        self.csrf = r.body["csrf"].as_str().map(str::to_string);
+    }
+}
+
+fn token_of(url: &str) -> String {
+    url.split_once("token=").unwrap().1.to_string()
+}
+
+/// The first-run setup done by the owner; returns their browser.
+async fn set_up_owner(a: &Aggregator) -> Browser {
+    let link = a.setup_link().await.unwrap().expect("a setup link");
+    let mut b = Browser::default();
+    let r = b
+        .call(
+            a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": token_of(&link), "email": OWNER, "password": OWNER_PW})),
+        )
+        .await;
+    b.keep(&r);
+    b
+}
+
+async fn login(a: &Aggregator, email: &str, pw: &str) -> Answer {
+    Browser::default()
+        .call(
+            a,
+            "POST",
+            "/api/v1/auth/login",
+            Some(json!({"email": email, "password": pw})),
+        )
+        .await
+}
+
+async fn logged_in(a: &Aggregator, email: &str, pw: &str) -> Browser {
+    let mut b = Browser::default();
+    b.keep(&login(a, email, pw).await);
+    b
+}
+
+/// Polls (one registry refresh at most) until `f` holds.
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn nothing_opens_before_the_owner_sets_up_and_sessions_then_work_everywhere() {
+    let (a, ch, _) = agg("accounts_setup").await;
+    let stranger = Browser::default();
+    // Before the setup: data and management answer only with the way to it.
+    for (m, p, body) in [
+        ("GET", "/api/v1/sites", None),
+        (
+            "POST",
+            "/api/v2/query",
+            Some(json!({"site_id": "a.com", "metrics": ["visitors"], "date_range": "day"})),
+        ),
+        ("POST", "/api/v1/sites", Some(json!({"domain": "c.com"}))),
+        ("GET", "/api/v1/me", None),
+    ] {
+        let r = stranger.call(&a, m, p, body).await;
+        assert_eq!(
+            (r.status, &r.body["setup_required"]),
+            (401, &json!(true)),
+            "{m} {p}: {}",
+            r.body
+        );
+        assert!(
+            r.body["error"].as_str().unwrap().contains("setup"),
+            "{}",
+            r.body
+        );
+    }
+    let status = stranger.call(&a, "GET", "/api/v1/auth/status", None).await;
+    assert_eq!(
+        status.body,
+        json!({"accounts": true, "setup_required": true})
+    );
+    // A made-up setup token opens nothing.
+    let r = stranger
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": "vn_00", "email": OWNER, "password": OWNER_PW})),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+
+    let link = a.setup_link().await.unwrap().unwrap();
+    assert!(link.starts_with("/setup#token=vn_"), "{link}");
+    let token = token_of(&link);
+    let info = stranger
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/invitation",
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(info.body["setup"], true, "{}", info.body);
+    assert_eq!(info.body["role"], "owner");
+    // A weak password is refused, naming the field; the link still works after that.
+    let weak = stranger
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": token, "email": OWNER, "password": "short"})),
+        )
+        .await;
+    assert_eq!(weak.status, 400);
+    assert!(
+        weak.body["error"].as_str().unwrap().contains("`password`"),
+        "{}",
+        weak.body
+    );
+    let mut owner = Browser::default();
+    let r = owner
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": token, "email": OWNER, "password": OWNER_PW})),
+        )
+        .await;
+    owner.keep(&r);
+    assert_eq!(r.body["roles"], json!([{"site": "*", "role": "owner"}]));
+    // The link is one-time, and no new one is made once an owner exists.
+    let again = stranger
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": token, "email": "x@example.com", "password": OWNER_PW})),
+        )
+        .await;
+    assert_eq!(again.status, 401, "{}", again.body);
+    assert_eq!(a.setup_link().await.unwrap(), None);
+    let r = stranger.call(&a, "GET", "/api/v1/sites", None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.body.get("setup_required"), None, "{}", r.body);
+
+    // The owner's session reads and manages.
+    let me = owner.call(&a, "GET", "/api/v1/me", None).await;
+    assert_eq!(me.body["kind"], "user");
+    assert_eq!(me.body["email"], OWNER);
+    assert_eq!(me.body["csrf"], json!(owner.csrf));
+    let sites = owner.call(&a, "GET", "/api/v1/sites", None).await;
+    assert_eq!(sites.body["sites"], json!(["a.com", "b.com"]));
+
+    // Cookie writes need the browser's Origin and the session's CSRF token.
+    let cookie = format!("veil_session={}", owner.cookie.as_deref().unwrap());
+    let forged = send(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        &[("cookie", &cookie), ("content-type", "application/json")],
+        Some(json!({"domain": "c.com"})),
+    )
+    .await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    let no_csrf = send(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        &[
+            ("cookie", &cookie),
+            ("origin", ORIGIN),
+            ("content-type", "application/json"),
+        ],
+        Some(json!({"domain": "c.com"})),
+    )
+    .await;
+    assert_eq!(no_csrf.status, 403);
+    assert!(
+        no_csrf.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("X-Veil-CSRF"),
+        "{}",
+        no_csrf.body
+    );
+    let other_csrf = send(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        &[
+            ("cookie", &cookie),
+            ("origin", ORIGIN),
+            ("x-veil-csrf", &csrf_token("vs_other")),
+            ("content-type", "application/json"),
+        ],
+        Some(json!({"domain": "c.com"})),
+    )
+    .await;
+    assert_eq!(other_csrf.status, 403);
+    assert_eq!(
+        a.site_list(),
+        vec!["a.com", "b.com"],
+        "no refused write ran"
+    );
+    let made = owner
+        .call(
+            &a,
+            "POST",
+            "/api/v1/sites",
+            Some(json!({"domain": "c.com"})),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+
+    // A second aggregator on the same ClickHouse (behind one load balancer) knows the session
+    // at once: an unknown cookie makes it reload.
+    let b = Aggregator::new(config(), ch.clone());
+    let there = owner.call(&b, "GET", "/api/v1/me", None).await;
+    assert_eq!(
+        (there.status, &there.body["email"]),
+        (200, &json!(OWNER)),
+        "{}",
+        there.body
+    );
+
+    // Wrong passwords and unknown e-mails get the same answer.
+    let wrong = login(&a, OWNER, "not the password").await;
+    let unknown = login(&a, "nobody@example.com", "not the password").await;
+    assert_eq!((wrong.status, &wrong.body), (unknown.status, &unknown.body));
+    assert_eq!(wrong.status, 401);
+
+    // Logout ends this session only, everywhere it is known; the cookie is cleared.
+    let laptop = logged_in(&a, OWNER, OWNER_PW).await;
+    let out = owner.call(&a, "POST", "/api/v1/auth/logout", None).await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert!(out.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    assert_eq!(owner.call(&a, "GET", "/api/v1/me", None).await.status, 401);
+    eventually(
+        "the other aggregator forgets a logged-out session",
+        || async { owner.call(&b, "GET", "/api/v1/me", None).await.status == 401 },
+    )
+    .await;
+    assert_eq!(laptop.call(&a, "GET", "/api/v1/me", None).await.status, 200);
+    // "Log out everywhere" from a phone ends the laptop's session too.
+    let phone = logged_in(&a, OWNER, OWNER_PW).await;
+    let all = phone
+        .call(&a, "POST", "/api/v1/auth/logout-everywhere", None)
+        .await;
+    assert_eq!(all.status, 200, "{}", all.body);
+    for s in [&phone, &laptop] {
+        let r = s.call(&a, "GET", "/api/v1/sites", None).await;
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    assert_eq!(login(&a, OWNER, OWNER_PW).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_brute_forced_password_locks_the_account_for_a_while() {
+    let (a, _, clock) = agg("accounts_lockout").await;
+    set_up_owner(&a).await;
+    for i in 1..=MAX_FAILURES {
+        let r = login(&a, OWNER, &format!("guess number {i}")).await;
+        if i < MAX_FAILURES {
+            assert_eq!(r.status, 401, "{i}: {}", r.body);
+        } else {
+            assert_eq!(r.status, 429, "{i}: {}", r.body);
+            assert_eq!(r.headers["retry-after"], LOCK_SECS.to_string().as_str());
+        }
+    }
+    // Locked: even the right password waits, and says for how long.
+    let r = login(&a, OWNER, OWNER_PW).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("locked"),
+        "{}",
+        r.body
+    );
+    assert!(r.headers.contains_key("retry-after"));
+    // Another aggregator reads the lock from ClickHouse.
+    let b = Aggregator::new(config(), a.clickhouse().clone()).with_clock(clock.clone());
+    b.registry().refresh().await.unwrap();
+    assert_eq!(login(&b, OWNER, OWNER_PW).await.status, 429);
+    // An e-mail without an account locks the same way (no oracle for which exist).
+    for i in 1..=MAX_FAILURES {
+        let r = login(&a, "ghost@example.com", &format!("guess {i}")).await;
+        assert_eq!(
+            r.status,
+            if i < MAX_FAILURES { 401 } else { 429 },
+            "{}",
+            r.body
+        );
+    }
+    clock.advance(Duration::from_secs(u64::from(LOCK_SECS) + 60));
+    assert_eq!(login(&a, OWNER, OWNER_PW).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_second_factor_with_recovery_codes() {
+    let (a, _, clock) = agg("accounts_totp").await;
+    let owner = set_up_owner(&a).await;
+    let setup = owner
+        .call(&a, "POST", "/api/v1/auth/totp/setup", None)
+        .await;
+    assert_eq!(setup.status, 200, "{}", setup.body);
+    let secret = setup.body["secret"].as_str().unwrap().to_string();
+    assert!(setup.body["otpauth_uri"]
+        .as_str()
+        .unwrap()
+        .starts_with("otpauth://totp/Veil:owner%40example.com?secret="));
+    let totp = |t: chrono::DateTime<Utc>| {
+        let bytes = totp_rs::Secret::Encoded(secret.clone()).to_bytes().unwrap();
+        totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, bytes)
+            .unwrap()
+            .generate(t.timestamp() as u64)
+    };
+    let bad = owner
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/totp/enable",
+            Some(json!({"secret": secret, "code": "000000"})),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let on = owner
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/totp/enable",
+            Some(json!({"secret": secret, "code": totp(a.now())})),
+        )
+        .await;
+    assert_eq!(on.status, 200, "{}", on.body);
+    let codes: Vec<String> = serde_json::from_value(on.body["recovery_codes"].clone()).unwrap();
+    assert_eq!(codes.len(), 10);
+
+    // The password alone is not enough any more.
+    let r = login(&a, OWNER, OWNER_PW).await;
+    assert_eq!(
+        (r.status, &r.body["second_factor"]),
+        (401, &json!(true)),
+        "{}",
+        r.body
+    );
+    let with = |code: String| {
+        let a = &a;
+        async move {
+            Browser::default()
+                .call(
+                    a,
+                    "POST",
+                    "/api/v1/auth/login",
+                    Some(json!({"email": OWNER, "password": OWNER_PW, "code": code})),
+                )
+                .await
+        }
+    };
+    assert_eq!(with("123456".into()).await.status, 401);
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(with(totp(a.now())).await.status, 200);
+    // A recovery code works once.
+    assert_eq!(with(codes[0].to_uppercase()).await.status, 200);
+    let reused = with(codes[0].clone()).await;
+    assert_eq!(reused.status, 401, "{}", reused.body);
+    let me = logged_in_with_code(&a, totp(a.now())).await;
+    let me = me.call(&a, "GET", "/api/v1/me", None).await;
+    assert_eq!(me.body["second_factor"], true);
+    assert_eq!(me.body["recovery_codes_left"], 9);
+}
+
+async fn logged_in_with_code(a: &Aggregator, code: String) -> Browser {
+    let mut b = Browser::default();
+    let r = b
+        .call(
+            a,
+            "POST",
+            "/api/v1/auth/login",
+            Some(json!({"email": OWNER, "password": OWNER_PW, "code": code})),
+        )
+        .await;
+    b.keep(&r);
+    b
+}
+
+#[tokio::test]
+async fn roles_per_site_invitations_removal_and_the_audit_log() {
+    let (a, _, _) = agg("accounts_roles").await;
+    let owner = set_up_owner(&a).await;
+
+    // The owner invites an admin of a.com: a one-time link, shown to the inviter.
+    let inv = owner
+        .call(
+            &a,
+            "POST",
+            "/api/v1/sites/a.com/people",
+            Some(json!({"email": "Ada@Example.com", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(inv.status, 201, "{}", inv.body);
+    let url = inv.body["url"].as_str().unwrap();
+    assert!(url.starts_with("/invite#token=vn_"), "{url}");
+    let listed = owner
+        .call(&a, "GET", "/api/v1/sites/a.com/people", None)
+        .await;
+    assert_eq!(listed.body["invitations"][0]["email"], "ada@example.com");
+    let stranger = Browser::default();
+    let info = stranger
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/invitation",
+            Some(json!({"token": token_of(url)})),
+        )
+        .await;
+    assert_eq!(
+        (
+            &info.body["email"],
+            &info.body["site"],
+            &info.body["role"],
+            &info.body["account_exists"]
+        ),
+        (
+            &json!("ada@example.com"),
+            &json!("a.com"),
+            &json!("admin"),
+            &json!(false)
+        )
+    );
+    // The invitation is for Ada: another address cannot take it.
+    let taken = stranger
+        .call(&a, "POST", "/api/v1/auth/accept", Some(json!({"token": token_of(url), "email": "eve@example.com", "password": "eve's password 1"})))
+        .await;
+    assert_eq!(taken.status, 400, "{}", taken.body);
+    let mut ada = Browser::default();
+    let r = ada
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": token_of(url), "password": "ada's long password"})),
+        )
+        .await;
+    ada.keep(&r);
+
+    // Ada administers a.com and nothing else.
+    assert_eq!(
+        ada.call(&a, "GET", "/api/v1/sites", None).await.body["sites"],
+        json!(["a.com"])
+    );
+    let put = ada
+        .call(
+            &a,
+            "PUT",
+            "/api/v1/sites/a.com",
+            Some(json!({"honor_dnt": false, "retention_days": 30})),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(
+        ada.call(
+            &a,
+            "POST",
+            "/api/v1/sites/a.com/keys",
+            Some(json!({"name": "ci"}))
+        )
+        .await
+        .status,
+        201
+    );
+    let del = ada.call(&a, "DELETE", "/api/v1/sites/a.com", None).await;
+    assert_eq!(del.status, 403);
+    assert!(
+        del.body["error"].as_str().unwrap().contains("owner"),
+        "{}",
+        del.body
+    );
+    assert_eq!(
+        ada.call(&a, "GET", "/api/v1/sites/b.com", None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        ada.call(
+            &a,
+            "POST",
+            "/api/v1/sites",
+            Some(json!({"domain": "d.com"}))
+        )
+        .await
+        .status,
+        403
+    );
+    let too_high = ada
+        .call(
+            &a,
+            "POST",
+            "/api/v1/sites/a.com/people",
+            Some(json!({"email": "x@example.com", "role": "owner"})),
+        )
+        .await;
+    assert_eq!(too_high.status, 403, "{}", too_high.body);
+    assert_eq!(ada.call(&a, "GET", "/api/v1/audit", None).await.status, 403);
+
+    // Ada invites a viewer, the marketer.
+    let inv = ada
+        .call(
+            &a,
+            "POST",
+            "/api/v1/sites/a.com/people",
+            Some(json!({"email": "mo@example.com", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(inv.status, 201, "{}", inv.body);
+    let mut mo = Browser::default();
+    let r = mo
+        .call(&a, "POST", "/api/v1/auth/accept", Some(json!({"token": token_of(inv.body["url"].as_str().unwrap()), "password": "mo's long password"})))
+        .await;
+    mo.keep(&r);
+    let q = |site: &str| json!({"site_id": site, "metrics": ["visitors"], "date_range": "day"});
+    assert_eq!(
+        mo.call(&a, "POST", "/api/v2/query", Some(q("a.com")))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        mo.call(&a, "GET", "/api/v1/sites/a.com/export", None)
+            .await
+            .status,
+        200
+    );
+    // A viewer of a.com never sees b.com: the same 404 as an unknown site.
+    let other = mo.call(&a, "POST", "/api/v2/query", Some(q("b.com"))).await;
+    let unknown = mo
+        .call(&a, "POST", "/api/v2/query", Some(q("nowhere.example")))
+        .await;
+    assert_eq!((other.status, unknown.status), (404, 404));
+    assert_eq!(
+        mo.call(&a, "GET", "/api/v1/sites", None).await.body["sites"],
+        json!(["a.com"])
+    );
+    for (m, p, body) in [
+        (
+            "PUT",
+            "/api/v1/sites/a.com",
+            Some(json!({"honor_dnt": true})),
+        ),
+        ("GET", "/api/v1/sites/a.com/keys", None),
+        ("POST", "/api/v1/sites/a.com/shared-links", Some(json!({}))),
+        ("GET", "/api/v1/sites/a.com/people", None),
+    ] {
+        let r = mo.call(&a, m, p, body).await;
+        assert_eq!(r.status, 403, "{m} {p}: {}", r.body);
+    }
+    let me = mo.call(&a, "GET", "/api/v1/me", None).await;
+    assert_eq!(
+        me.body["roles"],
+        json!([{"site": "a.com", "role": "viewer"}])
+    );
+    assert_eq!(me.body["can_create_sites"], false);
+
+    // An existing account accepts another invitation with its own password.
+    let inv = owner
+        .call(
+            &a,
+            "POST",
+            "/api/v1/sites/b.com/people",
+            Some(json!({"email": "ada@example.com", "role": "viewer"})),
+        )
+        .await;
+    let tok = token_of(inv.body["url"].as_str().unwrap());
+    let wrong = stranger
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": tok, "password": "not ada's password"})),
+        )
+        .await;
+    assert_eq!(wrong.status, 401);
+    let r = stranger
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": tok, "password": "ada's long password"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        ada.call(&a, "GET", "/api/v1/sites", None).await.body["sites"],
+        json!(["a.com", "b.com"])
+    );
+
+    // Removing Mo ends Mo's sessions at once.
+    let people = ada
+        .call(&a, "GET", "/api/v1/sites/a.com/people", None)
+        .await;
+    let mo_id = people.body["people"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["email"] == "mo@example.com")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gone = ada
+        .call(
+            &a,
+            "DELETE",
+            &format!("/api/v1/sites/a.com/people/{mo_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(gone.status, 200, "{}", gone.body);
+    assert_eq!(
+        mo.call(&a, "POST", "/api/v2/query", Some(q("a.com")))
+            .await
+            .status,
+        401
+    );
+    // The last owner of every site cannot be removed.
+    let owners = owner.call(&a, "GET", "/api/v1/people", None).await;
+    let owner_id = owners.body["people"][0]["id"].as_str().unwrap().to_string();
+    let last = owner
+        .call(&a, "DELETE", &format!("/api/v1/people/{owner_id}"), None)
+        .await;
+    assert_eq!(last.status, 409, "{}", last.body);
+
+    // The audit log says who changed what, for owners only, with no visitor data.
+    let log = owner.call(&a, "GET", "/api/v1/audit", None).await;
+    assert_eq!(log.status, 200, "{}", log.body);
+    let entries = log.body["entries"].as_array().unwrap();
+    let find = |action: &str, actor: &str| {
+        entries
+            .iter()
+            .find(|e| e["action"] == action && e["actor"] == actor)
+            .unwrap_or_else(|| panic!("no {action} by {actor} in {entries:?}"))
+    };
+    let upd = find("site.update", "ada@example.com");
+    assert_eq!(upd["site"], "a.com");
+    assert_eq!(upd["detail"]["honor_dnt"], json!([true, false]));
+    assert_eq!(upd["detail"]["retention_days"], json!([null, 30]));
+    find("key.create", "ada@example.com");
+    find("person.invite", OWNER);
+    find("person.invite", "ada@example.com");
+    find("person.join", "mo@example.com");
+    find("person.remove", "ada@example.com");
+    find("owner.setup", OWNER);
+    let text = log.body.to_string();
+    for secret in ["vs_", "vk_", "ada's long password", OWNER_PW] {
+        assert!(!text.contains(secret), "{secret} in the audit log");
+    }
+    let only_b = owner
+        .call(&a, "GET", "/api/v1/audit?site=b.com", None)
+        .await;
+    assert!(only_b.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["site"] == "b.com"));
+}
