@@ -301,9 +301,9 @@ impl Aggregator {
         u32::try_from(self.now().timestamp().max(0)).unwrap_or(u32::MAX)
     }
 
-    /// Reloads the registry unless a forced reload ran in the last second (a cookie or owner
-    /// this process does not know yet may have been made by another aggregator).
-    async fn reload_for_unknown(&self) -> Result<bool, Error> {
+    /// Reloads the registry unless a forced reload ran in the last second (a cookie, key, link
+    /// or owner this process does not know yet may have been made by another process).
+    pub(crate) async fn reload_for_unknown(&self) -> Result<bool, Error> {
         {
             let mut last = self.reloaded.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|t: Instant| t.elapsed() < Duration::from_secs(1)) {

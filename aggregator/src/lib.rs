@@ -586,7 +586,15 @@ impl Aggregator {
             }
         }
         let hash = secret_hash(given);
-        let snap = self.registry.snapshot();
+        let mut snap = self.registry.snapshot();
+        let known = |s: &veil_schemas::registry::Snapshot| {
+            s.key_by_hash(&hash).is_some() || s.link_by_hash(&hash).is_some()
+        };
+        // A key or link made a moment ago by another process (`veil key create`, another
+        // aggregator): one reload, at most one per second.
+        if !known(&snap) && self.reload_for_unknown().await? {
+            snap = self.registry.snapshot();
+        }
         if let Some(k) = snap.key_by_hash(&hash) {
             if k.revoked {
                 return Err(Error::Denied("this API key has been revoked".into()));

@@ -112,19 +112,19 @@ fn running_managed(dir: &std::path::Path) -> Option<String> {
     veil_schemas::managed::ping_blocking(port).then(|| format!("http://127.0.0.1:{port}"))
 }
 
-/// Prints the first-run setup link when the deployment has no owner and no admin token.
-async fn print_setup_link(aggregator: &Aggregator, base: &str) -> Result<()> {
-    if let Some(path) = aggregator
+/// The line telling how to set up the owner, when the deployment has no owner and no admin
+/// token (the one-time setup link is made now).
+async fn setup_line(aggregator: &Aggregator, base: &str) -> Result<Option<String>> {
+    let path = aggregator
         .setup_link()
         .await
-        .context("making the first-run setup link")?
-    {
-        println!(
+        .context("making the first-run setup link")?;
+    Ok(path.map(|path| {
+        format!(
             "No owner yet: open {base}{path} within 24 hours to set the owner's e-mail and password \
              (or run `veil user create --email YOU --role owner`)."
-        );
-    }
-    Ok(())
+        )
+    }))
 }
 
 /// The aggregator's scheduled work, for as long as the process runs: the rollup job (closed
@@ -238,7 +238,9 @@ async fn run(command: Command, s: Settings) -> Result<()> {
             let addr = listener.local_addr()?;
             eprintln!("veil: aggregator and dashboard on http://{addr}/");
             let base = public.unwrap_or_else(|| format!("http://{addr}"));
-            print_setup_link(&aggregator, base.trim_end_matches('/')).await?;
+            if let Some(line) = setup_line(&aggregator, base.trim_end_matches('/')).await? {
+                println!("{line}");
+            }
             let app = Arc::new(VeilApp {
                 collector: None,
                 guard: aggregator.guard(addr),
@@ -281,6 +283,16 @@ async fn run(command: Command, s: Settings) -> Result<()> {
                 aggregator,
             });
             let addr = listener.local_addr()?;
+            let base = s
+                .aggregator
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}"));
+            let setup = setup_line(&app.aggregator, base.trim_end_matches('/')).await?;
+            // The setup line first: whoever waits for "Veil is running" finds it printed.
+            if let Some(line) = &setup {
+                println!("{line}");
+            }
             println!(
                 "Veil is running: dashboard http://{addr}/  ingest http://{addr}/api/event  {}",
                 metrics_line(metrics.as_ref())?
@@ -288,12 +300,6 @@ async fn run(command: Command, s: Settings) -> Result<()> {
             if demo {
                 println!("Demo site: {}", gen::demo_url(addr));
             }
-            let base = s
-                .aggregator
-                .public_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{addr}"));
-            print_setup_link(&app.aggregator, base.trim_end_matches('/')).await?;
             println!("{}", collector.geo_status());
             if collector.sites().list().is_empty() {
                 println!("No site is registered yet: restart with --site example.com, or add one with POST /api/v1/sites (see README).");

@@ -428,3 +428,188 @@ fn issue_16_attacks_are_refused() {
     alias_domain_sites_are_refused(&c);
     stop(v);
 }
+
+/// `veil` run as a command (user create, key create) on `dir`'s data, with `stdin`.
+fn veil_cmd(dir: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.join("var"))
+        .env_remove("VEIL_CLICKHOUSE_URL")
+        .env_remove("VEIL_ADMIN_TOKEN")
+        .env_remove("VEIL_API_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// No silent open admin: a fresh `veil up` without an admin token answers every data and
+/// management route — even a request that looks proxied, with forwarding headers — only with
+/// the way to the setup (ingest works from the first second); the printed setup link is
+/// one-time; `veil user create` makes the owner without a browser, who then logs in (a
+/// session cookie) and sees the sites; `veil key create` prints a key that reads, as the
+/// README's curl example does.
+#[test]
+fn a_fresh_veil_up_opens_nothing_until_its_owner_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let v = start_with(dir.path(), port, &["--privacy", "exact"], false);
+    let out = std::fs::read_to_string(dir.path().join(format!("stdout-{port}.log"))).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("No owner yet: open "))
+        .unwrap_or_else(|| panic!("no setup link printed: {out}"));
+    let link = line.split_whitespace().nth(4).unwrap();
+    assert!(
+        link.starts_with(&format!("http://{}/setup#token=vn_", v.addr)),
+        "{line}"
+    );
+    let setup_token = link.split_once("token=").unwrap().1.to_string();
+    let host = v.addr.to_string();
+    let proxied = [
+        ("Host", host.as_str()),
+        ("X-Forwarded-For", "203.0.113.9"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Real-IP", "203.0.113.9"),
+        ("Authorization", "Bearer guessed-admin-token-123"),
+        JSON,
+    ];
+    for (m, p, body) in [
+        ("GET", "/api/v1/sites", ""),
+        ("GET", "/api/v1/sites/example.com/keys", ""),
+        ("POST", "/api/v1/sites", r#"{"domain": "evil.example"}"#),
+        (
+            "POST",
+            "/api/v2/query",
+            r#"{"site_id": "example.com", "metrics": ["visitors"], "date_range": "day"}"#,
+        ),
+        ("GET", "/api/v1/stats/aggregate?site_id=example.com", ""),
+    ] {
+        let (s, _, b) = raw(v.addr, m, p, &proxied, body);
+        assert_eq!(s, 401, "{m} {p}: {b}");
+        let b: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(b["setup_required"], true, "{m} {p}: {b}");
+    }
+    // Ingest is open from the first second.
+    let (s, _, b) = raw(
+        v.addr,
+        "POST",
+        "/api/event",
+        &[
+            ("Host", &host),
+            JSON,
+            ("User-Agent", "Mozilla/5.0 Firefox/126.0"),
+        ],
+        r#"{"n": "pageview", "u": "https://example.com/", "d": "example.com"}"#,
+    );
+    assert_eq!(s, 202, "{b}");
+
+    // The owner, made without a browser.
+    let (ok, so, se) = veil_cmd(
+        dir.path(),
+        &[
+            "user",
+            "create",
+            "--email",
+            "Owner@Example.com",
+            "--role",
+            "owner",
+        ],
+        "a long enough password\n",
+    );
+    assert!(ok, "{so}{se}");
+    assert!(
+        so.contains("owner@example.com is owner of every site"),
+        "{so}"
+    );
+    // The setup link no longer opens anything.
+    let (s, _, b) = raw(
+        v.addr,
+        "POST",
+        "/api/v1/auth/accept",
+        &[("Host", &host), JSON],
+        &json!({"token": setup_token, "email": "eve@example.com", "password": "eve's password!"})
+            .to_string(),
+    );
+    assert_eq!(s, 409, "{b}");
+    let (s, head, b) = raw(
+        v.addr,
+        "POST",
+        "/api/v1/auth/login",
+        &[("Host", &host), JSON],
+        r#"{"email": "owner@example.com", "password": "a long enough password"}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(cookie.starts_with("veil_session=vs_"), "{cookie}");
+    assert!(
+        head.contains("httponly") && head.contains("samesite=strict"),
+        "{head}"
+    );
+    let (s, _, b) = raw(
+        v.addr,
+        "GET",
+        "/api/v1/sites",
+        &[("Host", &host), ("Cookie", &cookie)],
+        "",
+    );
+    assert_eq!(s, 200, "{b}");
+    assert!(b.contains("example.com"), "{b}");
+    // A cookie write without the CSRF token, even from this origin, is refused.
+    let origin = format!("http://{host}");
+    let (s, _, b) = raw(
+        v.addr,
+        "POST",
+        "/api/v1/sites",
+        &[
+            ("Host", &host),
+            ("Cookie", &cookie),
+            ("Origin", &origin),
+            JSON,
+        ],
+        r#"{"domain": "new.example"}"#,
+    );
+    assert_eq!(s, 403, "{b}");
+
+    // A site key from the command line reads the site.
+    let (ok, key, se) = veil_cmd(
+        dir.path(),
+        &["key", "create", "--site", "example.com", "--name", "readme"],
+        "",
+    );
+    assert!(ok, "{se}");
+    let key = key.trim();
+    assert!(key.starts_with("vk_"), "{key}");
+    let bearer = format!("Bearer {key}");
+    let (s, _, b) = raw(
+        v.addr,
+        "POST",
+        "/api/v2/query",
+        &[("Host", &host), ("Authorization", &bearer), JSON],
+        r#"{"site_id": "example.com", "metrics": ["pageviews"], "date_range": "day"}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    stop(v);
+}
