@@ -236,11 +236,12 @@ async fn run(command: Command, s: Settings) -> Result<()> {
             let public = s.aggregator.public_url.clone();
             let aggregator = Aggregator::new(s.aggregator, s.clickhouse);
             let addr = listener.local_addr()?;
-            eprintln!("veil: aggregator and dashboard on http://{addr}/");
             let base = public.unwrap_or_else(|| format!("http://{addr}"));
+            // The setup line first: `veil cluster` waits for the next one, then shows it.
             if let Some(line) = setup_line(&aggregator, base.trim_end_matches('/')).await? {
                 println!("{line}");
             }
+            eprintln!("veil: aggregator and dashboard on http://{addr}/");
             let app = Arc::new(VeilApp {
                 collector: None,
                 guard: aggregator.guard(addr),

@@ -400,6 +400,53 @@ fn alias_domain_sites_are_refused(c: &Ctx) {
     assert!(!c.sites().contains(&"www.shop.example".to_string()));
 }
 
+/// A shared link's token that leaked into a URL or a Referer (an old `?auth=` link) opens
+/// nothing there: the API takes credentials only from the `Authorization` header (or a
+/// session cookie), never from a query string or a Referer; pages never send a Referer.
+fn a_share_token_in_a_url_or_referer_opens_nothing(c: &Ctx) {
+    let (s, _, body) = c.post(
+        "/api/v1/sites/example.com/shared-links",
+        &[],
+        r#"{"name": "board"}"#,
+    );
+    assert_eq!(s, 201, "{body}");
+    let token = serde_json::from_str::<Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let referer = format!("http://{}/share/example.com?auth={token}", c.host);
+    let q = r#"{"site_id": "example.com", "metrics": ["visitors"], "date_range": "day"}"#;
+    // A browser's cookie (not a session) stands in for "no credential".
+    let no_credential = ("Cookie", "theme=dark");
+    for path in [
+        format!("/api/v2/query?auth={token}"),
+        "/api/v2/query".to_string(),
+    ] {
+        let (s, _, b) = raw(
+            c.addr,
+            "POST",
+            &path,
+            &[c.host(), JSON, no_credential, ("Referer", &referer)],
+            q,
+        );
+        assert_eq!(s, 401, "{path}: {b}");
+    }
+    // The same token in the header is what opens the site (the link itself works).
+    let bearer = format!("Bearer {token}");
+    let (s, _, b) = raw(
+        c.addr,
+        "POST",
+        "/api/v2/query",
+        &[c.host(), JSON, ("Authorization", &bearer)],
+        q,
+    );
+    assert_eq!(s, 200, "{b}");
+    // The shared page itself tells browsers to send no Referer anywhere.
+    let (s, head, _) = raw(c.addr, "GET", "/share/example.com", &[c.host()], "");
+    assert_eq!(s, 200);
+    assert!(head.contains("referrer-policy: no-referrer"), "{head}");
+}
+
 #[test]
 fn issue_16_attacks_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -426,6 +473,7 @@ fn issue_16_attacks_are_refused() {
     answers_carry_security_headers(&c);
     forged_overrides_need_an_ingest_key(&c);
     alias_domain_sites_are_refused(&c);
+    a_share_token_in_a_url_or_referer_opens_nothing(&c);
     stop(v);
 }
 
