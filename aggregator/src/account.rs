@@ -261,12 +261,19 @@ fn percent(s: &str) -> String {
         .collect()
 }
 
+/// The last TOTP time step each account logged in with, in this process: a code is accepted
+/// once (RFC 6238 §5.2), so one seen over a shoulder or in a log cannot be replayed.
+#[derive(Debug, Default)]
+pub struct UsedSteps(Mutex<HashMap<String, u64>>);
+
 /// The outcome of checking a second-factor `code` for `user` at `now`: `Ok(Some(rest))` when
-/// a recovery code was used (the codes left), `Ok(None)` for a right TOTP code.
+/// a recovery code was used (the codes left), `Ok(None)` for a right TOTP code not used before
+/// (its step is remembered in `used`).
 fn second_factor(
     user: &UserRecord,
     code: Option<&str>,
     now: i64,
+    used: &UsedSteps,
 ) -> Result<Option<Vec<String>>, Error> {
     let code = code.map(str::trim).filter(|c| !c.is_empty()).ok_or_else(|| {
         Error::SecondFactor(
@@ -275,15 +282,27 @@ fn second_factor(
     })?;
     let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
     if digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit()) {
-        let ok = totp(&user.totp_secret)
-            .is_some_and(|t| t.check(&digits, u64::try_from(now).unwrap_or(0)));
-        return if ok {
-            Ok(None)
-        } else {
-            Err(Error::SecondFactor(
+        // One step of skew either way, as TOTP::check allows, but knowing which step matched.
+        let step = u64::try_from(now).unwrap_or(0) / 30;
+        let matched = totp(&user.totp_secret).and_then(|t| {
+            (step.saturating_sub(1)..=step + 1).find(|s| {
+                let want = t.generate(s * 30);
+                blake3::hash(want.as_bytes()) == blake3::hash(digits.as_bytes())
+            })
+        });
+        let Some(matched) = matched else {
+            return Err(Error::SecondFactor(
                 "the second-factor code is wrong or too old".into(),
-            ))
+            ));
         };
+        let mut last = used.0.lock().unwrap_or_else(|p| p.into_inner());
+        if last.get(&user.id).is_some_and(|l| *l >= matched) {
+            return Err(Error::SecondFactor(
+                "this second-factor code was used already: wait for the next one".into(),
+            ));
+        }
+        last.insert(user.id.clone(), matched);
+        return Ok(None);
     }
     let h = secret_hash(&code.to_ascii_lowercase());
     if user.recovery.contains(&h) {
@@ -515,7 +534,7 @@ impl Aggregator {
         let ok = verify_off_runtime(phc, password.to_string()).await && user.is_some();
         let checked = match (ok, user) {
             (true, Some(u)) if u.totp_secret.is_empty() => Ok((u, None)),
-            (true, Some(u)) => match second_factor(&u, code, now) {
+            (true, Some(u)) => match second_factor(&u, code, now, &self.used_steps) {
                 Ok(rest) => Ok((u, rest)),
                 // Asked for the code for the first time: not a failure.
                 Err(e) if code.is_none_or(|c| c.trim().is_empty()) => return Err(e),
@@ -1317,20 +1336,30 @@ mod tests {
             deleted: false,
             version: 1,
         };
-        assert_eq!(second_factor(&u, Some(&code), now).unwrap(), None);
+        let used = UsedSteps::default();
+        assert_eq!(second_factor(&u, Some(&code), now, &used).unwrap(), None);
+        // The same code again (a replay) is refused, even within its 30 s.
+        let replay = second_factor(&u, Some(&code), now + 5, &used).unwrap_err();
+        assert!(replay.to_string().contains("used already"), "{replay}");
+        // The next step's code works.
+        let next = totp(&u.totp_secret).unwrap().generate(now as u64 + 30);
+        assert_eq!(
+            second_factor(&u, Some(&next), now + 30, &used).unwrap(),
+            None
+        );
         assert!(matches!(
-            second_factor(&u, Some(&code), now + 300),
+            second_factor(&u, Some(&code), now + 300, &UsedSteps::default()),
             Err(Error::SecondFactor(_))
         ));
         assert!(matches!(
-            second_factor(&u, None, now),
+            second_factor(&u, None, now, &used),
             Err(Error::SecondFactor(_))
         ));
-        let rest = second_factor(&u, Some("ABCD-EF01-2345"), now)
+        let rest = second_factor(&u, Some("ABCD-EF01-2345"), now, &used)
             .unwrap()
             .unwrap();
         assert!(rest.is_empty());
         u.recovery = rest;
-        assert!(second_factor(&u, Some("abcd-ef01-2345"), now).is_err());
+        assert!(second_factor(&u, Some("abcd-ef01-2345"), now, &used).is_err());
     }
 }

@@ -449,6 +449,8 @@ pub struct Aggregator {
     clock: Arc<dyn Clock>,
     /// Failed logins per e-mail ([`account`]).
     failures: Arc<account::Failures>,
+    /// TOTP steps already used per account ([`account`]).
+    used_steps: Arc<account::UsedSteps>,
     /// Lock-outs of e-mails without an account (this process only), until Unix seconds.
     phantom_locks: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
     /// When the registry was last reloaded for an unknown session or owner.
@@ -498,6 +500,7 @@ impl Aggregator {
             privacy: Arc::new(privacy::Privacy::new(cfg_privacy)),
             clock: Arc::new(SystemClock),
             failures: Arc::default(),
+            used_steps: Arc::default(),
             phantom_locks: Arc::default(),
             reloaded: Arc::default(),
         }

@@ -491,6 +491,10 @@ async fn a_second_factor_with_recovery_codes() {
     assert_eq!(with(codes[0].to_uppercase()).await.status, 200);
     let reused = with(codes[0].clone()).await;
     assert_eq!(reused.status, 401, "{}", reused.body);
+    // A code already used is refused (a replay), the next one works.
+    let replay = with(totp(a.now())).await;
+    assert_eq!(replay.status, 401, "{}", replay.body);
+    clock.advance(Duration::from_secs(30));
     let me = logged_in_with_code(&a, totp(a.now())).await;
     let me = me.call(&a, "GET", "/api/v1/me", None).await;
     assert_eq!(me.body["second_factor"], true);
@@ -790,4 +794,41 @@ async fn roles_per_site_invitations_removal_and_the_audit_log() {
         .unwrap()
         .iter()
         .all(|e| e["site"] == "b.com"));
+}
+
+#[tokio::test]
+async fn behind_tls_the_session_cookie_is_secure_and_host_bound() {
+    let ch = veil_schemas::testing::fresh_database("accounts_tls").await;
+    let a = Aggregator::new(
+        AggregatorConfig {
+            public_url: Some("https://veil.example".into()),
+            ..config()
+        },
+        ch,
+    );
+    a.registry().refresh().await.unwrap();
+    let link = a.setup_link().await.unwrap().unwrap();
+    let r = Browser::default()
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": token_of(&link), "email": OWNER, "password": OWNER_PW})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let set = r.headers["set-cookie"].to_str().unwrap();
+    assert!(set.starts_with("__Host-veil_session=vs_"), "{set}");
+    for attr in ["; Secure", "; HttpOnly", "; SameSite=Strict", "; Path=/"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    assert!(!set.contains("Domain="), "{set}");
+    let cookie = set.split(';').next().unwrap();
+    let me = send(&a, "GET", "/api/v1/me", &[("cookie", cookie)], None).await;
+    assert_eq!(
+        (me.status, &me.body["email"]),
+        (200, &json!(OWNER)),
+        "{}",
+        me.body
+    );
 }
