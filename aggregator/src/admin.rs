@@ -10,6 +10,10 @@
 //!   take the flag-seeded defaults); `DELETE` → `{"deleted": "a.com", "still_defined_by_flags": false}`
 //!   unregisters the stored record and revokes its keys and links (data stays: `veil erase-site`
 //!   erases it); a site defined only by flags answers 409;
+//! - `POST /api/v1/sites/{domain}/erase` `{"confirm": "{domain}"}` → `{"erased", "rows",
+//!   "tables": {TABLE: ROWS}}`: deletes every event and report row of the site for good (what
+//!   `veil erase-site` does; the site stays registered; people and the audit log stay), owners
+//!   only; waits until ClickHouse has applied it;
 //! - `POST /api/v1/sites/{domain}/keys` `{"name"?}` → 201 `{"id", "key", "site", "name", "created_at"}`
 //!   (the key is shown only here); `GET …/keys` → `{"keys": [{"id", "name", "created_at", "revoked"}]}`;
 //!   `DELETE …/keys/{id}` → `{"revoked": "ID"}`;
@@ -267,6 +271,33 @@ pub(crate) async fn route(
                 }
                 _ => Err(Error::MethodNotAllowed("GET, PUT, DELETE")),
             }
+        }
+        [raw, "erase"] => {
+            let (d, _, _) = agg.scoped(access, raw)?;
+            need(access, &d, Role::Owner)?;
+            if m != Method::POST {
+                return Err(Error::MethodNotAllowed("POST"));
+            }
+            let obj = body_object(req)?;
+            only_fields(&obj, &["confirm"])?;
+            if optional_string(&obj, "confirm")?.as_deref() != Some(d.as_str()) {
+                return Err(bad(format!(
+                    "erasing deletes every event and report of {d:?} for good: send {{\"confirm\": {d:?}}}"
+                )));
+            }
+            let report = crate::retention::erase_site(&agg.ch, &d).await?;
+            let removed: u64 = report.tables.values().sum();
+            agg.audit(
+                access,
+                &d,
+                "site.erase",
+                json!({"rows": removed, "tables": report.tables}),
+            )
+            .await;
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"erased": d, "rows": removed, "tables": report.tables}),
+            ))
         }
         [raw, "keys"] => {
             let (d, _, _) = agg.scoped(access, raw)?;

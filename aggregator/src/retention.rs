@@ -277,7 +277,13 @@ pub async fn purge(
     Ok(report)
 }
 
-/// Deletes every row of `site` from every table with a `site` column; returns rows removed per table.
+/// Tables with a `site` column that erasing a site's data keeps: who may reach the site and
+/// the audit log of who changed what (no visitor data in either; the audit log records the
+/// erasure itself).
+pub const KEPT_ON_ERASE: &[&str] = &["audit_log", "memberships", "invitations"];
+
+/// Deletes every row of `site` from every table with a `site` column (but
+/// [`KEPT_ON_ERASE`]); returns rows removed per table.
 pub async fn erase_site(cfg: &ClickHouseConfig, site: &str) -> Result<EraseReport, Error> {
     let client = cfg.client();
     let tables: Vec<String> = rows(
@@ -296,6 +302,10 @@ pub async fn erase_site(cfg: &ClickHouseConfig, site: &str) -> Result<EraseRepor
         // In cluster mode each sharded table has a `_local` twin per node: rows are counted
         // and deleted through the base name (Distributed, `ON CLUSTER`).
         if cfg.cluster.is_some() && table.ends_with("_local") {
+            continue;
+        }
+        let base = table.strip_suffix("_local").unwrap_or(&table);
+        if KEPT_ON_ERASE.contains(&base) {
             continue;
         }
         if !valid_identifier(&table) {

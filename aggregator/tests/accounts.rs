@@ -832,3 +832,102 @@ async fn behind_tls_the_session_cookie_is_secure_and_host_bound() {
         me.body
     );
 }
+
+#[tokio::test]
+async fn owners_erase_a_sites_data_on_request_and_only_owners() {
+    let (a, ch, _) = agg("accounts_erase").await;
+    let owner = set_up_owner(&a).await;
+    let insert = |site: &'static str| {
+        let ch = ch.clone();
+        async move {
+            let q = veil_schemas::sql!(
+                "INSERT INTO events (site, timestamp, name, pathname, visitor_id) \
+                 SELECT {}, now(), 'pageview', '/', toFixedString(toString(number), 16) FROM numbers(50)",
+                veil_schemas::sql::lit(site)
+            );
+            veil_aggregator::db::exec(&ch.client(), &q).await.unwrap();
+        }
+    };
+    insert("a.com").await;
+    insert("b.com").await;
+    let count = |site: &'static str| {
+        let ch = ch.clone();
+        async move {
+            let q = veil_schemas::sql!(
+                "SELECT count() FROM events WHERE site = {}",
+                veil_schemas::sql::lit(site)
+            );
+            let n: u64 = ch.client().query(q.as_str()).fetch_one().await.unwrap();
+            n
+        }
+    };
+    // An admin of a.com may not erase it.
+    let inv = owner
+        .call(
+            &a,
+            "POST",
+            "/api/v1/sites/a.com/people",
+            Some(json!({"email": "ada@example.com", "role": "admin"})),
+        )
+        .await;
+    let mut ada = Browser::default();
+    let r = ada
+        .call(&a, "POST", "/api/v1/auth/accept", Some(json!({"token": token_of(inv.body["url"].as_str().unwrap()), "password": "ada's long password"})))
+        .await;
+    ada.keep(&r);
+    let r = ada
+        .call(
+            &a,
+            "POST",
+            "/api/v1/sites/a.com/erase",
+            Some(json!({"confirm": "a.com"})),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // The owner must confirm with the domain.
+    let r = owner
+        .call(&a, "POST", "/api/v1/sites/a.com/erase", Some(json!({})))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("confirm"),
+        "{}",
+        r.body
+    );
+    assert_eq!(count("a.com").await, 50);
+    let r = owner
+        .call(
+            &a,
+            "POST",
+            "/api/v1/sites/a.com/erase",
+            Some(json!({"confirm": "a.com"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["tables"]["events"], 50, "{}", r.body);
+    assert_eq!(count("a.com").await, 0);
+    assert_eq!(count("b.com").await, 50, "another site's data stays");
+    // People and the audit log stay: Ada still administers a.com, and the erasure is logged.
+    assert_eq!(
+        ada.call(&a, "GET", "/api/v1/sites", None).await.body["sites"],
+        json!(["a.com"])
+    );
+    let log = owner
+        .call(&a, "GET", "/api/v1/audit?site=a.com", None)
+        .await;
+    let erased = log.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "site.erase")
+        .unwrap_or_else(|| panic!("{}", log.body));
+    assert_eq!(
+        (&erased["actor"], &erased["detail"]["tables"]["events"]),
+        (&json!(OWNER), &json!(50))
+    );
+    assert!(log.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "person.invite"));
+}
