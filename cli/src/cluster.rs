@@ -273,6 +273,22 @@ pub fn run(settings: &Settings, args: &ClusterArgs) -> Result<()> {
     }
 }
 
+/// The aggregator's first-run setup line (the deployment has no owner yet), read from its log
+/// once it says it serves (at most 60 s); `None` when it has an owner or an admin token.
+fn setup_line(log: &Path) -> Option<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("aggregator and dashboard on") || std::time::Instant::now() > deadline {
+            return text
+                .lines()
+                .find(|l| l.starts_with("No owner yet:"))
+                .map(str::to_string);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,21 +316,5 @@ mod tests {
             passed_on_args(&a),
             vec!["--site", "a.com", "--min-visitors", "2"]
         );
-    }
-}
-
-/// The aggregator's first-run setup line (the deployment has no owner yet), read from its log
-/// once it says it serves (at most 60 s); `None` when it has an owner or an admin token.
-fn setup_line(log: &Path) -> Option<String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains("aggregator and dashboard on") || std::time::Instant::now() > deadline {
-            return text
-                .lines()
-                .find(|l| l.starts_with("No owner yet:"))
-                .map(str::to_string);
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
