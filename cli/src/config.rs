@@ -207,6 +207,16 @@ layered! {
         /// Directory with the GeoIP databases (`make geoip` fills it) [default: DATA_DIR/geoip].
         #[arg(long, env = "VEIL_GEOIP_DIR", global = true)]
         pub geoip_dir: Option<PathBuf>,
+        /// How often the collector checks the GeoIP files for a new version (1s to 1h)
+        /// [default: 30s].
+        #[arg(
+            long,
+            env = "VEIL_GEOIP_RELOAD",
+            global = true,
+            value_parser = humantime::parse_duration
+        )]
+        #[serde(deserialize_with = "crate::layer::humantime_opt")]
+        pub geoip_reload: Option<Duration>,
         /// A site (domain) accepted without an API call; repeatable, or comma-separated in
         /// VEIL_SITE.
         #[arg(long = "site", env = "VEIL_SITE", value_delimiter = ',', global = true)]
@@ -559,6 +569,7 @@ impl Settings {
         let data_dir = given.data_dir.unwrap_or_else(|| PathBuf::from("./var"));
         collector.spool.dir = data_dir.join("spool");
         collector.geoip_dir = Some(given.geoip_dir.unwrap_or_else(|| data_dir.join("geoip")));
+        collector.geoip_reload = given.geoip_reload.unwrap_or(collector.geoip_reload);
         collector.spool.max_bytes = given.spool_max_bytes.unwrap_or(collector.spool.max_bytes);
         collector.spool.durability = given.durability.unwrap_or_default();
         if let Some(v) = &given.metrics_listen {

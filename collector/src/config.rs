@@ -45,6 +45,9 @@ pub struct CollectorConfig {
     /// Directory with the GeoIP databases (`city-ipv4.mmdb`, `city-ipv6.mmdb`, `asn.mmdb`; see
     /// docs/GEOIP.md); `None` or missing files: geo facts are left empty.
     pub geoip_dir: Option<std::path::PathBuf>,
+    /// How often the GeoIP files are checked for a new version (`--geoip-reload`, 1 s to 1 h).
+    #[serde(with = "secs")]
+    pub geoip_reload: Duration,
     /// How long shutdown may take to drain connections and flush the last batch.
     #[serde(with = "secs")]
     pub shutdown_timeout: Duration,
@@ -315,6 +318,7 @@ impl Default for CollectorConfig {
             batch: BatchConfig::default(),
             spool: SpoolSettings::default(),
             geoip_dir: None,
+            geoip_reload: crate::pipeline::geo::DEFAULT_RELOAD_INTERVAL,
             shutdown_timeout: Duration::from_secs(30),
             metrics: MetricsSettings::default(),
         }
@@ -339,6 +343,12 @@ impl CollectorConfig {
                     "--trusted-ip-header {h:?} is not a valid header name"
                 )));
             }
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.geoip_reload) {
+            return Err(Error::Config(
+                "--geoip-reload must be between 1s and 1h (how often GeoIP files are checked for a new version)"
+                    .into(),
+            ));
         }
         let l = &self.limits;
         let b = &self.batch;

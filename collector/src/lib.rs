@@ -148,7 +148,7 @@ impl Collector {
         });
         tracing::info!(status = %geo.status(), "GeoIP");
         if config.geoip_dir.is_some() {
-            geo.watch(pipeline::geo::DEFAULT_RELOAD_INTERVAL)?;
+            geo.watch(config.geoip_reload)?;
         }
         // Sites from flags, then the registry shared through ClickHouse (admin API), kept
         // fresh in the background for as long as the collector lives.
