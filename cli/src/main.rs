@@ -66,8 +66,17 @@ fn real_main(cli: Cli) -> Result<()> {
     if let (Command::Up { .. } | Command::Gen(_), None) = (&cli.command, &settings.clickhouse_url) {
         let dir = settings.data_dir.join("clickhouse");
         eprintln!("veil: starting managed ClickHouse under {}", dir.display());
-        let server = ManagedClickHouse::start(&ManagedOptions::new(dir))?;
-        settings.clickhouse.url = server.url();
+        let opts = ManagedOptions::new(dir);
+        let server = ManagedClickHouse::start(&opts)?;
+        eprintln!(
+            "veil: its user is `default`, its password in {} (mode 0600)",
+            opts.password_file.display()
+        );
+        // The managed server's own user, whatever --clickhouse-user/-password say.
+        let database = settings.clickhouse.database.clone();
+        let cluster = settings.clickhouse.cluster.take();
+        settings.clickhouse = server.config(database);
+        settings.clickhouse.cluster = cluster;
         managed = Some(server);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
