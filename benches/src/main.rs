@@ -146,6 +146,8 @@ struct Store {
     /// Dropped in order: the server stops, then its directory is removed.
     _managed: Option<(ManagedClickHouse, TempDir)>,
     url: String,
+    /// The managed server's password (none for a server of yours).
+    password: Option<String>,
 }
 
 impl Store {
@@ -154,6 +156,7 @@ impl Store {
             return Ok(Self {
                 _managed: None,
                 url: url.to_string(),
+                password: None,
             });
         }
         let dir = tempfile::Builder::new()
@@ -166,9 +169,11 @@ impl Store {
         );
         let server = ManagedClickHouse::start(&ManagedOptions::new(dir.path()))?;
         let url = server.url();
+        let password = Some(server.password().to_string());
         Ok(Self {
             _managed: Some((server, dir)),
             url,
+            password,
         })
     }
 }
@@ -283,7 +288,7 @@ impl Drop for ChildCollector {
 /// `veil migrate` of that binary (so that collector processes find exactly the migrations they
 /// were built with).
 async fn fresh_database(
-    url: &str,
+    store: &Store,
     run: usize,
     veil: Option<&Path>,
 ) -> anyhow::Result<ClickHouseConfig> {
@@ -291,10 +296,15 @@ async fn fresh_database(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let ch = ClickHouseConfig::new(
+    let url = &store.url;
+    let mut ch = ClickHouseConfig::new(
         url,
         format!("veil_load_{secs}_{}_{run}", std::process::id()),
     );
+    if store.password.is_some() {
+        ch.user = Some(veil_schemas::managed::USER.into());
+        ch.password = store.password.clone();
+    }
     match veil {
         None => {
             veil_schemas::migrate(&ch)
@@ -302,7 +312,7 @@ async fn fresh_database(
                 .with_context(|| format!("migrating database {} at {url}", ch.database))?;
         }
         Some(bin) => {
-            let out = veil_command(bin)
+            let out = clickhouse_login(&mut veil_command(bin), &ch)
                 .arg("migrate")
                 .arg("--clickhouse-url")
                 .arg(&ch.url)
@@ -325,13 +335,13 @@ async fn fresh_database(
 
 /// Starts `n` collectors on a fresh database, one after the other (each ready before the next
 /// starts, as in a rolling deployment).
-async fn start_fleet(url: &str, args: &Args, n: usize, run: usize) -> anyhow::Result<Fleet> {
+async fn start_fleet(store: &Store, args: &Args, n: usize, run: usize) -> anyhow::Result<Fleet> {
     let veil = if args.collector_processes {
         Some(veil_binary(args)?)
     } else {
         None
     };
-    let ch = fresh_database(url, run, veil.as_deref()).await?;
+    let ch = fresh_database(store, run, veil.as_deref()).await?;
     let mut members = Vec::with_capacity(n);
     for _ in 0..n {
         members.push(match &veil {
@@ -412,6 +422,17 @@ fn veil_command(bin: &Path) -> Command {
     cmd
 }
 
+/// `ch`'s user and password for a `veil` child, in its environment (never on a command line).
+fn clickhouse_login<'a>(cmd: &'a mut Command, ch: &ClickHouseConfig) -> &'a mut Command {
+    if let Some(u) = &ch.user {
+        cmd.env("VEIL_CLICKHOUSE_USER", u);
+    }
+    if let Some(p) = &ch.password {
+        cmd.env("VEIL_CLICKHOUSE_PASSWORD", p);
+    }
+    cmd
+}
+
 /// Starts `veil collector` on `127.0.0.1:0` with the same settings as an in-process collector
 /// (flags only: `VEIL_*` variables of this environment are not passed on) and waits until it
 /// is listening and ready.
@@ -427,6 +448,7 @@ async fn spawn_collector(
     let log = dir.path().join("collector.log");
     let out = std::fs::File::create(&log).context("creating the collector's log")?;
     let mut cmd = veil_command(bin);
+    clickhouse_login(&mut cmd, ch);
     cmd.arg("collector")
         .args(["--listen", "127.0.0.1:0"])
         .args(["--metrics-listen", "127.0.0.1:0"])
@@ -878,7 +900,7 @@ fn run_once(
         let _ = bare_stopped.await;
     }));
     let fleet = match store {
-        Some(s) => Some(server_rt.block_on(start_fleet(&s.url, args, n, run))?),
+        Some(s) => Some(server_rt.block_on(start_fleet(s, args, n, run))?),
         None => None,
     };
     let addrs = fleet.as_ref().map(Fleet::addrs).unwrap_or_default();

@@ -6,7 +6,10 @@
 //! node *i* of the cluster, round-robin, and spools under `DATA_DIR/cluster/collector-i`) on
 //! the ports after `--listen`'s (their metrics listeners on the ports from `--metrics-listen`'s
 //! on, or none when it is `off`), and one `veil aggregator` on `--listen`. Every other setting
-//! given on the command line, in the environment or in `--config` is passed on to them.
+//! given on the command line, in the environment or in `--config` is passed on to them, but
+//! the ClickHouse user and password: the cluster's nodes take the password generated under
+//! `DATA_DIR/cluster/password`, which the children get in their environment
+//! (`VEIL_CLICKHOUSE_USER`, `VEIL_CLICKHOUSE_PASSWORD`), never on a command line.
 //!
 //! Ctrl-C (or SIGTERM) stops it in order: collectors and aggregator first (they drain and
 //! flush), then ClickHouse, then ZooKeeper. Children run in their own process groups so the
@@ -28,6 +31,8 @@ const OWN_FLAGS: &[&str] = &[
     "--data-dir",
     "--clickhouse-url",
     "--clickhouse-cluster",
+    "--clickhouse-user",
+    "--clickhouse-password",
     "--collectors",
     "--shards",
     "--replicas",
@@ -60,7 +65,13 @@ fn passed_on_args(args: &[String]) -> Vec<String> {
 }
 
 #[allow(unsafe_code)]
-fn spawn_child(role: &str, extra: &[String], passed: &[String], log: &Path) -> Result<Child> {
+fn spawn_child(
+    role: &str,
+    extra: &[String],
+    passed: &[String],
+    password: &str,
+    log: &Path,
+) -> Result<Child> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("finding the veil executable")?;
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
@@ -69,6 +80,8 @@ fn spawn_child(role: &str, extra: &[String], passed: &[String], log: &Path) -> R
     cmd.arg(role)
         .args(passed)
         .args(extra)
+        .env("VEIL_CLICKHOUSE_USER", veil_schemas::managed::USER)
+        .env("VEIL_CLICKHOUSE_PASSWORD", password)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -137,9 +150,7 @@ pub fn run(settings: &Settings, args: &ClusterArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let mut ch = settings.clickhouse.clone();
-    ch.url = cluster.urls()[0].clone();
-    ch.cluster = Some(cluster.name().to_string());
+    let ch = cluster.config(0, &settings.clickhouse.database);
     let applied = rt
         .block_on(veil_schemas::migrate(&ch))
         .context("applying migrations to the cluster")?;
@@ -194,7 +205,7 @@ pub fn run(settings: &Settings, args: &ClusterArgs) -> Result<()> {
             let log = dir.join("veil.log");
             children.push((
                 format!("collector {}", i + 1),
-                spawn_child("collector", &extra, &passed, &log)?,
+                spawn_child("collector", &extra, &passed, cluster.password(), &log)?,
             ));
             ingest.push(match metrics.as_str() {
                 "off" => format!("http://{addr}/api/event"),
@@ -212,7 +223,13 @@ pub fn run(settings: &Settings, args: &ClusterArgs) -> Result<()> {
         ]);
         children.push((
             "aggregator".into(),
-            spawn_child("aggregator", &extra, &passed, &dir.join("veil.log"))?,
+            spawn_child(
+                "aggregator",
+                &extra,
+                &passed,
+                cluster.password(),
+                &dir.join("veil.log"),
+            )?,
         ));
         let setup = setup_line(&dir.join("veil.log"));
         println!("Veil cluster is running (Ctrl-C stops it):");

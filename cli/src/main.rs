@@ -64,26 +64,37 @@ fn real_main(cli: Cli) -> Result<()> {
     // process: its parent-death signal then fires only when veil itself ends.
     let mut managed = None;
     let mut settings = settings;
-    if let (Command::User(_) | Command::Key(_), None) = (&cli.command, &settings.clickhouse_url) {
-        // The running `veil up`'s server when there is one (two servers on one data dir would
-        // corrupt it), else one started for this command.
+    let needs_managed = matches!(
+        cli.command,
+        Command::Up { .. } | Command::Gen(_) | Command::User(_) | Command::Key(_)
+    );
+    if let (true, None) = (needs_managed, &settings.clickhouse_url) {
         let dir = settings.data_dir.join("clickhouse");
-        match running_managed(&dir) {
-            Some(url) => settings.clickhouse.url = url,
-            None => {
-                let server = ManagedClickHouse::start(&ManagedOptions::new(dir))?;
-                settings.clickhouse.url = server.url();
-                managed = Some(server);
-            }
+        let opts = ManagedOptions::new(dir.clone());
+        let database = settings.clickhouse.database.clone();
+        let cluster = settings.clickhouse.cluster.take();
+        // `veil user`/`veil key` use the running `veil up`'s server when there is one (two
+        // servers on one data dir would corrupt it).
+        let running = matches!(cli.command, Command::User(_) | Command::Key(_))
+            .then(|| running_managed(&dir))
+            .flatten();
+        if let Some(url) = running {
+            let password = veil_schemas::managed::load_or_create_password(&opts.password_file)?;
+            settings.clickhouse = veil_schemas::ClickHouseConfig::new(url, database);
+            settings.clickhouse.user = Some("default".into());
+            settings.clickhouse.password = Some(password);
+        } else {
+            eprintln!("veil: starting managed ClickHouse under {}", dir.display());
+            let server = ManagedClickHouse::start(&opts)?;
+            eprintln!(
+                "veil: its user is `default`, its password in {} (mode 0600)",
+                opts.password_file.display()
+            );
+            // The managed server's own user, whatever --clickhouse-user/-password say.
+            settings.clickhouse = server.config(database);
+            managed = Some(server);
         }
-    } else if let (Command::Up { .. } | Command::Gen(_), None) =
-        (&cli.command, &settings.clickhouse_url)
-    {
-        let dir = settings.data_dir.join("clickhouse");
-        eprintln!("veil: starting managed ClickHouse under {}", dir.display());
-        let server = ManagedClickHouse::start(&ManagedOptions::new(dir))?;
-        settings.clickhouse.url = server.url();
-        managed = Some(server);
+        settings.clickhouse.cluster = cluster;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

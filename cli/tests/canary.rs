@@ -33,7 +33,7 @@ const CANARIES: [&str; 12] = [
 ];
 
 /// Every table of the database as TSV text.
-fn dump_tables(url: &str, db: &str) -> String {
+fn dump_tables(url: &ClickHouse, db: &str) -> String {
     let tables = clickhouse_query(
         url,
         &veil_schemas::sql!(
@@ -69,7 +69,7 @@ fn find(needle: &str, tables: &str, dir: &Path) -> Vec<String> {
 fn no_identifier_survives_anywhere_and_erase_site_removes_everything() {
     let dir = tempfile::tempdir().unwrap();
     let v = start(dir.path(), free_port(), &["--child-site", "kids.example"]);
-    let url = managed_clickhouse_url(&dir.path().join("var"));
+    let url = managed_clickhouse(&dir.path().join("var"));
 
     // Plausible endpoint: canaries in the URL path and query, referrer, props, headers.
     let plausible = json!({
@@ -178,7 +178,7 @@ fn no_identifier_survives_anywhere_and_erase_site_removes_everything() {
     stop(v);
     // After a clean stop, logs are complete: scan tables (through a fresh veil), files and logs.
     let v = start(dir.path(), free_port(), &["--child-site", "kids.example"]);
-    let url = managed_clickhouse_url(&dir.path().join("var"));
+    let url = managed_clickhouse(&dir.path().join("var"));
     let tables = dump_tables(&url, "veil");
     for canary in CANARIES {
         let hits = find(canary, &tables, dir.path());
@@ -190,7 +190,8 @@ fn no_identifier_survives_anywhere_and_erase_site_removes_everything() {
 
     // erase-site through the binary: every row of the site is gone, and it says how many.
     let out = Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args(["erase-site", "example.com", "--clickhouse-url", &url])
+        .args(["erase-site", "example.com", "--clickhouse-url", &url.url])
+        .envs(url.env())
         .output()
         .unwrap();
     assert!(

@@ -21,6 +21,8 @@ use veil_schemas::local_cluster::{zookeeper_jar, ClusterOptions, LocalCluster};
 use veil_schemas::sql;
 use veil_schemas::sql::{ident, lit, Sql};
 
+use common::ClickHouse;
+
 const SITE: &str = "example.com";
 const EVENTS: usize = 6000;
 const BATCH: usize = 50;
@@ -85,7 +87,7 @@ impl Drop for Veil {
     }
 }
 
-fn spawn_veil(role: &str, args: &[String], log: &Path) -> Veil {
+fn spawn_veil(role: &str, args: &[String], password: &str, log: &Path) -> Veil {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -96,6 +98,7 @@ fn spawn_veil(role: &str, args: &[String], log: &Path) -> Veil {
         .args(args)
         .env("VEIL_LOG", "info")
         .env_remove("VEIL_CLICKHOUSE_URL")
+        .env("VEIL_CLICKHOUSE_PASSWORD", password)
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -157,18 +160,26 @@ fn results(api: SocketAddr, q: &str) -> serde_json::Value {
     v["results"].clone()
 }
 
-/// Runs `q` on the server at `url` (HTTP interface), returning the TSV lines.
-fn ch_query(url: &str, q: &Sql) -> Vec<String> {
-    common::clickhouse_query(url, q)
+/// Node `url` of `cluster`, with the password every node shares.
+fn node(cluster: &LocalCluster, url: &str) -> ClickHouse {
+    ClickHouse {
+        url: url.to_string(),
+        password: Some(cluster.password().to_string()),
+    }
+}
+
+/// Runs `q` on `ch` (HTTP interface), returning the TSV lines.
+fn ch_query(ch: &ClickHouse, q: &Sql) -> Vec<String> {
+    common::clickhouse_query(ch, q)
         .lines()
         .map(str::to_string)
         .collect()
 }
 
 /// seq → times stored, read through the (Distributed) `events` table of `db`.
-fn stored(url: &str, db: &str) -> BTreeMap<usize, u64> {
+fn stored(ch: &ClickHouse, db: &str) -> BTreeMap<usize, u64> {
     ch_query(
-        url,
+        ch,
         &sql!(
             "SELECT prop_values[indexOf(prop_keys, 'seq')] AS seq, count() FROM {}.events \
              WHERE site = {} GROUP BY seq FORMAT TSV",
@@ -190,7 +201,7 @@ fn local_counts(cluster: &LocalCluster, db: &str) -> Vec<u64> {
         .iter()
         .map(|u| {
             ch_query(
-                u,
+                &node(cluster, u),
                 &sql!(
                     "SELECT count() FROM {}.events_local FORMAT TSV",
                     ident(db).unwrap()
@@ -273,7 +284,12 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
     // One after the other: the first creates today's salt, the second finds it.
     let mut collectors = Vec::new();
     for c in 0..2 {
-        let mut child = spawn_veil("collector", &collector_args(c), &logs[c]);
+        let mut child = spawn_veil(
+            "collector",
+            &collector_args(c),
+            cluster.password(),
+            &logs[c],
+        );
         wait_ready(addr(ports[c]), &mut child, &logs[c]);
         collectors.push(child);
     }
@@ -298,7 +314,7 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
         "--data-dir".into(),
         dir.path().join("aggregator").display().to_string(),
     ];
-    let mut aggregator = spawn_veil("aggregator", &agg_args, &logs[2]);
+    let mut aggregator = spawn_veil("aggregator", &agg_args, cluster.password(), &logs[2]);
 
     // Load: batch b goes to collector b % 2; a batch is acknowledged or not, never split.
     let base = chrono::Utc::now().timestamp();
@@ -355,7 +371,12 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
         progress.load(Ordering::SeqCst)
     );
     std::thread::sleep(Duration::from_millis(1500));
-    collectors[0] = spawn_veil("collector", &collector_args(0), &logs[0]);
+    collectors[0] = spawn_veil(
+        "collector",
+        &collector_args(0),
+        cluster.password(),
+        &logs[0],
+    );
     wait_ready(addr(ports[0]), &mut collectors[0], &logs[0]);
     std::thread::sleep(Duration::from_millis(1000));
     cluster.restart_node(1).unwrap();
@@ -381,7 +402,7 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
     );
 
     // Every acknowledged event once, none twice; every replica of each shard agrees.
-    let ch = cluster.nodes()[3].url();
+    let ch = node(&cluster, &cluster.nodes()[3].url());
     let deadline = Instant::now() + Duration::from_secs(60);
     let kept = loop {
         let got = stored(&ch, db);
@@ -421,22 +442,23 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
 
     // The same events, once each, into a single-node Veil.
     let single_dir = tempfile::tempdir().unwrap();
-    let single_url = veil_schemas::testing::server_url();
+    let single_ch = ClickHouse::test_server();
     let single_db = format!("cluster_cmp_{}", std::process::id());
     let single_port = common::free_port();
-    let single = common::start(
+    let single = common::start_with_env(
         single_dir.path(),
         single_port,
         &[
             "--privacy",
             "exact",
             "--clickhouse-url",
-            &single_url,
+            &single_ch.url,
             "--clickhouse-database",
             &single_db,
             "--rate-limit-ip",
             "0",
         ],
+        &single_ch.env(),
     );
     let seqs: Vec<usize> = kept.keys().copied().collect();
     for chunk in seqs.chunks(BATCH) {
@@ -452,7 +474,7 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
         assert_eq!(status, 202, "{answer}");
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while stored(&single_url, &single_db).len() < seqs.len() {
+    while stored(&single_ch, &single_db).len() < seqs.len() {
         assert!(
             Instant::now() < deadline,
             "single node did not store the events"
@@ -464,7 +486,7 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
     // start-up run came before the load): the cluster's reports then read that build, its
     // open visits and the hits after the cut — subqueries across shards.
     stop_child(&mut aggregator);
-    aggregator = spawn_veil("aggregator", &agg_args, &logs[2]);
+    aggregator = spawn_veil("aggregator", &agg_args, cluster.password(), &logs[2]);
     let deadline = Instant::now() + Duration::from_secs(120);
     // The rollup job builds today only once the UTC day is 30 minutes old (a build must
     // leave the visit gap behind its cut): in the day's first minutes the reports below read
@@ -478,7 +500,7 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
             break;
         }
         let built = ch_query(
-            &cluster.nodes()[0].url(),
+            &node(&cluster, &cluster.nodes()[0].url()),
             &sql!(
                 "SELECT count() FROM {}.visit_builds WHERE cut > toDateTime(0) AND events > 0",
                 ident(db).unwrap()

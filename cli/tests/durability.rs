@@ -97,7 +97,7 @@ fn survives(signal: &str) {
 
     // Restart on the same data dir: the spool is replayed into ClickHouse.
     let v = start(dir.path(), free_port(), &["--batch-max-age", "200ms"]);
-    let url = managed_clickhouse_url(&dir.path().join("var"));
+    let url = managed_clickhouse(&dir.path().join("var"));
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut stored;
     loop {

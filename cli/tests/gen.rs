@@ -27,6 +27,8 @@ fn gen(cfg: &ClickHouseConfig, events: u64, seed: u64) -> Value {
         .args(["--end", &END.to_string()])
         .args(["--clickhouse-url", &cfg.url])
         .args(["--clickhouse-database", &cfg.database])
+        .envs(cfg.user.iter().map(|u| ("VEIL_CLICKHOUSE_USER", u)))
+        .envs(cfg.password.iter().map(|p| ("VEIL_CLICKHOUSE_PASSWORD", p)))
         .env("VEIL_LOG", "warn")
         .output()
         .unwrap();

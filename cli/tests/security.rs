@@ -60,7 +60,7 @@ const JSON: (&str, &str) = ("Content-Type", "application/json");
 struct Ctx {
     addr: SocketAddr,
     host: String,
-    clickhouse: String,
+    clickhouse: ClickHouse,
 }
 
 impl Ctx {
@@ -465,7 +465,7 @@ fn issue_16_attacks_are_refused() {
     let c = Ctx {
         addr: v.addr,
         host: v.addr.to_string(),
-        clickhouse: managed_clickhouse_url(&dir.path().join("var")),
+        clickhouse: managed_clickhouse(&dir.path().join("var")),
     };
     foreign_host_is_misdirected(&c);
     cross_origin_writes_are_forbidden(&c);

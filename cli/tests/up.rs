@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,66 @@ fn veil_up_runs_everything_and_keeps_no_raw_identifiers() {
         grep_tree(dir.path(), needle.as_bytes(), &mut hits);
         assert!(hits.is_empty(), "{needle} found in {hits:?}");
     }
+}
+
+/// Issue 16 point 6: the managed ClickHouse is not open to every local process. Its `default`
+/// user needs the password `veil up` generated into `DATA_DIR/clickhouse/password` (0600);
+/// Veil's own clients send it, and nothing Veil prints or logs shows it.
+#[test]
+fn the_managed_clickhouse_refuses_clients_without_the_generated_password() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let v = start(dir.path(), port, &["--privacy", "exact"]);
+    let data = dir.path().join("var");
+    let ch = managed_clickhouse(&data);
+    let password = ch.password.clone().unwrap();
+    let file = data.join("clickhouse/password");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&data.join("clickhouse")), 0o700);
+
+    for auth in [None, Some(("default", ""))] {
+        let (status, body) = clickhouse_request(&ch.url, auth, "SELECT count() FROM veil.events");
+        assert_eq!(status, 401, "{auth:?} read the events: {body}");
+        assert!(
+            body.contains("Password required for user default"),
+            "{body}"
+        );
+    }
+    // Veil itself gets in: an event goes through the collector into ClickHouse.
+    let body = r#"{"n":"pageview","u":"https://example.com/pw","d":"example.com","r":null}"#;
+    let (status, text) = http(
+        v.addr,
+        "POST",
+        "/api/event",
+        &[
+            (
+                "User-Agent",
+                "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
+            ),
+            ("Content-Type", "text/plain"),
+        ],
+        body,
+    );
+    assert_eq!((status, text.as_str()), (202, "ok"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let q = veil_schemas::sql::Sql::new("SELECT count() FROM veil.events");
+    while clickhouse_query(&ch, &q).trim() != "1" {
+        assert!(Instant::now() < deadline, "the event was not stored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = clickhouse_request(&ch.url, Some(("default", &password)), q.as_str());
+    assert_eq!((status, body.trim()), (200, "1"));
+    stop(v);
+
+    // Veil's stdout and stderr (at debug level), ClickHouse's logs and configs: only the
+    // password file holds the password.
+    let mut hits = Vec::new();
+    grep_tree(dir.path(), password.as_bytes(), &mut hits);
+    assert_eq!(hits, vec![file.display().to_string()]);
+    let err = std::fs::read_to_string(dir.path().join(format!("stderr-{port}.log"))).unwrap();
+    assert!(err.contains(&file.display().to_string()), "{err}");
 }
 
 #[test]

@@ -21,7 +21,7 @@ async fn an_outage_loses_nothing_and_a_full_spool_says_503() {
             .unwrap()
             .unwrap();
     let (mut server, mut opts) = server;
-    let ch = veil_schemas::ClickHouseConfig::new(server.url(), "outage");
+    let ch = server.config("outage");
     veil_schemas::migrate(&ch).await.unwrap();
     let mut cfg = config(&["example.com"]);
     cfg.spool.max_bytes = 1024 * 1024; // 1 MiB: fills during the outage

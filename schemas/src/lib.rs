@@ -84,8 +84,9 @@ impl Error {
     }
 }
 
-/// Where Veil's ClickHouse is and which database holds Veil's tables.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+/// Where Veil's ClickHouse is and which database holds Veil's tables. Its `Debug` and
+/// `Serialize` leave the password out.
+#[derive(Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ClickHouseConfig {
     /// HTTP interface, e.g. `http://127.0.0.1:8123`.
     pub url: String,
@@ -99,6 +100,18 @@ pub struct ClickHouseConfig {
     /// `--clickhouse-cluster`: the `remote_servers` cluster Veil's tables span (sharded,
     /// replicated; see [`migrate`](mod@migrate) and docs/DEPLOY.md). `None`: one server, plain MergeTree.
     pub cluster: Option<String>,
+}
+
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("cluster", &self.cluster)
+            .finish()
+    }
 }
 
 impl ClickHouseConfig {
@@ -148,8 +161,12 @@ impl ClickHouseConfig {
         let mut c = clickhouse::Client::default()
             .with_url(&self.url)
             .with_validation(false);
-        if let Some(u) = &self.user {
-            c = c.with_user(u);
+        // The crate sends these as X-ClickHouse-User/-Key; 18.16 refuses a key without a
+        // user ("Unknown user"), so a password alone goes with ClickHouse's `default` user.
+        match (&self.user, &self.password) {
+            (Some(u), _) => c = c.with_user(u),
+            (None, Some(_)) => c = c.with_user("default"),
+            (None, None) => {}
         }
         if let Some(p) = &self.password {
             c = c.with_password(p);
@@ -185,6 +202,17 @@ mod tests {
         assert!(!valid_identifier("db; DROP TABLE x"));
         assert!(!valid_identifier(""));
         assert!(!valid_identifier("a-b"));
+    }
+
+    #[test]
+    fn debug_and_serialize_leave_the_password_out() {
+        let mut c = ClickHouseConfig::new("http://127.0.0.1:8123", "veil");
+        c.password = Some("hunter2-secret-value".into());
+        let debug = format!("{c:?} {c:#?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
     }
 
     #[test]

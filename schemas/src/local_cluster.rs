@@ -5,9 +5,11 @@
 //! Layout under the directory:
 //! ```text
 //! zookeeper/       zoo.cfg, log4j.properties, data/, zookeeper.log
+//! password         the `default` user's password on every node (generated, mode 0600)
 //! node-S-R/        one ManagedClickHouse per shard S and replica R (1-based), whose
 //!                  config.d/cluster.xml holds <zookeeper>, <macros> (shard S, replica sSrR),
-//!                  <remote_servers> (the cluster, internal_replication), <distributed_ddl>
+//!                  <remote_servers> (the cluster, internal_replication, the password
+//!                  Distributed tables log in with; the file is 0600), <distributed_ddl>
 //!                  users.d/cluster.xml sets insert_distributed_sync = 1 for the default profile
 //! ```
 //! The cluster is named [`ClusterOptions::name`] (`veil` by default) in `remote_servers`; pass
@@ -297,15 +299,27 @@ pub struct LocalCluster {
     name: String,
     nodes: Vec<Node>,
     zookeeper: ZooKeeper,
+    password: Redacted,
 }
 
-/// `config.d/cluster.xml` of one node.
+/// A password whose `Debug` does not show it.
+struct Redacted(String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `config.d/cluster.xml` of one node; `password` is what its Distributed tables send to the
+/// other nodes' `default` user.
 fn cluster_xml(
     name: &str,
     zk_port: u16,
     shard: usize,
     replica: usize,
     topology: &[Vec<u16>],
+    password: &str,
 ) -> String {
     let mut shards = String::new();
     for tcp_ports in topology {
@@ -313,7 +327,7 @@ fn cluster_xml(
             .push_str("      <shard>\n        <internal_replication>true</internal_replication>\n");
         for p in tcp_ports {
             shards.push_str(&format!(
-                "        <replica><host>127.0.0.1</host><port>{p}</port></replica>\n"
+                "        <replica><host>127.0.0.1</host><port>{p}</port><user>default</user><password>{password}</password></replica>\n"
             ));
         }
         shards.push_str("      </shard>\n");
@@ -369,6 +383,8 @@ impl LocalCluster {
         }
         std::fs::create_dir_all(&opts.dir)
             .map_err(|e| Error::io(format!("creating {}", opts.dir.display()), e))?;
+        let password_file = opts.dir.join("password");
+        let password = crate::managed::load_or_create_password(&password_file)?;
         let zookeeper = ZooKeeper::start(
             &opts.dir.join("zookeeper"),
             None,
@@ -409,10 +425,18 @@ impl LocalCluster {
                 o.http_port = Some(http);
                 o.tcp_port = Some(tcp);
                 o.interserver_port = Some(inter);
+                o.password_file = password_file.clone();
                 o.extra_files = vec![
                     (
                         "config.d/cluster.xml".into(),
-                        cluster_xml(&opts.name, zookeeper.port(), s + 1, r + 1, &topology),
+                        cluster_xml(
+                            &opts.name,
+                            zookeeper.port(),
+                            s + 1,
+                            r + 1,
+                            &topology,
+                            &password,
+                        ),
                     ),
                     ("users.d/cluster.xml".into(), USERS_CLUSTER_XML.into()),
                 ];
@@ -428,6 +452,7 @@ impl LocalCluster {
             name: opts.name.clone(),
             nodes,
             zookeeper,
+            password: Redacted(password),
         };
         // PR_SET_PDEATHSIG is tied to the spawning thread, so every node is spawned from this
         // one, one after the other: each is ready in about a second.
@@ -457,10 +482,18 @@ impl LocalCluster {
         self.nodes.iter().map(Node::url).collect()
     }
 
-    /// A cluster-mode config for `database` talking to node `i`.
+    /// The password of every node's `default` user (the content of `DIR/password`). Never
+    /// log it.
+    pub fn password(&self) -> &str {
+        &self.password.0
+    }
+
+    /// A cluster-mode config for `database` talking to node `i`, with its user and password.
     pub fn config(&self, i: usize, database: &str) -> ClickHouseConfig {
         let url = self.nodes.get(i).map(Node::url).unwrap_or_default();
         let mut c = ClickHouseConfig::new(url, database);
+        c.user = Some(crate::managed::USER.into());
+        c.password = Some(self.password.0.clone());
         c.cluster = Some(self.name.clone());
         c
     }
@@ -525,7 +558,15 @@ mod tests {
 
     #[test]
     fn cluster_xml_names_every_replica_and_unique_macros() {
-        let x = cluster_xml("veil", 2181, 2, 1, &[vec![9001, 9002], vec![9003, 9004]]);
+        let x = cluster_xml(
+            "veil",
+            2181,
+            2,
+            1,
+            &[vec![9001, 9002], vec![9003, 9004]],
+            "pw0123",
+        );
+        assert_eq!(x.matches("<password>pw0123</password>").count(), 4);
         assert!(x.contains("<shard>2</shard>"));
         assert!(x.contains("<replica>s2r1</replica>"));
         assert_eq!(x.matches("<internal_replication>true").count(), 2);

@@ -5,17 +5,33 @@
 //! touched), starts the server, and waits until `GET /ping` answers `Ok.`.
 //! [`ManagedClickHouse::stop`] (also run on drop) sends SIGTERM and waits, then SIGKILL.
 //!
+//! Access: the server's only user, `default`, needs a password. On first start Veil generates
+//! one (32 random bytes, hex) into [`ManagedOptions::password_file`] (`DIR/password` unless
+//! set), created with mode 0600 before a byte is written, and reuses it on every later start;
+//! `users.xml` holds only its SHA-256 (`<password_sha256_hex>`), so a data dir made by an
+//! older, passwordless Veil gets the password at its next start. The directory itself is made
+//! 0700 (raw events and salts are in its data files). Clients send the password over HTTP as
+//! the `X-ClickHouse-User`/`X-ClickHouse-Key` headers ([`ManagedClickHouse::config`] gives a
+//! [`ClickHouseConfig`] that does); a request without it gets ClickHouse's 401 (`Code: 194,
+//! Password required for user default`). Nothing logs the password.
+//!
 //! The child is started with `PR_SET_PDEATHSIG` so it dies with Veil even when Veil is killed.
 //! Linux ties that signal to the *thread* that spawned the child: start it from a thread that
 //! lives as long as the server should (the main thread, or a dedicated keeper thread).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::Error;
+use sha2::Digest as _;
+
+use crate::{ClickHouseConfig, Error};
+
+/// The managed server's one user.
+pub const USER: &str = "default";
 
 /// How to start the managed server.
 #[derive(Debug, Clone)]
@@ -38,13 +54,19 @@ pub struct ManagedOptions {
     /// Run the server in its own process group, so a Ctrl-C at the terminal reaches only Veil,
     /// which then stops its clients before the server (`veil cluster`).
     pub own_process_group: bool,
+    /// The file holding the password of the `default` user: read when it exists, else
+    /// generated (mode 0600). `DIR/password` by default; the nodes of a
+    /// [`crate::local_cluster`] share one.
+    pub password_file: PathBuf,
 }
 
 impl ManagedOptions {
     /// Defaults for a data dir: SIGTERM on parent death, 60 s start timeout.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
         Self {
-            dir: dir.into(),
+            password_file: dir.join("password"),
+            dir,
             parent_death_signal: libc::SIGTERM,
             start_timeout: Duration::from_secs(60),
             http_port: None,
@@ -57,11 +79,22 @@ impl ManagedOptions {
 }
 
 /// A running ClickHouse child process.
-#[derive(Debug)]
 pub struct ManagedClickHouse {
     child: Option<Child>,
     http_port: u16,
     dir: PathBuf,
+    password: String,
+}
+
+impl std::fmt::Debug for ManagedClickHouse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagedClickHouse")
+            .field("pid", &self.pid())
+            .field("http_port", &self.http_port)
+            .field("dir", &self.dir)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Finds the server binary: `clickhouse-server`, else the all-in-one `clickhouse` (run as `clickhouse server`).
@@ -121,8 +154,102 @@ pub fn free_port() -> Result<u16, Error> {
     Ok(port)
 }
 
-fn write(path: &Path, text: &str) -> Result<(), Error> {
-    std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+/// Writes a generated file readable by its owner only (mode 0600 from the moment it exists;
+/// an older file's mode is tightened too): config files can name ports, paths and, on a
+/// cluster node, the password its Distributed tables use.
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), Error> {
+    let err = |e| Error::io(format!("writing {}", path.display()), e);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(err)?;
+    f.write_all(text.as_bytes()).map_err(err)
+}
+
+/// The password in `path`, generated there first when the file does not exist.
+///
+/// A new password is 32 random bytes, hex-encoded (64 characters), written to a temporary file
+/// created with mode 0600 (never readable by anyone else, not even for a moment), then linked
+/// to `path`, which never holds a partial password and is never overwritten: a process that
+/// loses a race to create it reads the winner's. An existing file is tightened to 0600 when
+/// its mode allows more. A file whose content is not a password (fewer than 32 printable
+/// characters, or one that XML would need escaped) is an error naming it.
+pub fn load_or_create_password(path: &Path) -> Result<String, Error> {
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mode = std::fs::metadata(path)
+                .map_err(|e| Error::io(ctx("reading"), e))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(file = %path.display(), mode = format!("{:o}", mode & 0o777), "the ClickHouse password file was readable by others; setting it to 0600");
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| Error::io(ctx("restricting"), e))?;
+            }
+            let pw = text.trim();
+            if pw.len() < 32
+                || !pw
+                    .chars()
+                    .all(|c| c.is_ascii_graphic() && !"<>&'\"".contains(c))
+            {
+                return Err(Error::Config(format!(
+                    "{} does not hold a ClickHouse password (at least 32 printable ASCII \
+                     characters, none of < > & ' \" or spaces); delete it and Veil makes a new \
+                     one at the next start",
+                    path.display()
+                )));
+            }
+            Ok(pw.to_string())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let pw = crate::registry::random_hex(32)?;
+            let tmp = path.with_file_name(format!(
+                ".{}.{}.tmp",
+                path.file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                std::process::id()
+            ));
+            let _ = std::fs::remove_file(&tmp);
+            let written = (|| {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(pw.as_bytes())?;
+                f.write_all(b"\n")?;
+                f.sync_all()?;
+                std::fs::hard_link(&tmp, path)
+            })();
+            let _ = std::fs::remove_file(&tmp);
+            match written {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "generated the managed ClickHouse's password");
+                    Ok(pw)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_or_create_password(path)
+                }
+                Err(e) => Err(Error::io(ctx("creating"), e)),
+            }
+        }
+        Err(e) => Err(Error::io(ctx("reading"), e)),
+    }
+}
+
+/// SHA-256 of `password`, lowercase hex (what `<password_sha256_hex>` holds).
+pub fn password_sha256_hex(password: &str) -> String {
+    sha2::Sha256::digest(password.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn config_xml(dir: &Path, http: u16, tcp: u16, inter: u16) -> String {
@@ -159,8 +286,13 @@ fn config_xml(dir: &Path, http: u16, tcp: u16, inter: u16) -> String {
     )
 }
 
-const USERS_XML: &str = r#"<?xml version="1.0"?>
-<!-- Generated by Veil: one passwordless user reachable from loopback only. -->
+/// `users.xml`: one user, `default`, reachable from loopback only, with the password whose
+/// SHA-256 is `password_sha256`.
+fn users_xml(password_sha256: &str) -> String {
+    format!(
+        r#"<?xml version="1.0"?>
+<!-- Generated by Veil: one user, loopback only, password in Veil's password file (only its
+     SHA-256 here). Rewritten at every start. -->
 <yandex>
   <profiles>
     <default>
@@ -170,7 +302,7 @@ const USERS_XML: &str = r#"<?xml version="1.0"?>
   </profiles>
   <users>
     <default>
-      <password></password>
+      <password_sha256_hex>{password_sha256}</password_sha256_hex>
       <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
       <profile>default</profile>
       <quota>default</quota>
@@ -182,7 +314,9 @@ const USERS_XML: &str = r#"<?xml version="1.0"?>
     </default>
   </quotas>
 </yandex>
-"#;
+"#
+    )
+}
 
 /// Where the running server's pid is kept, inside its directory.
 const PID_FILE: &str = "server.pid";
@@ -253,6 +387,11 @@ impl ManagedClickHouse {
         let dir = dir
             .canonicalize()
             .map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?;
+        // Raw events and the live salts are in the data files: the owner's only.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(format!("restricting {}", dir.display()), e))?;
+        let password = load_or_create_password(&opts.password_file)?;
+        let users = users_xml(&password_sha256_hex(&password));
         wait_for_previous(&dir);
         // Ports are picked free just before start; if another process takes one in between the
         // server exits at once and we try again with new ports.
@@ -274,7 +413,7 @@ impl ManagedClickHouse {
                 continue;
             }
             write(&dir.join("config.xml"), &config_xml(&dir, http, tcp, inter))?;
-            write(&dir.join("users.xml"), USERS_XML)?;
+            write(&dir.join("users.xml"), &users)?;
             for (rel, text) in &opts.extra_files {
                 let p = dir.join(rel);
                 if let Some(parent) = p.parent() {
@@ -312,6 +451,7 @@ impl ManagedClickHouse {
                 child: Some(child),
                 http_port: http,
                 dir: dir.clone(),
+                password: password.clone(),
             };
             let deadline = Instant::now() + opts.start_timeout;
             loop {
@@ -345,6 +485,19 @@ impl ManagedClickHouse {
     /// The HTTP URL, e.g. `http://127.0.0.1:40123`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The password of its `default` user (the content of the password file). Never log it.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// A config for `database` on this server, with its user and password.
+    pub fn config(&self, database: impl Into<String>) -> ClickHouseConfig {
+        let mut c = ClickHouseConfig::new(self.url(), database);
+        c.user = Some(USER.into());
+        c.password = Some(self.password.clone());
+        c
     }
 
     /// The HTTP port.
@@ -449,5 +602,75 @@ pub(crate) fn set_parent_death_signal(cmd: &mut Command, sig: i32) {
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_matches_the_standard_vector() {
+        // FIPS 180-2, appendix B.1.
+        assert_eq!(
+            password_sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn a_password_is_made_once_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("password");
+        let a = load_or_create_password(&path).unwrap();
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(load_or_create_password(&path).unwrap(), a);
+        // No temporary file is left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("password")]);
+        // Another directory, another password.
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(
+            load_or_create_password(&other.path().join("password")).unwrap(),
+            a
+        );
+    }
+
+    #[test]
+    fn a_readable_password_file_is_tightened_and_a_bad_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("password");
+        std::fs::write(&path, format!("{}\n", "a1".repeat(20))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(load_or_create_password(&path).unwrap(), "a1".repeat(20));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        for bad in ["", "short", &format!("{}<x>", "a".repeat(40))] {
+            std::fs::write(&path, bad).unwrap();
+            let e = load_or_create_password(&path).unwrap_err().to_string();
+            assert!(
+                e.contains(&path.display().to_string()) && e.contains("delete it"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn users_xml_holds_the_hash_only() {
+        let x = users_xml(&password_sha256_hex("s3cret"));
+        assert!(x.contains(&format!(
+            "<password_sha256_hex>{}</password_sha256_hex>",
+            password_sha256_hex("s3cret")
+        )));
+        assert!(!x.contains("s3cret") && !x.contains("<password>"));
     }
 }

@@ -2,7 +2,8 @@
 //! Compiled with the crate's `testing` feature (which the workspace's crates enable in their
 //! `[dev-dependencies]`) and for this crate's own unit tests.
 //!
-//! If `VEIL_TEST_CLICKHOUSE_URL` is set, tests use that server instead of starting one.
+//! If `VEIL_TEST_CLICKHOUSE_URL` is set, tests use that server instead of starting one (with
+//! the password in `VEIL_TEST_CLICKHOUSE_PASSWORD`, if any).
 //! With `VEIL_TEST_CLICKHOUSE=chdb26`, the first test to ask starts the ClickHouse 26 test
 //! fixture instead (`testing/chdb/serve.py`: ClickHouse's HTTP interface in front of chdb,
 //! ClickHouse 26.9 in-process; `scripts/install-deps.sh --test` makes its virtualenv under
@@ -11,7 +12,10 @@
 //! Otherwise the first test to ask starts a [`ManagedClickHouse`] under the system temp dir
 //! from a keeper thread that lives as long as the process (so the child's parent-death signal,
 //! SIGKILL, fires only when the test process ends). Directories left by earlier test processes
-//! that have ended are removed on the way.
+//! that have ended are removed on the way. That server has a generated password like the one
+//! of `veil up` ([`crate::managed`]), so every test proves that Veil's clients send it: use
+//! [`fresh_database`]'s config, or [`server_password`] (as `VEIL_CLICKHOUSE_PASSWORD` for a
+//! `veil` child, or `X-ClickHouse-User: default` / `X-ClickHouse-Key` on raw HTTP).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
@@ -19,7 +23,8 @@ use std::sync::OnceLock;
 use crate::managed::{ManagedClickHouse, ManagedOptions};
 use crate::ClickHouseConfig;
 
-static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
+/// The shared server's URL and password, or why there is none.
+static SERVER: OnceLock<Result<(String, Option<String>), String>> = OnceLock::new();
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn remove_stale_dirs() {
@@ -41,11 +46,22 @@ fn remove_stale_dirs() {
 
 /// The URL of the shared test server, starting it on first use. Panics (test-only code) when
 /// no server can be had, with the reason.
-#[allow(clippy::panic, clippy::expect_used)]
 pub fn server_url() -> String {
+    server().0
+}
+
+/// The password of the shared test server's `default` user (`None`: the server needs none,
+/// as the chdb fixture). Starts the server on first use, like [`server_url`].
+pub fn server_password() -> Option<String> {
+    server().1
+}
+
+#[allow(clippy::panic, clippy::expect_used)]
+fn server() -> (String, Option<String>) {
     let r = SERVER.get_or_init(|| {
         if let Ok(url) = std::env::var("VEIL_TEST_CLICKHOUSE_URL") {
-            return Ok(url);
+            let password = std::env::var("VEIL_TEST_CLICKHOUSE_PASSWORD").ok();
+            return Ok((url, password.filter(|p| !p.is_empty())));
         }
         remove_stale_dirs();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -72,7 +88,7 @@ pub fn server_url() -> String {
                 };
                 match started {
                     Ok(server) => {
-                        let _ = tx.send(Ok(server.url()));
+                        let _ = tx.send(Ok((server.url(), server.password())));
                         // Keep the child (and this thread) alive until the process exits.
                         loop {
                             std::thread::park();
@@ -103,6 +119,13 @@ impl Server {
         match self {
             Server::Managed(s) => s.url(),
             Server::Chdb(f) => f.url.clone(),
+        }
+    }
+
+    fn password(&self) -> Option<String> {
+        match self {
+            Server::Managed(s) => Some(s.password().to_string()),
+            Server::Chdb(_) => None,
         }
     }
 }
@@ -188,7 +211,7 @@ fn start_chdb26(dir: &std::path::Path) -> Result<ChdbFixture, String> {
 /// A new, empty, migrated database on the shared test server, named after `label`.
 #[allow(clippy::panic)]
 pub async fn fresh_database(label: &str) -> ClickHouseConfig {
-    let url = server_url();
+    let (url, password) = server();
     let clean: String = label
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
@@ -202,7 +225,11 @@ pub async fn fresh_database(label: &str) -> ClickHouseConfig {
         std::process::id(),
         u32::from_le_bytes(rnd)
     );
-    let cfg = ClickHouseConfig::new(url, db);
+    let mut cfg = ClickHouseConfig::new(url, db);
+    if password.is_some() {
+        cfg.user = Some(crate::managed::USER.into());
+        cfg.password = password;
+    }
     if let Err(e) = crate::migrate(&cfg).await {
         panic!("migrating test database {}: {e}", cfg.database);
     }

@@ -3,6 +3,8 @@
 //! `VEIL_TEST_CLICKHOUSE=chdb26`): `/ping`, a query in the URL and in the body, the database
 //! parameter, and failures as ClickHouse sends them (status by error, `Code: N` text, and from
 //! 19 on the `X-ClickHouse-Exception-Code` header), so the fixture answers like a real server. Raw HTTP/1.0 over a TCP stream: what is on the wire, not what a client makes of it.
+//! Requests log in as Veil's clients do (`X-ClickHouse-User`/`X-ClickHouse-Key`) when the
+//! server has a password (the managed one has).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -28,11 +30,15 @@ impl Answer {
 fn request(method: &str, path_and_query: &str, body: &str) -> Answer {
     let url = veil_schemas::testing::server_url();
     let host = url.trim_start_matches("http://").trim_end_matches('/');
+    let auth = match veil_schemas::testing::server_password() {
+        Some(p) => format!("X-ClickHouse-User: default\r\nX-ClickHouse-Key: {p}\r\n"),
+        None => String::new(),
+    };
     let mut s = TcpStream::connect(host).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "{method} {path_and_query} HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path_and_query} HTTP/1.0\r\nHost: {host}\r\n{auth}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

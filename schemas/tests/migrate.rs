@@ -140,7 +140,7 @@ fn cluster_mode_without_a_ddl_queue_says_what_to_configure() {
         ),
     )];
     let server = ManagedClickHouse::start(&o).unwrap();
-    let mut cfg = veil_schemas::ClickHouseConfig::new(server.url(), "veil_noddl");
+    let mut cfg = server.config("veil_noddl");
     cfg.cluster = Some("solo".into());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let err = rt.block_on(migrate(&cfg)).unwrap_err().to_string();

@@ -54,7 +54,8 @@ export function freePort() {
 /**
  * `veil up ARGS` on a fresh temp data dir and a free port, flushing batches every 200 ms; builds
  * the binary first if it is missing (`VEIL_BIN` names another). `env` is added to the
- * environment. Resolves once Veil says it is running, to `{url, clickhouse, log(), stop()}`.
+ * environment. Resolves once Veil says it is running, to `{url, clickhouse, chPassword, log(),
+ * stop()}` (`chPassword`: the managed ClickHouse's generated password, from its file).
  */
 export async function startVeil(args = [], { env = {} } = {}) {
   const bin = process.env.VEIL_BIN || join(root, "target/debug/veil");
@@ -80,12 +81,17 @@ export async function startVeil(args = [], { env = {} } = {}) {
   }
   const cfg = readFileSync(join(dir, "var/clickhouse/config.xml"), "utf8");
   const chPort = cfg.match(/<http_port>(\d+)<\/http_port>/)[1];
-  return { url: `http://127.0.0.1:${port}`, clickhouse: `http://127.0.0.1:${chPort}`, log: () => out, stop };
+  const chPassword = readFileSync(join(dir, "var/clickhouse/password"), "utf8").trim();
+  return { url: `http://127.0.0.1:${port}`, clickhouse: `http://127.0.0.1:${chPort}`, chPassword, log: () => out, stop };
 }
 
-/** The rows of a ClickHouse query (JSONEachRow). */
+/** The rows of a ClickHouse query (JSONEachRow), logged in as the managed server's `default` user. */
 export async function sql(veil, text) {
-  const res = await fetch(veil.clickhouse + "/", { method: "POST", body: text + " FORMAT JSONEachRow" });
+  const res = await fetch(veil.clickhouse + "/", {
+    method: "POST",
+    headers: { "X-ClickHouse-User": "default", "X-ClickHouse-Key": veil.chPassword },
+    body: text + " FORMAT JSONEachRow",
+  });
   const body = await res.text();
   if (!res.ok) throw new Error(body);
   return body.split("\n").filter(Boolean).map((l) => JSON.parse(l));

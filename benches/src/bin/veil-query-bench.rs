@@ -1589,8 +1589,8 @@ fn real_main(a: Args) -> Result<()> {
     // The managed server is started from the main thread, which lives as long as the process.
     let mut tmp = None;
     let mut managed = None;
-    let url = match &a.clickhouse_url {
-        Some(u) => u.clone(),
+    let ch = match &a.clickhouse_url {
+        Some(u) => ClickHouseConfig::new(u.clone(), "veil"),
         None => {
             let dir = match &a.data_dir {
                 Some(d) => d.clone(),
@@ -1602,15 +1602,15 @@ fn real_main(a: Args) -> Result<()> {
                 }
             };
             let server = ManagedClickHouse::start(&ManagedOptions::new(dir.join("clickhouse")))?;
-            let u = server.url();
+            let ch = server.config("veil");
             managed = Some(server);
-            u
+            ch
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let r = rt.block_on(bench(ClickHouseConfig::new(url, "veil"), a));
+    let r = rt.block_on(bench(ch, a));
     drop(rt);
     if let Some(mut m) = managed {
         m.stop();

@@ -82,12 +82,28 @@ pub struct Veil {
 /// `veil up` on `port` with `--site example.com`, the admin token [`ADMIN`] and `extra` flags;
 /// returns once it serves.
 pub fn start(dir: &Path, port: u16, extra: &[&str]) -> Veil {
-    start_with(dir, port, extra, true)
+    start_with_env(dir, port, extra, &[])
 }
 
 /// [`start`], with or without the admin token (without: a fresh deployment waits for its
 /// owner's first-run setup, and prints the setup link).
 pub fn start_with(dir: &Path, port: u16, extra: &[&str], admin_token: bool) -> Veil {
+    launch(dir, port, extra, &[], admin_token)
+}
+
+/// [`start`] with more environment variables (e.g. `VEIL_CLICKHOUSE_PASSWORD` beside a
+/// `--clickhouse-url`: a password never goes on a command line).
+pub fn start_with_env(dir: &Path, port: u16, extra: &[&str], env: &[(&str, String)]) -> Veil {
+    launch(dir, port, extra, env, true)
+}
+
+fn launch(
+    dir: &Path,
+    port: u16,
+    extra: &[&str],
+    env: &[(&str, String)],
+    admin_token: bool,
+) -> Veil {
     let stdout = std::fs::File::create(dir.join(format!("stdout-{port}.log"))).unwrap();
     let stderr = std::fs::File::create(dir.join(format!("stderr-{port}.log"))).unwrap();
     // Never the default 127.0.0.1:9464: tests start several `veil up`s at once.
@@ -112,6 +128,8 @@ pub fn start_with(dir: &Path, port: u16, extra: &[&str], admin_token: bool) -> V
         .env("VEIL_LOG", "debug")
         .env_remove("VEIL_CLICKHOUSE_URL")
         .env_remove("VEIL_API_TOKEN")
+        .env_remove("VEIL_CLICKHOUSE_PASSWORD")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
@@ -184,28 +202,65 @@ pub fn grep_tree(dir: &Path, needle: &[u8], hits: &mut Vec<String>) {
     }
 }
 
-/// The managed ClickHouse's HTTP URL, read from the config `veil up` wrote.
-pub fn managed_clickhouse_url(data_dir: &Path) -> String {
+/// A ClickHouse a test talks to over HTTP: its URL and the password of its `default` user.
+#[derive(Clone)]
+pub struct ClickHouse {
+    pub url: String,
+    pub password: Option<String>,
+}
+
+impl ClickHouse {
+    /// The shared test server (`veil_schemas::testing`).
+    pub fn test_server() -> Self {
+        ClickHouse {
+            url: veil_schemas::testing::server_url(),
+            password: veil_schemas::testing::server_password(),
+        }
+    }
+
+    /// What a `veil` child needs beside `--clickhouse-url` to log in.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        match &self.password {
+            Some(p) => vec![("VEIL_CLICKHOUSE_PASSWORD", p.clone())],
+            None => vec![],
+        }
+    }
+}
+
+/// The managed ClickHouse of `veil up`: the HTTP URL from the config it wrote, the password
+/// from the file it generated (`DATA_DIR/clickhouse/password`).
+pub fn managed_clickhouse(data_dir: &Path) -> ClickHouse {
     let cfg = std::fs::read_to_string(data_dir.join("clickhouse/config.xml")).unwrap();
     let port = cfg
         .split("<http_port>")
         .nth(1)
         .and_then(|r| r.split("</http_port>").next())
         .unwrap();
-    format!("http://127.0.0.1:{port}")
+    let password = std::fs::read_to_string(data_dir.join("clickhouse/password")).unwrap();
+    ClickHouse {
+        url: format!("http://127.0.0.1:{port}"),
+        password: Some(password.trim().to_string()),
+    }
 }
 
-/// Runs a statement over ClickHouse's HTTP interface, returns the body.
-pub fn clickhouse_query(url: &str, sql: &Sql) -> String {
-    let sql = sql.as_str();
+/// One statement over ClickHouse's HTTP interface, with `auth` as `X-ClickHouse-User`/`-Key`
+/// headers when given; the status and the body.
+pub fn clickhouse_request(url: &str, auth: Option<(&str, &str)>, sql: &str) -> (u16, String) {
     // HTTP/1.0 so ClickHouse answers without chunked encoding.
     let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = format!(
-        "POST / HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n{sql}",
+    let mut req = format!(
+        "POST / HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n",
         sql.len()
     );
+    if let Some((user, key)) = auth {
+        req.push_str(&format!(
+            "X-ClickHouse-User: {user}\r\nX-ClickHouse-Key: {key}\r\n"
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(sql);
     s.write_all(req.as_bytes()).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
@@ -219,6 +274,14 @@ pub fn clickhouse_query(url: &str, sql: &Sql) -> String {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
+    (status, body)
+}
+
+/// Runs a statement on `ch` (logged in as `default` with its password), returns the body.
+pub fn clickhouse_query(ch: &ClickHouse, sql: &Sql) -> String {
+    let sql = sql.as_str();
+    let auth = ch.password.as_deref().map(|p| ("default", p));
+    let (status, body) = clickhouse_request(&ch.url, auth, sql);
     assert_eq!(status, 200, "{sql}: {body}");
     body
 }
