@@ -4,7 +4,9 @@
 //! A day's latest *recorded* build is complete (the rollup job records a build only after
 //! writing its rows). A build of the current day (one with a cut) is left out when the events
 //! before its cut are no longer the ones it was built from (a hit stored since with an earlier
-//! time): that day is then derived from raw events until the next rollup run builds it again.
+//! time), or when `events_recent` lacks hits after the cut that `events` has (its materialized
+//! view missed an insert: a server killed between the insert and the view's write): that day
+//! is then derived from raw events until the next rollup run builds it again.
 //!
 //! Reports by day and dimension may read the current day from a snapshot instead
 //! (the snapshot module); this module asks for one through [`TodaySnapshots`], which the
@@ -106,13 +108,39 @@ async fn visit_builds_for(
             }
         }
         if let Some(cut) = b.cut {
-            let stmt = sql!(
-                "SELECT count() FROM events WHERE timestamp >= {} AND timestamp < {}",
-                utc(b.day.and_time(NaiveTime::MIN)),
-                utc(cut)
-            );
-            let now = fetch(client, &stmt).await?;
-            if now.first().and_then(|c| c.get(0)).and_then(number) != Some(events) {
+            // The events before the cut must be the ones the build was made from, and
+            // `events_recent` (fed by a materialized view, which is not atomic with the insert
+            // it follows) must hold every hit after the cut: a server killed between the two
+            // writes keeps the events, and the retried insert, deduplicated, never feeds the
+            // view again. Either way the day is derived from raw events.
+            let day_end = b.day.and_time(NaiveTime::MIN) + chrono::Duration::days(1);
+            // Two statements (each a Distributed read in cluster mode): the view's table is
+            // counted first, so a hit stored in between makes `events` the larger and the day
+            // is read raw, never short.
+            let recent = fetch(
+                client,
+                &sql!(
+                    "SELECT count() FROM events_recent WHERE timestamp >= {} AND timestamp < {}",
+                    utc(cut),
+                    utc(day_end)
+                ),
+            )
+            .await?;
+            let raw = fetch(
+                client,
+                &sql!(
+                    "SELECT countIf(timestamp < {0}), countIf(timestamp >= {0}) FROM events \
+                     WHERE timestamp >= {1} AND timestamp < {2}",
+                    utc(cut),
+                    utc(b.day.and_time(NaiveTime::MIN)),
+                    utc(day_end)
+                ),
+            )
+            .await?;
+            let cell = |rows: &[serde_json::Value], i: usize| {
+                rows.first().and_then(|c| c.get(i)).and_then(number)
+            };
+            if cell(&raw, 0) != Some(events) || cell(&raw, 1) != cell(&recent, 0) {
                 continue;
             }
         }

@@ -343,6 +343,24 @@ impl ServerVersion {
     }
 }
 
+/// The setting that makes a retried insert feed the materialized views its first attempt
+/// missed (ClickHouse 19.x and later; 18.16 lacks it): see [`has_setting`].
+pub const MV_DEDUP_SETTING: &str = "deduplicate_blocks_in_dependent_materialized_views";
+
+/// Whether the server knows the setting `name`: settings newer than 18.16 are sent only to
+/// servers that have them (asked of `system.settings`, which is exact where a version number
+/// would be a guess).
+pub async fn has_setting(client: &clickhouse::Client, name: &str) -> Result<bool, Error> {
+    let n = client
+        .sql(&crate::sql!(
+            "SELECT count() FROM system.settings WHERE name = {}",
+            lit(name)
+        ))
+        .fetch_one::<u64>()
+        .await?;
+    Ok(n > 0)
+}
+
 /// Runs an [`Sql`] with the `clickhouse` crate: always `query_raw`, so `?` in a value is inert.
 pub trait Run {
     /// The query, ready to `execute`, `fetch_all` or `fetch_bytes`.

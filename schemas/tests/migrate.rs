@@ -157,3 +157,21 @@ fn cluster_mode_without_a_ddl_queue_says_what_to_configure() {
         .unwrap();
     assert!(!dbs.contains(&"veil_noddl".to_string()), "{dbs:?}");
 }
+
+/// Settings newer than 18.16 are asked of the server before they are sent: the one that makes
+/// a retried insert feed the materialized views is there on current servers and not on 18.16.
+#[tokio::test]
+async fn newer_settings_are_found_where_the_server_has_them() {
+    use veil_schemas::sql::{has_setting, ServerVersion, MV_DEDUP_SETTING};
+    let ch = veil_schemas::testing::fresh_database("has_setting").await;
+    let client = ch.client();
+    assert!(has_setting(&client, "max_execution_time").await.unwrap());
+    assert!(!has_setting(&client, "no_such_setting_anywhere")
+        .await
+        .unwrap());
+    let legacy = ServerVersion::of(&client).await.unwrap().is_legacy();
+    assert_eq!(
+        has_setting(&client, MV_DEDUP_SETTING).await.unwrap(),
+        !legacy
+    );
+}

@@ -8,11 +8,20 @@
 //! the Replicated tables drop a block identical to one already written (every row carries the
 //! batch's `spool_token`, so only a replay of the same batch can be identical), which makes
 //! replays exactly-once even when an earlier attempt reached only some shards.
+//!
+//! A replica killed between writing a block and feeding the materialized views that follow
+//! it (`events_recent`, `events_hourly`, `events_daily`) keeps the block; the retried insert is
+//! then dropped as a duplicate and feeds no view. Where the server has it (ClickHouse 19.x and
+//! later, asked once of `system.settings`), inserts also set
+//! `deduplicate_blocks_in_dependent_materialized_views = 1`: the retry feeds each view, which
+//! drops what it already has by itself. On 18.16 readers cope instead: the rollups are read
+//! only for days checked against raw events, and the current day's tail only while
+//! `events_recent` holds as many hits as `events` (aggregator/src/builds.rs).
 
 use std::time::Duration;
 
 use veil_schemas::sql;
-use veil_schemas::sql::{lit, Run};
+use veil_schemas::sql::{has_setting, lit, Run, MV_DEDUP_SETTING};
 use veil_schemas::ClickHouseConfig;
 
 use super::Sink;
@@ -28,6 +37,8 @@ pub struct ClickHouseSink {
     client: clickhouse::Client,
     timeout: Duration,
     cluster: bool,
+    /// Cluster mode: whether [`MV_DEDUP_SETTING`] was checked for (and set when present).
+    views_checked: bool,
 }
 
 impl ClickHouseSink {
@@ -47,7 +58,28 @@ impl ClickHouseSink {
             client,
             timeout: Duration::from_secs(60),
             cluster,
+            views_checked: !cluster,
         })
+    }
+
+    /// Cluster mode: sets [`MV_DEDUP_SETTING`] on inserts when the server has it (asked before
+    /// the first insert that finds the server up; a failed check is asked again next time).
+    fn check_views(&mut self) {
+        if self.views_checked {
+            return;
+        }
+        let client = self.client.clone();
+        let asked = self
+            .rt
+            .block_on(async move { has_setting(&client, MV_DEDUP_SETTING).await });
+        match asked {
+            Ok(true) => {
+                self.client = self.client.clone().with_setting(MV_DEDUP_SETTING, "1");
+                self.views_checked = true;
+            }
+            Ok(false) => self.views_checked = true,
+            Err(e) => tracing::debug!(error = %e, "could not ask the server for its settings yet"),
+        }
     }
 
     async fn insert(
@@ -106,6 +138,7 @@ impl Sink for ClickHouseSink {
     }
 
     fn write(&mut self, rows: &[EventRow]) -> Result<(), Error> {
+        self.check_views();
         let fut = Self::insert(&self.client, rows);
         let timeout = self.timeout;
         match self
