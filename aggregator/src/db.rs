@@ -3,9 +3,10 @@
 //! of ClickHouse failures ([`failed`]): a query ClickHouse gave up on because of its cost (the
 //! error codes of [`too_expensive_code`]: memory, time, rows or bytes) is
 //! [`Error::TooExpensive`] (a 400 once the report names its question, see
-//! [`crate::stats`]); any other failure is [`Error::ClickHouse`] (a 502 whose body says only
-//! that the database failed: ClickHouse's text, which can quote SQL and its values, stays on
-//! this side).
+//! [`crate::stats`]); a regular expression RE2 refused ([`CANNOT_COMPILE_REGEXP`], which
+//! [`crate::query::re2`] should have caught first) is a 400 in general words; any other
+//! failure is [`Error::ClickHouse`] (a 502 whose body says only that the database failed, with
+//! a request id: ClickHouse's text, which can quote SQL and its values, stays on this side).
 //!
 //! Bounds: the client reports are read with ([`report_client`]) sends, with every query,
 //! ClickHouse's `max_execution_time` = [`MAX_EXECUTION_SECS`], a per-query
@@ -129,6 +130,14 @@ pub fn failed(e: clickhouse::error::Error) -> Error {
     classify(e.to_string())
 }
 
+/// ClickHouse's error code for a regular expression RE2 refused (`CANNOT_COMPILE_REGEXP`).
+pub const CANNOT_COMPILE_REGEXP: u32 = 427;
+
+/// The 400 of a filter regex that ClickHouse's RE2 refused although [`crate::query::re2`]
+/// let it through (a backstop: ClickHouse's text is not sent, it can quote the SQL).
+pub const REGEX_REFUSED: &str = "a regular expression in the filters was refused by ClickHouse's \
+                                 RE2; simplify it (RE2 syntax: no look-around, no back-references)";
+
 /// [`failed`] on an error text.
 fn classify(text: String) -> Error {
     match error_code(&text) {
@@ -136,6 +145,7 @@ fn classify(text: String) -> Error {
             code: Some(code),
             message: TOO_EXPENSIVE.into(),
         },
+        Some(CANNOT_COMPILE_REGEXP) => Error::BadRequest(REGEX_REFUSED.into()),
         _ => Error::ClickHouse(text),
     }
 }
@@ -287,6 +297,8 @@ mod tests {
         assert_eq!(error_code(down), None);
         assert!(matches!(classify(down.into()), Error::ClickHouse(_)));
         assert_eq!(error_code("Code: x"), None);
+        let re = "Code: 427, e.displayText() = DB::Exception: OptimizedRegularExpression: cannot compile re2: (?<=x)y, error: invalid perl operator: (?<";
+        assert!(matches!(classify(re.into()), Error::BadRequest(m) if m == REGEX_REFUSED));
         assert_eq!(too_expensive_code(241), Some("MEMORY_LIMIT_EXCEEDED"));
         assert_eq!(too_expensive_code(62), None);
     }
