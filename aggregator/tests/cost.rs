@@ -297,12 +297,14 @@ async fn an_export_counts_as_the_reports_it_runs() {
     // 18 reports took 18 of the 30 tokens: a second export does not fit in the 12 left…
     let r = call(&a, "GET", &export, k, None).await;
     assert_eq!(r.status, 429);
-    assert_eq!(r.headers["retry-after"], "5", "17 tokens needed, 12 there, 1 a second");
+    // (The refused request took its own token: 17 more needed, 11 there, 1 a second.)
+    assert_eq!(r.headers["retry-after"], "6");
     assert!(r.json()["error"].as_str().unwrap().contains("rate limit"));
     // …while a single query does.
     let r = call(&a, "POST", "/api/v2/query", k, Some(query_body())).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
-    clock.advance(Duration::from_secs(6));
+    // 10 tokens left; 8 s bring the 18 an export takes.
+    clock.advance(Duration::from_secs(8));
     let r = call(&a, "GET", &export, k, None).await;
     assert_eq!(r.status, 200, "the bucket refilled");
     // The admin's exports are not rate-limited.
@@ -478,7 +480,6 @@ async fn the_check_agrees_with_clickhouse() {
         "a{1001}",
         "(?x)a",
         r"\u0041",
-        r"\<a",
     ] {
         assert!(re2::check(p).is_err(), "{p}");
         match run(p).await {
@@ -488,7 +489,7 @@ async fn the_check_agrees_with_clickhouse() {
     }
     // Refused here although some RE2 accepts them (read otherwise, or not in every version):
     // documented in query/re2.rs.
-    for p in ["[a&&b]", "[[a]b]", r"\p{Greek}", "(?<n>a)"] {
+    for p in ["[a&&b]", "[[a]b]", r"\<a", r"\p{Greek}", "(?<n>a)"] {
         assert!(re2::check(p).is_err(), "{p}");
     }
 }

@@ -16,7 +16,7 @@
 //! | flags `i`, `m`, `s`, `U` | accepted | accepted | accepted |
 //! | flags `x`, `u`, `R` | refused | accepted | refused |
 //! | class set operations `[a&&b]`, `[a--b]`, `[a~~b]`, nested `[[a]]` | literal characters | set operations | refused |
-//! | `\<`, `\>`, `\b{start}` … | refused | word boundaries | refused |
+//! | `\<`, `\>`, `\b{start}` … | literal `<`, `>`, `{start}` | word boundaries | refused |
 //! | `\u0041`, `\U…` | refused | code points | refused |
 //! | `\p{Lu}`, `\pL`, `\p{Any}` (general categories) | accepted | accepted | accepted |
 //! | `\p{Greek}` (scripts), `\p{Alphabetic}`, `\p{gc=Lu}` | scripts only | accepted | refused (scripts too: a narrower, documented gap) |
@@ -78,7 +78,7 @@ fn walk(ast: &Ast, repeat: u64) -> Result<(), String> {
             | AssertionKind::NotWordBoundary => Ok(()),
             _ => Err(at(
                 &a.span,
-                "RE2 has no start- or end-of-word assertions (\\<, \\>, \\b{start}, …); use \\b",
+                "RE2 has no start- or end-of-word assertions (it reads \\< as <, \\b{start} as \\b then {start}); use \\b",
             )),
         },
         Ast::ClassUnicode(c) => unicode(c),
