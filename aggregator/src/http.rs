@@ -88,7 +88,8 @@ fn error_body(e: &Error, id: Option<&str>) -> HttpResponse {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
     }
-    if let Error::RateLimited(secs) | Error::Busy {
+    if let Error::RateLimited(secs)
+    | Error::Busy {
         retry_after: secs, ..
     } = e
     {

@@ -16,9 +16,11 @@
 //! a wrong, revoked or expired credential), 403 (a site key on an admin route of its own
 //! site; a browser request from another origin, [`guard`]), 404 (unknown site — also what a key for another site gets, with the same body, so
 //! keys cannot probe which sites exist), 405, 409, 415 (an API write not declared
-//! `application/json`, [`guard`]), 421 (a host not on the allow-list, [`guard`]), 429 (with `Retry-After`), 500 (this side:
+//! `application/json`, [`guard`]), 421 (a host not on the allow-list, [`guard`]), 429 (with `Retry-After`: the rate
+//! limit, a spent privacy budget, or too many reports under way for the credential, [`cost`]), 500 (this side:
 //! no randomness, writing a zip), 502 (ClickHouse failed: the body says so in general terms,
-//! never with ClickHouse's text); see [`http`]. A report too expensive for ClickHouse's bounds
+//! never with ClickHouse's text); a 5xx carries a `request_id` (body and `X-Request-Id`) that
+//! its log line carries too; see [`http`]. A report too expensive for ClickHouse's bounds
 //! is a 400 naming its filters, dimensions and period ([`Error::TooExpensive`]).
 //!
 //! Sites come from the registry ([`veil_schemas::registry`], shared through ClickHouse and
@@ -44,7 +46,8 @@
 //! clock by default): report ranges, shared-link expiry and rate limits read it.
 //!
 //! Modules, in the order a request meets them: [`guard`] (the browser-facing checks and
-//! security headers the HTTP entry applies before any route), [`auth`] (who is asking), [`reports`] and
+//! security headers the HTTP entry applies before any route), [`auth`] (who is asking),
+//! [`cost`] (how many reports a credential may have under way), [`reports`] and
 //! [`admin`] (the routes), [`site`] (a site as reports see it), [`query`] (parsing a Stats API
 //! query and compiling it to SQL), [`stats`] (running it and shaping the answer), [`builds`]
 //! (which rollup builds reports may read), [`snapshot`] (today's snapshots), [`db`] (the one
@@ -839,6 +842,11 @@ mod tests {
             })
             .contains("--query-memory-mb"));
         }
+        assert!(err(AggregatorConfig {
+            max_concurrent_queries: cost::MAX_CONCURRENT_QUERIES + 1,
+            ..ok.clone()
+        })
+        .contains("--max-concurrent-queries"));
         assert_eq!(
             Error::Config("x".into()).status(),
             StatusCode::INTERNAL_SERVER_ERROR

@@ -67,7 +67,13 @@ impl Answer {
     }
 }
 
-async fn call(a: &Aggregator, method: &str, path: &str, token: &str, body: Option<Value>) -> Answer {
+async fn call(
+    a: &Aggregator,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Answer {
     let req = Request::builder()
         .method(method)
         .uri(path)
@@ -102,7 +108,14 @@ async fn with_keys(
     let ch = veil_schemas::testing::fresh_database(label).await;
     let a = Aggregator::new(cfg, ch.clone());
     a.registry().refresh().await.unwrap();
-    let r = call(&a, "POST", "/api/v1/sites", ADMIN, Some(json!({"domain": SITE}))).await;
+    let r = call(
+        &a,
+        "POST",
+        "/api/v1/sites",
+        ADMIN,
+        Some(json!({"domain": SITE})),
+    )
+    .await;
     assert_eq!(r.status, 201, "{:?}", r.json());
     let mut out = Vec::new();
     for _ in 0..keys {
@@ -244,7 +257,11 @@ async fn a_credential_past_its_limit_gets_429_while_others_go_on() {
     let export = format!("/api/v1/sites/{SITE}/export?date_range=7d");
     let r = call(&slow, "GET", &export, &k1, None).await;
     assert_eq!(r.status, 429, "{:?}", String::from_utf8_lossy(&r.body));
-    assert_eq!(stalled.seen.load(Ordering::SeqCst), 2, "nothing more reached ClickHouse");
+    assert_eq!(
+        stalled.seen.load(Ordering::SeqCst),
+        2,
+        "nothing more reached ClickHouse"
+    );
     // Another key goes on: its query reaches ClickHouse and holds a place of its own.
     running.push(ask(k2.clone(), "/api/v2/query", "POST"));
     until("key 2's query at ClickHouse", || {
@@ -372,7 +389,14 @@ async fn a_database_failure_is_a_502_with_a_request_id_the_log_carries() {
         assert!(!line.contains("secret-path"), "{line}");
     }
     // A refusal is not a failure: no id.
-    let r = call(&failing, "POST", "/api/v2/query", "wrong", Some(query_body())).await;
+    let r = call(
+        &failing,
+        "POST",
+        "/api/v2/query",
+        "wrong",
+        Some(query_body()),
+    )
+    .await;
     assert_eq!(r.status, 401);
     assert!(r.headers.get("x-request-id").is_none());
 }
@@ -436,12 +460,20 @@ async fn regexes_are_checked_as_re2_reads_them() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["dimensions"][0].as_str().unwrap().to_string(), r["metrics"][0].clone()))
+        .map(|r| {
+            (
+                r["dimensions"][0].as_str().unwrap().to_string(),
+                r["metrics"][0].clone(),
+            )
+        })
         .collect();
     pages.sort_by(|x, y| x.0.cmp(&y.0));
     assert_eq!(
         pages,
-        vec![("/blog/x".to_string(), json!(6)), ("/pricing".to_string(), json!(6))]
+        vec![
+            ("/blog/x".to_string(), json!(6)),
+            ("/pricing".to_string(), json!(6))
+        ]
     );
 }
 
@@ -468,18 +500,13 @@ async fn the_check_agrees_with_clickhouse() {
         r"^/a\.b\#\-$",
     ] {
         assert_eq!(re2::check(p), Ok(()), "{p}");
-        run(p).await.unwrap_or_else(|e| panic!("ClickHouse refused {p}: {e}"));
+        run(p)
+            .await
+            .unwrap_or_else(|e| panic!("ClickHouse refused {p}: {e}"));
     }
     // Both refuse; ClickHouse's refusal is itself a 400 in general words (a backstop).
     for p in [
-        "(a",
-        "a{2,1}",
-        "(?<=x)y",
-        "(?=x)",
-        r"(a)\1",
-        "a{1001}",
-        "(?x)a",
-        r"\u0041",
+        "(a", "a{2,1}", "(?<=x)y", "(?=x)", r"(a)\1", "a{1001}", "(?x)a", r"\u0041",
     ] {
         assert!(re2::check(p).is_err(), "{p}");
         match run(p).await {
@@ -508,7 +535,12 @@ async fn pages_keep_plausibles_maximum_and_queries_their_time_bound() {
         let a = a.clone();
         async move {
             let r = a
-                .handle(common::request("/api/v2/query", "POST", b, "application/json"))
+                .handle(common::request(
+                    "/api/v2/query",
+                    "POST",
+                    b,
+                    "application/json",
+                ))
                 .await
                 .unwrap();
             let s = r.status().as_u16();
@@ -521,12 +553,18 @@ async fn pages_keep_plausibles_maximum_and_queries_their_time_bound() {
     };
     let (s, v) = ask(body(json!({"limit": 10_001}))).await;
     assert_eq!(s, 400);
-    assert!(v["error"].as_str().unwrap().contains("pagination.limit"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("pagination.limit"),
+        "{v}"
+    );
     let (s, v) = ask(body(json!({"limit": 10_000}))).await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = ask(body(Value::Null)).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["query"]["pagination"]["limit"], 10_000, "the default page is the maximum");
+    assert_eq!(
+        v["query"]["pagination"]["limit"], 10_000,
+        "the default page is the maximum"
+    );
     let (s, v) = ask(body(json!({"limit": 1}))).await;
     assert_eq!(s, 200);
     assert_eq!(v["results"].as_array().unwrap().len(), 1);
