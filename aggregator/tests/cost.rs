@@ -497,7 +497,7 @@ async fn the_check_agrees_with_clickhouse() {
         r"\pL\p{Lu}",
         r"\x{41}|\x41",
         r"\bx\B",
-        r"^/a\.b\#\-$",
+        r"^/a\.b\#\-\&\~ $",
     ] {
         assert_eq!(re2::check(p), Ok(()), "{p}");
         run(p)
