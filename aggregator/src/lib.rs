@@ -268,6 +268,9 @@ pub struct AggregatorConfig {
     /// (`--max-concurrent-queries`, default [`cost::DEFAULT_MAX_CONCURRENT_QUERIES`]; 0: no
     /// bound); past it, 429 ([`cost`]).
     pub max_concurrent_queries: u32,
+    /// The most rows one report query may answer ([`db::MAX_RESULT_ROWS`] by default; 0: no
+    /// bound): a library setting (tests lower it), no flag.
+    pub max_result_rows: u64,
 }
 
 /// The largest `--query-memory-mb`: 1 TiB, far above any machine Veil runs on (a typo guard).
@@ -301,6 +304,7 @@ impl Default for AggregatorConfig {
             query_memory_mb: db::DEFAULT_QUERY_MEMORY_MB,
             privacy: privacy::Settings::default(),
             max_concurrent_queries: cost::DEFAULT_MAX_CONCURRENT_QUERIES,
+            max_result_rows: db::MAX_RESULT_ROWS,
         }
     }
 }
@@ -472,7 +476,10 @@ impl Aggregator {
         ch: ClickHouseConfig,
         registry: Arc<Registry>,
     ) -> Self {
-        let client = db::report_client(&ch, db::QueryBudget::mib(cfg.query_memory_mb));
+        let client = db::report_client(
+            &ch,
+            db::QueryBudget::mib(cfg.query_memory_mb).with_result_rows(cfg.max_result_rows),
+        );
         let limiter = Arc::new(auth::RateLimiter::new(
             cfg.key_rate_per_second,
             cfg.key_rate_burst,

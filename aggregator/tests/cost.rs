@@ -522,7 +522,7 @@ async fn the_check_agrees_with_clickhouse() {
 }
 
 #[tokio::test]
-async fn pages_keep_plausibles_maximum_and_queries_their_time_bound() {
+async fn answers_are_bounded_and_queries_carry_their_time_bound() {
     let ch = veil_schemas::testing::fresh_database("cost_rows").await;
     common::seed(&ch).await;
     let a = common::stats_aggregator(&ch);
@@ -568,6 +568,50 @@ async fn pages_keep_plausibles_maximum_and_queries_their_time_bound() {
     let (s, v) = ask(body(json!({"limit": 1}))).await;
     assert_eq!(s, 200);
     assert_eq!(v["results"].as_array().unwrap().len(), 1);
+    // The answer ClickHouse gives Veil is bounded too, not only the page cut from it: a
+    // breakdown with more groups than `max_result_rows` (here 2; 1 000 000 by default) is a
+    // 400 naming the question, while a total (one row) is still answered.
+    let narrow = Aggregator::new(
+        AggregatorConfig {
+            sites: vec![common::SITE.into()],
+            privacy: veil_aggregator::privacy::Settings::exact(),
+            max_result_rows: 2,
+            ..Default::default()
+        },
+        ch.clone(),
+    );
+    let ask_narrow = |b: String| {
+        let a = narrow.clone();
+        async move {
+            let r = a
+                .handle(common::request(
+                    "/api/v2/query",
+                    "POST",
+                    b,
+                    "application/json",
+                ))
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            let b = http_body_util::BodyExt::collect(r.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (s, serde_json::from_slice::<Value>(&b).unwrap())
+        }
+    };
+    let (s, v) = ask_narrow(body(json!({"limit": 1}))).await;
+    assert_eq!(s, 400, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("too many rows") && e.contains("event:page"),
+        "{e}"
+    );
+    let total = json!({"site_id": common::SITE, "metrics": ["visitors"],
+                       "date_range": ["2026-11-20", "2026-11-20"]});
+    let (s, v) = ask_narrow(total.to_string()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["results"][0]["metrics"][0], 18);
     // Every report query carries ClickHouse's time bound (read back from the server).
     let rows = db::fetch(
         a.client(),
