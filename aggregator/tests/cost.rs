@@ -351,14 +351,26 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
     }
 }
 
+/// The log of this test process: one global subscriber (a thread's own default would miss
+/// events whose callsites other tests' threads registered first); lines are found by their
+/// request id.
+fn log() -> Log {
+    static LOG: std::sync::OnceLock<Log> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Log::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        log
+    })
+    .clone()
+}
+
 #[tokio::test]
 async fn a_database_failure_is_a_502_with_a_request_id_the_log_carries() {
-    let log = Log::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let log = log();
     let (real, ch, keys) = with_keys("cost_502", config(2), 1).await;
     let stalled = Stalled::start().await;
     stalled.let_go();
