@@ -68,7 +68,7 @@ fn walk(ast: &Ast, repeat: u64) -> Result<(), String> {
     match ast {
         Ast::Empty(_) | Ast::Dot(_) | Ast::ClassPerl(_) => Ok(()),
         Ast::Flags(f) => flags(&f.flags),
-        Ast::Literal(l) => literal(l),
+        Ast::Literal(l) => check_char(l),
         Ast::Assertion(a) => match a.kind {
             AssertionKind::StartLine
             | AssertionKind::EndLine
@@ -160,7 +160,7 @@ fn flags(f: &regex_syntax::ast::Flags) -> Result<(), String> {
     Ok(())
 }
 
-fn literal(l: &regex_syntax::ast::Literal) -> Result<(), String> {
+fn check_char(l: &regex_syntax::ast::Literal) -> Result<(), String> {
     match l.kind {
         LiteralKind::HexFixed(HexLiteralKind::UnicodeShort | HexLiteralKind::UnicodeLong)
         | LiteralKind::HexBrace(HexLiteralKind::UnicodeShort | HexLiteralKind::UnicodeLong) => {
@@ -206,7 +206,7 @@ fn class_item(item: &ClassSetItem) -> Result<(), String> {
         | ClassSetItem::Range(_)
         | ClassSetItem::Ascii(_)
         | ClassSetItem::Perl(_) => Ok(()),
-        ClassSetItem::Literal(l) => literal(l),
+        ClassSetItem::Literal(l) => check_char(l),
         ClassSetItem::Unicode(u) => unicode(u),
         ClassSetItem::Bracketed(b) => Err(at(
             &b.span,
