@@ -810,7 +810,7 @@ const EXPORTS: &[(&str, &str, &str)] = &[
 ];
 
 /// The reports an export of `site` runs, one after another: file name, dimension and metrics
-/// ([`EXPORTS`]; a child-directed site's visitor-free subset).
+/// (the `EXPORTS` table; a child-directed site's visitor-free subset).
 pub fn export_reports(
     site: &SiteView,
 ) -> impl Iterator<Item = (&'static str, &'static str, &'static str)> + '_ {
