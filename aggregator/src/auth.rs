@@ -25,7 +25,9 @@
 //! burst of requests costs one slow verification.
 //!
 //! Keys and links are rate-limited per credential with a token bucket (default 10 requests/s,
-//! bursts of 30): over it, 429 with `Retry-After`.
+//! bursts of 30): over it, 429 with `Retry-After`. An export takes a token per report it runs
+//! ([`RateLimiter::take`]); how many reports a credential may have under way at once is
+//! [`crate::cost`]'s bound.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -161,6 +163,13 @@ impl RateLimiter {
 
     /// Takes one token for `id`; `Err(seconds)` says when to retry.
     pub fn check(&self, id: &str, now: Instant) -> Result<(), u64> {
+        self.take(id, 1, now)
+    }
+
+    /// Takes `n` tokens for `id` at once, or none (a request that runs `n` reports, such as
+    /// an export); `n` above the burst takes the whole burst. `Err(seconds)` says when the
+    /// bucket will hold them.
+    pub fn take(&self, id: &str, n: u32, now: Instant) -> Result<(), u64> {
         if self.per_second <= 0.0 {
             return Ok(());
         }
@@ -176,12 +185,13 @@ impl RateLimiter {
         let refilled =
             (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
         *at = now;
-        if refilled >= 1.0 {
-            *tokens = refilled - 1.0;
+        let need = f64::from(n.max(1)).min(self.burst);
+        if refilled >= need {
+            *tokens = refilled - need;
             Ok(())
         } else {
             *tokens = refilled;
-            Err(((1.0 - refilled) / self.per_second).ceil().max(1.0) as u64)
+            Err(((need - refilled) / self.per_second).ceil().max(1.0) as u64)
         }
     }
 }
@@ -320,6 +330,15 @@ mod tests {
         r.check("k", t1).unwrap();
         assert!(r.check("k", t1).is_err());
         assert!(RateLimiter::new(0, 0).check("k", t0).is_ok());
+        // Several at once, or none; more than the burst takes the whole burst.
+        let r = RateLimiter::new(10, 30);
+        r.take("x", 18, t0).unwrap();
+        assert_eq!(r.take("x", 18, t0), Err(1));
+        r.take("x", 12, t0).unwrap();
+        assert_eq!(r.take("x", 1, t0), Err(1));
+        r.take("y", 100, t0).unwrap();
+        assert!(r.check("y", t0).is_err());
+        assert_eq!(r.take("y", 100, t0), Err(3));
     }
 
     #[test]

@@ -3,16 +3,19 @@
 //! of ClickHouse failures ([`failed`]): a query ClickHouse gave up on because of its cost (the
 //! error codes of [`too_expensive_code`]: memory, time, rows or bytes) is
 //! [`Error::TooExpensive`] (a 400 once the report names its question, see
-//! [`crate::stats`]); any other failure is [`Error::ClickHouse`] (a 502 whose body says only
-//! that the database failed: ClickHouse's text, which can quote SQL and its values, stays on
-//! this side).
+//! [`crate::stats`]); a regular expression RE2 refused ([`CANNOT_COMPILE_REGEXP`], which
+//! [`crate::query::re2`] should have caught first) is a 400 in general words; any other
+//! failure is [`Error::ClickHouse`] (a 502 whose body says only that the database failed, with
+//! a request id: ClickHouse's text, which can quote SQL and its values, stays on this side).
 //!
 //! Bounds: the client reports are read with ([`report_client`]) sends, with every query,
 //! ClickHouse's `max_execution_time` = [`MAX_EXECUTION_SECS`], a per-query
 //! `max_memory_usage` ([`QueryBudget`], [`DEFAULT_QUERY_MEMORY_MB`] unless configured, below
 //! the managed server's 4 GB profile limit), and `max_bytes_before_external_group_by` /
 //! `max_bytes_before_external_sort` at a third of it each, so a large `GROUP BY` or sort
-//! over raw events spills to disk instead of failing. Nothing is sampled. Background jobs
+//! over raw events spills to disk instead of failing; and `max_result_rows` =
+//! [`MAX_RESULT_ROWS`] (the final answer only: subqueries over raw events are not bounded by
+//! it), so a breakdown of millions of groups is refused rather than read whole. Nothing is sampled. Background jobs
 //! (rollups, snapshots, retention) use the plain client of their [`ClickHouseConfig`]: a
 //! rollup of a busy day may take longer.
 //!
@@ -41,21 +44,40 @@ pub const MAX_EXECUTION_SECS: u32 = 30;
 /// and its spill thresholds (a third each) stay well inside it.
 pub const DEFAULT_QUERY_MEMORY_MB: u64 = 3 * 1024;
 
+/// The most rows one report query may answer by default (ClickHouse's `max_result_rows`,
+/// checked on the final result only, block by block: a little more can pass): a breakdown
+/// with more groups than this (each at least k visitors) is refused as too expensive instead
+/// of being carried whole into Veil's memory to cut one page of at most
+/// [`crate::query::MAX_LIMIT`] rows from it.
+pub const MAX_RESULT_ROWS: u64 = 1_000_000;
+
 /// How much a report query may use: its memory, and from it the points where a `GROUP BY`
 /// and a sort start writing to disk (`max_bytes_before_external_group_by`,
 /// `max_bytes_before_external_sort`, a third of the memory each: both can hold their share at
-/// once, with a third left for reading blocks and building the answer).
+/// once, with a third left for reading blocks and building the answer); the rows of its
+/// answer (`max_result_rows`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueryBudget {
     /// `max_memory_usage`, in bytes.
     pub memory_bytes: u64,
+    /// `max_result_rows` (0: no bound).
+    pub result_rows: u64,
 }
 
 impl QueryBudget {
-    /// A budget of `mb` MiB.
+    /// A budget of `mb` MiB and [`MAX_RESULT_ROWS`].
     pub fn mib(mb: u64) -> Self {
         Self {
             memory_bytes: mb.saturating_mul(1024 * 1024),
+            result_rows: MAX_RESULT_ROWS,
+        }
+    }
+
+    /// The same budget answering at most `rows` rows per query (0: no bound).
+    pub fn with_result_rows(self, rows: u64) -> Self {
+        Self {
+            result_rows: rows,
+            ..self
         }
     }
 
@@ -72,14 +94,21 @@ impl Default for QueryBudget {
 }
 
 /// The client reports read with: `ch`'s, with [`MAX_EXECUTION_SECS`] and `budget` (see the
-/// module's doc; ClickHouse 18.16 accepts all four settings over HTTP).
+/// module's doc; ClickHouse 18.16 accepts all these settings over HTTP).
 pub fn report_client(ch: &ClickHouseConfig, budget: QueryBudget) -> clickhouse::Client {
     let spill = budget.spill_bytes().to_string();
-    ch.client()
+    let client = ch
+        .client()
         .with_setting("max_execution_time", MAX_EXECUTION_SECS.to_string())
         .with_setting("max_memory_usage", budget.memory_bytes.to_string())
         .with_setting("max_bytes_before_external_group_by", spill.clone())
-        .with_setting("max_bytes_before_external_sort", spill)
+        .with_setting("max_bytes_before_external_sort", spill);
+    if budget.result_rows == 0 {
+        return client;
+    }
+    client
+        .with_setting("max_result_rows", budget.result_rows.to_string())
+        .with_setting("result_overflow_mode", "throw")
 }
 
 /// ClickHouse's error codes for a query stopped because of what it costs, with their names:
@@ -129,6 +158,14 @@ pub fn failed(e: clickhouse::error::Error) -> Error {
     classify(e.to_string())
 }
 
+/// ClickHouse's error code for a regular expression RE2 refused (`CANNOT_COMPILE_REGEXP`).
+pub const CANNOT_COMPILE_REGEXP: u32 = 427;
+
+/// The 400 of a filter regex that ClickHouse's RE2 refused although [`crate::query::re2`]
+/// let it through (a backstop: ClickHouse's text is not sent, it can quote the SQL).
+pub const REGEX_REFUSED: &str = "a regular expression in the filters was refused by ClickHouse's \
+                                 RE2; simplify it (RE2 syntax: no look-around, no back-references)";
+
 /// [`failed`] on an error text.
 fn classify(text: String) -> Error {
     match error_code(&text) {
@@ -136,6 +173,7 @@ fn classify(text: String) -> Error {
             code: Some(code),
             message: TOO_EXPENSIVE.into(),
         },
+        Some(CANNOT_COMPILE_REGEXP) => Error::BadRequest(REGEX_REFUSED.into()),
         _ => Error::ClickHouse(text),
     }
 }
@@ -287,6 +325,8 @@ mod tests {
         assert_eq!(error_code(down), None);
         assert!(matches!(classify(down.into()), Error::ClickHouse(_)));
         assert_eq!(error_code("Code: x"), None);
+        let re = "Code: 427, e.displayText() = DB::Exception: OptimizedRegularExpression: cannot compile re2: (?<=x)y, error: invalid perl operator: (?<";
+        assert!(matches!(classify(re.into()), Error::BadRequest(m) if m == REGEX_REFUSED));
         assert_eq!(too_expensive_code(241), Some("MEMORY_LIMIT_EXCEEDED"));
         assert_eq!(too_expensive_code(62), None);
     }

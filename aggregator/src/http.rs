@@ -3,7 +3,11 @@
 //! Wire format: every response carries `Cache-Control: no-store`. JSON bodies are
 //! `application/json`; an error is `{"error": "…"}` with the status of [`Error::status`] and the
 //! text of [`Error::public_message`] (never ClickHouse's own), plus
-//! `Retry-After: SECONDS` on a 429 and `WWW-Authenticate: Bearer` on a 401.
+//! `Retry-After: SECONDS` on a 429 and `WWW-Authenticate: Bearer` on a 401. A 5xx (ClickHouse
+//! failed, or this side did) also carries a request id, as `"request_id": "…"` in the body and
+//! the `X-Request-Id` header ([`error_response_with_id`]); the log line of the failure has the
+//! same id (`request_id=…`), so an operator finds it without the client ever seeing
+//! ClickHouse's text.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -45,9 +49,37 @@ pub fn bytes_response(
     r
 }
 
+/// The header carrying a failed request's id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A fresh id for a failed request: 16 hex digits, random (a process-wide counter when no
+/// randomness can be had, still unique in this process's log).
+pub fn request_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut b = [0u8; 8];
+    let n = match getrandom::fill(&mut b) {
+        Ok(()) => u64::from_le_bytes(b),
+        Err(_) => COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    };
+    format!("{n:016x}")
+}
+
 /// The response for an error.
 pub fn error_response(e: &Error) -> HttpResponse {
+    error_body(e, None)
+}
+
+/// [`error_response`] with the request id `id` in the body (`request_id`) and the
+/// `X-Request-Id` header.
+pub fn error_response_with_id(e: &Error, id: &str) -> HttpResponse {
+    error_body(e, Some(id))
+}
+
+fn error_body(e: &Error, id: Option<&str>) -> HttpResponse {
     let mut body = json!({ "error": e.public_message() });
+    if let Some(id) = id {
+        body["request_id"] = json!(id);
+    }
     if let Error::BudgetSpent { budget, .. } = e {
         body["budget"] = budget.clone();
     }
@@ -62,9 +94,17 @@ pub fn error_response(e: &Error) -> HttpResponse {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
     }
-    if let Error::RateLimited(secs) | Error::LockedOut(secs) = e {
+    if let Error::RateLimited(secs)
+    | Error::LockedOut(secs)
+    | Error::Busy {
+        retry_after: secs, ..
+    } = e
+    {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+    }
+    if let Some(v) = id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        r.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     if matches!(
         e,
@@ -103,5 +143,16 @@ mod tests {
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert!(r.headers().get(header::RETRY_AFTER).is_none());
         assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        let r = error_response(&Error::Busy {
+            limit: 6,
+            retry_after: 1,
+        });
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let id = request_id();
+        assert_eq!(id.len(), 16);
+        assert_ne!(id, request_id());
+        let r = error_response_with_id(&raw, &id);
+        assert_eq!(r.headers()[REQUEST_ID_HEADER], id.as_str());
     }
 }

@@ -16,9 +16,11 @@
 //! a wrong, revoked or expired credential), 403 (a site key on an admin route of its own
 //! site; a browser request from another origin, [`guard`]), 404 (unknown site — also what a key for another site gets, with the same body, so
 //! keys cannot probe which sites exist), 405, 409, 415 (an API write not declared
-//! `application/json`, [`guard`]), 421 (a host not on the allow-list, [`guard`]), 429 (with `Retry-After`), 500 (this side:
+//! `application/json`, [`guard`]), 421 (a host not on the allow-list, [`guard`]), 429 (with `Retry-After`: the rate
+//! limit, a spent privacy budget, or too many reports under way for the credential, [`cost`]), 500 (this side:
 //! no randomness, writing a zip), 502 (ClickHouse failed: the body says so in general terms,
-//! never with ClickHouse's text); see [`http`]. A report too expensive for ClickHouse's bounds
+//! never with ClickHouse's text); a 5xx carries a `request_id` (body and `X-Request-Id`) that
+//! its log line carries too; see [`http`]. A report too expensive for ClickHouse's bounds
 //! is a 400 naming its filters, dimensions and period ([`Error::TooExpensive`]).
 //!
 //! Sites come from the registry ([`veil_schemas::registry`], shared through ClickHouse and
@@ -44,7 +46,8 @@
 //! clock by default): report ranges, shared-link expiry and rate limits read it.
 //!
 //! Modules, in the order a request meets them: [`guard`] (the browser-facing checks and
-//! security headers the HTTP entry applies before any route), [`auth`] (who is asking), [`reports`] and
+//! security headers the HTTP entry applies before any route), [`auth`] (who is asking),
+//! [`cost`] (how many reports a credential may have under way), [`reports`] and
 //! [`admin`] (the routes), [`site`] (a site as reports see it), [`query`] (parsing a Stats API
 //! query and compiling it to SQL), [`stats`] (running it and shaping the answer), [`builds`]
 //! (which rollup builds reports may read), [`snapshot`] (today's snapshots), [`db`] (the one
@@ -55,6 +58,7 @@ pub mod admin;
 pub mod auth;
 pub mod builds;
 pub mod clock;
+pub mod cost;
 pub mod db;
 pub mod guard;
 pub mod http;
@@ -136,6 +140,18 @@ pub enum Error {
     /// Too many requests for this credential.
     #[error("rate limit exceeded for this key; retry in {0} s")]
     RateLimited(u64),
+    /// The credential already has its limit of report requests under way
+    /// (`--max-concurrent-queries`, [`cost`]): a 429 with `Retry-After`.
+    #[error(
+        "this credential already has {limit} report requests under way (the most it may run at \
+         once); wait for one to finish and retry in {retry_after} s"
+    )]
+    Busy {
+        /// The bound per credential.
+        limit: u32,
+        /// Seconds to wait.
+        retry_after: u64,
+    },
     /// The credential's privacy budget for the UTC day is spent ([`privacy::Privacy::charge`]):
     /// a 429 with `Retry-After` and the budget in the JSON body.
     #[error("{message}")]
@@ -190,9 +206,10 @@ impl Error {
             Error::UnknownSite(_) | Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::RateLimited(_) | Error::BudgetSpent { .. } | Error::LockedOut(_) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Error::RateLimited(_)
+            | Error::BudgetSpent { .. }
+            | Error::LockedOut(_)
+            | Error::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::ClickHouse(_) => StatusCode::BAD_GATEWAY,
             Error::Io(_) | Error::Config(_) | Error::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -271,6 +288,13 @@ pub struct AggregatorConfig {
     pub query_memory_mb: u64,
     /// Differential privacy or exact numbers, and the privacy parameters ([`privacy`]).
     pub privacy: privacy::Settings,
+    /// Report requests one credential other than the admin may have under way at once
+    /// (`--max-concurrent-queries`, default [`cost::DEFAULT_MAX_CONCURRENT_QUERIES`]; 0: no
+    /// bound); past it, 429 ([`cost`]).
+    pub max_concurrent_queries: u32,
+    /// The most rows one report query may answer ([`db::MAX_RESULT_ROWS`] by default; 0: no
+    /// bound): a library setting (tests lower it), no flag.
+    pub max_result_rows: u64,
 }
 
 /// The largest `--query-memory-mb`: 1 TiB, far above any machine Veil runs on (a typo guard).
@@ -304,6 +328,8 @@ impl Default for AggregatorConfig {
             today_snapshot_secs: 0,
             query_memory_mb: db::DEFAULT_QUERY_MEMORY_MB,
             privacy: privacy::Settings::default(),
+            max_concurrent_queries: cost::DEFAULT_MAX_CONCURRENT_QUERIES,
+            max_result_rows: db::MAX_RESULT_ROWS,
         }
     }
 }
@@ -313,7 +339,8 @@ impl AggregatorConfig {
     /// `ALIAS=DOMAIN`, k is at least [`site::MIN_K`], the admin token (when set) at least 16
     /// characters, snapshots at most [`snapshot::MAX_AGE_SECS`] old, retention at least a
     /// day, the registry refreshed at some interval, a query memory budget of at least 1 MiB
-    /// and at most [`MAX_QUERY_MEMORY_MB`]. The message names the flag.
+    /// and at most [`MAX_QUERY_MEMORY_MB`], at most [`cost::MAX_CONCURRENT_QUERIES`] reports
+    /// under way per credential. The message names the flag.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: String| Err(Error::Config(m));
         for (flag, list) in [("--site", &self.sites), ("--child-site", &self.child_sites)] {
@@ -374,6 +401,12 @@ impl AggregatorConfig {
         if !(1..=MAX_QUERY_MEMORY_MB).contains(&self.query_memory_mb) {
             return bad(format!(
                 "--query-memory-mb must be between 1 and {MAX_QUERY_MEMORY_MB} (MiB of memory one report query may use)"
+            ));
+        }
+        if self.max_concurrent_queries > cost::MAX_CONCURRENT_QUERIES {
+            return bad(format!(
+                "--max-concurrent-queries must be at most {} (report requests one credential may have under way; 0: no bound)",
+                cost::MAX_CONCURRENT_QUERIES
             ));
         }
         self.privacy.validate()?;
@@ -442,6 +475,7 @@ pub struct Aggregator {
     client: clickhouse::Client,
     registry: Arc<Registry>,
     limiter: Arc<auth::RateLimiter>,
+    gate: Arc<cost::Gate>,
     verified: Arc<auth::VerifiedPasswords>,
     snapshots: Option<Arc<snapshot::Snapshots>>,
     inflight: db::Inflight,
@@ -475,12 +509,16 @@ impl Aggregator {
         ch: ClickHouseConfig,
         registry: Arc<Registry>,
     ) -> Self {
-        let client = db::report_client(&ch, db::QueryBudget::mib(cfg.query_memory_mb));
+        let client = db::report_client(
+            &ch,
+            db::QueryBudget::mib(cfg.query_memory_mb).with_result_rows(cfg.max_result_rows),
+        );
         let limiter = Arc::new(auth::RateLimiter::new(
             cfg.key_rate_per_second,
             cfg.key_rate_burst,
         ));
         let snapshots = snapshot::Snapshots::new(ch.clone(), cfg.today_snapshot_secs);
+        let gate = Arc::new(cost::Gate::new(cfg.max_concurrent_queries));
         let cfg_privacy = cfg.privacy.clone();
         if cfg_privacy.mode == privacy::Mode::Exact {
             tracing::warn!(
@@ -494,6 +532,7 @@ impl Aggregator {
             client,
             registry,
             limiter,
+            gate,
             verified: Arc::new(auth::VerifiedPasswords::new()),
             snapshots,
             inflight: db::Inflight::default(),
@@ -661,11 +700,22 @@ impl Aggregator {
         }
         let r = self.route(req).await;
         Some(r.unwrap_or_else(|e| {
-            // ClickHouse's text can quote SQL and the values in it: only its code is logged.
-            if let Error::ClickHouse(m) = &e {
-                tracing::warn!(code = ?db::error_code(m), "ClickHouse request failed");
+            if !e.status().is_server_error() {
+                return error_response(&e);
             }
-            error_response(&e)
+            // A failure on this side or ClickHouse's: the answer says so in general terms with
+            // an id, and the log line carries the same id for the operator.
+            let id = http::request_id();
+            match &e {
+                // ClickHouse's text can quote SQL and the values in it: only its code is logged.
+                Error::ClickHouse(m) => tracing::warn!(
+                    request_id = %id,
+                    code = ?db::error_code(m),
+                    "ClickHouse request failed"
+                ),
+                other => tracing::warn!(request_id = %id, error = %other, "request failed"),
+            }
+            http::error_response_with_id(&e, &id)
         }))
     }
 
@@ -780,6 +830,19 @@ impl Aggregator {
     pub fn client(&self) -> &clickhouse::Client {
         &self.client
     }
+
+    /// The bound on report requests under way per credential ([`cost`]); tests hold its
+    /// permits to fill a credential's limit without timing.
+    pub fn cost(&self) -> &cost::Gate {
+        &self.gate
+    }
+
+    /// The per-credential request rate limit ([`auth::RateLimiter`]) and the time it reads.
+    pub(crate) fn rate_limit(&self, credential: &str, n: u32) -> Result<(), Error> {
+        self.limiter
+            .take(credential, n, self.clock.instant())
+            .map_err(Error::RateLimited)
+    }
 }
 
 #[cfg(test)]
@@ -849,6 +912,11 @@ mod tests {
             })
             .contains("--query-memory-mb"));
         }
+        assert!(err(AggregatorConfig {
+            max_concurrent_queries: cost::MAX_CONCURRENT_QUERIES + 1,
+            ..ok.clone()
+        })
+        .contains("--max-concurrent-queries"));
         assert_eq!(
             Error::Config("x".into()).status(),
             StatusCode::INTERNAL_SERVER_ERROR

@@ -10,14 +10,17 @@
 //!   [{"page", "visitors"}], "min_visitors"}` from raw events, in windows ending at the start
 //!   of the current minute;
 //! - `GET /api/v1/sites/{domain}/export?date_range=30d` → a zip of CSV reports (one per
-//!   dashboard panel, like Plausible's export);
+//!   dashboard panel, like Plausible's export), run one after another; it counts as the
+//!   reports it runs against the credential's rate limit;
 //! - `GET /api/v1/sites/{domain}/filtered-traffic?date_range=7d` → `{"dropped": [{"reason",
 //!   "events"}], "stored_bots": [{"reason", "events"}], "min_visitors"}`: events not counted in
 //!   reports — dropped bots by kind, opt-outs (`consent`), the site's rate limit
 //!   (`filtered_hourly`) and bots kept flagged for a `--keep-bots-site` (`events.bot`); a
 //!   reason with fewer than k events is left out.
 //!
-//! Every number goes through the same k-anonymity rules as `/api/v2/query`.
+//! Every number goes through the same k-anonymity rules as `/api/v2/query`. Every route holds
+//! one place under its credential's bound on reports under way ([`crate::cost`]) while it
+//! runs; over it, 429 with `Retry-After`.
 
 use std::io::Write;
 
@@ -102,6 +105,12 @@ pub async fn route(
     };
     let (pattern, domain) = listed(path)?;
     let domain = domain.unwrap_or_default();
+    // One place under the credential's bound ([`crate::cost`]) for the whole request: every
+    // query it runs, an export's included, runs while it is held.
+    let _permit = match agg.cost().admit(access) {
+        Ok(p) => p,
+        Err(e) => return Some(Err(e)),
+    };
     match pattern {
         "/api/v2/query" | "/api/v2/query.csv" => Some(
             async {
@@ -215,6 +224,15 @@ pub async fn route(
                             return Err(Error::MethodNotAllowed("GET"));
                         }
                         let site = readable(agg, access, domain)?;
+                        // The export counts as the reports it runs against the credential's
+                        // rate limit (the request itself took one token already).
+                        if !access.is_admin() {
+                            let n = export_reports(&site).count();
+                            agg.rate_limit(
+                                access.credential(),
+                                u32::try_from(n.saturating_sub(1)).unwrap_or(u32::MAX),
+                            )?;
+                        }
                         let range = range_param(req);
                         let now = agg.now();
                         let zip = export(
@@ -791,7 +809,33 @@ const EXPORTS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The reports an export of `site` runs, one after another: file name, dimension and metrics
+/// (the `EXPORTS` table; a child-directed site's visitor-free subset).
+pub fn export_reports(
+    site: &SiteView,
+) -> impl Iterator<Item = (&'static str, &'static str, &'static str)> + '_ {
+    EXPORTS.iter().filter_map(|&(name, dim, metrics)| {
+        if !site.child_directed {
+            return Some((name, dim, metrics));
+        }
+        [
+            "event:page",
+            "time:day",
+            "visit:country",
+            "visit:browser",
+            "visit:os",
+            "visit:device",
+            "event:name",
+        ]
+        .contains(&dim)
+        .then_some((name, dim, r#"["pageviews","events"]"#))
+    })
+}
+
 /// A zip with one CSV per report for `range` (a period name or `FROM,TO`, relative to `now`).
+/// The reports ([`export_reports`]) run one after another, never side by side: an export has
+/// one query under way at a time ([`crate::cost`]); the HTTP route also charges the
+/// credential's rate limit for each of them.
 pub async fn export(
     client: &clickhouse::Client,
     site: &SiteView,
@@ -801,25 +845,7 @@ pub async fn export(
 ) -> Result<Vec<u8>, Error> {
     let range_json = range_json(range);
     let mut files = Vec::new();
-    for (name, dim, metrics) in EXPORTS {
-        let metrics = if site.child_directed {
-            if ![
-                "event:page",
-                "time:day",
-                "visit:country",
-                "visit:browser",
-                "visit:os",
-                "visit:device",
-                "event:name",
-            ]
-            .contains(dim)
-            {
-                continue;
-            }
-            r#"["pageviews","events"]"#
-        } else {
-            metrics
-        };
+    for (name, dim, metrics) in export_reports(site) {
         let body = format!(
             r#"{{"site_id":{},"metrics":{metrics},"date_range":{range_json},"dimensions":[{}]}}"#,
             json_string(&site.domain),

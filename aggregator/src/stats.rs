@@ -22,7 +22,7 @@
 //! For child-directed sites (no visitor hash) event counts take the place of visitors.
 //!
 //! A query ClickHouse stops at one of the report client's bounds ([`crate::db`]: memory,
-//! time) is answered with [`Error::TooExpensive`] naming its filters, dimensions and period in
+//! time, rows of the answer) is answered with [`Error::TooExpensive`] naming its filters, dimensions and period in
 //! words ([`too_expensive`]), never with ClickHouse's text. A query that must read raw events
 //! (sources `events` and `joined`) is refused the same way before it runs when its site has
 //! more than [`MAX_RAW_EVENTS`] events in its range ([`preflight`]).
@@ -637,13 +637,35 @@ pub fn too_expensive<'a>(q: &'a Query, site: &'a SiteView) -> impl Fn(Error) -> 
                 dimensions = q.dimensions.len(),
                 "report refused: too expensive for the query bounds"
             );
-            Error::TooExpensive {
-                code,
-                message: describe_too_expensive(q),
-            }
+            let message = match code {
+                // The answer has more rows than the report client's `max_result_rows`.
+                Some(158 | 396) => describe_too_many_rows(q),
+                _ => describe_too_expensive(q),
+            };
+            Error::TooExpensive { code, message }
         }
         other => other,
     }
+}
+
+/// The message of [`too_expensive`] for an answer with more rows than
+/// [`crate::db::MAX_RESULT_ROWS`] (or the configured bound): `this question has too many rows
+/// to answer (dimensions event:page, over 30 days: …); add a filter, ask for fewer dimensions
+/// or a shorter period`.
+fn describe_too_many_rows(q: &Query) -> String {
+    let names: Vec<&str> = q.dimensions.iter().map(|d| d.name.as_str()).collect();
+    let dims = if names.is_empty() {
+        "no dimensions".to_string()
+    } else {
+        format!("dimensions {}", names.join(", "))
+    };
+    let days = (q.to - q.from).num_days() + 1;
+    let unit = if days == 1 { "day" } else { "days" };
+    format!(
+        "this question has too many rows to answer ({dims}, over {days} {unit}: {} to {}); \
+         add a filter, ask for fewer dimensions or a shorter period",
+        q.from, q.to
+    )
 }
 
 /// The message of [`too_expensive`]: `this question is too expensive to answer from raw

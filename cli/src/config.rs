@@ -424,6 +424,12 @@ layered! {
         /// its filters [default: 3072].
         #[arg(long, env = "VEIL_QUERY_MEMORY_MB", global = true)]
         pub query_memory_mb: Option<u64>,
+        /// Report requests one site key, shared link or other non-admin credential may have
+        /// under way at once (an export counts as one, running its reports one after
+        /// another); past it, 429 with Retry-After. 0: no bound; the admin token is never
+        /// bounded [default: 6].
+        #[arg(long, env = "VEIL_MAX_CONCURRENT_QUERIES", global = true)]
+        pub max_concurrent_queries: Option<u32>,
         /// How published numbers are protected: `dp` (differential privacy: calibrated noise,
         /// noisy thresholds, a budget per credential and day) or `exact` (exact numbers with
         /// k-anonymity only; warned at start-up and in the dashboard) [default: dp].
@@ -621,6 +627,9 @@ impl Settings {
             query_memory_mb: given
                 .query_memory_mb
                 .unwrap_or(veil_aggregator::db::DEFAULT_QUERY_MEMORY_MB),
+            max_concurrent_queries: given
+                .max_concurrent_queries
+                .unwrap_or(veil_aggregator::cost::DEFAULT_MAX_CONCURRENT_QUERIES),
             privacy: {
                 let d = veil_aggregator::privacy::Settings::default();
                 veil_aggregator::privacy::Settings {
@@ -685,6 +694,15 @@ mod tests {
         assert_eq!(s.aggregator.query_memory_mb, 512);
         let e = parse(&["up", "--query-memory-mb", "0"]).unwrap_err();
         assert!(e.to_string().contains("--query-memory-mb"), "{e}");
+        let s = parse(&["up"]).unwrap();
+        assert_eq!(
+            s.aggregator.max_concurrent_queries,
+            veil_aggregator::cost::DEFAULT_MAX_CONCURRENT_QUERIES
+        );
+        let s = parse(&["up", "--max-concurrent-queries", "2"]).unwrap();
+        assert_eq!(s.aggregator.max_concurrent_queries, 2);
+        let e = parse(&["up", "--max-concurrent-queries", "100000"]).unwrap_err();
+        assert!(e.to_string().contains("--max-concurrent-queries"), "{e}");
         let s = parse(&["up"]).unwrap();
         assert_eq!(
             s.aggregator.privacy.mode,

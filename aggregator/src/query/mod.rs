@@ -16,7 +16,8 @@
 //! whose message names the field.
 //!
 //! Limits on cost and range: at most [`MAX_CONDITIONS`] filter conditions and
-//! [`MAX_REGEXES`] `matches*` regexes (each compiled here under a 64 KiB size limit) per query;
+//! [`MAX_REGEXES`] `matches*` regexes per query, each checked with RE2's syntax ([`re2`]: what
+//! ClickHouse runs it with) and compiled here under a 64 KiB size limit;
 //! explicit dates from 1970-01-01 to 9999-12-31; `realtime` (30 minutes) and `24h` end at the
 //! start of the current minute.
 //!
@@ -25,6 +26,7 @@
 //!
 //! - [`vocab`] — metrics, dimensions, operators, filters, [`Query`];
 //! - [`parse`](mod@parse) — the request parser; [`dates`] — time zones, periods, labels;
+//!   [`re2`] — filter regexes checked as ClickHouse's RE2 reads them;
 //! - [`source`](mod@source) — which rows answer a query; [`build`] — recorded builds and snapshots;
 //! - [`visits`] — visit derivation, shared with the rollup job;
 //! - [`rows`] — the rows of each source; [`expr`] — dimension, filter, metric and goal
@@ -35,6 +37,7 @@ pub mod build;
 pub mod dates;
 pub mod expr;
 pub mod parse;
+pub mod re2;
 pub mod rows;
 pub mod source;
 pub mod visits;

@@ -273,6 +273,11 @@ fn filter(
                     if wildcard {
                         *v = glob_to_regex(v);
                     }
+                    super::re2::check(v).map_err(|e| {
+                        bad(format!(
+                            "{field}[2][{i}]: not a regular expression ClickHouse can run: {e}"
+                        ))
+                    })?;
                     regex::RegexBuilder::new(v)
                         .size_limit(REGEX_SIZE_LIMIT)
                         .build()

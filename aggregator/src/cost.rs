@@ -1,0 +1,146 @@
+//! What one credential may cost ClickHouse at once: a bound on the report requests it has
+//! under way (`--max-concurrent-queries`, [`DEFAULT_MAX_CONCURRENT_QUERIES`]), on top of the
+//! per-request rate limit of [`crate::auth`] and the per-query bounds of [`crate::db`]
+//! (`max_execution_time` = [`crate::MAX_EXECUTION_SECS`], memory).
+//!
+//! Wire format: a report request ([`crate::reports::ROUTES`]) over its credential's limit is
+//! answered `429 Too Many Requests` with `Retry-After: 1` and
+//! `{"error": "this credential already has N report requests under way …"}` (the dashboard
+//! waits and retries a 429 by itself). Nothing is queued: the request is refused before any
+//! query runs.
+//!
+//! The bound counts queries under way: a report request holds one permit from before its
+//! first query until its answer is built, and runs its queries one after another under it.
+//! An export (`GET /api/v1/sites/{domain}/export`) runs one report per CSV file, one after
+//! another under its one permit, so it never has more than one query under way, and it cannot
+//! start beside a full limit; it also counts as the reports it runs against the credential's
+//! rate limit ([`crate::auth::RateLimiter::take`], see [`crate::reports::export`]), so
+//! exports cannot multiply the request rate.
+//!
+//! The admin token is not bounded here: it can already delete every site and read every
+//! number, and a bound would only slow the operator's own scripts. ClickHouse's own
+//! per-query bounds still apply to it. Site keys, shared links and any other credential are
+//! bounded, each on its own (`Access::credential`: a person's sessions share `user:ID`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::auth::Access;
+use crate::Error;
+
+/// Report requests one credential may have under way at once by default: six, the
+/// connections a browser opens to one host over HTTP/1.1, so one dashboard tab loading its
+/// panels rarely meets the bound, while a script firing requests in parallel does.
+pub const DEFAULT_MAX_CONCURRENT_QUERIES: u32 = 6;
+
+/// The largest `--max-concurrent-queries` (a typo guard).
+pub const MAX_CONCURRENT_QUERIES: u32 = 1000;
+
+/// Seconds a refused request is told to wait (`Retry-After`): reports take about that long.
+pub const BUSY_RETRY_SECS: u64 = 1;
+
+/// The permits of every credential with a report under way.
+#[derive(Debug)]
+pub struct Gate {
+    limit: u32,
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A credential's place under its bound, held while its report runs; dropping it frees it.
+/// The admin's (and every credential's with the bound off) holds nothing.
+#[derive(Debug)]
+#[must_use = "the place is freed when the permit is dropped"]
+pub struct Permit {
+    _held: Option<OwnedSemaphorePermit>,
+}
+
+impl Gate {
+    /// A gate allowing `limit` report requests under way per credential (0: no bound).
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The bound per credential (0: none).
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Takes a place for one report request of `access`, or [`Error::Busy`] when its
+    /// credential already has the limit under way. Never waits.
+    pub fn admit(&self, access: &Access) -> Result<Permit, Error> {
+        if self.limit == 0 || access.is_admin() {
+            return Ok(Permit { _held: None });
+        }
+        let credential = access.credential();
+        let sem = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if slots.len() > 10_000 {
+                // Forget idle credentials (every permit back, nobody holding the semaphore).
+                let full = self.limit as usize;
+                slots.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < full);
+            }
+            Arc::clone(
+                slots
+                    .entry(credential.to_string())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.limit as usize))),
+            )
+        };
+        match sem.try_acquire_owned() {
+            Ok(p) => Ok(Permit { _held: Some(p) }),
+            Err(_) => Err(Error::Busy {
+                limit: self.limit,
+                retry_after: BUSY_RETRY_SECS,
+            }),
+        }
+    }
+
+    /// How many report requests `credential` has under way now.
+    pub fn under_way(&self, credential: &str) -> u32 {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.get(credential).map_or(0, |s| {
+            self.limit
+                .saturating_sub(u32::try_from(s.available_permits()).unwrap_or(u32::MAX))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> Access {
+        Access::Site {
+            site: "a.com".into(),
+            credential: format!("key:{id}"),
+        }
+    }
+
+    #[test]
+    fn each_credential_has_its_own_bound_and_admin_none() {
+        let g = Gate::new(2);
+        let a1 = g.admit(&key("a")).unwrap();
+        let a2 = g.admit(&key("a")).unwrap();
+        assert_eq!(g.under_way("key:a"), 2);
+        match g.admit(&key("a")) {
+            Err(Error::Busy { limit, retry_after }) => {
+                assert_eq!((limit, retry_after), (2, BUSY_RETRY_SECS))
+            }
+            other => panic!("{other:?}"),
+        }
+        let b = g.admit(&key("b")).unwrap();
+        let admins: Vec<Permit> = (0..10).map(|_| g.admit(&Access::Admin).unwrap()).collect();
+        drop(a1);
+        assert_eq!(g.under_way("key:a"), 1);
+        let a3 = g.admit(&key("a")).unwrap();
+        drop((a2, a3, b, admins));
+        assert_eq!(g.under_way("key:a"), 0);
+        let off = Gate::new(0);
+        let many: Vec<Permit> = (0..10).map(|_| off.admit(&key("a")).unwrap()).collect();
+        assert_eq!(many.len(), 10);
+    }
+}
