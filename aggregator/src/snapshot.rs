@@ -23,8 +23,10 @@
 //! would otherwise all take the live path until one asks.
 //!
 //! A snapshot is taken only from a build [`builds::visit_builds`] still trusts (no hit stored
-//! since with a time before its cut), so a late hit stops the snapshots of the day until the
-//! next build, like it stops readers from using the build.
+//! since with a time before its cut, and `events_recent` holding every hit after it), so a late
+//! hit stops the snapshots of the day until the next build, like it stops readers from using the
+//! build; and only when the site's tail in `events_recent` is as long as in `events` when it is
+//! counted (a view that missed an insert never makes a snapshot short beyond its `max_age`).
 //!
 //! Wire format: `today_daily` rows `(site, day, build, snap, id, dim, value, uv, visits,
 //! pageviews, events, bounces, duration)` written by one `INSERT … SELECT` (`id` random: two
@@ -188,19 +190,28 @@ pub async fn take(
     };
     // Counted before the rows are computed: a hit stored meanwhile may or may not be in
     // them, and counts as missed.
+    // The raw tail too: a snapshot is made only while `events_recent` holds every hit after
+    // the cut that `events` has (its view may have missed an insert; see builds.rs).
     let stmt = sql!(
         "SELECT (SELECT count() FROM {}), (SELECT count() FROM events WHERE site = {} \
+             AND timestamp >= {} AND timestamp < {}), (SELECT count() FROM events WHERE site = {} \
              AND timestamp >= {} AND timestamp < {})",
         tail_cond(site, b, cut),
         lit(site),
         utc(day.and_time(NaiveTime::MIN)),
+        utc(day.and_time(NaiveTime::MIN) + Duration::days(1)),
+        lit(site),
+        utc(cut),
         utc(day.and_time(NaiveTime::MIN) + Duration::days(1))
     );
     let counts = fetch(client, &stmt).await?;
-    let (tail, hits) = counts
+    let (tail, hits, raw_tail) = counts
         .first()
-        .and_then(|r| Some((count(r.get(0)?)?, count(r.get(1)?)?)))
+        .and_then(|r| Some((count(r.get(0)?)?, count(r.get(1)?)?, count(r.get(2)?)?)))
         .ok_or_else(|| Error::ClickHouse("no counts for today's snapshot".into()))?;
+    if tail < raw_tail {
+        return Ok(None);
+    }
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).map_err(|e| Error::Internal(format!("random snapshot id: {e}")))?;
     let id = u64::from_le_bytes(id);

@@ -249,13 +249,15 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
         .unwrap();
     eprintln!("cluster up and migrated in {:?}", started.elapsed());
 
-    // Collector c talks to node 2c (replica 1 of shard c+1); the aggregator to node 3.
+    // Collector c talks to node c: collector 0 to replica 1 of shard 1, collector 1 to replica
+    // 2 of shard 1 (node 1, the replica killed below while it takes inserts: its Distributed
+    // table writes shard 1's rows locally); the aggregator to node 3.
     let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
     let urls = cluster.urls();
     let collector_args = |c: usize| -> Vec<String> {
         vec![
             "--clickhouse-url".into(),
-            urls[2 * c].clone(),
+            urls[c].clone(),
             "--clickhouse-cluster".into(),
             "veil".into(),
             "--clickhouse-database".into(),
@@ -309,6 +311,10 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
         "exact".into(),
         "--admin-token".into(),
         common::ADMIN.into(),
+        // Today's snapshots at most 10 s old (not 30): one taken while the view's rows vanish
+        // below ages out within the wait.
+        "--today-snapshot-secs".into(),
+        "10".into(),
         "--listen".into(),
         format!("127.0.0.1:{}", ports[2]),
         "--data-dir".into(),
@@ -359,7 +365,9 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
             })
         })
         .collect();
-    // Mid-stream: SIGKILL collector 0 and replica 2 of shard 1 (node 1), restart both.
+    // Mid-stream: SIGKILL collector 0 and replica 2 of shard 1 (node 1, collector 1's server,
+    // killed in the middle of its inserts), restart both; collector 1 keeps its batches in its
+    // spool meanwhile and replays them, deduplicated, into the restarted node.
     while progress.load(Ordering::SeqCst) < batches.len() / 3 {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -556,6 +564,77 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
         }
     }
     eprintln!("Stats API results equal at {:?}", started.elapsed());
+
+    // What a replica killed between an insert and its materialized views leaves behind (the
+    // retried insert is deduplicated and feeds no view, on 18.16): today's tail in
+    // `events_recent` lacks hits that `events` has. Here a third of shard 1's tail rows after
+    // today's cut vanish from `events_recent` alone; the Stats API must still answer what is
+    // stored, never short.
+    if !young {
+        let n0 = node(&cluster, &cluster.nodes()[0].url());
+        let cut: u64 = ch_query(
+            &n0,
+            &sql!(
+                "SELECT toUnixTimestamp(max(cut)) FROM {}.visit_builds FORMAT TSV",
+                ident(db).unwrap()
+            ),
+        )[0]
+        .parse()
+        .unwrap();
+        let recent = |n: &common::ClickHouse| -> u64 {
+            ch_query(
+                n,
+                &sql!(
+                    "SELECT count() FROM {}.events_recent WHERE timestamp >= toDateTime({}) FORMAT TSV",
+                    ident(db).unwrap(),
+                    cut
+                ),
+            )[0]
+            .parse()
+            .unwrap()
+        };
+        let before = recent(&n0);
+        assert!(
+            before > 0,
+            "no hit after today's cut: the tail is not exercised"
+        );
+        ch_query(
+            &n0,
+            &sql!(
+                "ALTER TABLE {}.events_recent_local DELETE WHERE \
+                 timestamp >= toDateTime({}) AND cityHash64(visitor_id) % 3 = 0",
+                ident(db).unwrap(),
+                cut
+            ),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while recent(&n0) == before {
+            assert!(Instant::now() < deadline, "the mutation never finished");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!(
+            "events_recent lost {} of {before} tail rows",
+            before - recent(&n0)
+        );
+        // A snapshot of today taken before the rows vanished may be read for its 10 s: the
+        // answers must then come back to what is stored, and stay there.
+        for q in queries(&from, &to) {
+            let want = results(single.addr, &q);
+            let deadline = Instant::now() + Duration::from_secs(25);
+            loop {
+                let got = results(api, &q);
+                if got == want {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "after the view lost rows: {q}\ncluster: {got}\nsingle:  {want}"
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        eprintln!("Stats API results still equal at {:?}", started.elapsed());
+    }
 
     common::stop(single);
     for c in &mut collectors {
