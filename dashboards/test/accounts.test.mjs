@@ -156,7 +156,7 @@ test("the setup link sets the owner's e-mail and password and lands logged in on
   // The link is used up: a second browser is told so.
   const again = await fresh();
   await again.goto(link);
-  await again.waitForSelector("#invite-offer.error");
+  await again.waitForSelector("#invite-offer.form-error");
   assert.equal(await again.$eval("#invite-form", (e) => e.hidden), true);
 });
 
@@ -186,7 +186,7 @@ test("the owner invites a viewer and an admin of A; each sets a password in a fr
   await owner.reload();
   await waitFor(() => owner.$$eval("#people-list li[data-email]", (lis) => lis.map((l) => l.dataset.email).sort()),
     (v) => v.join() === [ADMIN.email, VIEWER.email].join(), { what: "people of A" });
-  assert.equal(await owner.$$eval("#invitation-list li", (l) => l.length), 0);
+  assert.equal(await owner.$$eval("#invitation-list li[data-email]", (l) => l.length), 0);
 });
 
 test("a viewer sees A's dashboard and export only, and never site B", async () => {
@@ -250,7 +250,7 @@ test("the owner reads the audit log, may delete a site, and withdraws an invitat
   // The withdrawn link opens nothing.
   const p = await fresh();
   await p.goto(link);
-  await p.waitForSelector("#invite-offer.error");
+  await p.waitForSelector("#invite-offer.form-error");
 });
 
 test("a role change and a removal take effect on the person's next load", async () => {

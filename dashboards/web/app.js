@@ -1518,7 +1518,7 @@
     offer.className = "";
     if (!S.inviteToken) {
       $("invite-h").textContent = setupPage ? "Set up Veil" : "Invitation";
-      offer.className = "error";
+      offer.className = "form-error";
       offer.textContent = "This link has no token: open the whole link you were given (it ends in #token=…).";
       return;
     }
@@ -1527,7 +1527,7 @@
       info = await api("/api/v1/auth/invitation", { body: { token: S.inviteToken }, noRetry: true });
     } catch (e) {
       $("invite-h").textContent = setupPage ? "Set up Veil" : "Invitation";
-      offer.className = "error";
+      offer.className = "form-error";
       offer.textContent = "This link cannot be used: " + e.message;
       return;
     }
@@ -1701,6 +1701,7 @@
           onclick: async () => {
             try { await api(sitePath("/invitations/" + encodeURIComponent(i.id)), { method: "DELETE" }); status("Invitation withdrawn."); draw(); } catch (e) { status(e.message); }
           } }))));
+      if (!(d.invitations || []).length) invites.append(h("li", { class: "hint", text: "None." }));
     }
     const form = h("form", { class: "inline-form", id: "invite-person" },
       h("label", {}, "E-mail", h("input", { name: "email", type: "email", required: true, autocomplete: "off" })),
