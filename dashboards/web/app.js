@@ -1661,8 +1661,8 @@
   }
 
   // ---------- people and the audit log (settings page) ----------
-  function roleSelect(name, current, maxRank) {
-    return h("select", { name, "aria-label": "Role" }, ["viewer", "admin", "owner"].filter((r) => RANK[r] <= maxRank)
+  function roleSelect(name, current, maxRank, label) {
+    return h("select", { name, "aria-label": label || "Role" }, ["viewer", "admin", "owner"].filter((r) => RANK[r] <= maxRank)
       .map((r) => h("option", { value: r, text: ROLE_TEXT[r], selected: r === current })));
   }
   function when(v) {
@@ -1678,7 +1678,7 @@
       let d;
       try { d = await api(sitePath("/people")); } catch (e) { people.replaceChildren(h("li", { class: "hint error", text: e.message })); return; }
       people.replaceChildren(...(d.people || []).map((p) => {
-        const sel = roleSelect("role", p.role, mine);
+        const sel = roleSelect("role", p.role, mine, "Role of " + p.email);
         return h("li", { "data-email": p.email }, h("span", { class: "who", text: p.email + " — " + ROLE_TEXT[p.role] + " " }), sel,
           h("button", { type: "button", class: "link", "aria-label": "Change the role of " + p.email, text: "Change role",
             onclick: async () => {
