@@ -478,13 +478,16 @@ impl Aggregator {
         }
     }
 
-    /// Starts a session for `user` and answers with its cookie.
+    /// Starts a session for `user` and answers with its cookie. The session counts as made no
+    /// earlier than `user.sessions_after` (which "log out everywhere", a password change or a
+    /// removal sets to the next second): a session started in that same second, such as the
+    /// new one a password change hands back, must not be void at once.
     async fn logged_in(
         &self,
         user: &UserRecord,
         status: StatusCode,
     ) -> Result<HttpResponse, Error> {
-        let now = self.now_secs();
+        let now = self.now_secs().max(user.sessions_after);
         let (_, token) = self
             .registry
             .create_session(&user.id, now, now.saturating_add(SESSION_SECS))
@@ -880,9 +883,14 @@ async fn logout(
         .logged_out(&json!({"logged_out": if everywhere { "everywhere" } else { "this session" }})))
 }
 
-/// Voids every session of `user` made up to now.
+/// Voids every session of `user` made up to now. The cut moves forward every time (even twice
+/// in one second), so a session started after one cut ([`Aggregator::logged_in`] dates it
+/// at the cut) falls to the next.
 async fn end_sessions(agg: &Aggregator, mut user: UserRecord) -> Result<UserRecord, Error> {
-    user.sessions_after = agg.now_secs().saturating_add(1);
+    user.sessions_after = agg
+        .now_secs()
+        .saturating_add(1)
+        .max(user.sessions_after.saturating_add(1));
     Ok(agg.registry.put_user(user).await?)
 }
 

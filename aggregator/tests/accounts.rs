@@ -1,6 +1,7 @@
 //! People and sessions against a real ClickHouse, as an attacker and as each role would try
 //! them: the first-run setup (nothing but the way to it until an owner exists), login and
-//! logout, sessions shared by two aggregators (a load balancer's), "log out everywhere",
+//! logout, sessions shared by two aggregators (a load balancer's), "log out everywhere" (and a
+//! session started in the same second, or by a password change, still working),
 //! cookie writes without Origin or CSRF token refused, a brute-forced password locked out
 //! (unknown e-mails too, so nobody learns which exist), the TOTP second factor and recovery
 //! codes, roles per site with invitations (a viewer of one site never sees another), removal
@@ -380,7 +381,27 @@ async fn nothing_opens_before_the_owner_sets_up_and_sessions_then_work_everywher
         let r = s.call(&a, "GET", "/api/v1/sites", None).await;
         assert_eq!(r.status, 401, "{}", r.body);
     }
-    assert_eq!(login(&a, OWNER, OWNER_PW).await.status, 200);
+    // A login in the same second (the clock has not moved) opens a session that works.
+    let mut again = logged_in(&a, OWNER, OWNER_PW).await;
+    let me = again.call(&a, "GET", "/api/v1/me", None).await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    // A password change ends the older sessions and hands this browser a new one that works.
+    let stale = Browser {
+        cookie: again.cookie.clone(),
+        csrf: None,
+    };
+    let changed = again
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/password",
+            Some(json!({"current": OWNER_PW, "new": "another long password"})),
+        )
+        .await;
+    again.keep(&changed);
+    let me = again.call(&a, "GET", "/api/v1/me", None).await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(stale.call(&a, "GET", "/api/v1/me", None).await.status, 401);
 }
 
 #[tokio::test]

@@ -7,7 +7,10 @@
 //!   `/` (site list), `/site/{domain}` (a site's dashboard), `/site/{domain}/settings` (admin
 //!   settings), `/share/{domain}#auth=TOKEN` (a shared link, read-only; the token is in the
 //!   fragment, never sent to the server: `web/app.js` reads it, and moves an old link's
-//!   `?auth=TOKEN` there);
+//!   `?auth=TOKEN` there); `/login` (e-mail and password, or an API token), `/setup#token=TOKEN`
+//!   (the first-run owner setup link `veil up` prints) and `/invite#token=TOKEN` (an
+//!   invitation; both tokens stay in the fragment, and the page removes them from the address
+//!   and history once read), `/account` (log out everywhere, password, second factor);
 //! - assets: `/app.js`, `/app.css`, `/vendor/uPlot.iife.min.js`, `/vendor/uPlot.min.css`
 //!   (uPlot 1.6.32, MIT, `web/vendor/uPlot.LICENSE`).
 //!
@@ -70,10 +73,13 @@ pub const ASSETS: &[Asset] = &[
     },
 ];
 
-/// True for a path that shows the page shell: `/`, `/index.html`, `/site/{domain}[/…]`,
-/// `/share/{domain}`.
+/// True for a path that shows the page shell: `/`, `/index.html`, `/login`, `/setup`,
+/// `/invite`, `/account`, `/site/{domain}[/…]`, `/share/{domain}`.
 pub fn is_page(path: &str) -> bool {
-    if path == "/" || path == "/index.html" {
+    if matches!(
+        path,
+        "/" | "/index.html" | "/login" | "/setup" | "/invite" | "/account"
+    ) {
         return true;
     }
     ["/site/", "/share/"].iter().any(|prefix| {
@@ -184,6 +190,10 @@ mod tests {
             "/site/example.com",
             "/site/example.com/settings",
             "/share/example.com",
+            "/login",
+            "/setup",
+            "/invite",
+            "/account",
         ] {
             let r = get(path).unwrap();
             assert_eq!(r.status(), StatusCode::OK, "{path}");
@@ -197,6 +207,8 @@ mod tests {
             "/site//x",
             "/sites/x",
             "/api/v1/sites",
+            "/setup/x",
+            "/accounts",
         ] {
             assert!(get(path).is_none(), "{path}");
         }

@@ -12,7 +12,18 @@
 // Pages (one HTML shell, routed on the path): / (sites), /site/{domain} (dashboard),
 // /site/{domain}/settings (admin), /share/{domain}#auth=TOKEN (shared link, read-only: the token
 // is in the fragment, which a browser never sends to a server nor puts in a Referer; an old link
-// with ?auth=TOKEN still opens, and its token is moved into the fragment at once).
+// with ?auth=TOKEN still opens, and its token is moved into the fragment at once), /login,
+// /setup#token=TOKEN and /invite#token=TOKEN (the first-run owner setup and invitations: the
+// token is read from the fragment, then removed from the address and history), /account.
+//
+// Who is asking: GET /api/v1/me on every load. A person logs in with e-mail and password
+// (POST /api/v1/auth/login); the session is an HttpOnly cookie this script never sees, and every
+// change (not GET) sends the session's CSRF token (from login, accept or /me) as X-Veil-CSRF.
+// The operator's admin token or a site key still opens the dashboard instead (kept in
+// sessionStorage, sent as a Bearer token). What shows follows /me's roles (owner, admin or
+// viewer, per site or on "*" = every site): settings for admins, people for admins, the audit
+// log and deleting a site for owners. The API enforces all of it; the page only hides what would
+// be refused.
 // Dashboard state lives in the query string: period, from, to, compare, interval, metric, view,
 // f (filters, repeatable: "op~dimension~value"), t.<panel> (selected tab), prop, refresh.
 "use strict";
@@ -24,7 +35,7 @@
   const FOLDED = /^\(other: \d+ rows? under k=\d+\)$/;
 
   const S = {
-    page: "sites", site: "", share: false, shareToken: "", password: "", settings: null,
+    page: "sites", site: "", share: false, shareToken: "", password: "", settings: null, me: null, csrf: "",
     generation: 0, timer: 0, chart: null, resize: null, privacy: null,
   };
 
@@ -157,8 +168,11 @@
 
   // ---------- API ----------
   class ApiError extends Error {
-    // `budget`: the budget object of a 429 whose privacy budget is spent (else null).
-    constructor(message, status, budget) { super(message); this.status = status; this.budget = budget || null; }
+    // `budget`: the budget object of a 429 whose privacy budget is spent (else null); `data`: the
+    // whole error body (setup_required, second_factor).
+    constructor(message, status, budget, data) {
+      super(message); this.status = status; this.budget = budget || null; this.data = data || {};
+    }
   }
   function token() { return S.share ? S.shareToken : sessionStorage.getItem(TOKEN_KEY) || ""; }
   function parseJson(text) { try { return text ? JSON.parse(text) : null; } catch { return null; } }
@@ -170,19 +184,22 @@
     if (S.password) headers["X-Veil-Link-Password"] = S.password;
     if (opts.body !== undefined) headers["Content-Type"] = "application/json";
     if (opts.csv) headers.Accept = "text/csv";
+    const method = opts.method || (opts.body !== undefined ? "POST" : "GET");
+    if (S.csrf && method !== "GET") headers["X-Veil-CSRF"] = S.csrf;
     let res, text = null, data = null;
     // Site keys and shared links are rate-limited (429 + Retry-After): wait and retry, a few
     // times. A 429 whose JSON has "budget" is a spent privacy budget: it renews at UTC midnight
     // (Retry-After is hours), so it is never retried; the panel shows its message.
     for (let attempt = 0; ; attempt++) {
       res = await fetch(path, {
-        method: opts.method || (opts.body !== undefined ? "POST" : "GET"),
+        method,
         headers, body: opts.body !== undefined ? JSON.stringify(opts.body) : undefined, cache: "no-store",
       });
       if (res.status !== 429) break;
       text = await res.text();
       data = parseJson(text);
-      if ((data && data.budget) || attempt >= 4) break;
+      // A locked account (or the login rate limit) waits minutes: say so at once.
+      if ((data && data.budget) || opts.noRetry || attempt >= 4) break;
       const wait = Math.min(5, Math.max(1, Number(res.headers.get("Retry-After")) || 1));
       await new Promise((ok) => setTimeout(ok, wait * 1000));
     }
@@ -194,7 +211,7 @@
     notePrivacy(data);
     if (!res.ok) {
       throw new ApiError((data && data.error) || ("HTTP " + res.status + " from " + path), res.status,
-        res.status === 429 && data && data.budget ? data.budget : null);
+        res.status === 429 && data && data.budget ? data.budget : null, data);
     }
     return data;
   }
@@ -258,10 +275,29 @@
       status("This shared link is not valid (revoked or expired?): " + e.message);
       return;
     }
+    // A person who is logged in but may not do this: say so (the login form would not help).
+    if (e.status === 403 && S.me && S.me.kind === "user") {
+      showOnly(null);
+      status(e.message);
+      return;
+    }
+    if (e.data && e.data.setup_required) return showSetupNeeded();
+    showLogin(sessionStorage.getItem(TOKEN_KEY) ? e.message : "");
+  }
+  function showSetupNeeded() {
+    showOnly("setup-needed");
+    status("");
+    header();
+    document.title = "Set up Veil";
+  }
+  function showLogin(msg) {
+    S.me = null;
+    S.csrf = "";
     showOnly("login");
-    $("logout").hidden = true;
-    status(sessionStorage.getItem(TOKEN_KEY) ? e.message : "");
-    $("token").focus();
+    header();
+    status(msg || "");
+    document.title = "Log in · Veil";
+    $("login-email").focus();
   }
   function download(blob, name) {
     const a = h("a", { href: URL.createObjectURL(blob), download: name });
@@ -273,7 +309,7 @@
   function fileSafe(s) { return String(s).replace(/[^A-Za-z0-9._-]+/g, "_"); }
 
   function showOnly(id) {
-    for (const s of ["login", "password", "sites", "dash", "settings"]) $(s).hidden = s !== id;
+    for (const s of ["login", "setup-needed", "invite", "account", "password", "sites", "dash", "settings"]) $(s).hidden = s !== id;
   }
 
   // ---------- URL state ----------
@@ -1175,7 +1211,10 @@
     const sites = (data.sites || []).map(siteDomain).filter(Boolean);
     const list = $("site-list");
     list.replaceChildren();
-    if (sites.length === 0) list.append(h("li", { class: "hint", text: "No sites yet: start Veil with --site example.com or add one below." }));
+    if (sites.length === 0) {
+      list.append(h("li", { class: "hint", text: canCreateSites() ? "No sites yet: start Veil with --site example.com or add one below."
+        : "No site to show yet: an owner or admin of a site can invite you to it." }));
+    }
     for (const d of sites) {
       const n = h("span", { class: "n", text: "…" });
       list.append(h("li", { "data-site": d }, h("a", { href: "/site/" + encodeURIComponent(d), text: d }), n,
@@ -1184,9 +1223,9 @@
         .then((r) => { putNumber(n, "visitors", ((r.results || [])[0] || { metrics: [0] }).metrics[0], privacyOf(r)); })
         .catch((e) => { n.textContent = "—"; n.title = e.message; });
     }
-    // Adding a site is the admin API's; the form shows when this token may use it.
+    // Adding a site needs the owner role on every site (or the admin token): /me says so.
     const form = $("add-site");
-    form.hidden = !isAdmin();
+    form.hidden = !canCreateSites();
     form.onsubmit = async (ev) => {
       ev.preventDefault();
       const f = new FormData(form);
@@ -1214,7 +1253,19 @@
     $("settings-h").textContent = "Settings · " + S.site;
     document.title = "Settings · " + S.site + " · Veil";
     const box = $("settings-body");
-    box.replaceChildren(general(site), goals(), funnels(), await keysSection(), await ingestSection(), await linksSection());
+    const rank = roleOn(S.site);
+    if (rank < RANK.admin) {
+      // A viewer (or a site key) reads the dashboard only; the API would refuse every change.
+      box.replaceChildren(h("p", { id: "settings-refused", class: "notice", text: "Settings need the admin or owner role on " +
+        S.site + "; you can read its dashboard and export its data." }), h("p", {}, h("a", { href: "/site/" + encodeURIComponent(S.site), text: "Back to the dashboard" })));
+      return;
+    }
+    const parts = [general(site), goals(), funnels(), await keysSection(), await ingestSection(), await linksSection()];
+    // People of a site are its admins' and owners'; session-less tokens have no account to invite from.
+    if (S.me) parts.push(await peopleSection());
+    if (rank >= RANK.owner && S.me) parts.push(await auditSection());
+    if (rank >= RANK.owner) parts.push(deleteSection());
+    box.replaceChildren(...parts);
   }
   async function saveSettings(change, okMsg) {
     const next = JSON.parse(JSON.stringify(S.settings));
@@ -1371,6 +1422,336 @@
     }
   }
 
+  // ---------- who is asking: sessions, roles, login, invitations, the account page ----------
+  const RANK = { viewer: 1, admin: 2, owner: 3 };
+  const ROLE_TEXT = { viewer: "viewer", admin: "admin", owner: "owner" };
+  /** The rank of the asker's role on `site` (0: none); a role on "*" counts on every site. */
+  function roleOn(site) {
+    if (S.share) return 0;
+    if (!S.me) return /^v[kl]_/.test(token()) ? RANK.viewer : RANK.owner;
+    const d = String(site || "").toLowerCase();
+    let best = 0;
+    for (const r of S.me.roles || []) {
+      if (r.site === "*" || String(r.site).toLowerCase() === d) best = Math.max(best, RANK[r.role] || 0);
+    }
+    return best;
+  }
+  function canCreateSites() { return S.me ? !!S.me.can_create_sites : isAdmin(); }
+  function isUser() { return !!S.me && S.me.kind === "user"; }
+  function rolesText(roles) {
+    return (roles || []).map((r) => ROLE_TEXT[r.role] + " of " + (r.site === "*" ? "every site" : r.site)).join(", ");
+  }
+  /** The header's right side: who is logged in (a link to /account) and "Log out". */
+  function header() {
+    const who = $("whoami");
+    who.hidden = !isUser();
+    who.textContent = isUser() ? S.me.email : "";
+    who.title = isUser() ? "Your account: " + rolesText(S.me.roles) : "";
+    $("logout").hidden = S.share || !(isUser() || sessionStorage.getItem(TOKEN_KEY));
+  }
+  /**
+   * GET /api/v1/me: who this browser is (a session cookie, or the token in sessionStorage).
+   * Resolves to true when the page may go on; on 401 it has shown the login (or setup) page.
+   */
+  async function loadMe() {
+    try {
+      S.me = await api("/api/v1/me", { noRetry: true });
+      S.csrf = (S.me && S.me.csrf) || "";
+    } catch (e) {
+      S.me = null;
+      if (e instanceof ApiError && e.status === 401) { authFailed(e); return false; }
+      // Anything else (an older server without /me): carry on as a token client.
+    }
+    header();
+    return true;
+  }
+  function showError(box, msg) { box.hidden = !msg; box.textContent = msg || ""; }
+  /** The message of a failed login or acceptance: the API's, with what to do next. */
+  function loginMessage(e) {
+    if (!(e instanceof ApiError)) return String(e.message || e);
+    if (e.status === 429) return e.message.charAt(0).toUpperCase() + e.message.slice(1) + ".";
+    return e.message.charAt(0).toUpperCase() + e.message.slice(1);
+  }
+  function afterLogin(r) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    S.csrf = (r && r.csrf) || "";
+    const here = location.pathname;
+    const stay = here !== "/login" && here !== "/setup" && here !== "/invite";
+    location.assign(stay ? here + location.search : "/");
+  }
+  async function submitLogin(ev) {
+    ev.preventDefault();
+    const err = $("login-error");
+    showError(err, "");
+    const body = { email: $("login-email").value.trim(), password: $("login-password").value };
+    const code = $("login-code").value.trim();
+    if (code) body.code = code;
+    try {
+      const r = await api("/api/v1/auth/login", { body, noRetry: true });
+      afterLogin(r);
+    } catch (e) {
+      if (e instanceof ApiError && e.data && e.data.second_factor) {
+        $("login-code-box").hidden = false;
+        $("login-code").value = "";
+        $("login-code").focus();
+      } else {
+        $("login-password").value = "";
+        $("login-password").focus();
+      }
+      showError(err, loginMessage(e));
+    }
+  }
+
+  // /setup#token=… and /invite#token=…: what the invitation offers, then a password.
+  async function renderInvite(setupPage) {
+    const frag = new URLSearchParams(location.hash.slice(1)).get("token");
+    if (frag) S.inviteToken = frag;
+    // The token leaves the address bar and history at once (it stays in this page's memory).
+    if (location.hash) history.replaceState(null, "", location.pathname);
+    showOnly("invite");
+    header();
+    status("");
+    document.title = (setupPage ? "Set up Veil" : "Invitation") + " · Veil";
+    const offer = $("invite-offer");
+    const form = $("invite-form");
+    form.hidden = true;
+    offer.className = "";
+    if (!S.inviteToken) {
+      $("invite-h").textContent = setupPage ? "Set up Veil" : "Invitation";
+      offer.className = "form-error";
+      offer.textContent = "This link has no token: open the whole link you were given (it ends in #token=…).";
+      return;
+    }
+    let info;
+    try {
+      info = await api("/api/v1/auth/invitation", { body: { token: S.inviteToken }, noRetry: true });
+    } catch (e) {
+      $("invite-h").textContent = setupPage ? "Set up Veil" : "Invitation";
+      offer.className = "form-error";
+      offer.textContent = "This link cannot be used: " + e.message;
+      return;
+    }
+    S.invite = info;
+    const where = info.site === "*" ? "every site" : info.site;
+    if (info.setup) {
+      $("invite-h").textContent = "Set up Veil";
+      offer.textContent = "Veil has no owner yet. Choose the owner's e-mail and password: the owner sees and manages " +
+        "every site, and invites everyone else.";
+    } else {
+      $("invite-h").textContent = "Invitation";
+      offer.textContent = info.email + " is invited as " + ROLE_TEXT[info.role] + " of " + where + "." +
+        (info.account_exists ? " You already have an account: enter its password to accept." : " Choose a password to accept.");
+    }
+    $("invite-email-box").hidden = !info.setup;
+    $("invite-email").required = !!info.setup;
+    $("invite-password-l").textContent = info.account_exists ? "Your password" : "Password (at least 10 characters)";
+    $("invite-password").autocomplete = info.account_exists ? "current-password" : "new-password";
+    $("invite-submit").textContent = info.setup ? "Set up" : "Accept";
+    $("invite-code-box").hidden = true;
+    form.hidden = false;
+    (info.setup ? $("invite-email") : $("invite-password")).focus();
+  }
+  async function submitInvite(ev) {
+    ev.preventDefault();
+    const err = $("invite-error");
+    showError(err, "");
+    const body = { token: S.inviteToken, password: $("invite-password").value };
+    if (S.invite && S.invite.setup) body.email = $("invite-email").value.trim();
+    const code = $("invite-code").value.trim();
+    if (code) body.code = code;
+    try {
+      const r = await api("/api/v1/auth/accept", { body, noRetry: true });
+      afterLogin(r);
+    } catch (e) {
+      if (e instanceof ApiError && e.data && e.data.second_factor) {
+        $("invite-code-box").hidden = false;
+        $("invite-code").focus();
+      }
+      showError(err, loginMessage(e));
+    }
+  }
+
+  // /account: the person's sessions, password and second factor.
+  async function renderAccount() {
+    showOnly("account");
+    status("");
+    document.title = "Your account · Veil";
+    const box = $("account-body");
+    if (!isUser()) {
+      box.replaceChildren(h("p", { class: "hint", text: "You opened the dashboard with an API token: it has no account. " +
+        "Log out and log in with your e-mail and password to manage an account." }));
+      return;
+    }
+    const me = S.me;
+    const roles = me.roles || [];
+    box.replaceChildren(
+      section("Signed in", h("p", { id: "account-email", text: me.email }),
+        h("p", { class: "hint", id: "account-roles", text: roles.length ? "Roles: " + rolesText(roles) + "." : "No role on any site yet." })),
+      section("Sessions", h("p", { class: "hint", text: "“Log out everywhere” ends every session of this account, " +
+        "on every device and browser, this one included." }),
+      h("button", { type: "button", id: "logout-everywhere", class: "secondary", text: "Log out everywhere",
+        onclick: async () => {
+          try { await api("/api/v1/auth/logout-everywhere", { body: {}, noRetry: true }); location.assign("/"); } catch (e) { status(e.message); }
+        } })),
+      passwordSection(), secondFactorSection());
+  }
+  function passwordSection() {
+    const form = h("form", { class: "inline-form", id: "password-change" },
+      h("label", {}, "Current password", h("input", { name: "current", type: "password", autocomplete: "current-password", required: true })),
+      h("label", {}, "New password (at least 10 characters)", h("input", { name: "new", type: "password", autocomplete: "new-password", required: true })),
+      h("button", { type: "submit", text: "Change password" }));
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const f = new FormData(form);
+      try {
+        // Every older session ends, this one too: the answer is this browser's new session.
+        const r = await api("/api/v1/auth/password", { body: { current: String(f.get("current")), new: String(f.get("new")) }, noRetry: true });
+        if (r && r.csrf) S.csrf = r.csrf;
+        form.reset();
+        status("Password changed; your other sessions have ended.");
+      } catch (e) { status("Changing the password failed: " + e.message); }
+    });
+    return section("Password", form);
+  }
+  function secondFactorSection() {
+    const out = h("div", { id: "totp-box", "aria-live": "polite" });
+    const sec = section("Second factor", out);
+    const drawOff = () => {
+      out.replaceChildren(h("p", { id: "totp-state", text: "Off: logging in needs the password only." }),
+        h("button", { type: "button", id: "totp-setup", text: "Set up an authenticator app", onclick: async () => {
+          let r;
+          try { r = await api("/api/v1/auth/totp/setup", { body: {}, noRetry: true }); } catch (e) { status(e.message); return; }
+          const form = h("form", { class: "inline-form", id: "totp-enable" },
+            h("label", {}, "6-digit code from the app", h("input", { name: "code", inputmode: "numeric", autocomplete: "one-time-code", required: true })),
+            h("button", { type: "submit", text: "Turn on" }));
+          form.addEventListener("submit", async (ev) => {
+            ev.preventDefault();
+            try {
+              const done = await api("/api/v1/auth/totp/enable", { body: { secret: r.secret, code: String(new FormData(form).get("code")).trim() }, noRetry: true });
+              S.me.second_factor = true;
+              out.replaceChildren(h("p", { id: "totp-state", text: "On: logging in needs a code from the app as well." }),
+                h("p", { text: "Recovery codes (shown once; keep them somewhere safe: each opens the account once if the app is lost):" }),
+                h("ol", { id: "recovery-codes", class: "codes" }, (done.recovery_codes || []).map((c) => h("li", { text: c }))));
+            } catch (e) { status("Turning the second factor on failed: " + e.message); }
+          });
+          out.replaceChildren(h("p", { text: "Add this account to your authenticator app with the secret (or the otpauth URI), then enter the code it shows." }),
+            h("p", {}, "Secret: ", h("code", { id: "totp-secret", class: "secret", text: r.secret })),
+            h("p", {}, "URI: ", h("code", { id: "totp-uri", class: "secret", text: r.otpauth_uri })), form);
+        } }));
+    };
+    const drawOn = () => {
+      const form = h("form", { class: "inline-form", id: "totp-disable" },
+        h("label", {}, "Password", h("input", { name: "password", type: "password", autocomplete: "current-password", required: true })),
+        h("button", { type: "submit", class: "secondary", text: "Turn off" }));
+      form.addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        try {
+          await api("/api/v1/auth/totp/disable", { body: { password: String(new FormData(form).get("password")) }, noRetry: true });
+          S.me.second_factor = false;
+          status("Second factor turned off.");
+          drawOff();
+        } catch (e) { status("Turning the second factor off failed: " + e.message); }
+      });
+      const left = S.me.recovery_codes_left;
+      out.replaceChildren(h("p", { id: "totp-state", text: "On: logging in needs a code from the app as well" +
+        (typeof left === "number" ? " (" + left + " recovery codes left)." : ".") }), form);
+    };
+    if (S.me.second_factor) drawOn(); else drawOff();
+    return sec;
+  }
+
+  // ---------- people and the audit log (settings page) ----------
+  function roleSelect(name, current, maxRank, label) {
+    return h("select", { name, "aria-label": label || "Role" }, ["viewer", "admin", "owner"].filter((r) => RANK[r] <= maxRank)
+      .map((r) => h("option", { value: r, text: ROLE_TEXT[r], selected: r === current })));
+  }
+  function when(v) {
+    if (typeof v === "number") return new Date(v * 1000).toISOString().slice(0, 16).replace("T", " ") + " UTC";
+    return String(v === null || v === undefined ? "" : v);
+  }
+  async function peopleSection() {
+    const mine = roleOn(S.site);
+    const people = h("ul", { id: "people-list" });
+    const invites = h("ul", { id: "invitation-list" });
+    const out = h("div", { "aria-live": "polite" });
+    async function draw() {
+      let d;
+      try { d = await api(sitePath("/people")); } catch (e) { people.replaceChildren(h("li", { class: "hint error", text: e.message })); return; }
+      people.replaceChildren(...(d.people || []).map((p) => {
+        const sel = roleSelect("role", p.role, mine, "Role of " + p.email);
+        return h("li", { "data-email": p.email }, h("span", { class: "who", text: p.email + " — " + ROLE_TEXT[p.role] + " " }), sel,
+          h("button", { type: "button", class: "link", "aria-label": "Change the role of " + p.email, text: "Change role",
+            onclick: async () => {
+              try {
+                await api(sitePath("/people/" + encodeURIComponent(p.id)), { method: "PUT", body: { role: sel.value } });
+                status("Role changed.");
+                draw();
+              } catch (e) { status(e.message); }
+            } }),
+          h("button", { type: "button", class: "link", "aria-label": "Remove " + p.email, text: "Remove",
+            onclick: async () => {
+              try { await api(sitePath("/people/" + encodeURIComponent(p.id)), { method: "DELETE" }); status("Removed."); draw(); } catch (e) { status(e.message); }
+            } }));
+      }));
+      if (!(d.people || []).length) people.append(h("li", { class: "hint", text: "Nobody has a role on this site alone (roles on every site are not listed here)." }));
+      invites.replaceChildren(...(d.invitations || []).map((i) => h("li", { "data-email": i.email },
+        h("span", { text: "Invited: " + i.email + " — " + ROLE_TEXT[i.role] + ", expires " + when(i.expires_at) +
+          (i.invited_by ? ", by " + i.invited_by : "") + " " }),
+        h("button", { type: "button", class: "link", "aria-label": "Withdraw the invitation of " + i.email, text: "Withdraw",
+          onclick: async () => {
+            try { await api(sitePath("/invitations/" + encodeURIComponent(i.id)), { method: "DELETE" }); status("Invitation withdrawn."); draw(); } catch (e) { status(e.message); }
+          } }))));
+      if (!(d.invitations || []).length) invites.append(h("li", { class: "hint", text: "None." }));
+    }
+    const form = h("form", { class: "inline-form", id: "invite-person" },
+      h("label", {}, "E-mail", h("input", { name: "email", type: "email", required: true, autocomplete: "off" })),
+      h("label", {}, "Role", roleSelect("role", "viewer", mine)),
+      h("button", { type: "submit", text: "Invite" }));
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const f = new FormData(form);
+      try {
+        const r = await api(sitePath("/people"), { body: { email: String(f.get("email")).trim(), role: String(f.get("role")) } });
+        out.replaceChildren(h("p", { text: "Invitation link (shown once; Veil sends no e-mail: give it to them yourself; it works once, for 7 days):" }),
+          h("code", { class: "secret", id: "invite-link", text: location.origin + String(r.url || "").replace(/^https?:\/\/[^/]+/, "") }));
+        form.reset();
+        draw();
+      } catch (e) { status("Inviting failed: " + e.message); }
+    });
+    await draw();
+    return section("People", people, h("h3", { text: "Open invitations" }), invites, form, out);
+  }
+  async function auditSection() {
+    const body = h("tbody");
+    const table = h("table", { class: "audit", id: "audit" },
+      h("thead", {}, h("tr", {}, ["When", "Who", "What", "Details"].map((t) => h("th", { scope: "col", text: t })))), body);
+    try {
+      const d = await api("/api/v1/audit?site=" + encodeURIComponent(S.site) + "&limit=100");
+      const entries = d.entries || [];
+      body.replaceChildren(...entries.map((e) => h("tr", { "data-action": e.action },
+        h("td", { text: when(e.at) }), h("td", { text: e.actor }), h("td", { text: e.action }),
+        h("td", { text: typeof e.detail === "string" ? e.detail : JSON.stringify(e.detail) }))));
+      if (!entries.length) body.append(h("tr", {}, h("td", { colspan: 4, class: "hint", text: "Nothing recorded yet." })));
+    } catch (e) { body.replaceChildren(h("tr", {}, h("td", { colspan: 4, class: "hint error", text: e.message }))); }
+    return section("Audit log (newest first)", table);
+  }
+  function deleteSection() {
+    const form = h("form", { class: "inline-form", id: "delete-site" },
+      h("label", {}, "Type the domain to confirm", h("input", { name: "confirm", autocomplete: "off", required: true })),
+      h("button", { type: "submit", class: "secondary", text: "Delete this site" }));
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      if (String(new FormData(form).get("confirm")).trim().toLowerCase() !== S.site.toLowerCase()) {
+        status("Type the site's domain, " + S.site + ", to delete it.");
+        return;
+      }
+      try { await api(sitePath(), { method: "DELETE" }); location.assign("/"); } catch (e) { status("Deleting failed: " + e.message); }
+    });
+    const sec = section("Delete this site", h("p", { class: "hint", text: "Unregisters the site: its settings, keys and links go. Owners only." }), form);
+    sec.classList.add("danger");
+    return sec;
+  }
+
   // ---------- routing ----------
   function crumbs() {
     const c = $("crumbs");
@@ -1400,8 +1781,11 @@
       $("mode-badge").textContent = "Shared, read-only";
       $("brand").removeAttribute("href");
     }
-    $("logout").hidden = S.share || !sessionStorage.getItem(TOKEN_KEY);
-    if (S.share) { S.page = "dash"; crumbs(); await loadSiteSettings(); return renderDash(); }
+    if (S.share) { header(); S.page = "dash"; crumbs(); await loadSiteSettings(); return renderDash(); }
+    if (path === "/setup" || path === "/invite") { S.page = "invite"; crumbs(); return renderInvite(path === "/setup"); }
+    if (path === "/login") { S.page = "login"; crumbs(); return showLogin(""); }
+    if (!(await loadMe())) return;
+    if (path === "/account") { S.page = "account"; crumbs(); return renderAccount(); }
     if ((m = path.match(/^\/site\/([^/]+)\/settings$/))) {
       S.site = decodeURIComponent(m[1]); S.page = "settings"; crumbs(); return renderSettings();
     }
@@ -1409,7 +1793,7 @@
       S.site = decodeURIComponent(m[1]);
       S.page = "dash";
       crumbs();
-      $("settings-link").hidden = !isAdmin();
+      $("settings-link").hidden = roleOn(S.site) < RANK.admin;
       $("settings-link").href = "/site/" + encodeURIComponent(S.site) + "/settings";
       await loadSiteSettings();
       return renderDash();
@@ -1425,6 +1809,7 @@
       sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
       $("token").value = "";
       status("");
+      if (location.pathname === "/login") history.replaceState(null, "", "/");
       route();
     });
     $("password-form").addEventListener("submit", (ev) => {
@@ -1434,7 +1819,15 @@
       status("");
       loadSiteSettings().then(renderDash);
     });
-    $("logout").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); location.href = "/"; });
+    $("account-form").addEventListener("submit", submitLogin);
+    $("invite-form").addEventListener("submit", submitInvite);
+    $("logout").addEventListener("click", async () => {
+      sessionStorage.removeItem(TOKEN_KEY);
+      if (isUser()) {
+        try { await api("/api/v1/auth/logout", { body: {}, noRetry: true }); } catch (e) { status("Logging out failed: " + e.message); return; }
+      }
+      location.href = "/";
+    });
     initControls();
     route();
   });
