@@ -858,13 +858,7 @@ async fn logout(
 ) -> Result<HttpResponse, Error> {
     let p = person(access)?;
     if everywhere {
-        let user = agg
-            .registry
-            .snapshot()
-            .people
-            .user(&p.id)
-            .cloned()
-            .ok_or_else(|| Error::Denied("your account no longer exists".into()))?;
+        let user = own_account(agg, p)?;
         end_sessions(agg, user).await?;
         agg.audit(access, ALL_SITES, "account.logout_everywhere", json!({}))
             .await;
@@ -881,6 +875,16 @@ async fn logout(
     }
     Ok(agg
         .logged_out(&json!({"logged_out": if everywhere { "everywhere" } else { "this session" }})))
+}
+
+/// The account of the person asking, as stored now.
+fn own_account(agg: &Aggregator, p: &Person) -> Result<UserRecord, Error> {
+    agg.registry
+        .snapshot()
+        .people
+        .user(&p.id)
+        .cloned()
+        .ok_or_else(|| Error::Denied("your account no longer exists".into()))
 }
 
 /// Voids every session of `user` made up to now. The cut moves forward every time (even twice
@@ -903,13 +907,7 @@ async fn change_password(
     let obj = body(req, &["current", "new"])?;
     let current = required(&obj, "current")?;
     let new = required(&obj, "new")?;
-    let user = agg
-        .registry
-        .snapshot()
-        .people
-        .user(&p.id)
-        .cloned()
-        .ok_or_else(|| Error::Denied("your account no longer exists".into()))?;
+    let user = own_account(agg, p)?;
     if !verify_off_runtime(user.password_hash.clone(), current.to_string()).await {
         return Err(Error::Forbidden("`current` is not your password".into()));
     }
@@ -932,13 +930,7 @@ async fn second_factor_route(
     path: &str,
 ) -> Result<HttpResponse, Error> {
     let p = person(access)?;
-    let mut user = agg
-        .registry
-        .snapshot()
-        .people
-        .user(&p.id)
-        .cloned()
-        .ok_or_else(|| Error::Denied("your account no longer exists".into()))?;
+    let mut user = own_account(agg, p)?;
     match path {
         "/api/v1/auth/totp/setup" => {
             body(req, &[])?;

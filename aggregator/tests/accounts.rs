@@ -142,6 +142,21 @@ async fn set_up_owner(a: &Aggregator) -> Browser {
     b
 }
 
+/// A new account made by accepting the invitation at `url` with `password`; its browser.
+async fn join(a: &Aggregator, url: &str, password: &str) -> Browser {
+    let mut b = Browser::default();
+    let r = b
+        .call(
+            a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": token_of(url), "password": password})),
+        )
+        .await;
+    b.keep(&r);
+    b
+}
+
 async fn login(a: &Aggregator, email: &str, pw: &str) -> Answer {
     Browser::default()
         .call(
@@ -585,16 +600,7 @@ async fn roles_per_site_invitations_removal_and_the_audit_log() {
         .call(&a, "POST", "/api/v1/auth/accept", Some(json!({"token": token_of(url), "email": "eve@example.com", "password": "eve's password 1"})))
         .await;
     assert_eq!(taken.status, 400, "{}", taken.body);
-    let mut ada = Browser::default();
-    let r = ada
-        .call(
-            &a,
-            "POST",
-            "/api/v1/auth/accept",
-            Some(json!({"token": token_of(url), "password": "ada's long password"})),
-        )
-        .await;
-    ada.keep(&r);
+    let ada = join(&a, url, "ada's long password").await;
 
     // Ada administers a.com and nothing else.
     assert_eq!(
@@ -666,11 +672,7 @@ async fn roles_per_site_invitations_removal_and_the_audit_log() {
         )
         .await;
     assert_eq!(inv.status, 201, "{}", inv.body);
-    let mut mo = Browser::default();
-    let r = mo
-        .call(&a, "POST", "/api/v1/auth/accept", Some(json!({"token": token_of(inv.body["url"].as_str().unwrap()), "password": "mo's long password"})))
-        .await;
-    mo.keep(&r);
+    let mo = join(&a, inv.body["url"].as_str().unwrap(), "mo's long password").await;
     let q = |site: &str| json!({"site_id": site, "metrics": ["visitors"], "date_range": "day"});
     assert_eq!(
         mo.call(&a, "POST", "/api/v2/query", Some(q("a.com")))
@@ -891,11 +893,7 @@ async fn owners_erase_a_sites_data_on_request_and_only_owners() {
             Some(json!({"email": "ada@example.com", "role": "admin"})),
         )
         .await;
-    let mut ada = Browser::default();
-    let r = ada
-        .call(&a, "POST", "/api/v1/auth/accept", Some(json!({"token": token_of(inv.body["url"].as_str().unwrap()), "password": "ada's long password"})))
-        .await;
-    ada.keep(&r);
+    let ada = join(&a, inv.body["url"].as_str().unwrap(), "ada's long password").await;
     let r = ada
         .call(
             &a,

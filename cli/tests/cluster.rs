@@ -2,10 +2,14 @@
 //! Cluster mode end to end, with real processes: ZooKeeper + 2 shards × 2 replicas of
 //! clickhouse-server (`veil_schemas::local_cluster`), two `veil collector`s and one `veil aggregator`
 //! in `--clickhouse-cluster` mode. A generated dataset is sent through both collectors while
-//! one replica and one collector are killed with SIGKILL and restarted. Then:
+//! one collector and the replica the other inserts through are killed with SIGKILL and
+//! restarted. Then:
 //! - every acknowledged (202) event is stored exactly once, and no event at all twice;
 //! - the Stats API of the cluster gives the same results as a single-node `veil up` that was
-//!   sent the same events.
+//!   sent the same events;
+//! - and still does, at the first answer, once a third of shard 1's hits after today's cut
+//!   are gone from `events_recent` alone — what a replica killed between an insert and its
+//!   materialized views leaves behind (issue 19: the cluster never answers short).
 
 mod common;
 
@@ -616,22 +620,31 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
             "events_recent lost {} of {before} tail rows",
             before - recent(&n0)
         );
-        // A snapshot of today taken before the rows vanished may be read for its 10 s: the
-        // answers must then come back to what is stored, and stay there.
+        // A snapshot of today taken before the rows vanished may be read for its 10 s; none
+        // may be taken since (the tail is short of `events`). Once the newest is older than
+        // that, reports read today live: exactly what is stored, at the first answer.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let aged = ch_query(
+                &n0,
+                &sql!(
+                    "SELECT now() - max(snap) > 11 FROM {}.today_snaps FORMAT TSV",
+                    ident(db).unwrap()
+                ),
+            );
+            if aged.first().is_some_and(|v| v == "1") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "today's snapshots kept being taken"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
         for q in queries(&from, &to) {
             let want = results(single.addr, &q);
-            let deadline = Instant::now() + Duration::from_secs(25);
-            loop {
-                let got = results(api, &q);
-                if got == want {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "after the view lost rows: {q}\ncluster: {got}\nsingle:  {want}"
-                );
-                std::thread::sleep(Duration::from_millis(500));
-            }
+            let got = results(api, &q);
+            assert_eq!(got, want, "after the view lost rows: {q}");
         }
         eprintln!("Stats API results still equal at {:?}", started.elapsed());
     }
