@@ -18,6 +18,7 @@ use http::{HeaderMap, Request};
 use serde_json::{json, Value};
 use veil_aggregator::account::{csrf_token, LOCK_SECS, MAX_FAILURES};
 use veil_aggregator::{Aggregator, AggregatorConfig, ManualClock};
+use veil_schemas::sql::Run as _;
 use veil_schemas::ClickHouseConfig;
 
 const ORIGIN: &str = "http://127.0.0.1:8000";
@@ -880,7 +881,7 @@ async fn owners_erase_a_sites_data_on_request_and_only_owners() {
                 "SELECT count() FROM events WHERE site = {}",
                 veil_schemas::sql::lit(site)
             );
-            let n: u64 = ch.client().query(q.as_str()).fetch_one().await.unwrap();
+            let n: u64 = ch.client().sql(&q).fetch_one().await.unwrap();
             n
         }
     };

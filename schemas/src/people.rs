@@ -10,7 +10,8 @@
 //! every aggregator behind a load balancer knows a session made on another one within one
 //! refresh (the aggregator reloads at once, rate-limited, when a cookie it does not know
 //! arrives). Expired or revoked sessions and used or expired invitations are not loaded.
-//! `audit_log` is insert-only and read on demand ([`Registry::audit_log`]).
+//! `audit_log` is insert-only and read on demand (`Registry::audit_log`; the writes are
+//! `Registry` methods in `registry.rs`).
 //!
 //! Secrets: session tokens (`vs_` + 64 hex digits) and invitation tokens (`vn_` + 64 hex
 //! digits) are random and stored only as blake3 hashes; recovery codes likewise. The TOTP
@@ -27,9 +28,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{random_hex, secret_hash, Registry};
-use crate::sql::{lit_list, Run as _, Sql};
-use crate::{sql, Error};
+use crate::sql::{Run as _, Sql};
+use crate::Error;
 
 /// The `site` of a membership on every site.
 pub const ALL_SITES: &str = "*";
@@ -171,10 +171,10 @@ pub struct AuditEntry {
 /// The people part of a registry snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct People {
-    users: HashMap<String, UserRecord>,
-    memberships: HashMap<(String, String), Membership>,
-    sessions: HashMap<String, SessionRecord>,
-    invitations: HashMap<String, InvitationRecord>,
+    pub(crate) users: HashMap<String, UserRecord>,
+    pub(crate) memberships: HashMap<(String, String), Membership>,
+    pub(crate) sessions: HashMap<String, SessionRecord>,
+    pub(crate) invitations: HashMap<String, InvitationRecord>,
     users_by_email: HashMap<String, String>,
     sessions_by_hash: HashMap<String, String>,
     invitations_by_hash: HashMap<String, String>,
@@ -318,51 +318,51 @@ impl People {
 }
 
 #[derive(Debug, clickhouse::Row, Serialize, Deserialize)]
-struct UserRow {
-    id: String,
-    email: String,
-    password_hash: String,
-    totp_secret: String,
-    recovery: String,
-    sessions_after: u32,
-    locked_until: u32,
-    created_at: u32,
-    deleted: u8,
-    version: u64,
+pub(crate) struct UserRow {
+    pub(crate) id: String,
+    pub(crate) email: String,
+    pub(crate) password_hash: String,
+    pub(crate) totp_secret: String,
+    pub(crate) recovery: String,
+    pub(crate) sessions_after: u32,
+    pub(crate) locked_until: u32,
+    pub(crate) created_at: u32,
+    pub(crate) deleted: u8,
+    pub(crate) version: u64,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize, Deserialize)]
-struct MembershipRow {
-    user_id: String,
-    site: String,
-    role: String,
-    deleted: u8,
-    version: u64,
+pub(crate) struct MembershipRow {
+    pub(crate) user_id: String,
+    pub(crate) site: String,
+    pub(crate) role: String,
+    pub(crate) deleted: u8,
+    pub(crate) version: u64,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize, Deserialize)]
-struct SessionRow {
-    id: String,
-    token_hash: String,
-    user_id: String,
-    created_at: u32,
-    expires_at: u32,
-    revoked: u8,
-    version: u64,
+pub(crate) struct SessionRow {
+    pub(crate) id: String,
+    pub(crate) token_hash: String,
+    pub(crate) user_id: String,
+    pub(crate) created_at: u32,
+    pub(crate) expires_at: u32,
+    pub(crate) revoked: u8,
+    pub(crate) version: u64,
 }
 
 #[derive(Debug, clickhouse::Row, Serialize, Deserialize)]
-struct InvitationRow {
-    id: String,
-    token_hash: String,
-    email: String,
-    site: String,
-    role: String,
-    invited_by: String,
-    created_at: u32,
-    expires_at: u32,
-    used: u8,
-    version: u64,
+pub(crate) struct InvitationRow {
+    pub(crate) id: String,
+    pub(crate) token_hash: String,
+    pub(crate) email: String,
+    pub(crate) site: String,
+    pub(crate) role: String,
+    pub(crate) invited_by: String,
+    pub(crate) created_at: u32,
+    pub(crate) expires_at: u32,
+    pub(crate) used: u8,
+    pub(crate) version: u64,
 }
 
 impl From<&UserRecord> for UserRow {
@@ -549,210 +549,6 @@ pub fn normalize_email(s: &str) -> Result<String, Error> {
         Err(Error::Invalid(format!(
             "`email` {s:?} is not an e-mail address (expected name@example.com)"
         )))
-    }
-}
-
-impl Registry {
-    async fn insert_user(&self, rec: &UserRecord) -> Result<(), Error> {
-        let mut ins = self.client().insert::<UserRow>("users").await?;
-        ins.write(&UserRow::from(rec)).await?;
-        ins.end().await?;
-        let stored = rec.clone();
-        self.apply(move |s| {
-            s.people.users.insert(stored.id.clone(), stored);
-        });
-        Ok(())
-    }
-
-    /// Makes an account for `email` (already normalised, [`normalize_email`]) with the
-    /// PHC string `password_hash`, at `now` (Unix seconds). 409-worthy
-    /// ([`Error::Invalid`]) when a live account has that e-mail.
-    pub async fn create_user(
-        &self,
-        email: &str,
-        password_hash: String,
-        now: u32,
-    ) -> Result<UserRecord, Error> {
-        if self
-            .fresh(|s| s.people.user_by_email(email).map(|u| u.id.clone()))
-            .await?
-            .is_some()
-        {
-            return Err(Error::Invalid(format!(
-                "an account for {email:?} exists already"
-            )));
-        }
-        let rec = UserRecord {
-            id: random_hex(8)?,
-            email: email.to_string(),
-            password_hash,
-            totp_secret: String::new(),
-            recovery: Vec::new(),
-            sessions_after: 0,
-            locked_until: 0,
-            created_at: now,
-            deleted: false,
-            version: self.next_version(),
-        };
-        self.insert_user(&rec).await?;
-        Ok(rec)
-    }
-
-    /// Stores a changed account (a new version of `rec`).
-    pub async fn put_user(&self, mut rec: UserRecord) -> Result<UserRecord, Error> {
-        rec.version = self.next_version();
-        self.insert_user(&rec).await?;
-        Ok(rec)
-    }
-
-    /// Gives `user_id` `role` on `site` (a domain or [`ALL_SITES`]); `None` removes it.
-    pub async fn set_membership(
-        &self,
-        user_id: &str,
-        site: &str,
-        role: Option<Role>,
-    ) -> Result<(), Error> {
-        let row = MembershipRow {
-            user_id: user_id.to_string(),
-            site: site.to_string(),
-            role: role.unwrap_or(Role::Viewer).name().to_string(),
-            deleted: u8::from(role.is_none()),
-            version: self.next_version(),
-        };
-        let mut ins = self.client().insert::<MembershipRow>("memberships").await?;
-        ins.write(&row).await?;
-        ins.end().await?;
-        let m = Membership {
-            user_id: row.user_id,
-            site: row.site,
-            role: role.unwrap_or(Role::Viewer),
-            deleted: role.is_none(),
-            version: row.version,
-        };
-        self.apply(move |s| {
-            s.people
-                .memberships
-                .insert((m.user_id.clone(), m.site.clone()), m);
-        });
-        Ok(())
-    }
-
-    async fn insert_session(&self, rec: &SessionRecord) -> Result<(), Error> {
-        let mut ins = self.client().insert::<SessionRow>("sessions").await?;
-        ins.write(&SessionRow::from(rec)).await?;
-        ins.end().await?;
-        let stored = rec.clone();
-        self.apply(move |s| {
-            s.people.sessions.insert(stored.id.clone(), stored);
-        });
-        Ok(())
-    }
-
-    /// Starts a session for `user_id` from `now` to `expires_at` (Unix seconds): returns its
-    /// record and the token (`vs_` + 64 hex digits; only its hash is stored).
-    pub async fn create_session(
-        &self,
-        user_id: &str,
-        now: u32,
-        expires_at: u32,
-    ) -> Result<(SessionRecord, String), Error> {
-        let token = format!("vs_{}", random_hex(32)?);
-        let rec = SessionRecord {
-            id: random_hex(8)?,
-            token_hash: secret_hash(&token),
-            user_id: user_id.to_string(),
-            created_at: now,
-            expires_at,
-            revoked: false,
-            version: self.next_version(),
-        };
-        self.insert_session(&rec).await?;
-        Ok((rec, token))
-    }
-
-    /// Ends a session (logout).
-    pub async fn revoke_session(&self, rec: &SessionRecord) -> Result<(), Error> {
-        let mut rec = rec.clone();
-        rec.revoked = true;
-        rec.version = self.next_version();
-        self.insert_session(&rec).await
-    }
-
-    async fn insert_invitation(&self, rec: &InvitationRecord) -> Result<(), Error> {
-        let mut ins = self.client().insert::<InvitationRow>("invitations").await?;
-        ins.write(&InvitationRow::from(rec)).await?;
-        ins.end().await?;
-        let stored = rec.clone();
-        self.apply(move |s| {
-            s.people.invitations.insert(stored.id.clone(), stored);
-        });
-        Ok(())
-    }
-
-    /// Makes a one-time invitation for `email` (normalised; empty for the setup link) to have
-    /// `role` on `site`, valid from `now` to `expires_at`: returns its record and the token
-    /// (`vn_` + 64 hex digits; only its hash is stored).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn create_invitation(
-        &self,
-        email: &str,
-        site: &str,
-        role: Role,
-        invited_by: &str,
-        now: u32,
-        expires_at: u32,
-    ) -> Result<(InvitationRecord, String), Error> {
-        let token = format!("vn_{}", random_hex(32)?);
-        let rec = InvitationRecord {
-            id: random_hex(8)?,
-            token_hash: secret_hash(&token),
-            email: email.to_string(),
-            site: site.to_string(),
-            role,
-            invited_by: invited_by.to_string(),
-            created_at: now,
-            expires_at,
-            used: false,
-            version: self.next_version(),
-        };
-        self.insert_invitation(&rec).await?;
-        Ok((rec, token))
-    }
-
-    /// Marks an invitation used (accepted or withdrawn): it opens nothing any more.
-    pub async fn use_invitation(&self, rec: &InvitationRecord) -> Result<(), Error> {
-        let mut rec = rec.clone();
-        rec.used = true;
-        rec.version = self.next_version();
-        self.insert_invitation(&rec).await
-    }
-
-    /// Appends one line to the audit log.
-    pub async fn audit(&self, entry: &AuditEntry) -> Result<(), Error> {
-        let mut ins = self.client().insert::<AuditEntry>("audit_log").await?;
-        ins.write(entry).await?;
-        ins.end().await?;
-        Ok(())
-    }
-
-    /// The newest `limit` audit lines, of `sites` only (`None`: all), newest first.
-    pub async fn audit_log(
-        &self,
-        sites: Option<&[String]>,
-        limit: u32,
-    ) -> Result<Vec<AuditEntry>, Error> {
-        let filter = match sites {
-            None => Sql::new(""),
-            Some([]) => return Ok(Vec::new()),
-            Some(list) => sql!("WHERE site IN {}", lit_list(list)),
-        };
-        let q = sql!(
-            "SELECT at, id, actor, site, action, detail FROM audit_log {} \
-             ORDER BY at DESC, id DESC LIMIT {}",
-            filter,
-            u64::from(limit)
-        );
-        Ok(self.client().sql(&q).fetch_all().await?)
     }
 }
 

@@ -41,8 +41,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::people::{self, People};
-use crate::sql::{lit, Run as _, Sql};
+use crate::people::{
+    self, AuditEntry, InvitationRecord, InvitationRow, Membership, MembershipRow, People, Role,
+    SessionRecord, SessionRow, UserRecord, UserRow,
+};
+use crate::sql::{lit, lit_list, Run as _, Sql};
 use crate::{policy, sql, ClickHouseConfig, Error};
 
 pub use crate::policy::{DEFAULT_MIN_VISITORS, MAX_ALIAS_BYTES};
@@ -967,6 +970,211 @@ impl Registry {
             ))),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// Writes of the people tables ([`crate::people`]).
+impl Registry {
+    async fn insert_user(&self, rec: &UserRecord) -> Result<(), Error> {
+        let mut ins = self.client().insert::<UserRow>("users").await?;
+        ins.write(&UserRow::from(rec)).await?;
+        ins.end().await?;
+        let stored = rec.clone();
+        self.apply(move |s| {
+            s.people.users.insert(stored.id.clone(), stored);
+        });
+        Ok(())
+    }
+
+    /// Makes an account for `email` (already normalised, [`normalize_email`]) with the
+    /// PHC string `password_hash`, at `now` (Unix seconds). 409-worthy
+    /// ([`Error::Invalid`]) when a live account has that e-mail.
+    pub async fn create_user(
+        &self,
+        email: &str,
+        password_hash: String,
+        now: u32,
+    ) -> Result<UserRecord, Error> {
+        if self
+            .fresh(|s| s.people.user_by_email(email).map(|u| u.id.clone()))
+            .await?
+            .is_some()
+        {
+            return Err(Error::Invalid(format!(
+                "an account for {email:?} exists already"
+            )));
+        }
+        let rec = UserRecord {
+            id: random_hex(8)?,
+            email: email.to_string(),
+            password_hash,
+            totp_secret: String::new(),
+            recovery: Vec::new(),
+            sessions_after: 0,
+            locked_until: 0,
+            created_at: now,
+            deleted: false,
+            version: self.next_version(),
+        };
+        self.insert_user(&rec).await?;
+        Ok(rec)
+    }
+
+    /// Stores a changed account (a new version of `rec`).
+    pub async fn put_user(&self, mut rec: UserRecord) -> Result<UserRecord, Error> {
+        rec.version = self.next_version();
+        self.insert_user(&rec).await?;
+        Ok(rec)
+    }
+
+    /// Gives `user_id` `role` on `site` (a domain or [`ALL_SITES`]); `None` removes it.
+    pub async fn set_membership(
+        &self,
+        user_id: &str,
+        site: &str,
+        role: Option<Role>,
+    ) -> Result<(), Error> {
+        let row = MembershipRow {
+            user_id: user_id.to_string(),
+            site: site.to_string(),
+            role: role.unwrap_or(Role::Viewer).name().to_string(),
+            deleted: u8::from(role.is_none()),
+            version: self.next_version(),
+        };
+        let mut ins = self.client().insert::<MembershipRow>("memberships").await?;
+        ins.write(&row).await?;
+        ins.end().await?;
+        let m = Membership {
+            user_id: row.user_id,
+            site: row.site,
+            role: role.unwrap_or(Role::Viewer),
+            deleted: role.is_none(),
+            version: row.version,
+        };
+        self.apply(move |s| {
+            s.people
+                .memberships
+                .insert((m.user_id.clone(), m.site.clone()), m);
+        });
+        Ok(())
+    }
+
+    async fn insert_session(&self, rec: &SessionRecord) -> Result<(), Error> {
+        let mut ins = self.client().insert::<SessionRow>("sessions").await?;
+        ins.write(&SessionRow::from(rec)).await?;
+        ins.end().await?;
+        let stored = rec.clone();
+        self.apply(move |s| {
+            s.people.sessions.insert(stored.id.clone(), stored);
+        });
+        Ok(())
+    }
+
+    /// Starts a session for `user_id` from `now` to `expires_at` (Unix seconds): returns its
+    /// record and the token (`vs_` + 64 hex digits; only its hash is stored).
+    pub async fn create_session(
+        &self,
+        user_id: &str,
+        now: u32,
+        expires_at: u32,
+    ) -> Result<(SessionRecord, String), Error> {
+        let token = format!("vs_{}", random_hex(32)?);
+        let rec = SessionRecord {
+            id: random_hex(8)?,
+            token_hash: secret_hash(&token),
+            user_id: user_id.to_string(),
+            created_at: now,
+            expires_at,
+            revoked: false,
+            version: self.next_version(),
+        };
+        self.insert_session(&rec).await?;
+        Ok((rec, token))
+    }
+
+    /// Ends a session (logout).
+    pub async fn revoke_session(&self, rec: &SessionRecord) -> Result<(), Error> {
+        let mut rec = rec.clone();
+        rec.revoked = true;
+        rec.version = self.next_version();
+        self.insert_session(&rec).await
+    }
+
+    async fn insert_invitation(&self, rec: &InvitationRecord) -> Result<(), Error> {
+        let mut ins = self.client().insert::<InvitationRow>("invitations").await?;
+        ins.write(&InvitationRow::from(rec)).await?;
+        ins.end().await?;
+        let stored = rec.clone();
+        self.apply(move |s| {
+            s.people.invitations.insert(stored.id.clone(), stored);
+        });
+        Ok(())
+    }
+
+    /// Makes a one-time invitation for `email` (normalised; empty for the setup link) to have
+    /// `role` on `site`, valid from `now` to `expires_at`: returns its record and the token
+    /// (`vn_` + 64 hex digits; only its hash is stored).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_invitation(
+        &self,
+        email: &str,
+        site: &str,
+        role: Role,
+        invited_by: &str,
+        now: u32,
+        expires_at: u32,
+    ) -> Result<(InvitationRecord, String), Error> {
+        let token = format!("vn_{}", random_hex(32)?);
+        let rec = InvitationRecord {
+            id: random_hex(8)?,
+            token_hash: secret_hash(&token),
+            email: email.to_string(),
+            site: site.to_string(),
+            role,
+            invited_by: invited_by.to_string(),
+            created_at: now,
+            expires_at,
+            used: false,
+            version: self.next_version(),
+        };
+        self.insert_invitation(&rec).await?;
+        Ok((rec, token))
+    }
+
+    /// Marks an invitation used (accepted or withdrawn): it opens nothing any more.
+    pub async fn use_invitation(&self, rec: &InvitationRecord) -> Result<(), Error> {
+        let mut rec = rec.clone();
+        rec.used = true;
+        rec.version = self.next_version();
+        self.insert_invitation(&rec).await
+    }
+
+    /// Appends one line to the audit log.
+    pub async fn audit(&self, entry: &AuditEntry) -> Result<(), Error> {
+        let mut ins = self.client().insert::<AuditEntry>("audit_log").await?;
+        ins.write(entry).await?;
+        ins.end().await?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit lines, of `sites` only (`None`: all), newest first.
+    pub async fn audit_log(
+        &self,
+        sites: Option<&[String]>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, Error> {
+        let filter = match sites {
+            None => Sql::new(""),
+            Some([]) => return Ok(Vec::new()),
+            Some(list) => sql!("WHERE site IN {}", lit_list(list)),
+        };
+        let q = sql!(
+            "SELECT at, id, actor, site, action, detail FROM audit_log {} \
+             ORDER BY at DESC, id DESC LIMIT {}",
+            filter,
+            u64::from(limit)
+        );
+        Ok(self.client().sql(&q).fetch_all().await?)
     }
 }
 
