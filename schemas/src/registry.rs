@@ -741,6 +741,17 @@ impl Registry {
         Ok(find(&*self.refresh().await?))
     }
 
+    /// Inserts one row into `table` (typed RowBinary: no value is pasted into SQL).
+    async fn insert_one<T>(&self, table: &str, row: &T) -> Result<(), Error>
+    where
+        T: clickhouse::RowWrite + for<'a> clickhouse::Row<Value<'a> = T>,
+    {
+        let mut ins = self.client.insert::<T>(table).await?;
+        ins.write(row).await?;
+        ins.end().await?;
+        Ok(())
+    }
+
     pub(crate) fn apply(&self, f: impl FnOnce(&mut Snapshot)) {
         self.writes.fetch_add(1, Ordering::SeqCst);
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
@@ -751,9 +762,7 @@ impl Registry {
     }
 
     async fn insert_site(&self, row: &SiteRow) -> Result<(), Error> {
-        let mut ins = self.client.insert::<SiteRow>("sites").await?;
-        ins.write(row).await?;
-        ins.end().await?;
+        self.insert_one("sites", row).await?;
         Ok(())
     }
 
@@ -829,9 +838,7 @@ impl Registry {
     }
 
     async fn insert_key(&self, rec: &KeyRecord) -> Result<(), Error> {
-        let mut ins = self.client.insert::<KeyRow>("site_keys").await?;
-        ins.write(&KeyRow::from(rec)).await?;
-        ins.end().await?;
+        self.insert_one("site_keys", &KeyRow::from(rec)).await?;
         let stored = rec.clone();
         self.apply(move |s| {
             s.keys.insert(stored.id.clone(), stored);
@@ -869,9 +876,7 @@ impl Registry {
     }
 
     async fn insert_ingest_key(&self, rec: &KeyRecord) -> Result<(), Error> {
-        let mut ins = self.client.insert::<KeyRow>("ingest_keys").await?;
-        ins.write(&KeyRow::from(rec)).await?;
-        ins.end().await?;
+        self.insert_one("ingest_keys", &KeyRow::from(rec)).await?;
         let stored = rec.clone();
         self.apply(move |s| {
             s.ingest_keys.insert(stored.id.clone(), stored);
@@ -912,9 +917,7 @@ impl Registry {
     }
 
     async fn insert_link(&self, rec: &LinkRecord) -> Result<(), Error> {
-        let mut ins = self.client.insert::<LinkRow>("shared_links").await?;
-        ins.write(&LinkRow::from(rec)).await?;
-        ins.end().await?;
+        self.insert_one("shared_links", &LinkRow::from(rec)).await?;
         let stored = rec.clone();
         self.apply(move |s| {
             s.links.insert(stored.id.clone(), stored);
@@ -976,9 +979,7 @@ impl Registry {
 /// Writes of the people tables ([`crate::people`]).
 impl Registry {
     async fn insert_user(&self, rec: &UserRecord) -> Result<(), Error> {
-        let mut ins = self.client().insert::<UserRow>("users").await?;
-        ins.write(&UserRow::from(rec)).await?;
-        ins.end().await?;
+        self.insert_one("users", &UserRow::from(rec)).await?;
         let stored = rec.clone();
         self.apply(move |s| {
             s.people.users.insert(stored.id.clone(), stored);
@@ -1041,9 +1042,7 @@ impl Registry {
             deleted: u8::from(role.is_none()),
             version: self.next_version(),
         };
-        let mut ins = self.client().insert::<MembershipRow>("memberships").await?;
-        ins.write(&row).await?;
-        ins.end().await?;
+        self.insert_one("memberships", &row).await?;
         let m = Membership {
             user_id: row.user_id,
             site: row.site,
@@ -1060,9 +1059,7 @@ impl Registry {
     }
 
     async fn insert_session(&self, rec: &SessionRecord) -> Result<(), Error> {
-        let mut ins = self.client().insert::<SessionRow>("sessions").await?;
-        ins.write(&SessionRow::from(rec)).await?;
-        ins.end().await?;
+        self.insert_one("sessions", &SessionRow::from(rec)).await?;
         let stored = rec.clone();
         self.apply(move |s| {
             s.people.sessions.insert(stored.id.clone(), stored);
@@ -1101,9 +1098,8 @@ impl Registry {
     }
 
     async fn insert_invitation(&self, rec: &InvitationRecord) -> Result<(), Error> {
-        let mut ins = self.client().insert::<InvitationRow>("invitations").await?;
-        ins.write(&InvitationRow::from(rec)).await?;
-        ins.end().await?;
+        self.insert_one("invitations", &InvitationRow::from(rec))
+            .await?;
         let stored = rec.clone();
         self.apply(move |s| {
             s.people.invitations.insert(stored.id.clone(), stored);
@@ -1151,9 +1147,7 @@ impl Registry {
 
     /// Appends one line to the audit log.
     pub async fn audit(&self, entry: &AuditEntry) -> Result<(), Error> {
-        let mut ins = self.client().insert::<AuditEntry>("audit_log").await?;
-        ins.write(entry).await?;
-        ins.end().await?;
+        self.insert_one("audit_log", entry).await?;
         Ok(())
     }
 
