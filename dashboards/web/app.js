@@ -35,7 +35,7 @@
   const FOLDED = /^\(other: \d+ rows? under k=\d+\)$/;
 
   const S = {
-    page: "sites", site: "", share: false, shareToken: "", password: "", settings: null, me: null, csrf: "",
+    page: "sites", site: "", share: false, shareToken: "", password: "", settings: null, settingsError: null, me: null, csrf: "",
     generation: 0, timer: 0, chart: null, resize: null, privacy: null,
   };
 
@@ -200,8 +200,10 @@
       data = parseJson(text);
       // A locked account (or the login rate limit) waits minutes: say so at once.
       if ((data && data.budget) || opts.noRetry || attempt >= 4) break;
+      // Up to half a second of jitter: a page's panels refused together do not come back
+      // together (they would meet the same empty bucket again).
       const wait = Math.min(5, Math.max(1, Number(res.headers.get("Retry-After")) || 1));
-      await new Promise((ok) => setTimeout(ok, wait * 1000));
+      await new Promise((ok) => setTimeout(ok, wait * 1000 + Math.random() * 500));
     }
     if (opts.blob && res.ok) return res.blob();
     if (text === null) {
@@ -625,6 +627,11 @@
 
   function funnelTab(art, body, st, gen, def, speak) {
     const funnels = (S.settings && S.settings.funnels) || [];
+    if (funnels.length === 0 && !S.settings && S.settingsError) {
+      body.replaceChildren(failure("p", S.settingsError));
+      if (speak) announce(def.title + ", Funnels: " + S.settingsError.message);
+      return;
+    }
     if (funnels.length === 0) {
       const hint = S.settings ? "No funnels yet: define them in the settings." : "Funnels are listed for the admin token.";
       body.replaceChildren(h("p", { class: "hint", text: hint }));
@@ -1414,11 +1421,13 @@
   // The site's settings (funnel names for the funnels tab); readable by every reader of the site.
   async function loadSiteSettings() {
     S.settings = null;
+    S.settingsError = null;
     try {
       const site = await api(sitePath());
       S.settings = site.settings || site;
     } catch (e) {
       if (needsAuth(e)) return; // the dashboard's own calls will ask for a token or password
+      S.settingsError = e; // the funnels tab says why it has no funnels to list
     }
   }
 
