@@ -465,7 +465,10 @@ pub(super) fn metric_sql(m: Metric, src: Source, q: &Query) -> Sql {
         Source::Events | Source::Joined | Source::VisitHits => {
             let visit = "(visitor_id, visit)";
             match m {
-                Metric::Visitors | Metric::ConversionRate | Metric::Percentage => {
+                Metric::Visitors
+                | Metric::ConversionRate
+                | Metric::GroupConversionRate
+                | Metric::Percentage => {
                     Sql::new("uniq(visitor_id)")
                 }
                 Metric::Pageviews => Sql::new("countIf(name = 'pageview')"),

@@ -642,7 +642,7 @@ fn check_metrics(metrics: &[Metric], dims: &[Dim], filters: &Budget) -> Result<(
     for (i, m) in metrics.iter().enumerate() {
         let name = m.name();
         match m {
-            Metric::ConversionRate => {
+            Metric::ConversionRate | Metric::GroupConversionRate => {
                 if !dims.iter().any(|d| d.kind == DimKind::Goal) && !filters.goal {
                     return Err(bad(format!(
                         "`metrics[{i}]`: {name} needs an event:goal dimension or filter (a goal inside has_done/has_not_done does not count)"

@@ -101,6 +101,7 @@ pub fn joined_from_visits(q: &Query) -> bool {
                     | Metric::VisitDuration
                     | Metric::SessionsPerUser
                     | Metric::ConversionRate
+                    | Metric::GroupConversionRate
                     | Metric::Percentage
                     | Metric::Dau
             )
@@ -182,6 +183,7 @@ fn hourly_ok(q: &Query) -> bool {
                     | Metric::Pageviews
                     | Metric::Events
                     | Metric::ConversionRate
+                    | Metric::GroupConversionRate
                     | Metric::Percentage
             )
         })
