@@ -491,6 +491,17 @@ test("settings: goals and funnels saved through the admin API feed the goals pan
   await settled(page);
   const goals = await query(veil, { metrics: ["visitors", "events", "conversion_rate"], dimensions: ["event:goal"], pagination: { limit: 10, offset: 0 } });
   assert.deepEqual((await panelRows(page, "goals")).map((r) => [r.raw, r.values]), goals.results.map((r) => [r.dimensions[0], r.metrics.map(str)]));
+  // With the goal as a filter, every breakdown adds each row's own conversion rate ("CR", the
+  // API's group_conversion_rate), as Plausible's dashboard does.
+  await page.goto(dash("period=7d&f=is~event:goal~Signup"));
+  await settled(page);
+  // (Chrome and Firefox each send 5 of the 10 sign-ups: rows at k.)
+  const byBrowser = await query(veil, { metrics: ["visitors", "group_conversion_rate"], dimensions: ["visit:browser"],
+    filters: [["is", "event:goal", ["Signup"]]], pagination: { limit: 10, offset: 0 } });
+  assert.ok(byBrowser.results.length >= 2, JSON.stringify(byBrowser));
+  assert.ok(byBrowser.results.every((r) => r.metrics[1] > 0 && r.metrics[1] < 100), JSON.stringify(byBrowser));
+  assert.deepEqual((await panelRows(page, "devices")).map((r) => [r.raw, r.values]), byBrowser.results.map((r) => [r.dimensions[0], r.metrics.map(str)]));
+  assert.deepEqual((await page.$$eval("#panel-devices thead th", (ths) => ths.map((t) => t.textContent.trim()))).slice(-1), ["CR"]);
   await page.goto(dash("period=7d&t.goals=funnel"));
   await settled(page);
   await page.waitForSelector("#panel-goals tbody tr");

@@ -56,7 +56,7 @@
   function status(msg) { $("status").textContent = msg || ""; }
 
   // ---------- formatting ----------
-  const PERCENT = new Set(["bounce_rate", "conversion_rate", "scroll_depth", "conversion_rate_step"]);
+  const PERCENT = new Set(["bounce_rate", "conversion_rate", "group_conversion_rate", "scroll_depth", "conversion_rate_step"]);
   const SECONDS = new Set(["visit_duration", "time_on_page"]);
   const MILLIS = new Set(["launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95"]);
   const DECIMAL = new Set(["views_per_visit", "sessions_per_user", "dau", "wau", "mau", "total_revenue", "average_revenue"]);
@@ -128,13 +128,13 @@
   const METRIC_LABELS = {
     visitors: "Unique visitors", visits: "Total visits", pageviews: "Total pageviews", views_per_visit: "Views per visit",
     bounce_rate: "Bounce rate", visit_duration: "Visit duration", time_on_page: "Time on page", events: "Events",
-    conversion_rate: "Conversion rate", scroll_depth: "Scroll depth", active_users: "Active users",
+    conversion_rate: "Conversion rate", group_conversion_rate: "Conversion rate", scroll_depth: "Scroll depth", active_users: "Active users",
     sessions_per_user: "Sessions per user", dau: "Daily active", wau: "Weekly active", mau: "Monthly active",
     launch_time_p50: "Launch time p50", launch_time_p95: "Launch time p95", latency_p50: "Latency p50",
     latency_p95: "Latency p95", crashes: "Crashes",
   };
   const SHORT = { visitors: "Visitors", visits: "Visits", pageviews: "Pageviews", events: "Events",
-    conversion_rate: "CR", active_users: "Users" };
+    conversion_rate: "CR", group_conversion_rate: "CR", active_users: "Users" };
   // In the app view unique visitors are called active users.
   function metricLabel(m) { return S.view === "app" && m === "visitors" ? "Active users" : METRIC_LABELS[m] || m; }
   function shortLabel(m) { return S.view === "app" && m === "visitors" ? "Users" : SHORT[m] || METRIC_LABELS[m] || m; }
@@ -405,6 +405,15 @@
   }
 
   // ---------- panels ----------
+  // With a goal filter every breakdown shows each row's own conversion rate ("CR": the
+  // Stats API's group_conversion_rate, the row's converted visitors over all its visitors),
+  // as Plausible's dashboard does; the goals breakdown keeps conversion_rate (over everyone).
+  function withGoalRate(metrics, dim, st) {
+    const goal = st.filters.some((f) => f.dim === "event:goal" && f.op === "is");
+    if (!goal || isChild() || dim === "event:goal" || !dim.includes(":") || dim.startsWith("event:props:")) return metrics;
+    return metrics.includes("group_conversion_rate") ? metrics : metrics.concat(["group_conversion_rate"]);
+  }
+
   const WEB_PANELS = [
     { id: "pages", title: "Pages", metrics: ["visitors", "pageviews"], tabs: [
       { id: "page", label: "Top pages", dim: "event:page" },
@@ -557,8 +566,9 @@
     const art = h("article", { class: "panel", id: "panel-" + def.id, "aria-labelledby": "h-" + def.id },
       h("div", { class: "panel-head" }, h("h2", { id: "h-" + def.id, text: def.title }), csv), tabs, body);
 
-    const metrics = tab.metrics || def.metrics;
+    const tabMetrics = tab.metrics || def.metrics;
     let dim = tab.dim;
+    let metrics = tabMetrics;
     const said = def.title + ", " + tab.label + ": ";
     // A tab may leave out some values (custom events: not the pageviews).
     const query = (lim) => {
@@ -621,6 +631,7 @@
       funnelTab(art, body, st, gen, def, speak);
       return art;
     }
+    metrics = withGoalRate(tabMetrics, dim, st);
     load();
     return art;
   }
