@@ -825,6 +825,21 @@ async fn answer(
         .as_ref()
         .map(|(cq, _)| cq.time_labels())
         .unwrap_or_default();
+    // Revenue cells in Plausible's money shape (after the privacy module: the published number).
+    let currencies = crate::money::resolve(q, site);
+    let cells = |values: &[Option<f64>], dims: &[String]| -> Vec<Value> {
+        q.metrics
+            .iter()
+            .zip(values)
+            .map(|(m, v)| {
+                if crate::money::is_revenue(*m) {
+                    crate::money::cell(*v, &currencies, dims, q)
+                } else {
+                    json_number(*v)
+                }
+            })
+            .collect()
+    };
     for row in rep
         .rows
         .iter()
@@ -835,7 +850,7 @@ async fn answer(
         o.insert("dimensions".into(), json!(row.dims));
         o.insert(
             "metrics".into(),
-            Value::Array(row.metrics.iter().map(|m| json_number(*m)).collect()),
+            Value::Array(cells(&row.metrics, &row.dims)),
         );
         if let Some((_, c)) = &comparison {
             // Rows match on their dimensions; a time bucket matches the bucket at the same
@@ -866,7 +881,7 @@ async fn answer(
                 "comparison".into(),
                 json!({
                     "dimensions": other.map(|r| r.dims.clone()).unwrap_or_default(),
-                    "metrics": cm.iter().map(|m| json_number(*m)).collect::<Vec<_>>(),
+                    "metrics": cells(&cm, &row.dims),
                     "change": q.metrics.iter().zip(row.metrics.iter().zip(&cm)).map(|(m, (a, b))| change(*m, *a, *b)).collect::<Vec<_>>(),
                 }),
             );
@@ -883,6 +898,15 @@ async fn answer(
     });
     if q.total_rows {
         meta["total_rows"] = json!(total_rows);
+    }
+    if let crate::money::Currencies::Unavailable(code) = currencies {
+        let warnings: Map<String, Value> = q
+            .metrics
+            .iter()
+            .filter(|m| crate::money::is_revenue(**m))
+            .map(|m| (m.name().to_string(), crate::money::warning(code)))
+            .collect();
+        meta["metric_warnings"] = Value::Object(warnings);
     }
     if q.imports {
         meta["imports_warning"] =
@@ -1182,6 +1206,8 @@ pub fn to_csv(q: &Query, doc: &Value) -> String {
             .map(|v| match v {
                 Value::Null => String::new(),
                 Value::String(s) => s.clone(),
+                // Revenue in the money shape: its number (the header names the metric).
+                Value::Object(o) => o.get("value").map(Value::to_string).unwrap_or_default(),
                 other => other.to_string(),
             })
             .chain(intervals.iter().map(|(_, v)| v.clone()))

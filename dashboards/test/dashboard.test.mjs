@@ -442,8 +442,9 @@ test("settings: goals and funnels saved through the admin API feed the goals pan
   await page.fill('#goal-form input[name="name"]', "Signup");
   await page.selectOption('#goal-form select[name="kind"]', "event_name");
   await page.fill('#goal-form input[name="value"]', "signup");
+  await page.fill('#goal-form input[name="currency"]', "eur");
   await page.click('#goal-form button[type="submit"]');
-  await page.waitForSelector('#goal-list li:has-text("Signup")');
+  await page.waitForSelector('#goal-list li:has-text("Signup, revenue in EUR")');
   await page.fill('#goal-form input[name="name"]', "Pricing");
   await page.selectOption('#goal-form select[name="kind"]', "page_path");
   await page.fill('#goal-form input[name="value"]', "/pricing");
@@ -483,7 +484,7 @@ test("settings: goals and funnels saved through the admin API feed the goals pan
   assert.equal(refused.status, 401);
   const site = await api(veil, `/api/v1/sites/${SITE}`);
   const settings = site.settings || site;
-  assert.deepEqual(settings.goals.map((g) => g.name), ["Signup", "Pricing"]);
+  assert.deepEqual(settings.goals.map((g) => [g.name, g.currency]), [["Signup", "EUR"], ["Pricing", undefined]]);
   assert.deepEqual(settings.funnels, [{ name: "Buy", steps: ["Pricing", "Signup"] }]);
 
   // The goals panel and the funnel, as the API computes them.

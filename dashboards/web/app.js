@@ -1327,7 +1327,8 @@
   function goals() {
     const list = h("ul", { id: "goal-list" });
     const draw = () => list.replaceChildren(...(S.settings.goals || []).map((g, i) => h("li", {},
-      h("span", { text: g.name + " — " + (g.event_name ? "event " + g.event_name : "page " + g.page_path) + " " }),
+      h("span", { text: g.name + " — " + (g.event_name ? "event " + g.event_name : "page " + g.page_path) +
+        (g.currency ? ", revenue in " + g.currency : "") + " " }),
       h("button", { type: "button", class: "link", "aria-label": "Delete goal " + g.name, text: "Delete",
         onclick: async () => { if (await saveSettings((n) => n.goals.splice(i, 1), "Goal deleted.")) draw(); } }))));
     draw();
@@ -1336,12 +1337,17 @@
       h("label", {}, "Kind", h("select", { name: "kind" }, h("option", { value: "event_name", text: "Custom event" }),
         h("option", { value: "page_path", text: "Page visit (path, * wildcard)" }))),
       h("label", {}, "Event name or path", h("input", { name: "value", required: true, autocomplete: "off" })),
+      // A revenue goal (custom events only): its ISO 4217 currency; the API checks the code.
+      h("label", {}, "Revenue currency (optional)", h("input", { name: "currency", autocomplete: "off", maxlength: 3,
+        placeholder: "EUR", pattern: "[A-Za-z]{3}" })),
       h("button", { type: "submit", text: "Add goal" }));
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const f = new FormData(form);
       const g = { name: String(f.get("name")).trim() };
       g[String(f.get("kind"))] = String(f.get("value")).trim();
+      const currency = String(f.get("currency") || "").trim().toUpperCase();
+      if (currency) g.currency = currency;
       if (await saveSettings((n) => { n.goals = (n.goals || []).concat([g]); }, "Goal added.")) { form.reset(); draw(); }
     });
     return section("Goals", list, form);

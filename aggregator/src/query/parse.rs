@@ -581,6 +581,12 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
             .iter()
             .filter_map(|g| Some((g.name.clone(), g.event_name.clone()?)))
             .collect(),
+        revenue_goals: site
+            .goals
+            .iter()
+            .filter(|g| g.currency.is_some() && g.event_name.is_some())
+            .cloned()
+            .collect(),
     };
     if site.child_directed {
         check_child_query(&q)?;

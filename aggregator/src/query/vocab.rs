@@ -394,6 +394,9 @@ pub struct Query {
     /// The site's goals completed by a custom event, as (goal name, event name): a filter on
     /// one such goal is a filter on that event name to the daily rollup's filtered rows.
     pub event_goals: Vec<(String, String)>,
+    /// The site's revenue goals (custom-event goals with a currency): revenue metrics sum
+    /// only the revenue an event carries in the currency of the goal it completes.
+    pub revenue_goals: Vec<crate::site::Goal>,
 }
 
 impl Query {
