@@ -556,6 +556,7 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
     }
     let (limit, offset) = pagination(raw.pagination.as_ref())?;
     let q = Query {
+        today,
         site: site_id,
         tz: tz.name().to_string(),
         metrics,

@@ -364,6 +364,9 @@ pub struct Query {
     pub from: NaiveDate,
     /// Last local day included.
     pub to: NaiveDate,
+    /// The site's local day when the question was asked: a comparison period is as long as
+    /// the range's days up to it ([`Query::comparison`]).
+    pub today: NaiveDate,
     /// Start of the range (UTC, inclusive).
     pub start: NaiveDateTime,
     /// End of the range (UTC, exclusive).
