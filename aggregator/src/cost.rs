@@ -3,11 +3,13 @@
 //! per-request rate limit of [`crate::auth`] and the per-query bounds of [`crate::db`]
 //! (`max_execution_time` = [`crate::MAX_EXECUTION_SECS`], memory).
 //!
-//! Wire format: a report request ([`crate::reports::ROUTES`]) over its credential's limit is
-//! answered `429 Too Many Requests` with `Retry-After: 1` and
+//! Wire format: a report request ([`crate::reports::ROUTES`]) over its credential's limit
+//! waits up to [`QUEUE_WAIT`] for a place (a dashboard page opens more panels than the bound,
+//! and a browser's abandoned page leaves its queries running to their end), then is answered
+//! `429 Too Many Requests` with `Retry-After: 1` and
 //! `{"error": "this credential already has N report requests under way …"}` (the dashboard
-//! waits and retries a 429 by itself). Nothing is queued: the request is refused before any
-//! query runs.
+//! waits and retries a 429 by itself). No query of a waiting request runs before it has its
+//! place.
 //!
 //! The bound counts queries under way: a report request holds one permit from before its
 //! first query until its answer is built, and runs its queries one after another under it.
@@ -41,10 +43,14 @@ pub const MAX_CONCURRENT_QUERIES: u32 = 1000;
 /// Seconds a refused request is told to wait (`Retry-After`): reports take about that long.
 pub const BUSY_RETRY_SECS: u64 = 1;
 
+/// How long a request over its credential's bound waits for a place before its 429.
+pub const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The permits of every credential with a report under way.
 #[derive(Debug)]
 pub struct Gate {
     limit: u32,
+    wait: std::time::Duration,
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
@@ -61,8 +67,16 @@ impl Gate {
     pub fn new(limit: u32) -> Self {
         Self {
             limit,
+            wait: QUEUE_WAIT,
             slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same gate with requests over the bound waiting `wait` for a place (zero: refused
+    /// at once).
+    pub fn with_wait(mut self, wait: std::time::Duration) -> Self {
+        self.wait = wait;
+        self
     }
 
     /// The bound per credential (0: none).
@@ -70,9 +84,9 @@ impl Gate {
         self.limit
     }
 
-    /// Takes a place for one report request of `access`, or [`Error::Busy`] when its
-    /// credential already has the limit under way. Never waits.
-    pub fn admit(&self, access: &Access) -> Result<Permit, Error> {
+    /// Takes a place for one report request of `access`, waiting up to the gate's wait for
+    /// one, or [`Error::Busy`] when its credential still has the limit under way then.
+    pub async fn admit(&self, access: &Access) -> Result<Permit, Error> {
         if self.limit == 0 || access.is_admin() {
             return Ok(Permit { _held: None });
         }
@@ -90,9 +104,12 @@ impl Gate {
                     .or_insert_with(|| Arc::new(Semaphore::new(self.limit as usize))),
             )
         };
-        match sem.try_acquire_owned() {
-            Ok(p) => Ok(Permit { _held: Some(p) }),
-            Err(_) => Err(Error::Busy {
+        if let Ok(p) = Arc::clone(&sem).try_acquire_owned() {
+            return Ok(Permit { _held: Some(p) });
+        }
+        match tokio::time::timeout(self.wait, sem.acquire_owned()).await {
+            Ok(Ok(p)) => Ok(Permit { _held: Some(p) }),
+            _ => Err(Error::Busy {
                 limit: self.limit,
                 retry_after: BUSY_RETRY_SECS,
             }),
@@ -120,27 +137,54 @@ mod tests {
         }
     }
 
-    #[test]
-    fn each_credential_has_its_own_bound_and_admin_none() {
-        let g = Gate::new(2);
-        let a1 = g.admit(&key("a")).unwrap();
-        let a2 = g.admit(&key("a")).unwrap();
+    #[tokio::test]
+    async fn each_credential_has_its_own_bound_and_admin_none() {
+        let wait = std::time::Duration::from_millis(100);
+        let g = Arc::new(Gate::new(2).with_wait(wait));
+        let a1 = g.admit(&key("a")).await.unwrap();
+        let a2 = g.admit(&key("a")).await.unwrap();
         assert_eq!(g.under_way("key:a"), 2);
-        match g.admit(&key("a")) {
+        // A third waits its wait, then is refused.
+        let t0 = std::time::Instant::now();
+        match g.admit(&key("a")).await {
             Err(Error::Busy { limit, retry_after }) => {
                 assert_eq!((limit, retry_after), (2, BUSY_RETRY_SECS))
             }
             other => panic!("{other:?}"),
         }
-        let b = g.admit(&key("b")).unwrap();
-        let admins: Vec<Permit> = (0..10).map(|_| g.admit(&Access::Admin).unwrap()).collect();
+        assert!(t0.elapsed() >= wait);
+        let b = g.admit(&key("b")).await.unwrap();
+        let mut admins = Vec::new();
+        for _ in 0..10 {
+            admins.push(g.admit(&Access::Admin).await.unwrap());
+        }
+        // A waiting request takes the place given back within its wait (a minute: however
+        // slow the machine, the place is given back first).
+        let g = Arc::new(Gate::new(2).with_wait(std::time::Duration::from_secs(60)));
+        let (a1, a2) = (
+            g.admit(&key("a")).await.unwrap(),
+            g.admit(&key("a")).await.unwrap(),
+        );
+        let waiting = {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move { g.admit(&key("a")).await.map(|_| ()) })
+        };
+        tokio::time::sleep(wait).await;
+        assert!(
+            !waiting.is_finished(),
+            "the third waits while two are under way"
+        );
         drop(a1);
+        waiting.await.unwrap().unwrap();
         assert_eq!(g.under_way("key:a"), 1);
-        let a3 = g.admit(&key("a")).unwrap();
+        let a3 = g.admit(&key("a")).await.unwrap();
         drop((a2, a3, b, admins));
         assert_eq!(g.under_way("key:a"), 0);
         let off = Gate::new(0);
-        let many: Vec<Permit> = (0..10).map(|_| off.admit(&key("a")).unwrap()).collect();
+        let mut many = Vec::new();
+        for _ in 0..10 {
+            many.push(off.admit(&key("a")).await.unwrap());
+        }
         assert_eq!(many.len(), 10);
     }
 }

@@ -107,7 +107,7 @@ pub async fn route(
     let domain = domain.unwrap_or_default();
     // One place under the credential's bound ([`crate::cost`]) for the whole request: every
     // query it runs, an export's included, runs while it is held.
-    let _permit = match agg.cost().admit(access) {
+    let _permit = match agg.cost().admit(access).await {
         Ok(p) => p,
         Err(e) => return Some(Err(e)),
     };

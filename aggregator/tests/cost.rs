@@ -246,7 +246,7 @@ async fn a_credential_past_its_limit_gets_429_while_others_go_on() {
         stalled.seen.load(Ordering::SeqCst) >= 2 && slow.cost().under_way(&c1) == 2
     })
     .await;
-    // A third is refused at once, before it reaches ClickHouse.
+    // A third waits cost::QUEUE_WAIT for a place, then is refused, never reaching ClickHouse.
     let r = call(&slow, "POST", "/api/v2/query", &k1, Some(query_body())).await;
     assert_eq!(r.status, 429);
     assert_eq!(r.headers["retry-after"], "1");
