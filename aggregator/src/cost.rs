@@ -141,8 +141,10 @@ mod tests {
     async fn each_credential_has_its_own_bound_and_admin_none() {
         let wait = std::time::Duration::from_millis(100);
         let g = Arc::new(Gate::new(2).with_wait(wait));
-        let a1 = g.admit(&key("a")).await.unwrap();
-        let a2 = g.admit(&key("a")).await.unwrap();
+        let held = (
+            g.admit(&key("a")).await.unwrap(),
+            g.admit(&key("a")).await.unwrap(),
+        );
         assert_eq!(g.under_way("key:a"), 2);
         // A third waits its wait, then is refused.
         let t0 = std::time::Instant::now();
@@ -158,6 +160,7 @@ mod tests {
         for _ in 0..10 {
             admins.push(g.admit(&Access::Admin).await.unwrap());
         }
+        drop(held);
         // A waiting request takes the place given back within its wait (a minute: however
         // slow the machine, the place is given back first).
         let g = Arc::new(Gate::new(2).with_wait(std::time::Duration::from_secs(60)));
