@@ -6,12 +6,17 @@
 //! `{"site":…,"rows":…,"visitor_days":…,"seconds":…,"rows_per_second":…,"end":…}`.
 //!
 //! `veil up --demo` serves [`DEMO_SITE`] too and, when that site has no events yet, fills it
-//! with [`DEMO_EVENTS`] events over 30 days before it starts listening.
+//! with [`DEMO_EVENTS`] events over 30 days before it starts listening. While the site has no
+//! stored settings it also gets goals for the generated events (`Signup`, `Purchase` as a
+//! USD revenue goal, `Outbound Link: Click`, a visit to `/pricing`) and the funnel
+//! `Pricing → Signup → Purchase` ([`demo_settings`]), so the conversion story shows from the
+//! first screen; settings changed since are kept.
 
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 use veil_schemas::gen::{generate, GenOptions};
+use veil_schemas::registry::{Registry, SiteSettings};
 use veil_schemas::sql;
 use veil_schemas::sql::{lit, Run};
 
@@ -65,8 +70,47 @@ pub async fn run(s: &Settings, args: &GenArgs) -> Result<()> {
     Ok(())
 }
 
-/// Fills [`DEMO_SITE`] with 30 days of generated traffic unless it already has events.
+/// The demo site's settings: those its flags give it (`--min-visitors`, `--timezone`, …) with
+/// goals and a funnel for the events [`veil_schemas::gen`] writes.
+pub fn demo_settings(s: &Settings) -> SiteSettings {
+    let goals = serde_json::json!([
+        {"name": "Signup", "event_name": "Signup"},
+        {"name": "Purchase", "event_name": "Purchase", "currency": "USD"},
+        {"name": "Outbound Link: Click", "event_name": "Outbound Link: Click"},
+        {"name": "Visit /pricing", "page_path": "/pricing"},
+    ]);
+    let funnels = serde_json::json!([
+        {"name": "Pricing to purchase", "steps": ["Visit /pricing", "Signup", "Purchase"]},
+    ]);
+    SiteSettings {
+        goals: goals.as_array().cloned().unwrap_or_default(),
+        funnels: funnels.as_array().cloned().unwrap_or_default(),
+        ..s.aggregator.flag_settings(DEMO_SITE)
+    }
+}
+
+/// Stores [`demo_settings`] for [`DEMO_SITE`] unless it has stored settings already.
+async fn demo_goals(s: &Settings) -> Result<()> {
+    let reg = Registry::new(&s.clickhouse);
+    let snap = reg.refresh().await.context("loading the site registry")?;
+    if snap.site(DEMO_SITE).is_some() {
+        return Ok(());
+    }
+    let settings = demo_settings(s);
+    settings
+        .validate()
+        .map_err(|e| anyhow::anyhow!("the demo site's settings: {e}"))?;
+    reg.put_site(DEMO_SITE, settings)
+        .await
+        .context("storing the demo site's goals")?;
+    eprintln!("veil: demo site {DEMO_SITE}: goals Signup, Purchase (revenue), Outbound Link: Click, Visit /pricing and a funnel");
+    Ok(())
+}
+
+/// Fills [`DEMO_SITE`] with 30 days of generated traffic unless it already has events, and
+/// gives it goals and a funnel while it has no stored settings.
 pub async fn demo(s: &Settings) -> Result<()> {
+    demo_goals(s).await?;
     let client = s.clickhouse.client();
     let existing: u64 = client
         .sql(&sql!(

@@ -279,6 +279,56 @@ fn up_demo_fills_the_demo_site_once_and_links_it() {
         r["results"][0]["metrics"][0].as_u64().unwrap() > 10_000,
         "{r}"
     );
+    // Goals for the generated events and a funnel: revenue in the Purchase goal's dollars,
+    // and the funnel's steps answered.
+    let (status, body) = http(v.addr, "GET", "/api/v1/sites/demo.veil.local", &[], "");
+    assert_eq!(status, 200, "{body}");
+    let site: Value = serde_json::from_str(&body).unwrap();
+    let settings = if site["settings"].is_object() {
+        &site["settings"]
+    } else {
+        &site
+    };
+    let goals: Vec<&str> = settings["goals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        goals,
+        [
+            "Signup",
+            "Purchase",
+            "Outbound Link: Click",
+            "Visit /pricing"
+        ],
+        "{site}"
+    );
+    let (status, body) = http(
+        v.addr,
+        "POST",
+        "/api/v2/query",
+        &[("Content-Type", "application/json")],
+        r#"{"site_id":"demo.veil.local","metrics":["total_revenue"],"date_range":"30d","filters":[["is","event:goal",["Purchase"]]]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["results"][0]["metrics"][0]["currency"], "USD", "{r}");
+    assert!(
+        r["results"][0]["metrics"][0]["value"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
+    let (status, body) = http(
+        v.addr,
+        "POST",
+        "/api/v2/funnel",
+        &[("Content-Type", "application/json")],
+        r#"{"site_id":"demo.veil.local","funnel":"Pricing to purchase","date_range":"30d"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let f: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(f["steps"].as_array().unwrap().len(), 3, "{f}");
     stop(v);
 
     // A second start keeps the data and does not generate again.
