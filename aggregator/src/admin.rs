@@ -10,6 +10,9 @@
 //!   take the flag-seeded defaults); `DELETE` → `{"deleted": "a.com", "still_defined_by_flags": false}`
 //!   unregisters the stored record and revokes its keys and links (data stays: `veil erase-site`
 //!   erases it); a site defined only by flags answers 409;
+//! - `GET /api/v1/sites/{domain}/install-check` → `{"site", "receiving": true|false}`: whether
+//!   any event of the site is stored yet (onboarding's install check; readers of the site too;
+//!   a yes or no, never a count or a time);
 //! - `POST /api/v1/sites/{domain}/erase` `{"confirm": "{domain}"}` → `{"erased", "rows",
 //!   "tables": {TABLE: ROWS}}`: deletes every event and report row of the site for good (what
 //!   `veil erase-site` does; the site stays registered; people and the audit log stay), owners
@@ -49,6 +52,8 @@ use serde_json::{json, Map, Value};
 use veil_schemas::people::{Role, ALL_SITES};
 use veil_schemas::policy;
 use veil_schemas::registry::{normalize_domain, KeyRecord, SiteSettings, MAX_NAME_BYTES};
+use veil_schemas::sql;
+use veil_schemas::sql::lit;
 
 use crate::auth::{self, Access};
 use crate::http::{json_response, HttpResponse};
@@ -271,6 +276,23 @@ pub(crate) async fn route(
                 }
                 _ => Err(Error::MethodNotAllowed("GET, PUT, DELETE")),
             }
+        }
+        [raw, "install-check"] => {
+            // Onboarding: whether any event of the site has been stored yet. A yes or no, never
+            // a count or a time (neither describes an aggregate); any reader of the site.
+            let (d, _, _) = agg.scoped(access, raw)?;
+            if m != Method::GET {
+                return Err(Error::MethodNotAllowed("GET"));
+            }
+            let q = sql!(
+                "SELECT count() FROM (SELECT 1 FROM events WHERE site = {} LIMIT 1)",
+                lit(&d)
+            );
+            let receiving = crate::db::count(agg.client(), &q).await? > 0;
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"site": d, "receiving": receiving}),
+            ))
         }
         [raw, "erase"] => {
             let (d, _, _) = agg.scoped(access, raw)?;

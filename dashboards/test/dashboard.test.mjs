@@ -13,6 +13,7 @@ import { join } from "node:path";
 import {
   startVeil, seed, browser, open, screenshot, settled, query, api, send, sql, waitFor, XSS, UA, SITE, ADMIN, shots,
 } from "./fixture.mjs";
+import { pageServer } from "../../testing/browser/harness.mjs";
 
 let veil, chrome;
 
@@ -743,5 +744,34 @@ test("filtered traffic: a site that keeps bots shows them as \"Kept bots (flagge
   }));
   assert.deepEqual(group, { title: "Kept bots (flagged)", rows: want.stored_bots.map((r) => [r.reason, r.reason === "bot_crawler" ? "Crawlers" : r.reason, str(r.events)]) });
   noProblems(page);
+  await page.close_all();
+});
+
+test("onboarding: a new site's settings show its snippets; the install check turns green when the copied snippet's page is opened", async () => {
+  const fresh = "fresh-install.example";
+  await api(veil, "/api/v1/sites", { body: { domain: fresh } });
+  const page = await open(chrome);
+  await page.goto(`${veil.url}/site/${fresh}/settings`);
+  await page.waitForSelector('#install-check[data-state="waiting"]');
+  assert.match(await page.$eval("#install-check", (e) => e.textContent), /No event yet/);
+  const snippet = await page.$eval("#snippet-0", (e) => e.textContent);
+  assert.equal(snippet, `<script defer src="${veil.url}/js/veil.js" data-domain="${fresh}"></script>`);
+  // The snippet as copied, on a page of the site (another origin), in a browser that is not
+  // announced as headless (Veil drops those as bots).
+  const site = await pageServer({ "/": `<!doctype html><html><head><title>Fresh</title>${snippet}</head><body>Hello</body></html>` });
+  const ctx = await chrome.newContext({ userAgent: UA.chrome });
+  try {
+    const visitor = await ctx.newPage();
+    await visitor.goto(site.origin + "/");
+    // Polled every 3 s by the page; green once the event is stored.
+    await page.waitForSelector('#install-check[data-state="receiving"]', { timeout: 30_000 });
+    assert.match(await page.$eval("#install-check", (e) => e.textContent), /Receiving events/);
+    assert.deepEqual(await api(veil, `/api/v1/sites/${fresh}/install-check`), { site: fresh, receiving: true });
+  } finally {
+    await ctx.close();
+    await site.close();
+  }
+  await screenshot(page, "settings-install");
+  assert.deepEqual(page.problems, []);
   await page.close_all();
 });

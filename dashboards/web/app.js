@@ -1278,7 +1278,7 @@
         S.site + "; you can read its dashboard and export its data." }), h("p", {}, h("a", { href: "/site/" + encodeURIComponent(S.site), text: "Back to the dashboard" })));
       return;
     }
-    const parts = [general(site), goals(), funnels(), await keysSection(), await ingestSection(), await linksSection()];
+    const parts = [installSection(), general(site), goals(), funnels(), await keysSection(), await ingestSection(), await linksSection()];
     // People of a site are its admins' and owners'; session-less tokens have no account to invite from.
     if (S.me) parts.push(await peopleSection());
     if (rank >= RANK.owner && S.me) parts.push(await auditSection());
@@ -1296,6 +1296,53 @@
       status(okMsg);
       return true;
     } catch (e) { status("Saving failed: " + e.message); return false; }
+  }
+  // Onboarding: the snippets that send this site's events to this Veil (its own tracker and
+  // the drop-ins for Plausible's, Umami's and Aptabase's), each with a copy button, and an
+  // install check that asks every 3 s whether an event has arrived and turns green when one has.
+  function installSection() {
+    const origin = location.origin;
+    const site = S.site;
+    const alias = (S.settings.aliases || [])[0] || "WEBSITE_ID";
+    const snippets = [
+      ["Veil's tracker", `<script defer src="${origin}/js/veil.js" data-domain="${site}"></script>`],
+      ["Plausible's tracker (npm)", `import { init } from "@plausible-analytics/tracker";\ninit({ domain: "${site}", endpoint: "${origin}/api/event" });`],
+      ["Umami's script (add the website id as an alias of this site)", `<script defer src="/umami.js" data-website-id="${alias}" data-host-url="${origin}"></script>`],
+      ["Aptabase's SDK (the app key as an alias of this site)", `import { init } from "@aptabase/web";\ninit("${alias}", { host: "${origin}" });`],
+    ];
+    const blocks = snippets.map(([label, code], i) => {
+      const pre = h("pre", { class: "snippet", id: "snippet-" + i }, h("code", { text: code }));
+      const copy = h("button", { type: "button", class: "secondary", text: "Copy", "aria-label": "Copy: " + label,
+        onclick: async () => {
+          try { await navigator.clipboard.writeText(code); status("Copied: " + label + "."); }
+          catch { status("Copying is not allowed here: select the text and copy it."); }
+        } });
+      return h("div", { class: "snippet-block" }, h("h3", { text: label }), pre, copy);
+    });
+    const check = h("p", { id: "install-check", class: "hint", role: "status", "aria-live": "polite",
+      text: "Checking for events…" });
+    const path = "/api/v1/sites/" + encodeURIComponent(site) + "/install-check";
+    const tick = async () => {
+      try {
+        const r = await api(path);
+        if (S.page !== "settings" || S.site !== site) return clearInterval(S.timer);
+        if (r.receiving) {
+          clearInterval(S.timer);
+          check.className = "ok";
+          check.dataset.state = "receiving";
+          check.textContent = "Receiving events: the site is set up.";
+        } else {
+          check.dataset.state = "waiting";
+          check.textContent = "No event yet: add a snippet to the site and open one of its pages.";
+        }
+      } catch (e) {
+        check.textContent = "Install check failed: " + e.message;
+      }
+    };
+    clearInterval(S.timer);
+    tick();
+    S.timer = setInterval(tick, 3000);
+    return section("Install", h("p", { class: "hint", text: "Send this site's events here with one of these:" }), ...blocks, check);
   }
   function section(title, ...children) { return h("section", { class: "card", "aria-label": title }, h("h2", { text: title }), children); }
   function general() {
@@ -1789,6 +1836,7 @@
     }
   }
   async function route() {
+    clearInterval(S.timer); // a realtime refresh or an install check belongs to the page left
     const path = location.pathname;
     let m;
     const params = new URLSearchParams(location.search);
