@@ -440,6 +440,9 @@ test("settings: goals and funnels saved through the admin API feed the goals pan
   const page = await open(chrome);
   await page.goto(`${veil.url}/site/${SITE}/settings`);
   await page.waitForSelector("#goal-form");
+  // The goal form suggests the custom events the site receives (the API's event:name rows).
+  await waitFor(() => page.$$eval("#seen-events option", (os) => os.map((o) => o.value)), (v) => v.includes("signup"),
+    { what: (v) => "suggested events: " + JSON.stringify(v) });
   await page.fill('#goal-form input[name="name"]', "Signup");
   await page.selectOption('#goal-form select[name="kind"]', "event_name");
   await page.fill('#goal-form input[name="value"]', "signup");
@@ -772,6 +775,16 @@ test("onboarding: a new site's settings show its snippets; the install check tur
     await site.close();
   }
   await screenshot(page, "settings-install");
+  // The time zone is chosen from the zones the browser knows; saved, the API has it.
+  assert.equal(await page.$eval('#general-form select[name="timezone"]', (s) => s.value), "UTC");
+  await page.selectOption('#general-form select[name="timezone"]', "Europe/Berlin");
+  await page.click('#general-form button[type="submit"]');
+  await waitFor(async () => (await api(veil, `/api/v1/sites/${fresh}`)).settings?.timezone ?? (await api(veil, `/api/v1/sites/${fresh}`)).timezone,
+    (tz) => tz === "Europe/Berlin", { what: (tz) => "timezone " + tz });
+  // Its dashboard says there is no goal yet and links to where one is set up.
+  await page.goto(`${veil.url}/site/${fresh}?period=day`);
+  await page.waitForSelector("#no-goals a");
+  assert.equal(await page.$eval("#no-goals a", (a) => new URL(a.href).pathname), `/site/${fresh}/settings`);
   assert.deepEqual(page.problems, []);
   await page.close_all();
 });
