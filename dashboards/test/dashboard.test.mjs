@@ -124,8 +124,19 @@ test("login asks for a token, keeps it in sessionStorage only, and lists the sit
   await page.press("#token", "Enter");
   await page.waitForSelector(`#site-list li[data-site="${SITE}"] .n[data-value]`);
   const shown = await page.$eval(`#site-list li[data-site="${SITE}"] .n`, (e) => e.dataset.value);
-  const api7d = await query(veil, { metrics: ["visitors"] });
+  const api7d = await query(veil, { metrics: ["visitors"], include: { comparisons: { mode: "previous_period" } } });
   assert.equal(shown, str(api7d.results[0].metrics[0]));
+  // Beside it, the change against the 7 days before and a line of the days: the API's.
+  const change = await page.waitForSelector(`#site-list li[data-site="${SITE}"] .site-change .change[data-change]`);
+  assert.equal(await change.evaluate((e) => e.dataset.change), str(api7d.results[0].comparison.change[0]));
+  const days = await query(veil, { metrics: ["visitors"], dimensions: ["time:day"], include: { time_labels: true } });
+  const want = days.meta.time_labels.map((l) => { const r = days.results.find((x) => x.dimensions[0] === l); return r && r.metrics[0] !== null ? String(r.metrics[0]) : ""; });
+  await waitFor(() => page.$eval(`#site-list li[data-site="${SITE}"] .spark`, (e) => e.dataset.points ?? null), (p) => p !== null,
+    { what: "no sparkline drawn" });
+  assert.equal(await page.$eval(`#site-list li[data-site="${SITE}"] .spark`, (e) => e.dataset.points), want.join(","));
+  assert.ok(await page.$(`#site-list li[data-site="${SITE}"] .spark canvas`), "the sparkline is a chart");
+  assert.equal(want.length, 7);
+  assert.ok(want.filter(Boolean).length >= 1, "the known dataset has visitors in the 7 days: " + want);
   const storage = await page.evaluate(() => ({ session: sessionStorage.getItem("veil-token"), local: localStorage.length, cookie: document.cookie }));
   assert.deepEqual(storage, { session: ADMIN, local: 0, cookie: "" });
   await screenshot(page, "sites");

@@ -1245,11 +1245,25 @@
     }
     for (const d of sites) {
       const n = h("span", { class: "n", text: "…" });
+      const change = h("span", { class: "site-change" });
+      const spark = h("span", { class: "spark", "aria-hidden": "true" });
       list.append(h("li", { "data-site": d }, h("a", { href: "/site/" + encodeURIComponent(d), text: d }), n,
-        h("span", { class: "hint", text: "visitors in the last 7 days" })));
-      api("/api/v2/query", { body: { site_id: d, metrics: ["visitors"], date_range: "7d" } })
-        .then((r) => { putNumber(n, "visitors", ((r.results || [])[0] || { metrics: [0] }).metrics[0], privacyOf(r)); })
+        h("span", { class: "hint", text: "visitors in the last 7 days" }), change, spark));
+      // The 7 days' visitors with their change against the 7 days before, and a sparkline of
+      // the days: the Stats API's answers (so, under differential privacy, its noisy ones).
+      api("/api/v2/query", { body: { site_id: d, metrics: ["visitors"], date_range: "7d",
+        include: { comparisons: { mode: "previous_period" } } } })
+        .then((r) => {
+          const row = (r.results || [])[0] || { metrics: [0] };
+          putNumber(n, "visitors", row.metrics[0], privacyOf(r));
+          const c = row.comparison && row.comparison.change ? row.comparison.change[0] : null;
+          change.replaceChildren(changeBadge("visitors", c, privacyOf(r)));
+        })
         .catch((e) => { n.textContent = "—"; n.title = e.message; });
+      api("/api/v2/query", { body: { site_id: d, metrics: ["visitors"], date_range: "7d", dimensions: ["time:day"],
+        include: { time_labels: true } } })
+        .then((r) => sparkline(spark, r))
+        .catch(() => { /* the number above already says what failed */ });
     }
     // Adding a site needs the owner role on every site (or the admin token): /me says so.
     const form = $("add-site");
@@ -1263,6 +1277,20 @@
         renderSites();
       } catch (e) { status("Adding the site failed: " + e.message); }
     };
+  }
+  // A site's last days as a small line (uPlot, no axes): every day of the answer's time labels,
+  // a day without a row (or hidden under k) drawn as a gap.
+  function sparkline(el, r) {
+    const labels = (r.meta && r.meta.time_labels) || [];
+    if (!labels.length || typeof uPlot === "undefined") return;
+    const by = new Map((r.results || []).map((x) => [String(x.dimensions[0]), x.metrics[0]]));
+    const ys = labels.map((l) => { const v = by.get(String(l)); return v === null || v === undefined ? null : Number(v); });
+    el.dataset.points = ys.map((v) => (v === null ? "" : String(v))).join(",");
+    el.replaceChildren();
+    new uPlot({ width: 96, height: 28, legend: { show: false }, cursor: { show: false }, axes: [{ show: false }, { show: false }],
+      scales: { x: { time: false }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+      series: [{}, { stroke: cssVar("--accent"), width: 1.5, fill: cssVar("--bar") + "80" }] },
+    [labels.map((_, i) => i), ys], el);
   }
   // Site keys are "vk_…" and shared-link tokens "vl_…" (the API's wire format); anything else
   // (or no token, on an open loopback deployment) is the admin token.
