@@ -119,7 +119,11 @@ async fn seed(ch: &ClickHouseConfig) {
                 lit(common::SITE),
                 lit(&visitor),
                 lit(if g.referrer.is_empty() { "" } else { "News" }),
-                lit(if g.referrer.is_empty() { "Direct" } else { "Referral" }),
+                lit(if g.referrer.is_empty() {
+                    "Direct"
+                } else {
+                    "Referral"
+                }),
                 lit(g.referrer),
                 lit(g.utm_source),
                 lit(g.device),
@@ -192,7 +196,13 @@ async fn check(ch: &ClickHouseConfig) {
     );
     assert_eq!(
         by("visit:os_version").await,
-        pairs(&[("10", 5), ("11", 5), ("10.15", 5), ("(not set)", 6), ("17.1", 7)])
+        pairs(&[
+            ("10", 5),
+            ("11", 5),
+            ("10.15", 5),
+            ("(not set)", 6),
+            ("17.1", 7)
+        ])
     );
     assert_eq!(
         by("visit:browser").await,
@@ -205,7 +215,11 @@ async fn check(ch: &ClickHouseConfig) {
     );
     assert_eq!(
         by("visit:country_name").await,
-        pairs(&[("United Kingdom", 10), ("United States", 12), ("Germany", 6)])
+        pairs(&[
+            ("United Kingdom", 10),
+            ("United States", 12),
+            ("Germany", 6)
+        ])
     );
     assert_eq!(
         by("visit:utm_source").await,
@@ -318,8 +332,7 @@ async fn stored_words_answer_in_plausibles_vocabulary_from_raw_events_and_rollup
     );
     // `Windows` is one word for several stored ones: visit rows answer.
     assert_eq!(
-        src(json!({"metrics": ["visitors"], "filters": [["is", "visit:os", ["Windows"]]]}))
-            .await,
+        src(json!({"metrics": ["visitors"], "filters": [["is", "visit:os", ["Windows"]]]})).await,
         "visits"
     );
     check(&ch).await;

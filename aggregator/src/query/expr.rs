@@ -65,9 +65,7 @@ pub(super) fn dim_expr(d: &Dim, src: Source, q: &Query, site: &SiteView) -> Sql 
         DimKind::Event(_) if src == Source::VisitsDaily => Sql::new("value"),
         DimKind::Event(c) => Sql::new(c),
         // Stored words answered in Plausible's vocabulary (`labels`).
-        DimKind::Visitor(c) if src == Source::VisitsDaily => {
-            label_sql(c, Sql::new("value"), None)
-        }
+        DimKind::Visitor(c) if src == Source::VisitsDaily => label_sql(c, Sql::new("value"), None),
         DimKind::Visitor(c) => {
             let os = (*c == "os_version").then(|| Sql::new("os"));
             label_sql(c, Sql::new(c), os)

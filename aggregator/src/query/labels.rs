@@ -280,8 +280,16 @@ mod tests {
     #[test]
     fn filter_values_select_one_stored_value_or_read_visits() {
         assert_eq!(stored_value("device", "Mobile").as_deref(), Some("mobile"));
-        assert_eq!(stored_value("device", "Desktop"), None, "desktop and appliance");
-        assert_eq!(stored_value("device", "desktop"), None, "answered as Desktop");
+        assert_eq!(
+            stored_value("device", "Desktop"),
+            None,
+            "desktop and appliance"
+        );
+        assert_eq!(
+            stored_value("device", "desktop"),
+            None,
+            "answered as Desktop"
+        );
         assert_eq!(stored_value("device", "(not set)"), None, "'' and unknown");
         assert_eq!(stored_value("os", "Mac").as_deref(), Some("Mac OSX"));
         assert_eq!(stored_value("os", "GNU/Linux").as_deref(), Some("Linux"));
@@ -314,7 +322,10 @@ mod tests {
     #[test]
     fn label_sql_is_one_transform() {
         let s = label_sql("device", Sql::new("device"), None);
-        assert!(s.as_str().starts_with("transform(device, ['', 'desktop'"), "{s}");
+        assert!(
+            s.as_str().starts_with("transform(device, ['', 'desktop'"),
+            "{s}"
+        );
         assert_eq!(
             label_sql("entry_page", Sql::new("entry_page"), None).as_str(),
             "entry_page"
