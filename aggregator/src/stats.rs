@@ -17,7 +17,8 @@
 //!   the visitors its filters select (F) reach k *and* those they leave out (T − F, T being the
 //!   same query without filters) are none or reach k too, so neither the filtered group nor its
 //!   complement can be a small group isolated by subtraction (the differencing guard; with
-//!   `conversion_rate` the goal-less denominator filter is held to the same rule).
+//!   `conversion_rate` or `group_conversion_rate` the denominator's filter, goal and top-level
+//!   property conditions taken out, is held to the same rule).
 //!
 //! For child-directed sites (no visitor hash) event counts take the place of visitors.
 //!
@@ -150,7 +151,10 @@ async fn report(
                             if additive(*m)
                                 || matches!(
                                     m,
-                                    Metric::Visitors | Metric::ConversionRate | Metric::Percentage
+                                    Metric::Visitors
+                                        | Metric::ConversionRate
+                                        | Metric::GroupConversionRate
+                                        | Metric::Percentage
                                 )
                             {
                                 number(v)
@@ -199,11 +203,16 @@ async fn report(
     })
 }
 
-/// The query's filter without its goal conditions (for conversion-rate denominators).
+/// The two conversion rates, each divided by its own denominator ([`conversion_base`]).
+const CONVERSIONS: [Metric; 2] = [Metric::ConversionRate, Metric::GroupConversionRate];
+
+/// The query's filter without its goal conditions and its top-level custom-property
+/// conditions (Plausible's conversion-rate denominators leave both out: "visitors who did X
+/// with property P" over "visitors").
 fn strip_goals(f: &Filter) -> Result<Option<Filter>, Error> {
     let has_goal = |f: &Filter| f.dims().iter().any(|d| d.kind == DimKind::Goal);
     Ok(match f {
-        Filter::Cond { dim, .. } if dim.kind == DimKind::Goal => None,
+        Filter::Cond { dim, .. } if matches!(dim.kind, DimKind::Goal | DimKind::Prop(_)) => None,
         Filter::Cond { .. } => Some(f.clone()),
         Filter::And(v) => {
             let kept: Vec<Filter> = v
@@ -227,16 +236,21 @@ fn strip_goals(f: &Filter) -> Result<Option<Filter>, Error> {
     })
 }
 
-/// A conversion rate's denominator question: visitors by `q`'s dimensions other than goals
-/// (their positions in `q`), without the goal filter.
-fn conversion_base(q: &Query) -> Result<(Vec<usize>, Query), Error> {
-    let keep: Vec<usize> = q
-        .dimensions
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| d.kind != DimKind::Goal)
-        .map(|(i, _)| i)
-        .collect();
+/// A conversion rate's denominator question: visitors without the goal (and top-level
+/// property) filter, by no dimension for `conversion_rate` (one total for every row, as
+/// Plausible's) and by `q`'s non-goal dimensions for `group_conversion_rate`; with the
+/// positions in `q` of the dimensions kept.
+fn conversion_base(q: &Query, rate: Metric) -> Result<(Vec<usize>, Query), Error> {
+    let keep: Vec<usize> = match rate {
+        Metric::GroupConversionRate => q
+            .dimensions
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.kind != DimKind::Goal)
+            .map(|(i, _)| i)
+            .collect(),
+        _ => Vec::new(),
+    };
     let mut base = q.clone();
     base.dimensions = keep
         .iter()
@@ -251,8 +265,18 @@ fn conversion_base(q: &Query) -> Result<(Vec<usize>, Query), Error> {
     Ok((keep, base))
 }
 
-/// Fills in conversion rates: visitors of the row ÷ visitors of the same non-goal dimensions
-/// without the goal filter.
+/// A row's rate from its converted visitors and its denominator, percent with one decimal;
+/// 0 over an empty denominator (as Plausible's), `None` when either is unknown (withheld).
+fn rate(converted: Option<f64>, total: Option<f64>) -> Option<f64> {
+    match (converted, total) {
+        (Some(c), Some(t)) if t > 0.0 => Some(((c * 1000.0 / t).round() / 10.0).min(100.0)),
+        (Some(_), Some(_)) => Some(0.0),
+        _ => None,
+    }
+}
+
+/// Fills in conversion rates: visitors of the row ÷ the visitors of its denominator
+/// ([`conversion_base`]).
 async fn conversion_rates(
     client: &clickhouse::Client,
     site: &SiteView,
@@ -260,32 +284,31 @@ async fn conversion_rates(
     rep: &mut Report,
     builds: &mut Builds,
 ) -> Result<(), Error> {
-    let Some(ci) = q.metrics.iter().position(|m| *m == Metric::ConversionRate) else {
-        return Ok(());
-    };
-    let (keep, base) = conversion_base(q)?;
-    let built = builds.for_query(client, site, &base).await?;
-    let sql = query::assemble::sql(&base, site, &built, None);
-    let totals = fetch(client, &sql).await?;
-    let lookup = keyed_totals(&totals, base.dimensions.len());
-    for row in &mut rep.rows {
-        let key: Vec<String> = keep
-            .iter()
-            .filter_map(|i| row.dims.get(*i).cloned())
-            .collect();
-        let folded = row.folded > 0;
-        let Some(slot) = row.metrics.get_mut(ci) else {
+    for which in CONVERSIONS {
+        let Some(ci) = q.metrics.iter().position(|m| *m == which) else {
             continue;
         };
-        if folded {
-            *slot = None;
-            continue;
+        let (keep, base) = conversion_base(q, which)?;
+        let built = builds.for_query(client, site, &base).await?;
+        let sql = query::assemble::sql(&base, site, &built, None);
+        let totals = fetch(client, &sql).await?;
+        let lookup = keyed_totals(&totals, base.dimensions.len());
+        for row in &mut rep.rows {
+            let key: Vec<String> = keep
+                .iter()
+                .filter_map(|i| row.dims.get(*i).cloned())
+                .collect();
+            let folded = row.folded > 0;
+            let Some(slot) = row.metrics.get_mut(ci) else {
+                continue;
+            };
+            if folded {
+                *slot = None;
+                continue;
+            }
+            let total = lookup.iter().find(|(k, _)| *k == key).map(|(_, t)| *t);
+            *slot = rate(*slot, total);
         }
-        let total = lookup.iter().find(|(k, _)| *k == key).map(|(_, t)| *t);
-        *slot = match (*slot, total) {
-            (Some(conv), Some(t)) if t > 0.0 => Some((conv * 1000.0 / t).round() / 10.0),
-            _ => None,
-        };
     }
     Ok(())
 }
@@ -348,7 +371,7 @@ pub async fn too_few(
         return Ok(false);
     };
     let mut filters = vec![Some(f.clone())];
-    if q.metrics.contains(&Metric::ConversionRate) {
+    if q.metrics.iter().any(|m| CONVERSIONS.contains(m)) {
         let base = strip_goals(f)?;
         if base.as_ref() != Some(f) {
             filters.push(base);
@@ -802,6 +825,21 @@ async fn answer(
         .as_ref()
         .map(|(cq, _)| cq.time_labels())
         .unwrap_or_default();
+    // Revenue cells in Plausible's money shape (after the privacy module: the published number).
+    let currencies = crate::money::resolve(q, site);
+    let cells = |values: &[Option<f64>], dims: &[String]| -> Vec<Value> {
+        q.metrics
+            .iter()
+            .zip(values)
+            .map(|(m, v)| {
+                if crate::money::is_revenue(*m) {
+                    crate::money::cell(*v, &currencies, dims, q)
+                } else {
+                    json_number(*v)
+                }
+            })
+            .collect()
+    };
     for row in rep
         .rows
         .iter()
@@ -812,7 +850,7 @@ async fn answer(
         o.insert("dimensions".into(), json!(row.dims));
         o.insert(
             "metrics".into(),
-            Value::Array(row.metrics.iter().map(|m| json_number(*m)).collect()),
+            Value::Array(cells(&row.metrics, &row.dims)),
         );
         if let Some((_, c)) = &comparison {
             // Rows match on their dimensions; a time bucket matches the bucket at the same
@@ -843,7 +881,7 @@ async fn answer(
                 "comparison".into(),
                 json!({
                     "dimensions": other.map(|r| r.dims.clone()).unwrap_or_default(),
-                    "metrics": cm.iter().map(|m| json_number(*m)).collect::<Vec<_>>(),
+                    "metrics": cells(&cm, &row.dims),
                     "change": q.metrics.iter().zip(row.metrics.iter().zip(&cm)).map(|(m, (a, b))| change(*m, *a, *b)).collect::<Vec<_>>(),
                 }),
             );
@@ -860,6 +898,15 @@ async fn answer(
     });
     if q.total_rows {
         meta["total_rows"] = json!(total_rows);
+    }
+    if let crate::money::Currencies::Unavailable(code) = currencies {
+        let warnings: Map<String, Value> = q
+            .metrics
+            .iter()
+            .filter(|m| crate::money::is_revenue(**m))
+            .map(|m| (m.name().to_string(), crate::money::warning(code)))
+            .collect();
+        meta["metric_warnings"] = Value::Object(warnings);
     }
     if q.imports {
         meta["imports_warning"] =
@@ -954,7 +1001,7 @@ async fn dp_reports(
     let settings = &settings;
     let key = p.site_key(client, &site.domain).await?;
     let per_report = 1
-        + usize::from(q.metrics.contains(&Metric::ConversionRate))
+        + q.metrics.iter().filter(|m| CONVERSIONS.contains(m)).count()
         + usize::from(q.metrics.contains(&Metric::Percentage));
     let releases = per_report * (1 + usize::from(q.compare.is_some()));
     let spend = p
@@ -1020,8 +1067,11 @@ async fn dp_report(
             folded: 0,
         })
         .collect();
-    if let Some(ci) = q.metrics.iter().position(|m| *m == Metric::ConversionRate) {
-        let (keep, base) = conversion_base(q)?;
+    for which in CONVERSIONS {
+        let Some(ci) = q.metrics.iter().position(|m| *m == which) else {
+            continue;
+        };
+        let (keep, base) = conversion_base(q, which)?;
         let totals = dp_rows(client, site, &base, builds, &release(&base)?).await?;
         for row in &mut rows {
             let k: Vec<String> = keep
@@ -1033,12 +1083,7 @@ async fn dp_report(
                 .find(|t| t.0 == k)
                 .and_then(|t| t.1.first().copied().flatten());
             if let Some(slot) = row.metrics.get_mut(ci) {
-                *slot = match (*slot, total) {
-                    (Some(c), Some(t)) if t > 0.0 => {
-                        Some(((c * 1000.0 / t).round() / 10.0).min(100.0))
-                    }
-                    _ => None,
-                };
+                *slot = rate(*slot, total);
             }
         }
     }
@@ -1161,6 +1206,8 @@ pub fn to_csv(q: &Query, doc: &Value) -> String {
             .map(|v| match v {
                 Value::Null => String::new(),
                 Value::String(s) => s.clone(),
+                // Revenue in the money shape: its number (the header names the metric).
+                Value::Object(o) => o.get("value").map(Value::to_string).unwrap_or_default(),
                 other => other.to_string(),
             })
             .chain(intervals.iter().map(|(_, v)| v.clone()))

@@ -154,6 +154,20 @@ fn metrics(p: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
+/// The v2 metrics asking v1's `metrics` by time or by `property` (`None`: by nothing). As
+/// Plausible's v1 does, `conversion_rate` broken down by time or by a dimension other than a
+/// goal or a custom property is each group's own rate (v2's `group_conversion_rate`); the
+/// answer keeps v1's name.
+fn v2_metrics(ms: &[String], by: Option<&str>) -> Vec<String> {
+    let per_group = by.is_some_and(|d| d != "event:goal" && !d.starts_with("event:props:"));
+    ms.iter()
+        .map(|m| match m.as_str() {
+            "conversion_rate" if per_group => "group_conversion_rate".to_string(),
+            _ => m.clone(),
+        })
+        .collect()
+}
+
 /// Runs a v2 body and returns its answer.
 async fn run(
     client: &clickhouse::Client,
@@ -250,7 +264,7 @@ pub async fn answer(
                 (None, "day") => "time:hour",
                 (None, _) => "time:day",
             };
-            let mut b = base(ms.clone())?;
+            let mut b = base(v2_metrics(&ms, Some(interval)))?;
             b.insert("dimensions".into(), json!([interval]));
             b.insert("include".into(), json!({"time_labels": true}));
             let doc = run(client, site, Value::Object(b), now, shared).await?;
@@ -302,7 +316,7 @@ pub async fn answer(
                     .ok_or_else(|| bad("`page` starts at 1"))?,
                 None => 1,
             };
-            let mut b = base(ms.clone())?;
+            let mut b = base(v2_metrics(&ms, Some(property)))?;
             b.insert("dimensions".into(), json!([property]));
             b.insert(
                 "pagination".into(),

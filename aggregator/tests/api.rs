@@ -531,3 +531,114 @@ async fn the_query_echo_asks_the_same_question_again() {
     assert_eq!(again["results"], first["results"]);
     assert_eq!(again["query"], echo);
 }
+
+/// Revenue as Plausible answers it: in the currency of the site's revenue goals, in its money
+/// shape; `null` with a warning when no revenue goal matches or the goals selected have
+/// several currencies; revenue sent in another currency than its goal's is not counted (Veil
+/// converts none). Exact mode (the known dataset: 5 sign-ups of 10.50 EUR).
+#[tokio::test]
+async fn revenue_is_in_its_goals_currency_in_plausibles_money_shape() {
+    let ch = veil_schemas::testing::fresh_database("stats_revenue").await;
+    seed(&ch).await;
+    // A sign-up paid in dollars: not in the Signup goal's currency, so never counted.
+    insert(
+        &ch,
+        SITE,
+        &[Ev {
+            revenue_micros: 99_000_000,
+            currency: "USD",
+            ..ev("A0".into(), "2026-11-20 10:04:00", "Signup", "/pricing")
+        }],
+    )
+    .await;
+    let eur = json!({"value": 52.5, "currency": "EUR", "long": "€52.50", "short": "€52.5"});
+    let s = site();
+    // One revenue goal: every revenue cell is in its currency, with or without a goal filter.
+    for filters in [json!([["is", "event:goal", ["Signup"]]]), json!([])] {
+        let d = q(
+            &ch,
+            &s,
+            base(json!({"metrics": ["total_revenue", "average_revenue"], "filters": filters})),
+        )
+        .await;
+        assert_eq!(d["results"][0]["metrics"][0], eur, "{d}");
+        assert_eq!(d["results"][0]["metrics"][1]["long"], "€10.50", "{d}");
+        assert!(d["meta"].get("metric_warnings").is_none(), "{d}");
+    }
+    // By goal: each goal row in its own goal's currency; goals without revenue are null.
+    let d = q(
+        &ch,
+        &s,
+        base(json!({"metrics": ["visitors", "total_revenue"], "dimensions": ["event:goal"]})),
+    )
+    .await;
+    for r in d["results"].as_array().unwrap() {
+        let want = if r["dimensions"][0] == "Signup" {
+            eur.clone()
+        } else {
+            Value::Null
+        };
+        assert_eq!(r["metrics"][1], want, "{d}");
+    }
+    // The CSV carries the number.
+    let (q2, doc) = veil_aggregator::stats::run(
+        &ch.client(),
+        &s,
+        base(json!({"metrics": ["total_revenue"], "filters": [["is", "event:goal", ["Signup"]]]}))
+            .to_string()
+            .as_bytes(),
+        now(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        veil_aggregator::stats::to_csv(&q2, &doc),
+        "total_revenue\r\n52.5\r\n"
+    );
+
+    // No revenue goal: null, and the warning says why.
+    let mut plain = site();
+    plain.goals[0].currency = None;
+    let d = q(&ch, &plain, base(json!({"metrics": ["visitors", "total_revenue"], "filters": [["is", "event:goal", ["Signup"]]]}))).await;
+    assert_eq!(d["results"][0]["metrics"], json!([5, null]), "{d}");
+    assert_eq!(
+        d["meta"]["metric_warnings"]["total_revenue"]["code"], "no_revenue_goals_matching",
+        "{d}"
+    );
+
+    // Two currencies among the goals selected: no single total (null, warned); by goal, each.
+    let mut two = site();
+    two.goals[1] = veil_aggregator::site::Goal {
+        name: "Donation".into(),
+        event_name: Some("Donation".into()),
+        page_path: None,
+        currency: Some("USD".into()),
+    };
+    let d = q(&ch, &two, base(json!({"metrics": ["total_revenue"]}))).await;
+    assert_eq!(d["results"][0]["metrics"], json!([null]), "{d}");
+    assert_eq!(
+        d["meta"]["metric_warnings"]["total_revenue"]["code"], "no_single_revenue_currency",
+        "{d}"
+    );
+    let d = q(
+        &ch,
+        &two,
+        base(json!({"metrics": ["total_revenue"], "filters": [["is", "event:goal", ["Signup"]]]})),
+    )
+    .await;
+    assert_eq!(d["results"][0]["metrics"][0], eur, "{d}");
+    let d = q(
+        &ch,
+        &two,
+        base(json!({"metrics": ["visitors", "total_revenue"], "dimensions": ["event:goal"]})),
+    )
+    .await;
+    let signup = d["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dimensions"][0] == "Signup")
+        .unwrap();
+    assert_eq!(signup["metrics"][1], eur, "{d}");
+}

@@ -62,6 +62,23 @@ async fn each_window_counts_the_days_plausible_counts() {
         json!(["2026-11-01T00:00:00+00:00", "2026-11-30T23:59:59+00:00"]),
         "{d}"
     );
+    // Compared as Plausible compares it: the month's days so far (1st ..= 28th) with as many
+    // days just before, and with the same days 365 days earlier.
+    let mut b = visitors(json!("month"));
+    b["include"] = json!({"comparisons": {"mode": "previous_period"}});
+    let d = q(&ch, &s, b.clone()).await;
+    assert_eq!(
+        d["meta"]["comparison_date_range"],
+        json!(["2026-10-04", "2026-10-31"]),
+        "{d}"
+    );
+    b["include"] = json!({"comparisons": {"mode": "year_over_year"}});
+    let d = q(&ch, &s, b).await;
+    assert_eq!(
+        d["meta"]["comparison_date_range"],
+        json!(["2025-11-01", "2025-11-28"]),
+        "{d}"
+    );
     let d = q(&ch, &s, visitors(json!("year"))).await;
     assert_eq!(total(&d), json!(29), "{d}");
     assert_eq!(

@@ -145,6 +145,42 @@ async fn stats_api_v1_answers_in_plausibles_shapes_with_v2s_numbers() {
     .await;
     assert_ne!(p2["results"][0]["source"], "Google", "{p2}");
 
+    // The site's goals (the dataset's: common::site).
+    let goals = json!({"goals": [{"name": "Signup", "event_name": "Signup"}]});
+    let req = Request::builder()
+        .method("PUT")
+        .uri(format!("/api/v1/sites/{SITE}"))
+        .header("content-type", "application/json")
+        .body(Bytes::from(goals.to_string()))
+        .unwrap();
+    let r = a.handle(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // conversion_rate by a source is the source's own rate, as Plausible's v1 answers it (v2's
+    // group_conversion_rate: 5 of Google's 10 signed up); by goal it is of every visitor
+    // (5 of 18).
+    let (s, b) = get(
+        &a,
+        &format!("/api/v1/stats/breakdown?site_id={SITE}&{day}&property=visit:source&metrics=visitors,conversion_rate&filters=event:goal%3D%3DSignup"),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        b["results"],
+        json!([{"source": "Google", "visitors": 5, "conversion_rate": 50}]),
+        "{b}"
+    );
+    let (s, b) = get(
+        &a,
+        &format!("/api/v1/stats/breakdown?site_id={SITE}&{day}&property=event:goal&metrics=visitors,conversion_rate&filters=event:goal%3D%3DSignup"),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        b["results"],
+        json!([{"goal": "Signup", "visitors": 5, "conversion_rate": 27.8}]),
+        "{b}"
+    );
+
     // Errors name the parameter; realtime is a bare number.
     let (s, e) = get(&a, &format!("/api/v1/stats/breakdown?site_id={SITE}&{day}")).await;
     assert_eq!(s, 400);

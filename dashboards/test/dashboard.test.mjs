@@ -442,8 +442,9 @@ test("settings: goals and funnels saved through the admin API feed the goals pan
   await page.fill('#goal-form input[name="name"]', "Signup");
   await page.selectOption('#goal-form select[name="kind"]', "event_name");
   await page.fill('#goal-form input[name="value"]', "signup");
+  await page.fill('#goal-form input[name="currency"]', "eur");
   await page.click('#goal-form button[type="submit"]');
-  await page.waitForSelector('#goal-list li:has-text("Signup")');
+  await page.waitForSelector('#goal-list li:has-text("Signup, revenue in EUR")');
   await page.fill('#goal-form input[name="name"]', "Pricing");
   await page.selectOption('#goal-form select[name="kind"]', "page_path");
   await page.fill('#goal-form input[name="value"]', "/pricing");
@@ -483,7 +484,7 @@ test("settings: goals and funnels saved through the admin API feed the goals pan
   assert.equal(refused.status, 401);
   const site = await api(veil, `/api/v1/sites/${SITE}`);
   const settings = site.settings || site;
-  assert.deepEqual(settings.goals.map((g) => g.name), ["Signup", "Pricing"]);
+  assert.deepEqual(settings.goals.map((g) => [g.name, g.currency]), [["Signup", "EUR"], ["Pricing", undefined]]);
   assert.deepEqual(settings.funnels, [{ name: "Buy", steps: ["Pricing", "Signup"] }]);
 
   // The goals panel and the funnel, as the API computes them.
@@ -491,6 +492,17 @@ test("settings: goals and funnels saved through the admin API feed the goals pan
   await settled(page);
   const goals = await query(veil, { metrics: ["visitors", "events", "conversion_rate"], dimensions: ["event:goal"], pagination: { limit: 10, offset: 0 } });
   assert.deepEqual((await panelRows(page, "goals")).map((r) => [r.raw, r.values]), goals.results.map((r) => [r.dimensions[0], r.metrics.map(str)]));
+  // With the goal as a filter, every breakdown adds each row's own conversion rate ("CR", the
+  // API's group_conversion_rate), as Plausible's dashboard does.
+  await page.goto(dash("period=7d&f=is~event:goal~Signup"));
+  await settled(page);
+  // (Chrome and Firefox each send 5 of the 10 sign-ups: rows at k.)
+  const byBrowser = await query(veil, { metrics: ["visitors", "group_conversion_rate"], dimensions: ["visit:browser"],
+    filters: [["is", "event:goal", ["Signup"]]], pagination: { limit: 10, offset: 0 } });
+  assert.ok(byBrowser.results.length >= 2, JSON.stringify(byBrowser));
+  assert.ok(byBrowser.results.every((r) => r.metrics[1] > 0 && r.metrics[1] < 100), JSON.stringify(byBrowser));
+  assert.deepEqual((await panelRows(page, "devices")).map((r) => [r.raw, r.values]), byBrowser.results.map((r) => [r.dimensions[0], r.metrics.map(str)]));
+  assert.deepEqual((await page.$$eval("#panel-devices thead th", (ths) => ths.map((t) => t.textContent.trim()))).slice(-1), ["CR"]);
   await page.goto(dash("period=7d&t.goals=funnel"));
   await settled(page);
   await page.waitForSelector("#panel-goals tbody tr");

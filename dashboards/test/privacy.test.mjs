@@ -345,7 +345,10 @@ test("dp: a site key and a shared link spend budgets of their own; a click filte
   const { funnel, steps } = await withinOneHour(async () => {
     await page.goto(`${veil.url}/site/${DEMO}?period=7d&t.goals=funnel`);
     await settled(page);
-    await page.waitForSelector("#panel-goals tbody tr td[data-value]");
+    // On a timeout, the failure says what the panel shows instead (a hint, an error).
+    await page.waitForSelector("#panel-goals tbody tr td[data-value]").catch(async (e) => {
+      throw new Error(`no funnel rows; the panel shows: ${await page.$eval("#panel-goals", (p) => p.innerText)}\n${e.message}`);
+    });
     const steps = await numbers(page, "#panel-goals");
     return { steps, funnel: await api(veil, "/api/v2/funnel", { body: { site_id: DEMO, funnel: "Buy", date_range: "7d", filters: [] }, token: key }) };
   });

@@ -35,7 +35,7 @@
   const FOLDED = /^\(other: \d+ rows? under k=\d+\)$/;
 
   const S = {
-    page: "sites", site: "", share: false, shareToken: "", password: "", settings: null, me: null, csrf: "",
+    page: "sites", site: "", share: false, shareToken: "", password: "", settings: null, settingsError: null, me: null, csrf: "",
     generation: 0, timer: 0, chart: null, resize: null, privacy: null,
   };
 
@@ -56,7 +56,7 @@
   function status(msg) { $("status").textContent = msg || ""; }
 
   // ---------- formatting ----------
-  const PERCENT = new Set(["bounce_rate", "conversion_rate", "scroll_depth", "conversion_rate_step"]);
+  const PERCENT = new Set(["bounce_rate", "conversion_rate", "group_conversion_rate", "scroll_depth", "conversion_rate_step"]);
   const SECONDS = new Set(["visit_duration", "time_on_page"]);
   const MILLIS = new Set(["launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95"]);
   const DECIMAL = new Set(["views_per_visit", "sessions_per_user", "dau", "wau", "mau", "total_revenue", "average_revenue"]);
@@ -128,13 +128,13 @@
   const METRIC_LABELS = {
     visitors: "Unique visitors", visits: "Total visits", pageviews: "Total pageviews", views_per_visit: "Views per visit",
     bounce_rate: "Bounce rate", visit_duration: "Visit duration", time_on_page: "Time on page", events: "Events",
-    conversion_rate: "Conversion rate", scroll_depth: "Scroll depth", active_users: "Active users",
+    conversion_rate: "Conversion rate", group_conversion_rate: "Conversion rate", scroll_depth: "Scroll depth", active_users: "Active users",
     sessions_per_user: "Sessions per user", dau: "Daily active", wau: "Weekly active", mau: "Monthly active",
     launch_time_p50: "Launch time p50", launch_time_p95: "Launch time p95", latency_p50: "Latency p50",
     latency_p95: "Latency p95", crashes: "Crashes",
   };
   const SHORT = { visitors: "Visitors", visits: "Visits", pageviews: "Pageviews", events: "Events",
-    conversion_rate: "CR", active_users: "Users" };
+    conversion_rate: "CR", group_conversion_rate: "CR", active_users: "Users" };
   // In the app view unique visitors are called active users.
   function metricLabel(m) { return S.view === "app" && m === "visitors" ? "Active users" : METRIC_LABELS[m] || m; }
   function shortLabel(m) { return S.view === "app" && m === "visitors" ? "Users" : SHORT[m] || METRIC_LABELS[m] || m; }
@@ -200,8 +200,10 @@
       data = parseJson(text);
       // A locked account (or the login rate limit) waits minutes: say so at once.
       if ((data && data.budget) || opts.noRetry || attempt >= 4) break;
+      // Up to half a second of jitter: a page's panels refused together do not come back
+      // together (they would meet the same empty bucket again).
       const wait = Math.min(5, Math.max(1, Number(res.headers.get("Retry-After")) || 1));
-      await new Promise((ok) => setTimeout(ok, wait * 1000));
+      await new Promise((ok) => setTimeout(ok, wait * 1000 + Math.random() * 500));
     }
     if (opts.blob && res.ok) return res.blob();
     if (text === null) {
@@ -403,6 +405,15 @@
   }
 
   // ---------- panels ----------
+  // With a goal filter every breakdown shows each row's own conversion rate ("CR": the
+  // Stats API's group_conversion_rate, the row's converted visitors over all its visitors),
+  // as Plausible's dashboard does; the goals breakdown keeps conversion_rate (over everyone).
+  function withGoalRate(metrics, dim, st) {
+    const goal = st.filters.some((f) => f.dim === "event:goal" && f.op === "is");
+    if (!goal || isChild() || dim === "event:goal" || !dim.includes(":") || dim.startsWith("event:props:")) return metrics;
+    return metrics.includes("group_conversion_rate") ? metrics : metrics.concat(["group_conversion_rate"]);
+  }
+
   const WEB_PANELS = [
     { id: "pages", title: "Pages", metrics: ["visitors", "pageviews"], tabs: [
       { id: "page", label: "Top pages", dim: "event:page" },
@@ -555,8 +566,9 @@
     const art = h("article", { class: "panel", id: "panel-" + def.id, "aria-labelledby": "h-" + def.id },
       h("div", { class: "panel-head" }, h("h2", { id: "h-" + def.id, text: def.title }), csv), tabs, body);
 
-    const metrics = tab.metrics || def.metrics;
+    const tabMetrics = tab.metrics || def.metrics;
     let dim = tab.dim;
+    let metrics = tabMetrics;
     const said = def.title + ", " + tab.label + ": ";
     // A tab may leave out some values (custom events: not the pageviews).
     const query = (lim) => {
@@ -619,12 +631,18 @@
       funnelTab(art, body, st, gen, def, speak);
       return art;
     }
+    metrics = withGoalRate(tabMetrics, dim, st);
     load();
     return art;
   }
 
   function funnelTab(art, body, st, gen, def, speak) {
     const funnels = (S.settings && S.settings.funnels) || [];
+    if (funnels.length === 0 && !S.settings && S.settingsError) {
+      body.replaceChildren(failure("p", S.settingsError));
+      if (speak) announce(def.title + ", Funnels: " + S.settingsError.message);
+      return;
+    }
     if (funnels.length === 0) {
       const hint = S.settings ? "No funnels yet: define them in the settings." : "Funnels are listed for the admin token.";
       body.replaceChildren(h("p", { class: "hint", text: hint }));
@@ -1309,7 +1327,8 @@
   function goals() {
     const list = h("ul", { id: "goal-list" });
     const draw = () => list.replaceChildren(...(S.settings.goals || []).map((g, i) => h("li", {},
-      h("span", { text: g.name + " — " + (g.event_name ? "event " + g.event_name : "page " + g.page_path) + " " }),
+      h("span", { text: g.name + " — " + (g.event_name ? "event " + g.event_name : "page " + g.page_path) +
+        (g.currency ? ", revenue in " + g.currency : "") + " " }),
       h("button", { type: "button", class: "link", "aria-label": "Delete goal " + g.name, text: "Delete",
         onclick: async () => { if (await saveSettings((n) => n.goals.splice(i, 1), "Goal deleted.")) draw(); } }))));
     draw();
@@ -1318,12 +1337,17 @@
       h("label", {}, "Kind", h("select", { name: "kind" }, h("option", { value: "event_name", text: "Custom event" }),
         h("option", { value: "page_path", text: "Page visit (path, * wildcard)" }))),
       h("label", {}, "Event name or path", h("input", { name: "value", required: true, autocomplete: "off" })),
+      // A revenue goal (custom events only): its ISO 4217 currency; the API checks the code.
+      h("label", {}, "Revenue currency (optional)", h("input", { name: "currency", autocomplete: "off", maxlength: 3,
+        placeholder: "EUR", pattern: "[A-Za-z]{3}" })),
       h("button", { type: "submit", text: "Add goal" }));
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const f = new FormData(form);
       const g = { name: String(f.get("name")).trim() };
       g[String(f.get("kind"))] = String(f.get("value")).trim();
+      const currency = String(f.get("currency") || "").trim().toUpperCase();
+      if (currency) g.currency = currency;
       if (await saveSettings((n) => { n.goals = (n.goals || []).concat([g]); }, "Goal added.")) { form.reset(); draw(); }
     });
     return section("Goals", list, form);
@@ -1414,11 +1438,13 @@
   // The site's settings (funnel names for the funnels tab); readable by every reader of the site.
   async function loadSiteSettings() {
     S.settings = null;
+    S.settingsError = null;
     try {
       const site = await api(sitePath());
       S.settings = site.settings || site;
     } catch (e) {
       if (needsAuth(e)) return; // the dashboard's own calls will ask for a token or password
+      S.settingsError = e; // the funnels tab says why it has no funnels to list
     }
   }
 

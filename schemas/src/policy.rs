@@ -46,6 +46,10 @@ pub struct Goal {
     /// Completed by a pageview whose path matches this pattern.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_path: Option<String>,
+    /// A revenue goal's ISO 4217 currency (custom-event goals only): revenue metrics count
+    /// the revenue its events carry in this currency and answer in Plausible's money shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 /// An ordered funnel of 2–8 goals, completed in order within one visit.
@@ -156,6 +160,18 @@ pub fn check_goals(goals: &[Value], funnels: &[Value]) -> Result<(Vec<Goal>, Vec
                 g.name
             )));
         }
+        if let Some(c) = &g.currency {
+            if g.event_name.is_none() {
+                return Err(invalid(format!(
+                    "`goals[{i}].currency`: only a custom-event goal (`event_name`) carries revenue"
+                )));
+            }
+            if iso_currency::Currency::from_code(c).is_none() {
+                return Err(invalid(format!(
+                    "`goals[{i}].currency` {c:?} is not an ISO 4217 currency code (e.g. EUR, USD)"
+                )));
+            }
+        }
         match (&g.event_name, &g.page_path) {
             (Some(e), None) => check_text(&format!("goals[{i}].event_name"), e, 500)?,
             (None, Some(p)) => {
@@ -223,6 +239,16 @@ mod tests {
             err(g(json!([{"name": "X", "event_name": "a", "colour": 1}]))).contains("`goals[0]`")
         );
         assert!(err(g(json!([{"name": "", "event_name": "a"}]))).contains("`goals[0].name`"));
+        // A revenue goal: a custom event with an ISO 4217 currency.
+        assert!(g(json!([{"name": "X", "event_name": "a", "currency": "EUR"}])).is_ok());
+        assert!(err(g(
+            json!([{"name": "X", "event_name": "a", "currency": "EURO"}])
+        ))
+        .contains("`goals[0].currency` \"EURO\" is not an ISO 4217"));
+        assert!(err(g(
+            json!([{"name": "X", "page_path": "/a", "currency": "EUR"}])
+        ))
+        .contains("only a custom-event goal"));
         let goals = json!([{"name": "A", "event_name": "a"}, {"name": "B", "page_path": "/b"}]);
         let goals = goals.as_array().unwrap();
         let f = |v: Value| check_goals(goals, v.as_array().unwrap()).map(|_| ());

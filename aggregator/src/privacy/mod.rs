@@ -279,9 +279,11 @@ pub struct Plan {
 /// The parts a metric is divided out of.
 fn parts_of(m: Metric) -> &'static [Part] {
     match m {
-        Metric::Visitors | Metric::Dau | Metric::ConversionRate | Metric::Percentage => {
-            &[Part::Visitors]
-        }
+        Metric::Visitors
+        | Metric::Dau
+        | Metric::ConversionRate
+        | Metric::GroupConversionRate
+        | Metric::Percentage => &[Part::Visitors],
         Metric::Visits => &[Part::Visits],
         Metric::Pageviews => &[Part::Pageviews],
         Metric::Events => &[Part::Events],
@@ -779,9 +781,10 @@ impl Release {
             (x * f).round() / f
         };
         match m {
-            Metric::Visitors | Metric::ConversionRate | Metric::Percentage => {
-                Some(p(Part::Visitors))
-            }
+            Metric::Visitors
+            | Metric::ConversionRate
+            | Metric::GroupConversionRate
+            | Metric::Percentage => Some(p(Part::Visitors)),
             Metric::Visits => Some(p(Part::Visits)),
             Metric::Pageviews => Some(p(Part::Pageviews)),
             Metric::Events => Some(p(Part::Events)),

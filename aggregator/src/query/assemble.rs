@@ -53,7 +53,10 @@ pub fn sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> Sq
             if additive(*m)
                 || matches!(
                     m,
-                    Metric::Visitors | Metric::ConversionRate | Metric::Percentage
+                    Metric::Visitors
+                        | Metric::ConversionRate
+                        | Metric::GroupConversionRate
+                        | Metric::Percentage
                 )
             {
                 sql!("if(shown, any(m{0}), sum(m{0})) AS o{0}", i)
@@ -193,7 +196,9 @@ fn inner_sql(
                 visit_hit_count("name != 'engagement'", f, &p.hit_cols, q, site)
             }
             // The rate is made of this count and the base query's (stats::conversion_rates).
-            (Some(_), Metric::ConversionRate) => Sql::new("uniq(visitor_id)"),
+            (Some(_), Metric::ConversionRate | Metric::GroupConversionRate) => {
+                Sql::new("uniq(visitor_id)")
+            }
             _ => metric_sql(*m, shape, q),
         };
         sql!("{} AS m{}", expr, i)
@@ -349,7 +354,10 @@ fn bounded_plan(q: &Query, c: &Clamp) -> Result<Vec<Bounded>, String> {
         .iter()
         .map(|m| {
             Ok(match m {
-                Metric::Visitors | Metric::Percentage | Metric::ConversionRate => Bounded::Count(1),
+                Metric::Visitors
+                | Metric::Percentage
+                | Metric::ConversionRate
+                | Metric::GroupConversionRate => Bounded::Count(1),
                 Metric::Visits => Bounded::Count(c.visits),
                 Metric::Pageviews => Bounded::Count(c.pageviews),
                 Metric::Events | Metric::Crashes => Bounded::Count(c.events),

@@ -231,10 +231,10 @@ fn bad(msg: impl Into<String>) -> Error {
 }
 
 impl Query {
-    /// The same query over the comparison period, with no day of the range in the future
-    /// ([`Self::comparison_at`] with `today` the range's last day).
+    /// The same query over the comparison period, the range's days up to the day it was
+    /// asked ([`Self::comparison_at`] with `today` = [`Query::today`]).
     pub fn comparison(&self, how: Compare, tz: Tz) -> Query {
-        self.comparison_at(how, tz, self.to)
+        self.comparison_at(how, tz, self.today)
     }
 
     /// The same query over the comparison period as Plausible chooses it (its `Comparisons`):

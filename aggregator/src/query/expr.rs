@@ -26,6 +26,27 @@ pub fn goal_cond(g: &Goal) -> Sql {
     }
 }
 
+/// Whether an event's revenue counts: it is in the currency of the revenue goal the event
+/// completes (Plausible's revenue goals; Veil converts no currencies, so revenue sent in
+/// another currency is left out). `0` when the site has no revenue goal.
+fn revenue_cond(q: &Query) -> Sql {
+    if q.revenue_goals.is_empty() {
+        return Sql::new("0");
+    }
+    let arms: Vec<Sql> = q
+        .revenue_goals
+        .iter()
+        .map(|g| {
+            sql!(
+                "{}, {}",
+                goal_cond(g),
+                lit(g.currency.as_deref().unwrap_or_default())
+            )
+        })
+        .collect();
+    sql!("revenue_currency = multiIf({}, '')", Sql::join(arms, ", "))
+}
+
 /// The query's time zone as a literal.
 fn zone(q: &Query) -> Sql {
     lit(&q.tz)
@@ -454,15 +475,18 @@ pub(super) fn metric_sql(m: Metric, src: Source, q: &Query) -> Sql {
         Source::Events | Source::Joined | Source::VisitHits => {
             let visit = "(visitor_id, visit)";
             match m {
-                Metric::Visitors | Metric::ConversionRate | Metric::Percentage => {
+                Metric::Visitors
+                | Metric::ConversionRate
+                | Metric::GroupConversionRate
+                | Metric::Percentage => {
                     Sql::new("uniq(visitor_id)")
                 }
                 Metric::Pageviews => Sql::new("countIf(name = 'pageview')"),
                 Metric::Events => Sql::new("countIf(name != 'engagement')"),
                 Metric::TimeOnPage => rnd(q, Sql::new("sumIf(engagement_ms, name = 'engagement') / 1000 / greatest(countIf(name = 'pageview'), 1)"), 0),
                 Metric::ScrollDepth => rnd(q, Sql::new("avgIf(scroll_depth, name = 'engagement' AND scroll_depth > 0)"), 0),
-                Metric::TotalRevenue => rnd(q, Sql::new("sum(revenue_micros) / 1000000"), 2),
-                Metric::AverageRevenue => rnd(q, Sql::new("avgIf(revenue_micros, revenue_micros != 0) / 1000000"), 2),
+                Metric::TotalRevenue => rnd(q, sql!("sumIf(revenue_micros, {}) / 1000000", revenue_cond(q)), 2),
+                Metric::AverageRevenue => rnd(q, sql!("avgIf(revenue_micros, revenue_micros != 0 AND {}) / 1000000", revenue_cond(q)), 2),
                 Metric::Dau => rnd(q, sql!("uniq(visitor_id) / uniq(toDate(timestamp, {}))", tz), 1),
                 Metric::LaunchTimeP50 => rnd(q, sql!("quantileIf(0.5)({}, has(prop_keys, 'launch_ms'))", prop_num("launch_ms")), 0),
                 Metric::LaunchTimeP95 => rnd(q, sql!("quantileIf(0.95)({}, has(prop_keys, 'launch_ms'))", prop_num("launch_ms")), 0),

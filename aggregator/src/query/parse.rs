@@ -556,6 +556,7 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
     }
     let (limit, offset) = pagination(raw.pagination.as_ref())?;
     let q = Query {
+        today,
         site: site_id,
         tz: tz.name().to_string(),
         metrics,
@@ -580,6 +581,12 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
             .goals
             .iter()
             .filter_map(|g| Some((g.name.clone(), g.event_name.clone()?)))
+            .collect(),
+        revenue_goals: site
+            .goals
+            .iter()
+            .filter(|g| g.currency.is_some() && g.event_name.is_some())
+            .cloned()
             .collect(),
     };
     if site.child_directed {
@@ -642,7 +649,7 @@ fn check_metrics(metrics: &[Metric], dims: &[Dim], filters: &Budget) -> Result<(
     for (i, m) in metrics.iter().enumerate() {
         let name = m.name();
         match m {
-            Metric::ConversionRate => {
+            Metric::ConversionRate | Metric::GroupConversionRate => {
                 if !dims.iter().any(|d| d.kind == DimKind::Goal) && !filters.goal {
                     return Err(bad(format!(
                         "`metrics[{i}]`: {name} needs an event:goal dimension or filter (a goal inside has_done/has_not_done does not count)"

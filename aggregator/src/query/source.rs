@@ -102,6 +102,7 @@ pub fn joined_from_visits(q: &Query) -> bool {
                     | Metric::VisitDuration
                     | Metric::SessionsPerUser
                     | Metric::ConversionRate
+                    | Metric::GroupConversionRate
                     | Metric::Percentage
                     | Metric::Dau
             )
@@ -183,6 +184,7 @@ fn hourly_ok(q: &Query) -> bool {
                     | Metric::Pageviews
                     | Metric::Events
                     | Metric::ConversionRate
+                    | Metric::GroupConversionRate
                     | Metric::Percentage
             )
         })

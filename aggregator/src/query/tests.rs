@@ -22,11 +22,13 @@ fn site() -> SiteView {
             name: "Signup".into(),
             event_name: Some("Signup".into()),
             page_path: None,
+            currency: None,
         },
         Goal {
             name: "Blog".into(),
             event_name: None,
             page_path: Some("/blog/*".into()),
+            currency: None,
         },
     ];
     s

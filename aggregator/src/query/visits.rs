@@ -259,6 +259,7 @@ pub(crate) const EV_FIELDS: &[&str] = &[
     "engagement_ms",
     "scroll_depth",
     "revenue_micros",
+    "revenue_currency",
 ];
 
 /// The number of names in `parts`.

@@ -23,8 +23,14 @@ pub enum Metric {
     TimeOnPage,
     /// Events (pageviews and custom events; engagement beacons excluded).
     Events,
-    /// Percentage of visitors who completed the goal(s) filtered or broken down by.
+    /// Percentage of all visitors (the query's filters without its goal and top-level
+    /// custom-property conditions, no dimensions: one denominator for every row) who
+    /// completed the goal(s) filtered or broken down by — Plausible's `conversion_rate`.
     ConversionRate,
+    /// Percentage of each row's visitors (the same non-goal dimensions, without the goal and
+    /// top-level custom-property conditions) who completed the goal(s) — Plausible's
+    /// `group_conversion_rate`, e.g. the conversion rate of each source.
+    GroupConversionRate,
     /// A row's share of all visitors (with the same filters), percent.
     Percentage,
     /// Mean scroll depth reached, percent (from engagement beacons).
@@ -63,7 +69,7 @@ pub enum Level {
 
 impl Metric {
     /// Every metric, with its API name.
-    pub const ALL: [(&'static str, Metric); 20] = [
+    pub const ALL: [(&'static str, Metric); 21] = [
         ("visitors", Metric::Visitors),
         ("visits", Metric::Visits),
         ("pageviews", Metric::Pageviews),
@@ -73,6 +79,7 @@ impl Metric {
         ("time_on_page", Metric::TimeOnPage),
         ("events", Metric::Events),
         ("conversion_rate", Metric::ConversionRate),
+        ("group_conversion_rate", Metric::GroupConversionRate),
         ("percentage", Metric::Percentage),
         ("scroll_depth", Metric::ScrollDepth),
         ("total_revenue", Metric::TotalRevenue),
@@ -109,7 +116,10 @@ impl Metric {
     pub fn change_is_difference(self) -> bool {
         matches!(
             self,
-            Metric::BounceRate | Metric::ConversionRate | Metric::Percentage
+            Metric::BounceRate
+                | Metric::ConversionRate
+                | Metric::GroupConversionRate
+                | Metric::Percentage
         )
     }
 }
@@ -354,6 +364,9 @@ pub struct Query {
     pub from: NaiveDate,
     /// Last local day included.
     pub to: NaiveDate,
+    /// The site's local day when the question was asked: a comparison period is as long as
+    /// the range's days up to it ([`Query::comparison`]).
+    pub today: NaiveDate,
     /// Start of the range (UTC, inclusive).
     pub start: NaiveDateTime,
     /// End of the range (UTC, exclusive).
@@ -384,6 +397,9 @@ pub struct Query {
     /// The site's goals completed by a custom event, as (goal name, event name): a filter on
     /// one such goal is a filter on that event name to the daily rollup's filtered rows.
     pub event_goals: Vec<(String, String)>,
+    /// The site's revenue goals (custom-event goals with a currency): revenue metrics sum
+    /// only the revenue an event carries in the currency of the goal it completes.
+    pub revenue_goals: Vec<crate::site::Goal>,
 }
 
 impl Query {

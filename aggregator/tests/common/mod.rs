@@ -26,6 +26,8 @@ pub struct Ev {
     pub device: &'static str,
     pub props: &'static [(&'static str, &'static str)],
     pub revenue_micros: i64,
+    /// The revenue's currency (the dataset's is euros).
+    pub currency: &'static str,
 }
 
 pub fn ev(visitor: String, at: &'static str, name: &'static str, path: &'static str) -> Ev {
@@ -39,6 +41,7 @@ pub fn ev(visitor: String, at: &'static str, name: &'static str, path: &'static 
         device: "Mobile",
         props: &[],
         revenue_micros: 0,
+        currency: "EUR",
     }
 }
 
@@ -48,7 +51,7 @@ pub async fn insert(ch: &ClickHouseConfig, site: &str, evs: &[Ev]) {
         let keys = Sql::join(e.props.iter().map(|(k, _)| lit(k)), ",");
         let vals = Sql::join(e.props.iter().map(|(_, v)| lit(v)), ",");
         sql!(
-            "({}, toDateTime({}, 'UTC'), {}, {}, 'shop.example', toFixedString({}, 16), {}, {}, {}, {}, [{}], [{}], {}, {})",
+            "({}, toDateTime({}, 'UTC'), {}, {}, 'shop.example', toFixedString({}, 16), {}, {}, {}, {}, [{}], [{}], {}, {}, {})",
             lit(site),
             lit(e.at),
             lit(e.name),
@@ -61,11 +64,12 @@ pub async fn insert(ch: &ClickHouseConfig, site: &str, evs: &[Ev]) {
             keys,
             vals,
             e.revenue_micros,
+            lit(if e.revenue_micros != 0 { e.currency } else { "" }),
             lit(if e.device == "Mobile" { "Safari" } else { "Chrome" }),
         )
     });
     let q = sql!(
-        "INSERT INTO events (site, timestamp, name, pathname, hostname, visitor_id, source, channel, country_code, device, prop_keys, prop_values, revenue_micros, browser) VALUES {}",
+        "INSERT INTO events (site, timestamp, name, pathname, hostname, visitor_id, source, channel, country_code, device, prop_keys, prop_values, revenue_micros, revenue_currency, browser) VALUES {}",
         Sql::join(rows, ", ")
     );
     db::exec(&ch.client(), &q).await.unwrap();
@@ -135,16 +139,19 @@ pub fn site() -> SiteView {
             name: "Signup".into(),
             event_name: Some("Signup".into()),
             page_path: None,
+            currency: Some("EUR".into()),
         },
         Goal {
             name: "Blog".into(),
             event_name: None,
             page_path: Some("/blog/*".into()),
+            currency: None,
         },
         Goal {
             name: "Pricing".into(),
             event_name: None,
             page_path: Some("/pricing".into()),
+            currency: None,
         },
     ];
     s.funnels = vec![Funnel {
