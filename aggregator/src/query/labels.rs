@@ -37,6 +37,16 @@
 //! - the collector keeps storing what it parses, so the vocabulary can be refined later
 //!   without touching data.
 //!
+//! # Places
+//!
+//! `visit:region` and `visit:city` answer what is stored. The collector stores the ISO 3166-2
+//! code (`DE-BY`) as the region when the GeoIP record has one (a MaxMind `city.mmdb`), else
+//! the English subdivision name — and ip-location-db's files (`make geoip`, the default) carry
+//! names only; the city is always a name. Plausible's `visit:city` is a GeoNames id, which
+//! only MaxMind's records carry and Veil does not store yet (it needs new columns in
+//! `events`, `events_recent` and its materialized view, `visits` and `open_visits`): a filter
+//! by a city id matches nothing, `visit:city_name` is the way to filter by city.
+//!
 //! `visit:os_version` for Windows reads the stored OS name too (the stored version of Windows
 //! is woothee's `NT 10.0`, or empty when Client Hints said Windows 11), so it is not answered
 //! from the daily rollups (whose rows carry one column's value), only from visit rows and events.
