@@ -670,6 +670,40 @@ test("a row of every panel tab filters the whole dashboard without an API error"
   await page.close_all();
 });
 
+test("the devices panel speaks Plausible's vocabulary: Chrome, Windows, GNU/Linux, Mac, Desktop; clicking one filters by it", async () => {
+  // The seed's Chrome (Windows NT 10.0), Firefox (X11; Linux) and Safari (Macintosh) user agents,
+  // stored in the collector's words (Windows 10, Linux, Mac OSX, desktop), are shown as Plausible names them.
+  const page = await open(chrome);
+  const labels = async (tab) => {
+    await page.goto(dash(`period=7d&t.devices=${tab}`));
+    await settled(page);
+    return (await panelRows(page, "devices")).map((r) => r.label);
+  };
+  const browsers = await labels("browser");
+  for (const b of ["Chrome", "Firefox", "Safari"]) assert.ok(browsers.includes(b), `${b} in ${browsers}`);
+  const oses = await labels("os");
+  for (const o of ["Windows", "GNU/Linux", "Mac"]) assert.ok(oses.includes(o), `${o} in ${oses}`);
+  assert.ok(!oses.includes("Mac OSX") && !oses.includes("Linux"), `no stored words: ${oses}`);
+  const versions = await labels("os_version");
+  assert.ok(versions.includes("10") && versions.includes("10.15"), `Windows 10 and macOS 10.15: ${versions}`);
+  const devices = await labels("device");
+  assert.ok(devices.includes("Desktop") && !devices.includes("desktop"), `${devices}`);
+  // The panel's rows are the API's, and a click filters by Plausible's word.
+  const want = await query(veil, { metrics: ["visitors"], dimensions: ["visit:device"], pagination: { limit: 10, offset: 0 } });
+  assert.deepEqual(devices, want.results.map((r) => r.dimensions[0]));
+  await page.goto(dash("period=7d&t.devices=os"));
+  await settled(page);
+  await page.click('#panel-devices button.row:text-is("GNU/Linux")');
+  await page.waitForURL(/f=is~visit:os~GNU/);
+  await settled(page);
+  const linux = await query(veil, { metrics: ["visitors"], filters: [["is", "visit:os", ["GNU/Linux"]]] });
+  assert.ok(linux.results[0].metrics[0] > 0, JSON.stringify(linux));
+  assert.equal((await statValues(page)).visitors, str(linux.results[0].metrics[0]));
+  assert.equal(await page.$eval("#filter-list li", (e) => e.textContent.replace("×", "").trim()), "OS is GNU/Linux");
+  noProblems(page);
+  await page.close_all();
+});
+
 test("filtered traffic: bots by reason and opt-outs are the API's numbers, reasons under k are not listed, filters do not apply", async () => {
   const GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
   const now = new Date().toISOString();
