@@ -211,8 +211,9 @@ pub fn parse_file_name(name: &str) -> Option<(&'static Table, NaiveDate, NaiveDa
     if stem.len() < 18 {
         return None;
     }
-    let (kind, dates) = stem.split_at(stem.len() - 18);
-    let kind = kind.strip_suffix('_').unwrap_or("");
+    // `<kind>` then `_YYYYMMDD_YYYYMMDD` (18 bytes, ASCII when the name is one of ours).
+    let at = stem.len() - 18;
+    let (kind, dates) = (stem.get(..at)?, stem.get(at..)?);
     let dates = dates.strip_prefix('_')?;
     let (a, b) = dates.split_once('_')?;
     let day = |s: &str| NaiveDate::parse_from_str(s, "%Y%m%d").ok();
