@@ -499,3 +499,65 @@ async fn the_admin_api_imports_lists_and_deletes_audited() {
         "{v}"
     );
 }
+
+/// Stats API v1: `with_imported=true` merges as v2's `include.imports` does.
+#[tokio::test]
+async fn stats_api_v1_with_imported_merges_too() {
+    let ch = seeded("imports_v1").await;
+    import(&ch).await;
+    let a = common::stats_aggregator(&ch);
+    let get = |path: String| {
+        let a = &a;
+        async move {
+            let r = a
+                .handle(common::request(
+                    &path,
+                    "GET",
+                    String::new(),
+                    "application/json",
+                ))
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            let b = http_body_util::BodyExt::collect(r.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (s, serde_json::from_slice::<Value>(&b).unwrap())
+        }
+    };
+    let period = "period=custom&date=2026-11-18,2026-11-20";
+    let (s, v) = get(format!(
+        "/api/v1/stats/aggregate?site_id={SITE}&{period}&metrics=visitors,pageviews&with_imported=true"
+    ))
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["results"]["visitors"]["value"], 253, "{v}");
+    assert_eq!(v["results"]["pageviews"]["value"], 585, "{v}");
+    let (_, v) = get(format!(
+        "/api/v1/stats/aggregate?site_id={SITE}&{period}&metrics=visitors"
+    ))
+    .await;
+    assert_eq!(v["results"]["visitors"]["value"], 23, "{v}");
+    let (s, v) = get(format!(
+        "/api/v1/stats/breakdown?site_id={SITE}&{period}&property=visit:source&with_imported=true"
+    ))
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let google = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["source"] == "Google")
+        .cloned();
+    assert_eq!(
+        google,
+        Some(json!({"source": "Google", "visitors": 148})),
+        "{v}"
+    );
+    let (s, _) = get(format!(
+        "/api/v1/stats/aggregate?site_id={SITE}&{period}&with_imported=yes"
+    ))
+    .await;
+    assert_eq!(s, 400);
+}
