@@ -448,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn quoted_cells_and_line_numbers() {
+    fn csv_cells_in_double_quote_marks_and_line_numbers() {
         let r = records("a,b\r\n\"x, \"\"y\"\"\",2\n\"multi\nline\",3\n").unwrap();
         assert_eq!(r[1], (2, vec!["x, \"y\"".to_string(), "2".into()]));
         assert_eq!(r[2], (3, vec!["multi\nline".to_string(), "3".into()]));
