@@ -123,6 +123,10 @@ async fn a_breakdown_by_source_sums_both_per_source() {
     // Hacker News: 2 of Veil's, under k = 5 alone, shown once the sum reaches it.
     assert_eq!(by["Hacker News"], vec![json!(25), json!(29)], "{doc}");
     assert_eq!(by["Newsletter"], vec![json!(23), json!(27)], "{doc}");
+    // Direct visits: Plausible exports an empty source, Veil says `Direct / None` for both:
+    // 11 of Veil's (B0–B5, D0–D4: 17 visits) + 46 imported (54 visits).
+    assert_eq!(by["Direct / None"], vec![json!(57), json!(71)], "{doc}");
+    assert!(!by.contains_key(""), "{doc}");
     // Ordered by visitors, descending.
     assert_eq!(rows(&doc)[0].0, vec!["Google".to_string()]);
     // A filter on the same kind of row keeps only it.
@@ -134,6 +138,13 @@ async fn a_breakdown_by_source_sums_both_per_source() {
     .await;
     assert_eq!(totals(&f), vec![json!(148)], "{f}");
     assert_eq!(f["meta"]["imports_included"], true);
+    let d = ask(
+        &ch,
+        json!({"metrics": ["visitors"], "filters": [["is", "visit:source", ["Direct / None"]]],
+               "include": {"imports": true}}),
+    )
+    .await;
+    assert_eq!(totals(&d), vec![json!(57)], "{d}");
 }
 
 #[tokio::test]

@@ -120,6 +120,16 @@ fn column(name: &str) -> Option<(&'static str, &'static str)> {
     })
 }
 
+/// A stored column as the report labels it: Veil's own labels for the same values (an empty
+/// source is `Direct / None`, as in the query compiler's `visit:source`; Plausible exports
+/// direct visits with an empty source too).
+fn label_expr(col: &'static str) -> Sql {
+    match col {
+        "source" => Sql::new("if(source = '', 'Direct / None', source)"),
+        other => Sql::new(other),
+    }
+}
+
 /// Whether imported rows of `kind` can give metric `m`.
 fn serves(kind: &str, m: Metric) -> bool {
     use Metric::*;
@@ -232,9 +242,9 @@ fn filter_sql(
                 (c, values.clone())
             };
             let subject = if *case_sensitive {
-                Sql::new(col)
+                label_expr(col)
             } else {
-                sql!("lowerUTF8({})", col)
+                sql!("lowerUTF8({})", label_expr(col))
             };
             let value = |v: &str| {
                 if *case_sensitive {
@@ -248,7 +258,7 @@ fn filter_sql(
                 Op::Contains | Op::ContainsNot => {
                     sql!("positionUTF8({}, {}) > 0", subject.clone(), value(v))
                 }
-                Op::Matches | Op::MatchesNot => sql!("match({}, {})", Sql::new(col), lit(v)),
+                Op::Matches | Op::MatchesNot => sql!("match({}, {})", label_expr(col), lit(v)),
             };
             let any = Sql::tuple([Sql::join(values.iter().map(one), " OR ")]);
             Ok(if op.negated() {
@@ -311,7 +321,7 @@ pub async fn rows(
         .labels
         .iter()
         .map(|l| match l {
-            Label::Column(c) => Sql::new(c),
+            Label::Column(c) => label_expr(c),
             Label::Time(_) => Sql::new("toString(date)"),
             Label::Goal(_) => Sql::new("name"),
         })
