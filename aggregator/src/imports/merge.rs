@@ -12,8 +12,9 @@
 //!   `event:hostname`: `pages`; `visit:entry_page`, `visit:exit_page`: `entry_pages`,
 //!   `exit_pages`; `visit:country`, `visit:region`, `visit:city`: `locations`;
 //!   `visit:device`; `visit:browser`, `visit:browser_version`; `visit:os`, `visit:os_version`;
-//!   `event:goal` (goals completed by a custom event, matched on the event's name):
-//!   `custom_events`;
+//!   `event:goal`: `custom_events` (goals completed by a custom event, matched on the event's
+//!   name), and, without a filter, `pages` for goals completed by a pageview (the imported
+//!   pages their pattern matches: visitors, and pageviews as events);
 //! - with `time:day`, `time:week` or `time:month` too (imported rows are daily);
 //! - filters on the dimensions of that same kind only (`is`, `is_not`, `contains`,
 //!   `contains_not`, `matches`, `matches_not`, and/or/not of them);
@@ -36,7 +37,7 @@ use veil_schemas::sql::{date, lit, Sql};
 use crate::db::{count, fetch, number};
 use crate::privacy::{Extra, Part};
 use crate::query::dates::week_label;
-use crate::query::{DimKind, Filter, Metric, Op, Query, TimeBucket};
+use crate::query::{glob_to_regex, DimKind, Filter, Metric, Op, Query, TimeBucket};
 use crate::site::SiteView;
 use crate::Error;
 
@@ -81,8 +82,12 @@ impl Skip {
 enum Label {
     Column(&'static str),
     Time(TimeBucket),
-    /// Goal names by the event name completing them.
-    Goal(Vec<(String, String)>),
+    /// The site's goals: `(event name, goal)` of those a custom event completes, `(page
+    /// regex, goal)` of those a pageview completes.
+    Goal {
+        events: Vec<(String, String)>,
+        pages: Vec<(String, String)>,
+    },
 }
 
 /// A question imported numbers can answer: the kind of row it reads, what each dimension
@@ -172,7 +177,16 @@ pub fn plan(q: &Query, site: &SiteView) -> Result<Plan, Skip> {
             DimKind::Time(b) => labels.push(Label::Time(*b)),
             DimKind::Goal => {
                 same(&mut kind, "custom_events")?;
-                labels.push(Label::Goal(event_goals.clone()));
+                let pages = site
+                    .goals
+                    .iter()
+                    .filter(|g| g.event_name.is_none())
+                    .filter_map(|g| Some((glob_to_regex(g.page_path.as_ref()?), g.name.clone())))
+                    .collect();
+                labels.push(Label::Goal {
+                    events: event_goals.clone(),
+                    pages,
+                });
             }
             _ => {
                 let (k, c) = column(&d.name).ok_or(Skip::Unsupported)?;
@@ -312,60 +326,117 @@ pub async fn first_day(
 
 /// The imported parts of each row of `q` (labels as the report's: time buckets as
 /// [`Query::time_labels`] writes them, goals by name), for [`crate::privacy::Release::rows_with`].
+/// Goals completed by a pageview count the imported pages their pattern matches (visitors and
+/// pageviews, as Plausible's), when no filter restricts the goals.
 pub async fn rows(
     client: &clickhouse::Client,
     q: &Query,
     plan: &Plan,
 ) -> Result<Vec<Extra>, Error> {
+    let mut out: Vec<Extra> = Vec::new();
+    read(client, q, plan, Pass::Main, &mut out).await?;
+    if plan.filter.is_none() {
+        for l in &plan.labels {
+            if let Label::Goal { pages, .. } = l {
+                for (regex, goal) in pages {
+                    read(client, q, plan, Pass::PageGoal { regex, goal }, &mut out).await?;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Which imported rows one read takes.
+#[derive(Clone, Copy)]
+enum Pass<'a> {
+    /// The plan's kind and filter; a goal dimension from custom events' names.
+    Main,
+    /// The imported pages a pageview goal's pattern matches, labelled with the goal.
+    PageGoal { regex: &'a str, goal: &'a str },
+}
+
+/// Adds the parts of the imported rows `pass` reads to `out`, labelled as `plan`'s dimensions.
+async fn read(
+    client: &clickhouse::Client,
+    q: &Query,
+    plan: &Plan,
+    pass: Pass<'_>,
+    out: &mut Vec<Extra>,
+) -> Result<(), Error> {
+    let (kind, cond, goal) = match pass {
+        Pass::Main => (plan.kind, plan.filter.clone(), Sql::new("name")),
+        Pass::PageGoal { regex, goal } => (
+            "pages",
+            Some(sql!("match(page, {})", lit(regex))),
+            lit(goal),
+        ),
+    };
+    let goals_of = |cell: &str| -> Vec<String> {
+        match pass {
+            Pass::PageGoal { goal, .. } => vec![goal.to_string()],
+            Pass::Main => plan
+                .labels
+                .iter()
+                .find_map(|l| match l {
+                    Label::Goal { events, .. } => Some(
+                        events
+                            .iter()
+                            .filter(|(e, _)| e == cell)
+                            .map(|(_, g)| g.clone())
+                            .collect(),
+                    ),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+        }
+    };
     let cols: Vec<Sql> = plan
         .labels
         .iter()
         .map(|l| match l {
             Label::Column(c) => label_expr(c),
             Label::Time(_) => Sql::new("toString(date)"),
-            Label::Goal(_) => Sql::new("name"),
+            Label::Goal { .. } => goal.clone(),
         })
         .collect();
-    let mut cond = sql!(
+    let mut filter = sql!(
         "site = {} AND kind = {} AND date >= {} AND date <= {} \
          AND import_id IN (SELECT import_id FROM imports WHERE site = {})",
         lit(&q.site),
-        lit(plan.kind),
+        lit(kind),
         date(q.from),
         date(q.to),
         lit(&q.site)
     );
-    if let Some(f) = &plan.filter {
-        cond = sql!("{} AND {}", cond, f.clone());
+    if let Some(c) = cond {
+        filter = sql!("{} AND {}", filter, c);
     }
     let sums = Sql::new(
         "sum(visitors), sum(visits), sum(pageviews), sum(bounces), sum(visit_duration), sum(events)",
     );
     let stmt = if cols.is_empty() {
-        sql!("SELECT {} FROM imported WHERE {}", sums, cond)
+        sql!("SELECT {} FROM imported WHERE {}", sums, filter)
     } else {
         let g = Sql::join(cols, ", ");
         sql!(
             "SELECT {}, {} FROM imported WHERE {} GROUP BY {}",
             g.clone(),
             sums,
-            cond,
+            filter,
             g
         )
     };
     let nl = plan.labels.len();
-    let mut out: Vec<Extra> = Vec::new();
     for r in fetch(client, &stmt).await? {
         let Some(c) = r.as_array() else { continue };
         if c.len() != nl + 6 {
             continue;
         }
         let n = |i: usize| c.get(nl + i).and_then(number).unwrap_or(0.0);
-        let events = if plan.kind == "custom_events" {
-            n(5)
-        } else {
-            n(2)
-        };
+        // Custom events count events; every other kind its pageviews (Plausible's `events`
+        // of imported visitors and pages).
+        let events = if kind == "custom_events" { n(5) } else { n(2) };
         let parts = HashMap::from([
             (Part::Visitors, n(0)),
             (Part::Visits, n(1)),
@@ -394,11 +465,7 @@ pub async fn rows(
                         .into_iter()
                         .collect()
                 }
-                Label::Goal(goals) => goals
-                    .iter()
-                    .filter(|(e, _)| e == cell)
-                    .map(|(_, g)| g.clone())
-                    .collect(),
+                Label::Goal { .. } => goals_of(cell),
             };
             keys = keys
                 .into_iter()
@@ -422,5 +489,5 @@ pub async fn rows(
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
