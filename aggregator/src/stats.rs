@@ -972,7 +972,8 @@ async fn imports_plan(
 /// A report of `q` with imported rows merged (exact mode): the plan's parts read unrounded
 /// and unfolded, imported parts added per row, then k-anonymity on the sums
 /// ([`privacy::Release::exact`]). Rows under k are left out (breakdowns: no `(other)` row)
-/// or nulled (time buckets, totals).
+/// or nulled (time buckets, totals). `percentage` divides by the merged total of the same
+/// filters.
 async fn merged_report(
     client: &clickhouse::Client,
     site: &SiteView,
@@ -980,6 +981,50 @@ async fn merged_report(
     builds: &mut Builds,
     plan: &merge::Plan,
 ) -> Result<Report, Error> {
+    let (mut rows, suppressed) = merged_rows(client, site, q, builds, plan).await?;
+    if let Some(pi) = q.metrics.iter().position(|m| *m == Metric::Percentage) {
+        let t = total_question(q);
+        let total = match merge::plan(&t, site) {
+            Ok(tp) => merged_rows(client, site, &t, builds, &tp)
+                .await?
+                .0
+                .first()
+                .and_then(|r| r.metrics.first().copied().flatten()),
+            Err(_) => None,
+        };
+        for slot in rows.iter_mut().filter_map(|r| r.metrics.get_mut(pi)) {
+            *slot = match (*slot, total) {
+                (Some(v), Some(t)) if t > 0.0 => Some(((v * 1000.0 / t).round() / 10.0).min(100.0)),
+                _ => None,
+            };
+        }
+    }
+    sort_rows(q, &mut rows);
+    Ok(Report {
+        rows,
+        folded: 0,
+        suppressed,
+        total_k: None,
+    })
+}
+
+/// `q`'s visitors without its dimensions (a percentage's denominator).
+fn total_question(q: &Query) -> Query {
+    let mut t = q.clone();
+    t.dimensions.clear();
+    t.metrics = vec![Metric::Visitors];
+    t.order_by.clear();
+    t
+}
+
+/// The rows of [`merged_report`], unsorted, and whether one was withheld under k.
+async fn merged_rows(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+    builds: &mut Builds,
+    plan: &merge::Plan,
+) -> Result<(Vec<Row>, bool), Error> {
     let rel = privacy::Release::exact(q, site.child_directed, site.min_visitors);
     let mut iq = q.clone();
     iq.metrics = rel.plan().sql_metrics.clone();
@@ -989,7 +1034,7 @@ async fn merged_report(
     let sql = query::assemble::sql(&iq, site, &built, None);
     let extra = merge::rows(client, q, plan).await?;
     let (published, suppressed) = rel.rows_with(q, &fetch(client, &sql).await?, &extra);
-    let mut rows: Vec<Row> = published
+    let rows = published
         .into_iter()
         .map(|(dims, metrics, k)| Row {
             dims,
@@ -998,13 +1043,7 @@ async fn merged_report(
             folded: 0,
         })
         .collect();
-    sort_rows(q, &mut rows);
-    Ok(Report {
-        rows,
-        folded: 0,
-        suppressed,
-        total_k: None,
-    })
+    Ok((rows, suppressed))
 }
 
 /// A report and its comparison with exact numbers, k-anonymity and the differencing guard
@@ -1187,11 +1226,13 @@ async fn dp_report(
         }
     }
     if let Some(pi) = q.metrics.iter().position(|m| *m == Metric::Percentage) {
-        let mut t = q.clone();
-        t.dimensions.clear();
-        t.metrics = vec![Metric::Visitors];
-        t.order_by.clear();
-        let total = dp_rows(client, site, &t, builds, &release(&t)?, &[])
+        let t = total_question(q);
+        // With imports, the total merges them too (the same filters, no dimension).
+        let extra_t = match merge.map(|_| merge::plan(&t, site)) {
+            Some(Ok(tp)) => merge::rows(client, &t, &tp).await?,
+            _ => Vec::new(),
+        };
+        let total = dp_rows(client, site, &t, builds, &release(&t)?, &extra_t)
             .await?
             .first()
             .and_then(|r| r.1.first().copied().flatten())

@@ -127,6 +127,18 @@ async fn a_breakdown_by_source_sums_both_per_source() {
     // 11 of Veil's (B0–B5, D0–D4: 17 visits) + 46 imported (54 visits).
     assert_eq!(by["Direct / None"], vec![json!(57), json!(71)], "{doc}");
     assert!(!by.contains_key(""), "{doc}");
+    // A percentage is of the merged total: Google 148 of 253.
+    let pct = ask(
+        &ch,
+        json!({"metrics": ["visitors", "percentage"], "dimensions": ["visit:source"],
+               "include": {"imports": true}}),
+    )
+    .await;
+    assert_eq!(
+        rows(&pct)[0],
+        (vec!["Google".to_string()], vec![json!(148), json!(58.5)]),
+        "{pct}"
+    );
     // Ordered by visitors, descending.
     assert_eq!(rows(&doc)[0].0, vec!["Google".to_string()]);
     // A filter on the same kind of row keeps only it.
@@ -235,7 +247,7 @@ async fn questions_imports_cannot_answer_say_why() {
             "unsupported_interval",
         ),
         (
-            json!({"metrics": ["percentage"], "dimensions": ["visit:source"]}),
+            json!({"metrics": ["conversion_rate"], "dimensions": ["event:goal"]}),
             "unsupported_query",
         ),
         (

@@ -18,10 +18,11 @@
 //! - with `time:day`, `time:week` or `time:month` too (imported rows are daily);
 //! - filters on the dimensions of that same kind only (`is`, `is_not`, `contains`,
 //!   `contains_not`, `matches`, `matches_not`, and/or/not of them);
-//! - metrics `visitors`, `visits`, `pageviews`, `events`, `bounce_rate`, `visit_duration`,
-//!   `views_per_visit` (by page: the counts only; by goal: `visitors` and `events`).
+//! - metrics `visitors`, `visits`, `pageviews`, `events`, `percentage` (of the merged total),
+//!   `bounce_rate`, `visit_duration`, `views_per_visit` (by page: the counts only; by goal:
+//!   `visitors`, `events`, `percentage`).
 //!
-//! Anything else (hours, `percentage`, `conversion_rate`, engagement and revenue metrics,
+//! Anything else (hours, `conversion_rate`, `group_conversion_rate`, engagement and revenue metrics,
 //! behavioural filters, dimensions an export does not carry such as `visit:channel`, a
 //! filter on another kind's dimension, realtime) is answered without imported numbers and
 //! `meta.imports_skip_reason` = `"unsupported_query"` (`"unsupported_interval"` for hours);
@@ -139,11 +140,18 @@ fn label_expr(col: &'static str) -> Sql {
 fn serves(kind: &str, m: Metric) -> bool {
     use Metric::*;
     match kind {
-        "custom_events" => matches!(m, Visitors | Events),
-        "pages" => matches!(m, Visitors | Visits | Pageviews | Events),
+        "custom_events" => matches!(m, Visitors | Events | Percentage),
+        "pages" => matches!(m, Visitors | Visits | Pageviews | Events | Percentage),
         _ => matches!(
             m,
-            Visitors | Visits | Pageviews | Events | BounceRate | VisitDuration | ViewsPerVisit
+            Visitors
+                | Visits
+                | Pageviews
+                | Events
+                | Percentage
+                | BounceRate
+                | VisitDuration
+                | ViewsPerVisit
         ),
     }
 }
