@@ -62,6 +62,7 @@ pub mod cost;
 pub mod db;
 pub mod guard;
 pub mod http;
+pub mod imports;
 pub mod money;
 pub mod privacy;
 pub mod query;

@@ -167,6 +167,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "people",
         sql: include_str!("../../migrations/019_people.sql"),
     },
+    Migration {
+        version: 20,
+        name: "imports",
+        sql: include_str!("../../migrations/020_imports.sql"),
+    },
 ];
 
 impl Migration {
