@@ -130,9 +130,11 @@ fn column(name: &str) -> Option<(&'static str, &'static str)> {
 /// source is `Direct / None`, as in the query compiler's `visit:source`; Plausible exports
 /// direct visits with an empty source too).
 fn label_expr(col: &'static str) -> Sql {
-    match col {
-        "source" => Sql::new("if(source = '', 'Direct / None', source)"),
-        other => Sql::new(other),
+    // Imported values are Plausible's words already; an empty one reads as Veil's own empty
+    // values do (`Direct / None`, `(not set)`: query::labels), so both land in one row.
+    match crate::query::labels::empty_label(col) {
+        Some(empty) => sql!("if({} = '', {}, {})", Sql::new(col), lit(empty), Sql::new(col)),
+        None => Sql::new(col),
     }
 }
 
