@@ -8,12 +8,12 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { gzipSync } from "node:zlib";
-import { writeFileSync, mkdirSync } from "node:fs";
+import { writeFileSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   startVeil, seed, browser, open, screenshot, settled, query, api, send, sql, waitFor, XSS, UA, SITE, ADMIN, shots,
 } from "./fixture.mjs";
-import { pageServer } from "../../testing/browser/harness.mjs";
+import { pageServer, root } from "../../testing/browser/harness.mjs";
 
 let veil, chrome;
 
@@ -832,4 +832,36 @@ test("onboarding: a new site's settings show its snippets; the install check tur
   assert.equal(await page.$eval("#no-goals a", (a) => new URL(a.href).pathname), `/site/${fresh}/settings`);
   assert.deepEqual(page.problems, []);
   await page.close_all();
+});
+
+test("imported history: with a Plausible export imported, the numbers include it (the API's, include.imports) until the reader turns it off", async () => {
+  // The fixture export (testing/plausible/make_export.py): 2026-11-18 to 2026-11-20.
+  const zip = readFileSync(join(root, "testing/plausible/export.zip"));
+  const res = await fetch(`${veil.url}/api/v1/sites/${SITE}/imports?source=plausible&file=export.zip`, {
+    method: "POST", headers: { Authorization: "Bearer " + ADMIN, "Content-Type": "application/zip" }, body: zip });
+  assert.ok(res.status === 200 || res.status === 201, `${res.status} ${await res.text()}`);
+  const range = { period: "custom", from: "2026-11-18", to: "2026-11-20" };
+  const q = (imports) => query(veil, { date_range: [range.from, range.to], metrics: ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"],
+    include: imports ? { imports: true } : {} });
+  const [withImports, without] = [await q(true), await q(false)];
+  assert.equal(withImports.meta.imports_included, true, JSON.stringify(withImports.meta));
+  assert.ok(withImports.results[0].metrics[0] > 0, JSON.stringify(withImports));
+  const page = await open(chrome);
+  await page.goto(dash(`period=custom&from=${range.from}&to=${range.to}`));
+  await settled(page);
+  await page.waitForSelector("#imports-l:not([hidden])");
+  assert.equal(await page.$eval("#imports", (e) => e.checked), true);
+  assert.equal((await statValues(page)).visitors, str(withImports.results[0].metrics[0]));
+  // Turned off: Veil's own numbers, and the URL keeps the choice.
+  await page.click("#imports");
+  await page.waitForURL(/imports=0/);
+  await settled(page);
+  assert.equal((await statValues(page)).visitors, str(without.results[0].metrics[0]));
+  assert.equal(await page.$eval("#imports-l", (e) => e.hidden), false);
+  noProblems(page);
+  await page.close_all();
+  // Deleted, the history is gone from the answers (and the other tests' numbers are as seeded).
+  const list = await api(veil, `/api/v1/sites/${SITE}/imports`);
+  for (const i of list.imports) await api(veil, `/api/v1/sites/${SITE}/imports/${i.id}`, { method: "DELETE" });
+  assert.equal((await q(true)).meta.imports_included, false);
 });

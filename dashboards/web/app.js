@@ -336,6 +336,7 @@
       compare: pick("compare", COMPARES, ""), view: pick("view", ["web", "app", "realtime"], "web"),
       metric: METRIC_LABELS[p.get("metric")] ? p.get("metric") : "", prop: p.get("prop") || "",
       refresh: Math.min(300, Math.max(2, Number(p.get("refresh")) || 10)), filters: [], tabs: {},
+      imports: p.get("imports") !== "0",
     };
     if (st.period === "custom" && !(DATE_RE.test(st.from) && DATE_RE.test(st.to))) st.period = "7d";
     st.interval = pick("interval", INTERVALS, defaultInterval(st.period));
@@ -363,6 +364,7 @@
     if (st.compare) p.set("compare", st.compare);
     if (st.interval !== defaultInterval(st.period)) p.set("interval", st.interval);
     if (st.metric) p.set("metric", st.metric);
+    if (st.imports === false) p.set("imports", "0");
     for (const f of st.filters) p.append("f", f.op + "~" + f.dim + "~" + f.value);
     for (const [k, v] of Object.entries(st.tabs)) p.set("t." + k, v);
     if (st.prop) p.set("prop", st.prop);
@@ -401,7 +403,13 @@
   }
 
   function baseQuery(st) {
-    return { site_id: S.site, date_range: dateRange(st), filters: apiFilters(st) };
+    return { site_id: S.site, date_range: dateRange(st), filters: apiFilters(st), include: withInclude(st, {}) };
+  }
+  // A query's `include`: `extra`, and imported history unless the reader turned it off
+  // ("Include imported data", as Plausible's dashboard; the API merges it where it can and
+  // says so in meta.imports_included / imports_skip_reason).
+  function withInclude(st, extra) {
+    return Object.assign(st.imports === false ? {} : { imports: true }, extra);
   }
 
   // ---------- panels ----------
@@ -573,7 +581,7 @@
     // A tab may leave out some values (custom events: not the pageviews).
     const query = (lim) => {
       const q = Object.assign(baseQuery(st), {
-        metrics, dimensions: [dim], pagination: { limit: lim, offset: 0 }, include: { total_rows: true },
+        metrics, dimensions: [dim], pagination: { limit: lim, offset: 0 }, include: withInclude(st, { total_rows: true }),
       });
       if (tab.exclude) q.filters = q.filters.concat([["is_not", dim, tab.exclude]]);
       return q;
@@ -584,6 +592,11 @@
         const data = await api("/api/v2/query", { body: query(10) });
         if (gen !== S.generation) return;
         const out = [rowTable(dim, metrics, data, st, def.title + ": " + tab.label)];
+        const skipped = data.meta && data.meta.imports_skip_reason;
+        if (skipped && skipped !== "no_imported_data") {
+          out.push(h("p", { class: "hint imports-note", text: "Imported data is not included in this report: " +
+            (skipped === "unsupported_interval" ? "imports are by day, not by hour." : "the import has no such breakdown or filter.") }));
+        }
         const shown = (data.results || []).length;
         const total = (data.meta && data.meta.total_rows) || shown;
         if (total > shown) {
@@ -720,7 +733,7 @@
       const mine = ++ask;
       body.setAttribute("aria-busy", "true");
       const query = Object.assign(baseQuery(st), {
-        metrics, dimensions: [dim], pagination: { limit: MORE_PAGE, offset }, include: { total_rows: true } });
+        metrics, dimensions: [dim], pagination: { limit: MORE_PAGE, offset }, include: withInclude(st, { total_rows: true }) });
       if (exclude) query.filters = query.filters.concat([["is_not", dim, exclude]]);
       if (q) query.filters = query.filters.concat([["contains", dim, [q], { case_sensitive: false }]]);
       try {
@@ -896,7 +909,7 @@
     const slots = groups.map(() => h("div", { class: "slot" }));
     const runs = groups.map((metrics, g) => {
       const query = Object.assign(baseQuery(st), { metrics, dimensions: [] });
-      if (st.compare) query.include = { comparisons: { mode: st.compare } };
+      if (st.compare) query.include = withInclude(st, { comparisons: { mode: st.compare } });
       return api("/api/v2/query", { body: query }).then((data) => {
         if (gen !== S.generation) return data;
         const r = (data.results || [])[0] || { metrics: metrics.map(() => null) };
@@ -948,11 +961,11 @@
     fig.append(h("div", { class: "panel-head" }, caption, csv), plot, details);
     container.append(fig);
     const dim = "time:" + st.interval;
-    const query = Object.assign(baseQuery(st), { metrics: [metric], dimensions: [dim], include: { time_labels: true } });
+    const query = Object.assign(baseQuery(st), { metrics: [metric], dimensions: [dim], include: withInclude(st, { time_labels: true }) });
     if (st.compare) query.include.comparisons = { mode: st.compare };
     csv.addEventListener("click", async () => {
       try {
-        const blob = await api("/api/v2/query.csv", { body: Object.assign({}, query, { include: {} }), csv: true, blob: true });
+        const blob = await api("/api/v2/query.csv", { body: Object.assign({}, query, { include: withInclude(st, {}) }), csv: true, blob: true });
         download(blob, fileSafe(S.site + "-" + metric + "-by-" + st.interval) + ".csv");
       } catch (e) { status("CSV download failed: " + e.message); }
     });
@@ -1063,6 +1076,9 @@
     $("to").value = st.to;
     $("compare").value = st.compare;
     $("interval").value = st.interval;
+    $("imports").checked = st.imports !== false;
+    // Shown once an answer says the site has imported history (or while it is turned off).
+    $("imports-l").hidden = st.imports !== false;
     $("controls").hidden = st.view === "realtime";
     $("export").hidden = st.view === "realtime";
     $("filters").hidden = st.view === "realtime"; // the realtime endpoint takes no filters
@@ -1099,6 +1115,9 @@
     topStats(body, stats, st, gen, metric).then((data) => {
       if (gen !== S.generation) return;
       const meta = data.meta || {};
+      if (meta.imports_included || (meta.imports_skip_reason && meta.imports_skip_reason !== "no_imported_data")) {
+        $("imports-l").hidden = false;
+      }
       if (meta.too_few_visitors) {
         $("notice").hidden = false;
         $("notice").textContent = "These filters select fewer than " + meta.min_visitors +
@@ -1203,6 +1222,7 @@
       });
     }
     $("compare").addEventListener("change", () => navigate((s) => { s.compare = $("compare").value; }));
+    $("imports").addEventListener("change", () => navigate((s) => { s.imports = $("imports").checked; }));
     $("interval").addEventListener("change", () => navigate((s) => { s.interval = $("interval").value; }));
     $("export").addEventListener("click", async () => {
       const st = readState();
