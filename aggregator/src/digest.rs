@@ -62,7 +62,9 @@ pub fn due_week(now: DateTime<Utc>, tz: chrono_tz::Tz) -> NaiveDate {
     let local = now.with_timezone(&tz).naive_local();
     let day = local.date();
     let monday = day - chrono::Duration::days(i64::from(day.weekday().num_days_from_monday()));
-    let due_monday = if day == monday && local.time() < chrono::NaiveTime::MIN + chrono::Duration::hours(i64::from(SEND_HOUR)) {
+    let due_monday = if day == monday
+        && local.time() < chrono::NaiveTime::MIN + chrono::Duration::hours(i64::from(SEND_HOUR))
+    {
         monday - chrono::Duration::days(7)
     } else {
         monday
@@ -87,7 +89,10 @@ pub struct Numbers {
 
 /// The request bodies of a digest's three questions (what the tests post to the API too).
 pub fn questions(site: &str, week: NaiveDate) -> [Value; 3] {
-    let range = json!([week.to_string(), (week + chrono::Duration::days(6)).to_string()]);
+    let range = json!([
+        week.to_string(),
+        (week + chrono::Duration::days(6)).to_string()
+    ]);
     let top = |dim: &str| {
         json!({"site_id": site, "metrics": ["visitors"], "dimensions": [dim], "date_range": range,
                "order_by": [["visitors", "desc"]], "pagination": {"limit": TOP}})
@@ -166,7 +171,8 @@ pub fn show(v: &Value) -> String {
     }
 }
 
-fn show_change(v: &Value, points: bool) -> String {
+/// A change as the digest shows it (`points`: the bounce rate's difference; else percent).
+pub fn show_change(v: &Value, points: bool) -> String {
     match v.as_f64() {
         Some(x) => {
             let sign = if x > 0.0 { "+" } else { "" };
@@ -206,7 +212,11 @@ pub fn compose(
         site.domain, site.timezone
     );
     for (i, l) in labels.iter().enumerate() {
-        text += &format!("{l}: {} ({})\n", value(i), show_change(&n.changes[i], i == 2));
+        text += &format!(
+            "{l}: {} ({})\n",
+            value(i),
+            show_change(&n.changes[i], i == 2)
+        );
     }
     let list = |title: &str, rows: &[(String, Value)]| {
         let mut t = format!("\n{title}\n");
@@ -245,7 +255,11 @@ pub fn compose(
             h += "<tr><td>(none)</td></tr>";
         }
         for (name, v) in rows {
-            h += &format!("<tr><td>{}</td><td>{} visitors</td></tr>", e(name), e(&show(v)));
+            h += &format!(
+                "<tr><td>{}</td><td>{} visitors</td></tr>",
+                e(name),
+                e(&show(v))
+            );
         }
         h + "</table>"
     };
@@ -330,7 +344,9 @@ pub async fn send_due(agg: &Aggregator) -> Result<usize, Error> {
         match send_one(agg, rec, week).await {
             Ok(true) => sent += 1,
             Ok(false) => {}
-            Err(e) => tracing::warn!(site = %site_name, error = %e, "a weekly digest failed; retrying later"),
+            Err(e) => {
+                tracing::warn!(site = %site_name, error = %e, "a weekly digest failed; retrying later")
+            }
         }
     }
     Ok(sent)
@@ -398,7 +414,9 @@ async fn digest_route(
                 "no e-mail is configured: start Veil with --smtp-url and --smtp-from".into(),
             ));
         }
-        let view = agg.site(&site).ok_or_else(|| Error::UnknownSite(site.clone()))?;
+        let view = agg
+            .site(&site)
+            .ok_or_else(|| Error::UnknownSite(site.clone()))?;
         let week = due_week(agg.now(), query::timezone(&view.timezone));
         let (mut sent, mut failed) = (0, 0);
         for rec in agg.registry().digests().await? {
@@ -414,8 +432,13 @@ async fn digest_route(
                 }
             }
         }
-        agg.audit(access, &site, "digest.send", json!({"week": week.to_string(), "sent": sent}))
-            .await;
+        agg.audit(
+            access,
+            &site,
+            "digest.send",
+            json!({"week": week.to_string(), "sent": sent}),
+        )
+        .await;
         return Ok(json_response(
             StatusCode::OK,
             &json!({"week": [week.to_string(), (week + chrono::Duration::days(6)).to_string()],
@@ -434,7 +457,9 @@ async fn digest_route(
             let rec = match current {
                 Some(r) if r.subscribed => r,
                 other => {
-                    let view = agg.site(&site).ok_or_else(|| Error::UnknownSite(site.clone()))?;
+                    let view = agg
+                        .site(&site)
+                        .ok_or_else(|| Error::UnknownSite(site.clone()))?;
                     // The week due now counts as sent: the first digest is the next Monday's.
                     let week = due_week(agg.now(), query::timezone(&view.timezone));
                     let r = DigestRecord {
@@ -551,8 +576,13 @@ async fn unsubscribe(agg: &Aggregator, m: &Method, token: &str) -> Result<HttpRe
         .user(&user)
         .map(|u| u.email.clone())
         .unwrap_or_default();
-    agg.audit_as(&email, &site_name, "digest.unsubscribe", json!({"link": true}))
-        .await;
+    agg.audit_as(
+        &email,
+        &site_name,
+        "digest.unsubscribe",
+        json!({"link": true}),
+    )
+    .await;
     Ok(page(
         StatusCode::OK,
         "Unsubscribed",
@@ -584,8 +614,14 @@ mod tests {
         assert_eq!(due_week(at("2026-12-06T23:00:00Z"), utc), d("2026-11-23"));
         // Berlin is UTC+1: 07:30 UTC is 08:30 there.
         let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
-        assert_eq!(due_week(at("2026-11-30T07:30:00Z"), berlin), d("2026-11-23"));
-        assert_eq!(due_week(at("2026-11-30T06:30:00Z"), berlin), d("2026-11-16"));
+        assert_eq!(
+            due_week(at("2026-11-30T07:30:00Z"), berlin),
+            d("2026-11-23")
+        );
+        assert_eq!(
+            due_week(at("2026-11-30T06:30:00Z"), berlin),
+            d("2026-11-16")
+        );
     }
 
     #[test]
@@ -594,7 +630,10 @@ mod tests {
         assert_eq!(show(&json!(12.0)), "12");
         assert_eq!(show(&json!(41.25)), "41.2");
         assert_eq!(show(&Value::Null), "—");
-        assert_eq!(show_change(&json!(-3), true), "-3 points on the week before");
+        assert_eq!(
+            show_change(&json!(-3), true),
+            "-3 points on the week before"
+        );
         assert_eq!(show_change(&json!(50), false), "+50 % on the week before");
     }
 }

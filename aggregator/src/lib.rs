@@ -425,11 +425,15 @@ impl AggregatorConfig {
         if let Some(u) = &self.smtp_url {
             let _ = mail::check_smtp_url(u)?;
             let Some(from) = &self.smtp_from else {
-                return bad("--smtp-url needs --smtp-from (the From of invitations and digests)".into());
+                return bad(
+                    "--smtp-url needs --smtp-from (the From of invitations and digests)".into(),
+                );
             };
             mail::check_from(from)?;
             if self.public_url.is_none() {
-                return bad("--smtp-url needs --public-url (links in e-mails must be absolute)".into());
+                return bad(
+                    "--smtp-url needs --public-url (links in e-mails must be absolute)".into(),
+                );
             }
         }
         if self.registry_refresh.is_zero() {

@@ -74,7 +74,9 @@ pub fn check_smtp_url(url: &str) -> Result<SmtpUrl, Error> {
     };
     let Some(rest) = url.strip_prefix("smtp://") else {
         if url.starts_with("smtps://") {
-            return bad("asks for TLS, which this build does not include: relay through a local MTA");
+            return bad(
+                "asks for TLS, which this build does not include: relay through a local MTA",
+            );
         }
         return bad("is not an smtp:// URL");
     };
@@ -197,10 +199,9 @@ impl Header for ListUnsubscribePost {
 impl Mail {
     /// The message as sent, from `from`.
     pub fn to_message(&self, from: &Mailbox) -> Result<Message, Error> {
-        let to: Mailbox = self
-            .to
-            .parse()
-            .map_err(|e| Error::BadRequest(format!("{:?} is not an e-mail address: {e}", self.to)))?;
+        let to: Mailbox = self.to.parse().map_err(|e| {
+            Error::BadRequest(format!("{:?} is not an e-mail address: {e}", self.to))
+        })?;
         let mut b = Message::builder()
             .from(from.clone())
             .to(to)
@@ -228,7 +229,9 @@ pub struct SmtpMailer {
 
 impl std::fmt::Debug for SmtpMailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpMailer").field("host", &self.host).finish()
+        f.debug_struct("SmtpMailer")
+            .field("host", &self.host)
+            .finish()
     }
 }
 
@@ -327,7 +330,13 @@ pub(crate) async fn send_invitation(
         return false;
     };
     let link = crate::digest::absolute(agg, url);
-    let mail = invitation(&inv.email, access.actor(), &inv.site, inv.role.name(), &link);
+    let mail = invitation(
+        &inv.email,
+        access.actor(),
+        &inv.site,
+        inv.role.name(),
+        &link,
+    );
     match mailer.send(mail).await {
         Ok(()) => true,
         Err(e) => {
@@ -344,12 +353,22 @@ mod tests {
     #[test]
     fn smtp_urls_are_checked_with_the_flag_named() {
         let u = check_smtp_url("smtp://127.0.0.1:2525").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.credentials), ("127.0.0.1", 2525, None));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.credentials),
+            ("127.0.0.1", 2525, None)
+        );
         let u = check_smtp_url("smtp://user:s%40cret@relay.internal").unwrap();
         assert_eq!(u.port, 25);
         assert_eq!(u.credentials, Some(("user".into(), "s@cret".into())));
         assert_eq!(check_smtp_url("smtp://[::1]:587").unwrap().host, "::1");
-        for bad in ["http://x", "smtp://", "smtp://:25", "smtp://h:99999", "smtps://u:p@h", "smtp://u:%zz@h"] {
+        for bad in [
+            "http://x",
+            "smtp://",
+            "smtp://:25",
+            "smtp://h:99999",
+            "smtps://u:p@h",
+            "smtp://u:%zz@h",
+        ] {
             let e = check_smtp_url(bad).unwrap_err().to_string();
             assert!(e.contains("--smtp-url"), "{bad}: {e}");
             assert!(!e.contains("secret"));
@@ -382,14 +401,26 @@ mod tests {
         assert!(raw.contains("text/html; charset=utf-8"));
         assert!(raw.contains("List-Unsubscribe: <https://veil.example/unsubscribe?token=vu_1>"));
         assert!(raw.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
-        assert!(raw.contains("Subject: Weekly =?utf-8?b?4oCU?= a.com"), "{raw}");
+        assert!(
+            raw.contains("Subject: Weekly =?utf-8?b?4oCU?= a.com"),
+            "{raw}"
+        );
         assert!(raw.contains("Message-ID: <"), "{raw}");
     }
 
     #[test]
     fn html_is_escaped() {
-        assert_eq!(escape_html("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
-        let m = invitation("b@x.com", "a<b>@x.com", "x.com", "viewer", "https://v/invite#token=t");
+        assert_eq!(
+            escape_html("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        let m = invitation(
+            "b@x.com",
+            "a<b>@x.com",
+            "x.com",
+            "viewer",
+            "https://v/invite#token=t",
+        );
         assert!(m.html.contains("a&lt;b&gt;@x.com"));
         assert!(m.text.contains("https://v/invite#token=t"));
     }

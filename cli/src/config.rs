@@ -706,7 +706,10 @@ mod tests {
             "https://veil.example",
         ];
         let s = parse(&ok).unwrap();
-        assert_eq!(s.aggregator.smtp_url.as_deref(), Some("smtp://127.0.0.1:2525"));
+        assert_eq!(
+            s.aggregator.smtp_url.as_deref(),
+            Some("smtp://127.0.0.1:2525")
+        );
         for (bad, names) in [
             (vec!["up", "--smtp-url", "http://x"], "--smtp-url"),
             (vec!["up", "--smtp-url", "smtp://h"], "--smtp-from"),

@@ -110,8 +110,7 @@ impl Registry {
             user_id: rec.user_id.clone(),
             site: rec.site.clone(),
             subscribed: u8::from(rec.subscribed),
-            token_hashes: serde_json::to_string(&rec.token_hashes)
-                .unwrap_or_else(|_| "[]".into()),
+            token_hashes: serde_json::to_string(&rec.token_hashes).unwrap_or_else(|_| "[]".into()),
             last_sent: rec.last_sent.clone(),
             version: rec.version,
         };
