@@ -42,7 +42,7 @@ use veil_schemas::people::{Role, ALL_SITES};
 
 use crate::auth::Access;
 use crate::http::{bytes_response, json_response, HttpResponse};
-use crate::mail::{escape_html, Mail};
+use crate::mail::{absolute, html_text, Mail};
 use crate::site::SiteView;
 use crate::{query, stats, Aggregator, Error};
 
@@ -234,7 +234,7 @@ pub fn compose(
         "\n{privacy} \"—\" is a number withheld because it describes too few visitors.\n\
          Dashboard: {dashboard}\nUnsubscribe from this digest: {unsubscribe}\n"
     );
-    let e = escape_html;
+    let e = html_text;
     let mut html = format!(
         "<!doctype html><html><body style=\"font-family:sans-serif\">\
          <h1>Veil weekly digest: {}</h1><p>Week {week} to {last} ({})</p><table>",
@@ -279,12 +279,6 @@ pub fn compose(
         html,
         unsubscribe: Some(unsubscribe.to_string()),
     }
-}
-
-/// `path` under `--public-url` (links in e-mails are absolute).
-pub fn absolute(agg: &Aggregator, path: &str) -> String {
-    let base = agg.config().public_url.as_deref().unwrap_or_default();
-    format!("{}{path}", base.trim_end_matches('/'))
 }
 
 /// Whether `user_id` may still read `site` (a removed person gets no digest).
@@ -498,7 +492,7 @@ fn page(status: StatusCode, title: &str, body: &str) -> HttpResponse {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width\"><title>{t}</title></head>\
          <body><h1>{t}</h1>{body}</body></html>",
-        t = escape_html(title)
+        t = html_text(title)
     );
     let mut r = bytes_response("text/html; charset=utf-8", None, html.into_bytes());
     *r.status_mut() = status;
@@ -548,9 +542,9 @@ async fn unsubscribe(agg: &Aggregator, m: &Method, token: &str) -> Result<HttpRe
              your digests.</p>",
         ));
     };
-    let site = escape_html(&rec.site);
+    let site = html_text(&rec.site);
     if m != Method::POST {
-        let action = escape_html(&format!("{UNSUBSCRIBE_PATH}?token={token}"));
+        let action = html_text(&format!("{UNSUBSCRIBE_PATH}?token={token}"));
         return Ok(page(
             StatusCode::OK,
             "Unsubscribe from the weekly digest?",

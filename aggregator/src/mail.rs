@@ -273,7 +273,7 @@ impl Mailer for SmtpMailer {
 }
 
 /// `s` with `&`, `<`, `>`, `"` and `'` escaped for HTML text and attributes.
-pub fn escape_html(s: &str) -> String {
+pub fn html_text(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -304,10 +304,10 @@ pub fn invitation(to: &str, inviter: &str, site: &str, role: &str, link: &str) -
         "<!doctype html><html><body><p>{} invites you to <b>{}</b> on Veil as {}.</p>\
          <p><a href=\"{}\">Accept the invitation</a> (the link works once, for 7 days).</p>\
          <p>If you did not expect this, ignore this e-mail.</p></body></html>",
-        escape_html(inviter),
-        escape_html(&what),
-        escape_html(role),
-        escape_html(link)
+        html_text(inviter),
+        html_text(&what),
+        html_text(role),
+        html_text(link)
     );
     Mail {
         to: to.to_string(),
@@ -316,6 +316,12 @@ pub fn invitation(to: &str, inviter: &str, site: &str, role: &str, link: &str) -
         html,
         unsubscribe: None,
     }
+}
+
+/// `path` under `--public-url` (links in e-mails are absolute).
+pub fn absolute(agg: &crate::Aggregator, path: &str) -> String {
+    let base = agg.config().public_url.as_deref().unwrap_or_default();
+    format!("{}{path}", base.trim_end_matches('/'))
 }
 
 /// E-mails an invitation's link (`url`: `/invite#token=…`) to its invitee when e-mail is
@@ -329,7 +335,7 @@ pub(crate) async fn send_invitation(
     let Some(mailer) = agg.mailer() else {
         return false;
     };
-    let link = crate::digest::absolute(agg, url);
+    let link = absolute(agg, url);
     let mail = invitation(
         &inv.email,
         access.actor(),
@@ -411,7 +417,7 @@ mod tests {
     #[test]
     fn html_is_escaped() {
         assert_eq!(
-            escape_html("<a href=\"x\">&'"),
+            html_text("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
         let m = invitation(
