@@ -51,7 +51,8 @@
 //! [`admin`] (the routes), [`site`] (a site as reports see it), [`query`] (parsing a Stats API
 //! query and compiling it to SQL), [`stats`] (running it and shaping the answer), [`builds`]
 //! (which rollup builds reports may read), [`snapshot`] (today's snapshots), [`db`] (the one
-//! door to ClickHouse), [`http`] (responses). Background jobs: [`rollup`], [`retention`].
+//! door to ClickHouse), [`http`] (responses). Background jobs: [`rollup`], [`retention`],
+//! [`digest`] (weekly e-mail digests, sent through [`mail`] with invitations).
 
 pub mod account;
 pub mod admin;
