@@ -432,3 +432,60 @@ async fn a_weekly_digest_arrives_on_monday_with_the_apis_numbers_and_unsubscribe
     let second = smtp.wait_for(2).await.remove(1);
     assert!(part(&second, "text/plain").contains("Week 2026-11-23 to 2026-11-29"));
 }
+
+#[tokio::test]
+async fn in_dp_mode_a_digest_spends_a_budget_of_its_own_and_shows_the_published_numbers() {
+    let smtp = Smtpd::start();
+    let ch = veil_schemas::testing::fresh_database("mail_digest_dp").await;
+    let clock = ManualClock::new(Utc::now());
+    let cfg = AggregatorConfig {
+        privacy: veil_aggregator::privacy::Settings::default(),
+        ..config(&smtp)
+    };
+    assert_eq!(cfg.privacy.mode, veil_aggregator::privacy::Mode::Dp);
+    let a = Aggregator::new(cfg, ch.clone()).with_clock(clock.clone());
+    a.registry().refresh().await.unwrap();
+    common::seed(&ch).await;
+    let owner = set_up_owner(&a).await;
+    clock.set(at("2026-11-23T09:00:00Z"));
+    let path = format!("/api/v1/sites/{}/digest", common::SITE);
+    assert_eq!(
+        owner.call(&a, "PUT", &path, None).await.body["subscribed"],
+        true
+    );
+    let r = owner.call(&a, "POST", &format!("{path}/send"), None).await;
+    assert_eq!((r.status, &r.body["sent"]), (200, &json!(1)), "{}", r.text);
+    let mail = smtp.wait_for(1).await.remove(0);
+    let text = part(&mail, "text/plain");
+    assert!(text.contains("differential-privacy noise"), "{text}");
+
+    // The digest's questions were charged to digest:{user}, not to the person's own budget.
+    let spent = |like: &'static str| {
+        let ch = ch.clone();
+        async move {
+            common::count(
+                &ch,
+                veil_schemas::sql!(
+                    "SELECT count() FROM privacy_spend WHERE credential LIKE {}",
+                    veil_schemas::sql::lit(like)
+                ),
+            )
+            .await
+        }
+    };
+    assert!(spent("digest:% shop.example").await >= 3);
+    assert_eq!(spent("user:%").await, 0);
+
+    // The same question asked on the API publishes the same (noisy) visitors number.
+    let week = NaiveDate::from_ymd_opt(2026, 11, 16).unwrap();
+    let [totals, _, _] = digest::questions(common::SITE, week);
+    let r = owner.call(&a, "POST", "/api/v2/query", Some(totals)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["meta"]["privacy"]["mode"], "dp", "{}", r.text);
+    let visitors = show(&r.body["results"][0]["metrics"][0]);
+    assert!(
+        text.contains(&format!("Visitors: {visitors} (")),
+        "{visitors} not in {text}"
+    );
+    assert!(spent("user:%").await >= 1);
+}
