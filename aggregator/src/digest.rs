@@ -619,6 +619,46 @@ mod tests {
     }
 
     #[test]
+    fn tracked_strings_are_text_in_the_html_part() {
+        // Paths and sources are chosen by whoever sends events: never markup in the e-mail.
+        let site = crate::site::view("a.com", &veil_schemas::registry::SiteSettings::default());
+        let n = Numbers {
+            totals: [json!(7), json!(9), Value::Null],
+            changes: [json!(40), Value::Null, Value::Null],
+            pages: vec![("/<script>alert(1)</script>".into(), json!(5))],
+            sources: vec![("\"><img src=x onerror=alert(1)>".into(), json!(5))],
+            mode: "exact".into(),
+        };
+        let week = NaiveDate::from_ymd_opt(2026, 11, 16).unwrap();
+        let m = compose(
+            "p@a.com",
+            &site,
+            week,
+            &n,
+            "https://v/site/a.com",
+            "https://v/unsubscribe?token=vu_1",
+        );
+        assert!(
+            !m.html.contains("<script>") && !m.html.contains("<img"),
+            "{}",
+            m.html
+        );
+        assert!(m.html.contains("&lt;script&gt;"));
+        assert!(m.text.contains("/<script>alert(1)</script>: 5 visitors"));
+        assert!(m.text.contains("Visitors: 7 (+40 % on the week before)"));
+        assert!(
+            m.text.contains("Bounce rate: — (no comparison)"),
+            "{}",
+            m.text
+        );
+        assert_eq!(m.subject, "a.com: your week 2026-11-16 to 2026-11-22");
+        assert_eq!(
+            m.unsubscribe.as_deref(),
+            Some("https://v/unsubscribe?token=vu_1")
+        );
+    }
+
+    #[test]
     fn numbers_show_plainly_and_withheld_ones_as_a_dash() {
         assert_eq!(show(&json!(12)), "12");
         assert_eq!(show(&json!(12.0)), "12");

@@ -336,13 +336,11 @@ pub(crate) async fn send_invitation(
         return false;
     };
     let link = absolute(agg, url);
-    let mail = invitation(
-        &inv.email,
-        access.actor(),
-        &inv.site,
-        inv.role.name(),
-        &link,
-    );
+    let inviter = match access {
+        crate::Access::User(p) => p.email.as_str(),
+        _ => "The operator of this Veil",
+    };
+    let mail = invitation(&inv.email, inviter, &inv.site, inv.role.name(), &link);
     match mailer.send(mail).await {
         Ok(()) => true,
         Err(e) => {
