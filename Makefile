@@ -80,7 +80,7 @@ tracker: test-deps
 CH26_TESTS ?= --test migrate --test registry --test http_interface --test ingest --test privacy \
 	--test api --test v1 --test filters --test realtime --test child_directed --test filtered \
 	--test retention --test snapshots --test admin --test rollups --test funnels --test bounds \
-	--test accounts --test cost
+	--test accounts --test cost --test imports
 test-ch26: test-deps
 	VEIL_TEST_CLICKHOUSE=chdb26 $(CARGO) test --workspace $(CH26_TESTS)
 

@@ -31,6 +31,13 @@
 //!   (`expires_at`: RFC 3339 or Unix seconds, in the future; `password`: 8–256 bytes, then
 //!   required in `X-Veil-Link-Password`); `GET …/shared-links` lists them (never tokens);
 //!   `DELETE …/shared-links/{id}` revokes one.
+//! - `GET /api/v1/sites/{domain}/imports` → `{"imports": [{"id", "source", "file_name",
+//!   "start_date", "end_date", "rows", "imported_at"}]}`: the site's imported history
+//!   ([`crate::imports`]); `POST …/imports?source=plausible&file=NAME` with the export as the
+//!   body (Plausible's zip, or one of its CSV files named by `file`; at most --max-body-bytes)
+//!   → 201 `{"import", "already": false, "skipped"}` (200 and `"already": true` for a file
+//!   imported before: nothing changes); `DELETE …/imports/{id}` → `{"deleted": IMPORT}`. The
+//!   site's admin role; imports and deletions are audited (`import.create`, `import.delete`).
 //!
 //! SITE is `{"domain", "source": "stored"|"flags", "aliases", "timezone", "retention_days"?,
 //! "child_directed", "honor_dnt", "keep_bots", "min_visitors", "goals", "funnels",
@@ -215,6 +222,54 @@ impl Aggregator {
 }
 
 /// Routes `/api/v1/sites…` for `access`.
+/// `POST …/imports?source=plausible&file=NAME`: the body is the export (the zip, or one CSV
+/// whose `file` name says its table); 201 when imported, 200 when this file was already.
+async fn upload_import(
+    agg: &Aggregator,
+    access: &Access,
+    req: &Request<Bytes>,
+    d: &str,
+) -> Result<HttpResponse, Error> {
+    let mut file = "upload.zip".to_string();
+    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "file" => file = v.into_owned(),
+            "source" if v == "plausible" => {}
+            "source" => {
+                return Err(bad(format!(
+                    "`source` {v:?} is not supported; expected \"plausible\""
+                )))
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown parameter `{other}`; expected source, file"
+                )))
+            }
+        }
+    }
+    check_text("file", &file, MAX_NAME_BYTES)?;
+    let out = crate::imports::import_plausible(&agg.ch, d, &file, req.body()).await?;
+    if !out.already {
+        let i = &out.import;
+        agg.audit(
+            access,
+            d,
+            "import.create",
+            json!({"id": i.id, "source": i.source, "file": i.file_name, "rows": i.rows}),
+        )
+        .await;
+    }
+    let status = if out.already {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(json_response(
+        status,
+        &json!({"import": out.import, "already": out.already, "skipped": out.skipped}),
+    ))
+}
+
 pub(crate) async fn route(
     agg: &Aggregator,
     access: &Access,
@@ -320,6 +375,34 @@ pub(crate) async fn route(
                 StatusCode::OK,
                 &json!({"erased": d, "rows": removed, "tables": report.tables}),
             ))
+        }
+        [raw, "imports"] => {
+            let (d, _, _) = agg.scoped(access, raw)?;
+            need(access, &d, Role::Admin)?;
+            match *m {
+                Method::GET => {
+                    let list = crate::imports::list(&agg.ch, &d).await?;
+                    Ok(json_response(StatusCode::OK, &json!({ "imports": list })))
+                }
+                Method::POST => upload_import(agg, access, req, &d).await,
+                _ => Err(Error::MethodNotAllowed("GET, POST")),
+            }
+        }
+        [raw, "imports", id] => {
+            let (d, _, _) = agg.scoped(access, raw)?;
+            need(access, &d, Role::Admin)?;
+            if m != Method::DELETE {
+                return Err(Error::MethodNotAllowed("DELETE"));
+            }
+            let gone = crate::imports::delete(&agg.ch, &d, id).await?;
+            agg.audit(
+                access,
+                &d,
+                "import.delete",
+                json!({"id": gone.id, "file": gone.file_name, "rows": gone.rows}),
+            )
+            .await;
+            Ok(json_response(StatusCode::OK, &json!({ "deleted": gone })))
         }
         [raw, "keys"] => {
             let (d, _, _) = agg.scoped(access, raw)?;

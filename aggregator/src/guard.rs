@@ -21,6 +21,9 @@
 //!    `Content-Type: application/json` (parameters such as `charset` allowed): anything else is
 //!    `415 Unsupported Media Type`. This also closes the "simple request" door: a cross-origin
 //!    `text/plain` POST needs no CORS preflight, an `application/json` one does (and gets none).
+//!    One exception: an export uploaded to `POST /api/v1/sites/{domain}/imports` may say
+//!    `application/zip`, `text/csv` or `application/octet-stream` (none CORS-safelisted: a
+//!    cross-origin upload needs a preflight just the same).
 //!
 //! Every answer of the dashboard and the aggregator then gets [`Guard::harden`]:
 //! `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`, `X-Frame-Options: DENY`,
@@ -252,7 +255,14 @@ impl Guard {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let essence = ct.split(';').next().unwrap_or("").trim();
-            if !essence.eq_ignore_ascii_case("application/json") {
+            // An export uploaded to `…/imports` (crate::admin) is a zip or a CSV file; none of
+            // these types is CORS-safelisted, so a cross-origin upload still needs a preflight.
+            let upload = req.uri().path().starts_with("/api/v1/sites/")
+                && req.uri().path().ends_with("/imports")
+                && ["application/zip", "text/csv", "application/octet-stream"]
+                    .iter()
+                    .any(|t| essence.eq_ignore_ascii_case(t));
+            if !upload && !essence.eq_ignore_ascii_case("application/json") {
                 let given = if ct.is_empty() { "none" } else { ct };
                 return Err(Error::UnsupportedMediaType(format!(
                     "this API takes JSON: send `Content-Type: application/json` (got {given})"
@@ -465,6 +475,23 @@ mod tests {
         }
         assert_eq!(status(&g, &req("DELETE", "/api/v1/sites/a.com", &[])), None);
         assert_eq!(status(&g, &req("GET", "/api/v1/sites", &[])), None);
+        // An export uploaded to a site's imports is a zip or CSV; elsewhere those are refused,
+        // and a safelisted type (no CORS preflight) is refused there too.
+        let zip = [("content-type", "application/zip")];
+        let upload = "/api/v1/sites/a.com/imports";
+        assert_eq!(status(&g, &req("POST", upload, &zip)), None);
+        assert_eq!(
+            status(&g, &req("POST", upload, &[("content-type", "text/csv")])),
+            None
+        );
+        assert_eq!(
+            status(&g, &req("POST", "/api/v1/sites", &zip)),
+            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        assert_eq!(
+            status(&g, &req("POST", upload, &[("content-type", "text/plain")])),
+            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub mod db;
 pub mod digest;
 pub mod guard;
 pub mod http;
+pub mod imports;
 pub mod mail;
 pub mod money;
 pub mod privacy;

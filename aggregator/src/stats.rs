@@ -35,6 +35,7 @@ use serde_json::{json, Map, Value};
 
 use crate::builds::{Builds, TodaySnapshots};
 use crate::db::number;
+use crate::imports::merge;
 use crate::privacy;
 use crate::query::expr::additive;
 use crate::query::{self, Dim, DimKind, Filter, Metric, Op, Query};
@@ -573,6 +574,14 @@ async fn since_first_day(
         .and_then(Value::as_str)
         .and_then(|s| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
         .unwrap_or(q.to);
+    // With imports, "all" starts on the first imported day when that is earlier.
+    let first = match q.imports {
+        true => match merge::first_day(client, &site.domain).await? {
+            Some(d) => first.min(d),
+            None => first,
+        },
+        false => first,
+    };
     let floor = q.to - chrono::Duration::days(3660);
     let from = first.clamp(floor, q.to);
     q.from = from;
@@ -806,10 +815,13 @@ async fn answer(
     )
     .sharing(shared.inflight.cloned());
     let builds = &mut builds;
+    let imports = imports_plan(client, site, q).await?;
+    let merge = imports.as_ref().ok();
     let (rep, comparison, guard, privacy_meta) = match shared.asker.filter(|a| a.privacy.dp()) {
-        Some(asker) => dp_reports(client, site, q, builds, asker, tz).await?,
+        Some(asker) => dp_reports(client, site, q, builds, asker, tz, merge).await?,
         None => {
-            let (rep, comparison, guard) = exact_reports(client, site, q, builds, tz).await?;
+            let (rep, comparison, guard) =
+                exact_reports(client, site, q, builds, tz, merge).await?;
             let meta = json!({"mode": "exact", "min_visitors": site.min_visitors});
             (rep, comparison, guard, meta)
         }
@@ -893,7 +905,7 @@ async fn answer(
         "folded_rows": rep.folded,
         "suppressed": rep.suppressed,
         "too_few_visitors": guard,
-        "imports_included": false,
+        "imports_included": q.imports && imports.is_ok(),
         "source": query::source(q, site.child_directed).name(),
     });
     if q.total_rows {
@@ -908,9 +920,9 @@ async fn answer(
             .collect();
         meta["metric_warnings"] = Value::Object(warnings);
     }
-    if q.imports {
-        meta["imports_warning"] =
-            json!("this site has no imported data: the numbers are Veil's own");
+    if let (true, Err(skip)) = (q.imports, &imports) {
+        meta["imports_skip_reason"] = json!(skip.reason());
+        meta["imports_warning"] = json!(skip.warning());
     }
     if q.time_labels {
         meta["time_labels"] = json!(labels);
@@ -931,6 +943,109 @@ async fn answer(
     }))
 }
 
+/// How `q` reads imported numbers ([`merge::plan`]), or why it does not (`include.imports`
+/// not asked: [`merge::Skip::NoData`], never shown).
+async fn imports_plan(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+) -> Result<Result<merge::Plan, merge::Skip>, Error> {
+    if !q.imports {
+        return Ok(Err(merge::Skip::NoData));
+    }
+    let plan = match merge::plan(q, site) {
+        Ok(p) => p,
+        Err(skip) => return Ok(Err(skip)),
+    };
+    let mut any = merge::present(client, q).await?;
+    if let (false, Some(how)) = (any, q.compare) {
+        let tz = query::timezone(&site.timezone);
+        any = merge::present(client, &q.comparison(how, tz)).await?;
+    }
+    Ok(if any {
+        Ok(plan)
+    } else {
+        Err(merge::Skip::NoData)
+    })
+}
+
+/// A report of `q` with imported rows merged (exact mode): the plan's parts read unrounded
+/// and unfolded, imported parts added per row, then k-anonymity on the sums
+/// ([`privacy::Release::exact`]). Rows under k are left out (breakdowns: no `(other)` row)
+/// or nulled (time buckets, totals). `percentage` divides by the merged total of the same
+/// filters.
+async fn merged_report(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+    builds: &mut Builds,
+    plan: &merge::Plan,
+) -> Result<Report, Error> {
+    let (mut rows, suppressed) = merged_rows(client, site, q, builds, plan).await?;
+    if let Some(pi) = q.metrics.iter().position(|m| *m == Metric::Percentage) {
+        let t = total_question(q);
+        let total = match merge::plan(&t, site) {
+            Ok(tp) => merged_rows(client, site, &t, builds, &tp)
+                .await?
+                .0
+                .first()
+                .and_then(|r| r.metrics.first().copied().flatten()),
+            Err(_) => None,
+        };
+        for slot in rows.iter_mut().filter_map(|r| r.metrics.get_mut(pi)) {
+            *slot = match (*slot, total) {
+                (Some(v), Some(t)) if t > 0.0 => Some(((v * 1000.0 / t).round() / 10.0).min(100.0)),
+                _ => None,
+            };
+        }
+    }
+    sort_rows(q, &mut rows);
+    Ok(Report {
+        rows,
+        folded: 0,
+        suppressed,
+        total_k: None,
+    })
+}
+
+/// `q`'s visitors without its dimensions (a percentage's denominator).
+fn total_question(q: &Query) -> Query {
+    let mut t = q.clone();
+    t.dimensions.clear();
+    t.metrics = vec![Metric::Visitors];
+    t.order_by.clear();
+    t
+}
+
+/// The rows of [`merged_report`], unsorted, and whether one was withheld under k.
+async fn merged_rows(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+    builds: &mut Builds,
+    plan: &merge::Plan,
+) -> Result<(Vec<Row>, bool), Error> {
+    let rel = privacy::Release::exact(q, site.child_directed, site.min_visitors);
+    let mut iq = q.clone();
+    iq.metrics = rel.plan().sql_metrics.clone();
+    iq.unrounded = true;
+    iq.order_by = (0..iq.dimensions.len()).map(|i| (i, false)).collect();
+    let built = builds.for_query(client, site, &iq).await?;
+    let sql = query::assemble::sql(&iq, site, &built, None);
+    let extra = merge::rows(client, q, plan).await?;
+    let (published, suppressed) = rel.rows_with(q, &fetch(client, &sql).await?, &extra);
+    let rows = published
+        .into_iter()
+        .map(|(dims, metrics, k)| Row {
+            dims,
+            metrics,
+            k,
+            folded: 0,
+        })
+        .collect();
+    Ok((rows, suppressed))
+}
+
 /// A report and its comparison with exact numbers, k-anonymity and the differencing guard
 /// (exact mode); the bool says whether the guard refused the filters.
 async fn exact_reports(
@@ -939,6 +1054,7 @@ async fn exact_reports(
     q: &Query,
     builds: &mut Builds,
     tz: chrono_tz::Tz,
+    merge: Option<&merge::Plan>,
 ) -> Result<(Report, Option<(Query, Report)>, bool), Error> {
     let guard = too_few(client, site, q, builds).await?;
     let mut rep = if guard {
@@ -948,6 +1064,8 @@ async fn exact_reports(
             suppressed: true,
             total_k: None,
         }
+    } else if let Some(plan) = merge {
+        merged_report(client, site, q, builds, plan).await?
     } else {
         let mut r = report(client, site, q, builds).await?;
         conversion_rates(client, site, q, &mut r, builds).await?;
@@ -972,6 +1090,8 @@ async fn exact_reports(
                     suppressed: true,
                     total_k: None,
                 }
+            } else if let Some(plan) = merge {
+                merged_report(client, site, &cq, builds, plan).await?
             } else {
                 report(client, site, &cq, builds).await?
             };
@@ -994,6 +1114,7 @@ async fn dp_reports(
     builds: &mut Builds,
     asker: Asker<'_>,
     tz: chrono_tz::Tz,
+    merge: Option<&merge::Plan>,
 ) -> Result<(Report, Option<(Query, Report)>, bool, Value), Error> {
     let p = asker.privacy;
     let mut settings = p.settings().for_site(site);
@@ -1015,11 +1136,16 @@ async fn dp_reports(
             asker.now,
         )
         .await?;
-    let (rep, rel) = dp_report(client, site, q, builds, key, settings, asker.now).await?;
+    let noise = Noise {
+        key,
+        settings,
+        now: asker.now,
+    };
+    let (rep, rel) = dp_report(client, site, q, builds, noise, merge).await?;
     let comparison = match q.compare {
         Some(how) => {
             let cq = q.comparison(how, tz);
-            let (c, _) = dp_report(client, site, &cq, builds, key, settings, asker.now).await?;
+            let (c, _) = dp_report(client, site, &cq, builds, noise, merge).await?;
             Some((cq, c))
         }
         None => None,
@@ -1035,6 +1161,14 @@ async fn dp_reports(
     Ok((rep, comparison, false, meta))
 }
 
+/// What a release's noise is drawn with: the site's key, the settings, the time asked.
+#[derive(Clone, Copy)]
+struct Noise<'a> {
+    key: [u8; 32],
+    settings: &'a privacy::Settings,
+    now: DateTime<Utc>,
+}
+
 /// One noisy report of `q`: its release's rows sorted by `q`'s order on the noisy numbers,
 /// conversion rates and percentages divided by their own releases' noisy denominators.
 async fn dp_report(
@@ -1042,10 +1176,10 @@ async fn dp_report(
     site: &SiteView,
     q: &Query,
     builds: &mut Builds,
-    key: [u8; 32],
-    settings: &privacy::Settings,
-    now: DateTime<Utc>,
+    noise: Noise<'_>,
+    merge: Option<&merge::Plan>,
 ) -> Result<(Report, privacy::Release), Error> {
+    let Noise { key, settings, now } = noise;
     let release = |q: &Query| {
         privacy::Release::new(
             q,
@@ -1057,7 +1191,11 @@ async fn dp_report(
         )
     };
     let rel = release(q)?;
-    let mut rows: Vec<Row> = dp_rows(client, site, q, builds, &rel)
+    let extra = match merge {
+        Some(plan) => merge::rows(client, q, plan).await?,
+        None => Vec::new(),
+    };
+    let mut rows: Vec<Row> = dp_rows(client, site, q, builds, &rel, &extra)
         .await?
         .into_iter()
         .map(|(dims, metrics, k)| Row {
@@ -1072,7 +1210,7 @@ async fn dp_report(
             continue;
         };
         let (keep, base) = conversion_base(q, which)?;
-        let totals = dp_rows(client, site, &base, builds, &release(&base)?).await?;
+        let totals = dp_rows(client, site, &base, builds, &release(&base)?, &[]).await?;
         for row in &mut rows {
             let k: Vec<String> = keep
                 .iter()
@@ -1088,11 +1226,13 @@ async fn dp_report(
         }
     }
     if let Some(pi) = q.metrics.iter().position(|m| *m == Metric::Percentage) {
-        let mut t = q.clone();
-        t.dimensions.clear();
-        t.metrics = vec![Metric::Visitors];
-        t.order_by.clear();
-        let total = dp_rows(client, site, &t, builds, &release(&t)?)
+        let t = total_question(q);
+        // With imports, the total merges them too (the same filters, no dimension).
+        let extra_t = match merge.map(|_| merge::plan(&t, site)) {
+            Some(Ok(tp)) => merge::rows(client, &t, &tp).await?,
+            _ => Vec::new(),
+        };
+        let total = dp_rows(client, site, &t, builds, &release(&t)?, &extra_t)
             .await?
             .first()
             .and_then(|r| r.1.first().copied().flatten())
@@ -1124,7 +1264,8 @@ async fn dp_rows(
     q: &Query,
     builds: &mut Builds,
     rel: &privacy::Release,
-) -> Result<Vec<(Vec<String>, Vec<Option<f64>>, f64)>, Error> {
+    extra: &[privacy::Extra],
+) -> Result<Vec<privacy::Published>, Error> {
     let mut iq = q.clone();
     iq.metrics = rel.plan().sql_metrics.clone();
     iq.unrounded = true;
@@ -1137,7 +1278,7 @@ async fn dp_rows(
     } else {
         query::assemble::sql(&iq, site, &built, None)
     };
-    Ok(rel.rows(q, &fetch(client, &sql).await?))
+    Ok(rel.rows_with(q, &fetch(client, &sql).await?, extra).0)
 }
 
 /// Sorts rows by `q.order_by` (dimension or metric indices) on the published numbers (the

@@ -22,7 +22,8 @@
 //! `6mo`, which ends with the month before); or `custom` with `date=FROM,TO`. `filters`: `PROP==A|B`,
 //! `PROP!=A`, joined by `;`; `*` is a wildcard; `\|` a literal bar. JSON answers carry Veil's
 //! `meta.privacy` beside `results`; every answer carries an `X-Veil-Privacy` header (`dp` or
-//! `exact`). Errors are `{"error": "…"}` with a 400 naming the parameter.
+//! `exact`). `with_imported=true` merges imported history (v2's `include.imports`,
+//! [`crate::imports::merge`]). Errors are `{"error": "…"}` with a 400 naming the parameter.
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use serde_json::{json, Map, Value};
@@ -168,14 +169,30 @@ fn v2_metrics(ms: &[String], by: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-/// Runs a v2 body and returns its answer.
+/// Runs a v2 body and returns its answer; `with_imported=true` in `p` asks v2's
+/// `include.imports` (imported history merged, as Plausible's v1 does).
 async fn run(
     client: &clickhouse::Client,
     site: &SiteView,
-    body: Value,
+    mut body: Value,
+    p: &[(String, String)],
     now: DateTime<Utc>,
     shared: Shared<'_>,
 ) -> Result<Value, Error> {
+    match param(p, "with_imported") {
+        None | Some("false") => {}
+        Some("true") => {
+            if !body["include"].is_object() {
+                body["include"] = json!({});
+            }
+            body["include"]["imports"] = json!(true);
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "`with_imported`: {other:?} is not true or false"
+            )))
+        }
+    }
     let (_, doc) = stats::run(client, site, body.to_string().as_bytes(), now, shared).await?;
     Ok(doc)
 }
@@ -239,7 +256,7 @@ pub async fn answer(
                     return Err(bad(format!("`compare`: {other:?} is not previous_period")))
                 }
             }
-            let doc = run(client, site, Value::Object(b), now, shared).await?;
+            let doc = run(client, site, Value::Object(b), p, now, shared).await?;
             let row = &doc["results"][0];
             let mut out = Map::new();
             for (i, m) in ms.iter().enumerate() {
@@ -267,7 +284,7 @@ pub async fn answer(
             let mut b = base(v2_metrics(&ms, Some(interval)))?;
             b.insert("dimensions".into(), json!([interval]));
             b.insert("include".into(), json!({"time_labels": true}));
-            let doc = run(client, site, Value::Object(b), now, shared).await?;
+            let doc = run(client, site, Value::Object(b), p, now, shared).await?;
             let rows: Vec<&Value> = doc["results"]
                 .as_array()
                 .map(|a| a.iter().collect())
@@ -322,7 +339,7 @@ pub async fn answer(
                 "pagination".into(),
                 json!({"limit": limit, "offset": (page - 1).saturating_mul(limit)}),
             );
-            let doc = run(client, site, Value::Object(b), now, shared).await?;
+            let doc = run(client, site, Value::Object(b), p, now, shared).await?;
             let name = property.rsplit(':').next().unwrap_or(property).to_string();
             let results: Vec<Value> = doc["results"]
                 .as_array()

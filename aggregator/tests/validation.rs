@@ -55,10 +55,6 @@ async fn plausibles_refusals_are_400s_and_the_dashboards_questions_answer() {
             json!({"metrics": ["visitors", "group_conversion_rate"], "dimensions": ["visit:source"]}),
             "metrics[1]",
         ),
-        (
-            json!({"metrics": ["conversion_rate"], "filters": [["has_done", ["is", "event:goal", ["Signup"]]]]}),
-            "metrics[0]",
-        ),
         // Goal and hostname conditions inside and/or/not.
         (
             json!({"metrics": ["visitors"], "filters": [["or", [["is", "event:goal", ["Signup"]], ["is", "visit:source", ["Google"]]]]]}),

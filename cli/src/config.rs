@@ -71,6 +71,29 @@ pub enum Command {
     /// Read-only Stats API keys of one site.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// History from another analytics tool for one --site: import, list, delete.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+/// `veil import` subcommands (ClickHouse as for `veil user`). Each takes one --site.
+#[derive(Debug, Subcommand, Clone)]
+pub enum ImportCommand {
+    /// Import Plausible's CSV export (the zip of its "Export data", or one of its CSV files):
+    /// daily visitors, sources, pages, entry/exit pages, locations, devices, browsers, OS and
+    /// custom events, merged by `include.imports: true`. Importing the same file again changes
+    /// nothing.
+    Plausible {
+        /// The export: `Plausible export …zip` or `imported_*_YYYYMMDD_YYYYMMDD.csv`.
+        file: std::path::PathBuf,
+    },
+    /// List the site's imports (id, source, file, days, rows, when).
+    List,
+    /// Delete one import of the site and its numbers.
+    Delete {
+        /// The import's id (from `veil import list`).
+        id: String,
+    },
 }
 
 /// `veil user` subcommands. Against --clickhouse-url, or the managed ClickHouse under

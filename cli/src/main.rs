@@ -66,7 +66,11 @@ fn real_main(cli: Cli) -> Result<()> {
     let mut settings = settings;
     let needs_managed = matches!(
         cli.command,
-        Command::Up { .. } | Command::Gen(_) | Command::User(_) | Command::Key(_)
+        Command::Up { .. }
+            | Command::Gen(_)
+            | Command::User(_)
+            | Command::Key(_)
+            | Command::Import(_)
     );
     if let (true, None) = (needs_managed, &settings.clickhouse_url) {
         let dir = settings.data_dir.join("clickhouse");
@@ -75,9 +79,12 @@ fn real_main(cli: Cli) -> Result<()> {
         let cluster = settings.clickhouse.cluster.take();
         // `veil user`/`veil key` use the running `veil up`'s server when there is one (two
         // servers on one data dir would corrupt it).
-        let running = matches!(cli.command, Command::User(_) | Command::Key(_))
-            .then(|| running_managed(&dir))
-            .flatten();
+        let running = matches!(
+            cli.command,
+            Command::User(_) | Command::Key(_) | Command::Import(_)
+        )
+        .then(|| running_managed(&dir))
+        .flatten();
         if let Some(url) = running {
             let password = veil_schemas::managed::load_or_create_password(&opts.password_file)?;
             settings.clickhouse = veil_schemas::ClickHouseConfig::new(url, database);
@@ -194,6 +201,7 @@ async fn run(command: Command, s: Settings) -> Result<()> {
         Command::CheckConfig | Command::Cluster(_) | Command::Geoip(_) => Ok(()),
         Command::User(cmd) => people::user(&s.clickhouse, &s, &cmd).await,
         Command::Key(cmd) => people::key(&s.clickhouse, &s, &cmd).await,
+        Command::Import(cmd) => people::import(&s.clickhouse, &s, &cmd).await,
         Command::Purge => {
             let report = purge(
                 &s.clickhouse,

@@ -1,5 +1,6 @@
-//! `veil user create` and `veil key create`: accounts and site keys from the command line, for
-//! setups without a browser and for the README's first authenticated query. Both write to the
+//! `veil user create`, `veil key create` and `veil import …`: accounts, site keys and imported
+//! history from the command line, for setups without a browser and for the README's first
+//! authenticated query. All write to the
 //! registry in ClickHouse (the one `veil up` serves, found through the managed server's config
 //! under --data-dir when it runs; or --clickhouse-url), so a running `veil up` sees the change
 //! within a registry refresh. Each change goes to the audit log as done by `veil CLI`.
@@ -13,7 +14,7 @@ use veil_schemas::people::{normalize_email, AuditEntry, Role, ALL_SITES};
 use veil_schemas::registry::{now_secs, random_hex, Registry};
 use veil_schemas::ClickHouseConfig;
 
-use crate::config::{KeyCommand, Settings, UserCommand};
+use crate::config::{ImportCommand, KeyCommand, Settings, UserCommand};
 
 /// Who the audit log says made a change from the command line.
 const ACTOR: &str = "veil CLI";
@@ -131,5 +132,66 @@ pub async fn key(ch: &ClickHouseConfig, s: &Settings, cmd: &KeyCommand) -> Resul
         "veil: site key {} for {site} (shown once; stored hashed)",
         rec.id
     );
+    Ok(())
+}
+
+/// `veil import …` (the work is [`veil_aggregator::imports`]'s).
+pub async fn import(ch: &ClickHouseConfig, s: &Settings, cmd: &ImportCommand) -> Result<()> {
+    let Some(site) = one_site(s, false)? else {
+        bail!("give the site with --site");
+    };
+    let reg = registry(ch).await?;
+    match cmd {
+        ImportCommand::Plausible { file } => {
+            let bytes =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let out = veil_aggregator::imports::import_plausible(ch, &site, &name, &bytes).await?;
+            let i = &out.import;
+            if out.already {
+                println!(
+                    "{} was imported already as {} (nothing changed)",
+                    name, i.id
+                );
+            } else {
+                audit(
+                    &reg,
+                    &site,
+                    "import.create",
+                    json!({"id": i.id, "source": i.source, "file": i.file_name, "rows": i.rows}),
+                )
+                .await?;
+                println!(
+                    "imported {} as {}: {} rows, {} to {}",
+                    name, i.id, i.rows, i.start_date, i.end_date
+                );
+            }
+            for f in &out.skipped {
+                eprintln!("veil: note: {f} is not a table of Plausible's export; left alone");
+            }
+        }
+        ImportCommand::List => {
+            for i in veil_aggregator::imports::list(ch, &site).await? {
+                println!(
+                    "{}\t{}\t{} to {}\t{} rows\t{}\t{}",
+                    i.id, i.source, i.start_date, i.end_date, i.rows, i.imported_at, i.file_name
+                );
+            }
+        }
+        ImportCommand::Delete { id } => {
+            let i = veil_aggregator::imports::delete(ch, &site, id).await?;
+            audit(
+                &reg,
+                &site,
+                "import.delete",
+                json!({"id": i.id, "file": i.file_name}),
+            )
+            .await?;
+            println!("deleted import {} of {site} ({} rows)", i.id, i.rows);
+        }
+    }
     Ok(())
 }

@@ -124,8 +124,19 @@ test("login asks for a token, keeps it in sessionStorage only, and lists the sit
   await page.press("#token", "Enter");
   await page.waitForSelector(`#site-list li[data-site="${SITE}"] .n[data-value]`);
   const shown = await page.$eval(`#site-list li[data-site="${SITE}"] .n`, (e) => e.dataset.value);
-  const api7d = await query(veil, { metrics: ["visitors"] });
+  const api7d = await query(veil, { metrics: ["visitors"], include: { comparisons: { mode: "previous_period" } } });
   assert.equal(shown, str(api7d.results[0].metrics[0]));
+  // Beside it, the change against the 7 days before and a line of the days: the API's.
+  const change = await page.waitForSelector(`#site-list li[data-site="${SITE}"] .site-change .change[data-change]`);
+  assert.equal(await change.evaluate((e) => e.dataset.change), str(api7d.results[0].comparison.change[0]));
+  const days = await query(veil, { metrics: ["visitors"], dimensions: ["time:day"], include: { time_labels: true } });
+  const want = days.meta.time_labels.map((l) => { const r = days.results.find((x) => x.dimensions[0] === l); return r && r.metrics[0] !== null ? String(r.metrics[0]) : ""; });
+  await waitFor(() => page.$eval(`#site-list li[data-site="${SITE}"] .spark`, (e) => e.dataset.points ?? null), (p) => p !== null,
+    { what: "no sparkline drawn" });
+  assert.equal(await page.$eval(`#site-list li[data-site="${SITE}"] .spark`, (e) => e.dataset.points), want.join(","));
+  assert.ok(await page.$(`#site-list li[data-site="${SITE}"] .spark canvas`), "the sparkline is a chart");
+  assert.equal(want.length, 7);
+  assert.ok(want.filter(Boolean).length >= 1, "the known dataset has visitors in the 7 days: " + want);
   const storage = await page.evaluate(() => ({ session: sessionStorage.getItem("veil-token"), local: localStorage.length, cookie: document.cookie }));
   assert.deepEqual(storage, { session: ADMIN, local: 0, cookie: "" });
   await screenshot(page, "sites");
@@ -440,6 +451,9 @@ test("settings: goals and funnels saved through the admin API feed the goals pan
   const page = await open(chrome);
   await page.goto(`${veil.url}/site/${SITE}/settings`);
   await page.waitForSelector("#goal-form");
+  // The goal form suggests the custom events the site receives (the API's event:name rows).
+  await waitFor(() => page.$$eval("#seen-events option", (os) => os.map((o) => o.value)), (v) => v.includes("signup"),
+    { what: (v) => "suggested events: " + JSON.stringify(v) });
   await page.fill('#goal-form input[name="name"]', "Signup");
   await page.selectOption('#goal-form select[name="kind"]', "event_name");
   await page.fill('#goal-form input[name="value"]', "signup");
@@ -656,6 +670,40 @@ test("a row of every panel tab filters the whole dashboard without an API error"
   await page.close_all();
 });
 
+test("the devices panel speaks Plausible's vocabulary: Chrome, Windows, GNU/Linux, Mac, Desktop; clicking one filters by it", async () => {
+  // The seed's Chrome (Windows NT 10.0), Firefox (X11; Linux) and Safari (Macintosh) user agents,
+  // stored in the collector's words (Windows 10, Linux, Mac OSX, desktop), are shown as Plausible names them.
+  const page = await open(chrome);
+  const labels = async (tab) => {
+    await page.goto(dash(`period=7d&t.devices=${tab}`));
+    await settled(page);
+    return (await panelRows(page, "devices")).map((r) => r.label);
+  };
+  const browsers = await labels("browser");
+  for (const b of ["Chrome", "Firefox", "Safari"]) assert.ok(browsers.includes(b), `${b} in ${browsers}`);
+  const oses = await labels("os");
+  for (const o of ["Windows", "GNU/Linux", "Mac"]) assert.ok(oses.includes(o), `${o} in ${oses}`);
+  assert.ok(!oses.includes("Mac OSX") && !oses.includes("Linux"), `no stored words: ${oses}`);
+  const versions = await labels("os_version");
+  assert.ok(versions.includes("10") && versions.includes("10.15"), `Windows 10 and macOS 10.15: ${versions}`);
+  const devices = await labels("device");
+  assert.ok(devices.includes("Desktop") && !devices.includes("desktop"), `${devices}`);
+  // The panel's rows are the API's, and a click filters by Plausible's word.
+  const want = await query(veil, { metrics: ["visitors"], dimensions: ["visit:device"], pagination: { limit: 10, offset: 0 } });
+  assert.deepEqual(devices, want.results.map((r) => r.dimensions[0]));
+  await page.goto(dash("period=7d&t.devices=os"));
+  await settled(page);
+  await page.click('#panel-devices button.row:text-is("GNU/Linux")');
+  await page.waitForURL(/f=is~visit:os~GNU/);
+  await settled(page);
+  const linux = await query(veil, { metrics: ["visitors"], filters: [["is", "visit:os", ["GNU/Linux"]]] });
+  assert.ok(linux.results[0].metrics[0] > 0, JSON.stringify(linux));
+  assert.equal((await statValues(page)).visitors, str(linux.results[0].metrics[0]));
+  assert.equal(await page.$eval("#filter-list li", (e) => e.textContent.replace("×", "").trim()), "OS is GNU/Linux");
+  noProblems(page);
+  await page.close_all();
+});
+
 test("filtered traffic: bots by reason and opt-outs are the API's numbers, reasons under k are not listed, filters do not apply", async () => {
   const GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
   const now = new Date().toISOString();
@@ -772,6 +820,16 @@ test("onboarding: a new site's settings show its snippets; the install check tur
     await site.close();
   }
   await screenshot(page, "settings-install");
+  // The time zone is chosen from the zones the browser knows; saved, the API has it.
+  assert.equal(await page.$eval('#general-form select[name="timezone"]', (s) => s.value), "UTC");
+  await page.selectOption('#general-form select[name="timezone"]', "Europe/Berlin");
+  await page.click('#general-form button[type="submit"]');
+  await waitFor(async () => (await api(veil, `/api/v1/sites/${fresh}`)).settings?.timezone ?? (await api(veil, `/api/v1/sites/${fresh}`)).timezone,
+    (tz) => tz === "Europe/Berlin", { what: (tz) => "timezone " + tz });
+  // Its dashboard says there is no goal yet and links to where one is set up.
+  await page.goto(`${veil.url}/site/${fresh}?period=day`);
+  await page.waitForSelector("#no-goals a");
+  assert.equal(await page.$eval("#no-goals a", (a) => new URL(a.href).pathname), `/site/${fresh}/settings`);
   assert.deepEqual(page.problems, []);
   await page.close_all();
 });

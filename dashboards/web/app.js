@@ -630,6 +630,16 @@
     } else if (tab.dim === "funnel") {
       funnelTab(art, body, st, gen, def, speak);
       return art;
+    } else if (tab.dim === "event:goal" && S.settings && !(S.settings.goals || []).length) {
+      // No goal set up: say so, and (to who may) where to set one up, instead of "no data".
+      const hint = h("p", { class: "hint", id: "no-goals" }, "No goals yet. ");
+      if (roleOn(S.site) >= RANK.admin) {
+        hint.append(h("a", { href: "/site/" + encodeURIComponent(S.site) + "/settings#goal-form",
+          text: "Set up a goal from the events this site receives" }), ".");
+      }
+      body.replaceChildren(hint);
+      if (speak) announce(said + hint.textContent);
+      return art;
     }
     metrics = withGoalRate(tabMetrics, dim, st);
     load();
@@ -1235,11 +1245,25 @@
     }
     for (const d of sites) {
       const n = h("span", { class: "n", text: "…" });
+      const change = h("span", { class: "site-change" });
+      const spark = h("span", { class: "spark", "aria-hidden": "true" });
       list.append(h("li", { "data-site": d }, h("a", { href: "/site/" + encodeURIComponent(d), text: d }), n,
-        h("span", { class: "hint", text: "visitors in the last 7 days" })));
-      api("/api/v2/query", { body: { site_id: d, metrics: ["visitors"], date_range: "7d" } })
-        .then((r) => { putNumber(n, "visitors", ((r.results || [])[0] || { metrics: [0] }).metrics[0], privacyOf(r)); })
+        h("span", { class: "hint", text: "visitors in the last 7 days" }), change, spark));
+      // The 7 days' visitors with their change against the 7 days before, and a sparkline of
+      // the days: the Stats API's answers (so, under differential privacy, its noisy ones).
+      api("/api/v2/query", { body: { site_id: d, metrics: ["visitors"], date_range: "7d",
+        include: { comparisons: { mode: "previous_period" } } } })
+        .then((r) => {
+          const row = (r.results || [])[0] || { metrics: [0] };
+          putNumber(n, "visitors", row.metrics[0], privacyOf(r));
+          const c = row.comparison && row.comparison.change ? row.comparison.change[0] : null;
+          change.replaceChildren(changeBadge("visitors", c, privacyOf(r)));
+        })
         .catch((e) => { n.textContent = "—"; n.title = e.message; });
+      api("/api/v2/query", { body: { site_id: d, metrics: ["visitors"], date_range: "7d", dimensions: ["time:day"],
+        include: { time_labels: true } } })
+        .then((r) => sparkline(spark, r))
+        .catch(() => { /* the number above already says what failed */ });
     }
     // Adding a site needs the owner role on every site (or the admin token): /me says so.
     const form = $("add-site");
@@ -1253,6 +1277,20 @@
         renderSites();
       } catch (e) { status("Adding the site failed: " + e.message); }
     };
+  }
+  // A site's last days as a small line (uPlot, no axes): every day of the answer's time labels,
+  // a day without a row (or hidden under k) drawn as a gap.
+  function sparkline(el, r) {
+    const labels = (r.meta && r.meta.time_labels) || [];
+    if (!labels.length || typeof uPlot === "undefined") return;
+    const by = new Map((r.results || []).map((x) => [String(x.dimensions[0]), x.metrics[0]]));
+    const ys = labels.map((l) => { const v = by.get(String(l)); return v === null || v === undefined ? null : Number(v); });
+    el.dataset.points = ys.map((v) => (v === null ? "" : String(v))).join(",");
+    el.replaceChildren();
+    new uPlot({ width: 96, height: 28, legend: { show: false }, cursor: { show: false }, axes: [{ show: false }, { show: false }],
+      scales: { x: { time: false }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+      series: [{}, { stroke: cssVar("--accent"), width: 1.5, fill: cssVar("--bar") + "80" }] },
+    [labels.map((_, i) => i), ys], el);
   }
   // Site keys are "vk_…" and shared-link tokens "vl_…" (the API's wire format); anything else
   // (or no token, on an open loopback deployment) is the admin token.
@@ -1345,12 +1383,21 @@
     return section("Install", h("p", { class: "hint", text: "Send this site's events here with one of these:" }), ...blocks, check);
   }
   function section(title, ...children) { return h("section", { class: "card", "aria-label": title }, h("h2", { text: title }), children); }
+  // Every IANA zone the browser knows (the site's own first, should the browser not list it),
+  // UTC first: a list to choose from instead of a name to type.
+  function timezoneSelect(current) {
+    let zones = [];
+    try { zones = Intl.supportedValuesOf("timeZone"); } catch { zones = []; }
+    const all = [...new Set(["UTC", current, ...zones])];
+    return h("select", { name: "timezone", required: true },
+      all.map((z) => h("option", { value: z, text: z.replace(/_/g, " "), selected: z === current })));
+  }
   function general() {
     const s = S.settings;
     const check = (name, label) => h("label", { class: "check" }, h("input", { name, type: "checkbox", checked: !!s[name] }),
       h("span", { text: label }));
     const form = h("form", { class: "inline-form", id: "general-form" },
-      h("label", {}, "Time zone", h("input", { name: "timezone", value: s.timezone || "UTC", required: true })),
+      h("label", {}, "Time zone", timezoneSelect(s.timezone || "UTC")),
       h("label", {}, "k (minimum visitors per number)", h("input", { name: "min_visitors", type: "number", min: 2, value: s.min_visitors || 5 })),
       h("label", {}, "Retention in days (empty: the server's default)",
         h("input", { name: "retention_days", type: "number", min: 1, value: s.retention_days || "" })),
@@ -1371,6 +1418,18 @@
     });
     return section("General", form);
   }
+  // The custom events seen in the last 30 days (the Stats API's event:name breakdown, so only
+  // names its privacy rules publish), offered as goal names: a datalist the goal form's value
+  // field suggests from, filled when the answer comes.
+  function seenEvents() {
+    const list = h("datalist", { id: "seen-events" });
+    api("/api/v2/query", { body: { site_id: S.site, date_range: "30d", metrics: ["visitors"], dimensions: ["event:name"],
+      filters: [["is_not", "event:name", ["pageview", "engagement"]]], pagination: { limit: 50, offset: 0 } } })
+      .then((d) => list.replaceChildren(...(d.results || []).map((r) => String(r.dimensions[0]))
+        .filter((n) => !n.startsWith("(other: ")).map((n) => h("option", { value: n }))))
+      .catch(() => { /* suggestions are a convenience: the field still takes any name */ });
+    return list;
+  }
   function goals() {
     const list = h("ul", { id: "goal-list" });
     const draw = () => list.replaceChildren(...(S.settings.goals || []).map((g, i) => h("li", {},
@@ -1383,7 +1442,8 @@
       h("label", {}, "Name", h("input", { name: "name", required: true, autocomplete: "off" })),
       h("label", {}, "Kind", h("select", { name: "kind" }, h("option", { value: "event_name", text: "Custom event" }),
         h("option", { value: "page_path", text: "Page visit (path, * wildcard)" }))),
-      h("label", {}, "Event name or path", h("input", { name: "value", required: true, autocomplete: "off" })),
+      h("label", {}, "Event name or path", h("input", { name: "value", required: true, autocomplete: "off", list: "seen-events" })),
+      seenEvents(),
       // A revenue goal (custom events only): its ISO 4217 currency; the API checks the code.
       h("label", {}, "Revenue currency (optional)", h("input", { name: "currency", autocomplete: "off", maxlength: 3,
         placeholder: "EUR", pattern: "[A-Za-z]{3}" })),

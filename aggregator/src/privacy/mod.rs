@@ -526,6 +526,8 @@ pub struct Release {
     days: f64,
     labels: Option<Vec<String>>,
     clamp: Clamp,
+    /// No noise: exact numbers under k-anonymity ([`Release::exact`]).
+    exact: bool,
 }
 
 /// The canonical text of what a release counts: site, dimensions, filter, range, zone and,
@@ -611,7 +613,37 @@ impl Release {
             days: local_days(q),
             labels,
             clamp: settings.bounds.clamp(rows),
+            exact: false,
         })
+    }
+
+    /// Exact mode's "release" of `q` for rows merged with imported ones
+    /// (the imports merge): no noise, every row counted on its visitors (events, for
+    /// a child-directed site); a row under `min_visitors` is dropped when it names a group
+    /// (any dimension but time) and has its metrics `null` otherwise, as
+    /// [`crate::stats`]'s k-anonymity does.
+    pub fn exact(q: &Query, child: bool, min_visitors: u64) -> Self {
+        let mut plan = plan(q, child);
+        let k = if child { Part::Events } else { Part::Visitors };
+        if !plan.parts.contains(&k) {
+            plan.parts.push(k);
+            let m = sql_metric_of(k);
+            if !plan.sql_metrics.contains(&m) {
+                plan.sql_metrics.push(m);
+            }
+        }
+        plan.threshold = Some(k);
+        Self {
+            key: [0; 32],
+            context: [0; 32],
+            plan,
+            cals: HashMap::new(),
+            threshold: min_visitors,
+            days: local_days(q),
+            labels: None,
+            clamp: Bounds::default().clamp(1),
+            exact: true,
+        }
     }
 
     /// What one visitor id may add to this release's SQL rows: the bounds its noise is
@@ -684,6 +716,14 @@ impl Release {
     /// order, noisy threshold count)` per published row: breakdown rows under the threshold
     /// are left out; a time series gets every bucket of its range.
     pub fn rows(&self, q: &Query, raw: &[Value]) -> Vec<(Vec<String>, Vec<Option<f64>>, f64)> {
+        self.rows_with(q, raw, &[]).0
+    }
+
+    /// [`Release::rows`] with `extra` parts added to the true parts of the row with the same
+    /// labels (a row of its own when the SQL has none): imported numbers, merged before noise
+    /// and thresholds so the published number is one (the imports merge). The bool
+    /// says whether a row was left out or nulled under the threshold (exact mode).
+    pub fn rows_with(&self, q: &Query, raw: &[Value], extra: &[Extra]) -> (Vec<Published>, bool) {
         let nd = q.dimensions.len();
         let nm = self.plan.sql_metrics.len();
         let mut truths: Vec<(Vec<String>, HashMap<Part, f64>)> = Vec::new();
@@ -703,6 +743,20 @@ impl Release {
             let k = number(&cells[nd + nm]).unwrap_or(0.0);
             truths.push((dims, self.truth(&sql, k)));
         }
+        for (dims, parts) in extra {
+            let at = match truths.iter().position(|(d, _)| d == dims) {
+                Some(at) => at,
+                None => {
+                    truths.push((dims.clone(), HashMap::new()));
+                    truths.len() - 1
+                }
+            };
+            for p in &self.plan.parts {
+                if let Some(v) = parts.get(p) {
+                    *truths[at].1.entry(*p).or_default() += v.round();
+                }
+            }
+        }
         if let Some(labels) = &self.labels {
             // Every bucket, in order; a bucket without rows counts zero.
             let mut by_label: HashMap<String, HashMap<Part, f64>> = truths
@@ -717,6 +771,11 @@ impl Release {
         if nd == 0 && truths.is_empty() {
             truths.push((Vec::new(), HashMap::new()));
         }
+        let labelled = q
+            .dimensions
+            .iter()
+            .any(|d| !matches!(d.kind, DimKind::Time(_)));
+        let mut under = false;
         let mut out = Vec::new();
         for (dims, truth) in truths {
             let noisy: HashMap<Part, f64> = self
@@ -736,12 +795,16 @@ impl Release {
                 .and_then(|t| noisy.get(&t).copied())
                 .unwrap_or(0.0);
             if self.plan.threshold.is_some() && k < self.threshold as f64 {
+                under = true;
+                if self.exact && !labelled {
+                    out.push((dims, vec![None; q.metrics.len()], k));
+                }
                 continue;
             }
             let metrics = q.metrics.iter().map(|m| self.compose(*m, &noisy)).collect();
             out.push((dims, metrics, k));
         }
-        out
+        (out, under)
     }
 
     /// The true parts of one row from its SQL metrics (ratios times their denominators).
@@ -806,6 +869,12 @@ impl Release {
         }
     }
 }
+
+/// A published row: `(dimensions, metrics in the question's order, threshold count)`.
+pub type Published = (Vec<String>, Vec<Option<f64>>, f64);
+
+/// True parts of a row from elsewhere (imported numbers), by the row's labels.
+pub type Extra = (Vec<String>, HashMap<Part, f64>);
 
 /// Noisy counts for a report that is not a Stats API query (funnel steps, filtered traffic):
 /// one part, labels given by the route, noise keyed by the route's canonical text.

@@ -6,6 +6,7 @@
 use veil_schemas::sql;
 use veil_schemas::sql::{date, lit, lit_list, utc, Sql};
 
+use super::labels::{country_name_sql, label_sql};
 use super::source::Source;
 use super::visits::{site_cond, HAS_VISITOR};
 use super::vocab::{
@@ -82,20 +83,21 @@ pub(super) fn ts_col(src: Source) -> &'static str {
 /// The SQL for a dimension's value on `src` rows.
 pub(super) fn dim_expr(d: &Dim, src: Source, q: &Query, site: &SiteView) -> Sql {
     match &d.kind {
-        DimKind::Event(_) | DimKind::Visitor(_) if src == Source::VisitsDaily => Sql::new("value"),
-        DimKind::Event(c) | DimKind::Visitor(c) => Sql::new(c),
+        DimKind::Event(_) if src == Source::VisitsDaily => Sql::new("value"),
+        DimKind::Event(c) => Sql::new(c),
+        // Stored words answered in Plausible's vocabulary (`labels`).
+        DimKind::Visitor(c) if src == Source::VisitsDaily => label_sql(c, Sql::new("value"), None),
+        DimKind::Visitor(c) => {
+            let os = (*c == "os_version").then(|| Sql::new("os"));
+            label_sql(c, Sql::new(c), os)
+        }
         DimKind::Visit(c) => {
             let col = match src {
                 Source::Joined | Source::VisitHits => sql!("v_{}", *c),
                 Source::VisitsDaily => Sql::new("value"),
                 _ => Sql::new(c),
             };
-            if *c == "source" {
-                // Plausible's name for visits without a referrer or campaign.
-                sql!("if({0} = '', 'Direct / None', {0})", col)
-            } else {
-                col
-            }
+            label_sql(c, col, None)
         }
         DimKind::Goal => {
             let items: Vec<Sql> = site
@@ -112,7 +114,7 @@ pub(super) fn dim_expr(d: &Dim, src: Source, q: &Query, site: &SiteView) -> Sql 
                 )
             }
         }
-        DimKind::CountryName => country_name_expr(if src == Source::VisitsDaily {
+        DimKind::CountryName => country_name_sql(if src == Source::VisitsDaily {
             "value"
         } else {
             "country_code"
@@ -123,19 +125,6 @@ pub(super) fn dim_expr(d: &Dim, src: Source, q: &Query, site: &SiteView) -> Sql 
         ),
         DimKind::Time(b) => time_expr(*b, ts_col(src), q),
     }
-}
-
-/// `country_code` → English ISO 3166 name (the code itself when unknown).
-fn country_name_expr(col: &'static str) -> Sql {
-    let (codes, names): (Vec<Sql>, Vec<Sql>) = isocountry::CountryCode::iter()
-        .map(|c| (lit(c.alpha2()), lit(c.name())))
-        .unzip();
-    sql!(
-        "transform({0}, [{1}], [{2}], {0})",
-        col,
-        Sql::join(codes, ", "),
-        Sql::join(names, ", ")
-    )
 }
 
 /// SQL for a filter over [`joined_rows`](super::rows::joined_rows).

@@ -30,12 +30,15 @@
 //! - [`source`](mod@source) — which rows answer a query; [`build`] — recorded builds and snapshots;
 //! - [`visits`] — visit derivation, shared with the rollup job;
 //! - [`rows`] — the rows of each source; [`expr`] — dimension, filter, metric and goal
-//!   expressions; [`assemble`] — the whole statement and the k-anonymity fold.
+//!   expressions; [`labels`] — Plausible's words for stored dimension values;
+//!   [`assemble`] — the whole statement and the k-anonymity fold.
 
 pub mod assemble;
 pub mod build;
+pub mod country_names;
 pub mod dates;
 pub mod expr;
+pub mod labels;
 pub mod parse;
 pub mod re2;
 pub mod rows;

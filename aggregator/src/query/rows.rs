@@ -471,8 +471,12 @@ fn needed_visit_cols(q: &Query) -> Vec<&'static str> {
             DimKind::CountryName => "country_code",
             _ => continue,
         };
-        if !cols.contains(&c) {
-            cols.push(c);
+        // Plausible's `os_version` of Windows is in the OS name (`labels`).
+        let os: &[&'static str] = if c == "os_version" { &["os"] } else { &[] };
+        for c in std::iter::once(c).chain(os.iter().copied()) {
+            if !cols.contains(&c) {
+                cols.push(c);
+            }
         }
     }
     cols
@@ -785,7 +789,13 @@ fn joined_cols(q: &Query) -> (Vec<&'static str>, Vec<&'static str>) {
     let filter_dims = q.filter.as_ref().map(|f| f.dims()).unwrap_or_default();
     for d in q.dimensions.iter().chain(filter_dims) {
         match d.kind {
-            DimKind::Visitor(c) => add(&mut facts, c),
+            DimKind::Visitor(c) => {
+                add(&mut facts, c);
+                // Plausible's `os_version` of Windows is in the OS name (`labels`).
+                if c == "os_version" {
+                    add(&mut facts, "os");
+                }
+            }
             DimKind::CountryName => add(&mut facts, "country_code"),
             DimKind::Visit(c) => add(&mut visit, c),
             _ => {}

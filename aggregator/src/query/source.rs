@@ -30,6 +30,7 @@
 
 use chrono::{NaiveDateTime, Timelike};
 
+use super::labels::stored_value;
 use super::visits::{
     DAILY_DIMS, EVENT_DAILY_DIMS, FILTERED_DIMS, FILTER_HIT_KEYS, FILTER_VISIT_KEYS,
 };
@@ -210,6 +211,8 @@ pub(super) enum DailyDim {
 
 pub(super) fn daily_dim(d: &Dim) -> Option<DailyDim> {
     match d.kind {
+        // Windows' release is in the OS name, which a row of another dimension lacks.
+        DimKind::Visitor("os_version") => None,
         DimKind::Visit(c) | DimKind::Visitor(c) if DAILY_DIMS.contains(&c) => {
             Some(DailyDim::Visit(c))
         }
@@ -222,7 +225,8 @@ pub(super) fn daily_dim(d: &Dim) -> Option<DailyDim> {
 /// A filter the daily rollup's filtered rows answer ([`super::visits::filtered_dim`]): one
 /// case-sensitive `is` with one value, on a visit column of [`FILTER_VISIT_KEYS`] or a hit's
 /// page or event name. `key` is the row's filter key, `value` the stored value it selects
-/// (the source `Direct / None` is stored empty).
+/// ([`stored_value`]: the source `Direct / None` is stored empty, the browser `Microsoft Edge`
+/// as `Edge`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct DailyFilter {
     /// A visit column, or `event:pathname` / `event:name`.
@@ -277,12 +281,9 @@ pub(super) fn daily_filter(q: &Query) -> Option<DailyFilter> {
             .find(|k| k.strip_prefix("event:") == Some(c))?,
         _ => return None,
     };
-    let value = match (key, v.as_str()) {
-        // The dimension shows visits without a source as `Direct / None`; no source is empty.
-        ("source", "Direct / None") => String::new(),
-        ("source", "") => return None,
-        _ => v.clone(),
-    };
+    // Filter values are Plausible's words (`Direct / None`, `Microsoft Edge`); the rows are
+    // keyed by stored ones. A word several stored values read as reads visit rows instead.
+    let value = stored_value(key, v)?;
     Some(DailyFilter { key, value })
 }
 

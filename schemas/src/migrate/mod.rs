@@ -167,7 +167,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "people",
         sql: include_str!("../../migrations/019_people.sql"),
     },
-    // 020 and 021 are other branches' (imports, vocabularies) until they merge.
+    Migration {
+        version: 20,
+        name: "imports",
+        sql: include_str!("../../migrations/020_imports.sql"),
+    },
+    // 021 is another branch's (vocabularies) until it merges.
     Migration {
         version: 22,
         name: "digests",
