@@ -4,7 +4,8 @@
 # service is not used) and a Rust toolchain check. With `--test`, also what the browser tests
 # need: Debian's chromium, Node.js and the npm packages of collector/tracker and dashboards
 # (terser, playwright-core, uplot; no browser download) and the ClickHouse 26 test fixture's
-# virtualenv (var/chdb-venv: chdb-core from PyPI, see testing/chdb/requirements.txt); with
+# virtualenv (var/chdb-venv: chdb-core from PyPI, see testing/chdb/requirements.txt) and the
+# e-mail tests' SMTP server (var/smtp-venv: aiosmtpd, testing/smtp/requirements.txt); with
 # `--test` or `--cluster`, ZooKeeper and a JRE for the local cluster.
 set -euo pipefail
 
@@ -53,6 +54,15 @@ if [ "${1:-}" = "--test" ]; then
   req="$here/testing/chdb/requirements.txt"
   if ! cmp -s "$req" "$venv/installed-requirements.txt"; then
     echo "install-deps: installing chdb-core (ClickHouse 26 test fixture) into $venv" >&2
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+    cp "$req" "$venv/installed-requirements.txt"
+  fi
+  # The SMTP server of the e-mail tests (aggregator/tests/mail.rs): aiosmtpd in its own venv.
+  venv="$here/var/smtp-venv"
+  req="$here/testing/smtp/requirements.txt"
+  if ! cmp -s "$req" "$venv/installed-requirements.txt"; then
+    echo "install-deps: installing aiosmtpd (the e-mail tests' SMTP server) into $venv" >&2
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
     cp "$req" "$venv/installed-requirements.txt"

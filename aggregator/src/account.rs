@@ -33,7 +33,8 @@
 //! - people of a site (role admin on it) — `GET /api/v1/sites/{domain}/people` →
 //!   `{"people": [{"id", "email", "role"}], "invitations": [{"id", "email", "role",
 //!   "expires_at", "invited_by"}]}`; `POST …/people` `{"email", "role"}` → 201 `{"invitation":
-//!   {…}, "url": "/invite#token=TOKEN"}` (shown once; one role at most the inviter's own);
+//!   {…}, "url": "/invite#token=TOKEN", "emailed": bool}` (shown once; one role at most the
+//!   inviter's own; `emailed`: the link was also e-mailed to the invitee, [`crate::mail`]);
 //!   `PUT …/people/{id}` `{"role"}`; `DELETE …/people/{id}` (their sessions end);
 //!   `DELETE …/invitations/{id}`. The same under `/api/v1/people` for roles on every site
 //!   (owners of every site only); there `DELETE` removes the account.
@@ -433,7 +434,7 @@ impl Aggregator {
         self.audit_as(access.actor(), site, action, detail).await;
     }
 
-    async fn audit_as(&self, actor: &str, site: &str, action: &str, detail: Value) {
+    pub(crate) async fn audit_as(&self, actor: &str, site: &str, action: &str, detail: Value) {
         let entry = AuditEntry {
             at: self.now_secs(),
             id: random_hex(8).unwrap_or_default(),
@@ -1076,12 +1077,15 @@ async fn people(
                     json!({"email": email, "role": role.name(), "invitation": inv.id}),
                 )
                 .await;
+                let url = format!("/invite#token={token}");
+                let emailed = crate::mail::send_invitation(agg, access, &inv, &url).await;
                 Ok(json_response(
                     StatusCode::CREATED,
                     &json!({
                         "invitation": {"id": inv.id, "email": inv.email, "site": inv.site,
                                        "role": role.name(), "expires_at": rfc3339(inv.expires_at)},
-                        "url": format!("/invite#token={token}"),
+                        "url": url,
+                        "emailed": emailed,
                     }),
                 ))
             }

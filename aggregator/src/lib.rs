@@ -51,7 +51,8 @@
 //! [`admin`] (the routes), [`site`] (a site as reports see it), [`query`] (parsing a Stats API
 //! query and compiling it to SQL), [`stats`] (running it and shaping the answer), [`builds`]
 //! (which rollup builds reports may read), [`snapshot`] (today's snapshots), [`db`] (the one
-//! door to ClickHouse), [`http`] (responses). Background jobs: [`rollup`], [`retention`].
+//! door to ClickHouse), [`http`] (responses). Background jobs: [`rollup`], [`retention`],
+//! [`digest`] (weekly e-mail digests, sent through [`mail`] with invitations).
 
 pub mod account;
 pub mod admin;
@@ -60,9 +61,11 @@ pub mod builds;
 pub mod clock;
 pub mod cost;
 pub mod db;
+pub mod digest;
 pub mod guard;
 pub mod http;
 pub mod imports;
+pub mod mail;
 pub mod money;
 pub mod privacy;
 pub mod query;
@@ -297,6 +300,13 @@ pub struct AggregatorConfig {
     /// The most rows one report query may answer ([`db::MAX_RESULT_ROWS`] by default; 0: no
     /// bound): a library setting (tests lower it), no flag.
     pub max_result_rows: u64,
+    /// The SMTP relay invitations and weekly digests are sent through (`--smtp-url`,
+    /// [`mail`]); none: nothing is e-mailed (invitation links are only shown to the inviter,
+    /// digests are not sent).
+    #[serde(skip_serializing)]
+    pub smtp_url: Option<String>,
+    /// The `From` of those e-mails (`--smtp-from`; required with `--smtp-url`).
+    pub smtp_from: Option<String>,
 }
 
 /// The largest `--query-memory-mb`: 1 TiB, far above any machine Veil runs on (a typo guard).
@@ -332,6 +342,8 @@ impl Default for AggregatorConfig {
             privacy: privacy::Settings::default(),
             max_concurrent_queries: cost::DEFAULT_MAX_CONCURRENT_QUERIES,
             max_result_rows: db::MAX_RESULT_ROWS,
+            smtp_url: None,
+            smtp_from: None,
         }
     }
 }
@@ -412,6 +424,20 @@ impl AggregatorConfig {
             ));
         }
         self.privacy.validate()?;
+        if let Some(u) = &self.smtp_url {
+            let _ = mail::check_smtp_url(u)?;
+            let Some(from) = &self.smtp_from else {
+                return bad(
+                    "--smtp-url needs --smtp-from (the From of invitations and digests)".into(),
+                );
+            };
+            mail::check_from(from)?;
+            if self.public_url.is_none() {
+                return bad(
+                    "--smtp-url needs --public-url (links in e-mails must be absolute)".into(),
+                );
+            }
+        }
         if self.registry_refresh.is_zero() {
             return bad("the registry refresh interval must be above 0".into());
         }
@@ -491,6 +517,8 @@ pub struct Aggregator {
     phantom_locks: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
     /// When the registry was last reloaded for an unknown session or owner.
     reloaded: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// Where e-mail goes ([`mail`]); none without `--smtp-url`.
+    mailer: Option<Arc<dyn mail::Mailer>>,
 }
 
 impl Aggregator {
@@ -522,6 +550,17 @@ impl Aggregator {
         let snapshots = snapshot::Snapshots::new(ch.clone(), cfg.today_snapshot_secs);
         let gate = Arc::new(cost::Gate::new(cfg.max_concurrent_queries));
         let cfg_privacy = cfg.privacy.clone();
+        // validate() checked both flags; a mailer that still cannot be made sends nothing.
+        let mailer = cfg.smtp_url.as_deref().and_then(|u| {
+            let from = cfg.smtp_from.as_deref().unwrap_or_default();
+            match mail::SmtpMailer::new(u, from) {
+                Ok(m) => Some(Arc::new(m) as Arc<dyn mail::Mailer>),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no e-mail: the SMTP settings do not work");
+                    None
+                }
+            }
+        });
         if cfg_privacy.mode == privacy::Mode::Exact {
             tracing::warn!(
                 "--privacy exact: reports publish exact numbers protected by k-anonymity only; \
@@ -544,7 +583,19 @@ impl Aggregator {
             used_steps: Arc::default(),
             phantom_locks: Arc::default(),
             reloaded: Arc::default(),
+            mailer,
         }
+    }
+
+    /// The same aggregator sending e-mail through `mailer` ([`mail`]).
+    pub fn with_mailer(mut self, mailer: Arc<dyn mail::Mailer>) -> Self {
+        self.mailer = Some(mailer);
+        self
+    }
+
+    /// Where e-mail goes, when it is configured.
+    pub fn mailer(&self) -> Option<&Arc<dyn mail::Mailer>> {
+        self.mailer.as_ref()
     }
 
     /// The same aggregator reading the time from `clock` (reports, link expiry, rate limits,
@@ -605,6 +656,7 @@ impl Aggregator {
             || path == "/api/v1/people"
             || path.starts_with("/api/v1/people/")
             || path.starts_with("/api/v1/auth/")
+            || path == digest::UNSUBSCRIBE_PATH
     }
 
     /// Who is asking (see [`auth`]): a person with a session, the admin, or a reader of one
@@ -726,8 +778,14 @@ impl Aggregator {
         if let Some(r) = account::public(self, &req, &path).await {
             return r;
         }
+        if let Some(r) = digest::public(self, &req, &path).await {
+            return r;
+        }
         let access = self.access(&req).await?;
         if let Some(r) = account::route(self, &access, &req, &path).await {
+            return r;
+        }
+        if let Some(r) = digest::route(self, &access, &req, &path).await {
             return r;
         }
         if let Some(r) = reports::route(self, &access, &req, &path).await {

@@ -427,6 +427,14 @@ layered! {
         /// `localhost` on a loopback --listen); any other Host gets 421 (DNS rebinding).
         #[arg(long, env = "VEIL_PUBLIC_URL", global = true)]
         pub public_url: Option<String>,
+        /// SMTP relay for e-mailed invitations and weekly digests, `smtp://[USER:PASSWORD@]HOST[:PORT]`
+        /// (plain SMTP, e.g. a local MTA on 127.0.0.1:25); needs --smtp-from and --public-url.
+        /// Unset: nothing is e-mailed.
+        #[arg(long, env = "VEIL_SMTP_URL", global = true, hide_env_values = true)]
+        pub smtp_url: Option<String>,
+        /// The From of those e-mails, e.g. `Veil <veil@example.com>`.
+        #[arg(long, env = "VEIL_SMTP_FROM", global = true)]
+        pub smtp_from: Option<String>,
         /// Admin token (at least 16 characters): reads every site's stats and manages sites, keys
         /// and shared links through /api/v1/sites (required when listening beyond loopback).
         #[arg(long, env = "VEIL_ADMIN_TOKEN", global = true, hide_env_values = true)]
@@ -641,6 +649,8 @@ impl Settings {
             keep_bots_sites: collector.keep_bots_sites.clone(),
             site_aliases: collector.site_aliases.clone(),
             public_url: given.public_url.filter(|u| !u.is_empty()),
+            smtp_url: given.smtp_url.filter(|u| !u.is_empty()),
+            smtp_from: given.smtp_from.filter(|u| !u.is_empty()),
             api_token: api_token.clone(),
             // People log in; nothing is open to whoever reaches the port.
             accounts: true,
@@ -704,6 +714,40 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("./var"));
         assert_eq!(s.aggregator.min_visitors, 5);
         assert_eq!(s.aggregator.today_snapshot_secs, 30);
+    }
+
+    #[test]
+    fn smtp_flags_are_checked_before_serving() {
+        assert_eq!(parse(&["up"]).unwrap().aggregator.smtp_url, None);
+        let ok = [
+            "up",
+            "--smtp-url",
+            "smtp://127.0.0.1:2525",
+            "--smtp-from",
+            "Veil <veil@example.com>",
+            "--public-url",
+            "https://veil.example",
+        ];
+        let s = parse(&ok).unwrap();
+        assert_eq!(
+            s.aggregator.smtp_url.as_deref(),
+            Some("smtp://127.0.0.1:2525")
+        );
+        for (bad, names) in [
+            (vec!["up", "--smtp-url", "http://x"], "--smtp-url"),
+            (vec!["up", "--smtp-url", "smtp://h"], "--smtp-from"),
+            (
+                vec!["up", "--smtp-url", "smtp://h", "--smtp-from", "nobody"],
+                "--smtp-from",
+            ),
+            (
+                vec!["up", "--smtp-url", "smtp://h", "--smtp-from", "a@b.c"],
+                "--public-url",
+            ),
+        ] {
+            let e = parse(&bad).unwrap_err().to_string();
+            assert!(e.contains(names), "{bad:?}: {e}");
+        }
     }
 
     #[test]

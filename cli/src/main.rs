@@ -254,6 +254,8 @@ async fn run(command: Command, s: Settings) -> Result<()> {
             spawn_retention(&s);
             let public = s.aggregator.public_url.clone();
             let aggregator = Aggregator::new(s.aggregator, s.clickhouse);
+            // Weekly digests, when e-mail is configured (--smtp-url).
+            let _digests = veil_aggregator::digest::start(&aggregator);
             let addr = listener.local_addr()?;
             let base = public.unwrap_or_else(|| format!("http://{addr}"));
             // The setup line first: `veil cluster` waits for the next one, then shows it.
@@ -297,6 +299,8 @@ async fn run(command: Command, s: Settings) -> Result<()> {
                 }
                 None => Aggregator::new(s.aggregator.clone(), s.clickhouse.clone()),
             };
+            // Weekly digests, when e-mail is configured (--smtp-url).
+            let _digests = veil_aggregator::digest::start(&aggregator);
             let app = Arc::new(VeilApp {
                 collector: Some(collector.clone()),
                 guard: aggregator.guard(listener.local_addr()?),

@@ -14,6 +14,7 @@
 //! releases: no TTL, no `{name:Type}` query parameters, no window functions, no DateTime64,
 //! no IPv4/IPv6 column types.
 
+pub mod digests;
 pub mod gen;
 pub mod local_cluster;
 pub mod managed;

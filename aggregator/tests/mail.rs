@@ -1,0 +1,491 @@
+//! E-mail against a real SMTP server (aiosmtpd, started by the test: testing/smtp/server.py,
+//! installed by `scripts/install-deps.sh --test` into var/smtp-venv) and a real ClickHouse:
+//! an invitation arrives with its link and the link works; a weekly digest arrives on Monday
+//! 08:00 by the (manual) clock, multipart text + HTML, with the Stats API's own numbers (exact
+//! mode) and an unsubscribe link that a GET only asks about and a POST follows, after which
+//! no digest comes; a week is sent once, also by a second aggregator (a restart).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, Utc};
+use http::{HeaderMap, Request};
+use serde_json::{json, Value};
+use veil_aggregator::account::csrf_token;
+use veil_aggregator::digest::{self, show, show_change};
+use veil_aggregator::{Aggregator, AggregatorConfig, ManualClock};
+use veil_schemas::ClickHouseConfig;
+
+const PUBLIC: &str = "http://127.0.0.1:8000";
+const OWNER: &str = "owner@example.com";
+const OWNER_PW: &str = "correct horse battery";
+
+/// aiosmtpd on a free loopback port, writing each message to a directory as JSON.
+struct Smtpd {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Smtpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("VEIL_TEST_SMTPD_PYTHON") {
+        return p.into();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let p = root.join("var/smtp-venv/bin/python");
+    assert!(
+        p.exists(),
+        "no {} : run scripts/install-deps.sh --test (aiosmtpd for the e-mail tests)",
+        p.display()
+    );
+    p
+}
+
+impl Smtpd {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testing/smtp/server.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .arg(port.to_string())
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting aiosmtpd");
+        // "ready" once it answers (Controller.start connects to it before returning).
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "aiosmtpd did not start");
+        Self { child, port, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// The messages delivered so far, in order.
+    fn messages(&self) -> Vec<Value> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+            .collect()
+    }
+
+    /// Waits (up to 30 s) until `n` messages were delivered; returns them.
+    async fn wait_for(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = self.messages();
+            if m.len() >= n {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} e-mails arrived",
+                m.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A message's decoded part of type `ty`, with CRLF as LF.
+fn part(m: &Value, ty: &str) -> String {
+    m["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == ty)
+        .unwrap_or_else(|| panic!("no {ty} part in {m}"))["body"]
+        .as_str()
+        .unwrap()
+        .replace("\r\n", "\n")
+}
+
+fn config(smtp: &Smtpd) -> AggregatorConfig {
+    AggregatorConfig {
+        accounts: true,
+        sites: vec![common::SITE.into()],
+        privacy: veil_aggregator::privacy::Settings::exact(),
+        public_url: Some(PUBLIC.into()),
+        smtp_url: Some(smtp.url()),
+        smtp_from: Some("Veil <veil@example.com>".into()),
+        ..Default::default()
+    }
+}
+
+async fn agg(
+    label: &str,
+    smtp: &Smtpd,
+    start: DateTime<Utc>,
+) -> (Aggregator, ClickHouseConfig, Arc<ManualClock>) {
+    let ch = veil_schemas::testing::fresh_database(label).await;
+    let clock = ManualClock::new(start);
+    let cfg = config(smtp);
+    cfg.validate().unwrap();
+    let a = Aggregator::new(cfg, ch.clone()).with_clock(clock.clone());
+    a.registry().refresh().await.unwrap();
+    (a, ch, clock)
+}
+
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: Value,
+    text: String,
+}
+
+/// A browser: its session cookie and CSRF token once logged in.
+#[derive(Default)]
+struct Browser {
+    cookie: Option<String>,
+    csrf: Option<String>,
+}
+
+impl Browser {
+    async fn call(&self, a: &Aggregator, method: &str, path: &str, body: Option<Value>) -> Answer {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(c) = &self.cookie {
+            b = b.header("cookie", format!("veil_session={c}"));
+        }
+        if method != "GET" {
+            b = b.header("origin", PUBLIC);
+            if let Some(t) = &self.csrf {
+                b = b.header("x-veil-csrf", t);
+            }
+        }
+        if body.is_some() {
+            b = b.header("content-type", "application/json");
+        }
+        let req = b
+            .body(Bytes::from(body.map(|v| v.to_string()).unwrap_or_default()))
+            .unwrap();
+        let r = a.handle(req).await.expect("an aggregator path");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let bytes = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        Answer {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    fn keep(&mut self, r: &Answer) {
+        assert_eq!(r.status, 200, "{}", r.text);
+        let set = r.headers["set-cookie"].to_str().unwrap();
+        let token = set
+            .strip_prefix("veil_session=")
+            .and_then(|s| s.split(';').next())
+            .unwrap();
+        assert_eq!(r.body["csrf"], csrf_token(token));
+        self.cookie = Some(token.to_string());
+        self.csrf = r.body["csrf"].as_str().map(str::to_string);
+    }
+}
+
+fn token_of(url: &str) -> String {
+    url.split_once("token=").unwrap().1.to_string()
+}
+
+async fn set_up_owner(a: &Aggregator) -> Browser {
+    let link = a.setup_link().await.unwrap().expect("a setup link");
+    let mut b = Browser::default();
+    let r = b
+        .call(
+            a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": token_of(&link), "email": OWNER, "password": OWNER_PW})),
+        )
+        .await;
+    b.keep(&r);
+    b
+}
+
+#[tokio::test]
+async fn an_invitation_is_emailed_and_its_link_works() {
+    let smtp = Smtpd::start();
+    let (a, _ch, _) = agg("mail_invite", &smtp, Utc::now()).await;
+    let owner = set_up_owner(&a).await;
+    let r = owner
+        .call(
+            &a,
+            "POST",
+            &format!("/api/v1/sites/{}/people", common::SITE),
+            Some(json!({"email": "ann@example.com", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["emailed"], true);
+    let shown = r.body["url"].as_str().unwrap().to_string();
+
+    let mail = smtp.wait_for(1).await.remove(0);
+    assert_eq!(mail["rcpt_tos"], json!(["ann@example.com"]));
+    assert_eq!(mail["mail_from"], "veil@example.com");
+    assert_eq!(mail["content_type"], "multipart/alternative");
+    assert!(mail["headers"]["Subject"]
+        .as_str()
+        .unwrap()
+        .contains(common::SITE));
+    let link = format!("{PUBLIC}{shown}");
+    let text = part(&mail, "text/plain");
+    assert!(text.contains(&link), "{text}");
+    assert!(text.contains(OWNER) && text.contains("viewer"), "{text}");
+    assert!(part(&mail, "text/html").contains(&format!("href=\"{link}\"")));
+
+    // The e-mailed link is the way in.
+    let mut ann = Browser::default();
+    let r = ann
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": token_of(&link), "password": "ann's long password"})),
+        )
+        .await;
+    ann.keep(&r);
+    let me = ann.call(&a, "GET", "/api/v1/me", None).await;
+    assert_eq!(me.body["email"], "ann@example.com");
+    assert_eq!(
+        me.body["roles"],
+        json!([{"site": common::SITE, "role": "viewer"}])
+    );
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+#[tokio::test]
+async fn a_weekly_digest_arrives_on_monday_with_the_apis_numbers_and_unsubscribes() {
+    let smtp = Smtpd::start();
+    // The seeded week (events on Thu 19 and Fri 20 Nov 2026) is Mon 16 – Sun 22 Nov; its
+    // digest is due on Monday 23 Nov at 08:00 (the site's time zone is UTC).
+    // The owner's session is made at the real time (ClickHouse drops sessions expired by its
+    // own clock when the registry reloads), then the clock goes back to that Monday.
+    let (a, ch, clock) = agg("mail_digest", &smtp, Utc::now()).await;
+    common::seed(&ch).await;
+    let owner = set_up_owner(&a).await;
+    clock.set(at("2026-11-23T07:59:00Z"));
+    let path = format!("/api/v1/sites/{}/digest", common::SITE);
+    let r = owner.call(&a, "GET", &path, None).await;
+    assert_eq!(
+        (r.status, &r.body["subscribed"], &r.body["email_configured"]),
+        (200, &json!(false), &json!(true)),
+        "{}",
+        r.text
+    );
+    let r = owner.call(&a, "PUT", &path, None).await;
+    assert_eq!(r.body["subscribed"], true, "{}", r.text);
+
+    // Before 08:00 nothing is due; the scheduler runs on its own from here.
+    assert_eq!(digest::send_due(&a).await.unwrap(), 0);
+    let scheduler = digest::spawn_scheduler(a.clone(), Duration::from_millis(100));
+    clock.set(at("2026-11-23T08:00:01Z"));
+    let mail = smtp.wait_for(1).await.remove(0);
+    assert_eq!(mail["rcpt_tos"], json!([OWNER]));
+    assert_eq!(mail["content_type"], "multipart/alternative");
+    let types: Vec<&Value> = mail["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["type"])
+        .collect();
+    assert_eq!(types, [&json!("text/plain"), &json!("text/html")]);
+    let text = part(&mail, "text/plain");
+    let html = part(&mail, "text/html");
+    assert!(text.contains("Week 2026-11-16 to 2026-11-22"), "{text}");
+
+    // The numbers are the API's: ask it the digest's questions as the owner.
+    let week = NaiveDate::from_ymd_opt(2026, 11, 16).unwrap();
+    let [totals, pages, sources] = digest::questions(common::SITE, week);
+    let ask = |q: Value| {
+        let owner = &owner;
+        let a = &a;
+        async move {
+            let r = owner.call(a, "POST", "/api/v2/query", Some(q)).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            r.body
+        }
+    };
+    let t = ask(totals).await;
+    let m = &t["results"][0]["metrics"];
+    assert_eq!(m[0], 23, "the seeded week's visitors: {t}");
+    let c = &t["results"][0]["comparison"]["change"];
+    assert!(c.is_array(), "{t}");
+    for (i, label) in ["Visitors", "Pageviews", "Bounce rate"].iter().enumerate() {
+        let unit = if i == 2 { " %" } else { "" };
+        let line = format!(
+            "{label}: {}{unit} ({})\n",
+            show(&m[i]),
+            show_change(&c[i], i == 2)
+        );
+        assert!(text.contains(&line), "{line:?} not in {text}");
+    }
+    for (q, title) in [(pages, "Top pages"), (sources, "Top sources")] {
+        let rows = ask(q).await["results"].as_array().unwrap().clone();
+        assert!(!rows.is_empty());
+        let section = text.split(title).nth(1).unwrap();
+        for r in rows.iter().take(digest::TOP) {
+            let line = format!(
+                "  {}: {} visitors",
+                r["dimensions"][0].as_str().unwrap(),
+                show(&r["metrics"][0])
+            );
+            assert!(section.contains(&line), "{line:?} not in {text}");
+            assert!(html.contains(&format!(
+                "<td>{}</td><td>{} visitors</td>",
+                r["dimensions"][0].as_str().unwrap(),
+                show(&r["metrics"][0])
+            )));
+        }
+    }
+    assert!(text.contains("/pricing: 6 visitors"), "{text}");
+    assert!(text.contains("Google: 10 visitors"), "{text}");
+
+    // Sent once: not again by this aggregator, nor by a new one (a restart).
+    assert_eq!(digest::send_due(&a).await.unwrap(), 0);
+    let restarted = Aggregator::new(config(&smtp), ch.clone()).with_clock(clock.clone());
+    restarted.registry().refresh().await.unwrap();
+    assert_eq!(digest::send_due(&restarted).await.unwrap(), 0);
+    assert_eq!(smtp.messages().len(), 1);
+
+    // The unsubscribe link: in the header (RFC 8058) and both parts.
+    let header = mail["headers"]["List-Unsubscribe"].as_str().unwrap();
+    let url = header.trim_matches(['<', '>']).to_string();
+    assert!(
+        url.starts_with(&format!("{PUBLIC}/unsubscribe?token=vu_")),
+        "{url}"
+    );
+    assert_eq!(
+        mail["headers"]["List-Unsubscribe-Post"],
+        "List-Unsubscribe=One-Click"
+    );
+    assert!(text.contains(&url) && html.contains(&url));
+    let link = url.strip_prefix(PUBLIC).unwrap();
+    let stranger = Browser::default();
+    // GET only asks (mail scanners fetch links): still subscribed.
+    let page = stranger.call(&a, "GET", link, None).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("<form method=\"post\""), "{}", page.text);
+    assert!(page.text.contains(common::SITE));
+    assert_eq!(
+        owner.call(&a, "GET", &path, None).await.body["subscribed"],
+        true
+    );
+    // POST (the page's button, or a mail client's one-click) unsubscribes, without login.
+    let done = stranger.call(&a, "POST", link, None).await;
+    assert_eq!(done.status, 200, "{}", done.text);
+    assert!(done.text.contains("Unsubscribed"));
+    assert_eq!(
+        owner.call(&a, "GET", &path, None).await.body["subscribed"],
+        false
+    );
+    assert_eq!(stranger.call(&a, "POST", link, None).await.status, 404);
+
+    // The next Monday: no digest for the unsubscribed person.
+    clock.set(at("2026-11-30T08:00:01Z"));
+    assert_eq!(digest::send_due(&a).await.unwrap(), 0);
+    scheduler.abort();
+    assert_eq!(smtp.messages().len(), 1);
+
+    // Subscribed again, the operator's trigger sends the week due now at once.
+    owner.call(&a, "PUT", &path, None).await;
+    let r = owner.call(&a, "POST", &format!("{path}/send"), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["sent"], 1, "{}", r.text);
+    assert_eq!(r.body["week"], json!(["2026-11-23", "2026-11-29"]));
+    let second = smtp.wait_for(2).await.remove(1);
+    assert!(part(&second, "text/plain").contains("Week 2026-11-23 to 2026-11-29"));
+}
+
+#[tokio::test]
+async fn in_dp_mode_a_digest_spends_a_budget_of_its_own_and_shows_the_published_numbers() {
+    let smtp = Smtpd::start();
+    let ch = veil_schemas::testing::fresh_database("mail_digest_dp").await;
+    let clock = ManualClock::new(Utc::now());
+    let cfg = AggregatorConfig {
+        privacy: veil_aggregator::privacy::Settings::default(),
+        ..config(&smtp)
+    };
+    assert_eq!(cfg.privacy.mode, veil_aggregator::privacy::Mode::Dp);
+    let a = Aggregator::new(cfg, ch.clone()).with_clock(clock.clone());
+    a.registry().refresh().await.unwrap();
+    common::seed(&ch).await;
+    let owner = set_up_owner(&a).await;
+    clock.set(at("2026-11-23T09:00:00Z"));
+    let path = format!("/api/v1/sites/{}/digest", common::SITE);
+    assert_eq!(
+        owner.call(&a, "PUT", &path, None).await.body["subscribed"],
+        true
+    );
+    let r = owner.call(&a, "POST", &format!("{path}/send"), None).await;
+    assert_eq!((r.status, &r.body["sent"]), (200, &json!(1)), "{}", r.text);
+    let mail = smtp.wait_for(1).await.remove(0);
+    let text = part(&mail, "text/plain");
+    assert!(text.contains("differential-privacy noise"), "{text}");
+
+    // The digest's questions were charged to digest:{user}, not to the person's own budget.
+    let spent = |like: &'static str| {
+        let ch = ch.clone();
+        async move {
+            common::count(
+                &ch,
+                veil_schemas::sql!(
+                    "SELECT count() FROM privacy_spend WHERE credential LIKE {}",
+                    veil_schemas::sql::lit(like)
+                ),
+            )
+            .await
+        }
+    };
+    assert!(spent("digest:% shop.example").await >= 3);
+    assert_eq!(spent("user:%").await, 0);
+
+    // The same question asked on the API publishes the same (noisy) visitors number.
+    let week = NaiveDate::from_ymd_opt(2026, 11, 16).unwrap();
+    let [totals, _, _] = digest::questions(common::SITE, week);
+    let r = owner.call(&a, "POST", "/api/v2/query", Some(totals)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["meta"]["privacy"]["mode"], "dp", "{}", r.text);
+    let visitors = show(&r.body["results"][0]["metrics"][0]);
+    assert!(
+        text.contains(&format!("Visitors: {visitors} (")),
+        "{visitors} not in {text}"
+    );
+    assert!(spent("user:%").await >= 1);
+}
