@@ -1,7 +1,7 @@
 //! Weekly e-mail digests: a person subscribes to a site's weekly digest, a scheduler sends
 //! each subscriber the last full week's numbers every Monday at [`SEND_HOUR`]:00 in the site's
 //! time zone, and a link in every digest unsubscribes without logging in. Storage:
-//! [`veil_schemas::digests`] (`022_digests.sql`); sending: [`crate::mail`].
+//! [`veil_schemas::digests`] (`021_digests.sql`); sending: [`crate::mail`].
 //!
 //! Every number of a digest is the Stats API's own answer ([`stats::run`], through the
 //! privacy module like `POST /api/v2/query`): three questions — totals (`visitors`,

@@ -1,7 +1,7 @@
 //! Weekly digest subscriptions: which person wants which site's weekly e-mail, the hashes of
 //! the unsubscribe tokens of the digests sent, and which week was sent last.
 //!
-//! Storage (migration `022_digests.sql`): `digests`, append-only and versioned like the people
+//! Storage (migration `021_digests.sql`): `digests`, append-only and versioned like the people
 //! tables ([`crate::people`]): a change inserts a whole row with a higher version; readers keep
 //! the newest per `(user_id, site)`. Read on demand (a few rows per person; the scheduler reads
 //! them once a minute), not cached in the registry's snapshot. Unsubscribe tokens (`vu_` + 64

@@ -1,4 +1,4 @@
--- 022_digests: weekly e-mail digests a person asked for, one row per (person, site)
+-- 021_digests: weekly e-mail digests a person asked for, one row per (person, site)
 -- (schemas/src/digests.rs; sent by aggregator/src/digest.rs). Account data, never visitor
 -- data: who wants which site's published weekly numbers, and what was sent.
 --
