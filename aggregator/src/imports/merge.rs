@@ -133,7 +133,12 @@ fn label_expr(col: &'static str) -> Sql {
     // Imported values are Plausible's words already; an empty one reads as Veil's own empty
     // values do (`Direct / None`, `(not set)`: query::labels), so both land in one row.
     match crate::query::labels::empty_label(col) {
-        Some(empty) => sql!("if({} = '', {}, {})", Sql::new(col), lit(empty), Sql::new(col)),
+        Some(empty) => sql!(
+            "if({} = '', {}, {})",
+            Sql::new(col),
+            lit(empty),
+            Sql::new(col)
+        ),
         None => Sql::new(col),
     }
 }

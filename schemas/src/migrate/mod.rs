@@ -384,7 +384,12 @@ mod tests {
     #[test]
     fn migrations_are_numbered_in_order() {
         for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version as usize, i + 1, "migration {} out of order", m.name);
+            assert_eq!(
+                m.version as usize,
+                i + 1,
+                "migration {} out of order",
+                m.name
+            );
             assert!(!m.statements().is_empty());
         }
     }
