@@ -92,6 +92,18 @@ struct Row {
     folded: u64,
 }
 
+impl Row {
+    /// A row the privacy module published: `(dimensions, metrics, k)`, folding none.
+    fn published((dims, metrics, k): (Vec<String>, Vec<Option<f64>>, f64)) -> Self {
+        Row {
+            dims,
+            metrics,
+            k,
+            folded: 0,
+        }
+    }
+}
+
 /// The rows of one query, folded.
 struct Report {
     rows: Vec<Row>,
@@ -1036,12 +1048,7 @@ async fn merged_rows(
     let (published, suppressed) = rel.rows_with(q, &fetch(client, &sql).await?, &extra);
     let rows = published
         .into_iter()
-        .map(|(dims, metrics, k)| Row {
-            dims,
-            metrics,
-            k,
-            folded: 0,
-        })
+        .map(Row::published)
         .collect();
     Ok((rows, suppressed))
 }
@@ -1198,12 +1205,7 @@ async fn dp_report(
     let mut rows: Vec<Row> = dp_rows(client, site, q, builds, &rel, &extra)
         .await?
         .into_iter()
-        .map(|(dims, metrics, k)| Row {
-            dims,
-            metrics,
-            k,
-            folded: 0,
-        })
+        .map(Row::published)
         .collect();
     for which in CONVERSIONS {
         let Some(ci) = q.metrics.iter().position(|m| *m == which) else {
