@@ -199,8 +199,11 @@ impl Header for ListUnsubscribePost {
 impl Mail {
     /// The message as sent, from `from`.
     pub fn to_message(&self, from: &Mailbox) -> Result<Message, Error> {
-        let to: Mailbox = self.to.parse().map_err(|e| {
-            Error::BadRequest(format!("{:?} is not an e-mail address: {e}", self.to))
+        // The address stays out of the error: errors are logged, and addresses are never.
+        let to: Mailbox = self.to.parse().map_err(|_| {
+            Error::BadRequest(
+                "the recipient's e-mail address is not one a message can be sent to".into(),
+            )
         })?;
         let mut b = Message::builder()
             .from(from.clone())
@@ -267,7 +270,16 @@ impl Mailer for SmtpMailer {
                 .send(m)
                 .await
                 .map(|_| ())
-                .map_err(|e| Error::Io(format!("sending e-mail through {}: {e}", self.host)))
+                // Only the reply code: a server's text often repeats the recipient's
+                // address, and this error is logged.
+                .map_err(|e| {
+                    let what = match e.status() {
+                        Some(code) => format!("the mail server answered {code}"),
+                        None if e.is_timeout() => "the mail server did not answer in time".into(),
+                        None => "no SMTP conversation with the mail server".into(),
+                    };
+                    Error::Io(format!("sending e-mail through {}: {what}", self.host))
+                })
         })
     }
 }

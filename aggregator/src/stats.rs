@@ -1046,10 +1046,7 @@ async fn merged_rows(
     let sql = query::assemble::sql(&iq, site, &built, None);
     let extra = merge::rows(client, q, plan).await?;
     let (published, suppressed) = rel.rows_with(q, &fetch(client, &sql).await?, &extra);
-    let rows = published
-        .into_iter()
-        .map(Row::published)
-        .collect();
+    let rows = published.into_iter().map(Row::published).collect();
     Ok((rows, suppressed))
 }
 
