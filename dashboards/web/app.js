@@ -1092,6 +1092,18 @@
     filterChips(st);
   }
 
+  // A person (not a key or link) may have this site's weekly report e-mailed, when the server
+  // sends e-mail: the box shows their subscription (GET …/digest).
+  function digestBox() {
+    $("digest-l").hidden = true;
+    if (!isUser() || S.share) return;
+    const site = S.site;
+    api("/api/v1/sites/" + encodeURIComponent(site) + "/digest", { noRetry: true }).then((r) => {
+      if (S.site !== site || !r.email_configured) return;
+      $("digest").checked = !!r.subscribed;
+      $("digest-l").hidden = false;
+    }).catch(() => { /* no e-mail for this reader: the box stays hidden */ });
+  }
   function renderDash() {
     const st = readState();
     if (isChild() && st.view === "app") st.view = "web";
@@ -1223,6 +1235,14 @@
     }
     $("compare").addEventListener("change", () => navigate((s) => { s.compare = $("compare").value; }));
     $("imports").addEventListener("change", () => navigate((s) => { s.imports = $("imports").checked; }));
+    $("digest").addEventListener("change", async () => {
+      const box = $("digest");
+      try {
+        const r = await api("/api/v1/sites/" + encodeURIComponent(S.site) + "/digest", { method: box.checked ? "PUT" : "DELETE", body: {} });
+        box.checked = !!r.subscribed;
+        status(r.subscribed ? "You will get this site's weekly report by e-mail (Mondays)." : "No more weekly reports by e-mail.");
+      } catch (e) { box.checked = !box.checked; status("The weekly report could not be changed: " + e.message); }
+    });
     $("interval").addEventListener("change", () => navigate((s) => { s.interval = $("interval").value; }));
     $("export").addEventListener("click", async () => {
       const st = readState();
@@ -1950,6 +1970,7 @@
       $("settings-link").hidden = roleOn(S.site) < RANK.admin;
       $("settings-link").href = "/site/" + encodeURIComponent(S.site) + "/settings";
       await loadSiteSettings();
+      digestBox();
       return renderDash();
     }
     S.page = "sites";

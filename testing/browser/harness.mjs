@@ -54,16 +54,18 @@ export function freePort() {
 /**
  * `veil up ARGS` on a fresh temp data dir and a free port, flushing batches every 200 ms; builds
  * the binary first if it is missing (`VEIL_BIN` names another). `env` is added to the
- * environment. Resolves once Veil says it is running, to `{url, clickhouse, chPassword, log(),
+ * environment; `publicUrl` adds `--public-url` with its own address (links in e-mails are
+ * absolute). Resolves once Veil says it is running, to `{url, clickhouse, chPassword, log(),
  * stop()}` (`chPassword`: the managed ClickHouse's generated password, from its file).
  */
-export async function startVeil(args = [], { env = {} } = {}) {
+export async function startVeil(args = [], { env = {}, publicUrl = false } = {}) {
   const bin = process.env.VEIL_BIN || join(root, "target/debug/veil");
   if (!existsSync(bin)) execFileSync("cargo", ["build", "-p", "veil"], { cwd: root, stdio: "inherit" });
   const dir = mkdtempSync(join(tmpdir(), "veil-browser-"));
   const port = await freePort();
   const child = spawn(bin, ["up", "--batch-max-age", "200ms", "--listen", `127.0.0.1:${port}`,
-    "--data-dir", join(dir, "var"), ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
+    "--data-dir", join(dir, "var"), ...(publicUrl ? ["--public-url", `http://127.0.0.1:${port}`] : []), ...args],
+  { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
   let out = "";
   child.stdout.on("data", (b) => { out += b; });
   child.stderr.on("data", (b) => { out += b; });

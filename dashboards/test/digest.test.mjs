@@ -1,0 +1,100 @@
+// The weekly report by e-mail, from the dashboard (issue 20 point 3), against a real SMTP
+// server (aiosmtpd, testing/smtp/server.py, installed by scripts/install-deps.sh --test):
+// an invitation is e-mailed and its link, followed in Chromium, makes the account; on the
+// site's dashboard that person ticks "E-mail me a weekly report", the operator sends the week's
+// digest and it arrives addressed to them; unticked, the next one does not.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as harness from "../../testing/browser/harness.mjs";
+import { browser, open, api, send, settled, waitFor, SITE, ADMIN } from "./fixture.mjs";
+
+const READER = { email: "reader@example.org", password: "reader-password-1" };
+let veil, chrome, smtp, inbox;
+
+/** Every message the SMTP server received so far (its JSON files, in order). */
+function messages() {
+  return readdirSync(inbox).filter((f) => f.endsWith(".json")).sort()
+    .map((f) => JSON.parse(readFileSync(join(inbox, f), "utf8")));
+}
+const text = (m) => (m.parts.find((p) => p.type === "text/plain") || { body: "" }).body;
+
+before(async () => {
+  inbox = mkdtempSync(join(tmpdir(), "veil-smtp-"));
+  const port = await harness.freePort();
+  const python = process.env.VEIL_TEST_SMTPD_PYTHON || join(harness.root, "var/smtp-venv/bin/python");
+  smtp = spawn(python, [join(harness.root, "testing/smtp/server.py"), String(port), inbox], { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  smtp.stdout.on("data", (b) => { out += b; });
+  smtp.stderr.on("data", (b) => { out += b; });
+  await waitFor(() => out, (o) => o.includes("ready") || smtp.exitCode !== null, { ms: 30_000, what: () => "SMTP server: " + out });
+  assert.ok(out.includes("ready"), out);
+  veil = await harness.startVeil(["--site", SITE, "--api-token", ADMIN, "--privacy", "exact", "--min-visitors", "2",
+    "--max-event-age", "30d", "--rate-limit-ip", "0", "--metrics-listen", "127.0.0.1:0",
+    "--smtp-url", `smtp://127.0.0.1:${port}`, "--smtp-from", "veil@veil.test"], { publicUrl: true });
+  chrome = await browser();
+});
+
+after(async () => {
+  await chrome?.close();
+  await veil?.stop();
+  smtp?.kill();
+  if (inbox) rmSync(inbox, { recursive: true, force: true });
+});
+
+test("an e-mailed invitation makes the account; its weekly report is ticked on the dashboard, arrives by e-mail, and stops when unticked", async () => {
+  // Last week's traffic, for the digest to report (a week ends on Sunday: 8 days back is in it).
+  const day = new Date(Date.now() - 8 * 86_400_000).toISOString();
+  await send(veil, Array.from({ length: 4 }, (_, i) => ({ site: SITE, name: "pageview", url: `https://${SITE}/welcome`,
+    timestamp: day, ip: `198.51.100.${200 + i}`, user_agent: "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36" })));
+
+  const inv = await api(veil, `/api/v1/sites/${SITE}/people`, { body: { email: READER.email, role: "viewer" } });
+  assert.equal(inv.emailed, true, JSON.stringify(inv));
+  const mails = await waitFor(messages, (l) => l.some((m) => m.rcpt_tos.includes(READER.email)), { ms: 30_000, what: () => "no invitation e-mail" });
+  const invitation = mails.find((m) => m.rcpt_tos.includes(READER.email));
+  const link = text(invitation).match(/http:\/\/127\.0\.0\.1:\d+\/invite#token=\S+/);
+  assert.ok(link, text(invitation));
+  assert.equal(new URL(link[0]).origin, veil.url);
+
+  const page = await open(chrome, { token: null });
+  await page.goto(link[0]);
+  await page.waitForSelector("#invite-form:not([hidden])");
+  await page.fill("#invite-password", READER.password);
+  await page.click("#invite-submit");
+  await page.waitForSelector("#sites:not([hidden])");
+  assert.equal(await page.textContent("#whoami"), READER.email);
+
+  // The dashboard offers the weekly report (the server sends e-mail); ticked, it holds.
+  await page.goto(`${veil.url}/site/${SITE}?period=7d`);
+  await settled(page);
+  await page.waitForSelector("#digest-l:not([hidden])");
+  assert.equal(await page.$eval("#digest", (e) => e.checked), false);
+  await page.check("#digest");
+  await waitFor(() => page.textContent("#status"), (t) => /weekly report by e-mail/.test(t), { what: (t) => "status: " + t });
+  await page.reload();
+  await page.waitForSelector("#digest-l:not([hidden])");
+  assert.equal(await page.$eval("#digest", (e) => e.checked), true);
+
+  // The operator sends last week's digests now: one arrives for the reader, multipart.
+  const before = messages().length;
+  const sent = await api(veil, `/api/v1/sites/${SITE}/digest/send`, { method: "POST", body: {} });
+  assert.equal(sent.sent, 1, JSON.stringify(sent));
+  const digest = (await waitFor(messages, (l) => l.length > before, { ms: 30_000, what: () => "no digest e-mail" })).at(-1);
+  assert.deepEqual(digest.rcpt_tos, [READER.email]);
+  assert.equal(digest.content_type, "multipart/alternative");
+  assert.match(text(digest), new RegExp(SITE.replace(/\./g, "\\.")));
+
+  // Unticked: the next send has nobody to write to.
+  await page.uncheck("#digest");
+  await waitFor(() => page.textContent("#status"), (t) => /No more weekly reports/.test(t), { what: (t) => "status: " + t });
+  await page.reload();
+  await page.waitForSelector("#digest-l:not([hidden])");
+  assert.equal(await page.$eval("#digest", (e) => e.checked), false);
+  const again = await api(veil, `/api/v1/sites/${SITE}/digest/send`, { method: "POST", body: {} });
+  assert.equal(again.sent, 0, JSON.stringify(again));
+  assert.deepEqual(page.problems, []);
+  await page.close_all();
+});
