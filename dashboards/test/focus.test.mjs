@@ -275,3 +275,31 @@ for (const [size, viewport] of Object.entries(SIZES)) {
     await page.close_all();
   });
 }
+
+test("keyboard shortcuts: ? lists them, Escape closes the list, W and C change the period and the comparison, / opens the filter builder; typing in a field is left alone", async () => {
+  const page = await open(chrome);
+  await page.goto(`${veil.url}/site/${SITE}?period=day`);
+  await settled(page);
+  await page.keyboard.press("?");
+  await page.waitForSelector("#keys-dialog[open]");
+  const listed = await page.$$eval("#keys-dialog kbd", (ks) => ks.map((k) => k.textContent));
+  for (const k of ["D", "W", "T", "M", "C", "R", "/", "?"]) assert.ok(listed.includes(k), `${k} in ${listed}`);
+  await page.keyboard.press("Escape");
+  await waitFor(() => page.$("#keys-dialog"), (d) => d === null, { what: "the list closed" });
+  await page.keyboard.press("w");
+  await page.waitForURL(/period=7d/);
+  await settled(page);
+  await page.keyboard.press("c");
+  await page.waitForURL(/compare=previous_period/);
+  await settled(page);
+  await page.keyboard.press("/");
+  assert.equal(await page.evaluate(() => document.activeElement.id), "filter-dim");
+  assert.equal(await page.$eval("#filter-add", (d) => d.open), true);
+  // In a field, letters are typed, not shortcuts.
+  await page.focus('#filter-form input[name="value"]');
+  await page.keyboard.type("dm");
+  assert.match(page.url(), /period=7d/);
+  assert.equal(await page.$eval('#filter-form input[name="value"]', (i) => i.value), "dm");
+  assert.deepEqual(page.problems, []);
+  await page.close_all();
+});

@@ -1265,6 +1265,57 @@
       navigate((s) => { s.filters.push(nf2); }, () => focusChip(nf2, "Filter added: "));
     });
     window.addEventListener("popstate", () => { if (S.page === "dash") renderDash(); });
+    document.addEventListener("keydown", shortcut);
+  }
+
+  // ---------- keyboard shortcuts (the dashboard's; "?" lists them) ----------
+  // Single keys, as Plausible's: never while typing in a field, with a modifier, or over a
+  // dialog (its own keys: Escape closes it).
+  const SHORTCUTS = [
+    ["d", "Today", (s) => { s.period = "day"; }],
+    ["w", "Last 7 days", (s) => { s.period = "7d"; }],
+    ["t", "Last 30 days", (s) => { s.period = "30d"; }],
+    ["m", "This month", (s) => { s.period = "month"; }],
+    ["y", "This year", (s) => { s.period = "year"; }],
+    ["l", "Last 12 months", (s) => { s.period = "12mo"; }],
+    ["a", "All time", (s) => { s.period = "all"; }],
+    ["c", "Compare with the previous period (again: no comparison)", (s) => { s.compare = s.compare ? "" : "previous_period"; }],
+    ["r", "Realtime (again: back to the web view)", (s) => { s.view = s.view === "realtime" ? "web" : "realtime"; }],
+  ];
+  function shortcut(ev) {
+    if (S.page !== "dash" || ev.ctrlKey || ev.metaKey || ev.altKey || ev.defaultPrevented) return;
+    const t = ev.target;
+    if (t && (t.isContentEditable || /^(INPUT|SELECT|TEXTAREA)$/.test(t.tagName))) return; // typing
+    if (document.querySelector("dialog[open]")) return;
+    if (ev.key === "?") { ev.preventDefault(); return keysDialog(); }
+    if (ev.key === "/") {
+      // Search: the filter builder, opened, its first field focused.
+      ev.preventDefault();
+      $("filter-add").open = true;
+      $("filter-dim").focus();
+      return;
+    }
+    const hit = SHORTCUTS.find(([k]) => k === ev.key.toLowerCase() && !ev.shiftKey);
+    if (!hit) return;
+    ev.preventDefault();
+    navigate(hit[2], () => announce(hit[1]));
+  }
+  function keysDialog() {
+    const old = $("keys-dialog");
+    if (old) old.remove();
+    const rows = SHORTCUTS.map(([k, what]) => h("tr", {}, h("th", { scope: "row" }, h("kbd", { text: k.toUpperCase() })), h("td", { text: what })))
+      .concat([h("tr", {}, h("th", { scope: "row" }, h("kbd", { text: "/" })), h("td", { text: "Add a filter" })),
+        h("tr", {}, h("th", { scope: "row" }, h("kbd", { text: "?" })), h("td", { text: "This list" })),
+        h("tr", {}, h("th", { scope: "row" }, h("kbd", { text: "Esc" })), h("td", { text: "Close a dialog" }))]);
+    const dlg = h("dialog", { id: "keys-dialog", class: "more-dialog", "aria-labelledby": "keys-h" },
+      h("div", { class: "panel-head" }, h("h2", { id: "keys-h", text: "Keyboard shortcuts" }),
+        h("button", { type: "button", class: "secondary", id: "keys-close", text: "Close", onclick: () => dlg.close() })),
+      h("table", {}, h("caption", { class: "sr-only", text: "Keyboard shortcuts" }), h("tbody", {}, rows)));
+    const back = document.activeElement;
+    dlg.addEventListener("close", () => { dlg.remove(); if (back && back.isConnected) back.focus(); });
+    document.body.append(dlg);
+    dlg.showModal();
+    $("keys-close").focus();
   }
 
   // ---------- site list ----------
