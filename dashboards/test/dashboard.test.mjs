@@ -292,6 +292,14 @@ test("date picker: a custom range and hourly buckets are the API's, and the expo
     JSON.stringify(rows.map((r) => r[0])));
   const byHour = new Map(hours.results.map((r) => [r.dimensions[0], str(r.metrics[0])]));
   for (const [t, v] of rows) assert.equal(v, byHour.get(t) ?? "0", t);
+  // The current hour is not over: marked (dashed on the chart, "so far" in its table row).
+  const last = rows.at(-1)[0];
+  assert.equal(await page.$eval("#chart", (f) => f.dataset.unfinished), last);
+  assert.equal(await page.$eval(`#chart-data tr[data-time="${last}"] th`, (t) => t.textContent), `${last} (so far)`);
+  // A range that ended (the last 7 days end yesterday) has nothing unfinished.
+  await page.goto(dash("period=7d"));
+  await settled(page);
+  assert.equal(await page.$eval("#chart", (f) => f.dataset.unfinished ?? null), null);
   noProblems(page);
   await page.close_all();
 });

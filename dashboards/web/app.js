@@ -977,6 +977,11 @@
       const cur = labels.map((l) => (byLabel.has(l) ? byLabel.get(l).metrics[0] : 0));
       const hasPrev = !!st.compare && rows.some((r) => r.comparison);
       const priv = privacyOf(data);
+      // The last bucket is not over when the range ends after now (today, this month, …): it
+      // is drawn dashed from the bucket before, and its row in the table says "so far".
+      const end = data.query && Array.isArray(data.query.date_range) ? Date.parse(String(data.query.date_range[1])) : NaN;
+      const unfinished = labels.length >= 2 && Number.isFinite(end) && end > Date.now();
+      if (unfinished) fig.dataset.unfinished = labels[labels.length - 1]; else delete fig.dataset.unfinished;
       // The legend under the chart (uPlot's tooltip): "≈ N ± I" with differential privacy.
       const legend = (ciKey) => (u, v) => {
         if (v === null || v === undefined || !isDp(priv)) return fmt(metric, v);
@@ -987,7 +992,8 @@
       const table = h("table", {}, h("thead", {}, h("tr", {}, h("th", { scope: "col", text: "Time" }),
         h("th", { scope: "col", class: "n", text: metricLabel(metric) }),
         hasPrev ? h("th", { scope: "col", class: "n", text: "Comparison" }) : null)),
-      h("tbody", {}, labels.map((l, i) => h("tr", { "data-time": l }, h("th", { scope: "row", text: l }),
+      h("tbody", {}, labels.map((l, i) => h("tr", { "data-time": l },
+        h("th", { scope: "row", text: unfinished && i === labels.length - 1 ? l + " (so far)" : l }),
         numberCell(metric, byLabel.has(l) ? byLabel.get(l).metrics[0] : 0, priv),
         // The comparison period is a release of its own: noisy, its interval not sent.
         hasPrev ? numberCell(metric, prev[i], priv, null) : null))));
@@ -1008,7 +1014,13 @@
         { label: "This period", stroke: cssVar("--accent"), width: 2, fill: cssVar("--bar") + "80",
           value: legend(metric) },
       ];
-      const dataArr = [labels.map((_, i) => i), cur.map((v) => (v === null ? null : Number(v)))];
+      const ys = cur.map((v) => (v === null ? null : Number(v)));
+      const dataArr = [labels.map((_, i) => i), unfinished ? ys.map((v, i) => (i === ys.length - 1 ? null : v)) : ys];
+      if (unfinished) {
+        const n = ys.length;
+        series.push({ label: "So far", stroke: cssVar("--accent"), width: 2, dash: [4, 4], value: legend(metric) });
+        dataArr.push(ys.map((v, i) => (i >= n - 2 ? v : null)));
+      }
       if (hasPrev) {
         series.push({ label: "Comparison", stroke: cssVar("--prev"), width: 1.5, dash: [6, 4], value: legend(null) });
         dataArr.push(prev.map((v) => (v === null ? null : Number(v))));
