@@ -658,7 +658,8 @@ test("a row of every panel tab filters the whole dashboard without an API error"
     await settled(page);
     const errors = await page.$$eval(".error", (l) => l.map((e) => e.textContent));
     assert.deepEqual(errors, [], `${t} → ${label}`);
-    assert.equal(await page.$$eval("#filter-list li", (l) => l.length), 1, t);
+    // A version row names its browser or OS too ("Chrome 124"), and filters by both.
+    assert.equal(await page.$$eval("#filter-list li", (l) => l.length), t.endsWith("_version") ? 2 : 1, t);
     filtered++;
   }
   assert.ok(filtered >= 14, `only ${filtered} tabs had a row to click`);
@@ -692,8 +693,11 @@ test("the devices panel speaks Plausible's vocabulary: Chrome, Windows, GNU/Linu
   const oses = await labels("os");
   for (const o of ["Windows", "GNU/Linux", "Mac"]) assert.ok(oses.includes(o), `${o} in ${oses}`);
   assert.ok(!oses.includes("Mac OSX") && !oses.includes("Linux"), `no stored words: ${oses}`);
+  // A version is shown with its OS (issue 20: "browser versions show 130 without the name").
   const versions = await labels("os_version");
-  assert.ok(versions.includes("10") && versions.includes("10.15"), `Windows 10 and macOS 10.15: ${versions}`);
+  assert.ok(versions.includes("Windows 10") && versions.includes("Mac 10.15"), `Windows 10 and macOS 10.15: ${versions}`);
+  const bversions = await labels("browser_version");
+  assert.ok(bversions.includes("Chrome 124") && bversions.includes("Firefox 126"), `browser versions: ${bversions}`);
   const devices = await labels("device");
   assert.ok(devices.includes("Desktop") && !devices.includes("desktop"), `${devices}`);
   // The panel's rows are the API's, and a click filters by Plausible's word.

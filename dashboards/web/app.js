@@ -444,9 +444,9 @@
       { id: "isp", label: "ISPs", dim: "visit:isp" }] },
     { id: "devices", title: "Devices", metrics: ["visitors"], tabs: [
       { id: "browser", label: "Browsers", dim: "visit:browser" },
-      { id: "browser_version", label: "Browser versions", dim: "visit:browser_version" },
+      { id: "browser_version", label: "Browser versions", dim: "visit:browser_version", with: "visit:browser" },
       { id: "os", label: "OS", dim: "visit:os" },
-      { id: "os_version", label: "OS versions", dim: "visit:os_version" },
+      { id: "os_version", label: "OS versions", dim: "visit:os_version", with: "visit:os" },
       { id: "device", label: "Devices", dim: "visit:device" },
       { id: "screen", label: "Screens", dim: "visit:screen" },
       { id: "processor", label: "Processors", dim: "visit:processor" }] },
@@ -481,7 +481,9 @@
   const CHARTABLE = new Set(["visitors", "visits", "pageviews", "bounce_rate", "visit_duration", "time_on_page", "active_users",
     "crashes", "events"]);
 
-  function rowTable(dim, metrics, data, st, caption, clickable = true) {
+  // `pair`: a dimension asked before `dim` (a browser before its versions), whose value leads
+  // the row's label ("Chrome 124") and joins `dim`'s in the filter a click makes.
+  function rowTable(dim, metrics, data, st, caption, clickable = true, pair = null) {
     const table = h("table", {}, h("caption", { class: "sr-only", text: caption }));
     table.append(h("thead", {}, h("tr", {}, h("th", { scope: "col", text: dimLabel(dim) }),
       metrics.map((m) => h("th", { scope: "col", class: "n", text: shortLabel(m) })))));
@@ -496,17 +498,19 @@
             "(threshold: " + nf.format(priv.threshold) + ")." : "No data for this period." })));
     }
     for (const r of rows) {
-      const raw = r.dimensions[0];
+      const raw = pair ? r.dimensions[1] : r.dimensions[0];
+      const lead = pair ? r.dimensions[0] : null;
       const th = h("th", { scope: "row", "data-dim": dim, "data-raw": String(raw) });
+      if (pair) th.dataset.lead = String(lead);
       const bar = h("span", { class: "bar", "aria-hidden": "true" });
       bar.style.width = (100 * (Number(r.metrics[0]) || 0) / max).toFixed(1) + "%";
-      const label = valueLabel(dim, raw);
+      const label = pair && !FOLDED.test(String(raw)) ? valueLabel(pair, lead) + " " + valueLabel(dim, raw) : valueLabel(dim, raw);
       let cell;
       if (!clickable || FOLDED.test(String(raw)) || raw === null || !dim.includes(":")) {
         cell = h("span", { class: "cell" + (FOLDED.test(String(raw)) ? " folded" : ""), text: label });
       } else {
         cell = h("button", { type: "button", class: "cell row", title: "Filter by " + dimLabel(dim) + " " + label,
-          onclick: () => filterBy(dim, String(raw)) }, label);
+          onclick: () => filterBy(dim, String(raw), pair ? { dim: pair, raw: String(lead) } : null) }, label);
       }
       th.append(bar, cell);
       const tr = h("tr", {}, th, metrics.map((m, i) => numberCell(m, r.metrics[i], privacyOf(data))));
@@ -518,13 +522,14 @@
 
   // A row chosen as a filter: the whole dashboard follows it (an open "more" dialog closes
   // first), then focus goes to the new filter chip and the change is announced.
-  function filterBy(dim, raw) {
+  function filterBy(dim, raw, lead = null) {
     const d = $("more-dialog");
     if (d) d.close();
     const f = { op: "is", dim, value: raw };
+    const fs = lead ? [{ op: "is", dim: lead.dim, value: lead.raw }, f] : [f];
     navigate((s) => {
-      s.filters = s.filters.filter((x) => !(x.dim === dim && x.op === "is"));
-      s.filters.push(f);
+      s.filters = s.filters.filter((x) => !(fs.some((y) => y.dim === x.dim) && x.op === "is"));
+      s.filters.push(...fs);
     }, () => focusChip(f, "Filter added: "));
   }
   function chipText(f) { return dimLabel(f.dim) + " " + OP_TEXT[f.op] + " " + valueLabel(f.dim, f.value); }
@@ -581,7 +586,7 @@
     // A tab may leave out some values (custom events: not the pageviews).
     const query = (lim) => {
       const q = Object.assign(baseQuery(st), {
-        metrics, dimensions: [dim], pagination: { limit: lim, offset: 0 }, include: withInclude(st, { total_rows: true }),
+        metrics, dimensions: tab.with ? [tab.with, dim] : [dim], pagination: { limit: lim, offset: 0 }, include: withInclude(st, { total_rows: true }),
       });
       if (tab.exclude) q.filters = q.filters.concat([["is_not", dim, tab.exclude]]);
       return q;
@@ -591,7 +596,7 @@
       try {
         const data = await api("/api/v2/query", { body: query(10) });
         if (gen !== S.generation) return;
-        const out = [rowTable(dim, metrics, data, st, def.title + ": " + tab.label)];
+        const out = [rowTable(dim, metrics, data, st, def.title + ": " + tab.label, true, tab.with || null)];
         const skipped = data.meta && data.meta.imports_skip_reason;
         if (skipped && skipped !== "no_imported_data") {
           out.push(h("p", { class: "hint imports-note", text: "Imported data is not included in this report: " +
@@ -602,7 +607,7 @@
         if (total > shown) {
           const more = h("button", { type: "button", class: "secondary more", "aria-haspopup": "dialog",
             text: "Show all " + rowsSaid(total), onclick: () => moreDialog({ title: def.title + ": " + tab.label, dim, metrics, st,
-              exclude: tab.exclude, opener: more }) });
+              exclude: tab.exclude, opener: more, pair: tab.with || null }) });
           out.push(more);
         }
         body.replaceChildren(...out);
@@ -714,7 +719,7 @@
   // search is a question of its own). Numbers are drawn as in the panels (rowTable); a row
   // filters the dashboard and closes the dialog.
   const MORE_PAGE = 100;
-  function moreDialog({ title, dim, metrics, st, exclude, opener }) {
+  function moreDialog({ title, dim, metrics, st, exclude, opener, pair = null }) {
     const old = $("more-dialog");
     if (old) old.close();
     const body = h("div", { class: "more-body" });
@@ -733,7 +738,7 @@
       const mine = ++ask;
       body.setAttribute("aria-busy", "true");
       const query = Object.assign(baseQuery(st), {
-        metrics, dimensions: [dim], pagination: { limit: MORE_PAGE, offset }, include: withInclude(st, { total_rows: true }) });
+        metrics, dimensions: pair ? [pair, dim] : [dim], pagination: { limit: MORE_PAGE, offset }, include: withInclude(st, { total_rows: true }) });
       if (exclude) query.filters = query.filters.concat([["is_not", dim, exclude]]);
       if (q) query.filters = query.filters.concat([["contains", dim, [q], { case_sensitive: false }]]);
       try {
@@ -741,7 +746,7 @@
         if (mine !== ask) return;
         const n = (data.results || []).length;
         const total = (data.meta && data.meta.total_rows) || offset + n;
-        body.replaceChildren(rowTable(dim, metrics, data, st, title + (q ? ", matching " + q : "")));
+        body.replaceChildren(rowTable(dim, metrics, data, st, title + (q ? ", matching " + q : ""), true, pair));
         info.textContent = n === 0 ? (q ? "No row matches “" + q + "”." : "No rows.") :
           "Rows " + nf.format(offset + 1) + "–" + nf.format(offset + n) + " of " + nf.format(total) + (q ? " matching “" + q + "”" : "");
         prev.disabled = offset === 0;
