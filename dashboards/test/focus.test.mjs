@@ -303,3 +303,22 @@ test("keyboard shortcuts: ? lists them, Escape closes the list, W and C change t
   assert.deepEqual(page.problems, []);
   await page.close_all();
 });
+
+test("the filter builder suggests the dimension's values from the data: the API's rows, the value it takes with its name beside it", async () => {
+  const page = await open(chrome);
+  await page.goto(`${veil.url}/site/${SITE}?period=7d`);
+  await settled(page);
+  await page.click("#filter-add summary");
+  await page.selectOption("#filter-dim", "visit:browser");
+  const want = await query(veil, { metrics: ["visitors"], dimensions: ["visit:browser"], pagination: { limit: 50, offset: 0 } });
+  const values = want.results.map((r) => r.dimensions[0]).filter((v) => v && !/^\(other/.test(v));
+  assert.ok(values.length >= 1, JSON.stringify(want));
+  await waitFor(() => page.$$eval("#filter-values option", (os) => os.map((o) => o.value)),
+    (got) => JSON.stringify(got) === JSON.stringify(values), { what: (got) => `suggested ${JSON.stringify(got)}, the API has ${JSON.stringify(values)}` });
+  // A suggestion chosen filters by it.
+  await page.fill('#filter-form input[name="value"]', values[0]);
+  await page.click('#filter-form button[type="submit"]');
+  await page.waitForURL((u) => u.searchParams.getAll("f").includes(`is~visit:browser~${values[0]}`));
+  assert.deepEqual(page.problems, []);
+  await page.close_all();
+});

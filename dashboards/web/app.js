@@ -1273,6 +1273,27 @@
     });
     const dimSel = $("filter-dim");
     for (const [d, l] of Object.entries(DIM_LABELS)) dimSel.append(h("option", { value: d, text: l }));
+    // Value suggestions: the dimension's most visited values in the period shown (the Stats
+    // API's breakdown, so only what its privacy rules publish), each offered as the value the
+    // API takes (a country's code) with its name beside it ("Germany (DE)").
+    const suggest = () => {
+      const dim = dimSel.value;
+      const list = $("filter-values");
+      list.replaceChildren();
+      if (S.page !== "dash" || !dim) return;
+      const st = readState();
+      api("/api/v2/query", { body: Object.assign(baseQuery(st), { metrics: ["visitors"], dimensions: [dim],
+        pagination: { limit: 50, offset: 0 } }) })
+        .then((d) => {
+          if (dimSel.value !== dim) return;
+          list.replaceChildren(...(d.results || []).map((r) => r.dimensions[0])
+            .filter((v) => v !== null && v !== "" && !FOLDED.test(String(v)))
+            .map((v) => h("option", { value: String(v), label: valueLabel(dim, v) })));
+        })
+        .catch(() => { /* suggestions are a convenience: any value can still be typed */ });
+    };
+    dimSel.addEventListener("change", suggest);
+    $("filter-add").addEventListener("toggle", () => { if ($("filter-add").open) suggest(); });
     $("filter-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       const f = new FormData(ev.target);
