@@ -322,3 +322,22 @@ test("the filter builder suggests the dimension's values from the data: the API'
   assert.deepEqual(page.problems, []);
   await page.close_all();
 });
+
+test("a filter of several values (a|b in the builder, as Plausible's URLs write them) is one `is` with both values; its chip says 'or'", async () => {
+  const page = await open(chrome);
+  await page.goto(`${veil.url}/site/${SITE}?period=7d`);
+  await settled(page);
+  await page.click("#filter-add summary");
+  await page.selectOption("#filter-dim", "visit:browser");
+  await page.fill('#filter-form input[name="value"]', "Chrome|Firefox");
+  await page.click('#filter-form button[type="submit"]');
+  await page.waitForURL((u) => u.searchParams.getAll("f").includes("is~visit:browser~Chrome|Firefox"));
+  await settled(page);
+  assert.equal(await page.$eval("#filter-list .chip-text", (e) => e.textContent), "Browser is Chrome or Firefox");
+  const both = await query(veil, { metrics: ["visitors"], filters: [["is", "visit:browser", ["Chrome", "Firefox"]]] });
+  const one = await query(veil, { metrics: ["visitors"], filters: [["is", "visit:browser", ["Chrome"]]] });
+  assert.ok(both.results[0].metrics[0] > one.results[0].metrics[0], JSON.stringify([both.results, one.results]));
+  assert.equal(await page.$eval('#stats .value[data-metric="visitors"]', (e) => e.dataset.value), String(both.results[0].metrics[0]));
+  assert.deepEqual(page.problems, []);
+  await page.close_all();
+});

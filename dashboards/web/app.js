@@ -384,7 +384,18 @@
     if (after) after();
   }
   function dateRange(st) { return st.period === "custom" ? [st.from, st.to] : st.period; }
-  function apiFilters(st) { return st.filters.map((f) => [f.op, f.dim, [f.value]]); }
+  function apiFilters(st) { return st.filters.map((f) => [f.op, f.dim, filterValues(f.value)]); }
+  // A filter's values: `a|b` is a or b (as Plausible's URLs write them); `\|` is a `|` of the
+  // value itself.
+  function filterValues(v) {
+    const out = [];
+    let cur = "";
+    for (let i = 0; i < v.length; i++) {
+      if (v[i] === "\\" && v[i + 1] === "|") { cur += "|"; i++; } else if (v[i] === "|") { out.push(cur); cur = ""; } else cur += v[i];
+    }
+    out.push(cur);
+    return out;
+  }
   // "Today", "This month" and "This year" are whole periods in the API (Plausible's); like
   // Plausible's dashboard, the chart draws them up to now: buckets starting later are left out
   // (not drawn as zeros). A label's start is read in the site's zone, whose UTC offset the
@@ -525,14 +536,17 @@
   function filterBy(dim, raw, lead = null) {
     const d = $("more-dialog");
     if (d) d.close();
-    const f = { op: "is", dim, value: raw };
-    const fs = lead ? [{ op: "is", dim: lead.dim, value: lead.raw }, f] : [f];
+    const one = (v) => v.replace(/\|/g, "\\|"); // a row is one value, `|` and all
+    const f = { op: "is", dim, value: one(raw) };
+    const fs = lead ? [{ op: "is", dim: lead.dim, value: one(lead.raw) }, f] : [f];
     navigate((s) => {
       s.filters = s.filters.filter((x) => !(fs.some((y) => y.dim === x.dim) && x.op === "is"));
       s.filters.push(...fs);
     }, () => focusChip(f, "Filter added: "));
   }
-  function chipText(f) { return dimLabel(f.dim) + " " + OP_TEXT[f.op] + " " + valueLabel(f.dim, f.value); }
+  function chipText(f) {
+    return dimLabel(f.dim) + " " + OP_TEXT[f.op] + " " + filterValues(f.value).map((v) => valueLabel(f.dim, v)).join(" or ");
+  }
   function focusChip(f, said) {
     const li = [...$("filter-list").children].find((x) => x.dataset.filter === f.dim && x.dataset.op === f.op && x.dataset.value === f.value);
     const text = li && li.querySelector(".chip-text");
