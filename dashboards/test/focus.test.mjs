@@ -341,3 +341,20 @@ test("a filter of several values (a|b in the builder, as Plausible's URLs write 
   assert.deepEqual(page.problems, []);
   await page.close_all();
 });
+
+test("the filter builder offers the web view web fields and the app view app fields", async () => {
+  const page = await open(chrome);
+  const fields = async (view) => {
+    await page.goto(`${veil.url}/site/${SITE}?period=7d&view=${view}`);
+    await settled(page);
+    return page.$$eval("#filter-dim option", (os) => os.map((o) => o.value));
+  };
+  const web = await fields("web");
+  assert.ok(web.includes("event:page") && web.includes("visit:utm_source"), JSON.stringify(web));
+  assert.ok(!web.includes("visit:app_version") && !web.includes("visit:install_source"), JSON.stringify(web));
+  const app = await fields("app");
+  assert.ok(app.includes("visit:app_version") && app.includes("visit:install_source") && app.includes("visit:country"), JSON.stringify(app));
+  assert.ok(!app.includes("event:page") && !app.includes("visit:utm_source"), JSON.stringify(app));
+  assert.deepEqual(page.problems, []);
+  await page.close_all();
+});

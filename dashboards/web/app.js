@@ -1121,6 +1121,22 @@
     }
     $("view-app").hidden = isChild();
     filterChips(st);
+    filterDims(st.view);
+  }
+  // Fields an app sends and a website does not (and the web's that apps have not): the filter
+  // builder offers each view its own.
+  const APP_ONLY = new Set(["visit:app_version", "visit:install_source", "visit:device_model", "visit:locale"]);
+  const WEB_ONLY = new Set(["event:page", "event:hostname", "visit:entry_page", "visit:exit_page", "visit:referrer",
+    "visit:channel", "visit:utm_source", "visit:utm_medium", "visit:utm_campaign", "visit:utm_content", "visit:utm_term",
+    "visit:screen", "visit:browser", "visit:browser_version"]);
+  function filterDims(view) {
+    const sel = $("filter-dim");
+    if (sel.dataset.view === view && sel.options.length) return;
+    const skip = view === "app" ? WEB_ONLY : APP_ONLY;
+    const keep = sel.value;
+    sel.replaceChildren(...Object.entries(DIM_LABELS).filter(([d]) => !skip.has(d))
+      .map(([d, l]) => h("option", { value: d, text: l, selected: d === keep })));
+    sel.dataset.view = view;
   }
 
   // A person (not a key or link) may have this site's weekly report e-mailed, when the server
@@ -1286,7 +1302,7 @@
       } catch (e) { status("Export failed: " + e.message); }
     });
     const dimSel = $("filter-dim");
-    for (const [d, l] of Object.entries(DIM_LABELS)) dimSel.append(h("option", { value: d, text: l }));
+    // The builder's fields, web and app apart (filterDims fills it for the view shown).
     // Value suggestions: the dimension's most visited values in the period shown (the Stats
     // API's breakdown, so only what its privacy rules publish), each offered as the value the
     // API takes (a country's code) with its name beside it ("Germany (DE)").
