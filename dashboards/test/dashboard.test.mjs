@@ -877,3 +877,25 @@ test("imported history: with a Plausible export imported, the numbers include it
   for (const i of list.imports) await api(veil, `/api/v1/sites/${SITE}/imports/${i.id}`, { method: "DELETE" });
   assert.equal((await q(true)).meta.imports_included, false);
 });
+
+test("the filter builder filters by a custom property (its key typed) and by a regular expression", async () => {
+  const page = await open(chrome);
+  await page.goto(`${veil.url}/site/${SITE}?period=7d`);
+  await settled(page);
+  await page.click("#filter-add summary");
+  await page.selectOption("#filter-dim", "props");
+  await page.waitForSelector("#filter-prop-l:not([hidden])");
+  await page.fill('#filter-form input[name="prop"]', "plan");
+  await page.selectOption('#filter-form select[name="op"]', "matches");
+  await page.fill('#filter-form input[name="value"]', "^pro$");
+  await page.click('#filter-form button[type="submit"]');
+  await page.waitForURL((u) => u.searchParams.getAll("f").includes("matches~event:props:plan~^pro$"));
+  await settled(page);
+  assert.equal(await page.$eval("#filter-list .chip-text", (e) => e.textContent), "Property plan matches ^pro$");
+  const want = await query(veil, { metrics: ["visitors"], filters: [["matches", "event:props:plan", ["^pro$"]]] });
+  assert.ok(want.results[0].metrics[0] >= 5, JSON.stringify(want));
+  assert.equal(await page.$eval('#stats .value[data-metric="visitors"]', (e) => e.dataset.value), String(want.results[0].metrics[0]));
+  assert.deepEqual(await page.$$eval(".error", (l) => l.map((e) => e.textContent)), []);
+  assert.deepEqual(page.problems, []);
+  await page.close_all();
+});

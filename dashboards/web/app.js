@@ -1135,7 +1135,8 @@
     const skip = view === "app" ? WEB_ONLY : APP_ONLY;
     const keep = sel.value;
     sel.replaceChildren(...Object.entries(DIM_LABELS).filter(([d]) => !skip.has(d))
-      .map(([d, l]) => h("option", { value: d, text: l, selected: d === keep })));
+      .map(([d, l]) => h("option", { value: d, text: l, selected: d === keep })),
+    h("option", { value: "props", text: "Custom property…", selected: keep === "props" }));
     sel.dataset.view = view;
   }
 
@@ -1310,7 +1311,7 @@
       const dim = dimSel.value;
       const list = $("filter-values");
       list.replaceChildren();
-      if (S.page !== "dash" || !dim) return;
+      if (S.page !== "dash" || !dim || dim === "props") return;
       const st = readState();
       api("/api/v2/query", { body: Object.assign(baseQuery(st), { metrics: ["visitors"], dimensions: [dim],
         pagination: { limit: 50, offset: 0 } }) })
@@ -1322,12 +1323,18 @@
         })
         .catch(() => { /* suggestions are a convenience: any value can still be typed */ });
     };
-    dimSel.addEventListener("change", suggest);
+    dimSel.addEventListener("change", () => { $("filter-prop-l").hidden = dimSel.value !== "props"; suggest(); });
     $("filter-add").addEventListener("toggle", () => { if ($("filter-add").open) suggest(); });
     $("filter-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       const f = new FormData(ev.target);
-      const nf2 = { op: String(f.get("op")), dim: String(f.get("dim")), value: String(f.get("value")) };
+      let dim = String(f.get("dim"));
+      if (dim === "props") {
+        const key = String(f.get("prop") || "").trim();
+        if (!key) { status("Type the property's key (e.g. plan)."); return; }
+        dim = "event:props:" + key;
+      }
+      const nf2 = { op: String(f.get("op")), dim, value: String(f.get("value")) };
       ev.target.reset();
       $("filter-add").open = false;
       navigate((s) => { s.filters.push(nf2); }, () => focusChip(nf2, "Filter added: "));
