@@ -904,3 +904,24 @@ test("the filter builder filters by a custom property (its key typed) and by a r
   assert.deepEqual(page.problems, []);
   await page.close_all();
 });
+
+test("a report refused once (429 with Retry-After) and answered on its retry shows the answer, not the refusal", async () => {
+  const page = await open(chrome);
+  let refused = 0;
+  await page.route("**/api/v2/query", async (route) => {
+    const body = route.request().postDataJSON();
+    if (refused === 0 && body && Array.isArray(body.dimensions) && body.dimensions[0] === "visit:source") {
+      refused++;
+      return route.fulfill({ status: 429, headers: { "Retry-After": "1", "Content-Type": "application/json" },
+        body: JSON.stringify({ error: "this credential already has 6 report requests under way; retry in 1 s" }) });
+    }
+    return route.continue();
+  });
+  await page.goto(dash("period=7d"));
+  await settled(page);
+  assert.equal(refused, 1);
+  const want = await query(veil, { metrics: ["visitors", "visits"], dimensions: ["visit:source"], pagination: { limit: 10, offset: 0 } });
+  assert.ok(want.results.length >= 2, JSON.stringify(want));
+  assert.deepEqual((await panelRows(page, "sources")).map((r) => [r.raw, r.values]), want.results.map((r) => [r.dimensions[0], r.metrics.map(str)]));
+  await page.close_all();
+});

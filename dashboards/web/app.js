@@ -191,6 +191,9 @@
     // times. A 429 whose JSON has "budget" is a spent privacy budget: it renews at UTC midnight
     // (Retry-After is hours), so it is never retried; the panel shows its message.
     for (let attempt = 0; ; attempt++) {
+      // Each attempt's own answer: a retry that succeeds must not be read as the 429 before it.
+      text = null;
+      data = null;
       res = await fetch(path, {
         method,
         headers, body: opts.body !== undefined ? JSON.stringify(opts.body) : undefined, cache: "no-store",
