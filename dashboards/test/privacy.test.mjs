@@ -378,7 +378,10 @@ test("dp: a site key and a shared link spend budgets of their own; a click filte
     assert.equal(rt.shown.title, `≈ ${nf.format(rt.d.visitors_5m)} ± ${nf.format(rt.d.privacy[0].interval95.visitors)} (95 % interval, differential privacy)`);
   }
   assert.match((await footer(page)).text, FOOTER);
-  assert.deepEqual(page.problems, []);
+  // The test's own API calls share the key's rate limit (10/s, burst 30) with the page, so a
+  // panel may be refused once and retried (dashboard.test.mjs tests the retry); Chromium logs
+  // each refused load. The numbers above are the retried answers.
+  assert.deepEqual(page.problems.filter((p) => !/status of 429/.test(p)), []);
   await page.close_all();
 
   // A shared link: its own budget, and the same approximate numbers.
@@ -400,7 +403,7 @@ test("dp: a site key and a shared link spend budgets of their own; a click filte
   assert.match(sh.foot.text, FOOTER);
   assert.equal(sh.foot.spent, String(sh.want.meta.privacy.budget.spent));
   await screenshot(shared, "dp-shared-link");
-  assert.deepEqual(shared.problems, []);
+  assert.deepEqual(shared.problems.filter((p) => !/status of 429/.test(p)), []);
   await shared.close_all();
 });
 
