@@ -1,59 +1,130 @@
-//! Weekly e-mail digests: a person subscribes to a site's weekly digest, a scheduler sends
-//! each subscriber the last full week's numbers every Monday at [`SEND_HOUR`]:00 in the site's
-//! time zone, and a link in every digest unsubscribes without logging in. Storage:
-//! [`veil_schemas::digests`] (`021_digests.sql`); sending: [`crate::mail`].
+//! A person's e-mails about a site: the weekly and the monthly digest, and traffic-spike
+//! notifications. A person subscribes on the dashboard; a scheduler sends each subscriber the
+//! last full week's numbers every Monday and the last calendar month's on the 1st, both at
+//! [`SEND_HOUR`]:00 in the site's time zone, and a spike notification when the site's current
+//! visitors reach the person's threshold (at most one per [`SPIKE_QUIET`]); a link in every
+//! e-mail unsubscribes from all of them without logging in. Storage:
+//! [`veil_schemas::digests`] (`021_digests.sql`, `022_digest_options.sql`); sending:
+//! [`crate::mail`].
 //!
-//! Every number of a digest is the Stats API's own answer ([`stats::run`], through the
-//! privacy module like `POST /api/v2/query`): three questions — totals (`visitors`,
-//! `pageviews`, `bounce_rate` with `previous_period` comparison), the top [`TOP`] pages
-//! (`event:page`) and the top [`TOP`] sources (`visit:source`) — over the week Monday to
-//! Sunday. In differential-privacy mode they are charged to the credential
-//! `digest:{user id}`, a budget of their own apart from the person's dashboard; numbers
-//! withheld by k-anonymity show as "—". No SQL of its own.
+//! Every number of an e-mail is the Stats API's own answer, through the privacy module like
+//! `POST /api/v2/query`; no SQL of its own. A digest asks three questions ([`questions`]):
+//! totals (`visitors`, `pageviews`, `bounce_rate` with `previous_period` comparison), the top
+//! [`TOP`] pages (`event:page`) and the top [`TOP`] sources (`visit:source`) over the week
+//! (Monday to Sunday) or the month. A spike check is the dashboard's Realtime
+//! ([`crate::reports::realtime`]: visitors of the last 5 minutes, top pages of the last 30), one
+//! check per site for all its subscribers, every scheduler tick while someone's threshold may
+//! be met. In differential-privacy mode digests are charged to the credential
+//! `digest:{user id}`, spike checks to `alerts:{site}` (Realtime's five-minute windows: a
+//! window is charged once however often it is checked), budgets of their own apart from the
+//! person's dashboard; when one is spent for the day, that e-mail waits for the next day.
+//! Numbers withheld by k-anonymity show as "—"; a withheld current-visitors count is no spike.
 //!
 //! Wire format (JSON; errors `{"error": "…"}`):
-//! - `GET /api/v1/sites/{domain}/digest` → `{"site", "subscribed", "last_sent", "email_configured"}`
-//!   for the logged-in person (a site key, link or the admin token: 403, digests are people's);
-//! - `PUT …/digest` → subscribes (the first digest is the next Monday's); `DELETE …/digest`
-//!   → unsubscribes; both answer as `GET`;
-//! - `POST …/digest/send` (role admin on the site) → sends the last full week's digest to every
-//!   subscriber now and records it as sent (the scheduler then skips that week):
-//!   `{"week": ["YYYY-MM-DD", "YYYY-MM-DD"], "sent": N, "failed": N}`; 409 without `--smtp-url`;
+//! - `GET /api/v1/sites/{domain}/digest` → `{"site", "subscribed", "weekly", "monthly",
+//!   "spike_threshold", "last_sent", "last_sent_month", "email_configured"}` for the logged-in
+//!   person (`subscribed` = `weekly`; a site key, link or the admin token: 403, e-mails are
+//!   people's);
+//! - `PUT …/digest` with `{"weekly"?: bool, "monthly"?: bool, "spike_threshold"?: 0…10000000}`
+//!   changes what is given (a digest switched on starts with the next one due; threshold 0 is
+//!   off); a `PUT` without any of them (no body, `{}`) subscribes to the weekly digest;
+//!   `DELETE …/digest` ends every e-mail; all answer as `GET`;
+//! - `POST …/digest/send?period=week|month` (role admin on the site; default `week`) → sends
+//!   the last full week's (month's) digest to its subscribers now and records it as sent (the
+//!   scheduler then skips it): `{"period", "week"|"month": ["YYYY-MM-DD", "YYYY-MM-DD"],
+//!   "sent": N, "failed": N}`; 409 without `--smtp-url`;
 //! - `GET /unsubscribe?token=T` (no login) → an HTML page naming the site with one button
 //!   that POSTs to the same URL; never unsubscribes by itself (mail scanners and link
-//!   previews fetch GET links); `POST /unsubscribe?token=T` → unsubscribes (the RFC 8058
-//!   one-click POST of a mail client's "unsubscribe" button lands here too) and says so; a
-//!   token that opens nothing (used, unknown, older than the newest
+//!   previews fetch GET links); `POST /unsubscribe?token=T` → ends every e-mail about that site
+//!   (the RFC 8058 one-click POST of a mail client's "unsubscribe" button lands here too) and
+//!   says so; a token that opens nothing (used, unknown, older than the newest
 //!   [`veil_schemas::digests::KEPT_TOKENS`] e-mails) is a 404 page saying so.
 //!
-//! Sending once: a digest is recorded (`last_sent` = the week's Monday) after the SMTP relay
-//! took it; the scheduler sends a week whose Monday is after `last_sent`, so a restart does
-//! not send a week twice (a crash between the relay's "OK" and the record would; several
-//! aggregators with `--smtp-url` each run the scheduler and may race on the same minute).
+//! Sending once: an e-mail is recorded (`last_sent` = the week's Monday, `last_sent_month` =
+//! the month's 1st, `last_spike` = the time) after the SMTP relay took it; the scheduler sends
+//! a week or month whose first day is after the recorded one, so a restart does not send one
+//! twice (a crash between the relay's "OK" and the record would; several aggregators with
+//! `--smtp-url` each run the scheduler and may race on the same minute).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use http::{header, HeaderValue, Method, Request, StatusCode};
+use serde::Deserialize;
 use serde_json::{json, Value};
-use veil_schemas::digests::{new_token, DigestRecord};
+use veil_schemas::digests::{new_token, DigestRecord, Sent};
 use veil_schemas::people::{Role, ALL_SITES};
 
 use crate::auth::Access;
 use crate::http::{bytes_response, json_response, HttpResponse};
 use crate::mail::{absolute, html_text, Mail};
 use crate::site::SiteView;
-use crate::{query, stats, Aggregator, Error};
+use crate::{query, reports, stats, Aggregator, Error};
 
 /// The path of the unsubscribe page (outside `/api/`: a plain HTML form posts to it).
 pub const UNSUBSCRIBE_PATH: &str = "/unsubscribe";
-/// The local hour on Mondays digests go out.
+/// The local hour digests go out (Mondays for weeks, the 1st for months).
 pub const SEND_HOUR: u32 = 8;
 /// Rows of the top pages and top sources.
 pub const TOP: usize = 5;
-/// How often the scheduler looks for digests due.
+/// How often the scheduler looks for e-mails due.
 pub const DEFAULT_TICK: Duration = Duration::from_secs(60);
+/// The least time between two spike notifications to one person about one site (seconds).
+pub const SPIKE_QUIET: i64 = 12 * 3600;
+/// The highest spike threshold a person may set.
+pub const MAX_SPIKE_THRESHOLD: u32 = 10_000_000;
+
+/// What a digest covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    /// Monday to Sunday.
+    Week,
+    /// A calendar month.
+    Month,
+}
+
+impl Period {
+    /// `week` or `month`, as the API names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Period::Week => "week",
+            Period::Month => "month",
+        }
+    }
+
+    fn adjective(self) -> &'static str {
+        match self {
+            Period::Week => "weekly",
+            Period::Month => "monthly",
+        }
+    }
+
+    /// The last day of the period starting `first`.
+    pub fn last_day(self, first: NaiveDate) -> NaiveDate {
+        match self {
+            Period::Week => first + chrono::Duration::days(6),
+            Period::Month => first
+                .checked_add_months(chrono::Months::new(1))
+                .and_then(|d| d.pred_opt())
+                .unwrap_or(first),
+        }
+    }
+
+    /// The first day of the last full period whose digest is due at `now` in `tz`.
+    pub fn due(self, now: DateTime<Utc>, tz: chrono_tz::Tz) -> NaiveDate {
+        match self {
+            Period::Week => due_week(now, tz),
+            Period::Month => due_month(now, tz),
+        }
+    }
+}
+
+/// Whether `now` in `tz` is before [`SEND_HOUR`]:00 of its local day.
+fn before_send_hour(local: chrono::NaiveDateTime) -> bool {
+    local.time() < chrono::NaiveTime::MIN + chrono::Duration::hours(i64::from(SEND_HOUR))
+}
 
 /// The Monday of the last full week (Monday to Sunday) whose digest is due at `now` in `tz`:
 /// from Monday [`SEND_HOUR`]:00 the week that ended the day before, until then the one
@@ -62,9 +133,7 @@ pub fn due_week(now: DateTime<Utc>, tz: chrono_tz::Tz) -> NaiveDate {
     let local = now.with_timezone(&tz).naive_local();
     let day = local.date();
     let monday = day - chrono::Duration::days(i64::from(day.weekday().num_days_from_monday()));
-    let due_monday = if day == monday
-        && local.time() < chrono::NaiveTime::MIN + chrono::Duration::hours(i64::from(SEND_HOUR))
-    {
+    let due_monday = if day == monday && before_send_hour(local) {
         monday - chrono::Duration::days(7)
     } else {
         monday
@@ -72,12 +141,28 @@ pub fn due_week(now: DateTime<Utc>, tz: chrono_tz::Tz) -> NaiveDate {
     due_monday - chrono::Duration::days(7)
 }
 
+/// The 1st of the last full calendar month whose digest is due at `now` in `tz`: from the
+/// 1st at [`SEND_HOUR`]:00 the month that ended the day before, until then the one before it.
+pub fn due_month(now: DateTime<Utc>, tz: chrono_tz::Tz) -> NaiveDate {
+    let local = now.with_timezone(&tz).naive_local();
+    let day = local.date();
+    let first = day.with_day(1).unwrap_or(day);
+    let months = if day == first && before_send_hour(local) {
+        2
+    } else {
+        1
+    };
+    first
+        .checked_sub_months(chrono::Months::new(months))
+        .unwrap_or(first)
+}
+
 /// The numbers of one digest, as the Stats API published them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Numbers {
     /// `visitors`, `pageviews`, `bounce_rate` (null: withheld).
     pub totals: [Value; 3],
-    /// Their change against the week before (percent; points for the bounce rate).
+    /// Their change against the period before (percent; points for the bounce rate).
     pub changes: [Value; 3],
     /// Top pages: `(page, visitors)`.
     pub pages: Vec<(String, Value)>,
@@ -87,12 +172,10 @@ pub struct Numbers {
     pub mode: String,
 }
 
-/// The request bodies of a digest's three questions (what the tests post to the API too).
-pub fn questions(site: &str, week: NaiveDate) -> [Value; 3] {
-    let range = json!([
-        week.to_string(),
-        (week + chrono::Duration::days(6)).to_string()
-    ]);
+/// The request bodies of a digest's three questions over the `period` starting `first`
+/// (what the tests post to the API too).
+pub fn questions(site: &str, period: Period, first: NaiveDate) -> [Value; 3] {
+    let range = json!([first.to_string(), period.last_day(first).to_string()]);
     let top = |dim: &str| {
         json!({"site_id": site, "metrics": ["visitors"], "dimensions": [dim], "date_range": range,
                "order_by": [["visitors", "desc"]], "pagination": {"limit": TOP}})
@@ -105,31 +188,45 @@ pub fn questions(site: &str, week: NaiveDate) -> [Value; 3] {
     ]
 }
 
-/// Asks the three questions as `digest:{user_id}`.
+/// The privacy-module view of a question `credential` asks at `now`.
+fn asked_as<'a>(agg: &'a Aggregator, credential: &'a str, now: DateTime<Utc>) -> stats::Shared<'a> {
+    stats::Shared {
+        asker: Some(stats::Asker {
+            privacy: agg.privacy(),
+            credential,
+            now,
+            share: 1.0,
+        }),
+        ..agg.shared()
+    }
+}
+
+/// A dimension value of an answer's row as text.
+fn label(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Asks the three questions of the `period` starting `first` as `digest:{user_id}`.
 pub async fn numbers(
     agg: &Aggregator,
     site: &SiteView,
-    week: NaiveDate,
+    period: Period,
+    first: NaiveDate,
     user_id: &str,
 ) -> Result<Numbers, Error> {
     let credential = format!("digest:{user_id}");
     let now = agg.now();
     let mut docs = Vec::new();
-    for q in questions(&site.domain, week) {
-        let shared = stats::Shared {
-            asker: Some(stats::Asker {
-                privacy: agg.privacy(),
-                credential: &credential,
-                now,
-                share: 1.0,
-            }),
-            ..agg.shared()
-        };
+    for q in questions(&site.domain, period, first) {
         let body = q.to_string();
+        let shared = asked_as(agg, &credential, now);
         let (_, doc) = stats::run(agg.client(), site, body.as_bytes(), now, shared).await?;
         docs.push(doc);
     }
-    let first = docs[0]["results"].get(0).cloned().unwrap_or(Value::Null);
+    let first_row = docs[0]["results"].get(0).cloned().unwrap_or(Value::Null);
     let cell = |v: &Value, i: usize| v.get(i).cloned().unwrap_or(Value::Null);
     let rows = |d: &Value| -> Vec<(String, Value)> {
         d["results"]
@@ -137,13 +234,7 @@ pub async fn numbers(
             .map(|rs| {
                 rs.iter()
                     .take(TOP)
-                    .map(|r| {
-                        let name = match &r["dimensions"][0] {
-                            Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        (name, cell(&r["metrics"], 0))
-                    })
+                    .map(|r| (label(&r["dimensions"][0]), cell(&r["metrics"], 0)))
                     .collect()
             })
             .unwrap_or_default()
@@ -153,15 +244,15 @@ pub async fn numbers(
         .unwrap_or("exact")
         .to_string();
     Ok(Numbers {
-        totals: [0, 1, 2].map(|i| cell(&first["metrics"], i)),
-        changes: [0, 1, 2].map(|i| cell(&first["comparison"]["change"], i)),
+        totals: [0, 1, 2].map(|i| cell(&first_row["metrics"], i)),
+        changes: [0, 1, 2].map(|i| cell(&first_row["comparison"]["change"], i)),
         pages: rows(&docs[1]),
         sources: rows(&docs[2]),
         mode,
     })
 }
 
-/// A published number as the digest shows it: integers plain, others with one decimal,
+/// A published number as an e-mail shows it: integers plain, others with one decimal,
 /// withheld ones "—".
 pub fn show(v: &Value) -> String {
     match v.as_f64() {
@@ -172,27 +263,76 @@ pub fn show(v: &Value) -> String {
 }
 
 /// A change as the digest shows it (`points`: the bounce rate's difference; else percent).
-pub fn show_change(v: &Value, points: bool) -> String {
+pub fn show_change(v: &Value, points: bool, period: Period) -> String {
     match v.as_f64() {
         Some(x) => {
             let sign = if x > 0.0 { "+" } else { "" };
             let unit = if points { " points" } else { " %" };
-            format!("{sign}{}{unit} on the week before", show(v))
+            format!("{sign}{}{unit} on the {} before", show(v), period.name())
         }
         None => "no comparison".into(),
     }
 }
 
-/// The digest e-mail of `numbers`.
+/// The sentence on the numbers' privacy, by the answers' mode.
+fn privacy_note(mode: &str) -> &'static str {
+    if mode == "dp" {
+        "Numbers carry differential-privacy noise, as the dashboard's do."
+    } else {
+        "Numbers are the dashboard's own."
+    }
+}
+
+/// A titled list of `(name, visitors)` rows, as text and as HTML.
+fn lists(title: &str, rows: &[(String, Value)]) -> (String, String) {
+    let e = html_text;
+    let mut t = format!("\n{title}\n");
+    let mut h = format!("<h2>{}</h2><table>", e(title));
+    if rows.is_empty() {
+        t += "  (none)\n";
+        h += "<tr><td>(none)</td></tr>";
+    }
+    for (name, v) in rows {
+        t += &format!("  {name}: {} visitors\n", show(v));
+        h += &format!(
+            "<tr><td>{}</td><td>{} visitors</td></tr>",
+            e(name),
+            e(&show(v))
+        );
+    }
+    (t, h + "</table>")
+}
+
+/// The closing lines of every e-mail: privacy, the dashboard and the unsubscribe link.
+fn footer(mode: &str, dashboard: &str, unsubscribe: &str) -> (String, String) {
+    let privacy = privacy_note(mode);
+    let e = html_text;
+    (
+        format!(
+            "\n{privacy} \"—\" is a number withheld because it describes too few visitors.\n\
+             Dashboard: {dashboard}\nUnsubscribe from this site's e-mails: {unsubscribe}\n"
+        ),
+        format!(
+            "<p>{privacy} &ldquo;—&rdquo; is a number withheld because it describes too few visitors.</p>\
+             <p><a href=\"{}\">Open the dashboard</a> · <a href=\"{}\">Unsubscribe from this site's e-mails</a></p>\
+             </body></html>",
+            e(dashboard),
+            e(unsubscribe)
+        ),
+    )
+}
+
+/// The digest e-mail of `numbers` for the `period` starting `first`.
 pub fn compose(
     to: &str,
     site: &SiteView,
-    week: NaiveDate,
+    period: Period,
+    first: NaiveDate,
     n: &Numbers,
     dashboard: &str,
     unsubscribe: &str,
 ) -> Mail {
-    let last = week + chrono::Duration::days(6);
+    let last = period.last_day(first);
     let labels = ["Visitors", "Pageviews", "Bounce rate"];
     let value = |i: usize| {
         let s = show(&n.totals[i]);
@@ -202,42 +342,26 @@ pub fn compose(
             s
         }
     };
-    let privacy = if n.mode == "dp" {
-        "Numbers carry differential-privacy noise, as the dashboard's do."
-    } else {
-        "Numbers are the dashboard's own."
+    let adjective = period.adjective();
+    let heading = match period {
+        Period::Week => "Week",
+        Period::Month => "Month",
     };
     let mut text = format!(
-        "Veil weekly digest: {}\nWeek {week} to {last} ({})\n\n",
+        "Veil {adjective} digest: {}\n{heading} {first} to {last} ({})\n\n",
         site.domain, site.timezone
     );
     for (i, l) in labels.iter().enumerate() {
         text += &format!(
             "{l}: {} ({})\n",
             value(i),
-            show_change(&n.changes[i], i == 2)
+            show_change(&n.changes[i], i == 2, period)
         );
     }
-    let list = |title: &str, rows: &[(String, Value)]| {
-        let mut t = format!("\n{title}\n");
-        if rows.is_empty() {
-            t += "  (none)\n";
-        }
-        for (name, v) in rows {
-            t += &format!("  {name}: {} visitors\n", show(v));
-        }
-        t
-    };
-    text += &list("Top pages", &n.pages);
-    text += &list("Top sources", &n.sources);
-    text += &format!(
-        "\n{privacy} \"—\" is a number withheld because it describes too few visitors.\n\
-         Dashboard: {dashboard}\nUnsubscribe from this digest: {unsubscribe}\n"
-    );
     let e = html_text;
     let mut html = format!(
         "<!doctype html><html><body style=\"font-family:sans-serif\">\
-         <h1>Veil weekly digest: {}</h1><p>Week {week} to {last} ({})</p><table>",
+         <h1>Veil {adjective} digest: {}</h1><p>{heading} {first} to {last} ({})</p><table>",
         e(&site.domain),
         e(&site.timezone)
     );
@@ -245,43 +369,85 @@ pub fn compose(
         html += &format!(
             "<tr><th align=\"left\">{l}</th><td>{}</td><td>{}</td></tr>",
             e(&value(i)),
-            e(&show_change(&n.changes[i], i == 2))
+            e(&show_change(&n.changes[i], i == 2, period))
         );
     }
     html += "</table>";
-    let hlist = |title: &str, rows: &[(String, Value)]| {
-        let mut h = format!("<h2>{title}</h2><table>");
-        if rows.is_empty() {
-            h += "<tr><td>(none)</td></tr>";
-        }
-        for (name, v) in rows {
-            h += &format!(
-                "<tr><td>{}</td><td>{} visitors</td></tr>",
-                e(name),
-                e(&show(v))
-            );
-        }
-        h + "</table>"
+    for (title, rows) in [("Top pages", &n.pages), ("Top sources", &n.sources)] {
+        let (t, h) = lists(title, rows);
+        text += &t;
+        html += &h;
+    }
+    let (t, h) = footer(&n.mode, dashboard, unsubscribe);
+    text += &t;
+    html += &h;
+    let subject = match period {
+        Period::Week => format!("{}: your week {first} to {last}", site.domain),
+        Period::Month => format!("{}: your month of {}", site.domain, first.format("%B %Y")),
     };
-    html += &hlist("Top pages", &n.pages);
-    html += &hlist("Top sources", &n.sources);
-    html += &format!(
-        "<p>{privacy} &ldquo;—&rdquo; is a number withheld because it describes too few visitors.</p>\
-         <p><a href=\"{}\">Open the dashboard</a> · <a href=\"{}\">Unsubscribe from this digest</a></p>\
-         </body></html>",
-        e(dashboard),
-        e(unsubscribe)
-    );
     Mail {
         to: to.to_string(),
-        subject: format!("{}: your week {week} to {last}", site.domain),
+        subject,
         text,
         html,
         unsubscribe: Some(unsubscribe.to_string()),
     }
 }
 
-/// Whether `user_id` may still read `site` (a removed person gets no digest).
+/// What a spike check found: the Realtime answer's numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spike {
+    /// Current visitors (the last 5 minutes; events for a child-directed site).
+    pub current: f64,
+    /// Top pages of the last 30 minutes: `(page, visitors)`.
+    pub pages: Vec<(String, Value)>,
+    /// `exact` or `dp`.
+    pub mode: String,
+}
+
+/// The spike notification e-mail for a person whose threshold is `threshold`.
+pub fn compose_spike(
+    to: &str,
+    site: &SiteView,
+    spike: &Spike,
+    threshold: u32,
+    dashboard: &str,
+    unsubscribe: &str,
+) -> Mail {
+    let what = if site.child_directed {
+        "events in the last 5 minutes"
+    } else {
+        "current visitors"
+    };
+    let n = show(&json!(spike.current));
+    let e = html_text;
+    let line = format!(
+        "{} has {n} {what} (the last 5 minutes), at or above your alert of {threshold}.",
+        site.domain
+    );
+    let mut text = format!("Veil traffic spike: {}\n\n{line}\n", site.domain);
+    let mut html = format!(
+        "<!doctype html><html><body style=\"font-family:sans-serif\">\
+         <h1>Traffic spike: {}</h1><p>{}</p>",
+        e(&site.domain),
+        e(&line)
+    );
+    let (t, h) = lists("Top pages (the last 30 minutes)", &spike.pages);
+    text += &t;
+    html += &h;
+    let (t, h) = footer(&spike.mode, dashboard, unsubscribe);
+    text += &t;
+    html += &h;
+    Mail {
+        to: to.to_string(),
+        subject: format!("Traffic spike on {}: {n} {what}", site.domain),
+        text,
+        html,
+        unsubscribe: Some(unsubscribe.to_string()),
+    }
+}
+
+/// Whether `user_id` may still read `site` (a removed person gets no e-mail).
 fn can_read(agg: &Aggregator, user_id: &str, site: &str) -> Option<String> {
     let snap = agg.registry().snapshot();
     let user = snap.people.user(user_id)?;
@@ -292,8 +458,22 @@ fn can_read(agg: &Aggregator, user_id: &str, site: &str) -> Option<String> {
         .then(|| user.email.clone())
 }
 
-/// Sends `rec`'s person the digest of the week starting `week` and records it.
-async fn send_one(agg: &Aggregator, rec: DigestRecord, week: NaiveDate) -> Result<bool, Error> {
+/// A new unsubscribe token and the links of an e-mail about `site` (`dashboard_path` after
+/// the site's dashboard path).
+fn links(agg: &Aggregator, site: &SiteView, dashboard_query: &str) -> Result<[String; 3], Error> {
+    let token = new_token()?;
+    let unsubscribe = absolute(agg, &format!("{UNSUBSCRIBE_PATH}?token={token}"));
+    let dashboard = absolute(agg, &format!("/site/{}{dashboard_query}", site.domain));
+    Ok([token, unsubscribe, dashboard])
+}
+
+/// Sends `rec`'s person the digest of the `period` starting `first` and records it.
+async fn send_one(
+    agg: &Aggregator,
+    rec: DigestRecord,
+    period: Period,
+    first: NaiveDate,
+) -> Result<bool, Error> {
     let Some(mailer) = agg.mailer() else {
         return Ok(false);
     };
@@ -303,47 +483,148 @@ async fn send_one(agg: &Aggregator, rec: DigestRecord, week: NaiveDate) -> Resul
     let Some(email) = can_read(agg, &rec.user_id, &rec.site) else {
         return Ok(false);
     };
-    let n = numbers(agg, &site, week, &rec.user_id).await?;
-    let token = new_token()?;
-    let unsubscribe = absolute(agg, &format!("{UNSUBSCRIBE_PATH}?token={token}"));
-    let dashboard = absolute(agg, &format!("/site/{}", site.domain));
-    let mail = compose(&email, &site, week, &n, &dashboard, &unsubscribe);
+    let n = numbers(agg, &site, period, first, &rec.user_id).await?;
+    let [token, unsubscribe, dashboard] = links(agg, &site, "")?;
+    let mail = compose(&email, &site, period, first, &n, &dashboard, &unsubscribe);
     mailer.send(mail).await?;
-    agg.registry()
-        .digest_sent(rec, &week.to_string(), &token)
-        .await?;
+    let sent = match period {
+        Period::Week => Sent::Week(first.to_string()),
+        Period::Month => Sent::Month(first.to_string()),
+    };
+    agg.registry().digest_sent(rec, sent, &token).await?;
     Ok(true)
 }
 
-/// Sends every digest due at the aggregator's time that was not sent yet; the number sent.
-/// Failures are logged and retried on the next call.
+/// Whether `rec` asks for the `period`'s digest and has not had the one starting `first`.
+fn digest_due(rec: &DigestRecord, period: Period, first: NaiveDate) -> bool {
+    let (on, last) = match period {
+        Period::Week => (rec.subscribed, &rec.last_sent),
+        Period::Month => (rec.monthly, &rec.last_sent_month),
+    };
+    on && last.as_str() < first.to_string().as_str()
+}
+
+/// Sends every digest due at the aggregator's time that was not sent yet, then the spike
+/// notifications due; the number of e-mails sent. Failures are logged and retried on the
+/// next call.
 pub async fn send_due(agg: &Aggregator) -> Result<usize, Error> {
     if agg.mailer().is_none() {
         return Ok(0);
     }
     let now = agg.now();
     let mut sent = 0;
-    for rec in agg.registry().digests().await? {
-        if !rec.subscribed {
-            continue;
-        }
+    let recs = agg.registry().digests().await?;
+    for rec in &recs {
         let Some(site) = agg.site(&rec.site) else {
             continue;
         };
-        let week = due_week(now, query::timezone(&site.timezone));
-        if rec.last_sent.as_str() >= week.to_string().as_str() {
-            continue;
-        }
-        let site_name = rec.site.clone();
-        match send_one(agg, rec, week).await {
-            Ok(true) => sent += 1,
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(site = %site_name, error = %e, "a weekly digest failed; retrying later")
+        let tz = query::timezone(&site.timezone);
+        for period in [Period::Week, Period::Month] {
+            let first = period.due(now, tz);
+            if !digest_due(rec, period, first) {
+                continue;
+            }
+            // A week sent updates the row: the month reads the newest version.
+            let current = match agg.registry().digest(&rec.user_id, &rec.site).await? {
+                Some(r) if digest_due(&r, period, first) => r,
+                _ => continue,
+            };
+            match send_one(agg, current, period, first).await {
+                Ok(true) => sent += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    site = %rec.site, period = period.name(), error = %e,
+                    "a digest failed; retrying later"
+                ),
             }
         }
     }
+    sent += send_spikes(agg, now).await?;
     Ok(sent)
+}
+
+/// Whether `rec` may get a spike notification at `now` (asked for, none in [`SPIKE_QUIET`]).
+fn spike_may_send(rec: &DigestRecord, now: DateTime<Utc>) -> bool {
+    rec.spike_threshold > 0 && now.timestamp() - i64::from(rec.last_spike) >= SPIKE_QUIET
+}
+
+/// Checks every site someone watches for spikes (once per site) and notifies each person
+/// whose threshold the current visitors reach; the number of e-mails sent.
+pub async fn send_spikes(agg: &Aggregator, now: DateTime<Utc>) -> Result<usize, Error> {
+    let Some(mailer) = agg.mailer() else {
+        return Ok(0);
+    };
+    let mut by_site: BTreeMap<String, Vec<DigestRecord>> = BTreeMap::new();
+    for rec in agg.registry().digests().await? {
+        if spike_may_send(&rec, now) {
+            by_site.entry(rec.site.clone()).or_default().push(rec);
+        }
+    }
+    let mut sent = 0;
+    for (domain, recs) in by_site {
+        let Some(site) = agg.site(&domain) else {
+            continue;
+        };
+        let spike = match check_spike(agg, &site, now).await {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(site = %domain, error = %e, "a spike check failed; retrying later");
+                continue;
+            }
+        };
+        for rec in recs {
+            if spike.current < f64::from(rec.spike_threshold) {
+                continue;
+            }
+            let Some(email) = can_read(agg, &rec.user_id, &domain) else {
+                continue;
+            };
+            let [token, unsubscribe, dashboard] = links(agg, &site, "?view=realtime")?;
+            let threshold = rec.spike_threshold;
+            let mail = compose_spike(&email, &site, &spike, threshold, &dashboard, &unsubscribe);
+            if let Err(e) = mailer.send(mail).await {
+                tracing::warn!(site = %domain, error = %e, "a spike notification failed; retrying later");
+                continue;
+            }
+            let at = u32::try_from(now.timestamp()).unwrap_or(u32::MAX);
+            agg.registry()
+                .digest_sent(rec, Sent::Spike(at), &token)
+                .await?;
+            sent += 1;
+        }
+    }
+    Ok(sent)
+}
+
+/// The site's current visitors and top pages, as its Realtime publishes them to
+/// `alerts:{site}`; `None` when the count is withheld.
+pub async fn check_spike(
+    agg: &Aggregator,
+    site: &SiteView,
+    now: DateTime<Utc>,
+) -> Result<Option<Spike>, Error> {
+    let credential = format!("alerts:{}", site.domain);
+    let rt = reports::realtime(agg.client(), site, now, asked_as(agg, &credential, now)).await?;
+    let Some(current) = rt["visitors_5m"].as_f64() else {
+        return Ok(None);
+    };
+    let pages = rt["top_pages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(TOP)
+        .map(|r| (label(&r["page"]), r["visitors"].clone()))
+        .collect();
+    let mode = rt["privacy"][0]["mode"]
+        .as_str()
+        .unwrap_or("exact")
+        .to_string();
+    Ok(Some(Spike {
+        current,
+        pages,
+        mode,
+    }))
 }
 
 /// Runs [`send_due`] every `every` until the task is dropped (only useful with a mailer).
@@ -359,12 +640,17 @@ pub fn spawn_scheduler(agg: Aggregator, every: Duration) -> tokio::task::JoinHan
 }
 
 fn state(agg: &Aggregator, site: &str, rec: Option<&DigestRecord>) -> HttpResponse {
+    let weekly = rec.is_some_and(|r| r.subscribed);
     json_response(
         StatusCode::OK,
         &json!({
             "site": site,
-            "subscribed": rec.is_some_and(|r| r.subscribed),
+            "subscribed": weekly,
+            "weekly": weekly,
+            "monthly": rec.is_some_and(|r| r.monthly),
+            "spike_threshold": rec.map_or(0, |r| r.spike_threshold),
             "last_sent": rec.map(|r| r.last_sent.clone()).filter(|s| !s.is_empty()),
+            "last_sent_month": rec.map(|r| r.last_sent_month.clone()).filter(|s| !s.is_empty()),
             "email_configured": agg.mailer().is_some(),
         }),
     )
@@ -385,6 +671,52 @@ pub(crate) async fn route(
     Some(digest_route(agg, access, req, raw, sub).await)
 }
 
+/// The body of `PUT …/digest`: what to change.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Options {
+    weekly: Option<bool>,
+    monthly: Option<bool>,
+    spike_threshold: Option<u32>,
+}
+
+impl Options {
+    fn parse(body: &[u8]) -> Result<Self, Error> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        let o: Self = serde_json::from_slice(body).map_err(|e| {
+            Error::BadRequest(format!(
+                "the body must be {{\"weekly\"?: true|false, \"monthly\"?: true|false, \
+                 \"spike_threshold\"?: N}}: {e}"
+            ))
+        })?;
+        if o.spike_threshold.is_some_and(|t| t > MAX_SPIKE_THRESHOLD) {
+            return Err(Error::BadRequest(format!(
+                "spike_threshold must be 0 (no spike e-mails) or a number of current visitors \
+                 up to {MAX_SPIKE_THRESHOLD}"
+            )));
+        }
+        Ok(o)
+    }
+}
+
+/// The period `?period=` of a send request names (default the week).
+fn period_param(req: &Request<Bytes>) -> Result<Period, Error> {
+    let given = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "period")
+            .map(|(_, v)| v.into_owned())
+    });
+    match given.as_deref() {
+        None | Some("week") => Ok(Period::Week),
+        Some("month") => Ok(Period::Month),
+        Some(other) => Err(Error::BadRequest(format!(
+            "period must be \"week\" or \"month\", not {other:?}"
+        ))),
+    }
+}
+
 async fn digest_route(
     agg: &Aggregator,
     access: &Access,
@@ -403,6 +735,7 @@ async fn digest_route(
                 "sending the digests of {site:?} now needs the admin role on it"
             )));
         }
+        let period = period_param(req)?;
         if agg.mailer().is_none() {
             return Err(Error::Conflict(
                 "no e-mail is configured: start Veil with --smtp-url and --smtp-from".into(),
@@ -411,17 +744,21 @@ async fn digest_route(
         let view = agg
             .site(&site)
             .ok_or_else(|| Error::UnknownSite(site.clone()))?;
-        let week = due_week(agg.now(), query::timezone(&view.timezone));
+        let first = period.due(agg.now(), query::timezone(&view.timezone));
         let (mut sent, mut failed) = (0, 0);
         for rec in agg.registry().digests().await? {
-            if rec.site != site || !rec.subscribed {
+            let on = match period {
+                Period::Week => rec.subscribed,
+                Period::Month => rec.monthly,
+            };
+            if rec.site != site || !on {
                 continue;
             }
-            match send_one(agg, rec, week).await {
+            match send_one(agg, rec, period, first).await {
                 Ok(true) => sent += 1,
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(site = %site, error = %e, "a weekly digest failed");
+                    tracing::warn!(site = %site, period = period.name(), error = %e, "a digest failed");
                     failed += 1;
                 }
             }
@@ -430,50 +767,72 @@ async fn digest_route(
             access,
             &site,
             "digest.send",
-            json!({"week": week.to_string(), "sent": sent}),
+            json!({ "period": period.name(), period.name(): first.to_string(), "sent": sent }),
         )
         .await;
         return Ok(json_response(
             StatusCode::OK,
-            &json!({"week": [week.to_string(), (week + chrono::Duration::days(6)).to_string()],
+            &json!({"period": period.name(),
+                    period.name(): [first.to_string(), period.last_day(first).to_string()],
                     "sent": sent, "failed": failed}),
         ));
     }
     let Access::User(p) = access else {
         return Err(Error::Forbidden(
-            "weekly digests are a person's: log in to subscribe".into(),
+            "e-mail digests and alerts are a person's: log in to subscribe".into(),
         ));
     };
     let current = agg.registry().digest(&p.id, &site).await?;
     match m {
         Method::GET => Ok(state(agg, &site, current.as_ref())),
         Method::PUT => {
-            let rec = match current {
-                Some(r) if r.subscribed => r,
-                other => {
-                    let view = agg
-                        .site(&site)
-                        .ok_or_else(|| Error::UnknownSite(site.clone()))?;
-                    // The week due now counts as sent: the first digest is the next Monday's.
-                    let week = due_week(agg.now(), query::timezone(&view.timezone));
-                    let r = DigestRecord {
-                        user_id: p.id.clone(),
-                        site: site.clone(),
-                        subscribed: true,
-                        token_hashes: other.map(|o| o.token_hashes).unwrap_or_default(),
-                        last_sent: week.to_string(),
-                        version: 0,
-                    };
-                    agg.registry().put_digest(r).await?
+            let mut o = Options::parse(req.body())?;
+            if o.weekly.is_none() && o.monthly.is_none() && o.spike_threshold.is_none() {
+                o.weekly = Some(true);
+            }
+            let view = agg
+                .site(&site)
+                .ok_or_else(|| Error::UnknownSite(site.clone()))?;
+            let tz = query::timezone(&view.timezone);
+            let mut rec = current.unwrap_or_else(|| DigestRecord {
+                user_id: p.id.clone(),
+                site: site.clone(),
+                ..Default::default()
+            });
+            let before = rec.clone();
+            // A digest switched on starts with the next one due: the one due now counts as sent.
+            if let Some(w) = o.weekly {
+                if w && !rec.subscribed {
+                    rec.last_sent = due_week(agg.now(), tz).to_string();
                 }
+                rec.subscribed = w;
+            }
+            if let Some(mo) = o.monthly {
+                if mo && !rec.monthly {
+                    rec.last_sent_month = due_month(agg.now(), tz).to_string();
+                }
+                rec.monthly = mo;
+            }
+            if let Some(t) = o.spike_threshold {
+                rec.spike_threshold = t;
+            }
+            if !rec.wants_mail() {
+                rec.token_hashes.clear();
+            }
+            let rec = if rec == before {
+                rec
+            } else {
+                agg.registry().put_digest(rec).await?
             };
             Ok(state(agg, &site, Some(&rec)))
         }
         Method::DELETE => {
             let rec = match current {
-                Some(r) if r.subscribed => {
+                Some(r) if r.wants_mail() => {
                     let r = DigestRecord {
                         subscribed: false,
+                        monthly: false,
+                        spike_threshold: 0,
                         token_hashes: Vec::new(),
                         ..r
                     };
@@ -547,9 +906,10 @@ async fn unsubscribe(agg: &Aggregator, m: &Method, token: &str) -> Result<HttpRe
         let action = html_text(&format!("{UNSUBSCRIBE_PATH}?token={token}"));
         return Ok(page(
             StatusCode::OK,
-            "Unsubscribe from the weekly digest?",
+            "Unsubscribe from this site's e-mails?",
             &format!(
-                "<p>You will get no more weekly digests of <b>{site}</b>.</p>\
+                "<p>You will get no more e-mails about <b>{site}</b>: no weekly or monthly \
+                 digests, no traffic-spike alerts.</p>\
                  <form method=\"post\" action=\"{action}\"><button type=\"submit\">Unsubscribe</button></form>"
             ),
         ));
@@ -559,6 +919,8 @@ async fn unsubscribe(agg: &Aggregator, m: &Method, token: &str) -> Result<HttpRe
     agg.registry()
         .put_digest(DigestRecord {
             subscribed: false,
+            monthly: false,
+            spike_threshold: 0,
             token_hashes: Vec::new(),
             ..rec
         })
@@ -580,7 +942,10 @@ async fn unsubscribe(agg: &Aggregator, m: &Method, token: &str) -> Result<HttpRe
     Ok(page(
         StatusCode::OK,
         "Unsubscribed",
-        &format!("<p>You will get no more weekly digests of <b>{site}</b>.</p>"),
+        &format!(
+            "<p>You will get no more e-mails about <b>{site}</b>: no weekly or monthly \
+             digests, no traffic-spike alerts.</p>"
+        ),
     ))
 }
 
@@ -619,6 +984,68 @@ mod tests {
     }
 
     #[test]
+    fn the_month_due_turns_on_the_first_at_eight_local() {
+        let utc = chrono_tz::UTC;
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        // 1 Dec 2026 07:59 UTC: still October; at 08:00, November; all of December too.
+        assert_eq!(due_month(at("2026-12-01T07:59:59Z"), utc), d("2026-10-01"));
+        assert_eq!(due_month(at("2026-12-01T08:00:00Z"), utc), d("2026-11-01"));
+        assert_eq!(due_month(at("2026-12-31T23:59:00Z"), utc), d("2026-11-01"));
+        // Across a year, and in a time zone already in January.
+        assert_eq!(due_month(at("2027-01-01T08:00:00Z"), utc), d("2026-12-01"));
+        let tokyo: chrono_tz::Tz = "Asia/Tokyo".parse().unwrap();
+        // 23:30 UTC on 31 Dec is 08:30 on 1 Jan in Tokyo: December is due there.
+        assert_eq!(
+            due_month(at("2026-12-31T23:30:00Z"), tokyo),
+            d("2026-12-01")
+        );
+        assert_eq!(
+            due_month(at("2026-12-31T22:30:00Z"), tokyo),
+            d("2026-11-01")
+        );
+        assert_eq!(Period::Month.last_day(d("2026-02-01")), d("2026-02-28"));
+        assert_eq!(Period::Month.last_day(d("2026-12-01")), d("2026-12-31"));
+        assert_eq!(Period::Week.last_day(d("2026-11-16")), d("2026-11-22"));
+    }
+
+    #[test]
+    fn a_spike_email_says_the_count_the_threshold_and_the_pages_as_text() {
+        let site = crate::site::view("a.com", &veil_schemas::registry::SiteSettings::default());
+        let spike = Spike {
+            current: 42.0,
+            pages: vec![("/<b>launch</b>".into(), json!(30))],
+            mode: "exact".into(),
+        };
+        let m = compose_spike(
+            "p@a.com",
+            &site,
+            &spike,
+            40,
+            "https://v/site/a.com?view=realtime",
+            "https://v/unsubscribe?token=vu_2",
+        );
+        assert_eq!(m.subject, "Traffic spike on a.com: 42 current visitors");
+        assert!(
+            m.text.contains(
+                "a.com has 42 current visitors (the last 5 minutes), at or above your alert of 40."
+            ),
+            "{}",
+            m.text
+        );
+        assert!(
+            m.text.contains("  /<b>launch</b>: 30 visitors"),
+            "{}",
+            m.text
+        );
+        assert!(
+            m.html.contains("&lt;b&gt;launch") && !m.html.contains("<b>launch"),
+            "{}",
+            m.html
+        );
+        assert!(m.text.contains("https://v/unsubscribe?token=vu_2"));
+    }
+
+    #[test]
     fn tracked_strings_are_text_in_the_html_part() {
         // Paths and sources are chosen by whoever sends events: never markup in the e-mail.
         let site = crate::site::view("a.com", &veil_schemas::registry::SiteSettings::default());
@@ -633,6 +1060,7 @@ mod tests {
         let m = compose(
             "p@a.com",
             &site,
+            Period::Week,
             week,
             &n,
             "https://v/site/a.com",
@@ -665,9 +1093,12 @@ mod tests {
         assert_eq!(show(&json!(41.25)), "41.2");
         assert_eq!(show(&Value::Null), "—");
         assert_eq!(
-            show_change(&json!(-3), true),
+            show_change(&json!(-3), true, Period::Week),
             "-3 points on the week before"
         );
-        assert_eq!(show_change(&json!(50), false), "+50 % on the week before");
+        assert_eq!(
+            show_change(&json!(50), false, Period::Month),
+            "+50 % on the month before"
+        );
     }
 }

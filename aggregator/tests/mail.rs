@@ -3,7 +3,10 @@
 //! an invitation arrives with its link and the link works; a weekly digest arrives on Monday
 //! 08:00 by the (manual) clock, multipart text + HTML, with the Stats API's own numbers (exact
 //! mode) and an unsubscribe link that a GET only asks about and a POST follows, after which
-//! no digest comes; a week is sent once, also by a second aggregator (a restart).
+//! no digest comes; a week is sent once, also by a second aggregator (a restart); a monthly
+//! digest arrives on the 1st with the month's numbers; a traffic spike (current visitors at
+//! the person's threshold) is e-mailed once, with Realtime's numbers, and its link
+//! unsubscribes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -20,7 +23,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use http::{HeaderMap, Request};
 use serde_json::{json, Value};
 use veil_aggregator::account::csrf_token;
-use veil_aggregator::digest::{self, show, show_change};
+use veil_aggregator::digest::{self, show, show_change, Period};
 use veil_aggregator::{Aggregator, AggregatorConfig, ManualClock};
 use veil_schemas::ClickHouseConfig;
 
@@ -332,7 +335,7 @@ async fn a_weekly_digest_arrives_on_monday_with_the_apis_numbers_and_unsubscribe
 
     // The numbers are the API's: ask it the digest's questions as the owner.
     let week = NaiveDate::from_ymd_opt(2026, 11, 16).unwrap();
-    let [totals, pages, sources] = digest::questions(common::SITE, week);
+    let [totals, pages, sources] = digest::questions(common::SITE, Period::Week, week);
     let ask = |q: Value| {
         let owner = &owner;
         let a = &a;
@@ -352,7 +355,7 @@ async fn a_weekly_digest_arrives_on_monday_with_the_apis_numbers_and_unsubscribe
         let line = format!(
             "{label}: {}{unit} ({})\n",
             show(&m[i]),
-            show_change(&c[i], i == 2)
+            show_change(&c[i], i == 2, Period::Week)
         );
         assert!(text.contains(&line), "{line:?} not in {text}");
     }
@@ -478,7 +481,7 @@ async fn in_dp_mode_a_digest_spends_a_budget_of_its_own_and_shows_the_published_
 
     // The same question asked on the API publishes the same (noisy) visitors number.
     let week = NaiveDate::from_ymd_opt(2026, 11, 16).unwrap();
-    let [totals, _, _] = digest::questions(common::SITE, week);
+    let [totals, _, _] = digest::questions(common::SITE, Period::Week, week);
     let r = owner.call(&a, "POST", "/api/v2/query", Some(totals)).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["meta"]["privacy"]["mode"], "dp", "{}", r.text);
@@ -488,4 +491,200 @@ async fn in_dp_mode_a_digest_spends_a_budget_of_its_own_and_shows_the_published_
         "{visitors} not in {text}"
     );
     assert!(spent("user:%").await >= 1);
+}
+
+#[tokio::test]
+async fn a_monthly_digest_arrives_on_the_first_with_the_months_numbers() {
+    let smtp = Smtpd::start();
+    let (a, ch, clock) = agg("mail_monthly", &smtp, Utc::now()).await;
+    common::seed(&ch).await;
+    let owner = set_up_owner(&a).await;
+    // November 2026 holds the seeded days; its digest is due on 1 December at 08:00 (UTC).
+    clock.set(at("2026-12-01T07:59:00Z"));
+    let path = format!("/api/v1/sites/{}/digest", common::SITE);
+    let r = owner
+        .call(&a, "PUT", &path, Some(json!({"monthly": true})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (&r.body["monthly"], &r.body["weekly"], &r.body["subscribed"]),
+        (&json!(true), &json!(false), &json!(false)),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        r.body["last_sent_month"], "2026-10-01",
+        "October counts as sent"
+    );
+    assert_eq!(digest::send_due(&a).await.unwrap(), 0);
+
+    clock.set(at("2026-12-01T08:00:01Z"));
+    assert_eq!(digest::send_due(&a).await.unwrap(), 1);
+    let mail = smtp.wait_for(1).await.remove(0);
+    assert_eq!(mail["rcpt_tos"], json!([OWNER]));
+    assert_eq!(
+        mail["headers"]["Subject"],
+        format!("{}: your month of November 2026", common::SITE)
+    );
+    let text = part(&mail, "text/plain");
+    assert!(
+        text.starts_with(&format!(
+            "Veil monthly digest: {}\nMonth 2026-11-01 to 2026-11-30 (UTC)\n",
+            common::SITE
+        )),
+        "{text}"
+    );
+    // The numbers are the API's answers to the month's questions.
+    let month = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+    let [totals, pages, _] = digest::questions(common::SITE, Period::Month, month);
+    assert_eq!(totals["date_range"], json!(["2026-11-01", "2026-11-30"]));
+    let t = owner.call(&a, "POST", "/api/v2/query", Some(totals)).await;
+    assert_eq!(t.status, 200, "{}", t.text);
+    let m = &t.body["results"][0]["metrics"];
+    assert_eq!(m[0], 23, "November's visitors: {}", t.text);
+    let c = &t.body["results"][0]["comparison"]["change"];
+    let line = format!(
+        "Visitors: {} ({})\n",
+        show(&m[0]),
+        show_change(&c[0], false, Period::Month)
+    );
+    assert!(text.contains(&line), "{line:?} not in {text}");
+    let p = owner.call(&a, "POST", "/api/v2/query", Some(pages)).await;
+    let top = &p.body["results"][0];
+    assert!(
+        text.contains(&format!(
+            "  {}: {} visitors",
+            top["dimensions"][0].as_str().unwrap(),
+            show(&top["metrics"][0])
+        )),
+        "{text}"
+    );
+
+    // Once: not again this month; no weekly digest (not asked for).
+    assert_eq!(digest::send_due(&a).await.unwrap(), 0);
+    clock.set(at("2026-12-07T08:00:01Z"));
+    assert_eq!(digest::send_due(&a).await.unwrap(), 0);
+    assert_eq!(smtp.messages().len(), 1);
+
+    // The operator's trigger, by period; an unknown period is a 400 saying what is allowed.
+    let r = owner
+        .call(&a, "POST", &format!("{path}/send?period=month"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (&r.body["period"], &r.body["month"], &r.body["sent"]),
+        (
+            &json!("month"),
+            &json!(["2026-11-01", "2026-11-30"]),
+            &json!(1)
+        ),
+        "{}",
+        r.text
+    );
+    let r = owner
+        .call(&a, "POST", &format!("{path}/send?period=year"), None)
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(
+        r.text.contains("\\\"week\\\" or \\\"month\\\""),
+        "{}",
+        r.text
+    );
+}
+
+#[tokio::test]
+async fn a_traffic_spike_is_emailed_once_with_realtimes_numbers_and_its_link_unsubscribes() {
+    let smtp = Smtpd::start();
+    let (a, ch, clock) = agg("mail_spike", &smtp, Utc::now()).await;
+    common::seed(&ch).await;
+    let owner = set_up_owner(&a).await;
+    // 10:02:30 on the seeded day: the last five minutes hold the 10 Google visitors.
+    clock.set(at("2026-11-20T10:02:30Z"));
+    let now = at("2026-11-20T10:02:30Z");
+    let path = format!("/api/v1/sites/{}/digest", common::SITE);
+
+    // Bad options are refused with what is wrong.
+    for bad in [
+        json!({"spike_threshold": 20_000_000}),
+        json!({"spikes": 5}),
+        json!({"monthly": "yes"}),
+    ] {
+        let r = owner.call(&a, "PUT", &path, Some(bad.clone())).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+    }
+    let r = owner
+        .call(&a, "PUT", &path, Some(json!({"spike_threshold": 11})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (&r.body["spike_threshold"], &r.body["weekly"]),
+        (&json!(11), &json!(false))
+    );
+    // Realtime says 10: below 11, no e-mail.
+    let rt = owner
+        .call(
+            &a,
+            "GET",
+            &format!("/api/v1/sites/{}/realtime", common::SITE),
+            None,
+        )
+        .await;
+    assert_eq!(rt.body["visitors_5m"], 10, "{}", rt.text);
+    assert_eq!(digest::send_spikes(&a, now).await.unwrap(), 0);
+
+    let r = owner
+        .call(&a, "PUT", &path, Some(json!({"spike_threshold": 10})))
+        .await;
+    assert_eq!(r.body["spike_threshold"], 10, "{}", r.text);
+    assert_eq!(digest::send_due(&a).await.unwrap(), 1);
+    let mail = smtp.wait_for(1).await.remove(0);
+    assert_eq!(mail["rcpt_tos"], json!([OWNER]));
+    assert_eq!(
+        mail["headers"]["Subject"],
+        format!("Traffic spike on {}: 10 current visitors", common::SITE)
+    );
+    let text = part(&mail, "text/plain");
+    assert!(text.contains("at or above your alert of 10"), "{text}");
+    for row in rt.body["top_pages"].as_array().unwrap() {
+        let line = format!(
+            "  {}: {} visitors",
+            row["page"].as_str().unwrap(),
+            show(&row["visitors"])
+        );
+        assert!(text.contains(&line), "{line:?} not in {text}");
+    }
+    assert!(text.contains("  /pricing: 6 visitors"), "{text}");
+    assert!(text.contains("/site/shop.example?view=realtime"), "{text}");
+
+    // One spike, one e-mail: the next checks (the scheduler's minute) send nothing.
+    assert_eq!(digest::send_due(&a).await.unwrap(), 0);
+    clock.set(at("2026-11-20T10:04:00Z"));
+    assert_eq!(digest::send_due(&a).await.unwrap(), 0);
+    assert_eq!(smtp.messages().len(), 1);
+
+    // Its link unsubscribes from the site's e-mails (POST; GET only asks).
+    let url = mail["headers"]["List-Unsubscribe"]
+        .as_str()
+        .unwrap()
+        .trim_matches(['<', '>'])
+        .to_string();
+    assert!(part(&mail, "text/html").contains(&url));
+    let link = url.strip_prefix(PUBLIC).unwrap();
+    let stranger = Browser::default();
+    assert_eq!(stranger.call(&a, "GET", link, None).await.status, 200);
+    assert_eq!(
+        owner.call(&a, "GET", &path, None).await.body["spike_threshold"],
+        10
+    );
+    let done = stranger.call(&a, "POST", link, None).await;
+    assert_eq!(done.status, 200, "{}", done.text);
+    assert!(
+        done.text.contains("no traffic-spike alerts"),
+        "{}",
+        done.text
+    );
+    assert_eq!(
+        owner.call(&a, "GET", &path, None).await.body["spike_threshold"],
+        0
+    );
 }

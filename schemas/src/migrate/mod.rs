@@ -177,6 +177,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "digests",
         sql: include_str!("../../migrations/021_digests.sql"),
     },
+    Migration {
+        version: 22,
+        name: "digest_options",
+        sql: include_str!("../../migrations/022_digest_options.sql"),
+    },
 ];
 
 impl Migration {
