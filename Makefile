@@ -70,18 +70,23 @@ tracker: test-deps
 # privacy, realtime, child_directed, filtered, retention (with erase-site), snapshots, admin,
 # rollups, funnels, bounds (dp's bounded SQL and the rollup's bounded rows), accounts (the people
 # tables, sessions, lock-outs: 34 s), cost (RE2 checks agree with ClickHouse 26's match(): 25 s),
-# imports (the imported tables and their merge), vocabularies (Plausible's words by transform(): 20 s).
+# imports (the imported tables and their merge), vocabularies (Plausible's words by transform(): 20 s),
+# dates and validation (the Stats API's date windows and its 400s), mail (digests and spike
+# alerts over the people tables: 31 s).
 # Measured: 5 min 40 s to 6 min 15 s on 2 cores once `unit` has built the test binaries (api
 # 100-126 s, ingest 45-54 s, admin 31 s, the rest under 30 s each).
 # Left out: dp (~100 s of its padding attack alone on the one-query-at-a-time fixture; its
 # bounded SQL is proven on 26 by bounds); shared_reads (reads system.query_log, which chdb does
-# not keep); outage, durability and cluster (they stop and start 18.16 servers).
+# not keep); outage, durability and cluster (they stop and start 18.16 servers); the tests that
+# send no SQL of their own beyond what the leg runs (collector geo, geo_age, hostile, senders,
+# user_agents, fuzz; schemas module_graph, sql_rule; cli's, which start `veil up` on 18.16).
 # `--workspace`, as in `unit`, so the test binaries `unit` built are reused (a name found in two
 # crates, privacy, runs both).
 CH26_TESTS ?= --test migrate --test registry --test http_interface --test ingest --test privacy \
 	--test api --test v1 --test filters --test realtime --test child_directed --test filtered \
 	--test retention --test snapshots --test admin --test rollups --test funnels --test bounds \
-	--test accounts --test cost --test imports --test vocabularies
+	--test accounts --test cost --test imports --test vocabularies --test dates --test validation \
+	--test mail
 test-ch26: test-deps
 	VEIL_TEST_CLICKHOUSE=chdb26 $(CARGO) test --workspace $(CH26_TESTS)
 

@@ -182,6 +182,9 @@ fn the_production_profile_leaves_room_for_what_veil_sets_per_query() {
         veil_aggregator::db::MAX_EXECUTION_SECS
     );
     assert!(doc.contains(&row), "missing: {row}");
+    // So does the replay setting collectors send in cluster mode.
+    let row = format!("| `{}` | 1, where", veil_schemas::sql::MV_DEDUP_SETTING);
+    assert!(doc.contains(&row), "missing: {row}");
     for name in [
         "max_bytes_before_external_group_by",
         "max_bytes_before_external_sort",
