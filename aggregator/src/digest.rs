@@ -69,8 +69,6 @@ pub const UNSUBSCRIBE_PATH: &str = "/unsubscribe";
 pub const SEND_HOUR: u32 = 8;
 /// Rows of the top pages and top sources.
 pub const TOP: usize = 5;
-/// How often the scheduler looks for e-mails due.
-pub const DEFAULT_TICK: Duration = Duration::from_secs(60);
 /// The least time between two spike notifications to one person about one site (seconds).
 pub const SPIKE_QUIET: i64 = 12 * 3600;
 /// The highest spike threshold a person may set.
@@ -952,7 +950,8 @@ async fn unsubscribe(agg: &Aggregator, m: &Method, token: &str) -> Result<HttpRe
 /// The scheduler, for the binary: started when e-mail is configured.
 pub fn start(agg: &Aggregator) -> Option<tokio::task::JoinHandle<()>> {
     agg.mailer()?;
-    Some(spawn_scheduler(agg.clone(), DEFAULT_TICK))
+    let every = Duration::from_secs(u64::from(agg.config().mail_check_secs.max(1)));
+    Some(spawn_scheduler(agg.clone(), every))
 }
 
 #[cfg(test)]

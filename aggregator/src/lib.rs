@@ -307,6 +307,9 @@ pub struct AggregatorConfig {
     pub smtp_url: Option<String>,
     /// The `From` of those e-mails (`--smtp-from`; required with `--smtp-url`).
     pub smtp_from: Option<String>,
+    /// How often the e-mail scheduler looks for digests due and checks for traffic spikes
+    /// (`--mail-check-secs`, default 60; 1 to 3600).
+    pub mail_check_secs: u32,
 }
 
 /// The largest `--query-memory-mb`: 1 TiB, far above any machine Veil runs on (a typo guard).
@@ -344,6 +347,7 @@ impl Default for AggregatorConfig {
             max_result_rows: db::MAX_RESULT_ROWS,
             smtp_url: None,
             smtp_from: None,
+            mail_check_secs: 60,
         }
     }
 }
@@ -424,6 +428,12 @@ impl AggregatorConfig {
             ));
         }
         self.privacy.validate()?;
+        if !(1..=3600).contains(&self.mail_check_secs) {
+            return bad(format!(
+                "--mail-check-secs must be 1 to 3600 (how often digests and spikes are checked), not {}",
+                self.mail_check_secs
+            ));
+        }
         if let Some(u) = &self.smtp_url {
             let _ = mail::check_smtp_url(u)?;
             let Some(from) = &self.smtp_from else {

@@ -435,6 +435,10 @@ layered! {
         /// The From of those e-mails, e.g. `Veil <veil@example.com>`.
         #[arg(long, env = "VEIL_SMTP_FROM", global = true)]
         pub smtp_from: Option<String>,
+        /// How often (seconds, 1 to 3600) the e-mail scheduler looks for digests due and
+        /// checks watched sites for traffic spikes [default: 60].
+        #[arg(long, env = "VEIL_MAIL_CHECK_SECS", global = true)]
+        pub mail_check_secs: Option<u32>,
         /// Admin token (at least 16 characters): reads every site's stats and manages sites, keys
         /// and shared links through /api/v1/sites (required when listening beyond loopback).
         #[arg(long, env = "VEIL_ADMIN_TOKEN", global = true, hide_env_values = true)]
@@ -651,6 +655,7 @@ impl Settings {
             public_url: given.public_url.filter(|u| !u.is_empty()),
             smtp_url: given.smtp_url.filter(|u| !u.is_empty()),
             smtp_from: given.smtp_from.filter(|u| !u.is_empty()),
+            mail_check_secs: given.mail_check_secs.unwrap_or(60),
             api_token: api_token.clone(),
             // People log in; nothing is open to whoever reaches the port.
             accounts: true,

@@ -2,7 +2,10 @@
 // server (aiosmtpd, testing/smtp/server.py, installed by scripts/install-deps.sh --test):
 // an invitation is e-mailed and its link, followed in Chromium, makes the account; on the
 // site's dashboard that person ticks "E-mail me a weekly report", the operator sends the week's
-// digest and it arrives addressed to them; unticked, the next one does not.
+// digest and it arrives addressed to them; unticked, the next one does not. The monthly report
+// and a traffic-spike alert are set the same way: the month's digest arrives when sent, and a
+// spike of current visitors at the threshold e-mails the reader by itself (the scheduler checks
+// every second here, --mail-check-secs 1).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -34,7 +37,7 @@ before(async () => {
   assert.ok(out.includes("ready"), out);
   veil = await harness.startVeil(["--site", SITE, "--api-token", ADMIN, "--privacy", "exact", "--min-visitors", "2",
     "--max-event-age", "30d", "--rate-limit-ip", "0", "--metrics-listen", "127.0.0.1:0",
-    "--smtp-url", `smtp://127.0.0.1:${port}`, "--smtp-from", "veil@veil.test"], { publicUrl: true });
+    "--smtp-url", `smtp://127.0.0.1:${port}`, "--smtp-from", "veil@veil.test", "--mail-check-secs", "1"], { publicUrl: true });
   chrome = await browser();
 });
 
@@ -95,6 +98,46 @@ test("an e-mailed invitation makes the account; its weekly report is ticked on t
   assert.equal(await page.$eval("#digest", (e) => e.checked), false);
   const again = await api(veil, `/api/v1/sites/${SITE}/digest/send`, { method: "POST", body: {} });
   assert.equal(again.sent, 0, JSON.stringify(again));
+
+  // The monthly report: ticked, it holds and the month's digest comes to the reader.
+  await page.check("#digest-monthly");
+  await waitFor(() => page.textContent("#status"), (t) => /monthly report by e-mail/.test(t), { what: (t) => "status: " + t });
+  await page.reload();
+  await page.waitForSelector("#digest-monthly-l:not([hidden])");
+  assert.equal(await page.$eval("#digest-monthly", (e) => e.checked), true);
+  assert.equal(await page.$eval("#digest", (e) => e.checked), false, "the weekly one stays off");
+  const n = messages().length;
+  const month = await api(veil, `/api/v1/sites/${SITE}/digest/send?period=month`, { method: "POST", body: {} });
+  assert.equal(month.sent, 1, JSON.stringify(month));
+  const monthly = (await waitFor(messages, (l) => l.length > n, { ms: 30_000, what: () => "no monthly digest" })).at(-1);
+  assert.deepEqual(monthly.rcpt_tos, [READER.email]);
+  assert.match(monthly.headers.Subject, /your month of /);
+  assert.match(text(monthly), /^Veil monthly digest: /);
+
+  // A spike alert from 3 current visitors: set on the dashboard, nothing until they come.
+  await page.fill("#digest-spike", "3");
+  await page.dispatchEvent("#digest-spike", "change");
+  await waitFor(() => page.textContent("#status"), (t) => /when 3 or more visitors/.test(t), { what: (t) => "status: " + t });
+  await page.reload();
+  await page.waitForSelector("#digest-spike-l:not([hidden])");
+  assert.equal(await page.$eval("#digest-spike", (e) => e.value), "3");
+  const quiet = messages().length;
+  const recent = new Date(Date.now() - 90_000).toISOString();
+  await send(veil, Array.from({ length: 3 }, (_, i) => ({ site: SITE, name: "pageview", url: `https://${SITE}/launch`,
+    timestamp: recent, ip: `198.51.100.${10 + i}`, user_agent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36" })));
+  const spike = (await waitFor(messages, (l) => l.slice(quiet).some((m) => /Traffic spike/.test(m.headers.Subject)),
+    { ms: 60_000, what: () => "no spike e-mail" })).slice(quiet).find((m) => /Traffic spike/.test(m.headers.Subject));
+  assert.deepEqual(spike.rcpt_tos, [READER.email]);
+  assert.equal(spike.headers.Subject, `Traffic spike on ${SITE}: 3 current visitors`);
+  assert.match(text(spike), /\/launch: 3 visitors/);
+  // The alert's link unsubscribes from the site's e-mails: the dashboard shows every box off.
+  const unsub = spike.headers["List-Unsubscribe"].replace(/^<|>$/g, "");
+  const r = await fetch(unsub, { method: "POST", headers: { origin: veil.url } });
+  assert.equal(r.status, 200, await r.text());
+  await page.reload();
+  await page.waitForSelector("#digest-spike-l:not([hidden])");
+  assert.deepEqual(await page.$$eval("#digest, #digest-monthly", (l) => l.map((e) => e.checked)), [false, false]);
+  assert.equal(await page.$eval("#digest-spike", (e) => e.value), "");
   assert.deepEqual(page.problems, []);
   await page.close_all();
 });

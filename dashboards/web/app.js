@@ -1143,17 +1143,31 @@
     sel.dataset.view = view;
   }
 
-  // A person (not a key or link) may have this site's weekly report e-mailed, when the server
-  // sends e-mail: the box shows their subscription (GET …/digest).
+  // A person (not a key or link) may have this site's weekly and monthly reports and spike
+  // alerts e-mailed, when the server sends e-mail: the boxes show their choice (GET …/digest).
+  const DIGEST_BOXES = ["digest-l", "digest-monthly-l", "digest-spike-l"];
+  function showDigest(r) {
+    $("digest").checked = !!r.weekly;
+    $("digest-monthly").checked = !!r.monthly;
+    $("digest-spike").value = r.spike_threshold ? String(r.spike_threshold) : "";
+  }
   function digestBox() {
-    $("digest-l").hidden = true;
+    for (const id of DIGEST_BOXES) $(id).hidden = true;
     if (!isUser() || S.share) return;
     const site = S.site;
     api("/api/v1/sites/" + encodeURIComponent(site) + "/digest", { noRetry: true }).then((r) => {
       if (S.site !== site || !r.email_configured) return;
-      $("digest").checked = !!r.subscribed;
-      $("digest-l").hidden = false;
-    }).catch(() => { /* no e-mail for this reader: the box stays hidden */ });
+      showDigest(r);
+      for (const id of DIGEST_BOXES) $(id).hidden = false;
+    }).catch(() => { /* no e-mail for this reader: the boxes stay hidden */ });
+  }
+  // Changes one of the person's e-mail choices; `said(r)` is the status line for the answer.
+  async function changeDigest(body, said, undo) {
+    try {
+      const r = await api("/api/v1/sites/" + encodeURIComponent(S.site) + "/digest", { method: "PUT", body });
+      showDigest(r);
+      status(said(r));
+    } catch (e) { undo(); status("Your e-mail reports could not be changed: " + e.message); }
   }
   function renderDash() {
     const st = readState();
@@ -1286,13 +1300,28 @@
     }
     $("compare").addEventListener("change", () => navigate((s) => { s.compare = $("compare").value; }));
     $("imports").addEventListener("change", () => navigate((s) => { s.imports = $("imports").checked; }));
-    $("digest").addEventListener("change", async () => {
+    $("digest").addEventListener("change", () => {
       const box = $("digest");
-      try {
-        const r = await api("/api/v1/sites/" + encodeURIComponent(S.site) + "/digest", { method: box.checked ? "PUT" : "DELETE", body: {} });
-        box.checked = !!r.subscribed;
-        status(r.subscribed ? "You will get this site's weekly report by e-mail (Mondays)." : "No more weekly reports by e-mail.");
-      } catch (e) { box.checked = !box.checked; status("The weekly report could not be changed: " + e.message); }
+      changeDigest({ weekly: box.checked },
+        (r) => (r.weekly ? "You will get this site's weekly report by e-mail (Mondays)." : "No more weekly reports by e-mail."),
+        () => { box.checked = !box.checked; });
+    });
+    $("digest-monthly").addEventListener("change", () => {
+      const box = $("digest-monthly");
+      changeDigest({ monthly: box.checked },
+        (r) => (r.monthly ? "You will get this site's monthly report by e-mail (on the 1st)." : "No more monthly reports by e-mail."),
+        () => { box.checked = !box.checked; });
+    });
+    $("digest-spike").addEventListener("change", () => {
+      const input = $("digest-spike");
+      const n = input.value.trim() === "" ? 0 : Number(input.value);
+      if (!Number.isInteger(n) || n < 0 || n > 10_000_000) {
+        status("A spike alert needs a whole number of current visitors (0 or empty: none).");
+        return;
+      }
+      changeDigest({ spike_threshold: n },
+        (r) => (r.spike_threshold ? `You will get an e-mail when ${nf.format(r.spike_threshold)} or more visitors are on the site (at most one every 12 hours).` : "No more traffic-spike e-mails."),
+        () => { input.value = ""; });
     });
     $("interval").addEventListener("change", () => navigate((s) => { s.interval = $("interval").value; }));
     $("export").addEventListener("click", async () => {
