@@ -91,6 +91,14 @@ fn each_file_is_judged_by_its_own_limit() {
     );
     assert!(stale_files(&db).is_empty());
     assert!(!db.status().contains("days old"), "{}", db.status());
+    // Fresh data says its age against the limit too (`veil up` prints this line).
+    let status = db.status();
+    assert!(
+        status.contains(
+            "city-ipv4.mmdb (built 2024-01-01, 20 days of the 30 days its licence allows)"
+        ) && status.contains("asn.mmdb (built 2024-01-01, 20 days of the 60 days Veil allows)"),
+        "{status}"
+    );
 
     clock.set(45);
     assert_eq!(stale_files(&db), [CITY_V4_FILE, CITY_V6_FILE]);

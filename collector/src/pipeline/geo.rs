@@ -496,11 +496,25 @@ impl GeoDb {
         }
         let snap = self.snapshot();
         let dir = self.dir.display();
+        let ages = self.ages();
         let loaded = |range: std::ops::Range<usize>| -> Vec<String> {
             range
                 .filter_map(|i| {
                     let db = snap.slots[i].db.as_ref()?;
-                    Some(format!("{} (built {})", FILES[i], db.built()))
+                    let age = match ages.iter().find(|a| a.file == FILES[i]) {
+                        Some(a) => format!(
+                            ", {} of the {} days {} allows",
+                            plural_days(a.days()),
+                            a.policy.limit_days,
+                            if a.policy.licence_limit {
+                                "its licence"
+                            } else {
+                                "Veil"
+                            }
+                        ),
+                        None => String::new(),
+                    };
+                    Some(format!("{} (built {}{age})", FILES[i], db.built()))
                 })
                 .collect()
         };
@@ -537,7 +551,7 @@ impl GeoDb {
                 out.push_str(&format!("; {name} unreadable ({err}), {fallback}"));
             }
         }
-        for age in self.ages().iter().filter(|a| a.is_stale()) {
+        for age in ages.iter().filter(|a| a.is_stale()) {
             out.push_str(&format!(
                 "; {} is {} days old, past the {} days {} allows: run {}",
                 age.file,
@@ -887,6 +901,15 @@ fn clean(s: Option<String>) -> String {
         s.truncate(cut);
     }
     s
+}
+
+/// `1 day`, `12 days`.
+fn plural_days(n: u64) -> String {
+    if n == 1 {
+        "1 day".into()
+    } else {
+        format!("{n} days")
+    }
 }
 
 /// A place record of either schema (see the module docs).
