@@ -608,6 +608,21 @@ async fn roles_per_site_invitations_removal_and_the_audit_log() {
         .await;
     assert_eq!(taken.status, 400, "{}", taken.body);
     let ada = join(&a, url, "ada's long password").await;
+    // The link is one-time: accepted once, it opens nothing, even with Ada's own password.
+    let reused = stranger
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": token_of(url), "password": "ada's long password"})),
+        )
+        .await;
+    assert_eq!(reused.status, 401, "{}", reused.body);
+    assert!(
+        reused.body["error"].as_str().unwrap().contains("not valid"),
+        "{}",
+        reused.body
+    );
 
     // Ada administers a.com and nothing else.
     assert_eq!(
