@@ -672,11 +672,22 @@ async fn open_invitation(agg: &Aggregator, token: &str) -> Result<InvitationReco
         .fresh(|s| s.people.invitation_by_hash(&hash).cloned())
         .await?;
     let now = agg.now_secs();
-    inv.filter(|i| !i.used && i.expires_at > now).ok_or_else(|| {
-        Error::Denied(
-            "this invitation is not valid (used, withdrawn or expired): ask for a new one; a setup link from an earlier start is replaced by the one `veil up` printed last".into(),
-        )
-    })
+    match inv {
+        Some(i) if !i.used && i.expires_at > now => Ok(i),
+        // Past its time but not yet dropped by a registry reload: say so, and what to do.
+        Some(i) if !i.used => {
+            let at = rfc3339(i.expires_at);
+            let at = at.as_str().unwrap_or("its end");
+            Err(Error::Denied(if i.invited_by == SETUP {
+                format!("this setup link expired at {at} (it lasts {} hours): restart `veil up` for a new one, or run `veil user create --email YOU --role owner`", SETUP_SECS / 3600)
+            } else {
+                format!("this invitation expired at {at} (it lasts {} days): ask whoever invited you for a new one", INVITATION_SECS / 86_400)
+            }))
+        }
+        _ => Err(Error::Denied(
+            "this invitation is not valid (used, withdrawn or expired): ask for a new one; a setup link lasts 24 hours, and `veil up` prints a new one at each start while Veil has no owner".into(),
+        )),
+    }
 }
 
 async fn invitation_info(agg: &Aggregator, req: &Request<Bytes>) -> Result<HttpResponse, Error> {

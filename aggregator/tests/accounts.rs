@@ -5,7 +5,11 @@
 //! cookie writes without Origin or CSRF token refused, a brute-forced password locked out
 //! (unknown e-mails too, so nobody learns which exist), the TOTP second factor and recovery
 //! codes, roles per site with invitations (a viewer of one site never sees another), removal
-//! ending sessions, and the audit log of who changed what, readable by owners only.
+//! ending sessions, and the audit log of who changed what, readable by owners only. Expiry
+//! with the aggregator's clock moved on: a session past 7 days, an invitation past 7 days and
+//! the setup link past 24 hours are refused (the last two saying they expired and what to do;
+//! a new setup link, as a restart of `veil up` prints, works), and no setup link exists when
+//! an admin token is set.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -16,7 +20,9 @@ use bytes::Bytes;
 use chrono::Utc;
 use http::{HeaderMap, Request};
 use serde_json::{json, Value};
-use veil_aggregator::account::{csrf_token, LOCK_SECS, MAX_FAILURES};
+use veil_aggregator::account::{
+    csrf_token, INVITATION_SECS, LOCK_SECS, MAX_FAILURES, SESSION_SECS, SETUP_SECS,
+};
 use veil_aggregator::{Aggregator, AggregatorConfig, ManualClock};
 use veil_schemas::sql::Run as _;
 use veil_schemas::ClickHouseConfig;
@@ -602,6 +608,21 @@ async fn roles_per_site_invitations_removal_and_the_audit_log() {
         .await;
     assert_eq!(taken.status, 400, "{}", taken.body);
     let ada = join(&a, url, "ada's long password").await;
+    // The link is one-time: accepted once, it opens nothing, even with Ada's own password.
+    let reused = stranger
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": token_of(url), "password": "ada's long password"})),
+        )
+        .await;
+    assert_eq!(reused.status, 401, "{}", reused.body);
+    assert!(
+        reused.body["error"].as_str().unwrap().contains("not valid"),
+        "{}",
+        reused.body
+    );
 
     // Ada administers a.com and nothing else.
     assert_eq!(
@@ -950,4 +971,251 @@ async fn owners_erase_a_sites_data_on_request_and_only_owners() {
         .unwrap()
         .iter()
         .any(|e| e["action"] == "person.invite"));
+}
+
+/// The clock moved to `secs` past the start of the test (the ManualClock starts at the real
+/// time: the rows are made then, so ClickHouse, which drops rows past their end by its own
+/// clock when the registry reloads, keeps them and only the aggregator's clock decides).
+fn move_to(clock: &ManualClock, start: chrono::DateTime<Utc>, secs: u32) {
+    clock.set(start + chrono::Duration::seconds(i64::from(secs)));
+}
+
+#[tokio::test]
+async fn a_session_past_its_lifetime_is_refused_and_the_person_logs_in_again() {
+    let (a, _, clock) = agg("accounts_session_expiry").await;
+    let start = a.now();
+    let owner = set_up_owner(&a).await;
+    // A minute before its end the session still reads.
+    move_to(&clock, start, SESSION_SECS - 60);
+    let me = owner.call(&a, "GET", "/api/v1/me", None).await;
+    assert_eq!(
+        (me.status, &me.body["email"]),
+        (200, &json!(OWNER)),
+        "{}",
+        me.body
+    );
+    // Past its seven days: refused, on this aggregator and on one that loads it afresh.
+    move_to(&clock, start, SESSION_SECS + 1);
+    let b = Aggregator::new(config(), a.clickhouse().clone()).with_clock(clock.clone());
+    b.registry().refresh().await.unwrap();
+    for (name, agg) in [("a", &a), ("b", &b)] {
+        for (m, p) in [("GET", "/api/v1/me"), ("GET", "/api/v1/sites")] {
+            let r = owner.call(agg, m, p, None).await;
+            assert_eq!(r.status, 401, "{name} {m} {p}: {}", r.body);
+            assert!(
+                r.body["error"].as_str().unwrap().contains("log in again"),
+                "{name} {p}: {}",
+                r.body
+            );
+        }
+        // Nor can it change anything, CSRF token and Origin given.
+        let r = owner
+            .call(
+                agg,
+                "POST",
+                "/api/v1/sites",
+                Some(json!({"domain": "c.com"})),
+            )
+            .await;
+        assert_eq!(r.status, 401, "{name}: {}", r.body);
+    }
+    // Logging in again gives a new session that works (and shows no site was made).
+    let again = logged_in(&a, OWNER, OWNER_PW).await;
+    assert_ne!(again.cookie, owner.cookie);
+    let me = again.call(&a, "GET", "/api/v1/me", None).await;
+    assert_eq!(
+        (me.status, &me.body["email"]),
+        (200, &json!(OWNER)),
+        "{}",
+        me.body
+    );
+    let sites = again.call(&b, "GET", "/api/v1/sites", None).await;
+    assert_eq!(
+        sites.body["sites"],
+        json!(["a.com", "b.com"]),
+        "{}",
+        sites.body
+    );
+}
+
+#[tokio::test]
+async fn an_invitation_past_its_expiry_opens_nothing_and_says_so() {
+    let (a, _, clock) = agg("accounts_invitation_expiry").await;
+    let start = a.now();
+    let owner = set_up_owner(&a).await;
+    let inv = owner
+        .call(
+            &a,
+            "POST",
+            "/api/v1/sites/a.com/people",
+            Some(json!({"email": "vic@example.com", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(inv.status, 201, "{}", inv.body);
+    let token = token_of(inv.body["url"].as_str().unwrap());
+    let stranger = Browser::default();
+    let info = |token: String| {
+        let stranger = stranger.clone();
+        let a = &a;
+        async move {
+            stranger
+                .call(
+                    a,
+                    "POST",
+                    "/api/v1/auth/invitation",
+                    Some(json!({"token": token})),
+                )
+                .await
+        }
+    };
+    // A minute before its end it still opens.
+    move_to(&clock, start, INVITATION_SECS - 60);
+    let r = info(token.clone()).await;
+    assert_eq!(
+        (r.status, &r.body["role"]),
+        (200, &json!("viewer")),
+        "{}",
+        r.body
+    );
+    // Past its seven days: refused, saying it expired and what to do.
+    move_to(&clock, start, INVITATION_SECS + 1);
+    let r = info(token.clone()).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let msg = r.body["error"].as_str().unwrap();
+    assert!(
+        msg.contains("expired") && msg.contains("ask whoever invited you for a new one"),
+        "{msg}"
+    );
+    let accept = stranger
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": token, "password": "vic's long password"})),
+        )
+        .await;
+    assert_eq!(accept.status, 401, "{}", accept.body);
+    assert!(
+        accept.body["error"].as_str().unwrap().contains("expired"),
+        "{}",
+        accept.body
+    );
+    // No account was made, and the owner's list no longer shows it.
+    assert_eq!(
+        login(&a, "vic@example.com", "vic's long password")
+            .await
+            .status,
+        401
+    );
+    let owner = logged_in(&a, OWNER, OWNER_PW).await;
+    let listed = owner
+        .call(&a, "GET", "/api/v1/sites/a.com/people", None)
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body["invitations"], json!([]), "{}", listed.body);
+}
+
+#[tokio::test]
+async fn the_setup_link_past_24_hours_is_refused_and_a_new_one_works() {
+    let (a, _, clock) = agg("accounts_setup_expiry").await;
+    let start = a.now();
+    let stranger = Browser::default();
+    let old = token_of(&a.setup_link().await.unwrap().expect("a setup link"));
+    assert_eq!(SETUP_SECS, 24 * 3600);
+    move_to(&clock, start, SETUP_SECS - 60);
+    let r = stranger
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/invitation",
+            Some(json!({"token": old})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, &r.body["setup"]),
+        (200, &json!(true)),
+        "{}",
+        r.body
+    );
+    // Past 24 hours: refused, saying it expired and how to get a new one; Veil still has no
+    // owner and still answers only with the way to the setup.
+    move_to(&clock, start, SETUP_SECS + 1);
+    let r = stranger
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": old, "email": OWNER, "password": OWNER_PW})),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let msg = r.body["error"].as_str().unwrap();
+    assert!(
+        msg.contains("setup link expired") && msg.contains("restart `veil up`"),
+        "{msg}"
+    );
+    assert_eq!(login(&a, OWNER, OWNER_PW).await.status, 401);
+    let status = stranger.call(&a, "GET", "/api/v1/auth/status", None).await;
+    assert_eq!(status.body["setup_required"], true, "{}", status.body);
+    // What a restart of `veil up` does: a new link, good for 24 hours from now, which works.
+    let new = token_of(&a.setup_link().await.unwrap().expect("a new setup link"));
+    assert_ne!(new, old);
+    move_to(&clock, start, 2 * SETUP_SECS - 60);
+    let mut owner = Browser::default();
+    let r = owner
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": new, "email": OWNER, "password": OWNER_PW})),
+        )
+        .await;
+    owner.keep(&r);
+    assert_eq!(r.body["roles"], json!([{"site": "*", "role": "owner"}]));
+    // The expired link still opens nothing, and there is nothing to set up any more.
+    let r = stranger
+        .call(
+            &a,
+            "POST",
+            "/api/v1/auth/accept",
+            Some(json!({"token": old, "email": "eve@example.com", "password": OWNER_PW})),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(a.setup_link().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn with_an_admin_token_no_setup_link_is_made() {
+    let ch = veil_schemas::testing::fresh_database("accounts_admin_token").await;
+    let a = Aggregator::new(
+        AggregatorConfig {
+            api_token: Some("0123456789abcdef-operator".into()),
+            ..config()
+        },
+        ch,
+    );
+    a.registry().refresh().await.unwrap();
+    // No owner exists, yet nothing offers the setup: the operator holds the token.
+    assert_eq!(a.setup_link().await.unwrap(), None);
+    assert!(!a.registry().snapshot().people.has_owner());
+    let stranger = Browser::default();
+    let status = stranger.call(&a, "GET", "/api/v1/auth/status", None).await;
+    assert_eq!(
+        status.body,
+        json!({"accounts": true, "setup_required": false})
+    );
+    let r = stranger.call(&a, "GET", "/api/v1/sites", None).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.body.get("setup_required"), None, "{}", r.body);
+    // The token is the credential.
+    let r = send(
+        &a,
+        "GET",
+        "/api/v1/sites",
+        &[("authorization", "Bearer 0123456789abcdef-operator")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
 }

@@ -4,7 +4,9 @@
 //! aggregator's Host allow-list checks it). The `location` blocks are matched as nginx does
 //! (an exact `=` match first, else the longest prefix; the example has no regex locations).
 //! Its production ClickHouse profile (the first ```sql block) leaves room for the settings
-//! Veil sends per query, and the page names the settings and the ClickHouse 26 fixture.
+//! Veil sends per query, and the page names the settings and the ClickHouse 26 fixture. Its
+//! systemd unit requires the token file (no `EnvironmentFile=-`) and refuses to start without
+//! `VEIL_ADMIN_TOKEN` (its `ExecStartPre` check is run here without and with the token).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -197,4 +199,100 @@ fn the_production_profile_leaves_room_for_what_veil_sets_per_query() {
     ] {
         assert!(doc.contains(name), "docs/DEPLOY.md does not name {name}");
     }
+}
+
+/// The first ```ini block of docs/DEPLOY.md (the systemd unit of section 1).
+fn systemd_unit() -> &'static str {
+    let doc = include_str!("../../docs/DEPLOY.md");
+    doc.split("```ini\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a systemd unit in docs/DEPLOY.md")
+}
+
+/// Runs the unit's `ExecStartPre=/bin/sh -c '…'` as systemd would (`$$` is a literal `$`),
+/// with only `env` in the environment; whether it succeeded.
+fn exec_start_pre_passes(script: &str, env: &[(&str, &str)]) -> bool {
+    std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script.replace("$$", "$"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .status()
+        .expect("/bin/sh runs")
+        .success()
+}
+
+#[test]
+fn the_systemd_unit_will_not_start_without_the_admin_token() {
+    let unit = systemd_unit();
+    let doc = include_str!("../../docs/DEPLOY.md");
+    // A "-" before the path makes a missing file silently fine: Veil would start without its
+    // token, open on loopback, and the TLS proxy in front would publish the admin API.
+    assert!(
+        !doc.contains("EnvironmentFile=-"),
+        "docs/DEPLOY.md makes the token file optional again"
+    );
+    let service: Vec<&str> = unit
+        .split("[Service]")
+        .nth(1)
+        .and_then(|s| s.split("\n[").next())
+        .expect("a [Service] section")
+        .lines()
+        .map(str::trim)
+        .collect();
+    let value = |key: &str| -> Vec<&str> {
+        service
+            .iter()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .collect()
+    };
+    // The file the unit requires is the one the page tells to write, and it holds the token.
+    let files = value("EnvironmentFile");
+    assert_eq!(files, ["/etc/veil/secrets.env"], "{unit}");
+    let secrets = doc
+        .split("# /etc/veil/secrets.env")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the secrets file's example in docs/DEPLOY.md");
+    assert!(
+        secrets
+            .lines()
+            .skip(1)
+            .any(|l| l.starts_with("VEIL_ADMIN_TOKEN=")),
+        "{secrets}"
+    );
+    // A file that is there but lacks the token stops the start too: the check fails, and it
+    // is not marked "-" (which would let systemd ignore its failure).
+    let checks = value("ExecStartPre");
+    assert_eq!(checks.len(), 1, "one ExecStartPre check: {unit}");
+    assert!(
+        !checks[0].starts_with('-'),
+        "ExecStartPre=- lets systemd ignore the check's failure: {}",
+        checks[0]
+    );
+    let script = checks[0]
+        .strip_prefix("/bin/sh -c '")
+        .and_then(|s| s.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("ExecStartPre is not `/bin/sh -c '…'`: {}", checks[0]));
+    // `$$`: systemd would otherwise paste the token into a command line others can read.
+    assert!(
+        !script.replace("$$", "").contains('$'),
+        "a single `$` in ExecStartPre is expanded by systemd into the command line: {script}"
+    );
+    assert!(!exec_start_pre_passes(script, &[]), "no token: {script}");
+    assert!(
+        !exec_start_pre_passes(script, &[("VEIL_ADMIN_TOKEN", "")]),
+        "an empty token: {script}"
+    );
+    assert!(
+        exec_start_pre_passes(script, &[("VEIL_ADMIN_TOKEN", "0123456789abcdef0123")]),
+        "the token set: {script}"
+    );
+    assert!(
+        value("ExecStart")
+            .first()
+            .is_some_and(|s| s.starts_with("/usr/local/bin/veil up")),
+        "{unit}"
+    );
 }
