@@ -26,8 +26,11 @@
 //!   KEY` to be allowed to set `ip`, `user_agent` and a back-dated `timestamp` (it reads
 //!   nothing); `GET …/ingest-keys` → `{"ingest_keys": [{"id", "name", "created_at", "revoked"}]}`,
 //!   `DELETE …/ingest-keys/{id}` → `{"revoked": "ID"}`;
-//! - `POST /api/v1/sites/{domain}/shared-links` `{"name"?, "password"?, "expires_at"?}` → 201
-//!   `{"id", "url": "/share/{domain}#auth=TOKEN", "token", "site", "name", "expires_at", "password"}`
+//! - `POST /api/v1/sites/{domain}/shared-links` `{"name"?, "password"?, "expires_at"?,
+//!   "embed_origins"?: ["https://blog.example", …]}` → 201 `{"id", "url":
+//!   "/share/{domain}#auth=TOKEN", "embed_url"?: "/share/{domain}?embed={id}#auth=TOKEN",
+//!   "token", "site", "name", "expires_at", "password", "embed_origins"}` (the embed page may be
+//!   framed by those origins only: [`crate::guard::Guard::harden_embedded`])
 //!   (`expires_at`: RFC 3339 or Unix seconds, in the future; `password`: 8–256 bytes, then
 //!   required in `X-Veil-Link-Password`); `GET …/shared-links` lists them (never tokens);
 //!   `DELETE …/shared-links/{id}` revokes one.
@@ -641,6 +644,7 @@ fn link_json(l: &veil_schemas::registry::LinkRecord) -> Value {
         "expires_at": if l.expires_at == 0 { Value::Null } else { rfc3339(l.expires_at) },
         "password": !l.password_hash.is_empty(),
         "revoked": l.revoked,
+        "embed_origins": l.embed_origins,
     })
 }
 
@@ -680,7 +684,30 @@ async fn create_link(
     site: &str,
 ) -> Result<HttpResponse, Error> {
     let obj = body_object(req)?;
-    only_fields(&obj, &["name", "password", "expires_at"])?;
+    only_fields(&obj, &["name", "password", "expires_at", "embed_origins"])?;
+    let embed_origins = match obj.get("embed_origins") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) if a.len() <= crate::guard::MAX_EMBED_ORIGINS => {
+            let mut out = Vec::new();
+            for v in a {
+                let s = v.as_str().ok_or_else(|| {
+                    bad(
+                        "`embed_origins` must be a list of origins like \"https://blog.example\""
+                            .into(),
+                    )
+                })?;
+                let o = crate::guard::embed_origin(s).map_err(bad)?;
+                if !out.contains(&o) {
+                    out.push(o);
+                }
+            }
+            out
+        }
+        Some(_) => return Err(bad(format!(
+            "`embed_origins` must be a list of at most {} origins like \"https://blog.example\"",
+            crate::guard::MAX_EMBED_ORIGINS
+        ))),
+    };
     let name = optional_string(&obj, "name")?.unwrap_or_default();
     if !name.is_empty() {
         check_text("name", &name, MAX_NAME_BYTES)?;
@@ -699,7 +726,7 @@ async fn create_link(
     };
     let (rec, token) = agg
         .registry
-        .create_link(site, &name, password_hash, expires_at)
+        .create_link(site, &name, password_hash, expires_at, embed_origins)
         .await?;
     let mut v = link_json(&rec);
     agg.audit(access, site, "shared_link.create", v.clone())
@@ -708,6 +735,14 @@ async fn create_link(
         m.insert("token".into(), json!(token));
         // In the fragment: browsers never send it to a server (nor in a Referer).
         m.insert("url".into(), json!(format!("/share/{site}#auth={token}")));
+        if !rec.embed_origins.is_empty() {
+            // The page those origins may put in an <iframe> (the link's id, not secret, in
+            // the query: the server must know which link's origins to allow).
+            m.insert(
+                "embed_url".into(),
+                json!(format!("/share/{site}?embed={}#auth={token}", rec.id)),
+            );
+        }
     }
     Ok(json_response(StatusCode::CREATED, &v))
 }

@@ -31,6 +31,11 @@
 //! `Content-Security-Policy` of `default-src 'none'; frame-ancestors 'none'; sandbox` where the
 //! answer has none (the dashboard's pages bring their own, stricter for scripts), and
 //! `Strict-Transport-Security` when `--public-url` is `https`.
+//!
+//! One page may be framed: a shared link made with `embed_origins` serves its dashboard at
+//! `/share/{domain}?embed={link id}` ([`Guard::harden_embedded`]) with `frame-ancestors` naming
+//! exactly those origins and no `X-Frame-Options`; an unknown, revoked or expired link, a link
+//! of another site or one without origins gets the page as every other (`'none'`).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -303,10 +308,109 @@ impl Guard {
     }
 }
 
+impl Guard {
+    /// [`Guard::harden`] for a shared link's page that `origins` may embed: the page's
+    /// `frame-ancestors 'none'` becomes those origins, and `X-Frame-Options` goes (it cannot
+    /// name an origin, and a browser that reads it would refuse the frame).
+    pub fn harden_embedded(&self, r: HttpResponse, origins: &[String]) -> HttpResponse {
+        let mut r = self.harden(r);
+        let h = r.headers_mut();
+        h.remove(header::X_FRAME_OPTIONS);
+        let csp = h
+            .get(header::CONTENT_SECURITY_POLICY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(API_CSP)
+            .replace(
+                "frame-ancestors 'none'",
+                &format!("frame-ancestors {}", origins.join(" ")),
+            );
+        match HeaderValue::from_str(&csp) {
+            Ok(v) => {
+                h.insert(header::CONTENT_SECURITY_POLICY, v);
+            }
+            // Origins were checked by `embed_origin` when the link was made; should one not
+            // fit a header, the page stays unframeable.
+            Err(_) => {
+                h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+            }
+        }
+        r
+    }
+}
+
+/// The most origins one shared link may be embedded in.
+pub const MAX_EMBED_ORIGINS: usize = 10;
+
+/// An origin a shared link may be embedded in, as `frame-ancestors` names it: `http` or
+/// `https`, a host, a port when not the scheme's default — `https://blog.example`,
+/// `http://127.0.0.1:8080`. No path, query, user or wildcard. The error says what is wrong.
+pub fn embed_origin(s: &str) -> Result<String, String> {
+    let bad = |why: &str| {
+        format!("`embed_origins`: {s:?} is not an origin like https://blog.example ({why})")
+    };
+    let uri: Uri = s.trim().parse().map_err(|_| bad("not a URL"))?;
+    let scheme = uri
+        .scheme_str()
+        .map(str::to_ascii_lowercase)
+        .ok_or_else(|| bad("no scheme"))?;
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return Err(bad("only http and https")),
+    };
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("no user name"));
+    }
+    let host = authority.host().to_ascii_lowercase();
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+    if !host_ok {
+        return Err(bad("a host name or IP address, no wildcard"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(bad("an origin has no path or query"));
+    }
+    Ok(match authority.port_u16() {
+        Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::StatusCode;
+
+    #[test]
+    fn embed_origins_are_checked_and_written_as_csp_names_them() {
+        assert_eq!(
+            embed_origin("https://Blog.Example").unwrap(),
+            "https://blog.example"
+        );
+        assert_eq!(
+            embed_origin("https://blog.example:443/").unwrap(),
+            "https://blog.example"
+        );
+        assert_eq!(
+            embed_origin("http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        for bad in [
+            "blog.example",
+            "ftp://blog.example",
+            "https://blog.example/page",
+            "https://blog.example?x=1",
+            "https://*.example",
+            "https://u@blog.example",
+            "https://blog.example; script-src *",
+            "",
+        ] {
+            assert!(embed_origin(bad).is_err(), "{bad}");
+        }
+    }
 
     fn guard(public: Option<&str>, listen: &str) -> Guard {
         Guard::new(

@@ -891,6 +891,26 @@ impl Aggregator {
         }
     }
 
+    /// The origins that may embed the page `req` asks for: a shared link's dashboard
+    /// `/share/{domain}?embed={link id}` whose link is of that site, live (not revoked, not
+    /// expired) and made with `embed_origins`; `None` for every other request (the page is
+    /// then served unframeable). See [`guard::Guard::harden_embedded`].
+    pub fn embed_origins<B>(&self, req: &Request<B>) -> Option<Vec<String>> {
+        let domain = req.uri().path().strip_prefix("/share/")?;
+        if domain.is_empty() || domain.contains('/') {
+            return None;
+        }
+        let id = form_urlencoded::parse(req.uri().query()?.as_bytes())
+            .find(|(k, _)| k == "embed")
+            .map(|(_, v)| v.into_owned())?;
+        let snap = self.registry.snapshot();
+        let link = snap.link(&id)?;
+        let live = !link.revoked
+            && (link.expires_at == 0 || self.now().timestamp() < i64::from(link.expires_at));
+        (live && link.site.eq_ignore_ascii_case(domain) && !link.embed_origins.is_empty())
+            .then(|| link.embed_origins.clone())
+    }
+
     /// Its privacy state (settings, noise keys, budget charges).
     pub fn privacy(&self) -> &Arc<privacy::Privacy> {
         &self.privacy

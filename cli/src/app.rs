@@ -3,8 +3,9 @@
 //!
 //! Every request that is not the collector's (or, in `veil aggregator`, `/healthz`) passes the
 //! aggregator's [`Guard`] first — the Host allow-list, the cross-origin and JSON checks — and
-//! every answer it gets carries the guard's security headers (`veil_aggregator::guard`). This
-//! is the one place browser-facing requests enter.
+//! every answer it gets carries the guard's security headers (`veil_aggregator::guard`); a
+//! shared link's embed page gets the origins its link names as `frame-ancestors`. This is the
+//! one place browser-facing requests enter.
 
 use std::sync::Arc;
 
@@ -49,7 +50,10 @@ impl App for VeilApp {
                 return self.guard.harden(veil_aggregator::http::error_response(&e));
             }
             if let Some(r) = veil_dashboards::handle(&req) {
-                return self.guard.harden(r);
+                return match self.aggregator.embed_origins(&req) {
+                    Some(origins) => self.guard.harden_embedded(r, &origins),
+                    None => self.guard.harden(r),
+                };
             }
             let not_found = veil_collector::not_found(&req);
             if let Some(r) = self.aggregator.handle(req).await {

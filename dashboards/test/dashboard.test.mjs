@@ -402,6 +402,63 @@ test("a shared link opens the dashboard read-only without a key; its token stays
   }
 });
 
+test("an embedded shared link: made in settings with the host page's origin, it opens in that page's iframe with the API's numbers; a link without that origin is refused", async () => {
+  const pages = {};
+  const host = await pageServer(pages);
+  try {
+    // Made in settings, with the origin of the page that will embed it: the embed code shows.
+    const admin = await open(chrome);
+    await admin.goto(`${veil.url}/site/${SITE}/settings`);
+    await admin.waitForSelector("#shared_links-form");
+    await admin.fill('#shared_links-form input[name="name"]', "blog embed");
+    await admin.fill('#shared_links-form input[name="embed_origins"]', host.origin);
+    await admin.click('#shared_links-form button[type="submit"]');
+    await admin.waitForSelector("#shared_links-embed");
+    const code = await admin.$eval("#shared_links-embed", (e) => e.textContent);
+    const src = code.match(/src="([^"]+)"/)[1];
+    assert.ok(src.startsWith(`${veil.url}/share/${SITE}?embed=`), code);
+    assert.match(await admin.$eval("#shared_links-list", (e) => e.textContent), new RegExp(`blog embed .*may be embedded in ${host.origin}`));
+    assert.ok(await admin.$('button[aria-label="Copy: embed code"]'));
+    noProblems(admin);
+    await admin.close_all();
+
+    // The server frames the embed page for that origin only; every other page stays unframeable.
+    const head = async (url) => { const r = await fetch(url); await r.arrayBuffer(); return r.headers; };
+    const embedded = await head(src.split("#")[0]);
+    assert.match(embedded.get("content-security-policy"), new RegExp(`frame-ancestors ${host.origin}(;|$)`));
+    assert.equal(embedded.get("x-frame-options"), null);
+    const plainLink = await api(veil, `/api/v1/sites/${SITE}/shared-links`, { body: { name: "not for embedding" } });
+    for (const url of [`${veil.url}${plainLink.url.split("#")[0]}?embed=${plainLink.id}`, `${veil.url}/share/other.example?embed=${new URL(src).searchParams.get("embed")}`,
+      `${veil.url}/site/${SITE}`]) {
+      const h = await head(url);
+      assert.match(h.get("content-security-policy"), /frame-ancestors 'none'/, url);
+      assert.equal(h.get("x-frame-options"), "DENY", url);
+    }
+
+    // The host page: the embedded link opens inside it; the other link is refused by the browser.
+    pages["/"] = `<!doctype html><html lang="en"><head><title>Our numbers</title><link rel="icon" href="data:,"></head><body><h1>Our numbers</h1>${code}` +
+      `<iframe id="plain" title="plain" src="${veil.url}${plainLink.url}"></iframe></body></html>`;
+    const page = await open(chrome, { token: null });
+    await page.goto(host.origin + "/");
+    const frame = await waitFor(() => page.frames().find((f) => f.url().includes("?embed=")), (f) => !!f, { what: () => "no embedded frame" });
+    await settled(frame);
+    const want = await api(veil, "/api/v2/query", { body: { site_id: SITE, date_range: "7d", metrics: ["visitors"] }, token: linkToken(src) });
+    assert.equal((await statValues(frame)).visitors, str(want.results[0].metrics[0]));
+    assert.equal(await frame.$eval("header.top", (e) => getComputedStyle(e).display), "none", "no top bar when embedded");
+    // A change of period inside the frame keeps the embed id (the server frames by it).
+    await frame.selectOption("#period", "30d");
+    await settled(frame);
+    assert.match(frame.url(), /\?embed=[0-9a-f]+&.*period=30d/);
+    assert.equal(new URL(frame.url()).hash, "#auth=" + linkToken(src));
+    const refused = await waitFor(() => page.problems, (l) => l.some((p) => /frame-ancestors 'none'/.test(p)),
+      { what: (l) => "the plain link was not refused: " + JSON.stringify(l) });
+    assert.deepEqual(refused.filter((p) => !/frame-ancestors 'none'/.test(p)), []);
+    await page.close_all();
+  } finally {
+    await host.close();
+  }
+});
+
 test("the realtime view refreshes by itself after a new event", async () => {
   const page = await open(chrome);
   await page.goto(dash("view=realtime&refresh=2"));

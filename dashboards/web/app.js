@@ -35,7 +35,7 @@
   const FOLDED = /^\(other: \d+ rows? under k=\d+\)$/;
 
   const S = {
-    page: "sites", site: "", share: false, shareToken: "", password: "", settings: null, settingsError: null, me: null, csrf: "",
+    page: "sites", site: "", share: false, shareToken: "", embed: "", password: "", settings: null, settingsError: null, me: null, csrf: "",
     generation: 0, timer: 0, chart: null, resize: null, privacy: null,
   };
 
@@ -361,6 +361,7 @@
   function stateUrl(st) {
     const pairs = [];
     const p = { set: (k, v) => pairs.push([k, v]), append: (k, v) => pairs.push([k, v]) };
+    if (S.share && S.embed) p.set("embed", S.embed);
     if (st.view !== "web") p.set("view", st.view);
     p.set("period", st.period);
     if (st.period === "custom") { p.set("from", st.from); p.set("to", st.to); }
@@ -1548,12 +1549,7 @@
     ];
     const blocks = snippets.map(([label, code], i) => {
       const pre = h("pre", { class: "snippet", id: "snippet-" + i }, h("code", { text: code }));
-      const copy = h("button", { type: "button", class: "secondary", text: "Copy", "aria-label": "Copy: " + label,
-        onclick: async () => {
-          try { await navigator.clipboard.writeText(code); status("Copied: " + label + "."); }
-          catch { status("Copying is not allowed here: select the text and copy it."); }
-        } });
-      return h("div", { class: "snippet-block" }, h("h3", { text: label }), pre, copy);
+      return h("div", { class: "snippet-block" }, h("h3", { text: label }), pre, copyButton(label, () => code));
     });
     const check = h("p", { id: "install-check", class: "hint", role: "status", "aria-live": "polite",
       text: "Checking for events…" });
@@ -1677,12 +1673,21 @@
     return section("Funnels", list, form);
   }
   function itemsOf(d, key) { return Array.isArray(d) ? d : (d && (d[key] || d.items)) || []; }
+  // A "Copy" button for the text `text()` gives, named for `label` (screen readers say which).
+  function copyButton(label, text) {
+    return h("button", { type: "button", class: "secondary", text: "Copy", "aria-label": "Copy: " + label,
+      onclick: async () => {
+        try { await navigator.clipboard.writeText(text()); status("Copied: " + label + "."); }
+        catch { status("Copying is not allowed here: select the text and copy it."); }
+      } });
+  }
   function describe(item) {
     const parts = [item.name || item.label || item.id];
     const when = (v) => (typeof v === "number" ? new Date(v * 1000).toISOString().slice(0, 16).replace("T", " ") : String(v));
     if (item.created_at) parts.push("created " + when(item.created_at));
     if (item.expires_at) parts.push("expires " + when(item.expires_at));
     if (item.password === true) parts.push("password");
+    if (item.embed_origins && item.embed_origins.length) parts.push("may be embedded in " + item.embed_origins.join(", "));
     return parts.filter(Boolean).join(" · ");
   }
   async function collection(title, suffix, key, createFields, shownSecret) {
@@ -1693,6 +1698,7 @@
         const d = await api(sitePath(suffix));
         list.replaceChildren(...itemsOf(d, key).filter((it) => !it.revoked).map((it) => h("li", {}, h("span", { text: describe(it) + " " }),
           it.url ? h("code", { class: "secret", text: location.origin + it.url.replace(/^https?:\/\/[^/]+/, "") }) : null,
+          it.url ? copyButton("link " + (it.name || it.id), () => location.origin + it.url.replace(/^https?:\/\/[^/]+/, "")) : null,
           h("button", { type: "button", class: "link", "aria-label": "Revoke " + (it.name || it.id), text: "Revoke",
             onclick: async () => {
               try { await api(sitePath(suffix + "/" + encodeURIComponent(it.id)), { method: "DELETE" }); draw(); } catch (e) { status(e.message); }
@@ -1707,9 +1713,18 @@
       for (const [k, v] of f) if (String(v).trim()) body[k] = String(v).trim();
       // A date input gives a day: the link works until that day ends (UTC).
       if (body.expires_at && DATE_RE.test(body.expires_at)) body.expires_at += "T23:59:59Z";
+      if (body.embed_origins) body.embed_origins = body.embed_origins.split(/[\s,]+/).filter(Boolean);
       try {
         const r = await api(sitePath(suffix), { body });
-        out.replaceChildren(h("p", { text: shownSecret }), h("code", { class: "secret", id: key + "-new", text: secretOf(r) }));
+        const secret = secretOf(r);
+        out.replaceChildren(h("p", { text: shownSecret }), h("code", { class: "secret", id: key + "-new", text: secret }),
+          copyButton(title.toLowerCase().replace(/ \(.*$/, "") + ": the new one", () => secret));
+        if (r && r.embed_url) {
+          const frame = `<iframe src="${location.origin + r.embed_url}" title="${S.site} analytics" ` +
+            `style="width:100%;height:1600px;border:0" loading="lazy"></iframe>`;
+          out.append(h("p", { text: "To embed it in " + r.embed_origins.join(", ") + ", paste this into a page there:" }),
+            h("pre", { class: "snippet", id: key + "-embed" }, h("code", { text: frame })), copyButton("embed code", () => frame));
+        }
         form.reset();
         draw();
       } catch (e) { status(title + ": " + e.message); }
@@ -1736,7 +1751,9 @@
     return collection("Shared links", "/shared-links", "shared_links",
       [h("label", {}, "Name", h("input", { name: "name", autocomplete: "off" })),
         h("label", {}, "Password (optional)", h("input", { name: "password", type: "password", autocomplete: "new-password" })),
-        h("label", {}, "Expires (optional)", h("input", { name: "expires_at", type: "date" }))],
+        h("label", {}, "Expires (optional)", h("input", { name: "expires_at", type: "date" })),
+        h("label", {}, "May be embedded in (optional origins, e.g. https://blog.example)",
+          h("input", { name: "embed_origins", autocomplete: "off", placeholder: "https://blog.example" }))],
       "Read-only link (anyone with it can see this dashboard):");
   }
 
@@ -2102,6 +2119,10 @@
     if ((m = path.match(/^\/share\/([^/]+)$/))) {
       S.share = true;
       S.site = decodeURIComponent(m[1]);
+      // An embedded link (`?embed=ID`, framed by a page its link names): no top bar; the id
+      // stays in every state's URL, since the server allows the frame by it.
+      S.embed = params.get("embed") || "";
+      document.body.classList.toggle("embedded", !!S.embed);
       const legacy = params.get("auth");
       S.shareToken = new URLSearchParams(location.hash.slice(1)).get("auth") || legacy || "";
       if (legacy !== null) {

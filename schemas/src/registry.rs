@@ -266,6 +266,8 @@ pub struct LinkRecord {
     pub expires_at: u32,
     /// Unix seconds.
     pub created_at: u32,
+    /// Origins (`https://host[:port]`) its page may be embedded in; empty: none.
+    pub embed_origins: Vec<String>,
     /// Revoked links open nothing.
     pub revoked: bool,
     /// Version of this row.
@@ -466,6 +468,7 @@ struct LinkRow {
     created_at: u32,
     revoked: u8,
     version: u64,
+    embed_origins: String,
 }
 
 impl From<&KeyRecord> for KeyRow {
@@ -508,6 +511,7 @@ impl From<&LinkRecord> for LinkRow {
             created_at: l.created_at,
             revoked: u8::from(l.revoked),
             version: l.version,
+            embed_origins: l.embed_origins.join(" "),
         }
     }
 }
@@ -523,6 +527,11 @@ impl From<LinkRow> for LinkRecord {
             expires_at: r.expires_at,
             created_at: r.created_at,
             revoked: r.revoked != 0,
+            embed_origins: r
+                .embed_origins
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
             version: r.version,
         }
     }
@@ -632,7 +641,8 @@ impl Registry {
                 "SELECT id, argMax(token_hash, version) AS h, argMax(site, version) AS st, \
                  argMax(name, version) AS n, argMax(password_hash, version) AS p, \
                  argMax(expires_at, version) AS e, argMax(created_at, version) AS c, \
-                 argMax(revoked, version) AS r, max(version) AS v FROM shared_links GROUP BY id",
+                 argMax(revoked, version) AS r, max(version) AS v, \
+                 argMax(embed_origins, version) AS eo FROM shared_links GROUP BY id",
             ))
             .fetch_all()
             .await?;
@@ -927,13 +937,15 @@ impl Registry {
 
     /// Makes a new shared link for `site`: returns its record and the token (`vl_` and 64
     /// hex digits; only its hash is stored). `password_hash` is a PHC string or empty;
-    /// `expires_at` Unix seconds or 0 for never.
+    /// `expires_at` Unix seconds or 0 for never; `embed_origins` the origins its page may be
+    /// embedded in (checked by the caller).
     pub async fn create_link(
         &self,
         site: &str,
         name: &str,
         password_hash: String,
         expires_at: u32,
+        embed_origins: Vec<String>,
     ) -> Result<(LinkRecord, String), Error> {
         let token = format!("vl_{}", random_hex(32)?);
         let rec = LinkRecord {
@@ -945,6 +957,7 @@ impl Registry {
             expires_at,
             created_at: now_secs(),
             revoked: false,
+            embed_origins,
             version: self.next_version(),
         };
         self.insert_link(&rec).await?;

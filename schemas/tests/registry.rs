@@ -69,7 +69,7 @@ async fn two_registries_share_sites_keys_and_links() {
     };
     a.put_site("shop.example", newer.clone()).await.unwrap();
     let (link, token) = a
-        .create_link("shop.example", "board", String::new(), 0)
+        .create_link("shop.example", "board", String::new(), 0, Vec::new())
         .await
         .unwrap();
     b.refresh().await.unwrap();

@@ -182,6 +182,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "digest_options",
         sql: include_str!("../../migrations/022_digest_options.sql"),
     },
+    Migration {
+        version: 23,
+        name: "link_embeds",
+        sql: include_str!("../../migrations/023_link_embeds.sql"),
+    },
 ];
 
 impl Migration {
