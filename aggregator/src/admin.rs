@@ -703,10 +703,12 @@ async fn create_link(
             }
             out
         }
-        Some(_) => return Err(bad(format!(
+        Some(_) => {
+            return Err(bad(format!(
             "`embed_origins` must be a list of at most {} origins like \"https://blog.example\"",
             crate::guard::MAX_EMBED_ORIGINS
-        ))),
+        )))
+        }
     };
     let name = optional_string(&obj, "name")?.unwrap_or_default();
     if !name.is_empty() {

@@ -526,10 +526,7 @@ fn echo(q: &Query, tz: chrono_tz::Tz) -> Value {
         "total_rows": q.total_rows,
     });
     if let Some(c) = q.compare {
-        include["comparisons"] = json!({"mode": match c {
-            query::Compare::PreviousPeriod => "previous_period",
-            query::Compare::YearOverYear => "year_over_year",
-        }});
+        include["comparisons"] = c.to_json();
     }
     if !q.rollups {
         include["rollups"] = json!(false);

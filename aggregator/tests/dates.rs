@@ -10,6 +10,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use veil_aggregator::stats;
 
 /// Six visitors on the clock's day, 2026-11-28 10:00 UTC.
 async fn seed_today(ch: &veil_schemas::ClickHouseConfig) {
@@ -73,12 +74,91 @@ async fn each_window_counts_the_days_plausible_counts() {
         "{d}"
     );
     b["include"] = json!({"comparisons": {"mode": "year_over_year"}});
-    let d = q(&ch, &s, b).await;
+    let d = q(&ch, &s, b.clone()).await;
     assert_eq!(
         d["meta"]["comparison_date_range"],
         json!(["2025-11-01", "2025-11-28"]),
         "{d}"
     );
+    // match_day_of_week (Plausible's option): November 2026 starts on a Sunday; 2025-11-01 is
+    // a Saturday, so the year-over-year period starts on the Sunday after, 2025-11-02. The
+    // previous period (from Sunday 2026-10-04) already starts on a Sunday: unchanged.
+    b["include"] = json!({"comparisons": {"mode": "year_over_year", "match_day_of_week": true}});
+    let d = q(&ch, &s, b.clone()).await;
+    assert_eq!(
+        d["meta"]["comparison_date_range"],
+        json!(["2025-11-02", "2025-11-29"]),
+        "{d}"
+    );
+    assert_eq!(
+        d["query"]["include"]["comparisons"], b["include"]["comparisons"],
+        "echoed"
+    );
+    b["include"] = json!({"comparisons": {"mode": "previous_period", "match_day_of_week": true}});
+    let d = q(&ch, &s, b.clone()).await;
+    assert_eq!(
+        d["meta"]["comparison_date_range"],
+        json!(["2026-10-04", "2026-10-31"]),
+        "{d}"
+    );
+    // custom: a range of its own; its numbers are that range's own answer.
+    let mut b = visitors(json!(["2026-11-28", "2026-11-28"]));
+    b["include"] =
+        json!({"comparisons": {"mode": "custom", "date_range": ["2026-11-19", "2026-11-20"]}});
+    let d = q(&ch, &s, b.clone()).await;
+    assert_eq!(
+        d["meta"]["comparison_date_range"],
+        json!(["2026-11-19", "2026-11-20"]),
+        "{d}"
+    );
+    let direct = q(&ch, &s, visitors(json!(["2026-11-19", "2026-11-20"]))).await;
+    assert_eq!(
+        d["results"][0]["comparison"]["metrics"][0],
+        total(&direct),
+        "{d}\n{direct}"
+    );
+    assert_eq!(total(&d), json!(6), "today's six: {d}");
+    assert_eq!(
+        d["query"]["include"]["comparisons"], b["include"]["comparisons"],
+        "echoed"
+    );
+    // Options that do not fit their mode are refused with what is wrong.
+    for (bad, says) in [
+        (json!({"mode": "custom"}), "date_range"),
+        (
+            json!({"mode": "custom", "date_range": ["2026-11-20"]}),
+            "two dates",
+        ),
+        (
+            json!({"mode": "custom", "date_range": ["2026-11-20", "2026-11-19"]}),
+            "after the last",
+        ),
+        (
+            json!({"mode": "custom", "date_range": ["2026-11-xx", "2026-11-20"]}),
+            "not a date",
+        ),
+        (
+            json!({"mode": "previous_period", "date_range": ["2026-11-19", "2026-11-20"]}),
+            "custom",
+        ),
+        (json!({"mode": "last_week"}), "unknown mode"),
+    ] {
+        let mut b = visitors(json!("7d"));
+        b["include"] = json!({ "comparisons": bad });
+        let e = stats::run(
+            &ch.client(),
+            &s,
+            b.to_string().as_bytes(),
+            now(),
+            Default::default(),
+        )
+        .await
+        .expect_err(&b.to_string());
+        assert!(
+            matches!(e, veil_aggregator::Error::BadRequest(_)) && e.to_string().contains(says),
+            "{b}: {e}"
+        );
+    }
     let d = q(&ch, &s, visitors(json!("year"))).await;
     assert_eq!(total(&d), json!(29), "{d}");
     assert_eq!(

@@ -256,6 +256,27 @@ test("comparison with the previous period: change badges and the chart's compari
     assert.deepEqual(shown[1], [str(r.metrics[0]), str(r.comparison?.metrics?.[0])]);
   }
   await screenshot(page, "dashboard-comparison");
+
+  // "Match day of week" (Plausible's option): over 30 days the previous period starts two
+  // weekdays off; ticked, the comparison starts on the same weekday — the API's numbers for it.
+  await page.goto(dash("period=30d&compare=previous_period"));
+  await settled(page);
+  await page.check("#match-day");
+  await page.waitForURL(/match=1/);
+  await settled(page);
+  const matched = await query(veil, { metrics, date_range: "30d", include: { comparisons: { mode: "previous_period", match_day_of_week: true } } });
+  const plain = await query(veil, { metrics, date_range: "30d", include: { comparisons: { mode: "previous_period" } } });
+  assert.notDeepEqual(matched.meta.comparison_date_range, plain.meta.comparison_date_range);
+  const weekday = (d) => new Date(d + "T00:00:00Z").getUTCDay();
+  assert.equal(weekday(matched.meta.comparison_date_range[0]), weekday(matched.query.date_range[0].slice(0, 10)));
+  assert.deepEqual(await page.$$eval("#stats .prev", (els) => els.map((e) => e.dataset.prev)),
+    matched.results[0].comparison.metrics.map(str));
+  await page.reload();
+  await settled(page);
+  assert.equal(await page.$eval("#match-day", (e) => e.checked), true, "kept in the URL");
+  await page.selectOption("#compare", "");
+  await settled(page);
+  assert.equal(await page.$eval("#match-day-l", (e) => e.hidden), true, "no comparison, no option");
   noProblems(page);
   await page.close_all();
 });

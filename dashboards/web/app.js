@@ -339,7 +339,7 @@
       compare: pick("compare", COMPARES, ""), view: pick("view", ["web", "app", "realtime"], "web"),
       metric: METRIC_LABELS[p.get("metric")] ? p.get("metric") : "", prop: p.get("prop") || "",
       refresh: Math.min(300, Math.max(2, Number(p.get("refresh")) || 10)), filters: [], tabs: {},
-      imports: p.get("imports") !== "0",
+      imports: p.get("imports") !== "0", matchDay: p.get("match") === "1",
     };
     if (st.period === "custom" && !(DATE_RE.test(st.from) && DATE_RE.test(st.to))) st.period = "7d";
     st.interval = pick("interval", INTERVALS, defaultInterval(st.period));
@@ -366,6 +366,7 @@
     p.set("period", st.period);
     if (st.period === "custom") { p.set("from", st.from); p.set("to", st.to); }
     if (st.compare) p.set("compare", st.compare);
+    if (st.compare && st.matchDay) p.set("match", "1");
     if (st.interval !== defaultInterval(st.period)) p.set("interval", st.interval);
     if (st.metric) p.set("metric", st.metric);
     if (st.imports === false) p.set("imports", "0");
@@ -386,6 +387,11 @@
     history.pushState(null, "", stateUrl(st));
     renderDash();
     if (after) after();
+  }
+  // The Stats API's `include.comparisons` of a state: its mode, and Plausible's "match day of
+  // week" (the comparison starts on the same weekday) when ticked.
+  function comparisonOf(st) {
+    return st.matchDay ? { mode: st.compare, match_day_of_week: true } : { mode: st.compare };
   }
   function dateRange(st) { return st.period === "custom" ? [st.from, st.to] : st.period; }
   function apiFilters(st) { return st.filters.map((f) => [f.op, f.dim, filterValues(f.value)]); }
@@ -932,7 +938,7 @@
     const slots = groups.map(() => h("div", { class: "slot" }));
     const runs = groups.map((metrics, g) => {
       const query = Object.assign(baseQuery(st), { metrics, dimensions: [] });
-      if (st.compare) query.include = withInclude(st, { comparisons: { mode: st.compare } });
+      if (st.compare) query.include = withInclude(st, { comparisons: comparisonOf(st) });
       return api("/api/v2/query", { body: query }).then((data) => {
         if (gen !== S.generation) return data;
         const r = (data.results || [])[0] || { metrics: metrics.map(() => null) };
@@ -985,7 +991,7 @@
     container.append(fig);
     const dim = "time:" + st.interval;
     const query = Object.assign(baseQuery(st), { metrics: [metric], dimensions: [dim], include: withInclude(st, { time_labels: true }) });
-    if (st.compare) query.include.comparisons = { mode: st.compare };
+    if (st.compare) query.include.comparisons = comparisonOf(st);
     csv.addEventListener("click", async () => {
       try {
         const blob = await api("/api/v2/query.csv", { body: Object.assign({}, query, { include: withInclude(st, {}) }), csv: true, blob: true });
@@ -1110,6 +1116,8 @@
     $("from").value = st.from;
     $("to").value = st.to;
     $("compare").value = st.compare;
+    $("match-day").checked = st.matchDay;
+    $("match-day-l").hidden = !st.compare;
     $("interval").value = st.interval;
     $("imports").checked = st.imports !== false;
     // Shown once an answer says the site has imported history (or while it is turned off).
@@ -1300,6 +1308,7 @@
       });
     }
     $("compare").addEventListener("change", () => navigate((s) => { s.compare = $("compare").value; }));
+    $("match-day").addEventListener("change", () => navigate((s) => { s.matchDay = $("match-day").checked; }));
     $("imports").addEventListener("change", () => navigate((s) => { s.imports = $("imports").checked; }));
     $("digest").addEventListener("change", () => {
       const box = $("digest");

@@ -230,6 +230,29 @@ fn bad(msg: impl Into<String>) -> Error {
     Error::BadRequest(msg.into())
 }
 
+/// A comparison range moved to start on the weekday of `source_first`, as Plausible's
+/// `match_day_of_week` moves it: unchanged when it already does; else to the next day of that
+/// weekday after its start, or the one before when the next is `source_first` itself; the last
+/// day moves by as many days.
+pub fn weekday_matched(
+    (from, to): (NaiveDate, NaiveDate),
+    source_first: NaiveDate,
+) -> (NaiveDate, NaiveDate) {
+    let want = source_first.weekday().num_days_from_monday();
+    let have = from.weekday().num_days_from_monday();
+    if want == have {
+        return (from, to);
+    }
+    let ahead = i64::from((want + 7 - have) % 7);
+    let next = from + Duration::days(ahead);
+    let shift = if next == source_first {
+        ahead - 7
+    } else {
+        ahead
+    };
+    (from + Duration::days(shift), to + Duration::days(shift))
+}
+
 impl Query {
     /// The same query over the comparison period, the range's days up to the day it was
     /// asked ([`Self::comparison_at`] with `today` = [`Query::today`]).
@@ -240,18 +263,23 @@ impl Query {
     /// The same query over the comparison period as Plausible chooses it (its `Comparisons`):
     /// the range's last day is first clamped to `today` (a whole month or year compares its
     /// days so far); `previous_period` is as many days just before, `year_over_year` the same
-    /// days 365 days earlier.
+    /// days 365 days earlier; with `match_day_of_week` that period moves to start on the
+    /// source's weekday ([`weekday_matched`]); `custom` is its own range.
     pub fn comparison_at(&self, how: Compare, tz: Tz, today: NaiveDate) -> Query {
         let last = self.to.min(today).max(self.from);
+        let previous = || {
+            let len = Duration::days((last - self.from).num_days() + 1);
+            (self.from - len, last - len)
+        };
+        let year = Duration::days(365);
         let (from, to) = match how {
-            Compare::PreviousPeriod => {
-                let len = Duration::days((last - self.from).num_days() + 1);
-                (self.from - len, last - len)
+            Compare::PreviousPeriod => previous(),
+            Compare::YearOverYear => (self.from - year, last - year),
+            Compare::PreviousPeriodMatchingWeekday => weekday_matched(previous(), self.from),
+            Compare::YearOverYearMatchingWeekday => {
+                weekday_matched((self.from - year, last - year), self.from)
             }
-            Compare::YearOverYear => {
-                let year = Duration::days(365);
-                (self.from - year, last - year)
-            }
+            Compare::Custom(from, to) => (from, to),
         };
         let mut q = self.clone();
         q.from = from;
@@ -651,6 +679,35 @@ mod tests {
         let leap = at(UTC, (2024, 6, 1, 0), json!(["2024-03-01", "2024-03-02"]));
         let y = leap.comparison(Compare::YearOverYear, tz);
         assert_eq!(days(&y), ("2023-03-02".into(), "2023-03-03".into()));
+        // match_day_of_week, Plausible's documented example: a range starting Sunday
+        // 2023-01-01 compared year over year starts Sunday 2022-01-02, not Saturday 01-01.
+        let jan = at(UTC, (2023, 2, 1, 0), json!(["2023-01-01", "2023-01-07"]));
+        let y = jan.comparison(Compare::YearOverYearMatchingWeekday, tz);
+        assert_eq!(days(&y), ("2022-01-02".into(), "2022-01-08".into()));
+        assert_eq!(y.start.to_string(), "2022-01-02 00:00:00");
+        // The previous period of a Monday-to-Wednesday range is Friday to Sunday; matched, it
+        // is the Monday after that Friday — the source's own first day — so the one before.
+        let mon = at(UTC, (2026, 12, 1, 0), json!(["2026-11-23", "2026-11-25"]));
+        assert_eq!(
+            days(&mon.comparison(Compare::PreviousPeriod, tz)),
+            ("2026-11-20".into(), "2026-11-22".into())
+        );
+        assert_eq!(
+            days(&mon.comparison(Compare::PreviousPeriodMatchingWeekday, tz)),
+            ("2026-11-16".into(), "2026-11-18".into())
+        );
+        // 7 days already start on the same weekday: unchanged.
+        assert_eq!(
+            days(&week.comparison_at(Compare::PreviousPeriodMatchingWeekday, tz, today)),
+            ("2026-11-14".into(), "2026-11-20".into())
+        );
+        // custom: its own range, whatever the source.
+        let c = chrono::NaiveDate::from_ymd_opt;
+        let custom = Compare::Custom(c(2026, 1, 1).unwrap(), c(2026, 1, 31).unwrap());
+        assert_eq!(
+            days(&week.comparison_at(custom, tz, today)),
+            ("2026-01-01".into(), "2026-01-31".into())
+        );
     }
 
     /// Plausible's default order: time ascending, then the first metric descending (Veil

@@ -352,6 +352,54 @@ struct Include {
 #[serde(deny_unknown_fields)]
 struct Comparisons {
     mode: String,
+    #[serde(default)]
+    match_day_of_week: Option<bool>,
+    #[serde(default)]
+    date_range: Option<Vec<String>>,
+}
+
+/// `include.comparisons` as a [`Compare`] (Plausible's modes and options).
+fn compare_of(c: &Comparisons) -> Result<Compare, Error> {
+    let weekday = c.match_day_of_week.unwrap_or(false);
+    if c.mode != "custom" && c.date_range.is_some() {
+        return Err(bad(
+            "`include.comparisons.date_range` goes with `\"mode\": \"custom\"` only",
+        ));
+    }
+    Ok(match (c.mode.as_str(), weekday) {
+        ("previous_period", false) => Compare::PreviousPeriod,
+        ("previous_period", true) => Compare::PreviousPeriodMatchingWeekday,
+        ("year_over_year", false) => Compare::YearOverYear,
+        ("year_over_year", true) => Compare::YearOverYearMatchingWeekday,
+        ("custom", _) => {
+            let want = "`include.comparisons.date_range` must be two dates, first and last, \
+                        like [\"2026-01-01\", \"2026-01-31\"], with `\"mode\": \"custom\"`";
+            let range = c.date_range.as_deref().ok_or_else(|| bad(want))?;
+            let [from, to] = range else {
+                return Err(bad(want));
+            };
+            let day = |s: &str| {
+                chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
+                    bad(format!(
+                        "`include.comparisons.date_range`: {s:?} is not a date (YYYY-MM-DD)"
+                    ))
+                })
+            };
+            let (from, to) = (day(from)?, day(to)?);
+            if from > to {
+                return Err(bad(
+                    "`include.comparisons.date_range`: the first day is after the last",
+                ));
+            }
+            Compare::Custom(from, to)
+        }
+        (m, _) => {
+            return Err(bad(format!(
+                "`include.comparisons.mode`: unknown mode {m:?}; use previous_period, \
+                 year_over_year or custom"
+            )))
+        }
+    })
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -539,16 +587,7 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
             "`include.time_labels` needs a time dimension (e.g. \"time:day\") in `dimensions`",
         ));
     }
-    let compare = match include.comparisons.as_ref().map(|c| c.mode.as_str()) {
-        None => None,
-        Some("previous_period") => Some(Compare::PreviousPeriod),
-        Some("year_over_year") => Some(Compare::YearOverYear),
-        Some(m) => {
-            return Err(bad(format!(
-            "`include.comparisons.mode`: unknown mode {m:?}; use previous_period or year_over_year"
-        )))
-        }
-    };
+    let compare = include.comparisons.as_ref().map(compare_of).transpose()?;
     if compare.is_some() && (realtime || last24h) {
         return Err(bad(
             "`include.comparisons` is not available for realtime and 24h",

@@ -336,13 +336,41 @@ pub fn glob_to_regex(pattern: &str) -> String {
     format!("^{}$", parts.join(".*"))
 }
 
-/// How a comparison period is chosen.
+/// How a comparison period is chosen (Plausible's `include.comparisons`). The variants that
+/// existed first keep their names: the privacy budget's question key writes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compare {
     /// The same number of days just before.
     PreviousPeriod,
     /// The same dates one year earlier.
     YearOverYear,
+    /// [`Compare::PreviousPeriod`] shifted to start on the source range's weekday
+    /// (`match_day_of_week: true`).
+    PreviousPeriodMatchingWeekday,
+    /// [`Compare::YearOverYear`] shifted to start on the source range's weekday.
+    YearOverYearMatchingWeekday,
+    /// A range of its own, first and last day (`mode: "custom"` with `date_range`).
+    Custom(chrono::NaiveDate, chrono::NaiveDate),
+}
+
+impl Compare {
+    /// The `include.comparisons` object that asks for it (the query echo).
+    pub fn to_json(self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Compare::PreviousPeriod => json!({"mode": "previous_period"}),
+            Compare::YearOverYear => json!({"mode": "year_over_year"}),
+            Compare::PreviousPeriodMatchingWeekday => {
+                json!({"mode": "previous_period", "match_day_of_week": true})
+            }
+            Compare::YearOverYearMatchingWeekday => {
+                json!({"mode": "year_over_year", "match_day_of_week": true})
+            }
+            Compare::Custom(from, to) => {
+                json!({"mode": "custom", "date_range": [from.to_string(), to.to_string()]})
+            }
+        }
+    }
 }
 
 /// A checked query.
