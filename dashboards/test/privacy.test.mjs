@@ -407,7 +407,7 @@ test("dp: a site key and a shared link spend budgets of their own; a click filte
   await shared.close_all();
 });
 
-test("dp: a panel's CSV download carries each count's 95 % interval, equal to the API's CSV; the export downloads", async () => {
+test("dp: a panel's CSV download carries each count's 95 % interval: the API's rows, columns named as the panel names them; the export downloads", async () => {
   const page = await open(chrome);
   const { csv, want } = await withinOneHour(async () => {
     await page.goto(`${veil.url}/site/${DEMO}?period=7d`);
@@ -421,11 +421,13 @@ test("dp: a panel's CSV download carries each count's 95 % interval, equal to th
       dimensions: ["event:page"], pagination: { limit: 10000, offset: 0 }, include: { total_rows: true } } });
     return { csv: Buffer.concat(chunks).toString("utf8"), want };
   });
+  // The API's rows; the header as the panel names the columns, each count's interval too.
   const header = csv.split("\r\n")[0].split(",");
-  assert.ok(header.includes("visitors_ci95") && header.includes("pageviews_ci95"), header.join(","));
-  assert.equal(csv, want);
+  assert.deepEqual(header, ["Page", "Unique visitors", "Total pageviews", "Unique visitors ± (95 % interval)", "Total pageviews ± (95 % interval)"]);
+  assert.deepEqual(want.split("\r\n")[0].split(","), ["event:page", "visitors", "pageviews", "visitors_ci95", "pageviews_ci95"]);
+  assert.deepEqual(csv.split("\r\n").slice(1), want.split("\r\n").slice(1));
   const first = csv.split("\r\n")[1].split(",");
-  assert.ok(Number(first[header.indexOf("visitors_ci95")]) > 0, csv.slice(0, 300));
+  assert.ok(Number(first[header.indexOf("Unique visitors ± (95 % interval)")]) > 0, csv.slice(0, 300));
   const [zip] = await Promise.all([page.waitForEvent("download"), page.click("#export")]);
   const stream = await zip.createReadStream();
   const chunks = [];

@@ -312,6 +312,37 @@
     setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
   }
   function fileSafe(s) { return String(s).replace(/[^A-Za-z0-9._-]+/g, "_"); }
+  // A CSV download with the column names the page shows ("Country", "Unique visitors",
+  // "Unique visitors ± (95 % interval)") instead of the API's (`visit:country`, `visitors`,
+  // `visitors_ci95`); every row stays the API's, byte for byte.
+  const TIME_LABELS = { time: "Time", "time:hour": "Hour", "time:day": "Day", "time:week": "Week", "time:month": "Month" };
+  function csvColumn(name) {
+    const base = name.endsWith("_ci95") ? name.slice(0, -5) : "";
+    if (base && METRIC_LABELS[base]) return metricLabel(base) + " ± (95 % interval)";
+    if (METRIC_LABELS[name]) return metricLabel(name);
+    if (TIME_LABELS[name]) return TIME_LABELS[name];
+    return name.includes(":") ? dimLabel(name) : name;
+  }
+  function csvCells(line) {
+    const out = [];
+    let cur = "", quoted = false;
+    for (let i = 0; i < line.length; i++) {
+      const c = line[i];
+      if (quoted) {
+        if (c === '"' && line[i + 1] === '"') { cur += '"'; i++; } else if (c === '"') quoted = false; else cur += c;
+      } else if (c === '"') quoted = true; else if (c === ",") { out.push(cur); cur = ""; } else cur += c;
+    }
+    out.push(cur);
+    return out;
+  }
+  function csvCell(s) { return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s; }
+  async function humanCsv(blob) {
+    const text = await blob.text();
+    const cut = text.indexOf("\r\n");
+    const head = cut < 0 ? text : text.slice(0, cut);
+    const named = csvCells(head).map((n) => csvCell(csvColumn(n))).join(",");
+    return new Blob([named + (cut < 0 ? "" : text.slice(cut))], { type: "text/csv;charset=utf-8" });
+  }
 
   function showOnly(id) {
     for (const s of ["login", "setup-needed", "invite", "account", "password", "sites", "dash", "settings"]) $(s).hidden = s !== id;
@@ -647,7 +678,7 @@
       try {
         const body = tab.dim === "funnel" ? null : query(10000);
         if (!body || !dim.includes(":")) { status("Nothing to download here."); return; }
-        const blob = await api("/api/v2/query.csv", { body, csv: true, blob: true });
+        const blob = await humanCsv(await api("/api/v2/query.csv", { body, csv: true, blob: true }));
         download(blob, fileSafe(S.site + "-" + def.id + "-" + tab.id + "-" + (st.period === "custom" ? st.from + "_" + st.to : st.period)) + ".csv");
       } catch (e) { status("CSV download failed: " + e.message); }
     });
@@ -994,7 +1025,7 @@
     if (st.compare) query.include.comparisons = comparisonOf(st);
     csv.addEventListener("click", async () => {
       try {
-        const blob = await api("/api/v2/query.csv", { body: Object.assign({}, query, { include: withInclude(st, {}) }), csv: true, blob: true });
+        const blob = await humanCsv(await api("/api/v2/query.csv", { body: Object.assign({}, query, { include: withInclude(st, {}) }), csv: true, blob: true }));
         download(blob, fileSafe(S.site + "-" + metric + "-by-" + st.interval) + ".csv");
       } catch (e) { status("CSV download failed: " + e.message); }
     });
