@@ -281,6 +281,32 @@ test("comparison with the previous period: change badges and the chart's compari
   await page.close_all();
 });
 
+test("the chart's tooltip shows the bucket under a hovering mouse, and under a tapping finger on a phone: the API's number", async () => {
+  const chartRows = await query(veil, { metrics: ["visitors"], dimensions: ["time:day"], include: { time_labels: true } });
+  const valueOf = (t) => str(chartRows.results.find((r) => r.dimensions[0] === t)?.metrics[0] ?? 0);
+  for (const [how, opts] of [["mouse", {}], ["finger", { viewport: { width: 390, height: 844 }, touch: true }]]) {
+    const page = await open(chrome, opts);
+    await page.goto(dash("period=7d"));
+    await settled(page);
+    await page.$eval("#chart", (e) => e.scrollIntoView());
+    const box = await page.$eval("#chart .u-over", (e) => { const r = e.getBoundingClientRect(); return { x: r.x, y: r.y, w: r.width, h: r.height }; });
+    assert.equal(await page.$eval("#chart-tip", (e) => e.hidden), true, "no tooltip before");
+    for (const at of [0.3, 0.8]) {
+      const x = box.x + box.w * at, y = box.y + box.h / 2;
+      if (how === "mouse") await page.mouse.move(x, y); else await page.touchscreen.tap(x, y);
+      await page.waitForSelector("#chart-tip:not([hidden])");
+      const tip = await page.$eval("#chart-tip", (e) => ({ time: e.dataset.time, value: e.dataset.value, text: e.innerText }));
+      assert.equal(tip.value, valueOf(tip.time), how + " " + JSON.stringify(tip));
+      assert.match(tip.text, new RegExp("^" + tip.time + "[^\\n]*\\nUnique visitors: "), how);
+      // The tooltip stays inside the chart.
+      const t = await page.$eval("#chart-tip", (e) => { const r = e.getBoundingClientRect(); return { l: r.left, r: r.right }; });
+      assert.ok(t.l >= box.x - 1 && t.r <= box.x + box.w + 1, how + " " + JSON.stringify([t, box]));
+    }
+    noProblems(page);
+    await page.close_all();
+  }
+});
+
 test("date picker: a custom range and hourly buckets are the API's, and the export takes the range", async () => {
   const page = await open(chrome);
   await page.goto(dash("period=7d"));

@@ -154,8 +154,9 @@ export function browser() {
  * A new page; `token` (if given) is put in sessionStorage before any script runs, as the login
  * form would. Console errors, page errors and dialogs are collected in `page.problems`.
  */
-export async function open(chrome, { token = ADMIN, viewport, colorScheme, acceptDownloads = true } = {}) {
-  const ctx = await chrome.newContext({ viewport: viewport || { width: 1280, height: 900 }, colorScheme, acceptDownloads });
+export async function open(chrome, { token = ADMIN, viewport, colorScheme, acceptDownloads = true, touch = false } = {}) {
+  const ctx = await chrome.newContext({ viewport: viewport || { width: 1280, height: 900 }, colorScheme, acceptDownloads,
+    ...(touch ? { hasTouch: true, isMobile: true } : {}) });
   if (token) await ctx.addInitScript((t) => { sessionStorage.setItem("veil-token", t); }, token);
   const page = await ctx.newPage();
   page.problems = [];

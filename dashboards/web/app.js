@@ -1097,10 +1097,32 @@
             COUNTS(metric) ? { incrs: INT_STEPS } : {}),
         ],
         cursor: { drag: { x: false, y: false } },
+        // A tooltip at the point under the pointer: a mouse hovering, or a finger tapping (a
+        // tap moves uPlot's cursor like a mouse would).
+        hooks: { setCursor: [(u) => tipAt(u, u.cursor.idx)] },
       };
+      const tip = h("div", { class: "chart-tip", id: "chart-tip", hidden: true });
+      function tipAt(u, i) {
+        if (i === null || i === undefined || i < 0 || i >= labels.length) { tip.hidden = true; return; }
+        const v = cur[i];
+        const so = unfinished && i === labels.length - 1 ? " (so far)" : "";
+        const lines = [labels[i] + so, metricLabel(metric) + ": " + legend(metric)(u, v === null ? null : Number(v))];
+        if (hasPrev) lines.push("Comparison: " + legend(null)(u, prev[i] === null ? null : Number(prev[i])));
+        tip.replaceChildren(...lines.map((t) => h("div", { text: t })));
+        tip.dataset.time = labels[i];
+        tip.dataset.value = String(v === null || v === undefined ? "null" : v);
+        const x = u.valToPos(i, "x"), y = u.valToPos(v === null ? 0 : Number(v), "y");
+        tip.hidden = false;
+        // Inside the plot: left of the point when it is in the right half.
+        const w = tip.offsetWidth;
+        tip.style.left = Math.max(0, x > u.over.clientWidth / 2 ? x - w - 12 : x + 12) + "px";
+        tip.style.top = Math.max(0, y - tip.offsetHeight - 8) + "px";
+      }
       if (S.chart) S.chart.destroy();
       plot.replaceChildren();
       S.chart = new uPlot(opts, dataArr, plot);
+      S.chart.over.append(tip);
+      S.chart.over.addEventListener("mouseleave", () => { tip.hidden = true; });
       if (S.resize) S.resize.disconnect();
       S.resize = new ResizeObserver(() => { if (S.chart && plot.clientWidth) S.chart.setSize({ width: plot.clientWidth, height: 260 }); });
       S.resize.observe(plot);
