@@ -480,6 +480,7 @@ impl AggregatorConfig {
             min_visitors: self.min_visitors.max(site::MIN_K),
             goals: Vec::new(),
             funnels: Vec::new(),
+            annotations: Vec::new(),
             epsilon_query: None,
             epsilon_day: None,
         }

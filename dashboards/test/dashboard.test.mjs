@@ -307,6 +307,52 @@ test("the chart's tooltip shows the bucket under a hovering mouse, and under a t
   }
 });
 
+test("notes on the charts: a note added in settings marks its day on the chart, in the tooltip and the list under it, as text; deleted, it goes", async () => {
+  const day = new Date(Date.now() - 3 * 86_400_000).toISOString().slice(0, 10);
+  const text = "Launched v2 <b>bold</b>";
+  const page = await open(chrome);
+  await page.goto(`${veil.url}/site/${SITE}/settings`);
+  await page.waitForSelector("#annotation-form");
+  await page.fill('#annotation-form input[name="date"]', day);
+  await page.fill('#annotation-form input[name="text"]', text);
+  await page.click('#annotation-form button[type="submit"]');
+  await waitFor(() => page.$eval("#annotation-list", (e) => e.textContent), (t) => t.includes(text), { what: (t) => "list: " + t });
+  const site = await api(veil, `/api/v1/sites/${SITE}`);
+  assert.deepEqual((site.settings || site).annotations, [{ date: day, text }]);
+
+  await page.goto(dash("period=7d"));
+  await settled(page);
+  await page.waitForSelector("#chart-notes li");
+  assert.deepEqual(await page.$$eval("#chart-notes li", (l) => l.map((e) => [e.dataset.time, e.textContent])), [[day, `${day} — ${text}`]]);
+  assert.equal(await page.$$eval("#chart-notes b", (l) => l.length), 0, "shown as text");
+  // The tooltip of that day says the note.
+  const times = await page.$$eval("#chart-data tbody tr", (trs) => trs.map((tr) => tr.dataset.time));
+  const i = times.indexOf(day);
+  assert.ok(i >= 0, JSON.stringify(times));
+  await page.$eval("#chart", (e) => e.scrollIntoView());
+  const box = await page.$eval("#chart .u-over", (e) => { const r = e.getBoundingClientRect(); return { x: r.x, y: r.y, w: r.width, h: r.height }; });
+  await page.mouse.move(box.x + (box.w * i) / Math.max(1, times.length - 1), box.y + box.h / 2);
+  const tip = await waitFor(() => page.$eval("#chart-tip", (e) => ({ time: e.dataset.time, text: e.innerText, hidden: e.hidden })),
+    (t) => !t.hidden && t.time === day, { what: (t) => "tooltip: " + JSON.stringify(t) });
+  assert.match(tip.text, new RegExp("Note: " + text.replace(/[<>/]/g, (c) => "\\" + c)));
+  // By month, the note marks its month.
+  await page.goto(dash("period=12mo&interval=month"));
+  await settled(page);
+  const months = await page.$$eval("#chart-notes li", (l) => l.map((e) => e.dataset.time.slice(0, 7)));
+  assert.ok(months.length === 0 || months[0] === day.slice(0, 7), JSON.stringify(months));
+
+  // Deleted in settings: no note on the chart.
+  await page.goto(`${veil.url}/site/${SITE}/settings`);
+  await page.waitForSelector("#annotation-list li");
+  await page.click(`#annotation-list button[aria-label^="Delete note of ${day}"]`);
+  await waitFor(() => page.$$eval("#annotation-list li", (l) => l.length), (n) => n === 0, { what: (n) => n + " notes left" });
+  await page.goto(dash("period=7d"));
+  await settled(page);
+  assert.equal(await page.$("#chart-notes"), null);
+  noProblems(page);
+  await page.close_all();
+});
+
 test("date picker: a custom range and hourly buckets are the API's, and the export takes the range", async () => {
   const page = await open(chrome);
   await page.goto(dash("period=7d"));

@@ -1011,6 +1011,50 @@
 
   function cssVar(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
 
+  // The site's annotations by the chart bucket their day falls in (hours: the day's first hour).
+  function notesByBucket(labels, interval) {
+    const out = new Map();
+    const all = (S.settings && S.settings.annotations) || [];
+    if (!all.length || !labels.length) return out;
+    const firstOfDay = new Map();
+    labels.forEach((l, i) => { const d = String(l).slice(0, 10); if (!firstOfDay.has(d)) firstOfDay.set(d, i); });
+    for (const a of all) {
+      let i = -1;
+      if (interval === "hour" || interval === "day") i = firstOfDay.has(a.date) ? firstOfDay.get(a.date) : -1;
+      else if (interval === "month") i = labels.findIndex((l) => String(l).slice(0, 7) === a.date.slice(0, 7));
+      else {
+        // Weeks: the last bucket starting on or before the day, if the day is in the range.
+        for (let j = 0; j < labels.length; j++) if (String(labels[j]).slice(0, 10) <= a.date) i = j;
+        const end = new Date(String(labels[labels.length - 1]).slice(0, 10) + "T00:00:00Z");
+        end.setUTCDate(end.getUTCDate() + 6);
+        if (a.date < String(labels[0]).slice(0, 10) || a.date > end.toISOString().slice(0, 10)) i = -1;
+      }
+      if (i >= 0) out.set(i, (out.get(i) || []).concat([a]));
+    }
+    return out;
+  }
+  // A dashed vertical line and a dot at the top of the plot for each bucket with notes.
+  function drawNotes(u, notes) {
+    if (!notes.size) return;
+    const ctx = u.ctx;
+    ctx.save();
+    ctx.strokeStyle = cssVar("--muted");
+    ctx.fillStyle = ctx.strokeStyle;
+    ctx.lineWidth = 1.5 * devicePixelRatio;
+    ctx.setLineDash([3 * devicePixelRatio, 3 * devicePixelRatio]);
+    for (const i of notes.keys()) {
+      const x = Math.round(u.valToPos(i, "x", true));
+      ctx.beginPath();
+      ctx.moveTo(x, u.bbox.top);
+      ctx.lineTo(x, u.bbox.top + u.bbox.height);
+      ctx.stroke();
+      ctx.beginPath();
+      ctx.arc(x, u.bbox.top + 4 * devicePixelRatio, 3.5 * devicePixelRatio, 0, 2 * Math.PI);
+      ctx.fill();
+    }
+    ctx.restore();
+  }
+
   function chart(container, metric, st, gen) {
     const fig = h("figure", { class: "chart", id: "chart" });
     const caption = h("figcaption", { id: "chart-title", text: metricLabel(metric) + " by " + st.interval });
@@ -1049,6 +1093,7 @@
         return "≈ " + fmt(metric, v) + (ci === null ? "" : " ± " + fmt(metric, ci));
       };
       const prev = labels.map((l) => { const r = byLabel.get(l); return r && r.comparison ? r.comparison.metrics[0] : null; });
+      const notes = notesByBucket(labels, st.interval);
       const table = h("table", {}, h("thead", {}, h("tr", {}, h("th", { scope: "col", text: "Time" }),
         h("th", { scope: "col", class: "n", text: metricLabel(metric) }),
         hasPrev ? h("th", { scope: "col", class: "n", text: "Comparison" }) : null)),
@@ -1058,6 +1103,11 @@
         // The comparison period is a release of its own: noisy, its interval not sent.
         hasPrev ? numberCell(metric, prev[i], priv, null) : null))));
       details.append(table);
+      // The site's notes of this range: a marked line on the chart, and listed under it.
+      if (notes.size) {
+        fig.append(h("ul", { class: "chart-notes", id: "chart-notes", "aria-label": "Notes on this chart" },
+          [...notes.entries()].flatMap(([i, list]) => list.map((a) => h("li", { "data-time": labels[i], text: a.date + " — " + a.text })))));
+      }
       if (typeof uPlot !== "function" || labels.length === 0) {
         plot.replaceChildren(h("p", { class: "hint", text: labels.length ? "Chart library unavailable; see the table." : "No data." }));
         return;
@@ -1099,7 +1149,7 @@
         cursor: { drag: { x: false, y: false } },
         // A tooltip at the point under the pointer: a mouse hovering, or a finger tapping (a
         // tap moves uPlot's cursor like a mouse would).
-        hooks: { setCursor: [(u) => tipAt(u, u.cursor.idx)] },
+        hooks: { setCursor: [(u) => tipAt(u, u.cursor.idx)], draw: [(u) => drawNotes(u, notes)] },
       };
       const tip = h("div", { class: "chart-tip", id: "chart-tip", hidden: true });
       function tipAt(u, i) {
@@ -1108,6 +1158,7 @@
         const so = unfinished && i === labels.length - 1 ? " (so far)" : "";
         const lines = [labels[i] + so, metricLabel(metric) + ": " + legend(metric)(u, v === null ? null : Number(v))];
         if (hasPrev) lines.push("Comparison: " + legend(null)(u, prev[i] === null ? null : Number(prev[i])));
+        for (const a of notes.get(i) || []) lines.push("Note: " + a.text);
         tip.replaceChildren(...lines.map((t) => h("div", { text: t })));
         tip.dataset.time = labels[i];
         tip.dataset.value = String(v === null || v === undefined ? "null" : v);
@@ -1577,7 +1628,7 @@
         S.site + "; you can read its dashboard and export its data." }), h("p", {}, h("a", { href: "/site/" + encodeURIComponent(S.site), text: "Back to the dashboard" })));
       return;
     }
-    const parts = [installSection(), general(site), goals(), funnels(), await keysSection(), await ingestSection(), await linksSection()];
+    const parts = [installSection(), general(site), goals(), funnels(), annotationsSection(), await keysSection(), await ingestSection(), await linksSection()];
     // People of a site are its admins' and owners'; session-less tokens have no account to invite from.
     if (S.me) parts.push(await peopleSection());
     if (rank >= RANK.owner && S.me) parts.push(await auditSection());
@@ -1733,6 +1784,27 @@
       if (await saveSettings((n) => { n.funnels = (n.funnels || []).concat([fu]); }, "Funnel added.")) { form.reset(); draw(); }
     });
     return section("Funnels", list, form);
+  }
+  // Dated notes on the charts ("Launched the new pricing page"), newest first.
+  function annotationsSection() {
+    const list = h("ul", { id: "annotation-list" });
+    const sorted = () => (S.settings.annotations || []).map((a, i) => [a, i]).sort((x, y) => (x[0].date < y[0].date ? 1 : -1));
+    const draw = () => list.replaceChildren(...sorted().map(([a, i]) => h("li", {},
+      h("span", { text: a.date + " — " + a.text + " " }),
+      h("button", { type: "button", class: "link", "aria-label": "Delete note of " + a.date + ": " + a.text, text: "Delete",
+        onclick: async () => { if (await saveSettings((n) => n.annotations.splice(i, 1), "Note deleted.")) draw(); } }))));
+    draw();
+    const form = h("form", { class: "inline-form", id: "annotation-form" },
+      h("label", {}, "Day", h("input", { name: "date", type: "date", required: true })),
+      h("label", {}, "Note", h("input", { name: "text", required: true, maxlength: 200, autocomplete: "off" })),
+      h("button", { type: "submit", text: "Add note" }));
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const f = new FormData(form);
+      const a = { date: String(f.get("date")), text: String(f.get("text")).trim() };
+      if (await saveSettings((n) => { n.annotations = (n.annotations || []).concat([a]); }, "Note added.")) { form.reset(); draw(); }
+    });
+    return section("Notes on the charts", h("p", { class: "hint", text: "Mark a day on every chart of this site (a launch, a campaign, an outage)." }), list, form);
   }
   function itemsOf(d, key) { return Array.isArray(d) ? d : (d && (d[key] || d.items)) || []; }
   // A "Copy" button for the text `text()` gives, named for `label` (screen readers say which).

@@ -125,6 +125,49 @@ pub fn check_min_visitors(k: u64) -> Result<(), Error> {
     Ok(())
 }
 
+/// The most annotations one site keeps.
+pub const MAX_ANNOTATIONS: usize = 500;
+
+/// A dated note the site's admins write on its charts ("Launched the new pricing page").
+/// Account data about the site, never about visitors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Annotation {
+    /// The day it is about, `YYYY-MM-DD` (the site's time zone).
+    pub date: String,
+    /// The note, 1 to 200 bytes.
+    pub text: String,
+}
+
+/// Checks annotations: at most [`MAX_ANNOTATIONS`], each a real date and a 1–200 byte note.
+pub fn check_annotations(annotations: &[Value]) -> Result<Vec<Annotation>, Error> {
+    if annotations.len() > MAX_ANNOTATIONS {
+        return Err(invalid(format!(
+            "`annotations`: at most {MAX_ANNOTATIONS} per site"
+        )));
+    }
+    annotations
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let a: Annotation = serde_json::from_value(a.clone()).map_err(|e| {
+                invalid(format!(
+                    "`annotations[{i}]` must be {{\"date\": \"YYYY-MM-DD\", \"text\": \"…\"}}: {e}"
+                ))
+            })?;
+            if chrono::NaiveDate::parse_from_str(&a.date, "%Y-%m-%d").is_err() || a.date.len() != 10
+            {
+                return Err(invalid(format!(
+                    "`annotations[{i}].date` {:?} is not a date (YYYY-MM-DD)",
+                    a.date
+                )));
+            }
+            check_text(&format!("annotations[{i}].text"), &a.text, 200)?;
+            Ok(a)
+        })
+        .collect()
+}
+
 /// A name or label: 1 to `max` bytes, not only blanks, without control characters.
 pub fn check_text(field: &str, s: &str, max: usize) -> Result<(), Error> {
     if s.trim().is_empty() || s.len() > max || s.chars().any(char::is_control) {

@@ -20,7 +20,7 @@
 //! ```json
 //! {"aliases":["0b6d…-umami-id","A-EU-1234567890"],"timezone":"Europe/Berlin",
 //!  "retention_days":90,"child_directed":false,"honor_dnt":true,"keep_bots":false,
-//!  "min_visitors":5,"goals":[…],"funnels":[…]}
+//!  "min_visitors":5,"goals":[…],"funnels":[…],"annotations":[{"date":"2026-11-20","text":"…"}]}
 //! ```
 //!
 //! Goals and funnels are kept as JSON values; their shape ([`crate::policy::Goal`],
@@ -98,6 +98,8 @@ pub struct SiteSettings {
     pub goals: Vec<Value>,
     /// Funnels (shape: [`crate::policy::Funnel`]).
     pub funnels: Vec<Value>,
+    /// Dated notes on the charts (shape: [`crate::policy::Annotation`]).
+    pub annotations: Vec<Value>,
     /// Differential privacy: ε one release of this site's reports spends (`None`: the
     /// deployment's `--epsilon-query`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,6 +122,7 @@ impl Default for SiteSettings {
             min_visitors: DEFAULT_MIN_VISITORS,
             goals: Vec::new(),
             funnels: Vec::new(),
+            annotations: Vec::new(),
             epsilon_query: None,
             epsilon_day: None,
         }
@@ -146,6 +149,7 @@ impl SiteSettings {
         "min_visitors",
         "goals",
         "funnels",
+        "annotations",
     ];
 
     /// Parses the settings fields of an admin API request object strictly onto `base` (the
@@ -169,6 +173,7 @@ impl SiteSettings {
                 "min_visitors" => s.min_visitors = field(k, v)?,
                 "goals" => s.goals = field(k, v)?,
                 "funnels" => s.funnels = field(k, v)?,
+                "annotations" => s.annotations = field(k, v)?,
                 other => {
                     return Err(invalid(format!(
                         "unknown field `{other}`; expected one of {}",
@@ -206,6 +211,7 @@ impl SiteSettings {
                 )));
             }
         }
+        policy::check_annotations(&self.annotations)?;
         policy::check_goals(&self.goals, &self.funnels)
     }
 }
@@ -1218,6 +1224,37 @@ mod tests {
         s.goals = vec![json!({"name": "A", "event_name": "a"})];
         s.funnels = vec![json!({"name": "F", "steps": ["A", "B"]})];
         assert!(err_of(s.validate()).contains("`funnels[0].steps[1]`"));
+        let mut s = SiteSettings {
+            annotations: vec![json!({"date": "2026-11-20", "text": "Launched v2"})],
+            ..SiteSettings::default()
+        };
+        assert!(s.validate().is_ok());
+        for (bad, says) in [
+            (
+                json!({"date": "2026-02-30", "text": "x"}),
+                "`annotations[0].date`",
+            ),
+            (
+                json!({"date": "20-11-2026", "text": "x"}),
+                "`annotations[0].date`",
+            ),
+            (
+                json!({"date": "2026-11-20", "text": ""}),
+                "`annotations[0].text`",
+            ),
+            (
+                json!({"date": "2026-11-20", "text": "a\u{7}b"}),
+                "`annotations[0].text`",
+            ),
+            (json!({"date": "2026-11-20"}), "`annotations[0]`"),
+            (
+                json!({"date": "2026-11-20", "text": "x", "by": "me"}),
+                "`annotations[0]`",
+            ),
+        ] {
+            s.annotations = vec![bad.clone()];
+            assert!(err_of(s.validate()).contains(says), "{bad}");
+        }
     }
 
     fn req(v: Value) -> Result<SiteSettings, Error> {
