@@ -72,6 +72,7 @@ pub mod query;
 pub mod reports;
 pub mod retention;
 pub mod rollup;
+pub mod segments;
 pub mod site;
 pub mod snapshot;
 pub mod stats;
@@ -797,6 +798,9 @@ impl Aggregator {
             return r;
         }
         if let Some(r) = digest::route(self, &access, &req, &path).await {
+            return r;
+        }
+        if let Some(r) = segments::route(self, &access, &req, &path).await {
             return r;
         }
         if let Some(r) = reports::route(self, &access, &req, &path).await {

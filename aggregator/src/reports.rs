@@ -38,7 +38,7 @@ use crate::db::fetch;
 use crate::http::{bytes_response, json_response, HttpResponse};
 use crate::query::{self, expr, rows};
 use crate::site::{Goal, SiteView};
-use crate::{privacy, stats, Aggregator, Error};
+use crate::{privacy, segments, stats, Aggregator, Error};
 
 fn bad(m: impl Into<String>) -> Error {
     Error::BadRequest(m.into())
@@ -117,14 +117,10 @@ pub async fn route(
                 post_only(req.method())?;
                 let site = readable(agg, access, &stats::site_id(req.body())?)?;
                 let now = agg.now();
-                let (q, doc) = stats::run(
-                    agg.client(),
-                    &site,
-                    req.body(),
-                    now,
-                    agg.shared_for(access, now),
-                )
-                .await?;
+                let body = segments::expand(agg, access, &site, req.body()).await?;
+                let (q, doc) =
+                    stats::run(agg.client(), &site, &body, now, agg.shared_for(access, now))
+                        .await?;
                 if path.ends_with(".csv") || wants_csv(req) {
                     Ok(bytes_response(
                         "text/csv; charset=utf-8",

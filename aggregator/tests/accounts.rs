@@ -9,9 +9,12 @@
 //! with the aggregator's clock moved on: a session past 7 days, an invitation past 7 days and
 //! the setup link past 24 hours are refused (the last two saying they expired and what to do;
 //! a new setup link, as a restart of `veil up` prints, works), and no setup link exists when
-//! an admin token is set.
+//! an admin token is set. Segments, personal and site ones: who may make, see, use and remove
+//! each, and a question asked with a segment answered as with its filters.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1218,4 +1221,199 @@ async fn with_an_admin_token_no_setup_link_is_made() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test]
+async fn segments_personal_and_site_are_used_by_whom_they_belong_to_and_answer_as_their_filters() {
+    let (a, ch, _) = agg("accounts_segments").await;
+    let owner = set_up_owner(&a).await;
+    let inv = owner
+        .call(
+            &a,
+            "POST",
+            "/api/v1/sites/a.com/people",
+            Some(json!({"email": "vic@example.com", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(inv.status, 201, "{}", inv.body);
+    let viewer = join(&a, inv.body["url"].as_str().unwrap(), "vic's long password").await;
+    // 6 Google visitors from DE and 6 direct ones from the US (k is 5 here).
+    let mut evs = Vec::new();
+    for i in 0..6 {
+        evs.push(common::Ev {
+            source: "Google",
+            country: "DE",
+            ..common::ev(format!("G{i}"), "2026-11-20 10:00:00", "pageview", "/")
+        });
+        evs.push(common::ev(
+            format!("U{i}"),
+            "2026-11-20 11:00:00",
+            "pageview",
+            "/",
+        ));
+    }
+    common::insert(&ch, "a.com", &evs).await;
+    let path = "/api/v1/sites/a.com/segments";
+    let ask = |who: &Browser, filters: Value| {
+        let who = who.clone();
+        let a = a.clone();
+        async move {
+            who.call(
+                &a,
+                "POST",
+                "/api/v2/query",
+                Some(json!({"site_id": "a.com", "metrics": ["visitors"],
+                            "date_range": ["2026-11-20", "2026-11-20"], "filters": filters})),
+            )
+            .await
+        }
+    };
+
+    // A viewer makes a personal segment; a site one needs the admin role.
+    let germans = viewer
+        .call(
+            &a,
+            "POST",
+            path,
+            Some(json!({"name": "Germans", "filters": [["is", "visit:country", ["DE"]]]})),
+        )
+        .await;
+    assert_eq!(germans.status, 201, "{}", germans.body);
+    assert_eq!(germans.body["type"], "personal");
+    let refused = viewer
+        .call(&a, "POST", path, Some(json!({"name": "All", "filters": [["is", "visit:country", ["US"]]], "type": "site"})))
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let google = owner
+        .call(&a, "POST", path, Some(json!({"name": "Google", "filters": [["is", "visit:source", ["Google"]]], "type": "site"})))
+        .await;
+    assert_eq!(google.status, 201, "{}", google.body);
+    // Filters the Stats API would refuse are refused here, saying why.
+    for bad in [json!([["is", "visit:nope", ["x"]]]), json!([]), json!("DE")] {
+        let r = owner
+            .call(
+                &a,
+                "POST",
+                path,
+                Some(json!({"name": "Bad", "filters": bad})),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        assert!(
+            r.body["error"].as_str().unwrap().contains("filters"),
+            "{}",
+            r.body
+        );
+    }
+    let dup = viewer
+        .call(
+            &a,
+            "POST",
+            path,
+            Some(json!({"name": "Germans", "filters": [["is", "visit:country", ["FR"]]]})),
+        )
+        .await;
+    assert_eq!(dup.status, 409, "{}", dup.body);
+
+    // Each sees the site's segments and their own.
+    let names = |r: &Answer| -> Vec<String> {
+        r.body["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&viewer.call(&a, "GET", path, None).await),
+        ["Germans", "Google"]
+    );
+    assert_eq!(names(&owner.call(&a, "GET", path, None).await), ["Google"]);
+
+    // A question with a segment is answered as with its filters.
+    let gid = germans.body["id"].as_str().unwrap().to_string();
+    let sid = google.body["id"].as_str().unwrap().to_string();
+    let with = ask(&viewer, json!([["is", "segment", [gid]]])).await;
+    let written = ask(&viewer, json!([["is", "visit:country", ["DE"]]])).await;
+    assert_eq!(with.status, 200, "{}", with.body);
+    assert_eq!(with.body["results"], written.body["results"]);
+    assert_eq!(with.body["results"][0]["metrics"][0], 6, "{}", with.body);
+    assert_eq!(
+        with.body["query"]["filters"],
+        json!([["and", [["is", "visit:country", ["DE"]]]]])
+    );
+    // Two segments: either one. With another filter: both.
+    let either = ask(&viewer, json!([["is", "segment", [gid, sid]]])).await;
+    assert_eq!(
+        either.body["results"][0]["metrics"][0], 6,
+        "{}",
+        either.body
+    );
+    let us = ask(
+        &viewer,
+        json!([["is", "segment", [sid]], ["is", "visit:country", ["US"]]]),
+    )
+    .await;
+    assert_eq!(us.status, 200, "{}", us.body);
+    let us_written = ask(
+        &viewer,
+        json!([
+            ["is", "visit:source", ["Google"]],
+            ["is", "visit:country", ["US"]]
+        ]),
+    )
+    .await;
+    assert_eq!(us.body["results"], us_written.body["results"]);
+    assert_eq!(
+        us.body["results"][0]["metrics"][0],
+        Value::Null,
+        "no Google visitor from the US: {}",
+        us.body
+    );
+    // Someone else's personal segment, or an unknown id, is not usable.
+    for id in [gid.clone(), "0000000000000000".to_string()] {
+        let r = ask(&owner, json!([["is", "segment", [id]]])).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(
+            r.body["error"]
+                .as_str()
+                .unwrap()
+                .contains("not a segment of a.com you may use"),
+            "{}",
+            r.body
+        );
+    }
+
+    // Removing: the site segment by an admin only; the personal one by its owner.
+    assert_eq!(
+        viewer
+            .call(&a, "DELETE", &format!("{path}/{sid}"), None)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        owner
+            .call(&a, "DELETE", &format!("{path}/{gid}"), None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        owner
+            .call(&a, "DELETE", &format!("{path}/{sid}"), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        viewer
+            .call(&a, "DELETE", &format!("{path}/{gid}"), None)
+            .await
+            .status,
+        200
+    );
+    assert!(names(&viewer.call(&a, "GET", path, None).await).is_empty());
+    let gone = ask(&viewer, json!([["is", "segment", [sid]]])).await;
+    assert_eq!(gone.status, 400, "{}", gone.body);
 }

@@ -22,6 +22,7 @@ pub mod migrate;
 pub mod people;
 pub mod policy;
 pub mod registry;
+pub mod segments;
 pub mod sql;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

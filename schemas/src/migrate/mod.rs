@@ -187,6 +187,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "link_embeds",
         sql: include_str!("../../migrations/023_link_embeds.sql"),
     },
+    Migration {
+        version: 24,
+        name: "segments",
+        sql: include_str!("../../migrations/024_segments.sql"),
+    },
 ];
 
 impl Migration {
