@@ -141,14 +141,9 @@ pub async fn route(
                 post_only(req.method())?;
                 let site = readable(agg, access, &stats::site_id(req.body())?)?;
                 let now = agg.now();
-                let doc = funnel(
-                    agg.client(),
-                    &site,
-                    req.body(),
-                    now,
-                    agg.shared_for(access, now),
-                )
-                .await?;
+                let body = segments::expand(agg, access, &site, req.body()).await?;
+                let doc =
+                    funnel(agg.client(), &site, &body, now, agg.shared_for(access, now)).await?;
                 Ok(json_response(StatusCode::OK, &doc))
             }
             .await,

@@ -3,7 +3,8 @@
 //! made or removed by its admins; a *personal* one belongs to the person who made it and is
 //! seen and used by them alone.
 //!
-//! The Stats API takes a segment as a top-level filter `["is", "segment", [ID, …]]` and answers
+//! The Stats API (`/api/v2/query`, its CSV, `/api/v2/funnel`) takes a segment as a top-level
+//! filter `["is", "segment", [ID, …]]` and answers
 //! as if the segment's filters were written in its place (`["and", filters]`; several ids:
 //! `["or", …]` of them) — [`expand`] rewrites the request before it is parsed, so every
 //! number goes through the same parser, privacy module and budget as written-out filters, and

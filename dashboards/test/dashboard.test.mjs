@@ -353,6 +353,48 @@ test("notes on the charts: a note added in settings marks its day on the chart, 
   await page.close_all();
 });
 
+test("segments: the filters shown saved as a segment, applied by choosing it (the API's numbers for its filters), chosen off, deleted", async () => {
+  const page = await open(chrome);
+  await page.goto(dash("period=7d&f=is~visit:country~DE"));
+  await settled(page);
+  const filtered = (await statValues(page)).visitors;
+  await page.click("#segment-save summary");
+  await page.fill('#segment-form input[name="name"]', "From Germany");
+  assert.equal(await page.$eval("#segment-type", (e) => e.value), "site", "the admin token keeps site segments");
+  await page.click('#segment-form button[type="submit"]');
+  await waitFor(() => page.url(), (u) => /seg=[0-9a-f]{16}/.test(u),
+    { what: (u) => "no segment in the URL: " + u });
+  await settled(page);
+  const url = new URL(page.url());
+  assert.deepEqual(url.searchParams.getAll("f"), [], "the segment stands for the filters");
+  const id = url.searchParams.get("seg");
+  const listed = await api(veil, `/api/v1/sites/${SITE}/segments`);
+  assert.deepEqual(listed.segments.map((s) => [s.id, s.name, s.type, s.filters]), [[id, "From Germany", "site", [["is", "visit:country", ["DE"]]]]]);
+  assert.equal(await page.$eval("#segment", (e) => e.selectedOptions[0].textContent), "From Germany");
+  const want = await query(veil, { metrics: ["visitors"], filters: [["is", "visit:country", ["DE"]]] });
+  const stats = await statValues(page);
+  assert.equal(stats.visitors, str(want.results[0].metrics[0]));
+  assert.equal(stats.visitors, filtered);
+  // Every panel answers under the segment.
+  assert.equal(await page.$$eval(".panel-body .error", (l) => l.length), 0);
+  // Chosen off: the whole site again; chosen again from the list: filtered.
+  await page.selectOption("#segment", "");
+  await settled(page);
+  const all = await query(veil, { metrics: ["visitors"] });
+  assert.equal((await statValues(page)).visitors, str(all.results[0].metrics[0]));
+  await page.selectOption("#segment", id);
+  await settled(page);
+  assert.equal((await statValues(page)).visitors, filtered);
+  // Deleted: gone from the list and the URL.
+  await page.click("#segment-delete");
+  await page.waitForURL((u) => !new URL(u).searchParams.has("seg"));
+  await settled(page);
+  assert.deepEqual((await api(veil, `/api/v1/sites/${SITE}/segments`)).segments, []);
+  assert.equal(await page.$eval("#segment-l", (e) => e.hidden), true);
+  noProblems(page);
+  await page.close_all();
+});
+
 test("date picker: a custom range and hourly buckets are the API's, and the export takes the range", async () => {
   const page = await open(chrome);
   await page.goto(dash("period=7d"));

@@ -370,7 +370,7 @@
       compare: pick("compare", COMPARES, ""), view: pick("view", ["web", "app", "realtime"], "web"),
       metric: METRIC_LABELS[p.get("metric")] ? p.get("metric") : "", prop: p.get("prop") || "",
       refresh: Math.min(300, Math.max(2, Number(p.get("refresh")) || 10)), filters: [], tabs: {},
-      imports: p.get("imports") !== "0", matchDay: p.get("match") === "1",
+      imports: p.get("imports") !== "0", matchDay: p.get("match") === "1", segment: p.get("seg") || "",
     };
     if (st.period === "custom" && !(DATE_RE.test(st.from) && DATE_RE.test(st.to))) st.period = "7d";
     st.interval = pick("interval", INTERVALS, defaultInterval(st.period));
@@ -401,6 +401,7 @@
     if (st.interval !== defaultInterval(st.period)) p.set("interval", st.interval);
     if (st.metric) p.set("metric", st.metric);
     if (st.imports === false) p.set("imports", "0");
+    if (st.segment) p.set("seg", st.segment);
     for (const f of st.filters) p.append("f", f.op + "~" + f.dim + "~" + f.value);
     for (const [k, v] of Object.entries(st.tabs)) p.set("t." + k, v);
     if (st.prop) p.set("prop", st.prop);
@@ -425,7 +426,12 @@
     return st.matchDay ? { mode: st.compare, match_day_of_week: true } : { mode: st.compare };
   }
   function dateRange(st) { return st.period === "custom" ? [st.from, st.to] : st.period; }
-  function apiFilters(st) { return st.filters.map((f) => [f.op, f.dim, filterValues(f.value)]); }
+  // The state's filters as the Stats API takes them; a chosen segment is one more
+  // (["is", "segment", [ID]]: the API answers as with the segment's own filters).
+  function apiFilters(st) {
+    const fs = st.filters.map((f) => [f.op, f.dim, filterValues(f.value)]);
+    return st.segment ? [["is", "segment", [st.segment]], ...fs] : fs;
+  }
   // A filter's values: `a|b` is a or b (as Plausible's URLs write them); `\|` is a `|` of the
   // value itself.
   function filterValues(v) {
@@ -1238,6 +1244,29 @@
     $("view-app").hidden = isChild();
     filterChips(st);
     filterDims(st.view);
+    segmentBar(st);
+  }
+  // Segments: the site's and the reader's own, to choose from; the filters shown can be saved
+  // as one (a person: their own, or with the admin role the site's).
+  async function segmentBar(st) {
+    const site = S.site;
+    const admin = roleOn(site) >= RANK.admin;
+    $("segment-save").hidden = !((isUser() || admin) && st.filters.length);
+    // A person may keep one for themselves; without an account (the admin token) only the
+    // site's, and below admin only one's own.
+    $("segment-type").disabled = !isUser() || !admin;
+    if (!isUser()) $("segment-type").value = "site"; else if (!admin) $("segment-type").value = "personal";
+    let list = [];
+    try { list = (await api("/api/v1/sites/" + encodeURIComponent(site) + "/segments", { noRetry: true })).segments || []; } catch { list = []; }
+    if (S.site !== site) return;
+    S.segments = list;
+    const sel = $("segment");
+    sel.replaceChildren(h("option", { value: "", text: "None" }),
+      ...list.map((s) => h("option", { value: s.id, text: s.name + (s.type === "personal" ? " (mine)" : ""), selected: s.id === st.segment })));
+    if (st.segment && !list.some((s) => s.id === st.segment)) sel.append(h("option", { value: st.segment, text: "(unknown segment)", selected: true }));
+    $("segment-l").hidden = !list.length && !st.segment;
+    const cur = list.find((s) => s.id === st.segment);
+    $("segment-delete").hidden = !cur || !(cur.type === "personal" || roleOn(site) >= RANK.admin);
   }
   // Fields an app sends and a website does not (and the web's that apps have not): the filter
   // builder offers each view its own.
@@ -1413,6 +1442,34 @@
     }
     $("compare").addEventListener("change", () => navigate((s) => { s.compare = $("compare").value; }));
     $("match-day").addEventListener("change", () => navigate((s) => { s.matchDay = $("match-day").checked; }));
+    $("segment").addEventListener("change", () => navigate((s) => { s.segment = $("segment").value; }, () => {
+      const cur = (S.segments || []).find((x) => x.id === $("segment").value);
+      announce(cur ? "Segment applied: " + cur.name : "No segment");
+    }));
+    $("segment-delete").addEventListener("click", async () => {
+      const id = $("segment").value;
+      try {
+        await api("/api/v1/sites/" + encodeURIComponent(S.site) + "/segments/" + encodeURIComponent(id), { method: "DELETE" });
+        status("Segment deleted.");
+        navigate((s) => { s.segment = ""; });
+      } catch (e) { status("The segment could not be deleted: " + e.message); }
+    });
+    $("segment-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const st = readState();
+      const f = new FormData($("segment-form"));
+      // The type list may be disabled (one choice only): read it, FormData skips disabled fields.
+      const body = { name: String(f.get("name")).trim(), type: $("segment-type").value,
+        filters: st.filters.map((x) => [x.op, x.dim, filterValues(x.value)]) };
+      try {
+        const seg = await api("/api/v1/sites/" + encodeURIComponent(S.site) + "/segments", { body });
+        $("segment-form").reset();
+        $("segment-save").open = false;
+        status("Segment saved: " + seg.name + ".");
+        // Applied at once: the segment stands for the filters it was made of.
+        navigate((s) => { s.segment = seg.id; s.filters = []; });
+      } catch (e) { status("The segment could not be saved: " + e.message); }
+    });
     $("imports").addEventListener("change", () => navigate((s) => { s.imports = $("imports").checked; }));
     $("digest").addEventListener("change", () => {
       const box = $("digest");
