@@ -807,8 +807,7 @@ pub(crate) async fn route(
                 }
                 return None;
             }
-            let rest = path.strip_prefix("/api/v1/sites/")?;
-            let (raw, sub) = rest.split_once('/')?;
+            let (raw, sub) = crate::http::site_route(path)?;
             if !(sub == "people" || sub.starts_with("people/") || sub.starts_with("invitations/")) {
                 return None;
             }

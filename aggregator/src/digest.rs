@@ -661,8 +661,7 @@ pub(crate) async fn route(
     req: &Request<Bytes>,
     path: &str,
 ) -> Option<Result<HttpResponse, Error>> {
-    let rest = path.strip_prefix("/api/v1/sites/")?;
-    let (raw, sub) = rest.split_once('/')?;
+    let (raw, sub) = crate::http::site_route(path)?;
     if sub != "digest" && sub != "digest/send" {
         return None;
     }

@@ -116,6 +116,12 @@ fn error_body(e: &Error, id: Option<&str>) -> HttpResponse {
     r
 }
 
+/// `(domain, rest)` of a path under `/api/v1/sites/{domain}/…`, as the site's own routes
+/// (people, digests, segments) read it; `None` for any other path.
+pub(crate) fn site_route(path: &str) -> Option<(&str, &str)> {
+    path.strip_prefix("/api/v1/sites/")?.split_once('/')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

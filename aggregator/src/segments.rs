@@ -127,8 +127,7 @@ pub(crate) async fn route(
     req: &Request<Bytes>,
     path: &str,
 ) -> Option<Result<HttpResponse, Error>> {
-    let rest = path.strip_prefix("/api/v1/sites/")?;
-    let (raw, sub) = rest.split_once('/')?;
+    let (raw, sub) = crate::http::site_route(path)?;
     let id = match sub.strip_prefix("segments") {
         Some("") => None,
         Some(r) => Some(
