@@ -1,6 +1,8 @@
 //! ClickHouse outages: with ClickHouse stopped, the collector keeps acknowledging events into
 //! its spool (readiness "degraded"), answers 503 with Retry-After only once the spool is full,
-//! and when ClickHouse returns the backlog drains: no acknowledged event is lost.
+//! and when ClickHouse returns the backlog drains: no acknowledged event is lost. An insert
+//! that timed out while ClickHouse was stalled (SIGSTOP) and went on when it woke is not
+//! written a second time by the retry.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -140,4 +142,95 @@ fn rss_kib() -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// An insert that times out while ClickHouse is stalled goes on when the server wakes; the
+/// retry must not look for the batch's rows before that insert has ended, or it writes them a
+/// second time (seen with `veil-load --outage 65`: one batch stored twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_that_timed_out_in_a_stall_is_stored_once() {
+    use veil_collector::pipeline::sink::clickhouse::ClickHouseSink;
+    use veil_collector::pipeline::sink::Sink as _;
+    use veil_collector::pipeline::EventRow;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = ManagedOptions::new(dir.path().join("ch"));
+    opts.parent_death_signal = libc::SIGKILL;
+    let server = tokio::task::spawn_blocking(move || ManagedClickHouse::start(&opts))
+        .await
+        .unwrap()
+        .unwrap();
+    let ch = server.config("stall");
+    veil_schemas::migrate(&ch).await.unwrap();
+    let pid = server.pid().unwrap();
+    let signal = |pid: u32, sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    let now = u32::try_from(chrono::Utc::now().timestamp()).unwrap();
+    let rows: Vec<EventRow> = (0..20_000u32)
+        .map(|i| EventRow {
+            site: "example.com".into(),
+            timestamp: now,
+            name: "pageview".into(),
+            hostname: "example.com".into(),
+            pathname: format!("/stall/{i}"),
+            spool_token: "stall-batch".into(),
+            ..Default::default()
+        })
+        .collect();
+    let stored = {
+        let ch = ch.clone();
+        move || {
+            let ch = ch.clone();
+            async move {
+                veil_schemas::sql::Run::sql(
+                    &ch.client(),
+                    &veil_schemas::sql::Sql::new(
+                        "SELECT count() FROM events WHERE spool_token = 'stall-batch'",
+                    ),
+                )
+                .fetch_one::<u64>()
+                .await
+                .unwrap()
+            }
+        }
+    };
+    let (n, written) = tokio::task::spawn_blocking({
+        let ch = ch.clone();
+        move || {
+            let mut sink = ClickHouseSink::new(&ch)
+                .unwrap()
+                .with_timeout(std::time::Duration::from_secs(1));
+            // Stalled: the insert is sent, then given up after the timeout.
+            signal(pid, "-STOP");
+            let first = sink.write(&rows);
+            signal(pid, "-CONT");
+            assert!(first.is_err(), "the stalled insert must time out");
+            // At once, as the writer's retry does: look for the rows, write what is missing.
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match sink.write_missing("stall-batch", &rows) {
+                    Ok(n) => break (n, rows.len()),
+                    Err(e) if tries < 20 => eprintln!("retry: {e}"),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // Whatever the timed-out insert did, the batch is there once, now and after it settled.
+    assert!(n == 0 || n == written, "{n}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        let c = stored().await;
+        assert_eq!(c, written as u64, "rows of the batch stored");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

@@ -256,10 +256,15 @@ impl Writer {
         // then its materialized views, then answers: a server dying in between, or a broken
         // connection, fails an insert whose rows are there). Every later attempt looks first.
         let mut uncertain = batch.is_replay();
+        // Rows an attempt of this process stored and then reported failed are this
+        // process's writes too: once the batch is stored whole, all its rows are counted.
+        let mut failed_here = false;
         loop {
             let started = Instant::now();
             let attempt = if uncertain {
-                self.sink.write_missing(&token, &rows)
+                self.sink
+                    .write_missing(&token, &rows)
+                    .map(|n| if failed_here { rows.len() } else { n })
             } else {
                 self.sink.write(&rows).map(|()| rows.len())
             };
@@ -275,6 +280,7 @@ impl Writer {
                 }
                 Err(e) => {
                     uncertain = true;
+                    failed_here = true;
                     self.healthy.store(false, Ordering::Relaxed);
                     self.metrics.clickhouse_errors.inc();
                     tracing::warn!(error = %e, rows = rows.len(), "insert failed; retrying (the batch stays in the spool)");

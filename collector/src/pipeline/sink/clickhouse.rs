@@ -9,6 +9,12 @@
 //! batch's `spool_token`, so only a replay of the same batch can be identical), which makes
 //! replays exactly-once even when an earlier attempt reached only some shards.
 //!
+//! An insert that failed may still be running on the server (one that timed out while the
+//! server was stalled goes on when it wakes): each insert carries its own `query_id`, and
+//! before [`Sink::write_missing`] looks for a batch's rows it waits until the failed insert
+//! has left `system.processes` — so the lookup never runs before rows that are about to land,
+//! which would store them twice.
+//!
 //! A replica killed between writing a block and feeding the materialized views that follow
 //! it (`events_recent`, `events_hourly`, `events_daily`) keeps the block; the retried insert is
 //! then dropped as a duplicate and feeds no view. Where the server has it (ClickHouse 19.x and
@@ -31,6 +37,10 @@ use crate::Error;
 /// Table the collector writes to.
 pub const EVENTS_TABLE: &str = "events";
 
+/// How long a failed insert must be absent from `system.processes` before its batch's rows
+/// are looked for.
+const SETTLE_QUIET: Duration = Duration::from_secs(1);
+
 /// Inserts batches into `events`.
 pub struct ClickHouseSink {
     rt: tokio::runtime::Runtime,
@@ -39,6 +49,12 @@ pub struct ClickHouseSink {
     cluster: bool,
     /// Cluster mode: whether [`MV_DEDUP_SETTING`] was checked for (and set when present).
     views_checked: bool,
+    /// Inserts sent so far (each one's `query_id` ends with its number).
+    inserts: u64,
+    /// The `query_id` of a failed insert that may still be running.
+    unsettled: Option<String>,
+    /// This sink's part of every `query_id`, so several collectors never share one.
+    tag: String,
 }
 
 impl ClickHouseSink {
@@ -53,13 +69,63 @@ impl ClickHouseSink {
         } else {
             cfg.client()
         };
+        let mut b = [0u8; 6];
+        getrandom::fill(&mut b).map_err(|e| Error::Sink(format!("random query id: {e}")))?;
         Ok(Self {
             rt,
             client,
             timeout: Duration::from_secs(60),
             cluster,
             views_checked: !cluster,
+            inserts: 0,
+            unsettled: None,
+            tag: b.iter().map(|x| format!("{x:02x}")).collect(),
         })
+    }
+
+    /// The same sink with another limit on one insert (60 s by default).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Waits until the failed insert [`Self::unsettled`] names has left `system.processes`
+    /// (at most the insert timeout); an error when it is still running or the server does not
+    /// answer, so the caller retries later.
+    fn settle(&mut self) -> Result<(), Error> {
+        let Some(id) = self.unsettled.clone() else {
+            return Ok(());
+        };
+        let client = self.client.clone();
+        let q = sql!(
+            "SELECT count() FROM system.processes WHERE query_id = {}",
+            lit(&id)
+        );
+        let deadline = std::time::Instant::now() + self.timeout;
+        // Gone for SETTLE_QUIET in a row: a server that has just woken may not have taken the
+        // old request off its socket yet when it is first asked.
+        let mut gone_since: Option<std::time::Instant> = None;
+        loop {
+            let running: u64 = self
+                .rt
+                .block_on(async { client.sql(&q).fetch_one().await })
+                .map_err(|e| Error::Sink(e.to_string()))?;
+            if running == 0 {
+                let since = *gone_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= SETTLE_QUIET {
+                    self.unsettled = None;
+                    return Ok(());
+                }
+            } else {
+                gone_since = None;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Sink(format!(
+                    "an earlier insert ({id}) is still running; its rows are looked for once it ends"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Cluster mode: sets [`MV_DEDUP_SETTING`] on inserts when the server has it (asked before
@@ -85,8 +151,12 @@ impl ClickHouseSink {
     async fn insert(
         client: &clickhouse::Client,
         rows: &[EventRow],
+        query_id: &str,
     ) -> Result<(), clickhouse::error::Error> {
-        let mut insert = client.insert::<EventRow>(EVENTS_TABLE).await?;
+        let mut insert = client
+            .insert::<EventRow>(EVENTS_TABLE)
+            .await?
+            .with_setting("query_id", query_id);
         for r in rows {
             insert.write(r).await?;
         }
@@ -109,6 +179,8 @@ impl Sink for ClickHouseSink {
             self.write(rows)?;
             return Ok(rows.len());
         }
+        // A failed insert that is still running would land after the lookup below.
+        self.settle()?;
         // An INSERT is atomic per partition (day): find the days this batch already reached.
         let (lo, hi) = rows.iter().fold((u32::MAX, 0), |(lo, hi), r| {
             (lo.min(r.timestamp), hi.max(r.timestamp))
@@ -139,9 +211,11 @@ impl Sink for ClickHouseSink {
 
     fn write(&mut self, rows: &[EventRow]) -> Result<(), Error> {
         self.check_views();
-        let fut = Self::insert(&self.client, rows);
+        self.inserts += 1;
+        let query_id = format!("veil-insert-{}-{}", self.tag, self.inserts);
+        let fut = Self::insert(&self.client, rows, &query_id);
         let timeout = self.timeout;
-        match self
+        let outcome = match self
             .rt
             .block_on(async { tokio::time::timeout(timeout, fut).await })
         {
@@ -150,6 +224,10 @@ impl Sink for ClickHouseSink {
             Err(_) => Err(Error::Sink(format!(
                 "insert did not finish within {timeout:?}"
             ))),
+        };
+        if outcome.is_err() {
+            self.unsettled = Some(query_id);
         }
+        outcome
     }
 }
