@@ -20,6 +20,14 @@
 //!    opt-out) is in ClickHouse exactly once, comparing with the sum of the collectors' own
 //!    counters too.
 //!
+//! Issue 18's denominators, each optional: `--rate`/`--open-loop-at` add `/api/event` open-loop
+//! at a fixed rate (latency from each request's due time, see `loadgen::run_open`), `--outage`
+//! a last scenario during which the managed ClickHouse is stopped (SIGSTOP) and resumed, and
+//! `--clickhouse-client` times Debian's `clickhouse-client` inserting the rows `/v1/events`
+//! stored, into a copy of `events` and into a fresh `events` with its views (see
+//! `veil_benches::chclient`), after the verification. Every scenario samples the collectors'
+//! resident memory (`veil_benches::rss`).
+//!
 //! `--compare-collectors` does all of this twice in one invocation — 1 collector, then
 //! `--collectors` (2 when that is 1), each on a fresh database — and prints the ratios between
 //! the two runs: this machine is shared and noisy, so only numbers measured side by side compare.
@@ -659,9 +667,11 @@ fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
 
 /// A collector process's counters, read from its metrics listener `addr`, once it has written
 /// everything it accepted (the load is over, so that number no longer grows), or as they are
-/// after `limit`.
-async fn settled_counters(addr: SocketAddr, limit: Duration) -> anyhow::Result<Counters> {
-    let until = Instant::now() + limit;
+/// once `veil_events_written_total` has not moved for `stall` (a backlog left by an outage
+/// takes as long as it takes to drain, so the wait is bounded by progress, not by a clock).
+async fn settled_counters(addr: SocketAddr, stall: Duration) -> anyhow::Result<Counters> {
+    let mut progress = Instant::now();
+    let mut last_written = None;
     loop {
         let (status, body) = loadgen::get(addr, "/metrics", Duration::from_secs(5))
             .await
@@ -670,7 +680,13 @@ async fn settled_counters(addr: SocketAddr, limit: Duration) -> anyhow::Result<C
             bail!("/metrics of collector {addr} answered {status}");
         }
         let c = Counters::parse(&String::from_utf8_lossy(&body));
-        if c.written >= c.accepted || Instant::now() > until {
+        if c.written >= c.accepted {
+            return Ok(c);
+        }
+        if last_written != Some(c.written) {
+            last_written = Some(c.written);
+            progress = Instant::now();
+        } else if progress.elapsed() > stall {
             return Ok(c);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -685,7 +701,7 @@ fn stop_fleet(rt: &Runtime, mut members: Vec<Member>) -> anyhow::Result<(bool, V
     for m in &members {
         before.push(match m {
             Member::Process(c) => {
-                Some(rt.block_on(settled_counters(c.metrics_addr, Duration::from_secs(60)))?)
+                Some(rt.block_on(settled_counters(c.metrics_addr, Duration::from_secs(30)))?)
             }
             Member::InProcess { .. } => None,
         });
@@ -1235,11 +1251,21 @@ fn print_memory(results: &[(Scenario, LoadReport)], memory: &[Vec<Peak>], pids: 
     } else {
         "each `veil collector` process"
     };
-    println!("resident memory of {whose}, MB (max VmRSS sampled every 50 ms / VmHWM at the end):");
+    println!(
+        "resident memory of {whose}, MB (sampled every 50 ms: max VmRSS / of it max RssAnon / VmRSS at the end / VmHWM at the end):"
+    );
     for ((s, _), peaks) in results.iter().zip(memory) {
         let each: Vec<String> = peaks
             .iter()
-            .map(|p| format!("{:.1} / {:.1}", rss::mb(p.max_rss_kb), rss::mb(p.hwm_kb)))
+            .map(|p| {
+                format!(
+                    "{:.1} / {:.1} / {:.1} / {:.1}",
+                    rss::mb(p.max_rss_kb),
+                    rss::mb(p.max_anon_kb),
+                    rss::mb(p.last_rss_kb),
+                    rss::mb(p.hwm_kb)
+                )
+            })
             .collect();
         println!("  {:<34} {}", s.label, each.join(", "));
     }

@@ -1,7 +1,8 @@
 //! Resident memory of the collectors during a run, read from Linux's `/proc/PID/status`.
 //!
-//! Two lines of that file matter (values in kB): `VmRSS`, the resident set now, and `VmHWM`,
-//! its peak since the process started ("high water mark"). A [`Sampler`] reads `VmRSS` of each
+//! Three lines of that file matter (values in kB): `VmRSS`, the resident set now, `VmHWM`, its
+//! peak since the process started ("high water mark"), and `RssAnon`, the anonymous part of
+//! `VmRSS` (heap and stacks, without mapped files such as the binary itself; Linux 4.5+). A [`Sampler`] reads `VmRSS` of each
 //! watched process every few tens of milliseconds while a scenario runs and keeps the largest
 //! value it saw, then reads `VmHWM` once at the end. For a `veil collector` process both are
 //! the collector's own; for in-process collectors the only process there is is `veil-load`
@@ -20,6 +21,8 @@ pub struct Mem {
     pub rss_kb: u64,
     /// `VmHWM`: the peak resident set since the process started.
     pub hwm_kb: u64,
+    /// `RssAnon`: the anonymous part of `VmRSS` (0 when the kernel does not say).
+    pub anon_kb: u64,
 }
 
 /// `VmRSS` and `VmHWM` from the text of a `/proc/PID/status` file; `None` when either is
@@ -39,6 +42,7 @@ pub fn parse_status(text: &str) -> Option<Mem> {
     Some(Mem {
         rss_kb: field("VmRSS")?,
         hwm_kb: field("VmHWM")?,
+        anon_kb: field("RssAnon").unwrap_or(0),
     })
 }
 
@@ -58,6 +62,10 @@ pub struct Peak {
     pub max_rss_kb: u64,
     /// `VmHWM` when sampling stopped, kB (0 when it could not be read).
     pub hwm_kb: u64,
+    /// The largest `RssAnon` sampled, kB.
+    pub max_anon_kb: u64,
+    /// `VmRSS` when sampling stopped, kB.
+    pub last_rss_kb: u64,
     /// How many samples were read.
     pub samples: u64,
 }
@@ -83,6 +91,8 @@ impl Sampler {
                         if let Some(m) = read(*pid) {
                             peak.max_rss_kb = peak.max_rss_kb.max(m.rss_kb);
                             peak.hwm_kb = m.hwm_kb;
+                            peak.max_anon_kb = peak.max_anon_kb.max(m.anon_kb);
+                            peak.last_rss_kb = m.rss_kb;
                             peak.samples += 1;
                         }
                     }
@@ -120,7 +130,8 @@ mod tests {
             parse_status(text),
             Some(Mem {
                 rss_kb: 48_120,
-                hwm_kb: 61_236
+                hwm_kb: 61_236,
+                anon_kb: 30_000,
             })
         );
         // `VmRSSx` is not `VmRSS`; a kernel thread has neither line.
@@ -128,12 +139,18 @@ mod tests {
         assert_eq!(parse_status("Name:\tkthreadd\nThreads:\t1\n"), None);
         assert_eq!(parse_status("VmRSS:\tlots kB\nVmHWM:\t2 kB\n"), None);
         assert_eq!(parse_status("VmRSS:\t5 MB\nVmHWM:\t2 kB\n"), None);
+        // An old kernel without RssAnon still gives the other two.
+        assert_eq!(
+            parse_status("VmRSS:\t5 kB\nVmHWM:\t6 kB\n").map(|m| m.anon_kb),
+            Some(0)
+        );
     }
 
     #[test]
     fn samples_this_process() {
         let own = read(None).expect("Linux /proc/self/status");
         assert!(own.rss_kb > 0 && own.hwm_kb >= own.rss_kb);
+        assert!(own.anon_kb > 0 && own.anon_kb <= own.rss_kb);
         let s = Sampler::start(vec![None, Some(u32::MAX)], Duration::from_millis(5)).unwrap();
         std::thread::sleep(Duration::from_millis(30));
         let peaks = s.finish();
