@@ -92,6 +92,9 @@ pub struct LoadReport {
     pub send_lag_us: Vec<u32>,
     /// Open loop only: the fixed rate asked for, requests per second.
     pub target_rate: Option<f64>,
+    /// Open loop only: requests answered [`SLOW`] or more after their due time, as (due time
+    /// in ms from the start, latency in µs), sorted by due time; see [`stall_windows`].
+    pub slow: Vec<(u32, u32)>,
     /// Answered requests by target address.
     pub by_target: BTreeMap<SocketAddr, u64>,
     /// From the first request to the last answer.
@@ -110,6 +113,7 @@ impl LoadReport {
         self.reported_accepted += other.reported_accepted;
         self.latencies_us.extend(other.latencies_us);
         self.send_lag_us.extend(other.send_lag_us);
+        self.slow.extend(other.slow);
         for (a, n) in other.by_target {
             *self.by_target.entry(a).or_default() += n;
         }
@@ -149,6 +153,45 @@ pub fn percentile_of(sorted_us: &[u32], p: f64) -> Duration {
     }
     let rank = ((p.clamp(0.0, 100.0) / 100.0) * (n - 1) as f64).round() as usize;
     Duration::from_micros(u64::from(sorted_us[rank.min(n - 1)]))
+}
+
+/// An open-loop request answered this long after its due time is kept in [`LoadReport::slow`].
+pub const SLOW: Duration = Duration::from_millis(20);
+
+/// A stretch of time in which open-loop requests were slow: what a stall of the server looks like
+/// from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stall {
+    /// Due time of its first slow request, ms from the start.
+    pub from_ms: u32,
+    /// Due time of its last slow request, ms from the start.
+    pub to_ms: u32,
+    /// Slow requests in it.
+    pub requests: u64,
+    /// The worst latency in it, µs.
+    pub worst_us: u32,
+}
+
+/// Groups slow requests, `(due ms, latency µs)` sorted by due time, into stalls: a request due
+/// more than `gap_ms` after the previous slow one starts a new stall.
+pub fn stall_windows(slow: &[(u32, u32)], gap_ms: u32) -> Vec<Stall> {
+    let mut out: Vec<Stall> = Vec::new();
+    for &(due, lat) in slow {
+        match out.last_mut() {
+            Some(w) if due.saturating_sub(w.to_ms) <= gap_ms => {
+                w.to_ms = due;
+                w.requests += 1;
+                w.worst_us = w.worst_us.max(lat);
+            }
+            _ => out.push(Stall {
+                from_ms: due,
+                to_ms: due,
+                requests: 1,
+                worst_us: lat,
+            }),
+        }
+    }
+    out
 }
 
 /// When request number `k` (from 0) of an open-loop run at `rate` requests per second is due,
@@ -397,6 +440,7 @@ async fn drive_open(
     addr: SocketAddr,
     mut sender: Option<Sender>,
     slots: Slots,
+    started: Instant,
 ) -> LoadReport {
     let mut rng = Rng::new(opts.seed ^ index.wrapping_mul(0xA24B_AED4_963E_E407));
     let host =
@@ -431,6 +475,13 @@ async fn drive_open(
                 if closing {
                     sender = None;
                 }
+                let latency = due.elapsed();
+                if latency >= SLOW {
+                    let at = due.saturating_duration_since(started).as_millis();
+                    report
+                        .slow
+                        .push((u32::try_from(at).unwrap_or(u32::MAX), micros(latency)));
+                }
                 report.record(
                     opts.workload,
                     addr,
@@ -439,7 +490,7 @@ async fn drive_open(
                         stored: planned.stored,
                         status,
                         body: &body,
-                        latency: due.elapsed(),
+                        latency,
                     },
                 );
             }
@@ -493,7 +544,14 @@ pub async fn run_open(opts: LoadOptions, rate: f64) -> io::Result<LoadReport> {
         .into_iter()
         .zip(0u64..)
         .map(|((addr, s), i)| {
-            tokio::spawn(drive_open(opts.clone(), i, addr, Some(s), slots.clone()))
+            tokio::spawn(drive_open(
+                opts.clone(),
+                i,
+                addr,
+                Some(s),
+                slots.clone(),
+                started,
+            ))
         })
         .collect();
     let mut report = LoadReport::default();
@@ -511,6 +569,7 @@ pub async fn run_open(opts: LoadOptions, rate: f64) -> io::Result<LoadReport> {
     let _ = pacer.join();
     report.latencies_us.sort_unstable();
     report.send_lag_us.sort_unstable();
+    report.slow.sort_unstable();
     report.target_rate = Some(rate);
     Ok(report)
 }
@@ -578,6 +637,30 @@ mod tests {
         assert_eq!(percentile_of(&v, 100.0), Duration::from_micros(1000));
         assert_eq!(percentile_of(&v, 150.0), Duration::from_micros(1000));
         assert_eq!(percentile_of(&[7], 50.0), Duration::from_micros(7));
+    }
+
+    #[test]
+    fn slow_requests_group_into_stalls() {
+        let slow = [(100, 30_000), (110, 45_000), (180, 25_000), (900, 21_000)];
+        assert_eq!(
+            stall_windows(&slow, 100),
+            [
+                Stall {
+                    from_ms: 100,
+                    to_ms: 180,
+                    requests: 3,
+                    worst_us: 45_000
+                },
+                Stall {
+                    from_ms: 900,
+                    to_ms: 900,
+                    requests: 1,
+                    worst_us: 21_000
+                }
+            ]
+        );
+        assert_eq!(stall_windows(&slow, 10).len(), 3);
+        assert!(stall_windows(&[], 100).is_empty());
     }
 
     #[test]

@@ -158,6 +158,10 @@ struct Args {
     /// Inserts timed per target table with `--clickhouse-client` (the median is used).
     #[arg(long, default_value_t = 3)]
     clickhouse_client_repeats: usize,
+    /// One more argument for every `veil collector` process (repeat the flag for several), e.g.
+    /// `--collector-arg=--batch-max-rows=10000`; needs `--collector-processes`.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    collector_arg: Vec<String>,
     /// Native protocol port of the `--clickhouse-url` server, for `clickhouse-client` (a managed
     /// server's is read from its config).
     #[arg(long, default_value_t = 9000)]
@@ -529,6 +533,7 @@ async fn spawn_collector(
     for site in traffic::REGISTERED_SITES {
         cmd.args(["--site", site]);
     }
+    cmd.args(&args.collector_arg);
     cmd.stdin(Stdio::null())
         .stdout(out.try_clone().context("duplicating the log handle")?)
         .stderr(out);
@@ -668,8 +673,11 @@ fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
 /// A collector process's counters, read from its metrics listener `addr`, once it has written
 /// everything it accepted (the load is over, so that number no longer grows), or as they are
 /// once `veil_events_written_total` has not moved for `stall` (a backlog left by an outage
-/// takes as long as it takes to drain, so the wait is bounded by progress, not by a clock).
+/// takes as long as it takes to drain, so the wait is bounded by progress, not by a clock; the
+/// caller's `stall` outlasts the collector's 60 s insert timeout, so one insert that hung in an
+/// outage and is retried does not end the wait). Prints how long it waited when that was long.
 async fn settled_counters(addr: SocketAddr, stall: Duration) -> anyhow::Result<Counters> {
+    let waited = Instant::now();
     let mut progress = Instant::now();
     let mut last_written = None;
     loop {
@@ -681,12 +689,22 @@ async fn settled_counters(addr: SocketAddr, stall: Duration) -> anyhow::Result<C
         }
         let c = Counters::parse(&String::from_utf8_lossy(&body));
         if c.written >= c.accepted {
+            if waited.elapsed() > Duration::from_secs(1) {
+                eprintln!(
+                    "collector {addr}: wrote its backlog in {:.1} s after the load",
+                    waited.elapsed().as_secs_f64()
+                );
+            }
             return Ok(c);
         }
         if last_written != Some(c.written) {
             last_written = Some(c.written);
             progress = Instant::now();
         } else if progress.elapsed() > stall {
+            eprintln!(
+                "collector {addr}: veil_events_written_total stuck at {} of {} for {stall:?}",
+                c.written, c.accepted
+            );
             return Ok(c);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -701,7 +719,7 @@ fn stop_fleet(rt: &Runtime, mut members: Vec<Member>) -> anyhow::Result<(bool, V
     for m in &members {
         before.push(match m {
             Member::Process(c) => {
-                Some(rt.block_on(settled_counters(c.metrics_addr, Duration::from_secs(30)))?)
+                Some(rt.block_on(settled_counters(c.metrics_addr, Duration::from_secs(90)))?)
             }
             Member::InProcess { .. } => None,
         });
@@ -920,6 +938,33 @@ fn print_table(results: &[(Scenario, LoadReport)], connections: usize, collector
                 lag(99.0),
                 lag(99.9)
             );
+            let stalls = loadgen::stall_windows(&r.slow, 100);
+            if !stalls.is_empty() {
+                let shown: Vec<String> = stalls
+                    .iter()
+                    .take(12)
+                    .map(|w| {
+                        format!(
+                            "{:.2}–{:.2} s ×{} (worst {:.0} ms)",
+                            f64::from(w.from_ms) / 1000.0,
+                            f64::from(w.to_ms) / 1000.0,
+                            w.requests,
+                            f64::from(w.worst_us) / 1000.0
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{:<34} stalls (requests ≥ {} ms late, by due time): {}{}",
+                    "",
+                    loadgen::SLOW.as_millis(),
+                    shown.join(", "),
+                    if stalls.len() > 12 {
+                        format!(" … {} in all", stalls.len())
+                    } else {
+                        String::new()
+                    }
+                );
+            }
         }
         if s.collector && collectors > 1 {
             let spread: Vec<String> = r
@@ -1467,6 +1512,9 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     }
     if args.open_loop_at.is_some() && !matches!(args.mode, Mode::All | Mode::Plausible) {
         bail!("--open-loop-at needs the closed-loop /api/event scenario (--mode all or plausible)");
+    }
+    if !args.collector_arg.is_empty() && !args.collector_processes {
+        bail!("--collector-arg is for `veil collector` processes: add --collector-processes");
     }
     if args.outage.is_some() && args.clickhouse_url.is_some() {
         bail!("--outage stops the managed ClickHouse: it cannot be used with --clickhouse-url");
