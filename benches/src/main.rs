@@ -1047,6 +1047,13 @@ fn verify(rt: &Runtime, fleet: Fleet, results: &[(Scenario, LoadReport)]) -> any
         && total.written == found;
     if ok {
         println!("  OK: every acknowledged event is in ClickHouse, exactly once");
+    } else if found == sent && answered == sent && total.accepted == sent {
+        println!(
+            "  MISMATCH: the rows are exact ({found}), but the collectors' counters say written {} of accepted {}{}",
+            total.written,
+            total.accepted,
+            if flushed { "" } else { " (a spool was not drained)" }
+        );
     } else {
         println!("  MISMATCH: expected {sent} rows, found {found}");
     }
