@@ -7,10 +7,15 @@
 //! - [`bare`]: a hyper server that reads each body and answers 202, the ceiling the collector is
 //!   compared with;
 //! - [`loadgen`]: the keep-alive HTTP/1.1 load generator (fixed persistent connections, loopback
-//!   only, bounded by time and request count) and its latency statistics.
+//!   only, bounded by time and request count; closed loop, or open loop at a fixed rate) and its
+//!   latency statistics;
+//! - [`rss`]: the collectors' resident memory, sampled from `/proc/PID/status`;
+//! - [`chclient`]: the `/v1/events` denominator, `clickhouse-client` inserting the same rows.
 //!
 //! See `benches/README.md` for how to run them and the numbers measured.
 
 pub mod bare;
+pub mod chclient;
 pub mod loadgen;
+pub mod rss;
 pub mod traffic;

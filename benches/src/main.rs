@@ -20,6 +20,14 @@
 //!    opt-out) is in ClickHouse exactly once, comparing with the sum of the collectors' own
 //!    counters too.
 //!
+//! Issue 18's denominators, each optional: `--rate`/`--open-loop-at` add `/api/event` open-loop
+//! at a fixed rate (latency from each request's due time, see `loadgen::run_open`), `--outage`
+//! a last scenario during which the managed ClickHouse is stopped (SIGSTOP) and resumed, and
+//! `--clickhouse-client` times Debian's `clickhouse-client` inserting the rows `/v1/events`
+//! stored, into a copy of `events` and into a fresh `events` with its views (see
+//! `veil_benches::chclient`), after the verification. Every scenario samples the collectors'
+//! resident memory (`veil_benches::rss`).
+//!
 //! `--compare-collectors` does all of this twice in one invocation — 1 collector, then
 //! `--collectors` (2 when that is 1), each on a fresh database — and prints the ratios between
 //! the two runs: this machine is shared and noisy, so only numbers measured side by side compare.
@@ -45,7 +53,8 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use veil_benches::loadgen::{self, LoadOptions, LoadReport, Workload};
-use veil_benches::{bare, traffic};
+use veil_benches::rss::{self, Peak, Sampler};
+use veil_benches::{bare, chclient, traffic};
 use veil_collector::metrics::names;
 use veil_collector::pipeline::enrich::UaParser;
 use veil_collector::pipeline::spool::{Durability, SpoolError};
@@ -126,6 +135,37 @@ struct Args {
     /// (`cargo build --release -p veil`).
     #[arg(long)]
     veil_bin: Option<PathBuf>,
+    /// Also run `/api/event` open-loop at this fixed rate (requests/s, due at fixed intervals
+    /// whatever the answers; latency from the due time), after the closed-loop `/api/event`.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Also run `/api/event` open-loop at this fraction of the closed-loop `/api/event` rate
+    /// measured just before in the same run (e.g. 0.5 for half of the maximum).
+    #[arg(long)]
+    open_loop_at: Option<f64>,
+    /// Outage scenario: `/api/event` closed-loop for SECS + 4 s, the managed ClickHouse stopped
+    /// (SIGSTOP) from 2 s in for SECS seconds and then resumed (SIGCONT); collector RSS sampled.
+    #[arg(long, value_name = "SECS")]
+    outage: Option<u64>,
+    /// After the verification, time `clickhouse-client` inserting the rows the `/v1/events`
+    /// scenario stored (RowBinary on its stdin) into a copy of `events` without materialized
+    /// views and into a fresh `events` with them, and print `/v1/events` ÷ its rows/s.
+    #[arg(long)]
+    clickhouse_client: bool,
+    /// The `clickhouse-client` binary.
+    #[arg(long, default_value = "clickhouse-client")]
+    clickhouse_client_bin: PathBuf,
+    /// Inserts timed per target table with `--clickhouse-client` (the median is used).
+    #[arg(long, default_value_t = 3)]
+    clickhouse_client_repeats: usize,
+    /// One more argument for every `veil collector` process (repeat the flag for several), e.g.
+    /// `--collector-arg=--batch-max-rows=10000`; needs `--collector-processes`.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    collector_arg: Vec<String>,
+    /// Native protocol port of the `--clickhouse-url` server, for `clickhouse-client` (a managed
+    /// server's is read from its config).
+    #[arg(long, default_value_t = 9000)]
+    clickhouse_tcp_port: u16,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -151,6 +191,25 @@ struct Store {
 }
 
 impl Store {
+    /// The managed server's process id (none for a server of yours).
+    fn clickhouse_pid(&self) -> Option<u32> {
+        self._managed.as_ref().and_then(|(m, _)| m.pid())
+    }
+
+    /// The native protocol port: the managed server's, from its config, or `fallback`.
+    fn tcp_port(&self, fallback: u16) -> anyhow::Result<u16> {
+        match &self._managed {
+            None => Ok(fallback),
+            Some((m, _)) => {
+                let path = m.dir().join("config.xml");
+                let xml = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                chclient::tcp_port_from_config(&xml)
+                    .with_context(|| format!("no <tcp_port> in {}", path.display()))
+            }
+        }
+    }
+
     fn open(url: Option<&str>) -> anyhow::Result<Self> {
         if let Some(url) = url {
             return Ok(Self {
@@ -212,6 +271,14 @@ impl Member {
         match self {
             Member::InProcess { addr, .. } => *addr,
             Member::Process(c) => c.addr,
+        }
+    }
+
+    /// The process whose memory is this collector's: its own, or `veil-load` (`None`).
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Member::InProcess { .. } => None,
+            Member::Process(c) => Some(c.child.id()),
         }
     }
 }
@@ -466,6 +533,7 @@ async fn spawn_collector(
     for site in traffic::REGISTERED_SITES {
         cmd.args(["--site", site]);
     }
+    cmd.args(&args.collector_arg);
     cmd.stdin(Stdio::null())
         .stdout(out.try_clone().context("duplicating the log handle")?)
         .stderr(out);
@@ -604,9 +672,14 @@ fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
 
 /// A collector process's counters, read from its metrics listener `addr`, once it has written
 /// everything it accepted (the load is over, so that number no longer grows), or as they are
-/// after `limit`.
-async fn settled_counters(addr: SocketAddr, limit: Duration) -> anyhow::Result<Counters> {
-    let until = Instant::now() + limit;
+/// once `veil_events_written_total` has not moved for `stall` (a backlog left by an outage
+/// takes as long as it takes to drain, so the wait is bounded by progress, not by a clock; the
+/// caller's `stall` outlasts the collector's 60 s insert timeout, so one insert that hung in an
+/// outage and is retried does not end the wait). Prints how long it waited when that was long.
+async fn settled_counters(addr: SocketAddr, stall: Duration) -> anyhow::Result<Counters> {
+    let waited = Instant::now();
+    let mut progress = Instant::now();
+    let mut last_written = None;
     loop {
         let (status, body) = loadgen::get(addr, "/metrics", Duration::from_secs(5))
             .await
@@ -615,7 +688,23 @@ async fn settled_counters(addr: SocketAddr, limit: Duration) -> anyhow::Result<C
             bail!("/metrics of collector {addr} answered {status}");
         }
         let c = Counters::parse(&String::from_utf8_lossy(&body));
-        if c.written >= c.accepted || Instant::now() > until {
+        if c.written >= c.accepted {
+            if waited.elapsed() > Duration::from_secs(1) {
+                eprintln!(
+                    "collector {addr}: wrote its backlog in {:.1} s after the load",
+                    waited.elapsed().as_secs_f64()
+                );
+            }
+            return Ok(c);
+        }
+        if last_written != Some(c.written) {
+            last_written = Some(c.written);
+            progress = Instant::now();
+        } else if progress.elapsed() > stall {
+            eprintln!(
+                "collector {addr}: veil_events_written_total stuck at {} of {} for {stall:?}",
+                c.written, c.accepted
+            );
             return Ok(c);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -630,7 +719,7 @@ fn stop_fleet(rt: &Runtime, mut members: Vec<Member>) -> anyhow::Result<(bool, V
     for m in &members {
         before.push(match m {
             Member::Process(c) => {
-                Some(rt.block_on(settled_counters(c.metrics_addr, Duration::from_secs(60)))?)
+                Some(rt.block_on(settled_counters(c.metrics_addr, Duration::from_secs(90)))?)
             }
             Member::InProcess { .. } => None,
         });
@@ -691,6 +780,20 @@ struct Scenario {
     /// The bare server's address, or every collector's.
     addrs: Vec<SocketAddr>,
     collector: bool,
+    pace: Pace,
+    /// The managed ClickHouse is stopped for this long, 2 s into the scenario.
+    outage: Option<Duration>,
+}
+
+/// How a scenario's requests are sent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pace {
+    /// One request in flight per connection, the next sent when the answer is read.
+    Closed,
+    /// Open loop at this many requests per second.
+    Rate(f64),
+    /// Open loop at this fraction of the closed-loop `/api/event` rate measured before it.
+    FractionOfClosed(f64),
 }
 
 /// One run: its collectors, what each scenario measured, and whether the counts added up.
@@ -698,6 +801,65 @@ struct RunOutcome {
     collectors: usize,
     results: Vec<(Scenario, LoadReport)>,
     ok: bool,
+}
+
+/// Sends SIGSTOP or SIGCONT to `pid`.
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{sig} {pid} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Stops the managed ClickHouse (SIGSTOP) `after` from now for `length`, on its own thread, and
+/// resumes it (SIGCONT) — also when the returned handle is dropped early, so an aborted run
+/// never leaves the server stopped.
+struct Outage {
+    pid: u32,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<(Instant, Instant)>>>,
+}
+
+impl Outage {
+    fn start(pid: u32, after: Duration, length: Duration) -> anyhow::Result<Self> {
+        let thread = std::thread::Builder::new()
+            .name("veil-load-outage".into())
+            .spawn(move || {
+                std::thread::sleep(after);
+                signal(pid, "STOP")?;
+                let stopped = Instant::now();
+                eprintln!("ClickHouse (pid {pid}) stopped (SIGSTOP) for {length:?} …");
+                std::thread::sleep(length);
+                signal(pid, "CONT")?;
+                eprintln!("ClickHouse resumed (SIGCONT)");
+                Ok((stopped, Instant::now()))
+            })?;
+        Ok(Self {
+            pid,
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits for the resume; the span ClickHouse was stopped.
+    fn finish(mut self) -> anyhow::Result<Duration> {
+        let t = self.thread.take().context("outage already finished")?;
+        let (a, b) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("the outage thread panicked"))??;
+        Ok(b - a)
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = signal(self.pid, "CONT");
+        }
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -722,11 +884,11 @@ fn load_average() -> String {
 fn print_table(results: &[(Scenario, LoadReport)], connections: usize, collectors: usize) {
     let bare = results
         .iter()
-        .find(|(s, _)| !s.collector)
+        .find(|(s, _)| !s.collector && s.pace == Pace::Closed)
         .map(|(_, r)| r.requests_per_sec());
     println!();
     println!(
-        "{:<26} {:>10} {:>6} {:>10} {:>10} {:>11} {:>8} {:>8} {:>8} {:>7} {:>9} {:>12}",
+        "{:<34} {:>10} {:>6} {:>10} {:>10} {:>11} {:>8} {:>8} {:>9} {:>8} {:>7} {:>9} {:>12}",
         "scenario",
         "collectors",
         "conns",
@@ -735,6 +897,7 @@ fn print_table(results: &[(Scenario, LoadReport)], connections: usize, collector
         "events/s",
         "p50 ms",
         "p99 ms",
+        "p99.9 ms",
         "non-2xx",
         "failed",
         "req/bare",
@@ -742,7 +905,7 @@ fn print_table(results: &[(Scenario, LoadReport)], connections: usize, collector
     );
     for (s, r) in results {
         println!(
-            "{:<26} {:>10} {:>6} {:>10} {:>10.0} {:>11.0} {:>8.2} {:>8.2} {:>8} {:>7} {:>9} {:>12}",
+            "{:<34} {:>10} {:>6} {:>10} {:>10.0} {:>11.0} {:>8.2} {:>8.2} {:>9.2} {:>8} {:>7} {:>9} {:>12}",
             s.label,
             if s.collector {
                 collectors.to_string()
@@ -755,13 +918,53 @@ fn print_table(results: &[(Scenario, LoadReport)], connections: usize, collector
             r.events_per_sec(),
             ms(r.percentile(50.0)),
             ms(r.percentile(99.0)),
+            ms(r.percentile(99.9)),
             r.non_2xx(),
             r.failures,
             ratio(r.requests_per_sec(), bare),
             ratio(r.events_per_sec(), bare),
         );
         if r.non_2xx() > 0 {
-            println!("{:<26} statuses: {:?}", "", r.statuses);
+            println!("{:<34} statuses: {:?}", "", r.statuses);
+        }
+        if let Some(rate) = r.target_rate {
+            let lag = |p| ms(loadgen::percentile_of(&r.send_lag_us, p));
+            println!(
+                "{:<34} open loop: asked {rate:.0} req/s, achieved {:.0} ({:.3}); sent after due: p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
+                "",
+                r.requests_per_sec(),
+                r.requests_per_sec() / rate,
+                lag(50.0),
+                lag(99.0),
+                lag(99.9)
+            );
+            let stalls = loadgen::stall_windows(&r.slow, 100);
+            if !stalls.is_empty() {
+                let shown: Vec<String> = stalls
+                    .iter()
+                    .take(12)
+                    .map(|w| {
+                        format!(
+                            "{:.2}–{:.2} s ×{} (worst {:.0} ms)",
+                            f64::from(w.from_ms) / 1000.0,
+                            f64::from(w.to_ms) / 1000.0,
+                            w.requests,
+                            f64::from(w.worst_us) / 1000.0
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{:<34} stalls (requests ≥ {} ms late, by due time): {}{}",
+                    "",
+                    loadgen::SLOW.as_millis(),
+                    shown.join(", "),
+                    if stalls.len() > 12 {
+                        format!(" … {} in all", stalls.len())
+                    } else {
+                        String::new()
+                    }
+                );
+            }
         }
         if s.collector && collectors > 1 {
             let spread: Vec<String> = r
@@ -769,7 +972,7 @@ fn print_table(results: &[(Scenario, LoadReport)], connections: usize, collector
                 .iter()
                 .map(|(a, n)| format!("{a}: {n}"))
                 .collect();
-            println!("{:<26} requests per collector: {}", "", spread.join(", "));
+            println!("{:<34} requests per collector: {}", "", spread.join(", "));
         }
     }
     println!();
@@ -844,6 +1047,13 @@ fn verify(rt: &Runtime, fleet: Fleet, results: &[(Scenario, LoadReport)]) -> any
         && total.written == found;
     if ok {
         println!("  OK: every acknowledged event is in ClickHouse, exactly once");
+    } else if found == sent && answered == sent && total.accepted == sent {
+        println!(
+            "  MISMATCH: the rows are exact ({found}), but the collectors' counters say written {} of accepted {}{}",
+            total.written,
+            total.accepted,
+            if flushed { "" } else { " (a spool was not drained)" }
+        );
     } else {
         println!("  MISMATCH: expected {sent} rows, found {found}");
     }
@@ -852,35 +1062,103 @@ fn verify(rt: &Runtime, fleet: Fleet, results: &[(Scenario, LoadReport)]) -> any
 
 fn scenarios(args: &Args, bare_addr: SocketAddr, collectors: &[SocketAddr]) -> Vec<Scenario> {
     let mut out = Vec::new();
+    let on_collectors = |label: String, workload, pace, outage| Scenario {
+        label,
+        workload,
+        addrs: collectors.to_vec(),
+        collector: true,
+        pace,
+        outage,
+    };
     if matches!(args.mode, Mode::All | Mode::Bare) {
         out.push(Scenario {
             label: "bare hyper (202, no work)".into(),
             workload: Workload::Plausible,
             addrs: vec![bare_addr],
             collector: false,
+            pace: Pace::Closed,
+            outage: None,
         });
     }
     if !collectors.is_empty() {
         if matches!(args.mode, Mode::All | Mode::Plausible) {
-            out.push(Scenario {
-                label: "POST /api/event".into(),
-                workload: Workload::Plausible,
-                addrs: collectors.to_vec(),
-                collector: true,
-            });
+            out.push(on_collectors(
+                "POST /api/event".into(),
+                Workload::Plausible,
+                Pace::Closed,
+                None,
+            ));
+            if let Some(f) = args.open_loop_at {
+                out.push(on_collectors(
+                    format!("POST /api/event open {f}x max"),
+                    Workload::Plausible,
+                    Pace::FractionOfClosed(f),
+                    None,
+                ));
+                if args.mode == Mode::All {
+                    // The control: the same rate on the bare server is this generator's and
+                    // this HTTP stack's own latency at that rate on this machine.
+                    out.push(Scenario {
+                        label: "bare hyper open (same rate)".into(),
+                        workload: Workload::Plausible,
+                        addrs: vec![bare_addr],
+                        collector: false,
+                        pace: Pace::FractionOfClosed(f),
+                        outage: None,
+                    });
+                }
+            }
+        }
+        if let Some(r) = args.rate {
+            out.push(on_collectors(
+                format!("POST /api/event open {r:.0}/s"),
+                Workload::Plausible,
+                Pace::Rate(r),
+                None,
+            ));
         }
         if matches!(args.mode, Mode::All | Mode::Native) {
-            out.push(Scenario {
-                label: format!("POST /v1/events x{}", args.batch_size),
-                workload: Workload::Native {
+            out.push(on_collectors(
+                format!("POST /v1/events x{}", args.batch_size),
+                Workload::Native {
                     batch: args.batch_size,
                 },
-                addrs: collectors.to_vec(),
-                collector: true,
-            });
+                Pace::Closed,
+                None,
+            ));
+        }
+        if let Some(secs) = args.outage {
+            out.push(on_collectors(
+                format!("POST /api/event, CH stopped {secs}s"),
+                Workload::Plausible,
+                Pace::Closed,
+                Some(Duration::from_secs(secs)),
+            ));
         }
     }
     out
+}
+
+/// The rate an open-loop scenario runs at: its own, or the fraction of the closed-loop
+/// `/api/event` rate measured earlier in `results`.
+fn open_rate(pace: Pace, results: &[(Scenario, LoadReport)]) -> anyhow::Result<Option<f64>> {
+    match pace {
+        Pace::Closed => Ok(None),
+        Pace::Rate(r) => Ok(Some(r)),
+        Pace::FractionOfClosed(f) => {
+            let closed = results
+                .iter()
+                .find(|(s, _)| {
+                    s.collector
+                        && s.pace == Pace::Closed
+                        && s.outage.is_none()
+                        && s.workload == Workload::Plausible
+                })
+                .map(|(_, r)| r.requests_per_sec())
+                .context("--open-loop-at needs the closed-loop /api/event scenario before it")?;
+            Ok(Some(f * closed))
+        }
+    }
 }
 
 /// One run with `n` collectors (none in `--mode bare`) on a fresh database: load, table,
@@ -927,31 +1205,67 @@ fn run_once(
         load_average()
     );
     let mut results = Vec::new();
+    let mut memory = Vec::new();
+    // Each collector process's memory, or this process's once for in-process collectors.
+    let mut pids: Vec<Option<u32>> = fleet
+        .as_ref()
+        .map(|f| f.members.iter().map(Member::pid).collect())
+        .unwrap_or_default();
+    pids.dedup();
     let planned = scenarios(args, bare_addr, &addrs);
     for (i, s) in planned.into_iter().enumerate() {
         if i > 0 {
             // Let the writers drain the previous scenario's rows before measuring the next.
             std::thread::sleep(Duration::from_secs(2));
         }
+        let rate = open_rate(s.pace, &results)?;
+        let mut duration = Duration::from_secs(args.duration);
+        let outage = match s.outage {
+            None => None,
+            Some(length) => {
+                let pid = store.and_then(Store::clickhouse_pid).context(
+                    "--outage needs the managed ClickHouse (not --clickhouse-url): it stops that process",
+                )?;
+                duration = length + Duration::from_secs(4);
+                Some(Outage::start(pid, Duration::from_secs(2), length)?)
+            }
+        };
         eprintln!(
-            "{}: {} s over {} connections to {} address(es) …",
+            "{}: {} s over {} connections to {} address(es){} …",
             s.label,
-            args.duration,
+            duration.as_secs(),
             args.connections,
-            s.addrs.len()
+            s.addrs.len(),
+            rate.map(|r| format!(", open loop at {r:.0} req/s"))
+                .unwrap_or_default()
         );
-        let report = client_rt.block_on(loadgen::run(LoadOptions {
+        let opts = LoadOptions {
             addrs: s.addrs.clone(),
             workload: s.workload,
             connections: args.connections,
-            duration: Duration::from_secs(args.duration),
+            duration,
             max_requests: args.max_requests,
             seed: args.seed.wrapping_add(i as u64),
             request_timeout: Duration::from_secs(10),
-        }))?;
+        };
+        let sampler = Sampler::start(pids.clone(), Duration::from_millis(50))?;
+        let report = match rate {
+            None => client_rt.block_on(loadgen::run(opts)),
+            Some(r) => client_rt.block_on(loadgen::run_open(opts, r)),
+        };
+        let peaks = sampler.finish();
+        let report = report?;
+        if let Some(o) = outage {
+            let stopped = o.finish()?;
+            eprintln!("ClickHouse was stopped for {:.1} s", stopped.as_secs_f64());
+        }
         results.push((s, report));
+        memory.push(peaks);
     }
     print_table(&results, args.connections, addrs.len());
+    if !pids.is_empty() {
+        print_memory(&results, &memory, &pids);
+    }
 
     let _ = bare_stop.send(());
     server_rt.block_on(bare_task)?;
@@ -959,6 +1273,11 @@ fn run_once(
         Some(f) => {
             let ch = f.ch.clone();
             let ok = verify(server_rt, f, &results)?;
+            if args.clickhouse_client {
+                if let Some(store) = store {
+                    client_baseline(server_rt, store, args, &ch, &results, run)?;
+                }
+            }
             // A managed server takes its data with it; on a server of yours, clean up after a
             // successful run and keep the evidence after a failed one.
             if ok && args.clickhouse_url.is_some() {
@@ -976,6 +1295,176 @@ fn run_once(
     })
 }
 
+/// Each scenario's resident memory of the collectors (or of `veil-load` itself, holding the
+/// in-process collectors).
+fn print_memory(results: &[(Scenario, LoadReport)], memory: &[Vec<Peak>], pids: &[Option<u32>]) {
+    let whose = if pids.iter().all(Option::is_none) {
+        "the veil-load process (in-process collectors + load generator + bare server)"
+    } else {
+        "each `veil collector` process"
+    };
+    println!(
+        "resident memory of {whose}, MB (sampled every 50 ms: max VmRSS / of it max RssAnon / VmRSS at the end / VmHWM at the end):"
+    );
+    for ((s, _), peaks) in results.iter().zip(memory) {
+        let each: Vec<String> = peaks
+            .iter()
+            .map(|p| {
+                format!(
+                    "{:.1} / {:.1} / {:.1} / {:.1}",
+                    rss::mb(p.max_rss_kb),
+                    rss::mb(p.max_anon_kb),
+                    rss::mb(p.last_rss_kb),
+                    rss::mb(p.hwm_kb)
+                )
+            })
+            .collect();
+        println!("  {:<34} {}", s.label, each.join(", "));
+    }
+    println!();
+}
+
+/// Times `clickhouse-client` inserting the rows the `/v1/events` scenario stored (exported from
+/// `events` as RowBinary) into a copy of `events` without materialized views and into the
+/// `events` of a freshly migrated database (with them), `--clickhouse-client-repeats` times
+/// each, alternating, and prints the ratio of `/v1/events` to the median.
+fn client_baseline(
+    rt: &Runtime,
+    store: &Store,
+    args: &Args,
+    ch: &ClickHouseConfig,
+    results: &[(Scenario, LoadReport)],
+    run: usize,
+) -> anyhow::Result<()> {
+    let Some((label, native)) = results
+        .iter()
+        .find(|(s, _)| matches!(s.workload, Workload::Native { .. }))
+        .map(|(s, r)| (s.label.clone(), r))
+    else {
+        bail!("--clickhouse-client needs the /v1/events scenario (--mode all or native)");
+    };
+    let n = native.expected_stored;
+    if n == 0 {
+        bail!("the /v1/events scenario stored no rows to insert again");
+    }
+    let client = chclient::Client::new(
+        &args.clickhouse_client_bin,
+        store.tcp_port(args.clickhouse_tcp_port)?,
+        ch.user.as_deref(),
+        ch.password.as_deref(),
+    )?;
+    let rows = client.scratch().join("rows.bin");
+    let events = ident("events")?;
+    let export = client.run(
+        &ch.database,
+        &sql!(
+            "SELECT * FROM {} LIMIT {} FORMAT RowBinary",
+            events.clone(),
+            n
+        ),
+        None,
+        Some(&rows),
+    )?;
+    let bytes = std::fs::metadata(&rows).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "exported {n} rows of events as RowBinary ({:.1} MB) in {:.2} s",
+        bytes as f64 / 1e6,
+        export.wall.as_secs_f64()
+    );
+    let count = |c: &ClickHouseConfig, table: &Sql| -> anyhow::Result<u64> {
+        rt.block_on(
+            c.client()
+                .sql(&sql!("SELECT count() FROM {}", table.clone()))
+                .fetch_one::<u64>(),
+        )
+        .context("counting the inserted rows")
+    };
+    let copy = ident("events_copy")?;
+    let mut plain = Vec::new();
+    let mut with_views = Vec::new();
+    let veil = if args.collector_processes {
+        Some(veil_binary(args)?)
+    } else {
+        None
+    };
+    for rep in 0..args.clickhouse_client_repeats.max(1) {
+        // A copy of the table: same columns, engine, partitioning and order; no view reads it.
+        for q in [
+            sql!("DROP TABLE IF EXISTS {}", copy.clone()),
+            sql!("CREATE TABLE {} AS {}", copy.clone(), events.clone()),
+        ] {
+            rt.block_on(ch.client().sql(&q).execute())
+                .context("creating events_copy")?;
+        }
+        let t = client.run(
+            &ch.database,
+            &sql!("INSERT INTO {} FORMAT RowBinary", copy.clone()),
+            Some(&rows),
+            None,
+        )?;
+        let got = count(ch, &copy)?;
+        if got != n {
+            bail!("clickhouse-client inserted {got} rows into events_copy, expected {n}");
+        }
+        plain.push(t);
+        // The same rows into `events` of a fresh database: its materialized views run too.
+        let fresh = rt.block_on(fresh_database(
+            store,
+            100 + run * 100 + rep,
+            veil.as_deref(),
+        ))?;
+        let t = client.run(
+            &fresh.database,
+            &sql!("INSERT INTO {} FORMAT RowBinary", events.clone()),
+            Some(&rows),
+            None,
+        )?;
+        let got = count(&fresh, &events)?;
+        if got != n {
+            bail!(
+                "clickhouse-client inserted {got} rows into {}.events, expected {n}",
+                fresh.database
+            );
+        }
+        with_views.push(t);
+        let drop_db = sql!("DROP DATABASE IF EXISTS {}", ident(&fresh.database)?);
+        rt.block_on(fresh.server_client().sql(&drop_db).execute())?;
+    }
+    let stored_per_sec = native.expected_stored as f64 / native.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "clickhouse-client (native protocol, one INSERT … FORMAT RowBinary of {n} rows, {:.1} MB, from stdin), {} time(s) each, median:",
+        bytes as f64 / 1e6,
+        plain.len()
+    );
+    println!(
+        "  {label}: {:.0} events/s acknowledged, {stored_per_sec:.0} of them rows to store/s",
+        native.events_per_sec()
+    );
+    for (what, runs) in [
+        ("into events_copy (no materialized views)", &plain),
+        ("into events of a fresh database (its views)", &with_views),
+    ] {
+        let q = chclient::median(runs.iter().map(chclient::Timed::best).collect());
+        let w = chclient::median(runs.iter().map(|t| t.wall).collect());
+        let each: Vec<String> = runs
+            .iter()
+            .map(|t| format!("{:.2}", t.best().as_secs_f64()))
+            .collect();
+        let per_sec = n as f64 / q.as_secs_f64().max(1e-9);
+        println!(
+            "  {what}: query {:.2} s (runs: {} s; process {:.2} s) = {per_sec:.0} rows/s; \
+             /v1/events events/s ÷ rows/s = {:.2}, rows to store/s ÷ rows/s = {:.2}",
+            q.as_secs_f64(),
+            each.join(", "),
+            w.as_secs_f64(),
+            native.events_per_sec() / per_sec,
+            stored_per_sec / per_sec
+        );
+    }
+    println!();
+    Ok(())
+}
+
 /// The second run against the first, scenario by scenario (the bare server's ratio shows how
 /// much the machine itself drifted between the two).
 fn print_comparison(first: &RunOutcome, second: &RunOutcome) {
@@ -983,7 +1472,7 @@ fn print_comparison(first: &RunOutcome, second: &RunOutcome) {
     println!();
     println!("{a} vs {b} collectors, measured in this invocation (ratio = {b} ÷ {a}):");
     println!(
-        "{:<26} {:>12} {:>12} {:>6} {:>12} {:>12} {:>6} {:>9} {:>9}",
+        "{:<34} {:>12} {:>12} {:>6} {:>12} {:>12} {:>6} {:>9} {:>9}",
         "scenario",
         format!("req/s {a}c"),
         format!("req/s {b}c"),
@@ -999,7 +1488,7 @@ fn print_comparison(first: &RunOutcome, second: &RunOutcome) {
             continue;
         };
         println!(
-            "{:<26} {:>12.0} {:>12.0} {:>6} {:>12.0} {:>12.0} {:>6} {:>9.2} {:>9.2}",
+            "{:<34} {:>12.0} {:>12.0} {:>6} {:>12.0} {:>12.0} {:>6} {:>9.2} {:>9.2}",
             s.label,
             r1.requests_per_sec(),
             r2.requests_per_sec(),
@@ -1022,6 +1511,20 @@ fn print_comparison(first: &RunOutcome, second: &RunOutcome) {
 fn run(args: &Args) -> anyhow::Result<bool> {
     if args.connections == 0 || args.duration == 0 || args.batch_size == 0 || args.collectors == 0 {
         bail!("--connections, --duration, --batch-size and --collectors must be above 0");
+    }
+    for (flag, v) in [("--rate", args.rate), ("--open-loop-at", args.open_loop_at)] {
+        if v.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
+            bail!("{flag} must be a positive number");
+        }
+    }
+    if args.open_loop_at.is_some() && !matches!(args.mode, Mode::All | Mode::Plausible) {
+        bail!("--open-loop-at needs the closed-loop /api/event scenario (--mode all or plausible)");
+    }
+    if !args.collector_arg.is_empty() && !args.collector_processes {
+        bail!("--collector-arg is for `veil collector` processes: add --collector-processes");
+    }
+    if args.outage.is_some() && args.clickhouse_url.is_some() {
+        bail!("--outage stops the managed ClickHouse: it cannot be used with --clickhouse-url");
     }
     let needs_collector = args.mode != Mode::Bare;
     if args.compare_collectors && !needs_collector {
