@@ -154,7 +154,8 @@ mod tests {
         let s = Sampler::start(vec![None, Some(u32::MAX)], Duration::from_millis(5)).unwrap();
         std::thread::sleep(Duration::from_millis(30));
         let peaks = s.finish();
-        assert!(peaks[0].samples >= 2 && peaks[0].max_rss_kb > 0 && peaks[0].hwm_kb > 0);
+        // At least the last sample, taken by finish() whatever the thread's timing.
+        assert!(peaks[0].samples >= 1 && peaks[0].max_rss_kb > 0 && peaks[0].hwm_kb > 0);
         // A process that does not exist is never read.
         assert_eq!(peaks[1], Peak::default());
         assert!((mb(1000) - 1.024).abs() < 1e-9);
