@@ -40,8 +40,10 @@
 //!   says so; a token that opens nothing (used, unknown, older than the newest
 //!   [`veil_schemas::digests::KEPT_TOKENS`] e-mails) is a 404 page saying so.
 //!
-//! Sending once: an e-mail is recorded (`last_sent` = the week's Monday, `last_sent_month` =
-//! the month's 1st, `last_spike` = the time) after the SMTP relay took it; the scheduler sends
+//! Sending once: an e-mail's unsubscribe token is stored before it is sent (its link works as
+//! soon as the e-mail can be read), and the e-mail is recorded (`last_sent` = the week's
+//! Monday, `last_sent_month` = the month's 1st, `last_spike` = the time) after the SMTP relay
+//! took it; the scheduler sends
 //! a week or month whose first day is after the recorded one, so a restart does not send one
 //! twice (a crash between the relay's "OK" and the record would; several aggregators with
 //! `--smtp-url` each run the scheduler and may race on the same minute).
@@ -484,12 +486,14 @@ async fn send_one(
     let n = numbers(agg, &site, period, first, &rec.user_id).await?;
     let [token, unsubscribe, dashboard] = links(agg, &site, "")?;
     let mail = compose(&email, &site, period, first, &n, &dashboard, &unsubscribe);
+    // The link works before the e-mail exists (a reader may follow it at once).
+    let rec = agg.registry().digest_token(rec, &token).await?;
     mailer.send(mail).await?;
     let sent = match period {
         Period::Week => Sent::Week(first.to_string()),
         Period::Month => Sent::Month(first.to_string()),
     };
-    agg.registry().digest_sent(rec, sent, &token).await?;
+    agg.registry().digest_sent(rec, sent).await?;
     Ok(true)
 }
 
@@ -581,14 +585,13 @@ pub async fn send_spikes(agg: &Aggregator, now: DateTime<Utc>) -> Result<usize, 
             let [token, unsubscribe, dashboard] = links(agg, &site, "?view=realtime")?;
             let threshold = rec.spike_threshold;
             let mail = compose_spike(&email, &site, &spike, threshold, &dashboard, &unsubscribe);
+            let rec = agg.registry().digest_token(rec, &token).await?;
             if let Err(e) = mailer.send(mail).await {
                 tracing::warn!(site = %domain, error = %e, "a spike notification failed; retrying later");
                 continue;
             }
             let at = u32::try_from(now.timestamp()).unwrap_or(u32::MAX);
-            agg.registry()
-                .digest_sent(rec, Sent::Spike(at), &token)
-                .await?;
+            agg.registry().digest_sent(rec, Sent::Spike(at)).await?;
             sent += 1;
         }
     }

@@ -3,7 +3,8 @@
 //! an invitation arrives with its link and the link works; a weekly digest arrives on Monday
 //! 08:00 by the (manual) clock, multipart text + HTML, with the Stats API's own numbers (exact
 //! mode) and an unsubscribe link that a GET only asks about and a POST follows, after which
-//! no digest comes; a week is sent once, also by a second aggregator (a restart); a monthly
+//! no digest comes; a week is sent once, also by a second aggregator (a restart); every
+//! e-mail's unsubscribe link works the moment the relay has the e-mail; a monthly
 //! digest arrives on the 1st with the month's numbers; a traffic spike (current visitors at
 //! the person's threshold) is e-mailed once, with Realtime's numbers, and its link
 //! unsubscribes.
@@ -686,5 +687,69 @@ async fn a_traffic_spike_is_emailed_once_with_realtimes_numbers_and_its_link_uns
     assert_eq!(
         owner.call(&a, "GET", &path, None).await.body["spike_threshold"],
         0
+    );
+}
+
+/// A mail relay that, as it takes each e-mail, follows the e-mail's unsubscribe link at once
+/// (as a reader may: the relay can deliver before the sender has done anything more).
+#[derive(Debug)]
+struct FollowsAtOnce {
+    registry: Arc<veil_schemas::registry::Registry>,
+    found: std::sync::Mutex<Vec<(String, bool)>>,
+}
+
+impl veil_aggregator::mail::Mailer for FollowsAtOnce {
+    fn send(&self, mail: veil_aggregator::mail::Mail) -> veil_aggregator::mail::Sending<'_> {
+        Box::pin(async move {
+            let token = token_of(mail.unsubscribe.as_deref().unwrap_or_default());
+            let found = self.registry.digest_by_token(&token).await?.is_some();
+            self.found
+                .lock()
+                .unwrap()
+                .push((mail.subject.clone(), found));
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_emails_unsubscribe_link_works_the_moment_the_email_exists() {
+    let smtp = Smtpd::start();
+    let (a, ch, clock) = agg("mail_link_at_once", &smtp, Utc::now()).await;
+    common::seed(&ch).await;
+    let relay = Arc::new(FollowsAtOnce {
+        registry: a.registry().clone(),
+        found: std::sync::Mutex::new(Vec::new()),
+    });
+    let a = a.with_mailer(relay.clone());
+    let owner = set_up_owner(&a).await;
+    let path = format!("/api/v1/sites/{}/digest", common::SITE);
+    clock.set(at("2026-11-20T10:02:30Z"));
+    let r = owner
+        .call(
+            &a,
+            "PUT",
+            &path,
+            Some(json!({"weekly": true, "monthly": true, "spike_threshold": 10})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // A spike now, the week's digest on Monday, the month's on 1 December.
+    for t in [
+        "2026-11-20T10:02:30Z",
+        "2026-11-23T08:00:01Z",
+        "2026-12-01T08:00:01Z",
+    ] {
+        clock.set(at(t));
+        assert!(
+            digest::send_due(&a).await.unwrap() >= 1,
+            "nothing sent at {t}"
+        );
+    }
+    let found = relay.found.lock().unwrap().clone();
+    assert!(found.len() >= 3, "{found:?}");
+    assert!(
+        found.iter().all(|(_, ok)| *ok),
+        "links that opened nothing: {found:?}"
     );
 }

@@ -144,15 +144,23 @@ impl Registry {
         Ok(rec)
     }
 
-    /// Records that `what` was sent to `rec`'s person in an e-mail whose unsubscribe token is
-    /// `token` (only its hash is stored).
+    /// Makes `token` (only its hash is stored) an unsubscribe token of `rec`, before the
+    /// e-mail that carries it is sent: its link works from the moment the e-mail exists.
+    pub async fn digest_token(
+        &self,
+        mut rec: DigestRecord,
+        token: &str,
+    ) -> Result<DigestRecord, Error> {
+        rec.token_hashes.insert(0, secret_hash(token));
+        self.put_digest(rec).await
+    }
+
+    /// Records that `what` was sent to `rec`'s person (after the relay took the e-mail).
     pub async fn digest_sent(
         &self,
         mut rec: DigestRecord,
         what: Sent,
-        token: &str,
     ) -> Result<DigestRecord, Error> {
-        rec.token_hashes.insert(0, secret_hash(token));
         match what {
             Sent::Week(first) => rec.last_sent = first,
             Sent::Month(first) => rec.last_sent_month = first,
