@@ -253,7 +253,7 @@ test("dp: the \"Show all\" dialog writes its rows as the panels do (≈ with the
   // a panel lists (its 11th city has about 1 000 visitors against a threshold near 220, noise
   // ± 43: never under). Over 7 days the 11th to 13th cities sit at the threshold, so whether a
   // "Show all" button appears there is a coin flip of the noise.
-  const [metrics, dim, period] = [["visitors"], "visit:city", "30d"];
+  const [metrics, dim, period] = [["visitors"], "visit:city_name", "30d"];
   const page = await open(chrome, { viewport: { width: 390, height: 844 } });
   const got = await withinOneHour(async () => {
     await page.goto(`${veil.url}/site/${DEMO}?period=${period}&t.locations=city`);
