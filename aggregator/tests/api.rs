@@ -642,3 +642,163 @@ async fn revenue_is_in_its_goals_currency_in_plausibles_money_shape() {
         .unwrap();
     assert_eq!(signup["metrics"][1], eur, "{d}");
 }
+
+/// Asks `q`, then asks the answer's `query` (Plausible's echo: the normalised question) and
+/// checks it gives the same results and meta, and echoes itself. Returns the first answer.
+async fn echo_round_trip(agg: &Aggregator, q: &Value) -> Value {
+    let (s, first) = post_query(agg, q).await;
+    assert_eq!(s, 200, "{q} → {first}");
+    let echo = first["query"].clone();
+    assert_eq!(echo["site_id"], SITE, "{first}");
+    let (s, again) = post_query(agg, &echo).await;
+    assert_eq!(s, 200, "{echo} → {again}");
+    assert_eq!(again["results"], first["results"], "{q}\n{echo}");
+    assert_eq!(again["query"], echo, "{q}");
+    for k in ["time_labels", "comparison_date_range", "total_rows"] {
+        assert_eq!(again["meta"][k], first["meta"][k], "{k}: {first}\n{again}");
+    }
+    first
+}
+
+/// The echo round trip for each kind of question whose echo is rewritten: a relative window
+/// (`7d` on a fixed clock, resolved to its datetimes, so the echo still asks the same days
+/// after the clock moves on), `all` (resolved from the site's first day), a time dimension
+/// with labels, a previous-period comparison, a site in another time zone (the echo's offsets
+/// are the zone's), and dp mode (the echo is the same question: answered as repeated, with the
+/// same noisy numbers and nothing more spent).
+#[tokio::test]
+async fn every_rewritten_echo_asks_the_same_question_again() {
+    let ch = veil_schemas::testing::fresh_database("stats_echo_all").await;
+    seed(&ch).await;
+    // 2026-11-21 12:00 UTC: `7d` is 11-14 ..= 11-20, the dataset's two days.
+    let clock = veil_aggregator::ManualClock::new(
+        chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 21, 12, 0, 0).unwrap(),
+    );
+    let agg = stats_aggregator(&ch).with_clock(clock.clone());
+    let q = |extra: Value| {
+        let mut b = json!({"site_id": SITE, "metrics": ["visitors", "pageviews"]});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+
+    let first = echo_round_trip(&agg, &q(json!({"date_range": "7d"}))).await;
+    assert_eq!(first["results"][0]["metrics"], json!([23, 35]), "{first}");
+    assert_eq!(
+        first["query"]["date_range"],
+        json!(["2026-11-14T00:00:00+00:00", "2026-11-20T23:59:59+00:00"]),
+        "{first}"
+    );
+    // A week later `7d` means other days (none of the data); the echo still the same ones.
+    clock.advance(std::time::Duration::from_secs(7 * 86_400));
+    let (_, later) = post_query(&agg, &q(json!({"date_range": "7d"}))).await;
+    assert_ne!(later["results"], first["results"], "{later}");
+    let (_, echoed) = post_query(&agg, &first["query"]).await;
+    assert_eq!(echoed["results"], first["results"], "{echoed}");
+
+    let first = echo_round_trip(&agg, &q(json!({"date_range": "all"}))).await;
+    assert_eq!(first["results"][0]["metrics"], json!([23, 35]), "{first}");
+    assert_eq!(
+        first["query"]["date_range"][0], "2026-11-19T00:00:00+00:00",
+        "all starts on the first day with data: {first}"
+    );
+
+    let first = echo_round_trip(
+        &agg,
+        &q(
+            json!({"date_range": ["2026-11-19", "2026-11-20"], "dimensions": ["time:day"],
+            "include": {"time_labels": true, "total_rows": true}}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        rows(&first),
+        vec![
+            (vec!["2026-11-19".to_string()], vec![json!(5), json!(5)]),
+            (vec!["2026-11-20".to_string()], vec![json!(18), json!(30)]),
+        ],
+        "{first}"
+    );
+    assert_eq!(first["query"]["dimensions"], json!(["time:day"]), "{first}");
+
+    let first = echo_round_trip(
+        &agg,
+        &q(json!({"date_range": ["2026-11-20", "2026-11-20"],
+            "include": {"comparisons": {"mode": "previous_period"}}})),
+    )
+    .await;
+    assert_eq!(
+        first["results"][0]["comparison"]["metrics"],
+        json!([5, 5]),
+        "{first}"
+    );
+    assert_eq!(
+        first["query"]["include"]["comparisons"],
+        json!({"mode": "previous_period"}),
+        "{first}"
+    );
+
+    // Auckland (UTC+13): the local 21st holds the UTC afternoon of the 20th (B at 12:00 and
+    // 14:00 UTC, C at 15:00 UTC; A's 10:00 UTC is 23:00 on the local 20th).
+    let r = agg
+        .handle(request(
+            &format!("/api/v1/sites/{SITE}"),
+            "PUT",
+            json!({"timezone": "Pacific/Auckland"}).to_string(),
+            "application/json",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = echo_round_trip(
+        &agg,
+        &q(json!({"date_range": ["2026-11-21", "2026-11-21"], "dimensions": ["time:hour"]})),
+    )
+    .await;
+    assert_eq!(
+        first["query"]["date_range"],
+        json!(["2026-11-21T00:00:00+13:00", "2026-11-21T23:59:59+13:00"]),
+        "{first}"
+    );
+    assert_eq!(
+        rows(&first)[0],
+        (
+            vec!["2026-11-21 01:00:00".to_string()],
+            vec![json!(6), json!(6)]
+        ),
+        "{first}"
+    );
+
+    // dp mode (in the site's Auckland zone): the same key asking the echo asks the same
+    // question.
+    let dp = Aggregator::new(
+        AggregatorConfig {
+            sites: vec![SITE.into()],
+            ..Default::default()
+        },
+        ch.clone(),
+    );
+    // The stored settings (the Auckland zone) before the first question, as at start-up.
+    dp.registry().refresh().await.unwrap();
+    for body in [
+        // A total is always a row (a noisy number), so the equality below is not of nothing.
+        q(json!({"date_range": ["2026-11-19", "2026-11-20"]})),
+        q(json!({"date_range": ["2026-11-19", "2026-11-20"], "dimensions": ["event:page"]})),
+        q(json!({"date_range": ["2026-11-19", "2026-11-20"], "dimensions": ["time:day"]})),
+    ] {
+        let (s, first) = post_query(&dp, &body).await;
+        assert_eq!(s, 200, "{first}");
+        assert_eq!(first["meta"]["privacy"]["mode"], "dp", "{first}");
+        if first["query"]["dimensions"] == json!([]) {
+            assert!(first["results"][0]["metrics"][0].is_number(), "{first}");
+        }
+        assert_eq!(first["meta"]["privacy"]["repeated"], false, "{first}");
+        let (s, again) = post_query(&dp, &first["query"]).await;
+        assert_eq!(s, 200, "{again}");
+        assert_eq!(again["results"], first["results"], "{first}\n{again}");
+        assert_eq!(again["meta"]["privacy"]["repeated"], true, "{again}");
+        assert_eq!(again["meta"]["privacy"]["epsilon"], 0.0, "{again}");
+        assert_eq!(again["query"], first["query"]);
+    }
+}
