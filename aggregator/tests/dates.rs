@@ -322,3 +322,132 @@ async fn time_buckets_and_default_order() {
         "{d}"
     );
 }
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// Plausible's windows over HTTP on a fixed clock (2026-11-28 12:00 UTC), each with five
+/// visitors at its first and last second and five just outside either end (the second
+/// before its first, the second after its last): `7d`, `28d`, `30d` and `91d` are the N whole
+/// days before today (today is outside), `12mo` the twelve whole calendar months before the
+/// current one. The window counts exactly its two inside groups, and echoes its bounds.
+#[tokio::test]
+async fn each_window_counts_its_bounds_to_the_second_over_http() {
+    // (window, first second inside, last second inside), UTC.
+    let windows = [
+        ("7d", "2026-11-21 00:00:00", "2026-11-27 23:59:59"),
+        ("28d", "2026-10-31 00:00:00", "2026-11-27 23:59:59"),
+        ("30d", "2026-10-29 00:00:00", "2026-11-27 23:59:59"),
+        ("91d", "2026-08-29 00:00:00", "2026-11-27 23:59:59"),
+        ("12mo", "2025-11-01 00:00:00", "2026-10-31 23:59:59"),
+    ];
+    let echoes = windows.map(|(_, a, b)| [a, b].map(|t| format!("{}+00:00", t.replace(' ', "T"))));
+    bounds_over_http("dates_bounds", "UTC", &windows, &echoes).await;
+}
+
+/// The same in Auckland (UTC+13 from late September to early April), where the clock's
+/// instant is already 2026-11-29 01:00: the windows are local days and months, their bounds
+/// local midnights (given here in UTC).
+#[tokio::test]
+async fn each_window_counts_local_bounds_in_the_sites_zone() {
+    let windows = [
+        ("7d", "2026-11-21 11:00:00", "2026-11-28 10:59:59"),
+        ("30d", "2026-10-29 11:00:00", "2026-11-28 10:59:59"),
+        ("12mo", "2025-10-31 11:00:00", "2026-10-31 10:59:59"),
+    ];
+    let echoes = [
+        ["2026-11-22T00:00:00+13:00", "2026-11-28T23:59:59+13:00"],
+        ["2026-10-30T00:00:00+13:00", "2026-11-28T23:59:59+13:00"],
+        ["2025-11-01T00:00:00+13:00", "2026-10-31T23:59:59+13:00"],
+    ]
+    .map(|p| p.map(str::to_string));
+    bounds_over_http("dates_bounds_nz", "Pacific/Auckland", &windows, &echoes).await;
+}
+
+async fn bounds_over_http(
+    label: &str,
+    zone: &str,
+    windows: &[(&str, &str, &str)],
+    echoes: &[[String; 2]],
+) {
+    let ch = veil_schemas::testing::fresh_database(label).await;
+    let at = |s: &str| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap();
+    let mut evs = Vec::new();
+    for (w, first, last) in windows {
+        let second = chrono::Duration::seconds(1);
+        for (pos, t) in [
+            ("before", at(first) - second),
+            ("first", at(first)),
+            ("last", at(last)),
+            ("after", at(last) + second),
+        ] {
+            let path = leak(format!("/{w}/{pos}"));
+            let when = leak(t.format("%Y-%m-%d %H:%M:%S").to_string());
+            for i in 0..5 {
+                evs.push(ev(format!("{w}{pos}{i}"), when, "pageview", path));
+            }
+        }
+    }
+    insert(&ch, SITE, &evs).await;
+    let agg = stats_aggregator(&ch).with_clock(veil_aggregator::ManualClock::new(now()));
+    let call = |method: &str, path: &str, body: Value| {
+        agg.handle(request(path, method, body.to_string(), "application/json"))
+    };
+    let r = call(
+        "PUT",
+        &format!("/api/v1/sites/{SITE}"),
+        json!({"timezone": zone}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    for ((w, _, _), echo) in windows.iter().zip(echoes) {
+        let body = json!({"site_id": SITE, "metrics": ["visitors"], "date_range": w,
+            "dimensions": ["event:page"], "filters": [["contains", "event:page", [format!("/{w}/")]]]});
+        let r = call("POST", "/api/v2/query", body).await.unwrap();
+        assert_eq!(r.status(), 200, "{w}");
+        let b = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let d: Value = serde_json::from_slice(&b).unwrap();
+        let mut got = rows(&d);
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            vec![
+                (vec![format!("/{w}/first")], vec![json!(5)]),
+                (vec![format!("/{w}/last")], vec![json!(5)]),
+            ],
+            "{zone} {w}: {d}"
+        );
+        assert_eq!(d["query"]["date_range"], json!(echo), "{zone} {w}: {d}");
+    }
+}
+
+/// `all` starts on the site's first day with events, but at most ten years (3660 days)
+/// before today: an event eleven years old is not in it (README, MIGRATING-FROM-PLAUSIBLE).
+#[tokio::test]
+async fn all_reaches_back_ten_years_at_most() {
+    let ch = veil_schemas::testing::fresh_database("dates_all_cap").await;
+    seed(&ch).await;
+    let s = site();
+    let d = q(&ch, &s, visitors(json!("all"))).await;
+    assert_eq!(total(&d), json!(23), "{d}");
+    assert_eq!(
+        d["query"]["date_range"][0], "2026-11-19T00:00:00+00:00",
+        "{d}"
+    );
+    let old: Vec<Ev> = (0..5)
+        .map(|i| ev(format!("O{i}"), "2015-11-20 10:00:00", "pageview", "/"))
+        .collect();
+    insert(&ch, SITE, &old).await;
+    let d = q(&ch, &s, visitors(json!("all"))).await;
+    assert_eq!(total(&d), json!(23), "{d}");
+    assert_eq!(
+        d["query"]["date_range"],
+        json!(["2016-11-20T00:00:00+00:00", "2026-11-28T23:59:59+00:00"]),
+        "{d}"
+    );
+}
