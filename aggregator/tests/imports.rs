@@ -655,3 +655,73 @@ async fn imported_places_answer_by_code_id_and_name() {
     assert_eq!(f["meta"]["imports_included"], false, "{f}");
     assert_eq!(f["meta"]["imports_skip_reason"], "unsupported_query", "{f}");
 }
+
+/// Device, browser and OS breakdowns merge Veil's rows and the export's under Plausible's
+/// words: Veil's stored `desktop`, `Mac OSX`, `iPhone`, `Windows 11` (the collector's) answer
+/// `Desktop`, `Mac`, `iOS`, `Windows`, the export's values as they are, one row per value.
+/// Veil's own here (2026-11-20, five visitors each): desktop Chrome 131 on Mac OSX 15.1,
+/// mobile Safari 18 on iPhone 18.1, desktop Firefox 133 on Windows 11. The export's
+/// (2026-11-18..20, 230 visitors): Desktop 138, Mobile 69, Tablet 23; Chrome 138, Safari 69,
+/// Firefox 23; Mac 92, Windows 69, iOS 69.
+#[tokio::test]
+async fn device_browser_and_os_breakdowns_merge_under_plausibles_words() {
+    let ch = veil_schemas::testing::fresh_database("imports_devices").await;
+    let groups = [
+        ("W", "desktop", "Chrome", "131", "Mac OSX", "15.1"),
+        ("X", "mobile", "Safari", "18", "iPhone", "18.1"),
+        ("Y", "desktop", "Firefox", "133", "Windows 11", ""),
+    ];
+    let rows_sql = groups.iter().flat_map(|(g, dev, br, brv, os, osv)| {
+        (0..5).map(move |i| {
+            sql!(
+                "({}, toDateTime('2026-11-20 10:00:00', 'UTC'), 'pageview', '/', 'shop.example', toFixedString({}, 16), {}, {}, {}, {}, {})",
+                lit(SITE),
+                lit(&format!("{g}{i}")),
+                lit(dev),
+                lit(br),
+                lit(brv),
+                lit(os),
+                lit(osv)
+            )
+        })
+    });
+    veil_aggregator::db::exec(
+        &ch.client(),
+        &sql!(
+            "INSERT INTO events (site, timestamp, name, pathname, hostname, visitor_id, device, browser, browser_version, os, os_version) VALUES {}",
+            veil_schemas::sql::Sql::join(rows_sql, ", ")
+        ),
+    )
+    .await
+    .unwrap();
+    import(&ch).await;
+    for (dim, want) in [
+        (
+            "visit:device",
+            vec![("Desktop", 148), ("Mobile", 74), ("Tablet", 23)],
+        ),
+        (
+            "visit:browser",
+            vec![("Chrome", 143), ("Safari", 74), ("Firefox", 28)],
+        ),
+        ("visit:os", vec![("Mac", 97), ("Windows", 74), ("iOS", 74)]),
+    ] {
+        let own = ask(&ch, json!({"metrics": ["visitors"], "dimensions": [dim]})).await;
+        assert_eq!(own["meta"]["imports_included"], false, "{own}");
+        let doc = ask(
+            &ch,
+            json!({"metrics": ["visitors"], "dimensions": [dim], "include": {"imports": true}}),
+        )
+        .await;
+        assert_eq!(doc["meta"]["imports_included"], true, "{dim}: {doc}");
+        let mut got = rows(&doc);
+        // Ties (Windows and iOS: 74 each) in the tie-break order (the dimension, ascending).
+        got.sort_by(|a, b| b.1[0].as_i64().cmp(&a.1[0].as_i64()).then(a.0.cmp(&b.0)));
+        let want: Vec<(Vec<String>, Vec<Value>)> = want
+            .into_iter()
+            .map(|(v, n)| (vec![v.to_string()], vec![json!(n)]))
+            .collect();
+        assert_eq!(got, want, "{dim}: {doc}");
+        assert_eq!(rows(&doc), want, "{dim} in Plausible's order: {doc}");
+    }
+}
