@@ -9,7 +9,7 @@ DEMO ?= --demo
 LISTEN ?= 127.0.0.1:8080
 CARGO ?= cargo
 
-.PHONY: up gen geoip test deps test-deps build lint unit test-ch26 browser tracker fuzz soak bench load query-bench cluster clean
+.PHONY: up gen geoip test deps test-deps build lint unit test-ch26 browser screenshots tracker fuzz soak bench load query-bench cluster clean
 
 deps:
 	./scripts/install-deps.sh
@@ -59,6 +59,11 @@ browser: test-deps
 	$(CARGO) build -p veil
 	cd collector/tracker && node --test test/*.test.mjs
 	cd dashboards && node --test --test-concurrency=1 test/*.test.mjs
+
+# The README's screenshots (docs/img/*.png) of `veil up --demo`: web view, phone, App view.
+screenshots: test-deps
+	$(CARGO) build -p veil
+	cd dashboards && node screenshots.mjs
 
 # Rebuild the minified tracker after editing collector/tracker/veil.js.
 tracker: test-deps

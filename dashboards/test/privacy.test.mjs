@@ -193,14 +193,14 @@ test("dp on the default flags: the first screen writes every number ≈ with its
   await page.hover(row + " th");
   assert.equal(await bubbleShown(page, row + " td.n"), true, "hovering a row shows its intervals");
   await screenshot(page, "dp-hover");
-  // The chart's legend (uPlot's tooltip) writes the hovered day's number ≈ N ± I.
+  // The chart's tooltip writes the hovered day's number ≈ N ± I.
   await page.$eval("#chart", (e) => e.scrollIntoView());
   const box = await (await page.$("#chart .u-over")).boundingBox();
   await page.mouse.move(box.x + 5, box.y + 5);
   await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2, { steps: 5 });
-  const legend = await waitFor(() => page.$eval("#chart .u-legend .u-series:nth-child(2) .u-value", (e) => e.textContent),
-    (t) => t !== "—", { ms: 5_000, what: "the legend shows no hovered value" });
-  assert.match(legend, new RegExp(`^≈ [\\d,]+ ± ${nf.format(want.chart.meta.privacy.interval95.visitors)}$`));
+  const tip = await waitFor(() => page.$eval("#chart-tip", (e) => (e.hidden ? "" : e.innerText)),
+    (t) => t !== "", { ms: 5_000, what: "the tooltip shows no hovered value" });
+  assert.match(tip.split("\n")[1], new RegExp(`: ≈ [\\d,]+ ± ${nf.format(want.chart.meta.privacy.interval95.visitors)}$`), tip);
 
   // The footer: this credential's budget after the page's questions, as the API counts it.
   assert.equal(foot.hidden, false);

@@ -1154,6 +1154,9 @@
             COUNTS(metric) ? { incrs: INT_STEPS } : {}),
         ],
         cursor: { drag: { x: false, y: false } },
+        // uPlot's own legend ("Time: — This period: —" under the chart) is left out: the
+        // tooltip below says the same at the point, and the table under the chart lists all.
+        legend: { show: false },
         // A tooltip at the point under the pointer: a mouse hovering, or a finger tapping (a
         // tap moves uPlot's cursor like a mouse would).
         hooks: { setCursor: [(u) => tipAt(u, u.cursor.idx)], draw: [(u) => drawNotes(u, notes)] },
