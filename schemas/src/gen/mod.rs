@@ -37,8 +37,10 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod app;
 mod data;
 
+pub use app::{generate_app, AppOptions, AppReport};
 pub use data::pages;
 use data::{CUSTOM_PERMILLE, ENGAGEMENT_PCT, PAGEVIEWS_PCT, PLACES, PROFILES, SOURCES, VISITS_PCT};
 
