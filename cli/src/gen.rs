@@ -13,7 +13,7 @@
 //! first screen; settings changed since are kept.
 //!
 //! It also serves [`DEMO_APP_SITE`], a demo app (the dashboard's App view): when that site has
-//! no events yet it gets 30 days of an iOS and Android app's events
+//! no events yet it gets today's and the 30 previous days' events of an iOS and Android app
 //! ([`veil_schemas::gen::generate_app`], [`DEMO_APP_USERS`] users a day: versions rolling out,
 //! device models, install sources, sessions with launch times, the odd crash), up to the start,
 //! so Realtime shows it in use.
@@ -31,7 +31,7 @@ use crate::config::{GenArgs, Settings, DEMO_APP_SITE, DEMO_SITE};
 /// Events `veil up --demo` generates on first run.
 pub const DEMO_EVENTS: u64 = 200_000;
 
-/// Users a day of the demo app (about 150 000 events over 30 days).
+/// Users a day of the demo app at the end of its month (about 125 000 events over 30 days).
 pub const DEMO_APP_USERS: u64 = 1_000;
 
 /// Runs `veil gen`.
@@ -164,7 +164,8 @@ async fn demo_app(s: &Settings) -> Result<()> {
     eprintln!("veil: first run with --demo: generating 30 days of app events for {DEMO_APP_SITE}");
     let r = generate_app(
         &s.clickhouse,
-        &AppOptions::new(DEMO_APP_SITE, DEMO_APP_USERS, 30),
+        // Today and the 30 whole days before: the dashboard's "Last 30 days" has no empty day.
+        &AppOptions::new(DEMO_APP_SITE, DEMO_APP_USERS, 31),
     )
     .await
     .context("generating the demo app's events")?;
