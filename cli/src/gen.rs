@@ -134,8 +134,9 @@ async fn event_count(s: &Settings, site: &str) -> Result<u64> {
 /// 30 days of app events unless it already has events.
 pub async fn demo(s: &Settings) -> Result<()> {
     demo_goals(s).await?;
-    demo_web(s).await?;
-    demo_app(s).await
+    // At the same time: each spends much of its time waiting for ClickHouse to write parts.
+    let (web, app) = tokio::join!(demo_web(s), demo_app(s));
+    web.and(app)
 }
 
 async fn demo_web(s: &Settings) -> Result<()> {
