@@ -219,7 +219,8 @@ test("the demo app: the App view shows its versions, OS, devices, install source
   console.log(`demo app realtime: page ${rt.visitors} users in the last 5 minutes, API ${live.visitors_5m}; screens ${rt.pages.join(", ")}`);
   assert.ok(Number(rt.visitors) > 0, `Realtime shows the app in use: ${JSON.stringify(rt)} (API: ${JSON.stringify(live)})`);
   assert.ok(Number(live.visitors_5m) > 0, JSON.stringify(live));
-  assert.ok(rt.pages.length > 0 && rt.pages.every((p) => p.startsWith("/")), `screens used now: ${JSON.stringify(rt)}`);
+  // Screens in use (rarer ones may be folded into an "(other: N rows under k)" row).
+  assert.ok(rt.pages.includes("/home") && rt.pages.includes("/"), `screens used now: ${JSON.stringify(rt)}`);
   assert.doesNotMatch(rt.updated, /fail/i, rt.updated);
 
   // The App view over the 30 days.
