@@ -31,7 +31,7 @@ use crate::config::{GenArgs, Settings, DEMO_APP_SITE, DEMO_SITE};
 /// Events `veil up --demo` generates on first run.
 pub const DEMO_EVENTS: u64 = 200_000;
 
-/// Users a day of the demo app at the end of its month (about 125 000 events over 30 days).
+/// Users a day of the demo app at the end of its month (about 130 000 events over today and the 30 days before).
 pub const DEMO_APP_USERS: u64 = 1_000;
 
 /// Runs `veil gen`.
