@@ -37,7 +37,7 @@
 //!    150–175 ms) and the custom event. Events after the end are not written; the last ones
 //!    are seconds before it, and sessions last minutes, so Realtime shows the app in use.
 //!
-//! About 5 events per user-day: the demo's 1 000 users a day (at the end) make ~130 000 rows
+//! About 5 events per user-day: the demo's 2 000 users a day (at the end) make ~265 000 rows
 //! over the 31 days `veil up --demo` asks for (today and the 30 before).
 //! One `INSERT … SELECT` for all days (the days differ by data, not by SQL: analysing a
 //! query of this size takes ClickHouse 18.16 about 0.1 s, more than computing a day's rows).
