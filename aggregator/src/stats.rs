@@ -810,6 +810,30 @@ pub struct Asker<'a> {
     pub share: f64,
 }
 
+/// A row's dimension values as the answer writes them: strings, except Plausible's
+/// `visit:city`, a GeoNames id, which is a number (`0` for no city); a city stored by name
+/// alone (no id known, `veil_schemas::places`) stays its name.
+fn dims_json(q: &Query, dims: &[String]) -> Value {
+    Value::Array(
+        q.dimensions
+            .iter()
+            .zip(dims)
+            .map(|(d, v)| {
+                if d.name != "visit:city" {
+                    return Value::String(v.clone());
+                }
+                if v.is_empty() {
+                    return json!(0);
+                }
+                match v.parse::<u64>() {
+                    Ok(id) if v.bytes().all(|b| b.is_ascii_digit()) => json!(id),
+                    _ => Value::String(v.clone()),
+                }
+            })
+            .collect(),
+    )
+}
+
 async fn answer(
     client: &clickhouse::Client,
     site: &SiteView,
@@ -868,7 +892,7 @@ async fn answer(
         .take(q.limit as usize)
     {
         let mut o = Map::new();
-        o.insert("dimensions".into(), json!(row.dims));
+        o.insert("dimensions".into(), dims_json(q, &row.dims));
         o.insert(
             "metrics".into(),
             Value::Array(cells(&row.metrics, &row.dims)),
@@ -901,7 +925,7 @@ async fn answer(
             o.insert(
                 "comparison".into(),
                 json!({
-                    "dimensions": other.map(|r| r.dims.clone()).unwrap_or_default(),
+                    "dimensions": other.map(|r| dims_json(q, &r.dims)).unwrap_or_else(|| json!([])),
                     "metrics": cells(&cm, &row.dims),
                     "change": q.metrics.iter().zip(row.metrics.iter().zip(&cm)).map(|(m, (a, b))| change(*m, *a, *b)).collect::<Vec<_>>(),
                 }),

@@ -47,6 +47,10 @@ async fn bots_and_opt_outs_are_counted_per_site_and_reported_by_reason() {
     let c = veil_collector::Collector::start(cfg, ch.clone(), prometheus::Registry::new())
         .await
         .unwrap();
+    // The collector stamps each hit with its clock; the report is asked for the UTC days from
+    // before the first hit to after the last (one day but across midnight: then two), not for
+    // "day" read later, which after midnight would be a day without them.
+    let first_day = Utc::now().date_naive();
     for i in 0..6 {
         c.ingest_one(
             hit("shop.example", &format!("203.0.113.{i}"), GOOGLEBOT, false),
@@ -78,6 +82,7 @@ async fn bots_and_opt_outs_are_counted_per_site_and_reported_by_reason() {
         .await
         .unwrap();
     }
+    let last_day = Utc::now().date_naive();
     let site = SiteView::new("shop.example");
     let start = std::time::Instant::now();
     // Wait until every count is stored (the two library hits too)…
@@ -95,7 +100,8 @@ async fn bots_and_opt_outs_are_counted_per_site_and_reported_by_reason() {
     }
     // …then the report lists only reasons with at least k events: the two library hits are
     // stored but not shown.
-    let doc = filtered_traffic(&ch.client(), &site, "day", Utc::now(), Default::default())
+    let days = format!("{first_day},{last_day}");
+    let doc = filtered_traffic(&ch.client(), &site, &days, Utc::now(), Default::default())
         .await
         .unwrap();
     assert_eq!(

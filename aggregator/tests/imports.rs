@@ -604,3 +604,54 @@ async fn stats_api_v1_with_imported_merges_too() {
     .await;
     assert_eq!(s, 400);
 }
+
+#[tokio::test]
+async fn imported_places_answer_by_code_id_and_name() {
+    // Plausible's export names places by ISO 3166-2 code and GeoNames id (US-CA, 588409);
+    // `visit:region_name` and `visit:city_name` name them from Veil's places table, so the
+    // dashboard's Regions and Cities tabs (which ask for names) include imported history.
+    let ch = seeded("imports_places").await;
+    import(&ch).await;
+    let by = |doc: &Value| -> std::collections::HashMap<String, Value> {
+        rows(doc)
+            .into_iter()
+            .map(|(d, m)| (d[0].clone(), m[0].clone()))
+            .collect()
+    };
+    let ask_by = |dim: &'static str| {
+        let ch = ch.clone();
+        async move {
+            let doc = ask(
+                &ch,
+                json!({"metrics": ["visitors"], "dimensions": [dim], "include": {"imports": true}}),
+            )
+            .await;
+            assert_eq!(doc["meta"]["imports_included"], true, "{dim}: {doc}");
+            by(&doc)
+        }
+    };
+    let codes = ask_by("visit:region").await;
+    let names = ask_by("visit:region_name").await;
+    assert!(codes["US-CA"].as_u64().unwrap() > 0, "{codes:?}");
+    assert_eq!(names["California"], codes["US-CA"], "{names:?}");
+    assert!(!names.contains_key("US-CA"), "{names:?}");
+    let ids = ask_by("visit:city").await;
+    let cities = ask_by("visit:city_name").await;
+    for (id, name) in [
+        ("588409", "Tallinn"),
+        ("5368361", "Los Angeles"),
+        ("2950159", "Berlin"),
+    ] {
+        assert!(ids[id].as_u64().unwrap() > 0, "{ids:?}");
+        assert_eq!(cities[name], ids[id], "{name}: {cities:?}");
+    }
+    // A filter on a name is not merged (the export has no names): said, not guessed.
+    let f = ask(
+        &ch,
+        json!({"metrics": ["visitors"], "filters": [["is", "visit:city_name", ["Tallinn"]]],
+               "include": {"imports": true}}),
+    )
+    .await;
+    assert_eq!(f["meta"]["imports_included"], false, "{f}");
+    assert_eq!(f["meta"]["imports_skip_reason"], "unsupported_query", "{f}");
+}

@@ -29,6 +29,7 @@ struct Group {
     browser_version: &'static str,
     country: &'static str,
     region: &'static str,
+    city: &'static str,
     utm_source: &'static str,
     referrer: &'static str,
 }
@@ -38,8 +39,14 @@ struct Group {
 /// - E: 5 × desktop, `Windows 11` (Client Hints: no stored version), `Chrome` 124, GB;
 /// - M: 5 × desktop, `Mac OSX` 10.15, `Chrome` 120, US, from a newsletter (utm_source) with a
 ///   referrer;
-/// - L: 6 × desktop, `Linux`, `Firefox` 125, DE, region `DE-BY` (MaxMind's subdivision code);
-/// - P: 7 × mobile, `iPhone` 17.1, `Safari` 17, US.
+/// - L: 6 × desktop, `Linux`, `Firefox` 125, DE, region `DE-BY` (a MaxMind code stored alone,
+///   as before names were kept), city `2867714|Munich`;
+/// - P: 7 × mobile, `iPhone` 17.1, `Safari` 17, US, region `California` by name (stored
+///   before codes), no city.
+///
+/// Places as the collector stores them now (`code|name`, `veil_schemas::places`): W in
+/// `GB-ENG|England` / `2643743|London`, M in `US-CA|California` / `5391959|San Francisco`; E
+/// by name only (`England` / `London`), as rows stored before codes.
 const GROUPS: &[Group] = &[
     Group {
         prefix: "W",
@@ -50,7 +57,8 @@ const GROUPS: &[Group] = &[
         browser: "Edge",
         browser_version: "124",
         country: "GB",
-        region: "England",
+        region: "GB-ENG|England",
+        city: "2643743|London",
         utm_source: "",
         referrer: "",
     },
@@ -64,6 +72,7 @@ const GROUPS: &[Group] = &[
         browser_version: "124",
         country: "GB",
         region: "England",
+        city: "London",
         utm_source: "",
         referrer: "",
     },
@@ -76,7 +85,8 @@ const GROUPS: &[Group] = &[
         browser: "Chrome",
         browser_version: "120",
         country: "US",
-        region: "California",
+        region: "US-CA|California",
+        city: "5391959|San Francisco",
         utm_source: "newsletter",
         referrer: "news.example/issue-9",
     },
@@ -90,6 +100,7 @@ const GROUPS: &[Group] = &[
         browser_version: "125",
         country: "DE",
         region: "DE-BY",
+        city: "2867714|Munich",
         utm_source: "",
         referrer: "",
     },
@@ -103,6 +114,7 @@ const GROUPS: &[Group] = &[
         browser_version: "17",
         country: "US",
         region: "California",
+        city: "",
         utm_source: "",
         referrer: "",
     },
@@ -115,7 +127,7 @@ async fn seed(ch: &ClickHouseConfig) {
             let visitor = format!("{}{i}", g.prefix);
             values.push(sql!(
                 "({}, toDateTime('2026-11-20 10:00:00', 'UTC'), 'pageview', '/', 'shop.example', \
-                 toFixedString({}, 16), {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+                 toFixedString({}, 16), {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
                 lit(common::SITE),
                 lit(&visitor),
                 lit(if g.referrer.is_empty() { "" } else { "News" }),
@@ -132,14 +144,15 @@ async fn seed(ch: &ClickHouseConfig) {
                 lit(g.browser),
                 lit(g.browser_version),
                 lit(g.country),
-                lit(g.region)
+                lit(g.region),
+                lit(g.city)
             ));
         }
     }
     let insert = sql!(
         "INSERT INTO events (site, timestamp, name, pathname, hostname, visitor_id, source, \
          channel, referrer, utm_source, device, os, os_version, browser, browser_version, \
-         country_code, region) VALUES {}",
+         country_code, region, city) VALUES {}",
         Sql::join(values, ", ")
     );
     db::exec(&ch.client(), &insert).await.unwrap();
@@ -221,6 +234,52 @@ async fn check(ch: &ClickHouseConfig) {
             ("Germany", 6)
         ])
     );
+    // Places: the code or id before the `|`, the name after it; rows stored by name alone
+    // answer by name in both.
+    assert_eq!(
+        by("visit:region").await,
+        pairs(&[
+            ("GB-ENG", 5),
+            ("England", 5),
+            ("US-CA", 5),
+            ("DE-BY", 6),
+            ("California", 7)
+        ])
+    );
+    assert_eq!(
+        by("visit:region_name").await,
+        pairs(&[("England", 10), ("California", 12), ("DE-BY", 6)])
+    );
+    assert_eq!(
+        by("visit:city").await,
+        pairs(&[
+            ("2643743", 5),
+            ("London", 5),
+            ("5391959", 5),
+            ("2867714", 6),
+            ("0", 7)
+        ])
+    );
+    // Plausible answers a city as its GeoNames id, a number (0: no city); a city stored by
+    // name alone (no id known) stays its name.
+    let d = ask(
+        ch,
+        json!({"metrics": ["visitors"], "dimensions": ["visit:city"]}),
+    )
+    .await;
+    let cities: Vec<&Value> = d["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["dimensions"][0])
+        .collect();
+    for want in [json!(2867714), json!(2643743), json!(0), json!("London")] {
+        assert!(cities.contains(&&want), "{want} in {d}");
+    }
+    assert_eq!(
+        by("visit:city_name").await,
+        pairs(&[("London", 10), ("San Francisco", 5), ("Munich", 6), ("", 7)])
+    );
     assert_eq!(
         by("visit:utm_source").await,
         pairs(&[("(not set)", 23), ("newsletter", 5)])
@@ -262,6 +321,35 @@ async fn check(ch: &ClickHouseConfig) {
     assert_eq!(
         visitors_where(ch, json!(["is", "visit:region", ["DE-BY"]])).await,
         6
+    );
+    assert_eq!(
+        visitors_where(ch, json!(["is", "visit:region", ["GB-ENG", "US-CA"]])).await,
+        10
+    );
+    assert_eq!(
+        visitors_where(ch, json!(["is", "visit:region_name", ["England"]])).await,
+        10
+    );
+    // Plausible's docs filter cities by GeoNames id, as a number.
+    assert_eq!(
+        visitors_where(ch, json!(["is", "visit:city", [2867714]])).await,
+        6
+    );
+    assert_eq!(
+        visitors_where(ch, json!(["is", "visit:city", [2643743, 5391959]])).await,
+        10
+    );
+    assert_eq!(
+        visitors_where(ch, json!(["is", "visit:city_name", ["London"]])).await,
+        10
+    );
+    assert_eq!(
+        visitors_where(ch, json!(["contains", "visit:city_name", ["Francisco"]])).await,
+        5
+    );
+    assert_eq!(
+        visitors_where(ch, json!(["matches", "visit:region", ["^US-"]])).await,
+        5
     );
     assert_eq!(
         visitors_where(ch, json!(["is", "visit:utm_source", ["(not set)"]])).await,

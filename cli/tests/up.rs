@@ -17,14 +17,23 @@ use common::*;
 const CANARY_IP: &str = "198.51.100.173";
 const CANARY_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) CanaryUA/7.7 Chrome/120.0.0.0 Safari/537.36";
 
-fn visitors(addr: SocketAddr) -> serde_json::Value {
-    let q = r#"{"site_id":"example.com","metrics":["visitors","pageviews"],"date_range":"day","dimensions":["event:page"]}"#;
+/// The UTC date now (the collector stamps hits with its clock, in UTC).
+fn utc_date() -> String {
+    chrono::Utc::now().date_naive().to_string()
+}
+
+/// Visitors and pageviews by page over `days` (both included): the UTC dates before and after
+/// the hits were sent, not "day", which a restart after midnight would read as a day without
+/// them.
+fn visitors(addr: SocketAddr, days: &[String; 2]) -> serde_json::Value {
+    let q = serde_json::json!({"site_id": "example.com", "metrics": ["visitors", "pageviews"],
+        "date_range": days, "dimensions": ["event:page"]});
     let (status, body) = http(
         addr,
         "POST",
         "/api/v2/query",
         &[("Content-Type", "application/json")],
-        q,
+        &q.to_string(),
     );
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
@@ -37,6 +46,7 @@ fn veil_up_runs_everything_and_keeps_no_raw_identifiers() {
     let v = start(dir.path(), free_port(), &["--privacy", "exact"]);
     let body = r#"{"n":"pageview","u":"https://example.com/quick-start?email=canary@example.org","d":"example.com","r":null}"#;
     // Two visitors: k is at least 2, so one alone would never be shown.
+    let first_day = utc_date();
     for ip in [CANARY_IP, "198.51.100.77"] {
         let (status, text) = http(
             v.addr,
@@ -51,10 +61,11 @@ fn veil_up_runs_everything_and_keeps_no_raw_identifiers() {
         );
         assert_eq!((status, text.as_str()), (202, "ok"));
     }
+    let days = [first_day, utc_date()];
     // Readable through the Stats API within seconds.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = visitors(v.addr);
+        let r = visitors(v.addr, &days);
         if r["results"] == serde_json::json!([{"dimensions": ["/quick-start"], "metrics": [2, 2]}])
         {
             break;
@@ -91,7 +102,7 @@ fn veil_up_runs_everything_and_keeps_no_raw_identifiers() {
     // Restart on the same data dir: the event is still there.
     let v = start(dir.path(), free_port(), &["--privacy", "exact"]);
     assert_eq!(
-        visitors(v.addr)["results"][0]["metrics"],
+        visitors(v.addr, &days)["results"][0]["metrics"],
         serde_json::json!([2, 2])
     );
     stop(v);

@@ -21,6 +21,14 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// The fixtures' places as stored (`code|name`, `id|name`: `veil_schemas::places`): the
+/// ip-location-db-style files carry names, and Veil's table gives them codes and ids; the
+/// MaxMind-style file carries its own.
+const MUNICH: (&str, &str) = ("DE-BY|Bavaria", "2867714|Munich");
+const SF: (&str, &str) = ("US-CA|California", "5391959|San Francisco");
+const PARIS: (&str, &str) = ("FR-IDF|Ile-de-France", "2988507|Paris");
+const VIENNA: (&str, &str) = ("AT-9|State of Vienna", "2761369|Vienna");
+
 fn facts(country: &str, region: &str, city: &str, asn: u32, isp: &str) -> GeoFacts {
     GeoFacts {
         country_code: country.into(),
@@ -54,17 +62,11 @@ fn ipv4_places_and_asn() {
     assert_eq!(db.availability(), Availability::Full);
     assert_eq!(
         db.lookup(ip("203.0.113.7")),
-        facts("DE", "Bavaria", "Munich", 64500, "Example Carrier")
+        facts("DE", MUNICH.0, MUNICH.1, 64500, "Example Carrier")
     );
     assert_eq!(
         db.lookup(ip("198.51.100.255")),
-        facts(
-            "US",
-            "California",
-            "San Francisco",
-            64501,
-            "Example Cable, Inc."
-        )
+        facts("US", SF.0, SF.1, 64501, "Example Cable, Inc.")
     );
     // A country-only place and no ASN record.
     assert_eq!(db.lookup(ip("192.0.2.1")), facts("JP", "", "", 0, ""));
@@ -75,7 +77,7 @@ fn ipv6_places_and_asn() {
     let db = GeoDb::open(fixtures("geoip"));
     assert_eq!(
         db.lookup(ip("2001:db8:abcd::1")),
-        facts("FR", "Île-de-France", "Paris", 64502, "Exemple Fibre SAS")
+        facts("FR", PARIS.0, PARIS.1, 64502, "Exemple Fibre SAS")
     );
 }
 
@@ -86,7 +88,7 @@ fn ipv4_mapped_ipv6_is_looked_up_as_ipv4() {
         db.lookup(ip("::ffff:203.0.113.7")),
         db.lookup(ip("203.0.113.7"))
     );
-    assert_eq!(db.lookup(ip("::ffff:203.0.113.7")).city, "Munich");
+    assert_eq!(db.lookup(ip("::ffff:203.0.113.7")).city, MUNICH.1);
 }
 
 #[test]
@@ -146,7 +148,7 @@ fn status_names_loaded_files_and_partial_data() {
     assert!(db.status().contains("asn.mmdb missing"), "{}", db.status());
     assert_eq!(
         db.lookup(ip("203.0.113.7")),
-        facts("DE", "Bavaria", "Munich", 0, "")
+        facts("DE", MUNICH.0, MUNICH.1, 0, "")
     );
 }
 
@@ -157,24 +159,25 @@ fn maxmind_geoip2_city_schema() {
     let db = GeoDb::open(dir.path());
     assert_eq!(
         db.lookup(ip("203.0.113.7")),
-        facts("DE", "DE-BY", "Munich", 64500, "Example Carrier")
+        facts("DE", MUNICH.0, MUNICH.1, 64500, "Example Carrier")
     );
-    // A subdivision without an ISO code falls back to its English name.
+    // A subdivision without an ISO code is stored by its English name; the city's GeoNames
+    // id is the record's.
     assert_eq!(
         db.lookup(ip("198.51.100.1")),
-        facts(
-            "US",
-            "California",
-            "San Francisco",
-            64501,
-            "Example Cable, Inc."
-        )
+        facts("US", "California", SF.1, 64501, "Example Cable, Inc.")
     );
     assert_eq!(
         db.lookup(ip("2001:db8::1")),
-        facts("FR", "FR-IDF", "Paris", 64502, "Exemple Fibre SAS")
+        facts(
+            "FR",
+            "FR-IDF|Île-de-France",
+            PARIS.1,
+            64502,
+            "Exemple Fibre SAS"
+        )
     );
-    assert_eq!(db.lookup(ip("::ffff:203.0.113.7")).region, "DE-BY");
+    assert_eq!(db.lookup(ip("::ffff:203.0.113.7")).region, MUNICH.0);
 }
 
 #[test]
@@ -186,7 +189,7 @@ fn city_mmdb_is_tried_before_the_split_files() {
     )
     .unwrap();
     let db = GeoDb::open(dir.path());
-    assert_eq!(db.lookup(ip("203.0.113.7")).region, "DE-BY");
+    assert_eq!(db.lookup(ip("203.0.113.7")).region, MUNICH.0);
     // Not in city.mmdb: the split files answer.
     assert_eq!(db.lookup(ip("192.0.2.1")).country_code, "JP");
 }
@@ -195,7 +198,7 @@ fn city_mmdb_is_tried_before_the_split_files() {
 fn reload_picks_up_replaced_files_without_reopening() {
     let dir = copy_of("geoip");
     let db = GeoDb::open(dir.path());
-    assert_eq!(db.lookup(ip("203.0.113.7")).city, "Munich");
+    assert_eq!(db.lookup(ip("203.0.113.7")).city, MUNICH.1);
     assert!(!db.reload_if_changed(), "nothing changed yet");
 
     replace(
@@ -207,10 +210,10 @@ fn reload_picks_up_replaced_files_without_reopening() {
     assert!(db.reload_if_changed());
     assert_eq!(
         db.lookup(ip("203.0.113.7")),
-        facts("AT", "Vienna", "Vienna", 64510, "Second Example Net")
+        facts("AT", VIENNA.0, VIENNA.1, 64510, "Second Example Net")
     );
     // Untouched file still answers; the new city-ipv4 file has no 198.51.100.0/24.
-    assert_eq!(db.lookup(ip("2001:db8::1")).city, "Paris");
+    assert_eq!(db.lookup(ip("2001:db8::1")).city, PARIS.1);
     assert!(db.lookup(ip("198.51.100.1")).is_empty());
 }
 
@@ -267,7 +270,7 @@ fn watcher_reloads_in_the_background() {
         &fixtures("geoip-v2").join(CITY_V4_FILE),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while db.lookup(ip("203.0.113.7")).city != "Vienna" {
+    while db.lookup(ip("203.0.113.7")).city != VIENNA.1 {
         assert!(Instant::now() < deadline, "no reload within 10 s");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -290,7 +293,7 @@ fn lookups_from_many_threads_during_reloads() {
             std::thread::spawn(move || {
                 for _ in 0..2_000 {
                     let city = db.lookup(ip("203.0.113.7")).city;
-                    assert!(city == "Munich" || city == "Vienna", "{city}");
+                    assert!(city == MUNICH.1 || city == VIENNA.1, "{city}");
                 }
             })
         })

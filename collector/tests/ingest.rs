@@ -125,31 +125,41 @@ async fn raw_ip_user_agent_and_query_strings_never_reach_clickhouse() {
 
 #[tokio::test]
 async fn visitor_hash_is_stable_per_visitor_and_differs_across_sites() {
-    let mut c = start("visitor_hash", config(&["a.example", "b.example"])).await;
-    for (site, ip) in [
-        ("a.example", "203.0.113.1"),
-        ("a.example", "203.0.113.1"),
-        ("b.example", "203.0.113.1"),
-        ("a.example", "203.0.113.2"),
-    ] {
-        let r = c
-            .post(
-                "/api/event",
-                &[("User-Agent", FIREFOX), ("X-Forwarded-For", ip)],
-                &plausible(site, &format!("https://{site}/")),
-            )
-            .await;
-        assert_eq!(r.status, 202);
-    }
-    c.shutdown().await.unwrap();
-    let a: u64 =
-        c.ch.client()
-            .sql(&Sql::new(
-                "SELECT uniqExact(visitor_id) FROM events WHERE site = 'a.example'",
-            ))
-            .fetch_one()
-            .await
-            .unwrap();
+    // Visitor ids hash with the UTC day's salt: the same visitor on either side of midnight is
+    // two ids by design. If the day turned during the posts, they are made again (on a fresh
+    // database) on the new day — midnight passes once.
+    let (c, a) = loop {
+        let day = chrono::Utc::now().date_naive();
+        let mut c = start("visitor_hash", config(&["a.example", "b.example"])).await;
+        for (site, ip) in [
+            ("a.example", "203.0.113.1"),
+            ("a.example", "203.0.113.1"),
+            ("b.example", "203.0.113.1"),
+            ("a.example", "203.0.113.2"),
+        ] {
+            let r = c
+                .post(
+                    "/api/event",
+                    &[("User-Agent", FIREFOX), ("X-Forwarded-For", ip)],
+                    &plausible(site, &format!("https://{site}/")),
+                )
+                .await;
+            assert_eq!(r.status, 202);
+        }
+        let same_day = chrono::Utc::now().date_naive() == day;
+        c.shutdown().await.unwrap();
+        let a: u64 =
+            c.ch.client()
+                .sql(&Sql::new(
+                    "SELECT uniqExact(visitor_id) FROM events WHERE site = 'a.example'",
+                ))
+                .fetch_one()
+                .await
+                .unwrap();
+        if same_day {
+            break (c, a);
+        }
+    };
     assert_eq!(a, 2, "same IP+UA is one visitor, another IP another");
     let shared: u64 = c
         .ch
@@ -772,28 +782,38 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
         ("xff_trusted", None, 2u64),
         ("xff_untrusted", Some(Vec::new()), 1),
     ] {
-        let mut cfg = config(&["example.com"]);
-        if let Some(p) = proxies {
-            cfg.trusted_proxies = p;
-        }
-        let mut c = start(label, cfg).await;
-        for ip in ["203.0.113.1", "203.0.113.2"] {
-            let r = c
-                .post(
-                    "/api/event",
-                    &[("User-Agent", CHROME), ("X-Forwarded-For", ip)],
-                    &plausible("example.com", "https://example.com/"),
-                )
-                .await;
-            assert_eq!(r.status, 202);
-        }
-        wait_count(&c.ch, "1", 2, 10).await;
-        let visitors: u64 =
-            c.ch.client()
-                .sql(&Sql::new("SELECT uniqExact(visitor_id) FROM events"))
-                .fetch_one()
-                .await
-                .unwrap();
+        // Visitor ids hash with the UTC day's salt: if the day turned between the two posts
+        // (two ids whatever the proxies), they are made again on the new day.
+        let (mut c, visitors) = loop {
+            let day = chrono::Utc::now().date_naive();
+            let mut cfg = config(&["example.com"]);
+            if let Some(p) = proxies.clone() {
+                cfg.trusted_proxies = p;
+            }
+            let mut c = start(label, cfg).await;
+            for ip in ["203.0.113.1", "203.0.113.2"] {
+                let r = c
+                    .post(
+                        "/api/event",
+                        &[("User-Agent", CHROME), ("X-Forwarded-For", ip)],
+                        &plausible("example.com", "https://example.com/"),
+                    )
+                    .await;
+                assert_eq!(r.status, 202);
+            }
+            let same_day = chrono::Utc::now().date_naive() == day;
+            wait_count(&c.ch, "1", 2, 10).await;
+            let visitors: u64 =
+                c.ch.client()
+                    .sql(&Sql::new("SELECT uniqExact(visitor_id) FROM events"))
+                    .fetch_one()
+                    .await
+                    .unwrap();
+            if same_day {
+                break (c, visitors);
+            }
+            c.shutdown().await.unwrap();
+        };
         assert_eq!(visitors, distinct, "{label}");
         c.shutdown().await.unwrap();
     }

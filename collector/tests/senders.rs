@@ -260,13 +260,13 @@ async fn geoip_fills_country_region_city_and_isp_and_children_keep_only_the_coun
             de.region.as_str(),
             de.city.as_str()
         ),
-        ("DE", "Bavaria", "Munich")
+        ("DE", "DE-BY|Bavaria", "2867714|Munich")
     );
     assert_eq!((de.asn, de.isp.as_str()), (64500, "Example Carrier"));
     let fr = by("/fr");
     assert_eq!(
         (fr.country_code.as_str(), fr.city.as_str()),
-        ("FR", "Paris")
+        ("FR", "2988507|Paris")
     );
     let jp = by("/jp");
     assert_eq!(

@@ -917,8 +917,18 @@ test("the devices panel speaks Plausible's vocabulary: Chrome, Windows, GNU/Linu
   await page.close_all();
 });
 
+/**
+ * The UTC date of hits sent now and the next: a period that holds them when read later (a
+ * midnight before they are counted or read moves "day" to a day without them).
+ */
+function sentDays() {
+  const day = new Date().toISOString().slice(0, 10);
+  return [day, new Date(Date.parse(day) + 864e5).toISOString().slice(0, 10)];
+}
+
 test("filtered traffic: bots by reason and opt-outs are the API's numbers, reasons under k are not listed, filters do not apply", async () => {
   const GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+  const [day, next] = sentDays();
   const now = new Date().toISOString();
   const hit = (ip, user_agent, extra = {}) => ({ site: SITE, name: "pageview", url: `https://${SITE}/filtered`, timestamp: now, ip, user_agent, ...extra });
   const events = [
@@ -928,8 +938,10 @@ test("filtered traffic: bots by reason and opt-outs are the API's numbers, reaso
   ];
   const res = await fetch(veil.url + "/v1/events", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(events) });
   assert.deepEqual(await res.json(), { accepted: 0, ignored: events.length, rejected: [] }, "every hit is filtered, none stored");
-  // Collectors flush their counts every 5 s. The hits are today's: "day" (7d ends yesterday).
-  const path = `/api/v1/sites/${SITE}/filtered-traffic?date_range=day`;
+  // Collectors flush their counts every 5 s. The hits are today's (7d ends yesterday): the
+  // explicit days they were sent on, which a midnight while the test runs does not move.
+  const period = `period=custom&from=${day}&to=${next}`;
+  const path = `/api/v1/sites/${SITE}/filtered-traffic?date_range=${day},${next}`;
   const want = await waitFor(() => api(veil, path), (w) => w.dropped.reduce((n, r) => n + (r.events || 0), 0) >= 11,
     { ms: 30_000, every: 500, what: "the counts never arrived" });
   // The two curl hits are under k: not listed.
@@ -944,7 +956,7 @@ test("filtered traffic: bots by reason and opt-outs are the API's numbers, reaso
   const expected = (doc) => doc.dropped.map((r) => [r.reason, label[r.reason], str(r.events),
     r.events === null ? `fewer than ${doc.min_visitors}` : nf.format(r.events)]);
   const page = await open(chrome);
-  await page.goto(dash("period=day"));
+  await page.goto(dash(period));
   await settled(page);
   assert.deepEqual(await shownRows(page), expected(want));
   assert.equal(await page.$$eval('#panel-filtered td[data-value="null"]', (l) => l.length), 0);
@@ -954,7 +966,7 @@ test("filtered traffic: bots by reason and opt-outs are the API's numbers, reaso
   await screenshot(page, "filtered-traffic");
 
   // Filters leave the panel as it is (the endpoint takes none); a custom range is sent as FROM,TO.
-  await page.goto(dash("period=day&f=is~visit:source~Google"));
+  await page.goto(dash(`${period}&f=is~visit:source~Google`));
   await settled(page);
   assert.deepEqual(await shownRows(page), expected(want));
   const to = new Date().toISOString().slice(0, 10);
@@ -983,6 +995,7 @@ test("filtered traffic: a site that keeps bots shows them as \"Kept bots (flagge
   // the hits are dropped as for an unknown domain (and counted nowhere). The first hit goes alone
   // until it is accepted, then the rest once, so each is stored exactly once.
   const deadline = Date.now() + 30_000;
+  const [day, next] = sentDays();
   const post = async (batch) => {
     const res = await fetch(veil.url + "/v1/events", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(batch) });
     assert.equal(res.status, 202);
@@ -991,13 +1004,13 @@ test("filtered traffic: a site that keeps bots shows them as \"Kept bots (flagge
   await waitFor(() => post(events.slice(0, 1)), (n) => n === 1,
     { ms: deadline - Date.now(), every: 1000, what: "the collector never accepted the new site" });
   assert.equal(await post(events.slice(1)), events.length - 1);
-  // Stored now: today's ("day"; 7d ends yesterday).
-  const want = await waitFor(() => api(veil, `/api/v1/sites/${site}/filtered-traffic?date_range=day`),
+  // Stored now: today's (7d ends yesterday), asked as the explicit days they were sent on.
+  const want = await waitFor(() => api(veil, `/api/v1/sites/${site}/filtered-traffic?date_range=${day},${next}`),
     (w) => w.stored_bots.some((r) => r.events === events.length),
     { ms: deadline - Date.now(), every: 300, what: "the kept bots never reached the API" });
   assert.deepEqual(want.stored_bots, [{ reason: "bot_crawler", events: events.length }]);
   const page = await open(chrome);
-  await page.goto(`${veil.url}/site/${site}?period=day`);
+  await page.goto(`${veil.url}/site/${site}?period=custom&from=${day}&to=${next}`);
   await settled(page);
   const group = await page.$eval("#panel-filtered tbody[data-group=stored_bots]", (tb) => ({
     title: tb.querySelector("tr.group th").textContent,

@@ -186,6 +186,46 @@ test("on a generated site, a click on a page, a source and a goal filters every 
   await page.close_all();
 });
 
+test("locations speak Plausible's place vocabulary: region and city names shown, ISO 3166-2 codes and GeoNames ids in the API, a click filters by the city", async () => {
+  // The generator stores places as the collector does (`DE-BY|Bavaria`, `2867714|Munich`,
+  // schemas/src/places.rs); the panel shows names, the API's visit:region and visit:city answer
+  // codes and ids (issue 17, point 2), and both select the same visitors.
+  const page = await open(chrome);
+  const failed = [];
+  page.on("response", async (r) => {
+    if (new URL(r.url()).pathname.startsWith("/api/") && r.status() >= 400) failed.push(`${r.status()} ${r.url()}`);
+  });
+  const tab = async (t) => {
+    await page.goto(`${veil.url}/site/${DEMO}?period=${PERIOD}&t.locations=${t}`);
+    const s = await everyPanelAnswers(page, `locations: ${t}`, failed);
+    return s.panels.find((p) => p.id === "locations").rows.map((r) => r.raw);
+  };
+  const regions = await tab("region");
+  for (const r of ["California", "Bavaria", "England"]) assert.ok(regions.includes(r), `${r} in ${regions}`);
+  assert.ok(regions.every((r) => !r.includes("|") && !/^[A-Z]{2}-/.test(r)), `names, not stored values or codes: ${regions}`);
+  const cities = await tab("city");
+  for (const c of ["San Francisco", "Munich", "London"]) assert.ok(cities.includes(c), `${c} in ${cities}`);
+  assert.ok(cities.every((c) => !c.includes("|") && !/^\d+$/.test(c)), `names, not ids: ${cities}`);
+
+  const ask = (body) => api(veil, "/api/v2/query", { body: { site_id: DEMO, date_range: PERIOD, metrics: ["visitors"], ...body } });
+  const byRegion = await ask({ dimensions: ["visit:region", "visit:region_name"] });
+  assert.ok(byRegion.results.some((r) => r.dimensions[0] === "DE-BY" && r.dimensions[1] === "Bavaria"), JSON.stringify(byRegion.results));
+  const byCity = await ask({ dimensions: ["visit:city", "visit:city_name"] });
+  assert.ok(byCity.results.some((r) => r.dimensions[0] === 2867714 && r.dimensions[1] === "Munich"), JSON.stringify(byCity.results));
+
+  await page.click('#panel-locations button.row:text-is("Munich")');
+  await page.waitForURL((u) => u.searchParams.getAll("f").includes("is~visit:city_name~Munich"));
+  const s = await everyPanelAnswers(page, "City is Munich", failed);
+  assert.deepEqual(s.chips, ["City is Munich"]);
+  const byId = await ask({ filters: [["is", "visit:city", [2867714]]] });
+  const byName = await ask({ filters: [["is", "visit:city_name", ["Munich"]]] });
+  assert.ok(byId.results[0].metrics[0] > 0, JSON.stringify(byId));
+  assert.equal(byId.results[0].metrics[0], byName.results[0].metrics[0]);
+  assert.equal(stat(s, "visitors"), String(byId.results[0].metrics[0]));
+  assert.deepEqual(page.problems, [], "console errors, page errors or dialogs");
+  await page.close_all();
+});
+
 // The demo app (`veil up --demo` fills demo-app.veil.local with 30 days of an iOS and Android
 // app's events: schemas/src/gen/app.rs) in the App view and in Realtime, as its owner would
 // look at it: the top stats are the API's (active users, sessions, launch times, crashes), the

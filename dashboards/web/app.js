@@ -145,7 +145,8 @@
     "visit:entry_page": "Entry page", "visit:exit_page": "Exit page", "visit:source": "Source",
     "visit:referrer": "Referrer", "visit:channel": "Channel", "visit:utm_source": "UTM source",
     "visit:utm_medium": "UTM medium", "visit:utm_campaign": "UTM campaign", "visit:utm_content": "UTM content",
-    "visit:utm_term": "UTM term", "visit:country": "Country", "visit:region": "Region", "visit:city": "City",
+    "visit:utm_term": "UTM term", "visit:country": "Country", "visit:region": "Region code", "visit:city": "City id",
+    "visit:region_name": "Region", "visit:city_name": "City",
     "visit:isp": "ISP", "visit:browser": "Browser", "visit:browser_version": "Browser version", "visit:os": "OS",
     "visit:os_version": "OS version", "visit:device": "Device", "visit:screen": "Screen", "visit:processor": "Processor",
     "visit:app_version": "App version", "visit:install_source": "Install source", "visit:locale": "Locale",
@@ -497,8 +498,8 @@
       { id: "utm_term", label: "UTM term", dim: "visit:utm_term" }] },
     { id: "locations", title: "Locations", metrics: ["visitors"], tabs: [
       { id: "country", label: "Countries", dim: "visit:country" },
-      { id: "region", label: "Regions", dim: "visit:region" },
-      { id: "city", label: "Cities", dim: "visit:city" },
+      { id: "region", label: "Regions", dim: "visit:region_name" },
+      { id: "city", label: "Cities", dim: "visit:city_name" },
       { id: "isp", label: "ISPs", dim: "visit:isp" }] },
     { id: "devices", title: "Devices", metrics: ["visitors"], tabs: [
       { id: "browser", label: "Browsers", dim: "visit:browser" },

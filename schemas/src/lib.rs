@@ -3,7 +3,8 @@
 //! `schemas/migrations/`, applied by [`migrate()`], one runner for one server and for a
 //! cluster), the site registry and its policy ([`registry`], [`policy`]), the local server `veil
 //! up` and the test suite run as a child process ([`managed`]), a local cluster of them
-//! ([`local_cluster`]), the data generator ([`gen`]) and, with the `testing` feature, the test
+//! ([`local_cluster`]), the data generator ([`gen`]), how places are stored
+//! ([`places`]) and, with the `testing` feature, the test
 //! harness (`testing`).
 //!
 //! # Features
@@ -20,6 +21,7 @@ pub mod local_cluster;
 pub mod managed;
 pub mod migrate;
 pub mod people;
+pub mod places;
 pub mod policy;
 pub mod registry;
 pub mod segments;

@@ -64,8 +64,10 @@ MUNICH = flat_place("DE", "Bavaria", "Upper Bavaria", "Munich", "80331", 48.1374
 SAN_FRANCISCO = flat_place("US", "California", "", "San Francisco", "94107", 37.7749, -122.4194, "America/Los_Angeles")
 # Country only, as the real data has for many networks (e.g. 8.8.8.8 → US, no region or city).
 JAPAN = flat_place("JP", "", "", "", "", 35.69, 139.69, "Asia/Tokyo")
-PARIS = flat_place("FR", "Île-de-France", "Paris", "Paris", "75001", 48.8566, 2.3522, "Europe/Paris")
-VIENNA = flat_place("AT", "Vienna", "", "Vienna", "1010", 48.2082, 16.3738, "Europe/Vienna")
+# state1 spelled as ip-location-db spells it ("Ile-de-France", "State of Vienna"), the keys of
+# Veil's places table (schemas/data/places.tsv).
+PARIS = flat_place("FR", "Ile-de-France", "Paris", "Paris", "75001", 48.8566, 2.3522, "Europe/Paris")
+VIENNA = flat_place("AT", "State of Vienna", "", "Vienna", "1010", 48.2082, 16.3738, "Europe/Vienna")
 
 
 def city_ipv4(path, networks):
@@ -96,7 +98,7 @@ def asn_db(path, networks):
 
 
 def maxmind_city(path):
-    def rec(cc, country, subdivisions, city_names):
+    def rec(cc, country, subdivisions, city_names, geoname_id):
         r = {
             "continent": {"code": "EU" if cc != "US" else "NA"},
             "country": {"iso_code": cc, "names": {"en": country}},
@@ -104,7 +106,7 @@ def maxmind_city(path):
             "subdivisions": subdivisions,
         }
         if city_names:
-            r["city"] = {"geoname_id": MmdbU32(1), "names": city_names}
+            r["city"] = {"geoname_id": MmdbU32(geoname_id), "names": city_names}
         return r
 
     w = FixedEpochWriter(
@@ -121,9 +123,9 @@ def maxmind_city(path):
     # A subdivision without an ISO code: the English name is used instead.
     california = [{"names": {"en": "California"}}]
     idf = [{"iso_code": "IDF", "names": {"en": "Île-de-France"}}]
-    w.insert_network(IPSet(["203.0.113.0/24"]), rec("DE", "Germany", bavaria, {"de": "München", "en": "Munich"}))
-    w.insert_network(IPSet(["198.51.100.0/24"]), rec("US", "United States", california, {"en": "San Francisco"}))
-    w.insert_network(IPSet(["2001:db8::/32"]), rec("FR", "France", idf, {"en": "Paris"}))
+    w.insert_network(IPSet(["203.0.113.0/24"]), rec("DE", "Germany", bavaria, {"de": "München", "en": "Munich"}, 2867714))
+    w.insert_network(IPSet(["198.51.100.0/24"]), rec("US", "United States", california, {"en": "San Francisco"}, 5391959))
+    w.insert_network(IPSet(["2001:db8::/32"]), rec("FR", "France", idf, {"en": "Paris"}, 2988507))
     w.to_db_file(path)
 
 

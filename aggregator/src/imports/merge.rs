@@ -10,7 +10,9 @@
 //! - no dimension and no filter: `visitors` (events there are its pageviews, as Plausible's);
 //! - `visit:source`, `visit:referrer`, `visit:utm_*`: `sources`; `event:page`,
 //!   `event:hostname`: `pages`; `visit:entry_page`, `visit:exit_page`: `entry_pages`,
-//!   `exit_pages`; `visit:country`, `visit:region`, `visit:city`: `locations`;
+//!   `exit_pages`; `visit:country`, `visit:region`, `visit:city`: `locations` (and
+//!   `visit:region_name`, `visit:city_name`: the imported code or id named from Veil's places
+//!   table; filters on the names are not merged);
 //!   `visit:device`; `visit:browser`, `visit:browser_version`; `visit:os`, `visit:os_version`;
 //!   `event:goal`: `custom_events` (goals completed by a custom event, matched on the event's
 //!   name), and, without a filter, `pages` for goals completed by a pageview (the imported
@@ -82,6 +84,9 @@ impl Skip {
 #[derive(Debug, Clone, PartialEq)]
 enum Label {
     Column(&'static str),
+    /// `visit:region_name` / `visit:city_name`: the imported code or GeoNames id (Plausible's
+    /// export carries no names) named from Veil's places table (`veil_schemas::places`).
+    PlaceName(&'static str),
     Time(TimeBucket),
     /// The site's goals: `(event name, goal)` of those a custom event completes, `(page
     /// regex, goal)` of those a pageview completes.
@@ -143,6 +148,16 @@ fn label_expr(col: &'static str) -> Sql {
     }
 }
 
+/// The name of an imported region code or city id, as Veil's own rows answer
+/// `visit:region_name` / `visit:city_name`; the value itself when the table does not know it.
+fn place_name(col: &str, cell: &str) -> String {
+    let name = match col {
+        "region" => veil_schemas::places::region_name(cell),
+        _ => cell.parse().ok().and_then(veil_schemas::places::city_name),
+    };
+    name.unwrap_or(cell).to_string()
+}
+
 /// Whether imported rows of `kind` can give metric `m`.
 fn serves(kind: &str, m: Metric) -> bool {
     use Metric::*;
@@ -202,6 +217,10 @@ pub fn plan(q: &Query, site: &SiteView) -> Result<Plan, Skip> {
                     events: event_goals.clone(),
                     pages,
                 });
+            }
+            DimKind::PlaceName(c) => {
+                same(&mut kind, "locations")?;
+                labels.push(Label::PlaceName(c));
             }
             _ => {
                 let (k, c) = column(&d.name).ok_or(Skip::Unsupported)?;
@@ -410,7 +429,7 @@ async fn read(
         .labels
         .iter()
         .map(|l| match l {
-            Label::Column(c) => label_expr(c),
+            Label::Column(c) | Label::PlaceName(c) => label_expr(c),
             Label::Time(_) => Sql::new("toString(date)"),
             Label::Goal { .. } => goal.clone(),
         })
@@ -468,6 +487,7 @@ async fn read(
             let cell = c.get(i).and_then(Value::as_str).unwrap_or_default();
             let options: Vec<String> = match l {
                 Label::Column(_) => vec![cell.to_string()],
+                Label::PlaceName(c) => vec![place_name(c, cell)],
                 Label::Time(b) => {
                     // A day that does not parse is no row (ClickHouse writes dates so).
                     chrono::NaiveDate::parse_from_str(cell, "%Y-%m-%d")

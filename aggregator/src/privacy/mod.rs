@@ -393,7 +393,7 @@ impl Bounds {
     /// site's days are UTC days).
     pub fn rows_of(&self, kind: &DimKind, utc: bool) -> u64 {
         match kind {
-            DimKind::Visitor(_) | DimKind::CountryName => 1,
+            DimKind::Visitor(_) | DimKind::CountryName | DimKind::PlaceName(_) => 1,
             DimKind::Visit(_) => self.visit_rows,
             DimKind::Event(_) | DimKind::Goal | DimKind::Prop(_) => self.hit_rows,
             DimKind::Time(TimeBucket::Hour) => self.hour_rows,

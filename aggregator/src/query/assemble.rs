@@ -116,7 +116,7 @@ fn per_visit(q: &Query, site: &SiteView) -> Option<PerVisit> {
     let plain = q.dimensions.iter().all(|d| {
         matches!(
             d.kind,
-            DimKind::Visit(_) | DimKind::Visitor(_) | DimKind::CountryName
+            DimKind::Visit(_) | DimKind::Visitor(_) | DimKind::CountryName | DimKind::PlaceName(_)
         )
     });
     if !plain || q.metrics.contains(&Metric::Dau) || !utc_aligned(q) {
@@ -131,7 +131,7 @@ fn per_visit(q: &Query, site: &SiteView) -> Option<PerVisit> {
         let mut captured: Vec<&'static str> = Vec::new();
         for d in f.dims() {
             let c = match d.kind {
-                DimKind::Visit(c) | DimKind::Visitor(c) => c,
+                DimKind::Visit(c) | DimKind::Visitor(c) | DimKind::PlaceName(c) => c,
                 DimKind::CountryName => "country_code",
                 _ => continue,
             };

@@ -6,7 +6,7 @@
 use veil_schemas::sql;
 use veil_schemas::sql::{date, lit, lit_list, utc, Sql};
 
-use super::labels::{country_name_sql, label_sql};
+use super::labels::{country_name_sql, label_sql, place_name_sql};
 use super::source::Source;
 use super::visits::{site_cond, HAS_VISITOR};
 use super::vocab::{
@@ -114,6 +114,10 @@ pub(super) fn dim_expr(d: &Dim, src: Source, q: &Query, site: &SiteView) -> Sql 
                 )
             }
         }
+        DimKind::PlaceName(c) => place_name_sql(match src {
+            Source::VisitsDaily => Sql::new("value"),
+            _ => Sql::new(c),
+        }),
         DimKind::CountryName => country_name_sql(if src == Source::VisitsDaily {
             "value"
         } else {

@@ -39,18 +39,30 @@
 //!
 //! # Places
 //!
-//! `visit:region` and `visit:city` answer what is stored. The collector stores the ISO 3166-2
-//! code (`DE-BY`) as the region when the GeoIP record has one (a MaxMind `city.mmdb`), else
-//! the English subdivision name — and ip-location-db's files (`make geoip`, the default) carry
-//! names only; the city is always a name. Plausible's `visit:city` is a GeoNames id, which
-//! only MaxMind's records carry and Veil does not store yet (it needs new columns in
-//! `events`, `events_recent` and its materialized view, `visits` and `open_visits`): a filter
-//! by a city id matches nothing, `visit:city_name` is the way to filter by city.
+//! The collector stores a region as `code|name` (`DE-BY|Bavaria`) and a city as `id|name`
+//! (`2867714|Munich`) — codes and ids from MaxMind records or, for ip-location-db's files
+//! (the default), from Veil's table of their names (`veil_schemas::places`) — and the name
+//! alone when it knows no code (rows stored before, names the table lacks). The dimension
+//! expressions split the value ([`label_sql`], [`place_name_sql`]):
+//!
+//! | dimension | `DE-BY\|Bavaria` | `2867714\|Munich` | `Bavaria` (name only) |
+//! | --- | --- | --- | --- |
+//! | `visit:region` | `DE-BY` | | `Bavaria` |
+//! | `visit:region_name` | `Bavaria` | | `Bavaria` |
+//! | `visit:city` | | `2867714` | (the name) |
+//! | `visit:city_name` | | `Munich` | (the name) |
+//!
+//! So Plausible's filters (`["is", "visit:region", ["DE-BY"]]`, `["is", "visit:city",
+//! [2867714]]`, `["is", "visit:city_name", ["Munich"]]`) select the rows a breakdown labels
+//! so, and rows stored by name before answer by name in both. Why one column and not two: the
+//! module docs of `veil_schemas::places`. Filters on places are answered from visit rows, not
+//! the daily rollup's filtered rows ([`stored_value`] names no single stored value).
 //!
 //! `visit:os_version` for Windows reads the stored OS name too (the stored version of Windows
 //! is woothee's `NT 10.0`, or empty when Client Hints said Windows 11), so it is not answered
 //! from the daily rollups (whose rows carry one column's value), only from visit rows and events.
 
+use veil_schemas::places;
 use veil_schemas::sql;
 use veil_schemas::sql::{lit, Sql};
 
@@ -157,6 +169,9 @@ pub fn empty_label(col: &str) -> Option<&'static str> {
 /// Plausible's value of `stored` in column `col` — what [`label_sql`] computes, for tests and
 /// for values known in Rust.
 pub fn label(col: &str, stored: &str, os: &str) -> String {
+    if PLACES.contains(&col) {
+        return places::decode(stored).0.to_string();
+    }
     if col == "os_version" {
         if let Some((_, v)) = WINDOWS_VERSIONS.iter().find(|(w, _)| *w == os) {
             return (*v).to_string();
@@ -190,6 +205,10 @@ fn transform(e: &Sql, pairs: &[(&str, &str)]) -> Sql {
 /// `os_version`, `os` is the stored OS name's expression (Windows' release is in it); `None`
 /// answers the stored version alone.
 pub fn label_sql(col: &str, e: Sql, os: Option<Sql>) -> Sql {
+    if PLACES.contains(&col) {
+        // The code (or id) before the `|` (`veil_schemas::places`).
+        return sql!("replaceRegexpOne({}, '[|].*$', '')", e);
+    }
     let mut pairs: Vec<(&str, &str)> = Vec::new();
     if let Some(empty) = empty_label(col) {
         pairs.push(("", empty));
@@ -208,6 +227,14 @@ pub fn label_sql(col: &str, e: Sql, os: Option<Sql>) -> Sql {
     }
 }
 
+/// The place columns stored as `code|name` ([`places`]).
+pub const PLACES: &[&str] = &["region", "city"];
+
+/// The name part of place value `e` ([`places`]): after the `|`, the whole value without one.
+pub fn place_name_sql(e: Sql) -> Sql {
+    sql!("replaceRegexpOne({}, '^[^|]*[|]', '')", e)
+}
+
 /// `country_code` → short English country name (the code itself when unknown).
 pub fn country_name_sql(col: &'static str) -> Sql {
     let e = Sql::new(col);
@@ -218,6 +245,10 @@ pub fn country_name_sql(col: &'static str) -> Sql {
 /// `None` when no stored value or several do (the query then reads visit rows). A stored word
 /// Plausible answers differently (`Linux`, `desktop`) selects nothing under its own name.
 pub fn stored_value(col: &str, value: &str) -> Option<String> {
+    // A code is stored with its name (`DE-BY|Bavaria`), and rows of other ages by name alone.
+    if PLACES.contains(&col) {
+        return None;
+    }
     let mut from: Vec<&str> = Vec::new();
     if empty_label(col) == Some(value) {
         from.push("");

@@ -467,7 +467,7 @@ fn needed_visit_cols(q: &Query) -> Vec<&'static str> {
     let filter_dims = q.filter.as_ref().map(|f| f.dims()).unwrap_or_default();
     for d in q.dimensions.iter().chain(filter_dims) {
         let c = match d.kind {
-            DimKind::Visit(c) | DimKind::Visitor(c) => c,
+            DimKind::Visit(c) | DimKind::Visitor(c) | DimKind::PlaceName(c) => c,
             DimKind::CountryName => "country_code",
             _ => continue,
         };
@@ -797,6 +797,7 @@ fn joined_cols(q: &Query) -> (Vec<&'static str>, Vec<&'static str>) {
                 }
             }
             DimKind::CountryName => add(&mut facts, "country_code"),
+            DimKind::PlaceName(c) => add(&mut facts, c),
             DimKind::Visit(c) => add(&mut visit, c),
             _ => {}
         }

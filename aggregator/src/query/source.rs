@@ -213,7 +213,9 @@ pub(super) fn daily_dim(d: &Dim) -> Option<DailyDim> {
     match d.kind {
         // Windows' release is in the OS name, which a row of another dimension lacks.
         DimKind::Visitor("os_version") => None,
-        DimKind::Visit(c) | DimKind::Visitor(c) if DAILY_DIMS.contains(&c) => {
+        DimKind::Visit(c) | DimKind::Visitor(c) | DimKind::PlaceName(c)
+            if DAILY_DIMS.contains(&c) =>
+        {
             Some(DailyDim::Visit(c))
         }
         DimKind::CountryName => Some(DailyDim::Visit("country_code")),

@@ -141,6 +141,10 @@ pub enum DimKind {
     Prop(String),
     /// The visitor's country as its English ISO 3166 name (Plausible's `visit:country_name`).
     CountryName,
+    /// The name part of a place column stored as `code|name` (`region`, `city`;
+    /// `veil_schemas::places`): Plausible's `visit:region_name`, `visit:city_name`. The same
+    /// column as [`DimKind::Visitor`] everywhere else.
+    PlaceName(&'static str),
     /// A time bucket in the site's time zone.
     Time(TimeBucket),
 }
@@ -177,9 +181,9 @@ pub const DIMENSIONS: &[(&str, DimKind)] = &[
     ("visit:country", DimKind::Visitor("country_code")),
     ("visit:country_name", DimKind::CountryName),
     ("visit:region", DimKind::Visitor("region")),
-    ("visit:region_name", DimKind::Visitor("region")),
+    ("visit:region_name", DimKind::PlaceName("region")),
     ("visit:city", DimKind::Visitor("city")),
-    ("visit:city_name", DimKind::Visitor("city")),
+    ("visit:city_name", DimKind::PlaceName("city")),
     ("visit:isp", DimKind::Visitor("isp")),
     ("visit:browser", DimKind::Visitor("browser")),
     ("visit:browser_version", DimKind::Visitor("browser_version")),
@@ -213,7 +217,10 @@ impl Dim {
         match self.kind {
             DimKind::Event(_) | DimKind::Goal | DimKind::Prop(_) => Level::Event,
             DimKind::Visit(_) => Level::Visit,
-            DimKind::Visitor(_) | DimKind::CountryName | DimKind::Time(_) => Level::Both,
+            DimKind::Visitor(_)
+            | DimKind::CountryName
+            | DimKind::PlaceName(_)
+            | DimKind::Time(_) => Level::Both,
         }
     }
 }

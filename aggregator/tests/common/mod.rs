@@ -197,7 +197,12 @@ pub fn rows(doc: &Value) -> Vec<(Vec<String>, Vec<Value>)> {
                     .as_array()
                     .unwrap()
                     .iter()
-                    .map(|d| d.as_str().unwrap().to_string())
+                    // Strings, and numbers (`visit:city`'s GeoNames ids) as their digits.
+                    .map(|d| {
+                        d.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| d.to_string())
+                    })
                     .collect(),
                 r["metrics"].as_array().unwrap().clone(),
             )

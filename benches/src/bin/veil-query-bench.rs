@@ -397,13 +397,13 @@ fn filter_set() -> Vec<(&'static str, &'static str, Value)> {
         ),
         (
             "region",
-            "region is Bavaria",
-            json!([is("visit:region", "Bavaria")]),
+            "region is DE-BY",
+            json!([is("visit:region", "DE-BY")]),
         ),
         (
             "city",
-            "city is London",
-            json!([is("visit:city", "London")]),
+            "city is London (2643743)",
+            json!([is("visit:city", "2643743")]),
         ),
         (
             "device",

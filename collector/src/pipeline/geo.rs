@@ -22,13 +22,15 @@
 //! Places, either schema, decided per record:
 //! - ip-location-db's flat records `{country_code, state1, state2, city, postcode, latitude,
 //!   longitude, timezone}`: `country_code` → country, `state1` (English subdivision *name*, e.g.
-//!   `Bavaria`; the files carry no subdivision code) → region, `city` → city;
+//!   `Bavaria`; the files carry no subdivision code) → region, `city` → city; the region's
+//!   ISO 3166-2 code and the city's GeoNames id come from Veil's table
+//!   ([`veil_schemas::places`], `schemas/data/places.tsv`) when it knows the names;
 //! - MaxMind's GeoIP2-City records: `country.iso_code` → country, `subdivisions[0]` → region
-//!   as the ISO 3166-2 code `DE-BY` when it has an `iso_code`, else its English name,
-//!   `city.names.en` → city.
+//!   (`iso_code` as `DE-BY` and `names.en`), `city` → `geoname_id` and `names.en`.
 //!
-//! So `region` is the ISO 3166-2 code where the database has one and the English name
-//! otherwise; with the default (ip-location-db) files it is always the name.
+//! Region and city are stored as `code|name` and `id|name` (`DE-BY|Bavaria`,
+//! `2867714|Munich`), the name alone when no code or id is known — the format
+//! [`veil_schemas::places`] describes and the aggregator splits.
 //!
 //! ASN: `autonomous_system_number` and `autonomous_system_organization` — the field names of
 //! MaxMind's GeoLite2-ASN, which the converter writes, so that file works too.
@@ -83,6 +85,7 @@ use prometheus::core::{Collector as PromCollector, Desc};
 use prometheus::{GaugeVec, Opts};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use veil_schemas::places;
 
 use crate::{Clock, SystemClock};
 
@@ -280,10 +283,10 @@ fn build_date(epoch: u64) -> String {
 pub struct GeoFacts {
     /// ISO 3166-1 alpha-2 country code, upper case (`DE`).
     pub country_code: String,
-    /// Subdivision: ISO 3166-2 code (`DE-BY`) when the database has one, else its English
-    /// name (`Bavaria`, always the case with the ip-location-db files).
+    /// Subdivision: `code|English name` (`DE-BY|Bavaria`), the name alone when no ISO 3166-2
+    /// code is known ([`veil_schemas::places`]).
     pub region: String,
-    /// City, English name.
+    /// City: `GeoNames id|English name` (`2867714|Munich`), the name alone when no id is known.
     pub city: String,
     /// Autonomous system number.
     pub asn: u32,
@@ -943,9 +946,10 @@ struct Names {
     en: Option<String>,
 }
 
-/// A city given either as a plain string or as GeoIP2's `{names: {en: …}}` map.
+/// A city given either as a plain string or as GeoIP2's `{geoname_id: …, names: {en: …}}`
+/// map: its English name and its GeoNames id (0: none).
 #[derive(Debug, Default)]
-struct CityName(Option<String>);
+struct CityName(Option<String>, u32);
 
 impl<'de> Deserialize<'de> for CityName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -956,18 +960,20 @@ impl<'de> Deserialize<'de> for CityName {
                 f.write_str("a city name or a map with `names`")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CityName, E> {
-                Ok(CityName(Some(v.to_string())))
+                Ok(CityName(Some(v.to_string()), 0))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CityName, A::Error> {
-                let mut name = None;
+                let mut city = CityName::default();
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if key == "names" {
-                        name = map.next_value::<Names>()?.en;
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
+                    match key.as_ref() {
+                        "names" => city.0 = map.next_value::<Names>()?.en,
+                        "geoname_id" => city.1 = map.next_value::<Option<u32>>()?.unwrap_or(0),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
                     }
                 }
-                Ok(CityName(name))
+                Ok(city)
             }
         }
         d.deserialize_any(CityVisitor)
@@ -982,25 +988,46 @@ impl PlaceRecord {
             .map(|c| c.trim().to_ascii_uppercase())
             .filter(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()))
             .unwrap_or_default();
-        let region = match self.state1.filter(|s| !s.trim().is_empty()) {
-            Some(name) => clean(Some(name)),
-            None => self
-                .subdivisions
-                .and_then(|subs| subs.into_iter().next())
-                .map(|sub| {
-                    let code = clean(sub.iso_code);
-                    if !code.is_empty() && !country.is_empty() {
-                        format!("{country}-{code}")
-                    } else {
-                        clean(sub.names.and_then(|n| n.en))
-                    }
-                })
-                .unwrap_or_default(),
+        let city = self.city.unwrap_or_default();
+        let city_name = clean(city.0);
+        // Stored as `code|name` and `id|name` (`veil_schemas::places`).
+        let (region, city) = match self.state1.filter(|s| !s.trim().is_empty()) {
+            // ip-location-db: names only; codes and ids from Veil's table.
+            Some(name) => {
+                let name = clean(Some(name));
+                let city = if city_name.is_empty() {
+                    String::new()
+                } else {
+                    places::city_value(&country, &name, &city_name)
+                };
+                (places::region_value(&country, &name), city)
+            }
+            None => {
+                let region = self
+                    .subdivisions
+                    .and_then(|subs| subs.into_iter().next())
+                    .map(|sub| {
+                        let code = clean(sub.iso_code);
+                        let name = clean(sub.names.and_then(|n| n.en));
+                        if !code.is_empty() && !country.is_empty() {
+                            places::encode(&format!("{country}-{code}"), &name)
+                        } else {
+                            name
+                        }
+                    })
+                    .unwrap_or_default();
+                let city = match (city.1, city_name.is_empty()) {
+                    (_, true) => String::new(),
+                    (0, false) => places::city_value(&country, "", &city_name),
+                    (id, false) => places::encode(&id.to_string(), &city_name),
+                };
+                (region, city)
+            }
         };
         GeoFacts {
             country_code: country,
             region,
-            city: clean(self.city.and_then(|c| c.0)),
+            city,
             asn: 0,
             isp: String::new(),
         }
@@ -1032,8 +1059,19 @@ mod tests {
                 "timezone":"Europe/London"}"#,
         );
         assert_eq!(facts.country_code, "GB");
-        assert_eq!(facts.region, "England");
-        assert_eq!(facts.city, "Bracknell");
+        assert_eq!(facts.region, "GB-ENG|England");
+        assert_eq!(facts.city, "2655009|Bracknell");
+    }
+
+    #[test]
+    fn flat_record_names_get_codes_and_ids_from_the_table() {
+        let facts = place(r#"{"city":"Munich","country_code":"DE","state1":"Bavaria"}"#);
+        assert_eq!(facts.region, "DE-BY|Bavaria");
+        assert_eq!(facts.city, "2867714|Munich");
+        // Names the table does not know are stored alone.
+        let facts = place(r#"{"city":"Nowhere Town","country_code":"DE","state1":"Atlantis"}"#);
+        assert_eq!(facts.region, "Atlantis");
+        assert_eq!(facts.city, "Nowhere Town");
     }
 
     #[test]
@@ -1061,8 +1099,8 @@ mod tests {
                 "location":{"latitude":48.1,"longitude":11.5}}"#,
         );
         assert_eq!(facts.country_code, "DE");
-        assert_eq!(facts.region, "DE-BY");
-        assert_eq!(facts.city, "Munich");
+        assert_eq!(facts.region, "DE-BY|Bavaria");
+        assert_eq!(facts.city, "2867714|Munich");
     }
 
     #[test]

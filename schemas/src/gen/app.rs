@@ -1,15 +1,15 @@
-//! The demo app: 30 days of a mobile app's events for `veil up --demo`, written by ClickHouse
-//! itself like the website's (`INSERT INTO events (…) SELECT … FROM numbers(…)`, one day per
-//! `INSERT`, seeded and reproducible, no window functions: ClickHouse 18.16 and current).
+//! The demo app: a month of a mobile app's events for `veil up --demo`, written by ClickHouse
+//! itself like the website's (`INSERT INTO events (…) SELECT … FROM numbers(…)`), seeded and
+//! reproducible, no window functions (ClickHouse 18.16 and current).
 //!
 //! The rows have the shape the collector gives an app's events (an Aptabase SDK's
 //! `systemProps`, or the native API's `app` object, which also carries the install source):
 //! device class `app`, OS name and `major.minor` version from the SDK, empty browser, locale
-//! `ll-RR`, app version and build, SDK, device model, install source, a place from the IP, the
-//! `url` `app://SITE/SCREEN` (host = the site, path = the screen), no referrer (channel
-//! `Direct`), and the performance props docs/ARCHITECTURE.md names, which the Stats API's app
-//! metrics read: `launch_ms` on `app_started`, `latency_ms` on `screen_view`, `crash` = 1 on the
-//! first launch after a crash.
+//! `ll-RR`, app version and build, SDK, device model, install source, a place from the IP
+//! (region and city stored as `code|name`, [`crate::places`]), the `url` `app://SITE/SCREEN`
+//! (host = the site, path = the screen), no referrer (channel `Direct`), and the performance
+//! props docs/ARCHITECTURE.md names, which the Stats API's app metrics read: `launch_ms` on
+//! `app_started`, `latency_ms` on `screen_view`, `crash` = 1 on the first launch after a crash.
 //!
 //! The model, one level per nested `SELECT`:
 //!
@@ -46,6 +46,7 @@ use std::time::Instant;
 
 use super::data::PLACES;
 use super::{cumulative, now_secs, num_array, pick, pick_num, Mix};
+use crate::places;
 use crate::sql::{lit, Run as _, Sql};
 use crate::{sql, ClickHouseConfig, Error};
 
@@ -382,6 +383,14 @@ fn select_all(o: &AppOptions, end: i64, days: &[AppDay]) -> Sql {
             .map(|(r, _)| (10_000.0 / ((r + 1) as f64).powf(0.9)).round() as u64),
     );
     let place_total = place_cum.last().copied().unwrap_or(1);
+    let regions: Vec<String> = PLACES
+        .iter()
+        .map(|p| places::region_value(p.0, p.1))
+        .collect();
+    let cities: Vec<String> = PLACES
+        .iter()
+        .map(|p| places::city_value(p.0, p.1, p.2))
+        .collect();
     // Today (the first day) may be cut short; the other days have the same 24 hours.
     let today = days.first().map(|d| d.hour_cum.clone()).unwrap_or_default();
     let full = days
@@ -470,8 +479,9 @@ fn select_all(o: &AppOptions, end: i64, days: &[AppDay]) -> Sql {
             num_array(place_cum.iter().copied())
         ),
         sql!("{} AS country_code", pick(&li, PLACES.iter().map(|p| p.0))),
-        sql!("{} AS region", pick(&li, PLACES.iter().map(|p| p.1))),
-        sql!("{} AS city", pick(&li, PLACES.iter().map(|p| p.2))),
+        // Stored as the collector stores them (`code|name`, `crate::places`).
+        sql!("{} AS region", pick(&li, regions.iter().map(String::as_str))),
+        sql!("{} AS city", pick(&li, cities.iter().map(String::as_str))),
         sql!(
             "toUInt32({}) AS asn",
             pick_num(&li, PLACES.iter().map(|p| u64::from(p.3)))

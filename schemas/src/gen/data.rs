@@ -73,7 +73,9 @@ pub(super) const PROFILES: &[Profile] = &[
     ),
 ];
 
-/// Places, most visitors first: country, region, city, ASN, ISP.
+/// Places, most visitors first: country, region, city, ASN, ISP — region and city spelled as
+/// ip-location-db spells them (`Ile-de-France`, `State of Berlin`), the keys of
+/// [`crate::places`]' table, so each is stored with its code and GeoNames id.
 pub(super) const PLACES: &[(&str, &str, &str, u32, &str)] = &[
     (
         "US",
@@ -92,7 +94,7 @@ pub(super) const PLACES: &[(&str, &str, &str, u32, &str)] = &[
     ),
     ("US", "New York", "New York", 701, "Verizon Business"),
     ("IN", "Karnataka", "Bengaluru", 24560, "Bharti Airtel Ltd."),
-    ("FR", "Île-de-France", "Paris", 3215, "Orange S.A."),
+    ("FR", "Ile-de-France", "Paris", 3215, "Orange S.A."),
     (
         "CA",
         "Ontario",
@@ -104,8 +106,8 @@ pub(super) const PLACES: &[(&str, &str, &str, u32, &str)] = &[
     ("US", "Texas", "Austin", 7018, "AT&T Services, Inc."),
     (
         "BR",
-        "São Paulo",
-        "São Paulo",
+        "Sao Paulo",
+        "Sao Paulo",
         28573,
         "Claro NXT Telecomunicacoes Ltda",
     ),
@@ -139,12 +141,18 @@ pub(super) const PLACES: &[(&str, &str, &str, u32, &str)] = &[
         7922,
         "Comcast Cable Communications, LLC",
     ),
-    ("DE", "Berlin", "Berlin", 3209, "Vodafone GmbH"),
+    ("DE", "State of Berlin", "Berlin", 3209, "Vodafone GmbH"),
     ("IT", "Lombardy", "Milan", 3269, "Telecom Italia S.p.A."),
     ("CH", "Zurich", "Zurich", 3303, "Swisscom (Schweiz) AG"),
     ("US", "Illinois", "Chicago", 7018, "AT&T Services, Inc."),
     ("IE", "Leinster", "Dublin", 5466, "Eircom Limited"),
-    ("AT", "Vienna", "Vienna", 8447, "A1 Telekom Austria AG"),
+    (
+        "AT",
+        "State of Vienna",
+        "Vienna",
+        8447,
+        "A1 Telekom Austria AG",
+    ),
     ("FI", "Uusimaa", "Helsinki", 719, "Elisa Oyj"),
     (
         "DK",
@@ -154,7 +162,7 @@ pub(super) const PLACES: &[(&str, &str, &str, u32, &str)] = &[
         "TDC Holding A/S",
     ),
     ("NO", "Oslo", "Oslo", 2119, "Telenor Norge AS"),
-    ("SG", "Singapore", "Singapore", 4773, "M1 Limited"),
+    ("SG", "", "Singapore", 4773, "M1 Limited"),
     ("KR", "Seoul", "Seoul", 4766, "Korea Telecom"),
     ("MX", "Mexico City", "Mexico City", 8151, "UNINET"),
     ("CZ", "Prague", "Prague", 5610, "O2 Czech Republic, a.s."),
@@ -165,7 +173,7 @@ pub(super) const PLACES: &[(&str, &str, &str, u32, &str)] = &[
         3243,
         "MEO - Servicos de Comunicacoes e Multimedia S.A.",
     ),
-    ("BE", "Brussels", "Brussels", 5432, "Proximus NV"),
+    ("BE", "Brussels Capital", "Brussels", 5432, "Proximus NV"),
     ("NZ", "Auckland", "Auckland", 9500, "One New Zealand"),
 ];
 

@@ -17,7 +17,8 @@
 //!    14:00 UTC; weekends at about 65 % of weekdays, a slight upward trend and seeded day-to-day
 //!    noise), a client profile (device desktop/mobile/tablet ≈ 55/40/5, browser and version,
 //!    OS and version, screen and processor class) and a place (32 real countries, regions and
-//!    cities with their ISPs, Zipf weights). 80 % make one visit that day, 15 % two, 5 % three:
+//!    cities with their ISPs, Zipf weights; stored with ISO 3166-2 codes and GeoNames ids as
+//!    the collector stores them, [`crate::places`]). 80 % make one visit that day, 15 % two, 5 % three:
 //!    returns come 1.5–5.5 hours later (or earlier, near the end of the range).
 //! 2. **Visits**: a source (Direct, Google, DuckDuckGo, Bing, Hacker News, X, Reddit, LinkedIn,
 //!    GitHub, YouTube, a newsletter with UTM tags, Google Ads, a few blogs) and 1–6 pageviews:
@@ -50,6 +51,7 @@ pub use app::{generate_app, AppOptions, AppReport};
 pub use data::pages;
 use data::{CUSTOM_PERMILLE, ENGAGEMENT_PCT, PAGEVIEWS_PCT, PLACES, PROFILES, SOURCES, VISITS_PCT};
 
+use crate::places;
 use crate::sql::{lit, Run as _, Sql};
 use crate::{sql, ClickHouseConfig, Error};
 
@@ -308,6 +310,14 @@ fn day_select(o: &GenOptions, end: i64, pages: &[String], day: &Day, full: bool)
     let n = day.count.max(1);
     let pi = Sql::new("pi");
     let li = Sql::new("li");
+    let regions: Vec<String> = PLACES
+        .iter()
+        .map(|p| places::region_value(p.0, p.1))
+        .collect();
+    let cities: Vec<String> = PLACES
+        .iter()
+        .map(|p| places::city_value(p.0, p.1, p.2))
+        .collect();
     // Level 1: visitor-days.
     let mut l1 = vec![
         Sql::new("number AS u"),
@@ -376,8 +386,12 @@ fn day_select(o: &GenOptions, end: i64, pages: &[String], day: &Day, full: bool)
                 h1(9)
             ),
             sql!("{} AS country_code", pick(&li, PLACES.iter().map(|p| p.0))),
-            sql!("{} AS region", pick(&li, PLACES.iter().map(|p| p.1))),
-            sql!("{} AS city", pick(&li, PLACES.iter().map(|p| p.2))),
+            // Stored as the collector stores them (`code|name`, `crate::places`).
+            sql!(
+                "{} AS region",
+                pick(&li, regions.iter().map(String::as_str))
+            ),
+            sql!("{} AS city", pick(&li, cities.iter().map(String::as_str))),
             sql!(
                 "toUInt32({}) AS asn",
                 pick_num(&li, PLACES.iter().map(|p| u64::from(p.3)))
@@ -701,6 +715,18 @@ mod tests {
             .sum();
         assert_eq!((desktop, tablet), (55, 5));
         assert_eq!(SOURCES.iter().map(|s| s.0).sum::<u32>(), 1000);
+    }
+
+    #[test]
+    fn every_generated_place_is_stored_with_its_code_and_id() {
+        for (cc, region, city, _, _) in PLACES {
+            let r = places::region_value(cc, region);
+            let c = places::city_value(cc, region, city);
+            // Singapore has no first-level subdivision in the GeoIP data.
+            assert!(region.is_empty() || r.starts_with(&format!("{cc}-")), "{r}");
+            assert!(places::decode(&c).0.parse::<u32>().is_ok(), "{c}");
+            assert_eq!(places::decode(&c).1, *city);
+        }
     }
 
     #[test]
