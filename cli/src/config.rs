@@ -36,7 +36,7 @@ pub enum Command {
     Up {
         /// Also serve a demo site (`demo.veil.local`) and a demo app (`demo-app.veil.local`)
         /// and, when they have no events yet, fill them with 30 days of generated traffic
-        /// (about 200 000 and 265 000 events, a few seconds).
+        /// (about 200 000 and 130 000 events, a few seconds).
         #[arg(long)]
         demo: bool,
     },

@@ -17,7 +17,7 @@
 //!    [`users_per_day`](AppOptions::users_per_day) on a weekday at the end of the range, a
 //!    growing app (1.5 % fewer each day back), 12 % more on weekends, seeded noise; a first
 //!    launch at a time from the app's own diurnal curve (users in many time zones: a peak at
-//!    19:00 UTC, 60 % of it at the trough); iOS (57 %) or Android with a device model (10
+//!    19:00 UTC, two thirds of it at the trough); iOS (57 %) or Android with a device model (10
 //!    iPhones and iPads, 11 Android phones and tablets, each with a speed factor), a real OS
 //!    version, an install source (App Store, TestFlight; Google Play, Galaxy Store, a direct
 //!    APK), a place as the website's (Zipf over the same places) and its locale (12 % English
@@ -37,7 +37,7 @@
 //!    150–175 ms) and the custom event. Events after the end are not written; the last ones
 //!    are seconds before it, and sessions last minutes, so Realtime shows the app in use.
 //!
-//! About 5 events per user-day: the demo's 2 000 users a day (at the end) make ~265 000 rows
+//! About 5 events per user-day: the demo's 1 000 users a day (at the end) make ~130 000 rows
 //! over the 31 days `veil up --demo` asks for (today and the 30 before).
 //! One `INSERT … SELECT` for all days (the days differ by data, not by SQL: analysing a
 //! query of this size takes ClickHouse 18.16 about 0.1 s, more than computing a day's rows).
@@ -193,11 +193,11 @@ const SESSIONS_PCT: [u64; 4] = [60, 26, 10, 4];
 const SCREENS_PCT: [u64; 6] = [34, 30, 18, 10, 5, 3];
 
 /// Relative use of the app in each UTC hour: its users live in many time zones, so the curve
-/// is flat-ish: a peak at 19:00 UTC (evening in Europe, afternoon in the Americas), 60 % of it
-/// at the trough.
+/// is flat-ish: a peak at 19:00 UTC (evening in Europe, afternoon in the Americas), two thirds of
+/// it at the trough.
 fn hour_weight(hour: u32) -> f64 {
     let phase = (f64::from(hour) + 0.5 - 19.0) / 24.0;
-    1.0 + 0.25 * (2.0 * std::f64::consts::PI * phase).cos()
+    1.0 + 0.2 * (2.0 * std::f64::consts::PI * phase).cos()
 }
 
 /// One day of the plan.
@@ -730,7 +730,7 @@ mod tests {
         }
         // The evening is busier than the morning.
         let c = &days[1].hour_cum;
-        assert!(10 * (c[19] - c[18]) > 15 * (c[7] - c[6]));
+        assert!(10 * (c[19] - c[18]) > 14 * (c[7] - c[6]));
         assert_eq!(IOS_MODELS.iter().map(|m| m.0).sum::<u64>(), 100);
         assert_eq!(ANDROID_MODELS.iter().map(|m| m.0).sum::<u64>(), 100);
         for (code, ..) in PLACES {
