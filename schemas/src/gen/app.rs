@@ -36,6 +36,9 @@
 //!    `/home`, then a Zipf-like pick of the app's screens; `latency_ms` log-normal around
 //!    150–175 ms) and the custom event. Events after the end are not written; the last ones
 //!    are seconds before it, and sessions last minutes, so Realtime shows the app in use.
+//! 4. **A push notification** half an hour before the end: [`push_users`](AppOptions::push_users)
+//!    more users (15 % of a day's by default) open the app in that half hour, so Realtime
+//!    shows it busy at any hour of the day.
 //!
 //! About 5 events per user-day: the demo's 1 000 users a day (at the end) make ~130 000 rows
 //! over the 31 days `veil up --demo` asks for (today and the 30 before).
@@ -63,10 +66,13 @@ pub struct AppOptions {
     pub seed: u64,
     /// Unix time of the newest possible event (default: now).
     pub end: Option<i64>,
+    /// Users more who open the app from a push notification in the half hour before the end.
+    pub push_users: u64,
 }
 
 impl AppOptions {
-    /// `users_per_day` over `days` days for `site`, seed 1, ending now.
+    /// `users_per_day` over `days` days for `site`, seed 1, ending now, and a push
+    /// notification half an hour before the end that 15 % of a day's users open.
     pub fn new(site: impl Into<String>, users_per_day: u64, days: u32) -> Self {
         Self {
             site: site.into(),
@@ -74,6 +80,7 @@ impl AppOptions {
             days,
             seed: 1,
             end: None,
+            push_users: users_per_day * 15 / 100,
         }
     }
 }
@@ -413,11 +420,15 @@ fn select_all(o: &AppOptions, end: i64, days: &[AppDay]) -> Sql {
         sql!("1 + {}", Sql::join(passes, " + "))
     };
     let total_users: u64 = days.iter().map(|d| d.count).sum();
+    // Users from number `total_users` on opened the push notification: today's users whose
+    // first launch is in the last half hour.
+    let push = Sql::new("u >= ").with(total_users);
     // Level 1: user-days.
     let l1 = [
         Sql::new("number AS u"),
         sql!(
-            "toUInt64(arrayFirstIndex(x -> x > u, {})) AS di",
+            "toUInt64(if({}, 1, arrayFirstIndex(x -> x > u, {}))) AS di",
+            push,
             num_array(days.iter().map(|d| d.first + d.count))
         ),
         sql!("{} AS dfirst", per_day(days.iter().map(|d| d.first))),
@@ -426,14 +437,17 @@ fn select_all(o: &AppOptions, end: i64, days: &[AppDay]) -> Sql {
             "{} AS dstart",
             per_day(days.iter().map(|d| d.start.max(0) as u64))
         ),
-        Sql::new("intDiv((u - dfirst) * 1000000, dcount) AS hr"),
+        Sql::new("least(intDiv((u - dfirst) * 1000000, greatest(dcount, 1)), 999999) AS hr"),
         sql!(
             "toUInt32(if(di = 1, arrayFirstIndex(x -> x > hr, {}), arrayFirstIndex(x -> x > hr, {})) - 1) AS hour",
             num_array(today),
             num_array(full)
         ),
         sql!(
-            "toUInt32(dstart + hour * 3600 + {} % if(di = 1 AND hour = {}, {}, 3600)) AS t0",
+            "toUInt32(if({}, {} + {} % 1800, dstart + hour * 3600 + {} % if(di = 1 AND hour = {}, {}, 3600))) AS t0",
+            push,
+            (end - 1800).max(0),
+            h1(2),
             h1(2),
             last_hour,
             today_last_secs
@@ -549,7 +563,7 @@ fn select_all(o: &AppOptions, end: i64, days: &[AppDay]) -> Sql {
     let l1_sql = sql!(
         "SELECT {} FROM numbers({})",
         Sql::join(l1, ", "),
-        total_users
+        total_users + o.push_users
     );
     let l2_sql = sql!(
         "SELECT *, {} FROM (SELECT *, toUInt32(arrayJoin(range(ns))) AS v FROM ({}))",
@@ -640,7 +654,7 @@ pub async fn generate_app(cfg: &ClickHouseConfig, o: &AppOptions) -> Result<AppR
     let end = o.end.unwrap_or_else(now_secs);
     let client = cfg.client();
     let days = plan(o, end);
-    let user_days = days.iter().map(|d| d.count).sum();
+    let user_days = days.iter().map(|d| d.count).sum::<u64>() + o.push_users;
     // One INSERT for the whole range: ClickHouse splits it by day into its partitions.
     let q = sql!(
         "INSERT INTO events ({}) {}",
@@ -697,6 +711,20 @@ mod tests {
             "{da:?}"
         );
         assert_eq!((da.3, da.4), (5, 0), "{da:?}");
+        // The push notification: dozens of people in the app in the last five minutes.
+        let now: u64 = a
+            .client()
+            .sql(&sql!(
+                "SELECT uniqExact(visitor_id) FROM events WHERE toUInt32(timestamp) > {}",
+                end - 300
+            ))
+            .fetch_one()
+            .await
+            .unwrap();
+        assert!(
+            (20..200).contains(&now),
+            "{now} users in the last 5 minutes"
+        );
     }
 
     #[test]
