@@ -4,7 +4,7 @@
 #               subset of it again against ClickHouse 26 (test-ch26)
 
 SITE ?= example.com
-# `make up` serves and (on first run) fills a demo site; `make up DEMO=` leaves it out.
+# `make up` serves and (on first run) fills a demo site and a demo app; `make up DEMO=` leaves them out.
 DEMO ?= --demo
 LISTEN ?= 127.0.0.1:8080
 CARGO ?= cargo

@@ -34,8 +34,9 @@ pub enum Command {
     /// Everything on one machine: managed ClickHouse (unless --clickhouse-url), migrations,
     /// collector, aggregator and dashboard on one address.
     Up {
-        /// Also serve a demo site (`demo.veil.local`) and, when it has no events yet, fill it
-        /// with 30 days of generated traffic (about 200 000 events, a few seconds).
+        /// Also serve a demo site (`demo.veil.local`) and a demo app (`demo-app.veil.local`)
+        /// and, when they have no events yet, fill them with 30 days of generated traffic
+        /// (about 200 000 and 130 000 events, a few seconds).
         #[arg(long)]
         demo: bool,
     },
@@ -180,6 +181,8 @@ pub struct GenArgs {
 
 /// The site `veil up --demo` serves and fills.
 pub const DEMO_SITE: &str = "demo.veil.local";
+/// The demo app `veil up --demo` serves and fills (app events: the dashboard's App view).
+pub const DEMO_APP_SITE: &str = "demo-app.veil.local";
 
 /// Options shared by all subcommands: the file to read, and every setting.
 #[derive(Debug, Args, Default)]
@@ -570,8 +573,12 @@ impl Settings {
                 );
             }
         }
-        if matches!(command, Command::Up { demo: true }) && !sites.iter().any(|s| s == DEMO_SITE) {
-            sites.push(DEMO_SITE.to_string());
+        if matches!(command, Command::Up { demo: true }) {
+            for demo in [DEMO_SITE, DEMO_APP_SITE] {
+                if !sites.iter().any(|s| s == demo) {
+                    sites.push(demo.to_string());
+                }
+            }
         }
         let mut collector = CollectorConfig {
             sites,
@@ -918,8 +925,9 @@ mod tests {
         let e = format!("{:#}", parse(&["gen"]).unwrap_err());
         assert!(e.contains("--site"), "{e}");
         let s = parse(&["up", "--demo", "--site", "a.com"]).unwrap();
-        assert_eq!(s.collector.sites, vec!["a.com", DEMO_SITE]);
+        assert_eq!(s.collector.sites, vec!["a.com", DEMO_SITE, DEMO_APP_SITE]);
         assert!(s.aggregator.sites.contains(&DEMO_SITE.to_string()));
+        assert!(s.aggregator.sites.contains(&DEMO_APP_SITE.to_string()));
         let s = parse(&["up"]).unwrap();
         assert!(s.collector.sites.is_empty());
     }

@@ -11,19 +11,31 @@
 //! USD revenue goal, `Outbound Link: Click`, a visit to `/pricing`) and the funnel
 //! `Pricing → Signup → Purchase` ([`demo_settings`]), so the conversion story shows from the
 //! first screen; settings changed since are kept.
+//!
+//! It also serves [`DEMO_APP_SITE`], a demo app (the dashboard's App view): when that site has
+//! no events yet it gets today's and the 30 previous days' events of an iOS and Android app
+//! ([`veil_schemas::gen::generate_app`], [`DEMO_APP_USERS`] users a day: versions rolling out,
+//! device models, install sources, sessions with launch times, the odd crash), up to the start,
+//! so Realtime shows it in use.
 
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
-use veil_schemas::gen::{generate, GenOptions};
+use veil_schemas::gen::{generate, generate_app, AppOptions, GenOptions};
 use veil_schemas::registry::{Registry, SiteSettings};
 use veil_schemas::sql;
 use veil_schemas::sql::{lit, Run};
 
-use crate::config::{GenArgs, Settings, DEMO_SITE};
+use crate::config::{GenArgs, Settings, DEMO_APP_SITE, DEMO_SITE};
 
 /// Events `veil up --demo` generates on first run.
 pub const DEMO_EVENTS: u64 = 200_000;
+
+/// Users a day of the demo app at the end of its month (about 130 000 events over today and
+/// the 30 days before: the rollup job reads them all at start, so not more). Realtime shows
+/// the app busy at any hour all the same: a push notification half an hour before the start
+/// brings 15 % of a day's users.
+pub const DEMO_APP_USERS: u64 = 1_000;
 
 /// Runs `veil gen`.
 pub async fn run(s: &Settings, args: &GenArgs) -> Result<()> {
@@ -107,19 +119,32 @@ async fn demo_goals(s: &Settings) -> Result<()> {
     Ok(())
 }
 
-/// Fills [`DEMO_SITE`] with 30 days of generated traffic unless it already has events, and
-/// gives it goals and a funnel while it has no stored settings.
-pub async fn demo(s: &Settings) -> Result<()> {
-    demo_goals(s).await?;
-    let client = s.clickhouse.client();
-    let existing: u64 = client
+/// The events `site` has.
+async fn event_count(s: &Settings, site: &str) -> Result<u64> {
+    s.clickhouse
+        .client()
         .sql(&sql!(
             "SELECT count() FROM events WHERE site = {}",
-            lit(DEMO_SITE)
+            lit(site)
         ))
         .fetch_one()
         .await
-        .context("counting the demo site's events")?;
+        .with_context(|| format!("counting the events of {site}"))
+}
+
+/// Fills [`DEMO_SITE`] with 30 days of generated traffic unless it already has events, and
+/// gives it goals and a funnel while it has no stored settings; fills [`DEMO_APP_SITE`] with
+/// 30 days of app events unless it already has events.
+pub async fn demo(s: &Settings) -> Result<()> {
+    demo_goals(s).await?;
+    // One after the other: at the same time they share the same two cores and disk, and each
+    // takes about as long as both.
+    demo_web(s).await?;
+    demo_app(s).await
+}
+
+async fn demo_web(s: &Settings) -> Result<()> {
+    let existing = event_count(s, DEMO_SITE).await?;
     if existing > 0 {
         eprintln!("veil: demo site {DEMO_SITE} already has {existing} events");
         return Ok(());
@@ -135,7 +160,33 @@ pub async fn demo(s: &Settings) -> Result<()> {
     Ok(())
 }
 
+async fn demo_app(s: &Settings) -> Result<()> {
+    let existing = event_count(s, DEMO_APP_SITE).await?;
+    if existing > 0 {
+        eprintln!("veil: demo app {DEMO_APP_SITE} already has {existing} events");
+        return Ok(());
+    }
+    eprintln!("veil: first run with --demo: generating 30 days of app events for {DEMO_APP_SITE}");
+    let r = generate_app(
+        &s.clickhouse,
+        // Today and the 30 whole days before: the dashboard's "Last 30 days" has no empty day.
+        &AppOptions::new(DEMO_APP_SITE, DEMO_APP_USERS, 31),
+    )
+    .await
+    .context("generating the demo app's events")?;
+    eprintln!(
+        "veil: demo app filled: {} events in {:.1} s",
+        r.rows, r.seconds
+    );
+    Ok(())
+}
+
 /// The dashboard of the demo site on `addr`, over the generated 30 days.
 pub fn demo_url(addr: SocketAddr) -> String {
     format!("http://{addr}/site/{DEMO_SITE}?period=30d")
+}
+
+/// The App view of the demo app on `addr`, over the generated 30 days.
+pub fn demo_app_url(addr: SocketAddr) -> String {
+    format!("http://{addr}/site/{DEMO_APP_SITE}?view=app&period=30d")
 }

@@ -323,6 +323,7 @@ async fn run(command: Command, s: Settings) -> Result<()> {
             );
             if demo {
                 println!("Demo site: {}", gen::demo_url(addr));
+                println!("Demo app: {}", gen::demo_app_url(addr));
             }
             println!("{}", collector.geo_status());
             if collector.sites().list().is_empty() {

@@ -264,6 +264,23 @@ fn up_demo_fills_the_demo_site_once_and_links_it() {
         .parse()
         .unwrap();
     assert!(secs < 30.0, "demo generation took {secs} s");
+    // The demo app: filled on the first start too, its App view linked.
+    let app_url = format!("http://127.0.0.1:{port}/site/demo-app.veil.local?view=app&period=30d");
+    assert!(out.contains(&app_url), "{out}");
+    let (app_rows, app_secs): (u64, f64) = err
+        .split("demo app filled: ")
+        .nth(1)
+        .and_then(|r| {
+            let mut w = r.split(' ');
+            Some((w.next()?.parse().ok()?, w.nth(2)?.parse().ok()?))
+        })
+        .unwrap_or_else(|| panic!("no app fill line: {err}"));
+    assert!(
+        (90_000..180_000).contains(&app_rows),
+        "{app_rows} app events"
+    );
+    assert!(app_secs < 30.0, "demo app generation took {app_secs} s");
+    eprintln!("demo fill: site {secs} s, app {app_rows} events in {app_secs} s");
     // The dashboard page and the Stats API serve the demo site.
     assert_eq!(http(v.addr, "GET", "/site/demo.veil.local", &[], "").0, 200);
     let (status, body) = http(
@@ -365,5 +382,147 @@ fn up_demo_fills_the_demo_site_once_and_links_it() {
         revenue >= 19.0 * purchases && revenue <= 49.0 * purchases,
         "{r}"
     );
+    demo_app_tells_its_story(&v, &err, app_rows);
     stop(v);
+}
+
+/// `POST /api/v2/query` for the demo app, exact mode.
+fn app_query(v: &common::Veil, body: Value) -> Value {
+    let (status, text) = http(
+        v.addr,
+        "POST",
+        "/api/v2/query",
+        &[("Content-Type", "application/json")],
+        &body.to_string(),
+    );
+    assert_eq!(status, 200, "{body}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Visitors by `dim` over `range`, as (label, visitors).
+fn app_breakdown(v: &common::Veil, dim: &str, range: Value) -> Vec<(String, f64)> {
+    let r = app_query(
+        v,
+        json!({"site_id": "demo-app.veil.local", "metrics": ["visitors"], "date_range": range,
+               "dimensions": [dim], "pagination": {"limit": 50}}),
+    );
+    r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["dimensions"][0].as_str().unwrap().to_string(),
+                x["metrics"][0].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The demo app, read back through the Stats API in exact mode on the second start: not
+/// generated again; sessions; versions rolling out (2.4.x: none in the month's first week,
+/// most users in its last days); iOS and Android; launch times and rare crashes.
+fn demo_app_tells_its_story(v: &common::Veil, err: &str, app_rows: u64) {
+    assert!(
+        err.contains(&format!(
+            "demo app demo-app.veil.local already has {app_rows} events"
+        )),
+        "{err}"
+    );
+    // The App view's two questions (visit metrics; event percentiles and crashes).
+    let totals = |metrics: Value| {
+        let r = app_query(
+            v,
+            json!({"site_id": "demo-app.veil.local", "date_range": "30d", "metrics": metrics}),
+        );
+        let m: Vec<f64> = r["results"][0]["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap_or_else(|| panic!("{r}")))
+            .collect();
+        (m, r)
+    };
+    let (m, r1) = totals(json!(["visitors", "visits", "sessions_per_user", "dau"]));
+    let [users, visits, per_user, dau] = m[..] else {
+        panic!("{r1}")
+    };
+    let (m, r2) = totals(json!([
+        "launch_time_p50",
+        "launch_time_p95",
+        "latency_p50",
+        "crashes",
+        "events"
+    ]));
+    let [p50, p95, latency, crashes, events] = m[..] else {
+        panic!("{r2}")
+    };
+    let r = format!("{r1} {r2}");
+    assert!(users > 15_000.0, "{r}");
+    assert!(visits > users, "sessions: {r}");
+    assert!((1.2..=2.2).contains(&per_user), "sessions per user: {r}");
+    assert!((450.0..=1_300.0).contains(&dau), "daily users: {r}");
+    assert!((350.0..=1_200.0).contains(&p50), "launch time p50: {r}");
+    assert!(p95 > 1.3 * p50 && p95 < 4_000.0, "launch time p95: {r}");
+    assert!((80.0..=400.0).contains(&latency), "latency p50: {r}");
+    // The odd crash: some, but under 2 % of sessions.
+    assert!(crashes > 10.0 && crashes < 0.02 * visits, "crashes: {r}");
+    assert!(events > 3.0 * visits, "{r}");
+
+    // Versions roll out: 2.4.0 shipped ten days before the start, 2.4.1 four days before.
+    let today = Utc::now().date_naive();
+    let range = |from: i64, to: i64| {
+        json!([
+            (today - chrono::Duration::days(from)).to_string(),
+            (today - chrono::Duration::days(to)).to_string()
+        ])
+    };
+    let share_24 = |rows: &[(String, f64)]| {
+        let all: f64 = rows.iter().map(|r| r.1).sum();
+        rows.iter()
+            .filter(|r| r.0.starts_with("2.4."))
+            .map(|r| r.1)
+            .sum::<f64>()
+            / all
+    };
+    let month = app_breakdown(v, "visit:app_version", json!("30d"));
+    let names: Vec<&str> = month.iter().map(|r| r.0.as_str()).collect();
+    for want in ["2.3.0", "2.3.1", "2.4.0", "2.4.1"] {
+        assert!(names.contains(&want), "{want} missing from {month:?}");
+    }
+    let first_week = app_breakdown(v, "visit:app_version", range(30, 24));
+    let release_days = app_breakdown(v, "visit:app_version", range(9, 7));
+    let last_days = app_breakdown(v, "visit:app_version", range(3, 1));
+    let (a, b, c) = (
+        share_24(&first_week),
+        share_24(&release_days),
+        share_24(&last_days),
+    );
+    assert!(
+        a == 0.0 && b > 0.2 && c > b && c > 0.75,
+        "2.4.x share {a} → {b} → {c}: {first_week:?} {release_days:?} {last_days:?}"
+    );
+
+    // iOS and Android, their device models and install sources.
+    let os = app_breakdown(v, "visit:os", json!("30d"));
+    let total: f64 = os.iter().map(|r| r.1).sum();
+    for want in ["iOS", "Android"] {
+        let n = os.iter().find(|r| r.0 == want).map(|r| r.1).unwrap_or(0.0);
+        assert!(n > 0.3 * total, "{want}: {os:?}");
+    }
+    let models = app_breakdown(v, "visit:device_model", json!("30d"));
+    assert!(models.len() >= 15, "{models:?}");
+    assert!(
+        models.iter().any(|r| r.0.starts_with("iPhone")),
+        "{models:?}"
+    );
+    assert!(
+        models.iter().any(|r| r.0.starts_with("Pixel")),
+        "{models:?}"
+    );
+    let sources = app_breakdown(v, "visit:install_source", json!("30d"));
+    let names: Vec<&str> = sources.iter().map(|r| r.0.as_str()).collect();
+    for want in ["App Store", "Google Play", "TestFlight"] {
+        assert!(names.contains(&want), "{want} missing from {sources:?}");
+    }
 }

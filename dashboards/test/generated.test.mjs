@@ -225,3 +225,110 @@ test("locations speak Plausible's place vocabulary: region and city names shown,
   assert.deepEqual(page.problems, [], "console errors, page errors or dialogs");
   await page.close_all();
 });
+
+// The demo app (`veil up --demo` fills demo-app.veil.local with 30 days of an iOS and Android
+// app's events: schemas/src/gen/app.rs) in the App view and in Realtime, as its owner would
+// look at it: the top stats are the API's (active users, sessions, launch times, crashes), the
+// panels list the rolling-out versions, iOS and Android, device models and install sources,
+// and Realtime shows people using the app now.
+test("the demo app: the App view shows its versions, OS, devices, install sources, launch times and crashes; Realtime shows it live", async () => {
+  const APP = "demo-app.veil.local";
+  const page = await open(chrome);
+  const failed = [];
+  page.on("response", async (r) => {
+    if (!new URL(r.url()).pathname.startsWith("/api/") || r.status() < 400) return;
+    let body = "";
+    try { body = await r.text(); } catch { /* the page moved on */ }
+    failed.push(`${r.status()} ${new URL(r.url()).pathname} ${r.request().postData() || ""} → ${body.slice(0, 500)}`);
+  });
+  const settledView = (what) => waitFor(() => shown(page),
+    (v) => v.stats.length > 0 && v.stats.every(([, x]) => x !== undefined) && v.panels.length > 0 && v.panels.every((p) => !p.loading),
+    { ms: 30_000, every: 100, what: (v) => `${what}: still loading after 30 s: ${JSON.stringify(v).slice(0, 2000)}\n${failed.join("\n")}` });
+  const rowsOf = (s, id) => s.panels.find((p) => p.id === id).rows;
+  const q = (body) => api(veil, "/api/v2/query", { body: { site_id: APP, date_range: "30d", ...body } });
+  const str = (v) => (v === null || v === undefined ? "null" : String(v));
+
+  // Realtime first: the generated sessions end at the start of `veil up`, minutes ago.
+  await page.goto(`${veil.url}/site/${APP}?view=realtime`);
+  const rt = await waitFor(() => page.evaluate(() => ({
+    visitors: document.querySelector("#rt-visitors")?.dataset.value,
+    pages: [...document.querySelectorAll("#rt-pages tbody th")].map((th) => th.dataset.raw).filter(Boolean),
+    updated: document.querySelector("#rt-updated")?.textContent || "",
+  })), (v) => v.visitors !== undefined && v.updated !== "", { ms: 20_000, what: "realtime did not answer" });
+  const live = await api(veil, `/api/v1/sites/${APP}/realtime`);
+  console.log(`demo app realtime: page ${rt.visitors} users in the last 5 minutes, API ${live.visitors_5m}; screens ${rt.pages.join(", ")}`);
+  assert.ok(Number(rt.visitors) > 0, `Realtime shows the app in use: ${JSON.stringify(rt)} (API: ${JSON.stringify(live)})`);
+  assert.ok(Number(live.visitors_5m) > 0, JSON.stringify(live));
+  // Screens in use (rarer ones may be folded into an "(other: N rows under k)" row).
+  assert.ok(rt.pages.includes("/home") && rt.pages.includes("/"), `screens used now: ${JSON.stringify(rt)}`);
+  assert.doesNotMatch(rt.updated, /fail/i, rt.updated);
+
+  // The App view over the 30 days.
+  await page.goto(`${veil.url}/site/${APP}?view=app&period=30d`);
+  let s = await settledView("app view");
+  assert.deepEqual(failed, [], "API calls failed");
+  const metrics = ["visitors", "sessions_per_user", "dau", "launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95", "crashes"];
+  assert.deepEqual(s.stats.map(([m]) => m), metrics);
+  // The API serves percentiles apart from visit metrics: two questions, as the page asks them.
+  const users = await q({ metrics: metrics.slice(0, 3) });
+  const perf = await q({ metrics: metrics.slice(3) });
+  const want = [...users.results[0].metrics, ...perf.results[0].metrics].map(str);
+  // Counts and rates exactly; the percentiles within 5 %: ClickHouse's `quantile` samples a
+  // reservoir of 8192 values, and the month has tens of thousands of launches, so two
+  // identical questions may get slightly different medians.
+  s.stats.forEach(([m, v], i) => {
+    if (/_p(50|95)$/.test(m)) {
+      assert.ok(Math.abs(Number(v) - Number(want[i])) <= 0.05 * Number(want[i]), `${m}: page ${v}, API ${want[i]}`);
+    } else {
+      assert.equal(v, want[i], `${m}: the API's`);
+    }
+  });
+  const stat = Object.fromEntries(s.stats);
+  console.log(`demo app, 30 days: ${JSON.stringify(stat)}`);
+  assert.ok(Number(stat.visitors) > 10_000 && Number(stat.sessions_per_user) > 1, JSON.stringify(stat));
+  assert.ok(Number(stat.launch_time_p50) >= 300 && Number(stat.launch_time_p50) <= 1200, `launch time p50 ${stat.launch_time_p50}`);
+  assert.ok(Number(stat.launch_time_p95) > Number(stat.launch_time_p50), JSON.stringify(stat));
+  assert.ok(Number(stat.crashes) > 0, `the odd crash: ${stat.crashes}`);
+  const labels = await page.$$eval("#stats .label", (els) => els.map((e) => e.textContent));
+  assert.ok(labels.includes("Active users") && labels.includes("Launch time p50") && labels.includes("Crashes"), JSON.stringify(labels));
+
+  // Versions: the panel's rows are the API's; the month saw 2.3 and 2.4 releases.
+  const versions = await q({ metrics: ["visitors", "visits"], dimensions: ["visit:app_version"], pagination: { limit: 10, offset: 0 } });
+  assert.deepEqual(rowsOf(s, "app_versions").map((r) => [r.raw, r.values]),
+    versions.results.map((r) => [r.dimensions[0], r.metrics.map(str)]), "versions are the API's");
+  for (const v of ["2.4.1", "2.4.0", "2.3.1", "2.3.0"]) {
+    assert.ok(rowsOf(s, "app_versions").some((r) => r.raw === v), `${v} listed: ${JSON.stringify(rowsOf(s, "app_versions"))}`);
+  }
+
+  // Each tab asked for in turn: OS, OS versions (with their OS), device models, install sources.
+  const tab = async (panel, id) => {
+    await page.click(`#panel-${panel} [role="tab"][data-tab="${id}"]`);
+    await page.waitForURL((u) => u.searchParams.get(`t.${panel}`) === id);
+    s = await settledView(`${panel}: ${id}`);
+    return rowsOf(s, panel);
+  };
+  const os = await tab("app_versions", "os");
+  assert.deepEqual(os.map((r) => r.raw).sort(), ["Android", "iOS"], JSON.stringify(os));
+  const osVersions = await page.$$eval("#panel-app_versions tbody th", (ths) => ths.map((th) => th.textContent));
+  await tab("app_versions", "os_version");
+  const osVersionLabels = await page.$$eval("#panel-app_versions tbody th", (ths) => ths.map((th) => th.textContent.trim()));
+  assert.ok(osVersionLabels.some((l) => l.startsWith("iOS 1")) && osVersionLabels.some((l) => l.startsWith("Android 1")),
+    `OS versions with their OS: ${JSON.stringify(osVersionLabels)} (OS tab: ${JSON.stringify(osVersions)})`);
+  const installs = await tab("install", "install_source");
+  const want_sources = await q({ metrics: ["visitors"], dimensions: ["visit:install_source"], pagination: { limit: 10, offset: 0 } });
+  assert.deepEqual(installs.map((r) => [r.raw, r.values]), want_sources.results.map((r) => [r.dimensions[0], r.metrics.map(str)]));
+  for (const src of ["App Store", "Google Play", "TestFlight"]) {
+    assert.ok(installs.some((r) => r.raw === src), `${src} listed: ${JSON.stringify(installs)}`);
+  }
+  const models = await tab("install", "device_model");
+  assert.ok(models.length === 10 && models.some((r) => r.raw.startsWith("iPhone")) && models.some((r) => /^(SM-|Pixel)/.test(r.raw)),
+    `device models: ${JSON.stringify(models)}`);
+  const locales = await tab("install", "locale");
+  assert.ok(locales.some((r) => r.raw === "en-US") && locales.some((r) => r.raw === "de-DE"), `locales: ${JSON.stringify(locales)}`);
+  const events = rowsOf(s, "app_events").map((r) => r.raw);
+  for (const e of ["app_started", "screen_view"]) assert.ok(events.includes(e), `${e} in App events: ${JSON.stringify(events)}`);
+  await screenshot(page, "demo-app");
+  assert.deepEqual(failed, [], "API calls failed");
+  assert.deepEqual(page.problems, [], "console errors, page errors or dialogs");
+  await page.close_all();
+});

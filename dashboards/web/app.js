@@ -521,7 +521,8 @@
   const APP_PANELS = [
     { id: "app_versions", title: "Versions", metrics: ["visitors", "visits"], tabs: [
       { id: "app_version", label: "App versions", dim: "visit:app_version" },
-      { id: "os_version", label: "OS versions", dim: "visit:os_version" }] },
+      { id: "os", label: "OS", dim: "visit:os" },
+      { id: "os_version", label: "OS versions", dim: "visit:os_version", with: "visit:os" }] },
     { id: "install", title: "Installs", metrics: ["visitors"], tabs: [
       { id: "install_source", label: "Install sources", dim: "visit:install_source" },
       { id: "device_model", label: "Device models", dim: "visit:device_model" },

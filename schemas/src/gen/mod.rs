@@ -35,11 +35,19 @@
 //! most recent day first, two at a time. Each day's row count is first counted with a light
 //! version of the same query; the oldest day needed is cut with `LIMIT` so the total is exactly
 //! the number asked for.
+//!
+//! [`generate_app`] (`gen/app.rs`) writes the demo app of `veil up --demo` the same way: an iOS
+//! and Android app's events in the shape the collector stores them (device `app`, app version
+//! and build rolling out 2.3 → 2.4.0 → the 2.4.1 hotfix, OS versions, device models, install
+//! sources, locales, sessions with `launch_ms`, screens with `latency_ms`, the odd launch after
+//! a crash with `crash` = 1, a few custom events), up to the end so Realtime shows it in use.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod app;
 mod data;
 
+pub use app::{generate_app, AppOptions, AppReport};
 pub use data::pages;
 use data::{CUSTOM_PERMILLE, ENGAGEMENT_PCT, PAGEVIEWS_PCT, PLACES, PROFILES, SOURCES, VISITS_PCT};
 
