@@ -986,20 +986,17 @@ async fn imports_plan(
     if !q.imports {
         return Ok(Err(merge::Skip::NoData));
     }
-    let plan = match merge::plan(q, site) {
-        Ok(p) => p,
-        Err(skip) => return Ok(Err(skip)),
-    };
+    // A site without imported days in the range says so (`no_imported_data`) whatever it
+    // asks, as Plausible does: "unsupported" would suggest there is history it leaves out.
     let mut any = merge::present(client, q).await?;
     if let (false, Some(how)) = (any, q.compare) {
         let tz = query::timezone(&site.timezone);
         any = merge::present(client, &q.comparison(how, tz)).await?;
     }
-    Ok(if any {
-        Ok(plan)
-    } else {
-        Err(merge::Skip::NoData)
-    })
+    if !any {
+        return Ok(Err(merge::Skip::NoData));
+    }
+    Ok(merge::plan(q, site))
 }
 
 /// A report of `q` with imported rows merged (exact mode): the plan's parts read unrounded

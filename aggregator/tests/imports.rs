@@ -236,6 +236,17 @@ async fn questions_imports_cannot_answer_say_why() {
         none["meta"]["imports_skip_reason"], "no_imported_data",
         "{none}"
     );
+    // A question imports could not answer anyway says the same while there is no import (the
+    // dashboard then shows no "not included" note on a site that never imported anything).
+    let app = ask(
+        &ch,
+        json!({"metrics": ["visitors"], "dimensions": ["visit:channel"], "include": {"imports": true}}),
+    )
+    .await;
+    assert_eq!(
+        app["meta"]["imports_skip_reason"], "no_imported_data",
+        "{app}"
+    );
     import(&ch).await;
     for (body, reason) in [
         (

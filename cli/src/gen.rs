@@ -6,7 +6,7 @@
 //! `{"site":…,"rows":…,"visitor_days":…,"seconds":…,"rows_per_second":…,"end":…}`.
 //!
 //! `veil up --demo` serves [`DEMO_SITE`] too and, when that site has no events yet, fills it
-//! with [`DEMO_EVENTS`] events over 30 days before it starts listening. While the site has no
+//! with [`DEMO_EVENTS`] events over today and the 30 days before, before it starts listening. While the site has no
 //! stored settings it also gets goals for the generated events (`Signup`, `Purchase` as a
 //! USD revenue goal, `Outbound Link: Click`, a visit to `/pricing`) and the funnel
 //! `Pricing → Signup → Purchase` ([`demo_settings`]), so the conversion story shows from the
@@ -132,7 +132,7 @@ async fn event_count(s: &Settings, site: &str) -> Result<u64> {
         .with_context(|| format!("counting the events of {site}"))
 }
 
-/// Fills [`DEMO_SITE`] with 30 days of generated traffic unless it already has events, and
+/// Fills [`DEMO_SITE`] with today and 30 days of generated traffic unless it already has events, and
 /// gives it goals and a funnel while it has no stored settings; fills [`DEMO_APP_SITE`] with
 /// 30 days of app events unless it already has events.
 pub async fn demo(s: &Settings) -> Result<()> {
@@ -150,7 +150,9 @@ async fn demo_web(s: &Settings) -> Result<()> {
         return Ok(());
     }
     eprintln!("veil: first run with --demo: generating 30 days of traffic for {DEMO_SITE}");
-    let r = generate(&s.clickhouse, &GenOptions::new(DEMO_SITE, DEMO_EVENTS, 30))
+    // Today and the 30 whole days before: the dashboard's "Last 30 days" (which ends yesterday)
+    // has no empty first day.
+    let r = generate(&s.clickhouse, &GenOptions::new(DEMO_SITE, DEMO_EVENTS, 31))
         .await
         .context("generating the demo site's events")?;
     eprintln!(
