@@ -130,6 +130,15 @@ fn running_managed(dir: &std::path::Path) -> Option<String> {
     veil_schemas::managed::ping_blocking(port).then(|| format!("http://127.0.0.1:{port}"))
 }
 
+/// Loads the site registry once before the first question is answered: until then a site's
+/// stored settings (its time zone, goals, k) are unknown and a question would be answered with
+/// the flags' defaults. A failure is logged; the refresh loop keeps trying.
+async fn loaded_registry(aggregator: &Aggregator) {
+    if let Err(e) = aggregator.registry().refresh().await {
+        tracing::warn!(error = %e, "could not load the site registry before serving; retrying in the background");
+    }
+}
+
 /// The line telling how to set up the owner, when the deployment has no owner and no admin
 /// token (the one-time setup link is made now).
 async fn setup_line(aggregator: &Aggregator, base: &str) -> Result<Option<String>> {
@@ -254,6 +263,7 @@ async fn run(command: Command, s: Settings) -> Result<()> {
             spawn_retention(&s);
             let public = s.aggregator.public_url.clone();
             let aggregator = Aggregator::new(s.aggregator, s.clickhouse);
+            loaded_registry(&aggregator).await;
             // Weekly digests, when e-mail is configured (--smtp-url).
             let _digests = veil_aggregator::digest::start(&aggregator);
             let addr = listener.local_addr()?;
@@ -299,6 +309,7 @@ async fn run(command: Command, s: Settings) -> Result<()> {
                 }
                 None => Aggregator::new(s.aggregator.clone(), s.clickhouse.clone()),
             };
+            loaded_registry(&aggregator).await;
             // Weekly digests, when e-mail is configured (--smtp-url).
             let _digests = veil_aggregator::digest::start(&aggregator);
             let app = Arc::new(VeilApp {
