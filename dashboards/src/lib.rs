@@ -12,7 +12,11 @@
 //!   invitation; both tokens stay in the fragment, and the page removes them from the address
 //!   and history once read), `/account` (log out everywhere, password, second factor);
 //! - assets: `/app.js`, `/app.css`, `/vendor/uPlot.iife.min.js`, `/vendor/uPlot.min.css`
-//!   (uPlot 1.6.32, MIT, `web/vendor/uPlot.LICENSE`).
+//!   (uPlot 1.6.32, MIT, `web/vendor/uPlot.LICENSE`); the countries map's
+//!   `/vendor/d3-array.min.js`, `/vendor/d3-geo.min.js`, `/vendor/topojson-client.min.js` and
+//!   `/vendor/countries-110m.json` (d3-array 3.2.4, d3-geo 3.1.1, topojson-client 3.1.0,
+//!   world-atlas 2.0.2 with alpha-2 ids from `scripts/vocab/world_map.py`; ISC, Natural Earth
+//!   public domain; `web/vendor/d3.LICENSE`).
 //!
 //! Every response carries [`CSP`], `X-Content-Type-Options: nosniff`, `Referrer-Policy:
 //! no-referrer` and a strong `ETag` (a hash of the embedded bytes); a matching `If-None-Match`
@@ -43,6 +47,7 @@ pub struct Asset {
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
+const JSON: &str = "application/json";
 
 /// Every file the dashboard serves; the page shell is first.
 pub const ASSETS: &[Asset] = &[
@@ -70,6 +75,26 @@ pub const ASSETS: &[Asset] = &[
         path: "/vendor/uPlot.min.css",
         content_type: CSS,
         body: include_bytes!("../web/vendor/uPlot.min.css"),
+    },
+    Asset {
+        path: "/vendor/d3-array.min.js",
+        content_type: JS,
+        body: include_bytes!("../web/vendor/d3-array.min.js"),
+    },
+    Asset {
+        path: "/vendor/d3-geo.min.js",
+        content_type: JS,
+        body: include_bytes!("../web/vendor/d3-geo.min.js"),
+    },
+    Asset {
+        path: "/vendor/topojson-client.min.js",
+        content_type: JS,
+        body: include_bytes!("../web/vendor/topojson-client.min.js"),
+    },
+    Asset {
+        path: "/vendor/countries-110m.json",
+        content_type: JSON,
+        body: include_bytes!("../web/vendor/countries-110m.json"),
     },
 ];
 

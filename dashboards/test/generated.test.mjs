@@ -332,3 +332,41 @@ test("the demo app: the App view shows its versions, OS, devices, install source
   assert.deepEqual(page.problems, [], "console errors, page errors or dialogs");
   await page.close_all();
 });
+
+test("a countries map: every country with visitors shaded with the API's number, a click filters by it", async () => {
+  const page = await open(chrome);
+  const failed = [];
+  page.on("response", async (r) => {
+    if (new URL(r.url()).pathname.startsWith("/api/") && r.status() >= 400) failed.push(`${r.status()} ${r.url()}`);
+  });
+  await page.goto(`${veil.url}/site/${DEMO}?period=${PERIOD}&t.locations=map`);
+  await everyPanelAnswers(page, "locations: map", failed);
+  await page.waitForSelector("#world-map svg path[data-country='US']");
+  const shaded = await page.$$eval("#world-map path", (ps) => ps.map((p) => ({ code: p.dataset.country, value: p.dataset.value,
+    data: p.classList.contains("has-data"), title: p.querySelector("title").textContent, d: p.getAttribute("d") })));
+  assert.ok(shaded.length > 150, `${shaded.length} countries drawn`);
+  assert.ok(shaded.every((c) => c.d.startsWith("M")), "every country has a shape");
+  const want = await api(veil, "/api/v2/query", { body: { site_id: DEMO, date_range: PERIOD, metrics: ["visitors"],
+    dimensions: ["visit:country"], pagination: { limit: 300, offset: 0 } } });
+  const byCode = new Map(want.results.map((r) => [r.dimensions[0], r.metrics[0]]));
+  const withData = shaded.filter((c) => c.data);
+  // The demo's 32 countries, each with the API's visitors (Singapore is too small for a
+  // 1:110m shape, so it is listed in the table only).
+  assert.ok(withData.length >= byCode.size - 2 && withData.length <= byCode.size, `${withData.length} of ${byCode.size}`);
+  for (const c of withData) assert.equal(c.value, String(byCode.get(c.code)), c.code);
+  const us = shaded.find((c) => c.code === "US");
+  assert.match(us.title, new RegExp(`^United States \\(US\\): ${byCode.get("US").toLocaleString("en-US")}$`));
+  assert.ok(shaded.filter((c) => !c.data).every((c) => c.value === "null" && /no data$/.test(c.title)));
+  // The table under the map lists the first ten, as the Countries tab does.
+  const rows = await page.$$eval("#panel-locations tbody th[data-raw]", (ths) => ths.map((th) => th.dataset.raw));
+  assert.deepEqual(rows, want.results.slice(0, 10).map((r) => r.dimensions[0]));
+  await page.click("#world-map path[data-country='DE']");
+  await page.waitForURL((u) => u.searchParams.getAll("f").includes("is~visit:country~DE"));
+  const s = await everyPanelAnswers(page, "Country is DE", failed);
+  const de = await api(veil, "/api/v2/query", { body: { site_id: DEMO, date_range: PERIOD, metrics: ["visitors"],
+    filters: [["is", "visit:country", ["DE"]]] } });
+  assert.equal(stat(s, "visitors"), String(de.results[0].metrics[0]));
+  await screenshot(page, "countries-map");
+  assert.deepEqual(page.problems, [], "console errors, page errors or dialogs");
+  await page.close_all();
+});

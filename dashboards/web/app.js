@@ -498,6 +498,7 @@
       { id: "utm_term", label: "UTM term", dim: "visit:utm_term" }] },
     { id: "locations", title: "Locations", metrics: ["visitors"], tabs: [
       { id: "country", label: "Countries", dim: "visit:country" },
+      { id: "map", label: "Map", dim: "visit:country", map: true },
       { id: "region", label: "Regions", dim: "visit:region_name" },
       { id: "city", label: "Cities", dim: "visit:city_name" },
       { id: "isp", label: "ISPs", dim: "visit:isp" }] },
@@ -580,6 +581,68 @@
     return table;
   }
 
+  // ---------- countries map ----------
+  // Countries shaded by the first metric (Natural Earth 1:110m via world-atlas, drawn with
+  // d3-geo's Equal Earth projection; ids are ISO alpha-2 codes, scripts/vocab/world_map.py).
+  // Each country with a number has a title ("Germany: ≈ 5,458") and filters the dashboard on a
+  // click; the table under the map lists the same numbers for keyboards and screen readers.
+  const SVGNS = "http://www.w3.org/2000/svg";
+  let atlasLoad = null;
+  function worldAtlas() {
+    atlasLoad = atlasLoad || fetch("/vendor/countries-110m.json").then((r) => {
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      return r.json();
+    });
+    return atlasLoad;
+  }
+  async function worldMap(dim, metric, data) {
+    const fig = h("figure", { class: "world-map", id: "world-map" });
+    if (!window.d3 || typeof d3.geoPath !== "function" || !window.topojson) {
+      fig.append(h("p", { class: "hint", text: "Map library unavailable; see the table." }));
+      return fig;
+    }
+    let atlas;
+    try { atlas = await worldAtlas(); } catch (e) {
+      atlasLoad = null;
+      fig.append(h("p", { class: "hint", text: "The map could not be loaded (" + e.message + "); see the table." }));
+      return fig;
+    }
+    const priv = privacyOf(data);
+    const values = new Map((data.results || []).filter((r) => r.metrics[0] !== null).map((r) => [String(r.dimensions[0]), Number(r.metrics[0])]));
+    const max = Math.max(1, ...values.values());
+    const features = topojson.feature(atlas, atlas.objects.countries).features.filter((f) => f.id !== "AQ");
+    const [w, ht] = [960, 470];
+    const projection = d3.geoEqualEarth().fitSize([w, ht], { type: "FeatureCollection", features });
+    const path = d3.geoPath(projection);
+    const svg = document.createElementNS(SVGNS, "svg");
+    svg.setAttribute("viewBox", "0 0 " + w + " " + ht);
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", metricLabel(metric) + " by country on a world map (" + values.size + " countries with data; the table below lists them)");
+    for (const f of features) {
+      const p = document.createElementNS(SVGNS, "path");
+      p.setAttribute("d", path(f) || "");
+      const code = f.id ? String(f.id) : "";
+      p.dataset.country = code;
+      const v = code ? values.get(code) : undefined;
+      p.dataset.value = v === undefined ? "null" : String(v);
+      const title = document.createElementNS(SVGNS, "title");
+      if (v !== undefined) {
+        p.setAttribute("class", "has-data");
+        // Square root: a country with a quarter of the top one's visitors is half as dark.
+        p.setAttribute("fill-opacity", (0.15 + 0.85 * Math.sqrt(v / max)).toFixed(3));
+        const shown = (isDp(priv) ? "≈ " : "") + fmt(metric, v);
+        title.textContent = valueLabel(dim, code) + ": " + shown;
+        p.addEventListener("click", () => filterBy(dim, code));
+      } else {
+        title.textContent = code ? valueLabel(dim, code) + ": no data" : "no data";
+      }
+      p.append(title);
+      svg.append(p);
+    }
+    fig.append(svg);
+    return fig;
+  }
+
   // A row chosen as a filter: the whole dashboard follows it (an open "more" dialog closes
   // first), then focus goes to the new filter chip and the change is announced.
   function filterBy(dim, raw, lead = null) {
@@ -657,15 +720,19 @@
     async function load() {
       body.replaceChildren(h("p", { class: "hint", text: "Loading…" }));
       try {
-        const data = await api("/api/v2/query", { body: query(10) });
+        // The map shows every country (at most 300 rows: each has a code); its table the first ten.
+        const data = await api("/api/v2/query", { body: query(tab.map ? 300 : 10) });
         if (gen !== S.generation) return;
-        const out = [rowTable(dim, metrics, data, st, def.title + ": " + tab.label, true, tab.with || null)];
+        const listed = tab.map ? Object.assign({}, data, { results: (data.results || []).slice(0, 10) }) : data;
+        const out = [rowTable(dim, metrics, listed, st, def.title + ": " + tab.label, true, tab.with || null)];
+        if (tab.map) out.unshift(await worldMap(dim, metrics[0], data));
+        if (gen !== S.generation) return;
         const skipped = data.meta && data.meta.imports_skip_reason;
         if (skipped && skipped !== "no_imported_data") {
           out.push(h("p", { class: "hint imports-note", text: "Imported data is not included in this report: " +
             (skipped === "unsupported_interval" ? "imports are by day, not by hour." : "the import has no such breakdown or filter.") }));
         }
-        const shown = (data.results || []).length;
+        const shown = (listed.results || []).length;
         const total = (data.meta && data.meta.total_rows) || shown;
         if (total > shown) {
           const more = h("button", { type: "button", class: "secondary more", "aria-haspopup": "dialog",
