@@ -88,6 +88,13 @@ fn parse(text: &'static str) -> Table {
     t
 }
 
+/// Parses the table now (it is otherwise parsed on first use; the collector calls this at start
+/// so no request waits for it). Returns the number of region and city entries.
+pub fn load() -> (usize, usize) {
+    let t = table();
+    (t.regions.len(), t.cities.len())
+}
+
 /// The ISO 3166-2 code of region `state1` of country `cc`, as ip-location-db names it.
 pub fn region_code(cc: &str, state1: &str) -> Option<&'static str> {
     table().regions.get(&(cc, state1)).copied()
@@ -200,5 +207,7 @@ mod tests {
             rows += 1;
         }
         assert!(rows > 50_000, "{rows} rows");
+        let (regions, cities) = load();
+        assert!(regions > 3_000 && cities > 50_000, "{regions} regions, {cities} cities");
     }
 }

@@ -430,6 +430,8 @@ impl GeoDb {
         };
         db.reload_if_changed();
         db.warn_if_stale();
+        // The places table (2 MB of text) is parsed now, not on the first request's lookup.
+        places::load();
         db
     }
 
