@@ -484,6 +484,7 @@ impl AggregatorConfig {
             annotations: Vec::new(),
             epsilon_query: None,
             epsilon_day: None,
+            revenue_bound: None,
         }
     }
 }

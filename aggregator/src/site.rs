@@ -35,6 +35,9 @@ pub struct SiteView {
     pub epsilon_query: Option<f64>,
     /// The site's own ε per credential and day, if set.
     pub epsilon_day: Option<f64>,
+    /// The site's own bound on one visitor-day's revenue, if set
+    /// ([`crate::privacy::Settings::for_site`]).
+    pub revenue_bound: Option<u64>,
 }
 
 impl SiteView {
@@ -49,6 +52,7 @@ impl SiteView {
             funnels: Vec::new(),
             epsilon_query: None,
             epsilon_day: None,
+            revenue_bound: None,
         }
     }
 }
@@ -62,6 +66,7 @@ pub fn view(domain: &str, s: &SiteSettings) -> SiteView {
     v.child_directed = s.child_directed;
     v.epsilon_query = s.epsilon_query;
     v.epsilon_day = s.epsilon_day;
+    v.revenue_bound = s.revenue_bound;
     v.goals = s
         .goals
         .iter()

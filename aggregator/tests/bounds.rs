@@ -397,3 +397,108 @@ async fn the_api_publishes_the_clamped_numbers() {
         "published {got}, clamped truth {clamped}, stored {stored}: {d}"
     );
 }
+
+/// A site's own revenue bound (`revenue_bound` in its settings): the noise on revenue scales
+/// with it, and one visitor-day's revenue above it is clamped. Two sites with the same rows —
+/// 40 buyers of 20 USD and one of 5 000 USD — one with the deployment's bound (1 000 USD),
+/// one with 50 USD; differential privacy at the highest ε a site may set.
+#[tokio::test]
+async fn a_sites_revenue_bound_narrows_the_noise_and_clamps_a_big_spender() {
+    use veil_schemas::registry::{Registry, SiteSettings};
+    let ch = veil_schemas::testing::fresh_database("dp_revenue_bound").await;
+    let (wide, tight) = ("wide.example", "tight.example");
+    let mut rows = Vec::new();
+    for site in [wide, tight] {
+        for i in 0..41 {
+            let micros: u64 = if i == 40 { 5_000_000_000 } else { 20_000_000 };
+            rows.push(sql!(
+                "({}, toDateTime({}, 'UTC'), 'Purchase', '/checkout', {}, toFixedString({}, 16), {}, 'USD')",
+                lit(site),
+                lit(&format!("{DAY} 10:{:02}:00", i % 60)),
+                lit(site),
+                lit(&format!("buyer-{i:02}")),
+                micros
+            ));
+        }
+    }
+    db::exec(
+        &ch.client(),
+        &sql!(
+            "INSERT INTO events (site, timestamp, name, pathname, hostname, visitor_id, \
+             revenue_micros, revenue_currency) VALUES {}",
+            Sql::join(rows, ", ")
+        ),
+    )
+    .await
+    .unwrap();
+    let goals = json!([{"name": "Purchase", "event_name": "Purchase", "currency": "USD"}]);
+    let reg = Registry::new(&ch);
+    for (site, bound) in [(wide, None), (tight, Some(50))] {
+        let s = SiteSettings {
+            goals: goals.as_array().unwrap().clone(),
+            revenue_bound: bound,
+            ..SiteSettings::default()
+        };
+        s.validate().unwrap();
+        reg.put_site(site, s).await.unwrap();
+    }
+    // A bound of 0 or an absurd one is refused, naming the field.
+    for bad in [0u64, 2_000_000_000] {
+        let s = SiteSettings {
+            revenue_bound: Some(bad),
+            ..SiteSettings::default()
+        };
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("revenue_bound"));
+    }
+    let dp = Aggregator::new(
+        AggregatorConfig {
+            api_token: Some(ADMIN.into()),
+            privacy: Settings {
+                epsilon_query: 10.0,
+                epsilon_day: 100.0,
+                ..Settings::default()
+            },
+            ..Default::default()
+        },
+        ch.clone(),
+    );
+    dp.registry().refresh().await.unwrap();
+    let revenue = |site: &str| {
+        json!({"site_id": site, "metrics": ["total_revenue"], "date_range": [DAY, DAY],
+               "filters": [["is", "event:goal", ["Purchase"]]]})
+    };
+    let w = ask(&dp, revenue(wide)).await;
+    let t = ask(&dp, revenue(tight)).await;
+    let interval = |d: &Value| {
+        d["meta"]["privacy"]["interval95"]["total_revenue"]
+            .as_f64()
+            .unwrap()
+    };
+    // The noise is proportional to the bound: 1 000 USD against 50 (the intervals are
+    // published to the cent).
+    let ratio = interval(&w) / interval(&t);
+    assert!((ratio - 20.0).abs() < 0.1, "{ratio}: {w}\n{t}");
+    // The big spender adds 50 USD, not 5 000: the published revenue is near 40 × 20 + 50.
+    let got = t["results"][0]["metrics"][0]["value"].as_f64().unwrap();
+    let clamped = 40.0 * 20.0 + 50.0;
+    assert!(interval(&t) < 300.0, "{t}");
+    assert!(
+        (got - clamped).abs() <= 3.0 * interval(&t),
+        "published {got}, clamped truth {clamped} (stored 5 800): {t}"
+    );
+    // The stored settings keep it.
+    assert_eq!(
+        reg.refresh()
+            .await
+            .unwrap()
+            .site(tight)
+            .unwrap()
+            .settings
+            .revenue_bound,
+        Some(50)
+    );
+}

@@ -8,7 +8,8 @@
 //! `veil up --demo` serves [`DEMO_SITE`] too and, when that site has no events yet, fills it
 //! with [`DEMO_EVENTS`] events over today and the 30 days before, before it starts listening. While the site has no
 //! stored settings it also gets goals for the generated events (`Signup`, `Purchase` as a
-//! USD revenue goal, `Outbound Link: Click`, a visit to `/pricing`) and the funnel
+//! USD revenue goal whose differential-privacy bound is the shop's largest order, 49 USD,
+//! `Outbound Link: Click`, a visit to `/pricing`) and the funnel
 //! `Pricing → Signup → Purchase` ([`demo_settings`]), so the conversion story shows from the
 //! first screen; settings changed since are kept.
 //!
@@ -97,6 +98,9 @@ pub fn demo_settings(s: &Settings) -> SiteSettings {
     SiteSettings {
         goals: goals.as_array().cloned().unwrap_or_default(),
         funnels: funnels.as_array().cloned().unwrap_or_default(),
+        // The demo shop's largest order is 49 USD: differential privacy's noise on its
+        // revenue is sized for that, not for the deployment's 1 000 USD bound.
+        revenue_bound: Some(49),
         ..s.aggregator.flag_settings(DEMO_SITE)
     }
 }

@@ -208,6 +208,9 @@ mod tests {
         }
         assert!(rows > 50_000, "{rows} rows");
         let (regions, cities) = load();
-        assert!(regions > 3_000 && cities > 50_000, "{regions} regions, {cities} cities");
+        assert!(
+            regions > 3_000 && cities > 50_000,
+            "{regions} regions, {cities} cities"
+        );
     }
 }

@@ -108,6 +108,12 @@ pub struct SiteSettings {
     /// deployment's `--epsilon-day`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epsilon_day: Option<f64>,
+    /// Differential privacy: the most revenue, in currency units, one visitor adds to a report
+    /// per day (`None`: the deployment's bound, 1000). The noise on revenue metrics scales
+    /// with it: a shop whose largest order is 49 sets 49 and gets answers twenty times tighter;
+    /// a visitor's revenue above it is clamped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revenue_bound: Option<u64>,
 }
 
 impl Default for SiteSettings {
@@ -125,6 +131,7 @@ impl Default for SiteSettings {
             annotations: Vec::new(),
             epsilon_query: None,
             epsilon_day: None,
+            revenue_bound: None,
         }
     }
 }
@@ -150,6 +157,7 @@ impl SiteSettings {
         "goals",
         "funnels",
         "annotations",
+        "revenue_bound",
     ];
 
     /// Parses the settings fields of an admin API request object strictly onto `base` (the
@@ -174,6 +182,7 @@ impl SiteSettings {
                 "goals" => s.goals = field(k, v)?,
                 "funnels" => s.funnels = field(k, v)?,
                 "annotations" => s.annotations = field(k, v)?,
+                "revenue_bound" => s.revenue_bound = field(k, v)?,
                 other => {
                     return Err(invalid(format!(
                         "unknown field `{other}`; expected one of {}",
@@ -208,6 +217,13 @@ impl SiteSettings {
             if !(e.is_finite() && e > 0.0 && e >= q) {
                 return Err(invalid(format!(
                     "`epsilon_day` must be above 0 and at least `epsilon_query` (got {e})"
+                )));
+            }
+        }
+        if let Some(b) = self.revenue_bound {
+            if !(1..=1_000_000_000).contains(&b) {
+                return Err(invalid(format!(
+                    "`revenue_bound` must be a whole number of currency units from 1 to 1000000000 (got {b})"
                 )));
             }
         }

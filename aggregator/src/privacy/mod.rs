@@ -180,11 +180,16 @@ impl Settings {
         }
     }
 
-    /// These settings with `site`'s own ε per release and per day, where it sets them.
+    /// These settings with `site`'s own ε per release and per day and its revenue bound,
+    /// where it sets them.
     pub fn for_site(&self, site: &crate::site::SiteView) -> Settings {
         Settings {
             epsilon_query: site.epsilon_query.unwrap_or(self.epsilon_query),
             epsilon_day: site.epsilon_day.unwrap_or(self.epsilon_day),
+            bounds: Bounds {
+                revenue: site.revenue_bound.unwrap_or(self.bounds.revenue),
+                ..self.bounds
+            },
             ..self.clone()
         }
     }
@@ -413,8 +418,12 @@ impl Bounds {
             visit_seconds: self.visit_seconds,
             engaged_seconds: self.engaged_seconds,
             revenue: self.revenue,
-            // The rollup job clamps closed days with the default bounds.
-            daily: *self == Bounds::default(),
+            // The rollup job clamps closed days with the default bounds (revenue is never
+            // read from the rollups, so a site's own revenue bound keeps them usable).
+            daily: Bounds {
+                revenue: Bounds::default().revenue,
+                ..*self
+            } == Bounds::default(),
         }
     }
 }
