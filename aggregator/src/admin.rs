@@ -45,8 +45,8 @@
 //! SITE is `{"domain", "source": "stored"|"flags", "aliases", "timezone", "retention_days"?,
 //! "child_directed", "honor_dnt", "keep_bots", "min_visitors", "goals", "funnels",
 //! "epsilon_query"?, "epsilon_day"?, "revenue_bound"?}` (the site's own differential-privacy
-//! parameters, [`crate::privacy::Settings::for_site`]; `revenue_bound`, the most revenue one
-//! visitor adds per day, is also taken by PUT); SETTINGS
+//! parameters, [`crate::privacy::Settings::for_site`]: ε per release and per credential-day,
+//! and the most revenue one visitor adds per day; PUT takes them too); SETTINGS
 //! the same fields without `domain` and `source`. Goals and funnels have the shapes of
 //! [`crate::site::Goal`] and [`crate::site::Funnel`].
 //!

@@ -1052,6 +1052,15 @@ test("onboarding: a new site's settings show its snippets; the install check tur
   await page.click('#general-form button[type="submit"]');
   await waitFor(async () => (await api(veil, `/api/v1/sites/${fresh}`)).settings?.timezone ?? (await api(veil, `/api/v1/sites/${fresh}`)).timezone,
     (tz) => tz === "Europe/Berlin", { what: (tz) => "timezone " + tz });
+  // A shop's revenue bound (differential privacy's noise on revenue is sized for it): set,
+  // the API has it; emptied, the server's default again.
+  const bound = async () => { const d = await api(veil, `/api/v1/sites/${fresh}`); return (d.settings || d).revenue_bound ?? null; };
+  await page.fill('#general-form input[name="revenue_bound"]', "49");
+  await page.click('#general-form button[type="submit"]');
+  await waitFor(bound, (b) => b === 49, { what: (b) => "revenue_bound " + b });
+  await page.fill('#general-form input[name="revenue_bound"]', "");
+  await page.click('#general-form button[type="submit"]');
+  await waitFor(bound, (b) => b === null, { what: (b) => "revenue_bound " + b });
   // Its dashboard says there is no goal yet and links to where one is set up.
   await page.goto(`${veil.url}/site/${fresh}?period=day`);
   await page.waitForSelector("#no-goals a");

@@ -1837,6 +1837,8 @@
       h("label", {}, "k (minimum visitors per number)", h("input", { name: "min_visitors", type: "number", min: 2, value: s.min_visitors || 5 })),
       h("label", {}, "Retention in days (empty: the server's default)",
         h("input", { name: "retention_days", type: "number", min: 1, value: s.retention_days || "" })),
+      h("label", {}, "Largest revenue one visitor adds a day, in currency units (differential privacy sizes its noise for it; empty: 1 000)",
+        h("input", { name: "revenue_bound", type: "number", min: 1, step: 1, value: s.revenue_bound || "" })),
       check("child_directed", "Child-directed site (page views only)"),
       check("honor_dnt", "Honour Do Not Track"),
       check("keep_bots", "Keep bot hits (flagged, never reported)"),
@@ -1849,6 +1851,8 @@
         n.min_visitors = Number(f.get("min_visitors"));
         const days = String(f.get("retention_days")).trim();
         if (days) n.retention_days = Number(days); else delete n.retention_days;
+        const bound = String(f.get("revenue_bound")).trim();
+        if (bound) n.revenue_bound = Number(bound); else delete n.revenue_bound;
         for (const k of ["child_directed", "honor_dnt", "keep_bots"]) n[k] = f.get(k) === "on";
       }, "Settings saved.");
     });

@@ -157,6 +157,8 @@ impl SiteSettings {
         "goals",
         "funnels",
         "annotations",
+        "epsilon_query",
+        "epsilon_day",
         "revenue_bound",
     ];
 
@@ -182,6 +184,8 @@ impl SiteSettings {
                 "goals" => s.goals = field(k, v)?,
                 "funnels" => s.funnels = field(k, v)?,
                 "annotations" => s.annotations = field(k, v)?,
+                "epsilon_query" => s.epsilon_query = field(k, v)?,
+                "epsilon_day" => s.epsilon_day = field(k, v)?,
                 "revenue_bound" => s.revenue_bound = field(k, v)?,
                 other => {
                     return Err(invalid(format!(
@@ -1289,6 +1293,17 @@ mod tests {
         assert!(e(json!({"retention_days": "x"})).contains("`retention_days`"));
         assert!(e(json!({"retention_days": 0})).contains("`retention_days`"));
         assert!(e(json!({"colour": "red"})).contains("unknown field `colour`"));
+        // The site's own differential-privacy parameters.
+        let ok =
+            req(json!({"epsilon_query": 2.0, "epsilon_day": 20.0, "revenue_bound": 49})).unwrap();
+        assert_eq!(
+            (ok.epsilon_query, ok.epsilon_day, ok.revenue_bound),
+            (Some(2.0), Some(20.0), Some(49))
+        );
+        assert!(e(json!({"revenue_bound": "x"})).contains("`revenue_bound`"));
+        assert!(e(json!({"revenue_bound": 0})).contains("`revenue_bound`"));
+        assert!(e(json!({"epsilon_query": 50.0})).contains("`epsilon_query`"));
+        assert!(e(json!({"epsilon_query": 2.0, "epsilon_day": 1.0})).contains("`epsilon_day`"));
         assert!(e(json!({"aliases": ["a", "a"]})).contains("`aliases[1]`"));
         assert!(e(json!({"aliases": ["ok", ""]})).contains("`aliases[1]`"));
         assert!(e(json!({"aliases": ["a\nb"]})).contains("`aliases[0]`"));
