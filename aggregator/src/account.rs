@@ -321,16 +321,29 @@ impl Aggregator {
         u32::try_from(self.now().timestamp().max(0)).unwrap_or(u32::MAX)
     }
 
-    /// Reloads the registry unless a forced reload ran in the last second (a cookie, key, link
-    /// or owner this process does not know yet may have been made by another process).
+    /// Makes sure the registry was reloaded after this request asked (a cookie, key, link or
+    /// owner this process does not know yet may have been made a moment ago by another
+    /// process: `veil key create`, another aggregator). Forced reloads run one at a time and
+    /// at most one per second: a request that arrives while one runs, or less than a second
+    /// after the last, waits for the next (at most about a second) rather than being refused —
+    /// a key printed by `veil key create` works on the next request — and a flood of unknown
+    /// credentials costs ClickHouse one registry load per second. Returns whether a reload
+    /// started after the request asked has completed.
     pub(crate) async fn reload_for_unknown(&self) -> Result<bool, Error> {
-        {
-            let mut last = self.reloaded.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t: Instant| t.elapsed() < Duration::from_secs(1)) {
-                return Ok(false);
-            }
-            *last = Some(Instant::now());
+        let asked = Instant::now();
+        let mut last = self.reloaded.lock().await;
+        if last.is_some_and(|started: Instant| started >= asked) {
+            // Another request's reload began after this one asked and has finished.
+            return Ok(true);
         }
+        if let Some(started) = *last {
+            let wait = Duration::from_secs(1).saturating_sub(started.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        // Counted as started even if it fails: a ClickHouse outage is not retried per request.
+        *last = Some(Instant::now());
         self.registry.refresh().await?;
         Ok(true)
     }

@@ -528,8 +528,9 @@ pub struct Aggregator {
     used_steps: Arc<account::UsedSteps>,
     /// Lock-outs of e-mails without an account (this process only), until Unix seconds.
     phantom_locks: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
-    /// When the registry was last reloaded for an unknown session or owner.
-    reloaded: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// When the last forced reload of the registry (for an unknown credential or owner)
+    /// started; held while one runs ([`Self::reload_for_unknown`]).
+    reloaded: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
     /// Where e-mail goes ([`mail`]); none without `--smtp-url`.
     mailer: Option<Arc<dyn mail::Mailer>>,
 }
@@ -700,7 +701,7 @@ impl Aggregator {
             s.key_by_hash(&hash).is_some() || s.link_by_hash(&hash).is_some()
         };
         // A key or link made a moment ago by another process (`veil key create`, another
-        // aggregator): one reload, at most one per second.
+        // aggregator): a reload that started after this request asked (at most one per second).
         if !known(&snap) && self.reload_for_unknown().await? {
             snap = self.registry.snapshot();
         }

@@ -1201,3 +1201,35 @@ async fn a_running_collector_picks_up_new_sites_by_itself() {
         .unwrap();
     let _ = std::fs::remove_dir_all(spool);
 }
+
+#[tokio::test]
+async fn a_key_made_by_another_process_works_on_the_next_request() {
+    let (a, ch) = agg("admin_key_elsewhere", config()).await;
+    let stranger = format!("vk_{}", "0".repeat(64));
+    // Unknown credentials, one after another: each forces (or shares) a registry reload.
+    for _ in 0..2 {
+        let (s, v) = call(
+            &a,
+            "POST",
+            "/api/v2/query",
+            Some(&stranger),
+            Some(query("flag.example")),
+        )
+        .await;
+        assert_eq!(s, 401, "{v}");
+    }
+    // `veil key create` in another process, a moment later: the key works on the next request
+    // although the last forced reload ran less than a second ago.
+    let other = Registry::new(&ch);
+    other.refresh().await.unwrap();
+    let (_, key) = other.create_key("flag.example", "cli").await.unwrap();
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/api/v2/query",
+        Some(&key),
+        Some(query("flag.example")),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
