@@ -1081,7 +1081,7 @@ async fn two_aggregators_share_one_registry() {
 /// Pageviews for `site`, one per given day (noon UTC), written to ClickHouse.
 async fn seed_days(ch: &ClickHouseConfig, site: &str, days: &[chrono::NaiveDate]) {
     use chrono::TimeZone;
-    use veil_collector::pipeline::sink::{clickhouse::ClickHouseSink, Sink};
+    use veil_collector::pipeline::sink::{clickhouse::ClickHouseSink, RowBatch, Sink};
     let p = Pipeline::with_key(
         Arc::new(SiteRegistry::new([site.to_string()])),
         Default::default(),
@@ -1096,7 +1096,7 @@ async fn seed_days(ch: &ClickHouseConfig, site: &str, days: &[chrono::NaiveDate]
         }
     }
     let mut sink = ClickHouseSink::new(ch).unwrap();
-    tokio::task::spawn_blocking(move || sink.write(&rows).unwrap())
+    tokio::task::spawn_blocking(move || sink.write(&RowBatch::from_rows(&rows)).unwrap())
         .await
         .unwrap();
 }

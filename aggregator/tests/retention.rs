@@ -8,7 +8,7 @@ use chrono::{Duration, NaiveDate, TimeZone, Utc};
 use veil_aggregator::db;
 use veil_aggregator::retention::{erase_site, purge, Retention};
 use veil_collector::pipeline::sink::clickhouse::ClickHouseSink;
-use veil_collector::pipeline::sink::Sink;
+use veil_collector::pipeline::sink::{RowBatch, Sink};
 use veil_collector::pipeline::{Client, Incoming, Outcome, Pipeline};
 use veil_collector::sites::SiteRegistry;
 use veil_schemas::sql;
@@ -42,7 +42,7 @@ async fn seed(ch: &veil_schemas::ClickHouseConfig, site: &str, days: &[NaiveDate
         }
     }
     let mut sink = ClickHouseSink::new(ch).unwrap();
-    tokio::task::spawn_blocking(move || sink.write(&rows).unwrap())
+    tokio::task::spawn_blocking(move || sink.write(&RowBatch::from_rows(&rows)).unwrap())
         .await
         .unwrap();
 }

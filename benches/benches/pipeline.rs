@@ -27,9 +27,9 @@ use veil_benches::traffic::{Event, NativeBatch, PlausibleHit, Rng};
 use veil_collector::config::Limits;
 use veil_collector::pipeline::enrich::UaParser;
 use veil_collector::pipeline::privacy::{Consent, VisitorHasher};
-use veil_collector::pipeline::sink::{Sink, SinkFactory};
+use veil_collector::pipeline::sink::{RowBatch, Sink, SinkFactory};
 use veil_collector::pipeline::spool::Durability;
-use veil_collector::pipeline::{Client, EventRow, Incoming, Pipeline};
+use veil_collector::pipeline::{Client, Incoming, Pipeline};
 use veil_collector::sites::SiteRegistry;
 use veil_collector::{Collector, CollectorConfig, SystemClock};
 
@@ -200,7 +200,7 @@ fn bench_pipeline(c: &mut Criterion) {
 struct Discard;
 
 impl Sink for Discard {
-    fn write(&mut self, _rows: &[EventRow]) -> Result<(), veil_collector::Error> {
+    fn write(&mut self, _rows: &RowBatch) -> Result<(), veil_collector::Error> {
         Ok(())
     }
 }

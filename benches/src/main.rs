@@ -166,6 +166,11 @@ struct Args {
     /// server's is read from its config).
     #[arg(long, default_value_t = 9000)]
     clickhouse_tcp_port: u16,
+    /// Lower the managed ClickHouse's CPU priority by this `nice` increment (every thread of
+    /// it, with `renice`): tells how much of the collector's latency is ClickHouse's insert
+    /// work competing for the same cores (0: unchanged).
+    #[arg(long, default_value_t = 0)]
+    clickhouse_nice: i32,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -458,6 +463,25 @@ async fn start_in_process(ch: &ClickHouseConfig, args: &Args) -> anyhow::Result<
         server,
         _spool: spool,
     })
+}
+
+/// Renices every thread of `pid` by `by` (threads started later inherit it from theirs).
+fn renice_all_threads(pid: u32, by: i32) -> anyhow::Result<()> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing the threads of {pid}"))?;
+    for t in tasks {
+        let tid = t?.file_name().to_string_lossy().into_owned();
+        let ok = Command::new("renice")
+            .args(["-n", &by.to_string(), "-p", &tid])
+            .stdout(Stdio::null())
+            .status()
+            .context("running renice")?
+            .success();
+        if !ok {
+            bail!("renice -n {by} -p {tid} failed");
+        }
+    }
+    Ok(())
 }
 
 /// `--veil-bin`, or `veil` next to this executable.
@@ -1544,6 +1568,17 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     } else {
         None
     };
+    if args.clickhouse_nice != 0 {
+        let pid = store
+            .as_ref()
+            .and_then(Store::clickhouse_pid)
+            .context("--clickhouse-nice needs the managed ClickHouse")?;
+        renice_all_threads(pid, args.clickhouse_nice)?;
+        eprintln!(
+            "managed ClickHouse (pid {pid}) reniced by {}",
+            args.clickhouse_nice
+        );
+    }
 
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.server_threads.max(1))

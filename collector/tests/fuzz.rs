@@ -14,13 +14,13 @@ use bytes::Bytes;
 use http::Request;
 use proptest::prelude::*;
 use veil_collector::config::CollectorConfig;
-use veil_collector::pipeline::sink::Sink;
-use veil_collector::pipeline::{EventRow, Pipeline};
+use veil_collector::pipeline::sink::{RowBatch, Sink};
+use veil_collector::pipeline::Pipeline;
 use veil_collector::{Collector, Error, SystemClock};
 
 struct Discard;
 impl Sink for Discard {
-    fn write(&mut self, _rows: &[EventRow]) -> Result<(), Error> {
+    fn write(&mut self, _rows: &RowBatch) -> Result<(), Error> {
         Ok(())
     }
 }

@@ -736,7 +736,7 @@ async fn slow_clients_are_cut_off() {
 #[tokio::test]
 async fn a_replayed_spool_batch_is_not_written_twice() {
     use veil_collector::pipeline::sink::clickhouse::ClickHouseSink;
-    use veil_collector::pipeline::sink::Sink;
+    use veil_collector::pipeline::sink::{RowBatch, Sink};
     let ch = veil_schemas::testing::fresh_database("replay_dedup").await;
     let now = chrono::Utc::now().timestamp() as u32;
     let rows: Vec<EventRow> = (0..3)
@@ -752,9 +752,11 @@ async fn a_replayed_spool_batch_is_not_written_twice() {
     let ch2 = ch.clone();
     let written = tokio::task::spawn_blocking(move || {
         let mut sink = ClickHouseSink::new(&ch2).unwrap();
-        sink.write(&rows).unwrap();
+        sink.write(&RowBatch::from_rows(&rows)).unwrap();
         // The crash happened after the insert, before the cursor moved: the batch comes back.
-        let again = sink.write_missing("veil-spool-test-1", &rows).unwrap();
+        let again = sink
+            .write_missing("veil-spool-test-1", &RowBatch::from_rows(&rows))
+            .unwrap();
         // A batch that never reached ClickHouse is written in full.
         let fresh: Vec<EventRow> = rows
             .iter()
@@ -765,7 +767,8 @@ async fn a_replayed_spool_batch_is_not_written_twice() {
             .collect();
         (
             again,
-            sink.write_missing("veil-spool-test-2", &fresh).unwrap(),
+            sink.write_missing("veil-spool-test-2", &RowBatch::from_rows(&fresh))
+                .unwrap(),
         )
     })
     .await
@@ -817,4 +820,87 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
         assert_eq!(visitors, distinct, "{label}");
         c.shutdown().await.unwrap();
     }
+}
+
+/// The writer sends the spool's payloads to ClickHouse as RowBinary without decoding them
+/// (`row_codec::append_row_binary`, `INSERT_COLUMNS`): every column of a row with every field
+/// set, odd strings included, reads back from `events` exactly as the pipeline built it.
+#[tokio::test]
+async fn every_column_reaches_clickhouse_as_written() {
+    use veil_collector::pipeline::sink::clickhouse::ClickHouseSink;
+    use veil_collector::pipeline::sink::{RowBatch, Sink};
+    use veil_schemas::sql::{idents, Run};
+    let ch = veil_schemas::testing::fresh_database("row_binary").await;
+    let now = chrono::Utc::now().timestamp() as u32;
+    let full = EventRow {
+        site: "example.com".into(),
+        timestamp: now,
+        name: "Signup".into(),
+        hostname: "www.example.com".into(),
+        pathname: "/ünï/'quoted'\\path\t".into(),
+        referrer: "https://news.ycombinator.com/".into(),
+        referrer_source: "news.ycombinator.com".into(),
+        utm_source: "newsletter".into(),
+        utm_medium: "email".into(),
+        utm_campaign: "nov".into(),
+        utm_content: "c".into(),
+        utm_term: "t".into(),
+        visitor_id: [7; 16],
+        session_id: [0; 16],
+        browser: "Chrome".into(),
+        browser_version: "131".into(),
+        os: "Windows".into(),
+        os_version: "10".into(),
+        device: "Desktop".into(),
+        country_code: "DE".into(),
+        prop_keys: vec!["plan".into(), "x".repeat(300)],
+        prop_values: vec!["pro".into(), String::new()],
+        engagement_ms: 12_345,
+        scroll_depth: 80,
+        screen_class: "laptop".into(),
+        processor_class: "5-8".into(),
+        locale: "de-DE".into(),
+        app_version: "1.2".into(),
+        app_build: "42".into(),
+        sdk_version: "veil-js/1".into(),
+        engine: "V8 131".into(),
+        is_debug: 1,
+        spool_token: "veil-spool-rb-1".into(),
+        source: "Hacker News".into(),
+        channel: "Organic Social".into(),
+        region: "DE-BY|Bavaria".into(),
+        city: "2867714|Munich".into(),
+        asn: 3320,
+        isp: "DTAG".into(),
+        device_model: "Pixel".into(),
+        install_source: "play".into(),
+        bot: String::new(),
+        revenue_micros: -1_500_000,
+        revenue_currency: "EUR".into(),
+        interactive: 0,
+    };
+    let empty = EventRow {
+        site: "example.com".into(),
+        timestamp: now - 1,
+        spool_token: "veil-spool-rb-1".into(),
+        ..Default::default()
+    };
+    let rows = vec![full, empty];
+    let ch2 = ch.clone();
+    let sent = rows.clone();
+    tokio::task::spawn_blocking(move || {
+        ClickHouseSink::new(&ch2)
+            .unwrap()
+            .write(&RowBatch::from_rows(&sent))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let cols: Vec<&'static str> = <EventRow as clickhouse::Row>::COLUMN_NAMES.to_vec();
+    let q = veil_schemas::sql!(
+        "SELECT {} FROM events ORDER BY timestamp DESC",
+        idents(&cols, ", ")
+    );
+    let back: Vec<EventRow> = ch.client().sql(&q).fetch_all().await.unwrap();
+    assert_eq!(back, rows);
 }

@@ -172,17 +172,18 @@ async fn an_insert_that_timed_out_in_a_stall_is_stored_once() {
         assert!(ok, "kill {sig} {pid}");
     };
     let now = u32::try_from(chrono::Utc::now().timestamp()).unwrap();
-    let rows: Vec<EventRow> = (0..20_000u32)
-        .map(|i| EventRow {
+    let mut rows = veil_collector::pipeline::sink::RowBatch::default();
+    for i in 0..20_000u32 {
+        let row = EventRow {
             site: "example.com".into(),
             timestamp: now,
             name: "pageview".into(),
             hostname: "example.com".into(),
             pathname: format!("/stall/{i}"),
-            spool_token: "stall-batch".into(),
             ..Default::default()
-        })
-        .collect();
+        };
+        rows.push_row(&row, "stall-batch");
+    }
     let stored = {
         let ch = ch.clone();
         move || {

@@ -7,13 +7,13 @@
 use std::sync::Arc;
 
 use veil_collector::config::CollectorConfig;
-use veil_collector::pipeline::sink::Sink;
-use veil_collector::pipeline::{EventRow, Pipeline};
+use veil_collector::pipeline::sink::{RowBatch, Sink};
+use veil_collector::pipeline::Pipeline;
 use veil_collector::{Collector, Error, SystemClock};
 
 struct Discard;
 impl Sink for Discard {
-    fn write(&mut self, _: &[EventRow]) -> Result<(), Error> {
+    fn write(&mut self, _: &RowBatch) -> Result<(), Error> {
         Ok(())
     }
 }

@@ -365,11 +365,19 @@ pub async fn has_setting(client: &clickhouse::Client, name: &str) -> Result<bool
 pub trait Run {
     /// The query, ready to `execute`, `fetch_all` or `fetch_bytes`.
     fn sql(&self, q: &Sql) -> clickhouse::query::Query;
+
+    /// An `INSERT … FORMAT …` whose data the caller sends already formatted (the collector's
+    /// RowBinary batches).
+    fn insert_sql(&self, q: &Sql) -> clickhouse::insert_formatted::InsertFormatted;
 }
 
 impl Run for clickhouse::Client {
     fn sql(&self, q: &Sql) -> clickhouse::query::Query {
         self.query_raw(q.as_str())
+    }
+
+    fn insert_sql(&self, q: &Sql) -> clickhouse::insert_formatted::InsertFormatted {
+        self.insert_formatted_with(q.as_str())
     }
 }
 

@@ -27,9 +27,9 @@ use clap::Parser;
 use http::{header, Request, StatusCode};
 use prometheus::Registry;
 use veil_benches::traffic::{NativeBatch, PlausibleHit, Rng};
-use veil_collector::pipeline::sink::{Sink, SinkFactory};
+use veil_collector::pipeline::sink::{RowBatch, Sink, SinkFactory};
 use veil_collector::pipeline::spool::Durability;
-use veil_collector::pipeline::{EventRow, Pipeline};
+use veil_collector::pipeline::Pipeline;
 use veil_collector::{Collector, CollectorConfig, SystemClock};
 
 #[derive(Parser)]
@@ -53,7 +53,7 @@ struct Args {
 struct Discard;
 
 impl Sink for Discard {
-    fn write(&mut self, _rows: &[EventRow]) -> Result<(), veil_collector::Error> {
+    fn write(&mut self, _rows: &RowBatch) -> Result<(), veil_collector::Error> {
         Ok(())
     }
 }

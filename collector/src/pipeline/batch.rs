@@ -8,7 +8,9 @@
 //! with `Retry-After`, counted as `dropped{reason="spool_full"}`.
 //!
 //! One writer thread reads batches from the spool (flushing at `max_rows` rows, about
-//! `max_bytes` bytes, or when the oldest row is `max_age` old), inserts each into ClickHouse,
+//! `max_bytes` bytes, or when the oldest row is `max_age` old), turns each into a
+//! [`RowBatch`] (the payloads' bytes, checked, with the batch's token: no row is decoded),
+//! inserts it into ClickHouse,
 //! and only then commits the batch's end in the spool. A failed insert is retried with
 //! exponential backoff and jitter (100 ms doubling to 5 s) for as long as it takes: events are
 //! never dropped for a ClickHouse outage, they wait on disk, and memory stays flat.
@@ -30,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::sink::{Sink, SinkFactory};
+use super::sink::{RowBatch, Sink, SinkFactory};
 use super::spool::{Batch, BatchLimits, Records, Spool, SpoolConfig, SpoolError, SpoolReader};
 use super::{row_codec, EventRow};
 use crate::config::BatchConfig;
@@ -236,15 +238,13 @@ impl Writer {
     /// Inserts a batch, retrying until it succeeds; false if shutdown interrupted the retries.
     fn write(&mut self, batch: &Batch) -> bool {
         let token = batch.dedup_token();
-        let mut rows = Vec::with_capacity(batch.len());
+        // The payloads are RowBinary already: checked and copied with the token, never decoded.
+        let mut rows =
+            RowBatch::with_capacity(batch.len(), batch.payload_bytes() + batch.len() * 40);
         let mut corrupt = 0u64;
         for rec in batch.iter() {
-            match row_codec::decode(rec.payload) {
-                Some(mut r) => {
-                    r.spool_token.clone_from(&token);
-                    rows.push(r);
-                }
-                None => corrupt += 1,
+            if !rows.push_payload(rec.payload, &token) {
+                corrupt += 1;
             }
         }
         if corrupt > 0 {
@@ -315,7 +315,7 @@ mod tests {
     }
 
     impl Sink for Recorder {
-        fn write(&mut self, rows: &[EventRow]) -> Result<(), Error> {
+        fn write(&mut self, rows: &RowBatch) -> Result<(), Error> {
             let mut f = self.fail_first.lock().unwrap();
             if *f > 0 {
                 *f -= 1;
@@ -404,16 +404,16 @@ mod tests {
     }
 
     impl Sink for LostAnswer {
-        fn write(&mut self, rows: &[EventRow]) -> Result<(), Error> {
+        fn write(&mut self, rows: &RowBatch) -> Result<(), Error> {
             let mut stored = self.stored.lock().unwrap();
-            stored.extend(rows.iter().map(|r| r.spool_token.clone()));
+            stored.extend(rows.rows().into_iter().map(|r| r.spool_token));
             if !self.failed_once.swap(true, Ordering::SeqCst) {
                 return Err(Error::Sink("connection reset after the insert".into()));
             }
             Ok(())
         }
 
-        fn write_missing(&mut self, token: &str, rows: &[EventRow]) -> Result<usize, Error> {
+        fn write_missing(&mut self, token: &str, rows: &RowBatch) -> Result<usize, Error> {
             if self.stored.lock().unwrap().iter().any(|t| t == token) {
                 return Ok(0);
             }
@@ -480,8 +480,8 @@ mod tests {
     }
 
     impl Sink for Keep {
-        fn write(&mut self, rows: &[EventRow]) -> Result<(), Error> {
-            self.rows.lock().unwrap().extend_from_slice(rows);
+        fn write(&mut self, rows: &RowBatch) -> Result<(), Error> {
+            self.rows.lock().unwrap().extend(rows.rows());
             Ok(())
         }
     }

@@ -23,6 +23,16 @@
 //! Why not JSON: it was encoded by every request handler and parsed again (field names, escapes,
 //! number text) by the writer before the sink serialized the same row once more; this format is
 //! a handful of length prefixes and copies at both ends.
+//!
+//! # From the spool to ClickHouse without decoding
+//!
+//! After the tag, a version-1 payload *is* one ClickHouse RowBinary row of the columns
+//! [`INSERT_COLUMNS`] names, but for the last one, `spool_token`. The writer thread therefore
+//! never builds an [`EventRow`]: [`append_row_binary`] walks the payload against [`LAYOUT`]
+//! (every length checked, every string checked as UTF-8, the whole payload consumed, as
+//! [`decode`] does), copies it and appends the batch's token, and the sink sends the bytes as
+//! `INSERT INTO events (INSERT_COLUMNS) FORMAT RowBinary`. A JSON payload of an older spool is
+//! decoded and re-encoded first.
 
 use super::EventRow;
 
@@ -30,6 +40,172 @@ use super::EventRow;
 pub const TAG_V1: u8 = 0x01;
 /// First byte of a legacy JSON row (`{`).
 const TAG_JSON: u8 = b'{';
+
+/// The type of one column in a version-1 payload (its RowBinary encoding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Col {
+    /// `String`: LEB128 length, then UTF-8 bytes.
+    Str,
+    /// `UInt8`: one byte.
+    U8,
+    /// `UInt32` or `DateTime`: 4 bytes, little-endian.
+    U32,
+    /// `Int64`: 8 bytes, little-endian.
+    I64,
+    /// `FixedString(16)`: 16 bytes.
+    Fixed16,
+    /// `Array(String)`: LEB128 count, then each string.
+    Strs,
+}
+
+/// The columns of a version-1 payload, in order; [`INSERT_COLUMNS`] names them (test:
+/// `layout_matches_the_encoder`).
+pub const LAYOUT: [Col; 44] = {
+    use Col::{Fixed16, Str, Strs, I64, U32, U8};
+    [
+        Str, U32, // site, timestamp
+        Str, Str, Str, Str, Str, Str, Str, Str, Str, Str, // name … utm_term
+        Fixed16, Fixed16, // visitor_id, session_id
+        Str, Str, Str, Str, Str, Str, // browser … country_code
+        Strs, Strs, // prop_keys, prop_values
+        U32, U8, // engagement_ms, scroll_depth
+        Str, Str, Str, Str, Str, Str, Str, // screen_class … engine
+        U8,  // is_debug
+        Str, Str, Str, Str, // source, channel, region, city
+        U32, // asn
+        Str, Str, Str, Str, // isp, device_model, install_source, bot
+        I64, Str, U8, // revenue_micros, revenue_currency, interactive
+    ]
+};
+
+/// The column list of the writer's INSERT: [`LAYOUT`]'s columns, then `spool_token` (which the
+/// writer appends to every row).
+pub const INSERT_COLUMNS: [&str; 45] = [
+    "site",
+    "timestamp",
+    "name",
+    "hostname",
+    "pathname",
+    "referrer",
+    "referrer_source",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_content",
+    "utm_term",
+    "visitor_id",
+    "session_id",
+    "browser",
+    "browser_version",
+    "os",
+    "os_version",
+    "device",
+    "country_code",
+    "prop_keys",
+    "prop_values",
+    "engagement_ms",
+    "scroll_depth",
+    "screen_class",
+    "processor_class",
+    "locale",
+    "app_version",
+    "app_build",
+    "sdk_version",
+    "engine",
+    "is_debug",
+    "source",
+    "channel",
+    "region",
+    "city",
+    "asn",
+    "isp",
+    "device_model",
+    "install_source",
+    "bot",
+    "revenue_micros",
+    "revenue_currency",
+    "interactive",
+    "spool_token",
+];
+
+/// Appends one RowBinary row of [`INSERT_COLUMNS`] to `out`: the payload's columns, checked
+/// against [`LAYOUT`], then `token`. Returns the row's `timestamp`, or `None` (and `out` as it
+/// was) when the payload is damaged or in an unknown encoding, as [`decode`] would.
+pub fn append_row_binary(payload: &[u8], token: &str, out: &mut Vec<u8>) -> Option<u32> {
+    match *payload.first()? {
+        TAG_V1 => {
+            let body = payload.get(1..)?;
+            let timestamp = check_v1(body)?;
+            out.extend_from_slice(body);
+            Writer(out).str(token);
+            Some(timestamp)
+        }
+        TAG_JSON => {
+            let row: EventRow = serde_json::from_slice(payload).ok()?;
+            let mut v1 = Vec::new();
+            encode(&row, &mut v1);
+            append_row_binary(&v1, token, out)
+        }
+        _ => None,
+    }
+}
+
+/// Walks a version-1 body (after the tag) against [`LAYOUT`]; its `timestamp` if it is whole.
+fn check_v1(b: &[u8]) -> Option<u32> {
+    let mut r = Reader(b);
+    let timestamp = walk(&mut r)?;
+    r.0.is_empty().then_some(timestamp)
+}
+
+/// Steps `r` over one row of [`LAYOUT`]'s columns; the first `UInt32` (`timestamp`).
+fn walk(r: &mut Reader<'_>) -> Option<u32> {
+    let mut timestamp = None;
+    for col in LAYOUT {
+        match col {
+            Col::Str => {
+                r.str_ref()?;
+            }
+            Col::U8 => {
+                r.u8()?;
+            }
+            Col::U32 => {
+                let v = r.u32()?;
+                timestamp.get_or_insert(v);
+            }
+            Col::I64 => {
+                r.take(8)?;
+            }
+            Col::Fixed16 => {
+                r.take(16)?;
+            }
+            Col::Strs => {
+                for _ in 0..r.count()? {
+                    r.str_ref()?;
+                }
+            }
+        }
+    }
+    timestamp
+}
+
+/// Decodes one row [`append_row_binary`] wrote (its `spool_token` included): for sinks that
+/// want rows rather than bytes (tests, fakes).
+pub fn decode_row_binary(row: &[u8]) -> Option<EventRow> {
+    // The token is the last column: it starts where the payload's columns end.
+    let mut r = Reader(row);
+    walk(&mut r)?;
+    let end = row.len() - r.0.len();
+    let spool_token = r.str()?;
+    if !r.0.is_empty() {
+        return None;
+    }
+    let mut tagged = Vec::with_capacity(end + 1);
+    tagged.push(TAG_V1);
+    tagged.extend_from_slice(&row[..end]);
+    let mut decoded = decode(&tagged)?;
+    decoded.spool_token = spool_token;
+    Some(decoded)
+}
 
 /// Appends the encoding of `row` to `out`.
 pub fn encode(row: &EventRow, out: &mut Vec<u8>) {
@@ -268,17 +444,24 @@ impl<'a> Reader<'a> {
         None
     }
 
-    fn str(&mut self) -> Option<String> {
+    fn str_ref(&mut self) -> Option<&'a str> {
         let n = self.len()?;
-        std::str::from_utf8(self.take(n)?).ok().map(str::to_owned)
+        std::str::from_utf8(self.take(n)?).ok()
+    }
+
+    fn str(&mut self) -> Option<String> {
+        self.str_ref().map(str::to_owned)
+    }
+
+    /// An array's element count: every string takes at least its one length byte, so a count
+    /// beyond what is left is damage.
+    fn count(&mut self) -> Option<usize> {
+        let n = self.len()?;
+        (n <= self.0.len()).then_some(n)
     }
 
     fn strs(&mut self) -> Option<Vec<String>> {
-        let n = self.len()?;
-        // Every string takes at least its one length byte: a count beyond what is left is damage.
-        if n > self.0.len() {
-            return None;
-        }
+        let n = self.count()?;
         (0..n).map(|_| self.str()).collect()
     }
 }
@@ -360,6 +543,56 @@ mod tests {
             decode(&with_token).map(|r| r.spool_token),
             Some(String::new())
         );
+    }
+
+    #[test]
+    fn layout_matches_the_encoder_and_the_row() {
+        use clickhouse::Row;
+        // The insert's columns are the row's, spool_token moved last.
+        let mut names: Vec<&str> = EventRow::COLUMN_NAMES
+            .iter()
+            .copied()
+            .filter(|c| *c != "spool_token")
+            .collect();
+        names.push("spool_token");
+        assert_eq!(names, INSERT_COLUMNS);
+        assert_eq!(LAYOUT.len() + 1, INSERT_COLUMNS.len());
+        // Every row the encoder writes walks to its end and comes back whole with its token.
+        for mut row in [full_row(), EventRow::default()] {
+            let mut payload = Vec::new();
+            encode(&row, &mut payload);
+            let mut out = vec![0xee];
+            assert_eq!(
+                append_row_binary(&payload, "tok-1", &mut out),
+                Some(row.timestamp)
+            );
+            assert_eq!(out[0], 0xee, "appended, not overwritten");
+            row.spool_token = "tok-1".into();
+            assert_eq!(decode_row_binary(&out[1..]), Some(row));
+        }
+    }
+
+    #[test]
+    fn row_binary_refuses_what_decode_refuses() {
+        let mut b = Vec::new();
+        encode(&full_row(), &mut b);
+        for n in 0..b.len() {
+            let mut out = Vec::new();
+            assert_eq!(append_row_binary(&b[..n], "t", &mut out), None, "{n}");
+            assert!(out.is_empty());
+        }
+        let mut bad = b.clone();
+        bad[2] = 0xff;
+        assert_eq!(append_row_binary(&bad, "t", &mut Vec::new()), None);
+        let mut longer = b.clone();
+        longer.push(0);
+        assert_eq!(append_row_binary(&longer, "t", &mut Vec::new()), None);
+        // A JSON row of an older spool comes out as the same bytes as its binary twin.
+        let json = serde_json::to_vec(&full_row()).unwrap();
+        let (mut from_json, mut from_v1) = (Vec::new(), Vec::new());
+        append_row_binary(&json, "t", &mut from_json).unwrap();
+        append_row_binary(&b, "t", &mut from_v1).unwrap();
+        assert_eq!(from_json, from_v1);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The ClickHouse sink: one `INSERT INTO events FORMAT RowBinary` per batch over HTTP (LZ4
-//! compressed), with the `clickhouse` crate. The writer thread owns the sink and its small
+//! The ClickHouse sink: one `INSERT INTO events (INSERT_COLUMNS) FORMAT RowBinary` per batch over
+//! HTTP (LZ4 compressed), with the `clickhouse` crate; the batch's bytes are the spool's payloads
+//! with the batch's token appended ([`RowBatch`]), sent in chunks of [`CHUNK`] bytes without
+//! being decoded into rows. The writer thread owns the sink and its small
 //! single-threaded tokio runtime to drive the client, so inserts never block the server's runtime.
 //!
 //! Cluster mode (`--clickhouse-cluster`): `events` is a Distributed table over Replicated
@@ -26,16 +28,28 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use veil_schemas::sql;
-use veil_schemas::sql::{has_setting, lit, Run, MV_DEDUP_SETTING};
+use veil_schemas::sql::{has_setting, idents, lit, Run, Sql, MV_DEDUP_SETTING};
 use veil_schemas::ClickHouseConfig;
 
-use super::Sink;
-use crate::pipeline::EventRow;
+use super::{RowBatch, Sink, INSERT_COLUMNS};
 use crate::Error;
 
 /// Table the collector writes to.
 pub const EVENTS_TABLE: &str = "events";
+
+/// How many bytes of a batch go into one compressed chunk of the request body.
+const CHUNK: usize = 256 * 1024;
+
+/// The writer's INSERT statement.
+fn insert_statement() -> Sql {
+    sql!(
+        "INSERT INTO {} ({}) FORMAT RowBinary",
+        EVENTS_TABLE,
+        idents(&INSERT_COLUMNS, ", ")
+    )
+}
 
 /// How long a failed insert must be absent from `system.processes` before its batch's rows
 /// are looked for.
@@ -150,29 +164,28 @@ impl ClickHouseSink {
 
     async fn insert(
         client: &clickhouse::Client,
-        rows: &[EventRow],
+        rows: &RowBatch,
         query_id: &str,
     ) -> Result<(), clickhouse::error::Error> {
         let mut insert = client
-            .insert::<EventRow>(EVENTS_TABLE)
-            .await?
+            .insert_sql(&insert_statement())
             .with_setting("query_id", query_id);
-        for r in rows {
-            insert.write(r).await?;
+        for chunk in rows.bytes().chunks(CHUNK) {
+            insert.send(Bytes::copy_from_slice(chunk)).await?;
         }
         insert.end().await
     }
 }
 
-/// The UTC day (`YYYYMMDD`, the partition) of a row.
-fn day(r: &EventRow) -> u32 {
-    chrono::DateTime::from_timestamp(i64::from(r.timestamp), 0)
+/// The UTC day (`YYYYMMDD`, the partition) of a timestamp.
+fn day(timestamp: u32) -> u32 {
+    chrono::DateTime::from_timestamp(i64::from(timestamp), 0)
         .map(|t| t.format("%Y%m%d").to_string().parse().unwrap_or(0))
         .unwrap_or(0)
 }
 
 impl Sink for ClickHouseSink {
-    fn write_missing(&mut self, token: &str, rows: &[EventRow]) -> Result<usize, Error> {
+    fn write_missing(&mut self, token: &str, rows: &RowBatch) -> Result<usize, Error> {
         if self.cluster {
             // Replicated insert-block deduplication drops what an earlier attempt wrote; the
             // per-day lookup below would be wrong here (a day may have reached one shard only).
@@ -182,9 +195,9 @@ impl Sink for ClickHouseSink {
         // A failed insert that is still running would land after the lookup below.
         self.settle()?;
         // An INSERT is atomic per partition (day): find the days this batch already reached.
-        let (lo, hi) = rows.iter().fold((u32::MAX, 0), |(lo, hi), r| {
-            (lo.min(r.timestamp), hi.max(r.timestamp))
-        });
+        let (lo, hi) = rows
+            .timestamps()
+            .fold((u32::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
         let client = self.client.clone();
         let q = sql!(
             "SELECT DISTINCT toUInt32(toYYYYMMDD(timestamp)) FROM events \
@@ -197,11 +210,7 @@ impl Sink for ClickHouseSink {
             .rt
             .block_on(async move { client.sql(&q).fetch_all().await })
             .map_err(|e| Error::Sink(e.to_string()))?;
-        let missing: Vec<EventRow> = rows
-            .iter()
-            .filter(|r| !present.contains(&day(r)))
-            .cloned()
-            .collect();
+        let missing = rows.filtered(|t| !present.contains(&day(t)));
         if missing.is_empty() {
             return Ok(0);
         }
@@ -209,7 +218,7 @@ impl Sink for ClickHouseSink {
         Ok(missing.len())
     }
 
-    fn write(&mut self, rows: &[EventRow]) -> Result<(), Error> {
+    fn write(&mut self, rows: &RowBatch) -> Result<(), Error> {
         self.check_views();
         self.inserts += 1;
         let query_id = format!("veil-insert-{}-{}", self.tag, self.inserts);
