@@ -16,8 +16,9 @@
 //!
 //! USER and PASSWORD are percent-encoded (`@` is `%40`). TLS is rustls with the `ring`
 //! provider; the server's certificate is always verified, for HOST, against the system's
-//! trusted roots (rustls-native-certs: Debian's `ca-certificates`, `SSL_CERT_FILE`,
-//! `SSL_CERT_DIR`) plus the PEM certificates of `--smtp-ca-file PATH` (a private relay's CA).
+//! trusted roots (rustls-native-certs: Debian's `ca-certificates` bundle, or `SSL_CERT_FILE` /
+//! `SSL_CERT_DIR` in its place when set) plus the PEM certificates of `--smtp-ca-file PATH` (a
+//! private relay's CA).
 //! [`tls_parameters`] reads both when the config is validated, before any socket is bound: an
 //! unreadable CA file, one without a certificate, or no root at all is an error at start.
 //! The password never leaves this module: messages and logs name the relay as
@@ -203,15 +204,25 @@ pub fn check_smtp_url(url: &str) -> Result<SmtpUrl, Error> {
 /// a CA file that cannot be read or holds no certificate, and a machine without any trusted
 /// root, are errors before anything is bound.
 pub fn tls_parameters(host: &str, ca_file: Option<&Path>) -> Result<TlsParameters, Error> {
+    tls_parameters_with(host, ca_file, rustls_native_certs::load_native_certs())
+}
+
+/// [`tls_parameters`] with the system's store as read (`native`).
+fn tls_parameters_with(
+    host: &str,
+    ca_file: Option<&Path>,
+    native: rustls_native_certs::CertificateResult,
+) -> Result<TlsParameters, Error> {
     // One certificate rustls cannot take as a root (a store has odd ones at times) is skipped
     // rather than failing the rest: lettre would refuse the whole list.
     let usable =
         |c: &CertificateDer<'static>| rustls::RootCertStore::empty().add(c.clone()).is_ok();
-    let mut roots: Vec<CertificateDer<'static>> = rustls_native_certs::load_native_certs()
-        .certs
-        .into_iter()
-        .filter(usable)
-        .collect();
+    let mut roots: Vec<CertificateDer<'static>> = native.certs.into_iter().filter(usable).collect();
+    let unread = native
+        .errors
+        .first()
+        .map(|e| format!(" ({} could not be read: {e})", native.errors.len()))
+        .unwrap_or_default();
     let system = roots.len();
     if let Some(path) = ca_file {
         let bad = |why: String| {
@@ -238,15 +249,16 @@ pub fn tls_parameters(host: &str, ca_file: Option<&Path>) -> Result<TlsParameter
         }
     }
     if roots.is_empty() {
-        return Err(Error::Config(
-            "--smtp-url asks for TLS, but this machine has no trusted root certificates \
-             (install ca-certificates, or set SSL_CERT_FILE) and no --smtp-ca-file was given"
-                .into(),
-        ));
+        return Err(Error::Config(format!(
+            "--smtp-url asks for TLS, but this machine has no trusted root certificates{unread} \
+             and no --smtp-ca-file was given: install ca-certificates, or point SSL_CERT_FILE \
+             at a PEM bundle"
+        )));
     }
     tracing::debug!(
         system,
         ca_file = roots.len() - system,
+        unread = %unread,
         "trusted roots for the mail server's certificate"
     );
     let mut b = TlsParameters::builder(host.to_string()).certificate_store(CertificateStore::None);
@@ -697,6 +709,27 @@ mod tests {
             );
         }
         assert!(!format!("{m:?}").contains("secret"));
+    }
+
+    #[test]
+    fn without_any_trusted_root_tls_is_a_config_error_unless_a_ca_file_gives_one() {
+        let none = rustls_native_certs::CertificateResult::default;
+        let Err(e) = tls_parameters_with("h", None, none()) else {
+            panic!("TLS without a root")
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("no trusted root certificates") && e.contains("ca-certificates"),
+            "{e}"
+        );
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = p.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, ca.pem()).unwrap();
+        assert!(tls_parameters_with("h", Some(&path), none()).is_ok());
     }
 
     #[test]

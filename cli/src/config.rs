@@ -751,6 +751,15 @@ mod tests {
             s.aggregator.smtp_url.as_deref(),
             Some("smtp://127.0.0.1:2525")
         );
+        // `veil check-config` shows the URL without its password.
+        let mut with_password = ok.to_vec();
+        with_password[2] = "smtp://veil:s3cret@127.0.0.1:2525";
+        let shown = serde_json::to_string(&parse(&with_password).unwrap()).unwrap();
+        assert!(
+            shown.contains("\"smtp_url\":\"smtp://veil:…@127.0.0.1:2525\"")
+                && !shown.contains("s3cret"),
+            "{shown}"
+        );
         for (bad, names) in [
             (vec!["up", "--smtp-url", "http://x"], "--smtp-url"),
             (vec!["up", "--smtp-url", "smtp://h"], "--smtp-from"),
