@@ -14,8 +14,9 @@
 //! (`?tls=required`, the server refusing MAIL before STARTTLS), both trusting the CA through
 //! `--smtp-ca-file`, authenticated with a password the URL percent-encodes; a relay whose
 //! certificate is signed by an unknown CA (smtps with another CA file, STARTTLS with the system
-//! roots only) or names another host gets nothing, not even the password, and the log line says
-//! why; the password is in no log line (every test's, down to DEBUG) and no answer.
+//! roots only) or names another host, and one without STARTTLS when it is required, gets
+//! nothing, not even the password, and the log line says why; the password is in no log line
+//! (every test's, down to DEBUG) and no answer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -1021,7 +1022,7 @@ async fn a_digest_goes_over_starttls_to_a_relay_of_the_ca_file() {
 }
 
 #[tokio::test]
-async fn a_relay_whose_certificate_is_not_trusted_gets_nothing_and_the_log_says_why() {
+async fn a_relay_not_trusted_or_without_starttls_gets_nothing_and_the_log_says_why() {
     let log = log();
     let ours = TestCa::new("Veil test CA (ours)");
     let theirs = TestCa::new("Veil test CA (not trusted)");
@@ -1029,7 +1030,7 @@ async fn a_relay_whose_certificate_is_not_trusted_gets_nothing_and_the_log_says_
     // smtps, told of another CA: the invitation is not e-mailed (the inviter still has the
     // link) and the log says the certificate was refused.
     let smtp = Smtpd::start_tls(Tls::Implicit, &theirs, Some(&ours));
-    let (a, _ch, _) = agg("mail_untrusted", &smtp, Utc::now()).await;
+    let (a, ch, _) = agg("mail_untrusted", &smtp, Utc::now()).await;
     let owner = set_up_owner(&a).await;
     let r = invite_ann(&a, &owner).await;
     assert_eq!(r.body["emailed"], false, "{}", r.text);
@@ -1052,7 +1053,7 @@ async fn a_relay_whose_certificate_is_not_trusted_gets_nothing_and_the_log_says_
     let smtp2 = Smtpd::start_tls(Tls::Starttls, &theirs, None);
     let cfg = config(&smtp2);
     cfg.validate().unwrap();
-    let a2 = Aggregator::with_registry(cfg, _ch.clone(), Arc::clone(a.registry()));
+    let a2 = Aggregator::with_registry(cfg, ch.clone(), Arc::clone(a.registry()));
     let path = format!("/api/v1/sites/{}/digest", common::SITE);
     let r = owner.call(&a2, "PUT", &path, None).await;
     assert_eq!(r.body["subscribed"], true, "{}", r.text);
@@ -1072,14 +1073,25 @@ async fn a_relay_whose_certificate_is_not_trusted_gets_nothing_and_the_log_says_
     // smtps to a relay whose certificate the CA file's CA signed, but for another host.
     let elsewhere = TestCa::for_names("Veil test CA (another host)", &["relay.example"]);
     let smtp3 = Smtpd::start_tls(Tls::Implicit, &elsewhere, Some(&elsewhere));
-    let a3 = Aggregator::with_registry(config(&smtp3), _ch.clone(), Arc::clone(a.registry()));
+    let a3 = Aggregator::with_registry(config(&smtp3), ch.clone(), Arc::clone(a.registry()));
     assert_eq!(invite_ann(&a3, &owner).await.body["emailed"], false);
     let line = log.line_with(&[&named(&smtp3), "certificate"]).await;
     assert!(line.contains("NotValidForName"), "{line}");
 
+    // ?tls=required to a relay that offers no STARTTLS: no fallback to plain text.
+    let mut smtp4 = Smtpd::start();
+    smtp4.url = format!(
+        "smtp://{SMTP_USER}:{SMTP_PASSWORD_IN_URL}@127.0.0.1:{}?tls=required",
+        smtp4.port
+    );
+    let a4 = Aggregator::with_registry(config(&smtp4), ch.clone(), Arc::clone(a.registry()));
+    assert_eq!(invite_ann(&a4, &owner).await.body["emailed"], false);
+    let line = log.line_with(&[&named(&smtp4), "could not e-mail"]).await;
+    assert!(line.contains("STARTTLS is not supported"), "{line}");
+
     // Nothing reached any of them (every send ended before its answer): no message, and no
     // password was offered.
-    for s in [&smtp, &smtp2, &smtp3] {
+    for s in [&smtp, &smtp2, &smtp3, &smtp4] {
         assert!(s.messages().is_empty());
         assert_eq!(s.auth_log(), "");
     }
