@@ -13,6 +13,9 @@ need_apt=()
 command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ] || need_apt+=(clickhouse-server clickhouse-client)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+# The system's trusted roots: --smtp-url's TLS verifies the relay's certificate against them
+# (aggregator/src/mail.rs; the e-mail tests also check a relay they do not vouch for is refused).
+[ -s /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 # GeoIP set-up (make up): npm for the databases, Python's venv for the ASN conversion.
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)

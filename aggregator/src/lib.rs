@@ -246,6 +246,17 @@ impl From<veil_schemas::Error> for Error {
     }
 }
 
+/// `--smtp-url` without its password ([`mail::redact`]), for `veil check-config`.
+fn serialize_redacted_url<S: serde::Serializer>(
+    url: &Option<String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_some(&mail::redact(u)),
+        None => s.serialize_none(),
+    }
+}
+
 /// Aggregator settings.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AggregatorConfig {
@@ -301,11 +312,15 @@ pub struct AggregatorConfig {
     /// The most rows one report query may answer ([`db::MAX_RESULT_ROWS`] by default; 0: no
     /// bound): a library setting (tests lower it), no flag.
     pub max_result_rows: u64,
-    /// The SMTP relay invitations and weekly digests are sent through (`--smtp-url`,
-    /// [`mail`]); none: nothing is e-mailed (invitation links are only shown to the inviter,
-    /// digests are not sent).
-    #[serde(skip_serializing)]
+    /// The SMTP relay invitations, digests and alerts are sent through (`--smtp-url`,
+    /// [`mail`]: `smtps://`, `smtp://…?tls=required` or plain `smtp://`); none: nothing is
+    /// e-mailed (invitation links are only shown to the inviter, digests are not sent).
+    /// Shown by `veil check-config` without its password.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub smtp_url: Option<String>,
+    /// PEM certificates trusted for the relay's TLS besides the system's roots
+    /// (`--smtp-ca-file`: a private relay's CA).
+    pub smtp_ca_file: Option<std::path::PathBuf>,
     /// The `From` of those e-mails (`--smtp-from`; required with `--smtp-url`).
     pub smtp_from: Option<String>,
     /// How often the e-mail scheduler looks for digests due and checks for traffic spikes
@@ -347,6 +362,7 @@ impl Default for AggregatorConfig {
             max_concurrent_queries: cost::DEFAULT_MAX_CONCURRENT_QUERIES,
             max_result_rows: db::MAX_RESULT_ROWS,
             smtp_url: None,
+            smtp_ca_file: None,
             smtp_from: None,
             mail_check_secs: 60,
         }
@@ -448,6 +464,13 @@ impl AggregatorConfig {
                     "--smtp-url needs --public-url (links in e-mails must be absolute)".into(),
                 );
             }
+            // The mailer as it will be made: reads the trusted roots and --smtp-ca-file now
+            // (no connection is made).
+            mail::SmtpMailer::new(u, from, self.smtp_ca_file.as_deref())?;
+        } else if self.smtp_ca_file.is_some() {
+            return bad(
+                "--smtp-ca-file is for --smtp-url's TLS, and no --smtp-url is given".into(),
+            );
         }
         if self.registry_refresh.is_zero() {
             return bad("the registry refresh interval must be above 0".into());
@@ -567,8 +590,13 @@ impl Aggregator {
         // validate() checked both flags; a mailer that still cannot be made sends nothing.
         let mailer = cfg.smtp_url.as_deref().and_then(|u| {
             let from = cfg.smtp_from.as_deref().unwrap_or_default();
-            match mail::SmtpMailer::new(u, from) {
-                Ok(m) => Some(Arc::new(m) as Arc<dyn mail::Mailer>),
+            match mail::SmtpMailer::new(u, from, cfg.smtp_ca_file.as_deref()) {
+                Ok(m) => {
+                    if let Some(w) = m.plain_warning() {
+                        tracing::warn!("{w}");
+                    }
+                    Some(Arc::new(m) as Arc<dyn mail::Mailer>)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "no e-mail: the SMTP settings do not work");
                     None

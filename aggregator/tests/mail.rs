@@ -8,6 +8,15 @@
 //! digest arrives on the 1st with the month's numbers; a traffic spike (current visitors at
 //! the person's threshold) is e-mailed once, with Realtime's numbers, and its link
 //! unsubscribes.
+//!
+//! TLS (aiosmtpd with Python's ssl, a CA and server certificate made by the test with rcgen,
+//! a login the server requires): an invitation goes over smtps:// and a digest over STARTTLS
+//! (`?tls=required`, the server refusing MAIL before STARTTLS), both trusting the CA through
+//! `--smtp-ca-file`, authenticated with a password the URL percent-encodes; a relay whose
+//! certificate is signed by an unknown CA (smtps with another CA file, STARTTLS with the system
+//! roots only) or names another host, and one without STARTTLS when it is required, gets
+//! nothing, not even the password, and the log line says why; the password is in no log line
+//! (every test's, down to DEBUG) and no answer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -37,6 +46,10 @@ struct Smtpd {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    /// `--smtp-url` for it.
+    url: String,
+    /// `--smtp-ca-file` for it (a TLS server whose CA the aggregator is told of).
+    ca_file: Option<PathBuf>,
 }
 
 impl Drop for Smtpd {
@@ -60,8 +73,98 @@ fn python() -> PathBuf {
     p
 }
 
+/// A CA made for one test, and a server certificate it signed for 127.0.0.1 and localhost
+/// (rcgen; ECDSA P-256), as PEM files in a directory of their own.
+struct TestCa {
+    dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Self {
+        Self::for_names(name, &["127.0.0.1", "localhost"])
+    }
+
+    /// The same with a server certificate for `names` (IP addresses or DNS names).
+    fn for_names(name: &str, names: &[&str]) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = p.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, "relay of the test");
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+        Self { dir }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+/// The relay's login in the TLS tests: a password with characters a URL must encode.
+const SMTP_USER: &str = "veil";
+const SMTP_PASSWORD: &str = "p@ss/w0rd-9f2c7e41";
+const SMTP_PASSWORD_IN_URL: &str = "p%40ss%2Fw0rd-9f2c7e41";
+
+/// How a TLS test server speaks.
+#[derive(Clone, Copy)]
+enum Tls {
+    /// smtps: TLS from the first byte.
+    Implicit,
+    /// STARTTLS, required before MAIL.
+    Starttls,
+}
+
 impl Smtpd {
     fn start() -> Self {
+        let mut s = Self::launch(&[]);
+        s.url = format!("smtp://127.0.0.1:{}", s.port);
+        s
+    }
+
+    /// A TLS server presenting `ca`'s server certificate and taking only SMTP_USER with
+    /// SMTP_PASSWORD; the aggregator is given `trust` as --smtp-ca-file.
+    fn start_tls(tls: Tls, ca: &TestCa, trust: Option<&TestCa>) -> Self {
+        let d = ca.dir.path();
+        let mode = match tls {
+            Tls::Implicit => "implicit",
+            Tls::Starttls => "starttls",
+        };
+        let mut s = Self::launch(&[
+            "--tls".into(),
+            mode.into(),
+            "--cert".into(),
+            d.join("server.pem").display().to_string(),
+            "--key".into(),
+            d.join("server.key").display().to_string(),
+            "--login".into(),
+            format!("{SMTP_USER}:{SMTP_PASSWORD}"),
+        ]);
+        s.url = match tls {
+            Tls::Implicit => format!(
+                "smtps://{SMTP_USER}:{SMTP_PASSWORD_IN_URL}@127.0.0.1:{}",
+                s.port
+            ),
+            Tls::Starttls => format!(
+                "smtp://{SMTP_USER}:{SMTP_PASSWORD_IN_URL}@127.0.0.1:{}?tls=required",
+                s.port
+            ),
+        };
+        s.ca_file = trust.map(TestCa::ca);
+        s
+    }
+
+    fn launch(extra: &[String]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -73,6 +176,7 @@ impl Smtpd {
             .arg(script)
             .arg(port.to_string())
             .arg(dir.path())
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -83,11 +187,22 @@ impl Smtpd {
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line.trim(), "ready", "aiosmtpd did not start");
-        Self { child, port, dir }
+        Self {
+            child,
+            port,
+            dir,
+            url: String::new(),
+            ca_file: None,
+        }
     }
 
     fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
+        self.url.clone()
+    }
+
+    /// The server's AUTH attempts ("USER ok" / "USER refused" lines).
+    fn auth_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("auth.log")).unwrap_or_default()
     }
 
     /// The messages delivered so far, in order.
@@ -142,6 +257,7 @@ fn config(smtp: &Smtpd) -> AggregatorConfig {
         privacy: veil_aggregator::privacy::Settings::exact(),
         public_url: Some(PUBLIC.into()),
         smtp_url: Some(smtp.url()),
+        smtp_ca_file: smtp.ca_file.clone(),
         smtp_from: Some("Veil <veil@example.com>".into()),
         ..Default::default()
     }
@@ -752,4 +868,233 @@ async fn an_emails_unsubscribe_link_works_the_moment_the_email_exists() {
         found.iter().all(|(_, ok)| *ok),
         "links that opened nothing: {found:?}"
     );
+}
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+    fn make_writer(&'a self) -> Log {
+        self.clone()
+    }
+}
+
+impl Log {
+    /// Everything logged so far by this test process (every test's lines, down to DEBUG).
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Waits (up to 30 s) for a line holding every one of `words`; returns it.
+    async fn line_with(&self, words: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(l) = self
+                .text()
+                .lines()
+                .find(|l| words.iter().all(|w| l.contains(w)))
+            {
+                return l.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {words:?} in:\n{}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Asserts that the relay's password appears nowhere in the log, in either form.
+    fn assert_no_password(&self) {
+        let t = self.text();
+        for secret in [SMTP_PASSWORD, SMTP_PASSWORD_IN_URL, "9f2c7e41"] {
+            assert!(!t.contains(secret), "the password is in the log:\n{t}");
+        }
+    }
+}
+
+/// The log of this test process: one global subscriber at DEBUG (a thread's own default
+/// would miss events whose callsites other tests' threads registered first).
+fn log() -> Log {
+    static LOG: std::sync::OnceLock<Log> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Log::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        log
+    })
+    .clone()
+}
+
+/// Invites ann@example.com to the site as `owner`; the answer.
+async fn invite_ann(a: &Aggregator, owner: &Browser) -> Answer {
+    let r = owner
+        .call(
+            a,
+            "POST",
+            &format!("/api/v1/sites/{}/people", common::SITE),
+            Some(json!({"email": "ann@example.com", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    r
+}
+
+/// The relay's port as the aggregator's messages name it (`…@127.0.0.1:PORT`).
+fn named(smtp: &Smtpd) -> String {
+    format!("{SMTP_USER}:…@127.0.0.1:{}", smtp.port)
+}
+
+#[tokio::test]
+async fn an_invitation_goes_over_smtps_to_a_relay_of_the_ca_file_with_the_password() {
+    let log = log();
+    let ca = TestCa::new("Veil test CA (smtps)");
+    let smtp = Smtpd::start_tls(Tls::Implicit, &ca, Some(&ca));
+    let (a, _ch, _) = agg("mail_smtps", &smtp, Utc::now()).await;
+    let owner = set_up_owner(&a).await;
+    let r = invite_ann(&a, &owner).await;
+    assert_eq!(r.body["emailed"], true, "{}", r.text);
+
+    let mail = smtp.wait_for(1).await.remove(0);
+    assert_eq!(mail["rcpt_tos"], json!(["ann@example.com"]));
+    assert_eq!(mail["tls"], true, "{mail}");
+    // The relay took the login it was given (percent-decoded from the URL), over TLS.
+    assert_eq!(mail["login"], SMTP_USER);
+    assert_eq!(smtp.auth_log(), format!("{SMTP_USER} ok\n"));
+    let link = format!("{PUBLIC}{}", r.body["url"].as_str().unwrap());
+    assert!(part(&mail, "text/plain").contains(&link));
+    assert!(!r.text.contains(SMTP_PASSWORD) && !r.text.contains(SMTP_PASSWORD_IN_URL));
+    log.assert_no_password();
+}
+
+#[tokio::test]
+async fn a_digest_goes_over_starttls_to_a_relay_of_the_ca_file() {
+    let log = log();
+    let ca = TestCa::new("Veil test CA (starttls)");
+    let smtp = Smtpd::start_tls(Tls::Starttls, &ca, Some(&ca));
+    let (a, _ch, _) = agg("mail_starttls", &smtp, Utc::now()).await;
+    let owner = set_up_owner(&a).await;
+    let path = format!("/api/v1/sites/{}/digest", common::SITE);
+    let r = owner.call(&a, "PUT", &path, None).await;
+    assert_eq!(r.body["subscribed"], true, "{}", r.text);
+    let r = owner
+        .call(&a, "POST", &format!("{path}/send?period=week"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (&r.body["sent"], &r.body["failed"]),
+        (&json!(1), &json!(0)),
+        "{}",
+        r.text
+    );
+
+    let mail = smtp.wait_for(1).await.remove(0);
+    assert_eq!(mail["rcpt_tos"], json!([OWNER]));
+    // The server requires STARTTLS before MAIL and offers AUTH only after it: the message,
+    // and the password before it, went encrypted.
+    assert_eq!(mail["tls"], true, "{mail}");
+    assert_eq!(mail["login"], SMTP_USER);
+    assert_eq!(smtp.auth_log(), format!("{SMTP_USER} ok\n"));
+    let week = r.body["week"][0].as_str().unwrap().to_string();
+    assert!(
+        part(&mail, "text/plain").contains(&format!("Week {week}")),
+        "{mail}"
+    );
+    assert!(mail["headers"]["List-Unsubscribe"].as_str().is_some());
+    log.assert_no_password();
+}
+
+#[tokio::test]
+async fn a_relay_not_trusted_or_without_starttls_gets_nothing_and_the_log_says_why() {
+    let log = log();
+    let ours = TestCa::new("Veil test CA (ours)");
+    let theirs = TestCa::new("Veil test CA (not trusted)");
+
+    // smtps, told of another CA: the invitation is not e-mailed (the inviter still has the
+    // link) and the log says the certificate was refused.
+    let smtp = Smtpd::start_tls(Tls::Implicit, &theirs, Some(&ours));
+    let (a, ch, _) = agg("mail_untrusted", &smtp, Utc::now()).await;
+    let owner = set_up_owner(&a).await;
+    let r = invite_ann(&a, &owner).await;
+    assert_eq!(r.body["emailed"], false, "{}", r.text);
+    assert!(r.body["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("/invite#token="));
+    let line = log
+        .line_with(&["could not e-mail an invitation", &named(&smtp)])
+        .await;
+    assert!(
+        line.contains("refused the mail server's certificate")
+            && line.contains("UnknownIssuer")
+            && line.contains("--smtp-ca-file"),
+        "{line}"
+    );
+
+    // STARTTLS, with the system's roots only (no --smtp-ca-file): the digest is not sent, and
+    // counted as failed.
+    let smtp2 = Smtpd::start_tls(Tls::Starttls, &theirs, None);
+    let cfg = config(&smtp2);
+    cfg.validate().unwrap();
+    let a2 = Aggregator::with_registry(cfg, ch.clone(), Arc::clone(a.registry()));
+    let path = format!("/api/v1/sites/{}/digest", common::SITE);
+    let r = owner.call(&a2, "PUT", &path, None).await;
+    assert_eq!(r.body["subscribed"], true, "{}", r.text);
+    let r = owner
+        .call(&a2, "POST", &format!("{path}/send?period=week"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (&r.body["sent"], &r.body["failed"]),
+        (&json!(0), &json!(1)),
+        "{}",
+        r.text
+    );
+    let line = log.line_with(&[&named(&smtp2), "certificate"]).await;
+    assert!(line.contains("UnknownIssuer"), "{line}");
+
+    // smtps to a relay whose certificate the CA file's CA signed, but for another host.
+    let elsewhere = TestCa::for_names("Veil test CA (another host)", &["relay.example"]);
+    let smtp3 = Smtpd::start_tls(Tls::Implicit, &elsewhere, Some(&elsewhere));
+    let a3 = Aggregator::with_registry(config(&smtp3), ch.clone(), Arc::clone(a.registry()));
+    assert_eq!(invite_ann(&a3, &owner).await.body["emailed"], false);
+    let line = log.line_with(&[&named(&smtp3), "certificate"]).await;
+    assert!(line.contains("NotValidForName"), "{line}");
+
+    // ?tls=required to a relay that offers no STARTTLS: no fallback to plain text.
+    let mut smtp4 = Smtpd::start();
+    smtp4.url = format!(
+        "smtp://{SMTP_USER}:{SMTP_PASSWORD_IN_URL}@127.0.0.1:{}?tls=required",
+        smtp4.port
+    );
+    let a4 = Aggregator::with_registry(config(&smtp4), ch.clone(), Arc::clone(a.registry()));
+    assert_eq!(invite_ann(&a4, &owner).await.body["emailed"], false);
+    let line = log.line_with(&[&named(&smtp4), "could not e-mail"]).await;
+    assert!(line.contains("STARTTLS is not supported"), "{line}");
+
+    // Nothing reached any of them (every send ended before its answer): no message, and no
+    // password was offered.
+    for s in [&smtp, &smtp2, &smtp3, &smtp4] {
+        assert!(s.messages().is_empty());
+        assert_eq!(s.auth_log(), "");
+    }
+    assert!(!r.text.contains(SMTP_PASSWORD) && !r.text.contains(SMTP_PASSWORD_IN_URL));
+    log.assert_no_password();
 }

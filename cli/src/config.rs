@@ -430,11 +430,16 @@ layered! {
         /// `localhost` on a loopback --listen); any other Host gets 421 (DNS rebinding).
         #[arg(long, env = "VEIL_PUBLIC_URL", global = true)]
         pub public_url: Option<String>,
-        /// SMTP relay for e-mailed invitations and weekly digests, `smtp://[USER:PASSWORD@]HOST[:PORT]`
-        /// (plain SMTP, e.g. a local MTA on 127.0.0.1:25); needs --smtp-from and --public-url.
-        /// Unset: nothing is e-mailed.
+        /// SMTP relay for e-mailed invitations, digests and alerts:
+        /// `smtps://USER:PASSWORD@HOST[:465]` (TLS), `smtp://USER:PASSWORD@HOST[:587]?tls=required`
+        /// (STARTTLS), or `smtp://[USER:PASSWORD@]HOST[:25]` (plain SMTP, e.g. a local MTA on
+        /// 127.0.0.1); needs --smtp-from and --public-url. Unset: nothing is e-mailed.
         #[arg(long, env = "VEIL_SMTP_URL", global = true, hide_env_values = true)]
         pub smtp_url: Option<String>,
+        /// PEM file of CA certificates trusted for --smtp-url's TLS besides the system's roots
+        /// (a private relay's CA).
+        #[arg(long, env = "VEIL_SMTP_CA_FILE", global = true)]
+        pub smtp_ca_file: Option<PathBuf>,
         /// The From of those e-mails, e.g. `Veil <veil@example.com>`.
         #[arg(long, env = "VEIL_SMTP_FROM", global = true)]
         pub smtp_from: Option<String>,
@@ -661,6 +666,7 @@ impl Settings {
             site_aliases: collector.site_aliases.clone(),
             public_url: given.public_url.filter(|u| !u.is_empty()),
             smtp_url: given.smtp_url.filter(|u| !u.is_empty()),
+            smtp_ca_file: given.smtp_ca_file.filter(|p| !p.as_os_str().is_empty()),
             smtp_from: given.smtp_from.filter(|u| !u.is_empty()),
             mail_check_secs: given.mail_check_secs.unwrap_or(60),
             api_token: api_token.clone(),
@@ -745,6 +751,15 @@ mod tests {
             s.aggregator.smtp_url.as_deref(),
             Some("smtp://127.0.0.1:2525")
         );
+        // `veil check-config` shows the URL without its password.
+        let mut with_password = ok.to_vec();
+        with_password[2] = "smtp://veil:s3cret@127.0.0.1:2525";
+        let shown = serde_json::to_string(&parse(&with_password).unwrap()).unwrap();
+        assert!(
+            shown.contains("\"smtp_url\":\"smtp://veil:…@127.0.0.1:2525\"")
+                && !shown.contains("s3cret"),
+            "{shown}"
+        );
         for (bad, names) in [
             (vec!["up", "--smtp-url", "http://x"], "--smtp-url"),
             (vec!["up", "--smtp-url", "smtp://h"], "--smtp-from"),
@@ -755,6 +770,24 @@ mod tests {
             (
                 vec!["up", "--smtp-url", "smtp://h", "--smtp-from", "a@b.c"],
                 "--public-url",
+            ),
+            (
+                vec![
+                    "up",
+                    "--smtp-url",
+                    "smtps://u:secret@h",
+                    "--smtp-from",
+                    "a@b.c",
+                    "--public-url",
+                    "https://veil.example",
+                    "--smtp-ca-file",
+                    "/nonexistent/ca.pem",
+                ],
+                "--smtp-ca-file /nonexistent/ca.pem: cannot be read",
+            ),
+            (
+                vec!["up", "--smtp-ca-file", "/nonexistent/ca.pem"],
+                "no --smtp-url",
             ),
         ] {
             let e = parse(&bad).unwrap_err().to_string();

@@ -1,6 +1,7 @@
 """A real SMTP server for the e-mail tests (aggregator/tests/mail.rs).
 
-    python server.py PORT DIR
+    python server.py PORT DIR [--tls implicit|starttls --cert CERT.pem --key KEY.pem]
+                              [--login USER:PASSWORD]
 
 Listens on 127.0.0.1:PORT with aiosmtpd and prints "ready" once it answers. Each message
 delivered is parsed with Python's own `email` package (an independent MIME parser) and written
@@ -8,18 +9,28 @@ to DIR as NNNN.json (written aside, then renamed: a reader never sees half a fil
 NNNN.eml beside it (the raw bytes):
 
     {"mail_from", "rcpt_tos": [...], "content_type": "multipart/alternative",
-     "headers": {"Subject": decoded, ...}, "parts": [{"type": "text/plain", "body": decoded}, ...]}
+     "headers": {"Subject": decoded, ...}, "parts": [{"type": "text/plain", "body": decoded}, ...],
+     "tls": true when the message came over TLS, "login": the user who authenticated or null}
+
+`--tls implicit`: TLS from the first byte (smtps, Python's ssl with CERT and KEY); `--tls
+starttls`: plain until STARTTLS, which is required before MAIL (aiosmtpd's require_starttls).
+`--login USER:PASSWORD`: AUTH PLAIN/LOGIN is required, offered only over TLS, and only that
+pair is taken; each attempt is appended to DIR/auth.log as "USER ok" or "USER refused".
 
 Runs until killed.
 """
+import argparse
 import email
 import email.policy
 import json
+import logging
 import os
-import sys
+import ssl
 import threading
+import warnings
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Sink:
@@ -42,6 +53,10 @@ class Sink:
             "content_type": msg.get_content_type(),
             "headers": {k: str(v) for k, v in msg.items()},
             "parts": parts,
+            "tls": server.transport.get_extra_info("ssl_object") is not None,
+            "login": session.auth_data.login.decode()
+            if isinstance(session.auth_data, LoginPassword)
+            else None,
         }
         with self.lock:
             self.n += 1
@@ -55,10 +70,60 @@ class Sink:
         return "250 Message accepted for delivery"
 
 
+class Login:
+    """Takes one USER:PASSWORD and writes every attempt to DIR/auth.log."""
+
+    def __init__(self, out, pair):
+        self.path = os.path.join(out, "auth.log")
+        user, _, password = pair.partition(":")
+        self.user, self.password = user.encode(), password.encode()
+        self.lock = threading.Lock()
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == self.user
+            and auth_data.password == self.password
+        )
+        login = auth_data.login.decode() if isinstance(auth_data, LoginPassword) else "?"
+        with self.lock, open(self.path, "a") as f:
+            f.write(f"{login} {'ok' if ok else 'refused'}\n")
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+
 def main():
-    port, out = int(sys.argv[1]), sys.argv[2]
-    os.makedirs(out, exist_ok=True)
-    c = Controller(Sink(out), hostname="127.0.0.1", port=port)
+    a = argparse.ArgumentParser()
+    a.add_argument("port", type=int)
+    a.add_argument("out")
+    a.add_argument("--tls", choices=["implicit", "starttls"])
+    a.add_argument("--cert")
+    a.add_argument("--key")
+    a.add_argument("--login")
+    args = a.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    kw = {}
+    if args.tls:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(args.cert, args.key)
+        if args.tls == "implicit":
+            # The whole connection is TLS, which aiosmtpd's auth_require_tls does not see
+            # (it means STARTTLS): AUTH is offered from the start, and its warning about
+            # that is beside the point here.
+            kw.update(ssl_context=ctx, auth_require_tls=False)
+            warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+            logging.getLogger("mail.log").addFilter(
+                lambda r: "auth_require_tls == False" not in r.getMessage()
+            )
+        else:
+            kw.update(tls_context=ctx, require_starttls=True, auth_require_tls=True)
+    if args.login:
+        kw.update(authenticator=Login(args.out, args.login), auth_required=True)
+        # aiosmtpd itself still sets the deprecated Session.login_data on each login, and
+        # logs that it is deprecated.
+        logging.getLogger("mail.log").addFilter(
+            lambda r: "login_data is deprecated" not in r.getMessage()
+        )
+    c = Controller(Sink(args.out), hostname="127.0.0.1", port=args.port, **kw)
     c.start()
     print("ready", flush=True)
     threading.Event().wait()
