@@ -1,5 +1,6 @@
 // Veil dashboard: a client of Veil's HTTP API only — POST /api/v2/query (+ .csv), POST
-// /api/v2/funnel, GET /api/v1/sites/{domain}/realtime, /filtered-traffic and /export, and the
+// /api/v2/funnel, GET /api/v1/sites/{domain}/realtime?only=visitors_5m (current visitors),
+// /filtered-traffic and /export, and the
 // admin API under /api/v1/sites. No number is computed here: every figure on screen is a value the API sent.
 // Under differential privacy (every answer's meta.privacy, mode "dp") each is written "≈ N" with
 // the ± of its 95 % interval; the footer shows the credential's privacy budget for the day, or,
@@ -1496,11 +1497,13 @@
     const n = h("span", { class: "n", id: "current-n", "data-metric": "visitors" });
     putNumber(n, "visitors", d.visitors_5m, priv);
     const v = d.visitors_5m;
-    const words = v === null || v === undefined ? " current visitors (fewer than k: hidden)" : Number(v) === 1 ? " current visitor" : " current visitors";
+    // A child-directed site keeps no visitor ids: its number is events.
+    const what = isChild() ? [" event in the last 5 minutes", " events in the last 5 minutes"] : [" current visitor", " current visitors"];
+    const words = v === null || v === undefined ? what[1] + " (fewer than k: hidden)" : what[Number(v) === 1 ? 0 : 1];
     el.replaceChildren(h("span", { class: "dot", "aria-hidden": "true" }), n, h("span", { text: words }));
     el.dataset.value = n.dataset.value;
     el.dataset.site = S.site;
-    el.title = "Visitors in the last 5 whole minutes (" + (isDp(priv) ? "differential privacy: " + n.title : n.title || "exact") + ")";
+    el.title = (isChild() ? "Events" : "Visitors") + " in the last 5 whole minutes (" + (isDp(priv) ? "differential privacy: " + n.title : n.title || "exact") + ")";
     el.hidden = false;
   }
   async function askCurrent(gen) {
