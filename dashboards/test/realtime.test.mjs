@@ -119,3 +119,43 @@ test("current visitors show at the top of the web view too (exact mode: asked, n
   assert.deepEqual(page.problems, []);
   await page.close_all();
 });
+
+test("dp: Realtime refreshes for free within a five-minute window and pauses once less than half of the day's budget is left", async () => {
+  // A Veil of its own under differential privacy with ε 6 a day, 0.5 a question: the Realtime
+  // view's first screen asks 7 (3.5), leaving less than half.
+  const small = await startVeil({ args: ["--epsilon-day", "6", "--epsilon-query", "0.5"] });
+  try {
+    // Not near a five-minute mark: the questions below must all fall in one realtime window.
+    await waitFor(() => Date.now() % (5 * MIN), (ms) => ms > 2_000 && ms < 4 * MIN, { ms: 80_000, every: 250, what: "no quiet moment" });
+    const page = await open(chrome);
+    const asked = [];
+    page.on("request", (r) => {
+      const u = new URL(r.url());
+      if (u.pathname.startsWith("/api/v2/query") || u.pathname.endsWith("/realtime")) asked.push(u.pathname + u.search);
+    });
+    await page.goto(`${small.url}/site/${SITE}?view=realtime&refresh=2`);
+    await page.waitForFunction(() => /^Refresh paused: less than half of today's privacy budget is left/.test(document.querySelector("#rt-updated").textContent),
+      null, { timeout: 30_000 });
+    const state = () => page.evaluate(() => ({
+      ticks: Number(document.querySelector("#rt-updated").dataset.ticks), refreshes: Number(document.querySelector("#rt-updated").dataset.refreshes || 0),
+      spent: document.querySelector("#privacy-note").dataset.spent, again: !document.querySelector("#rt-again").hidden,
+    }));
+    const paused = await state();
+    assert.equal(paused.spent, "3.5", JSON.stringify(paused));
+    assert.ok(paused.again, "a Refresh now button");
+    assert.equal(asked.length, 7, JSON.stringify(asked));
+    // Three more turns of the timer ask nothing.
+    await waitFor(state, (s) => s.ticks >= paused.ticks + 3, { ms: 20_000, what: (s) => "the timer stopped: " + JSON.stringify(s) });
+    assert.equal(asked.length, 7, JSON.stringify(asked));
+    // By hand: the same questions of the same window again, answered for free.
+    await page.click("#rt-again");
+    const after = await waitFor(state, (s) => s.refreshes > paused.refreshes, { ms: 20_000, what: (s) => "Refresh now did nothing: " + JSON.stringify(s) });
+    assert.equal(asked.length, 14, JSON.stringify(asked));
+    assert.equal(after.spent, "3.5", JSON.stringify(after));
+    assert.equal(await page.$$eval("#rt-chart-data tbody tr", (trs) => trs.length), 30);
+    assert.deepEqual(page.problems, []);
+    await page.close_all();
+  } finally {
+    await small.stop();
+  }
+});

@@ -1651,9 +1651,10 @@
     for (const def of child ? childPanels(defs) : defs) grid.append(panel(def, st, gen));
     box.append(grid);
     body.append(box);
-    let count = 0, first = true;
+    let count = 0, ticks = 0, first = true;
     async function tick(byHand = false) {
       if (gen !== S.generation) return;
+      updated.dataset.ticks = String(++ticks); // every turn of the timer, asking or not
       if (!byHand && !first) {
         // A hidden tab does not ask; under differential privacy neither does a refresh once
         // less than half of the day's budget is left.
