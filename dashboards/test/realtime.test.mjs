@@ -134,7 +134,7 @@ test("dp: Realtime refreshes for free within a five-minute window and pauses onc
       if (u.pathname.startsWith("/api/v2/query") || u.pathname.endsWith("/realtime")) asked.push(u.pathname + u.search);
     });
     await page.goto(`${small.url}/site/${SITE}?view=realtime&refresh=2`);
-    await page.waitForFunction(() => /^Refresh paused: less than half of today's privacy budget is left/.test(document.querySelector("#rt-updated").textContent),
+    await page.waitForFunction(() => /^Refresh paused: less than half of today's privacy budget is left/.test(document.querySelector("#rt-updated")?.textContent || ""),
       null, { timeout: 30_000 });
     const state = () => page.evaluate(() => ({
       ticks: Number(document.querySelector("#rt-updated").dataset.ticks), refreshes: Number(document.querySelector("#rt-updated").dataset.refreshes || 0),
