@@ -7,8 +7,11 @@
 //!   "conversion_rate_step", "dropoff"}], "meta"}`: visits that completed the goals in order;
 //!   filters go through the Stats API's differencing guard (`meta.too_few_visitors`);
 //! - `GET /api/v1/sites/{domain}/realtime` → `{"visitors_5m", "pageviews_30m", "top_pages":
-//!   [{"page", "visitors"}], "min_visitors"}` from raw events, in windows ending at the start
-//!   of the current minute;
+//!   [{"page", "visitors"}], "min_visitors", "privacy": [3]}` from raw events, in windows ending
+//!   at the start of the current minute (under differential privacy: at the last five-minute
+//!   mark, [`stats::realtime_step`]); `?only=visitors_5m` → `{"visitors_5m", "min_visitors",
+//!   "privacy": [1], "window": [start, end]}`, the current visitors alone (the dashboard's
+//!   "N current visitors", one question: a whole release's ε when it is a new one);
 //! - `GET /api/v1/sites/{domain}/export?date_range=30d` → a zip of CSV reports (one per
 //!   dashboard panel, like Plausible's export), run one after another; it counts as the
 //!   reports it runs against the credential's rate limit;
@@ -184,8 +187,23 @@ pub async fn route(
                         }
                         let site = readable(agg, access, domain)?;
                         let now = agg.now();
-                        let doc =
-                            realtime(agg.client(), &site, now, agg.shared_for(access, now)).await?;
+                        let params = crate::v1::params(req.uri().query());
+                        let shared = agg.shared_for(access, now);
+                        let doc = match params
+                            .iter()
+                            .find(|(k, _)| k == "only")
+                            .map(|(_, v)| v.as_str())
+                        {
+                            None => realtime(agg.client(), &site, now, shared).await?,
+                            Some("visitors_5m") => {
+                                current_visitors(agg.client(), &site, now, shared).await?
+                            }
+                            Some(other) => {
+                                return Err(bad(format!(
+                                    "`only`: {other:?} is not visitors_5m (leave it out for the whole realtime report)"
+                                )))
+                            }
+                        };
                         Ok(json_response(StatusCode::OK, &doc))
                     }
                     .await,
@@ -407,6 +425,40 @@ fn safe_name(s: &str) -> String {
         })
         .take(100)
         .collect()
+}
+
+/// Current visitors: the visitors (events, for a child-directed site) of the 5 minutes before
+/// the start of `now`'s minute (under differential privacy: before the last five-minute mark,
+/// [`stats::realtime_step`]), as Plausible's "current visitors". One question, a whole
+/// release's ε when it is a new one.
+pub async fn current_visitors(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    now: DateTime<Utc>,
+    shared: stats::Shared<'_>,
+) -> Result<Value, Error> {
+    let metric = if site.child_directed {
+        "events"
+    } else {
+        "visitors"
+    };
+    let body = json!({"site_id": site.domain, "metrics": [metric], "date_range": "realtime"});
+    let mut q = query::parse(body.to_string().as_bytes(), site, now)?;
+    q.start = q.end - chrono::Duration::minutes(5);
+    stats::realtime_step(&mut q, shared);
+    let doc = stats::run_query(client, site, &q, shared).await?;
+    Ok(json!({
+        "visitors_5m": doc["results"][0]["metrics"][0],
+        "min_visitors": site.min_visitors,
+        "privacy": [doc["meta"]["privacy"]],
+        "window": [utc_text(q.start), utc_text(q.end)],
+    }))
+}
+
+/// An instant as RFC 3339 in UTC (`2026-12-04T23:05:00Z`).
+fn utc_text(t: chrono::NaiveDateTime) -> String {
+    t.and_utc()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// Realtime: visitors in the last 5 minutes before `now`, pageviews and top pages of the last

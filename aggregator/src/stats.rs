@@ -9,7 +9,8 @@
 //!   rows; that row is shown only when it reaches k itself (additive metrics are summed,
 //!   rates are `null`), and `meta.folded_rows` is N only then (else 0: how many small rows
 //!   exist is itself a fact about them);
-//! - a time bucket (or a total) under k has its metrics replaced by `null`; a row of a time
+//! - a time bucket (or a total) of 1 to k−1 visitors has its metrics replaced by `null` (one of
+//!   nobody shows its zeros: it describes no one); a row of a time
 //!   series broken down by another dimension too (`["time:hour", "visit:country"]`) is not
 //!   folded, and under k it is dropped, label and all (its label alone would say "someone from
 //!   Iceland at 03:00");
@@ -188,7 +189,9 @@ async fn report(
             }
             let k = number(&cells[nd + nm]).unwrap_or(0.0);
             let mut metrics: Vec<Option<f64>> = cells[nd..nd + nm].iter().map(number).collect();
-            if k < kmin as f64 {
+            // A total or time bucket of nobody (k = 0) describes no one: its zeros show. Only
+            // one of 1..k visitors is hidden.
+            if k < kmin as f64 && (labelled || k > 0.0) {
                 suppressed = true;
                 if labelled {
                     continue;
@@ -492,6 +495,7 @@ pub async fn run(
     shared: Shared<'_>,
 ) -> Result<(Query, Value), Error> {
     let mut q = query::parse(body, site, now)?;
+    realtime_step(&mut q, shared);
     if all_time(body) {
         since_first_day(client, site, &mut q).await?;
     }
@@ -504,6 +508,24 @@ pub async fn run(
     }
     Ok((q, doc))
 }
+
+/// Under differential privacy a realtime window (`q.realtime`, or a window derived from it)
+/// ends at the last mark of [`DP_REALTIME_STEP_SECS`] instead of the last whole minute, and
+/// starts as much earlier: a dashboard refreshing every 30 s asks the same question again
+/// until the next mark (same noise, no budget spent), so it spends once per mark, not twice a
+/// minute. Exact mode keeps the minute (nothing to spend).
+pub fn realtime_step(q: &mut Query, shared: Shared<'_>) {
+    if !q.realtime || !shared.asker.is_some_and(|a| a.privacy.dp()) {
+        return;
+    }
+    let secs = q.end.and_utc().timestamp();
+    let back = chrono::Duration::seconds(secs.rem_euclid(DP_REALTIME_STEP_SECS));
+    q.end -= back;
+    q.start -= back;
+}
+
+/// The step of realtime windows under differential privacy ([`realtime_step`]): five minutes.
+pub const DP_REALTIME_STEP_SECS: i64 = 300;
 
 /// The query as answered, normalised the way Plausible echoes it: posting it back asks the
 /// same question (filters are added by [`run`], which has the request's own).

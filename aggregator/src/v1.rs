@@ -236,6 +236,7 @@ pub async fn answer(
                 json!({"site_id": site.domain, "metrics": [metric], "date_range": "realtime"});
             let mut q = query::parse(body.to_string().as_bytes(), site, now)?;
             q.start = q.end - Duration::minutes(5);
+            stats::realtime_step(&mut q, shared);
             let doc = stats::run_query(client, site, &q, shared).await?;
             Ok(json!(
                 doc["results"][0]["metrics"][0].as_f64().unwrap_or(0.0) as u64

@@ -763,3 +763,75 @@ async fn a_sites_first_questions_asked_at_once_share_one_noise_key() {
         );
     }
 }
+
+#[tokio::test]
+async fn realtime_under_dp_ends_at_a_five_minute_mark_so_a_refresh_is_free_until_the_next() {
+    let ch = veil_schemas::testing::fresh_database("dp_realtime_minutes").await;
+    let a = Aggregator::new(config(Settings::default()), ch.clone());
+    a.registry().refresh().await.unwrap();
+    let key = site_key(&a).await;
+    let by_minute = json!({"site_id": SITE, "metrics": ["visitors", "pageviews"], "date_range": "realtime",
+        "dimensions": ["time:minute"], "include": {"time_labels": true}});
+    let window = || chrono::Utc::now().timestamp() / 300;
+    // (Asked again until both answers fall in one five-minute window.)
+    for _ in 0..3 {
+        let before = window();
+        let (s, first) = ask(&a, &key, by_minute.clone()).await;
+        assert_eq!(s, 200, "{first}");
+        let (_, again) = ask(&a, &key, by_minute.clone()).await;
+        let (s, _, cur) = call(
+            &a,
+            "GET",
+            &format!("/api/v1/sites/{SITE}/realtime?only=visitors_5m"),
+            &key,
+            None,
+        )
+        .await;
+        assert_eq!(s, 200);
+        let cur: Value = serde_json::from_slice(&cur).unwrap();
+        let (_, _, cur2) = call(
+            &a,
+            "GET",
+            &format!("/api/v1/sites/{SITE}/realtime?only=visitors_5m"),
+            &key,
+            None,
+        )
+        .await;
+        let cur2: Value = serde_json::from_slice(&cur2).unwrap();
+        if window() != before {
+            continue;
+        }
+        // Thirty minutes, every one a (noisy) number, the last ending at the mark.
+        let labels = first["meta"]["time_labels"].as_array().unwrap();
+        assert_eq!(labels.len(), 30, "{first}");
+        let last = labels[29].as_str().unwrap();
+        let minute: u32 = last[14..16].parse().unwrap();
+        assert_eq!(minute % 5, 4, "{first}");
+        assert_eq!(first["results"].as_array().unwrap().len(), 30, "{first}");
+        assert_eq!(first["meta"]["privacy"]["epsilon"], 0.5, "{first}");
+        assert_eq!(again["meta"]["privacy"]["repeated"], true, "{again}");
+        assert_eq!(again["meta"]["privacy"]["epsilon"], 0.0, "{again}");
+        assert_eq!(again["results"], first["results"]);
+        // Current visitors: one whole release, then free until the next mark.
+        assert_eq!(cur["privacy"][0]["mode"], "dp", "{cur}");
+        assert_eq!(cur["privacy"][0]["epsilon"], 0.5, "{cur}");
+        assert!(cur["visitors_5m"].is_number(), "{cur}");
+        let end = chrono::DateTime::parse_from_rfc3339(cur["window"][1].as_str().unwrap()).unwrap();
+        assert_eq!(end.timestamp() % 300, 0, "{cur}");
+        assert_eq!(cur2["privacy"][0]["repeated"], true, "{cur2}");
+        assert_eq!(cur2["visitors_5m"], cur["visitors_5m"], "{cur2}");
+        // An unknown `only` is a 400 naming it.
+        let (s, _, b) = call(
+            &a,
+            "GET",
+            &format!("/api/v1/sites/{SITE}/realtime?only=pages"),
+            &key,
+            None,
+        )
+        .await;
+        assert_eq!(s, 400);
+        assert!(String::from_utf8_lossy(&b).contains("`only`"));
+        return;
+    }
+    panic!("three tries each crossed a five-minute mark");
+}

@@ -611,7 +611,7 @@ test("the realtime view refreshes by itself after a new event", async () => {
   const api5m = await waitFor(async () => (await api(veil, `/api/v1/sites/${SITE}/realtime`)).visitors_5m,
     (v) => v !== null && str(v) !== before, { ms: 90_000, every: 300, what: "the API never saw the new visitors" });
   await page.waitForFunction((v) => document.querySelector("#rt-visitors").dataset.value === v, str(api5m), { timeout: 10_000 });
-  await page.waitForSelector('#rt-pages th[data-raw="/live"]');
+  await page.waitForSelector('#panel-pages th[data-raw="/live"]');
   await screenshot(page, "realtime");
   noProblems(page);
   await page.close_all();

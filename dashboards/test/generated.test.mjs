@@ -252,7 +252,7 @@ test("the demo app: the App view shows its versions, OS, devices, install source
   await page.goto(`${veil.url}/site/${APP}?view=realtime`);
   const rt = await waitFor(() => page.evaluate(() => ({
     visitors: document.querySelector("#rt-visitors")?.dataset.value,
-    pages: [...document.querySelectorAll("#rt-pages tbody th")].map((th) => th.dataset.raw).filter(Boolean),
+    pages: [...document.querySelectorAll("#panel-pages tbody th")].map((th) => th.dataset.raw).filter(Boolean),
     updated: document.querySelector("#rt-updated")?.textContent || "",
   })), (v) => v.visitors !== undefined && v.updated !== "", { ms: 20_000, what: "realtime did not answer" });
   const live = await api(veil, `/api/v1/sites/${APP}/realtime`);

@@ -312,6 +312,9 @@ test("dp: a site key and a shared link spend budgets of their own; a click filte
   assert.equal(foot.spent, String(stats.meta.privacy.budget.spent));
   assert.ok(Number(foot.spent) >= 5, foot.text);
   assert.equal(adminAfter, adminBefore, "the key's questions were not charged to the admin token");
+  // Outside Realtime the current visitors are a link to it, not a question spending budget.
+  await page.waitForSelector("#current #current-link");
+  assert.equal(await page.$eval("#current", (e) => e.dataset.value), undefined);
 
   // A click on a source filters every panel; the numbers stay approximate and are the API's.
   await page.click('#panel-sources button.row:text-is("Google")');
@@ -380,11 +383,15 @@ test("dp: a site key and a shared link spend budgets of their own; a click filte
   await page.goto(`${veil.url}/site/${DEMO}?view=realtime&refresh=2`);
   await page.waitForSelector("#rt-visitors[data-value]");
   const rt = await waitFor(async () => {
-    const d = await api(veil, `/api/v1/sites/${DEMO}/realtime`, { token: key });
+    const d = await api(veil, `/api/v1/sites/${DEMO}/realtime?only=visitors_5m`, { token: key });
     const shown = await page.$eval("#rt-visitors", (e) => ({ value: e.dataset.value, title: e.title }));
     return { d, shown };
   }, ({ d, shown }) => shown.value === str(d.visitors_5m), { ms: 20_000, every: 300, what: "realtime never showed the API's number" });
-  assert.equal(rt.d.privacy.length, 3);
+  assert.equal(rt.d.privacy.length, 1);
+  // The per-minute chart: 30 noisy minutes (noisy zeros included), each "≈ N ± I".
+  await page.waitForFunction(() => document.querySelectorAll("#rt-chart-data tbody td[data-metric=visitors]").length === 30);
+  const minutes = await page.$$eval("#rt-chart-data tbody td[data-metric=visitors]", (tds) => tds.map((td) => [td.classList.contains("approx"), td.dataset.ci]));
+  assert.ok(minutes.every(([approx, ci]) => approx && Number(ci) > 0), JSON.stringify(minutes));
   if (rt.d.visitors_5m !== null) {
     assert.equal(rt.shown.title, `≈ ${nf.format(rt.d.visitors_5m)} ± ${nf.format(rt.d.privacy[0].interval95.visitors)} (95 % interval, differential privacy)`);
   }
@@ -488,8 +495,9 @@ test("a small budget (--epsilon-day 2): later panels show the API's budget-spent
     // Realtime (new questions: the budget is spent) shows the message and stops refreshing.
     const realtime = async () => {
       await page.goto(`${small.url}/site/${SITE}?view=realtime&refresh=2`);
-      await page.waitForSelector("#rt-pages [data-budget=spent]");
-      return { pages: await page.$eval("#rt-pages", (e) => e.textContent), updated: await page.$eval("#rt-updated", (e) => e.textContent) };
+      await page.waitForSelector("#panel-pages [data-budget=spent]");
+      await page.waitForFunction(() => /^Stopped/.test(document.querySelector("#rt-updated").textContent));
+      return { pages: await page.$eval("#panel-pages .panel-body", (e) => e.textContent), updated: await page.$eval("#rt-updated", (e) => e.textContent) };
     };
     // The budget is the UTC day's, and "7d" ends yesterday: within one UTC day the second load
     // asks the same questions as the first, whatever the hour. A midnight during the loads

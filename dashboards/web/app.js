@@ -1,5 +1,6 @@
 // Veil dashboard: a client of Veil's HTTP API only — POST /api/v2/query (+ .csv), POST
-// /api/v2/funnel, GET /api/v1/sites/{domain}/realtime, /filtered-traffic and /export, and the
+// /api/v2/funnel, GET /api/v1/sites/{domain}/realtime?only=visitors_5m (current visitors),
+// /filtered-traffic and /export, and the
 // admin API under /api/v1/sites. No number is computed here: every figure on screen is a value the API sent.
 // Under differential privacy (every answer's meta.privacy, mode "dp") each is written "≈ N" with
 // the ± of its 95 % interval; the footer shows the credential's privacy budget for the day, or,
@@ -36,7 +37,7 @@
 
   const S = {
     page: "sites", site: "", share: false, shareToken: "", embed: "", password: "", settings: null, settingsError: null, me: null, csrf: "",
-    generation: 0, timer: 0, chart: null, resize: null, privacy: null,
+    generation: 0, timer: 0, liveTimer: 0, chart: null, resize: null, rtResize: null, privacy: null,
   };
 
   // ---------- small DOM helpers (text only) ----------
@@ -370,7 +371,7 @@
       period: pick("period", PERIODS, "7d"), from: p.get("from") || "", to: p.get("to") || "",
       compare: pick("compare", COMPARES, ""), view: pick("view", ["web", "app", "realtime"], "web"),
       metric: METRIC_LABELS[p.get("metric")] ? p.get("metric") : "", prop: p.get("prop") || "",
-      refresh: Math.min(300, Math.max(2, Number(p.get("refresh")) || 10)), filters: [], tabs: {},
+      refresh: Math.min(300, Math.max(2, Number(p.get("refresh")) || 30)), filters: [], tabs: {},
       imports: p.get("imports") !== "0", matchDay: p.get("match") === "1", segment: p.get("seg") || "",
     };
     if (st.period === "custom" && !(DATE_RE.test(st.from) && DATE_RE.test(st.to))) st.period = "7d";
@@ -406,7 +407,7 @@
     for (const f of st.filters) p.append("f", f.op + "~" + f.dim + "~" + f.value);
     for (const [k, v] of Object.entries(st.tabs)) p.set("t." + k, v);
     if (st.prop) p.set("prop", st.prop);
-    if (st.view === "realtime" && st.refresh !== 10) p.set("refresh", String(st.refresh));
+    if (st.view === "realtime" && st.refresh !== 30) p.set("refresh", String(st.refresh));
     return location.pathname + "?" + qs(pairs) + shareFragment();
   }
   // A shared link's token rides in every page state's fragment (so a reload or a copied URL
@@ -426,10 +427,13 @@
   function comparisonOf(st) {
     return st.matchDay ? { mode: st.compare, match_day_of_week: true } : { mode: st.compare };
   }
-  function dateRange(st) { return st.period === "custom" ? [st.from, st.to] : st.period; }
+  // The Realtime view asks the Stats API's `realtime` range (the 30 whole minutes before the
+  // current one), without filters (its filter bar is hidden) or imported history (by day).
+  function dateRange(st) { return st.view === "realtime" ? "realtime" : st.period === "custom" ? [st.from, st.to] : st.period; }
   // The state's filters as the Stats API takes them; a chosen segment is one more
   // (["is", "segment", [ID]]: the API answers as with the segment's own filters).
   function apiFilters(st) {
+    if (st.view === "realtime") return [];
     const fs = st.filters.map((f) => [f.op, f.dim, filterValues(f.value)]);
     return st.segment ? [["is", "segment", [st.segment]], ...fs] : fs;
   }
@@ -468,7 +472,7 @@
   // ("Include imported data", as Plausible's dashboard; the API merges it where it can and
   // says so in meta.imports_included / imports_skip_reason).
   function withInclude(st, extra) {
-    return Object.assign(st.imports === false ? {} : { imports: true }, extra);
+    return Object.assign(st.imports === false || st.view === "realtime" ? {} : { imports: true }, extra);
   }
 
   // ---------- panels ----------
@@ -717,14 +721,17 @@
       if (tab.exclude) q.filters = q.filters.concat([["is_not", dim, tab.exclude]]);
       return q;
     };
-    async function load() {
-      body.replaceChildren(h("p", { class: "hint", text: "Loading…" }));
+    // `again`: a realtime refresh — the old rows stay until the new ones replace them, and focus
+    // stays on the same control (keepFocus). Resolves to the error shown, or null.
+    async function load(again = false) {
+      if (!again) body.replaceChildren(h("p", { class: "hint", text: "Loading…" }));
       try {
         // The map shows every country (at most 300 rows: each has a code); its table the first ten.
         const data = await api("/api/v2/query", { body: query(tab.map ? 300 : 10) });
         if (gen !== S.generation) return;
         const listed = tab.map ? Object.assign({}, data, { results: (data.results || []).slice(0, 10) }) : data;
-        const out = [rowTable(dim, metrics, listed, st, def.title + ": " + tab.label, true, tab.with || null)];
+        // Realtime takes no filters: its rows are not buttons.
+        const out = [rowTable(dim, metrics, listed, st, def.title + ": " + tab.label, st.view !== "realtime", tab.with || null)];
         if (tab.map) out.unshift(await worldMap(dim, metrics[0], data));
         if (gen !== S.generation) return;
         const skipped = data.meta && data.meta.imports_skip_reason;
@@ -740,13 +747,15 @@
               exclude: tab.exclude, opener: more, pair: tab.with || null }) });
           out.push(more);
         }
-        body.replaceChildren(...out);
+        keepFocus(body, () => body.replaceChildren(...out));
         if (speak) announce(said + rowsSaid(total));
+        return null;
       } catch (e) {
-        if (gen !== S.generation) return;
-        if (needsAuth(e)) return authFailed(e);
-        body.replaceChildren(failure("p", e));
+        if (gen !== S.generation) return e;
+        if (needsAuth(e)) { authFailed(e); return e; }
+        keepFocus(body, () => body.replaceChildren(failure("p", e)));
         if (speak) announce(said + e.message);
+        return e;
       }
     }
     csv.addEventListener("click", async () => {
@@ -754,7 +763,8 @@
         const body = tab.dim === "funnel" ? null : query(10000);
         if (!body || !dim.includes(":")) { status("Nothing to download here."); return; }
         const blob = await humanCsv(await api("/api/v2/query.csv", { body, csv: true, blob: true }));
-        download(blob, fileSafe(S.site + "-" + def.id + "-" + tab.id + "-" + (st.period === "custom" ? st.from + "_" + st.to : st.period)) + ".csv");
+        const range = st.view === "realtime" ? "realtime" : st.period === "custom" ? st.from + "_" + st.to : st.period;
+        download(blob, fileSafe(S.site + "-" + def.id + "-" + tab.id + "-" + range) + ".csv");
       } catch (e) { status("CSV download failed: " + e.message); }
     });
 
@@ -790,6 +800,7 @@
       return art;
     }
     metrics = withGoalRate(tabMetrics, dim, st);
+    art.refresh = () => load(true);
     load();
     return art;
   }
@@ -1390,8 +1401,11 @@
     S.generation += 1;
     const gen = S.generation;
     clearInterval(S.timer);
+    clearInterval(S.liveTimer);
     if ($("more-dialog")) $("more-dialog").close();
     if (S.chart) { S.chart.destroy(); S.chart = null; }
+    if (S.rtResize) { S.rtResize.disconnect(); S.rtResize = null; }
+    if ($("current").dataset.site !== S.site) $("current").hidden = true; // another site's
     showOnly("dash");
     status("");
     $("dash-h").textContent = S.site;
@@ -1403,7 +1417,10 @@
     if (st.view === "realtime") return realtime(body, st, gen);
     const stats = isChild() ? CHILD_STATS : st.view === "app" ? APP_STATS : WEB_STATS;
     const metric = st.metric && CHARTABLE.has(st.metric) ? st.metric : stats[0][0];
-    topStats(body, stats, st, gen, metric).then((data) => {
+    const shown = topStats(body, stats, st, gen, metric);
+    // The current visitors once the first answer has said how numbers are published.
+    shown.finally(() => { if (gen === S.generation) currentBadge(st, gen); }).catch(() => {});
+    shown.then((data) => {
       if (gen !== S.generation) return;
       const meta = data.meta || {};
       if (meta.imports_included || (meta.imports_skip_reason && meta.imports_skip_reason !== "no_imported_data")) {
@@ -1437,6 +1454,90 @@
   const DP_NOTE = "Numbers marked ≈ carry differential-privacy noise: hover over or focus a row or card for the ± of " +
     "its 95 % interval (rates and averages have none). A row is listed only when its noisy visitors reach a threshold.";
 
+  // ---------- realtime ----------
+  // Focus survives a redraw: when the focused control is inside `root` and `replace` swaps it
+  // for a new one, the new control that looks the same (tag, id, class, data-* and text; else
+  // without the text, which may hold a count) gets the focus back.
+  function focusSig(e, withText) {
+    const attrs = [...e.attributes].filter((a) => a.name === "id" || a.name === "class" || a.name === "aria-label" ||
+      (a.name.startsWith("data-") && a.name !== "data-value" && a.name !== "data-ci")).map((a) => a.name + "=" + a.value);
+    return e.tagName + "|" + attrs.join("|") + (withText ? "|" + e.textContent : "");
+  }
+  function keepFocus(root, replace) {
+    const had = document.activeElement;
+    const inside = had && had !== document.body && root.contains(had);
+    const sig = inside ? focusSig(had, true) : "", loose = inside ? focusSig(had, false) : "";
+    replace();
+    if (!inside || had.isConnected) return;
+    const all = [...root.querySelectorAll(had.tagName)];
+    const same = all.find((e) => focusSig(e, true) === sig) || all.find((e) => focusSig(e, false) === loose);
+    if (same) same.focus();
+  }
+
+  // Refresh policy. Exact mode: every `refresh` seconds (30 by default), nothing to spend.
+  // Differential privacy: the API ends realtime windows at five-minute marks, so a refresh
+  // within one asks the same questions again (free, same numbers) and only a new window spends
+  // (the Realtime view: 7 releases — current visitors, the two totals, the chart and 4 panels);
+  // automatic refreshes stop while the tab is hidden, and once less than half of the day's
+  // budget is left (the rest stays for reports; "Refresh now" asks once more by hand).
+  function budgetLow() {
+    const p = S.privacy;
+    return !!p && p.mode === "dp" && !!p.budget && Number(p.budget.left) < Number(p.budget.epsilon_day) / 2;
+  }
+
+  // "● N current visitors" at the top of every view (Plausible's): the visitors of the 5 whole
+  // minutes before the current one, GET …/realtime?only=visitors_5m. Exact mode refreshes it
+  // every 30 s on every view. Under differential privacy each new five-minute window is a
+  // release that spends budget, so outside the Realtime view it is a link to it (the reader
+  // chooses to spend), and the Realtime view asks it with its other questions.
+  const CURRENT_EVERY = 30;
+  function drawCurrent(d) {
+    const el = $("current");
+    const priv = onePrivacy((Array.isArray(d.privacy) ? d.privacy : [])[0], "visitors");
+    const n = h("span", { class: "n", id: "current-n", "data-metric": "visitors" });
+    putNumber(n, "visitors", d.visitors_5m, priv);
+    const v = d.visitors_5m;
+    // A child-directed site keeps no visitor ids: its number is events.
+    const what = isChild() ? [" event in the last 5 minutes", " events in the last 5 minutes"] : [" current visitor", " current visitors"];
+    const words = v === null || v === undefined ? what[1] + " (fewer than k: hidden)" : what[Number(v) === 1 ? 0 : 1];
+    el.replaceChildren(h("span", { class: "dot", "aria-hidden": "true" }), n, h("span", { text: words }));
+    el.dataset.value = n.dataset.value;
+    el.dataset.site = S.site;
+    el.title = (isChild() ? "Events" : "Visitors") + " in the last 5 whole minutes (" + (isDp(priv) ? "differential privacy: " + n.title : n.title || "exact") + ")";
+    el.hidden = false;
+  }
+  async function askCurrent(gen) {
+    const d = await api(sitePath("/realtime?only=visitors_5m"));
+    if (gen === S.generation) drawCurrent(d);
+    return d;
+  }
+  function currentBadge(st, gen) {
+    const el = $("current");
+    clearInterval(S.liveTimer);
+    if (st.view === "realtime") return; // the Realtime view's own refresh asks it
+    if (isDp(S.privacy)) {
+      const a = h("a", { href: stateUrl(Object.assign({}, st, { view: "realtime", metric: "" })), id: "current-link",
+        title: "Under differential privacy each new answer spends from today's privacy budget: open Realtime to ask" },
+      h("span", { class: "dot", "aria-hidden": "true" }), "Current visitors");
+      el.replaceChildren(a);
+      delete el.dataset.value;
+      el.dataset.site = S.site;
+      el.removeAttribute("title");
+      el.hidden = false;
+      return;
+    }
+    const tick = () => {
+      if (document.hidden && el.dataset.value !== undefined) return;
+      askCurrent(gen).catch((e) => {
+        if (gen !== S.generation) return;
+        if (needsAuth(e)) { clearInterval(S.liveTimer); return; }
+        el.hidden = true;
+      });
+    };
+    tick();
+    S.liveTimer = setInterval(tick, CURRENT_EVERY * 1000);
+  }
+
   // Realtime's `privacy` holds one entry per number, each of one metric (visitors, or events on a
   // child-directed site): its interval is put under `key`, the column the page shows it in.
   function onePrivacy(p, key) {
@@ -1445,44 +1546,159 @@
     return Object.assign({}, p, { interval95: { [key]: first === undefined ? null : first } });
   }
 
+  // The per-minute chart: visitors and pageviews (events and pageviews for a child-directed site)
+  // of each of the 30 whole minutes, one Stats API question (`time:minute`). The minute under way
+  // is not drawn: the API counts a minute once it is over (a window sliding by the second could
+  // be subtracted from the next; docs/PRIVACY.md). `refresh()` redraws it in place.
+  function minuteChart(container, metrics, gen) {
+    const fig = h("figure", { class: "chart", id: "rt-chart" });
+    const caption = h("figcaption", { id: "rt-chart-title", text: shortLabel(metrics[0]) + " (solid line) and " + shortLabel(metrics[1]).toLowerCase() + " (dashed) per minute, last 30 minutes" });
+    const plot = h("div", { class: "plot", role: "img", "aria-labelledby": "rt-chart-title", "aria-describedby": "rt-chart-summary" });
+    const details = h("details", { id: "rt-chart-data" }, h("summary", { id: "rt-chart-summary", text: "Chart data as a table" }));
+    const legendEl = h("p", { class: "hint", id: "rt-chart-legend" });
+    fig.append(h("div", { class: "panel-head" }, caption), plot, legendEl, details);
+    container.append(fig);
+    let chart = null, shown = [];
+    async function refresh() {
+      let data;
+      try {
+        data = await api("/api/v2/query", { body: { site_id: S.site, date_range: "realtime", metrics, dimensions: ["time:minute"],
+          include: { time_labels: true } } });
+      } catch (e) {
+        if (gen !== S.generation || !fig.isConnected) return e;
+        if (needsAuth(e)) { authFailed(e); return e; }
+        keepFocus(fig, () => plot.replaceChildren(failure("p", e)));
+        return e;
+      }
+      if (gen !== S.generation || !fig.isConnected) return null;
+      const rows = data.results || [];
+      const byLabel = new Map(rows.map((r) => [String(r.dimensions[0]), r]));
+      const labels = (data.meta && data.meta.time_labels) || [];
+      const priv = privacyOf(data);
+      // A minute without a row counted nobody (exact mode lists only minutes with visitors): 0.
+      const val = (l, i) => (byLabel.has(l) ? byLabel.get(l).metrics[i] : 0);
+      fig.dataset.points = String(labels.length);
+      fig.dataset.last = labels.length ? labels[labels.length - 1] : "";
+      const hhmm = (l) => String(l).slice(11, 16);
+      legendEl.textContent = labels.length ? "From " + hhmm(labels[0]) + " to " + hhmm(labels[labels.length - 1]) +
+        " (site time), whole minutes; the minute under way is counted once it is over" +
+        (isDp(priv) ? ", and under differential privacy each five-minute step at once." : ".") : "";
+      const table = h("table", {}, h("caption", { class: "sr-only", text: "Per minute, last 30 minutes" }),
+        h("thead", {}, h("tr", {}, h("th", { scope: "col", text: "Minute" }),
+          metrics.map((m) => h("th", { scope: "col", class: "n", text: shortLabel(m) })))),
+        h("tbody", {}, labels.map((l) => h("tr", { "data-time": l }, h("th", { scope: "row", text: hhmm(l) }),
+          metrics.map((m, i) => numberCell(m, val(l, i), priv))))));
+      keepFocus(details, () => { for (const t of details.querySelectorAll("table")) t.remove(); details.append(table); });
+      if (typeof uPlot !== "function" || labels.length === 0) {
+        plot.replaceChildren(h("p", { class: "hint", text: labels.length ? "Chart library unavailable; see the table." : "No data." }));
+        return null;
+      }
+      const ys = metrics.map((_, i) => labels.map((l) => { const v = val(l, i); return v === null ? null : Number(v); }));
+      const dataArr = [labels.map((_, i) => i), ...ys];
+      shown = labels;
+      if (chart && chart.root.isConnected) {
+        chart.setData(dataArr);
+        return null;
+      }
+      const show = (m) => (u, v) => (v === null || v === undefined ? "—" : (isDp(priv) ? "≈ " : "") + fmt(m, v));
+      const axisColor = cssVar("--muted");
+      const grid = { stroke: cssVar("--line"), width: 1 };
+      const opts = {
+        width: Math.max(280, plot.clientWidth || 600), height: 220,
+        series: [{ label: "Minute", value: (u, v) => (v === null ? "" : hhmm(shown[Math.round(v)] || "")) },
+          { label: shortLabel(metrics[0]), stroke: cssVar("--accent"), width: 2, fill: cssVar("--bar") + "80", value: show(metrics[0]) },
+          { label: shortLabel(metrics[1]), stroke: cssVar("--prev"), width: 1.5, dash: [6, 4], value: show(metrics[1]) }],
+        scales: { x: { time: false }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
+        axes: [{ stroke: axisColor, grid, incrs: [1, 5, 10, 15], values: (u, splits) => splits.map((i) => (Number.isInteger(i) ? hhmm(shown[i] || "") : "")) },
+          { stroke: axisColor, grid, size: 50, incrs: INT_STEPS, values: (u, splits) => splits.map((v) => fmt("visitors", v)) }],
+        cursor: { drag: { x: false, y: false } },
+        // The caption names the lines; the table under the chart lists every number.
+        legend: { show: false },
+      };
+      plot.replaceChildren();
+      chart = new uPlot(opts, dataArr, plot);
+      if (S.rtResize) S.rtResize.disconnect();
+      S.rtResize = new ResizeObserver(() => { if (chart && plot.clientWidth) chart.setSize({ width: plot.clientWidth, height: 220 }); });
+      S.rtResize.observe(plot);
+      return null;
+    }
+    fig.refresh = refresh;
+    return fig;
+  }
+
+  // The Realtime view: current visitors, the 30 minutes' unique visitors and pageviews, the
+  // per-minute chart and the usual panels over the same 30 minutes, all from the Stats API and
+  // refreshed in place (focus kept) every `refresh` seconds, as the refresh policy above allows.
   function realtime(body, st, gen) {
+    const child = isChild();
+    const totals = child ? ["pageviews", "events"] : ["visitors", "pageviews"];
     const box = h("div", { class: "realtime" });
     const v5 = h("span", { class: "big", id: "rt-visitors", text: "…" });
-    const p30 = h("span", { class: "big", id: "rt-pageviews", text: "…" });
+    const cards = totals.map((m) => h("span", { class: "big", id: "rt-30-" + m, "data-metric": m, text: "…" }));
     const updated = h("p", { class: "hint", id: "rt-updated", "aria-live": "polite" });
-    const pages = h("div", { id: "rt-pages" });
-    box.append(h("ul", { class: "stats" },
-      h("li", { class: "stat" }, h("div", { class: "static" }, h("span", { class: "label", text: "Visitors, last 5 minutes" }), v5)),
-      h("li", { class: "stat" }, h("div", { class: "static" }, h("span", { class: "label", text: "Pageviews, last 30 minutes" }), p30))),
-    h("article", { class: "panel" }, h("h2", { text: "Top pages, last 30 minutes" }), pages), updated);
+    const again = h("button", { type: "button", class: "secondary", id: "rt-again", text: "Refresh now", hidden: true,
+      onclick: () => tick(true) });
+    box.append(h("ul", { class: "stats", id: "rt-stats", "aria-label": "Realtime totals" },
+      h("li", { class: "stat" }, h("div", { class: "static" },
+        h("span", { class: "label", text: child ? "Events, last 5 minutes" : "Current visitors (last 5 minutes)" }), v5)),
+      totals.map((m, i) => h("li", { class: "stat" }, h("div", { class: "static" },
+        h("span", { class: "label", text: metricLabel(m) + ", last 30 minutes" }), cards[i])))));
+    box.append(h("p", { class: "hint", id: "rt-status" }, updated, " ", again));
+    minuteChart(box, child ? ["events", "pageviews"] : ["visitors", "pageviews"], gen);
+    const grid = h("div", { class: "grid", id: "rt-grid" });
+    const defs = WEB_PANELS.filter((d) => ["pages", "sources", "locations", "devices"].includes(d.id))
+      .map((d) => Object.assign({}, d, { tabs: d.tabs.filter((t) => !t.map) }));
+    for (const def of child ? childPanels(defs) : defs) grid.append(panel(def, st, gen));
+    box.append(grid);
     body.append(box);
-    async function tick() {
-      // A hidden tab does not ask: under differential privacy each new five-minute window costs
-      // budget (three releases), which a forgotten realtime tab would spend for nothing.
-      if (document.hidden && v5.dataset.value !== undefined) return;
-      try {
-        const d = await api("/api/v1/sites/" + encodeURIComponent(S.site) + "/realtime");
-        if (gen !== S.generation) return;
-        const priv = Array.isArray(d.privacy) ? d.privacy : [];
-        putNumber(v5, "visitors", d.visitors_5m, onePrivacy(priv[0], "visitors"));
-        putNumber(p30, "pageviews", d.pageviews_30m, onePrivacy(priv[1], "pageviews"));
-        const rows = (d.top_pages || []).map((p) => ({ dimensions: [p.page], metrics: [p.visitors] }));
-        pages.replaceChildren(rowTable("event:page", ["visitors"], { results: rows, meta: { privacy: onePrivacy(priv[2], "visitors") } },
-          st, "Top pages now", false));
-        updated.textContent = "Updated " + new Date().toLocaleTimeString("en-GB") + "; refreshes every " + st.refresh + " s.";
-        $("k-note").textContent = isDp(priv[0]) ? DP_NOTE : "Numbers under " + d.min_visitors + " visitors are shown as “—”.";
-      } catch (e) {
-        if (gen !== S.generation) return;
-        if (needsAuth(e)) { clearInterval(S.timer); return authFailed(e); }
-        if (e instanceof ApiError && e.budget) {
-          // The budget renews at UTC midnight: refreshing before then would only be refused again.
-          clearInterval(S.timer);
-          pages.replaceChildren(failure("p", e));
-          updated.textContent = "Stopped refreshing: today's privacy budget is spent.";
+    let count = 0, ticks = 0, first = true;
+    async function tick(byHand = false) {
+      if (gen !== S.generation) return;
+      updated.dataset.ticks = String(++ticks); // every turn of the timer, asking or not
+      if (!byHand && !first) {
+        // A hidden tab does not ask; under differential privacy neither does a refresh once
+        // less than half of the day's budget is left.
+        if (document.hidden) return;
+        if (budgetLow()) {
+          updated.textContent = "Refresh paused: less than half of today's privacy budget is left, kept for reports.";
+          again.hidden = false;
           return;
         }
-        updated.textContent = "Refresh failed: " + e.message;
       }
+      const asks = [askCurrent(gen).then((d) => {
+        putNumber(v5, child ? "events" : "visitors", d.visitors_5m, onePrivacy(d.privacy[0], child ? "events" : "visitors"));
+        return null;
+      }, (e) => e),
+      api("/api/v2/query", { body: { site_id: S.site, date_range: "realtime", metrics: totals } }).then((d) => {
+        const r = (d.results || [])[0] || { metrics: totals.map(() => null) };
+        totals.forEach((m, i) => putNumber(cards[i], m, r.metrics[i], privacyOf(d)));
+        $("k-note").textContent = isDp(privacyOf(d)) ? DP_NOTE : "Numbers describing fewer than " + d.meta.min_visitors +
+          " visitors are shown as “—” (hover for why); 0 means nobody.";
+        return null;
+      }, (e) => e)];
+      asks.push($("rt-chart").refresh());
+      // (The panels asked once when they were drawn.)
+      if (!first) for (const art of grid.querySelectorAll("article.panel")) if (art.refresh) asks.push(art.refresh());
+      first = false;
+      const errors = (await Promise.all(asks)).filter((e) => e);
+      if (gen !== S.generation) return;
+      const auth = errors.find(needsAuth);
+      if (auth) { clearInterval(S.timer); return authFailed(auth); }
+      const spent = errors.find((e) => e instanceof ApiError && e.budget);
+      if (spent) {
+        // The budget renews at UTC midnight: refreshing before then would only be refused again.
+        clearInterval(S.timer);
+        for (const el of [v5, ...cards]) if (el.textContent === "…") { el.textContent = "—"; el.title = spent.message; }
+        updated.textContent = "Stopped refreshing: today's privacy budget is spent.";
+        again.hidden = true;
+        return;
+      }
+      count += 1;
+      updated.dataset.refreshes = String(count);
+      updated.textContent = (errors.length ? "Refresh failed in part: " + errors[0].message + ". " : "") +
+        "Updated " + new Date().toLocaleTimeString("en-GB") + "; refreshes every " + st.refresh + " s" +
+        (budgetLow() ? " (paused while less than half of today's privacy budget is left)." : ".");
+      again.hidden = !budgetLow();
     }
     tick();
     S.timer = setInterval(tick, st.refresh * 1000);
@@ -2379,6 +2595,7 @@
   }
   async function route() {
     clearInterval(S.timer); // a realtime refresh or an install check belongs to the page left
+    clearInterval(S.liveTimer);
     const path = location.pathname;
     let m;
     const params = new URLSearchParams(location.search);

@@ -203,7 +203,7 @@ pub fn plan(q: &Query, site: &SiteView) -> Result<Plan, Skip> {
     let mut labels = Vec::new();
     for d in &q.dimensions {
         match &d.kind {
-            DimKind::Time(TimeBucket::Hour) => return Err(Skip::Interval),
+            DimKind::Time(TimeBucket::Hour | TimeBucket::Minute) => return Err(Skip::Interval),
             DimKind::Time(b) => labels.push(Label::Time(*b)),
             DimKind::Goal => {
                 same(&mut kind, "custom_events")?;

@@ -104,7 +104,7 @@ pub struct Bounds {
     pub hit_rows: u64,
     /// Rows of a breakdown by a visit fact (source, entry page, campaign…).
     pub visit_rows: u64,
-    /// Hour buckets.
+    /// Hour buckets (and realtime's minute buckets, `time:minute`).
     pub hour_rows: u64,
     /// Visits in one row.
     pub visits: u64,
@@ -401,7 +401,9 @@ impl Bounds {
             DimKind::Visitor(_) | DimKind::CountryName | DimKind::PlaceName(_) => 1,
             DimKind::Visit(_) => self.visit_rows,
             DimKind::Event(_) | DimKind::Goal | DimKind::Prop(_) => self.hit_rows,
-            DimKind::Time(TimeBucket::Hour) => self.hour_rows,
+            // Realtime's minutes are bounded like hours: a visitor-day counts in at most
+            // `hour_rows` of them.
+            DimKind::Time(TimeBucket::Hour | TimeBucket::Minute) => self.hour_rows,
             DimKind::Time(_) if utc => 1,
             // A UTC day spans two local days unless the site's zone is UTC.
             DimKind::Time(_) => 2,

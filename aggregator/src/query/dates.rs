@@ -304,6 +304,17 @@ impl Query {
                 out.push(l);
             }
         };
+        if b == TimeBucket::Minute {
+            // Realtime's window starts and ends on whole UTC minutes: one label a minute.
+            let tz = timezone(&self.tz);
+            let mut t = self.start;
+            while t < self.end && out.len() < MOST {
+                let local = t.and_utc().with_timezone(&tz);
+                push(&mut out, local.format("%Y-%m-%d %H:%M:00").to_string());
+                t += Duration::minutes(1);
+            }
+            return out;
+        }
         if b == TimeBucket::Hour {
             let tz = timezone(&self.tz);
             let mut t = self.start;

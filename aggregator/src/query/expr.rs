@@ -56,6 +56,10 @@ fn zone(q: &Query) -> Sql {
 fn time_expr(b: TimeBucket, ts: &'static str, q: &Query) -> Sql {
     let tz = zone(q);
     match b {
+        // `toStartOfMinute` exists on ClickHouse 18.16 and 26 alike, and `toString(t, zone)`
+        // writes `YYYY-MM-DD HH:MM:SS` on both (formatDateTime's `%M` is the minute on 18.16
+        // but the month's name on 26).
+        TimeBucket::Minute => sql!("toString(toStartOfMinute({}), {})", ts, tz),
         TimeBucket::Hour => sql!("formatDateTime({}, '%Y-%m-%d %H:00:00', {})", ts, tz),
         TimeBucket::Day => sql!("toString(toDate({}, {}))", ts, tz),
         // Plausible's week buckets start no earlier than the range: the first is labelled

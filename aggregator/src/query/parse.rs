@@ -472,6 +472,17 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
         }
         dimensions.push(dim);
     }
+    // Minute buckets are for the last 30 minutes only: over a longer range they would be
+    // thousands of rows, and only raw events carry the minute (no rollup does).
+    if !realtime
+        && dimensions
+            .iter()
+            .any(|d| d.kind == DimKind::Time(TimeBucket::Minute))
+    {
+        return Err(bad(
+            "`time:minute` is only available with `date_range: \"realtime\"` (the last 30 minutes); use time:hour or longer for other ranges",
+        ));
+    }
     if dimensions.len() > 4 {
         return Err(bad("`dimensions`: at most 4"));
     }

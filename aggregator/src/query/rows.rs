@@ -99,7 +99,7 @@ pub(super) fn builds_key<'a>(builds: impl Iterator<Item = &'a Build>) -> Sql {
 pub(super) fn hourly_rows(q: &Query, built: &[Build]) -> Sql {
     let daily_allowed = match q.time_bucket() {
         None => true,
-        Some(TimeBucket::Hour) => false,
+        Some(TimeBucket::Hour | TimeBucket::Minute) => false,
         Some(_) => utc_aligned(q),
     };
     let checked = |d: NaiveDate| built.iter().any(|b| b.day == d && b.cut.is_none());

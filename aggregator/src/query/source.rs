@@ -316,7 +316,7 @@ fn visits_daily_ok(q: &Query) -> bool {
     };
     let time_ok = match q.time_bucket() {
         None => true,
-        Some(TimeBucket::Hour) => false,
+        Some(TimeBucket::Hour | TimeBucket::Minute) => false,
         Some(_) => utc_aligned(q) && plain.is_empty(),
     };
     let event_dim = plain

@@ -152,6 +152,8 @@ pub enum DimKind {
 /// Time buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeBucket {
+    /// `YYYY-MM-DD HH:MM:00`: `time:minute`, for the `realtime` range only (its 30 minutes).
+    Minute,
     /// `YYYY-MM-DD HH:00:00`.
     Hour,
     /// `YYYY-MM-DD`.
@@ -196,6 +198,7 @@ pub const DIMENSIONS: &[(&str, DimKind)] = &[
     ("visit:app_version", DimKind::Visitor("app_version")),
     ("visit:install_source", DimKind::Visitor("install_source")),
     ("visit:device_model", DimKind::Visitor("device_model")),
+    ("time:minute", DimKind::Time(TimeBucket::Minute)),
     ("time:hour", DimKind::Time(TimeBucket::Hour)),
     ("time:day", DimKind::Time(TimeBucket::Day)),
     ("time:week", DimKind::Time(TimeBucket::Week)),
