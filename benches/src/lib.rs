@@ -16,6 +16,7 @@
 
 pub mod bare;
 pub mod chclient;
+pub mod cpu;
 pub mod loadgen;
 pub mod rss;
 pub mod traffic;

@@ -52,6 +52,7 @@ use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use veil_benches::cpu;
 use veil_benches::loadgen::{self, LoadOptions, LoadReport, Workload};
 use veil_benches::rss::{self, Peak, Sampler};
 use veil_benches::{bare, chclient, traffic};
@@ -158,6 +159,11 @@ struct Args {
     /// Inserts timed per target table with `--clickhouse-client` (the median is used).
     #[arg(long, default_value_t = 3)]
     clickhouse_client_repeats: usize,
+    /// With `--clickhouse-client`: also time the same insert into `events` of fresh databases
+    /// that keep only one of its materialized views each (the others dropped), so each view's
+    /// own cost on the insert path shows.
+    #[arg(long)]
+    clickhouse_client_per_view: bool,
     /// One more argument for every `veil collector` process (repeat the flag for several), e.g.
     /// `--collector-arg=--batch-max-rows=10000`; needs `--collector-processes`.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
@@ -1236,6 +1242,14 @@ fn run_once(
         .map(|f| f.members.iter().map(Member::pid).collect())
         .unwrap_or_default();
     pids.dedup();
+    // CPU: this process, each collector process, ClickHouse (when managed).
+    let mut cpu_pids: Vec<Option<u32>> = vec![None];
+    cpu_pids.extend(pids.iter().filter(|p| p.is_some()).copied());
+    let ch_pid = store.and_then(Store::clickhouse_pid);
+    if ch_pid.is_some() {
+        cpu_pids.push(ch_pid);
+    }
+    let mut cpu_used: Vec<Vec<Option<Duration>>> = Vec::new();
     let planned = scenarios(args, bare_addr, &addrs);
     for (i, s) in planned.into_iter().enumerate() {
         if i > 0 {
@@ -1273,11 +1287,13 @@ fn run_once(
             request_timeout: Duration::from_secs(10),
         };
         let sampler = Sampler::start(pids.clone(), Duration::from_millis(50))?;
+        let meter = cpu::Meter::start(cpu_pids.clone());
         let report = match rate {
             None => client_rt.block_on(loadgen::run(opts)),
             Some(r) => client_rt.block_on(loadgen::run_open(opts, r)),
         };
         let peaks = sampler.finish();
+        cpu_used.push(meter.finish());
         let report = report?;
         if let Some(o) = outage {
             let stopped = o.finish()?;
@@ -1290,6 +1306,12 @@ fn run_once(
     if !pids.is_empty() {
         print_memory(&results, &memory, &pids);
     }
+    print_cpu(
+        &results,
+        &cpu_used,
+        cpu_pids.len() - 1 - usize::from(ch_pid.is_some()),
+        ch_pid.is_some(),
+    );
 
     let _ = bare_stop.send(());
     server_rt.block_on(bare_task)?;
@@ -1344,6 +1366,56 @@ fn print_memory(results: &[(Scenario, LoadReport)], memory: &[Vec<Peak>], pids: 
             })
             .collect();
         println!("  {:<34} {}", s.label, each.join(", "));
+    }
+    println!();
+}
+
+/// Each scenario's CPU time per request answered, by process: `veil-load` (the load generator,
+/// plus the bare server in the bare scenarios and the collectors when they run in-process),
+/// the collector processes together, ClickHouse.
+fn print_cpu(
+    results: &[(Scenario, LoadReport)],
+    used: &[Vec<Option<Duration>>],
+    collector_processes: usize,
+    clickhouse: bool,
+) {
+    println!(
+        "CPU per request, µs (utime + stime from /proc/PID/stat over the scenario ÷ requests answered;          events per request in brackets):"
+    );
+    let mut head = format!("  {:<34} {:>12}", "scenario", "veil-load");
+    if collector_processes > 0 {
+        head.push_str(&format!(" {:>12}", "collector(s)"));
+    }
+    if clickhouse {
+        head.push_str(&format!(" {:>12}", "ClickHouse"));
+    }
+    println!("{head}");
+    for ((s, r), cpu) in results.iter().zip(used) {
+        let per = |d: &Option<Duration>| match d {
+            Some(d) if r.requests > 0 => {
+                format!("{:>12.1}", d.as_secs_f64() * 1e6 / r.requests as f64)
+            }
+            _ => format!("{:>12}", "-"),
+        };
+        let own = per(&cpu[0]);
+        let collectors: Option<Duration> = if collector_processes > 0 {
+            cpu[1..=collector_processes].iter().copied().sum()
+        } else {
+            None
+        };
+        let mut line = format!("  {:<34} {own}", s.label);
+        if collector_processes > 0 {
+            line.push_str(&format!(" {}", per(&collectors)));
+        }
+        if clickhouse {
+            line.push_str(&format!(" {}", per(&cpu[cpu.len() - 1])));
+        }
+        let events = if r.requests > 0 {
+            r.events as f64 / r.requests as f64
+        } else {
+            0.0
+        };
+        println!("{line}   [{events:.0}]");
     }
     println!();
 }
@@ -1454,6 +1526,39 @@ fn client_baseline(
         let drop_db = sql!("DROP DATABASE IF EXISTS {}", ident(&fresh.database)?);
         rt.block_on(fresh.server_client().sql(&drop_db).execute())?;
     }
+    // Each view alone: a fresh database with the other two dropped.
+    let mut one_view: Vec<(String, Vec<chclient::Timed>)> = Vec::new();
+    if args.clickhouse_client_per_view {
+        for (i, keep) in VIEWS.iter().enumerate() {
+            let mut runs = Vec::new();
+            for rep in 0..args.clickhouse_client_repeats.max(1) {
+                let fresh = rt.block_on(fresh_database(
+                    store,
+                    1000 + run * 100 + (i * 10) + rep,
+                    veil.as_deref(),
+                ))?;
+                for other in VIEWS.iter().filter(|v| *v != keep) {
+                    let q = sql!("DROP TABLE {}", ident(other)?);
+                    rt.block_on(fresh.client().sql(&q).execute())
+                        .with_context(|| format!("dropping {other}"))?;
+                }
+                let t = client.run(
+                    &fresh.database,
+                    &sql!("INSERT INTO {} FORMAT RowBinary", events.clone()),
+                    Some(&rows),
+                    None,
+                )?;
+                let got = count(&fresh, &events)?;
+                if got != n {
+                    bail!("clickhouse-client inserted {got} rows, expected {n}");
+                }
+                runs.push(t);
+                let drop_db = sql!("DROP DATABASE IF EXISTS {}", ident(&fresh.database)?);
+                rt.block_on(fresh.server_client().sql(&drop_db).execute())?;
+            }
+            one_view.push((format!("into events with only {keep}"), runs));
+        }
+    }
     let stored_per_sec = native.expected_stored as f64 / native.elapsed.as_secs_f64().max(1e-9);
     println!(
         "clickhouse-client (native protocol, one INSERT … FORMAT RowBinary of {n} rows, {:.1} MB, from stdin), {} time(s) each, median:",
@@ -1464,10 +1569,15 @@ fn client_baseline(
         "  {label}: {:.0} events/s acknowledged, {stored_per_sec:.0} of them rows to store/s",
         native.events_per_sec()
     );
-    for (what, runs) in [
-        ("into events_copy (no materialized views)", &plain),
-        ("into events of a fresh database (its views)", &with_views),
-    ] {
+    let mut tables: Vec<(String, &Vec<chclient::Timed>)> = vec![
+        ("into events_copy (no materialized views)".into(), &plain),
+        (
+            "into events of a fresh database (its views)".into(),
+            &with_views,
+        ),
+    ];
+    tables.extend(one_view.iter().map(|(what, runs)| (what.clone(), runs)));
+    for (what, runs) in tables {
         let q = chclient::median(runs.iter().map(chclient::Timed::best).collect());
         let w = chclient::median(runs.iter().map(|t| t.wall).collect());
         let each: Vec<String> = runs
@@ -1488,6 +1598,9 @@ fn client_baseline(
     println!();
     Ok(())
 }
+
+/// The materialized views that read `events` on every insert (schemas/migrations 011, 013, 014).
+const VIEWS: [&str; 3] = ["events_recent_mv", "events_hourly_mv", "events_daily_mv"];
 
 /// The second run against the first, scenario by scenario (the bare server's ratio shows how
 /// much the machine itself drifted between the two).
@@ -1641,6 +1754,31 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--clickhouse-client-per-view` names every view that reads `events`, and only those.
+    #[test]
+    fn the_views_on_the_insert_path_are_the_migrations() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/migrations");
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let sql = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            for stmt in sql.split(';') {
+                let Some(rest) = stmt.split("CREATE MATERIALIZED VIEW IF NOT EXISTS ").nth(1)
+                else {
+                    continue;
+                };
+                let name = rest.split_whitespace().next().unwrap().to_string();
+                let words: Vec<&str> = stmt.split_whitespace().collect();
+                if words.windows(2).any(|w| w == ["FROM", "events"]) {
+                    found.push(name);
+                }
+            }
+        }
+        found.sort();
+        let mut want: Vec<String> = VIEWS.iter().map(|v| v.to_string()).collect();
+        want.sort();
+        assert_eq!(found, want);
+    }
 
     #[test]
     fn counters_from_prometheus_text() {
