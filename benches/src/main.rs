@@ -1380,7 +1380,7 @@ fn print_cpu(
     clickhouse: bool,
 ) {
     println!(
-        "CPU per request, µs (utime + stime from /proc/PID/stat over the scenario ÷ requests answered;          events per request in brackets):"
+        "CPU per request, µs (utime + stime from /proc/PID/stat over the scenario ÷ requests answered; events per request in brackets):"
     );
     let mut head = format!("  {:<34} {:>12}", "scenario", "veil-load");
     if collector_processes > 0 {
