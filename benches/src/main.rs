@@ -1483,6 +1483,32 @@ fn client_baseline(
     } else {
         None
     };
+    // The rows into `events` of a freshly migrated database (numbered `db`) without the views
+    // named in `drop_views`, timed, checked and dropped again.
+    let into_fresh_events = |db: usize, drop_views: &[&str]| -> anyhow::Result<chclient::Timed> {
+        let fresh = rt.block_on(fresh_database(store, db, veil.as_deref()))?;
+        for view in drop_views {
+            let q = sql!("DROP TABLE {}", ident(view)?);
+            rt.block_on(fresh.client().sql(&q).execute())
+                .with_context(|| format!("dropping {view}"))?;
+        }
+        let t = client.run(
+            &fresh.database,
+            &sql!("INSERT INTO {} FORMAT RowBinary", events.clone()),
+            Some(&rows),
+            None,
+        )?;
+        let got = count(&fresh, &events)?;
+        if got != n {
+            bail!(
+                "clickhouse-client inserted {got} rows into {}.events, expected {n}",
+                fresh.database
+            );
+        }
+        let drop_db = sql!("DROP DATABASE IF EXISTS {}", ident(&fresh.database)?);
+        rt.block_on(fresh.server_client().sql(&drop_db).execute())?;
+        Ok(t)
+    };
     for rep in 0..args.clickhouse_client_repeats.max(1) {
         // A copy of the table: same columns, engine, partitioning and order; no view reads it.
         for q in [
@@ -1504,57 +1530,16 @@ fn client_baseline(
         }
         plain.push(t);
         // The same rows into `events` of a fresh database: its materialized views run too.
-        let fresh = rt.block_on(fresh_database(
-            store,
-            100 + run * 100 + rep,
-            veil.as_deref(),
-        ))?;
-        let t = client.run(
-            &fresh.database,
-            &sql!("INSERT INTO {} FORMAT RowBinary", events.clone()),
-            Some(&rows),
-            None,
-        )?;
-        let got = count(&fresh, &events)?;
-        if got != n {
-            bail!(
-                "clickhouse-client inserted {got} rows into {}.events, expected {n}",
-                fresh.database
-            );
-        }
-        with_views.push(t);
-        let drop_db = sql!("DROP DATABASE IF EXISTS {}", ident(&fresh.database)?);
-        rt.block_on(fresh.server_client().sql(&drop_db).execute())?;
+        with_views.push(into_fresh_events(100 + run * 100 + rep, &[])?);
     }
     // Each view alone: a fresh database with the other two dropped.
     let mut one_view: Vec<(String, Vec<chclient::Timed>)> = Vec::new();
     if args.clickhouse_client_per_view {
         for (i, keep) in VIEWS.iter().enumerate() {
             let mut runs = Vec::new();
+            let others: Vec<&str> = VIEWS.iter().copied().filter(|v| v != keep).collect();
             for rep in 0..args.clickhouse_client_repeats.max(1) {
-                let fresh = rt.block_on(fresh_database(
-                    store,
-                    1000 + run * 100 + (i * 10) + rep,
-                    veil.as_deref(),
-                ))?;
-                for other in VIEWS.iter().filter(|v| *v != keep) {
-                    let q = sql!("DROP TABLE {}", ident(other)?);
-                    rt.block_on(fresh.client().sql(&q).execute())
-                        .with_context(|| format!("dropping {other}"))?;
-                }
-                let t = client.run(
-                    &fresh.database,
-                    &sql!("INSERT INTO {} FORMAT RowBinary", events.clone()),
-                    Some(&rows),
-                    None,
-                )?;
-                let got = count(&fresh, &events)?;
-                if got != n {
-                    bail!("clickhouse-client inserted {got} rows, expected {n}");
-                }
-                runs.push(t);
-                let drop_db = sql!("DROP DATABASE IF EXISTS {}", ident(&fresh.database)?);
-                rt.block_on(fresh.server_client().sql(&drop_db).execute())?;
+                runs.push(into_fresh_events(1000 + run * 100 + i * 10 + rep, &others)?);
             }
             one_view.push((format!("into events with only {keep}"), runs));
         }
