@@ -13,7 +13,7 @@
 //! [`TOP`] pages (`event:page`), the top [`TOP`] sources (`visit:source`) and visitors per day
 //! (`time:day`, with the same `previous_period` comparison) over the week (Monday to Sunday)
 //! or the month. Visitors per day is drawn as a chart ([`crate::chart`]): a 560×160 PNG
-//! (1120×320 pixels, about 10–20 KB) sent inside the e-mail (`multipart/related`,
+//! (1120×320 pixels, palette-indexed: 4–7 KB; a whole digest with it about 8 KB) sent inside the e-mail (`multipart/related`,
 //! `<img src="cid:…">` with `width`/`height` and an alt text giving the trend in numbers:
 //! first and last day, the highest, the period before), with the numbers as a line of the
 //! text part; a series with no published number above zero (no visitors, or every day
