@@ -13,19 +13,21 @@
 //! [`TOP`] pages (`event:page`), the top [`TOP`] sources (`visit:source`) and visitors per day
 //! (`time:day`, with the same `previous_period` comparison) over the week (Monday to Sunday)
 //! or the month. Visitors per day is drawn as a chart ([`crate::chart`]): a 560×160 PNG
-//! (1120×320 pixels, palette-indexed: 4–7 KB; a whole digest with it about 8 KB) sent inside the e-mail (`multipart/related`,
-//! `<img src="cid:…">` with `width`/`height` and an alt text giving the trend in numbers:
-//! first and last day, the highest, the period before), with the numbers as a line of the
-//! text part; a series with no published number above zero (no visitors, or every day
-//! withheld) has no image, and the e-mail says why instead. A spike check is the dashboard's Realtime
-//! ([`crate::reports::realtime`]: visitors of the last 5 minutes, top pages of the last 30), one
-//! check per site for all its subscribers, every scheduler tick while someone's threshold may
-//! be met. In differential-privacy mode digests are charged to the credential
-//! `digest:{user id}` (six releases of ε_query each, 3.0 at the default 0.5: totals and the
-//! daily series with their comparisons, top pages, top sources; the daily series' two, 1.0,
-//! are what the chart costs), spike checks to `alerts:{site}` (Realtime's five-minute windows: a
-//! window is charged once however often it is checked), budgets of their own apart from the
-//! person's dashboard; when one is spent for the day, that e-mail waits for the next day.
+//! (1120×320 pixels, palette-indexed: 4–7 KB; a whole digest with it about 8 KB) sent inside
+//! the e-mail (`multipart/related`, `<img src="cid:…">` with `width`/`height` and an alt text
+//! giving the trend in numbers: first and last day, the highest, the period before), with
+//! the numbers as lines of the text part; a series with no published number above zero (no
+//! visitors, or every day withheld) has no image, and the e-mail says why instead.
+//!
+//! A spike check is the dashboard's Realtime ([`crate::reports::realtime`]: visitors of the
+//! last 5 minutes, top pages of the last 30), one check per site for all its subscribers,
+//! every scheduler tick while someone's threshold may be met. In differential-privacy mode
+//! digests are charged to the credential `digest:{user id}` (six releases of ε_query each,
+//! 3.0 at the default 0.5: totals and the daily series with their comparisons, top pages,
+//! top sources; the daily series' two, 1.0, are what the chart costs), spike checks to
+//! `alerts:{site}` (Realtime's five-minute windows: a window is charged once however often
+//! it is checked), budgets of their own apart from the person's dashboard; when one is
+//! spent for the day, that e-mail waits for the next day.
 //! Numbers withheld by k-anonymity show as "—"; a withheld current-visitors count is no spike.
 //!
 //! Wire format (JSON; errors `{"error": "…"}`):

@@ -2,10 +2,15 @@
 //! installed by `scripts/install-deps.sh --test` into var/smtp-venv) and a real ClickHouse:
 //! an invitation arrives with its link and the link works; a weekly digest arrives on Monday
 //! 08:00 by the (manual) clock, multipart text + HTML, with the Stats API's own numbers (exact
-//! mode) and an unsubscribe link that a GET only asks about and a POST follows, after which
+//! mode), its chart of visitors per day inline (`multipart/related`: the HTML's `cid:` is the
+//! `image/png` part, which decodes to the stated size and shows the accent-coloured line; the
+//! alt text and the text part say the API's own series; the whole message under 16 KB; a week
+//! without visitors has no image and says so) and an unsubscribe link that a GET only asks about and a POST follows, after which
 //! no digest comes; a week is sent once, also by a second aggregator (a restart); every
 //! e-mail's unsubscribe link works the moment the relay has the e-mail; a monthly
-//! digest arrives on the 1st with the month's numbers; a traffic spike (current visitors at
+//! digest arrives on the 1st with the month's numbers and its 30-day chart; in dp mode the
+//! digest's numbers and chart are the published (noisy) answers to the same questions, charged
+//! to the digest's own budget; a traffic spike (current visitors at
 //! the person's threshold) is e-mailed once, with Realtime's numbers, and its link
 //! unsubscribes.
 //!
