@@ -8,11 +8,12 @@
 //! [`crate::mail`].
 //!
 //! Every number of an e-mail is the Stats API's own answer, through the privacy module like
-//! `POST /api/v2/query`; no SQL of its own. A digest asks four questions ([`questions`]):
+//! `POST /api/v2/query`; no SQL of its own. A digest asks five questions ([`questions`]):
 //! totals (`visitors`, `pageviews`, `bounce_rate` with `previous_period` comparison), the top
 //! [`TOP`] pages (`event:page`), the top [`TOP`] sources (`visit:source`) and visitors per day
-//! (`time:day`, with the same `previous_period` comparison) over the week (Monday to Sunday)
-//! or the month. Visitors per day is drawn as a chart ([`crate::chart`]): a 560×160 PNG
+//! (`time:day`) over the week (Monday to Sunday) or the month, and visitors per day over as
+//! many days before it ([`previous_range`], what the totals are compared with). Visitors per
+//! day is drawn as a chart ([`crate::chart`]): a 560×160 PNG
 //! (1120×320 pixels, palette-indexed: 4–7 KB; a whole digest with it about 8 KB) sent inside
 //! the e-mail (`multipart/related`, `<img src="cid:…">` with `width`/`height` and an alt text
 //! giving the trend in numbers: first and last day, the highest, the period before), with
@@ -23,8 +24,8 @@
 //! last 5 minutes, top pages of the last 30), one check per site for all its subscribers,
 //! every scheduler tick while someone's threshold may be met. In differential-privacy mode
 //! digests are charged to the credential `digest:{user id}` (six releases of ε_query each,
-//! 3.0 at the default 0.5: totals and the daily series with their comparisons, top pages,
-//! top sources; the daily series' two, 1.0, are what the chart costs), spike checks to
+//! 3.0 at the default 0.5: totals and their comparison, top pages, top sources, the two daily
+//! series; the daily series, 1.0, are what the chart costs), spike checks to
 //! `alerts:{site}` (Realtime's five-minute windows: a window is charged once however often
 //! it is checked), budgets of their own apart from the person's dashboard; when one is
 //! spent for the day, that e-mail waits for the next day.
@@ -196,30 +197,46 @@ pub struct Day {
     pub previous: Value,
 }
 
-/// The request bodies of a digest's four questions over the `period` starting `first`
-/// (what the tests post to the API too): totals, top pages, top sources, visitors per day.
-pub fn questions(site: &str, period: Period, first: NaiveDate) -> [Value; 4] {
+/// The days before the `period` starting `first` that it is compared with: as many days,
+/// ending the day before (Plausible's `previous_period` of a range wholly past, what the
+/// totals' comparison covers).
+pub fn previous_range(period: Period, first: NaiveDate) -> (NaiveDate, NaiveDate) {
+    let days = (period.last_day(first) - first).num_days() + 1;
+    (
+        first - chrono::Duration::days(days),
+        first - chrono::Duration::days(1),
+    )
+}
+
+/// The request bodies of a digest's five questions over the `period` starting `first`
+/// (what the tests post to the API too): totals, top pages, top sources, visitors per day,
+/// and visitors per day of the [`previous_range`].
+pub fn questions(site: &str, period: Period, first: NaiveDate) -> [Value; 5] {
     let range = json!([first.to_string(), period.last_day(first).to_string()]);
+    let (from, to) = previous_range(period, first);
     let top = |dim: &str| {
         json!({"site_id": site, "metrics": ["visitors"], "dimensions": [dim], "date_range": range,
                "order_by": [["visitors", "desc"]], "pagination": {"limit": TOP}})
+    };
+    let daily = |range: Value| {
+        json!({"site_id": site, "metrics": ["visitors"], "dimensions": ["time:day"],
+               "date_range": range, "include": {"time_labels": true}})
     };
     [
         json!({"site_id": site, "metrics": ["visitors", "pageviews", "bounce_rate"],
                "date_range": range, "include": {"comparisons": {"mode": "previous_period"}}}),
         top("event:page"),
         top("visit:source"),
-        json!({"site_id": site, "metrics": ["visitors"], "dimensions": ["time:day"],
-               "date_range": range,
-               "include": {"comparisons": {"mode": "previous_period"}, "time_labels": true}}),
+        daily(range.clone()),
+        daily(json!([from.to_string(), to.to_string()])),
     ]
 }
 
-/// The visitors-per-day series of a `time:day` answer: one [`Day`] per label of
+/// The visitors of each day of a `time:day` answer, in order: one per label of
 /// `meta.time_labels` (every day of the range). A day without a row had no visitors (exact
 /// mode lists only days with some; dp mode lists every day); when the differencing guard
-/// withheld the answer (`meta.too_few_visitors`), every day is withheld.
-pub fn days_of(doc: &Value) -> Vec<Day> {
+/// withheld the answer (`meta.too_few_visitors`), every day is withheld (null).
+fn daily(doc: &Value) -> Vec<(String, Value)> {
     let withheld = doc["meta"]["too_few_visitors"].as_bool().unwrap_or(false);
     let rows = doc["results"].as_array().cloned().unwrap_or_default();
     let labels: Vec<String> = match doc["meta"]["time_labels"].as_array() {
@@ -230,22 +247,27 @@ pub fn days_of(doc: &Value) -> Vec<Day> {
         .into_iter()
         .map(|date| {
             let row = rows.iter().find(|r| label(&r["dimensions"][0]) == date);
-            let (visitors, previous) = match row {
-                Some(r) => (
-                    r["metrics"].get(0).cloned().unwrap_or(Value::Null),
-                    r["comparison"]["metrics"]
-                        .get(0)
-                        .cloned()
-                        .unwrap_or(Value::Null),
-                ),
-                None if withheld => (Value::Null, Value::Null),
-                None => (json!(0), Value::Null),
+            let visitors = match row {
+                Some(r) => r["metrics"].get(0).cloned().unwrap_or(Value::Null),
+                None if withheld => Value::Null,
+                None => json!(0),
             };
-            Day {
-                date,
-                visitors,
-                previous,
-            }
+            (date, visitors)
+        })
+        .collect()
+}
+
+/// The visitors-per-day series of the digest's two `time:day` answers: the period's days
+/// (`doc`), each with the day at the same place of the period before (`before`).
+pub fn days_of(doc: &Value, before: &Value) -> Vec<Day> {
+    let before = daily(before);
+    daily(doc)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (date, visitors))| Day {
+            date,
+            visitors,
+            previous: before.get(i).map(|(_, v)| v.clone()).unwrap_or(Value::Null),
         })
         .collect()
 }
@@ -271,7 +293,7 @@ fn label(v: &Value) -> String {
     }
 }
 
-/// Asks the four questions of the `period` starting `first` as `digest:{user_id}`.
+/// Asks the five questions of the `period` starting `first` as `digest:{user_id}`.
 pub async fn numbers(
     agg: &Aggregator,
     site: &SiteView,
@@ -310,7 +332,7 @@ pub async fn numbers(
         changes: [0, 1, 2].map(|i| cell(&first_row["comparison"]["change"], i)),
         pages: rows(&docs[1]),
         sources: rows(&docs[2]),
-        days: days_of(&docs[3]),
+        days: days_of(&docs[3], &docs[4]),
         mode,
     })
 }
@@ -1377,23 +1399,36 @@ mod tests {
     #[test]
     fn the_daily_series_lists_every_day_of_the_answer() {
         // Exact mode lists only days with visitors: the others had none.
-        let doc = json!({"results": [
-            {"dimensions": ["2026-11-17"], "metrics": [4],
-             "comparison": {"dimensions": ["2026-11-10"], "metrics": [2], "change": [100]}}],
+        let doc = json!({"results": [{"dimensions": ["2026-11-17"], "metrics": [4]}],
             "meta": {"time_labels": ["2026-11-16", "2026-11-17"], "too_few_visitors": false}});
-        let days = days_of(&doc);
+        let before = json!({"results": [{"dimensions": ["2026-11-09"], "metrics": [2]}],
+            "meta": {"time_labels": ["2026-11-09", "2026-11-10"], "too_few_visitors": false}});
+        let days = days_of(&doc, &before);
         assert_eq!(days.len(), 2);
         assert_eq!(
             (days[0].visitors.clone(), days[0].previous.clone()),
-            (json!(0), Value::Null)
+            (json!(0), json!(2))
         );
         assert_eq!(
             (days[1].visitors.clone(), days[1].previous.clone()),
-            (json!(4), json!(2))
+            (json!(4), json!(0))
         );
-        // The differencing guard withheld the answer: every day withheld.
-        let doc = json!({"results": [], "meta": {"time_labels": ["2026-11-16"], "too_few_visitors": true}});
-        assert_eq!(days_of(&doc)[0].visitors, Value::Null);
+        // The differencing guard withheld an answer: every day of it withheld.
+        let withheld = json!({"results": [], "meta": {"time_labels": ["2026-11-09", "2026-11-10"], "too_few_visitors": true}});
+        let days = days_of(&doc, &withheld);
+        assert_eq!(
+            (days[1].visitors.clone(), days[1].previous.clone()),
+            (json!(4), Value::Null)
+        );
+        assert_eq!(days_of(&withheld, &doc)[0].visitors, Value::Null);
+        // The period before is as many days, ending the day before.
+        let nov = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let d = |m, d| NaiveDate::from_ymd_opt(2026, m, d).unwrap();
+        assert_eq!(previous_range(Period::Month, nov), (d(10, 2), d(10, 31)));
+        assert_eq!(
+            previous_range(Period::Week, d(11, 16)),
+            (d(11, 9), d(11, 15))
+        );
     }
 
     #[test]

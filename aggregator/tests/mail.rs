@@ -256,11 +256,11 @@ fn part(m: &Value, ty: &str) -> String {
 }
 
 /// Checks a delivered digest's chart against the API's own visitors-per-day answer
-/// `series` (the digest's fourth question): `multipart/related` with an inline `image/png`
+/// `series` and `before` (the digest's fourth and fifth questions): `multipart/related` with an inline `image/png`
 /// whose Content-ID is the HTML's `cid:`, with the size and alt text the HTML states; the PNG
 /// (decoded with tiny-skia) is that size and shows a line in the accent colour; the text part
 /// lists the same numbers. Returns the message's size in bytes.
-fn assert_chart(smtp: &Smtpd, mail: &Value, series: &Value, period: Period) -> u64 {
+fn assert_chart(smtp: &Smtpd, mail: &Value, series: &Value, before: &Value, period: Period) -> u64 {
     use veil_aggregator::chart;
     assert_eq!(
         mail["structure"],
@@ -285,7 +285,7 @@ fn assert_chart(smtp: &Smtpd, mail: &Value, series: &Value, period: Period) -> u
         .strip_prefix('<')
         .and_then(|c| c.strip_suffix('>'))
         .unwrap();
-    let days = digest::days_of(series);
+    let days = digest::days_of(series, before);
     let html = part(mail, "text/html");
     let tag = format!(
         "<img src=\"cid:{cid}\" width=\"{}\" height=\"{}\" alt=\"{}\"",
@@ -313,7 +313,13 @@ fn assert_chart(smtp: &Smtpd, mail: &Value, series: &Value, period: Period) -> u
     assert!(accent > 2 * p.width() as usize, "{accent} accent pixels");
     assert!(white > px.len() / 2, "{white} white of {}", px.len());
     let values: Vec<String> = days.iter().map(|d| show(&d.visitors)).collect();
-    let line = format!("Visitors per day: {}\n", values.join(", "));
+    let before: Vec<String> = days.iter().map(|d| show(&d.previous)).collect();
+    let line = format!(
+        "Visitors per day: {}\nThe {} before: {}\n",
+        values.join(", "),
+        period.name(),
+        before.join(", ")
+    );
     assert!(part(mail, "text/plain").contains(&line), "{line:?}");
     std::fs::metadata(smtp.dir.path().join(mail["eml"].as_str().unwrap()))
         .unwrap()
@@ -529,7 +535,8 @@ async fn a_weekly_digest_arrives_on_monday_with_the_apis_numbers_and_unsubscribe
 
     // The numbers are the API's: ask it the digest's questions as the owner.
     let week = NaiveDate::from_ymd_opt(2026, 11, 16).unwrap();
-    let [totals, pages, sources, series] = digest::questions(common::SITE, Period::Week, week);
+    let [totals, pages, sources, series, before] =
+        digest::questions(common::SITE, Period::Week, week);
     let ask = |q: Value| {
         let owner = &owner;
         let a = &a;
@@ -575,10 +582,15 @@ async fn a_weekly_digest_arrives_on_monday_with_the_apis_numbers_and_unsubscribe
     assert!(text.contains("Google: 10 visitors"), "{text}");
     // The chart: the API's visitors per day (the seeded Thursday and Friday), inline.
     let s = ask(series).await;
-    let days = digest::days_of(&s);
+    let b = ask(before).await;
+    assert_eq!(
+        b["meta"]["time_labels"][0], "2026-11-09",
+        "the week before: {b}"
+    );
+    let days = digest::days_of(&s, &b);
     assert_eq!(days.len(), 7, "{s}");
     assert!(days[3].visitors.as_f64().unwrap() > 0.0, "{s}");
-    let size = assert_chart(&smtp, &mail, &s, Period::Week);
+    let size = assert_chart(&smtp, &mail, &s, &b, Period::Week);
     eprintln!("the weekly digest with its chart: {size} bytes");
     assert!(size < 16_000, "{size} bytes");
 
@@ -682,24 +694,26 @@ async fn in_dp_mode_a_digest_spends_a_budget_of_its_own_and_shows_the_published_
             .await
         }
     };
-    // Four questions (the daily series is the fourth), each charged once.
-    assert!(spent("digest:% shop.example").await >= 4);
+    // Five questions (the two daily series are the fourth and fifth), each charged once.
+    assert!(spent("digest:% shop.example").await >= 5);
     assert_eq!(spent("user:%").await, 0);
 
     // The same question asked on the API publishes the same (noisy) visitors number.
     let week = NaiveDate::from_ymd_opt(2026, 11, 16).unwrap();
-    let [totals, _, _, series] = digest::questions(common::SITE, Period::Week, week);
-    // The chart and its text line are the published (noisy) series, the same question's.
+    let [totals, _, _, series, before] = digest::questions(common::SITE, Period::Week, week);
+    // The chart and its text lines are the published (noisy) series, the same questions'.
     let s = owner.call(&a, "POST", "/api/v2/query", Some(series)).await;
     assert_eq!(s.status, 200, "{}", s.text);
     assert_eq!(s.body["meta"]["privacy"]["mode"], "dp", "{}", s.text);
-    let days = digest::days_of(&s.body);
+    let b = owner.call(&a, "POST", "/api/v2/query", Some(before)).await;
+    assert_eq!(b.status, 200, "{}", b.text);
+    let days = digest::days_of(&s.body, &b.body);
     assert_eq!(days.len(), 7, "{}", s.text);
     if days
         .iter()
         .any(|d| d.visitors.as_f64().is_some_and(|v| v > 0.0))
     {
-        assert_chart(&smtp, &mail, &s.body, Period::Week);
+        assert_chart(&smtp, &mail, &s.body, &b.body, Period::Week);
     } else {
         // Noise took every day to zero (unlikely with the seeded days): no chart, said so.
         assert!(part(&mail, "text/html").contains("no chart: no visitors"));
@@ -758,11 +772,19 @@ async fn a_monthly_digest_arrives_on_the_first_with_the_months_numbers() {
     );
     // The numbers are the API's answers to the month's questions.
     let month = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
-    let [totals, pages, _, series] = digest::questions(common::SITE, Period::Month, month);
+    let [totals, pages, _, series, before] = digest::questions(common::SITE, Period::Month, month);
     let s = owner.call(&a, "POST", "/api/v2/query", Some(series)).await;
     assert_eq!(s.status, 200, "{}", s.text);
-    assert_eq!(digest::days_of(&s.body).len(), 30, "{}", s.text);
-    let size = assert_chart(&smtp, &mail, &s.body, Period::Month);
+    let b = owner.call(&a, "POST", "/api/v2/query", Some(before)).await;
+    let labels = b.body["meta"]["time_labels"].as_array().unwrap();
+    assert_eq!(
+        (labels.len(), &labels[0], &labels[29]),
+        (30, &json!("2026-10-02"), &json!("2026-10-31")),
+        "as many days before November: {}",
+        b.text
+    );
+    assert_eq!(digest::days_of(&s.body, &b.body).len(), 30, "{}", s.text);
+    let size = assert_chart(&smtp, &mail, &s.body, &b.body, Period::Month);
     eprintln!("the monthly digest with its chart: {size} bytes");
     assert!(size < 16_000, "{size} bytes");
     assert_eq!(totals["date_range"], json!(["2026-11-01", "2026-11-30"]));
