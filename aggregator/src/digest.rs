@@ -8,16 +8,27 @@
 //! [`crate::mail`].
 //!
 //! Every number of an e-mail is the Stats API's own answer, through the privacy module like
-//! `POST /api/v2/query`; no SQL of its own. A digest asks three questions ([`questions`]):
+//! `POST /api/v2/query`; no SQL of its own. A digest asks five questions ([`questions`]):
 //! totals (`visitors`, `pageviews`, `bounce_rate` with `previous_period` comparison), the top
-//! [`TOP`] pages (`event:page`) and the top [`TOP`] sources (`visit:source`) over the week
-//! (Monday to Sunday) or the month. A spike check is the dashboard's Realtime
-//! ([`crate::reports::realtime`]: visitors of the last 5 minutes, top pages of the last 30), one
-//! check per site for all its subscribers, every scheduler tick while someone's threshold may
-//! be met. In differential-privacy mode digests are charged to the credential
-//! `digest:{user id}`, spike checks to `alerts:{site}` (Realtime's five-minute windows: a
-//! window is charged once however often it is checked), budgets of their own apart from the
-//! person's dashboard; when one is spent for the day, that e-mail waits for the next day.
+//! [`TOP`] pages (`event:page`), the top [`TOP`] sources (`visit:source`) and visitors per day
+//! (`time:day`) over the week (Monday to Sunday) or the month, and visitors per day over as
+//! many days before it ([`previous_range`], what the totals are compared with). Visitors per
+//! day is drawn as a chart ([`crate::chart`]): a 560×160 PNG
+//! (1120×320 pixels, palette-indexed: 4–7 KB; a whole digest with it about 8 KB) sent inside
+//! the e-mail (`multipart/related`, `<img src="cid:…">` with `width`/`height` and an alt text
+//! giving the trend in numbers: first and last day, the highest, the period before), with
+//! the numbers as lines of the text part; a series with no published number above zero (no
+//! visitors, or every day withheld) has no image, and the e-mail says why instead.
+//!
+//! A spike check is the dashboard's Realtime ([`crate::reports::realtime`]: visitors of the
+//! last 5 minutes, top pages of the last 30), one check per site for all its subscribers,
+//! every scheduler tick while someone's threshold may be met. In differential-privacy mode
+//! digests are charged to the credential `digest:{user id}` (six releases of ε_query each,
+//! 3.0 at the default 0.5: totals and their comparison, top pages, top sources, the two daily
+//! series; the daily series, 1.0, are what the chart costs), spike checks to
+//! `alerts:{site}` (Realtime's five-minute windows: a window is charged once however often
+//! it is checked), budgets of their own apart from the person's dashboard; when one is
+//! spent for the day, that e-mail waits for the next day.
 //! Numbers withheld by k-anonymity show as "—"; a withheld current-visitors count is no spike.
 //!
 //! Wire format (JSON; errors `{"error": "…"}`):
@@ -61,9 +72,9 @@ use veil_schemas::people::{Role, ALL_SITES};
 
 use crate::auth::Access;
 use crate::http::{bytes_response, json_response, HttpResponse};
-use crate::mail::{absolute, html_text, Mail};
+use crate::mail::{absolute, html_text, InlineImage, Mail};
 use crate::site::SiteView;
-use crate::{query, reports, stats, Aggregator, Error};
+use crate::{chart, query, reports, stats, Aggregator, Error};
 
 /// The path of the unsubscribe page (outside `/api/`: a plain HTML form posts to it).
 pub const UNSUBSCRIBE_PATH: &str = "/unsubscribe";
@@ -168,24 +179,97 @@ pub struct Numbers {
     pub pages: Vec<(String, Value)>,
     /// Top sources: `(source, visitors)`.
     pub sources: Vec<(String, Value)>,
+    /// Visitors per day over the period, every day in order (empty: the answer had none).
+    pub days: Vec<Day>,
     /// `meta.privacy.mode` of the answers (`exact` or `dp`), when given.
     pub mode: String,
 }
 
-/// The request bodies of a digest's three questions over the `period` starting `first`
-/// (what the tests post to the API too).
-pub fn questions(site: &str, period: Period, first: NaiveDate) -> [Value; 3] {
+/// One day of the visitors-per-day series, as the Stats API published it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Day {
+    /// `YYYY-MM-DD` in the site's time zone.
+    pub date: String,
+    /// Its visitors (null: withheld).
+    pub visitors: Value,
+    /// The visitors of the day at the same place in the period before (null: none or
+    /// withheld).
+    pub previous: Value,
+}
+
+/// The days before the `period` starting `first` that it is compared with: as many days,
+/// ending the day before (Plausible's `previous_period` of a range wholly past, what the
+/// totals' comparison covers).
+pub fn previous_range(period: Period, first: NaiveDate) -> (NaiveDate, NaiveDate) {
+    let days = (period.last_day(first) - first).num_days() + 1;
+    (
+        first - chrono::Duration::days(days),
+        first - chrono::Duration::days(1),
+    )
+}
+
+/// The request bodies of a digest's five questions over the `period` starting `first`
+/// (what the tests post to the API too): totals, top pages, top sources, visitors per day,
+/// and visitors per day of the [`previous_range`].
+pub fn questions(site: &str, period: Period, first: NaiveDate) -> [Value; 5] {
     let range = json!([first.to_string(), period.last_day(first).to_string()]);
+    let (from, to) = previous_range(period, first);
     let top = |dim: &str| {
         json!({"site_id": site, "metrics": ["visitors"], "dimensions": [dim], "date_range": range,
                "order_by": [["visitors", "desc"]], "pagination": {"limit": TOP}})
+    };
+    let daily = |range: Value| {
+        json!({"site_id": site, "metrics": ["visitors"], "dimensions": ["time:day"],
+               "date_range": range, "include": {"time_labels": true}})
     };
     [
         json!({"site_id": site, "metrics": ["visitors", "pageviews", "bounce_rate"],
                "date_range": range, "include": {"comparisons": {"mode": "previous_period"}}}),
         top("event:page"),
         top("visit:source"),
+        daily(range.clone()),
+        daily(json!([from.to_string(), to.to_string()])),
     ]
+}
+
+/// The visitors of each day of a `time:day` answer, in order: one per label of
+/// `meta.time_labels` (every day of the range). A day without a row had no visitors (exact
+/// mode lists only days with some; dp mode lists every day); when the differencing guard
+/// withheld the answer (`meta.too_few_visitors`), every day is withheld (null).
+fn daily(doc: &Value) -> Vec<(String, Value)> {
+    let withheld = doc["meta"]["too_few_visitors"].as_bool().unwrap_or(false);
+    let rows = doc["results"].as_array().cloned().unwrap_or_default();
+    let labels: Vec<String> = match doc["meta"]["time_labels"].as_array() {
+        Some(ls) => ls.iter().map(label).collect(),
+        None => rows.iter().map(|r| label(&r["dimensions"][0])).collect(),
+    };
+    labels
+        .into_iter()
+        .map(|date| {
+            let row = rows.iter().find(|r| label(&r["dimensions"][0]) == date);
+            let visitors = match row {
+                Some(r) => r["metrics"].get(0).cloned().unwrap_or(Value::Null),
+                None if withheld => Value::Null,
+                None => json!(0),
+            };
+            (date, visitors)
+        })
+        .collect()
+}
+
+/// The visitors-per-day series of the digest's two `time:day` answers: the period's days
+/// (`doc`), each with the day at the same place of the period before (`before`).
+pub fn days_of(doc: &Value, before: &Value) -> Vec<Day> {
+    let before = daily(before);
+    daily(doc)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (date, visitors))| Day {
+            date,
+            visitors,
+            previous: before.get(i).map(|(_, v)| v.clone()).unwrap_or(Value::Null),
+        })
+        .collect()
 }
 
 /// The privacy-module view of a question `credential` asks at `now`.
@@ -209,7 +293,7 @@ fn label(v: &Value) -> String {
     }
 }
 
-/// Asks the three questions of the `period` starting `first` as `digest:{user_id}`.
+/// Asks the five questions of the `period` starting `first` as `digest:{user_id}`.
 pub async fn numbers(
     agg: &Aggregator,
     site: &SiteView,
@@ -248,6 +332,7 @@ pub async fn numbers(
         changes: [0, 1, 2].map(|i| cell(&first_row["comparison"]["change"], i)),
         pages: rows(&docs[1]),
         sources: rows(&docs[2]),
+        days: days_of(&docs[3], &docs[4]),
         mode,
     })
 }
@@ -301,6 +386,133 @@ fn lists(title: &str, rows: &[(String, Value)]) -> (String, String) {
         );
     }
     (t, h + "</table>")
+}
+
+/// How a series moves: the mean of its second half against its first (known days only).
+fn trend(values: &[f64]) -> &'static str {
+    if values.len() < 2 {
+        return "one day";
+    }
+    let half = values.len() / 2;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (a, b) = (mean(&values[..half]), mean(&values[values.len() - half..]));
+    if b > a * 1.1 && b - a >= 1.0 {
+        "rising"
+    } else if b < a * 0.9 && a - b >= 1.0 {
+        "falling"
+    } else {
+        "about level"
+    }
+}
+
+/// The chart's alt text: what a reader who cannot see it should learn from it — the days'
+/// trend with the first, last and highest day, withheld days, and the period before.
+pub fn chart_alt(days: &[Day], period: Period) -> String {
+    let known: Vec<(&Day, f64)> = days
+        .iter()
+        .filter_map(|d| d.visitors.as_f64().map(|v| (d, v)))
+        .collect();
+    let (Some(first), Some(last)) = (known.first(), known.last()) else {
+        return "Visitors per day: every day withheld".into();
+    };
+    let high = known
+        .iter()
+        .fold(first, |a, b| if b.1 > a.1 { b } else { a });
+    let values: Vec<f64> = known.iter().map(|(_, v)| *v).collect();
+    let mut alt = format!(
+        "Visitors per day, {}: {} on {}, {} on {}, highest {} on {}",
+        trend(&values),
+        show(&first.0.visitors),
+        first.0.date,
+        show(&last.0.visitors),
+        last.0.date,
+        show(&high.0.visitors),
+        high.0.date
+    );
+    let withheld = days.len() - known.len();
+    if withheld > 0 {
+        let s = if withheld == 1 { "" } else { "s" };
+        alt += &format!(" ({withheld} day{s} withheld)");
+    }
+    let before: Vec<f64> = days.iter().filter_map(|d| d.previous.as_f64()).collect();
+    if !before.is_empty() {
+        let top = before.iter().fold(f64::MIN, |a, b| a.max(*b));
+        alt += &format!(
+            ". Dashed grey line: the {} before, {}, highest {}",
+            period.name(),
+            trend(&before),
+            show(&json!(top))
+        );
+    }
+    alt + "."
+}
+
+/// The visitors-per-day section: the text line, the HTML (the chart's `<img>` or why there
+/// is none) and the chart's PNG to attach, if any.
+fn chart_section(
+    site: &SiteView,
+    period: Period,
+    first: NaiveDate,
+    days: &[Day],
+) -> (String, String, Option<InlineImage>) {
+    let current: Vec<Option<f64>> = days.iter().map(|d| d.visitors.as_f64()).collect();
+    let previous: Vec<Option<f64>> = days.iter().map(|d| d.previous.as_f64()).collect();
+    let compared = previous.iter().any(Option::is_some);
+    let list = |vs: Vec<String>| vs.join(", ");
+    let mut text = format!(
+        "
+Visitors per day: {}
+",
+        if days.is_empty() {
+            "none".to_string()
+        } else {
+            list(days.iter().map(|d| show(&d.visitors)).collect())
+        }
+    );
+    if compared {
+        text += &format!(
+            "The {} before: {}
+",
+            period.name(),
+            list(days.iter().map(|d| show(&d.previous)).collect())
+        );
+    }
+    let png = chart::visitors_png(&current, if compared { &previous } else { &[] });
+    let e = html_text;
+    let Some(png) = png else {
+        let why = if current.iter().all(Option::is_none) && !days.is_empty() {
+            "no chart: every day's number is withheld (too few visitors)"
+        } else {
+            "no chart: no visitors"
+        };
+        return (
+            text,
+            format!("<h2>Visitors per day</h2><p>{why}.</p>"),
+            None,
+        );
+    };
+    // Unique within the message is enough (RFC 2392); the domain is kept to cid-safe bytes.
+    let host: String = site
+        .domain
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let content_id = format!("visitors-{}-{first}@{host}", period.name());
+    let html = format!(
+        "<h2>Visitors per day</h2><p><img src=\"cid:{}\" width=\"{}\" height=\"{}\" \
+         alt=\"{}\" style=\"display:block;max-width:100%;height:auto;border:0\"></p>",
+        e(&content_id),
+        chart::WIDTH,
+        chart::HEIGHT,
+        e(&chart_alt(days, period))
+    );
+    (text, html, Some(InlineImage { content_id, png }))
 }
 
 /// The closing lines of every e-mail: privacy, the dashboard and the unsubscribe link.
@@ -373,6 +585,9 @@ pub fn compose(
         );
     }
     html += "</table>";
+    let (t, h, image) = chart_section(site, period, first, &n.days);
+    text += &t;
+    html += &h;
     for (title, rows) in [("Top pages", &n.pages), ("Top sources", &n.sources)] {
         let (t, h) = lists(title, rows);
         text += &t;
@@ -391,6 +606,7 @@ pub fn compose(
         text,
         html,
         unsubscribe: Some(unsubscribe.to_string()),
+        images: image.into_iter().collect(),
     }
 }
 
@@ -444,6 +660,7 @@ pub fn compose_spike(
         text,
         html,
         unsubscribe: Some(unsubscribe.to_string()),
+        images: Vec::new(),
     }
 }
 
@@ -1055,6 +1272,7 @@ mod tests {
             changes: [json!(40), Value::Null, Value::Null],
             pages: vec![("/<script>alert(1)</script>".into(), json!(5))],
             sources: vec![("\"><img src=x onerror=alert(1)>".into(), json!(5))],
+            days: Vec::new(),
             mode: "exact".into(),
         };
         let week = NaiveDate::from_ymd_opt(2026, 11, 16).unwrap();
@@ -1084,6 +1302,132 @@ mod tests {
         assert_eq!(
             m.unsubscribe.as_deref(),
             Some("https://v/unsubscribe?token=vu_1")
+        );
+    }
+
+    fn week_of(visitors: &[Value], previous: &[Value]) -> Vec<Day> {
+        (0..7)
+            .map(|i| Day {
+                date: format!("2026-11-{}", 16 + i),
+                visitors: visitors[i].clone(),
+                previous: previous.get(i).cloned().unwrap_or(Value::Null),
+            })
+            .collect()
+    }
+
+    fn digest_of(days: Vec<Day>) -> Mail {
+        let site = crate::site::view("a.com", &veil_schemas::registry::SiteSettings::default());
+        let n = Numbers {
+            totals: [json!(70), json!(90), json!(40)],
+            changes: [json!(25), json!(10), json!(-2)],
+            pages: Vec::new(),
+            sources: Vec::new(),
+            days,
+            mode: "dp".into(),
+        };
+        let week = NaiveDate::from_ymd_opt(2026, 11, 16).unwrap();
+        compose(
+            "p@a.com",
+            &site,
+            Period::Week,
+            week,
+            &n,
+            "https://v/s",
+            "https://v/u",
+        )
+    }
+
+    #[test]
+    fn a_digest_shows_visitors_per_day_as_an_inline_chart_with_the_trend_in_words() {
+        let now = [3, 5, 8, 9, 12, 15, 20].map(|v| json!(v));
+        let before = [4, 4, 5, 4, 6, 5, 4].map(|v| json!(v));
+        let m = digest_of(week_of(&now, &before));
+        assert_eq!(m.images.len(), 1);
+        let img = &m.images[0];
+        assert_eq!(img.content_id, "visitors-week-2026-11-16@a.com");
+        assert!(img.png.starts_with(b"\x89PNG\r\n\x1a\n"));
+        let tag = format!(
+            "<img src=\"cid:{}\" width=\"560\" height=\"160\" alt=\"",
+            img.content_id
+        );
+        assert!(m.html.contains(&tag), "{}", m.html);
+        assert!(
+            m.html.contains(
+                "alt=\"Visitors per day, rising: 3 on 2026-11-16, 20 on 2026-11-22, highest 20 on \
+                 2026-11-22. Dashed grey line: the week before, about level, highest 6.\""
+            ),
+            "{}",
+            m.html
+        );
+        assert!(
+            m.text.contains(
+                "Visitors per day: 3, 5, 8, 9, 12, 15, 20\nThe week before: 4, 4, 5, 4, 6, 5, 4\n"
+            ),
+            "{}",
+            m.text
+        );
+    }
+
+    #[test]
+    fn a_withheld_or_empty_series_has_no_chart_and_the_email_says_why() {
+        let m = digest_of(week_of(&vec![Value::Null; 7], &[]));
+        assert!(m.images.is_empty());
+        assert!(!m.html.contains("<img"), "{}", m.html);
+        assert!(
+            m.html
+                .contains("no chart: every day's number is withheld (too few visitors)"),
+            "{}",
+            m.html
+        );
+        assert!(
+            m.text.contains("Visitors per day: —, —, —, —, —, —, —\n"),
+            "{}",
+            m.text
+        );
+        let m = digest_of(week_of(&vec![json!(0); 7], &[]));
+        assert!(m.images.is_empty());
+        assert!(m.html.contains("no chart: no visitors"), "{}", m.html);
+        // A withheld day is a gap, said in the alt text; no comparison, no grey line.
+        let mut some = [5, 6, 7, 0, 8, 9, 9].map(|v| json!(v));
+        some[3] = Value::Null;
+        let m = digest_of(week_of(&some, &[]));
+        assert_eq!(m.images.len(), 1);
+        assert!(m.html.contains("(1 day withheld)."), "{}", m.html);
+        assert!(!m.text.contains("The week before"), "{}", m.text);
+    }
+
+    #[test]
+    fn the_daily_series_lists_every_day_of_the_answer() {
+        // Exact mode lists only days with visitors: the others had none.
+        let doc = json!({"results": [{"dimensions": ["2026-11-17"], "metrics": [4]}],
+            "meta": {"time_labels": ["2026-11-16", "2026-11-17"], "too_few_visitors": false}});
+        let before = json!({"results": [{"dimensions": ["2026-11-09"], "metrics": [2]}],
+            "meta": {"time_labels": ["2026-11-09", "2026-11-10"], "too_few_visitors": false}});
+        let days = days_of(&doc, &before);
+        assert_eq!(days.len(), 2);
+        assert_eq!(
+            (days[0].visitors.clone(), days[0].previous.clone()),
+            (json!(0), json!(2))
+        );
+        assert_eq!(
+            (days[1].visitors.clone(), days[1].previous.clone()),
+            (json!(4), json!(0))
+        );
+        // The differencing guard withheld an answer: every day of it withheld.
+        let withheld = json!({"results": [], "meta": {"time_labels": ["2026-11-09", "2026-11-10"], "too_few_visitors": true}});
+        let days = days_of(&doc, &withheld);
+        assert_eq!(
+            (days[1].visitors.clone(), days[1].previous.clone()),
+            (json!(4), Value::Null)
+        );
+        assert_eq!(days_of(&withheld, &doc)[0].visitors, Value::Null);
+        // The period before is as many days, ending the day before.
+        let nov = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let d = |m, d| NaiveDate::from_ymd_opt(2026, m, d).unwrap();
+        assert_eq!(previous_range(Period::Month, nov), (d(10, 2), d(10, 31)));
+        assert_eq!(
+            previous_range(Period::Week, d(11, 16)),
+            (d(11, 9), d(11, 15))
         );
     }
 

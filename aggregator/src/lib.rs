@@ -52,12 +52,14 @@
 //! query and compiling it to SQL), [`stats`] (running it and shaping the answer), [`builds`]
 //! (which rollup builds reports may read), [`snapshot`] (today's snapshots), [`db`] (the one
 //! door to ClickHouse), [`http`] (responses). Background jobs: [`rollup`], [`retention`],
-//! [`digest`] (weekly e-mail digests, sent through [`mail`] with invitations).
+//! [`digest`] (weekly and monthly e-mail digests with a visitors-per-day [`chart`], sent
+//! through [`mail`] with invitations).
 
 pub mod account;
 pub mod admin;
 pub mod auth;
 pub mod builds;
+pub mod chart;
 pub mod clock;
 pub mod cost;
 pub mod db;

@@ -31,8 +31,21 @@
 //! and `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058: a mail client's
 //! "unsubscribe" button POSTs to the URL). The body is `multipart/alternative` with a
 //! `text/plain; charset=utf-8` part first and a `text/html; charset=utf-8` part second, both
-//! quoted-printable or base64 as lettre chooses. The addresses are account data (people of the
-//! deployment), never visitor data.
+//! quoted-printable or base64 as lettre chooses. A mail with inline images ([`Mail::images`]:
+//! a digest's chart, [`crate::chart`]) wraps the HTML part in `multipart/related` with one
+//! `image/png` part per image after it (`Content-Disposition: inline`, base64, `Content-ID:
+//! <ID>`, shown by the HTML's `<img src="cid:ID">`, RFC 2392), the way Gmail and Outlook show
+//! images without fetching anything:
+//!
+//! ```text
+//! multipart/alternative
+//! ├── text/plain
+//! └── multipart/related
+//!     ├── text/html          <img src="cid:ID" …>
+//!     └── image/png          Content-ID: <ID>
+//! ```
+//!
+//! The addresses are account data (people of the deployment), never visitor data.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -40,8 +53,9 @@ use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
+use lettre::message::header::ContentType;
 use lettre::message::header::{Header, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -66,6 +80,17 @@ pub struct Mail {
     pub html: String,
     /// The `List-Unsubscribe` URL (digests).
     pub unsubscribe: Option<String>,
+    /// Images the HTML part shows by `cid:` (a digest's chart); none for most e-mails.
+    pub images: Vec<InlineImage>,
+}
+
+/// A PNG sent inside an e-mail and shown by its HTML as `<img src="cid:{content_id}">`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineImage {
+    /// The `Content-ID` without its angle brackets (`addr-spec` form, `…@…`).
+    pub content_id: String,
+    /// The PNG's bytes.
+    pub png: Vec<u8>,
 }
 
 /// A boxed future of a send.
@@ -362,11 +387,24 @@ impl Mail {
                 .header(ListUnsubscribe(u.clone()))
                 .header(ListUnsubscribePost);
         }
-        b.multipart(MultiPart::alternative_plain_html(
-            self.text.clone(),
-            self.html.clone(),
-        ))
-        .map_err(|e| Error::Internal(format!("building an e-mail: {e}")))
+        let body = if self.images.is_empty() {
+            MultiPart::alternative_plain_html(self.text.clone(), self.html.clone())
+        } else {
+            let png = ContentType::parse("image/png")
+                .map_err(|e| Error::Internal(format!("the PNG content type: {e}")))?;
+            let mut related = MultiPart::related().singlepart(SinglePart::html(self.html.clone()));
+            for img in &self.images {
+                related = related.singlepart(
+                    Attachment::new_inline(img.content_id.clone())
+                        .body(img.png.clone(), png.clone()),
+                );
+            }
+            MultiPart::alternative()
+                .singlepart(SinglePart::plain(self.text.clone()))
+                .multipart(related)
+        };
+        b.multipart(body)
+            .map_err(|e| Error::Internal(format!("building an e-mail: {e}")))
     }
 }
 
@@ -559,6 +597,7 @@ pub fn invitation(to: &str, inviter: &str, site: &str, role: &str, link: &str) -
         text,
         html,
         unsubscribe: None,
+        images: Vec::new(),
     }
 }
 
@@ -740,6 +779,7 @@ mod tests {
             text: "plain".into(),
             html: "<p>html</p>".into(),
             unsubscribe: Some("https://veil.example/unsubscribe?token=vu_1".into()),
+            images: Vec::new(),
         };
         let raw = String::from_utf8(
             m.to_message(&"Veil <veil@example.com>".parse().unwrap())
@@ -757,6 +797,36 @@ mod tests {
             "{raw}"
         );
         assert!(raw.contains("Message-ID: <"), "{raw}");
+        assert!(!raw.contains("multipart/related"), "{raw}");
+    }
+
+    #[test]
+    fn inline_images_go_in_multipart_related_after_the_html() {
+        let m = Mail {
+            to: "ann@example.com".into(),
+            subject: "Weekly".into(),
+            text: "plain".into(),
+            html: "<img src=\"cid:visitors@veil\">".into(),
+            unsubscribe: None,
+            images: vec![InlineImage {
+                content_id: "visitors@veil".into(),
+                png: vec![0x89, b'P', b'N', b'G'],
+            }],
+        };
+        let raw = String::from_utf8(
+            m.to_message(&"veil@example.com".parse().unwrap())
+                .unwrap()
+                .formatted(),
+        )
+        .unwrap();
+        let at = |s: &str| raw.find(s).unwrap_or_else(|| panic!("no {s} in {raw}"));
+        assert!(at("multipart/alternative") < at("text/plain"));
+        assert!(at("text/plain") < at("multipart/related"));
+        assert!(at("multipart/related") < at("text/html"));
+        assert!(at("text/html") < at("Content-Type: image/png"));
+        assert!(raw.contains("Content-ID: <visitors@veil>"), "{raw}");
+        assert!(raw.contains("Content-Disposition: inline"), "{raw}");
+        assert!(raw.contains("iVBORw=="), "the PNG in base64: {raw}");
     }
 
     #[test]

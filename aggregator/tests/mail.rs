@@ -2,10 +2,15 @@
 //! installed by `scripts/install-deps.sh --test` into var/smtp-venv) and a real ClickHouse:
 //! an invitation arrives with its link and the link works; a weekly digest arrives on Monday
 //! 08:00 by the (manual) clock, multipart text + HTML, with the Stats API's own numbers (exact
-//! mode) and an unsubscribe link that a GET only asks about and a POST follows, after which
+//! mode), its chart of visitors per day inline (`multipart/related`: the HTML's `cid:` is the
+//! `image/png` part, which decodes to the stated size and shows the accent-coloured line; the
+//! alt text and the text part say the API's own series; the whole message under 16 KB; a week
+//! without visitors has no image and says so) and an unsubscribe link that a GET only asks about and a POST follows, after which
 //! no digest comes; a week is sent once, also by a second aggregator (a restart); every
 //! e-mail's unsubscribe link works the moment the relay has the e-mail; a monthly
-//! digest arrives on the 1st with the month's numbers; a traffic spike (current visitors at
+//! digest arrives on the 1st with the month's numbers and its 30-day chart; in dp mode the
+//! digest's numbers and chart are the published (noisy) answers to the same questions, charged
+//! to the digest's own budget; a traffic spike (current visitors at
 //! the person's threshold) is e-mailed once, with Realtime's numbers, and its link
 //! unsubscribes.
 //!
@@ -250,6 +255,77 @@ fn part(m: &Value, ty: &str) -> String {
         .replace("\r\n", "\n")
 }
 
+/// Checks a delivered digest's chart against the API's own visitors-per-day answer
+/// `series` and `before` (the digest's fourth and fifth questions): `multipart/related` with an inline `image/png`
+/// whose Content-ID is the HTML's `cid:`, with the size and alt text the HTML states; the PNG
+/// (decoded with tiny-skia) is that size and shows a line in the accent colour; the text part
+/// lists the same numbers. Returns the message's size in bytes.
+fn assert_chart(smtp: &Smtpd, mail: &Value, series: &Value, before: &Value, period: Period) -> u64 {
+    use veil_aggregator::chart;
+    assert_eq!(
+        mail["structure"],
+        json!([
+            "multipart/alternative",
+            "text/plain",
+            "multipart/related",
+            "text/html",
+            "image/png"
+        ]),
+        "{mail}"
+    );
+    let img = mail["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == "image/png")
+        .unwrap();
+    assert_eq!(img["disposition"], "inline", "{img}");
+    let cid = img["content_id"].as_str().unwrap();
+    let cid = cid
+        .strip_prefix('<')
+        .and_then(|c| c.strip_suffix('>'))
+        .unwrap();
+    let days = digest::days_of(series, before);
+    let html = part(mail, "text/html");
+    let tag = format!(
+        "<img src=\"cid:{cid}\" width=\"{}\" height=\"{}\" alt=\"{}\"",
+        chart::WIDTH,
+        chart::HEIGHT,
+        digest::chart_alt(&days, period)
+    );
+    assert!(html.contains(&tag), "{tag:?} not in {html}");
+    let png = std::fs::read(smtp.dir.path().join(img["file"].as_str().unwrap())).unwrap();
+    let p = tiny_skia::Pixmap::decode_png(&png).unwrap();
+    assert_eq!(
+        (p.width(), p.height()),
+        (chart::WIDTH * chart::SCALE, chart::HEIGHT * chart::SCALE)
+    );
+    let px: Vec<_> = p.pixels().iter().map(|c| c.demultiply()).collect();
+    let accent = px
+        .iter()
+        .filter(|c| [c.red(), c.green(), c.blue()] == chart::ACCENT)
+        .count();
+    let white = px
+        .iter()
+        .filter(|c| (c.red(), c.green(), c.blue()) == (255, 255, 255))
+        .count();
+    // A line across the width, 5 px thick: thousands of accent pixels; mostly background.
+    assert!(accent > 2 * p.width() as usize, "{accent} accent pixels");
+    assert!(white > px.len() / 2, "{white} white of {}", px.len());
+    let values: Vec<String> = days.iter().map(|d| show(&d.visitors)).collect();
+    let before: Vec<String> = days.iter().map(|d| show(&d.previous)).collect();
+    let line = format!(
+        "Visitors per day: {}\nThe {} before: {}\n",
+        values.join(", "),
+        period.name(),
+        before.join(", ")
+    );
+    assert!(part(mail, "text/plain").contains(&line), "{line:?}");
+    std::fs::metadata(smtp.dir.path().join(mail["eml"].as_str().unwrap()))
+        .unwrap()
+        .len()
+}
+
 fn config(smtp: &Smtpd) -> AggregatorConfig {
     AggregatorConfig {
         accounts: true,
@@ -445,14 +521,22 @@ async fn a_weekly_digest_arrives_on_monday_with_the_apis_numbers_and_unsubscribe
         .iter()
         .map(|p| &p["type"])
         .collect();
-    assert_eq!(types, [&json!("text/plain"), &json!("text/html")]);
+    assert_eq!(
+        types,
+        [
+            &json!("text/plain"),
+            &json!("text/html"),
+            &json!("image/png")
+        ]
+    );
     let text = part(&mail, "text/plain");
     let html = part(&mail, "text/html");
     assert!(text.contains("Week 2026-11-16 to 2026-11-22"), "{text}");
 
     // The numbers are the API's: ask it the digest's questions as the owner.
     let week = NaiveDate::from_ymd_opt(2026, 11, 16).unwrap();
-    let [totals, pages, sources] = digest::questions(common::SITE, Period::Week, week);
+    let [totals, pages, sources, series, before] =
+        digest::questions(common::SITE, Period::Week, week);
     let ask = |q: Value| {
         let owner = &owner;
         let a = &a;
@@ -496,6 +580,19 @@ async fn a_weekly_digest_arrives_on_monday_with_the_apis_numbers_and_unsubscribe
     }
     assert!(text.contains("/pricing: 6 visitors"), "{text}");
     assert!(text.contains("Google: 10 visitors"), "{text}");
+    // The chart: the API's visitors per day (the seeded Thursday and Friday), inline.
+    let s = ask(series).await;
+    let b = ask(before).await;
+    assert_eq!(
+        b["meta"]["time_labels"][0], "2026-11-09",
+        "the week before: {b}"
+    );
+    let days = digest::days_of(&s, &b);
+    assert_eq!(days.len(), 7, "{s}");
+    assert!(days[3].visitors.as_f64().unwrap() > 0.0, "{s}");
+    let size = assert_chart(&smtp, &mail, &s, &b, Period::Week);
+    eprintln!("the weekly digest with its chart: {size} bytes");
+    assert!(size < 16_000, "{size} bytes");
 
     // Sent once: not again by this aggregator, nor by a new one (a restart).
     assert_eq!(digest::send_due(&a).await.unwrap(), 0);
@@ -551,6 +648,10 @@ async fn a_weekly_digest_arrives_on_monday_with_the_apis_numbers_and_unsubscribe
     assert_eq!(r.body["week"], json!(["2026-11-23", "2026-11-29"]));
     let second = smtp.wait_for(2).await.remove(1);
     assert!(part(&second, "text/plain").contains("Week 2026-11-23 to 2026-11-29"));
+    // A week without visitors has no chart, and says so.
+    assert_eq!(second["structure"][2], "text/html", "{second}");
+    assert!(part(&second, "text/html").contains("no chart: no visitors"));
+    assert!(part(&second, "text/plain").contains("Visitors per day: 0, 0, 0, 0, 0, 0, 0\n"));
 }
 
 #[tokio::test]
@@ -593,12 +694,30 @@ async fn in_dp_mode_a_digest_spends_a_budget_of_its_own_and_shows_the_published_
             .await
         }
     };
-    assert!(spent("digest:% shop.example").await >= 3);
+    // Five questions (the two daily series are the fourth and fifth), each charged once.
+    assert!(spent("digest:% shop.example").await >= 5);
     assert_eq!(spent("user:%").await, 0);
 
     // The same question asked on the API publishes the same (noisy) visitors number.
     let week = NaiveDate::from_ymd_opt(2026, 11, 16).unwrap();
-    let [totals, _, _] = digest::questions(common::SITE, Period::Week, week);
+    let [totals, _, _, series, before] = digest::questions(common::SITE, Period::Week, week);
+    // The chart and its text lines are the published (noisy) series, the same questions'.
+    let s = owner.call(&a, "POST", "/api/v2/query", Some(series)).await;
+    assert_eq!(s.status, 200, "{}", s.text);
+    assert_eq!(s.body["meta"]["privacy"]["mode"], "dp", "{}", s.text);
+    let b = owner.call(&a, "POST", "/api/v2/query", Some(before)).await;
+    assert_eq!(b.status, 200, "{}", b.text);
+    let days = digest::days_of(&s.body, &b.body);
+    assert_eq!(days.len(), 7, "{}", s.text);
+    if days
+        .iter()
+        .any(|d| d.visitors.as_f64().is_some_and(|v| v > 0.0))
+    {
+        assert_chart(&smtp, &mail, &s.body, &b.body, Period::Week);
+    } else {
+        // Noise took every day to zero (unlikely with the seeded days): no chart, said so.
+        assert!(part(&mail, "text/html").contains("no chart: no visitors"));
+    }
     let r = owner.call(&a, "POST", "/api/v2/query", Some(totals)).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["meta"]["privacy"]["mode"], "dp", "{}", r.text);
@@ -653,7 +772,21 @@ async fn a_monthly_digest_arrives_on_the_first_with_the_months_numbers() {
     );
     // The numbers are the API's answers to the month's questions.
     let month = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
-    let [totals, pages, _] = digest::questions(common::SITE, Period::Month, month);
+    let [totals, pages, _, series, before] = digest::questions(common::SITE, Period::Month, month);
+    let s = owner.call(&a, "POST", "/api/v2/query", Some(series)).await;
+    assert_eq!(s.status, 200, "{}", s.text);
+    let b = owner.call(&a, "POST", "/api/v2/query", Some(before)).await;
+    let labels = b.body["meta"]["time_labels"].as_array().unwrap();
+    assert_eq!(
+        (labels.len(), &labels[0], &labels[29]),
+        (30, &json!("2026-10-02"), &json!("2026-10-31")),
+        "as many days before November: {}",
+        b.text
+    );
+    assert_eq!(digest::days_of(&s.body, &b.body).len(), 30, "{}", s.text);
+    let size = assert_chart(&smtp, &mail, &s.body, &b.body, Period::Month);
+    eprintln!("the monthly digest with its chart: {size} bytes");
+    assert!(size < 16_000, "{size} bytes");
     assert_eq!(totals["date_range"], json!(["2026-11-01", "2026-11-30"]));
     let t = owner.call(&a, "POST", "/api/v2/query", Some(totals)).await;
     assert_eq!(t.status, 200, "{}", t.text);

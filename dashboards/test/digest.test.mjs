@@ -2,7 +2,9 @@
 // server (aiosmtpd, testing/smtp/server.py, installed by scripts/install-deps.sh --test):
 // an invitation is e-mailed and its link, followed in Chromium, makes the account; on the
 // site's dashboard that person ticks "E-mail me a weekly report", the operator sends the week's
-// digest and it arrives addressed to them; unticked, the next one does not. The monthly report
+// digest and it arrives addressed to them, with its chart of visitors per day inside (the
+// inline PNG its HTML shows by cid:, loaded in Chromium at 560×160); unticked, the next one
+// does not. The monthly report
 // and a traffic-spike alert are set the same way: the month's digest arrives when sent, and a
 // spike of current visitors at the threshold e-mails the reader by itself (the scheduler checks
 // every second here, --mail-check-secs 1).
@@ -49,8 +51,12 @@ after(async () => {
 });
 
 test("an e-mailed invitation makes the account; its weekly report is ticked on the dashboard, arrives by e-mail, and stops when unticked", async () => {
-  // Last week's traffic, for the digest to report (a week ends on Sunday: 8 days back is in it).
-  const day = new Date(Date.now() - 8 * 86_400_000).toISOString();
+  // Traffic on the Wednesday of the week the digest reports: the last full week (Monday to
+  // Sunday, the site in UTC), the one before it until Monday 08:00.
+  const now = new Date();
+  const monday = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() - (now.getUTCDay() + 6) % 7));
+  const early = now.getUTCDay() === 1 && now.getUTCHours() < 8;
+  const day = new Date(monday.getTime() - (early ? 14 : 7) * 86_400_000 + 2.5 * 86_400_000).toISOString();
   await send(veil, Array.from({ length: 4 }, (_, i) => ({ site: SITE, name: "pageview", url: `https://${SITE}/welcome`,
     timestamp: day, ip: `198.51.100.${200 + i}`, user_agent: "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36" })));
 
@@ -89,6 +95,29 @@ test("an e-mailed invitation makes the account; its weekly report is ticked on t
   assert.deepEqual(digest.rcpt_tos, [READER.email]);
   assert.equal(digest.content_type, "multipart/alternative");
   assert.match(text(digest), new RegExp(SITE.replace(/\./g, "\\.")));
+
+  // It carries last week's visitors per day as a chart inside the e-mail: the HTML's cid: names
+  // the inline PNG part. Shown as a mail client shows it (the cid: resolved to the part's bytes),
+  // the image loads at its stated size, with an alt text that says the numbers.
+  assert.deepEqual(digest.structure, ["multipart/alternative", "text/plain", "multipart/related", "text/html", "image/png"]);
+  const png = digest.parts.find((p) => p.type === "image/png");
+  assert.equal(png.disposition, "inline");
+  const cid = png.content_id.replace(/^<|>$/g, "");
+  const html = digest.parts.find((p) => p.type === "text/html").body;
+  assert.ok(html.includes(`src="cid:${cid}"`), html);
+  assert.match(text(digest), /Visitors per day: (\d+, ){6}\d+\r?\nThe week before: (\d+, ){6}\d+\r?\n/);
+  const viewer = await open(chrome, { token: null });
+  const dataUrl = "data:image/png;base64," + readFileSync(join(inbox, png.file)).toString("base64");
+  await viewer.setContent(html.replace(`cid:${cid}`, dataUrl));
+  const img = await viewer.waitForFunction(() => {
+    const i = document.querySelector("img");
+    return i && i.complete && i.naturalWidth > 0 &&
+      { natural: [i.naturalWidth, i.naturalHeight], shown: [i.width, i.height], alt: i.alt };
+  }, null, { timeout: 10_000 }).then((h) => h.jsonValue());
+  assert.deepEqual(img.natural, [1120, 320]);
+  assert.deepEqual(img.shown, [560, 160]);
+  assert.match(img.alt, /^Visitors per day, (rising|falling|about level|one day): \d+ on \d{4}-\d\d-\d\d, .*highest 4 on /);
+  await viewer.close_all();
 
   // Unticked: the next send has nobody to write to.
   await page.uncheck("#digest");

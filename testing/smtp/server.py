@@ -9,8 +9,15 @@ to DIR as NNNN.json (written aside, then renamed: a reader never sees half a fil
 NNNN.eml beside it (the raw bytes):
 
     {"mail_from", "rcpt_tos": [...], "content_type": "multipart/alternative",
-     "headers": {"Subject": decoded, ...}, "parts": [{"type": "text/plain", "body": decoded}, ...],
-     "tls": true when the message came over TLS, "login": the user who authenticated or null}
+     "structure": every part's type, multiparts too, depth first ("multipart/alternative",
+     "text/plain", "multipart/related", "text/html", "image/png"),
+     "headers": {"Subject": decoded, ...}, "parts": [{"type": "text/plain", "body": decoded,
+     "content_id": "<...>" or null, "disposition": "inline" or null}, ...],
+     "tls": true when the message came over TLS, "login": the user who authenticated or null,
+     "eml": "NNNN.eml"}
+
+A binary part (an inline image) has "body": null and "file": "NNNN-K.bin", its decoded bytes
+written beside the JSON (K: the part's place among the leaf parts, from 0).
 
 `--tls implicit`: TLS from the first byte (smtps, Python's ssl with CERT and KEY); `--tls
 starttls`: plain until STARTTLS, which is required before MAIL (aiosmtpd's require_starttls).
@@ -42,15 +49,32 @@ class Sink:
     async def handle_DATA(self, server, session, envelope):
         raw = envelope.original_content or envelope.content
         msg = email.message_from_bytes(raw, policy=email.policy.default)
-        parts = [
-            {"type": p.get_content_type(), "body": p.get_content()}
-            for p in msg.walk()
-            if not p.is_multipart()
-        ]
+        with self.lock:
+            self.n += 1
+            name = f"{self.n:04}"
+        parts = []
+        for p in msg.walk():
+            if p.is_multipart():
+                continue
+            body = p.get_content()
+            part = {
+                "type": p.get_content_type(),
+                "body": body,
+                "content_id": p["Content-ID"],
+                "disposition": p.get_content_disposition(),
+            }
+            if isinstance(body, bytes):
+                part["body"] = None
+                part["file"] = f"{name}-{len(parts)}.bin"
+                with open(os.path.join(self.out, part["file"]), "wb") as f:
+                    f.write(body)
+            parts.append(part)
         doc = {
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
             "content_type": msg.get_content_type(),
+            "structure": [p.get_content_type() for p in msg.walk()],
+            "eml": name + ".eml",
             "headers": {k: str(v) for k, v in msg.items()},
             "parts": parts,
             "tls": server.transport.get_extra_info("ssl_object") is not None,
@@ -58,9 +82,6 @@ class Sink:
             if isinstance(session.auth_data, LoginPassword)
             else None,
         }
-        with self.lock:
-            self.n += 1
-            name = f"{self.n:04}"
         with open(os.path.join(self.out, name + ".eml"), "wb") as f:
             f.write(raw)
         tmp = os.path.join(self.out, "." + name + ".tmp")
