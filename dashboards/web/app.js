@@ -599,7 +599,7 @@
     });
     return atlasLoad;
   }
-  async function worldMap(dim, metric, data) {
+  async function worldMap(dim, metric, data, tableId) {
     const fig = h("figure", { class: "world-map", id: "world-map" });
     if (!window.d3 || typeof d3.geoPath !== "function" || !window.topojson) {
       fig.append(h("p", { class: "hint", text: "Map library unavailable; see the table." }));
@@ -622,6 +622,7 @@
     svg.setAttribute("viewBox", "0 0 " + w + " " + ht);
     svg.setAttribute("role", "img");
     svg.setAttribute("aria-label", metricLabel(metric) + " by country on a world map (" + values.size + " countries with data; the table below lists them)");
+    svg.setAttribute("aria-details", tableId);
     for (const f of features) {
       const p = document.createElementNS(SVGNS, "path");
       p.setAttribute("d", path(f) || "");
@@ -732,7 +733,8 @@
         const listed = tab.map ? Object.assign({}, data, { results: (data.results || []).slice(0, 10) }) : data;
         // Realtime takes no filters: its rows are not buttons.
         const out = [rowTable(dim, metrics, listed, st, def.title + ": " + tab.label, st.view !== "realtime", tab.with || null)];
-        if (tab.map) out.unshift(await worldMap(dim, metrics[0], data));
+        // The map points screen readers to the table of its numbers (aria-details).
+        if (tab.map) { out[0].id = "world-map-table"; out.unshift(await worldMap(dim, metrics[0], data, out[0].id)); }
         if (gen !== S.generation) return;
         const skipped = data.meta && data.meta.imports_skip_reason;
         if (skipped && skipped !== "no_imported_data") {
@@ -1553,7 +1555,7 @@
   function minuteChart(container, metrics, gen) {
     const fig = h("figure", { class: "chart", id: "rt-chart" });
     const caption = h("figcaption", { id: "rt-chart-title", text: shortLabel(metrics[0]) + " (solid line) and " + shortLabel(metrics[1]).toLowerCase() + " (dashed) per minute, last 30 minutes" });
-    const plot = h("div", { class: "plot", role: "img", "aria-labelledby": "rt-chart-title", "aria-describedby": "rt-chart-summary" });
+    const plot = h("div", { class: "plot", role: "img", "aria-labelledby": "rt-chart-title", "aria-describedby": "rt-chart-legend rt-chart-summary" });
     const details = h("details", { id: "rt-chart-data" }, h("summary", { id: "rt-chart-summary", text: "Chart data as a table" }));
     const legendEl = h("p", { class: "hint", id: "rt-chart-legend" });
     fig.append(h("div", { class: "panel-head" }, caption), plot, legendEl, details);
