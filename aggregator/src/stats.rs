@@ -1244,6 +1244,7 @@ async fn dp_report(
         .into_iter()
         .map(Row::published)
         .collect();
+    dp_percentiles(client, site, q, builds, &rel, &mut rows).await?;
     for which in CONVERSIONS {
         let Some(ci) = q.metrics.iter().position(|m| *m == which) else {
             continue;
@@ -1318,6 +1319,74 @@ async fn dp_rows(
         query::assemble::sql(&iq, site, &built, None)
     };
     Ok(rel.rows_with(q, &fetch(client, &sql).await?, extra).0)
+}
+
+/// Fills the performance percentiles of `rows` (published rows of `q`'s release `rel`) from
+/// their samples' noisy histograms (`privacy::quantile`): one statement per sample, each
+/// visitor id's samples clamped as the release's noise is calibrated for.
+async fn dp_percentiles(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+    builds: &mut Builds,
+    rel: &privacy::Release,
+    rows: &mut [Row],
+) -> Result<(), Error> {
+    use privacy::quantile;
+    let nd = q.dimensions.len();
+    for sample in rel.plan().samples.clone() {
+        let at: Vec<(usize, f64)> = q
+            .metrics
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| match quantile::Sample::of(*m) {
+                Some((s, p)) if s == sample => Some((i, p)),
+                _ => None,
+            })
+            .collect();
+        let mut iq = q.clone();
+        iq.unrounded = true;
+        iq.bounded = true;
+        iq.order_by = (0..nd).map(|i| (i, false)).collect();
+        let built = builds.for_query(client, site, &iq).await?;
+        let sql = query::assemble::sample_sql(
+            &iq,
+            site,
+            &built,
+            rel.clamp(),
+            sample.prop(),
+            quantile::bucket_sql,
+        )
+        .map_err(Error::Internal)?;
+        let mut histograms: std::collections::HashMap<Vec<String>, Vec<f64>> =
+            std::collections::HashMap::new();
+        for r in fetch(client, &sql).await? {
+            let Some(cells) = r.as_array().filter(|c| c.len() == nd + 2) else {
+                continue;
+            };
+            let dims: Vec<String> = cells[..nd].iter().map(text).collect();
+            let (Some(b), Some(n)) = (number(&cells[nd]), number(&cells[nd + 1])) else {
+                continue;
+            };
+            let h = histograms
+                .entry(dims)
+                .or_insert_with(|| vec![0.0; usize::from(quantile::TOP) + 1]);
+            if let Some(slot) = h.get_mut(b as usize) {
+                *slot += n;
+            }
+        }
+        let qs: Vec<f64> = at.iter().map(|(_, p)| *p).collect();
+        for row in rows.iter_mut() {
+            let truth = histograms.get(&row.dims).map(Vec::as_slice).unwrap_or(&[]);
+            let values = rel.quantiles(&row.dims, sample, truth, &qs);
+            for ((i, _), v) in at.iter().zip(values) {
+                if let Some(slot) = row.metrics.get_mut(*i) {
+                    *slot = v;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sorts rows by `q.order_by` (dimension or metric indices) on the published numbers (the

@@ -11,7 +11,10 @@
 //! - asking again gives the same numbers for free; a spent budget is a 429 with
 //!   `Retry-After`; ordinary dashboard use fits in a day's budget;
 //! - every report route publishes through the privacy module (`meta.privacy`);
-//! - a time series lists every bucket.
+//! - a time series lists every bucket;
+//! - app launch-time percentiles come from a clamped noisy histogram: one visitor's 3 000
+//!   two-minute launches move exact mode's p50 to two minutes (the control) and move nothing
+//!   under dp, where p50 and p95 stay within a bucket of the honest users' (also by device).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -834,4 +837,104 @@ async fn realtime_under_dp_ends_at_a_five_minute_mark_so_a_refresh_is_free_until
         return;
     }
     panic!("three tries each crossed a five-minute mark");
+}
+
+/// An app's launches on [`DAY`]: 2 000 users launching once (1 800 in 450–549 ms, 200 in
+/// 2 400–2 499 ms; half of each on Desktop, half on Mobile) and one user launching 3 000
+/// times at 120 s.
+async fn store_launches(ch: &ClickHouseConfig) {
+    let mut rows = Vec::new();
+    let mut push = |id: String, ms: u64, desktop: bool, at: u64| {
+        let t = format!(
+            "{DAY} {:02}:{:02}:{:02}",
+            at / 3600 % 24,
+            (at / 60) % 60,
+            at % 60
+        );
+        rows.push(sql!(
+            "({}, toDateTime({}, 'UTC'), 'app_launch', {}, toFixedString({}, 16), {}, ['launch_ms'], [{}])",
+            lit(SITE),
+            lit(&t),
+            lit(SITE),
+            lit(&id),
+            lit(if desktop { "Desktop" } else { "Mobile" }),
+            lit(&ms.to_string()),
+        ));
+    };
+    for i in 0..2000u64 {
+        let ms = if i < 1800 {
+            450 + i % 100
+        } else {
+            2400 + i % 100
+        };
+        push(format!("user{i:012}"), ms, i % 2 == 0, i * 37);
+    }
+    for j in 0..3000u64 {
+        push("heavy-launcher00".to_string(), 120_000, true, 3600 + j);
+    }
+    for chunk in rows.chunks(2000) {
+        let q = sql!(
+            "INSERT INTO events (site, timestamp, name, hostname, visitor_id, device, prop_keys, prop_values) VALUES {}",
+            Sql::join(chunk.iter(), ", ")
+        );
+        db::exec(&ch.client(), &q).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn launch_time_percentiles_under_dp_come_from_a_clamped_noisy_histogram() {
+    let ask_launch = |dims: Value| {
+        json!({"site_id": SITE, "metrics": ["launch_time_p50", "launch_time_p95"],
+               "dimensions": dims, "date_range": [DAY, DAY]})
+    };
+    // The control: exact percentiles of the raw samples, which one user's launches own.
+    let ch = veil_schemas::testing::fresh_database("dp_launch_exact").await;
+    store_launches(&ch).await;
+    let a = Aggregator::new(config(Settings::exact()), ch.clone());
+    a.registry().refresh().await.unwrap();
+    let (s, exact) = ask(&a, ADMIN, ask_launch(json!([]))).await;
+    assert_eq!(s, 200, "{exact}");
+    let p50 = exact["results"][0]["metrics"][0].as_f64().unwrap();
+    assert!(
+        p50 >= 100_000.0,
+        "exact p50 belongs to the heavy launcher: {exact}"
+    );
+
+    let ch = veil_schemas::testing::fresh_database("dp_launch").await;
+    pin_noise_key(&ch, SITE, &[7; 32]).await;
+    store_launches(&ch).await;
+    let a = Aggregator::new(config(Settings::default()), ch.clone());
+    a.registry().refresh().await.unwrap();
+    let key = site_key(&a).await;
+    let within = |got: &Value, want: f64, what: &str| {
+        let v = got.as_f64().unwrap_or_else(|| panic!("{what}: {got}"));
+        // A bucket is ±12 % wide around its middle; noise may move the answer a bucket.
+        assert!(
+            (v / want - 1.0).abs() <= 0.3,
+            "{what}: {v} ms, the honest users' {want} ms"
+        );
+    };
+    let (s, total) = ask(&a, &key, ask_launch(json!([]))).await;
+    assert_eq!(s, 200, "{total}");
+    let m = &total["results"][0]["metrics"];
+    within(&m[0], 500.0, "p50");
+    within(&m[1], 2450.0, "p95");
+    let privacy = &total["meta"]["privacy"];
+    assert_eq!(privacy["mode"], "dp", "{total}");
+    assert!(privacy["epsilon"].as_f64().unwrap() > 0.0, "{total}");
+    assert_eq!(privacy["withheld"], json!([]), "{total}");
+    // Asked again: the same numbers, free.
+    let (_, again) = ask(&a, &key, ask_launch(json!([]))).await;
+    assert_eq!(again["results"], total["results"]);
+    assert_eq!(again["meta"]["privacy"]["epsilon"], 0.0, "{again}");
+    // By device: each row's own histogram, the heavy launcher clamped in its row too.
+    let (s, by) = ask(&a, &key, ask_launch(json!(["visit:device"]))).await;
+    assert_eq!(s, 200, "{by}");
+    let rows = by["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{by}");
+    for r in rows {
+        let what = r["dimensions"][0].as_str().unwrap();
+        within(&r["metrics"][0], 500.0, &format!("{what} p50"));
+        within(&r["metrics"][1], 2450.0, &format!("{what} p95"));
+    }
 }

@@ -350,6 +350,18 @@ fn up_demo_fills_the_demo_site_once_and_links_it() {
     assert_eq!(status, 200, "{body}");
     let f: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(f["steps"].as_array().unwrap().len(), 3, "{f}");
+    // The App view's performance question under differential privacy: percentiles read off
+    // noisy histograms (compared with the exact ones on the second start).
+    let dp_perf = app_query(
+        &v,
+        json!({"site_id": "demo-app.veil.local", "date_range": "30d",
+               "metrics": ["launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95"]}),
+    );
+    assert_eq!(
+        dp_perf["meta"]["privacy"]["withheld"],
+        json!([]),
+        "{dp_perf}"
+    );
     stop(v);
 
     // A second start keeps the data and does not generate again. It runs in exact mode (the
@@ -381,7 +393,7 @@ fn up_demo_fills_the_demo_site_once_and_links_it() {
         (dp_revenue - revenue).abs() <= 3.0 * dp_interval,
         "dp {dp_revenue} ± {dp_interval}, exact {revenue}"
     );
-    demo_app_tells_its_story(&v, &err, app_rows);
+    demo_app_tells_its_story(&v, &err, app_rows, &dp_perf);
     stop(v);
 }
 
@@ -420,8 +432,10 @@ fn app_breakdown(v: &common::Veil, dim: &str, range: Value) -> Vec<(String, f64)
 
 /// The demo app, read back through the Stats API in exact mode on the second start: not
 /// generated again; sessions; versions rolling out (2.4.x: none in the month's first week,
-/// most users in its last days); iOS and Android; launch times and rare crashes.
-fn demo_app_tells_its_story(v: &common::Veil, err: &str, app_rows: u64) {
+/// most users in its last days); iOS and Android; launch times and rare crashes. `dp_perf`:
+/// the first start's launch and latency percentiles under differential privacy, each within
+/// 25 % of the exact one (a histogram bucket is ±12 % wide; the noise may move a bucket).
+fn demo_app_tells_its_story(v: &common::Veil, err: &str, app_rows: u64, dp_perf: &Value) {
     assert!(
         err.contains(&format!(
             "demo app demo-app.veil.local already has {app_rows} events"
@@ -457,6 +471,24 @@ fn demo_app_tells_its_story(v: &common::Veil, err: &str, app_rows: u64) {
         panic!("{r2}")
     };
     let r = format!("{r1} {r2}");
+    let exact_perf = app_query(
+        v,
+        json!({"site_id": "demo-app.veil.local", "date_range": "30d",
+               "metrics": ["launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95"]}),
+    );
+    for i in 0..4 {
+        let (dp, exact) = (
+            dp_perf["results"][0]["metrics"][i].as_f64(),
+            exact_perf["results"][0]["metrics"][i].as_f64(),
+        );
+        let (Some(dp), Some(exact)) = (dp, exact) else {
+            panic!("percentile {i}: dp {dp_perf}, exact {exact_perf}")
+        };
+        assert!(
+            (dp / exact - 1.0).abs() <= 0.25,
+            "percentile {i}: dp {dp} ms, exact {exact} ms ({dp_perf})"
+        );
+    }
     assert!(users > 15_000.0, "{r}");
     assert!(visits > users, "sessions: {r}");
     assert!((1.2..=2.2).contains(&per_user), "sessions per user: {r}");

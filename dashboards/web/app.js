@@ -108,6 +108,7 @@
       el.textContent = fmt(metric, v);
       if (!hidden) el.removeAttribute("title");
       else if (isDp(priv) && (priv.withheld || []).includes(metric)) el.title = "Withheld: not published under differential privacy";
+      else if (isDp(priv) && MILLIS.has(metric)) el.title = "Hidden: too few samples for differential privacy's noise";
       else el.title = "Hidden: fewer than k visitors";
       return el;
     }

@@ -9,9 +9,9 @@
 //!   pageviews, events, bounces, visit seconds, engaged seconds, crashes, revenue cents. Rates
 //!   and means (bounce rate, visit duration, views per visit, sessions per user, time on page,
 //!   conversion rate, percentage, daily active users) are divided out of noisy parts, so they
-//!   cost nothing extra ([`plan`]). Means without a counted part (scroll depth, average
-//!   revenue, launch and latency percentiles) are withheld (`null`, named in
-//!   `meta.privacy.withheld`).
+//!   cost nothing extra ([`plan`]). Launch and latency percentiles are read off a noisy
+//!   histogram of their samples, one more part ([`quantile`]). Means without a counted part
+//!   (scroll depth, average revenue) are withheld (`null`, named in `meta.privacy.withheld`).
 //! - **Contribution bounds** ([`Bounds`]): what one visitor-day (one visitor id: hashes rotate
 //!   daily) adds to one row of a part, and how many rows of a report it counts in, by the
 //!   dimension's level (a visitor fact such as country: one row; a visit fact such as source:
@@ -53,6 +53,7 @@
 //! null}, "withheld": [metric…]}`; in exact mode `{"mode": "exact", "min_visitors": k}`.
 
 pub mod noise;
+pub mod quantile;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -118,6 +119,8 @@ pub struct Bounds {
     pub engaged_seconds: u64,
     /// Revenue in one row, in currency units.
     pub revenue: u64,
+    /// Performance samples (launch times, latencies) in one row's histogram ([`quantile`]).
+    pub samples: u64,
 }
 
 impl Default for Bounds {
@@ -133,6 +136,7 @@ impl Default for Bounds {
             visit_seconds: 1800,
             engaged_seconds: 600,
             revenue: 1000,
+            samples: 2,
         }
     }
 }
@@ -279,6 +283,8 @@ pub struct Plan {
     pub threshold: Option<Part>,
     /// Metrics answered `null` (no counted part).
     pub withheld: Vec<Metric>,
+    /// Histograms released (each one more share of ε): the percentiles' samples.
+    pub samples: Vec<quantile::Sample>,
 }
 
 /// The parts a metric is divided out of.
@@ -328,10 +334,15 @@ fn sql_metric_of(p: Part) -> Metric {
 pub fn plan(q: &Query, child: bool) -> Plan {
     let mut parts: Vec<Part> = Vec::new();
     let mut withheld = Vec::new();
+    let mut samples = Vec::new();
     for m in &q.metrics {
         let ps = parts_of(*m);
-        if ps.is_empty() {
-            withheld.push(*m);
+        // A child-directed site keeps no visitor ids to clamp samples by: withheld there.
+        match quantile::Sample::of(*m).filter(|_| !child) {
+            Some((s, _)) if !samples.contains(&s) => samples.push(s),
+            Some(_) => {}
+            None if ps.is_empty() => withheld.push(*m),
+            None => {}
         }
         for p in ps {
             if !parts.contains(p) {
@@ -372,6 +383,7 @@ pub fn plan(q: &Query, child: bool) -> Plan {
         parts,
         threshold,
         withheld,
+        samples,
     }
 }
 
@@ -420,6 +432,7 @@ impl Bounds {
             visit_seconds: self.visit_seconds,
             engaged_seconds: self.engaged_seconds,
             revenue: self.revenue,
+            samples: self.samples,
             // The rollup job clamps closed days with the default bounds (revenue is never
             // read from the rollups, so a site's own revenue bound keeps them usable).
             daily: Bounds {
@@ -533,6 +546,8 @@ pub struct Release {
     context: [u8; 32],
     plan: Plan,
     cals: HashMap<Part, Calibration>,
+    /// The noise of the samples' histograms ([`quantile`]), when the plan has any.
+    sample_cal: Option<Calibration>,
     threshold: u64,
     days: f64,
     labels: Option<Vec<String>>,
@@ -593,7 +608,7 @@ impl Release {
         let plan = plan(q, child);
         let days = settings.bounds.person_days(q.start, q.end);
         let rows = rows_per_visitor_day(q, &settings.bounds);
-        let share = settings.epsilon_query / plan.parts.len().max(1) as f64;
+        let share = settings.epsilon_query / (plan.parts.len() + plan.samples.len()).max(1) as f64;
         let mut cals = HashMap::new();
         let mut threshold_at = 0;
         for p in &plan.parts {
@@ -612,6 +627,15 @@ impl Release {
             }
             cals.insert(*p, cal);
         }
+        // A visitor-day's samples in a row move its histogram by `samples` in all (L1).
+        let sample_cal = match plan.samples.is_empty() {
+            true => None,
+            false => Some(calibrate(
+                days.saturating_mul(settings.bounds.samples.max(1))
+                    .saturating_mul(rows),
+                share,
+            )?),
+        };
         let context = *blake3::hash(release_text(q, now).as_bytes()).as_bytes();
         let labels =
             (q.dimensions.len() == 1 && q.time_bucket().is_some()).then(|| q.time_labels());
@@ -620,6 +644,7 @@ impl Release {
             context,
             plan,
             cals,
+            sample_cal,
             threshold: threshold_at,
             days: local_days(q),
             labels,
@@ -649,6 +674,7 @@ impl Release {
             context: [0; 32],
             plan,
             cals: HashMap::new(),
+            sample_cal: None,
             threshold: min_visitors,
             days: local_days(q),
             labels: None,
@@ -706,9 +732,15 @@ impl Release {
         let Some(cal) = self.cals.get(&part) else {
             return truth.max(0.0);
         };
+        (truth.round() + self.draw(cal, part.name(), labels) as f64).max(0.0)
+    }
+
+    /// The keyed noise of this release for `what` (a part's name, or a histogram's bucket) of
+    /// the row with `labels`.
+    fn draw(&self, cal: &Calibration, what: &str, labels: &[String]) -> i64 {
         let mut ctx = Vec::with_capacity(128);
         ctx.extend_from_slice(&self.context);
-        ctx.extend_from_slice(part.name().as_bytes());
+        ctx.extend_from_slice(what.as_bytes());
         ctx.push(0x1f);
         ctx.extend_from_slice(cal.scale.to_bits().to_le_bytes().as_slice());
         for l in labels {
@@ -717,9 +749,37 @@ impl Release {
         }
         let mut stream = noise::KeyedStream::new(&self.key, &ctx);
         let n = stream.discrete_laplace(&cal.scale_exact);
-        let n =
-            i64::try_from(n.clamp(IBig::from(-(1i64 << 52)), IBig::from(1i64 << 52))).unwrap_or(0);
-        (truth.round() + n as f64).max(0.0)
+        i64::try_from(n.clamp(IBig::from(-(1i64 << 52)), IBig::from(1i64 << 52))).unwrap_or(0)
+    }
+
+    /// The `qs`-quantiles of `sample` in the row with `labels`, from its true histogram
+    /// (`truth[b]`: bucket `b`'s clamped samples, [`quantile`]): each bucket noised, then
+    /// read. Exact mode and a release without the sample read the true histogram.
+    pub fn quantiles(
+        &self,
+        labels: &[String],
+        sample: quantile::Sample,
+        truth: &[f64],
+        qs: &[f64],
+    ) -> Vec<Option<f64>> {
+        let cal = self
+            .sample_cal
+            .as_ref()
+            .filter(|_| self.plan.samples.contains(&sample));
+        let noisy: Vec<f64> = (0..=quantile::TOP)
+            .map(|b| {
+                let t = truth.get(usize::from(b)).copied().unwrap_or(0.0).round();
+                match cal {
+                    Some(cal) => {
+                        let what = format!("sample:{}:{b}", sample.prop());
+                        t + self.draw(cal, &what, labels) as f64
+                    }
+                    None => t,
+                }
+            })
+            .collect();
+        let floor = cal.map_or(0.0, |c| quantile::floor(c.scale));
+        quantile::quantiles(&noisy, qs, floor)
     }
 
     /// The published rows of a report: `raw` are the SQL answer's rows of `q`'s dimensions,

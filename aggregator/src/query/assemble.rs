@@ -41,7 +41,7 @@ fn direction(desc: bool) -> &'static str {
 /// their `uniq` states, or on built days its lower bound — reach k. Output: `shown` (0 for
 /// the folded row), `d…`, `m…`, `k`, `n` (rows folded).
 pub fn sql(q: &Query, site: &SiteView, built: &[Build], fold: Option<u64>) -> Sql {
-    let inner = inner_sql(q, site, built, fold, false);
+    let inner = inner_sql(q, site, built, fold, false, None);
     let Some(kmin) = fold.filter(|_| !q.dimensions.is_empty() && q.time_bucket().is_none()) else {
         return inner;
     };
@@ -170,6 +170,7 @@ fn inner_sql(
     built: &[Build],
     fold: Option<u64>,
     per_visitor: bool,
+    cols: Option<&[Sql]>,
 ) -> Sql {
     let src = source(q, site.child_directed);
     let per = if src == Source::VisitHits {
@@ -186,23 +187,32 @@ fn inner_sql(
         .enumerate()
         .map(|(i, d)| sql!("{} AS d{}", dim_expr(d, shape, q, site), i))
         .collect();
-    select.extend(q.metrics.iter().enumerate().map(|(i, m)| {
-        let f = q.filter.as_ref().filter(|f| !f.is_tautology());
-        let expr = match (&per, m) {
-            (Some(p), Metric::Pageviews) => {
-                visit_hit_count("name = 'pageview'", f, &p.hit_cols, q, site)
-            }
-            (Some(p), Metric::Events) => {
-                visit_hit_count("name != 'engagement'", f, &p.hit_cols, q, site)
-            }
-            // The rate is made of this count and the base query's (stats::conversion_rates).
-            (Some(_), Metric::ConversionRate | Metric::GroupConversionRate) => {
-                Sql::new("uniq(visitor_id)")
-            }
-            _ => metric_sql(*m, shape, q),
-        };
-        sql!("{} AS m{}", expr, i)
-    }));
+    if let Some(cols) = cols {
+        select.extend(cols.iter().cloned());
+    }
+    select.extend(
+        q.metrics
+            .iter()
+            .enumerate()
+            .filter(|_| cols.is_none())
+            .map(|(i, m)| {
+                let f = q.filter.as_ref().filter(|f| !f.is_tautology());
+                let expr = match (&per, m) {
+                    (Some(p), Metric::Pageviews) => {
+                        visit_hit_count("name = 'pageview'", f, &p.hit_cols, q, site)
+                    }
+                    (Some(p), Metric::Events) => {
+                        visit_hit_count("name != 'engagement'", f, &p.hit_cols, q, site)
+                    }
+                    // The rate is made of this count and the base query's (stats::conversion_rates).
+                    (Some(_), Metric::ConversionRate | Metric::GroupConversionRate) => {
+                        Sql::new("uniq(visitor_id)")
+                    }
+                    _ => metric_sql(*m, shape, q),
+                };
+                sql!("{} AS m{}", expr, i)
+            }),
+    );
     let k = match (shape, site.child_directed) {
         (Source::Hourly, true) => "countMerge(hits)",
         (Source::Hourly, false) => "uniqMerge(visitors)",
@@ -324,6 +334,8 @@ pub struct Clamp {
     pub engaged_seconds: u64,
     /// Revenue in one row, in currency units.
     pub revenue: u64,
+    /// Performance samples in one row's histogram (`sample_sql`).
+    pub samples: u64,
     /// Whether closed days may be read from `visits_daily`'s bounded rows (the rollup job
     /// clamps them with the default bounds: these must be those).
     pub daily: bool,
@@ -479,10 +491,61 @@ pub fn bounded_sql(q: &Query, site: &SiteView, built: &[Build], c: &Clamp) -> Re
     Ok(s)
 }
 
+/// The histogram of the custom property `prop`'s numbers in each row of `q` with each visitor
+/// id's samples clamped (differential privacy's percentiles, `privacy::quantile`): per visitor
+/// id, its first `c.rows` report rows (as [`bounded_sql`] picks them) and in each at most
+/// `c.samples` samples, as buckets by `bucket` (a SQL expression of the number); then per row
+/// and bucket the samples: `d…`, `b`, `n`. `q` must read raw events (a question of hits).
+pub fn sample_sql(
+    q: &Query,
+    site: &SiteView,
+    built: &[Build],
+    c: &Clamp,
+    prop: &str,
+    bucket: impl Fn(&Sql) -> Sql,
+) -> Result<Sql, String> {
+    if source(q, site.child_directed) != Source::Events {
+        return Err(format!(
+            "percentiles of {prop} are read from raw events, not {:?}",
+            source(q, site.child_directed)
+        ));
+    }
+    let nd = q.dimensions.len();
+    let col = sql!(
+        "groupArrayIf({})({}, has(prop_keys, {})) AS h",
+        c.samples.max(1),
+        bucket(&super::expr::prop_num(prop)),
+        lit(prop)
+    );
+    let mut inner = inner_sql(q, site, built, None, true, Some(&[col]));
+    if nd > 0 {
+        let keys = std::iter::once(Sql::new("_v")).chain((0..nd).map(|i| sql!("d{}", i)));
+        inner.push(sql!(
+            " ORDER BY _v, cityHash64({}) LIMIT {} BY _v",
+            Sql::join(keys, ", "),
+            c.rows.max(1)
+        ));
+    }
+    let dims: Vec<Sql> = (0..nd).map(|i| sql!("toString(d{0}) AS d{0}", i)).collect();
+    let mut select = dims.clone();
+    select.push(Sql::new("arrayJoin(h) AS b"));
+    let mut group: Vec<Sql> = (0..nd).map(|i| sql!("d{}", i)).collect();
+    group.push(Sql::new("b"));
+    let mut outer: Vec<Sql> = group.clone();
+    outer.push(Sql::new("toFloat64(count()) AS n"));
+    Ok(sql!(
+        "SELECT {0} FROM (SELECT {1} FROM ({2})) GROUP BY {3} ORDER BY {3}",
+        Sql::join(outer, ", "),
+        Sql::join(select, ", "),
+        inner,
+        Sql::join(group, ", ")
+    ))
+}
+
 /// [`bounded_sql`]'s part for `q`'s range from rows with visitor ids: per visitor id and report
 /// row, then clamped.
 fn visitor_part(q: &Query, site: &SiteView, built: &[Build], c: &Clamp, plan: &[Bounded]) -> Sql {
-    let mut inner = inner_sql(q, site, built, None, true);
+    let mut inner = inner_sql(q, site, built, None, true, None);
     let nd = q.dimensions.len();
     if nd > 0 {
         let keys = std::iter::once(Sql::new("_v")).chain((0..nd).map(|i| sql!("d{}", i)));

@@ -440,7 +440,7 @@ fn goal_filter(op: Op, values: &[String], case_sensitive: bool, site: &SiteView)
 }
 
 /// A custom property's value as a number (0 when absent or not a number).
-fn prop_num(name: &str) -> Sql {
+pub(super) fn prop_num(name: &str) -> Sql {
     sql!(
         "toFloat64OrZero(prop_values[indexOf(prop_keys, {})])",
         lit(name)
