@@ -2009,7 +2009,8 @@
       ["Aptabase's SDK (the app key as an alias of this site)", `import { init } from "@aptabase/web";\ninit("${alias}", { host: "${origin}" });`],
     ];
     const blocks = snippets.map(([label, code], i) => {
-      const pre = h("pre", { class: "snippet", id: "snippet-" + i }, h("code", { text: code }));
+      // Focusable: a snippet wider than a phone scrolls sideways, and a keyboard must reach that too.
+      const pre = h("pre", { class: "snippet", id: "snippet-" + i, tabindex: "0" }, h("code", { text: code }));
       return h("div", { class: "snippet-block" }, h("h3", { text: label }), pre, copyButton(label, () => code));
     });
     const check = h("p", { id: "install-check", class: "hint", role: "status", "aria-live": "polite",
