@@ -7,7 +7,9 @@
 //   opened, the header's e-mail link and "Log out";
 // - the countries map (Locations → Map) of the demo site;
 // - the App view of the demo app demo-app.veil.local;
-// - the Realtime view of the demo site, with visitors sent a minute and a half ago.
+// - the Realtime view of the demo site, with visitors sent a minute and a half ago;
+// - the other pages (`PAGES`): the sites list, a site's settings (its install snippets), the
+//   person's account, a read-only shared link, and the login page.
 // In each: axe-core (WCAG 2.0/2.1/2.2 A and AA rules) finds no violation; on the phone nothing
 // overflows sideways (scrollWidth ≤ innerWidth) and every visible interactive element of the
 // whole page (header, report controls, filter bar, views, panels and their tabs, rows, CSV and
@@ -65,6 +67,8 @@ before(async () => {
   session = await page.context().cookies();
   assert.ok(session.length > 0, "the session cookie");
   await page.close_all();
+  shareUrl = (await api(veil, `/api/v1/sites/${DEMO}/shared-links`, { body: { name: "a11y" } })).url;
+  assert.match(shareUrl, /^\/share\//, "the shared link's URL");
 });
 
 after(async () => {
@@ -119,6 +123,49 @@ const VIEWS = {
       document.querySelectorAll("#rt-chart-data tbody tr").length === 30,
   },
 };
+
+/**
+ * The dashboard's other pages, each opened as its reader would: the admin's sites list and a
+ * site's settings, the account page of the logged-in admin person (its session), a shared
+ * link's read-only dashboard and the login page (no credential).
+ */
+const PAGES = {
+  sites: { url: () => `${veil.url}/`, ready: () => !document.getElementById("sites").hidden && document.querySelectorAll("#site-list li").length > 0 },
+  settings: { url: () => `${veil.url}/site/${DEMO}/settings`,
+    ready: () => !document.getElementById("settings").hidden && document.querySelectorAll("#settings-body pre.snippet").length > 0 },
+  account: { session: true, url: () => `${veil.url}/account`,
+    ready: () => !document.getElementById("account").hidden && document.getElementById("account-email") !== null },
+  share: { anonymous: true, url: () => veil.url + shareUrl,
+    ready: () => !document.getElementById("dash").hidden && document.querySelectorAll("#stats .stat").length > 0 &&
+      [...document.querySelectorAll("#view-body .panel-body")].every((b) => !b.textContent.includes("Loading…")) },
+  login: { anonymous: true, url: () => `${veil.url}/login`, ready: () => !document.getElementById("login").hidden },
+};
+/** The shared link's URL (its token in the fragment), made in `before`. */
+let shareUrl;
+
+/** Opens the page `name` of `PAGES` and waits until it is drawn. */
+async function openPage(name, viewport, colorScheme) {
+  const p = PAGES[name];
+  const page = await open(chrome, { viewport, colorScheme, touch: viewport.width < 600, ...(p.session || p.anonymous ? { token: null } : {}) });
+  if (p.session) await page.context().addCookies(session);
+  await page.goto(p.url());
+  await waitFor(() => page.evaluate(`(${p.ready})()`), (ok) => ok, { ms: 30_000, every: 100, what: `${name} not drawn within 30 s` });
+  return page;
+}
+
+for (const name of Object.keys(PAGES)) {
+  test(`${name} page, desktop and phone, light and dark: no WCAG A/AA violation (axe-core); on the phone nothing overflows and every control is at least 44×44 px`, async () => {
+    for (const [size, viewport] of Object.entries(SIZES)) {
+      for (const scheme of SCHEMES) {
+        const page = await openPage(name, viewport, scheme);
+        assert.deepEqual(await axeViolations(page), [], `${size}, ${scheme}`);
+        if (size === "phone") await assertPhoneFit(page, `${name}, ${scheme}`, [".skip"]);
+        assert.deepEqual(page.problems, [], `${size}, ${scheme}: console errors, page errors or dialogs`);
+        await page.close_all();
+      }
+    }
+  });
+}
 
 /** Opens `view` and waits until it and all its panels are drawn. */
 async function openView(name, viewport, colorScheme) {

@@ -2515,7 +2515,7 @@
       people.replaceChildren(...(d.people || []).map((p) => {
         const sel = roleSelect("role", p.role, mine, "Role of " + p.email);
         return h("li", { "data-email": p.email }, h("span", { class: "who", text: p.email + " — " + ROLE_TEXT[p.role] + " " }), sel,
-          h("button", { type: "button", class: "link", "aria-label": "Change the role of " + p.email, text: "Change role",
+          h("button", { type: "button", class: "link", "aria-label": "Change role of " + p.email, text: "Change role",
             onclick: async () => {
               try {
                 await api(sitePath("/people/" + encodeURIComponent(p.id)), { method: "PUT", body: { role: sel.value } });
