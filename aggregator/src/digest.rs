@@ -31,6 +31,11 @@
 //! spent for the day, that e-mail waits for the next day.
 //! Numbers withheld by k-anonymity show as "—"; a withheld current-visitors count is no spike.
 //!
+//! A child-directed site keeps no visitors, sources or visits (only pageviews and events), so
+//! its digest asks four questions in pageviews instead ([`questions_for`]): totals
+//! (`pageviews`, `events`), top pages and pageviews per day over the period and the period
+//! before; the e-mail says "pageviews" wherever a site's says "visitors".
+//!
 //! Wire format (JSON; errors `{"error": "…"}`):
 //! - `GET /api/v1/sites/{domain}/digest` → `{"site", "subscribed", "weekly", "monthly",
 //!   "spike_threshold", "last_sent", "last_sent_month", "email_configured"}` for the logged-in
@@ -171,7 +176,11 @@ pub fn due_month(now: DateTime<Utc>, tz: chrono_tz::Tz) -> NaiveDate {
 /// The numbers of one digest, as the Stats API published them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Numbers {
-    /// `visitors`, `pageviews`, `bounce_rate` (null: withheld).
+    /// What the lists and the daily series count: `visitors`, or `pageviews` for a
+    /// child-directed site (which keeps no visitors).
+    pub unit: &'static str,
+    /// `visitors`, `pageviews`, `bounce_rate` (null: withheld); a child-directed site's:
+    /// `pageviews`, `events`, null.
     pub totals: [Value; 3],
     /// Their change against the period before (percent; points for the bounce rate).
     pub changes: [Value; 3],
@@ -293,7 +302,33 @@ fn label(v: &Value) -> String {
     }
 }
 
-/// Asks the five questions of the `period` starting `first` as `digest:{user_id}`.
+/// The questions of `site`'s digest over the `period` starting `first`: [`questions`], or
+/// for a child-directed site its four in pageviews (totals of pageviews and events, top pages,
+/// pageviews per day of the period and of the [`previous_range`]).
+pub fn questions_for(site: &SiteView, period: Period, first: NaiveDate) -> Vec<Value> {
+    if !site.child_directed {
+        return questions(&site.domain, period, first).to_vec();
+    }
+    let domain = &site.domain;
+    let range = json!([first.to_string(), period.last_day(first).to_string()]);
+    let (from, to) = previous_range(period, first);
+    let daily = |range: Value| {
+        json!({"site_id": domain, "metrics": ["pageviews"], "dimensions": ["time:day"],
+               "date_range": range, "include": {"time_labels": true}})
+    };
+    vec![
+        json!({"site_id": domain, "metrics": ["pageviews", "events"], "date_range": range,
+               "include": {"comparisons": {"mode": "previous_period"}}}),
+        json!({"site_id": domain, "metrics": ["pageviews"], "dimensions": ["event:page"],
+               "date_range": range, "order_by": [["pageviews", "desc"]],
+               "pagination": {"limit": TOP}}),
+        daily(range.clone()),
+        daily(json!([from.to_string(), to.to_string()])),
+    ]
+}
+
+/// Asks the questions of the `period` starting `first` ([`questions_for`]) as
+/// `digest:{user_id}`.
 pub async fn numbers(
     agg: &Aggregator,
     site: &SiteView,
@@ -304,7 +339,7 @@ pub async fn numbers(
     let credential = format!("digest:{user_id}");
     let now = agg.now();
     let mut docs = Vec::new();
-    for q in questions(&site.domain, period, first) {
+    for q in questions_for(site, period, first) {
         let body = q.to_string();
         let shared = asked_as(agg, &credential, now);
         let (_, doc) = stats::run(agg.client(), site, body.as_bytes(), now, shared).await?;
@@ -327,12 +362,26 @@ pub async fn numbers(
         .as_str()
         .unwrap_or("exact")
         .to_string();
+    let empty = Value::Null;
+    let doc = |i: usize| docs.get(i).unwrap_or(&empty);
+    if site.child_directed {
+        return Ok(Numbers {
+            unit: "pageviews",
+            totals: [0, 1, 9].map(|i| cell(&first_row["metrics"], i)),
+            changes: [0, 1, 9].map(|i| cell(&first_row["comparison"]["change"], i)),
+            pages: rows(doc(1)),
+            sources: Vec::new(),
+            days: days_of(doc(2), doc(3)),
+            mode,
+        });
+    }
     Ok(Numbers {
+        unit: "visitors",
         totals: [0, 1, 2].map(|i| cell(&first_row["metrics"], i)),
         changes: [0, 1, 2].map(|i| cell(&first_row["comparison"]["change"], i)),
-        pages: rows(&docs[1]),
-        sources: rows(&docs[2]),
-        days: days_of(&docs[3], &docs[4]),
+        pages: rows(doc(1)),
+        sources: rows(doc(2)),
+        days: days_of(doc(3), doc(4)),
         mode,
     })
 }
@@ -368,8 +417,9 @@ fn privacy_note(mode: &str) -> &'static str {
     }
 }
 
-/// A titled list of `(name, visitors)` rows, as text and as HTML.
-fn lists(title: &str, rows: &[(String, Value)]) -> (String, String) {
+/// A titled list of `(name, count)` rows counting `unit` (visitors, pageviews), as text and
+/// as HTML.
+fn lists(title: &str, rows: &[(String, Value)], unit: &str) -> (String, String) {
     let e = html_text;
     let mut t = format!("\n{title}\n");
     let mut h = format!("<h2>{}</h2><table>", e(title));
@@ -378,9 +428,9 @@ fn lists(title: &str, rows: &[(String, Value)]) -> (String, String) {
         h += "<tr><td>(none)</td></tr>";
     }
     for (name, v) in rows {
-        t += &format!("  {name}: {} visitors\n", show(v));
+        t += &format!("  {name}: {} {unit}\n", show(v));
         h += &format!(
-            "<tr><td>{}</td><td>{} visitors</td></tr>",
+            "<tr><td>{}</td><td>{} {unit}</td></tr>",
             e(name),
             e(&show(v))
         );
@@ -408,19 +458,25 @@ fn trend(values: &[f64]) -> &'static str {
 /// The chart's alt text: what a reader who cannot see it should learn from it — the days'
 /// trend with the first, last and highest day, withheld days, and the period before.
 pub fn chart_alt(days: &[Day], period: Period) -> String {
+    chart_alt_of(days, period, "visitors")
+}
+
+/// [`chart_alt`] of a series counting `unit` (visitors, pageviews).
+fn chart_alt_of(days: &[Day], period: Period, unit: &str) -> String {
+    let title = per_day(unit);
     let known: Vec<(&Day, f64)> = days
         .iter()
         .filter_map(|d| d.visitors.as_f64().map(|v| (d, v)))
         .collect();
     let (Some(first), Some(last)) = (known.first(), known.last()) else {
-        return "Visitors per day: every day withheld".into();
+        return format!("{title}: every day withheld");
     };
     let high = known
         .iter()
         .fold(first, |a, b| if b.1 > a.1 { b } else { a });
     let values: Vec<f64> = known.iter().map(|(_, v)| *v).collect();
     let mut alt = format!(
-        "Visitors per day, {}: {} on {}, {} on {}, highest {} on {}",
+        "{title}, {}: {} on {}, {} on {}, highest {} on {}",
         trend(&values),
         show(&first.0.visitors),
         first.0.date,
@@ -447,21 +503,35 @@ pub fn chart_alt(days: &[Day], period: Period) -> String {
     alt + "."
 }
 
-/// The visitors-per-day section: the text line, the HTML (the chart's `<img>` or why there
-/// is none) and the chart's PNG to attach, if any.
+/// "Visitors per day" (or another `unit`'s).
+fn per_day(unit: &str) -> String {
+    let mut cs = unit.chars();
+    let cap: String = cs
+        .next()
+        .map(|c| c.to_ascii_uppercase())
+        .into_iter()
+        .chain(cs)
+        .collect();
+    format!("{cap} per day")
+}
+
+/// The per-day section (visitors, or the `unit` counted): the text line, the HTML (the
+/// chart's `<img>` or why there is none) and the chart's PNG to attach, if any.
 fn chart_section(
     site: &SiteView,
     period: Period,
     first: NaiveDate,
     days: &[Day],
+    unit: &str,
 ) -> (String, String, Option<InlineImage>) {
+    let title = per_day(unit);
     let current: Vec<Option<f64>> = days.iter().map(|d| d.visitors.as_f64()).collect();
     let previous: Vec<Option<f64>> = days.iter().map(|d| d.previous.as_f64()).collect();
     let compared = previous.iter().any(Option::is_some);
     let list = |vs: Vec<String>| vs.join(", ");
     let mut text = format!(
         "
-Visitors per day: {}
+{title}: {}
 ",
         if days.is_empty() {
             "none".to_string()
@@ -481,15 +551,11 @@ Visitors per day: {}
     let e = html_text;
     let Some(png) = png else {
         let why = if current.iter().all(Option::is_none) && !days.is_empty() {
-            "no chart: every day's number is withheld (too few visitors)"
+            format!("no chart: every day's number is withheld (too few {unit})")
         } else {
-            "no chart: no visitors"
+            format!("no chart: no {unit}")
         };
-        return (
-            text,
-            format!("<h2>Visitors per day</h2><p>{why}.</p>"),
-            None,
-        );
+        return (text, format!("<h2>{title}</h2><p>{why}.</p>"), None);
     };
     // Unique within the message is enough (RFC 2392); the domain is kept to cid-safe bytes.
     let host: String = site
@@ -503,29 +569,31 @@ Visitors per day: {}
             }
         })
         .collect();
-    let content_id = format!("visitors-{}-{first}@{host}", period.name());
+    let content_id = format!("{unit}-{}-{first}@{host}", period.name());
     let html = format!(
-        "<h2>Visitors per day</h2><p><img src=\"cid:{}\" width=\"{}\" height=\"{}\" \
+        "<h2>{title}</h2><p><img src=\"cid:{}\" width=\"{}\" height=\"{}\" \
          alt=\"{}\" style=\"display:block;max-width:100%;height:auto;border:0\"></p>",
         e(&content_id),
         chart::WIDTH,
         chart::HEIGHT,
-        e(&chart_alt(days, period))
+        e(&chart_alt_of(days, period, unit))
     );
     (text, html, Some(InlineImage { content_id, png }))
 }
 
-/// The closing lines of every e-mail: privacy, the dashboard and the unsubscribe link.
-fn footer(mode: &str, dashboard: &str, unsubscribe: &str) -> (String, String) {
+/// The closing lines of every e-mail: privacy, the dashboard and the unsubscribe link
+/// (`few`: what a withheld number describes too few of — visitors, or a child-directed
+/// site's events).
+fn footer(mode: &str, dashboard: &str, unsubscribe: &str, few: &str) -> (String, String) {
     let privacy = privacy_note(mode);
     let e = html_text;
     (
         format!(
-            "\n{privacy} \"—\" is a number withheld because it describes too few visitors.\n\
+            "\n{privacy} \"—\" is a number withheld because it describes too few {few}.\n\
              Dashboard: {dashboard}\nUnsubscribe from this site's e-mails: {unsubscribe}\n"
         ),
         format!(
-            "<p>{privacy} &ldquo;—&rdquo; is a number withheld because it describes too few visitors.</p>\
+            "<p>{privacy} &ldquo;—&rdquo; is a number withheld because it describes too few {few}.</p>\
              <p><a href=\"{}\">Open the dashboard</a> · <a href=\"{}\">Unsubscribe from this site's e-mails</a></p>\
              </body></html>",
             e(dashboard),
@@ -545,7 +613,11 @@ pub fn compose(
     unsubscribe: &str,
 ) -> Mail {
     let last = period.last_day(first);
-    let labels = ["Visitors", "Pageviews", "Bounce rate"];
+    let labels: &[&str] = if n.unit == "pageviews" {
+        &["Pageviews", "Events"]
+    } else {
+        &["Visitors", "Pageviews", "Bounce rate"]
+    };
     let value = |i: usize| {
         let s = show(&n.totals[i]);
         if i == 2 && s != "—" {
@@ -585,15 +657,25 @@ pub fn compose(
         );
     }
     html += "</table>";
-    let (t, h, image) = chart_section(site, period, first, &n.days);
+    let (t, h, image) = chart_section(site, period, first, &n.days, n.unit);
     text += &t;
     html += &h;
-    for (title, rows) in [("Top pages", &n.pages), ("Top sources", &n.sources)] {
-        let (t, h) = lists(title, rows);
+    let lists_of: &[(&str, &Vec<(String, Value)>)] = if n.unit == "pageviews" {
+        &[("Top pages", &n.pages)]
+    } else {
+        &[("Top pages", &n.pages), ("Top sources", &n.sources)]
+    };
+    for (title, rows) in lists_of {
+        let (t, h) = lists(title, rows, n.unit);
         text += &t;
         html += &h;
     }
-    let (t, h) = footer(&n.mode, dashboard, unsubscribe);
+    let few = if site.child_directed {
+        "events"
+    } else {
+        "visitors"
+    };
+    let (t, h) = footer(&n.mode, dashboard, unsubscribe, few);
     text += &t;
     html += &h;
     let subject = match period {
@@ -648,10 +730,15 @@ pub fn compose_spike(
         e(&site.domain),
         e(&line)
     );
-    let (t, h) = lists("Top pages (the last 30 minutes)", &spike.pages);
+    let unit = if site.child_directed {
+        "events"
+    } else {
+        "visitors"
+    };
+    let (t, h) = lists("Top pages (the last 30 minutes)", &spike.pages, unit);
     text += &t;
     html += &h;
-    let (t, h) = footer(&spike.mode, dashboard, unsubscribe);
+    let (t, h) = footer(&spike.mode, dashboard, unsubscribe, unit);
     text += &t;
     html += &h;
     Mail {
@@ -1268,6 +1355,7 @@ mod tests {
         // Paths and sources are chosen by whoever sends events: never markup in the e-mail.
         let site = crate::site::view("a.com", &veil_schemas::registry::SiteSettings::default());
         let n = Numbers {
+            unit: "visitors",
             totals: [json!(7), json!(9), Value::Null],
             changes: [json!(40), Value::Null, Value::Null],
             pages: vec![("/<script>alert(1)</script>".into(), json!(5))],
@@ -1305,6 +1393,53 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_child_directed_sites_digest_speaks_of_pageviews() {
+        let mut site =
+            crate::site::view("kids.com", &veil_schemas::registry::SiteSettings::default());
+        site.child_directed = true;
+        let n = Numbers {
+            unit: "pageviews",
+            totals: [json!(90), json!(95), Value::Null],
+            changes: [json!(12), json!(10), Value::Null],
+            pages: vec![("/games".into(), json!(60))],
+            sources: Vec::new(),
+            days: week_of(&vec![json!(10); 7], &vec![json!(8); 7]),
+            mode: "exact".into(),
+        };
+        let week = NaiveDate::from_ymd_opt(2026, 11, 16).unwrap();
+        let m = compose(
+            "p@kids.com",
+            &site,
+            Period::Week,
+            week,
+            &n,
+            "https://v/site/kids.com",
+            "https://v/unsubscribe?token=vu_3",
+        );
+        for part in [&m.text, &m.html] {
+            assert!(!part.contains("isitor"), "{part}");
+            assert!(
+                !part.contains("Top sources") && !part.contains("Bounce rate"),
+                "{part}"
+            );
+            assert!(part.contains("Pageviews per day"), "{part}");
+        }
+        assert!(
+            m.text.contains("Pageviews: 90 (+12 % on the week before)"),
+            "{}",
+            m.text
+        );
+        assert!(
+            m.text.contains("Events: 95 (+10 % on the week before)"),
+            "{}",
+            m.text
+        );
+        assert!(m.text.contains("/games: 60 pageviews"), "{}", m.text);
+        assert!(m.text.contains("too few events"), "{}", m.text);
+        assert_eq!(m.images.len(), 1, "the chart of pageviews per day");
+    }
+
     fn week_of(visitors: &[Value], previous: &[Value]) -> Vec<Day> {
         (0..7)
             .map(|i| Day {
@@ -1318,6 +1453,7 @@ mod tests {
     fn digest_of(days: Vec<Day>) -> Mail {
         let site = crate::site::view("a.com", &veil_schemas::registry::SiteSettings::default());
         let n = Numbers {
+            unit: "visitors",
             totals: [json!(70), json!(90), json!(40)],
             changes: [json!(25), json!(10), json!(-2)],
             pages: Vec::new(),
