@@ -281,6 +281,93 @@ fn conversion_base(q: &Query, rate: Metric) -> Result<(Vec<usize>, Query), Error
     Ok((keep, base))
 }
 
+/// The query's filter without its top-level `visit:exit_page` conditions (an exit rate's
+/// denominator counts every pageview of the page, not only those of visits that exited there:
+/// Plausible's).
+fn strip_exit_pages(f: &Filter) -> Result<Option<Filter>, Error> {
+    let is_exit = |d: &Dim| d.name == "visit:exit_page";
+    Ok(match f {
+        Filter::Cond { dim, .. } if is_exit(dim) => None,
+        Filter::And(v) => {
+            let kept: Vec<Filter> = v
+                .iter()
+                .map(strip_exit_pages)
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            match kept.len() {
+                0 => None,
+                _ => Some(Filter::And(kept)),
+            }
+        }
+        other if other.dims().iter().any(|d| is_exit(d)) => {
+            return Err(Error::BadRequest(
+                "`filters`: with exit_rate, visit:exit_page filters must be at the top level (not inside or/not/has_done)".into(),
+            ))
+        }
+        other => Some(other.clone()),
+    })
+}
+
+/// An exit rate's denominator question: pageviews by `q`'s dimensions with `visit:exit_page`
+/// read as `event:page` (the same label in the same place), under `q`'s filters without their
+/// exit page conditions ([`strip_exit_pages`]).
+fn exit_base(q: &Query) -> Result<Query, Error> {
+    let page = query::DIMENSIONS
+        .iter()
+        .find(|(n, _)| *n == "event:page")
+        .map(|(n, k)| Dim {
+            name: (*n).to_string(),
+            kind: k.clone(),
+        })
+        .ok_or_else(|| Error::Internal("no event:page dimension".into()))?;
+    let mut base = q.clone();
+    base.dimensions = q
+        .dimensions
+        .iter()
+        .map(|d| {
+            if d.name == "visit:exit_page" {
+                page.clone()
+            } else {
+                d.clone()
+            }
+        })
+        .collect();
+    base.metrics = vec![Metric::Pageviews];
+    base.filter = match &q.filter {
+        Some(f) => strip_exit_pages(f)?,
+        None => None,
+    };
+    base.order_by = (0..base.dimensions.len()).map(|i| (i, false)).collect();
+    Ok(base)
+}
+
+/// Fills in exit rates: each row's exits ÷ its page's pageviews ([`exit_base`]).
+async fn exit_rates(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+    rep: &mut Report,
+    builds: &mut Builds,
+) -> Result<(), Error> {
+    let Some(ei) = q.metrics.iter().position(|m| *m == Metric::ExitRate) else {
+        return Ok(());
+    };
+    let base = exit_base(q)?;
+    let built = builds.for_query(client, site, &base).await?;
+    let sql = query::assemble::sql(&base, site, &built, None);
+    let lookup = keyed_totals(&fetch(client, &sql).await?, base.dimensions.len());
+    for row in &mut rep.rows {
+        let folded = row.folded > 0;
+        let total = lookup.iter().find(|(k, _)| *k == row.dims).map(|(_, t)| *t);
+        if let Some(slot) = row.metrics.get_mut(ei) {
+            *slot = if folded { None } else { rate(*slot, total) };
+        }
+    }
+    Ok(())
+}
+
 /// A row's rate from its converted visitors and its denominator, percent with one decimal;
 /// 0 over an empty denominator (as Plausible's), `None` when either is unknown (withheld).
 fn rate(converted: Option<f64>, total: Option<f64>) -> Option<f64> {
@@ -389,6 +476,13 @@ pub async fn too_few(
     let mut filters = vec![Some(f.clone())];
     if q.metrics.iter().any(|m| CONVERSIONS.contains(m)) {
         let base = strip_goals(f)?;
+        if base.as_ref() != Some(f) {
+            filters.push(base);
+        }
+    }
+    // An exit rate reveals its denominator's pageviews too: its filter is held to the rule.
+    if q.metrics.contains(&Metric::ExitRate) {
+        let base = strip_exit_pages(f)?;
         if base.as_ref() != Some(f) {
             filters.push(base);
         }
@@ -1113,6 +1207,7 @@ async fn exact_reports(
     } else {
         let mut r = report(client, site, q, builds).await?;
         conversion_rates(client, site, q, &mut r, builds).await?;
+        exit_rates(client, site, q, &mut r, builds).await?;
         percentages(client, site, q, &mut r, builds).await?;
         r
     };
@@ -1140,6 +1235,7 @@ async fn exact_reports(
                 report(client, site, &cq, builds).await?
             };
             conversion_rates(client, site, &cq, &mut c, builds).await?;
+            exit_rates(client, site, &cq, &mut c, builds).await?;
             percentages(client, site, &cq, &mut c, builds).await?;
             Some((cq, c))
         }
@@ -1167,6 +1263,7 @@ async fn dp_reports(
     let key = p.site_key(client, &site.domain).await?;
     let per_report = 1
         + q.metrics.iter().filter(|m| CONVERSIONS.contains(m)).count()
+        + usize::from(q.metrics.contains(&Metric::ExitRate))
         + usize::from(q.metrics.contains(&Metric::Percentage));
     let releases = per_report * (1 + usize::from(q.compare.is_some()));
     let spend = p
@@ -1261,6 +1358,19 @@ async fn dp_report(
                 .find(|t| t.0 == k)
                 .and_then(|t| t.1.first().copied().flatten());
             if let Some(slot) = row.metrics.get_mut(ci) {
+                *slot = rate(*slot, total);
+            }
+        }
+    }
+    if let Some(ei) = q.metrics.iter().position(|m| *m == Metric::ExitRate) {
+        let base = exit_base(q)?;
+        let totals = dp_rows(client, site, &base, builds, &release(&base)?, &[]).await?;
+        for row in &mut rows {
+            let total = totals
+                .iter()
+                .find(|t| t.0 == row.dims)
+                .and_then(|t| t.1.first().copied().flatten());
+            if let Some(slot) = row.metrics.get_mut(ei) {
                 *slot = rate(*slot, total);
             }
         }

@@ -2,7 +2,7 @@
 //! unchanged, reports come as CSV and as an export zip, invalid queries are a 400 naming the
 //! field, hostile strings run as plain values, report queries carry their memory bounds, a
 //! question past them (or over too many raw events) is a 400 naming its filters, never
-//! ClickHouse's text.
+//! ClickHouse's text; `exit_rate` answers as Plausible's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -802,5 +802,88 @@ async fn every_rewritten_echo_asks_the_same_question_again() {
         assert_eq!(again["meta"]["privacy"]["repeated"], true, "{again}");
         assert_eq!(again["meta"]["privacy"]["epsilon"], 0.0, "{again}");
         assert_eq!(again["query"], first["query"]);
+    }
+}
+
+/// `exit_rate` as Plausible's: each exit page's exits ÷ that page's pageviews, the pageviews
+/// counted under the query's filters but those on the exit page (Plausible's own test cases,
+/// with Veil's visits: a visit ends after 30 minutes without a hit).
+#[tokio::test]
+async fn exit_rate_is_a_pages_exits_over_its_pageviews_as_plausibles() {
+    let ch = veil_schemas::testing::fresh_database("stats_exit_rate").await;
+    let v = |n: u32| format!("exit-visitor{n:04}");
+    let evs = vec![
+        // 2026-11-20: one visit /one → /two (exits on /two); one /one → /never-exit → an
+        // event on /one → /one (exits on /one).
+        ev(v(1), "2026-11-20 10:00:00", "pageview", "/one"),
+        ev(v(1), "2026-11-20 10:10:00", "pageview", "/two"),
+        ev(v(3), "2026-11-20 10:00:00", "pageview", "/one"),
+        ev(v(3), "2026-11-20 10:00:30", "pageview", "/never-exit"),
+        ev(v(3), "2026-11-20 10:01:00", "a", "/one"),
+        ev(v(3), "2026-11-20 10:10:00", "pageview", "/one"),
+        // 2026-11-21: two visits of /one alone; one /one → /two.
+        ev(v(4), "2026-11-21 10:00:00", "pageview", "/one"),
+        ev(v(5), "2026-11-21 10:00:00", "pageview", "/one"),
+        ev(v(6), "2026-11-21 10:00:00", "pageview", "/one"),
+        ev(v(6), "2026-11-21 10:10:00", "pageview", "/two"),
+    ];
+    insert(&ch, SITE, &evs).await;
+    let mut s = site();
+    s.min_visitors = 1;
+    let ask = |day: &str, filters: Value| {
+        json!({"site_id": SITE, "metrics": ["exit_rate", "visits"], "dimensions": ["visit:exit_page"],
+               "date_range": [day, day], "filters": filters, "order_by": [["visit:exit_page", "desc"]]})
+    };
+    let d = q(&ch, &s, ask("2026-11-20", json!([]))).await;
+    assert_eq!(
+        rows(&d),
+        vec![
+            (vec!["/two".to_string()], vec![json!(100), json!(1)]),
+            (vec!["/one".to_string()], vec![json!(33.3), json!(1)]),
+        ],
+        "{d}"
+    );
+    // Filtered by the exit page: the page's pageviews of every visit count below the line.
+    let d = q(
+        &ch,
+        &s,
+        ask("2026-11-21", json!([["is", "visit:exit_page", ["/one"]]])),
+    )
+    .await;
+    assert_eq!(
+        rows(&d),
+        vec![(vec!["/one".to_string()], vec![json!(66.7), json!(2)])],
+        "{d}"
+    );
+    // Only by the exit page, and its filters only at the top level.
+    for (body, says) in [
+        (
+            json!({"site_id": SITE, "metrics": ["exit_rate"], "date_range": ["2026-11-20", "2026-11-20"]}),
+            "exit_rate needs a visit:exit_page dimension",
+        ),
+        (
+            ask(
+                "2026-11-21",
+                json!([[
+                    "or",
+                    [
+                        ["is", "visit:exit_page", ["/one"]],
+                        ["is", "visit:source", ["Google"]]
+                    ]
+                ]]),
+            ),
+            "visit:exit_page filters must be at the top level",
+        ),
+    ] {
+        let e = veil_aggregator::stats::run(
+            &ch.client(),
+            &s,
+            body.to_string().as_bytes(),
+            now(),
+            Default::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains(says), "{body}: {e}");
     }
 }

@@ -938,3 +938,22 @@ async fn launch_time_percentiles_under_dp_come_from_a_clamped_noisy_histogram() 
         within(&r["metrics"][1], 2450.0, &format!("{what} p95"));
     }
 }
+
+#[tokio::test]
+async fn exit_rate_under_dp_divides_two_noisy_releases() {
+    let (a, _, _, _) = fresh("dp_exit", Settings::default()).await;
+    let key = site_key(&a).await;
+    let body = json!({"site_id": SITE, "metrics": ["exit_rate", "visits"], "dimensions": ["visit:exit_page"],
+                      "date_range": [DAY, DAY]});
+    let (s, d) = ask(&a, &key, body).await;
+    assert_eq!(s, 200, "{d}");
+    // The exits and the pages' pageviews: two releases of ε_query.
+    assert_eq!(d["meta"]["privacy"]["epsilon"], 1.0, "{d}");
+    let rows = d["results"].as_array().unwrap();
+    // Exits over the noisy threshold: the last pages of the site's visits.
+    assert!(rows.len() >= 2, "the pages visits end on: {d}");
+    for r in rows {
+        let rate = r["metrics"][0].as_f64().unwrap_or_else(|| panic!("{d}"));
+        assert!(rate > 0.0 && rate <= 100.0, "{d}");
+    }
+}

@@ -39,8 +39,9 @@
 //!   floor. A time series lists every bucket of its range, noisy zeros included: whether a
 //!   bucket is missing says nothing.
 //! - **Budget.** Each new question spends ε_query per release (the report, its comparison,
-//!   a conversion rate's denominator, a percentage's total) from its credential's budget of
-//!   the UTC day; a question asked again is free ([`Privacy::charge`], ledger in ClickHouse's
+//!   a conversion rate's denominator, an exit rate's pageviews, a percentage's total) from its
+//!   credential's budget of the UTC day; a question asked again is free ([`Privacy::charge`],
+//!   ledger in ClickHouse's
 //!   `privacy_spend`, shared by every aggregator). Spent: `429` with `Retry-After`.
 //! - **Today.** A question whose range reaches into the current UTC day is keyed by the
 //!   current hour too: within the hour it is the same question (same noise, free), the next
@@ -295,7 +296,8 @@ fn parts_of(m: Metric) -> &'static [Part] {
         | Metric::ConversionRate
         | Metric::GroupConversionRate
         | Metric::Percentage => &[Part::Visitors],
-        Metric::Visits => &[Part::Visits],
+        // The row's exits; the rate is divided by its own release's pageviews (stats).
+        Metric::Visits | Metric::ExitRate => &[Part::Visits],
         Metric::Pageviews => &[Part::Pageviews],
         Metric::Events => &[Part::Events],
         Metric::Crashes => &[Part::Crashes],
@@ -919,7 +921,7 @@ impl Release {
             | Metric::ConversionRate
             | Metric::GroupConversionRate
             | Metric::Percentage => Some(p(Part::Visitors)),
-            Metric::Visits => Some(p(Part::Visits)),
+            Metric::Visits | Metric::ExitRate => Some(p(Part::Visits)),
             Metric::Pageviews => Some(p(Part::Pageviews)),
             Metric::Events => Some(p(Part::Events)),
             Metric::Crashes => Some(p(Part::Crashes)),

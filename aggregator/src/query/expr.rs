@@ -453,7 +453,8 @@ pub(super) fn metric_sql(m: Metric, src: Source, q: &Query) -> Sql {
     match src {
         Source::Visits => match m {
             Metric::Visitors | Metric::Percentage => Sql::new("uniq(visitor_id)"),
-            Metric::Visits => Sql::new("count()"),
+            // A row's exits: its visits (the rate is made with stats::exit_rates).
+            Metric::Visits | Metric::ExitRate => Sql::new("count()"),
             Metric::Pageviews => Sql::new("sum(pageviews)"),
             Metric::Events => Sql::new("sum(events)"),
             // The same arithmetic as the daily rollup's sums, so both round alike.
@@ -465,7 +466,7 @@ pub(super) fn metric_sql(m: Metric, src: Source, q: &Query) -> Sql {
             _ => Sql::new("0"),
         },
         Source::VisitsDaily => match m {
-            Metric::Visits => Sql::new("sum(visits_n)"),
+            Metric::Visits | Metric::ExitRate => Sql::new("sum(visits_n)"),
             Metric::Pageviews => Sql::new("sum(pv_n)"),
             Metric::Events => Sql::new("sum(ev_n)"),
             Metric::ViewsPerVisit => rnd(q, Sql::new("sum(pv_n) / sum(visits_n)"), 2),
@@ -501,7 +502,7 @@ pub(super) fn metric_sql(m: Metric, src: Source, q: &Query) -> Sql {
                 Metric::LatencyP50 => rnd(q, sql!("quantileIf(0.5)({}, has(prop_keys, 'latency_ms'))", prop_num("latency_ms")), 0),
                 Metric::LatencyP95 => rnd(q, sql!("quantileIf(0.95)({}, has(prop_keys, 'latency_ms'))", prop_num("latency_ms")), 0),
                 Metric::Crashes => sql!("countIf(has(prop_keys, 'crash') AND {} >= 1)", prop_num("crash")),
-                Metric::Visits => sql!("uniqExact{}", visit),
+                Metric::Visits | Metric::ExitRate => sql!("uniqExact{}", visit),
                 Metric::BounceRate => rnd(q, sql!("100 * uniqExactIf({0}, v_bounce = 1) / uniqExact{0}", visit), 0),
                 Metric::VisitDuration => rnd(q, Sql::new("arraySum(arrayMap(t -> t.2, groupUniqArray((cityHash64(visitor_id, visit), v_duration)))) / uniqExact(visitor_id, visit)"), 0),
                 Metric::ViewsPerVisit => rnd(q, Sql::new("arraySum(arrayMap(t -> t.2, groupUniqArray((cityHash64(visitor_id, visit), v_pageviews)))) / uniqExact(visitor_id, visit)"), 2),

@@ -711,6 +711,11 @@ fn check_metrics(metrics: &[Metric], dims: &[Dim], filters: &Budget) -> Result<(
                     )));
                 }
             }
+            Metric::ExitRate if !dims.iter().any(|d| d.name == "visit:exit_page") => {
+                return Err(bad(format!(
+                    "`metrics[{i}]`: {name} needs a visit:exit_page dimension (the rate is each exit page's)"
+                )));
+            }
             Metric::ScrollDepth if !has_page_dim && !filters.top_page => {
                 return Err(bad(format!(
                     "`metrics[{i}]`: {name} needs an event:page dimension or a top-level event:page filter"

@@ -54,6 +54,11 @@ pub enum Metric {
     LatencyP95,
     /// App launches after a crash (`crash` = 1).
     Crashes,
+    /// Percentage of a page's pageviews that ended a visit (Plausible's `exit_rate`): the
+    /// visits exiting on each `visit:exit_page` row ÷ that page's pageviews with the query's
+    /// filters but those on the exit page (as Plausible's); needs the `visit:exit_page`
+    /// dimension.
+    ExitRate,
 }
 
 /// Which rows a metric needs.
@@ -69,7 +74,7 @@ pub enum Level {
 
 impl Metric {
     /// Every metric, with its API name.
-    pub const ALL: [(&'static str, Metric); 21] = [
+    pub const ALL: [(&'static str, Metric); 22] = [
         ("visitors", Metric::Visitors),
         ("visits", Metric::Visits),
         ("pageviews", Metric::Pageviews),
@@ -91,6 +96,7 @@ impl Metric {
         ("latency_p50", Metric::LatencyP50),
         ("latency_p95", Metric::LatencyP95),
         ("crashes", Metric::Crashes),
+        ("exit_rate", Metric::ExitRate),
     ];
 
     /// The API name.
@@ -107,7 +113,9 @@ impl Metric {
         use Metric::*;
         match self {
             Visitors | Pageviews | Events | Dau | Percentage => Level::Both,
-            Visits | ViewsPerVisit | BounceRate | VisitDuration | SessionsPerUser => Level::Visit,
+            Visits | ViewsPerVisit | BounceRate | VisitDuration | SessionsPerUser | ExitRate => {
+                Level::Visit
+            }
             _ => Level::Event,
         }
     }
@@ -117,6 +125,7 @@ impl Metric {
         matches!(
             self,
             Metric::BounceRate
+                | Metric::ExitRate
                 | Metric::ConversionRate
                 | Metric::GroupConversionRate
                 | Metric::Percentage
