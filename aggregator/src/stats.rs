@@ -226,27 +226,37 @@ const CONVERSIONS: [Metric; 2] = [Metric::ConversionRate, Metric::GroupConversio
 /// conditions (Plausible's conversion-rate denominators leave both out: "visitors who did X
 /// with property P" over "visitors").
 fn strip_goals(f: &Filter) -> Result<Option<Filter>, Error> {
-    let has_goal = |f: &Filter| f.dims().iter().any(|d| d.kind == DimKind::Goal);
+    strip_top(
+        f,
+        &|d| matches!(d.kind, DimKind::Goal | DimKind::Prop(_)),
+        &|d| d.kind == DimKind::Goal,
+        "`filters`: with conversion_rate, goal filters must be at the top level (not inside or/not)",
+    )
+}
+
+/// `f` without its top-level conditions on a dimension `drop` takes (`None`: nothing left); a
+/// condition below the top level on a dimension `top_only` takes is refused with `nested`.
+fn strip_top(
+    f: &Filter,
+    drop: &dyn Fn(&Dim) -> bool,
+    top_only: &dyn Fn(&Dim) -> bool,
+    nested: &str,
+) -> Result<Option<Filter>, Error> {
     Ok(match f {
-        Filter::Cond { dim, .. } if matches!(dim.kind, DimKind::Goal | DimKind::Prop(_)) => None,
+        Filter::Cond { dim, .. } if drop(dim) => None,
         Filter::Cond { .. } => Some(f.clone()),
         Filter::And(v) => {
-            let kept: Vec<Filter> = v
-                .iter()
-                .map(strip_goals)
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .flatten()
-                .collect();
+            let mut kept = Vec::new();
+            for g in v {
+                kept.extend(strip_top(g, drop, top_only, nested)?);
+            }
             match kept.len() {
                 0 => None,
                 _ => Some(Filter::And(kept)),
             }
         }
-        other if has_goal(other) => {
-            return Err(Error::BadRequest(
-                "`filters`: with conversion_rate, goal filters must be at the top level (not inside or/not)".into(),
-            ))
+        other if other.dims().iter().any(|d| top_only(d)) => {
+            return Err(Error::BadRequest(nested.into()))
         }
         other => Some(other.clone()),
     })
@@ -285,29 +295,13 @@ fn conversion_base(q: &Query, rate: Metric) -> Result<(Vec<usize>, Query), Error
 /// denominator counts every pageview of the page, not only those of visits that exited there:
 /// Plausible's).
 fn strip_exit_pages(f: &Filter) -> Result<Option<Filter>, Error> {
-    let is_exit = |d: &Dim| d.name == "visit:exit_page";
-    Ok(match f {
-        Filter::Cond { dim, .. } if is_exit(dim) => None,
-        Filter::And(v) => {
-            let kept: Vec<Filter> = v
-                .iter()
-                .map(strip_exit_pages)
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .flatten()
-                .collect();
-            match kept.len() {
-                0 => None,
-                _ => Some(Filter::And(kept)),
-            }
-        }
-        other if other.dims().iter().any(|d| is_exit(d)) => {
-            return Err(Error::BadRequest(
-                "`filters`: with exit_rate, visit:exit_page filters must be at the top level (not inside or/not/has_done)".into(),
-            ))
-        }
-        other => Some(other.clone()),
-    })
+    let exit = |d: &Dim| d.name == "visit:exit_page";
+    strip_top(
+        f,
+        &exit,
+        &exit,
+        "`filters`: with exit_rate, visit:exit_page filters must be at the top level (not inside or/not/has_done)",
+    )
 }
 
 /// An exit rate's denominator question: pageviews by `q`'s dimensions with `visit:exit_page`

@@ -518,14 +518,7 @@ pub fn sample_sql(
         lit(prop)
     );
     let mut inner = inner_sql(q, site, built, None, true, Some(&[col]));
-    if nd > 0 {
-        let keys = std::iter::once(Sql::new("_v")).chain((0..nd).map(|i| sql!("d{}", i)));
-        inner.push(sql!(
-            " ORDER BY _v, cityHash64({}) LIMIT {} BY _v",
-            Sql::join(keys, ", "),
-            c.rows.max(1)
-        ));
-    }
+    limit_rows_per_visitor(&mut inner, nd, c.rows);
     let dims: Vec<Sql> = (0..nd).map(|i| sql!("toString(d{0}) AS d{0}", i)).collect();
     let mut select = dims.clone();
     select.push(Sql::new("arrayJoin(h) AS b"));
@@ -542,19 +535,25 @@ pub fn sample_sql(
     ))
 }
 
-/// [`bounded_sql`]'s part for `q`'s range from rows with visitor ids: per visitor id and report
-/// row, then clamped.
-fn visitor_part(q: &Query, site: &SiteView, built: &[Build], c: &Clamp, plan: &[Bounded]) -> Sql {
-    let mut inner = inner_sql(q, site, built, None, true, None);
-    let nd = q.dimensions.len();
+/// Keeps `rows` of each visitor id's report rows in `inner` (grouped per visitor id `_v` and
+/// dimensions `d…`): a pseudo-random pick, the same for the same rows (`LIMIT n BY`).
+fn limit_rows_per_visitor(inner: &mut Sql, nd: usize, rows: u64) {
     if nd > 0 {
         let keys = std::iter::once(Sql::new("_v")).chain((0..nd).map(|i| sql!("d{}", i)));
         inner.push(sql!(
             " ORDER BY _v, cityHash64({}) LIMIT {} BY _v",
             Sql::join(keys, ", "),
-            c.rows.max(1)
+            rows.max(1)
         ));
     }
+}
+
+/// [`bounded_sql`]'s part for `q`'s range from rows with visitor ids: per visitor id and report
+/// row, then clamped.
+fn visitor_part(q: &Query, site: &SiteView, built: &[Build], c: &Clamp, plan: &[Bounded]) -> Sql {
+    let mut inner = inner_sql(q, site, built, None, true, None);
+    let nd = q.dimensions.len();
+    limit_rows_per_visitor(&mut inner, nd, c.rows);
     let mut select: Vec<Sql> = (0..nd).map(|i| sql!("toString(d{0}) AS d{0}", i)).collect();
     for (i, how) in plan.iter().enumerate() {
         select.push(match how {
