@@ -464,9 +464,33 @@ async fn every_dimension_and_metric_answers_the_same_from_raw_and_rollups() {
     let all: Vec<&str> = veil_aggregator::query::Metric::ALL
         .iter()
         .map(|(n, _)| *n)
-        // These need more than a metric alone (a goal; a page, as in Plausible).
-        .filter(|n| !["conversion_rate", "group_conversion_rate", "scroll_depth"].contains(n))
+        // These need more than a metric alone (a goal; a page; an exit page, as in Plausible).
+        .filter(|n| {
+            ![
+                "conversion_rate",
+                "group_conversion_rate",
+                "scroll_depth",
+                "exit_rate",
+            ]
+            .contains(n)
+        })
         .collect();
+    // The exit rate by its exit page: the same from raw events and from the rollups.
+    let mut exit = Vec::new();
+    for rollups in [true, false] {
+        let d = q(
+            &ch,
+            &s,
+            base(
+                json!({"metrics": ["exit_rate", "visits"], "dimensions": ["visit:exit_page"],
+                        "include": {"rollups": rollups}}),
+            ),
+        )
+        .await;
+        assert!(!d["results"].as_array().unwrap().is_empty(), "{d}");
+        exit.push(d["results"].clone());
+    }
+    assert_eq!(exit[0], exit[1], "exit rates: rollups and raw differ");
     for m in all {
         for rollups in [true, false] {
             let d = q(
