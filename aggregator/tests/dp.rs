@@ -941,7 +941,9 @@ async fn launch_time_percentiles_under_dp_come_from_a_clamped_noisy_histogram() 
 
 #[tokio::test]
 async fn exit_rate_under_dp_divides_two_noisy_releases() {
-    let (a, _, _, _) = fresh("dp_exit", Settings::default()).await;
+    let (a, ch, _, _) = fresh("dp_exit", Settings::default()).await;
+    // One fixed draw of the noise (the noise key before any question): the same every run.
+    pin_noise_key(&ch, SITE, &[11; 32]).await;
     let key = site_key(&a).await;
     let body = json!({"site_id": SITE, "metrics": ["exit_rate", "visits"], "dimensions": ["visit:exit_page"],
                       "date_range": [DAY, DAY]});
