@@ -1393,15 +1393,15 @@
       for (const l of lines) l.shares = l.users.map((u, i) => share(u, i));
       fig.dataset.versions = JSON.stringify(lines.map((l) => l.raw));
       // What is missing, and what a share is.
-      const what = unit;
-      const parts = ["Share: a version's users over the users listed for that " + what +
-        " (share of the users listed; a user who updated during the " + what + " is listed under both versions)."];
+      const aUnit = (unit === "hour" ? "an " : "a ") + unit;
+      const parts = ["Share: a version's users over the users listed for that " + unit +
+        " (share of the users listed; a user who updated during the " + unit + " is listed under both versions)."];
       if (isDp(priv)) {
-        parts.push("Under differential privacy a version is listed for a " + what + " only when its noisy users reach the threshold" +
+        parts.push("Under differential privacy a version is listed for " + aUnit + " only when its noisy users reach the threshold" +
           (Number(priv.threshold) > 0 ? " (" + nf.format(priv.threshold) + ")" : "") +
           ": versions under it are missing from the lines and the table, not zero, and every number is noisy (≈).");
       } else if (meta.suppressed) {
-        parts.push("A version with fewer than " + meta.min_visitors + " users in a " + what +
+        parts.push("A version with fewer than " + meta.min_visitors + " users in " + aUnit +
           " is not listed (k-anonymity): it is missing from the lines and the table, not zero.");
       }
       if (ranked.length > ADOPTION_TOP + 1) parts.push("Lines: the " + ADOPTION_TOP + " versions with the most users over the period; “Other”: the rest together.");
