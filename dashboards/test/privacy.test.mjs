@@ -479,11 +479,12 @@ test("dp: the App view's crash-free sessions are ≈ 100 × (1 − crashes ÷ se
     return { cards: await numbers(page, "#stats"), table: await numbers(page, "#adoption-data"),
       rows: await page.$$eval("#adoption-data tbody tr[data-version]", (trs) => trs.map((tr) => [tr.dataset.time, tr.dataset.version])),
       note: await page.textContent("#adoption-note"),
+      cardTitle: await page.getAttribute('#stats [data-stat="crash_free_sessions"] .static', "title"),
       users: await q({ metrics: ["visitors", "visits", "sessions_per_user", "dau"], include: { imports: true } }),
       perf: await q({ metrics: ["launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95", "crashes"], include: { imports: true } }),
       perDay: await q({ metrics: ["visitors"], dimensions: ["time:day", "visit:app_version"], include: { imports: true, time_labels: true } }) };
   });
-  const { cards, table, rows, note, users, perf, perDay } = got;
+  const { cards, table, rows, note, cardTitle, users, perf, perDay } = got;
   for (const a of [users, perf, perDay]) assert.equal(a.meta.privacy.repeated, true, "the page asked the same questions: " + JSON.stringify(a.meta.privacy));
   const card = cards.find((n) => n.metric === "crash_free_sessions");
   const crashes = perf.results[0].metrics[4], sessions = users.results[0].metrics[1];
@@ -491,6 +492,10 @@ test("dp: the App view's crash-free sessions are ≈ 100 × (1 − crashes ÷ se
   assert.ok(Math.abs(Number(card.value) - want) < 1e-9, `crash-free: page ${card.value}, API ${crashes} crashes in ${sessions} sessions`);
   assertApprox(card, null);
   assert.equal(card.visible, `≈ ${Math.round(want * 10) / 10}%`);
+  // Its title names the noisy numbers it comes from, with their intervals.
+  for (const [label, v, ci] of [["Crashes", crashes, perf.meta.privacy.interval95.crashes], ["Sessions", sessions, users.meta.privacy.interval95.visits]]) {
+    assert.ok(cardTitle.includes(`${label} ≈ ${nf.format(v)} ± ${nf.format(ci)}`), `${label} in the title: ${cardTitle}`);
+  }
   // The table: the rows the API published, in its order, each count with its interval.
   assert.deepEqual(rows, perDay.results.map((r) => [r.dimensions[0], r.dimensions[1]]));
   const counts = table.filter((n) => n.metric === "visitors");

@@ -1080,8 +1080,17 @@
       el.title = have.some((x) => !x) ? "Not shown: " + d.from.filter((m, i) => !have[i]).map(metricLabel).join(" and ") + " could not be loaded" :
         d.none(vals) || "Hidden: " + d.from.filter((m, i) => vals[i] === null).map(metricLabel).join(" and ") + " hidden";
     }
+    // The title names the numbers it was computed from, with their intervals under differential
+    // privacy (a noisy count of few crashes can be far from the true one).
+    const from = d.from.map((m, i) => {
+      if (!have[i]) return null;
+      const ci = ciOf(have[i].priv, m);
+      return metricLabel(m) + " " + (vals[i] === null ? "—" : (isDp(have[i].priv) ? "≈ " : "") + fmt(m, vals[i]) +
+        (ci === null ? "" : " ± " + fmt(m, ci)));
+    }).filter(Boolean);
     return h("li", { class: "stat", "data-stat": d.metric, "aria-current": "false" },
-      h("div", { class: "static", title: d.title }, h("span", { class: "label", text: metricLabel(d.metric) }), el));
+      h("div", { class: "static", title: d.title + (from.length ? " (" + from.join(", ") + ")" : "") },
+        h("span", { class: "label", text: metricLabel(d.metric) }), el));
   }
   function topStats(container, groups, st, gen, chartMetric, derived = []) {
     const ul = h("ul", { class: "stats", id: "stats", "aria-label": "Totals" });
