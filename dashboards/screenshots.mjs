@@ -16,7 +16,7 @@ const out = join(root, "docs/img");
 const shots = [
   { name: "demo-web", url: `/site/${WEB}?period=30d`, viewport: { width: 1280, height: 1400 } },
   { name: "demo-web-phone", url: `/site/${WEB}?period=7d`, viewport: { width: 390, height: 1500 }, touch: true },
-  { name: "demo-app", url: `/site/${APP}?view=app&period=30d`, viewport: { width: 1280, height: 1400 } },
+  { name: "demo-app", url: `/site/${APP}?view=app&period=30d`, viewport: { width: 1280, height: 1400 }, ready: "#adoption canvas, #adoption .error" },
 ];
 
 const veil = await startVeil({ args: ["--demo"], log: "warn,veil=info" });
@@ -30,6 +30,7 @@ try {
     const page = await open(chrome, { viewport: s.viewport, touch: s.touch });
     await page.goto(veil.url + s.url);
     await settled(page);
+    if (s.ready) await page.waitForSelector(s.ready, { timeout: 30_000 });
     const path = join(out, s.name + ".png");
     await page.screenshot({ path });
     if (page.problems.length) throw new Error(`${s.name}: ${page.problems.join("\n")}`);

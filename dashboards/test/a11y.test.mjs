@@ -6,7 +6,7 @@
 //   a filter chip, a saved segment chosen ("Delete segment"), "Add filter" and "Save as segment"
 //   opened, the header's e-mail link and "Log out";
 // - the countries map (Locations → Map) of the demo site;
-// - the App view of the demo app demo-app.veil.local;
+// - the App view of the demo app demo-app.veil.local, its version adoption table opened;
 // - the Realtime view of the demo site, with visitors sent a minute and a half ago;
 // - the other pages (`PAGES`): the sites list, a site's settings (its install snippets), the
 //   person's account, a read-only shared link, and the login page.
@@ -111,10 +111,16 @@ const VIEWS = {
     ready: () => document.querySelectorAll("#world-map svg path.has-data").length > 0 && document.querySelector("#chart-data table") !== null,
   },
   app: {
-    controls: [...REPORT_CONTROLS, "#view-body [role='tab']", "#view-body button[data-csv]", "#chart-data > summary"],
+    controls: [...REPORT_CONTROLS, "#view-body [role='tab']", "#view-body button[data-csv]", "#chart-data > summary",
+      "#adoption-data > summary", "#adoption button[data-csv]"],
     url: () => `${veil.url}/site/${APP}?period=30d&view=app`,
     ready: () => document.querySelector('#view-app[aria-current="page"]') !== null && document.querySelector("#chart-data table, #chart .error") !== null &&
-      document.querySelectorAll("#stats .stat").length > 0,
+      document.querySelector("#adoption-data table, #adoption .error") !== null && document.querySelectorAll("#stats .stat").length > 0,
+    // The version adoption chart's table opened: axe checks it, and on a phone it must fit too.
+    prepare: async (page) => {
+      await page.click("#adoption-data > summary");
+      await waitFor(() => page.evaluate(() => document.getElementById("adoption-data").open), (ok) => ok, { what: "the adoption table did not open" });
+    },
   },
   realtime: {
     controls: ["#rt-chart-summary", "#view-body [role='tab']"],

@@ -751,15 +751,18 @@ test("app view: active users, versions, install sources and performance percenti
   const page = await open(chrome);
   await page.goto(dash("period=7d&view=app"));
   await settled(page);
-  const metrics = ["visitors", "sessions_per_user", "dau", "launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95", "crashes"];
+  const metrics = ["visitors", "visits", "sessions_per_user", "dau", "launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95", "crashes"];
   // The API serves percentiles apart from visit metrics: two queries, as the page makes them.
-  const users = await query(veil, { metrics: metrics.slice(0, 3) });
-  const perf = await query(veil, { metrics: metrics.slice(3) });
+  const users = await query(veil, { metrics: metrics.slice(0, 4) });
+  const perf = await query(veil, { metrics: metrics.slice(4) });
   const want = [...users.results[0].metrics, ...perf.results[0].metrics];
   const got = await statValues(page);
   metrics.forEach((m, i) => assert.equal(got[m], str(want[i]), m));
   assert.equal(await page.$eval('#stats .stat[data-stat="visitors"] .label', (e) => e.textContent), "Active users");
+  assert.equal(await page.$eval('#stats .stat[data-stat="visits"] .label', (e) => e.textContent), "Sessions");
   assert.ok(Number(got.launch_time_p50) > 0 && Number(got.crashes) === 1, JSON.stringify(got));
+  // The one crash of the seeded sessions: 100 × (1 − 1 ÷ sessions) of them were crash-free.
+  assert.equal(got.crash_free_sessions, String(100 * (1 - 1 / want[1])), JSON.stringify(got));
   const versions = await query(veil, { metrics: ["visitors", "visits"], dimensions: ["visit:app_version"], pagination: { limit: 10, offset: 0 } });
   const rows = await panelRows(page, "app_versions");
   assert.deepEqual(rows.map((r) => [r.raw, r.values]), versions.results.map((r) => [r.dimensions[0], r.metrics.map(str)]));

@@ -228,10 +228,12 @@ test("locations speak Plausible's place vocabulary: region and city names shown,
 
 // The demo app (`veil up --demo` fills demo-app.veil.local with 30 days of an iOS and Android
 // app's events: schemas/src/gen/app.rs) in the App view and in Realtime, as its owner would
-// look at it: the top stats are the API's (active users, sessions, launch times, crashes), the
-// panels list the rolling-out versions, iOS and Android, device models and install sources,
-// and Realtime shows people using the app now.
-test("the demo app: the App view shows its versions, OS, devices, install sources, launch times and crashes; Realtime shows it live", async () => {
+// look at it: the top stats are the API's (active users, sessions, launch times, crashes) and
+// the crash-free sessions card is 100 × (1 − crashes ÷ sessions) of them; the version adoption
+// chart's table is the API's users per day and version with their shares of the day's users,
+// 2.4.x rising over the month; the panels list the rolling-out versions, iOS and Android, device
+// models and install sources, and Realtime shows people using the app now.
+test("the demo app: the App view shows its versions and their adoption, OS, devices, install sources, launch times, crashes and crash-free sessions; Realtime shows it live", async () => {
   const APP = "demo-app.veil.local";
   const page = await open(chrome);
   const failed = [];
@@ -267,16 +269,16 @@ test("the demo app: the App view shows its versions, OS, devices, install source
   await page.goto(`${veil.url}/site/${APP}?view=app&period=30d`);
   let s = await settledView("app view");
   assert.deepEqual(failed, [], "API calls failed");
-  const metrics = ["visitors", "sessions_per_user", "dau", "launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95", "crashes"];
-  assert.deepEqual(s.stats.map(([m]) => m), metrics);
+  const metrics = ["visitors", "visits", "sessions_per_user", "dau", "launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95", "crashes"];
+  assert.deepEqual(s.stats.map(([m]) => m), [...metrics, "crash_free_sessions"]);
   // The API serves percentiles apart from visit metrics: two questions, as the page asks them.
-  const users = await q({ metrics: metrics.slice(0, 3) });
-  const perf = await q({ metrics: metrics.slice(3) });
+  const users = await q({ metrics: metrics.slice(0, 4) });
+  const perf = await q({ metrics: metrics.slice(4) });
   const want = [...users.results[0].metrics, ...perf.results[0].metrics].map(str);
   // Counts and rates exactly; the percentiles within 5 %: ClickHouse's `quantile` samples a
   // reservoir of 8192 values, and the month has tens of thousands of launches, so two
   // identical questions may get slightly different medians.
-  s.stats.forEach(([m, v], i) => {
+  s.stats.slice(0, metrics.length).forEach(([m, v], i) => {
     if (/_p(50|95)$/.test(m)) {
       assert.ok(Math.abs(Number(v) - Number(want[i])) <= 0.05 * Number(want[i]), `${m}: page ${v}, API ${want[i]}`);
     } else {
@@ -290,7 +292,55 @@ test("the demo app: the App view shows its versions, OS, devices, install source
   assert.ok(Number(stat.launch_time_p95) > Number(stat.launch_time_p50), JSON.stringify(stat));
   assert.ok(Number(stat.crashes) > 0, `the odd crash: ${stat.crashes}`);
   const labels = await page.$$eval("#stats .label", (els) => els.map((e) => e.textContent));
-  assert.ok(labels.includes("Active users") && labels.includes("Launch time p50") && labels.includes("Crashes"), JSON.stringify(labels));
+  assert.ok(labels.includes("Active users") && labels.includes("Sessions") && labels.includes("Launch time p50") &&
+    labels.includes("Crashes") && labels.includes("Crash-free sessions"), JSON.stringify(labels));
+
+  // Crash-free sessions: each crash is reported once, on the launch after it (`crash` = 1), so
+  // 100 × (1 − crashes ÷ sessions), from the API's two numbers; the month's few crashes leave
+  // most sessions crash-free.
+  const crashes = perf.results[0].metrics[metrics.indexOf("crashes") - 4];
+  const sessions = users.results[0].metrics[metrics.indexOf("visits")];
+  const crashFree = 100 * (1 - crashes / sessions);
+  assert.ok(Math.abs(Number(stat.crash_free_sessions) - crashFree) < 1e-9, `crash-free: page ${stat.crash_free_sessions}, API ${crashes} crashes in ${sessions} sessions`);
+  assert.ok(crashFree > 95 && crashFree < 100, `crash-free sessions ${crashFree}`);
+  assert.equal(await page.textContent('#stats [data-stat="crash_free_sessions"] .value'), `${Math.round(crashFree * 10) / 10}%`);
+
+  // Version adoption: the table under the chart is the API's answer to the same question (users
+  // per day and version), each row with its share of the users listed that day; lines for the
+  // five versions, named under the chart; 2.4.0 (ten days before the end) and its hotfix 2.4.1
+  // (four days before) take over the last days of the month.
+  await page.waitForSelector("#adoption-data table", { state: "attached" });
+  const adoption = await page.$$eval("#adoption-data tbody tr", (trs) => trs.map((tr) => ({ time: tr.dataset.time, version: tr.dataset.version,
+    users: tr.querySelector('td[data-metric="visitors"]')?.dataset.value, share: tr.querySelector('td[data-metric="version_share"]')?.dataset.value,
+    text: tr.textContent })));
+  const perDay = await q({ metrics: ["visitors"], dimensions: ["time:day", "visit:app_version"], include: { time_labels: true } });
+  const days = perDay.meta.time_labels;
+  assert.deepEqual(adoption.filter((r) => r.version !== undefined).map((r) => [r.time, r.version, r.users]),
+    perDay.results.map((r) => [r.dimensions[0], r.dimensions[1], str(r.metrics[0])]), "the adoption table is the API's answer");
+  assert.deepEqual([...new Set(adoption.map((r) => r.time))], days, "a row for every day");
+  const dayUsers = (d) => perDay.results.filter((r) => r.dimensions[0] === d);
+  const shareOf = (d, prefix) => {
+    const rows = dayUsers(d), all = rows.reduce((a, r) => a + r.metrics[0], 0);
+    return 100 * rows.filter((r) => r.dimensions[1].startsWith(prefix)).reduce((a, r) => a + r.metrics[0], 0) / all;
+  };
+  for (const d of [days[0], days[days.length - 8], days[days.length - 1]]) {
+    for (const r of dayUsers(d)) {
+      const row = adoption.find((x) => x.time === d && x.version === r.dimensions[1]);
+      assert.ok(Math.abs(Number(row.share) - shareOf(d, r.dimensions[1])) < 1e-9, `${d} ${r.dimensions[1]}: share ${row.share}, API ${JSON.stringify(dayUsers(d))}`);
+      assert.ok(row.text.includes(`${Math.round(Number(row.share) * 10) / 10}%`), `${d} ${r.dimensions[1]}: ${row.text}`);
+    }
+  }
+  const rising = days.map((d) => shareOf(d, "2.4."));
+  console.log(`demo app: 2.4.x share of each day's users: ${rising.map((x) => x.toFixed(1)).join(" ")}`);
+  assert.ok(rising.slice(0, 15).every((x) => x === 0), `no 2.4.x in the first half of the month: ${rising}`);
+  const n = days.length;
+  assert.ok(rising[n - 1] > 60 && rising[n - 1] > rising[n - 4] && rising[n - 4] > rising[n - 7] && rising[n - 7] > 0,
+    `2.4.x rising over the last days: ${rising}`);
+  const legend = await page.$$eval("#adoption-legend li", (lis) => lis.map((li) => li.textContent));
+  assert.deepEqual([...legend].sort(), ["2.2.3", "2.3.0", "2.3.1", "2.4.0", "2.4.1"], `lines named: ${legend}`);
+  assert.match(await page.textContent("#adoption-note"), /share of the users listed.*fewer than 5 users in a day is not listed/s);
+  assert.equal(await page.getAttribute("#adoption .plot", "role"), "img");
+  assert.ok(await page.isVisible("#adoption canvas"), "the adoption chart is drawn");
 
   // Versions: the panel's rows are the API's; the month saw 2.3 and 2.4 releases.
   const versions = await q({ metrics: ["visitors", "visits"], dimensions: ["visit:app_version"], pagination: { limit: 10, offset: 0 } });

@@ -6,7 +6,8 @@
 //   budget, and each number equals the API's answer to the same question asked afterwards
 //   (asked again the same day and hour: the same noisy answer, free);
 // - a site key and a shared link have budgets of their own; a click filters in dp; funnels and
-//   realtime are approximate too;
+//   realtime are approximate too; the App view's crash-free sessions and version adoption
+//   chart are computed from, and list, only what the API published;
 // - with a small budget (`--epsilon-day 2`) the panels asked after it ran out show the API's
 //   "budget is spent" message (never retried), the footer says it is spent, the questions
 //   answered before are answered again for free, and a realtime view shows the message and
@@ -459,6 +460,52 @@ test("dp: a panel's CSV download carries each count's 95 % interval: the API's r
   const chunks = [];
   for await (const c of stream) chunks.push(c);
   assert.equal(Buffer.concat(chunks).subarray(0, 2).toString(), "PK", "a zip archive");
+  await page.close_all();
+});
+
+// The demo app's App view under differential privacy (the app is a site of its own, with a
+// budget of its own): the crash-free sessions card is computed from the noisy crashes and
+// sessions the page was sent, written "≈" as a rate; the version adoption table lists the rows
+// the API published (each "≈" with its interval) and the note says the others are missing.
+test("dp: the App view's crash-free sessions are ≈ 100 × (1 − crashes ÷ sessions) of the noisy cards; the adoption table is the API's published rows, the note says the rest are missing", async () => {
+  const APP = "demo-app.veil.local";
+  const page = await open(chrome);
+  const got = await withinOneHour(async () => {
+    await page.goto(`${veil.url}/site/${APP}?view=app&period=30d`);
+    await waitFor(() => page.evaluate(() => document.querySelectorAll("#stats .stat .value[data-value]").length === 10 &&
+      document.querySelector("#adoption-data table, #adoption .error") !== null), (ok) => ok, { ms: 30_000, what: "the App view did not draw" });
+    const q = (body) => api(veil, "/api/v2/query", { body: { site_id: APP, date_range: "30d", filters: [], ...body } });
+    // The page's questions asked again: the same noisy answers, for free.
+    return { cards: await numbers(page, "#stats"), table: await numbers(page, "#adoption-data"),
+      rows: await page.$$eval("#adoption-data tbody tr[data-version]", (trs) => trs.map((tr) => [tr.dataset.time, tr.dataset.version])),
+      note: await page.textContent("#adoption-note"),
+      cardTitle: await page.getAttribute('#stats [data-stat="crash_free_sessions"] .static', "title"),
+      users: await q({ metrics: ["visitors", "visits", "sessions_per_user", "dau"], include: { imports: true } }),
+      perf: await q({ metrics: ["launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95", "crashes"], include: { imports: true } }),
+      perDay: await q({ metrics: ["visitors"], dimensions: ["time:day", "visit:app_version"], include: { imports: true, time_labels: true } }) };
+  });
+  const { cards, table, rows, note, cardTitle, users, perf, perDay } = got;
+  for (const a of [users, perf, perDay]) assert.equal(a.meta.privacy.repeated, true, "the page asked the same questions: " + JSON.stringify(a.meta.privacy));
+  const card = cards.find((n) => n.metric === "crash_free_sessions");
+  const crashes = perf.results[0].metrics[4], sessions = users.results[0].metrics[1];
+  const want = Math.min(100, Math.max(0, 100 * (1 - crashes / sessions)));
+  assert.ok(Math.abs(Number(card.value) - want) < 1e-9, `crash-free: page ${card.value}, API ${crashes} crashes in ${sessions} sessions`);
+  assertApprox(card, null);
+  assert.equal(card.visible, `≈ ${Math.round(want * 10) / 10}%`);
+  // Its title names the noisy numbers it comes from, with their intervals.
+  for (const [label, v, ci] of [["Crashes", crashes, perf.meta.privacy.interval95.crashes], ["Sessions", sessions, users.meta.privacy.interval95.visits]]) {
+    assert.ok(cardTitle.includes(`${label} ≈ ${nf.format(v)} ± ${nf.format(ci)}`), `${label} in the title: ${cardTitle}`);
+  }
+  // The table: the rows the API published, in its order, each count with its interval.
+  assert.deepEqual(rows, perDay.results.map((r) => [r.dimensions[0], r.dimensions[1]]));
+  const counts = table.filter((n) => n.metric === "visitors");
+  assert.deepEqual(counts.map((n) => n.value), perDay.results.map((r) => str(r.metrics[0])));
+  assert.ok(counts.length > 0, "the API published some (day, version) rows");
+  for (const n of counts) assertApprox(n, perDay.meta.privacy);
+  for (const n of table.filter((n) => n.metric === "version_share")) assertApprox(n, null);
+  assert.ok(note.includes("Under differential privacy") && note.includes(`(${nf.format(perDay.meta.privacy.threshold)})`) &&
+    note.includes("missing"), note);
+  assert.deepEqual(page.problems, [], "console errors, page errors or dialogs");
   await page.close_all();
 });
 

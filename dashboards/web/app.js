@@ -1,7 +1,11 @@
 // Veil dashboard: a client of Veil's HTTP API only — POST /api/v2/query (+ .csv), POST
 // /api/v2/funnel, GET /api/v1/sites/{domain}/realtime?only=visitors_5m (current visitors),
 // /filtered-traffic and /export, and the
-// admin API under /api/v1/sites. No number is computed here: every figure on screen is a value the API sent.
+// admin API under /api/v1/sites. No number is computed here: every figure on screen is a value the API sent,
+// except two in the App view that are computed from the API's numbers alone (post-processing of
+// what the privacy module published): the crash-free sessions card (100 × (1 − crashes ÷
+// sessions)) and the version adoption chart's shares (a version's users over the users listed
+// for that day).
 // Under differential privacy (every answer's meta.privacy, mode "dp") each is written "≈ N" with
 // the ± of its 95 % interval; the footer shows the credential's privacy budget for the day, or,
 // in exact mode, a warning that privacy protection is down to k-anonymity.
@@ -37,7 +41,7 @@
 
   const S = {
     page: "sites", site: "", share: false, shareToken: "", embed: "", password: "", settings: null, settingsError: null, me: null, csrf: "",
-    generation: 0, timer: 0, liveTimer: 0, chart: null, resize: null, rtResize: null, privacy: null,
+    generation: 0, timer: 0, liveTimer: 0, chart: null, resize: null, rtResize: null, privacy: null, adoption: null, adoptionResize: null,
   };
 
   // ---------- small DOM helpers (text only) ----------
@@ -57,7 +61,8 @@
   function status(msg) { $("status").textContent = msg || ""; }
 
   // ---------- formatting ----------
-  const PERCENT = new Set(["bounce_rate", "conversion_rate", "group_conversion_rate", "scroll_depth", "conversion_rate_step"]);
+  const PERCENT = new Set(["bounce_rate", "conversion_rate", "group_conversion_rate", "scroll_depth", "conversion_rate_step",
+    "crash_free_sessions", "version_share"]);
   const SECONDS = new Set(["visit_duration", "time_on_page"]);
   const MILLIS = new Set(["launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95"]);
   const DECIMAL = new Set(["views_per_visit", "sessions_per_user", "dau", "wau", "mau", "total_revenue", "average_revenue"]);
@@ -133,13 +138,14 @@
     conversion_rate: "Conversion rate", group_conversion_rate: "Conversion rate", scroll_depth: "Scroll depth", active_users: "Active users",
     sessions_per_user: "Sessions per user", dau: "Daily active", wau: "Weekly active", mau: "Monthly active",
     launch_time_p50: "Launch time p50", launch_time_p95: "Launch time p95", latency_p50: "Latency p50",
-    latency_p95: "Latency p95", crashes: "Crashes",
+    latency_p95: "Latency p95", crashes: "Crashes", crash_free_sessions: "Crash-free sessions",
   };
   const SHORT = { visitors: "Visitors", visits: "Visits", pageviews: "Pageviews", events: "Events",
     conversion_rate: "CR", group_conversion_rate: "CR", active_users: "Users" };
-  // In the app view unique visitors are called active users.
-  function metricLabel(m) { return S.view === "app" && m === "visitors" ? "Active users" : METRIC_LABELS[m] || m; }
-  function shortLabel(m) { return S.view === "app" && m === "visitors" ? "Users" : SHORT[m] || METRIC_LABELS[m] || m; }
+  // In the app view unique visitors are called active users, and visits sessions.
+  const APP_LABELS = { visitors: ["Active users", "Users"], visits: ["Sessions", "Sessions"] };
+  function metricLabel(m) { return S.view === "app" && APP_LABELS[m] ? APP_LABELS[m][0] : METRIC_LABELS[m] || m; }
+  function shortLabel(m) { return S.view === "app" && APP_LABELS[m] ? APP_LABELS[m][1] : SHORT[m] || METRIC_LABELS[m] || m; }
   const LOWER_IS_BETTER = new Set(["bounce_rate", "launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95", "crashes"]);
 
   const DIM_LABELS = {
@@ -540,9 +546,10 @@
   // Two questions, not one: visit metrics read the visit rollups, time on page reads
   // engagement events; asked together they would send the whole row to raw events.
   const WEB_STATS = [["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"], ["time_on_page"]];
-  // Active users are unique visitors (the API's "visitors", labelled for apps); wau and mau are in
-  // the contract but not served yet.
-  const APP_STATS = [["visitors", "sessions_per_user", "dau"],
+  // Active users are unique visitors (the API's "visitors", labelled for apps) and sessions are
+  // visits; wau and mau are in the contract but not served yet. After the API's cards comes
+  // "Crash-free sessions", computed from two of them (APP_DERIVED).
+  const APP_STATS = [["visitors", "visits", "sessions_per_user", "dau"],
     ["launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95", "crashes"]];
   const CHARTABLE = new Set(["visitors", "visits", "pageviews", "bounce_rate", "visit_duration", "time_on_page", "active_users",
     "crashes", "events"]);
@@ -1052,10 +1059,44 @@
   // Top stats, one query per group of metrics (the API does not mix performance percentiles with
   // visit metrics). Resolves to the first group's response (for its meta); a group that fails
   // shows the API's error in its place.
-  function topStats(container, groups, st, gen, chartMetric) {
+  // Cards computed from the API's cards, after them: post-processing of numbers the privacy
+  // module published (under differential privacy "≈", without an interval), "—" when a number
+  // it needs is hidden or its question failed. Crash-free sessions: an app sends `crash` = 1 on
+  // the first launch after a crash (docs/ARCHITECTURE.md), so each crash is counted once, in the
+  // session after it, and 100 × (1 − crashes ÷ sessions) of the sessions followed none.
+  const APP_DERIVED = [{ metric: "crash_free_sessions", from: ["crashes", "visits"],
+    title: "Sessions not started after a crash: 100 × (1 − crashes ÷ sessions), from the Crashes and Sessions cards",
+    value: ([crashes, sessions]) => (Number(sessions) > 0 ?
+      Math.min(100, Math.max(0, 100 * (1 - Number(crashes) / Number(sessions)))) : null),
+    none: ([, sessions]) => (sessions !== null && Number(sessions) === 0 ? "No sessions in this period" : null) }];
+  function derivedCard(d, got) {
+    const have = d.from.map((m) => got.get(m));
+    const el = h("span", { class: "value", "data-metric": d.metric });
+    const vals = have.map((x) => (x && x.v !== null && x.v !== undefined ? x.v : null));
+    const v = vals.every((x) => x !== null) ? d.value(vals) : null;
+    const dp = have.find((x) => x && isDp(x.priv));
+    putNumber(el, d.metric, v, dp ? dp.priv : null, null);
+    if (v === null) {
+      el.title = have.some((x) => !x) ? "Not shown: " + d.from.filter((m, i) => !have[i]).map(metricLabel).join(" and ") + " could not be loaded" :
+        d.none(vals) || "Hidden: " + d.from.filter((m, i) => vals[i] === null).map(metricLabel).join(" and ") + " hidden";
+    }
+    // The title names the numbers it was computed from, with their intervals under differential
+    // privacy (a noisy count of few crashes can be far from the true one).
+    const from = d.from.map((m, i) => {
+      if (!have[i]) return null;
+      const ci = ciOf(have[i].priv, m);
+      return metricLabel(m) + " " + (vals[i] === null ? "—" : (isDp(have[i].priv) ? "≈ " : "") + fmt(m, vals[i]) +
+        (ci === null ? "" : " ± " + fmt(m, ci)));
+    }).filter(Boolean);
+    return h("li", { class: "stat", "data-stat": d.metric, "aria-current": "false" },
+      h("div", { class: "static", title: d.title + (from.length ? " (" + from.join(", ") + ")" : "") },
+        h("span", { class: "label", text: metricLabel(d.metric) }), el));
+  }
+  function topStats(container, groups, st, gen, chartMetric, derived = []) {
     const ul = h("ul", { class: "stats", id: "stats", "aria-label": "Totals" });
     container.append(ul);
     const slots = groups.map(() => h("div", { class: "slot" }));
+    const got = new Map(); // metric → { v, priv }: the API's numbers, for the derived cards
     const runs = groups.map((metrics, g) => {
       const query = Object.assign(baseQuery(st), { metrics, dimensions: [] });
       if (st.compare) query.include = withInclude(st, { comparisons: comparisonOf(st) });
@@ -1063,6 +1104,7 @@
         if (gen !== S.generation) return data;
         const r = (data.results || [])[0] || { metrics: metrics.map(() => null) };
         const priv = privacyOf(data);
+        metrics.forEach((m, i) => got.set(m, { v: r.metrics[i], priv }));
         slots[g] = metrics.map((m, i) => {
           const chartable = CHARTABLE.has(m);
           const inner = [h("span", { class: "label", text: metricLabel(m) }),
@@ -1080,7 +1122,7 @@
       });
     });
     return Promise.allSettled(runs).then((done) => {
-      if (gen === S.generation) ul.replaceChildren(...slots.flat());
+      if (gen === S.generation) ul.replaceChildren(...slots.flat(), ...derived.map((d) => derivedCard(d, got)));
       // The current day may come from a snapshot a few seconds old (--today-snapshot-secs).
       const asOf = done[0].status === "fulfilled" && done[0].value.meta && done[0].value.meta.today_as_of;
       if (asOf && gen === S.generation) {
@@ -1276,6 +1318,188 @@
     });
   }
 
+  // ---------- version adoption (App view) ----------
+  // Each app version's share of the users of each day (week or month: the main chart's
+  // interval), from one Stats API question: {"metrics": ["visitors"], "dimensions":
+  // ["time:INTERVAL", "visit:app_version"]} with the view's filters. Lines for the five
+  // versions with the most users over the period, "Other" for the rest. A share is a version's
+  // users over the users listed for that day (computed here from the API's numbers; a user
+  // who updated during the day is listed under both versions). A (day, version) row under k
+  // (exact mode) or under the noisy threshold (differential privacy) is not sent: it is
+  // missing from the lines and the table, never drawn as 0, and the note under the chart says
+  // so. The table under the chart lists every row the API sent, with its share.
+  const ADOPTION_TOP = 5;
+  // Line colours (app.css: --s1…--s6, light and dark) and dashes, so lines differ by more than hue.
+  const SERIES_STYLE = [["--s1", []], ["--s2", [8, 4]], ["--s3", [2, 3]], ["--s4", [10, 3, 2, 3]], ["--s5", [4, 4]], ["--s6", [1, 4]]];
+  function lineSwatch(color, dash) {
+    const svg = document.createElementNS(SVGNS, "svg");
+    svg.setAttribute("viewBox", "0 0 28 8");
+    svg.setAttribute("width", "28");
+    svg.setAttribute("height", "8");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("class", "swatch");
+    const line = document.createElementNS(SVGNS, "line");
+    for (const [k, v] of [["x1", 0], ["y1", 4], ["x2", 28], ["y2", 4], ["stroke", color], ["stroke-width", 2.5]]) line.setAttribute(k, String(v));
+    if (dash.length) line.setAttribute("stroke-dasharray", dash.join(" "));
+    svg.append(line);
+    return svg;
+  }
+  function adoptionChart(container, st, gen) {
+    const unit = st.interval;
+    const fig = h("figure", { class: "chart", id: "adoption" });
+    const caption = h("figcaption", { id: "adoption-title", text: "Version adoption: each version's share of the active users by " + unit });
+    const plot = h("div", { class: "plot", role: "img", "aria-labelledby": "adoption-title",
+      "aria-describedby": "adoption-legend adoption-note adoption-table-summary" });
+    const legendEl = h("ul", { class: "chart-legend", id: "adoption-legend", "aria-label": "Versions on the chart" });
+    const note = h("p", { class: "hint", id: "adoption-note" });
+    const details = h("details", { id: "adoption-data" }, h("summary", { id: "adoption-table-summary", text: "Chart data as a table" }));
+    const csv = h("button", { type: "button", class: "secondary", "data-csv": "adoption", text: "CSV",
+      "aria-label": "Download the version adoption data as CSV" });
+    fig.append(h("div", { class: "panel-head" }, caption, csv), plot, legendEl, note, details);
+    container.append(fig);
+    const dim = "time:" + st.interval;
+    const query = Object.assign(baseQuery(st), { metrics: ["visitors"], dimensions: [dim, "visit:app_version"],
+      include: withInclude(st, { time_labels: true }) });
+    csv.addEventListener("click", async () => {
+      try {
+        const blob = await humanCsv(await api("/api/v2/query.csv", { body: Object.assign({}, query, { include: withInclude(st, {}) }), csv: true, blob: true }));
+        download(blob, fileSafe(S.site + "-versions-by-" + st.interval) + ".csv");
+      } catch (e) { status("CSV download failed: " + e.message); }
+    });
+    return api("/api/v2/query", { body: query }).then((data) => {
+      if (gen !== S.generation || !fig.isConnected) return;
+      const priv = privacyOf(data);
+      const meta = data.meta || {};
+      const all = data.results || [];
+      const labels = soFar(st, meta.time_labels || [...new Set(all.map((r) => String(r.dimensions[0])))], data.query);
+      const at = new Map(labels.map((l, i) => [l, i]));
+      const rows = all.filter((r) => at.has(String(r.dimensions[0])));
+      const end = data.query && Array.isArray(data.query.date_range) ? Date.parse(String(data.query.date_range[1])) : NaN;
+      const unfinished = labels.length >= 1 && Number.isFinite(end) && end > Date.now();
+      const timeText = (i) => labels[i] + (unfinished && i === labels.length - 1 ? " (so far)" : "");
+      // The users listed per bucket, and per version.
+      const listed = labels.map(() => 0);
+      const versions = new Map(); // raw version → { total, users[] }
+      for (const r of rows) {
+        const x = r.metrics[0];
+        if (x === null || x === undefined || !Number.isFinite(Number(x))) continue;
+        const i = at.get(String(r.dimensions[0])), ver = String(r.dimensions[1]);
+        if (!versions.has(ver)) versions.set(ver, { total: 0, users: labels.map(() => null) });
+        const e = versions.get(ver);
+        e.total += Number(x);
+        e.users[i] = (e.users[i] || 0) + Number(x);
+        listed[i] += Number(x);
+      }
+      const share = (users, i) => (users === null || !(listed[i] > 0) ? null : 100 * users / listed[i]);
+      const ranked = [...versions.entries()].sort((a, b) => b[1].total - a[1].total || (a[0] < b[0] ? -1 : 1));
+      const lines = ranked.length <= ADOPTION_TOP + 1 ? ranked.map(([v, e]) => ({ name: valueLabel("visit:app_version", v), raw: v, users: e.users })) :
+        ranked.slice(0, ADOPTION_TOP).map(([v, e]) => ({ name: valueLabel("visit:app_version", v), raw: v, users: e.users })).concat([{
+          name: "Other (" + (ranked.length - ADOPTION_TOP) + " versions)", raw: null,
+          users: labels.map((_, i) => {
+            const xs = ranked.slice(ADOPTION_TOP).map(([, e]) => e.users[i]).filter((x) => x !== null);
+            return xs.length ? xs.reduce((a, b) => a + b, 0) : null;
+          }) }]);
+      for (const l of lines) l.shares = l.users.map((u, i) => share(u, i));
+      fig.dataset.versions = JSON.stringify(lines.map((l) => l.raw));
+      // What is missing, and what a share is.
+      const aUnit = (unit === "hour" ? "an " : "a ") + unit;
+      const parts = ["Share: a version's users over the users listed for that " + unit +
+        " (share of the users listed; a user who updated during the " + unit + " is listed under both versions)."];
+      if (isDp(priv)) {
+        parts.push("Under differential privacy a version is listed for " + aUnit + " only when its noisy users reach the threshold" +
+          (Number(priv.threshold) > 0 ? " (" + nf.format(priv.threshold) + ")" : "") +
+          ": versions under it are missing from the lines and the table, not zero, and every number is noisy (≈).");
+      } else if (meta.suppressed) {
+        parts.push("A version with fewer than " + meta.min_visitors + " users in " + aUnit +
+          " is not listed (k-anonymity): it is missing from the lines and the table, not zero.");
+      }
+      if (ranked.length > ADOPTION_TOP + 1) parts.push("Lines: the " + ADOPTION_TOP + " versions with the most users over the period; “Other”: the rest together.");
+      note.textContent = parts.join(" ");
+      // The table: every row the API sent, in its order (time, then users).
+      const head = TIME_LABELS[dim] || "Time";
+      const body = h("tbody");
+      labels.forEach((l, i) => {
+        const mine = rows.filter((r) => String(r.dimensions[0]) === l);
+        if (!mine.length) {
+          body.append(h("tr", { "data-time": l }, h("th", { scope: "row", text: timeText(i) }),
+            h("td", { colspan: 3, class: "hint", text: "No version listed" })));
+          return;
+        }
+        for (const r of mine) {
+          const u = r.metrics[0];
+          body.append(h("tr", { "data-time": l, "data-version": String(r.dimensions[1]) },
+            h("th", { scope: "row", text: timeText(i) }), h("td", { text: valueLabel("visit:app_version", r.dimensions[1]) }),
+            numberCell("visitors", u, priv),
+            numberCell("version_share", u === null || u === undefined ? null : share(Number(u), i), priv, null)));
+        }
+      });
+      details.append(h("table", {}, h("caption", { class: "sr-only", text: "Active users per version by " + unit +
+        ", and each version's share of the users listed for that " + unit }),
+        h("thead", {}, h("tr", {}, h("th", { scope: "col", text: head }), h("th", { scope: "col", text: "Version" }),
+          h("th", { scope: "col", class: "n", text: "Users" }), h("th", { scope: "col", class: "n", text: "Share" }))),
+        body));
+      const styles = lines.map((_, j) => SERIES_STYLE[j % SERIES_STYLE.length]);
+      legendEl.replaceChildren(...lines.map((l, j) => h("li", { "data-version": l.raw === null ? "" : l.raw },
+        lineSwatch(cssVar(styles[j][0]), styles[j][1]), l.name)));
+      if (typeof uPlot !== "function" || labels.length === 0 || lines.length === 0) {
+        plot.replaceChildren(h("p", { class: "hint", text: labels.length && lines.length ? "Chart library unavailable; see the table." : "No version listed in this period." }));
+        return;
+      }
+      const short = (l) => {
+        l = String(l || "");
+        if (st.interval === "hour" && l.length >= 16) return l.slice(11, 16);
+        if (st.interval === "month") return l.slice(0, 7);
+        return /^\d{4}-\d{2}-\d{2}/.test(l) ? l.slice(5, 10) : l;
+      };
+      const approx = isDp(priv) ? "≈ " : "";
+      const pct = (v) => (v === null || v === undefined ? "—" : approx + fmt("version_share", v));
+      const axisColor = cssVar("--muted");
+      const grid = { stroke: cssVar("--line"), width: 1 };
+      const tip = h("div", { class: "chart-tip", id: "adoption-tip", hidden: true });
+      function tipAt(u, i) {
+        if (i === null || i === undefined || i < 0 || i >= labels.length) { tip.hidden = true; return; }
+        const at_i = lines.filter((l) => l.shares[i] !== null).sort((a, b) => b.shares[i] - a.shares[i]);
+        const out = [timeText(i)].concat(at_i.length ? at_i.map((l) => l.name + ": " + pct(l.shares[i]) + " (" + approx + fmt("visitors", l.users[i]) + " users)") :
+          ["No version listed"]);
+        tip.replaceChildren(...out.map((t) => h("div", { text: t })));
+        tip.dataset.time = labels[i];
+        const top = at_i.length ? at_i[0].shares[i] : 0;
+        const x = u.valToPos(i, "x"), y = u.valToPos(top, "y");
+        tip.hidden = false;
+        const w = tip.offsetWidth;
+        tip.style.left = Math.max(0, x > u.over.clientWidth / 2 ? x - w - 12 : x + 12) + "px";
+        tip.style.top = Math.max(0, y - 8) + "px";
+      }
+      const opts = {
+        width: Math.max(280, plot.clientWidth || 600), height: 260,
+        series: [{ label: "Time", value: (u, v) => (v === null ? "" : labels[Math.round(v)] || "") },
+          ...lines.map((l, j) => ({ label: l.name, stroke: cssVar(styles[j][0]), width: 2, dash: styles[j][1], value: (u, v) => pct(v) }))],
+        scales: { x: { time: false }, y: { range: () => [0, 100] } },
+        axes: [
+          { stroke: axisColor, grid, incrs: [1, 2, 3, 4, 6, 7, 12, 24, 30, 48, 90, 180, 365],
+            values: (u, splits) => splits.map((i) => (Number.isInteger(i) ? short(labels[i]) : "")) },
+          { stroke: axisColor, grid, size: 50, incrs: [10, 20, 25, 50], values: (u, splits) => splits.map((v) => fmt("version_share", v)) },
+        ],
+        cursor: { drag: { x: false, y: false } },
+        // The list under the chart names the lines; the tooltip gives the numbers at a point.
+        legend: { show: false },
+        hooks: { setCursor: [(u) => tipAt(u, u.cursor.idx)] },
+      };
+      if (S.adoption) S.adoption.destroy();
+      plot.replaceChildren();
+      S.adoption = new uPlot(opts, [labels.map((_, i) => i), ...lines.map((l) => l.shares)], plot);
+      S.adoption.over.append(tip);
+      S.adoption.over.addEventListener("mouseleave", () => { tip.hidden = true; });
+      if (S.adoptionResize) S.adoptionResize.disconnect();
+      S.adoptionResize = new ResizeObserver(() => { if (S.adoption && plot.clientWidth) S.adoption.setSize({ width: plot.clientWidth, height: 260 }); });
+      S.adoptionResize.observe(plot);
+    }).catch((e) => {
+      if (gen !== S.generation || !fig.isConnected) return;
+      if (needsAuth(e)) return authFailed(e);
+      plot.replaceChildren(failure("p", e));
+    });
+  }
+
   // ---------- dashboard ----------
   function filterChips(st) {
     const list = $("filter-list");
@@ -1407,6 +1631,8 @@
     clearInterval(S.liveTimer);
     if ($("more-dialog")) $("more-dialog").close();
     if (S.chart) { S.chart.destroy(); S.chart = null; }
+    if (S.adoption) { S.adoption.destroy(); S.adoption = null; }
+    if (S.adoptionResize) { S.adoptionResize.disconnect(); S.adoptionResize = null; }
     if (S.rtResize) { S.rtResize.disconnect(); S.rtResize = null; }
     if ($("current").dataset.site !== S.site) $("current").hidden = true; // another site's
     showOnly("dash");
@@ -1420,7 +1646,7 @@
     if (st.view === "realtime") return realtime(body, st, gen);
     const stats = isChild() ? CHILD_STATS : st.view === "app" ? APP_STATS : WEB_STATS;
     const metric = st.metric && CHARTABLE.has(st.metric) ? st.metric : stats[0][0];
-    const shown = topStats(body, stats, st, gen, metric);
+    const shown = topStats(body, stats, st, gen, metric, !isChild() && st.view === "app" ? APP_DERIVED : []);
     // The current visitors once the first answer has said how numbers are published.
     shown.finally(() => { if (gen === S.generation) currentBadge(st, gen); }).catch(() => {});
     shown.then((data) => {
@@ -1443,6 +1669,7 @@
       if (!$("stats").children.length) $("stats").replaceChildren(failure("li", e));
     });
     chart(body, metric, st, gen);
+    if (st.view === "app" && !isChild()) adoptionChart(body, st, gen);
     const grid = h("div", { class: "grid" });
     body.append(grid);
     const defs = st.view === "app" ? APP_PANELS : WEB_PANELS;
