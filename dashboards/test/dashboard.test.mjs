@@ -883,6 +883,24 @@ test("a row of every panel tab filters the whole dashboard without an API error"
   await page.close_all();
 });
 
+test("the Exit pages tab shows each exit page's exit rate, as the API answers it (Plausible's exit_rate)", async () => {
+  const page = await open(chrome);
+  await page.goto(dash("period=7d&t.pages=exit"));
+  await settled(page);
+  const headers = await page.$$eval("#panel-pages thead th", (ths) => ths.map((t) => t.textContent));
+  assert.ok(headers.includes("Exit rate"), JSON.stringify(headers));
+  const want = await query(veil, { metrics: ["visitors", "visits", "exit_rate"], dimensions: ["visit:exit_page"], pagination: { limit: 10, offset: 0 } });
+  const rows = await panelRows(page, "pages");
+  assert.deepEqual(rows.map((r) => [r.raw, r.values]), want.results.map((r) => [r.dimensions[0], r.metrics.map(str)]));
+  // The seed's visits that go on to /pricing end there: its rate is a share of its pageviews.
+  const rate = Object.fromEntries(want.results.map((r) => [r.dimensions[0], r.metrics[2]]));
+  assert.ok(rate["/pricing"] > 0 && rate["/pricing"] <= 100, JSON.stringify(want.results));
+  const shown = await page.$$eval("#panel-pages tbody td.n", (tds) => tds.map((td) => td.textContent));
+  assert.ok(shown.some((t) => /^\d+(\.\d)?%$/.test(t.trim())), JSON.stringify(shown));
+  noProblems(page);
+  await page.close_all();
+});
+
 test("the devices panel speaks Plausible's vocabulary: Chrome, Windows, GNU/Linux, Mac, Desktop; clicking one filters by it", async () => {
   // The seed's Chrome (Windows NT 10.0), Firefox (X11; Linux) and Safari (Macintosh) user agents,
   // stored in the collector's words (Windows 10, Linux, Mac OSX, desktop), are shown as Plausible names them.

@@ -62,7 +62,7 @@
 
   // ---------- formatting ----------
   const PERCENT = new Set(["bounce_rate", "conversion_rate", "group_conversion_rate", "scroll_depth", "conversion_rate_step",
-    "crash_free_sessions", "version_share"]);
+    "crash_free_sessions", "version_share", "exit_rate"]);
   const SECONDS = new Set(["visit_duration", "time_on_page"]);
   const MILLIS = new Set(["launch_time_p50", "launch_time_p95", "latency_p50", "latency_p95"]);
   const DECIMAL = new Set(["views_per_visit", "sessions_per_user", "dau", "wau", "mau", "total_revenue", "average_revenue"]);
@@ -138,7 +138,7 @@
     conversion_rate: "Conversion rate", group_conversion_rate: "Conversion rate", scroll_depth: "Scroll depth", active_users: "Active users",
     sessions_per_user: "Sessions per user", dau: "Daily active", wau: "Weekly active", mau: "Monthly active",
     launch_time_p50: "Launch time p50", launch_time_p95: "Launch time p95", latency_p50: "Latency p50",
-    latency_p95: "Latency p95", crashes: "Crashes", crash_free_sessions: "Crash-free sessions",
+    latency_p95: "Latency p95", crashes: "Crashes", crash_free_sessions: "Crash-free sessions", exit_rate: "Exit rate",
   };
   const SHORT = { visitors: "Visitors", visits: "Visits", pageviews: "Pageviews", events: "Events",
     conversion_rate: "CR", group_conversion_rate: "CR", active_users: "Users" };
@@ -496,7 +496,8 @@
     { id: "pages", title: "Pages", metrics: ["visitors", "pageviews"], tabs: [
       { id: "page", label: "Top pages", dim: "event:page" },
       { id: "entry", label: "Entry pages", dim: "visit:entry_page", metrics: ["visitors", "visits"] },
-      { id: "exit", label: "Exit pages", dim: "visit:exit_page", metrics: ["visitors", "visits"] },
+      // Exit rate: the share of the page's pageviews that ended a visit (Plausible's).
+      { id: "exit", label: "Exit pages", dim: "visit:exit_page", metrics: ["visitors", "visits", "exit_rate"] },
       { id: "host", label: "Hostnames", dim: "event:hostname" }] },
     { id: "sources", title: "Sources", metrics: ["visitors", "visits"], tabs: [
       { id: "source", label: "Sources", dim: "visit:source" },
