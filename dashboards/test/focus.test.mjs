@@ -342,6 +342,26 @@ test("a filter of several values (a|b in the builder, as Plausible's URLs write 
   await page.close_all();
 });
 
+test("a country typed by its name in the filter builder ('germany', 'France|germany') filters by its code, as the API takes it", async () => {
+  const page = await open(chrome);
+  await page.goto(`${veil.url}/site/${SITE}?period=7d`);
+  await settled(page);
+  for (const [typed, want, chip] of [["germany", "DE", "Country is Germany (DE)"], ["France|germany", "FR|DE", "Country is France (FR) or Germany (DE)"]]) {
+    await page.click("#filter-add summary");
+    await page.selectOption("#filter-dim", "visit:country");
+    await page.fill('#filter-form input[name="value"]', typed);
+    await page.click('#filter-form button[type="submit"]');
+    await page.waitForURL((u) => u.searchParams.getAll("f").includes(`is~visit:country~${want}`), { timeout: 10_000 });
+    await settled(page);
+    assert.equal(await page.$eval("#filter-list .chip-text", (e) => e.textContent), chip);
+    assert.equal(await page.$$eval(".error", (l) => l.length), 0, "the API took the filter");
+    await page.goto(`${veil.url}/site/${SITE}?period=7d`);
+    await settled(page);
+  }
+  assert.deepEqual(page.problems, []);
+  await page.close_all();
+});
+
 test("the filter builder offers the web view web fields and the app view app fields", async () => {
   const page = await open(chrome);
   const fields = async (view) => {

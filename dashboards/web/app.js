@@ -164,6 +164,36 @@
     if (dim.startsWith("event:props:")) return "Property " + dim.slice(12);
     return DIM_LABELS[dim] || dim;
   }
+  /**
+   * The API's values for what was typed in the filter builder: a value typed by its name
+   * ("Germany", any case) is sent as the value the API takes ("DE") — a suggestion's name
+   * first, then, for countries, every ISO 3166 code's English name; several values (a|b) one
+   * by one. Anything else is sent as typed.
+   */
+  function typedValues(dim, typed) {
+    const one = (t) => {
+      const lc = t.trim().toLowerCase();
+      if (!lc) return t;
+      for (const o of $("filter-values").options) {
+        const label = (o.label || "").toLowerCase();
+        if (label === lc || label.startsWith(lc + " (")) return o.value;
+      }
+      if (dim === "visit:country") {
+        if (/^[a-z]{2}$/.test(lc)) return lc.toUpperCase();
+        for (let a = 65; regionNames && a <= 90; a++) {
+          for (let b = 65; b <= 90; b++) {
+            const code = String.fromCharCode(a, b);
+            let name = null;
+            // A deprecated code ("DD", East Germany, is named "Germany" too) canonicalizes to another.
+            try { if (Intl.getCanonicalLocales("und-" + code)[0] === "und-" + code) name = regionNames.of(code); } catch { /* not a region code */ }
+            if (name && name !== code && name.toLowerCase() === lc) return code;
+          }
+        }
+      }
+      return t;
+    };
+    return typed.split(/(?<!\\)\|/).map(one).join("|");
+  }
   function valueLabel(dim, v) {
     if (v === null || v === undefined) return "—";
     v = String(v);
@@ -2056,7 +2086,7 @@
         if (!key) { status("Type the property's key (e.g. plan)."); return; }
         dim = "event:props:" + key;
       }
-      const nf2 = { op: String(f.get("op")), dim, value: String(f.get("value")) };
+      const nf2 = { op: String(f.get("op")), dim, value: typedValues(dim, String(f.get("value"))) };
       ev.target.reset();
       $("filter-add").open = false;
       navigate((s) => { s.filters.push(nf2); }, () => focusChip(nf2, "Filter added: "));
