@@ -194,6 +194,13 @@
     };
     return typed.split(/(?<!\\)\|/).map(one).join("|");
   }
+  /** An axis tick of a time label: "14:00" for hours, "11-28" for days and weeks, "2026-11" for months. */
+  function tickLabel(interval, l) {
+    l = String(l || "");
+    if (interval === "hour" && l.length >= 16) return l.slice(11, 16);
+    if (interval === "month") return l.slice(0, 7);
+    return /^\d{4}-\d{2}-\d{2}/.test(l) ? l.slice(5, 10) : l;
+  }
   function valueLabel(dim, v) {
     if (v === null || v === undefined) return "—";
     v = String(v);
@@ -1274,13 +1281,7 @@
         plot.replaceChildren(h("p", { class: "hint", text: labels.length ? "Chart library unavailable; see the table." : "No data." }));
         return;
       }
-      // Axis ticks: "14:00" for hours, "11-28" for days and weeks, "2026-11" for months.
-      const short = (l) => {
-        l = String(l || "");
-        if (st.interval === "hour" && l.length >= 16) return l.slice(11, 16);
-        if (st.interval === "month") return l.slice(0, 7);
-        return /^\d{4}-\d{2}-\d{2}/.test(l) ? l.slice(5, 10) : l;
-      };
+      const short = (l) => tickLabel(st.interval, l);
       const series = [
         { label: "Time", value: (u, v) => (v === null ? "" : labels[Math.round(v)] || "") },
         { label: "This period", stroke: cssVar("--accent"), width: 2, fill: cssVar("--bar") + "80",
@@ -1476,12 +1477,7 @@
         plot.replaceChildren(h("p", { class: "hint", text: labels.length && lines.length ? "Chart library unavailable; see the table." : "No version listed in this period." }));
         return;
       }
-      const short = (l) => {
-        l = String(l || "");
-        if (st.interval === "hour" && l.length >= 16) return l.slice(11, 16);
-        if (st.interval === "month") return l.slice(0, 7);
-        return /^\d{4}-\d{2}-\d{2}/.test(l) ? l.slice(5, 10) : l;
-      };
+      const short = (l) => tickLabel(st.interval, l);
       const approx = isDp(priv) ? "≈ " : "";
       const pct = (v) => (v === null || v === undefined ? "—" : approx + fmt("version_share", v));
       const axisColor = cssVar("--muted");
