@@ -236,7 +236,7 @@ test("clicking a row filters the whole dashboard; filters, period and comparison
   await page2.close_all();
 });
 
-test("comparison with the previous period: change badges and the chart's comparison line are the API's", async () => {
+test("comparison with the previous period: change badges, each panel row's change and the chart's comparison line are the API's", async () => {
   const page = await open(chrome);
   await page.goto(dash("period=7d&compare=previous_period"));
   await settled(page);
@@ -254,6 +254,16 @@ test("comparison with the previous period: change badges and the chart's compari
     const shown = rows.find(([t]) => t === r.dimensions[0]);
     assert.ok(shown, r.dimensions[0]);
     assert.deepEqual(shown[1], [str(r.metrics[0]), str(r.comparison?.metrics?.[0])]);
+  }
+  // Each row of a panel has its change against the previous period: the API's for that row.
+  for (const [panel, dim, pm] of [["pages", "event:page", ["visitors", "pageviews"]], ["sources", "visit:source", ["visitors", "visits"]]]) {
+    const api = await query(veil, { metrics: pm, dimensions: [dim], pagination: { limit: 10, offset: 0 }, include: { comparisons: { mode: "previous_period" } } });
+    const shown = await page.$$eval(`#panel-${panel} tbody tr`, (trs) => trs.map((tr) => [tr.querySelector("th")?.dataset.raw,
+      tr.querySelector("td.row-change .change")?.dataset.change ?? null]).filter(([raw]) => raw !== undefined));
+    assert.deepEqual(shown, api.results.map((r) => [r.dimensions[0], r.comparison?.change?.[0] === null || r.comparison?.change?.[0] === undefined
+      ? null : String(r.comparison.change[0])]), panel);
+    assert.ok(shown.some(([, c]) => c !== null), `${panel}: some row has a change`);
+    assert.equal(await page.$eval(`#panel-${panel} thead tr`, (tr) => tr.lastElementChild.textContent), "Change");
   }
   await screenshot(page, "dashboard-comparison");
 

@@ -596,14 +596,18 @@
   // the row's label ("Chrome 124") and joins `dim`'s in the filter a click makes.
   function rowTable(dim, metrics, data, st, caption, clickable = true, pair = null) {
     const table = h("table", {}, h("caption", { class: "sr-only", text: caption }));
-    table.append(h("thead", {}, h("tr", {}, h("th", { scope: "col", text: dimLabel(dim) }),
-      metrics.map((m) => h("th", { scope: "col", class: "n", text: shortLabel(m) })))));
-    const tbody = h("tbody");
     const rows = data.results || [];
+    // With a comparison, each row's change of its first number against the comparison period
+    // (the API's `comparison.change`: rows match on their labels).
+    const compared = rows.some((r) => r.comparison);
+    table.append(h("thead", {}, h("tr", {}, h("th", { scope: "col", text: dimLabel(dim) }),
+      metrics.map((m) => h("th", { scope: "col", class: "n", text: shortLabel(m) })),
+      compared ? h("th", { scope: "col", class: "n", text: "Change" }) : null)));
+    const tbody = h("tbody");
     const max = Math.max(1, ...rows.map((r) => Number(r.metrics[0]) || 0));
     if (rows.length === 0) {
       const priv = privacyOf(data);
-      tbody.append(h("tr", {}, h("td", { colspan: metrics.length + 1, class: "hint",
+      tbody.append(h("tr", {}, h("td", { colspan: metrics.length + 1 + (compared ? 1 : 0), class: "hint",
         text: data.meta && data.meta.too_few_visitors ? "Fewer than k visitors: hidden." :
           isDp(priv) && Number(priv.threshold) > 0 ? "No row has enough visitors to be listed under differential privacy " +
             "(threshold: " + nf.format(priv.threshold) + ")." : "No data for this period." })));
@@ -625,6 +629,12 @@
       }
       th.append(bar, cell);
       const tr = h("tr", {}, th, metrics.map((m, i) => numberCell(m, r.metrics[i], privacyOf(data))));
+      if (compared) {
+        const change = r.comparison && r.comparison.change ? r.comparison.change[0] : null;
+        tr.append(h("td", { class: "n row-change" }, change === null || change === undefined
+          ? h("span", { class: "change flat", text: "—", title: "No earlier number to compare with" })
+          : changeBadge(metrics[0], change, privacyOf(data))));
+      }
       tbody.append(tr);
     }
     table.append(tbody);
@@ -762,8 +772,11 @@
     const said = def.title + ", " + tab.label + ": ";
     // A tab may leave out some values (custom events: not the pageviews).
     const query = (lim) => {
+      // With a comparison chosen, each row's change too (not on the map, nor in Realtime).
+      const compare = st.compare && st.view !== "realtime" && !tab.map ? { comparisons: comparisonOf(st) } : {};
       const q = Object.assign(baseQuery(st), {
-        metrics, dimensions: tab.with ? [tab.with, dim] : [dim], pagination: { limit: lim, offset: 0 }, include: withInclude(st, { total_rows: true }),
+        metrics, dimensions: tab.with ? [tab.with, dim] : [dim], pagination: { limit: lim, offset: 0 },
+        include: withInclude(st, Object.assign({ total_rows: true }, compare)),
       });
       if (tab.exclude) q.filters = q.filters.concat([["is_not", dim, tab.exclude]]);
       return q;
