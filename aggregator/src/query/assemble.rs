@@ -181,6 +181,9 @@ fn inner_sql(
     // Answered one row per visit, a `visit_hits` query is a `visits` query over visit rows
     // that carry the hit arrays it reads, but for the hits it counts.
     let shape = if per.is_some() { Source::Visits } else { src };
+    // Grouped by visitor id too, a row's distinct visitors are one: no `uniq` state per row.
+    let raw_per_visitor =
+        per_visitor && !matches!(shape, Source::Hourly | Source::VisitsDaily);
     let mut select: Vec<Sql> = q
         .dimensions
         .iter()
@@ -210,6 +213,7 @@ fn inner_sql(
                     }
                     _ => metric_sql(*m, shape, q),
                 };
+                let expr = one_per_visitor(expr, raw_per_visitor);
                 sql!("{} AS m{}", expr, i)
             }),
     );
@@ -220,7 +224,7 @@ fn inner_sql(
         (_, true) => "count()",
         (_, false) => "uniq(visitor_id)",
     };
-    select.push(sql!("{} AS k", k));
+    select.push(sql!("{} AS k", one_per_visitor(Sql::new(k), raw_per_visitor)));
     if per_visitor {
         select.push(Sql::new("visitor_id AS _v"));
     }
@@ -242,16 +246,7 @@ fn inner_sql(
         Source::Visits => (visit_rows(q, built, &[]), Vec::new()),
         Source::Hourly => (hourly_rows(q, built), Vec::new()),
         Source::VisitsDaily => (visits_daily_rows(q, site, built), Vec::new()),
-        Source::Events => {
-            let range = sql!(
-                "{0} AND {1} >= {2} AND {1} < {3}",
-                site_cond(&q.site),
-                ts_col(src),
-                utc(q.start),
-                utc(q.end)
-            );
-            (Sql::new("events"), vec![range, Sql::new("bot = ''")])
-        }
+        Source::Events => (Sql::new("events"), event_conds(q)),
         Source::Joined => (raw_joined_rows(q), Vec::new()),
         Source::VisitHits => match per {
             Some(p) => {
@@ -292,6 +287,27 @@ fn inner_sql(
         group_and_order(q, &mut s);
     }
     s
+}
+
+/// `uniq(visitor_id)` as `1` in rows grouped by visitor id (`per_visitor`), else `expr`.
+fn one_per_visitor(expr: Sql, per_visitor: bool) -> Sql {
+    if per_visitor && expr.as_str() == "uniq(visitor_id)" {
+        Sql::new("toUInt64(1)")
+    } else {
+        expr
+    }
+}
+
+/// The range conditions of raw events for `q` (its filter is added by the caller).
+fn event_conds(q: &Query) -> Vec<Sql> {
+    let range = sql!(
+        "{0} AND {1} >= {2} AND {1} < {3}",
+        site_cond(&q.site),
+        ts_col(Source::Events),
+        utc(q.start),
+        utc(q.end)
+    );
+    vec![range, Sql::new("bot = ''")]
 }
 
 /// `GROUP BY` the dimensions and `ORDER BY` the query's order (by the aliases `d…`, `m…`:
@@ -548,12 +564,81 @@ fn limit_rows_per_visitor(inner: &mut Sql, nd: usize, rows: u64) {
     }
 }
 
+/// [`limit_rows_per_visitor`]'s rows in one pass for the commonest bounded question of raw
+/// events: one dimension, visitors, pageviews or events. Grouping by report row and visitor
+/// id and then sorting every such pair (`ORDER BY … LIMIT n BY`) took 60 % of such a
+/// question; here each visitor id's hits are grouped once, its distinct rows picked in the
+/// same pseudo-random order (the lowest `cityHash64(visitor id, row)`), and each picked row's
+/// counts taken from its hits — the same rows and counts, about twice as fast (1M events,
+/// top pages under a page filter: 0.49 → 0.24 s). `None` when the question is not of that
+/// shape (the caller falls back to the general form).
+///
+/// ```text
+/// SELECT r.1 AS d0, r.2 AS m0, …, toUInt64(1) AS k, _v FROM (
+///   SELECT visitor_id AS _v, groupArray((d0, name)) AS hs,
+///     arraySlice(arraySort(x -> cityHash64(_v, x), arrayDistinct(hs.1…)), 1, rows) AS ds,
+///     arrayMap(x -> (x, count of x's hits per metric…), ds) AS rs
+///   FROM events WHERE … GROUP BY _v) ARRAY JOIN rs AS r
+/// ```
+fn hit_rows_per_visitor(q: &Query, site: &SiteView, rows: u64) -> Option<Sql> {
+    let [dim] = q.dimensions.as_slice() else {
+        return None;
+    };
+    // Dimensions that are one plain value per hit (a goal's is an `arrayJoin`).
+    let plain = matches!(
+        dim.kind,
+        DimKind::Event(_)
+            | DimKind::Visitor(_)
+            | DimKind::CountryName
+            | DimKind::PlaceName(_)
+            | DimKind::Time(_)
+    );
+    if !plain || site.child_directed || source(q, site.child_directed) != Source::Events {
+        return None;
+    }
+    let mut metrics = Vec::new();
+    for (i, m) in q.metrics.iter().enumerate() {
+        let count = match m {
+            Metric::Visitors | Metric::Percentage => Sql::new("toUInt64(1)"),
+            Metric::Pageviews => {
+                Sql::new("toUInt64(arrayCount(h -> h.1 = x AND h.2 = 'pageview', hs))")
+            }
+            Metric::Events => {
+                Sql::new("toUInt64(arrayCount(h -> h.1 = x AND h.2 != 'engagement', hs))")
+            }
+            _ => return None,
+        };
+        metrics.push((i, count));
+    }
+    let mut conds = event_conds(q);
+    if let Some(f) = &q.filter {
+        conds.push(filter_sql(f, Source::Events, q, site));
+    }
+    let row = std::iter::once(Sql::new("x")).chain(metrics.iter().map(|(_, c)| c.clone()));
+    let cols = std::iter::once(Sql::new("r.1 AS d0"))
+        .chain(metrics.iter().map(|(i, _)| sql!("r.{} AS m{}", i + 2, *i)))
+        .chain([Sql::new("toUInt64(1) AS k"), Sql::new("_v")]);
+    Some(sql!(
+        "SELECT {} FROM (SELECT visitor_id AS _v, groupArray(({}, name)) AS hs, \
+         arraySlice(arraySort(x -> cityHash64(_v, x), arrayDistinct(arrayMap(h -> h.1, hs))), 1, {}) AS ds, \
+         arrayMap(x -> ({}), ds) AS rs FROM events WHERE {} GROUP BY _v) ARRAY JOIN rs AS r",
+        Sql::join(cols, ", "),
+        dim_expr(dim, Source::Events, q, site),
+        rows.max(1),
+        Sql::join(row, ", "),
+        Sql::join(conds, " AND ")
+    ))
+}
+
 /// [`bounded_sql`]'s part for `q`'s range from rows with visitor ids: per visitor id and report
 /// row, then clamped.
 fn visitor_part(q: &Query, site: &SiteView, built: &[Build], c: &Clamp, plan: &[Bounded]) -> Sql {
-    let mut inner = inner_sql(q, site, built, None, true, None);
     let nd = q.dimensions.len();
-    limit_rows_per_visitor(&mut inner, nd, c.rows);
+    let inner = hit_rows_per_visitor(q, site, c.rows).unwrap_or_else(|| {
+        let mut inner = inner_sql(q, site, built, None, true, None);
+        limit_rows_per_visitor(&mut inner, nd, c.rows);
+        inner
+    });
     let mut select: Vec<Sql> = (0..nd).map(|i| sql!("toString(d{0}) AS d{0}", i)).collect();
     for (i, how) in plan.iter().enumerate() {
         select.push(match how {
