@@ -4,7 +4,8 @@
 //!   the one recorded with its latest build (or that has none), insert the day's visit rows
 //!   (the SQL in [`crate::query::visits::derive_visits`]) under a new build number, then record
 //!   the build in `visit_builds`. Readers use a day's latest *recorded* build, so they never
-//!   see half a build; older builds of the day are deleted afterwards.
+//!   see half a build; older builds of the day are deleted afterwards (a new build of today
+//!   keeps the one before it until the next, for reports that read the catalog before it).
 //!   With the visits it writes the day's `visits_daily` rows (per visit dimension, and per
 //!   page, event name and host from the raw events: the exact count of distinct visitor
 //!   hashes and sums of visits, pageviews, events, bounces, durations).
@@ -65,7 +66,9 @@ fn partition(day: NaiveDate) -> u32 {
 
 /// Writes the visits of `day` matching `cond` (raw-event SQL) under `build`: the `visits`
 /// rows, their `visits_daily` rows, then the record in `visit_builds` (so readers switch to
-/// it only when it is complete), then deletes the day's older builds. With a `cut` (the
+/// it only when it is complete), then deletes the day's older builds but `keep` (the build
+/// readers used until now: a report that read the catalog before the record runs its later
+/// queries on it, so today's previous build stays until the next one replaces it). With a `cut` (the
 /// current day), only visits over by the cut go to `visits` (and the visit-dimension rows);
 /// each visit still open goes to `open_visits` as it stood at the cut. The event rows (page,
 /// event name, host) hold every hit before the cut.
@@ -78,6 +81,7 @@ async fn build_visits(
     events: u64,
     cut: Option<NaiveDateTime>,
     slice_events: u64,
+    keep: Option<u64>,
 ) -> Result<(), Error> {
     let client = &ch.client();
     // Visits are put together per visitor, so the day is built in slices of visitors (ranges
@@ -185,10 +189,11 @@ async fn build_visits(
             "open_visits",
         ] {
             let stmt = sql!(
-                "ALTER TABLE {} DELETE WHERE day = {} AND build < {}",
+                "ALTER TABLE {} DELETE WHERE day = {} AND build < {} AND build != {}",
                 mutation_target(ch, table)?,
                 date(day),
-                build
+                build,
+                keep.unwrap_or(0)
             );
             exec(client, &stmt).await?;
         }
@@ -531,7 +536,10 @@ pub async fn build_today(ch: &ClickHouseConfig, now: NaiveDateTime) -> Result<bo
         return Ok(false);
     }
     let build = next_build(client, day, last_build).await?;
-    build_visits(ch, day, build, &cond, events, Some(cut), SLICE_EVENTS).await?;
+    // A report that read the catalog before this build is recorded keeps reading the last one
+    // (its later queries too): its rows stay until the next build of today.
+    let keep = Some(last_build).filter(|b| *b > 0);
+    build_visits(ch, day, build, &cond, events, Some(cut), SLICE_EVENTS, keep).await?;
     Ok(true)
 }
 
@@ -655,7 +663,17 @@ pub async fn run_until_sliced(
         let current = lookup(&builds, day_s, 3).is_some_and(|l| l >= u64::from(FILTERED_LAYOUT));
         if lookup(&builds, day_s, 1) != Some(all) || !has_daily || !current {
             let build = next_build(client, day, latest.unwrap_or(0)).await?;
-            build_visits(ch, day, build, &day_range(day), all, None, slice_events).await?;
+            build_visits(
+                ch,
+                day,
+                build,
+                &day_range(day),
+                all,
+                None,
+                slice_events,
+                None,
+            )
+            .await?;
             report.visit_days.push(day);
         }
         if lookup(&hourly, day_s, 1).unwrap_or(0) != humans {

@@ -720,3 +720,88 @@ async fn a_build_left_half_written_is_never_counted() {
         assert_eq!(r["results"], d["results"], "built {r}\nraw {d}");
     }
 }
+
+/// A report reads the builds catalog once, then runs its queries (the differencing guard's
+/// counts, a comparison, each part of a release): a build of today recorded meanwhile must not
+/// take the rows away from under it. The build readers used until then keeps its rows until
+/// the next one is recorded; the one before goes.
+#[tokio::test]
+async fn a_report_that_read_the_catalog_before_a_rebuild_still_finds_its_rows() {
+    use veil_aggregator::db;
+    use veil_aggregator::query::{assemble, parse};
+    let ch = veil_schemas::testing::fresh_database("stats_stale_catalog").await;
+    insert(&ch, SITE, &open_visits_dataset()).await;
+    let client = ch.client();
+    let day = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+    let s = site();
+    let body = base(
+        json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate"], "dimensions": ["visit:source"], "filters": [["contains", "event:page", ["/"]]]}),
+    );
+    let query = parse(body.to_string().as_bytes(), &s, now()).unwrap();
+    let build_at = |hm: (u32, u32)| {
+        let ch = ch.clone();
+        async move {
+            assert!(
+                rollup::build_today(&ch, day.and_hms_opt(hm.0, hm.1, 10).unwrap())
+                    .await
+                    .unwrap()
+            );
+        }
+    };
+    // Deletes are mutations, applied after the statement returns: wait for them.
+    let settled = || {
+        let ch = ch.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let pending = sql!(
+                "SELECT count() FROM system.mutations WHERE database = {} AND is_done = 0",
+                veil_schemas::sql::lit(&ch.database)
+            );
+            while count(&ch, pending.clone()).await > 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "mutations still pending"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let rows_of = |build: u64| {
+        let ch = ch.clone();
+        async move {
+            count(
+                &ch,
+                sql!(
+                    "SELECT count() FROM visits WHERE day = '2026-11-20' AND build = {}",
+                    build
+                ),
+            )
+            .await
+        }
+    };
+    build_at((14, 32)).await;
+    let catalog = builds::Builds::new(None)
+        .for_query(&client, &s, &query)
+        .await
+        .unwrap();
+    let first = catalog[0].build;
+    let stmt = assemble::sql(&query, &s, &catalog, None);
+    let before = db::fetch(&client, &stmt).await.unwrap();
+    assert!(!before.is_empty() && rows_of(first).await > 0);
+
+    // Today is built again at a later cut while the report still holds the old catalog.
+    build_at((14, 50)).await;
+    settled().await;
+    let now_built = builds::visit_builds(&client, day, day).await.unwrap();
+    assert!(now_built[0].build > first, "{now_built:?}");
+    assert_eq!(
+        db::fetch(&client, &stmt).await.unwrap(),
+        before,
+        "the report's later queries read the build it chose"
+    );
+    // The next build takes the first one's rows away (only the last two builds are kept).
+    build_at((15, 10)).await;
+    settled().await;
+    assert_eq!(rows_of(first).await, 0, "the build before last is deleted");
+    assert!(rows_of(now_built[0].build).await > 0);
+}

@@ -182,8 +182,7 @@ fn inner_sql(
     // that carry the hit arrays it reads, but for the hits it counts.
     let shape = if per.is_some() { Source::Visits } else { src };
     // Grouped by visitor id too, a row's distinct visitors are one: no `uniq` state per row.
-    let raw_per_visitor =
-        per_visitor && !matches!(shape, Source::Hourly | Source::VisitsDaily);
+    let raw_per_visitor = per_visitor && !matches!(shape, Source::Hourly | Source::VisitsDaily);
     let mut select: Vec<Sql> = q
         .dimensions
         .iter()
@@ -224,7 +223,10 @@ fn inner_sql(
         (_, true) => "count()",
         (_, false) => "uniq(visitor_id)",
     };
-    select.push(sql!("{} AS k", one_per_visitor(Sql::new(k), raw_per_visitor)));
+    select.push(sql!(
+        "{} AS k",
+        one_per_visitor(Sql::new(k), raw_per_visitor)
+    ));
     if per_visitor {
         select.push(Sql::new("visitor_id AS _v"));
     }

@@ -407,8 +407,8 @@ fn filter_set() -> Vec<(&'static str, &'static str, Value)> {
         ),
         (
             "device",
-            "device is mobile",
-            json!([is("visit:device", "mobile")]),
+            "device is Mobile",
+            json!([is("visit:device", "Mobile")]),
         ),
         (
             "browser",
@@ -438,8 +438,8 @@ fn filter_set() -> Vec<(&'static str, &'static str, Value)> {
         ),
         (
             "source+device",
-            "source is Google and device is mobile",
-            json!([is("visit:source", "Google"), is("visit:device", "mobile")]),
+            "source is Google and device is Mobile",
+            json!([is("visit:source", "Google"), is("visit:device", "Mobile")]),
         ),
         (
             "goal+country",
