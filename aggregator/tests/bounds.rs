@@ -18,7 +18,7 @@ use http::Request;
 use serde_json::{json, Value};
 use veil_aggregator::builds::Builds;
 use veil_aggregator::privacy::{Bounds, Release, Settings};
-use veil_aggregator::query::assemble::{bounded_sql, sql as report_sql};
+use veil_aggregator::query::assemble::{bounded_sql, bounded_sql_general, sql as report_sql};
 use veil_aggregator::query::{parse, Query};
 use veil_aggregator::site::SiteView;
 use veil_aggregator::{db, rollup, Aggregator, AggregatorConfig};
@@ -339,6 +339,68 @@ async fn one_visitor_days_contribution_is_clamped_on_every_source() {
         );
     }
     checks(&ch, "built by the rollup job").await;
+}
+
+/// The one-pass clamp (each visitor id's hits or visits grouped once, its rows picked from an
+/// array) gives exactly the rows and numbers of the general form (`GROUP BY` row and visitor
+/// id, `ORDER BY … LIMIT n BY`), on raw events, derived visit rows and built ones, with and
+/// without a hit filter.
+#[tokio::test]
+async fn the_one_pass_clamp_equals_the_general_form() {
+    let ch = veil_schemas::testing::fresh_database("dp_bounds_one_pass").await;
+    store(&ch).await;
+    let site = site();
+    let compare = |when: &'static str| {
+        let ch = ch.clone();
+        let site = site.clone();
+        async move {
+            let mut one_pass = 0;
+            for body in [
+                json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"]}),
+                json!({"metrics": ["visitors", "pageviews", "events"], "dimensions": ["time:hour"]}),
+                json!({"metrics": ["visitors", "events"], "dimensions": ["visit:country"], "filters": [["contains", "event:page", ["/heavy/"]]]}),
+                json!({"metrics": ["visitors", "visits", "pageviews", "events", "bounce_rate", "visit_duration"], "dimensions": ["visit:source"]}),
+                json!({"metrics": ["visits", "views_per_visit"], "filters": [["is", "visit:source", ["google.com"]]], "dimensions": ["time:hour"]}),
+                json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"], "dimensions": ["visit:source"], "filters": [["contains", "event:page", ["/heavy/"]]]}),
+                json!({"metrics": ["visitors", "visits"], "dimensions": ["visit:entry_page"], "filters": [["is", "visit:source", ["google.com"]]]}),
+            ] {
+                let mut q = query(body.clone());
+                q.unrounded = true;
+                q.bounded = true;
+                let built = Builds::new(None)
+                    .for_query(&ch.client(), &site, &q)
+                    .await
+                    .unwrap();
+                let rel =
+                    Release::new(&q, false, [7; 32], &Settings::default(), 1, Utc::now()).unwrap();
+                let fast = bounded_sql(&q, &site, &built, rel.clamp()).unwrap();
+                let general = bounded_sql_general(&q, &site, &built, rel.clamp()).unwrap();
+                // Built days the daily rollup answers have no per-visitor part at all.
+                if general.as_str().contains("LIMIT") {
+                    assert!(
+                        fast.as_str().contains("ARRAY JOIN rs AS r"),
+                        "{when} {body}: {fast}"
+                    );
+                    assert!(!fast.as_str().contains("LIMIT"), "{when} {body}: {fast}");
+                    one_pass += 1;
+                }
+                let (a, b) = (
+                    db::fetch(&ch.client(), &fast).await.unwrap(),
+                    db::fetch(&ch.client(), &general).await.unwrap(),
+                );
+                assert!(!a.is_empty(), "{when} {body}");
+                assert_eq!(a, b, "{when} {body}");
+            }
+            one_pass
+        }
+    };
+    assert_eq!(compare("derived from raw events").await, 7);
+    let day = NaiveDate::parse_from_str(DAY, "%Y-%m-%d").unwrap();
+    rollup::run_until(&ch, day.succ_opt().unwrap(), 3)
+        .await
+        .unwrap();
+    // Visit rows of the build (a hit filter: one row per visit with its hits).
+    assert!(compare("built by the rollup job").await >= 3);
 }
 
 async fn ask(a: &Aggregator, body: Value) -> Value {

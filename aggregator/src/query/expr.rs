@@ -390,12 +390,23 @@ pub(super) fn visit_hit_count(
     q: &Query,
     site: &SiteView,
 ) -> Sql {
+    sql!("sum({})", visit_hits_matching(kind, f, cols, q, site))
+}
+
+/// [`visit_hit_count`]'s count for one visit row (not summed).
+pub(super) fn visit_hits_matching(
+    kind: &'static str,
+    f: Option<&Filter>,
+    cols: &[&'static str],
+    q: &Query,
+    site: &SiteView,
+) -> Sql {
     let cond = f
         .map(|f| filter_sql(f, Source::Visits, q, site))
         .unwrap_or_else(|| Sql::new("1"));
     let arrays: Vec<&'static str> = cols.iter().filter_map(|c| hit_array(c)).collect();
     sql!(
-        "sum(arrayCount(({}) -> {} AND {}, {}))",
+        "arrayCount(({}) -> {} AND {}, {})",
         Sql::join(cols.iter().map(|c| Sql::new(c)), ", "),
         kind,
         cond,
