@@ -208,6 +208,33 @@ async fn visit_hits_match_raw(ch: &ClickHouseConfig) {
     }
 }
 
+/// Visitor facts (country, device, browser…) under a hit filter no rollup answers (a page
+/// pattern, two goals, a custom property): the visits with a matching hit, one row per visit
+/// (`visit_hits`), equal the raw events' answer.
+async fn visitor_facts_match_raw(ch: &ClickHouseConfig) {
+    let s = site();
+    let questions = [
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["visit:country"], "filters": [["contains", "event:page", ["blog"]]]}),
+        json!({"metrics": ["visitors", "pageviews", "events"], "dimensions": ["visit:device"], "filters": [["is_not", "event:page", ["/pricing"]]]}),
+        json!({"metrics": ["visitors", "events"], "dimensions": ["visit:browser"], "filters": [["is", "event:goal", ["Signup", "Blog"]]]}),
+        json!({"metrics": ["visitors", "events"], "dimensions": ["visit:os"], "filters": [["is", "event:props:plan", ["pro"]]]}),
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["visit:country_name"], "filters": [["or", [["is", "event:page", ["/pricing"]], ["is", "event:page", ["/"]]]]]}),
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["visit:browser"], "filters": [["matches", "event:page", ["^/blog/"]]]}),
+    ];
+    for body in questions {
+        let mut raw = body.clone();
+        raw["include"] = json!({"rollups": false});
+        let (r, d) = (q(ch, &s, base(body)).await, q(ch, &s, base(raw)).await);
+        assert_eq!(r["meta"]["source"], "visit_hits", "{r}");
+        assert_eq!(d["meta"]["source"], "events", "{d}");
+        assert_eq!(r["results"], d["results"], "visit hits {r}\nraw {d}");
+        assert!(
+            r["results"][0]["metrics"][0].as_u64().unwrap_or(0) > 0,
+            "the filter selects someone: {r}"
+        );
+    }
+}
+
 /// One filter value (a page, an event name, a goal of one, a visit property), with the totals,
 /// by day, by source, country or device, or by page under a visit property: read from
 /// `visits_daily`'s filtered rows on built days (and filtered visit rows elsewhere), every
@@ -299,6 +326,7 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
     assert_eq!(src(json!({"metrics": ["visitors"], "dimensions": ["event:page"], "include": {"rollups": false}})).await, "events");
     check_reports(&ch, true).await;
     visit_hits_match_raw(&ch).await;
+    visitor_facts_match_raw(&ch).await;
     filtered_rows_match_raw(&ch).await;
     // The current day is built up to a cut: the visits still open at it (B0–B5's second
     // visit, 14:00) are stored as they stood, and every hit after it (C0, C1 at 15:00) comes
@@ -337,6 +365,7 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
     assert_eq!(open, 6, "B0–B5's second visits are open");
     check_reports(&ch, true).await;
     visit_hits_match_raw(&ch).await;
+    visitor_facts_match_raw(&ch).await;
     filtered_rows_match_raw(&ch).await;
     // A hit stored after the build with a time before its cut (here another site's, from an
     // app's offline queue): the build no longer holds every hit before its cut, so readers
