@@ -19,7 +19,7 @@ use super::rows::{
     visits_daily_rows,
 };
 use super::source::utc_aligned;
-use super::source::{daily_dim, daily_filter, source, DailyDim, Source};
+use super::source::{daily_dim, daily_filter, dimension_filter, source, DailyDim, Source};
 use super::visits::{filtered_dim, site_cond, BOUNDED_DIM};
 use super::vocab::{DimKind, Metric, Query};
 use crate::site::SiteView;
@@ -317,8 +317,9 @@ fn rows_and_conds(
     // On `visit_hits` the filter is applied above (one row per visit: as a visit condition),
     // and `x or not x` keeps every row, so its hit columns may be left out.
     let tautology = q.filter.as_ref().is_some_and(|f| f.is_tautology());
-    // `visits_daily` rows are the filter's own (filtered rows, or filtered on the fly).
-    let applied = src == Source::VisitsDaily
+    // `visits_daily` rows are the filter's own (filtered rows, or filtered on the fly), but
+    // for a filter on the dimension alone: a condition on the unfiltered rows' values.
+    let applied = (src == Source::VisitsDaily && dimension_filter(q).is_none())
         || (src == Source::VisitHits && (shape == Source::Visits || tautology));
     if let Some(f) = q.filter.as_ref().filter(|_| !applied) {
         conds.push(filter_sql(f, src, q, site));
@@ -495,8 +496,9 @@ fn bounded_sql_in(
     let mut plain = q.clone();
     plain.bounded = false;
     let ranges = if c.daily && source(&plain, site.child_directed) == Source::VisitsDaily {
-        // A filtered question needs the filtered rows' bounded half.
-        let filtered = q.filter.is_some();
+        // A filtered question needs the filtered rows' bounded half (not one on its
+        // dimension alone: the unfiltered bounded rows of the values that pass).
+        let filtered = q.filter.is_some() && dimension_filter(q).is_none();
         let whole = |d| {
             built.iter().any(|b| {
                 b.day == d
@@ -782,7 +784,13 @@ fn daily_part(
         Some(DailyDim::Visit(c)) => c.to_string(),
         Some(DailyDim::Event(c)) => format!("event:{c}"),
     };
-    let dim = match q.filter.as_ref().and_then(|_| daily_filter(q)) {
+    let narrow = dimension_filter(q);
+    let dim = match q
+        .filter
+        .as_ref()
+        .filter(|_| narrow.is_none())
+        .and_then(|_| daily_filter(q))
+    {
         Some(f) => filtered_dim(&dim, f.key, &f.value),
         None => dim,
     };
@@ -818,6 +826,12 @@ fn daily_part(
         lit(&format!("{BOUNDED_DIM}{dim}")),
         builds_key(builds)
     );
+    if let Some(f) = narrow {
+        s.push(sql!(
+            " WHERE {}",
+            filter_sql(f, Source::VisitsDaily, q, site)
+        ));
+    }
     if !q.dimensions.is_empty() {
         s.push(sql!(
             " GROUP BY {}",

@@ -17,7 +17,9 @@ use veil_schemas::sql::{date, idents, lit, utc, Sql};
 
 use super::build::Build;
 use super::expr::{filter_sql, hit_array, visit_hit_count, visit_level, visit_prefilter};
-use super::source::{daily_dim, daily_filter, utc_aligned, DailyDim, DailyFilter, Source};
+use super::source::{
+    daily_dim, daily_filter, dimension_filter, utc_aligned, DailyDim, DailyFilter, Source,
+};
 use super::visits::{
     after_cut_cond, derive_visit_cols, filtered_dim, hit_field, open_visit_rows, sessionize,
     site_cond, visit_aggregates, EMPTY_STATE, EV_FIELDS, HAS_VISITOR, RECENT, VISIT_MEASURES,
@@ -201,7 +203,12 @@ pub(super) fn visits_daily_rows(q: &Query, site: &SiteView, built: &[Build]) -> 
         Some(DailyDim::Visit(c)) => c.to_string(),
         Some(DailyDim::Event(c)) => format!("event:{c}"),
     };
-    let filter = q.filter.as_ref().and_then(|_| daily_filter(q));
+    // A filter on the dimension alone is applied to the unfiltered rows' values (`dimension_filter`).
+    let filter = q
+        .filter
+        .as_ref()
+        .filter(|_| dimension_filter(q).is_none())
+        .and_then(|_| daily_filter(q));
     let dim = match &filter {
         Some(f) => filtered_dim(&plain, f.key, &f.value),
         None => plain,

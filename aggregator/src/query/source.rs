@@ -313,6 +313,32 @@ pub(super) fn daily_filter(q: &Query) -> Option<DailyFilter> {
     Some(DailyFilter { key, value })
 }
 
+/// The filter of `q` when it only narrows the values of `q`'s one dimension (top pages under
+/// "page contains blog", sources under "source is not Google", countries under "country is
+/// DE or FR"): every hit or visit of a report row has the row's value, so the filter keeps a
+/// row whole or drops it, and the answer is the unfiltered one's rows whose value passes.
+/// [`Source::VisitsDaily`] reads it so — the unfiltered per-day rows, the filter a condition
+/// on their value (`rows_and_conds`) — where the filter alone would read every hit. Not
+/// with shares of a total (percentage, conversion rates: their denominator is the filtered
+/// total) nor `has_done` (about the visitor's other hits).
+pub(super) fn dimension_filter(q: &Query) -> Option<&Filter> {
+    let f = q.filter.as_ref()?;
+    let [d] = q.dimensions.as_slice() else {
+        return None;
+    };
+    let same = f
+        .conds()
+        .iter()
+        .all(|c| matches!(c, Filter::Cond { dim, .. } if dim.kind == d.kind));
+    let shares = q.metrics.iter().any(|m| {
+        matches!(
+            m,
+            Metric::Percentage | Metric::ConversionRate | Metric::GroupConversionRate
+        )
+    });
+    (daily_dim(d).is_some() && !f.behavioural() && same && !shares).then_some(f)
+}
+
 fn visits_daily_ok(q: &Query) -> bool {
     let plain: Vec<&Dim> = q
         .dimensions
@@ -323,6 +349,7 @@ fn visits_daily_ok(q: &Query) -> bool {
     // under a visit key).
     let filter_ok = match (&q.filter, daily_filter(q)) {
         (None, _) => true,
+        (Some(_), _) if dimension_filter(q).is_some() => true,
         (Some(_), None) => false,
         // Views per visit under a page or event filter are the visits' own pageviews, which
         // the filtered rows (counting the matching hits) do not keep.

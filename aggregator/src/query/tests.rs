@@ -345,9 +345,35 @@ fn sources_follow_what_the_query_needs() {
         daily(r#""dimensions":["visit:city"],"filters":[["is","event:page",["/a"]]]"#),
         Source::VisitHits
     );
+    // A filter on the breakdown's own dimension: the unfiltered rows of the values that pass
+    // (`dimension_filter`), whatever its operator or values.
     assert_eq!(
         daily(r#""dimensions":["visit:source"],"filters":[["is","visit:source",[""]]]"#),
-        Source::Visits
+        Source::VisitsDaily
+    );
+    let pages = |b: &str| {
+        src(&format!(
+            r#"{{"site_id":"a","date_range":"7d","dimensions":["event:page"],{b}}}"#
+        ))
+    };
+    assert_eq!(
+        pages(
+            r#""metrics":["visitors","pageviews"],"filters":[["contains","event:page",["blog"]]]"#
+        ),
+        Source::VisitsDaily
+    );
+    assert_eq!(
+        pages(
+            r#""metrics":["visitors"],"filters":[["contains","event:page",["blog"]],["is","visit:source",["Google"]]]"#
+        ),
+        Source::VisitHits
+    );
+    // A share's denominator is the filtered total.
+    assert_eq!(
+        pages(
+            r#""metrics":["visitors","percentage"],"filters":[["contains","event:page",["blog"]]]"#
+        ),
+        Source::Hourly
     );
     assert_eq!(
         src(
