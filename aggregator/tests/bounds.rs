@@ -406,6 +406,8 @@ async fn the_one_pass_clamp_equals_the_general_form() {
                 json!({"metrics": ["visits", "views_per_visit"], "filters": [["is", "visit:source", ["google.com"]]], "dimensions": ["time:hour"]}),
                 json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"], "dimensions": ["visit:source"], "filters": [["contains", "event:page", ["/heavy/"]]]}),
                 json!({"metrics": ["visitors", "visits"], "dimensions": ["visit:entry_page"], "filters": [["is", "visit:source", ["google.com"]]]}),
+                // Whole visitors who did something: visit rows with `visitor_id IN (…)`.
+                json!({"metrics": ["visitors", "visits", "pageviews"], "dimensions": ["visit:source"], "filters": [["has_done", ["is", "event:page", ["/heavy/3"]]]]}),
             ] {
                 let mut q = query(body.clone());
                 q.unrounded = true;
@@ -437,7 +439,7 @@ async fn the_one_pass_clamp_equals_the_general_form() {
             one_pass
         }
     };
-    assert_eq!(compare("derived from raw events").await, 7);
+    assert_eq!(compare("derived from raw events").await, 8);
     let day = NaiveDate::parse_from_str(DAY, "%Y-%m-%d").unwrap();
     rollup::run_until(&ch, day.succ_opt().unwrap(), 3)
         .await

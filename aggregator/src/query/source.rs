@@ -4,10 +4,12 @@
 //!   visitors, visits, pageviews…): unfiltered reports by at most one visit dimension or page,
 //!   event name or host, or by day/week/month — and the same under one filter value
 //!   ([`DailyFilter`]: a page, an event name or a visit property) by the dimensions its
-//!   filtered rows are written for. Visitors over closed days are a sum (hashes rotate
+//!   filtered rows are written for; and under any filter on its one dimension alone (the
+//!   unfiltered rows whose value passes: [`dimension_filter`]). Visitors over closed days are a sum (hashes rotate
 //!   daily); today and unbuilt days add `uniq` states.
 //! - [`Source::Visits`] — one row per visit. Used when every dimension and filter is a visit or
-//!   visitor property (source, campaign, entry page, country, device…) or time.
+//!   visitor property (source, campaign, entry page, country, device…), time, or `has_done`
+//!   (whole visitors: `visitor_id IN` a set made from events).
 //! - [`Source::Hourly`] — the event rollups (materialized views), on days the rollup job has
 //!   checked, else raw events in the same shape: visitors, pageviews and events by page, event
 //!   name, host, goal and time, for time zones with whole-hour offsets.
@@ -127,8 +129,21 @@ pub fn check(q: &Query) -> Result<(), Error> {
     Ok(())
 }
 
+/// The dimensions a filter reads of the rows it keeps: a `has_done` part reads events in a
+/// set of its own and keeps whole visitors (`visitor_id IN (…)`), which any row with a
+/// visitor id can be asked — its event conditions do not make the question one of hits
+/// (visitors by country who signed up read visit rows, not every raw event).
+fn row_filter_dims(f: &Filter) -> Vec<&Dim> {
+    match f {
+        Filter::Cond { dim, .. } => vec![dim],
+        Filter::And(v) | Filter::Or(v) => v.iter().flat_map(row_filter_dims).collect(),
+        Filter::Not(x) => row_filter_dims(x),
+        Filter::HasDone { .. } => Vec::new(),
+    }
+}
+
 fn levels(q: &Query) -> (bool, bool) {
-    let filter_dims = q.filter.as_ref().map(|f| f.dims()).unwrap_or_default();
+    let filter_dims = q.filter.as_ref().map(row_filter_dims).unwrap_or_default();
     let dims = q.dimensions.iter().chain(filter_dims);
     let (mut ev, mut vi) = (false, false);
     for d in dims {
