@@ -5,7 +5,7 @@
 //!   event name or host, or by day/week/month — and the same under one filter value
 //!   ([`DailyFilter`]: a page, an event name or a visit property) by the dimensions its
 //!   filtered rows are written for; and under any filter on its one dimension alone (the
-//!   unfiltered rows whose value passes: [`dimension_filter`]). Visitors over closed days are a sum (hashes rotate
+//!   unfiltered rows whose value passes: `dimension_filter`). Visitors over closed days are a sum (hashes rotate
 //!   daily); today and unbuilt days add `uniq` states.
 //! - [`Source::Visits`] — one row per visit. Used when every dimension and filter is a visit or
 //!   visitor property (source, campaign, entry page, country, device…), time, or `has_done`
