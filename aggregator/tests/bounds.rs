@@ -408,6 +408,8 @@ async fn the_one_pass_clamp_equals_the_general_form() {
                 json!({"metrics": ["visitors", "visits"], "dimensions": ["visit:entry_page"], "filters": [["is", "visit:source", ["google.com"]]]}),
                 // Whole visitors who did something: visit rows with `visitor_id IN (…)`.
                 json!({"metrics": ["visitors", "visits", "pageviews"], "dimensions": ["visit:source"], "filters": [["has_done", ["is", "event:page", ["/heavy/3"]]]]}),
+                // The chart under a page pattern: visit rows, one per visit, by their day.
+                json!({"metrics": ["visitors", "pageviews"], "dimensions": ["time:day"], "filters": [["contains", "event:page", ["/heavy/"]]]}),
             ] {
                 let mut q = query(body.clone());
                 q.unrounded = true;
@@ -439,7 +441,7 @@ async fn the_one_pass_clamp_equals_the_general_form() {
             one_pass
         }
     };
-    assert_eq!(compare("derived from raw events").await, 8);
+    assert_eq!(compare("derived from raw events").await, 9);
     let day = NaiveDate::parse_from_str(DAY, "%Y-%m-%d").unwrap();
     rollup::run_until(&ch, day.succ_opt().unwrap(), 3)
         .await

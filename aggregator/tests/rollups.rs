@@ -184,6 +184,8 @@ async fn visit_hits_match_raw(ch: &ClickHouseConfig) {
         json!({"metrics": ["visitors", "events"], "dimensions": ["event:props:plan"], "filters": [["is", "visit:source", ["Google"]]]}),
         json!({"metrics": ["visitors", "visits", "pageviews", "events", "bounce_rate"], "dimensions": ["visit:source"], "filters": [["is", "event:page", ["/pricing"]], ["is", "event:name", ["Signup"]]]}),
         json!({"metrics": ["visitors", "visits", "events"], "filters": [["not", ["is", "event:name", ["pageview"]]]]}),
+        // By day, one row per visit (a visit's hits are on its UTC day).
+        json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate"], "dimensions": ["time:day"], "date_range": ["2026-11-19", "2026-11-20"], "filters": [["is_not", "event:page", ["/pricing"]]]}),
         // Two hit conditions with a visit condition: one lambda that reads the visit's source
         // (which nothing else in the query reads).
         json!({"metrics": ["visitors"], "filters": [["is", "visit:source", ["Google"]], ["contains", "event:page", ["pric"]], ["is_not", "event:name", ["pageview"]]]}),

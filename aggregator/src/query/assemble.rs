@@ -18,10 +18,10 @@ use super::rows::{
     builds_key, hit_builds, hourly_rows, joined_rows, raw_joined_rows, split_days, visit_rows,
     visits_daily_rows,
 };
-use super::source::utc_aligned;
 use super::source::{daily_dim, daily_filter, dimension_filter, source, DailyDim, Source};
+use super::source::{local_days_utc, utc_aligned};
 use super::visits::{filtered_dim, site_cond, BOUNDED_DIM};
-use super::vocab::{DimKind, Metric, Query};
+use super::vocab::{DimKind, Metric, Query, TimeBucket};
 use crate::site::SiteView;
 
 /// `ASC` or `DESC`.
@@ -113,11 +113,13 @@ struct PerVisit {
 /// the visits with a matching hit; pageviews and events count the matching hits in each
 /// visit's arrays ([`visit_hit_count`]) — the numbers the expanded rows give.
 fn per_visit(q: &Query, site: &SiteView) -> Option<PerVisit> {
-    let plain = q.dimensions.iter().all(|d| {
-        matches!(
-            d.kind,
-            DimKind::Visit(_) | DimKind::Visitor(_) | DimKind::CountryName | DimKind::PlaceName(_)
-        )
+    let plain = q.dimensions.iter().all(|d| match d.kind {
+        DimKind::Visit(_) | DimKind::Visitor(_) | DimKind::CountryName | DimKind::PlaceName(_) => {
+            true
+        }
+        // Visits are cut at UTC midnight: all of a visit's hits are on its start's UTC day.
+        DimKind::Time(TimeBucket::Day | TimeBucket::Week | TimeBucket::Month) => local_days_utc(q),
+        _ => false,
     });
     if !plain || q.metrics.contains(&Metric::Dau) || !utc_aligned(q) {
         return None;

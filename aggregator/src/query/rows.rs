@@ -18,7 +18,8 @@ use veil_schemas::sql::{date, idents, lit, utc, Sql};
 use super::build::Build;
 use super::expr::{filter_sql, hit_array, visit_hit_count, visit_level, visit_prefilter};
 use super::source::{
-    daily_dim, daily_filter, dimension_filter, utc_aligned, DailyDim, DailyFilter, Source,
+    daily_dim, daily_filter, dimension_filter, local_days_utc, utc_aligned, DailyDim, DailyFilter,
+    Source,
 };
 use super::visits::{
     after_cut_cond, derive_visit_cols, filtered_dim, hit_field, open_visit_rows, sessionize,
@@ -102,7 +103,7 @@ pub(super) fn hourly_rows(q: &Query, built: &[Build]) -> Sql {
     let daily_allowed = match q.time_bucket() {
         None => true,
         Some(TimeBucket::Hour | TimeBucket::Minute) => false,
-        Some(_) => utc_aligned(q),
+        Some(_) => local_days_utc(q),
     };
     let checked = |d: NaiveDate| built.iter().any(|b| b.day == d && b.cut.is_none());
     let (days, rest) = split_days(q.start, q.end, |d| daily_allowed && checked(d));

@@ -196,11 +196,13 @@ fn visitor_facts_under_hits(q: &Query) -> bool {
         && q.filter
             .as_ref()
             .is_some_and(|f| !f.behavioural() && !f.is_tautology())
-        && q.dimensions.iter().all(|d| {
-            matches!(
-                d.kind,
-                DimKind::Visitor(_) | DimKind::CountryName | DimKind::PlaceName(_)
-            )
+        && q.dimensions.iter().all(|d| match d.kind {
+            DimKind::Visitor(_) | DimKind::CountryName | DimKind::PlaceName(_) => true,
+            // A visit's hits are all on its UTC day.
+            DimKind::Time(TimeBucket::Day | TimeBucket::Week | TimeBucket::Month) => {
+                local_days_utc(q)
+            }
+            _ => false,
         })
         && !q.metrics.contains(&Metric::Dau)
 }
@@ -237,6 +239,31 @@ fn hourly_ok(q: &Query) -> bool {
 /// Whether the local days of `q` start and end at UTC midnight (daily rollups can bucket).
 pub(super) fn utc_aligned(q: &Query) -> bool {
     q.start.time() == chrono::NaiveTime::MIN && q.end.time() == chrono::NaiveTime::MIN
+}
+
+/// Whether every local day of `q`'s range is a UTC day, so rows kept per UTC day (or per
+/// visit, visits being cut at UTC midnight) can be put in its day, week and month buckets:
+/// the range is [`utc_aligned`] and the site's zone is at offset zero at every UTC midnight
+/// from its start to its end. A zone with summer time whose range ends in winter
+/// (Europe/London over 12 months) is aligned but is not: in summer its days start at 23:00 UTC.
+pub(super) fn local_days_utc(q: &Query) -> bool {
+    use chrono::{Offset, TimeZone};
+    if !utc_aligned(q) {
+        return false;
+    }
+    let tz = super::dates::timezone(&q.tz);
+    let mut d = q.start.date();
+    while d <= q.end.date() {
+        let at = d.and_time(chrono::NaiveTime::MIN);
+        if tz.offset_from_utc_datetime(&at).fix().local_minus_utc() != 0 {
+            return false;
+        }
+        match d.succ_opt() {
+            Some(next) => d = next,
+            None => break,
+        }
+    }
+    true
 }
 
 /// What a `visits_daily` row's `dim` holds for a dimension.
@@ -383,7 +410,7 @@ fn visits_daily_ok(q: &Query) -> bool {
     let time_ok = match q.time_bucket() {
         None => true,
         Some(TimeBucket::Hour | TimeBucket::Minute) => false,
-        Some(_) => utc_aligned(q) && plain.is_empty(),
+        Some(_) => local_days_utc(q) && plain.is_empty(),
     };
     let event_dim = plain
         .iter()

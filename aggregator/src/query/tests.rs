@@ -276,6 +276,34 @@ fn ranges_follow_the_site_time_zone() {
 }
 
 #[test]
+fn summer_time_keeps_day_buckets_off_rows_kept_per_utc_day() {
+    let mut s = site();
+    s.timezone = "Europe/London".into();
+    let ask = |range: &str| {
+        parse(
+            format!(r#"{{"site_id":"a.com","metrics":["visitors"],"date_range":{range},"dimensions":["time:month"]}}"#).as_bytes(),
+            &s,
+            now(),
+        )
+        .unwrap()
+    };
+    // In winter London's days are UTC days: the daily rollup buckets them.
+    let winter = ask(r#"["2026-11-01", "2026-11-27"]"#);
+    assert_eq!(source(&winter, false), Source::VisitsDaily);
+    // Over a year the range starts and ends at UTC midnight, but a summer day starts at 23:00
+    // UTC: the hits of that hour belong to the next local day (and month), which per-UTC-day
+    // rows cannot tell.
+    let year = ask(r#"["2025-12-01", "2026-11-27"]"#);
+    assert_eq!(
+        (year.start.time(), year.end.time()),
+        (chrono::NaiveTime::MIN, chrono::NaiveTime::MIN)
+    );
+    assert_ne!(source(&year, false), Source::VisitsDaily);
+    let s = assemble::sql(&year, &s, &[], None).to_string();
+    assert!(!s.contains("events_daily"), "{s}");
+}
+
+#[test]
 fn sources_follow_what_the_query_needs() {
     let src = |b: &str| source(&parse_ok(b), false);
     assert_eq!(
@@ -368,6 +396,13 @@ fn sources_follow_what_the_query_needs() {
         ),
         Source::VisitHits
     );
+    // Differential privacy's chart under a page pattern: visit rows, one per visit, by day.
+    let mut chart = parse_ok(
+        r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["time:day"],"filters":[["contains","event:page",["blog"]]]}"#,
+    );
+    assert_eq!(source(&chart, false), Source::Hourly);
+    chart.bounded = true;
+    assert_eq!(source(&chart, false), Source::VisitHits);
     // A share's denominator is the filtered total.
     assert_eq!(
         pages(
