@@ -135,6 +135,23 @@ async fn both(
     )
 }
 
+/// `body` as differential privacy asks it (bounded, unrounded) on the rows as they are now:
+/// its bounded SQL in the one-pass form and in the general form.
+async fn bounded_forms(ch: &ClickHouseConfig, site: &SiteView, body: Value) -> (Sql, Sql) {
+    let mut q = query(body);
+    q.unrounded = true;
+    q.bounded = true;
+    let built = Builds::new(None)
+        .for_query(&ch.client(), site, &q)
+        .await
+        .unwrap();
+    let rel = Release::new(&q, false, [7; 32], &Settings::default(), 1, Utc::now()).unwrap();
+    (
+        bounded_sql(&q, site, &built, rel.clamp()).unwrap(),
+        bounded_sql_general(&q, site, &built, rel.clamp()).unwrap(),
+    )
+}
+
 fn column(rows: &[(Vec<String>, Vec<f64>)], m: usize) -> f64 {
     rows.iter().map(|r| r.1[m]).sum()
 }
@@ -326,15 +343,7 @@ async fn one_visitor_days_contribution_is_clamped_on_every_source() {
         json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "filters": [["contains", "event:page", ["/heavy/"]]]}),
         json!({"metrics": ["visitors", "visits"], "dimensions": ["visit:source"], "filters": [["is_not", "visit:source", ["bing.com"]]]}),
     ] {
-        let mut q = query(body);
-        q.unrounded = true;
-        q.bounded = true;
-        let built = Builds::new(None)
-            .for_query(&ch.client(), &site, &q)
-            .await
-            .unwrap();
-        let rel = Release::new(&q, false, [7; 32], &Settings::default(), 1, Utc::now()).unwrap();
-        let s = bounded_sql(&q, &site, &built, rel.clamp()).unwrap();
+        let (s, _) = bounded_forms(&ch, &site, body).await;
         assert!(
             s.as_str().contains("'dp:") && !s.as_str().contains("LIMIT"),
             "{s}"
@@ -358,16 +367,7 @@ async fn one_visitor_days_contribution_is_clamped_on_every_source() {
             let ch = ch.clone();
             let site = site.clone();
             async move {
-                let mut q = query(body);
-                q.unrounded = true;
-                q.bounded = true;
-                let built = Builds::new(None)
-                    .for_query(&ch.client(), &site, &q)
-                    .await
-                    .unwrap();
-                let rel =
-                    Release::new(&q, false, [7; 32], &Settings::default(), 1, Utc::now()).unwrap();
-                let s = bounded_sql(&q, &site, &built, rel.clamp()).unwrap();
+                let (s, _) = bounded_forms(&ch, &site, body).await;
                 assert!(!s.as_str().contains("LIMIT"), "{s}");
                 db::fetch(&ch.client(), &s).await.unwrap()
             }
@@ -411,17 +411,7 @@ async fn the_one_pass_clamp_equals_the_general_form() {
                 // The chart under a page pattern: visit rows, one per visit, by their day.
                 json!({"metrics": ["visitors", "pageviews"], "dimensions": ["time:day"], "filters": [["contains", "event:page", ["/heavy/"]]]}),
             ] {
-                let mut q = query(body.clone());
-                q.unrounded = true;
-                q.bounded = true;
-                let built = Builds::new(None)
-                    .for_query(&ch.client(), &site, &q)
-                    .await
-                    .unwrap();
-                let rel =
-                    Release::new(&q, false, [7; 32], &Settings::default(), 1, Utc::now()).unwrap();
-                let fast = bounded_sql(&q, &site, &built, rel.clamp()).unwrap();
-                let general = bounded_sql_general(&q, &site, &built, rel.clamp()).unwrap();
+                let (fast, general) = bounded_forms(&ch, &site, body.clone()).await;
                 // Built days the daily rollup answers have no per-visitor part at all.
                 if general.as_str().contains("LIMIT") {
                     assert!(
