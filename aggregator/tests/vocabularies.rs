@@ -407,6 +407,20 @@ async fn stored_words_answer_in_plausibles_vocabulary_from_raw_events_and_rollup
         src(json!({"metrics": ["visitors"], "dimensions": ["visit:device"]})).await,
         "visits_daily"
     );
+    // A place code: the filtered rows of every stored value with that code (`DE-BY` stored
+    // alone; `2867714|Munich` with its name), and `check` below compares them with raw events.
+    for f in [
+        json!(["is", "visit:region", ["DE-BY"]]),
+        json!(["is", "visit:city", [2867714]]),
+        json!(["is", "visit:region", ["GB-ENG"]]),
+    ] {
+        assert_eq!(
+            src(json!({"metrics": ["visitors"], "dimensions": ["visit:source"], "filters": [f]}))
+                .await,
+            "visits_daily",
+            "{f}"
+        );
+    }
     // `Mobile` is one stored word (`mobile`): the filtered rows answer.
     assert_eq!(
         src(json!({"metrics": ["visitors"], "filters": [["is", "visit:device", ["Mobile"]]]}))

@@ -497,7 +497,11 @@ fn bounded_sql_in(
     let mut parts = Vec::new();
     let mut plain = q.clone();
     plain.bounded = false;
-    let ranges = if c.daily && source(&plain, site.child_directed) == Source::VisitsDaily {
+    // A place code's filtered rows are one per stored name of it: a visitor seen under two
+    // names in a day (the GeoIP data changed) would be clamped twice, so its bounded rows are
+    // not read.
+    let code = dimension_filter(q).is_none() && daily_filter(q).is_some_and(|f| f.code);
+    let ranges = if c.daily && !code && source(&plain, site.child_directed) == Source::VisitsDaily {
         // A filtered question needs the filtered rows' bounded half (not one on its
         // dimension alone: the unfiltered bounded rows of the values that pass).
         let filtered = q.filter.is_some() && dimension_filter(q).is_none();
@@ -787,14 +791,21 @@ fn daily_part(
         Some(DailyDim::Event(c)) => format!("event:{c}"),
     };
     let narrow = dimension_filter(q);
-    let dim = match q
+    let filter = q
         .filter
         .as_ref()
         .filter(|_| narrow.is_none())
-        .and_then(|_| daily_filter(q))
-    {
-        Some(f) => filtered_dim(&dim, f.key, &f.value),
-        None => dim,
+        .and_then(|_| daily_filter(q));
+    let dim = format!(
+        "{BOUNDED_DIM}{}",
+        match &filter {
+            Some(f) => filtered_dim(&dim, f.key, &f.value),
+            None => dim,
+        }
+    );
+    let dim_cond = match &filter {
+        Some(f) => f.dim_cond(&dim),
+        None => sql!("dim = {}", lit(&dim)),
     };
     let mut select: Vec<Sql> = q
         .dimensions
@@ -822,10 +833,10 @@ fn daily_part(
     select.push(Sql::new("toFloat64(sum(uv)) AS pk"));
     let builds = built.iter().filter(|b| days.contains(&b.day));
     let mut s = sql!(
-        "SELECT {} FROM visits_daily PREWHERE {} AND dim = {} AND {}",
+        "SELECT {} FROM visits_daily PREWHERE {} AND {} AND {}",
         Sql::join(select, ", "),
         site_cond(&q.site),
-        lit(&format!("{BOUNDED_DIM}{dim}")),
+        dim_cond,
         builds_key(builds)
     );
     if let Some(f) = narrow {

@@ -214,6 +214,10 @@ pub(super) fn visits_daily_rows(q: &Query, site: &SiteView, built: &[Build]) -> 
         Some(f) => filtered_dim(&plain, f.key, &f.value),
         None => plain,
     };
+    let dim_cond = match &filter {
+        Some(f) => f.dim_cond(&dim),
+        None => sql!("dim = {}", lit(&dim)),
+    };
     let (days, rest) = split_days(q.start, q.end, |d| {
         built.iter().any(|b| {
             b.day == d && (filter.is_none() || (b.filtered && b.cut.is_none() && b.snap.is_none()))
@@ -248,7 +252,7 @@ pub(super) fn visits_daily_rows(q: &Query, site: &SiteView, built: &[Build]) -> 
         sql!(
             "SELECT day, value, toUInt8({}) AS b, {} AS uv, {} AS st, {} AS visits_n, \
              {} AS pv_n, {} AS ev_n, {} AS bounces_n, {} AS dur_n \
-             FROM {} PREWHERE {} AND dim = {} AND {}{}",
+             FROM {} PREWHERE {} AND {} AND {}{}",
             b,
             uv,
             st,
@@ -259,7 +263,7 @@ pub(super) fn visits_daily_rows(q: &Query, site: &SiteView, built: &[Build]) -> 
             sum("duration"),
             table,
             site_cond(&q.site),
-            lit(&dim),
+            dim_cond.clone(),
             key,
             group
         )

@@ -34,12 +34,14 @@
 
 use chrono::{NaiveDateTime, Timelike};
 
-use super::labels::stored_value;
+use super::labels::{stored_value, PLACES};
 use super::visits::{
     DAILY_DIMS, EVENT_DAILY_DIMS, FILTERED_DIMS, FILTER_HIT_KEYS, FILTER_VISIT_KEYS,
 };
 use super::vocab::{Dim, DimKind, Filter, Level, Metric, Op, Query, TimeBucket};
 use crate::Error;
+use veil_schemas::sql;
+use veil_schemas::sql::{lit, Sql};
 
 /// The rows a query reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,16 +296,38 @@ pub(super) fn daily_dim(d: &Dim) -> Option<DailyDim> {
 /// case-sensitive `is` with one value, on a visit column of [`FILTER_VISIT_KEYS`] or a hit's
 /// page or event name. `key` is the row's filter key, `value` the stored value it selects
 /// ([`stored_value`]: the source `Direct / None` is stored empty, the browser `Microsoft Edge`
-/// as `Edge`).
+/// as `Edge`), or for a region or city the code, whose rows are those of every stored value
+/// with that code (`code`: `DE-BY|Bavaria`, or `DE-BY` stored alone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct DailyFilter {
     /// A visit column, or `event:pathname` / `event:name`.
     pub key: &'static str,
     /// The stored value.
     pub value: String,
+    /// A place code (`region`, `city`): stored with its name after a `|` (`DE-BY|Bavaria`),
+    /// so the rows of every stored value with this code are read ([`DailyFilter::dim_cond`]).
+    pub code: bool,
 }
 
 impl DailyFilter {
+    /// The condition on `visits_daily.dim` that selects this filter's rows of `dim` (a
+    /// filtered dimension, [`super::visits::filtered_dim`], perhaps after the bounded
+    /// prefix): that one, or for a place code also those of its values stored with a name
+    /// (`dim` then `|`: between `dim|` and `dim}` byte-wise, `}` following `|`), each visit
+    /// having one.
+    pub fn dim_cond(&self, dim: &str) -> Sql {
+        if self.code {
+            sql!(
+                "(dim = {0} OR (dim > {1} AND dim < {2}))",
+                lit(dim),
+                lit(&format!("{dim}|")),
+                lit(&format!("{dim}}}"))
+            )
+        } else {
+            sql!("dim = {}", lit(dim))
+        }
+    }
+
     /// Whether the key is about a hit (page, event name, host) rather than the visit.
     pub fn about_hit(&self) -> bool {
         self.key.starts_with("event:")
@@ -338,6 +362,7 @@ pub(super) fn daily_filter(q: &Query) -> Option<DailyFilter> {
             (Some((_, event)), None) => Some(DailyFilter {
                 key: "event:name",
                 value: event.clone(),
+                code: false,
             }),
             _ => None,
         };
@@ -351,8 +376,20 @@ pub(super) fn daily_filter(q: &Query) -> Option<DailyFilter> {
     };
     // Filter values are Plausible's words (`Direct / None`, `Microsoft Edge`); the rows are
     // keyed by stored ones. A word several stored values read as reads visit rows instead.
+    // A place code selects its stored values with any name (`code`).
+    if PLACES.contains(&key) {
+        return Some(DailyFilter {
+            key,
+            value: v.clone(),
+            code: true,
+        });
+    }
     let value = stored_value(key, v)?;
-    Some(DailyFilter { key, value })
+    Some(DailyFilter {
+        key,
+        value,
+        code: false,
+    })
 }
 
 /// The filter of `q` when it only narrows the values of `q`'s one dimension (top pages under

@@ -663,3 +663,37 @@ fn visit_columns_are_made_of_their_parts() {
     assert!(!DAILY_DIMS.contains(&"hostname"));
     assert_eq!(DAILY_DIMS.len(), 2 + VISIT_FIRST.len() - 1);
 }
+
+#[test]
+fn a_place_codes_bounded_rows_are_never_summed_over_its_names() {
+    // A place code's filtered rows are one per stored name of it; a visitor seen under two
+    // names in a day would be clamped in each. Differential privacy clamps such a question
+    // per visitor from visit rows instead; a stored word with one value reads the rows.
+    let clamp = assemble::Clamp {
+        rows: 7,
+        visits: 3,
+        pageviews: 6,
+        events: 20,
+        visit_seconds: 3600,
+        engaged_seconds: 1800,
+        revenue: 1000,
+        samples: 10,
+        daily: true,
+    };
+    let built: Vec<build::Build> = (21..28)
+        .map(|n| build::Build::whole(d(&format!("2026-11-{n}")), 1))
+        .collect();
+    let bounded = |f: &str| {
+        let mut q = parse_ok(&format!(
+            r#"{{"site_id":"a","metrics":["visitors","visits"],"date_range":"7d","dimensions":["visit:source"],"filters":[{f}]}}"#
+        ));
+        q.bounded = true;
+        assemble::bounded_sql(&q, &site(), &built, &clamp)
+            .unwrap()
+            .to_string()
+    };
+    let place = bounded(r#"["is","visit:region",["DE-BY"]]"#);
+    assert!(!place.contains("'dp:"), "{place}");
+    let device = bounded(r#"["is","visit:device",["Mobile"]]"#);
+    assert!(device.contains("'dp:source|device=mobile'"), "{device}");
+}
