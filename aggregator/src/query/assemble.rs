@@ -18,7 +18,7 @@ use super::rows::{
     builds_key, hit_builds, hourly_rows, joined_rows, raw_joined_rows, split_days, visit_rows,
     visits_daily_rows,
 };
-use super::source::{daily_dim, daily_filter, dimension_filter, source, DailyDim, Source};
+use super::source::{daily_dim, dim_cond, dimension_filter, rows_filter, source, DailyDim, Source};
 use super::source::{local_days_utc, utc_aligned};
 use super::visits::{filtered_dim, site_cond, BOUNDED_DIM};
 use super::vocab::{DimKind, Metric, Query, TimeBucket};
@@ -500,11 +500,11 @@ fn bounded_sql_in(
     // A place code's filtered rows are one per stored name of it: a visitor seen under two
     // names in a day (the GeoIP data changed) would be clamped twice, so its bounded rows are
     // not read.
-    let code = dimension_filter(q).is_none() && daily_filter(q).is_some_and(|f| f.code);
+    let code = rows_filter(q).is_some_and(|f| f.code);
     let ranges = if c.daily && !code && source(&plain, site.child_directed) == Source::VisitsDaily {
         // A filtered question needs the filtered rows' bounded half (not one on its
         // dimension alone: the unfiltered bounded rows of the values that pass).
-        let filtered = q.filter.is_some() && dimension_filter(q).is_none();
+        let filtered = rows_filter(q).is_some();
         let whole = |d| {
             built.iter().any(|b| {
                 b.day == d
@@ -791,11 +791,7 @@ fn daily_part(
         Some(DailyDim::Event(c)) => format!("event:{c}"),
     };
     let narrow = dimension_filter(q);
-    let filter = q
-        .filter
-        .as_ref()
-        .filter(|_| narrow.is_none())
-        .and_then(|_| daily_filter(q));
+    let filter = rows_filter(q);
     let dim = format!(
         "{BOUNDED_DIM}{}",
         match &filter {
@@ -803,10 +799,7 @@ fn daily_part(
             None => dim,
         }
     );
-    let dim_cond = match &filter {
-        Some(f) => f.dim_cond(&dim),
-        None => sql!("dim = {}", lit(&dim)),
-    };
+    let dim_cond = dim_cond(filter.as_ref(), &dim);
     let mut select: Vec<Sql> = q
         .dimensions
         .iter()

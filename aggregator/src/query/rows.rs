@@ -13,13 +13,12 @@
 
 use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime};
 use veil_schemas::sql;
-use veil_schemas::sql::{date, idents, lit, utc, Sql};
+use veil_schemas::sql::{date, idents, utc, Sql};
 
 use super::build::Build;
 use super::expr::{filter_sql, hit_array, visit_hit_count, visit_level, visit_prefilter};
 use super::source::{
-    daily_dim, daily_filter, dimension_filter, local_days_utc, utc_aligned, DailyDim, DailyFilter,
-    Source,
+    daily_dim, dim_cond, local_days_utc, rows_filter, utc_aligned, DailyDim, DailyFilter, Source,
 };
 use super::visits::{
     after_cut_cond, derive_visit_cols, filtered_dim, hit_field, open_visit_rows, sessionize,
@@ -204,20 +203,13 @@ pub(super) fn visits_daily_rows(q: &Query, site: &SiteView, built: &[Build]) -> 
         Some(DailyDim::Visit(c)) => c.to_string(),
         Some(DailyDim::Event(c)) => format!("event:{c}"),
     };
-    // A filter on the dimension alone is applied to the unfiltered rows' values (`dimension_filter`).
-    let filter = q
-        .filter
-        .as_ref()
-        .filter(|_| dimension_filter(q).is_none())
-        .and_then(|_| daily_filter(q));
+    // A filter on the dimension alone is applied to the unfiltered rows' values (`rows_filter`).
+    let filter = rows_filter(q);
     let dim = match &filter {
         Some(f) => filtered_dim(&plain, f.key, &f.value),
         None => plain,
     };
-    let dim_cond = match &filter {
-        Some(f) => f.dim_cond(&dim),
-        None => sql!("dim = {}", lit(&dim)),
-    };
+    let dim_cond = dim_cond(filter.as_ref(), &dim);
     let (days, rest) = split_days(q.start, q.end, |d| {
         built.iter().any(|b| {
             b.day == d && (filter.is_none() || (b.filtered && b.cut.is_none() && b.snap.is_none()))

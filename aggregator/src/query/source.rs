@@ -305,29 +305,11 @@ pub(super) struct DailyFilter {
     /// The stored value.
     pub value: String,
     /// A place code (`region`, `city`): stored with its name after a `|` (`DE-BY|Bavaria`),
-    /// so the rows of every stored value with this code are read ([`DailyFilter::dim_cond`]).
+    /// so the rows of every stored value with this code are read ([`dim_cond`]).
     pub code: bool,
 }
 
 impl DailyFilter {
-    /// The condition on `visits_daily.dim` that selects this filter's rows of `dim` (a
-    /// filtered dimension, [`super::visits::filtered_dim`], perhaps after the bounded
-    /// prefix): that one, or for a place code also those of its values stored with a name
-    /// (`dim` then `|`: between `dim|` and `dim}` byte-wise, `}` following `|`), each visit
-    /// having one.
-    pub fn dim_cond(&self, dim: &str) -> Sql {
-        if self.code {
-            sql!(
-                "(dim = {0} OR (dim > {1} AND dim < {2}))",
-                lit(dim),
-                lit(&format!("{dim}|")),
-                lit(&format!("{dim}}}"))
-            )
-        } else {
-            sql!("dim = {}", lit(dim))
-        }
-    }
-
     /// Whether the key is about a hit (page, event name, host) rather than the visit.
     pub fn about_hit(&self) -> bool {
         self.key.starts_with("event:")
@@ -400,6 +382,33 @@ pub(super) fn daily_filter(q: &Query) -> Option<DailyFilter> {
 /// on their value (`rows_and_conds`) — where the filter alone would read every hit. Not
 /// with shares of a total (percentage, conversion rates: their denominator is the filtered
 /// total) nor `has_done` (about the visitor's other hits).
+/// The filter whose filtered rows a [`Source::VisitsDaily`] question reads: its
+/// [`DailyFilter`], but none for a filter on its dimension alone (the unfiltered rows then,
+/// [`dimension_filter`]).
+pub(super) fn rows_filter(q: &Query) -> Option<DailyFilter> {
+    match dimension_filter(q) {
+        Some(_) => None,
+        None => daily_filter(q),
+    }
+}
+
+/// The condition on `visits_daily.dim` that selects the rows of `dim` (a dimension, or the
+/// filtered dimension of `f`, [`super::visits::filtered_dim`], perhaps after the bounded
+/// prefix): that one, or for a place code also those of its values stored with a name (`dim`
+/// then `|`: between `dim|` and `dim}` byte-wise, `}` following `|`), each visit having one.
+pub(super) fn dim_cond(f: Option<&DailyFilter>, dim: &str) -> Sql {
+    if f.is_some_and(|f| f.code) {
+        sql!(
+            "(dim = {0} OR (dim > {1} AND dim < {2}))",
+            lit(dim),
+            lit(&format!("{dim}|")),
+            lit(&format!("{dim}}}"))
+        )
+    } else {
+        sql!("dim = {}", lit(dim))
+    }
+}
+
 pub(super) fn dimension_filter(q: &Query) -> Option<&Filter> {
     let f = q.filter.as_ref()?;
     let [d] = q.dimensions.as_slice() else {
