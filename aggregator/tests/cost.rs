@@ -5,7 +5,7 @@
 //! request id that the log line carries too (ClickHouse's text nowhere); filter regexes are
 //! checked with RE2's syntax (as ClickHouse runs them) and refused with a 400 naming the
 //! filter; pages keep Plausible's maximum of 10 000 rows; report queries carry
-//! `max_execution_time`.
+//! `max_execution_time`; a filtered report is asked beside its differencing guard's counts.
 //!
 //! Queries "under way" are real: the aggregator reads from a stand-in ClickHouse that holds
 //! every query until the test lets go, while its site registry (keys) comes from the real test
@@ -293,6 +293,35 @@ async fn a_credential_past_its_limit_gets_429_while_others_go_on() {
     // Key 1 is admitted again (its query reaches the now-answering ClickHouse).
     let r = call(&slow, "POST", "/api/v2/query", &k1, Some(query_body())).await;
     assert_eq!(r.status, 502);
+}
+
+/// A filtered question's differencing-guard counts and its report are asked at once (the
+/// dashboard's filtered first screen waited for the guard's counts, then for the report): with
+/// every query held, one request has two at ClickHouse. A withheld answer drops the report's
+/// result (`stats::guarded`); here both fail, and the request is a 502 as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_report_is_asked_beside_its_guard() {
+    let (real, ch, _) = with_keys("cost_guard_beside", config(4), 0).await;
+    let stalled = Stalled::start().await;
+    let slow = Aggregator::with_registry(
+        config(4),
+        ClickHouseConfig::new(&stalled.url, &ch.database),
+        Arc::clone(real.registry()),
+    );
+    // Raw events (no builds to look up first): the guard's count and the report.
+    let body = json!({"site_id": SITE, "metrics": ["visitors"], "date_range": "7d",
+        "filters": [["is", "visit:source", ["Google"]]], "include": {"rollups": false}});
+    let a = slow.clone();
+    let running =
+        tokio::spawn(async move { call(&a, "POST", "/api/v2/query", ADMIN, Some(body)).await });
+    until(
+        "the guard's count and the report at ClickHouse at once",
+        || stalled.seen.load(Ordering::SeqCst) >= 2,
+    )
+    .await;
+    stalled.let_go();
+    let r = running.await.unwrap();
+    assert_eq!(r.status, 502, "{:?}", String::from_utf8_lossy(&r.body));
 }
 
 #[tokio::test]

@@ -316,13 +316,16 @@ fn rows_and_conds(
             }
         },
     };
-    // On `visit_hits` the filter is applied above (one row per visit: as a visit condition),
-    // and `x or not x` keeps every row, so its hit columns may be left out.
+    // On `visit_hits` the filter is applied above (one row per visit: as a visit condition).
+    // `x or not x` (the differencing guard's "everyone") keeps every row of any source: it is
+    // not written out, so the guard's total neither reads the filter's hit columns nor makes
+    // a `has_done` set twice.
     let tautology = q.filter.as_ref().is_some_and(|f| f.is_tautology());
     // `visits_daily` rows are the filter's own (filtered rows, or filtered on the fly), but
     // for a filter on the dimension alone: a condition on the unfiltered rows' values.
-    let applied = (src == Source::VisitsDaily && dimension_filter(q).is_none())
-        || (src == Source::VisitHits && (shape == Source::Visits || tautology));
+    let applied = tautology
+        || (src == Source::VisitsDaily && dimension_filter(q).is_none())
+        || (src == Source::VisitHits && shape == Source::Visits);
     if let Some(f) = q.filter.as_ref().filter(|_| !applied) {
         conds.push(filter_sql(f, src, q, site));
     }

@@ -697,3 +697,37 @@ fn a_place_codes_bounded_rows_are_never_summed_over_its_names() {
     let device = bounded(r#"["is","visit:device",["Mobile"]]"#);
     assert!(device.contains("'dp:source|device=mobile'"), "{device}");
 }
+
+/// The differencing guard's total counts "the filter or not the filter", which keeps every
+/// row: its SQL reads no filter at all (a `has_done` set made twice, every visit's hit arrays
+/// read for a page pattern, were most of the guard's time at 10M events).
+#[test]
+fn the_guards_everyone_question_writes_no_filter() {
+    for (filter, src) in [
+        (
+            r#"["has_done",["is","event:goal",["Signup"]]]"#,
+            Source::Visits,
+        ),
+        (r#"["contains","event:page",["blog"]]"#, Source::Hourly),
+        (
+            r#"["has_done",["contains","event:page",["blog"]]]"#,
+            Source::Visits,
+        ),
+        (r#"["is","event:props:plan",["pro"]]"#, Source::VisitHits),
+    ] {
+        let mut q = parse_ok(&format!(
+            r#"{{"site_id":"a.com","metrics":["visitors"],"date_range":"7d","filters":[{filter}]}}"#
+        ));
+        let f = q.filter.clone().unwrap();
+        let filtered = assemble::sql(&q, &site(), &[], None).to_string();
+        assert_eq!(source(&q, false), src, "{filter}");
+        q.filter = Some(Filter::Or(vec![f.clone(), Filter::Not(Box::new(f))]));
+        let everyone = assemble::sql(&q, &site(), &[], None).to_string();
+        for term in ["Signup", "blog", "'plan'"] {
+            if filtered.contains(term) {
+                assert!(!everyone.contains(term), "{filter}: {everyone}");
+            }
+        }
+        assert!(!everyone.contains("IN (SELECT visitor_id"), "{everyone}");
+    }
+}
