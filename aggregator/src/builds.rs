@@ -21,7 +21,7 @@ use veil_schemas::sql::{date, utc, utc_text};
 
 use crate::db::{fetch, number};
 use crate::query::source::{source, uses_builds};
-use crate::query::visits::{BOUNDED_LAYOUT, FILTERED_LAYOUT, HITS_LAYOUT};
+use crate::query::visits::{BOUNDED_LAYOUT, CODES_LAYOUT, FILTERED_LAYOUT, HITS_LAYOUT};
 use crate::query::Query;
 use crate::query::{Build, Snap, Source};
 use crate::site::SiteView;
@@ -93,6 +93,7 @@ async fn visit_builds_for(
                     hits: layout >= f64::from(HITS_LAYOUT),
                     bounded: layout >= f64::from(BOUNDED_LAYOUT),
                     filtered: layout >= f64::from(FILTERED_LAYOUT),
+                    codes: layout >= f64::from(CODES_LAYOUT),
                 },
                 events,
             ))

@@ -29,9 +29,10 @@ use veil_schemas::ClickHouseConfig;
 
 use crate::db::{cell_u64, exec, fetch, mutation_target};
 use crate::privacy::Bounds;
+use crate::query::labels::{place_code_sql, PLACES};
 use crate::query::visits::{
-    derive_open_visits, derive_visits, event_dim_pairs, visit_dim_pairs, BOUNDED_DIM, DAILY_DIMS,
-    EMPTY_STATE, EVENT_DAILY_DIMS, FILTERED_LAYOUT, FILTER_VISIT_KEYS, OPEN_VISIT_COLS, VISIT_COLS,
+    derive_open_visits, derive_visits, event_dim_pairs, visit_dim_pairs, BOUNDED_DIM, CODES_LAYOUT,
+    DAILY_DIMS, EMPTY_STATE, EVENT_DAILY_DIMS, FILTER_VISIT_KEYS, OPEN_VISIT_COLS, VISIT_COLS,
     VISIT_GAP_SECS,
 };
 use crate::query::{DimKind, DIMENSIONS};
@@ -178,7 +179,7 @@ async fn build_visits(
             build,
             events,
             cut_sql,
-            FILTERED_LAYOUT
+            CODES_LAYOUT
         );
     exec(client, &stmt).await?;
     if build > 1 {
@@ -264,7 +265,8 @@ fn bounded_daily(day: NaiveDate, build: u64, cond: &Sql, slice: &Sql, b: &Bounds
 /// The filtered rows of a closed day's build, for one slice of visitors: `visits_daily` rows
 /// with `dim` = `filtered_dim(dimension, key, value)` (see
 /// [`crate::query::visits::FILTERED_LAYOUT`]) — for each visit and each filter key it
-/// carries (its [`FILTER_VISIT_KEYS`] values, each distinct page, event name and host of its hits),
+/// carries (its [`FILTER_VISIT_KEYS`] values — a region or city by its code —, each distinct
+/// page, event name and host of its hits),
 /// the visit's numbers by the totals and each visit dimension of
 /// [`FILTERED_DIMS`](crate::query::visits::FILTERED_DIMS); under a
 /// page, event name or host key its pageviews and events are only the matching hits. By page, the
@@ -278,8 +280,16 @@ fn bounded_daily(day: NaiveDate, build: u64, cond: &Sql, slice: &Sql, b: &Bounds
 /// the IP address and user agent they come from), so the totals, countries and devices share
 /// one grouping; sources and pages keep each visitor's values in order of that hash.
 fn filtered_daily(day: NaiveDate, build: u64, slice: &Sql, b: &Bounds) -> Vec<Sql> {
+    // A region or city is keyed by its code ([`CODES_LAYOUT`]): one key per visitor however
+    // many names its visits were stored with, so its bounded rows clamp the visitor once.
     let visit_keys = Sql::join(
-        FILTER_VISIT_KEYS.iter().map(|c| sql!("('{}', {})", *c, *c)),
+        FILTER_VISIT_KEYS.iter().map(|c| {
+            if PLACES.contains(c) {
+                sql!("('{}', {})", *c, place_code_sql(Sql::new(c)))
+            } else {
+                sql!("('{}', {})", *c, *c)
+            }
+        }),
         ", ",
     );
     let rows_of = |c: &str| {
@@ -659,8 +669,9 @@ pub async fn run_until_sliced(
                 .any(|r| r[0].as_str() == Some(day_s) && n(&r[1]) == b)
         });
         // A build of an older layout (before the visits carried their hits, 016, before
-        // differential privacy's bounded rows, or before the filtered rows) is built again.
-        let current = lookup(&builds, day_s, 3).is_some_and(|l| l >= u64::from(FILTERED_LAYOUT));
+        // differential privacy's bounded rows, before the filtered rows, or before they keyed a
+        // place by its code) is built again.
+        let current = lookup(&builds, day_s, 3).is_some_and(|l| l >= u64::from(CODES_LAYOUT));
         if lookup(&builds, day_s, 1) != Some(all) || !has_daily || !current {
             let build = next_build(client, day, latest.unwrap_or(0)).await?;
             build_visits(
@@ -732,7 +743,13 @@ mod tests {
             assert!(all.contains(&format!("'{dim}'")), "{dim}");
         }
         for key in FILTER_VISIT_KEYS {
-            assert!(all.contains(&format!("('{key}', {key})")), "{key}");
+            // A place by its code (`CODES_LAYOUT`), every other key by its stored value.
+            let value = if PLACES.contains(key) {
+                format!("splitByChar('|', {key})[1]")
+            } else {
+                key.to_string()
+            };
+            assert!(all.contains(&format!("('{key}', {value})")), "{key}");
             assert!(DAILY_DIMS.contains(key), "{key} is a visit column");
         }
     }

@@ -35,25 +35,30 @@ const ORDINARY: usize = 20;
 const HEAVY_PAGES: usize = 40;
 const HEAVY_REPEATS: usize = 5;
 
-fn event(at: &str, page: &str, visitor: &str, source: &str) -> Sql {
+fn event(at: &str, page: &str, visitor: &str, source: &str, region: &str) -> Sql {
     sql!(
-        "({}, toDateTime({}, 'UTC'), 'pageview', {}, {}, toFixedString({}, 16), {}, {}, 'DE', 'Desktop', 'Firefox')",
+        "({}, toDateTime({}, 'UTC'), 'pageview', {}, {}, toFixedString({}, 16), {}, {}, 'DE', {}, 'Desktop', 'Firefox')",
         lit(SITE),
         lit(&format!("{DAY} {at}")),
         lit(page),
         lit(SITE),
         lit(visitor),
         lit(source),
-        lit(if source.is_empty() { "Direct" } else { "Referral" })
+        lit(if source.is_empty() { "Direct" } else { "Referral" }),
+        lit(region)
     )
 }
+
+/// Bavaria as the GeoIP data names it (`DE-BY|Bavaria`), and as a later release might: the
+/// heavy visitor's visits alternate between the two names of one code.
+const REGIONS: [&str; 2] = ["DE-BY|Bavaria", "DE-BY|Bayern"];
 
 async fn store(ch: &ClickHouseConfig) {
     let mut rows = Vec::new();
     for i in 0..ORDINARY {
         let v = format!("or{i:014}");
-        rows.push(event(&format!("08:{i:02}:00"), "/a", &v, ""));
-        rows.push(event(&format!("08:{i:02}:30"), "/b", &v, ""));
+        rows.push(event(&format!("08:{i:02}:00"), "/a", &v, "", REGIONS[0]));
+        rows.push(event(&format!("08:{i:02}:30"), "/b", &v, "", REGIONS[0]));
     }
     // The heavy visitor: five visits of 40 minutes (10:00, 12:00 … 18:00) from three
     // sources, 200 pageviews over 40 pages.
@@ -62,10 +67,16 @@ async fn store(ch: &ClickHouseConfig) {
         let page = format!("/heavy/{}", n % HEAVY_PAGES);
         let visit = n / 40;
         let at = format!("{:02}:{:02}:00", 10 + 2 * visit, n % 40);
-        rows.push(event(&at, &page, "heavy00000000000", sources[visit % 3]));
+        rows.push(event(
+            &at,
+            &page,
+            "heavy00000000000",
+            sources[visit % 3],
+            REGIONS[visit % 2],
+        ));
     }
     let q = sql!(
-        "INSERT INTO events (site, timestamp, name, pathname, hostname, visitor_id, source, channel, country_code, device, browser) VALUES {}",
+        "INSERT INTO events (site, timestamp, name, pathname, hostname, visitor_id, source, channel, country_code, region, device, browser) VALUES {}",
         Sql::join(rows.iter(), ", ")
     );
     db::exec(&ch.client(), &q).await.unwrap();
@@ -261,6 +272,26 @@ async fn checks(ch: &ClickHouseConfig, when: &str) {
         vec![1.0, b.visits.min(2) as f64, b.pageviews as f64],
         "{when}: {bounded:?}"
     );
+    // A region code (what the filtered rows keyed by code answer on built days): the heavy
+    // visitor's five visits under two names of DE-BY are one visitor, clamped once.
+    let q = query(
+        json!({"metrics": ["visitors", "visits", "pageviews"], "filters": [["is", "visit:region", ["DE-BY"]]]}),
+    );
+    let (bounded, plain) = both(ch, &q).await;
+    assert_eq!(
+        plain[0].1,
+        vec![ordinary + 1.0, ordinary + 5.0, 2.0 * ordinary + heavy_pv],
+        "{when}: {plain:?}"
+    );
+    assert_eq!(
+        bounded[0].1,
+        vec![
+            ordinary + 1.0,
+            ordinary + b.visits as f64,
+            2.0 * ordinary + b.pageviews as f64
+        ],
+        "{when}: {bounded:?}"
+    );
     // A page seen once in each of the heavy visitor's five visits.
     let q = query(
         json!({"metrics": ["visitors", "visits", "pageviews"], "filters": [["is", "event:page", ["/heavy/0"]]]}),
@@ -337,6 +368,7 @@ async fn one_visitor_days_contribution_is_clamped_on_every_source() {
         json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"]}),
         json!({"metrics": ["visitors", "visits", "bounce_rate", "visit_duration"], "dimensions": ["visit:source"]}),
         json!({"metrics": ["visitors", "visits", "pageviews"], "filters": [["is", "visit:source", ["google.com"]]]}),
+        json!({"metrics": ["visitors", "visits", "pageviews"], "filters": [["is", "visit:region", ["DE-BY"]]]}),
         json!({"metrics": ["visitors", "visits", "pageviews"], "filters": [["is", "event:page", ["/heavy/0"]]]}),
         json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "filters": [["is", "visit:source", ["google.com"]]]}),
         json!({"metrics": ["visitors", "visits"], "dimensions": ["visit:source"], "filters": [["is", "event:page", ["/a"]]]}),

@@ -500,11 +500,11 @@ fn bounded_sql_in(
     let mut parts = Vec::new();
     let mut plain = q.clone();
     plain.bounded = false;
-    // A place code's filtered rows are one per stored name of it: a visitor seen under two
-    // names in a day (the GeoIP data changed) would be clamped twice, so its bounded rows are
-    // not read.
+    // A place code's filtered rows: builds before `CODES_LAYOUT` hold one per stored name of
+    // it, and a visitor seen under two names in a day (the GeoIP data changed) would be
+    // clamped twice there, so only days whose build keys the code read bounded rows.
     let code = rows_filter(q).is_some_and(|f| f.code);
-    let ranges = if c.daily && !code && source(&plain, site.child_directed) == Source::VisitsDaily {
+    let ranges = if c.daily && source(&plain, site.child_directed) == Source::VisitsDaily {
         // A filtered question needs the filtered rows' bounded half (not one on its
         // dimension alone: the unfiltered bounded rows of the values that pass).
         let filtered = rows_filter(q).is_some();
@@ -515,6 +515,7 @@ fn bounded_sql_in(
                     && b.snap.is_none()
                     && b.bounded
                     && (b.filtered || !filtered)
+                    && (b.codes || !code)
             })
         };
         let (days, rest) = split_days(q.start, q.end, whole);

@@ -28,6 +28,9 @@ pub struct Build {
     /// ([`super::visits::FILTERED_LAYOUT`]; older builds do not, until the rollup job builds
     /// their day again).
     pub filtered: bool,
+    /// Whether its filtered rows key a region or city by code ([`super::visits::CODES_LAYOUT`];
+    /// older builds key the stored value, until the rollup job builds their day again).
+    pub codes: bool,
 }
 
 /// One recorded snapshot of a site's current day (`today_snaps`).
@@ -50,6 +53,7 @@ impl Build {
             hits: true,
             bounded: true,
             filtered: true,
+            codes: true,
         }
     }
 }

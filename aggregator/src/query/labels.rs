@@ -235,6 +235,12 @@ pub fn place_name_sql(e: Sql) -> Sql {
     sql!("replaceRegexpOne({}, '^[^|]*[|]', '')", e)
 }
 
+/// The code part of place value `e` ([`places`]): before the `|`, the whole value without one
+/// (`DE-BY|Bavaria` and `DE-BY` are both `DE-BY`; a value stored by name alone stays it).
+pub fn place_code_sql(e: Sql) -> Sql {
+    sql!("splitByChar('|', {})[1]", e)
+}
+
 /// `country_code` → short English country name (the code itself when unknown).
 pub fn country_name_sql(col: &'static str) -> Sql {
     let e = Sql::new(col);

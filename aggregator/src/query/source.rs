@@ -296,8 +296,9 @@ pub(super) fn daily_dim(d: &Dim) -> Option<DailyDim> {
 /// case-sensitive `is` with one value, on a visit column of [`FILTER_VISIT_KEYS`] or a hit's
 /// page or event name. `key` is the row's filter key, `value` the stored value it selects
 /// ([`stored_value`]: the source `Direct / None` is stored empty, the browser `Microsoft Edge`
-/// as `Edge`), or for a region or city the code, whose rows are those of every stored value
-/// with that code (`code`: `DE-BY|Bavaria`, or `DE-BY` stored alone).
+/// as `Edge`), or for a region or city the code: its rows in builds of
+/// [`super::visits::CODES_LAYOUT`], in older ones those of every stored value with that code
+/// (`code`: `DE-BY|Bavaria`, or `DE-BY` stored alone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct DailyFilter {
     /// A visit column, or `event:pathname` / `event:name`.
@@ -305,7 +306,8 @@ pub(super) struct DailyFilter {
     /// The stored value.
     pub value: String,
     /// A place code (`region`, `city`): stored with its name after a `|` (`DE-BY|Bavaria`),
-    /// so the rows of every stored value with this code are read ([`dim_cond`]).
+    /// so the rows of every stored value with this code are read ([`dim_cond`]: builds before
+    /// [`super::visits::CODES_LAYOUT`] key the stored value, later ones the code).
     pub code: bool,
 }
 

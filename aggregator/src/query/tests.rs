@@ -468,6 +468,7 @@ fn filter_values_never_reach_sql_unescaped() {
         hits: true,
         bounded: true,
         filtered: true,
+        codes: true,
     };
     let builds = [Build::whole(d("2026-11-27"), 7), today];
     for built in [&[][..], &builds[..1], &builds[..]] {
@@ -666,9 +667,11 @@ fn visit_columns_are_made_of_their_parts() {
 
 #[test]
 fn a_place_codes_bounded_rows_are_never_summed_over_its_names() {
-    // A place code's filtered rows are one per stored name of it; a visitor seen under two
-    // names in a day would be clamped in each. Differential privacy clamps such a question
-    // per visitor from visit rows instead; a stored word with one value reads the rows.
+    // Builds before `CODES_LAYOUT` hold a place code's filtered rows one per stored name of
+    // it; a visitor seen under two names in a day would be clamped in each. Differential
+    // privacy clamps such a question per visitor from visit rows there, and reads the bounded
+    // rows of builds that key the code (one row per visitor id and code); a stored word with
+    // one value reads the rows of either.
     let clamp = assemble::Clamp {
         rows: 7,
         visits: 3,
@@ -683,19 +686,29 @@ fn a_place_codes_bounded_rows_are_never_summed_over_its_names() {
     let built: Vec<build::Build> = (21..28)
         .map(|n| build::Build::whole(d(&format!("2026-11-{n}")), 1))
         .collect();
-    let bounded = |f: &str| {
+    let by_name: Vec<build::Build> = built
+        .iter()
+        .map(|b| build::Build { codes: false, ..*b })
+        .collect();
+    let bounded = |f: &str, built: &[build::Build]| {
         let mut q = parse_ok(&format!(
             r#"{{"site_id":"a","metrics":["visitors","visits"],"date_range":"7d","dimensions":["visit:source"],"filters":[{f}]}}"#
         ));
         q.bounded = true;
-        assemble::bounded_sql(&q, &site(), &built, &clamp)
+        assemble::bounded_sql(&q, &site(), built, &clamp)
             .unwrap()
             .to_string()
     };
-    let place = bounded(r#"["is","visit:region",["DE-BY"]]"#);
+    let region = r#"["is","visit:region",["DE-BY"]]"#;
+    let place = bounded(region, &by_name);
     assert!(!place.contains("'dp:"), "{place}");
-    let device = bounded(r#"["is","visit:device",["Mobile"]]"#);
-    assert!(device.contains("'dp:source|device=mobile'"), "{device}");
+    let place = bounded(region, &built);
+    assert!(place.contains("'dp:source|region=DE-BY'"), "{place}");
+    assert!(!place.contains("FROM visits "), "{place}");
+    for built in [&built, &by_name] {
+        let device = bounded(r#"["is","visit:device",["Mobile"]]"#, built);
+        assert!(device.contains("'dp:source|device=mobile'"), "{device}");
+    }
 }
 
 /// The differencing guard's total counts "the filter or not the filter", which keeps every

@@ -120,8 +120,15 @@ pub const BOUNDED_DIM: &str = "dp:";
 /// `visits_daily` (exact, and bounded for differential privacy): the day's numbers by
 /// dimension under each single filter value ([`filtered_dim`]), so that a dashboard clicked
 /// on a page, a goal or a source reads thousands of prepared rows instead of every visit of
-/// the range. The layout the rollup job writes now.
+/// the range.
 pub const FILTERED_LAYOUT: u8 = 3;
+
+/// `visit_builds.layout` of builds whose filtered rows key a region or city by its **code**
+/// (`region=DE-BY` for visits stored as `DE-BY|Bavaria` or `DE-BY` alone), so that each visitor
+/// id is clamped once under a code however many names it was stored with that day:
+/// differential privacy reads their bounded rows under a place filter (older builds keyed the
+/// stored value, and such questions read visit rows). The layout the rollup job writes now.
+pub const CODES_LAYOUT: u8 = 4;
 
 /// Visit columns a filtered row is keyed by (`visit:source is Google`, `visit:country is
 /// DE`…): every value of these in a visit makes that visit's filtered rows. Besides them, the
