@@ -42,7 +42,7 @@ const VISITOR_FACTS: &[&str] = &[
 ];
 
 /// UTC days touched by `[start, end)`.
-fn utc_days(start: NaiveDateTime, end: NaiveDateTime) -> Vec<NaiveDate> {
+pub(super) fn utc_days(start: NaiveDateTime, end: NaiveDateTime) -> Vec<NaiveDate> {
     let mut out = Vec::new();
     let mut d = start.date();
     while d.and_hms_opt(0, 0, 0).unwrap_or_default() < end && out.len() < 4000 {

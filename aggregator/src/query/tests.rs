@@ -744,3 +744,33 @@ fn the_guards_everyone_question_writes_no_filter() {
         assert!(!everyone.contains("IN (SELECT visitor_id"), "{everyone}");
     }
 }
+
+/// `has_done`'s visitors come from the range's built visit rows when every day has a build
+/// (and carries the hits the condition reads); from raw events where a day has none.
+#[test]
+fn has_done_sets_come_from_built_visits_where_they_answer() {
+    let sql_for = |inner: &str, built: &[Build]| {
+        let q = parse_ok(&format!(
+            r#"{{"site_id":"a.com","metrics":["visitors"],"date_range":"7d","dimensions":["visit:source"],"filters":[["has_done",{inner}]]}}"#
+        ));
+        assemble::sql(&q, &site(), built, None).to_string()
+    };
+    let all: Vec<Build> = (21..28)
+        .map(|n| Build::whole(d(&format!("2026-11-{n}")), 1))
+        .collect();
+    let from_events = "IN (SELECT visitor_id FROM events WHERE";
+    for inner in [
+        r#"["is","event:goal",["Signup"]]"#,
+        r#"["contains","event:page",["blog"]]"#,
+        r#"["is","event:props:plan",["pro"]]"#,
+    ] {
+        let s = sql_for(inner, &all);
+        assert!(!s.contains(from_events), "{inner}: {s}");
+        assert!(
+            s.contains("GLOBAL IN (SELECT visitor_id FROM ("),
+            "{inner}: {s}"
+        );
+        // A day without a build: the raw events' set.
+        assert!(sql_for(inner, &all[1..]).contains(from_events), "{inner}");
+    }
+}
