@@ -507,11 +507,24 @@ impl LocalCluster {
 
     /// Starts node `i` again on the same ports and data (no-op when running). A server that
     /// exits while starting is started again, up to three times, as an operator would after a
-    /// crash (right after a SIGKILL its ZooKeeper session may still be alive).
+    /// crash (right after a SIGKILL its ZooKeeper session may still be alive). And as an
+    /// operator restores a replica after a crash, it starts with ClickHouse's
+    /// `flags/force_restore_data`: a SIGKILL between writing a part and recording it in
+    /// ZooKeeper leaves parts ZooKeeper does not know (an insert that was never acknowledged),
+    /// and past a share of such rows a replicated table refuses to load ("doesn't look like the
+    /// set of parts in ZooKeeper", seen in a CI rehearsal); the flag makes the server set them
+    /// aside (`detached/`) and take the replica's parts from ZooKeeper and its peers.
     pub fn restart_node(&mut self, i: usize) -> Result<(), Error> {
         let Some(n) = self.nodes.get_mut(i) else {
             return Err(Error::Config(format!("no node {i}")));
         };
+        // A node that ran before has its metadata (the first start has nothing to restore).
+        if n.server.is_none() && n.opts.dir.join("data").join("metadata").exists() {
+            let flags = n.opts.dir.join("data").join("flags");
+            std::fs::create_dir_all(&flags)
+                .and_then(|()| std::fs::write(flags.join("force_restore_data"), b""))
+                .map_err(|e| Error::io(format!("writing {}", flags.display()), e))?;
+        }
         let mut attempt = 0;
         while n.server.is_none() {
             attempt += 1;
