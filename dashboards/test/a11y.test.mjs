@@ -39,7 +39,7 @@ let webState, session;
 before(async () => {
   veil = await startVeil({ args: ["--demo", "--privacy", "exact"], log: "warn,veil=info" });
   await waitFor(() => veil.log(), (l) => /rollups rebuilt|rollup job failed/.test(l),
-    { ms: 60_000, every: 200, what: (l) => "the rollup job did not report:\n" + l.slice(-3000) });
+    { ms: 240_000, every: 200, what: (l) => "the rollup job did not report:\n" + l.slice(-3000) });
   // Realtime: twelve visitors on four pages a minute and a half ago, so its chart and panels have rows.
   const at = new Date(Date.now() - 90_000).toISOString();
   await send(veil, Array.from({ length: 12 }, (_, i) => ({ site: DEMO, name: "pageview", url: `https://${DEMO}/rt-${i % 4}`,

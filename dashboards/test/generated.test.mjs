@@ -38,7 +38,7 @@ before(async () => {
   const t1 = Date.now();
   // The rollup job's first run starts once the demo data is written; it logs when it is done.
   const log = await waitFor(() => veil.log(), (l) => /rollups rebuilt|rollup job failed/.test(l),
-    { ms: 60_000, every: 200, what: (l) => "the rollup job did not report:\n" + l.slice(-3000) });
+    { ms: 240_000, every: 200, what: (l) => "the rollup job did not report:\n" + l.slice(-3000) });
   assert.doesNotMatch(log, /rollup job failed/, log.slice(-3000));
   console.log(`veil up --demo: ${t1 - t0} ms; rollups: ${Date.now() - t1} ms`);
   // The demo comes with its goals and funnel (cli/src/gen.rs demo_settings), none saved here.

@@ -32,7 +32,7 @@ before(async () => {
   // The default privacy flags: nothing added.
   veil = await startVeil({ args: ["--demo"], log: "warn,veil=info" });
   const log = await waitFor(() => veil.log(), (l) => /rollups rebuilt|rollup job failed/.test(l),
-    { ms: 60_000, every: 200, what: (l) => "the rollup job did not report:\n" + l.slice(-3000) });
+    { ms: 240_000, every: 200, what: (l) => "the rollup job did not report:\n" + l.slice(-3000) });
   assert.doesNotMatch(log, /rollup job failed/, log.slice(-3000));
   const site = await api(veil, `/api/v1/sites/${DEMO}`);
   const settings = { ...(site.settings || site), goals: [{ name: "Signup", event_name: "Signup" }, { name: "Purchase", event_name: "Purchase" }],
