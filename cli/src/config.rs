@@ -372,6 +372,12 @@ layered! {
         /// survives a process crash but not a power cut) [default: fsync].
         #[arg(long, env = "VEIL_DURABILITY", global = true)]
         pub durability: Option<veil_collector::pipeline::spool::Durability>,
+        /// With `fsync`: bytes of zeros the spool writes ahead of its data, so that each
+        /// acknowledged write overwrites allocated blocks and its `fdatasync` journals no new
+        /// file size; 0 = off (for copy-on-write filesystems, where it gains nothing)
+        /// [default: 1048576].
+        #[arg(long, env = "VEIL_SPOOL_PREALLOCATE_BYTES", global = true)]
+        pub spool_preallocate_bytes: Option<u64>,
         /// Requests per second per client IP on ingest routes, bursts of twice that; 0 = off
         /// [default: 100].
         #[arg(long, env = "VEIL_RATE_LIMIT_IP", global = true)]
@@ -625,6 +631,9 @@ impl Settings {
         collector.geoip_reload = given.geoip_reload.unwrap_or(collector.geoip_reload);
         collector.spool.max_bytes = given.spool_max_bytes.unwrap_or(collector.spool.max_bytes);
         collector.spool.durability = given.durability.unwrap_or_default();
+        collector.spool.preallocate_bytes = given
+            .spool_preallocate_bytes
+            .unwrap_or(collector.spool.preallocate_bytes);
         if let Some(v) = &given.metrics_listen {
             collector.metrics.listen = veil_collector::config::MetricsSettings::parse_listen(v)?;
         }

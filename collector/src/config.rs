@@ -197,6 +197,9 @@ pub struct SpoolSettings {
     pub max_bytes: u64,
     /// `fsync` (a 2xx means the event is on disk) or `none` (written, not synced).
     pub durability: crate::pipeline::spool::Durability,
+    /// With `fsync`: zeros written ahead of the spool's data so that appends overwrite
+    /// allocated blocks (0 = off; see the spool's "Preallocation").
+    pub preallocate_bytes: u64,
 }
 
 impl Default for SpoolSettings {
@@ -205,6 +208,7 @@ impl Default for SpoolSettings {
             dir: "./var/spool".into(),
             max_bytes: 1 << 30,
             durability: Default::default(),
+            preallocate_bytes: crate::pipeline::spool::SpoolConfig::default().preallocate_bytes,
         }
     }
 }
@@ -218,6 +222,7 @@ impl SpoolSettings {
             segment_bytes,
             max_pending_bytes: segment_bytes,
             durability: self.durability,
+            preallocate_bytes: self.preallocate_bytes,
             ..Default::default()
         }
     }

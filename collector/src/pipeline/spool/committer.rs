@@ -3,10 +3,14 @@
 //! Loop: wait for an append; collect more for up to `group_window` or `group_max_records`
 //! records; write them with one vectored write per segment they go to (normally one); fsync
 //! once; publish the new length to the reader; acknowledge each append. Rotation happens
-//! between appends when the next one would take the tail past `segment_bytes`.
+//! between appends when the next one would take the tail past `segment_bytes`. With fsync, the
+//! tail is kept zero-filled ahead of its data (`preallocate_bytes`), so a group's write is an
+//! overwrite and its `fdatasync` journals nothing; the padding is cut when the segment is
+//! sealed and when the committer stops.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -61,18 +65,29 @@ pub(super) struct Committer {
     /// Tail segment id.
     id: u64,
     file: File,
-    /// Published (and, with fsync, durable) length of the tail.
+    /// Published (and, with fsync, durable) length of the tail. The file position is always
+    /// here (every write is at the end of the data; a failed one is repaired to it).
     len: u64,
+    /// The file holds zeros from `len` up to here (preallocated; `len` when none).
+    zeroed: u64,
 }
 
 impl Committer {
-    pub fn new(shared: Arc<Shared>, rx: Receiver<Msg>, id: u64, file: File, len: u64) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        rx: Receiver<Msg>,
+        id: u64,
+        file: File,
+        len: u64,
+        zeroed: u64,
+    ) -> Self {
         Self {
             shared,
             rx,
             id,
             file,
             len,
+            zeroed: zeroed.max(len),
         }
     }
 
@@ -127,6 +142,46 @@ impl Committer {
                 self.fail(std::iter::once(p), |_| SpoolError::Closed);
             }
         }
+        // A closed spool leaves no padding behind (recovery would accept it; tidier without).
+        if let Err(e) = self.cut_padding(self.shared.fsync()) {
+            tracing::warn!(error = %e, segment = self.id, "spool: could not cut the tail's zeros");
+        }
+    }
+
+    /// Cuts the tail's preallocated zeros off the file.
+    fn cut_padding(&mut self, sync: bool) -> io::Result<()> {
+        if self.zeroed > self.len {
+            self.file.set_len(self.len)?;
+            self.zeroed = self.len;
+            if sync {
+                self.file.sync_data()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// With fsync and preallocation on: makes sure the file holds zeros up to `need`, writing
+    /// the next stretch (of `preallocate_bytes`, never past the segment size unless `need` is)
+    /// and syncing it, so that the group written next is an overwrite.
+    fn preallocate(&mut self, need: u64) -> io::Result<()> {
+        let step = self.shared.config.preallocate_bytes;
+        if step == 0 || !self.shared.fsync() || need <= self.zeroed {
+            return Ok(());
+        }
+        let target = need
+            .max(self.zeroed + step)
+            .min(self.shared.config.segment_bytes.max(need));
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let mut at = self.zeroed;
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64);
+            self.file.write_all_at(&ZEROS[..n as usize], at)?;
+            at += n;
+        }
+        self.file.sync_data()?;
+        Counters::add(&self.shared.counters.zero_fills, 1);
+        self.zeroed = target;
+        Ok(())
     }
 
     /// Writes, syncs, publishes and acknowledges one group.
@@ -179,7 +234,8 @@ impl Committer {
 
     /// Writes a run of frames at the end of the tail with one vectored write, then syncs.
     fn write_run(&mut self, run: &[Pending]) -> io::Result<()> {
-        self.file.seek(SeekFrom::Start(self.len))?;
+        let bytes: u64 = run.iter().map(|p| p.frame.len()).sum();
+        self.preallocate(self.len + bytes)?;
         let mut slices: Vec<IoSlice<'_>> = run.iter().map(|p| IoSlice::new(&p.frame.buf)).collect();
         write_all_vectored(&mut self.file, &mut slices)?;
         if self.shared.fsync() {
@@ -250,6 +306,7 @@ impl Committer {
             .set_len(len)
             .and_then(|()| file.seek(SeekFrom::Start(len)).map(drop))
             .and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
+        self.zeroed = len;
         if let Err(e) = res {
             let path = self.shared.segment_path(self.id);
             let reason = format!("could not cut {} back to {len} bytes: {e}", path.display());
@@ -260,6 +317,11 @@ impl Committer {
 
     /// Starts the next segment and makes it the tail.
     fn rotate(&mut self) -> io::Result<()> {
+        // The sealed segment ends at its data. Not synced: if the cut is lost in a crash,
+        // recovery reads the zeros as unused space.
+        if let Err(e) = self.cut_padding(false) {
+            tracing::warn!(error = %e, segment = self.id, "spool: could not cut a sealed segment's zeros");
+        }
         let id = self.id + 1;
         let path = self.shared.segment_path(id);
         let fsync = self.shared.fsync();
@@ -299,6 +361,7 @@ impl Committer {
         self.id = id;
         self.file = file;
         self.len = SEGMENT_HEADER_LEN;
+        self.zeroed = SEGMENT_HEADER_LEN;
         // The old tail is now sealed: a reader waiting at its end can move on.
         self.shared.readable.notify_all();
         Ok(())

@@ -26,6 +26,8 @@ pub(super) struct Recovered {
     pub active_id: u64,
     pub active_file: File,
     pub active_len: u64,
+    /// The active file holds zeros (preallocated) from `active_len` up to here.
+    pub active_zeroed: u64,
     pub report: RecoveryReport,
 }
 
@@ -36,6 +38,8 @@ struct SegmentScan {
     header_ok: bool,
     /// End of the last complete append before the first problem.
     end: u64,
+    /// Zero bytes after `end` up to the end of the file (preallocated space); no problem.
+    padding: u64,
     /// First problem and its offset.
     corruption: Option<(u64, Corruption)>,
     /// Records (of complete appends) at or after `from`, counting one that straddles it.
@@ -120,10 +124,31 @@ fn scan_segment(path: &Path, from: u64, lease_offsets: &[u64]) -> io::Result<Seg
         // The file ends inside an append: its last records were never written.
         scan.corruption = Some((scan.end, Corruption::Truncated));
     }
+    if scan.corruption.is_some() && zeros_from(path, scan.end, file_len)? {
+        scan.corruption = None;
+        scan.padding = file_len - scan.end;
+    }
     if lease_offsets.contains(&scan.end) {
         scan.leases_found += 1;
     }
     Ok(scan)
+}
+
+/// Whether every byte of the file from `from` to `len` is zero.
+fn zeros_from(path: &Path, from: u64, len: u64) -> io::Result<bool> {
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(from))?;
+    let mut r = f.take(len.saturating_sub(from));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+    }
 }
 
 fn load_cursor(dir: &Path, report: &mut RecoveryReport) -> Result<(CursorState, bool), SpoolError> {
@@ -227,6 +252,7 @@ pub(super) fn recover(dir: &Path, config: &SpoolConfig) -> Result<Recovered, Spo
     let mut leases_ok = cursor.leases.iter().all(|p| kept.contains(&p.segment));
     let mut segments = BTreeMap::new();
     let (mut unconsumed, mut oldest) = (0u64, None);
+    let mut tail_zeroed = None;
     for &id in &kept {
         let path = dir.join(segment_file_name(id));
         let is_tail = Some(id) == tail_id;
@@ -246,6 +272,11 @@ pub(super) fn recover(dir: &Path, config: &SpoolConfig) -> Result<Recovered, Spo
             end: scan.end,
             file_len: scan.file_len,
         };
+        if is_tail && scan.padding > 0 {
+            // The committer writes over its zeros; they are not data on disk.
+            meta.file_len = scan.end;
+            tail_zeroed = Some((id, scan.file_len));
+        }
 
         if is_tail && scan.file_len == 0 {
             // Crashed right after creating the file: not damage, just finish the job.
@@ -397,6 +428,9 @@ pub(super) fn recover(dir: &Path, config: &SpoolConfig) -> Result<Recovered, Spo
         active_id,
         active_file,
         active_len,
+        active_zeroed: tail_zeroed
+            .filter(|&(id, _)| id == active_id)
+            .map_or(active_len, |(_, z)| z.max(active_len)),
         report,
     })
 }

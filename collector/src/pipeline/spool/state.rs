@@ -46,6 +46,9 @@ pub struct SpoolStats {
     pub commit_groups: u64,
     /// `fsync`/`fdatasync` calls on segment files and the directory by the committer since open.
     pub fsyncs: u64,
+    /// Stretches of zeros written ahead of the tail's data (preallocation) since open, each
+    /// synced once (not counted in `fsyncs`).
+    pub zero_fills: u64,
     /// Appends refused with [`SpoolError::Full`] since open.
     pub full_rejections: u64,
     /// Places where damaged data was found (at open or while reading) since open.
@@ -166,6 +169,7 @@ pub(super) struct Counters {
     pub appended_records: AtomicU64,
     pub commit_groups: AtomicU64,
     pub fsyncs: AtomicU64,
+    pub zero_fills: AtomicU64,
     pub full_rejections: AtomicU64,
     pub corrupt_regions: AtomicU64,
     pub corrupt_bytes: AtomicU64,

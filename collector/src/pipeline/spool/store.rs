@@ -93,6 +93,7 @@ impl Spool {
             rec.active_id,
             rec.active_file,
             rec.active_len,
+            rec.active_zeroed,
         );
         let handle = std::thread::Builder::new()
             .name("veil-spool-committer".into())
@@ -210,6 +211,7 @@ impl Spool {
             appended_records: c.appended_records.load(Ordering::Relaxed),
             commit_groups: c.commit_groups.load(Ordering::Relaxed),
             fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            zero_fills: c.zero_fills.load(Ordering::Relaxed),
             full_rejections: c.full_rejections.load(Ordering::Relaxed),
             corrupt_regions: c.corrupt_regions.load(Ordering::Relaxed),
             corrupt_bytes: c.corrupt_bytes.load(Ordering::Relaxed),

@@ -692,15 +692,17 @@ fn full_spool_refuses_and_recovers_after_commit() {
 fn segments_rotate_and_consumed_ones_are_deleted() {
     let dir = TempDir::new().unwrap();
     let spool = Spool::open(dir.path(), small()).unwrap();
-    append_n(&spool, 0..20);
+    let appended = append_n(&spool, 0..20);
     assert_eq!(segment_files(dir.path()).len(), 3);
     let stats = spool.stats();
     assert_eq!(stats.segments, 3);
-    let on_disk: u64 = segment_files(dir.path())
-        .iter()
-        .map(|p| fs::metadata(p).unwrap().len())
-        .sum();
-    assert_eq!(stats.disk_bytes, on_disk);
+    let files = segment_files(dir.path());
+    let sizes: Vec<u64> = files.iter().map(|p| fs::metadata(p).unwrap().len()).collect();
+    // Sealed segments end at their data; the tail is zero-filled ahead of it (to the segment
+    // size here), and those zeros are not data.
+    let tail_data = appended[19].end.offset;
+    assert_eq!(sizes[2], 1024, "the tail is preallocated");
+    assert_eq!(stats.disk_bytes, sizes[0] + sizes[1] + tail_data);
     assert_eq!(stats.unconsumed_bytes, 20 * 120);
 
     let mut reader = spool.reader().unwrap();
@@ -731,9 +733,10 @@ fn segments_rotate_and_consumed_ones_are_deleted() {
         ),
         (1, 0, 0)
     );
+    assert_eq!(stats.disk_bytes, tail_data);
     assert_eq!(
-        stats.disk_bytes,
-        fs::metadata(&segment_files(dir.path())[0]).unwrap().len()
+        fs::metadata(&segment_files(dir.path())[0]).unwrap().len(),
+        1024
     );
 }
 
@@ -1014,4 +1017,114 @@ fn positions_order_and_convert() {
     assert!(a.to_u128() < b.to_u128());
     assert_eq!(Position::from_u128(b.to_u128()), b);
     assert_eq!(b.to_string(), "2:16");
+}
+
+#[test]
+fn the_tail_is_zero_filled_ahead_and_its_appends_overwrite_the_zeros() {
+    let dir = TempDir::new().unwrap();
+    let cfg = SpoolConfig {
+        preallocate_bytes: 4096,
+        ..SpoolConfig::default()
+    };
+    let spool = Spool::open(dir.path(), cfg.clone()).unwrap();
+    let appended = append_n(&spool, 0..40); // 4 816 bytes of data: two stretches of zeros
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let data_end = appended[39].end.offset;
+    assert_eq!(data_end, 16 + 40 * 120);
+    let stats = spool.stats();
+    assert_eq!(fs::metadata(&seg).unwrap().len(), 16 + 2 * 4096);
+    assert_eq!(stats.zero_fills, 2);
+    assert_eq!(stats.fsyncs, stats.commit_groups, "zero fills are counted apart");
+    assert_eq!(stats.disk_bytes, data_end, "zeros are not data");
+    let mut bytes = fs::read(&seg).unwrap();
+    assert!(bytes[data_end as usize..].iter().all(|&b| b == 0));
+    // Closing cuts the zeros: the file ends at its data.
+    drop(spool);
+    assert_eq!(fs::metadata(&seg).unwrap().len(), data_end);
+    bytes.truncate(data_end as usize);
+    assert_eq!(fs::read(&seg).unwrap(), bytes);
+
+    // Without fsync there is nothing to gain: no zeros are written.
+    let dir = TempDir::new().unwrap();
+    let spool = Spool::open(
+        dir.path(),
+        SpoolConfig {
+            durability: Durability::None,
+            ..cfg
+        },
+    )
+    .unwrap();
+    let a = append_n(&spool, 0..3);
+    let seg = segment_files(dir.path()).pop().unwrap();
+    assert_eq!(fs::metadata(&seg).unwrap().len(), a[2].end.offset);
+    assert_eq!(spool.stats().zero_fills, 0);
+}
+
+/// Appends `n` zero bytes to the file (what a crash leaves of preallocated space).
+fn add_zeros(path: &Path, n: u64) {
+    let f = OpenOptions::new().write(true).open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len + n).unwrap();
+}
+
+#[test]
+fn zeros_after_the_last_append_are_unused_space_not_damage() {
+    let dir = TempDir::new().unwrap();
+    let spool = Spool::open(dir.path(), small()).unwrap();
+    append_n(&spool, 0..12); // segment 1 sealed with 8, the tail holds 4
+    drop(spool);
+    let files = segment_files(dir.path());
+    let tail_len = fs::metadata(&files[1]).unwrap().len();
+    // As after a crash: the tail and the sealed segment still carry their zeros.
+    add_zeros(&files[0], 40);
+    add_zeros(&files[1], 500);
+
+    let spool = Spool::open(dir.path(), small()).unwrap();
+    let rep = spool.recovery().clone();
+    assert_eq!(
+        (rep.corrupt_regions, rep.torn_tail_bytes, rep.skipped_bytes),
+        (0, 0, 0),
+        "{rep:?}"
+    );
+    assert_eq!(rep.replayable_records, 12);
+    assert_eq!(spool.stats().corrupt_regions, 0);
+    // The next append overwrites the tail's zeros right after its data.
+    let a = spool.append_blocking(Records::one(&rec(12))).unwrap();
+    assert_eq!(a.start, Position::new(2, tail_len));
+    let mut reader = spool.reader().unwrap();
+    assert_eq!(drain(&mut reader), (0..13).map(rec).collect::<Vec<_>>());
+    drop((reader, spool));
+    let spool = Spool::open(dir.path(), small()).unwrap();
+    assert_eq!(spool.recovery().corrupt_regions, 0);
+    assert_eq!(spool.recovery().replayable_records, 0);
+}
+
+#[test]
+fn a_torn_append_in_front_of_zeros_is_still_damage() {
+    let dir = TempDir::new().unwrap();
+    let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
+    let a = append_n(&spool, 0..3);
+    drop(spool);
+    let seg = segment_files(dir.path()).pop().unwrap();
+    // The first 50 bytes of a fourth record reached the disk, the rest of the stretch is zeros.
+    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+    let mut torn = Records::one(&rec(3)).seal(0).buf;
+    torn.truncate(50);
+    f.write_all(&torn).unwrap();
+    drop(f);
+    add_zeros(&seg, 1000);
+
+    let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
+    let rep = spool.recovery().clone();
+    assert_eq!(
+        (rep.corrupt_regions, rep.torn_tail_bytes, rep.replayable_records),
+        (1, 1050, 3)
+    );
+    assert_eq!(fs::metadata(&seg).unwrap().len(), a[2].end.offset);
+    let b = spool.append_blocking(Records::one(b"after")).unwrap();
+    assert_eq!(b.start, a[2].end);
+    assert_eq!(
+        drain(&mut spool.reader().unwrap()),
+        vec![rec(0), rec(1), rec(2), b"after".to_vec()]
+    );
 }
