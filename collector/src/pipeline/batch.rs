@@ -215,10 +215,11 @@ impl Writer {
                 .next_batch(&self.limits, Duration::from_millis(100))
             {
                 Ok(Some(batch)) => {
-                    if !self.write(&batch) {
+                    let end = batch.end();
+                    if !self.write(batch) {
                         return; // shutting down with ClickHouse failing: the batch stays spooled
                     }
-                    if let Err(e) = self.reader.commit(batch.end()) {
+                    if let Err(e) = self.reader.commit(end) {
                         tracing::error!(error = %e, "committing the spool cursor");
                     }
                 }
@@ -236,7 +237,9 @@ impl Writer {
     }
 
     /// Inserts a batch, retrying until it succeeds; false if shutdown interrupted the retries.
-    fn write(&mut self, batch: &Batch) -> bool {
+    /// The batch's payloads are freed once copied into the insert's rows: a batch at the row
+    /// cap is tens of MB, and the insert (with its retries) is where the writer waits.
+    fn write(&mut self, batch: Batch) -> bool {
         let token = batch.dedup_token();
         // The payloads are RowBinary already: checked and copied with the token, never decoded.
         let mut rows =
@@ -251,11 +254,13 @@ impl Writer {
             tracing::error!(records = corrupt, "undecodable spool records skipped");
             self.metrics.dropped(DropReason::SpoolCorrupt, corrupt);
         }
+        let replay = batch.is_replay();
+        drop(batch);
         let mut backoff = Duration::from_millis(100);
         // A failed insert may still have stored rows (ClickHouse writes the table's part,
         // then its materialized views, then answers: a server dying in between, or a broken
         // connection, fails an insert whose rows are there). Every later attempt looks first.
-        let mut uncertain = batch.is_replay();
+        let mut uncertain = replay;
         // Rows an attempt of this process stored and then reported failed are this
         // process's writes too: once the batch is stored whole, all its rows are counted.
         let mut failed_here = false;

@@ -87,12 +87,20 @@ fn parse_body(bytes: &[u8]) -> Result<Body, Error> {
             "empty body: expected a JSON object with `name`, `url` and `domain`".into(),
         ));
     }
-    let v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| Error::BadRequest(format!("body is not valid JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(Error::BadRequest("body must be a JSON object".into()));
-    }
-    serde_json::from_value(v).map_err(|e| Error::BadRequest(format!("invalid field: {e}")))
+    // Straight into `Body` (no `Value` tree first: one parse, no map of owned keys); on
+    // failure, tell bad JSON, JSON that is not an object and a bad field apart.
+    serde_json::from_slice::<Body>(bytes).map_err(|e| {
+        use serde_json::error::Category;
+        let syntax = matches!(e.classify(), Category::Syntax | Category::Eof);
+        let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if syntax {
+            Error::BadRequest(format!("body is not valid JSON: {e}"))
+        } else if !object {
+            Error::BadRequest("body must be a JSON object".into())
+        } else {
+            Error::BadRequest(format!("invalid field: {e}"))
+        }
+    })
 }
 
 /// Parses a Plausible request body into one [`Incoming`] per listed domain (the wire format in
@@ -150,23 +158,36 @@ pub fn to_incomings(
         revenue,
         non_interactive: matches!(body.interactive, Some(Value::Bool(false))),
     };
-    Ok(domains
-        .into_iter()
-        .map(|domain| Incoming {
-            domain,
-            name: body.name.clone().unwrap_or_default(),
-            url: body.url.clone().unwrap_or_default(),
-            referrer: body.referrer.clone(),
-            props: props.clone(),
-            timestamp: None,
-            hash_mode: truthy(&body.hash_mode),
-            browser_hit: true,
-            consent,
-            app: AppFacts::default(),
-            tracker: tracker.clone(),
-            client: client.clone(),
-        })
-        .collect())
+    let hash_mode = truthy(&body.hash_mode);
+    let event = Incoming {
+        domain: String::new(),
+        name: body.name.unwrap_or_default(),
+        url: body.url.unwrap_or_default(),
+        referrer: body.referrer,
+        props,
+        timestamp: None,
+        hash_mode,
+        browser_hit: true,
+        consent,
+        app: AppFacts::default(),
+        tracker,
+        client: client.clone(),
+    };
+    // One event per listed domain; the last takes the parsed event itself (one domain: no copy).
+    let mut out = Vec::with_capacity(domains.len());
+    let mut domains = domains.into_iter().peekable();
+    while let Some(domain) = domains.next() {
+        if domains.peek().is_some() {
+            out.push(Incoming {
+                domain,
+                ..event.clone()
+            });
+        } else {
+            out.push(Incoming { domain, ..event });
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Handles one Plausible event request: `202 ok` once its rows are on disk.
@@ -181,5 +202,49 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
     match ingest(c, ENDPOINT, c.now(), events, OnInvalid::Refuse(&refuse)).await {
         Ok(_) => text(StatusCode::ACCEPTED, "ok"),
         Err(refused) => refused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(body: &str) -> String {
+        match parse_body(body.as_bytes()) {
+            Err(Error::BadRequest(m)) => m,
+            other => panic!("{body}: expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_body_is_told_apart_from_a_bad_field() {
+        assert!(error_of("{not json").starts_with("body is not valid JSON"));
+        assert!(error_of("{\"n\":\"pageview\"} x").starts_with("body is not valid JSON"));
+        assert_eq!(error_of("[1, 2]"), "body must be a JSON object");
+        assert_eq!(error_of(" \"pageview\""), "body must be a JSON object");
+        let m = error_of("{\"n\":\"pageview\",\"e\":\"soon\"}");
+        assert!(m.starts_with("invalid field: "), "{m}");
+        assert!(error_of("  ").starts_with("empty body"));
+    }
+
+    #[test]
+    fn short_and_long_names_parse_into_the_same_body() {
+        let short = parse_body(
+            br#"{"n":"pageview","u":"https://a.example/x","d":"a.example","r":"https://r.example/","p":{"k":"v"},"e":1200,"i":false}"#,
+        )
+        .unwrap();
+        let long = parse_body(
+            br#"{"name":"pageview","url":"https://a.example/x","domain":"a.example","referrer":"https://r.example/","props":{"k":"v"},"engagement_time":1200,"interactive":false}"#,
+        )
+        .unwrap();
+        for b in [&short, &long] {
+            assert_eq!(b.name.as_deref(), Some("pageview"));
+            assert_eq!(b.url.as_deref(), Some("https://a.example/x"));
+            assert_eq!(b.domain.as_deref(), Some("a.example"));
+            assert_eq!(b.referrer.as_deref(), Some("https://r.example/"));
+            assert_eq!(b.props, Some(serde_json::json!({"k": "v"})));
+            assert_eq!(b.engagement_time, Some(1200));
+            assert_eq!(b.interactive, Some(Value::Bool(false)));
+        }
     }
 }

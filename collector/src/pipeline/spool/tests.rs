@@ -697,7 +697,10 @@ fn segments_rotate_and_consumed_ones_are_deleted() {
     let stats = spool.stats();
     assert_eq!(stats.segments, 3);
     let files = segment_files(dir.path());
-    let sizes: Vec<u64> = files.iter().map(|p| fs::metadata(p).unwrap().len()).collect();
+    let sizes: Vec<u64> = files
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .collect();
     // Sealed segments end at their data; the tail is zero-filled ahead of it (to the segment
     // size here), and those zeros are not data.
     let tail_data = appended[19].end.offset;
@@ -1034,7 +1037,10 @@ fn the_tail_is_zero_filled_ahead_and_its_appends_overwrite_the_zeros() {
     let stats = spool.stats();
     assert_eq!(fs::metadata(&seg).unwrap().len(), 16 + 2 * 4096);
     assert_eq!(stats.zero_fills, 2);
-    assert_eq!(stats.fsyncs, stats.commit_groups, "zero fills are counted apart");
+    assert_eq!(
+        stats.fsyncs, stats.commit_groups,
+        "zero fills are counted apart"
+    );
     assert_eq!(stats.disk_bytes, data_end, "zeros are not data");
     let mut bytes = fs::read(&seg).unwrap();
     assert!(bytes[data_end as usize..].iter().all(|&b| b == 0));
@@ -1117,7 +1123,11 @@ fn a_torn_append_in_front_of_zeros_is_still_damage() {
     let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
     let rep = spool.recovery().clone();
     assert_eq!(
-        (rep.corrupt_regions, rep.torn_tail_bytes, rep.replayable_records),
+        (
+            rep.corrupt_regions,
+            rep.torn_tail_bytes,
+            rep.replayable_records
+        ),
         (1, 1050, 3)
     );
     assert_eq!(fs::metadata(&seg).unwrap().len(), a[2].end.offset);
