@@ -379,11 +379,20 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
     collectors[0].kill().unwrap();
     collectors[0].wait().unwrap();
     cluster.kill_node(1);
-    eprintln!(
-        "killed collector 0 and node 1 after {} batches",
-        progress.load(Ordering::SeqCst)
-    );
-    std::thread::sleep(Duration::from_millis(1500));
+    let killed_at = progress.load(Ordering::SeqCst);
+    eprintln!("killed collector 0 and node 1 after {killed_at} batches");
+    // Both stay down while the load goes on: a fifth of the batches are sent (collector 0's
+    // fail, collector 1's wait in its spool) before collector 0 comes back, a tenth more
+    // before node 1 does. Paced by the load's progress, not by the clock, so a slow machine
+    // still sends batches into the outage.
+    let wait_for_batches = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while progress.load(Ordering::SeqCst) < n.min(batches.len()) {
+            assert!(Instant::now() < deadline, "the load stalled before batch {n}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for_batches(killed_at + batches.len() / 5);
     collectors[0] = spawn_veil(
         "collector",
         &collector_args(0),
@@ -391,7 +400,7 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
         &logs[0],
     );
     wait_ready(addr(ports[0]), &mut collectors[0], &logs[0]);
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_for_batches(progress.load(Ordering::SeqCst) + batches.len() / 10);
     cluster.restart_node(1).unwrap();
     eprintln!(
         "restarted both at {} batches",

@@ -58,6 +58,13 @@ impl Ack {
     }
 }
 
+/// Groups of at least this many bytes are not worth zeros ahead: a journal commit costs about
+/// 0.1 ms per `fdatasync`, while writing and syncing 1 MiB of zeros costs a few ms of the
+/// device, so preallocation pays off for groups of single events (a few kB: 20–200 of them
+/// per stretch) and not for groups of batches (`/v1/events` ×100 makes groups of 100 kB and
+/// more). Measured in benches/README ("the spool's synced writes as overwrites").
+pub(super) const PREALLOCATE_BELOW: u64 = 32 * 1024;
+
 /// Owns the tail segment's file handle.
 pub(super) struct Committer {
     shared: Arc<Shared>,
@@ -162,17 +169,21 @@ impl Committer {
 
     /// With fsync and preallocation on: makes sure the file holds zeros up to `need`, writing
     /// the next stretch (of `preallocate_bytes`, never past the segment size unless `need` is)
-    /// and syncing it, so that the group written next is an overwrite.
-    fn preallocate(&mut self, need: u64) -> io::Result<()> {
+    /// and syncing it, so that the group written next is an overwrite. Not for a group of
+    /// [`PREALLOCATE_BELOW`] bytes or more: that one extends the file (see there).
+    fn preallocate(&mut self, need: u64, group_bytes: u64) -> io::Result<()> {
         let step = self.shared.config.preallocate_bytes;
         if step == 0 || !self.shared.fsync() || need <= self.zeroed {
+            return Ok(());
+        }
+        if group_bytes >= PREALLOCATE_BELOW {
             return Ok(());
         }
         let target = need
             .max(self.zeroed + step)
             .min(self.shared.config.segment_bytes.max(need));
         static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-        let mut at = self.zeroed;
+        let mut at = self.zeroed.max(self.len);
         while at < target {
             let n = (target - at).min(ZEROS.len() as u64);
             self.file.write_all_at(&ZEROS[..n as usize], at)?;
@@ -235,7 +246,7 @@ impl Committer {
     /// Writes a run of frames at the end of the tail with one vectored write, then syncs.
     fn write_run(&mut self, run: &[Pending]) -> io::Result<()> {
         let bytes: u64 = run.iter().map(|p| p.frame.len()).sum();
-        self.preallocate(self.len + bytes)?;
+        self.preallocate(self.len + bytes, bytes)?;
         let mut slices: Vec<IoSlice<'_>> = run.iter().map(|p| IoSlice::new(&p.frame.buf)).collect();
         write_all_vectored(&mut self.file, &mut slices)?;
         if self.shared.fsync() {
@@ -249,6 +260,8 @@ impl Committer {
     fn publish(&mut self, run: Vec<Pending>, run_bytes: u64) {
         let base = self.len;
         self.len += run_bytes;
+        // A large group may have written past the zeros (extending the file).
+        self.zeroed = self.zeroed.max(self.len);
         let records: u64 = run.iter().map(|p| u64::from(p.frame.count)).sum();
         {
             let mut st = self.shared.lock();

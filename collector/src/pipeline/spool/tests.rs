@@ -1138,3 +1138,32 @@ fn a_torn_append_in_front_of_zeros_is_still_damage() {
         vec![rec(0), rec(1), rec(2), b"after".to_vec()]
     );
 }
+
+#[test]
+fn a_large_group_extends_the_file_and_small_ones_get_zeros_again() {
+    let dir = TempDir::new().unwrap();
+    let cfg = SpoolConfig {
+        preallocate_bytes: 4096,
+        ..SpoolConfig::default()
+    };
+    let spool = Spool::open(dir.path(), cfg).unwrap();
+    let seg = || segment_files(dir.path()).pop().unwrap();
+    // One small append: a stretch of zeros after it.
+    let a = spool.append_blocking(Records::one(&rec(0))).unwrap();
+    assert_eq!(spool.stats().zero_fills, 1);
+    assert_eq!(fs::metadata(seg()).unwrap().len(), 16 + 4096);
+    // One append of 40 kB (a batch of events): over the zeros and past them, no new zeros.
+    let big: Records = (1..=400).map(rec).collect();
+    let b = spool.append_blocking(big).unwrap();
+    assert!(b.end.offset - b.start.offset >= super::committer::PREALLOCATE_BELOW);
+    assert_eq!(spool.stats().zero_fills, 1);
+    assert_eq!(fs::metadata(seg()).unwrap().len(), b.end.offset);
+    // Small appends again: zeros ahead of them.
+    let c = spool.append_blocking(Records::one(&rec(401))).unwrap();
+    assert_eq!(c.start, b.end);
+    assert_eq!(spool.stats().zero_fills, 2);
+    assert_eq!(fs::metadata(seg()).unwrap().len(), b.end.offset + 4096);
+    assert_eq!(a.end, b.start);
+    let mut reader = spool.reader().unwrap();
+    assert_eq!(drain(&mut reader), (0..=401).map(rec).collect::<Vec<_>>());
+}
