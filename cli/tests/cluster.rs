@@ -388,7 +388,10 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
     let wait_for_batches = |n: usize| {
         let deadline = Instant::now() + Duration::from_secs(120);
         while progress.load(Ordering::SeqCst) < n.min(batches.len()) {
-            assert!(Instant::now() < deadline, "the load stalled before batch {n}");
+            assert!(
+                Instant::now() < deadline,
+                "the load stalled before batch {n}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     };
