@@ -1167,3 +1167,31 @@ fn a_large_group_extends_the_file_and_small_ones_get_zeros_again() {
     let mut reader = spool.reader().unwrap();
     assert_eq!(drain(&mut reader), (0..=401).map(rec).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_zeroed_header_is_damage_even_when_zeros_follow() {
+    let dir = TempDir::new().unwrap();
+    let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
+    append_n(&spool, 0..2);
+    drop(spool);
+    let seg = segment_files(dir.path()).pop().unwrap();
+    // The whole file zeros (header included), as a device that lost it would leave it.
+    let len = fs::metadata(&seg).unwrap().len();
+    fs::write(&seg, vec![0u8; len as usize + 4096]).unwrap();
+
+    let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
+    let rep = spool.recovery().clone();
+    assert_eq!(
+        (rep.corrupt_regions, rep.torn_tail_bytes, rep.replayable_records),
+        (1, len + 4096, 0)
+    );
+    // The tail was made anew: what is appended now survives a reopen.
+    spool.append_blocking(Records::one(b"after")).unwrap();
+    drop(spool);
+    let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
+    assert_eq!(spool.recovery().corrupt_regions, 0);
+    assert_eq!(
+        drain(&mut spool.reader().unwrap()),
+        vec![b"after".to_vec()]
+    );
+}
