@@ -1182,7 +1182,11 @@ fn a_zeroed_header_is_damage_even_when_zeros_follow() {
     let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
     let rep = spool.recovery().clone();
     assert_eq!(
-        (rep.corrupt_regions, rep.torn_tail_bytes, rep.replayable_records),
+        (
+            rep.corrupt_regions,
+            rep.torn_tail_bytes,
+            rep.replayable_records
+        ),
         (1, len + 4096, 0)
     );
     // The tail was made anew: what is appended now survives a reopen.
@@ -1190,8 +1194,5 @@ fn a_zeroed_header_is_damage_even_when_zeros_follow() {
     drop(spool);
     let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
     assert_eq!(spool.recovery().corrupt_regions, 0);
-    assert_eq!(
-        drain(&mut spool.reader().unwrap()),
-        vec![b"after".to_vec()]
-    );
+    assert_eq!(drain(&mut spool.reader().unwrap()), vec![b"after".to_vec()]);
 }
