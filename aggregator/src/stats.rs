@@ -299,6 +299,10 @@ fn conversion_base(q: &Query, rate: Metric) -> Result<(Vec<usize>, Query), Error
         Some(f) => strip_goals(f)?,
         None => None,
     };
+    base.asked_filter = match &q.asked_filter {
+        Some(f) => strip_goals(f)?,
+        None => None,
+    };
     base.order_by = (0..base.dimensions.len()).map(|i| (i, false)).collect();
     Ok((keep, base))
 }
@@ -342,6 +346,10 @@ fn exit_base(q: &Query) -> Result<Query, Error> {
         .collect();
     base.metrics = vec![Metric::Pageviews];
     base.filter = match &q.filter {
+        Some(f) => strip_exit_pages(f)?,
+        None => None,
+    };
+    base.asked_filter = match &q.asked_filter {
         Some(f) => strip_exit_pages(f)?,
         None => None,
     };
@@ -569,6 +577,7 @@ async fn guard_plan(
     };
     for filter in filters.into_iter().flatten() {
         let mut fq = q.clone();
+        fq.asked_filter = Some(filter.clone());
         fq.filter = Some(filter);
         plan.selected
             .push(population(client, site, &fq, builds).await?);
@@ -805,6 +814,8 @@ pub async fn run_query(
     q: &Query,
     shared: Shared<'_>,
 ) -> Result<Value, Error> {
+    let planned = without_passing(client, site, q, shared).await?;
+    let q = planned.as_ref().unwrap_or(q);
     let run = async {
         if matches!(
             query::source(q, site.child_directed),
@@ -815,6 +826,58 @@ pub async fn run_query(
         answer(client, site, q, shared).await
     };
     run.await.map_err(too_expensive(q, site))
+}
+
+/// `q` planned without the top-level host conditions that every host of its range (and its
+/// comparison's) passes ([`query::passing`]), or `None` when it keeps them all, has none, or
+/// is not planned on rollups (`include.rollups: false`, realtime, imports, child-directed
+/// sites: nothing to gain). One read of `visits_daily` and of raw events outside the closed
+/// days' builds, joined by the request's other panels asking the same (`Inflight`).
+async fn without_passing(
+    client: &clickhouse::Client,
+    site: &SiteView,
+    q: &Query,
+    shared: Shared<'_>,
+) -> Result<Option<Query>, Error> {
+    let conds = query::passing::host_conds(q);
+    if conds.is_empty() || !q.rollups || q.realtime || q.imports || site.child_directed {
+        return Ok(None);
+    }
+    let mut ranges = vec![(q.start, q.end)];
+    if let Some(how) = q.compare {
+        let c = q.comparison(how, query::timezone(&site.timezone));
+        ranges.push((c.start, c.end));
+    }
+    let first = ranges.iter().map(|r| r.0.date()).min().unwrap_or(q.from);
+    let last = ranges
+        .iter()
+        .map(|r| (r.1 - chrono::Duration::seconds(1)).date())
+        .max()
+        .unwrap_or(q.to);
+    let built = crate::builds::visit_builds(client, first, last).await?;
+    let Some(stmt) = query::passing::hosts_sql(q, site, &ranges, &built, &conds) else {
+        return Ok(None);
+    };
+    let rows = match shared.inflight {
+        Some(inflight) => inflight.fetch(client, &stmt).await?,
+        None => fetch(client, &stmt).await?,
+    };
+    let failing = rows.first().and_then(|r| r.as_array());
+    let drop: Vec<usize> = conds
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            failing
+                .and_then(|r| r.get(*i))
+                .and_then(number)
+                .is_some_and(|n| n == 0.0)
+        })
+        .map(|(_, c)| *c)
+        .collect();
+    if drop.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(query::passing::without(q, &drop)))
 }
 
 /// Refuses `q`, a question that must read raw events ([`run_query`] asks for sources `events`

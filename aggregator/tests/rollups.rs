@@ -11,7 +11,7 @@ use chrono::NaiveDate;
 use common::*;
 use serde_json::{json, Value};
 use veil_aggregator::site::SiteView;
-use veil_aggregator::{builds, rollup};
+use veil_aggregator::{builds, db, rollup};
 use veil_schemas::sql;
 use veil_schemas::sql::Sql;
 use veil_schemas::ClickHouseConfig;
@@ -619,6 +619,103 @@ async fn every_dimension_and_metric_answers_the_same_from_raw_and_rollups() {
 /// Today's build stops at a cut; the visits open then are stored as they stood
 /// (`open_visits`) and carried on by the hits after the cut at query time
 /// ([`open_visits_dataset`]).
+/// A host condition every hit of the range passes (the site's own host, or `is_not` a host it
+/// never had) is planned away (`query::passing`): top pages under it come from `visits_daily`
+/// like the unfiltered ones and equal them and the raw events' answer. Once a hit on another
+/// host is in the range — or in the comparison's range — the condition is kept and that hit
+/// left out.
+#[tokio::test]
+async fn a_host_filter_every_hit_passes_is_planned_away_until_another_host_appears() {
+    let ch = veil_schemas::testing::fresh_database("host_filters").await;
+    seed(&ch).await;
+    let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+    rollup::run_until_sliced(&ch, today, 30, 5).await.unwrap();
+    let s = site();
+    let top = |filters: Value| {
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"],
+               "date_range": ["2026-11-19", "2026-11-27"], "filters": filters})
+    };
+    let unfiltered = q(&ch, &s, base(top(json!([])))).await;
+    assert_eq!(unfiltered["meta"]["source"], "visits_daily");
+    let own = json!([["is", "event:hostname", ["shop.example"]]]);
+    let not_staging = json!([["is_not", "event:hostname", ["staging.shop.example"]]]);
+    let not_other = json!([["is_not", "event:hostname", ["other.example"]]]);
+    let shouting = json!([["is", "event:hostname", ["SHOP.Example"], {"case_sensitive": false}]]);
+    for f in [&own, &not_staging, &not_other, &shouting] {
+        let doc = q(&ch, &s, base(top(f.clone()))).await;
+        assert_eq!(doc["results"], unfiltered["results"], "{f}: {doc}");
+        same_as_raw(&ch, &s, top(f.clone()), "visits_daily", None).await;
+    }
+    // Beside a page filter: that filter's own rows.
+    let all = [
+        "visitors",
+        "visits",
+        "pageviews",
+        "bounce_rate",
+        "visit_duration",
+    ];
+    same_as_raw(
+        &ch,
+        &s,
+        json!({"metrics": all, "date_range": ["2026-11-19", "2026-11-27"],
+               "filters": [["is", "event:hostname", ["shop.example"]], ["is", "event:page", ["/pricing"]]]}),
+        "visits_daily",
+        None,
+    )
+    .await;
+    // Five visitors' hits on a staging host on the 25th (a day without a build: read from raw
+    // events; five, the site's k, so that their page is shown unfiltered).
+    let staging = (0..5).map(|i| {
+        sql!(
+            "({}, toDateTime('2026-11-25 08:00:00', 'UTC'), 'pageview', '/only-on-staging', \
+             'staging.shop.example', toFixedString({}, 16))",
+            sql::lit(SITE),
+            sql::lit(&format!("Z{i}"))
+        )
+    });
+    db::exec(
+        &ch.client(),
+        &sql!(
+            "INSERT INTO events (site, timestamp, name, pathname, hostname, visitor_id) VALUES {}",
+            Sql::join(staging, ", ")
+        ),
+    )
+    .await
+    .unwrap();
+    let with_staging = q(&ch, &s, base(top(json!([])))).await;
+    assert!(
+        with_staging.to_string().contains("/only-on-staging"),
+        "{with_staging}"
+    );
+    for f in [&own, &not_staging, &shouting] {
+        let doc = q(&ch, &s, base(top(f.clone()))).await;
+        assert_ne!(doc["meta"]["source"], "visits_daily", "{f} is kept: {doc}");
+        assert!(!doc.to_string().contains("/only-on-staging"), "{f}: {doc}");
+        assert_eq!(doc["results"], unfiltered["results"], "{f}: {doc}");
+        same_as_raw(&ch, &s, top(f.clone()), "event_rollups", None).await;
+    }
+    let doc = q(&ch, &s, base(top(not_other.clone()))).await;
+    assert_eq!(doc["meta"]["source"], "visits_daily");
+    assert_eq!(doc["results"], with_staging["results"]);
+    // The 26th–27th have no hits; compared with the 24th–25th, they are asked with the
+    // staging hit in the comparison's range: the condition is kept there too.
+    let later = |compare: bool| {
+        let mut b = json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"],
+                           "date_range": ["2026-11-26", "2026-11-27"], "filters": own.clone()});
+        if compare {
+            b["include"] = json!({"comparisons": {"mode": "previous_period"}});
+        }
+        base(b)
+    };
+    assert_eq!(
+        q(&ch, &s, later(false)).await["meta"]["source"],
+        "visits_daily"
+    );
+    let cmp = q(&ch, &s, later(true)).await;
+    assert_ne!(cmp["meta"]["source"], "visits_daily", "{cmp}");
+    assert!(!cmp.to_string().contains("/only-on-staging"), "{cmp}");
+}
+
 #[tokio::test]
 async fn open_visits_carry_on_after_the_cut() {
     let ch = veil_schemas::testing::fresh_database("stats_open_visits").await;

@@ -558,7 +558,7 @@ pub struct Release {
     exact: bool,
 }
 
-/// The canonical text of what a release counts: site, dimensions, filter, range, zone and,
+/// The canonical text of what a release counts: site, dimensions, filter (as asked), range, zone and,
 /// for a range reaching into the current UTC day, the current hour (module docs: Today).
 fn release_text(q: &Query, now: DateTime<Utc>) -> String {
     let dims: Vec<&str> = q.dimensions.iter().map(|d| d.name.as_str()).collect();
@@ -572,7 +572,7 @@ fn release_text(q: &Query, now: DateTime<Utc>) -> String {
         "veil-release-v1\u{1f}{}\u{1f}{}\u{1f}{:?}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
         q.site,
         dims.join(","),
-        q.filter,
+        q.asked_filter,
         q.start,
         q.end,
         q.tz,

@@ -28,6 +28,7 @@
 //! - [`parse`](mod@parse) — the request parser; [`dates`] — time zones, periods, labels;
 //!   [`re2`] — filter regexes checked as ClickHouse's RE2 reads them;
 //! - [`source`](mod@source) — which rows answer a query; [`build`] — recorded builds and snapshots;
+//!   [`passing`] — host conditions that keep every row, planned away;
 //! - [`visits`] — visit derivation, shared with the rollup job;
 //! - [`rows`] — the rows of each source; [`expr`] — dimension, filter, metric and goal
 //!   expressions; [`labels`] — Plausible's words for stored dimension values;
@@ -40,6 +41,7 @@ pub mod dates;
 pub mod expr;
 pub mod labels;
 pub mod parse;
+pub mod passing;
 pub mod re2;
 pub mod rows;
 pub mod source;

@@ -606,6 +606,7 @@ pub fn parse(body: &[u8], site: &SiteView, now: chrono::DateTime<Utc>) -> Result
     }
     let (limit, offset) = pagination(raw.pagination.as_ref())?;
     let q = Query {
+        asked_filter: filter.clone(),
         today,
         site: site_id,
         tz: tz.name().to_string(),

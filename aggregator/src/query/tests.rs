@@ -774,3 +774,76 @@ fn has_done_sets_come_from_built_visits_where_they_answer() {
         assert!(sql_for(inner, &all[1..]).contains(from_events), "{inner}");
     }
 }
+
+#[test]
+fn host_conditions_are_checked_on_built_days_rollups_and_raw_events_elsewhere() {
+    // Top pages over 7 days (21st–27th) under a host filter and a page filter, compared with
+    // the 7 days before: the 22nd and the 26th are built (the 26th's build is cut, so raw).
+    let q = parse_ok(
+        r#"{"site_id":"a.com","metrics":["visitors"],"date_range":"7d","dimensions":["event:page"],
+            "filters":[["is","event:page",["/x"]],["is","event:hostname",["a.com"]],["is_not","event:hostname",["Staging.A.com"],{"case_sensitive":false}]],
+            "include":{"comparisons":{"mode":"previous_period"}}}"#,
+    );
+    assert_eq!(passing::host_conds(&q), vec![1, 2]);
+    let mut cut = Build::whole(d("2026-11-26"), 4);
+    cut.cut = d("2026-11-26").and_hms_opt(9, 0, 0);
+    let built = [Build::whole(d("2026-11-22"), 3), cut];
+    let cmp = q.comparison(q.compare.unwrap(), chrono_tz::UTC);
+    let ranges = [(q.start, q.end), (cmp.start, cmp.end)];
+    let s = passing::hosts_sql(&q, &site(), &ranges, &built, &[1, 2])
+        .unwrap()
+        .to_string();
+    // One count per condition, over both reads.
+    assert!(
+        s.starts_with("SELECT countIf(NOT (hostname IN ('a.com'))), countIf(NOT ((NOT lowerUTF8(hostname) IN ('staging.a.com'))))"),
+        "{s}"
+    );
+    assert!(
+        s.contains(
+            "dim = 'event:hostname' WHERE (day, build) IN ((toDate('2026-11-22'), toUInt64(3)))"
+        ),
+        "{s}"
+    );
+    // Raw events: the 21st, the 23rd to the 27th (the cut build is not a whole day) and the
+    // comparison's 14th to 20th, bots excluded.
+    for stretch in [
+        "(timestamp >= toDateTime('2026-11-21 00:00:00', 'UTC') AND timestamp < toDateTime('2026-11-22 00:00:00', 'UTC'))",
+        "(timestamp >= toDateTime('2026-11-23 00:00:00', 'UTC') AND timestamp < toDateTime('2026-11-28 00:00:00', 'UTC'))",
+        "(timestamp >= toDateTime('2026-11-14 00:00:00', 'UTC') AND timestamp < toDateTime('2026-11-21 00:00:00', 'UTC'))",
+    ] {
+        assert!(s.contains(stretch), "{stretch} in {s}");
+    }
+    assert!(s.contains("AND bot = '' GROUP BY hostname"), "{s}");
+    assert!(!s.contains("/x"), "only host conditions are checked: {s}");
+    // Dropping both leaves the page filter alone, in the shape the parser gives one filter;
+    // the question as asked is unchanged.
+    let planned = passing::without(&q, &[1, 2]);
+    assert!(matches!(&planned.filter, Some(Filter::Cond { dim, .. }) if dim.name == "event:page"));
+    assert_eq!(planned.asked_filter, q.filter);
+    assert_eq!(source(&planned, false), Source::VisitsDaily);
+    let one = passing::without(&q, &[2]);
+    assert!(matches!(&one.filter, Some(Filter::And(v)) if v.len() == 2));
+    // Host conditions are top-level parts only (the parser refuses them inside and/or/not).
+    assert!(err(r#"{"site_id":"a.com","metrics":["visitors"],"date_range":"7d","filters":[["or",[["is","event:hostname",["a.com"]],["is","event:page",["/x"]]]]]}"#).contains("top level"));
+    // Nothing to read over no range.
+    assert!(passing::hosts_sql(&q, &site(), &[], &built, &[1]).is_none());
+}
+
+#[test]
+fn a_question_planned_without_a_passing_condition_keeps_its_privacy_key() {
+    let q = parse_ok(
+        r#"{"site_id":"a.com","metrics":["visitors"],"date_range":"30d","dimensions":["event:page"],
+            "filters":[["is","event:hostname",["a.com"]]]}"#,
+    );
+    let planned = passing::without(&q, &[0]);
+    assert_eq!(planned.filter, None);
+    let key = |q: &Query| crate::privacy::question_key(q, now(), "");
+    // The same question, so the same noise and budget whether or not the condition was
+    // planned away (a different key would reveal, noise-free, that no other host was seen)…
+    assert_eq!(key(&planned), key(&q));
+    // …and not the unfiltered question's.
+    let unfiltered = parse_ok(
+        r#"{"site_id":"a.com","metrics":["visitors"],"date_range":"30d","dimensions":["event:page"]}"#,
+    );
+    assert_ne!(key(&planned), key(&unfiltered));
+}

@@ -403,8 +403,14 @@ pub struct Query {
     pub metrics: Vec<Metric>,
     /// Dimensions in request order.
     pub dimensions: Vec<Dim>,
-    /// The filter (all top-level filters and-ed), if any.
+    /// The filter (all top-level filters and-ed), if any, as planned: without the conditions
+    /// found to keep every row of the range ([`super::passing`]).
     pub filter: Option<Filter>,
+    /// The filter as asked: what names the question (differential privacy's noise key and
+    /// budget, `crate::privacy`), so it is the same question whether or not a condition was
+    /// planned away. A question made from another (a conversion rate's base) changes both
+    /// filters alike.
+    pub asked_filter: Option<Filter>,
     /// `(column index, descending)`: indices count dimensions first, then metrics.
     pub order_by: Vec<(usize, bool)>,
     /// First local day included.
