@@ -295,7 +295,10 @@ fn rows_and_conds(
     let shape = if per.is_some() { Source::Visits } else { src };
     let (from, mut conds) = match src {
         Source::Visits => (visit_rows(q, built, &[]), Vec::new()),
-        Source::Hourly => (hourly_rows(q, built), Vec::new()),
+        Source::Hourly => (
+            hourly_rows(q, built, hourly_filter(q, site).as_ref()),
+            Vec::new(),
+        ),
         Source::VisitsDaily => (visits_daily_rows(q, site, built), Vec::new()),
         Source::Events => (Sql::new("events"), event_conds(q)),
         Source::Joined => (raw_joined_rows(q), Vec::new()),
@@ -325,11 +328,24 @@ fn rows_and_conds(
     // for a filter on the dimension alone: a condition on the unfiltered rows' values.
     let applied = tautology
         || (src == Source::VisitsDaily && dimension_filter(q).is_none())
+        || (src == Source::Hourly && hourly_filter(q, site).is_some())
         || (src == Source::VisitHits && shape == Source::Visits);
     if let Some(f) = q.filter.as_ref().filter(|_| !applied) {
         conds.push(filter_with_done(f, src, q, site, built));
     }
     (from, conds)
+}
+
+/// The filter of a [`Source::Hourly`] question as a condition its rows' parts apply each
+/// ([`hourly_rows`]): one on event names, paths, hosts and goals only (not the guard's
+/// "everyone", which keeps every row).
+fn hourly_filter(q: &Query, site: &SiteView) -> Option<Sql> {
+    let f = q.filter.as_ref().filter(|f| !f.is_tautology())?;
+    let rows_own = f
+        .dims()
+        .iter()
+        .all(|d| matches!(d.kind, DimKind::Event(_) | DimKind::Goal));
+    (rows_own && !f.behavioural()).then(|| filter_sql(f, Source::Hourly, q, site))
 }
 
 /// `f` as a condition on `src` rows ([`filter_sql`]), its `has_done` sets made from the

@@ -98,7 +98,13 @@ pub(super) fn builds_key<'a>(builds: impl Iterator<Item = &'a Build>) -> Sql {
 /// rows), so they are read only for days the rollup job has checked against the raw events:
 /// closed days with a whole visit build. The current day, and any day not checked yet, is
 /// aggregated from raw events into the same shape.
-pub(super) fn hourly_rows(q: &Query, built: &[Build]) -> Sql {
+///
+/// `filter`, a condition on a hit's name, path and host (a page, goal or event-name filter),
+/// is applied in each part: on the rollups in `PREWHERE`, so that only the matching rows'
+/// `uniq` states are read (their key starts with site, day or hour, name, path: one event name
+/// or a run of paths is a range of it) — top pages under a goal read 45 k rows' states at 50M
+/// events, 2.2 s, when one name's rows are a few hundred; on raw events before grouping.
+pub(super) fn hourly_rows(q: &Query, built: &[Build], filter: Option<&Sql>) -> Sql {
     let daily_allowed = match q.time_bucket() {
         None => true,
         Some(TimeBucket::Hour | TimeBucket::Minute) => false,
@@ -106,14 +112,17 @@ pub(super) fn hourly_rows(q: &Query, built: &[Build]) -> Sql {
     };
     let checked = |d: NaiveDate| built.iter().any(|b| b.day == d && b.cut.is_none());
     let (days, rest) = split_days(q.start, q.end, |d| daily_allowed && checked(d));
-    let site = site_cond(&q.site);
+    let site = match filter {
+        Some(f) => sql!("{} AND {}", site_cond(&q.site), f.clone()),
+        None => site_cond(&q.site),
+    };
     let mut parts = Vec::new();
     if !days.is_empty() {
         let list = Sql::join(days.iter().map(|d| utc(d.and_time(NaiveTime::MIN))), ", ");
         parts.push(sql!(
             "SELECT site, day AS hour, name, pathname, hostname, visitors, hits FROM events_daily \
              PREWHERE {} AND day IN ({})",
-            site,
+            site.clone(),
             list
         ));
     }
@@ -145,7 +154,7 @@ pub(super) fn hourly_rows(q: &Query, built: &[Build]) -> Sql {
         parts.push(sql!(
             "SELECT site, hour, name, pathname, hostname, visitors, hits FROM events_hourly \
              PREWHERE {} AND ({})",
-            site,
+            site.clone(),
             ranges("hour", &rolled)
         ));
     }

@@ -847,3 +847,34 @@ fn a_question_planned_without_a_passing_condition_keeps_its_privacy_key() {
     );
     assert_ne!(key(&planned), key(&unfiltered));
 }
+
+#[test]
+fn a_hit_filter_on_the_event_rollups_is_applied_in_each_part() {
+    // Top pages under a goal completed by an event, over the 19th–20th: the 19th from
+    // `events_daily`, the 20th (no build) from raw events; both read only the goal's rows.
+    let q = parse_ok(
+        r#"{"site_id":"a.com","metrics":["visitors","pageviews"],"date_range":["2026-11-19","2026-11-20"],
+            "dimensions":["event:page"],"filters":[["is","event:goal",["Signup"]]]}"#,
+    );
+    assert_eq!(source(&q, false), Source::Hourly);
+    let s = assemble::sql(&q, &site(), &[Build::whole(d("2026-11-19"), 2)], None).to_string();
+    assert!(
+        s.contains("FROM events_daily PREWHERE site = 'a.com' AND (name = 'Signup') AND day IN"),
+        "{s}"
+    );
+    assert!(
+        s.contains("FROM events WHERE site = 'a.com' AND (name = 'Signup') AND ((timestamp"),
+        "{s}"
+    );
+    assert_eq!(
+        s.matches("'Signup'").count(),
+        2,
+        "applied once in each part: {s}"
+    );
+    // The guard's "everyone" reads every row: nothing to apply.
+    let mut all = q.clone();
+    let f = all.filter.clone().unwrap();
+    all.filter = Some(Filter::Or(vec![f.clone(), Filter::Not(Box::new(f))]));
+    let s = assemble::sql(&all, &site(), &[], None).to_string();
+    assert!(!s.contains("Signup"), "{s}");
+}
