@@ -943,7 +943,7 @@ pub fn too_expensive<'a>(q: &'a Query, site: &'a SiteView) -> impl Fn(Error) -> 
             let message = match code {
                 // The answer has more rows than the report client's `max_result_rows`.
                 Some(158 | 396) => describe_too_many_rows(q),
-                _ => describe_too_expensive(q),
+                _ => describe_too_expensive(q, query::source(q, site.child_directed)),
             };
             Error::TooExpensive { code, message }
         }
@@ -974,8 +974,9 @@ fn describe_too_many_rows(q: &Query) -> String {
 /// The message of [`too_expensive`]: `this question is too expensive to answer from raw
 /// events (filters event:page is "/pricing" AND visit:source is "Google", dimensions
 /// event:page, over 30 days: 2026-10-30 to 2026-11-28); ask for a shorter period or fewer
-/// filters`.
-fn describe_too_expensive(q: &Query) -> String {
+/// filters` — naming what `src` reads: raw events, or every visit row of the range (a filter
+/// no prepared row answers, `visits` / `visit_hits`), or the rollups.
+fn describe_too_expensive(q: &Query, src: Source) -> String {
     let filters = match &q.filter {
         Some(f) => format!("filters {}", describe_filter(f, false)),
         None => "no filters".into(),
@@ -993,8 +994,13 @@ fn describe_too_expensive(q: &Query) -> String {
         let unit = if days == 1 { "day" } else { "days" };
         format!("over {days} {unit}: {} to {}", q.from, q.to)
     };
+    let reads = match src {
+        Source::Events | Source::Joined => "from raw events",
+        Source::Visits | Source::VisitHits => "from every visit row of its range",
+        Source::VisitsDaily | Source::Hourly => "from the rollups",
+    };
     format!(
-        "this question is too expensive to answer from raw events ({filters}{dims}, {period}); \
+        "this question is too expensive to answer {reads} ({filters}{dims}, {period}); \
          ask for a shorter period or fewer filters"
     )
 }
@@ -1769,6 +1775,20 @@ mod tests {
             vec![(vec!["Google".to_string()], 10.0)]
         );
         assert!(keyed_totals(&rows, 3).is_empty());
+    }
+
+    #[test]
+    fn a_refusal_names_what_the_question_reads() {
+        let site = SiteView::new("a.com");
+        let body = br#"{"site_id":"a.com","metrics":["visitors","visits"],"date_range":"30d","dimensions":["visit:source"],"filters":[["not",["is","event:page",["/pricing"]]]]}"#;
+        let now = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 28, 12, 0, 0).unwrap();
+        let q = query::parse(body, &site, now).unwrap();
+        let msg = describe_too_expensive(&q, Source::VisitHits);
+        assert!(
+            msg.starts_with("this question is too expensive to answer from every visit row of its range (filters NOT event:page is \"/pricing\", dimensions visit:source, over 30 days: 2026-10-29 to 2026-11-27)"),
+            "{msg}"
+        );
+        assert!(describe_too_expensive(&q, Source::Joined).contains("answer from raw events ("));
     }
 
     #[test]
