@@ -193,7 +193,8 @@ impl Builds {
             .max()
     }
 
-    /// The builds `q` reads: none when rollups are off or its source reads no builds. A
+    /// The builds `q` reads: none when rollups are off or its source reads no builds (nor
+    /// makes a `has_done` set, which reads visit rows where they are built). A
     /// [`Query::bounded`] question reads the closed days' bounded rows where the daily rollup
     /// would answer it unbounded (`query::assemble::bounded_sql`), and never today's snapshot
     /// (it holds no visitor ids).
@@ -209,7 +210,13 @@ impl Builds {
             plain.bounded = false;
             source(&plain, site.child_directed) == Source::VisitsDaily
         };
-        if !q.rollups || q.realtime || !(uses_builds(src) || daily) {
+        // A `has_done` set is made from built visit rows wherever they give it
+        // (`query::assemble`), whatever rows the question itself reads.
+        let done = q
+            .filter
+            .as_ref()
+            .is_some_and(crate::query::Filter::behavioural);
+        if !q.rollups || q.realtime || !(uses_builds(src) || daily || done) {
             return Ok(Vec::new());
         }
         let snap = self.snapshots.is_some() && src == Source::VisitsDaily;

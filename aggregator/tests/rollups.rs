@@ -735,6 +735,56 @@ async fn a_host_filter_every_hit_passes_is_planned_away_until_another_host_appea
     assert!(!cmp.to_string().contains("/only-on-staging"), "{cmp}");
 }
 
+/// A `has_done` set over a range with built days and a day without a build (hits stored
+/// after the rollup job ran): the built days' visitors from their visit rows, the other day's
+/// from its raw events — together the raw events' answer, the late day's visitors included.
+#[tokio::test]
+async fn a_has_done_set_joins_built_visit_rows_and_the_raw_events_of_unbuilt_days() {
+    let ch = veil_schemas::testing::fresh_database("has_done_mixed").await;
+    seed(&ch).await;
+    let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+    rollup::run_until_sliced(&ch, today, 30, 5).await.unwrap();
+    // E0–E5 view /pricing and sign up on the 21st, after the job ran: no build for that day.
+    let mut late = Vec::new();
+    for i in 0..6 {
+        late.push(ev(
+            format!("E{i}"),
+            "2026-11-21 09:00:00",
+            "pageview",
+            "/pricing",
+        ));
+        late.push(ev(
+            format!("E{i}"),
+            "2026-11-21 09:01:00",
+            "Signup",
+            "/pricing",
+        ));
+    }
+    insert(&ch, SITE, &late).await;
+    let s = site();
+    let signed_up = json!(["has_done", ["is", "event:goal", ["Signup"]]]);
+    let range = json!(["2026-11-19", "2026-11-21"]);
+    let body = json!({"metrics": ["visitors", "visits", "pageviews"], "date_range": range, "filters": [signed_up]});
+    same_as_raw(&ch, &s, body.clone(), "visits", Some("visits")).await;
+    // A0–A4 on the 20th (built), E0–E5 on the 21st (raw).
+    let doc = q(&ch, &s, base(body)).await;
+    assert_eq!(doc["results"][0]["metrics"][0], 11, "{doc}");
+    let by_source = json!({"metrics": ["visitors"], "dimensions": ["visit:source"], "date_range": range,
+                           "filters": [["has_not_done", ["is", "event:goal", ["Signup"]]]]});
+    same_as_raw(&ch, &s, by_source, "visits", Some("visits")).await;
+    // By page: raw events' rows, the set made the same way (builds are read for it): A0–A4's
+    // and E0–E5's views of /pricing, A0–A4's of /.
+    let by_page = json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "date_range": range,
+                         "filters": [signed_up]});
+    same_as_raw(&ch, &s, by_page.clone(), "events", Some("events")).await;
+    let doc = q(&ch, &s, base(by_page)).await;
+    assert!(
+        doc.to_string()
+            .contains(r#"{"dimensions":["/pricing"],"metrics":[11,11]}"#),
+        "{doc}"
+    );
+}
+
 #[tokio::test]
 async fn open_visits_carry_on_after_the_cut() {
     let ch = veil_schemas::testing::fresh_database("stats_open_visits").await;

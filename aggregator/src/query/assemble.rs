@@ -15,12 +15,12 @@ use super::expr::{
     visit_hit_count, visit_hits_matching, visit_level, visit_prefilter,
 };
 use super::rows::{
-    builds_key, hit_builds, hourly_rows, joined_rows, raw_joined_rows, split_days, utc_days,
-    visit_rows, visits_daily_rows,
+    builds_key, hit_builds, hourly_rows, joined_rows, raw_joined_rows, split_days, visit_rows,
+    visits_daily_rows,
 };
 use super::source::{daily_dim, dim_cond, dimension_filter, rows_filter, source, DailyDim, Source};
 use super::source::{local_days_utc, utc_aligned};
-use super::visits::{filtered_dim, site_cond, BOUNDED_DIM};
+use super::visits::{filtered_dim, site_cond, BOUNDED_DIM, HAS_VISITOR};
 use super::vocab::{DimKind, Filter, Metric, Query, TimeBucket};
 use crate::site::SiteView;
 
@@ -367,17 +367,42 @@ fn filter_with_done(f: &Filter, src: Source, q: &Query, site: &SiteView, built: 
         Filter::Or(v) => each(v, " OR "),
         Filter::Not(x) => sql!("(NOT {})", filter_with_done(x, src, q, site, built)),
         Filter::HasDone { not, inner } => match done_from_visits(inner, q, built) {
-            Some(usable) => {
+            Some((usable, runs, rest)) => {
                 let mut iq = q.clone();
                 iq.dimensions.clear();
                 iq.filter = Some((**inner).clone());
                 let cols = filter_hit_cols(inner);
                 let arrays: Vec<&'static str> = cols.iter().filter_map(|c| hit_array(c)).collect();
+                // Each run of built days from its visit rows (every day of it built: nothing
+                // derived), every other stretch from its raw events.
+                let mut sets: Vec<Sql> = runs
+                    .iter()
+                    .map(|(a, b)| {
+                        let mut run = iq.clone();
+                        run.start = *a;
+                        run.end = *b;
+                        sql!(
+                            "SELECT visitor_id FROM ({}) WHERE {}",
+                            visit_rows(&run, &usable, &arrays),
+                            visit_level(inner, &run, site)
+                        )
+                    })
+                    .collect();
+                sets.extend(rest.iter().map(|(a, b)| {
+                    sql!(
+                        "SELECT visitor_id FROM events WHERE {} AND timestamp >= {} \
+                         AND timestamp < {} AND bot = '' AND {} AND {}",
+                        site_cond(&q.site),
+                        utc(*a),
+                        utc(*b),
+                        HAS_VISITOR,
+                        filter_sql(inner, Source::Events, q, site)
+                    )
+                }));
                 sql!(
-                    "(visitor_id GLOBAL {}IN (SELECT visitor_id FROM ({}) WHERE {}))",
+                    "(visitor_id GLOBAL {}IN ({}))",
                     Sql::new(if *not { "NOT " } else { "" }),
-                    visit_rows(&iq, &usable, &arrays),
-                    visit_level(inner, &iq, site)
+                    Sql::join(sets, " UNION ALL ")
                 )
             }
             None => filter_sql(f, src, q, site),
@@ -386,26 +411,45 @@ fn filter_with_done(f: &Filter, src: Source, q: &Query, site: &SiteView, built: 
     }
 }
 
-/// The builds whose visit rows give `has_done(inner)`'s visitors over `q`'s range exactly as
-/// its raw events do: `inner` says only what a hit is (page, event name, host, goal, custom
-/// property — all `has_done` accepts; a visit property would be the visit's first hit's, not
-/// the event's own), the range is whole UTC days (visits are cut at UTC midnight, so the hits of the visits that
-/// start in it are its hits), and every day of it has a build whose visits carry the hits
-/// `inner` reads ([`hit_builds`]; none derived from raw events per query, which would cost
-/// more than the raw set). `None` otherwise.
-fn done_from_visits(inner: &Filter, q: &Query, built: &[Build]) -> Option<Vec<Build>> {
+/// A `has_done(inner)` set made from visit rows where they give its visitors exactly as raw
+/// events do: `inner` says only what a hit is (page, event name, host, goal, custom property
+/// — all `has_done` accepts; a visit property would be the visit's first hit's, not the
+/// event's own), and the whole UTC days of `q`'s range that have a build whose visits carry
+/// the hits `inner` reads ([`hit_builds`]) give theirs from those visit rows (visits are cut
+/// at UTC midnight, so a day's visits hold its hits; none derived from raw events per query,
+/// which would cost more than the raw set). Returns the usable builds, the runs of such days
+/// (UTC ranges) and the other stretches of the range (the current day after a cut build,
+/// days without a build — a range that starts before the first event —, a zone's partial
+/// UTC days at the ends), whose visitors come from raw events: their union is the set. `None`
+/// when no day is built so (the set from raw events alone).
+type DoneParts = (
+    Vec<Build>,
+    Vec<(chrono::NaiveDateTime, chrono::NaiveDateTime)>,
+    Vec<(chrono::NaiveDateTime, chrono::NaiveDateTime)>,
+);
+fn done_from_visits(inner: &Filter, q: &Query, built: &[Build]) -> Option<DoneParts> {
     let about_hits = inner
         .dims()
         .iter()
         .all(|d| matches!(d.kind, DimKind::Event(_) | DimKind::Goal | DimKind::Prop(_)));
-    if !about_hits || inner.behavioural() || !q.rollups || q.realtime || !utc_aligned(q) {
+    if !about_hits || inner.behavioural() || !q.rollups || q.realtime {
         return None;
     }
     let usable = hit_builds(built, &filter_hit_cols(inner));
-    utc_days(q.start, q.end)
-        .iter()
-        .all(|d| usable.iter().any(|b| b.day == *d))
-        .then_some(usable)
+    let (days, rest) = split_days(q.start, q.end, |d| usable.iter().any(|b| b.day == d));
+    if days.is_empty() {
+        return None;
+    }
+    let mut runs: Vec<(chrono::NaiveDateTime, chrono::NaiveDateTime)> = Vec::new();
+    for d in days {
+        let lo = d.and_time(chrono::NaiveTime::MIN);
+        let hi = lo + chrono::Duration::days(1);
+        match runs.last_mut() {
+            Some((_, end)) if *end == lo => *end = hi,
+            _ => runs.push((lo, hi)),
+        }
+    }
+    Some((usable, runs, rest))
 }
 
 /// `GROUP BY` the dimensions and `ORDER BY` the query's order (by the aliases `d…`, `m…`:

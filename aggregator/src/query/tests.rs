@@ -770,8 +770,22 @@ fn has_done_sets_come_from_built_visits_where_they_answer() {
             s.contains("GLOBAL IN (SELECT visitor_id FROM ("),
             "{inner}: {s}"
         );
-        // A day without a build: the raw events' set.
-        assert!(sql_for(inner, &all[1..]).contains(from_events), "{inner}");
+        // A day without a build (the 21st): its visitors from its raw events, the other
+        // days' from their visit rows; no build at all: the raw events' set alone.
+        let mixed = sql_for(inner, &all[1..]);
+        assert!(
+            mixed.contains("GLOBAL IN (SELECT visitor_id FROM ("),
+            "{inner}: {mixed}"
+        );
+        assert!(
+            mixed.contains(" UNION ALL SELECT visitor_id FROM events WHERE site = 'a.com' AND timestamp >= toDateTime('2026-11-21 00:00:00', 'UTC') AND timestamp < toDateTime('2026-11-22 00:00:00', 'UTC') AND bot = ''"),
+            "{inner}: {mixed}"
+        );
+        assert!(
+            !mixed.contains("toDate('2026-11-21')"),
+            "no visit rows of the unbuilt day: {mixed}"
+        );
+        assert!(sql_for(inner, &[]).contains(from_events), "{inner}");
     }
 }
 
