@@ -977,7 +977,8 @@ fn describe_too_many_rows(q: &Query) -> String {
 /// filters` — naming what `src` reads: raw events, or every visit row of the range (a filter
 /// no prepared row answers, `visits` / `visit_hits`), or the rollups.
 fn describe_too_expensive(q: &Query, src: Source) -> String {
-    let filters = match &q.filter {
+    // The filter as asked (a host condition planned away is still what the client sent).
+    let filters = match &q.asked_filter {
         Some(f) => format!("filters {}", describe_filter(f, false)),
         None => "no filters".into(),
     };
