@@ -1080,3 +1080,85 @@ async fn a_report_that_read_the_catalog_before_a_rebuild_still_finds_its_rows() 
     assert_eq!(rows_of(first).await, 0, "the build before last is deleted");
     assert!(rows_of(now_built[0].build).await > 0);
 }
+
+/// Days without a build on which the site has no event (before its first, after its last, or
+/// before the rollup job's first day) are read as built and empty instead of being derived
+/// from raw events by every query (`builds::empty_days`); another site's events do not make
+/// them busy, and a hit stored on one shows in the next request.
+#[tokio::test]
+async fn days_without_a_build_or_an_event_are_not_derived_from_raw_events() {
+    use veil_aggregator::query::{assemble, parse};
+    let ch = veil_schemas::testing::fresh_database("empty_days").await;
+    seed(&ch).await;
+    // Builds of the 19th and 20th only (the job's first day is the 19th).
+    rollup::run_until_sliced(&ch, NaiveDate::from_ymd_opt(2026, 11, 21).unwrap(), 2, 5)
+        .await
+        .unwrap();
+    let client = ch.client();
+    let s = site();
+    let body = json!({"metrics": ["visitors", "visits", "pageviews"], "dimensions": ["visit:source"],
+                      "date_range": ["2026-11-14", "2026-11-27"]});
+    let query = parse(base(body.clone()).to_string().as_bytes(), &s, now()).unwrap();
+    let day = |d: u32| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+    let empty = |catalog: &[veil_aggregator::query::Build]| {
+        let mut days: Vec<u32> = catalog
+            .iter()
+            .filter(|b| b.build == 0)
+            .map(|b| chrono::Datelike::day(&b.day))
+            .collect();
+        days.sort_unstable();
+        days
+    };
+    let raw_read = |catalog: &[veil_aggregator::query::Build]| {
+        assemble::sql(&query, &s, catalog, None)
+            .as_str()
+            .contains("FROM events WHERE")
+    };
+    // Another site's hit on the 25th.
+    insert(
+        &ch,
+        "other.example",
+        &[ev("O1".into(), "2026-11-25 10:00:00", "pageview", "/")],
+    )
+    .await;
+    let catalog = builds::Builds::new(None)
+        .for_query(&client, &s, &query)
+        .await
+        .unwrap();
+    let mut want: Vec<u32> = (14..=18).chain(21..=28).collect();
+    want.sort_unstable();
+    assert_eq!(empty(&catalog), want, "{catalog:?}");
+    assert!(catalog.iter().any(|b| b.day == day(20) && b.build > 0));
+    assert!(!raw_read(&catalog), "no day is derived from raw events");
+    same_as_raw(&ch, &s, body.clone(), "visits_daily", None).await;
+    let before = q(&ch, &s, base(body.clone())).await;
+
+    // A late hit of the site on the 25th: that stretch is read from raw events again.
+    insert(
+        &ch,
+        SITE,
+        &[ev("L1".into(), "2026-11-25 10:00:00", "pageview", "/")],
+    )
+    .await;
+    let catalog = builds::Builds::new(None)
+        .for_query(&client, &s, &query)
+        .await
+        .unwrap();
+    assert_eq!(
+        empty(&catalog),
+        (14..=18).collect::<Vec<_>>(),
+        "{catalog:?}"
+    );
+    assert!(raw_read(&catalog));
+    same_as_raw(&ch, &s, body.clone(), "visits_daily", None).await;
+    let after = q(&ch, &s, base(body)).await;
+    let visitors = |doc: &Value| -> u64 {
+        doc["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["metrics"][0].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(visitors(&after), visitors(&before) + 1, "{before}\n{after}");
+}
