@@ -150,6 +150,9 @@ async fn visit_builds_for(
     Ok(out)
 }
 
+/// A site, the first and last day of a range, and whether today's snapshot was looked up.
+type RangeKey = (String, NaiveDate, NaiveDate, bool);
+
 /// The recorded visit builds one request's queries read, fetched once per date range: a
 /// request runs up to seven queries over the same range (guard, report, conversion rates,
 /// percentages, and again for a comparison), and checking today's build counts today's events.
@@ -157,7 +160,7 @@ async fn visit_builds_for(
 pub struct Builds {
     /// Builds by site, date range and whether today's snapshot was looked up (with the
     /// site's [`empty_days`]).
-    seen: Vec<((String, NaiveDate, NaiveDate, bool), Vec<Build>)>,
+    seen: Vec<(RangeKey, Vec<Build>)>,
     snapshots: Option<Box<dyn TodaySnapshots>>,
     /// Reads under way that the request's guard counts may join.
     inflight: Option<crate::db::Inflight>,
