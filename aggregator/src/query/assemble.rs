@@ -744,7 +744,9 @@ fn limit_rows_per_visitor(inner: &mut Sql, nd: usize, rows: u64) {
 /// `cityHash64(visitor id, row)`), and each picked row's numbers made from its hits or
 /// visits — the same rows and numbers, about twice as fast (1M events: top pages under a page
 /// filter 0.49 → 0.24 s, sources 0.26 → 0.15 s). `None` when the question is not of that
-/// shape (the caller falls back to the general form).
+/// shape (the caller falls back to the general form). When each visitor id counts in one row
+/// and every metric is visitors, the row is `argMin(row, cityHash64(visitor id, row))` over
+/// the visitor id's hits or visits: the same pick, without the array.
 ///
 /// ```text
 /// SELECT r.1 AS d0, r.2 AS m0, …, toUInt64(1) AS k, _v FROM (
@@ -830,6 +832,28 @@ fn rows_per_visitor(q: &Query, site: &SiteView, built: &[Build], rows: u64) -> O
         fields.push(Sql::new("toUInt8(0)"));
     }
     let (from, conds) = rows_and_conds(q, site, built, src, per.as_ref());
+    let where_ = |s: &mut Sql| {
+        if !conds.is_empty() {
+            s.push(sql!(" WHERE {}", Sql::join(conds.clone(), " AND ")));
+        }
+    };
+    // One row per visitor, each metric 1 (visitors by country, device, day…): the picked row
+    // is the value with the lowest hash, an `argMin` — no array of the visitor's rows to build
+    // and sort (at 50M events, visitors by day under a page filter 5.7 → 4.5 s).
+    let visitors_only = q
+        .metrics
+        .iter()
+        .all(|m| matches!(m, Metric::Visitors | Metric::Percentage));
+    if rows.max(1) == 1 && visitors_only {
+        let d = dim_expr(dim, shape, q, site);
+        let cols = std::iter::once(sql!("argMin({0}, cityHash64(visitor_id, {0})) AS d0", d))
+            .chain((0..q.metrics.len()).map(|i| sql!("toUInt64(1) AS m{}", i)))
+            .chain([Sql::new("toUInt64(1) AS k"), Sql::new("visitor_id AS _v")]);
+        let mut s = sql!("SELECT {} FROM {}", Sql::join(cols, ", "), from);
+        where_(&mut s);
+        s.push(Sql::new(" GROUP BY visitor_id"));
+        return Some(s);
+    }
     let cols = std::iter::once(Sql::new("r.1 AS d0"))
         .chain((0..metrics.len()).map(|i| sql!("r.{} AS m{}", i + 2, i)))
         .chain([Sql::new("toUInt64(1) AS k"), Sql::new("_v")]);
@@ -844,9 +868,7 @@ fn rows_per_visitor(q: &Query, site: &SiteView, built: &[Build], rows: u64) -> O
         Sql::join(row, ", "),
         from
     );
-    if !conds.is_empty() {
-        s.push(sql!(" WHERE {}", Sql::join(conds, " AND ")));
-    }
+    where_(&mut s);
     Some(sql!(
         "SELECT {} FROM ({} GROUP BY _v) ARRAY JOIN rs AS r",
         Sql::join(cols, ", "),
