@@ -164,6 +164,8 @@ pub struct Builds {
     snapshots: Option<Box<dyn TodaySnapshots>>,
     /// Reads under way that the request's guard counts may join.
     inflight: Option<crate::db::Inflight>,
+    /// The bound its reports wait under (an expensive question in exact mode: `stats::guarded`).
+    heavy: Option<crate::cost::Heavy>,
 }
 
 impl Builds {
@@ -174,6 +176,7 @@ impl Builds {
             seen: Vec::new(),
             snapshots,
             inflight: None,
+            heavy: None,
         }
     }
 
@@ -181,6 +184,16 @@ impl Builds {
     pub fn sharing(mut self, inflight: Option<crate::db::Inflight>) -> Self {
         self.inflight = inflight;
         self
+    }
+
+    /// Its reports wait for a place under `heavy` ([`crate::cost::Heavy`]).
+    pub fn gate(&mut self, heavy: Option<crate::cost::Heavy>) {
+        self.heavy = heavy;
+    }
+
+    /// The bound its reports wait under, if any.
+    pub fn heavy(&self) -> Option<&crate::cost::Heavy> {
+        self.heavy.as_ref()
     }
 
     /// The reads under way the request may join.

@@ -19,6 +19,17 @@
 //! rate limit ([`crate::auth::RateLimiter::take`], see [`crate::reports::export`]), so
 //! exports cannot multiply the request rate.
 //!
+//! Besides, the whole aggregator runs at most `--max-heavy-queries`
+//! ([`DEFAULT_MAX_HEAVY_QUERIES`]) reports at once that do not read the per-day visit rollup
+//! ([`heavy_source`]: visit rows, raw events, the event rollups' `uniq` states; a filter the
+//! per-day rows do not answer) — the admin's too.
+//! Each such report uses every core ClickHouse gives one query; six panels of a dashboard
+//! under a page pattern at once shared two cores six ways, so each ran six times longer than
+//! alone and the last passed `max_execution_time` (a 400 "too expensive" for a question that
+//! takes 7 s alone). Past the bound a report waits for a place ([`HEAVY_WAIT`]; the wait is not
+//! ClickHouse's time), then is answered `429` with `Retry-After`; reports read from the rollups
+//! never wait.
+//!
 //! The admin token is not bounded here: it can already delete every site and read every
 //! number, and a bound would only slow the operator's own scripts. ClickHouse's own
 //! per-query bounds still apply to it. Site keys, shared links and any other credential are
@@ -45,6 +56,71 @@ pub const BUSY_RETRY_SECS: u64 = 1;
 
 /// How long a request over its credential's bound waits for a place before its 429.
 pub const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reports not read from the per-day visit rollup the aggregator runs at once by default
+/// ([`Heavy`]): ClickHouse 18.16 gives one query as many threads as the server has cores, so
+/// two at once keep two cores busy without dividing them further.
+pub const DEFAULT_MAX_HEAVY_QUERIES: u32 = 2;
+
+/// How long such a report waits for a place before its 429: five reports of about 6 s alone
+/// (a filtered dashboard at 50M events on two cores) wait at most about 25 s.
+pub const HEAVY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether a report on `src`'s rows takes a place under [`Heavy`]: every source but the
+/// per-day visit rollup (`visits_daily`, a few rows per day and value). Visit rows and raw
+/// events are read per visit or per hit; the event rollups merge a `uniq` state per page and
+/// hour (visitors by day under "page is not /pricing" at 50M events: 45 000 states, 4–8 s),
+/// and under differential privacy they are not read at all — their questions read visit rows
+/// or raw events per visitor id.
+pub fn heavy_source(src: crate::query::Source) -> bool {
+    src != crate::query::Source::VisitsDaily
+}
+
+/// The aggregator-wide bound on reports not answered from the per-day visit rollup at once (see the
+/// module docs).
+#[derive(Debug, Clone)]
+pub struct Heavy {
+    limit: u32,
+    wait: std::time::Duration,
+    sem: Arc<Semaphore>,
+}
+
+impl Heavy {
+    /// At most `limit` such reports at once (0: no bound).
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            wait: HEAVY_WAIT,
+            sem: Arc::new(Semaphore::new(limit as usize)),
+        }
+    }
+
+    /// The same bound with a report over it waiting `wait` for a place.
+    pub fn with_wait(mut self, wait: std::time::Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// A place for one report, waiting up to the bound's wait, or [`Error::ClickHouseBusy`].
+    pub async fn enter(&self) -> Result<Permit, Error> {
+        if self.limit == 0 {
+            return Ok(Permit { _held: None });
+        }
+        match tokio::time::timeout(self.wait, Arc::clone(&self.sem).acquire_owned()).await {
+            Ok(Ok(p)) => Ok(Permit { _held: Some(p) }),
+            _ => Err(Error::ClickHouseBusy {
+                limit: self.limit,
+                retry_after: BUSY_RETRY_SECS,
+            }),
+        }
+    }
+
+    /// How many such reports run now.
+    pub fn under_way(&self) -> u32 {
+        self.limit
+            .saturating_sub(u32::try_from(self.sem.available_permits()).unwrap_or(u32::MAX))
+    }
+}
 
 /// The permits of every credential with a report under way.
 #[derive(Debug)]
@@ -129,6 +205,39 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn heavy_reports_wait_for_a_place_then_are_refused() {
+        let wait = std::time::Duration::from_millis(100);
+        let h = Arc::new(Heavy::new(2).with_wait(std::time::Duration::from_secs(60)));
+        let (a, b) = (h.enter().await.unwrap(), h.enter().await.unwrap());
+        assert_eq!(h.under_way(), 2);
+        let waiting = {
+            let h = Arc::clone(&h);
+            tokio::spawn(async move { h.enter().await.map(|_| ()) })
+        };
+        tokio::time::sleep(wait).await;
+        assert!(!waiting.is_finished(), "a third waits while two run");
+        drop(a);
+        waiting.await.unwrap().unwrap();
+        let short = Heavy::new(1).with_wait(wait);
+        let held = short.enter().await.unwrap();
+        let t0 = std::time::Instant::now();
+        match short.enter().await {
+            Err(Error::ClickHouseBusy { limit, retry_after }) => {
+                assert_eq!((limit, retry_after), (1, BUSY_RETRY_SECS))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(t0.elapsed() >= wait);
+        drop((held, b));
+        let off = Heavy::new(0);
+        let mut many = Vec::new();
+        for _ in 0..10 {
+            many.push(off.enter().await.unwrap());
+        }
+        assert_eq!(off.under_way(), 0);
+    }
 
     fn key(id: &str) -> Access {
         Access::Site {

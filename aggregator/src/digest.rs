@@ -290,6 +290,8 @@ fn asked_as<'a>(agg: &'a Aggregator, credential: &'a str, now: DateTime<Utc>) ->
             now,
             share: 1.0,
         }),
+        // Digests run one question at a time in the background: never refused as busy.
+        heavy: None,
         ..agg.shared()
     }
 }

@@ -98,6 +98,9 @@ fn error_body(e: &Error, id: Option<&str>) -> HttpResponse {
     | Error::LockedOut(secs)
     | Error::Busy {
         retry_after: secs, ..
+    }
+    | Error::ClickHouseBusy {
+        retry_after: secs, ..
     } = e
     {
         r.headers_mut()
@@ -151,6 +154,12 @@ mod tests {
         assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
         let r = error_response(&Error::Busy {
             limit: 6,
+            retry_after: 1,
+        });
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let r = error_response(&Error::ClickHouseBusy {
+            limit: 2,
             retry_after: 1,
         });
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);

@@ -160,6 +160,19 @@ pub enum Error {
         /// Seconds to wait.
         retry_after: u64,
     },
+    /// The aggregator already runs its limit of reports not answered from the per-day visit rollup
+    /// (`--max-heavy-queries`, [`cost::Heavy`]) and none finished within the wait: a 429 with
+    /// `Retry-After`.
+    #[error(
+        "ClickHouse is busy with {limit} expensive reports (ones the per-day rollup does not \
+         answer: the most this aggregator runs at once); retry in {retry_after} s"
+    )]
+    ClickHouseBusy {
+        /// The aggregator's bound.
+        limit: u32,
+        /// Seconds to wait.
+        retry_after: u64,
+    },
     /// The credential's privacy budget for the UTC day is spent ([`privacy::Privacy::charge`]):
     /// a 429 with `Retry-After` and the budget in the JSON body.
     #[error("{message}")]
@@ -217,7 +230,8 @@ impl Error {
             Error::RateLimited(_)
             | Error::BudgetSpent { .. }
             | Error::LockedOut(_)
-            | Error::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | Error::Busy { .. }
+            | Error::ClickHouseBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::ClickHouse(_) => StatusCode::BAD_GATEWAY,
             Error::Io(_) | Error::Config(_) | Error::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -311,6 +325,11 @@ pub struct AggregatorConfig {
     /// (`--max-concurrent-queries`, default [`cost::DEFAULT_MAX_CONCURRENT_QUERIES`]; 0: no
     /// bound); past it, 429 ([`cost`]).
     pub max_concurrent_queries: u32,
+    /// Reports not answered from the per-day visit rollup (visit rows, raw events, the event rollups) the aggregator runs at once, whoever asks
+    /// (`--max-heavy-queries`, default [`cost::DEFAULT_MAX_HEAVY_QUERIES`]; 0: no bound): past
+    /// it they wait for a place, then 429 ([`cost::Heavy`]). About ClickHouse's cores divided
+    /// by the cores one query uses.
+    pub max_heavy_queries: u32,
     /// The most rows one report query may answer ([`db::MAX_RESULT_ROWS`] by default; 0: no
     /// bound): a library setting (tests lower it), no flag.
     pub max_result_rows: u64,
@@ -362,6 +381,7 @@ impl Default for AggregatorConfig {
             query_memory_mb: db::DEFAULT_QUERY_MEMORY_MB,
             privacy: privacy::Settings::default(),
             max_concurrent_queries: cost::DEFAULT_MAX_CONCURRENT_QUERIES,
+            max_heavy_queries: cost::DEFAULT_MAX_HEAVY_QUERIES,
             max_result_rows: db::MAX_RESULT_ROWS,
             smtp_url: None,
             smtp_ca_file: None,
@@ -443,6 +463,12 @@ impl AggregatorConfig {
         if self.max_concurrent_queries > cost::MAX_CONCURRENT_QUERIES {
             return bad(format!(
                 "--max-concurrent-queries must be at most {} (report requests one credential may have under way; 0: no bound)",
+                cost::MAX_CONCURRENT_QUERIES
+            ));
+        }
+        if self.max_heavy_queries > cost::MAX_CONCURRENT_QUERIES {
+            return bad(format!(
+                "--max-heavy-queries must be at most {} (reports not answered from the per-day visit rollup run at once; 0: no bound)",
                 cost::MAX_CONCURRENT_QUERIES
             ));
         }
@@ -542,6 +568,8 @@ pub struct Aggregator {
     registry: Arc<Registry>,
     limiter: Arc<auth::RateLimiter>,
     gate: Arc<cost::Gate>,
+    /// The bound on reports not answered from the per-day visit rollup at once.
+    heavy: Arc<cost::Heavy>,
     verified: Arc<auth::VerifiedPasswords>,
     snapshots: Option<Arc<snapshot::Snapshots>>,
     inflight: db::Inflight,
@@ -588,6 +616,7 @@ impl Aggregator {
         ));
         let snapshots = snapshot::Snapshots::new(ch.clone(), cfg.today_snapshot_secs);
         let gate = Arc::new(cost::Gate::new(cfg.max_concurrent_queries));
+        let heavy = Arc::new(cost::Heavy::new(cfg.max_heavy_queries));
         let cfg_privacy = cfg.privacy.clone();
         // validate() checked both flags; a mailer that still cannot be made sends nothing.
         let mailer = cfg.smtp_url.as_deref().and_then(|u| {
@@ -618,6 +647,7 @@ impl Aggregator {
             registry,
             limiter,
             gate,
+            heavy,
             verified: Arc::new(auth::VerifiedPasswords::new()),
             snapshots,
             inflight: db::Inflight::default(),
@@ -906,6 +936,7 @@ impl Aggregator {
         stats::Shared {
             snapshots: self.snapshots.as_ref(),
             inflight: Some(&self.inflight),
+            heavy: Some(&self.heavy),
             asker: None,
         }
     }
@@ -962,6 +993,11 @@ impl Aggregator {
     /// permits to fill a credential's limit without timing.
     pub fn cost(&self) -> &cost::Gate {
         &self.gate
+    }
+
+    /// The bound on reports not answered from the per-day visit rollup at once ([`cost::Heavy`]).
+    pub fn heavy(&self) -> &cost::Heavy {
+        &self.heavy
     }
 
     /// The per-credential request rate limit ([`auth::RateLimiter`]) and the time it reads.
@@ -1044,6 +1080,11 @@ mod tests {
             ..ok.clone()
         })
         .contains("--max-concurrent-queries"));
+        assert!(err(AggregatorConfig {
+            max_heavy_queries: cost::MAX_CONCURRENT_QUERIES + 1,
+            ..ok.clone()
+        })
+        .contains("--max-heavy-queries"));
         assert_eq!(
             Error::Config("x".into()).status(),
             StatusCode::INTERNAL_SERVER_ERROR

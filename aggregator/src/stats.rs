@@ -602,9 +602,20 @@ where
 {
     let plan = guard_plan(client, site, q, builds).await?;
     let inflight = builds.inflight().cloned();
+    // The report waits for a place under the bound on expensive reports; the guard's counts
+    // do not: a dashboard's panels ask the same counts at once and share one read of them
+    // (`Inflight`), which panels run one after another would each make again.
+    let heavy = builds.heavy().cloned();
+    let report = async move {
+        let _place = match &heavy {
+            Some(h) => Some(h.enter().await?),
+            None => None,
+        };
+        make(builds).await
+    };
     let (withheld, rep) = tokio::join!(
         plan.too_few(client, inflight.as_ref(), site.min_visitors),
-        make(builds)
+        report
     );
     if withheld? {
         return Ok(None);
@@ -817,12 +828,19 @@ pub async fn run_query(
     let planned = without_passing(client, site, q, shared).await?;
     let q = planned.as_ref().unwrap_or(q);
     let run = async {
-        if matches!(
-            query::source(q, site.child_directed),
-            Source::Events | Source::Joined
-        ) {
+        let src = query::source(q, site.child_directed);
+        if matches!(src, Source::Events | Source::Joined) {
             preflight(client, q, MAX_RAW_EVENTS).await?;
         }
+        // A place under the aggregator's bound on expensive reports, taken where the report
+        // itself runs (`guarded`, `answer`), for questions the per-day visit rollup does not
+        // answer.
+        let shared = Shared {
+            heavy: shared
+                .heavy
+                .filter(|_| crate::cost::heavy_source(src) && !q.realtime),
+            ..shared
+        };
         answer(client, site, q, shared).await
     };
     run.await.map_err(too_expensive(q, site))
@@ -1060,6 +1078,9 @@ pub struct Shared<'a> {
     pub snapshots: Option<&'a Arc<Snapshots>>,
     /// Reads under way.
     pub inflight: Option<&'a crate::db::Inflight>,
+    /// The bound on reports not answered from the per-day visit rollup at once ([`crate::cost::Heavy`]);
+    /// none: unbounded.
+    pub heavy: Option<&'a crate::cost::Heavy>,
     /// Who asks, for differential privacy's budget; none: exact numbers (embedding code and
     /// tests that call [`run`] directly).
     pub asker: Option<Asker<'a>>,
@@ -1120,8 +1141,16 @@ async fn answer(
     let imports = imports_plan(client, site, q).await?;
     let merge = imports.as_ref().ok();
     let (rep, comparison, guard, privacy_meta) = match shared.asker.filter(|a| a.privacy.dp()) {
-        Some(asker) => dp_reports(client, site, q, builds, asker, tz, merge).await?,
+        Some(asker) => {
+            // Its releases and their bases run one after another under one place.
+            let _place = match shared.heavy {
+                Some(h) => Some(h.enter().await?),
+                None => None,
+            };
+            dp_reports(client, site, q, builds, asker, tz, merge).await?
+        }
         None => {
+            builds.gate(shared.heavy.cloned());
             let (rep, comparison, guard) =
                 exact_reports(client, site, q, builds, tz, merge).await?;
             let meta = json!({"mode": "exact", "min_visitors": site.min_visitors});

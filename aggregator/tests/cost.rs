@@ -662,3 +662,35 @@ async fn answers_are_bounded_and_queries_carry_their_time_bound() {
     .unwrap();
     assert_eq!(rows[0][0], json!(MAX_EXECUTION_SECS.to_string()));
 }
+
+/// Reports reading visit rows or raw events take one of the aggregator's few places
+/// (`--max-heavy-queries`), whoever asks (the admin too): past them one waits, running
+/// nothing, until a place is given back, while reports read from the rollups go on.
+#[tokio::test]
+async fn reports_reading_visit_rows_wait_for_a_place_while_rollup_reports_go_on() {
+    let cfg = AggregatorConfig {
+        max_heavy_queries: 1,
+        ..config(0)
+    };
+    let (a, _ch, _keys) = with_keys("cost_heavy", cfg, 0).await;
+    let held = a.heavy().enter().await.unwrap();
+    assert_eq!(a.heavy().under_way(), 1);
+    let r = call(&a, "POST", "/api/v2/query", ADMIN, Some(query_body())).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["meta"]["source"], "visits_daily", "{:?}", r.json());
+    let heavy = json!({"site_id": SITE, "metrics": ["visitors", "bounce_rate"], "date_range": "7d",
+                       "dimensions": ["visit:source"], "filters": [["contains", "event:page", ["/blog"]]]});
+    let waiting = {
+        let a = a.clone();
+        let heavy = heavy.clone();
+        tokio::spawn(async move { call(&a, "POST", "/api/v2/query", ADMIN, Some(heavy)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "it waits while the place is held");
+    drop(held);
+    let r = waiting.await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_ne!(r.json()["meta"]["source"], "event_rollups");
+    assert_ne!(r.json()["meta"]["source"], "visits_daily");
+    assert_eq!(a.heavy().under_way(), 0, "the place is given back");
+}

@@ -479,6 +479,13 @@ layered! {
         /// bounded [default: 6].
         #[arg(long, env = "VEIL_MAX_CONCURRENT_QUERIES", global = true)]
         pub max_concurrent_queries: Option<u32>,
+        /// Reports not answered from the per-day visit rollup (visit rows, raw events, the event
+        /// rollups: filters the per-day rows do not answer) this
+        /// aggregator runs at once, whoever asks; past it they wait up to a minute for a place,
+        /// then 429 with Retry-After. About ClickHouse's cores divided by the cores one query
+        /// uses (its `max_threads`); 0: no bound [default: 2].
+        #[arg(long, env = "VEIL_MAX_HEAVY_QUERIES", global = true)]
+        pub max_heavy_queries: Option<u32>,
         /// How published numbers are protected: `dp` (differential privacy: calibrated noise,
         /// noisy thresholds, a budget per credential and day) or `exact` (exact numbers with
         /// k-anonymity only; warned at start-up and in the dashboard) [default: dp].
@@ -690,6 +697,9 @@ impl Settings {
             max_concurrent_queries: given
                 .max_concurrent_queries
                 .unwrap_or(veil_aggregator::cost::DEFAULT_MAX_CONCURRENT_QUERIES),
+            max_heavy_queries: given
+                .max_heavy_queries
+                .unwrap_or(veil_aggregator::cost::DEFAULT_MAX_HEAVY_QUERIES),
             privacy: {
                 let d = veil_aggregator::privacy::Settings::default();
                 veil_aggregator::privacy::Settings {
@@ -824,6 +834,14 @@ mod tests {
         assert_eq!(s.aggregator.max_concurrent_queries, 2);
         let e = parse(&["up", "--max-concurrent-queries", "100000"]).unwrap_err();
         assert!(e.to_string().contains("--max-concurrent-queries"), "{e}");
+        let s = parse(&["up", "--max-heavy-queries", "8"]).unwrap();
+        assert_eq!(s.aggregator.max_heavy_queries, 8);
+        assert_eq!(
+            parse(&["up"]).unwrap().aggregator.max_heavy_queries,
+            veil_aggregator::cost::DEFAULT_MAX_HEAVY_QUERIES
+        );
+        let e = parse(&["up", "--max-heavy-queries", "100000"]).unwrap_err();
+        assert!(e.to_string().contains("--max-heavy-queries"), "{e}");
         let s = parse(&["up"]).unwrap();
         assert_eq!(
             s.aggregator.privacy.mode,

@@ -123,6 +123,10 @@ struct Args {
     /// first screen): `day`, `7d`, `30d`, `month`, `6mo`, `12mo`, `year`.
     #[arg(long, default_value = "7d,30d,12mo", value_delimiter = ',')]
     periods: Vec<String>,
+    /// The aggregator's `--max-heavy-queries` (reports not answered from the per-day visit
+    /// rollup run at once; 0: no bound) [default: the aggregator's]
+    #[arg(long)]
+    max_heavy_queries: Option<u32>,
     /// Do not time each filtered panel by itself (only the six at once).
     #[arg(long)]
     skip_singles: bool,
@@ -165,8 +169,10 @@ fn mode_name(m: Mode) -> &'static str {
 const DP_EPSILON_DAY: f64 = 1e9;
 
 /// The aggregator configuration of `mode` (`today_snapshot_secs` 0: live reads).
-fn config(mode: Mode, today_snapshot_secs: u64) -> AggregatorConfig {
+fn config(mode: Mode, today_snapshot_secs: u64, heavy: Option<u32>) -> AggregatorConfig {
+    let d = AggregatorConfig::default();
     AggregatorConfig {
+        max_heavy_queries: heavy.unwrap_or(d.max_heavy_queries),
         sites: vec![SITE.into()],
         min_visitors: 5,
         today_snapshot_secs,
@@ -175,17 +181,22 @@ fn config(mode: Mode, today_snapshot_secs: u64) -> AggregatorConfig {
             epsilon_day: DP_EPSILON_DAY,
             ..Settings::default()
         },
-        ..AggregatorConfig::default()
+        ..d
     }
 }
 
 /// One aggregator per mode timed, sharing one registry.
 type Aggs = Vec<(Mode, Aggregator)>;
 
-fn aggregators(modes: &[Mode], ch: &ClickHouseConfig, today_snapshot_secs: u64) -> Aggs {
+fn aggregators(
+    modes: &[Mode],
+    ch: &ClickHouseConfig,
+    today_snapshot_secs: u64,
+    heavy: Option<u32>,
+) -> Aggs {
     let mut out: Aggs = Vec::new();
     for m in modes {
-        let cfg = config(*m, today_snapshot_secs);
+        let cfg = config(*m, today_snapshot_secs, heavy);
         let agg = match out.first() {
             Some((_, first)) => {
                 Aggregator::with_registry(cfg, ch.clone(), std::sync::Arc::clone(first.registry()))
@@ -843,7 +854,7 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
     let mut summaries = Vec::new();
     for size in sizes {
         let ch = prepare(&base, size, &a).await?;
-        let live = aggregators(&modes, &ch, 0);
+        let live = aggregators(&modes, &ch, 0, a.max_heavy_queries);
         let Some((_, agg)) = live.first() else {
             bail!("no privacy mode to time");
         };
@@ -933,7 +944,12 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
         // The same with today's snapshot (as `veil aggregator` reads by default): one taken
         // now, and reports that read it (the data does not change meanwhile, so it misses
         // nothing and every run reads it).
-        let snap_aggs = aggregators(&modes, &ch, veil_aggregator::snapshot::MAX_AGE_SECS);
+        let snap_aggs = aggregators(
+            &modes,
+            &ch,
+            veil_aggregator::snapshot::MAX_AGE_SECS,
+            a.max_heavy_queries,
+        );
         let t = Instant::now();
         let snap =
             veil_aggregator::snapshot::take(&ch, SITE, chrono::Utc::now().naive_utc()).await?;
@@ -1638,7 +1654,7 @@ mod tests {
         assert_eq!(PrivacyChoice::Dp.modes(), [Mode::Dp]);
         assert_eq!(PrivacyChoice::Exact.modes(), [Mode::Exact]);
         for m in [Mode::Exact, Mode::Dp] {
-            let c = config(m, 0);
+            let c = config(m, 0, None);
             assert_eq!(c.privacy.mode, m);
             assert_eq!(c.privacy.epsilon_day, DP_EPSILON_DAY);
             assert!(c.privacy.validate().is_ok());
