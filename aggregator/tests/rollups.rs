@@ -244,13 +244,24 @@ async fn hourly_filters_match_raw(ch: &ClickHouseConfig) {
     let questions = [
         json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "filters": [["is", "event:goal", ["Signup"]]]}),
         json!({"metrics": ["visitors", "events"], "dimensions": ["event:page"], "filters": [["is", "event:name", ["Signup"]]]}),
-        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["time:day"], "date_range": ["2026-11-19", "2026-11-20"], "filters": [["contains", "event:page", ["/"]]]}),
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["time:hour"], "date_range": ["2026-11-19", "2026-11-20"], "filters": [["contains", "event:page", ["/"]]]}),
         json!({"metrics": ["visitors"], "dimensions": ["event:goal"], "filters": [["matches", "event:page", ["^/(pricing|blog)"]]]}),
         json!({"metrics": ["visitors", "events"], "dimensions": ["event:name"], "filters": [["is_not", "event:page", ["/"]], ["is", "event:hostname", ["shop.example"]]]}),
         json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page", "event:name"], "filters": [["contains", "event:page", ["PRIC"], {"case_sensitive": false}]]}),
     ];
     for body in questions {
         same_as_raw(ch, &s, body, "event_rollups", None).await;
+    }
+    // By day or in total under a pattern or a negation: the visits with such a hit, not every
+    // page's states merged (`source::wide_under_hits`).
+    let wide = [
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["time:day"], "date_range": ["2026-11-19", "2026-11-20"], "filters": [["contains", "event:page", ["/"]]]}),
+        json!({"metrics": ["visitors", "pageviews", "events"], "filters": [["is_not", "event:page", ["/"]]]}),
+        json!({"metrics": ["visitors"], "dimensions": ["time:day"], "filters": [["not", ["is", "event:page", ["/pricing"]]]]}),
+        json!({"metrics": ["visitors", "pageviews"], "filters": [["contains", "event:page", ["PRIC"], {"case_sensitive": false}]]}),
+    ];
+    for body in wide {
+        same_as_raw(ch, &s, body, "visit_hits", None).await;
     }
 }
 

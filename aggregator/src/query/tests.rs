@@ -396,13 +396,40 @@ fn sources_follow_what_the_query_needs() {
         ),
         Source::VisitHits
     );
-    // Differential privacy's chart under a page pattern: visit rows, one per visit, by day.
-    let mut chart = parse_ok(
-        r#"{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["time:day"],"filters":[["contains","event:page",["blog"]]]}"#,
-    );
-    assert_eq!(source(&chart, false), Source::Hourly);
-    chart.bounded = true;
-    assert_eq!(source(&chart, false), Source::VisitHits);
+    // The chart under a page pattern: visit rows, one per visit, by day (the event rollups
+    // would merge the states of every page that contains it); so is differential privacy's.
+    // Under pages named (one page: its filtered daily rows), or by hour, the rollups.
+    let chart = |filter: &str, bucket: &str| {
+        parse_ok(&format!(
+            r#"{{"site_id":"a","metrics":["visitors"],"date_range":"7d","dimensions":["time:{bucket}"],"filters":[{filter}]}}"#
+        ))
+    };
+    let mut by_day = chart(r#"["contains","event:page",["blog"]]"#, "day");
+    assert_eq!(source(&by_day, false), Source::VisitHits);
+    by_day.bounded = true;
+    assert_eq!(source(&by_day, false), Source::VisitHits);
+    for (filter, bucket) in [
+        (r#"["is","event:page",["/blog","/docs"]]"#, "day"),
+        (r#"["contains","event:page",["blog"]]"#, "hour"),
+    ] {
+        assert_eq!(
+            source(&chart(filter, bucket), false),
+            Source::Hourly,
+            "{filter} {bucket}"
+        );
+    }
+    for filter in [
+        r#"["is_not","event:page",["/blog"]]"#,
+        r#"["not",["is","event:page",["/blog"]]]"#,
+        r#"["matches","event:page",["^/b"]]"#,
+        r#"["is","event:page",["/BLOG"],{"case_sensitive":false}]"#,
+    ] {
+        assert_eq!(
+            source(&chart(filter, "day"), false),
+            Source::VisitHits,
+            "{filter}"
+        );
+    }
     // A share's denominator is the filtered total.
     assert_eq!(
         pages(
@@ -721,7 +748,8 @@ fn the_guards_everyone_question_writes_no_filter() {
             r#"["has_done",["is","event:goal",["Signup"]]]"#,
             Source::Visits,
         ),
-        (r#"["contains","event:page",["blog"]]"#, Source::Hourly),
+        (r#"["contains","event:page",["blog"]]"#, Source::VisitHits),
+        (r#"["is","event:page",["/blog","/docs"]]"#, Source::Hourly),
         (
             r#"["has_done",["contains","event:page",["blog"]]]"#,
             Source::Visits,
