@@ -763,6 +763,8 @@ fn the_guards_everyone_question_writes_no_filter() {
         let filtered = assemble::sql(&q, &site(), &[], None).to_string();
         assert_eq!(source(&q, false), src, "{filter}");
         q.filter = Some(Filter::Or(vec![f.clone(), Filter::Not(Box::new(f))]));
+        // Counted by the same source as the filter's own count.
+        assert_eq!(source(&q, false), src, "everyone under {filter}");
         let everyone = assemble::sql(&q, &site(), &[], None).to_string();
         for term in ["Signup", "blog", "'plan'"] {
             if filtered.contains(term) {
