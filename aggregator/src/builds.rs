@@ -166,6 +166,9 @@ pub struct Builds {
     inflight: Option<crate::db::Inflight>,
     /// The bound its reports wait under (an expensive question in exact mode: `stats::guarded`).
     heavy: Option<crate::cost::Heavy>,
+    /// Set while a report that may gather with others runs (`stats::guarded`,
+    /// [`crate::screen`]): it then waits under [`Self::heavy`] itself.
+    screens: Option<crate::screen::Screens>,
 }
 
 impl Builds {
@@ -177,6 +180,7 @@ impl Builds {
             snapshots,
             inflight: None,
             heavy: None,
+            screens: None,
         }
     }
 
@@ -189,6 +193,16 @@ impl Builds {
     /// Its reports wait for a place under `heavy` ([`crate::cost::Heavy`]).
     pub fn gate(&mut self, heavy: Option<crate::cost::Heavy>) {
         self.heavy = heavy;
+    }
+
+    /// Let the next report gather with others ([`crate::screen`]), or not.
+    pub fn gather(&mut self, screens: Option<crate::screen::Screens>) {
+        self.screens = screens;
+    }
+
+    /// Where the report may gather with others, if it may.
+    pub fn screens(&self) -> Option<&crate::screen::Screens> {
+        self.screens.as_ref()
     }
 
     /// The bound its reports wait under, if any.

@@ -74,6 +74,7 @@ pub mod query;
 pub mod reports;
 pub mod retention;
 pub mod rollup;
+pub mod screen;
 pub mod segments;
 pub mod site;
 pub mod snapshot;

@@ -135,7 +135,17 @@ async fn report(
     let built = builds.for_query(client, site, q).await?;
     let foldable = !q.dimensions.is_empty() && q.time_bucket().is_none();
     let sql = query::assemble::sql(q, site, &built, foldable.then_some(kmin));
-    let raw = fetch(client, &sql).await?;
+    let raw = match builds
+        .screens()
+        .filter(|_| crate::screen::screen_member(q, site))
+    {
+        Some(screens) => {
+            screens
+                .rows(client, site, q, &built, kmin, &sql, builds.heavy())
+                .await?
+        }
+        None => fetch(client, &sql).await?,
+    };
     let nd = q.dimensions.len();
     let nm = q.metrics.len();
     // A row labelled by anything but its time bucket names a group: under k it is dropped.
@@ -595,6 +605,7 @@ async fn guarded<'b, Fut>(
     site: &SiteView,
     q: &Query,
     builds: &'b mut Builds,
+    gather: bool,
     make: impl FnOnce(&'b mut Builds) -> Fut,
 ) -> Result<Option<Report>, Error>
 where
@@ -602,10 +613,17 @@ where
 {
     let plan = guard_plan(client, site, q, builds).await?;
     let inflight = builds.inflight().cloned();
+    // A report that may gather with the others asked at once (`crate::screen`) waits for its
+    // place where its statement runs: panels waiting here would miss the gathering.
+    let screens = inflight
+        .as_ref()
+        .filter(|_| gather && crate::screen::screen_member(q, site))
+        .map(|i| i.screens().clone());
     // The report waits for a place under the bound on expensive reports; the guard's counts
     // do not: a dashboard's panels ask the same counts at once and share one read of them
     // (`Inflight`), which panels run one after another would each make again.
-    let heavy = builds.heavy().cloned();
+    let heavy = builds.heavy().cloned().filter(|_| screens.is_none());
+    builds.gather(screens);
     let report = async move {
         let _place = match &heavy {
             Some(h) => Some(h.enter().await?),
@@ -1395,7 +1413,8 @@ async fn exact_reports(
     tz: chrono_tz::Tz,
     merge: Option<&merge::Plan>,
 ) -> Result<(Report, Option<(Query, Report)>, bool), Error> {
-    let made = guarded(client, site, q, builds, |b| {
+    // A report merged with imported history reads its own statement (`merged_report`).
+    let made = guarded(client, site, q, builds, merge.is_none(), |b| {
         full_report(client, site, q, b, merge)
     })
     .await?;
@@ -1414,7 +1433,7 @@ async fn exact_reports(
             let cq = q.comparison(how, tz);
             // As before the guard ran beside it: the comparison's rates are added to whatever
             // it is (withheld, merged with imports or not).
-            let made = guarded(client, site, &cq, builds, |b| async {
+            let made = guarded(client, site, &cq, builds, merge.is_none(), |b| async {
                 match merge {
                     Some(plan) => merged_report(client, site, &cq, b, plan).await,
                     None => report(client, site, &cq, b).await,

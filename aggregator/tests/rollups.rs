@@ -1173,3 +1173,109 @@ async fn days_without_a_build_or_an_event_are_not_derived_from_raw_events() {
     };
     assert_eq!(visitors(&after), visitors(&before) + 1, "{before}\n{after}");
 }
+
+/// A dashboard's panels asked at once under a filter only visit rows answer gather into one
+/// statement (`veil_aggregator::screen`): the total, the chart and the breakdowns by a visit
+/// property each get exactly the answer they get alone (k-anonymity's folds included), and
+/// the answer raw events give; top pages, which counts hits, runs its own.
+#[tokio::test]
+async fn panels_asked_at_once_share_one_statement_and_answer_as_alone() {
+    let ch = veil_schemas::testing::fresh_database("stats_screens").await;
+    seed(&ch).await;
+    let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+    rollup::run_until(&ch, today, 30).await.unwrap();
+    let s = site();
+    let client = ch.client();
+    // A window long enough that every panel of a loaded test machine joins it.
+    let inflight = db::Inflight::with_screens(veil_aggregator::screen::Screens::with_window(
+        std::time::Duration::from_millis(400),
+    ));
+    let panels = [
+        json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]}),
+        json!({"metrics": ["visitors"], "dimensions": ["time:day"]}),
+        json!({"metrics": ["visitors", "visits"], "dimensions": ["visit:source"], "include": {"total_rows": true}}),
+        json!({"metrics": ["visitors"], "dimensions": ["visit:country"], "order_by": [["visitors", "asc"]]}),
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["visit:device"]}),
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"]}),
+    ];
+    let filters = [
+        json!([["contains", "event:page", ["pric"]]]),
+        json!([["is_not", "event:page", ["/pricing"]]]),
+        json!([["is", "event:props:plan", ["pro"]]]),
+        json!([["has_done", ["is", "event:goal", ["Signup"]]]]),
+        json!([
+            ["matches", "event:page", ["^/"]],
+            ["is", "visit:source", ["Google"]]
+        ]),
+    ];
+    let mut statements = 0;
+    let (mut folded, mut suppressed) = (0, 0);
+    for (f, k) in filters.iter().flat_map(|f| [(f, 5), (f, 11)]) {
+        let mut s = s.clone();
+        s.min_visitors = k;
+        let bodies: Vec<Value> = panels
+            .iter()
+            .map(|p| {
+                let mut b = base(p.clone());
+                b["date_range"] = json!(["2026-11-18", "2026-11-21"]);
+                b["filters"] = f.clone();
+                b
+            })
+            .collect();
+        let mut alone = Vec::new();
+        for b in &bodies {
+            alone.push(q(&ch, &s, b.clone()).await);
+        }
+        let run = |b: &Value| {
+            let body = b.to_string();
+            let (client, s, inflight) = (&client, s.clone(), &inflight);
+            async move {
+                let shared = veil_aggregator::stats::Shared {
+                    inflight: Some(inflight),
+                    ..Default::default()
+                };
+                veil_aggregator::stats::run(client, &s, body.as_bytes(), now(), shared)
+                    .await
+                    .unwrap()
+                    .1
+            }
+        };
+        let (t0, t1, t2, t3, t4, t5) = tokio::join!(
+            run(&bodies[0]),
+            run(&bodies[1]),
+            run(&bodies[2]),
+            run(&bodies[3]),
+            run(&bodies[4]),
+            run(&bodies[5])
+        );
+        let together = [t0, t1, t2, t3, t4, t5];
+        for ((b, a), t) in bodies.iter().zip(&alone).zip(&together) {
+            folded += usize::from(t["meta"]["folded_rows"].as_u64().unwrap_or(0) > 0);
+            suppressed += usize::from(t["meta"]["suppressed"] == true);
+            assert_eq!(t["results"], a["results"], "{b}\ntogether {t}\nalone {a}");
+            assert_eq!(t["meta"], a["meta"], "{b}");
+            let mut raw = b.clone();
+            raw["include"] = json!({"rollups": false});
+            let r = q(&ch, &s, raw).await;
+            assert_eq!(t["results"], r["results"], "{b}\ntogether {t}\nraw {r}");
+        }
+        assert!(
+            k > 5
+                || together[0]["results"][0]["metrics"][0]
+                    .as_u64()
+                    .unwrap_or(0)
+                    > 0,
+            "the filter selects someone: {}",
+            together[0]
+        );
+        // The total, the chart and three breakdowns: one statement; top pages its own.
+        statements += 1;
+        assert_eq!(
+            inflight.screens().shared(),
+            (statements, 5 * statements),
+            "{f}"
+        );
+    }
+    // k-anonymity's fold and its suppression both met on the way.
+    assert!(folded > 0 && suppressed > 0, "{folded} {suppressed}");
+}

@@ -271,6 +271,158 @@ fn one_per_visitor(expr: Sql, per_visitor: bool) -> Sql {
     }
 }
 
+/// The metrics a [`screen_sql`] statement can compute for its reports: counts over visit rows.
+pub const SCREEN_METRICS: [Metric; 7] = [
+    Metric::Visitors,
+    Metric::Visits,
+    Metric::Pageviews,
+    Metric::Events,
+    Metric::BounceRate,
+    Metric::VisitDuration,
+    Metric::ViewsPerVisit,
+];
+
+/// Whether `q` can be one of the reports of a [`screen_sql`] statement: an exact report
+/// ([`Query::bounded`] and [`Query::unrounded`] unset) of [`SCREEN_METRICS`] in total, by time
+/// or by one visit or visitor property, read from visit rows one row per visit
+/// ([`Source::Visits`], or [`Source::VisitHits`] answered [`per_visit`]) — the reports that
+/// each read the whole range's filtered visit rows.
+pub fn screen_member(q: &Query, site: &SiteView) -> bool {
+    if site.child_directed || q.bounded || q.unrounded || q.realtime || q.dimensions.len() > 1 {
+        return false;
+    }
+    if !q.metrics.iter().all(|m| SCREEN_METRICS.contains(m)) {
+        return false;
+    }
+    let plain_dim = q.dimensions.iter().all(|d| {
+        matches!(
+            d.kind,
+            DimKind::Visit(_)
+                | DimKind::Visitor(_)
+                | DimKind::CountryName
+                | DimKind::PlaceName(_)
+                | DimKind::Time(TimeBucket::Day | TimeBucket::Week | TimeBucket::Month)
+        )
+    });
+    plain_dim
+        && match source(q, false) {
+            Source::Visits => true,
+            Source::VisitHits => per_visit(q, site).is_some(),
+            _ => false,
+        }
+}
+
+/// One statement for several reports over the same filtered visit rows ([`screen_member`]s
+/// sharing site, range, time zone, filter and builds): the rows are read and filtered once,
+/// then each visit counts once in every group (`ARRAY JOIN` of `(group, value)` pairs) — a
+/// dashboard's total, chart and breakdowns in one scan instead of one each.
+///
+/// `q` is any member; `groups` the members' dimensions (`None`: the total), `metrics` their
+/// metrics (in [`SCREEN_METRICS`]). Breakdowns by a property are folded under `kmin` as
+/// [`sql`] folds them; the total and time groups are not. Output: `g` (index into `groups`),
+/// `shown`, `g0` (the value), `o…` (`metrics` in order), `ok`, `n` — for each group the rows
+/// [`sql`] gives its member, in any order. `None` when the members' rows are not one
+/// source's visit rows.
+pub fn screen_sql(
+    q: &Query,
+    groups: &[Option<super::vocab::Dim>],
+    metrics: &[Metric],
+    site: &SiteView,
+    built: &[Build],
+    kmin: u64,
+) -> Option<Sql> {
+    let mut uq = q.clone();
+    uq.dimensions = groups.iter().flatten().cloned().collect();
+    uq.metrics = metrics.to_vec();
+    uq.order_by.clear();
+    let src = source(&uq, site.child_directed);
+    let per = match src {
+        Source::Visits => None,
+        Source::VisitHits => Some(per_visit(&uq, site)?),
+        _ => return None,
+    };
+    let (from, conds) = rows_and_conds(&uq, site, built, src, per.as_ref());
+    let f = uq.filter.as_ref().filter(|f| !f.is_tautology());
+    // A visit's counts are computed once, before it is repeated for each group.
+    let mut row_cols = vec![Sql::new("visitor_id, bounce, duration, pageviews")];
+    let mut exprs = Vec::new();
+    for (i, m) in metrics.iter().enumerate() {
+        let e = match (&per, m) {
+            (Some(p), Metric::Pageviews) => {
+                row_cols.push(sql!(
+                    "{} AS _pv",
+                    visit_hits_matching("name = 'pageview'", f, &p.hit_cols, &uq, site)
+                ));
+                Sql::new("sum(_pv)")
+            }
+            (Some(p), Metric::Events) => {
+                row_cols.push(sql!(
+                    "{} AS _ev",
+                    visit_hits_matching("name != 'engagement'", f, &p.hit_cols, &uq, site)
+                ));
+                Sql::new("sum(_ev)")
+            }
+            (None, Metric::Events) => {
+                row_cols.push(Sql::new("events"));
+                metric_sql(*m, Source::Visits, &uq)
+            }
+            _ => metric_sql(*m, Source::Visits, &uq),
+        };
+        exprs.push(sql!("{} AS m{}", e, i));
+    }
+    let pairs = groups.iter().enumerate().map(|(i, g)| {
+        let value = match g {
+            Some(d) => dim_expr(d, Source::Visits, &uq, site),
+            None => Sql::new("''"),
+        };
+        sql!("(toUInt8({}), {})", i as u64, value)
+    });
+    row_cols.push(sql!("[{}] AS _pairs", Sql::join(pairs, ", ")));
+    let mut rows = sql!("SELECT {} FROM {}", Sql::join(row_cols, ", "), from);
+    if !conds.is_empty() {
+        rows.push(sql!(" WHERE {}", Sql::join(conds, " AND ")));
+    }
+    let grouped = sql!(
+        "SELECT _p.1 AS g, _p.2 AS d0, {}, uniq(visitor_id) AS k, uniqState(visitor_id) AS ks \
+         FROM ({}) ARRAY JOIN _pairs AS _p GROUP BY g, d0",
+        Sql::join(exprs, ", "),
+        rows
+    );
+    let folded: Vec<Sql> = groups
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| {
+            g.as_ref()
+                .is_some_and(|d| !matches!(d.kind, DimKind::Time(_)))
+        })
+        .map(|(i, _)| sql!("{}", i as u64))
+        .collect();
+    let shown = if folded.is_empty() {
+        Sql::new("toUInt8(1) AS shown")
+    } else {
+        sql!(
+            "toUInt8(g NOT IN ({}) OR k >= {}) AS shown",
+            Sql::join(folded, ", "),
+            kmin
+        )
+    };
+    let mut select = vec![Sql::new("g"), shown, Sql::new("if(shown, d0, '') AS g0")];
+    for (i, m) in metrics.iter().enumerate() {
+        select.push(if additive(*m) || *m == Metric::Visitors {
+            sql!("if(shown, any(m{0}), sum(m{0})) AS o{0}", i)
+        } else {
+            sql!("any(m{0}) AS o{0}", i)
+        });
+    }
+    select.push(Sql::new("uniqMerge(ks) AS ok"));
+    select.push(Sql::new("count() AS n"));
+    Some(sql!(
+        "SELECT {} FROM ({}) GROUP BY g, shown, g0",
+        Sql::join(select, ", "),
+        grouped
+    ))
+}
+
 /// The range conditions of raw events for `q` (its filter is added by the caller).
 fn event_conds(q: &Query) -> Vec<Sql> {
     let range = sql!(

@@ -1,0 +1,358 @@
+//! Reports asked at once over the same filtered visit rows, answered by one statement.
+//!
+//! A dashboard's first screen under a filter that only visit rows answer (a page pattern, a
+//! negation, a custom property, `has_done`) asks its total, its chart and its breakdowns at
+//! once, and each of them read and filtered the range's visit rows by itself: at 50 M events
+//! six reads of 13 M rows with their hit arrays, 10–16 s on two cores. Here the reports that
+//! can share those rows ([`screen_member`]: exact counts over visit rows, in total, by time or
+//! by one visit property) and arrive within [`WINDOW`] of each other with the same site,
+//! range, time zone, filter and builds gather: the first one waits the window, then runs one
+//! [`screen_sql`] statement for every member (under one place of the bound on expensive
+//! reports, `crate::cost::Heavy`) and each member takes its own group's rows, in the shape
+//! and order its own statement ([`crate::query::assemble::sql`]) gives. A report alone in its
+//! window, or whose group has no row (a total of nobody), runs its own statement as before.
+//!
+//! Nothing is kept after the statement answers: the next report asked starts a new gathering.
+//! The privacy rules see the same rows either way (k-anonymity, the differencing guard and its
+//! counts run per report in `crate::stats`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+use veil_schemas::sql::Sql;
+
+use crate::cost::Heavy;
+use crate::db::{fetch, number};
+use crate::query::assemble::screen_sql;
+use crate::query::{Build, Dim, DimKind, Metric, Query};
+use crate::site::SiteView;
+use crate::Error;
+
+pub use crate::query::assemble::screen_member;
+
+/// How long the first report of a gathering waits for the others, again while more keep
+/// arriving (up to [`MAX_WAITS`] times): a dashboard's panels reach their report within
+/// milliseconds of each other (each first reads its builds and imports); a report that
+/// gathers reads visit rows for hundreds of milliseconds to seconds.
+pub const WINDOW: Duration = Duration::from_millis(25);
+
+/// How many [`WINDOW`]s a gathering stays open at most.
+pub const MAX_WAITS: u32 = 4;
+
+/// The gatherings open now, and what they have done. One per [`crate::Aggregator`] (inside
+/// [`crate::db::Inflight`]).
+#[derive(Debug, Default, Clone)]
+pub struct Screens {
+    open: Arc<Mutex<HashMap<String, Arc<Gathering>>>>,
+    counts: Arc<Counts>,
+    /// [`WINDOW`], or a test's.
+    window: Option<Duration>,
+}
+
+/// How many statements answered several reports, and how many reports they answered.
+#[derive(Debug, Default)]
+struct Counts {
+    statements: AtomicU64,
+    reports: AtomicU64,
+}
+
+/// The statement's answer: the groups and metrics it computed and its rows.
+#[derive(Debug)]
+struct Answer {
+    groups: Vec<Option<Dim>>,
+    metrics: Vec<Metric>,
+    rows: Vec<Value>,
+}
+
+/// `None`: each member runs its own statement (the gathering had one member, or its first
+/// one went away before answering).
+type Outcome = Option<Arc<Result<Answer, Error>>>;
+
+/// The members of one gathering, while it is open.
+#[derive(Debug)]
+struct Gathering {
+    members: Mutex<Vec<(Option<Dim>, Vec<Metric>)>>,
+    answer: watch::Receiver<Outcome>,
+}
+
+/// The first member's hold on its gathering: if its report is dropped before the answer
+/// (the client went away), the gathering closes and the others run their own statements.
+struct Leading<'a> {
+    screens: &'a Screens,
+    key: String,
+    gathering: Arc<Gathering>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.screens.close(&self.key, &self.gathering);
+    }
+}
+
+impl Screens {
+    /// Gatherings that wait `window` (instead of [`WINDOW`]) for more members.
+    pub fn with_window(window: Duration) -> Self {
+        Self {
+            window: Some(window),
+            ..Self::default()
+        }
+    }
+
+    /// How many statements answered more than one report, and how many reports they answered.
+    pub fn shared(&self) -> (u64, u64) {
+        (
+            self.counts.statements.load(Ordering::Relaxed),
+            self.counts.reports.load(Ordering::Relaxed),
+        )
+    }
+
+    fn close(&self, key: &str, g: &Arc<Gathering>) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.get(key).is_some_and(|o| Arc::ptr_eq(o, g)) {
+            open.remove(key);
+        }
+    }
+
+    /// The rows of `q`'s report (a [`screen_member`]) as [`crate::query::assemble::sql`]
+    /// with fold `k` gives them (`k` only for breakdowns by a property), from a statement
+    /// shared with the reports gathered with it, or from its own `alone` statement.
+    /// `heavy`: the bound the statement waits under.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn rows(
+        &self,
+        client: &clickhouse::Client,
+        site: &SiteView,
+        q: &Query,
+        built: &[Build],
+        kmin: u64,
+        alone: &Sql,
+        heavy: Option<&Heavy>,
+    ) -> Result<Vec<Value>, Error> {
+        let dim = q.dimensions.first().cloned();
+        let key = format!(
+            "{:?}",
+            (&q.site, q.start, q.end, &q.tz, &q.filter, q.rollups, built)
+        );
+        let mut lead = None;
+        let mut answer = {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            match open.get(&key) {
+                // A gathering whose first member went away is replaced.
+                Some(g) if g.answer.has_changed().is_ok() => {
+                    g.members
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((dim.clone(), q.metrics.clone()));
+                    g.answer.clone()
+                }
+                _ => {
+                    let (tx, rx) = watch::channel(None);
+                    let g = Arc::new(Gathering {
+                        members: Mutex::new(vec![(dim.clone(), q.metrics.clone())]),
+                        answer: rx.clone(),
+                    });
+                    open.insert(key.clone(), Arc::clone(&g));
+                    lead = Some((tx, g));
+                    rx
+                }
+            }
+        };
+        if let Some((tx, g)) = lead {
+            let hold = Leading {
+                screens: self,
+                key,
+                gathering: g,
+            };
+            let count = || {
+                hold.gathering
+                    .members
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .len()
+            };
+            let mut seen = 1;
+            for _ in 0..MAX_WAITS {
+                tokio::time::sleep(self.window.unwrap_or(WINDOW)).await;
+                let now = count();
+                if now == seen {
+                    break;
+                }
+                seen = now;
+            }
+            self.close(&hold.key, &hold.gathering);
+            let members = std::mem::take(
+                &mut *hold
+                    .gathering
+                    .members
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            let outcome = if members.len() < 2 {
+                None
+            } else {
+                self.run(client, site, q, built, kmin, &members, heavy)
+                    .await
+                    .map(Arc::new)
+            };
+            // Receivers are held by the members; none left is no error.
+            let _ = tx.send(outcome);
+        }
+        let outcome = match answer.wait_for(|o| o.is_some()).await {
+            Ok(o) => o.clone(),
+            // The first member went away, or had no one to share with.
+            Err(_) => None,
+        };
+        let mine = match outcome.as_deref() {
+            Some(Ok(a)) => own_rows(a, dim.as_ref(), q),
+            Some(Err(e)) => return Err(e.clone()),
+            None => None,
+        };
+        match mine {
+            Some(rows) => Ok(rows),
+            None => {
+                let _place = match heavy {
+                    Some(h) => Some(h.enter().await?),
+                    None => None,
+                };
+                fetch(client, alone).await
+            }
+        }
+    }
+
+    /// The gathering's one statement, or `None` when its members do not make one.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        client: &clickhouse::Client,
+        site: &SiteView,
+        q: &Query,
+        built: &[Build],
+        kmin: u64,
+        members: &[(Option<Dim>, Vec<Metric>)],
+        heavy: Option<&Heavy>,
+    ) -> Option<Result<Answer, Error>> {
+        let mut groups: Vec<Option<Dim>> = Vec::new();
+        for (d, _) in members {
+            if !groups.iter().any(|g| same_dim(g.as_ref(), d.as_ref())) {
+                groups.push(d.clone());
+            }
+        }
+        let metrics: Vec<Metric> = crate::query::assemble::SCREEN_METRICS
+            .iter()
+            .copied()
+            .filter(|m| members.iter().any(|(_, ms)| ms.contains(m)))
+            .collect();
+        let sql = screen_sql(q, &groups, &metrics, site, built, kmin)?;
+        let run = async {
+            let _place = match heavy {
+                Some(h) => Some(h.enter().await?),
+                None => None,
+            };
+            fetch(client, &sql).await
+        };
+        let rows = run.await;
+        if rows.is_ok() {
+            self.counts.statements.fetch_add(1, Ordering::Relaxed);
+            self.counts
+                .reports
+                .fetch_add(members.len() as u64, Ordering::Relaxed);
+        }
+        Some(rows.map(|rows| Answer {
+            groups,
+            metrics,
+            rows,
+        }))
+    }
+}
+
+/// Whether two groups are the same dimension (`None`: the total).
+fn same_dim(a: Option<&Dim>, b: Option<&Dim>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.name == b.name && a.kind == b.kind,
+        _ => false,
+    }
+}
+
+/// `q`'s rows out of the shared answer, as its own statement gives them: `shown, g0, o…, ok,
+/// n` for a breakdown by a property, `d0, m…, k` by time, `m…, k` for the total; sorted as
+/// its `ORDER BY` sorts them. `None` when the answer does not hold them (a total of nobody
+/// has no row).
+fn own_rows(a: &Answer, dim: Option<&Dim>, q: &Query) -> Option<Vec<Value>> {
+    let g = a.groups.iter().position(|x| same_dim(x.as_ref(), dim))? as f64;
+    let cols: Vec<usize> = q
+        .metrics
+        .iter()
+        .map(|m| a.metrics.iter().position(|x| x == m))
+        .collect::<Option<_>>()?;
+    let folded = dim.is_some_and(|d| !matches!(d.kind, DimKind::Time(_)));
+    let nm = a.metrics.len();
+    // Answer rows: g, shown, g0, o…, ok, n.
+    let mut rows: Vec<Vec<Value>> = Vec::new();
+    for r in &a.rows {
+        let cells = r.as_array()?;
+        if cells.len() != 3 + nm + 2 {
+            return None;
+        }
+        if number(&cells[0]) != Some(g) {
+            continue;
+        }
+        let mut out = Vec::new();
+        if folded {
+            out.push(cells[1].clone());
+        }
+        if dim.is_some() {
+            out.push(cells[2].clone());
+        }
+        out.extend(cols.iter().map(|&i| cells[3 + i].clone()));
+        out.push(cells[3 + nm].clone());
+        if folded {
+            out.push(cells[4 + nm].clone());
+        }
+        rows.push(out);
+    }
+    if dim.is_none() && rows.len() != 1 {
+        return None;
+    }
+    let lead = usize::from(folded);
+    let nd = usize::from(dim.is_some());
+    rows.sort_by(|x, y| {
+        let shown = |r: &[Value]| if folded { number(&r[0]) } else { None };
+        let mut o = cmp_num(shown(y), shown(x));
+        for (i, desc) in &q.order_by {
+            if o.is_ne() {
+                break;
+            }
+            let c = lead + *i;
+            let (vx, vy) = (&x[c], &y[c]);
+            let by = if *i < nd {
+                text(vx).cmp(&text(vy))
+            } else {
+                cmp_num(number(vx), number(vy))
+            };
+            o = if *desc { by.reverse() } else { by };
+        }
+        o
+    });
+    Some(rows.into_iter().map(Value::Array).collect())
+}
+
+/// Numbers in ClickHouse's order (a missing one first).
+fn cmp_num(a: Option<f64>, b: Option<f64>) -> std::cmp::Ordering {
+    match (a, b) {
+        (Some(a), Some(b)) => a.total_cmp(&b),
+        (a, b) => a.is_some().cmp(&b.is_some()),
+    }
+}
+
+/// A cell as the text it shows.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
