@@ -331,6 +331,11 @@ pub struct AggregatorConfig {
     /// it they wait for a place, then 429 ([`cost::Heavy`]). About ClickHouse's cores divided
     /// by the cores one query uses.
     pub max_heavy_queries: u32,
+    /// How long, in milliseconds, the first of several reports asked at once over the same
+    /// filtered visit rows waits for the others before one statement answers them all
+    /// (`--gather-ms`, default [`screen::DEFAULT_GATHER_MS`]; 0: each report reads its rows
+    /// itself; [`screen`]).
+    pub gather_ms: u64,
     /// The most rows one report query may answer ([`db::MAX_RESULT_ROWS`] by default; 0: no
     /// bound): a library setting (tests lower it), no flag.
     pub max_result_rows: u64,
@@ -383,6 +388,7 @@ impl Default for AggregatorConfig {
             privacy: privacy::Settings::default(),
             max_concurrent_queries: cost::DEFAULT_MAX_CONCURRENT_QUERIES,
             max_heavy_queries: cost::DEFAULT_MAX_HEAVY_QUERIES,
+            gather_ms: screen::DEFAULT_GATHER_MS,
             max_result_rows: db::MAX_RESULT_ROWS,
             smtp_url: None,
             smtp_ca_file: None,
@@ -471,6 +477,12 @@ impl AggregatorConfig {
             return bad(format!(
                 "--max-heavy-queries must be at most {} (reports not answered from the per-day visit rollup run at once; 0: no bound)",
                 cost::MAX_CONCURRENT_QUERIES
+            ));
+        }
+        if self.gather_ms > screen::MAX_GATHER_MS {
+            return bad(format!(
+                "--gather-ms must be at most {} (how long reports asked at once wait for each other; 0: never)",
+                screen::MAX_GATHER_MS
             ));
         }
         self.privacy.validate()?;
@@ -618,6 +630,7 @@ impl Aggregator {
         let snapshots = snapshot::Snapshots::new(ch.clone(), cfg.today_snapshot_secs);
         let gate = Arc::new(cost::Gate::new(cfg.max_concurrent_queries));
         let heavy = Arc::new(cost::Heavy::new(cfg.max_heavy_queries));
+        let screens = screen::Screens::with_window(std::time::Duration::from_millis(cfg.gather_ms));
         let cfg_privacy = cfg.privacy.clone();
         // validate() checked both flags; a mailer that still cannot be made sends nothing.
         let mailer = cfg.smtp_url.as_deref().and_then(|u| {
@@ -651,7 +664,7 @@ impl Aggregator {
             heavy,
             verified: Arc::new(auth::VerifiedPasswords::new()),
             snapshots,
-            inflight: db::Inflight::default(),
+            inflight: db::Inflight::with_screens(screens),
             privacy: Arc::new(privacy::Privacy::new(cfg_privacy)),
             clock: Arc::new(SystemClock),
             failures: Arc::default(),

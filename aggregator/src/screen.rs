@@ -43,14 +43,26 @@ pub const WINDOW: Duration = Duration::from_millis(25);
 /// How many [`WINDOW`]s a gathering stays open at most.
 pub const MAX_WAITS: u32 = 4;
 
+/// The aggregator's `--gather-ms` by default: [`WINDOW`].
+pub const DEFAULT_GATHER_MS: u64 = 25;
+
+/// The longest `--gather-ms` allowed.
+pub const MAX_GATHER_MS: u64 = 1000;
+
 /// The gatherings open now, and what they have done. One per [`crate::Aggregator`] (inside
 /// [`crate::db::Inflight`]).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Screens {
     open: Arc<Mutex<HashMap<String, Arc<Gathering>>>>,
     counts: Arc<Counts>,
-    /// [`WINDOW`], or a test's.
-    window: Option<Duration>,
+    /// [`WINDOW`] unless set (`--gather-ms`); zero: no report gathers.
+    window: Duration,
+}
+
+impl Default for Screens {
+    fn default() -> Self {
+        Self::with_window(WINDOW)
+    }
 }
 
 /// How many statements answered several reports, and how many reports they answered.
@@ -94,12 +106,18 @@ impl Drop for Leading<'_> {
 }
 
 impl Screens {
-    /// Gatherings that wait `window` (instead of [`WINDOW`]) for more members.
+    /// Gatherings that wait `window` (instead of [`WINDOW`]) for more members; zero: none.
     pub fn with_window(window: Duration) -> Self {
         Self {
-            window: Some(window),
-            ..Self::default()
+            open: Arc::default(),
+            counts: Arc::default(),
+            window,
         }
+    }
+
+    /// Whether reports gather at all.
+    pub fn on(&self) -> bool {
+        !self.window.is_zero()
     }
 
     /// How many statements answered more than one report, and how many reports they answered.
@@ -176,7 +194,7 @@ impl Screens {
             };
             let mut seen = 1;
             for _ in 0..MAX_WAITS {
-                tokio::time::sleep(self.window.unwrap_or(WINDOW)).await;
+                tokio::time::sleep(self.window).await;
                 let now = count();
                 if now == seen {
                     break;

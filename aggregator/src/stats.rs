@@ -617,8 +617,9 @@ where
     // place where its statement runs: panels waiting here would miss the gathering.
     let screens = inflight
         .as_ref()
-        .filter(|_| gather && crate::screen::screen_member(q, site))
-        .map(|i| i.screens().clone());
+        .map(|i| i.screens())
+        .filter(|s| s.on() && gather && crate::screen::screen_member(q, site))
+        .cloned();
     // The report waits for a place under the bound on expensive reports; the guard's counts
     // do not: a dashboard's panels ask the same counts at once and share one read of them
     // (`Inflight`), which panels run one after another would each make again.

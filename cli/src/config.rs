@@ -486,6 +486,12 @@ layered! {
         /// uses (its `max_threads`); 0: no bound [default: 2].
         #[arg(long, env = "VEIL_MAX_HEAVY_QUERIES", global = true)]
         pub max_heavy_queries: Option<u32>,
+        /// Milliseconds the first of several reports asked at once over the same filtered
+        /// visit rows (a dashboard's panels under a page pattern, a property, `has_done`…)
+        /// waits for the others, so that one statement reads those rows for all of them; 0:
+        /// each reads them itself [default: 25].
+        #[arg(long, env = "VEIL_GATHER_MS", global = true)]
+        pub gather_ms: Option<u64>,
         /// How published numbers are protected: `dp` (differential privacy: calibrated noise,
         /// noisy thresholds, a budget per credential and day) or `exact` (exact numbers with
         /// k-anonymity only; warned at start-up and in the dashboard) [default: dp].
@@ -700,6 +706,9 @@ impl Settings {
             max_heavy_queries: given
                 .max_heavy_queries
                 .unwrap_or(veil_aggregator::cost::DEFAULT_MAX_HEAVY_QUERIES),
+            gather_ms: given
+                .gather_ms
+                .unwrap_or(veil_aggregator::screen::DEFAULT_GATHER_MS),
             privacy: {
                 let d = veil_aggregator::privacy::Settings::default();
                 veil_aggregator::privacy::Settings {
@@ -842,6 +851,19 @@ mod tests {
         );
         let e = parse(&["up", "--max-heavy-queries", "100000"]).unwrap_err();
         assert!(e.to_string().contains("--max-heavy-queries"), "{e}");
+        assert_eq!(
+            parse(&["up", "--gather-ms", "0"])
+                .unwrap()
+                .aggregator
+                .gather_ms,
+            0
+        );
+        assert_eq!(
+            parse(&["up"]).unwrap().aggregator.gather_ms,
+            veil_aggregator::screen::DEFAULT_GATHER_MS
+        );
+        let e = parse(&["up", "--gather-ms", "5000"]).unwrap_err();
+        assert!(e.to_string().contains("--gather-ms"), "{e}");
         let s = parse(&["up"]).unwrap();
         assert_eq!(
             s.aggregator.privacy.mode,

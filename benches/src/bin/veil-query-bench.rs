@@ -127,6 +127,10 @@ struct Args {
     /// rollup run at once; 0: no bound) [default: the aggregator's]
     #[arg(long)]
     max_heavy_queries: Option<u32>,
+    /// The aggregator's `--gather-ms` (how long reports asked at once over the same filtered
+    /// visit rows wait to share one statement; 0: never) [default: the aggregator's]
+    #[arg(long)]
+    gather_ms: Option<u64>,
     /// Do not time each filtered panel by itself (only the six at once).
     #[arg(long)]
     skip_singles: bool,
@@ -169,10 +173,16 @@ fn mode_name(m: Mode) -> &'static str {
 const DP_EPSILON_DAY: f64 = 1e9;
 
 /// The aggregator configuration of `mode` (`today_snapshot_secs` 0: live reads).
-fn config(mode: Mode, today_snapshot_secs: u64, heavy: Option<u32>) -> AggregatorConfig {
+fn config(
+    mode: Mode,
+    today_snapshot_secs: u64,
+    heavy: Option<u32>,
+    gather_ms: Option<u64>,
+) -> AggregatorConfig {
     let d = AggregatorConfig::default();
     AggregatorConfig {
         max_heavy_queries: heavy.unwrap_or(d.max_heavy_queries),
+        gather_ms: gather_ms.unwrap_or(d.gather_ms),
         sites: vec![SITE.into()],
         min_visitors: 5,
         today_snapshot_secs,
@@ -193,10 +203,11 @@ fn aggregators(
     ch: &ClickHouseConfig,
     today_snapshot_secs: u64,
     heavy: Option<u32>,
+    gather_ms: Option<u64>,
 ) -> Aggs {
     let mut out: Aggs = Vec::new();
     for m in modes {
-        let cfg = config(*m, today_snapshot_secs, heavy);
+        let cfg = config(*m, today_snapshot_secs, heavy, gather_ms);
         let agg = match out.first() {
             Some((_, first)) => {
                 Aggregator::with_registry(cfg, ch.clone(), std::sync::Arc::clone(first.registry()))
@@ -854,7 +865,7 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
     let mut summaries = Vec::new();
     for size in sizes {
         let ch = prepare(&base, size, &a).await?;
-        let live = aggregators(&modes, &ch, 0, a.max_heavy_queries);
+        let live = aggregators(&modes, &ch, 0, a.max_heavy_queries, a.gather_ms);
         let Some((_, agg)) = live.first() else {
             bail!("no privacy mode to time");
         };
@@ -949,6 +960,7 @@ async fn bench(base: ClickHouseConfig, a: Args) -> Result<()> {
             &ch,
             veil_aggregator::snapshot::MAX_AGE_SECS,
             a.max_heavy_queries,
+            a.gather_ms,
         );
         let t = Instant::now();
         let snap =
@@ -1654,7 +1666,7 @@ mod tests {
         assert_eq!(PrivacyChoice::Dp.modes(), [Mode::Dp]);
         assert_eq!(PrivacyChoice::Exact.modes(), [Mode::Exact]);
         for m in [Mode::Exact, Mode::Dp] {
-            let c = config(m, 0, None);
+            let c = config(m, 0, None, None);
             assert_eq!(c.privacy.mode, m);
             assert_eq!(c.privacy.epsilon_day, DP_EPSILON_DAY);
             assert!(c.privacy.validate().is_ok());
