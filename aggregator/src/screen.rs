@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::watch;
-use veil_schemas::sql::Sql;
 
 use crate::cost::Heavy;
 use crate::db::{fetch, number};
@@ -137,19 +136,22 @@ impl Screens {
 
     /// The rows of `q`'s report (a [`screen_member`]) as [`crate::query::assemble::sql`]
     /// with fold `k` gives them (`k` only for breakdowns by a property), from a statement
-    /// shared with the reports gathered with it, or from its own `alone` statement.
-    /// `heavy`: the bound the statement waits under.
+    /// shared with the reports gathered with it, or from `alone` (its own statement, run as
+    /// the caller runs it). `heavy`: the bound the shared statement waits under.
     #[allow(clippy::too_many_arguments)]
-    pub async fn rows(
+    pub async fn rows<F>(
         &self,
         client: &clickhouse::Client,
         site: &SiteView,
         q: &Query,
         built: &[Build],
         kmin: u64,
-        alone: &Sql,
         heavy: Option<&Heavy>,
-    ) -> Result<Vec<Value>, Error> {
+        alone: F,
+    ) -> Result<Vec<Value>, Error>
+    where
+        F: std::future::Future<Output = Result<Vec<Value>, Error>>,
+    {
         let dim = q.dimensions.first().cloned();
         let key = format!(
             "{:?}",
@@ -231,13 +233,7 @@ impl Screens {
         };
         match mine {
             Some(rows) => Ok(rows),
-            None => {
-                let _place = match heavy {
-                    Some(h) => Some(h.enter().await?),
-                    None => None,
-                };
-                fetch(client, alone).await
-            }
+            None => alone.await,
         }
     }
 

@@ -140,8 +140,16 @@ async fn report(
         .filter(|_| crate::screen::screen_member(q, site))
     {
         Some(screens) => {
+            let heavy = builds.heavy();
+            let alone = async {
+                let _place = match heavy {
+                    Some(h) => Some(h.enter().await?),
+                    None => None,
+                };
+                fetch(client, &sql).await
+            };
             screens
-                .rows(client, site, q, &built, kmin, &sql, builds.heavy())
+                .rows(client, site, q, &built, kmin, heavy, alone)
                 .await?
         }
         None => fetch(client, &sql).await?,
@@ -495,7 +503,7 @@ pub async fn too_few(
     builds: &mut Builds,
 ) -> Result<bool, Error> {
     let plan = guard_plan(client, site, q, builds).await?;
-    plan.too_few(client, builds.inflight(), site.min_visitors)
+    plan.too_few(client, site, builds.inflight(), builds.heavy())
         .await
 }
 
@@ -504,8 +512,9 @@ pub async fn too_few(
 /// needs no builds any more) can run beside the report ([`guarded`]).
 #[derive(Debug, Default)]
 struct GuardPlan {
-    /// The populations of the filters held to the rule, in order.
-    selected: Vec<sql::Sql>,
+    /// The populations of the filters held to the rule, in order, each with its question
+    /// and builds when it may gather with the reports asked at once ([`crate::screen`]).
+    selected: Vec<(sql::Sql, Option<(Query, Vec<query::Build>)>)>,
     /// The total the complements are taken from (none without a filter).
     total: Option<sql::Sql>,
 }
@@ -513,18 +522,33 @@ struct GuardPlan {
 impl GuardPlan {
     /// Whether the question must be withheld: a population under k, or a complement that is
     /// neither empty nor k.
+    /// `heavy`: the bound a statement shared with reports waits under.
     async fn too_few(
         &self,
         client: &clickhouse::Client,
+        site: &SiteView,
         inflight: Option<&crate::db::Inflight>,
-        k: u64,
+        heavy: Option<&crate::cost::Heavy>,
     ) -> Result<bool, Error> {
+        let k = site.min_visitors;
         let Some(total) = &self.total else {
             return Ok(false);
         };
         let mut t = None;
-        for sel in &self.selected {
-            let selected = count(client, inflight, sel).await?;
+        for (sel, member) in &self.selected {
+            let screens = inflight.map(|i| i.screens()).filter(|s| s.on());
+            let selected = match (screens, member) {
+                // The filter's visitors are the total a report asked at once counts too.
+                (Some(s), Some((fq, built))) => {
+                    let rows = s
+                        .rows(client, site, fq, built, k, heavy, async {
+                            count_rows(client, inflight, sel).await
+                        })
+                        .await?;
+                    last_number(&rows)
+                }
+                _ => count(client, inflight, sel).await?,
+            };
             if selected < k as f64 {
                 return Ok(true);
             }
@@ -589,8 +613,17 @@ async fn guard_plan(
         let mut fq = q.clone();
         fq.asked_filter = Some(filter.clone());
         fq.filter = Some(filter);
-        plan.selected
-            .push(population(client, site, &fq, builds).await?);
+        let sql = population(client, site, &fq, builds).await?;
+        let mut pq = fq.clone();
+        pq.dimensions.clear();
+        pq.metrics = vec![Metric::Visitors];
+        pq.order_by.clear();
+        let member = if crate::screen::screen_member(&pq, site) {
+            Some((pq.clone(), builds.for_query(client, site, &pq).await?))
+        } else {
+            None
+        };
+        plan.selected.push((sql, member));
     }
     Ok(plan)
 }
@@ -623,7 +656,8 @@ where
     // The report waits for a place under the bound on expensive reports; the guard's counts
     // do not: a dashboard's panels ask the same counts at once and share one read of them
     // (`Inflight`), which panels run one after another would each make again.
-    let heavy = builds.heavy().cloned().filter(|_| screens.is_none());
+    let guard_heavy = builds.heavy().cloned();
+    let heavy = guard_heavy.clone().filter(|_| screens.is_none());
     builds.gather(screens);
     let report = async move {
         let _place = match &heavy {
@@ -633,7 +667,7 @@ where
         make(builds).await
     };
     let (withheld, rep) = tokio::join!(
-        plan.too_few(client, inflight.as_ref(), site.min_visitors),
+        plan.too_few(client, site, inflight.as_ref(), guard_heavy.as_ref()),
         report
     );
     if withheld? {
@@ -675,16 +709,28 @@ async fn count(
     inflight: Option<&crate::db::Inflight>,
     sql: &sql::Sql,
 ) -> Result<f64, Error> {
-    let rows = match inflight {
-        Some(inflight) => inflight.fetch(client, sql).await?,
-        None => fetch(client, sql).await?,
-    };
-    Ok(rows
-        .first()
+    Ok(last_number(&count_rows(client, inflight, sql).await?))
+}
+
+/// A [`population`] statement's rows (joining an identical read under way).
+async fn count_rows(
+    client: &clickhouse::Client,
+    inflight: Option<&crate::db::Inflight>,
+    sql: &sql::Sql,
+) -> Result<Vec<Value>, Error> {
+    match inflight {
+        Some(inflight) => inflight.fetch(client, sql).await,
+        None => fetch(client, sql).await,
+    }
+}
+
+/// The first row's last cell (a population's `k`), or 0.
+fn last_number(rows: &[Value]) -> f64 {
+    rows.first()
         .and_then(|r| r.as_array())
         .and_then(|c| c.last())
         .and_then(number)
-        .unwrap_or(0.0))
+        .unwrap_or(0.0)
 }
 
 fn change(m: Metric, now: Option<f64>, before: Option<f64>) -> Value {

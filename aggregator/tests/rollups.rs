@@ -1175,9 +1175,10 @@ async fn days_without_a_build_or_an_event_are_not_derived_from_raw_events() {
 }
 
 /// A dashboard's panels asked at once under a filter only visit rows answer gather into one
-/// statement (`veil_aggregator::screen`): the total, the chart and the breakdowns by a visit
-/// property each get exactly the answer they get alone (k-anonymity's folds included), and
-/// the answer raw events give; top pages, which counts hits, runs its own.
+/// statement (`veil_aggregator::screen`), with the differencing guard's counts of the
+/// filter's visitors: the total, the chart and the breakdowns by a visit property each get
+/// exactly the answer they get alone (k-anonymity's folds and the guard's refusals included),
+/// and the answer raw events give; top pages, which counts hits, runs its own.
 #[tokio::test]
 async fn panels_asked_at_once_share_one_statement_and_answer_as_alone() {
     let ch = veil_schemas::testing::fresh_database("stats_screens").await;
@@ -1268,11 +1269,12 @@ async fn panels_asked_at_once_share_one_statement_and_answer_as_alone() {
             "the filter selects someone: {}",
             together[0]
         );
-        // The total, the chart and three breakdowns: one statement; top pages its own.
+        // The total, the chart, three breakdowns and the differencing guard's count of the
+        // filter's visitors for each of the six: one statement; top pages runs its own.
         statements += 1;
         assert_eq!(
             inflight.screens().shared(),
-            (statements, 5 * statements),
+            (statements, 11 * statements),
             "{f}"
         );
     }
