@@ -507,6 +507,9 @@ pub async fn too_few(
         .await
 }
 
+/// A guard count's question and builds, to gather with reports ([`crate::screen`]).
+type Gatherable = (Query, Vec<query::Build>);
+
 /// What the differencing guard counts for one question: the population of each filter held to
 /// the rule, and the total they are taken from — as statements, so that the counting (which
 /// needs no builds any more) can run beside the report ([`guarded`]).
@@ -514,7 +517,7 @@ pub async fn too_few(
 struct GuardPlan {
     /// The populations of the filters held to the rule, in order, each with its question
     /// and builds when it may gather with the reports asked at once ([`crate::screen`]).
-    selected: Vec<(sql::Sql, Option<(Query, Vec<query::Build>)>)>,
+    selected: Vec<(sql::Sql, Option<Gatherable>)>,
     /// The total the complements are taken from (none without a filter).
     total: Option<sql::Sql>,
 }
