@@ -382,12 +382,6 @@ pub fn screen_sql(
     if !conds.is_empty() {
         rows.push(sql!(" WHERE {}", Sql::join(conds, " AND ")));
     }
-    let grouped = sql!(
-        "SELECT _p.1 AS g, _p.2 AS d0, {}, uniq(visitor_id) AS k, uniqState(visitor_id) AS ks \
-         FROM ({}) ARRAY JOIN _pairs AS _p GROUP BY g, d0",
-        Sql::join(exprs, ", "),
-        rows
-    );
     let folded: Vec<Sql> = groups
         .iter()
         .enumerate()
@@ -397,15 +391,28 @@ pub fn screen_sql(
         })
         .map(|(i, _)| sql!("{}", i as u64))
         .collect();
-    let shown = if folded.is_empty() {
-        Sql::new("toUInt8(1) AS shown")
+    let folded = Sql::join(folded, ", ");
+    // Only breakdowns by a property fold: only their rows need a `uniq` state.
+    let (ks, ok, shown) = if folded.as_str().is_empty() {
+        (
+            Sql::new(""),
+            Sql::new("any(k) AS ok"),
+            Sql::new("toUInt8(1) AS shown"),
+        )
     } else {
-        sql!(
-            "toUInt8(g NOT IN ({}) OR k >= {}) AS shown",
-            Sql::join(folded, ", "),
-            kmin
+        (
+            sql!(", uniqStateIf(visitor_id, _p.1 IN ({})) AS ks", folded.clone()),
+            sql!("if(g IN ({}), uniqMerge(ks), any(k)) AS ok", folded.clone()),
+            sql!("toUInt8(g NOT IN ({}) OR k >= {}) AS shown", folded, kmin),
         )
     };
+    let grouped = sql!(
+        "SELECT _p.1 AS g, _p.2 AS d0, {}, uniq(visitor_id) AS k{} \
+         FROM ({}) ARRAY JOIN _pairs AS _p GROUP BY g, d0",
+        Sql::join(exprs, ", "),
+        ks,
+        rows
+    );
     let mut select = vec![Sql::new("g"), shown, Sql::new("if(shown, d0, '') AS g0")];
     for (i, m) in metrics.iter().enumerate() {
         select.push(if additive(*m) || *m == Metric::Visitors {
@@ -414,7 +421,7 @@ pub fn screen_sql(
             sql!("any(m{0}) AS o{0}", i)
         });
     }
-    select.push(Sql::new("uniqMerge(ks) AS ok"));
+    select.push(ok);
     select.push(Sql::new("count() AS n"));
     Some(sql!(
         "SELECT {} FROM ({}) GROUP BY g, shown, g0",
