@@ -370,3 +370,165 @@ fn text(v: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::query::TimeBucket;
+    use serde_json::json;
+
+    fn dim(name: &str, kind: DimKind) -> Dim {
+        Dim {
+            name: name.into(),
+            kind,
+        }
+    }
+
+    fn answer() -> Answer {
+        // Groups: the total, by day, by source; metrics visitors and visits.
+        Answer {
+            groups: vec![
+                None,
+                Some(dim("time:day", DimKind::Time(TimeBucket::Day))),
+                Some(dim("visit:source", DimKind::Visit("source"))),
+            ],
+            metrics: vec![Metric::Visitors, Metric::Visits],
+            // g, shown, g0, o0, o1, ok, n
+            rows: vec![
+                json!([2, 1, "Bing", "7", "9", "7", "1"]),
+                json!([1, 1, "2026-11-02", "4", "4", "4", "1"]),
+                json!([0, 1, "", "30", "41", "30", "1"]),
+                json!([2, 0, "", "6", "6", "5", "3"]),
+                json!([2, 1, "Google", "20", "31", "20", "1"]),
+                json!([1, 1, "2026-11-01", "26", "37", "26", "1"]),
+                json!([2, 1, "Ask", "7", "8", "7", "1"]),
+            ],
+        }
+    }
+
+    fn query(dims: Vec<Dim>, metrics: Vec<Metric>, order_by: Vec<(usize, bool)>) -> Query {
+        let mut q = crate::query::parse(
+            br#"{"site_id":"a.com","metrics":["visitors"],"date_range":"7d"}"#,
+            &SiteView::new("a.com"),
+            chrono::Utc::now(),
+        )
+        .unwrap();
+        q.dimensions = dims;
+        q.metrics = metrics;
+        q.order_by = order_by;
+        q
+    }
+
+    #[test]
+    fn each_member_gets_its_groups_rows_in_its_own_shape_and_order() {
+        let a = answer();
+        // By source, visits then visitors, by visitors descending then source: the folded
+        // row last (shown DESC), ties by name.
+        let source = dim("visit:source", DimKind::Visit("source"));
+        let q = query(
+            vec![source.clone()],
+            vec![Metric::Visits, Metric::Visitors],
+            vec![(2, true), (0, false)],
+        );
+        let rows = own_rows(&a, Some(&source), &q).unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                json!([1, "Google", "31", "20", "20", "1"]),
+                json!([1, "Ask", "8", "7", "7", "1"]),
+                json!([1, "Bing", "9", "7", "7", "1"]),
+                json!([0, "", "6", "6", "5", "3"]),
+            ]
+        );
+        // By day: `d0, m…, k`, in day order; the total: `m…, k`.
+        let day = dim("time:day", DimKind::Time(TimeBucket::Day));
+        let q = query(vec![day.clone()], vec![Metric::Visitors], vec![(0, false)]);
+        assert_eq!(
+            own_rows(&a, Some(&day), &q).unwrap(),
+            vec![
+                json!(["2026-11-01", "26", "26"]),
+                json!(["2026-11-02", "4", "4"])
+            ]
+        );
+        let q = query(Vec::new(), vec![Metric::Visits], Vec::new());
+        assert_eq!(own_rows(&a, None, &q).unwrap(), vec![json!(["41", "30"])]);
+        // A metric or a group the statement did not compute: the member runs its own.
+        let q = query(Vec::new(), vec![Metric::Pageviews], Vec::new());
+        assert_eq!(own_rows(&a, None, &q), None);
+        let device = dim("visit:device", DimKind::Visit("device"));
+        let q = query(vec![device.clone()], vec![Metric::Visitors], Vec::new());
+        assert_eq!(own_rows(&a, Some(&device), &q), None);
+        // A total of nobody has no row: its own statement answers it.
+        let mut empty = answer();
+        empty.rows.retain(|r| r[0] != 0);
+        let q = query(Vec::new(), vec![Metric::Visitors], Vec::new());
+        assert_eq!(own_rows(&empty, None, &q), None);
+    }
+
+    /// A first member that goes away (its request dropped) closes the gathering: the others
+    /// run their own statements instead of waiting for an answer that never comes.
+    #[tokio::test]
+    async fn members_of_a_gathering_whose_first_member_went_away_run_their_own() {
+        let screens = Screens::with_window(Duration::from_secs(3600));
+        let site = SiteView::new("a.com");
+        let q = query(Vec::new(), vec![Metric::Visitors], Vec::new());
+        let client = clickhouse::Client::default();
+        let first = {
+            let (screens, site, q, client) =
+                (screens.clone(), site.clone(), q.clone(), client.clone());
+            tokio::spawn(async move {
+                screens
+                    .rows(&client, &site, &q, &[], 5, None, async {
+                        Ok(vec![json!(["first"])])
+                    })
+                    .await
+            })
+        };
+        // The first member holds the gathering open (an hour); the second joins it.
+        let second = {
+            let (screens, site, q, client) =
+                (screens.clone(), site.clone(), q.clone(), client.clone());
+            tokio::spawn(async move {
+                while screens.open.lock().unwrap().is_empty() {
+                    tokio::task::yield_now().await;
+                }
+                screens
+                    .rows(&client, &site, &q, &[], 5, None, async {
+                        Ok(vec![json!(["second"])])
+                    })
+                    .await
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let joined = screens
+                .open
+                .lock()
+                .unwrap()
+                .values()
+                .any(|g| g.members.lock().unwrap().len() == 2);
+            if joined {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second never joined"
+            );
+            tokio::task::yield_now().await;
+        }
+        first.abort();
+        let rows = tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("the second member does not wait for the one that went away")
+            .unwrap()
+            .unwrap();
+        assert_eq!(rows, vec![json!(["second"])]);
+        assert!(
+            screens.open.lock().unwrap().is_empty(),
+            "the gathering is closed"
+        );
+        assert_eq!(screens.shared(), (0, 0));
+    }
+}

@@ -308,8 +308,10 @@ async fn a_filtered_report_is_asked_beside_its_guard() {
         ClickHouseConfig::new(&stalled.url, &ch.database),
         Arc::clone(real.registry()),
     );
-    // Raw events (no builds to look up first): the guard's count and the report.
+    // Raw events (no builds to look up first): the guard's count and the report. (By two
+    // properties: visitors in total would be one statement with the guard's count, `screen`.)
     let body = json!({"site_id": SITE, "metrics": ["visitors"], "date_range": "7d",
+        "dimensions": ["visit:country", "visit:device"],
         "filters": [["is", "visit:source", ["Google"]]], "include": {"rollups": false}});
     let a = slow.clone();
     let running =

@@ -401,7 +401,10 @@ pub fn screen_sql(
         )
     } else {
         (
-            sql!(", uniqStateIf(visitor_id, _p.1 IN ({})) AS ks", folded.clone()),
+            sql!(
+                ", uniqStateIf(visitor_id, _p.1 IN ({})) AS ks",
+                folded.clone()
+            ),
             sql!("if(g IN ({}), uniqMerge(ks), any(k)) AS ok", folded.clone()),
             sql!("toUInt8(g NOT IN ({}) OR k >= {}) AS shown", folded, kmin),
         )

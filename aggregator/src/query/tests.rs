@@ -408,8 +408,19 @@ fn sources_follow_what_the_query_needs() {
     assert_eq!(source(&by_day, false), Source::VisitHits);
     by_day.bounded = true;
     assert_eq!(source(&by_day, false), Source::VisitHits);
+    // Two pages' states merged per hour cost more than the visits with either page.
+    for filter in [
+        r#"["is","event:page",["/blog","/docs"]]"#,
+        r#"["or",[["is","event:page",["/blog"]],["is","event:name",["Signup"]]]]"#,
+    ] {
+        assert_eq!(
+            source(&chart(filter, "day"), false),
+            Source::VisitHits,
+            "{filter}"
+        );
+    }
     for (filter, bucket) in [
-        (r#"["is","event:page",["/blog","/docs"]]"#, "day"),
+        (r#"["is","event:page",["/blog","/docs"]]"#, "hour"),
         (r#"["contains","event:page",["blog"]]"#, "hour"),
     ] {
         assert_eq!(
@@ -749,7 +760,10 @@ fn the_guards_everyone_question_writes_no_filter() {
             Source::Visits,
         ),
         (r#"["contains","event:page",["blog"]]"#, Source::VisitHits),
-        (r#"["is","event:page",["/blog","/docs"]]"#, Source::Hourly),
+        (
+            r#"["is","event:page",["/blog","/docs"]]"#,
+            Source::VisitHits,
+        ),
         (
             r#"["has_done",["contains","event:page",["blog"]]]"#,
             Source::Visits,
