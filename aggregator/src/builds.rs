@@ -166,9 +166,11 @@ pub struct Builds {
     inflight: Option<crate::db::Inflight>,
     /// The bound its reports wait under (an expensive question in exact mode: `stats::guarded`).
     heavy: Option<crate::cost::Heavy>,
-    /// Set while a report that may gather with others runs (`stats::guarded`,
-    /// [`crate::screen`]): it then waits under [`Self::heavy`] itself.
+    /// The aggregator's gatherings of reports asked at once ([`crate::screen`]).
     screens: Option<crate::screen::Screens>,
+    /// Whether the report running now gathers (`stats::guarded`): it then waits under
+    /// [`Self::heavy`] itself.
+    gathers: bool,
 }
 
 impl Builds {
@@ -181,6 +183,7 @@ impl Builds {
             inflight: None,
             heavy: None,
             screens: None,
+            gathers: false,
         }
     }
 
@@ -195,13 +198,24 @@ impl Builds {
         self.heavy = heavy;
     }
 
-    /// Let the next report gather with others ([`crate::screen`]), or not.
-    pub fn gather(&mut self, screens: Option<crate::screen::Screens>) {
+    /// These builds, with the aggregator's gatherings of reports ([`crate::screen`]).
+    pub fn gathering(mut self, screens: Option<crate::screen::Screens>) -> Self {
         self.screens = screens;
+        self
     }
 
-    /// Where the report may gather with others, if it may.
+    /// Let the next report gather with others ([`crate::screen`]), or not.
+    pub fn gather(&mut self, on: bool) {
+        self.gathers = on;
+    }
+
+    /// Where the report running now gathers with others, if it does.
     pub fn screens(&self) -> Option<&crate::screen::Screens> {
+        self.screens.as_ref().filter(|_| self.gathers)
+    }
+
+    /// The aggregator's gatherings, whether or not the report running now gathers.
+    pub fn all_screens(&self) -> Option<&crate::screen::Screens> {
         self.screens.as_ref()
     }
 

@@ -191,27 +191,12 @@ pub async fn exec(client: &clickhouse::Client, q: &Sql) -> Result<(), Error> {
 #[derive(Debug, Default, Clone)]
 pub struct Inflight {
     under_way: Arc<Mutex<HashMap<String, Arc<Answer>>>>,
-    /// Reports gathered into one statement ([`crate::screen`]).
-    screens: crate::screen::Screens,
 }
 
 /// One shared read's answer, set once by whichever asker runs it.
 type Answer = tokio::sync::OnceCell<Result<Arc<Vec<Value>>, Error>>;
 
 impl Inflight {
-    /// Reads under way that gather reports with `screens`.
-    pub fn with_screens(screens: crate::screen::Screens) -> Self {
-        Self {
-            screens,
-            ..Self::default()
-        }
-    }
-
-    /// The reports gathered into one statement ([`crate::screen`]).
-    pub fn screens(&self) -> &crate::screen::Screens {
-        &self.screens
-    }
-
     /// [`fetch`], shared with the askers of the same statement under way.
     pub async fn fetch(&self, client: &clickhouse::Client, q: &Sql) -> Result<Vec<Value>, Error> {
         let key = q.as_str();

@@ -586,6 +586,8 @@ pub struct Aggregator {
     verified: Arc<auth::VerifiedPasswords>,
     snapshots: Option<Arc<snapshot::Snapshots>>,
     inflight: db::Inflight,
+    /// Reports asked at once over the same filtered visit rows ([`screen`]).
+    screens: screen::Screens,
     privacy: Arc<privacy::Privacy>,
     clock: Arc<dyn Clock>,
     /// Failed logins per e-mail ([`account`]).
@@ -664,7 +666,8 @@ impl Aggregator {
             heavy,
             verified: Arc::new(auth::VerifiedPasswords::new()),
             snapshots,
-            inflight: db::Inflight::with_screens(screens),
+            inflight: db::Inflight::default(),
+            screens,
             privacy: Arc::new(privacy::Privacy::new(cfg_privacy)),
             clock: Arc::new(SystemClock),
             failures: Arc::default(),
@@ -950,6 +953,7 @@ impl Aggregator {
         stats::Shared {
             snapshots: self.snapshots.as_ref(),
             inflight: Some(&self.inflight),
+            screens: Some(&self.screens),
             heavy: Some(&self.heavy),
             asker: None,
         }

@@ -48,8 +48,8 @@ pub const DEFAULT_GATHER_MS: u64 = 25;
 /// The longest `--gather-ms` allowed.
 pub const MAX_GATHER_MS: u64 = 1000;
 
-/// The gatherings open now, and what they have done. One per [`crate::Aggregator`] (inside
-/// [`crate::db::Inflight`]).
+/// The gatherings open now, and what they have done. One per [`crate::Aggregator`] (beside
+/// its [`crate::db::Inflight`]; `crate::stats::Shared::screens`).
 #[derive(Debug, Clone)]
 pub struct Screens {
     open: Arc<Mutex<HashMap<String, Arc<Gathering>>>>,

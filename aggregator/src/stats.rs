@@ -503,8 +503,14 @@ pub async fn too_few(
     builds: &mut Builds,
 ) -> Result<bool, Error> {
     let plan = guard_plan(client, site, q, builds).await?;
-    plan.too_few(client, site, builds.inflight(), builds.heavy())
-        .await
+    plan.too_few(
+        client,
+        site,
+        builds.inflight(),
+        builds.all_screens(),
+        builds.heavy(),
+    )
+    .await
 }
 
 /// A guard count's question and builds, to gather with reports ([`crate::screen`]).
@@ -531,15 +537,16 @@ impl GuardPlan {
         client: &clickhouse::Client,
         site: &SiteView,
         inflight: Option<&crate::db::Inflight>,
+        screens: Option<&crate::screen::Screens>,
         heavy: Option<&crate::cost::Heavy>,
     ) -> Result<bool, Error> {
         let k = site.min_visitors;
+        let screens = screens.filter(|s| s.on());
         let Some(total) = &self.total else {
             return Ok(false);
         };
         let mut t = None;
         for (sel, member) in &self.selected {
-            let screens = inflight.map(|i| i.screens()).filter(|s| s.on());
             let selected = match (screens, member) {
                 // The filter's visitors are the total a report asked at once counts too.
                 (Some(s), Some((fq, built))) => {
@@ -651,17 +658,16 @@ where
     let inflight = builds.inflight().cloned();
     // A report that may gather with the others asked at once (`crate::screen`) waits for its
     // place where its statement runs: panels waiting here would miss the gathering.
-    let screens = inflight
+    let all_screens = builds.all_screens().cloned();
+    let gathers = all_screens
         .as_ref()
-        .map(|i| i.screens())
-        .filter(|s| s.on() && gather && crate::screen::screen_member(q, site))
-        .cloned();
+        .is_some_and(|s| s.on() && gather && crate::screen::screen_member(q, site));
     // The report waits for a place under the bound on expensive reports; the guard's counts
     // do not: a dashboard's panels ask the same counts at once and share one read of them
     // (`Inflight`), which panels run one after another would each make again.
     let guard_heavy = builds.heavy().cloned();
-    let heavy = guard_heavy.clone().filter(|_| screens.is_none());
-    builds.gather(screens);
+    let heavy = guard_heavy.clone().filter(|_| !gathers);
+    builds.gather(gathers);
     let report = async move {
         let _place = match &heavy {
             Some(h) => Some(h.enter().await?),
@@ -670,7 +676,13 @@ where
         make(builds).await
     };
     let (withheld, rep) = tokio::join!(
-        plan.too_few(client, site, inflight.as_ref(), guard_heavy.as_ref()),
+        plan.too_few(
+            client,
+            site,
+            inflight.as_ref(),
+            all_screens.as_ref(),
+            guard_heavy.as_ref()
+        ),
         report
     );
     if withheld? {
@@ -1146,6 +1158,9 @@ pub struct Shared<'a> {
     pub snapshots: Option<&'a Arc<Snapshots>>,
     /// Reads under way.
     pub inflight: Option<&'a crate::db::Inflight>,
+    /// Reports asked at once over the same filtered visit rows ([`crate::screen`]); none:
+    /// each report reads its own.
+    pub screens: Option<&'a crate::screen::Screens>,
     /// The bound on reports not answered from the per-day visit rollup at once ([`crate::cost::Heavy`]);
     /// none: unbounded.
     pub heavy: Option<&'a crate::cost::Heavy>,
@@ -1204,7 +1219,8 @@ async fn answer(
             .snapshots
             .map(|s| Box::new(Arc::clone(s)) as Box<dyn TodaySnapshots>),
     )
-    .sharing(shared.inflight.cloned());
+    .sharing(shared.inflight.cloned())
+    .gathering(shared.screens.cloned());
     let builds = &mut builds;
     let imports = imports_plan(client, site, q).await?;
     let merge = imports.as_ref().ok();

@@ -1188,9 +1188,9 @@ async fn panels_asked_at_once_share_one_statement_and_answer_as_alone() {
     let s = site();
     let client = ch.client();
     // A window long enough that every panel of a loaded test machine joins it.
-    let inflight = db::Inflight::with_screens(veil_aggregator::screen::Screens::with_window(
-        std::time::Duration::from_millis(400),
-    ));
+    let inflight = db::Inflight::default();
+    let screens =
+        veil_aggregator::screen::Screens::with_window(std::time::Duration::from_millis(400));
     let panels = [
         json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]}),
         json!({"metrics": ["visitors"], "dimensions": ["time:day"]}),
@@ -1229,10 +1229,11 @@ async fn panels_asked_at_once_share_one_statement_and_answer_as_alone() {
         }
         let run = |b: &Value| {
             let body = b.to_string();
-            let (client, s, inflight) = (&client, s.clone(), &inflight);
+            let (client, s, inflight, screens) = (&client, s.clone(), &inflight, &screens);
             async move {
                 let shared = veil_aggregator::stats::Shared {
                     inflight: Some(inflight),
+                    screens: Some(screens),
                     ..Default::default()
                 };
                 veil_aggregator::stats::run(client, &s, body.as_bytes(), now(), shared)
@@ -1272,11 +1273,7 @@ async fn panels_asked_at_once_share_one_statement_and_answer_as_alone() {
         // The total, the chart, three breakdowns and the differencing guard's count of the
         // filter's visitors for each of the six: one statement; top pages runs its own.
         statements += 1;
-        assert_eq!(
-            inflight.screens().shared(),
-            (statements, 11 * statements),
-            "{f}"
-        );
+        assert_eq!(screens.shared(), (statements, 11 * statements), "{f}");
     }
     // k-anonymity's fold and its suppression both met on the way.
     assert!(folded > 0 && suppressed > 0, "{folded} {suppressed}");

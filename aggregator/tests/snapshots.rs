@@ -40,6 +40,7 @@ async fn todays_snapshot_answers_like_the_live_day_while_fresh() {
                 stats::Shared {
                     snapshots: snaps.as_ref(),
                     inflight: None,
+                    screens: None,
                     heavy: None,
                     asker: None,
                 },
