@@ -64,6 +64,25 @@ impl Default for Screens {
     }
 }
 
+/// One report that may gather ([`Screens::rows`]): its question (a [`screen_member`]), the
+/// builds its rows read, the site's k (for breakdowns by a property), and the bound a shared
+/// statement waits under.
+#[derive(Clone, Copy)]
+pub struct Asked<'a> {
+    /// Where statements go.
+    pub client: &'a clickhouse::Client,
+    /// The site asked about.
+    pub site: &'a SiteView,
+    /// The report's question.
+    pub q: &'a Query,
+    /// The builds its rows read.
+    pub built: &'a [Build],
+    /// The site's k.
+    pub kmin: u64,
+    /// The bound on expensive reports, if any.
+    pub heavy: Option<&'a Heavy>,
+}
+
 /// How many statements answered several reports, and how many reports they answered.
 #[derive(Debug, Default)]
 struct Counts {
@@ -138,20 +157,11 @@ impl Screens {
     /// with fold `k` gives them (`k` only for breakdowns by a property), from a statement
     /// shared with the reports gathered with it, or from `alone` (its own statement, run as
     /// the caller runs it). `heavy`: the bound the shared statement waits under.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn rows<F>(
-        &self,
-        client: &clickhouse::Client,
-        site: &SiteView,
-        q: &Query,
-        built: &[Build],
-        kmin: u64,
-        heavy: Option<&Heavy>,
-        alone: F,
-    ) -> Result<Vec<Value>, Error>
+    pub async fn rows<F>(&self, a: Asked<'_>, alone: F) -> Result<Vec<Value>, Error>
     where
         F: std::future::Future<Output = Result<Vec<Value>, Error>>,
     {
+        let Asked { q, built, .. } = a;
         let dim = q.dimensions.first().cloned();
         let key = format!(
             "{:?}",
@@ -214,9 +224,7 @@ impl Screens {
             let outcome = if members.len() < 2 {
                 None
             } else {
-                self.run(client, site, q, built, kmin, &members, heavy)
-                    .await
-                    .map(Arc::new)
+                self.run(&a, &members).await.map(Arc::new)
             };
             // Receivers are held by the members; none left is no error.
             let _ = tx.send(outcome);
@@ -238,17 +246,19 @@ impl Screens {
     }
 
     /// The gathering's one statement, or `None` when its members do not make one.
-    #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
-        client: &clickhouse::Client,
-        site: &SiteView,
-        q: &Query,
-        built: &[Build],
-        kmin: u64,
+        a: &Asked<'_>,
         members: &[(Option<Dim>, Vec<Metric>)],
-        heavy: Option<&Heavy>,
     ) -> Option<Result<Answer, Error>> {
+        let Asked {
+            client,
+            site,
+            q,
+            built,
+            kmin,
+            heavy,
+        } = *a;
         let mut groups: Vec<Option<Dim>> = Vec::new();
         for (d, _) in members {
             if !groups.iter().any(|g| same_dim(g.as_ref(), d.as_ref())) {
@@ -408,6 +418,17 @@ mod tests {
         }
     }
 
+    fn asked<'a>(client: &'a clickhouse::Client, site: &'a SiteView, q: &'a Query) -> Asked<'a> {
+        Asked {
+            client,
+            site,
+            q,
+            built: &[],
+            kmin: 5,
+            heavy: None,
+        }
+    }
+
     fn query(dims: Vec<Dim>, metrics: Vec<Metric>, order_by: Vec<(usize, bool)>) -> Query {
         let mut q = crate::query::parse(
             br#"{"site_id":"a.com","metrics":["visitors"],"date_range":"7d"}"#,
@@ -480,7 +501,7 @@ mod tests {
                 (screens.clone(), site.clone(), q.clone(), client.clone());
             tokio::spawn(async move {
                 screens
-                    .rows(&client, &site, &q, &[], 5, None, async {
+                    .rows(asked(&client, &site, &q), async {
                         Ok(vec![json!(["first"])])
                     })
                     .await
@@ -495,7 +516,7 @@ mod tests {
                     tokio::task::yield_now().await;
                 }
                 screens
-                    .rows(&client, &site, &q, &[], 5, None, async {
+                    .rows(asked(&client, &site, &q), async {
                         Ok(vec![json!(["second"])])
                     })
                     .await

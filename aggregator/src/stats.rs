@@ -149,7 +149,17 @@ async fn report(
                 fetch(client, &sql).await
             };
             screens
-                .rows(client, site, q, &built, kmin, heavy, alone)
+                .rows(
+                    crate::screen::Asked {
+                        client,
+                        site,
+                        q,
+                        built: &built,
+                        kmin,
+                        heavy,
+                    },
+                    alone,
+                )
                 .await?
         }
         None => fetch(client, &sql).await?,
@@ -550,10 +560,16 @@ impl GuardPlan {
             let selected = match (screens, member) {
                 // The filter's visitors are the total a report asked at once counts too.
                 (Some(s), Some((fq, built))) => {
+                    let asked = crate::screen::Asked {
+                        client,
+                        site,
+                        q: fq,
+                        built,
+                        kmin: k,
+                        heavy,
+                    };
                     let rows = s
-                        .rows(client, site, fq, built, k, heavy, async {
-                            count_rows(client, inflight, sel).await
-                        })
+                        .rows(asked, async { count_rows(client, inflight, sel).await })
                         .await?;
                     last_number(&rows)
                 }
