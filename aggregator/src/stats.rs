@@ -680,7 +680,8 @@ where
         .is_some_and(|s| s.on() && gather && crate::screen::screen_member(q, site));
     // The report waits for a place under the bound on expensive reports; the guard's counts
     // do not: a dashboard's panels ask the same counts at once and share one read of them
-    // (`Inflight`), which panels run one after another would each make again.
+    // (`Inflight`), which panels run one after another would each make again. (A count that
+    // gathers with reports waits for a place only to run their one statement.)
     let guard_heavy = builds.heavy().cloned();
     let heavy = guard_heavy.clone().filter(|_| !gathers);
     builds.gather(gathers);
