@@ -56,6 +56,9 @@ pub struct Screens {
     counts: Arc<Counts>,
     /// [`WINDOW`] unless set (`--gather-ms`); zero: no report gathers.
     window: Duration,
+    /// Close a gathering as soon as it has this many members (tests that know how many
+    /// reports they ask; none: by the window only).
+    quorum: Option<usize>,
 }
 
 impl Default for Screens {
@@ -106,6 +109,8 @@ type Outcome = Option<Arc<Result<Answer, Error>>>;
 #[derive(Debug)]
 struct Gathering {
     members: Mutex<Vec<(Option<Dim>, Vec<Metric>)>>,
+    /// Told when a member joins.
+    joined: tokio::sync::Notify,
     answer: watch::Receiver<Outcome>,
 }
 
@@ -130,7 +135,15 @@ impl Screens {
             open: Arc::default(),
             counts: Arc::default(),
             window,
+            quorum: None,
         }
+    }
+
+    /// The same, but a gathering closes as soon as `n` reports have joined it (a test that
+    /// asks `n` at once then waits for nothing else).
+    pub fn closing_at(mut self, n: usize) -> Self {
+        self.quorum = Some(n);
+        self
     }
 
     /// Whether reports gather at all.
@@ -177,12 +190,14 @@ impl Screens {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push((dim.clone(), q.metrics.clone()));
+                    g.joined.notify_one();
                     g.answer.clone()
                 }
                 _ => {
                     let (tx, rx) = watch::channel(None);
                     let g = Arc::new(Gathering {
                         members: Mutex::new(vec![(dim.clone(), q.metrics.clone())]),
+                        joined: tokio::sync::Notify::new(),
                         answer: rx.clone(),
                     });
                     open.insert(key.clone(), Arc::clone(&g));
@@ -204,12 +219,19 @@ impl Screens {
                     .unwrap_or_else(|p| p.into_inner())
                     .len()
             };
+            let full = |n: usize| self.quorum.is_some_and(|q| n >= q);
             let mut seen = 1;
-            for _ in 0..MAX_WAITS {
-                tokio::time::sleep(self.window).await;
+            'waits: for _ in 0..MAX_WAITS {
+                let until = tokio::time::Instant::now() + self.window;
+                while !full(count()) {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = hold.gathering.joined.notified() => {}
+                    }
+                }
                 let now = count();
-                if now == seen {
-                    break;
+                if now == seen || full(now) {
+                    break 'waits;
                 }
                 seen = now;
             }

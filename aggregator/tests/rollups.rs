@@ -1187,10 +1187,12 @@ async fn panels_asked_at_once_share_one_statement_and_answer_as_alone() {
     rollup::run_until(&ch, today, 30).await.unwrap();
     let s = site();
     let client = ch.client();
-    // A window long enough that every panel of a loaded test machine joins it.
+    // Six panels and their six guard counts: the gathering closes when the eleven that
+    // gather have joined (top pages does not; its guard count does), however loaded the
+    // machine (the window, far longer than any spread, is only the bound).
     let inflight = db::Inflight::default();
-    let screens =
-        veil_aggregator::screen::Screens::with_window(std::time::Duration::from_millis(400));
+    let screens = veil_aggregator::screen::Screens::with_window(std::time::Duration::from_secs(20))
+        .closing_at(11);
     let panels = [
         json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]}),
         json!({"metrics": ["visitors"], "dimensions": ["time:day"]}),
