@@ -12,9 +12,18 @@
 //! and order its own statement ([`crate::query::assemble::sql`]) gives. A report alone in its
 //! window, or whose group has no row (a total of nobody), runs its own statement as before.
 //!
+//! The differencing guard's count of a filter's visitors (`crate::stats::guarded`) is such a
+//! report too — the total group — so a screen's six guard counts come with it, and a lone
+//! question and its guard's count are one statement.
+//!
+//! The statement's rows (`screen_sql`): `g` (the group: an index into the members'
+//! dimensions, the total included), `shown`, `g0` (the group's value, `''` in the folded row),
+//! `o…` (the members' metrics, in [`crate::query::assemble::SCREEN_METRICS`] order), `ok` (the
+//! k column), `n` (rows folded). [`Asked`] is what a member brings.
+//!
 //! Nothing is kept after the statement answers: the next report asked starts a new gathering.
-//! The privacy rules see the same rows either way (k-anonymity, the differencing guard and its
-//! counts run per report in `crate::stats`).
+//! The privacy rules see the same rows either way: each member's rows are those its own
+//! statement gives, and k-anonymity and the guard's decision run per report in `crate::stats`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
