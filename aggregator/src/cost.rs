@@ -115,6 +115,14 @@ impl Heavy {
         }
     }
 
+    /// A place under `heavy` if there is a bound (none: nothing to wait for).
+    pub async fn place(heavy: Option<&Self>) -> Result<Permit, Error> {
+        match heavy {
+            Some(h) => h.enter().await,
+            None => Ok(Permit { _held: None }),
+        }
+    }
+
     /// How many such reports run now.
     pub fn under_way(&self) -> u32 {
         self.limit

@@ -303,10 +303,7 @@ impl Screens {
             .collect();
         let sql = screen_sql(q, &groups, &metrics, site, built, kmin)?;
         let run = async {
-            let _place = match heavy {
-                Some(h) => Some(h.enter().await?),
-                None => None,
-            };
+            let _place = crate::cost::Heavy::place(heavy).await?;
             fetch(client, &sql).await
         };
         let rows = run.await;

@@ -142,10 +142,7 @@ async fn report(
         Some(screens) => {
             let heavy = builds.heavy();
             let alone = async {
-                let _place = match heavy {
-                    Some(h) => Some(h.enter().await?),
-                    None => None,
-                };
+                let _place = crate::cost::Heavy::place(heavy).await?;
                 fetch(client, &sql).await
             };
             screens
@@ -644,7 +641,8 @@ async fn guard_plan(
         pq.dimensions.clear();
         pq.metrics = vec![Metric::Visitors];
         pq.order_by.clear();
-        let member = if crate::screen::screen_member(&pq, site) {
+        let gathers = builds.all_screens().is_some_and(|s| s.on());
+        let member = if gathers && crate::screen::screen_member(&pq, site) {
             Some((pq.clone(), builds.for_query(client, site, &pq).await?))
         } else {
             None
@@ -686,10 +684,7 @@ where
     let heavy = guard_heavy.clone().filter(|_| !gathers);
     builds.gather(gathers);
     let report = async move {
-        let _place = match &heavy {
-            Some(h) => Some(h.enter().await?),
-            None => None,
-        };
+        let _place = crate::cost::Heavy::place(heavy.as_ref()).await?;
         make(builds).await
     };
     let (withheld, rep) = tokio::join!(
@@ -1244,10 +1239,7 @@ async fn answer(
     let (rep, comparison, guard, privacy_meta) = match shared.asker.filter(|a| a.privacy.dp()) {
         Some(asker) => {
             // Its releases and their bases run one after another under one place.
-            let _place = match shared.heavy {
-                Some(h) => Some(h.enter().await?),
-                None => None,
-            };
+            let _place = crate::cost::Heavy::place(shared.heavy).await?;
             dp_reports(client, site, q, builds, asker, tz, merge).await?
         }
         None => {
