@@ -154,6 +154,7 @@ async fn report(
                         built: &built,
                         kmin,
                         heavy,
+                        clamp: None,
                     },
                     alone,
                 )
@@ -564,6 +565,7 @@ impl GuardPlan {
                         built,
                         kmin: k,
                         heavy,
+                        clamp: None,
                     };
                     let rows = s
                         .rows(asked, async { count_rows(client, inflight, sel).await })
@@ -1237,6 +1239,15 @@ async fn answer(
     let imports = imports_plan(client, site, q).await?;
     let merge = imports.as_ref().ok();
     let (rep, comparison, guard, privacy_meta) = match shared.asker.filter(|a| a.privacy.dp()) {
+        Some(asker) if shared.screens.is_some_and(|s| s.on()) => {
+            // Each statement takes its place (`dp_rows`): a statement shared with the
+            // screen's other reports takes one for all of them, and the reports must reach
+            // their gathering before waiting for a place, or no more than the bound's number
+            // would ever gather.
+            builds.gate(shared.heavy.cloned());
+            builds.gather(true);
+            dp_reports(client, site, q, builds, asker, tz, merge).await?
+        }
         Some(asker) => {
             // Its releases and their bases run one after another under one place.
             let _place = crate::cost::Heavy::place(shared.heavy).await?;
@@ -1705,12 +1716,38 @@ async fn dp_rows(
     iq.bounded = !site.child_directed;
     iq.order_by = (0..iq.dimensions.len()).map(|i| (i, false)).collect();
     let built = builds.for_query(client, site, &iq).await?;
+    let c = rel.clamp();
     let sql = if iq.bounded {
-        query::assemble::bounded_sql(&iq, site, &built, rel.clamp()).map_err(Error::Internal)?
+        query::assemble::bounded_sql(&iq, site, &built, c).map_err(Error::Internal)?
     } else {
         query::assemble::sql(&iq, site, &built, None)
     };
-    Ok(rel.rows_with(q, &fetch(client, &sql).await?, extra).0)
+    let heavy = builds.heavy();
+    let alone = async {
+        let _place = crate::cost::Heavy::place(heavy).await?;
+        fetch(client, &sql).await
+    };
+    let rows = match builds
+        .screens()
+        .filter(|_| iq.bounded && query::assemble::bounded_screen_member(&iq, site, c))
+    {
+        // The screen's other reports over the same visit rows group them by visitor id
+        // once ([`crate::screen`]); each release's rows are the ones its own statement gives.
+        Some(screens) => {
+            let asked = crate::screen::Asked {
+                client,
+                site,
+                q: &iq,
+                built: &built,
+                kmin: site.min_visitors,
+                heavy,
+                clamp: Some(*c),
+            };
+            screens.rows(asked, alone).await?
+        }
+        None => alone.await?,
+    };
+    Ok(rel.rows_with(q, &rows, extra).0)
 }
 
 /// Fills the performance percentiles of `rows` (published rows of `q`'s release `rel`) from
@@ -1752,7 +1789,11 @@ async fn dp_percentiles(
         .map_err(Error::Internal)?;
         let mut histograms: std::collections::HashMap<Vec<String>, Vec<f64>> =
             std::collections::HashMap::new();
-        for r in fetch(client, &sql).await? {
+        let fetched = {
+            let _place = crate::cost::Heavy::place(builds.heavy()).await?;
+            fetch(client, &sql).await?
+        };
+        for r in fetched {
             let Some(cells) = r.as_array().filter(|c| c.len() == nd + 2) else {
                 continue;
             };

@@ -476,6 +476,195 @@ async fn the_one_pass_clamp_equals_the_general_form() {
     assert!(one_pass >= 3 && arg_min >= 1, "{one_pass} {arg_min}");
 }
 
+/// The dashboard's visit-row panels asked under `filter`, as differential privacy asks them
+/// (bounded, unrounded): each query, its builds and its release's clamp.
+async fn screen_panels(
+    ch: &ClickHouseConfig,
+    site: &SiteView,
+    filter: &Value,
+) -> Vec<(Query, Vec<veil_aggregator::query::Build>, Release)> {
+    let panels = [
+        json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]}),
+        json!({"metrics": ["visitors"], "dimensions": ["time:day"]}),
+        json!({"metrics": ["visitors", "visits"], "dimensions": ["visit:source"]}),
+        json!({"metrics": ["visitors"], "dimensions": ["visit:country"]}),
+        json!({"metrics": ["visitors", "pageviews", "events", "visits"], "dimensions": ["visit:device"]}),
+    ];
+    let mut out = Vec::new();
+    for p in panels {
+        let mut body = p.clone();
+        body["filters"] = filter.clone();
+        let mut q = query(body);
+        q.unrounded = true;
+        q.bounded = true;
+        let built = Builds::new(None)
+            .for_query(&ch.client(), site, &q)
+            .await
+            .unwrap();
+        let rel = Release::new(&q, false, [7; 32], &Settings::default(), 1, Utc::now()).unwrap();
+        out.push((q, built, rel));
+    }
+    out
+}
+
+/// The same rows, numbers equal but for the last bits of a float sum's order.
+fn same_rows(a: &[Value], b: &[Value]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            let (x, y) = (x.as_array().unwrap(), y.as_array().unwrap());
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|(u, v)| match (db::number(u), db::number(v)) {
+                        (Some(u), Some(v)) if !u.is_nan() => {
+                            (u - v).abs() <= 1e-9 * u.abs().max(1.0)
+                        }
+                        _ => u == v,
+                    })
+        })
+}
+
+/// A screen's bounded reports asked at once (`crate::screen`, differential privacy's panels
+/// under a filter only visit rows answer) group the filtered visit rows by visitor id once,
+/// and each gets exactly the clamped rows its own statement gives — the heavy visitor's three
+/// sources, five visits and 200 pageviews clamped per panel as alone — on rows derived from
+/// raw events and on the rollup job's build.
+#[tokio::test]
+async fn bounded_panels_asked_at_once_share_one_grouping_and_equal_each_alone() {
+    use veil_aggregator::query::assemble::bounded_screen_member;
+    use veil_aggregator::screen::{Asked, Screens};
+    let ch = veil_schemas::testing::fresh_database("dp_bounds_screens").await;
+    store(&ch).await;
+    let site = site();
+    let client = ch.client();
+    let screens = Screens::with_window(std::time::Duration::from_secs(20)).closing_at(5);
+    let filters = [
+        json!([["contains", "event:page", ["/heavy/"]]]),
+        json!([["is_not", "event:page", ["/a"]]]),
+        json!([["has_done", ["is", "event:page", ["/heavy/3"]]]]),
+        json!([
+            ["matches", "event:page", ["^/"]],
+            ["is_not", "visit:source", ["bing.com"]]
+        ]),
+    ];
+    let mut statements = 0;
+    for when in ["derived from raw events", "built by the rollup job"] {
+        if when.starts_with("built") {
+            let day = NaiveDate::parse_from_str(DAY, "%Y-%m-%d").unwrap();
+            rollup::run_until(&ch, day.succ_opt().unwrap(), 3)
+                .await
+                .unwrap();
+        }
+        for f in &filters {
+            let panels = screen_panels(&ch, &site, f).await;
+            let mut alone = Vec::new();
+            for (q, built, rel) in &panels {
+                assert!(
+                    bounded_screen_member(q, &site, rel.clamp()),
+                    "{when} {f} {:?}",
+                    q.dimensions
+                );
+                let own = bounded_sql(q, &site, built, rel.clamp()).unwrap();
+                alone.push(db::fetch(&client, &own).await.unwrap());
+            }
+            let ask = |i: usize| {
+                let (q, built, rel) = &panels[i];
+                let asked = Asked {
+                    client: &client,
+                    site: &site,
+                    q,
+                    built,
+                    kmin: 1,
+                    heavy: None,
+                    clamp: Some(*rel.clamp()),
+                };
+                // Answered from the shared statement, or this test fails.
+                screens.rows(asked, async {
+                    Err(veil_aggregator::Error::Internal("ran alone".into()))
+                })
+            };
+            let (a0, a1, a2, a3, a4) = tokio::join!(ask(0), ask(1), ask(2), ask(3), ask(4));
+            let together = [a0, a1, a2, a3, a4];
+            for (i, (t, a)) in together.iter().zip(&alone).enumerate() {
+                let t = t.as_ref().unwrap();
+                assert!(
+                    same_rows(t, a),
+                    "{when} {f} panel {i}\ntogether {t:?}\nalone {a:?}"
+                );
+            }
+            // The heavy visitor is in the pattern's screens: its clamps are met on the way.
+            assert!(!alone[0].is_empty() && !alone[2].is_empty(), "{when} {f}");
+            statements += 1;
+            assert_eq!(screens.shared(), (statements, 5 * statements), "{when} {f}");
+        }
+    }
+}
+
+/// Through the API with differential privacy on (the default), a screen's panels asked at
+/// once gather into one statement and each publishes its noisy clamped numbers.
+#[tokio::test]
+async fn a_dp_screen_through_the_api_gathers_its_panels() {
+    let ch = veil_schemas::testing::fresh_database("dp_bounds_screen_api").await;
+    store(&ch).await;
+    let dp = Aggregator::new(
+        AggregatorConfig {
+            api_token: Some(ADMIN.into()),
+            sites: vec![SITE.into()],
+            privacy: Settings {
+                epsilon_query: 10.0,
+                epsilon_day: 1000.0,
+                ..Settings::default()
+            },
+            // The bound of a gathering's window: the five requests reach it well within it.
+            gather_ms: veil_aggregator::screen::MAX_GATHER_MS,
+            ..Default::default()
+        },
+        ch.clone(),
+    );
+    let body = |p: Value| {
+        let mut b = p;
+        b["site_id"] = json!(SITE);
+        b["date_range"] = json!([DAY, DAY]);
+        b["filters"] = json!([["contains", "event:page", ["/heavy/"]]]);
+        b
+    };
+    let (t, c, s, d, e) = tokio::join!(
+        ask(
+            &dp,
+            body(
+                json!({"metrics": ["visitors", "visits", "pageviews", "bounce_rate", "visit_duration"]})
+            )
+        ),
+        ask(
+            &dp,
+            body(json!({"metrics": ["visitors"], "dimensions": ["time:day"]}))
+        ),
+        ask(
+            &dp,
+            body(json!({"metrics": ["visitors", "visits"], "dimensions": ["visit:source"]}))
+        ),
+        ask(
+            &dp,
+            body(json!({"metrics": ["visitors"], "dimensions": ["visit:country"]}))
+        ),
+        ask(
+            &dp,
+            body(json!({"metrics": ["visitors"], "dimensions": ["visit:device"]}))
+        ),
+    );
+    for r in [&t, &c, &s, &d, &e] {
+        assert_eq!(r["meta"]["privacy"]["mode"], "dp", "{r}");
+    }
+    // One visitor (the heavy one) has /heavy/ pages: its one visitor-day, noised.
+    let visitors = t["results"][0]["metrics"][0].as_f64().unwrap();
+    let interval = t["meta"]["privacy"]["interval95"]["visitors"]
+        .as_f64()
+        .unwrap();
+    assert!((visitors - 1.0).abs() <= 3.0 * interval, "{t}");
+    let (statements, reports) = dp.shared().screens.unwrap().shared();
+    assert!(statements >= 1 && reports >= 2, "{statements} {reports}");
+}
+
 async fn ask(a: &Aggregator, body: Value) -> Value {
     let req = Request::builder()
         .method("POST")
@@ -485,11 +674,12 @@ async fn ask(a: &Aggregator, body: Value) -> Value {
         .body(Bytes::from(body.to_string()))
         .unwrap();
     let r = a.handle(req).await.expect("an aggregator path");
-    assert_eq!(r.status(), 200);
+    let status = r.status();
     let b = http_body_util::BodyExt::collect(r.into_body())
         .await
         .unwrap()
         .to_bytes();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&b));
     serde_json::from_slice(&b).unwrap()
 }
 
