@@ -596,6 +596,26 @@ async fn bounded_panels_asked_at_once_share_one_grouping_and_equal_each_alone() 
             assert!(!alone[0].is_empty() && !alone[2].is_empty(), "{when} {f}");
             statements += 1;
             assert_eq!(screens.shared(), (statements, 5 * statements), "{when} {f}");
+            // Two panels that count no pageview (the rows then carry no event names).
+            let two = Screens::with_window(std::time::Duration::from_secs(20)).closing_at(2);
+            let ask = |i: usize| {
+                let (q, built, rel) = &panels[i];
+                let asked = Asked {
+                    client: &client,
+                    site: &site,
+                    q,
+                    built,
+                    kmin: 1,
+                    heavy: None,
+                    clamp: Some(*rel.clamp()),
+                };
+                two.rows(asked, async {
+                    Err(veil_aggregator::Error::Internal("ran alone".into()))
+                })
+            };
+            let (c, d) = tokio::join!(ask(1), ask(3));
+            assert!(same_rows(&c.unwrap(), &alone[1]), "{when} {f}");
+            assert!(same_rows(&d.unwrap(), &alone[3]), "{when} {f}");
         }
     }
 }

@@ -950,11 +950,16 @@ pub fn bounded_screen_sql(
         Some(p) => visit_hits_matching(kind, f, &p.hit_cols, &uq, site),
         None => Sql::new(whole),
     };
-    let pv = field(counted("name = 'pageview'", "pageviews"));
-    let ev = field(counted("name != 'engagement'", "events"));
-    let pages = field(Sql::new("pageviews"));
-    let bounce = field(Sql::new("bounce"));
-    let duration = field(Sql::new("duration"));
+    // Only what is asked: a hit count reads `name`, which the rows carry only then.
+    let mut need = |m: Metric, e: Sql| all.contains(&m).then(|| field(e));
+    let pv = need(Metric::Pageviews, counted("name = 'pageview'", "pageviews"));
+    let ev = need(Metric::Events, counted("name != 'engagement'", "events"));
+    let pages = need(Metric::ViewsPerVisit, Sql::new("pageviews"));
+    let bounce = need(Metric::BounceRate, Sql::new("bounce"));
+    let duration = need(Metric::VisitDuration, Sql::new("duration"));
+    if tuple.is_empty() {
+        tuple.push(Sql::new("toUInt8(0)"));
+    }
     let mut arrays = Vec::new();
     for (gi, ((_, rows), asked)) in groups.iter().zip(metrics).enumerate() {
         // Within a picked row `x`: its visits, and the sum of a field over them.
@@ -968,15 +973,16 @@ pub fn bounded_screen_sql(
                 Box::new(|e| sql!("arraySum(h -> h.{}, hs)", e)),
             ),
         };
+        let sum = |f: Option<usize>| f.map(&in_rows).unwrap_or_else(|| Sql::new("0"));
         let metric = |m: Metric| -> Sql {
             match m {
                 Metric::Visitors => Sql::new("toUInt64(1)"),
                 Metric::Visits => count.clone(),
-                Metric::Pageviews => in_rows(pv),
-                Metric::Events => in_rows(ev),
-                Metric::ViewsPerVisit => sql!("{} / {}", in_rows(pages), count.clone()),
-                Metric::BounceRate => sql!("{} * 100 / {}", in_rows(bounce), count.clone()),
-                Metric::VisitDuration => sql!("{} / {}", in_rows(duration), count.clone()),
+                Metric::Pageviews => sum(pv),
+                Metric::Events => sum(ev),
+                Metric::ViewsPerVisit => sql!("{} / {}", sum(pages), count.clone()),
+                Metric::BounceRate => sql!("{} * 100 / {}", sum(bounce), count.clone()),
+                Metric::VisitDuration => sql!("{} / {}", sum(duration), count.clone()),
                 _ => Sql::new("0"),
             }
         };
