@@ -489,6 +489,8 @@ async fn screen_panels(
         json!({"metrics": ["visitors", "visits"], "dimensions": ["visit:source"]}),
         json!({"metrics": ["visitors"], "dimensions": ["visit:country"]}),
         json!({"metrics": ["visitors", "pageviews", "events", "visits"], "dimensions": ["visit:device"]}),
+        // Visitors alone by a visit property: each id's two sources of its three.
+        json!({"metrics": ["visitors"], "dimensions": ["visit:source"]}),
     ];
     let mut out = Vec::new();
     for p in panels {
@@ -596,8 +598,9 @@ async fn bounded_panels_asked_at_once_share_one_grouping_and_equal_each_alone() 
             assert!(!alone[0].is_empty() && !alone[2].is_empty(), "{when} {f}");
             statements += 1;
             assert_eq!(screens.shared(), (statements, 5 * statements), "{when} {f}");
-            // Two panels that count no pageview (the rows then carry no event names).
-            let two = Screens::with_window(std::time::Duration::from_secs(20)).closing_at(2);
+            // Three panels of visitors alone (no visit's fields kept: the rows then carry no
+            // event names; each id's rows picked by `argMin` or from its distinct values).
+            let two = Screens::with_window(std::time::Duration::from_secs(20)).closing_at(3);
             let ask = |i: usize| {
                 let (q, built, rel) = &panels[i];
                 let asked = Asked {
@@ -613,9 +616,10 @@ async fn bounded_panels_asked_at_once_share_one_grouping_and_equal_each_alone() 
                     Err(veil_aggregator::Error::Internal("ran alone".into()))
                 })
             };
-            let (c, d) = tokio::join!(ask(1), ask(3));
+            let (c, d, e) = tokio::join!(ask(1), ask(3), ask(5));
             assert!(same_rows(&c.unwrap(), &alone[1]), "{when} {f}");
             assert!(same_rows(&d.unwrap(), &alone[3]), "{when} {f}");
+            assert!(same_rows(&e.unwrap(), &alone[5]), "{when} {f}");
         }
     }
 }
