@@ -881,6 +881,9 @@ pub fn bounded_screen_member(q: &Query, site: &SiteView, c: &Clamp) -> bool {
         }
 }
 
+/// How a group sums a visit field over a picked row's visits ([`bounded_screen_sql`]).
+type SumOver<'a> = Box<dyn Fn(&Sql) -> Sql + 'a>;
+
 /// One statement for several bounded reports over the same filtered visit rows
 /// ([`bounded_screen_member`]s sharing site, range, time zone, filter, builds and bounds):
 /// the rows are read, filtered and grouped by visitor id once, and each visitor id's
@@ -989,7 +992,7 @@ pub fn bounded_screen_sql(
     let mut arrays = Vec::new();
     for (gi, ((dim, rows), asked)) in groups.iter().zip(metrics).enumerate() {
         // Within a picked row: its visits, and the sum of a field over them.
-        let (count, in_rows): (Sql, Box<dyn Fn(&Sql) -> Sql>) = match at[gi] {
+        let (count, in_rows): (Sql, SumOver) = match at[gi] {
             Some(i) => (
                 sql!("toUInt64(arrayCount(h -> h.{} = x, hs))", i),
                 Box::new(move |e| sql!("arraySum(h -> if(h.{} = x, h.{}, 0), hs)", i, hs_at(e))),
