@@ -976,12 +976,20 @@ pub fn bounded_screen_sql(
         });
     }
     let any_arrays = (0..groups.len()).any(arrays_of);
-    let index: Vec<(String, usize)> = [&pv, &ev, &pages, &bounce, &duration]
-        .into_iter()
-        .flatten()
-        .filter(|_| any_arrays)
-        .map(|e| (e.as_str().to_string(), field(e)))
-        .collect();
+    // The visits' fields those groups sum (a total's are plain aggregates).
+    let summed = |m: Metric| (0..groups.len()).any(|gi| arrays_of(gi) && metrics[gi].contains(&m));
+    let index: Vec<(String, usize)> = [
+        (Metric::Pageviews, &pv),
+        (Metric::Events, &ev),
+        (Metric::ViewsPerVisit, &pages),
+        (Metric::BounceRate, &bounce),
+        (Metric::VisitDuration, &duration),
+    ]
+    .into_iter()
+    .filter(|(m, _)| summed(*m))
+    .filter_map(|(_, e)| e.as_ref())
+    .map(|e| (e.as_str().to_string(), field(e)))
+    .collect();
     let hs_at = |e: &Sql| {
         index
             .iter()
@@ -1060,6 +1068,10 @@ pub fn bounded_screen_sql(
         });
     }
     if any_arrays {
+        // `(x)` is no tuple: a visit of one value gets a second, unread.
+        if tuple.len() == 1 {
+            tuple.push(Sql::new("toUInt8(0)"));
+        }
         arrays.insert(0, sql!("groupArray(({})) AS hs", Sql::join(tuple, ", ")));
     }
     let (from, conds) = rows_and_conds(&uq, site, built, src, per.as_ref());
