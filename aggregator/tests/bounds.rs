@@ -491,6 +491,8 @@ async fn screen_panels(
         json!({"metrics": ["visitors", "pageviews", "events", "visits"], "dimensions": ["visit:device"]}),
         // Visitors alone by a visit property: each id's two sources of its three.
         json!({"metrics": ["visitors"], "dimensions": ["visit:source"]}),
+        // The total of visitors alone.
+        json!({"metrics": ["visitors"]}),
     ];
     let mut out = Vec::new();
     for p in panels {
@@ -598,10 +600,10 @@ async fn bounded_panels_asked_at_once_share_one_grouping_and_equal_each_alone() 
             assert!(!alone[0].is_empty() && !alone[2].is_empty(), "{when} {f}");
             statements += 1;
             assert_eq!(screens.shared(), (statements, 5 * statements), "{when} {f}");
-            // Smaller screens: three panels of visitors alone (no visit's fields kept: the
-            // rows then carry no event names; each id's rows picked by `argMin` or from its
-            // distinct values), and one breakdown kept as arrays of one value per visit.
-            for three in [[1, 3, 5], [1, 2, 3]] {
+            // Smaller screens: panels of visitors alone (no visit's fields kept: the rows
+            // then carry no event names), and a total and a chart of visitors (each visit
+            // kept with one value: the chart's).
+            for three in [[1, 3, 5], [1, 2, 3], [6, 1, 6]] {
                 let small = Screens::with_window(std::time::Duration::from_secs(20)).closing_at(3);
                 let ask = |i: usize| {
                     let (q, built, rel) = &panels[i];

@@ -881,9 +881,6 @@ pub fn bounded_screen_member(q: &Query, site: &SiteView, c: &Clamp) -> bool {
         }
 }
 
-/// How a group sums a visit field over a picked row's visits ([`bounded_screen_sql`]).
-type SumOver<'a> = Box<dyn Fn(&Sql) -> Sql + 'a>;
-
 /// One statement for several bounded reports over the same filtered visit rows
 /// ([`bounded_screen_member`]s sharing site, range, time zone, filter, builds and bounds):
 /// the rows are read, filtered and grouped by visitor id once, and each visitor id's
@@ -900,24 +897,12 @@ type SumOver<'a> = Box<dyn Fn(&Sql) -> Sql + 'a>;
 /// ```text
 /// SELECT t.1 AS g, t.2 AS d0, sum(t.3) AS p0, …, sum(t.n) AS pk FROM (
 ///   SELECT arrayJoin(arrayConcat(rs0, rs1, …)) AS t FROM (
-///     SELECT visitor_id AS _v,
-///       -- the total: plain aggregates
-///       [(0, '', toFloat64(least(count(), visits)), …, 1)] AS rs0,
-///       -- visitors alone, one row: the value with the lowest hash
-///       [(1, toString(argMin(d, cityHash64(visitor_id, d))), 1, …, 1)] AS rs1,
-///       -- visitors alone, `rows` rows: of the distinct values
-///       arrayMap(x -> (2, toString(x), 1, …, 1),
-///         arraySlice(arraySort(x -> cityHash64(_v, x), groupUniqArray(d)), 1, rows)) AS rs2,
-///       -- any other breakdown: from the visits kept with their values and fields
-///       groupArray((values of such groups…, what each visit adds…)) AS hs,
-///       arrayMap(x -> (3, toString(x), clamped numbers of x…, 1),
-///         arraySlice(arraySort(x -> cityHash64(_v, x), arrayDistinct(arrayMap(h -> h.1, hs))), 1, rows)) AS rs3, …
+///     SELECT visitor_id AS _v, groupArray((group values…, what each visit adds…)) AS hs,
+///       arrayMap(x -> (0, toString(x), clamped numbers of x…, 1),
+///         arraySlice(arraySort(x -> cityHash64(_v, x), arrayDistinct(arrayMap(h -> h.1, hs))), 1, rows)) AS rs0, …
 ///     FROM rows WHERE filter GROUP BY _v))
 /// GROUP BY g, d0
 /// ```
-///
-/// The plain aggregates give the same picks and sums as the arrays (at 10M events, the
-/// per-visitor stage of `page_not`'s screen 1.92 → 1.57 s by hand).
 ///
 /// A group's `p…` for metrics it was not asked are 0. Each member's rows are then made by
 /// [`bounded_screen_rows`]. `None` when the groups do not make one statement (no visit rows).
@@ -942,94 +927,67 @@ pub fn bounded_screen_sql(
         _ => return None,
     };
     let f = uq.filter.as_ref().filter(|f| !f.is_tautology());
+    // Each visit's tuple: the groups' values, then what the metrics read of it.
+    let mut tuple: Vec<Sql> = Vec::new();
+    let mut at: Vec<Option<usize>> = Vec::new();
+    for (d, _) in groups {
+        match d {
+            Some(d) => {
+                tuple.push(dim_expr(d, Source::Visits, &uq, site));
+                at.push(Some(tuple.len()));
+            }
+            None => at.push(None),
+        }
+    }
+    let mut field = |e: Sql| match tuple.iter().position(|f| f.as_str() == e.as_str()) {
+        Some(i) => i + 1,
+        None => {
+            tuple.push(e);
+            tuple.len()
+        }
+    };
     let counted = |kind: &'static str, whole: &'static str| match &per {
         Some(p) => visit_hits_matching(kind, f, &p.hit_cols, &uq, site),
         None => Sql::new(whole),
     };
-    // What each metric sums over a visitor's visits (only what is asked: a hit count reads
-    // `name`, which the rows carry only then).
-    let need = |m: Metric, e: Sql| all.contains(&m).then_some(e);
+    // Only what is asked: a hit count reads `name`, which the rows carry only then.
+    let mut need = |m: Metric, e: Sql| all.contains(&m).then(|| field(e));
     let pv = need(Metric::Pageviews, counted("name = 'pageview'", "pageviews"));
     let ev = need(Metric::Events, counted("name != 'engagement'", "events"));
     let pages = need(Metric::ViewsPerVisit, Sql::new("pageviews"));
     let bounce = need(Metric::BounceRate, Sql::new("bounce"));
     let duration = need(Metric::VisitDuration, Sql::new("duration"));
-    // How a group's rows of one visitor id are made: the total from plain aggregates; a
-    // breakdown of visitors alone by its one row (`argMin`, the pick of `rows_per_visitor`)
-    // or by its distinct values (`groupUniqArray`); any other breakdown from the id's visits
-    // kept in one array `hs` (its value and the fields its metrics sum).
-    let visitors_only = |asked: &[Metric]| asked.iter().all(|m| *m == Metric::Visitors);
-    let arrays_of = |gi: usize| groups[gi].0.is_some() && !visitors_only(&metrics[gi]);
-    let mut tuple: Vec<Sql> = Vec::new();
-    let mut field = |e: &Sql| match tuple.iter().position(|f| f.as_str() == e.as_str()) {
-        Some(i) => i + 1,
-        None => {
-            tuple.push(e.clone());
-            tuple.len()
-        }
-    };
-    let mut at: Vec<Option<usize>> = Vec::new();
-    for (gi, (d, _)) in groups.iter().enumerate() {
-        at.push(match d {
-            Some(d) if arrays_of(gi) => Some(field(&dim_expr(d, Source::Visits, &uq, site))),
-            _ => None,
-        });
+    // `()` and `(x)` are no tuples: a visit of one value or none gets a second, unread.
+    while tuple.len() < 2 {
+        tuple.push(Sql::new("toUInt8(0)"));
     }
-    let any_arrays = (0..groups.len()).any(arrays_of);
-    // The visits' fields those groups sum (a total's are plain aggregates).
-    let summed = |m: Metric| (0..groups.len()).any(|gi| arrays_of(gi) && metrics[gi].contains(&m));
-    let index: Vec<(String, usize)> = [
-        (Metric::Pageviews, &pv),
-        (Metric::Events, &ev),
-        (Metric::ViewsPerVisit, &pages),
-        (Metric::BounceRate, &bounce),
-        (Metric::VisitDuration, &duration),
-    ]
-    .into_iter()
-    .filter(|(m, _)| summed(*m))
-    .filter_map(|(_, e)| e.as_ref())
-    .map(|e| (e.as_str().to_string(), field(e)))
-    .collect();
-    let hs_at = |e: &Sql| {
-        index
-            .iter()
-            .find(|(x, _)| x == e.as_str())
-            .map(|(_, i)| *i)
-            .unwrap_or(1)
-    };
     let mut arrays = Vec::new();
-    for (gi, ((dim, rows), asked)) in groups.iter().zip(metrics).enumerate() {
-        // Within a picked row: its visits, and the sum of a field over them.
-        let (count, in_rows): (Sql, SumOver) = match at[gi] {
+    for (gi, ((_, rows), asked)) in groups.iter().zip(metrics).enumerate() {
+        // Within a picked row `x`: its visits, and the sum of a field over them.
+        let (count, in_rows): (Sql, Box<dyn Fn(usize) -> Sql>) = match at[gi] {
             Some(i) => (
                 sql!("toUInt64(arrayCount(h -> h.{} = x, hs))", i),
-                Box::new(move |e| sql!("arraySum(h -> if(h.{} = x, h.{}, 0), hs)", i, hs_at(e))),
+                Box::new(move |e| sql!("arraySum(h -> if(h.{} = x, h.{}, 0), hs)", i, e)),
             ),
-            None => (Sql::new("count()"), Box::new(|e| sql!("sum({})", e))),
+            None => (
+                Sql::new("toUInt64(length(hs))"),
+                Box::new(|e| sql!("arraySum(h -> h.{}, hs)", e)),
+            ),
         };
-        let sum = |e: &Option<Sql>| e.as_ref().map(&in_rows).unwrap_or_else(|| Sql::new("0"));
+        let sum = |f: Option<usize>| f.map(&in_rows).unwrap_or_else(|| Sql::new("0"));
         let metric = |m: Metric| -> Sql {
             match m {
                 Metric::Visitors => Sql::new("toUInt64(1)"),
                 Metric::Visits => count.clone(),
-                Metric::Pageviews => sum(&pv),
-                Metric::Events => sum(&ev),
-                Metric::ViewsPerVisit => sql!("{} / {}", sum(&pages), count.clone()),
-                Metric::BounceRate => sql!("{} * 100 / {}", sum(&bounce), count.clone()),
-                Metric::VisitDuration => sql!("{} / {}", sum(&duration), count.clone()),
+                Metric::Pageviews => sum(pv),
+                Metric::Events => sum(ev),
+                Metric::ViewsPerVisit => sql!("{} / {}", sum(pages), count.clone()),
+                Metric::BounceRate => sql!("{} * 100 / {}", sum(bounce), count.clone()),
+                Metric::VisitDuration => sql!("{} / {}", sum(duration), count.clone()),
                 _ => Sql::new("0"),
             }
         };
-        let value = match (dim, at[gi]) {
-            (None, _) => Sql::new("''"),
-            (Some(_), Some(_)) => Sql::new("toString(x)"),
-            (Some(d), None) if (*rows).max(1) == 1 => {
-                let d = dim_expr(d, Source::Visits, &uq, site);
-                sql!("toString(argMin({0}, cityHash64(visitor_id, {0})))", d)
-            }
-            (Some(_), None) => Sql::new("toString(x)"),
-        };
-        let mut cells = vec![sql!("toUInt8({})", gi as u64), value];
+        let mut cells = vec![sql!("toUInt8({})", gi as u64), Sql::new("toString(x)")];
         for (m, how) in all.iter().zip(&plan) {
             cells.push(if !asked.contains(m) {
                 Sql::new("toFloat64(0)")
@@ -1047,38 +1005,27 @@ pub fn bounded_screen_sql(
             });
         }
         cells.push(Sql::new("toFloat64(1)"));
-        let cells = Sql::join(cells, ", ");
-        let n = (*rows).max(1);
-        arrays.push(match (dim, at[gi]) {
-            (Some(_), Some(i)) => sql!(
-                "arrayMap(x -> ({}), arraySlice(arraySort(x -> cityHash64(_v, x), arrayDistinct(arrayMap(h -> h.{}, hs))), 1, {})) AS rs{}",
-                cells,
+        let picked = match at[gi] {
+            Some(i) => sql!(
+                "arraySlice(arraySort(x -> cityHash64(_v, x), arrayDistinct(arrayMap(h -> h.{}, hs))), 1, {})",
                 i,
-                n,
-                gi as u64
+                (*rows).max(1)
             ),
-            (Some(d), None) if n > 1 => sql!(
-                "arrayMap(x -> ({}), arraySlice(arraySort(x -> cityHash64(_v, x), groupUniqArray({})), 1, {})) AS rs{}",
-                cells,
-                dim_expr(d, Source::Visits, &uq, site),
-                n,
-                gi as u64
-            ),
-            _ => sql!("[({})] AS rs{}", cells, gi as u64),
-        });
-    }
-    if any_arrays {
-        // `(x)` is no tuple: a visit of one value gets a second, unread.
-        if tuple.len() == 1 {
-            tuple.push(Sql::new("toUInt8(0)"));
-        }
-        arrays.insert(0, sql!("groupArray(({})) AS hs", Sql::join(tuple, ", ")));
+            None => Sql::new("['']"),
+        };
+        arrays.push(sql!(
+            "arrayMap(x -> ({}), {}) AS rs{}",
+            Sql::join(cells, ", "),
+            picked,
+            gi as u64
+        ));
     }
     let (from, conds) = rows_and_conds(&uq, site, built, src, per.as_ref());
     // The picks read `_v` inside lambdas: 18.16 resolves it there only in the statement that
     // groups by it (a subquery's `_v` that no outer statement reads is pruned).
     let mut visitors = sql!(
-        "SELECT visitor_id AS _v, {} FROM {}",
+        "SELECT visitor_id AS _v, groupArray(({})) AS hs, {} FROM {}",
+        Sql::join(tuple, ", "),
         Sql::join(arrays, ", "),
         from
     );
