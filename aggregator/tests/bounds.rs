@@ -146,9 +146,13 @@ async fn both(
     )
 }
 
-/// `body` as differential privacy asks it (bounded, unrounded) on the rows as they are now:
-/// its bounded SQL in the one-pass form and in the general form.
-async fn bounded_forms(ch: &ClickHouseConfig, site: &SiteView, body: Value) -> (Sql, Sql) {
+/// `body` as differential privacy asks it (bounded, unrounded): the query, the builds it reads
+/// now and its release (whose clamp bounds it).
+async fn as_dp(
+    ch: &ClickHouseConfig,
+    site: &SiteView,
+    body: Value,
+) -> (Query, Vec<veil_aggregator::query::Build>, Release) {
     let mut q = query(body);
     q.unrounded = true;
     q.bounded = true;
@@ -157,6 +161,13 @@ async fn bounded_forms(ch: &ClickHouseConfig, site: &SiteView, body: Value) -> (
         .await
         .unwrap();
     let rel = Release::new(&q, false, [7; 32], &Settings::default(), 1, Utc::now()).unwrap();
+    (q, built, rel)
+}
+
+/// `body` as differential privacy asks it (bounded, unrounded) on the rows as they are now:
+/// its bounded SQL in the one-pass form and in the general form.
+async fn bounded_forms(ch: &ClickHouseConfig, site: &SiteView, body: Value) -> (Sql, Sql) {
+    let (q, built, rel) = as_dp(ch, site, body).await;
     (
         bounded_sql(&q, site, &built, rel.clamp()).unwrap(),
         bounded_sql_general(&q, site, &built, rel.clamp()).unwrap(),
@@ -498,17 +509,33 @@ async fn screen_panels(
     for p in panels {
         let mut body = p.clone();
         body["filters"] = filter.clone();
-        let mut q = query(body);
-        q.unrounded = true;
-        q.bounded = true;
-        let built = Builds::new(None)
-            .for_query(&ch.client(), site, &q)
-            .await
-            .unwrap();
-        let rel = Release::new(&q, false, [7; 32], &Settings::default(), 1, Utc::now()).unwrap();
-        out.push((q, built, rel));
+        out.push(as_dp(ch, site, body).await);
     }
     out
+}
+
+/// A panel's rows from the statement its gathering shares (an error if it ran alone).
+async fn gathered(
+    screens: &veil_aggregator::screen::Screens,
+    client: &clickhouse::Client,
+    site: &SiteView,
+    panel: &(Query, Vec<veil_aggregator::query::Build>, Release),
+) -> Result<Vec<Value>, veil_aggregator::Error> {
+    let (q, built, rel) = panel;
+    let asked = veil_aggregator::screen::Asked {
+        client,
+        site,
+        q,
+        built,
+        kmin: 1,
+        heavy: None,
+        clamp: Some(*rel.clamp()),
+    };
+    screens
+        .rows(asked, async {
+            Err(veil_aggregator::Error::Internal("ran alone".into()))
+        })
+        .await
 }
 
 /// The same rows, numbers equal but for the last bits of a float sum's order.
@@ -536,7 +563,7 @@ fn same_rows(a: &[Value], b: &[Value]) -> bool {
 #[tokio::test]
 async fn bounded_panels_asked_at_once_share_one_grouping_and_equal_each_alone() {
     use veil_aggregator::query::assemble::bounded_screen_member;
-    use veil_aggregator::screen::{Asked, Screens};
+    use veil_aggregator::screen::Screens;
     let ch = veil_schemas::testing::fresh_database("dp_bounds_screens").await;
     store(&ch).await;
     let site = site();
@@ -571,22 +598,7 @@ async fn bounded_panels_asked_at_once_share_one_grouping_and_equal_each_alone() 
                 let own = bounded_sql(q, &site, built, rel.clamp()).unwrap();
                 alone.push(db::fetch(&client, &own).await.unwrap());
             }
-            let ask = |i: usize| {
-                let (q, built, rel) = &panels[i];
-                let asked = Asked {
-                    client: &client,
-                    site: &site,
-                    q,
-                    built,
-                    kmin: 1,
-                    heavy: None,
-                    clamp: Some(*rel.clamp()),
-                };
-                // Answered from the shared statement, or this test fails.
-                screens.rows(asked, async {
-                    Err(veil_aggregator::Error::Internal("ran alone".into()))
-                })
-            };
+            let ask = |i: usize| gathered(&screens, &client, &site, &panels[i]);
             let (a0, a1, a2, a3, a4) = tokio::join!(ask(0), ask(1), ask(2), ask(3), ask(4));
             let together = [a0, a1, a2, a3, a4];
             for (i, (t, a)) in together.iter().zip(&alone).enumerate() {
@@ -605,21 +617,7 @@ async fn bounded_panels_asked_at_once_share_one_grouping_and_equal_each_alone() 
             // kept with one value: the chart's).
             for three in [[1, 3, 5], [1, 2, 3], [6, 1, 6]] {
                 let small = Screens::with_window(std::time::Duration::from_secs(20)).closing_at(3);
-                let ask = |i: usize| {
-                    let (q, built, rel) = &panels[i];
-                    let asked = Asked {
-                        client: &client,
-                        site: &site,
-                        q,
-                        built,
-                        kmin: 1,
-                        heavy: None,
-                        clamp: Some(*rel.clamp()),
-                    };
-                    small.rows(asked, async {
-                        Err(veil_aggregator::Error::Internal("ran alone".into()))
-                    })
-                };
+                let ask = |i: usize| gathered(&small, &client, &site, &panels[i]);
                 let (c, d, e) = tokio::join!(ask(three[0]), ask(three[1]), ask(three[2]));
                 for (rows, i) in [c, d, e].into_iter().zip(three) {
                     let rows = rows.unwrap_or_else(|e| panic!("{when} {f} {three:?}: {e}"));

@@ -294,6 +294,13 @@ pub fn screen_member(q: &Query, site: &SiteView) -> bool {
     if !q.metrics.iter().all(|m| SCREEN_METRICS.contains(m)) {
         return false;
     }
+    by_visit_rows(q, site)
+}
+
+/// Whether `q` is in total, by time or by one visit or visitor property, read from visit rows
+/// one row per visit ([`Source::Visits`], or [`Source::VisitHits`] answered [`per_visit`]): a
+/// report that reads the whole range's filtered visit rows (what a gathering shares).
+fn by_visit_rows(q: &Query, site: &SiteView) -> bool {
     let plain_dim = q.dimensions.iter().all(|d| {
         matches!(
             d.kind,
@@ -863,22 +870,7 @@ pub fn bounded_screen_member(q: &Query, site: &SiteView, c: &Clamp) -> bool {
     if c.daily && source(&plain, false) == Source::VisitsDaily {
         return false;
     }
-    let plain_dim = q.dimensions.iter().all(|d| {
-        matches!(
-            d.kind,
-            DimKind::Visit(_)
-                | DimKind::Visitor(_)
-                | DimKind::CountryName
-                | DimKind::PlaceName(_)
-                | DimKind::Time(TimeBucket::Day | TimeBucket::Week | TimeBucket::Month)
-        )
-    });
-    plain_dim
-        && match source(q, false) {
-            Source::Visits => true,
-            Source::VisitHits => per_visit(q, site).is_some(),
-            _ => false,
-        }
+    by_visit_rows(q, site)
 }
 
 /// One statement for several bounded reports over the same filtered visit rows
