@@ -1236,6 +1236,7 @@ fn run_once(
     );
     let mut results = Vec::new();
     let mut memory = Vec::new();
+    let mut commits = Vec::new();
     // Each collector process's memory, or this process's once for in-process collectors.
     let mut pids: Vec<Option<u32>> = fleet
         .as_ref()
@@ -1286,6 +1287,8 @@ fn run_once(
             seed: args.seed.wrapping_add(i as u64),
             request_timeout: Duration::from_secs(10),
         };
+        let members = fleet.as_ref().map(|f| f.members.as_slice()).unwrap_or(&[]);
+        let commits_before = Commits::now(client_rt, members);
         let sampler = Sampler::start(pids.clone(), Duration::from_millis(50))?;
         let meter = cpu::Meter::start(cpu_pids.clone());
         let report = match rate {
@@ -1294,6 +1297,7 @@ fn run_once(
         };
         let peaks = sampler.finish();
         cpu_used.push(meter.finish());
+        commits.push(Commits::now(client_rt, members).since(&commits_before));
         let report = report?;
         if let Some(o) = outage {
             let stopped = o.finish()?;
@@ -1305,6 +1309,9 @@ fn run_once(
     print_table(&results, args.connections, addrs.len());
     if !pids.is_empty() {
         print_memory(&results, &memory, &pids);
+    }
+    if fleet.is_some() {
+        print_commits(&results, &commits);
     }
     print_cpu(
         &results,
@@ -1416,6 +1423,157 @@ fn print_cpu(
             0.0
         };
         println!("{line}   [{events:.0}]");
+    }
+    println!();
+}
+
+/// The spool's commits during one scenario, from `veil_spool_commit_seconds` (summed over
+/// the collectors): how long each group's write and `fdatasync` took, which every accepted
+/// request waited for.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Commits {
+    /// Cumulative counts by bucket upper bound (seconds; the last is infinite), ascending.
+    buckets: Vec<(f64, u64)>,
+    sum_seconds: f64,
+    count: u64,
+}
+
+impl Commits {
+    fn parse(text: &str) -> Self {
+        let mut c = Self::default();
+        let bucket = format!("{}_bucket", names::SPOOL_COMMIT);
+        let sum = format!("{}_sum", names::SPOOL_COMMIT);
+        let count = format!("{}_count", names::SPOOL_COMMIT);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.trim().rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(v) = value.parse::<f64>() else {
+                continue;
+            };
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            if name == bucket {
+                let le = match label(labels, "le") {
+                    Some("+Inf") => f64::INFINITY,
+                    Some(b) => match b.parse() {
+                        Ok(b) => b,
+                        Err(_) => continue,
+                    },
+                    None => continue,
+                };
+                c.buckets.push((le, v as u64));
+            } else if name == sum {
+                c.sum_seconds = v;
+            } else if name == count {
+                c.count = v as u64;
+            }
+        }
+        c.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        c
+    }
+
+    /// Every collector's, added up (a collector that could not be read adds nothing).
+    fn now(rt: &Runtime, members: &[Member]) -> Self {
+        let mut all = Self::default();
+        for m in members {
+            let text = match m {
+                Member::InProcess { collector, .. } => {
+                    veil_collector::metrics::render(collector.registry())
+                }
+                Member::Process(c) => {
+                    match rt.block_on(loadgen::get(
+                        c.metrics_addr,
+                        "/metrics",
+                        Duration::from_secs(5),
+                    )) {
+                        Ok((status, body)) if status.is_success() => {
+                            String::from_utf8_lossy(&body).into_owned()
+                        }
+                        _ => String::new(),
+                    }
+                }
+            };
+            let one = Self::parse(&text);
+            if all.buckets.is_empty() {
+                all.buckets = one.buckets.iter().map(|(le, _)| (*le, 0)).collect();
+            }
+            for ((_, n), (_, m)) in all.buckets.iter_mut().zip(&one.buckets) {
+                *n += m;
+            }
+            all.sum_seconds += one.sum_seconds;
+            all.count += one.count;
+        }
+        all
+    }
+
+    /// What happened since `before`.
+    fn since(&self, before: &Self) -> Self {
+        let mut d = self.clone();
+        for ((_, n), (_, b)) in d.buckets.iter_mut().zip(&before.buckets) {
+            *n = n.saturating_sub(*b);
+        }
+        d.sum_seconds -= before.sum_seconds;
+        d.count = d.count.saturating_sub(before.count);
+        d
+    }
+
+    /// The upper bound of the bucket holding the `q` quantile (seconds; infinite past the last).
+    fn quantile_bound(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = (q * self.count as f64).ceil().max(1.0) as u64;
+        self.buckets
+            .iter()
+            .find(|(_, n)| *n >= rank)
+            .map(|(le, _)| *le)
+    }
+
+    /// The share of commits that took longer than `bound` seconds (a bucket bound).
+    fn share_over(&self, bound: f64) -> Option<f64> {
+        let within = self.buckets.iter().find(|(le, _)| *le == bound)?.1;
+        (self.count > 0).then(|| (self.count - within.min(self.count)) as f64 / self.count as f64)
+    }
+}
+
+/// Each scenario's spool commits (see [`Commits`]).
+fn print_commits(results: &[(Scenario, LoadReport)], commits: &[Commits]) {
+    println!(
+        "spool commits (veil_spool_commit_seconds: each group's write and, with fsync, its fdatasync; every request waits for one):"
+    );
+    println!(
+        "  {:<34} {:>9} {:>13} {:>9} {:>9} {:>9} {:>9}",
+        "scenario", "commits", "requests each", "mean ms", "p50 ≤ ms", "p99 ≤ ms", "> 5 ms"
+    );
+    let ms = |s: Option<f64>| match s {
+        Some(s) if s.is_finite() => format!("{:.2}", s * 1e3),
+        Some(_) => "> 1000".into(),
+        None => "-".into(),
+    };
+    for ((s, r), c) in results.iter().zip(commits) {
+        if !s.collector {
+            continue;
+        }
+        let each = if c.count > 0 {
+            format!("{:.1}", r.requests as f64 / c.count as f64)
+        } else {
+            "-".into()
+        };
+        let mean = (c.count > 0).then(|| c.sum_seconds / c.count as f64);
+        let over = c
+            .share_over(0.005)
+            .map(|f| format!("{:.1} %", f * 100.0))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  {:<34} {:>9} {:>13} {:>9} {:>9} {:>9} {:>9}",
+            s.label,
+            c.count,
+            each,
+            ms(mean),
+            ms(c.quantile_bound(0.5)),
+            ms(c.quantile_bound(0.99)),
+            over
+        );
     }
     println!();
 }
@@ -1803,5 +1961,30 @@ veil_http_requests_total{route=\"/api/event\",status=\"202\"} 30
         let c = Counters::parse(&veil_collector::metrics::render(&registry));
         assert_eq!((c.accepted, c.written), (5, 4));
         assert_eq!(c.dropped_by_reason(), "consent=2");
+    }
+
+    #[test]
+    fn spool_commits_of_a_scenario_from_the_collectors_rendering() {
+        let registry = Registry::new();
+        let m = veil_collector::metrics::Metrics::new(&registry).unwrap();
+        m.spool_commit.observe(0.0002);
+        let before = Commits::parse(&veil_collector::metrics::render(&registry));
+        assert_eq!(before.count, 1);
+        // The scenario: 97 fast commits, two of 8 ms (a busy interrupt CPU), one of 2 s.
+        for _ in 0..97 {
+            m.spool_commit.observe(0.00009);
+        }
+        m.spool_commit.observe(0.008);
+        m.spool_commit.observe(0.008);
+        m.spool_commit.observe(2.0);
+        let d = Commits::parse(&veil_collector::metrics::render(&registry)).since(&before);
+        assert_eq!(d.count, 100);
+        assert!((d.sum_seconds - (97.0 * 0.00009 + 0.016 + 2.0)).abs() < 1e-9);
+        assert_eq!(d.quantile_bound(0.5), Some(0.0001));
+        assert_eq!(d.quantile_bound(0.98), Some(0.01));
+        assert_eq!(d.quantile_bound(0.99), Some(0.01));
+        assert_eq!(d.quantile_bound(1.0), Some(f64::INFINITY));
+        assert_eq!(d.share_over(0.005), Some(0.03));
+        assert_eq!(Commits::default().quantile_bound(0.5), None);
     }
 }

@@ -95,6 +95,9 @@ pub mod names {
     pub const UA_CACHE_HITS: &str = "veil_ua_cache_hits_total";
     /// User agents parsed because the cache did not have them.
     pub const UA_CACHE_MISSES: &str = "veil_ua_cache_misses_total";
+    /// Seconds each spool commit took (a group's write and, with `--durability fsync`, its
+    /// `fdatasync`): what every accepted request waited for the disk.
+    pub const SPOOL_COMMIT: &str = "veil_spool_commit_seconds";
     /// Damaged spool regions found and skipped (at start or while reading).
     pub const SPOOL_CORRUPT: &str = "veil_spool_corrupt_regions_total";
     /// Failed ClickHouse inserts (each attempt).
@@ -106,6 +109,13 @@ pub mod names {
     /// The age past which each GeoIP database's source wants it replaced, by `db`.
     pub const GEOIP_AGE_LIMIT: &str = "veil_geoip_age_limit_seconds";
 }
+
+/// Upper bounds of [`names::SPOOL_COMMIT`]'s buckets, seconds: a synced write of a few kB
+/// takes ~0.1 ms on an idle disk and whole milliseconds when the disk or the CPU that takes its
+/// interrupts is busy (benches/README, "the spool's commits").
+pub const SPOOL_COMMIT_BUCKETS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
 
 /// All collector metrics.
 #[derive(Clone, Debug)]
@@ -136,6 +146,8 @@ pub struct Metrics {
     pub spool_segments: IntGauge,
     /// See [`names::SPOOL_OLDEST_AGE`].
     pub spool_oldest_age: prometheus::Gauge,
+    /// See [`names::SPOOL_COMMIT`].
+    pub spool_commit: Histogram,
     /// See [`names::SPOOL_CORRUPT`].
     pub spool_corrupt: IntCounter,
     /// See [`names::UA_CACHE_HITS`].
@@ -203,6 +215,13 @@ impl Metrics {
                 names::SPOOL_OLDEST_AGE,
                 "Seconds since the oldest event not yet in ClickHouse was accepted",
             )?,
+            spool_commit: Histogram::with_opts(
+                HistogramOpts::new(
+                    names::SPOOL_COMMIT,
+                    "Seconds each spool commit took: a group's write and, with fsync, its fdatasync",
+                )
+                .buckets(SPOOL_COMMIT_BUCKETS.to_vec()),
+            )?,
             spool_corrupt: IntCounter::new(
                 names::SPOOL_CORRUPT,
                 "Damaged spool regions found and skipped",
@@ -233,6 +252,7 @@ impl Metrics {
         registry.register(Box::new(m.spool_bytes.clone()))?;
         registry.register(Box::new(m.spool_segments.clone()))?;
         registry.register(Box::new(m.spool_oldest_age.clone()))?;
+        registry.register(Box::new(m.spool_commit.clone()))?;
         registry.register(Box::new(m.spool_corrupt.clone()))?;
         registry.register(Box::new(m.ua_cache_hits.clone()))?;
         registry.register(Box::new(m.ua_cache_misses.clone()))?;

@@ -460,6 +460,15 @@ async fn metrics_count_what_happened() {
         1.0
     );
     assert!(t.contains("veil_batch_flush_seconds_bucket"));
+    // Four appends (three events, one batch; the bad request stored nothing), each waited for
+    // one commit of the spool: sent one after another, at most four commits, each timed.
+    let commits = metric(t, "veil_spool_commit_seconds_count");
+    assert!((1.0..=4.0).contains(&commits), "{commits} spool commits");
+    assert!(metric(t, "veil_spool_commit_seconds_sum") > 0.0);
+    assert_eq!(
+        metric(t, "veil_spool_commit_seconds_bucket{le=\"+Inf\"}"),
+        commits
+    );
     // The spool's cursor moves right after the insert returns: poll for it.
     let depth = c.wait_metric("veil_queue_depth_events", 0.0).await;
     assert_eq!(depth, 0.0);

@@ -87,6 +87,8 @@ impl BatchQueue {
             );
         }
         metrics.spool_corrupt.inc_by(rec.corrupt_regions);
+        let commits = metrics.spool_commit.clone();
+        spool.observe_commits(move |took| commits.observe(took.as_secs_f64()));
         let reader = spool.reader().map_err(spool_error)?;
         let closing = Arc::new(AtomicBool::new(false));
         let sink_healthy = Arc::new(AtomicBool::new(true));

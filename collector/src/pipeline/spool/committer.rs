@@ -228,6 +228,7 @@ impl Committer {
                 run_bytes += len;
                 run.extend(queue.next());
             }
+            let started = Instant::now();
             if let Err(e) = self.write_run(&run) {
                 let path = self.shared.segment_path(self.id);
                 tracing::error!(
@@ -238,6 +239,9 @@ impl Committer {
                 self.fail(run.into_iter().chain(queue), |_| io_copy(&path, &e));
                 self.repair();
                 return;
+            }
+            if let Some(observe) = self.shared.on_commit.get() {
+                observe(started.elapsed());
             }
             self.publish(run, run_bytes);
         }

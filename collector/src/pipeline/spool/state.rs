@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::format::{segment_file_name, write_cursor_file, CursorState, SEGMENT_HEADER_LEN};
@@ -195,7 +195,12 @@ pub(super) struct Shared {
     pub recovery: RecoveryReport,
     /// This directory's claim (released when the last user is gone).
     pub _registration: DirRegistration,
+    /// Told how long each committed run took (see `Spool::observe_commits`).
+    pub on_commit: OnceLock<CommitObserver>,
 }
+
+/// What `Spool::observe_commits` is given: called by the committer thread after each run.
+pub(super) type CommitObserver = Box<dyn Fn(Duration) + Send + Sync>;
 
 impl Shared {
     /// Locks the state. A poisoned lock is used as is: no code panics while holding it, and the

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
@@ -85,6 +86,7 @@ impl Spool {
             reader_taken: AtomicBool::new(false),
             recovery: rec.report,
             _registration: registration,
+            on_commit: std::sync::OnceLock::new(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let committer = Committer::new(
@@ -120,6 +122,15 @@ impl Spool {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.submit(records, Ack::Async(tx))?;
         rx.await.unwrap_or(Err(SpoolError::Closed))
+    }
+
+    /// Calls `observe` on the committer thread with how long each commit took: one write of a
+    /// group's appends into a segment and, with [`Durability::Fsync`](super::Durability), its
+    /// `fdatasync` (and the zeros written ahead when due) — the time every append of the group
+    /// waited for the disk. A group split by a segment's end is two commits. For metrics: it
+    /// must be quick and must not call into the spool. Set once; later calls are ignored.
+    pub fn observe_commits(&self, observe: impl Fn(Duration) + Send + Sync + 'static) {
+        let _ = self.inner.shared.on_commit.set(Box::new(observe));
     }
 
     /// [`Self::append`] for threads outside an async runtime: blocks until acknowledged.

@@ -1196,3 +1196,31 @@ fn a_zeroed_header_is_damage_even_when_zeros_follow() {
     assert_eq!(spool.recovery().corrupt_regions, 0);
     assert_eq!(drain(&mut spool.reader().unwrap()), vec![b"after".to_vec()]);
 }
+
+#[test]
+fn each_commit_is_timed_for_metrics() {
+    let dir = TempDir::new().unwrap();
+    let spool = Spool::open(dir.path(), small()).unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
+    let into = seen.clone();
+    spool.observe_commits(move |took| into.lock().unwrap().push(took));
+    // Only the first observer counts.
+    let ignored = Arc::new(AtomicUsize::new(0));
+    let other = ignored.clone();
+    spool.observe_commits(move |_| {
+        other.fetch_add(1, Ordering::Relaxed);
+    });
+    let started = Instant::now();
+    append_n(&spool, 0..20);
+    let wall = started.elapsed();
+    let stats = spool.stats();
+    let seen = seen.lock().unwrap().clone();
+    // One append at a time: one group each, none split (8 records fit a segment), so one
+    // commit per group, each synced, each taking some time, all within the appends' time.
+    assert_eq!(stats.commit_groups, 20);
+    assert_eq!(seen.len() as u64, stats.commit_groups);
+    assert!(seen.iter().all(|d| *d > Duration::ZERO), "{seen:?}");
+    assert!(seen.iter().sum::<Duration>() <= wall, "{seen:?} in {wall:?}");
+    assert_eq!(ignored.load(Ordering::Relaxed), 0);
+    assert_eq!(drain(&mut spool.reader().unwrap()).len(), 20);
+}
