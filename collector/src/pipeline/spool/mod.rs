@@ -27,7 +27,9 @@
 //!   vectored `write` (no copy), calls `fdatasync` once, and only then acknowledges every append
 //!   of the group. With the default window of zero no request waits for company: groups form
 //!   by themselves from the appends that arrive while the previous group is being synced.
-//!   [`SpoolStats::commit_groups`] and [`SpoolStats::fsyncs`] count this.
+//!   [`SpoolStats::commit_groups`] and [`SpoolStats::fsyncs`] count this, and
+//!   [`Spool::observe_commits`] is told how long each write + sync took (the collector's
+//!   `veil_spool_commit_seconds`).
 //! * **The reader** is single: [`Spool::reader`] hands out one [`SpoolReader`] at a time
 //!   ([`SpoolError::ReaderTaken`] otherwise), and its methods take `&mut self`. Run it on one
 //!   writer thread: `next_batch` → insert → `commit`, in order. Reading ahead (several batches

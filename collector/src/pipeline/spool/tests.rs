@@ -1220,7 +1220,10 @@ fn each_commit_is_timed_for_metrics() {
     assert_eq!(stats.commit_groups, 20);
     assert_eq!(seen.len() as u64, stats.commit_groups);
     assert!(seen.iter().all(|d| *d > Duration::ZERO), "{seen:?}");
-    assert!(seen.iter().sum::<Duration>() <= wall, "{seen:?} in {wall:?}");
+    assert!(
+        seen.iter().sum::<Duration>() <= wall,
+        "{seen:?} in {wall:?}"
+    );
     assert_eq!(ignored.load(Ordering::Relaxed), 0);
     assert_eq!(drain(&mut spool.reader().unwrap()).len(), 20);
 }
