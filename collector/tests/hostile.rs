@@ -16,8 +16,24 @@ async fn deep_json_and_too_many_headers_are_refused() {
     let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
     let r = c.post("/v1/events", &[], &deep).await;
     assert_eq!(r.status, 400);
+    // The batch's one "event" is an array 5000 deep: stepped over without recursion (each
+    // event is kept as its JSON text) and refused for what it is.
+    assert_eq!(
+        r.json()["rejected"][0]["error"],
+        "event must be a JSON object",
+        "{}",
+        r.body
+    );
+    // Deep inside an event: the parser's recursion limit, for that event.
+    let deep_event = format!(
+        r#"[{{"site":"example.com","name":"x","url":"https://example.com/","props":{}1{}}}]"#,
+        "{\"a\":".repeat(5000),
+        "}".repeat(5000)
+    );
+    let r = c.post("/v1/events", &[], &deep_event).await;
+    assert_eq!(r.status, 400);
     assert!(
-        r.json()["error"]
+        r.json()["rejected"][0]["error"]
             .as_str()
             .unwrap()
             .contains("recursion limit"),

@@ -51,6 +51,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{header, Request, StatusCode};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::ingest::{ingest, OnInvalid};
@@ -89,7 +90,8 @@ fn sender(c: &Collector, req: &Request<Bytes>) -> Result<Sender, Error> {
             .unwrap_or_default();
         let refused = || {
             Error::Forbidden(
-                "the Authorization header holds no valid ingest key (unknown, revoked, or not an                  ingest key: send `Authorization: Bearer vi_…` from POST /api/v1/sites/{domain}/ingest-keys)"
+                "the Authorization header holds no valid ingest key (unknown, revoked, or not an \
+                 ingest key: send `Authorization: Bearer vi_…` from POST /api/v1/sites/{domain}/ingest-keys)"
                     .into(),
             )
         };
@@ -142,23 +144,55 @@ fn override_of(v: &Value, now: DateTime<Utc>) -> Option<&'static str> {
     }
 }
 
-/// Refuses the batch when an event makes an override its sender may not make.
+/// The override an event parsed into [`Event`] makes, as [`override_of`] reads it from JSON.
+fn event_override(e: &Event, now: DateTime<Utc>) -> Option<&'static str> {
+    if e.ip.is_some() {
+        return Some("ip");
+    }
+    if e.user_agent.is_some() {
+        return Some("user_agent");
+    }
+    match parse::timestamp_from_json(&e.timestamp) {
+        Ok(Some(t)) if t < now - MAX_UNKEYED_AGE => Some("timestamp"),
+        _ => None,
+    }
+}
+
+/// The override one event of a batch makes and the site it names: from the parsed event, or,
+/// for an event that did not parse, from its JSON.
+fn item_override(item: &Item<'_>, now: DateTime<Utc>) -> Option<(&'static str, String)> {
+    match item {
+        (_, Ok(e)) => {
+            event_override(e, now).map(|field| (field, e.site.clone().unwrap_or_default()))
+        }
+        (None, Err(_)) => None,
+        (Some(raw), Err(_)) => {
+            let v = serde_json::from_str::<Value>(raw.get()).ok()?;
+            let field = override_of(&v, now)?;
+            let site = v.get("site").and_then(Value::as_str).unwrap_or_default();
+            Some((field, site.to_string()))
+        }
+    }
+}
+
+/// Refuses the batch when an event makes an override its sender may not make. An event that
+/// did not parse (it is rejected later) is read as plain JSON for this, so that an override in
+/// an otherwise invalid event still refuses the batch.
 fn check_overrides(
     c: &Collector,
     sender: &Sender,
-    items: &[Value],
+    items: &[Item<'_>],
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
     if *sender == Sender::Trusted {
         return Ok(());
     }
-    for (i, v) in items.iter().enumerate() {
-        let Some(field) = override_of(v, now) else {
+    for (i, item) in items.iter().enumerate() {
+        let Some((field, site)) = item_override(item, now) else {
             continue;
         };
-        let site = v.get("site").and_then(Value::as_str).unwrap_or_default();
         if let Sender::Key(key_site) = sender {
-            let resolved = c.sites().resolve(site).map(|(d, _)| d);
+            let resolved = c.sites().resolve(&site).map(|(d, _)| d);
             if resolved.as_deref() == Some(key_site.as_str()) {
                 continue;
             }
@@ -220,26 +254,46 @@ struct NativeApp {
     debug: bool,
 }
 
-fn split_body(bytes: &[u8], max: usize) -> Result<Vec<Value>, Error> {
+/// One event of a batch: parsed, or why not; with its JSON text when it had to be read apart
+/// (then an invalid event is still read for overrides, see [`item_override`]).
+type Item<'a> = (Option<&'a RawValue>, Result<Event, Error>);
+
+/// The events of a body (a JSON array, or NDJSON). The common case, every event valid, is one
+/// parse straight into [`Event`]s. Otherwise each event is taken as its own JSON text (stepped
+/// over without building a tree or recursing) and parsed alone by [`parse_event`], so that one
+/// invalid event is reported alone.
+fn split_body(bytes: &[u8], max: usize) -> Result<Vec<Item<'_>>, Error> {
     let start = bytes.iter().position(|b| !b.is_ascii_whitespace());
     let Some(start) = start else {
         return Err(Error::BadRequest(
             "empty body: expected a JSON array of events or NDJSON".into(),
         ));
     };
-    let items: Vec<Value> = if bytes[start] == b'[' {
-        serde_json::from_slice(bytes)
-            .map_err(|e| Error::BadRequest(format!("body is not a valid JSON array: {e}")))?
+    let items: Vec<Item<'_>> = if bytes[start] == b'[' {
+        match serde_json::from_slice::<Vec<Event>>(bytes) {
+            Ok(events) => events.into_iter().map(|e| (None, Ok(e))).collect(),
+            Err(_) => serde_json::from_slice::<Vec<&RawValue>>(bytes)
+                .map_err(|e| Error::BadRequest(format!("body is not a valid JSON array: {e}")))?
+                .into_iter()
+                .map(|raw| (Some(raw), parse_event(raw)))
+                .collect(),
+        }
     } else {
         let mut out = Vec::new();
         for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let v = serde_json::from_slice(line).map_err(|e| {
-                Error::BadRequest(format!("NDJSON line {} is not valid JSON: {e}", i + 1))
-            })?;
-            out.push(v);
+            let item = match serde_json::from_slice::<Event>(line) {
+                Ok(e) => (None, Ok(e)),
+                Err(_) => {
+                    let raw: &RawValue = serde_json::from_slice(line).map_err(|e| {
+                        Error::BadRequest(format!("NDJSON line {} is not valid JSON: {e}", i + 1))
+                    })?;
+                    (Some(raw), parse_event(raw))
+                }
+            };
+            out.push(item);
             if out.len() > max {
                 break;
             }
@@ -255,12 +309,15 @@ fn split_body(bytes: &[u8], max: usize) -> Result<Vec<Value>, Error> {
     Ok(items)
 }
 
-fn to_incoming(v: Value, fallback: &Client, consent: Consent) -> Result<Incoming, Error> {
-    if !v.is_object() {
+/// One event of a batch, from its JSON text.
+fn parse_event(raw: &RawValue) -> Result<Event, Error> {
+    if !raw.get().starts_with('{') {
         return Err(Error::BadRequest("event must be a JSON object".into()));
     }
-    let e: Event =
-        serde_json::from_value(v).map_err(|e| Error::BadRequest(format!("invalid field: {e}")))?;
+    serde_json::from_str(raw.get()).map_err(|e| Error::BadRequest(format!("invalid field: {e}")))
+}
+
+fn to_incoming(e: Event, fallback: &Client, consent: Consent) -> Result<Incoming, Error> {
     let site = e
         .site
         .filter(|s| !s.trim().is_empty())
@@ -336,11 +393,14 @@ pub async fn handle(c: &Collector, req: Request<Bytes>) -> HttpResponse {
     if let Err(e) = checked {
         return c.reject(&e);
     }
+    // Owned from here on: nothing borrows the body across the spool's await.
+    let parsed: Vec<Result<Event, Error>> = items.into_iter().map(|(_, p)| p).collect();
     let fallback = super::client(c, &req);
     let consent = Consent::from_headers(req.headers());
-    let events = items
-        .into_iter()
-        .map(|v| to_incoming(v, &fallback, consent));
+    let events = parsed.into_iter().map(|p| match p {
+        Ok(e) => to_incoming(e, &fallback, consent),
+        Err(e) => Err(e),
+    });
     // The whole batch goes to the spool as one append: all on disk, or none (503, retry).
     let tally = match ingest(c, ENDPOINT, now, events, OnInvalid::Report).await {
         Ok(tally) => tally,
@@ -399,5 +459,72 @@ mod tests {
         );
         // An unparseable time is not an override: the event is rejected for it later.
         assert_eq!(override_of(&json!({"timestamp": "yesterday"}), now), None);
+    }
+
+    #[test]
+    fn each_event_parses_alone_and_an_invalid_one_is_still_read_for_overrides() {
+        let now = Utc::now();
+        let old = (now - chrono::Duration::hours(2)).to_rfc3339();
+        let body = format!(
+            r#"[{{"site":"a.com","name":"x","url":"/"}}, 5, {{"site":"a.com","name":7}},
+               {{"site":"b.com","ip":"203.0.113.9","name":[]}},
+               {{"site":"a.com","user_agent":"Mozilla/5.0"}},
+               {{"site":"a.com","timestamp":"{old}"}}, {{"site":"a.com","ip":null}}]"#
+        );
+        let items = split_body(body.as_bytes(), 10).unwrap();
+        assert_eq!(items.len(), 7);
+        // One event is invalid: every event was read apart, with its JSON text.
+        assert!(items.iter().all(|(raw, _)| raw.is_some()));
+        let error = |i: usize| match &items[i].1 {
+            Err(Error::BadRequest(m)) => m.clone(),
+            other => panic!("event {i}: {other:?}"),
+        };
+        assert_eq!(items[0].1.as_ref().unwrap().name.as_deref(), Some("x"));
+        assert_eq!(error(1), "event must be a JSON object");
+        assert!(error(2).starts_with("invalid field: "), "{}", error(2));
+        assert!(error(3).starts_with("invalid field: "), "{}", error(3));
+        let over: Vec<_> = items.iter().map(|item| item_override(item, now)).collect();
+        assert_eq!(over[0], None);
+        assert_eq!(over[1], None);
+        assert_eq!(over[2], None);
+        // Invalid (`name` is no string) but it sets `ip`: still an override, of its own site.
+        assert_eq!(over[3], Some(("ip", "b.com".to_string())));
+        assert_eq!(over[4], Some(("user_agent", "a.com".to_string())));
+        assert_eq!(over[5], Some(("timestamp", "a.com".to_string())));
+        assert_eq!(over[6], None);
+        // All valid: one parse, no JSON text kept; the overrides read from the events.
+        let valid =
+            format!(r#"[{{"site":"a.com","name":"x"}}, {{"site":"c.com","ip":"203.0.113.9"}}]"#);
+        let items = split_body(valid.as_bytes(), 10).unwrap();
+        assert!(items.iter().all(|(raw, e)| raw.is_none() && e.is_ok()));
+        assert_eq!(
+            item_override(&items[1], now),
+            Some(("ip", "c.com".to_string()))
+        );
+        // NDJSON: one event per line, the same rules.
+        let nd = split_body(
+            b"{\"site\":\"a.com\"}\n\n  \n[1]\n{\"site\":\"a.com\",\"user_agent\":\"x\",\"url\":5}",
+            10,
+        )
+        .unwrap();
+        assert_eq!(nd.len(), 3);
+        assert!(nd[0].0.is_none() && nd[0].1.is_ok());
+        assert!(nd[1].0.is_some() && nd[1].1.is_err());
+        assert_eq!(
+            item_override(&nd[2], now),
+            Some(("user_agent", "a.com".to_string()))
+        );
+        assert!(matches!(
+            split_body(b"{\"site\":\"a.com\"}\n{nope", 10),
+            Err(Error::BadRequest(m)) if m.starts_with("NDJSON line 2 is not valid JSON")
+        ));
+        assert!(matches!(
+            split_body(b"[{\"site\":\"a.com\"}, nope]", 10),
+            Err(Error::BadRequest(m)) if m.starts_with("body is not a valid JSON array")
+        ));
+        assert!(matches!(
+            split_body(b"[{}, {}, {}]", 2),
+            Err(Error::TooManyEvents { limit: 2 })
+        ));
     }
 }
