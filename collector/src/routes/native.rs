@@ -493,8 +493,7 @@ mod tests {
         assert_eq!(over[5], Some(("timestamp", "a.com".to_string())));
         assert_eq!(over[6], None);
         // All valid: one parse, no JSON text kept; the overrides read from the events.
-        let valid =
-            format!(r#"[{{"site":"a.com","name":"x"}}, {{"site":"c.com","ip":"203.0.113.9"}}]"#);
+        let valid = r#"[{"site":"a.com","name":"x"}, {"site":"c.com","ip":"203.0.113.9"}]"#;
         let items = split_body(valid.as_bytes(), 10).unwrap();
         assert!(items.iter().all(|(raw, e)| raw.is_none() && e.is_ok()));
         assert_eq!(
