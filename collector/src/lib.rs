@@ -92,6 +92,9 @@ pub enum Readiness {
 
 struct Inner {
     config: CollectorConfig,
+    /// `config.trusted_ip_headers` as header names (validated with the config), so that no
+    /// request parses them again.
+    ip_headers: Vec<http::HeaderName>,
     pipeline: Pipeline,
     queue: BatchQueue,
     metrics: Metrics,
@@ -211,9 +214,23 @@ impl Collector {
         )?;
         let rate =
             ratelimit::RateLimits::new(config.limits.rate_limit_ip, config.limits.rate_limit_site);
+        let ip_headers = config
+            .trusted_ip_headers
+            .iter()
+            .map(|h| {
+                http::HeaderName::from_bytes(h.trim().to_ascii_lowercase().as_bytes()).map_err(
+                    |_| {
+                        Error::Config(format!(
+                            "--trusted-ip-header {h:?} is not a valid header name"
+                        ))
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
+                ip_headers,
                 pipeline,
                 queue,
                 metrics,
@@ -439,8 +456,8 @@ impl Collector {
         self.inner.clock.now()
     }
     /// Configured client-IP headers.
-    pub fn trusted_ip_headers(&self) -> &[String] {
-        &self.inner.config.trusted_ip_headers
+    pub fn trusted_ip_headers(&self) -> &[http::HeaderName] {
+        &self.inner.ip_headers
     }
     /// Networks whose peers may set the client-IP headers.
     pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {

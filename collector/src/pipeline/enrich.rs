@@ -100,7 +100,14 @@ pub struct ClientHints {
 impl ClientHints {
     /// Reads the hints from request headers.
     pub fn from_headers(h: &http::HeaderMap) -> Self {
-        let get = |n: &str| {
+        use http::HeaderName;
+        // Names made at compile time: a lookup by `&str` parses the name on every request.
+        static BRANDS: HeaderName = HeaderName::from_static("sec-ch-ua");
+        static PLATFORM: HeaderName = HeaderName::from_static("sec-ch-ua-platform");
+        static PLATFORM_VERSION: HeaderName = HeaderName::from_static("sec-ch-ua-platform-version");
+        static MOBILE: HeaderName = HeaderName::from_static("sec-ch-ua-mobile");
+        static MODEL: HeaderName = HeaderName::from_static("sec-ch-ua-model");
+        let get = |n: &HeaderName| {
             h.get(n)
                 .and_then(|v| v.to_str().ok())
                 .map(|s| s.trim().trim_matches('"').to_string())
@@ -108,13 +115,13 @@ impl ClientHints {
         };
         Self {
             brands: h
-                .get("sec-ch-ua")
+                .get(&BRANDS)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
-            platform: get("sec-ch-ua-platform"),
-            platform_version: get("sec-ch-ua-platform-version"),
-            mobile: get("sec-ch-ua-mobile").map(|v| v == "?1"),
-            model: get("sec-ch-ua-model"),
+            platform: get(&PLATFORM),
+            platform_version: get(&PLATFORM_VERSION),
+            mobile: get(&MOBILE).map(|v| v == "?1"),
+            model: get(&MODEL),
         }
     }
 

@@ -35,7 +35,7 @@ pub mod umami;
 use std::net::IpAddr;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 
 use crate::server::{HttpResponse, PeerAddr};
 use crate::{Collector, Error};
@@ -180,31 +180,39 @@ pub async fn route(c: &Collector, req: Request<Bytes>) -> Option<HttpResponse> {
     Some(resp)
 }
 
-/// Whether the request's client is within the per-IP rate limit.
-fn allowed(c: &Collector, req: &Request<Bytes>) -> bool {
-    c.allow_ip(client_ip(
+/// The client IP of a request, worked out once (for the rate limit) and kept in its
+/// extensions for [`client`].
+#[derive(Debug, Clone, Copy)]
+struct ClientIp(Option<IpAddr>);
+
+/// Whether the request's client is within the per-IP rate limit; keeps the client IP in the
+/// request for the handler.
+fn allowed(c: &Collector, req: &mut Request<Bytes>) -> bool {
+    let ip = client_ip(
         req.headers(),
         req.extensions().get::<PeerAddr>(),
         c.trusted_ip_headers(),
         c.trusted_proxies(),
-    ))
+    );
+    req.extensions_mut().insert(ClientIp(ip));
+    c.allow_ip(ip)
 }
 
-async fn answer(c: &Collector, route: &Route, req: Request<Bytes>) -> HttpResponse {
-    let method = req.method();
+async fn answer(c: &Collector, route: &Route, mut req: Request<Bytes>) -> HttpResponse {
+    let method = req.method().clone();
     match route.kind {
-        Kind::Ingest => cors(match *method {
+        Kind::Ingest => cors(match method {
             Method::OPTIONS => crate::server::text(StatusCode::NO_CONTENT, Bytes::new()),
-            Method::POST if !allowed(c, &req) => c.reject(&Error::RateLimited("ip")),
+            Method::POST if !allowed(c, &mut req) => c.reject(&Error::RateLimited("ip")),
             Method::POST => handle(c, route.handler, req).await,
             _ => c.reject(&Error::MethodNotAllowed("POST")),
         }),
-        Kind::Pixel => match *method {
-            Method::GET if !allowed(c, &req) => cors(c.reject(&Error::RateLimited("ip"))),
+        Kind::Pixel => match method {
+            Method::GET if !allowed(c, &mut req) => cors(c.reject(&Error::RateLimited("ip"))),
             Method::GET => handle(c, route.handler, req).await,
             _ => c.reject(&Error::MethodNotAllowed("GET")),
         },
-        Kind::Read if matches!(*method, Method::GET | Method::HEAD) => {
+        Kind::Read if matches!(method, Method::GET | Method::HEAD) => {
             handle(c, route.handler, req).await
         }
         Kind::Read => c.reject(&Error::MethodNotAllowed("GET")),
@@ -236,7 +244,7 @@ async fn handle(c: &Collector, handler: Handler, req: Request<Bytes>) -> HttpRes
 pub fn client_ip(
     headers: &HeaderMap,
     peer: Option<&PeerAddr>,
-    trusted: &[String],
+    trusted: &[HeaderName],
     proxies: &[ipnet::IpNet],
 ) -> Option<IpAddr> {
     let peer_ip = peer.map(|p| p.0.ip());
@@ -245,7 +253,7 @@ pub fn client_ip(
         return peer_ip;
     }
     for name in trusted {
-        let Some(v) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) else {
+        let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
         let chain: Vec<IpAddr> = v.split(',').filter_map(|a| parse_ip(a.trim())).collect();
@@ -269,15 +277,23 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
     s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
 }
 
-/// The sender of a request: client IP (trusted headers, then the peer), user agent, hints.
-pub fn client(c: &Collector, req: &Request<Bytes>) -> crate::pipeline::Client {
-    crate::pipeline::Client {
-        ip: client_ip(
+/// The client IP of a request: the one the rate limit worked out, or ([`client_ip`]) now.
+fn request_ip(c: &Collector, req: &Request<Bytes>) -> Option<IpAddr> {
+    match req.extensions().get::<ClientIp>() {
+        Some(ClientIp(ip)) => *ip,
+        None => client_ip(
             req.headers(),
             req.extensions().get::<PeerAddr>(),
             c.trusted_ip_headers(),
             c.trusted_proxies(),
         ),
+    }
+}
+
+/// The sender of a request: client IP (trusted headers, then the peer), user agent, hints.
+pub fn client(c: &Collector, req: &Request<Bytes>) -> crate::pipeline::Client {
+    crate::pipeline::Client {
+        ip: request_ip(c, req),
         user_agent: user_agent(req.headers()),
         hints: crate::pipeline::enrich::ClientHints::from_headers(req.headers()),
     }
@@ -304,11 +320,11 @@ mod tests {
     fn client_ip_prefers_trusted_headers_from_trusted_proxies() {
         let mut h = HeaderMap::new();
         let peer = PeerAddr("10.0.0.1:4000".parse().unwrap());
-        let trusted = vec!["x-forwarded-for".to_string()];
+        let trusted = vec![HeaderName::from_static("x-forwarded-for")];
         let proxies =
             crate::config::parse_trusted_proxies(&["10.0.0.0/8".into(), "192.168.0.0/16".into()])
                 .unwrap();
-        let pick = |h: &HeaderMap, t: &[String]| client_ip(h, Some(&peer), t, &proxies);
+        let pick = |h: &HeaderMap, t: &[HeaderName]| client_ip(h, Some(&peer), t, &proxies);
         assert_eq!(pick(&h, &trusted), ip("10.0.0.1"));
         h.insert(
             "x-forwarded-for",

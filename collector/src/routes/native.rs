@@ -112,12 +112,7 @@ fn sender(c: &Collector, req: &Request<Bytes>) -> Result<Sender, Error> {
     if peer.is_none() {
         return Ok(Sender::Trusted);
     }
-    let ip: Option<IpAddr> = super::client_ip(
-        req.headers(),
-        peer,
-        c.trusted_ip_headers(),
-        c.trusted_proxies(),
-    );
+    let ip: Option<IpAddr> = super::request_ip(c, req);
     let trusted = ip.is_some_and(|ip| c.trusted_senders().iter().any(|n| n.contains(&ip)));
     let browser = req.headers().contains_key(header::ORIGIN);
     Ok(if trusted && !browser {
