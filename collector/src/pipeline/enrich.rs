@@ -124,10 +124,6 @@ impl ClientHints {
             model: get(&MODEL),
         }
     }
-
-    fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
 }
 
 const HEADLESS: &[&str] = &[
@@ -244,6 +240,10 @@ const BROWSERS: &[(&str, &str)] = &[
 /// woothee with Veil's corrections and an LRU cache.
 pub struct UaParser {
     inner: woothee::parser::Parser,
+    /// Keys of the cache: a 64-bit SipHash of the agent and its hints under this process's
+    /// random key (two agents sharing a key would share facts: about one chance in 2^64 per
+    /// pair, and nobody outside knows the key to aim for one).
+    keys: std::collections::hash_map::RandomState,
     cache: Vec<Mutex<lru::LruCache<u64, UaFacts>>>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -310,6 +310,7 @@ impl UaParser {
         let cap = NonZeroUsize::new(CACHE_PER_SHARD).unwrap_or(NonZeroUsize::MIN);
         Self {
             inner: woothee::parser::Parser::new(),
+            keys: std::collections::hash_map::RandomState::new(),
             cache: (0..SHARDS)
                 .map(|_| Mutex::new(lru::LruCache::new(cap)))
                 .collect(),
@@ -333,14 +334,8 @@ impl UaParser {
 
     /// Parses a user agent and Client Hints. Never fails: unknown agents give empty facts.
     pub fn parse_with_hints(&self, ua: &str, hints: &ClientHints) -> UaFacts {
-        let mut h = blake3::Hasher::new();
-        h.update(ua.as_bytes());
-        if !hints.is_empty() {
-            h.update(format!("{hints:?}").as_bytes());
-        }
-        let mut k = [0u8; 8];
-        k.copy_from_slice(&h.finalize().as_bytes()[..8]);
-        let key = u64::from_le_bytes(k);
+        use std::hash::BuildHasher;
+        let key = self.keys.hash_one((ua, hints));
         let shard = &self.cache[(key as usize) % SHARDS];
         if let Some(f) = shard.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
@@ -560,6 +555,19 @@ mod tests {
             p.parse(CHROME_MAC);
         }
         assert_eq!(p.cache_stats(), (9, 1));
+        // The hints are part of the key: the same agent with and without them is two entries,
+        // each answering for its own.
+        let hints = ClientHints {
+            platform: Some("Windows".into()),
+            platform_version: Some("15.0.0".into()),
+            ..ClientHints::default()
+        };
+        for _ in 0..3 {
+            assert_eq!(p.parse_with_hints(CHROME_WIN, &hints).os, "Windows 11");
+        }
+        assert_eq!(p.parse(CHROME_WIN).os, "Windows 10");
+        assert_eq!(p.parse_with_hints(CHROME_WIN, &hints).os, "Windows 11");
+        assert_eq!(p.cache_stats(), (12, 3));
     }
 
     #[test]
