@@ -331,6 +331,23 @@ impl Default for CollectorConfig {
 }
 
 impl CollectorConfig {
+    /// [`Self::trusted_ip_headers`] as header names (what validation checks, and what the
+    /// collector looks requests up by).
+    pub fn trusted_ip_header_names(&self) -> Result<Vec<http::HeaderName>, Error> {
+        self.trusted_ip_headers
+            .iter()
+            .map(|h| {
+                http::HeaderName::from_bytes(h.trim().to_ascii_lowercase().as_bytes()).map_err(
+                    |_| {
+                        Error::Config(format!(
+                            "--trusted-ip-header {h:?} is not a valid header name"
+                        ))
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// Normalises site names and header names and checks every value; the message names the flag.
     pub fn validate(&mut self) -> Result<(), Error> {
         for s in &mut self.sites {
@@ -343,12 +360,8 @@ impl CollectorConfig {
         }
         for h in &mut self.trusted_ip_headers {
             *h = h.trim().to_ascii_lowercase();
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                return Err(Error::Config(format!(
-                    "--trusted-ip-header {h:?} is not a valid header name"
-                )));
-            }
         }
+        self.trusted_ip_header_names()?;
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.geoip_reload) {
             return Err(Error::Config(
                 "--geoip-reload must be between 1s and 1h (how often GeoIP files are checked for a new version)"

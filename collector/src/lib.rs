@@ -214,19 +214,7 @@ impl Collector {
         )?;
         let rate =
             ratelimit::RateLimits::new(config.limits.rate_limit_ip, config.limits.rate_limit_site);
-        let ip_headers = config
-            .trusted_ip_headers
-            .iter()
-            .map(|h| {
-                http::HeaderName::from_bytes(h.trim().to_ascii_lowercase().as_bytes()).map_err(
-                    |_| {
-                        Error::Config(format!(
-                            "--trusted-ip-header {h:?} is not a valid header name"
-                        ))
-                    },
-                )
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
+        let ip_headers = config.trusted_ip_header_names()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,

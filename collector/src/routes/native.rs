@@ -133,10 +133,13 @@ fn override_of(v: &Value, now: DateTime<Utc>) -> Option<&'static str> {
         return Some("user_agent");
     }
     let ts = v.get("timestamp").unwrap_or(&Value::Null);
-    match parse::timestamp_from_json(ts) {
-        Ok(Some(t)) if t < now - MAX_UNKEYED_AGE => Some("timestamp"),
-        _ => None,
-    }
+    back_dated(ts, now).then_some("timestamp")
+}
+
+/// Whether an event's `timestamp` lies more than [`MAX_UNKEYED_AGE`] before now (an
+/// unparseable one does not: the event is rejected for it later).
+fn back_dated(ts: &Value, now: DateTime<Utc>) -> bool {
+    matches!(parse::timestamp_from_json(ts), Ok(Some(t)) if t < now - MAX_UNKEYED_AGE)
 }
 
 /// The override an event parsed into [`Event`] makes, as [`override_of`] reads it from JSON.
@@ -147,10 +150,7 @@ fn event_override(e: &Event, now: DateTime<Utc>) -> Option<&'static str> {
     if e.user_agent.is_some() {
         return Some("user_agent");
     }
-    match parse::timestamp_from_json(&e.timestamp) {
-        Ok(Some(t)) if t < now - MAX_UNKEYED_AGE => Some("timestamp"),
-        _ => None,
-    }
+    back_dated(&e.timestamp, now).then_some("timestamp")
 }
 
 /// The override one event of a batch makes and the site it names: from the parsed event, or,
