@@ -1141,6 +1141,14 @@ async fn days_without_a_build_or_an_event_are_not_derived_from_raw_events() {
     assert_eq!(empty(&catalog), want, "{catalog:?}");
     assert!(catalog.iter().any(|b| b.day == day(20) && b.build > 0));
     assert!(!raw_read(&catalog), "no day is derived from raw events");
+    // An empty day holds no row, so the statement does not name it (on 18.16 naming 340 of
+    // them cost each statement ~50 ms of analysis).
+    assert!(
+        !assemble::sql(&query, &s, &catalog, None)
+            .as_str()
+            .contains("toUInt64(0))"),
+        "an empty day is not named"
+    );
     same_as_raw(&ch, &s, body.clone(), "visits_daily", None).await;
     let before = q(&ch, &s, base(body.clone())).await;
 
@@ -1172,6 +1180,40 @@ async fn days_without_a_build_or_an_event_are_not_derived_from_raw_events() {
             .sum()
     };
     assert_eq!(visitors(&after), visitors(&before) + 1, "{before}\n{after}");
+
+    // A range of empty days only: no build to name, so no row (and no SQL error), as from
+    // raw events.
+    for body in [
+        json!({"metrics": ["visitors", "visits", "pageviews"], "dimensions": ["visit:source"]}),
+        json!({"metrics": ["visitors", "visits", "bounce_rate", "visit_duration"]}),
+        json!({"metrics": ["visitors"], "dimensions": ["time:day"]}),
+        json!({"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"]}),
+    ] {
+        let mut body = body;
+        body["date_range"] = json!(["2026-11-01", "2026-11-10"]);
+        let query = parse(base(body.clone()).to_string().as_bytes(), &s, now()).unwrap();
+        let catalog = builds::Builds::new(None)
+            .for_query(&client, &s, &query)
+            .await
+            .unwrap();
+        assert!(
+            !catalog.is_empty() && catalog.iter().all(|b| b.build == 0),
+            "{catalog:?}"
+        );
+        let mut raw = body.clone();
+        raw["include"] = json!({"rollups": false});
+        let (r, d) = (q(&ch, &s, base(body)).await, q(&ch, &s, base(raw)).await);
+        assert_ne!(r["meta"]["source"], "events", "{r}");
+        assert_eq!(r["results"], d["results"], "rollups {r}\nraw {d}");
+        let no_one = r["results"].as_array().is_some_and(|rows| {
+            rows.iter().all(|row| {
+                row["metrics"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().all(|v| v.as_u64().unwrap_or(0) == 0))
+            })
+        });
+        assert!(no_one, "{r}");
+    }
 }
 
 /// A dashboard's panels asked at once under a filter only visit rows answer gather into one

@@ -84,9 +84,21 @@ fn union_all(parts: Vec<Sql>) -> Sql {
     sql!("({})", Sql::join(parts, " UNION ALL "))
 }
 
-/// `(day, build) IN ((toDate(…), toUInt64(n)), …)` for builds.
+/// `(day, build) IN ((toDate(…), toUInt64(n)), …)` for builds, or `0` when none holds rows.
+///
+/// A day read as built and empty (`builds::empty_days`) is build 0, a number no build takes
+/// (`rollup::next_build` starts at 1): it holds no row, so it is left out. Twelve months
+/// with one month of data named 340 such pairs in every statement, and ClickHouse 18.16
+/// spent ~50 ms analysing them each time (the chart by month alone: 75 against 22 ms; the
+/// unfiltered first screen over 12 months at 10M events: 400–420 against 120–130 ms).
 pub(super) fn builds_key<'a>(builds: impl Iterator<Item = &'a Build>) -> Sql {
-    let tuples = builds.map(|b| sql!("({}, toUInt64({}))", date(b.day), b.build));
+    let tuples: Vec<Sql> = builds
+        .filter(|b| b.build != 0)
+        .map(|b| sql!("({}, toUInt64({}))", date(b.day), b.build))
+        .collect();
+    if tuples.is_empty() {
+        return Sql::new("0");
+    }
     sql!("(day, build) IN ({})", Sql::join(tuples, ", "))
 }
 
