@@ -232,15 +232,18 @@ async fn a_credential_past_its_limit_gets_429_while_others_go_on() {
         ClickHouseConfig::new(&stalled.url, &ch.database),
         Arc::clone(real.registry()),
     );
-    let ask = |token: String, path: &'static str, method: &'static str| {
+    // Each held request asks its own range: reports asked at once over the same range share
+    // their catalog reads (`builds`), and each of these must reach ClickHouse on its own.
+    let ask = |token: String, path: &'static str, method: &'static str, range: &'static str| {
         let a = slow.clone();
-        let body = (method == "POST").then(query_body);
+        let body = (method == "POST")
+            .then(|| json!({"site_id": SITE, "metrics": ["pageviews"], "date_range": range}));
         tokio::spawn(async move { call(&a, method, path, &token, body).await })
     };
     // Two queries of key 1 under way: its limit.
     let mut running = vec![
-        ask(k1.clone(), "/api/v2/query", "POST"),
-        ask(k1.clone(), "/api/v2/query", "POST"),
+        ask(k1.clone(), "/api/v2/query", "POST", "7d"),
+        ask(k1.clone(), "/api/v2/query", "POST", "8d"),
     ];
     until("two queries of key 1 at ClickHouse", || {
         stalled.seen.load(Ordering::SeqCst) >= 2 && slow.cost().under_way(&c1) == 2
@@ -263,14 +266,14 @@ async fn a_credential_past_its_limit_gets_429_while_others_go_on() {
         "nothing more reached ClickHouse"
     );
     // Another key goes on: its query reaches ClickHouse and holds a place of its own.
-    running.push(ask(k2.clone(), "/api/v2/query", "POST"));
+    running.push(ask(k2.clone(), "/api/v2/query", "POST", "9d"));
     until("key 2's query at ClickHouse", || {
         stalled.seen.load(Ordering::SeqCst) >= 3 && slow.cost().under_way(&c2) == 1
     })
     .await;
     // The admin is not bounded: three more side by side.
-    for _ in 0..3 {
-        running.push(ask(ADMIN.to_string(), "/api/v2/query", "POST"));
+    for range in ["10d", "11d", "12d"] {
+        running.push(ask(ADMIN.to_string(), "/api/v2/query", "POST", range));
     }
     until("the admin's queries at ClickHouse", || {
         stalled.seen.load(Ordering::SeqCst) >= 6

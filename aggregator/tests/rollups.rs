@@ -1136,9 +1136,11 @@ async fn days_without_a_build_or_an_event_are_not_derived_from_raw_events() {
         .for_query(&client, &s, &query)
         .await
         .unwrap();
-    let mut want: Vec<u32> = (14..=18).chain(21..=28).collect();
+    // The range ends on the 28th at 00:00 (exclusive): the 28th is not looked up.
+    let mut want: Vec<u32> = (14..=18).chain(21..=27).collect();
     want.sort_unstable();
     assert_eq!(empty(&catalog), want, "{catalog:?}");
+    assert!(catalog.iter().all(|b| b.day < day(28)), "{catalog:?}");
     assert!(catalog.iter().any(|b| b.day == day(20) && b.build > 0));
     assert!(!raw_read(&catalog), "no day is derived from raw events");
     // An empty day holds no row, so the statement does not name it (on 18.16 naming 340 of
@@ -1214,6 +1216,71 @@ async fn days_without_a_build_or_an_event_are_not_derived_from_raw_events() {
         });
         assert!(no_one, "{r}");
     }
+}
+
+/// The panels of a dashboard, loaded at once, each look up the same range's builds: one
+/// catalog read under way serves every asker that shares the aggregator's reads
+/// (`db::Inflight`), as ClickHouse's query log counts; askers that do not share read twice.
+#[tokio::test]
+async fn reports_asked_at_once_share_their_catalog_reads() {
+    use veil_aggregator::query::parse;
+    let ch = veil_schemas::testing::fresh_database("shared_catalog").await;
+    seed(&ch).await;
+    rollup::run_until_sliced(&ch, NaiveDate::from_ymd_opt(2026, 11, 21).unwrap(), 2, 5)
+        .await
+        .unwrap();
+    let client = ch.client().with_setting("log_queries", "1");
+    let s = site();
+    // A range no other test asks, so the server-wide query log counts this test's reads.
+    let body = json!({"metrics": ["visitors"], "date_range": ["2026-11-03", "2026-11-25"]});
+    let query = parse(base(body).to_string().as_bytes(), &s, now()).unwrap();
+    let marker = "day >= toDate('2026-11-03') AND day <= toDate('2026-11-25')";
+    let catalog_reads = |want: u64| {
+        let client = client.clone();
+        async move {
+            // Polled to a deadline: the query log is written behind the queries.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                db::exec(&client, &Sql::new("SYSTEM FLUSH LOGS"))
+                    .await
+                    .unwrap();
+                let n = db::count(
+                    &client,
+                    &sql!(
+                        "SELECT count() FROM system.query_log WHERE type = 2 \
+                         AND position(query, {}) > 0 AND position(query, 'query_log') = 0",
+                        sql::lit(marker)
+                    ),
+                )
+                .await
+                .unwrap();
+                if n >= want || std::time::Instant::now() > deadline {
+                    return n;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let inflight = db::Inflight::default();
+    let mut a = builds::Builds::new(None).sharing(Some(inflight.clone()));
+    let mut b = builds::Builds::new(None).sharing(Some(inflight));
+    let (x, y) = tokio::join!(
+        a.for_query(&client, &s, &query),
+        b.for_query(&client, &s, &query)
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x, y, "both askers get the one catalog");
+    assert!(x.iter().any(|b| b.build > 0), "{x:?}");
+    assert_eq!(catalog_reads(1).await, 1, "one read for two askers");
+    // Without sharing each asker reads its own.
+    let (mut c, mut d) = (builds::Builds::new(None), builds::Builds::new(None));
+    let (z, w) = tokio::join!(
+        c.for_query(&client, &s, &query),
+        d.for_query(&client, &s, &query)
+    );
+    assert_eq!(z.unwrap(), x);
+    assert_eq!(w.unwrap(), x);
+    assert_eq!(catalog_reads(3).await, 3, "two more reads unshared");
 }
 
 /// A dashboard's panels asked at once under a filter only visit rows answer gather into one
