@@ -185,6 +185,19 @@ fn inner_sql(
     let shape = if per.is_some() { Source::Visits } else { src };
     // Grouped by visitor id too, a row's distinct visitors are one: no `uniq` state per row.
     let raw_per_visitor = per_visitor && !matches!(shape, Source::Hourly | Source::VisitsDaily);
+    // Folded rows over visitor ids keep a `uniq` state (`ks`); the row's distinct visitors
+    // are that state's count, not a second set built beside it (one hash insert per row).
+    let from_state = fold.is_some()
+        && !site.child_directed
+        && !raw_per_visitor
+        && !matches!(shape, Source::Hourly | Source::VisitsDaily);
+    let visitors = |e: Sql| {
+        if from_state && e.as_str() == "uniq(visitor_id)" {
+            Sql::new(STATE_COUNT)
+        } else {
+            e
+        }
+    };
     let mut select: Vec<Sql> = q
         .dimensions
         .iter()
@@ -214,7 +227,7 @@ fn inner_sql(
                     }
                     _ => metric_sql(*m, shape, q),
                 };
-                let expr = one_per_visitor(expr, raw_per_visitor);
+                let expr = visitors(one_per_visitor(expr, raw_per_visitor));
                 sql!("{} AS m{}", expr, i)
             }),
     );
@@ -227,7 +240,7 @@ fn inner_sql(
     };
     select.push(sql!(
         "{} AS k",
-        one_per_visitor(Sql::new(k), raw_per_visitor)
+        visitors(one_per_visitor(Sql::new(k), raw_per_visitor))
     ));
     if per_visitor {
         select.push(Sql::new("visitor_id AS _v"));
@@ -261,6 +274,10 @@ fn inner_sql(
     }
     s
 }
+
+/// The distinct visitors of a row that keeps their `uniq` state as `ks`: the state's count,
+/// the number `uniq(visitor_id)` gives, without a second hash set per row.
+const STATE_COUNT: &str = "finalizeAggregation(ks)";
 
 /// `uniq(visitor_id)` as `1` in rows grouped by visitor id (`per_visitor`), else `expr`.
 fn one_per_visitor(expr: Sql, per_visitor: bool) -> Sql {
@@ -375,6 +392,14 @@ pub fn screen_sql(
             }
             _ => metric_sql(*m, Source::Visits, &uq),
         };
+        // One `uniq` state per group (`ks`) gives both the distinct visitors shown and, for
+        // the folded groups, what their folded row's union merges: one hash insert per row
+        // and group.
+        let e = if e.as_str() == "uniq(visitor_id)" {
+            Sql::new(STATE_COUNT)
+        } else {
+            e
+        };
         exprs.push(sql!("{} AS m{}", e, i));
     }
     let pairs = groups.iter().enumerate().map(|(i, g)| {
@@ -399,30 +424,21 @@ pub fn screen_sql(
         .map(|(i, _)| sql!("{}", i as u64))
         .collect();
     let folded = Sql::join(folded, ", ");
-    // Only breakdowns by a property fold: only their rows need a `uniq` state.
-    let (ks, ok, shown) = if folded.as_str().is_empty() {
-        (
-            Sql::new(""),
-            Sql::new("any(k) AS ok"),
-            Sql::new("toUInt8(1) AS shown"),
-        )
+    // Only breakdowns by a property fold; the other groups are one row each, whose state's
+    // merge is their own count.
+    let shown = if folded.as_str().is_empty() {
+        Sql::new("toUInt8(1) AS shown")
     } else {
-        (
-            sql!(
-                ", uniqStateIf(visitor_id, _p.1 IN ({})) AS ks",
-                folded.clone()
-            ),
-            sql!("if(g IN ({}), uniqMerge(ks), any(k)) AS ok", folded.clone()),
-            sql!("toUInt8(g NOT IN ({}) OR k >= {}) AS shown", folded, kmin),
-        )
+        sql!("toUInt8(g NOT IN ({}) OR k >= {}) AS shown", folded, kmin)
     };
     let grouped = sql!(
-        "SELECT _p.1 AS g, _p.2 AS d0, {}, uniq(visitor_id) AS k{} \
+        "SELECT _p.1 AS g, _p.2 AS d0, {}, {} AS k, uniqState(visitor_id) AS ks \
          FROM ({}) ARRAY JOIN _pairs AS _p GROUP BY g, d0",
         Sql::join(exprs, ", "),
-        ks,
+        Sql::new(STATE_COUNT),
         rows
     );
+    let ok = Sql::new("uniqMerge(ks) AS ok");
     let mut select = vec![Sql::new("g"), shown, Sql::new("if(shown, d0, '') AS g0")];
     for (i, m) in metrics.iter().enumerate() {
         select.push(if additive(*m) || *m == Metric::Visitors {
