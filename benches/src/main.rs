@@ -149,8 +149,10 @@ struct Args {
     #[arg(long, value_name = "SECS")]
     outage: Option<u64>,
     /// After the verification, time `clickhouse-client` inserting the rows the `/v1/events`
-    /// scenario stored (RowBinary on its stdin) into a copy of `events` without materialized
-    /// views and into a fresh `events` with them, and print `/v1/events` ÷ its rows/s.
+    /// scenario stored (RowBinary on its stdin, ordered by time as a client sends events as
+    /// they happen) into a copy of `events` without materialized views and into a fresh
+    /// `events` with them, and print `/v1/events` ÷ its rows/s; also the copy with the rows in
+    /// the table's own order, for which ClickHouse skips its sort (the cheapest insert).
     #[arg(long)]
     clickhouse_client: bool,
     /// The `clickhouse-client` binary.
@@ -177,6 +179,24 @@ struct Args {
     /// work competing for the same cores (0: unchanged).
     #[arg(long, default_value_t = 0)]
     clickhouse_nice: i32,
+    /// Drop this materialized view (`events_recent_mv`, `events_hourly_mv` or
+    /// `events_daily_mv`; repeat the flag for several) from every database the collectors
+    /// write to, right after it is migrated: what the view costs the whole ingest path (the
+    /// collector's rate with ClickHouse's insert work on the same cores), not only
+    /// `clickhouse-client`'s insert. The reports that read its table are wrong without it: a
+    /// measurement, never a deployment.
+    #[arg(long, value_name = "VIEW", value_parser = parse_view)]
+    drop_view: Vec<&'static str>,
+}
+
+/// `--drop-view`: one of [`VIEWS`].
+fn parse_view(s: &str) -> Result<&'static str, String> {
+    VIEWS.iter().copied().find(|v| *v == s).ok_or_else(|| {
+        format!(
+            "{s:?} is not a view on the insert path ({})",
+            VIEWS.join(", ")
+        )
+    })
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -420,6 +440,18 @@ async fn start_fleet(store: &Store, args: &Args, n: usize, run: usize) -> anyhow
         None
     };
     let ch = fresh_database(store, run, veil.as_deref()).await?;
+    for view in &args.drop_view {
+        let q = sql!("DROP TABLE {}", ident(view)?);
+        ch.client()
+            .sql(&q)
+            .execute()
+            .await
+            .with_context(|| format!("dropping {view} (--drop-view)"))?;
+        eprintln!(
+            "veil-load: {view} dropped from {} (--drop-view)",
+            ch.database
+        );
+    }
     let mut members = Vec::with_capacity(n);
     for _ in 0..n {
         members.push(match &veil {
@@ -1607,24 +1639,40 @@ fn client_baseline(
         ch.user.as_deref(),
         ch.password.as_deref(),
     )?;
+    // The rows twice: ordered by time (ties in no particular order), as a client inserting
+    // events as they happen sends them, and in the table's own order (site, day, visitor),
+    // for which ClickHouse finds each block already sorted and skips its sort and the
+    // permutation of every column — the cheapest insert there is, not what a collector sends.
     let rows = client.scratch().join("rows.bin");
+    let table_ordered = client.scratch().join("rows-table-order.bin");
     let events = ident("events")?;
-    let export = client.run(
-        &ch.database,
-        &sql!(
-            "SELECT * FROM {} LIMIT {} FORMAT RowBinary",
-            events.clone(),
-            n
+    for (file, order) in [
+        (
+            &rows,
+            "timestamp, cityHash64(visitor_id, name, pathname, spool_token)",
         ),
-        None,
-        Some(&rows),
-    )?;
+        (
+            &table_ordered,
+            "site, toDate(timestamp), visitor_id, timestamp",
+        ),
+    ] {
+        let export = client.run(
+            &ch.database,
+            &sql!(
+                "SELECT * FROM {} ORDER BY {} LIMIT {} FORMAT RowBinary",
+                events.clone(),
+                Sql::new(order),
+                n
+            ),
+            None,
+            Some(file),
+        )?;
+        eprintln!(
+            "exported {n} rows of events as RowBinary ordered by {order} in {:.2} s",
+            export.wall.as_secs_f64()
+        );
+    }
     let bytes = std::fs::metadata(&rows).map(|m| m.len()).unwrap_or(0);
-    eprintln!(
-        "exported {n} rows of events as RowBinary ({:.1} MB) in {:.2} s",
-        bytes as f64 / 1e6,
-        export.wall.as_secs_f64()
-    );
     let count = |c: &ClickHouseConfig, table: &Sql| -> anyhow::Result<u64> {
         rt.block_on(
             c.client()
@@ -1635,6 +1683,7 @@ fn client_baseline(
     };
     let copy = ident("events_copy")?;
     let mut plain = Vec::new();
+    let mut plain_sorted = Vec::new();
     let mut with_views = Vec::new();
     let veil = if args.collector_processes {
         Some(veil_binary(args)?)
@@ -1669,24 +1718,26 @@ fn client_baseline(
     };
     for rep in 0..args.clickhouse_client_repeats.max(1) {
         // A copy of the table: same columns, engine, partitioning and order; no view reads it.
-        for q in [
-            sql!("DROP TABLE IF EXISTS {}", copy.clone()),
-            sql!("CREATE TABLE {} AS {}", copy.clone(), events.clone()),
-        ] {
-            rt.block_on(ch.client().sql(&q).execute())
-                .context("creating events_copy")?;
+        for (file, runs) in [(&rows, &mut plain), (&table_ordered, &mut plain_sorted)] {
+            for q in [
+                sql!("DROP TABLE IF EXISTS {}", copy.clone()),
+                sql!("CREATE TABLE {} AS {}", copy.clone(), events.clone()),
+            ] {
+                rt.block_on(ch.client().sql(&q).execute())
+                    .context("creating events_copy")?;
+            }
+            let t = client.run(
+                &ch.database,
+                &sql!("INSERT INTO {} FORMAT RowBinary", copy.clone()),
+                Some(file),
+                None,
+            )?;
+            let got = count(ch, &copy)?;
+            if got != n {
+                bail!("clickhouse-client inserted {got} rows into events_copy, expected {n}");
+            }
+            runs.push(t);
         }
-        let t = client.run(
-            &ch.database,
-            &sql!("INSERT INTO {} FORMAT RowBinary", copy.clone()),
-            Some(&rows),
-            None,
-        )?;
-        let got = count(ch, &copy)?;
-        if got != n {
-            bail!("clickhouse-client inserted {got} rows into events_copy, expected {n}");
-        }
-        plain.push(t);
         // The same rows into `events` of a fresh database: its materialized views run too.
         with_views.push(into_fresh_events(100 + run * 100 + rep, &[])?);
     }
@@ -1713,9 +1764,16 @@ fn client_baseline(
         native.events_per_sec()
     );
     let mut tables: Vec<(String, &Vec<chclient::Timed>)> = vec![
-        ("into events_copy (no materialized views)".into(), &plain),
         (
-            "into events of a fresh database (its views)".into(),
+            "into events_copy (no materialized views), rows by time".into(),
+            &plain,
+        ),
+        (
+            "into events_copy, rows in the table's order (sort skipped)".into(),
+            &plain_sorted,
+        ),
+        (
+            "into events of a fresh database (its views), rows by time".into(),
             &with_views,
         ),
     ];
