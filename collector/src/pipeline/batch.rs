@@ -256,6 +256,8 @@ impl Writer {
             tracing::error!(records = corrupt, "undecodable spool records skipped");
             self.metrics.dropped(DropReason::SpoolCorrupt, corrupt);
         }
+        // In `events`' order, so ClickHouse need not sort the block (sink module docs).
+        rows.sort_for_insert();
         let replay = batch.is_replay();
         drop(batch);
         let mut backoff = Duration::from_millis(100);

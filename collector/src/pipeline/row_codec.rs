@@ -128,17 +128,30 @@ pub const INSERT_COLUMNS: [&str; 45] = [
     "spool_token",
 ];
 
+/// Where the columns of `events`' sorting key sit in one RowBinary row, found while the row
+/// is walked: the writer orders a batch by them before the insert (see the sink module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowKey {
+    /// `timestamp` (Unix seconds).
+    pub timestamp: u32,
+    /// The bytes of `site` (the first column): `row[site.0..site.1]`.
+    pub site: (u32, u32),
+    /// The first byte of `visitor_id`'s 16 in the row.
+    pub visitor: u32,
+}
+
 /// Appends one RowBinary row of [`INSERT_COLUMNS`] to `out`: the payload's columns, checked
-/// against [`LAYOUT`], then `token`. Returns the row's `timestamp`, or `None` (and `out` as it
-/// was) when the payload is damaged or in an unknown encoding, as [`decode`] would.
-pub fn append_row_binary(payload: &[u8], token: &str, out: &mut Vec<u8>) -> Option<u32> {
+/// against [`LAYOUT`], then `token`. Returns where the row's sorting key is (offsets from the
+/// row's first byte in `out`), or `None` (and `out` as it was) when the payload is damaged or
+/// in an unknown encoding, as [`decode`] would.
+pub fn append_row_binary(payload: &[u8], token: &str, out: &mut Vec<u8>) -> Option<RowKey> {
     match *payload.first()? {
         TAG_V1 => {
             let body = payload.get(1..)?;
-            let timestamp = check_v1(body)?;
+            let key = check_v1(body)?;
             out.extend_from_slice(body);
             Writer(out).str(token);
-            Some(timestamp)
+            Some(key)
         }
         TAG_JSON => {
             let row: EventRow = serde_json::from_slice(payload).ok()?;
@@ -150,20 +163,29 @@ pub fn append_row_binary(payload: &[u8], token: &str, out: &mut Vec<u8>) -> Opti
     }
 }
 
-/// Walks a version-1 body (after the tag) against [`LAYOUT`]; its `timestamp` if it is whole.
-fn check_v1(b: &[u8]) -> Option<u32> {
+/// Walks a version-1 body (after the tag) against [`LAYOUT`]; its key if it is whole.
+fn check_v1(b: &[u8]) -> Option<RowKey> {
     let mut r = Reader(b);
-    let timestamp = walk(&mut r)?;
-    r.0.is_empty().then_some(timestamp)
+    let key = walk(&mut r)?;
+    r.0.is_empty().then_some(key)
 }
 
-/// Steps `r` over one row of [`LAYOUT`]'s columns; the first `UInt32` (`timestamp`).
-fn walk(r: &mut Reader<'_>) -> Option<u32> {
-    let mut timestamp = None;
+/// Steps `r` over one row of [`LAYOUT`]'s columns; where its key columns are: the first
+/// `String` (`site`), the first `UInt32` (`timestamp`), the first `FixedString(16)`
+/// (`visitor_id`).
+fn walk(r: &mut Reader<'_>) -> Option<RowKey> {
+    let total = r.0.len();
+    let at = |r: &Reader<'_>| u32::try_from(total - r.0.len()).ok();
+    let (mut timestamp, mut site, mut visitor) = (None, None, None);
     for col in LAYOUT {
         match col {
             Col::Str => {
-                r.str_ref()?;
+                let s = r.str_ref()?;
+                if site.is_none() {
+                    let end = at(r)?;
+                    let len = u32::try_from(s.len()).ok()?;
+                    site = Some((end - len, end));
+                }
             }
             Col::U8 => {
                 r.u8()?;
@@ -176,6 +198,9 @@ fn walk(r: &mut Reader<'_>) -> Option<u32> {
                 r.take(8)?;
             }
             Col::Fixed16 => {
+                if visitor.is_none() {
+                    visitor = Some(at(r)?);
+                }
                 r.take(16)?;
             }
             Col::Strs => {
@@ -185,7 +210,11 @@ fn walk(r: &mut Reader<'_>) -> Option<u32> {
             }
         }
     }
-    timestamp
+    Some(RowKey {
+        timestamp: timestamp?,
+        site: site?,
+        visitor: visitor?,
+    })
 }
 
 /// Decodes one row [`append_row_binary`] wrote (its `spool_token` included): for sinks that
@@ -562,10 +591,13 @@ mod tests {
             let mut payload = Vec::new();
             encode(&row, &mut payload);
             let mut out = vec![0xee];
-            assert_eq!(
-                append_row_binary(&payload, "tok-1", &mut out),
-                Some(row.timestamp)
-            );
+            let key = append_row_binary(&payload, "tok-1", &mut out).unwrap();
+            assert_eq!(key.timestamp, row.timestamp);
+            // Offsets from the row's first byte (out[1]).
+            let (a, b) = (key.site.0 as usize + 1, key.site.1 as usize + 1);
+            assert_eq!(&out[a..b], row.site.as_bytes());
+            let v = key.visitor as usize + 1;
+            assert_eq!(&out[v..v + 16], &row.visitor_id[..]);
             assert_eq!(out[0], 0xee, "appended, not overwritten");
             row.spool_token = "tok-1".into();
             assert_eq!(decode_row_binary(&out[1..]), Some(row));

@@ -5,13 +5,25 @@
 //!
 //! A batch travels as bytes, not rows: a [`RowBatch`] is the ClickHouse RowBinary of its rows in
 //! [`INSERT_COLUMNS`] order, copied from the spool's payloads with the batch's token appended
-//! ([`row_codec`](super::row_codec)), plus where each row starts and its timestamp. The
-//! ClickHouse sink sends the bytes as they are; a fake that wants rows decodes them
+//! ([`row_codec`](super::row_codec)), plus where each row starts and where its sorting key
+//! is. The ClickHouse sink sends the bytes as they are; a fake that wants rows decodes them
 //! ([`RowBatch::rows`]).
+//!
+//! **Sorted before the insert.** The writer puts a batch's rows in the order of `events`'
+//! sorting key — site, UTC day, `visitor_id`, `timestamp` ([`RowBatch::sort_for_insert`]) —
+//! before it is sent. A MergeTree insert sorts each block by the table's key and then permutes
+//! every column; a block that already is in that order skips both
+//! (`MergeTreeDataWriterBlocksAlreadySorted`). Rows arrive in time order, so `events` (ordered
+//! by visitor within a day) had to re-sort every block: with the batch sorted here, and
+//! `events_tail` keyed by site, hour, visitor and time, neither `events` nor the tail's view
+//! sorts a batch whose rows of a site fall in one hour (benches/README, "Measured
+//! 2026-12-07"). The order is a pure function of the batch (ties keep their spool order), so a
+//! replayed batch is sent byte for byte as before, which the cluster's block deduplication needs.
 
 pub mod clickhouse;
 
 pub use super::row_codec::INSERT_COLUMNS;
+use super::row_codec::RowKey;
 use super::{row_codec, EventRow};
 use crate::Error;
 
@@ -19,9 +31,12 @@ use crate::Error;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RowBatch {
     data: Vec<u8>,
-    /// Each row's first byte in `data` and its `timestamp`.
-    rows: Vec<(usize, u32)>,
+    /// Each row's first byte in `data` and where its key columns are (from that byte).
+    rows: Vec<(usize, RowKey)>,
 }
+
+/// Seconds in a UTC day (`events` is ordered by `toDate(timestamp)` after `site`).
+const DAY_SECS: u32 = 86_400;
 
 impl RowBatch {
     /// An empty batch with room for `rows` rows of about `bytes` bytes in all.
@@ -37,8 +52,8 @@ impl RowBatch {
     pub fn push_payload(&mut self, payload: &[u8], token: &str) -> bool {
         let start = self.data.len();
         match row_codec::append_row_binary(payload, token, &mut self.data) {
-            Some(timestamp) => {
-                self.rows.push((start, timestamp));
+            Some(key) => {
+                self.rows.push((start, key));
                 true
             }
             None => false,
@@ -79,7 +94,7 @@ impl RowBatch {
 
     /// Each row's `timestamp` (Unix seconds), in order.
     pub fn timestamps(&self) -> impl Iterator<Item = u32> + '_ {
-        self.rows.iter().map(|&(_, t)| t)
+        self.rows.iter().map(|(_, k)| k.timestamp)
     }
 
     fn row_bytes(&self, i: usize) -> &[u8] {
@@ -88,12 +103,41 @@ impl RowBatch {
         &self.data[start..end]
     }
 
+    /// Row `i`'s place in `events`' order: site, UTC day, visitor, time (as ClickHouse
+    /// compares them: bytes, then numbers).
+    fn sort_key(&self, i: usize) -> (&[u8], u32, &[u8], u32) {
+        let row = self.row_bytes(i);
+        let k = &self.rows[i].1;
+        let site = row.get(k.site.0 as usize..k.site.1 as usize).unwrap_or(&[]);
+        let v = k.visitor as usize;
+        let visitor = row.get(v..v + 16).unwrap_or(&[]);
+        (site, k.timestamp / DAY_SECS, visitor, k.timestamp)
+    }
+
+    /// Puts the rows in the order of `events`' sorting key (see the module docs); rows with
+    /// equal keys keep their order, so the result depends on the batch alone.
+    pub fn sort_for_insert(&mut self) {
+        let n = self.rows.len();
+        if (1..n).all(|i| self.sort_key(i - 1) <= self.sort_key(i)) {
+            return;
+        }
+        let mut order: Vec<usize> = (0..n).collect();
+        // Stable: equal keys stay in spool order.
+        order.sort_by(|&a, &b| self.sort_key(a).cmp(&self.sort_key(b)));
+        let mut out = RowBatch::with_capacity(n, self.data.len());
+        for i in order {
+            out.rows.push((out.data.len(), self.rows[i].1));
+            out.data.extend_from_slice(self.row_bytes(i));
+        }
+        *self = out;
+    }
+
     /// The rows whose timestamp `keep` accepts, as a new batch.
     pub fn filtered(&self, keep: impl Fn(u32) -> bool) -> RowBatch {
         let mut out = RowBatch::default();
-        for (i, &(_, t)) in self.rows.iter().enumerate() {
-            if keep(t) {
-                out.rows.push((out.data.len(), t));
+        for (i, &(_, k)) in self.rows.iter().enumerate() {
+            if keep(k.timestamp) {
+                out.rows.push((out.data.len(), k));
                 out.data.extend_from_slice(self.row_bytes(i));
             }
         }
@@ -124,3 +168,94 @@ pub trait Sink: Send + 'static {
 
 /// Makes the sink the writer thread uses.
 pub type SinkFactory = Box<dyn Fn() -> Result<Box<dyn Sink>, Error> + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(site: &str, timestamp: u32, visitor: u8, name: &str) -> EventRow {
+        EventRow {
+            site: site.into(),
+            timestamp,
+            visitor_id: [visitor; 16],
+            name: name.into(),
+            pathname: format!("/{name}"),
+            spool_token: "tok".into(),
+            ..EventRow::default()
+        }
+    }
+
+    fn key(r: &EventRow) -> (String, u32, [u8; 16], u32) {
+        (
+            r.site.clone(),
+            r.timestamp / DAY_SECS,
+            r.visitor_id,
+            r.timestamp,
+        )
+    }
+
+    /// Rows as they arrive: in time order, sites and visitors interleaved, across midnight,
+    /// with two rows whose keys are equal.
+    fn arrivals() -> Vec<EventRow> {
+        let midnight = 1_764_979_200; // 2025-12-06 00:00:00 UTC
+        vec![
+            row("b.example", midnight - 2, 9, "late"),
+            row("a.example", midnight - 1, 3, "x"),
+            row("b.example", midnight - 1, 1, "y"),
+            row("a.example", midnight, 7, "after-midnight"),
+            row("a.example", midnight, 2, "first"),
+            row("a.example", midnight, 2, "second"),
+            row("a.example", midnight + 5, 1, "z"),
+            row("b.example", midnight + 5, 9, "w"),
+            row("a.example", midnight - 3, 200, "early"),
+        ]
+    }
+
+    #[test]
+    fn sorting_puts_rows_in_the_events_tables_order_and_keeps_every_row() {
+        let rows = arrivals();
+        let mut batch = RowBatch::from_rows(&rows);
+        batch.sort_for_insert();
+        let sorted = batch.rows();
+        let mut want = rows.clone();
+        // A stable sort by the same key: what ClickHouse's ORDER BY of `events` expects.
+        want.sort_by_key(key);
+        assert_eq!(sorted, want);
+        let keys: Vec<_> = sorted.iter().map(key).collect();
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]), "{keys:?}");
+        // The day comes before the visitor: yesterday's late visitor 200 sorts before today's 2.
+        let a: Vec<&str> = sorted
+            .iter()
+            .filter(|r| r.site == "a.example")
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(
+            a,
+            ["x", "early", "z", "first", "second", "after-midnight"]
+        );
+        // Timestamps follow their rows.
+        let ts: Vec<u32> = batch.timestamps().collect();
+        assert_eq!(ts, sorted.iter().map(|r| r.timestamp).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn sorting_depends_on_the_batch_alone() {
+        // A replayed batch must be sent byte for byte as before (block deduplication).
+        let (mut a, mut b) = (
+            RowBatch::from_rows(&arrivals()),
+            RowBatch::from_rows(&arrivals()),
+        );
+        a.sort_for_insert();
+        b.sort_for_insert();
+        assert_eq!(a.bytes(), b.bytes());
+        let once = a.clone();
+        a.sort_for_insert();
+        assert_eq!(a, once, "sorting a sorted batch changes nothing");
+        // What a partial replay sends is still in order.
+        let midnight = 1_764_979_200;
+        let today = a.filtered(|t| t >= midnight);
+        let keys: Vec<_> = today.rows().iter().map(key).collect();
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(today.len(), 5);
+    }
+}
