@@ -4,7 +4,7 @@
 //! A day's latest *recorded* build is complete (the rollup job records a build only after
 //! writing its rows). A build of the current day (one with a cut) is left out when the events
 //! before its cut are no longer the ones it was built from (a hit stored since with an earlier
-//! time), or when `events_recent` lacks hits after the cut that `events` has (its materialized
+//! time), or when `events_tail` lacks hits after the cut that `events` has (its materialized
 //! view missed an insert: a server killed between the insert and the view's write): that day
 //! is then derived from raw events until the next rollup run builds it again.
 //!
@@ -111,7 +111,7 @@ async fn visit_builds_for(
         }
         if let Some(cut) = b.cut {
             // The events before the cut must be the ones the build was made from, and
-            // `events_recent` (fed by a materialized view, which is not atomic with the insert
+            // `events_tail` (fed by a materialized view, which is not atomic with the insert
             // it follows) must hold every hit after the cut: a server killed between the two
             // writes keeps the events, and the retried insert, deduplicated, never feeds the
             // view again. Either way the day is derived from raw events.
@@ -123,7 +123,9 @@ async fn visit_builds_for(
                 shared,
                 client,
                 &sql!(
-                    "SELECT count() FROM events_recent WHERE timestamp >= {} AND timestamp < {}",
+                    "SELECT count() FROM {} WHERE {} AND timestamp >= {} AND timestamp < {}",
+                    crate::query::visits::RECENT,
+                    crate::query::visits::from_cut_hour(cut),
                     utc(cut),
                     utc(day_end)
                 ),
@@ -289,7 +291,7 @@ impl Builds {
 /// A catalog read, shared with the same statement under way for another report (the panels
 /// of a dashboard, loaded at once, each look up the same range's builds, empty days and
 /// late-hit counts: one ClickHouse query each instead of six). Sharing keeps the late-hit
-/// check's order: an asker's raw count is read after its `events_recent` count has answered.
+/// check's order: an asker's raw count is read after its `events_tail` count has answered.
 async fn read(
     shared: Option<&crate::db::Inflight>,
     client: &clickhouse::Client,
@@ -304,7 +306,7 @@ async fn read(
 /// The last UTC day `q`'s range has a moment of: its end is exclusive, so a range that ends
 /// at midnight (every whole-day range of a UTC site: "30 days" ends today at 00:00) does not
 /// reach that day. Looking its build up too cost each report of such a range today's checks
-/// (the snapshot, and the raw count of today's events against `events_recent`: 10M events,
+/// (the snapshot, and the raw count of today's events against `events_tail`: 10M events,
 /// ~21 ms of ClickHouse's time per report, six per dashboard load) for a day it never reads.
 fn last_day(q: &Query) -> NaiveDate {
     if q.end > q.start && q.end.time() == NaiveTime::MIN {

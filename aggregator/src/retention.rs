@@ -130,7 +130,7 @@ const TABLES: &[(&str, &str, DayCol)] = &[
     ("visit_open", "day", DayCol::Date),
     ("open_visits", "day", DayCol::Date),
     ("visits_daily_partial", "day", DayCol::Date),
-    ("events_recent", "timestamp", DayCol::DateTime),
+    ("events_tail", "timestamp", DayCol::DateTime),
     ("today_daily", "day", DayCol::Date),
     ("today_snaps", "day", DayCol::Date),
 ];

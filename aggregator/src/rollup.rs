@@ -16,7 +16,7 @@
 //! - **events_hourly / events_daily health**: materialized views keep them current; for each
 //!   closed day the job compares each rollup's hit count with the raw count and rebuilds a day
 //!   that differs (data stored before the rollup existed, or a view that missed inserts).
-//! - **events_recent**: days before yesterday are dropped (readers need only the hits after
+//! - **events_tail**: days before yesterday are dropped (readers need only the hits after
 //!   the current day's cut, and yesterday's until its whole build).
 //!
 //! Days are UTC: visitor hashes rotate at UTC midnight (a visit under way keeps its hash up to
@@ -554,7 +554,7 @@ pub async fn build_today(ch: &ClickHouseConfig, now: NaiveDateTime) -> Result<bo
 }
 
 /// Brings the rollups of the closed days of the last `days` days up to date, then builds
-/// today up to a recent cut, and drops `events_recent`'s days before yesterday.
+/// today up to a recent cut, and drops `events_tail`'s days before yesterday.
 pub async fn run(ch: &ClickHouseConfig, days: u32) -> Result<RollupReport, Error> {
     let now = Utc::now().naive_utc();
     let mut report = run_until(ch, now.date(), days).await?;
@@ -570,13 +570,13 @@ pub async fn run(ch: &ClickHouseConfig, days: u32) -> Result<RollupReport, Error
     Ok(report)
 }
 
-/// Drops the partitions of `events_recent` (the hits readers add after today's cut) older
+/// Drops the partitions of `events_tail` (the hits readers add after today's cut) older
 /// than the day before `today`: yesterday's stay while its build may still be a partial one.
 pub async fn trim_recent(ch: &ClickHouseConfig, today: NaiveDate) -> Result<(), Error> {
     let client = &ch.client();
     let keep = today - Duration::days(1);
     let stmt = sql!(
-        "SELECT DISTINCT toString(toYYYYMMDD(timestamp)) FROM events_recent WHERE timestamp < {}",
+        "SELECT DISTINCT toString(toYYYYMMDD(timestamp)) FROM events_tail WHERE timestamp < {}",
         utc(keep.and_time(NaiveTime::MIN))
     );
     let old = fetch(client, &stmt).await?;
@@ -587,7 +587,7 @@ pub async fn trim_recent(ch: &ClickHouseConfig, today: NaiveDate) -> Result<(), 
         let Ok(p) = p.parse::<u32>() else { continue };
         let stmt = sql!(
             "ALTER TABLE {} DROP PARTITION {}",
-            mutation_target(ch, "events_recent")?,
+            mutation_target(ch, "events_tail")?,
             p
         );
         exec(client, &stmt).await?;

@@ -11,7 +11,7 @@
 //! one only when it was made from the day's latest recorded build, is at most `max_age` old
 //! (the aggregator's `--today-snapshot-secs`), and misses at most a thousandth of the day's
 //! hits: the reader counts the site's hits from the build's cut on (one range of
-//! `events_recent`, which is ordered by site and time) and compares with the count recorded
+//! `events_tail`, which is ordered by site and hour) and compares with the count recorded
 //! with the snapshot. So a quiet or small site (a test event, a new site) is always read live
 //! and exactly, and a busy one, whose live path costs most, shows today at most `max_age`
 //! behind and 0.1 % short. When a reader finds no usable snapshot, or one older than a third of
@@ -23,9 +23,9 @@
 //! would otherwise all take the live path until one asks.
 //!
 //! A snapshot is taken only from a build [`builds::visit_builds`] still trusts (no hit stored
-//! since with a time before its cut, and `events_recent` holding every hit after it), so a late
+//! since with a time before its cut, and `events_tail` holding every hit after it), so a late
 //! hit stops the snapshots of the day until the next build, like it stops readers from using the
-//! build; and only when the site's tail in `events_recent` is as long as in `events` when it is
+//! build; and only when the site's tail in `events_tail` is as long as in `events` when it is
 //! counted (a view that missed an insert never makes a snapshot short beyond its `max_age`).
 //!
 //! Wire format: `today_daily` rows `(site, day, build, snap, id, dim, value, uv, visits,
@@ -190,7 +190,7 @@ pub async fn take(
     };
     // Counted before the rows are computed: a hit stored meanwhile may or may not be in
     // them, and counts as missed.
-    // The raw tail too: a snapshot is made only while `events_recent` holds every hit after
+    // The raw tail too: a snapshot is made only while `events_tail` holds every hit after
     // the cut that `events` has (its view may have missed an insert; see builds.rs).
     let stmt = sql!(
         "SELECT (SELECT count() FROM {}), (SELECT count() FROM events WHERE site = {} \
@@ -296,7 +296,7 @@ fn readable(age: Duration, max_age: Duration, missed: u64, hits: u64) -> bool {
 /// use, which [`Snapshots::new`] caps).
 pub const KEEP_MINUTES: i64 = 5;
 
-/// The site's rows in `events_recent` from build `b`'s cut to the end of its day (bots too: a
+/// The site's rows in `events_tail` from build `b`'s cut to the end of its day (bots too: a
 /// count to compare, not to report).
 fn tail_cond(site: &str, b: &Build, cut: NaiveDateTime) -> Sql {
     let cond = visits::after_cut_cond(site, b, cut);

@@ -504,20 +504,20 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
         day20.and_hms_opt(14, 30, 0)
     );
     check_reports(&ch, true).await;
-    // A server killed between an insert and the materialized view that feeds events_recent
+    // A server killed between an insert and the materialized view that feeds events_tail
     // keeps the events and loses their tail rows (the retried insert is deduplicated and feeds
-    // no view): readers must not take the build's tail from events_recent then. Here the
-    // hits after the cut (C0, C1 at 15:00) vanish from events_recent alone.
+    // no view): readers must not take the build's tail from events_tail then. Here the
+    // hits after the cut (C0, C1 at 15:00) vanish from events_tail alone.
     veil_aggregator::db::exec(
         &ch.client(),
-        &sql!("ALTER TABLE events_recent DELETE WHERE timestamp >= toDateTime('2026-11-20 14:30:00', 'UTC') AND timestamp < toDateTime('2026-11-21 00:00:00', 'UTC')"),
+        &sql!("ALTER TABLE events_tail DELETE WHERE timestamp >= toDateTime('2026-11-20 14:30:00', 'UTC') AND timestamp < toDateTime('2026-11-21 00:00:00', 'UTC')"),
     )
     .await
     .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while common::count(
         &ch,
-        sql!("SELECT count() FROM events_recent WHERE timestamp >= toDateTime('2026-11-20 14:30:00', 'UTC') AND timestamp < toDateTime('2026-11-21 00:00:00', 'UTC')"),
+        sql!("SELECT count() FROM events_tail WHERE timestamp >= toDateTime('2026-11-20 14:30:00', 'UTC') AND timestamp < toDateTime('2026-11-21 00:00:00', 'UTC')"),
     )
     .await
         > 0
@@ -530,7 +530,7 @@ async fn every_report_matches_the_known_dataset_from_raw_events_and_from_rollups
             .await
             .unwrap()
             .is_empty(),
-        "a build whose tail lost rows in events_recent is not used"
+        "a build whose tail lost rows in events_tail is not used"
     );
     check_reports(&ch, true).await;
     // Once the day is closed, its partial build is replaced by a whole one.
@@ -944,11 +944,11 @@ async fn open_visits_carry_on_after_the_cut() {
         assert_eq!(d["meta"]["source"], want, "{d}");
         assert!(!rows(&d).is_empty(), "{d}");
     }
-    // The hits after the cut are read from events_recent, which keeps two days: trimming on
+    // The hits after the cut are read from events_tail, which keeps two days: trimming on
     // the 21st keeps the 20th, on the 22nd drops it.
     let recent = || {
         let ch = ch.clone();
-        async move { common::count(&ch, Sql::new("SELECT count() FROM events_recent")).await }
+        async move { common::count(&ch, Sql::new("SELECT count() FROM events_tail")).await }
     };
     assert_eq!(
         recent().await,

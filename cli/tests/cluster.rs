@@ -9,7 +9,7 @@
 //! - the Stats API of the cluster gives, at its first answer, the same results as a
 //!   single-node `veil up` that was sent the same events;
 //! - and still does, at the first answer, once a third of shard 1's hits after today's cut
-//!   are gone from `events_recent` alone — what a replica killed between an insert and its
+//!   are gone from `events_tail` alone — what a replica killed between an insert and its
 //!   materialized views leaves behind (issue 19: the cluster never answers short).
 
 mod common;
@@ -584,8 +584,8 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
 
     // What a replica killed between an insert and its materialized views leaves behind (the
     // retried insert is deduplicated and feeds no view, on 18.16): today's tail in
-    // `events_recent` lacks hits that `events` has. Here a third of shard 1's tail rows after
-    // today's cut vanish from `events_recent` alone; the Stats API must still answer what is
+    // `events_tail` lacks hits that `events` has. Here a third of shard 1's tail rows after
+    // today's cut vanish from `events_tail` alone; the Stats API must still answer what is
     // stored, never short.
     if !young {
         let n0 = node(&cluster, &cluster.nodes()[0].url());
@@ -602,7 +602,7 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
             ch_query(
                 n,
                 &sql!(
-                    "SELECT count() FROM {}.events_recent WHERE timestamp >= toDateTime({}) FORMAT TSV",
+                    "SELECT count() FROM {}.events_tail WHERE timestamp >= toDateTime({}) FORMAT TSV",
                     ident(db).unwrap(),
                     cut
                 ),
@@ -618,7 +618,7 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
         ch_query(
             &n0,
             &sql!(
-                "ALTER TABLE {}.events_recent_local DELETE WHERE \
+                "ALTER TABLE {}.events_tail_local DELETE WHERE \
                  timestamp >= toDateTime({}) AND cityHash64(visitor_id) % 3 = 0",
                 ident(db).unwrap(),
                 cut
@@ -630,7 +630,7 @@ fn cluster_counts_every_acknowledged_event_once_and_matches_a_single_node() {
             std::thread::sleep(Duration::from_millis(200));
         }
         eprintln!(
-            "events_recent lost {} of {before} tail rows",
+            "events_tail lost {} of {before} tail rows",
             before - recent(&n0)
         );
         // A snapshot of today taken before the rows vanished may be read for its 10 s; none

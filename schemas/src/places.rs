@@ -1,5 +1,5 @@
 //! Places as Veil stores them: a GeoIP region with its ISO 3166-2 code and a city with its
-//! GeoNames id, in the `region` and `city` String columns of `events`, `events_recent`,
+//! GeoNames id, in the `region` and `city` String columns of `events`, `events_tail`,
 //! `visits`, `open_visits` and the daily rollup's `value`.
 //!
 //! # Wire format of the stored value
@@ -15,7 +15,7 @@
 //! The part before the first `|` is the code (or id), the rest the name; a value without `|`
 //! is both. GeoIP names never contain `|` ([`encode`] drops one if a file had it). Keeping
 //! both in one column needs no new column in the tables above nor in the spool's row codec,
-//! no rewrite of the `events_recent` materialized view, and the daily rollup's one `value`
+//! no rewrite of the `events_tail` materialized view, and the daily rollup's one `value`
 //! carries both, so a breakdown by code and one by name group the same rows; the aggregator
 //! splits the value in SQL (`aggregator/src/query/labels.rs`).
 //!

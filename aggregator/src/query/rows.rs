@@ -741,7 +741,7 @@ pub fn joined_rows(q: &Query, built: &[Build], pre: Option<&Sql>) -> Sql {
 /// The builds whose visit rows can give hit columns `hit_cols` (of `timestamp`, `name`,
 /// `pathname`, `hostname`, `prop_keys`, `prop_values`): those whose visits carry their hits
 /// ([`Build::hits`]); for custom properties only closed days' — the hits after the current
-/// day's cut come from `events_recent`, which holds no properties, so that day is derived from
+/// day's cut come from `events_tail`, which holds no properties, so that day is derived from
 /// raw events instead.
 pub(super) fn hit_builds(built: &[Build], hit_cols: &[&str]) -> Vec<Build> {
     let props = hit_cols.iter().any(|c| c.starts_with("prop_"));

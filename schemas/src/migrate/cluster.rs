@@ -39,10 +39,24 @@ const MERGE_TREES: &[&str] = &[
     "GraphiteMergeTree",
 ];
 
-/// The layout of every table the shipped migrations create.
+/// The layout of every table `migrations` create and do not drop again (what a migrated
+/// database holds).
 pub fn layouts(migrations: &[Migration]) -> BTreeMap<String, Layout> {
+    let dropped: Vec<&str> = migrations
+        .iter()
+        .flat_map(|m| m.statements())
+        .filter_map(|s| match words(s)[..] {
+            [d, t, i, e, name]
+                if is(d, "DROP") && is(t, "TABLE") && is(i, "IF") && is(e, "EXISTS") =>
+            {
+                Some(name)
+            }
+            _ => None,
+        })
+        .collect();
     tables(migrations)
         .into_iter()
+        .filter(|(t, _)| !dropped.contains(t))
         .map(|(t, (l, _))| (t.to_string(), l))
         .collect()
 }
@@ -317,8 +331,34 @@ pub fn cluster_statements(
             }],
         });
     }
+    if w.len() > 1 && is(w[0], "DROP") && is(w[1], "TABLE") {
+        // `DROP TABLE IF EXISTS x`: a sharded table's Distributed `x` and its `x_local` on
+        // every node, a table replicated everywhere or a materialized view (one per node) as
+        // named, each `ON CLUSTER`.
+        let [_, _, if_, exists, name] = w[..] else {
+            return Err(refuse("only DROP TABLE IF EXISTS name is rewritten".into()));
+        };
+        if !is(if_, "IF") || !is(exists, "EXISTS") {
+            return Err(refuse("only DROP TABLE IF EXISTS name is rewritten".into()));
+        }
+        let drop = |t: Sql| {
+            plain(sql!(
+                "DROP TABLE IF EXISTS {}.{} ON CLUSTER {}",
+                db,
+                t,
+                cluster
+            ))
+        };
+        let n = ident(name)?;
+        return Ok(match tables.get(name) {
+            Some((Layout::Sharded, _)) => vec![drop(n.clone()), drop(sql!("{}_local", n))],
+            Some((Layout::Everywhere, _)) | None => vec![drop(n)],
+        });
+    }
     Err(refuse(
-        "only CREATE TABLE, CREATE MATERIALIZED VIEW … TO and ALTER TABLE are rewritten".into(),
+        "only CREATE TABLE, CREATE MATERIALIZED VIEW … TO, ALTER TABLE and DROP TABLE IF EXISTS \
+         are rewritten"
+            .into(),
     ))
 }
 
@@ -544,6 +584,21 @@ mod tests {
         assert!(all
             .contains("ALTER TABLE db.events_local ON CLUSTER c ADD COLUMN bot String DEFAULT ''"));
         assert!(all.contains("DROP TABLE IF EXISTS db.events ON CLUSTER c"));
+        // 025 replaces events_recent: its view (one per node), then the sharded table's
+        // Distributed table and its local tables.
+        assert_eq!(layouts.get("events_tail"), Some(&Layout::Sharded));
+        assert_eq!(layouts.get("events_recent"), None, "dropped by 025");
+        assert_eq!(
+            tables.get("events_recent").map(|t| t.0),
+            Some(Layout::Sharded)
+        );
+        let tail = "CREATE MATERIALIZED VIEW IF NOT EXISTS db.events_tail_mv ON CLUSTER c TO db.events_tail_local";
+        assert!(all.contains(tail));
+        let mv = all.find("DROP TABLE IF EXISTS db.events_recent_mv ON CLUSTER c");
+        let dist = all.find("DROP TABLE IF EXISTS db.events_recent ON CLUSTER c");
+        let local = all.find("DROP TABLE IF EXISTS db.events_recent_local ON CLUSTER c");
+        assert!(mv.is_some() && dist.is_some() && local.is_some(), "{all}");
+        assert!(all.find(tail) < mv && mv < dist && dist < local);
     }
 
     #[test]
@@ -574,6 +629,10 @@ mod tests {
         );
         assert_eq!(c[0].adds_column, Some(("r".into(), "w".into())));
         assert!(cluster_statements("DROP TABLE r", "db", "c", &l).is_err());
+        assert!(cluster_statements("DROP TABLE IF EXISTS r SYNC", "db", "c", &l).is_err());
+        let c = cluster_statements("DROP TABLE IF EXISTS r", "db", "c", &l).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].sql.as_str(), "DROP TABLE IF EXISTS db.r ON CLUSTER c");
         assert!(cluster_statements("ALTER TABLE nope ADD COLUMN a UInt8", "db", "c", &l).is_err());
         let mut cfg = ClickHouseConfig::new("http://x", "db");
         assert_eq!(mutation_target(&cfg, "events").unwrap().as_str(), "events");

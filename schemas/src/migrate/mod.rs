@@ -37,7 +37,8 @@
 //! SELECT … FROM src` → on every node, reading `src_local` and writing `t_local`;
 //! `ALTER TABLE x ADD|DROP|MODIFY COLUMN` → `x_local` and `x` `ON CLUSTER` (an Everywhere
 //! table: once, on one node; ZooKeeper carries it to the replicas); other `ALTER`s → the local
-//! table only. Anything else is refused. Names are qualified with the database (DDL run `ON
+//! table only; `DROP TABLE IF EXISTS x` → `x` (and `x_local` for a sharded table) `ON
+//! CLUSTER`. Anything else is refused. Names are qualified with the database (DDL run `ON
 //! CLUSTER` resolves unqualified names in each host's default database).
 //!
 //! Concurrency: several `veil` processes may migrate at once. `ON CLUSTER` DDL is queued in
@@ -191,6 +192,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 24,
         name: "segments",
         sql: include_str!("../../migrations/024_segments.sql"),
+    },
+    Migration {
+        version: 25,
+        name: "events_tail",
+        sql: include_str!("../../migrations/025_events_tail.sql"),
     },
 ];
 

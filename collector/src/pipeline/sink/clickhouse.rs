@@ -18,13 +18,13 @@
 //! which would store them twice.
 //!
 //! A replica killed between writing a block and feeding the materialized views that follow
-//! it (`events_recent`, `events_hourly`, `events_daily`) keeps the block; the retried insert is
+//! it (`events_tail`, `events_hourly`, `events_daily`) keeps the block; the retried insert is
 //! then dropped as a duplicate and feeds no view. Where the server has it (ClickHouse 19.x and
 //! later, asked once of `system.settings`), inserts also set
 //! `deduplicate_blocks_in_dependent_materialized_views = 1`: the retry feeds each view, which
 //! drops what it already has by itself. On 18.16 readers cope instead: the rollups are read
 //! only for days checked against raw events, and the current day's tail only while
-//! `events_recent` holds as many hits as `events` (aggregator/src/builds.rs).
+//! `events_tail` holds as many hits as `events` (aggregator/src/builds.rs).
 
 use std::time::Duration;
 

@@ -22,8 +22,8 @@
 
 pub mod clickhouse;
 
-pub use super::row_codec::INSERT_COLUMNS;
 use super::row_codec::RowKey;
+pub use super::row_codec::INSERT_COLUMNS;
 use super::{row_codec, EventRow};
 use crate::Error;
 
@@ -229,10 +229,7 @@ mod tests {
             .filter(|r| r.site == "a.example")
             .map(|r| r.name.as_str())
             .collect();
-        assert_eq!(
-            a,
-            ["x", "early", "z", "first", "second", "after-midnight"]
-        );
+        assert_eq!(a, ["x", "early", "z", "first", "second", "after-midnight"]);
         // Timestamps follow their rows.
         let ts: Vec<u32> = batch.timestamps().collect();
         assert_eq!(ts, sorted.iter().map(|r| r.timestamp).collect::<Vec<_>>());
