@@ -7,6 +7,7 @@
 //! | `privacy` | `VisitorHasher::visitor_id` for an IPv4 and an IPv6 visitor |
 //! | `enrich` | a GeoIP lookup (the committed test fixture databases; the real ones are larger but the lookup is a tree walk of the same depth order) and the referrer's source name and channel |
 //! | `pipeline` | `Pipeline::process` on one event: a page view with UTM tags and referrer, and the traffic mix of the load harness (bots and unknown sites included) |
+//! | `writer` | `RowBatch::sort_for_insert` on a batch of 20 000 rows as they arrive (four sites, 5 000 visitors, in time order), which the writer does before each insert so that ClickHouse need not sort it |
 //! | `route` | `Collector::handle` on 256 concurrent `/api/event` requests, or 16 concurrent `/v1/events` requests of 50 events, on one thread: JSON, pipeline, and the append to the spool (durability `none`; its writer's sink discards rows) |
 //!
 //! Inputs come from `veil_benches::traffic`, the same mix `veil-load` sends. Each benchmark
@@ -388,6 +389,37 @@ fn bench_enrich(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_writer(c: &mut Criterion) {
+    use veil_collector::pipeline::EventRow;
+    let mut rng = Rng::new(7);
+    let sites = ["a.example", "b.example", "c.example", "d.example"];
+    let rows: Vec<EventRow> = (0..20_000u32)
+        .map(|i| EventRow {
+            site: sites[rng.below(4) as usize].into(),
+            timestamp: 1_765_000_000 + i / 20,
+            visitor_id: [(rng.below(5_000) % 251) as u8; 16],
+            name: "pageview".into(),
+            pathname: format!("/docs/{}", rng.below(300)),
+            spool_token: "t".into(),
+            ..EventRow::default()
+        })
+        .collect();
+    let batch = RowBatch::from_rows(&rows);
+    let mut g = c.benchmark_group("writer");
+    g.throughput(Throughput::Elements(rows.len() as u64));
+    g.bench_function("sort_20k_rows", |b| {
+        b.iter_batched(
+            || batch.clone(),
+            |mut b| {
+                b.sort_for_insert();
+                black_box(b)
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
 /// What `criterion_group!` would generate, written out so the function can stay private.
 fn benches() {
     let mut c = quick().configure_from_args();
@@ -396,6 +428,7 @@ fn benches() {
     bench_privacy(&mut c);
     bench_enrich(&mut c);
     bench_pipeline(&mut c);
+    bench_writer(&mut c);
     bench_routes(&mut c);
 }
 

@@ -1269,6 +1269,7 @@ fn run_once(
     let mut results = Vec::new();
     let mut memory = Vec::new();
     let mut commits = Vec::new();
+    let mut blocks = Vec::new();
     // Each collector process's memory, or this process's once for in-process collectors.
     let mut pids: Vec<Option<u32>> = fleet
         .as_ref()
@@ -1321,6 +1322,7 @@ fn run_once(
         };
         let members = fleet.as_ref().map(|f| f.members.as_slice()).unwrap_or(&[]);
         let commits_before = Commits::now(client_rt, members);
+        let blocks_before = fleet.as_ref().and_then(|f| writer_blocks(client_rt, &f.ch));
         let sampler = Sampler::start(pids.clone(), Duration::from_millis(50))?;
         let meter = cpu::Meter::start(cpu_pids.clone());
         let report = match rate {
@@ -1330,6 +1332,12 @@ fn run_once(
         let peaks = sampler.finish();
         cpu_used.push(meter.finish());
         commits.push(Commits::now(client_rt, members).since(&commits_before));
+        let blocks_after = fleet.as_ref().and_then(|f| writer_blocks(client_rt, &f.ch));
+        blocks.push(
+            blocks_before
+                .zip(blocks_after)
+                .map(|(b, a)| (a.0 - b.0, a.1 - b.1)),
+        );
         let report = report?;
         if let Some(o) = outage {
             let stopped = o.finish()?;
@@ -1344,6 +1352,7 @@ fn run_once(
     }
     if fleet.is_some() {
         print_commits(&results, &commits);
+        print_blocks(&results, &blocks);
     }
     print_cpu(
         &results,
@@ -1744,9 +1753,20 @@ fn client_baseline(
     // Each view alone: a fresh database with the other two dropped.
     let mut one_view: Vec<(String, Vec<chclient::Timed>)> = Vec::new();
     if args.clickhouse_client_per_view {
-        for (i, keep) in VIEWS.iter().enumerate() {
+        // The views the collectors' database has (the migrations of `--veil-bin`, which may
+        // be another build than this harness's).
+        let q = sql!(
+            "SELECT name FROM system.tables WHERE database = {} AND engine = 'MaterializedView' \
+             ORDER BY name",
+            veil_schemas::sql::lit(&ch.database)
+        );
+        let views: Vec<String> = rt
+            .block_on(ch.client().sql(&q).fetch_all::<String>())
+            .context("listing the materialized views")?;
+        let views: Vec<&str> = views.iter().map(String::as_str).collect();
+        for (i, keep) in views.iter().enumerate() {
             let mut runs = Vec::new();
-            let others: Vec<&str> = VIEWS.iter().copied().filter(|v| v != keep).collect();
+            let others: Vec<&str> = views.iter().copied().filter(|v| v != keep).collect();
             for rep in 0..args.clickhouse_client_repeats.max(1) {
                 runs.push(into_fresh_events(1000 + run * 100 + i * 10 + rep, &others)?);
             }
@@ -1798,6 +1818,36 @@ fn client_baseline(
     }
     println!();
     Ok(())
+}
+
+/// ClickHouse's counters of MergeTree blocks written and of those it found already in the
+/// table's order (no sort, no permutation of the columns), server-wide since it started;
+/// `None` when the server does not answer.
+fn writer_blocks(rt: &Runtime, ch: &ClickHouseConfig) -> Option<(u64, u64)> {
+    let q = Sql::new(
+        "SELECT sumIf(value, event = 'MergeTreeDataWriterBlocks'), \
+         sumIf(value, event = 'MergeTreeDataWriterBlocksAlreadySorted') FROM system.events",
+    );
+    rt.block_on(ch.client().sql(&q).fetch_one::<(u64, u64)>())
+        .ok()
+}
+
+/// Per scenario: the blocks ClickHouse wrote (`events` and every view's table) and how many it
+/// did not have to sort.
+fn print_blocks(results: &[(Scenario, LoadReport)], blocks: &[Option<(u64, u64)>]) {
+    println!();
+    println!(
+        "ClickHouse MergeTree blocks written during each scenario (events and its views' tables):"
+    );
+    for ((s, _), b) in results.iter().zip(blocks) {
+        if let Some((written, sorted)) = b {
+            println!(
+                "  {:<34} {written:>8} written, {sorted:>8} already sorted ({:.0} %)",
+                s.label,
+                100.0 * *sorted as f64 / (*written).max(1) as f64
+            );
+        }
+    }
 }
 
 /// The materialized views that read `events` on every insert (schemas/migrations 011, 013, 025).
